@@ -1,0 +1,100 @@
+"""The `actgen` command line: argparse in front of the library, no logic of its own."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_SPECS = Path("specs")
+DEFAULT_OUT = Path("actgen") / "ops"
+
+
+def _cmd_build(args) -> int:
+    from .build import build
+
+    specs = args.specs or [DEFAULT_SPECS]
+    if not args.specs and not DEFAULT_SPECS.is_dir():
+        print("actgen build: no spec files given and no specs/ here (run it in the repository root)", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else DEFAULT_OUT
+    result = build([Path(s) for s in specs], out, check=args.check)
+    stale = result.changed + result.removed
+    if args.check:
+        if stale:
+            print(f"{out}: stale ({', '.join(stale)}); run `actgen build`", file=sys.stderr)
+            return 1
+        print(f"{out}: up to date")
+        return 0
+    print(f"{out}: {len(result.changed)} written, {len(result.removed)} removed" if stale else f"{out}: up to date")
+    return 0
+
+
+def _load(args):
+    from .spec import load_specs
+
+    return load_specs([Path(s) for s in (args.specs or [DEFAULT_SPECS])])
+
+
+def _cmd_list(args) -> int:
+    for s in _load(args):
+        kind = "gated" if s.gated else "learnable" if s.params else ""
+        print(f"{s.name:<24} {s.class_name:<24} {kind:<9} {' '.join(s.formula.split())}")
+    return 0
+
+
+def _cmd_show(args) -> int:
+    from .derive import derive
+    from .codegen.module import _math_lines
+
+    specs = {s.name: s for s in _load(args)}
+    if args.name not in specs:
+        print(f"actgen show: unknown activation '{args.name}' (known: {', '.join(sorted(specs))})", file=sys.stderr)
+        return 2
+    s = specs[args.name]
+    d = derive(s)
+    print(f"{s.name} ({s.class_name}) from {s.source}")
+    if s.doc:
+        print(s.doc.strip())
+    print(f"formula: {' '.join(s.formula.split())}")
+    for p in s.params:
+        print(f"param {p.name}: init {p.init}{', per channel' if p.per_channel else ''}")
+    for c in s.constants:
+        print(f"constant {c.name} = {c.default}")
+    for line in _math_lines(d):
+        print("  " + line)
+    print(f"generated source: {DEFAULT_OUT / (s.name + '.py')}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="actgen", description="Compile activation formulas into fused Triton/torch ops.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build", help="generate a package from spec files (default: specs/ -> actgen/ops/)")
+    p.add_argument("specs", nargs="*", help="spec files or directories")
+    p.add_argument("--out", help="output package directory (its base name is the package name)")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if the output is stale")
+    p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("list", help="list the activations in the specs")
+    p.add_argument("--specs", nargs="*", help="spec files or directories (default: specs/)")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("show", help="show one activation: formula, derivatives, generated source")
+    p.add_argument("name")
+    p.add_argument("--specs", nargs="*", help="spec files or directories (default: specs/)")
+    p.set_defaults(func=_cmd_show)
+
+    args = parser.parse_args(argv)
+    from .spec import SpecError
+
+    try:
+        return args.func(args)
+    except SpecError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""An indented source buffer and the escaping rules for untrusted text in generated code."""
+from __future__ import annotations
+
+import contextlib
+
+
+class Writer:
+    def __init__(self, indent: str = "    "):
+        self.lines: list[str] = []
+        self.level = 0
+        self.unit = indent
+
+    def __call__(self, line: str = "") -> "Writer":
+        for part in line.split("\n") if line else [""]:
+            self.lines.append(self.unit * self.level + part if part else "")
+        return self
+
+    @contextlib.contextmanager
+    def indent(self, header: str | None = None):
+        if header is not None:
+            self(header)
+        self.level += 1
+        try:
+            yield self
+        finally:
+            self.level -= 1
+
+    def text(self) -> str:
+        return "\n".join(self.lines).rstrip("\n") + "\n"
+
+
+def escape_docstring(text: str) -> str:
+    """Escape text for the inside of a regular (non-raw) triple-quoted string: backslashes,
+    every double quote and non-printable characters, so nothing can end the string."""
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append('\\"')
+        elif ch == "\n":
+            out.append("\n")
+        elif ch == "\t":
+            out.append("    ")
+        elif not ch.isprintable():
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)

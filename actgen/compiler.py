@@ -1,0 +1,86 @@
+"""`actgen.compile`: a formula string -> an imported generated module, through a cache.
+
+The cache is content-addressed (a hash of the arguments and the compiler version) under
+$ACTGEN_CACHE_DIR (default: $XDG_CACHE_HOME/actgen or ~/.cache/actgen), so a second
+process finds the module and imports it without touching sympy.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from .version import COMPILER_VERSION
+
+
+def cache_dir() -> Path:
+    if os.environ.get("ACTGEN_CACHE_DIR"):
+        return Path(os.environ["ACTGEN_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "actgen"
+
+
+def _spec_mapping(formula, name, params, constants, inputs, doc, class_name):
+    spec = {"name": name, "formula": formula}
+    if doc:
+        spec["doc"] = doc
+    if inputs is not None:
+        spec["inputs"] = list(inputs)
+    if params:
+        spec["params"] = {
+            k: (dict(v) if isinstance(v, dict) else float(v)) for k, v in dict(params).items()
+        }
+    if constants:
+        spec["constants"] = {k: float(v) for k, v in dict(constants).items()}
+    if class_name:
+        spec["class_name"] = class_name
+    return spec
+
+
+def compile(formula: str, name: str = "activation", *, params=None, constants=None, inputs=None,
+            doc: str = "", class_name: str | None = None) -> ModuleType:
+    """Compile a formula into a module with `<name>`, `<ClassName>` and `<ClassName>Function`.
+
+    params: {name: init} or {name: {"init": v, "per_channel": bool}}; constants: {name: default};
+    inputs: e.g. ["a", "b"] for a gated activation.  Raises actgen.SpecError on bad input.
+    """
+    mapping = _spec_mapping(formula, name, params, constants, inputs, doc, class_name)
+    canonical = json.dumps(mapping, sort_keys=True)
+    key = hashlib.sha256(f"{COMPILER_VERSION}\n{canonical}".encode()).hexdigest()[:20]
+    package = f"actgen_{key}"
+    pkg_dir = cache_dir() / package
+    module_file = pkg_dir / f"{name}.py" if isinstance(name, str) and name.isidentifier() else None
+    if module_file is None or not module_file.is_file():
+        import yaml
+
+        from .build import build
+
+        pkg_dir.parent.mkdir(parents=True, exist_ok=True)
+        spec_file = pkg_dir.parent / f"{package}.yaml"
+        text = yaml.safe_dump(mapping, sort_keys=False)
+        from .spec import load_spec
+
+        load_spec(text, f"<compile {name}>")               # validate before anything is written
+        spec_file.write_text(text, encoding="utf-8")
+        build([spec_file], pkg_dir)
+        module_file = pkg_dir / f"{name}.py"
+    return _import(package, module_file)
+
+
+def _import(package: str, path: Path) -> ModuleType:
+    modname = f"{package}.{path.stem}"
+    if modname in sys.modules:
+        return sys.modules[modname]
+    spec = importlib.util.spec_from_file_location(modname, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[modname]
+        raise
+    return module

@@ -1,0 +1,307 @@
+"""Formula text -> sympy expression, through a whitelist over Python's `ast` (never eval).
+
+Formulas are untrusted text.  `sympify`/`parse_expr` would run Python's eval on them, so
+this module parses with `ast.parse`, accepts only the node types and names of the formula
+language, and builds the sympy expression from the tree itself.
+
+`max`/`Max`, `min`/`Min`, `where`, `sign` and `Heaviside` become `Piecewise` here, with the
+conventions the derivatives rely on: `Max(a, b) = where(a > b, a, b)`,
+`Min(a, b) = where(a < b, a, b)`, `Heaviside(0) = 0`, `sign(0) = 0`.
+"""
+from __future__ import annotations
+
+import ast
+import math
+from typing import Callable, Mapping
+
+import sympy
+
+from .functions import expm1, log1p, sigmoid, softplus
+
+MAX_FORMULA_LENGTH = 4000
+MAX_DEPTH = 64
+MAX_NODES = 2000
+MAX_INT_POWER = 64
+
+
+class FormulaError(ValueError):
+    """A formula that is not in the formula language; the message says what and where."""
+
+
+def _piecewise(*pairs):
+    return sympy.Piecewise(*pairs)
+
+
+def _max(*args):
+    if len(args) < 2:
+        raise FormulaError(f"Max takes at least 2 arguments, got {len(args)}")
+    result = args[0]
+    for other in args[1:]:
+        result = _piecewise((result, sympy.StrictGreaterThan(result, other)), (other, True))
+    return result
+
+
+def _min(*args):
+    if len(args) < 2:
+        raise FormulaError(f"Min takes at least 2 arguments, got {len(args)}")
+    result = args[0]
+    for other in args[1:]:
+        result = _piecewise((result, sympy.StrictLessThan(result, other)), (other, True))
+    return result
+
+
+def _sign(u):
+    return _piecewise((sympy.S.One, u > 0), (sympy.S.NegativeOne, u < 0), (sympy.S.Zero, True))
+
+
+def _heaviside(u, *rest):
+    if rest:
+        raise FormulaError("Heaviside takes 1 argument (Heaviside(0) is 0)")
+    return _piecewise((sympy.S.One, u > 0), (sympy.S.Zero, True))
+
+
+def _where(cond, a, b):
+    return _piecewise((a, cond), (b, True))
+
+
+def _unary(fn):
+    def call(*args):
+        if len(args) != 1:
+            raise FormulaError(f"{fn.__name__} takes 1 argument, got {len(args)}")
+        return fn(args[0])
+
+    return call
+
+
+# name -> (sympy builder, takes conditions as which positional args)
+FUNCTIONS: Mapping[str, Callable] = {
+    "exp": _unary(sympy.exp),
+    "log": _unary(sympy.log),
+    "log1p": _unary(log1p),
+    "expm1": _unary(expm1),
+    "sqrt": _unary(sympy.sqrt),
+    "sin": _unary(sympy.sin),
+    "cos": _unary(sympy.cos),
+    "tan": _unary(sympy.tan),
+    "tanh": _unary(sympy.tanh),
+    "sinh": _unary(sympy.sinh),
+    "cosh": _unary(sympy.cosh),
+    "atan": _unary(sympy.atan),
+    "asinh": _unary(sympy.asinh),
+    "erf": _unary(sympy.erf),
+    "erfc": _unary(sympy.erfc),
+    "sigmoid": _unary(sigmoid),
+    "softplus": _unary(softplus),
+    "abs": _unary(sympy.Abs),
+    "Abs": _unary(sympy.Abs),
+    "sign": _unary(_sign),
+    "max": _max,
+    "Max": _max,
+    "min": _min,
+    "Min": _min,
+    "where": _where,
+    "Heaviside": _heaviside,
+}
+NAMED_CONSTANTS: Mapping[str, sympy.Expr] = {"pi": sympy.pi, "E": sympy.E}
+# Names a user may not give to an input, param or constant.
+RESERVED_NAMES = frozenset(FUNCTIONS) | frozenset(NAMED_CONSTANTS) | {"Piecewise", "True", "False"}
+
+_COMPARE = {
+    ast.Lt: sympy.StrictLessThan,
+    ast.LtE: sympy.LessThan,
+    ast.Gt: sympy.StrictGreaterThan,
+    ast.GtE: sympy.GreaterThan,
+}
+_ARITH = {ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow}
+_LOGIC = {ast.BitAnd: sympy.And, ast.BitOr: sympy.Or}
+
+
+def make_symbol(name: str) -> sympy.Symbol:
+    """The sympy symbol of a formula variable (inputs, params and constants are real)."""
+    return sympy.Symbol(name, real=True)
+
+
+def parse_formula(text: str, names: Mapping[str, sympy.Symbol]) -> sympy.Expr:
+    """Parse `text` over the variables `names` into a sympy expression.
+
+    Raises FormulaError with a message naming the offending construct and its column.
+    """
+    if not isinstance(text, str):
+        raise FormulaError("must be a string")
+    if len(text) > MAX_FORMULA_LENGTH:
+        raise FormulaError(f"is {len(text)} characters long; the limit is {MAX_FORMULA_LENGTH}")
+    if not text.strip():
+        raise FormulaError("is empty")
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise FormulaError(f"syntax error at column {exc.offset}: {exc.msg}") from None
+    except (RecursionError, MemoryError, ValueError):
+        raise FormulaError("is too deeply nested or too large") from None
+    count = sum(1 for _ in ast.walk(tree))
+    if count > MAX_NODES:
+        raise FormulaError(f"has {count} syntax nodes; the limit is {MAX_NODES}")
+    builder = _Builder(names)
+    expr = builder.expr(tree.body, 0)
+    if not isinstance(expr, sympy.Expr) or isinstance(expr, sympy.logic.boolalg.Boolean):
+        raise FormulaError("must be an arithmetic expression, not a condition")
+    for atom in expr.atoms(sympy.Number):
+        if not math.isfinite(float(atom)):
+            raise FormulaError(f"contains a number that is not finite: {atom}")
+    if expr.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
+        raise FormulaError("evaluates to an infinite or undefined constant")
+    return expr
+
+
+class _Builder:
+    def __init__(self, names: Mapping[str, sympy.Symbol]):
+        self.names = names
+
+    def _fail(self, node, what):
+        col = getattr(node, "col_offset", None)
+        where = f" at column {col + 1}" if col is not None else ""
+        raise FormulaError(f"{what}{where}")
+
+    def _depth(self, node, depth):
+        if depth > MAX_DEPTH:
+            self._fail(node, f"nests deeper than {MAX_DEPTH} levels")
+        return depth + 1
+
+    # --- arithmetic -------------------------------------------------------------------
+    def expr(self, node, depth):
+        depth = self._depth(node, depth)
+        if isinstance(node, ast.Constant):
+            return self._number(node)
+        if isinstance(node, ast.Name):
+            return self._name(node)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            value = self.expr(node.operand, depth)
+            return -value if isinstance(node.op, ast.USub) else value
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
+            left = self.expr(node.left, depth)
+            right = self.expr(node.right, depth)
+            return self._arith(node, left, right)
+        if isinstance(node, ast.Call):
+            return self._call(node, depth)
+        if isinstance(node, (ast.Compare, ast.BoolOp)) or (
+            isinstance(node, ast.BinOp) and type(node.op) in _LOGIC
+        ):
+            self._fail(node, "a condition is only allowed inside where(...) or Piecewise(...)")
+        self._fail(node, f"'{type(node).__name__}' is not part of the formula language")
+
+    def _number(self, node):
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self._fail(node, f"literal {value!r} is not a number")
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                self._fail(node, "number is not finite")
+            return sympy.Float(value) if not value.is_integer() or abs(value) > 2**53 else sympy.Integer(int(value))
+        if abs(value) > 2**53:
+            self._fail(node, "integer literal is too large")
+        return sympy.Integer(value)
+
+    def _name(self, node):
+        if node.id in self.names:
+            return self.names[node.id]
+        if node.id in NAMED_CONSTANTS:
+            return NAMED_CONSTANTS[node.id]
+        if node.id in FUNCTIONS:
+            self._fail(node, f"function '{node.id}' used without calling it")
+        known = ", ".join(sorted(self.names)) or "(none)"
+        self._fail(node, f"unknown name '{node.id}' (known names: {known}; constants: pi, E)")
+
+    def _arith(self, node, left, right):
+        op = type(node.op)
+        if op is ast.Add:
+            return left + right
+        if op is ast.Sub:
+            return left - right
+        if op is ast.Mult:
+            return left * right
+        if op is ast.Div:
+            if right == 0:
+                self._fail(node, "division by zero")
+            return left / right
+        # Pow: keep purely numeric powers and exponents small so nothing can explode.
+        if right.is_number:
+            r = float(right)
+            if abs(r) > MAX_INT_POWER:
+                self._fail(node, f"exponent {r:g} is larger than {MAX_INT_POWER} in magnitude")
+            if left.is_number:
+                try:
+                    value = float(left) ** r
+                except (OverflowError, ZeroDivisionError):
+                    self._fail(node, "numeric power overflows")
+                if isinstance(value, complex) or not math.isfinite(value):
+                    self._fail(node, "numeric power is not a finite real number")
+                if left.is_Integer and right.is_Integer and right >= 0:
+                    return left**right
+                return sympy.Float(value)
+        return left**right
+
+    # --- calls ------------------------------------------------------------------------
+    def _call(self, node, depth):
+        if not isinstance(node.func, ast.Name):
+            self._fail(node, "only plain function names can be called")
+        if node.keywords:
+            self._fail(node, f"{node.func.id}() takes no keyword arguments")
+        name = node.func.id
+        if name == "Piecewise":
+            return self._piecewise(node, depth)
+        if name not in FUNCTIONS:
+            if name in self.names:
+                self._fail(node, f"'{name}' is a variable, not a function")
+            known = ", ".join(sorted(FUNCTIONS)) + ", Piecewise"
+            self._fail(node, f"unknown function '{name}' (known functions: {known})")
+        if name == "where":
+            if len(node.args) != 3:
+                self._fail(node, f"where takes 3 arguments (cond, a, b), got {len(node.args)}")
+            cond = self.cond(node.args[0], depth)
+            return FUNCTIONS["where"](cond, self.expr(node.args[1], depth), self.expr(node.args[2], depth))
+        args = [self.expr(a, depth) for a in node.args]
+        try:
+            return FUNCTIONS[name](*args)
+        except FormulaError as exc:
+            self._fail(node, str(exc))
+
+    def _piecewise(self, node, depth):
+        if not node.args:
+            self._fail(node, "Piecewise needs at least one (expr, cond) pair")
+        pairs = []
+        for i, arg in enumerate(node.args):
+            if not isinstance(arg, ast.Tuple) or len(arg.elts) != 2:
+                self._fail(arg, "each Piecewise argument must be a pair (expr, cond)")
+            value = self.expr(arg.elts[0], depth)
+            cond_node = arg.elts[1]
+            if isinstance(cond_node, ast.Constant) and cond_node.value is True:
+                cond = sympy.true
+                if i != len(node.args) - 1:
+                    self._fail(cond_node, "the (expr, True) pair must come last in Piecewise")
+            else:
+                cond = self.cond(cond_node, depth)
+            pairs.append((value, cond))
+        if pairs[-1][1] is not sympy.true:
+            self._fail(node, "Piecewise must end with an (expr, True) pair")
+        return sympy.Piecewise(*pairs)
+
+    # --- conditions -------------------------------------------------------------------
+    def cond(self, node, depth):
+        depth = self._depth(node, depth)
+        if isinstance(node, ast.Compare):
+            parts = []
+            left = self.expr(node.left, depth)
+            for op, comparator in zip(node.ops, node.comparators):
+                if type(op) not in _COMPARE:
+                    self._fail(node, f"comparison '{type(op).__name__}' is not allowed (use < <= > >=)")
+                right = self.expr(comparator, depth)
+                parts.append(_COMPARE[type(op)](left, right))
+                left = right
+            return sympy.And(*parts) if len(parts) > 1 else parts[0]
+        if isinstance(node, ast.BinOp) and type(node.op) in _LOGIC:
+            return _LOGIC[type(node.op)](self.cond(node.left, depth), self.cond(node.right, depth))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Invert):
+            return sympy.Not(self.cond(node.operand, depth))
+        if isinstance(node, ast.BoolOp):
+            self._fail(node, "use & and | to combine conditions, not 'and'/'or'")
+        self._fail(node, "expected a condition (a comparison with < <= > >=, combined with & | ~)")

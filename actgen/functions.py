@@ -1,0 +1,76 @@
+"""The sympy functions actgen adds to the formula language.
+
+`sigmoid` and `softplus` are first-class functions with their own derivatives, so the
+derivatives the compiler derives stay in terms of the stable primitives instead of
+raw exponentials.  `log1p` and `expm1` come from sympy's own codegen functions.
+"""
+from __future__ import annotations
+
+import sympy
+from sympy.codegen.cfunctions import expm1, log1p
+
+__all__ = ["sigmoid", "softplus", "log1p", "expm1"]
+
+
+class sigmoid(sympy.Function):
+    """sigmoid(u) = 1 / (1 + exp(-u)); sigmoid' = sigmoid * (1 - sigmoid)."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        s = sigmoid(self.args[0])
+        return s * (1 - s)
+
+    @classmethod
+    def eval(cls, arg):
+        if arg is sympy.S.Zero:
+            return sympy.S.Half
+        if arg is sympy.S.Infinity:
+            return sympy.S.One
+        if arg is sympy.S.NegativeInfinity:
+            return sympy.S.Zero
+
+    def _eval_rewrite_as_exp(self, arg, **kwargs):
+        return 1 / (1 + sympy.exp(-arg))
+
+    def _eval_evalf(self, prec):
+        return self._eval_rewrite_as_exp(self.args[0])._eval_evalf(prec)
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+    def _eval_is_positive(self):
+        if self.args[0].is_real:
+            return True
+
+
+class softplus(sympy.Function):
+    """softplus(u) = log(1 + exp(u)); softplus' = sigmoid."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return sigmoid(self.args[0])
+
+    @classmethod
+    def eval(cls, arg):
+        if arg is sympy.S.Infinity:
+            return sympy.S.Infinity
+        if arg is sympy.S.NegativeInfinity:
+            return sympy.S.Zero
+
+    def _eval_rewrite_as_exp(self, arg, **kwargs):
+        return sympy.log(1 + sympy.exp(arg))
+
+    def _eval_rewrite_as_log(self, arg, **kwargs):
+        return sympy.log(1 + sympy.exp(arg))
+
+    def _eval_evalf(self, prec):
+        return self._eval_rewrite_as_exp(self.args[0])._eval_evalf(prec)
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+    def _eval_is_positive(self):
+        if self.args[0].is_real:
+            return True

@@ -1,0 +1,95 @@
+"""Torch printer for the eager fallback.
+
+Subexpressions that involve only constants (Python floats at run time) are printed with
+`math` so they never reach a torch function as a float; `where` with two scalar branches
+gets one branch as a 0-dim tensor of the compute dtype, so torch.where keeps float64.
+"""
+from __future__ import annotations
+
+import sympy
+
+from .base import ATOM, POW, ExprPrinter
+
+TENSOR_FUNCTIONS = {
+    "exp": "torch.exp({0})",
+    "log": "torch.log({0})",
+    "log1p": "torch.log1p({0})",
+    "expm1": "torch.expm1({0})",
+    "sqrt": "torch.sqrt({0})",
+    "sin": "torch.sin({0})",
+    "cos": "torch.cos({0})",
+    "tan": "torch.tan({0})",
+    "tanh": "torch.tanh({0})",
+    "sinh": "torch.sinh({0})",
+    "cosh": "torch.cosh({0})",
+    "atan": "torch.atan({0})",
+    "asinh": "torch.asinh({0})",
+    "erf": "torch.erf({0})",
+    "erfc": "torch.erfc({0})",
+    "Abs": "torch.abs({0})",
+    "sigmoid": "torch.sigmoid({0})",
+    "softplus": "_rt.softplus({0})",
+}
+SCALAR_FUNCTIONS = {
+    name: template.replace("torch.", "math.") for name, template in TENSOR_FUNCTIONS.items()
+} | {"Abs": "abs({0})", "sigmoid": "_rt.scalar_sigmoid({0})", "softplus": "_rt.scalar_softplus({0})"}
+
+
+class TorchPrinter(ExprPrinter):
+    INF = "math.inf"
+    NAN = "math.nan"
+
+    def __init__(self, tensor_names, like: str, names=None):
+        """tensor_names: symbols that are tensors at run time; like: a tensor to take the dtype from."""
+        super().__init__(names)
+        self.tensor_names = set(tensor_names)
+        self.like = like
+        self.FUNCTIONS = TENSOR_FUNCTIONS
+
+    def is_scalar(self, expr) -> bool:
+        return not any(s.name in self.tensor_names for s in expr.free_symbols)
+
+    def _print(self, expr):
+        if self.FUNCTIONS is TENSOR_FUNCTIONS and self.is_scalar(expr) and not expr.is_Atom:
+            self.FUNCTIONS = SCALAR_FUNCTIONS
+            try:
+                return super()._print(expr)
+            finally:
+                self.FUNCTIONS = TENSOR_FUNCTIONS
+        return super()._print(expr)
+
+    @property
+    def scalar_mode(self) -> bool:
+        return self.FUNCTIONS is SCALAR_FUNCTIONS
+
+    def power(self, base, exp):
+        return f"{self.paren(base, POW + 1)}**{self.paren(exp, POW + 1)}", POW
+
+    def add_tensor_name(self, name: str):
+        self.tensor_names.add(name)
+
+    def where(self, cond, value, otherwise, otherwise_expr):
+        if self.scalar_mode:
+            return f"({self.doprint(value)} if {cond} else {otherwise})"
+        text = self.doprint(value)
+        if self.is_scalar(value) and self.is_scalar(otherwise_expr):
+            text = f"{self.like}.new_full((), {text})"
+        return f"torch.where({cond}, {text}, {otherwise})"
+
+    def _print_And(self, expr):
+        if self.scalar_mode:
+            return " and ".join(f"({self.doprint(a)})" for a in expr.args), 0
+        return super()._print_And(expr)
+
+    def _print_Or(self, expr):
+        if self.scalar_mode:
+            return " or ".join(f"({self.doprint(a)})" for a in expr.args), 0
+        return super()._print_Or(expr)
+
+    def _print_Not(self, expr):
+        if self.scalar_mode:
+            return f"not ({self.doprint(expr.args[0])})", 0
+        return f"~({self.doprint(expr.args[0])})", ATOM
+
+    def isnan(self, name):
+        return f"torch.isnan({name})"

@@ -1,0 +1,40 @@
+"""Triton printer: every transcendental through libdevice (accurate to a few ULP, and
+dispatched to float32 or float64 by the argument type); sigmoid/softplus through the
+stable helpers in actgen.runtime.triton_lang."""
+from __future__ import annotations
+
+from .base import ATOM, ExprPrinter
+
+
+class TritonPrinter(ExprPrinter):
+    FUNCTIONS = {
+        "exp": "libdevice.exp({0})",
+        "log": "libdevice.log({0})",
+        "log1p": "libdevice.log1p({0})",
+        "expm1": "libdevice.expm1({0})",
+        "sqrt": "libdevice.sqrt({0})",
+        "sin": "libdevice.sin({0})",
+        "cos": "libdevice.cos({0})",
+        "tan": "libdevice.tan({0})",
+        "tanh": "libdevice.tanh({0})",
+        "sinh": "libdevice.sinh({0})",
+        "cosh": "libdevice.cosh({0})",
+        "atan": "libdevice.atan({0})",
+        "asinh": "libdevice.asinh({0})",
+        "erf": "libdevice.erf({0})",
+        "erfc": "libdevice.erfc({0})",
+        "Abs": "tl.abs({0})",
+        "sigmoid": "_sigmoid({0})",
+        "softplus": "_softplus({0})",
+    }
+    INF = 'float("inf")'
+    NAN = 'float("nan")'
+
+    def power(self, base, exp):
+        return f"libdevice.pow({self.doprint(base)}, {self.doprint(exp)})", ATOM
+
+    def where(self, cond, value, otherwise, otherwise_expr):
+        return f"tl.where({cond}, {self.doprint(value)}, {otherwise})"
+
+    def _print_Not(self, expr):
+        return f"({self.doprint(expr.args[0])}) == 0", 0

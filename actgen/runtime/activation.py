@@ -1,0 +1,281 @@
+"""`Activation`: the per-op runtime object generated modules create.
+
+It registers the forward and backward compute as torch.library custom ops (opaque to
+torch.compile, with fake implementations for tracing), picks Triton kernels or the eager
+torch fallback per call, and implements what the generated autograd.Function classes
+delegate to: saving only inputs and params, recomputing in backward, a differentiable
+backward (double backward from the derived second derivatives), forward-mode AD (jvp)
+and vmap.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from . import backend as _backend
+
+_REGISTERED: dict[str, tuple] = {}
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def expand_param(p: torch.Tensor, ndim: int, channel_dim: int) -> torch.Tensor:
+    """A (1,) or (C,) param as something that broadcasts against the input."""
+    if p.numel() == 1:
+        return p.reshape(())
+    return p.reshape((-1,) + (1,) * (ndim - 1 - channel_dim))
+
+
+def reduce_to_param(v: torch.Tensor, p: torch.Tensor, shape, channel_dim: int) -> torch.Tensor:
+    """Sum a per-element gradient to the param's shape."""
+    v = v.expand(shape) if isinstance(v, torch.Tensor) else torch.full(shape, v, dtype=p.dtype, device=p.device)
+    if p.numel() == 1:
+        return v.sum().reshape(1).to(p.dtype)
+    dims = [d for d in range(len(shape)) if d != channel_dim]
+    return (v.sum(dims) if dims else v).to(p.dtype)
+
+
+def as_tensor(v, like: torch.Tensor) -> torch.Tensor:
+    """Generated expressions can fold to a number (d/dx of 2*x); give it the input's shape."""
+    if isinstance(v, torch.Tensor):
+        return v if v.shape == like.shape else v.expand(like.shape)
+    return torch.full_like(like, v)
+
+
+class Activation:
+    def __init__(
+        self,
+        *,
+        name: str,
+        key: str,
+        inputs: Sequence[str],
+        params: Sequence[tuple[str, bool]],
+        constants: Sequence[str],
+        forward_torch: Callable,
+        derivatives_torch: Callable,
+        second_derivatives_torch: Callable,
+        forward_kernel=None,
+        backward_kernel=None,
+    ):
+        self.name = name
+        self.inputs = tuple(inputs)
+        self.param_names = tuple(p for p, _ in params)
+        self.per_channel = tuple(pc for _, pc in params)
+        self.constants = tuple(constants)
+        self.n_inputs = len(self.inputs)
+        self.n_tensors = self.n_inputs + len(self.param_names)
+        self.forward_torch = forward_torch
+        self.derivatives_torch = derivatives_torch
+        self.second_derivatives_torch = second_derivatives_torch
+        self.forward_kernel = forward_kernel
+        self.backward_kernel = backward_kernel
+        self.core = self.function = None
+        self.fwd_op, self.bwd_op = _register(f"{name}_{key}", self)
+
+    def bind(self, core, function):
+        """The generated autograd.Function classes (core: no jvp, for torch.compile)."""
+        self.core, self.function = core, function
+
+    # --- argument checking (runs before autograd, in Python) --------------------------
+    def call(self, inputs, params, constants, channel_dim):
+        x = inputs[0]
+        for name, t in zip(self.inputs, inputs):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{self.name}: input '{name}' must be a tensor, got {type(t).__name__}")
+            if not t.is_floating_point():
+                raise TypeError(f"{self.name}: input '{name}' must be a floating-point tensor, got {t.dtype}")
+        if self.n_inputs == 2 and inputs[0].shape != inputs[1].shape:
+            raise ValueError(f"{self.name}: inputs must have the same shape, got {tuple(inputs[0].shape)} and {tuple(inputs[1].shape)}")
+        params = tuple(
+            p if isinstance(p, torch.Tensor) else torch.tensor([float(p)], dtype=torch.float32, device=x.device)
+            for p in params
+        )
+        channels = 1
+        for name, p, pc in zip(self.param_names, params, self.per_channel):
+            if p.dim() != 1:
+                raise ValueError(f"{self.name}: param '{name}' must be 1-D of shape (1,) or (C,), got {tuple(p.shape)}")
+            if p.numel() == 1:
+                continue
+            if not pc:
+                raise ValueError(f"{self.name}: param '{name}' is shared and must have shape (1,), got {tuple(p.shape)}")
+            if x.dim() < 2:
+                raise ValueError(f"{self.name}: param '{name}' has {p.numel()} channels but the input has {x.dim()} dims (no channel dim); use a (1,) param")
+            cd = channel_dim % x.dim()
+            if x.shape[cd] != p.numel():
+                raise ValueError(f"{self.name}: channel-count mismatch: param '{name}' has {p.numel()} channels but the input has {x.shape[cd]} along dim {channel_dim}")
+            if channels not in (1, p.numel()):
+                raise ValueError(f"{self.name}: per-channel params disagree on the number of channels")
+            channels = p.numel()
+        cd = channel_dim % x.dim() if x.dim() else 0
+        fn = self.core if torch.compiler.is_compiling() else self.function
+        return fn.apply(*inputs, *params, *(float(c) for c in constants), cd)
+
+    # --- compute (the custom ops' implementations) ------------------------------------
+    def _channels(self, params):
+        return max([p.numel() for p in params] + [1])
+
+    def _eager_args(self, inputs, params, constants, channel_dim):
+        dt = compute_dtype(inputs[0].dtype)
+        ndim = inputs[0].dim()
+        xs = [t.to(dt) for t in inputs]
+        ps = [expand_param(p.to(dt), ndim, channel_dim) for p in params]
+        return [*xs, *ps, *constants]
+
+    def forward_impl(self, inputs, params, constants, channel_dim):
+        x = inputs[0]
+        if _backend.use_triton(x, self.forward_kernel):
+            from . import launch
+            return launch.forward(self.forward_kernel, inputs, params, self.per_channel, constants, channel_dim, self._channels(params))
+        y = as_tensor(self.forward_torch(*self._eager_args(inputs, params, constants, channel_dim)), x).to(x.dtype)
+        return y.clone() if any(y is t for t in inputs) else y.contiguous()
+
+    def backward_impl(self, grad, inputs, params, constants, channel_dim, needs):
+        x = inputs[0]
+        if _backend.use_triton(x, self.backward_kernel):
+            from . import launch
+            return launch.backward(self.backward_kernel, grad, inputs, params, self.per_channel, constants, channel_dim, self._channels(params), needs)
+        args = self._eager_args(inputs, params, constants, channel_dim)
+        derivs = self.derivatives_torch(*args)
+        g = grad.to(args[0].dtype)
+        out = []
+        for i, t in enumerate(inputs):
+            out.append((g * as_tensor(derivs[i], x)).to(t.dtype) if needs[i] else torch.empty_like(t))
+        for k, p in enumerate(params):
+            if needs[self.n_inputs + k]:
+                out.append(reduce_to_param(g * derivs[self.n_inputs + k], p, x.shape, channel_dim))
+            else:
+                out.append(torch.empty_like(p))
+        return out
+
+    # --- autograd (what the generated Function classes call) --------------------------
+    def forward(self, *args):
+        n = self.n_tensors
+        tensors, constants, channel_dim = args[:n], args[n:-1], args[-1]
+        return self.fwd_op(list(tensors[: self.n_inputs]), list(tensors[self.n_inputs:]), list(constants), channel_dim)
+
+    def setup_context(self, ctx, args, jvp=False):
+        n = self.n_tensors
+        ctx.save_for_backward(*args[:n])
+        if jvp:
+            ctx.save_for_forward(*args[:n])
+        ctx.constants = tuple(args[n:-1])
+        ctx.channel_dim = args[-1]
+
+    def backward(self, ctx, grad):
+        tensors = ctx.saved_tensors
+        n = self.n_tensors
+        needs = ctx.needs_input_grad[:n]
+        if torch.is_grad_enabled():
+            grads = _Backward.apply(self, ctx.constants, ctx.channel_dim, grad, *tensors)
+        else:
+            grads = self.bwd_op(grad, list(tensors[: self.n_inputs]), list(tensors[self.n_inputs:]), list(ctx.constants), ctx.channel_dim, list(needs))
+        return (*[g if need else None for g, need in zip(grads, needs)], *([None] * (len(ctx.constants) + 1)))
+
+    def jvp(self, ctx, *tangents):
+        tensors = ctx.saved_tensors
+        x = tensors[0]
+        args = self._eager_args(tensors[: self.n_inputs], tensors[self.n_inputs:], ctx.constants, ctx.channel_dim)
+        derivs = self.derivatives_torch(*args)
+        out = torch.zeros(x.shape, dtype=args[0].dtype, device=x.device)
+        for i, t in enumerate(tangents[: self.n_tensors]):
+            if t is None:
+                continue
+            if i >= self.n_inputs:
+                t = expand_param(t.to(out.dtype), x.dim(), ctx.channel_dim)
+            out = out + derivs[i] * t
+        return out.to(x.dtype)
+
+    def double_backward(self, grad, tensors, ggs, constants, channel_dim):
+        """Gradients of (grad * df/dv for every v) w.r.t. grad and every v, in plain torch."""
+        n_in, n = self.n_inputs, self.n_tensors
+        x = tensors[0]
+        args = self._eager_args(tensors[:n_in], tensors[n_in:], constants, channel_dim)
+        dt = args[0].dtype
+        first = self.derivatives_torch(*args)
+        second = iter(self.second_derivatives_torch(*args))
+        H = [[None] * n for _ in range(n)]
+        for i in range(n):
+            for j in range(i, n):
+                H[i][j] = H[j][i] = next(second)
+        gg = [
+            None if t is None else (t.to(dt) if i < n_in else expand_param(t.to(dt), x.dim(), channel_dim))
+            for i, t in enumerate(ggs)
+        ]
+        g = grad.to(dt)
+        grad_g = sum((gg[u] * first[u] for u in range(n) if gg[u] is not None), torch.zeros((), dtype=dt, device=x.device))
+        out = [as_tensor(grad_g, x).to(grad.dtype)]
+        for j in range(n):
+            v = g * sum((gg[u] * H[u][j] for u in range(n) if gg[u] is not None), torch.zeros((), dtype=dt, device=x.device))
+            if j < n_in:
+                out.append(as_tensor(v, x).to(tensors[j].dtype))
+            else:
+                out.append(reduce_to_param(v, tensors[j], x.shape, channel_dim))
+        return out
+
+
+class _Backward(torch.autograd.Function):
+    """The backward op as a differentiable function (used when create_graph=True)."""
+
+    @staticmethod
+    def forward(op, constants, channel_dim, grad, *tensors):
+        n_in = op.n_inputs
+        return tuple(op.bwd_op(grad, list(tensors[:n_in]), list(tensors[n_in:]), list(constants), channel_dim, [True] * len(tensors)))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        op, constants, channel_dim, grad, *tensors = inputs
+        ctx.op, ctx.constants, ctx.channel_dim = op, constants, channel_dim
+        ctx.save_for_backward(grad, *tensors)
+
+    @staticmethod
+    def backward(ctx, *ggs):
+        grad, *tensors = ctx.saved_tensors
+        return (None, None, None, *ctx.op.double_backward(grad, tensors, ggs, ctx.constants, ctx.channel_dim))
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return vmap_by_loop(_Backward, info, in_dims, *args)
+
+
+def vmap_by_loop(function, info, in_dims, *args):
+    """vmap rule for Functions whose compute is an opaque op: one call per batch entry."""
+    results = []
+    for b in range(info.batch_size):
+        sliced = [a.select(d, b) if isinstance(a, torch.Tensor) and d is not None else a for a, d in zip(args, in_dims)]
+        results.append(function.apply(*sliced))
+    if isinstance(results[0], tuple):
+        return tuple(torch.stack(r) for r in zip(*results)), tuple(0 for _ in results[0])
+    return torch.stack(results), 0
+
+
+def _register(opname: str, act: Activation):
+    """Register (once per process) the forward and backward custom ops of an activation."""
+    if opname in _REGISTERED:
+        return _REGISTERED[opname]
+    fwd = torch.library.custom_op(
+        f"actgen::{opname}_forward",
+        lambda inputs, params, constants, channel_dim: act.forward_impl(inputs, params, constants, channel_dim),
+        mutates_args=(),
+        schema="(Tensor[] inputs, Tensor[] params, float[] constants, int channel_dim) -> Tensor",
+    )
+    bwd = torch.library.custom_op(
+        f"actgen::{opname}_backward",
+        lambda grad, inputs, params, constants, channel_dim, needs: act.backward_impl(grad, inputs, params, constants, channel_dim, needs),
+        mutates_args=(),
+        schema="(Tensor grad, Tensor[] inputs, Tensor[] params, float[] constants, int channel_dim, bool[] needs) -> Tensor[]",
+    )
+
+    @fwd.register_fake
+    def _(inputs, params, constants, channel_dim):
+        return torch.empty(inputs[0].shape, dtype=inputs[0].dtype, device=inputs[0].device)
+
+    @bwd.register_fake
+    def _(grad, inputs, params, constants, channel_dim, needs):
+        return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (*inputs, *params)]
+
+    _REGISTERED[opname] = (fwd, bwd)
+    return fwd, bwd

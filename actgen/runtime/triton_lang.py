@@ -1,0 +1,73 @@
+"""What generated kernels import: triton, tl, libdevice and the stable helpers.
+
+Under Triton's interpreter (TRITON_INTERPRET=1, how CPU tests run the kernels) libdevice
+calls are not supported, so `libdevice` is a small numpy-backed stand-in with the same
+function names; on a GPU it is Triton's own libdevice.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+if INTERPRET:
+    from triton.runtime.interpreter import TensorHandle
+
+    class _InterpreterLibdevice:
+        """numpy implementations of the libdevice functions generated kernels call."""
+
+        @staticmethod
+        def _wrap(np_fn):
+            def call(*args):
+                first = next(a for a in args if isinstance(a, tl.tensor))
+                data = [a.handle.data if isinstance(a, tl.tensor) else np.asarray(a, first.handle.data.dtype) for a in args]
+                with np.errstate(all="ignore"):
+                    out = np.asarray(np_fn(*data)).astype(first.handle.data.dtype)
+                return tl.tensor(TensorHandle(out, first.handle.dtype), first.type)
+
+            return call
+
+        def __init__(self):
+            erf = np.vectorize(math.erf, otypes=[np.float64])
+            erfc = np.vectorize(math.erfc, otypes=[np.float64])
+            table = {
+                "exp": np.exp, "log": np.log, "log1p": np.log1p, "expm1": np.expm1,
+                "sqrt": np.sqrt, "sin": np.sin, "cos": np.cos, "tan": np.tan, "tanh": np.tanh,
+                "sinh": np.sinh, "cosh": np.cosh, "atan": np.arctan, "asinh": np.arcsinh,
+                "erf": erf, "erfc": erfc, "pow": np.power,
+            }
+            for name, fn in table.items():
+                setattr(self, name, self._wrap(fn))
+
+    libdevice = _InterpreterLibdevice()
+else:
+    from triton.language.extra import libdevice
+
+
+@triton.jit
+def sigmoid(u):
+    return 1.0 / (1.0 + libdevice.exp(-u))
+
+
+@triton.jit
+def softplus(u):
+    # max(u, 0) + log1p(exp(-|u|)): no overflow, full accuracy for large |u|
+    return tl.maximum(u, 0.0) + libdevice.log1p(libdevice.exp(-tl.abs(u)))
+
+
+__all__ = ["triton", "tl", "libdevice", "sigmoid", "softplus", "store_partial", "INTERPRET"]
+
+
+@triton.jit
+def store_partial(ptr, values, mask, pid, tiles_n, rows, cols, M, N, CH_AXIS: tl.constexpr):
+    """One program's partial param-gradient sums: per tile row (CH_AXIS 0) or column (1)."""
+    v = tl.where(mask, values, 0.0)
+    if CH_AXIS == 0:
+        tl.store(ptr + (pid % tiles_n) * M + rows, tl.sum(v, axis=1), mask=rows < M)
+    else:
+        tl.store(ptr + (pid // tiles_n) * N + cols, tl.sum(v, axis=0), mask=cols < N)

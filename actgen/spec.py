@@ -1,0 +1,366 @@
+"""YAML spec text -> validated, frozen `Spec`.
+
+Specs are untrusted: they are read with PyYAML's safe loader, every field is checked, and
+every problem is reported as `path:line: field: what is wrong` (all of them, not just the
+first).  Nothing here evaluates anything.
+"""
+from __future__ import annotations
+
+import builtins
+import hashlib
+import keyword
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import sympy
+import yaml
+
+from .formula import RESERVED_NAMES, FormulaError, make_symbol, parse_formula
+
+SPEC_FIELDS = ("name", "formula", "doc", "inputs", "params", "constants", "class_name", "reference")
+PARAM_FIELDS = ("init", "per_channel")
+MAX_SPEC_BYTES = 64 * 1024
+
+_NAME_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
+_VAR_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+_CLASS_RE = re.compile(r"[A-Z][A-Za-z0-9_]*\Z")
+_REFERENCE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+# Names generated code uses next to the user's: modules, the functional's keywords,
+# Module methods' arguments, Python builtins.
+_GENERATED_NAMES = frozenset(
+    {"torch", "triton", "tl", "libdevice", "math", "F", "nn", "channel_dim", "dim",
+     "num_channels", "self", "ctx", "cls", "grad_output", "input", "info", "in_dims"}
+)
+_RESERVED = RESERVED_NAMES | _GENERATED_NAMES | frozenset(dir(builtins))
+# an activation's name becomes a module and a function next to the generated code
+_RESERVED_MODULE_NAMES = _GENERATED_NAMES | frozenset(dir(builtins))
+
+
+class SpecError(Exception):
+    """One or more problems in spec files; `problems` are `path:line: field: message` lines."""
+
+    def __init__(self, problems: Iterable[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    init: float
+    per_channel: bool = False
+
+
+@dataclass(frozen=True)
+class Constant:
+    name: str
+    default: float
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    formula: str
+    expr: sympy.Expr = field(compare=False, repr=False)
+    doc: str = ""
+    inputs: tuple[str, ...] = ("x",)
+    params: tuple[Param, ...] = ()
+    constants: tuple[Constant, ...] = ()
+    class_name: str = ""
+    reference: str | None = None
+    source: str = "<string>"
+    sha256: str = ""
+
+    @property
+    def gated(self) -> bool:
+        return len(self.inputs) == 2
+
+    @property
+    def per_channel(self) -> bool:
+        return any(p.per_channel for p in self.params)
+
+    @property
+    def symbols(self) -> dict[str, sympy.Symbol]:
+        return {n: make_symbol(n) for n in (*self.inputs, *(p.name for p in self.params), *(c.name for c in self.constants))}
+
+
+def camel_case(name: str) -> str:
+    """leaky_relu -> LeakyRelu"""
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part)
+
+
+class _Problems:
+    def __init__(self, path: str):
+        self.path = path
+        self.items: list[str] = []
+
+    def add(self, node_or_line, fieldname: str, message: str):
+        line = node_or_line if isinstance(node_or_line, int) else node_or_line.start_mark.line + 1
+        self.items.append(f"{self.path}:{line}: {fieldname}: {message}")
+
+
+def _scalar(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    return loader.construct_object(node, deep=True)
+
+
+def _mapping(node: yaml.MappingNode, problems: _Problems, where: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            problems.add(key_node, where or "spec", "keys must be plain names")
+            continue
+        key = key_node.value
+        if key in out:
+            problems.add(key_node, f"{where}.{key}" if where else key, "is given twice")
+            continue
+        out[key] = (key_node, value_node)
+    return out
+
+
+def _number(loader, node, problems, fieldname):
+    if not isinstance(node, yaml.ScalarNode):
+        problems.add(node, fieldname, "must be a number")
+        return None
+    value = _scalar(loader, node)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        problems.add(node, fieldname, f"must be a number, got {node.value!r}")
+        return None
+    value = float(value)
+    if not math.isfinite(value):
+        problems.add(node, fieldname, "must be a finite number")
+        return None
+    return value
+
+
+def _string(loader, node, problems, fieldname):
+    if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:str":
+        problems.add(node, fieldname, "must be a string")
+        return None
+    return _scalar(loader, node)
+
+
+def _check_var(name, node, problems, fieldname, seen):
+    if not isinstance(name, str) or not _VAR_RE.match(name) or keyword.iskeyword(name):
+        problems.add(node, fieldname, f"{name!r} is not a valid name (letters, digits and _, starting with a letter)")
+        return False
+    if name.endswith(("_ptr", "_stride")):
+        problems.add(node, fieldname, f"'{name}' must not end in _ptr or _stride (generated kernels use those names)")
+        return False
+    if name in _RESERVED:
+        problems.add(node, fieldname, f"'{name}' collides with a reserved name (a function, constant or generated-code name)")
+        return False
+    if name in seen:
+        problems.add(node, fieldname, f"'{name}' is already declared as {seen[name]}")
+        return False
+    return True
+
+
+def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
+    """Validate one spec's YAML text.  Raises SpecError listing every problem."""
+    problems = _Problems(path)
+    raw = text.encode() if isinstance(text, str) else text
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError([f"{path}:1: spec: file is larger than {MAX_SPEC_BYTES} bytes"])
+    try:
+        loader = yaml.SafeLoader(raw.decode("utf-8"))
+        try:
+            root = loader.get_single_node()
+        finally:
+            loader.dispose()
+    except UnicodeDecodeError:
+        raise SpecError([f"{path}:1: spec: not UTF-8 text"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError([f"{path}:{line}: spec: invalid YAML: {reason}"]) from None
+    if root is None or not isinstance(root, yaml.MappingNode):
+        line = root.start_mark.line + 1 if root is not None else 1
+        raise SpecError([f"{path}:{line}: spec: must be a mapping of fields ({', '.join(SPEC_FIELDS)})"])
+
+    fields = _mapping(root, problems, "")
+    for key, (key_node, _) in fields.items():
+        if key not in SPEC_FIELDS:
+            problems.add(key_node, key, f"unknown field (known fields: {', '.join(SPEC_FIELDS)})")
+    for required in ("name", "formula"):
+        if required not in fields:
+            problems.add(root, required, "is required")
+
+    def get(key):
+        return fields[key][1] if key in fields else None
+
+    name = None
+    if get("name") is not None:
+        name = _string(loader, get("name"), problems, "name")
+        if name is not None and (not _NAME_RE.match(name) or keyword.iskeyword(name) or name in _RESERVED_MODULE_NAMES):
+            problems.add(get("name"), "name", f"{name!r} must match [a-z][a-z0-9_]* and not be a Python keyword or reserved name")
+            name = None
+
+    seen: dict[str, str] = {}
+    inputs: list[str] = ["x"]
+    if get("inputs") is not None:
+        node = get("inputs")
+        if not isinstance(node, yaml.SequenceNode) or len(node.value) not in (1, 2):
+            problems.add(node, "inputs", "must be a list of one or two names (two make a gated activation)")
+        else:
+            inputs = []
+            for item in node.value:
+                value = _string(loader, item, problems, "inputs")
+                if value is not None and _check_var(value, item, problems, "inputs", seen):
+                    seen[value] = "an input"
+                    inputs.append(value)
+    else:
+        seen["x"] = "an input"
+
+    params: list[Param] = []
+    if get("params") is not None:
+        node = get("params")
+        if not isinstance(node, yaml.MappingNode):
+            problems.add(node, "params", "must be a mapping name: {init: number, per_channel: bool} or name: number")
+        else:
+            for pname, (key_node, value_node) in _mapping(node, problems, "params").items():
+                where = f"params.{pname}"
+                if not _check_var(pname, key_node, problems, "params", seen):
+                    continue
+                seen[pname] = "a param"
+                if isinstance(value_node, yaml.MappingNode):
+                    sub = _mapping(value_node, problems, where)
+                    for key, (k_node, _) in sub.items():
+                        if key not in PARAM_FIELDS:
+                            problems.add(k_node, f"{where}.{key}", f"unknown field (known fields: {', '.join(PARAM_FIELDS)})")
+                    if "init" not in sub:
+                        problems.add(value_node, f"{where}.init", "is required")
+                        continue
+                    init = _number(loader, sub["init"][1], problems, f"{where}.init")
+                    per_channel = False
+                    if "per_channel" in sub:
+                        pc_node = sub["per_channel"][1]
+                        per_channel = _scalar(loader, pc_node) if isinstance(pc_node, yaml.ScalarNode) else None
+                        if not isinstance(per_channel, bool):
+                            problems.add(pc_node, f"{where}.per_channel", "must be true or false")
+                            continue
+                    if init is not None:
+                        params.append(Param(pname, init, per_channel))
+                else:
+                    init = _number(loader, value_node, problems, where)
+                    if init is not None:
+                        params.append(Param(pname, init, False))
+
+    constants: list[Constant] = []
+    if get("constants") is not None:
+        node = get("constants")
+        if not isinstance(node, yaml.MappingNode):
+            problems.add(node, "constants", "must be a mapping name: number")
+        else:
+            for cname, (key_node, value_node) in _mapping(node, problems, "constants").items():
+                if not _check_var(cname, key_node, problems, "constants", seen):
+                    continue
+                seen[cname] = "a constant"
+                value = _number(loader, value_node, problems, f"constants.{cname}")
+                if value is not None:
+                    constants.append(Constant(cname, value))
+
+    doc = ""
+    if get("doc") is not None:
+        doc = _string(loader, get("doc"), problems, "doc") or ""
+
+    class_name = camel_case(name) if name else ""
+    if get("class_name") is not None:
+        value = _string(loader, get("class_name"), problems, "class_name")
+        if value is not None:
+            if not _CLASS_RE.match(value) or keyword.iskeyword(value) or value in _RESERVED:
+                problems.add(get("class_name"), "class_name", f"{value!r} must match [A-Z][A-Za-z0-9_]*")
+            else:
+                class_name = value
+
+    reference = None
+    if get("reference") is not None:
+        reference = _string(loader, get("reference"), problems, "reference")
+        if reference is not None and not _REFERENCE_RE.match(reference):
+            problems.add(get("reference"), "reference", f"{reference!r} must be a dotted name such as torch.nn.functional.silu")
+
+    if name is not None and name in seen:
+        problems.add(get("name"), "name", f"'{name}' is also declared as {seen[name]}; an activation's name must differ from its variables")
+
+    formula, expr = None, None
+    if get("formula") is not None:
+        node = get("formula")
+        formula = _string(loader, node, problems, "formula")
+        if formula is not None:
+            names = {n: make_symbol(n) for n in seen}
+            try:
+                expr = parse_formula(formula, names)
+            except FormulaError as exc:
+                problems.add(node, "formula", str(exc))
+            else:
+                used = {s.name for s in expr.free_symbols}
+                missing = [n for n in inputs if n not in used]
+                if missing:
+                    problems.add(node, "formula", f"does not use the input(s) {', '.join(missing)}")
+
+    if problems.items:
+        raise SpecError(problems.items)
+    return Spec(
+        name=name,
+        formula=formula,
+        expr=expr,
+        doc=doc,
+        inputs=tuple(inputs),
+        params=tuple(params),
+        constants=tuple(constants),
+        class_name=class_name,
+        reference=reference,
+        source=path,
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def load_spec_file(path: Path, display: str | None = None) -> Spec:
+    path = Path(path)
+    shown = display or str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError([f"{shown}:1: spec: cannot read file ({exc.strerror})"]) from None
+    return load_spec(raw, shown)
+
+
+def collect_spec_files(paths: Iterable[Path]) -> list[Path]:
+    """Expand directories to their *.yaml / *.yml files, sorted by name."""
+    files: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            files.extend(sorted(q for q in p.iterdir() if q.suffix in (".yaml", ".yml") and q.is_file()))
+        else:
+            files.append(p)
+    return files
+
+
+def load_specs(paths: Iterable[Path]) -> list[Spec]:
+    """Load every spec, collecting all problems (including duplicate names) into one SpecError."""
+    specs: list[Spec] = []
+    problems: list[str] = []
+    files = collect_spec_files(paths)
+    if not files:
+        raise SpecError(["<args>:0: spec: no spec files found"])
+    for f in files:
+        try:
+            specs.append(load_spec_file(f))
+        except SpecError as exc:
+            problems.extend(exc.problems)
+    by_name: dict[str, Spec] = {}
+    by_class: dict[str, Spec] = {}
+    for s in specs:
+        if s.name in by_name:
+            problems.append(f"{s.source}:1: name: '{s.name}' is already defined in {by_name[s.name].source}")
+        by_name.setdefault(s.name, s)
+        if s.class_name in by_class and by_class[s.class_name].name != s.name:
+            problems.append(f"{s.source}:1: class_name: '{s.class_name}' is already used by {by_class[s.class_name].source}")
+        by_class.setdefault(s.class_name, s)
+    if problems:
+        raise SpecError(problems)
+    return sorted(specs, key=lambda s: s.name)
