@@ -4,7 +4,14 @@ Everything here is pure sympy; printers turn the IR into Triton or torch source.
 
 * Stability rewrites (`REWRITES`, applied bottom-up, in order) turn write-outs into the
   stable primitives: log(1 + exp(u)) -> softplus(u), 1/(1 + exp(-u)) -> sigmoid(u),
-  log(1 + u) -> log1p(u), exp(u) - 1 -> expm1(u).
+  log(1 + u) -> log1p(u), exp(u) - 1 -> expm1(u); and remove cancellation and overflow:
+  log(sigmoid(u)) -> -softplus(-u), log(exp(a) + exp(b)) -> a + softplus(b - a),
+  1 + erf(u) -> erfc(-u), 1 + tanh(u) -> 2 sigmoid(2u), 1 - sigmoid(u) -> sigmoid(-u),
+  1 - 2 sigmoid(u) -> -tanh(u/2), 1 - tanh(u)**2 -> sech(u)**2 in exponentials,
+  exp(a) exp(b) -> exp(a + b), u*sign(u) -> |u|, sums over a common denominator that cancel
+  symbolically, sqrt(k u**2 + c) -+ sqrt(k) u through its conjugate on the side where it
+  cancels, and a Padé approximant near 0 for expressions of one variable whose terms
+  cancel there (x - tanh(x)).
 * Derivatives are taken symbolically for every input and param (first order for the
   backward kernel, second order for double backward).  The derivative of a Piecewise is the
   Piecewise of the derivatives under the same conditions; DiracDelta (from sign and
@@ -74,15 +81,375 @@ def rewrite_log1p(e):
 
 
 def rewrite_expm1(e):
-    if isinstance(e, sympy.Add) and sympy.S.NegativeOne in e.args:
-        exps = [a for a in e.args if isinstance(a, sympy.exp)]
-        if exps:
-            first = exps[0]
-            rest = list(e.args)
-            rest.remove(sympy.S.NegativeOne)
-            rest.remove(first)
-            return expm1(first.args[0]) + sympy.Add(*rest)
+    """c*exp(u) - c -> c*expm1(u) (sympy distributes c*(exp(u) - 1) into that form)."""
+    if not isinstance(e, sympy.Add):
+        return None
+    numbers = [a for a in e.args if a.is_Number]
+    for term in e.args:
+        coeff, rest = term.as_coeff_Mul()
+        if isinstance(rest, sympy.exp) and -coeff in numbers:
+            others = list(e.args)
+            others.remove(term)
+            others.remove(-coeff)
+            return coeff * expm1(rest.args[0]) + sympy.Add(*others)
     return None
+
+
+# --- stability rewrites for cancellation and overflow -----------------------------------
+# Each turns a write-out that loses accuracy in floating point into an equivalent form that
+# does not; where the loss happens only on one side, the stable form is guarded by a
+# Piecewise on the sign (its NaN guard comes with it).
+class StableSum(sympy.Add):
+    """A sum already in stable form, as a branch of a guarded rewrite below: the rewrites of
+    sums leave it as it is (they would otherwise rewrite their own branch again), and sympy
+    neither distributes a coefficient into it nor merges it into an enclosing sum (is_Add is
+    False).  Prints, evaluates and differentiates as a sum."""
+
+    is_Add = False
+
+
+def _is_sum(e) -> bool:
+    return type(e) is sympy.Add
+
+
+def _numbers_and_terms(e):
+    numbers = [a for a in e.args if a.is_Number]
+    return numbers, [a for a in e.args if not a.is_Number]
+
+
+def _replace_pair(e, term, number, new):
+    others = list(e.args)
+    others.remove(term)
+    others.remove(number)
+    return new + sympy.Add(*others)
+
+
+def rewrite_log_sigmoid(e):
+    """log(sigmoid(u)) -> -softplus(-u): no log(0) = -inf for u << 0, no log(1 - tiny) for u >> 0."""
+    if isinstance(e, sympy.log) and isinstance(e.args[0], sigmoid):
+        return -softplus(-e.args[0].args[0])
+    return None
+
+
+def _exp_term(t):
+    """c * exp(a) with a number c > 0 -> (log(c) + a); a number c > 0 -> log(c); else None."""
+    if t.is_Number:
+        return sympy.log(t) if t.is_positive else None
+    coeff, rest = t.as_coeff_Mul()
+    if isinstance(rest, sympy.exp) and coeff.is_positive:
+        return rest.args[0] + sympy.log(coeff)
+    return None
+
+
+def rewrite_logsumexp(e):
+    """log(exp(a) + exp(b)) -> a + softplus(b - a): exp(a) and exp(b) may overflow, the result does not."""
+    if not isinstance(e, sympy.log) or not isinstance(e.args[0], sympy.Add) or len(e.args[0].args) != 2:
+        return None
+    parts = [_exp_term(t) for t in e.args[0].args]
+    if any(p is None for p in parts) or not any(p.free_symbols for p in parts):
+        return None
+    a, b = parts
+    return a + softplus(b - a)
+
+
+class erfc(sympy.erfc):
+    """sympy's erfc without its canonical form erfc(-z) -> 2 - erfc(z), which would bring
+    back the cancellation the erfc rewrite removes.  Prints, differentiates and evaluates
+    as erfc."""
+
+    @classmethod
+    def eval(cls, arg):
+        if arg.could_extract_minus_sign():
+            return None
+        return super().eval(arg)
+
+
+def rewrite_erfc(e):
+    """c + c*erf(u) -> c*erfc(-u) and c*erf(u) - c -> -c*erfc(u): no cancellation where erf(u) -> -+1."""
+    if not _is_sum(e):
+        return None
+    numbers, _ = _numbers_and_terms(e)
+    for term in e.args:
+        coeff, rest = term.as_coeff_Mul()
+        if isinstance(rest, sympy.erf):
+            u = rest.args[0]
+            if coeff in numbers:
+                return _replace_pair(e, term, coeff, coeff * erfc(-u))
+            if -coeff in numbers:
+                return _replace_pair(e, term, -coeff, -coeff * erfc(u))
+    return None
+
+
+def rewrite_tanh_sigmoid(e):
+    """c + c*tanh(u) -> 2c*sigmoid(2u) and c*tanh(u) - c -> -2c*sigmoid(-2u): no cancellation where tanh(u) -> -+1."""
+    if not _is_sum(e):
+        return None
+    numbers, _ = _numbers_and_terms(e)
+    for term in e.args:
+        coeff, rest = term.as_coeff_Mul()
+        if isinstance(rest, sympy.tanh):
+            u = rest.args[0]
+            if coeff in numbers:
+                return _replace_pair(e, term, coeff, 2 * coeff * sigmoid(2 * u))
+            if -coeff in numbers:
+                return _replace_pair(e, term, -coeff, -2 * coeff * sigmoid(-2 * u))
+    return None
+
+
+def rewrite_sigmoid_complement(e):
+    """c - c*sigmoid(u) -> c*sigmoid(-u): no cancellation where sigmoid(u) -> 1 (sigmoid' is
+    written sigmoid(u)*(1 - sigmoid(u)))."""
+    if not _is_sum(e):
+        return None
+    numbers, _ = _numbers_and_terms(e)
+    for term in e.args:
+        coeff, rest = term.as_coeff_Mul()
+        if isinstance(rest, sigmoid) and -coeff in numbers:
+            return _replace_pair(e, term, -coeff, -coeff * sigmoid(-rest.args[0]))
+    return None
+
+
+def rewrite_sigmoid_tanh(e):
+    """c - 2c*sigmoid(u) -> -c*tanh(u/2): no cancellation near u = 0 (the derivative of
+    log(exp(x) + exp(-x)) = x + softplus(-2x) is 1 - 2*sigmoid(-2x) = tanh(x))."""
+    if not _is_sum(e):
+        return None
+    numbers, _ = _numbers_and_terms(e)
+    for term in e.args:
+        coeff, rest = term.as_coeff_Mul()
+        if isinstance(rest, sigmoid) and -coeff / 2 in numbers:
+            c = -coeff / 2
+            return _replace_pair(e, term, c, -c * sympy.tanh(rest.args[0] / 2))
+    return None
+
+
+def rewrite_sech2(e):
+    """c - c*tanh(u)**2 -> c*4*exp(-2|u|) / (1 + exp(-2|u|))**2 (= c*sech(u)**2): no cancellation
+    where tanh(u)**2 -> 1, so tanh' keeps its tail instead of dropping to 0 at |u| > 9."""
+    if not _is_sum(e):
+        return None
+    numbers, _ = _numbers_and_terms(e)
+    for term in e.args:
+        coeff, rest = term.as_coeff_Mul()
+        if isinstance(rest, sympy.Pow) and rest.exp == 2 and isinstance(rest.base, sympy.tanh) and -coeff in numbers:
+            u = rest.base.args[0]
+            decay = sympy.exp(-2 * sympy.Abs(u))
+            return _replace_pair(e, term, -coeff, -coeff * 4 * decay / (1 + decay) ** 2)
+    return None
+
+
+def rewrite_exp_product(e):
+    """exp(a) * exp(b) -> exp(a + b): no inf * 0 where one factor overflows and the other underflows."""
+    if not isinstance(e, sympy.Mul):
+        return None
+    exps = [a for a in e.args if isinstance(a, sympy.exp)]
+    if len(exps) < 2:
+        return None
+    rest = [a for a in e.args if not isinstance(a, sympy.exp)]
+    return sympy.Mul(*rest) * sympy.exp(sympy.Add(*[a.args[0] for a in exps]))
+
+
+def _sign_of(e):
+    """u if e is the sign Piecewise((1, u > 0), (-1, u < 0), (0, True)) that sign() becomes."""
+    if isinstance(e, sympy.Piecewise) and len(e.args) == 3:
+        (one, c1), (minus, c2), (zero, c3) = e.args
+        if (one, minus, zero, c3) == (1, -1, 0, sympy.true) and isinstance(c1, sympy.StrictGreaterThan) \
+                and c1.rhs == 0 and c2 == sympy.StrictLessThan(c1.lhs, 0):
+            return c1.lhs
+    return None
+
+
+def rewrite_sign_product(e):
+    """u**n * sign(u) -> u**(n-1) * |u| (abs' = sign gives u*sign(u) in derivatives), so that
+    sums in |u| can cancel symbolically instead of numerically."""
+    if not isinstance(e, sympy.Mul):
+        return None
+    for factor in e.args:
+        u = _sign_of(factor)
+        if u is None:
+            continue
+        for other in e.args:
+            base, n = other.as_base_exp()
+            if base == u and n.is_Integer and n >= 1:
+                rest = list(e.args)
+                rest.remove(factor)
+                rest.remove(other)
+                return sympy.Mul(*rest) * u ** (n - 1) * sympy.Abs(u)
+    return None
+
+
+def rewrite_common_denominator(e):
+    """n1/D**k1 + n2/D**k2 -> (n1*D**(K-k1) + n2*D**(K-k2))/D**K when the numerators then
+    cancel symbolically (1/(1 + |x|) - |x|/(1 + |x|)**2 -> 1/(1 + |x|)**2, the quotient rule's
+    leftover), which in floating point would cancel numerically.  Small sums only."""
+    if not _is_sum(e):
+        return None
+    by_base: dict = {}
+    for term in e.args:
+        for factor in sympy.Mul.make_args(term):
+            base, n = factor.as_base_exp()
+            if n.is_Integer and n < 0 and _is_sum(base) and len(base.args) <= 3:
+                by_base.setdefault(base, []).append((term, -n))
+    for base, terms in by_base.items():
+        if len(terms) < 2 or max(k for _, k in terms) > 2:
+            continue
+        top = max(k for _, k in terms)
+        parts = [sympy.expand(term * base**k * base ** (top - k), deep=False) for term, k in terms]
+        naive = sum(len(sympy.Add.make_args(p)) for p in parts)
+        combined = sympy.Add(*parts)
+        if len(sympy.Add.make_args(combined)) < naive and len(sympy.Add.make_args(combined)) <= 2:
+            others = list(e.args)
+            for term, _ in terms:
+                others.remove(term)
+            return combined / base**top + sympy.Add(*others)
+    return None
+
+
+def _sqrt_square_plus(term):
+    """a*sqrt(k*u**2 + c) with numbers a, k > 0 and c free of u -> (a, k, u, c)."""
+    a, rest = term.as_coeff_Mul()
+    if not (isinstance(rest, sympy.Pow) and rest.exp == sympy.S.Half and isinstance(rest.base, sympy.Add)):
+        return None
+    for square_term in rest.base.args:
+        k, square = square_term.as_coeff_Mul()
+        if k.is_positive and isinstance(square, sympy.Pow) and square.exp == 2 and square.base.free_symbols:
+            u = square.base
+            c = rest.base - square_term
+            if c != 0 and not (c.free_symbols & u.free_symbols):
+                return a, k, u, c
+    return None
+
+
+def rewrite_sqrt_conjugate(e):
+    """Cancellation against sqrt(k*u**2 + c), through the conjugate:
+    a*sqrt(k u^2 + c) - a*sqrt(k)*u -> a*c / (sqrt(k u^2 + c) + sqrt(k)*u) where u > 0, and as
+    written elsewhere (the mirror image for + a*sqrt(k)*u);
+    a*sqrt(k u^2 + c) - a*sqrt(c) -> a*k*u^2 / (sqrt(k u^2 + c) + sqrt(c))."""
+    if not _is_sum(e):
+        return None
+    for term in e.args:
+        parts = _sqrt_square_plus(term)
+        if parts is None:
+            continue
+        a, k, u, c = parts
+        root = term / a
+        others = list(e.args)
+        others.remove(term)
+        for other in others:
+            coeff, rest = other.as_coeff_Mul()
+            if other.is_Number and c.is_Number and sympy.simplify(other + a * sympy.sqrt(c)) == 0:
+                rest_terms = list(others)
+                rest_terms.remove(other)
+                return a * k * u**2 / (root + sympy.sqrt(c)) + sympy.Add(*rest_terms)
+            if rest == u and not other.is_Number:
+                ratio = sympy.simplify(coeff / (a * sympy.sqrt(k)))
+                if ratio not in (1, -1):
+                    continue
+                rest_terms = list(others)
+                rest_terms.remove(other)
+                # both branches are sums of two terms of the same sign (and not rewritten again)
+                plain = StableSum(root, ratio * sympy.sqrt(k) * u)
+                side = u > 0 if ratio == -1 else u < 0
+                stable = sympy.Piecewise((a * c / StableSum(root, -ratio * sympy.sqrt(k) * u), side), (a * plain, True))
+                return stable + sympy.Add(*rest_terms)
+    return None
+
+
+# Cancellation at 0: an expression of one variable whose terms cancel to leading order there
+# (x - tanh(x) ~ x**3/3) loses every digit for small x.  Near 0 it is replaced by a Padé
+# approximant t**k * P(t)/Q(t) (in t**2 for odd or even functions) from its Taylor series,
+# accurate to below float64 rounding on |t| < r, where r is the point beyond which the terms
+# no longer cancel badly (their sum of magnitudes is at most _CANCELLATION_OK times the result).
+_ANALYTIC = (sympy.tanh, sympy.sin, sympy.tan, sympy.sinh, sympy.atan, sympy.asinh, sympy.erf, sympy.exp,
+             sympy.cos, sympy.cosh, log1p, expm1, sigmoid)
+_CANCELLATION_OK = 3
+_RADII = (0.5, 1, 1.5, 2, 3, 4)
+_PADE_TOLERANCE = mpmath.mpf(2) ** -57
+
+
+def _cancellation(terms, t, at):
+    values = [mpmath.mpf(sympy.Float(sympy.N(term.subs(t, at), 30), 30)._mpf_) for term in terms]
+    total = abs(sum(values))
+    return sum(abs(v) for v in values) / total if total else mpmath.inf
+
+
+def _pade_near_zero(e, x):
+    t = sympy.Dummy("t", real=True)
+    body = e.xreplace({x: t})
+    terms = body.args
+    with mpmath.workdps(40):
+        if _cancellation(terms, t, sympy.Rational(1, 1024)) < 64 or _cancellation(terms, t, -sympy.Rational(1, 1024)) < 64:
+            return None
+        radius = next(
+            (r for r in _RADII
+             if all(_cancellation(terms, t, s * r * m) <= _CANCELLATION_OK for s in (1, -1) for m in (1, 2, 4, 8))),
+            None,
+        )
+        if radius is None:
+            return None
+        order = 40
+        series = sympy.series(body, t, 0, order).removeO()
+        coeffs = [series.coeff(t, n) for n in range(order)]
+        if not all(c.is_number for c in coeffs):
+            return None
+        k = next((n for n, c in enumerate(coeffs) if c != 0), None)
+        if k is None or k == 0:
+            return None
+        rest = [mpmath.mpf(sympy.Float(c, 40)._mpf_) for c in coeffs[k:]]
+        step = 2 if all(c == 0 for c in rest[1::2]) else 1
+        a = rest[::step]
+        for m in range(2, 9):
+            if 2 * m + 1 > len(a):
+                return None
+            try:
+                p, q = mpmath.pade(a[: 2 * m + 1], m, m)
+            except ZeroDivisionError:
+                continue
+            approx = lambda v: v**k * mpmath.polyval(p[::-1], v**step) / mpmath.polyval(q[::-1], v**step)
+            exact = sympy.lambdify(t, body, modules=[{"sigmoid": lambda u: 1 / (1 + mpmath.exp(-u)), "log1p": mpmath.log1p,
+                                                      "expm1": mpmath.expm1}, "mpmath"])
+            grid = [radius * mpmath.mpf(j) / 64 for j in range(1, 65)]
+            grid += [-v for v in grid]
+            if any(mpmath.polyval(q[::-1], v**step) < mpmath.mpf(1) / 4 for v in grid):
+                continue
+            if all(abs(approx(v) / exact(v) - 1) < _PADE_TOLERANCE for v in grid):
+                break
+        else:
+            return None
+    s = x**step
+
+    def horner(cs):
+        out = sympy.Float(mpmath.nstr(cs[-1], 20), 20)
+        for c in reversed(cs[:-1]):
+            out = sympy.Float(mpmath.nstr(c, 20), 20) + s * out
+        return out
+
+    near = x**k * horner(p) / horner(q)
+    return ApproximatedNearZero((near, sympy.Abs(x) < radius), (StableSum(*e.args), True))
+
+
+class ApproximatedNearZero(sympy.Piecewise):
+    """Piecewise((approximant, |x| < r), (f, True)) from the rewrite below.  Its derivative
+    is that of f as written (rewritten in turn), not the approximant's: the approximant is
+    accurate in value, its derivative less so, and f' need not cancel where f does."""
+
+    def _eval_derivative(self, s):
+        return sympy.diff(sympy.Add(*self.args[-1].expr.args), s)
+
+    def _sympystr(self, printer):
+        return printer.doprint(sympy.Piecewise(*self.args))
+
+
+def rewrite_cancellation_at_zero(e):
+    """f(x) whose terms cancel at x = 0 (x - tanh(x)) -> a Padé approximant for |x| < r, f elsewhere."""
+    if not _is_sum(e) or len(e.free_symbols) != 1 or e.has(sympy.Piecewise):
+        return None
+    x, = e.free_symbols
+    if not isinstance(x, sympy.Symbol) or not e.has(*_ANALYTIC):
+        return None
+    if not all(term.has(x) for term in e.args if not term.is_Number) or not any(term.is_polynomial(x) for term in e.args):
+        return None
+    return _pade_near_zero(e, x)
 
 
 REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
@@ -90,6 +457,18 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_sigmoid,
     rewrite_log1p,
     rewrite_expm1,
+    rewrite_log_sigmoid,
+    rewrite_logsumexp,
+    rewrite_erfc,
+    rewrite_tanh_sigmoid,
+    rewrite_sigmoid_complement,
+    rewrite_sigmoid_tanh,
+    rewrite_sech2,
+    rewrite_exp_product,
+    rewrite_sign_product,
+    rewrite_common_denominator,
+    rewrite_sqrt_conjugate,
+    rewrite_cancellation_at_zero,
 )
 
 
@@ -132,6 +511,20 @@ def differentiate(expr: sympy.Expr, var: sympy.Symbol) -> sympy.Expr:
 _PROBES = (sympy.Integer(10) ** 30, sympy.Integer(10) ** 60)
 
 
+def _tame_exp(value: sympy.Expr) -> sympy.Expr:
+    """exp of an astronomically large number (exp(-exp(x)) at x = 1e30) -> 0 or oo, so that
+    evaluating a double exponential at a probe does not try to compute 10**(10**29) digits."""
+    def huge(e):
+        if not (isinstance(e, sympy.exp) and e.args[0].is_number):
+            return False
+        return abs(sympy.N(e.args[0], 15)) > _HUGE_EXP_ARG
+
+    return value.replace(huge, lambda e: sympy.S.Zero if sympy.N(e.args[0], 15) < 0 else sympy.oo)
+
+
+_HUGE_EXP_ARG = sympy.Integer(10) ** 40
+
+
 def _numeric_limit(expr: sympy.Expr, x: sympy.Symbol, sign: int):
     """The limit of expr as x -> sign*inf when it can be read off at two huge points, else None.
 
@@ -140,7 +533,7 @@ def _numeric_limit(expr: sympy.Expr, x: sympy.Symbol, sign: int):
     values = []
     for probe in _PROBES:
         try:
-            v = sympy.N(expr.subs(x, sign * probe), 40)
+            v = sympy.N(_tame_exp(expr.subs(x, sign * probe)), 40)
         except Exception:  # noqa: BLE001 - any failure to evaluate just means "no guard"
             return None
         if not v.is_number or v.has(sympy.nan, sympy.zoo) or not v.is_real:
@@ -149,7 +542,7 @@ def _numeric_limit(expr: sympy.Expr, x: sympy.Symbol, sign: int):
     if values[0] is None or values[1] is None:
         return None
     a, b = values
-    if abs(a) > 1e30 and abs(b) > abs(a) * 10 and mpmath.sign(a) == mpmath.sign(b):
+    if abs(a) > 1e20 and abs(b) > abs(a) * 10 and mpmath.sign(a) == mpmath.sign(b):
         return float(mpmath.sign(b)) * float("inf")
     if abs(a - b) <= mpmath.mpf(10) ** -25 * max(1, abs(b)):
         return 0.0 if abs(b) < 1e-30 else float(b)

@@ -143,7 +143,7 @@ def parse_formula(text: str, names: Mapping[str, sympy.Symbol]) -> sympy.Expr:
         raise FormulaError(f"has {count} syntax nodes; the limit is {MAX_NODES}")
     builder = _Builder(names)
     expr = builder.expr(tree.body, 0)
-    if not isinstance(expr, sympy.Expr) or isinstance(expr, sympy.logic.boolalg.Boolean):
+    if not isinstance(expr, sympy.Expr) or isinstance(expr, (sympy.Rel, sympy.logic.boolalg.BooleanFunction)):
         raise FormulaError("must be an arithmetic expression, not a condition")
     for atom in expr.atoms(sympy.Number):
         if not math.isfinite(float(atom)):

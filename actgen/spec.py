@@ -32,7 +32,8 @@ _REFERENCE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z
 # Module methods' arguments, Python builtins.
 _GENERATED_NAMES = frozenset(
     {"torch", "triton", "tl", "libdevice", "math", "F", "nn", "channel_dim", "dim",
-     "num_channels", "self", "ctx", "cls", "grad_output", "input", "info", "in_dims"}
+     "num_channels", "num_parameters", "init", "self", "ctx", "cls", "grad_output", "input",
+     "info", "in_dims", "args", "tangents"}
 )
 _RESERVED = RESERVED_NAMES | _GENERATED_NAMES | frozenset(dir(builtins))
 # an activation's name becomes a module and a function next to the generated code
@@ -100,6 +101,22 @@ class _Problems:
     def add(self, node_or_line, fieldname: str, message: str):
         line = node_or_line if isinstance(node_or_line, int) else node_or_line.start_mark.line + 1
         self.items.append(f"{self.path}:{line}: {fieldname}: {message}")
+
+
+_SAFE_TAGS = frozenset(
+    f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")
+)
+
+
+def _walk(node: yaml.Node):
+    yield node
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            yield from _walk(k)
+            yield from _walk(v)
+    elif isinstance(node, yaml.SequenceNode):
+        for v in node.value:
+            yield from _walk(v)
 
 
 def _scalar(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
@@ -180,6 +197,10 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
     if root is None or not isinstance(root, yaml.MappingNode):
         line = root.start_mark.line + 1 if root is not None else 1
         raise SpecError([f"{path}:{line}: spec: must be a mapping of fields ({', '.join(SPEC_FIELDS)})"])
+
+    bad_tags = [n for n in _walk(root) if n.tag not in _SAFE_TAGS]
+    if bad_tags:
+        raise SpecError([f"{path}:{n.start_mark.line + 1}: spec: unsupported YAML tag {n.tag}" for n in bad_tags])
 
     fields = _mapping(root, problems, "")
     for key, (key_node, _) in fields.items():
@@ -282,7 +303,9 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
         if reference is not None and not _REFERENCE_RE.match(reference):
             problems.add(get("reference"), "reference", f"{reference!r} must be a dotted name such as torch.nn.functional.silu")
 
-    if name is not None and name in seen:
+    # A constant may share the activation's name (torch.nn.functional.threshold's keyword
+    # `threshold`): constants are keyword-only and generated code never shadows the function.
+    if name is not None and name in seen and seen[name] != "a constant":
         problems.add(get("name"), "name", f"'{name}' is also declared as {seen[name]}; an activation's name must differ from its variables")
 
     formula, expr = None, None

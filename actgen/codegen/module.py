@@ -235,27 +235,41 @@ def _functions(w: Writer, d: Derivation):
 def _module_class(w: Writer, d: Derivation):
     s = d.spec
     cls = s.class_name
-    consts = [f"{c.name}={c.default!r}" for c in s.constants]
     if s.gated:
         head = ["dim=-1"]
     elif s.per_channel:
         head = ["num_channels=1", "channel_dim=1"]
     else:
         head = []
-    sig = ", ".join(["self", *head] + (["*", *consts] if consts else []))
+    keywords = [f"{c.name}={c.default!r}" for c in s.constants]
+    if s.per_channel and not s.gated:
+        keywords.append("num_parameters=None")          # torch.nn.PReLU's spelling
+    single = s.params[0] if len(s.params) == 1 else None
+    if single is not None:
+        keywords.append("init=None")                    # torch.nn.PReLU's spelling
+    sig = ", ".join(["self", *head] + (["*", *keywords] if keywords else []))
     with w.indent(f"class {cls}(torch.nn.Module):"):
         doc = [s.doc.strip() or f"The {s.name} activation.", "", f"f = {' '.join(s.formula.split())}"]
         if s.gated:
             doc.append(f"The input is split in two halves along `dim` ({', '.join(s.inputs)}), as torch.nn.GLU.")
+        if s.per_channel and not s.gated:
+            doc.append("num_parameters is accepted for num_channels, as torch.nn.PReLU spells it.")
+        if single is not None:
+            doc.append(f"init overrides the initial value of {single.name} ({single.init!r}).")
         w('"""' + escape_docstring("\n".join(doc)) + '"""')
         w()
         with w.indent(f"def __init__({sig}):"):
             w("super().__init__()")
+            if s.per_channel and not s.gated:
+                with w.indent("if num_parameters is not None:"):
+                    w("num_channels = num_parameters")
             for h in head:
                 n = h.split("=")[0]
                 w(f"self.{n} = {n}")
             for c in s.constants:
                 w(f"self.{c.name} = {c.name}")
+            if single is not None:
+                w(f"self.init = {single.init!r} if init is None else float(init)")
             for p in s.params:
                 size = "num_channels" if p.per_channel else "1"
                 w(f"self.{p.name} = torch.nn.Parameter(torch.empty({size}))")
@@ -266,7 +280,8 @@ def _module_class(w: Writer, d: Derivation):
             with w.indent("def reset_parameters(self):"):
                 with w.indent("with torch.no_grad():"):
                     for p in s.params:
-                        w(f"self.{p.name}.fill_({p.init!r})")
+                        value = "self.init" if single is not None else repr(p.init)
+                        w(f"self.{p.name}.fill_({value})")
             w()
         call_params = [f"self.{p.name}" for p in s.params]
         kw = (["channel_dim=self.channel_dim"] if s.per_channel else []) + [f"{c.name}=self.{c.name}" for c in s.constants]
@@ -280,8 +295,10 @@ def _module_class(w: Writer, d: Derivation):
         w()
         with w.indent("def extra_repr(self):"):
             fields = [h.split("=")[0] for h in head] + [c.name for c in s.constants]
+            if single is not None:
+                fields.append("init")
             if fields:
-                w("return " + repr(", ".join(f"{f}={{self.{f}!r}}" for f in fields)).replace("'", 'f"', 1)[:-1] + '"')
+                w('return f"' + ", ".join(f"{f}={{self.{f}!r}}" for f in fields) + '"')
             else:
                 w('return ""')
 

@@ -7,7 +7,7 @@ Formula, as written:
 
 Derived (after stability rewrites):
     f     = x*tanh(sqrt(x**2 + 1))
-    df/dx = x**2*(1 - tanh(sqrt(x**2 + 1))**2)/sqrt(x**2 + 1) + tanh(sqrt(x**2 + 1))
+    df/dx = 4*x**2*exp(-2*sqrt(x**2 + 1))/((1 + exp(-2*sqrt(x**2 + 1)))**2*sqrt(x**2 + 1)) + tanh(sqrt(x**2 + 1))
 """
 import math
 
@@ -32,8 +32,8 @@ def _derivatives_torch(x):
     """df/dx."""
     _t0 = x*x
     _t1 = torch.sqrt(_t0 + 1.0)
-    _t2 = torch.tanh(_t1)
-    _d_x = torch.where(x == math.inf, 1.0, torch.where(x == -math.inf, 1.0, _t0*(1.0 - _t2*_t2)/_t1 + _t2))
+    _t2 = torch.exp(-(2.0*_t1))
+    _d_x = torch.where(x == math.inf, 1.0, torch.where(x == -math.inf, 1.0, 4.0*_t0*_t2/(_t1*(_t2 + 1.0)**2.0) + torch.tanh(_t1)))
     return (_d_x,)
 
 
@@ -42,11 +42,15 @@ def _second_derivatives_torch(x):
     _t0 = x*x
     _t1 = _t0 + 1.0
     _t2 = torch.sqrt(_t1)
-    _t3 = torch.tanh(_t2)
-    _t4 = 1.0/_t2
-    _t5 = 1.0 - _t3*_t3
-    _t6 = _t5*x*x*x
-    _d2_x_x = 3.0*_t4*_t5*x - 2.0*_t3*_t6/_t1 - _t6/_t1**1.5
+    _t3 = 1.0/_t2
+    _t4 = torch.exp(-(2.0*_t2))
+    _t5 = _t4 + 1.0
+    _t6 = 1.0/(_t5*_t5)
+    _t7 = _t4*_t6
+    _t8 = 4.0*_t7
+    _t9 = x*x*x
+    _t10 = 1.0/_t1
+    _d2_x_x = -(8.0*_t10*_t7*_t9) + 16.0*_t10*_t9*torch.exp(-(4.0*_t2))/(_t5*_t5*_t5) + 12.0*_t3*_t4*_t6*x - _t8*_t9/_t1**1.5
     return (_d2_x_x,)
 
 
@@ -88,8 +92,8 @@ if _rt.HAS_TRITON:
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = x*x
         _t1 = libdevice.sqrt(_t0 + 1.0)
-        _t2 = libdevice.tanh(_t1)
-        _d_x = tl.where(x == float("inf"), 1.0, tl.where(x == -float("inf"), 1.0, _t0*(1.0 - _t2*_t2)/_t1 + _t2))
+        _t2 = libdevice.exp(-(2.0*_t1))
+        _d_x = tl.where(x == float("inf"), 1.0, tl.where(x == -float("inf"), 1.0, 4.0*_t0*_t2/(_t1*libdevice.pow(_t2 + 1.0, 2.0)) + libdevice.tanh(_t1)))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 

@@ -9,7 +9,7 @@ Constants: scale=1.0
 
 Derived (after stability rewrites):
     f     = scale*tanh(x/scale)
-    df/dx = 1 - tanh(x/scale)**2
+    df/dx = 4*exp(-2*Abs(x/scale))/(1 + exp(-2*Abs(x/scale)))**2
 """
 import math
 
@@ -32,16 +32,21 @@ def _forward_torch(x, scale):
 
 def _derivatives_torch(x, scale):
     """df/dx."""
-    _d_x = 1.0 - torch.tanh(x/scale)**2.0
+    _t0 = torch.exp(-(2.0*torch.abs(x/scale)))
+    _d_x = 4.0*_t0/(_t0 + 1.0)**2.0
     return (_d_x,)
 
 
 def _second_derivatives_torch(x, scale):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = 1.0/scale
-    _t1 = torch.tanh(_t0*x)
-    _t2 = 1.0 - _t1*_t1
-    _d2_x_x = -(2.0*_t0*_t1*_t2)
+    _t1 = _t0*x
+    _t2 = torch.abs(_t1)
+    _t3 = torch.exp(-(2.0*_t2))
+    _t4 = _t3 + 1.0
+    _t5 = _t3/(_t4*_t4)
+    _t6 = torch.where(_t1 > 0.0, 1.0, torch.where(_t1 < 0.0, x.new_full((), -1.0), 0.0))
+    _d2_x_x = torch.where(torch.isnan(x), x, -(8.0*_t0*_t5*_t6) + 16.0*_t0*_t6*torch.exp(-(4.0*_t2))/(_t4*_t4*_t4))
     return (_d2_x_x,)
 
 
@@ -81,7 +86,8 @@ if _rt.HAS_TRITON:
         _mask = (_rows[:, None] < _M) & (_cols[None, :] < _N)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _d_x = 1.0 - libdevice.pow(libdevice.tanh(x/scale), 2.0)
+        _t0 = libdevice.exp(-(2.0*tl.abs(x/scale)))
+        _d_x = 4.0*_t0/libdevice.pow(_t0 + 1.0, 2.0)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 

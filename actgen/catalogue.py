@@ -1,0 +1,719 @@
+"""The catalogue: accuracy against a high-precision oracle, plots, and the generated docs.
+
+* The oracle evaluates a spec's formula - the sympy expression as parsed, before any
+  stability rewrite - and its derivatives with mpmath at 50 significant digits (and again
+  at 70 to catch cancellation; where the two disagree the precision is raised until they
+  agree).  It shares nothing with actgen's printers or rewrites, so it checks them.
+* `measure` runs an activation (the shipped op in actgen.ops, or the formula compiled as
+  written, without stability rewrites) on a grid of inputs on the eager fallback and on the
+  Triton kernels, and scores every result in ULPs of its dtype against the oracle.
+* `write_docs` generates docs/catalogue.md, docs/accuracy.md and docs/plots/*.png
+  (`actgen docs`); `plot` draws one activation (`actgen plot NAME`).
+
+Deterministic: fixed grids, no randomness, sorted output, PNGs without timestamps.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import mpmath
+import numpy as np
+import sympy
+import torch
+
+from .spec import Spec, load_spec, load_specs
+
+DEFAULT_SPECS = Path("specs")
+DEFAULT_DOCS = Path("docs")
+
+# --- the oracle ------------------------------------------------------------------------
+_DPS = 50
+_CHECK_DPS = 70
+_HUGE = mpmath.mpf(10) ** 100        # exp of an argument beyond this is 0 or inf for any float
+
+
+def _exp(u):
+    if u < -_HUGE:
+        return mpmath.mpf(0)
+    if u > _HUGE:
+        return mpmath.inf
+    return mpmath.exp(u)
+
+
+def _sigmoid(u):
+    return 1 / (1 + _exp(-u))
+
+
+def _softplus(u):
+    return u + mpmath.log1p(_exp(-u)) if u > 0 else mpmath.log1p(_exp(u))
+
+
+_MPMATH_NAMES = {
+    "exp": _exp, "sigmoid": _sigmoid, "softplus": _softplus, "log1p": mpmath.log1p,
+    "expm1": mpmath.expm1, "erf": mpmath.erf, "erfc": mpmath.erfc,
+}
+
+
+def _clean(expr: sympy.Expr) -> sympy.Expr:
+    """The derivative conventions of the formula language: DiracDelta is 0, sign(0) is 0."""
+    expr = expr.replace(sympy.DiracDelta, lambda *a: sympy.S.Zero)
+    return expr.replace(sympy.sign, lambda u: sympy.Piecewise((1, u > 0), (-1, u < 0), (0, True)))
+
+
+def param_values(spec: Spec) -> dict[str, float]:
+    """The params' initial values as the ops see them: float32 tensors."""
+    return {p.name: float(np.float32(p.init)) for p in spec.params}
+
+
+class Oracle:
+    """f and df/d(input) of a spec at given points, from its formula, with mpmath; and the
+    condition number of each of them.
+
+    Params are fixed at `params` (default: their initial values in float32), constants at
+    `constants` (default: their defaults, exactly)."""
+
+    def __init__(self, spec: Spec, params: dict | None = None, constants: dict | None = None):
+        self.spec = spec
+        sym = spec.symbols
+        values = {**param_values(spec), **{c.name: c.default for c in spec.constants}}
+        values.update(params or {})
+        values.update(constants or {})
+        self.inputs = [sym[n] for n in spec.inputs]
+        # The data the result depends on besides the inputs: params, constants and the
+        # formula's decimal literals (all of them rounded to float32 in a kernel).
+        expr = spec.expr
+        literals = sorted({a for a in expr.atoms(sympy.Float)}, key=sympy.default_sort_key)
+        lit_syms = [sympy.Symbol(f"_literal{k}", real=True) for k in range(len(literals))]
+        expr = expr.xreplace(dict(zip(literals, lit_syms)))
+        data = {sym[k]: sympy.nsimplify(repr(float(v)), rational=True) for k, v in values.items()}
+        data.update({s_: sympy.nsimplify(str(lit), rational=True) for s_, lit in zip(lit_syms, literals)})
+        self.data = data
+
+        def numeric(e):
+            return _clean(e).xreplace(data)
+
+        outputs = [("f", expr)] + [(f"df/d{u.name}", sympy.diff(expr, u)) for u in self.inputs]
+        self.exprs = [(name, numeric(e)) for name, e in outputs]
+        # for the condition numbers: d(output)/dv for every input and datum v, and v's value
+        self.slopes: dict[str, list] = {}
+        for name, e in outputs:
+            self.slopes[name] = [(v.name, numeric(sympy.diff(e, v))) for v in [*self.inputs, *data]]
+        self.datum_values = {v.name: float(value) for v, value in data.items()}
+        modules = [_MPMATH_NAMES, "mpmath"]
+        self.functions = [(name, sympy.lambdify(self.inputs, e, modules=modules)) for name, e in self.exprs]
+        self.slope_functions = {
+            name: [(v, sympy.lambdify(self.inputs, e, modules=modules)) for v, e in slopes]
+            for name, slopes in self.slopes.items()
+        }
+
+    def _eval(self, fn, point, dps):
+        with mpmath.workdps(dps):
+            try:
+                value = fn(*[mpmath.mpf(float(v)) for v in point])
+            except (ZeroDivisionError, ValueError, OverflowError):
+                return mpmath.nan
+            return mpmath.mpf(value) if isinstance(value, (int, float)) else value
+
+    def _value(self, fn, point) -> float:
+        if any(math.isnan(v) for v in point):
+            return math.nan
+        if any(math.isinf(v) for v in point):
+            return self._limit(fn, point)
+        a = self._eval(fn, point, _DPS)
+        dps = _CHECK_DPS
+        while True:
+            b = self._eval(fn, point, dps)
+            if not _is_real(a) or not _is_real(b):
+                return math.nan
+            if a == b or abs(a - b) <= abs(b) * mpmath.mpf(10) ** -30 or dps >= 800:
+                return _to_float(b)
+            a, dps = b, dps * 2
+
+    def _limit(self, fn, point) -> float:
+        """The value at an infinite input: read off at 1e20 and 1e40 in its place."""
+        probes = []
+        for big in (mpmath.mpf(10) ** 20, mpmath.mpf(10) ** 40):
+            p = [big * (1 if v > 0 else -1) if math.isinf(v) else v for v in point]
+            v = self._eval(fn, p, _DPS)
+            if not _is_real(v):
+                return math.nan
+            probes.append(v)
+        a, b = probes
+        if abs(b) > 1e30 and abs(b) > 10 * abs(a) and mpmath.sign(a) == mpmath.sign(b):
+            return math.copysign(math.inf, float(mpmath.sign(b)))
+        if abs(a - b) <= mpmath.mpf(10) ** -25 * max(1, abs(b)):
+            return _to_float(b)
+        return math.nan
+
+    def outputs(self) -> list[str]:
+        """What the ops compute: f and df/du for every input u."""
+        return [name for name, _ in self.exprs]
+
+    def values(self, points: Sequence[tuple[float, ...]]) -> dict[str, np.ndarray]:
+        """f and df/du for every input u at the points."""
+        return {name: np.array([self._value(fn, p) for p in points]) for name, fn in self.functions}
+
+    def condition(self, points: Sequence[tuple[float, ...]], values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The condition number of every output g at the points: the sum over its data v -
+        inputs, params, constants and decimal literals - of |v * dg/dv / g|, how much relative
+        rounding errors in the data are amplified.  NaN where it cannot be evaluated."""
+        names = [u.name for u in self.inputs]
+        out = {}
+        for g in self.outputs():
+            total = np.zeros(len(points))
+            for v, fn in self.slope_functions[g]:
+                slope = np.array([self._value(fn, p) if all(math.isfinite(c) for c in p) else math.nan for p in points])
+                if v in names:
+                    scale = np.array([p[names.index(v)] for p in points])
+                else:
+                    scale = np.full(len(points), self.datum_values[v])
+                with np.errstate(all="ignore"):
+                    total = total + np.where(scale == 0, 0.0, np.abs(scale * slope))
+            with np.errstate(all="ignore"):
+                out[g] = np.where(total == 0, 0.0, total / np.abs(values[g]))
+        return out
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, mpmath.mpf) and not mpmath.isnan(v)
+
+
+def _to_float(v) -> float:
+    if mpmath.isinf(v):
+        return math.copysign(math.inf, float(mpmath.sign(v)))
+    try:
+        return float(v)
+    except OverflowError:
+        return math.copysign(math.inf, float(mpmath.sign(v)))
+
+
+# --- grids -------------------------------------------------------------------------------
+EXTREMES = (30.0, 100.0, 1e4, math.inf)
+SPECIAL = (0.0, 1e-38, 1e-20, 1e-7, 1e-3, 0.1, 0.5, 1.0, 2.0, 3.0, 6.0) + EXTREMES
+
+
+def grid(step: float = 0.01, n_log: int = 200, half_width: float = 20.0) -> np.ndarray:
+    """Uniform on [-w, w] (exact multiples of step), log-spaced out to 1e4, the special
+    points (0, tiny, the usual kinks) and the extremes +-30, +-100, +-1e4, +-inf."""
+    n = int(round(half_width / step))
+    dense = np.arange(-n, n + 1) * step
+    far = np.geomspace(half_width, 1e4, n_log)
+    special = np.array(SPECIAL)
+    points = np.concatenate([dense, far, -far, special, -special])
+    return np.unique(points)
+
+
+def round_to(points: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """The points as representable in dtype (as float64), without duplicates."""
+    return np.unique(torch.tensor(points, dtype=torch.float64).to(dtype).double().numpy())
+
+
+GATE_VALUES = (-2.5, -1.0, 0.5, 1.5, 3.0)
+
+
+def input_points(spec: Spec, xs: np.ndarray) -> list[tuple[float, ...]]:
+    """One point per grid value; a gated activation pairs it with a gate value in turn."""
+    if spec.gated:
+        return [(float(x), GATE_VALUES[i % len(GATE_VALUES)]) for i, x in enumerate(xs)]
+    return [(float(x),) for x in xs]
+
+
+# --- ULPs ----------------------------------------------------------------------------------
+_MANTISSA = {torch.float32: 24, torch.bfloat16: 8, torch.float16: 11, torch.float64: 53}
+_MIN_EXP = {torch.float32: -126, torch.bfloat16: -126, torch.float16: -14, torch.float64: -1022}
+#: Below this magnitude a float32/bfloat16 result may be computed through intermediates
+#: below the smallest normal number (subnormal or flushed to zero, then scaled by up to
+#: 2**24); such results are scored by absolute error (see `score`).
+UNDERFLOW = {dt: 2.0 ** (_MIN_EXP[dt] + _MANTISSA[dt]) for dt in _MANTISSA}
+
+
+def ulps(computed: np.ndarray, truth: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """|computed - truth| in units in the last place of truth in dtype (subnormal spacing
+    below the smallest normal number).  Both are float64 arrays of finite values."""
+    _, e = np.frexp(np.abs(truth))
+    e = np.maximum(e - 1, _MIN_EXP[dtype])
+    return np.abs(computed - truth) / np.ldexp(1.0, e - (_MANTISSA[dtype] - 1))
+
+
+#: The accuracy target, in ULPs of the result's dtype, at well-conditioned points (condition
+#: number <= 1); where the condition number c is larger the target is TARGET_ULP * c ULP, as
+#: rounding the data by half an ULP may already move the result by c/2 ULP.
+TARGET_ULP = 4.0
+
+
+@dataclass
+class Score:
+    """The accuracy of one output (f or a derivative) of one run on a grid."""
+
+    worst_scaled: float = 0.0        # max over the points of ULP error / max(1, condition number)
+    worst_at: float | None = None    # the (first) input where it happens
+    worst_ulp: float = 0.0           # max ULP error at well-conditioned points (condition number <= 1)
+    worst_ulp_at: float | None = None
+    worst_ulp_any: float = 0.0       # max ULP error anywhere
+    ill_points: int = 0              # points with condition number > 1
+    bad_nonfinite: int = 0           # inf/NaN where the truth is finite, or a wrong inf
+    bad_nonfinite_at: float | None = None
+    underflow_points: int = 0        # |truth| < UNDERFLOW and off by at most UNDERFLOW
+    points: int = 0
+
+    @property
+    def meets_target(self) -> bool:
+        return self.worst_scaled <= TARGET_ULP and self.bad_nonfinite == 0
+
+
+def score(xs: np.ndarray, computed: np.ndarray, truth: np.ndarray, dtype: torch.dtype,
+          cond: np.ndarray | None = None) -> Score:
+    """Score results of dtype (given as float64) against the truth (float64).
+
+    * truth NaN (undefined there): not scored;
+    * truth rounds to +-inf in dtype: the result must be that inf;
+    * truth finite: the result must be finite; its error is counted in ULPs (of the truth,
+      in dtype) and scaled by the condition number where that is above 1 (cond; NaN counts
+      as 0).  Where |truth| < UNDERFLOW[dtype] (2**-102 for float32 and bfloat16) the
+      evaluation may pass through intermediates below the smallest normal number 2**-126,
+      which lose precision or flush to zero; with factors up to 2**24 applied to them that
+      is an absolute error up to 2**-102, which counts as no error there."""
+    s = Score()
+    cond = np.zeros_like(truth) if cond is None else np.nan_to_num(cond, nan=0.0, posinf=np.inf)
+    with np.errstate(all="ignore"):
+        rounded = torch.tensor(truth).to(dtype).double().numpy()
+        defined = ~np.isnan(truth)
+        s.points = int(defined.sum())
+        inf_truth = defined & np.isinf(rounded)
+        finite = defined & ~np.isinf(rounded)
+        bad = (inf_truth & (computed != rounded)) | (finite & ~np.isfinite(computed))
+        s.bad_nonfinite = int(bad.sum())
+        if bad.any():
+            s.bad_nonfinite_at = float(xs[bad][0])
+        ok = finite & np.isfinite(computed)
+        forgiven = ok & (np.abs(truth) < UNDERFLOW[dtype]) & (np.abs(computed - truth) <= UNDERFLOW[dtype])
+        s.underflow_points = int(forgiven.sum())
+        scored = ok
+        err = np.zeros_like(truth)
+        err[ok & ~forgiven] = ulps(computed[ok & ~forgiven], truth[ok & ~forgiven], dtype)
+        scaled = np.where(scored, err / np.maximum(1.0, cond), -1.0)
+    well = scored & (cond <= 1.0)
+    s.ill_points = int((scored & ~well).sum())
+    if scored.any():
+        k = int(np.argmax(scaled))
+        s.worst_scaled, s.worst_at = float(scaled[k]), float(xs[k])
+        s.worst_ulp_any = float(err[scored].max())
+    if well.any():
+        k = int(np.argmax(np.where(well, err, -1.0)))
+        s.worst_ulp, s.worst_ulp_at = float(err[k]), float(xs[k])
+    return s
+
+
+# --- running the ops -------------------------------------------------------------------------
+def op_function(spec: Spec):
+    """The shipped functional of an activation: actgen.ops.<name>."""
+    import actgen.ops
+
+    return getattr(actgen.ops, spec.name)
+
+
+_LOADED: dict[tuple[str, str, bool], Callable] = {}
+
+
+def compiled_function(spec: Spec, rewrites: bool = True):
+    """The functional of a spec compiled now (with or without the stability rewrites), from a
+    module written to a temporary folder - for formulas that are not in actgen.ops."""
+    key = (spec.name, spec.sha256, rewrites)
+    if key in _LOADED:
+        return _LOADED[key]
+    from . import derive as _derive
+    from .codegen import render_module
+
+    saved = _derive.REWRITES
+    if not rewrites:
+        _derive.REWRITES = ()
+    try:
+        tag = ":as-written" if not rewrites else ":compiled"
+        d = _derive.derive(dataclasses.replace(spec, sha256=spec.sha256 + tag))
+    finally:
+        _derive.REWRITES = saved
+    folder = Path(tempfile.mkdtemp(prefix="actgen-catalogue-"))
+    name = f"_{'compiled' if rewrites else 'as_written'}_{spec.name}"
+    path = folder / f"{name}.py"
+    path.write_text(render_module(d), encoding="utf-8")
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    module_spec.loader.exec_module(module)
+    _LOADED[key] = getattr(module, spec.name)
+    return _LOADED[key]
+
+
+def as_written_function(spec: Spec):
+    """The formula compiled without stability rewrites (guards and CSE only): the "before"."""
+    return compiled_function(spec, rewrites=False)
+
+
+def run(fn, spec: Spec, points: list[tuple[float, ...]], dtype: torch.dtype, backend: str,
+        params: dict | None = None) -> dict[str, np.ndarray]:
+    """f and df/d(input) of fn at the points, on one backend, as float64 arrays."""
+    from .runtime import use_backend
+
+    values = {**param_values(spec), **(params or {})}
+    cols = list(zip(*points))
+    xs = [torch.tensor(c, dtype=torch.float64).to(dtype).requires_grad_() for c in cols]
+    ps = [torch.tensor([values[p.name]], dtype=torch.float32) for p in spec.params]
+    with use_backend(backend), np.errstate(all="ignore"):   # the interpreter's numpy on inf/NaN
+        y = fn(*xs, *ps)
+        grads = torch.autograd.grad(y, xs, grad_outputs=torch.ones_like(y))
+    out = {"f": y.detach().double().numpy()}
+    for n, g in zip(spec.inputs, grads):
+        out[f"df/d{n}"] = g.double().numpy()
+    return out
+
+
+RUNS = (("torch", torch.float32), ("triton", torch.float32), ("triton", torch.bfloat16))
+
+
+@dataclass
+class Accuracy:
+    """Worst errors of one activation: {(backend, dtype name, output): Score}, compiled and as written."""
+
+    name: str
+    compiled: dict = field(default_factory=dict)
+    as_written: dict = field(default_factory=dict)
+
+
+def measure(spec: Spec, xs: np.ndarray, runs=RUNS, as_written: bool = True, oracle: Oracle | None = None) -> Accuracy:
+    """Score the shipped op (and, with as_written, the formula compiled without rewrites)."""
+    oracle = oracle or Oracle(spec)
+    acc = Accuracy(spec.name)
+    truths: dict = {}
+    for backend, dtype in runs:
+        pts = input_points(spec, round_to(xs, dtype))
+        key = tuple(pts)
+        if key not in truths:
+            values = oracle.values(pts)
+            truths[key] = (values, oracle.condition(pts, values))
+        truth, cond = truths[key]
+        xcol = np.array([p[0] for p in pts])
+        targets = [("compiled", op_function(spec))] + ([("as_written", as_written_function(spec))] if as_written else [])
+        for which, fn in targets:
+            got = run(fn, spec, pts, dtype, backend)
+            for out, values in got.items():
+                getattr(acc, which)[(backend, str(dtype).replace("torch.", ""), out)] = score(
+                    xcol, values, truth[out], dtype, cond[out])
+    return acc
+
+
+# --- what the docs say about each entry ---------------------------------------------------------
+#: torch's spelling of an entry, where the spec's `reference` alone does not say it.
+TORCH_EQUIVALENT = {
+    "gelu_tanh": 'torch.nn.GELU(approximate="tanh")',
+    "rrelu": "torch.nn.RReLU in eval() (F.rrelu(training=False))",
+    "glu": "torch.nn.GLU(dim)",
+    "sigmoid": "torch.nn.Sigmoid",
+    "tanh": "torch.nn.Tanh",
+    "selu": "torch.nn.SELU",
+    "well_documented": "torch.nn.Mish (the same function)",
+    "silu": "torch.nn.SiLU",
+}
+
+#: Where the compiled op misses the accuracy target on the grid, and why.  The accuracy test
+#: checks that the misses are exactly these (a fix shows up as a test failure until the
+#: entry is removed here).  Keys: (entry, "f" or "df"); "df" covers every df/d(input).
+KNOWN_MISSES = {
+    # +-inf inputs: the limit guard is only derived for a single input with no params or
+    # constants (the limit would depend on them), so inf - inf or inf * 0 gives NaN there.
+    **{(name, out): "NaN at an infinite input: the limit there depends on the other input or on params/constants, so no limit guard is derived"
+       for name, outs in {
+           "geglu": ("f", "df"), "geglu_tanh": ("f", "df"), "swiglu": ("f", "df"),
+           "pau": ("f", "df"), "polynomial": ("f", "df"), "soft_exponential": ("f", "df"),
+           "squareplus": ("df",), "swish": ("f", "df"), "xielu": ("f",),
+       }.items() for out in outs},
+    # derivative formulas that add terms of opposite sign where f' is small but not ill-conditioned
+    **{(name, "df"): "for x < 0 the derivative (product rule: f' = g + x g') adds terms of opposite sign, which "
+                     "cancel where f' turns: up to a few ULP more than the conditioning of f' accounts for"
+       for name in ("mish", "well_documented", "smish", "serf", "tanh_exp", "golu", "silu", "gelu", "quick_gelu")},
+}
+KNOWN_MISSES[("pau", "df")] = (
+    "NaN at an infinite input (the limit depends on the params); and the quotient rule P'/Q - P Q'/Q^2 "
+    "cancels for large |x|, where f' tends to a5/|b4|"
+)
+
+
+def _kind(spec: Spec) -> str:
+    return "gated" if spec.gated else ("learnable" if spec.params else "")
+
+
+def _torch_equivalent(spec: Spec) -> str:
+    if spec.name in TORCH_EQUIVALENT:
+        return TORCH_EQUIVALENT[spec.name]
+    if spec.reference and spec.reference.startswith("torch.nn.functional."):
+        return f"torch.nn.{spec.class_name} / {spec.reference}"
+    return spec.reference or ""
+
+
+# --- plots -------------------------------------------------------------------------------------
+PLOT_RANGE = (-6.0, 6.0)
+PLOT_SIZE = (8.0, 5.0)     # inches, at PLOT_DPI: 640 x 400 pixels
+PLOT_DPI = 80
+
+
+def plot_values(spec: Spec, n: int = 601):
+    """x, f(x) and df/dx on PLOT_RANGE from the shipped op (eager fallback, float64); a gated
+    activation with its gate b = 1, params at their initial values."""
+    from .runtime import use_backend
+
+    xs = torch.linspace(*PLOT_RANGE, n, dtype=torch.float64)
+    x = xs.clone().requires_grad_()
+    inputs = [x] + ([torch.ones_like(xs)] if spec.gated else [])
+    params = [torch.tensor([p.init], dtype=torch.float64) for p in spec.params]
+    with use_backend("torch"):
+        y = op_function(spec)(*inputs, *params)
+        (g,) = torch.autograd.grad(y, x, grad_outputs=torch.ones_like(y))
+    return xs.numpy(), y.detach().numpy(), g.numpy()
+
+
+def plot(spec: Spec, out: Path) -> Path:
+    """Draw f and f' of one activation over [-6, 6] into a PNG (640 x 400, no timestamp)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs, y, g = plot_values(spec)
+    var = spec.inputs[0]
+    fig, ax = plt.subplots(figsize=PLOT_SIZE, dpi=PLOT_DPI)
+    ax.axhline(0, color="0.8", lw=0.8)
+    ax.axvline(0, color="0.8", lw=0.8)
+    ax.plot(xs, y, lw=2, label=f"f({var}{', b=1' if spec.gated else ''})")
+    ax.plot(xs, g, lw=1.5, ls="--", label=f"df/d{var}")
+    finite = np.concatenate([y[np.isfinite(y)], g[np.isfinite(g)]])
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (-1.0, 1.0)
+    pad = 0.05 * max(hi - lo, 1e-3)
+    ax.set_ylim(max(lo, -10) - pad, min(hi, 10) + pad)
+    ax.set_xlim(*PLOT_RANGE)
+    ax.set_xlabel(var)
+    ax.set_title(f"{spec.name} ({spec.class_name})")
+    ax.grid(True, lw=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=PLOT_DPI, metadata={"Software": None})
+    plt.close(fig)
+    return out
+
+
+# --- catalogue.md --------------------------------------------------------------------------------
+REGENERATE = "Generated by `actgen docs` from specs/; do not edit. Regenerate with `actgen docs` (see docs/README.md)."
+
+
+def _code(text: str) -> str:
+    return "`" + " ".join(text.split()).replace("`", "'") + "`"
+
+
+def catalogue_markdown(specs: Sequence[Spec]) -> str:
+    from .derive import derive
+
+    lines = ["# The activation catalogue", "", REGENERATE, "",
+             f"{len(specs)} activations, each generated from its spec in `specs/` by `actgen build` into "
+             "`actgen/ops/<name>.py` (a functional `actgen.ops.<name>`, an `nn.Module` `actgen.ops.<ClassName>` "
+             "and an autograd Function `actgen.ops.<ClassName>Function`).  Derivatives are the compiler's "
+             "(after its stability rewrites); accuracy against a 50-digit oracle is in [accuracy.md](accuracy.md).",
+             "", "| name | class | kind | torch equivalent |", "|---|---|---|---|"]
+    for s in specs:
+        lines.append(f"| [{s.name}](#{s.name}) | `{s.class_name}` | {_kind(s)} | {_torch_equivalent(s)} |")
+    for s in specs:
+        d = derive(s)
+        lines += ["", f"## {s.name}", "", f"`actgen.ops.{s.name}` / `actgen.ops.{s.class_name}`"
+                  + (f" - drop-in for {_torch_equivalent(s)}" if _torch_equivalent(s) else ""), ""]
+        if s.doc:
+            lines += [" ".join(s.doc.split()), ""]
+        lines.append(f"- formula: {_code(s.formula)}")
+        lines.append(f"- inputs: {', '.join(s.inputs)}" + (" (the module splits its input in halves along `dim`)" if s.gated else ""))
+        if s.params:
+            lines.append("- learnable params: " + ", ".join(
+                f"`{p.name}` (init {p.init!r}{', per channel' if p.per_channel else ''})" for p in s.params))
+        if s.constants:
+            lines.append("- constants (keyword arguments): " + ", ".join(f"`{c.name}={c.default!r}`" for c in s.constants))
+        lines.append(f"- generated source: [actgen/ops/{s.name}.py](../actgen/ops/{s.name}.py)")
+        lines += ["", "As compiled (after stability rewrites):", "", "```"]
+        lines.append(f"f = {sympy.sstr(d.expr)}")
+        for n, e in d.first:
+            lines.append(f"df/d{n} = {sympy.sstr(e)}")
+        lines += ["```", "", f"![{s.name}: f and its derivative on [-6, 6]](plots/{s.name}.png)"]
+    return "\n".join(lines) + "\n"
+
+
+# --- accuracy.md ---------------------------------------------------------------------------------
+_COLUMNS = (("torch", "float32"), ("triton", "float32"), ("triton", "bfloat16"))
+_COLUMN_NAMES = {("torch", "float32"): "fallback f32", ("triton", "float32"): "kernel f32", ("triton", "bfloat16"): "kernel bf16"}
+
+
+def _worst(acc_part: dict, backend: str, dtype: str, out: str) -> Score:
+    """f, or the worst of the df/d(input) outputs."""
+    scores = [s for (b, d, o), s in acc_part.items() if b == backend and d == dtype and (o == "f") == (out == "f")]
+    return max(scores, key=lambda s: (s.bad_nonfinite, s.worst_scaled))
+
+
+def _cell(s: Score) -> str:
+    text = f"{s.worst_scaled:.3g}" if s.worst_scaled < 1e4 else f"{s.worst_scaled:.1e}"
+    if s.bad_nonfinite:
+        text += f" ({s.bad_nonfinite}&nbsp;NaN/inf)"
+    return f"**{text}**" if not s.meets_target else text
+
+
+def misses(acc: Accuracy) -> set:
+    """{(entry, "f" | "df")} where the compiled op misses the target in any run."""
+    return {(acc.name, "f" if out == "f" else "df") for (_, _, out), s in acc.compiled.items() if not s.meets_target}
+
+
+REWRITE_EXAMPLES = (
+    ("sqrt_minus", "sqrt(x**2 + 1) - x", "cancellation for large positive x"),
+    ("log_cosh2", "log(exp(x) + exp(-x))", "exp overflows for |x| > 88 in float32"),
+    ("one_minus_tanh", "1 - tanh(x)", "cancellation for large positive x"),
+    ("gelu_erf", "x * (1 + erf(x / sqrt(2))) / 2", "1 + erf(u) cancels for u < 0 and underflows to 0 below -4"),
+    ("log_one_plus_exp", "log(1 + exp(x))", "exp overflows for x > 88 in float32; 1 + exp(x) rounds to 1 for x < -17"),
+)
+
+
+def rewrite_example_specs() -> list[Spec]:
+    return [load_spec(f"name: {n}\nformula: {f}\n", f"<{n}>") for n, f, _ in REWRITE_EXAMPLES]
+
+
+def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy], grid_size: int) -> str:
+    lines = [
+        "# Accuracy against the truth", "", REGENERATE, "",
+        "Every catalogue entry is run on a grid of inputs and each result is compared with the truth: "
+        "the spec's formula and its derivatives evaluated with mpmath at 50 significant digits (checked "
+        "at 70, more where they disagree), from the sympy expression as parsed - before any stability "
+        "rewrite, and independent of the printers that generate the code.",
+        "",
+        f"* **Grid**: {grid_size} float32 inputs - every multiple of 0.01 in [-20, 20], 200 log-spaced "
+        "magnitudes out to 1e4 on either side, 0, tiny values (1e-38, 1e-20, 1e-7) and the extremes "
+        "+-30, +-100, +-1e4, +-inf (rounded to each dtype).  A gated entry (a, b) takes b in turn "
+        f"from {', '.join(map(str, GATE_VALUES))}.  Params are at their initial values, constants at their defaults.",
+        "* **Runs**: the eager torch fallback in float32, and the Triton kernels in float32 and "
+        "bfloat16 (run under Triton's interpreter on CPU, whose libdevice functions are numpy's); "
+        "outputs f and df/d(input) (backward with a gradient of ones).",
+        "* **Error**: |result - truth| in ULPs of the truth in the result's dtype, divided by the "
+        "condition number where that is above 1.  The condition number of an output g is the sum over "
+        "its data v (inputs, params, constants, the formula's decimal literals) of |v dg/dv / g|: "
+        "rounding the data by half an ULP alone moves the result by that many half-ULPs, so no "
+        "evaluation can do better than a few ULP times it.  At well-conditioned points (condition "
+        "number <= 1) the number is plain ULPs.",
+        f"* **Target**: <= {TARGET_ULP:g} (ULPs where well-conditioned, ULPs per unit of condition elsewhere), and "
+        "no result that is inf/NaN where the truth is finite (nor a wrong inf).  Where the true result is "
+        "below 2^-102 in magnitude, an absolute error below 2^-102 counts as exact: float32 evaluation may "
+        "pass through intermediates below the smallest normal number there (subnormal or flushed to zero).",
+        "* **As written**: the same formula compiled without the stability rewrites (only the NaN and "
+        "+-inf guards and common-subexpression elimination), on the f32 kernel - the before; the "
+        "other columns are the after.",
+        "",
+        "Cells give the worst error over the grid (f, and the worst over the df/d(input)); **bold** "
+        "misses the target, with the count of non-finite results where the truth is finite.",
+        "",
+        "| entry | f: fallback f32 | kernel f32 | kernel bf16 | as written | df: fallback f32 | kernel f32 | kernel bf16 | as written |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for acc in results:
+        row = [f"[{acc.name}](catalogue.md#{acc.name})"]
+        for out in ("f", "df"):
+            row += [_cell(_worst(acc.compiled, b, d, out)) for b, d in _COLUMNS]
+            row.append(_cell(_worst(acc.as_written, "triton", "float32", out)) if acc.as_written else "")
+        lines.append("| " + " | ".join(row) + " |")
+    missed = sorted(set().union(*[misses(a) for a in results])) if results else []
+    lines += ["", "## Where the target is missed", ""]
+    if not missed:
+        lines.append("Nowhere.")
+    for name, out in missed:
+        reason = KNOWN_MISSES.get((name, out), "not yet explained")
+        acc = next(a for a in results if a.name == name)
+        worst = max((s for (b, d, o), s in acc.compiled.items() if (o == "f") == (out == "f")),
+                    key=lambda s: (s.bad_nonfinite, s.worst_scaled))
+        where = f"worst {worst.worst_scaled:.3g} at {worst.worst_at:g}" if worst.worst_at is not None else ""
+        if worst.bad_nonfinite:
+            where += f"; non-finite at {worst.bad_nonfinite_at:g}"
+        lines.append(f"* **{name}** ({'f' if out == 'f' else 'derivative'}): {reason} ({where}).")
+    lines += [
+        "", "## The stability rewrites, before and after", "",
+        "The compiler rewrites formulas that lose accuracy as written into equivalent stable forms "
+        "(actgen/derive.py, `REWRITES`), automatically: stable primitives (softplus, sigmoid, log1p, "
+        "expm1, erfc, log-sum-exp), cancellation-free forms guarded by a branch on the sign "
+        "(sqrt(k u^2 + c) -+ sqrt(k) u through its conjugate), sech^2 for 1 - tanh^2, products of "
+        "exponentials as one exponential, symbolic cancellation of sign and common denominators, and a "
+        "Padé approximant near 0 for expressions whose terms cancel there (x - tanh(x)).  The table above "
+        "shows them on the catalogue (as written vs compiled); these ad-hoc formulas show the textbook cases:",
+        "", "| formula | problem | f as written | f compiled | df as written | df compiled |", "|---|---|---|---|---|---|",
+    ]
+    for (name, formula, problem), acc in zip(REWRITE_EXAMPLES, examples):
+        cells = []
+        for out in ("f", "df"):
+            cells += [_cell(_worst(acc.as_written, "triton", "float32", out)), _cell(_worst(acc.compiled, "triton", "float32", out))]
+        lines.append(f"| `{formula}` | {problem} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def measure_example(spec: Spec, xs: np.ndarray) -> Accuracy:
+    """measure() for an ad-hoc formula: compiled with actgen.compile, and as written."""
+    oracle = Oracle(spec)
+    acc = Accuracy(spec.name)
+    pts = input_points(spec, round_to(xs, torch.float32))
+    truth = oracle.values(pts)
+    cond = oracle.condition(pts, truth)
+    xcol = np.array([p[0] for p in pts])
+    for which, fn in (("compiled", compiled_function(spec)), ("as_written", as_written_function(spec))):
+        got = run(fn, spec, pts, torch.float32, "triton")
+        for out, values in got.items():
+            getattr(acc, which)[("triton", "float32", out)] = score(xcol, values, truth[out], torch.float32, cond[out])
+    return acc
+
+
+def _measure_one(args):
+    spec, xs = args
+    return measure(spec, xs)
+
+
+def write_docs(specs_dir: Path = DEFAULT_SPECS, out: Path = DEFAULT_DOCS, *, accuracy: bool = True,
+               plots: bool = True, step: float = 0.01, n_log: int = 200, jobs: int = 1,
+               log: Callable[[str], None] = lambda _: None) -> list[Path]:
+    """Generate out/catalogue.md, out/plots/*.png and (with accuracy) out/accuracy.md."""
+    specs = load_specs([Path(specs_dir)])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    path = out / "catalogue.md"
+    path.write_text(catalogue_markdown(specs), encoding="utf-8", newline="\n")
+    written.append(path)
+    if plots:
+        for s in specs:
+            written.append(plot(s, out / "plots" / f"{s.name}.png"))
+        names = {s.name for s in specs}
+        for stale in sorted((out / "plots").glob("*.png")):
+            if stale.stem not in names:          # an entry that is gone
+                stale.unlink()
+        log(f"{len(specs)} plots")
+    if accuracy:
+        xs = grid(step, n_log)
+        if jobs > 1:
+            import multiprocessing
+
+            with multiprocessing.get_context("fork").Pool(jobs) as pool:
+                results = []
+                for acc in pool.imap(_measure_one, [(s, xs) for s in specs]):
+                    log(f"accuracy: {acc.name}")
+                    results.append(acc)
+        else:
+            results = []
+            for s in specs:
+                results.append(measure(s, xs))
+                log(f"accuracy: {s.name}")
+        examples = [measure_example(s, xs) for s in rewrite_example_specs()]
+        path = out / "accuracy.md"
+        path.write_text(accuracy_markdown(results, examples, len(round_to(xs, torch.float32))), encoding="utf-8", newline="\n")
+        written.append(path)
+    return written

@@ -1,0 +1,109 @@
+"""Accuracy against the truth: every catalogue entry against a 50-digit mpmath oracle.
+
+The oracle evaluates each spec's formula (the sympy expression as parsed, before any
+stability rewrite) and its derivatives with mpmath; the ops run on a grid including the
+extremes on the eager fallback (float32) and the Triton kernels (float32, bfloat16).  The
+targets (actgen/catalogue.py): at most 4 ULP where well-conditioned (4 ULP per unit of
+condition number elsewhere) and no inf/NaN where the truth is finite.  The grid here is
+coarser than docs/accuracy.md's; the misses must be exactly the documented KNOWN_MISSES.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from actgen import catalogue as C
+from actgen.spec import load_spec, load_specs
+
+SPECS = {s.name: s for s in load_specs([Path(__file__).resolve().parents[1] / "specs"])}
+GRID = C.grid(step=0.25, n_log=24)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_meets_the_accuracy_targets(name):
+    acc = C.measure(SPECS[name], GRID, as_written=False)
+    expected = {key for key in C.KNOWN_MISSES if key[0] == name}
+    missed = C.misses(acc)
+    details = {k: (s.worst_scaled, s.worst_at, s.bad_nonfinite, s.bad_nonfinite_at)
+               for k, s in acc.compiled.items() if not s.meets_target}
+    # (a documented miss may not show on this coarser grid; docs/accuracy.md has the full one)
+    assert missed <= expected, f"misses {sorted(missed - expected)} not documented in KNOWN_MISSES: {details}"
+
+
+REWRITTEN = [  # (entry, output): what the formula as written gets wrong and the compiler fixes
+    ("tanhshrink", "f"), ("logsigmoid", "f"), ("gelu", "f"), ("gelu_tanh", "f"), ("softsign", "df/dx"),
+    ("squareplus", "f"), ("sigmoid", "df/dx"), ("tanh", "df/dx"), ("bent_identity", "f"), ("celu", "f"),
+]
+
+
+@pytest.mark.parametrize("name,out", REWRITTEN)
+def test_rewrites_fix_the_formula_as_written(name, out):
+    acc = C.measure(SPECS[name], GRID, runs=(("triton", torch.float32),), as_written=True)
+    before = acc.as_written[("triton", "float32", out)]
+    after = acc.compiled[("triton", "float32", out)]
+    assert not before.meets_target, (name, out, before)
+    assert after.meets_target, (name, out, after)
+
+
+@pytest.mark.parametrize("spec", C.rewrite_example_specs(), ids=lambda s: s.name)
+def test_rewrites_fix_the_textbook_cases(spec):
+    acc = C.measure_example(spec, GRID)
+    assert not all(s.meets_target for s in acc.as_written.values()), acc.as_written
+    assert all(s.meets_target for s in acc.compiled.values()), acc.compiled
+
+
+# --- the measuring tools themselves ------------------------------------------------------------
+def test_oracle_values_and_limits():
+    spec = load_spec("name: t\nformula: x * sigmoid(x)\n")
+    o = C.Oracle(spec)
+    v = o.values([(1.0,), (-1.0,), (0.0,), (-math.inf,), (math.inf,), (math.nan,), (-800.0,)])
+    s1 = 1 / (1 + math.exp(-1))
+    np.testing.assert_allclose(v["f"][:3], [s1, -(1 - s1), 0.0], rtol=1e-15)
+    np.testing.assert_allclose(v["df/dx"][:3], [s1 * (1 + (1 - s1)), (1 - s1) * (1 - s1), 0.5], rtol=1e-15)
+    assert v["f"][3] == 0 and v["f"][4] == math.inf and math.isnan(v["f"][5])
+    assert v["df/dx"][3] == 0 and v["df/dx"][4] == 1
+    assert v["f"][6] == pytest.approx(-800 * math.exp(-800), rel=1e-12)    # beyond float64's exp, in mpmath
+
+
+def test_oracle_resolves_cancellation():
+    """x - tanh(x) at x = 1e-20 needs 60 digits; the oracle raises its precision to get them."""
+    o = C.Oracle(load_spec("name: t\nformula: x - tanh(x)\n"))
+    v = o.values([(1e-20,), (1e-3,)])["f"]
+    np.testing.assert_allclose(v, [1e-60 / 3, 1e-9 / 3 - 2e-15 / 15 + 17e-21 / 315], rtol=1e-12)
+
+
+def test_condition_numbers():
+    o = C.Oracle(load_spec("name: t\nformula: exp(x)\n"))
+    pts = [(2.0,), (-3.0,)]
+    cond = o.condition(pts, o.values(pts))
+    np.testing.assert_allclose(cond["f"], [2.0, 3.0])          # |x f'/f| = |x|
+    o = C.Oracle(load_spec("name: t\nformula: x - 0.7\n"))     # the literal 0.7 is data too
+    pts = [(0.701,)]
+    cond = o.condition(pts, o.values(pts))
+    np.testing.assert_allclose(cond["f"], [1.401 / 0.001], rtol=1e-6)   # cancellation: (|x| + 0.7)/|x - 0.7|
+
+
+def test_score_counts_ulps_and_nonfinite():
+    f32 = torch.float32
+    truth = np.array([1.0, 1.0, 3.0, math.inf, 0.5, math.nan, 1e-35])
+    one_ulp = float(np.nextafter(np.float32(1.0), np.float32(2.0)))
+    computed = np.array([1.0, one_ulp, 3.0, math.inf, math.nan, 7.0, 0.0])
+    s = C.score(np.arange(7.0), computed, truth, f32)
+    assert s.worst_scaled == pytest.approx(1.0) and s.worst_at == 1.0
+    assert s.bad_nonfinite == 1 and s.bad_nonfinite_at == 4.0     # NaN where the truth is 0.5
+    assert s.underflow_points == 1                                 # 0 for 1e-35: below 2**-102
+    assert not s.meets_target
+    s = C.score(np.arange(2.0), np.array([1.0 + 4 * 2**-23, math.inf]), np.array([1.0, 1e39]), f32)
+    assert s.worst_scaled == pytest.approx(4.0) and s.meets_target    # 1e39 rounds to inf in float32
+    s = C.score(np.arange(1.0), np.array([1.0 + 40 * 2**-23]), np.array([1.0]), f32, cond=np.array([10.0]))
+    assert s.worst_scaled == pytest.approx(4.0) and s.worst_ulp_any == pytest.approx(40.0)
+
+
+def test_grid_holds_the_extremes():
+    g = C.grid(step=0.5, n_log=4)
+    for v in (0.0, 30.0, -30.0, 100.0, -100.0, 1e4, -1e4, math.inf, -math.inf, 3.0, -3.0, 6.0):
+        assert v in g

@@ -1,0 +1,115 @@
+"""The formula language: whitelist parsing (no eval), conventions, stability rewrites."""
+import math
+
+import pytest
+import sympy
+
+from actgen.derive import derive, stabilize
+from actgen.formula import FormulaError, make_symbol, parse_formula
+from actgen.functions import expm1, log1p, sigmoid, softplus
+from actgen.spec import load_spec
+
+X = make_symbol("x")
+NAMES = {"x": X, "a": make_symbol("a")}
+
+
+def parse(text):
+    return parse_formula(text, NAMES)
+
+
+def test_arithmetic_and_functions_build_sympy():
+    e = parse("2*x**3 - a/x + exp(-x) + sigmoid(x) * softplus(x) + erf(x) + pi + E")
+    assert e.has(sigmoid) and e.has(softplus) and e.has(sympy.erf)
+    # numeric check against plain Python math at a point
+    v = float(e.subs({X: 0.7, NAMES["a"]: 1.3}))
+    sig = 1 / (1 + math.exp(-0.7))
+    sp = math.log1p(math.exp(0.7))
+    ref = 2 * 0.7**3 - 1.3 / 0.7 + math.exp(-0.7) + sig * sp + math.erf(0.7) + math.pi + math.e
+    assert v == pytest.approx(ref, rel=1e-14)
+
+
+@pytest.mark.parametrize("text", [
+    "__import__('os').system('touch /tmp/actgen_pwned')",
+    "open('/tmp/actgen_pwned', 'w')",
+    "x.__class__",
+    "(lambda: 1)()",
+    "[x for x in ()]",
+    "x[0]",
+    "f'{x}'",
+    "(y := x)",
+    "exec('1')",
+    "eval('x')",
+    "getattr(x, 'real')",
+    "x if x > 0 else 0",
+    "'abc'",
+    "x and a",
+    "x @ a",
+    "x // 2",
+    "x % 2",
+    "x == 0",
+    "x > 0",
+    "sin(x, x)",
+    "exp(x=1)",
+    "Piecewise((x, x > 0))",
+    "where(x, 1, 0)",
+    "unknown_fn(x)",
+    "y + 1",
+    "exp",
+    "x ** 1000",
+    "10.0 ** 400 * x",
+    "1e999 * x",
+    "1 / 0 * x",
+    "",
+    "x" + " + x" * 3000,
+    "sin(" * 100 + "x" + ")" * 100,
+    "-" * 500 + "x",
+])
+def test_rejected_formulas_execute_nothing(text, tmp_path):
+    with pytest.raises(FormulaError):
+        parse(text)
+    assert not __import__("os").path.exists("/tmp/actgen_pwned")
+
+
+def test_unknown_name_lists_known_names():
+    with pytest.raises(FormulaError, match=r"unknown name 'y' \(known names: a, x"):
+        parse("x + y")
+
+
+def test_max_min_heaviside_sign_conventions():
+    relu = parse("Max(x, 0)")
+    assert relu.subs(X, 0) == 0 and relu.subs(X, 2) == 2
+    assert sympy.diff(relu, X).subs(X, 0) == 0          # Max(x, 0)' at 0 is 0, as torch's relu
+    assert parse("Min(x, 0)").subs(X, -3) == -3
+    assert parse("Heaviside(x)").subs(X, 0) == 0
+    assert parse("sign(x)").subs(X, 0) == 0
+    assert parse("where((x > 0) & ~(x > 1) | (x < -5), 1, 2)").subs(X, 0.5) == 1
+
+
+def test_abs_derivative_is_zero_at_zero():
+    d = derive(load_spec("name: t\nformula: abs(x)\n"))
+    (name, expr), = d.first
+    assert expr.subs(X, 0) == 0 and expr.subs(X, 2) == 1 and expr.subs(X, -2) == -1
+
+
+@pytest.mark.parametrize("text, func", [
+    ("log(1 + exp(x))", softplus),
+    ("log(exp(2*x) + 1)", softplus),
+    ("1/(1 + exp(-x))", sigmoid),
+    ("1/(1 + exp(-a*x))", sigmoid),
+    ("log(1 + x**2)", log1p),
+    ("exp(x) - 1", expm1),
+    ("3*(exp(a*x) - 1)", expm1),
+])
+def test_stability_rewrites(text, func):
+    e = stabilize(parse(text))
+    assert e.has(func), e
+    assert not e.has(sympy.log) or func is not softplus
+    # the rewrite keeps the value
+    assert float(e.subs({X: 0.3, NAMES["a"]: 0.9})) == pytest.approx(float(parse(text).subs({X: 0.3, NAMES["a"]: 0.9})), rel=1e-14)
+
+
+def test_piecewise_derivative_uses_selected_branch():
+    d = derive(load_spec("name: t\nformula: where(x > 0, x**2, sqrt(-x) * 0 + 3*x)\n"))
+    (_, expr), = d.first
+    assert expr.subs(X, 0) == 3          # the branch selected at 0 is the second
+    assert expr.subs(X, 2) == 4

@@ -1,0 +1,143 @@
+"""Spec validation: every error class, path:line: field: message, exit code 2, nothing written."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from actgen.spec import SpecError, load_spec, load_specs
+
+GOOD = """\
+name: swish_beta
+formula: x * sigmoid(beta * x)
+doc: Swish with a learnable beta
+params:
+  beta: {init: 1.0, per_channel: true}
+"""
+
+
+def errors(text, path="s.yaml"):
+    with pytest.raises(SpecError) as info:
+        load_spec(textwrap.dedent(text), path)
+    return info.value.problems
+
+
+def test_good_spec_and_defaults():
+    s = load_spec(GOOD, "swish_beta.yaml")
+    assert s.name == "swish_beta" and s.class_name == "SwishBeta" and s.inputs == ("x",)
+    assert s.params[0].name == "beta" and s.params[0].per_channel and s.params[0].init == 1.0
+    s2 = load_spec("name: leaky_relu\nformula: where(x > 0, x, negative_slope * x)\nconstants: {negative_slope: 0.01}\n")
+    assert s2.class_name == "LeakyRelu" and s2.constants[0].default == 0.01
+    s3 = load_spec("name: p\nformula: x * b\nparams: {b: 2}\n")
+    assert s3.params[0].init == 2.0 and not s3.params[0].per_channel
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("formula: x\n", "s.yaml:1: name: is required"),
+    ("name: a\n", "s.yaml:1: formula: is required"),
+    ("name: a\nformula: x\nfoo: 1\n", "s.yaml:3: foo: unknown field (known fields: name, formula"),
+    ("name: A\nformula: x\n", "s.yaml:1: name: 'A' must match"),
+    ("name: class\nformula: x\n", "s.yaml:1: name: 'class' must match"),
+    ("name: a\nformula: 3\n", "s.yaml:2: formula: must be a string"),
+    ("name: a\nformula: x +\n", "s.yaml:2: formula: syntax error"),
+    ("name: a\nformula: x * y\n", "s.yaml:2: formula: unknown name 'y' (known names: x"),
+    ("name: a\nformula: '2'\n", "s.yaml:2: formula: does not use the input(s) x"),
+    ("name: a\nformula: x\ninputs: x\n", "s.yaml:3: inputs: must be a list of one or two names"),
+    ("name: a\nformula: x\ninputs: [x, y, z]\n", "s.yaml:3: inputs: must be a list"),
+    ("name: a\nformula: x\nparams:\n  x: 1.0\n", "s.yaml:4: params: 'x' is already declared as an input"),
+    ("name: a\nformula: x\nparams:\n  b: 1.0\nconstants:\n  b: 2.0\n", "s.yaml:6: constants: 'b' is already declared as a param"),
+    ("name: a\nformula: x\nparams:\n  exp: 1.0\n", "s.yaml:4: params: 'exp' collides with a reserved name"),
+    ("name: a\nformula: x\nconstants:\n  pi: 1.0\n", "s.yaml:4: constants: 'pi' collides"),
+    ("name: a\nformula: x\nparams:\n  b: {init: one}\n", "s.yaml:4: params.b.init: must be a number"),
+    ("name: a\nformula: x\nparams:\n  b: {per_channel: true}\n", "s.yaml:4: params.b.init: is required"),
+    ("name: a\nformula: x\nparams:\n  b: {init: 1, per_channel: 2}\n", "s.yaml:4: params.b.per_channel: must be true or false"),
+    ("name: a\nformula: x\nparams:\n  b: {init: 1, size: 2}\n", "s.yaml:4: params.b.size: unknown field"),
+    ("name: a\nformula: x\nparams:\n  b: .inf\n", "s.yaml:4: params.b: must be a finite number"),
+    ("name: a\nformula: x\nconstants: [1]\n", "s.yaml:3: constants: must be a mapping"),
+    ("name: a\nformula: x\nclass_name: lower\n", "s.yaml:3: class_name: 'lower' must match"),
+    ("name: a\nformula: x\nreference: os.system('x')\n", "s.yaml:3: reference: "),
+    ("name: a\nname: b\nformula: x\n", "s.yaml:2: name: is given twice"),
+    ("name: x\nformula: x\n", "s.yaml:1: name: 'x' is also declared as an input"),
+    ("name: a\nformula: x\nparams:\n  b_ptr: 1.0\n", "s.yaml:4: params: 'b_ptr' must not end in _ptr"),
+    ("- a\n- b\n", "s.yaml:1: spec: must be a mapping"),
+    ("name: [unclosed\n", "s.yaml:2: spec: invalid YAML"),
+    ("name: a\nformula: !!python/object/apply:os.system ['echo pwned']\n", "s.yaml:2: spec: unsupported YAML tag"),
+    ("name: a\nformula: x\nparams:\n  b: !!python/object/apply:os.system [echo]\n", "s.yaml:4: spec: unsupported YAML tag"),
+    ("name: a\nformula: x\nconstants: {c: !!binary aGVsbG8=}\n", "s.yaml:3: spec: unsupported YAML tag"),
+])
+def test_each_error_class(text, expected):
+    problems = errors(text)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_all_problems_reported_at_once():
+    problems = errors("name: Bad\nformula: y\nfoo: 1\nparams:\n  exp: 1\n")
+    assert len(problems) >= 4
+
+
+def test_duplicate_names_across_files(tmp_path):
+    (tmp_path / "a.yaml").write_text("name: same\nformula: x\n")
+    (tmp_path / "b.yaml").write_text("name: same\nformula: 2*x\n")
+    with pytest.raises(SpecError, match=r"b.yaml:1: name: 'same' is already defined in .*a.yaml"):
+        load_specs([tmp_path])
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "actgen.cli", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_cli_bad_spec_exit_2_no_traceback_nothing_written(tmp_path):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "good.yaml").write_text(GOOD)
+    (specs / "bad.yaml").write_text("name: bad\nformula: __import__('os').system('touch pwned')\n")
+    out = tmp_path / "pkg"
+    r = _cli("build", str(specs), "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[0].startswith(f"{specs / 'bad.yaml'}:2: formula: ")
+    assert not out.exists() and not (tmp_path / "pwned").exists()
+
+
+def test_cli_bad_spec_leaves_existing_output_untouched(tmp_path):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "good.yaml").write_text(GOOD)
+    out = tmp_path / "pkg"
+    assert _cli("build", str(specs), "--out", str(out), cwd=tmp_path).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (specs / "good.yaml").write_text(GOOD.replace("beta * x", "beta * q"))
+    r = _cli("build", str(specs), "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 2 and "unknown name 'q'" in r.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_injection_through_doc_is_escaped(tmp_path):
+    doc = 'ends here """ ; import os; os.system("touch pwned") ; """ back\\slash \\x41 \x07 tab\tok'
+    import yaml
+
+    (tmp_path / "evil.yaml").write_text(yaml.safe_dump({"name": "evil", "formula": "x * 2", "doc": doc}))
+    out = tmp_path / "evilpkg"
+    r = _cli("build", str(tmp_path / "evil.yaml"), "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    check = (
+        "import importlib, torch; m = importlib.import_module('evilpkg.evil');"
+        "assert m.evil(torch.ones(2)).tolist() == [2.0, 2.0];"
+        f"assert {doc.splitlines()[0][:20]!r} in m.evil.__doc__;"
+        "assert m.__doc__.count('back\\\\slash') == 1"
+    )
+    r = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_injection_through_names_is_rejected():
+    for text in [
+        "name: 'a; import os'\nformula: x\n",
+        "name: a\nformula: x\nparams:\n  'b): pass\\nimport os #': 1\n",
+        "name: a\nformula: x\nconstants:\n  '__class__': 1\n",
+        "name: a\nformula: x\nclass_name: 'A(object): pass\\nimport os\\nclass B'\n",
+        "name: a\nformula: x\ninputs: ['x; import os']\n",
+    ]:
+        with pytest.raises(SpecError):
+            load_spec(text)
