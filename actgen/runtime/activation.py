@@ -91,7 +91,7 @@ class Activation:
         if self.n_inputs == 2 and inputs[0].shape != inputs[1].shape:
             raise ValueError(f"{self.name}: inputs must have the same shape, got {tuple(inputs[0].shape)} and {tuple(inputs[1].shape)}")
         params = tuple(
-            p if isinstance(p, torch.Tensor) else torch.tensor([float(p)], dtype=torch.float32, device=x.device)
+            p if isinstance(p, torch.Tensor) else torch.tensor([float(p)], dtype=compute_dtype(x.dtype), device=x.device)
             for p in params
         )
         channels = 1
@@ -111,8 +111,15 @@ class Activation:
                 raise ValueError(f"{self.name}: per-channel params disagree on the number of channels")
             channels = p.numel()
         cd = channel_dim % x.dim() if x.dim() else 0
-        fn = self.core if torch.compiler.is_compiling() else self.function
-        return fn.apply(*inputs, *params, *(float(c) for c in constants), cd)
+        constants = tuple(float(c) for c in constants)
+        if torch.compiler.is_compiling():
+            return self.core.apply(*inputs, *params, *constants, cd)
+        if torch._C._are_functorch_transforms_active():
+            return self.function.apply(*inputs, *params, *constants, cd)
+        # plain eager use: the thin path
+        if not (torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *params))) and _no_forward_ad():
+            return self.forward_impl(list(inputs), list(params), list(constants), cd)
+        return _EagerFunction.apply(self, cd, *inputs, *params, *constants)
 
     # --- compute (the custom ops' implementations) ------------------------------------
     def _channels(self, params):
@@ -155,7 +162,20 @@ class Activation:
     def forward(self, *args):
         n = self.n_tensors
         tensors, constants, channel_dim = args[:n], args[n:-1], args[-1]
-        return self.fwd_op(list(tensors[: self.n_inputs]), list(tensors[self.n_inputs:]), list(constants), channel_dim)
+        return self.run_forward(list(tensors[: self.n_inputs]), list(tensors[self.n_inputs:]), list(constants), channel_dim)
+
+    # Under torch.compile the compute is the registered custom op (opaque to the tracer,
+    # with a fake implementation); in eager use the implementation is called directly,
+    # which skips the dispatcher's per-call work and torch's first-call imports.
+    def run_forward(self, inputs, params, constants, channel_dim):
+        if torch.compiler.is_compiling():
+            return self.fwd_op(inputs, params, constants, channel_dim)
+        return self.forward_impl(inputs, params, constants, channel_dim)
+
+    def run_backward(self, grad, inputs, params, constants, channel_dim, needs):
+        if torch.compiler.is_compiling():
+            return self.bwd_op(grad, inputs, params, constants, channel_dim, needs)
+        return self.backward_impl(grad, inputs, params, constants, channel_dim, needs)
 
     def setup_context(self, ctx, args, jvp=False):
         n = self.n_tensors
@@ -166,14 +186,17 @@ class Activation:
         ctx.channel_dim = args[-1]
 
     def backward(self, ctx, grad):
+        grads = self.input_grads(ctx, grad, ctx.needs_input_grad[: self.n_tensors])
+        return (*grads, *([None] * (len(ctx.constants) + 1)))
+
+    def input_grads(self, ctx, grad, needs):
+        """Gradients of the inputs and params (None where not needed), from the saved tensors."""
         tensors = ctx.saved_tensors
-        n = self.n_tensors
-        needs = ctx.needs_input_grad[:n]
         if torch.is_grad_enabled():
             grads = _Backward.apply(self, ctx.constants, ctx.channel_dim, grad, *tensors)
         else:
-            grads = self.bwd_op(grad, list(tensors[: self.n_inputs]), list(tensors[self.n_inputs:]), list(ctx.constants), ctx.channel_dim, list(needs))
-        return (*[g if need else None for g, need in zip(grads, needs)], *([None] * (len(ctx.constants) + 1)))
+            grads = self.run_backward(grad, list(tensors[: self.n_inputs]), list(tensors[self.n_inputs:]), list(ctx.constants), ctx.channel_dim, list(needs))
+        return [g if need else None for g, need in zip(grads, needs)]
 
     def jvp(self, ctx, *tangents):
         tensors = ctx.saved_tensors
@@ -217,13 +240,45 @@ class Activation:
         return out
 
 
+def _no_forward_ad() -> bool:
+    return getattr(torch.autograd.forward_ad, "_current_level", 0) < 0
+
+
+class _EagerFunction(torch.autograd.Function):
+    """The Function eager calls go through: apply(op, channel_dim, *inputs, *params, *constants).
+
+    Same semantics as the generated Function classes (which torch.func transforms and
+    torch.compile use), in the single-forward style whose apply has no per-call signature
+    binding."""
+
+    @staticmethod
+    def forward(ctx, op, channel_dim, *args):
+        n = op.n_tensors
+        tensors, constants = args[:n], args[n:]
+        ctx.op, ctx.constants, ctx.channel_dim = op, constants, channel_dim
+        ctx.save_for_backward(*tensors)
+        if not _no_forward_ad():
+            ctx.save_for_forward(*tensors)
+        return op.forward_impl(list(tensors[: op.n_inputs]), list(tensors[op.n_inputs:]), list(constants), channel_dim)
+
+    @staticmethod
+    def backward(ctx, grad):
+        op = ctx.op
+        grads = op.input_grads(ctx, grad, ctx.needs_input_grad[2: 2 + op.n_tensors])
+        return (None, None, *grads, *([None] * len(ctx.constants)))
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        return ctx.op.jvp(ctx, *tangents[2:])
+
+
 class _Backward(torch.autograd.Function):
     """The backward op as a differentiable function (used when create_graph=True)."""
 
     @staticmethod
     def forward(op, constants, channel_dim, grad, *tensors):
         n_in = op.n_inputs
-        return tuple(op.bwd_op(grad, list(tensors[:n_in]), list(tensors[n_in:]), list(constants), channel_dim, [True] * len(tensors)))
+        return tuple(op.run_backward(grad, list(tensors[:n_in]), list(tensors[n_in:]), list(constants), channel_dim, [True] * len(tensors)))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -277,5 +332,59 @@ def _register(opname: str, act: Activation):
     def _(grad, inputs, params, constants, channel_dim, needs):
         return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (*inputs, *params)]
 
+    torch.library.register_vmap(fwd, _vmap_forward(fwd))
+    torch.library.register_vmap(bwd, _vmap_backward(bwd, act.n_inputs))
     _REGISTERED[opname] = (fwd, bwd)
     return fwd, bwd
+
+
+# --- vmap rules of the custom ops -------------------------------------------------------
+# Elementwise in the inputs: with unbatched params, a batch dim is one more leading dim of
+# every input (the channel dim moves by one) and a single call does the whole batch.
+# Batched params (or param gradients, which are reductions) fall back to one call per entry.
+
+
+def _front(t: torch.Tensor, d, size: int) -> torch.Tensor:
+    return t.movedim(d, 0) if d is not None else t.unsqueeze(0).expand(size, *t.shape)
+
+
+def _select(arg, d, b):
+    if isinstance(arg, (list, tuple)):
+        dims = d if isinstance(d, (list, tuple)) else [d] * len(arg)
+        return [_select(a, dd, b) for a, dd in zip(arg, dims)]
+    return arg.select(d, b) if isinstance(arg, torch.Tensor) and d is not None else arg
+
+
+def _dims(d, n):
+    return list(d) if isinstance(d, (list, tuple)) else [d] * n
+
+
+def _loop(op, info, in_dims, args):
+    return [op(*[_select(a, d, b) for a, d in zip(args, in_dims)]) for b in range(info.batch_size)]
+
+
+def _vmap_forward(op):
+    def rule(info, in_dims, inputs, params, constants, channel_dim):
+        in_d, p_d = _dims(in_dims[0], len(inputs)), _dims(in_dims[1], len(params))
+        if all(d is None for d in p_d):
+            xs = [_front(t, d, info.batch_size) for t, d in zip(inputs, in_d)]
+            return op(xs, params, constants, channel_dim + 1), 0
+        outs = _loop(op, info, in_dims, (inputs, params, constants, channel_dim))
+        return torch.stack(outs), 0
+
+    return rule
+
+
+def _vmap_backward(op, n_inputs):
+    def rule(info, in_dims, grad, inputs, params, constants, channel_dim, needs):
+        in_d, p_d = _dims(in_dims[1], len(inputs)), _dims(in_dims[2], len(params))
+        if all(d is None for d in p_d) and not any(needs[n_inputs:]):
+            g = _front(grad, in_dims[0], info.batch_size)
+            xs = [_front(t, d, info.batch_size) for t, d in zip(inputs, in_d)]
+            out = op(g, xs, params, constants, channel_dim + 1, needs)
+            n = len(inputs)
+            return list(out[:n]) + list(out[n:]), [0] * n + [None] * len(params)
+        outs = _loop(op, info, in_dims, (grad, inputs, params, constants, channel_dim, needs))
+        return [torch.stack(r) for r in zip(*outs)], [0] * len(outs[0])
+
+    return rule

@@ -1,0 +1,190 @@
+"""Ahead-of-time compilation of generated kernels for real GPUs, on a machine without one.
+
+`triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))` runs the whole real
+compiler (TTIR -> TTGIR -> LLVM -> PTX -> cubin).  Triton's interpreter accepts code the
+real compiler rejects, so every generated kernel is compiled here too.  The PTX also shows
+the memory access width (ld.global.v4 = 128-bit); ptxas -v on it counts register spills.
+
+Run it in a process without TRITON_INTERPRET (`python -m actgen.aot`), since under the
+interpreter kernels are not JIT functions.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+POINTER_DTYPES = ("fp32", "fp16", "bf16")
+ARCHS = (80, 90)
+# (BLOCK_M, BLOCK_N, CH_AXIS): a flat 1-D tile, channels-first rows, channels-last columns
+LAYOUTS = ((1, 1024, 0), (8, 128, 0), (16, 64, 1))
+
+
+@dataclass
+class KernelReport:
+    module: str
+    kernel: str
+    dtype: str
+    arch: int
+    layout: tuple
+    ok: bool
+    error: str = ""
+    vector_loads: bool = False     # ld.global.v4 present
+    vector_stores: bool = False    # st.global.v4 present
+    scalar_global_access: bool = False
+    local_memory: bool = False     # spills or local arrays
+    spill_bytes: int | None = None  # ptxas -v spill stores + loads (None: no ptxas found)
+    cubin_bytes: int = 0
+
+
+def signature(fn, dtype: str, param_names=()) -> tuple[dict, dict]:
+    """Triton signature and constexprs for a generated kernel, with data pointers of `dtype`."""
+    sig, attrs = {}, {}
+    names = list(inspect.signature(fn).parameters)
+    for i, name in enumerate(names):
+        if name in ("BLOCK_M", "BLOCK_N", "CH_AXIS", "ACC", "PARAM_GRAD"):
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            base = name[: -len("_ptr")]
+            sig[name] = "*fp32" if base in param_names or name == "_partials_ptr" else f"*{dtype}"
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name.endswith("_stride") or name in ("_M", "_C", "_n_partials"):
+            sig[name] = "i64"
+        elif name == "_N":
+            sig[name] = "i64"
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:  # a constant
+            sig[name] = "fp32"
+    return sig, attrs
+
+
+def compile_kernel(kernel, dtype: str, arch: int, layout=LAYOUTS[0], param_names=()):
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = getattr(kernel, "fn", kernel)
+    sig, attrs = signature(fn, dtype, param_names)
+    block_m, block_n, axis = layout
+    constexprs = {"BLOCK_M": block_m, "BLOCK_N": block_n, "CH_AXIS": axis, "ACC": tl.float32}
+    if "PARAM_GRAD" in sig:
+        constexprs["PARAM_GRAD"] = True
+    src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32))
+
+
+def inspect_ptx(ptx: str) -> dict:
+    return {
+        "vector_loads": bool(re.search(r"ld\.global(\.\w+)*\.v4", ptx)),
+        "vector_stores": bool(re.search(r"st\.global(\.\w+)*\.v4", ptx)),
+        "scalar_global_access": bool(re.search(r"(ld|st)\.global(\.(?!v[248])\w+)*\s", ptx)),
+        "local_memory": bool(re.search(r"\.local\b|(ld|st)\.local", ptx)),
+    }
+
+
+def ptxas_path(arch: int = 90) -> str | None:
+    """The ptxas that Triton ships (None if not found)."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+    except ImportError:
+        return None
+    try:
+        try:
+            return get_ptxas(arch).path
+        except TypeError:  # older Triton: no arch argument
+            return get_ptxas().path
+    except Exception:  # noqa: BLE001 - no ptxas is a reportable state, not an error
+        return None
+
+
+def spill_bytes(ptx: str, ptxas: str) -> int:
+    """Register spill bytes (stores + loads) that `ptxas -v` reports for this PTX."""
+    target = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as fh:
+        fh.write(ptx)
+    try:
+        log = subprocess.run([ptxas, "-v", f"--gpu-name={target}", fh.name, "-o", os.devnull],
+                             capture_output=True, text=True, check=True).stderr
+    finally:
+        os.unlink(fh.name)
+    return sum(int(a) + int(b) for a, b in re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log))
+
+
+def module_layouts(mod, layouts=LAYOUTS) -> tuple:
+    """The tile layouts a generated module runs with: flat only, unless a param is per-channel."""
+    return tuple(layouts) if any(mod._OP.per_channel) else tuple(layouts[:1])
+
+
+def compile_module(module_name: str, dtypes=POINTER_DTYPES, archs=ARCHS, layouts=LAYOUTS,
+                   ptxas: str | None = None) -> list[KernelReport]:
+    mod = importlib.import_module(module_name)
+    params = set(mod._OP.param_names)
+    reports = []
+    for kname in ("_forward_kernel", "_backward_kernel"):
+        kernel = getattr(mod, kname)
+        for dtype in dtypes:
+            for arch in archs:
+                for lay in module_layouts(mod, layouts):
+                    rep = KernelReport(module_name, kname, dtype, arch, lay, ok=False)
+                    try:
+                        compiled = compile_kernel(kernel, dtype, arch, lay, params)
+                        rep.ok = "cubin" in compiled.asm and len(compiled.asm["cubin"]) > 0
+                        rep.cubin_bytes = len(compiled.asm.get("cubin", b""))
+                        for k, v in inspect_ptx(compiled.asm["ptx"]).items():
+                            setattr(rep, k, v)
+                        if ptxas:
+                            rep.spill_bytes = spill_bytes(compiled.asm["ptx"], ptxas)
+                    except Exception as exc:  # noqa: BLE001 - reported, not raised
+                        rep.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    reports.append(rep)
+    return reports
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m actgen.aot", description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help="generated modules (default: every actgen.ops module)")
+    parser.add_argument("--dtype", nargs="*", default=list(POINTER_DTYPES))
+    parser.add_argument("--arch", nargs="*", type=int, default=list(ARCHS))
+    parser.add_argument("--flat-only", action="store_true", help="compile only the flat 1-D tile layout")
+    parser.add_argument("--spills", action="store_true", help="count register spills with ptxas -v")
+    parser.add_argument("--json", help="write the reports here")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("unset TRITON_INTERPRET: interpreted kernels cannot be compiled", file=sys.stderr)
+        return 2
+    modules = args.modules
+    if not modules:
+        import actgen.ops as ops
+
+        modules = sorted({f"actgen.ops.{getattr(ops, n).__module__.rsplit('.', 1)[-1]}" for n in ops.__all__})
+    layouts = LAYOUTS[:1] if args.flat_only else LAYOUTS
+    ptxas = ptxas_path() if args.spills else None
+    reports = []
+    for m in modules:
+        reports += compile_module(m, tuple(args.dtype), tuple(args.arch), layouts, ptxas)
+    failed = [r for r in reports if not r.ok]
+    for r in failed:
+        print(f"FAIL {r.module}.{r.kernel} {r.dtype} sm_{r.arch} {r.layout}: {r.error}", file=sys.stderr)
+    for r in reports:
+        if r.spill_bytes:
+            print(f"SPILL {r.module}.{r.kernel} {r.dtype} sm_{r.arch} {r.layout}: {r.spill_bytes} bytes",
+                  file=sys.stderr)
+    print(f"{len(reports) - len(failed)}/{len(reports)} kernels compiled")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump([asdict(r) for r in reports], fh, indent=1)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Generated ops under torch's transforms: forward-mode AD, vmap, grad, double backward, compile.
+
+References are torch's own functions (or the formula in plain torch) under the same transform.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import grad, jacfwd, jvp, vjp, vmap
+
+import actgen.ops as ops
+
+
+def prelu_ref(x, w):
+    return torch.where(x > 0, x, w.view(-1, *([1] * (x.dim() - 2))) * x)
+
+
+def poly_ref(x, a0, a1, a2, a3):
+    return a0 + a1 * x + a2 * x**2 + a3 * x**3
+
+
+def _poly_params():
+    return [torch.tensor([v], dtype=torch.float64) for v in (0.1, 0.5, -0.3, 0.2)]
+
+
+# --- forward-mode AD -----------------------------------------------------------------
+
+
+def test_func_jvp_inputs_and_params(backend):
+    x, t = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    ps = _poly_params()
+    dps = [torch.randn(1, dtype=torch.float64) for _ in ps]
+    y, dy = jvp(ops.polynomial, (x, *ps), (t, *dps))
+    ry, rdy = jvp(poly_ref, (x, *ps), (t, *dps))
+    torch.testing.assert_close(y, ry)
+    torch.testing.assert_close(dy, rdy)
+
+
+def test_autograd_forward_ad(backend):
+    import torch.autograd.forward_ad as fwAD
+
+    x, t = torch.randn(3, 7, dtype=torch.float64), torch.randn(3, 7, dtype=torch.float64)
+    with fwAD.dual_level():
+        out = fwAD.unpack_dual(ops.mish(fwAD.make_dual(x, t)))
+        ref = fwAD.unpack_dual(F.mish(fwAD.make_dual(x, t)))
+    torch.testing.assert_close(out.primal, ref.primal)
+    torch.testing.assert_close(out.tangent, ref.tangent)
+
+
+def test_jacfwd_of_gated(backend):
+    a, b = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    ja = jacfwd(ops.swiglu, argnums=(0, 1))(a, b)
+    ra = jacfwd(lambda u, v: F.silu(u) * v, argnums=(0, 1))(a, b)
+    for j, r in zip(ja, ra):
+        torch.testing.assert_close(j, r)
+
+
+# --- vmap and grad -------------------------------------------------------------------
+
+
+def test_vmap_over_inputs_and_over_params(backend):
+    xb = torch.randn(6, 2, 3, 4, dtype=torch.float64)
+    w = torch.rand(3, dtype=torch.float64)
+    torch.testing.assert_close(vmap(lambda t: ops.prelu(t, w))(xb), vmap(lambda t: prelu_ref(t, w))(xb))
+    wb = torch.rand(6, 3, dtype=torch.float64)
+    torch.testing.assert_close(vmap(ops.prelu)(xb, wb), torch.stack([prelu_ref(a, b) for a, b in zip(xb, wb)]))
+
+
+def test_grad_and_per_sample_param_grads(backend):
+    xb = torch.randn(5, 2, 3, 4, dtype=torch.float64)
+    w = torch.rand(3, dtype=torch.float64)
+    g = vmap(grad(lambda t, w: ops.prelu(t, w).pow(2).sum(), argnums=(0, 1)), in_dims=(0, None))(xb, w)
+    r = vmap(grad(lambda t, w: prelu_ref(t, w).pow(2).sum(), argnums=(0, 1)), in_dims=(0, None))(xb, w)
+    for a, b in zip(g, r):
+        torch.testing.assert_close(a, b)
+
+
+def test_vjp_with_batched_cotangents(backend):
+    x = torch.randn(4, 3, 5, dtype=torch.float64)
+    ps = _poly_params()
+    _, f = vjp(ops.polynomial, x, *ps)
+    _, rf = vjp(poly_ref, x, *ps)
+    cot = torch.randn(7, 4, 3, 5, dtype=torch.float64)
+    for a, b in zip(vmap(f)(cot), vmap(rf)(cot)):
+        torch.testing.assert_close(a, b)
+
+
+def test_grad_of_grad(backend):
+    x = torch.tensor(0.7, dtype=torch.float64)
+    d2 = grad(grad(lambda t: ops.mish(t)))(x)
+    r2 = grad(grad(lambda t: F.mish(t)))(x)
+    torch.testing.assert_close(d2, r2)
+
+
+def test_double_backward_through_param_gradients(backend):
+    x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(4, dtype=torch.float64, requires_grad=True)
+    xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    m = ops.learnable_activation
+    args = [torch.tensor([1.3], dtype=torch.float64, requires_grad=True), torch.tensor([0.2], dtype=torch.float64, requires_grad=True)]
+    y = m(x, w, *args)
+    gx, gw = torch.autograd.grad(y.pow(2).sum(), (x, w), create_graph=True)
+    (gx.sum() + gw.pow(2).sum()).backward()
+    argr = [a.detach().clone().requires_grad_() for a in args]
+    ref = argr[0] * torch.where(xr > 0, xr, wr.view(-1, 1) * xr) + argr[1]
+    rx, rw = torch.autograd.grad(ref.pow(2).sum(), (xr, wr), create_graph=True)
+    (rx.sum() + rw.pow(2).sum()).backward()
+    torch.testing.assert_close(x.grad, xr.grad)
+    torch.testing.assert_close(w.grad, wr.grad)
+    for a, b in zip(args, argr):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+# --- torch.compile -------------------------------------------------------------------
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(16, 32)
+        self.act1 = ops.PReLU(32)
+        self.fc2 = torch.nn.Linear(32, 32)
+        self.act2 = ops.SwiGLU()
+        self.act3 = ops.LearnableActivation(16)
+
+    def forward(self, x):
+        h = self.act1(self.fc1(x))
+        h = self.act2(self.fc2(h))
+        return ops.mish(self.act3(h)).sum(-1)
+
+
+@pytest.mark.parametrize("compiler", ["inductor", "aot_eager"])
+def test_compile_fullgraph_same_results_no_recompile(compiler, torch_backend):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    net = Net()
+    frames = []
+
+    def count(gm, example_inputs):
+        frames.append(gm)
+        return gm
+
+    backend = compiler if compiler == "inductor" else "aot_eager"
+    if compiler == "aot_eager":
+        from torch._dynamo.backends.common import aot_autograd
+
+        backend = aot_autograd(fw_compiler=count, bw_compiler=lambda gm, _: gm)
+    compiled = torch.compile(net, fullgraph=True, backend=backend)
+    for i, batch in enumerate((8, 13, 29)):
+        x = torch.randn(batch, 16)
+        if i == 0:
+            torch._dynamo.mark_dynamic(x, 0)
+        y = compiled(x)
+        y.square().sum().backward()
+        got = [p.grad.clone() for p in net.parameters()]
+        net.zero_grad()
+        ye = net(x)
+        ye.square().sum().backward()
+        want = [p.grad.clone() for p in net.parameters()]
+        net.zero_grad()
+        torch.testing.assert_close(y, ye, rtol=1e-5, atol=1e-5)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    if compiler == "aot_eager":
+        assert len(frames) == 1, f"{len(frames)} forward graphs for 3 batch sizes"
+        assert any("actgen." in str(n.target) for n in frames[0].graph.nodes)   # the custom ops, opaque
+    assert counters["stats"]["unique_graphs"] == 1
+    assert not counters["graph_break"]

@@ -1,0 +1,160 @@
+"""`actgen build` and `actgen.compile`: what is written, reproducibility, --check, the cache."""
+from __future__ import annotations
+
+import filecmp
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+SWISH = textwrap.dedent("""\
+    name: swish_beta
+    formula: x * sigmoid(beta * x)
+    doc: Swish with a learnable beta
+    params:
+      beta: {init: 1.0, per_channel: true}
+    class_name: SwishBeta
+    """)
+
+
+def actgen(*args, cwd=ROOT, env=None):
+    return subprocess.run([sys.executable, "-m", "actgen.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})})
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*.py"))}
+
+
+def test_check_passes_on_the_committed_library():
+    r = actgen("build", "--check")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_build_is_byte_identical_under_different_hash_seeds(tmp_path):
+    outs = []
+    for seed in ("0", "12345"):
+        out = tmp_path / seed / "lib"
+        r = actgen("build", "specs", "--out", str(out), env={"PYTHONHASHSEED": seed})
+        assert r.returncode == 0, r.stderr
+        outs.append(_tree(out))
+    assert outs[0] == outs[1] and len(outs[0]) > 10
+    # and the same bytes as the committed library
+    committed = _tree(ROOT / "actgen" / "ops")
+    assert outs[0].keys() == committed.keys()
+    assert {k: v for k, v in outs[0].items() if k != "__init__.py"} == {k: v for k, v in committed.items() if k != "__init__.py"}
+
+
+def test_out_writes_an_importable_package(tmp_path):
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "swish_beta.yaml").write_text(SWISH)
+    out = tmp_path / "my_acts"
+    r = actgen("build", str(tmp_path / "specs"), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".py") == ["__init__.py", "swish_beta.py"]
+    src = (out / "swish_beta.py").read_text()
+    assert "DO NOT EDIT" in src and "x * sigmoid(beta * x)" in src and "df/dbeta" in src
+    code = textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(tmp_path)!r})
+        import importlib
+        from my_acts import swish_beta, SwishBeta, SwishBetaFunction
+        mod = importlib.import_module("my_acts.swish_beta")
+        assert mod.FORMULA == "x * sigmoid(beta * x)" and len(mod.SPEC_SHA256) == 64
+        assert "sympy" not in sys.modules, "generated modules must not import sympy"
+        m = SwishBeta(num_channels=3)
+        assert m.beta.shape == (3,) and isinstance(m.beta, torch.nn.Parameter)
+        x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+        m.double()
+        with torch.no_grad():
+            m.beta.copy_(torch.tensor([0.5, 1.0, 2.0]))
+        y = m(x)
+        ref = x * torch.sigmoid(m.beta.view(-1, 1) * x)
+        torch.testing.assert_close(y, ref)
+        assert torch.autograd.gradcheck(swish_beta, (x, m.beta.detach().clone().requires_grad_()))
+        print("ok")
+        """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "ACTGEN_BACKEND": "torch"})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_check_reports_stale_output_and_writes_nothing(tmp_path):
+    (tmp_path / "specs").mkdir()
+    spec = tmp_path / "specs" / "swish_beta.yaml"
+    spec.write_text(SWISH)
+    out = tmp_path / "pkg"
+    r = actgen("build", "--check", str(spec), "--out", str(out))
+    assert r.returncode == 1 and not out.exists()
+    assert actgen("build", str(spec), "--out", str(out)).returncode == 0
+    assert actgen("build", "--check", str(spec), "--out", str(out)).returncode == 0
+    before = _tree(out)
+    spec.write_text(SWISH.replace("init: 1.0", "init: 1.5"))
+    r = actgen("build", "--check", str(spec), "--out", str(out))
+    assert r.returncode == 1 and "swish_beta" in r.stdout + r.stderr
+    assert _tree(out) == before
+    # a spec removed: its module is stale, and a real build removes it
+    (tmp_path / "specs" / "other.yaml").write_text("name: other\nformula: x * 2\n")
+    assert actgen("build", str(tmp_path / "specs"), "--out", str(out)).returncode == 0
+    assert (out / "other.py").exists()
+    (tmp_path / "specs" / "other.yaml").unlink()
+    assert actgen("build", "--check", str(tmp_path / "specs"), "--out", str(out)).returncode == 1
+    assert actgen("build", str(tmp_path / "specs"), "--out", str(out)).returncode == 0
+    assert not (out / "other.py").exists()
+
+
+def test_out_must_name_a_package(tmp_path):
+    (tmp_path / "s.yaml").write_text(SWISH)
+    r = actgen("build", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "not-an-identifier"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert not (tmp_path / "not-an-identifier").exists()
+
+
+def test_compile_from_python_and_cache_reuse_without_sympy(tmp_path):
+    import actgen
+
+    cache = tmp_path / "cache"
+    os.environ["ACTGEN_CACHE_DIR"] = str(cache)
+    try:
+        mod = actgen.compile("x * tanh(softplus(x))", name="my_mish")
+        x = torch.randn(50, dtype=torch.float64, requires_grad=True)
+        torch.testing.assert_close(mod.my_mish(x), F.mish(x))
+        assert isinstance(mod.MyMish(), torch.nn.Module) and hasattr(mod, "MyMishFunction")
+        files = list(cache.rglob("my_mish.py"))
+        assert len(files) == 1
+        again = actgen.compile("x * tanh(softplus(x))", name="my_mish")
+        assert again.my_mish is mod.my_mish or again.__file__ == mod.__file__
+        with_params = actgen.compile("x * sigmoid(beta * x)", name="swish_b", params={"beta": 1.5})
+        torch.testing.assert_close(with_params.swish_b(x), x * torch.sigmoid(1.5 * x))
+        consts = actgen.compile("where(x > t, x, v)", name="thr", constants={"t": 0.5, "v": -1.0})
+        torch.testing.assert_close(consts.thr(x, t=0.0, v=0.0), F.threshold(x, 0.0, 0.0))
+    finally:
+        del os.environ["ACTGEN_CACHE_DIR"]
+    code = textwrap.dedent("""
+        import sys, torch, actgen
+        mod = actgen.compile("x * tanh(softplus(x))", name="my_mish")
+        x = torch.linspace(-5, 5, 11)
+        y = mod.my_mish(x)
+        print("sympy" in sys.modules)      # before torch.testing, which imports sympy itself
+        torch.testing.assert_close(y, torch.nn.functional.mish(x))
+        """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "ACTGEN_CACHE_DIR": str(cache), "ACTGEN_BACKEND": "torch"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
+    assert len(list(cache.rglob("my_mish.py"))) == 1
+
+
+def test_compile_rejects_bad_input_with_spec_errors():
+    import actgen
+
+    with pytest.raises(actgen.SpecError, match="formula"):
+        actgen.compile("__import__('os').system('true')", name="bad")
+    with pytest.raises(actgen.SpecError, match="name"):
+        actgen.compile("x", name="class")

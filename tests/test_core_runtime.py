@@ -1,0 +1,311 @@
+"""The runtime contract of generated ops: shapes, layouts, dtypes, special values, errors.
+
+Every check runs on the eager fallback and on the Triton kernels (interpreter), against
+torch's own functions or the formula written in plain torch.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import actgen.ops as ops
+from actgen.runtime import launch, use_backend
+
+from _reference import SPECS, reference_call
+
+TILE = launch.TILE
+
+
+def _check(fn, ref, *inputs, rtol=1e-5, atol=1e-6):
+    """Value and every input gradient of fn vs ref (float64 on float64 copies)."""
+    xs = [t.detach().clone().requires_grad_() for t in inputs]
+    rs = [t.detach().double().requires_grad_() for t in inputs]
+    y, r = fn(*xs), ref(*rs)
+    torch.testing.assert_close(y.double(), r, rtol=rtol, atol=atol)
+    g = torch.randn(y.shape, dtype=torch.float64)
+    y.backward(g.to(y.dtype))
+    r.backward(g)
+    for a, b in zip(xs, rs):
+        torch.testing.assert_close(a.grad.double(), b.grad, rtol=rtol, atol=atol)
+
+
+# --- shapes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(0,), (3, 0, 5), (1,), (), (TILE - 1,), (TILE,), (TILE + 1,),
+                                   (7, 13, 311), (2 * TILE + 17, 3)], ids=str)
+def test_any_shape(shape, backend):
+    x = torch.randn(shape)
+    _check(ops.mish, F.mish, x)
+
+
+def test_large_odd_size(backend):
+    n = 3 * TILE * 5 + 7 if backend == "triton" else 1_000_003
+    x = torch.randn(n) * 4
+    _check(ops.gelu_tanh, lambda t: F.gelu(t, approximate="tanh"), x)
+
+
+@pytest.mark.parametrize("make", [
+    lambda x: x.t(),                       # transposed
+    lambda x: x[:, ::3],                   # strided columns
+    lambda x: x.unsqueeze(0).expand(3, -1, -1),   # stride 0
+], ids=["transposed", "sliced", "expanded"])
+def test_non_contiguous_inputs(make, backend):
+    base = torch.randn(37, 66)
+    x = make(base)
+    assert not x.is_contiguous()
+    y = ops.silu(x)
+    torch.testing.assert_close(y, F.silu(x))
+    _check(ops.silu, F.silu, x)
+
+
+def test_gated_inputs_of_different_layouts(backend):
+    a = torch.randn(40, 30).t()
+    b = torch.randn(30, 40)
+    _check(ops.swiglu, lambda u, v: F.silu(u) * v, a, b)
+
+
+@pytest.mark.parametrize("channel_dim", [1, -1])
+@pytest.mark.parametrize("name", ["prelu", "learnable_activation"])
+def test_4d_per_channel(name, channel_dim, backend):
+    spec = SPECS[name]
+    C = 6
+    shape = (2, C, 5, 7) if channel_dim == 1 else (2, 5, 7, C)
+    x = torch.randn(shape, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    params = [(p.init + 0.3 * torch.randn(C if p.per_channel else 1, generator=g, dtype=torch.float64)) for p in spec.params]
+    fn = getattr(ops, name)
+    dtype = torch.float32 if backend == "triton" else torch.float64
+    xs = x.to(dtype).clone().requires_grad_()
+    ps = [p.to(dtype).clone().requires_grad_() for p in params]
+    y = fn(xs, *ps, channel_dim=channel_dim)
+    rx = x.clone().requires_grad_()
+    rp = [p.clone().requires_grad_() for p in params]
+    r = reference_call(spec, [rx], rp, {}, channel_dim=channel_dim)
+    gy = torch.randn(shape, dtype=torch.float64)
+    y.backward(gy.to(dtype))
+    r.backward(gy)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(y.double(), r.detach(), **tol)
+    torch.testing.assert_close(xs.grad.double(), rx.grad, **tol)
+    for p, q in zip(ps, rp):
+        torch.testing.assert_close(p.grad.double(), q.grad, **tol)
+
+
+def test_prelu_module_matches_torch_prelu_channels_first_and_last(backend):
+    x = torch.randn(3, 8, 4, 5)
+    ours, theirs = ops.PReLU(8), torch.nn.PReLU(8)
+    with torch.no_grad():
+        w = torch.linspace(-0.5, 0.9, 8)
+        ours.weight.copy_(w)
+        theirs.weight.copy_(w)
+    torch.testing.assert_close(ours(x), theirs(x))
+    last = ops.PReLU(8, channel_dim=-1)
+    with torch.no_grad():
+        last.weight.copy_(w)
+    xl = x.permute(0, 2, 3, 1)
+    torch.testing.assert_close(last(xl), theirs(x).permute(0, 2, 3, 1))
+    # fewer than 2 dims: shared params only, as torch
+    one = ops.PReLU()
+    torch.testing.assert_close(one(torch.tensor([-2.0, 3.0])), torch.tensor([-0.5, 3.0]))
+
+
+@pytest.mark.parametrize("kind", ["sum", "transposed", "sliced"])
+def test_backward_accepts_any_grad_output_layout(kind, backend):
+    x = torch.randn(33, 40, dtype=torch.float64)
+    w = torch.tensor([0.1], dtype=torch.float64)
+    xa, wa = x.clone().requires_grad_(), w.clone().requires_grad_()
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    y = ops.learnable_activation(xa, torch.tensor([0.3], dtype=torch.float64), torch.tensor([1.5], dtype=torch.float64), wa)
+    r = 1.5 * torch.where(xr > 0, xr, 0.3 * xr) + wr
+    if kind == "sum":                      # autograd hands backward a stride-0 expanded tensor
+        y.sum().backward()
+        r.sum().backward()
+    else:
+        big = torch.randn(40, 33, dtype=torch.float64) if kind == "transposed" else torch.randn(33, 80, dtype=torch.float64)
+        g = big.t() if kind == "transposed" else big[:, ::2]
+        assert not g.is_contiguous()
+        y.backward(g)
+        r.backward(g)
+    torch.testing.assert_close(xa.grad, xr.grad)
+    torch.testing.assert_close(wa.grad, wr.grad)
+
+
+# --- dtypes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+def test_dtypes_output_and_param_gradients(dtype, backend):
+    x = (torch.randn(4, 6, 9) * 2).to(dtype).requires_grad_()
+    m = ops.LearnableActivation(6)
+    y = m(x)
+    assert y.dtype == dtype
+    y.float().sum().backward()
+    assert x.grad.dtype == dtype
+    for p in m.parameters():
+        assert p.grad.dtype == torch.float32 and p.grad.shape == p.shape
+    m64 = ops.LearnableActivation(6).double()
+    x64 = x.detach().double().requires_grad_()
+    y64 = m64(x64)
+    y64.sum().backward()
+    tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3}.get(dtype, 1e-6)
+    torch.testing.assert_close(y.double(), y64, rtol=tol, atol=tol)
+    for p, q in zip(m.parameters(), m64.parameters()):
+        torch.testing.assert_close(p.grad.double(), q.grad, rtol=1e-5, atol=1e-4)
+    assert all(p.grad.dtype == torch.float64 for p in m64.parameters())
+
+
+def test_float16_extremes_stay_finite_where_torch_is(backend):
+    x = torch.tensor([-65504.0, -20.0, -1.0, 0.0, 1.0, 20.0, 65504.0], dtype=torch.float16)
+    for ours, theirs in [(ops.silu, F.silu), (ops.mish, F.mish), (ops.gelu, F.gelu), (ops.softplus, F.softplus)]:
+        torch.testing.assert_close(ours(x), theirs(x.float()).half(), rtol=1e-3, atol=1e-3)
+
+
+# --- special values ------------------------------------------------------------------
+
+NAN, INF = math.nan, math.inf
+
+
+@pytest.mark.parametrize("name,fn", [("relu", F.relu), ("hardtanh", F.hardtanh), ("leaky_relu", F.leaky_relu),
+                                     ("threshold", lambda x: F.threshold(x, 0.0, 0.0)),
+                                     ("prelu", lambda x: F.prelu(x, torch.tensor([0.25], dtype=x.dtype)))])
+def test_nan_in_nan_out_through_max_min_where(name, fn, backend):
+    x = torch.tensor([NAN, -1.0, 0.0, 2.0])
+    y = getattr(ops, name)(x)
+    assert torch.isnan(y[0]) and torch.isnan(fn(x)[0])
+    torch.testing.assert_close(y[1:], fn(x)[1:])
+
+
+@pytest.mark.parametrize("name,limits", [
+    ("relu", (INF, 0.0)), ("silu", (INF, 0.0)), ("mish", (INF, 0.0)), ("gelu", (INF, 0.0)),
+    ("gelu_tanh", (INF, 0.0)), ("softplus", (INF, 0.0)), ("elu", (INF, -1.0)), ("hardswish", (INF, 0.0)),
+    ("custom_smooth", (INF, -INF)), ("soft_clip", (1.0, -1.0)), ("sigmoid", (1.0, 0.0)), ("tanh", (1.0, -1.0)),
+])
+def test_infinities_give_the_limit(name, limits, backend):
+    x = torch.tensor([INF, -INF, NAN])
+    y = getattr(ops, name)(x)
+    assert y[0].item() == limits[0] and y[1].item() == limits[1]
+    assert torch.isnan(y[2])
+
+
+def test_infinity_derivatives_are_the_limits(backend):
+    x = torch.tensor([INF, -INF], requires_grad=True)
+    ops.silu(x).sum().backward()
+    assert x.grad.tolist() == [1.0, 0.0]
+    x.grad = None
+    ops.mish(x).sum().backward()
+    assert x.grad.tolist() == [1.0, 0.0]
+
+
+def test_kinks_take_the_selected_branch_and_no_nan_leaks(backend):
+    x = torch.tensor([0.0, 0.0], requires_grad=True)
+    ops.relu(x).sum().backward()
+    assert x.grad.tolist() == [0.0, 0.0]          # relu'(0) = 0, as torch
+    # where(x > 0, sqrt(x), 0): torch autograd gives NaN from the unselected sqrt branch
+    m = __import__("actgen").compile("where(x > 0, sqrt(x), 0)", name="sqrt_pos")
+    x = torch.tensor([-1.0, 0.0, 4.0], requires_grad=True)
+    m.sqrt_pos(x).sum().backward()
+    assert x.grad.tolist() == [0.0, 0.0, 0.25]
+
+
+# --- errors --------------------------------------------------------------------------
+
+
+def test_non_float_input_is_a_clear_error():
+    with pytest.raises(TypeError, match="floating-point"):
+        ops.silu(torch.arange(4))
+    with pytest.raises(TypeError, match="must be a tensor"):
+        ops.silu([1.0, 2.0])
+
+
+def test_channel_count_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match="channel-count mismatch.*4 channels.*3 along dim 1"):
+        ops.PReLU(4)(torch.randn(2, 3, 5))
+    with pytest.raises(ValueError, match="channel-count mismatch"):
+        ops.PReLU(4, channel_dim=-1)(torch.randn(2, 4, 5))
+
+
+def test_odd_split_is_a_clear_error():
+    with pytest.raises(ValueError, match="odd"):
+        ops.SwiGLU()(torch.randn(2, 7))
+    with pytest.raises(ValueError, match="same shape"):
+        ops.swiglu(torch.randn(2, 4), torch.randn(2, 5))
+
+
+# --- the kernels' own contract ---------------------------------------------------------
+
+
+def test_backward_saves_only_inputs_and_params(backend):
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    x = torch.randn(8, 6, 10, requires_grad=True)
+    m = ops.LearnableActivation(6)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = m(x)
+    assert len(saved) == 4
+    assert saved[0] is x or saved[0].data_ptr() == x.data_ptr()
+    owned = {x.data_ptr()} | {p.data_ptr() for p in m.parameters()}
+    assert {t.data_ptr() for t in saved} == owned
+    assert sum(t.numel() for t in saved) == x.numel() + 6 + 6 + 1
+    y.sum().backward()
+    assert x.grad is not None
+
+
+def test_param_gradients_are_reduced_in_the_kernel(triton_backend, monkeypatch):
+    """The backward kernel writes per-tile partial sums, never a per-element gradient."""
+    allocs = []
+    real_empty = torch.empty
+
+    def empty(*shape, **kw):
+        t = real_empty(*shape, **kw)
+        allocs.append(tuple(t.shape))
+        return t
+
+    monkeypatch.setattr(launch.torch, "empty", empty)
+    x = torch.randn(4, 16, 32, 32, requires_grad=True)
+    m = ops.PReLU(16)
+    m(x).sum().backward()
+    partials = [s for s in allocs if len(s) == 2 and s[0] == 1]
+    assert partials and all(math.prod(s) <= x.numel() // 32 for s in partials), allocs
+    torch.testing.assert_close(m.weight.grad, torch.where(x > 0, 0.0, x).sum((0, 2, 3)), rtol=1e-5, atol=1e-3)
+
+
+def test_constants_are_runtime_kernel_arguments():
+    """Changing a constant's value must not recompile: constants are not constexpr."""
+    import inspect
+
+    pytest.importorskip("triton")
+    mod = importlib.import_module("actgen.ops.leaky_relu")
+
+    fn = getattr(mod._forward_kernel, "fn", mod._forward_kernel)
+    params = inspect.signature(fn).parameters
+    assert "negative_slope" in params
+    assert "constexpr" not in str(params["negative_slope"].annotation)
+    x = torch.randn(100)
+    with use_backend("triton"):
+        for slope in (0.01, 0.2, 0.3):
+            torch.testing.assert_close(ops.leaky_relu(x, negative_slope=slope), F.leaky_relu(x, slope))
+
+
+def test_offsets_are_int64():
+    """Tensors over 2**31 elements: tile offsets are computed from an int64 program id."""
+    mod = importlib.import_module("actgen.ops.mish")
+
+    src = inspect_source(mod._forward_kernel) + inspect_source(mod._backward_kernel)
+    assert src.count("tl.program_id(0).to(tl.int64)") == 2
+    lay = launch.layout((2**31 + 5,), 1, 1)
+    assert lay.M * lay.N == 2**31 + 5 and lay.grid[0] * lay.block_n >= 2**31 + 5
+
+
+def inspect_source(kernel):
+    import inspect
+
+    return inspect.getsource(getattr(kernel, "fn", kernel))
