@@ -66,7 +66,44 @@ def _cmd_show(args) -> int:
     return 0
 
 
+def _cmd_plot(args) -> int:
+    from .catalogue import plot
+
+    specs = {s.name: s for s in _load(args)}
+    if args.name not in specs:
+        print(f"actgen plot: unknown activation '{args.name}' (known: {', '.join(sorted(specs))})", file=sys.stderr)
+        return 2
+    out = plot(specs[args.name], Path(args.out) if args.out else Path(f"{args.name}.png"))
+    print(out)
+    return 0
+
+
+def _cmd_docs(args) -> int:
+    import os
+
+    # the accuracy table runs the Triton kernels on CPU tensors, under Triton's interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    from .catalogue import write_docs
+
+    specs = args.specs[0] if args.specs else DEFAULT_SPECS
+    if not Path(specs).is_dir():
+        print("actgen docs: no specs/ here (run it in the repository root, or give --specs DIR)", file=sys.stderr)
+        return 2
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    written = write_docs(Path(specs), Path(args.out), accuracy=not args.no_accuracy, plots=not args.no_plots,
+                         step=args.step, jobs=args.jobs, log=log)
+    for path in written:
+        if path.suffix == ".md":
+            print(path)
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # the suite parses its own options (see actgen/bench.py)
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = argparse.ArgumentParser(prog="actgen", description="Compile activation formulas into fused Triton/torch ops.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -84,6 +121,26 @@ def main(argv=None) -> int:
     p.add_argument("name")
     p.add_argument("--specs", nargs="*", help="spec files or directories (default: specs/)")
     p.set_defaults(func=_cmd_show)
+
+    sub.add_parser("bench", add_help=False,
+                   help="benchmark the ops against torch eager, torch's kernels, torch.compile and the roofline "
+                        "(`actgen bench --help` for its options)")
+
+    p = sub.add_parser("plot", help="draw f and f' of one activation over [-6, 6] into a PNG")
+    p.add_argument("name")
+    p.add_argument("--out", help="output PNG (default: NAME.png)")
+    p.add_argument("--specs", nargs="*", help="spec files or directories (default: specs/)")
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("docs", help="generate docs/catalogue.md, docs/accuracy.md and docs/plots/ from the specs")
+    p.add_argument("--out", default="docs", help="output folder (default: docs)")
+    p.add_argument("--specs", nargs=1, help="spec directory (default: specs/)")
+    p.add_argument("--no-accuracy", action="store_true", help="skip the accuracy table (minutes)")
+    p.add_argument("--no-plots", action="store_true", help="skip the plots")
+    p.add_argument("--step", type=float, default=0.01, help="accuracy grid step on [-20, 20] (default: 0.01)")
+    p.add_argument("--jobs", type=int, default=1, help="processes for the accuracy table (default: 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=_cmd_docs)
 
     args = parser.parse_args(argv)
     from .spec import SpecError

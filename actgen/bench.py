@@ -1,0 +1,1359 @@
+"""The benchmark suite: generated ops side by side with the alternatives and the bandwidth limit.
+
+For each activation (a `Case`), dtype and size it measures, in one run and one process:
+
+* ``actgen``  - the generated op (Triton kernels on CUDA, the eager fallback on CPU);
+* ``eager``   - the same formula written by hand as plain torch ops, differentiated by autograd;
+* ``torch``   - torch's own kernel where one exists (F.mish, F.silu, F.prelu, ...);
+* ``compile`` - torch.compile of the plain-torch formula, timed after warm-up;
+* the roofline - ``y.copy_(x)`` for the forward's traffic and ``torch.add(x, g, out=gx)``
+  (read two tensors, write one: what a backward moves) for the backward's.
+
+in the modes ``fwd`` (no autograd), ``bwd`` (the backward alone, on a retained graph),
+``fwdbwd`` (forward + backward) and, for ops with params, ``bwd_frozen`` (backward with the
+params frozen).  The backward modes run a fresh, untimed forward before every timed backward.  Around the timings: peak memory of a training step, bytes saved for
+backward (``torch.autograd.graph.saved_tensors_hooks``), first-call latency in fresh
+processes (cold and warm caches, against torch.compile's cold first call), recompilation
+across shapes and host time per call.  `evaluate_targets` turns the numbers into the
+issue's targets, each PASS, MISS or "not measured"; `write_results` writes JSON, markdown
+and PNG plots.
+
+CUDA timings use ``triton.testing.do_bench`` (median, L2 flushed between runs); CPU
+timings use ``torch.utils.benchmark`` (median of blocked runs); backward-only timings use
+CUDA events (or perf_counter on CPU) around each backward, median.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+SCHEMA = 1
+IMPLS = ("actgen", "eager", "torch", "compile")
+MODES = ("fwd", "bwd", "fwdbwd", "bwd_frozen")
+MODE_LABELS = {"fwd": "forward", "bwd": "backward", "fwdbwd": "forward+backward", "bwd_frozen": "backward, params frozen"}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CHANNELS = 64
+NOT_MEASURED = "not measured"
+
+# Sizes (elements) and the size from which the GPU bandwidth/speed targets are judged.
+GPU_SIZES = tuple(2 ** k for k in range(16, 29, 2))
+CPU_SIZES = (2 ** 14, 2 ** 17, 2 ** 20)
+GPU_TARGET_MIN = 2 ** 26
+CPU_TARGET_MIN = 2 ** 17
+CPU_NOISE_MARGIN = 1.05     # "no slower than" on CPU, allowing 5% timing noise
+
+
+# --------------------------------------------------------------------------------------
+# Cases: each benchmarked activation, with its plain-torch formula and torch's own kernel
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    op: str                                  # function in actgen.ops
+    eager: Callable                          # the formula as plain torch ops: eager(*inputs, *params)
+    eager_src: str
+    builtin: Callable | None = None          # torch's own kernel(s), same arguments
+    builtin_src: str = ""
+    n_inputs: int = 1
+    params: tuple = ()                       # ((name, per_channel, value), ...)
+    layout: str = "flat"                     # flat | channels_first | channels_last
+
+    @property
+    def per_channel(self) -> bool:
+        return any(pc for _, pc, _ in self.params)
+
+    @property
+    def channel_dim(self) -> int:
+        return -1 if self.layout == "channels_last" else 1
+
+    def shape(self, n: int) -> tuple:
+        if self.layout == "flat":
+            return (n,)
+        if n % CHANNELS:
+            raise ValueError(f"{self.name}: size {n} is not a multiple of {CHANNELS} channels")
+        if self.layout == "channels_last":
+            return (n // CHANNELS, CHANNELS)
+        hw = min(n // CHANNELS, 4096)
+        return (n // (CHANNELS * hw), CHANNELS, hw)
+
+    def actgen_fn(self) -> Callable:
+        from actgen import ops
+
+        fn = getattr(ops, self.op)
+        if self.per_channel:
+            cd = self.channel_dim
+            return lambda *t: fn(*t, channel_dim=cd)
+        return fn
+
+
+def _cf(p):
+    """A per-channel param against a channels-first (B, C, HW) input."""
+    return p.view(-1, 1)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+
+# The formulas as people write them in torch today (module level, so torch.compile sees
+# plain functions).
+
+
+def _relu(x):
+    return torch.clamp_min(x, 0)
+
+
+def _gelu(x):
+    return 0.5 * x * (1 + torch.erf(x * _INV_SQRT2))
+
+
+def _gelu_tanh(x):
+    return 0.5 * x * (1 + torch.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)))
+
+
+def _silu(x):
+    return x * torch.sigmoid(x)
+
+
+def _mish(x):
+    return x * torch.tanh(F.softplus(x))
+
+
+def _softplus(x):
+    return torch.where(x > 20.0, x, torch.log1p(torch.exp(x)))
+
+
+def _hardswish(x):
+    return x * torch.clamp(x + 3, 0, 6) / 6
+
+
+def _elu(x):
+    return torch.where(x > 0, x, torch.exp(x) - 1)
+
+
+def _leaky_relu(x):
+    return torch.where(x > 0, x, 0.01 * x)
+
+
+def _soft_clip(x):
+    return torch.tanh(x)
+
+
+def _custom_smooth(x):
+    return x * torch.tanh(torch.sqrt(x * x + 1))
+
+
+def _prelu_cf(x, w):
+    return torch.where(x > 0, x, _cf(w) * x)
+
+
+def _prelu_cl(x, w):
+    return torch.where(x > 0, x, w * x)
+
+
+def _swiglu(a, b):
+    return a * torch.sigmoid(a) * b
+
+
+def _silu_mul(a, b):
+    return F.silu(a) * b
+
+
+def _learnable_activation(x, alpha, scale, shift):
+    return _cf(scale) * (torch.clamp_min(x, 0) + _cf(alpha) * torch.clamp_max(x, 0)) + shift
+
+
+def _polynomial(x, a0, a1, a2, a3):
+    return a0 + a1 * x + a2 * x ** 2 + a3 * x ** 3
+
+
+def _adaptive_mixture(x, w0, w1, w2):
+    e0, e1, e2 = torch.exp(w0), torch.exp(w1), torch.exp(w2)
+    return (e0 * torch.clamp_min(x, 0) + e1 * torch.tanh(x) + e2 * x) / (e0 + e1 + e2)
+
+
+def _gelu_builtin(x):
+    return F.gelu(x)
+
+
+def _gelu_tanh_builtin(x):
+    return F.gelu(x, approximate="tanh")
+
+
+def _leaky_relu_builtin(x):
+    return F.leaky_relu(x, 0.01)
+
+
+CASES: dict[str, Case] = {c.name: c for c in (
+    Case("relu", "relu", _relu, "torch.clamp_min(x, 0)", F.relu, "F.relu"),
+    Case("gelu", "gelu", _gelu, "0.5 * x * (1 + torch.erf(x / sqrt(2)))", _gelu_builtin, "F.gelu"),
+    Case("gelu_tanh", "gelu_tanh", _gelu_tanh,
+         "0.5 * x * (1 + torch.tanh(sqrt(2/pi) * (x + 0.044715 * x**3)))", _gelu_tanh_builtin, "F.gelu(approximate='tanh')"),
+    Case("silu", "silu", _silu, "x * torch.sigmoid(x)", F.silu, "F.silu"),
+    Case("mish", "mish", _mish, "x * torch.tanh(F.softplus(x))", F.mish, "F.mish"),
+    Case("softplus", "softplus", _softplus, "torch.where(x > 20, x, torch.log1p(torch.exp(x)))", F.softplus, "F.softplus"),
+    Case("hardswish", "hardswish", _hardswish, "x * torch.clamp(x + 3, 0, 6) / 6", F.hardswish, "F.hardswish"),
+    Case("prelu", "prelu", _prelu_cf, "torch.where(x > 0, x, w.view(-1, 1) * x)", F.prelu, "F.prelu",
+         params=(("weight", True, 0.25),), layout="channels_first"),
+    Case("prelu_cl", "prelu", _prelu_cl, "torch.where(x > 0, x, w * x)", F.prelu, "F.prelu",
+         params=(("weight", True, 0.25),), layout="channels_last"),
+    Case("swiglu", "swiglu", _swiglu, "a * torch.sigmoid(a) * b", _silu_mul, "F.silu(a) * b", n_inputs=2),
+    Case("learnable_activation", "learnable_activation", _learnable_activation,
+         "scale * (x.clamp_min(0) + alpha * x.clamp_max(0)) + shift",
+         params=(("alpha", True, 0.25), ("scale", True, 1.0), ("shift", False, 0.0)), layout="channels_first"),
+    Case("polynomial", "polynomial", _polynomial, "a0 + a1 * x + a2 * x**2 + a3 * x**3",
+         params=(("a0", False, 0.0), ("a1", False, 0.5), ("a2", False, 0.1), ("a3", False, 0.01))),
+    Case("adaptive_mixture", "adaptive_mixture", _adaptive_mixture,
+         "(exp(w0) * x.clamp_min(0) + exp(w1) * tanh(x) + exp(w2) * x) / (exp(w0) + exp(w1) + exp(w2))",
+         params=(("w0", False, 0.1), ("w1", False, -0.2), ("w2", False, 0.3))),
+    Case("elu", "elu", _elu, "torch.where(x > 0, x, torch.exp(x) - 1)", F.elu, "F.elu"),
+    Case("leaky_relu", "leaky_relu", _leaky_relu, "torch.where(x > 0, x, 0.01 * x)", _leaky_relu_builtin, "F.leaky_relu"),
+    Case("soft_clip", "soft_clip", _soft_clip, "torch.tanh(x)  (scale 1)", torch.tanh, "torch.tanh"),
+    Case("custom_smooth", "custom_smooth", _custom_smooth, "x * torch.tanh(torch.sqrt(x * x + 1))"),
+)}
+
+DEFAULT_CASES = ("relu", "gelu", "gelu_tanh", "silu", "mish", "softplus", "hardswish", "prelu", "prelu_cl",
+                 "swiglu", "learnable_activation", "polynomial", "adaptive_mixture")
+
+
+# --------------------------------------------------------------------------------------
+# Inputs and byte counts
+# --------------------------------------------------------------------------------------
+
+
+def make_tensors(case: Case, n: int, dtype: torch.dtype, device, seed: int = 0):
+    """(inputs, params, grad_out) for one case; params in the input dtype, as model.to(dtype) has them."""
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    shape = case.shape(n)
+
+    def randn():
+        return torch.randn(shape, generator=gen, device=device).to(dtype)
+
+    inputs = [randn() for _ in range(case.n_inputs)]
+    params = [torch.full((CHANNELS if pc else 1,), float(v), dtype=dtype, device=device) for _, pc, v in case.params]
+    return inputs, params, randn()
+
+
+def nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def traffic(case: Case, n: int, dtype: torch.dtype, mode: str) -> dict:
+    """Bytes a mode must move at least, split by the roofline kernel that bounds each part.
+
+    forward: read the inputs and params, write the output (bound by the copy);
+    backward: read grad_out, the inputs and params, write the input grads (and param grads).
+    """
+    es = torch.empty((), dtype=dtype).element_size()
+    pbytes = sum((CHANNELS if pc else 1) * es for _, pc, _ in case.params)
+    fwd = (case.n_inputs + 1) * n * es + pbytes
+    bwd = (1 + 2 * case.n_inputs) * n * es + pbytes + (pbytes if mode != "bwd_frozen" else 0)
+    return {"fwd": {"copy": fwd}, "bwd": {"bwd": bwd}, "bwd_frozen": {"bwd": bwd},
+            "fwdbwd": {"copy": fwd, "bwd": (1 + 2 * case.n_inputs) * n * es + 2 * pbytes}}[mode]
+
+
+# --------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable, device: torch.device, *, min_run_time: float = 0.1, rep_ms: float = 100.0,
+            warmup_ms: float = 25.0) -> float:
+    """Median seconds per call of fn."""
+    if device.type == "cuda":
+        try:
+            from triton.testing import do_bench
+        except ImportError:  # pragma: no cover - CUDA without triton
+            return _time_cuda_events(fn, device, rep_ms)
+        return do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median") * 1e-3
+    from torch.utils import benchmark
+
+    fn()
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def time_backward(setup: Callable, fn: Callable, device: torch.device, *, min_run_time: float = 0.1,
+                  rep_ms: float = 100.0) -> float:
+    """Median seconds of fn(setup()), timing fn only: setup (the forward) runs before every call.
+
+    A backward consumes its graph (and torch.compile's backward may donate its saved buffers),
+    so each one gets a fresh forward.  CUDA: events around fn on the stream; CPU: perf_counter.
+    """
+    for _ in range(2):
+        fn(setup())
+    _sync(device)
+    if device.type == "cuda":
+        est = []
+        for _ in range(3):
+            state = setup()
+            torch.cuda.synchronize(device)
+            t = time.perf_counter()
+            fn(state)
+            torch.cuda.synchronize(device)
+            est.append(time.perf_counter() - t)
+        reps = int(min(1000, max(10, rep_ms * 1e-3 / max(min(est), 1e-6))))
+        pairs = []
+        for _ in range(reps):
+            state = setup()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(state)
+            end.record()
+            pairs.append((start, end))
+            del state
+        torch.cuda.synchronize(device)
+        times = sorted(s.elapsed_time(e) * 1e-3 for s, e in pairs)
+    else:
+        times, total = [], 0.0
+        while (total < min_run_time or len(times) < 5) and len(times) < 100000:
+            state = setup()
+            t = time.perf_counter()
+            fn(state)
+            dt = time.perf_counter() - t
+            del state
+            times.append(dt)
+            total += dt
+        times.sort()
+    return times[len(times) // 2]
+
+
+def _time_cuda_events(fn, device, rep_ms):  # pragma: no cover - CUDA only
+    fn()
+    torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize(device)
+    reps = max(5, int(rep_ms / max(start.elapsed_time(end), 1e-3)))
+    times = []
+    for _ in range(reps):
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2] * 1e-3
+
+
+# --------------------------------------------------------------------------------------
+# Memory: bytes saved for backward, peak of a training step
+# --------------------------------------------------------------------------------------
+
+
+def saved_for_backward(fn: Callable, tensors) -> dict:
+    """Unique storages autograd saves for backward when running fn(*tensors).
+
+    Returns bytes, the storage count and whether every saved storage is one of `tensors`'.
+    """
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = fn(*tensors)
+    del y
+    own = {t.untyped_storage().data_ptr() for t in tensors}
+    return {"bytes": sum(seen.values()), "count": len(seen), "only_inputs": set(seen) <= own}
+
+
+class _QuietStderr:
+    """Silence C-level stderr (the profiler's start/stop lines) for a block."""
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        return self
+
+    def __exit__(self, *exc):
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        return False
+
+
+def peak_memory(step: Callable, device: torch.device) -> int:
+    """Peak bytes allocated while step() runs, above what was allocated before it.
+
+    CUDA: torch.cuda.max_memory_allocated.  CPU: the profiler's allocator events
+    (every allocation and free in the window, with its size), summed in time order.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        out = step()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+        del out
+        return int(peak)
+    from torch.profiler import ProfilerActivity, profile
+
+    with _QuietStderr():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            out = step()
+            del out
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "trace.json")
+            prof.export_chrome_trace(path)
+            with open(path) as fh:
+                trace = json.load(fh)
+    events = [e for e in trace.get("traceEvents", []) if e.get("name") == "[memory]"
+              and e.get("args", {}).get("Device Type", 0) == 0]
+    events.sort(key=lambda e: float(e["ts"]))
+    live = peak = 0
+    for e in events:
+        live += int(e["args"]["Bytes"])
+        peak = max(peak, live)
+    return peak
+
+
+# --------------------------------------------------------------------------------------
+# Implementations and measurement
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    device: str = "cpu"
+    cases: tuple = DEFAULT_CASES
+    dtypes: tuple = ("fp32",)
+    sizes: tuple = CPU_SIZES
+    impls: tuple = IMPLS
+    modes: tuple = MODES
+    compile_dynamic: bool = False        # torch.compile(dynamic=...); static recompiles per size
+    compile_backend: str = "inductor"    # torch.compile(backend=...)
+    min_run_time: float = 0.1            # CPU: torch.utils.benchmark blocked_autorange
+    rep_ms: float = 100.0                # CUDA: do_bench rep / warmup (its defaults)
+    warmup_ms: float = 25.0
+    memory: bool = True
+    latency: bool = True
+    latency_cases: tuple = ("silu", "mish")
+    latency_impls: tuple = ("actgen", "compile")
+    latency_size: int = 2 ** 16
+    host_size: int = 4096
+
+    @classmethod
+    def for_device(cls, device: str, **kw) -> "Config":
+        cuda = device.startswith("cuda")
+        base = dict(device=device, dtypes=("fp32", "bf16", "fp16") if cuda else ("fp32", "bf16"),
+                    sizes=GPU_SIZES if cuda else CPU_SIZES, compile_dynamic=not cuda,
+                    latency_size=2 ** 20 if cuda else 2 ** 16)
+        base.update({k: v for k, v in kw.items() if v is not None})
+        return cls(**base)
+
+
+def _impl_fn(case: Case, impl: str, compiled: dict) -> Callable | None:
+    if impl == "actgen":
+        return case.actgen_fn()
+    if impl == "eager":
+        return case.eager
+    if impl == "torch":
+        return case.builtin
+    if impl == "compile":
+        return compiled.get(case.name)
+    raise ValueError(impl)
+
+
+def _mode_callable(fn, mode, inputs, params, grad_out):
+    """A callable that runs one mode of fn: no arguments (fwd, fwdbwd), or, for the backward
+    modes, the output of `callable.setup()` (the forward, run untimed before every call)."""
+    if mode == "fwd":
+        plain = [t.detach() for t in (*inputs, *params)]
+
+        def run():
+            with torch.no_grad():
+                return fn(*plain)
+        return run
+    frozen = mode == "bwd_frozen"
+    xs = [t.detach().requires_grad_(True) for t in inputs]
+    ps = [t.detach().requires_grad_(not frozen) for t in params]
+    diff = xs if frozen else xs + ps
+    if mode == "fwdbwd":
+        def run():
+            y = fn(*xs, *ps)
+            return torch.autograd.grad(y, diff, grad_out)
+        return run
+
+    def setup():          # the forward, untimed: a fresh graph for every backward
+        return fn(*xs, *ps)
+
+    def backward(y):
+        return torch.autograd.grad(y, diff, grad_out)
+    backward.setup = setup
+    return backward
+
+
+def _step(fn, inputs, params, grad_out):
+    """One training step through fn: forward, backward to inputs and params; y stays alive."""
+    xs = [t.detach().requires_grad_(True) for t in inputs]
+    ps = [t.detach().requires_grad_(True) for t in params]
+
+    def step():
+        y = fn(*xs, *ps)
+        grads = torch.autograd.grad(y, xs + ps, grad_out)
+        return y, grads
+    return step, xs + ps
+
+
+def _err(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _roofline_time(parts: dict, roof: dict) -> float | None:
+    total = 0.0
+    for kind, b in parts.items():
+        bw = roof.get(kind)
+        if not bw:
+            return None
+        total += b / bw
+    return total
+
+
+def run_suite(cfg: Config, log: Callable[[str], None] | None = None) -> dict:
+    """Run the whole suite; returns the results dict (see write_results for the files)."""
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    device = torch.device(cfg.device)
+    unknown = [c for c in cfg.cases if c not in CASES]
+    if unknown:
+        raise ValueError(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
+    results = {
+        "schema": SCHEMA,
+        "device": device_info(device),
+        "config": {
+            "cases": list(cfg.cases), "dtypes": list(cfg.dtypes), "sizes": list(cfg.sizes),
+            "impls": list(cfg.impls), "modes": list(cfg.modes), "compile_dynamic": cfg.compile_dynamic,
+            "compile_backend": cfg.compile_backend,
+            "timer": ("triton.testing.do_bench (median); backward modes: CUDA events around each backward after "
+                      "an untimed forward (median)") if device.type == "cuda"
+            else (f"torch.utils.benchmark blocked_autorange (median, min_run_time={cfg.min_run_time}s); backward modes: "
+                  "perf_counter around each backward after an untimed forward (median)"),
+            "channels": CHANNELS,
+            "target_min_elements": GPU_TARGET_MIN if device.type == "cuda" else CPU_TARGET_MIN,
+        },
+        "cases": {name: {"op": CASES[name].op, "eager": CASES[name].eager_src, "torch": CASES[name].builtin_src or None,
+                         "layout": CASES[name].layout, "shape_example": list(CASES[name].shape(max(cfg.sizes))),
+                         "params": [p for p, _, _ in CASES[name].params]} for name in cfg.cases},
+        "rooflines": [], "timings": [], "memory": [], "latency": [], "host": [], "recompiles": [],
+    }
+    rooflines: dict[tuple, dict] = {}
+    t_start = time.perf_counter()
+
+    def roofline(dtype_name, n):
+        key = (dtype_name, n)
+        if key in rooflines:
+            return rooflines[key]
+        dt = DTYPES[dtype_name]
+        x = torch.randn(n, device=device).to(dt)
+        g = torch.randn(n, device=device).to(dt)
+        y = torch.empty_like(x)
+        bw = {}
+        for kind, fn, b in (("copy", lambda: y.copy_(x), 2 * nbytes(x)),
+                            ("bwd", lambda: torch.add(x, g, out=y), 3 * nbytes(x))):
+            t = time_fn(fn, device, min_run_time=cfg.min_run_time, rep_ms=cfg.rep_ms, warmup_ms=cfg.warmup_ms)
+            bw[kind] = b / t
+            results["rooflines"].append({"dtype": dtype_name, "n": n, "kind": kind, "time_s": t, "bytes": b, "gbps": b / t / 1e9})
+        rooflines[key] = bw
+        return bw
+
+    for name in cfg.cases:
+        case = CASES[name]
+        for dtype_name in cfg.dtypes:
+            dt = DTYPES[dtype_name]
+            compiled: dict = {}
+            for n in cfg.sizes:
+                if "compile" in cfg.impls and (not compiled or not cfg.compile_dynamic):
+                    torch._dynamo.reset()
+                    compiled[name] = torch.compile(case.eager, dynamic=cfg.compile_dynamic, backend=cfg.compile_backend)
+                try:
+                    inputs, params, grad_out = make_tensors(case, n, dt, device)
+                except ValueError as exc:
+                    log(f"skip {name} n={n}: {exc}")
+                    continue
+                roof = roofline(dtype_name, n)
+                line = []
+                for impl in cfg.impls:
+                    fn = _impl_fn(case, impl, compiled)
+                    if fn is None:
+                        continue
+                    for mode in cfg.modes:
+                        if mode == "bwd_frozen" and (impl != "actgen" or not case.params):
+                            continue
+                        row = {"case": name, "impl": impl, "dtype": dtype_name, "n": n, "mode": mode}
+                        parts = traffic(case, n, dt, mode)
+                        row["bytes"] = sum(parts.values())
+                        try:
+                            run = _mode_callable(fn, mode, inputs, params, grad_out)
+                            if hasattr(run, "setup"):
+                                t = time_backward(run.setup, run, device, min_run_time=cfg.min_run_time, rep_ms=cfg.rep_ms)
+                            else:
+                                for _ in range(2):   # warm-up: compile, Triton JIT, autotuning
+                                    run()
+                                _sync(device)
+                                t = time_fn(run, device, min_run_time=cfg.min_run_time, rep_ms=cfg.rep_ms,
+                                            warmup_ms=cfg.warmup_ms)
+                            del run
+                        except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+                            run = None
+                            if device.type == "cuda":
+                                torch.cuda.empty_cache()
+                            row.update(time_s=None, error=_err(exc))
+                            results["timings"].append(row)
+                            continue
+                        rt = _roofline_time(parts, roof)
+                        row.update(time_s=t, gbps=row["bytes"] / t / 1e9, roofline_time_s=rt,
+                                   roofline_frac=(rt / t) if rt else None)
+                        results["timings"].append(row)
+                        if mode == "fwdbwd":
+                            line.append(f"{impl} {t * 1e6:.0f}us")
+                    if cfg.memory:
+                        results["memory"].append(_memory_row(case, impl, fn, dtype_name, n, inputs, params, grad_out, device))
+                log(f"[{time.perf_counter() - t_start:6.1f}s] {name:<20} {dtype_name} n=2**{int(math.log2(n))}: fwd+bwd " + ", ".join(line))
+                del inputs, params, grad_out
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    torch._dynamo.reset()
+    _add_speedups(results)
+    if cfg.latency:
+        results["latency"], results["recompiles"] = measure_latency(cfg, log)
+        results["host"] = measure_host_time(cfg)
+    results["elapsed_s"] = time.perf_counter() - t_start
+    results["targets"] = evaluate_targets(results)
+    return results
+
+
+def _memory_row(case, impl, fn, dtype_name, n, inputs, params, grad_out, device):
+    row = {"case": case.name, "impl": impl, "dtype": dtype_name, "n": n,
+           "expected_saved_bytes": sum(nbytes(t) for t in (*inputs, *params))}
+    try:
+        step, leaves = _step(fn, inputs, params, grad_out)
+        step()   # warm (compile, JIT) outside the measurement
+        row["peak_bytes"] = peak_memory(step, device)
+        row["peak_per_element"] = row["peak_bytes"] / n
+        s = saved_for_backward(fn, leaves)
+        row.update(saved_bytes=s["bytes"], saved_tensors=s["count"], saved_only_inputs=s["only_inputs"])
+    except Exception as exc:  # noqa: BLE001
+        row["error"] = _err(exc)
+    return row
+
+
+def _add_speedups(results):
+    """For every actgen timing: alternative's time / actgen's time (> 1: actgen is faster)."""
+    index = {(r["case"], r["impl"], r["dtype"], r["n"], r["mode"]): r.get("time_s") for r in results["timings"]}
+    for r in results["timings"]:
+        if r["impl"] != "actgen" or not r.get("time_s"):
+            continue
+        r["speedup"] = {}
+        for alt in ("eager", "torch", "compile"):
+            t = index.get((r["case"], alt, r["dtype"], r["n"], r["mode"]))
+            if t:
+                r["speedup"][alt] = t / r["time_s"]
+
+
+# --------------------------------------------------------------------------------------
+# Latency: first calls in fresh processes; recompilation; host time per call
+# --------------------------------------------------------------------------------------
+
+_PROBE = """\
+import time
+t0 = time.perf_counter()
+import sys, json
+import torch
+from actgen import ops  # noqa: F401
+t_import = time.perf_counter() - t0
+from actgen.bench import probe
+print("ACTGEN_PROBE " + json.dumps(probe(json.loads(sys.argv[1]), t_import)))
+"""
+
+
+def _kernel_variants(case: Case) -> int | None:
+    """Compiled Triton variants of the case's generated kernels in this process (CUDA only)."""
+    mod = importlib.import_module(f"actgen.ops.{case.op}")
+    total = 0
+    for kname in ("_forward_kernel", "_backward_kernel"):
+        k = getattr(mod, kname, None)
+        caches = getattr(k, "device_caches", None)
+        if caches is None:
+            return None
+        total += sum(len(entry[0]) for entry in caches.values())
+    return total
+
+
+def probe(spec: dict, t_import: float) -> dict:
+    """Run in a fresh process: time the first training steps of one impl over three shapes."""
+    case = CASES[spec["case"]]
+    device = torch.device(spec["device"])
+    dt = DTYPES[spec["dtype"]]
+    n = int(spec["n"])
+    fn = case.actgen_fn() if spec["impl"] == "actgen" else torch.compile(case.eager)
+    out = {"import_s": t_import, "calls_s": []}
+    variants = []
+    for k, size in enumerate((n, 2 * n, 3 * n)):
+        inputs, params, grad_out = make_tensors(case, size, dt, device, seed=k)
+        step, _ = _step(fn, inputs, params, grad_out)
+        _sync(device)
+        t = time.perf_counter()
+        step()
+        _sync(device)
+        out["calls_s"].append(time.perf_counter() - t)
+        if k == 0:
+            t = time.perf_counter()
+            step()
+            _sync(device)
+            out["second_call_s"] = time.perf_counter() - t
+        if spec["impl"] == "actgen":
+            variants.append(_kernel_variants(case) if device.type == "cuda" else None)
+    out["first_call_s"] = out["calls_s"][0]
+    if spec["impl"] == "actgen":
+        out["new_variants"] = None if variants[0] is None else variants[-1] - variants[0]
+    else:
+        try:
+            from torch._dynamo.utils import counters
+
+            out["graphs"] = int(counters["stats"]["unique_graphs"])
+        except Exception:  # noqa: BLE001
+            out["graphs"] = None
+    return out
+
+
+def _run_probe(spec: dict, cache_dir: str, timeout: float = 900) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "ACTGEN_BACKEND")}
+    env["TRITON_CACHE_DIR"] = os.path.join(cache_dir, "triton")
+    env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(cache_dir, "inductor")
+    env["ACTGEN_CACHE_DIR"] = os.path.join(cache_dir, "actgen")
+    proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(spec)], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith("ACTGEN_PROBE "):
+            return json.loads(line[len("ACTGEN_PROBE "):])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    raise RuntimeError(f"probe exited {proc.returncode}: {tail}")
+
+
+def measure_latency(cfg: Config, log=None) -> tuple[list, list]:
+    """First-call latency in fresh processes.
+
+    actgen: cold (empty Triton cache) then warm (the same cache, populated by the cold run);
+    compile: cold (empty inductor and Triton caches).  Also: kernel variants compiled or
+    graphs traced over three input shapes (n, 2n, 3n).
+    """
+    rows, recompiles = [], []
+    dtype_name = cfg.dtypes[0]
+    for name in cfg.latency_cases:
+        case = CASES[name]
+        for impl, caches in (("actgen", ("cold", "warm")), ("compile", ("cold",))):
+            if impl not in cfg.latency_impls or impl not in cfg.impls:
+                continue
+            with tempfile.TemporaryDirectory(prefix="actgen-bench-") as tmp:
+                for cache in caches:
+                    spec = {"case": name, "impl": impl, "device": cfg.device, "dtype": dtype_name, "n": cfg.latency_size}
+                    row = {"case": name, "impl": impl, "cache": cache, "dtype": dtype_name, "n": cfg.latency_size}
+                    try:
+                        out = _run_probe(spec, tmp)
+                        row.update(import_s=out["import_s"], first_call_s=out["first_call_s"],
+                                   second_call_s=out["second_call_s"], shape_calls_s=out["calls_s"])
+                        if cache == "warm" or impl == "compile":
+                            recompiles.append({"case": name, "impl": impl, "shapes": 3,
+                                               "new_kernel_variants": out.get("new_variants"),
+                                               "graphs": out.get("graphs")})
+                    except Exception as exc:  # noqa: BLE001
+                        row["error"] = _err(exc)
+                    rows.append(row)
+                    if log:
+                        fc = row.get("first_call_s")
+                        log(f"latency {name} {impl} {cache}: first call " + (f"{fc * 1e3:.1f} ms" if fc is not None else row.get("error", "")))
+    return rows, recompiles
+
+
+def measure_host_time(cfg: Config, iters: int = 300) -> list:
+    """Seconds per call, issued back to back without synchronising (host-bound at small sizes)."""
+    device = torch.device(cfg.device)
+    case = CASES["silu"]
+    x = torch.randn(cfg.host_size, device=device)
+    rows = []
+    for impl, fn in (("actgen", case.actgen_fn()), ("torch", F.silu), ("eager", case.eager)):
+        for _ in range(20):
+            fn(x)
+        _sync(device)
+        best = math.inf
+        for _ in range(5):
+            t = time.perf_counter()
+            for _ in range(iters):
+                fn(x)
+            best = min(best, (time.perf_counter() - t) / iters)
+            _sync(device)
+        rows.append({"case": "silu", "impl": impl, "n": cfg.host_size, "host_s_per_call": best})
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# Device information
+# --------------------------------------------------------------------------------------
+
+
+def _lscpu() -> dict:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except Exception:  # noqa: BLE001
+        return {}
+    info = {}
+    for line in out.splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            info[k.strip()] = v.strip()
+    return info
+
+
+def device_info(device: torch.device) -> dict:
+    info = {
+        "type": device.type,
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        info.update(name=p.name, sm_count=p.multi_processor_count, memory_gib=round(p.total_memory / 2 ** 30, 1),
+                    capability=f"sm_{p.major}{p.minor}", cuda=torch.version.cuda)
+    else:
+        cpu = _lscpu()
+        model = cpu.get("Model name") or platform.processor() or "unknown CPU"
+        extra = []
+        if cpu.get("CPU family"):
+            extra.append(f"family {cpu['CPU family']} model {cpu.get('Model', '?')}")
+        extra.append(f"{os.cpu_count()} logical CPUs")
+        if cpu.get("Hypervisor vendor"):
+            extra.append(f"{cpu['Hypervisor vendor']} VM")
+        info.update(name=f"{model} ({', '.join(extra)})", threads=torch.get_num_threads())
+        if hasattr(os, "getloadavg"):
+            info["load_average_at_start"] = round(os.getloadavg()[0], 2)
+    return info
+
+
+# --------------------------------------------------------------------------------------
+# Targets
+# --------------------------------------------------------------------------------------
+
+BANDWIDTH_CASES = ("silu", "gelu_tanh", "mish", "polynomial")
+PER_CHANNEL_CASES = ("prelu", "prelu_cl")
+
+
+@dataclass
+class Target:
+    id: str
+    text: str
+    scope: str                 # "gpu", "cpu" or "any": the device the target is stated for
+    threshold: float
+    better: str                # "low" or "high"
+    values: list = field(default_factory=list)   # (value, where)
+    reason: str = ""
+
+    def result(self, device_type: str) -> dict:
+        out = {"id": self.id, "text": self.text, "scope": self.scope, "threshold": self.threshold, "better": self.better}
+        if self.scope == "gpu" and device_type != "cuda":
+            return {**out, "status": NOT_MEASURED, "reason": "stated for an H100/H200; this run is on " + device_type}
+        if self.scope == "cpu" and device_type != "cpu":
+            return {**out, "status": NOT_MEASURED, "reason": "stated for the CPU fallback; this run is on " + device_type}
+        vals = [(v, w) for v, w in self.values if v is not None]
+        if not vals:
+            return {**out, "status": NOT_MEASURED, "reason": self.reason or "no data for it in this run"}
+        worst = max(vals, key=lambda vw: vw[0]) if self.better == "low" else min(vals, key=lambda vw: vw[0])
+        ok = all((v <= self.threshold) if self.better == "low" else (v >= self.threshold) for v, _ in vals)
+        return {**out, "status": "PASS" if ok else "MISS", "value": worst[0], "where": worst[1], "checked": len(vals),
+                "misses": [w for v, w in vals if not ((v <= self.threshold) if self.better == "low" else (v >= self.threshold))]}
+
+
+def evaluate_targets(results: dict) -> list[dict]:
+    dev = results["device"]["type"]
+    tmin = results["config"]["target_min_elements"]
+    T = {}
+    by = {}
+    for r in results["timings"]:
+        if r.get("time_s"):
+            by[(r["case"], r["impl"], r["dtype"], r["n"], r["mode"])] = r
+
+    def rows(case, impl, mode, dtypes=None, min_n=tmin):
+        return [r for (c, i, d, n, m), r in sorted(by.items(), key=lambda kv: kv[0][3])
+                if c == case and i == impl and m == mode and n >= min_n and (dtypes is None or d in dtypes)]
+
+    def where(r):
+        return f"{r['case']} {r['dtype']} n=2**{int(math.log2(r['n']))} {r['mode']}"
+
+    def ratio(case, num, den, mode, dtypes=None, min_n=tmin, invert=False):
+        out = []
+        for r in rows(case, num, mode, dtypes, min_n):
+            o = by.get((case, den, r["dtype"], r["n"], mode))
+            if o:
+                v = o["time_s"] / r["time_s"] if invert else r["time_s"] / o["time_s"]
+                out.append((v, where(r)))
+        return out
+
+    def add(t: Target):
+        T[t.id] = t
+
+    add(Target("bw_fwd", f"forward >= 0.90 of the y.copy_(x) roofline, fp32 and bf16, n >= 2**{int(math.log2(GPU_TARGET_MIN))} "
+               f"({', '.join(BANDWIDTH_CASES)})", "gpu", 0.90, "high",
+               [(r["roofline_frac"], where(r)) for c in BANDWIDTH_CASES for r in rows(c, "actgen", "fwd", ("fp32", "bf16"))]))
+    add(Target("bw_bwd", "backward >= 0.85 of its roofline (2 reads + 1 write), fp32 and bf16, same ops and sizes", "gpu", 0.85, "high",
+               [(r["roofline_frac"], where(r)) for c in BANDWIDTH_CASES for r in rows(c, "actgen", "bwd", ("fp32", "bf16"))]))
+    add(Target("param_grad_cost", "per-channel params (prelu, 64 channels, both layouts): backward with the param gradient "
+               "<= 1.15x the backward with the param frozen", "gpu", 1.15, "low",
+               [(r["time_s"] / by[(c, "actgen", r["dtype"], r["n"], "bwd_frozen")]["time_s"], where(r))
+                for c in PER_CHANNEL_CASES for r in rows(c, "actgen", "bwd")
+                if (c, "actgen", r["dtype"], r["n"], "bwd_frozen") in by]))
+    add(Target("prelu_vs_torch", "per-channel prelu fwd+bwd <= 0.70x torch's F.prelu (both layouts)", "gpu", 0.70, "low",
+               [v for c in PER_CHANNEL_CASES for v in ratio(c, "actgen", "torch", "fwdbwd")]))
+    add(Target("vs_compile", "fwd+bwd <= 1.05x torch.compile of the same formula, every benchmarked activation", "gpu", 1.05, "low",
+               [v for c in results["config"]["cases"] for v in ratio(c, "actgen", "compile", "fwdbwd")]))
+    add(Target("mish_vs_eager", "mish fwd+bwd >= 2.5x faster than the eager composite", "gpu", 2.5, "high",
+               ratio("mish", "actgen", "eager", "fwdbwd", invert=True)))
+    add(Target("swiglu_vs_silu_mul", "swiglu fwd+bwd >= 1.7x faster than eager F.silu(a) * b", "gpu", 1.7, "high",
+               ratio("swiglu", "actgen", "torch", "fwdbwd", invert=True)))
+
+    mem = {(m["case"], m["impl"], m["dtype"], m["n"]): m for m in results["memory"] if "error" not in m}
+    add(Target("saved_bytes", "bytes saved for backward = the inputs and params only (saved_tensors_hooks), every activation",
+               "any", 1.0, "low",
+               [((m["saved_bytes"] / m["expected_saved_bytes"]) if m["saved_only_inputs"] else math.inf,
+                 f"{m['case']} {m['dtype']} n=2**{int(math.log2(m['n']))}")
+                for (c, i, d, n), m in mem.items() if i == "actgen"]))
+    add(Target("swiglu_peak_memory", "peak memory of a training step through swiglu <= 0.60x eager's", "gpu", 0.60, "low",
+               [(m["peak_bytes"] / mem[("swiglu", "eager", d, n)]["peak_bytes"], f"swiglu {d} n=2**{int(math.log2(n))}")
+                for (c, i, d, n), m in mem.items() if c == "swiglu" and i == "actgen" and n >= tmin
+                and mem.get(("swiglu", "eager", d, n), {}).get("peak_bytes")]))
+
+    lat = {(r["case"], r["impl"], r["cache"]): r for r in results["latency"] if "error" not in r}
+    add(Target("first_call_warm", "first call in a fresh process, warm Triton cache <= 50 ms", "gpu", 0.050, "low",
+               [(r["first_call_s"], f"{c}") for (c, i, cache), r in lat.items() if i == "actgen" and cache == "warm"]))
+    add(Target("first_call_cold_vs_compile", "first call, empty caches <= 0.25x torch.compile's cold first call", "gpu", 0.25, "low",
+               [(r["first_call_s"] / lat[(c, "compile", "cold")]["first_call_s"], f"{c}")
+                for (c, i, cache), r in lat.items() if i == "actgen" and cache == "cold" and (c, "compile", "cold") in lat]))
+    add(Target("no_recompile", "no recompilation across 3 input shapes (new Triton kernel variants)", "gpu", 0, "low",
+               [(r["new_kernel_variants"], r["case"]) for r in results["recompiles"] if r["impl"] == "actgen"]))
+    host = {r["impl"]: r["host_s_per_call"] for r in results["host"]}
+    add(Target("host_time", f"host time per call on a 4096-element tensor <= 1.5x eager F.silu's", "gpu", 1.5, "low",
+               [(host["actgen"] / host["torch"], "silu")] if "actgen" in host and "torch" in host else []))
+    add(Target("cpu_fallback_speed", f"CPU: fallback fwd+bwd no slower than the plain-torch composite "
+               f"(<= {CPU_NOISE_MARGIN:.2f}x, a 5% timing-noise margin; n >= 2**{int(math.log2(CPU_TARGET_MIN))})",
+               "cpu", CPU_NOISE_MARGIN, "low",
+               [v for c in results["config"]["cases"] for v in ratio(c, "actgen", "eager", "fwdbwd")]))
+    return [t.result(dev) for t in T.values()]
+
+
+# --------------------------------------------------------------------------------------
+# Writers: JSON, markdown, plots
+# --------------------------------------------------------------------------------------
+
+
+def _fmt_time(t):
+    if t is None:
+        return "-"
+    if t >= 1e-1:
+        return f"{t:.3g} s"
+    if t >= 1e-3:
+        return f"{t * 1e3:.3g} ms"
+    return f"{t * 1e6:.3g} µs"
+
+
+def _fmt_bytes(b):
+    if b is None:
+        return "-"
+    for unit, s in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if b >= s:
+            return f"{b / s:.3g} {unit}"
+    return f"{int(b)} B"
+
+
+def _pow2(n):
+    k = math.log2(n)
+    return f"2**{int(k)}" if k == int(k) else str(n)
+
+
+def _x(v):
+    return "-" if v is None else f"{v:.2f}×"
+
+
+def _index(results):
+    return {(r["case"], r["impl"], r["dtype"], r["n"], r["mode"]): r for r in results["timings"]}
+
+
+def device_line(results) -> str:
+    d = results["device"]
+    extra = f", {d['threads']} torch thread{'s' if d['threads'] != 1 else ''}" if d.get("threads") else ""
+    if d.get("load_average_at_start") is not None:
+        extra += f", load average {d['load_average_at_start']:g} at start"
+    return (f"{d.get('name', d['type'])}, measured {d['date']} (torch {d['torch']}, triton {d.get('triton') or '-'}, "
+            f"Python {d['python']}{extra})")
+
+
+def headline_table(results, dtype=None, n=None) -> str:
+    """fwd+bwd of every case at the largest size of the first dtype: the README's table."""
+    cfg = results["config"]
+    dtype = dtype or cfg["dtypes"][0]
+    n = n or max(cfg["sizes"])
+    idx = _index(results)
+    mem = {(m["case"], m["impl"], m["dtype"], m["n"]): m for m in results["memory"]}
+    head = ("| activation | actgen fwd+bwd | GB/s | of roofline | vs eager | vs torch kernel | vs torch.compile "
+            "| saved for bwd (actgen / eager) | peak step memory (actgen / eager) |")
+    lines = [head, "|" + "---|" * 9]
+    for c in cfg["cases"]:
+        r = idx.get((c, "actgen", dtype, n, "fwdbwd"))
+        if not r or not r.get("time_s"):
+            lines.append(f"| {c} | {r.get('error', '-') if r else '-'} |" + " - |" * 7)
+            continue
+        sp = r.get("speedup", {})
+        ma, me = mem.get((c, "actgen", dtype, n), {}), mem.get((c, "eager", dtype, n), {})
+        lines.append(
+            f"| {c} | {_fmt_time(r['time_s'])} | {r['gbps']:.1f} | {100 * r['roofline_frac']:.0f}% | {_x(sp.get('eager'))} "
+            f"| {_x(sp.get('torch'))} | {_x(sp.get('compile'))} | {_fmt_bytes(ma.get('saved_bytes'))} / {_fmt_bytes(me.get('saved_bytes'))} "
+            f"| {_fmt_bytes(ma.get('peak_bytes'))} / {_fmt_bytes(me.get('peak_bytes'))} |")
+    caption = (f"{results['device']['type'].upper()}: {device_line(results)}. {dtype}, {_pow2(n)} elements, forward+backward; "
+               "\"vs X\" is X's time / actgen's time (above 1×: actgen is faster).")
+    return caption + "\n\n" + "\n".join(lines)
+
+
+def headline_markdown(results) -> str:
+    """The README's headline for one device: the table and the verdicts of the targets stated for it."""
+    dev = results["device"]["type"]
+    scope = "gpu" if dev == "cuda" else dev
+    lines = [headline_table(results), "",
+             f"Targets stated for {'an H100/H200' if scope == 'gpu' else 'the CPU fallback'} or any device, from this run "
+             f"(the full tables: benchmarks/results/{dev}/results.md):", "",
+             "| target | status | measured (worst) |", "|---|---|---|"]
+    for t in results["targets"]:
+        if t["scope"] not in (scope, "any"):
+            continue
+        if t["status"] == NOT_MEASURED:
+            lines.append(f"| {t['text']} | not measured | {t.get('reason', '')} |")
+        else:
+            v = t["value"]
+            val = "∞" if v in (math.inf, "inf") else f"{v:.3g}"
+            lines.append(f"| {t['text']} | **{t['status']}** | {val} ({t['where']}) |")
+    return "\n".join(lines) + "\n"
+
+
+def targets_table(results) -> str:
+    lines = ["| target | stated for | status | measured (worst) | where |", "|---|---|---|---|---|"]
+    for t in results["targets"]:
+        status = t["status"]
+        if status == NOT_MEASURED:
+            val, where = "not measured", t.get("reason", "")
+        else:
+            v = t["value"]
+            val = ("∞ (saves other tensors)" if v in (math.inf, "inf") else f"{v:.3g}") + f" (threshold {t['threshold']:g}, {t['checked']} checked)"
+            where = t["where"] + (f"; misses: {len(t['misses'])}" if t["misses"] else "")
+            status = f"**{status}**"
+        lines.append(f"| {t['text']} | {t['scope']} | {status} | {val} | {where} |")
+    return "\n".join(lines)
+
+
+def write_markdown(results) -> str:
+    cfg = results["config"]
+    idx = _index(results)
+    out = [f"# actgen benchmark: {results['device']['type']}", "",
+           f"Device: {device_line(results)}.", "",
+           f"Timer: {cfg['timer']}. torch.compile: {'dynamic' if cfg['compile_dynamic'] else 'static'} shapes, "
+           f"backend {cfg.get('compile_backend', 'inductor')}. "
+           f"Sizes: {', '.join(_pow2(n) for n in cfg['sizes'])} elements; dtypes: {', '.join(cfg['dtypes'])}. "
+           f"Per-channel cases use {cfg['channels']} channels. Suite time {results.get('elapsed_s', 0):.0f} s.", "",
+           "## Headline", "", headline_table(results), "",
+           "## Targets", "",
+           "PASS/MISS are judged on this run's numbers only; a target stated for another device, or without data "
+           "in this run, reads \"not measured\".", "", targets_table(results), ""]
+    impls = [i for i in IMPLS if i in cfg["impls"]]
+    for dtype in cfg["dtypes"]:
+        for mode in cfg["modes"]:
+            rows = [r for r in results["timings"] if r["dtype"] == dtype and r["mode"] == mode]
+            if not rows:
+                continue
+            out += [f"## {MODE_LABELS[mode]}, {dtype}", "",
+                    "Time (GB/s, fraction of the roofline). Speed-ups are the alternative's time / actgen's time.", "",
+                    "| activation | n | roofline | " + " | ".join(impls) + " | × eager | × torch | × compile |",
+                    "|---|---|---|" + "---|" * (len(impls) + 3)]
+            for c in cfg["cases"]:
+                for n in cfg["sizes"]:
+                    a = idx.get((c, "actgen", dtype, n, mode))
+                    if not a:
+                        continue
+                    cells = []
+                    for i in impls:
+                        r = idx.get((c, i, dtype, n, mode))
+                        if not r:
+                            cells.append("-")
+                        elif not r.get("time_s"):
+                            cells.append("error")
+                        else:
+                            cells.append(f"{_fmt_time(r['time_s'])} ({r['gbps']:.1f}, {100 * r['roofline_frac']:.0f}%)")
+                    sp = a.get("speedup", {})
+                    roof = _fmt_time(a.get("roofline_time_s"))
+                    out.append(f"| {c} | {_pow2(n)} | {roof} | " + " | ".join(cells)
+                               + f" | {_x(sp.get('eager'))} | {_x(sp.get('torch'))} | {_x(sp.get('compile'))} |")
+            out.append("")
+    if results["rooflines"]:
+        out += ["## Roofline kernels", "", "| dtype | n | y.copy_(x) GB/s | add(x, g, out) GB/s |", "|---|---|---|---|"]
+        roof = {(r["dtype"], r["n"], r["kind"]): r["gbps"] for r in results["rooflines"]}
+        for dtype in cfg["dtypes"]:
+            for n in cfg["sizes"]:
+                if (dtype, n, "copy") in roof:
+                    out.append(f"| {dtype} | {_pow2(n)} | {roof[(dtype, n, 'copy')]:.1f} | {roof[(dtype, n, 'bwd')]:.1f} |")
+        out.append("")
+    if results["memory"]:
+        n_mem = max(m["n"] for m in results["memory"])
+        out += ["## Memory of a training step", "",
+                f"At {_pow2(n_mem)} elements (every size is in results.json). Peak: bytes allocated above the inputs "
+                "during forward + backward (y kept alive); saved: unique storages autograd saved for backward; "
+                "expected: the inputs and params.", "",
+                "| activation | dtype | n | impl | peak | peak / element | saved for bwd | expected | only inputs/params |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for m in (m for m in results["memory"] if m["n"] == n_mem):
+            if "error" in m:
+                out.append(f"| {m['case']} | {m['dtype']} | {_pow2(m['n'])} | {m['impl']} | error: {m['error']} | | | | |")
+                continue
+            out.append(f"| {m['case']} | {m['dtype']} | {_pow2(m['n'])} | {m['impl']} | {_fmt_bytes(m['peak_bytes'])} "
+                       f"| {m['peak_per_element']:.1f} B | {_fmt_bytes(m['saved_bytes'])} | {_fmt_bytes(m['expected_saved_bytes'])} "
+                       f"| {'yes' if m['saved_only_inputs'] else 'no'} |")
+        out.append("")
+    if results["latency"]:
+        out += ["## First-call latency (fresh process)", "",
+                "cold: empty Triton/inductor caches; warm: the cache the cold run filled. First call = the first "
+                "forward+backward (synchronised); shape calls: the first calls at n, 2n and 3n elements.", "",
+                "| activation | impl | cache | import | first call | second call | shape calls |", "|---|---|---|---|---|---|---|"]
+        for r in results["latency"]:
+            if "error" in r:
+                out.append(f"| {r['case']} | {r['impl']} | {r['cache']} | error: {r['error']} | | | |")
+                continue
+            out.append(f"| {r['case']} | {r['impl']} | {r['cache']} | {_fmt_time(r['import_s'])} | {_fmt_time(r['first_call_s'])} "
+                       f"| {_fmt_time(r['second_call_s'])} | {', '.join(_fmt_time(t) for t in r['shape_calls_s'])} |")
+        out.append("")
+        if results["recompiles"]:
+            out += ["| activation | impl | new Triton kernel variants over 3 shapes | torch.compile graphs over 3 shapes |",
+                    "|---|---|---|---|"]
+            for r in results["recompiles"]:
+                nv = r.get("new_kernel_variants")
+                out.append(f"| {r['case']} | {r['impl']} | {'-' if r['impl'] != 'actgen' else ('n/a (no Triton on this device)' if nv is None else nv)} "
+                           f"| {'-' if r['impl'] != 'compile' else r.get('graphs')} |")
+            out.append("")
+    if results["host"]:
+        out += ["## Host time per call", "", "silu forward, issued back to back without synchronising.", "",
+                "| impl | n | time per call |", "|---|---|---|"]
+        for r in results["host"]:
+            out.append(f"| {r['impl']} | {r['n']} | {_fmt_time(r['host_s_per_call'])} |")
+        out.append("")
+    out += ["## Formulas", "", "| activation | layout | plain torch (eager, compile) | torch kernel |", "|---|---|---|---|"]
+    for c, info in results["cases"].items():
+        out.append(f"| {c} | {info['layout']} {tuple(info['shape_example'])} | `{info['eager']}` | {info['torch'] or '-'} |")
+    out.append("")
+    return "\n".join(out)
+
+
+def write_plots(results, out_dir: Path) -> list[Path]:
+    """GB/s vs size per implementation, one figure per dtype and mode, the roofline drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = results["config"]
+    idx = _index(results)
+    roof = {(r["dtype"], r["n"], r["kind"]): r["gbps"] * 1e9 for r in results["rooflines"]}
+    paths = []
+    colors = {"actgen": "C0", "eager": "C1", "torch": "C2", "compile": "C3"}
+    for dtype in cfg["dtypes"]:
+        for mode in cfg["modes"]:
+            cases = [c for c in cfg["cases"] if any(idx.get((c, "actgen", dtype, n, mode)) for n in cfg["sizes"])]
+            if not cases:
+                continue
+            ncols = min(4, len(cases))
+            nrows = -(-len(cases) // ncols)
+            fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows), squeeze=False)
+            for ax, c in zip(axes.flat, cases):
+                for impl in IMPLS:
+                    pts = [(n, idx[(c, impl, dtype, n, mode)]["gbps"]) for n in cfg["sizes"]
+                           if idx.get((c, impl, dtype, n, mode), {}).get("time_s")]
+                    if pts:
+                        ax.plot(*zip(*pts), marker="o", ms=3, label=impl, color=colors[impl])
+                rpts = []
+                for n in cfg["sizes"]:
+                    a = idx.get((c, "actgen", dtype, n, mode))
+                    if a and a.get("roofline_time_s"):
+                        rpts.append((n, a["bytes"] / a["roofline_time_s"] / 1e9))
+                if rpts:
+                    ax.plot(*zip(*rpts), "k--", lw=1.2, label="roofline")
+                _, hi = ax.get_ylim()
+                ys = [ln.get_ydata() for ln in ax.get_lines()]
+                ymin = min((min(y) for y in ys if len(y)), default=0)
+                if ymin > 0 and max(hi, 1e-9) / ymin > 20:   # far below the roofline: a log axis keeps it readable
+                    ax.set_yscale("log")
+                ax.set_xscale("log", base=2)
+                ax.set_title(c, fontsize=9)
+                ax.tick_params(labelsize=7)
+                ax.grid(alpha=0.3)
+            for ax in list(axes.flat)[len(cases):]:
+                ax.axis("off")
+            axes.flat[0].set_ylabel("GB/s", fontsize=8)
+            axes.flat[0].legend(fontsize=7)
+            fig.suptitle(f"{MODE_LABELS[mode]}, {dtype}: GB/s vs elements - {results['device'].get('name', '')}, "
+                         f"{results['device']['date']}", fontsize=9)
+            fig.tight_layout()
+            path = out_dir / f"gbps_{dtype}_{mode}.png"
+            fig.savefig(path, dpi=72)
+            plt.close(fig)
+            paths.append(path)
+    return paths
+
+
+def _json_safe(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_results(results: dict, out_dir, plots: bool = True) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("gbps_*.png"):
+        old.unlink()
+    paths = [out_dir / "results.json", out_dir / "results.md", out_dir / "headline.md"]
+    paths[0].write_text(json.dumps(_json_safe(results), indent=1) + "\n")
+    paths[1].write_text(write_markdown(results))
+    paths[2].write_text(headline_markdown(results))
+    if plots:
+        paths += write_plots(results, out_dir)
+    return paths
+
+
+# --------------------------------------------------------------------------------------
+# Command line (`actgen bench`, benchmarks/run.py)
+# --------------------------------------------------------------------------------------
+
+
+def parse_size(text: str) -> int:
+    text = text.strip()
+    for sep in ("**", "^"):
+        if sep in text:
+            base, exp = text.split(sep)
+            return int(base) ** int(exp)
+    if text.startswith("1<<"):
+        return 1 << int(text[3:])
+    return int(text)
+
+
+def load_results(path) -> dict:
+    """A results.json written by write_results; targets re-judged from its numbers."""
+    results = json.loads(Path(path).read_text())
+    results["targets"] = evaluate_targets(results)
+    return results
+
+
+def main_from_args(args) -> int:
+    if args.render:
+        results = load_results(args.render)
+        out = Path(args.out) if args.out else Path(args.render).parent
+        paths = write_results(results, out, plots=not args.no_plots)
+        print(f"wrote {', '.join(str(p) for p in paths)}")
+        return 0
+    if args.list:
+        for c in CASES.values():
+            print(f"{c.name:<22} {'default' if c.name in DEFAULT_CASES else '':<8} {c.layout:<15} "
+                  f"eager: {c.eager_src}; torch: {c.builtin_src or '-'}")
+        return 0
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print("actgen bench: --device cuda asked for but CUDA is not available", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = tuple(args.names) or DEFAULT_CASES
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        print(f"actgen bench: unknown activation(s) {', '.join(unknown)}; known: {', '.join(CASES)}", file=sys.stderr)
+        return 2
+    cfg = Config.for_device(
+        device, cases=names, dtypes=tuple(args.dtype) if args.dtype else None,
+        sizes=tuple(parse_size(s) for s in args.sizes) if args.sizes else None,
+        impls=tuple(args.impls) if args.impls else None, modes=tuple(args.modes) if args.modes else None,
+        compile_dynamic={"static": False, "dynamic": True}.get(args.compile_shapes), compile_backend=args.compile_backend,
+        min_run_time=args.min_run_time, memory=not args.no_memory, latency=not args.no_latency,
+        latency_cases=tuple(args.latency_cases) if args.latency_cases else None,
+    )
+    results = run_suite(cfg)
+    out = Path(args.out) if args.out else Path("benchmarks") / "results" / torch.device(device).type
+    paths = write_results(results, out, plots=not args.no_plots)
+    print(headline_table(results))
+    print()
+    print(targets_table(results))
+    print(f"\nwrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def build_parser(prog: str = "actgen bench"):
+    import argparse
+
+    p = argparse.ArgumentParser(prog=prog, description="Benchmark generated ops against torch eager, torch's kernels, "
+                                "torch.compile and the memory-bandwidth roofline; write JSON, markdown and plots.")
+    p.add_argument("names", nargs="*", help=f"activations to benchmark (default: {' '.join(DEFAULT_CASES)})")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--dtype", nargs="+", choices=list(DTYPES), help="default: fp32 bf16 fp16 on CUDA, fp32 bf16 on CPU")
+    p.add_argument("--sizes", nargs="+", help="element counts, e.g. 2**16 2**20 (default: 2**16..2**28 on CUDA, 2**14 2**17 2**20 on CPU)")
+    p.add_argument("--impls", nargs="+", choices=list(IMPLS), help="implementations (default: all)")
+    p.add_argument("--modes", nargs="+", choices=list(MODES), help="default: all")
+    p.add_argument("--compile-shapes", choices=("static", "dynamic"), help="torch.compile shapes (default: static on CUDA, dynamic on CPU)")
+    p.add_argument("--compile-backend", help="torch.compile backend (default: inductor)")
+    p.add_argument("--threads", type=int, help="CPU: torch threads (default: torch's default)")
+    p.add_argument("--min-run-time", type=float, help="CPU: seconds per timing (default 0.1)")
+    p.add_argument("--latency-cases", nargs="+", help="activations for the first-call latency probes (default: silu mish)")
+    p.add_argument("--no-latency", action="store_true", help="skip the fresh-process latency probes and host-time check")
+    p.add_argument("--no-memory", action="store_true", help="skip peak-memory and saved-bytes measurements")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--out", help="results directory (default: benchmarks/results/<device type>)")
+    p.add_argument("--list", action="store_true", help="list the benchmark cases and exit")
+    p.add_argument("--render", metavar="RESULTS_JSON", help="measure nothing: rewrite markdown and plots from a results.json")
+    return p
+
+
+def main(argv=None, prog: str = "actgen bench") -> int:
+    return main_from_args(build_parser(prog).parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m actgen.bench"))

@@ -1,0 +1,181 @@
+"""The benchmark suite: a CPU smoke run at tiny sizes (not a timed test), the target verdicts,
+and the memory accounting the suite reports (saved-for-backward bytes, CPU peak memory)."""
+import json
+import math
+
+import pytest
+import torch
+
+from actgen import bench
+
+SMOKE_CASES = ("silu", "swiglu", "prelu")
+SIZES = (2 ** 10, 2 ** 12)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One run of the whole suite on CPU through the command line, tiny sizes."""
+    out = tmp_path_factory.mktemp("bench")
+    # torch.compile through AOTAutograd without inductor's code generation: the same code path, fast
+    cfg = bench.Config.for_device("cpu", cases=SMOKE_CASES, dtypes=("fp32",), sizes=SIZES, min_run_time=0.002,
+                                  latency_cases=("silu",), latency_impls=("actgen",), compile_backend="aot_eager")
+    results = bench.run_suite(cfg, log=lambda s: None)
+    bench.write_results(results, out)
+    return json.loads((out / "results.json").read_text()), (out / "results.md").read_text(), out
+
+
+def test_smoke_json_structure(smoke):
+    res, _, _ = smoke
+    assert res["schema"] == bench.SCHEMA
+    dev = res["device"]
+    assert dev["type"] == "cpu" and dev["name"] and dev["date"] and dev["torch"] == torch.__version__
+    assert res["config"]["cases"] == list(SMOKE_CASES) and res["config"]["sizes"] == list(SIZES)
+    got = {(r["case"], r["impl"], r["n"], r["mode"]) for r in res["timings"]}
+    for case in SMOKE_CASES:
+        impls = ["actgen", "eager", "compile"] + (["torch"] if bench.CASES[case].builtin else [])
+        for impl in impls:
+            for n in SIZES:
+                for mode in ("fwd", "bwd", "fwdbwd"):
+                    assert (case, impl, n, mode) in got, (case, impl, n, mode)
+        if bench.CASES[case].params:
+            assert all((case, "actgen", n, "bwd_frozen") in got for n in SIZES)
+    for r in res["timings"]:
+        assert "error" not in r, r
+        assert r["time_s"] > 0 and r["gbps"] > 0 and r["roofline_frac"] > 0 and r["bytes"] > 0
+        if r["impl"] == "actgen" and r["mode"] != "bwd_frozen":
+            assert set(r["speedup"]) >= {"eager", "compile"}
+    assert {(r["n"], r["kind"]) for r in res["rooflines"]} == {(n, k) for n in SIZES for k in ("copy", "bwd")}
+    mem = {(m["case"], m["impl"], m["n"]) for m in res["memory"]}
+    assert all((c, "actgen", n) in mem for c in SMOKE_CASES for n in SIZES)
+    assert all(m["peak_bytes"] > 0 for m in res["memory"])
+    lat = {(r["case"], r["impl"], r["cache"]): r for r in res["latency"]}
+    assert set(lat) == {("silu", "actgen", "cold"), ("silu", "actgen", "warm")}
+    for r in lat.values():
+        assert "error" not in r, r
+        assert r["first_call_s"] > 0 and r["import_s"] > 0 and len(r["shape_calls_s"]) == 3
+    assert {r["impl"] for r in res["host"]} == {"actgen", "torch", "eager"}
+
+
+def test_smoke_targets_never_pass_without_data(smoke):
+    res, _, _ = smoke
+    targets = {t["id"]: t for t in res["targets"]}
+    assert set(targets) >= {"bw_fwd", "bw_bwd", "param_grad_cost", "prelu_vs_torch", "vs_compile", "mish_vs_eager",
+                            "swiglu_vs_silu_mul", "saved_bytes", "swiglu_peak_memory", "first_call_warm",
+                            "first_call_cold_vs_compile", "no_recompile", "host_time", "cpu_fallback_speed"}
+    for t in targets.values():
+        assert t["status"] in ("PASS", "MISS", bench.NOT_MEASURED)
+        if t["scope"] == "gpu":     # a CPU run measures no GPU target
+            assert t["status"] == bench.NOT_MEASURED and t["reason"]
+        if t["status"] != bench.NOT_MEASURED:
+            assert t["checked"] > 0 and "value" in t
+    # sizes below the CPU target's threshold: no data, so not measured rather than a pass
+    assert targets["cpu_fallback_speed"]["status"] == bench.NOT_MEASURED
+    # device-independent and measured here: the generated ops save only inputs and params
+    assert targets["saved_bytes"]["status"] == "PASS"
+    assert targets["saved_bytes"]["checked"] == len(SMOKE_CASES) * len(SIZES)
+
+
+def test_smoke_markdown_and_plots(smoke):
+    res, md, out = smoke
+    assert md.startswith("# actgen benchmark: cpu")
+    assert res["device"]["name"] in md and res["device"]["date"] in md
+    for heading in ("## Headline", "## Targets", "## forward+backward, fp32", "## Roofline kernels",
+                    "## Memory of a training step", "## First-call latency", "## Host time per call"):
+        assert heading in md, heading
+    assert "| activation | actgen fwd+bwd | GB/s | of roofline |" in md
+    assert md.count("not measured") >= 10
+    for case in SMOKE_CASES:
+        assert f"| {case} |" in md
+    headline = (out / "headline.md").read_text()
+    assert res["device"]["date"] in headline and "| target | status |" in headline
+    for mode in ("fwd", "bwd", "fwdbwd", "bwd_frozen"):
+        png = out / f"gbps_fp32_{mode}.png"
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _fake_results(device, rows, memory=()):
+    res = {"device": {"type": device}, "config": {"cases": ["mish", "swiglu"], "target_min_elements": 2 ** 26},
+           "timings": rows, "memory": list(memory), "latency": [], "recompiles": [], "host": []}
+    return {t["id"]: t for t in bench.evaluate_targets(res)}
+
+
+def _row(case, impl, t, mode="fwdbwd", n=2 ** 26, dtype="fp32"):
+    return {"case": case, "impl": impl, "dtype": dtype, "n": n, "mode": mode, "time_s": t}
+
+
+def test_target_verdicts():
+    rows = [_row("mish", "actgen", 1.0), _row("mish", "eager", 3.0),
+            _row("swiglu", "actgen", 1.0), _row("swiglu", "torch", 1.5),
+            _row("mish", "actgen", 1.0, n=2 ** 20), _row("mish", "eager", 1.0, n=2 ** 20)]   # below the target size
+    t = _fake_results("cuda", rows)
+    assert t["mish_vs_eager"]["status"] == "PASS" and t["mish_vs_eager"]["value"] == pytest.approx(3.0)
+    assert t["mish_vs_eager"]["checked"] == 1
+    assert t["swiglu_vs_silu_mul"]["status"] == "MISS" and t["swiglu_vs_silu_mul"]["misses"]
+    # no data: not measured, never a pass
+    for tid in ("bw_fwd", "bw_bwd", "param_grad_cost", "prelu_vs_torch", "vs_compile", "swiglu_peak_memory",
+                "first_call_warm", "no_recompile", "host_time"):
+        assert t[tid]["status"] == bench.NOT_MEASURED, tid
+    assert t["cpu_fallback_speed"]["status"] == bench.NOT_MEASURED   # a CPU target, on a CUDA run
+    # the same numbers on a CPU run: GPU targets are not measured
+    t = _fake_results("cpu", rows)
+    assert t["mish_vs_eager"]["status"] == bench.NOT_MEASURED
+    # a generated op saving anything but its inputs is a miss
+    mem = [{"case": "mish", "impl": "actgen", "dtype": "fp32", "n": 2 ** 10, "saved_bytes": 8192,
+            "expected_saved_bytes": 4096, "saved_only_inputs": False, "peak_bytes": 1}]
+    assert _fake_results("cpu", [], mem)["saved_bytes"]["status"] == "MISS"
+
+
+@pytest.mark.parametrize("name", ["mish", "prelu", "prelu_cl", "swiglu", "learnable_activation", "adaptive_mixture"])
+def test_saved_for_backward_is_inputs_and_params(name, torch_backend):
+    case = bench.CASES[name]
+    inputs, params, _ = bench.make_tensors(case, 2 ** 12, torch.float32, "cpu")
+    leaves = [t.requires_grad_(True) for t in (*inputs, *params)]
+    expected = sum(t.numel() * t.element_size() for t in leaves)
+    expected_inputs_only = 4 * 2 ** 12 * case.n_inputs
+    assert expected > expected_inputs_only or not case.params
+    got = bench.saved_for_backward(case.actgen_fn(), leaves)
+    assert got["bytes"] == expected and got["count"] == len(leaves) and got["only_inputs"]
+
+
+def test_saved_for_backward_counts_intermediates():
+    """The hook sees what autograd saves, not just the inputs: the composite mish saves temporaries."""
+    x = torch.randn(2 ** 12, requires_grad=True)
+    got = bench.saved_for_backward(bench.CASES["mish"].eager, [x])
+    assert got["bytes"] >= 2 * x.numel() * 4 and not got["only_inputs"]
+
+
+def test_cpu_peak_memory_accounting():
+    n = 2 ** 20
+
+    def step():
+        a = torch.empty(n)          # 4 MiB, freed before b
+        del a
+        b = torch.empty(2 * n)      # 8 MiB, returned (alive at the end)
+        return b
+
+    peak = bench.peak_memory(step, torch.device("cpu"))
+    assert 8 * 2 ** 20 <= peak < 8 * 2 ** 20 + 2 ** 16
+
+
+def test_traffic_model():
+    es = 4
+    n = 2 ** 20
+    silu, swiglu, prelu = bench.CASES["silu"], bench.CASES["swiglu"], bench.CASES["prelu"]
+    assert bench.traffic(silu, n, torch.float32, "fwd") == {"copy": 2 * n * es}
+    assert bench.traffic(silu, n, torch.float32, "bwd") == {"bwd": 3 * n * es}
+    assert bench.traffic(swiglu, n, torch.float32, "fwdbwd") == {"copy": 3 * n * es, "bwd": 5 * n * es}
+    assert bench.traffic(prelu, n, torch.float32, "bwd") == {"bwd": 3 * n * es + 2 * 64 * es}
+    assert bench.traffic(prelu, n, torch.float32, "bwd_frozen") == {"bwd": 3 * n * es + 64 * es}
+    assert bench.CASES["prelu"].shape(2 ** 26) == (256, 64, 4096)
+    assert bench.CASES["prelu_cl"].shape(2 ** 26) == (2 ** 20, 64)
+    assert bench.parse_size("2**16") == 65536 == bench.parse_size("1<<16") == bench.parse_size("65536")
+    assert math.log2(max(bench.GPU_SIZES)) == 28 and math.log2(min(bench.GPU_SIZES)) == 16
+
+
+def test_cli_list(capsys):
+    from actgen.cli import main
+
+    assert main(["bench", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in bench.DEFAULT_CASES)
+    assert main(["bench", "no_such_op", "--device", "cpu"]) == 2
