@@ -98,6 +98,12 @@ def _cmd_docs(args) -> int:
     return 0
 
 
+def _cmd_demo(args) -> int:
+    from .demo import main as demo_main
+
+    return demo_main()
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # the suite parses its own options (see actgen/bench.py)
@@ -112,6 +118,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="output package directory (its base name is the package name)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if the output is stale")
     p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("demo", help="a formula in, its derivatives out, the generated op checked against torch")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("list", help="list the activations in the specs")
     p.add_argument("--specs", nargs="*", help="spec files or directories (default: specs/)")

@@ -158,3 +158,12 @@ def test_compile_rejects_bad_input_with_spec_errors():
         actgen.compile("__import__('os').system('true')", name="bad")
     with pytest.raises(actgen.SpecError, match="name"):
         actgen.compile("x", name="class")
+
+
+def test_demo_derives_and_checks(tmp_path):
+    r = actgen("demo", env={"ACTGEN_CACHE_DIR": str(tmp_path)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "f     = x*tanh(softplus(x))" in out          # log(1 + exp(x)) rewritten
+    assert "df/dbeta = x**2*sigmoid(-beta*x)*sigmoid(beta*x)" in out
+    assert out.count("OK") >= 6 and "FAIL" not in out and out.rstrip().endswith("all checks passed")
