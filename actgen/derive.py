@@ -17,8 +17,9 @@ Everything here is pure sympy; printers turn the IR into Triton or torch source.
   Piecewise of the derivatives under the same conditions; DiracDelta (from sign and
   Heaviside) is 0 and sign(0) is 0, so abs'(0) = 0 and Max(x, 0)' at 0 is 0.
 * Guards: a value containing a Piecewise gives NaN when an input is NaN (comparisons are
-  false on NaN, which would otherwise pick a branch); a single-input function whose limit
-  at +-inf exists (and does not depend on params or constants) returns that limit there.
+  false on NaN, which would otherwise pick a branch); where the limit at +-inf of an input
+  exists and does not depend on params or constants (or is such a limit times a factor free
+  of that input: a gated b * silu(a)), the result at +-inf is that limit.
 * CSE: shared subexpressions become named temporaries `_t0, _t1, ...`, numbered in a
   stable order; values used once stay inline.
 """
@@ -574,6 +575,28 @@ def limit_guard(expr: sympy.Expr, x: sympy.Symbol) -> sympy.Expr:
     return InfGuard(expr, x, as_expr(lo), as_expr(hi))
 
 
+def limit_guards(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
+    """limit_guard for each input, also where the input's factor is one of several.
+
+    expr = h(others) * g(u) with g a function of the input u alone (swiglu's b * a*sigmoid(a))
+    becomes h * InfGuard(g, u, ...): g's limit at u = +-inf, times h evaluated at run time, so a
+    NaN in another input still gives NaN.  A limit that depends on params or on another input
+    in any other way is not guarded."""
+    for u in inputs:
+        if u not in expr.free_symbols:
+            continue
+        if expr.free_symbols == {u}:
+            expr = limit_guard(expr, u)
+            continue
+        indep, dep = sympy.factor_terms(expr).as_independent(u, as_Add=False)
+        if indep == 1 or dep.free_symbols != {u}:
+            continue
+        guarded = limit_guard(dep, u)
+        if guarded is not dep:
+            expr = sympy.Mul(indep, guarded)
+    return expr
+
+
 def nan_guard(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
     if expr.has(sympy.Piecewise):
         used = [u for u in inputs if u in expr.free_symbols] or list(inputs)
@@ -632,15 +655,11 @@ def derive(spec: Spec) -> Derivation:
         for a, b in combinations_with_replacement(variables, 2)
     )
 
-    def guarded(e, single_input_limit=True):
-        if len(inputs) == 1 and single_input_limit:
-            e = limit_guard(e, inputs[0])
-        return nan_guard(e, inputs)
+    def guarded(e):
+        return nan_guard(limit_guards(e, inputs), inputs)
 
     forward = make_block([("y", guarded(expr))])
-    backward = make_block(
-        [(f"d_{n}", guarded(e, single_input_limit=(n in spec.inputs))) for n, e in first]
-    )
+    backward = make_block([(f"d_{n}", guarded(e)) for n, e in first])
     double_backward = make_block(
         [(f"d_{n}", nan_guard(e, inputs)) for n, e in first]
         + [(f"d2_{a}_{b}", nan_guard(e, inputs)) for (a, b), e in second]

@@ -142,13 +142,14 @@ def test_compile_fullgraph_same_results_no_recompile(compiler, torch_backend):
 
     def count(gm, example_inputs):
         frames.append(gm)
-        return gm
+        return make_boxed_func(gm)
 
     backend = compiler if compiler == "inductor" else "aot_eager"
     if compiler == "aot_eager":
+        from functorch.compile import make_boxed_func
         from torch._dynamo.backends.common import aot_autograd
 
-        backend = aot_autograd(fw_compiler=count, bw_compiler=lambda gm, _: gm)
+        backend = aot_autograd(fw_compiler=count, bw_compiler=lambda gm, _: make_boxed_func(gm))
     compiled = torch.compile(net, fullgraph=True, backend=backend)
     for i, batch in enumerate((8, 13, 29)):
         x = torch.randn(batch, 16)

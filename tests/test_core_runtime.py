@@ -309,3 +309,16 @@ def inspect_source(kernel):
     import inspect
 
     return inspect.getsource(getattr(kernel, "fn", kernel))
+
+
+def test_gated_infinities_give_the_limit_and_keep_nan(backend):
+    a = torch.tensor([-INF, -INF, -INF, INF, 1.0], requires_grad=True)
+    b = torch.tensor([2.0, -3.0, NAN, 2.0, INF], requires_grad=True)
+    y = ops.swiglu(a, b)
+    assert y[:2].tolist() == [0.0, 0.0]            # silu(a) -> 0 as a -> -inf, times any finite b
+    assert torch.isnan(y[2])                       # NaN in, NaN out
+    assert y[3].item() == INF and y[4].item() == INF
+    y[:2].sum().backward()
+    assert a.grad[:2].tolist() == [0.0, 0.0] and b.grad[:2].tolist() == [0.0, 0.0]
+    g = ops.geglu(torch.tensor([-INF]), torch.tensor([5.0]))
+    assert g.item() == 0.0

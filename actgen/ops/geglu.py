@@ -25,16 +25,16 @@ SPEC_SHA256 = '3af5db6dfa9ee3fd6597912870e7d1a9c0508ad64e0503b3758af36cb0fcf4c5'
 
 def _forward_torch(a, b):
     """f, elementwise; params broadcast against the input."""
-    _y = 0.5*a*b*torch.erfc(-(1.4142135623730951*a/2.0))
+    _y = 0.5*b*torch.where(a == -math.inf, 0.0, a*torch.erfc(-(1.4142135623730951*a/2.0)))
     return _y
 
 
 def _derivatives_torch(a, b):
     """df/da, df/db."""
     _t0 = 1.4142135623730951*a
-    _t1 = 0.5*torch.erfc(-(_t0/2.0))
-    _d_a = 0.5*_t0*b*torch.exp(-(a*a/2.0))/1.772453850905516 + _t1*b
-    _d_b = _t1*a
+    _t1 = torch.erfc(-(_t0/2.0))
+    _d_a = 0.5*b*torch.where(a == math.inf, 2.0, torch.where(a == -math.inf, 0.0, _t0*torch.exp(-(a*a/2.0))/1.772453850905516 + _t1))
+    _d_b = torch.where(a == -math.inf, 0.0, 0.5*_t1*a)
     return (_d_a, _d_b,)
 
 
@@ -75,7 +75,7 @@ if _rt.HAS_TRITON:
         _mask = (_rows[:, None] < _M) & (_cols[None, :] < _N)
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = 0.5*a*b*libdevice.erfc(-(1.4142135623730951*a/2.0))
+        _y = 0.5*b*tl.where(a == -float("inf"), 0.0, a*libdevice.erfc(-(1.4142135623730951*a/2.0)))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -94,9 +94,9 @@ if _rt.HAS_TRITON:
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = 1.4142135623730951*a
-        _t1 = 0.5*libdevice.erfc(-(_t0/2.0))
-        _d_a = 0.5*_t0*b*libdevice.exp(-(a*a/2.0))/1.772453850905516 + _t1*b
-        _d_b = _t1*a
+        _t1 = libdevice.erfc(-(_t0/2.0))
+        _d_a = 0.5*b*tl.where(a == float("inf"), 2.0, tl.where(a == -float("inf"), 0.0, _t0*libdevice.exp(-(a*a/2.0))/1.772453850905516 + _t1))
+        _d_b = tl.where(a == -float("inf"), 0.0, 0.5*_t1*a)
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
 

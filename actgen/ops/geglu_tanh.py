@@ -25,18 +25,18 @@ SPEC_SHA256 = 'a5b49c52498184eb2c37fa23992bf0431ecebf07f06d61fdf82ec94d15c98f7e'
 
 def _forward_torch(a, b):
     """f, elementwise; params broadcast against the input."""
-    _y = 1.0*a*b*torch.sigmoid(2.0*1.4142135623730951*(0.044715*a*a*a + a)/1.772453850905516)
+    _y = 1.0*b*torch.where(a == -math.inf, 0.0, a*torch.sigmoid(2.0*1.4142135623730951*a*(0.044715*a*a + 1.0)/1.772453850905516))
     return _y
 
 
 def _derivatives_torch(a, b):
     """df/da, df/db."""
-    _t0 = 0.7978845608028654
-    _t1 = 2.0*_t0*(0.044715*a*a*a + a)
-    _t2 = torch.sigmoid(_t1)
-    _t3 = 1.0*_t2
-    _d_a = 2.0*_t0*_t2*a*b*(0.134145*a*a + 1.0)*torch.sigmoid(-_t1) + _t3*b
-    _d_b = _t3*a
+    _t0 = a*a
+    _t1 = 0.7978845608028654
+    _t2 = 2.0*_t1
+    _t3 = _t2*a*(0.044715*_t0 + 1.0)
+    _d_a = b*torch.where(a == math.inf, 1.0, torch.where(a == -math.inf, 0.0, (2.0*_t1*a*(0.134145*_t0 + 1.0)*torch.sigmoid(-_t3) + 1.0)*torch.sigmoid(_t3)))
+    _d_b = torch.where(a == -math.inf, 0.0, 1.0*a*torch.sigmoid(_t2*(0.044715*a*a*a + a)))
     return (_d_a, _d_b,)
 
 
@@ -80,7 +80,7 @@ if _rt.HAS_TRITON:
         _mask = (_rows[:, None] < _M) & (_cols[None, :] < _N)
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = 1.0*a*b*_sigmoid(2.0*1.4142135623730951*(0.044715*a*a*a + a)/1.772453850905516)
+        _y = 1.0*b*tl.where(a == -float("inf"), 0.0, a*_sigmoid(2.0*1.4142135623730951*a*(0.044715*a*a + 1.0)/1.772453850905516))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -98,12 +98,12 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = 0.7978845608028654
-        _t1 = 2.0*_t0*(0.044715*a*a*a + a)
-        _t2 = _sigmoid(_t1)
-        _t3 = 1.0*_t2
-        _d_a = 2.0*_t0*_t2*a*b*(0.134145*a*a + 1.0)*_sigmoid(-_t1) + _t3*b
-        _d_b = _t3*a
+        _t0 = a*a
+        _t1 = 0.7978845608028654
+        _t2 = 2.0*_t1
+        _t3 = _t2*a*(0.044715*_t0 + 1.0)
+        _d_a = b*tl.where(a == float("inf"), 1.0, tl.where(a == -float("inf"), 0.0, (2.0*_t1*a*(0.134145*_t0 + 1.0)*_sigmoid(-_t3) + 1.0)*_sigmoid(_t3)))
+        _d_b = tl.where(a == -float("inf"), 0.0, 1.0*a*_sigmoid(_t2*(0.044715*a*a*a + a)))
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
 

@@ -25,16 +25,15 @@ SPEC_SHA256 = 'fe5fa8a073d35878759c8f985201f2503d23cd909698215134ff911f1b1b6525'
 
 def _forward_torch(a, b):
     """f, elementwise; params broadcast against the input."""
-    _y = a*b*torch.sigmoid(a)
+    _y = b*torch.where(a == -math.inf, 0.0, a*torch.sigmoid(a))
     return _y
 
 
 def _derivatives_torch(a, b):
     """df/da, df/db."""
     _t0 = torch.sigmoid(a)
-    _t1 = _t0*b
-    _d_a = _t1*a*torch.sigmoid(-a) + _t1
-    _d_b = _t0*a
+    _d_a = b*torch.where(a == math.inf, 1.0, torch.where(a == -math.inf, 0.0, _t0*(a*torch.sigmoid(-a) + 1.0)))
+    _d_b = torch.where(a == -math.inf, 0.0, _t0*a)
     return (_d_a, _d_b,)
 
 
@@ -71,7 +70,7 @@ if _rt.HAS_TRITON:
         _mask = (_rows[:, None] < _M) & (_cols[None, :] < _N)
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = a*b*_sigmoid(a)
+        _y = b*tl.where(a == -float("inf"), 0.0, a*_sigmoid(a))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -90,9 +89,8 @@ if _rt.HAS_TRITON:
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = _sigmoid(a)
-        _t1 = _t0*b
-        _d_a = _t1*a*_sigmoid(-a) + _t1
-        _d_b = _t0*a
+        _d_a = b*tl.where(a == float("inf"), 1.0, tl.where(a == -float("inf"), 0.0, _t0*(a*_sigmoid(-a) + 1.0)))
+        _d_b = tl.where(a == -float("inf"), 0.0, _t0*a)
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
 
