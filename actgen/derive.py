@@ -20,6 +20,10 @@ Everything here is pure sympy; printers turn the IR into Triton or torch source.
   false on NaN, which would otherwise pick a branch); where the limit at +-inf of an input
   exists and does not depend on params or constants (or is such a limit times a factor free
   of that input: a gated b * silu(a)), the result at +-inf is that limit.
+* Fast variants: the same values without the guards, for the eager fallback's CPU path
+  when every input is finite (the guards only act on NaN and +-inf inputs); none where a
+  condition depends on a branch choice (the fast path's selects are checked through the
+  values they feed, which a condition does not pass on).
 * CSE: shared subexpressions become named temporaries `_t0, _t1, ...`, numbered in a
   stable order; values used once stay inline.
 """
@@ -597,6 +601,23 @@ def limit_guards(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr
     return expr
 
 
+def strip_guards(expr: sympy.Expr) -> sympy.Expr:
+    """expr without its NanGuard/InfGuard wrappers: the same value wherever the inputs are finite."""
+    return expr.replace(NanGuard, lambda value, *rest: value).replace(InfGuard, lambda value, *rest: value)
+
+
+def fast_variant(outputs: Sequence[tuple[str, sympy.Expr]]) -> Block | None:
+    """The guard-free block for finite inputs, or None where it would gain nothing (no guard
+    and no branch) or a condition depends on a branch choice."""
+    if not any(e.has(NanGuard, InfGuard, sympy.Piecewise) for _, e in outputs):
+        return None
+    stripped = [(n, strip_guards(e)) for n, e in outputs]
+    for _, e in stripped:
+        if any(r.has(sympy.Piecewise) for r in e.atoms(sympy.Rel)):
+            return None
+    return make_block(stripped)
+
+
 def nan_guard(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
     if expr.has(sympy.Piecewise):
         used = [u for u in inputs if u in expr.free_symbols] or list(inputs)
@@ -634,6 +655,8 @@ class Derivation:
     forward: Block                                # outputs: y
     backward: Block                               # outputs: d_<var> for every input and param
     double_backward: Block                        # outputs: d_<var>, then d2_<a>_<b>
+    forward_fast: Block | None = None             # forward without guards (finite inputs), if it helps
+    backward_fast: Block | None = None            # backward without guards (finite inputs), if it helps
 
     @property
     def variables(self) -> tuple[sympy.Symbol, ...]:
@@ -658,10 +681,13 @@ def derive(spec: Spec) -> Derivation:
     def guarded(e):
         return nan_guard(limit_guards(e, inputs), inputs)
 
-    forward = make_block([("y", guarded(expr))])
-    backward = make_block([(f"d_{n}", guarded(e)) for n, e in first])
+    forward_outputs = [("y", guarded(expr))]
+    backward_outputs = [(f"d_{n}", guarded(e)) for n, e in first]
+    forward = make_block(forward_outputs)
+    backward = make_block(backward_outputs)
     double_backward = make_block(
         [(f"d_{n}", nan_guard(e, inputs)) for n, e in first]
         + [(f"d2_{a}_{b}", nan_guard(e, inputs)) for (a, b), e in second]
     )
-    return Derivation(spec, inputs, params, constants, expr, first, second, forward, backward, double_backward)
+    return Derivation(spec, inputs, params, constants, expr, first, second, forward, backward, double_backward,
+                      fast_variant(forward_outputs), fast_variant(backward_outputs))

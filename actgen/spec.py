@@ -32,7 +32,7 @@ _REFERENCE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z
 # Module methods' arguments, Python builtins.
 _GENERATED_NAMES = frozenset(
     {"torch", "triton", "tl", "libdevice", "math", "F", "nn", "channel_dim", "dim",
-     "num_channels", "num_parameters", "init", "self", "ctx", "cls", "grad_output", "input",
+     "num_channels", "num_parameters", "init", "inplace", "self", "ctx", "cls", "grad_output", "input",
      "info", "in_dims", "args", "tangents"}
 )
 _RESERVED = RESERVED_NAMES | _GENERATED_NAMES | frozenset(dir(builtins))

@@ -347,3 +347,21 @@ def test_glu_functional_takes_the_halves(backend):
     torch.testing.assert_close(ops.glu(a, b), F.glu(torch.cat([a, b], -1), dim=-1), rtol=1e-5, atol=1e-6)
     extremes = torch.tensor([math.inf, -math.inf, 1e4, -1e4, 30.0])
     torch.testing.assert_close(ops.glu(extremes, -extremes), F.glu(torch.cat([extremes, -extremes]), dim=0), equal_nan=True)
+
+
+@pytest.mark.parametrize("ours,theirs", [
+    (lambda: ops.LeakyReLU(0.2, True), lambda: torch.nn.LeakyReLU(0.2, True)),
+    (lambda: ops.Threshold(0.1, 20.0), lambda: torch.nn.Threshold(0.1, 20.0)),
+    (lambda: ops.Hardtanh(-2.0, 0.5), lambda: torch.nn.Hardtanh(-2.0, 0.5)),
+    (lambda: ops.Softplus(2.0, 10.0), lambda: torch.nn.Softplus(2.0, 10.0)),
+    (lambda: ops.ELU(0.5, inplace=True), lambda: torch.nn.ELU(0.5, inplace=True)),
+    (lambda: ops.ReLU(True), lambda: torch.nn.ReLU(True)),
+    (lambda: ops.RReLU(0.1, 0.3), lambda: torch.nn.RReLU(0.1, 0.3).eval()),
+], ids=["LeakyReLU", "Threshold", "Hardtanh", "Softplus", "ELU", "ReLU", "RReLU"])
+def test_modules_take_torchs_positional_arguments_and_inplace(ours, theirs, torch_backend):
+    """Constructed as torch's modules are, positionally too; inplace is accepted (out-of-place result)."""
+    x = torch.randn(3, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 3
+    want = theirs()(x.clone())
+    keep = x.clone()
+    torch.testing.assert_close(ours()(x), want)
+    torch.testing.assert_close(x, keep)

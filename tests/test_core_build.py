@@ -167,3 +167,26 @@ def test_demo_derives_and_checks(tmp_path):
     assert "f     = x*tanh(softplus(x))" in out          # log(1 + exp(x)) rewritten
     assert "df/dbeta = x**2*sigmoid(-beta*x)*sigmoid(beta*x)" in out
     assert out.count("OK") >= 6 and "FAIL" not in out and out.rstrip().endswith("all checks passed")
+
+
+def test_generated_modules_run_without_triton_and_sympy():
+    """With triton and sympy unimportable, the library imports and runs on the fallback."""
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["triton"] = None            # import triton -> ImportError
+        sys.modules["sympy"] = None             # (torch.testing imports sympy: not used here)
+        import torch
+        import actgen.ops as ops
+        from actgen import runtime
+        assert not runtime.HAS_TRITON
+        x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+        m = ops.PReLU(4)
+        y = ops.mish(m(x)) + ops.SwiGLU()(torch.cat([x, x], -1))
+        y.sum().backward()
+        assert torch.allclose(ops.mish(x), torch.nn.functional.mish(x), rtol=1e-12, atol=1e-14)
+        assert x.grad is not None and m.weight.grad.shape == (4,)
+        print("ok")
+        """)
+    env = {k: v for k, v in os.environ.items() if k not in ("ACTGEN_BACKEND", "TRITON_INTERPRET")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

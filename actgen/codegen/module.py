@@ -65,18 +65,36 @@ def _block(w: Writer, block: Block, printer, out_prefix: str, tensor_names=None)
         w(f"{out_prefix}{name} = {printer.doprint(expr)}")
 
 
-def _torch_function(w: Writer, d: Derivation, fname: str, doc: str, block: Block, outputs_as_tuple: bool):
+def _torch_function(w: Writer, d: Derivation, fname: str, doc: str, block: Block, outputs_as_tuple: bool, fast: bool = False):
     s = d.spec
     args = [*s.inputs, *(p.name for p in s.params), *(c.name for c in s.constants)]
     tensors = [*s.inputs, *(p.name for p in s.params)]
-    printer = TorchPrinter(tensors, like=s.inputs[0])
+    printer = TorchPrinter(tensors, like=s.inputs[0], fast=fast)
     with w.indent(f"def {fname}({', '.join(args)}):"):
         w(f'"""{doc}"""')
         _block(w, block, printer, "_", tensor_names=True)
         names = [f"_{n}" for n, _ in block.outputs]
-        w(f"return ({', '.join(names)},)" if outputs_as_tuple else f"return {names[0]}")
+        result = f"({', '.join(names)},)" if outputs_as_tuple else names[0]
+        # a select is exact where both branches are finite; else its value is NaN, which
+        # reaches the outputs (conditions never depend on a select here, see derive)
+        checked = fast and _has_branch(block)
+        w(f"return _rt.finite_or_none({result})" if checked else f"return {result}")
     w()
     w()
+
+
+def _has_branch(block: Block) -> bool:
+    return any(e.has(sympy.Piecewise) for _, e in (*block.assignments, *block.outputs))
+
+
+def _fast_function(w: Writer, d: Derivation, fname: str, what: str, block: Block | None, outputs_as_tuple: bool):
+    """The guard-free variant the CPU fallback runs when every input is finite."""
+    if block is None:
+        return
+    doc = f"{what} for finite inputs (CPU): no NaN/inf guards"
+    if _has_branch(block):
+        doc += "; branches by float masks, None where a value is not finite (the guarded function runs then)"
+    _torch_function(w, d, fname, doc + ".", block, outputs_as_tuple, fast=True)
 
 
 def _kernel_args(d: Derivation) -> list[str]:
@@ -241,7 +259,14 @@ def _module_class(w: Writer, d: Derivation):
         head = ["num_channels=1", "channel_dim=1"]
     else:
         head = []
-    keywords = [f"{c.name}={c.default!r}" for c in s.constants]
+    constants = [f"{c.name}={c.default!r}" for c in s.constants]
+    inplace = not s.params and not s.gated
+    if not head:
+        # torch's order: LeakyReLU(negative_slope=0.01, inplace=False), Threshold(threshold, value)
+        head = constants + (["inplace=False"] if inplace else [])
+        keywords = []
+    else:
+        keywords = list(constants)
     if s.per_channel and not s.gated:
         keywords.append("num_parameters=None")          # torch.nn.PReLU's spelling
     single = s.params[0] if len(s.params) == 1 else None
@@ -256,6 +281,9 @@ def _module_class(w: Writer, d: Derivation):
             doc.append("num_parameters is accepted for num_channels, as torch.nn.PReLU spells it.")
         if single is not None:
             doc.append(f"init overrides the initial value of {single.name} ({single.init!r}).")
+        if inplace:
+            doc.append("inplace is accepted as torch's modules take it, and has no effect: the result is a "
+                       "new tensor (backward recomputes from the unmodified input).")
         w('"""' + escape_docstring("\n".join(doc)) + '"""')
         w()
         with w.indent(f"def __init__({sig}):"):
@@ -263,11 +291,8 @@ def _module_class(w: Writer, d: Derivation):
             if s.per_channel and not s.gated:
                 with w.indent("if num_parameters is not None:"):
                     w("num_channels = num_parameters")
-            for h in head:
-                n = h.split("=")[0]
+            for n in dict.fromkeys([h.split("=")[0] for h in head] + [c.name for c in s.constants]):
                 w(f"self.{n} = {n}")
-            for c in s.constants:
-                w(f"self.{c.name} = {c.name}")
             if single is not None:
                 w(f"self.init = {single.init!r} if init is None else float(init)")
             for p in s.params:
@@ -294,7 +319,8 @@ def _module_class(w: Writer, d: Derivation):
                 w(f"return {s.name}({', '.join([s.inputs[0], *call_params, *kw])})")
         w()
         with w.indent("def extra_repr(self):"):
-            fields = [h.split("=")[0] for h in head] + [c.name for c in s.constants]
+            fields = [n for n in dict.fromkeys([h.split("=")[0] for h in head] + [c.name for c in s.constants])
+                      if n != "inplace"]
             if single is not None:
                 fields.append("init")
             if fields:
@@ -323,6 +349,8 @@ def render_module(d: Derivation) -> str:
     _torch_function(w, d, "_forward_torch", "f, elementwise; params broadcast against the input.", d.forward, False)
     names = ", ".join(f"df/d{n}" for n, _ in d.first)
     _torch_function(w, d, "_derivatives_torch", f"{names}.", d.backward, True)
+    _fast_function(w, d, "_forward_torch_fast", "f", d.forward_fast, False)
+    _fast_function(w, d, "_derivatives_torch_fast", names, d.backward_fast, True)
     _torch_function(w, d, "_second_derivatives_torch", "Second derivatives d2f/da db, upper triangle in (inputs, params) order.", _second_only(d), True)
     w("# ---- Triton kernels: one forward, one backward (param gradients included) ----")
     w()
@@ -344,6 +372,8 @@ def render_module(d: Derivation) -> str:
         w("forward_torch=_forward_torch,")
         w("derivatives_torch=_derivatives_torch,")
         w("second_derivatives_torch=_second_derivatives_torch,")
+        w(f"forward_torch_fast={'_forward_torch_fast' if d.forward_fast is not None else None},")
+        w(f"derivatives_torch_fast={'_derivatives_torch_fast' if d.backward_fast is not None else None},")
         w("forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,")
         w("backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,")
     w(")")

@@ -62,6 +62,40 @@ def _derivatives_torch(x, w0, w1, w2, w3):
     return (_d_x, _d_w0, _d_w1, _d_w2, _d_w3,)
 
 
+def _forward_torch_fast(x, w0, w1, w2, w3):
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = torch.exp(w0)
+    _t1 = torch.exp(w1)
+    _t2 = torch.exp(w2)
+    _t3 = torch.exp(w3)
+    _y = (_t0*_rt.select(_rt.gt(x, 0.0), x, 0.0) + _t1*torch.tanh(x) + _t2*x + _t3*torch.sigmoid(x))/(_t0 + _t1 + _t2 + _t3)
+    return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(x, w0, w1, w2, w3):
+    """df/dx, df/dw0, df/dw1, df/dw2, df/dw3 for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = torch.exp(w0)
+    _t1 = torch.exp(w1)
+    _t2 = torch.exp(w2)
+    _t3 = torch.exp(w3)
+    _t4 = _t0 + _t1 + _t2 + _t3
+    _t5 = 1.0/_t4
+    _t6 = torch.sigmoid(x)
+    _t7 = _t3*_t6
+    _t8 = _rt.gt(x, 0.0)
+    _t9 = -(2.0*torch.abs(x))
+    _t10 = _rt.select(_t8, x, 0.0)
+    _t11 = _t2*x
+    _t12 = torch.tanh(x)
+    _t13 = (_t0*_t10 + _t1*_t12 + _t11 + _t7)/(_t4*_t4)
+    _d_x = _t5*(_t0*_rt.select(_t8, 1.0, 0.0) + _t2 + _t7*torch.sigmoid(-x) + 4.0*torch.exp(_t9 + w1)/(torch.exp(_t9) + 1.0)**2.0)
+    _d_w0 = _t0*_t10*_t5 - _t0*_t13
+    _d_w1 = _t1*_t12*_t5 - _t1*_t13
+    _d_w2 = _t11*_t5 - _t13*_t2
+    _d_w3 = -(_t13*_t3) + _t3*_t5*_t6
+    return _rt.finite_or_none((_d_x, _d_w0, _d_w1, _d_w2, _d_w3,))
+
+
 def _second_derivatives_torch(x, w0, w1, w2, w3):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.exp(w0)
@@ -214,6 +248,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -37,6 +37,21 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
+def _forward_torch_fast(x):
+    """f for finite inputs (CPU): no NaN/inf guards."""
+    _t0 = x*x
+    _y = _t0/(2.0*(torch.sqrt(_t0 + 1.0) + 1.0)) + x
+    return _y
+
+
+def _derivatives_torch_fast(x):
+    """df/dx for finite inputs (CPU): no NaN/inf guards."""
+    _t0 = torch.sqrt(x*x + 1.0)
+    _t1 = _t0 + 1.0
+    _d_x = 1.0 + x/_t1 - x*x*x/(2.0*_t0*_t1*_t1)
+    return (_d_x,)
+
+
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = x*x
@@ -104,6 +119,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -161,10 +178,12 @@ _OP.bind(BentIdentityCore, BentIdentityFunction)
 class BentIdentity(torch.nn.Module):
     """Bent identity, (sqrt(x^2 + 1) - 1) / 2 + x (a smooth, unbounded, strictly increasing activation; see e.g. Godfrey 2019, \"An Evaluation of Parametric Activation Functions for Deep Learning\").
 
-    f = (sqrt(x**2 + 1) - 1) / 2 + x"""
+    f = (sqrt(x**2 + 1) - 1) / 2 + x
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self):
+    def __init__(self, inplace=False):
         super().__init__()
+        self.inplace = inplace
 
     def forward(self, x):
         return bent_identity(x)

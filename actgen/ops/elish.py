@@ -37,6 +37,21 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
+def _forward_torch_fast(x):
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = torch.sigmoid(x)
+    _y = _rt.select(_rt.gt(x, 0.0), _t0*x, _t0*torch.expm1(x))
+    return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(x):
+    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = torch.sigmoid(x)
+    _t1 = _t0*torch.sigmoid(-x)
+    _d_x = _rt.select(_rt.gt(x, 0.0), _t0 + _t1*x, _t0*torch.exp(x) + _t1*torch.expm1(x))
+    return _rt.finite_or_none((_d_x,))
+
+
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.sigmoid(x)
@@ -103,6 +118,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -160,10 +177,12 @@ _OP.bind(ELiSHCore, ELiSHFunction)
 class ELiSH(torch.nn.Module):
     """ELiSH (Basirat and Roth 2018, \"The Quest for the Golden Activation Function\"), x * sigmoid(x) for x > 0 and (exp(x) - 1) * sigmoid(x) otherwise.
 
-    f = where(x > 0, x * sigmoid(x), (exp(x) - 1) * sigmoid(x))"""
+    f = where(x > 0, x * sigmoid(x), (exp(x) - 1) * sigmoid(x))
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self):
+    def __init__(self, inplace=False):
         super().__init__()
+        self.inplace = inplace
 
     def forward(self, x):
         return elish(x)

@@ -36,6 +36,18 @@ def _derivatives_torch(x, alpha):
     return (_d_x,)
 
 
+def _forward_torch_fast(x, alpha):
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _y = _rt.select(_rt.gt(x, 0.0), x, alpha*torch.expm1(x))
+    return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(x, alpha):
+    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _d_x = _rt.select(_rt.gt(x, 0.0), 1.0, alpha*torch.exp(x))
+    return _rt.finite_or_none((_d_x,))
+
+
 def _second_derivatives_torch(x, alpha):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = x > 0.0
@@ -93,6 +105,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -150,11 +164,13 @@ _OP.bind(ELUCore, ELUFunction)
 class ELU(torch.nn.Module):
     """Exponential linear unit (Clevert et al. 2015), x for x > 0 and alpha * (exp(x) - 1) otherwise (torch.nn.ELU); the derivative at 0 is alpha, as torch's.
 
-    f = where(x > 0, x, alpha * (exp(x) - 1))"""
+    f = where(x > 0, x, alpha * (exp(x) - 1))
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self, *, alpha=1.0):
+    def __init__(self, alpha=1.0, inplace=False):
         super().__init__()
         self.alpha = alpha
+        self.inplace = inplace
 
     def forward(self, x):
         return elu(x, alpha=self.alpha)

@@ -34,6 +34,12 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
+def _derivatives_torch_fast(x):
+    """df/dx for finite inputs (CPU): no NaN/inf guards."""
+    _d_x = -(2.0*x*torch.exp(-(x*x)))
+    return (_d_x,)
+
+
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = x*x
@@ -92,6 +98,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=None,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -149,10 +157,12 @@ _OP.bind(GaussianCore, GaussianFunction)
 class Gaussian(torch.nn.Module):
     """The Gaussian activation exp(-x^2) (Broomhead and Lowe 1988; Ramasinghe and Lucey 2022 for coordinate networks).
 
-    f = exp(-x**2)"""
+    f = exp(-x**2)
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self):
+    def __init__(self, inplace=False):
         super().__init__()
+        self.inplace = inplace
 
     def forward(self, x):
         return gaussian(x)

@@ -35,6 +35,19 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
+def _forward_torch_fast(x):
+    """f for finite inputs (CPU): no NaN/inf guards."""
+    _y = 0.5*x*torch.erfc(-(1.4142135623730951*x/2.0))
+    return _y
+
+
+def _derivatives_torch_fast(x):
+    """df/dx for finite inputs (CPU): no NaN/inf guards."""
+    _t0 = 1.4142135623730951*x
+    _d_x = 0.5*_t0*torch.exp(-(x*x/2.0))/1.772453850905516 + 0.5*torch.erfc(-(_t0/2.0))
+    return (_d_x,)
+
+
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = 1.4142135623730951
@@ -97,6 +110,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -154,10 +169,12 @@ _OP.bind(GELUCore, GELUFunction)
 class GELU(torch.nn.Module):
     """Gaussian error linear unit (Hendrycks and Gimpel 2016), exact erf form, x * Phi(x) (torch.nn.GELU()).
 
-    f = 0.5 * x * (1 + erf(x / sqrt(2)))"""
+    f = 0.5 * x * (1 + erf(x / sqrt(2)))
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self):
+    def __init__(self, inplace=False):
         super().__init__()
+        self.inplace = inplace
 
     def forward(self, x):
         return gelu(x)

@@ -37,6 +37,21 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
+def _forward_torch_fast(x):
+    """f for finite inputs (CPU): no NaN/inf guards."""
+    _y = 1.0*x*torch.sigmoid(2.0*1.4142135623730951*(0.044715*x*x*x + x)/1.772453850905516)
+    return _y
+
+
+def _derivatives_torch_fast(x):
+    """df/dx for finite inputs (CPU): no NaN/inf guards."""
+    _t0 = 0.7978845608028654
+    _t1 = 2.0*_t0*(0.044715*x*x*x + x)
+    _t2 = torch.sigmoid(_t1)
+    _d_x = 2.0*_t0*_t2*x*(0.134145*x*x + 1.0)*torch.sigmoid(-_t1) + 1.0*_t2
+    return (_d_x,)
+
+
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = 0.7978845608028654
@@ -104,6 +119,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -161,10 +178,12 @@ _OP.bind(GELUTanhCore, GELUTanhFunction)
 class GELUTanh(torch.nn.Module):
     """GELU with the tanh approximation (Hendrycks and Gimpel 2016), as torch.nn.GELU(approximate=\"tanh\").
 
-    f = 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))"""
+    f = 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self):
+    def __init__(self, inplace=False):
         super().__init__()
+        self.inplace = inplace
 
     def forward(self, x):
         return gelu_tanh(x)

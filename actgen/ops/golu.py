@@ -35,6 +35,19 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
+def _forward_torch_fast(x):
+    """f for finite inputs (CPU): no NaN/inf guards."""
+    _y = x*torch.exp(-torch.exp(-x))
+    return _y
+
+
+def _derivatives_torch_fast(x):
+    """df/dx for finite inputs (CPU): no NaN/inf guards."""
+    _t0 = torch.exp(-x)
+    _d_x = x*torch.exp(-_t0 - x) + torch.exp(-_t0)
+    return (_d_x,)
+
+
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = -x
@@ -95,6 +108,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -152,10 +167,12 @@ _OP.bind(GoLUCore, GoLUFunction)
 class GoLU(torch.nn.Module):
     """Gompertz linear unit (Das et al. 2025, \"GoLU - The Gompertz Linear Unit\"), x * exp(-exp(-x)).
 
-    f = x * exp(-exp(-x))"""
+    f = x * exp(-exp(-x))
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self):
+    def __init__(self, inplace=False):
         super().__init__()
+        self.inplace = inplace
 
     def forward(self, x):
         return golu(x)

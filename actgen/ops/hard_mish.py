@@ -34,6 +34,18 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
+def _forward_torch_fast(x):
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _y = _rt.select(_rt.lt(x, -2.0), 0.0, _rt.select(_rt.le(x, 0.0), x*(x + 2.0)/2.0, x))
+    return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(x):
+    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _d_x = _rt.select(_rt.lt(x, -2.0), 0.0, _rt.select(_rt.le(x, 0.0), x + 1.0, 1.0))
+    return _rt.finite_or_none((_d_x,))
+
+
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = x < -2.0
@@ -91,6 +103,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -148,10 +162,12 @@ _OP.bind(HardMishCore, HardMishFunction)
 class HardMish(torch.nn.Module):
     """Hard Mish, x / 2 * min(max(x + 2, 0), 2), a piecewise-quadratic Mish (after notes by Misra, as implemented in timm); the derivative at -2 is -1 and at 0 is 1, as autograd of the clamp form gives.
 
-    f = Piecewise((0, x < -2), (x * (x + 2) / 2, x <= 0), (x, True))"""
+    f = Piecewise((0, x < -2), (x * (x + 2) / 2, x <= 0), (x, True))
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self):
+    def __init__(self, inplace=False):
         super().__init__()
+        self.inplace = inplace
 
     def forward(self, x):
         return hard_mish(x)

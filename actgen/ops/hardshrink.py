@@ -36,6 +36,18 @@ def _derivatives_torch(x, lambd):
     return (_d_x,)
 
 
+def _forward_torch_fast(x, lambd):
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _y = _rt.select(_rt.mask_or(_rt.lt(lambd, x), _rt.lt(lambd, -x)), x, 0.0)
+    return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(x, lambd):
+    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _d_x = _rt.select(_rt.mask_or(_rt.lt(lambd, x), _rt.lt(lambd, -x)), 1.0, 0.0)
+    return _rt.finite_or_none((_d_x,))
+
+
 def _second_derivatives_torch(x, lambd):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _d2_x_x = 0.0
@@ -91,6 +103,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -148,11 +162,13 @@ _OP.bind(HardshrinkCore, HardshrinkFunction)
 class Hardshrink(torch.nn.Module):
     """Hard shrinkage, x where |x| > lambd, else 0 (torch.nn.Hardshrink); the derivative is 0 at +-lambd, as torch's.
 
-    f = where((x > lambd) | (x < -lambd), x, 0)"""
+    f = where((x > lambd) | (x < -lambd), x, 0)
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self, *, lambd=0.5):
+    def __init__(self, lambd=0.5, inplace=False):
         super().__init__()
         self.lambd = lambd
+        self.inplace = inplace
 
     def forward(self, x):
         return hardshrink(x, lambd=self.lambd)

@@ -34,6 +34,18 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
+def _forward_torch_fast(x):
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _y = _rt.select(_rt.le(x, -3.0), 0.0, _rt.select(_rt.ge(x, 3.0), 1.0, x/6.0 + 0.5))
+    return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(x):
+    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _d_x = _rt.select(_rt.mask_or(_rt.ge(x, 3.0), _rt.le(x, -3.0)), 0.0, 0.16666666666666666)
+    return _rt.finite_or_none((_d_x,))
+
+
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _d2_x_x = 0.0
@@ -89,6 +101,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -146,10 +160,12 @@ _OP.bind(HardsigmoidCore, HardsigmoidFunction)
 class Hardsigmoid(torch.nn.Module):
     """Hard sigmoid (Howard et al. 2019, MobileNetV3), relu6(x + 3) / 6 (torch.nn.Hardsigmoid); the derivative is 0 at -3 and 3, as torch's.
 
-    f = Piecewise((0, x <= -3), (1, x >= 3), (x / 6 + 1 / 2, True))"""
+    f = Piecewise((0, x <= -3), (1, x >= 3), (x / 6 + 1 / 2, True))
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self):
+    def __init__(self, inplace=False):
         super().__init__()
+        self.inplace = inplace
 
     def forward(self, x):
         return hardsigmoid(x)

@@ -36,6 +36,18 @@ def _derivatives_torch(x, min_val, max_val):
     return (_d_x,)
 
 
+def _forward_torch_fast(x, min_val, max_val):
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _y = _rt.select(_rt.ge(min_val, x), min_val, _rt.select(_rt.le(max_val, x), max_val, x))
+    return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(x, min_val, max_val):
+    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _d_x = _rt.select(_rt.mask_or(_rt.ge(min_val, x), _rt.le(max_val, x)), 0.0, 1.0)
+    return _rt.finite_or_none((_d_x,))
+
+
 def _second_derivatives_torch(x, min_val, max_val):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _d2_x_x = 0.0
@@ -91,6 +103,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -148,12 +162,14 @@ _OP.bind(HardtanhCore, HardtanhFunction)
 class Hardtanh(torch.nn.Module):
     """Hard tanh, x clamped to [min_val, max_val] (torch.nn.Hardtanh); the derivative is 0 at both bounds, as torch's.
 
-    f = Piecewise((min_val, x <= min_val), (max_val, x >= max_val), (x, True))"""
+    f = Piecewise((min_val, x <= min_val), (max_val, x >= max_val), (x, True))
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self, *, min_val=-1.0, max_val=1.0):
+    def __init__(self, min_val=-1.0, max_val=1.0, inplace=False):
         super().__init__()
         self.min_val = min_val
         self.max_val = max_val
+        self.inplace = inplace
 
     def forward(self, x):
         return hardtanh(x, min_val=self.min_val, max_val=self.max_val)

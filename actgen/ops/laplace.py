@@ -92,6 +92,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=None,
+    derivatives_torch_fast=None,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -149,12 +151,14 @@ _OP.bind(LaplaceCore, LaplaceFunction)
 class Laplace(torch.nn.Module):
     """The Laplace attention function of MEGA (Ma et al. 2022, \"Mega - Moving Average Equipped Gated Attention\"), 0.5 * (1 + erf((x - mu) / (sigma * sqrt(2)))) with mu = sqrt(1/2) and sigma = sqrt(1/(4 pi)), an approximation of relu^2 normalised to (0, 1).
 
-    f = 0.5 * (1 + erf((x - mu) / (sigma * sqrt(2))))"""
+    f = 0.5 * (1 + erf((x - mu) / (sigma * sqrt(2))))
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self, *, mu=0.7071067811865476, sigma=0.28209479177387814):
+    def __init__(self, mu=0.7071067811865476, sigma=0.28209479177387814, inplace=False):
         super().__init__()
         self.mu = mu
         self.sigma = sigma
+        self.inplace = inplace
 
     def forward(self, x):
         return laplace(x, mu=self.mu, sigma=self.sigma)

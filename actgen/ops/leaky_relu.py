@@ -36,6 +36,18 @@ def _derivatives_torch(x, negative_slope):
     return (_d_x,)
 
 
+def _forward_torch_fast(x, negative_slope):
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _y = _rt.select(_rt.gt(x, 0.0), x, negative_slope*x)
+    return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(x, negative_slope):
+    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _d_x = _rt.select(_rt.gt(x, 0.0), 1.0, negative_slope)
+    return _rt.finite_or_none((_d_x,))
+
+
 def _second_derivatives_torch(x, negative_slope):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _d2_x_x = 0.0
@@ -91,6 +103,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -148,11 +162,13 @@ _OP.bind(LeakyReLUCore, LeakyReLUFunction)
 class LeakyReLU(torch.nn.Module):
     """Leaky ReLU (Maas et al. 2013), x for x > 0 and negative_slope * x otherwise (torch.nn.LeakyReLU); the derivative at 0 is negative_slope, as torch's.
 
-    f = where(x > 0, x, negative_slope * x)"""
+    f = where(x > 0, x, negative_slope * x)
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self, *, negative_slope=0.01):
+    def __init__(self, negative_slope=0.01, inplace=False):
         super().__init__()
         self.negative_slope = negative_slope
+        self.inplace = inplace
 
     def forward(self, x):
         return leaky_relu(x, negative_slope=self.negative_slope)

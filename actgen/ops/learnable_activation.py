@@ -43,6 +43,22 @@ def _derivatives_torch(x, alpha, scale, shift):
     return (_d_x, _d_alpha, _d_scale, _d_shift,)
 
 
+def _forward_torch_fast(x, alpha, scale, shift):
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _y = scale*_rt.select(_rt.gt(x, 0.0), x, alpha*x) + shift
+    return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(x, alpha, scale, shift):
+    """df/dx, df/dalpha, df/dscale, df/dshift for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = _rt.gt(x, 0.0)
+    _d_x = scale*_rt.select(_t0, 1.0, alpha)
+    _d_alpha = scale*_rt.select(_t0, 0.0, x)
+    _d_scale = _rt.select(_t0, x, alpha*x)
+    _d_shift = 1.0
+    return _rt.finite_or_none((_d_x, _d_alpha, _d_scale, _d_shift,))
+
+
 def _second_derivatives_torch(x, alpha, scale, shift):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = x > 0.0
@@ -132,6 +148,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -35,6 +35,13 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
+def _derivatives_torch_fast(x):
+    """df/dx for finite inputs (CPU): no NaN/inf guards."""
+    _t0 = torch.exp(-(2.0*torch.abs(x)))
+    _d_x = 4.0*_t0*x/(_t0 + 1.0)**2.0 + torch.tanh(x)
+    return (_d_x,)
+
+
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.abs(x)
@@ -96,6 +103,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=None,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -153,10 +162,12 @@ _OP.bind(LiSHTCore, LiSHTFunction)
 class LiSHT(torch.nn.Module):
     """LiSHT (Roy et al. 2019, \"LiSHT - Non-Parametric Linearly Scaled Hyperbolic Tangent Activation Function for Neural Networks\"), x * tanh(x).
 
-    f = x * tanh(x)"""
+    f = x * tanh(x)
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self):
+    def __init__(self, inplace=False):
         super().__init__()
+        self.inplace = inplace
 
     def forward(self, x):
         return lisht(x)

@@ -39,6 +39,20 @@ def _derivatives_torch(x, weight):
     return (_d_x, _d_weight,)
 
 
+def _forward_torch_fast(x, weight):
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _y = _rt.select(_rt.gt(x, 0.0), x, weight*x)
+    return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(x, weight):
+    """df/dx, df/dweight for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = _rt.gt(x, 0.0)
+    _d_x = _rt.select(_t0, 1.0, weight)
+    _d_weight = _rt.select(_t0, 0.0, x)
+    return _rt.finite_or_none((_d_x, _d_weight,))
+
+
 def _second_derivatives_torch(x, weight):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = x > 0.0
@@ -111,6 +125,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

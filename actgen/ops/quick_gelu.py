@@ -36,6 +36,20 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
+def _forward_torch_fast(x):
+    """f for finite inputs (CPU): no NaN/inf guards."""
+    _y = x*torch.sigmoid(1.702*x)
+    return _y
+
+
+def _derivatives_torch_fast(x):
+    """df/dx for finite inputs (CPU): no NaN/inf guards."""
+    _t0 = 1.702*x
+    _t1 = torch.sigmoid(_t0)
+    _d_x = _t0*_t1*torch.sigmoid(-_t0) + _t1
+    return (_d_x,)
+
+
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = 1.702*x
@@ -98,6 +112,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -155,10 +171,12 @@ _OP.bind(QuickGELUCore, QuickGELUFunction)
 class QuickGELU(torch.nn.Module):
     """The sigmoid approximation of GELU (Hendrycks and Gimpel 2016), x * sigmoid(1.702 * x), as used by CLIP (Radford et al. 2021).
 
-    f = x * sigmoid(1.702 * x)"""
+    f = x * sigmoid(1.702 * x)
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self):
+    def __init__(self, inplace=False):
         super().__init__()
+        self.inplace = inplace
 
     def forward(self, x):
         return quick_gelu(x)

@@ -37,6 +37,20 @@ def _derivatives_torch(a, b):
     return (_d_a, _d_b,)
 
 
+def _forward_torch_fast(a, b):
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _y = b*_rt.select(_rt.gt(a, 0.0), a, 0.0)
+    return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(a, b):
+    """df/da, df/db for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = _rt.gt(a, 0.0)
+    _d_a = b*_rt.select(_t0, 1.0, 0.0)
+    _d_b = _rt.select(_t0, a, 0.0)
+    return _rt.finite_or_none((_d_a, _d_b,))
+
+
 def _second_derivatives_torch(a, b):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = a > 0.0
@@ -101,6 +115,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -36,6 +36,18 @@ def _derivatives_torch(x, lower, upper):
     return (_d_x,)
 
 
+def _forward_torch_fast(x, lower, upper):
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _y = _rt.select(_rt.gt(x, 0.0), x, x*(lower/2.0 + upper/2.0))
+    return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(x, lower, upper):
+    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _d_x = _rt.select(_rt.gt(x, 0.0), 1.0, lower/2.0 + upper/2.0)
+    return _rt.finite_or_none((_d_x,))
+
+
 def _second_derivatives_torch(x, lower, upper):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _d2_x_x = 0.0
@@ -91,6 +103,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -148,12 +162,14 @@ _OP.bind(RReLUCore, RReLUFunction)
 class RReLU(torch.nn.Module):
     """Randomized leaky ReLU (Xu et al. 2015) in evaluation mode: x for x > 0, else x * (lower + upper) / 2, as torch.nn.RReLU in eval() and F.rrelu(training=False). Training mode, where torch draws a random slope from U(lower, upper) per element, is not implemented: actgen kernels are deterministic, so this module uses the mean slope in training too.
 
-    f = where(x > 0, x, (lower + upper) / 2 * x)"""
+    f = where(x > 0, x, (lower + upper) / 2 * x)
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self, *, lower=0.125, upper=0.3333333333333333):
+    def __init__(self, lower=0.125, upper=0.3333333333333333, inplace=False):
         super().__init__()
         self.lower = lower
         self.upper = upper
+        self.inplace = inplace
 
     def forward(self, x):
         return rrelu(x, lower=self.lower, upper=self.upper)

@@ -37,6 +37,19 @@ def _derivatives_torch(x, scale, shift):
     return (_d_x,)
 
 
+def _forward_torch_fast(x, scale, shift):
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = shift + x
+    _y = scale*_rt.select(_rt.gt(_t0, 0.0), _t0, 0.0)
+    return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(x, scale, shift):
+    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _d_x = scale*_rt.select(_rt.gt(shift + x, 0.0), 1.0, 0.0)
+    return _rt.finite_or_none((_d_x,))
+
+
 def _second_derivatives_torch(x, scale, shift):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _d2_x_x = 0.0
@@ -93,6 +106,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -150,12 +165,14 @@ _OP.bind(ScaledActivationCore, ScaledActivationFunction)
 class ScaledActivation(torch.nn.Module):
     """A shifted, scaled ReLU, scale * relu(x + shift).
 
-    f = scale * Max(x + shift, 0)"""
+    f = scale * Max(x + shift, 0)
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self, *, scale=1.0, shift=0.0):
+    def __init__(self, scale=1.0, shift=0.0, inplace=False):
         super().__init__()
         self.scale = scale
         self.shift = shift
+        self.inplace = inplace
 
     def forward(self, x):
         return scaled_activation(x, scale=self.scale, shift=self.shift)

@@ -91,6 +91,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=None,
+    derivatives_torch_fast=None,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -148,10 +150,12 @@ _OP.bind(SigmoidCore, SigmoidFunction)
 class Sigmoid(torch.nn.Module):
     """The logistic function 1 / (1 + exp(-x)) (torch.nn.Sigmoid).
 
-    f = 1 / (1 + exp(-x))"""
+    f = 1 / (1 + exp(-x))
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self):
+    def __init__(self, inplace=False):
         super().__init__()
+        self.inplace = inplace
 
     def forward(self, x):
         return sigmoid(x)

@@ -37,6 +37,21 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
+def _forward_torch_fast(x):
+    """f for finite inputs (CPU): no NaN/inf guards."""
+    _y = x*torch.tanh(torch.log1p(torch.sigmoid(x)))
+    return _y
+
+
+def _derivatives_torch_fast(x):
+    """df/dx for finite inputs (CPU): no NaN/inf guards."""
+    _t0 = torch.sigmoid(x)
+    _t1 = torch.log1p(_t0)
+    _t2 = torch.exp(-(2.0*_t1))
+    _d_x = 4.0*_t0*_t2*x*torch.sigmoid(-x)/((_t0 + 1.0)*(_t2 + 1.0)**2.0) + torch.tanh(_t1)
+    return (_d_x,)
+
+
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.sigmoid(x)
@@ -110,6 +125,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -167,10 +184,12 @@ _OP.bind(SmishCore, SmishFunction)
 class Smish(torch.nn.Module):
     """Smish (Wang et al. 2022, \"Smish - A Novel Activation Function for Deep Learning Methods\"), x * tanh(log(1 + sigmoid(x))).
 
-    f = x * tanh(log(1 + sigmoid(x)))"""
+    f = x * tanh(log(1 + sigmoid(x)))
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self):
+    def __init__(self, inplace=False):
         super().__init__()
+        self.inplace = inplace
 
     def forward(self, x):
         return smish(x)

@@ -100,6 +100,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=None,
+    derivatives_torch_fast=None,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -157,11 +159,13 @@ _OP.bind(SoftClipCore, SoftClipFunction)
 class SoftClip(torch.nn.Module):
     """Smoothly clips to (-scale, scale).
 
-    f = scale * tanh(x / scale)"""
+    f = scale * tanh(x / scale)
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self, *, scale=1.0):
+    def __init__(self, scale=1.0, inplace=False):
         super().__init__()
         self.scale = scale
+        self.inplace = inplace
 
     def forward(self, x):
         return soft_clip(x, scale=self.scale)

@@ -47,6 +47,28 @@ def _derivatives_torch(x, alpha):
     return (_d_x, _d_alpha,)
 
 
+def _forward_torch_fast(x, alpha):
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = 1.0/alpha
+    _y = _rt.select(_rt.lt(alpha, 0.0), -(_t0*torch.log1p(-(alpha*(alpha + x)))), _rt.select(_rt.gt(alpha, 0.0), _t0*torch.expm1(alpha*x) + alpha, alpha*(x*x/2.0 + 1.0) + x))
+    return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(x, alpha):
+    """df/dx, df/dalpha for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = alpha*(alpha + x)
+    _t1 = 1.0/(1.0 - _t0)
+    _t2 = _rt.lt(alpha, 0.0)
+    _t3 = alpha*x
+    _t4 = torch.exp(_t3)
+    _t5 = _rt.gt(alpha, 0.0)
+    _t6 = 1.0/(alpha*alpha)
+    _t7 = 1.0/alpha
+    _d_x = _rt.select(_t2, _t1, _rt.select(_t5, _t4, _t3 + 1.0))
+    _d_alpha = _rt.select(_t2, -(_t1*_t7*(-(2.0*alpha) - x)) + _t6*torch.log1p(-_t0), _rt.select(_t5, _t4*_t7*x - _t6*torch.expm1(_t3) + 1.0, x*x/2.0 + 1.0))
+    return _rt.finite_or_none((_d_x, _d_alpha,))
+
+
 def _second_derivatives_torch(x, alpha):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = alpha*(alpha + x)
@@ -136,6 +158,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -38,6 +38,20 @@ def _derivatives_torch(x, beta, threshold):
     return (_d_x,)
 
 
+def _forward_torch_fast(x, beta, threshold):
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = beta*x
+    _y = _rt.select(_rt.gt(_t0, threshold), x, _rt.softplus(_t0)/beta)
+    return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(x, beta, threshold):
+    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = beta*x
+    _d_x = _rt.select(_rt.gt(_t0, threshold), 1.0, torch.sigmoid(_t0))
+    return _rt.finite_or_none((_d_x,))
+
+
 def _second_derivatives_torch(x, beta, threshold):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = beta*x
@@ -98,6 +112,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -155,12 +171,14 @@ _OP.bind(SoftplusCore, SoftplusFunction)
 class Softplus(torch.nn.Module):
     """Softplus (Dugas et al. 2001), log(1 + exp(beta * x)) / beta, and x where beta * x > threshold (torch.nn.Softplus).
 
-    f = where(beta * x > threshold, x, log(1 + exp(beta * x)) / beta)"""
+    f = where(beta * x > threshold, x, log(1 + exp(beta * x)) / beta)
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self, *, beta=1.0, threshold=20.0):
+    def __init__(self, beta=1.0, threshold=20.0, inplace=False):
         super().__init__()
         self.beta = beta
         self.threshold = threshold
+        self.inplace = inplace
 
     def forward(self, x):
         return softplus(x, beta=self.beta, threshold=self.threshold)

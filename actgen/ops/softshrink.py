@@ -37,6 +37,19 @@ def _derivatives_torch(x, lambd):
     return (_d_x,)
 
 
+def _forward_torch_fast(x, lambd):
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = -x
+    _y = _rt.select(_rt.lt(lambd, x), -_t0 - lambd, _rt.select(_rt.gt(_t0, lambd), lambd + x, 0.0))
+    return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(x, lambd):
+    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _d_x = _rt.select(_rt.mask_or(_rt.lt(lambd, x), _rt.lt(lambd, -x)), 1.0, 0.0)
+    return _rt.finite_or_none((_d_x,))
+
+
 def _second_derivatives_torch(x, lambd):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _d2_x_x = 0.0
@@ -93,6 +106,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -150,11 +165,13 @@ _OP.bind(SoftshrinkCore, SoftshrinkFunction)
 class Softshrink(torch.nn.Module):
     """Soft shrinkage, x - lambd above lambd, x + lambd below -lambd, 0 between (torch.nn.Softshrink); the derivative is 0 at +-lambd, as torch's.
 
-    f = Piecewise((x - lambd, x > lambd), (x + lambd, x < -lambd), (0, True))"""
+    f = Piecewise((x - lambd, x > lambd), (x + lambd, x < -lambd), (0, True))
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self, *, lambd=0.5):
+    def __init__(self, lambd=0.5, inplace=False):
         super().__init__()
         self.lambd = lambd
+        self.inplace = inplace
 
     def forward(self, x):
         return softshrink(x, lambd=self.lambd)

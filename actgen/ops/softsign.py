@@ -34,6 +34,12 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
+def _forward_torch_fast(x):
+    """f for finite inputs (CPU): no NaN/inf guards."""
+    _y = x/(torch.abs(x) + 1.0)
+    return _y
+
+
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.abs(x) + 1.0
@@ -90,6 +96,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=None,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -147,10 +155,12 @@ _OP.bind(SoftsignCore, SoftsignFunction)
 class Softsign(torch.nn.Module):
     """Softsign (Turian et al. 2009), x / (1 + |x|) (torch.nn.Softsign).
 
-    f = x / (1 + abs(x))"""
+    f = x / (1 + abs(x))
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self):
+    def __init__(self, inplace=False):
         super().__init__()
+        self.inplace = inplace
 
     def forward(self, x):
         return softsign(x)

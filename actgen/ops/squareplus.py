@@ -39,6 +39,21 @@ def _derivatives_torch(x, b):
     return (_d_x,)
 
 
+def _forward_torch_fast(x, b):
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = torch.sqrt(b + x*x)
+    _y = _rt.select(_rt.lt(x, 0.0), b/(2.0*(_t0 - x)), (_t0 + x)/2.0)
+    return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(x, b):
+    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = torch.sqrt(b + x*x)
+    _t1 = x/_t0
+    _d_x = _rt.select(_rt.lt(x, 0.0), -(b*(_t1 - 1.0)/(2.0*(_t0 - x)**2.0)), (_t1 + 1.0)/2.0)
+    return _rt.finite_or_none((_d_x,))
+
+
 def _second_derivatives_torch(x, b):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = x*x
@@ -107,6 +122,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -164,11 +181,13 @@ _OP.bind(SquareplusCore, SquareplusFunction)
 class Squareplus(torch.nn.Module):
     """Squareplus (Barron 2021, \"Squareplus - A Softplus-Like Algebraic Rectifier\"), (x + sqrt(x^2 + b)) / 2; compiled to a cancellation-free form for x < 0.
 
-    f = (x + sqrt(x**2 + b)) / 2"""
+    f = (x + sqrt(x**2 + b)) / 2
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self, *, b=4.0):
+    def __init__(self, b=4.0, inplace=False):
         super().__init__()
         self.b = b
+        self.inplace = inplace
 
     def forward(self, x):
         return squareplus(x, b=self.b)

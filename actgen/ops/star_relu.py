@@ -41,6 +41,21 @@ def _derivatives_torch(x, scale, bias):
     return (_d_x, _d_scale, _d_bias,)
 
 
+def _forward_torch_fast(x, scale, bias):
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _y = bias + scale*_rt.select(_rt.gt(x, 0.0), x*x, 0.0)
+    return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(x, scale, bias):
+    """df/dx, df/dscale, df/dbias for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = _rt.gt(x, 0.0)
+    _d_x = scale*_rt.select(_t0, 2.0*x, 0.0)
+    _d_scale = _rt.select(_t0, x*x, 0.0)
+    _d_bias = 1.0
+    return _rt.finite_or_none((_d_x, _d_scale, _d_bias,))
+
+
 def _second_derivatives_torch(x, scale, bias):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = x > 0.0
@@ -113,6 +128,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -37,6 +37,20 @@ def _derivatives_torch(a, b):
     return (_d_a, _d_b,)
 
 
+def _forward_torch_fast(a, b):
+    """f for finite inputs (CPU): no NaN/inf guards."""
+    _y = a*b*torch.sigmoid(a)
+    return _y
+
+
+def _derivatives_torch_fast(a, b):
+    """df/da, df/db for finite inputs (CPU): no NaN/inf guards."""
+    _t0 = torch.sigmoid(a)
+    _d_a = _t0*b*(a*torch.sigmoid(-a) + 1.0)
+    _d_b = _t0*a
+    return (_d_a, _d_b,)
+
+
 def _second_derivatives_torch(a, b):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.sigmoid(a)
@@ -104,6 +118,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

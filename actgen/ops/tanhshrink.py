@@ -35,6 +35,13 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
+def _forward_torch_fast(x):
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = x*x
+    _y = _rt.select(_rt.lt(torch.abs(x), 2.0), x*x*x*(_t0*(_t0*(_t0*(_t0*(4.791233165716352e-14*_t0 + 7.194036598323103e-09) + 3.7056482517962304e-06) + 0.0005353744484179266) + 0.025867369345630217) + 0.3333333333333333)/(_t0*(_t0*(_t0*(_t0*(7.337917330289565e-09*_t0 + 3.910678294848439e-06) + 0.0005904088283950985) + 0.030742204655248132) + 0.4776021080368906) + 1.0), x - torch.tanh(x))
+    return _rt.finite_or_none(_y)
+
+
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.tanh(x)
@@ -93,6 +100,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=None,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -150,10 +159,12 @@ _OP.bind(TanhshrinkCore, TanhshrinkFunction)
 class Tanhshrink(torch.nn.Module):
     """x - tanh(x) (torch.nn.Tanhshrink).
 
-    f = x - tanh(x)"""
+    f = x - tanh(x)
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self):
+    def __init__(self, inplace=False):
         super().__init__()
+        self.inplace = inplace
 
     def forward(self, x):
         return tanhshrink(x)

@@ -36,6 +36,18 @@ def _derivatives_torch(x, threshold, value):
     return (_d_x,)
 
 
+def _forward_torch_fast(x, threshold, value):
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _y = _rt.select(_rt.lt(threshold, x), x, value)
+    return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(x, threshold, value):
+    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _d_x = _rt.select(_rt.lt(threshold, x), 1.0, 0.0)
+    return _rt.finite_or_none((_d_x,))
+
+
 def _second_derivatives_torch(x, threshold, value):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _d2_x_x = 0.0
@@ -91,6 +103,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -148,12 +162,14 @@ _OP.bind(ThresholdCore, ThresholdFunction)
 class Threshold(torch.nn.Module):
     """x where x > threshold, else value (torch.nn.Threshold); the derivative at the threshold is 0, as torch's.
 
-    f = where(x > threshold, x, value)"""
+    f = where(x > threshold, x, value)
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self, *, threshold=0.0, value=0.0):
+    def __init__(self, threshold=0.0, value=0.0, inplace=False):
         super().__init__()
         self.threshold = threshold
         self.value = value
+        self.inplace = inplace
 
     def forward(self, x):
         return threshold(x, threshold=self.threshold, value=self.value)

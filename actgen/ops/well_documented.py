@@ -36,6 +36,20 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
+def _forward_torch_fast(x):
+    """f for finite inputs (CPU): no NaN/inf guards."""
+    _y = x*torch.tanh(_rt.softplus(x))
+    return _y
+
+
+def _derivatives_torch_fast(x):
+    """df/dx for finite inputs (CPU): no NaN/inf guards."""
+    _t0 = _rt.softplus(x)
+    _t1 = torch.exp(-(2.0*_t0))
+    _d_x = 4.0*_t1*x*torch.sigmoid(x)/(_t1 + 1.0)**2.0 + torch.tanh(_t0)
+    return (_d_x,)
+
+
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = _rt.softplus(x)
@@ -101,6 +115,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -158,10 +174,12 @@ _OP.bind(WellDocumentedCore, WellDocumentedFunction)
 class WellDocumented(torch.nn.Module):
     """The long-hand Mish, x * tanh(softplus(x)) (Misra 2019), written out the way it is usually documented: softplus(x) = log(1 + exp(x)) is the smooth ReLU, tanh squashes it to (0, 1), and the product with x keeps a small negative lobe (minimum about -0.31 at x = -1.19) and grows like x for large x.  It computes the same function as mish.
 
-    f = x * tanh(log(1 + exp(x)))"""
+    f = x * tanh(log(1 + exp(x)))
+    inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self):
+    def __init__(self, inplace=False):
         super().__init__()
+        self.inplace = inplace
 
     def forward(self, x):
         return well_documented(x)

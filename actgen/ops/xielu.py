@@ -45,6 +45,24 @@ def _derivatives_torch(x, alpha_p, alpha_n, beta, eps):
     return (_d_x, _d_alpha_p, _d_alpha_n,)
 
 
+def _forward_torch_fast(x, alpha_p, alpha_n, beta, eps):
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = beta*x
+    _y = _rt.select(_rt.gt(x, 0.0), _t0 + x*x*_rt.softplus(alpha_p), _t0 + (beta + _rt.softplus(alpha_n))*(-x + torch.expm1(_rt.select(_rt.gt(eps, x), x, eps))))
+    return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(x, alpha_p, alpha_n, beta, eps):
+    """df/dx, df/dalpha_p, df/dalpha_n for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = _rt.gt(x, 0.0)
+    _t1 = _rt.gt(eps, x)
+    _t2 = _rt.select(_t1, x, eps)
+    _d_x = _rt.select(_t0, beta + 2.0*x*_rt.softplus(alpha_p), beta + (beta + _rt.softplus(alpha_n))*(_rt.select(_t1, 1.0, 0.0)*torch.exp(_t2) - 1.0))
+    _d_alpha_p = _rt.select(_t0, x*x*torch.sigmoid(alpha_p), 0.0)
+    _d_alpha_n = _rt.select(_t0, 0.0, (-x + torch.expm1(_t2))*torch.sigmoid(alpha_n))
+    return _rt.finite_or_none((_d_x, _d_alpha_p, _d_alpha_n,))
+
+
 def _second_derivatives_torch(x, alpha_p, alpha_n, beta, eps):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = 2.0*_rt.softplus(alpha_p)
@@ -129,6 +147,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -189,7 +209,7 @@ class XIELU(torch.nn.Module):
 
     f = where(x > 0, softplus(alpha_p) * x**2 + beta * x, (beta + softplus(alpha_n)) * (expm1(Min(x, eps)) - x) + beta * x)"""
 
-    def __init__(self, *, beta=0.5, eps=-1e-06):
+    def __init__(self, beta=0.5, eps=-1e-06):
         super().__init__()
         self.beta = beta
         self.eps = eps

@@ -3,6 +3,13 @@
 Subexpressions that involve only constants (Python floats at run time) are printed with
 `math` so they never reach a torch function as a float; `where` with two scalar branches
 gets one branch as a 0-dim tensor of the compute dtype, so torch.where keeps float64.
+
+With `fast=True` it prints the fallback's fast variant, which runs on CPU only when every
+input is finite: NaN/inf guards are left out (they only act on non-finite inputs), a
+condition is a float 0/1 mask (`_rt.gt(a, b)`: a vectorized compare, where a bool mask and
+torch.where are not) and a branch choice is `_rt.select(mask, a, b)`, exact wherever both
+branches are finite; the generated function checks its outputs and hands over to the
+guarded variant when one is not.
 """
 from __future__ import annotations
 
@@ -35,15 +42,20 @@ SCALAR_FUNCTIONS = {
 } | {"Abs": "abs({0})", "sigmoid": "_rt.scalar_sigmoid({0})", "softplus": "_rt.scalar_softplus({0})"}
 
 
+FAST_RELATIONS = {"StrictGreaterThan": "gt", "GreaterThan": "ge", "StrictLessThan": "lt", "LessThan": "le"}
+
+
 class TorchPrinter(ExprPrinter):
     INF = "math.inf"
     NAN = "math.nan"
 
-    def __init__(self, tensor_names, like: str, names=None):
-        """tensor_names: symbols that are tensors at run time; like: a tensor to take the dtype from."""
+    def __init__(self, tensor_names, like: str, names=None, fast: bool = False):
+        """tensor_names: symbols that are tensors at run time; like: a tensor to take the dtype from;
+        fast: print the unguarded fast variant (float masks and selects, see the module doc)."""
         super().__init__(names)
         self.tensor_names = set(tensor_names)
         self.like = like
+        self.fast = fast
         self.FUNCTIONS = TENSOR_FUNCTIONS
 
     def is_scalar(self, expr) -> bool:
@@ -71,25 +83,49 @@ class TorchPrinter(ExprPrinter):
     def where(self, cond, value, otherwise, otherwise_expr):
         if self.scalar_mode:
             return f"({self.doprint(value)} if {cond} else {otherwise})"
+        if self.fast:
+            return f"_rt.select({cond}, {self.doprint(value)}, {otherwise})"
         text = self.doprint(value)
         if self.is_scalar(value) and self.is_scalar(otherwise_expr):
             text = f"{self.like}.new_full((), {text})"
         return f"torch.where({cond}, {text}, {otherwise})"
 
+    def _print_Relational(self, expr):
+        op = FAST_RELATIONS.get(type(expr).__name__)
+        if self.fast and not self.scalar_mode and op is not None:
+            return f"_rt.{op}({self.doprint(expr.lhs)}, {self.doprint(expr.rhs)})", ATOM
+        return super()._print_Relational(expr)
+
     def _print_And(self, expr):
         if self.scalar_mode:
             return " and ".join(f"({self.doprint(a)})" for a in expr.args), 0
+        if self.fast:
+            return f"_rt.mask_and({', '.join(self.doprint(a) for a in expr.args)})", ATOM
         return super()._print_And(expr)
 
     def _print_Or(self, expr):
         if self.scalar_mode:
             return " or ".join(f"({self.doprint(a)})" for a in expr.args), 0
+        if self.fast:
+            return f"_rt.mask_or({', '.join(self.doprint(a) for a in expr.args)})", ATOM
         return super()._print_Or(expr)
 
     def _print_Not(self, expr):
         if self.scalar_mode:
             return f"not ({self.doprint(expr.args[0])})", 0
+        if self.fast:
+            return f"_rt.mask_not({self.doprint(expr.args[0])})", ATOM
         return f"~({self.doprint(expr.args[0])})", ATOM
+
+    def _print_NanGuard(self, expr):
+        if self.fast:
+            return self._print(expr.args[0])
+        return super()._print_NanGuard(expr)
+
+    def _print_InfGuard(self, expr):
+        if self.fast:
+            return self._print(expr.args[0])
+        return super()._print_InfGuard(expr)
 
     def isnan(self, name):
         return f"torch.isnan({name})"

@@ -22,6 +22,94 @@ def scalar_softplus(u: float) -> float:
     return max(u, 0.0) + math.log1p(math.exp(-abs(u)))
 
 
+# --- the fallback's fast variant (finite inputs, CPU): float 0/1 masks instead of bool ones.
+# A compare into a float tensor is vectorized; a bool mask and torch.where are not (several
+# times slower on CPU).  select is exact wherever both branches are finite, and NaN where
+# the branch not taken is not; the generated functions check their outputs (finite_or_none)
+# and the guarded variant runs when a value is not finite.
+_FLIPPED = {"gt": "lt", "ge": "le", "lt": "gt", "le": "ge"}
+
+
+def _compare(op: str, a, b):
+    if not isinstance(a, torch.Tensor):
+        a, b, op = b, a, _FLIPPED[op]
+    if isinstance(b, torch.Tensor):
+        shape = torch.broadcast_shapes(a.shape, b.shape)
+    else:
+        shape = a.shape
+    out = torch.empty(shape, dtype=torch.result_type(a, b), device=a.device)
+    return getattr(torch, op)(a, b, out=out)
+
+
+def gt(a, b):
+    """a > b as a float 0/1 mask."""
+    return _compare("gt", a, b)
+
+
+def ge(a, b):
+    """a >= b as a float 0/1 mask."""
+    return _compare("ge", a, b)
+
+
+def lt(a, b):
+    """a < b as a float 0/1 mask."""
+    return _compare("lt", a, b)
+
+
+def le(a, b):
+    """a <= b as a float 0/1 mask."""
+    return _compare("le", a, b)
+
+
+def mask_and(*masks):
+    """Conjunction of float 0/1 masks (or Python bools)."""
+    out = True
+    for m in masks:
+        if isinstance(m, torch.Tensor):
+            out = m if out is True else out * m
+        elif not m:
+            return False
+    return out
+
+
+def mask_or(*masks):
+    """Disjunction of float 0/1 masks (or Python bools)."""
+    out = False
+    for m in masks:
+        if isinstance(m, torch.Tensor):
+            out = m if out is False else torch.maximum(out, m)
+        elif m:
+            return True
+    return out
+
+
+def mask_not(m):
+    """Negation of a float 0/1 mask (or a Python bool)."""
+    return 1.0 - m if isinstance(m, torch.Tensor) else not m
+
+
+def select(m, a, b):
+    """where(m, a, b) for a float 0/1 mask m: exact where a and b are finite; NaN where the
+    branch not taken is inf or NaN."""
+    if not isinstance(m, torch.Tensor):
+        return a if m else b
+    a_number, b_number = not isinstance(a, torch.Tensor), not isinstance(b, torch.Tensor)
+    if b_number and b == 0.0:
+        return m if a_number and a == 1.0 else m * a
+    if a_number and a == 0.0:
+        return (1.0 - m) * b
+    # lerp(b, a, w) is b + w*(a - b) for w < 0.5 and a - (1 - w)*(a - b) otherwise: b or a exactly
+    return torch.lerp(m.new_full((), b) if b_number else b, m.new_full((), a) if a_number else a, m)
+
+
+def finite_or_none(value):
+    """value (a tensor, number or tuple of them) if every tensor in it is finite, else None."""
+    for t in value if isinstance(value, tuple) else (value,):
+        if isinstance(t, torch.Tensor) and not math.isfinite(t.sum().item()):
+            return None
+    return value
+
+
 def split_halves(t: torch.Tensor, dim: int, name: str):
     """Split a gated module's input into two halves along dim (first half first, as nn.GLU)."""
     if t.dim() == 0:
@@ -36,4 +124,5 @@ def split_halves(t: torch.Tensor, dim: int, name: str):
 __all__ = [
     "HAS_TRITON", "Activation", "as_tensor", "vmap_by_loop", "get_backend", "set_backend",
     "use_backend", "softplus", "scalar_sigmoid", "scalar_softplus", "split_halves",
+    "gt", "ge", "lt", "le", "mask_and", "mask_or", "mask_not", "select", "finite_or_none",
 ]
