@@ -299,8 +299,11 @@ def test_offsets_are_int64():
     """Tensors over 2**31 elements: tile offsets are computed from an int64 program id."""
     mod = importlib.import_module("actgen.ops.mish")
 
+    from actgen.runtime import triton_lang
+
     src = inspect_source(mod._forward_kernel) + inspect_source(mod._backward_kernel)
-    assert src.count("tl.program_id(0).to(tl.int64)") == 2
+    assert src.count("= _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)") == 2
+    assert "pid = tl.program_id(0).to(tl.int64)" in inspect_source(triton_lang.tile)
     lay = launch.layout((2**31 + 5,), 1, 1)
     assert lay.M * lay.N == 2**31 + 5 and lay.grid[0] * lay.block_n >= 2**31 + 5
 

@@ -10,18 +10,7 @@ from ..printers import TorchPrinter, TritonPrinter
 from .writer import Writer, escape_docstring
 
 from ..version import COMPILER_VERSION
-TILE_INDEX = """\
-_pid = tl.program_id(0).to(tl.int64)
-_tiles_n = tl.cdiv(_N, BLOCK_N)
-_rows = (_pid // _tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
-_cols = (_pid % _tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
-_offs = _rows[:, None] * _N + _cols[None, :]
-_mask = (_rows[:, None] < _M) & (_cols[None, :] < _N)"""
-CHANNEL_INDEX = """\
-if CH_AXIS == 0:
-    _ch = (_rows % _C)[:, None]
-else:
-    _ch = _cols[None, :]"""
+TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 
 
 def op_key(d: Derivation) -> str:
@@ -108,8 +97,6 @@ def _kernel_args(d: Derivation) -> list[str]:
 
 def _kernel_loads(w: Writer, d: Derivation):
     s = d.spec
-    if s.per_channel:
-        w(CHANNEL_INDEX)
     for name in s.inputs:
         w(f"{name} = tl.load({name}_ptr + _offs, mask=_mask, other=0.0).to(ACC)")
     for p in s.params:
@@ -177,7 +164,7 @@ def _backward_kernel(w: Writer, d: Derivation):
         if s.params:
             with w.indent("if PARAM_GRAD:"):
                 for k, p in enumerate(s.params):
-                    w(f"_store_partial(_partials_ptr + {k} * _n_partials, _g * _d_{p.name}, _mask, _pid, _tiles_n, _rows, _cols, _M, _N, CH_AXIS)")
+                    w(f"_store_partial(_partials_ptr + {k} * _n_partials, _g * _d_{p.name}, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)")
     w()
 
 
@@ -356,7 +343,7 @@ def render_module(d: Derivation) -> str:
     w()
     with w.indent("if _rt.HAS_TRITON:"):
         w("from actgen.runtime.triton_lang import libdevice, tl, triton")
-        w("from actgen.runtime.triton_lang import sigmoid as _sigmoid, softplus as _softplus, store_partial as _store_partial")
+        w("from actgen.runtime.triton_lang import sigmoid as _sigmoid, softplus as _softplus, store_partial as _store_partial, tile as _tile")
         w()
         _forward_kernel(w, d)
         _backward_kernel(w, d)

@@ -54,7 +54,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import sigmoid as _sigmoid, softplus as _softplus, store_partial as _store_partial
+    from actgen.runtime.triton_lang import sigmoid as _sigmoid, softplus as _softplus, store_partial as _store_partial, tile as _tile
 
     @triton.jit
     def _forward_kernel(
@@ -62,12 +62,7 @@ if _rt.HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
-        _pid = tl.program_id(0).to(tl.int64)
-        _tiles_n = tl.cdiv(_N, BLOCK_N)
-        _rows = (_pid // _tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
-        _cols = (_pid % _tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
-        _offs = _rows[:, None] * _N + _cols[None, :]
-        _mask = (_rows[:, None] < _M) & (_cols[None, :] < _N)
+        _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = x*x
         _y = tl.where(x != x, x, tl.where(tl.abs(x) < 2.0, x*x*x*(_t0*(_t0*(_t0*(_t0*(4.791233165716352e-14*_t0 + 7.194036598323103e-09) + 3.7056482517962304e-06) + 0.0005353744484179266) + 0.025867369345630217) + 0.3333333333333333)/(_t0*(_t0*(_t0*(_t0*(7.337917330289565e-09*_t0 + 3.910678294848439e-06) + 0.0005904088283950985) + 0.030742204655248132) + 0.4776021080368906) + 1.0), x - libdevice.tanh(x)))
@@ -79,12 +74,7 @@ if _rt.HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr,
     ):
         """grad * df/dinput for every input."""
-        _pid = tl.program_id(0).to(tl.int64)
-        _tiles_n = tl.cdiv(_N, BLOCK_N)
-        _rows = (_pid // _tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
-        _cols = (_pid % _tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
-        _offs = _rows[:, None] * _N + _cols[None, :]
-        _mask = (_rows[:, None] < _M) & (_cols[None, :] < _N)
+        _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _d_x = libdevice.pow(libdevice.tanh(x), 2.0)

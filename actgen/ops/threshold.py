@@ -58,7 +58,7 @@ def _second_derivatives_torch(x, threshold, value):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import sigmoid as _sigmoid, softplus as _softplus, store_partial as _store_partial
+    from actgen.runtime.triton_lang import sigmoid as _sigmoid, softplus as _softplus, store_partial as _store_partial, tile as _tile
 
     @triton.jit
     def _forward_kernel(
@@ -66,12 +66,7 @@ if _rt.HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
-        _pid = tl.program_id(0).to(tl.int64)
-        _tiles_n = tl.cdiv(_N, BLOCK_N)
-        _rows = (_pid // _tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
-        _cols = (_pid % _tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
-        _offs = _rows[:, None] * _N + _cols[None, :]
-        _mask = (_rows[:, None] < _M) & (_cols[None, :] < _N)
+        _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _y = tl.where(x != x, x, tl.where(threshold < x, x, value))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
@@ -82,12 +77,7 @@ if _rt.HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr,
     ):
         """grad * df/dinput for every input."""
-        _pid = tl.program_id(0).to(tl.int64)
-        _tiles_n = tl.cdiv(_N, BLOCK_N)
-        _rows = (_pid // _tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
-        _cols = (_pid % _tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
-        _offs = _rows[:, None] * _N + _cols[None, :]
-        _mask = (_rows[:, None] < _M) & (_cols[None, :] < _N)
+        _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _d_x = tl.where(x != x, x, tl.where(threshold < x, 1.0, 0.0))

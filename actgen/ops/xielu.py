@@ -89,7 +89,7 @@ def _second_derivatives_torch(x, alpha_p, alpha_n, beta, eps):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import sigmoid as _sigmoid, softplus as _softplus, store_partial as _store_partial
+    from actgen.runtime.triton_lang import sigmoid as _sigmoid, softplus as _softplus, store_partial as _store_partial, tile as _tile
 
     @triton.jit
     def _forward_kernel(
@@ -97,12 +97,7 @@ if _rt.HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
-        _pid = tl.program_id(0).to(tl.int64)
-        _tiles_n = tl.cdiv(_N, BLOCK_N)
-        _rows = (_pid // _tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
-        _cols = (_pid % _tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
-        _offs = _rows[:, None] * _N + _cols[None, :]
-        _mask = (_rows[:, None] < _M) & (_cols[None, :] < _N)
+        _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         alpha_p = tl.load(alpha_p_ptr).to(ACC)
         alpha_n = tl.load(alpha_n_ptr).to(ACC)
@@ -116,12 +111,7 @@ if _rt.HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr,
     ):
         """grad * df/dinput for every input; with PARAM_GRAD, per-tile partial sums of grad * df/dparam for every param."""
-        _pid = tl.program_id(0).to(tl.int64)
-        _tiles_n = tl.cdiv(_N, BLOCK_N)
-        _rows = (_pid // _tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
-        _cols = (_pid % _tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
-        _offs = _rows[:, None] * _N + _cols[None, :]
-        _mask = (_rows[:, None] < _M) & (_cols[None, :] < _N)
+        _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         alpha_p = tl.load(alpha_p_ptr).to(ACC)
@@ -134,8 +124,8 @@ if _rt.HAS_TRITON:
         _d_alpha_n = tl.where(x != x, x, tl.where(_t0, 0.0, (-x + libdevice.expm1(_t2))*_sigmoid(alpha_n)))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
         if PARAM_GRAD:
-            _store_partial(_partials_ptr + 0 * _n_partials, _g * _d_alpha_p, _mask, _pid, _tiles_n, _rows, _cols, _M, _N, CH_AXIS)
-            _store_partial(_partials_ptr + 1 * _n_partials, _g * _d_alpha_n, _mask, _pid, _tiles_n, _rows, _cols, _M, _N, CH_AXIS)
+            _store_partial(_partials_ptr + 0 * _n_partials, _g * _d_alpha_p, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)
+            _store_partial(_partials_ptr + 1 * _n_partials, _g * _d_alpha_n, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)
 
 
 _OP = _rt.Activation(

@@ -60,12 +60,34 @@ def softplus(u):
     return tl.maximum(u, 0.0) + libdevice.log1p(libdevice.exp(-tl.abs(u)))
 
 
-__all__ = ["triton", "tl", "libdevice", "sigmoid", "softplus", "store_partial", "INTERPRET"]
+__all__ = ["triton", "tl", "libdevice", "sigmoid", "softplus", "tile", "store_partial", "INTERPRET"]
 
 
 @triton.jit
-def store_partial(ptr, values, mask, pid, tiles_n, rows, cols, M, N, CH_AXIS: tl.constexpr):
+def tile(M, N, C, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr):
+    """This program's BLOCK_M x BLOCK_N tile of the (M, N) matrix the tensor is seen as.
+
+    Returns the element offsets (int64: tensors over 2**31 elements), the bounds mask, each
+    element's channel (its row % C for channels-first, its column for channels-last), and
+    the tile's row and column indices."""
+    pid = tl.program_id(0).to(tl.int64)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    rows = (pid // tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = (pid % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs = rows[:, None] * N + cols[None, :]
+    mask = (rows[:, None] < M) & (cols[None, :] < N)
+    if CH_AXIS == 0:
+        ch = (rows % C)[:, None]
+    else:
+        ch = cols[None, :]
+    return offs, mask, ch, rows, cols
+
+
+@triton.jit
+def store_partial(ptr, values, mask, rows, cols, M, N, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr):
     """One program's partial param-gradient sums: per tile row (CH_AXIS 0) or column (1)."""
+    pid = tl.program_id(0).to(tl.int64)
+    tiles_n = tl.cdiv(N, BLOCK_N)
     v = tl.where(mask, values, 0.0)
     if CH_AXIS == 0:
         tl.store(ptr + (pid % tiles_n) * M + rows, tl.sum(v, axis=1), mask=rows < M)
