@@ -17,9 +17,11 @@ Everything here is pure sympy; printers turn the IR into Triton or torch source.
   Piecewise of the derivatives under the same conditions; DiracDelta (from sign and
   Heaviside) is 0 and sign(0) is 0, so abs'(0) = 0 and Max(x, 0)' at 0 is 0.
 * Guards: a value containing a Piecewise gives NaN when an input is NaN (comparisons are
-  false on NaN, which would otherwise pick a branch); where the limit at +-inf of an input
-  exists and does not depend on params or constants (or is such a limit times a factor free
-  of that input: a gated b * silu(a)), the result at +-inf is that limit.
+  false on NaN, which would otherwise pick a branch); where plain arithmetic would give NaN
+  at an infinite input but the limit there exists, the result is that limit: derived at
+  compile time where it does not depend on params or constants (or is such a limit times a
+  factor free of that input: a gated b * silu(a)), read off at run time where it does
+  (x * sigmoid(beta * x): 0 or -inf by the sign of beta), see LimitAtInf.
 * Fast variants: the same values without the guards, for the eager fallback's CPU path
   when every input is finite (the guards only act on NaN and +-inf inputs); none where a
   condition depends on a branch choice (the fast path's selects are checked through the
@@ -29,6 +31,7 @@ Everything here is pure sympy; printers turn the IR into Triton or torch source.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import combinations_with_replacement
 from typing import Callable, Sequence
@@ -579,13 +582,16 @@ def limit_guard(expr: sympy.Expr, x: sympy.Symbol) -> sympy.Expr:
     return InfGuard(expr, x, as_expr(lo), as_expr(hi))
 
 
-def limit_guards(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
-    """limit_guard for each input, also where the input's factor is one of several.
+def limit_guards(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], samples=None) -> sympy.Expr:
+    """limit_guard for each input, also where the input's factor is one of several, and a
+    run-time limit where the limit depends on params or constants.
 
     expr = h(others) * g(u) with g a function of the input u alone (swiglu's b * a*sigmoid(a))
     becomes h * InfGuard(g, u, ...): g's limit at u = +-inf, times h evaluated at run time, so a
-    NaN in another input still gives NaN.  A limit that depends on params or on another input
-    in any other way is not guarded."""
+    NaN in another input still gives NaN.  Where the limit depends on params or constants in
+    any other way (x * sigmoid(beta*x): 0 or -inf at -inf, by the sign of beta), and plain
+    arithmetic gives NaN at +-inf for their `samples` values (inits, defaults), the value at
+    u = +-inf is read off at run time (runtime_limit)."""
     for u in inputs:
         if u not in expr.free_symbols:
             continue
@@ -593,23 +599,156 @@ def limit_guards(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr
             expr = limit_guard(expr, u)
             continue
         indep, dep = sympy.factor_terms(expr).as_independent(u, as_Add=False)
-        if indep == 1 or dep.free_symbols != {u}:
+        if indep != 1 and dep.free_symbols == {u}:
+            guarded = limit_guard(dep, u)
+            if guarded is not dep:
+                expr = sympy.Mul(indep, guarded)
             continue
-        guarded = limit_guard(dep, u)
-        if guarded is not dep:
-            expr = sympy.Mul(indep, guarded)
+        if samples is not None and _nan_where_limit_exists(expr, u, samples):
+            expr = runtime_limit(expr, u)
     return expr
 
 
+class ProbeAtInf(sympy.Function):
+    """ProbeAtInf(u): u, with +-inf replaced by +-PROBE (a large finite number)."""
+
+
+class LimitAtInf(sympy.Function):
+    """LimitAtInf(value, probed, u): value, except where u is +-inf and value is NaN: there
+    the limit read off `probed` (the same expression at u = +-PROBE): itself if it is below
+    GROWTH in magnitude, else +-inf."""
+
+
+PROBE = 2.0 ** 24       # x**5 stays finite in float32 at the probe; sigmoid(beta * probe)
+GROWTH = 2.0 ** 14      # saturates for |beta| > 1e-6; linear growth is seen for slopes > 1e-3
+
+
+def runtime_limit(expr: sympy.Expr, u: sympy.Symbol) -> sympy.Expr:
+    return LimitAtInf(expr, expr.subs(u, ProbeAtInf(u)), u)
+
+
+def _nan_where_limit_exists(expr, u, samples) -> bool:
+    """Whether, with params and constants at their sample values, IEEE arithmetic at
+    u = +-inf gives NaN (or a wrong value) where the limit exists."""
+    values = {s: float(samples.get(s, 0.75)) for s in expr.free_symbols - {u}}
+    e = expr.subs({s: sympy.Float(v) for s, v in values.items()})
+    for sign in (-1, 1):
+        if e.free_symbols == {u}:
+            lim = _numeric_limit(e, u, sign)
+        else:       # the sample values cancel u out (0.0 * x): the value is the limit
+            lim = float(e) if not e.free_symbols and e.is_extended_real else None
+        if lim is None:
+            continue
+        naive = ieee_value(expr, {**values, u: sign * math.inf})
+        if naive is None or not (naive == lim or (math.isnan(naive) and math.isnan(lim))):
+            return True
+    return False
+
+
+_IEEE_FUNCTIONS: dict = {
+    sympy.exp: math.exp, sympy.log: math.log, log1p: math.log1p, expm1: math.expm1,
+    sympy.sin: math.sin, sympy.cos: math.cos, sympy.tan: math.tan, sympy.tanh: math.tanh,
+    sympy.sinh: math.sinh, sympy.cosh: math.cosh, sympy.atan: math.atan, sympy.asinh: math.asinh,
+    sympy.erf: math.erf, sympy.erfc: math.erfc, sympy.Abs: abs,
+    sigmoid: lambda v: 1 / (1 + math.exp(-v)) if v >= 0 else math.exp(v) / (1 + math.exp(v)),
+    softplus: lambda v: max(v, 0.0) + math.log1p(math.exp(-abs(v))),
+    sympy.sign: lambda v: math.copysign(1.0, v) if v else 0.0 if v == 0 else math.nan,
+}
+
+
+def ieee_value(expr: sympy.Expr, env: dict) -> float | None:
+    """expr evaluated in float64 IEEE arithmetic (inf * 0 = nan, as a kernel computes it);
+    None for what this evaluator does not know."""
+    def ev(e):
+        if e.is_Symbol:
+            return env[e]
+        if e.is_Number or e.is_NumberSymbol:
+            return float(e)
+        f, args = e.func, e.args
+        if f is sympy.Add:
+            vals = [ev(a) for a in args]
+            return math.fsum(vals) if all(math.isfinite(v) for v in vals) else sum(vals)
+        if f is sympy.Mul:
+            out = 1.0
+            for a in args:
+                out *= ev(a)
+            return out
+        if f is sympy.Pow:
+            base, exp = ev(args[0]), ev(args[1])
+            try:
+                return math.pow(base, exp)
+            except OverflowError:
+                return math.inf if base > 0 or float(exp).is_integer() and exp % 2 == 0 else -math.inf
+            except (ValueError, ZeroDivisionError):
+                return math.inf if base == 0 and exp < 0 else math.nan
+        fn = next((_IEEE_FUNCTIONS[c] for c in type(e).__mro__ if c in _IEEE_FUNCTIONS), None)
+        if fn is not None:
+            v = ev(args[0])
+            if math.isnan(v):
+                return v
+            try:
+                return float(fn(v))
+            except OverflowError:
+                return math.inf if f in (sympy.exp, expm1, sympy.cosh) else math.copysign(math.inf, v)
+            except ValueError:
+                if (fn is math.log and v == 0) or (fn is math.log1p and v == -1):
+                    return -math.inf
+                return math.nan if not math.isinf(v) else _ieee_at_inf(f, v)
+        if f is sympy.Piecewise:
+            for value, cond in args:
+                c = ev(cond)
+                if c:
+                    return ev(value)
+            return math.nan
+        if isinstance(e, sympy.core.relational.Relational):
+            a, b = ev(args[0]), ev(args[1])
+            return {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}.get(e.rel_op, False)
+        if f is sympy.And:
+            return all(ev(a) for a in args)
+        if f is sympy.Or:
+            return any(ev(a) for a in args)
+        if f is sympy.Not:
+            return not ev(args[0])
+        if e is sympy.true or e is sympy.false:
+            return bool(e)
+        if f is InfGuard:
+            value, v, lo, hi = args
+            x = ev(v)
+            if x == -math.inf and lo is not sympy.nan:
+                return ev(lo)
+            if x == math.inf and hi is not sympy.nan:
+                return ev(hi)
+            return ev(value)
+        raise _Unknown
+
+    try:
+        return ev(expr)
+    except (_Unknown, KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
+class _Unknown(Exception):
+    pass
+
+
+def _ieee_at_inf(f, v):
+    """A function that math refuses at +-inf: its IEEE value there."""
+    if f in (sympy.sin, sympy.cos, sympy.tan):
+        return math.nan
+    raise _Unknown
+
+
 def strip_guards(expr: sympy.Expr) -> sympy.Expr:
-    """expr without its NanGuard/InfGuard wrappers: the same value wherever the inputs are finite."""
-    return expr.replace(NanGuard, lambda value, *rest: value).replace(InfGuard, lambda value, *rest: value)
+    """expr without its guards: the same value wherever the inputs are finite."""
+    for guard in (NanGuard, InfGuard, LimitAtInf):
+        expr = expr.replace(guard, lambda value, *rest: value)
+    return expr
 
 
 def fast_variant(outputs: Sequence[tuple[str, sympy.Expr]]) -> Block | None:
     """The guard-free block for finite inputs, or None where it would gain nothing (no guard
     and no branch) or a condition depends on a branch choice."""
-    if not any(e.has(NanGuard, InfGuard, sympy.Piecewise) for _, e in outputs):
+    if not any(e.has(NanGuard, InfGuard, LimitAtInf, sympy.Piecewise) for _, e in outputs):
         return None
     stripped = [(n, strip_guards(e)) for n, e in outputs]
     for _, e in stripped:
@@ -678,8 +817,13 @@ def derive(spec: Spec) -> Derivation:
         for a, b in combinations_with_replacement(variables, 2)
     )
 
+    # typical values of params (init) and constants (default) for deciding where a run-time
+    # limit is needed; other inputs take 3/4
+    samples = {sym[p.name]: sympy.Float(p.init) for p in spec.params}
+    samples |= {sym[c.name]: sympy.Float(c.default) for c in spec.constants}
+
     def guarded(e):
-        return nan_guard(limit_guards(e, inputs), inputs)
+        return nan_guard(limit_guards(e, inputs, samples), inputs)
 
     forward_outputs = [("y", guarded(expr))]
     backward_outputs = [(f"d_{n}", guarded(e)) for n, e in first]

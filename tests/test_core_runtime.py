@@ -325,3 +325,22 @@ def test_gated_infinities_give_the_limit_and_keep_nan(backend):
     assert a.grad[:2].tolist() == [0.0, 0.0] and b.grad[:2].tolist() == [0.0, 0.0]
     g = ops.geglu(torch.tensor([-INF]), torch.tensor([5.0]))
     assert g.item() == 0.0
+
+
+def test_limits_that_depend_on_params_are_read_off_at_run_time(backend):
+    """x * sigmoid(beta * x) at -inf is 0 for beta > 0 and -inf for beta < 0; a polynomial
+    with zero leading coefficients is dominated by its highest non-zero term."""
+    x = torch.tensor([-INF, INF, NAN, 2.0], requires_grad=True)
+    y = ops.swish(x, torch.tensor([1.5]))
+    assert y[:2].tolist() == [0.0, INF] and torch.isnan(y[2])
+    assert y[3].item() == pytest.approx(2.0 * torch.sigmoid(torch.tensor(3.0)).item(), rel=1e-6)
+    y = ops.swish(x, torch.tensor([-0.5]))
+    assert y[:2].tolist() == [-INF, 0.0]
+    coeffs = [torch.tensor([v]) for v in (0.25, 0.5, 0.0, 0.0)]
+    xs = x.detach().clone().requires_grad_()
+    p = ops.polynomial(xs, *coeffs)
+    assert p[:2].tolist() == [-INF, INF] and torch.isnan(p[2])
+    p[:2].sum().backward()
+    assert xs.grad[:2].tolist() == [0.5, 0.5]                   # f' = a1 where a2 = a3 = 0
+    cubic = ops.polynomial(x.detach(), *[torch.tensor([v]) for v in (0.0, 0.0, 0.0, -2.0)])
+    assert cubic[:2].tolist() == [INF, -INF]

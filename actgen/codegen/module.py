@@ -11,6 +11,8 @@ from .writer import Writer, escape_docstring
 
 from ..version import COMPILER_VERSION
 TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
+# the @triton.jit helpers of actgen.runtime.triton_lang a kernel may call (imported as _name)
+KERNEL_HELPERS = ("tile", "store_partial", "sigmoid", "softplus", "probe_at_inf", "limit_at_inf")
 
 
 def op_key(d: Derivation) -> str:
@@ -342,11 +344,16 @@ def render_module(d: Derivation) -> str:
     w("# ---- Triton kernels: one forward, one backward (param gradients included) ----")
     w()
     with w.indent("if _rt.HAS_TRITON:"):
+        kernels = Writer()
+        _forward_kernel(kernels, d)
+        _backward_kernel(kernels, d)
+        source = "\n".join(kernels.lines)
         w("from actgen.runtime.triton_lang import libdevice, tl, triton")
-        w("from actgen.runtime.triton_lang import sigmoid as _sigmoid, softplus as _softplus, store_partial as _store_partial, tile as _tile")
+        helpers = [h for h in KERNEL_HELPERS if f"_{h}(" in source]
+        w(f"from actgen.runtime.triton_lang import {', '.join(f'{h} as _{h}' for h in helpers)}")
         w()
-        _forward_kernel(w, d)
-        _backward_kernel(w, d)
+        for line in kernels.lines:
+            w(line)
     w()
     params = ", ".join(f"({p.name!r}, {p.per_channel})" for p in s.params)
     w("_OP = _rt.Activation(")

@@ -48,11 +48,17 @@ def _derivatives_torch(x, w0, w1, w2):
     _t7 = torch.where(_t5, x, 0.0)
     _t8 = _t2*x
     _t9 = torch.tanh(x)
-    _t10 = (_t0*_t7 + _t1*_t9 + _t8)/(_t3*_t3)
+    _t10 = _t0*_t7 + _t1*_t9 + _t8
+    _t11 = 1.0/(_t3*_t3)
+    _t12 = _t0*_t11
+    _t13 = _rt.probe_at_inf(x)
+    _t14 = torch.where(_t13 > 0.0, _t13, 0.0)
+    _t15 = _t0*_t14 + _t1*torch.tanh(_t13) + _t13*_t2
+    _t16 = _t10*_t11
     _d_x = torch.where(torch.isnan(x), x, _t4*(_t0*torch.where(_t5, x.new_full((), 1.0), 0.0) + _t2 + 4.0*torch.exp(_t6 + w1)/(torch.exp(_t6) + 1.0)**2.0))
-    _d_w0 = torch.where(torch.isnan(x), x, -(_t0*_t10) + _t0*_t4*_t7)
-    _d_w1 = torch.where(torch.isnan(x), x, -(_t1*_t10) + _t1*_t4*_t9)
-    _d_w2 = torch.where(torch.isnan(x), x, -(_t10*_t2) + _t4*_t8)
+    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*_t4*_t7 - _t10*_t12, _t0*_t14*_t4 - _t12*_t15, x))
+    _d_w1 = torch.where(torch.isnan(x), x, -(_t1*_t16) + _t1*_t4*_t9)
+    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(-(_t16*_t2) + _t4*_t8, -(_t11*_t15*_t2) + _t13*_t2*_t4, x))
     return (_d_x, _d_w0, _d_w1, _d_w2,)
 
 
@@ -140,7 +146,7 @@ def _second_derivatives_torch(x, w0, w1, w2):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import sigmoid as _sigmoid, softplus as _softplus, store_partial as _store_partial, tile as _tile
+    from actgen.runtime.triton_lang import tile as _tile, store_partial as _store_partial, probe_at_inf as _probe_at_inf, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -181,11 +187,17 @@ if _rt.HAS_TRITON:
         _t7 = tl.where(_t5, x, 0.0)
         _t8 = _t2*x
         _t9 = libdevice.tanh(x)
-        _t10 = (_t0*_t7 + _t1*_t9 + _t8)/(_t3*_t3)
+        _t10 = _t0*_t7 + _t1*_t9 + _t8
+        _t11 = 1.0/(_t3*_t3)
+        _t12 = _t0*_t11
+        _t13 = _probe_at_inf(x)
+        _t14 = tl.where(_t13 > 0.0, _t13, 0.0)
+        _t15 = _t0*_t14 + _t1*libdevice.tanh(_t13) + _t13*_t2
+        _t16 = _t10*_t11
         _d_x = tl.where(x != x, x, _t4*(_t0*tl.where(_t5, 1.0, 0.0) + _t2 + 4.0*libdevice.exp(_t6 + w1)/libdevice.pow(libdevice.exp(_t6) + 1.0, 2.0)))
-        _d_w0 = tl.where(x != x, x, -(_t0*_t10) + _t0*_t4*_t7)
-        _d_w1 = tl.where(x != x, x, -(_t1*_t10) + _t1*_t4*_t9)
-        _d_w2 = tl.where(x != x, x, -(_t10*_t2) + _t4*_t8)
+        _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*_t4*_t7 - _t10*_t12, _t0*_t14*_t4 - _t12*_t15, x))
+        _d_w1 = tl.where(x != x, x, -(_t1*_t16) + _t1*_t4*_t9)
+        _d_w2 = tl.where(x != x, x, _limit_at_inf(-(_t16*_t2) + _t4*_t8, -(_t11*_t15*_t2) + _t13*_t2*_t4, x))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
         if PARAM_GRAD:
             _store_partial(_partials_ptr + 0 * _n_partials, _g * _d_w0, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)

@@ -53,12 +53,18 @@ def _derivatives_torch(x, w0, w1, w2, w3):
     _t10 = torch.where(_t8, x, 0.0)
     _t11 = _t2*x
     _t12 = torch.tanh(x)
-    _t13 = (_t0*_t10 + _t1*_t12 + _t11 + _t7)/(_t4*_t4)
+    _t13 = _t0*_t10 + _t1*_t12 + _t11 + _t7
+    _t14 = 1.0/(_t4*_t4)
+    _t15 = _t0*_t14
+    _t16 = _rt.probe_at_inf(x)
+    _t17 = torch.where(_t16 > 0.0, _t16, 0.0)
+    _t18 = _t0*_t17 + _t1*torch.tanh(_t16) + _t16*_t2 + _t3*torch.sigmoid(_t16)
+    _t19 = _t13*_t14
     _d_x = torch.where(torch.isnan(x), x, _t5*(_t0*torch.where(_t8, x.new_full((), 1.0), 0.0) + _t2 + _t7*torch.sigmoid(-x) + 4.0*torch.exp(_t9 + w1)/(torch.exp(_t9) + 1.0)**2.0))
-    _d_w0 = torch.where(torch.isnan(x), x, _t0*_t10*_t5 - _t0*_t13)
-    _d_w1 = torch.where(torch.isnan(x), x, _t1*_t12*_t5 - _t1*_t13)
-    _d_w2 = torch.where(torch.isnan(x), x, _t11*_t5 - _t13*_t2)
-    _d_w3 = torch.where(torch.isnan(x), x, -(_t13*_t3) + _t3*_t5*_t6)
+    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*_t10*_t5 - _t13*_t15, _t0*_t17*_t5 - _t15*_t18, x))
+    _d_w1 = torch.where(torch.isnan(x), x, _t1*_t12*_t5 - _t1*_t19)
+    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t11*_t5 - _t19*_t2, -(_t14*_t18*_t2) + _t16*_t2*_t5, x))
+    _d_w3 = torch.where(torch.isnan(x), x, -(_t19*_t3) + _t3*_t5*_t6)
     return (_d_x, _d_w0, _d_w1, _d_w2, _d_w3,)
 
 
@@ -168,7 +174,7 @@ def _second_derivatives_torch(x, w0, w1, w2, w3):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import sigmoid as _sigmoid, softplus as _softplus, store_partial as _store_partial, tile as _tile
+    from actgen.runtime.triton_lang import tile as _tile, store_partial as _store_partial, sigmoid as _sigmoid, probe_at_inf as _probe_at_inf, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -215,12 +221,18 @@ if _rt.HAS_TRITON:
         _t10 = tl.where(_t8, x, 0.0)
         _t11 = _t2*x
         _t12 = libdevice.tanh(x)
-        _t13 = (_t0*_t10 + _t1*_t12 + _t11 + _t7)/(_t4*_t4)
+        _t13 = _t0*_t10 + _t1*_t12 + _t11 + _t7
+        _t14 = 1.0/(_t4*_t4)
+        _t15 = _t0*_t14
+        _t16 = _probe_at_inf(x)
+        _t17 = tl.where(_t16 > 0.0, _t16, 0.0)
+        _t18 = _t0*_t17 + _t1*libdevice.tanh(_t16) + _t16*_t2 + _t3*_sigmoid(_t16)
+        _t19 = _t13*_t14
         _d_x = tl.where(x != x, x, _t5*(_t0*tl.where(_t8, 1.0, 0.0) + _t2 + _t7*_sigmoid(-x) + 4.0*libdevice.exp(_t9 + w1)/libdevice.pow(libdevice.exp(_t9) + 1.0, 2.0)))
-        _d_w0 = tl.where(x != x, x, _t0*_t10*_t5 - _t0*_t13)
-        _d_w1 = tl.where(x != x, x, _t1*_t12*_t5 - _t1*_t13)
-        _d_w2 = tl.where(x != x, x, _t11*_t5 - _t13*_t2)
-        _d_w3 = tl.where(x != x, x, -(_t13*_t3) + _t3*_t5*_t6)
+        _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*_t10*_t5 - _t13*_t15, _t0*_t17*_t5 - _t15*_t18, x))
+        _d_w1 = tl.where(x != x, x, _t1*_t12*_t5 - _t1*_t19)
+        _d_w2 = tl.where(x != x, x, _limit_at_inf(_t11*_t5 - _t19*_t2, -(_t14*_t18*_t2) + _t16*_t2*_t5, x))
+        _d_w3 = tl.where(x != x, x, -(_t19*_t3) + _t3*_t5*_t6)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
         if PARAM_GRAD:
             _store_partial(_partials_ptr + 0 * _n_partials, _g * _d_w0, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)

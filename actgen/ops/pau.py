@@ -38,7 +38,13 @@ def _forward_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     """f, elementwise; params broadcast against the input."""
     _t0 = x*x
     _t1 = x*x*x*x
-    _y = (_t0*a2 + _t1*a4 + a0 + a1*x + a3*x*x*x + a5*x**5.0)/(_t0*torch.abs(b2) + _t0*torch.abs(b3)*torch.abs(x) + _t1*torch.abs(b4) + torch.abs(b1*x) + 1.0)
+    _t2 = torch.abs(b2)
+    _t3 = torch.abs(b4)
+    _t4 = torch.abs(b3)
+    _t5 = _rt.probe_at_inf(x)
+    _t6 = _t5*_t5
+    _t7 = _t5*_t5*_t5*_t5
+    _y = _rt.limit_at_inf((_t0*a2 + _t1*a4 + a0 + a1*x + a3*x*x*x + a5*x**5.0)/(_t0*_t2 + _t0*_t4*torch.abs(x) + _t1*_t3 + torch.abs(b1*x) + 1.0), (_t5**5.0*a5 + _t5*_t5*_t5*a3 + _t5*a1 + _t6*a2 + _t7*a4 + a0)/(_t2*_t6 + _t3*_t7 + _t4*_t6*torch.abs(_t5) + torch.abs(_t5*b1) + 1.0), x)
     return _y
 
 
@@ -46,32 +52,58 @@ def _derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     """df/dx, df/da0, df/da1, df/da2, df/da3, df/da4, df/da5, df/db1, df/db2, df/db3, df/db4."""
     _t0 = 2.0*x
     _t1 = x*x
-    _t2 = x*x*x
-    _t3 = 4.0*_t2
-    _t4 = x*x*x*x
-    _t5 = b1*x
-    _t6 = torch.abs(b2)
-    _t7 = torch.abs(b4)
-    _t8 = torch.abs(x)
-    _t9 = _t8*torch.abs(b3)
-    _t10 = _t1*_t6 + _t1*_t9 + _t4*_t7 + torch.abs(_t5) + 1.0
-    _t11 = 1.0/_t10
-    _t12 = torch.where(_t5 > 0.0, 1.0, torch.where(_t5 < 0.0, x.new_full((), -1.0), 0.0))
-    _t13 = x**5.0
-    _t14 = (_t1*a2 + _t13*a5 + _t2*a3 + _t4*a4 + a0 + a1*x)/(_t10*_t10)
-    _t15 = _t1*_t14
-    _d_x = torch.where(torch.isnan(x), x, _t11*(_t0*a2 + 3.0*_t1*a3 + _t3*a4 + 5.0*_t4*a5 + a1) + _t14*(-(_t0*_t6) - _t12*b1 - _t3*_t7 - 3.0*_t9*x))
-    _d_a0 = _t11
-    _d_a1 = _t11*x
-    _d_a2 = _t1*_t11
-    _d_a3 = _t11*_t2
-    _d_a4 = _t11*_t4
-    _d_a5 = _t11*_t13
-    _d_b1 = torch.where(torch.isnan(x), x, -(_t12*_t14*x))
-    _d_b2 = torch.where(torch.isnan(x), x, -(_t15*torch.where(b2 > 0.0, 1.0, torch.where(b2 < 0.0, x.new_full((), -1.0), 0.0))))
-    _d_b3 = torch.where(torch.isnan(x), x, -(_t15*_t8*torch.where(b3 > 0.0, 1.0, torch.where(b3 < 0.0, x.new_full((), -1.0), 0.0))))
-    _d_b4 = torch.where(torch.isnan(x), x, -(_t14*_t4*torch.where(b4 > 0.0, 1.0, torch.where(b4 < 0.0, x.new_full((), -1.0), 0.0))))
+    _t2 = 3.0*a3
+    _t3 = x*x*x
+    _t4 = 4.0*_t3
+    _t5 = x*x*x*x
+    _t6 = 5.0*a5
+    _t7 = b1*x
+    _t8 = torch.abs(b2)
+    _t9 = torch.abs(b4)
+    _t10 = torch.abs(b3)
+    _t11 = torch.abs(x)
+    _t12 = _t10*_t11
+    _t13 = _t1*_t12 + _t1*_t8 + _t5*_t9 + torch.abs(_t7) + 1.0
+    _t14 = 1.0/_t13
+    _t15 = torch.where(_t7 > 0.0, 1.0, torch.where(_t7 < 0.0, x.new_full((), -1.0), 0.0))
+    _t16 = x**5.0
+    _t17 = (_t1*a2 + _t16*a5 + _t3*a3 + _t5*a4 + a0 + a1*x)/(_t13*_t13)
+    _t18 = _rt.probe_at_inf(x)
+    _t19 = 2.0*_t18
+    _t20 = _t18*_t18
+    _t21 = _t18*_t18*_t18
+    _t22 = 4.0*_t21
+    _t23 = _t18*_t18*_t18*_t18
+    _t24 = _t18*b1
+    _t25 = _t10*torch.abs(_t18)
+    _t26 = _t20*_t25 + _t20*_t8 + _t23*_t9 + torch.abs(_t24) + 1.0
+    _t27 = 1.0/_t26
+    _t28 = torch.where(_t24 > 0.0, 1.0, torch.where(_t24 < 0.0, x.new_full((), -1.0), 0.0))
+    _t29 = _t18**5.0
+    _t30 = (_t18*a1 + _t20*a2 + _t21*a3 + _t23*a4 + _t29*a5 + a0)/(_t26*_t26)
+    _t31 = torch.where(b2 > 0.0, 1.0, torch.where(b2 < 0.0, x.new_full((), -1.0), 0.0))
+    _t32 = _t1*_t17
+    _t33 = torch.where(b4 > 0.0, 1.0, torch.where(b4 < 0.0, x.new_full((), -1.0), 0.0))
+    _d_x = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t14*(_t0*a2 + _t1*_t2 + _t4*a4 + _t5*_t6 + a1) + _t17*(-(_t0*_t8) - 3.0*_t12*x - _t15*b1 - _t4*_t9), _t27*(_t19*a2 + _t2*_t20 + _t22*a4 + _t23*_t6 + a1) + _t30*(-(3.0*_t18*_t25) - _t19*_t8 - _t22*_t9 - _t28*b1), x))
+    _d_a0 = _t14
+    _d_a1 = _rt.limit_at_inf(_t14*x, _t18*_t27, x)
+    _d_a2 = _rt.limit_at_inf(_t1*_t14, _t20*_t27, x)
+    _d_a3 = _rt.limit_at_inf(_t14*_t3, _t21*_t27, x)
+    _d_a4 = _rt.limit_at_inf(_t14*_t5, _t23*_t27, x)
+    _d_a5 = _rt.limit_at_inf(_t14*_t16, _t27*_t29, x)
+    _d_b1 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(-(_t15*_t17*x), -(_t18*_t28*_t30), x))
+    _d_b2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(-(_t31*_t32), -(_t20*_t30*_t31), x))
+    _d_b3 = torch.where(torch.isnan(x), x, -(_t11*_t32*torch.where(b3 > 0.0, 1.0, torch.where(b3 < 0.0, x.new_full((), -1.0), 0.0))))
+    _d_b4 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(-(_t17*_t33*_t5), -(_t23*_t30*_t33), x))
     return (_d_x, _d_a0, _d_a1, _d_a2, _d_a3, _d_a4, _d_a5, _d_b1, _d_b2, _d_b3, _d_b4,)
+
+
+def _forward_torch_fast(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
+    """f for finite inputs (CPU): no NaN/inf guards."""
+    _t0 = x*x
+    _t1 = x*x*x*x
+    _y = (_t0*a2 + _t1*a4 + a0 + a1*x + a3*x*x*x + a5*x**5.0)/(_t0*torch.abs(b2) + _t0*torch.abs(b3)*torch.abs(x) + _t1*torch.abs(b4) + torch.abs(b1*x) + 1.0)
+    return _y
 
 
 def _derivatives_torch_fast(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
@@ -246,7 +278,7 @@ def _second_derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import sigmoid as _sigmoid, softplus as _softplus, store_partial as _store_partial, tile as _tile
+    from actgen.runtime.triton_lang import tile as _tile, store_partial as _store_partial, probe_at_inf as _probe_at_inf, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -268,7 +300,13 @@ if _rt.HAS_TRITON:
         b4 = tl.load(b4_ptr).to(ACC)
         _t0 = x*x
         _t1 = x*x*x*x
-        _y = (_t0*a2 + _t1*a4 + a0 + a1*x + a3*x*x*x + a5*libdevice.pow(x, 5.0))/(_t0*tl.abs(b2) + _t0*tl.abs(b3)*tl.abs(x) + _t1*tl.abs(b4) + tl.abs(b1*x) + 1.0)
+        _t2 = tl.abs(b2)
+        _t3 = tl.abs(b4)
+        _t4 = tl.abs(b3)
+        _t5 = _probe_at_inf(x)
+        _t6 = _t5*_t5
+        _t7 = _t5*_t5*_t5*_t5
+        _y = _limit_at_inf((_t0*a2 + _t1*a4 + a0 + a1*x + a3*x*x*x + a5*libdevice.pow(x, 5.0))/(_t0*_t2 + _t0*_t4*tl.abs(x) + _t1*_t3 + tl.abs(b1*x) + 1.0), (libdevice.pow(_t5, 5.0)*a5 + _t5*_t5*_t5*a3 + _t5*a1 + _t6*a2 + _t7*a4 + a0)/(_t2*_t6 + _t3*_t7 + _t4*_t6*tl.abs(_t5) + tl.abs(_t5*b1) + 1.0), x)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -292,31 +330,49 @@ if _rt.HAS_TRITON:
         b4 = tl.load(b4_ptr).to(ACC)
         _t0 = 2.0*x
         _t1 = x*x
-        _t2 = x*x*x
-        _t3 = 4.0*_t2
-        _t4 = x*x*x*x
-        _t5 = b1*x
-        _t6 = tl.abs(b2)
-        _t7 = tl.abs(b4)
-        _t8 = tl.abs(x)
-        _t9 = _t8*tl.abs(b3)
-        _t10 = _t1*_t6 + _t1*_t9 + _t4*_t7 + tl.abs(_t5) + 1.0
-        _t11 = 1.0/_t10
-        _t12 = tl.where(_t5 > 0.0, 1.0, tl.where(_t5 < 0.0, -1.0, 0.0))
-        _t13 = libdevice.pow(x, 5.0)
-        _t14 = (_t1*a2 + _t13*a5 + _t2*a3 + _t4*a4 + a0 + a1*x)/(_t10*_t10)
-        _t15 = _t1*_t14
-        _d_x = tl.where(x != x, x, _t11*(_t0*a2 + 3.0*_t1*a3 + _t3*a4 + 5.0*_t4*a5 + a1) + _t14*(-(_t0*_t6) - _t12*b1 - _t3*_t7 - 3.0*_t9*x))
-        _d_a0 = _t11
-        _d_a1 = _t11*x
-        _d_a2 = _t1*_t11
-        _d_a3 = _t11*_t2
-        _d_a4 = _t11*_t4
-        _d_a5 = _t11*_t13
-        _d_b1 = tl.where(x != x, x, -(_t12*_t14*x))
-        _d_b2 = tl.where(x != x, x, -(_t15*tl.where(b2 > 0.0, 1.0, tl.where(b2 < 0.0, -1.0, 0.0))))
-        _d_b3 = tl.where(x != x, x, -(_t15*_t8*tl.where(b3 > 0.0, 1.0, tl.where(b3 < 0.0, -1.0, 0.0))))
-        _d_b4 = tl.where(x != x, x, -(_t14*_t4*tl.where(b4 > 0.0, 1.0, tl.where(b4 < 0.0, -1.0, 0.0))))
+        _t2 = 3.0*a3
+        _t3 = x*x*x
+        _t4 = 4.0*_t3
+        _t5 = x*x*x*x
+        _t6 = 5.0*a5
+        _t7 = b1*x
+        _t8 = tl.abs(b2)
+        _t9 = tl.abs(b4)
+        _t10 = tl.abs(b3)
+        _t11 = tl.abs(x)
+        _t12 = _t10*_t11
+        _t13 = _t1*_t12 + _t1*_t8 + _t5*_t9 + tl.abs(_t7) + 1.0
+        _t14 = 1.0/_t13
+        _t15 = tl.where(_t7 > 0.0, 1.0, tl.where(_t7 < 0.0, -1.0, 0.0))
+        _t16 = libdevice.pow(x, 5.0)
+        _t17 = (_t1*a2 + _t16*a5 + _t3*a3 + _t5*a4 + a0 + a1*x)/(_t13*_t13)
+        _t18 = _probe_at_inf(x)
+        _t19 = 2.0*_t18
+        _t20 = _t18*_t18
+        _t21 = _t18*_t18*_t18
+        _t22 = 4.0*_t21
+        _t23 = _t18*_t18*_t18*_t18
+        _t24 = _t18*b1
+        _t25 = _t10*tl.abs(_t18)
+        _t26 = _t20*_t25 + _t20*_t8 + _t23*_t9 + tl.abs(_t24) + 1.0
+        _t27 = 1.0/_t26
+        _t28 = tl.where(_t24 > 0.0, 1.0, tl.where(_t24 < 0.0, -1.0, 0.0))
+        _t29 = libdevice.pow(_t18, 5.0)
+        _t30 = (_t18*a1 + _t20*a2 + _t21*a3 + _t23*a4 + _t29*a5 + a0)/(_t26*_t26)
+        _t31 = tl.where(b2 > 0.0, 1.0, tl.where(b2 < 0.0, -1.0, 0.0))
+        _t32 = _t1*_t17
+        _t33 = tl.where(b4 > 0.0, 1.0, tl.where(b4 < 0.0, -1.0, 0.0))
+        _d_x = tl.where(x != x, x, _limit_at_inf(_t14*(_t0*a2 + _t1*_t2 + _t4*a4 + _t5*_t6 + a1) + _t17*(-(_t0*_t8) - 3.0*_t12*x - _t15*b1 - _t4*_t9), _t27*(_t19*a2 + _t2*_t20 + _t22*a4 + _t23*_t6 + a1) + _t30*(-(3.0*_t18*_t25) - _t19*_t8 - _t22*_t9 - _t28*b1), x))
+        _d_a0 = _t14
+        _d_a1 = _limit_at_inf(_t14*x, _t18*_t27, x)
+        _d_a2 = _limit_at_inf(_t1*_t14, _t20*_t27, x)
+        _d_a3 = _limit_at_inf(_t14*_t3, _t21*_t27, x)
+        _d_a4 = _limit_at_inf(_t14*_t5, _t23*_t27, x)
+        _d_a5 = _limit_at_inf(_t14*_t16, _t27*_t29, x)
+        _d_b1 = tl.where(x != x, x, _limit_at_inf(-(_t15*_t17*x), -(_t18*_t28*_t30), x))
+        _d_b2 = tl.where(x != x, x, _limit_at_inf(-(_t31*_t32), -(_t20*_t30*_t31), x))
+        _d_b3 = tl.where(x != x, x, -(_t11*_t32*tl.where(b3 > 0.0, 1.0, tl.where(b3 < 0.0, -1.0, 0.0))))
+        _d_b4 = tl.where(x != x, x, _limit_at_inf(-(_t17*_t33*_t5), -(_t23*_t30*_t33), x))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
         if PARAM_GRAD:
             _store_partial(_partials_ptr + 0 * _n_partials, _g * _d_a0, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)
@@ -340,7 +396,7 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
-    forward_torch_fast=None,
+    forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

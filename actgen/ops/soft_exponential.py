@@ -28,7 +28,10 @@ SPEC_SHA256 = '5890dabc1dc67d46aa40be0c9acda9582990b4f0c4033dc410b022e76fb304a4'
 def _forward_torch(x, alpha):
     """f, elementwise; params broadcast against the input."""
     _t0 = 1.0/alpha
-    _y = torch.where(torch.isnan(x), x, torch.where(alpha < 0.0, -(_t0*torch.log1p(-(alpha*(alpha + x)))), torch.where(alpha > 0.0, _t0*torch.expm1(alpha*x) + alpha, alpha*(x*x/2.0 + 1.0) + x)))
+    _t1 = alpha < 0.0
+    _t2 = alpha > 0.0
+    _t3 = _rt.probe_at_inf(x)
+    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha + x)))), torch.where(_t2, _t0*torch.expm1(alpha*x) + alpha, alpha*(x*x/2.0 + 1.0) + x)), torch.where(_t1, -(_t0*torch.log1p(-(alpha*(_t3 + alpha)))), torch.where(_t2, _t0*torch.expm1(_t3*alpha) + alpha, _t3 + alpha*(_t3*_t3/2.0 + 1.0))), x))
     return _y
 
 
@@ -40,10 +43,12 @@ def _derivatives_torch(x, alpha):
     _t3 = alpha*x
     _t4 = torch.exp(_t3)
     _t5 = alpha > 0.0
-    _t6 = 1.0/(alpha*alpha)
-    _t7 = 1.0/alpha
-    _d_x = torch.where(torch.isnan(x), x, torch.where(_t2, _t1, torch.where(_t5, _t4, _t3 + 1.0)))
-    _d_alpha = torch.where(torch.isnan(x), x, torch.where(_t2, -(_t1*_t7*(-(2.0*alpha) - x)) + _t6*torch.log1p(-_t0), torch.where(_t5, _t4*_t7*x - _t6*torch.expm1(_t3) + 1.0, x*x/2.0 + 1.0)))
+    _t6 = _rt.probe_at_inf(x)
+    _t7 = _t6*alpha
+    _t8 = 1.0/(alpha*alpha)
+    _t9 = 1.0/alpha
+    _d_x = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(_t2, _t1, torch.where(_t5, _t4, _t3 + 1.0)), torch.where(_t2, 1.0/(-(alpha*(_t6 + alpha)) + 1.0), torch.where(_t5, torch.exp(_t7), _t7 + 1.0)), x))
+    _d_alpha = torch.where(torch.isnan(x), x, torch.where(_t2, -(_t1*_t9*(-(2.0*alpha) - x)) + _t8*torch.log1p(-_t0), torch.where(_t5, _t4*_t9*x - _t8*torch.expm1(_t3) + 1.0, x*x/2.0 + 1.0)))
     return (_d_x, _d_alpha,)
 
 
@@ -99,7 +104,7 @@ def _second_derivatives_torch(x, alpha):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import sigmoid as _sigmoid, softplus as _softplus, store_partial as _store_partial, tile as _tile
+    from actgen.runtime.triton_lang import tile as _tile, store_partial as _store_partial, probe_at_inf as _probe_at_inf, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -111,7 +116,10 @@ if _rt.HAS_TRITON:
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         alpha = tl.load(alpha_ptr).to(ACC)
         _t0 = 1.0/alpha
-        _y = tl.where(x != x, x, tl.where(alpha < 0.0, -(_t0*libdevice.log1p(-(alpha*(alpha + x)))), tl.where(alpha > 0.0, _t0*libdevice.expm1(alpha*x) + alpha, alpha*(x*x/2.0 + 1.0) + x)))
+        _t1 = alpha < 0.0
+        _t2 = alpha > 0.0
+        _t3 = _probe_at_inf(x)
+        _y = tl.where(x != x, x, _limit_at_inf(tl.where(_t1, -(_t0*libdevice.log1p(-(alpha*(alpha + x)))), tl.where(_t2, _t0*libdevice.expm1(alpha*x) + alpha, alpha*(x*x/2.0 + 1.0) + x)), tl.where(_t1, -(_t0*libdevice.log1p(-(alpha*(_t3 + alpha)))), tl.where(_t2, _t0*libdevice.expm1(_t3*alpha) + alpha, _t3 + alpha*(_t3*_t3/2.0 + 1.0))), x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -130,10 +138,12 @@ if _rt.HAS_TRITON:
         _t3 = alpha*x
         _t4 = libdevice.exp(_t3)
         _t5 = alpha > 0.0
-        _t6 = 1.0/(alpha*alpha)
-        _t7 = 1.0/alpha
-        _d_x = tl.where(x != x, x, tl.where(_t2, _t1, tl.where(_t5, _t4, _t3 + 1.0)))
-        _d_alpha = tl.where(x != x, x, tl.where(_t2, -(_t1*_t7*(-(2.0*alpha) - x)) + _t6*libdevice.log1p(-_t0), tl.where(_t5, _t4*_t7*x - _t6*libdevice.expm1(_t3) + 1.0, x*x/2.0 + 1.0)))
+        _t6 = _probe_at_inf(x)
+        _t7 = _t6*alpha
+        _t8 = 1.0/(alpha*alpha)
+        _t9 = 1.0/alpha
+        _d_x = tl.where(x != x, x, _limit_at_inf(tl.where(_t2, _t1, tl.where(_t5, _t4, _t3 + 1.0)), tl.where(_t2, 1.0/(-(alpha*(_t6 + alpha)) + 1.0), tl.where(_t5, libdevice.exp(_t7), _t7 + 1.0)), x))
+        _d_alpha = tl.where(x != x, x, tl.where(_t2, -(_t1*_t9*(-(2.0*alpha) - x)) + _t8*libdevice.log1p(-_t0), tl.where(_t5, _t4*_t9*x - _t8*libdevice.expm1(_t3) + 1.0, x*x/2.0 + 1.0)))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
         if PARAM_GRAD:
             _store_partial(_partials_ptr + 0 * _n_partials, _g * _d_alpha, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)

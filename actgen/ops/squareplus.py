@@ -27,7 +27,10 @@ SPEC_SHA256 = '171f7fe1b797e34827a6af25363a4db7bedde3b6fa963eaca77c37854e954d4f'
 def _forward_torch(x, b):
     """f, elementwise; params broadcast against the input."""
     _t0 = torch.sqrt(b + x*x)
-    _y = torch.where(torch.isnan(x), x, torch.where(x < 0.0, b/(2.0*(_t0 - x)), (_t0 + x)/2.0))
+    _t1 = b/2.0
+    _t2 = _rt.probe_at_inf(x)
+    _t3 = torch.sqrt(_t2*_t2 + b)
+    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(x < 0.0, _t1/(_t0 - x), (_t0 + x)/2.0), torch.where(_t2 < 0.0, _t1/(-_t2 + _t3), (_t2 + _t3)/2.0), x))
     return _y
 
 
@@ -35,7 +38,11 @@ def _derivatives_torch(x, b):
     """df/dx."""
     _t0 = torch.sqrt(b + x*x)
     _t1 = x/_t0
-    _d_x = torch.where(torch.isnan(x), x, torch.where(x < 0.0, -(b*(_t1 - 1.0)/(2.0*(_t0 - x)**2.0)), (_t1 + 1.0)/2.0))
+    _t2 = b/2.0
+    _t3 = _rt.probe_at_inf(x)
+    _t4 = torch.sqrt(_t3*_t3 + b)
+    _t5 = _t3/_t4
+    _d_x = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(x < 0.0, -(_t2*(_t1 - 1.0)/(_t0 - x)**2.0), (_t1 + 1.0)/2.0), torch.where(_t3 < 0.0, -(_t2*(_t5 - 1.0)/(-_t3 + _t4)**2.0), (_t5 + 1.0)/2.0), x))
     return (_d_x,)
 
 
@@ -74,7 +81,7 @@ def _second_derivatives_torch(x, b):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import sigmoid as _sigmoid, softplus as _softplus, store_partial as _store_partial, tile as _tile
+    from actgen.runtime.triton_lang import tile as _tile, probe_at_inf as _probe_at_inf, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -85,7 +92,10 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = libdevice.sqrt(b + x*x)
-        _y = tl.where(x != x, x, tl.where(x < 0.0, b/(2.0*(_t0 - x)), (_t0 + x)/2.0))
+        _t1 = b/2.0
+        _t2 = _probe_at_inf(x)
+        _t3 = libdevice.sqrt(_t2*_t2 + b)
+        _y = tl.where(x != x, x, _limit_at_inf(tl.where(x < 0.0, _t1/(_t0 - x), (_t0 + x)/2.0), tl.where(_t2 < 0.0, _t1/(-_t2 + _t3), (_t2 + _t3)/2.0), x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -99,7 +109,11 @@ if _rt.HAS_TRITON:
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = libdevice.sqrt(b + x*x)
         _t1 = x/_t0
-        _d_x = tl.where(x != x, x, tl.where(x < 0.0, -(b*(_t1 - 1.0)/(2.0*libdevice.pow(_t0 - x, 2.0))), (_t1 + 1.0)/2.0))
+        _t2 = b/2.0
+        _t3 = _probe_at_inf(x)
+        _t4 = libdevice.sqrt(_t3*_t3 + b)
+        _t5 = _t3/_t4
+        _d_x = tl.where(x != x, x, _limit_at_inf(tl.where(x < 0.0, -(_t2*(_t1 - 1.0)/libdevice.pow(_t0 - x, 2.0)), (_t1 + 1.0)/2.0), tl.where(_t3 < 0.0, -(_t2*(_t5 - 1.0)/libdevice.pow(-_t3 + _t4, 2.0)), (_t5 + 1.0)/2.0), x))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 

@@ -73,7 +73,7 @@ def _second_derivatives_torch(x, scale, bias):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import sigmoid as _sigmoid, softplus as _softplus, store_partial as _store_partial, tile as _tile
+    from actgen.runtime.triton_lang import tile as _tile, store_partial as _store_partial
 
     @triton.jit
     def _forward_kernel(

@@ -27,12 +27,33 @@ SPEC_SHA256 = '2375b8db0c12ec3da7021102f9ed4f8123ef7b6c7a2bf5a970c787ad94993867'
 
 def _forward_torch(x, beta):
     """f, elementwise; params broadcast against the input."""
-    _y = x*torch.sigmoid(beta*x)
+    _t0 = _rt.probe_at_inf(x)
+    _y = _rt.limit_at_inf(x*torch.sigmoid(beta*x), _t0*torch.sigmoid(_t0*beta), x)
     return _y
 
 
 def _derivatives_torch(x, beta):
     """df/dx, df/dbeta."""
+    _t0 = beta*x
+    _t1 = torch.sigmoid(_t0)
+    _t2 = _t1*torch.sigmoid(-_t0)
+    _t3 = _rt.probe_at_inf(x)
+    _t4 = _t3*beta
+    _t5 = torch.sigmoid(_t4)
+    _t6 = _t5*torch.sigmoid(-_t4)
+    _d_x = _rt.limit_at_inf(_t0*_t2 + _t1, _t4*_t6 + _t5, x)
+    _d_beta = _rt.limit_at_inf(_t2*x*x, _t3*_t3*_t6, x)
+    return (_d_x, _d_beta,)
+
+
+def _forward_torch_fast(x, beta):
+    """f for finite inputs (CPU): no NaN/inf guards."""
+    _y = x*torch.sigmoid(beta*x)
+    return _y
+
+
+def _derivatives_torch_fast(x, beta):
+    """df/dx, df/dbeta for finite inputs (CPU): no NaN/inf guards."""
     _t0 = beta*x
     _t1 = torch.sigmoid(_t0)
     _t2 = _t1*torch.sigmoid(-_t0)
@@ -64,7 +85,7 @@ def _second_derivatives_torch(x, beta):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import sigmoid as _sigmoid, softplus as _softplus, store_partial as _store_partial, tile as _tile
+    from actgen.runtime.triton_lang import tile as _tile, store_partial as _store_partial, sigmoid as _sigmoid, probe_at_inf as _probe_at_inf, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -75,7 +96,8 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         beta = tl.load(beta_ptr).to(ACC)
-        _y = x*_sigmoid(beta*x)
+        _t0 = _probe_at_inf(x)
+        _y = _limit_at_inf(x*_sigmoid(beta*x), _t0*_sigmoid(_t0*beta), x)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -91,8 +113,12 @@ if _rt.HAS_TRITON:
         _t0 = beta*x
         _t1 = _sigmoid(_t0)
         _t2 = _t1*_sigmoid(-_t0)
-        _d_x = _t0*_t2 + _t1
-        _d_beta = _t2*x*x
+        _t3 = _probe_at_inf(x)
+        _t4 = _t3*beta
+        _t5 = _sigmoid(_t4)
+        _t6 = _t5*_sigmoid(-_t4)
+        _d_x = _limit_at_inf(_t0*_t2 + _t1, _t4*_t6 + _t5, x)
+        _d_beta = _limit_at_inf(_t2*x*x, _t3*_t3*_t6, x)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
         if PARAM_GRAD:
             _store_partial(_partials_ptr + 0 * _n_partials, _g * _d_beta, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)
@@ -107,8 +133,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
-    forward_torch_fast=None,
-    derivatives_torch_fast=None,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

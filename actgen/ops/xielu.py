@@ -30,7 +30,11 @@ SPEC_SHA256 = '70905b9dd735d0f91aa875e257ce2aab9391536281e89e56a57d2737b9933c15'
 def _forward_torch(x, alpha_p, alpha_n, beta, eps):
     """f, elementwise; params broadcast against the input."""
     _t0 = beta*x
-    _y = torch.where(torch.isnan(x), x, torch.where(x > 0.0, _t0 + x*x*_rt.softplus(alpha_p), _t0 + (beta + _rt.softplus(alpha_n))*(-x + torch.expm1(torch.where(eps > x, x, eps)))))
+    _t1 = _rt.softplus(alpha_p)
+    _t2 = beta + _rt.softplus(alpha_n)
+    _t3 = _rt.probe_at_inf(x)
+    _t4 = _t3*beta
+    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(x > 0.0, _t0 + _t1*x*x, _t0 + _t2*(-x + torch.expm1(torch.where(eps > x, x, eps)))), torch.where(_t3 > 0.0, _t1*_t3*_t3 + _t4, _t2*(-_t3 + torch.expm1(torch.where(_t3 < eps, _t3, eps))) + _t4), x))
     return _y
 
 
@@ -89,7 +93,7 @@ def _second_derivatives_torch(x, alpha_p, alpha_n, beta, eps):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import sigmoid as _sigmoid, softplus as _softplus, store_partial as _store_partial, tile as _tile
+    from actgen.runtime.triton_lang import tile as _tile, store_partial as _store_partial, sigmoid as _sigmoid, softplus as _softplus, probe_at_inf as _probe_at_inf, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -102,7 +106,11 @@ if _rt.HAS_TRITON:
         alpha_p = tl.load(alpha_p_ptr).to(ACC)
         alpha_n = tl.load(alpha_n_ptr).to(ACC)
         _t0 = beta*x
-        _y = tl.where(x != x, x, tl.where(x > 0.0, _t0 + x*x*_softplus(alpha_p), _t0 + (beta + _softplus(alpha_n))*(-x + libdevice.expm1(tl.where(eps > x, x, eps)))))
+        _t1 = _softplus(alpha_p)
+        _t2 = beta + _softplus(alpha_n)
+        _t3 = _probe_at_inf(x)
+        _t4 = _t3*beta
+        _y = tl.where(x != x, x, _limit_at_inf(tl.where(x > 0.0, _t0 + _t1*x*x, _t0 + _t2*(-x + libdevice.expm1(tl.where(eps > x, x, eps)))), tl.where(_t3 > 0.0, _t1*_t3*_t3 + _t4, _t2*(-_t3 + libdevice.expm1(tl.where(_t3 < eps, _t3, eps))) + _t4), x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit

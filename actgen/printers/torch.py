@@ -36,6 +36,8 @@ TENSOR_FUNCTIONS = {
     "Abs": "torch.abs({0})",
     "sigmoid": "torch.sigmoid({0})",
     "softplus": "_rt.softplus({0})",
+    "ProbeAtInf": "_rt.probe_at_inf({0})",
+    "LimitAtInf": "_rt.limit_at_inf({0}, {1}, {2})",
 }
 SCALAR_FUNCTIONS = {
     name: template.replace("torch.", "math.") for name, template in TENSOR_FUNCTIONS.items()

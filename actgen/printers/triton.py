@@ -26,6 +26,8 @@ class TritonPrinter(ExprPrinter):
         "Abs": "tl.abs({0})",
         "sigmoid": "_sigmoid({0})",
         "softplus": "_softplus({0})",
+        "ProbeAtInf": "_probe_at_inf({0})",
+        "LimitAtInf": "_limit_at_inf({0}, {1}, {2})",
     }
     INF = 'float("inf")'
     NAN = 'float("nan")'

@@ -14,6 +14,26 @@ def softplus(u: torch.Tensor) -> torch.Tensor:
     return torch.clamp_min(u, 0) + torch.log1p(torch.exp(-torch.abs(u)))
 
 
+# The value at +-inf of a formula whose limit there depends on params (actgen.derive.LimitAtInf):
+# the formula is evaluated once more at +-PROBE; a result of magnitude GROWTH or more means
+# the function grows without bound.
+PROBE = 2.0 ** 24
+GROWTH = 2.0 ** 14
+
+
+def probe_at_inf(u: torch.Tensor) -> torch.Tensor:
+    """u with +-inf replaced by +-PROBE."""
+    return torch.where(torch.isinf(u), torch.copysign(torch.full_like(u, PROBE), u), u)
+
+
+def limit_at_inf(value, probed, u: torch.Tensor):
+    """value, except where u is +-inf and value is NaN: the limit read off probed there."""
+    value = as_tensor(value, u)
+    probed = as_tensor(probed, u)
+    limit = torch.where(probed.abs() >= GROWTH, probed * math.inf, probed)
+    return torch.where(torch.isinf(u) & torch.isnan(value), limit, value)
+
+
 def scalar_sigmoid(u: float) -> float:
     return 1.0 / (1.0 + math.exp(-u)) if u >= 0 else math.exp(u) / (1.0 + math.exp(u))
 
@@ -123,6 +143,6 @@ def split_halves(t: torch.Tensor, dim: int, name: str):
 
 __all__ = [
     "HAS_TRITON", "Activation", "as_tensor", "vmap_by_loop", "get_backend", "set_backend",
-    "use_backend", "softplus", "scalar_sigmoid", "scalar_softplus", "split_halves",
+    "use_backend", "softplus", "scalar_sigmoid", "scalar_softplus", "split_halves", "probe_at_inf", "limit_at_inf",
     "gt", "ge", "lt", "le", "mask_and", "mask_or", "mask_not", "select", "finite_or_none",
 ]

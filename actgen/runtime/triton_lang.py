@@ -60,7 +60,24 @@ def softplus(u):
     return tl.maximum(u, 0.0) + libdevice.log1p(libdevice.exp(-tl.abs(u)))
 
 
-__all__ = ["triton", "tl", "libdevice", "sigmoid", "softplus", "tile", "store_partial", "INTERPRET"]
+__all__ = ["triton", "tl", "libdevice", "sigmoid", "softplus", "probe_at_inf", "limit_at_inf", "tile",
+           "store_partial", "INTERPRET"]
+
+
+# The value at +-inf of a formula whose limit there depends on params (actgen.derive.LimitAtInf):
+# the formula is evaluated once more at +-2**24; 2**14 or more in magnitude there is growth.
+# (Literals, not module globals: the real compiler takes globals only as tl.constexpr.)
+
+
+@triton.jit
+def probe_at_inf(u):
+    return tl.where(u == float("inf"), 16777216.0, tl.where(u == -float("inf"), -16777216.0, u))
+
+
+@triton.jit
+def limit_at_inf(value, probed, u):
+    limit = tl.where(tl.abs(probed) >= 16384.0, probed * float("inf"), probed)
+    return tl.where(((u == float("inf")) | (u == -float("inf"))) & (value != value), limit, value)
 
 
 @triton.jit
