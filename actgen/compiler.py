@@ -1,11 +1,12 @@
 """`actgen.compile`: a formula string -> an imported generated module, through a cache.
 
-The cache is content-addressed (a hash of the arguments and the compiler version) under
+The cache is content-addressed (a hash of the arguments and of the compiler's own source) under
 $ACTGEN_CACHE_DIR (default: $XDG_CACHE_HOME/actgen or ~/.cache/actgen), so a second
 process finds the module and imports it without touching sympy.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -22,6 +23,22 @@ def cache_dir() -> Path:
         return Path(os.environ["ACTGEN_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "actgen"
+
+
+# What generated code depends on: the generator and the runtime it imports.  A change to
+# any of these files gives new cache keys, so a cached module never outlives its compiler.
+_GENERATOR_SOURCES = ("version.py", "spec.py", "formula.py", "functions.py", "derive.py", "build.py",
+                      "printers/*.py", "codegen/*.py", "runtime/*.py")
+
+
+@functools.lru_cache(maxsize=None)
+def generator_fingerprint() -> str:
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for pattern in _GENERATOR_SOURCES:
+        for path in sorted(root.glob(pattern)):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _spec_mapping(formula, name, params, constants, inputs, doc, class_name):
@@ -50,7 +67,7 @@ def compile(formula: str, name: str = "activation", *, params=None, constants=No
     """
     mapping = _spec_mapping(formula, name, params, constants, inputs, doc, class_name)
     canonical = json.dumps(mapping, sort_keys=True)
-    key = hashlib.sha256(f"{COMPILER_VERSION}\n{canonical}".encode()).hexdigest()[:20]
+    key = hashlib.sha256(f"{COMPILER_VERSION}\n{generator_fingerprint()}\n{canonical}".encode()).hexdigest()[:20]
     package = f"actgen_{key}"
     pkg_dir = cache_dir() / package
     module_file = pkg_dir / f"{name}.py" if isinstance(name, str) and name.isidentifier() else None

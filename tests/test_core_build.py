@@ -190,3 +190,16 @@ def test_generated_modules_run_without_triton_and_sympy():
     env = {k: v for k, v in os.environ.items() if k not in ("ACTGEN_BACKEND", "TRITON_INTERPRET")}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_compile_cache_key_follows_the_compiler(tmp_path, monkeypatch):
+    """A change to the generator or the runtime gives a new cache entry, never a stale module."""
+    import actgen
+    from actgen import compiler
+
+    monkeypatch.setenv("ACTGEN_CACHE_DIR", str(tmp_path))
+    first = actgen.compile("x * 3", name="triple")
+    monkeypatch.setattr(compiler, "generator_fingerprint", lambda: "another-compiler")
+    second = actgen.compile("x * 3", name="triple")
+    assert Path(first.__file__).parent != Path(second.__file__).parent
+    assert len(list(tmp_path.rglob("triple.py"))) == 2

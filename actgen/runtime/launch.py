@@ -12,6 +12,7 @@ buffer, and a deterministic torch sum finishes them.  No atomics, no per-element
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -49,6 +50,7 @@ class Layout:
         return (self.tiles_m * self.tiles_n,)
 
 
+@functools.lru_cache(maxsize=256)     # the same shapes come back every step
 def layout(shape, channel_dim: int, channels: int) -> Layout:
     numel = math.prod(shape)
     if channels > 1:
