@@ -160,6 +160,11 @@ def main(argv=None) -> int:
         for line in exc.problems:
             print(line, file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `actgen list | head`: the reader left; say nothing more
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
