@@ -172,36 +172,33 @@ class erfc(sympy.erfc):
         return super().eval(arg)
 
 
-def rewrite_erfc(e):
-    """c + c*erf(u) -> c*erfc(-u) and c*erf(u) - c -> -c*erfc(u): no cancellation where erf(u) -> -+1."""
-    if not _is_sum(e):
+def _saturation_rewrite(func, at_plus, at_minus, doc):
+    """c + c*func(u) -> at_plus(c, u) and c*func(u) - c -> at_minus(c, u), for a func that
+    saturates at -+1: the sum then cancels where func(u) -> -+1, the rewritten form does not."""
+    def rewrite(e):
+        if not _is_sum(e):
+            return None
+        numbers, _ = _numbers_and_terms(e)
+        for term in e.args:
+            coeff, rest = term.as_coeff_Mul()
+            if isinstance(rest, func):
+                u = rest.args[0]
+                if coeff in numbers:
+                    return _replace_pair(e, term, coeff, at_plus(coeff, u))
+                if -coeff in numbers:
+                    return _replace_pair(e, term, -coeff, at_minus(coeff, u))
         return None
-    numbers, _ = _numbers_and_terms(e)
-    for term in e.args:
-        coeff, rest = term.as_coeff_Mul()
-        if isinstance(rest, sympy.erf):
-            u = rest.args[0]
-            if coeff in numbers:
-                return _replace_pair(e, term, coeff, coeff * erfc(-u))
-            if -coeff in numbers:
-                return _replace_pair(e, term, -coeff, -coeff * erfc(u))
-    return None
+
+    rewrite.__doc__ = doc
+    return rewrite
 
 
-def rewrite_tanh_sigmoid(e):
-    """c + c*tanh(u) -> 2c*sigmoid(2u) and c*tanh(u) - c -> -2c*sigmoid(-2u): no cancellation where tanh(u) -> -+1."""
-    if not _is_sum(e):
-        return None
-    numbers, _ = _numbers_and_terms(e)
-    for term in e.args:
-        coeff, rest = term.as_coeff_Mul()
-        if isinstance(rest, sympy.tanh):
-            u = rest.args[0]
-            if coeff in numbers:
-                return _replace_pair(e, term, coeff, 2 * coeff * sigmoid(2 * u))
-            if -coeff in numbers:
-                return _replace_pair(e, term, -coeff, -2 * coeff * sigmoid(-2 * u))
-    return None
+rewrite_erfc = _saturation_rewrite(
+    sympy.erf, lambda c, u: c * erfc(-u), lambda c, u: -c * erfc(u),
+    "c + c*erf(u) -> c*erfc(-u) and c*erf(u) - c -> -c*erfc(u)")
+rewrite_tanh_sigmoid = _saturation_rewrite(
+    sympy.tanh, lambda c, u: 2 * c * sigmoid(2 * u), lambda c, u: -2 * c * sigmoid(-2 * u),
+    "c + c*tanh(u) -> 2c*sigmoid(2u) and c*tanh(u) - c -> -2c*sigmoid(-2u)")
 
 
 def rewrite_sigmoid_complement(e):
