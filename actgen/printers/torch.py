@@ -4,8 +4,8 @@ Subexpressions that involve only constants (Python floats at run time) are print
 `math` so they never reach a torch function as a float; `where` with two scalar branches
 gets one branch as a 0-dim tensor of the compute dtype, so torch.where keeps float64.
 
-With `fast=True` it prints the fallback's fast variant, which runs on CPU only when every
-input is finite: NaN/inf guards are left out (they only act on non-finite inputs), a
+With `fast=True` it prints the fallback's fast variant (actgen.derive.fast_variant: the
+block without its NaN/inf guards), which runs on CPU only when every input is finite: a
 condition is a float 0/1 mask (`_rt.gt(a, b)`: a vectorized compare, where a bool mask and
 torch.where are not) and a branch choice is `_rt.select(mask, a, b)`, exact wherever both
 branches are finite; the generated function checks its outputs and hands over to the
@@ -118,16 +118,6 @@ class TorchPrinter(ExprPrinter):
         if self.fast:
             return f"_rt.mask_not({self.doprint(expr.args[0])})", ATOM
         return f"~({self.doprint(expr.args[0])})", ATOM
-
-    def _print_NanGuard(self, expr):
-        if self.fast:
-            return self._print(expr.args[0])
-        return super()._print_NanGuard(expr)
-
-    def _print_InfGuard(self, expr):
-        if self.fast:
-            return self._print(expr.args[0])
-        return super()._print_InfGuard(expr)
 
     def isnan(self, name):
         return f"torch.isnan({name})"
