@@ -248,19 +248,20 @@ class Activation:
                 out.append(torch.empty_like(p))
         return out
 
+    def _values(self, fast, guarded, xs, rest, all_finite=None):
+        """fast(...) on one chunk where its inputs are finite and it returns values, else guarded(...)."""
+        out = None
+        if fast is not None and (all_finite or (all_finite is None and self._finite(xs))):
+            out = fast(*xs, *rest)
+        return guarded(*xs, *rest) if out is None else out
+
     def _forward_values(self, xs, rest, all_finite=None):
-        """f on one chunk: the fast variant where its inputs are finite, else the guarded one."""
-        y = None
-        if self.forward_torch_fast is not None and (all_finite or (all_finite is None and self._finite(xs))):
-            y = self.forward_torch_fast(*xs, *rest)
-        return self.forward_torch(*xs, *rest) if y is None else y
+        """f on one chunk."""
+        return self._values(self.forward_torch_fast, self.forward_torch, xs, rest, all_finite)
 
     def _derivative_values(self, xs, rest, all_finite=None):
-        """The first derivatives on one chunk: fast variant where its inputs are finite, else guarded."""
-        d = None
-        if self.derivatives_torch_fast is not None and (all_finite or (all_finite is None and self._finite(xs))):
-            d = self.derivatives_torch_fast(*xs, *rest)
-        return self.derivatives_torch(*xs, *rest) if d is None else d
+        """The first derivatives on one chunk."""
+        return self._values(self.derivatives_torch_fast, self.derivatives_torch, xs, rest, all_finite)
 
     def _cpu_forward(self, inputs, params, constants, channel_dim):
         x = inputs[0]
