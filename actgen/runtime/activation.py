@@ -39,6 +39,13 @@ def reduce_to_param(v: torch.Tensor, p: torch.Tensor, shape, channel_dim: int) -
     return (v.sum(dims) if dims else v).to(p.dtype)
 
 
+def _output(y, inputs) -> torch.Tensor:
+    """A fallback's f as the op's output: the input's shape and dtype, contiguous, never an input itself."""
+    x = inputs[0]
+    y = as_tensor(y, x).to(x.dtype)
+    return y.clone() if any(y is t for t in inputs) else y.contiguous()
+
+
 def as_tensor(v, like: torch.Tensor) -> torch.Tensor:
     """Generated expressions can fold to a number (d/dx of 2*x); give it the input's shape."""
     if isinstance(v, torch.Tensor):
@@ -143,8 +150,7 @@ class Activation:
             return launch.forward(self.forward_kernel, inputs, params, self.per_channel, constants, channel_dim, self._channels(params))
         if x.device.type == "cpu":
             return self._cpu_forward(inputs, params, constants, channel_dim)
-        y = as_tensor(self.forward_torch(*self._eager_args(inputs, params, constants, channel_dim)), x).to(x.dtype)
-        return y.clone() if any(y is t for t in inputs) else y.contiguous()
+        return _output(self.forward_torch(*self._eager_args(inputs, params, constants, channel_dim)), inputs)
 
     def backward_impl(self, grad, inputs, params, constants, channel_dim, needs):
         x = inputs[0]
@@ -267,8 +273,7 @@ class Activation:
         x = inputs[0]
         if x.numel() <= self._chunk(x.dtype):     # one chunk: no copies
             args = self._eager_args(inputs, params, constants, channel_dim)
-            y = as_tensor(self._forward_values(args[: self.n_inputs], args[self.n_inputs:]), x).to(x.dtype)
-            return y.clone() if any(y is t for t in inputs) else y.contiguous()
+            return _output(self._forward_values(args[: self.n_inputs], args[self.n_inputs:]), inputs)
         dt, dims, chunks, views, ps = self._cpu_setup(inputs, params, channel_dim)
         out = torch.empty(dims, dtype=x.dtype)
         all_finite = None if self.forward_torch_fast is None or not self._finite(views) else True
