@@ -25,8 +25,15 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 POINTER_DTYPES = ("fp32", "fp16", "bf16")
 ARCHS = (80, 90)
-# (BLOCK_M, BLOCK_N, CH_AXIS): a flat 1-D tile, channels-first rows, channels-last columns
-LAYOUTS = ((1, 1024, 0), (8, 128, 0), (16, 64, 1))
+
+
+def layouts_for(tile: int) -> tuple:
+    """(BLOCK_M, BLOCK_N, CH_AXIS) of a tile: a flat 1-D tile, channels-first rows of 1/8 of the
+    tile, channels-last columns of 1/16 of it."""
+    return ((1, tile, 0), (8, tile // 8, 0), (16, tile // 16, 1))
+
+
+LAYOUTS = layouts_for(1024)
 
 
 @dataclass
@@ -37,6 +44,7 @@ class KernelReport:
     arch: int
     layout: tuple
     ok: bool
+    num_warps: int = 4
     error: str = ""
     vector_loads: bool = False     # ld.global.v4 present
     vector_stores: bool = False    # st.global.v4 present
@@ -67,7 +75,7 @@ def signature(fn, dtype: str, param_names=()) -> tuple[dict, dict]:
     return sig, attrs
 
 
-def compile_kernel(kernel, dtype: str, arch: int, layout=LAYOUTS[0], param_names=()):
+def compile_kernel(kernel, dtype: str, arch: int, layout=LAYOUTS[0], param_names=(), num_warps: int = 4):
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
@@ -80,7 +88,7 @@ def compile_kernel(kernel, dtype: str, arch: int, layout=LAYOUTS[0], param_names
     if "PARAM_GRAD" in sig:
         constexprs["PARAM_GRAD"] = True
     src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32))
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
 
 
 def inspect_ptx(ptx: str) -> dict:
@@ -126,7 +134,7 @@ def module_layouts(mod, layouts=LAYOUTS) -> tuple:
 
 
 def compile_module(module_name: str, dtypes=POINTER_DTYPES, archs=ARCHS, layouts=LAYOUTS,
-                   ptxas: str | None = None) -> list[KernelReport]:
+                   ptxas: str | None = None, num_warps: int = 4) -> list[KernelReport]:
     mod = importlib.import_module(module_name)
     params = set(mod._OP.param_names)
     reports = []
@@ -135,9 +143,9 @@ def compile_module(module_name: str, dtypes=POINTER_DTYPES, archs=ARCHS, layouts
         for dtype in dtypes:
             for arch in archs:
                 for lay in module_layouts(mod, layouts):
-                    rep = KernelReport(module_name, kname, dtype, arch, lay, ok=False)
+                    rep = KernelReport(module_name, kname, dtype, arch, lay, ok=False, num_warps=num_warps)
                     try:
-                        compiled = compile_kernel(kernel, dtype, arch, lay, params)
+                        compiled = compile_kernel(kernel, dtype, arch, lay, params, num_warps)
                         rep.ok = "cubin" in compiled.asm and len(compiled.asm["cubin"]) > 0
                         rep.cubin_bytes = len(compiled.asm.get("cubin", b""))
                         for k, v in inspect_ptx(compiled.asm["ptx"]).items():
@@ -156,6 +164,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", nargs="*", default=list(POINTER_DTYPES))
     parser.add_argument("--arch", nargs="*", type=int, default=list(ARCHS))
     parser.add_argument("--flat-only", action="store_true", help="compile only the flat 1-D tile layout")
+    parser.add_argument("--tuning-candidates", action="store_true",
+                        help="compile with every launch config the tuner tries (tile size, warps), not only the default")
     parser.add_argument("--spills", action="store_true", help="count register spills with ptxas -v")
     parser.add_argument("--json", help="write the reports here")
     args = parser.parse_args(argv)
@@ -167,17 +177,21 @@ def main(argv=None) -> int:
         import actgen.ops as ops
 
         modules = sorted({f"actgen.ops.{getattr(ops, n).__module__.rsplit('.', 1)[-1]}" for n in ops.__all__})
-    layouts = LAYOUTS[:1] if args.flat_only else LAYOUTS
+    from actgen.runtime.tuning import CANDIDATES, DEFAULT
+
+    configs = CANDIDATES if args.tuning_candidates else (DEFAULT,)
     ptxas = ptxas_path() if args.spills else None
     reports = []
     for m in modules:
-        reports += compile_module(m, tuple(args.dtype), tuple(args.arch), layouts, ptxas)
+        for cfg in configs:
+            layouts = layouts_for(cfg.tile)[:1] if args.flat_only else layouts_for(cfg.tile)
+            reports += compile_module(m, tuple(args.dtype), tuple(args.arch), layouts, ptxas, cfg.num_warps)
     failed = [r for r in reports if not r.ok]
     for r in failed:
-        print(f"FAIL {r.module}.{r.kernel} {r.dtype} sm_{r.arch} {r.layout}: {r.error}", file=sys.stderr)
+        print(f"FAIL {r.module}.{r.kernel} {r.dtype} sm_{r.arch} {r.layout} {r.num_warps} warps: {r.error}", file=sys.stderr)
     for r in reports:
         if r.spill_bytes:
-            print(f"SPILL {r.module}.{r.kernel} {r.dtype} sm_{r.arch} {r.layout}: {r.spill_bytes} bytes",
+            print(f"SPILL {r.module}.{r.kernel} {r.dtype} sm_{r.arch} {r.layout} {r.num_warps} warps: {r.spill_bytes} bytes",
                   file=sys.stderr)
     print(f"{len(reports) - len(failed)}/{len(reports)} kernels compiled")
     if args.json:

@@ -41,6 +41,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .runtime.tuning import DEFAULT, TUNE_MIN, TUNER
+
 SCHEMA = 1
 IMPLS = ("actgen", "eager", "torch", "compile")
 MODES = ("fwd", "bwd", "fwdbwd", "bwd_frozen")
@@ -648,8 +650,23 @@ def run_suite(cfg: Config, log: Callable[[str], None] | None = None) -> dict:
         results["latency"], results["recompiles"] = measure_latency(cfg, log)
         results["host"] = measure_host_time(cfg)
     results["elapsed_s"] = time.perf_counter() - t_start
+    results["launch_configs"] = launch_configs(device)
     results["targets"] = evaluate_targets(results)
     return results
+
+
+def launch_configs(device: torch.device) -> list[dict]:
+    """The tuned launch configs this device ran with (kernel, dtype, layout, size bucket)."""
+    if device.type != "cuda":
+        return []
+    name = torch.cuda.get_device_name(device)
+    rows = []
+    for key, entry in sorted(TUNER.table.items()):
+        dev, _, kernel, dtype, layout, bucket = key.split("|")
+        if dev == name:
+            rows.append({"kernel": kernel.split("@")[0].removeprefix("actgen.ops."), "dtype": dtype, "layout": layout,
+                         "bucket": bucket, "tile": entry["tile"], "num_warps": entry["num_warps"], "ms": entry.get("ms", {})})
+    return rows
 
 
 def _memory_row(case, impl, fn, dtype_name, n, inputs, params, grad_out, device):
@@ -1169,6 +1186,15 @@ def write_markdown(results) -> str:
                 out.append(f"| {r['case']} | {r['impl']} | {'-' if r['impl'] != 'actgen' else ('n/a (no Triton on this device)' if nv is None else nv)} "
                            f"| {'-' if r['impl'] != 'compile' else r.get('graphs')} |")
             out.append("")
+    if results.get("launch_configs"):
+        out += ["## Tuned launch configs", "",
+                f"Elements per program x warps, chosen by timing every candidate once (actgen/runtime/tuning.py); "
+                f"tensors under 2**{int(math.log2(TUNE_MIN))} elements use the default {DEFAULT.tile}x{DEFAULT.num_warps}.", "",
+                "| kernel | dtype | layout | sizes from | chosen | candidates (ms) |", "|---|---|---|---|---|---|"]
+        for r in results["launch_configs"]:
+            cands = ", ".join(f"{k}: {v:.4g}" for k, v in r["ms"].items())
+            out.append(f"| {r['kernel']} | {r['dtype']} | {r['layout']} | {r['bucket']} | {r['tile']}x{r['num_warps']} | {cands} |")
+        out.append("")
     if results["host"]:
         out += ["## Host time per call", "", "silu forward, issued back to back without synchronising.", "",
                 "| impl | n | time per call |", "|---|---|---|"]

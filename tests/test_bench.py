@@ -93,6 +93,16 @@ def test_smoke_markdown_and_plots(smoke):
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_tuned_launch_configs_are_reported(smoke):
+    res, md, _ = smoke
+    assert res["launch_configs"] == [] and "## Tuned launch configs" not in md     # CPU: nothing tuned
+    row = {"kernel": "silu._forward_kernel", "dtype": "bfloat16", "layout": "flat", "bucket": "2**26",
+           "tile": 2048, "num_warps": 8, "ms": {"1024x4": 0.31, "2048x8": 0.27}}
+    md = bench.write_markdown({**res, "launch_configs": [row]})
+    assert "## Tuned launch configs" in md
+    assert "| silu._forward_kernel | bfloat16 | flat | 2**26 | 2048x8 | 1024x4: 0.31, 2048x8: 0.27 |" in md
+
+
 def _fake_results(device, rows, memory=()):
     res = {"device": {"type": device}, "config": {"cases": ["mish", "swiglu"], "target_min_elements": 2 ** 26},
            "timings": rows, "memory": list(memory), "latency": [], "recompiles": [], "host": []}

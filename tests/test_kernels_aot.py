@@ -29,19 +29,22 @@ OPS_DIR = Path(__file__).resolve().parents[1] / "actgen" / "ops"
 MODULES = sorted(f"actgen.ops.{p.stem}" for p in OPS_DIR.glob("*.py") if p.stem != "__init__")
 
 
-@pytest.fixture(scope="module")
-def reports(tmp_path_factory):
-    out = tmp_path_factory.mktemp("aot")
+# ops whose kernels span the shapes of the generated code: a one-liner, nested transcendentals,
+# a rational with param loads, per-channel param gradients, two inputs
+TUNING_MODULES = ("actgen.ops.silu", "actgen.ops.mish", "actgen.ops.pau", "actgen.ops.prelu", "actgen.ops.swiglu")
+
+
+def _compile_all(out, modules, *options):
+    """python -m actgen.aot over modules, split over up to 4 processes; the merged reports."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(out / "triton-cache")
     jobs = max(1, min(4, os.cpu_count() or 1))
     procs = []
     for k in range(jobs):
-        part = MODULES[k::jobs]
+        part = modules[k::jobs]
         if part:
             path = out / f"aot{k}.json"
-            cmd = [sys.executable, "-m", "actgen.aot", *part, "--arch", *map(str, ARCHS),
-                   "--dtype", *DTYPES, "--spills", "--json", str(path)]
+            cmd = [sys.executable, "-m", "actgen.aot", *part, *options, "--spills", "--json", str(path)]
             procs.append((path, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                                  stderr=subprocess.STDOUT, text=True)))
     result = []
@@ -50,6 +53,19 @@ def reports(tmp_path_factory):
         assert path.exists(), log           # a failed kernel is a report, not a crash
         result += json.loads(path.read_text())
     return result
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    return _compile_all(tmp_path_factory.mktemp("aot"), MODULES,
+                        "--arch", *map(str, ARCHS), "--dtype", *DTYPES)
+
+
+@pytest.fixture(scope="module")
+def tuning_reports(tmp_path_factory):
+    """Representative kernels with every launch config the tuner may pick, on sm_90."""
+    return _compile_all(tmp_path_factory.mktemp("aot-tuning"), list(TUNING_MODULES),
+                        "--arch", "90", "--dtype", "fp32", "bf16", "--tuning-candidates")
 
 
 def _key(r):
@@ -94,3 +110,20 @@ def test_local_memory_only_for_trig_range_reduction(reports):
     assert _uses_trig("actgen.ops.sine") and not _uses_trig("actgen.ops.mish")
     local = [_key(r) for r in reports if r["local_memory"] and not _uses_trig(r["module"])]
     assert not local, f"kernels using local memory: {local}"
+
+
+def test_every_tuning_candidate_compiles_vectorised_without_spills(tuning_reports):
+    """What the tuner may launch on a GPU is held to the same checks as the default config."""
+    from actgen.runtime.tuning import CANDIDATES
+
+    configs = {(r["layout"][0] * r["layout"][1], r["num_warps"]) for r in tuning_reports}
+    assert configs == {(c.tile, c.num_warps) for c in CANDIDATES}
+    assert {r["module"] for r in tuning_reports} == set(TUNING_MODULES)
+    failed = [(_key(r), r["num_warps"], r["error"]) for r in tuning_reports if not r["ok"]]
+    assert not failed, failed
+    scalar = [(_key(r), r["num_warps"]) for r in tuning_reports if not (r["vector_loads"] and r["vector_stores"])]
+    assert not scalar, f"kernels without ld.global.v4 / st.global.v4: {scalar}"
+    if all(r["spill_bytes"] is None for r in tuning_reports):
+        pytest.skip("Triton's ptxas was not found")
+    spilled = [(_key(r), r["num_warps"], r["spill_bytes"]) for r in tuning_reports if r["spill_bytes"]]
+    assert not spilled, f"kernels spilling registers to local memory: {spilled}"

@@ -9,6 +9,8 @@ A tensor of shape (..., C, I...) with per-channel params is seen as a contiguous
 Each program handles one BLOCK_M x BLOCK_N tile, so per-channel param gradients are tile
 row sums (CH_AXIS 0) or column sums (CH_AXIS 1): per-program partial sums land in a small
 buffer, and a deterministic torch sum finishes them.  No atomics, no per-element gradient.
+The tile's size and the warps per program come from tuning.py (per size bucket, tuned once
+per GPU).
 """
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from .triton_lang import tl
+from .tuning import DEFAULT, TUNER, Config
 
-TILE = 1024          # elements per program
-NUM_WARPS = 4
+TILE = DEFAULT.tile          # elements per program, untuned
 
 
 def _pow2(n: int) -> int:
@@ -51,7 +53,7 @@ class Layout:
 
 
 @functools.lru_cache(maxsize=256)     # the same shapes come back every step
-def layout(shape, channel_dim: int, channels: int) -> Layout:
+def layout(shape, channel_dim: int, channels: int, tile: int = TILE) -> Layout:
     numel = math.prod(shape)
     if channels > 1:
         inner = math.prod(shape[channel_dim + 1:])
@@ -61,8 +63,8 @@ def layout(shape, channel_dim: int, channels: int) -> Layout:
             M, N, axis = numel // inner, inner, 0
     else:
         M, N, axis = 1, numel, 0
-    block_n = min(_pow2(N), TILE)
-    block_m = max(1, min(TILE // block_n, _pow2(M)))
+    block_n = min(_pow2(N), tile)
+    block_m = max(1, min(tile // block_n, _pow2(M)))
     return Layout(M, N, channels, axis, block_m, block_n)
 
 
@@ -79,18 +81,23 @@ def _param_args(params, per_channel):
     return args
 
 
+def _layout_kind(lay: Layout, *flags: str) -> str:
+    return "+".join(("flat" if lay.C <= 1 else ("rows", "cols")[lay.ch_axis],) + flags)
+
+
 def forward(kernel, inputs, params, per_channel, constants, channel_dim, channels):
     x = inputs[0]
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel() == 0:
         return out
-    lay = layout(x.shape, channel_dim, channels)
-    kernel[lay.grid](
-        *[t.contiguous() for t in inputs], *_param_args(params, per_channel), out,
-        *constants, lay.M, lay.N, lay.C,
-        BLOCK_M=lay.block_m, BLOCK_N=lay.block_n, CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype),
-        num_warps=NUM_WARPS,
-    )
+    args = [*[t.contiguous() for t in inputs], *_param_args(params, per_channel), out, *constants]
+
+    def run(cfg: Config):
+        lay = layout(x.shape, channel_dim, channels, cfg.tile)
+        kernel[lay.grid](*args, lay.M, lay.N, lay.C, BLOCK_M=lay.block_m, BLOCK_N=lay.block_n,
+                         CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype), num_warps=cfg.num_warps)
+
+    run(TUNER.choose(kernel, x, _layout_kind(layout(x.shape, channel_dim, channels)), run))
     return out
 
 
@@ -100,20 +107,24 @@ def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, 
     need_params = any(needs[len(inputs):])
     if x.numel() == 0:
         return grads + [torch.zeros_like(p) for p in params]
-    lay = layout(x.shape, channel_dim, channels)
-    n_partials = lay.tiles_n * lay.M if lay.ch_axis == 0 else lay.tiles_m * lay.N
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    extra = []
-    partials = None
-    if params:
-        partials = torch.empty((len(params), n_partials if need_params else 1), dtype=acc_dtype, device=x.device)
-        extra = [partials, n_partials]
-    kernel[lay.grid](
-        grad.contiguous(), *[t.contiguous() for t in inputs], *_param_args(params, per_channel),
-        *grads, *extra, *constants, lay.M, lay.N, lay.C,
-        BLOCK_M=lay.block_m, BLOCK_N=lay.block_n, CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype),
-        PARAM_GRAD=need_params, num_warps=NUM_WARPS,
-    )
+    args = [grad.contiguous(), *[t.contiguous() for t in inputs], *_param_args(params, per_channel), *grads]
+
+    def run(cfg: Config):
+        """Launch with cfg; the param-gradient partial sums are sized from its tile."""
+        lay = layout(x.shape, channel_dim, channels, cfg.tile)
+        n_partials = lay.tiles_n * lay.M if lay.ch_axis == 0 else lay.tiles_m * lay.N
+        extra, partials = [], None
+        if params:
+            partials = torch.empty((len(params), n_partials if need_params else 1), dtype=acc_dtype, device=x.device)
+            extra = [partials, n_partials]
+        kernel[lay.grid](*args, *extra, *constants, lay.M, lay.N, lay.C,
+                         BLOCK_M=lay.block_m, BLOCK_N=lay.block_n, CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype),
+                         PARAM_GRAD=need_params, num_warps=cfg.num_warps)
+        return lay, partials
+
+    kind = _layout_kind(layout(x.shape, channel_dim, channels), *(("param_grad",) if need_params else ()))
+    lay, partials = run(TUNER.choose(kernel, x, kind, run))
     for k, p in enumerate(params):
         if not need_params:
             grads.append(torch.empty_like(p))

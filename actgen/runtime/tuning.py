@@ -1,0 +1,138 @@
+"""Launch configurations per size bucket: tuned once per GPU, kept on disk.
+
+A kernel launch has two knobs the math does not fix: the elements per program (the tile)
+and the warps per program.  Small tensors run the default; for a large tensor (TUNE_MIN
+elements or more) on a GPU, the first launch of each kernel, dtype, layout and size bucket
+times every candidate on the call's own tensors and keeps the fastest - in memory for the
+process and in a JSON file for the next one (ACTGEN_TUNING_CACHE, default
+~/.cache/actgen/tuning.json; ACTGEN_TUNE=0 turns tuning off).  Every candidate computes the
+same result: the kernels are element-wise, and param-gradient partial sums are sized from
+the tile the launch used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class Config:
+    tile: int           # elements per program (a power of two)
+    num_warps: int
+
+
+DEFAULT = Config(1024, 4)
+# What the tuner times.  All move 128-bit vectors per thread (AOT-checked for each).
+CANDIDATES = (Config(1024, 4), Config(2048, 4), Config(2048, 8), Config(4096, 8))
+TUNE_MIN = 1 << 22      # below this, launch latency dominates and the default is kept
+CACHE_VERSION = 1
+
+
+def cache_path() -> Path:
+    env = os.environ.get("ACTGEN_TUNING_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "actgen" / "tuning.json"
+
+
+def size_bucket(numel: int) -> str:
+    """Sizes within a factor 4 share a config: "2**22" covers [2**22, 2**24)."""
+    lo = (numel.bit_length() - 1) // 2 * 2
+    return f"2**{lo}"
+
+
+def kernel_id(kernel) -> str:
+    """A stable name for a kernel: its module, name and a hash of its source."""
+    fn = getattr(kernel, "fn", kernel)
+    src = getattr(kernel, "src", None) or getattr(fn, "__qualname__", "")
+    digest = hashlib.sha256(src.encode()).hexdigest()[:12]
+    return f"{fn.__module__}.{fn.__name__}@{digest}"
+
+
+def _bench_ms(fn) -> float:
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=5, rep=25))
+
+
+class Tuner:
+    """The configs chosen so far, backed by a JSON file."""
+
+    def __init__(self, path: Path | None = None, bench=_bench_ms):
+        self.path = path
+        self.bench = bench
+        self._table: dict | None = None
+
+    def enabled(self, x: torch.Tensor) -> bool:
+        from .triton_lang import INTERPRET
+
+        return (x.is_cuda and x.numel() >= TUNE_MIN and not INTERPRET
+                and os.environ.get("ACTGEN_TUNE", "1") != "0"
+                and not torch.cuda.is_current_stream_capturing())
+
+    def key(self, kernel, x: torch.Tensor, layout_kind: str) -> str:
+        device = torch.cuda.get_device_name(x.device) if x.is_cuda else str(x.device)
+        import triton
+
+        return "|".join((device, f"triton {triton.__version__}", kernel_id(kernel), str(x.dtype).removeprefix("torch."),
+                         layout_kind, size_bucket(x.numel())))
+
+    @property
+    def table(self) -> dict:
+        if self._table is None:
+            self._table = self._read()
+        return self._table
+
+    def _file(self) -> Path:
+        return self.path or cache_path()
+
+    def _read(self) -> dict:
+        try:
+            data = json.loads(self._file().read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
+            return {}
+        return {k: v for k, v in data.get("configs", {}).items() if isinstance(v, dict)}
+
+    def _write(self, key: str, entry: dict) -> None:
+        path = self._file()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            merged = self._read()       # another process may have tuned other kernels meanwhile
+            merged[key] = entry
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tuning-", suffix=".json")
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"version": CACHE_VERSION, "configs": merged}, fh, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        except OSError as exc:
+            warnings.warn(f"actgen: could not save tuned launch configs to {path}: {exc}", stacklevel=3)
+
+    def choose(self, kernel, x: torch.Tensor, layout_kind: str, run) -> Config:
+        """The config for this launch; run(config) launches the kernel with it (tuning times
+        every candidate once, then the fastest is kept)."""
+        if not self.enabled(x):
+            return DEFAULT
+        key = self.key(kernel, x, layout_kind)
+        entry = self.table.get(key)
+        if entry is not None:
+            try:
+                return Config(int(entry["tile"]), int(entry["num_warps"]))
+            except (KeyError, TypeError, ValueError):
+                pass                      # a damaged entry is tuned again
+        times = {}
+        for cfg in CANDIDATES:
+            times[cfg] = self.bench(lambda cfg=cfg: run(cfg))
+        best = min(CANDIDATES, key=lambda c: times[c])
+        entry = {**asdict(best), "ms": {f"{c.tile}x{c.num_warps}": round(t, 5) for c, t in times.items()}}
+        self.table[key] = entry
+        self._write(key, entry)
+        return best
+
+
+TUNER = Tuner()
