@@ -45,6 +45,7 @@ class KernelReport:
     layout: tuple
     ok: bool
     num_warps: int = 4
+    step: bool = False
     error: str = ""
     vector_loads: bool = False     # ld.global.v4 present
     vector_stores: bool = False    # st.global.v4 present
@@ -59,7 +60,7 @@ def signature(fn, dtype: str, param_names=()) -> tuple[dict, dict]:
     sig, attrs = {}, {}
     names = list(inspect.signature(fn).parameters)
     for i, name in enumerate(names):
-        if name in ("BLOCK_M", "BLOCK_N", "CH_AXIS", "ACC", "PARAM_GRAD"):
+        if name in ("BLOCK_M", "BLOCK_N", "CH_AXIS", "ACC", "PARAM_GRAD", "STEP"):
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
             base = name[: -len("_ptr")]
@@ -67,6 +68,8 @@ def signature(fn, dtype: str, param_names=()) -> tuple[dict, dict]:
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif name.endswith("_stride") or name in ("_M", "_C", "_n_partials"):
             sig[name] = "i64"
+        elif name == "_iters":
+            sig[name] = "i32"
         elif name == "_N":
             sig[name] = "i64"
             attrs[(i,)] = [["tt.divisibility", 16]]
@@ -75,7 +78,8 @@ def signature(fn, dtype: str, param_names=()) -> tuple[dict, dict]:
     return sig, attrs
 
 
-def compile_kernel(kernel, dtype: str, arch: int, layout=LAYOUTS[0], param_names=(), num_warps: int = 4):
+def compile_kernel(kernel, dtype: str, arch: int, layout=LAYOUTS[0], param_names=(), num_warps: int = 4,
+                   step: bool = False):
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
@@ -87,6 +91,8 @@ def compile_kernel(kernel, dtype: str, arch: int, layout=LAYOUTS[0], param_names
     constexprs = {"BLOCK_M": block_m, "BLOCK_N": block_n, "CH_AXIS": axis, "ACC": tl.float32}
     if "PARAM_GRAD" in sig:
         constexprs["PARAM_GRAD"] = True
+    if "STEP" in sig:
+        constexprs["STEP"] = step
     src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
 
@@ -134,18 +140,20 @@ def module_layouts(mod, layouts=LAYOUTS) -> tuple:
 
 
 def compile_module(module_name: str, dtypes=POINTER_DTYPES, archs=ARCHS, layouts=LAYOUTS,
-                   ptxas: str | None = None, num_warps: int = 4) -> list[KernelReport]:
+                   ptxas: str | None = None, num_warps: int = 4, step: bool = False) -> list[KernelReport]:
     mod = importlib.import_module(module_name)
     params = set(mod._OP.param_names)
     reports = []
     for kname in ("_forward_kernel", "_backward_kernel"):
         kernel = getattr(mod, kname)
+        if step and "STEP" not in inspect.signature(getattr(kernel, "fn", kernel)).parameters:
+            continue              # only backward kernels with params have a stepping variant
         for dtype in dtypes:
             for arch in archs:
                 for lay in module_layouts(mod, layouts):
-                    rep = KernelReport(module_name, kname, dtype, arch, lay, ok=False, num_warps=num_warps)
+                    rep = KernelReport(module_name, kname, dtype, arch, lay, ok=False, num_warps=num_warps, step=step)
                     try:
-                        compiled = compile_kernel(kernel, dtype, arch, lay, params, num_warps)
+                        compiled = compile_kernel(kernel, dtype, arch, lay, params, num_warps, step)
                         rep.ok = "cubin" in compiled.asm and len(compiled.asm["cubin"]) > 0
                         rep.cubin_bytes = len(compiled.asm.get("cubin", b""))
                         for k, v in inspect_ptx(compiled.asm["ptx"]).items():
@@ -177,21 +185,21 @@ def main(argv=None) -> int:
         import actgen.ops as ops
 
         modules = sorted({f"actgen.ops.{getattr(ops, n).__module__.rsplit('.', 1)[-1]}" for n in ops.__all__})
-    from actgen.runtime.tuning import CANDIDATES, DEFAULT
+    from actgen.runtime.tuning import DEFAULT, PARAM_GRAD_CANDIDATES
 
-    configs = CANDIDATES if args.tuning_candidates else (DEFAULT,)
+    configs = PARAM_GRAD_CANDIDATES if args.tuning_candidates else (DEFAULT,)
     ptxas = ptxas_path() if args.spills else None
     reports = []
     for m in modules:
         for cfg in configs:
             layouts = layouts_for(cfg.tile)[:1] if args.flat_only else layouts_for(cfg.tile)
-            reports += compile_module(m, tuple(args.dtype), tuple(args.arch), layouts, ptxas, cfg.num_warps)
+            reports += compile_module(m, tuple(args.dtype), tuple(args.arch), layouts, ptxas, cfg.num_warps, cfg.step)
     failed = [r for r in reports if not r.ok]
     for r in failed:
-        print(f"FAIL {r.module}.{r.kernel} {r.dtype} sm_{r.arch} {r.layout} {r.num_warps} warps: {r.error}", file=sys.stderr)
+        print(f"FAIL {r.module}.{r.kernel} {r.dtype} sm_{r.arch} {r.layout} {r.num_warps} warps{' step' if r.step else ''}: {r.error}", file=sys.stderr)
     for r in reports:
         if r.spill_bytes:
-            print(f"SPILL {r.module}.{r.kernel} {r.dtype} sm_{r.arch} {r.layout} {r.num_warps} warps: {r.spill_bytes} bytes",
+            print(f"SPILL {r.module}.{r.kernel} {r.dtype} sm_{r.arch} {r.layout} {r.num_warps} warps{' step' if r.step else ''}: {r.spill_bytes} bytes",
                   file=sys.stderr)
     print(f"{len(reports) - len(failed)}/{len(reports)} kernels compiled")
     if args.json:

@@ -303,7 +303,11 @@ def test_offsets_are_int64():
 
     src = inspect_source(mod._forward_kernel) + inspect_source(mod._backward_kernel)
     assert src.count("= _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)") == 2
-    assert "pid = tl.program_id(0).to(tl.int64)" in inspect_source(triton_lang.tile)
+    prelu = importlib.import_module("actgen.ops.prelu")          # its backward steps through tiles
+    assert "= _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)" in inspect_source(prelu._backward_kernel)
+    assert "tile_at(tl.program_id(0).to(tl.int64)," in inspect_source(triton_lang.tile)
+    assert ("tl.program_id(0).to(tl.int64) + tl.num_programs(0).to(tl.int64) * it"
+            in inspect_source(triton_lang.nth_tile))
     lay = launch.layout((2**31 + 5,), 1, 1)
     assert lay.M * lay.N == 2**31 + 5 and lay.grid[0] * lay.block_n >= 2**31 + 5
 

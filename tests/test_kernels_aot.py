@@ -112,18 +112,26 @@ def test_local_memory_only_for_trig_range_reduction(reports):
     assert not local, f"kernels using local memory: {local}"
 
 
-def test_every_tuning_candidate_compiles_vectorised_without_spills(tuning_reports):
-    """What the tuner may launch on a GPU is held to the same checks as the default config."""
-    from actgen.runtime.tuning import CANDIDATES
+def test_every_tuning_candidate_compiles_vectorised(tuning_reports):
+    """What the tuner may launch on a GPU is held to the default config's checks: it compiles,
+    with 128-bit accesses.  Register spills are counted here, and the tuner leaves out a
+    candidate that spills (it reads the count off the compiled kernel on the GPU); the default
+    config is spill-free for every kernel (test_no_register_spills)."""
+    from actgen.runtime.tuning import PARAM_GRAD_CANDIDATES
 
-    configs = {(r["layout"][0] * r["layout"][1], r["num_warps"]) for r in tuning_reports}
-    assert configs == {(c.tile, c.num_warps) for c in CANDIDATES}
-    assert {r["module"] for r in tuning_reports} == set(TUNING_MODULES)
+    configs = {(r["layout"][0] * r["layout"][1], r["num_warps"], r["step"]) for r in tuning_reports}
+    assert configs == {(c.tile, c.num_warps, c.step) for c in PARAM_GRAD_CANDIDATES}
+    stepping = {(r["module"], r["kernel"]) for r in tuning_reports if r["step"]}
+    assert stepping == {("actgen.ops.pau", "_backward_kernel"), ("actgen.ops.prelu", "_backward_kernel")}
     failed = [(_key(r), r["num_warps"], r["error"]) for r in tuning_reports if not r["ok"]]
     assert not failed, failed
     scalar = [(_key(r), r["num_warps"]) for r in tuning_reports if not (r["vector_loads"] and r["vector_stores"])]
     assert not scalar, f"kernels without ld.global.v4 / st.global.v4: {scalar}"
     if all(r["spill_bytes"] is None for r in tuning_reports):
         pytest.skip("Triton's ptxas was not found")
-    spilled = [(_key(r), r["num_warps"], r["spill_bytes"]) for r in tuning_reports if r["spill_bytes"]]
-    assert not spilled, f"kernels spilling registers to local memory: {spilled}"
+    # only the heaviest kernel (PAU's backward: ten param gradients, limits read off at +-inf)
+    # runs out of registers, and only with more elements per thread or stepping
+    spilled = {r["module"] for r in tuning_reports if r["spill_bytes"]}
+    assert spilled <= {"actgen.ops.pau"}, spilled
+    assert not [r for r in tuning_reports if r["spill_bytes"] and r["layout"][0] * r["layout"][1] == 1024
+                and r["num_warps"] == 4 and not r["step"]]

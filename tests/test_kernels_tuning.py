@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import actgen.ops as ops
 from actgen.runtime import launch, tuning
-from actgen.runtime.tuning import CANDIDATES, DEFAULT, Config, Tuner
+from actgen.runtime.tuning import CANDIDATES, DEFAULT, PARAM_GRAD_CANDIDATES, Config, Tuner
 
 pytest.importorskip("triton")
 
@@ -40,27 +40,38 @@ def recording_tuner(tmp_path, monkeypatch):
     """launch's tuner replaced by one that tunes everything, with made-up timings in which
     Config(2048, 8) is fastest; records every config launched."""
     calls = []
-    times = {c: 1.0 + i for i, c in enumerate(CANDIDATES)}
+    times = {c: 1.0 + i for i, c in enumerate(PARAM_GRAD_CANDIDATES)}
     times[Config(2048, 8)] = 0.5
+    times[Config(1024, 4, step=True)] = 0.25         # only a backward with param gradients has it
     tuner = AlwaysOn(tmp_path / "tuning.json", bench=fake_bench(times, calls))
     original = tuner.choose
 
-    def choose(kernel, x, kind, run):
+    def choose(kernel, x, kind, run, candidates=CANDIDATES):
         def recorded(cfg):
             calls.append(cfg)
             return run(cfg)
-        return original(kernel, x, kind, recorded)
+        return original(kernel, x, kind, recorded, candidates)
 
     monkeypatch.setattr(tuner, "choose", choose)
     monkeypatch.setattr(launch, "TUNER", tuner)
     return tuner, calls
 
 
-@pytest.fixture(params=CANDIDATES, ids=lambda c: f"{c.tile}x{c.num_warps}")
+def _force(monkeypatch, cfg):
+    monkeypatch.setattr(launch.TUNER, "choose", lambda kernel, x, kind, run, candidates=CANDIDATES: cfg)
+    return cfg
+
+
+@pytest.fixture(params=CANDIDATES, ids=lambda c: c.label)
 def forced_config(request, monkeypatch):
     """Every launch uses one candidate config."""
-    monkeypatch.setattr(launch.TUNER, "choose", lambda kernel, x, kind, run: request.param)
-    return request.param
+    return _force(monkeypatch, request.param)
+
+
+@pytest.fixture(params=PARAM_GRAD_CANDIDATES, ids=lambda c: c.label)
+def forced_param_grad_config(request, monkeypatch):
+    """Every launch uses one candidate config of a backward with param gradients (stepping or not)."""
+    return _force(monkeypatch, request.param)
 
 
 def _value_and_grads(fn, ref, *tensors):
@@ -81,12 +92,27 @@ def test_every_candidate_computes_the_same_flat(forced_config, triton_backend):
     _value_and_grads(ops.mish, F.mish, x)
 
 
-@pytest.mark.parametrize("shape,channel_dim", [((5, 64, 37), 1), ((9, 7, 64), -1), ((3, 64, 2), 1)],
-                         ids=["channels-first", "channels-last", "channels-first-small-inner"])
-def test_every_candidate_sums_param_gradients(forced_config, triton_backend, shape, channel_dim):
-    """Per-channel param gradients from per-tile partial sums, for every tile size."""
+# more tiles than programs (under the interpreter): each program steps through several tiles
+STEPPING = [((40, 64, 37), 1, 64), ((900, 64), -1, 64), ((200, 3, 50), 1, 3), ((7, 5, 3, 100), 1, 5),
+            ((20000, 3), -1, 3)]
+
+
+def test_the_stepping_shapes_step():
+    for shape, channel_dim, channels in STEPPING:
+        lay = launch.layout(shape, channel_dim % len(shape), channels)
+        programs, iters = launch.param_grad_programs(lay, torch.device("cpu"))
+        assert iters > 1 and programs * iters >= lay.tiles_m * lay.tiles_n, shape
+
+
+@pytest.mark.parametrize("shape,channel_dim,channels", [
+    ((5, 64, 37), 1, 64), ((9, 7, 64), -1, 64), ((3, 64, 2), 1, 64), *STEPPING,
+], ids=["channels-first", "channels-last", "channels-first-small-inner", "stepping-channels-first",
+        "stepping-channels-last", "stepping-3-channels", "stepping-5-channels-4d", "stepping-3-channels-last"])
+def test_every_candidate_sums_param_gradients(forced_param_grad_config, triton_backend, shape, channel_dim, channels):
+    """Per-channel param gradients from per-program partial sums, for every tile size, also
+    where programs step through several tiles (and an odd channel count repeats across them)."""
     x = torch.randn(shape)
-    w = torch.rand(64) * 0.5
+    w = torch.rand(channels) * 0.5
 
     def ref(x, w):
         xm = x.movedim(channel_dim, -1)
@@ -95,21 +121,60 @@ def test_every_candidate_sums_param_gradients(forced_config, triton_backend, sha
     _value_and_grads(lambda x, w: ops.prelu(x, w, channel_dim=channel_dim), ref, x, w)
 
 
+def test_shared_and_per_channel_params_when_stepping(triton_backend, monkeypatch):
+    """learnable_activation: per-channel alpha and scale, one shared shift, over many tiles."""
+    _force(monkeypatch, Config(1024, 4, step=True))
+    x = torch.randn(30, 6, 200)
+    alpha, scale, shift = torch.rand(6) * 0.5, torch.rand(6) + 0.5, torch.randn(1)
+    lay = launch.layout(x.shape, 1, 6)
+    assert launch.param_grad_programs(lay, x.device)[1] > 1
+
+    def ref(x, a, s, b):
+        a, s = a.view(-1, 1), s.view(-1, 1)
+        return s * torch.where(x > 0, x, a * x) + b
+
+    _value_and_grads(ops.learnable_activation, ref, x, alpha, scale, shift)
+
+
+def _compiled_and_timed(candidates):
+    """Each candidate launched once to compile it (and read its spill count), then timed."""
+    return [c for c in candidates for _ in range(2)]
+
+
 def test_the_fastest_config_is_kept_and_reused(recording_tuner, triton_backend, tmp_path):
     tuner, calls = recording_tuner
     x = torch.randn(5000)
     y = ops.silu(x)
     torch.testing.assert_close(y, F.silu(x))
-    assert calls == list(CANDIDATES)                    # every candidate timed once
+    assert calls == _compiled_and_timed(CANDIDATES)
     data = json.loads((tmp_path / "tuning.json").read_text())
     (key, entry), = data["configs"].items()
     assert (entry["tile"], entry["num_warps"]) == (2048, 8)
     assert "_forward_kernel" in key and "float32" in key and "flat" in key and tuning.size_bucket(5000) in key
-    assert set(entry["ms"]) == {f"{c.tile}x{c.num_warps}" for c in CANDIDATES}
+    assert set(entry["ms"]) == {c.label for c in CANDIDATES}
     calls.clear()
     torch.testing.assert_close(ops.silu(x * 2), F.silu(x * 2))
     assert calls == []                                  # same bucket: no tuning
     assert tuner.choose(ops.silu.__globals__["_OP"].forward_kernel, x, "flat", None) == Config(2048, 8)
+
+
+def test_a_backward_with_param_gradients_also_tunes_stepping(recording_tuner, triton_backend, tmp_path):
+    tuner, calls = recording_tuner
+    x = torch.randn(4, 64, 37, requires_grad=True)
+    w = (torch.rand(64) * 0.5).requires_grad_()
+    y = ops.prelu(x, w)
+    calls.clear()                                       # the forward's tuning
+    g = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, w), g)
+    assert calls == _compiled_and_timed(PARAM_GRAD_CANDIDATES)
+    torch.testing.assert_close(gw, (g * torch.where(x > 0, 0.0, x)).sum((0, 2)), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gx, g * torch.where(x > 0, 1.0, w.view(-1, 1)))
+    entries = json.loads((tmp_path / "tuning.json").read_text())["configs"]
+    (key, entry), = [(k, e) for k, e in entries.items() if "_backward_kernel" in k]
+    assert "rows+param_grad" in key and entry["step"] is True and entry["tile"] == 1024
+    calls.clear()
+    torch.autograd.grad(ops.prelu(x, w.detach()), x, g)   # param frozen: another kind, not stepping
+    assert calls == _compiled_and_timed(CANDIDATES)
 
 
 def test_the_file_serves_a_new_process_and_buckets_tune_apart(tmp_path):
@@ -127,7 +192,7 @@ def test_the_file_serves_a_new_process_and_buckets_tune_apart(tmp_path):
     kernel = ops.silu.__globals__["_OP"].forward_kernel
     first = AlwaysOn(tmp_path / "t.json", bench=bench)
     assert first.choose(kernel, torch.empty(1 << 22), "flat", run) == Config(4096, 8)
-    assert len(timed) == len(CANDIDATES)
+    assert timed == _compiled_and_timed(CANDIDATES)
     timed.clear()
 
     def no_bench(fn):
@@ -143,6 +208,29 @@ def test_the_file_serves_a_new_process_and_buckets_tune_apart(tmp_path):
     assert third.choose(kernel, torch.empty(1 << 22), "rows", run) == Config(1024, 4)
     assert third.choose(kernel, torch.empty(1 << 22), "flat", run) == Config(4096, 8)   # cached
     assert len(json.loads((tmp_path / "t.json").read_text())["configs"]) == 4
+
+
+def test_a_candidate_that_spills_is_not_timed(tmp_path):
+    class Compiled:
+        def __init__(self, spills):
+            self.n_spills = spills
+
+    timed = []
+    spilling = {Config(2048, 4), Config(4096, 8)}
+
+    def run(cfg):
+        timed.append(cfg)
+        return Compiled(64 if cfg in spilling else 0)
+
+    def bench(fn):
+        fn()
+        return {Config(4096, 8): 0.1, Config(2048, 4): 0.2}.get(timed[-1], 1.0)
+
+    kernel = ops.silu.__globals__["_OP"].forward_kernel
+    tuner = AlwaysOn(tmp_path / "t.json", bench=bench)
+    assert tuner.choose(kernel, torch.empty(10), "flat", run) not in spilling
+    entry, = json.loads((tmp_path / "t.json").read_text())["configs"].values()
+    assert set(entry["ms"]) == {c.label for c in CANDIDATES if c not in spilling}
 
 
 def test_size_buckets():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import sympy
 
@@ -11,8 +12,9 @@ from .writer import Writer, escape_docstring
 
 from ..version import COMPILER_VERSION
 TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
+NTH_TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 # the @triton.jit helpers of actgen.runtime.triton_lang a kernel may call (imported as _name)
-KERNEL_HELPERS = ("tile", "store_partial", "sigmoid", "softplus", "probe_at_inf", "limit_at_inf")
+KERNEL_HELPERS = ("tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "sigmoid", "softplus", "probe_at_inf", "limit_at_inf")
 
 
 def op_key(d: Derivation) -> str:
@@ -143,31 +145,49 @@ def _free(block: Block, expr) -> set:
 
 
 def _backward_kernel(w: Writer, d: Derivation):
+    """One tile per program; with params and STEP, each program steps through _iters tiles and
+    sums grad * df/dparam over them per tile row or column in registers, then stores those sums
+    (STEP is a constexpr: without it the loop compiles away, and so does its register cost)."""
     s = d.spec
     consts = [c.name for c in s.constants]
     args = ["_grad_ptr"] + [f"{n}_ptr" for n in s.inputs] + _kernel_args(d)
     args += [f"_d_{n}_ptr" for n in s.inputs]
     if s.params:
         args += ["_partials_ptr", "_n_partials"]
-    args += [*consts, "_M", "_N", "_C"]
+    args += [*consts, "_M", "_N", "_C"] + (["_iters"] if s.params else [])
     w("@triton.jit")
-    with w.indent(f"def _backward_kernel(\n    {', '.join(args)},\n    {_CONSTEXPRS}, PARAM_GRAD: tl.constexpr,\n):"):
+    step = ", STEP: tl.constexpr" if s.params else ""
+    with w.indent(f"def _backward_kernel(\n    {', '.join(args)},\n    {_CONSTEXPRS}, PARAM_GRAD: tl.constexpr{step},\n):"):
         doc = "grad * df/dinput for every input"
         if s.params:
-            doc += "; with PARAM_GRAD, per-tile partial sums of grad * df/dparam for every param"
+            doc += ("; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this "
+                    "program's tiles (one, or with STEP _iters tiles num_programs apart)")
         w(f'"""{doc}."""')
-        w(TILE_INDEX)
-        w("_g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)")
-        _kernel_loads(w, d)
-        printer = TritonPrinter()
-        _block(w, d.backward, printer, "_")
-        for n in s.inputs:
-            w(f"tl.store(_d_{n}_ptr + _offs, (_g * _d_{n}).to(_d_{n}_ptr.dtype.element_ty), mask=_mask)")
-        if s.params:
+        if not s.params:
+            _backward_tile(w, d, TILE_INDEX)
+            w()
+            return
+        for p in s.params:
+            w(f"_sum_{p.name} = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)")
+        with w.indent("for _it in range(_iters if STEP else 1):"):
+            _backward_tile(w, d, NTH_TILE_INDEX)
             with w.indent("if PARAM_GRAD:"):
-                for k, p in enumerate(s.params):
-                    w(f"_store_partial(_partials_ptr + {k} * _n_partials, _g * _d_{p.name}, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)")
+                for p in s.params:
+                    w(f"_sum_{p.name} += _tile_sum(_g * _d_{p.name}, _mask, CH_AXIS)")
+        with w.indent("if PARAM_GRAD:"):
+            for k, p in enumerate(s.params):
+                w(f"_store_partial(_partials_ptr + {k} * _n_partials, _sum_{p.name}, BLOCK_M, BLOCK_N, CH_AXIS)")
     w()
+
+
+def _backward_tile(w: Writer, d: Derivation, tile_index: str):
+    """Load one tile, store grad * df/dinput for every input; leaves _g and _d_<param>."""
+    w(tile_index)
+    w("_g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)")
+    _kernel_loads(w, d)
+    _block(w, d.backward, TritonPrinter(), "_")
+    for n in d.spec.inputs:
+        w(f"tl.store(_d_{n}_ptr + _offs, (_g * _d_{n}).to(_d_{n}_ptr.dtype.element_ty), mask=_mask)")
 
 
 def _functional(w: Writer, d: Derivation):
@@ -349,7 +369,7 @@ def render_module(d: Derivation) -> str:
         _backward_kernel(kernels, d)
         source = "\n".join(kernels.lines)
         w("from actgen.runtime.triton_lang import libdevice, tl, triton")
-        helpers = [h for h in KERNEL_HELPERS if f"_{h}(" in source]
+        helpers = [h for h in KERNEL_HELPERS if re.search(rf"(?<!\w)_{h}\(", source)]
         w(f"from actgen.runtime.triton_lang import {', '.join(f'{h} as _{h}' for h in helpers)}")
         w()
         for line in kernels.lines:

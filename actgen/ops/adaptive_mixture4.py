@@ -174,7 +174,7 @@ def _second_derivatives_torch(x, w0, w1, w2, w3):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, store_partial as _store_partial, sigmoid as _sigmoid, probe_at_inf as _probe_at_inf, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, sigmoid as _sigmoid, probe_at_inf as _probe_at_inf, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -197,48 +197,58 @@ if _rt.HAS_TRITON:
 
     @triton.jit
     def _backward_kernel(
-        _grad_ptr, x_ptr, w0_ptr, w1_ptr, w2_ptr, w3_ptr, _d_x_ptr, _partials_ptr, _n_partials, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr,
+        _grad_ptr, x_ptr, w0_ptr, w1_ptr, w2_ptr, w3_ptr, _d_x_ptr, _partials_ptr, _n_partials, _M, _N, _C, _iters,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
-        """grad * df/dinput for every input; with PARAM_GRAD, per-tile partial sums of grad * df/dparam for every param."""
-        _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
-        _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        w0 = tl.load(w0_ptr).to(ACC)
-        w1 = tl.load(w1_ptr).to(ACC)
-        w2 = tl.load(w2_ptr).to(ACC)
-        w3 = tl.load(w3_ptr).to(ACC)
-        _t0 = libdevice.exp(w0)
-        _t1 = libdevice.exp(w1)
-        _t2 = libdevice.exp(w2)
-        _t3 = libdevice.exp(w3)
-        _t4 = _t0 + _t1 + _t2 + _t3
-        _t5 = 1.0/_t4
-        _t6 = _sigmoid(x)
-        _t7 = _t3*_t6
-        _t8 = x > 0.0
-        _t9 = -(2.0*tl.abs(x))
-        _t10 = tl.where(_t8, x, 0.0)
-        _t11 = _t2*x
-        _t12 = libdevice.tanh(x)
-        _t13 = _t0*_t10 + _t1*_t12 + _t11 + _t7
-        _t14 = 1.0/(_t4*_t4)
-        _t15 = _t0*_t14
-        _t16 = _probe_at_inf(x)
-        _t17 = tl.where(_t16 > 0.0, _t16, 0.0)
-        _t18 = _t0*_t17 + _t1*libdevice.tanh(_t16) + _t16*_t2 + _t3*_sigmoid(_t16)
-        _t19 = _t13*_t14
-        _d_x = tl.where(x != x, x, _t5*(_t0*tl.where(_t8, 1.0, 0.0) + _t2 + _t7*_sigmoid(-x) + 4.0*libdevice.exp(_t9 + w1)/libdevice.pow(libdevice.exp(_t9) + 1.0, 2.0)))
-        _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*_t10*_t5 - _t13*_t15, _t0*_t17*_t5 - _t15*_t18, x))
-        _d_w1 = tl.where(x != x, x, _t1*_t12*_t5 - _t1*_t19)
-        _d_w2 = tl.where(x != x, x, _limit_at_inf(_t11*_t5 - _t19*_t2, -(_t14*_t18*_t2) + _t16*_t2*_t5, x))
-        _d_w3 = tl.where(x != x, x, -(_t19*_t3) + _t3*_t5*_t6)
-        tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
+        """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
+        _sum_w0 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        _sum_w1 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        _sum_w2 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        _sum_w3 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        for _it in range(_iters if STEP else 1):
+            _offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
+            _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
+            x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
+            w0 = tl.load(w0_ptr).to(ACC)
+            w1 = tl.load(w1_ptr).to(ACC)
+            w2 = tl.load(w2_ptr).to(ACC)
+            w3 = tl.load(w3_ptr).to(ACC)
+            _t0 = libdevice.exp(w0)
+            _t1 = libdevice.exp(w1)
+            _t2 = libdevice.exp(w2)
+            _t3 = libdevice.exp(w3)
+            _t4 = _t0 + _t1 + _t2 + _t3
+            _t5 = 1.0/_t4
+            _t6 = _sigmoid(x)
+            _t7 = _t3*_t6
+            _t8 = x > 0.0
+            _t9 = -(2.0*tl.abs(x))
+            _t10 = tl.where(_t8, x, 0.0)
+            _t11 = _t2*x
+            _t12 = libdevice.tanh(x)
+            _t13 = _t0*_t10 + _t1*_t12 + _t11 + _t7
+            _t14 = 1.0/(_t4*_t4)
+            _t15 = _t0*_t14
+            _t16 = _probe_at_inf(x)
+            _t17 = tl.where(_t16 > 0.0, _t16, 0.0)
+            _t18 = _t0*_t17 + _t1*libdevice.tanh(_t16) + _t16*_t2 + _t3*_sigmoid(_t16)
+            _t19 = _t13*_t14
+            _d_x = tl.where(x != x, x, _t5*(_t0*tl.where(_t8, 1.0, 0.0) + _t2 + _t7*_sigmoid(-x) + 4.0*libdevice.exp(_t9 + w1)/libdevice.pow(libdevice.exp(_t9) + 1.0, 2.0)))
+            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*_t10*_t5 - _t13*_t15, _t0*_t17*_t5 - _t15*_t18, x))
+            _d_w1 = tl.where(x != x, x, _t1*_t12*_t5 - _t1*_t19)
+            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t11*_t5 - _t19*_t2, -(_t14*_t18*_t2) + _t16*_t2*_t5, x))
+            _d_w3 = tl.where(x != x, x, -(_t19*_t3) + _t3*_t5*_t6)
+            tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
+            if PARAM_GRAD:
+                _sum_w0 += _tile_sum(_g * _d_w0, _mask, CH_AXIS)
+                _sum_w1 += _tile_sum(_g * _d_w1, _mask, CH_AXIS)
+                _sum_w2 += _tile_sum(_g * _d_w2, _mask, CH_AXIS)
+                _sum_w3 += _tile_sum(_g * _d_w3, _mask, CH_AXIS)
         if PARAM_GRAD:
-            _store_partial(_partials_ptr + 0 * _n_partials, _g * _d_w0, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)
-            _store_partial(_partials_ptr + 1 * _n_partials, _g * _d_w1, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)
-            _store_partial(_partials_ptr + 2 * _n_partials, _g * _d_w2, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)
-            _store_partial(_partials_ptr + 3 * _n_partials, _g * _d_w3, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)
+            _store_partial(_partials_ptr + 0 * _n_partials, _sum_w0, BLOCK_M, BLOCK_N, CH_AXIS)
+            _store_partial(_partials_ptr + 1 * _n_partials, _sum_w1, BLOCK_M, BLOCK_N, CH_AXIS)
+            _store_partial(_partials_ptr + 2 * _n_partials, _sum_w2, BLOCK_M, BLOCK_N, CH_AXIS)
+            _store_partial(_partials_ptr + 3 * _n_partials, _sum_w3, BLOCK_M, BLOCK_N, CH_AXIS)
 
 
 _OP = _rt.Activation(

@@ -278,7 +278,7 @@ def _second_derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, store_partial as _store_partial, probe_at_inf as _probe_at_inf, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, probe_at_inf as _probe_at_inf, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -311,80 +311,102 @@ if _rt.HAS_TRITON:
 
     @triton.jit
     def _backward_kernel(
-        _grad_ptr, x_ptr, a0_ptr, a1_ptr, a2_ptr, a3_ptr, a4_ptr, a5_ptr, b1_ptr, b2_ptr, b3_ptr, b4_ptr, _d_x_ptr, _partials_ptr, _n_partials, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr,
+        _grad_ptr, x_ptr, a0_ptr, a1_ptr, a2_ptr, a3_ptr, a4_ptr, a5_ptr, b1_ptr, b2_ptr, b3_ptr, b4_ptr, _d_x_ptr, _partials_ptr, _n_partials, _M, _N, _C, _iters,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
-        """grad * df/dinput for every input; with PARAM_GRAD, per-tile partial sums of grad * df/dparam for every param."""
-        _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
-        _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        a0 = tl.load(a0_ptr).to(ACC)
-        a1 = tl.load(a1_ptr).to(ACC)
-        a2 = tl.load(a2_ptr).to(ACC)
-        a3 = tl.load(a3_ptr).to(ACC)
-        a4 = tl.load(a4_ptr).to(ACC)
-        a5 = tl.load(a5_ptr).to(ACC)
-        b1 = tl.load(b1_ptr).to(ACC)
-        b2 = tl.load(b2_ptr).to(ACC)
-        b3 = tl.load(b3_ptr).to(ACC)
-        b4 = tl.load(b4_ptr).to(ACC)
-        _t0 = 2.0*x
-        _t1 = x*x
-        _t2 = 3.0*a3
-        _t3 = x*x*x
-        _t4 = 4.0*_t3
-        _t5 = x*x*x*x
-        _t6 = 5.0*a5
-        _t7 = b1*x
-        _t8 = tl.abs(b2)
-        _t9 = tl.abs(b4)
-        _t10 = tl.abs(b3)
-        _t11 = tl.abs(x)
-        _t12 = _t10*_t11
-        _t13 = _t1*_t12 + _t1*_t8 + _t5*_t9 + tl.abs(_t7) + 1.0
-        _t14 = 1.0/_t13
-        _t15 = tl.where(_t7 > 0.0, 1.0, tl.where(_t7 < 0.0, -1.0, 0.0))
-        _t16 = libdevice.pow(x, 5.0)
-        _t17 = (_t1*a2 + _t16*a5 + _t3*a3 + _t5*a4 + a0 + a1*x)/(_t13*_t13)
-        _t18 = _probe_at_inf(x)
-        _t19 = 2.0*_t18
-        _t20 = _t18*_t18
-        _t21 = _t18*_t18*_t18
-        _t22 = 4.0*_t21
-        _t23 = _t18*_t18*_t18*_t18
-        _t24 = _t18*b1
-        _t25 = _t10*tl.abs(_t18)
-        _t26 = _t20*_t25 + _t20*_t8 + _t23*_t9 + tl.abs(_t24) + 1.0
-        _t27 = 1.0/_t26
-        _t28 = tl.where(_t24 > 0.0, 1.0, tl.where(_t24 < 0.0, -1.0, 0.0))
-        _t29 = libdevice.pow(_t18, 5.0)
-        _t30 = (_t18*a1 + _t20*a2 + _t21*a3 + _t23*a4 + _t29*a5 + a0)/(_t26*_t26)
-        _t31 = tl.where(b2 > 0.0, 1.0, tl.where(b2 < 0.0, -1.0, 0.0))
-        _t32 = _t1*_t17
-        _t33 = tl.where(b4 > 0.0, 1.0, tl.where(b4 < 0.0, -1.0, 0.0))
-        _d_x = tl.where(x != x, x, _limit_at_inf(_t14*(_t0*a2 + _t1*_t2 + _t4*a4 + _t5*_t6 + a1) + _t17*(-(_t0*_t8) - 3.0*_t12*x - _t15*b1 - _t4*_t9), _t27*(_t19*a2 + _t2*_t20 + _t22*a4 + _t23*_t6 + a1) + _t30*(-(3.0*_t18*_t25) - _t19*_t8 - _t22*_t9 - _t28*b1), x))
-        _d_a0 = _t14
-        _d_a1 = _limit_at_inf(_t14*x, _t18*_t27, x)
-        _d_a2 = _limit_at_inf(_t1*_t14, _t20*_t27, x)
-        _d_a3 = _limit_at_inf(_t14*_t3, _t21*_t27, x)
-        _d_a4 = _limit_at_inf(_t14*_t5, _t23*_t27, x)
-        _d_a5 = _limit_at_inf(_t14*_t16, _t27*_t29, x)
-        _d_b1 = tl.where(x != x, x, _limit_at_inf(-(_t15*_t17*x), -(_t18*_t28*_t30), x))
-        _d_b2 = tl.where(x != x, x, _limit_at_inf(-(_t31*_t32), -(_t20*_t30*_t31), x))
-        _d_b3 = tl.where(x != x, x, -(_t11*_t32*tl.where(b3 > 0.0, 1.0, tl.where(b3 < 0.0, -1.0, 0.0))))
-        _d_b4 = tl.where(x != x, x, _limit_at_inf(-(_t17*_t33*_t5), -(_t23*_t30*_t33), x))
-        tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
+        """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
+        _sum_a0 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        _sum_a1 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        _sum_a2 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        _sum_a3 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        _sum_a4 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        _sum_a5 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        _sum_b1 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        _sum_b2 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        _sum_b3 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        _sum_b4 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        for _it in range(_iters if STEP else 1):
+            _offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
+            _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
+            x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
+            a0 = tl.load(a0_ptr).to(ACC)
+            a1 = tl.load(a1_ptr).to(ACC)
+            a2 = tl.load(a2_ptr).to(ACC)
+            a3 = tl.load(a3_ptr).to(ACC)
+            a4 = tl.load(a4_ptr).to(ACC)
+            a5 = tl.load(a5_ptr).to(ACC)
+            b1 = tl.load(b1_ptr).to(ACC)
+            b2 = tl.load(b2_ptr).to(ACC)
+            b3 = tl.load(b3_ptr).to(ACC)
+            b4 = tl.load(b4_ptr).to(ACC)
+            _t0 = 2.0*x
+            _t1 = x*x
+            _t2 = 3.0*a3
+            _t3 = x*x*x
+            _t4 = 4.0*_t3
+            _t5 = x*x*x*x
+            _t6 = 5.0*a5
+            _t7 = b1*x
+            _t8 = tl.abs(b2)
+            _t9 = tl.abs(b4)
+            _t10 = tl.abs(b3)
+            _t11 = tl.abs(x)
+            _t12 = _t10*_t11
+            _t13 = _t1*_t12 + _t1*_t8 + _t5*_t9 + tl.abs(_t7) + 1.0
+            _t14 = 1.0/_t13
+            _t15 = tl.where(_t7 > 0.0, 1.0, tl.where(_t7 < 0.0, -1.0, 0.0))
+            _t16 = libdevice.pow(x, 5.0)
+            _t17 = (_t1*a2 + _t16*a5 + _t3*a3 + _t5*a4 + a0 + a1*x)/(_t13*_t13)
+            _t18 = _probe_at_inf(x)
+            _t19 = 2.0*_t18
+            _t20 = _t18*_t18
+            _t21 = _t18*_t18*_t18
+            _t22 = 4.0*_t21
+            _t23 = _t18*_t18*_t18*_t18
+            _t24 = _t18*b1
+            _t25 = _t10*tl.abs(_t18)
+            _t26 = _t20*_t25 + _t20*_t8 + _t23*_t9 + tl.abs(_t24) + 1.0
+            _t27 = 1.0/_t26
+            _t28 = tl.where(_t24 > 0.0, 1.0, tl.where(_t24 < 0.0, -1.0, 0.0))
+            _t29 = libdevice.pow(_t18, 5.0)
+            _t30 = (_t18*a1 + _t20*a2 + _t21*a3 + _t23*a4 + _t29*a5 + a0)/(_t26*_t26)
+            _t31 = tl.where(b2 > 0.0, 1.0, tl.where(b2 < 0.0, -1.0, 0.0))
+            _t32 = _t1*_t17
+            _t33 = tl.where(b4 > 0.0, 1.0, tl.where(b4 < 0.0, -1.0, 0.0))
+            _d_x = tl.where(x != x, x, _limit_at_inf(_t14*(_t0*a2 + _t1*_t2 + _t4*a4 + _t5*_t6 + a1) + _t17*(-(_t0*_t8) - 3.0*_t12*x - _t15*b1 - _t4*_t9), _t27*(_t19*a2 + _t2*_t20 + _t22*a4 + _t23*_t6 + a1) + _t30*(-(3.0*_t18*_t25) - _t19*_t8 - _t22*_t9 - _t28*b1), x))
+            _d_a0 = _t14
+            _d_a1 = _limit_at_inf(_t14*x, _t18*_t27, x)
+            _d_a2 = _limit_at_inf(_t1*_t14, _t20*_t27, x)
+            _d_a3 = _limit_at_inf(_t14*_t3, _t21*_t27, x)
+            _d_a4 = _limit_at_inf(_t14*_t5, _t23*_t27, x)
+            _d_a5 = _limit_at_inf(_t14*_t16, _t27*_t29, x)
+            _d_b1 = tl.where(x != x, x, _limit_at_inf(-(_t15*_t17*x), -(_t18*_t28*_t30), x))
+            _d_b2 = tl.where(x != x, x, _limit_at_inf(-(_t31*_t32), -(_t20*_t30*_t31), x))
+            _d_b3 = tl.where(x != x, x, -(_t11*_t32*tl.where(b3 > 0.0, 1.0, tl.where(b3 < 0.0, -1.0, 0.0))))
+            _d_b4 = tl.where(x != x, x, _limit_at_inf(-(_t17*_t33*_t5), -(_t23*_t30*_t33), x))
+            tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
+            if PARAM_GRAD:
+                _sum_a0 += _tile_sum(_g * _d_a0, _mask, CH_AXIS)
+                _sum_a1 += _tile_sum(_g * _d_a1, _mask, CH_AXIS)
+                _sum_a2 += _tile_sum(_g * _d_a2, _mask, CH_AXIS)
+                _sum_a3 += _tile_sum(_g * _d_a3, _mask, CH_AXIS)
+                _sum_a4 += _tile_sum(_g * _d_a4, _mask, CH_AXIS)
+                _sum_a5 += _tile_sum(_g * _d_a5, _mask, CH_AXIS)
+                _sum_b1 += _tile_sum(_g * _d_b1, _mask, CH_AXIS)
+                _sum_b2 += _tile_sum(_g * _d_b2, _mask, CH_AXIS)
+                _sum_b3 += _tile_sum(_g * _d_b3, _mask, CH_AXIS)
+                _sum_b4 += _tile_sum(_g * _d_b4, _mask, CH_AXIS)
         if PARAM_GRAD:
-            _store_partial(_partials_ptr + 0 * _n_partials, _g * _d_a0, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)
-            _store_partial(_partials_ptr + 1 * _n_partials, _g * _d_a1, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)
-            _store_partial(_partials_ptr + 2 * _n_partials, _g * _d_a2, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)
-            _store_partial(_partials_ptr + 3 * _n_partials, _g * _d_a3, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)
-            _store_partial(_partials_ptr + 4 * _n_partials, _g * _d_a4, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)
-            _store_partial(_partials_ptr + 5 * _n_partials, _g * _d_a5, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)
-            _store_partial(_partials_ptr + 6 * _n_partials, _g * _d_b1, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)
-            _store_partial(_partials_ptr + 7 * _n_partials, _g * _d_b2, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)
-            _store_partial(_partials_ptr + 8 * _n_partials, _g * _d_b3, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)
-            _store_partial(_partials_ptr + 9 * _n_partials, _g * _d_b4, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)
+            _store_partial(_partials_ptr + 0 * _n_partials, _sum_a0, BLOCK_M, BLOCK_N, CH_AXIS)
+            _store_partial(_partials_ptr + 1 * _n_partials, _sum_a1, BLOCK_M, BLOCK_N, CH_AXIS)
+            _store_partial(_partials_ptr + 2 * _n_partials, _sum_a2, BLOCK_M, BLOCK_N, CH_AXIS)
+            _store_partial(_partials_ptr + 3 * _n_partials, _sum_a3, BLOCK_M, BLOCK_N, CH_AXIS)
+            _store_partial(_partials_ptr + 4 * _n_partials, _sum_a4, BLOCK_M, BLOCK_N, CH_AXIS)
+            _store_partial(_partials_ptr + 5 * _n_partials, _sum_a5, BLOCK_M, BLOCK_N, CH_AXIS)
+            _store_partial(_partials_ptr + 6 * _n_partials, _sum_b1, BLOCK_M, BLOCK_N, CH_AXIS)
+            _store_partial(_partials_ptr + 7 * _n_partials, _sum_b2, BLOCK_M, BLOCK_N, CH_AXIS)
+            _store_partial(_partials_ptr + 8 * _n_partials, _sum_b3, BLOCK_M, BLOCK_N, CH_AXIS)
+            _store_partial(_partials_ptr + 9 * _n_partials, _sum_b4, BLOCK_M, BLOCK_N, CH_AXIS)
 
 
 _OP = _rt.Activation(

@@ -104,7 +104,7 @@ def _second_derivatives_torch(x, alpha):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, store_partial as _store_partial, probe_at_inf as _probe_at_inf, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, probe_at_inf as _probe_at_inf, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -124,29 +124,33 @@ if _rt.HAS_TRITON:
 
     @triton.jit
     def _backward_kernel(
-        _grad_ptr, x_ptr, alpha_ptr, _d_x_ptr, _partials_ptr, _n_partials, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr,
+        _grad_ptr, x_ptr, alpha_ptr, _d_x_ptr, _partials_ptr, _n_partials, _M, _N, _C, _iters,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
-        """grad * df/dinput for every input; with PARAM_GRAD, per-tile partial sums of grad * df/dparam for every param."""
-        _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
-        _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        alpha = tl.load(alpha_ptr).to(ACC)
-        _t0 = alpha*(alpha + x)
-        _t1 = 1.0/(1.0 - _t0)
-        _t2 = alpha < 0.0
-        _t3 = alpha*x
-        _t4 = libdevice.exp(_t3)
-        _t5 = alpha > 0.0
-        _t6 = _probe_at_inf(x)
-        _t7 = _t6*alpha
-        _t8 = 1.0/(alpha*alpha)
-        _t9 = 1.0/alpha
-        _d_x = tl.where(x != x, x, _limit_at_inf(tl.where(_t2, _t1, tl.where(_t5, _t4, _t3 + 1.0)), tl.where(_t2, 1.0/(-(alpha*(_t6 + alpha)) + 1.0), tl.where(_t5, libdevice.exp(_t7), _t7 + 1.0)), x))
-        _d_alpha = tl.where(x != x, x, tl.where(_t2, -(_t1*_t9*(-(2.0*alpha) - x)) + _t8*libdevice.log1p(-_t0), tl.where(_t5, _t4*_t9*x - _t8*libdevice.expm1(_t3) + 1.0, x*x/2.0 + 1.0)))
-        tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
+        """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
+        _sum_alpha = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        for _it in range(_iters if STEP else 1):
+            _offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
+            _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
+            x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
+            alpha = tl.load(alpha_ptr).to(ACC)
+            _t0 = alpha*(alpha + x)
+            _t1 = 1.0/(1.0 - _t0)
+            _t2 = alpha < 0.0
+            _t3 = alpha*x
+            _t4 = libdevice.exp(_t3)
+            _t5 = alpha > 0.0
+            _t6 = _probe_at_inf(x)
+            _t7 = _t6*alpha
+            _t8 = 1.0/(alpha*alpha)
+            _t9 = 1.0/alpha
+            _d_x = tl.where(x != x, x, _limit_at_inf(tl.where(_t2, _t1, tl.where(_t5, _t4, _t3 + 1.0)), tl.where(_t2, 1.0/(-(alpha*(_t6 + alpha)) + 1.0), tl.where(_t5, libdevice.exp(_t7), _t7 + 1.0)), x))
+            _d_alpha = tl.where(x != x, x, tl.where(_t2, -(_t1*_t9*(-(2.0*alpha) - x)) + _t8*libdevice.log1p(-_t0), tl.where(_t5, _t4*_t9*x - _t8*libdevice.expm1(_t3) + 1.0, x*x/2.0 + 1.0)))
+            tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
+            if PARAM_GRAD:
+                _sum_alpha += _tile_sum(_g * _d_alpha, _mask, CH_AXIS)
         if PARAM_GRAD:
-            _store_partial(_partials_ptr + 0 * _n_partials, _g * _d_alpha, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)
+            _store_partial(_partials_ptr + 0 * _n_partials, _sum_alpha, BLOCK_M, BLOCK_N, CH_AXIS)
 
 
 _OP = _rt.Activation(

@@ -85,7 +85,7 @@ def _second_derivatives_torch(x, beta):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, store_partial as _store_partial, sigmoid as _sigmoid, probe_at_inf as _probe_at_inf, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, sigmoid as _sigmoid, probe_at_inf as _probe_at_inf, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -102,26 +102,30 @@ if _rt.HAS_TRITON:
 
     @triton.jit
     def _backward_kernel(
-        _grad_ptr, x_ptr, beta_ptr, _d_x_ptr, _partials_ptr, _n_partials, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr,
+        _grad_ptr, x_ptr, beta_ptr, _d_x_ptr, _partials_ptr, _n_partials, _M, _N, _C, _iters,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
-        """grad * df/dinput for every input; with PARAM_GRAD, per-tile partial sums of grad * df/dparam for every param."""
-        _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
-        _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        beta = tl.load(beta_ptr).to(ACC)
-        _t0 = beta*x
-        _t1 = _sigmoid(_t0)
-        _t2 = _t1*_sigmoid(-_t0)
-        _t3 = _probe_at_inf(x)
-        _t4 = _t3*beta
-        _t5 = _sigmoid(_t4)
-        _t6 = _t5*_sigmoid(-_t4)
-        _d_x = _limit_at_inf(_t0*_t2 + _t1, _t4*_t6 + _t5, x)
-        _d_beta = _limit_at_inf(_t2*x*x, _t3*_t3*_t6, x)
-        tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
+        """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
+        _sum_beta = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        for _it in range(_iters if STEP else 1):
+            _offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
+            _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
+            x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
+            beta = tl.load(beta_ptr).to(ACC)
+            _t0 = beta*x
+            _t1 = _sigmoid(_t0)
+            _t2 = _t1*_sigmoid(-_t0)
+            _t3 = _probe_at_inf(x)
+            _t4 = _t3*beta
+            _t5 = _sigmoid(_t4)
+            _t6 = _t5*_sigmoid(-_t4)
+            _d_x = _limit_at_inf(_t0*_t2 + _t1, _t4*_t6 + _t5, x)
+            _d_beta = _limit_at_inf(_t2*x*x, _t3*_t3*_t6, x)
+            tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
+            if PARAM_GRAD:
+                _sum_beta += _tile_sum(_g * _d_beta, _mask, CH_AXIS)
         if PARAM_GRAD:
-            _store_partial(_partials_ptr + 0 * _n_partials, _g * _d_beta, _mask, _rows, _cols, _M, _N, BLOCK_N, CH_AXIS)
+            _store_partial(_partials_ptr + 0 * _n_partials, _sum_beta, BLOCK_M, BLOCK_N, CH_AXIS)
 
 
 _OP = _rt.Activation(

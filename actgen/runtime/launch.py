@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .triton_lang import tl
-from .tuning import DEFAULT, TUNER, Config
+from .tuning import CANDIDATES, DEFAULT, PARAM_GRAD_CANDIDATES, TUNER, Config
 
 TILE = DEFAULT.tile          # elements per program, untuned
 
@@ -94,11 +94,38 @@ def forward(kernel, inputs, params, per_channel, constants, channel_dim, channel
 
     def run(cfg: Config):
         lay = layout(x.shape, channel_dim, channels, cfg.tile)
-        kernel[lay.grid](*args, lay.M, lay.N, lay.C, BLOCK_M=lay.block_m, BLOCK_N=lay.block_n,
-                         CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype), num_warps=cfg.num_warps)
+        return kernel[lay.grid](*args, lay.M, lay.N, lay.C, BLOCK_M=lay.block_m, BLOCK_N=lay.block_n,
+                                CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype), num_warps=cfg.num_warps)
 
     run(TUNER.choose(kernel, x, _layout_kind(layout(x.shape, channel_dim, channels)), run))
     return out
+
+
+# Programs of a stepping backward with param gradients (Config.step): about PROGRAMS_PER_SM
+# per SM, each stepping through its share of the tiles and keeping its param-gradient sums in
+# registers, so the partial sums are a few per program, not one per tile.
+PROGRAMS_PER_SM = 8
+INTERPRETER_SMS = 4
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return INTERPRETER_SMS
+
+
+def param_grad_programs(lay: Layout, device: torch.device) -> tuple[int, int]:
+    """(programs, tiles per program) for a backward that sums param gradients.
+
+    Program p takes tiles p, p + P, p + 2P, ...  With P a multiple of tiles_n, its tiles share
+    their columns (channels-last: its partial sums are per channel), and with (P / tiles_n)
+    row-tiles a whole number of channel periods, its rows' channels repeat (channels-first)."""
+    tiles = lay.tiles_m * lay.tiles_n
+    period = lay.C // math.gcd(lay.C, lay.block_m) if lay.ch_axis == 0 else 1
+    base = lay.tiles_n * period
+    programs = base * max(1, min(tiles, PROGRAMS_PER_SM * _sm_count(device)) // base)
+    return programs, -(-tiles // programs)
 
 
 def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, channels, needs):
@@ -110,30 +137,39 @@ def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, 
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     args = [grad.contiguous(), *[t.contiguous() for t in inputs], *_param_args(params, per_channel), *grads]
 
+    launched = {}
+
     def run(cfg: Config):
-        """Launch with cfg; the param-gradient partial sums are sized from its tile."""
+        """Launch with cfg (the compiled kernel back); the param-gradient partial sums are
+        sized from its tile and left in `launched` with the layout and program count."""
         lay = layout(x.shape, channel_dim, channels, cfg.tile)
-        n_partials = lay.tiles_n * lay.M if lay.ch_axis == 0 else lay.tiles_m * lay.N
-        extra, partials = [], None
-        if params:
-            partials = torch.empty((len(params), n_partials if need_params else 1), dtype=acc_dtype, device=x.device)
-            extra = [partials, n_partials]
-        kernel[lay.grid](*args, *extra, *constants, lay.M, lay.N, lay.C,
-                         BLOCK_M=lay.block_m, BLOCK_N=lay.block_n, CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype),
-                         PARAM_GRAD=need_params, num_warps=cfg.num_warps)
-        return lay, partials
+        if not params:
+            return kernel[lay.grid](*args, *constants, lay.M, lay.N, lay.C, BLOCK_M=lay.block_m, BLOCK_N=lay.block_n,
+                                    CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype), PARAM_GRAD=False, num_warps=cfg.num_warps)
+        step = need_params and cfg.step
+        programs, iters = param_grad_programs(lay, x.device) if step else (lay.grid[0], 1)
+        n_partials = programs * (lay.block_m if lay.ch_axis == 0 else lay.block_n)
+        partials = torch.empty((len(params), n_partials if need_params else 1), dtype=acc_dtype, device=x.device)
+        launched.update(lay=lay, partials=partials, programs=programs)
+        return kernel[(programs,)](*args, partials, n_partials, *constants, lay.M, lay.N, lay.C, iters,
+                                   BLOCK_M=lay.block_m, BLOCK_N=lay.block_n, CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype),
+                                   PARAM_GRAD=need_params, STEP=step, num_warps=cfg.num_warps)
 
     kind = _layout_kind(layout(x.shape, channel_dim, channels), *(("param_grad",) if need_params else ()))
-    lay, partials = run(TUNER.choose(kernel, x, kind, run))
+    run(TUNER.choose(kernel, x, kind, run, PARAM_GRAD_CANDIDATES if need_params else CANDIDATES))
+    if not need_params:
+        return grads + [torch.empty_like(p) for p in params]
+    # program p's partials: rows (p // tiles_n) * BLOCK_M + r, modulo q * BLOCK_M (a whole
+    # number of channel periods) when stepping, rows from M on being zero; or columns
+    # (p % tiles_n) * BLOCK_N + c
+    lay, partials = launched["lay"], launched["partials"]
+    q = launched["programs"] // lay.tiles_n
     for k, p in enumerate(params):
-        if not need_params:
-            grads.append(torch.empty_like(p))
-            continue
         if lay.ch_axis == 0:
-            per_row = partials[k].view(lay.tiles_n, lay.M).sum(0)
+            per_row = partials[k].view(q, lay.tiles_n, lay.block_m).sum(1).reshape(-1)[: lay.M]
             total = per_row.view(-1, lay.C).sum(0) if p.numel() > 1 else per_row.sum().reshape(1)
         else:
-            per_col = partials[k].view(lay.tiles_m, lay.N).sum(0)
+            per_col = partials[k].view(q, lay.tiles_n, lay.block_n).sum(0).reshape(-1)[: lay.N]
             total = per_col if p.numel() > 1 else per_col.sum().reshape(1)
         grads.append(total.to(p.dtype))
     return grads

@@ -61,7 +61,7 @@ def softplus(u):
 
 
 __all__ = ["triton", "tl", "libdevice", "sigmoid", "softplus", "probe_at_inf", "limit_at_inf", "tile",
-           "store_partial", "INTERPRET"]
+           "nth_tile", "partial_zeros", "tile_sum", "store_partial", "INTERPRET"]
 
 
 # The value at +-inf of a formula whose limit there depends on params (actgen.derive.LimitAtInf):
@@ -81,16 +81,16 @@ def limit_at_inf(value, probed, u):
 
 
 @triton.jit
-def tile(M, N, C, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr):
-    """This program's BLOCK_M x BLOCK_N tile of the (M, N) matrix the tensor is seen as.
+def tile_at(t, M, N, C, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr):
+    """Tile number t (int64) of the (M, N) matrix the tensor is seen as: BLOCK_M x BLOCK_N,
+    row-major over the tiles; a t past the last tile is wholly masked.
 
     Returns the element offsets (int64: tensors over 2**31 elements), the bounds mask, each
     element's channel (its row % C for channels-first, its column for channels-last), and
     the tile's row and column indices."""
-    pid = tl.program_id(0).to(tl.int64)
     tiles_n = tl.cdiv(N, BLOCK_N)
-    rows = (pid // tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = (pid % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = (t // tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = (t % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs = rows[:, None] * N + cols[None, :]
     mask = (rows[:, None] < M) & (cols[None, :] < N)
     if CH_AXIS == 0:
@@ -101,12 +101,43 @@ def tile(M, N, C, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.cons
 
 
 @triton.jit
-def store_partial(ptr, values, mask, rows, cols, M, N, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr):
-    """One program's partial param-gradient sums: per tile row (CH_AXIS 0) or column (1)."""
-    pid = tl.program_id(0).to(tl.int64)
-    tiles_n = tl.cdiv(N, BLOCK_N)
+def tile(M, N, C, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr):
+    """This program's tile (one tile per program)."""
+    return tile_at(tl.program_id(0).to(tl.int64), M, N, C, BLOCK_M, BLOCK_N, CH_AXIS)
+
+
+@triton.jit
+def nth_tile(it, M, N, C, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr):
+    """This program's it-th tile, when programs step through the tiles num_programs apart."""
+    t = tl.program_id(0).to(tl.int64) + tl.num_programs(0).to(tl.int64) * it
+    return tile_at(t, M, N, C, BLOCK_M, BLOCK_N, CH_AXIS)
+
+
+@triton.jit
+def partial_zeros(BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr):
+    """An empty param-gradient sum: one per tile row (CH_AXIS 0) or column (1)."""
+    if CH_AXIS == 0:
+        return tl.zeros([BLOCK_M], ACC)
+    else:
+        return tl.zeros([BLOCK_N], ACC)
+
+
+@triton.jit
+def tile_sum(values, mask, CH_AXIS: tl.constexpr):
+    """A tile's values summed per row (CH_AXIS 0) or column (1), masked elements left out."""
     v = tl.where(mask, values, 0.0)
     if CH_AXIS == 0:
-        tl.store(ptr + (pid % tiles_n) * M + rows, tl.sum(v, axis=1), mask=rows < M)
+        return tl.sum(v, axis=1)
     else:
-        tl.store(ptr + (pid // tiles_n) * N + cols, tl.sum(v, axis=0), mask=cols < N)
+        return tl.sum(v, axis=0)
+
+
+@triton.jit
+def store_partial(ptr, acc, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr):
+    """One program's partial param-gradient sums, accumulated over its tiles: per tile row
+    (CH_AXIS 0) or column (1)."""
+    pid = tl.program_id(0).to(tl.int64)
+    if CH_AXIS == 0:
+        tl.store(ptr + pid * BLOCK_M + tl.arange(0, BLOCK_M), acc)
+    else:
+        tl.store(ptr + pid * BLOCK_N + tl.arange(0, BLOCK_N), acc)

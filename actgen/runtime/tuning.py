@@ -7,7 +7,8 @@ times every candidate on the call's own tensors and keeps the fastest - in memor
 process and in a JSON file for the next one (ACTGEN_TUNING_CACHE, default
 ~/.cache/actgen/tuning.json; ACTGEN_TUNE=0 turns tuning off).  Every candidate computes the
 same result: the kernels are element-wise, and param-gradient partial sums are sized from
-the tile the launch used.
+the tile the launch used.  A candidate whose compiled kernel spills registers is left out
+(the default is always a candidate, and spill-free for every built-in kernel: AOT-checked).
 """
 from __future__ import annotations
 
@@ -26,11 +27,20 @@ import torch
 class Config:
     tile: int           # elements per program (a power of two)
     num_warps: int
+    step: bool = False  # a backward with param gradients: programs step through the tiles
+
+    @property
+    def label(self) -> str:
+        return f"{self.tile}x{self.num_warps}" + ("-step" if self.step else "")
 
 
 DEFAULT = Config(1024, 4)
 # What the tuner times.  All move 128-bit vectors per thread (AOT-checked for each).
 CANDIDATES = (Config(1024, 4), Config(2048, 4), Config(2048, 8), Config(4096, 8))
+# ... and for a backward that sums param gradients: each also with about PROGRAMS_PER_SM
+# programs per SM stepping through the tiles (partial sums a few per program, not one per
+# tile), which costs registers in the heaviest kernels - the timing decides.
+PARAM_GRAD_CANDIDATES = CANDIDATES + tuple(Config(c.tile, c.num_warps, True) for c in CANDIDATES)
 TUNE_MIN = 1 << 22      # below this, launch latency dominates and the default is kept
 CACHE_VERSION = 1
 
@@ -113,7 +123,7 @@ class Tuner:
         except OSError as exc:
             warnings.warn(f"actgen: could not save tuned launch configs to {path}: {exc}", stacklevel=3)
 
-    def choose(self, kernel, x: torch.Tensor, layout_kind: str, run) -> Config:
+    def choose(self, kernel, x: torch.Tensor, layout_kind: str, run, candidates=CANDIDATES) -> Config:
         """The config for this launch; run(config) launches the kernel with it (tuning times
         every candidate once, then the fastest is kept)."""
         if not self.enabled(x):
@@ -122,14 +132,17 @@ class Tuner:
         entry = self.table.get(key)
         if entry is not None:
             try:
-                return Config(int(entry["tile"]), int(entry["num_warps"]))
+                return Config(int(entry["tile"]), int(entry["num_warps"]), bool(entry.get("step", False)))
             except (KeyError, TypeError, ValueError):
                 pass                      # a damaged entry is tuned again
         times = {}
-        for cfg in CANDIDATES:
+        for cfg in candidates:
+            compiled = run(cfg)                      # compiles it; a kernel that spills is not timed
+            if cfg != DEFAULT and getattr(compiled, "n_spills", 0):
+                continue
             times[cfg] = self.bench(lambda cfg=cfg: run(cfg))
-        best = min(CANDIDATES, key=lambda c: times[c])
-        entry = {**asdict(best), "ms": {f"{c.tile}x{c.num_warps}": round(t, 5) for c, t in times.items()}}
+        best = min(times, key=times.get)
+        entry = {**asdict(best), "ms": {c.label: round(t, 5) for c, t in times.items()}}
         self.table[key] = entry
         self._write(key, entry)
         return best
