@@ -20,6 +20,11 @@ from actgen.runtime.tuning import CANDIDATES, DEFAULT, PARAM_GRAD_CANDIDATES, Co
 pytest.importorskip("triton")
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)
+
+
 class AlwaysOn(Tuner):
     """A tuner that tunes any tensor (the real one tunes large CUDA tensors only)."""
 
@@ -83,7 +88,8 @@ def _value_and_grads(fn, ref, *tensors):
     got = torch.autograd.grad(y, xs, g.float())
     want = torch.autograd.grad(r, rs, g)
     for a, b in zip(got, want):
-        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
+        # a param gradient is a float32 sum over many elements: its error grows with their count
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-6 * max(1.0, tensors[0].numel() ** 0.5))
 
 
 def test_every_candidate_computes_the_same_flat(forced_config, triton_backend):
