@@ -6,7 +6,9 @@ real compiler rejects, so every generated kernel is compiled here too.  The PTX 
 the memory access width (ld.global.v4 = 128-bit); ptxas -v on it counts register spills.
 
 Run it in a process without TRITON_INTERPRET (`python -m actgen.aot`), since under the
-interpreter kernels are not JIT functions.
+interpreter kernels are not JIT functions.  The kernels of an op with random draws are
+compiled in both variants, evaluation (TRAINING=False) and training (TRAINING=True); with
+--runtime also the runtime's own kernel (actgen.runtime.triton_lang.draws_kernel).
 """
 from __future__ import annotations
 
@@ -37,11 +39,13 @@ class KernelReport:
     arch: int
     layout: tuple
     ok: bool
+    training: bool | None = None   # the TRAINING variant of a kernel with random draws
     error: str = ""
     vector_loads: bool = False     # ld.global.v4 present
     vector_stores: bool = False    # st.global.v4 present
     scalar_global_access: bool = False
     local_memory: bool = False     # spills or local arrays
+    philox: bool = False           # mul.hi.u32 present: Philox rounds (random draws)
     spill_bytes: int | None = None  # ptxas -v spill stores + loads (None: no ptxas found)
     cubin_bytes: int = 0
 
@@ -51,8 +55,10 @@ def signature(fn, dtype: str, param_names=()) -> tuple[dict, dict]:
     sig, attrs = {}, {}
     names = list(inspect.signature(fn).parameters)
     for i, name in enumerate(names):
-        if name in ("BLOCK_M", "BLOCK_N", "CH_AXIS", "ACC", "PARAM_GRAD"):
+        if name in ("BLOCK_M", "BLOCK_N", "CH_AXIS", "ACC", "PARAM_GRAD", "TRAINING"):
             sig[name] = "constexpr"
+        elif name == "_seed":
+            sig[name] = "i32"
         elif name.endswith("_ptr"):
             base = name[: -len("_ptr")]
             sig[name] = "*fp32" if base in param_names or name == "_partials_ptr" else f"*{dtype}"
@@ -67,7 +73,7 @@ def signature(fn, dtype: str, param_names=()) -> tuple[dict, dict]:
     return sig, attrs
 
 
-def compile_kernel(kernel, dtype: str, arch: int, layout=LAYOUTS[0], param_names=()):
+def compile_kernel(kernel, dtype: str, arch: int, layout=LAYOUTS[0], param_names=(), training: bool = False):
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
@@ -79,6 +85,8 @@ def compile_kernel(kernel, dtype: str, arch: int, layout=LAYOUTS[0], param_names
     constexprs = {"BLOCK_M": block_m, "BLOCK_N": block_n, "CH_AXIS": axis, "ACC": tl.float32}
     if "PARAM_GRAD" in sig:
         constexprs["PARAM_GRAD"] = True
+    if "TRAINING" in sig:
+        constexprs["TRAINING"] = training
     src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32))
 
@@ -89,6 +97,7 @@ def inspect_ptx(ptx: str) -> dict:
         "vector_stores": bool(re.search(r"st\.global(\.\w+)*\.v4", ptx)),
         "scalar_global_access": bool(re.search(r"(ld|st)\.global(\.(?!v[248])\w+)*\s", ptx)),
         "local_memory": bool(re.search(r"\.local\b|(ld|st)\.local", ptx)),
+        "philox": "mul.hi.u32" in ptx,
     }
 
 
@@ -129,25 +138,61 @@ def compile_module(module_name: str, dtypes=POINTER_DTYPES, archs=ARCHS, layouts
                    ptxas: str | None = None) -> list[KernelReport]:
     mod = importlib.import_module(module_name)
     params = set(mod._OP.param_names)
+    variants = (False, True) if getattr(mod._OP, "n_draws", 0) else (None,)
     reports = []
     for kname in ("_forward_kernel", "_backward_kernel"):
         kernel = getattr(mod, kname)
         for dtype in dtypes:
             for arch in archs:
                 for lay in module_layouts(mod, layouts):
-                    rep = KernelReport(module_name, kname, dtype, arch, lay, ok=False)
-                    try:
-                        compiled = compile_kernel(kernel, dtype, arch, lay, params)
-                        rep.ok = "cubin" in compiled.asm and len(compiled.asm["cubin"]) > 0
-                        rep.cubin_bytes = len(compiled.asm.get("cubin", b""))
-                        for k, v in inspect_ptx(compiled.asm["ptx"]).items():
-                            setattr(rep, k, v)
-                        if ptxas:
-                            rep.spill_bytes = spill_bytes(compiled.asm["ptx"], ptxas)
-                    except Exception as exc:  # noqa: BLE001 - reported, not raised
-                        rep.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                    reports.append(rep)
+                    for training in variants:
+                        reports.append(_compile_one(module_name, kname, kernel, dtype, arch, lay, params, training, ptxas))
     return reports
+
+
+def _compile_one(module_name, kname, kernel, dtype, arch, lay, params, training, ptxas) -> KernelReport:
+    rep = KernelReport(module_name, kname, dtype, arch, lay, ok=False, training=training)
+    try:
+        _fill(rep, compile_kernel(kernel, dtype, arch, lay, params, bool(training)), ptxas)
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        rep.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return rep
+
+
+def _fill(rep: KernelReport, compiled, ptxas):
+    rep.ok = "cubin" in compiled.asm and len(compiled.asm["cubin"]) > 0
+    rep.cubin_bytes = len(compiled.asm.get("cubin", b""))
+    for k, v in inspect_ptx(compiled.asm["ptx"]).items():
+        setattr(rep, k, v)
+    if ptxas:
+        rep.spill_bytes = spill_bytes(compiled.asm["ptx"], ptxas)
+
+
+def compile_runtime(archs=ARCHS, ptxas: str | None = None) -> list[KernelReport]:
+    """The runtime's own kernel: draws_kernel (a call's random draws, for double backward and jvp)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from .runtime.launch import TILE
+    from .runtime.triton_lang import draws_kernel
+
+    sig = {"out_ptr": "*fp32", "seed": "i32", "n": "i64", "K": "constexpr", "BLOCK": "constexpr"}
+    attrs = {(0,): [["tt.divisibility", 16]], (2,): [["tt.divisibility", 16]]}
+    reports = []
+    for arch in archs:
+        rep = KernelReport("actgen.runtime.triton_lang", "draws_kernel", "fp32", arch, (1, TILE, 0), ok=False)
+        try:
+            src = ASTSource(fn=draws_kernel, signature=sig, constexprs={"K": 1, "BLOCK": TILE}, attrs=attrs)
+            _fill(rep, triton.compile(src, target=GPUTarget("cuda", arch, 32)), ptxas)
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            rep.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        reports.append(rep)
+    return reports
+
+
+def _variant(r: KernelReport) -> str:
+    return "" if r.training is None else f" TRAINING={r.training}"
 
 
 def main(argv=None) -> int:
@@ -157,6 +202,7 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", nargs="*", type=int, default=list(ARCHS))
     parser.add_argument("--flat-only", action="store_true", help="compile only the flat 1-D tile layout")
     parser.add_argument("--spills", action="store_true", help="count register spills with ptxas -v")
+    parser.add_argument("--runtime", action="store_true", help="also compile the runtime's own kernel (draws_kernel)")
     parser.add_argument("--json", help="write the reports here")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -172,12 +218,14 @@ def main(argv=None) -> int:
     reports = []
     for m in modules:
         reports += compile_module(m, tuple(args.dtype), tuple(args.arch), layouts, ptxas)
+    if args.runtime:
+        reports += compile_runtime(tuple(args.arch), ptxas)
     failed = [r for r in reports if not r.ok]
     for r in failed:
-        print(f"FAIL {r.module}.{r.kernel} {r.dtype} sm_{r.arch} {r.layout}: {r.error}", file=sys.stderr)
+        print(f"FAIL {r.module}.{r.kernel} {r.dtype} sm_{r.arch} {r.layout}{_variant(r)}: {r.error}", file=sys.stderr)
     for r in reports:
         if r.spill_bytes:
-            print(f"SPILL {r.module}.{r.kernel} {r.dtype} sm_{r.arch} {r.layout}: {r.spill_bytes} bytes",
+            print(f"SPILL {r.module}.{r.kernel} {r.dtype} sm_{r.arch} {r.layout}{_variant(r)}: {r.spill_bytes} bytes",
                   file=sys.stderr)
     print(f"{len(reports) - len(failed)}/{len(reports)} kernels compiled")
     if args.json:

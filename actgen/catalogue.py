@@ -414,7 +414,7 @@ def measure(spec: Spec, xs: np.ndarray, runs=RUNS, as_written: bool = True, orac
 #: torch's spelling of an entry, where the spec's `reference` alone does not say it.
 TORCH_EQUIVALENT = {
     "gelu_tanh": 'torch.nn.GELU(approximate="tanh")',
-    "rrelu": "torch.nn.RReLU in eval() (F.rrelu(training=False))",
+    "rrelu": "torch.nn.RReLU / torch.nn.functional.rrelu (training mode: random slopes)",
     "glu": "torch.nn.GLU(dim)",
     "sigmoid": "torch.nn.Sigmoid",
     "tanh": "torch.nn.Tanh",

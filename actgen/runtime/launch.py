@@ -79,22 +79,44 @@ def _param_args(params, per_channel):
     return args
 
 
-def forward(kernel, inputs, params, per_channel, constants, channel_dim, channels):
+def _draw_args(draws):
+    """The kernel arguments of an op with random draws: draws is None for an op without any,
+    else (seed, training)."""
+    if draws is None:
+        return [], {}
+    seed, training = draws
+    return [seed], {"TRAINING": training}
+
+
+def forward(kernel, inputs, params, per_channel, constants, channel_dim, channels, draws=None):
     x = inputs[0]
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel() == 0:
         return out
     lay = layout(x.shape, channel_dim, channels)
+    seed, training = _draw_args(draws)
     kernel[lay.grid](
         *[t.contiguous() for t in inputs], *_param_args(params, per_channel), out,
-        *constants, lay.M, lay.N, lay.C,
+        *constants, *seed, lay.M, lay.N, lay.C,
         BLOCK_M=lay.block_m, BLOCK_N=lay.block_n, CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype),
-        num_warps=NUM_WARPS,
+        num_warps=NUM_WARPS, **training,
     )
     return out
 
 
-def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, channels, needs):
+def draw_values(seed: int, n: int, shape, device) -> list[torch.Tensor]:
+    """The n draws the kernels make in a call with this seed, as float32 tensors of shape."""
+    from .triton_lang import draws_kernel
+
+    numel = math.prod(shape)
+    out = [torch.empty(shape, dtype=torch.float32, device=device) for _ in range(n)]
+    if numel:
+        for k, r in enumerate(out):
+            draws_kernel[(-(-numel // TILE),)](r, seed, numel, K=k, BLOCK=TILE, num_warps=NUM_WARPS)
+    return out
+
+
+def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, channels, needs, draws=None):
     x = inputs[0]
     grads = [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in inputs]
     need_params = any(needs[len(inputs):])
@@ -108,11 +130,12 @@ def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, 
     if params:
         partials = torch.empty((len(params), n_partials if need_params else 1), dtype=acc_dtype, device=x.device)
         extra = [partials, n_partials]
+    seed, training = _draw_args(draws)
     kernel[lay.grid](
         grad.contiguous(), *[t.contiguous() for t in inputs], *_param_args(params, per_channel),
-        *grads, *extra, *constants, lay.M, lay.N, lay.C,
+        *grads, *extra, *constants, *seed, lay.M, lay.N, lay.C,
         BLOCK_M=lay.block_m, BLOCK_N=lay.block_n, CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype),
-        PARAM_GRAD=need_params, num_warps=NUM_WARPS,
+        PARAM_GRAD=need_params, num_warps=NUM_WARPS, **training,
     )
     for k, p in enumerate(params):
         if not need_params:
