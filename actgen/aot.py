@@ -6,7 +6,9 @@ real compiler rejects, so every generated kernel is compiled here too.  The PTX 
 the memory access width (ld.global.v4 = 128-bit); ptxas -v on it counts register spills.
 
 Run it in a process without TRITON_INTERPRET (`python -m actgen.aot`), since under the
-interpreter kernels are not JIT functions.
+interpreter kernels are not JIT functions.  The kernels of an op with random draws are
+compiled in both variants, evaluation (TRAINING=False) and training (TRAINING=True); with
+--runtime also the runtime's own kernel (actgen.runtime.triton_lang.draws_kernel).
 """
 from __future__ import annotations
 
@@ -46,11 +48,13 @@ class KernelReport:
     ok: bool
     num_warps: int = 4
     step: bool = False
+    training: bool | None = None   # the TRAINING variant of a kernel with random draws
     error: str = ""
     vector_loads: bool = False     # ld.global.v4 present
     vector_stores: bool = False    # st.global.v4 present
     scalar_global_access: bool = False
     local_memory: bool = False     # spills or local arrays
+    philox: bool = False           # mul.hi.u32 present: Philox rounds (random draws)
     spill_bytes: int | None = None  # ptxas -v spill stores + loads (None: no ptxas found)
     cubin_bytes: int = 0
 
@@ -60,8 +64,10 @@ def signature(fn, dtype: str, param_names=()) -> tuple[dict, dict]:
     sig, attrs = {}, {}
     names = list(inspect.signature(fn).parameters)
     for i, name in enumerate(names):
-        if name in ("BLOCK_M", "BLOCK_N", "CH_AXIS", "ACC", "PARAM_GRAD", "STEP"):
+        if name in ("BLOCK_M", "BLOCK_N", "CH_AXIS", "ACC", "PARAM_GRAD", "STEP", "TRAINING"):
             sig[name] = "constexpr"
+        elif name == "_seed":
+            sig[name] = "i32"
         elif name.endswith("_ptr"):
             base = name[: -len("_ptr")]
             sig[name] = "*fp32" if base in param_names or name == "_partials_ptr" else f"*{dtype}"
@@ -79,7 +85,7 @@ def signature(fn, dtype: str, param_names=()) -> tuple[dict, dict]:
 
 
 def compile_kernel(kernel, dtype: str, arch: int, layout=LAYOUTS[0], param_names=(), num_warps: int = 4,
-                   step: bool = False):
+                   step: bool = False, training: bool = False):
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
@@ -93,6 +99,8 @@ def compile_kernel(kernel, dtype: str, arch: int, layout=LAYOUTS[0], param_names
         constexprs["PARAM_GRAD"] = True
     if "STEP" in sig:
         constexprs["STEP"] = step
+    if "TRAINING" in sig:
+        constexprs["TRAINING"] = training
     src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
 
@@ -103,6 +111,7 @@ def inspect_ptx(ptx: str) -> dict:
         "vector_stores": bool(re.search(r"st\.global(\.\w+)*\.v4", ptx)),
         "scalar_global_access": bool(re.search(r"(ld|st)\.global(\.(?!v[248])\w+)*\s", ptx)),
         "local_memory": bool(re.search(r"\.local\b|(ld|st)\.local", ptx)),
+        "philox": "mul.hi.u32" in ptx,
     }
 
 
@@ -143,6 +152,7 @@ def compile_module(module_name: str, dtypes=POINTER_DTYPES, archs=ARCHS, layouts
                    ptxas: str | None = None, num_warps: int = 4, step: bool = False) -> list[KernelReport]:
     mod = importlib.import_module(module_name)
     params = set(mod._OP.param_names)
+    variants = (False, True) if getattr(mod._OP, "n_draws", 0) else (None,)
     reports = []
     for kname in ("_forward_kernel", "_backward_kernel"):
         kernel = getattr(mod, kname)
@@ -151,19 +161,57 @@ def compile_module(module_name: str, dtypes=POINTER_DTYPES, archs=ARCHS, layouts
         for dtype in dtypes:
             for arch in archs:
                 for lay in module_layouts(mod, layouts):
-                    rep = KernelReport(module_name, kname, dtype, arch, lay, ok=False, num_warps=num_warps, step=step)
-                    try:
-                        compiled = compile_kernel(kernel, dtype, arch, lay, params, num_warps, step)
-                        rep.ok = "cubin" in compiled.asm and len(compiled.asm["cubin"]) > 0
-                        rep.cubin_bytes = len(compiled.asm.get("cubin", b""))
-                        for k, v in inspect_ptx(compiled.asm["ptx"]).items():
-                            setattr(rep, k, v)
-                        if ptxas:
-                            rep.spill_bytes = spill_bytes(compiled.asm["ptx"], ptxas)
-                    except Exception as exc:  # noqa: BLE001 - reported, not raised
-                        rep.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                    reports.append(rep)
+                    for training in variants:
+                        reports.append(_compile_one(module_name, kname, kernel, dtype, arch, lay, params, training,
+                                                    ptxas, num_warps, step))
     return reports
+
+
+def _compile_one(module_name, kname, kernel, dtype, arch, lay, params, training, ptxas, num_warps=4,
+                 step=False) -> KernelReport:
+    rep = KernelReport(module_name, kname, dtype, arch, lay, ok=False, num_warps=num_warps, step=step, training=training)
+    try:
+        _fill(rep, compile_kernel(kernel, dtype, arch, lay, params, num_warps, step, bool(training)), ptxas)
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        rep.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return rep
+
+
+def _fill(rep: KernelReport, compiled, ptxas):
+    rep.ok = "cubin" in compiled.asm and len(compiled.asm["cubin"]) > 0
+    rep.cubin_bytes = len(compiled.asm.get("cubin", b""))
+    for k, v in inspect_ptx(compiled.asm["ptx"]).items():
+        setattr(rep, k, v)
+    if ptxas:
+        rep.spill_bytes = spill_bytes(compiled.asm["ptx"], ptxas)
+
+
+def compile_runtime(archs=ARCHS, ptxas: str | None = None) -> list[KernelReport]:
+    """The runtime's own kernel: draws_kernel (a call's random draws, for double backward and jvp)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from .runtime.launch import TILE
+    from .runtime.triton_lang import draws_kernel
+
+    sig = {"out_ptr": "*fp32", "seed": "i32", "n": "i64", "K": "constexpr", "BLOCK": "constexpr"}
+    attrs = {(0,): [["tt.divisibility", 16]], (2,): [["tt.divisibility", 16]]}
+    reports = []
+    for arch in archs:
+        rep = KernelReport("actgen.runtime.triton_lang", "draws_kernel", "fp32", arch, (1, TILE, 0), ok=False)
+        try:
+            src = ASTSource(fn=draws_kernel, signature=sig, constexprs={"K": 1, "BLOCK": TILE}, attrs=attrs)
+            _fill(rep, triton.compile(src, target=GPUTarget("cuda", arch, 32)), ptxas)
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            rep.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        reports.append(rep)
+    return reports
+
+
+def _variant(r: KernelReport) -> str:
+    return (f" {r.num_warps} warps" + (" step" if r.step else "")
+            + ("" if r.training is None else f" TRAINING={r.training}"))
 
 
 def main(argv=None) -> int:
@@ -175,6 +223,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tuning-candidates", action="store_true",
                         help="compile with every launch config the tuner tries (tile size, warps), not only the default")
     parser.add_argument("--spills", action="store_true", help="count register spills with ptxas -v")
+    parser.add_argument("--runtime", action="store_true", help="also compile the runtime's own kernel (draws_kernel)")
     parser.add_argument("--json", help="write the reports here")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -194,12 +243,14 @@ def main(argv=None) -> int:
         for cfg in configs:
             layouts = layouts_for(cfg.tile)[:1] if args.flat_only else layouts_for(cfg.tile)
             reports += compile_module(m, tuple(args.dtype), tuple(args.arch), layouts, ptxas, cfg.num_warps, cfg.step)
+    if args.runtime:
+        reports += compile_runtime(tuple(args.arch), ptxas)
     failed = [r for r in reports if not r.ok]
     for r in failed:
-        print(f"FAIL {r.module}.{r.kernel} {r.dtype} sm_{r.arch} {r.layout} {r.num_warps} warps{' step' if r.step else ''}: {r.error}", file=sys.stderr)
+        print(f"FAIL {r.module}.{r.kernel} {r.dtype} sm_{r.arch} {r.layout}{_variant(r)}: {r.error}", file=sys.stderr)
     for r in reports:
         if r.spill_bytes:
-            print(f"SPILL {r.module}.{r.kernel} {r.dtype} sm_{r.arch} {r.layout} {r.num_warps} warps{' step' if r.step else ''}: {r.spill_bytes} bytes",
+            print(f"SPILL {r.module}.{r.kernel} {r.dtype} sm_{r.arch} {r.layout}{_variant(r)}: {r.spill_bytes} bytes",
                   file=sys.stderr)
     print(f"{len(reports) - len(failed)}/{len(reports)} kernels compiled")
     if args.json:

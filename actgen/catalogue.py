@@ -3,7 +3,8 @@
 * The oracle evaluates a spec's formula - the sympy expression as parsed, before any
   stability rewrite - and its derivatives with mpmath at 50 significant digits (and again
   at 70 to catch cancellation; where the two disagree the precision is raised until they
-  agree).  It shares nothing with actgen's printers or rewrites, so it checks them.
+  agree).  It shares nothing with actgen's printers or rewrites, so it checks them.  A
+  formula with random draws is evaluated in evaluation mode: uniform(lo, hi) is (lo + hi)/2.
 * `measure` runs an activation (the shipped op in actgen.ops, or the formula compiled as
   written, without stability rewrites) on a grid of inputs on the eager fallback and on the
   Triton kernels, and scores every result in ULPs of its dtype against the oracle.
@@ -28,6 +29,7 @@ import numpy as np
 import sympy
 import torch
 
+from .functions import mean_of_draws
 from .spec import Spec, load_spec, load_specs
 
 DEFAULT_SPECS = Path("specs")
@@ -74,7 +76,7 @@ def param_values(spec: Spec) -> dict[str, float]:
 
 class Oracle:
     """f and df/d(input) of a spec at given points, from its formula, with mpmath; and the
-    condition number of each of them.
+    condition number of each of them.  Random draws at their mean (evaluation mode).
 
     Params are fixed at `params` (default: their initial values in float32), constants at
     `constants` (default: their defaults, exactly)."""
@@ -88,7 +90,7 @@ class Oracle:
         self.inputs = [sym[n] for n in spec.inputs]
         # The data the result depends on besides the inputs: params, constants and the
         # formula's decimal literals (all of them rounded to float32 in a kernel).
-        expr = spec.expr
+        expr = mean_of_draws(spec.expr)       # evaluation mode
         literals = sorted({a for a in expr.atoms(sympy.Float)}, key=sympy.default_sort_key)
         lit_syms = [sympy.Symbol(f"_literal{k}", real=True) for k in range(len(literals))]
         expr = expr.xreplace(dict(zip(literals, lit_syms)))
@@ -412,7 +414,7 @@ def measure(spec: Spec, xs: np.ndarray, runs=RUNS, as_written: bool = True, orac
 #: torch's spelling of an entry, where the spec's `reference` alone does not say it.
 TORCH_EQUIVALENT = {
     "gelu_tanh": 'torch.nn.GELU(approximate="tanh")',
-    "rrelu": "torch.nn.RReLU in eval() (F.rrelu(training=False))",
+    "rrelu": "torch.nn.RReLU / torch.nn.functional.rrelu (training mode: random slopes)",
     "glu": "torch.nn.GLU(dim)",
     "sigmoid": "torch.nn.Sigmoid",
     "tanh": "torch.nn.Tanh",
@@ -509,7 +511,7 @@ def _code(text: str) -> str:
 
 
 def catalogue_markdown(specs: Sequence[Spec]) -> str:
-    from .derive import derive
+    from .derive import derive, draw_lines
 
     lines = ["# The activation catalogue", "", REGENERATE, "",
              f"{len(specs)} activations, each generated from its spec in `specs/` by `actgen build` into "
@@ -537,6 +539,7 @@ def catalogue_markdown(specs: Sequence[Spec]) -> str:
         lines.append(f"f = {sympy.sstr(d.expr)}")
         for n, e in d.first:
             lines.append(f"df/d{n} = {sympy.sstr(e)}")
+        lines += draw_lines(s.expr)
         lines += ["```", "", f"![{s.name}: f and its derivative on [-6, 6]](plots/{s.name}.png)"]
     return "\n".join(lines) + "\n"
 

@@ -28,6 +28,9 @@ Everything here is pure sympy; printers turn the IR into Triton or torch source.
   values they feed, which a condition does not pass on).
 * CSE: shared subexpressions become named temporaries `_t0, _t1, ...`, numbered in a
   stable order; values used once stay inline.
+* Random draws: the k-th `uniform(lo, hi)` of a formula becomes lo + (hi - lo)*_rk, with _rk
+  a symbol the derivatives treat as a constant: per element U[0, 1) in training mode and
+  exactly 1/2 in evaluation mode, so one derivation serves both (see replace_draws).
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ from typing import Callable, Sequence
 import mpmath
 import sympy
 
-from .functions import expm1, log1p, sigmoid, softplus
+from .functions import expm1, log1p, sigmoid, softplus, uniform
 from .spec import Spec
 
 
@@ -512,6 +515,33 @@ def differentiate(expr: sympy.Expr, var: sympy.Symbol) -> sympy.Expr:
     return stabilize(_clean(sympy.diff(expr, var)))
 
 
+# --- random draws ---------------------------------------------------------------------
+def draw_symbol(k: int) -> sympy.Symbol:
+    """The k-th draw's U[0, 1) variable: _rk in generated code (no user name starts with _)."""
+    return sympy.Symbol(f"_r{k}", real=True)
+
+
+def draws_of(expr: sympy.Expr) -> list:
+    """The uniform(lo, hi) draws of a formula, in the formula's order."""
+    return sorted(expr.atoms(uniform), key=lambda d: int(d.args[2]))
+
+
+def draw_lines(expr: sympy.Expr) -> list[str]:
+    """What each _rk of a derivation stands for, one line each."""
+    return [f"_r{k} ~ U[0, 1) per element in training mode, 1/2 in evaluation mode: "
+            f"uniform({sympy.sstr(d.args[0])}, {sympy.sstr(d.args[1])}) = {sympy.sstr(d.args[0] + (d.args[1] - d.args[0]) * draw_symbol(k))}"
+            for k, d in enumerate(draws_of(expr))]
+
+
+def replace_draws(expr: sympy.Expr) -> tuple[sympy.Expr, tuple[sympy.Symbol, ...]]:
+    """Every uniform(lo, hi) -> lo + (hi - lo)*_rk, numbered 0, 1, ... in the formula's order
+    (draws that the parser's arithmetic removed, as in 0*uniform(0, 1), leave no gap)."""
+    draws = draws_of(expr)
+    symbols = tuple(draw_symbol(k) for k in range(len(draws)))
+    mapping = {d: d.args[0] + (d.args[1] - d.args[0]) * r for d, r in zip(draws, symbols)}
+    return expr.xreplace(mapping), symbols
+
+
 # --- limits at +-inf -----------------------------------------------------------------
 _PROBES = (sympy.Integer(10) ** 30, sympy.Integer(10) ** 60)
 
@@ -793,6 +823,7 @@ class Derivation:
     double_backward: Block                        # outputs: d_<var>, then d2_<a>_<b>
     forward_fast: Block | None = None             # forward without guards (finite inputs), if it helps
     backward_fast: Block | None = None            # backward without guards (finite inputs), if it helps
+    draws: tuple[sympy.Symbol, ...] = ()          # _r0, _r1, ...: the formula's uniform(...) draws
 
     @property
     def variables(self) -> tuple[sympy.Symbol, ...]:
@@ -806,7 +837,8 @@ def derive(spec: Spec) -> Derivation:
     constants = tuple(sym[c.name] for c in spec.constants)
     variables = inputs + params
 
-    expr = stabilize(_clean(spec.expr))
+    expr, draws = replace_draws(spec.expr)
+    expr = stabilize(_clean(expr))
     first = tuple((v.name, differentiate(expr, v)) for v in variables)
     d = dict(first)
     second = tuple(
@@ -818,6 +850,7 @@ def derive(spec: Spec) -> Derivation:
     # limit is needed; other inputs take 3/4
     samples = {sym[p.name]: sympy.Float(p.init) for p in spec.params}
     samples |= {sym[c.name]: sympy.Float(c.default) for c in spec.constants}
+    samples |= {r: sympy.Float(0.5) for r in draws}
 
     def guarded(e):
         return nan_guard(limit_guards(e, inputs, samples), inputs)
@@ -831,4 +864,4 @@ def derive(spec: Spec) -> Derivation:
         + [(f"d2_{a}_{b}", nan_guard(e, inputs)) for (a, b), e in second]
     )
     return Derivation(spec, inputs, params, constants, expr, first, second, forward, backward, double_backward,
-                      fast_variant(forward_outputs), fast_variant(backward_outputs))
+                      fast_variant(forward_outputs), fast_variant(backward_outputs), draws)

@@ -7,16 +7,19 @@ language, and builds the sympy expression from the tree itself.
 `max`/`Max`, `min`/`Min`, `where`, `sign` and `Heaviside` become `Piecewise` here, with the
 conventions the derivatives rely on: `Max(a, b) = where(a > b, a, b)`,
 `Min(a, b) = where(a < b, a, b)`, `Heaviside(0) = 0`, `sign(0) = 0`.
+
+`uniform(lo, hi)` is a random draw, numbered in the order the draws appear in the text
+(actgen.functions.uniform); its bounds may not depend on the inputs.
 """
 from __future__ import annotations
 
 import ast
 import math
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 import sympy
 
-from .functions import expm1, log1p, sigmoid, softplus
+from .functions import expm1, log1p, sigmoid, softplus, uniform
 
 MAX_FORMULA_LENGTH = 4000
 MAX_DEPTH = 64
@@ -64,6 +67,10 @@ def _where(cond, a, b):
     return _piecewise((a, cond), (b, True))
 
 
+def _uniform(lo, hi, index):
+    return uniform(lo, hi, sympy.Integer(index))
+
+
 def _unary(fn):
     def call(*args):
         if len(args) != 1:
@@ -101,6 +108,7 @@ FUNCTIONS: Mapping[str, Callable] = {
     "Min": _min,
     "where": _where,
     "Heaviside": _heaviside,
+    "uniform": _uniform,
 }
 NAMED_CONSTANTS: Mapping[str, sympy.Expr] = {"pi": sympy.pi, "E": sympy.E}
 # Names a user may not give to an input, param or constant.
@@ -121,9 +129,10 @@ def make_symbol(name: str) -> sympy.Symbol:
     return sympy.Symbol(name, real=True)
 
 
-def parse_formula(text: str, names: Mapping[str, sympy.Symbol]) -> sympy.Expr:
+def parse_formula(text: str, names: Mapping[str, sympy.Symbol], inputs: Collection[str] = ()) -> sympy.Expr:
     """Parse `text` over the variables `names` into a sympy expression.
 
+    `inputs` are the names the bounds of a `uniform(lo, hi)` draw may not use.
     Raises FormulaError with a message naming the offending construct and its column.
     """
     if not isinstance(text, str):
@@ -141,7 +150,7 @@ def parse_formula(text: str, names: Mapping[str, sympy.Symbol]) -> sympy.Expr:
     count = sum(1 for _ in ast.walk(tree))
     if count > MAX_NODES:
         raise FormulaError(f"has {count} syntax nodes; the limit is {MAX_NODES}")
-    builder = _Builder(names)
+    builder = _Builder(names, inputs)
     expr = builder.expr(tree.body, 0)
     if not isinstance(expr, sympy.Expr) or isinstance(expr, (sympy.Rel, sympy.logic.boolalg.BooleanFunction)):
         raise FormulaError("must be an arithmetic expression, not a condition")
@@ -154,8 +163,10 @@ def parse_formula(text: str, names: Mapping[str, sympy.Symbol]) -> sympy.Expr:
 
 
 class _Builder:
-    def __init__(self, names: Mapping[str, sympy.Symbol]):
+    def __init__(self, names: Mapping[str, sympy.Symbol], inputs: Collection[str] = ()):
         self.names = names
+        self.inputs = frozenset(inputs)
+        self.draws = 0          # uniform(...) calls so far: the next draw's index
 
     def _fail(self, node, what):
         col = getattr(node, "col_offset", None)
@@ -259,11 +270,28 @@ class _Builder:
                 self._fail(node, f"where takes 3 arguments (cond, a, b), got {len(node.args)}")
             cond = self.cond(node.args[0], depth)
             return FUNCTIONS["where"](cond, self.expr(node.args[1], depth), self.expr(node.args[2], depth))
+        if name == "uniform":
+            return self._uniform(node, depth)
         args = [self.expr(a, depth) for a in node.args]
         try:
             return FUNCTIONS[name](*args)
         except FormulaError as exc:
             self._fail(node, str(exc))
+
+    def _uniform(self, node, depth):
+        if len(node.args) != 2:
+            self._fail(node, f"uniform takes 2 arguments (lo, hi), got {len(node.args)}")
+        lo, hi = (self.expr(a, depth) for a in node.args)
+        for bound in (lo, hi):
+            used = sorted(s.name for s in bound.free_symbols if s.name in self.inputs)
+            if used:
+                self._fail(node, f"uniform(lo, hi): the bounds must not depend on the input {', '.join(used)} "
+                                 "(they are numbers, constants or params)")
+            if bound.has(uniform):
+                self._fail(node, "uniform(lo, hi): the bounds must not contain another uniform(...)")
+        index = self.draws
+        self.draws += 1
+        return FUNCTIONS["uniform"](lo, hi, index)
 
     def _piecewise(self, node, depth):
         if not node.args:

@@ -3,13 +3,15 @@
 `sigmoid` and `softplus` are first-class functions with their own derivatives, so the
 derivatives the compiler derives stay in terms of the stable primitives instead of
 raw exponentials.  `log1p` and `expm1` come from sympy's own codegen functions.
+`uniform` is a random draw; the compiler replaces it before differentiating (see
+actgen.derive.replace_draws).
 """
 from __future__ import annotations
 
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
-__all__ = ["sigmoid", "softplus", "log1p", "expm1"]
+__all__ = ["sigmoid", "softplus", "log1p", "expm1", "uniform", "mean_of_draws"]
 
 
 class sigmoid(sympy.Function):
@@ -74,3 +76,25 @@ class softplus(sympy.Function):
     def _eval_is_positive(self):
         if self.args[0].is_real:
             return True
+
+
+class uniform(sympy.Function):
+    """uniform(lo, hi, k): the formula's draw number k from U(lo, hi), a fresh one per element
+    in training mode; in evaluation mode its mean (lo + hi)/2.  The index k keeps two draws with
+    the same bounds apart (sympy would otherwise take them for one value); it prints as
+    uniform(lo, hi)."""
+
+    nargs = 3
+
+    def _eval_is_real(self):
+        lo, hi, _ = self.args
+        return True if lo.is_real and hi.is_real else None
+
+    def _sympystr(self, printer):
+        lo, hi, _ = self.args
+        return f"uniform({printer._print(lo)}, {printer._print(hi)})"
+
+
+def mean_of_draws(expr: sympy.Expr) -> sympy.Expr:
+    """expr in evaluation mode: every uniform(lo, hi) at its mean (lo + hi)/2."""
+    return expr.replace(uniform, lambda lo, hi, k: (lo + hi) / 2)

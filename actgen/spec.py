@@ -33,7 +33,7 @@ _REFERENCE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z
 _GENERATED_NAMES = frozenset(
     {"torch", "triton", "tl", "libdevice", "math", "F", "nn", "channel_dim", "dim",
      "num_channels", "num_parameters", "init", "inplace", "self", "ctx", "cls", "grad_output", "input",
-     "info", "in_dims", "args", "tangents"}
+     "info", "in_dims", "args", "tangents", "training"}
 )
 _RESERVED = RESERVED_NAMES | _GENERATED_NAMES | frozenset(dir(builtins))
 # an activation's name becomes a module and a function next to the generated code
@@ -315,7 +315,7 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
         if formula is not None:
             names = {n: make_symbol(n) for n in seen}
             try:
-                expr = parse_formula(formula, names)
+                expr = parse_formula(formula, names, inputs)
             except FormulaError as exc:
                 problems.add(node, "formula", str(exc))
             else:

@@ -3,7 +3,8 @@
 `formula_as_torch` walks the sympy expression the formula parses to - before any of
 actgen's stability rewrites - and applies the matching torch op to each node, the way a
 user would write the formula by hand in torch.  It shares nothing with actgen's printers,
-rewrites or derivatives: the gradients come from torch's autograd.
+rewrites or derivatives: the gradients come from torch's autograd.  A random draw
+uniform(lo, hi) is evaluated as in evaluation mode, at its mean (lo + hi)/2.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import sympy
 import torch
 
-from actgen.functions import sigmoid, softplus
+from actgen.functions import sigmoid, softplus, uniform
 from actgen.spec import load_specs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +68,8 @@ def formula_as_torch(expr: sympy.Expr, env: dict[str, torch.Tensor], like: torch
             if exp.is_Integer and int(exp) < 0:
                 return 1 / base ** (-int(exp))
             return base ** (int(exp) if exp.is_Integer else ev(exp))
+        if f is uniform:
+            return (ev(e.args[0]) + ev(e.args[1])) / 2
         if f is sympy.Heaviside:
             u = _tensor(ev(e.args[0]), like)
             return torch.heaviside(u, torch.zeros_like(u))

@@ -114,10 +114,11 @@ def test_accuracy_md_covers_every_entry_and_documents_its_misses():
         assert f"`{formula}`" in text
 
 
-def test_rrelu_training_gap_is_documented():
+def test_rrelu_documents_its_training_mode():
     text = (DOCS / "catalogue.md").read_text(encoding="utf-8")
     section = text.split("## rrelu", 1)[1].split("\n## ", 1)[0]
-    assert "Training mode" in section and "not implemented" in section
+    assert "uniform(lower, upper)" in section and "not implemented" not in section
+    assert "_r0 ~ U[0, 1) per element in training mode, 1/2 in evaluation mode" in section
 
 
 @pytest.mark.parametrize("name", ["catalogue.md", "accuracy.md", "README.md"])

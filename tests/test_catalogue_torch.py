@@ -264,9 +264,10 @@ MODULES = {  # actgen.ops class -> (torch module, kwargs)
 
 @pytest.mark.parametrize("cls", sorted(MODULES))
 def test_module_is_a_drop_in(cls, torch_backend):
-    """The nn.Module takes torch's keyword arguments and computes what torch's module does."""
+    """The nn.Module takes torch's keyword arguments and computes what torch's module does
+    (in eval(): RReLU's random slopes in train() are compared below)."""
     torch_cls, kw = MODULES[cls]
-    ours, theirs = getattr(ops, cls)(**kw), torch_cls(**kw).eval()
+    ours, theirs = getattr(ops, cls)(**kw).eval(), torch_cls(**kw).eval()
     x = torch.randn(4, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3
     torch.testing.assert_close(ours(x), theirs(x), rtol=1e-10, atol=1e-12)
 
@@ -276,12 +277,100 @@ def test_gelu_tanh_module_is_gelu_approximate_tanh(torch_backend):
     torch.testing.assert_close(ops.GELUTanh()(x), torch.nn.GELU(approximate="tanh")(x), rtol=1e-10, atol=1e-12)
 
 
-def test_rrelu_is_evaluation_mode():
-    """RReLU uses the mean slope (lower + upper) / 2, torch's eval() behaviour (no random slopes)."""
-    x = torch.linspace(-4, 4, 81, dtype=torch.float64)
-    m = ops.RReLU(lower=0.1, upper=0.3)
-    torch.testing.assert_close(m(x), torch.nn.RReLU(0.1, 0.3).eval()(x))
-    torch.testing.assert_close(m.train()(x), torch.nn.RReLU(0.1, 0.3).eval()(x))
+# --- rrelu: a random slope per element in training mode, as torch's ----------------------------
+# For x < 0 the slope y/x must be a draw from U(lower, upper): within the bounds, with the mean
+# and variance of U(lower, upper) to within 5 standard errors, and distributed as the slopes of
+# torch's own F.rrelu(training=True) (two-sample Kolmogorov-Smirnov distance below its 0.1%
+# critical value) and as U(lower, upper) itself (one-sample).  The input gradient must be the
+# same slope - the backward drew the same values again - and 1 for x > 0.
+LOWER, UPPER = 0.1, 0.3
+RRELU_RUNS = [("torch", torch.float64, 1 << 20), ("torch", torch.float32, 1 << 20), ("triton", torch.float32, 1 << 17)]
+KS_C = 1.95          # the Kolmogorov distribution's 0.1% critical value
+
+
+def rrelu_training(backend, x, generator_seed):
+    """y, dy/dx of actgen's rrelu in training mode (ones as grad_output)."""
+    x = x.clone().requires_grad_()
+    torch.manual_seed(generator_seed)
+    with use_backend(backend):
+        y = ops.rrelu(x, lower=LOWER, upper=UPPER, training=True)
+        (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    return y.detach(), g
+
+
+def ks_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """sup |F_a - F_b| of two samples' empirical CDFs."""
+    a, b = a.double().sort().values, b.double().sort().values
+    at = torch.cat([a, b])
+    fa = torch.searchsorted(a, at, right=True) / len(a)
+    fb = torch.searchsorted(b, at, right=True) / len(b)
+    return (fa - fb).abs().max().item()
+
+
+@pytest.mark.parametrize("backend,dtype,n", RRELU_RUNS, ids=[f"{b}-{str(d)[6:]}" for b, d, _ in RRELU_RUNS])
+def test_rrelu_training_draws_slopes_from_uniform_lower_upper(backend, dtype, n):
+    x = torch.randn(n, dtype=dtype, generator=torch.Generator().manual_seed(11)) * 3
+    y, g = rrelu_training(backend, x, 12)
+    neg, pos = x < 0, x > 0
+    assert torch.equal(y[pos], x[pos]) and torch.equal(g[pos], torch.ones_like(g[pos]))
+    slope = y[neg].double() / x[neg].double()
+    m = slope.numel()
+    eps = 1e-12 if dtype == torch.float64 else 2e-7          # y/x recovers the slope to rounding
+    assert slope.min() >= LOWER * (1 - eps) and slope.max() <= UPPER * (1 + eps)
+    width = UPPER - LOWER
+    mean, var = (LOWER + UPPER) / 2, width**2 / 12
+    assert abs(slope.mean().item() - mean) < 5 * math.sqrt(var / m)
+    assert abs(slope.var().item() - var) < 5 * math.sqrt((width**4 / 80 - var**2) / m)
+    # distributed as U(lower, upper), and as torch's own training-mode slopes
+    u = ((slope.sort().values - LOWER) / width).clamp(0, 1)
+    ranks = torch.arange(1, m + 1, dtype=torch.float64) / m
+    assert max((ranks - u).abs().max().item(), (u - (ranks - 1 / m)).abs().max().item()) < KS_C / math.sqrt(m)
+    torch.manual_seed(13)
+    theirs = F.rrelu(x, LOWER, UPPER, training=True)
+    torch_slope = theirs[neg].double() / x[neg].double()
+    assert ks_distance(slope, torch_slope) < KS_C * math.sqrt(2 / m)
+    # the gradient is the slope the forward drew: the backward drew the same value again
+    rtol = 1e-12 if dtype == torch.float64 else 2e-7
+    torch.testing.assert_close(g[neg].double(), slope, rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_rrelu_training_is_reproducible_with_manual_seed(backend):
+    x = torch.randn(4, 3, 500, generator=torch.Generator().manual_seed(14))
+    a, ga = rrelu_training(backend, x, 15)
+    b, gb = rrelu_training(backend, x, 15)
+    c, gc = rrelu_training(backend, x, 16)
+    assert torch.equal(a, b) and torch.equal(ga, gb)
+    neg = x < 0
+    assert (a[neg] != c[neg]).float().mean() > 0.99 and (ga[neg] != gc[neg]).float().mean() > 0.99
+    with use_backend(backend):         # two calls in a row draw differently
+        torch.manual_seed(15)
+        first, second = (ops.rrelu(x, lower=LOWER, upper=UPPER, training=True) for _ in range(2))
+    assert torch.equal(first, a) and (first[neg] != second[neg]).float().mean() > 0.99
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_rrelu_training_derivative_at_zero_is_a_drawn_slope_as_torchs(backend):
+    """torch draws a slope at x = 0 too (x <= 0) and its gradient there is that slope."""
+    x = torch.zeros(2000)
+    _, g = rrelu_training(backend, x, 17)
+    xt = x.clone().requires_grad_()
+    F.rrelu(xt, LOWER, UPPER, training=True).sum().backward()
+    for grad in (g, xt.grad):
+        assert grad.min() >= LOWER and grad.max() <= UPPER and grad.unique().numel() > 1000
+
+
+def test_rrelu_module_draws_in_train_and_is_torchs_eval_in_eval(torch_backend):
+    x = torch.linspace(-4, 4, 8001, dtype=torch.float64)
+    ours, theirs = ops.RReLU(LOWER, UPPER), torch.nn.RReLU(LOWER, UPPER)
+    assert ours.training
+    neg = x < 0
+    slope = ours(x)[neg] / x[neg]
+    assert slope.min() >= LOWER and slope.max() <= UPPER and slope.unique().numel() > 3000
+    torch.testing.assert_close(ours.eval()(x), theirs.eval()(x), rtol=1e-15, atol=0)
+    torch.testing.assert_close(ops.rrelu(x, lower=LOWER, upper=UPPER), F.rrelu(x, LOWER, UPPER), rtol=1e-15, atol=0)
+    again = ours.train()(x)[neg] / x[neg]
+    assert (again != slope).float().mean() > 0.99
 
 
 # --- prelu: learnable per-channel weight, state dicts, torch's constructor spelling ----------------
@@ -356,7 +445,7 @@ def test_glu_functional_takes_the_halves(backend):
     (lambda: ops.Softplus(2.0, 10.0), lambda: torch.nn.Softplus(2.0, 10.0)),
     (lambda: ops.ELU(0.5, inplace=True), lambda: torch.nn.ELU(0.5, inplace=True)),
     (lambda: ops.ReLU(True), lambda: torch.nn.ReLU(True)),
-    (lambda: ops.RReLU(0.1, 0.3), lambda: torch.nn.RReLU(0.1, 0.3).eval()),
+    (lambda: ops.RReLU(0.1, 0.3).eval(), lambda: torch.nn.RReLU(0.1, 0.3).eval()),
 ], ids=["LeakyReLU", "Threshold", "Hardtanh", "Softplus", "ELU", "ReLU", "RReLU"])
 def test_modules_take_torchs_positional_arguments_and_inplace(ours, theirs, torch_backend):
     """Constructed as torch's modules are, positionally too; inplace is accepted (out-of-place result)."""

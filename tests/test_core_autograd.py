@@ -212,3 +212,85 @@ def test_compile_without_marking_recompiles_no_more_than_plain_torch(torch_backe
     ours = _graphs_for_batch_sizes(Net(), sizes)
     theirs = _graphs_for_batch_sizes(TorchNet(), sizes)
     assert ours == theirs <= 2
+
+
+# --- random draws (rrelu in training mode) under transforms ------------------------------
+
+
+def seeded(fn, seed=7):
+    """fn in training mode with the RNG reset before each call: a deterministic function."""
+    def call(*args):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return fn(*args, training=True)
+    return call
+
+
+def test_gradcheck_and_gradgradcheck_in_training_mode(backend):
+    shape = (4, 7) if backend == "torch" else (2, 3)          # (the interpreter is slow)
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).requires_grad_()
+    rrelu = seeded(ops.rrelu)
+    assert not torch.equal(rrelu(x), ops.rrelu(x))          # it does draw
+    tol = {} if backend == "torch" else dict(atol=1e-6, rtol=1e-4)
+    assert torch.autograd.gradcheck(rrelu, (x,), check_forward_ad=backend == "torch", **tol)
+    assert torch.autograd.gradgradcheck(rrelu, (x,), **tol)
+    # two draws, a param in a bound: second derivatives d2y/dx db = r0 are not zero
+    noisy = __import__("actgen").compile("x * uniform(0, b) + uniform(-1, 1)", name="noisy", params={"b": 2.0}).noisy
+    b = torch.tensor([1.5], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(seeded(noisy), (x, b), check_forward_ad=backend == "torch", **tol)
+    assert torch.autograd.gradgradcheck(seeded(noisy), (x, b), **tol)
+
+
+def test_forward_ad_uses_the_forwards_draws(backend):
+    import torch.autograd.forward_ad as fwAD
+
+    x = torch.randn(500, dtype=torch.float64)
+    t = torch.randn(500, dtype=torch.float64)
+    y, dy = jvp(lambda u: ops.rrelu(u, training=True), (x,), (t,))
+    slope = torch.where(x > 0, 1.0, y / x)
+    assert slope.unique().numel() > 200
+    torch.testing.assert_close(dy, slope * t)
+    with fwAD.dual_level():
+        out = fwAD.unpack_dual(ops.rrelu(fwAD.make_dual(x, t), training=True))
+    torch.testing.assert_close(out.tangent, torch.where(x > 0, 1.0, out.primal / x) * t)
+
+
+def test_vmap_of_a_training_mode_draw_follows_vmap_randomness(backend):
+    xb = torch.randn(4, 300, dtype=torch.float64).abs().neg()       # negative: every element draws
+    fn = lambda t: ops.rrelu(t, training=True)
+    with pytest.raises(RuntimeError, match="randomness"):
+        vmap(fn)(xb)
+    same = vmap(fn, randomness="same")(xb) / xb
+    for s in same[1:]:
+        torch.testing.assert_close(s, same[0], rtol=1e-15, atol=0)
+    different = vmap(fn, randomness="different")(xb) / xb
+    assert not torch.equal(different[0], different[1])
+    for slopes in (same, different):
+        assert slopes.min() >= 0.125 and slopes.max() <= 1 / 3 + 1e-12
+    torch.testing.assert_close(vmap(ops.rrelu)(xb), F.rrelu(xb))     # evaluation mode
+
+
+def test_compile_training_mode_draws_and_backward_sees_the_draws(torch_backend):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    m = ops.RReLU()
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2000, dtype=torch.float64)
+    results = []
+    for seed in (5, 5, 6):
+        xs = x.clone().requires_grad_()
+        torch.manual_seed(seed)
+        y = compiled(xs)
+        y.sum().backward()
+        results.append((y.detach(), xs.grad))
+    (y, g), (y2, _), (y3, _) = results
+    neg = x < 0
+    slope = y[neg] / x[neg]
+    assert slope.min() >= 0.125 and slope.max() <= 1 / 3 and slope.unique().numel() > 500
+    torch.testing.assert_close(g[neg], slope)
+    assert torch.equal(y, y2) and not torch.equal(y, y3)
+    m.eval()
+    torch.testing.assert_close(compiled(x), F.rrelu(x))
+    assert not counters["graph_break"]

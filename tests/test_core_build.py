@@ -181,7 +181,7 @@ def test_generated_modules_run_without_triton_and_sympy():
         assert not runtime.HAS_TRITON
         x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
         m = ops.PReLU(4)
-        y = ops.mish(m(x)) + ops.SwiGLU()(torch.cat([x, x], -1))
+        y = ops.mish(m(x)) + ops.SwiGLU()(torch.cat([x, x], -1)) + ops.RReLU()(x)      # RReLU draws
         y.sum().backward()
         assert torch.allclose(ops.mish(x), torch.nn.functional.mish(x), rtol=1e-12, atol=1e-14)
         assert x.grad is not None and m.weight.grad.shape == (4,)

@@ -6,7 +6,7 @@ import sympy
 
 from actgen.derive import derive, stabilize
 from actgen.formula import FormulaError, make_symbol, parse_formula
-from actgen.functions import expm1, log1p, sigmoid, softplus
+from actgen.functions import expm1, log1p, mean_of_draws, sigmoid, softplus, uniform
 from actgen.spec import load_spec
 
 X = make_symbol("x")
@@ -113,3 +113,31 @@ def test_piecewise_derivative_uses_selected_branch():
     (_, expr), = d.first
     assert expr.subs(X, 0) == 3          # the branch selected at 0 is the second
     assert expr.subs(X, 2) == 4
+
+
+def test_uniform_draws_are_numbered_in_order_and_never_merged():
+    e = parse_formula("x * uniform(a, 1) + uniform(a, 1) - uniform(a, 1)", NAMES, inputs=("x",))
+    draws = sorted(e.atoms(uniform), key=lambda u: int(u.args[2]))
+    assert [int(u.args[2]) for u in draws] == [0, 1, 2]           # the same bounds, three draws
+    assert all(u.args[:2] == (NAMES["a"], 1) for u in draws)
+    assert sympy.expand(mean_of_draws(e) - X * (NAMES["a"] + 1) / 2) == 0     # evaluation mode
+    assert sympy.sstr(draws[0]) == "uniform(a, 1)"
+
+
+def test_uniform_bounds_must_not_depend_on_inputs():
+    parse_formula("x * uniform(0, a)", NAMES, inputs=("x",))
+    for text in ("x * uniform(0, x)", "uniform(sin(x), 1)"):
+        with pytest.raises(FormulaError, match=r"uniform\(lo, hi\): the bounds must not depend on the input x"):
+            parse_formula(text, NAMES, inputs=("x",))
+    with pytest.raises(FormulaError, match="uniform takes 2 arguments"):
+        parse_formula("uniform(0, 1, 2)", NAMES)
+
+
+def test_a_draw_is_lo_plus_width_times_r_with_r_constant_for_the_derivatives():
+    d = derive(load_spec("name: t\nformula: where(x > 0, x, uniform(c, 3 * c) * x) + uniform(0, 1)\nconstants: {c: 0.5}\n"))
+    r0, r1 = d.draws
+    assert (r0.name, r1.name) == ("_r0", "_r1")
+    c = make_symbol("c")
+    (_, dx), = d.first
+    assert dx.subs(X, -1) == c + 2 * c * r0          # lo + (hi - lo) r0; r1 does not reach df/dx
+    assert sympy.simplify(d.expr.subs({X: -2, r0: sympy.S.Half, r1: sympy.S.Half}) - (-4 * c + sympy.S.Half)) == 0

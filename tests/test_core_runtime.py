@@ -5,6 +5,7 @@ torch's own functions or the formula written in plain torch.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 
@@ -348,3 +349,89 @@ def test_limits_that_depend_on_params_are_read_off_at_run_time(backend):
     assert xs.grad[:2].tolist() == [0.5, 0.5]                   # f' = a1 where a2 = a3 = 0
     cubic = ops.polynomial(x.detach(), *[torch.tensor([v]) for v in (0.0, 0.0, 0.0, -2.0)])
     assert cubic[:2].tolist() == [INF, -INF]
+
+
+# --- random draws: uniform(lo, hi) in training mode ------------------------------------
+# A formula with two draws and a param in a draw's bound: y = x * uniform(0, b) + uniform(-1, 1),
+# i.e. y = b*r0*x + (2*r1 - 1).  dy/dx = b*r0 is the first draw, y - x*dy/dx the second, and
+# dy/db = r0*x = x * (dy/dx) / b: every gradient has to use the draws the forward made.
+NOISY = "x * uniform(0, b) + uniform(-1, 1)"
+
+
+@functools.lru_cache(maxsize=None)
+def noisy():
+    return __import__("actgen").compile(NOISY, name="noisy", params={"b": 2.0}).noisy
+
+
+def _noisy_call(x, b, seed, backend):
+    xs, bs = x.clone().requires_grad_(), b.clone().requires_grad_()
+    torch.manual_seed(seed)
+    with use_backend(backend):
+        y = noisy()(xs, bs, training=True)
+        gx, gb = torch.autograd.grad(y, (xs, bs), torch.ones_like(y))
+    return y.detach(), gx, gb
+
+
+@pytest.mark.parametrize("backend,dtype", [("torch", torch.float64), ("torch", torch.float32), ("triton", torch.float32)],
+                         ids=["fallback-f64", "fallback-f32", "kernel-f32"])
+def test_two_draws_are_independent_and_backward_sees_the_forwards_draws(backend, dtype):
+    n = 1 << 15 if backend == "triton" else 1 << 18
+    x = torch.randn(n, dtype=dtype, generator=torch.Generator().manual_seed(21)) * 2
+    b = torch.tensor([2.0], dtype=dtype)
+    y, gx, gb = _noisy_call(x, b, 22, backend)
+    first = gx.double()                      # b * r0 ~ U(0, 2)
+    second = y.double() - x.double() * first   # 2 * r1 - 1 ~ U(-1, 1)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert first.min() >= 0 and first.max() < 2 and second.min() >= -1 - tol and second.max() < 1 + tol
+    se = 5 / math.sqrt(n)
+    assert abs(first.mean().item() - 1.0) < se * 2 / math.sqrt(12)
+    assert abs(second.mean().item()) < se * 2 / math.sqrt(12)
+    corr = torch.corrcoef(torch.stack([first, second]))[0, 1].item()
+    assert abs(corr) < se
+    # the param gradient sums x * r0 over the same draws
+    torch.testing.assert_close(gb.double().sum(), (x.double() * first).sum() / 2, rtol=1e-4 if dtype == torch.float32 else 1e-10, atol=1e-3)
+    # evaluation mode: every draw at its mean
+    with use_backend(backend):
+        torch.testing.assert_close(noisy()(x, b), x, rtol=tol, atol=tol)
+
+
+def test_random_op_backward_saves_only_the_inputs_and_keeps_an_int_seed(backend):
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    x = torch.randn(8, 6, 10, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = ops.RReLU()(x)
+    assert len(saved) == 1 and saved[0].data_ptr() == x.data_ptr()
+    seed, _ = y.grad_fn.rng
+    assert type(seed) is int
+    y.sum().backward()
+    neg = x.detach() < 0
+    torch.testing.assert_close(x.grad[neg], y.detach()[neg] / x.detach()[neg], rtol=1e-6, atol=0)
+
+
+def test_backward_draws_with_the_generator_of_the_forward():
+    """A forward on the kernels, its backward (and double backward) outside use_backend: the
+    gradients still come from the kernels' draws."""
+    x = torch.randn(3000, dtype=torch.float64)
+    for forward_backend in ("triton", "torch"):
+        xs = x.clone().requires_grad_()
+        with use_backend(forward_backend):
+            y = ops.rrelu(xs, training=True)
+        other = "torch" if forward_backend == "triton" else "triton"
+        with use_backend(other):
+            (g,) = torch.autograd.grad(y, xs, torch.ones_like(y), create_graph=True)
+            (gg,) = torch.autograd.grad(g, xs, torch.ones_like(g), allow_unused=True, materialize_grads=True)
+        neg = x < 0
+        torch.testing.assert_close(g.detach()[neg], y.detach()[neg] / x[neg], rtol=1e-12, atol=0)
+        assert torch.equal(gg, torch.zeros_like(gg))
+
+
+def test_uniform_bounds_must_not_depend_on_an_input():
+    from actgen import SpecError
+
+    with pytest.raises(SpecError, match=r"formula: uniform\(lo, hi\): the bounds must not depend on the input x"):
+        __import__("actgen").compile("x * uniform(x, 1)", name="bad_draw")

@@ -64,6 +64,13 @@ def test_good_spec_and_defaults():
     ("name: a\nformula: !!python/object/apply:os.system ['echo pwned']\n", "s.yaml:2: spec: unsupported YAML tag"),
     ("name: a\nformula: x\nparams:\n  b: !!python/object/apply:os.system [echo]\n", "s.yaml:4: spec: unsupported YAML tag"),
     ("name: a\nformula: x\nconstants: {c: !!binary aGVsbG8=}\n", "s.yaml:3: spec: unsupported YAML tag"),
+    ("name: a\nformula: x * uniform(x, 1)\n",
+     "s.yaml:2: formula: uniform(lo, hi): the bounds must not depend on the input x (they are numbers, constants or params) at column 5"),
+    ("name: a\ninputs: [a, b]\nformula: a * uniform(0, b + 1)\n", "s.yaml:3: formula: uniform(lo, hi): the bounds must not depend on the input b"),
+    ("name: a\nformula: x * uniform(0)\n", "s.yaml:2: formula: uniform takes 2 arguments (lo, hi), got 1"),
+    ("name: a\nformula: x * uniform(0, uniform(1, 2))\n", "s.yaml:2: formula: uniform(lo, hi): the bounds must not contain another uniform"),
+    ("name: a\nformula: x\nconstants:\n  training: 1.0\n", "s.yaml:4: constants: 'training' collides with a reserved name"),
+    ("name: a\nformula: x\nparams:\n  uniform: 1.0\n", "s.yaml:4: params: 'uniform' collides with a reserved name"),
 ])
 def test_each_error_class(text, expected):
     problems = errors(text)
@@ -97,6 +104,17 @@ def test_cli_bad_spec_exit_2_no_traceback_nothing_written(tmp_path):
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[0].startswith(f"{specs / 'bad.yaml'}:2: formula: ")
     assert not out.exists() and not (tmp_path / "pwned").exists()
+
+
+def test_cli_draw_bounds_with_an_input_exit_2_nothing_written(tmp_path):
+    (tmp_path / "noisy.yaml").write_text("name: noisy\ndoc: a draw\nformula: where(x > 0, x, uniform(x, 1) * x)\n")
+    out = tmp_path / "pkg"
+    r = _cli("build", str(tmp_path / "noisy.yaml"), "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"{tmp_path / 'noisy.yaml'}:3: formula: uniform(lo, hi): the bounds must not depend on the input x "
+        "(they are numbers, constants or params) at column 17"]
+    assert not out.exists()
 
 
 def test_cli_bad_spec_leaves_existing_output_untouched(tmp_path):

@@ -3,13 +3,16 @@
 `python -m actgen.aot` runs Triton's real compiler (TTIR -> PTX -> cubin, no TRITON_INTERPRET)
 on the forward and backward kernel of every op in actgen.ops, for sm_80 and sm_90, with fp32,
 fp16 and bf16 data pointers, in every tile layout the op runs with (flat; channels first and
-channels last for ops with per-channel params).  The interpreter accepts code the real
+channels last for ops with per-channel params), and for ops with random draws in both
+variants, evaluation and training (TRAINING, with the Philox draws); and the runtime's own
+kernel, draws_kernel.  The interpreter accepts code the real
 compiler rejects, so this is the check that the kernels would build on a GPU.
 
 The PTX is then checked for what a regression in the kernel layout would break: 128-bit
 global loads and stores (ld.global.v4 / st.global.v4), no register spills (ptxas -v), and
 local memory only where libdevice puts it (the range reduction of sin/cos/tan).
 """
+import importlib
 import json
 import os
 import re
@@ -27,6 +30,7 @@ KERNELS = ("_forward_kernel", "_backward_kernel")
 FLAT = (1, 1024, 0)
 OPS_DIR = Path(__file__).resolve().parents[1] / "actgen" / "ops"
 MODULES = sorted(f"actgen.ops.{p.stem}" for p in OPS_DIR.glob("*.py") if p.stem != "__init__")
+RANDOM = {m for m in MODULES if importlib.import_module(m)._OP.n_draws}
 
 
 # ops whose kernels span the shapes of the generated code: a one-liner, nested transcendentals,
@@ -34,8 +38,9 @@ MODULES = sorted(f"actgen.ops.{p.stem}" for p in OPS_DIR.glob("*.py") if p.stem 
 TUNING_MODULES = ("actgen.ops.silu", "actgen.ops.mish", "actgen.ops.pau", "actgen.ops.prelu", "actgen.ops.swiglu")
 
 
-def _compile_all(out, modules, *options):
-    """python -m actgen.aot over modules, split over up to 4 processes; the merged reports."""
+def _compile_all(out, modules, *options, runtime=False):
+    """python -m actgen.aot over modules, split over up to 4 processes (the first also compiles
+    the runtime's own kernel if asked); the merged reports."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(out / "triton-cache")
     jobs = max(1, min(4, os.cpu_count() or 1))
@@ -45,6 +50,7 @@ def _compile_all(out, modules, *options):
         if part:
             path = out / f"aot{k}.json"
             cmd = [sys.executable, "-m", "actgen.aot", *part, *options, "--spills", "--json", str(path)]
+            cmd += ["--runtime"] if runtime and k == 0 else []
             procs.append((path, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                                  stderr=subprocess.STDOUT, text=True)))
     result = []
@@ -56,9 +62,15 @@ def _compile_all(out, modules, *options):
 
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory):
+def all_reports(tmp_path_factory):
     return _compile_all(tmp_path_factory.mktemp("aot"), MODULES,
-                        "--arch", *map(str, ARCHS), "--dtype", *DTYPES)
+                        "--arch", *map(str, ARCHS), "--dtype", *DTYPES, runtime=True)
+
+
+@pytest.fixture(scope="module")
+def reports(all_reports):
+    """The generated kernels' reports."""
+    return [r for r in all_reports if r["module"].startswith("actgen.ops.")]
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +80,16 @@ def tuning_reports(tmp_path_factory):
                         "--arch", "90", "--dtype", "fp32", "bf16", "--tuning-candidates")
 
 
+def test_the_runtimes_draws_kernel_compiles(all_reports):
+    runtime = [r for r in all_reports if not r["module"].startswith("actgen.ops.")]
+    assert {(r["kernel"], r["arch"]) for r in runtime} == {("draws_kernel", a) for a in ARCHS}
+    for r in runtime:
+        assert r["ok"] and r["cubin_bytes"] > 1000, r
+        assert r["vector_stores"] and r["philox"] and not r["local_memory"] and not r["spill_bytes"], r
+
+
 def _key(r):
-    return (r["module"], r["kernel"], r["dtype"], r["arch"], tuple(r["layout"]))
+    return (r["module"], r["kernel"], r["dtype"], r["arch"], tuple(r["layout"]), r["training"])
 
 
 def test_every_builtin_kernel_compiles_to_a_cubin(reports):
@@ -80,12 +100,24 @@ def test_every_builtin_kernel_compiles_to_a_cubin(reports):
     layouts = {tuple(r["layout"]) for r in reports}
     assert len(layouts) == 3          # flat, channels first, channels last
     got = {_key(r) for r in reports}
-    missing = [(m, k, d, a, lay) for m in MODULES for k in KERNELS for d in DTYPES for a in ARCHS
-               for lay in (layouts if m in per_channel else {FLAT}) if (m, k, d, a, lay) not in got]
+    missing = [(m, k, d, a, lay, t) for m in MODULES for k in KERNELS for d in DTYPES for a in ARCHS
+               for lay in (layouts if m in per_channel else {FLAT})
+               for t in ((False, True) if m in RANDOM else (None,)) if (m, k, d, a, lay, t) not in got]
     assert not missing, missing
     failed = [(_key(r), r["error"]) for r in reports if not r["ok"]]
     assert not failed, failed
     assert all(r["cubin_bytes"] > 1000 for r in reports)
+
+
+def test_training_variants_draw_and_evaluation_variants_do_not(reports):
+    """Ops with random draws: the TRAINING kernels run Philox (mul.hi.u32 in the PTX), the
+    evaluation kernels (each draw at 1/2) do not."""
+    assert "actgen.ops.rrelu" in RANDOM and "actgen.ops.leaky_relu" not in RANDOM
+    random = [r for r in reports if r["module"] in RANDOM]
+    assert {(r["kernel"], r["arch"], r["training"]) for r in random if r["ok"]} >= {
+        (k, 90, t) for k in KERNELS for t in (False, True)}
+    wrong = [_key(r) for r in random if r["philox"] != r["training"]]
+    assert not wrong, wrong
 
 
 def test_global_accesses_are_128_bit(reports):

@@ -6,7 +6,7 @@ import re
 
 import sympy
 
-from ..derive import Block, Derivation
+from ..derive import Block, Derivation, draw_lines
 from ..printers import TorchPrinter, TritonPrinter
 from .writer import Writer, escape_docstring
 
@@ -14,7 +14,8 @@ from ..version import COMPILER_VERSION
 TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 NTH_TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 # the @triton.jit helpers of actgen.runtime.triton_lang a kernel may call (imported as _name)
-KERNEL_HELPERS = ("tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "sigmoid", "softplus", "probe_at_inf", "limit_at_inf")
+KERNEL_HELPERS = ("tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "sigmoid", "softplus",
+                  "probe_at_inf", "limit_at_inf", "draw")
 
 
 def op_key(d: Derivation) -> str:
@@ -28,7 +29,7 @@ def _math_lines(d: Derivation) -> list[str]:
     width = max(len(f"df/d{n}") for n in names)
     lines = [f"{'f':<{width}} = {sympy.sstr(d.expr)}"]
     lines += [f"{'df/d' + n:<{width}} = {sympy.sstr(e)}" for n, e in d.first]
-    return lines
+    return lines + draw_lines(d.spec.expr)
 
 
 def _header(d: Derivation, w: Writer):
@@ -60,8 +61,9 @@ def _block(w: Writer, block: Block, printer, out_prefix: str, tensor_names=None)
 
 def _torch_function(w: Writer, d: Derivation, fname: str, doc: str, block: Block, outputs_as_tuple: bool, fast: bool = False):
     s = d.spec
-    args = [*s.inputs, *(p.name for p in s.params), *(c.name for c in s.constants)]
-    tensors = [*s.inputs, *(p.name for p in s.params)]
+    draws = [r.name for r in d.draws]
+    args = [*s.inputs, *draws, *(p.name for p in s.params), *(c.name for c in s.constants)]
+    tensors = [*s.inputs, *draws, *(p.name for p in s.params)]
     printer = TorchPrinter(tensors, like=s.inputs[0], fast=fast)
     with w.indent(f"def {fname}({', '.join(args)}):"):
         w(f'"""{doc}"""')
@@ -113,15 +115,44 @@ def _kernel_loads(w: Writer, d: Derivation):
 _CONSTEXPRS = "BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr"
 
 
+def _jit(w: Writer, d: Derivation):
+    # a new seed every call: no specialisation on its value (1, multiples of 16)
+    w('@triton.jit(do_not_specialize=["_seed"])' if d.draws else "@triton.jit")
+
+
+def _seed_args(d: Derivation) -> list[str]:
+    return ["_seed"] if d.draws else []
+
+
+def _training(d: Derivation) -> str:
+    return ", TRAINING: tl.constexpr" if d.draws else ""
+
+
+def _kernel_draws(w: Writer, block: Block, d: Derivation):
+    """The draws _rk the block uses: U[0, 1) from the call's seed and the element's offset in
+    training mode (the backward kernel draws the same values again), 1/2 in evaluation mode."""
+    used = set().union(*(_free(block, e) for _, e in block.outputs))
+    draws = [(k, r) for k, r in enumerate(d.draws) if r in used]
+    if not draws:
+        return
+    with w.indent("if TRAINING:"):
+        for k, r in draws:
+            w(f"{r.name} = _draw(_seed, {k}, _offs).to(ACC)")
+    with w.indent("else:"):
+        for _, r in draws:
+            w(f"{r.name} = 0.5")
+
+
 def _forward_kernel(w: Writer, d: Derivation):
     s = d.spec
     consts = [c.name for c in s.constants]
-    args = [f"{n}_ptr" for n in s.inputs] + _kernel_args(d) + ["_out_ptr", *consts, "_M", "_N", "_C"]
-    w("@triton.jit")
-    with w.indent(f"def _forward_kernel(\n    {', '.join(args)},\n    {_CONSTEXPRS},\n):"):
+    args = [f"{n}_ptr" for n in s.inputs] + _kernel_args(d) + ["_out_ptr", *consts, *_seed_args(d), "_M", "_N", "_C"]
+    _jit(w, d)
+    with w.indent(f"def _forward_kernel(\n    {', '.join(args)},\n    {_CONSTEXPRS}{_training(d)},\n):"):
         w(f'"""y = f({", ".join(s.inputs)}) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""')
         w(TILE_INDEX)
         _kernel_loads(w, d)
+        _kernel_draws(w, d.forward, d)
         printer = TritonPrinter()
         _block(w, d.forward, printer, "_")
         (_, expr), = d.forward.outputs
@@ -154,10 +185,10 @@ def _backward_kernel(w: Writer, d: Derivation):
     args += [f"_d_{n}_ptr" for n in s.inputs]
     if s.params:
         args += ["_partials_ptr", "_n_partials"]
-    args += [*consts, "_M", "_N", "_C"] + (["_iters"] if s.params else [])
-    w("@triton.jit")
+    args += [*consts, *_seed_args(d), "_M", "_N", "_C"] + (["_iters"] if s.params else [])
+    _jit(w, d)
     step = ", STEP: tl.constexpr" if s.params else ""
-    with w.indent(f"def _backward_kernel(\n    {', '.join(args)},\n    {_CONSTEXPRS}, PARAM_GRAD: tl.constexpr{step},\n):"):
+    with w.indent(f"def _backward_kernel(\n    {', '.join(args)},\n    {_CONSTEXPRS}, PARAM_GRAD: tl.constexpr{step}{_training(d)},\n):"):
         doc = "grad * df/dinput for every input"
         if s.params:
             doc += ("; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this "
@@ -185,6 +216,7 @@ def _backward_tile(w: Writer, d: Derivation, tile_index: str):
     w(tile_index)
     w("_g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)")
     _kernel_loads(w, d)
+    _kernel_draws(w, d.backward, d)
     _block(w, d.backward, TritonPrinter(), "_")
     for n in d.spec.inputs:
         w(f"tl.store(_d_{n}_ptr + _offs, (_g * _d_{n}).to(_d_{n}_ptr.dtype.element_ty), mask=_mask)")
@@ -194,14 +226,19 @@ def _functional(w: Writer, d: Derivation):
     s = d.spec
     args = list(s.inputs) + [f"{p.name}={p.init!r}" for p in s.params]
     kw = (["channel_dim=1"] if s.per_channel else []) + [f"{c.name}={c.default!r}" for c in s.constants]
+    kw += ["training=False"] if d.draws else []
     sig = ", ".join(args + (["*"] + kw if kw else []))
     with w.indent(f"def {s.name}({sig}):"):
         doc = [s.doc.strip() or f"The {s.name} activation.", "", f"f = {' '.join(s.formula.split())}"]
         if s.params:
             doc.append("Params are tensors of shape (1,) or, if per-channel, (C,) - or Python floats.")
+        if d.draws:
+            doc.append("training=True draws every uniform(lo, hi) afresh per element (one seed per call from "
+                       "torch's default generator); training=False uses its mean (lo + hi)/2.")
         w('"""' + escape_docstring("\n".join(doc)) + '"""')
         cd = "channel_dim" if s.per_channel else "1"
-        w(f"return _OP.call({_tuple(s.inputs)}, {_tuple(p.name for p in s.params)}, {_tuple(c.name for c in s.constants)}, {cd})")
+        training = ", training" if d.draws else ""
+        w(f"return _OP.call({_tuple(s.inputs)}, {_tuple(p.name for p in s.params)}, {_tuple(c.name for c in s.constants)}, {cd}{training})")
     w()
     w()
 
@@ -214,7 +251,8 @@ def _tuple(names) -> str:
 def _functions(w: Writer, d: Derivation):
     s = d.spec
     cls = s.class_name
-    args = [*s.inputs, *(p.name for p in s.params), *(c.name for c in s.constants), "channel_dim"]
+    args = [*s.inputs, *(p.name for p in s.params), *(c.name for c in s.constants), "channel_dim", *_seed_args(d)]
+    vmap = "_OP.vmap" if d.draws else "_rt.vmap_by_loop"
     with w.indent(f"class {cls}Core(torch.autograd.Function):"):
         w(f'"""{s.name} as an autograd Function without jvp (what torch.compile traces)."""')
         w()
@@ -232,12 +270,14 @@ def _functions(w: Writer, d: Derivation):
         w()
         w("@staticmethod")
         with w.indent("def vmap(info, in_dims, *args):"):
-            w(f"return _rt.vmap_by_loop({cls}Core, info, in_dims, *args)")
+            w(f"return {vmap}({cls}Core, info, in_dims, *args)")
     w()
     w()
     with w.indent(f"class {cls}Function({cls}Core):"):
         w(f'"""{s.name} as an autograd Function: apply({", ".join(args)}).')
         w()
+        if d.draws:
+            w("_seed: an int for training mode (the draws of every uniform(...)), None for evaluation mode.")
         w("Backward recomputes from the saved inputs and params and is itself differentiable;")
         w('jvp gives forward-mode AD."""')
         w()
@@ -251,7 +291,7 @@ def _functions(w: Writer, d: Derivation):
         w()
         w("@staticmethod")
         with w.indent("def vmap(info, in_dims, *args):"):
-            w(f"return _rt.vmap_by_loop({cls}Function, info, in_dims, *args)")
+            w(f"return {vmap}({cls}Function, info, in_dims, *args)")
     w()
     w()
     w(f"_OP.bind({cls}Core, {cls}Function)")
@@ -290,6 +330,8 @@ def _module_class(w: Writer, d: Derivation):
             doc.append("num_parameters is accepted for num_channels, as torch.nn.PReLU spells it.")
         if single is not None:
             doc.append(f"init overrides the initial value of {single.name} ({single.init!r}).")
+        if d.draws:
+            doc.append("In train() mode every uniform(lo, hi) is drawn afresh per element; in eval() mode it is its mean.")
         if inplace:
             doc.append("inplace is accepted as torch's modules take it, and has no effect: the result is a "
                        "new tensor (backward recomputes from the unmodified input).")
@@ -319,6 +361,7 @@ def _module_class(w: Writer, d: Derivation):
             w()
         call_params = [f"self.{p.name}" for p in s.params]
         kw = (["channel_dim=self.channel_dim"] if s.per_channel else []) + [f"{c.name}=self.{c.name}" for c in s.constants]
+        kw += ["training=self.training"] if d.draws else []
         if s.gated:
             with w.indent("def forward(self, input):"):
                 w(f"{', '.join(s.inputs)} = _rt.split_halves(input, self.dim, {s.name!r})")
@@ -355,7 +398,10 @@ def render_module(d: Derivation) -> str:
     w("# ---- eager torch fallback (CPU, or when triton is missing) ----")
     w()
     w()
-    _torch_function(w, d, "_forward_torch", "f, elementwise; params broadcast against the input.", d.forward, False)
+    forward_doc = "f, elementwise; params broadcast against the input"
+    if d.draws:
+        forward_doc += f"; {', '.join(r.name for r in d.draws)}: the draws (U[0, 1) tensors, or 1/2)"
+    _torch_function(w, d, "_forward_torch", forward_doc + ".", d.forward, False)
     names = ", ".join(f"df/d{n}" for n, _ in d.first)
     _torch_function(w, d, "_derivatives_torch", f"{names}.", d.backward, True)
     _fast_function(w, d, "_forward_torch_fast", "f", d.forward_fast, False)
@@ -390,6 +436,8 @@ def render_module(d: Derivation) -> str:
         w(f"derivatives_torch_fast={'_derivatives_torch_fast' if d.backward_fast is not None else None},")
         w("forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,")
         w("backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,")
+        if d.draws:
+            w(f"draws={len(d.draws)},")
     w(")")
     w()
     w()

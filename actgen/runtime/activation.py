@@ -6,6 +6,14 @@ torch fallback per call, and implements what the generated autograd.Function cla
 delegate to: saving only inputs and params, recomputing in backward, a differentiable
 backward (double backward from the derived second derivatives), forward-mode AD (jvp)
 and vmap.
+
+An op whose formula has random draws (uniform(lo, hi)) takes a seed: None in evaluation mode,
+where every draw is 1/2, and in training mode one int per call from torch's default CPU
+generator (so torch.manual_seed reproduces a call).  Everything else is a function of the
+seed: the kernels draw with Philox keyed by it (actgen.runtime.triton_lang.draw), the
+fallback draws whole tensors from a torch.Generator seeded with it, and backward, double
+backward and jvp draw the same values again with the generator the forward used; only the
+seed is kept for backward, as an int.
 """
 from __future__ import annotations
 
@@ -17,6 +25,9 @@ import torch
 from . import backend as _backend
 
 _REGISTERED: dict[str, tuple] = {}
+
+#: Seeds are in [0, SEED_BOUND - draws): the key seed + k of every draw k fits in an int32.
+SEED_BOUND = 2**31
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -69,6 +80,7 @@ class Activation:
         derivatives_torch_fast: Callable | None = None,
         forward_kernel=None,
         backward_kernel=None,
+        draws: int = 0,
     ):
         self.name = name
         self.inputs = tuple(inputs)
@@ -84,6 +96,7 @@ class Activation:
         self.derivatives_torch_fast = derivatives_torch_fast
         self.forward_kernel = forward_kernel
         self.backward_kernel = backward_kernel
+        self.n_draws = draws
         self.core = self.function = None
         self.fwd_op, self.bwd_op = _register(f"{name}_{key}", self)
 
@@ -92,7 +105,7 @@ class Activation:
         self.core, self.function = core, function
 
     # --- argument checking (runs before autograd, in Python) --------------------------
-    def call(self, inputs, params, constants, channel_dim):
+    def call(self, inputs, params, constants, channel_dim, training=False):
         x = inputs[0]
         for name, t in zip(self.inputs, inputs):
             if not isinstance(t, torch.Tensor):
@@ -123,43 +136,113 @@ class Activation:
             channels = p.numel()
         cd = channel_dim % x.dim() if x.dim() else 0
         constants = tuple(float(c) for c in constants)
+        seed = self.new_seed() if training and self.n_draws else None
+        extra = (seed,) if self.n_draws else ()
         if torch.compiler.is_compiling():
-            return self.core.apply(*inputs, *params, *constants, cd)
+            return self.core.apply(*inputs, *params, *constants, cd, *extra)
         if torch._C._are_functorch_transforms_active():
-            return self.function.apply(*inputs, *params, *constants, cd)
+            return self.function.apply(*inputs, *params, *constants, cd, *extra)
         # plain eager use: the thin path
         if not (torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *params))) and _no_forward_ad():
-            return self.forward_impl(list(inputs), list(params), list(constants), cd)
-        return _EagerFunction.apply(self, cd, *inputs, *params, *constants)
+            return self.forward_impl(list(inputs), list(params), list(constants), cd, seed)
+        return _EagerFunction.apply(self, cd, seed, *inputs, *params, *constants)
+
+    # --- random draws -------------------------------------------------------------------
+    # A call's draws travel as `rng`: None in evaluation mode, else (seed, kernels) with
+    # kernels whether the Triton kernels drew them (then only they, or draw_values, can draw
+    # them again).  Where a seed comes in alone (an int, or a 0-dim tensor from a custom op
+    # under torch.compile) the backend choice of this call decides.
+
+    def new_seed(self):
+        """A training-mode call's seed, from torch's default CPU generator: an int, or under
+        torch.compile a 0-dim tensor drawn in the graph."""
+        high = SEED_BOUND - self.n_draws
+        if torch.compiler.is_compiling():
+            return torch.randint(0, high, (), device="cpu")
+        with torch._C._DisableFuncTorch():      # one seed per call, also under vmap
+            return int(torch.randint(0, high, (), device="cpu"))
+
+    def rng(self, seed, x: torch.Tensor):
+        """None, or (seed, kernels) for a seed given as an int, a 0-dim tensor or that pair."""
+        if seed is None or isinstance(seed, tuple):
+            return seed
+        return int(seed), _backend.use_triton(x, self.forward_kernel)
+
+    def _on_kernels(self, x, kernel, rng) -> bool:
+        """Whether to run the Triton kernels: where the call draws, as its forward did."""
+        return rng[1] if rng is not None else _backend.use_triton(x, kernel)
+
+    def _kernel_draws(self, rng):
+        """launch's draws argument: None without draws, else (seed, training); seed 0 unused."""
+        if not self.n_draws:
+            return None
+        return (rng[0], True) if rng is not None else (0, False)
+
+    def draw_values(self, x: torch.Tensor, dtype: torch.dtype, rng) -> list:
+        """The draws as tensors in dtype: of x's shape in training mode, 0-dim 1/2 in evaluation mode."""
+        if not self.n_draws:
+            return []
+        if rng is None:
+            return [torch.full((), 0.5, dtype=dtype, device=x.device)] * self.n_draws
+        seed, kernels = rng
+        with torch._C._DisableFuncTorch():     # constants: plain tensors also under jvp or vmap
+            if kernels:
+                from . import launch
+                return [r.to(dtype) for r in launch.draw_values(seed, self.n_draws, tuple(x.shape), x.device)]
+            gen = torch.Generator(device=x.device).manual_seed(seed)
+            return [torch.rand(x.shape, generator=gen, dtype=dtype, device=x.device) for _ in range(self.n_draws)]
+
+    def vmap(self, function, info, in_dims, *args):
+        """vmap rule of the Functions of an op with draws (the seed is the last argument): one
+        call per batch entry, in torch's randomness modes: 'error' (vmap's default) refuses a
+        training-mode call, 'same' gives every entry the same draws, 'different' each entry its
+        own (seeds drawn from the call's)."""
+        seed = args[-1]
+        if seed is None or info.randomness == "same":
+            return vmap_by_loop(function, info, in_dims, *args)
+        if info.randomness == "error":
+            raise RuntimeError(
+                f"{self.name}: in training mode it draws random numbers, which torch.func.vmap refuses with "
+                "randomness='error' (its default); pass randomness='same' or 'different', or training=False")
+        with torch._C._DisableFuncTorch():
+            gen = torch.Generator().manual_seed(int(seed))
+            seeds = torch.randint(0, SEED_BOUND - self.n_draws, (info.batch_size,), generator=gen).tolist()
+        return vmap_by_loop(function, info, in_dims, *args, seeds=seeds)
 
     # --- compute (the custom ops' implementations) ------------------------------------
     def _channels(self, params):
         return max([p.numel() for p in params] + [1])
 
-    def _eager_args(self, inputs, params, constants, channel_dim):
+    def _eager_args(self, inputs, params, constants, channel_dim, rng=None):
+        """The fallback functions' arguments: inputs, draws, params, constants."""
         dt = compute_dtype(inputs[0].dtype)
         ndim = inputs[0].dim()
         xs = [t.to(dt) for t in inputs]
         ps = [expand_param(p.to(dt), ndim, channel_dim) for p in params]
-        return [*xs, *ps, *constants]
+        return [*xs, *self.draw_values(inputs[0], dt, rng), *ps, *constants]
 
-    def forward_impl(self, inputs, params, constants, channel_dim):
+    # rng: see "random draws" above (a seed alone is accepted too)
+    def forward_impl(self, inputs, params, constants, channel_dim, rng=None):
         x = inputs[0]
-        if _backend.use_triton(x, self.forward_kernel):
+        rng = self.rng(rng, x)
+        if self._on_kernels(x, self.forward_kernel, rng):
             from . import launch
-            return launch.forward(self.forward_kernel, inputs, params, self.per_channel, constants, channel_dim, self._channels(params))
+            return launch.forward(self.forward_kernel, inputs, params, self.per_channel, constants, channel_dim,
+                                  self._channels(params), self._kernel_draws(rng))
         if x.device.type == "cpu":
-            return self._cpu_forward(inputs, params, constants, channel_dim)
-        return _output(self.forward_torch(*self._eager_args(inputs, params, constants, channel_dim)), inputs)
+            return self._cpu_forward(inputs, params, constants, channel_dim, rng)
+        return _output(self.forward_torch(*self._eager_args(inputs, params, constants, channel_dim, rng)), inputs)
 
-    def backward_impl(self, grad, inputs, params, constants, channel_dim, needs):
+    def backward_impl(self, grad, inputs, params, constants, channel_dim, needs, rng=None):
         x = inputs[0]
-        if _backend.use_triton(x, self.backward_kernel):
+        rng = self.rng(rng, x)
+        if self._on_kernels(x, self.backward_kernel, rng):
             from . import launch
-            return launch.backward(self.backward_kernel, grad, inputs, params, self.per_channel, constants, channel_dim, self._channels(params), needs)
+            return launch.backward(self.backward_kernel, grad, inputs, params, self.per_channel, constants, channel_dim,
+                                   self._channels(params), needs, self._kernel_draws(rng))
         if x.device.type == "cpu":
-            return self._cpu_backward(grad, inputs, params, constants, channel_dim, needs)
-        args = self._eager_args(inputs, params, constants, channel_dim)
+            return self._cpu_backward(grad, inputs, params, constants, channel_dim, needs, rng)
+        args = self._eager_args(inputs, params, constants, channel_dim, rng)
         derivs = self.derivatives_torch(*args)
         g = grad.to(args[0].dtype)
         out = []
@@ -173,13 +256,14 @@ class Activation:
         return out
 
     # --- the CPU fallback: chunked, with a guard-free fast variant -----------------------
-    # The inputs are seen as (A, C, B) around the channel dim and evaluated a chunk of about
-    # CHUNK_BYTES per temporary at a time: every temporary stays in cache and is reused by the
-    # allocator, where whole-tensor temporaries each cost fresh pages.  A chunk whose inputs
-    # are all finite (one sum each) runs the fast variant (no NaN/inf guards, float-mask
-    # branches); it runs the guarded functions otherwise, or when the fast variant reports a
-    # value that is not finite.  Chunks of 512 KiB per temporary measured best on a 2-vCPU
-    # EPYC VM: larger temporaries come and go as fresh pages from the system.
+    # The inputs (and the draws) are seen as (A, C, B) around the channel dim and evaluated
+    # a chunk of about CHUNK_BYTES per temporary at a time: every temporary stays in cache
+    # and is reused by the allocator, where whole-tensor temporaries each cost fresh pages.
+    # A chunk whose inputs are all finite (one sum each) runs the fast variant (no NaN/inf
+    # guards, float-mask branches); it runs the guarded functions otherwise, or when the
+    # fast variant reports a value that is not finite.  Chunks of 512 KiB per temporary
+    # measured best on a 2-vCPU EPYC VM: larger temporaries come and go as fresh pages from
+    # the system.
     CHUNK_BYTES = 1 << 19
 
     def _chunk(self, dtype) -> int:
@@ -203,18 +287,21 @@ class Activation:
             return (A, C, B), [((a, slice(c, min(c + step, C))), slice(c, min(c + step, C))) for a in range(A) for c in range(0, C, step)]
         return (A, C, B), [((a, c, slice(b, min(b + n, B))), c) for a in range(A) for c in range(C) for b in range(0, B, n)]
 
-    def _cpu_setup(self, inputs, params, channel_dim):
+    def _cpu_setup(self, inputs, params, channel_dim, rng):
         x = inputs[0]
         dt = compute_dtype(x.dtype)
         per_channel = any(p.numel() > 1 for p in params)
         dims, chunks = self._chunks(tuple(x.shape), channel_dim, per_channel, self._chunk(x.dtype))
         views = [t.reshape(dims) for t in inputs]
+        rs = [r.reshape(dims) if r.dim() else r for r in self.draw_values(x, dt, rng)]
         ps = [p.to(dt).reshape(-1, 1) if p.numel() > 1 else p.to(dt).reshape(()) for p in params]
-        return dt, dims, chunks, views, ps
+        return dt, dims, chunks, views, rs, ps
 
-    def _chunk_args(self, views, ps, constants, index, channels, dt):
+    def _chunk_args(self, views, rs, ps, constants, index, channels, dt):
+        """One chunk's inputs, and the rest of the fallback functions' arguments."""
         xs = [v[index] if v.dtype == dt else v[index].to(dt) for v in views]
-        return xs, [p[channels] if p.dim() else p for p in ps] + list(constants)
+        rest = [r[index] if r.dim() else r for r in rs] + [p[channels] if p.dim() else p for p in ps]
+        return xs, rest + list(constants)
 
     @staticmethod
     def _finite(xs) -> bool:
@@ -222,11 +309,11 @@ class Activation:
         only means the guarded path)."""
         return all(math.isfinite(t.sum().item()) for t in xs)
 
-    def _cpu_backward_whole(self, grad, inputs, params, constants, channel_dim, needs):
+    def _cpu_backward_whole(self, grad, inputs, params, constants, channel_dim, needs, rng):
         """The backward in one piece (small tensors): a derivative computed afresh takes grad
         in place."""
         x = inputs[0]
-        args = self._eager_args(inputs, params, constants, channel_dim)
+        args = self._eager_args(inputs, params, constants, channel_dim, rng)
         derivs = self._derivative_values(args[: self.n_inputs], args[self.n_inputs:])
         g = grad.to(args[0].dtype)
         ids = [id(v) for v in derivs]
@@ -269,33 +356,33 @@ class Activation:
         """The first derivatives on one chunk."""
         return self._values(self.derivatives_torch_fast, self.derivatives_torch, xs, rest, all_finite)
 
-    def _cpu_forward(self, inputs, params, constants, channel_dim):
+    def _cpu_forward(self, inputs, params, constants, channel_dim, rng):
         x = inputs[0]
         if x.numel() <= self._chunk(x.dtype):     # one chunk: no copies
-            args = self._eager_args(inputs, params, constants, channel_dim)
+            args = self._eager_args(inputs, params, constants, channel_dim, rng)
             return _output(self._forward_values(args[: self.n_inputs], args[self.n_inputs:]), inputs)
-        dt, dims, chunks, views, ps = self._cpu_setup(inputs, params, channel_dim)
+        dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng)
         out = torch.empty(dims, dtype=x.dtype)
         all_finite = None if self.forward_torch_fast is None or not self._finite(views) else True
         for index, channels in chunks:
-            xs, rest = self._chunk_args(views, ps, constants, index, channels, dt)
+            xs, rest = self._chunk_args(views, rs, ps, constants, index, channels, dt)
             y = self._forward_values(xs, rest, all_finite)
             target = out[index]
             target.copy_(y) if isinstance(y, torch.Tensor) else target.fill_(y)
         return out.reshape(x.shape)
 
-    def _cpu_backward(self, grad, inputs, params, constants, channel_dim, needs):
+    def _cpu_backward(self, grad, inputs, params, constants, channel_dim, needs, rng):
         x = inputs[0]
         if x.numel() <= self._chunk(x.dtype):
-            return self._cpu_backward_whole(grad, inputs, params, constants, channel_dim, needs)
-        dt, dims, chunks, views, ps = self._cpu_setup(inputs, params, channel_dim)
+            return self._cpu_backward_whole(grad, inputs, params, constants, channel_dim, needs, rng)
+        dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng)
         g3 = grad.reshape(dims)
         n_in = self.n_inputs
         grads = [torch.empty(dims, dtype=t.dtype) if needs[i] else None for i, t in enumerate(inputs)]
         sums = [torch.zeros(p.numel(), dtype=dt) if needs[n_in + k] else None for k, p in enumerate(params)]
         all_finite = None if self.derivatives_torch_fast is None or not self._finite(views) else True
         for index, channels in chunks:
-            xs, rest = self._chunk_args(views, ps, constants, index, channels, dt)
+            xs, rest = self._chunk_args(views, rs, ps, constants, index, channels, dt)
             derivs = self._derivative_values(xs, rest, all_finite)
             g = g3[index].to(dt)
             for i in range(n_in):
@@ -320,49 +407,60 @@ class Activation:
         return out
 
     # --- autograd (what the generated Function classes call) --------------------------
-    def forward(self, *args):
+    def _split(self, args):
+        """A Function's arguments (*inputs, *params, *constants, channel_dim[, seed]) ->
+        (tensors, constants, channel_dim, seed)."""
         n = self.n_tensors
-        tensors, constants, channel_dim = args[:n], args[n:-1], args[-1]
-        return self.run_forward(list(tensors[: self.n_inputs]), list(tensors[self.n_inputs:]), list(constants), channel_dim)
+        if self.n_draws:
+            return args[:n], tuple(args[n:-2]), args[-2], args[-1]
+        return args[:n], tuple(args[n:-1]), args[-1], None
+
+    def forward(self, *args):
+        tensors, constants, channel_dim, seed = self._split(args)
+        return self.run_forward(list(tensors[: self.n_inputs]), list(tensors[self.n_inputs:]), list(constants), channel_dim, seed)
 
     # Under torch.compile the compute is the registered custom op (opaque to the tracer,
-    # with a fake implementation); in eager use the implementation is called directly,
-    # which skips the dispatcher's per-call work and torch's first-call imports.
-    def run_forward(self, inputs, params, constants, channel_dim):
+    # with a fake implementation; the seed a 0-dim tensor); in eager use the implementation
+    # is called directly, which skips the dispatcher's per-call work and torch's first-call imports.
+    def run_forward(self, inputs, params, constants, channel_dim, rng=None):
         if torch.compiler.is_compiling():
-            return self.fwd_op(inputs, params, constants, channel_dim)
-        return self.forward_impl(inputs, params, constants, channel_dim)
+            return self.fwd_op(inputs, params, constants, channel_dim, _seed_tensor(rng))
+        return self.forward_impl(inputs, params, constants, channel_dim, rng)
 
-    def run_backward(self, grad, inputs, params, constants, channel_dim, needs):
+    def run_backward(self, grad, inputs, params, constants, channel_dim, needs, rng=None):
         if torch.compiler.is_compiling():
-            return self.bwd_op(grad, inputs, params, constants, channel_dim, needs)
-        return self.backward_impl(grad, inputs, params, constants, channel_dim, needs)
+            return self.bwd_op(grad, inputs, params, constants, channel_dim, needs, _seed_tensor(rng))
+        return self.backward_impl(grad, inputs, params, constants, channel_dim, needs, rng)
 
     def setup_context(self, ctx, args, jvp=False):
-        n = self.n_tensors
-        ctx.save_for_backward(*args[:n])
+        tensors, constants, channel_dim, seed = self._split(args)
+        ctx.save_for_backward(*tensors)
         if jvp:
-            ctx.save_for_forward(*args[:n])
-        ctx.constants = tuple(args[n:-1])
-        ctx.channel_dim = args[-1]
+            ctx.save_for_forward(*tensors)
+        ctx.constants = constants
+        ctx.channel_dim = channel_dim
+        # the seed alone (an int), not a tensor: under torch.compile it stays the graph's tensor
+        ctx.rng = seed if torch.compiler.is_compiling() else self.rng(seed, tensors[0])
 
     def backward(self, ctx, grad):
         grads = self.input_grads(ctx, grad, ctx.needs_input_grad[: self.n_tensors])
-        return (*grads, *([None] * (len(ctx.constants) + 1)))
+        return (*grads, *([None] * (len(ctx.constants) + 1 + bool(self.n_draws))))
 
     def input_grads(self, ctx, grad, needs):
         """Gradients of the inputs and params (None where not needed), from the saved tensors."""
         tensors = ctx.saved_tensors
         if torch.is_grad_enabled():
-            grads = _Backward.apply(self, ctx.constants, ctx.channel_dim, grad, *tensors)
+            grads = _Backward.apply(self, ctx.constants, ctx.channel_dim, ctx.rng, grad, *tensors)
         else:
-            grads = self.run_backward(grad, list(tensors[: self.n_inputs]), list(tensors[self.n_inputs:]), list(ctx.constants), ctx.channel_dim, list(needs))
+            grads = self.run_backward(grad, list(tensors[: self.n_inputs]), list(tensors[self.n_inputs:]), list(ctx.constants),
+                                      ctx.channel_dim, list(needs), ctx.rng)
         return [g if need else None for g, need in zip(grads, needs)]
 
     def jvp(self, ctx, *tangents):
         tensors = ctx.saved_tensors
         x = tensors[0]
-        args = self._eager_args(tensors[: self.n_inputs], tensors[self.n_inputs:], ctx.constants, ctx.channel_dim)
+        args = self._eager_args(tensors[: self.n_inputs], tensors[self.n_inputs:], ctx.constants, ctx.channel_dim,
+                                self.rng(ctx.rng, x))
         derivs = self.derivatives_torch(*args)
         out = torch.zeros(x.shape, dtype=args[0].dtype, device=x.device)
         for i, t in enumerate(tangents[: self.n_tensors]):
@@ -373,11 +471,11 @@ class Activation:
             out = out + derivs[i] * t
         return out.to(x.dtype)
 
-    def double_backward(self, grad, tensors, ggs, constants, channel_dim):
+    def double_backward(self, grad, tensors, ggs, constants, channel_dim, rng=None):
         """Gradients of (grad * df/dv for every v) w.r.t. grad and every v, in plain torch."""
         n_in, n = self.n_inputs, self.n_tensors
         x = tensors[0]
-        args = self._eager_args(tensors[:n_in], tensors[n_in:], constants, channel_dim)
+        args = self._eager_args(tensors[:n_in], tensors[n_in:], constants, channel_dim, self.rng(rng, x))
         dt = args[0].dtype
         first = self.derivatives_torch(*args)
         second = iter(self.second_derivatives_torch(*args))
@@ -406,91 +504,106 @@ def _no_forward_ad() -> bool:
 
 
 class _EagerFunction(torch.autograd.Function):
-    """The Function eager calls go through: apply(op, channel_dim, *inputs, *params, *constants).
+    """The Function eager calls go through: apply(op, channel_dim, seed, *inputs, *params, *constants).
 
     Same semantics as the generated Function classes (which torch.func transforms and
     torch.compile use), in the single-forward style whose apply has no per-call signature
     binding."""
 
     @staticmethod
-    def forward(ctx, op, channel_dim, *args):
+    def forward(ctx, op, channel_dim, seed, *args):
         n = op.n_tensors
         tensors, constants = args[:n], args[n:]
-        ctx.op, ctx.constants, ctx.channel_dim = op, constants, channel_dim
+        rng = op.rng(seed, tensors[0])
+        ctx.op, ctx.constants, ctx.channel_dim, ctx.rng = op, constants, channel_dim, rng
         ctx.save_for_backward(*tensors)
         if not _no_forward_ad():
             ctx.save_for_forward(*tensors)
-        return op.forward_impl(list(tensors[: op.n_inputs]), list(tensors[op.n_inputs:]), list(constants), channel_dim)
+        return op.forward_impl(list(tensors[: op.n_inputs]), list(tensors[op.n_inputs:]), list(constants), channel_dim, rng)
 
     @staticmethod
     def backward(ctx, grad):
         op = ctx.op
-        grads = op.input_grads(ctx, grad, ctx.needs_input_grad[2: 2 + op.n_tensors])
-        return (None, None, *grads, *([None] * len(ctx.constants)))
+        grads = op.input_grads(ctx, grad, ctx.needs_input_grad[3: 3 + op.n_tensors])
+        return (None, None, None, *grads, *([None] * len(ctx.constants)))
 
     @staticmethod
     def jvp(ctx, *tangents):
-        return ctx.op.jvp(ctx, *tangents[2:])
+        return ctx.op.jvp(ctx, *tangents[3:])
 
 
 class _Backward(torch.autograd.Function):
     """The backward op as a differentiable function (used when create_graph=True)."""
 
     @staticmethod
-    def forward(op, constants, channel_dim, grad, *tensors):
+    def forward(op, constants, channel_dim, rng, grad, *tensors):
         n_in = op.n_inputs
-        return tuple(op.run_backward(grad, list(tensors[:n_in]), list(tensors[n_in:]), list(constants), channel_dim, [True] * len(tensors)))
+        return tuple(op.run_backward(grad, list(tensors[:n_in]), list(tensors[n_in:]), list(constants), channel_dim,
+                                     [True] * len(tensors), rng))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        op, constants, channel_dim, grad, *tensors = inputs
-        ctx.op, ctx.constants, ctx.channel_dim = op, constants, channel_dim
+        op, constants, channel_dim, rng, grad, *tensors = inputs
+        ctx.op, ctx.constants, ctx.channel_dim, ctx.rng = op, constants, channel_dim, rng
         ctx.save_for_backward(grad, *tensors)
 
     @staticmethod
     def backward(ctx, *ggs):
         grad, *tensors = ctx.saved_tensors
-        return (None, None, None, *ctx.op.double_backward(grad, tensors, ggs, ctx.constants, ctx.channel_dim))
+        return (None, None, None, None, *ctx.op.double_backward(grad, tensors, ggs, ctx.constants, ctx.channel_dim, ctx.rng))
 
     @staticmethod
     def vmap(info, in_dims, *args):
         return vmap_by_loop(_Backward, info, in_dims, *args)
 
 
-def vmap_by_loop(function, info, in_dims, *args):
-    """vmap rule for Functions whose compute is an opaque op: one call per batch entry."""
+def vmap_by_loop(function, info, in_dims, *args, seeds=None):
+    """vmap rule for Functions whose compute is an opaque op: one call per batch entry (with
+    seeds, entry b gets seeds[b] for its last argument, the seed)."""
     results = []
     for b in range(info.batch_size):
         sliced = [a.select(d, b) if isinstance(a, torch.Tensor) and d is not None else a for a, d in zip(args, in_dims)]
+        if seeds is not None:
+            sliced[-1] = seeds[b]
         results.append(function.apply(*sliced))
     if isinstance(results[0], tuple):
         return tuple(torch.stack(r) for r in zip(*results)), tuple(0 for _ in results[0])
     return torch.stack(results), 0
 
 
+def _seed_tensor(rng):
+    """A custom op's seed argument: None, or the seed as a 0-dim tensor."""
+    if rng is None or isinstance(rng, torch.Tensor):
+        return rng
+    return torch.tensor(rng[0] if isinstance(rng, tuple) else rng)
+
+
 def _register(opname: str, act: Activation):
-    """Register (once per process) the forward and backward custom ops of an activation."""
+    """Register (once per process) the forward and backward custom ops of an activation.
+    seed: None, or for an op with draws in training mode the call's seed (0-dim tensor)."""
     if opname in _REGISTERED:
         return _REGISTERED[opname]
     fwd = torch.library.custom_op(
         f"actgen::{opname}_forward",
-        lambda inputs, params, constants, channel_dim: act.forward_impl(inputs, params, constants, channel_dim),
+        lambda inputs, params, constants, channel_dim, seed: act.forward_impl(inputs, params, constants, channel_dim, seed),
         mutates_args=(),
-        schema="(Tensor[] inputs, Tensor[] params, float[] constants, int channel_dim) -> Tensor",
+        schema="(Tensor[] inputs, Tensor[] params, float[] constants, int channel_dim, Tensor? seed) -> Tensor",
     )
     bwd = torch.library.custom_op(
         f"actgen::{opname}_backward",
-        lambda grad, inputs, params, constants, channel_dim, needs: act.backward_impl(grad, inputs, params, constants, channel_dim, needs),
+        lambda grad, inputs, params, constants, channel_dim, needs, seed: act.backward_impl(
+            grad, inputs, params, constants, channel_dim, needs, seed),
         mutates_args=(),
-        schema="(Tensor grad, Tensor[] inputs, Tensor[] params, float[] constants, int channel_dim, bool[] needs) -> Tensor[]",
+        schema="(Tensor grad, Tensor[] inputs, Tensor[] params, float[] constants, int channel_dim, bool[] needs, "
+               "Tensor? seed) -> Tensor[]",
     )
 
     @fwd.register_fake
-    def _(inputs, params, constants, channel_dim):
+    def _(inputs, params, constants, channel_dim, seed):
         return torch.empty(inputs[0].shape, dtype=inputs[0].dtype, device=inputs[0].device)
 
     @bwd.register_fake
-    def _(grad, inputs, params, constants, channel_dim, needs):
+    def _(grad, inputs, params, constants, channel_dim, needs, seed):
         return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (*inputs, *params)]
 
     torch.library.register_vmap(fwd, _vmap_forward(fwd))
@@ -525,27 +638,27 @@ def _loop(op, info, in_dims, args):
 
 
 def _vmap_forward(op):
-    def rule(info, in_dims, inputs, params, constants, channel_dim):
+    def rule(info, in_dims, inputs, params, constants, channel_dim, seed):
         in_d, p_d = _dims(in_dims[0], len(inputs)), _dims(in_dims[1], len(params))
         if all(d is None for d in p_d):
             xs = [_front(t, d, info.batch_size) for t, d in zip(inputs, in_d)]
-            return op(xs, params, constants, channel_dim + 1), 0
-        outs = _loop(op, info, in_dims, (inputs, params, constants, channel_dim))
+            return op(xs, params, constants, channel_dim + 1, seed), 0
+        outs = _loop(op, info, in_dims, (inputs, params, constants, channel_dim, seed))
         return torch.stack(outs), 0
 
     return rule
 
 
 def _vmap_backward(op, n_inputs):
-    def rule(info, in_dims, grad, inputs, params, constants, channel_dim, needs):
+    def rule(info, in_dims, grad, inputs, params, constants, channel_dim, needs, seed):
         in_d, p_d = _dims(in_dims[1], len(inputs)), _dims(in_dims[2], len(params))
         if all(d is None for d in p_d) and not any(needs[n_inputs:]):
             g = _front(grad, in_dims[0], info.batch_size)
             xs = [_front(t, d, info.batch_size) for t, d in zip(inputs, in_d)]
-            out = op(g, xs, params, constants, channel_dim + 1, needs)
+            out = op(g, xs, params, constants, channel_dim + 1, needs, seed)
             n = len(inputs)
             return list(out[:n]) + list(out[n:]), [0] * n + [None] * len(params)
-        outs = _loop(op, info, in_dims, (grad, inputs, params, constants, channel_dim, needs))
+        outs = _loop(op, info, in_dims, (grad, inputs, params, constants, channel_dim, needs, seed))
         return [torch.stack(r) for r in zip(*outs)], [0] * len(outs[0])
 
     return rule

@@ -81,23 +81,45 @@ def _param_args(params, per_channel):
     return args
 
 
+def _draw_args(draws):
+    """The kernel arguments of an op with random draws: draws is None for an op without any,
+    else (seed, training)."""
+    if draws is None:
+        return [], {}
+    seed, training = draws
+    return [seed], {"TRAINING": training}
+
+
 def _layout_kind(lay: Layout, *flags: str) -> str:
     return "+".join(("flat" if lay.C <= 1 else ("rows", "cols")[lay.ch_axis],) + flags)
 
 
-def forward(kernel, inputs, params, per_channel, constants, channel_dim, channels):
+def forward(kernel, inputs, params, per_channel, constants, channel_dim, channels, draws=None):
     x = inputs[0]
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel() == 0:
         return out
-    args = [*[t.contiguous() for t in inputs], *_param_args(params, per_channel), out, *constants]
+    seed, training = _draw_args(draws)
+    args = [*[t.contiguous() for t in inputs], *_param_args(params, per_channel), out, *constants, *seed]
 
     def run(cfg: Config):
         lay = layout(x.shape, channel_dim, channels, cfg.tile)
         return kernel[lay.grid](*args, lay.M, lay.N, lay.C, BLOCK_M=lay.block_m, BLOCK_N=lay.block_n,
-                                CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype), num_warps=cfg.num_warps)
+                                CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype), num_warps=cfg.num_warps, **training)
 
     run(TUNER.choose(kernel, x, _layout_kind(layout(x.shape, channel_dim, channels)), run))
+    return out
+
+
+def draw_values(seed: int, n: int, shape, device) -> list[torch.Tensor]:
+    """The n draws the kernels make in a call with this seed, as float32 tensors of shape."""
+    from .triton_lang import draws_kernel
+
+    numel = math.prod(shape)
+    out = [torch.empty(shape, dtype=torch.float32, device=device) for _ in range(n)]
+    if numel:
+        for k, r in enumerate(out):
+            draws_kernel[(-(-numel // TILE),)](r, seed, numel, K=k, BLOCK=TILE, num_warps=DEFAULT.num_warps)
     return out
 
 
@@ -128,7 +150,7 @@ def param_grad_programs(lay: Layout, device: torch.device) -> tuple[int, int]:
     return programs, -(-tiles // programs)
 
 
-def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, channels, needs):
+def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, channels, needs, draws=None):
     x = inputs[0]
     grads = [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in inputs]
     need_params = any(needs[len(inputs):])
@@ -136,6 +158,7 @@ def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, 
         return grads + [torch.zeros_like(p) for p in params]
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     args = [grad.contiguous(), *[t.contiguous() for t in inputs], *_param_args(params, per_channel), *grads]
+    seed, training = _draw_args(draws)
 
     launched = {}
 
@@ -144,16 +167,17 @@ def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, 
         sized from its tile and left in `launched` with the layout and program count."""
         lay = layout(x.shape, channel_dim, channels, cfg.tile)
         if not params:
-            return kernel[lay.grid](*args, *constants, lay.M, lay.N, lay.C, BLOCK_M=lay.block_m, BLOCK_N=lay.block_n,
-                                    CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype), PARAM_GRAD=False, num_warps=cfg.num_warps)
+            return kernel[lay.grid](*args, *constants, *seed, lay.M, lay.N, lay.C, BLOCK_M=lay.block_m, BLOCK_N=lay.block_n,
+                                    CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype), PARAM_GRAD=False, num_warps=cfg.num_warps,
+                                    **training)
         step = need_params and cfg.step
         programs, iters = param_grad_programs(lay, x.device) if step else (lay.grid[0], 1)
         n_partials = programs * (lay.block_m if lay.ch_axis == 0 else lay.block_n)
         partials = torch.empty((len(params), n_partials if need_params else 1), dtype=acc_dtype, device=x.device)
         launched.update(lay=lay, partials=partials, programs=programs)
-        return kernel[(programs,)](*args, partials, n_partials, *constants, lay.M, lay.N, lay.C, iters,
+        return kernel[(programs,)](*args, partials, n_partials, *constants, *seed, lay.M, lay.N, lay.C, iters,
                                    BLOCK_M=lay.block_m, BLOCK_N=lay.block_n, CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype),
-                                   PARAM_GRAD=need_params, STEP=step, num_warps=cfg.num_warps)
+                                   PARAM_GRAD=need_params, STEP=step, num_warps=cfg.num_warps, **training)
 
     kind = _layout_kind(layout(x.shape, channel_dim, channels), *(("param_grad",) if need_params else ()))
     run(TUNER.choose(kernel, x, kind, run, PARAM_GRAD_CANDIDATES if need_params else CANDIDATES))

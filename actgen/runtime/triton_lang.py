@@ -61,7 +61,7 @@ def softplus(u):
 
 
 __all__ = ["triton", "tl", "libdevice", "sigmoid", "softplus", "probe_at_inf", "limit_at_inf", "tile",
-           "nth_tile", "partial_zeros", "tile_sum", "store_partial", "INTERPRET"]
+           "nth_tile", "partial_zeros", "tile_sum", "store_partial", "draw", "draws_kernel", "INTERPRET"]
 
 
 # The value at +-inf of a formula whose limit there depends on params (actgen.derive.LimitAtInf):
@@ -141,3 +141,22 @@ def store_partial(ptr, acc, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXI
         tl.store(ptr + pid * BLOCK_M + tl.arange(0, BLOCK_M), acc)
     else:
         tl.store(ptr + pid * BLOCK_N + tl.arange(0, BLOCK_N), acc)
+
+
+# Random draws (a formula's uniform(lo, hi), see actgen.derive.replace_draws): draw K of a call
+# is Philox keyed by seed + K at each element's offset in the contiguous tensor, so the
+# backward kernel draws the same values again from the seed, and draws_kernel writes them
+# out for the plain-torch double backward and jvp.
+
+
+@triton.jit
+def draw(seed, K: tl.constexpr, offs):
+    """U[0, 1) float32 for draw K at the element offsets offs."""
+    return tl.rand(seed + K, offs)
+
+
+@triton.jit(do_not_specialize=["seed"])
+def draws_kernel(out_ptr, seed, n, K: tl.constexpr, BLOCK: tl.constexpr):
+    """Draw K of a call with this seed, for the n elements of a contiguous tensor."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, draw(seed, K, offs), mask=offs < n)
