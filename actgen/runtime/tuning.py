@@ -12,6 +12,7 @@ the tile the launch used.  A candidate whose compiled kernel spills registers is
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -56,12 +57,18 @@ def size_bucket(numel: int) -> str:
     return f"2**{lo}"
 
 
+@functools.lru_cache(maxsize=None)      # asked on every tuned launch
 def kernel_id(kernel) -> str:
     """A stable name for a kernel: its module, name and a hash of its source."""
     fn = getattr(kernel, "fn", kernel)
     src = getattr(kernel, "src", None) or getattr(fn, "__qualname__", "")
     digest = hashlib.sha256(src.encode()).hexdigest()[:12]
     return f"{fn.__module__}.{fn.__name__}@{digest}"
+
+
+@functools.lru_cache(maxsize=None)
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
 
 
 def _bench_ms(fn) -> float:
@@ -86,7 +93,7 @@ class Tuner:
                 and not torch.cuda.is_current_stream_capturing())
 
     def key(self, kernel, x: torch.Tensor, layout_kind: str) -> str:
-        device = torch.cuda.get_device_name(x.device) if x.is_cuda else str(x.device)
+        device = _device_name(x.device)
         import triton
 
         return "|".join((device, f"triton {triton.__version__}", kernel_id(kernel), str(x.dtype).removeprefix("torch."),
