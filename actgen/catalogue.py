@@ -29,7 +29,7 @@ import numpy as np
 import sympy
 import torch
 
-from .functions import mean_of_draws
+from .functions import MPMATH_FUNCTIONS, mean_of_draws
 from .spec import Spec, load_spec, load_specs
 
 DEFAULT_SPECS = Path("specs")
@@ -38,29 +38,7 @@ DEFAULT_DOCS = Path("docs")
 # --- the oracle ------------------------------------------------------------------------
 _DPS = 50
 _CHECK_DPS = 70
-_HUGE = mpmath.mpf(10) ** 100        # exp of an argument beyond this is 0 or inf for any float
-
-
-def _exp(u):
-    if u < -_HUGE:
-        return mpmath.mpf(0)
-    if u > _HUGE:
-        return mpmath.inf
-    return mpmath.exp(u)
-
-
-def _sigmoid(u):
-    return 1 / (1 + _exp(-u))
-
-
-def _softplus(u):
-    return u + mpmath.log1p(_exp(-u)) if u > 0 else mpmath.log1p(_exp(u))
-
-
-_MPMATH_NAMES = {
-    "exp": _exp, "sigmoid": _sigmoid, "softplus": _softplus, "log1p": mpmath.log1p,
-    "expm1": mpmath.expm1, "erf": mpmath.erf, "erfc": mpmath.erfc,
-}
+_MPMATH_NAMES = MPMATH_FUNCTIONS
 
 
 def _clean(expr: sympy.Expr) -> sympy.Expr:
@@ -201,14 +179,20 @@ EXTREMES = (30.0, 100.0, 1e4, math.inf)
 SPECIAL = (0.0, 1e-38, 1e-20, 1e-7, 1e-3, 0.1, 0.5, 1.0, 2.0, 3.0, 6.0) + EXTREMES
 
 
-def grid(step: float = 0.01, n_log: int = 200, half_width: float = 20.0) -> np.ndarray:
-    """Uniform on [-w, w] (exact multiples of step), log-spaced out to 1e4, the special
-    points (0, tiny, the usual kinks) and the extremes +-30, +-100, +-1e4, +-inf."""
+#: The huge magnitudes of the grid reach this (float32's largest finite value is 3.4e38).
+HUGE_MAX = 1e38
+
+
+def grid(step: float = 0.01, n_log: int = 200, half_width: float = 20.0, n_huge: int | None = None) -> np.ndarray:
+    """Uniform on [-w, w] (exact multiples of step), log-spaced out to 1e4, n_huge more (default
+    n_log // 5) log-spaced from 1e4 to HUGE_MAX, the special points (0, tiny, the usual kinks)
+    and the extremes +-30, +-100, +-1e4, +-inf."""
     n = int(round(half_width / step))
     dense = np.arange(-n, n + 1) * step
     far = np.geomspace(half_width, 1e4, n_log)
+    huge = np.geomspace(1e4, HUGE_MAX, n_log // 5 if n_huge is None else n_huge)
     special = np.array(SPECIAL)
-    points = np.concatenate([dense, far, -far, special, -special])
+    points = np.concatenate([dense, far, -far, huge, -huge, special, -special])
     return np.unique(points)
 
 
@@ -433,8 +417,13 @@ KNOWN_MISSES = {
        for name in ("mish", "well_documented", "smish", "serf", "tanh_exp", "golu", "silu", "gelu", "quick_gelu")},
 }
 KNOWN_MISSES[("pau", "df")] = (
-    "the quotient rule P'/Q - P Q'/Q^2 cancels for large |x|, where f' tends to a5/|b4|; at +-inf, where "
-    "that limit depends on the params, it is read off at a large finite x, with the same cancellation"
+    "the quotient rule P'/Q - P Q'/Q^2 cancels for large |x|, where f' tends to a5/|b4| (at +-inf, where "
+    "that limit depends on the params, it is read off at a large finite x, with the same cancellation); "
+    "and as for f, x**5 overflows in float32 for |x| > 5e7"
+)
+KNOWN_MISSES[("pau", "f")] = (
+    "P(x)/Q(x) with P of degree 5: x**5 overflows in float32 for |x| > 5e7 (P's Horner form too), so f is "
+    "inf or NaN there though f ~ (a5/|b4|) x is finite"
 )
 
 
@@ -589,7 +578,8 @@ def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy],
         "rewrite, and independent of the printers that generate the code.",
         "",
         f"* **Grid**: {grid_size} float32 inputs - every multiple of 0.01 in [-20, 20], 200 log-spaced "
-        "magnitudes out to 1e4 on either side, 0, tiny values (1e-38, 1e-20, 1e-7) and the extremes "
+        f"magnitudes out to 1e4 on either side and 40 more from 1e4 to {HUGE_MAX:.0e} (float32's largest is "
+        "3.4e38), 0, tiny values (1e-38, 1e-20, 1e-7) and the extremes "
         "+-30, +-100, +-1e4, +-inf (rounded to each dtype).  A gated entry (a, b) takes b in turn "
         f"from {', '.join(map(str, GATE_VALUES))}.  Params are at their initial values, constants at their defaults.",
         "* **Runs**: the eager torch fallback in float32, and the Triton kernels in float32 and "

@@ -22,6 +22,12 @@ Everything here is pure sympy; printers turn the IR into Triton or torch source.
   compile time where it does not depend on params or constants (or is such a limit times a
   factor free of that input: a gated b * silu(a)), read off at run time where it does
   (x * sigmoid(beta * x): 0 or -inf by the sign of beta), see LimitAtInf.
+* Huge finite inputs: where an output of one input reaches its limit to double precision
+  within float64's range and plain arithmetic would pass through inf or NaN on the way
+  (x**3 overflowing, then inf * 0), the input is clamped at that point (Saturate, see
+  saturate); sqrt(k u**2 + c) becomes hypot (hypot_form) and polynomials in an input Horner
+  form (horner_form).  The printers pair the varying factors of a product above and below
+  the line (actgen.printers.base).
 * Fast variants: the same values without the guards, for the eager fallback's CPU path
   when every input is finite (the guards only act on NaN and +-inf inputs); none where a
   condition depends on a branch choice (the fast path's selects are checked through the
@@ -35,6 +41,7 @@ Everything here is pure sympy; printers turn the IR into Triton or torch source.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from itertools import combinations_with_replacement
 from typing import Callable, Sequence
@@ -42,7 +49,9 @@ from typing import Callable, Sequence
 import mpmath
 import sympy
 
-from .functions import expm1, log1p, sigmoid, softplus, uniform
+from sympy.codegen.cfunctions import hypot
+
+from .functions import MPMATH_FUNCTIONS, expm1, log1p, sigmoid, softplus, uniform
 from .spec import Spec
 
 
@@ -363,6 +372,60 @@ def rewrite_sqrt_conjugate(e):
     return None
 
 
+class SqrtSquarePlus(sympy.Function):
+    """SqrtSquarePlus(u, c) = sqrt(u**2 + c) for a c that may be negative, without forming u**2:
+    hypot(u, sqrt(c)) where c >= 0, sqrt(|u| - sqrt(-c)) * sqrt(|u| + sqrt(-c)) where not."""
+
+    nargs = 2
+
+    def fdiff(self, argindex=1):
+        u, c = self.args
+        return u / self if argindex == 1 else 1 / (2 * self)
+
+
+def _hypot_of(root: sympy.Pow):
+    """sqrt(k*u**2 + c) (root, or an odd power of it: 1/sqrt(...)) -> sqrt(k)*hypot(u, sqrt(c/k)):
+    u**2 overflows for |u| > 1.8e19 in float32 where the root does not.  A number c < 0 stays
+    as written; a c that is not a number (a constant: squareplus's b) -> SqrtSquarePlus."""
+    base = root.base
+    parts = _sqrt_square_plus(sympy.sqrt(base, evaluate=False)) if isinstance(base, sympy.Add) else None
+    if parts is None:
+        return None
+    _, k, u, c = parts
+    if c.is_number and not c.is_nonnegative:
+        return None
+    plain = hypot(u, sympy.sqrt(c / k)) if c.is_number else SqrtSquarePlus(u, c / k)
+    return (sympy.sqrt(k) * plain) ** (2 * root.exp)
+
+
+def hypot_form(expr: sympy.Expr) -> sympy.Expr:
+    """Every sqrt(k*u**2 + c) in expr (and its odd powers: 1/sqrt(...)) in hypot form."""
+    def is_root(e):
+        return isinstance(e, sympy.Pow) and e.exp.is_Rational and e.exp.q == 2 and isinstance(e.base, sympy.Add)
+
+    return expr.replace(is_root, lambda e: _hypot_of(e) or e)
+
+
+def horner_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
+    """Every polynomial of degree >= 2 in an input, in Horner form: a0 + x*(a1 + x*(a2 + a3*x)).
+    Written out, a3*x**3 overflows at |x| > 7e12 in float32 and a zero coefficient then gives
+    0 * inf = NaN (a learnable cubic initialised to a line); in Horner form the value is
+    finite wherever it should be, and an overflow has the sign of the leading term."""
+    def is_polynomial(e):
+        if type(e) is not sympy.Add:
+            return False
+        for u in inputs:
+            if u in e.free_symbols and e.is_polynomial(u) and sympy.degree(e, u) >= 2:
+                return True
+        return False
+
+    def horner(e):
+        u = next(u for u in inputs if u in e.free_symbols and e.is_polynomial(u) and sympy.degree(e, u) >= 2)
+        return sympy.horner(e, wrt=u)
+
+    return expr.replace(is_polynomial, horner)
+
+
 # Cancellation at 0: an expression of one variable whose terms cancel to leading order there
 # (x - tanh(x) ~ x**3/3) loses every digit for small x.  Near 0 it is replaced by a Padé
 # approximant t**k * P(t)/Q(t) (in t**2 for odd or even functions) from its Taylor series,
@@ -560,20 +623,43 @@ def _tame_exp(value: sympy.Expr) -> sympy.Expr:
 _HUGE_EXP_ARG = sympy.Integer(10) ** 40
 
 
+def _mpmath_function(expr: sympy.Expr, x: sympy.Symbol):
+    """expr as a function of x in mpmath (astronomically large exp arguments taken to their
+    limits, see MPMATH_FUNCTIONS), or None where sympy cannot write it so."""
+    try:
+        return sympy.lambdify(x, expr, modules=[MPMATH_FUNCTIONS, "mpmath"])
+    except Exception:  # noqa: BLE001 - a function lambdify does not know
+        return None
+
+
+def _mpmath_value(fn, at) -> mpmath.mpf | None:
+    """fn at the number `at` with 40 digits; None where that is not a real number."""
+    with mpmath.workdps(40):
+        try:
+            v = fn(mpmath.mpf(at))
+        except (ZeroDivisionError, ValueError, OverflowError, TypeError, NameError):
+            return None
+    return v if isinstance(v, mpmath.mpf) and not mpmath.isnan(v) else None
+
+
 def _numeric_limit(expr: sympy.Expr, x: sympy.Symbol, sign: int):
     """The limit of expr as x -> sign*inf when it can be read off at two huge points, else None.
 
     Only for expressions of x alone (a limit that depends on params or constants would be
     wrong for some of their values).  Returns a float (possibly +-inf)."""
     values = []
+    fn = _mpmath_function(expr, x)
     for probe in _PROBES:
-        try:
-            v = sympy.N(_tame_exp(expr.subs(x, sign * probe)), 40)
-        except Exception:  # noqa: BLE001 - any failure to evaluate just means "no guard"
-            return None
-        if not v.is_number or v.has(sympy.nan, sympy.zoo) or not v.is_real:
-            return None
-        values.append(mpmath.mpf(sympy.Float(v, 40)._mpf_) if v.is_finite else None)
+        v = _mpmath_value(fn, sign * probe) if fn is not None else None
+        if v is None:       # sympy's own evaluation, where mpmath's is not possible
+            try:
+                v = sympy.N(_tame_exp(expr.subs(x, sign * probe)), 40)
+            except Exception:  # noqa: BLE001 - any failure to evaluate just means "no guard"
+                return None
+            if not v.is_number or v.has(sympy.nan, sympy.zoo) or not v.is_real:
+                return None
+            v = mpmath.mpf(sympy.Float(v, 40)._mpf_) if v.is_finite else mpmath.inf
+        values.append(v if mpmath.isfinite(v) else None)
     if values[0] is None or values[1] is None:
         return None
     a, b = values
@@ -593,16 +679,104 @@ def _naive_value_at(expr: sympy.Expr, x: sympy.Symbol, at) -> float | None:
         return None
 
 
+class Saturate(sympy.Function):
+    """Saturate(u, lo, hi): u clamped to [lo, hi], NaN staying NaN; lo = -oo or hi = oo is no
+    bound on that side (printers expand it)."""
+
+    @classmethod
+    def eval(cls, u, lo, hi):
+        if u.is_number and lo.is_number and hi.is_number and u is not sympy.nan:
+            return sympy.Max(lo, sympy.Min(u, hi))
+
+
+#: A value within this relative distance of a nonzero limit (itself a float64, within 2**-53
+#: of the exact limit) is the limit to double precision: at most an ULP of float64 from it,
+#: far below one of float32 or bfloat16; for a zero limit, below SETTLED_ZERO in magnitude
+#: (float64's smallest subnormal is 2**-1074).
+SETTLED_REL = mpmath.mpf(2) ** -52
+SETTLED_ZERO = mpmath.mpf(2) ** -1076
+_MAX_EXP2 = 1023        # 2**1023: the largest power of two in float64
+SATURATE_MAX_EXP2 = 127     # bounds up to 2**127 are in float32's range
+
+
+def _settled(fn, sign, lim, k) -> bool:
+    """Whether fn (an expression of x in mpmath) at x = sign * 2**k equals its limit lim to
+    double precision."""
+    v = _mpmath_value(fn, sign * mpmath.mpf(2) ** k)
+    if v is None or not mpmath.isfinite(v):
+        return False
+    if lim == 0:
+        return abs(v) <= SETTLED_ZERO
+    return abs(v - lim) <= SETTLED_REL * abs(lim)
+
+
+def saturation_point(expr: sympy.Expr, x: sympy.Symbol, sign: int, lim: float) -> int | None:
+    """The smallest k >= 0 such that expr equals its (finite) limit lim at x -> sign*inf to
+    double precision for every |x| >= 2**k, or None where it never does in float64's range
+    (slow decay: 1/x).  Found by bisection over k, then checked at larger k."""
+    fn = _mpmath_function(expr, x)
+    if fn is None or not _settled(fn, sign, lim, _MAX_EXP2):
+        return None
+    lo, hi = -1, _MAX_EXP2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _settled(fn, sign, lim, mid):
+            hi = mid
+        else:
+            lo = mid
+    if all(_settled(fn, sign, lim, k) for k in range(hi + 1, _MAX_EXP2, 61)):
+        return hi
+    return None
+
+
+def _ieee_settles(expr, x, sign, lim, k0: int) -> bool:
+    """Whether plain float64 arithmetic gives the limit lim at x = sign * 2**k for every k from
+    k0 to float64's largest, with no intermediate inf or NaN on the way (an intermediate that
+    overflows in float64 overflows in float32 at a smaller x)."""
+    for v in [*(2.0 ** k for k in range(k0, _MAX_EXP2 + 1, 8)), sys.float_info.max]:
+        v = ieee_value(expr, {x: sign * v}, finite=True)
+        if v is None or abs(v - lim) > 1e-12 * abs(lim) + 1e-300:
+            return False
+    return True
+
+
+def saturate(expr: sympy.Expr, x: sympy.Symbol, limits: dict) -> tuple[sympy.Expr, set]:
+    """expr evaluated at Saturate(x, -2**k_lo, 2**k_hi) on each side where the limit is finite,
+    reached within float64's range, and where plain arithmetic at huge finite x passes through
+    inf or NaN (gelu_tanh's derivative: x**3 overflows at |x| > 7e12 in float32, and inf * 0
+    is NaN).
+    Beyond the bound the value is the limit to double precision, so clamping the input
+    changes nothing else; at x = +-inf it gives the limit too.  Returns the new expression and
+    the sides (-1, +1) where the clamp also gives the value at +-inf: those whose bound is in
+    float32's range (a larger bound is left out of the kernels, see TritonPrinter.MAX_BOUND)."""
+    bounds = {}
+    for sign, lim in limits.items():
+        if lim is None or math.isinf(lim):
+            continue
+        k = saturation_point(expr, x, sign, lim)
+        if k is not None and not _ieee_settles(expr, x, sign, lim, k):
+            bounds[sign] = k
+    if not bounds:
+        return expr, set()
+    lo = -sympy.Integer(2) ** bounds[-1] if -1 in bounds else -sympy.oo
+    hi = sympy.Integer(2) ** bounds[1] if 1 in bounds else sympy.oo
+    at_inf = {sign for sign, k in bounds.items() if k <= SATURATE_MAX_EXP2}
+    return expr.xreplace({x: Saturate(x, lo, hi)}), at_inf
+
+
 def limit_guard(expr: sympy.Expr, x: sympy.Symbol) -> sympy.Expr:
-    """Wrap expr so it returns its limit at x = +-inf where plain arithmetic would not."""
+    """Wrap expr so it returns its limit at x = +-inf where plain arithmetic would not, and
+    at huge finite x where intermediates would overflow (see saturate)."""
     if expr.free_symbols != {x}:
         return expr
     lo = _numeric_limit(expr, x, -1)
     hi = _numeric_limit(expr, x, +1)
-    if lo is not None and _naive_value_at(expr, x, -sympy.oo) == lo:
+    clamped_expr, clamped = saturate(expr, x, {-1: lo, 1: hi})
+    if -1 in clamped or (lo is not None and _naive_value_at(expr, x, -sympy.oo) == lo):
         lo = None
-    if hi is not None and _naive_value_at(expr, x, sympy.oo) == hi:
+    if 1 in clamped or (hi is not None and _naive_value_at(expr, x, sympy.oo) == hi):
         hi = None
+    expr = clamped_expr
     if lo is None and hi is None:
         return expr
     as_expr = lambda v: sympy.nan if v is None else sympy.Float(v) if abs(v) != float("inf") else (sympy.oo if v > 0 else -sympy.oo)
@@ -683,10 +857,17 @@ _IEEE_FUNCTIONS: dict = {
 }
 
 
-def ieee_value(expr: sympy.Expr, env: dict) -> float | None:
+def ieee_value(expr: sympy.Expr, env: dict, finite: bool = False) -> float | None:
     """expr evaluated in float64 IEEE arithmetic (inf * 0 = nan, as a kernel computes it);
-    None for what this evaluator does not know."""
+    None for what this evaluator does not know, and with `finite`, where any intermediate
+    value is inf or NaN."""
     def ev(e):
+        v = _ev(e)
+        if finite and not (isinstance(v, bool) or math.isfinite(v)):
+            raise _Unknown
+        return v
+
+    def _ev(e):
         if e.is_Symbol:
             return env[e]
         if e.is_Number or e.is_NumberSymbol:
@@ -738,6 +919,9 @@ def ieee_value(expr: sympy.Expr, env: dict) -> float | None:
             return not ev(args[0])
         if e is sympy.true or e is sympy.false:
             return bool(e)
+        if f is Saturate:
+            v, lo, hi = ev(args[0]), float(args[1]), float(args[2])
+            return v if math.isnan(v) else min(max(v, lo), hi)
         if f is InfGuard:
             value, v, lo, hi = args
             x = ev(v)
@@ -853,7 +1037,7 @@ def derive(spec: Spec) -> Derivation:
     samples |= {r: sympy.Float(0.5) for r in draws}
 
     def guarded(e):
-        return nan_guard(limit_guards(e, inputs, samples), inputs)
+        return horner_form(hypot_form(nan_guard(limit_guards(e, inputs, samples), inputs)), inputs)
 
     forward_outputs = [("y", guarded(expr))]
     backward_outputs = [(f"d_{n}", guarded(e)) for n, e in first]

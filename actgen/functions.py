@@ -8,10 +8,11 @@ actgen.derive.replace_draws).
 """
 from __future__ import annotations
 
+import mpmath
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
-__all__ = ["sigmoid", "softplus", "log1p", "expm1", "uniform", "mean_of_draws"]
+__all__ = ["sigmoid", "softplus", "log1p", "expm1", "uniform", "mean_of_draws", "MPMATH_FUNCTIONS"]
 
 
 class sigmoid(sympy.Function):
@@ -98,3 +99,56 @@ class uniform(sympy.Function):
 def mean_of_draws(expr: sympy.Expr) -> sympy.Expr:
     """expr in evaluation mode: every uniform(lo, hi) at its mean (lo + hi)/2."""
     return expr.replace(uniform, lambda lo, hi, k: (lo + hi) / 2)
+
+
+# --- the functions in mpmath, for sympy.lambdify(..., modules=[MPMATH_FUNCTIONS, "mpmath"]) ---
+_HUGE = mpmath.mpf(10) ** 100        # exp of an argument beyond this is 0 or inf for any float
+
+
+def _mp_exp(u):
+    if u < -_HUGE:
+        return mpmath.mpf(0)
+    if u > _HUGE:
+        return mpmath.inf
+    return mpmath.exp(u)
+
+
+def _mp_sigmoid(u):
+    return 1 / (1 + _mp_exp(-u))
+
+
+def _mp_softplus(u):
+    return u + mpmath.log1p(_mp_exp(-u)) if u > 0 else mpmath.log1p(_mp_exp(u))
+
+
+def _mp_erf(u):
+    return mpmath.sign(u) if abs(u) > _HUGE else mpmath.erf(u)
+
+
+def _mp_erfc(u):
+    return 1 - mpmath.sign(u) if abs(u) > _HUGE else mpmath.erfc(u)
+
+
+_SATURATED = 10 ** 6          # tanh(u) = +-1 to 400000 digits beyond this
+
+
+def _mp_tanh(u):
+    return mpmath.sign(u) if abs(u) > _SATURATED else mpmath.tanh(u)
+
+
+def _mp_cosh(u):
+    return mpmath.inf if abs(u) > _HUGE else mpmath.cosh(u)
+
+
+def _mp_sinh(u):
+    return mpmath.sign(u) * mpmath.inf if abs(u) > _HUGE else mpmath.sinh(u)
+
+
+#: exp, sigmoid, softplus, erf, erfc, tanh, sinh and cosh with astronomically large arguments
+#: taken to their limits (exp(-exp(x)) at x = 1e30 would otherwise need 10**29 digits, and
+#: mpmath's tanh of exp(1e12) runs out of memory).
+MPMATH_FUNCTIONS = {
+    "exp": _mp_exp, "sigmoid": _mp_sigmoid, "softplus": _mp_softplus, "log1p": mpmath.log1p,
+    "expm1": mpmath.expm1, "erf": _mp_erf, "erfc": _mp_erfc, "tanh": _mp_tanh, "sinh": _mp_sinh,
+    "cosh": _mp_cosh,
+}

@@ -20,7 +20,7 @@ from actgen import catalogue as C
 from actgen.spec import load_spec, load_specs
 
 SPECS = {s.name: s for s in load_specs([Path(__file__).resolve().parents[1] / "specs"])}
-GRID = C.grid(step=0.25, n_log=24)
+GRID = C.grid(step=0.25, n_log=24, n_huge=12)
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

@@ -83,7 +83,7 @@ def _derivatives_torch_fast(x, w0, w1, w2):
     _t7 = _rt.select(_t5, x, 0.0)
     _t8 = _t2*x
     _t9 = torch.tanh(x)
-    _t10 = (_t0*_t7 + _t1*_t9 + _t8)/(_t3*_t3)
+    _t10 = (_t0*_t7 + _t1*_t9 + _t8)/_t3/_t3
     _d_x = _t4*(_t0*_rt.select(_t5, 1.0, 0.0) + _t2 + 4.0*torch.exp(_t6 + w1)/(torch.exp(_t6) + 1.0)**2.0)
     _d_w0 = -(_t0*_t10) + _t0*_t4*_t7
     _d_w1 = -(_t1*_t10) + _t1*_t4*_t9

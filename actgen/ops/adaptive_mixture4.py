@@ -93,7 +93,7 @@ def _derivatives_torch_fast(x, w0, w1, w2, w3):
     _t10 = _rt.select(_t8, x, 0.0)
     _t11 = _t2*x
     _t12 = torch.tanh(x)
-    _t13 = (_t0*_t10 + _t1*_t12 + _t11 + _t7)/(_t4*_t4)
+    _t13 = (_t0*_t10 + _t1*_t12 + _t11 + _t7)/_t4/_t4
     _d_x = _t5*(_t0*_rt.select(_t8, 1.0, 0.0) + _t2 + _t7*torch.sigmoid(-x) + 4.0*torch.exp(_t9 + w1)/(torch.exp(_t9) + 1.0)**2.0)
     _d_w0 = _t0*_t10*_t5 - _t0*_t13
     _d_w1 = _t1*_t12*_t5 - _t1*_t13

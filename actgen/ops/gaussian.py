@@ -24,19 +24,14 @@ SPEC_SHA256 = '2eb682963b9b8aaa3e3336a1a2272b7b4f41fc32571039fdbb56f817b3834a09'
 
 def _forward_torch(x):
     """f, elementwise; params broadcast against the input."""
-    _y = torch.exp(-(x*x))
+    _y = torch.exp(-_rt.clamp(x, -32.0, 32.0)**2.0)
     return _y
 
 
 def _derivatives_torch(x):
     """df/dx."""
-    _d_x = torch.where(x == math.inf, 0.0, torch.where(x == -math.inf, 0.0, -(2.0*x*torch.exp(-(x*x)))))
-    return (_d_x,)
-
-
-def _derivatives_torch_fast(x):
-    """df/dx for finite inputs (CPU): no NaN/inf guards."""
-    _d_x = -(2.0*x*torch.exp(-(x*x)))
+    _t0 = _rt.clamp(x, -32.0, 32.0)
+    _d_x = -(2.0*_t0*torch.exp(-(_t0*_t0)))
     return (_d_x,)
 
 
@@ -63,7 +58,7 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = libdevice.exp(-(x*x))
+        _y = libdevice.exp(-libdevice.pow(tl.clamp(x, -32.0, 32.0, propagate_nan=tl.PropagateNan.ALL), 2.0))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -75,7 +70,8 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _d_x = tl.where(x == float("inf"), 0.0, tl.where(x == -float("inf"), 0.0, -(2.0*x*libdevice.exp(-(x*x)))))
+        _t0 = tl.clamp(x, -32.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
+        _d_x = -(2.0*_t0*libdevice.exp(-(_t0*_t0)))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
@@ -89,7 +85,7 @@ _OP = _rt.Activation(
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=None,
-    derivatives_torch_fast=_derivatives_torch_fast,
+    derivatives_torch_fast=None,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

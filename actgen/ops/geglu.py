@@ -31,10 +31,11 @@ def _forward_torch(a, b):
 
 def _derivatives_torch(a, b):
     """df/da, df/db."""
-    _t0 = 1.4142135623730951*a
-    _t1 = torch.erfc(-(_t0/2.0))
-    _d_a = 0.5*b*torch.where(a == math.inf, 2.0, torch.where(a == -math.inf, 0.0, _t0*torch.exp(-(a*a/2.0))/1.772453850905516 + _t1))
-    _d_b = torch.where(a == -math.inf, 0.0, 0.5*_t1*a)
+    _t0 = _rt.clamp(a, -64.0, 16.0)
+    _t1 = 1.4142135623730951
+    _t2 = _t1/2.0
+    _d_a = 0.5*b*(_t0*_t1*torch.exp(-(_t0*_t0/2.0))/1.772453850905516 + torch.erfc(-(_t0*_t2)))
+    _d_b = torch.where(a == -math.inf, 0.0, 0.5*a*torch.erfc(-(_t2*a)))
     return (_d_a, _d_b,)
 
 
@@ -46,10 +47,11 @@ def _forward_torch_fast(a, b):
 
 def _derivatives_torch_fast(a, b):
     """df/da, df/db for finite inputs (CPU): no NaN/inf guards."""
-    _t0 = 1.4142135623730951*a
-    _t1 = torch.erfc(-(_t0/2.0))
-    _d_a = 0.5*b*(_t0*torch.exp(-(a*a/2.0))/1.772453850905516 + _t1)
-    _d_b = 0.5*_t1*a
+    _t0 = _rt.clamp(a, -64.0, 16.0)
+    _t1 = 1.4142135623730951
+    _t2 = _t1/2.0
+    _d_a = 0.5*b*(_t0*_t1*torch.exp(-(_t0*_t0/2.0))/1.772453850905516 + torch.erfc(-(_t0*_t2)))
+    _d_b = 0.5*a*torch.erfc(-(_t2*a))
     return (_d_a, _d_b,)
 
 
@@ -98,10 +100,11 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = 1.4142135623730951*a
-        _t1 = libdevice.erfc(-(_t0/2.0))
-        _d_a = 0.5*b*tl.where(a == float("inf"), 2.0, tl.where(a == -float("inf"), 0.0, _t0*libdevice.exp(-(a*a/2.0))/1.772453850905516 + _t1))
-        _d_b = tl.where(a == -float("inf"), 0.0, 0.5*_t1*a)
+        _t0 = tl.clamp(a, -64.0, 16.0, propagate_nan=tl.PropagateNan.ALL)
+        _t1 = 1.4142135623730951
+        _t2 = _t1/2.0
+        _d_a = 0.5*b*(_t0*_t1*libdevice.exp(-(_t0*_t0/2.0))/1.772453850905516 + libdevice.erfc(-(_t0*_t2)))
+        _d_b = tl.where(a == -float("inf"), 0.0, 0.5*a*libdevice.erfc(-(_t2*a)))
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
 

@@ -25,35 +25,21 @@ SPEC_SHA256 = 'a5b49c52498184eb2c37fa23992bf0431ecebf07f06d61fdf82ec94d15c98f7e'
 
 def _forward_torch(a, b):
     """f, elementwise; params broadcast against the input."""
-    _y = 1.0*b*torch.where(a == -math.inf, 0.0, a*torch.sigmoid(2.0*1.4142135623730951*a*(0.044715*a*a + 1.0)/1.772453850905516))
+    _t0 = _rt.clamp(a, -32.0, None)
+    _y = 1.0*_t0*b*torch.sigmoid(2.0*1.4142135623730951*_t0*(0.044715*_t0*_t0 + 1.0)/1.772453850905516)
     return _y
 
 
 def _derivatives_torch(a, b):
     """df/da, df/db."""
-    _t0 = a*a
-    _t1 = 0.7978845608028654
-    _t2 = 2.0*_t1
-    _t3 = _t2*a*(0.044715*_t0 + 1.0)
-    _d_a = b*torch.where(a == math.inf, 1.0, torch.where(a == -math.inf, 0.0, (2.0*_t1*a*(0.134145*_t0 + 1.0)*torch.sigmoid(-_t3) + 1.0)*torch.sigmoid(_t3)))
-    _d_b = torch.where(a == -math.inf, 0.0, 1.0*a*torch.sigmoid(_t2*(0.044715*a*a*a + a)))
-    return (_d_a, _d_b,)
-
-
-def _forward_torch_fast(a, b):
-    """f for finite inputs (CPU): no NaN/inf guards."""
-    _y = 1.0*a*b*torch.sigmoid(2.0*1.4142135623730951*a*(0.044715*a*a + 1.0)/1.772453850905516)
-    return _y
-
-
-def _derivatives_torch_fast(a, b):
-    """df/da, df/db for finite inputs (CPU): no NaN/inf guards."""
-    _t0 = a*a
-    _t1 = 0.7978845608028654
-    _t2 = 2.0*_t1
-    _t3 = _t2*a*(0.044715*_t0 + 1.0)
-    _d_a = b*(2.0*_t1*a*(0.134145*_t0 + 1.0)*torch.sigmoid(-_t3) + 1.0)*torch.sigmoid(_t3)
-    _d_b = 1.0*a*torch.sigmoid(_t2*(0.044715*a*a*a + a))
+    _t0 = _rt.clamp(a, -32.0, 8.0)
+    _t1 = _t0*_t0
+    _t2 = 0.7978845608028654
+    _t3 = 2.0*_t2
+    _t4 = _t0*_t3*(0.044715*_t1 + 1.0)
+    _t5 = _rt.clamp(a, -32.0, None)
+    _d_a = b*(2.0*_t0*_t2*(0.134145*_t1 + 1.0)*torch.sigmoid(-_t4) + 1.0)*torch.sigmoid(_t4)
+    _d_b = 1.0*_t5*torch.sigmoid(_t3*(0.044715*_t5*_t5*_t5 + _t5))
     return (_d_a, _d_b,)
 
 
@@ -92,7 +78,8 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = 1.0*b*tl.where(a == -float("inf"), 0.0, a*_sigmoid(2.0*1.4142135623730951*a*(0.044715*a*a + 1.0)/1.772453850905516))
+        _t0 = tl.maximum(a, -32.0, propagate_nan=tl.PropagateNan.ALL)
+        _y = 1.0*_t0*b*_sigmoid(2.0*1.4142135623730951*_t0*(0.044715*_t0*_t0 + 1.0)/1.772453850905516)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -105,12 +92,14 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = a*a
-        _t1 = 0.7978845608028654
-        _t2 = 2.0*_t1
-        _t3 = _t2*a*(0.044715*_t0 + 1.0)
-        _d_a = b*tl.where(a == float("inf"), 1.0, tl.where(a == -float("inf"), 0.0, (2.0*_t1*a*(0.134145*_t0 + 1.0)*_sigmoid(-_t3) + 1.0)*_sigmoid(_t3)))
-        _d_b = tl.where(a == -float("inf"), 0.0, 1.0*a*_sigmoid(_t2*(0.044715*a*a*a + a)))
+        _t0 = tl.clamp(a, -32.0, 8.0, propagate_nan=tl.PropagateNan.ALL)
+        _t1 = _t0*_t0
+        _t2 = 0.7978845608028654
+        _t3 = 2.0*_t2
+        _t4 = _t0*_t3*(0.044715*_t1 + 1.0)
+        _t5 = tl.maximum(a, -32.0, propagate_nan=tl.PropagateNan.ALL)
+        _d_a = b*(2.0*_t0*_t2*(0.134145*_t1 + 1.0)*_sigmoid(-_t4) + 1.0)*_sigmoid(_t4)
+        _d_b = 1.0*_t5*_sigmoid(_t3*(0.044715*_t5*_t5*_t5 + _t5))
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
 
@@ -124,8 +113,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
-    forward_torch_fast=_forward_torch_fast,
-    derivatives_torch_fast=_derivatives_torch_fast,
+    forward_torch_fast=None,
+    derivatives_torch_fast=None,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -30,8 +30,9 @@ def _forward_torch(x):
 
 def _derivatives_torch(x):
     """df/dx."""
-    _t0 = 1.4142135623730951*x
-    _d_x = torch.where(x == math.inf, 1.0, torch.where(x == -math.inf, 0.0, 0.5*_t0*torch.exp(-(x*x/2.0))/1.772453850905516 + 0.5*torch.erfc(-(_t0/2.0))))
+    _t0 = _rt.clamp(x, -64.0, 16.0)
+    _t1 = 1.4142135623730951*_t0
+    _d_x = 0.5*_t1*torch.exp(-(_t0*_t0/2.0))/1.772453850905516 + 0.5*torch.erfc(-(_t1/2.0))
     return (_d_x,)
 
 
@@ -39,13 +40,6 @@ def _forward_torch_fast(x):
     """f for finite inputs (CPU): no NaN/inf guards."""
     _y = 0.5*x*torch.erfc(-(1.4142135623730951*x/2.0))
     return _y
-
-
-def _derivatives_torch_fast(x):
-    """df/dx for finite inputs (CPU): no NaN/inf guards."""
-    _t0 = 1.4142135623730951*x
-    _d_x = 0.5*_t0*torch.exp(-(x*x/2.0))/1.772453850905516 + 0.5*torch.erfc(-(_t0/2.0))
-    return (_d_x,)
 
 
 def _second_derivatives_torch(x):
@@ -86,8 +80,9 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = 1.4142135623730951*x
-        _d_x = tl.where(x == float("inf"), 1.0, tl.where(x == -float("inf"), 0.0, 0.5*_t0*libdevice.exp(-(x*x/2.0))/1.772453850905516 + 0.5*libdevice.erfc(-(_t0/2.0))))
+        _t0 = tl.clamp(x, -64.0, 16.0, propagate_nan=tl.PropagateNan.ALL)
+        _t1 = 1.4142135623730951*_t0
+        _d_x = 0.5*_t1*libdevice.exp(-(_t0*_t0/2.0))/1.772453850905516 + 0.5*libdevice.erfc(-(_t1/2.0))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
@@ -101,7 +96,7 @@ _OP = _rt.Activation(
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
-    derivatives_torch_fast=_derivatives_torch_fast,
+    derivatives_torch_fast=None,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -24,31 +24,18 @@ SPEC_SHA256 = '40bdbde5841e643cf8d56aece18e7582aff197a5bc4f4ce271bdb8e427068560'
 
 def _forward_torch(x):
     """f, elementwise; params broadcast against the input."""
-    _y = torch.where(x == -math.inf, 0.0, 1.0*x*torch.sigmoid(2.0*1.4142135623730951*(0.044715*x*x*x + x)/1.772453850905516))
+    _t0 = _rt.clamp(x, -32.0, None)
+    _y = 1.0*_t0*torch.sigmoid(2.0*1.4142135623730951*(0.044715*_t0*_t0*_t0 + _t0)/1.772453850905516)
     return _y
 
 
 def _derivatives_torch(x):
     """df/dx."""
-    _t0 = 0.7978845608028654
-    _t1 = 2.0*_t0*(0.044715*x*x*x + x)
-    _t2 = torch.sigmoid(_t1)
-    _d_x = torch.where(x == math.inf, 1.0, torch.where(x == -math.inf, 0.0, 2.0*_t0*_t2*x*(0.134145*x*x + 1.0)*torch.sigmoid(-_t1) + 1.0*_t2))
-    return (_d_x,)
-
-
-def _forward_torch_fast(x):
-    """f for finite inputs (CPU): no NaN/inf guards."""
-    _y = 1.0*x*torch.sigmoid(2.0*1.4142135623730951*(0.044715*x*x*x + x)/1.772453850905516)
-    return _y
-
-
-def _derivatives_torch_fast(x):
-    """df/dx for finite inputs (CPU): no NaN/inf guards."""
-    _t0 = 0.7978845608028654
-    _t1 = 2.0*_t0*(0.044715*x*x*x + x)
-    _t2 = torch.sigmoid(_t1)
-    _d_x = 2.0*_t0*_t2*x*(0.134145*x*x + 1.0)*torch.sigmoid(-_t1) + 1.0*_t2
+    _t0 = _rt.clamp(x, -32.0, 8.0)
+    _t1 = 0.7978845608028654
+    _t2 = 2.0*_t1*(0.044715*_t0*_t0*_t0 + _t0)
+    _t3 = torch.sigmoid(_t2)
+    _d_x = 2.0*_t0*_t1*_t3*(0.134145*_t0*_t0 + 1.0)*torch.sigmoid(-_t2) + 1.0*_t3
     return (_d_x,)
 
 
@@ -81,7 +68,8 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = tl.where(x == -float("inf"), 0.0, 1.0*x*_sigmoid(2.0*1.4142135623730951*(0.044715*x*x*x + x)/1.772453850905516))
+        _t0 = tl.maximum(x, -32.0, propagate_nan=tl.PropagateNan.ALL)
+        _y = 1.0*_t0*_sigmoid(2.0*1.4142135623730951*(0.044715*_t0*_t0*_t0 + _t0)/1.772453850905516)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -93,10 +81,11 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = 0.7978845608028654
-        _t1 = 2.0*_t0*(0.044715*x*x*x + x)
-        _t2 = _sigmoid(_t1)
-        _d_x = tl.where(x == float("inf"), 1.0, tl.where(x == -float("inf"), 0.0, 2.0*_t0*_t2*x*(0.134145*x*x + 1.0)*_sigmoid(-_t1) + 1.0*_t2))
+        _t0 = tl.clamp(x, -32.0, 8.0, propagate_nan=tl.PropagateNan.ALL)
+        _t1 = 0.7978845608028654
+        _t2 = 2.0*_t1*(0.044715*_t0*_t0*_t0 + _t0)
+        _t3 = _sigmoid(_t2)
+        _d_x = 2.0*_t0*_t1*_t3*(0.134145*_t0*_t0 + 1.0)*_sigmoid(-_t2) + 1.0*_t3
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
@@ -109,8 +98,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
-    forward_torch_fast=_forward_torch_fast,
-    derivatives_torch_fast=_derivatives_torch_fast,
+    forward_torch_fast=None,
+    derivatives_torch_fast=None,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -30,9 +30,10 @@ def _forward_torch(x):
 
 def _derivatives_torch(x):
     """df/dx."""
-    _t0 = _rt.softplus(x)
-    _t1 = torch.exp(-(2.0*_t0))
-    _d_x = torch.where(x == math.inf, 1.0, torch.where(x == -math.inf, 0.0, 4.0*_t1*x*torch.sigmoid(x)/(_t1 + 1.0)**2.0 + torch.tanh(_t0)))
+    _t0 = _rt.clamp(x, -1024.0, 32.0)
+    _t1 = _rt.softplus(_t0)
+    _t2 = torch.exp(-(2.0*_t1))
+    _d_x = 4.0*_t0*_t2*torch.sigmoid(_t0)/(_t2 + 1.0)**2.0 + torch.tanh(_t1)
     return (_d_x,)
 
 
@@ -40,14 +41,6 @@ def _forward_torch_fast(x):
     """f for finite inputs (CPU): no NaN/inf guards."""
     _y = x*torch.tanh(_rt.softplus(x))
     return _y
-
-
-def _derivatives_torch_fast(x):
-    """df/dx for finite inputs (CPU): no NaN/inf guards."""
-    _t0 = _rt.softplus(x)
-    _t1 = torch.exp(-(2.0*_t0))
-    _d_x = 4.0*_t1*x*torch.sigmoid(x)/(_t1 + 1.0)**2.0 + torch.tanh(_t0)
-    return (_d_x,)
 
 
 def _second_derivatives_torch(x):
@@ -90,9 +83,10 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = _softplus(x)
-        _t1 = libdevice.exp(-(2.0*_t0))
-        _d_x = tl.where(x == float("inf"), 1.0, tl.where(x == -float("inf"), 0.0, 4.0*_t1*x*_sigmoid(x)/libdevice.pow(_t1 + 1.0, 2.0) + libdevice.tanh(_t0)))
+        _t0 = tl.clamp(x, -1024.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
+        _t1 = _softplus(_t0)
+        _t2 = libdevice.exp(-(2.0*_t1))
+        _d_x = 4.0*_t0*_t2*_sigmoid(_t0)/libdevice.pow(_t2 + 1.0, 2.0) + libdevice.tanh(_t1)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
@@ -106,7 +100,7 @@ _OP = _rt.Activation(
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
-    derivatives_torch_fast=_derivatives_torch_fast,
+    derivatives_torch_fast=None,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

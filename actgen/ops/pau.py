@@ -36,105 +36,103 @@ SPEC_SHA256 = '9489616112411f410e59830d52ac5b02887dae3ee9606f6196e499e972e1f0c9'
 
 def _forward_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     """f, elementwise; params broadcast against the input."""
-    _t0 = x*x
-    _t1 = x*x*x*x
-    _t2 = torch.abs(b2)
-    _t3 = torch.abs(b4)
-    _t4 = torch.abs(b3)
-    _t5 = _rt.probe_at_inf(x)
-    _t6 = _t5*_t5
-    _t7 = _t5*_t5*_t5*_t5
-    _y = _rt.limit_at_inf((_t0*a2 + _t1*a4 + a0 + a1*x + a3*x*x*x + a5*x**5.0)/(_t0*_t2 + _t0*_t4*torch.abs(x) + _t1*_t3 + torch.abs(b1*x) + 1.0), (_t5**5.0*a5 + _t5*_t5*_t5*a3 + _t5*a1 + _t6*a2 + _t7*a4 + a0)/(_t2*_t6 + _t3*_t7 + _t4*_t6*torch.abs(_t5) + torch.abs(_t5*b1) + 1.0), x)
+    _t0 = torch.abs(b2)
+    _t1 = x*x
+    _t2 = torch.abs(b4)
+    _t3 = torch.abs(b3)
+    _t4 = _rt.probe_at_inf(x)
+    _t5 = _t4*_t4
+    _t6 = _t4*_t4*_t4*_t4
+    _y = _rt.limit_at_inf((a0 + x*(a1 + x*(a2 + x*(a3 + x*(a4 + a5*x)))))/(_t0*_t1 + _t1*_t3*torch.abs(x) + _t2*x*x*x*x + torch.abs(b1*x) + 1.0), (_t4**5.0*a5 + _t4*_t4*_t4*a3 + _t4*a1 + _t5*a2 + _t6*a4 + a0)/(_t0*_t5 + _t2*_t6 + _t3*_t5*torch.abs(_t4) + torch.abs(_t4*b1) + 1.0), x)
     return _y
 
 
 def _derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     """df/dx, df/da0, df/da1, df/da2, df/da3, df/da4, df/da5, df/db1, df/db2, df/db3, df/db4."""
-    _t0 = 2.0*x
-    _t1 = x*x
-    _t2 = 3.0*a3
-    _t3 = x*x*x
-    _t4 = 4.0*_t3
-    _t5 = x*x*x*x
-    _t6 = 5.0*a5
-    _t7 = b1*x
-    _t8 = torch.abs(b2)
-    _t9 = torch.abs(b4)
-    _t10 = torch.abs(b3)
-    _t11 = torch.abs(x)
-    _t12 = _t10*_t11
-    _t13 = _t1*_t12 + _t1*_t8 + _t5*_t9 + torch.abs(_t7) + 1.0
-    _t14 = 1.0/_t13
-    _t15 = torch.where(_t7 > 0.0, 1.0, torch.where(_t7 < 0.0, x.new_full((), -1.0), 0.0))
-    _t16 = x**5.0
-    _t17 = (_t1*a2 + _t16*a5 + _t3*a3 + _t5*a4 + a0 + a1*x)/(_t13*_t13)
-    _t18 = _rt.probe_at_inf(x)
-    _t19 = 2.0*_t18
-    _t20 = _t18*_t18
-    _t21 = _t18*_t18*_t18
-    _t22 = 4.0*_t21
-    _t23 = _t18*_t18*_t18*_t18
-    _t24 = _t18*b1
-    _t25 = _t10*torch.abs(_t18)
-    _t26 = _t20*_t25 + _t20*_t8 + _t23*_t9 + torch.abs(_t24) + 1.0
+    _t0 = 2.0*a2
+    _t1 = 3.0*a3
+    _t2 = 4.0*a4
+    _t3 = a5*x
+    _t4 = b1*x
+    _t5 = torch.abs(b2)
+    _t6 = x*x
+    _t7 = torch.abs(b4)
+    _t8 = x*x*x*x
+    _t9 = torch.abs(b3)
+    _t10 = torch.abs(x)
+    _t11 = _t10*_t9
+    _t12 = _t11*_t6 + _t5*_t6 + _t7*_t8 + torch.abs(_t4) + 1.0
+    _t13 = 1.0/_t12
+    _t14 = 2.0*_t5
+    _t15 = x*x*x
+    _t16 = 4.0*_t7
+    _t17 = torch.where(_t4 > 0.0, 1.0, torch.where(_t4 < 0.0, x.new_full((), -1.0), 0.0))
+    _t18 = (a0 + x*(a1 + x*(a2 + x*(a3 + x*(_t3 + a4)))))/_t12/_t12
+    _t19 = _rt.probe_at_inf(x)
+    _t20 = _t19*_t19
+    _t21 = _t19*_t19*_t19
+    _t22 = _t19*_t19*_t19*_t19
+    _t23 = _t19*b1
+    _t24 = torch.abs(_t19)
+    _t25 = _t24*_t9
+    _t26 = _t20*_t25 + _t20*_t5 + _t22*_t7 + torch.abs(_t23) + 1.0
     _t27 = 1.0/_t26
-    _t28 = torch.where(_t24 > 0.0, 1.0, torch.where(_t24 < 0.0, x.new_full((), -1.0), 0.0))
-    _t29 = _t18**5.0
-    _t30 = (_t18*a1 + _t20*a2 + _t21*a3 + _t23*a4 + _t29*a5 + a0)/(_t26*_t26)
+    _t28 = torch.where(_t23 > 0.0, 1.0, torch.where(_t23 < 0.0, x.new_full((), -1.0), 0.0))
+    _t29 = _t19**5.0
+    _t30 = (_t19*a1 + _t20*a2 + _t21*a3 + _t22*a4 + _t29*a5 + a0)/_t26/_t26
     _t31 = torch.where(b2 > 0.0, 1.0, torch.where(b2 < 0.0, x.new_full((), -1.0), 0.0))
-    _t32 = _t1*_t17
-    _t33 = torch.where(b4 > 0.0, 1.0, torch.where(b4 < 0.0, x.new_full((), -1.0), 0.0))
-    _d_x = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t14*(_t0*a2 + _t1*_t2 + _t4*a4 + _t5*_t6 + a1) + _t17*(-(_t0*_t8) - 3.0*_t12*x - _t15*b1 - _t4*_t9), _t27*(_t19*a2 + _t2*_t20 + _t22*a4 + _t23*_t6 + a1) + _t30*(-(3.0*_t18*_t25) - _t19*_t8 - _t22*_t9 - _t28*b1), x))
-    _d_a0 = _t14
-    _d_a1 = _rt.limit_at_inf(_t14*x, _t18*_t27, x)
-    _d_a2 = _rt.limit_at_inf(_t1*_t14, _t20*_t27, x)
-    _d_a3 = _rt.limit_at_inf(_t14*_t3, _t21*_t27, x)
-    _d_a4 = _rt.limit_at_inf(_t14*_t5, _t23*_t27, x)
-    _d_a5 = _rt.limit_at_inf(_t14*_t16, _t27*_t29, x)
-    _d_b1 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(-(_t15*_t17*x), -(_t18*_t28*_t30), x))
-    _d_b2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(-(_t31*_t32), -(_t20*_t30*_t31), x))
-    _d_b3 = torch.where(torch.isnan(x), x, -(_t11*_t32*torch.where(b3 > 0.0, 1.0, torch.where(b3 < 0.0, x.new_full((), -1.0), 0.0))))
-    _d_b4 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(-(_t17*_t33*_t5), -(_t23*_t30*_t33), x))
+    _t32 = _t18*_t6
+    _t33 = _t20*_t30
+    _t34 = torch.where(b3 > 0.0, 1.0, torch.where(b3 < 0.0, x.new_full((), -1.0), 0.0))
+    _t35 = torch.where(b4 > 0.0, 1.0, torch.where(b4 < 0.0, x.new_full((), -1.0), 0.0))
+    _d_x = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t13*(a1 + x*(_t0 + x*(_t1 + x*(_t2 + 5.0*_t3)))) + _t18*(-(3.0*_t11*x) - _t14*x - _t15*_t16 - _t17*b1), _t27*(_t0*_t19 + _t1*_t20 + _t2*_t21 + 5.0*_t22*a5 + a1) + _t30*(-(_t14*_t19) - _t16*_t21 - 3.0*_t19*_t25 - _t28*b1), x))
+    _d_a0 = _t13
+    _d_a1 = _rt.limit_at_inf(_t13*x, _t19*_t27, x)
+    _d_a2 = _rt.limit_at_inf(_t13*_t6, _t20*_t27, x)
+    _d_a3 = _rt.limit_at_inf(_t13*_t15, _t21*_t27, x)
+    _d_a4 = _rt.limit_at_inf(_t13*_t8, _t22*_t27, x)
+    _d_a5 = _rt.limit_at_inf(_t13*x**5.0, _t27*_t29, x)
+    _d_b1 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(-(_t17*_t18*x), -(_t19*_t28*_t30), x))
+    _d_b2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(-(_t31*_t32), -(_t31*_t33), x))
+    _d_b3 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(-(_t10*_t32*_t34), -(_t24*_t33*_t34), x))
+    _d_b4 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(-(_t18*_t35*_t8), -(_t22*_t30*_t35), x))
     return (_d_x, _d_a0, _d_a1, _d_a2, _d_a3, _d_a4, _d_a5, _d_b1, _d_b2, _d_b3, _d_b4,)
 
 
 def _forward_torch_fast(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     """f for finite inputs (CPU): no NaN/inf guards."""
     _t0 = x*x
-    _t1 = x*x*x*x
-    _y = (_t0*a2 + _t1*a4 + a0 + a1*x + a3*x*x*x + a5*x**5.0)/(_t0*torch.abs(b2) + _t0*torch.abs(b3)*torch.abs(x) + _t1*torch.abs(b4) + torch.abs(b1*x) + 1.0)
+    _y = (a0 + x*(a1 + x*(a2 + x*(a3 + x*(a4 + a5*x)))))/(_t0*torch.abs(b2) + _t0*torch.abs(b3)*torch.abs(x) + x*x*x*x*torch.abs(b4) + torch.abs(b1*x) + 1.0)
     return _y
 
 
 def _derivatives_torch_fast(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     """df/dx, df/da0, df/da1, df/da2, df/da3, df/da4, df/da5, df/db1, df/db2, df/db3, df/db4 for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _t0 = 2.0*x
-    _t1 = x*x
-    _t2 = x*x*x
-    _t3 = 4.0*_t2
-    _t4 = x*x*x*x
-    _t5 = b1*x
-    _t6 = torch.abs(b2)
-    _t7 = torch.abs(b4)
-    _t8 = torch.abs(x)
-    _t9 = _t8*torch.abs(b3)
-    _t10 = _t1*_t6 + _t1*_t9 + _t4*_t7 + torch.abs(_t5) + 1.0
-    _t11 = 1.0/_t10
-    _t12 = _rt.select(_rt.gt(_t5, 0.0), 1.0, _rt.select(_rt.lt(_t5, 0.0), -1.0, 0.0))
-    _t13 = x**5.0
-    _t14 = (_t1*a2 + _t13*a5 + _t2*a3 + _t4*a4 + a0 + a1*x)/(_t10*_t10)
-    _t15 = _t1*_t14
-    _d_x = _t11*(_t0*a2 + 3.0*_t1*a3 + _t3*a4 + 5.0*_t4*a5 + a1) + _t14*(-(_t0*_t6) - _t12*b1 - _t3*_t7 - 3.0*_t9*x)
-    _d_a0 = _t11
-    _d_a1 = _t11*x
-    _d_a2 = _t1*_t11
-    _d_a3 = _t11*_t2
-    _d_a4 = _t11*_t4
-    _d_a5 = _t11*_t13
-    _d_b1 = -(_t12*_t14*x)
-    _d_b2 = -(_t15*_rt.select(_rt.gt(b2, 0.0), 1.0, _rt.select(_rt.lt(b2, 0.0), -1.0, 0.0)))
-    _d_b3 = -(_t15*_t8*_rt.select(_rt.gt(b3, 0.0), 1.0, _rt.select(_rt.lt(b3, 0.0), -1.0, 0.0)))
-    _d_b4 = -(_t14*_t4*_rt.select(_rt.gt(b4, 0.0), 1.0, _rt.select(_rt.lt(b4, 0.0), -1.0, 0.0)))
+    _t0 = a5*x
+    _t1 = b1*x
+    _t2 = torch.abs(b2)
+    _t3 = x*x
+    _t4 = torch.abs(b4)
+    _t5 = x*x*x*x
+    _t6 = torch.abs(x)
+    _t7 = _t6*torch.abs(b3)
+    _t8 = _t2*_t3 + _t3*_t7 + _t4*_t5 + torch.abs(_t1) + 1.0
+    _t9 = 1.0/_t8
+    _t10 = x*x*x
+    _t11 = _rt.select(_rt.gt(_t1, 0.0), 1.0, _rt.select(_rt.lt(_t1, 0.0), -1.0, 0.0))
+    _t12 = (a0 + x*(a1 + x*(a2 + x*(a3 + x*(_t0 + a4)))))/_t8/_t8
+    _t13 = _t12*_t3
+    _d_x = _t12*(-(4.0*_t10*_t4) - _t11*b1 - 2.0*_t2*x - 3.0*_t7*x) + _t9*(a1 + x*(2.0*a2 + x*(3.0*a3 + x*(5.0*_t0 + 4.0*a4))))
+    _d_a0 = _t9
+    _d_a1 = _t9*x
+    _d_a2 = _t3*_t9
+    _d_a3 = _t10*_t9
+    _d_a4 = _t5*_t9
+    _d_a5 = _t9*x**5.0
+    _d_b1 = -(_t11*_t12*x)
+    _d_b2 = -(_t13*_rt.select(_rt.gt(b2, 0.0), 1.0, _rt.select(_rt.lt(b2, 0.0), -1.0, 0.0)))
+    _d_b3 = -(_t13*_t6*_rt.select(_rt.gt(b3, 0.0), 1.0, _rt.select(_rt.lt(b3, 0.0), -1.0, 0.0)))
+    _d_b4 = -(_t12*_t5*_rt.select(_rt.gt(b4, 0.0), 1.0, _rt.select(_rt.lt(b4, 0.0), -1.0, 0.0)))
     return _rt.finite_or_none((_d_x, _d_a0, _d_a1, _d_a2, _d_a3, _d_a4, _d_a5, _d_b1, _d_b2, _d_b3, _d_b4,))
 
 
@@ -298,15 +296,14 @@ if _rt.HAS_TRITON:
         b2 = tl.load(b2_ptr).to(ACC)
         b3 = tl.load(b3_ptr).to(ACC)
         b4 = tl.load(b4_ptr).to(ACC)
-        _t0 = x*x
-        _t1 = x*x*x*x
-        _t2 = tl.abs(b2)
-        _t3 = tl.abs(b4)
-        _t4 = tl.abs(b3)
-        _t5 = _probe_at_inf(x)
-        _t6 = _t5*_t5
-        _t7 = _t5*_t5*_t5*_t5
-        _y = _limit_at_inf((_t0*a2 + _t1*a4 + a0 + a1*x + a3*x*x*x + a5*libdevice.pow(x, 5.0))/(_t0*_t2 + _t0*_t4*tl.abs(x) + _t1*_t3 + tl.abs(b1*x) + 1.0), (libdevice.pow(_t5, 5.0)*a5 + _t5*_t5*_t5*a3 + _t5*a1 + _t6*a2 + _t7*a4 + a0)/(_t2*_t6 + _t3*_t7 + _t4*_t6*tl.abs(_t5) + tl.abs(_t5*b1) + 1.0), x)
+        _t0 = tl.abs(b2)
+        _t1 = x*x
+        _t2 = tl.abs(b4)
+        _t3 = tl.abs(b3)
+        _t4 = _probe_at_inf(x)
+        _t5 = _t4*_t4
+        _t6 = _t4*_t4*_t4*_t4
+        _y = _limit_at_inf((a0 + x*(a1 + x*(a2 + x*(a3 + x*(a4 + a5*x)))))/(_t0*_t1 + _t1*_t3*tl.abs(x) + _t2*x*x*x*x + tl.abs(b1*x) + 1.0), (libdevice.pow(_t4, 5.0)*a5 + _t4*_t4*_t4*a3 + _t4*a1 + _t5*a2 + _t6*a4 + a0)/(_t0*_t5 + _t2*_t6 + _t3*_t5*tl.abs(_t4) + tl.abs(_t4*b1) + 1.0), x)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -339,51 +336,53 @@ if _rt.HAS_TRITON:
             b2 = tl.load(b2_ptr).to(ACC)
             b3 = tl.load(b3_ptr).to(ACC)
             b4 = tl.load(b4_ptr).to(ACC)
-            _t0 = 2.0*x
-            _t1 = x*x
-            _t2 = 3.0*a3
-            _t3 = x*x*x
-            _t4 = 4.0*_t3
-            _t5 = x*x*x*x
-            _t6 = 5.0*a5
-            _t7 = b1*x
-            _t8 = tl.abs(b2)
-            _t9 = tl.abs(b4)
-            _t10 = tl.abs(b3)
-            _t11 = tl.abs(x)
-            _t12 = _t10*_t11
-            _t13 = _t1*_t12 + _t1*_t8 + _t5*_t9 + tl.abs(_t7) + 1.0
-            _t14 = 1.0/_t13
-            _t15 = tl.where(_t7 > 0.0, 1.0, tl.where(_t7 < 0.0, -1.0, 0.0))
-            _t16 = libdevice.pow(x, 5.0)
-            _t17 = (_t1*a2 + _t16*a5 + _t3*a3 + _t5*a4 + a0 + a1*x)/(_t13*_t13)
-            _t18 = _probe_at_inf(x)
-            _t19 = 2.0*_t18
-            _t20 = _t18*_t18
-            _t21 = _t18*_t18*_t18
-            _t22 = 4.0*_t21
-            _t23 = _t18*_t18*_t18*_t18
-            _t24 = _t18*b1
-            _t25 = _t10*tl.abs(_t18)
-            _t26 = _t20*_t25 + _t20*_t8 + _t23*_t9 + tl.abs(_t24) + 1.0
+            _t0 = 2.0*a2
+            _t1 = 3.0*a3
+            _t2 = 4.0*a4
+            _t3 = a5*x
+            _t4 = b1*x
+            _t5 = tl.abs(b2)
+            _t6 = x*x
+            _t7 = tl.abs(b4)
+            _t8 = x*x*x*x
+            _t9 = tl.abs(b3)
+            _t10 = tl.abs(x)
+            _t11 = _t10*_t9
+            _t12 = _t11*_t6 + _t5*_t6 + _t7*_t8 + tl.abs(_t4) + 1.0
+            _t13 = 1.0/_t12
+            _t14 = 2.0*_t5
+            _t15 = x*x*x
+            _t16 = 4.0*_t7
+            _t17 = tl.where(_t4 > 0.0, 1.0, tl.where(_t4 < 0.0, -1.0, 0.0))
+            _t18 = (a0 + x*(a1 + x*(a2 + x*(a3 + x*(_t3 + a4)))))/_t12/_t12
+            _t19 = _probe_at_inf(x)
+            _t20 = _t19*_t19
+            _t21 = _t19*_t19*_t19
+            _t22 = _t19*_t19*_t19*_t19
+            _t23 = _t19*b1
+            _t24 = tl.abs(_t19)
+            _t25 = _t24*_t9
+            _t26 = _t20*_t25 + _t20*_t5 + _t22*_t7 + tl.abs(_t23) + 1.0
             _t27 = 1.0/_t26
-            _t28 = tl.where(_t24 > 0.0, 1.0, tl.where(_t24 < 0.0, -1.0, 0.0))
-            _t29 = libdevice.pow(_t18, 5.0)
-            _t30 = (_t18*a1 + _t20*a2 + _t21*a3 + _t23*a4 + _t29*a5 + a0)/(_t26*_t26)
+            _t28 = tl.where(_t23 > 0.0, 1.0, tl.where(_t23 < 0.0, -1.0, 0.0))
+            _t29 = libdevice.pow(_t19, 5.0)
+            _t30 = (_t19*a1 + _t20*a2 + _t21*a3 + _t22*a4 + _t29*a5 + a0)/_t26/_t26
             _t31 = tl.where(b2 > 0.0, 1.0, tl.where(b2 < 0.0, -1.0, 0.0))
-            _t32 = _t1*_t17
-            _t33 = tl.where(b4 > 0.0, 1.0, tl.where(b4 < 0.0, -1.0, 0.0))
-            _d_x = tl.where(x != x, x, _limit_at_inf(_t14*(_t0*a2 + _t1*_t2 + _t4*a4 + _t5*_t6 + a1) + _t17*(-(_t0*_t8) - 3.0*_t12*x - _t15*b1 - _t4*_t9), _t27*(_t19*a2 + _t2*_t20 + _t22*a4 + _t23*_t6 + a1) + _t30*(-(3.0*_t18*_t25) - _t19*_t8 - _t22*_t9 - _t28*b1), x))
-            _d_a0 = _t14
-            _d_a1 = _limit_at_inf(_t14*x, _t18*_t27, x)
-            _d_a2 = _limit_at_inf(_t1*_t14, _t20*_t27, x)
-            _d_a3 = _limit_at_inf(_t14*_t3, _t21*_t27, x)
-            _d_a4 = _limit_at_inf(_t14*_t5, _t23*_t27, x)
-            _d_a5 = _limit_at_inf(_t14*_t16, _t27*_t29, x)
-            _d_b1 = tl.where(x != x, x, _limit_at_inf(-(_t15*_t17*x), -(_t18*_t28*_t30), x))
-            _d_b2 = tl.where(x != x, x, _limit_at_inf(-(_t31*_t32), -(_t20*_t30*_t31), x))
-            _d_b3 = tl.where(x != x, x, -(_t11*_t32*tl.where(b3 > 0.0, 1.0, tl.where(b3 < 0.0, -1.0, 0.0))))
-            _d_b4 = tl.where(x != x, x, _limit_at_inf(-(_t17*_t33*_t5), -(_t23*_t30*_t33), x))
+            _t32 = _t18*_t6
+            _t33 = _t20*_t30
+            _t34 = tl.where(b3 > 0.0, 1.0, tl.where(b3 < 0.0, -1.0, 0.0))
+            _t35 = tl.where(b4 > 0.0, 1.0, tl.where(b4 < 0.0, -1.0, 0.0))
+            _d_x = tl.where(x != x, x, _limit_at_inf(_t13*(a1 + x*(_t0 + x*(_t1 + x*(_t2 + 5.0*_t3)))) + _t18*(-(3.0*_t11*x) - _t14*x - _t15*_t16 - _t17*b1), _t27*(_t0*_t19 + _t1*_t20 + _t2*_t21 + 5.0*_t22*a5 + a1) + _t30*(-(_t14*_t19) - _t16*_t21 - 3.0*_t19*_t25 - _t28*b1), x))
+            _d_a0 = _t13
+            _d_a1 = _limit_at_inf(_t13*x, _t19*_t27, x)
+            _d_a2 = _limit_at_inf(_t13*_t6, _t20*_t27, x)
+            _d_a3 = _limit_at_inf(_t13*_t15, _t21*_t27, x)
+            _d_a4 = _limit_at_inf(_t13*_t8, _t22*_t27, x)
+            _d_a5 = _limit_at_inf(_t13*libdevice.pow(x, 5.0), _t27*_t29, x)
+            _d_b1 = tl.where(x != x, x, _limit_at_inf(-(_t17*_t18*x), -(_t19*_t28*_t30), x))
+            _d_b2 = tl.where(x != x, x, _limit_at_inf(-(_t31*_t32), -(_t31*_t33), x))
+            _d_b3 = tl.where(x != x, x, _limit_at_inf(-(_t10*_t32*_t34), -(_t24*_t33*_t34), x))
+            _d_b4 = tl.where(x != x, x, _limit_at_inf(-(_t18*_t35*_t8), -(_t22*_t30*_t35), x))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_a0 += _tile_sum(_g * _d_a0, _mask, CH_AXIS)

@@ -31,37 +31,35 @@ SPEC_SHA256 = '02a5ab9624d64e2bce80b828686d134882dbf8fc8d0890ca3d9104dd2ba8aca7'
 def _forward_torch(x, a0, a1, a2, a3):
     """f, elementwise; params broadcast against the input."""
     _t0 = _rt.probe_at_inf(x)
-    _y = _rt.limit_at_inf(a0 + a1*x + a2*x*x + a3*x*x*x, _t0*_t0*_t0*a3 + _t0*_t0*a2 + _t0*a1 + a0, x)
+    _y = _rt.limit_at_inf(a0 + x*(a1 + x*(a2 + a3*x)), _t0*_t0*_t0*a3 + _t0*_t0*a2 + _t0*a1 + a0, x)
     return _y
 
 
 def _derivatives_torch(x, a0, a1, a2, a3):
     """df/dx, df/da0, df/da1, df/da2, df/da3."""
     _t0 = 2.0*a2
-    _t1 = x*x
-    _t2 = 3.0*a3
-    _t3 = _rt.probe_at_inf(x)
-    _d_x = _rt.limit_at_inf(_t0*x + _t1*_t2 + a1, _t0*_t3 + _t2*_t3*_t3 + a1, x)
+    _t1 = 3.0*a3
+    _t2 = _rt.probe_at_inf(x)
+    _d_x = _rt.limit_at_inf(a1 + x*(_t0 + _t1*x), _t0*_t2 + _t1*_t2*_t2 + a1, x)
     _d_a0 = 1.0
     _d_a1 = x
-    _d_a2 = _t1
+    _d_a2 = x*x
     _d_a3 = x*x*x
     return (_d_x, _d_a0, _d_a1, _d_a2, _d_a3,)
 
 
 def _forward_torch_fast(x, a0, a1, a2, a3):
     """f for finite inputs (CPU): no NaN/inf guards."""
-    _y = a0 + a1*x + a2*x*x + a3*x*x*x
+    _y = a0 + x*(a1 + x*(a2 + a3*x))
     return _y
 
 
 def _derivatives_torch_fast(x, a0, a1, a2, a3):
     """df/dx, df/da0, df/da1, df/da2, df/da3 for finite inputs (CPU): no NaN/inf guards."""
-    _t0 = x*x
-    _d_x = 3.0*_t0*a3 + a1 + 2.0*a2*x
+    _d_x = a1 + x*(2.0*a2 + 3.0*a3*x)
     _d_a0 = 1.0
     _d_a1 = x
-    _d_a2 = _t0
+    _d_a2 = x*x
     _d_a3 = x*x*x
     return (_d_x, _d_a0, _d_a1, _d_a2, _d_a3,)
 
@@ -108,7 +106,7 @@ if _rt.HAS_TRITON:
         a2 = tl.load(a2_ptr).to(ACC)
         a3 = tl.load(a3_ptr).to(ACC)
         _t0 = _probe_at_inf(x)
-        _y = _limit_at_inf(a0 + a1*x + a2*x*x + a3*x*x*x, _t0*_t0*_t0*a3 + _t0*_t0*a2 + _t0*a1 + a0, x)
+        _y = _limit_at_inf(a0 + x*(a1 + x*(a2 + a3*x)), _t0*_t0*_t0*a3 + _t0*_t0*a2 + _t0*a1 + a0, x)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -130,13 +128,12 @@ if _rt.HAS_TRITON:
             a2 = tl.load(a2_ptr).to(ACC)
             a3 = tl.load(a3_ptr).to(ACC)
             _t0 = 2.0*a2
-            _t1 = x*x
-            _t2 = 3.0*a3
-            _t3 = _probe_at_inf(x)
-            _d_x = _limit_at_inf(_t0*x + _t1*_t2 + a1, _t0*_t3 + _t2*_t3*_t3 + a1, x)
+            _t1 = 3.0*a3
+            _t2 = _probe_at_inf(x)
+            _d_x = _limit_at_inf(a1 + x*(_t0 + _t1*x), _t0*_t2 + _t1*_t2*_t2 + a1, x)
             _d_a0 = 1.0
             _d_a1 = x
-            _d_a2 = _t1
+            _d_a2 = x*x
             _d_a3 = x*x*x
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:

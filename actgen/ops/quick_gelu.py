@@ -24,27 +24,14 @@ SPEC_SHA256 = 'd5a1d5527b79715c1758f2923aac66abd9a541f336c2b8f24a4b4fd116335353'
 
 def _forward_torch(x):
     """f, elementwise; params broadcast against the input."""
-    _y = torch.where(x == -math.inf, 0.0, x*torch.sigmoid(1.702*x))
+    _t0 = _rt.clamp(x, -512.0, None)
+    _y = _t0*torch.sigmoid(1.702*_t0)
     return _y
 
 
 def _derivatives_torch(x):
     """df/dx."""
-    _t0 = 1.702*x
-    _t1 = torch.sigmoid(_t0)
-    _d_x = torch.where(x == math.inf, 1.0, torch.where(x == -math.inf, 0.0, _t0*_t1*torch.sigmoid(-_t0) + _t1))
-    return (_d_x,)
-
-
-def _forward_torch_fast(x):
-    """f for finite inputs (CPU): no NaN/inf guards."""
-    _y = x*torch.sigmoid(1.702*x)
-    return _y
-
-
-def _derivatives_torch_fast(x):
-    """df/dx for finite inputs (CPU): no NaN/inf guards."""
-    _t0 = 1.702*x
+    _t0 = 1.702*_rt.clamp(x, -512.0, 32.0)
     _t1 = torch.sigmoid(_t0)
     _d_x = _t0*_t1*torch.sigmoid(-_t0) + _t1
     return (_d_x,)
@@ -75,7 +62,8 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = tl.where(x == -float("inf"), 0.0, x*_sigmoid(1.702*x))
+        _t0 = tl.maximum(x, -512.0, propagate_nan=tl.PropagateNan.ALL)
+        _y = _t0*_sigmoid(1.702*_t0)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -87,9 +75,9 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = 1.702*x
+        _t0 = 1.702*tl.clamp(x, -512.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
         _t1 = _sigmoid(_t0)
-        _d_x = tl.where(x == float("inf"), 1.0, tl.where(x == -float("inf"), 0.0, _t0*_t1*_sigmoid(-_t0) + _t1))
+        _d_x = _t0*_t1*_sigmoid(-_t0) + _t1
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
@@ -102,8 +90,8 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
-    forward_torch_fast=_forward_torch_fast,
-    derivatives_torch_fast=_derivatives_torch_fast,
+    forward_torch_fast=None,
+    derivatives_torch_fast=None,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -30,8 +30,9 @@ def _forward_torch(x):
 
 def _derivatives_torch(x):
     """df/dx."""
-    _t0 = _rt.softplus(x)
-    _d_x = torch.where(x == math.inf, 1.0, torch.where(x == -math.inf, 0.0, 2.0*x*torch.exp(-(_t0*_t0))*torch.sigmoid(x)/1.772453850905516 + torch.erf(_t0)))
+    _t0 = _rt.clamp(x, -1024.0, 8.0)
+    _t1 = _rt.softplus(_t0)
+    _d_x = 2.0*_t0*torch.exp(-(_t1*_t1))*torch.sigmoid(_t0)/1.772453850905516 + torch.erf(_t1)
     return (_d_x,)
 
 
@@ -39,13 +40,6 @@ def _forward_torch_fast(x):
     """f for finite inputs (CPU): no NaN/inf guards."""
     _y = x*torch.erf(_rt.softplus(x))
     return _y
-
-
-def _derivatives_torch_fast(x):
-    """df/dx for finite inputs (CPU): no NaN/inf guards."""
-    _t0 = _rt.softplus(x)
-    _d_x = 2.0*x*torch.exp(-(_t0*_t0))*torch.sigmoid(x)/1.772453850905516 + torch.erf(_t0)
-    return (_d_x,)
 
 
 def _second_derivatives_torch(x):
@@ -86,8 +80,9 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = _softplus(x)
-        _d_x = tl.where(x == float("inf"), 1.0, tl.where(x == -float("inf"), 0.0, 2.0*x*libdevice.exp(-(_t0*_t0))*_sigmoid(x)/1.772453850905516 + libdevice.erf(_t0)))
+        _t0 = tl.clamp(x, -1024.0, 8.0, propagate_nan=tl.PropagateNan.ALL)
+        _t1 = _softplus(_t0)
+        _d_x = 2.0*_t0*libdevice.exp(-(_t1*_t1))*_sigmoid(_t0)/1.772453850905516 + libdevice.erf(_t1)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
@@ -101,7 +96,7 @@ _OP = _rt.Activation(
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
-    derivatives_torch_fast=_derivatives_torch_fast,
+    derivatives_torch_fast=None,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

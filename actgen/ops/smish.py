@@ -30,10 +30,11 @@ def _forward_torch(x):
 
 def _derivatives_torch(x):
     """df/dx."""
-    _t0 = torch.sigmoid(x)
-    _t1 = torch.log1p(_t0)
-    _t2 = torch.exp(-(2.0*_t1))
-    _d_x = torch.where(x == math.inf, 0.6, torch.where(x == -math.inf, 0.0, 4.0*_t0*_t2*x*torch.sigmoid(-x)/((_t0 + 1.0)*(_t2 + 1.0)**2.0) + torch.tanh(_t1)))
+    _t0 = _rt.clamp(x, -1024.0, 64.0)
+    _t1 = torch.sigmoid(_t0)
+    _t2 = torch.log1p(_t1)
+    _t3 = torch.exp(-(2.0*_t2))
+    _d_x = 4.0*_t0*_t1*_t3*torch.sigmoid(-_t0)/((_t1 + 1.0)*(_t3 + 1.0)**2.0) + torch.tanh(_t2)
     return (_d_x,)
 
 
@@ -41,15 +42,6 @@ def _forward_torch_fast(x):
     """f for finite inputs (CPU): no NaN/inf guards."""
     _y = x*torch.tanh(torch.log1p(torch.sigmoid(x)))
     return _y
-
-
-def _derivatives_torch_fast(x):
-    """df/dx for finite inputs (CPU): no NaN/inf guards."""
-    _t0 = torch.sigmoid(x)
-    _t1 = torch.log1p(_t0)
-    _t2 = torch.exp(-(2.0*_t1))
-    _d_x = 4.0*_t0*_t2*x*torch.sigmoid(-x)/((_t0 + 1.0)*(_t2 + 1.0)**2.0) + torch.tanh(_t1)
-    return (_d_x,)
 
 
 def _second_derivatives_torch(x):
@@ -99,10 +91,11 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = _sigmoid(x)
-        _t1 = libdevice.log1p(_t0)
-        _t2 = libdevice.exp(-(2.0*_t1))
-        _d_x = tl.where(x == float("inf"), 0.6, tl.where(x == -float("inf"), 0.0, 4.0*_t0*_t2*x*_sigmoid(-x)/((_t0 + 1.0)*libdevice.pow(_t2 + 1.0, 2.0)) + libdevice.tanh(_t1)))
+        _t0 = tl.clamp(x, -1024.0, 64.0, propagate_nan=tl.PropagateNan.ALL)
+        _t1 = _sigmoid(_t0)
+        _t2 = libdevice.log1p(_t1)
+        _t3 = libdevice.exp(-(2.0*_t2))
+        _d_x = 4.0*_t0*_t1*_t3*_sigmoid(-_t0)/((_t1 + 1.0)*libdevice.pow(_t3 + 1.0, 2.0)) + libdevice.tanh(_t2)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
@@ -116,7 +109,7 @@ _OP = _rt.Activation(
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
-    derivatives_torch_fast=_derivatives_torch_fast,
+    derivatives_torch_fast=None,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -29,9 +29,10 @@ def _forward_torch(x, alpha):
     """f, elementwise; params broadcast against the input."""
     _t0 = 1.0/alpha
     _t1 = alpha < 0.0
-    _t2 = alpha > 0.0
-    _t3 = _rt.probe_at_inf(x)
-    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha + x)))), torch.where(_t2, _t0*torch.expm1(alpha*x) + alpha, alpha*(x*x/2.0 + 1.0) + x)), torch.where(_t1, -(_t0*torch.log1p(-(alpha*(_t3 + alpha)))), torch.where(_t2, _t0*torch.expm1(_t3*alpha) + alpha, _t3 + alpha*(_t3*_t3/2.0 + 1.0))), x))
+    _t2 = alpha*x
+    _t3 = alpha > 0.0
+    _t4 = _rt.probe_at_inf(x)
+    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha + x)))), torch.where(_t3, _t0*torch.expm1(_t2) + alpha, alpha + x*(_t2/2.0 + 1.0))), torch.where(_t1, -(_t0*torch.log1p(-(alpha*(_t4 + alpha)))), torch.where(_t3, _t0*torch.expm1(_t4*alpha) + alpha, _t4 + alpha*(_t4*_t4/2.0 + 1.0))), x))
     return _y
 
 
@@ -55,7 +56,8 @@ def _derivatives_torch(x, alpha):
 def _forward_torch_fast(x, alpha):
     """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = 1.0/alpha
-    _y = _rt.select(_rt.lt(alpha, 0.0), -(_t0*torch.log1p(-(alpha*(alpha + x)))), _rt.select(_rt.gt(alpha, 0.0), _t0*torch.expm1(alpha*x) + alpha, alpha*(x*x/2.0 + 1.0) + x))
+    _t1 = alpha*x
+    _y = _rt.select(_rt.lt(alpha, 0.0), -(_t0*torch.log1p(-(alpha*(alpha + x)))), _rt.select(_rt.gt(alpha, 0.0), _t0*torch.expm1(_t1) + alpha, alpha + x*(_t1/2.0 + 1.0)))
     return _rt.finite_or_none(_y)
 
 
@@ -117,9 +119,10 @@ if _rt.HAS_TRITON:
         alpha = tl.load(alpha_ptr).to(ACC)
         _t0 = 1.0/alpha
         _t1 = alpha < 0.0
-        _t2 = alpha > 0.0
-        _t3 = _probe_at_inf(x)
-        _y = tl.where(x != x, x, _limit_at_inf(tl.where(_t1, -(_t0*libdevice.log1p(-(alpha*(alpha + x)))), tl.where(_t2, _t0*libdevice.expm1(alpha*x) + alpha, alpha*(x*x/2.0 + 1.0) + x)), tl.where(_t1, -(_t0*libdevice.log1p(-(alpha*(_t3 + alpha)))), tl.where(_t2, _t0*libdevice.expm1(_t3*alpha) + alpha, _t3 + alpha*(_t3*_t3/2.0 + 1.0))), x))
+        _t2 = alpha*x
+        _t3 = alpha > 0.0
+        _t4 = _probe_at_inf(x)
+        _y = tl.where(x != x, x, _limit_at_inf(tl.where(_t1, -(_t0*libdevice.log1p(-(alpha*(alpha + x)))), tl.where(_t3, _t0*libdevice.expm1(_t2) + alpha, alpha + x*(_t2/2.0 + 1.0))), tl.where(_t1, -(_t0*libdevice.log1p(-(alpha*(_t4 + alpha)))), tl.where(_t3, _t0*libdevice.expm1(_t4*alpha) + alpha, _t4 + alpha*(_t4*_t4/2.0 + 1.0))), x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit

@@ -30,7 +30,7 @@ def _forward_torch(x):
 
 def _derivatives_torch(x):
     """df/dx."""
-    _t0 = torch.exp(-(2.0*torch.abs(x)))
+    _t0 = torch.exp(-(2.0*torch.abs(_rt.clamp(x, -512.0, 512.0))))
     _d_x = 4.0*_t0/(_t0 + 1.0)**2.0
     return (_d_x,)
 
@@ -72,7 +72,7 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = libdevice.exp(-(2.0*tl.abs(x)))
+        _t0 = libdevice.exp(-(2.0*tl.abs(tl.clamp(x, -512.0, 512.0, propagate_nan=tl.PropagateNan.ALL))))
         _d_x = 4.0*_t0/libdevice.pow(_t0 + 1.0, 2.0)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 

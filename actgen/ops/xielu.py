@@ -29,12 +29,11 @@ SPEC_SHA256 = '70905b9dd735d0f91aa875e257ce2aab9391536281e89e56a57d2737b9933c15'
 
 def _forward_torch(x, alpha_p, alpha_n, beta, eps):
     """f, elementwise; params broadcast against the input."""
-    _t0 = beta*x
-    _t1 = _rt.softplus(alpha_p)
-    _t2 = beta + _rt.softplus(alpha_n)
-    _t3 = _rt.probe_at_inf(x)
-    _t4 = _t3*beta
-    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(x > 0.0, _t0 + _t1*x*x, _t0 + _t2*(-x + torch.expm1(torch.where(eps > x, x, eps)))), torch.where(_t3 > 0.0, _t1*_t3*_t3 + _t4, _t2*(-_t3 + torch.expm1(torch.where(_t3 < eps, _t3, eps))) + _t4), x))
+    _t0 = _rt.softplus(alpha_p)
+    _t1 = beta + _rt.softplus(alpha_n)
+    _t2 = _rt.probe_at_inf(x)
+    _t3 = _t2*beta
+    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(x > 0.0, x*(_t0*x + beta), _t1*(-x + torch.expm1(torch.where(eps > x, x, eps))) + beta*x), torch.where(_t2 > 0.0, _t0*_t2*_t2 + _t3, _t1*(-_t2 + torch.expm1(torch.where(_t2 < eps, _t2, eps))) + _t3), x))
     return _y
 
 
@@ -51,8 +50,7 @@ def _derivatives_torch(x, alpha_p, alpha_n, beta, eps):
 
 def _forward_torch_fast(x, alpha_p, alpha_n, beta, eps):
     """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _t0 = beta*x
-    _y = _rt.select(_rt.gt(x, 0.0), _t0 + x*x*_rt.softplus(alpha_p), _t0 + (beta + _rt.softplus(alpha_n))*(-x + torch.expm1(_rt.select(_rt.gt(eps, x), x, eps))))
+    _y = _rt.select(_rt.gt(x, 0.0), x*(beta + x*_rt.softplus(alpha_p)), beta*x + (beta + _rt.softplus(alpha_n))*(-x + torch.expm1(_rt.select(_rt.gt(eps, x), x, eps))))
     return _rt.finite_or_none(_y)
 
 
@@ -105,12 +103,11 @@ if _rt.HAS_TRITON:
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         alpha_p = tl.load(alpha_p_ptr).to(ACC)
         alpha_n = tl.load(alpha_n_ptr).to(ACC)
-        _t0 = beta*x
-        _t1 = _softplus(alpha_p)
-        _t2 = beta + _softplus(alpha_n)
-        _t3 = _probe_at_inf(x)
-        _t4 = _t3*beta
-        _y = tl.where(x != x, x, _limit_at_inf(tl.where(x > 0.0, _t0 + _t1*x*x, _t0 + _t2*(-x + libdevice.expm1(tl.where(eps > x, x, eps)))), tl.where(_t3 > 0.0, _t1*_t3*_t3 + _t4, _t2*(-_t3 + libdevice.expm1(tl.where(_t3 < eps, _t3, eps))) + _t4), x))
+        _t0 = _softplus(alpha_p)
+        _t1 = beta + _softplus(alpha_n)
+        _t2 = _probe_at_inf(x)
+        _t3 = _t2*beta
+        _y = tl.where(x != x, x, _limit_at_inf(tl.where(x > 0.0, x*(_t0*x + beta), _t1*(-x + libdevice.expm1(tl.where(eps > x, x, eps))) + beta*x), tl.where(_t2 > 0.0, _t0*_t2*_t2 + _t3, _t1*(-_t2 + libdevice.expm1(tl.where(_t2 < eps, _t2, eps))) + _t3), x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit

@@ -12,7 +12,7 @@ import math
 
 import sympy
 
-from ..derive import InfGuard, NanGuard
+from ..derive import InfGuard, NanGuard, Saturate
 
 # precedence levels
 COND, ADD, MUL, NEG, POW, ATOM = range(6)
@@ -20,6 +20,46 @@ COND, ADD, MUL, NEG, POW, ATOM = range(6)
 
 class PrinterError(ValueError):
     pass
+
+
+def _split_powers(factors):
+    """Factors with small integer powers written out (x**2 -> x, x; q**2 -> q, q)."""
+    out = []
+    for f in factors:
+        if f.is_Pow and not f.base.is_number and f.exp.is_Integer and 2 <= f.exp <= 4:
+            out += [f.base] * int(f.exp)
+        else:
+            out.append(f)
+    return out
+
+
+def _grows(factor) -> bool:
+    """A factor that can overflow on its own where a ratio it is in does not: a power >= 2 of a
+    symbol (x**2), or a sum with a product of varying factors (a polynomial in Horner form)."""
+    if factor.is_Pow and factor.base.is_Symbol and factor.exp.is_Integer and factor.exp >= 2:
+        return True
+    if isinstance(factor, sympy.Add):
+        return any(t.is_Mul and sum(1 for a in t.args if not a.is_number) >= 2 for t in factor.args)
+    return False
+
+
+def _pair_ratios(numer, denom):
+    """Where a product has a numerator factor that grows (see _grows) and denominator factors
+    that vary, pair numerator and denominator factors up: x*x/(2*(h + 1)) prints as
+    x/(h + 1)*x/2, p/q**2 as p/q/q.  The numerator (or the denominator) alone can overflow
+    where the result does not (x**2 at |x| > 1.8e19 in float32); the paired ratios stay near
+    the result's magnitude.  Returns the numerators and denominators left over (denominators
+    that vary are each divided by in turn), and the pairs."""
+    varying = lambda f: not f.is_number
+    n_var = [f for f in _split_powers(numer) if varying(f)]
+    d_var = [f for f in _split_powers(denom) if varying(f)]
+    if not d_var or len(n_var) + len(d_var) < 3 or not any(_grows(f) for f in numer):
+        return numer, denom, []
+    k = min(len(n_var), len(d_var))
+    pairs = list(zip(n_var[:k], d_var[:k])) + [(None, d) for d in d_var[k:]]
+    rest_n = n_var[k:] + [f for f in numer if not varying(f)]
+    rest_d = [f for f in denom if not varying(f)]
+    return rest_n, rest_d, pairs
 
 
 class ExprPrinter:
@@ -104,7 +144,11 @@ class ExprPrinter:
                 denom.append(sympy.Integer(factor.q))
             else:
                 numer.append(factor)
-        text = "*".join(self.paren(f, MUL) for f in numer) or self.number(1.0)
+        numer, denom, pairs = _pair_ratios(numer, denom)
+        parts = [f"{self.paren(n, MUL)}/{self.paren(d, POW)}" for n, d in pairs if n is not None]
+        parts += [self.paren(f, MUL) for f in numer]
+        text = "*".join(parts) or self.number(1.0)
+        text += "".join(f"/{self.paren(d, POW)}" for n, d in pairs if n is None)
         if denom:
             d = denom[0] if len(denom) == 1 else sympy.Mul(*denom, evaluate=False)
             text += "/" + self.paren(d, POW)
@@ -175,6 +219,21 @@ class ExprPrinter:
         if hi is not sympy.nan:
             text = self.where(f"{name} == {self.INF}", hi, text, value)
         return text, ATOM
+
+    def _print_Saturate(self, expr):
+        u, lo, hi = expr.args
+        bound = lambda b: None if b.is_infinite or abs(float(b)) > self.MAX_BOUND else repr(float(b))
+        lo, hi = bound(lo), bound(hi)
+        text = self.doprint(u)
+        return (self.clamp(text, lo, hi) if lo or hi else text), ATOM
+
+    #: Bounds of a Saturate beyond this magnitude are left out (no input of the dtypes a
+    #: target computes in reaches them).
+    MAX_BOUND = float("inf")
+
+    def clamp(self, u: str, lo: str | None, hi: str | None) -> str:
+        """Print u clamped to [lo, hi] (None: no bound), NaN staying NaN."""
+        raise NotImplementedError
 
     def isnan(self, name: str) -> str:
         return f"{name} != {name}"

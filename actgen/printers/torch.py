@@ -36,12 +36,15 @@ TENSOR_FUNCTIONS = {
     "Abs": "torch.abs({0})",
     "sigmoid": "torch.sigmoid({0})",
     "softplus": "_rt.softplus({0})",
+    "hypot": "_rt.hypot({0}, {1})",
+    "SqrtSquarePlus": "_rt.sqrt_square_plus({0}, {1})",
     "ProbeAtInf": "_rt.probe_at_inf({0})",
     "LimitAtInf": "_rt.limit_at_inf({0}, {1}, {2})",
 }
 SCALAR_FUNCTIONS = {
     name: template.replace("torch.", "math.") for name, template in TENSOR_FUNCTIONS.items()
-} | {"Abs": "abs({0})", "sigmoid": "_rt.scalar_sigmoid({0})", "softplus": "_rt.scalar_softplus({0})"}
+} | {"Abs": "abs({0})", "hypot": "math.hypot({0}, {1})",
+                                                  "SqrtSquarePlus": "_rt.scalar_sqrt_square_plus({0}, {1})", "sigmoid": "_rt.scalar_sigmoid({0})", "softplus": "_rt.scalar_softplus({0})"}
 
 
 FAST_RELATIONS = {"StrictGreaterThan": "gt", "GreaterThan": "ge", "StrictLessThan": "lt", "LessThan": "le"}
@@ -118,6 +121,11 @@ class TorchPrinter(ExprPrinter):
         if self.fast:
             return f"_rt.mask_not({self.doprint(expr.args[0])})", ATOM
         return f"~({self.doprint(expr.args[0])})", ATOM
+
+    def clamp(self, u, lo, hi):
+        if self.scalar_mode:
+            return f"_rt.scalar_clamp({u}, {lo}, {hi})"
+        return f"_rt.clamp({u}, {lo}, {hi})"
 
     def isnan(self, name):
         return f"torch.isnan({name})"

@@ -3,6 +3,7 @@ dispatched to float32 or float64 by the argument type); sigmoid/softplus through
 stable helpers in actgen.runtime.triton_lang."""
 from __future__ import annotations
 
+from ..derive import SATURATE_MAX_EXP2
 from .base import ATOM, ExprPrinter
 
 
@@ -24,6 +25,8 @@ class TritonPrinter(ExprPrinter):
         "erf": "libdevice.erf({0})",
         "erfc": "libdevice.erfc({0})",
         "Abs": "tl.abs({0})",
+        "hypot": "libdevice.hypot({0}, {1})",
+        "SqrtSquarePlus": "_sqrt_square_plus({0}, {1})",
         "sigmoid": "_sigmoid({0})",
         "softplus": "_softplus({0})",
         "ProbeAtInf": "_probe_at_inf({0})",
@@ -31,6 +34,16 @@ class TritonPrinter(ExprPrinter):
     }
     INF = 'float("inf")'
     NAN = 'float("nan")'
+
+    # Kernels compute in float32 (float16 and bfloat16 are loaded as float32): a larger bound
+    # would be a float64 literal, which promotes the whole computation.
+    MAX_BOUND = 2.0 ** SATURATE_MAX_EXP2
+
+    def clamp(self, u, lo, hi):
+        nan = "propagate_nan=tl.PropagateNan.ALL"
+        if lo and hi:
+            return f"tl.clamp({u}, {lo}, {hi}, {nan})"
+        return f"tl.maximum({u}, {lo}, {nan})" if lo else f"tl.minimum({u}, {hi}, {nan})"
 
     def power(self, base, exp):
         return f"libdevice.pow({self.doprint(base)}, {self.doprint(exp)})", ATOM

@@ -34,6 +34,52 @@ def limit_at_inf(value, probed, u: torch.Tensor):
     return torch.where(torch.isinf(u) & torch.isnan(value), limit, value)
 
 
+def hypot(a, b) -> torch.Tensor:
+    """sqrt(a**2 + b**2) without overflow; either may be a Python float."""
+    if not isinstance(a, torch.Tensor):
+        a = b.new_full((), a)
+    if not isinstance(b, torch.Tensor):
+        b = a.new_full((), b)
+    return torch.hypot(a, b)
+
+
+def sqrt_square_plus(u, c) -> torch.Tensor:
+    """sqrt(u**2 + c) without forming u**2 (which overflows first): hypot(u, sqrt(c)) where
+    c >= 0, sqrt(|u| - sqrt(-c)) * sqrt(|u| + sqrt(-c)) where not; c a number or a tensor."""
+    if isinstance(c, torch.Tensor):
+        r = torch.sqrt(torch.abs(c))
+        a = torch.abs(u)
+        return torch.where(c >= 0, hypot(a, r), torch.sqrt(a - r) * torch.sqrt(a + r))
+    if c >= 0:
+        return hypot(u, math.sqrt(c))
+    r = math.sqrt(-c)
+    a = torch.abs(u)
+    return torch.sqrt(a - r) * torch.sqrt(a + r)
+
+
+def scalar_sqrt_square_plus(u: float, c: float) -> float:
+    if c >= 0:
+        return math.hypot(u, math.sqrt(c))
+    r, a = math.sqrt(-c), abs(u)
+    return math.sqrt(a - r) * math.sqrt(a + r) if a >= r else math.nan
+
+
+def clamp(u: torch.Tensor, lo: float | None, hi: float | None) -> torch.Tensor:
+    """u clamped to [lo, hi] (None: no bound; a bound beyond u's dtype's range is none either),
+    NaN staying NaN."""
+    big = torch.finfo(u.dtype).max
+    lo = lo if lo is not None and -lo <= big else None
+    hi = hi if hi is not None and hi <= big else None
+    return u if lo is None and hi is None else torch.clamp(u, lo, hi)
+
+
+def scalar_clamp(u: float, lo: float | None, hi: float | None) -> float:
+    """u clamped to [lo, hi] (None: no bound); NaN stays NaN."""
+    if lo is not None and u < lo:
+        return lo
+    return hi if hi is not None and u > hi else u
+
+
 def scalar_sigmoid(u: float) -> float:
     return 1.0 / (1.0 + math.exp(-u)) if u >= 0 else math.exp(u) / (1.0 + math.exp(u))
 
@@ -143,6 +189,6 @@ def split_halves(t: torch.Tensor, dim: int, name: str):
 
 __all__ = [
     "HAS_TRITON", "Activation", "as_tensor", "vmap_by_loop", "get_backend", "set_backend",
-    "use_backend", "softplus", "scalar_sigmoid", "scalar_softplus", "split_halves", "probe_at_inf", "limit_at_inf",
+    "use_backend", "softplus", "clamp", "hypot", "sqrt_square_plus", "scalar_sqrt_square_plus", "scalar_clamp", "scalar_sigmoid", "scalar_softplus", "split_halves", "probe_at_inf", "limit_at_inf",
     "gt", "ge", "lt", "le", "mask_and", "mask_or", "mask_not", "select", "finite_or_none",
 ]

@@ -39,7 +39,7 @@ if INTERPRET:
                 "exp": np.exp, "log": np.log, "log1p": np.log1p, "expm1": np.expm1,
                 "sqrt": np.sqrt, "sin": np.sin, "cos": np.cos, "tan": np.tan, "tanh": np.tanh,
                 "sinh": np.sinh, "cosh": np.cosh, "atan": np.arctan, "asinh": np.arcsinh,
-                "erf": erf, "erfc": erfc, "pow": np.power,
+                "erf": erf, "erfc": erfc, "pow": np.power, "hypot": np.hypot,
             }
             for name, fn in table.items():
                 setattr(self, name, self._wrap(fn))
@@ -60,7 +60,16 @@ def softplus(u):
     return tl.maximum(u, 0.0) + libdevice.log1p(libdevice.exp(-tl.abs(u)))
 
 
-__all__ = ["triton", "tl", "libdevice", "sigmoid", "softplus", "probe_at_inf", "limit_at_inf", "tile",
+@triton.jit
+def sqrt_square_plus(u, c):
+    # sqrt(u**2 + c) without forming u**2: hypot(u, sqrt(c)) for c >= 0, else
+    # sqrt(|u| - sqrt(-c)) * sqrt(|u| + sqrt(-c)) (see actgen.runtime.sqrt_square_plus)
+    a = tl.abs(u)
+    r = libdevice.sqrt(tl.abs(c) + tl.zeros_like(a))
+    return tl.where(c >= 0, libdevice.hypot(a, r), libdevice.sqrt(a - r) * libdevice.sqrt(a + r))
+
+
+__all__ = ["triton", "tl", "libdevice", "sigmoid", "softplus", "sqrt_square_plus", "probe_at_inf", "limit_at_inf", "tile",
            "nth_tile", "partial_zeros", "tile_sum", "store_partial", "draw", "draws_kernel", "INTERPRET"]
 
 
