@@ -6,7 +6,7 @@ import re
 
 import sympy
 
-from ..derive import Block, Derivation, draw_lines
+from ..derive import Block, Derivation, Saturate, draw_lines
 from ..printers import TorchPrinter, TritonPrinter
 from .writer import Writer, escape_docstring
 
@@ -29,7 +29,36 @@ def _math_lines(d: Derivation) -> list[str]:
     width = max(len(f"df/d{n}") for n in names)
     lines = [f"{'f':<{width}} = {sympy.sstr(d.expr)}"]
     lines += [f"{'df/d' + n:<{width}} = {sympy.sstr(e)}" for n, e in d.first]
-    return lines + draw_lines(d.spec.expr)
+    return lines + draw_lines(d.spec.expr) + _saturation_lines(d)
+
+
+def _bound(b) -> str:
+    v = abs(int(b))
+    text = f"2**{v.bit_length() - 1}" if v >= 2 ** 17 else str(v)
+    return "-" + text if b < 0 else text
+
+
+def _saturation_lines(d: Derivation) -> list[str]:
+    """Where an output clamps an input (actgen.derive.Saturate): beyond the bounds the output
+    is at its limit in that input, to double precision."""
+    lines = []
+    for block, label in ((d.forward, lambda n: "f"), (d.backward, lambda n: "df/d" + n[2:])):
+        temps = dict(block.assignments)
+        for name, expr in block.outputs:
+            seen, todo, found = set(), [expr], set()
+            while todo:
+                e = todo.pop()
+                found |= e.atoms(Saturate)
+                for t in e.free_symbols & temps.keys() - seen:
+                    seen.add(t)
+                    todo.append(temps[t])
+            for sat in sorted(found, key=sympy.default_sort_key):
+                u, lo, hi = sat.args
+                side = [f"{u} <= {_bound(lo)}"] if lo.is_finite else []
+                side += [f"{u} >= {_bound(hi)}"] if hi.is_finite else []
+                lines.append(f"{label(name)}: {u} is clamped where {' or '.join(side)} "
+                             f"(there {label(name)} no longer changes with {u}, to double precision).")
+    return [""] + lines if lines else []
 
 
 def _header(d: Derivation, w: Writer):

@@ -8,6 +8,8 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = x**2/(2*(sqrt(x**2 + 1) + 1)) + x
     df/dx = -x**3/(2*sqrt(x**2 + 1)*(sqrt(x**2 + 1) + 1)**2) + x/(sqrt(x**2 + 1) + 1) + 1
+    
+    df/dx: x is clamped where x <= -2**26 or x >= 2**25 (there df/dx no longer changes with x, to double precision).
 """
 import math
 

@@ -8,6 +8,8 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = x*tanh(sqrt(x**2 + 1))
     df/dx = 4*x**2*exp(-2*sqrt(x**2 + 1))/((1 + exp(-2*sqrt(x**2 + 1)))**2*sqrt(x**2 + 1)) + tanh(sqrt(x**2 + 1))
+    
+    df/dx: x is clamped where x <= -32 or x >= 32 (there df/dx no longer changes with x, to double precision).
 """
 import math
 

@@ -8,6 +8,9 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = exp(-x**2)
     df/dx = -2*x*exp(-x**2)
+    
+    f: x is clamped where x <= -32 or x >= 32 (there f no longer changes with x, to double precision).
+    df/dx: x is clamped where x <= -32 or x >= 32 (there df/dx no longer changes with x, to double precision).
 """
 import math
 

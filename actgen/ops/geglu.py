@@ -9,6 +9,8 @@ Derived (after stability rewrites):
     f     = 0.5*a*b*erfc(-sqrt(2)*a/2)
     df/da = 0.5*sqrt(2)*a*b*exp(-a**2/2)/sqrt(pi) + 0.5*b*erfc(-sqrt(2)*a/2)
     df/db = 0.5*a*erfc(-sqrt(2)*a/2)
+    
+    df/da: a is clamped where a <= -64 or a >= 16 (there df/da no longer changes with a, to double precision).
 """
 import math
 

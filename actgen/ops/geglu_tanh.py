@@ -9,6 +9,10 @@ Derived (after stability rewrites):
     f     = 1.0*a*b*sigmoid(2*sqrt(2)*(0.044715*a**3 + a)/sqrt(pi))
     df/da = 2.0*sqrt(2)*a*b*(0.134145*a**2 + 1)*sigmoid(-2*sqrt(2)*(0.044715*a**3 + a)/sqrt(pi))*sigmoid(2*sqrt(2)*(0.044715*a**3 + a)/sqrt(pi))/sqrt(pi) + 1.0*b*sigmoid(2*sqrt(2)*(0.044715*a**3 + a)/sqrt(pi))
     df/db = 1.0*a*sigmoid(2*sqrt(2)*(0.044715*a**3 + a)/sqrt(pi))
+    
+    f: a is clamped where a <= -32 (there f no longer changes with a, to double precision).
+    df/da: a is clamped where a <= -32 or a >= 8 (there df/da no longer changes with a, to double precision).
+    df/db: a is clamped where a <= -32 (there df/db no longer changes with a, to double precision).
 """
 import math
 

@@ -8,6 +8,8 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = 0.5*x*erfc(-sqrt(2)*x/2)
     df/dx = 0.5*sqrt(2)*x*exp(-x**2/2)/sqrt(pi) + 0.5*erfc(-sqrt(2)*x/2)
+    
+    df/dx: x is clamped where x <= -64 or x >= 16 (there df/dx no longer changes with x, to double precision).
 """
 import math
 

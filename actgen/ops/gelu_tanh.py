@@ -8,6 +8,9 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = 1.0*x*sigmoid(2*sqrt(2)*(0.044715*x**3 + x)/sqrt(pi))
     df/dx = 2.0*sqrt(2)*x*(0.134145*x**2 + 1)*sigmoid(-2*sqrt(2)*(0.044715*x**3 + x)/sqrt(pi))*sigmoid(2*sqrt(2)*(0.044715*x**3 + x)/sqrt(pi))/sqrt(pi) + 1.0*sigmoid(2*sqrt(2)*(0.044715*x**3 + x)/sqrt(pi))
+    
+    f: x is clamped where x <= -32 (there f no longer changes with x, to double precision).
+    df/dx: x is clamped where x <= -32 or x >= 8 (there df/dx no longer changes with x, to double precision).
 """
 import math
 

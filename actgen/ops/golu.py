@@ -8,6 +8,9 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = x*exp(-exp(-x))
     df/dx = x*exp(-x - exp(-x)) + exp(-exp(-x))
+    
+    f: x is clamped where x <= -8 (there f no longer changes with x, to double precision).
+    df/dx: x is clamped where x <= -8 (there df/dx no longer changes with x, to double precision).
 """
 import math
 

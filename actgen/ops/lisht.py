@@ -8,6 +8,8 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = x*tanh(x)
     df/dx = 4*x*exp(-2*Abs(x))/(1 + exp(-2*Abs(x)))**2 + tanh(x)
+    
+    df/dx: x is clamped where x <= -32 or x >= 32 (there df/dx no longer changes with x, to double precision).
 """
 import math
 

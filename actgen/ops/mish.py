@@ -8,6 +8,8 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = x*tanh(softplus(x))
     df/dx = 4*x*exp(-2*softplus(x))*sigmoid(x)/(1 + exp(-2*softplus(x)))**2 + tanh(softplus(x))
+    
+    df/dx: x is clamped where x <= -1024 or x >= 32 (there df/dx no longer changes with x, to double precision).
 """
 import math
 

@@ -8,6 +8,9 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = x*sigmoid(1.702*x)
     df/dx = 1.702*x*sigmoid(-1.702*x)*sigmoid(1.702*x) + sigmoid(1.702*x)
+    
+    f: x is clamped where x <= -512 (there f no longer changes with x, to double precision).
+    df/dx: x is clamped where x <= -512 or x >= 32 (there df/dx no longer changes with x, to double precision).
 """
 import math
 

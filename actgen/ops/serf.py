@@ -8,6 +8,8 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = x*erf(softplus(x))
     df/dx = 2*x*exp(-softplus(x)**2)*sigmoid(x)/sqrt(pi) + erf(softplus(x))
+    
+    df/dx: x is clamped where x <= -1024 or x >= 8 (there df/dx no longer changes with x, to double precision).
 """
 import math
 

@@ -8,6 +8,8 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = x*tanh(log1p(sigmoid(x)))
     df/dx = 4*x*exp(-2*log1p(sigmoid(x)))*sigmoid(-x)*sigmoid(x)/((1 + exp(-2*log1p(sigmoid(x))))**2*(sigmoid(x) + 1)) + tanh(log1p(sigmoid(x)))
+    
+    df/dx: x is clamped where x <= -1024 or x >= 64 (there df/dx no longer changes with x, to double precision).
 """
 import math
 

@@ -8,6 +8,8 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = tanh(x)
     df/dx = 4*exp(-2*Abs(x))/(1 + exp(-2*Abs(x)))**2
+    
+    df/dx: x is clamped where x <= -512 or x >= 512 (there df/dx no longer changes with x, to double precision).
 """
 import math
 

@@ -8,6 +8,8 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = x*tanh(exp(x))
     df/dx = 4*x*exp(x - 2*exp(x))/(1 + exp(-2*exp(x)))**2 + tanh(exp(x))
+    
+    df/dx: x is clamped where x <= -1024 or x >= 4 (there df/dx no longer changes with x, to double precision).
 """
 import math
 
