@@ -10,9 +10,9 @@ Params: w0 (init 0.0), w1 (init 0.0), w2 (init 0.0)
 Derived (after stability rewrites):
     f      = (x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x))/(exp(w0) + exp(w1) + exp(w2))
     df/dx  = (Piecewise((1, x > 0), (0, True))*exp(w0) + exp(w2) + 4*exp(w1 - 2*Abs(x))/(1 + exp(-2*Abs(x)))**2)/(exp(w0) + exp(w1) + exp(w2))
-    df/dw0 = -(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x))*exp(w0)/(exp(w0) + exp(w1) + exp(w2))**2 + Piecewise((x, x > 0), (0, True))*exp(w0)/(exp(w0) + exp(w1) + exp(w2))
-    df/dw1 = -(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x))*exp(w1)/(exp(w0) + exp(w1) + exp(w2))**2 + exp(w1)*tanh(x)/(exp(w0) + exp(w1) + exp(w2))
-    df/dw2 = x*exp(w2)/(exp(w0) + exp(w1) + exp(w2)) - (x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x))*exp(w2)/(exp(w0) + exp(w1) + exp(w2))**2
+    df/dw0 = (-(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x))/(exp(w0) + exp(w1) + exp(w2))**2 + Piecewise((x, x > 0), (0, True))/(exp(w0) + exp(w1) + exp(w2)))*exp(w0)
+    df/dw1 = (-(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x))/(exp(w0) + exp(w1) + exp(w2))**2 + tanh(x)/(exp(w0) + exp(w1) + exp(w2)))*exp(w1)
+    df/dw2 = (x/(exp(w0) + exp(w1) + exp(w2)) - (x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x))/(exp(w0) + exp(w1) + exp(w2))**2)*exp(w2)
 """
 import math
 
@@ -46,19 +46,16 @@ def _derivatives_torch(x, w0, w1, w2):
     _t5 = x > 0.0
     _t6 = -(2.0*torch.abs(x))
     _t7 = torch.where(_t5, x, 0.0)
-    _t8 = _t2*x
+    _t8 = 1.0/(_t3*_t3)
     _t9 = torch.tanh(x)
-    _t10 = _t0*_t7 + _t1*_t9 + _t8
-    _t11 = 1.0/(_t3*_t3)
-    _t12 = _t0*_t11
-    _t13 = _rt.probe_at_inf(x)
-    _t14 = torch.where(_t13 > 0.0, _t13, 0.0)
-    _t15 = _t0*_t14 + _t1*torch.tanh(_t13) + _t13*_t2
-    _t16 = _t10*_t11
+    _t10 = _t8*(_t0*_t7 + _t1*_t9 + _t2*x)
+    _t11 = _rt.probe_at_inf(x)
+    _t12 = torch.where(_t11 > 0.0, _t11, 0.0)
+    _t13 = _t8*(_t0*_t12 + _t1*torch.tanh(_t11) + _t11*_t2)
     _d_x = torch.where(torch.isnan(x), x, _t4*(_t0*torch.where(_t5, x.new_full((), 1.0), 0.0) + _t2 + 4.0*torch.exp(_t6 + w1)/(torch.exp(_t6) + 1.0)**2.0))
-    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*_t4*_t7 - _t10*_t12, _t0*_t14*_t4 - _t12*_t15, x))
-    _d_w1 = torch.where(torch.isnan(x), x, -(_t1*_t16) + _t1*_t4*_t9)
-    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(-(_t16*_t2) + _t4*_t8, -(_t11*_t15*_t2) + _t13*_t2*_t4, x))
+    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*(-_t10 + _t4*_t7), _t0*(_t12*_t4 - _t13), x))
+    _d_w1 = torch.where(torch.isnan(x), x, _t1*(-_t10 + _t4*_t9))
+    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t2*(-_t10 + _t4*x), _t2*(_t11*_t4 - _t13), x))
     return (_d_x, _d_w0, _d_w1, _d_w2,)
 
 
@@ -81,13 +78,12 @@ def _derivatives_torch_fast(x, w0, w1, w2):
     _t5 = _rt.gt(x, 0.0)
     _t6 = -(2.0*torch.abs(x))
     _t7 = _rt.select(_t5, x, 0.0)
-    _t8 = _t2*x
-    _t9 = torch.tanh(x)
-    _t10 = (_t0*_t7 + _t1*_t9 + _t8)/_t3/_t3
+    _t8 = torch.tanh(x)
+    _t9 = (_t0*_t7 + _t1*_t8 + _t2*x)/_t3/_t3
     _d_x = _t4*(_t0*_rt.select(_t5, 1.0, 0.0) + _t2 + 4.0*torch.exp(_t6 + w1)/(torch.exp(_t6) + 1.0)**2.0)
-    _d_w0 = -(_t0*_t10) + _t0*_t4*_t7
-    _d_w1 = -(_t1*_t10) + _t1*_t4*_t9
-    _d_w2 = -(_t10*_t2) + _t4*_t8
+    _d_w0 = _t0*(_t4*_t7 - _t9)
+    _d_w1 = _t1*(_t4*_t8 - _t9)
+    _d_w2 = _t2*(_t4*x - _t9)
     return _rt.finite_or_none((_d_x, _d_w0, _d_w1, _d_w2,))
 
 
@@ -109,36 +105,31 @@ def _second_derivatives_torch(x, w0, w1, w2):
     _t13 = _t0*_t6 + 4.0*_t12 + _t2
     _t14 = torch.where(_t5, x, 0.0)
     _t15 = 1.0/(_t3*_t3)
-    _t16 = _t2*x
-    _t17 = torch.tanh(x)
-    _t18 = _t0*_t14 + _t1*_t17 + _t16
-    _t19 = _t15*_t18
-    _t20 = -(_t0*_t14*_t4) + _t0*_t19
-    _t21 = -(_t1*_t17*_t4) + _t1*_t19
-    _t22 = _t16*_t4 - _t19*_t2
-    _t23 = torch.where(_t5, 1.0, torch.where(x < 0.0, x.new_full((), -1.0), 0.0))
-    _t24 = _t13*_t15
-    _t25 = torch.exp(2.0*w0)
-    _t26 = 1.0/(_t3*_t3*_t3)
-    _t27 = torch.exp(w0 + w1)
-    _t28 = _t15*_t27
-    _t29 = torch.exp(w0 + w2)
-    _t30 = _t15*_t29
-    _t31 = torch.exp(2.0*w1)
-    _t32 = 2.0*_t15
-    _t33 = torch.exp(w1 + w2)
-    _t34 = _t15*_t33
-    _t35 = torch.exp(2.0*w2)
-    _d2_x_x = torch.where(torch.isnan(x), x, _t4*(-(8.0*_t12*_t23) + 16.0*_t23*torch.exp(-(4.0*_t7) + w1)/(_t9*_t9*_t9)))
-    _d2_x_w0 = torch.where(torch.isnan(x), x, -(_t0*_t24) + _t0*_t4*_t6)
-    _d2_x_w1 = torch.where(torch.isnan(x), x, -(_t1*_t24) + 4.0*_t10*_t11*_t4)
-    _d2_x_w2 = torch.where(torch.isnan(x), x, -(_t2*_t24) + _t2*_t4)
-    _d2_w0_w0 = torch.where(torch.isnan(x), x, -(2.0*_t14*_t15*_t25) + 2.0*_t18*_t25*_t26 - _t20)
-    _d2_w0_w1 = torch.where(torch.isnan(x), x, -(_t14*_t28) - _t17*_t28 + 2.0*_t18*_t26*_t27)
-    _d2_w0_w2 = torch.where(torch.isnan(x), x, -(_t14*_t30) + 2.0*_t18*_t26*_t29 - _t30*x)
-    _d2_w1_w1 = torch.where(torch.isnan(x), x, -(_t17*_t31*_t32) + 2.0*_t18*_t26*_t31 - _t21)
-    _d2_w1_w2 = torch.where(torch.isnan(x), x, -(_t17*_t34) + 2.0*_t18*_t26*_t33 - _t34*x)
-    _d2_w2_w2 = torch.where(torch.isnan(x), x, 2.0*_t18*_t26*_t35 + _t22 - _t32*_t35*x)
+    _t16 = torch.tanh(x)
+    _t17 = _t0*_t14 + _t1*_t16 + _t2*x
+    _t18 = _t15*_t17
+    _t19 = _t0*(_t14*_t4 - _t18)
+    _t20 = _t1*(_t16*_t4 - _t18)
+    _t21 = _t2*(-_t18 + _t4*x)
+    _t22 = torch.where(_t5, 1.0, torch.where(x < 0.0, x.new_full((), -1.0), 0.0))
+    _t23 = _t13*_t15
+    _t24 = _t14*_t15
+    _t25 = 1.0/(_t3*_t3*_t3)
+    _t26 = 2.0*_t17*_t25
+    _t27 = _t15*_t16
+    _t28 = -(2.0*_t17*_t25)
+    _t29 = _t24 + _t28
+    _t30 = _t15*x
+    _d2_x_x = torch.where(torch.isnan(x), x, _t4*(-(8.0*_t12*_t22) + 16.0*_t22*torch.exp(-(4.0*_t7) + w1)/(_t9*_t9*_t9)))
+    _d2_x_w0 = torch.where(torch.isnan(x), x, _t0*(-_t23 + _t4*_t6))
+    _d2_x_w1 = torch.where(torch.isnan(x), x, -(_t1*_t23) + 4.0*_t10*_t11*_t4)
+    _d2_x_w2 = torch.where(torch.isnan(x), x, _t2*(-_t23 + _t4))
+    _d2_w0_w0 = torch.where(torch.isnan(x), x, _t19 + (-(2.0*_t24) + _t26)*torch.exp(2.0*w0))
+    _d2_w0_w1 = torch.where(torch.isnan(x), x, _t0*_t1*(-_t27 - _t29))
+    _d2_w0_w2 = torch.where(torch.isnan(x), x, _t0*_t2*(-_t29 - _t30))
+    _d2_w1_w1 = torch.where(torch.isnan(x), x, _t20 + (_t26 - 2.0*_t27)*torch.exp(2.0*w1))
+    _d2_w1_w2 = torch.where(torch.isnan(x), x, _t1*_t2*(-_t27 - _t28 - _t30))
+    _d2_w2_w2 = torch.where(torch.isnan(x), x, _t21 + (-_t28 - 2.0*_t30)*torch.exp(2.0*w2))
     return (_d2_x_x, _d2_x_w0, _d2_x_w1, _d2_x_w2, _d2_w0_w0, _d2_w0_w1, _d2_w0_w2, _d2_w1_w1, _d2_w1_w2, _d2_w2_w2,)
 
 
@@ -189,19 +180,16 @@ if _rt.HAS_TRITON:
             _t5 = x > 0.0
             _t6 = -(2.0*tl.abs(x))
             _t7 = tl.where(_t5, x, 0.0)
-            _t8 = _t2*x
+            _t8 = 1.0/(_t3*_t3)
             _t9 = libdevice.tanh(x)
-            _t10 = _t0*_t7 + _t1*_t9 + _t8
-            _t11 = 1.0/(_t3*_t3)
-            _t12 = _t0*_t11
-            _t13 = _probe_at_inf(x)
-            _t14 = tl.where(_t13 > 0.0, _t13, 0.0)
-            _t15 = _t0*_t14 + _t1*libdevice.tanh(_t13) + _t13*_t2
-            _t16 = _t10*_t11
+            _t10 = _t8*(_t0*_t7 + _t1*_t9 + _t2*x)
+            _t11 = _probe_at_inf(x)
+            _t12 = tl.where(_t11 > 0.0, _t11, 0.0)
+            _t13 = _t8*(_t0*_t12 + _t1*libdevice.tanh(_t11) + _t11*_t2)
             _d_x = tl.where(x != x, x, _t4*(_t0*tl.where(_t5, 1.0, 0.0) + _t2 + 4.0*libdevice.exp(_t6 + w1)/libdevice.pow(libdevice.exp(_t6) + 1.0, 2.0)))
-            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*_t4*_t7 - _t10*_t12, _t0*_t14*_t4 - _t12*_t15, x))
-            _d_w1 = tl.where(x != x, x, -(_t1*_t16) + _t1*_t4*_t9)
-            _d_w2 = tl.where(x != x, x, _limit_at_inf(-(_t16*_t2) + _t4*_t8, -(_t11*_t15*_t2) + _t13*_t2*_t4, x))
+            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*(-_t10 + _t4*_t7), _t0*(_t12*_t4 - _t13), x))
+            _d_w1 = tl.where(x != x, x, _t1*(-_t10 + _t4*_t9))
+            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*(-_t10 + _t4*x), _t2*(_t11*_t4 - _t13), x))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_w0 += _tile_sum(_g * _d_w0, _mask, CH_AXIS)

@@ -10,10 +10,10 @@ Params: w0 (init 0.0), w1 (init 0.0), w2 (init 0.0), w3 (init 0.0)
 Derived (after stability rewrites):
     f      = (x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))/(exp(w0) + exp(w1) + exp(w2) + exp(w3))
     df/dx  = (Piecewise((1, x > 0), (0, True))*exp(w0) + exp(w2) + exp(w3)*sigmoid(-x)*sigmoid(x) + 4*exp(w1 - 2*Abs(x))/(1 + exp(-2*Abs(x)))**2)/(exp(w0) + exp(w1) + exp(w2) + exp(w3))
-    df/dw0 = -(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))*exp(w0)/(exp(w0) + exp(w1) + exp(w2) + exp(w3))**2 + Piecewise((x, x > 0), (0, True))*exp(w0)/(exp(w0) + exp(w1) + exp(w2) + exp(w3))
-    df/dw1 = -(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))*exp(w1)/(exp(w0) + exp(w1) + exp(w2) + exp(w3))**2 + exp(w1)*tanh(x)/(exp(w0) + exp(w1) + exp(w2) + exp(w3))
-    df/dw2 = x*exp(w2)/(exp(w0) + exp(w1) + exp(w2) + exp(w3)) - (x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))*exp(w2)/(exp(w0) + exp(w1) + exp(w2) + exp(w3))**2
-    df/dw3 = -(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))*exp(w3)/(exp(w0) + exp(w1) + exp(w2) + exp(w3))**2 + exp(w3)*sigmoid(x)/(exp(w0) + exp(w1) + exp(w2) + exp(w3))
+    df/dw0 = (-(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))/(exp(w0) + exp(w1) + exp(w2) + exp(w3))**2 + Piecewise((x, x > 0), (0, True))/(exp(w0) + exp(w1) + exp(w2) + exp(w3)))*exp(w0)
+    df/dw1 = (-(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))/(exp(w0) + exp(w1) + exp(w2) + exp(w3))**2 + tanh(x)/(exp(w0) + exp(w1) + exp(w2) + exp(w3)))*exp(w1)
+    df/dw2 = (x/(exp(w0) + exp(w1) + exp(w2) + exp(w3)) - (x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))/(exp(w0) + exp(w1) + exp(w2) + exp(w3))**2)*exp(w2)
+    df/dw3 = (-(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))/(exp(w0) + exp(w1) + exp(w2) + exp(w3))**2 + sigmoid(x)/(exp(w0) + exp(w1) + exp(w2) + exp(w3)))*exp(w3)
 """
 import math
 
@@ -51,20 +51,17 @@ def _derivatives_torch(x, w0, w1, w2, w3):
     _t8 = x > 0.0
     _t9 = -(2.0*torch.abs(x))
     _t10 = torch.where(_t8, x, 0.0)
-    _t11 = _t2*x
+    _t11 = 1.0/(_t4*_t4)
     _t12 = torch.tanh(x)
-    _t13 = _t0*_t10 + _t1*_t12 + _t11 + _t7
-    _t14 = 1.0/(_t4*_t4)
-    _t15 = _t0*_t14
-    _t16 = _rt.probe_at_inf(x)
-    _t17 = torch.where(_t16 > 0.0, _t16, 0.0)
-    _t18 = _t0*_t17 + _t1*torch.tanh(_t16) + _t16*_t2 + _t3*torch.sigmoid(_t16)
-    _t19 = _t13*_t14
+    _t13 = _t11*(_t0*_t10 + _t1*_t12 + _t2*x + _t7)
+    _t14 = _rt.probe_at_inf(x)
+    _t15 = torch.where(_t14 > 0.0, _t14, 0.0)
+    _t16 = _t11*(_t0*_t15 + _t1*torch.tanh(_t14) + _t14*_t2 + _t3*torch.sigmoid(_t14))
     _d_x = torch.where(torch.isnan(x), x, _t5*(_t0*torch.where(_t8, x.new_full((), 1.0), 0.0) + _t2 + _t7*torch.sigmoid(-x) + 4.0*torch.exp(_t9 + w1)/(torch.exp(_t9) + 1.0)**2.0))
-    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*_t10*_t5 - _t13*_t15, _t0*_t17*_t5 - _t15*_t18, x))
-    _d_w1 = torch.where(torch.isnan(x), x, _t1*_t12*_t5 - _t1*_t19)
-    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t11*_t5 - _t19*_t2, -(_t14*_t18*_t2) + _t16*_t2*_t5, x))
-    _d_w3 = torch.where(torch.isnan(x), x, -(_t19*_t3) + _t3*_t5*_t6)
+    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*(_t10*_t5 - _t13), _t0*(_t15*_t5 - _t16), x))
+    _d_w1 = torch.where(torch.isnan(x), x, _t1*(_t12*_t5 - _t13))
+    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t2*(-_t13 + _t5*x), _t2*(_t14*_t5 - _t16), x))
+    _d_w3 = torch.where(torch.isnan(x), x, _t3*(-_t13 + _t5*_t6))
     return (_d_x, _d_w0, _d_w1, _d_w2, _d_w3,)
 
 
@@ -91,14 +88,13 @@ def _derivatives_torch_fast(x, w0, w1, w2, w3):
     _t8 = _rt.gt(x, 0.0)
     _t9 = -(2.0*torch.abs(x))
     _t10 = _rt.select(_t8, x, 0.0)
-    _t11 = _t2*x
-    _t12 = torch.tanh(x)
-    _t13 = (_t0*_t10 + _t1*_t12 + _t11 + _t7)/_t4/_t4
+    _t11 = torch.tanh(x)
+    _t12 = (_t0*_t10 + _t1*_t11 + _t2*x + _t7)/_t4/_t4
     _d_x = _t5*(_t0*_rt.select(_t8, 1.0, 0.0) + _t2 + _t7*torch.sigmoid(-x) + 4.0*torch.exp(_t9 + w1)/(torch.exp(_t9) + 1.0)**2.0)
-    _d_w0 = _t0*_t10*_t5 - _t0*_t13
-    _d_w1 = _t1*_t12*_t5 - _t1*_t13
-    _d_w2 = _t11*_t5 - _t13*_t2
-    _d_w3 = -(_t13*_t3) + _t3*_t5*_t6
+    _d_w0 = _t0*(_t10*_t5 - _t12)
+    _d_w1 = _t1*(_t11*_t5 - _t12)
+    _d_w2 = _t2*(-_t12 + _t5*x)
+    _d_w3 = _t3*(-_t12 + _t5*_t6)
     return _rt.finite_or_none((_d_x, _d_w0, _d_w1, _d_w2, _d_w3,))
 
 
@@ -124,49 +120,39 @@ def _second_derivatives_torch(x, w0, w1, w2, w3):
     _t17 = _t0*_t10 + 4.0*_t16 + _t2 + _t6*_t8
     _t18 = torch.where(_t9, x, 0.0)
     _t19 = 1.0/(_t4*_t4)
-    _t20 = _t2*x
-    _t21 = torch.tanh(x)
-    _t22 = _t0*_t18 + _t1*_t21 + _t20 + _t8
-    _t23 = _t19*_t22
-    _t24 = -(_t0*_t18*_t5) + _t0*_t23
-    _t25 = -(_t1*_t21*_t5) + _t1*_t23
-    _t26 = -(_t2*_t23) + _t20*_t5
-    _t27 = _t23*_t3 - _t3*_t5*_t7
-    _t28 = torch.where(_t9, 1.0, torch.where(x < 0.0, x.new_full((), -1.0), 0.0))
-    _t29 = _t17*_t19
-    _t30 = torch.exp(2.0*w0)
-    _t31 = 1.0/(_t4*_t4*_t4)
-    _t32 = torch.exp(w0 + w1)
-    _t33 = _t19*_t32
-    _t34 = torch.exp(w0 + w2)
-    _t35 = _t19*_t34
-    _t36 = torch.exp(w0 + w3)
-    _t37 = _t19*_t36
-    _t38 = torch.exp(2.0*w1)
-    _t39 = 2.0*_t19
-    _t40 = torch.exp(w1 + w2)
-    _t41 = _t19*_t40
-    _t42 = torch.exp(w1 + w3)
-    _t43 = _t19*_t42
-    _t44 = torch.exp(2.0*w2)
-    _t45 = torch.exp(w2 + w3)
-    _t46 = _t19*_t45
-    _t47 = torch.exp(2.0*w3)
-    _d2_x_x = torch.where(torch.isnan(x), x, _t5*(-(8.0*_t16*_t28) - _t3*_t6*_t7*_t7 + _t6*_t6*_t8 + 16.0*_t28*torch.exp(-(4.0*_t11) + w1)/(_t13*_t13*_t13)))
-    _d2_x_w0 = torch.where(torch.isnan(x), x, _t0*_t10*_t5 - _t0*_t29)
-    _d2_x_w1 = torch.where(torch.isnan(x), x, -(_t1*_t29) + 4.0*_t14*_t15*_t5)
-    _d2_x_w2 = torch.where(torch.isnan(x), x, -(_t2*_t29) + _t2*_t5)
-    _d2_x_w3 = torch.where(torch.isnan(x), x, -(_t29*_t3) + _t3*_t5*_t6*_t7)
-    _d2_w0_w0 = torch.where(torch.isnan(x), x, -(2.0*_t18*_t19*_t30) + 2.0*_t22*_t30*_t31 - _t24)
-    _d2_w0_w1 = torch.where(torch.isnan(x), x, -(_t18*_t33) - _t21*_t33 + 2.0*_t22*_t31*_t32)
-    _d2_w0_w2 = torch.where(torch.isnan(x), x, -(_t18*_t35) + 2.0*_t22*_t31*_t34 - _t35*x)
-    _d2_w0_w3 = torch.where(torch.isnan(x), x, -(_t18*_t37) + 2.0*_t22*_t31*_t36 - _t37*_t7)
-    _d2_w1_w1 = torch.where(torch.isnan(x), x, -(_t21*_t38*_t39) + 2.0*_t22*_t31*_t38 - _t25)
-    _d2_w1_w2 = torch.where(torch.isnan(x), x, -(_t21*_t41) + 2.0*_t22*_t31*_t40 - _t41*x)
-    _d2_w1_w3 = torch.where(torch.isnan(x), x, -(_t21*_t43) + 2.0*_t22*_t31*_t42 - _t43*_t7)
-    _d2_w2_w2 = torch.where(torch.isnan(x), x, 2.0*_t22*_t31*_t44 + _t26 - _t39*_t44*x)
-    _d2_w2_w3 = torch.where(torch.isnan(x), x, 2.0*_t22*_t31*_t45 - _t46*_t7 - _t46*x)
-    _d2_w3_w3 = torch.where(torch.isnan(x), x, 2.0*_t22*_t31*_t47 - _t27 - _t39*_t47*_t7)
+    _t20 = torch.tanh(x)
+    _t21 = _t0*_t18 + _t1*_t20 + _t2*x + _t8
+    _t22 = _t19*_t21
+    _t23 = _t0*(_t18*_t5 - _t22)
+    _t24 = _t1*(_t20*_t5 - _t22)
+    _t25 = _t2*(-_t22 + _t5*x)
+    _t26 = _t3*(-_t22 + _t5*_t7)
+    _t27 = torch.where(_t9, 1.0, torch.where(x < 0.0, x.new_full((), -1.0), 0.0))
+    _t28 = _t17*_t19
+    _t29 = _t18*_t19
+    _t30 = 1.0/(_t4*_t4*_t4)
+    _t31 = 2.0*_t21*_t30
+    _t32 = _t19*_t20
+    _t33 = -(2.0*_t21*_t30)
+    _t34 = _t29 + _t33
+    _t35 = _t19*x
+    _t36 = _t19*_t7
+    _t37 = _t32 + _t33
+    _d2_x_x = torch.where(torch.isnan(x), x, _t5*(-(8.0*_t16*_t27) - _t3*_t6*_t7*_t7 + _t6*_t6*_t8 + 16.0*_t27*torch.exp(-(4.0*_t11) + w1)/(_t13*_t13*_t13)))
+    _d2_x_w0 = torch.where(torch.isnan(x), x, _t0*(_t10*_t5 - _t28))
+    _d2_x_w1 = torch.where(torch.isnan(x), x, -(_t1*_t28) + 4.0*_t14*_t15*_t5)
+    _d2_x_w2 = torch.where(torch.isnan(x), x, _t2*(-_t28 + _t5))
+    _d2_x_w3 = torch.where(torch.isnan(x), x, _t3*(-_t28 + _t5*_t6*_t7))
+    _d2_w0_w0 = torch.where(torch.isnan(x), x, _t23 + (-(2.0*_t29) + _t31)*torch.exp(2.0*w0))
+    _d2_w0_w1 = torch.where(torch.isnan(x), x, _t0*_t1*(-_t32 - _t34))
+    _d2_w0_w2 = torch.where(torch.isnan(x), x, _t0*_t2*(-_t34 - _t35))
+    _d2_w0_w3 = torch.where(torch.isnan(x), x, _t0*_t3*(-_t34 - _t36))
+    _d2_w1_w1 = torch.where(torch.isnan(x), x, _t24 + (_t31 - 2.0*_t32)*torch.exp(2.0*w1))
+    _d2_w1_w2 = torch.where(torch.isnan(x), x, _t1*_t2*(-_t35 - _t37))
+    _d2_w1_w3 = torch.where(torch.isnan(x), x, _t1*_t3*(-_t36 - _t37))
+    _d2_w2_w2 = torch.where(torch.isnan(x), x, _t25 + (-_t33 - 2.0*_t35)*torch.exp(2.0*w2))
+    _d2_w2_w3 = torch.where(torch.isnan(x), x, _t2*_t3*(-_t33 - _t35 - _t36))
+    _d2_w3_w3 = torch.where(torch.isnan(x), x, _t26 + (_t31 - 2.0*_t36)*torch.exp(2.0*w3))
     return (_d2_x_x, _d2_x_w0, _d2_x_w1, _d2_x_w2, _d2_x_w3, _d2_w0_w0, _d2_w0_w1, _d2_w0_w2, _d2_w0_w3, _d2_w1_w1, _d2_w1_w2, _d2_w1_w3, _d2_w2_w2, _d2_w2_w3, _d2_w3_w3,)
 
 
@@ -224,20 +210,17 @@ if _rt.HAS_TRITON:
             _t8 = x > 0.0
             _t9 = -(2.0*tl.abs(x))
             _t10 = tl.where(_t8, x, 0.0)
-            _t11 = _t2*x
+            _t11 = 1.0/(_t4*_t4)
             _t12 = libdevice.tanh(x)
-            _t13 = _t0*_t10 + _t1*_t12 + _t11 + _t7
-            _t14 = 1.0/(_t4*_t4)
-            _t15 = _t0*_t14
-            _t16 = _probe_at_inf(x)
-            _t17 = tl.where(_t16 > 0.0, _t16, 0.0)
-            _t18 = _t0*_t17 + _t1*libdevice.tanh(_t16) + _t16*_t2 + _t3*_sigmoid(_t16)
-            _t19 = _t13*_t14
+            _t13 = _t11*(_t0*_t10 + _t1*_t12 + _t2*x + _t7)
+            _t14 = _probe_at_inf(x)
+            _t15 = tl.where(_t14 > 0.0, _t14, 0.0)
+            _t16 = _t11*(_t0*_t15 + _t1*libdevice.tanh(_t14) + _t14*_t2 + _t3*_sigmoid(_t14))
             _d_x = tl.where(x != x, x, _t5*(_t0*tl.where(_t8, 1.0, 0.0) + _t2 + _t7*_sigmoid(-x) + 4.0*libdevice.exp(_t9 + w1)/libdevice.pow(libdevice.exp(_t9) + 1.0, 2.0)))
-            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*_t10*_t5 - _t13*_t15, _t0*_t17*_t5 - _t15*_t18, x))
-            _d_w1 = tl.where(x != x, x, _t1*_t12*_t5 - _t1*_t19)
-            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t11*_t5 - _t19*_t2, -(_t14*_t18*_t2) + _t16*_t2*_t5, x))
-            _d_w3 = tl.where(x != x, x, -(_t19*_t3) + _t3*_t5*_t6)
+            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*(_t10*_t5 - _t13), _t0*(_t15*_t5 - _t16), x))
+            _d_w1 = tl.where(x != x, x, _t1*(_t12*_t5 - _t13))
+            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*(-_t13 + _t5*x), _t2*(_t14*_t5 - _t16), x))
+            _d_w3 = tl.where(x != x, x, _t3*(-_t13 + _t5*_t6))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_w0 += _tile_sum(_g * _d_w0, _mask, CH_AXIS)

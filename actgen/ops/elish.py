@@ -7,7 +7,7 @@ Formula, as written:
 
 Derived (after stability rewrites):
     f     = Piecewise((x*sigmoid(x), x > 0), (expm1(x)*sigmoid(x), True))
-    df/dx = Piecewise((x*sigmoid(-x)*sigmoid(x) + sigmoid(x), x > 0), (exp(x)*sigmoid(x) + expm1(x)*sigmoid(-x)*sigmoid(x), True))
+    df/dx = Piecewise(((x*sigmoid(-x) + 1)*sigmoid(x), x > 0), ((exp(x) + expm1(x)*sigmoid(-x))*sigmoid(x), True))
 """
 import math
 
@@ -32,8 +32,8 @@ def _forward_torch(x):
 def _derivatives_torch(x):
     """df/dx."""
     _t0 = torch.sigmoid(x)
-    _t1 = _t0*torch.sigmoid(-x)
-    _d_x = torch.where(torch.isnan(x), x, torch.where(x == math.inf, 1.0, torch.where(x > 0.0, _t0 + _t1*x, _t0*torch.exp(x) + _t1*torch.expm1(x))))
+    _t1 = torch.sigmoid(-x)
+    _d_x = torch.where(torch.isnan(x), x, torch.where(x == math.inf, 1.0, torch.where(x > 0.0, _t0*(_t1*x + 1.0), _t0*(_t1*torch.expm1(x) + torch.exp(x)))))
     return (_d_x,)
 
 
@@ -47,8 +47,8 @@ def _forward_torch_fast(x):
 def _derivatives_torch_fast(x):
     """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = torch.sigmoid(x)
-    _t1 = _t0*torch.sigmoid(-x)
-    _d_x = _rt.select(_rt.gt(x, 0.0), _t0 + _t1*x, _t0*torch.exp(x) + _t1*torch.expm1(x))
+    _t1 = torch.sigmoid(-x)
+    _d_x = _rt.select(_rt.gt(x, 0.0), _t0*(_t1*x + 1.0), _t0*(_t1*torch.expm1(x) + torch.exp(x)))
     return _rt.finite_or_none((_d_x,))
 
 
@@ -56,13 +56,12 @@ def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.sigmoid(x)
     _t1 = torch.sigmoid(-x)
-    _t2 = _t0*_t1
+    _t2 = _t1*x
     _t3 = x > 0.0
-    _t4 = _t0*torch.exp(x)
-    _t5 = torch.expm1(x)
-    _t6 = _t0*_t1*_t1
-    _t7 = _t0*_t0*_t1
-    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t3, 2.0*_t2 + _t6*x - _t7*x, 2.0*_t1*_t4 + _t4 + _t5*_t6 - _t5*_t7))
+    _t4 = torch.exp(x)
+    _t5 = _t1*torch.expm1(x)
+    _t6 = _t4 + _t5
+    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t3, _t0*_t1*(-(_t0*x) + _t2 + 2.0), _t0*(-(_t0*_t5) + _t1*_t4 + _t1*_t6 + _t4)))
     return (_d2_x_x,)
 
 
@@ -94,8 +93,8 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = _sigmoid(x)
-        _t1 = _t0*_sigmoid(-x)
-        _d_x = tl.where(x != x, x, tl.where(x == float("inf"), 1.0, tl.where(x > 0.0, _t0 + _t1*x, _t0*libdevice.exp(x) + _t1*libdevice.expm1(x))))
+        _t1 = _sigmoid(-x)
+        _d_x = tl.where(x != x, x, tl.where(x == float("inf"), 1.0, tl.where(x > 0.0, _t0*(_t1*x + 1.0), _t0*(_t1*libdevice.expm1(x) + libdevice.exp(x)))))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 

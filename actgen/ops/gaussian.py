@@ -42,8 +42,7 @@ def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = x*x
     _t1 = torch.exp(-_t0)
-    _t2 = 2.0*_t1
-    _d2_x_x = 4.0*_t0*_t1 - _t2
+    _d2_x_x = _t1*(4.0*_t0 - 2.0)
     return (_d2_x_x,)
 
 

@@ -7,7 +7,7 @@ Formula, as written:
 
 Derived (after stability rewrites):
     f     = 0.5*a*b*erfc(-sqrt(2)*a/2)
-    df/da = 0.5*sqrt(2)*a*b*exp(-a**2/2)/sqrt(pi) + 0.5*b*erfc(-sqrt(2)*a/2)
+    df/da = b*(0.5*sqrt(2)*a*exp(-a**2/2)/sqrt(pi) + 0.5*erfc(-sqrt(2)*a/2))
     df/db = 0.5*a*erfc(-sqrt(2)*a/2)
     
     df/da: a is clamped where a <= -64 or a >= 16 (there df/da no longer changes with a, to double precision).
@@ -65,11 +65,9 @@ def _second_derivatives_torch(a, b):
     _t3 = 0.5641895835477563
     _t4 = a*a
     _t5 = torch.exp(-(_t4/2.0))
-    _t6 = _t3*_t5
-    _t7 = _t6*b
-    _t8 = 0.5*_t1
-    _d2_a_a = 1.0*_t0*_t3*_t5*b - 0.5*_t0*_t4*_t7
-    _d2_a_b = _t2 + _t6*_t8
+    _t6 = 0.5*_t1*_t3*_t5 + _t2
+    _d2_a_a = _t5*b*(-(0.5*_t0*_t3*_t4) + 1.0*_t0*_t3)
+    _d2_a_b = _t6
     _d2_b_b = 0.0
     return (_d2_a_a, _d2_a_b, _d2_b_b,)
 

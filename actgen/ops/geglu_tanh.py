@@ -7,7 +7,7 @@ Formula, as written:
 
 Derived (after stability rewrites):
     f     = 1.0*a*b*sigmoid(2*sqrt(2)*(0.044715*a**3 + a)/sqrt(pi))
-    df/da = 2.0*sqrt(2)*a*b*(0.134145*a**2 + 1)*sigmoid(-2*sqrt(2)*(0.044715*a**3 + a)/sqrt(pi))*sigmoid(2*sqrt(2)*(0.044715*a**3 + a)/sqrt(pi))/sqrt(pi) + 1.0*b*sigmoid(2*sqrt(2)*(0.044715*a**3 + a)/sqrt(pi))
+    df/da = b*(2.0*sqrt(2)*a*(0.134145*a**2 + 1)*sigmoid(-2*sqrt(2)*(0.044715*a**3 + a)/sqrt(pi))/sqrt(pi) + 1.0)*sigmoid(2*sqrt(2)*(0.044715*a**3 + a)/sqrt(pi))
     df/db = 1.0*a*sigmoid(2*sqrt(2)*(0.044715*a**3 + a)/sqrt(pi))
     
     f: a is clamped where a <= -32 (there f no longer changes with a, to double precision).
@@ -50,19 +50,18 @@ def _derivatives_torch(a, b):
 def _second_derivatives_torch(a, b):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = 0.7978845608028654
-    _t1 = 2.0*_t0*(0.044715*a*a*a + a)
-    _t2 = torch.sigmoid(_t1)
-    _t3 = 1.0*_t2
-    _t4 = a*a
-    _t5 = 0.134145*_t4 + 1.0
-    _t6 = torch.sigmoid(-_t1)
-    _t7 = _t2*b
-    _t8 = _t0*_t6*_t7
-    _t9 = _t5*_t8
-    _t10 = 2.0*a
-    _t11 = 8.0*_t5*_t5*a/3.141592653589793
-    _d2_a_a = -(_t11*_t2*_t2*_t6*b) + _t11*_t6*_t6*_t7 + 0.53658*_t4*_t8 + 4.0*_t9
-    _d2_a_b = _t0*_t10*_t2*_t5*_t6 + _t3
+    _t1 = 2.0*_t0
+    _t2 = _t1*(0.044715*a*a*a + a)
+    _t3 = torch.sigmoid(_t2)
+    _t4 = torch.sigmoid(-_t2)
+    _t5 = a*a
+    _t6 = 0.134145*_t5 + 1.0
+    _t7 = 2.0*_t0*_t6
+    _t8 = _t4*_t7*a + 1.0
+    _t9 = _t3*_t8
+    _t10 = _t3*a
+    _d2_a_a = _t3*_t4*b*(0.53658*_t0*_t5 + _t1*_t6*_t8 - 8.0*_t10*_t6*_t6/3.141592653589793 + _t7)
+    _d2_a_b = _t9
     _d2_b_b = 0.0
     return (_d2_a_a, _d2_a_b, _d2_b_b,)
 

@@ -48,11 +48,10 @@ def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = 1.4142135623730951
     _t1 = _t0*x
-    _t2 = 0.5641895835477563
-    _t3 = x*x
-    _t4 = torch.exp(-(_t3/2.0))
-    _t5 = _t2*_t4
-    _d2_x_x = 1.0*_t0*_t2*_t4 - 0.5*_t0*_t3*_t5
+    _t2 = x*x
+    _t3 = torch.exp(-(_t2/2.0))
+    _t4 = 0.5641895835477563
+    _d2_x_x = _t3*(-(0.5*_t0*_t2*_t4) + 1.0*_t0*_t4)
     return (_d2_x_x,)
 
 

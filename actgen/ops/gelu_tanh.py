@@ -7,7 +7,7 @@ Formula, as written:
 
 Derived (after stability rewrites):
     f     = 1.0*x*sigmoid(2*sqrt(2)*(0.044715*x**3 + x)/sqrt(pi))
-    df/dx = 2.0*sqrt(2)*x*(0.134145*x**2 + 1)*sigmoid(-2*sqrt(2)*(0.044715*x**3 + x)/sqrt(pi))*sigmoid(2*sqrt(2)*(0.044715*x**3 + x)/sqrt(pi))/sqrt(pi) + 1.0*sigmoid(2*sqrt(2)*(0.044715*x**3 + x)/sqrt(pi))
+    df/dx = (2.0*sqrt(2)*x*(0.134145*x**2 + 1)*sigmoid(-2*sqrt(2)*(0.044715*x**3 + x)/sqrt(pi))/sqrt(pi) + 1.0)*sigmoid(2*sqrt(2)*(0.044715*x**3 + x)/sqrt(pi))
     
     f: x is clamped where x <= -32 (there f no longer changes with x, to double precision).
     df/dx: x is clamped where x <= -32 or x >= 8 (there df/dx no longer changes with x, to double precision).
@@ -37,23 +37,22 @@ def _derivatives_torch(x):
     _t0 = _rt.clamp(x, -32.0, 8.0)
     _t1 = 0.7978845608028654
     _t2 = 2.0*_t1*(0.044715*_t0*_t0*_t0 + _t0)
-    _t3 = torch.sigmoid(_t2)
-    _d_x = 2.0*_t0*_t1*_t3*(0.134145*_t0*_t0 + 1.0)*torch.sigmoid(-_t2) + 1.0*_t3
+    _d_x = (2.0*_t0*_t1*(0.134145*_t0*_t0 + 1.0)*torch.sigmoid(-_t2) + 1.0)*torch.sigmoid(_t2)
     return (_d_x,)
 
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = 0.7978845608028654
-    _t1 = 2.0*_t0*(0.044715*x*x*x + x)
-    _t2 = torch.sigmoid(_t1)
-    _t3 = x*x
-    _t4 = 0.134145*_t3 + 1.0
-    _t5 = torch.sigmoid(-_t1)
-    _t6 = _t0*_t2*_t5
-    _t7 = _t4*_t6
-    _t8 = 8.0*_t4*_t4*x/3.141592653589793
-    _d2_x_x = -(_t2*_t2*_t5*_t8) + _t2*_t5*_t5*_t8 + 0.53658*_t3*_t6 + 4.0*_t7
+    _t1 = 2.0*_t0
+    _t2 = _t1*(0.044715*x*x*x + x)
+    _t3 = torch.sigmoid(_t2)
+    _t4 = torch.sigmoid(-_t2)
+    _t5 = x*x
+    _t6 = 0.134145*_t5 + 1.0
+    _t7 = 2.0*_t0*_t6
+    _t8 = _t4*_t7*x + 1.0
+    _d2_x_x = _t3*_t4*(0.53658*_t0*_t5 + _t1*_t6*_t8 - 8.0*_t3*_t6*_t6*x/3.141592653589793 + _t7)
     return (_d2_x_x,)
 
 
@@ -87,8 +86,7 @@ if _rt.HAS_TRITON:
         _t0 = tl.clamp(x, -32.0, 8.0, propagate_nan=tl.PropagateNan.ALL)
         _t1 = 0.7978845608028654
         _t2 = 2.0*_t1*(0.044715*_t0*_t0*_t0 + _t0)
-        _t3 = _sigmoid(_t2)
-        _d_x = 2.0*_t0*_t1*_t3*(0.134145*_t0*_t0 + 1.0)*_sigmoid(-_t2) + 1.0*_t3
+        _d_x = (2.0*_t0*_t1*(0.134145*_t0*_t0 + 1.0)*_sigmoid(-_t2) + 1.0)*_sigmoid(_t2)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 

@@ -52,9 +52,11 @@ def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = -x
     _t1 = torch.exp(_t0)
-    _t2 = torch.exp(-_t1 - x)
-    _t3 = _t2*x
-    _d2_x_x = 2.0*_t2 + _t3*torch.expm1(_t0)
+    _t2 = _t1 + x
+    _t3 = torch.exp(-_t2)
+    _t4 = _t3*x
+    _t5 = torch.exp(_t2)
+    _d2_x_x = _t3*(2.0*_t3*_t5 + _t4*_t5*torch.expm1(_t0))
     return (_d2_x_x,)
 
 

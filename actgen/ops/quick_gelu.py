@@ -7,7 +7,7 @@ Formula, as written:
 
 Derived (after stability rewrites):
     f     = x*sigmoid(1.702*x)
-    df/dx = 1.702*x*sigmoid(-1.702*x)*sigmoid(1.702*x) + sigmoid(1.702*x)
+    df/dx = (1.702*x*sigmoid(-1.702*x) + 1)*sigmoid(1.702*x)
     
     f: x is clamped where x <= -512 (there f no longer changes with x, to double precision).
     df/dx: x is clamped where x <= -512 or x >= 32 (there df/dx no longer changes with x, to double precision).
@@ -35,8 +35,7 @@ def _forward_torch(x):
 def _derivatives_torch(x):
     """df/dx."""
     _t0 = 1.702*_rt.clamp(x, -512.0, 32.0)
-    _t1 = torch.sigmoid(_t0)
-    _d_x = _t0*_t1*torch.sigmoid(-_t0) + _t1
+    _d_x = (_t0*torch.sigmoid(-_t0) + 1.0)*torch.sigmoid(_t0)
     return (_d_x,)
 
 
@@ -45,9 +44,8 @@ def _second_derivatives_torch(x):
     _t0 = 1.702*x
     _t1 = torch.sigmoid(_t0)
     _t2 = torch.sigmoid(-_t0)
-    _t3 = _t1*_t2
-    _t4 = 2.896804*x
-    _d2_x_x = -(_t1*_t1*_t2*_t4) + _t1*_t2*_t2*_t4 + 3.404*_t3
+    _t3 = 2.896804*x
+    _d2_x_x = _t1*_t2*(-(_t1*_t3) + _t2*_t3 + 3.404)
     return (_d2_x_x,)
 
 
@@ -79,8 +77,7 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = 1.702*tl.clamp(x, -512.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
-        _t1 = _sigmoid(_t0)
-        _d_x = _t0*_t1*_sigmoid(-_t0) + _t1
+        _d_x = (_t0*_sigmoid(-_t0) + 1.0)*_sigmoid(_t0)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 

@@ -7,7 +7,7 @@ Formula, as written:
 
 Derived (after stability rewrites):
     f     = x*sigmoid(x)
-    df/dx = x*sigmoid(-x)*sigmoid(x) + sigmoid(x)
+    df/dx = (x*sigmoid(-x) + 1)*sigmoid(x)
 """
 import math
 
@@ -30,8 +30,7 @@ def _forward_torch(x):
 
 def _derivatives_torch(x):
     """df/dx."""
-    _t0 = torch.sigmoid(x)
-    _d_x = torch.where(x == math.inf, 1.0, torch.where(x == -math.inf, 0.0, _t0*x*torch.sigmoid(-x) + _t0))
+    _d_x = torch.where(x == math.inf, 1.0, torch.where(x == -math.inf, 0.0, (x*torch.sigmoid(-x) + 1.0)*torch.sigmoid(x)))
     return (_d_x,)
 
 
@@ -43,8 +42,7 @@ def _forward_torch_fast(x):
 
 def _derivatives_torch_fast(x):
     """df/dx for finite inputs (CPU): no NaN/inf guards."""
-    _t0 = torch.sigmoid(x)
-    _d_x = _t0*x*torch.sigmoid(-x) + _t0
+    _d_x = (x*torch.sigmoid(-x) + 1.0)*torch.sigmoid(x)
     return (_d_x,)
 
 
@@ -52,8 +50,8 @@ def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.sigmoid(x)
     _t1 = torch.sigmoid(-x)
-    _t2 = _t0*_t1
-    _d2_x_x = -(_t0*_t0*_t1*x) + _t0*_t1*_t1*x + 2.0*_t2
+    _t2 = _t1*x
+    _d2_x_x = _t0*_t1*(-(_t0*x) + _t2 + 2.0)
     return (_d2_x_x,)
 
 
@@ -83,8 +81,7 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = _sigmoid(x)
-        _d_x = tl.where(x == float("inf"), 1.0, tl.where(x == -float("inf"), 0.0, _t0*x*_sigmoid(-x) + _t0))
+        _d_x = tl.where(x == float("inf"), 1.0, tl.where(x == -float("inf"), 0.0, (x*_sigmoid(-x) + 1.0)*_sigmoid(x)))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 

@@ -70,10 +70,10 @@ def _second_derivatives_torch(x, b):
     _t4 = _t3*x
     _t5 = _t4 - 1.0
     _t6 = _t2 - x
-    _t7 = b/(2.0*_t6*_t6)
+    _t7 = 1.0/(2.0*_t6*_t6)
     _t8 = x < 0.0
     _t9 = _t0/_t1**1.5
-    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t8, _t5/_t6*_t5/_t6*b/_t6 - _t7*(_t3 - _t9), _t3/2.0 - _t9/2.0))
+    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t8, b*(_t5/_t6*_t5/_t6/_t6 - _t7*(_t3 - _t9)), _t3/2.0 - _t9/2.0))
     return (_d2_x_x,)
 
 

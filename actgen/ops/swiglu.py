@@ -7,7 +7,7 @@ Formula, as written:
 
 Derived (after stability rewrites):
     f     = a*b*sigmoid(a)
-    df/da = a*b*sigmoid(-a)*sigmoid(a) + b*sigmoid(a)
+    df/da = b*(a*sigmoid(-a) + 1)*sigmoid(a)
     df/db = a*sigmoid(a)
 """
 import math
@@ -54,12 +54,12 @@ def _derivatives_torch_fast(a, b):
 def _second_derivatives_torch(a, b):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.sigmoid(a)
-    _t1 = _t0*b
-    _t2 = torch.sigmoid(-a)
-    _t3 = _t1*_t2
+    _t1 = torch.sigmoid(-a)
+    _t2 = _t1*a
+    _t3 = _t0*(_t2 + 1.0)
     _t4 = _t0*a
-    _d2_a_a = -(_t0*_t0*_t2*a*b) + _t1*_t2*_t2*a + 2.0*_t3
-    _d2_a_b = _t0 + _t2*_t4
+    _d2_a_a = _t0*_t1*b*(_t2 - _t4 + 2.0)
+    _d2_a_b = _t3
     _d2_b_b = 0.0
     return (_d2_a_a, _d2_a_b, _d2_b_b,)
 

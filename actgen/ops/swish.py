@@ -9,7 +9,7 @@ Params: beta (init 1.0)
 
 Derived (after stability rewrites):
     f        = x*sigmoid(beta*x)
-    df/dx    = beta*x*sigmoid(-beta*x)*sigmoid(beta*x) + sigmoid(beta*x)
+    df/dx    = (beta*x*sigmoid(-beta*x) + 1)*sigmoid(beta*x)
     df/dbeta = x**2*sigmoid(-beta*x)*sigmoid(beta*x)
 """
 import math
@@ -36,13 +36,13 @@ def _derivatives_torch(x, beta):
     """df/dx, df/dbeta."""
     _t0 = beta*x
     _t1 = torch.sigmoid(_t0)
-    _t2 = _t1*torch.sigmoid(-_t0)
+    _t2 = torch.sigmoid(-_t0)
     _t3 = _rt.probe_at_inf(x)
     _t4 = _t3*beta
     _t5 = torch.sigmoid(_t4)
-    _t6 = _t5*torch.sigmoid(-_t4)
-    _d_x = _rt.limit_at_inf(_t0*_t2 + _t1, _t4*_t6 + _t5, x)
-    _d_beta = _rt.limit_at_inf(_t2*x*x, _t3*_t3*_t6, x)
+    _t6 = torch.sigmoid(-_t4)
+    _d_x = _rt.limit_at_inf(_t1*(_t0*_t2 + 1.0), _t5*(_t4*_t6 + 1.0), x)
+    _d_beta = _rt.limit_at_inf(_t1*_t2*x*x, _t3*_t3*_t5*_t6, x)
     return (_d_x, _d_beta,)
 
 
@@ -56,9 +56,9 @@ def _derivatives_torch_fast(x, beta):
     """df/dx, df/dbeta for finite inputs (CPU): no NaN/inf guards."""
     _t0 = beta*x
     _t1 = torch.sigmoid(_t0)
-    _t2 = _t1*torch.sigmoid(-_t0)
-    _d_x = _t0*_t2 + _t1
-    _d_beta = _t2*x*x
+    _t2 = torch.sigmoid(-_t0)
+    _d_x = _t1*(_t0*_t2 + 1.0)
+    _d_beta = _t1*_t2*x*x
     return (_d_x, _d_beta,)
 
 
@@ -67,17 +67,12 @@ def _second_derivatives_torch(x, beta):
     _t0 = beta*x
     _t1 = torch.sigmoid(_t0)
     _t2 = torch.sigmoid(-_t0)
-    _t3 = _t1*_t2
+    _t3 = _t0*_t2 + 1.0
     _t4 = x*x
-    _t5 = 2.0*_t3
-    _t6 = _t1*_t2*_t2
-    _t7 = beta*beta*x
-    _t8 = _t1*_t1*_t2
-    _t9 = _t4*beta
-    _t10 = x*x*x
-    _d2_x_x = _t5*beta + _t6*_t7 - _t7*_t8
-    _d2_x_beta = _t5*x + _t6*_t9 - _t8*_t9
-    _d2_beta_beta = _t10*_t6 - _t10*_t8
+    _t5 = _t1*_t2
+    _d2_x_x = _t5*(-(_t1*beta*beta*x) + _t3*beta + beta)
+    _d2_x_beta = _t5*(-(_t1*_t4*beta) + _t3*x + x)
+    _d2_beta_beta = x*x*x*(-(_t1*_t1*_t2) + _t1*_t2*_t2)
     return (_d2_x_x, _d2_x_beta, _d2_beta_beta,)
 
 
@@ -114,13 +109,13 @@ if _rt.HAS_TRITON:
             beta = tl.load(beta_ptr).to(ACC)
             _t0 = beta*x
             _t1 = _sigmoid(_t0)
-            _t2 = _t1*_sigmoid(-_t0)
+            _t2 = _sigmoid(-_t0)
             _t3 = _probe_at_inf(x)
             _t4 = _t3*beta
             _t5 = _sigmoid(_t4)
-            _t6 = _t5*_sigmoid(-_t4)
-            _d_x = _limit_at_inf(_t0*_t2 + _t1, _t4*_t6 + _t5, x)
-            _d_beta = _limit_at_inf(_t2*x*x, _t3*_t3*_t6, x)
+            _t6 = _sigmoid(-_t4)
+            _d_x = _limit_at_inf(_t1*(_t0*_t2 + 1.0), _t5*(_t4*_t6 + 1.0), x)
+            _d_beta = _limit_at_inf(_t1*_t2*x*x, _t3*_t3*_t5*_t6, x)
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_beta += _tile_sum(_g * _d_beta, _mask, CH_AXIS)
