@@ -414,7 +414,7 @@ KNOWN_MISSES = {
     # derivative formulas that add terms of opposite sign where f' is small but not ill-conditioned
     **{(name, "df"): "for x < 0 the derivative (product rule: f' = g + x g') adds terms of opposite sign, which "
                      "cancel where f' turns: up to a few ULP more than the conditioning of f' accounts for"
-       for name in ("mish", "well_documented", "smish", "serf", "tanh_exp", "golu", "gelu")},
+       for name in ("mish", "well_documented", "smish", "serf", "tanh_exp", "golu")},
 }
 KNOWN_MISSES[("pau", "df")] = (
     "the quotient rule P'/Q - P Q'/Q^2 cancels for large |x|, where f' tends to a5/|b4| (at +-inf, where "

@@ -29,6 +29,8 @@ Everything here is pure sympy; printers turn the IR into Triton or torch source.
   saturate); sqrt(k u**2 + c) becomes hypot (hypot_form) and polynomials in an input Horner
   form (horner_form).  The printers pair the varying factors of a product above and below
   the line (actgen.printers.base).
+* Numbers: the numbers of each product become one coefficient (fold_constants:
+  0.5*sqrt(2)/sqrt(pi) -> 0.3989...), so a kernel rounds once where it would round at each.
 * Fast variants: the same values without the guards, for the eager fallback's CPU path
   when every input is finite (the guards only act on NaN and +-inf inputs); none where a
   condition depends on a branch choice (the fast path's selects are checked through the
@@ -406,6 +408,24 @@ def hypot_form(expr: sympy.Expr) -> sympy.Expr:
         return isinstance(e, sympy.Pow) and e.exp.is_Rational and e.exp.q == 2 and isinstance(e.base, sympy.Add)
 
     return expr.replace(is_root, lambda e: _hypot_of(e) or e)
+
+
+def _fold(e: sympy.Mul) -> sympy.Expr:
+    numbers = [a for a in e.args if a.is_number]
+    rest = [a for a in e.args if not a.is_number]
+    return sympy.Float(sympy.Mul(*numbers).evalf(30), 30) * sympy.Mul(*rest)
+
+
+def fold_constants(expr: sympy.Expr) -> sympy.Expr:
+    """The numbers of each product as one coefficient: 0.5*sqrt(2)*x*exp(-x**2/2)/sqrt(pi) ->
+    0.3989...*x*exp(-x**2/2), one rounding of x instead of three."""
+    def foldable(e):
+        if not e.is_Mul or e.is_number:
+            return False
+        numbers = [a for a in e.args if a.is_number]
+        return len(numbers) > 1 or (len(numbers) == 1 and not numbers[0].is_Float and not numbers[0].is_Integer)
+
+    return expr.replace(foldable, _fold)
 
 
 def horner_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
@@ -1062,7 +1082,7 @@ def derive(spec: Spec) -> Derivation:
     samples |= {r: sympy.Float(0.5) for r in draws}
 
     def guarded(e):
-        return horner_form(hypot_form(nan_guard(limit_guards(e, inputs, samples), inputs)), inputs)
+        return fold_constants(horner_form(hypot_form(nan_guard(limit_guards(e, inputs, samples), inputs)), inputs))
 
     forward_outputs = [("y", guarded(expr))]
     backward_outputs = [(f"d_{n}", guarded(e)) for n, e in first]

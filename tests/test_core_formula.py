@@ -157,3 +157,16 @@ def test_common_factors_of_a_sum_are_taken_out():
     # the silu derivative the compiler derives has that form, and it is still silu'
     (_, dx), = derive(load_spec("name: t\nformula: x * sigmoid(x)\n")).first
     assert dx == s * (1 + X * sigmoid(-X))
+
+
+def test_numbers_of_a_product_are_one_coefficient():
+    """0.5*sqrt(2)*x*exp(-x**2/2)/sqrt(pi) is computed as 0.39894...*x*exp(...): one rounding
+    of the coefficient instead of three multiplications and a division in float32."""
+    from actgen.derive import fold_constants
+    e = sympy.S.Half * sympy.sqrt(2) * X * sympy.exp(-X**2 / 2) / sympy.sqrt(sympy.pi)
+    folded = fold_constants(e)
+    coeff, rest = folded.as_coeff_Mul()
+    assert coeff.is_Float and not rest.has(sympy.pi) and not any(a.is_number for a in rest.args)
+    assert float(coeff) == pytest.approx(1 / math.sqrt(2 * math.pi), rel=1e-15)
+    assert float(folded.subs(X, 0.7)) == pytest.approx(float(e.subs(X, 0.7)), rel=1e-14)
+    assert fold_constants(3 * X + 1) == 3 * X + 1          # an integer coefficient stays

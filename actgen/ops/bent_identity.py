@@ -26,7 +26,7 @@ SPEC_SHA256 = 'e6b53d6e2a66289542b0f2e4c0672f2cf54a06e25723d99658e1a15db5489178'
 
 def _forward_torch(x):
     """f, elementwise; params broadcast against the input."""
-    _y = torch.where(x == math.inf, math.inf, torch.where(x == -math.inf, -math.inf, x/(_rt.hypot(x, 1.0) + 1.0)*x/2.0 + x))
+    _y = torch.where(x == math.inf, math.inf, torch.where(x == -math.inf, -math.inf, x/(_rt.hypot(x, 1.0) + 1.0)*x*0.5 + x))
     return _y
 
 
@@ -35,13 +35,13 @@ def _derivatives_torch(x):
     _t0 = _rt.clamp(x, -67108864.0, 33554432.0)
     _t1 = _rt.hypot(_t0, 1.0)
     _t2 = _t1 + 1.0
-    _d_x = -(_t0/_t1*_t0/_t2*_t0/_t2/2.0) + _t0/_t2 + 1.0
+    _d_x = -(_t0/_t1*_t0/_t2*_t0/_t2*0.5) + _t0/_t2 + 1.0
     return (_d_x,)
 
 
 def _forward_torch_fast(x):
     """f for finite inputs (CPU): no NaN/inf guards."""
-    _y = x/(_rt.hypot(x, 1.0) + 1.0)*x/2.0 + x
+    _y = x/(_rt.hypot(x, 1.0) + 1.0)*x*0.5 + x
     return _y
 
 
@@ -74,7 +74,7 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = tl.where(x == float("inf"), float("inf"), tl.where(x == -float("inf"), -float("inf"), x/(libdevice.hypot(x, 1.0) + 1.0)*x/2.0 + x))
+        _y = tl.where(x == float("inf"), float("inf"), tl.where(x == -float("inf"), -float("inf"), x/(libdevice.hypot(x, 1.0) + 1.0)*x*0.5 + x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
         _t0 = tl.clamp(x, -67108864.0, 33554432.0, propagate_nan=tl.PropagateNan.ALL)
         _t1 = libdevice.hypot(_t0, 1.0)
         _t2 = _t1 + 1.0
-        _d_x = -(_t0/_t1*_t0/_t2*_t0/_t2/2.0) + _t0/_t2 + 1.0
+        _d_x = -(_t0/_t1*_t0/_t2*_t0/_t2*0.5) + _t0/_t2 + 1.0
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 

@@ -27,33 +27,29 @@ SPEC_SHA256 = '3af5db6dfa9ee3fd6597912870e7d1a9c0508ad64e0503b3758af36cb0fcf4c5'
 
 def _forward_torch(a, b):
     """f, elementwise; params broadcast against the input."""
-    _y = 0.5*b*torch.where(a == -math.inf, 0.0, a*torch.erfc(-(1.4142135623730951*a/2.0)))
+    _y = 0.5*b*torch.where(a == -math.inf, 0.0, a*torch.erfc(-(0.7071067811865476*a)))
     return _y
 
 
 def _derivatives_torch(a, b):
     """df/da, df/db."""
     _t0 = _rt.clamp(a, -64.0, 16.0)
-    _t1 = 1.4142135623730951
-    _t2 = _t1/2.0
-    _d_a = 0.5*b*(_t0*_t1*torch.exp(-(_t0*_t0/2.0))/1.772453850905516 + torch.erfc(-(_t0*_t2)))
-    _d_b = torch.where(a == -math.inf, 0.0, 0.5*a*torch.erfc(-(_t2*a)))
+    _d_a = 0.5*b*(0.7978845608028654*_t0*torch.exp(-(0.5*_t0*_t0)) + torch.erfc(-(0.7071067811865476*_t0)))
+    _d_b = torch.where(a == -math.inf, 0.0, 0.5*a*torch.erfc(-(0.7071067811865476*a)))
     return (_d_a, _d_b,)
 
 
 def _forward_torch_fast(a, b):
     """f for finite inputs (CPU): no NaN/inf guards."""
-    _y = 0.5*a*b*torch.erfc(-(1.4142135623730951*a/2.0))
+    _y = 0.5*a*b*torch.erfc(-(0.7071067811865476*a))
     return _y
 
 
 def _derivatives_torch_fast(a, b):
     """df/da, df/db for finite inputs (CPU): no NaN/inf guards."""
     _t0 = _rt.clamp(a, -64.0, 16.0)
-    _t1 = 1.4142135623730951
-    _t2 = _t1/2.0
-    _d_a = 0.5*b*(_t0*_t1*torch.exp(-(_t0*_t0/2.0))/1.772453850905516 + torch.erfc(-(_t0*_t2)))
-    _d_b = 0.5*a*torch.erfc(-(_t2*a))
+    _d_a = 0.5*b*(0.7978845608028654*_t0*torch.exp(-(0.5*_t0*_t0)) + torch.erfc(-(0.7071067811865476*_t0)))
+    _d_b = 0.5*a*torch.erfc(-(0.7071067811865476*a))
     return (_d_a, _d_b,)
 
 
@@ -87,7 +83,7 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = 0.5*b*tl.where(a == -float("inf"), 0.0, a*libdevice.erfc(-(1.4142135623730951*a/2.0)))
+        _y = 0.5*b*tl.where(a == -float("inf"), 0.0, a*libdevice.erfc(-(0.7071067811865476*a)))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -101,10 +97,8 @@ if _rt.HAS_TRITON:
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = tl.clamp(a, -64.0, 16.0, propagate_nan=tl.PropagateNan.ALL)
-        _t1 = 1.4142135623730951
-        _t2 = _t1/2.0
-        _d_a = 0.5*b*(_t0*_t1*libdevice.exp(-(_t0*_t0/2.0))/1.772453850905516 + libdevice.erfc(-(_t0*_t2)))
-        _d_b = tl.where(a == -float("inf"), 0.0, 0.5*a*libdevice.erfc(-(_t2*a)))
+        _d_a = 0.5*b*(0.7978845608028654*_t0*libdevice.exp(-(0.5*_t0*_t0)) + libdevice.erfc(-(0.7071067811865476*_t0)))
+        _d_b = tl.where(a == -float("inf"), 0.0, 0.5*a*libdevice.erfc(-(0.7071067811865476*a)))
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
 

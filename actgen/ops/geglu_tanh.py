@@ -30,7 +30,7 @@ SPEC_SHA256 = 'a5b49c52498184eb2c37fa23992bf0431ecebf07f06d61fdf82ec94d15c98f7e'
 def _forward_torch(a, b):
     """f, elementwise; params broadcast against the input."""
     _t0 = _rt.clamp(a, -32.0, None)
-    _y = 1.0*_t0*b*torch.sigmoid(2.0*1.4142135623730951*_t0*(0.044715*_t0*_t0 + 1.0)/1.772453850905516)
+    _y = 1.0*_t0*b*torch.sigmoid(1.5957691216057308*_t0*(0.044715*_t0*_t0 + 1.0))
     return _y
 
 
@@ -38,12 +38,11 @@ def _derivatives_torch(a, b):
     """df/da, df/db."""
     _t0 = _rt.clamp(a, -32.0, 8.0)
     _t1 = _t0*_t0
-    _t2 = 0.7978845608028654
-    _t3 = 2.0*_t2
-    _t4 = _t0*_t3*(0.044715*_t1 + 1.0)
-    _t5 = _rt.clamp(a, -32.0, None)
-    _d_a = b*(2.0*_t0*_t2*(0.134145*_t1 + 1.0)*torch.sigmoid(-_t4) + 1.0)*torch.sigmoid(_t4)
-    _d_b = 1.0*_t5*torch.sigmoid(_t3*(0.044715*_t5*_t5*_t5 + _t5))
+    _t2 = 1.5957691216057308*_t0
+    _t3 = _t2*(0.044715*_t1 + 1.0)
+    _t4 = _rt.clamp(a, -32.0, None)
+    _d_a = b*(_t2*(0.134145*_t1 + 1.0)*torch.sigmoid(-_t3) + 1.0)*torch.sigmoid(_t3)
+    _d_b = 1.0*_t4*torch.sigmoid(0.07135481627260025*_t4*_t4*_t4 + 1.5957691216057308*_t4)
     return (_d_a, _d_b,)
 
 
@@ -82,7 +81,7 @@ if _rt.HAS_TRITON:
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = tl.maximum(a, -32.0, propagate_nan=tl.PropagateNan.ALL)
-        _y = 1.0*_t0*b*_sigmoid(2.0*1.4142135623730951*_t0*(0.044715*_t0*_t0 + 1.0)/1.772453850905516)
+        _y = 1.0*_t0*b*_sigmoid(1.5957691216057308*_t0*(0.044715*_t0*_t0 + 1.0))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -97,12 +96,11 @@ if _rt.HAS_TRITON:
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = tl.clamp(a, -32.0, 8.0, propagate_nan=tl.PropagateNan.ALL)
         _t1 = _t0*_t0
-        _t2 = 0.7978845608028654
-        _t3 = 2.0*_t2
-        _t4 = _t0*_t3*(0.044715*_t1 + 1.0)
-        _t5 = tl.maximum(a, -32.0, propagate_nan=tl.PropagateNan.ALL)
-        _d_a = b*(2.0*_t0*_t2*(0.134145*_t1 + 1.0)*_sigmoid(-_t4) + 1.0)*_sigmoid(_t4)
-        _d_b = 1.0*_t5*_sigmoid(_t3*(0.044715*_t5*_t5*_t5 + _t5))
+        _t2 = 1.5957691216057308*_t0
+        _t3 = _t2*(0.044715*_t1 + 1.0)
+        _t4 = tl.maximum(a, -32.0, propagate_nan=tl.PropagateNan.ALL)
+        _d_a = b*(_t2*(0.134145*_t1 + 1.0)*_sigmoid(-_t3) + 1.0)*_sigmoid(_t3)
+        _d_b = 1.0*_t4*_sigmoid(0.07135481627260025*_t4*_t4*_t4 + 1.5957691216057308*_t4)
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
 

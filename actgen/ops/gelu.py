@@ -26,21 +26,20 @@ SPEC_SHA256 = '1f3a2919e5d4c2e461182effbd10e59e067ba39252a540f19b640c6075caf1b2'
 
 def _forward_torch(x):
     """f, elementwise; params broadcast against the input."""
-    _y = torch.where(x == -math.inf, 0.0, 0.5*x*torch.erfc(-(1.4142135623730951*x/2.0)))
+    _y = torch.where(x == -math.inf, 0.0, 0.5*x*torch.erfc(-(0.7071067811865476*x)))
     return _y
 
 
 def _derivatives_torch(x):
     """df/dx."""
     _t0 = _rt.clamp(x, -64.0, 16.0)
-    _t1 = 1.4142135623730951*_t0
-    _d_x = 0.5*_t1*torch.exp(-(_t0*_t0/2.0))/1.772453850905516 + 0.5*torch.erfc(-(_t1/2.0))
+    _d_x = 0.3989422804014327*_t0*torch.exp(-(0.5*_t0*_t0)) + 0.5*torch.erfc(-(0.7071067811865476*_t0))
     return (_d_x,)
 
 
 def _forward_torch_fast(x):
     """f for finite inputs (CPU): no NaN/inf guards."""
-    _y = 0.5*x*torch.erfc(-(1.4142135623730951*x/2.0))
+    _y = 0.5*x*torch.erfc(-(0.7071067811865476*x))
     return _y
 
 
@@ -69,7 +68,7 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = tl.where(x == -float("inf"), 0.0, 0.5*x*libdevice.erfc(-(1.4142135623730951*x/2.0)))
+        _y = tl.where(x == -float("inf"), 0.0, 0.5*x*libdevice.erfc(-(0.7071067811865476*x)))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -82,8 +81,7 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = tl.clamp(x, -64.0, 16.0, propagate_nan=tl.PropagateNan.ALL)
-        _t1 = 1.4142135623730951*_t0
-        _d_x = 0.5*_t1*libdevice.exp(-(_t0*_t0/2.0))/1.772453850905516 + 0.5*libdevice.erfc(-(_t1/2.0))
+        _d_x = 0.3989422804014327*_t0*libdevice.exp(-(0.5*_t0*_t0)) + 0.5*libdevice.erfc(-(0.7071067811865476*_t0))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 

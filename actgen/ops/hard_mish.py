@@ -24,7 +24,7 @@ SPEC_SHA256 = '39a1199c81382a97a9d728baf4bc2884e7bd7f2f073c258825ff6cd73dfed6c8'
 
 def _forward_torch(x):
     """f, elementwise; params broadcast against the input."""
-    _y = torch.where(torch.isnan(x), x, torch.where(x < -2.0, 0.0, torch.where(x <= 0.0, x*(x + 2.0)/2.0, x)))
+    _y = torch.where(torch.isnan(x), x, torch.where(x < -2.0, 0.0, torch.where(x <= 0.0, 0.5*x*(x + 2.0), x)))
     return _y
 
 
@@ -36,7 +36,7 @@ def _derivatives_torch(x):
 
 def _forward_torch_fast(x):
     """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _y = _rt.select(_rt.lt(x, -2.0), 0.0, _rt.select(_rt.le(x, 0.0), x*(x + 2.0)/2.0, x))
+    _y = _rt.select(_rt.lt(x, -2.0), 0.0, _rt.select(_rt.le(x, 0.0), 0.5*x*(x + 2.0), x))
     return _rt.finite_or_none(_y)
 
 
@@ -68,7 +68,7 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = tl.where(x != x, x, tl.where(x < -2.0, 0.0, tl.where(x <= 0.0, x*(x + 2.0)/2.0, x)))
+        _y = tl.where(x != x, x, tl.where(x < -2.0, 0.0, tl.where(x <= 0.0, 0.5*x*(x + 2.0), x)))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit

@@ -24,7 +24,7 @@ SPEC_SHA256 = '02d75ecf49b09106a830e1744978c515770271636567065397ad35e069089823'
 
 def _forward_torch(x):
     """f, elementwise; params broadcast against the input."""
-    _y = torch.where(torch.isnan(x), x, torch.where(x <= -3.0, 0.0, torch.where(x >= 3.0, 1.0, x/6.0 + 0.5)))
+    _y = torch.where(torch.isnan(x), x, torch.where(x <= -3.0, 0.0, torch.where(x >= 3.0, 1.0, 0.16666666666666666*x + 0.5)))
     return _y
 
 
@@ -36,7 +36,7 @@ def _derivatives_torch(x):
 
 def _forward_torch_fast(x):
     """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _y = _rt.select(_rt.le(x, -3.0), 0.0, _rt.select(_rt.ge(x, 3.0), 1.0, x/6.0 + 0.5))
+    _y = _rt.select(_rt.le(x, -3.0), 0.0, _rt.select(_rt.ge(x, 3.0), 1.0, 0.16666666666666666*x + 0.5))
     return _rt.finite_or_none(_y)
 
 
@@ -66,7 +66,7 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = tl.where(x != x, x, tl.where(x <= -3.0, 0.0, tl.where(x >= 3.0, 1.0, x/6.0 + 0.5)))
+        _y = tl.where(x != x, x, tl.where(x <= -3.0, 0.0, tl.where(x >= 3.0, 1.0, 0.16666666666666666*x + 0.5)))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit

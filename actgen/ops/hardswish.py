@@ -24,25 +24,25 @@ SPEC_SHA256 = 'e54d3a6db540319b4fec07fafe25f95fa2e6b8d6d3abdcf45477c83bee29732a'
 
 def _forward_torch(x):
     """f, elementwise; params broadcast against the input."""
-    _y = torch.where(torch.isnan(x), x, torch.where(x <= -3.0, 0.0, torch.where(x < 3.0, x*(x + 3.0)/6.0, x)))
+    _y = torch.where(torch.isnan(x), x, torch.where(x <= -3.0, 0.0, torch.where(x < 3.0, 0.16666666666666666*x*(x + 3.0), x)))
     return _y
 
 
 def _derivatives_torch(x):
     """df/dx."""
-    _d_x = torch.where(torch.isnan(x), x, torch.where(x <= -3.0, 0.0, torch.where(x < 3.0, x/3.0 + 0.5, 1.0)))
+    _d_x = torch.where(torch.isnan(x), x, torch.where(x <= -3.0, 0.0, torch.where(x < 3.0, 0.3333333333333333*x + 0.5, 1.0)))
     return (_d_x,)
 
 
 def _forward_torch_fast(x):
     """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _y = _rt.select(_rt.le(x, -3.0), 0.0, _rt.select(_rt.lt(x, 3.0), x*(x + 3.0)/6.0, x))
+    _y = _rt.select(_rt.le(x, -3.0), 0.0, _rt.select(_rt.lt(x, 3.0), 0.16666666666666666*x*(x + 3.0), x))
     return _rt.finite_or_none(_y)
 
 
 def _derivatives_torch_fast(x):
     """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _d_x = _rt.select(_rt.le(x, -3.0), 0.0, _rt.select(_rt.lt(x, 3.0), x/3.0 + 0.5, 1.0))
+    _d_x = _rt.select(_rt.le(x, -3.0), 0.0, _rt.select(_rt.lt(x, 3.0), 0.3333333333333333*x + 0.5, 1.0))
     return _rt.finite_or_none((_d_x,))
 
 
@@ -68,7 +68,7 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = tl.where(x != x, x, tl.where(x <= -3.0, 0.0, tl.where(x < 3.0, x*(x + 3.0)/6.0, x)))
+        _y = tl.where(x != x, x, tl.where(x <= -3.0, 0.0, tl.where(x < 3.0, 0.16666666666666666*x*(x + 3.0), x)))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -80,7 +80,7 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _d_x = tl.where(x != x, x, tl.where(x <= -3.0, 0.0, tl.where(x < 3.0, x/3.0 + 0.5, 1.0)))
+        _d_x = tl.where(x != x, x, tl.where(x <= -3.0, 0.0, tl.where(x < 3.0, 0.3333333333333333*x + 0.5, 1.0)))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 

@@ -26,13 +26,13 @@ SPEC_SHA256 = 'a0e7223b8c6ec12feb3ede76c9da82d12de8460c0e5756610c276f5a0c3b8e17'
 
 def _forward_torch(x, mu, sigma):
     """f, elementwise; params broadcast against the input."""
-    _y = 0.5*torch.erfc(-(1.4142135623730951*(-mu + x)/(2.0*sigma)))
+    _y = 0.5*torch.erfc(-(0.7071067811865476*(-mu + x)/sigma))
     return _y
 
 
 def _derivatives_torch(x, mu, sigma):
     """df/dx."""
-    _d_x = 0.5*1.4142135623730951*torch.exp(-((-mu + x)**2.0/(2.0*sigma*sigma)))/(1.772453850905516*sigma)
+    _d_x = 0.3989422804014327*torch.exp(-(0.5*(-mu + x)**2.0/(sigma*sigma)))/sigma
     return (_d_x,)
 
 
@@ -57,7 +57,7 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = 0.5*libdevice.erfc(-(1.4142135623730951*(-mu + x)/(2.0*sigma)))
+        _y = 0.5*libdevice.erfc(-(0.7071067811865476*(-mu + x)/sigma))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -69,7 +69,7 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _d_x = 0.5*1.4142135623730951*libdevice.exp(-(libdevice.pow(-mu + x, 2.0)/(2.0*sigma*sigma)))/(1.772453850905516*sigma)
+        _d_x = 0.3989422804014327*libdevice.exp(-(0.5*libdevice.pow(-mu + x, 2.0)/(sigma*sigma)))/sigma
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 

@@ -34,7 +34,7 @@ def _derivatives_torch(x):
     """df/dx."""
     _t0 = _rt.clamp(x, -1024.0, 8.0)
     _t1 = _rt.softplus(_t0)
-    _d_x = 2.0*_t0*torch.exp(-(_t1*_t1))*torch.sigmoid(_t0)/1.772453850905516 + torch.erf(_t1)
+    _d_x = 1.1283791670955126*_t0*torch.exp(-(_t1*_t1))*torch.sigmoid(_t0) + torch.erf(_t1)
     return (_d_x,)
 
 
@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = tl.clamp(x, -1024.0, 8.0, propagate_nan=tl.PropagateNan.ALL)
         _t1 = _softplus(_t0)
-        _d_x = 2.0*_t0*libdevice.exp(-(_t1*_t1))*_sigmoid(_t0)/1.772453850905516 + libdevice.erf(_t1)
+        _d_x = 1.1283791670955126*_t0*libdevice.exp(-(_t1*_t1))*_sigmoid(_t0) + libdevice.erf(_t1)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 

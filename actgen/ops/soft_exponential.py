@@ -32,7 +32,7 @@ def _forward_torch(x, alpha):
     _t2 = alpha*x
     _t3 = alpha > 0.0
     _t4 = _rt.probe_at_inf(x)
-    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha + x)))), torch.where(_t3, _t0*torch.expm1(_t2) + alpha, alpha + x*(_t2/2.0 + 1.0))), torch.where(_t1, -(_t0*torch.log1p(-(alpha*(_t4 + alpha)))), torch.where(_t3, _t0*torch.expm1(_t4*alpha) + alpha, _t4 + alpha*(_t4*_t4/2.0 + 1.0))), x))
+    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha + x)))), torch.where(_t3, _t0*torch.expm1(_t2) + alpha, alpha + x*(0.5*_t2 + 1.0))), torch.where(_t1, -(_t0*torch.log1p(-(alpha*(_t4 + alpha)))), torch.where(_t3, _t0*torch.expm1(_t4*alpha) + alpha, _t4 + alpha*(0.5*_t4*_t4 + 1.0))), x))
     return _y
 
 
@@ -49,7 +49,7 @@ def _derivatives_torch(x, alpha):
     _t8 = 1.0/(alpha*alpha)
     _t9 = 1.0/alpha
     _d_x = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(_t2, _t1, torch.where(_t5, _t4, _t3 + 1.0)), torch.where(_t2, 1.0/(-(alpha*(_t6 + alpha)) + 1.0), torch.where(_t5, torch.exp(_t7), _t7 + 1.0)), x))
-    _d_alpha = torch.where(torch.isnan(x), x, torch.where(_t2, -(_t1*_t9*(-(2.0*alpha) - x)) + _t8*torch.log1p(-_t0), torch.where(_t5, _t4*_t9*x - _t8*torch.expm1(_t3) + 1.0, x*x/2.0 + 1.0)))
+    _d_alpha = torch.where(torch.isnan(x), x, torch.where(_t2, -(_t1*_t9*(-(2.0*alpha) - x)) + _t8*torch.log1p(-_t0), torch.where(_t5, _t4*_t9*x - _t8*torch.expm1(_t3) + 1.0, 0.5*x*x + 1.0)))
     return (_d_x, _d_alpha,)
 
 
@@ -57,7 +57,7 @@ def _forward_torch_fast(x, alpha):
     """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = 1.0/alpha
     _t1 = alpha*x
-    _y = _rt.select(_rt.lt(alpha, 0.0), -(_t0*torch.log1p(-(alpha*(alpha + x)))), _rt.select(_rt.gt(alpha, 0.0), _t0*torch.expm1(_t1) + alpha, alpha + x*(_t1/2.0 + 1.0)))
+    _y = _rt.select(_rt.lt(alpha, 0.0), -(_t0*torch.log1p(-(alpha*(alpha + x)))), _rt.select(_rt.gt(alpha, 0.0), _t0*torch.expm1(_t1) + alpha, alpha + x*(0.5*_t1 + 1.0)))
     return _rt.finite_or_none(_y)
 
 
@@ -72,7 +72,7 @@ def _derivatives_torch_fast(x, alpha):
     _t6 = 1.0/(alpha*alpha)
     _t7 = 1.0/alpha
     _d_x = _rt.select(_t2, _t1, _rt.select(_t5, _t4, _t3 + 1.0))
-    _d_alpha = _rt.select(_t2, -(_t1*_t7*(-(2.0*alpha) - x)) + _t6*torch.log1p(-_t0), _rt.select(_t5, _t4*_t7*x - _t6*torch.expm1(_t3) + 1.0, x*x/2.0 + 1.0))
+    _d_alpha = _rt.select(_t2, -(_t1*_t7*(-(2.0*alpha) - x)) + _t6*torch.log1p(-_t0), _rt.select(_t5, _t4*_t7*x - _t6*torch.expm1(_t3) + 1.0, 0.5*x*x + 1.0))
     return _rt.finite_or_none((_d_x, _d_alpha,))
 
 
@@ -122,7 +122,7 @@ if _rt.HAS_TRITON:
         _t2 = alpha*x
         _t3 = alpha > 0.0
         _t4 = _probe_at_inf(x)
-        _y = tl.where(x != x, x, _limit_at_inf(tl.where(_t1, -(_t0*libdevice.log1p(-(alpha*(alpha + x)))), tl.where(_t3, _t0*libdevice.expm1(_t2) + alpha, alpha + x*(_t2/2.0 + 1.0))), tl.where(_t1, -(_t0*libdevice.log1p(-(alpha*(_t4 + alpha)))), tl.where(_t3, _t0*libdevice.expm1(_t4*alpha) + alpha, _t4 + alpha*(_t4*_t4/2.0 + 1.0))), x))
+        _y = tl.where(x != x, x, _limit_at_inf(tl.where(_t1, -(_t0*libdevice.log1p(-(alpha*(alpha + x)))), tl.where(_t3, _t0*libdevice.expm1(_t2) + alpha, alpha + x*(0.5*_t2 + 1.0))), tl.where(_t1, -(_t0*libdevice.log1p(-(alpha*(_t4 + alpha)))), tl.where(_t3, _t0*libdevice.expm1(_t4*alpha) + alpha, _t4 + alpha*(0.5*_t4*_t4 + 1.0))), x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -148,7 +148,7 @@ if _rt.HAS_TRITON:
             _t8 = 1.0/(alpha*alpha)
             _t9 = 1.0/alpha
             _d_x = tl.where(x != x, x, _limit_at_inf(tl.where(_t2, _t1, tl.where(_t5, _t4, _t3 + 1.0)), tl.where(_t2, 1.0/(-(alpha*(_t6 + alpha)) + 1.0), tl.where(_t5, libdevice.exp(_t7), _t7 + 1.0)), x))
-            _d_alpha = tl.where(x != x, x, tl.where(_t2, -(_t1*_t9*(-(2.0*alpha) - x)) + _t8*libdevice.log1p(-_t0), tl.where(_t5, _t4*_t9*x - _t8*libdevice.expm1(_t3) + 1.0, x*x/2.0 + 1.0)))
+            _d_alpha = tl.where(x != x, x, tl.where(_t2, -(_t1*_t9*(-(2.0*alpha) - x)) + _t8*libdevice.log1p(-_t0), tl.where(_t5, _t4*_t9*x - _t8*libdevice.expm1(_t3) + 1.0, 0.5*x*x + 1.0)))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_alpha += _tile_sum(_g * _d_alpha, _mask, CH_AXIS)

@@ -27,10 +27,10 @@ SPEC_SHA256 = '171f7fe1b797e34827a6af25363a4db7bedde3b6fa963eaca77c37854e954d4f'
 def _forward_torch(x, b):
     """f, elementwise; params broadcast against the input."""
     _t0 = _rt.sqrt_square_plus(x, b)
-    _t1 = b/2.0
+    _t1 = 0.5*b
     _t2 = _rt.probe_at_inf(x)
     _t3 = _rt.sqrt_square_plus(_t2, b)
-    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(x < 0.0, _t1/(_t0 - x), (_t0 + x)/2.0), torch.where(_t2 < 0.0, _t1/(-_t2 + _t3), (_t2 + _t3)/2.0), x))
+    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(x < 0.0, _t1/(_t0 - x), 0.5*(_t0 + x)), torch.where(_t2 < 0.0, _t1/(-_t2 + _t3), 0.5*(_t2 + _t3)), x))
     return _y
 
 
@@ -38,18 +38,18 @@ def _derivatives_torch(x, b):
     """df/dx."""
     _t0 = _rt.sqrt_square_plus(x, b)
     _t1 = x/_t0
-    _t2 = b/2.0
+    _t2 = 0.5*b
     _t3 = _rt.probe_at_inf(x)
     _t4 = _rt.sqrt_square_plus(_t3, b)
     _t5 = _t3/_t4
-    _d_x = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(x < 0.0, -(_t2*(_t1 - 1.0)/(_t0 - x)**2.0), (_t1 + 1.0)/2.0), torch.where(_t3 < 0.0, -(_t2*(_t5 - 1.0)/(-_t3 + _t4)**2.0), (_t5 + 1.0)/2.0), x))
+    _d_x = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(x < 0.0, -(_t2*(_t1 - 1.0)/(_t0 - x)**2.0), 0.5*(_t1 + 1.0)), torch.where(_t3 < 0.0, -(_t2*(_t5 - 1.0)/(-_t3 + _t4)**2.0), 0.5*(_t5 + 1.0)), x))
     return (_d_x,)
 
 
 def _forward_torch_fast(x, b):
     """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = _rt.sqrt_square_plus(x, b)
-    _y = _rt.select(_rt.lt(x, 0.0), b/(2.0*(_t0 - x)), (_t0 + x)/2.0)
+    _y = _rt.select(_rt.lt(x, 0.0), 0.5*b/(_t0 - x), 0.5*(_t0 + x))
     return _rt.finite_or_none(_y)
 
 
@@ -57,7 +57,7 @@ def _derivatives_torch_fast(x, b):
     """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = _rt.sqrt_square_plus(x, b)
     _t1 = x/_t0
-    _d_x = _rt.select(_rt.lt(x, 0.0), -(b*(_t1 - 1.0)/(2.0*(_t0 - x)**2.0)), (_t1 + 1.0)/2.0)
+    _d_x = _rt.select(_rt.lt(x, 0.0), -(0.5*b*(_t1 - 1.0)/(_t0 - x)**2.0), 0.5*(_t1 + 1.0))
     return _rt.finite_or_none((_d_x,))
 
 
@@ -92,10 +92,10 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = _sqrt_square_plus(x, b)
-        _t1 = b/2.0
+        _t1 = 0.5*b
         _t2 = _probe_at_inf(x)
         _t3 = _sqrt_square_plus(_t2, b)
-        _y = tl.where(x != x, x, _limit_at_inf(tl.where(x < 0.0, _t1/(_t0 - x), (_t0 + x)/2.0), tl.where(_t2 < 0.0, _t1/(-_t2 + _t3), (_t2 + _t3)/2.0), x))
+        _y = tl.where(x != x, x, _limit_at_inf(tl.where(x < 0.0, _t1/(_t0 - x), 0.5*(_t0 + x)), tl.where(_t2 < 0.0, _t1/(-_t2 + _t3), 0.5*(_t2 + _t3)), x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -109,11 +109,11 @@ if _rt.HAS_TRITON:
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = _sqrt_square_plus(x, b)
         _t1 = x/_t0
-        _t2 = b/2.0
+        _t2 = 0.5*b
         _t3 = _probe_at_inf(x)
         _t4 = _sqrt_square_plus(_t3, b)
         _t5 = _t3/_t4
-        _d_x = tl.where(x != x, x, _limit_at_inf(tl.where(x < 0.0, -(_t2*(_t1 - 1.0)/libdevice.pow(_t0 - x, 2.0)), (_t1 + 1.0)/2.0), tl.where(_t3 < 0.0, -(_t2*(_t5 - 1.0)/libdevice.pow(-_t3 + _t4, 2.0)), (_t5 + 1.0)/2.0), x))
+        _d_x = tl.where(x != x, x, _limit_at_inf(tl.where(x < 0.0, -(_t2*(_t1 - 1.0)/libdevice.pow(_t0 - x, 2.0)), 0.5*(_t1 + 1.0)), tl.where(_t3 < 0.0, -(_t2*(_t5 - 1.0)/libdevice.pow(-_t3 + _t4, 2.0)), 0.5*(_t5 + 1.0)), x))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
