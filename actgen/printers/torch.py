@@ -43,8 +43,13 @@ TENSOR_FUNCTIONS = {
 }
 SCALAR_FUNCTIONS = {
     name: template.replace("torch.", "math.") for name, template in TENSOR_FUNCTIONS.items()
-} | {"Abs": "abs({0})", "hypot": "math.hypot({0}, {1})",
-                                                  "SqrtSquarePlus": "_rt.scalar_sqrt_square_plus({0}, {1})", "sigmoid": "_rt.scalar_sigmoid({0})", "softplus": "_rt.scalar_softplus({0})"}
+} | {
+    "Abs": "abs({0})",
+    "hypot": "math.hypot({0}, {1})",
+    "SqrtSquarePlus": "_rt.scalar_sqrt_square_plus({0}, {1})",
+    "sigmoid": "_rt.scalar_sigmoid({0})",
+    "softplus": "_rt.scalar_softplus({0})",
+}
 
 
 FAST_RELATIONS = {"StrictGreaterThan": "gt", "GreaterThan": "ge", "StrictLessThan": "lt", "LessThan": "le"}

@@ -189,6 +189,7 @@ def split_halves(t: torch.Tensor, dim: int, name: str):
 
 __all__ = [
     "HAS_TRITON", "Activation", "as_tensor", "vmap_by_loop", "get_backend", "set_backend",
-    "use_backend", "softplus", "clamp", "hypot", "sqrt_square_plus", "scalar_sqrt_square_plus", "scalar_clamp", "scalar_sigmoid", "scalar_softplus", "split_halves", "probe_at_inf", "limit_at_inf",
+    "use_backend", "softplus", "clamp", "hypot", "sqrt_square_plus", "scalar_sqrt_square_plus",
+    "scalar_clamp", "scalar_sigmoid", "scalar_softplus", "split_halves", "probe_at_inf", "limit_at_inf",
     "gt", "ge", "lt", "le", "mask_and", "mask_or", "mask_not", "select", "finite_or_none",
 ]

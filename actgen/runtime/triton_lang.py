@@ -69,8 +69,8 @@ def sqrt_square_plus(u, c):
     return tl.where(c >= 0, libdevice.hypot(a, r), libdevice.sqrt(a - r) * libdevice.sqrt(a + r))
 
 
-__all__ = ["triton", "tl", "libdevice", "sigmoid", "softplus", "sqrt_square_plus", "probe_at_inf", "limit_at_inf", "tile",
-           "nth_tile", "partial_zeros", "tile_sum", "store_partial", "draw", "draws_kernel", "INTERPRET"]
+__all__ = ["triton", "tl", "libdevice", "sigmoid", "softplus", "sqrt_square_plus", "probe_at_inf", "limit_at_inf",
+           "tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "draw", "draws_kernel", "INTERPRET"]
 
 
 # The value at +-inf of a formula whose limit there depends on params (actgen.derive.LimitAtInf):
