@@ -43,6 +43,7 @@ Everything here is pure sympy; printers turn the IR into Triton or torch source.
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections import Counter
@@ -668,6 +669,7 @@ def _tame_exp(value: sympy.Expr) -> sympy.Expr:
 _HUGE_EXP_ARG = sympy.Integer(10) ** 40
 
 
+@functools.lru_cache(maxsize=256)
 def _mpmath_function(expr: sympy.Expr, x: sympy.Symbol):
     """expr as a function of x in mpmath (astronomically large exp arguments taken to their
     limits, see MPMATH_FUNCTIONS), or None where sympy cannot write it so."""
@@ -1081,16 +1083,19 @@ def derive(spec: Spec) -> Derivation:
     samples |= {sym[c.name]: sympy.Float(c.default) for c in spec.constants}
     samples |= {r: sympy.Float(0.5) for r in draws}
 
+    def final(e):       # value-preserving forms for float arithmetic (see the module doc)
+        return fold_constants(horner_form(hypot_form(e), inputs))
+
     def guarded(e):
-        return fold_constants(horner_form(hypot_form(nan_guard(limit_guards(e, inputs, samples), inputs)), inputs))
+        return final(nan_guard(limit_guards(e, inputs, samples), inputs))
 
     forward_outputs = [("y", guarded(expr))]
     backward_outputs = [(f"d_{n}", guarded(e)) for n, e in first]
     forward = make_block(forward_outputs)
     backward = make_block(backward_outputs)
     double_backward = make_block(
-        [(f"d_{n}", nan_guard(e, inputs)) for n, e in first]
-        + [(f"d2_{a}_{b}", nan_guard(e, inputs)) for (a, b), e in second]
+        [(f"d_{n}", final(nan_guard(e, inputs))) for n, e in first]
+        + [(f"d2_{a}_{b}", final(nan_guard(e, inputs))) for (a, b), e in second]
     )
     return Derivation(spec, inputs, params, constants, expr, first, second, forward, backward, double_backward,
                       fast_variant(forward_outputs), fast_variant(backward_outputs), draws)

@@ -47,16 +47,15 @@ def _forward_torch_fast(x):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = x*x
+    _t0 = _rt.hypot(x, 1.0)
     _t1 = _t0 + 1.0
-    _t2 = torch.sqrt(_t1)
-    _t3 = _t2 + 1.0
-    _t4 = 1.0/_t3
-    _t5 = 1.0/_t2
-    _t6 = 1.0/(_t3*_t3)
-    _t7 = _t6/2.0
-    _t8 = x*x*x*x
-    _d2_x_x = -(5.0*_t0*_t5*_t6/2.0) + _t4 + _t8/(_t1*_t3*_t3*_t3) + _t7*_t8/_t1**1.5
+    _t2 = 1.0/_t1
+    _t3 = 1.0/_t0
+    _t4 = 1.0/(_t1*_t1)
+    _t5 = 0.5*_t4
+    _t6 = x*x
+    _t7 = x*x*x*x
+    _d2_x_x = _t2 - 2.5*_t3*_t4*_t6 + _t7/(_t1*_t1*_t1*(_t6 + 1.0)) + _t5*_t7/(_t0*_t0*_t0)
     return (_d2_x_x,)
 
 

@@ -41,18 +41,17 @@ def _derivatives_torch(x):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = x*x
-    _t1 = _t0 + 1.0
-    _t2 = torch.sqrt(_t1)
-    _t3 = 1.0/_t2
-    _t4 = torch.exp(-(2.0*_t2))
-    _t5 = _t4 + 1.0
-    _t6 = 1.0/(_t5*_t5)
-    _t7 = _t4*_t6
-    _t8 = 4.0*_t7
-    _t9 = x*x*x
-    _t10 = 1.0/_t1
-    _d2_x_x = -(8.0*_t10*_t7*_t9) + 16.0*_t10*_t9*torch.exp(-(4.0*_t2))/(_t5*_t5*_t5) + 12.0*_t3*_t4*_t6*x - _t8*_t9/_t1**1.5
+    _t0 = _rt.hypot(x, 1.0)
+    _t1 = x*x
+    _t2 = 1.0/_t0
+    _t3 = torch.exp(-(2.0*_t0))
+    _t4 = _t3 + 1.0
+    _t5 = 1.0/(_t4*_t4)
+    _t6 = _t3*_t5
+    _t7 = 4.0*_t6
+    _t8 = x*x*x
+    _t9 = 1.0/(_t1 + 1.0)
+    _d2_x_x = 12.0*_t2*_t3*_t5*x - 8.0*_t6*_t8*_t9 + 16.0*_t8*_t9*torch.exp(-(4.0*_t0))/(_t4*_t4*_t4) - _t7*_t8/(_t0*_t0*_t0)
     return (_d2_x_x,)
 
 

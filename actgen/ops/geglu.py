@@ -55,15 +55,12 @@ def _derivatives_torch_fast(a, b):
 
 def _second_derivatives_torch(a, b):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = 1.4142135623730951
-    _t1 = _t0*a
-    _t2 = 0.5*torch.erfc(-(_t1/2.0))
-    _t3 = 0.5641895835477563
-    _t4 = a*a
-    _t5 = torch.exp(-(_t4/2.0))
-    _t6 = 0.5*_t1*_t3*_t5 + _t2
-    _d2_a_a = _t5*b*(-(0.5*_t0*_t3*_t4) + 1.0*_t0*_t3)
-    _d2_a_b = _t6
+    _t0 = 0.5*torch.erfc(-(0.7071067811865476*a))
+    _t1 = a*a
+    _t2 = torch.exp(-(0.5*_t1))
+    _t3 = _t0 + 0.3989422804014327*_t2*a
+    _d2_a_a = _t2*b*(-(0.3989422804014327*_t1) + 0.7978845608028654)
+    _d2_a_b = _t3
     _d2_b_b = 0.0
     return (_d2_a_a, _d2_a_b, _d2_b_b,)
 

@@ -48,19 +48,17 @@ def _derivatives_torch(a, b):
 
 def _second_derivatives_torch(a, b):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = 0.7978845608028654
-    _t1 = 2.0*_t0
-    _t2 = _t1*(0.044715*a*a*a + a)
+    _t0 = a*a
+    _t1 = 1.5957691216057308*a
+    _t2 = _t1*(0.044715*_t0 + 1.0)
     _t3 = torch.sigmoid(_t2)
-    _t4 = torch.sigmoid(-_t2)
-    _t5 = a*a
-    _t6 = 0.134145*_t5 + 1.0
-    _t7 = 2.0*_t0*_t6
-    _t8 = _t4*_t7*a + 1.0
-    _t9 = _t3*_t8
-    _t10 = _t3*a
-    _d2_a_a = _t3*_t4*b*(0.53658*_t0*_t5 + _t1*_t6*_t8 - 8.0*_t10*_t6*_t6/3.141592653589793 + _t7)
-    _d2_a_b = _t9
+    _t4 = 0.134145*_t0 + 1.0
+    _t5 = torch.sigmoid(-_t2)
+    _t6 = _t1*_t4*_t5 + 1.0
+    _t7 = _t3*_t6
+    _t8 = _t3*a
+    _d2_a_a = _t3*_t5*b*(0.6421933464534022*_t0 - 2.5464790894703255*_t4*_t4*_t8 + 1.5957691216057308*_t4*_t6 + 1.5957691216057308)
+    _d2_a_b = _t7
     _d2_b_b = 0.0
     return (_d2_a_a, _d2_a_b, _d2_b_b,)
 

@@ -45,12 +45,9 @@ def _forward_torch_fast(x):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = 1.4142135623730951
-    _t1 = _t0*x
-    _t2 = x*x
-    _t3 = torch.exp(-(_t2/2.0))
-    _t4 = 0.5641895835477563
-    _d2_x_x = _t3*(-(0.5*_t0*_t2*_t4) + 1.0*_t0*_t4)
+    _t0 = x*x
+    _t1 = torch.exp(-(0.5*_t0))
+    _d2_x_x = _t1*(-(0.3989422804014327*_t0) + 0.7978845608028654)
     return (_d2_x_x,)
 
 

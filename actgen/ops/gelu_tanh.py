@@ -43,16 +43,14 @@ def _derivatives_torch(x):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = 0.7978845608028654
-    _t1 = 2.0*_t0
-    _t2 = _t1*(0.044715*x*x*x + x)
+    _t0 = x*x
+    _t1 = 1.5957691216057308*x
+    _t2 = _t1*(0.044715*_t0 + 1.0)
     _t3 = torch.sigmoid(_t2)
-    _t4 = torch.sigmoid(-_t2)
-    _t5 = x*x
-    _t6 = 0.134145*_t5 + 1.0
-    _t7 = 2.0*_t0*_t6
-    _t8 = _t4*_t7*x + 1.0
-    _d2_x_x = _t3*_t4*(0.53658*_t0*_t5 + _t1*_t6*_t8 - 8.0*_t3*_t6*_t6*x/3.141592653589793 + _t7)
+    _t4 = 0.134145*_t0 + 1.0
+    _t5 = torch.sigmoid(-_t2)
+    _t6 = _t1*_t4*_t5 + 1.0
+    _d2_x_x = _t3*_t5*(0.6421933464534022*_t0 - 2.5464790894703255*_t3*_t4*_t4*x + 1.5957691216057308*_t4*_t6 + 1.5957691216057308)
     return (_d2_x_x,)
 
 

@@ -38,8 +38,8 @@ def _derivatives_torch(x, mu, sigma):
 
 def _second_derivatives_torch(x, mu, sigma):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = 1.4142135623730951*torch.exp(-((-mu + x)**2.0/(2.0*sigma*sigma)))/1.772453850905516
-    _d2_x_x = -(0.25*_t0*(-(2.0*mu) + 2.0*x)/(sigma*sigma*sigma))
+    _t0 = torch.exp(-(0.5*(-mu + x)**2.0/(sigma*sigma)))
+    _d2_x_x = -(0.19947114020071635*_t0*(-(2.0*mu) + 2.0*x)/(sigma*sigma*sigma))
     return (_d2_x_x,)
 
 

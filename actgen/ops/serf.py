@@ -48,11 +48,9 @@ def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = _rt.softplus(x)
     _t1 = torch.exp(-(_t0*_t0))
-    _t2 = 0.5641895835477563
-    _t3 = torch.sigmoid(x)
-    _t4 = _t2*_t3
-    _t5 = 2.0*_t4*x
-    _d2_x_x = _t1*(-(4.0*_t0*_t2*_t3*_t3*x) + 4.0*_t4 + _t5*torch.sigmoid(-x))
+    _t2 = torch.sigmoid(x)
+    _t3 = 1.1283791670955126*_t2*x
+    _d2_x_x = _t1*(-(2.256758334191025*_t0*_t2*_t2*x) + 2.256758334191025*_t2 + _t3*torch.sigmoid(-x))
     return (_d2_x_x,)
 
 

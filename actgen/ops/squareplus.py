@@ -63,17 +63,15 @@ def _derivatives_torch_fast(x, b):
 
 def _second_derivatives_torch(x, b):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = x*x
-    _t1 = _t0 + b
-    _t2 = torch.sqrt(_t1)
-    _t3 = 1.0/_t2
-    _t4 = _t3*x
-    _t5 = _t4 - 1.0
-    _t6 = _t2 - x
-    _t7 = 1.0/(2.0*_t6*_t6)
-    _t8 = x < 0.0
-    _t9 = _t0/_t1**1.5
-    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t8, b*(_t5/_t6*_t5/_t6/_t6 - _t7*(_t3 - _t9)), _t3/2.0 - _t9/2.0))
+    _t0 = _rt.sqrt_square_plus(x, b)
+    _t1 = 1.0/_t0
+    _t2 = _t1*x
+    _t3 = _t2 - 1.0
+    _t4 = _t0 - x
+    _t5 = 0.5/(_t4*_t4)
+    _t6 = x < 0.0
+    _t7 = x/_t0*x/_t0/_t0
+    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t6, b*(_t3/_t4*_t3/_t4/_t4 - _t5*(_t1 - _t7)), 0.5*_t1 - 0.5*_t7))
     return (_d2_x_x,)
 
 
