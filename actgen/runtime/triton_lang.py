@@ -85,7 +85,8 @@ def probe_at_inf(u):
 
 @triton.jit
 def limit_at_inf(value, probed, u):
-    limit = tl.where(tl.abs(probed) >= 16384.0, probed * float("inf"), probed)
+    # +-inf by the sign of a probe that grew (not probed * inf: 0 * inf is NaN where unused)
+    limit = tl.where(tl.abs(probed) >= 16384.0, tl.where(probed > 0, float("inf"), -float("inf")), probed)
     return tl.where(((u == float("inf")) | (u == -float("inf"))) & (value != value), limit, value)
 
 
