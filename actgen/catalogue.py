@@ -38,9 +38,6 @@ DEFAULT_DOCS = Path("docs")
 # --- the oracle ------------------------------------------------------------------------
 _DPS = 50
 _CHECK_DPS = 70
-_MPMATH_NAMES = MPMATH_FUNCTIONS
-
-
 def _clean(expr: sympy.Expr) -> sympy.Expr:
     """The derivative conventions of the formula language: DiracDelta is 0, sign(0) is 0."""
     expr = expr.replace(sympy.DiracDelta, lambda *a: sympy.S.Zero)
@@ -86,7 +83,7 @@ class Oracle:
         for name, e in outputs:
             self.slopes[name] = [(v.name, numeric(sympy.diff(e, v))) for v in [*self.inputs, *data]]
         self.datum_values = {v.name: float(value) for v, value in data.items()}
-        modules = [_MPMATH_NAMES, "mpmath"]
+        modules = [MPMATH_FUNCTIONS, "mpmath"]
         self.functions = [(name, sympy.lambdify(self.inputs, e, modules=modules)) for name, e in self.exprs]
         self.slope_functions = {
             name: [(v, sympy.lambdify(self.inputs, e, modules=modules)) for v, e in slopes]

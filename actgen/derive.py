@@ -383,10 +383,6 @@ class SqrtSquarePlus(sympy.Function):
 
     nargs = 2
 
-    def fdiff(self, argindex=1):
-        u, c = self.args
-        return u / self if argindex == 1 else 1 / (2 * self)
-
 
 def _hypot_of(root: sympy.Pow):
     """sqrt(k*u**2 + c) (root, or an odd power of it: 1/sqrt(...)) -> sqrt(k)*hypot(u, sqrt(c/k)):
@@ -730,10 +726,7 @@ class Saturate(sympy.Function):
     """Saturate(u, lo, hi): u clamped to [lo, hi], NaN staying NaN; lo = -oo or hi = oo is no
     bound on that side (printers expand it)."""
 
-    @classmethod
-    def eval(cls, u, lo, hi):
-        if u.is_number and lo.is_number and hi.is_number and u is not sympy.nan:
-            return sympy.Max(lo, sympy.Min(u, hi))
+    nargs = 3       # part of sympy's sort key, which orders CSE: the generated code depends on it
 
 
 #: A value within this relative distance of a nonzero limit (itself a float64, within 2**-53
@@ -966,9 +959,6 @@ def ieee_value(expr: sympy.Expr, env: dict, finite: bool = False) -> float | Non
             return not ev(args[0])
         if e is sympy.true or e is sympy.false:
             return bool(e)
-        if f is Saturate:
-            v, lo, hi = ev(args[0]), float(args[1]), float(args[2])
-            return v if math.isnan(v) else min(max(v, lo), hi)
         if f is InfGuard:
             value, v, lo, hi = args
             x = ev(v)

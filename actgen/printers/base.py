@@ -12,7 +12,7 @@ import math
 
 import sympy
 
-from ..derive import InfGuard, NanGuard, Saturate
+from ..derive import InfGuard, NanGuard
 
 # precedence levels
 COND, ADD, MUL, NEG, POW, ATOM = range(6)

@@ -127,9 +127,7 @@ class TorchPrinter(ExprPrinter):
             return f"_rt.mask_not({self.doprint(expr.args[0])})", ATOM
         return f"~({self.doprint(expr.args[0])})", ATOM
 
-    def clamp(self, u, lo, hi):
-        if self.scalar_mode:
-            return f"_rt.scalar_clamp({u}, {lo}, {hi})"
+    def clamp(self, u, lo, hi):       # a Saturate clamps an input: always a tensor
         return f"_rt.clamp({u}, {lo}, {hi})"
 
     def isnan(self, name):

@@ -73,13 +73,6 @@ def clamp(u: torch.Tensor, lo: float | None, hi: float | None) -> torch.Tensor:
     return u if lo is None and hi is None else torch.clamp(u, lo, hi)
 
 
-def scalar_clamp(u: float, lo: float | None, hi: float | None) -> float:
-    """u clamped to [lo, hi] (None: no bound); NaN stays NaN."""
-    if lo is not None and u < lo:
-        return lo
-    return hi if hi is not None and u > hi else u
-
-
 def scalar_sigmoid(u: float) -> float:
     return 1.0 / (1.0 + math.exp(-u)) if u >= 0 else math.exp(u) / (1.0 + math.exp(u))
 
@@ -190,6 +183,6 @@ def split_halves(t: torch.Tensor, dim: int, name: str):
 __all__ = [
     "HAS_TRITON", "Activation", "as_tensor", "vmap_by_loop", "get_backend", "set_backend",
     "use_backend", "softplus", "clamp", "hypot", "sqrt_square_plus", "scalar_sqrt_square_plus",
-    "scalar_clamp", "scalar_sigmoid", "scalar_softplus", "split_halves", "probe_at_inf", "limit_at_inf",
+    "scalar_sigmoid", "scalar_softplus", "split_halves", "probe_at_inf", "limit_at_inf",
     "gt", "ge", "lt", "le", "mask_and", "mask_or", "mask_not", "select", "finite_or_none",
 ]
