@@ -26,9 +26,12 @@ Everything here is pure sympy; printers turn the IR into Triton or torch source.
 * Huge finite inputs: where an output of one input reaches its limit to double precision
   within float64's range and plain arithmetic would pass through inf or NaN on the way
   (x**3 overflowing, then inf * 0), the input is clamped at that point (Saturate, see
-  saturate); sqrt(k u**2 + c) becomes hypot (hypot_form) and polynomials in an input Horner
-  form (horner_form).  The printers pair the varying factors of a product above and below
-  the line (actgen.printers.base).
+  saturate); sqrt(k u**2 + c) becomes hypot (hypot_form), polynomials in an input Horner
+  form (horner_form), and ratios of polynomials in an input are scaled by max(1, |x|) to
+  each polynomial's degree, a sum of them over one denominator (rational_form: PAU's
+  P/Q and the quotient rule's P'/Q - P Q'/Q**2, whose leading terms then cancel exactly).
+  The printers pair the varying factors of a product above and below the line
+  (actgen.printers.base).
 * Numbers: the numbers of each product become one coefficient (fold_constants:
   0.5*sqrt(2)/sqrt(pi) -> 0.3989...), so a kernel rounds once where it would round at each.
 * Fast variants: the same values without the guards, for the eager fallback's CPU path
@@ -36,7 +39,8 @@ Everything here is pure sympy; printers turn the IR into Triton or torch source.
   condition depends on a branch choice (the fast path's selects are checked through the
   values they feed, which a condition does not pass on).
 * CSE: shared subexpressions become named temporaries `_t0, _t1, ...`, numbered in a
-  stable order; values used once stay inline.
+  stable order; values used once stay inline.  An input's clamp and its scaled v and w are
+  named first (`_clamped_x`, `_v_x`, `_w_x`).
 * Random draws: the k-th `uniform(lo, hi)` of a formula becomes lo + (hi - lo)*_rk, with _rk
   a symbol the derivatives treat as a constant: per element U[0, 1) in training mode and
   exactly 1/2 in evaluation mode, so one derivation serves both (see replace_draws).
@@ -282,21 +286,20 @@ def _sign_of(e):
 
 
 def rewrite_sign_product(e):
-    """u**n * sign(u) -> u**(n-1) * |u| (abs' = sign gives u*sign(u) in derivatives), so that
-    sums in |u| can cancel symbolically instead of numerically."""
+    """u * sign(u) * rest -> |u| * rest, where the product's other factors include u's
+    (x**2*sign(x) -> x*|x|, b*x*sign(b*x) -> |b*x|; abs' = sign gives these in derivatives),
+    so that sums in |u| can cancel symbolically instead of numerically."""
     if not isinstance(e, sympy.Mul):
         return None
     for factor in e.args:
         u = _sign_of(factor)
         if u is None:
             continue
-        for other in e.args:
-            base, n = other.as_base_exp()
-            if base == u and n.is_Integer and n >= 1:
-                rest = list(e.args)
-                rest.remove(factor)
-                rest.remove(other)
-                return sympy.Mul(*rest) * u ** (n - 1) * sympy.Abs(u)
+        others = list(e.args)
+        others.remove(factor)
+        rest = sympy.Mul(*others) / u
+        if sympy.fraction(rest)[1] == sympy.fraction(sympy.Mul(*others))[1]:   # u's factors divide out (no 1/b)
+            return rest * sympy.Abs(u)
     return None
 
 
@@ -444,6 +447,161 @@ def horner_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
 
     return expr.replace(is_polynomial, horner)
 
+
+# Rational functions of an input (PAU's P(x)/Q(x)): the numerator and the denominator
+# overflow where their ratio does not (x**5 at |x| > 5e7 in float32, then inf/inf = NaN).
+# Each polynomial of degree d is divided by s**d, with s = max(1, |x|), and written in
+# v = x/s = clamp(x, -1, 1) and w = 1/s: its term c*x**k becomes c*v**k*w**(d - k), all of
+# magnitude at most |c|.  The powers of s that remain are collected (s**(5 - 4) for PAU's
+# P/Q, none for its derivative), so nothing grows beyond the result.  Where |x| <= 1 this is
+# the expression as written (v = x, w = 1); at x = +-inf (v = +-1, w = 0) it is the limit.
+class UnitClamp(sympy.Function):
+    """UnitClamp(u) = u / max(1, |u|) = clamp(u, -1, 1), NaN staying NaN."""
+
+    nargs = 1
+    is_real = True
+
+    @classmethod
+    def eval(cls, arg):
+        if arg.is_extended_real and arg.is_number:
+            return sympy.Max(-1, sympy.Min(1, arg))
+
+
+class InverseScale(sympy.Function):
+    """InverseScale(u) = 1 / max(1, |u|): in (0, 1], 0 at u = +-inf, NaN at NaN."""
+
+    nargs = 1
+    is_positive = True
+
+    @classmethod
+    def eval(cls, arg):
+        if arg.is_extended_real and arg.is_number:
+            return 1 / sympy.Max(1, abs(arg))
+
+
+def _is_sign(e, u) -> bool:
+    """sign(...) or a branch whose values do not depend on u (sign(b*u) from abs'): degree 0."""
+    return isinstance(e, sympy.sign) or isinstance(e, sympy.Piecewise) and all(not v.has(u) for v, _ in e.args)
+
+
+def _monomial_degree(e, u) -> int | None:
+    """The degree in u of a monomial-like factor (u**k, |c*u**k|, a sign), or None."""
+    if not e.has(u) or _is_sign(e, u):
+        return 0
+    if e == u:
+        return 1
+    if isinstance(e, sympy.Abs):
+        c, rest = e.args[0].as_independent(u, as_Add=False)
+        return _monomial_degree(rest, u) if not isinstance(rest, sympy.Abs) else None
+    if e.is_Pow and e.exp.is_Integer and e.exp > 0:
+        d = _monomial_degree(e.base, u)
+        return None if d is None else d * int(e.exp)
+    if e.is_Mul:
+        degrees = [_monomial_degree(f, u) for f in e.args]
+        return None if None in degrees else sum(degrees)
+    return None
+
+
+def _terms(poly, u) -> list[tuple[int, sympy.Expr]] | None:
+    out = []
+    for t in sympy.Add.make_args(poly):
+        d = _monomial_degree(t, u)
+        if d is None:
+            return None
+        out.append((d, t))
+    return out
+
+
+def _is_polynomial_in(e, u) -> bool:
+    if not e.has(u) or e == u or _is_sign(e, u):
+        return True
+    if e.is_Add or e.is_Mul:
+        return all(_is_polynomial_in(a, u) for a in e.args)
+    if e.is_Pow:
+        return e.exp.is_Integer and e.exp > 0 and _is_polynomial_in(e.base, u)
+    return isinstance(e, sympy.Abs) and _monomial_degree(e, u) is not None
+
+
+_S = sympy.Symbol("_scale", positive=True)      # max(1, |u|) while a rational function is scaled
+
+
+def _scaled_polynomial(p, u):
+    """p (a polynomial in u of degree d) as _S**d * q(v, w), with v = UnitClamp(u) and w =
+    InverseScale(u): its term c*u**k becomes c*v**k*w**(d - k), q in Horner form in w."""
+    terms = _terms(sympy.expand(p), u)
+    d = max(k for k, _ in terms)
+    v, w = UnitClamp(u), InverseScale(u)
+    by_power: dict[int, sympy.Expr] = {}
+    def in_v(e):        # a sign's condition stays in u (x > 2 is not v > 2)
+        if not e.has(u) or _is_sign(e, u):
+            return e
+        return v if e == u else e.func(*(in_v(a) for a in e.args))
+
+    for k, t in terms:
+        by_power[d - k] = by_power.get(d - k, sympy.S.Zero) + in_v(t)
+    q = sympy.S.Zero
+    for k in range(d, -1, -1):
+        q = by_power.get(k, sympy.S.Zero) + w * q
+    return _S ** d * q
+
+
+def _degree(p, u) -> int:
+    return max(k for k, _ in _terms(sympy.expand(p), u))
+
+
+def _scaled_ratio(e, u):
+    """The product e with its ratio of polynomials in u scaled, or None where it has none
+    that can overflow: a numerator and a denominator of degree >= 1 in u, one of them of
+    degree >= 2 (x/(|x| + 1)**3 is one)."""
+    rational, other = [], []
+    for f in sympy.Mul.make_args(e):
+        base, k = (f.base, f.exp) if f.is_Pow and f.exp.is_Integer else (f, sympy.S.One)
+        if base.has(u) and _is_polynomial_in(base, u):
+            rational.append((base, int(k), _degree(base, u)))
+        else:
+            other.append(f)
+    numer = sum(d * k for _, k, d in rational if k > 0)
+    denom = sum(-d * k for _, k, d in rational if k < 0)
+    if not numer or not denom or max(numer, denom) < 2:
+        return None
+    scaled = sympy.Mul(*(_scaled_polynomial(b, u) ** k for b, k, _ in rational))
+    return sympy.Mul(*other) * scaled.subs(_S, 1 / InverseScale(u))
+
+
+def _over_common_denominator(e, u):
+    """A sum of ratios of polynomials in u as one ratio, its numerator expanded: the quotient
+    rule's P'/Q - P*Q'/Q**2 -> (P'*Q - P*Q')/Q**2, where the leading terms (5*a5*x**4 and
+    4*a5*x**4 over b4*x**4 for PAU) cancel exactly instead of in rounded arithmetic."""
+    if not all(_is_polynomial_in(b, u) for t in e.args for f in sympy.Mul.make_args(t)
+               for b in [f.base if f.is_Pow and f.exp.is_Integer else f]):
+        return e
+    numer, denom = sympy.fraction(sympy.together(e))
+    if not denom.has(u):
+        return e
+    terms = sympy.Add.make_args(sympy.expand(numer))
+    return sympy.Add(*(rewrite_sign_product(t) or t for t in terms)) / denom
+
+
+def rational_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
+    """Every ratio of polynomials in an input (within a product: x**3/(x**2 + 1)*exp(-x)) with
+    each polynomial scaled (see UnitClamp): P(x)/Q(x) -> s*p(v, w)/q(v, w) for degrees (5, 4),
+    the powers of s = max(1, |x|) collected, so that nothing overflows where the ratio does
+    not.  Not inside a Padé approximant near 0 (ApproximatedNearZero: only for small x)."""
+    def visit(e):
+        if e.is_Atom or isinstance(e, ApproximatedNearZero):
+            return e
+        if e.is_Mul or e.is_Add:
+            for u in inputs:
+                if e.has(u):        # x*(P'/Q - P*Q'/Q**2) is scaled as one ratio, x with the rest
+                    one = _over_common_denominator(e, u) if e.is_Add else sympy.Mul(
+                        *(_over_common_denominator(f, u) if f.is_Add else f for f in e.args))
+                    scaled = _scaled_ratio(one, u)
+                    if scaled is not None:
+                        return scaled
+        args = tuple(visit(a) for a in e.args)
+        return e.func(*args) if args != e.args else e
+
+    return visit(expr)
 
 # Cancellation at 0: an expression of one variable whose terms cancel to leading order there
 # (x - tanh(x) ~ x**3/3) loses every digit for small x.  Near 0 it is replaced by a Padé
@@ -593,11 +751,13 @@ def _clean(expr: sympy.Basic) -> sympy.Basic:
     return expr
 
 
-def differentiate(expr: sympy.Expr, var: sympy.Symbol) -> sympy.Expr:
+def differentiate(expr: sympy.Expr, var: sympy.Symbol, rewrites: bool = True) -> sympy.Expr:
     """d expr / d var, stabilized, with the common factors of its sums taken out: the product
     rule's s + x*s*sigmoid(-x) (silu') becomes s*(1 + x*sigmoid(-x)), where the terms that
-    cancel for x < 0 carry fewer rounding errors (two ULP less on silu' in float32)."""
-    return common_factors_out(stabilize(_clean(sympy.diff(expr, var))))
+    cancel for x < 0 carry fewer rounding errors (two ULP less on silu' in float32).  Without
+    `rewrites`, as sympy differentiates (sign and Heaviside as branches)."""
+    d = _clean(sympy.diff(expr, var))
+    return common_factors_out(stabilize(d)) if rewrites else d
 
 
 def _take_out_common(e):
@@ -665,12 +825,18 @@ def _tame_exp(value: sympy.Expr) -> sympy.Expr:
 _HUGE_EXP_ARG = sympy.Integer(10) ** 40
 
 
+_MPMATH_SCALES = {
+    "UnitClamp": lambda v: max(-1, min(1, v)),
+    "InverseScale": lambda v: 1 / max(1, abs(v)),
+}
+
+
 @functools.lru_cache(maxsize=256)
 def _mpmath_function(expr: sympy.Expr, x: sympy.Symbol):
     """expr as a function of x in mpmath (astronomically large exp arguments taken to their
     limits, see MPMATH_FUNCTIONS), or None where sympy cannot write it so."""
     try:
-        return sympy.lambdify(x, expr, modules=[MPMATH_FUNCTIONS, "mpmath"])
+        return sympy.lambdify(x, expr, modules=[MPMATH_FUNCTIONS | _MPMATH_SCALES, "mpmath"])
     except Exception:  # noqa: BLE001 - a function lambdify does not know
         return None
 
@@ -804,14 +970,14 @@ def saturate(expr: sympy.Expr, x: sympy.Symbol, limits: dict) -> tuple[sympy.Exp
     return expr.xreplace({x: Saturate(x, lo, hi)}), at_inf
 
 
-def limit_guard(expr: sympy.Expr, x: sympy.Symbol) -> sympy.Expr:
+def limit_guard(expr: sympy.Expr, x: sympy.Symbol, clamp: bool = True) -> sympy.Expr:
     """Wrap expr so it returns its limit at x = +-inf where plain arithmetic would not, and
-    at huge finite x where intermediates would overflow (see saturate)."""
+    (with `clamp`) at huge finite x where intermediates would overflow (see saturate)."""
     if expr.free_symbols != {x}:
         return expr
     lo = _numeric_limit(expr, x, -1)
     hi = _numeric_limit(expr, x, +1)
-    clamped_expr, clamped = saturate(expr, x, {-1: lo, 1: hi})
+    clamped_expr, clamped = saturate(expr, x, {-1: lo, 1: hi}) if clamp else (expr, set())
     if -1 in clamped or (lo is not None and _naive_value_at(expr, x, -sympy.oo) == lo):
         lo = None
     if 1 in clamped or (hi is not None and _naive_value_at(expr, x, sympy.oo) == hi):
@@ -823,7 +989,7 @@ def limit_guard(expr: sympy.Expr, x: sympy.Symbol) -> sympy.Expr:
     return InfGuard(expr, x, as_expr(lo), as_expr(hi))
 
 
-def limit_guards(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], samples=None) -> sympy.Expr:
+def limit_guards(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], samples=None, clamp: bool = True) -> sympy.Expr:
     """limit_guard for each input, also where the input's factor is one of several, and a
     run-time limit where the limit depends on params or constants.
 
@@ -837,11 +1003,11 @@ def limit_guards(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], samples=None)
         if u not in expr.free_symbols:
             continue
         if expr.free_symbols == {u}:
-            expr = limit_guard(expr, u)
+            expr = limit_guard(expr, u, clamp)
             continue
         indep, dep = sympy.factor_terms(expr).as_independent(u, as_Add=False)
         if indep != 1 and dep.free_symbols == {u}:
-            guarded = limit_guard(dep, u)
+            guarded = limit_guard(dep, u, clamp)
             if guarded is not dep:
                 expr = sympy.Mul(indep, guarded)
             continue
@@ -881,7 +1047,8 @@ def _nan_where_limit_exists(expr, u, samples) -> bool:
         if lim is None:
             continue
         naive = ieee_value(expr, {**values, u: sign * math.inf})
-        if naive is None or not (naive == lim or (math.isnan(naive) and math.isnan(lim))):
+        # float64 rounding of the limit's own arithmetic (5*a5/|b4|) is no error
+        if naive is None or not (math.isclose(naive, lim, rel_tol=2.0 ** -40) or (math.isnan(naive) and math.isnan(lim))):
             return True
     return False
 
@@ -894,6 +1061,8 @@ _IEEE_FUNCTIONS: dict = {
     sigmoid: lambda v: 1 / (1 + math.exp(-v)) if v >= 0 else math.exp(v) / (1 + math.exp(v)),
     softplus: lambda v: max(v, 0.0) + math.log1p(math.exp(-abs(v))),
     sympy.sign: lambda v: math.copysign(1.0, v) if v else 0.0 if v == 0 else math.nan,
+    UnitClamp: lambda v: max(-1.0, min(1.0, v)),
+    InverseScale: lambda v: 1.0 / max(1.0, abs(v)),
 }
 
 
@@ -1022,11 +1191,22 @@ class Block:
 
 
 def make_block(outputs: Sequence[tuple[str, sympy.Expr]]) -> Block:
+    """CSE of the outputs.  An input's clamp (Saturate) and a scaled rational function's
+    v = clamp(x, -1, 1) and w = 1/max(1, |x|) (see rational_form) are named first, _clamped_x,
+    _v_x and _w_x, so that their powers print as products of names."""
     names = [n for n, _ in outputs]
     exprs = [e for _, e in outputs]
+    prefix = {Saturate: "_clamped_", UnitClamp: "_v_", InverseScale: "_w_"}
+    atoms = {a for e in exprs for a in e.atoms(*prefix) if a.args[0].is_Symbol}
+    named, seen = {}, Counter()
+    for a in sorted(atoms, key=sympy.default_sort_key):        # two clamps of x: _clamped_x, _clamped_x_1
+        name = f"{prefix[type(a)]}{a.args[0]}"
+        named[a] = sympy.Symbol(name + (f"_{seen[name]}" if seen[name] else ""), real=True)
+        seen[name] += 1
+    exprs = [e.xreplace(named) for e in exprs]
     temps = sympy.numbered_symbols("_t", real=True)
     assignments, reduced = sympy.cse(exprs, symbols=temps, optimizations=None, order="canonical")
-    return Block(tuple(assignments), tuple(zip(names, reduced)))
+    return Block(tuple((n, a) for a, n in named.items()) + tuple(assignments), tuple(zip(names, reduced)))
 
 
 # --- the IR --------------------------------------------------------------------------
@@ -1051,7 +1231,10 @@ class Derivation:
         return self.inputs + self.params
 
 
-def derive(spec: Spec) -> Derivation:
+def derive(spec: Spec, rewrites: bool = True) -> Derivation:
+    """The kernel IR of a spec.  Without `rewrites`, the formula as written: no stability
+    rewrites, no value-preserving forms for float arithmetic and no clamps at huge inputs -
+    only the NaN and +-inf guards and CSE (the "before" of docs/accuracy.md)."""
     sym = spec.symbols
     inputs = tuple(sym[n] for n in spec.inputs)
     params = tuple(sym[p.name] for p in spec.params)
@@ -1059,11 +1242,11 @@ def derive(spec: Spec) -> Derivation:
     variables = inputs + params
 
     expr, draws = replace_draws(spec.expr)
-    expr = stabilize(_clean(expr))
-    first = tuple((v.name, differentiate(expr, v)) for v in variables)
+    expr = stabilize(_clean(expr)) if rewrites else _clean(expr)
+    first = tuple((v.name, differentiate(expr, v, rewrites)) for v in variables)
     d = dict(first)
     second = tuple(
-        ((a.name, b.name), differentiate(d[a.name], b))
+        ((a.name, b.name), differentiate(d[a.name], b, rewrites))
         for a, b in combinations_with_replacement(variables, 2)
     )
 
@@ -1073,19 +1256,22 @@ def derive(spec: Spec) -> Derivation:
     samples |= {sym[c.name]: sympy.Float(c.default) for c in spec.constants}
     samples |= {r: sympy.Float(0.5) for r in draws}
 
+    def scaled(e):
+        return rational_form(e, inputs) if rewrites else e
+
     def final(e):       # value-preserving forms for float arithmetic (see the module doc)
-        return fold_constants(horner_form(hypot_form(e), inputs))
+        return fold_constants(horner_form(hypot_form(e), inputs)) if rewrites else e
 
     def guarded(e):
-        return final(nan_guard(limit_guards(e, inputs, samples), inputs))
+        return final(nan_guard(limit_guards(scaled(e), inputs, samples, clamp=rewrites), inputs))
 
     forward_outputs = [("y", guarded(expr))]
     backward_outputs = [(f"d_{n}", guarded(e)) for n, e in first]
     forward = make_block(forward_outputs)
     backward = make_block(backward_outputs)
     double_backward = make_block(
-        [(f"d_{n}", final(nan_guard(e, inputs))) for n, e in first]
-        + [(f"d2_{a}_{b}", final(nan_guard(e, inputs))) for (a, b), e in second]
+        [(f"d_{n}", final(nan_guard(scaled(e), inputs))) for n, e in first]
+        + [(f"d2_{a}_{b}", final(nan_guard(scaled(e), inputs))) for (a, b), e in second]
     )
     return Derivation(spec, inputs, params, constants, expr, first, second, forward, backward, double_backward,
                       fast_variant(forward_outputs), fast_variant(backward_outputs), draws)

@@ -23,6 +23,30 @@ def _truth(fn, x: float) -> float:
         return float(fn(mp(x)))
 
 
+PAU_FORMULA = ("(a0 + a1 * x + a2 * x**2 + a3 * x**3 + a4 * x**4 + a5 * x**5)"
+               " / (1 + abs(b1 * x) + abs(b2 * x**2) + abs(b3 * x**3) + abs(b4 * x**4))")
+PAU_INIT = {"a0": 0.0335583603, "a1": 0.505000375, "a2": 1.65343934, "a3": 2.01001052, "a4": 0.931901999,
+            "a5": 0.152424124, "b1": 3.30847488e-06, "b2": 3.98021568, "b3": 5.12471206e-07, "b4": 0.301830109}
+
+
+def _pau_parts(x):
+    """P, Q, dP/dx, dQ/dx, dP/da_k, dQ/db_k of the Padé unit (params as float32 holds them)."""
+    a = [mp(float(torch.tensor(PAU_INIT[f"a{k}"]))) for k in range(6)]
+    b = [None] + [mp(float(torch.tensor(PAU_INIT[f"b{k}"]))) for k in range(1, 5)]
+    p = sum(a[k] * x**k for k in range(6))
+    q = 1 + sum(abs(b[k] * x**k) for k in range(1, 5))
+    dp = sum(k * a[k] * x ** (k - 1) for k in range(1, 6))
+    dq = sum(k * abs(b[k]) * abs(x) ** (k - 1) * mpmath.sign(x) for k in range(1, 5))
+    da = [x**k for k in range(6)]
+    db = [None] + [abs(x**k) * mpmath.sign(b[k]) for k in range(1, 5)]
+    return p, q, dp, dq, da, db
+
+
+def _pau(x):
+    p, q, dp, dq, _, _ = _pau_parts(x)
+    return p / q, (dp * q - p * dq) / q**2
+
+
 # (formula, params, constants, f, f', points): f and f' written independently, in mpmath
 CASES = {
     "gaussian_slope": ("x * exp(-x**2)", {}, {},
@@ -39,6 +63,18 @@ CASES = {
              lambda x: (mpmath.sqrt(x**2 + 1) - 1) / 2 + x, lambda x: x / (2 * mpmath.sqrt(x**2 + 1)) + 1, HUGE),
     "cubic_at_a_line": ("a3 * x**3 + a2 * x**2 + a1 * x", {"a3": 0.0, "a2": 0.0, "a1": 0.5}, {},
                         lambda x: x / 2, lambda x: mp(1) / 2, HUGE),
+    "bump": ("x / (1 + x**2)", {}, {}, lambda x: x / (1 + x**2), lambda x: (1 - x**2) / (1 + x**2) ** 2, HUGE),
+    "cubic_over_square": ("x**3 / (1 + x**2)", {}, {},
+                          lambda x: x**3 / (1 + x**2), lambda x: x**2 * (x**2 + 3) / (1 + x**2) ** 2, HUGE),
+    "square_over_square": ("x**2 / (1 + abs(x))**2", {}, {}, lambda x: x**2 / (1 + abs(x)) ** 2,
+                           lambda x: 2 * x / (1 + abs(x)) ** 3, HUGE),      # the quotient rule cancels: x|x| - x**2 sign(x)
+    "sum_of_ratios": ("x / (x**2 + 1) + x**3 / (x**4 + 1)", {}, {}, lambda x: x / (x**2 + 1) + x**3 / (x**4 + 1),
+                      lambda x: (1 - x**2) / (x**2 + 1) ** 2 + (3 * x**2 - x**6) / (x**4 + 1) ** 2, HUGE),
+    "x_times_quotient_rule": ("(a * x**2 + b) / (1 + abs(c * x**3))", {"a": 1.5, "b": -0.5, "c": 0.25}, {},
+                              lambda x: (1.5 * x**2 - 0.5) / (1 + abs(x**3) / 4),
+                              lambda x: (3 * x * (1 + abs(x**3) / 4) - (1.5 * x**2 - 0.5) * 0.75 * x * abs(x))
+                              / (1 + abs(x**3) / 4) ** 2, HUGE),
+    "pau": (PAU_FORMULA, PAU_INIT, {}, lambda x: _pau(x)[0], lambda x: _pau(x)[1], HUGE + [3.0, 18.75]),
 }
 
 
@@ -53,6 +89,8 @@ def modules():
 def _close(got: float, truth: float, dtype) -> bool:
     if truth == 0:
         return got == 0 or abs(got) < 1e-30
+    if abs(truth) < torch.finfo(dtype).tiny:        # below the dtype's normal range: 0 or as tiny
+        return abs(got) < 2 * torch.finfo(dtype).tiny
     eps = torch.finfo(dtype).eps
     return math.isfinite(got) and abs(got - truth) <= 8 * eps * abs(truth)
 
@@ -122,3 +160,33 @@ def test_generated_code_says_where_it_clamps():
     source = inspect.getsource(gelu)
     assert "tl.clamp(x, -64.0, 16.0, propagate_nan=tl.PropagateNan.ALL)" in source
     assert "_rt.clamp(x, -64.0, 16.0)" in source
+
+
+@pytest.mark.parametrize("x0", [s * v for v in HUGE + [3.0, 18.75] for s in (1, -1)])
+def test_huge_inputs_give_the_param_gradients_of_a_ratio(x0, backend, modules):
+    """PAU's param gradients x**k/Q and -P*|x**k|*sign(b_k)/Q**2 at huge x: finite where the
+    truth is (x**5/Q ~ x/|b4|), though P alone overflows in float32 for |x| > 5e7."""
+    names = list(PAU_INIT)
+    ps = [torch.tensor([PAU_INIT[n]], requires_grad=True) for n in names]
+    x = torch.tensor([x0])
+    y = modules["pau"].pau(x, *ps)
+    grads = torch.autograd.grad(y, ps, torch.ones_like(y))
+    with mpmath.workdps(50):
+        p, q, _, _, da, db = _pau_parts(mp(x0))
+        truth = [float(da[k] / q) for k in range(6)] + [float(-p * db[k] / q**2) for k in range(1, 5)]
+    bad = [(n, g.item(), t) for n, g, t in zip(names, grads, truth) if not _close(g.item(), t, torch.float32)]
+    assert not bad, bad
+
+
+def test_generated_code_says_where_it_scales_a_ratio():
+    """PAU's header names the scaled ratios; both targets compute v and w once, by name."""
+    import importlib
+    import inspect
+
+    pau = importlib.import_module("actgen.ops.pau")
+    assert "f, df/dx, df/da1" in pau.__doc__
+    assert "ratios of polynomials in x are computed in v = clamp(x, -1, 1) and w = 1/max(1, |x|)" in pau.__doc__
+    source = inspect.getsource(pau)
+    assert "_v_x = _unit_clamp(x)" in source and "_w_x = _inverse_scale(x)" in source
+    assert "_v_x = _rt.unit_clamp(x)" in source and "_w_x = _rt.inverse_scale(x)" in source
+    assert "libdevice.pow" not in source          # v**5 is a product of names

@@ -170,3 +170,51 @@ def test_numbers_of_a_product_are_one_coefficient():
     assert float(coeff) == pytest.approx(1 / math.sqrt(2 * math.pi), rel=1e-15)
     assert float(folded.subs(X, 0.7)) == pytest.approx(float(e.subs(X, 0.7)), rel=1e-14)
     assert fold_constants(3 * X + 1) == 3 * X + 1          # an integer coefficient stays
+
+
+def test_ratios_of_polynomials_are_scaled_by_max_1_abs_x():
+    """P(x)/Q(x) of degrees (5, 4) is computed in v = clamp(x, -1, 1) and w = 1/max(1, |x|):
+    no x**5 (which overflows in float32 for |x| > 5e7) is left, the quotient rule's two terms
+    are over one denominator with the leading terms cancelled, and the value is unchanged."""
+    from actgen.derive import InverseScale, UnitClamp, rational_form
+    a = sympy.symbols("a0:6", real=True)
+    b = sympy.symbols("b1:5", real=True)
+    P = sum(a[k] * X**k for k in range(6))
+    Q = 1 + sum(abs(b[k - 1] * X**k) for k in range(1, 5))
+    f = P / Q
+    df = sympy.diff(f, X)
+    assert isinstance(df, sympy.Add)        # P'/Q - P*Q'/Q**2: terms that cancel for large |x|
+    values = {s: sympy.Rational(v) for s, v in zip(a + b, ("0.03", "0.5", "1.6", "2.0", "0.9", "0.15",
+                                                            "-0.2", "3.9", "0.5", "-0.3"))}
+    for e in (f, df):
+        scaled = rational_form(e, [X])
+        powers = [p for p in scaled.atoms(sympy.Pow) if p.base == X]
+        assert not powers and scaled.has(UnitClamp(X)) and scaled.has(InverseScale(X))
+        for x0 in ("-1e6", "-3.5", "-0.25", "0", "0.75", "2", "1e9"):
+            want = e.subs(values).subs(X, sympy.Rational(x0))
+            got = scaled.subs(values).subs(X, sympy.Rational(x0))
+            assert sympy.N(got - want, 30) == pytest.approx(0, abs=1e-25 * max(1, abs(float(want))))
+    # one ratio: the derivative's numerator is a polynomial (degree 8 in x) over Q**2
+    scaled_df = rational_form(df, [X])
+    assert isinstance(scaled_df, sympy.Mul)
+    # a branch's condition stays in x: v = clamp(x, -1, 1) > 2 would never hold
+    step = sympy.Piecewise((1, X > 2), (0, True)) * X**3 / (1 + X**2)
+    for x0 in (3, 1, -3):
+        assert rational_form(step, [X]).subs(X, x0) == step.subs(X, x0)
+    # a polynomial alone (Horner form handles it), a lone 1/Q and an x inside exp stay as they are
+    for e in (P, 1 / Q, sympy.exp(-X**2) * X):
+        assert rational_form(e, [X]) == e
+
+
+def test_a_sign_times_its_argument_is_an_abs():
+    """u*sign(u) -> |u| where the product holds u's factors: x**2*sign(x) -> x*|x| and
+    a*b*x*sign(b*x) -> a*|b*x| (terms in |u| then cancel symbolically: x**2/(1 + |x|)**2's
+    derivative), but x*sign(b*x) stays (x/b would divide by a b that may be 0)."""
+    from actgen.derive import _clean, rewrite_sign_product
+    a, b = sympy.symbols("a b", real=True)
+    sign = lambda u: _clean(sympy.sign(u))
+    assert rewrite_sign_product(X**2 * sign(X)) == X * abs(X)
+    assert rewrite_sign_product(a * b * X * sign(b * X)) == a * abs(b * X)
+    assert rewrite_sign_product(-X * sign(X) / (abs(X) + 1) ** 2) == -abs(X) / (abs(X) + 1) ** 2
+    assert rewrite_sign_product(X * sign(b * X)) is None
+    assert rewrite_sign_product(a * sign(X)) is None

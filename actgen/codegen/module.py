@@ -6,7 +6,7 @@ import re
 
 import sympy
 
-from ..derive import Block, Derivation, Saturate, draw_lines
+from ..derive import Block, Derivation, Saturate, UnitClamp, draw_lines
 from ..printers import TorchPrinter, TritonPrinter
 from .writer import Writer, escape_docstring
 
@@ -15,7 +15,7 @@ TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK
 NTH_TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 # the @triton.jit helpers of actgen.runtime.triton_lang a kernel may call (imported as _name)
 KERNEL_HELPERS = ("tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "sigmoid", "softplus",
-                  "sqrt_square_plus", "probe_at_inf", "limit_at_inf", "draw")
+                  "sqrt_square_plus", "unit_clamp", "inverse_scale", "probe_at_inf", "limit_at_inf", "draw")
 
 
 def op_key(d: Derivation) -> str:
@@ -29,7 +29,7 @@ def _math_lines(d: Derivation) -> list[str]:
     width = max(len(f"df/d{n}") for n in names)
     lines = [f"{'f':<{width}} = {sympy.sstr(d.expr)}"]
     lines += [f"{'df/d' + n:<{width}} = {sympy.sstr(e)}" for n, e in d.first]
-    return lines + draw_lines(d.spec.expr) + _saturation_lines(d)
+    return lines + draw_lines(d.spec.expr) + _saturation_lines(d) + _scaling_lines(d)
 
 
 def _bound(b) -> str:
@@ -38,26 +38,47 @@ def _bound(b) -> str:
     return "-" + text if b < 0 else text
 
 
-def _saturation_lines(d: Derivation) -> list[str]:
-    """Where an output clamps an input (actgen.derive.Saturate): beyond the bounds the output
-    is at its limit in that input, to double precision."""
-    lines = []
+def _output_atoms(d: Derivation, kind) -> list[tuple[str, set]]:
+    """(label, atoms of `kind` it uses, through the temporaries) for f and each df/dvar."""
+    out = []
     for block, label in ((d.forward, lambda n: "f"), (d.backward, lambda n: "df/d" + n[2:])):
         temps = dict(block.assignments)
         for name, expr in block.outputs:
             seen, todo, found = set(), [expr], set()
             while todo:
                 e = todo.pop()
-                found |= e.atoms(Saturate)
+                found |= e.atoms(kind)
                 for t in e.free_symbols & temps.keys() - seen:
                     seen.add(t)
                     todo.append(temps[t])
-            for sat in sorted(found, key=sympy.default_sort_key):
-                u, lo, hi = sat.args
-                side = [f"{u} <= {_bound(lo)}"] if lo.is_finite else []
-                side += [f"{u} >= {_bound(hi)}"] if hi.is_finite else []
-                lines.append(f"{label(name)}: {u} is clamped where {' or '.join(side)} "
-                             f"(there {label(name)} no longer changes with {u}, to double precision).")
+            out.append((label(name), found))
+    return out
+
+
+def _saturation_lines(d: Derivation) -> list[str]:
+    """Where an output clamps an input (actgen.derive.Saturate): beyond the bounds the output
+    is at its limit in that input, to double precision."""
+    lines = []
+    for label, found in _output_atoms(d, Saturate):
+        for sat in sorted(found, key=sympy.default_sort_key):
+            u, lo, hi = sat.args
+            side = [f"{u} <= {_bound(lo)}"] if lo.is_finite else []
+            side += [f"{u} >= {_bound(hi)}"] if hi.is_finite else []
+            lines.append(f"{label}: {u} is clamped where {' or '.join(side)} "
+                         f"(there {label} no longer changes with {u}, to double precision).")
+    return [""] + lines if lines else []
+
+
+def _scaling_lines(d: Derivation) -> list[str]:
+    """Which outputs compute ratios of polynomials in an input scaled (actgen.derive.rational_form)."""
+    uses = _output_atoms(d, UnitClamp)
+    lines = []
+    for u in d.inputs:
+        labels = [label for label, found in uses if UnitClamp(u) in found]
+        if labels:
+            lines.append(f"{', '.join(labels)}: ratios of polynomials in {u} are computed in v = clamp({u}, -1, 1) "
+                         f"and w = 1/max(1, |{u}|), each polynomial divided by max(1, |{u}|) to its degree, so "
+                         "that none overflows where the ratio does not.")
     return [""] + lines if lines else []
 
 

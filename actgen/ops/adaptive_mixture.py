@@ -186,7 +186,7 @@ if _rt.HAS_TRITON:
             _t11 = _probe_at_inf(x)
             _t12 = tl.where(_t11 > 0.0, _t11, 0.0)
             _t13 = _t8*(_t0*_t12 + _t1*libdevice.tanh(_t11) + _t11*_t2)
-            _d_x = tl.where(x != x, x, _t4*(_t0*tl.where(_t5, 1.0, 0.0) + _t2 + 4.0*libdevice.exp(_t6 + w1)/libdevice.pow(libdevice.exp(_t6) + 1.0, 2.0)))
+            _d_x = tl.where(x != x, x, _t4*(_t0*tl.where(_t5, 1.0, 0.0) + _t2 + 4.0*libdevice.exp(_t6 + w1)/((libdevice.exp(_t6) + 1.0)*(libdevice.exp(_t6) + 1.0))))
             _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*(-_t10 + _t4*_t7), _t0*(_t12*_t4 - _t13), x))
             _d_w1 = tl.where(x != x, x, _t1*(-_t10 + _t4*_t9))
             _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*(-_t10 + _t4*x), _t2*(_t11*_t4 - _t13), x))
@@ -203,7 +203,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='adaptive_mixture',
-    key='6a4fffef9a64',
+    key='2d8899a977b1',
     inputs=('x',),
     params=(('w0', False), ('w1', False), ('w2', False)),
     constants=(),

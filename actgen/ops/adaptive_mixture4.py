@@ -216,7 +216,7 @@ if _rt.HAS_TRITON:
             _t14 = _probe_at_inf(x)
             _t15 = tl.where(_t14 > 0.0, _t14, 0.0)
             _t16 = _t11*(_t0*_t15 + _t1*libdevice.tanh(_t14) + _t14*_t2 + _t3*_sigmoid(_t14))
-            _d_x = tl.where(x != x, x, _t5*(_t0*tl.where(_t8, 1.0, 0.0) + _t2 + _t7*_sigmoid(-x) + 4.0*libdevice.exp(_t9 + w1)/libdevice.pow(libdevice.exp(_t9) + 1.0, 2.0)))
+            _d_x = tl.where(x != x, x, _t5*(_t0*tl.where(_t8, 1.0, 0.0) + _t2 + _t7*_sigmoid(-x) + 4.0*libdevice.exp(_t9 + w1)/((libdevice.exp(_t9) + 1.0)*(libdevice.exp(_t9) + 1.0))))
             _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*(_t10*_t5 - _t13), _t0*(_t15*_t5 - _t16), x))
             _d_w1 = tl.where(x != x, x, _t1*(_t12*_t5 - _t13))
             _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*(-_t13 + _t5*x), _t2*(_t14*_t5 - _t16), x))
@@ -236,7 +236,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='adaptive_mixture4',
-    key='8ae0aac5a95b',
+    key='d4d8144a570d',
     inputs=('x',),
     params=(('w0', False), ('w1', False), ('w2', False), ('w3', False)),
     constants=(),

@@ -32,10 +32,10 @@ def _forward_torch(x):
 
 def _derivatives_torch(x):
     """df/dx."""
-    _t0 = _rt.clamp(x, -67108864.0, 33554432.0)
-    _t1 = _rt.hypot(_t0, 1.0)
-    _t2 = _t1 + 1.0
-    _d_x = -(_t0/_t1*_t0/_t2*_t0/_t2*0.5) + _t0/_t2 + 1.0
+    _clamped_x = _rt.clamp(x, -67108864.0, 33554432.0)
+    _t0 = _rt.hypot(_clamped_x, 1.0)
+    _t1 = _t0 + 1.0
+    _d_x = -(_clamped_x/_t0*_clamped_x/_t1*_clamped_x/_t1*0.5) + _clamped_x/_t1 + 1.0
     return (_d_x,)
 
 
@@ -47,15 +47,16 @@ def _forward_torch_fast(x):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
+    _w_x = _rt.inverse_scale(x)
+    _v_x = _rt.unit_clamp(x)
     _t0 = _rt.hypot(x, 1.0)
     _t1 = _t0 + 1.0
     _t2 = 1.0/_t1
     _t3 = 1.0/_t0
     _t4 = 1.0/(_t1*_t1)
     _t5 = 0.5*_t4
-    _t6 = x*x
-    _t7 = x*x*x*x
-    _d2_x_x = _t2 - 2.5*_t3*_t4*_t6 + _t7/(_t1*_t1*_t1*(_t6 + 1.0)) + _t5*_t7/(_t0*_t0*_t0)
+    _t6 = _w_x*_w_x
+    _d2_x_x = _t2 - 2.5*_t3*_t4*x*x + _v_x/_t1*_v_x/_t1*_v_x/_t1*_v_x/_t6/(_t6 + _v_x*_v_x) + _t5/_t0*x/_t0*x/_t0*x*x
     return (_d2_x_x,)
 
 
@@ -85,16 +86,16 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = tl.clamp(x, -67108864.0, 33554432.0, propagate_nan=tl.PropagateNan.ALL)
-        _t1 = libdevice.hypot(_t0, 1.0)
-        _t2 = _t1 + 1.0
-        _d_x = -(_t0/_t1*_t0/_t2*_t0/_t2*0.5) + _t0/_t2 + 1.0
+        _clamped_x = tl.clamp(x, -67108864.0, 33554432.0, propagate_nan=tl.PropagateNan.ALL)
+        _t0 = libdevice.hypot(_clamped_x, 1.0)
+        _t1 = _t0 + 1.0
+        _d_x = -(_clamped_x/_t0*_clamped_x/_t1*_clamped_x/_t1*0.5) + _clamped_x/_t1 + 1.0
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='bent_identity',
-    key='4da9f769edac',
+    key='154840be58f5',
     inputs=('x',),
     params=(),
     constants=(),

@@ -80,7 +80,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='bilinear',
-    key='17c14b39bd13',
+    key='84468c6b16ce',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -32,26 +32,28 @@ def _forward_torch(x):
 
 def _derivatives_torch(x):
     """df/dx."""
-    _t0 = _rt.clamp(x, -32.0, 32.0)
-    _t1 = _rt.hypot(_t0, 1.0)
-    _t2 = torch.exp(-(2.0*_t1))
-    _d_x = _t0/_t1*_t0/(_t2 + 1.0)*_t2/(_t2 + 1.0)*4.0 + torch.tanh(_t1)
+    _clamped_x = _rt.clamp(x, -32.0, 32.0)
+    _t0 = _rt.hypot(_clamped_x, 1.0)
+    _t1 = torch.exp(-(2.0*_t0))
+    _d_x = _clamped_x/_t0*_clamped_x/(_t1 + 1.0)*_t1/(_t1 + 1.0)*4.0 + torch.tanh(_t0)
     return (_d_x,)
 
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
+    _w_x = _rt.inverse_scale(x)
+    _v_x = _rt.unit_clamp(x)
     _t0 = _rt.hypot(x, 1.0)
-    _t1 = x*x
-    _t2 = 1.0/_t0
-    _t3 = torch.exp(-(2.0*_t0))
-    _t4 = _t3 + 1.0
-    _t5 = 1.0/(_t4*_t4)
-    _t6 = _t3*_t5
-    _t7 = 4.0*_t6
-    _t8 = x*x*x
-    _t9 = 1.0/(_t1 + 1.0)
-    _d2_x_x = 12.0*_t2*_t3*_t5*x - 8.0*_t6*_t8*_t9 + 16.0*_t8*_t9*torch.exp(-(4.0*_t0))/(_t4*_t4*_t4) - _t7*_t8/(_t0*_t0*_t0)
+    _t1 = 1.0/_t0
+    _t2 = torch.exp(-(2.0*_t0))
+    _t3 = _t2 + 1.0
+    _t4 = 1.0/(_t3*_t3)
+    _t5 = _t2*_t4
+    _t6 = 4.0*_t5
+    _t7 = _v_x*_v_x*_v_x
+    _t8 = 1.0/_w_x
+    _t9 = 1.0/(_v_x*_v_x + _w_x*_w_x)
+    _d2_x_x = 12.0*_t1*_t2*_t4*x - 8.0*_t5*_t7*_t8*_t9 + 16.0*_t7*_t8*_t9*torch.exp(-(4.0*_t0))/(_t3*_t3*_t3) - _t6/_t0*x/_t0*x/_t0*x
     return (_d2_x_x,)
 
 
@@ -81,16 +83,16 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = tl.clamp(x, -32.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
-        _t1 = libdevice.hypot(_t0, 1.0)
-        _t2 = libdevice.exp(-(2.0*_t1))
-        _d_x = _t0/_t1*_t0/(_t2 + 1.0)*_t2/(_t2 + 1.0)*4.0 + libdevice.tanh(_t1)
+        _clamped_x = tl.clamp(x, -32.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
+        _t0 = libdevice.hypot(_clamped_x, 1.0)
+        _t1 = libdevice.exp(-(2.0*_t0))
+        _d_x = _clamped_x/_t0*_clamped_x/(_t1 + 1.0)*_t1/(_t1 + 1.0)*4.0 + libdevice.tanh(_t0)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='custom_smooth',
-    key='4dd35a1b28e9',
+    key='e6e03e643c89',
     inputs=('x',),
     params=(),
     constants=(),

@@ -33,8 +33,8 @@ def _forward_torch(a, b):
 
 def _derivatives_torch(a, b):
     """df/da, df/db."""
-    _t0 = _rt.clamp(a, -64.0, 16.0)
-    _d_a = 0.5*b*(0.7978845608028654*_t0*torch.exp(-(0.5*_t0*_t0)) + torch.erfc(-(0.7071067811865476*_t0)))
+    _clamped_a = _rt.clamp(a, -64.0, 16.0)
+    _d_a = 0.5*b*(0.7978845608028654*_clamped_a*torch.exp(-(0.5*_clamped_a*_clamped_a)) + torch.erfc(-(0.7071067811865476*_clamped_a)))
     _d_b = torch.where(a == -math.inf, 0.0, 0.5*a*torch.erfc(-(0.7071067811865476*a)))
     return (_d_a, _d_b,)
 
@@ -47,8 +47,8 @@ def _forward_torch_fast(a, b):
 
 def _derivatives_torch_fast(a, b):
     """df/da, df/db for finite inputs (CPU): no NaN/inf guards."""
-    _t0 = _rt.clamp(a, -64.0, 16.0)
-    _d_a = 0.5*b*(0.7978845608028654*_t0*torch.exp(-(0.5*_t0*_t0)) + torch.erfc(-(0.7071067811865476*_t0)))
+    _clamped_a = _rt.clamp(a, -64.0, 16.0)
+    _d_a = 0.5*b*(0.7978845608028654*_clamped_a*torch.exp(-(0.5*_clamped_a*_clamped_a)) + torch.erfc(-(0.7071067811865476*_clamped_a)))
     _d_b = 0.5*a*torch.erfc(-(0.7071067811865476*a))
     return (_d_a, _d_b,)
 
@@ -93,8 +93,8 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = tl.clamp(a, -64.0, 16.0, propagate_nan=tl.PropagateNan.ALL)
-        _d_a = 0.5*b*(0.7978845608028654*_t0*libdevice.exp(-(0.5*_t0*_t0)) + libdevice.erfc(-(0.7071067811865476*_t0)))
+        _clamped_a = tl.clamp(a, -64.0, 16.0, propagate_nan=tl.PropagateNan.ALL)
+        _d_a = 0.5*b*(0.7978845608028654*_clamped_a*libdevice.exp(-(0.5*_clamped_a*_clamped_a)) + libdevice.erfc(-(0.7071067811865476*_clamped_a)))
         _d_b = tl.where(a == -float("inf"), 0.0, 0.5*a*libdevice.erfc(-(0.7071067811865476*a)))
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
@@ -102,7 +102,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu',
-    key='641154710d28',
+    key='b159ff6dd33a',
     inputs=('a', 'b'),
     params=(),
     constants=(),

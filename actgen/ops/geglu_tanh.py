@@ -29,20 +29,20 @@ SPEC_SHA256 = 'a5b49c52498184eb2c37fa23992bf0431ecebf07f06d61fdf82ec94d15c98f7e'
 
 def _forward_torch(a, b):
     """f, elementwise; params broadcast against the input."""
-    _t0 = _rt.clamp(a, -32.0, None)
-    _y = 1.0*_t0*b*torch.sigmoid(1.5957691216057308*_t0*(0.044715*_t0*_t0 + 1.0))
+    _clamped_a = _rt.clamp(a, -32.0, None)
+    _y = _clamped_a*b*torch.sigmoid(1.5957691216057308*_clamped_a*(0.044715*_clamped_a*_clamped_a + 1.0))
     return _y
 
 
 def _derivatives_torch(a, b):
     """df/da, df/db."""
-    _t0 = _rt.clamp(a, -32.0, 8.0)
-    _t1 = _t0*_t0
-    _t2 = 1.5957691216057308*_t0
-    _t3 = _t2*(0.044715*_t1 + 1.0)
-    _t4 = _rt.clamp(a, -32.0, None)
-    _d_a = b*(_t2*(0.134145*_t1 + 1.0)*torch.sigmoid(-_t3) + 1.0)*torch.sigmoid(_t3)
-    _d_b = 1.0*_t4*torch.sigmoid(0.07135481627260025*_t4*_t4*_t4 + 1.5957691216057308*_t4)
+    _clamped_a = _rt.clamp(a, -32.0, 8.0)
+    _clamped_a_1 = _rt.clamp(a, -32.0, None)
+    _t0 = _clamped_a*_clamped_a
+    _t1 = 1.5957691216057308*_clamped_a
+    _t2 = _t1*(0.044715*_t0 + 1.0)
+    _d_a = b*(_t1*(0.134145*_t0 + 1.0)*torch.sigmoid(-_t2) + 1.0)*torch.sigmoid(_t2)
+    _d_b = _clamped_a_1*torch.sigmoid(0.07135481627260025*_clamped_a_1*_clamped_a_1*_clamped_a_1 + 1.5957691216057308*_clamped_a_1)
     return (_d_a, _d_b,)
 
 
@@ -78,8 +78,8 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = tl.maximum(a, -32.0, propagate_nan=tl.PropagateNan.ALL)
-        _y = 1.0*_t0*b*_sigmoid(1.5957691216057308*_t0*(0.044715*_t0*_t0 + 1.0))
+        _clamped_a = tl.maximum(a, -32.0, propagate_nan=tl.PropagateNan.ALL)
+        _y = _clamped_a*b*_sigmoid(1.5957691216057308*_clamped_a*(0.044715*_clamped_a*_clamped_a + 1.0))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -92,20 +92,20 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = tl.clamp(a, -32.0, 8.0, propagate_nan=tl.PropagateNan.ALL)
-        _t1 = _t0*_t0
-        _t2 = 1.5957691216057308*_t0
-        _t3 = _t2*(0.044715*_t1 + 1.0)
-        _t4 = tl.maximum(a, -32.0, propagate_nan=tl.PropagateNan.ALL)
-        _d_a = b*(_t2*(0.134145*_t1 + 1.0)*_sigmoid(-_t3) + 1.0)*_sigmoid(_t3)
-        _d_b = 1.0*_t4*_sigmoid(0.07135481627260025*_t4*_t4*_t4 + 1.5957691216057308*_t4)
+        _clamped_a = tl.clamp(a, -32.0, 8.0, propagate_nan=tl.PropagateNan.ALL)
+        _clamped_a_1 = tl.maximum(a, -32.0, propagate_nan=tl.PropagateNan.ALL)
+        _t0 = _clamped_a*_clamped_a
+        _t1 = 1.5957691216057308*_clamped_a
+        _t2 = _t1*(0.044715*_t0 + 1.0)
+        _d_a = b*(_t1*(0.134145*_t0 + 1.0)*_sigmoid(-_t2) + 1.0)*_sigmoid(_t2)
+        _d_b = _clamped_a_1*_sigmoid(0.07135481627260025*_clamped_a_1*_clamped_a_1*_clamped_a_1 + 1.5957691216057308*_clamped_a_1)
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='geglu_tanh',
-    key='b2391d8155c2',
+    key='960736e2310d',
     inputs=('a', 'b'),
     params=(),
     constants=(),

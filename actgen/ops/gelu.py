@@ -32,8 +32,8 @@ def _forward_torch(x):
 
 def _derivatives_torch(x):
     """df/dx."""
-    _t0 = _rt.clamp(x, -64.0, 16.0)
-    _d_x = 0.3989422804014327*_t0*torch.exp(-(0.5*_t0*_t0)) + 0.5*torch.erfc(-(0.7071067811865476*_t0))
+    _clamped_x = _rt.clamp(x, -64.0, 16.0)
+    _d_x = 0.3989422804014327*_clamped_x*torch.exp(-(0.5*_clamped_x*_clamped_x)) + 0.5*torch.erfc(-(0.7071067811865476*_clamped_x))
     return (_d_x,)
 
 
@@ -77,14 +77,14 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = tl.clamp(x, -64.0, 16.0, propagate_nan=tl.PropagateNan.ALL)
-        _d_x = 0.3989422804014327*_t0*libdevice.exp(-(0.5*_t0*_t0)) + 0.5*libdevice.erfc(-(0.7071067811865476*_t0))
+        _clamped_x = tl.clamp(x, -64.0, 16.0, propagate_nan=tl.PropagateNan.ALL)
+        _d_x = 0.3989422804014327*_clamped_x*libdevice.exp(-(0.5*_clamped_x*_clamped_x)) + 0.5*libdevice.erfc(-(0.7071067811865476*_clamped_x))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='gelu',
-    key='7162215f1d21',
+    key='1a4393a7e44d',
     inputs=('x',),
     params=(),
     constants=(),

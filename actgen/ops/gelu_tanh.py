@@ -27,17 +27,17 @@ SPEC_SHA256 = '40bdbde5841e643cf8d56aece18e7582aff197a5bc4f4ce271bdb8e427068560'
 
 def _forward_torch(x):
     """f, elementwise; params broadcast against the input."""
-    _t0 = _rt.clamp(x, -32.0, None)
-    _y = 1.0*_t0*torch.sigmoid(0.07135481627260025*_t0*_t0*_t0 + 1.5957691216057308*_t0)
+    _clamped_x = _rt.clamp(x, -32.0, None)
+    _y = _clamped_x*torch.sigmoid(0.07135481627260025*_clamped_x*_clamped_x*_clamped_x + 1.5957691216057308*_clamped_x)
     return _y
 
 
 def _derivatives_torch(x):
     """df/dx."""
-    _t0 = _rt.clamp(x, -32.0, 8.0)
-    _t1 = 1.5957691216057308*_t0
-    _t2 = 0.07135481627260025*_t0*_t0*_t0 + _t1
-    _d_x = (_t1*(0.134145*_t0*_t0 + 1.0)*torch.sigmoid(-_t2) + 1.0)*torch.sigmoid(_t2)
+    _clamped_x = _rt.clamp(x, -32.0, 8.0)
+    _t0 = 1.5957691216057308*_clamped_x
+    _t1 = 0.07135481627260025*_clamped_x*_clamped_x*_clamped_x + _t0
+    _d_x = (_t0*(0.134145*_clamped_x*_clamped_x + 1.0)*torch.sigmoid(-_t1) + 1.0)*torch.sigmoid(_t1)
     return (_d_x,)
 
 
@@ -68,8 +68,8 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = tl.maximum(x, -32.0, propagate_nan=tl.PropagateNan.ALL)
-        _y = 1.0*_t0*_sigmoid(0.07135481627260025*_t0*_t0*_t0 + 1.5957691216057308*_t0)
+        _clamped_x = tl.maximum(x, -32.0, propagate_nan=tl.PropagateNan.ALL)
+        _y = _clamped_x*_sigmoid(0.07135481627260025*_clamped_x*_clamped_x*_clamped_x + 1.5957691216057308*_clamped_x)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -81,16 +81,16 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = tl.clamp(x, -32.0, 8.0, propagate_nan=tl.PropagateNan.ALL)
-        _t1 = 1.5957691216057308*_t0
-        _t2 = 0.07135481627260025*_t0*_t0*_t0 + _t1
-        _d_x = (_t1*(0.134145*_t0*_t0 + 1.0)*_sigmoid(-_t2) + 1.0)*_sigmoid(_t2)
+        _clamped_x = tl.clamp(x, -32.0, 8.0, propagate_nan=tl.PropagateNan.ALL)
+        _t0 = 1.5957691216057308*_clamped_x
+        _t1 = 0.07135481627260025*_clamped_x*_clamped_x*_clamped_x + _t0
+        _d_x = (_t0*(0.134145*_clamped_x*_clamped_x + 1.0)*_sigmoid(-_t1) + 1.0)*_sigmoid(_t1)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='gelu_tanh',
-    key='67c351be693b',
+    key='8ac4cfb7d0ae',
     inputs=('x',),
     params=(),
     constants=(),

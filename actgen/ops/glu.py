@@ -85,7 +85,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='glu',
-    key='151b49bfe6b6',
+    key='efef91fe0a41',
     inputs=('a', 'b'),
     params=(),
     constants=(),

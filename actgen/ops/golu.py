@@ -27,24 +27,24 @@ SPEC_SHA256 = '7f7bf71eb10ca52675d7554d713abc8eaf01f61407bd0ee949476d0d7a7e4f93'
 
 def _forward_torch(x):
     """f, elementwise; params broadcast against the input."""
-    _t0 = _rt.clamp(x, -8.0, None)
-    _y = _t0*torch.exp(-torch.exp(-_t0))
+    _clamped_x = _rt.clamp(x, -8.0, None)
+    _y = _clamped_x*torch.exp(-torch.exp(-_clamped_x))
     return _y
 
 
 def _derivatives_torch(x):
     """df/dx."""
-    _t0 = _rt.clamp(x, -8.0, None)
-    _t1 = torch.exp(-_t0)
-    _d_x = torch.where(x == math.inf, 1.0, _t0*torch.exp(-_t0 - _t1) + torch.exp(-_t1))
+    _clamped_x = _rt.clamp(x, -8.0, None)
+    _t0 = torch.exp(-_clamped_x)
+    _d_x = torch.where(x == math.inf, 1.0, _clamped_x*torch.exp(-_clamped_x - _t0) + torch.exp(-_t0))
     return (_d_x,)
 
 
 def _derivatives_torch_fast(x):
     """df/dx for finite inputs (CPU): no NaN/inf guards."""
-    _t0 = _rt.clamp(x, -8.0, None)
-    _t1 = torch.exp(-_t0)
-    _d_x = _t0*torch.exp(-_t0 - _t1) + torch.exp(-_t1)
+    _clamped_x = _rt.clamp(x, -8.0, None)
+    _t0 = torch.exp(-_clamped_x)
+    _d_x = _clamped_x*torch.exp(-_clamped_x - _t0) + torch.exp(-_t0)
     return (_d_x,)
 
 
@@ -74,8 +74,8 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = tl.maximum(x, -8.0, propagate_nan=tl.PropagateNan.ALL)
-        _y = _t0*libdevice.exp(-libdevice.exp(-_t0))
+        _clamped_x = tl.maximum(x, -8.0, propagate_nan=tl.PropagateNan.ALL)
+        _y = _clamped_x*libdevice.exp(-libdevice.exp(-_clamped_x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -87,15 +87,15 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = tl.maximum(x, -8.0, propagate_nan=tl.PropagateNan.ALL)
-        _t1 = libdevice.exp(-_t0)
-        _d_x = tl.where(x == float("inf"), 1.0, _t0*libdevice.exp(-_t0 - _t1) + libdevice.exp(-_t1))
+        _clamped_x = tl.maximum(x, -8.0, propagate_nan=tl.PropagateNan.ALL)
+        _t0 = libdevice.exp(-_clamped_x)
+        _d_x = tl.where(x == float("inf"), 1.0, _clamped_x*libdevice.exp(-_clamped_x - _t0) + libdevice.exp(-_t0))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='golu',
-    key='27d8ba4a3b7c',
+    key='1b39d8bbe1cb',
     inputs=('x',),
     params=(),
     constants=(),

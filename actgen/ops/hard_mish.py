@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hard_mish',
-    key='93a3bf2ca3b8',
+    key='644fb852de3f',
     inputs=('x',),
     params=(),
     constants=(),

@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardshrink',
-    key='946707a2e9c6',
+    key='f7191389fb73',
     inputs=('x',),
     params=(),
     constants=('lambd',),

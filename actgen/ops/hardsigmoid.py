@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardsigmoid',
-    key='86e13e5da6ab',
+    key='ab1b78bf89db',
     inputs=('x',),
     params=(),
     constants=(),

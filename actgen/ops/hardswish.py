@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardswish',
-    key='5298ac305ca0',
+    key='ba794bc2f3b8',
     inputs=('x',),
     params=(),
     constants=(),

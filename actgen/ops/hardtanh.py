@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardtanh',
-    key='fb0c9c0d8719',
+    key='d5cccd556f02',
     inputs=('x',),
     params=(),
     constants=('min_val', 'max_val'),

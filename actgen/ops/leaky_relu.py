@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='leaky_relu',
-    key='c5b5d51b7ccb',
+    key='4614aaf8f5c3',
     inputs=('x',),
     params=(),
     constants=('negative_slope',),

@@ -32,9 +32,9 @@ def _forward_torch(x):
 
 def _derivatives_torch(x):
     """df/dx."""
-    _t0 = _rt.clamp(x, -32.0, 32.0)
-    _t1 = torch.exp(-(2.0*torch.abs(_t0)))
-    _d_x = 4.0*_t0*_t1/(_t1 + 1.0)**2.0 + torch.tanh(_t0)
+    _clamped_x = _rt.clamp(x, -32.0, 32.0)
+    _t0 = torch.exp(-(2.0*torch.abs(_clamped_x)))
+    _d_x = 4.0*_clamped_x*_t0/(_t0 + 1.0)**2.0 + torch.tanh(_clamped_x)
     return (_d_x,)
 
 
@@ -75,15 +75,15 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = tl.clamp(x, -32.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
-        _t1 = libdevice.exp(-(2.0*tl.abs(_t0)))
-        _d_x = 4.0*_t0*_t1/libdevice.pow(_t1 + 1.0, 2.0) + libdevice.tanh(_t0)
+        _clamped_x = tl.clamp(x, -32.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
+        _t0 = libdevice.exp(-(2.0*tl.abs(_clamped_x)))
+        _d_x = 4.0*_clamped_x*_t0/((_t0 + 1.0)*(_t0 + 1.0)) + libdevice.tanh(_clamped_x)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='lisht',
-    key='d64298d4da2f',
+    key='a3ba1247fe92',
     inputs=('x',),
     params=(),
     constants=(),

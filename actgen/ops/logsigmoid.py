@@ -73,7 +73,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='logsigmoid',
-    key='1213b2af366c',
+    key='dc7950448c1a',
     inputs=('x',),
     params=(),
     constants=(),

@@ -32,10 +32,10 @@ def _forward_torch(x):
 
 def _derivatives_torch(x):
     """df/dx."""
-    _t0 = _rt.clamp(x, -1024.0, 32.0)
-    _t1 = _rt.softplus(_t0)
-    _t2 = torch.exp(-(2.0*_t1))
-    _d_x = 4.0*_t0*_t2*torch.sigmoid(_t0)/(_t2 + 1.0)**2.0 + torch.tanh(_t1)
+    _clamped_x = _rt.clamp(x, -1024.0, 32.0)
+    _t0 = _rt.softplus(_clamped_x)
+    _t1 = torch.exp(-(2.0*_t0))
+    _d_x = 4.0*_clamped_x*_t1*torch.sigmoid(_clamped_x)/(_t1 + 1.0)**2.0 + torch.tanh(_t0)
     return (_d_x,)
 
 
@@ -85,16 +85,16 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = tl.clamp(x, -1024.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
-        _t1 = _softplus(_t0)
-        _t2 = libdevice.exp(-(2.0*_t1))
-        _d_x = 4.0*_t0*_t2*_sigmoid(_t0)/libdevice.pow(_t2 + 1.0, 2.0) + libdevice.tanh(_t1)
+        _clamped_x = tl.clamp(x, -1024.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
+        _t0 = _softplus(_clamped_x)
+        _t1 = libdevice.exp(-(2.0*_t0))
+        _d_x = 4.0*_clamped_x*_t1*_sigmoid(_clamped_x)/((_t1 + 1.0)*(_t1 + 1.0)) + libdevice.tanh(_t0)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='mish',
-    key='13f53cfde9b8',
+    key='180b0b86a530',
     inputs=('x',),
     params=(),
     constants=(),

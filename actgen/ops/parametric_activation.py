@@ -104,7 +104,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='parametric_activation',
-    key='00e0e000fd0c',
+    key='b8b3f91daa62',
     inputs=('x',),
     params=(('alpha', True),),
     constants=(),

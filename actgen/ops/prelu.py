@@ -104,7 +104,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='prelu',
-    key='a5283efdecc3',
+    key='270645560a8d',
     inputs=('x',),
     params=(('weight', True),),
     constants=(),

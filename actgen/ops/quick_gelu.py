@@ -27,14 +27,15 @@ SPEC_SHA256 = 'd5a1d5527b79715c1758f2923aac66abd9a541f336c2b8f24a4b4fd116335353'
 
 def _forward_torch(x):
     """f, elementwise; params broadcast against the input."""
-    _t0 = _rt.clamp(x, -512.0, None)
-    _y = _t0*torch.sigmoid(1.702*_t0)
+    _clamped_x = _rt.clamp(x, -512.0, None)
+    _y = _clamped_x*torch.sigmoid(1.702*_clamped_x)
     return _y
 
 
 def _derivatives_torch(x):
     """df/dx."""
-    _t0 = 1.702*_rt.clamp(x, -512.0, 32.0)
+    _clamped_x = _rt.clamp(x, -512.0, 32.0)
+    _t0 = 1.702*_clamped_x
     _d_x = (_t0*torch.sigmoid(-_t0) + 1.0)*torch.sigmoid(_t0)
     return (_d_x,)
 
@@ -63,8 +64,8 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = tl.maximum(x, -512.0, propagate_nan=tl.PropagateNan.ALL)
-        _y = _t0*_sigmoid(1.702*_t0)
+        _clamped_x = tl.maximum(x, -512.0, propagate_nan=tl.PropagateNan.ALL)
+        _y = _clamped_x*_sigmoid(1.702*_clamped_x)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -76,14 +77,15 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = 1.702*tl.clamp(x, -512.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
+        _clamped_x = tl.clamp(x, -512.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
+        _t0 = 1.702*_clamped_x
         _d_x = (_t0*_sigmoid(-_t0) + 1.0)*_sigmoid(_t0)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='quick_gelu',
-    key='81dcbd0903ea',
+    key='bb8088686f8c',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu6',
-    key='56fa3f8af50a',
+    key='acf51c4dff15',
     inputs=('x',),
     params=(),
     constants=(),

@@ -85,7 +85,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu_squared',
-    key='01bfd354ca5c',
+    key='4f67b68cb5b4',
     inputs=('x',),
     params=(),
     constants=(),

@@ -95,7 +95,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='rrelu',
-    key='7a1402cce486',
+    key='a48967b5e568',
     inputs=('x',),
     params=(),
     constants=('lower', 'upper'),

@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='scaled_activation',
-    key='f8fafb3a33d3',
+    key='f061ddd6c602',
     inputs=('x',),
     params=(),
     constants=('scale', 'shift'),

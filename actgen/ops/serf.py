@@ -32,9 +32,9 @@ def _forward_torch(x):
 
 def _derivatives_torch(x):
     """df/dx."""
-    _t0 = _rt.clamp(x, -1024.0, 8.0)
-    _t1 = _rt.softplus(_t0)
-    _d_x = 1.1283791670955126*_t0*torch.exp(-(_t1*_t1))*torch.sigmoid(_t0) + torch.erf(_t1)
+    _clamped_x = _rt.clamp(x, -1024.0, 8.0)
+    _t0 = _rt.softplus(_clamped_x)
+    _d_x = 1.1283791670955126*_clamped_x*torch.exp(-(_t0*_t0))*torch.sigmoid(_clamped_x) + torch.erf(_t0)
     return (_d_x,)
 
 
@@ -80,15 +80,15 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = tl.clamp(x, -1024.0, 8.0, propagate_nan=tl.PropagateNan.ALL)
-        _t1 = _softplus(_t0)
-        _d_x = 1.1283791670955126*_t0*libdevice.exp(-(_t1*_t1))*_sigmoid(_t0) + libdevice.erf(_t1)
+        _clamped_x = tl.clamp(x, -1024.0, 8.0, propagate_nan=tl.PropagateNan.ALL)
+        _t0 = _softplus(_clamped_x)
+        _d_x = 1.1283791670955126*_clamped_x*libdevice.exp(-(_t0*_t0))*_sigmoid(_clamped_x) + libdevice.erf(_t0)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='serf',
-    key='0edf120a4813',
+    key='aee0fff64884',
     inputs=('x',),
     params=(),
     constants=(),

@@ -74,7 +74,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='sigmoid',
-    key='de7836bd833b',
+    key='cc1c0dba488e',
     inputs=('x',),
     params=(),
     constants=(),

@@ -87,7 +87,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='silu',
-    key='4976e7b7658a',
+    key='884cf9fdee49',
     inputs=('x',),
     params=(),
     constants=(),

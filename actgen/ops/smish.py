@@ -32,11 +32,11 @@ def _forward_torch(x):
 
 def _derivatives_torch(x):
     """df/dx."""
-    _t0 = _rt.clamp(x, -1024.0, 64.0)
-    _t1 = torch.sigmoid(_t0)
-    _t2 = torch.log1p(_t1)
-    _t3 = torch.exp(-(2.0*_t2))
-    _d_x = 4.0*_t0*_t1*_t3*torch.sigmoid(-_t0)/((_t1 + 1.0)*(_t3 + 1.0)**2.0) + torch.tanh(_t2)
+    _clamped_x = _rt.clamp(x, -1024.0, 64.0)
+    _t0 = torch.sigmoid(_clamped_x)
+    _t1 = torch.log1p(_t0)
+    _t2 = torch.exp(-(2.0*_t1))
+    _d_x = 4.0*_clamped_x*_t0*_t2*torch.sigmoid(-_clamped_x)/((_t0 + 1.0)*(_t2 + 1.0)**2.0) + torch.tanh(_t1)
     return (_d_x,)
 
 
@@ -93,17 +93,17 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = tl.clamp(x, -1024.0, 64.0, propagate_nan=tl.PropagateNan.ALL)
-        _t1 = _sigmoid(_t0)
-        _t2 = libdevice.log1p(_t1)
-        _t3 = libdevice.exp(-(2.0*_t2))
-        _d_x = 4.0*_t0*_t1*_t3*_sigmoid(-_t0)/((_t1 + 1.0)*libdevice.pow(_t3 + 1.0, 2.0)) + libdevice.tanh(_t2)
+        _clamped_x = tl.clamp(x, -1024.0, 64.0, propagate_nan=tl.PropagateNan.ALL)
+        _t0 = _sigmoid(_clamped_x)
+        _t1 = libdevice.log1p(_t0)
+        _t2 = libdevice.exp(-(2.0*_t1))
+        _d_x = 4.0*_clamped_x*_t0*_t2*_sigmoid(-_clamped_x)/((_t0 + 1.0)*((_t2 + 1.0)*(_t2 + 1.0))) + libdevice.tanh(_t1)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='smish',
-    key='18e683cb7cd4',
+    key='eb039d75c420',
     inputs=('x',),
     params=(),
     constants=(),

@@ -78,6 +78,8 @@ def _derivatives_torch_fast(x, alpha):
 
 def _second_derivatives_torch(x, alpha):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
+    _w_x = _rt.inverse_scale(x)
+    _v_x = _rt.unit_clamp(x)
     _t0 = alpha*(alpha + x)
     _t1 = 1.0 - _t0
     _t2 = 1.0/_t1
@@ -85,20 +87,21 @@ def _second_derivatives_torch(x, alpha):
     _t4 = alpha*x
     _t5 = torch.exp(_t4)
     _t6 = alpha > 0.0
-    _t7 = 1.0/(alpha*alpha)
-    _t8 = torch.log1p(-_t0)
-    _t9 = 2.0*alpha + x
-    _t10 = -_t9
-    _t11 = 1.0/alpha
-    _t12 = torch.expm1(_t4)
-    _t13 = _t5*x
-    _t14 = x*x
-    _t15 = 1.0/(_t1*_t1)
-    _t16 = _t15*_t9
-    _t17 = 2.0/(alpha*alpha*alpha)
-    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t3, _t15*alpha, torch.where(_t6, _t5*alpha, alpha)))
-    _d2_x_alpha = torch.where(torch.isnan(x), x, torch.where(_t3, _t16, torch.where(_t6, _t13, x)))
-    _d2_alpha_alpha = torch.where(torch.isnan(x), x, torch.where(_t3, -(_t10*_t11*_t16) + 2.0*_t10*_t2*_t7 + 2.0*_t11*_t2 - _t17*_t8, torch.where(_t6, _t11*_t14*_t5 + _t12*_t17 - 2.0*_t13*_t7, 0.0)))
+    _t7 = alpha*alpha
+    _t8 = 1.0/_t7
+    _t9 = torch.log1p(-_t0)
+    _t10 = 2.0*alpha
+    _t11 = -_t10 - x
+    _t12 = 1.0/alpha
+    _t13 = torch.expm1(_t4)
+    _t14 = _t5*x
+    _t15 = x*x
+    _t16 = _t10*_w_x + _v_x
+    _t17 = _t16/(-(_v_x*alpha) + _w_x*(1.0 - _t7))**2.0
+    _t18 = 2.0/(alpha*alpha*alpha)
+    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t3, alpha/(_t1*_t1), torch.where(_t6, _t5*alpha, alpha)))
+    _d2_x_alpha = torch.where(torch.isnan(x), x, torch.where(_t3, _t17*_w_x, torch.where(_t6, _t14, x)))
+    _d2_alpha_alpha = torch.where(torch.isnan(x), x, torch.where(_t3, 2.0*_t11*_t2*_t8 + _t12*_t16*_t17 + 2.0*_t12*_t2 - _t18*_t9, torch.where(_t6, _t12*_t15*_t5 + _t13*_t18 - 2.0*_t14*_t8, 0.0)))
     return (_d2_x_x, _d2_x_alpha, _d2_alpha_alpha,)
 
 
@@ -158,7 +161,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='soft_exponential',
-    key='0322e39818e5',
+    key='c3c3318a17a2',
     inputs=('x',),
     params=(('alpha', False),),
     constants=(),

@@ -95,7 +95,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softplus',
-    key='ed0a8b66bbc8',
+    key='9ad4b3fb4777',
     inputs=('x',),
     params=(),
     constants=('beta', 'threshold'),

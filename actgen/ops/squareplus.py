@@ -111,13 +111,13 @@ if _rt.HAS_TRITON:
         _t3 = _probe_at_inf(x)
         _t4 = _sqrt_square_plus(_t3, b)
         _t5 = _t3/_t4
-        _d_x = tl.where(x != x, x, _limit_at_inf(tl.where(x < 0.0, -(_t2*(_t1 - 1.0)/libdevice.pow(_t0 - x, 2.0)), 0.5*(_t1 + 1.0)), tl.where(_t3 < 0.0, -(_t2*(_t5 - 1.0)/libdevice.pow(-_t3 + _t4, 2.0)), 0.5*(_t5 + 1.0)), x))
+        _d_x = tl.where(x != x, x, _limit_at_inf(tl.where(x < 0.0, -(_t2*(_t1 - 1.0)/((_t0 - x)*(_t0 - x))), 0.5*(_t1 + 1.0)), tl.where(_t3 < 0.0, -(_t2*(_t5 - 1.0)/((-_t3 + _t4)*(-_t3 + _t4))), 0.5*(_t5 + 1.0)), x))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='squareplus',
-    key='5a45a64f9533',
+    key='ea022088fe2e',
     inputs=('x',),
     params=(),
     constants=('b',),

@@ -117,7 +117,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='star_relu',
-    key='9359a579b260',
+    key='bfa31f81270e',
     inputs=('x',),
     params=(('scale', False), ('bias', False)),
     constants=(),

@@ -101,7 +101,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swiglu',
-    key='8ff2ce20de57',
+    key='2c4844ed2065',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -125,7 +125,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swish',
-    key='715f876e7fd0',
+    key='624eded7383e',
     inputs=('x',),
     params=(('beta', False),),
     constants=(),

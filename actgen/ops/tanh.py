@@ -32,7 +32,8 @@ def _forward_torch(x):
 
 def _derivatives_torch(x):
     """df/dx."""
-    _t0 = torch.exp(-(2.0*torch.abs(_rt.clamp(x, -512.0, 512.0))))
+    _clamped_x = _rt.clamp(x, -512.0, 512.0)
+    _t0 = torch.exp(-(2.0*torch.abs(_clamped_x)))
     _d_x = 4.0*_t0/(_t0 + 1.0)**2.0
     return (_d_x,)
 
@@ -74,14 +75,15 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = libdevice.exp(-(2.0*tl.abs(tl.clamp(x, -512.0, 512.0, propagate_nan=tl.PropagateNan.ALL))))
-        _d_x = 4.0*_t0/libdevice.pow(_t0 + 1.0, 2.0)
+        _clamped_x = tl.clamp(x, -512.0, 512.0, propagate_nan=tl.PropagateNan.ALL)
+        _t0 = libdevice.exp(-(2.0*tl.abs(_clamped_x)))
+        _d_x = 4.0*_t0/((_t0 + 1.0)*(_t0 + 1.0))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='tanh',
-    key='bac2894c9636',
+    key='39c2f6701681',
     inputs=('x',),
     params=(),
     constants=(),

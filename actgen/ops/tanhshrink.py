@@ -77,13 +77,13 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _d_x = libdevice.pow(libdevice.tanh(x), 2.0)
+        _d_x = (libdevice.tanh(x)*libdevice.tanh(x))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='tanhshrink',
-    key='2295ec48ebd2',
+    key='74b05ed93d08',
     inputs=('x',),
     params=(),
     constants=(),

@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='threshold',
-    key='17dc5345f04e',
+    key='0578bdc7e906',
     inputs=('x',),
     params=(),
     constants=('threshold', 'value'),

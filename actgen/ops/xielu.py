@@ -141,7 +141,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='xielu',
-    key='553265c83166',
+    key='bc3a89d8f35e',
     inputs=('x',),
     params=(('alpha_p', False), ('alpha_n', False)),
     constants=('beta', 'eps'),

@@ -64,6 +64,7 @@ def _pair_ratios(numer, denom):
 
 class ExprPrinter:
     FUNCTIONS: dict[str, str] = {}     # sympy class name -> "template({0})"
+    MAX_PRODUCT_POWER = 4               # x**k up to this k is printed as x*x*...*x
     RELATIONS = {"StrictGreaterThan": ">", "GreaterThan": ">=", "StrictLessThan": "<", "LessThan": "<="}
     INF = "float('inf')"
     NAN = "float('nan')"
@@ -134,6 +135,8 @@ class ExprPrinter:
         coeff, rest = expr.as_coeff_Mul()
         if coeff.is_negative:
             return "-" + self.paren(-expr, POW), NEG
+        if coeff.is_Float and float(coeff) == 1.0:      # 1.0*x (a folded 2*0.5) is x
+            return self._print(rest)
         numer, denom = [], []
         for factor in expr.as_ordered_factors():
             if factor.is_Pow and factor.exp.is_number and factor.exp.is_negative:
@@ -162,7 +165,7 @@ class ExprPrinter:
                 return f"{self.number(1.0)}/{self.paren(base ** -exp, POW)}", MUL
             if e == 0.5:
                 return self.sqrt(base), ATOM
-            if e.is_integer() and 1 <= e <= 4 and base.is_Symbol:
+            if e.is_integer() and 1 <= e <= self.MAX_PRODUCT_POWER and base.is_Symbol:
                 return "*".join([self.paren(base, POW)] * int(e)), MUL
         return self.power(base, exp)
 

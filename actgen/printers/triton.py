@@ -4,7 +4,7 @@ stable helpers in actgen.runtime.triton_lang."""
 from __future__ import annotations
 
 from ..derive import SATURATE_MAX_EXP2
-from .base import ATOM, ExprPrinter
+from .base import ATOM, POW, ExprPrinter
 
 
 class TritonPrinter(ExprPrinter):
@@ -27,11 +27,14 @@ class TritonPrinter(ExprPrinter):
         "Abs": "tl.abs({0})",
         "hypot": "libdevice.hypot({0}, {1})",
         "SqrtSquarePlus": "_sqrt_square_plus({0}, {1})",
+        "UnitClamp": "_unit_clamp({0})",
+        "InverseScale": "_inverse_scale({0})",
         "sigmoid": "_sigmoid({0})",
         "softplus": "_softplus({0})",
         "ProbeAtInf": "_probe_at_inf({0})",
         "LimitAtInf": "_limit_at_inf({0}, {1}, {2})",
     }
+    MAX_PRODUCT_POWER = 8       # x**k, (a + b)**k as products, not libdevice.pow (a log and an exp)
     INF = 'float("inf")'
     NAN = 'float("nan")'
 
@@ -46,6 +49,8 @@ class TritonPrinter(ExprPrinter):
         return f"tl.maximum({u}, {lo}, {nan})" if lo else f"tl.minimum({u}, {hi}, {nan})"
 
     def power(self, base, exp):
+        if exp.is_Integer and 2 <= exp <= self.MAX_PRODUCT_POWER:     # the compiler shares the repeats
+            return "(" + "*".join([self.paren(base, POW)] * int(exp)) + ")", ATOM     # rounded as one factor
         return f"libdevice.pow({self.doprint(base)}, {self.doprint(exp)})", ATOM
 
     def where(self, cond, value, otherwise, otherwise_expr):

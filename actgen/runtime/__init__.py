@@ -64,6 +64,16 @@ def scalar_sqrt_square_plus(u: float, c: float) -> float:
     return math.sqrt(a - r) * math.sqrt(a + r) if a >= r else math.nan
 
 
+def unit_clamp(u: torch.Tensor) -> torch.Tensor:
+    """u / max(1, |u|) = clamp(u, -1, 1), NaN staying NaN (see actgen.derive.rational_form)."""
+    return torch.clamp(u, -1.0, 1.0)
+
+
+def inverse_scale(u: torch.Tensor) -> torch.Tensor:
+    """1 / max(1, |u|), NaN staying NaN (see actgen.derive.rational_form)."""
+    return torch.reciprocal(torch.clamp(torch.abs(u), min=1.0))
+
+
 def clamp(u: torch.Tensor, lo: float | None, hi: float | None) -> torch.Tensor:
     """u clamped to [lo, hi] (None: no bound; a bound beyond u's dtype's range is none either),
     NaN staying NaN."""
@@ -183,6 +193,7 @@ def split_halves(t: torch.Tensor, dim: int, name: str):
 __all__ = [
     "HAS_TRITON", "Activation", "as_tensor", "vmap_by_loop", "get_backend", "set_backend",
     "use_backend", "softplus", "clamp", "hypot", "sqrt_square_plus", "scalar_sqrt_square_plus",
+    "unit_clamp", "inverse_scale",
     "scalar_sigmoid", "scalar_softplus", "split_halves", "probe_at_inf", "limit_at_inf",
     "gt", "ge", "lt", "le", "mask_and", "mask_or", "mask_not", "select", "finite_or_none",
 ]

@@ -69,7 +69,20 @@ def sqrt_square_plus(u, c):
     return tl.where(c >= 0, libdevice.hypot(a, r), libdevice.sqrt(a - r) * libdevice.sqrt(a + r))
 
 
-__all__ = ["triton", "tl", "libdevice", "sigmoid", "softplus", "sqrt_square_plus", "probe_at_inf", "limit_at_inf",
+@triton.jit
+def unit_clamp(u):
+    # u / max(1, |u|) = clamp(u, -1, 1), NaN staying NaN (see actgen.derive.rational_form)
+    return tl.clamp(u, -1.0, 1.0, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def inverse_scale(u):
+    # 1 / max(1, |u|), NaN staying NaN (see actgen.derive.rational_form)
+    return 1.0 / tl.maximum(tl.abs(u), 1.0, propagate_nan=tl.PropagateNan.ALL)
+
+
+__all__ = ["triton", "tl", "libdevice", "sigmoid", "softplus", "sqrt_square_plus", "unit_clamp", "inverse_scale",
+           "probe_at_inf", "limit_at_inf",
            "tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "draw", "draws_kernel", "INTERPRET"]
 
 
