@@ -443,7 +443,10 @@ def horner_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
 
     def horner(e):
         u = next(u for u in inputs if u in e.free_symbols and e.is_polynomial(u) and sympy.degree(e, u) >= 2)
-        return sympy.horner(e, wrt=u)
+        out = sympy.S.Zero
+        for c in sympy.Poly(e, u).all_coeffs():        # coefficients may be any expressions free of u
+            out = out * u + c
+        return out
 
     return expr.replace(is_polynomial, horner)
 
@@ -490,8 +493,8 @@ def _monomial_degree(e, u) -> int | None:
         return 0
     if e == u:
         return 1
-    if isinstance(e, sympy.Abs):
-        c, rest = e.args[0].as_independent(u, as_Add=False)
+    if isinstance(e, sympy.Abs):        # |c*u**k|, also as expand writes it: |a*x + x|
+        c, rest = sympy.factor_terms(e.args[0]).as_independent(u, as_Add=False)
         return _monomial_degree(rest, u) if not isinstance(rest, sympy.Abs) else None
     if e.is_Pow and e.exp.is_Integer and e.exp > 0:
         d = _monomial_degree(e.base, u)
@@ -545,8 +548,9 @@ def _scaled_polynomial(p, u):
     return _S ** d * q
 
 
-def _degree(p, u) -> int:
-    return max(k for k, _ in _terms(sympy.expand(p), u))
+def _degree(p, u) -> int | None:
+    terms = _terms(sympy.expand(p), u)
+    return None if terms is None else max(k for k, _ in terms)
 
 
 def _scaled_ratio(e, u):
@@ -556,8 +560,9 @@ def _scaled_ratio(e, u):
     rational, other = [], []
     for f in sympy.Mul.make_args(e):
         base, k = (f.base, f.exp) if f.is_Pow and f.exp.is_Integer else (f, sympy.S.One)
-        if base.has(u) and _is_polynomial_in(base, u):
-            rational.append((base, int(k), _degree(base, u)))
+        degree = _degree(base, u) if base.has(u) and _is_polynomial_in(base, u) else None
+        if degree is not None:
+            rational.append((base, int(k), degree))
         else:
             other.append(f)
     numer = sum(d * k for _, k, d in rational if k > 0)

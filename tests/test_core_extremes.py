@@ -190,3 +190,35 @@ def test_generated_code_says_where_it_scales_a_ratio():
     assert "_v_x = _unit_clamp(x)" in source and "_w_x = _inverse_scale(x)" in source
     assert "_v_x = _rt.unit_clamp(x)" in source and "_w_x = _rt.inverse_scale(x)" in source
     assert "libdevice.pow" not in source          # v**5 is a product of names
+
+
+# Formulas that once stopped the compiler (a branch condition made of a branch: nested Max;
+# a polynomial whose coefficients hold functions of a param), with the same formula in plain
+# torch as the reference: values and gradients at points away from the kinks.
+ODD_FORMULAS = {
+    "max_of_max": ("Max(Max(x + abs(x), 0), 0)", {},
+                   lambda x, a: torch.clamp_min(torch.clamp_min(x + x.abs(), 0), 0)),
+    "max_of_ratio": ("tanh(Max(x / (1 + abs(x)), 0))", {},
+                     lambda x, a: torch.tanh(torch.clamp_min(x / (1 + x.abs()), 0))),
+    "coefficients_of_a_param": ("a*x + a + (a*x)**2 / 4 - 2 / (1 + log(1 + exp(a)))**2", {"a": 0.75},
+                                lambda x, a: a * x + a + (a * x) ** 2 / 4 - 2 / (1 + torch.log1p(torch.exp(a))) ** 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ODD_FORMULAS))
+def test_formulas_with_nested_branches_and_param_coefficients(name, backend):
+    formula, params, reference = ODD_FORMULAS[name]
+    fn = getattr(actgen.compile(formula, name=name, params=params or None), name)
+    dtype = torch.float64 if backend == "torch" else torch.float32
+    x = torch.tensor([-3.0, -0.7, 0.4, 1.3, 5.0], dtype=dtype, requires_grad=True)
+    a = torch.tensor([params.get("a", 0.0)], dtype=dtype, requires_grad=True)
+    y = fn(x, a) if params else fn(x)
+    grads = torch.autograd.grad(y, [x, a] if params else [x], torch.ones_like(y))
+    xr = x.detach().double().requires_grad_()
+    ar = a.detach().double().requires_grad_()
+    yr = reference(xr, ar)
+    refs = torch.autograd.grad(yr, [xr, ar] if params else [xr], torch.ones_like(yr), allow_unused=True)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(y.detach().double(), yr.detach(), **tol)
+    for g, r in zip(grads, refs):
+        torch.testing.assert_close(g.double(), r if r is not None else torch.zeros_like(g.double()), **tol)

@@ -201,6 +201,15 @@ def test_ratios_of_polynomials_are_scaled_by_max_1_abs_x():
     step = sympy.Piecewise((1, X > 2), (0, True)) * X**3 / (1 + X**2)
     for x0 in (3, 1, -3):
         assert rational_form(step, [X]).subs(X, x0) == step.subs(X, x0)
+    # |a*x + x| is a monomial |(a + 1)*x| (sympy.expand writes it as a sum inside the abs)
+    c = sympy.Symbol("c", real=True)
+    e = X**3 * abs(c * X + X) / (1 + X**2)
+    scaled = rational_form(e, [X])
+    assert scaled.has(UnitClamp(X))
+    for x0 in (-10**6, sympy.Rational(-1, 2), 3):
+        at = {c: sympy.Rational(3, 4), X: x0}
+        assert sympy.N(scaled.subs(at), 40) == pytest.approx(float(e.subs(at)), rel=1e-15)
+    derive(load_spec("name: t\nformula: sigmoid(tanh(a*x + x))\nparams: {a: 0.75}\n"))
     # a polynomial alone (Horner form handles it), a lone 1/Q and an x inside exp stay as they are
     for e in (P, 1 / Q, sympy.exp(-X**2) * X):
         assert rational_form(e, [X]) == e

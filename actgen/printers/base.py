@@ -188,6 +188,11 @@ class ExprPrinter:
     def _print_Or(self, expr):
         return " | ".join(f"({self.doprint(a)})" for a in expr.args), COND
 
+    def _print_ITE(self, expr):
+        """if c then a else b, a condition sympy makes of a branch's own condition (nested Max)."""
+        c, a, b = expr.args
+        return self._print(sympy.Or(sympy.And(c, a), sympy.And(sympy.Not(c), b)))
+
     def _print_Piecewise(self, expr):
         *pairs, (last, cond) = expr.args
         rest = last if cond is sympy.true else sympy.nan
