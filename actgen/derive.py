@@ -27,8 +27,9 @@ Everything here is pure sympy; printers turn the IR into Triton or torch source.
   within float64's range and plain arithmetic would pass through inf or NaN on the way
   (x**3 overflowing, then inf * 0), the input is clamped at that point (Saturate, see
   saturate); sqrt(k u**2 + c) becomes hypot (hypot_form), polynomials in an input Horner
-  form (horner_form), and ratios of polynomials in an input are scaled by max(1, |x|) to
-  each polynomial's degree, a sum of them over one denominator (rational_form: PAU's
+  form (horner_form), and ratios of polynomials in an input are scaled by the power of two
+  above max(1, |x|) to each polynomial's degree, a sum of them over one denominator
+  (rational_form: PAU's
   P/Q and the quotient rule's P'/Q - P Q'/Q**2, whose leading terms then cancel exactly).
   The printers pair the varying factors of a product above and below the line
   (actgen.printers.base).
@@ -453,33 +454,45 @@ def horner_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
 
 # Rational functions of an input (PAU's P(x)/Q(x)): the numerator and the denominator
 # overflow where their ratio does not (x**5 at |x| > 5e7 in float32, then inf/inf = NaN).
-# Each polynomial of degree d is divided by s**d, with s = max(1, |x|), and written in
-# v = x/s = clamp(x, -1, 1) and w = 1/s: its term c*x**k becomes c*v**k*w**(d - k), all of
-# magnitude at most |c|.  The powers of s that remain are collected (s**(5 - 4) for PAU's
-# P/Q, none for its derivative), so nothing grows beyond the result.  Where |x| <= 1 this is
-# the expression as written (v = x, w = 1); at x = +-inf (v = +-1, w = 0) it is the limit.
-class UnitClamp(sympy.Function):
-    """UnitClamp(u) = u / max(1, |u|) = clamp(u, -1, 1), NaN staying NaN."""
+# Each polynomial of degree d is divided by s**d, with s = 2**k the power of two above |x|
+# (k = 0 where |x| < 1), and written in v = x/s and w = 1/s: its term c*x**k becomes
+# c*v**k*w**(d - k), all of magnitude at most |c|.  The powers of s that remain are collected
+# (s**(5 - 4) for PAU's P/Q, none for its derivative), so nothing grows beyond the result.
+# Scaling by a power of two is exact: every term is the term as written times 2**-kd, rounded
+# the same way (x - 3 is still exactly 0 at x = 3).  Where |x| < 1 this is the expression as
+# written (v = x, w = 1); at x = +-inf (v = +-1, w = 0) it is the limit.
+def scale_shift(value: float) -> int:
+    """The k of a finite float's scale 2**k: 0 where |value| < 1, else |value| < 2**k <= 2|value|."""
+    return max(0, math.frexp(value)[1])
+
+
+class ScaledInput(sympy.Function):
+    """ScaledInput(u) = u / 2**k, 2**k the power of two above |u| (1 where |u| < 1): exact,
+    below 1 in magnitude; +-1 at u = +-inf, NaN at NaN."""
 
     nargs = 1
     is_real = True
 
     @classmethod
     def eval(cls, arg):
+        if arg.is_extended_real and arg.is_infinite:
+            return sympy.sign(arg)
         if arg.is_extended_real and arg.is_number:
-            return sympy.Max(-1, sympy.Min(1, arg))
+            return arg / sympy.Integer(2) ** scale_shift(float(arg))
 
 
 class InverseScale(sympy.Function):
-    """InverseScale(u) = 1 / max(1, |u|): in (0, 1], 0 at u = +-inf, NaN at NaN."""
+    """InverseScale(u) = 1 / 2**k for ScaledInput's k: 1 where |u| < 1, 0 at u = +-inf."""
 
     nargs = 1
-    is_positive = True
+    is_nonnegative = True
 
     @classmethod
     def eval(cls, arg):
+        if arg.is_extended_real and arg.is_infinite:
+            return sympy.S.Zero
         if arg.is_extended_real and arg.is_number:
-            return 1 / sympy.Max(1, abs(arg))
+            return 1 / sympy.Integer(2) ** scale_shift(float(arg))
 
 
 def _is_sign(e, u) -> bool:
@@ -528,24 +541,41 @@ def _is_polynomial_in(e, u) -> bool:
 _S = sympy.Symbol("_scale", positive=True)      # max(1, |u|) while a rational function is scaled
 
 
+def _pure_power(term, u) -> tuple[int, sympy.Expr]:
+    """term as u**j * rest, rest without a bare power of u (|u|, signs and the like stay in it)."""
+    j, rest = 0, []
+    for f in sympy.Mul.make_args(term):
+        if f == u:
+            j += 1
+        elif f.is_Pow and f.base == u and f.exp.is_Integer and f.exp > 0:
+            j += int(f.exp)
+        else:
+            rest.append(f)
+    return j, sympy.Mul(*rest)
+
+
 def _scaled_polynomial(p, u):
-    """p (a polynomial in u of degree d) as _S**d * q(v, w), with v = UnitClamp(u) and w =
-    InverseScale(u): its term c*u**k becomes c*v**k*w**(d - k), q in Horner form in w."""
+    """p (a polynomial in u of degree d) as _S**d * q(v, w), with v = ScaledInput(u) and w =
+    InverseScale(u): its term c*u**k becomes c*v**k*w**(d - k), q in Horner form in v (with w
+    exact, this rounds as Horner's scheme in u does: a0*w**5 + v*(a1*w**4 + v*(...)))."""
     terms = _terms(sympy.expand(p), u)
     d = max(k for k, _ in terms)
-    v, w = UnitClamp(u), InverseScale(u)
-    by_power: dict[int, sympy.Expr] = {}
+    v, w = ScaledInput(u), InverseScale(u)
+
     def in_v(e):        # a sign's condition stays in u (x > 2 is not v > 2)
         if not e.has(u) or _is_sign(e, u):
             return e
         return v if e == u else e.func(*(in_v(a) for a in e.args))
 
+    by_power: dict[int, sympy.Expr] = {}
     for k, t in terms:
-        by_power[d - k] = by_power.get(d - k, sympy.S.Zero) + in_v(t)
-    q = sympy.S.Zero
-    for k in range(d, -1, -1):
-        q = by_power.get(k, sympy.S.Zero) + w * q
-    return _S ** d * q
+        j, rest = _pure_power(t, u)
+        by_power[j] = by_power.get(j, sympy.S.Zero) + in_v(rest) * w ** (d - k)
+    powers = sorted(by_power, reverse=True)
+    q = by_power[powers[0]]
+    for hi, lo in zip(powers, powers[1:]):
+        q = q * v ** (hi - lo) + by_power[lo]
+    return _S ** d * q * v ** powers[-1]
 
 
 def _degree(p, u) -> int | None:
@@ -583,14 +613,19 @@ def _over_common_denominator(e, u):
     numer, denom = sympy.fraction(sympy.together(e))
     if not denom.has(u):
         return e
-    terms = sympy.Add.make_args(sympy.expand(numer))
-    return sympy.Add(*(rewrite_sign_product(t) or t for t in terms)) / denom
+    # factors common to the terms stay as they are (the derivative of (a - b)**3/D is
+    # (a - b)**2 * (...)/D**2: exactly 0 at a = b), the rest is expanded
+    common, sums = [], []
+    for f in sympy.Mul.make_args(sympy.factor_terms(numer)):
+        (sums if f.is_Add else common).append(f)
+    terms = sympy.Add.make_args(sympy.expand(sympy.Mul(*sums)))
+    return sympy.Mul(*common) * sympy.Add(*(rewrite_sign_product(t) or t for t in terms)) / denom
 
 
 def rational_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
     """Every ratio of polynomials in an input (within a product: x**3/(x**2 + 1)*exp(-x)) with
-    each polynomial scaled (see UnitClamp): P(x)/Q(x) -> s*p(v, w)/q(v, w) for degrees (5, 4),
-    the powers of s = max(1, |x|) collected, so that nothing overflows where the ratio does
+    each polynomial scaled (see ScaledInput): P(x)/Q(x) -> s*p(v, w)/q(v, w) for degrees (5, 4),
+    the powers of s (the power of two above max(1, |x|)) collected, so that nothing overflows where the ratio does
     not.  Not inside a Padé approximant near 0 (ApproximatedNearZero: only for small x)."""
     def visit(e):
         if e.is_Atom or isinstance(e, ApproximatedNearZero):
@@ -831,8 +866,8 @@ _HUGE_EXP_ARG = sympy.Integer(10) ** 40
 
 
 _MPMATH_SCALES = {
-    "UnitClamp": lambda v: max(-1, min(1, v)),
-    "InverseScale": lambda v: 1 / max(1, abs(v)),
+    "ScaledInput": lambda v: mpmath.sign(v) if mpmath.isinf(v) else mpmath.ldexp(v, -max(0, mpmath.frexp(v)[1])),
+    "InverseScale": lambda v: mpmath.mpf(0) if mpmath.isinf(v) else mpmath.ldexp(1, -max(0, mpmath.frexp(v)[1])),
 }
 
 
@@ -1066,8 +1101,8 @@ _IEEE_FUNCTIONS: dict = {
     sigmoid: lambda v: 1 / (1 + math.exp(-v)) if v >= 0 else math.exp(v) / (1 + math.exp(v)),
     softplus: lambda v: max(v, 0.0) + math.log1p(math.exp(-abs(v))),
     sympy.sign: lambda v: math.copysign(1.0, v) if v else 0.0 if v == 0 else math.nan,
-    UnitClamp: lambda v: max(-1.0, min(1.0, v)),
-    InverseScale: lambda v: 1.0 / max(1.0, abs(v)),
+    ScaledInput: lambda v: math.copysign(1.0, v) if math.isinf(v) else math.ldexp(v, -scale_shift(v)),
+    InverseScale: lambda v: 0.0 if math.isinf(v) else math.ldexp(1.0, -scale_shift(v)),
 }
 
 
@@ -1197,11 +1232,11 @@ class Block:
 
 def make_block(outputs: Sequence[tuple[str, sympy.Expr]]) -> Block:
     """CSE of the outputs.  An input's clamp (Saturate) and a scaled rational function's
-    v = clamp(x, -1, 1) and w = 1/max(1, |x|) (see rational_form) are named first, _clamped_x,
-    _v_x and _w_x, so that their powers print as products of names."""
+    v = x/s and w = 1/s (see rational_form) are named first, _clamped_x, _v_x and _w_x, so that
+    their powers print as products of names."""
     names = [n for n, _ in outputs]
     exprs = [e for _, e in outputs]
-    prefix = {Saturate: "_clamped_", UnitClamp: "_v_", InverseScale: "_w_"}
+    prefix = {Saturate: "_clamped_", ScaledInput: "_v_", InverseScale: "_w_"}
     atoms = {a for e in exprs for a in e.atoms(*prefix) if a.args[0].is_Symbol}
     named, seen = {}, Counter()
     for a in sorted(atoms, key=sympy.default_sort_key):        # two clamps of x: _clamped_x, _clamped_x_1

@@ -185,10 +185,10 @@ def test_generated_code_says_where_it_scales_a_ratio():
 
     pau = importlib.import_module("actgen.ops.pau")
     assert "f, df/dx, df/da1" in pau.__doc__
-    assert "ratios of polynomials in x are computed in v = clamp(x, -1, 1) and w = 1/max(1, |x|)" in pau.__doc__
+    assert "ratios of polynomials in x are computed in v = x/s and w = 1/s, s the power of two" in pau.__doc__
     source = inspect.getsource(pau)
-    assert "_v_x = _unit_clamp(x)" in source and "_w_x = _inverse_scale(x)" in source
-    assert "_v_x = _rt.unit_clamp(x)" in source and "_w_x = _rt.inverse_scale(x)" in source
+    assert "_v_x = _scaled_input(x)" in source and "_w_x = _inverse_scale(x)" in source
+    assert "_v_x = _rt.scaled_input(x)" in source and "_w_x = _rt.inverse_scale(x)" in source
     assert "libdevice.pow" not in source          # v**5 is a product of names
 
 
@@ -222,3 +222,21 @@ def test_formulas_with_nested_branches_and_param_coefficients(name, backend):
     torch.testing.assert_close(y.detach().double(), yr.detach(), **tol)
     for g, r in zip(grads, refs):
         torch.testing.assert_close(g.double(), r if r is not None else torch.zeros_like(g.double()), **tol)
+
+
+def test_a_scaled_ratio_keeps_exact_zeros(backend):
+    """The scale is a power of two, so scaling is exact: (x - 3)**2/(1 + x**2) and its
+    derivative are exactly 0 at x = 3 (v - 3*w = 3/4 - 3/4), and (a - b)**3/(2 + a**2 + b**4)
+    with its gradients at a = b; a scale of 1/|x| (rounded) would leave about 1e-7 there."""
+    sq = actgen.compile("(x - 3)**2 / (1 + x**2)", name="root_at_three").root_at_three
+    x = torch.tensor([3.0, -3.0, 96.0], requires_grad=True)
+    y = sq(x)
+    (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert y[0].item() == 0.0 and g[0].item() == 0.0
+    assert y[2].item() == pytest.approx(93.0**2 / (1 + 96.0**2), rel=1e-6)
+    cube = actgen.compile("(a - b)**3 / (2 + a**2 + b**4)", name="triple_root", inputs=["a", "b"]).triple_root
+    a = torch.tensor([1.5, 7.0, 1e3], requires_grad=True)
+    b = torch.tensor([1.5, 7.0, 1e3], requires_grad=True)
+    y = cube(a, b)
+    ga, gb = torch.autograd.grad(y, (a, b), torch.ones_like(y))
+    assert y.tolist() == [0.0, 0.0, 0.0] and ga.tolist() == [0.0, 0.0, 0.0] and gb.tolist() == [0.0, 0.0, 0.0]

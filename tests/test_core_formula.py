@@ -173,10 +173,11 @@ def test_numbers_of_a_product_are_one_coefficient():
 
 
 def test_ratios_of_polynomials_are_scaled_by_max_1_abs_x():
-    """P(x)/Q(x) of degrees (5, 4) is computed in v = clamp(x, -1, 1) and w = 1/max(1, |x|):
-    no x**5 (which overflows in float32 for |x| > 5e7) is left, the quotient rule's two terms
-    are over one denominator with the leading terms cancelled, and the value is unchanged."""
-    from actgen.derive import InverseScale, UnitClamp, rational_form
+    """P(x)/Q(x) of degrees (5, 4) is computed in v = x/s and w = 1/s, s the power of two above
+    max(1, |x|): no x**5 (which overflows in float32 for |x| > 5e7) is left, the quotient
+    rule's two terms are over one denominator with the leading terms cancelled, and the value
+    is unchanged."""
+    from actgen.derive import InverseScale, ScaledInput, rational_form
     a = sympy.symbols("a0:6", real=True)
     b = sympy.symbols("b1:5", real=True)
     P = sum(a[k] * X**k for k in range(6))
@@ -189,7 +190,7 @@ def test_ratios_of_polynomials_are_scaled_by_max_1_abs_x():
     for e in (f, df):
         scaled = rational_form(e, [X])
         powers = [p for p in scaled.atoms(sympy.Pow) if p.base == X]
-        assert not powers and scaled.has(UnitClamp(X)) and scaled.has(InverseScale(X))
+        assert not powers and scaled.has(ScaledInput(X)) and scaled.has(InverseScale(X))
         for x0 in ("-1e6", "-3.5", "-0.25", "0", "0.75", "2", "1e9"):
             want = e.subs(values).subs(X, sympy.Rational(x0))
             got = scaled.subs(values).subs(X, sympy.Rational(x0))
@@ -197,7 +198,7 @@ def test_ratios_of_polynomials_are_scaled_by_max_1_abs_x():
     # one ratio: the derivative's numerator is a polynomial (degree 8 in x) over Q**2
     scaled_df = rational_form(df, [X])
     assert isinstance(scaled_df, sympy.Mul)
-    # a branch's condition stays in x: v = clamp(x, -1, 1) > 2 would never hold
+    # a branch's condition stays in x: v = x/s > 2 would never hold
     step = sympy.Piecewise((1, X > 2), (0, True)) * X**3 / (1 + X**2)
     for x0 in (3, 1, -3):
         assert rational_form(step, [X]).subs(X, x0) == step.subs(X, x0)
@@ -205,7 +206,7 @@ def test_ratios_of_polynomials_are_scaled_by_max_1_abs_x():
     c = sympy.Symbol("c", real=True)
     e = X**3 * abs(c * X + X) / (1 + X**2)
     scaled = rational_form(e, [X])
-    assert scaled.has(UnitClamp(X))
+    assert scaled.has(ScaledInput(X))
     for x0 in (-10**6, sympy.Rational(-1, 2), 3):
         at = {c: sympy.Rational(3, 4), X: x0}
         assert sympy.N(scaled.subs(at), 40) == pytest.approx(float(e.subs(at)), rel=1e-15)

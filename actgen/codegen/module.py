@@ -6,7 +6,7 @@ import re
 
 import sympy
 
-from ..derive import Block, Derivation, Saturate, UnitClamp, draw_lines
+from ..derive import Block, Derivation, Saturate, ScaledInput, draw_lines
 from ..printers import TorchPrinter, TritonPrinter
 from .writer import Writer, escape_docstring
 
@@ -15,7 +15,7 @@ TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK
 NTH_TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 # the @triton.jit helpers of actgen.runtime.triton_lang a kernel may call (imported as _name)
 KERNEL_HELPERS = ("tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "sigmoid", "softplus",
-                  "sqrt_square_plus", "unit_clamp", "inverse_scale", "probe_at_inf", "limit_at_inf", "draw")
+                  "sqrt_square_plus", "scaled_input", "inverse_scale", "probe_at_inf", "limit_at_inf", "draw")
 
 
 def op_key(d: Derivation) -> str:
@@ -71,14 +71,14 @@ def _saturation_lines(d: Derivation) -> list[str]:
 
 def _scaling_lines(d: Derivation) -> list[str]:
     """Which outputs compute ratios of polynomials in an input scaled (actgen.derive.rational_form)."""
-    uses = _output_atoms(d, UnitClamp)
+    uses = _output_atoms(d, ScaledInput)
     lines = []
     for u in d.inputs:
-        labels = [label for label, found in uses if UnitClamp(u) in found]
+        labels = [label for label, found in uses if ScaledInput(u) in found]
         if labels:
-            lines.append(f"{', '.join(labels)}: ratios of polynomials in {u} are computed in v = clamp({u}, -1, 1) "
-                         f"and w = 1/max(1, |{u}|), each polynomial divided by max(1, |{u}|) to its degree, so "
-                         "that none overflows where the ratio does not.")
+            lines.append(f"{', '.join(labels)}: ratios of polynomials in {u} are computed in v = {u}/s and w = 1/s, "
+                         f"s the power of two above max(1, |{u}|), each polynomial divided by s to its degree "
+                         "(exactly), so that none overflows where the ratio does not.")
     return [""] + lines if lines else []
 
 

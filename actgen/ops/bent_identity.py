@@ -48,7 +48,7 @@ def _forward_torch_fast(x):
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _w_x = _rt.inverse_scale(x)
-    _v_x = _rt.unit_clamp(x)
+    _v_x = _rt.scaled_input(x)
     _t0 = _rt.hypot(x, 1.0)
     _t1 = _t0 + 1.0
     _t2 = 1.0/_t1

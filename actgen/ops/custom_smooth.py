@@ -42,7 +42,7 @@ def _derivatives_torch(x):
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _w_x = _rt.inverse_scale(x)
-    _v_x = _rt.unit_clamp(x)
+    _v_x = _rt.scaled_input(x)
     _t0 = _rt.hypot(x, 1.0)
     _t1 = 1.0/_t0
     _t2 = torch.exp(-(2.0*_t0))

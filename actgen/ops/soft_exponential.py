@@ -79,7 +79,7 @@ def _derivatives_torch_fast(x, alpha):
 def _second_derivatives_torch(x, alpha):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _w_x = _rt.inverse_scale(x)
-    _v_x = _rt.unit_clamp(x)
+    _v_x = _rt.scaled_input(x)
     _t0 = alpha*(alpha + x)
     _t1 = 1.0 - _t0
     _t2 = 1.0/_t1
@@ -97,7 +97,7 @@ def _second_derivatives_torch(x, alpha):
     _t14 = _t5*x
     _t15 = x*x
     _t16 = _t10*_w_x + _v_x
-    _t17 = _t16/(-(_v_x*alpha) + _w_x*(1.0 - _t7))**2.0
+    _t17 = _t16/(-(_t7*_w_x) - _v_x*alpha + _w_x)**2.0
     _t18 = 2.0/(alpha*alpha*alpha)
     _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t3, alpha/(_t1*_t1), torch.where(_t6, _t5*alpha, alpha)))
     _d2_x_alpha = torch.where(torch.isnan(x), x, torch.where(_t3, _t17*_w_x, torch.where(_t6, _t14, x)))

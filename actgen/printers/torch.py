@@ -38,7 +38,7 @@ TENSOR_FUNCTIONS = {
     "softplus": "_rt.softplus({0})",
     "hypot": "_rt.hypot({0}, {1})",
     "SqrtSquarePlus": "_rt.sqrt_square_plus({0}, {1})",
-    "UnitClamp": "_rt.unit_clamp({0})",
+    "ScaledInput": "_rt.scaled_input({0})",
     "InverseScale": "_rt.inverse_scale({0})",
     "ProbeAtInf": "_rt.probe_at_inf({0})",
     "LimitAtInf": "_rt.limit_at_inf({0}, {1}, {2})",

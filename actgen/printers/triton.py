@@ -27,7 +27,7 @@ class TritonPrinter(ExprPrinter):
         "Abs": "tl.abs({0})",
         "hypot": "libdevice.hypot({0}, {1})",
         "SqrtSquarePlus": "_sqrt_square_plus({0}, {1})",
-        "UnitClamp": "_unit_clamp({0})",
+        "ScaledInput": "_scaled_input({0})",
         "InverseScale": "_inverse_scale({0})",
         "sigmoid": "_sigmoid({0})",
         "softplus": "_softplus({0})",

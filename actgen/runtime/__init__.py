@@ -70,14 +70,21 @@ def scalar_sqrt_square_plus(u: float, c: float) -> float:
     return math.sqrt(a - r) * math.sqrt(a + r) if a >= r else math.nan
 
 
-def unit_clamp(u: torch.Tensor) -> torch.Tensor:
-    """u / max(1, |u|) = clamp(u, -1, 1), NaN staying NaN (see actgen.derive.rational_form)."""
-    return torch.clamp(u, -1.0, 1.0)
+def _scale_shift(u: torch.Tensor) -> torch.Tensor:
+    """k of the scale 2**k above |u| (0 where |u| < 1); 2**-k is subnormal, and exact, for
+    |u| beyond 2**126 in float32."""
+    _, e = torch.frexp(u)                   # |u| < 2**e
+    return torch.clamp_min(e, 0)
+
+
+def scaled_input(u: torch.Tensor) -> torch.Tensor:
+    """u / 2**k, exactly (see actgen.derive.ScaledInput): +-1 at +-inf, NaN at NaN."""
+    return torch.where(torch.isinf(u), torch.sign(u), torch.ldexp(u, -_scale_shift(u)))
 
 
 def inverse_scale(u: torch.Tensor) -> torch.Tensor:
-    """1 / max(1, |u|), NaN staying NaN (see actgen.derive.rational_form)."""
-    return torch.reciprocal(torch.clamp(torch.abs(u), min=1.0))
+    """1 / 2**k for scaled_input's k: 1 where |u| < 1, 0 at +-inf."""
+    return torch.where(torch.isinf(u), 0.0, torch.ldexp(torch.ones_like(u), -_scale_shift(u)))
 
 
 def clamp(u: torch.Tensor, lo: float | None, hi: float | None) -> torch.Tensor:
@@ -199,7 +206,7 @@ def split_halves(t: torch.Tensor, dim: int, name: str):
 __all__ = [
     "HAS_TRITON", "Activation", "as_tensor", "vmap_by_loop", "get_backend", "set_backend",
     "use_backend", "softplus", "clamp", "hypot", "sqrt_square_plus", "scalar_sqrt_square_plus",
-    "unit_clamp", "inverse_scale",
+    "scaled_input", "inverse_scale",
     "scalar_sigmoid", "scalar_softplus", "split_halves", "probe_at_inf", "limit_at_inf",
     "gt", "ge", "lt", "le", "mask_and", "mask_or", "mask_not", "select", "finite_or_none",
 ]

@@ -44,6 +44,17 @@ if INTERPRET:
             for name, fn in table.items():
                 setattr(self, name, self._wrap(fn))
 
+        @staticmethod
+        def ilogb(x):
+            # floor(log2|x|) as int32 (0, inf and NaN give -1 here: their k is handled apart)
+            e = (np.frexp(x.handle.data)[1] - 1).astype(np.int32)
+            return tl.tensor(TensorHandle(e, tl.int32), x.type.with_element_ty(tl.int32))
+
+        @staticmethod
+        def ldexp(x, k):
+            out = np.ldexp(x.handle.data, k.handle.data).astype(x.handle.data.dtype)
+            return tl.tensor(TensorHandle(out, x.handle.dtype), x.type)
+
     libdevice = _InterpreterLibdevice()
 else:
     from triton.language.extra import libdevice
@@ -70,18 +81,27 @@ def sqrt_square_plus(u, c):
 
 
 @triton.jit
-def unit_clamp(u):
-    # u / max(1, |u|) = clamp(u, -1, 1), NaN staying NaN (see actgen.derive.rational_form)
-    return tl.clamp(u, -1.0, 1.0, propagate_nan=tl.PropagateNan.ALL)
+def scale_shift(u):
+    # k of the scale 2**k above |u| (0 where |u| < 1; inf and NaN give some k, handled apart);
+    # 2**-k is subnormal, and exact, for |u| beyond 2**126 in float32
+    return tl.maximum(libdevice.ilogb(u) + 1, 0)
+
+
+@triton.jit
+def scaled_input(u):
+    # u / 2**k, exactly (see actgen.derive.ScaledInput): +-1 at +-inf, NaN at NaN
+    v = libdevice.ldexp(u, -scale_shift(u))
+    return tl.where((u == float("inf")) | (u == -float("inf")), tl.where(u > 0, 1.0, -1.0), v)
 
 
 @triton.jit
 def inverse_scale(u):
-    # 1 / max(1, |u|), NaN staying NaN (see actgen.derive.rational_form)
-    return 1.0 / tl.maximum(tl.abs(u), 1.0, propagate_nan=tl.PropagateNan.ALL)
+    # 1 / 2**k for scaled_input's k: 1 where |u| < 1, 0 at +-inf
+    w = libdevice.ldexp(tl.full(u.shape, 1.0, u.dtype), -scale_shift(u))
+    return tl.where((u == float("inf")) | (u == -float("inf")), 0.0, w)
 
 
-__all__ = ["triton", "tl", "libdevice", "sigmoid", "softplus", "sqrt_square_plus", "unit_clamp", "inverse_scale",
+__all__ = ["triton", "tl", "libdevice", "sigmoid", "softplus", "sqrt_square_plus", "scaled_input", "inverse_scale",
            "probe_at_inf", "limit_at_inf",
            "tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "draw", "draws_kernel", "INTERPRET"]
 
