@@ -29,10 +29,9 @@ Everything here is pure sympy; printers turn the IR into Triton or torch source.
   saturate); sqrt(k u**2 + c) becomes hypot (hypot_form), polynomials in an input Horner
   form (horner_form), and ratios of polynomials in an input are scaled by the power of two
   above max(1, |x|) to each polynomial's degree, a sum of them over one denominator
-  (rational_form: PAU's
-  P/Q and the quotient rule's P'/Q - P Q'/Q**2, whose leading terms then cancel exactly).
-  The printers pair the varying factors of a product above and below the line
-  (actgen.printers.base).
+  (rational_form: PAU's P/Q and the quotient rule's P'/Q - P Q'/Q**2, whose leading terms
+  then cancel exactly).  The printers pair the varying factors of a product above and below
+  the line (actgen.printers.base).
 * Numbers: the numbers of each product become one coefficient (fold_constants:
   0.5*sqrt(2)/sqrt(pi) -> 0.3989...), so a kernel rounds once where it would round at each.
 * Fast variants: the same values without the guards, for the eager fallback's CPU path
@@ -538,7 +537,12 @@ def _is_polynomial_in(e, u) -> bool:
     return isinstance(e, sympy.Abs) and _monomial_degree(e, u) is not None
 
 
-_S = sympy.Symbol("_scale", positive=True)      # max(1, |u|) while a rational function is scaled
+_S = sympy.Symbol("_scale", positive=True)      # the scale s while a rational function is scaled
+
+
+def _base_power(f) -> tuple[sympy.Expr, int]:
+    """A factor as base**k (k an integer; 1 where it is not such a power)."""
+    return (f.base, int(f.exp)) if f.is_Pow and f.exp.is_Integer else (f, 1)
 
 
 def _pure_power(term, u) -> tuple[int, sympy.Expr]:
@@ -554,11 +558,11 @@ def _pure_power(term, u) -> tuple[int, sympy.Expr]:
     return j, sympy.Mul(*rest)
 
 
-def _scaled_polynomial(p, u):
-    """p (a polynomial in u of degree d) as _S**d * q(v, w), with v = ScaledInput(u) and w =
-    InverseScale(u): its term c*u**k becomes c*v**k*w**(d - k), q in Horner form in v (with w
-    exact, this rounds as Horner's scheme in u does: a0*w**5 + v*(a1*w**4 + v*(...)))."""
-    terms = _terms(sympy.expand(p), u)
+def _scaled_polynomial(terms, u):
+    """A polynomial in u of degree d, given as its terms (degree, term), as _S**d * q(v, w),
+    with v = ScaledInput(u) and w = InverseScale(u): its term c*u**k becomes c*v**k*w**(d - k),
+    q in Horner form in v (with w exact, this rounds as Horner's scheme in u does:
+    a0*w**5 + v*(a1*w**4 + v*(...)))."""
     d = max(k for k, _ in terms)
     v, w = ScaledInput(u), InverseScale(u)
 
@@ -578,28 +582,23 @@ def _scaled_polynomial(p, u):
     return _S ** d * q * v ** powers[-1]
 
 
-def _degree(p, u) -> int | None:
-    terms = _terms(sympy.expand(p), u)
-    return None if terms is None else max(k for k, _ in terms)
-
-
 def _scaled_ratio(e, u):
     """The product e with its ratio of polynomials in u scaled, or None where it has none
     that can overflow: a numerator and a denominator of degree >= 1 in u, one of them of
     degree >= 2 (x/(|x| + 1)**3 is one)."""
-    rational, other = [], []
+    rational, other = [], []       # (terms of a polynomial base, its power, its degree); the rest
     for f in sympy.Mul.make_args(e):
-        base, k = (f.base, f.exp) if f.is_Pow and f.exp.is_Integer else (f, sympy.S.One)
-        degree = _degree(base, u) if base.has(u) and _is_polynomial_in(base, u) else None
-        if degree is not None:
-            rational.append((base, int(k), degree))
+        base, k = _base_power(f)
+        terms = _terms(sympy.expand(base), u) if base.has(u) and _is_polynomial_in(base, u) else None
+        if terms is not None:
+            rational.append((terms, k, max(d for d, _ in terms)))
         else:
             other.append(f)
     numer = sum(d * k for _, k, d in rational if k > 0)
     denom = sum(-d * k for _, k, d in rational if k < 0)
     if not numer or not denom or max(numer, denom) < 2:
         return None
-    scaled = sympy.Mul(*(_scaled_polynomial(b, u) ** k for b, k, _ in rational))
+    scaled = sympy.Mul(*(_scaled_polynomial(terms, u) ** k for terms, k, _ in rational))
     return sympy.Mul(*other) * scaled.subs(_S, 1 / InverseScale(u))
 
 
@@ -607,8 +606,7 @@ def _over_common_denominator(e, u):
     """A sum of ratios of polynomials in u as one ratio, its numerator expanded: the quotient
     rule's P'/Q - P*Q'/Q**2 -> (P'*Q - P*Q')/Q**2, where the leading terms (5*a5*x**4 and
     4*a5*x**4 over b4*x**4 for PAU) cancel exactly instead of in rounded arithmetic."""
-    if not all(_is_polynomial_in(b, u) for t in e.args for f in sympy.Mul.make_args(t)
-               for b in [f.base if f.is_Pow and f.exp.is_Integer else f]):
+    if not all(_is_polynomial_in(_base_power(f)[0], u) for t in e.args for f in sympy.Mul.make_args(t)):
         return e
     numer, denom = sympy.fraction(sympy.together(e))
     if not denom.has(u):
@@ -625,8 +623,9 @@ def _over_common_denominator(e, u):
 def rational_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
     """Every ratio of polynomials in an input (within a product: x**3/(x**2 + 1)*exp(-x)) with
     each polynomial scaled (see ScaledInput): P(x)/Q(x) -> s*p(v, w)/q(v, w) for degrees (5, 4),
-    the powers of s (the power of two above max(1, |x|)) collected, so that nothing overflows where the ratio does
-    not.  Not inside a Padé approximant near 0 (ApproximatedNearZero: only for small x)."""
+    the powers of s (the power of two above max(1, |x|)) collected, so that nothing overflows
+    where the ratio does not.  Not inside a Padé approximant near 0 (ApproximatedNearZero:
+    only for small x)."""
     def visit(e):
         if e.is_Atom or isinstance(e, ApproximatedNearZero):
             return e
@@ -642,6 +641,7 @@ def rational_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Exp
         return e.func(*args) if args != e.args else e
 
     return visit(expr)
+
 
 # Cancellation at 0: an expression of one variable whose terms cancel to leading order there
 # (x - tanh(x) ~ x**3/3) loses every digit for small x.  Near 0 it is replaced by a Padé
@@ -865,9 +865,14 @@ def _tame_exp(value: sympy.Expr) -> sympy.Expr:
 _HUGE_EXP_ARG = sympy.Integer(10) ** 40
 
 
+def _mp_scale(v) -> mpmath.mpf:
+    """InverseScale in mpmath: 2**-k, 0 at +-inf."""
+    return mpmath.mpf(0) if mpmath.isinf(v) else mpmath.ldexp(1, -max(0, mpmath.frexp(v)[1]))
+
+
 _MPMATH_SCALES = {
-    "ScaledInput": lambda v: mpmath.sign(v) if mpmath.isinf(v) else mpmath.ldexp(v, -max(0, mpmath.frexp(v)[1])),
-    "InverseScale": lambda v: mpmath.mpf(0) if mpmath.isinf(v) else mpmath.ldexp(1, -max(0, mpmath.frexp(v)[1])),
+    "ScaledInput": lambda v: mpmath.sign(v) if mpmath.isinf(v) else v * _mp_scale(v),
+    "InverseScale": _mp_scale,
 }
 
 
