@@ -32,6 +32,11 @@ Everything here is pure sympy; printers turn the IR into Triton or torch source.
   (rational_form: PAU's P/Q and the quotient rule's P'/Q - P Q'/Q**2, whose leading terms
   then cancel exactly).  The printers pair the varying factors of a product above and below
   the line (actgen.printers.base).
+* One exponential: an output that is a rational function of exp(u) (u a multiple of an
+  input) built from softplus, tanh, sigmoid and logs - mish's x*tanh(softplus(x)) and its
+  derivative - becomes one ratio N/D of polynomials in e = exp(-|u|), branching on the sign
+  of u (exp_rational_form): one exponential instead of up to five calls, and the rounding
+  errors of the calls no longer meet where the derivative's terms cancel.
 * Numbers: the numbers of each product become one coefficient (fold_constants:
   0.5*sqrt(2)/sqrt(pi) -> 0.3989...), so a kernel rounds once where it would round at each.
 * Fast variants: the same values without the guards, for the eager fallback's CPU path
@@ -626,9 +631,7 @@ def rational_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Exp
     the powers of s (the power of two above max(1, |x|)) collected, so that nothing overflows
     where the ratio does not.  Not inside a Padé approximant near 0 (ApproximatedNearZero:
     only for small x)."""
-    def visit(e):
-        if e.is_Atom or isinstance(e, ApproximatedNearZero):
-            return e
+    def attempt(e):
         if e.is_Mul or e.is_Add:
             for u in inputs:
                 if e.has(u):        # x*(P'/Q - P*Q'/Q**2) is scaled as one ratio, x with the rest
@@ -637,10 +640,125 @@ def rational_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Exp
                     scaled = _scaled_ratio(one, u)
                     if scaled is not None:
                         return scaled
-        args = tuple(visit(a) for a in e.args)
-        return e.func(*args) if args != e.args else e
+        return None
 
-    return visit(expr)
+    return _outermost(expr, attempt)
+
+
+def _outermost(expr, attempt):
+    """expr with attempt(node) in place of each outermost node where it is not None; nothing
+    inside a Padé approximant near 0 (ApproximatedNearZero: only for small x)."""
+    if expr.is_Atom or isinstance(expr, ApproximatedNearZero):
+        return expr
+    done = attempt(expr)
+    if done is not None:
+        return done
+    args = tuple(_outermost(a, attempt) for a in expr.args)
+    return expr.func(*args) if args != expr.args else expr
+
+
+
+# Functions of exp(x) (mish's x*tanh(softplus(x)) and its derivative): written out, each
+# function is its own transcendental call (softplus, exp, sigmoid and tanh in mish's
+# derivative), each with its own rounding error, and where the derivative's terms cancel,
+# those errors remain.  Every such function is a rational function of E = exp(u)
+# (tanh(softplus(x)) = (E**2 + 2*E)/(E**2 + 2*E + 2)), so the whole output is one ratio
+# N(E)/D(E), N's coefficients polynomials in x, from ONE exponential: the cancellation then
+# happens in the coefficients (6 + 4*x), exactly or in one rounding.  With e = exp(-|u|) in
+# (0, 1] nothing overflows: E = e where u < 0 and E = 1/e where u >= 0, where N and D are
+# multiplied by e**deg(D) (their coefficients reversed).  Only where D has no coefficients of
+# opposite sign (no cancellation in it for E > 0), nor N's constant parts (tanh(x) =
+# (E**2 - 1)/(E**2 + 1) stays tanh), and where the output has two calls or more, one of them
+# costlier than an exponential (tanh, softplus, a log): sigmoid and exp are one exponential
+# each already, and on the CPU fallback the two branches cost more than a second sigmoid
+# (silu' stays sigmoid(x)*(1 + x*sigmoid(-x))).
+_EXP_FAMILY = (sympy.exp, sigmoid, softplus, sympy.tanh, sympy.log, log1p, expm1)
+_COSTLY = (sympy.tanh, softplus, sympy.log, log1p, expm1)
+
+
+def _exp_calls(e, x) -> tuple[int, int]:
+    """(calls of the exp family, calls costlier than one exponential) in e that hold x."""
+    calls = [a for a in sympy.preorder_traversal(e) if isinstance(a, _EXP_FAMILY) and a.has(x)]
+    return len(calls), sum(isinstance(a, _COSTLY) for a in calls)
+
+
+def _exp_base(written, x):
+    """(u, {exp(k*u): k}): the exps in written that hold x as integer powers of exp(u), u a
+    positive multiple of one expression (x, 1.702*x); else None."""
+    exps = [a for a in written.atoms(sympy.exp) if a.has(x)]
+    split = [a.args[0].as_coeff_Mul() for a in exps]
+    if not exps or len({rest for _, rest in split}) != 1 or not all(c.is_number and c != 0 for c, _ in split):
+        return None
+    c0 = min(abs(c) for c, _ in split)
+    powers = {}
+    for a, (c, _) in zip(exps, split):
+        k = float(c / c0)
+        if abs(k - round(k)) > 1e-12:
+            return None
+        powers[a] = round(k)
+    return c0 * split[0][1], powers
+
+
+def _horner_in(coeffs, e):
+    out = sympy.S.Zero
+    for c in coeffs:
+        out = out * e + c
+    return out
+
+
+def _exp_ratio(expr, x):
+    """expr as N(E)/D(E) with E = exp(u), from one exponential (see above); else None."""
+    calls, costly = _exp_calls(expr, x)
+    if calls < 2 or not costly:
+        return None
+    written = expr.replace(log1p, lambda a: sympy.log(1 + a)).replace(expm1, lambda a: sympy.exp(a) - 1).rewrite(sympy.exp)
+    base = _exp_base(written, x)
+    if base is None:
+        return None
+    u, powers = base
+    E = sympy.Dummy("E", positive=True)
+    r = written.xreplace({a: E**k for a, k in powers.items()})
+    if r.atoms(sympy.Function) or r.has(sympy.exp, sympy.log):
+        return None
+    numer, denom = sympy.fraction(sympy.cancel(sympy.together(r)))
+    if not (numer.is_polynomial(E) and denom.is_polynomial(E)) or denom.free_symbols - {E} or not denom.has(E):
+        return None
+    N = sympy.Poly(numer, E)
+    constant_parts = [c.subs({s: 0 for s in c.free_symbols}) for c in N.all_coeffs()]
+    if any(c < 0 for c in constant_parts) and any(c > 0 for c in constant_parts):
+        return None
+    scale, factors = sympy.factor_list(denom, E)
+    if any(c < 0 for f, _ in factors for c in sympy.Poly(f, E).all_coeffs()):
+        return None
+    # N = g * E**m * N1(E); D = scale * prod(f(E)**k)
+    g = sympy.gcd_list(N.all_coeffs())
+    N1 = sympy.Poly(sympy.cancel(numer / g), E)
+    m = min(mon[0] for mon in N1.monoms())
+    coeffs = N1.all_coeffs()[: len(N1.all_coeffs()) - m]
+    q = sum(sympy.degree(f, E) * k for f, k in factors)
+    p1 = len(coeffs) - 1
+    e = sympy.exp(-sympy.Abs(u))
+    neg_num = e**m * _horner_in([sympy.expand(c) for c in coeffs], e)
+    pos_num = e ** (q - m - p1) * _horner_in([sympy.expand(c) for c in reversed(coeffs)], e)
+    neg_den = sympy.Mul(*(_horner_in(sympy.Poly(f, E).all_coeffs(), e) ** k for f, k in factors))
+    pos_den = sympy.Mul(*(_horner_in(list(reversed(sympy.Poly(f, E).all_coeffs())), e) ** k for f, k in factors))
+    negative = u < 0
+    return (g / scale) * sympy.Piecewise((neg_num, negative), (pos_num, True)) / sympy.Piecewise((neg_den, negative), (pos_den, True))
+
+
+def exp_rational_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
+    """Every output (or part of one) that is a rational function of exp(u), u a multiple of an
+    input, with two transcendental calls or more and one of them costlier than an exponential,
+    as N/D from e = exp(-|u|) (see above): mish's derivative from one exp instead of four calls."""
+    def attempt(e):
+        for x in inputs:
+            if e.has(x) and (e.is_Add or e.is_Mul or isinstance(e, _EXP_FAMILY)):
+                one = _exp_ratio(e, x)
+                if one is not None:
+                    return one
+        return None
+
+    return _outermost(expr, attempt)
 
 
 # Cancellation at 0: an expression of one variable whose terms cancel to leading order there
@@ -1251,7 +1369,63 @@ def make_block(outputs: Sequence[tuple[str, sympy.Expr]]) -> Block:
     exprs = [e.xreplace(named) for e in exprs]
     temps = sympy.numbered_symbols("_t", real=True)
     assignments, reduced = sympy.cse(exprs, symbols=temps, optimizations=None, order="canonical")
+    assignments, reduced = _exp_powers(assignments, reduced)
+    assignments, reduced = _name_power_bases(assignments, reduced, temps)
     return Block(tuple((n, a) for a, n in named.items()) + tuple(assignments), tuple(zip(names, reduced)))
+
+
+def _exp_powers(assignments, reduced):
+    """exp(k*a) as t**k where an earlier name t = exp(a) exists and k is an integer from 2 to
+    MAX_PRODUCT_POWER (sympy writes exp(a)**2 as exp(2*a)): a product instead of a second call."""
+    named = {}
+
+    def as_power(e):
+        def power_of_named(node):
+            for a, t in named.items():
+                k = node.args[0] / a
+                if k.is_Integer and 2 <= k <= MAX_PRODUCT_POWER:
+                    return t**k
+            return node
+        return e.replace(lambda n: isinstance(n, sympy.exp) and n.args[0] not in named, power_of_named) if named else e
+
+    out = []
+    for t, e in assignments:
+        e = as_power(e)
+        out.append((t, e))
+        if isinstance(e, sympy.exp):
+            named[e.args[0]] = t
+    return out, [as_power(e) for e in reduced]
+
+
+#: Integer powers up to this one print as products (see actgen.printers); their bases get names.
+MAX_PRODUCT_POWER = 8
+
+
+def _name_power_bases(assignments, reduced, temps):
+    """The base of every small integer power (b**2, 1/b**3) that is not a name gets one, so
+    that the power prints as a product of names (_t4*_t4), not of the written-out base."""
+    def is_power(e):
+        return (e.is_Pow and e.exp.is_Integer and 2 <= abs(int(e.exp)) <= MAX_PRODUCT_POWER
+                and not e.base.is_Symbol and not e.base.is_number)
+
+    out = []
+
+    def name_bases(e):
+        while True:
+            powers = sorted({p for p in sympy.preorder_traversal(e) if is_power(p)},
+                            key=lambda p: (sympy.count_ops(p), sympy.default_sort_key(p)))
+            if not powers:
+                return e
+            base = powers[0].base
+            t = next(temps)
+            out.append((t, base))
+            e = e.xreplace({base: t})
+
+    for t, e in assignments:
+        e = name_bases(e)
+        out.append((t, e))
+    reduced = [name_bases(e) for e in reduced]
+    return out, reduced
 
 
 # --- the IR --------------------------------------------------------------------------
@@ -1302,7 +1476,7 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
     samples |= {r: sympy.Float(0.5) for r in draws}
 
     def scaled(e):
-        return rational_form(e, inputs) if rewrites else e
+        return rational_form(exp_rational_form(e, inputs), inputs) if rewrites else e
 
     def final(e):       # value-preserving forms for float arithmetic (see the module doc)
         return fold_constants(horner_form(hypot_form(e), inputs)) if rewrites else e

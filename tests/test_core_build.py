@@ -203,3 +203,20 @@ def test_compile_cache_key_follows_the_compiler(tmp_path, monkeypatch):
     second = actgen.compile("x * 3", name="triple")
     assert Path(first.__file__).parent != Path(second.__file__).parent
     assert len(list(tmp_path.rglob("triple.py"))) == 2
+
+
+def test_generated_functions_have_no_unused_names():
+    """Every name a generated function or kernel assigns is read after it: no dead code (the
+    double-backward functions once kept the first derivatives' temporaries)."""
+    import ast
+
+    ops_dir = ROOT / "actgen" / "ops"
+    for path in sorted(ops_dir.glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+            assigned = {t.id for node in ast.walk(fn) if isinstance(node, ast.Assign)
+                        for t in node.targets if isinstance(t, ast.Name) and t.id.startswith("_t")}
+            read = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+            assert assigned <= read, f"{path.name}:{fn.name}: unused {sorted(assigned - read)}"

@@ -192,6 +192,23 @@ def test_generated_code_says_where_it_scales_a_ratio():
     assert "libdevice.pow" not in source          # v**5 is a product of names
 
 
+def test_generated_code_computes_mish_from_one_exponential():
+    """mish's header says f and df/dx are one ratio in e = exp(-|x|); its kernels and fallback
+    call exp once and no softplus, tanh or sigmoid (silu's derivative keeps its sigmoids)."""
+    import importlib
+    import inspect
+
+    for name in ("mish", "well_documented", "smish"):
+        module = importlib.import_module(f"actgen.ops.{name}")
+        assert "f, df/dx: one ratio of polynomials in e = exp(-|x|)" in module.__doc__
+        for fn in ("_forward_torch", "_derivatives_torch", "_forward_kernel", "_backward_kernel"):
+            obj = getattr(module, fn)
+            source = inspect.getsource(getattr(obj, "fn", obj))       # a kernel: its Python function
+            assert source.count("exp(") == 1 and not any(f in source for f in ("tanh(", "softplus(", "sigmoid(", "log")), (name, fn)
+    silu = importlib.import_module("actgen.ops.silu")
+    assert "one ratio" not in silu.__doc__ and "sigmoid(" in inspect.getsource(silu._derivatives_torch)
+
+
 # Formulas that once stopped the compiler (a branch condition made of a branch: nested Max;
 # a polynomial whose coefficients hold functions of a param), with the same formula in plain
 # torch as the reference: values and gradients at points away from the kinks.

@@ -216,6 +216,38 @@ def test_ratios_of_polynomials_are_scaled_by_max_1_abs_x():
         assert rational_form(e, [X]) == e
 
 
+def test_functions_of_exp_x_are_one_ratio_from_one_exponential():
+    """mish = x*tanh(softplus(x)) and its derivative (softplus, tanh, sigmoid and exp calls)
+    become N/D in e = exp(-|x|), with the branch x < 0 (E = e) or x >= 0 (E = 1/e): one
+    exponential, no other call, and the value unchanged (checked at 50 digits, out to
+    |x| = 800 where exp(x) itself would overflow).  tanh(x) = (E**2 - 1)/(E**2 + 1) stays
+    (its numerator cancels near 0), and so do outputs with only sigmoids and exps (silu')."""
+    import mpmath
+    from actgen.derive import exp_rational_form
+    mish = X * sympy.tanh(softplus(X))
+    smish = X * sympy.tanh(log1p(sigmoid(X)))
+    for f in (mish, sympy.diff(mish, X), smish, sympy.diff(smish, X), stabilize(sympy.diff(mish, X))):
+        g = exp_rational_form(f, [X])
+        calls = [a for a in sympy.preorder_traversal(g) if isinstance(a, sympy.Function)]
+        assert {type(a) for a in calls} <= {sympy.exp, sympy.Abs, sympy.Piecewise}, calls
+        assert len(g.atoms(sympy.exp)) == 1 and g.has(sympy.exp(-abs(X)))
+        with mpmath.workdps(50):
+            for x0 in ("-800", "-30", "-2.54", "-1.19", "-0.23", "0", "0.23", "1.5", "19", "800"):
+                v = sympy.Float(x0, 50)
+                want, got = sympy.N(f.subs(X, v), 50), sympy.N(g.subs(X, v), 50)
+                assert abs(got - want) <= sympy.Float("1e-40") * max(1, abs(want)), (f, x0, got, want)
+    # no cancellation in D(E), nor in N(E)'s numbers: tanh(x) stays; one call, or sigmoids only, stay
+    silu_d = sympy.diff(X * sigmoid(X), X)
+    for f in (sympy.tanh(X) * sympy.tanh(2 * X), X * sympy.tanh(X), silu_d, sigmoid(X) * sympy.exp(X)):
+        assert exp_rational_form(f, [X]) == f
+    # a param in the coefficients: b*x*tanh(softplus(x)) keeps b in N; tanh(softplus(a*x)) with
+    # a param a in the exponent stays (a may be 0 or negative)
+    b, a = sympy.symbols("b a", real=True)
+    g = exp_rational_form(b * mish, [X])
+    assert g.has(b) and not g.has(sympy.tanh)
+    assert exp_rational_form(sympy.tanh(softplus(a * X)) * sympy.tanh(X), [X]).has(sympy.tanh)
+
+
 def test_a_sign_times_its_argument_is_an_abs():
     """u*sign(u) -> |u| where the product holds u's factors: x**2*sign(x) -> x*|x| and
     a*b*x*sign(b*x) -> a*|b*x| (terms in |u| then cancel symbolically: x**2/(1 + |x|)**2's
@@ -228,3 +260,26 @@ def test_a_sign_times_its_argument_is_an_abs():
     assert rewrite_sign_product(-X * sign(X) / (abs(X) + 1) ** 2) == -abs(X) / (abs(X) + 1) ** 2
     assert rewrite_sign_product(X * sign(b * X)) is None
     assert rewrite_sign_product(a * sign(X)) is None
+
+
+def test_generated_code_names_power_bases_and_divides_once():
+    """(x + 1)**2 prints as _t0*_t0 with _t0 = x + 1, not as the written-out base twice;
+    exp(2*u) as a named exp(u) squared; and
+    sympy's 1/Piecewise (a Piecewise of reciprocals: the branches of a scaled ratio's
+    denominator) prints as one division by the selected value, not two divisions."""
+    from actgen.derive import make_block
+    from actgen.printers.torch import TorchPrinter
+    from actgen.printers.triton import TritonPrinter
+    block = make_block([("y", (X + 1) ** 2 * sympy.exp(X) / (X**2 + 3) ** 3)])
+    assert set(dict(block.assignments).values()) >= {X + 1, X**2 + 3}
+    (_, out), = block.outputs
+    assert all(p.base.is_Symbol for p in out.atoms(sympy.Pow))
+    # exp(2*u) where exp(u) has a name (it is used twice) is that name squared: one exponential
+    e = sympy.exp(-abs(X))
+    block = make_block([("a", e * (X + 1) + 1), ("b", e * (e + 2) * sympy.exp(-2 * abs(X)) * X)])
+    calls = [f for _, e in block.assignments + block.outputs for f in e.atoms(sympy.exp)]
+    assert len(calls) == 1, block
+    y = sympy.Symbol("y", real=True)
+    e = y * sympy.Piecewise((1 / (X + 2) ** 2, X < 0), (1 / (2 * X + 1) ** 2, True))
+    for text in (TritonPrinter().doprint(e), TorchPrinter({"x", "y"}, "x").doprint(e)):
+        assert text.count("/") == 1 and "where(" in text.split("/")[1], text

@@ -29,7 +29,7 @@ def _math_lines(d: Derivation) -> list[str]:
     width = max(len(f"df/d{n}") for n in names)
     lines = [f"{'f':<{width}} = {sympy.sstr(d.expr)}"]
     lines += [f"{'df/d' + n:<{width}} = {sympy.sstr(e)}" for n, e in d.first]
-    return lines + draw_lines(d.spec.expr) + _saturation_lines(d) + _scaling_lines(d)
+    return lines + draw_lines(d.spec.expr) + _saturation_lines(d) + _scaling_lines(d) + _one_exponential_lines(d)
 
 
 def _bound(b) -> str:
@@ -79,6 +79,27 @@ def _scaling_lines(d: Derivation) -> list[str]:
             lines.append(f"{', '.join(labels)}: ratios of polynomials in {u} are computed in v = {u}/s and w = 1/s, "
                          f"s the power of two above max(1, |{u}|), each polynomial divided by s to its degree "
                          "(exactly), so that none overflows where the ratio does not.")
+    return [""] + lines if lines else []
+
+
+def _one_exponential_lines(d: Derivation) -> list[str]:
+    """Which outputs are one ratio in e = exp(-|u|) (actgen.derive.exp_rational_form)."""
+    uses = {}
+    for block, label in ((d.forward, lambda n: "f"), (d.backward, lambda n: "df/d" + n[2:])):
+        temps = dict(block.assignments)
+        for name, expr in block.outputs:
+            while expr.free_symbols & temps.keys():
+                expr = expr.xreplace(temps)
+            expr = expr.replace(lambda a: isinstance(a, Saturate), lambda a: a.args[0])     # the clamp is said above
+            branches = {c.lhs for p in expr.atoms(sympy.Piecewise) for _, c in p.args
+                        if isinstance(c, sympy.StrictLessThan) and c.rhs == 0}
+            for a in expr.atoms(sympy.exp):
+                coeff, rest = (-a.args[0]).as_coeff_Mul()
+                if isinstance(rest, sympy.Abs) and coeff > 0 and coeff * rest.args[0] in branches:
+                    uses.setdefault(coeff * rest.args[0], []).append(label(name))
+    lines = [f"{', '.join(dict.fromkeys(labels))}: one ratio of polynomials in e = exp(-|{u}|), with exp({u}) = e "
+             f"where {u} < 0 and 1/e elsewhere: one exponential, and nothing overflows."
+             for u, labels in sorted(uses.items(), key=lambda kv: sympy.default_sort_key(kv[0]))]
     return [""] + lines if lines else []
 
 
@@ -498,9 +519,16 @@ def render_module(d: Derivation) -> str:
 
 
 def _second_only(d: Derivation) -> Block:
-    """The double-backward block without the first derivatives (those come from _derivatives_torch)."""
+    """The double-backward block without the first derivatives (those come from _derivatives_torch)
+    and without the names only they use."""
     outputs = tuple((n, e) for n, e in d.double_backward.outputs if n.startswith("d2_"))
-    return Block(d.double_backward.assignments, outputs)
+    needed = set().union(*(e.free_symbols for _, e in outputs))
+    kept = []
+    for name, value in reversed(d.double_backward.assignments):
+        if name in needed:
+            kept.append((name, value))
+            needed |= value.free_symbols
+    return Block(tuple(reversed(kept)), outputs)
 
 
 def render_package_init(package: str, derivations) -> str:

@@ -52,7 +52,8 @@ def _derivatives_torch(x, w0, w1, w2):
     _t11 = _rt.probe_at_inf(x)
     _t12 = torch.where(_t11 > 0.0, _t11, 0.0)
     _t13 = _t8*(_t0*_t12 + _t1*torch.tanh(_t11) + _t11*_t2)
-    _d_x = torch.where(torch.isnan(x), x, _t4*(_t0*torch.where(_t5, x.new_full((), 1.0), 0.0) + _t2 + 4.0*torch.exp(_t6 + w1)/(torch.exp(_t6) + 1.0)**2.0))
+    _t14 = torch.exp(_t6) + 1.0
+    _d_x = torch.where(torch.isnan(x), x, _t4*(_t0*torch.where(_t5, x.new_full((), 1.0), 0.0) + _t2 + 4.0*torch.exp(_t6 + w1)/(_t14*_t14)))
     _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*(-_t10 + _t4*_t7), _t0*(_t12*_t4 - _t13), x))
     _d_w1 = torch.where(torch.isnan(x), x, _t1*(-_t10 + _t4*_t9))
     _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t2*(-_t10 + _t4*x), _t2*(_t11*_t4 - _t13), x))
@@ -80,7 +81,8 @@ def _derivatives_torch_fast(x, w0, w1, w2):
     _t7 = _rt.select(_t5, x, 0.0)
     _t8 = torch.tanh(x)
     _t9 = (_t0*_t7 + _t1*_t8 + _t2*x)/_t3/_t3
-    _d_x = _t4*(_t0*_rt.select(_t5, 1.0, 0.0) + _t2 + 4.0*torch.exp(_t6 + w1)/(torch.exp(_t6) + 1.0)**2.0)
+    _t10 = torch.exp(_t6) + 1.0
+    _d_x = _t4*(_t0*_rt.select(_t5, 1.0, 0.0) + _t2 + 4.0*torch.exp(_t6 + w1)/(_t10*_t10))
     _d_w0 = _t0*(_t4*_t7 - _t9)
     _d_w1 = _t1*(_t4*_t8 - _t9)
     _d_w2 = _t2*(_t4*x - _t9)
@@ -124,12 +126,12 @@ def _second_derivatives_torch(x, w0, w1, w2):
     _d2_x_w0 = torch.where(torch.isnan(x), x, _t0*(-_t23 + _t4*_t6))
     _d2_x_w1 = torch.where(torch.isnan(x), x, -(_t1*_t23) + 4.0*_t10*_t11*_t4)
     _d2_x_w2 = torch.where(torch.isnan(x), x, _t2*(-_t23 + _t4))
-    _d2_w0_w0 = torch.where(torch.isnan(x), x, _t19 + (-(2.0*_t24) + _t26)*torch.exp(2.0*w0))
+    _d2_w0_w0 = torch.where(torch.isnan(x), x, _t0*_t0*(-(2.0*_t24) + _t26) + _t19)
     _d2_w0_w1 = torch.where(torch.isnan(x), x, _t0*_t1*(-_t27 - _t29))
     _d2_w0_w2 = torch.where(torch.isnan(x), x, _t0*_t2*(-_t29 - _t30))
-    _d2_w1_w1 = torch.where(torch.isnan(x), x, _t20 + (_t26 - 2.0*_t27)*torch.exp(2.0*w1))
+    _d2_w1_w1 = torch.where(torch.isnan(x), x, _t1*_t1*(_t26 - 2.0*_t27) + _t20)
     _d2_w1_w2 = torch.where(torch.isnan(x), x, _t1*_t2*(-_t27 - _t28 - _t30))
-    _d2_w2_w2 = torch.where(torch.isnan(x), x, _t21 + (-_t28 - 2.0*_t30)*torch.exp(2.0*w2))
+    _d2_w2_w2 = torch.where(torch.isnan(x), x, _t2*_t2*(-_t28 - 2.0*_t30) + _t21)
     return (_d2_x_x, _d2_x_w0, _d2_x_w1, _d2_x_w2, _d2_w0_w0, _d2_w0_w1, _d2_w0_w2, _d2_w1_w1, _d2_w1_w2, _d2_w2_w2,)
 
 
@@ -186,7 +188,8 @@ if _rt.HAS_TRITON:
             _t11 = _probe_at_inf(x)
             _t12 = tl.where(_t11 > 0.0, _t11, 0.0)
             _t13 = _t8*(_t0*_t12 + _t1*libdevice.tanh(_t11) + _t11*_t2)
-            _d_x = tl.where(x != x, x, _t4*(_t0*tl.where(_t5, 1.0, 0.0) + _t2 + 4.0*libdevice.exp(_t6 + w1)/((libdevice.exp(_t6) + 1.0)*(libdevice.exp(_t6) + 1.0))))
+            _t14 = libdevice.exp(_t6) + 1.0
+            _d_x = tl.where(x != x, x, _t4*(_t0*tl.where(_t5, 1.0, 0.0) + _t2 + 4.0*libdevice.exp(_t6 + w1)/(_t14*_t14)))
             _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*(-_t10 + _t4*_t7), _t0*(_t12*_t4 - _t13), x))
             _d_w1 = tl.where(x != x, x, _t1*(-_t10 + _t4*_t9))
             _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*(-_t10 + _t4*x), _t2*(_t11*_t4 - _t13), x))
@@ -203,7 +206,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='adaptive_mixture',
-    key='2d8899a977b1',
+    key='e46d75c5ffa6',
     inputs=('x',),
     params=(('w0', False), ('w1', False), ('w2', False)),
     constants=(),

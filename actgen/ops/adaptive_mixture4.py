@@ -57,7 +57,8 @@ def _derivatives_torch(x, w0, w1, w2, w3):
     _t14 = _rt.probe_at_inf(x)
     _t15 = torch.where(_t14 > 0.0, _t14, 0.0)
     _t16 = _t11*(_t0*_t15 + _t1*torch.tanh(_t14) + _t14*_t2 + _t3*torch.sigmoid(_t14))
-    _d_x = torch.where(torch.isnan(x), x, _t5*(_t0*torch.where(_t8, x.new_full((), 1.0), 0.0) + _t2 + _t7*torch.sigmoid(-x) + 4.0*torch.exp(_t9 + w1)/(torch.exp(_t9) + 1.0)**2.0))
+    _t17 = torch.exp(_t9) + 1.0
+    _d_x = torch.where(torch.isnan(x), x, _t5*(_t0*torch.where(_t8, x.new_full((), 1.0), 0.0) + _t2 + _t7*torch.sigmoid(-x) + 4.0*torch.exp(_t9 + w1)/(_t17*_t17)))
     _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*(_t10*_t5 - _t13), _t0*(_t15*_t5 - _t16), x))
     _d_w1 = torch.where(torch.isnan(x), x, _t1*(_t12*_t5 - _t13))
     _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t2*(-_t13 + _t5*x), _t2*(_t14*_t5 - _t16), x))
@@ -90,7 +91,8 @@ def _derivatives_torch_fast(x, w0, w1, w2, w3):
     _t10 = _rt.select(_t8, x, 0.0)
     _t11 = torch.tanh(x)
     _t12 = (_t0*_t10 + _t1*_t11 + _t2*x + _t7)/_t4/_t4
-    _d_x = _t5*(_t0*_rt.select(_t8, 1.0, 0.0) + _t2 + _t7*torch.sigmoid(-x) + 4.0*torch.exp(_t9 + w1)/(torch.exp(_t9) + 1.0)**2.0)
+    _t13 = torch.exp(_t9) + 1.0
+    _d_x = _t5*(_t0*_rt.select(_t8, 1.0, 0.0) + _t2 + _t7*torch.sigmoid(-x) + 4.0*torch.exp(_t9 + w1)/(_t13*_t13))
     _d_w0 = _t0*(_t10*_t5 - _t12)
     _d_w1 = _t1*(_t11*_t5 - _t12)
     _d_w2 = _t2*(-_t12 + _t5*x)
@@ -143,16 +145,16 @@ def _second_derivatives_torch(x, w0, w1, w2, w3):
     _d2_x_w1 = torch.where(torch.isnan(x), x, -(_t1*_t28) + 4.0*_t14*_t15*_t5)
     _d2_x_w2 = torch.where(torch.isnan(x), x, _t2*(-_t28 + _t5))
     _d2_x_w3 = torch.where(torch.isnan(x), x, _t3*(-_t28 + _t5*_t6*_t7))
-    _d2_w0_w0 = torch.where(torch.isnan(x), x, _t23 + (-(2.0*_t29) + _t31)*torch.exp(2.0*w0))
+    _d2_w0_w0 = torch.where(torch.isnan(x), x, _t0*_t0*(-(2.0*_t29) + _t31) + _t23)
     _d2_w0_w1 = torch.where(torch.isnan(x), x, _t0*_t1*(-_t32 - _t34))
     _d2_w0_w2 = torch.where(torch.isnan(x), x, _t0*_t2*(-_t34 - _t35))
     _d2_w0_w3 = torch.where(torch.isnan(x), x, _t0*_t3*(-_t34 - _t36))
-    _d2_w1_w1 = torch.where(torch.isnan(x), x, _t24 + (_t31 - 2.0*_t32)*torch.exp(2.0*w1))
+    _d2_w1_w1 = torch.where(torch.isnan(x), x, _t1*_t1*(_t31 - 2.0*_t32) + _t24)
     _d2_w1_w2 = torch.where(torch.isnan(x), x, _t1*_t2*(-_t35 - _t37))
     _d2_w1_w3 = torch.where(torch.isnan(x), x, _t1*_t3*(-_t36 - _t37))
-    _d2_w2_w2 = torch.where(torch.isnan(x), x, _t25 + (-_t33 - 2.0*_t35)*torch.exp(2.0*w2))
+    _d2_w2_w2 = torch.where(torch.isnan(x), x, _t2*_t2*(-_t33 - 2.0*_t35) + _t25)
     _d2_w2_w3 = torch.where(torch.isnan(x), x, _t2*_t3*(-_t33 - _t35 - _t36))
-    _d2_w3_w3 = torch.where(torch.isnan(x), x, _t26 + (_t31 - 2.0*_t36)*torch.exp(2.0*w3))
+    _d2_w3_w3 = torch.where(torch.isnan(x), x, _t26 + _t3*_t3*(_t31 - 2.0*_t36))
     return (_d2_x_x, _d2_x_w0, _d2_x_w1, _d2_x_w2, _d2_x_w3, _d2_w0_w0, _d2_w0_w1, _d2_w0_w2, _d2_w0_w3, _d2_w1_w1, _d2_w1_w2, _d2_w1_w3, _d2_w2_w2, _d2_w2_w3, _d2_w3_w3,)
 
 
@@ -216,7 +218,8 @@ if _rt.HAS_TRITON:
             _t14 = _probe_at_inf(x)
             _t15 = tl.where(_t14 > 0.0, _t14, 0.0)
             _t16 = _t11*(_t0*_t15 + _t1*libdevice.tanh(_t14) + _t14*_t2 + _t3*_sigmoid(_t14))
-            _d_x = tl.where(x != x, x, _t5*(_t0*tl.where(_t8, 1.0, 0.0) + _t2 + _t7*_sigmoid(-x) + 4.0*libdevice.exp(_t9 + w1)/((libdevice.exp(_t9) + 1.0)*(libdevice.exp(_t9) + 1.0))))
+            _t17 = libdevice.exp(_t9) + 1.0
+            _d_x = tl.where(x != x, x, _t5*(_t0*tl.where(_t8, 1.0, 0.0) + _t2 + _t7*_sigmoid(-x) + 4.0*libdevice.exp(_t9 + w1)/(_t17*_t17)))
             _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*(_t10*_t5 - _t13), _t0*(_t15*_t5 - _t16), x))
             _d_w1 = tl.where(x != x, x, _t1*(_t12*_t5 - _t13))
             _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*(-_t13 + _t5*x), _t2*(_t14*_t5 - _t16), x))
@@ -236,7 +239,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='adaptive_mixture4',
-    key='d4d8144a570d',
+    key='ad9252dc9139',
     inputs=('x',),
     params=(('w0', False), ('w1', False), ('w2', False), ('w3', False)),
     constants=(),

@@ -35,7 +35,8 @@ def _derivatives_torch(x):
     _clamped_x = _rt.clamp(x, -32.0, 32.0)
     _t0 = _rt.hypot(_clamped_x, 1.0)
     _t1 = torch.exp(-(2.0*_t0))
-    _d_x = _clamped_x/_t0*_clamped_x/(_t1 + 1.0)*_t1/(_t1 + 1.0)*4.0 + torch.tanh(_t0)
+    _t2 = _t1 + 1.0
+    _d_x = _clamped_x/_t0*_clamped_x/_t2*_t1/_t2*4.0 + torch.tanh(_t0)
     return (_d_x,)
 
 
@@ -53,7 +54,7 @@ def _second_derivatives_torch(x):
     _t7 = _v_x*_v_x*_v_x
     _t8 = 1.0/_w_x
     _t9 = 1.0/(_v_x*_v_x + _w_x*_w_x)
-    _d2_x_x = 12.0*_t1*_t2*_t4*x - 8.0*_t5*_t7*_t8*_t9 + 16.0*_t7*_t8*_t9*torch.exp(-(4.0*_t0))/(_t3*_t3*_t3) - _t6/_t0*x/_t0*x/_t0*x
+    _d2_x_x = 12.0*_t1*_t2*_t4*x + _t2/_t3*_t2/_t3*_t7/_t3*_t8*_t9*16.0 - 8.0*_t5*_t7*_t8*_t9 - _t6/_t0*x/_t0*x/_t0*x
     return (_d2_x_x,)
 
 
@@ -86,13 +87,14 @@ if _rt.HAS_TRITON:
         _clamped_x = tl.clamp(x, -32.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
         _t0 = libdevice.hypot(_clamped_x, 1.0)
         _t1 = libdevice.exp(-(2.0*_t0))
-        _d_x = _clamped_x/_t0*_clamped_x/(_t1 + 1.0)*_t1/(_t1 + 1.0)*4.0 + libdevice.tanh(_t0)
+        _t2 = _t1 + 1.0
+        _d_x = _clamped_x/_t0*_clamped_x/_t2*_t1/_t2*4.0 + libdevice.tanh(_t0)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='custom_smooth',
-    key='e6e03e643c89',
+    key='b5e5bd9cdbb6',
     inputs=('x',),
     params=(),
     constants=(),

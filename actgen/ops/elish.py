@@ -100,7 +100,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='elish',
-    key='70c503ef95dc',
+    key='13325ad84b09',
     inputs=('x',),
     params=(),
     constants=(),

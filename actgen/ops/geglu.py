@@ -102,7 +102,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu',
-    key='b159ff6dd33a',
+    key='14feee7cb04e',
     inputs=('a', 'b'),
     params=(),
     constants=(),

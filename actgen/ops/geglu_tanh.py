@@ -105,7 +105,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu_tanh',
-    key='960736e2310d',
+    key='8b81eab83867',
     inputs=('a', 'b'),
     params=(),
     constants=(),

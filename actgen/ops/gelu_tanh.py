@@ -90,7 +90,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='gelu_tanh',
-    key='8ac4cfb7d0ae',
+    key='372155dcc61f',
     inputs=('x',),
     params=(),
     constants=(),

@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hard_mish',
-    key='644fb852de3f',
+    key='78981d84d548',
     inputs=('x',),
     params=(),
     constants=(),

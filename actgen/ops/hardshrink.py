@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardshrink',
-    key='f7191389fb73',
+    key='90e8cbdc2453',
     inputs=('x',),
     params=(),
     constants=('lambd',),

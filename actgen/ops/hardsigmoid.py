@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardsigmoid',
-    key='ab1b78bf89db',
+    key='829c44ac5de3',
     inputs=('x',),
     params=(),
     constants=(),

@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardswish',
-    key='ba794bc2f3b8',
+    key='a7e2b672181c',
     inputs=('x',),
     params=(),
     constants=(),

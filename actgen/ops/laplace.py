@@ -32,13 +32,15 @@ def _forward_torch(x, mu, sigma):
 
 def _derivatives_torch(x, mu, sigma):
     """df/dx."""
-    _d_x = 0.3989422804014327*torch.exp(-(0.5*(-mu + x)**2.0/(sigma*sigma)))/sigma
+    _t0 = -mu + x
+    _d_x = 0.3989422804014327*torch.exp(-(_t0/sigma*_t0/sigma*0.5))/sigma
     return (_d_x,)
 
 
 def _second_derivatives_torch(x, mu, sigma):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = torch.exp(-(0.5*(-mu + x)**2.0/(sigma*sigma)))
+    _t1 = -mu + x
+    _t0 = torch.exp(-(_t1/sigma*_t1/sigma*0.5))
     _d2_x_x = -(0.19947114020071635*_t0*(-(2.0*mu) + 2.0*x)/(sigma*sigma*sigma))
     return (_d2_x_x,)
 
@@ -69,13 +71,14 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _d_x = 0.3989422804014327*libdevice.exp(-(0.5*((-mu + x)*(-mu + x))/(sigma*sigma)))/sigma
+        _t0 = -mu + x
+        _d_x = 0.3989422804014327*libdevice.exp(-(_t0/sigma*_t0/sigma*0.5))/sigma
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='laplace',
-    key='d4cbbf4664ef',
+    key='7add7f5aadb0',
     inputs=('x',),
     params=(),
     constants=('mu', 'sigma'),

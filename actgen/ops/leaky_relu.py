@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='leaky_relu',
-    key='4614aaf8f5c3',
+    key='67c9f32b7cc9',
     inputs=('x',),
     params=(),
     constants=('negative_slope',),

@@ -73,7 +73,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='logsigmoid',
-    key='dc7950448c1a',
+    key='495a7121465f',
     inputs=('x',),
     params=(),
     constants=(),

@@ -10,6 +10,8 @@ Derived (after stability rewrites):
     df/dx = 4*x*exp(-2*softplus(x))*sigmoid(x)/(1 + exp(-2*softplus(x)))**2 + tanh(softplus(x))
     
     df/dx: x is clamped where x <= -1024 or x >= 32 (there df/dx no longer changes with x, to double precision).
+    
+    f, df/dx: one ratio of polynomials in e = exp(-|x|), with exp(x) = e where x < 0 and 1/e elsewhere: one exponential, and nothing overflows.
 """
 import math
 
@@ -26,36 +28,64 @@ SPEC_SHA256 = '7ec7e9327f8b190208b6c1ac4a3baca024952647fed6c6ae40ba9a1e67940460'
 
 def _forward_torch(x):
     """f, elementwise; params broadcast against the input."""
-    _y = torch.where(x == -math.inf, 0.0, x*torch.tanh(_rt.softplus(x)))
+    _t0 = torch.exp(-torch.abs(x))
+    _t1 = _t0*(_t0 + 2.0)
+    _t2 = x < 0.0
+    _t3 = 2.0*_t0
+    _y = torch.where(torch.isnan(x), x, torch.where(x == -math.inf, 0.0, x*torch.where(_t2, _t1, _t3 + 1.0)/torch.where(_t2, _t1 + 2.0, _t0*(_t3 + 2.0) + 1.0)))
     return _y
 
 
 def _derivatives_torch(x):
     """df/dx."""
     _clamped_x = _rt.clamp(x, -1024.0, 32.0)
-    _t0 = _rt.softplus(_clamped_x)
-    _t1 = torch.exp(-(2.0*_t0))
-    _d_x = 4.0*_clamped_x*_t1*torch.sigmoid(_clamped_x)/(_t1 + 1.0)**2.0 + torch.tanh(_t0)
+    _t0 = torch.exp(-torch.abs(_clamped_x))
+    _t1 = _clamped_x < 0.0
+    _t2 = 4.0*_clamped_x
+    _t3 = _t2 + 6.0
+    _t4 = _t2 + 4.0
+    _t5 = _t0*(_t0 + 2.0) + 2.0
+    _t6 = _t0*(2.0*_t0 + 2.0) + 1.0
+    _d_x = torch.where(torch.isnan(x), x, torch.where(_t1, _t0*(_t0*(_t0*(_t0 + 4.0) + _t3) + _t4), _t0*(_t0*(_t0*_t4 + _t3) + 4.0) + 1.0)/torch.where(_t1, _t5*_t5, _t6*_t6))
     return (_d_x,)
 
 
 def _forward_torch_fast(x):
-    """f for finite inputs (CPU): no NaN/inf guards."""
-    _y = x*torch.tanh(_rt.softplus(x))
-    return _y
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = torch.exp(-torch.abs(x))
+    _t1 = _t0*(_t0 + 2.0)
+    _t2 = _rt.lt(x, 0.0)
+    _t3 = 2.0*_t0
+    _y = x*_rt.select(_t2, _t1, _t3 + 1.0)/_rt.select(_t2, _t1 + 2.0, _t0*(_t3 + 2.0) + 1.0)
+    return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(x):
+    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _clamped_x = _rt.clamp(x, -1024.0, 32.0)
+    _t0 = torch.exp(-torch.abs(_clamped_x))
+    _t1 = _rt.lt(_clamped_x, 0.0)
+    _t2 = 4.0*_clamped_x
+    _t3 = _t2 + 6.0
+    _t4 = _t2 + 4.0
+    _t5 = _t0*(_t0 + 2.0) + 2.0
+    _t6 = _t0*(2.0*_t0 + 2.0) + 1.0
+    _d_x = _rt.select(_t1, _t0*(_t0*(_t0*(_t0 + 4.0) + _t3) + _t4), _t0*(_t0*(_t0*_t4 + _t3) + 4.0) + 1.0)/_rt.select(_t1, _t5*_t5, _t6*_t6)
+    return _rt.finite_or_none((_d_x,))
 
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = _rt.softplus(x)
-    _t1 = torch.exp(-(2.0*_t0))
-    _t2 = _t1 + 1.0
-    _t3 = 1.0/(_t2*_t2)
-    _t4 = torch.sigmoid(x)
-    _t5 = _t1*_t3*_t4
-    _t6 = 4.0*_t5*x
-    _t7 = _t4*_t4*x
-    _d2_x_x = -(8.0*_t1*_t3*_t7) + 8.0*_t5 + _t6*torch.sigmoid(-x) + 16.0*_t7*torch.exp(-(4.0*_t0))/(_t2*_t2*_t2)
+    _t0 = torch.abs(x)
+    _t1 = torch.exp(-_t0)
+    _t2 = _t1*(_t1 + 2.0) + 2.0
+    _t3 = x < 0.0
+    _t4 = _t1*(2.0*_t1 + 2.0) + 1.0
+    _t8 = 2.0*x
+    _t9 = 6.0 - 3.0*x
+    _t10 = _t8 + 8.0
+    _t11 = _t8 + 4.0
+    _d2_x_x = torch.where(torch.isnan(x), x, 4.0*torch.where(_t3, _t1*(_t1*(_t1*(_t1*(2.0 - _t8) + _t9) + _t10) + _t11), _t1*_t1*(_t1*(_t1*(_t1*_t11 + _t10) + _t9) - _t8 + 2.0))/torch.where(_t3, _t2*_t2*_t2, _t4*_t4*_t4))
     return (_d2_x_x,)
 
 
@@ -63,7 +93,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, sigmoid as _sigmoid, softplus as _softplus
+    from actgen.runtime.triton_lang import tile as _tile
 
     @triton.jit
     def _forward_kernel(
@@ -73,7 +103,11 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = tl.where(x == -float("inf"), 0.0, x*libdevice.tanh(_softplus(x)))
+        _t0 = libdevice.exp(-tl.abs(x))
+        _t1 = _t0*(_t0 + 2.0)
+        _t2 = x < 0.0
+        _t3 = 2.0*_t0
+        _y = tl.where(x != x, x, tl.where(x == -float("inf"), 0.0, x*tl.where(_t2, _t1, _t3 + 1.0)/tl.where(_t2, _t1 + 2.0, _t0*(_t3 + 2.0) + 1.0)))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -86,15 +120,20 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = tl.clamp(x, -1024.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
-        _t0 = _softplus(_clamped_x)
-        _t1 = libdevice.exp(-(2.0*_t0))
-        _d_x = 4.0*_clamped_x*_t1*_sigmoid(_clamped_x)/((_t1 + 1.0)*(_t1 + 1.0)) + libdevice.tanh(_t0)
+        _t0 = libdevice.exp(-tl.abs(_clamped_x))
+        _t1 = _clamped_x < 0.0
+        _t2 = 4.0*_clamped_x
+        _t3 = _t2 + 6.0
+        _t4 = _t2 + 4.0
+        _t5 = _t0*(_t0 + 2.0) + 2.0
+        _t6 = _t0*(2.0*_t0 + 2.0) + 1.0
+        _d_x = tl.where(x != x, x, tl.where(_t1, _t0*(_t0*(_t0*(_t0 + 4.0) + _t3) + _t4), _t0*(_t0*(_t0*_t4 + _t3) + 4.0) + 1.0)/tl.where(_t1, _t5*_t5, _t6*_t6))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='mish',
-    key='180b0b86a530',
+    key='588ad189e7d9',
     inputs=('x',),
     params=(),
     constants=(),
@@ -102,7 +141,7 @@ _OP = _rt.Activation(
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
-    derivatives_torch_fast=None,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

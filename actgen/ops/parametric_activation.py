@@ -104,7 +104,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='parametric_activation',
-    key='b8b3f91daa62',
+    key='e65e88d86979',
     inputs=('x',),
     params=(('alpha', True),),
     constants=(),

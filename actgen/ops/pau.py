@@ -230,8 +230,6 @@ def _second_derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _t71 = _t8*a3
     _t72 = _t5*_t71
     _t73 = _t6*a5 - _t72
-    _t74 = x*x
-    _t75 = 1.0/_t14
     _t76 = _t1*_v_x
     _t77 = _t4*_t8
     _t78 = _v_x*_v_x*_v_x
@@ -555,7 +553,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='pau',
-    key='e64fe77f766d',
+    key='e348045b8a8c',
     inputs=('x',),
     params=(('a0', False), ('a1', False), ('a2', False), ('a3', False), ('a4', False), ('a5', False), ('b1', False), ('b2', False), ('b3', False), ('b4', False)),
     constants=(),

@@ -104,7 +104,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='prelu',
-    key='270645560a8d',
+    key='94a99fc849af',
     inputs=('x',),
     params=(('weight', True),),
     constants=(),

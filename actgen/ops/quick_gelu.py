@@ -85,7 +85,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='quick_gelu',
-    key='bb8088686f8c',
+    key='f4b62e81e7da',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu6',
-    key='acf51c4dff15',
+    key='cea3fa751b07',
     inputs=('x',),
     params=(),
     constants=(),

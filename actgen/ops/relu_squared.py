@@ -85,7 +85,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu_squared',
-    key='4f67b68cb5b4',
+    key='02a8ac6e981a',
     inputs=('x',),
     params=(),
     constants=(),

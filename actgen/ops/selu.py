@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='selu',
-    key='3677fbafe2fb',
+    key='38c1e8c7c9f5',
     inputs=('x',),
     params=(),
     constants=(),

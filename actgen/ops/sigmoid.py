@@ -74,7 +74,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='sigmoid',
-    key='cc1c0dba488e',
+    key='3d6642260aa4',
     inputs=('x',),
     params=(),
     constants=(),

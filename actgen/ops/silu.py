@@ -87,7 +87,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='silu',
-    key='884cf9fdee49',
+    key='f426f462ff80',
     inputs=('x',),
     params=(),
     constants=(),

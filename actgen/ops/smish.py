@@ -10,6 +10,8 @@ Derived (after stability rewrites):
     df/dx = 4*x*exp(-2*log1p(sigmoid(x)))*sigmoid(-x)*sigmoid(x)/((1 + exp(-2*log1p(sigmoid(x))))**2*(sigmoid(x) + 1)) + tanh(log1p(sigmoid(x)))
     
     df/dx: x is clamped where x <= -1024 or x >= 64 (there df/dx no longer changes with x, to double precision).
+    
+    f, df/dx: one ratio of polynomials in e = exp(-|x|), with exp(x) = e where x < 0 and 1/e elsewhere: one exponential, and nothing overflows.
 """
 import math
 
@@ -26,44 +28,62 @@ SPEC_SHA256 = 'f0fe6c2c1266f709a09b4e8cc8f53d302716a1382646af28e71faa57c22b5525'
 
 def _forward_torch(x):
     """f, elementwise; params broadcast against the input."""
-    _y = torch.where(x == -math.inf, 0.0, x*torch.tanh(torch.log1p(torch.sigmoid(x))))
+    _t0 = torch.exp(-torch.abs(x))
+    _t1 = x < 0.0
+    _t2 = 2.0*_t0
+    _y = torch.where(torch.isnan(x), x, torch.where(x == -math.inf, 0.0, x*torch.where(_t1, _t0*(3.0*_t0 + 2.0), _t2 + 3.0)/torch.where(_t1, _t0*(5.0*_t0 + 6.0) + 2.0, _t0*(_t2 + 6.0) + 5.0)))
     return _y
 
 
 def _derivatives_torch(x):
     """df/dx."""
     _clamped_x = _rt.clamp(x, -1024.0, 64.0)
-    _t0 = torch.sigmoid(_clamped_x)
-    _t1 = torch.log1p(_t0)
-    _t2 = torch.exp(-(2.0*_t1))
-    _d_x = 4.0*_clamped_x*_t0*_t2*torch.sigmoid(-_clamped_x)/((_t0 + 1.0)*(_t2 + 1.0)**2.0) + torch.tanh(_t1)
+    _t0 = torch.exp(-torch.abs(_clamped_x))
+    _t1 = _clamped_x < 0.0
+    _t2 = 8.0*_clamped_x + 28.0
+    _t3 = 12.0*_clamped_x + 18.0
+    _t4 = 4.0*_clamped_x + 4.0
+    _t5 = _t0*(2.0*_t0 + 6.0) + 5.0
+    _t6 = _t0*(5.0*_t0 + 6.0) + 2.0
+    _d_x = torch.where(torch.isnan(x), x, torch.where(_t1, _t0*(_t0*(_t0*(15.0*_t0 + _t2) + _t3) + _t4), _t0*(_t0*(_t0*_t4 + _t3) + _t2) + 15.0)/torch.where(_t1, _t6*_t6, _t5*_t5))
     return (_d_x,)
 
 
 def _forward_torch_fast(x):
-    """f for finite inputs (CPU): no NaN/inf guards."""
-    _y = x*torch.tanh(torch.log1p(torch.sigmoid(x)))
-    return _y
+    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = torch.exp(-torch.abs(x))
+    _t1 = _rt.lt(x, 0.0)
+    _t2 = 2.0*_t0
+    _y = x*_rt.select(_t1, _t0*(3.0*_t0 + 2.0), _t2 + 3.0)/_rt.select(_t1, _t0*(5.0*_t0 + 6.0) + 2.0, _t0*(_t2 + 6.0) + 5.0)
+    return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(x):
+    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _clamped_x = _rt.clamp(x, -1024.0, 64.0)
+    _t0 = torch.exp(-torch.abs(_clamped_x))
+    _t1 = _rt.lt(_clamped_x, 0.0)
+    _t2 = 8.0*_clamped_x + 28.0
+    _t3 = 12.0*_clamped_x + 18.0
+    _t4 = 4.0*_clamped_x + 4.0
+    _t5 = _t0*(2.0*_t0 + 6.0) + 5.0
+    _t6 = _t0*(5.0*_t0 + 6.0) + 2.0
+    _d_x = _rt.select(_t1, _t0*(_t0*(_t0*(15.0*_t0 + _t2) + _t3) + _t4), _t0*(_t0*(_t0*_t4 + _t3) + _t2) + 15.0)/_rt.select(_t1, _t6*_t6, _t5*_t5)
+    return _rt.finite_or_none((_d_x,))
 
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = torch.sigmoid(x)
-    _t1 = torch.log1p(_t0)
-    _t2 = _t0 + 1.0
-    _t3 = 1.0/_t2
-    _t4 = torch.sigmoid(-x)
-    _t5 = torch.exp(-(2.0*_t1))
-    _t6 = _t5 + 1.0
-    _t7 = _t5/(_t6*_t6)
-    _t8 = _t3*_t4*_t7
-    _t9 = _t0*_t8
-    _t10 = 4.0*x
-    _t11 = _t0*_t0
-    _t12 = _t4*_t4
-    _t13 = _t12*_t7
-    _t14 = _t11*x/(_t2*_t2)
-    _d2_x_x = _t0*_t10*_t13*_t3 - _t10*_t11*_t8 + 16.0*_t12*_t14*torch.exp(-(4.0*_t1))/(_t6*_t6*_t6) - 12.0*_t13*_t14 + 8.0*_t9
+    _t0 = torch.exp(-torch.abs(x))
+    _t1 = _t0*(5.0*_t0 + 6.0) + 2.0
+    _t2 = x < 0.0
+    _t3 = _t0*(2.0*_t0 + 6.0) + 5.0
+    _t7 = 10.0*x
+    _t8 = 54.0 - 18.0*x
+    _t9 = 54.0 - 3.0*x
+    _t10 = 6.0*x + 24.0
+    _t11 = 2.0*x + 4.0
+    _d2_x_x = torch.where(torch.isnan(x), x, 4.0*torch.where(_t2, _t0*(_t0*(_t0*(_t0*(_t0*(20.0 - _t7) + _t8) + _t9) + _t10) + _t11), _t0*(_t0*(_t0*(_t0*(_t0*_t11 + _t10) + _t9) + _t8) - _t7 + 20.0))/torch.where(_t2, _t1*_t1*_t1, _t3*_t3*_t3))
     return (_d2_x_x,)
 
 
@@ -71,7 +91,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, sigmoid as _sigmoid
+    from actgen.runtime.triton_lang import tile as _tile
 
     @triton.jit
     def _forward_kernel(
@@ -81,7 +101,10 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = tl.where(x == -float("inf"), 0.0, x*libdevice.tanh(libdevice.log1p(_sigmoid(x))))
+        _t0 = libdevice.exp(-tl.abs(x))
+        _t1 = x < 0.0
+        _t2 = 2.0*_t0
+        _y = tl.where(x != x, x, tl.where(x == -float("inf"), 0.0, x*tl.where(_t1, _t0*(3.0*_t0 + 2.0), _t2 + 3.0)/tl.where(_t1, _t0*(5.0*_t0 + 6.0) + 2.0, _t0*(_t2 + 6.0) + 5.0)))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -94,16 +117,20 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = tl.clamp(x, -1024.0, 64.0, propagate_nan=tl.PropagateNan.ALL)
-        _t0 = _sigmoid(_clamped_x)
-        _t1 = libdevice.log1p(_t0)
-        _t2 = libdevice.exp(-(2.0*_t1))
-        _d_x = 4.0*_clamped_x*_t0*_t2*_sigmoid(-_clamped_x)/((_t0 + 1.0)*((_t2 + 1.0)*(_t2 + 1.0))) + libdevice.tanh(_t1)
+        _t0 = libdevice.exp(-tl.abs(_clamped_x))
+        _t1 = _clamped_x < 0.0
+        _t2 = 8.0*_clamped_x + 28.0
+        _t3 = 12.0*_clamped_x + 18.0
+        _t4 = 4.0*_clamped_x + 4.0
+        _t5 = _t0*(2.0*_t0 + 6.0) + 5.0
+        _t6 = _t0*(5.0*_t0 + 6.0) + 2.0
+        _d_x = tl.where(x != x, x, tl.where(_t1, _t0*(_t0*(_t0*(15.0*_t0 + _t2) + _t3) + _t4), _t0*(_t0*(_t0*_t4 + _t3) + _t2) + 15.0)/tl.where(_t1, _t6*_t6, _t5*_t5))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='smish',
-    key='eb039d75c420',
+    key='1ebb20e206a4',
     inputs=('x',),
     params=(),
     constants=(),
@@ -111,7 +138,7 @@ _OP = _rt.Activation(
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
-    derivatives_torch_fast=None,
+    derivatives_torch_fast=_derivatives_torch_fast,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

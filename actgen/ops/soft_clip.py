@@ -33,7 +33,8 @@ def _forward_torch(x, scale):
 def _derivatives_torch(x, scale):
     """df/dx."""
     _t0 = torch.exp(-(2.0*torch.abs(x/scale)))
-    _d_x = 4.0*_t0/(_t0 + 1.0)**2.0
+    _t1 = _t0 + 1.0
+    _d_x = 4.0*_t0/(_t1*_t1)
     return (_d_x,)
 
 
@@ -46,7 +47,7 @@ def _second_derivatives_torch(x, scale):
     _t4 = _t3 + 1.0
     _t5 = _t3/(_t4*_t4)
     _t6 = torch.where(_t1 > 0.0, 1.0, torch.where(_t1 < 0.0, x.new_full((), -1.0), 0.0))
-    _d2_x_x = torch.where(torch.isnan(x), x, _t0*(-(8.0*_t5*_t6) + 16.0*_t6*torch.exp(-(4.0*_t2))/(_t4*_t4*_t4)))
+    _d2_x_x = torch.where(torch.isnan(x), x, _t0*(_t3/_t4*_t3/_t4*_t6/_t4*16.0 - 8.0*_t5*_t6))
     return (_d2_x_x,)
 
 
@@ -77,13 +78,14 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = libdevice.exp(-(2.0*tl.abs(x/scale)))
-        _d_x = 4.0*_t0/((_t0 + 1.0)*(_t0 + 1.0))
+        _t1 = _t0 + 1.0
+        _d_x = 4.0*_t0/(_t1*_t1)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='soft_clip',
-    key='792ee6c564e6',
+    key='a647a9ba37fd',
     inputs=('x',),
     params=(),
     constants=('scale',),

@@ -97,7 +97,8 @@ def _second_derivatives_torch(x, alpha):
     _t14 = _t5*x
     _t15 = x*x
     _t16 = _t10*_w_x + _v_x
-    _t17 = _t16/(-(_t7*_w_x) - _v_x*alpha + _w_x)**2.0
+    _t19 = -(_t7*_w_x) - _v_x*alpha + _w_x
+    _t17 = _t16/(_t19*_t19)
     _t18 = 2.0/(alpha*alpha*alpha)
     _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t3, alpha/(_t1*_t1), torch.where(_t6, _t5*alpha, alpha)))
     _d2_x_alpha = torch.where(torch.isnan(x), x, torch.where(_t3, _t17*_w_x, torch.where(_t6, _t14, x)))
@@ -161,7 +162,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='soft_exponential',
-    key='c3c3318a17a2',
+    key='905cb9893da7',
     inputs=('x',),
     params=(('alpha', False),),
     constants=(),

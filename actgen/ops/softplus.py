@@ -95,7 +95,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softplus',
-    key='9ad4b3fb4777',
+    key='a3b11bcef4a9',
     inputs=('x',),
     params=(),
     constants=('beta', 'threshold'),

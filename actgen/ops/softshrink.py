@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softshrink',
-    key='a03b82b6f6d2',
+    key='1ac582c8167b',
     inputs=('x',),
     params=(),
     constants=('lambd',),

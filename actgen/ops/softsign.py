@@ -30,7 +30,8 @@ def _forward_torch(x):
 
 def _derivatives_torch(x):
     """df/dx."""
-    _d_x = 1.0/(torch.abs(x) + 1.0)**2.0
+    _t0 = torch.abs(x) + 1.0
+    _d_x = 1.0/(_t0*_t0)
     return (_d_x,)
 
 
@@ -73,13 +74,14 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _d_x = 1.0/((tl.abs(x) + 1.0)*(tl.abs(x) + 1.0))
+        _t0 = tl.abs(x) + 1.0
+        _d_x = 1.0/(_t0*_t0)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='softsign',
-    key='03bf6adb5c24',
+    key='0fa9b6642874',
     inputs=('x',),
     params=(),
     constants=(),

@@ -42,7 +42,9 @@ def _derivatives_torch(x, b):
     _t3 = _rt.probe_at_inf(x)
     _t4 = _rt.sqrt_square_plus(_t3, b)
     _t5 = _t3/_t4
-    _d_x = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(x < 0.0, -(_t2*(_t1 - 1.0)/(_t0 - x)**2.0), 0.5*(_t1 + 1.0)), torch.where(_t3 < 0.0, -(_t2*(_t5 - 1.0)/(-_t3 + _t4)**2.0), 0.5*(_t5 + 1.0)), x))
+    _t6 = _t0 - x
+    _t7 = -_t3 + _t4
+    _d_x = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(x < 0.0, -(_t2*(_t1 - 1.0)/(_t6*_t6)), 0.5*(_t1 + 1.0)), torch.where(_t3 < 0.0, -(_t2*(_t5 - 1.0)/(_t7*_t7)), 0.5*(_t5 + 1.0)), x))
     return (_d_x,)
 
 
@@ -57,7 +59,8 @@ def _derivatives_torch_fast(x, b):
     """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = _rt.sqrt_square_plus(x, b)
     _t1 = x/_t0
-    _d_x = _rt.select(_rt.lt(x, 0.0), -(0.5*b*(_t1 - 1.0)/(_t0 - x)**2.0), 0.5*(_t1 + 1.0))
+    _t2 = _t0 - x
+    _d_x = _rt.select(_rt.lt(x, 0.0), -(0.5*b*(_t1 - 1.0)/(_t2*_t2)), 0.5*(_t1 + 1.0))
     return _rt.finite_or_none((_d_x,))
 
 
@@ -111,13 +114,15 @@ if _rt.HAS_TRITON:
         _t3 = _probe_at_inf(x)
         _t4 = _sqrt_square_plus(_t3, b)
         _t5 = _t3/_t4
-        _d_x = tl.where(x != x, x, _limit_at_inf(tl.where(x < 0.0, -(_t2*(_t1 - 1.0)/((_t0 - x)*(_t0 - x))), 0.5*(_t1 + 1.0)), tl.where(_t3 < 0.0, -(_t2*(_t5 - 1.0)/((-_t3 + _t4)*(-_t3 + _t4))), 0.5*(_t5 + 1.0)), x))
+        _t6 = _t0 - x
+        _t7 = -_t3 + _t4
+        _d_x = tl.where(x != x, x, _limit_at_inf(tl.where(x < 0.0, -(_t2*(_t1 - 1.0)/(_t6*_t6)), 0.5*(_t1 + 1.0)), tl.where(_t3 < 0.0, -(_t2*(_t5 - 1.0)/(_t7*_t7)), 0.5*(_t5 + 1.0)), x))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='squareplus',
-    key='ea022088fe2e',
+    key='c9494a34b3cf',
     inputs=('x',),
     params=(),
     constants=('b',),

@@ -117,7 +117,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='star_relu',
-    key='bfa31f81270e',
+    key='8b62c3d64584',
     inputs=('x',),
     params=(('scale', False), ('bias', False)),
     constants=(),

@@ -101,7 +101,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swiglu',
-    key='2c4844ed2065',
+    key='819dab7a8c22',
     inputs=('a', 'b'),
     params=(),
     constants=(),

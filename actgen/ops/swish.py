@@ -125,7 +125,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swish',
-    key='624eded7383e',
+    key='ef4689eee38c',
     inputs=('x',),
     params=(('beta', False),),
     constants=(),

@@ -34,7 +34,8 @@ def _derivatives_torch(x):
     """df/dx."""
     _clamped_x = _rt.clamp(x, -512.0, 512.0)
     _t0 = torch.exp(-(2.0*torch.abs(_clamped_x)))
-    _d_x = 4.0*_t0/(_t0 + 1.0)**2.0
+    _t1 = _t0 + 1.0
+    _d_x = 4.0*_t0/(_t1*_t1)
     return (_d_x,)
 
 
@@ -45,7 +46,7 @@ def _second_derivatives_torch(x):
     _t2 = _t1 + 1.0
     _t3 = _t1/(_t2*_t2)
     _t4 = torch.where(x > 0.0, 1.0, torch.where(x < 0.0, x.new_full((), -1.0), 0.0))
-    _d2_x_x = torch.where(torch.isnan(x), x, -(8.0*_t3*_t4) + 16.0*_t4*torch.exp(-(4.0*_t0))/(_t2*_t2*_t2))
+    _d2_x_x = torch.where(torch.isnan(x), x, _t1/_t2*_t1/_t2*_t4/_t2*16.0 - 8.0*_t3*_t4)
     return (_d2_x_x,)
 
 
@@ -77,13 +78,14 @@ if _rt.HAS_TRITON:
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = tl.clamp(x, -512.0, 512.0, propagate_nan=tl.PropagateNan.ALL)
         _t0 = libdevice.exp(-(2.0*tl.abs(_clamped_x)))
-        _d_x = 4.0*_t0/((_t0 + 1.0)*(_t0 + 1.0))
+        _t1 = _t0 + 1.0
+        _d_x = 4.0*_t0/(_t1*_t1)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='tanh',
-    key='39c2f6701681',
+    key='edbc01852b8e',
     inputs=('x',),
     params=(),
     constants=(),

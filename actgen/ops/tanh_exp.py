@@ -35,7 +35,8 @@ def _derivatives_torch(x):
     _clamped_x = _rt.clamp(x, -1024.0, 4.0)
     _t0 = torch.exp(_clamped_x)
     _t1 = -(2.0*_t0)
-    _d_x = 4.0*_clamped_x*torch.exp(_clamped_x + _t1)/(torch.exp(_t1) + 1.0)**2.0 + torch.tanh(_t0)
+    _t2 = torch.exp(_t1) + 1.0
+    _d_x = 4.0*_clamped_x*torch.exp(_clamped_x + _t1)/(_t2*_t2) + torch.tanh(_t0)
     return (_d_x,)
 
 
@@ -86,13 +87,14 @@ if _rt.HAS_TRITON:
         _clamped_x = tl.clamp(x, -1024.0, 4.0, propagate_nan=tl.PropagateNan.ALL)
         _t0 = libdevice.exp(_clamped_x)
         _t1 = -(2.0*_t0)
-        _d_x = 4.0*_clamped_x*libdevice.exp(_clamped_x + _t1)/((libdevice.exp(_t1) + 1.0)*(libdevice.exp(_t1) + 1.0)) + libdevice.tanh(_t0)
+        _t2 = libdevice.exp(_t1) + 1.0
+        _d_x = 4.0*_clamped_x*libdevice.exp(_clamped_x + _t1)/(_t2*_t2) + libdevice.tanh(_t0)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='tanh_exp',
-    key='739a9ec11b62',
+    key='7638a515eb48',
     inputs=('x',),
     params=(),
     constants=(),

@@ -31,7 +31,8 @@ def _forward_torch(x):
 
 def _derivatives_torch(x):
     """df/dx."""
-    _d_x = torch.tanh(x)**2.0
+    _t0 = torch.tanh(x)
+    _d_x = _t0*_t0
     return (_d_x,)
 
 
@@ -46,7 +47,8 @@ def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.tanh(x)
     _t1 = torch.exp(-(2.0*torch.abs(x)))
-    _d2_x_x = 8.0*_t0*_t1/(_t1 + 1.0)**2.0
+    _t2 = _t1 + 1.0
+    _d2_x_x = 8.0*_t0*_t1/(_t2*_t2)
     return (_d2_x_x,)
 
 
@@ -77,13 +79,14 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _d_x = (libdevice.tanh(x)*libdevice.tanh(x))
+        _t0 = libdevice.tanh(x)
+        _d_x = _t0*_t0
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='tanhshrink',
-    key='74b05ed93d08',
+    key='cf494e80fe75',
     inputs=('x',),
     params=(),
     constants=(),

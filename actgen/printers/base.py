@@ -43,6 +43,16 @@ def _grows(factor) -> bool:
     return False
 
 
+def _reciprocal_branches(e):
+    """Piecewise((a, c), (b, True)) for a Piecewise((1/a, c), (1/b, True)) (sympy writes
+    1/Piecewise(...) so), else None: printed as one division of the selected value."""
+    if not isinstance(e, sympy.Piecewise) or len(e.args) < 2:
+        return None
+    if not all(v.is_Pow and v.exp.is_number and v.exp.is_negative for v, _ in e.args):
+        return None
+    return sympy.Piecewise(*[(v.base ** -v.exp, c) for v, c in e.args], evaluate=False)
+
+
 def _pair_ratios(numer, denom):
     """Where a product has a numerator factor that grows (see _grows) and denominator factors
     that vary, pair numerator and denominator factors up: x*x/(2*(h + 1)) prints as
@@ -139,7 +149,10 @@ class ExprPrinter:
             return self._print(rest)
         numer, denom = [], []
         for factor in expr.as_ordered_factors():
-            if factor.is_Pow and factor.exp.is_number and factor.exp.is_negative:
+            flipped = _reciprocal_branches(factor)
+            if flipped is not None:          # where(c, 1/a, 1/b) -> /where(c, a, b): one division
+                denom.append(flipped)
+            elif factor.is_Pow and factor.exp.is_number and factor.exp.is_negative:
                 denom.append(factor.base ** -factor.exp)
             elif factor.is_Rational and factor.q != 1:
                 if factor.p != 1:
@@ -194,6 +207,9 @@ class ExprPrinter:
         return self._print(sympy.Or(sympy.And(c, a), sympy.And(sympy.Not(c), b)))
 
     def _print_Piecewise(self, expr):
+        flipped = _reciprocal_branches(expr)
+        if flipped is not None:
+            return f"{self.number(1.0)}/{self.paren(flipped, POW)}", MUL
         *pairs, (last, cond) = expr.args
         rest = last if cond is sympy.true else sympy.nan
         if cond is not sympy.true:
