@@ -405,7 +405,7 @@ KNOWN_MISSES = {
     # derivative formulas that add terms of opposite sign where f' is small but not ill-conditioned
     **{(name, "df"): "for x < 0 the derivative (product rule: f' = g + x g') adds terms of opposite sign, which "
                      "cancel where f' turns: up to a few ULP more than the conditioning of f' accounts for"
-       for name in ("serf", "tanh_exp", "golu")},
+       for name in ("serf", "tanh_exp")},
     # one ratio in exp(-|x|) (see actgen.derive.exp_rational_form): the kernels meet the target
     **{(name, "df"): "the derivative is one ratio in exp(-|x|), about a dozen roundings: the eager fallback "
                      "(no fused multiply-add) is just over 4 ULP at a point, the kernels meet the target"

@@ -912,10 +912,13 @@ def _clean(expr: sympy.Basic) -> sympy.Basic:
 def differentiate(expr: sympy.Expr, var: sympy.Symbol, rewrites: bool = True) -> sympy.Expr:
     """d expr / d var, stabilized, with the common factors of its sums taken out: the product
     rule's s + x*s*sigmoid(-x) (silu') becomes s*(1 + x*sigmoid(-x)), where the terms that
-    cancel for x < 0 carry fewer rounding errors (two ULP less on silu' in float32).  Without
-    `rewrites`, as sympy differentiates (sign and Heaviside as branches)."""
+    cancel for x < 0 carry fewer rounding errors (two ULP less on silu' in float32).  They are
+    taken out before the rewrites too, which would otherwise merge a shared exp into another
+    (golu's g + x*exp(-x)*g with g = exp(-exp(-x)): exp(-x - exp(-x)), two exps that round on
+    their own, where g*(1 + x*exp(-x)) cancels in one place).  Without `rewrites`, as sympy
+    differentiates (sign and Heaviside as branches)."""
     d = _clean(sympy.diff(expr, var))
-    return common_factors_out(stabilize(d)) if rewrites else d
+    return common_factors_out(stabilize(common_factors_out(d))) if rewrites else d
 
 
 def _take_out_common(e):
@@ -1084,16 +1087,22 @@ def saturation_point(expr: sympy.Expr, x: sympy.Symbol, sign: int, lim: float) -
     double precision for every |x| >= 2**k, or None where it never does in float64's range
     (slow decay: 1/x).  Found by bisection over k, then checked at larger k."""
     fn = _mpmath_function(expr, x)
-    if fn is None or not _settled(fn, sign, lim, _MAX_EXP2):
+    if fn is None:
+        return None
+
+    def settled(k):     # or undefined in mpmath: 0 * inf where exp(-exp(-x)) is taken to 0 (see _tame_exp)
+        return _settled(fn, sign, lim, k) or _mpmath_value(fn, sign * mpmath.mpf(2) ** k) is None
+
+    if not settled(_MAX_EXP2):
         return None
     lo, hi = -1, _MAX_EXP2
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if _settled(fn, sign, lim, mid):
+        if settled(mid):
             hi = mid
         else:
             lo = mid
-    if all(_settled(fn, sign, lim, k) for k in range(hi + 1, _MAX_EXP2, 61)):
+    if _settled(fn, sign, lim, hi) and all(settled(k) for k in range(hi + 1, _MAX_EXP2, 61)):
         return hi
     return None
 

@@ -148,6 +148,11 @@ def test_clamp_only_where_the_limit_is_reached_and_needed():
     # plain arithmetic gets these right at every float: no clamp
     assert saturations("sigmoid(x)") == set()
     assert saturations("x * sigmoid(x)") == set()
+    # golu's derivative (1 + x*exp(-x))*exp(-exp(-x)) is 0 * -inf for x < -88 in float32, and
+    # its value far out cannot be written in mpmath either (exp(-exp(2**1000))): the bound is
+    # where it is below 2**-1076, from the points mpmath can evaluate
+    (sat,) = saturations("(1 + x*exp(-x)) * exp(-exp(-x))")
+    assert -16 <= float(sat.args[1]) <= -4 and not sat.args[2].is_finite
 
 
 def test_generated_code_says_where_it_clamps():

@@ -157,6 +157,11 @@ def test_common_factors_of_a_sum_are_taken_out():
     # the silu derivative the compiler derives has that form, and it is still silu'
     (_, dx), = derive(load_spec("name: t\nformula: x * sigmoid(x)\n")).first
     assert dx == s * (1 + X * sigmoid(-X))
+    # taken out before the rewrites too: golu's g + x*exp(-x)*g keeps g = exp(-exp(-x)) whole,
+    # not merged with exp(-x) into exp(-x - exp(-x)) (two exps rounding on their own)
+    (_, dx), = derive(load_spec("name: t\nformula: x * exp(-exp(-x))\n")).first
+    g = sympy.exp(-sympy.exp(-X))
+    assert dx == g * (1 + X * sympy.exp(-X))
 
 
 def test_numbers_of_a_product_are_one_coefficient():

@@ -7,7 +7,7 @@ Formula, as written:
 
 Derived (after stability rewrites):
     f     = x*exp(-exp(-x))
-    df/dx = x*exp(-x - exp(-x)) + exp(-exp(-x))
+    df/dx = (x*exp(-x) + 1)*exp(-exp(-x))
     
     f: x is clamped where x <= -8 (there f no longer changes with x, to double precision).
     df/dx: x is clamped where x <= -8 (there df/dx no longer changes with x, to double precision).
@@ -36,7 +36,7 @@ def _derivatives_torch(x):
     """df/dx."""
     _clamped_x = _rt.clamp(x, -8.0, None)
     _t0 = torch.exp(-_clamped_x)
-    _d_x = torch.where(x == math.inf, 1.0, _clamped_x*torch.exp(-_clamped_x - _t0) + torch.exp(-_t0))
+    _d_x = torch.where(x == math.inf, 1.0, (_clamped_x*_t0 + 1.0)*torch.exp(-_t0))
     return (_d_x,)
 
 
@@ -44,7 +44,7 @@ def _derivatives_torch_fast(x):
     """df/dx for finite inputs (CPU): no NaN/inf guards."""
     _clamped_x = _rt.clamp(x, -8.0, None)
     _t0 = torch.exp(-_clamped_x)
-    _d_x = _clamped_x*torch.exp(-_clamped_x - _t0) + torch.exp(-_t0)
+    _d_x = (_clamped_x*_t0 + 1.0)*torch.exp(-_t0)
     return (_d_x,)
 
 
@@ -52,11 +52,8 @@ def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = -x
     _t1 = torch.exp(_t0)
-    _t2 = _t1 + x
-    _t3 = torch.exp(-_t2)
-    _t4 = _t3*x
-    _t5 = torch.exp(_t2)
-    _d2_x_x = _t3*(2.0*_t3*_t5 + _t4*_t5*torch.expm1(_t0))
+    _t2 = _t1*x
+    _d2_x_x = (_t0 + _t2 + 2.0)*torch.exp(-_t1 - x)
     return (_d2_x_x,)
 
 
@@ -89,7 +86,7 @@ if _rt.HAS_TRITON:
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = tl.maximum(x, -8.0, propagate_nan=tl.PropagateNan.ALL)
         _t0 = libdevice.exp(-_clamped_x)
-        _d_x = tl.where(x == float("inf"), 1.0, _clamped_x*libdevice.exp(-_clamped_x - _t0) + libdevice.exp(-_t0))
+        _d_x = tl.where(x == float("inf"), 1.0, (_clamped_x*_t0 + 1.0)*libdevice.exp(-_t0))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 

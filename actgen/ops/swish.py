@@ -72,7 +72,7 @@ def _second_derivatives_torch(x, beta):
     _t5 = _t1*_t2
     _d2_x_x = _t5*(-(_t1*beta*beta*x) + _t3*beta + beta)
     _d2_x_beta = _t5*(-(_t1*_t4*beta) + _t3*x + x)
-    _d2_beta_beta = x*x*x*(-(_t1*_t1*_t2) + _t1*_t2*_t2)
+    _d2_beta_beta = _t5*x*x*x*(-_t1 + _t2)
     return (_d2_x_x, _d2_x_beta, _d2_beta_beta,)
 
 
