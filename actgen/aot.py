@@ -57,6 +57,13 @@ class KernelReport:
     philox: bool = False           # mul.hi.u32 present: Philox rounds (random draws)
     spill_bytes: int | None = None  # ptxas -v spill stores + loads (None: no ptxas found)
     cubin_bytes: int = 0
+    elements_per_thread: int = 0   # tile elements / threads: what one thread's instructions cover
+    sass_instructions: int | None = None  # in the cubin, NOPs left out (None: not counted)
+    sass_mufu: int | None = None   # of those, special-function unit ops (exp2, log2, rcp, ...)
+
+    @property
+    def sass_per_element(self) -> float | None:
+        return None if self.sass_instructions is None else self.sass_instructions / self.elements_per_thread
 
 
 def signature(fn, dtype: str, param_names=()) -> tuple[dict, dict]:
@@ -130,6 +137,28 @@ def ptxas_path(arch: int = 90) -> str | None:
         return None
 
 
+def nvdisasm_path() -> str | None:
+    """The nvdisasm that Triton ships beside its ptxas (None if not found)."""
+    ptxas = ptxas_path()
+    path = ptxas and os.path.join(os.path.dirname(ptxas), "nvdisasm")
+    return path if path and os.path.exists(path) else None
+
+
+def sass_counts(cubin: bytes, nvdisasm: str) -> tuple[int, int]:
+    """(instructions, MUFU instructions) in a cubin's machine code, NOPs left out: a static
+    measure of the work per thread (a memory-bound kernel has to stay under the instructions
+    its bytes take to move), not a timing."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as fh:
+        fh.write(cubin)
+    try:
+        listing = subprocess.run([nvdisasm, "-c", fh.name], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(fh.name)
+    ops = [m.group(1) for m in re.finditer(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", listing)]
+    ops = [op for op in ops if not op.startswith("NOP")]
+    return len(ops), sum(op.startswith("MUFU") for op in ops)
+
+
 def spill_bytes(ptx: str, ptxas: str) -> int:
     """Register spill bytes (stores + loads) that `ptxas -v` reports for this PTX."""
     target = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)
@@ -149,7 +178,8 @@ def module_layouts(mod, layouts=LAYOUTS) -> tuple:
 
 
 def compile_module(module_name: str, dtypes=POINTER_DTYPES, archs=ARCHS, layouts=LAYOUTS,
-                   ptxas: str | None = None, num_warps: int = 4, step: bool = False) -> list[KernelReport]:
+                   ptxas: str | None = None, num_warps: int = 4, step: bool = False,
+                   nvdisasm: str | None = None) -> list[KernelReport]:
     mod = importlib.import_module(module_name)
     params = set(mod._OP.param_names)
     variants = (False, True) if getattr(mod._OP, "n_draws", 0) else (None,)
@@ -163,27 +193,30 @@ def compile_module(module_name: str, dtypes=POINTER_DTYPES, archs=ARCHS, layouts
                 for lay in module_layouts(mod, layouts):
                     for training in variants:
                         reports.append(_compile_one(module_name, kname, kernel, dtype, arch, lay, params, training,
-                                                    ptxas, num_warps, step))
+                                                    ptxas, num_warps, step, nvdisasm))
     return reports
 
 
 def _compile_one(module_name, kname, kernel, dtype, arch, lay, params, training, ptxas, num_warps=4,
-                 step=False) -> KernelReport:
-    rep = KernelReport(module_name, kname, dtype, arch, lay, ok=False, num_warps=num_warps, step=step, training=training)
+                 step=False, nvdisasm=None) -> KernelReport:
+    rep = KernelReport(module_name, kname, dtype, arch, lay, ok=False, num_warps=num_warps, step=step, training=training,
+                       elements_per_thread=lay[0] * lay[1] // (32 * num_warps))
     try:
-        _fill(rep, compile_kernel(kernel, dtype, arch, lay, params, num_warps, step, bool(training)), ptxas)
+        _fill(rep, compile_kernel(kernel, dtype, arch, lay, params, num_warps, step, bool(training)), ptxas, nvdisasm)
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         rep.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return rep
 
 
-def _fill(rep: KernelReport, compiled, ptxas):
+def _fill(rep: KernelReport, compiled, ptxas, nvdisasm=None):
     rep.ok = "cubin" in compiled.asm and len(compiled.asm["cubin"]) > 0
     rep.cubin_bytes = len(compiled.asm.get("cubin", b""))
     for k, v in inspect_ptx(compiled.asm["ptx"]).items():
         setattr(rep, k, v)
     if ptxas:
         rep.spill_bytes = spill_bytes(compiled.asm["ptx"], ptxas)
+    if nvdisasm and rep.ok:
+        rep.sass_instructions, rep.sass_mufu = sass_counts(compiled.asm["cubin"], nvdisasm)
 
 
 def compile_runtime(archs=ARCHS, ptxas: str | None = None) -> list[KernelReport]:
@@ -224,6 +257,8 @@ def main(argv=None) -> int:
                         help="compile with every launch config the tuner tries (tile size, warps), not only the default")
     parser.add_argument("--spills", action="store_true", help="count register spills with ptxas -v")
     parser.add_argument("--runtime", action="store_true", help="also compile the runtime's own kernel (draws_kernel)")
+    parser.add_argument("--sass", action="store_true",
+                        help="count machine instructions per element (nvdisasm): the work a memory-bound kernel must hide")
     parser.add_argument("--json", help="write the reports here")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -238,11 +273,16 @@ def main(argv=None) -> int:
 
     configs = PARAM_GRAD_CANDIDATES if args.tuning_candidates else (DEFAULT,)
     ptxas = ptxas_path() if args.spills else None
+    nvdisasm = nvdisasm_path() if args.sass else None
+    if args.sass and nvdisasm is None:
+        print("--sass: no nvdisasm found beside Triton's ptxas", file=sys.stderr)
+        return 2
     reports = []
     for m in modules:
         for cfg in configs:
             layouts = layouts_for(cfg.tile)[:1] if args.flat_only else layouts_for(cfg.tile)
-            reports += compile_module(m, tuple(args.dtype), tuple(args.arch), layouts, ptxas, cfg.num_warps, cfg.step)
+            reports += compile_module(m, tuple(args.dtype), tuple(args.arch), layouts, ptxas, cfg.num_warps, cfg.step,
+                                      nvdisasm)
     if args.runtime:
         reports += compile_runtime(tuple(args.arch), ptxas)
     failed = [r for r in reports if not r.ok]
@@ -252,10 +292,14 @@ def main(argv=None) -> int:
         if r.spill_bytes:
             print(f"SPILL {r.module}.{r.kernel} {r.dtype} sm_{r.arch} {r.layout}{_variant(r)}: {r.spill_bytes} bytes",
                   file=sys.stderr)
+    for r in reports:
+        if r.sass_instructions is not None:
+            print(f"SASS {r.module}.{r.kernel} {r.dtype} sm_{r.arch} {r.layout}{_variant(r)}: "
+                  f"{r.sass_per_element:.0f} instructions per element ({r.sass_mufu / r.elements_per_thread:.1f} MUFU)")
     print(f"{len(reports) - len(failed)}/{len(reports)} kernels compiled")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump([asdict(r) for r in reports], fh, indent=1)
+            json.dump([asdict(r) | {"sass_per_element": r.sass_per_element} for r in reports], fh, indent=1)
     return 1 if failed else 0
 
 

@@ -50,11 +50,6 @@ if INTERPRET:
             e = (np.frexp(x.handle.data)[1] - 1).astype(np.int32)
             return tl.tensor(TensorHandle(e, tl.int32), x.type.with_element_ty(tl.int32))
 
-        @staticmethod
-        def ldexp(x, k):
-            out = np.ldexp(x.handle.data, k.handle.data).astype(x.handle.data.dtype)
-            return tl.tensor(TensorHandle(out, x.handle.dtype), x.type)
-
     libdevice = _InterpreterLibdevice()
 else:
     from triton.language.extra import libdevice
@@ -80,25 +75,39 @@ def sqrt_square_plus(u, c):
     return tl.where(c >= 0, libdevice.hypot(a, r), libdevice.sqrt(a - r) * libdevice.sqrt(a + r))
 
 
+# The scale of a ratio of polynomials (actgen.derive.ScaledInput): 2**-k built from its
+# exponent bits and applied by one exact multiply, not by libdevice's ldexp (which goes
+# through the special-function unit: twelve such ops per element in PAU's forward).
 @triton.jit
 def scale_shift(u):
-    # k of the scale 2**k above |u| (0 where |u| < 1; inf and NaN give some k, handled apart);
-    # 2**-k is subnormal, and exact, for |u| beyond 2**126 in float32
+    # k of the scale 2**k above |u|: 0 where |u| < 1; inf and NaN give some k, handled apart
     return tl.maximum(libdevice.ilogb(u) + 1, 0)
 
 
 @triton.jit
-def scaled_input(u):
-    # u / 2**k, exactly (see actgen.derive.ScaledInput): +-1 at +-inf, NaN at NaN
-    v = libdevice.ldexp(u, -scale_shift(u))
-    return tl.where((u == float("inf")) | (u == -float("inf")), tl.where(u > 0, 1.0, -1.0), v)
+def _power_of_two(n, like):
+    # 2**n for a normal exponent n, in like's dtype, from its bits
+    if like.dtype == tl.float64:
+        return ((n.to(tl.int64) + 1023) << 52).to(tl.float64, bitcast=True)
+    else:
+        return ((n + 127) << 23).to(tl.float32, bitcast=True)
 
 
 @triton.jit
 def inverse_scale(u):
-    # 1 / 2**k for scaled_input's k: 1 where |u| < 1, 0 at +-inf
-    w = libdevice.ldexp(tl.full(u.shape, 1.0, u.dtype), -scale_shift(u))
+    # 1 / 2**k for scaled_input's k (see actgen.derive.InverseScale), exactly: as two normal
+    # halves, 2**-k being subnormal for |u| beyond 2**126 in float32; 1 where |u| < 1, 0 at +-inf
+    k = scale_shift(u)
+    half = k >> 1
+    w = _power_of_two(-half, u) * _power_of_two(half - k, u)
     return tl.where((u == float("inf")) | (u == -float("inf")), 0.0, w)
+
+
+@triton.jit
+def scaled_input(u):
+    # u / 2**k, exactly (a power of two): +-1 at +-inf, NaN at NaN
+    v = u * inverse_scale(u)
+    return tl.where((u == float("inf")) | (u == -float("inf")), tl.where(u > 0, 1.0, -1.0), v)
 
 
 __all__ = ["triton", "tl", "libdevice", "sigmoid", "softplus", "sqrt_square_plus", "scaled_input", "inverse_scale",
