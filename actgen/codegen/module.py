@@ -38,8 +38,9 @@ def _bound(b) -> str:
     return "-" + text if b < 0 else text
 
 
-def _output_atoms(d: Derivation, kind) -> list[tuple[str, set]]:
-    """(label, atoms of `kind` it uses, through the temporaries) for f and each df/dvar."""
+def _output_atoms(d: Derivation, kind, written_out: bool = False) -> list[tuple[str, set]]:
+    """(label, atoms of `kind` it uses, through the temporaries) for f and each df/dvar; with
+    `written_out`, each atom with the temporaries in it replaced by what they stand for."""
     out = []
     for block, label in ((d.forward, lambda n: "f"), (d.backward, lambda n: "df/d" + n[2:])):
         temps = dict(block.assignments)
@@ -51,8 +52,16 @@ def _output_atoms(d: Derivation, kind) -> list[tuple[str, set]]:
                 for t in e.free_symbols & temps.keys() - seen:
                     seen.add(t)
                     todo.append(temps[t])
+            if written_out:
+                found = {_written_out(a, temps) for a in found}
             out.append((label(name), found))
     return out
+
+
+def _written_out(e, temps):
+    while e.free_symbols & temps.keys():
+        e = e.xreplace(temps)
+    return e
 
 
 def _saturation_lines(d: Derivation) -> list[str]:
@@ -84,19 +93,15 @@ def _scaling_lines(d: Derivation) -> list[str]:
 
 def _one_exponential_lines(d: Derivation) -> list[str]:
     """Which outputs are one ratio in e = exp(-|u|) (actgen.derive.exp_rational_form)."""
+    unclamped = lambda e: e.replace(lambda a: isinstance(a, Saturate), lambda a: a.args[0])    # said above
+    branches = dict(_output_atoms(d, sympy.StrictLessThan, written_out=True))
     uses = {}
-    for block, label in ((d.forward, lambda n: "f"), (d.backward, lambda n: "df/d" + n[2:])):
-        temps = dict(block.assignments)
-        for name, expr in block.outputs:
-            while expr.free_symbols & temps.keys():
-                expr = expr.xreplace(temps)
-            expr = expr.replace(lambda a: isinstance(a, Saturate), lambda a: a.args[0])     # the clamp is said above
-            branches = {c.lhs for p in expr.atoms(sympy.Piecewise) for _, c in p.args
-                        if isinstance(c, sympy.StrictLessThan) and c.rhs == 0}
-            for a in expr.atoms(sympy.exp):
-                coeff, rest = (-a.args[0]).as_coeff_Mul()
-                if isinstance(rest, sympy.Abs) and coeff > 0 and coeff * rest.args[0] in branches:
-                    uses.setdefault(coeff * rest.args[0], []).append(label(name))
+    for label, exps in _output_atoms(d, sympy.exp, written_out=True):
+        below_zero = {unclamped(c.lhs) for c in branches[label] if c.rhs == 0}
+        for a in exps:
+            coeff, rest = (-unclamped(a.args[0])).as_coeff_Mul()
+            if isinstance(rest, sympy.Abs) and coeff > 0 and coeff * rest.args[0] in below_zero:
+                uses.setdefault(coeff * rest.args[0], []).append(label)
     lines = [f"{', '.join(dict.fromkeys(labels))}: one ratio of polynomials in e = exp(-|{u}|), with exp({u}) = e "
              f"where {u} < 0 and 1/e elsewhere: one exponential, and nothing overflows."
              for u, labels in sorted(uses.items(), key=lambda kv: sympy.default_sort_key(kv[0]))]
