@@ -448,12 +448,17 @@ def horner_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
 
     def horner(e):
         u = next(u for u in inputs if u in e.free_symbols and e.is_polynomial(u) and sympy.degree(e, u) >= 2)
-        out = sympy.S.Zero
-        for c in sympy.Poly(e, u).all_coeffs():        # coefficients may be any expressions free of u
-            out = out * u + c
-        return out
+        return _horner_in(sympy.Poly(e, u).all_coeffs(), u)     # coefficients may be any expressions free of u
 
     return expr.replace(is_polynomial, horner)
+
+
+def _horner_in(coeffs, u):
+    """c0*u**n + ... + cn (coefficients highest first) in Horner form."""
+    out = sympy.S.Zero
+    for c in coeffs:
+        out = out * u + c
+    return out
 
 
 # Rational functions of an input (PAU's P(x)/Q(x)): the numerator and the denominator
@@ -657,7 +662,6 @@ def _outermost(expr, attempt):
     return expr.func(*args) if args != expr.args else expr
 
 
-
 # Functions of exp(x) (mish's x*tanh(softplus(x)) and its derivative): written out, each
 # function is its own transcendental call (softplus, exp, sigmoid and tanh in mish's
 # derivative), each with its own rounding error, and where the derivative's terms cancel,
@@ -697,13 +701,6 @@ def _exp_base(written, x):
             return None
         powers[a] = round(k)
     return c0 * split[0][1], powers
-
-
-def _horner_in(coeffs, e):
-    out = sympy.S.Zero
-    for c in coeffs:
-        out = out * e + c
-    return out
 
 
 def _exp_ratio(expr, x):
@@ -1449,7 +1446,7 @@ class Derivation:
     second: tuple[tuple[tuple[str, str], sympy.Expr], ...]  # upper triangle, var order
     forward: Block                                # outputs: y
     backward: Block                               # outputs: d_<var> for every input and param
-    double_backward: Block                        # outputs: d_<var>, then d2_<a>_<b>
+    double_backward: Block                        # outputs: d2_<a>_<b> (the first derivatives: backward)
     forward_fast: Block | None = None             # forward without guards (finite inputs), if it helps
     backward_fast: Block | None = None            # backward without guards (finite inputs), if it helps
     draws: tuple[sympy.Symbol, ...] = ()          # _r0, _r1, ...: the formula's uniform(...) draws
@@ -1497,9 +1494,6 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
     backward_outputs = [(f"d_{n}", guarded(e)) for n, e in first]
     forward = make_block(forward_outputs)
     backward = make_block(backward_outputs)
-    double_backward = make_block(
-        [(f"d_{n}", final(nan_guard(scaled(e), inputs))) for n, e in first]
-        + [(f"d2_{a}_{b}", final(nan_guard(scaled(e), inputs))) for (a, b), e in second]
-    )
+    double_backward = make_block([(f"d2_{a}_{b}", final(nan_guard(scaled(e), inputs))) for (a, b), e in second])
     return Derivation(spec, inputs, params, constants, expr, first, second, forward, backward, double_backward,
                       fast_variant(forward_outputs), fast_variant(backward_outputs), draws)

@@ -482,7 +482,7 @@ def render_module(d: Derivation) -> str:
     _torch_function(w, d, "_derivatives_torch", f"{names}.", d.backward, True)
     _fast_function(w, d, "_forward_torch_fast", "f", d.forward_fast, False)
     _fast_function(w, d, "_derivatives_torch_fast", names, d.backward_fast, True)
-    _torch_function(w, d, "_second_derivatives_torch", "Second derivatives d2f/da db, upper triangle in (inputs, params) order.", _second_only(d), True)
+    _torch_function(w, d, "_second_derivatives_torch", "Second derivatives d2f/da db, upper triangle in (inputs, params) order.", d.double_backward, True)
     w("# ---- Triton kernels: one forward, one backward (param gradients included) ----")
     w()
     with w.indent("if _rt.HAS_TRITON:"):
@@ -521,19 +521,6 @@ def render_module(d: Derivation) -> str:
     _functions(w, d)
     _module_class(w, d)
     return w.text()
-
-
-def _second_only(d: Derivation) -> Block:
-    """The double-backward block without the first derivatives (those come from _derivatives_torch)
-    and without the names only they use."""
-    outputs = tuple((n, e) for n, e in d.double_backward.outputs if n.startswith("d2_"))
-    needed = set().union(*(e.free_symbols for _, e in outputs))
-    kept = []
-    for name, value in reversed(d.double_backward.assignments):
-        if name in needed:
-            kept.append((name, value))
-            needed |= value.free_symbols
-    return Block(tuple(reversed(kept)), outputs)
 
 
 def render_package_init(package: str, derivations) -> str:

@@ -51,12 +51,9 @@ def _second_derivatives_torch(x):
     _v_x = _rt.scaled_input(x)
     _t0 = _rt.hypot(x, 1.0)
     _t1 = _t0 + 1.0
-    _t2 = 1.0/_t1
-    _t3 = 1.0/_t0
-    _t4 = 1.0/(_t1*_t1)
-    _t5 = 0.5*_t4
-    _t6 = _w_x*_w_x
-    _d2_x_x = _t2 - 2.5*_t3*_t4*x*x + _v_x/_t1*_v_x/_t1*_v_x/_t1*_v_x/_t6/(_t6 + _v_x*_v_x) + _t5/_t0*x/_t0*x/_t0*x*x
+    _t2 = 1.0/(_t1*_t1)
+    _t3 = _w_x*_w_x
+    _d2_x_x = 1.0/_t1 + _v_x/_t1*_v_x/_t1*_v_x/_t1*_v_x/_t3/(_t3 + _v_x*_v_x) - _t2/_t0*x*x*2.5 + _t2/_t0*x/_t0*x/_t0*x*x*0.5
     return (_d2_x_x,)
 
 

@@ -50,10 +50,8 @@ def _derivatives_torch_fast(x, alpha):
 
 def _second_derivatives_torch(x, alpha):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = x > 0.0
-    _t1 = 1.0/alpha
-    _t2 = torch.exp(_t1*x)
-    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t0, 0.0, _t1*_t2))
+    _t0 = 1.0/alpha
+    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(x > 0.0, 0.0, _t0*torch.exp(_t0*x)))
     return (_d2_x_x,)
 
 

@@ -45,16 +45,14 @@ def _second_derivatives_torch(x):
     _w_x = _rt.inverse_scale(x)
     _v_x = _rt.scaled_input(x)
     _t0 = _rt.hypot(x, 1.0)
-    _t1 = 1.0/_t0
-    _t2 = torch.exp(-(2.0*_t0))
-    _t3 = _t2 + 1.0
-    _t4 = 1.0/(_t3*_t3)
-    _t5 = _t2*_t4
-    _t6 = 4.0*_t5
-    _t7 = _v_x*_v_x*_v_x
-    _t8 = 1.0/_w_x
-    _t9 = 1.0/(_v_x*_v_x + _w_x*_w_x)
-    _d2_x_x = 12.0*_t1*_t2*_t4*x + _t2/_t3*_t2/_t3*_t7/_t3*_t8*_t9*16.0 - 8.0*_t5*_t7*_t8*_t9 - _t6/_t0*x/_t0*x/_t0*x
+    _t1 = torch.exp(-(2.0*_t0))
+    _t2 = _t1 + 1.0
+    _t3 = 1.0/(_t2*_t2)
+    _t4 = _t1*_t3
+    _t5 = _v_x*_v_x*_v_x
+    _t6 = 1.0/_w_x
+    _t7 = 1.0/(_v_x*_v_x + _w_x*_w_x)
+    _d2_x_x = _t1/_t2*_t1/_t2*_t5/_t2*_t6*_t7*16.0 - 8.0*_t4*_t5*_t6*_t7 + 12.0*_t1*_t3*x/_t0 - _t4/_t0*x/_t0*x/_t0*x*4.0
     return (_d2_x_x,)
 
 

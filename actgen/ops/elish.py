@@ -56,12 +56,9 @@ def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.sigmoid(x)
     _t1 = torch.sigmoid(-x)
-    _t2 = _t1*x
-    _t3 = x > 0.0
-    _t4 = torch.exp(x)
-    _t5 = _t1*torch.expm1(x)
-    _t6 = _t4 + _t5
-    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t3, _t0*_t1*(-(_t0*x) + _t2 + 2.0), _t0*(-(_t0*_t5) + _t1*_t4 + _t1*_t6 + _t4)))
+    _t2 = torch.exp(x)
+    _t3 = _t1*torch.expm1(x)
+    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(x > 0.0, _t0*_t1*(-(_t0*x) + _t1*x + 2.0), _t0*(-(_t0*_t3) + _t1*_t2 + _t1*(_t2 + _t3) + _t2)))
     return (_d2_x_x,)
 
 

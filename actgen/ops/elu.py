@@ -50,9 +50,7 @@ def _derivatives_torch_fast(x, alpha):
 
 def _second_derivatives_torch(x, alpha):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = x > 0.0
-    _t1 = alpha*torch.exp(x)
-    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t0, 0.0, _t1))
+    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(x > 0.0, 0.0, alpha*torch.exp(x)))
     return (_d2_x_x,)
 
 

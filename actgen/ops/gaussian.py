@@ -42,8 +42,7 @@ def _derivatives_torch(x):
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = x*x
-    _t1 = torch.exp(-_t0)
-    _d2_x_x = _t1*(4.0*_t0 - 2.0)
+    _d2_x_x = (4.0*_t0 - 2.0)*torch.exp(-_t0)
     return (_d2_x_x,)
 
 

@@ -55,12 +55,10 @@ def _derivatives_torch_fast(a, b):
 
 def _second_derivatives_torch(a, b):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = 0.5*torch.erfc(-(0.7071067811865476*a))
-    _t1 = a*a
-    _t2 = torch.exp(-(0.5*_t1))
-    _t3 = _t0 + 0.3989422804014327*_t2*a
-    _d2_a_a = _t2*b*(-(0.3989422804014327*_t1) + 0.7978845608028654)
-    _d2_a_b = _t3
+    _t0 = a*a
+    _t1 = torch.exp(-(0.5*_t0))
+    _d2_a_a = _t1*b*(-(0.3989422804014327*_t0) + 0.7978845608028654)
+    _d2_a_b = 0.3989422804014327*_t1*a + 0.5*torch.erfc(-(0.7071067811865476*a))
     _d2_b_b = 0.0
     return (_d2_a_a, _d2_a_b, _d2_b_b,)
 

@@ -46,8 +46,7 @@ def _forward_torch_fast(x):
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = x*x
-    _t1 = torch.exp(-(0.5*_t0))
-    _d2_x_x = _t1*(-(0.3989422804014327*_t0) + 0.7978845608028654)
+    _d2_x_x = (-(0.3989422804014327*_t0) + 0.7978845608028654)*torch.exp(-(0.5*_t0))
     return (_d2_x_x,)
 
 

@@ -42,10 +42,9 @@ def _second_derivatives_torch(a, b):
     _t0 = torch.sigmoid(b)
     _t1 = torch.sigmoid(-b)
     _t2 = _t0*_t1
-    _t3 = _t2*a
     _d2_a_a = 0.0
     _d2_a_b = _t2
-    _d2_b_b = _t3*(-_t0 + _t1)
+    _d2_b_b = _t2*a*(-_t0 + _t1)
     return (_d2_a_a, _d2_a_b, _d2_b_b,)
 
 

@@ -39,9 +39,8 @@ def _derivatives_torch(x, mu, sigma):
 
 def _second_derivatives_torch(x, mu, sigma):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t1 = -mu + x
-    _t0 = torch.exp(-(_t1/sigma*_t1/sigma*0.5))
-    _d2_x_x = -(0.19947114020071635*_t0*(-(2.0*mu) + 2.0*x)/(sigma*sigma*sigma))
+    _t0 = -mu + x
+    _d2_x_x = -(0.19947114020071635*(-(2.0*mu) + 2.0*x)*torch.exp(-(_t0/sigma*_t0/sigma*0.5))/(sigma*sigma*sigma))
     return (_d2_x_x,)
 
 

@@ -62,14 +62,12 @@ def _derivatives_torch_fast(x, alpha, scale, shift):
 def _second_derivatives_torch(x, alpha, scale, shift):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = x > 0.0
-    _t1 = torch.where(_t0, 1.0, alpha)
-    _t2 = torch.where(_t0, 0.0, x)
     _d2_x_x = 0.0
     _d2_x_alpha = torch.where(torch.isnan(x), x, scale*torch.where(_t0, x.new_full((), 0.0), 1.0))
-    _d2_x_scale = torch.where(torch.isnan(x), x, _t1)
+    _d2_x_scale = torch.where(torch.isnan(x), x, torch.where(_t0, 1.0, alpha))
     _d2_x_shift = 0.0
     _d2_alpha_alpha = 0.0
-    _d2_alpha_scale = torch.where(torch.isnan(x), x, _t2)
+    _d2_alpha_scale = torch.where(torch.isnan(x), x, torch.where(_t0, 0.0, x))
     _d2_alpha_shift = 0.0
     _d2_scale_scale = 0.0
     _d2_scale_shift = 0.0

@@ -44,9 +44,8 @@ def _second_derivatives_torch(x):
     _t0 = torch.abs(x)
     _t1 = torch.exp(-(2.0*_t0))
     _t2 = _t1 + 1.0
-    _t3 = _t1/(_t2*_t2)
-    _t4 = 8.0*_t3
-    _d2_x_x = _t0/_t2*_t1/_t2*_t1/_t2*16.0 - _t0*_t4 + _t4
+    _t3 = 8.0*_t1/(_t2*_t2)
+    _d2_x_x = _t0/_t2*_t1/_t2*_t1/_t2*16.0 - _t0*_t3 + _t3
     return (_d2_x_x,)
 
 

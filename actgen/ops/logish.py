@@ -50,15 +50,14 @@ def _derivatives_torch_fast(x):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = torch.sigmoid(x)
-    _t1 = _t0 + 1.0
-    _t2 = 1.0/_t1
-    _t3 = torch.sigmoid(-x)
-    _t4 = _t0*_t2*_t3
-    _t5 = _t3*_t3
-    _t6 = _t2*x
-    _t7 = _t0*_t0
-    _d2_x_x = _t0*_t5*_t6 - _t3*_t6*_t7 + 2.0*_t4 - _t5*_t7*x/(_t1*_t1)
+    _t0 = torch.sigmoid(-x)
+    _t1 = torch.sigmoid(x)
+    _t2 = _t1 + 1.0
+    _t3 = 1.0/_t2
+    _t4 = _t1*_t3
+    _t5 = _t0*_t0*x
+    _t6 = _t1*_t1
+    _d2_x_x = -(_t0*_t3*_t6*x) + 2.0*_t0*_t4 + _t4*_t5 - _t5*_t6/(_t2*_t2)
     return (_d2_x_x,)
 
 

@@ -36,8 +36,7 @@ def _derivatives_torch(x):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = torch.sigmoid(-x)
-    _d2_x_x = -(_t0*torch.sigmoid(x))
+    _d2_x_x = -(torch.sigmoid(-x)*torch.sigmoid(x))
     return (_d2_x_x,)
 
 

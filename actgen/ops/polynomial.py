@@ -66,14 +66,11 @@ def _derivatives_torch_fast(x, a0, a1, a2, a3):
 
 def _second_derivatives_torch(x, a0, a1, a2, a3):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = 2.0*a2
-    _t1 = a3*x
-    _t2 = x*x
-    _d2_x_x = _t0 + 6.0*_t1
+    _d2_x_x = 2.0*a2 + 6.0*a3*x
     _d2_x_a0 = 0.0
     _d2_x_a1 = 1.0
     _d2_x_a2 = 2.0*x
-    _d2_x_a3 = 3.0*_t2
+    _d2_x_a3 = 3.0*x*x
     _d2_a0_a0 = 0.0
     _d2_a0_a1 = 0.0
     _d2_a0_a2 = 0.0

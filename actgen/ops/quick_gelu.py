@@ -43,10 +43,10 @@ def _derivatives_torch(x):
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = 1.702*x
-    _t1 = torch.sigmoid(_t0)
-    _t2 = torch.sigmoid(-_t0)
+    _t1 = torch.sigmoid(-_t0)
+    _t2 = torch.sigmoid(_t0)
     _t3 = 2.896804*x
-    _d2_x_x = _t1*_t2*(-(_t1*_t3) + _t2*_t3 + 3.404)
+    _d2_x_x = _t1*_t2*(_t1*_t3 - _t2*_t3 + 3.404)
     return (_d2_x_x,)
 
 

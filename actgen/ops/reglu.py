@@ -53,10 +53,8 @@ def _derivatives_torch_fast(a, b):
 
 def _second_derivatives_torch(a, b):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = a > 0.0
-    _t1 = torch.where(_t0, a.new_full((), 1.0), 0.0)
     _d2_a_a = 0.0
-    _d2_a_b = torch.where(torch.isnan(a), a, _t1)
+    _d2_a_b = torch.where(torch.isnan(a), a, torch.where(a > 0.0, a.new_full((), 1.0), 0.0))
     _d2_b_b = 0.0
     return (_d2_a_a, _d2_a_b, _d2_b_b,)
 

@@ -48,9 +48,7 @@ def _derivatives_torch_fast(x):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = x > 0.0
-    _t1 = 1.7580993408473766*torch.exp(x)
-    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t0, 0.0, _t1))
+    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(x > 0.0, 0.0, 1.7580993408473766*torch.exp(x)))
     return (_d2_x_x,)
 
 

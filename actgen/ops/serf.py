@@ -47,10 +47,8 @@ def _forward_torch_fast(x):
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = _rt.softplus(x)
-    _t1 = torch.exp(-(_t0*_t0))
-    _t2 = torch.sigmoid(x)
-    _t3 = 1.1283791670955126*_t2*x
-    _d2_x_x = _t1*(-(2.256758334191025*_t0*_t2*_t2*x) + 2.256758334191025*_t2 + _t3*torch.sigmoid(-x))
+    _t1 = torch.sigmoid(x)
+    _d2_x_x = (-(2.256758334191025*_t0*_t1*_t1*x) + 1.1283791670955126*_t1*x*torch.sigmoid(-x) + 2.256758334191025*_t1)*torch.exp(-(_t0*_t0))
     return (_d2_x_x,)
 
 

@@ -38,8 +38,7 @@ def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.sigmoid(x)
     _t1 = torch.sigmoid(-x)
-    _t2 = _t0*_t1
-    _d2_x_x = _t2*(-_t0 + _t1)
+    _d2_x_x = _t0*_t1*(-_t0 + _t1)
     return (_d2_x_x,)
 
 

@@ -75,15 +75,15 @@ def _derivatives_torch_fast(x):
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.exp(-torch.abs(x))
-    _t1 = _t0*(5.0*_t0 + 6.0) + 2.0
-    _t2 = x < 0.0
-    _t3 = _t0*(2.0*_t0 + 6.0) + 5.0
-    _t7 = 10.0*x
-    _t8 = 54.0 - 18.0*x
-    _t9 = 54.0 - 3.0*x
-    _t10 = 6.0*x + 24.0
-    _t11 = 2.0*x + 4.0
-    _d2_x_x = torch.where(torch.isnan(x), x, 4.0*torch.where(_t2, _t0*(_t0*(_t0*(_t0*(_t0*(20.0 - _t7) + _t8) + _t9) + _t10) + _t11), _t0*(_t0*(_t0*(_t0*(_t0*_t11 + _t10) + _t9) + _t8) - _t7 + 20.0))/torch.where(_t2, _t1*_t1*_t1, _t3*_t3*_t3))
+    _t1 = x < 0.0
+    _t2 = 10.0*x
+    _t3 = 54.0 - 18.0*x
+    _t4 = 54.0 - 3.0*x
+    _t5 = 6.0*x + 24.0
+    _t6 = 2.0*x + 4.0
+    _t7 = _t0*(2.0*_t0 + 6.0) + 5.0
+    _t8 = _t0*(5.0*_t0 + 6.0) + 2.0
+    _d2_x_x = torch.where(torch.isnan(x), x, 4.0*torch.where(_t1, _t0*(_t0*(_t0*(_t0*(_t0*(20.0 - _t2) + _t3) + _t4) + _t5) + _t6), _t0*(_t0*(_t0*(_t0*(_t0*_t6 + _t5) + _t4) + _t3) - _t2 + 20.0))/torch.where(_t1, _t8*_t8*_t8, _t7*_t7*_t7))
     return (_d2_x_x,)
 
 

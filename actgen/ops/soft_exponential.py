@@ -82,27 +82,23 @@ def _second_derivatives_torch(x, alpha):
     _v_x = _rt.scaled_input(x)
     _t0 = alpha*(alpha + x)
     _t1 = 1.0 - _t0
-    _t2 = 1.0/_t1
-    _t3 = alpha < 0.0
-    _t4 = alpha*x
-    _t5 = torch.exp(_t4)
-    _t6 = alpha > 0.0
-    _t7 = alpha*alpha
-    _t8 = 1.0/_t7
-    _t9 = torch.log1p(-_t0)
-    _t10 = 2.0*alpha
-    _t11 = -_t10 - x
+    _t2 = alpha < 0.0
+    _t3 = alpha*x
+    _t4 = torch.exp(_t3)
+    _t5 = alpha > 0.0
+    _t6 = alpha*alpha
+    _t7 = 2.0*alpha
+    _t8 = _t7*_w_x + _v_x
+    _t15 = -(_t6*_w_x) - _v_x*alpha + _w_x
+    _t9 = _t8/(_t15*_t15)
+    _t10 = _t4*x
+    _t11 = 2.0/(alpha*alpha*alpha)
     _t12 = 1.0/alpha
-    _t13 = torch.expm1(_t4)
-    _t14 = _t5*x
-    _t15 = x*x
-    _t16 = _t10*_w_x + _v_x
-    _t19 = -(_t7*_w_x) - _v_x*alpha + _w_x
-    _t17 = _t16/(_t19*_t19)
-    _t18 = 2.0/(alpha*alpha*alpha)
-    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t3, alpha/(_t1*_t1), torch.where(_t6, _t5*alpha, alpha)))
-    _d2_x_alpha = torch.where(torch.isnan(x), x, torch.where(_t3, _t17*_w_x, torch.where(_t6, _t14, x)))
-    _d2_alpha_alpha = torch.where(torch.isnan(x), x, torch.where(_t3, 2.0*_t11*_t2*_t8 + _t12*_t16*_t17 + 2.0*_t12*_t2 - _t18*_t9, torch.where(_t6, _t12*_t15*_t5 + _t13*_t18 - 2.0*_t14*_t8, 0.0)))
+    _t13 = 1.0/_t1
+    _t14 = 1.0/_t6
+    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t2, alpha/(_t1*_t1), torch.where(_t5, _t4*alpha, alpha)))
+    _d2_x_alpha = torch.where(torch.isnan(x), x, torch.where(_t2, _t9*_w_x, torch.where(_t5, _t10, x)))
+    _d2_alpha_alpha = torch.where(torch.isnan(x), x, torch.where(_t2, -(_t11*torch.log1p(-_t0)) + 2.0*_t12*_t13 + _t12*_t8*_t9 + 2.0*_t13*_t14*(-_t7 - x), torch.where(_t5, -(2.0*_t10*_t14) + _t11*torch.expm1(_t3) + _t12*_t4*x*x, 0.0)))
     return (_d2_x_x, _d2_x_alpha, _d2_alpha_alpha,)
 
 

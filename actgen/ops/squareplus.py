@@ -67,14 +67,11 @@ def _derivatives_torch_fast(x, b):
 def _second_derivatives_torch(x, b):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = _rt.sqrt_square_plus(x, b)
-    _t1 = 1.0/_t0
-    _t2 = _t1*x
-    _t3 = _t2 - 1.0
-    _t4 = _t0 - x
-    _t5 = 0.5/(_t4*_t4)
-    _t6 = x < 0.0
-    _t7 = x/_t0*x/_t0/_t0
-    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t6, b*(_t3/_t4*_t3/_t4/_t4 - _t5*(_t1 - _t7)), 0.5*_t1 - 0.5*_t7))
+    _t1 = _t0 - x
+    _t2 = 1.0/_t0
+    _t3 = x/_t0*x/_t0/_t0
+    _t4 = _t2*x - 1.0
+    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(x < 0.0, b*(-(0.5*(_t2 - _t3)/(_t1*_t1)) + _t4/_t1*_t4/_t1/_t1), 0.5*_t2 - 0.5*_t3))
     return (_d2_x_x,)
 
 

@@ -56,10 +56,8 @@ def _second_derivatives_torch(a, b):
     _t0 = torch.sigmoid(a)
     _t1 = torch.sigmoid(-a)
     _t2 = _t1*a
-    _t3 = _t0*(_t2 + 1.0)
-    _t4 = _t0*a
-    _d2_a_a = _t0*_t1*b*(_t2 - _t4 + 2.0)
-    _d2_a_b = _t3
+    _d2_a_a = _t0*_t1*b*(-(_t0*a) + _t2 + 2.0)
+    _d2_a_b = _t0*(_t2 + 1.0)
     _d2_b_b = 0.0
     return (_d2_a_a, _d2_a_b, _d2_b_b,)
 

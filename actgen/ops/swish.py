@@ -68,11 +68,10 @@ def _second_derivatives_torch(x, beta):
     _t1 = torch.sigmoid(_t0)
     _t2 = torch.sigmoid(-_t0)
     _t3 = _t0*_t2 + 1.0
-    _t4 = x*x
-    _t5 = _t1*_t2
-    _d2_x_x = _t5*(-(_t1*beta*beta*x) + _t3*beta + beta)
-    _d2_x_beta = _t5*(-(_t1*_t4*beta) + _t3*x + x)
-    _d2_beta_beta = _t5*x*x*x*(-_t1 + _t2)
+    _t4 = _t1*_t2
+    _d2_x_x = _t4*(-(_t1*beta*beta*x) + _t3*beta + beta)
+    _d2_x_beta = _t4*(-(_t1*beta*x*x) + _t3*x + x)
+    _d2_beta_beta = _t4*x*x*x*(-_t1 + _t2)
     return (_d2_x_x, _d2_x_beta, _d2_beta_beta,)
 
 

@@ -53,8 +53,7 @@ def _second_derivatives_torch(x):
     _t2 = -_t1
     _t3 = torch.exp(_t2) + 1.0
     _t4 = torch.exp(_t2 + x)/(_t3*_t3)
-    _t5 = 4.0*_t4*x
-    _d2_x_x = 8.0*_t4 + _t5*(1.0 - _t1) + 16.0*x*torch.exp(-(4.0*_t0) + 2.0*x)/(_t3*_t3*_t3)
+    _d2_x_x = 4.0*_t4*x*(1.0 - _t1) + 8.0*_t4 + 16.0*x*torch.exp(-(4.0*_t0) + 2.0*x)/(_t3*_t3*_t3)
     return (_d2_x_x,)
 
 

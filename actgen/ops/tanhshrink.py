@@ -45,10 +45,9 @@ def _forward_torch_fast(x):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = torch.tanh(x)
-    _t1 = torch.exp(-(2.0*torch.abs(x)))
-    _t2 = _t1 + 1.0
-    _d2_x_x = 8.0*_t0*_t1/(_t2*_t2)
+    _t0 = torch.exp(-(2.0*torch.abs(x)))
+    _t1 = _t0 + 1.0
+    _d2_x_x = 8.0*_t0*torch.tanh(x)/(_t1*_t1)
     return (_d2_x_x,)
 
 

@@ -78,14 +78,14 @@ def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.abs(x)
     _t1 = torch.exp(-_t0)
-    _t2 = _t1*(_t1 + 2.0) + 2.0
-    _t3 = x < 0.0
-    _t4 = _t1*(2.0*_t1 + 2.0) + 1.0
-    _t8 = 2.0*x
-    _t9 = 6.0 - 3.0*x
-    _t10 = _t8 + 8.0
-    _t11 = _t8 + 4.0
-    _d2_x_x = torch.where(torch.isnan(x), x, 4.0*torch.where(_t3, _t1*(_t1*(_t1*(_t1*(2.0 - _t8) + _t9) + _t10) + _t11), _t1*_t1*(_t1*(_t1*(_t1*_t11 + _t10) + _t9) - _t8 + 2.0))/torch.where(_t3, _t2*_t2*_t2, _t4*_t4*_t4))
+    _t2 = x < 0.0
+    _t3 = 2.0*x
+    _t4 = 6.0 - 3.0*x
+    _t5 = _t3 + 8.0
+    _t6 = _t3 + 4.0
+    _t7 = _t1*(_t1 + 2.0) + 2.0
+    _t8 = _t1*(2.0*_t1 + 2.0) + 1.0
+    _d2_x_x = torch.where(torch.isnan(x), x, 4.0*torch.where(_t2, _t1*(_t1*(_t1*(_t1*(2.0 - _t3) + _t4) + _t5) + _t6), _t1*_t1*(_t1*(_t1*(_t1*_t6 + _t5) + _t4) - _t3 + 2.0))/torch.where(_t2, _t7*_t7*_t7, _t8*_t8*_t8))
     return (_d2_x_x,)
 
 

@@ -67,23 +67,18 @@ def _derivatives_torch_fast(x, alpha_p, alpha_n, beta, eps):
 
 def _second_derivatives_torch(x, alpha_p, alpha_n, beta, eps):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = 2.0*_rt.softplus(alpha_p)
-    _t1 = x > 0.0
-    _t2 = beta + _rt.softplus(alpha_n)
-    _t3 = eps > x
-    _t4 = torch.where(_t3, x, eps)
-    _t5 = torch.where(_t3, x.new_full((), 1.0), 0.0)*torch.exp(_t4)
-    _t6 = _t5 - 1.0
-    _t7 = torch.sigmoid(alpha_p)
-    _t8 = _t7*x*x
-    _t9 = torch.sigmoid(alpha_n)
-    _t10 = _t9*(-x + torch.expm1(_t4))
-    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t1, _t0, _t2*_t5))
-    _d2_x_alpha_p = torch.where(torch.isnan(x), x, torch.where(_t1, 2.0*_t7*x, 0.0))
-    _d2_x_alpha_n = torch.where(torch.isnan(x), x, torch.where(_t1, 0.0, _t6*_t9))
-    _d2_alpha_p_alpha_p = torch.where(torch.isnan(x), x, torch.where(_t1, _t8*torch.sigmoid(-alpha_p), 0.0))
+    _t0 = x > 0.0
+    _t1 = eps > x
+    _t2 = torch.where(_t1, x, eps)
+    _t3 = torch.where(_t1, x.new_full((), 1.0), 0.0)*torch.exp(_t2)
+    _t4 = torch.sigmoid(alpha_p)
+    _t5 = torch.sigmoid(alpha_n)
+    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t0, 2.0*_rt.softplus(alpha_p), _t3*(beta + _rt.softplus(alpha_n))))
+    _d2_x_alpha_p = torch.where(torch.isnan(x), x, torch.where(_t0, 2.0*_t4*x, 0.0))
+    _d2_x_alpha_n = torch.where(torch.isnan(x), x, torch.where(_t0, 0.0, _t5*(_t3 - 1.0)))
+    _d2_alpha_p_alpha_p = torch.where(torch.isnan(x), x, torch.where(_t0, _t4*x*x*torch.sigmoid(-alpha_p), 0.0))
     _d2_alpha_p_alpha_n = 0.0
-    _d2_alpha_n_alpha_n = torch.where(torch.isnan(x), x, torch.where(_t1, 0.0, _t10*torch.sigmoid(-alpha_n)))
+    _d2_alpha_n_alpha_n = torch.where(torch.isnan(x), x, torch.where(_t0, 0.0, _t5*(-x + torch.expm1(_t2))*torch.sigmoid(-alpha_n)))
     return (_d2_x_x, _d2_x_alpha_p, _d2_x_alpha_n, _d2_alpha_p_alpha_p, _d2_alpha_p_alpha_n, _d2_alpha_n_alpha_n,)
 
 

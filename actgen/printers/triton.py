@@ -3,7 +3,7 @@ dispatched to float32 or float64 by the argument type); sigmoid/softplus through
 stable helpers in actgen.runtime.triton_lang."""
 from __future__ import annotations
 
-from ..derive import SATURATE_MAX_EXP2
+from ..derive import MAX_PRODUCT_POWER, SATURATE_MAX_EXP2
 from .base import ATOM, POW, ExprPrinter
 
 
@@ -34,7 +34,7 @@ class TritonPrinter(ExprPrinter):
         "ProbeAtInf": "_probe_at_inf({0})",
         "LimitAtInf": "_limit_at_inf({0}, {1}, {2})",
     }
-    MAX_PRODUCT_POWER = 8       # x**k, (a + b)**k as products, not libdevice.pow (a log and an exp)
+    MAX_PRODUCT_POWER = MAX_PRODUCT_POWER   # x**k, (a + b)**k as products, not libdevice.pow (a log and an exp)
     INF = 'float("inf")'
     NAN = 'float("nan")'
 
