@@ -145,15 +145,17 @@ def nvdisasm_path() -> str | None:
 
 
 def sass_counts(cubin: bytes, nvdisasm: str) -> tuple[int, int]:
-    """(instructions, MUFU instructions) in a cubin's machine code, NOPs left out: a static
+    """(instructions, MUFU instructions) in a cubin's kernel function, NOPs left out: a static
     measure of the work per thread (a memory-bound kernel has to stay under the instructions
-    its bytes take to move), not a timing."""
+    its bytes take to move), not a timing.  The compiler's internal subroutines after it are
+    left out: the 64-bit integer division that tile indices call only past 2**32 tiles."""
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as fh:
         fh.write(cubin)
     try:
         listing = subprocess.run([nvdisasm, "-c", fh.name], capture_output=True, text=True, check=True).stdout
     finally:
         os.unlink(fh.name)
+    listing = re.split(r"^\$__internal_\w*\$[\w$]*:", listing, flags=re.M)[0]
     ops = [m.group(1) for m in re.finditer(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", listing)]
     ops = [op for op in ops if not op.startswith("NOP")]
     return len(ops), sum(op.startswith("MUFU") for op in ops)
@@ -249,8 +251,9 @@ def _variant(r: KernelReport) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m actgen.aot", description=__doc__.splitlines()[0])
-    parser.add_argument("modules", nargs="*", help="generated modules (default: every actgen.ops module)")
-    parser.add_argument("--dtype", nargs="*", default=list(POINTER_DTYPES))
+    parser.add_argument("modules", nargs="*",
+                        help="generated modules or op names: actgen.ops.silu or silu (default: every actgen.ops module)")
+    parser.add_argument("--dtype", nargs="*", choices=POINTER_DTYPES, default=list(POINTER_DTYPES))
     parser.add_argument("--arch", nargs="*", type=int, default=list(ARCHS))
     parser.add_argument("--flat-only", action="store_true", help="compile only the flat 1-D tile layout")
     parser.add_argument("--tuning-candidates", action="store_true",
@@ -264,7 +267,7 @@ def main(argv=None) -> int:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("unset TRITON_INTERPRET: interpreted kernels cannot be compiled", file=sys.stderr)
         return 2
-    modules = args.modules
+    modules = [m if "." in m else f"actgen.ops.{m}" for m in args.modules]
     if not modules:
         import actgen.ops as ops
 

@@ -675,9 +675,10 @@ def _outermost(expr, attempt):
 # (E**2 - 1)/(E**2 + 1) stays tanh), and where the output has two calls or more, one of them
 # costlier than an exponential (tanh, softplus, a log): sigmoid and exp are one exponential
 # each already, and on the CPU fallback the two branches cost more than a second sigmoid
-# (silu' stays sigmoid(x)*(1 + x*sigmoid(-x))).
+# (silu' stays sigmoid(x)*(1 + x*sigmoid(-x)) there; the kernels take the ratio, see derive).
 _EXP_FAMILY = (sympy.exp, sigmoid, softplus, sympy.tanh, sympy.log, log1p, expm1)
 _COSTLY = (sympy.tanh, softplus, sympy.log, log1p, expm1)
+_TRANSCENDENTAL = _EXP_FAMILY + (sympy.erf, sympy.erfc, sympy.sin, sympy.cos, sympy.sinh, sympy.cosh, sympy.atan)
 
 
 def _exp_calls(e, x) -> tuple[int, int]:
@@ -703,10 +704,10 @@ def _exp_base(written, x):
     return c0 * split[0][1], powers
 
 
-def _exp_ratio(expr, x):
+def _exp_ratio(expr, x, sigmoids=False):
     """expr as N(E)/D(E) with E = exp(u), from one exponential (see above); else None."""
     calls, costly = _exp_calls(expr, x)
-    if calls < 2 or not costly:
+    if calls < 2 or not (costly or sigmoids):
         return None
     written = expr.replace(log1p, lambda a: sympy.log(1 + a)).replace(expm1, lambda a: sympy.exp(a) - 1).rewrite(sympy.exp)
     base = _exp_base(written, x)
@@ -743,14 +744,50 @@ def _exp_ratio(expr, x):
     return (g / scale) * sympy.Piecewise((neg_num, negative), (pos_num, True)) / sympy.Piecewise((neg_den, negative), (pos_den, True))
 
 
-def exp_rational_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
+def sigmoid_pairs(outputs):
+    """(name, expression) outputs with sigmoid(u) and sigmoid(-u) - where both occur among
+    them - from e = exp(-|u|) and r = 1/(1 + e): sigmoid(|u|) = r and sigmoid(-|u|) = e*r,
+    one exponential and one reciprocal for the two (swiglu's backward), +-inf and NaN as
+    sigmoid's own.  Not a sigmoid that is the argument of another call (logish's
+    log1p(sigmoid(x))): e*r rounds once more than 1/(1 + exp(|u|)), and there the call passes
+    that on into a sum that cancels (4.4 ULP on logish' in float32, 3.8 without)."""
+    args = {a.args[0] for _, e in outputs for a in e.atoms(sigmoid)}
+    inner = {a.args[0] for _, e in outputs for c in e.atoms(sympy.Function) if isinstance(c, _TRANSCENDENTAL)
+             for a in c.args[0].atoms(sigmoid)}
+    pairs = {}
+    for u in sorted(args, key=sympy.default_sort_key):
+        if -u in args and -u not in pairs and not {u, -u} & inner:
+            pairs[u] = -u
+    if not pairs:
+        return list(outputs)
+    new = {}
+    for u in pairs:
+        e = sympy.exp(-sympy.Abs(u))
+        r = 1 / (1 + e)
+        new[sigmoid(u)] = sympy.Piecewise((r, u >= 0), (e * r, True))
+        new[sigmoid(-u)] = sympy.Piecewise((e * r, u >= 0), (r, True))
+    return [(n, e.xreplace(new)) for n, e in outputs]
+
+
+def _calls(outputs) -> int:
+    """The distinct transcendental calls of (name, expression) outputs, between them."""
+    return len({a for _, e in outputs for a in e.atoms(sympy.Function) if isinstance(a, _TRANSCENDENTAL)})
+
+
+def exp_rational_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], sigmoids: bool = False) -> sympy.Expr:
     """Every output (or part of one) that is a rational function of exp(u), u a multiple of an
     input, with two transcendental calls or more and one of them costlier than an exponential,
-    as N/D from e = exp(-|u|) (see above): mish's derivative from one exp instead of four calls."""
+    as N/D from e = exp(-|u|) (see above): mish's derivative from one exp instead of four calls.
+
+    With `sigmoids` (the kernels' form), also where the calls are sigmoids and exponentials
+    alone: on a GPU each sigmoid is an exponential and a reciprocal on the special-function
+    unit, which one exponential and one division replace (silu' from 2 of each to 1).  The
+    eager fallback keeps them: there a sigmoid is one vectorized pass, cheaper than the two
+    branches of the ratio."""
     def attempt(e):
         for x in inputs:
             if e.has(x) and (e.is_Add or e.is_Mul or isinstance(e, _EXP_FAMILY)):
-                one = _exp_ratio(e, x)
+                one = _exp_ratio(e, x, sigmoids)
                 if one is not None:
                     return one
         return None
@@ -1375,9 +1412,19 @@ def make_block(outputs: Sequence[tuple[str, sympy.Expr]]) -> Block:
     exprs = [e.xreplace(named) for e in exprs]
     temps = sympy.numbered_symbols("_t", real=True)
     assignments, reduced = sympy.cse(exprs, symbols=temps, optimizations=None, order="canonical")
+    assignments, reduced = _inline_numbers(assignments, reduced)
     assignments, reduced = _exp_powers(assignments, reduced)
     assignments, reduced = _name_power_bases(assignments, reduced, temps)
     return Block(tuple((n, a) for a, n in named.items()) + tuple(assignments), tuple(zip(names, reduced)))
+
+
+def _inline_numbers(assignments, reduced):
+    """A shared number (sqrt(pi) in two sums) is written where it is used, not named."""
+    numbers = {t: v.evalf(30) for t, v in assignments if v.is_number}
+    if not numbers:
+        return assignments, reduced
+    return ([(t, v.xreplace(numbers)) for t, v in assignments if t not in numbers],
+            [e.xreplace(numbers) for e in reduced])
 
 
 def _exp_powers(assignments, reduced):
@@ -1446,6 +1493,8 @@ class Derivation:
     second: tuple[tuple[tuple[str, str], sympy.Expr], ...]  # upper triangle, var order
     forward: Block                                # outputs: y
     backward: Block                               # outputs: d_<var> for every input and param
+    kernel_forward: Block                         # forward and backward as the Triton kernels compute them
+    kernel_backward: Block                        # (the same blocks unless a form suits the GPU better)
     double_backward: Block                        # outputs: d2_<a>_<b> (the first derivatives: backward)
     forward_fast: Block | None = None             # forward without guards (finite inputs), if it helps
     backward_fast: Block | None = None            # backward without guards (finite inputs), if it helps
@@ -1481,19 +1530,35 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
     samples |= {sym[c.name]: sympy.Float(c.default) for c in spec.constants}
     samples |= {r: sympy.Float(0.5) for r in draws}
 
-    def scaled(e):
-        return rational_form(exp_rational_form(e, inputs), inputs) if rewrites else e
+    def scaled(e, kernel=False):
+        return rational_form(exp_rational_form(e, inputs, sigmoids=kernel), inputs) if rewrites else e
 
     def final(e):       # value-preserving forms for float arithmetic (see the module doc)
         return fold_constants(horner_form(hypot_form(e), inputs)) if rewrites else e
 
     def guarded(e):
-        return final(nan_guard(limit_guards(scaled(e), inputs, samples, clamp=rewrites), inputs))
+        return final(nan_guard(limit_guards(e, inputs, samples, clamp=rewrites), inputs))
 
-    forward_outputs = [("y", guarded(expr))]
-    backward_outputs = [(f"d_{n}", guarded(e)) for n, e in first]
-    forward = make_block(forward_outputs)
-    backward = make_block(backward_outputs)
+    def blocks(outputs):
+        """(the eager fallback's outputs, its block, the kernels' block) of (name, expression)
+        outputs.  The kernels take the forms that suit a GPU - sigmoids as one ratio (see
+        exp_rational_form), sigmoid(u) and sigmoid(-u) from one exponential (sigmoid_pairs) -
+        where that leaves the outputs fewer distinct transcendental calls between them."""
+        plain = [(n, scaled(e)) for n, e in outputs]
+        fallback = [(n, guarded(e)) for n, e in plain]
+        block = make_block(fallback)
+        if not rewrites:
+            return fallback, block, block
+        one_ratio = [(n, scaled(e, True)) for n, e in outputs]
+        candidates = [one_ratio, sigmoid_pairs(plain), sigmoid_pairs(one_ratio)]
+        best = min(candidates, key=_calls)
+        if _calls(best) >= _calls(plain):
+            return fallback, block, block
+        return fallback, block, make_block([(n, guarded(e)) for n, e in best])
+
+    forward_outputs, forward, kernel_forward = blocks([("y", expr)])
+    backward_outputs, backward, kernel_backward = blocks([(f"d_{n}", e) for n, e in first])
     double_backward = make_block([(f"d2_{a}_{b}", final(nan_guard(scaled(e), inputs))) for (a, b), e in second])
-    return Derivation(spec, inputs, params, constants, expr, first, second, forward, backward, double_backward,
-                      fast_variant(forward_outputs), fast_variant(backward_outputs), draws)
+    return Derivation(spec, inputs, params, constants, expr, first, second, forward, backward, kernel_forward,
+                      kernel_backward, double_backward, fast_variant(forward_outputs), fast_variant(backward_outputs),
+                      draws)

@@ -253,6 +253,40 @@ def test_functions_of_exp_x_are_one_ratio_from_one_exponential():
     assert exp_rational_form(sympy.tanh(softplus(a * X)) * sympy.tanh(X), [X]).has(sympy.tanh)
 
 
+def test_kernels_take_sigmoids_from_one_exponential():
+    """The kernels' form (a GPU computes each sigmoid as an exp and a reciprocal on its
+    special-function unit): silu' = sigmoid(x)*(1 + x*sigmoid(-x)) as one ratio in exp(-|x|),
+    and swiglu's sigmoid(a) and sigmoid(-a), shared by df/da and df/db, from one exp(-|a|) and
+    one reciprocal.  The fallback keeps its sigmoids (one vectorized pass each on a CPU), and
+    the values are unchanged (50 digits, and +-inf and NaN through the IEEE evaluator)."""
+    import mpmath
+    from actgen.derive import exp_rational_form, ieee_value, sigmoid_pairs
+    silu_d = sympy.diff(X * sigmoid(X), X)
+    one = exp_rational_form(silu_d, [X], sigmoids=True)
+    assert not one.has(sigmoid) and len(one.atoms(sympy.exp)) == 1
+    a, b = make_symbol("a"), make_symbol("b")
+    outputs = [("d_a", b * sigmoid(a) * (1 + a * sigmoid(-a))), ("d_b", a * sigmoid(a)), ("y", sigmoid(X))]
+    paired = sigmoid_pairs(outputs)
+    assert not any(e.has(sigmoid) for n, e in paired if n != "y") and dict(paired)["y"] == sigmoid(X)
+    assert {x for _, e in paired for x in e.atoms(sympy.exp)} == {sympy.exp(-abs(a))}
+    with mpmath.workdps(50):
+        for v in ("-800", "-3.5", "-0.25", "0", "0.25", "3.5", "800"):
+            env = {a: sympy.Float(v, 50), b: sympy.Float("1.5", 50), X: sympy.Float(v, 50)}
+            for (_, want), (_, got) in zip(outputs + [("", silu_d)], paired + [("", one)]):
+                w, g = sympy.N(want.subs(env), 50), sympy.N(got.subs(env), 50)
+                assert abs(g - w) <= sympy.Float("1e-40") * max(1, abs(w)), (want, v, g, w)
+    for v, want in ((math.inf, 1.0), (-math.inf, 0.0)):
+        assert ieee_value(dict(paired)["d_b"] / a, {a: v, b: 1.0}) == want
+    assert math.isnan(ieee_value(dict(paired)["d_b"], {a: math.nan, b: 1.0}))
+    silu = derive(load_spec("name: silu\nformula: x * sigmoid(x)\n"))
+    swiglu = derive(load_spec("name: swiglu\ninputs: [a, b]\nformula: a * sigmoid(a) * b\n"))
+    for d in (silu, swiglu):
+        kernel = {type(f) for _, e in (*d.kernel_backward.assignments, *d.kernel_backward.outputs) for f in e.atoms(sympy.Function)}
+        fallback = {type(f) for _, e in (*d.backward.assignments, *d.backward.outputs) for f in e.atoms(sympy.Function)}
+        assert sigmoid in fallback and sigmoid not in kernel and sympy.exp in kernel
+        assert d.kernel_forward is d.forward      # one sigmoid: nothing to gain
+
+
 def test_a_sign_times_its_argument_is_an_abs():
     """u*sign(u) -> |u| where the product holds u's factors: x**2*sign(x) -> x*|x| and
     a*b*x*sign(b*x) -> a*|b*x| (terms in |u| then cancel symbolically: x**2/(1 + |x|)**2's

@@ -38,11 +38,13 @@ def _bound(b) -> str:
     return "-" + text if b < 0 else text
 
 
-def _output_atoms(d: Derivation, kind, written_out: bool = False) -> list[tuple[str, set]]:
-    """(label, atoms of `kind` it uses, through the temporaries) for f and each df/dvar; with
-    `written_out`, each atom with the temporaries in it replaced by what they stand for."""
+def _output_atoms(d: Derivation, kind, written_out: bool = False, kernel: bool = False) -> list[tuple[str, set]]:
+    """(label, atoms of `kind` it uses, through the temporaries) for f and each df/dvar, as the
+    eager fallback (or with `kernel`, the kernels) computes them; with `written_out`, each atom
+    with the temporaries in it replaced by what they stand for."""
     out = []
-    for block, label in ((d.forward, lambda n: "f"), (d.backward, lambda n: "df/d" + n[2:])):
+    blocks = (d.kernel_forward, d.kernel_backward) if kernel else (d.forward, d.backward)
+    for block, label in zip(blocks, (lambda n: "f", lambda n: "df/d" + n[2:])):
         temps = dict(block.assignments)
         for name, expr in block.outputs:
             seen, todo, found = set(), [expr], set()
@@ -91,20 +93,28 @@ def _scaling_lines(d: Derivation) -> list[str]:
     return [""] + lines if lines else []
 
 
-def _one_exponential_lines(d: Derivation) -> list[str]:
-    """Which outputs are one ratio in e = exp(-|u|) (actgen.derive.exp_rational_form)."""
+def _one_exponential_uses(d: Derivation, kernel: bool) -> dict:
+    """{u: labels of the outputs that are one ratio in e = exp(-|u|)} (actgen.derive.exp_rational_form)."""
     unclamped = lambda e: e.replace(lambda a: isinstance(a, Saturate), lambda a: a.args[0])    # said above
-    branches = dict(_output_atoms(d, sympy.StrictLessThan, written_out=True))
+    branches = dict(_output_atoms(d, sympy.StrictLessThan, written_out=True, kernel=kernel))
     uses = {}
-    for label, exps in _output_atoms(d, sympy.exp, written_out=True):
+    for label, exps in _output_atoms(d, sympy.exp, written_out=True, kernel=kernel):
         below_zero = {unclamped(c.lhs) for c in branches[label] if c.rhs == 0}
         for a in exps:
             coeff, rest = (-unclamped(a.args[0])).as_coeff_Mul()
             if isinstance(rest, sympy.Abs) and coeff > 0 and coeff * rest.args[0] in below_zero:
                 uses.setdefault(coeff * rest.args[0], []).append(label)
-    lines = [f"{', '.join(dict.fromkeys(labels))}: one ratio of polynomials in e = exp(-|{u}|), with exp({u}) = e "
-             f"where {u} < 0 and 1/e elsewhere: one exponential, and nothing overflows."
-             for u, labels in sorted(uses.items(), key=lambda kv: sympy.default_sort_key(kv[0]))]
+    return {u: list(dict.fromkeys(labels)) for u, labels in uses.items()}
+
+
+def _one_exponential_lines(d: Derivation) -> list[str]:
+    """Which outputs are one ratio in e = exp(-|u|): everywhere, or in the kernels alone."""
+    both, kernels = _one_exponential_uses(d, False), _one_exponential_uses(d, True)
+    lines = []
+    for u, labels in sorted(kernels.items(), key=lambda kv: sympy.default_sort_key(kv[0])):
+        where = "" if labels == both.get(u) else " (in the Triton kernels; the eager fallback keeps its calls)"
+        lines.append(f"{', '.join(labels)}: one ratio of polynomials in e = exp(-|{u}|), with exp({u}) = e "
+                     f"where {u} < 0 and 1/e elsewhere: one exponential, and nothing overflows{where}.")
     return [""] + lines if lines else []
 
 
@@ -228,11 +238,11 @@ def _forward_kernel(w: Writer, d: Derivation):
         w(f'"""y = f({", ".join(s.inputs)}) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""')
         w(TILE_INDEX)
         _kernel_loads(w, d)
-        _kernel_draws(w, d.forward, d)
+        _kernel_draws(w, d.kernel_forward, d)
         printer = TritonPrinter()
-        _block(w, d.forward, printer, "_")
-        (_, expr), = d.forward.outputs
-        if not any(sym.name in s.inputs for sym in _free(d.forward, expr)):
+        _block(w, d.kernel_forward, printer, "_")
+        (_, expr), = d.kernel_forward.outputs
+        if not any(sym.name in s.inputs for sym in _free(d.kernel_forward, expr)):
             w("_y = _y + tl.zeros([BLOCK_M, BLOCK_N], ACC)")
         w("tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)")
     w()
@@ -292,8 +302,8 @@ def _backward_tile(w: Writer, d: Derivation, tile_index: str):
     w(tile_index)
     w("_g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)")
     _kernel_loads(w, d)
-    _kernel_draws(w, d.backward, d)
-    _block(w, d.backward, TritonPrinter(), "_")
+    _kernel_draws(w, d.kernel_backward, d)
+    _block(w, d.kernel_backward, TritonPrinter(), "_")
     for n in d.spec.inputs:
         w(f"tl.store(_d_{n}_ptr + _offs, (_g * _d_{n}).to(_d_{n}_ptr.dtype.element_ty), mask=_mask)")
 

@@ -202,23 +202,30 @@ if _rt.HAS_TRITON:
             _t3 = libdevice.exp(w3)
             _t4 = _t0 + _t1 + _t2 + _t3
             _t5 = 1.0/_t4
-            _t6 = _sigmoid(x)
-            _t7 = _t3*_t6
-            _t8 = x > 0.0
-            _t9 = -(2.0*tl.abs(x))
-            _t10 = tl.where(_t8, x, 0.0)
-            _t11 = 1.0/(_t4*_t4)
-            _t12 = libdevice.tanh(x)
-            _t13 = _t11*(_t0*_t10 + _t1*_t12 + _t2*x + _t7)
-            _t14 = _probe_at_inf(x)
-            _t15 = tl.where(_t14 > 0.0, _t14, 0.0)
-            _t16 = _t11*(_t0*_t15 + _t1*libdevice.tanh(_t14) + _t14*_t2 + _t3*_sigmoid(_t14))
-            _t17 = libdevice.exp(_t9) + 1.0
-            _d_x = tl.where(x != x, x, _t5*(_t0*tl.where(_t8, 1.0, 0.0) + _t2 + _t7*_sigmoid(-x) + 4.0*libdevice.exp(_t9 + w1)/(_t17*_t17)))
-            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*(_t10*_t5 - _t13), _t0*(_t15*_t5 - _t16), x))
-            _d_w1 = tl.where(x != x, x, _t1*(_t12*_t5 - _t13))
-            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*(-_t13 + _t5*x), _t2*(_t14*_t5 - _t16), x))
-            _d_w3 = tl.where(x != x, x, _t3*(-_t13 + _t5*_t6))
+            _t6 = x > 0.0
+            _t7 = tl.abs(x)
+            _t8 = -(2.0*_t7)
+            _t9 = libdevice.exp(-_t7)
+            _t10 = 1.0/(_t9 + 1.0)
+            _t11 = x <= 0.0
+            _t12 = _t10*_t9
+            _t13 = tl.where(_t11, _t12, _t10)
+            _t14 = _t13*_t3
+            _t15 = tl.where(_t6, x, 0.0)
+            _t16 = 1.0/(_t4*_t4)
+            _t17 = libdevice.tanh(x)
+            _t18 = _t16*(_t0*_t15 + _t1*_t17 + _t14 + _t2*x)
+            _t19 = _probe_at_inf(x)
+            _t20 = tl.where(_t19 > 0.0, _t19, 0.0)
+            _t21 = libdevice.exp(-tl.abs(_t19))
+            _t22 = 1.0/(_t21 + 1.0)
+            _t23 = _t16*(_t0*_t20 + _t1*libdevice.tanh(_t19) + _t19*_t2 + _t3*tl.where(_t19 <= 0.0, _t21*_t22, _t22))
+            _t24 = libdevice.exp(_t8) + 1.0
+            _d_x = tl.where(x != x, x, _t5*(_t0*tl.where(_t6, 1.0, 0.0) + _t14*tl.where(_t11, _t10, _t12) + _t2 + 4.0*libdevice.exp(_t8 + w1)/(_t24*_t24)))
+            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*(_t15*_t5 - _t18), _t0*(_t20*_t5 - _t23), x))
+            _d_w1 = tl.where(x != x, x, _t1*(_t17*_t5 - _t18))
+            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*(-_t18 + _t5*x), _t2*(_t19*_t5 - _t23), x))
+            _d_w3 = tl.where(x != x, x, _t3*(_t13*_t5 - _t18))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_w0 += _tile_sum(_g * _d_w0, _mask, CH_AXIS)
@@ -234,7 +241,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='adaptive_mixture4',
-    key='ad9252dc9139',
+    key='68853380a887',
     inputs=('x',),
     params=(('w0', False), ('w1', False), ('w2', False), ('w3', False)),
     constants=(),

@@ -80,7 +80,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='bilinear',
-    key='c8ab2035c3b9',
+    key='c9b4856ce40e',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -87,7 +87,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='celu',
-    key='fca32b1c88bc',
+    key='96fe18383dae',
     inputs=('x',),
     params=(),
     constants=('alpha',),

@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='elu',
-    key='5ad9aadb082e',
+    key='5546b9244a0d',
     inputs=('x',),
     params=(),
     constants=('alpha',),

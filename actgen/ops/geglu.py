@@ -100,7 +100,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu',
-    key='14feee7cb04e',
+    key='ad0a749bb228',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -76,16 +76,20 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = _sigmoid(b)
-        _d_a = _t0
-        _d_b = _t0*a*_sigmoid(-b)
+        _t0 = libdevice.exp(-tl.abs(b))
+        _t1 = 1.0/(_t0 + 1.0)
+        _t2 = _t0*_t1
+        _t3 = b <= 0.0
+        _t4 = tl.where(_t3, _t2, _t1)
+        _d_a = tl.where(b != b, b, _t4)
+        _d_b = tl.where(a != a, a, tl.where(b != b, b, _t4*a*tl.where(_t3, _t1, _t2)))
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='glu',
-    key='78faf10bb658',
+    key='6d99063d8943',
     inputs=('a', 'b'),
     params=(),
     constants=(),

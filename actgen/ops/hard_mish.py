@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hard_mish',
-    key='78981d84d548',
+    key='7c0487d165b4',
     inputs=('x',),
     params=(),
     constants=(),

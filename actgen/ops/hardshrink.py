@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardshrink',
-    key='90e8cbdc2453',
+    key='b8a827b5d488',
     inputs=('x',),
     params=(),
     constants=('lambd',),

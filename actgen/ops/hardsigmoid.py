@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardsigmoid',
-    key='829c44ac5de3',
+    key='ebf66eedf024',
     inputs=('x',),
     params=(),
     constants=(),

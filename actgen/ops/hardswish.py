@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardswish',
-    key='a7e2b672181c',
+    key='c926843639b3',
     inputs=('x',),
     params=(),
     constants=(),

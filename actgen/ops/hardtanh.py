@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardtanh',
-    key='988b8305af19',
+    key='adefa23d40ad',
     inputs=('x',),
     params=(),
     constants=('min_val', 'max_val'),

@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='leaky_relu',
-    key='67c9f32b7cc9',
+    key='0a5dcafd65ee',
     inputs=('x',),
     params=(),
     constants=('negative_slope',),

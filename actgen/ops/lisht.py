@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='lisht',
-    key='2ff032ed27aa',
+    key='383573cb469e',
     inputs=('x',),
     params=(),
     constants=(),

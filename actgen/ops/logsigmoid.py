@@ -72,7 +72,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='logsigmoid',
-    key='495a7121465f',
+    key='ebdc6945d1e0',
     inputs=('x',),
     params=(),
     constants=(),

@@ -133,7 +133,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='mish',
-    key='588ad189e7d9',
+    key='54e552b0cb57',
     inputs=('x',),
     params=(),
     constants=(),

@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='prelu',
-    key='94a99fc849af',
+    key='e8f970df7c89',
     inputs=('x',),
     params=(('weight', True),),
     constants=(),

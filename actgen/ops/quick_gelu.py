@@ -11,6 +11,8 @@ Derived (after stability rewrites):
     
     f: x is clamped where x <= -512 (there f no longer changes with x, to double precision).
     df/dx: x is clamped where x <= -512 or x >= 32 (there df/dx no longer changes with x, to double precision).
+    
+    df/dx: one ratio of polynomials in e = exp(-|1.702*x|), with exp(1.702*x) = e where 1.702*x < 0 and 1/e elsewhere: one exponential, and nothing overflows (in the Triton kernels; the eager fallback keeps its calls).
 """
 import math
 
@@ -78,14 +80,16 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = tl.clamp(x, -512.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
-        _t0 = 1.702*_clamped_x
-        _d_x = (_t0*_sigmoid(-_t0) + 1.0)*_sigmoid(_t0)
+        _t0 = libdevice.exp(-(1.702*tl.abs(_clamped_x)))
+        _t1 = _t0 + 1.0
+        _t2 = 1.702*_clamped_x
+        _d_x = tl.where(x != x, x, tl.where(_t2 < 0.0, _t0*(_t1 + _t2), _t0*(_t2 + 1.0) + 1.0)/(_t1*_t1))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='quick_gelu',
-    key='f4b62e81e7da',
+    key='cda6efead139',
     inputs=('x',),
     params=(),
     constants=(),

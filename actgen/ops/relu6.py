@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu6',
-    key='cea3fa751b07',
+    key='b353eb7adb37',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu_squared',
-    key='02a8ac6e981a',
+    key='6ec62295d2ea',
     inputs=('x',),
     params=(),
     constants=(),

@@ -95,7 +95,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='rrelu',
-    key='25a22b652990',
+    key='8ffb9ff2b9b1',
     inputs=('x',),
     params=(),
     constants=('lower', 'upper'),

@@ -68,13 +68,15 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _d_x = _sigmoid(-x)*_sigmoid(x)
+        _t0 = libdevice.exp(-tl.abs(x))
+        _t1 = _t0 + 1.0
+        _d_x = _t0/(_t1*_t1)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='sigmoid',
-    key='3d6642260aa4',
+    key='a90f0f1b9a71',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='soft_clip',
-    key='a647a9ba37fd',
+    key='115e119d2c46',
     inputs=('x',),
     params=(),
     constants=('scale',),

@@ -158,7 +158,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='soft_exponential',
-    key='905cb9893da7',
+    key='59b976e5aef0',
     inputs=('x',),
     params=(('alpha', False),),
     constants=(),

@@ -93,7 +93,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softplus',
-    key='a3b11bcef4a9',
+    key='710dcbb7fbef',
     inputs=('x',),
     params=(),
     constants=('beta', 'threshold'),

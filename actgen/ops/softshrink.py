@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softshrink',
-    key='1ac582c8167b',
+    key='c31c6a01dc2c',
     inputs=('x',),
     params=(),
     constants=('lambd',),

@@ -81,7 +81,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softsign',
-    key='0fa9b6642874',
+    key='b619b90e42c1',
     inputs=('x',),
     params=(),
     constants=(),

@@ -119,7 +119,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='squareplus',
-    key='c9494a34b3cf',
+    key='68b7f54c19e7',
     inputs=('x',),
     params=(),
     constants=('b',),

@@ -116,7 +116,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='star_relu',
-    key='8b62c3d64584',
+    key='4946a3e3b3b4',
     inputs=('x',),
     params=(('scale', False), ('bias', False)),
     constants=(),

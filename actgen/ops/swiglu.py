@@ -90,16 +90,20 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = _sigmoid(a)
-        _d_a = b*tl.where(a == float("inf"), 1.0, tl.where(a == -float("inf"), 0.0, _t0*(a*_sigmoid(-a) + 1.0)))
-        _d_b = tl.where(a == -float("inf"), 0.0, _t0*a)
+        _t0 = libdevice.exp(-tl.abs(a))
+        _t1 = 1.0/(_t0 + 1.0)
+        _t2 = _t0*_t1
+        _t3 = a <= 0.0
+        _t4 = tl.where(_t3, _t2, _t1)
+        _d_a = tl.where(a != a, a, tl.where(b != b, b, b*tl.where(a == float("inf"), 1.0, tl.where(a == -float("inf"), 0.0, _t4*(a*tl.where(_t3, _t1, _t2) + 1.0)))))
+        _d_b = tl.where(a != a, a, tl.where(a == -float("inf"), 0.0, _t4*a))
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='swiglu',
-    key='819dab7a8c22',
+    key='4cd92f90b472',
     inputs=('a', 'b'),
     params=(),
     constants=(),

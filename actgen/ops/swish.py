@@ -11,6 +11,9 @@ Derived (after stability rewrites):
     f        = x*sigmoid(beta*x)
     df/dx    = (beta*x*sigmoid(-beta*x) + 1)*sigmoid(beta*x)
     df/dbeta = x**2*sigmoid(-beta*x)*sigmoid(beta*x)
+    
+    df/dx: one ratio of polynomials in e = exp(-|beta*x|), with exp(beta*x) = e where beta*x < 0 and 1/e elsewhere: one exponential, and nothing overflows (in the Triton kernels; the eager fallback keeps its calls).
+    df/dx: one ratio of polynomials in e = exp(-|beta*ProbeAtInf(x)|), with exp(beta*ProbeAtInf(x)) = e where beta*ProbeAtInf(x) < 0 and 1/e elsewhere: one exponential, and nothing overflows (in the Triton kernels; the eager fallback keeps its calls).
 """
 import math
 
@@ -107,14 +110,16 @@ if _rt.HAS_TRITON:
             x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
             beta = tl.load(beta_ptr).to(ACC)
             _t0 = beta*x
-            _t1 = _sigmoid(_t0)
-            _t2 = _sigmoid(-_t0)
-            _t3 = _probe_at_inf(x)
-            _t4 = _t3*beta
-            _t5 = _sigmoid(_t4)
-            _t6 = _sigmoid(-_t4)
-            _d_x = _limit_at_inf(_t1*(_t0*_t2 + 1.0), _t5*(_t4*_t6 + 1.0), x)
-            _d_beta = _limit_at_inf(_t1*_t2*x*x, _t3*_t3*_t5*_t6, x)
+            _t1 = libdevice.exp(-tl.abs(_t0))
+            _t2 = _t1 + 1.0
+            _t3 = 1.0/(_t2*_t2)
+            _t4 = _probe_at_inf(x)
+            _t5 = _t4*beta
+            _t6 = libdevice.exp(-tl.abs(_t5))
+            _t7 = _t6 + 1.0
+            _t8 = 1.0/(_t7*_t7)
+            _d_x = tl.where(x != x, x, _limit_at_inf(_t3*tl.where(_t0 < 0.0, _t1*(_t0 + _t2), _t1*(_t0 + 1.0) + 1.0), _t8*tl.where(_t5 < 0.0, _t6*(_t5 + _t7), _t6*(_t5 + 1.0) + 1.0), x))
+            _d_beta = _limit_at_inf(_t1*_t3*x*x, _t4*_t4*_t6*_t8, x)
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_beta += _tile_sum(_g * _d_beta, _mask, CH_AXIS)
@@ -124,7 +129,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swish',
-    key='ef4689eee38c',
+    key='de62c0765564',
     inputs=('x',),
     params=(('beta', False),),
     constants=(),

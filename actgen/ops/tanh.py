@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='tanh',
-    key='edbc01852b8e',
+    key='f170b0648b8a',
     inputs=('x',),
     params=(),
     constants=(),

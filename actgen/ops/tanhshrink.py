@@ -85,7 +85,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='tanhshrink',
-    key='cf494e80fe75',
+    key='ac561a9c3e80',
     inputs=('x',),
     params=(),
     constants=(),
