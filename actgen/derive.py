@@ -754,10 +754,10 @@ def sigmoid_pairs(outputs):
     args = {a.args[0] for _, e in outputs for a in e.atoms(sigmoid)}
     inner = {a.args[0] for _, e in outputs for c in e.atoms(sympy.Function) if isinstance(c, _TRANSCENDENTAL)
              for a in c.args[0].atoms(sigmoid)}
-    pairs = {}
+    pairs = []
     for u in sorted(args, key=sympy.default_sort_key):
         if -u in args and -u not in pairs and not {u, -u} & inner:
-            pairs[u] = -u
+            pairs.append(u)
     if not pairs:
         return list(outputs)
     new = {}

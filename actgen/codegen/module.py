@@ -112,9 +112,12 @@ def _one_exponential_lines(d: Derivation) -> list[str]:
     both, kernels = _one_exponential_uses(d, False), _one_exponential_uses(d, True)
     lines = []
     for u, labels in sorted(kernels.items(), key=lambda kv: sympy.default_sort_key(kv[0])):
-        where = "" if labels == both.get(u) else " (in the Triton kernels; the eager fallback keeps its calls)"
-        lines.append(f"{', '.join(labels)}: one ratio of polynomials in e = exp(-|{u}|), with exp({u}) = e "
-                     f"where {u} < 0 and 1/e elsewhere: one exponential, and nothing overflows{where}.")
+        shared = [label for label in labels if label in both.get(u, ())]
+        for group, where in ((shared, ""), ([label for label in labels if label not in shared],
+                                            " (in the Triton kernels; the eager fallback keeps its calls)")):
+            if group:
+                lines.append(f"{', '.join(group)}: one ratio of polynomials in e = exp(-|{u}|), with exp({u}) = e "
+                             f"where {u} < 0 and 1/e elsewhere: one exponential, and nothing overflows{where}.")
     return [""] + lines if lines else []
 
 
