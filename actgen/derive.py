@@ -1554,7 +1554,8 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
         best = min(candidates, key=_calls)
         if _calls(best) >= _calls(plain):
             return fallback, block, block
-        return fallback, block, make_block([(n, guarded(e)) for n, e in best])
+        return fallback, block, make_block([(n, g if e == p else guarded(e))
+                                            for (n, e), (_, p), (_, g) in zip(best, plain, fallback)])
 
     forward_outputs, forward, kernel_forward = blocks([("y", expr)])
     backward_outputs, backward, kernel_backward = blocks([(f"d_{n}", e) for n, e in first])
