@@ -92,7 +92,9 @@ def signature(fn, dtype: str, param_names=()) -> tuple[dict, dict]:
 
 
 def compile_kernel(kernel, dtype: str, arch: int, layout=LAYOUTS[0], param_names=(), num_warps: int = 4,
-                   step: bool = False, training: bool = False):
+                   step: bool = False, training: bool = False, wide: bool = False):
+    """Compile a generated kernel for pointers of dtype, computing in float32 (or with wide,
+    in float64: an op that computes that direction in float64, see actgen.precision)."""
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
@@ -101,7 +103,7 @@ def compile_kernel(kernel, dtype: str, arch: int, layout=LAYOUTS[0], param_names
     fn = getattr(kernel, "fn", kernel)
     sig, attrs = signature(fn, dtype, param_names)
     block_m, block_n, axis = layout
-    constexprs = {"BLOCK_M": block_m, "BLOCK_N": block_n, "CH_AXIS": axis, "ACC": tl.float32}
+    constexprs = {"BLOCK_M": block_m, "BLOCK_N": block_n, "CH_AXIS": axis, "ACC": tl.float64 if wide else tl.float32}
     if "PARAM_GRAD" in sig:
         constexprs["PARAM_GRAD"] = True
     if "STEP" in sig:
@@ -188,6 +190,7 @@ def compile_module(module_name: str, dtypes=POINTER_DTYPES, archs=ARCHS, layouts
     reports = []
     for kname in ("_forward_kernel", "_backward_kernel"):
         kernel = getattr(mod, kname)
+        wide = getattr(mod._OP, "float64_forward" if kname == "_forward_kernel" else "float64_backward", False)
         if step and "STEP" not in inspect.signature(getattr(kernel, "fn", kernel)).parameters:
             continue              # only backward kernels with params have a stepping variant
         for dtype in dtypes:
@@ -195,16 +198,17 @@ def compile_module(module_name: str, dtypes=POINTER_DTYPES, archs=ARCHS, layouts
                 for lay in module_layouts(mod, layouts):
                     for training in variants:
                         reports.append(_compile_one(module_name, kname, kernel, dtype, arch, lay, params, training,
-                                                    ptxas, num_warps, step, nvdisasm))
+                                                    ptxas, num_warps, step, nvdisasm, wide))
     return reports
 
 
 def _compile_one(module_name, kname, kernel, dtype, arch, lay, params, training, ptxas, num_warps=4,
-                 step=False, nvdisasm=None) -> KernelReport:
+                 step=False, nvdisasm=None, wide=False) -> KernelReport:
     rep = KernelReport(module_name, kname, dtype, arch, lay, ok=False, num_warps=num_warps, step=step, training=training,
                        elements_per_thread=lay[0] * lay[1] // (32 * num_warps))
     try:
-        _fill(rep, compile_kernel(kernel, dtype, arch, lay, params, num_warps, step, bool(training)), ptxas, nvdisasm)
+        _fill(rep, compile_kernel(kernel, dtype, arch, lay, params, num_warps, step, bool(training), wide), ptxas,
+              nvdisasm)
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         rep.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return rep

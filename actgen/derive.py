@@ -1,6 +1,7 @@
 """Derivatives, stability rewrites, guards and CSE: a Spec -> a small kernel IR (`Derivation`).
 
-Everything here is pure sympy; printers turn the IR into Triton or torch source.
+Everything here is pure sympy (and the precision check's numpy); printers turn the IR into
+Triton or torch source.
 
 * Stability rewrites (`REWRITES`, applied bottom-up, in order) turn write-outs into the
   stable primitives: log(1 + exp(u)) -> softplus(u), 1/(1 + exp(-u)) -> sigmoid(u),
@@ -43,6 +44,9 @@ Everything here is pure sympy; printers turn the IR into Triton or torch source.
   when every input is finite (the guards only act on NaN and +-inf inputs); none where a
   condition depends on a branch choice (the fast path's selects are checked through the
   values they feed, which a condition does not pass on).
+* Precision: f and df/d(input), in the fallback's and the kernels' forms, are evaluated in
+  float32 over a grid (actgen.precision); a direction with an output beyond the accuracy
+  target there is computed in float64 (`Derivation.float64_forward`, `float64_backward`).
 * CSE: shared subexpressions become named temporaries `_t0, _t1, ...`, numbered in a
   stable order; values used once stay inline.  An input's clamp and its scaled v and w are
   named first (`_clamped_x`, `_v_x`, `_w_x`).
@@ -65,6 +69,7 @@ import sympy
 
 from sympy.codegen.cfunctions import hypot
 
+from . import precision
 from .functions import MPMATH_FUNCTIONS, expm1, log1p, sigmoid, softplus, uniform
 from .spec import Spec
 
@@ -1499,6 +1504,10 @@ class Derivation:
     forward_fast: Block | None = None             # forward without guards (finite inputs), if it helps
     backward_fast: Block | None = None            # backward without guards (finite inputs), if it helps
     draws: tuple[sympy.Symbol, ...] = ()          # _r0, _r1, ...: the formula's uniform(...) draws
+    # forward / backward computed in float64 for narrower inputs: the outputs that float32
+    # evaluation leaves beyond the accuracy target, as measured (actgen.precision.Measured)
+    float64_forward: tuple = ()
+    float64_backward: tuple = ()
 
     @property
     def variables(self) -> tuple[sympy.Symbol, ...]:
@@ -1560,6 +1569,19 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
     forward_outputs, forward, kernel_forward = blocks([("y", expr)])
     backward_outputs, backward, kernel_backward = blocks([(f"d_{n}", e) for n, e in first])
     double_backward = make_block([(f"d2_{a}_{b}", final(nan_guard(scaled(e), inputs))) for (a, b), e in second])
+
+    float64_forward = float64_backward = ()
+    if rewrites:        # f and df/d(input) that float32 evaluation leaves beyond the target (actgen.precision)
+        data = variables + constants
+        slopes = {"y": [(v, d[v.name] if v in variables else differentiate(expr, v)) for v in data]}
+        d2 = {frozenset(ab): e for ab, e in second}
+        slopes |= {f"d_{u.name}": [(v, d2[frozenset((u.name, v.name))] if v in variables
+                                    else differentiate(d[u.name], v)) for v in data] for u in inputs}
+        values = {sym[p.name]: precision.float32(p.init) for p in spec.params}
+        values |= {sym[c.name]: float(c.default) for c in spec.constants} | {r: 0.5 for r in draws}
+        float64_forward = precision.needs_float64((forward, kernel_forward), ["y"], slopes, inputs, values)
+        float64_backward = precision.needs_float64((backward, kernel_backward), [f"d_{u.name}" for u in inputs],
+                                                   slopes, inputs, values)
     return Derivation(spec, inputs, params, constants, expr, first, second, forward, backward, kernel_forward,
                       kernel_backward, double_backward, fast_variant(forward_outputs), fast_variant(backward_outputs),
-                      draws)
+                      draws, float64_forward, float64_backward)

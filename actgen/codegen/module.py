@@ -14,7 +14,7 @@ from ..version import COMPILER_VERSION
 TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 NTH_TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 # the @triton.jit helpers of actgen.runtime.triton_lang a kernel may call (imported as _name)
-KERNEL_HELPERS = ("tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "sigmoid", "softplus",
+KERNEL_HELPERS = ("tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "narrow", "sigmoid", "softplus",
                   "sqrt_square_plus", "scaled_input", "inverse_scale", "probe_at_inf", "limit_at_inf", "draw")
 
 
@@ -29,7 +29,21 @@ def _math_lines(d: Derivation) -> list[str]:
     width = max(len(f"df/d{n}") for n in names)
     lines = [f"{'f':<{width}} = {sympy.sstr(d.expr)}"]
     lines += [f"{'df/d' + n:<{width}} = {sympy.sstr(e)}" for n, e in d.first]
-    return lines + draw_lines(d.spec.expr) + _saturation_lines(d) + _scaling_lines(d) + _one_exponential_lines(d)
+    return (lines + draw_lines(d.spec.expr) + _saturation_lines(d) + _scaling_lines(d) + _one_exponential_lines(d)
+            + _float64_lines(d))
+
+
+def _float64_lines(d: Derivation) -> list[str]:
+    """Which direction is computed in float64, and the measured float32 error that decided it
+    (actgen.precision)."""
+    label = lambda m: "f" if m.output == "y" else "df/d" + m.output[2:]
+    lines = []
+    for what, found in (("forward", d.float64_forward), ("backward", d.float64_backward)):
+        if found:
+            measured = "; ".join(f"{label(m)} measured {m.line()}" for m in found)
+            lines.append(f"The {what} is computed in float64 for every input dtype (kernels and fallback): "
+                         f"evaluated in float32, {measured}, beyond the accuracy target.")
+    return [""] + lines if lines else []
 
 
 def _bound(b) -> str:
@@ -247,7 +261,7 @@ def _forward_kernel(w: Writer, d: Derivation):
         (_, expr), = d.kernel_forward.outputs
         if not any(sym.name in s.inputs for sym in _free(d.kernel_forward, expr)):
             w("_y = _y + tl.zeros([BLOCK_M, BLOCK_N], ACC)")
-        w("tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)")
+        w(f"tl.store(_out_ptr + _offs, {_stored('_y', '_out_ptr', bool(d.float64_forward))}, mask=_mask)")
     w()
 
 
@@ -308,7 +322,15 @@ def _backward_tile(w: Writer, d: Derivation, tile_index: str):
     _kernel_draws(w, d.kernel_backward, d)
     _block(w, d.kernel_backward, TritonPrinter(), "_")
     for n in d.spec.inputs:
-        w(f"tl.store(_d_{n}_ptr + _offs, (_g * _d_{n}).to(_d_{n}_ptr.dtype.element_ty), mask=_mask)")
+        w(f"tl.store(_d_{n}_ptr + _offs, {_stored(f'_g * _d_{n}', f'_d_{n}_ptr', bool(d.float64_backward))}, mask=_mask)")
+
+
+def _stored(value: str, ptr: str, wide: bool) -> str:
+    """The expression value in ptr's element type; where the op computes this direction in
+    float64 for narrower data too (wide), through _narrow."""
+    if wide:
+        return f"_narrow({value}, {ptr})"
+    return f"{value if value.isidentifier() else f'({value})'}.to({ptr}.dtype.element_ty)"
 
 
 def _functional(w: Writer, d: Derivation):
@@ -527,6 +549,10 @@ def render_module(d: Derivation) -> str:
         w("backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,")
         if d.draws:
             w(f"draws={len(d.draws)},")
+        if d.float64_forward:
+            w("float64_forward=True,")
+        if d.float64_backward:
+            w("float64_backward=True,")
     w(")")
     w()
     w()

@@ -80,7 +80,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='bilinear',
-    key='c9b4856ce40e',
+    key='7161156e914b',
     inputs=('a', 'b'),
     params=(),
     constants=(),

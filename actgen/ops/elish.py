@@ -101,7 +101,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='elish',
-    key='1effb56d2329',
+    key='073fde0a0824',
     inputs=('x',),
     params=(),
     constants=(),

@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='elu',
-    key='5546b9244a0d',
+    key='d0475f79a795',
     inputs=('x',),
     params=(),
     constants=('alpha',),

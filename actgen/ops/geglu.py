@@ -100,7 +100,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu',
-    key='ad0a749bb228',
+    key='f037be19e580',
     inputs=('a', 'b'),
     params=(),
     constants=(),

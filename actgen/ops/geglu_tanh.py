@@ -109,7 +109,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu_tanh',
-    key='d1e2ea96b0b5',
+    key='fee66024c3cf',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -91,7 +91,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='gelu_tanh',
-    key='ba24699679bc',
+    key='441e7e970105',
     inputs=('x',),
     params=(),
     constants=(),

@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='glu',
-    key='6d99063d8943',
+    key='84412bcb0444',
     inputs=('a', 'b'),
     params=(),
     constants=(),

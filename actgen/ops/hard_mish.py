@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hard_mish',
-    key='7c0487d165b4',
+    key='28023451b5c7',
     inputs=('x',),
     params=(),
     constants=(),

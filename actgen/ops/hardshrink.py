@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardshrink',
-    key='b8a827b5d488',
+    key='91ef73286b71',
     inputs=('x',),
     params=(),
     constants=('lambd',),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardsigmoid',
-    key='ebf66eedf024',
+    key='e6ec30eebc99',
     inputs=('x',),
     params=(),
     constants=(),

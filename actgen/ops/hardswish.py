@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardswish',
-    key='c926843639b3',
+    key='207d01dad2bb',
     inputs=('x',),
     params=(),
     constants=(),

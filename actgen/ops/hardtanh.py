@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardtanh',
-    key='adefa23d40ad',
+    key='191d8b393e1c',
     inputs=('x',),
     params=(),
     constants=('min_val', 'max_val'),

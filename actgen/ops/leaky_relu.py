@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='leaky_relu',
-    key='0a5dcafd65ee',
+    key='9f5ad0c7dfb0',
     inputs=('x',),
     params=(),
     constants=('negative_slope',),

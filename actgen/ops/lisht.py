@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='lisht',
-    key='383573cb469e',
+    key='842b9db8f6a4',
     inputs=('x',),
     params=(),
     constants=(),

@@ -72,7 +72,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='logsigmoid',
-    key='ebdc6945d1e0',
+    key='5769aa7cfb2f',
     inputs=('x',),
     params=(),
     constants=(),

@@ -133,7 +133,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='mish',
-    key='54e552b0cb57',
+    key='3810f5a7934e',
     inputs=('x',),
     params=(),
     constants=(),

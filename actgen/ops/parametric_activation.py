@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='parametric_activation',
-    key='7c4c806d62f1',
+    key='a89406939231',
     inputs=('x',),
     params=(('alpha', True),),
     constants=(),

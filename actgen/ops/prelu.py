@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='prelu',
-    key='e8f970df7c89',
+    key='48b0bd7ba060',
     inputs=('x',),
     params=(('weight', True),),
     constants=(),

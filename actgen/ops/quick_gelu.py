@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='quick_gelu',
-    key='cda6efead139',
+    key='17cde9d7b38c',
     inputs=('x',),
     params=(),
     constants=(),

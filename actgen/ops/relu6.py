@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu6',
-    key='b353eb7adb37',
+    key='48286b98d88b',
     inputs=('x',),
     params=(),
     constants=(),

@@ -95,7 +95,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='rrelu',
-    key='8ffb9ff2b9b1',
+    key='76ea49a36cc8',
     inputs=('x',),
     params=(),
     constants=('lower', 'upper'),

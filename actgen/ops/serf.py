@@ -10,6 +10,8 @@ Derived (after stability rewrites):
     df/dx = 2*x*exp(-softplus(x)**2)*sigmoid(x)/sqrt(pi) + erf(softplus(x))
     
     df/dx: x is clamped where x <= -1024 or x >= 8 (there df/dx no longer changes with x, to double precision).
+    
+    The backward is computed in float64 for every input dtype (kernels and fallback): evaluated in float32, df/dx measured 3.89 ULP over its 20 worst points (5.67 at -1.78125), beyond the accuracy target.
 """
 import math
 
@@ -56,7 +58,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, sigmoid as _sigmoid, softplus as _softplus
+    from actgen.runtime.triton_lang import tile as _tile, narrow as _narrow, sigmoid as _sigmoid, softplus as _softplus
 
     @triton.jit
     def _forward_kernel(
@@ -81,12 +83,12 @@ if _rt.HAS_TRITON:
         _clamped_x = tl.clamp(x, -1024.0, 8.0, propagate_nan=tl.PropagateNan.ALL)
         _t0 = _softplus(_clamped_x)
         _d_x = 1.1283791670955126*_clamped_x*libdevice.exp(-(_t0*_t0))*_sigmoid(_clamped_x) + libdevice.erf(_t0)
-        tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
+        tl.store(_d_x_ptr + _offs, _narrow(_g * _d_x, _d_x_ptr), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='serf',
-    key='4fade52a4224',
+    key='83bdca961b5c',
     inputs=('x',),
     params=(),
     constants=(),
@@ -97,6 +99,7 @@ _OP = _rt.Activation(
     derivatives_torch_fast=None,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
+    float64_backward=True,
 )
 
 

@@ -76,7 +76,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='sigmoid',
-    key='a90f0f1b9a71',
+    key='22494b829333',
     inputs=('x',),
     params=(),
     constants=(),

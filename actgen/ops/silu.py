@@ -90,7 +90,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='silu',
-    key='12005097e191',
+    key='024665bdf3a3',
     inputs=('x',),
     params=(),
     constants=(),

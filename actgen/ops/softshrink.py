@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softshrink',
-    key='c31c6a01dc2c',
+    key='c94c4df85325',
     inputs=('x',),
     params=(),
     constants=('lambd',),

@@ -81,7 +81,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softsign',
-    key='b619b90e42c1',
+    key='3c5d6b6ade96',
     inputs=('x',),
     params=(),
     constants=(),

@@ -119,7 +119,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='squareplus',
-    key='68b7f54c19e7',
+    key='114dfb8808f9',
     inputs=('x',),
     params=(),
     constants=('b',),

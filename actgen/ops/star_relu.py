@@ -116,7 +116,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='star_relu',
-    key='4946a3e3b3b4',
+    key='7e7aa37378da',
     inputs=('x',),
     params=(('scale', False), ('bias', False)),
     constants=(),

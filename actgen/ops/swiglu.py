@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swiglu',
-    key='4cd92f90b472',
+    key='2b700c263711',
     inputs=('a', 'b'),
     params=(),
     constants=(),

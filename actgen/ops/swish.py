@@ -129,7 +129,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swish',
-    key='de62c0765564',
+    key='7fdd3ad417d6',
     inputs=('x',),
     params=(('beta', False),),
     constants=(),

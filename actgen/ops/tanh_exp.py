@@ -10,6 +10,8 @@ Derived (after stability rewrites):
     df/dx = 4*x*exp(x - 2*exp(x))/(1 + exp(-2*exp(x)))**2 + tanh(exp(x))
     
     df/dx: x is clamped where x <= -1024 or x >= 4 (there df/dx no longer changes with x, to double precision).
+    
+    The backward is computed in float64 for every input dtype (kernels and fallback): evaluated in float32, df/dx measured 4.6 ULP over its 20 worst points (10.9 at -1.75), beyond the accuracy target.
 """
 import math
 
@@ -61,7 +63,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile
+    from actgen.runtime.triton_lang import tile as _tile, narrow as _narrow
 
     @triton.jit
     def _forward_kernel(
@@ -88,12 +90,12 @@ if _rt.HAS_TRITON:
         _t1 = -(2.0*_t0)
         _t2 = libdevice.exp(_t1) + 1.0
         _d_x = 4.0*_clamped_x*libdevice.exp(_clamped_x + _t1)/(_t2*_t2) + libdevice.tanh(_t0)
-        tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
+        tl.store(_d_x_ptr + _offs, _narrow(_g * _d_x, _d_x_ptr), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='tanh_exp',
-    key='095510cb3eb0',
+    key='b74163643cab',
     inputs=('x',),
     params=(),
     constants=(),
@@ -104,6 +106,7 @@ _OP = _rt.Activation(
     derivatives_torch_fast=None,
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
+    float64_backward=True,
 )
 
 

@@ -85,7 +85,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='tanhshrink',
-    key='ac561a9c3e80',
+    key='b8bc191d754b',
     inputs=('x',),
     params=(),
     constants=(),

@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='threshold',
-    key='ccab79986728',
+    key='b7379d44efd0',
     inputs=('x',),
     params=(),
     constants=('threshold', 'value'),

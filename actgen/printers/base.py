@@ -72,6 +72,27 @@ def _pair_ratios(numer, denom):
     return rest_n, rest_d, pairs
 
 
+def product_layout(expr: sympy.Mul):
+    """How a product (positive coefficient) is computed: (numerator factors, denominator
+    factors, pairs (n, d) of _pair_ratios); the value is every n/d of the pairs with an n,
+    times the numerator factors, divided by each d of the pairs without one, divided by
+    the product of the denominator factors."""
+    numer, denom = [], []
+    for factor in expr.as_ordered_factors():
+        flipped = _reciprocal_branches(factor)
+        if flipped is not None:          # where(c, 1/a, 1/b) -> /where(c, a, b): one division
+            denom.append(flipped)
+        elif factor.is_Pow and factor.exp.is_number and factor.exp.is_negative:
+            denom.append(factor.base ** -factor.exp)
+        elif factor.is_Rational and factor.q != 1:
+            if factor.p != 1:
+                numer.append(sympy.Integer(factor.p))
+            denom.append(sympy.Integer(factor.q))
+        else:
+            numer.append(factor)
+    return _pair_ratios(numer, denom)
+
+
 class ExprPrinter:
     FUNCTIONS: dict[str, str] = {}     # sympy class name -> "template({0})"
     MAX_PRODUCT_POWER = 4               # x**k up to this k is printed as x*x*...*x
@@ -147,20 +168,7 @@ class ExprPrinter:
             return "-" + self.paren(-expr, POW), NEG
         if coeff.is_Float and float(coeff) == 1.0:      # 1.0*x (a folded 2*0.5) is x
             return self._print(rest)
-        numer, denom = [], []
-        for factor in expr.as_ordered_factors():
-            flipped = _reciprocal_branches(factor)
-            if flipped is not None:          # where(c, 1/a, 1/b) -> /where(c, a, b): one division
-                denom.append(flipped)
-            elif factor.is_Pow and factor.exp.is_number and factor.exp.is_negative:
-                denom.append(factor.base ** -factor.exp)
-            elif factor.is_Rational and factor.q != 1:
-                if factor.p != 1:
-                    numer.append(sympy.Integer(factor.p))
-                denom.append(sympy.Integer(factor.q))
-            else:
-                numer.append(factor)
-        numer, denom, pairs = _pair_ratios(numer, denom)
+        numer, denom, pairs = product_layout(expr)
         parts = [f"{self.paren(n, MUL)}/{self.paren(d, POW)}" for n, d in pairs if n is not None]
         parts += [self.paren(f, MUL) for f in numer]
         text = "*".join(parts) or self.number(1.0)

@@ -30,8 +30,10 @@ _REGISTERED: dict[str, tuple] = {}
 SEED_BOUND = 2**31
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def compute_dtype(dtype: torch.dtype, wide: bool = False) -> torch.dtype:
+    """What the fallback computes a dtype's values in: float64 for float64, or where the op
+    computes that direction in float64 (`wide`, see actgen.precision); float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 or wide else torch.float32
 
 
 def expand_param(p: torch.Tensor, ndim: int, channel_dim: int) -> torch.Tensor:
@@ -81,6 +83,8 @@ class Activation:
         forward_kernel=None,
         backward_kernel=None,
         draws: int = 0,
+        float64_forward: bool = False,
+        float64_backward: bool = False,
     ):
         self.name = name
         self.inputs = tuple(inputs)
@@ -97,6 +101,10 @@ class Activation:
         self.forward_kernel = forward_kernel
         self.backward_kernel = backward_kernel
         self.n_draws = draws
+        # forward / backward computed in float64 for every input dtype (actgen.precision):
+        # float32 evaluation of the formula's form measured beyond the accuracy target
+        self.float64_forward = float64_forward
+        self.float64_backward = float64_backward
         self.core = self.function = None
         self.fwd_op, self.bwd_op = _register(f"{name}_{key}", self)
 
@@ -213,9 +221,10 @@ class Activation:
     def _channels(self, params):
         return max([p.numel() for p in params] + [1])
 
-    def _eager_args(self, inputs, params, constants, channel_dim, rng=None):
-        """The fallback functions' arguments: inputs, draws, params, constants."""
-        dt = compute_dtype(inputs[0].dtype)
+    def _eager_args(self, inputs, params, constants, channel_dim, rng=None, wide=False):
+        """The fallback functions' arguments: inputs, draws, params, constants; in float64
+        with `wide`."""
+        dt = compute_dtype(inputs[0].dtype, wide)
         ndim = inputs[0].dim()
         xs = [t.to(dt) for t in inputs]
         ps = [expand_param(p.to(dt), ndim, channel_dim) for p in params]
@@ -228,10 +237,11 @@ class Activation:
         if self._on_kernels(x, self.forward_kernel, rng):
             from . import launch
             return launch.forward(self.forward_kernel, inputs, params, self.per_channel, constants, channel_dim,
-                                  self._channels(params), self._kernel_draws(rng))
+                                  self._channels(params), self._kernel_draws(rng), self.float64_forward)
         if x.device.type == "cpu":
             return self._cpu_forward(inputs, params, constants, channel_dim, rng)
-        return _output(self.forward_torch(*self._eager_args(inputs, params, constants, channel_dim, rng)), inputs)
+        args = self._eager_args(inputs, params, constants, channel_dim, rng, self.float64_forward)
+        return _output(self.forward_torch(*args), inputs)
 
     def backward_impl(self, grad, inputs, params, constants, channel_dim, needs, rng=None):
         x = inputs[0]
@@ -239,10 +249,10 @@ class Activation:
         if self._on_kernels(x, self.backward_kernel, rng):
             from . import launch
             return launch.backward(self.backward_kernel, grad, inputs, params, self.per_channel, constants, channel_dim,
-                                   self._channels(params), needs, self._kernel_draws(rng))
+                                   self._channels(params), needs, self._kernel_draws(rng), self.float64_backward)
         if x.device.type == "cpu":
             return self._cpu_backward(grad, inputs, params, constants, channel_dim, needs, rng)
-        args = self._eager_args(inputs, params, constants, channel_dim, rng)
+        args = self._eager_args(inputs, params, constants, channel_dim, rng, self.float64_backward)
         derivs = self.derivatives_torch(*args)
         g = grad.to(args[0].dtype)
         out = []
@@ -266,9 +276,9 @@ class Activation:
     # the system.
     CHUNK_BYTES = 1 << 19
 
-    def _chunk(self, dtype) -> int:
-        """Elements per chunk, computing in dtype."""
-        return max(1, self.CHUNK_BYTES // compute_dtype(dtype).itemsize)
+    def _chunk(self, dtype, wide=False) -> int:
+        """Elements per chunk, computing in compute_dtype(dtype, wide)."""
+        return max(1, self.CHUNK_BYTES // compute_dtype(dtype, wide).itemsize)
 
     def _chunks(self, shape, channel_dim, per_channel, n):
         """(A, C, B) and the chunks of about n elements: (index into the (A, C, B) view,
@@ -287,11 +297,11 @@ class Activation:
             return (A, C, B), [((a, slice(c, min(c + step, C))), slice(c, min(c + step, C))) for a in range(A) for c in range(0, C, step)]
         return (A, C, B), [((a, c, slice(b, min(b + n, B))), c) for a in range(A) for c in range(C) for b in range(0, B, n)]
 
-    def _cpu_setup(self, inputs, params, channel_dim, rng):
+    def _cpu_setup(self, inputs, params, channel_dim, rng, wide):
         x = inputs[0]
-        dt = compute_dtype(x.dtype)
+        dt = compute_dtype(x.dtype, wide)
         per_channel = any(p.numel() > 1 for p in params)
-        dims, chunks = self._chunks(tuple(x.shape), channel_dim, per_channel, self._chunk(x.dtype))
+        dims, chunks = self._chunks(tuple(x.shape), channel_dim, per_channel, self._chunk(x.dtype, wide))
         views = [t.reshape(dims) for t in inputs]
         rs = [r.reshape(dims) if r.dim() else r for r in self.draw_values(x, dt, rng)]
         ps = [p.to(dt).reshape(-1, 1) if p.numel() > 1 else p.to(dt).reshape(()) for p in params]
@@ -313,7 +323,7 @@ class Activation:
         """The backward in one piece (small tensors): a derivative computed afresh takes grad
         in place."""
         x = inputs[0]
-        args = self._eager_args(inputs, params, constants, channel_dim, rng)
+        args = self._eager_args(inputs, params, constants, channel_dim, rng, self.float64_backward)
         derivs = self._derivative_values(args[: self.n_inputs], args[self.n_inputs:])
         g = grad.to(args[0].dtype)
         ids = [id(v) for v in derivs]
@@ -358,10 +368,11 @@ class Activation:
 
     def _cpu_forward(self, inputs, params, constants, channel_dim, rng):
         x = inputs[0]
-        if x.numel() <= self._chunk(x.dtype):     # one chunk: no copies
-            args = self._eager_args(inputs, params, constants, channel_dim, rng)
+        wide = self.float64_forward
+        if x.numel() <= self._chunk(x.dtype, wide):     # one chunk: no copies
+            args = self._eager_args(inputs, params, constants, channel_dim, rng, wide)
             return _output(self._forward_values(args[: self.n_inputs], args[self.n_inputs:]), inputs)
-        dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng)
+        dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng, wide)
         out = torch.empty(dims, dtype=x.dtype)
         all_finite = None if self.forward_torch_fast is None or not self._finite(views) else True
         for index, channels in chunks:
@@ -373,9 +384,9 @@ class Activation:
 
     def _cpu_backward(self, grad, inputs, params, constants, channel_dim, needs, rng):
         x = inputs[0]
-        if x.numel() <= self._chunk(x.dtype):
+        if x.numel() <= self._chunk(x.dtype, self.float64_backward):
             return self._cpu_backward_whole(grad, inputs, params, constants, channel_dim, needs, rng)
-        dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng)
+        dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng, self.float64_backward)
         g3 = grad.reshape(dims)
         n_in = self.n_inputs
         grads = [torch.empty(dims, dtype=t.dtype) if needs[i] else None for i, t in enumerate(inputs)]
@@ -460,7 +471,7 @@ class Activation:
         tensors = ctx.saved_tensors
         x = tensors[0]
         args = self._eager_args(tensors[: self.n_inputs], tensors[self.n_inputs:], ctx.constants, ctx.channel_dim,
-                                self.rng(ctx.rng, x))
+                                self.rng(ctx.rng, x), self.float64_backward)
         derivs = self.derivatives_torch(*args)
         out = torch.zeros(x.shape, dtype=args[0].dtype, device=x.device)
         for i, t in enumerate(tangents[: self.n_tensors]):
@@ -475,7 +486,8 @@ class Activation:
         """Gradients of (grad * df/dv for every v) w.r.t. grad and every v, in plain torch."""
         n_in, n = self.n_inputs, self.n_tensors
         x = tensors[0]
-        args = self._eager_args(tensors[:n_in], tensors[n_in:], constants, channel_dim, self.rng(rng, x))
+        args = self._eager_args(tensors[:n_in], tensors[n_in:], constants, channel_dim, self.rng(rng, x),
+                                self.float64_backward)
         dt = args[0].dtype
         first = self.derivatives_torch(*args)
         second = iter(self.second_derivatives_torch(*args))

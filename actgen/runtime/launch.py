@@ -68,8 +68,10 @@ def layout(shape, channel_dim: int, channels: int, tile: int = TILE) -> Layout:
     return Layout(M, N, channels, axis, block_m, block_n)
 
 
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+def _acc(dtype: torch.dtype, wide: bool = False):
+    """What a kernel computes in: float64 for float64 inputs, or for every dtype where the op
+    computes that direction in float64 (see actgen.precision); float32 otherwise."""
+    return tl.float64 if dtype == torch.float64 or wide else tl.float32
 
 
 def _param_args(params, per_channel):
@@ -94,7 +96,7 @@ def _layout_kind(lay: Layout, *flags: str) -> str:
     return "+".join(("flat" if lay.C <= 1 else ("rows", "cols")[lay.ch_axis],) + flags)
 
 
-def forward(kernel, inputs, params, per_channel, constants, channel_dim, channels, draws=None):
+def forward(kernel, inputs, params, per_channel, constants, channel_dim, channels, draws=None, wide=False):
     x = inputs[0]
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel() == 0:
@@ -105,7 +107,7 @@ def forward(kernel, inputs, params, per_channel, constants, channel_dim, channel
     def run(cfg: Config):
         lay = layout(x.shape, channel_dim, channels, cfg.tile)
         return kernel[lay.grid](*args, lay.M, lay.N, lay.C, BLOCK_M=lay.block_m, BLOCK_N=lay.block_n,
-                                CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype), num_warps=cfg.num_warps, **training)
+                                CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype, wide), num_warps=cfg.num_warps, **training)
 
     run(TUNER.choose(kernel, x, _layout_kind(layout(x.shape, channel_dim, channels)), run))
     return out
@@ -150,13 +152,14 @@ def param_grad_programs(lay: Layout, device: torch.device) -> tuple[int, int]:
     return programs, -(-tiles // programs)
 
 
-def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, channels, needs, draws=None):
+def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, channels, needs, draws=None,
+             wide=False):
     x = inputs[0]
     grads = [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in inputs]
     need_params = any(needs[len(inputs):])
     if x.numel() == 0:
         return grads + [torch.zeros_like(p) for p in params]
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc_dtype = torch.float64 if x.dtype == torch.float64 or wide else torch.float32
     args = [grad.contiguous(), *[t.contiguous() for t in inputs], *_param_args(params, per_channel), *grads]
     seed, training = _draw_args(draws)
 
@@ -168,7 +171,7 @@ def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, 
         lay = layout(x.shape, channel_dim, channels, cfg.tile)
         if not params:
             return kernel[lay.grid](*args, *constants, *seed, lay.M, lay.N, lay.C, BLOCK_M=lay.block_m, BLOCK_N=lay.block_n,
-                                    CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype), PARAM_GRAD=False, num_warps=cfg.num_warps,
+                                    CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype, wide), PARAM_GRAD=False, num_warps=cfg.num_warps,
                                     **training)
         step = need_params and cfg.step
         programs, iters = param_grad_programs(lay, x.device) if step else (lay.grid[0], 1)
@@ -176,7 +179,7 @@ def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, 
         partials = torch.empty((len(params), n_partials if need_params else 1), dtype=acc_dtype, device=x.device)
         launched.update(lay=lay, partials=partials, programs=programs)
         return kernel[(programs,)](*args, partials, n_partials, *constants, *seed, lay.M, lay.N, lay.C, iters,
-                                   BLOCK_M=lay.block_m, BLOCK_N=lay.block_n, CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype),
+                                   BLOCK_M=lay.block_m, BLOCK_N=lay.block_n, CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype, wide),
                                    PARAM_GRAD=need_params, STEP=step, num_warps=cfg.num_warps, **training)
 
     kind = _layout_kind(layout(x.shape, channel_dim, channels), *(("param_grad",) if need_params else ()))

@@ -56,6 +56,16 @@ else:
 
 
 @triton.jit
+def narrow(v, ptr):
+    """v in ptr's element type, through float32 where a float64 value goes to a 16-bit type
+    (a kernel computing in float64 for narrower data: Triton's interpreter converts float64
+    to bfloat16 wrongly)."""
+    if v.dtype == tl.float64 and ptr.dtype.element_ty.primitive_bitwidth == 16:
+        return v.to(tl.float32).to(ptr.dtype.element_ty)
+    return v.to(ptr.dtype.element_ty)
+
+
+@triton.jit
 def sigmoid(u):
     return 1.0 / (1.0 + libdevice.exp(-u))
 

@@ -1,0 +1,286 @@
+"""The precision check: how far float32 arithmetic takes an output's compiled form from its
+value, measured, and whether that output is computed in float64 instead.
+
+The rewrites (actgen.derive) remove the losses they recognise.  What is left - terms of
+opposite sign whose rounding errors meet where a derivative turns (x*tanh(exp(x))'s
+tanh(e) + x e sech(e)**2 at x = -1.75) - is found the way Herbie finds it: the compiled
+form is evaluated in float32 and in float64 over a grid of inputs, and the error of the
+float32 result, in ULPs divided by the output's condition number (what rounding its data
+costs any evaluation), is measured at every point.  Where the mean over its WORST_POINTS
+worst points is above ACCURACY_ULP - an error beyond the target across an interval, not
+one unlucky rounding - the block is computed in float64 for float32, bfloat16 and float16
+inputs, by the kernels and the eager fallback alike (see actgen.runtime.Activation).
+
+The evaluation walks the sympy tree with numpy arrays: no code is generated or run for
+it.  Float64 is the reference for float32 rounding: each of its operations rounds to 2**-29
+of a float32 ULP, so even where the terms cancel tenfold its error stays far below the
+ULPs measured.  Numpy's float32 functions stand in for the kernels' and torch's, which
+round alike to about an ULP (docs/accuracy.md measures the ops themselves, against mpmath).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import sympy
+from sympy.codegen.cfunctions import hypot
+
+from .functions import expm1, log1p, sigmoid, softplus
+
+#: Above this measured error (ULPs / condition number in float32, the mean over the
+#: WORST_POINTS worst points of the grid) a block is computed in float64.  docs/accuracy.md
+#: holds every op to 4 at its worst point; in the catalogue, forms whose errors only add up
+#: to that at a point or two (a dozen roundings) measure 2.8 at most here, the ones whose
+#: terms cancel over an interval 3.9 and more.
+ACCURACY_ULP = 3.5
+WORST_POINTS = 20
+
+#: Where the truth is below this in magnitude, float32 evaluation may pass through
+#: subnormal intermediates: not scored (as in docs/accuracy.md).
+UNDERFLOW = 2.0 ** -102
+
+
+def float32(v: float) -> float:
+    """v rounded to float32."""
+    return float(np.float32(v))
+
+
+def grid() -> np.ndarray:
+    """The inputs (float32 values): every multiple of 1/64 in [-20, 20] and 160 log-spaced
+    magnitudes from 20 to 1e30 on either side."""
+    near = np.arange(-20 * 64, 20 * 64 + 1) / 64.0
+    far = np.logspace(math.log10(20), 30, 160)
+    return np.unique(np.concatenate([near, far, -far]).astype(np.float32))
+
+
+#: The other input of a gated pair, in turn.
+GATE_VALUES = (-2.5, -1.0, 0.5, 1.5, 3.0)
+
+
+def _sigmoid(u):
+    e = np.exp(-np.abs(u))
+    return np.where(u >= 0, 1 / (1 + e), e / (1 + e)).astype(u.dtype)
+
+
+def _softplus(u):
+    return (np.maximum(u, 0) + np.log1p(np.exp(-np.abs(u)))).astype(u.dtype)
+
+
+def _rounded(fn):
+    """A function numpy lacks, taken in float64 and rounded to the argument's dtype."""
+    vec = np.vectorize(fn, otypes=[np.float64])
+
+    def apply(u):
+        return vec(u.astype(np.float64)).astype(u.dtype)
+    return apply
+
+
+def _scale_shift(u):
+    _, e = np.frexp(u)
+    return np.maximum(e, 0)
+
+
+FUNCTIONS: dict = {
+    sympy.exp: np.exp, sympy.log: np.log, log1p: np.log1p, expm1: np.expm1,
+    sympy.sin: np.sin, sympy.cos: np.cos, sympy.tan: np.tan, sympy.tanh: np.tanh,
+    sympy.sinh: np.sinh, sympy.cosh: np.cosh, sympy.atan: np.arctan, sympy.asinh: np.arcsinh,
+    sympy.erf: _rounded(math.erf), sympy.erfc: _rounded(math.erfc), sympy.Abs: np.abs,
+    sympy.sign: np.sign, sigmoid: _sigmoid, softplus: _softplus,
+}
+
+
+class Unknown(Exception):
+    """A part of an expression this evaluator does not know."""
+
+
+def evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, np.ndarray], dtype) -> np.ndarray:
+    """expr at the points env gives (arrays of dtype), every operation rounded to dtype.
+    Guards against NaN and inf inputs are left out: the points are finite."""
+    from .derive import InfGuard, InverseScale, LimitAtInf, NanGuard, Saturate, ScaledInput, SqrtSquarePlus
+    from .printers.base import product_layout
+
+    one = np.ones_like(next(iter(env.values())), dtype=dtype)
+    cache: dict = {}
+
+    def ev(e):
+        if e not in cache:
+            cache[e] = _ev(e)
+        return cache[e]
+
+    def _ev(e):
+        if e.is_Symbol:
+            return np.asarray(env[e], dtype=dtype) * one
+        if e.is_Number or e.is_NumberSymbol:
+            return dtype(float(e)) * one
+        f, args = type(e), e.args
+        if isinstance(e, sympy.Add):        # StableSum too; in the printers' order
+            terms = e.as_ordered_terms()
+            out = ev(terms[0])
+            for a in terms[1:]:
+                out = out + ev(a)
+            return out
+        if f is sympy.Mul:                  # in the printers' order and pairing
+            coeff, _ = e.as_coeff_Mul()
+            if coeff.is_negative:
+                return -ev(-e)
+            numer, denom, pairs = product_layout(e)
+            parts = [ev(n) / ev(d) for n, d in pairs if n is not None] + [ev(n) for n in numer]
+            out = parts[0] if parts else dtype(1) * one
+            for p in parts[1:]:
+                out = out * p
+            for n, d in pairs:
+                if n is None:
+                    out = out / ev(d)
+            if denom:
+                out = out / ev(denom[0] if len(denom) == 1 else sympy.Mul(*denom, evaluate=False))
+            return out
+        if f is sympy.Pow:
+            base, exp = args
+            if exp.is_number and exp < 0:
+                return dtype(1) / ev(base ** -exp)
+            if exp == sympy.S.Half:
+                return np.sqrt(ev(base))
+            if exp.is_Integer and int(exp) <= 4:
+                b = ev(base)
+                p = b
+                for _ in range(int(exp) - 1):
+                    p = p * b
+                return p
+            return np.power(ev(base), ev(exp))
+        if isinstance(e, sympy.Piecewise):
+            out = np.full_like(one, np.nan)
+            for value, cond in reversed(args):
+                out = np.where(ev(cond) * np.ones_like(one, dtype=bool), ev(value), out)
+            return out
+        if isinstance(e, sympy.core.relational.Relational):
+            a, b = ev(args[0]), ev(args[1])
+            return {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[e.rel_op]
+        if f is sympy.And:
+            return np.logical_and.reduce([ev(a) for a in args])
+        if f is sympy.Or:
+            return np.logical_or.reduce([ev(a) for a in args])
+        if f is sympy.Not:
+            return ~ev(args[0])
+        if e is sympy.true or e is sympy.false:
+            return np.full(one.shape, bool(e))
+        if f in (NanGuard, InfGuard, LimitAtInf):
+            return ev(args[0])
+        if f is Saturate:
+            u, lo, hi = args
+            return np.clip(ev(u), float(lo) if lo.is_finite else None, float(hi) if hi.is_finite else None)
+        if f is hypot:
+            return np.hypot(ev(args[0]), ev(args[1]))
+        if f is SqrtSquarePlus:
+            u, c = ev(args[0]), ev(args[1])
+            r, a = np.sqrt(np.abs(c)), np.abs(u)
+            return np.where(c >= 0, np.hypot(a, r), np.sqrt(a - r) * np.sqrt(a + r))
+        if f is ScaledInput:
+            u = ev(args[0])
+            return np.ldexp(u, -_scale_shift(u)).astype(dtype)
+        if f is InverseScale:
+            u = ev(args[0])
+            return np.ldexp(one, -_scale_shift(u)).astype(dtype)
+        fn = next((FUNCTIONS[c] for c in f.__mro__ if c in FUNCTIONS), None)
+        if fn is None or len(args) != 1:
+            raise Unknown(type(e).__name__)
+        return fn(ev(args[0]))
+
+    with np.errstate(all="ignore"):
+        return ev(expr)
+
+
+def evaluate_block(block, env: Mapping[sympy.Symbol, np.ndarray], dtype) -> dict[str, np.ndarray]:
+    """The outputs of a Block (actgen.derive) at the points env gives, in dtype: its named
+    temporaries in turn, as the generated code computes them."""
+    env = dict(env)
+    for name, value in block.assignments:
+        env[name] = evaluate(value, env, dtype)
+    return {name: evaluate(value, env, dtype) for name, value in block.outputs}
+
+
+def float32_ulps(computed: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """|computed - truth| in float32 ULPs of the truth."""
+    spacing = np.spacing(np.abs(truth).astype(np.float32)).astype(np.float64)
+    return np.abs(computed.astype(np.float64) - truth) / spacing
+
+
+def points(inputs: Sequence[sympy.Symbol]) -> dict:
+    """The grid over the first input, the second (a gated pair's) in turn at GATE_VALUES."""
+    xs = grid()
+    if len(inputs) == 1:
+        return {inputs[0]: xs}
+    cols = [np.tile(xs, len(GATE_VALUES))]
+    cols += [np.repeat(np.float32(GATE_VALUES), len(xs))] * (len(inputs) - 1)
+    return dict(zip(inputs, cols))
+
+
+def errors(got: np.ndarray, truth: np.ndarray, cond: np.ndarray) -> np.ndarray:
+    """The error of float32 results against float64 ones, in ULPs divided by the condition
+    number where that is above 1: inf where the result is not finite, 0 where the point is
+    not scored (the float64 value or the condition number not finite, or the value below
+    UNDERFLOW or beyond float32's range)."""
+    with np.errstate(all="ignore"):
+        scored = np.isfinite(truth) & np.isfinite(cond) & (np.abs(truth) >= UNDERFLOW)
+        scored &= np.abs(truth) <= np.finfo(np.float32).max
+        err = np.where(scored, float32_ulps(got, truth) / np.maximum(1.0, cond), 0.0)
+        return np.where(scored & ~np.isfinite(got), np.inf, err)
+
+
+def condition(value: np.ndarray, slopes: Sequence[tuple[sympy.Symbol, sympy.Expr]], env64) -> np.ndarray:
+    """The condition number of a value: the sum over its data v of |v * slope_v / value|, from
+    slopes [(v, d value / dv)] evaluated at env64 (float64)."""
+    scale = np.zeros_like(value)
+    with np.errstate(all="ignore"):
+        for v, slope in slopes:
+            scale = scale + np.abs(env64[v] * evaluate(slope, env64, np.float64))
+        return scale / np.abs(value)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The float32 error of one output over the grid."""
+
+    output: str
+    typical_worst: float       # mean over the WORST_POINTS worst points
+    worst: float
+    at: float                  # the (first) input where the worst is
+
+    def line(self) -> str:
+        return (f"{self.typical_worst:.3g} ULP over its {WORST_POINTS} worst points "
+                f"({self.worst:.3g} at {self.at:g})")
+
+
+def measure(block, outputs: Sequence[str], slopes: Mapping[str, Sequence[tuple[sympy.Symbol, sympy.Expr]]],
+            inputs: Sequence[sympy.Symbol], values: Mapping[sympy.Symbol, float]) -> list[Measured]:
+    """The float32 error of the named outputs of a Block over the grid, with slopes[name] =
+    [(datum, d output / d datum)] for the condition number (none: 1); params and constants
+    at `values`.  Empty where the evaluator does not know a part of the block."""
+    at = points(inputs)
+    n = len(next(iter(at.values())))
+    env32 = at | {s: np.full(n, v, dtype=np.float32) for s, v in values.items()}
+    env64 = {s: v.astype(np.float64) for s, v in env32.items()}
+    try:
+        got, truth = evaluate_block(block, env32, np.float32), evaluate_block(block, env64, np.float64)
+        conds = {name: condition(truth[name], slopes.get(name, ()), env64) for name in outputs}
+    except Unknown:
+        return []
+    out = []
+    for name in outputs:
+        err = errors(got[name], truth[name], conds[name])
+        k = int(np.argmax(err))
+        out.append(Measured(name, float(np.mean(np.sort(err)[-WORST_POINTS:])), float(err[k]),
+                            float(next(iter(at.values()))[k])))
+    return out
+
+
+def needs_float64(blocks, outputs: Sequence[str], slopes, inputs, values) -> tuple[Measured, ...]:
+    """The outputs whose float32 evaluation measures above ACCURACY_ULP (see the module doc)
+    in any of the blocks (the eager fallback's, the kernels'), each with its worst measure."""
+    found: dict[str, Measured] = {}
+    for block in blocks:
+        for m in measure(block, outputs, slopes, inputs, values):
+            if m.typical_worst > ACCURACY_ULP and (m.output not in found or m.typical_worst > found[m.output].typical_worst):
+                found[m.output] = m
+    return tuple(found[name] for name in outputs if name in found)
