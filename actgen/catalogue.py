@@ -483,6 +483,7 @@ def _code(text: str) -> str:
 
 def catalogue_markdown(specs: Sequence[Spec]) -> str:
     from .derive import derive, draw_lines
+    from .precision import float64_sentence
 
     lines = ["# The activation catalogue", "", REGENERATE, "",
              f"{len(specs)} activations, each generated from its spec in `specs/` by `actgen build` into "
@@ -511,7 +512,11 @@ def catalogue_markdown(specs: Sequence[Spec]) -> str:
         for n, e in d.first:
             lines.append(f"df/d{n} = {sympy.sstr(e)}")
         lines += draw_lines(s.expr)
-        lines += ["```", "", f"![{s.name}: f and its derivative on [-6, 6]](plots/{s.name}.png)"]
+        lines += ["```"]
+        for what, found in (("forward", d.float64_forward), ("backward", d.float64_backward)):
+            if found:
+                lines += ["", "Precision check (actgen/precision.py): " + float64_sentence(what, found)]
+        lines += ["", f"![{s.name}: f and its derivative on [-6, 6]](plots/{s.name}.png)"]
     return "\n".join(lines) + "\n"
 
 

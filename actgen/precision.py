@@ -252,6 +252,14 @@ class Measured:
                 f"({self.worst:.3g} at {self.at:g})")
 
 
+def float64_sentence(direction: str, found: Sequence[Measured]) -> str:
+    """What the generated module and the catalogue say of a direction computed in float64."""
+    label = lambda m: "f" if m.output == "y" else "df/d" + m.output[2:]
+    measured = "; ".join(f"{label(m)} measured {m.line()}" for m in found)
+    return (f"The {direction} is computed in float64 for every input dtype (kernels and fallback): "
+            f"evaluated in float32, {measured}, beyond the accuracy target.")
+
+
 def measure(block, outputs: Sequence[str], slopes: Mapping[str, Sequence[tuple[sympy.Symbol, sympy.Expr]]],
             inputs: Sequence[sympy.Symbol], values: Mapping[sympy.Symbol, float]) -> list[Measured]:
     """The float32 error of the named outputs of a Block over the grid, with slopes[name] =

@@ -7,10 +7,11 @@ import re
 import sympy
 
 from ..derive import Block, Derivation, Saturate, ScaledInput, draw_lines
+from ..precision import float64_sentence
 from ..printers import TorchPrinter, TritonPrinter
+from ..version import COMPILER_VERSION
 from .writer import Writer, escape_docstring
 
-from ..version import COMPILER_VERSION
 TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 NTH_TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 # the @triton.jit helpers of actgen.runtime.triton_lang a kernel may call (imported as _name)
@@ -36,13 +37,8 @@ def _math_lines(d: Derivation) -> list[str]:
 def _float64_lines(d: Derivation) -> list[str]:
     """Which direction is computed in float64, and the measured float32 error that decided it
     (actgen.precision)."""
-    label = lambda m: "f" if m.output == "y" else "df/d" + m.output[2:]
-    lines = []
-    for what, found in (("forward", d.float64_forward), ("backward", d.float64_backward)):
-        if found:
-            measured = "; ".join(f"{label(m)} measured {m.line()}" for m in found)
-            lines.append(f"The {what} is computed in float64 for every input dtype (kernels and fallback): "
-                         f"evaluated in float32, {measured}, beyond the accuracy target.")
+    lines = [float64_sentence(what, found)
+             for what, found in (("forward", d.float64_forward), ("backward", d.float64_backward)) if found]
     return [""] + lines if lines else []
 
 

@@ -55,7 +55,9 @@ def reduce_to_param(v: torch.Tensor, p: torch.Tensor, shape, channel_dim: int) -
 def _output(y, inputs) -> torch.Tensor:
     """A fallback's f as the op's output: the input's shape and dtype, contiguous, never an input itself."""
     x = inputs[0]
-    y = as_tensor(y, x).to(x.dtype)
+    y = as_tensor(y, x)
+    if y.dtype != x.dtype:
+        y = y.to(x.dtype)
     return y.clone() if any(y is t for t in inputs) else y.contiguous()
 
 
@@ -226,8 +228,8 @@ class Activation:
         with `wide`."""
         dt = compute_dtype(inputs[0].dtype, wide)
         ndim = inputs[0].dim()
-        xs = [t.to(dt) for t in inputs]
-        ps = [expand_param(p.to(dt), ndim, channel_dim) for p in params]
+        xs = [t if t.dtype == dt else t.to(dt) for t in inputs]      # (a .to that does nothing still costs a call)
+        ps = [expand_param(p if p.dtype == dt else p.to(dt), ndim, channel_dim) for p in params]
         return [*xs, *self.draw_values(inputs[0], dt, rng), *ps, *constants]
 
     # rng: see "random draws" above (a seed alone is accepted too)
@@ -325,7 +327,7 @@ class Activation:
         x = inputs[0]
         args = self._eager_args(inputs, params, constants, channel_dim, rng, self.float64_backward)
         derivs = self._derivative_values(args[: self.n_inputs], args[self.n_inputs:])
-        g = grad.to(args[0].dtype)
+        g = grad if grad.dtype == args[0].dtype else grad.to(args[0].dtype)
         ids = [id(v) for v in derivs]
         taken = {id(a) for a in (*args, *inputs, *params, grad) if isinstance(a, torch.Tensor)}
         taken |= {i for i in ids if ids.count(i) > 1}      # two outputs can be one tensor
@@ -341,7 +343,7 @@ class Activation:
         for i, t in enumerate(inputs):
             if needs[i]:
                 v = times_grad(derivs[i])
-                out.append(v.to(t.dtype, copy=v is g))
+                out.append(v.clone() if v is grad else v if v.dtype == t.dtype else v.to(t.dtype))
             else:
                 out.append(torch.empty_like(t))
         for k, p in enumerate(params):
