@@ -91,6 +91,39 @@ FUNCTIONS: dict = {
 }
 
 
+def product_chain(e: sympy.Expr) -> list[tuple[str, sympy.Expr]]:
+    """The factors of a product as the eager fallback's printed code applies them, left to
+    right: [("*" or "/", factor)], each factor printed atomically (in parentheses, or a call
+    or a name).  A product inside a product (x**3 written x*x*x, a ratio n/d that the
+    printers pair) continues the same chain, as Python parses the printed text."""
+    from .printers.base import ExprPrinter, product_layout
+
+    if e.is_Mul and not e.is_number:
+        coeff, rest = e.as_coeff_Mul()
+        if coeff.is_negative:               # printed -(...)
+            return [("*", e)]
+        if coeff.is_Float and float(coeff) == 1.0:
+            return product_chain(rest)
+        numer, denom, pairs = product_layout(e)
+        items = []
+        for n, d in pairs:
+            if n is not None:
+                items += product_chain(n) + [("/", d)]
+        for n in numer:
+            items += product_chain(n)
+        items = items or [("*", sympy.Float(1.0))]
+        items += [("/", d) for n, d in pairs if n is None]
+        if denom:
+            items.append(("/", denom[0] if len(denom) == 1 else sympy.Mul(*denom, evaluate=False)))
+        return items
+    if e.is_Pow and e.exp.is_number:
+        if e.exp < 0:                       # printed 1.0/(base**-exp)
+            return [("*", sympy.Float(1.0)), ("/", e.base ** -e.exp)]
+        if e.exp.is_Integer and 1 <= e.exp <= ExprPrinter.MAX_PRODUCT_POWER and e.base.is_Symbol:
+            return [("*", e.base)] * int(e.exp)
+    return [("*", e)]
+
+
 class Unknown(Exception):
     """A part of an expression this evaluator does not know."""
 
@@ -98,8 +131,8 @@ class Unknown(Exception):
 def evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, np.ndarray], dtype) -> np.ndarray:
     """expr at the points env gives (arrays of dtype), every operation rounded to dtype.
     Guards against NaN and inf inputs are left out: the points are finite."""
-    from .derive import InfGuard, InverseScale, LimitAtInf, NanGuard, Saturate, ScaledInput, SqrtSquarePlus
-    from .printers.base import product_layout
+    from .derive import InfGuard, InverseScale, LimitAtInf, NanGuard, ProbeAtInf, Saturate, ScaledInput, SqrtSquarePlus
+    from .printers.base import ExprPrinter
 
     one = np.ones_like(next(iter(env.values())), dtype=dtype)
     cache: dict = {}
@@ -121,20 +154,15 @@ def evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, np.ndarray], dtype) ->
             for a in terms[1:]:
                 out = out + ev(a)
             return out
-        if f is sympy.Mul:                  # in the printers' order and pairing
-            coeff, _ = e.as_coeff_Mul()
-            if coeff.is_negative:
+        if e.is_number:                     # printed as one number
+            return dtype(float(e)) * one
+        if f is sympy.Mul:                  # as the printed product evaluates, left to right
+            if e.as_coeff_Mul()[0].is_negative:
                 return -ev(-e)
-            numer, denom, pairs = product_layout(e)
-            parts = [ev(n) / ev(d) for n, d in pairs if n is not None] + [ev(n) for n in numer]
-            out = parts[0] if parts else dtype(1) * one
-            for p in parts[1:]:
-                out = out * p
-            for n, d in pairs:
-                if n is None:
-                    out = out / ev(d)
-            if denom:
-                out = out / ev(denom[0] if len(denom) == 1 else sympy.Mul(*denom, evaluate=False))
+            out = None
+            for op, factor in product_chain(e):
+                v = ev(factor)
+                out = v if out is None else (out * v if op == "*" else out / v)
             return out
         if f is sympy.Pow:
             base, exp = args
@@ -142,7 +170,7 @@ def evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, np.ndarray], dtype) ->
                 return dtype(1) / ev(base ** -exp)
             if exp == sympy.S.Half:
                 return np.sqrt(ev(base))
-            if exp.is_Integer and int(exp) <= 4:
+            if exp.is_Integer and int(exp) <= ExprPrinter.MAX_PRODUCT_POWER and base.is_Symbol:
                 b = ev(base)
                 p = b
                 for _ in range(int(exp) - 1):
@@ -165,7 +193,7 @@ def evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, np.ndarray], dtype) ->
             return ~ev(args[0])
         if e is sympy.true or e is sympy.false:
             return np.full(one.shape, bool(e))
-        if f in (NanGuard, InfGuard, LimitAtInf):
+        if f in (NanGuard, InfGuard, LimitAtInf, ProbeAtInf):
             return ev(args[0])
         if f is Saturate:
             u, lo, hi = args
