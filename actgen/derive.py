@@ -1227,10 +1227,6 @@ def limit_guards(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], samples=None,
     return expr
 
 
-class ProbeAtInf(sympy.Function):
-    """ProbeAtInf(u): u, with +-inf replaced by +-PROBE (a large finite number)."""
-
-
 class LimitAtInf(sympy.Function):
     """LimitAtInf(value, probed, u): value, except where u is +-inf and value is NaN: there
     the limit read off `probed` (the same expression at u = +-PROBE): itself if it is below
@@ -1242,7 +1238,11 @@ GROWTH = 2.0 ** 14      # saturates for |beta| > 1e-6; linear growth is seen for
 
 
 def runtime_limit(expr: sympy.Expr, u: sympy.Symbol) -> sympy.Expr:
-    return LimitAtInf(expr, expr.subs(u, ProbeAtInf(u)), u)
+    """LimitAtInf with expr probed at u = PROBE where u > 0 and at -PROBE elsewhere: values of
+    the params and constants alone, which a kernel computes once per program rather than per
+    element (and whatever of them is a number, the compiler folds)."""
+    probed = sympy.Piecewise((expr.subs(u, sympy.Float(PROBE)), u > 0), (expr.subs(u, sympy.Float(-PROBE)), True))
+    return LimitAtInf(expr, probed, u)
 
 
 def _nan_where_limit_exists(expr, u, samples) -> bool:

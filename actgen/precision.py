@@ -131,7 +131,7 @@ class Unknown(Exception):
 def evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, np.ndarray], dtype) -> np.ndarray:
     """expr at the points env gives (arrays of dtype), every operation rounded to dtype.
     Guards against NaN and inf inputs are left out: the points are finite."""
-    from .derive import InfGuard, InverseScale, LimitAtInf, NanGuard, ProbeAtInf, Saturate, ScaledInput, SqrtSquarePlus
+    from .derive import InfGuard, InverseScale, LimitAtInf, NanGuard, Saturate, ScaledInput, SqrtSquarePlus
     from .printers.base import ExprPrinter
 
     one = np.ones_like(next(iter(env.values())), dtype=dtype)
@@ -193,7 +193,7 @@ def evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, np.ndarray], dtype) ->
             return ~ev(args[0])
         if e is sympy.true or e is sympy.false:
             return np.full(one.shape, bool(e))
-        if f in (NanGuard, InfGuard, LimitAtInf, ProbeAtInf):
+        if f in (NanGuard, InfGuard, LimitAtInf):
             return ev(args[0])
         if f is Saturate:
             u, lo, hi = args

@@ -177,13 +177,16 @@ def test_machine_code_counts_one_exponential_for_mish(tmp_path):
     instructions per element (its five-call form took 112).  So is silu's in the kernels (its
     two sigmoids took four), and swiglu's takes sigmoid(a) and sigmoid(-a) from one exp.  PAU's
     scale 2**-k is built from exponent bits, not libdevice's ldexp: as few special-function
-    ops in its forward (twelve per element with ldexp)."""
+    ops in its forward (twelve per element with ldexp).  swish's limit at +-inf, which depends on
+    beta, comes from an expression of beta alone, once per program: its backward has the
+    exponential and reciprocal of its own sigmoid only (it had a second sigmoid per element,
+    at the probe)."""
     from actgen.aot import nvdisasm_path
 
     if nvdisasm_path() is None:
         pytest.skip("Triton's nvdisasm was not found")
     reports = _compile_all(tmp_path, ["actgen.ops.mish", "actgen.ops.silu", "actgen.ops.swiglu", "actgen.ops.relu",
-                                      "actgen.ops.pau"],
+                                      "actgen.ops.pau", "actgen.ops.swish"],
                            "--arch", "90", "--dtype", "fp32", "--flat-only", "--sass")
     by = {(r["module"].rsplit(".", 1)[-1], r["kernel"]): r for r in reports}
     mufu = {k: r["sass_mufu"] / r["elements_per_thread"] for k, r in by.items()}
@@ -195,3 +198,4 @@ def test_machine_code_counts_one_exponential_for_mish(tmp_path):
     assert per_element[("mish", "_backward_kernel")] < 60
     assert per_element[("silu", "_backward_kernel")] < 50
     assert mufu[("pau", "_forward_kernel")] <= 2.5
+    assert mufu[("swish", "_backward_kernel")] <= 2.5 and per_element[("swish", "_backward_kernel")] < 75

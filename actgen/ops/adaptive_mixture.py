@@ -49,14 +49,15 @@ def _derivatives_torch(x, w0, w1, w2):
     _t8 = 1.0/(_t3*_t3)
     _t9 = torch.tanh(x)
     _t10 = _t8*(_t0*_t7 + _t1*_t9 + _t2*x)
-    _t11 = _rt.probe_at_inf(x)
-    _t12 = torch.where(_t11 > 0.0, _t11, 0.0)
-    _t13 = _t8*(_t0*_t12 + _t1*torch.tanh(_t11) + _t11*_t2)
-    _t14 = torch.exp(_t6) + 1.0
-    _d_x = torch.where(torch.isnan(x), x, _t4*(_t0*torch.where(_t5, x.new_full((), 1.0), 0.0) + _t2 + 4.0*torch.exp(_t6 + w1)/(_t14*_t14)))
-    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*(-_t10 + _t4*_t7), _t0*(_t12*_t4 - _t13), x))
+    _t11 = 16777216.0*_t4
+    _t12 = _t1 + 16777216.0*_t2
+    _t13 = _t11 - _t8*(16777216.0*_t0 + _t12)
+    _t14 = -(_t12*_t8)
+    _t15 = torch.exp(_t6) + 1.0
+    _d_x = torch.where(torch.isnan(x), x, _t4*(_t0*torch.where(_t5, x.new_full((), 1.0), 0.0) + _t2 + 4.0*torch.exp(_t6 + w1)/(_t15*_t15)))
+    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*(-_t10 + _t4*_t7), torch.where(_t5, _t0*_t13, -(_t0*_t14)), x))
     _d_w1 = torch.where(torch.isnan(x), x, _t1*(-_t10 + _t4*_t9))
-    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t2*(-_t10 + _t4*x), _t2*(_t11*_t4 - _t13), x))
+    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t2*(-_t10 + _t4*x), torch.where(_t5, _t13*_t2, _t2*(-_t11 - _t14)), x))
     return (_d_x, _d_w0, _d_w1, _d_w2,)
 
 
@@ -134,7 +135,7 @@ def _second_derivatives_torch(x, w0, w1, w2):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, probe_at_inf as _probe_at_inf, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -180,14 +181,15 @@ if _rt.HAS_TRITON:
             _t8 = 1.0/(_t3*_t3)
             _t9 = libdevice.tanh(x)
             _t10 = _t8*(_t0*_t7 + _t1*_t9 + _t2*x)
-            _t11 = _probe_at_inf(x)
-            _t12 = tl.where(_t11 > 0.0, _t11, 0.0)
-            _t13 = _t8*(_t0*_t12 + _t1*libdevice.tanh(_t11) + _t11*_t2)
-            _t14 = libdevice.exp(_t6) + 1.0
-            _d_x = tl.where(x != x, x, _t4*(_t0*tl.where(_t5, 1.0, 0.0) + _t2 + 4.0*libdevice.exp(_t6 + w1)/(_t14*_t14)))
-            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*(-_t10 + _t4*_t7), _t0*(_t12*_t4 - _t13), x))
+            _t11 = 16777216.0*_t4
+            _t12 = _t1 + 16777216.0*_t2
+            _t13 = _t11 - _t8*(16777216.0*_t0 + _t12)
+            _t14 = -(_t12*_t8)
+            _t15 = libdevice.exp(_t6) + 1.0
+            _d_x = tl.where(x != x, x, _t4*(_t0*tl.where(_t5, 1.0, 0.0) + _t2 + 4.0*libdevice.exp(_t6 + w1)/(_t15*_t15)))
+            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*(-_t10 + _t4*_t7), tl.where(_t5, _t0*_t13, -(_t0*_t14)), x))
             _d_w1 = tl.where(x != x, x, _t1*(-_t10 + _t4*_t9))
-            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*(-_t10 + _t4*x), _t2*(_t11*_t4 - _t13), x))
+            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*(-_t10 + _t4*x), tl.where(_t5, _t13*_t2, _t2*(-_t11 - _t14)), x))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_w0 += _tile_sum(_g * _d_w0, _mask, CH_AXIS)

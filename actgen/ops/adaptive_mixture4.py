@@ -54,14 +54,15 @@ def _derivatives_torch(x, w0, w1, w2, w3):
     _t11 = 1.0/(_t4*_t4)
     _t12 = torch.tanh(x)
     _t13 = _t11*(_t0*_t10 + _t1*_t12 + _t2*x + _t7)
-    _t14 = _rt.probe_at_inf(x)
-    _t15 = torch.where(_t14 > 0.0, _t14, 0.0)
-    _t16 = _t11*(_t0*_t15 + _t1*torch.tanh(_t14) + _t14*_t2 + _t3*torch.sigmoid(_t14))
-    _t17 = torch.exp(_t9) + 1.0
-    _d_x = torch.where(torch.isnan(x), x, _t5*(_t0*torch.where(_t8, x.new_full((), 1.0), 0.0) + _t2 + _t7*torch.sigmoid(-x) + 4.0*torch.exp(_t9 + w1)/(_t17*_t17)))
-    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*(_t10*_t5 - _t13), _t0*(_t15*_t5 - _t16), x))
+    _t14 = 16777216.0*_t5
+    _t15 = _t1 + 16777216.0*_t2
+    _t16 = -(_t11*(16777216.0*_t0 + _t15 + _t3)) + _t14
+    _t17 = _t11*(-_t15 + 0.0*_t3)
+    _t18 = torch.exp(_t9) + 1.0
+    _d_x = torch.where(torch.isnan(x), x, _t5*(_t0*torch.where(_t8, x.new_full((), 1.0), 0.0) + _t2 + _t7*torch.sigmoid(-x) + 4.0*torch.exp(_t9 + w1)/(_t18*_t18)))
+    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*(_t10*_t5 - _t13), torch.where(_t8, _t0*_t16, -(_t0*_t17)), x))
     _d_w1 = torch.where(torch.isnan(x), x, _t1*(_t12*_t5 - _t13))
-    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t2*(-_t13 + _t5*x), _t2*(_t14*_t5 - _t16), x))
+    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t2*(-_t13 + _t5*x), torch.where(_t8, _t16*_t2, _t2*(-_t14 - _t17)), x))
     _d_w3 = torch.where(torch.isnan(x), x, _t3*(-_t13 + _t5*_t6))
     return (_d_x, _d_w0, _d_w1, _d_w2, _d_w3,)
 
@@ -157,7 +158,7 @@ def _second_derivatives_torch(x, w0, w1, w2, w3):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, sigmoid as _sigmoid, probe_at_inf as _probe_at_inf, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, sigmoid as _sigmoid, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -215,16 +216,15 @@ if _rt.HAS_TRITON:
             _t16 = 1.0/(_t4*_t4)
             _t17 = libdevice.tanh(x)
             _t18 = _t16*(_t0*_t15 + _t1*_t17 + _t14 + _t2*x)
-            _t19 = _probe_at_inf(x)
-            _t20 = tl.where(_t19 > 0.0, _t19, 0.0)
-            _t21 = libdevice.exp(-tl.abs(_t19))
-            _t22 = 1.0/(_t21 + 1.0)
-            _t23 = _t16*(_t0*_t20 + _t1*libdevice.tanh(_t19) + _t19*_t2 + _t3*tl.where(_t19 <= 0.0, _t21*_t22, _t22))
-            _t24 = libdevice.exp(_t8) + 1.0
-            _d_x = tl.where(x != x, x, _t5*(_t0*tl.where(_t6, 1.0, 0.0) + _t14*tl.where(_t11, _t10, _t12) + _t2 + 4.0*libdevice.exp(_t8 + w1)/(_t24*_t24)))
-            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*(_t15*_t5 - _t18), _t0*(_t20*_t5 - _t23), x))
+            _t19 = 16777216.0*_t5
+            _t20 = _t1 + 16777216.0*_t2
+            _t21 = -(_t16*(16777216.0*_t0 + _t20 + _t3)) + _t19
+            _t22 = _t16*(-_t20 + 0.0*_t3)
+            _t23 = libdevice.exp(_t8) + 1.0
+            _d_x = tl.where(x != x, x, _t5*(_t0*tl.where(_t6, 1.0, 0.0) + _t14*tl.where(_t11, _t10, _t12) + _t2 + 4.0*libdevice.exp(_t8 + w1)/(_t23*_t23)))
+            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*(_t15*_t5 - _t18), tl.where(_t6, _t0*_t21, -(_t0*_t22)), x))
             _d_w1 = tl.where(x != x, x, _t1*(_t17*_t5 - _t18))
-            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*(-_t18 + _t5*x), _t2*(_t19*_t5 - _t23), x))
+            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*(-_t18 + _t5*x), tl.where(_t6, _t2*_t21, _t2*(-_t19 - _t22)), x))
             _d_w3 = tl.where(x != x, x, _t3*(_t13*_t5 - _t18))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:

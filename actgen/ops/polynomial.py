@@ -30,17 +30,18 @@ SPEC_SHA256 = '02a5ab9624d64e2bce80b828686d134882dbf8fc8d0890ca3d9104dd2ba8aca7'
 
 def _forward_torch(x, a0, a1, a2, a3):
     """f, elementwise; params broadcast against the input."""
-    _t0 = _rt.probe_at_inf(x)
-    _y = _rt.limit_at_inf(a0 + x*(a1 + x*(a2 + a3*x)), _t0*_t0*_t0*a3 + _t0*_t0*a2 + _t0*a1 + a0, x)
+    _t0 = 16777216.0*a1
+    _t1 = 4.722366482869645e+21*a3
+    _t2 = a0 + 281474976710656.0*a2
+    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(a0 + x*(a1 + x*(a2 + a3*x)), torch.where(x > 0.0, _t0 + _t1 + _t2, -_t0 - _t1 + _t2), x))
     return _y
 
 
 def _derivatives_torch(x, a0, a1, a2, a3):
     """df/dx, df/da0, df/da1, df/da2, df/da3."""
-    _t0 = 2.0*a2
-    _t1 = 3.0*a3
-    _t2 = _rt.probe_at_inf(x)
-    _d_x = _rt.limit_at_inf(a1 + x*(_t0 + _t1*x), _t0*_t2 + _t1*_t2*_t2 + a1, x)
+    _t0 = 33554432.0*a2
+    _t1 = a1 + 844424930131968.0*a3
+    _d_x = torch.where(torch.isnan(x), x, _rt.limit_at_inf(a1 + x*(2.0*a2 + 3.0*a3*x), torch.where(x > 0.0, _t0 + _t1, -_t0 + _t1), x))
     _d_a0 = 1.0
     _d_a1 = x
     _d_a2 = x*x
@@ -88,7 +89,7 @@ def _second_derivatives_torch(x, a0, a1, a2, a3):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, probe_at_inf as _probe_at_inf, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -102,8 +103,10 @@ if _rt.HAS_TRITON:
         a1 = tl.load(a1_ptr).to(ACC)
         a2 = tl.load(a2_ptr).to(ACC)
         a3 = tl.load(a3_ptr).to(ACC)
-        _t0 = _probe_at_inf(x)
-        _y = _limit_at_inf(a0 + x*(a1 + x*(a2 + a3*x)), _t0*_t0*_t0*a3 + _t0*_t0*a2 + _t0*a1 + a0, x)
+        _t0 = 16777216.0*a1
+        _t1 = 4.722366482869645e+21*a3
+        _t2 = a0 + 281474976710656.0*a2
+        _y = tl.where(x != x, x, _limit_at_inf(a0 + x*(a1 + x*(a2 + a3*x)), tl.where(x > 0.0, _t0 + _t1 + _t2, -_t0 - _t1 + _t2), x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -124,10 +127,9 @@ if _rt.HAS_TRITON:
             a1 = tl.load(a1_ptr).to(ACC)
             a2 = tl.load(a2_ptr).to(ACC)
             a3 = tl.load(a3_ptr).to(ACC)
-            _t0 = 2.0*a2
-            _t1 = 3.0*a3
-            _t2 = _probe_at_inf(x)
-            _d_x = _limit_at_inf(a1 + x*(_t0 + _t1*x), _t0*_t2 + _t1*_t2*_t2 + a1, x)
+            _t0 = 33554432.0*a2
+            _t1 = a1 + 844424930131968.0*a3
+            _d_x = tl.where(x != x, x, _limit_at_inf(a1 + x*(2.0*a2 + 3.0*a3*x), tl.where(x > 0.0, _t0 + _t1, -_t0 + _t1), x))
             _d_a0 = 1.0
             _d_a1 = x
             _d_a2 = x*x

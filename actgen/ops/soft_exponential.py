@@ -31,8 +31,9 @@ def _forward_torch(x, alpha):
     _t1 = alpha < 0.0
     _t2 = alpha*x
     _t3 = alpha > 0.0
-    _t4 = _rt.probe_at_inf(x)
-    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha + x)))), torch.where(_t3, _t0*torch.expm1(_t2) + alpha, alpha + x*(0.5*_t2 + 1.0))), torch.where(_t1, -(_t0*torch.log1p(-(alpha*(_t4 + alpha)))), torch.where(_t3, _t0*torch.expm1(_t4*alpha) + alpha, _t4 + alpha*(0.5*_t4*_t4 + 1.0))), x))
+    _t4 = 16777216.0*alpha
+    _t5 = 140737488355329.0*alpha
+    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha + x)))), torch.where(_t3, _t0*torch.expm1(_t2) + alpha, alpha + x*(0.5*_t2 + 1.0))), torch.where(x > 0.0, torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha + 16777216.0)))), torch.where(_t3, _t0*torch.expm1(_t4) + alpha, _t5 + 16777216.0)), torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha - 16777216.0)))), torch.where(_t3, _t0*torch.expm1(-_t4) + alpha, _t5 - 16777216.0))), x))
     return _y
 
 
@@ -44,12 +45,11 @@ def _derivatives_torch(x, alpha):
     _t3 = alpha*x
     _t4 = torch.exp(_t3)
     _t5 = alpha > 0.0
-    _t6 = _rt.probe_at_inf(x)
-    _t7 = _t6*alpha
-    _t8 = 1.0/(alpha*alpha)
-    _t9 = 1.0/alpha
-    _d_x = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(_t2, _t1, torch.where(_t5, _t4, _t3 + 1.0)), torch.where(_t2, 1.0/(-(alpha*(_t6 + alpha)) + 1.0), torch.where(_t5, torch.exp(_t7), _t7 + 1.0)), x))
-    _d_alpha = torch.where(torch.isnan(x), x, torch.where(_t2, -(_t1*_t9*(-(2.0*alpha) - x)) + _t8*torch.log1p(-_t0), torch.where(_t5, _t4*_t9*x - _t8*torch.expm1(_t3) + 1.0, 0.5*x*x + 1.0)))
+    _t6 = 16777216.0*alpha
+    _t7 = 1.0/(alpha*alpha)
+    _t8 = 1.0/alpha
+    _d_x = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(_t2, _t1, torch.where(_t5, _t4, _t3 + 1.0)), torch.where(x > 0.0, torch.where(_t2, 1.0/(-(alpha*(alpha + 16777216.0)) + 1.0), torch.where(_t5, torch.exp(_t6), _t6 + 1.0)), torch.where(_t2, 1.0/(-(alpha*(alpha - 16777216.0)) + 1.0), torch.where(_t5, torch.exp(-_t6), 1.0 - _t6))), x))
+    _d_alpha = torch.where(torch.isnan(x), x, torch.where(_t2, -(_t1*_t8*(-(2.0*alpha) - x)) + _t7*torch.log1p(-_t0), torch.where(_t5, _t4*_t8*x - _t7*torch.expm1(_t3) + 1.0, 0.5*x*x + 1.0)))
     return (_d_x, _d_alpha,)
 
 
@@ -106,7 +106,7 @@ def _second_derivatives_torch(x, alpha):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, probe_at_inf as _probe_at_inf, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -121,8 +121,9 @@ if _rt.HAS_TRITON:
         _t1 = alpha < 0.0
         _t2 = alpha*x
         _t3 = alpha > 0.0
-        _t4 = _probe_at_inf(x)
-        _y = tl.where(x != x, x, _limit_at_inf(tl.where(_t1, -(_t0*libdevice.log1p(-(alpha*(alpha + x)))), tl.where(_t3, _t0*libdevice.expm1(_t2) + alpha, alpha + x*(0.5*_t2 + 1.0))), tl.where(_t1, -(_t0*libdevice.log1p(-(alpha*(_t4 + alpha)))), tl.where(_t3, _t0*libdevice.expm1(_t4*alpha) + alpha, _t4 + alpha*(0.5*_t4*_t4 + 1.0))), x))
+        _t4 = 16777216.0*alpha
+        _t5 = 140737488355329.0*alpha
+        _y = tl.where(x != x, x, _limit_at_inf(tl.where(_t1, -(_t0*libdevice.log1p(-(alpha*(alpha + x)))), tl.where(_t3, _t0*libdevice.expm1(_t2) + alpha, alpha + x*(0.5*_t2 + 1.0))), tl.where(x > 0.0, tl.where(_t1, -(_t0*libdevice.log1p(-(alpha*(alpha + 16777216.0)))), tl.where(_t3, _t0*libdevice.expm1(_t4) + alpha, _t5 + 16777216.0)), tl.where(_t1, -(_t0*libdevice.log1p(-(alpha*(alpha - 16777216.0)))), tl.where(_t3, _t0*libdevice.expm1(-_t4) + alpha, _t5 - 16777216.0))), x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -143,12 +144,11 @@ if _rt.HAS_TRITON:
             _t3 = alpha*x
             _t4 = libdevice.exp(_t3)
             _t5 = alpha > 0.0
-            _t6 = _probe_at_inf(x)
-            _t7 = _t6*alpha
-            _t8 = 1.0/(alpha*alpha)
-            _t9 = 1.0/alpha
-            _d_x = tl.where(x != x, x, _limit_at_inf(tl.where(_t2, _t1, tl.where(_t5, _t4, _t3 + 1.0)), tl.where(_t2, 1.0/(-(alpha*(_t6 + alpha)) + 1.0), tl.where(_t5, libdevice.exp(_t7), _t7 + 1.0)), x))
-            _d_alpha = tl.where(x != x, x, tl.where(_t2, -(_t1*_t9*(-(2.0*alpha) - x)) + _t8*libdevice.log1p(-_t0), tl.where(_t5, _t4*_t9*x - _t8*libdevice.expm1(_t3) + 1.0, 0.5*x*x + 1.0)))
+            _t6 = 16777216.0*alpha
+            _t7 = 1.0/(alpha*alpha)
+            _t8 = 1.0/alpha
+            _d_x = tl.where(x != x, x, _limit_at_inf(tl.where(_t2, _t1, tl.where(_t5, _t4, _t3 + 1.0)), tl.where(x > 0.0, tl.where(_t2, 1.0/(-(alpha*(alpha + 16777216.0)) + 1.0), tl.where(_t5, libdevice.exp(_t6), _t6 + 1.0)), tl.where(_t2, 1.0/(-(alpha*(alpha - 16777216.0)) + 1.0), tl.where(_t5, libdevice.exp(-_t6), 1.0 - _t6))), x))
+            _d_alpha = tl.where(x != x, x, tl.where(_t2, -(_t1*_t8*(-(2.0*alpha) - x)) + _t7*libdevice.log1p(-_t0), tl.where(_t5, _t4*_t8*x - _t7*libdevice.expm1(_t3) + 1.0, 0.5*x*x + 1.0)))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_alpha += _tile_sum(_g * _d_alpha, _mask, CH_AXIS)

@@ -28,9 +28,8 @@ def _forward_torch(x, b):
     """f, elementwise; params broadcast against the input."""
     _t0 = _rt.sqrt_square_plus(x, b)
     _t1 = 0.5*b
-    _t2 = _rt.probe_at_inf(x)
-    _t3 = _rt.sqrt_square_plus(_t2, b)
-    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(x < 0.0, _t1/(_t0 - x), 0.5*(_t0 + x)), torch.where(_t2 < 0.0, _t1/(-_t2 + _t3), 0.5*(_t2 + _t3)), x))
+    _t2 = math.sqrt(b + 281474976710656.0) + 16777216.0
+    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(x < 0.0, _t1/(_t0 - x), 0.5*(_t0 + x)), torch.where(x > 0.0, x.new_full((), 0.5*_t2), _t1/_t2), x))
     return _y
 
 
@@ -39,12 +38,11 @@ def _derivatives_torch(x, b):
     _t0 = _rt.sqrt_square_plus(x, b)
     _t1 = x/_t0
     _t2 = 0.5*b
-    _t3 = _rt.probe_at_inf(x)
-    _t4 = _rt.sqrt_square_plus(_t3, b)
-    _t5 = _t3/_t4
+    _t3 = math.sqrt(b + 281474976710656.0)
+    _t4 = 1.0 + 16777216.0/_t3
+    _t5 = _t3 + 16777216.0
     _t6 = _t0 - x
-    _t7 = -_t3 + _t4
-    _d_x = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(x < 0.0, -(_t2*(_t1 - 1.0)/(_t6*_t6)), 0.5*(_t1 + 1.0)), torch.where(_t3 < 0.0, -(_t2*(_t5 - 1.0)/(_t7*_t7)), 0.5*(_t5 + 1.0)), x))
+    _d_x = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(x < 0.0, -(_t2*(_t1 - 1.0)/(_t6*_t6)), 0.5*(_t1 + 1.0)), torch.where(x > 0.0, x.new_full((), 0.5*_t4), _t2*_t4/(_t5*_t5)), x))
     return (_d_x,)
 
 
@@ -79,7 +77,7 @@ def _second_derivatives_torch(x, b):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, sqrt_square_plus as _sqrt_square_plus, probe_at_inf as _probe_at_inf, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, sqrt_square_plus as _sqrt_square_plus, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -91,9 +89,8 @@ if _rt.HAS_TRITON:
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = _sqrt_square_plus(x, b)
         _t1 = 0.5*b
-        _t2 = _probe_at_inf(x)
-        _t3 = _sqrt_square_plus(_t2, b)
-        _y = tl.where(x != x, x, _limit_at_inf(tl.where(x < 0.0, _t1/(_t0 - x), 0.5*(_t0 + x)), tl.where(_t2 < 0.0, _t1/(-_t2 + _t3), 0.5*(_t2 + _t3)), x))
+        _t2 = libdevice.sqrt(b + 281474976710656.0) + 16777216.0
+        _y = tl.where(x != x, x, _limit_at_inf(tl.where(x < 0.0, _t1/(_t0 - x), 0.5*(_t0 + x)), tl.where(x > 0.0, 0.5*_t2, _t1/_t2), x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -108,12 +105,11 @@ if _rt.HAS_TRITON:
         _t0 = _sqrt_square_plus(x, b)
         _t1 = x/_t0
         _t2 = 0.5*b
-        _t3 = _probe_at_inf(x)
-        _t4 = _sqrt_square_plus(_t3, b)
-        _t5 = _t3/_t4
+        _t3 = libdevice.sqrt(b + 281474976710656.0)
+        _t4 = 1.0 + 16777216.0/_t3
+        _t5 = _t3 + 16777216.0
         _t6 = _t0 - x
-        _t7 = -_t3 + _t4
-        _d_x = tl.where(x != x, x, _limit_at_inf(tl.where(x < 0.0, -(_t2*(_t1 - 1.0)/(_t6*_t6)), 0.5*(_t1 + 1.0)), tl.where(_t3 < 0.0, -(_t2*(_t5 - 1.0)/(_t7*_t7)), 0.5*(_t5 + 1.0)), x))
+        _d_x = tl.where(x != x, x, _limit_at_inf(tl.where(x < 0.0, -(_t2*(_t1 - 1.0)/(_t6*_t6)), 0.5*(_t1 + 1.0)), tl.where(x > 0.0, 0.5*_t4, _t2*_t4/(_t5*_t5)), x))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 

@@ -12,8 +12,8 @@ Derived (after stability rewrites):
     df/dx    = (beta*x*sigmoid(-beta*x) + 1)*sigmoid(beta*x)
     df/dbeta = x**2*sigmoid(-beta*x)*sigmoid(beta*x)
     
+    df/dx: one ratio of polynomials in e = exp(-|16777216.0*beta|), with exp(16777216.0*beta) = e where 16777216.0*beta < 0 and 1/e elsewhere: one exponential, and nothing overflows (in the Triton kernels; the eager fallback keeps its calls).
     df/dx: one ratio of polynomials in e = exp(-|beta*x|), with exp(beta*x) = e where beta*x < 0 and 1/e elsewhere: one exponential, and nothing overflows (in the Triton kernels; the eager fallback keeps its calls).
-    df/dx: one ratio of polynomials in e = exp(-|beta*ProbeAtInf(x)|), with exp(beta*ProbeAtInf(x)) = e where beta*ProbeAtInf(x) < 0 and 1/e elsewhere: one exponential, and nothing overflows (in the Triton kernels; the eager fallback keeps its calls).
 """
 import math
 
@@ -30,8 +30,8 @@ SPEC_SHA256 = '2375b8db0c12ec3da7021102f9ed4f8123ef7b6c7a2bf5a970c787ad94993867'
 
 def _forward_torch(x, beta):
     """f, elementwise; params broadcast against the input."""
-    _t0 = _rt.probe_at_inf(x)
-    _y = _rt.limit_at_inf(x*torch.sigmoid(beta*x), _t0*torch.sigmoid(_t0*beta), x)
+    _t0 = 16777216.0*beta
+    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(x*torch.sigmoid(beta*x), torch.where(x > 0.0, 16777216.0*torch.sigmoid(_t0), -(16777216.0*torch.sigmoid(-_t0))), x))
     return _y
 
 
@@ -40,12 +40,11 @@ def _derivatives_torch(x, beta):
     _t0 = beta*x
     _t1 = torch.sigmoid(_t0)
     _t2 = torch.sigmoid(-_t0)
-    _t3 = _rt.probe_at_inf(x)
-    _t4 = _t3*beta
-    _t5 = torch.sigmoid(_t4)
-    _t6 = torch.sigmoid(-_t4)
-    _d_x = _rt.limit_at_inf(_t1*(_t0*_t2 + 1.0), _t5*(_t4*_t6 + 1.0), x)
-    _d_beta = _rt.limit_at_inf(_t1*_t2*x*x, _t3*_t3*_t5*_t6, x)
+    _t3 = 16777216.0*beta
+    _t4 = torch.sigmoid(_t3)
+    _t5 = torch.sigmoid(-_t3)
+    _d_x = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t1*(_t0*_t2 + 1.0), torch.where(x > 0.0, _t4*(_t3*_t5 + 1.0), _t5*(-(_t3*_t4) + 1.0)), x))
+    _d_beta = _rt.limit_at_inf(_t1*_t2*x*x, 281474976710656.0*_t4*_t5, x)
     return (_d_x, _d_beta,)
 
 
@@ -82,7 +81,7 @@ def _second_derivatives_torch(x, beta):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, sigmoid as _sigmoid, probe_at_inf as _probe_at_inf, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, sigmoid as _sigmoid, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -93,8 +92,8 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         beta = tl.load(beta_ptr).to(ACC)
-        _t0 = _probe_at_inf(x)
-        _y = _limit_at_inf(x*_sigmoid(beta*x), _t0*_sigmoid(_t0*beta), x)
+        _t0 = 16777216.0*beta
+        _y = tl.where(x != x, x, _limit_at_inf(x*_sigmoid(beta*x), tl.where(x > 0.0, 16777216.0*_sigmoid(_t0), -(16777216.0*_sigmoid(-_t0))), x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -113,13 +112,12 @@ if _rt.HAS_TRITON:
             _t1 = libdevice.exp(-tl.abs(_t0))
             _t2 = _t1 + 1.0
             _t3 = 1.0/(_t2*_t2)
-            _t4 = _probe_at_inf(x)
-            _t5 = _t4*beta
-            _t6 = libdevice.exp(-tl.abs(_t5))
-            _t7 = _t6 + 1.0
-            _t8 = 1.0/(_t7*_t7)
-            _d_x = tl.where(x != x, x, _limit_at_inf(_t3*tl.where(_t0 < 0.0, _t1*(_t0 + _t2), _t1*(_t0 + 1.0) + 1.0), _t8*tl.where(_t5 < 0.0, _t6*(_t5 + _t7), _t6*(_t5 + 1.0) + 1.0), x))
-            _d_beta = _limit_at_inf(_t1*_t3*x*x, _t4*_t4*_t6*_t8, x)
+            _t4 = libdevice.exp(-(16777216.0*tl.abs(beta)))
+            _t5 = _t4 + 1.0
+            _t6 = 1.0/(_t5*_t5)
+            _t7 = 16777216.0*beta
+            _d_x = tl.where(x != x, x, _limit_at_inf(_t3*tl.where(_t0 < 0.0, _t1*(_t0 + _t2), _t1*(_t0 + 1.0) + 1.0), tl.where(x > 0.0, _t6*tl.where(_t7 < 0.0, _t4*(_t5 + _t7), _t4*(_t7 + 1.0) + 1.0), _t6*tl.where(_t7 > 0.0, _t4*(_t5 - _t7), _t4*(1.0 - _t7) + 1.0)), x))
+            _d_beta = _limit_at_inf(_t1*_t3*x*x, 281474976710656.0*_t4*_t6, x)
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_beta += _tile_sum(_g * _d_beta, _mask, CH_AXIS)

@@ -40,7 +40,6 @@ TENSOR_FUNCTIONS = {
     "SqrtSquarePlus": "_rt.sqrt_square_plus({0}, {1})",
     "ScaledInput": "_rt.scaled_input({0})",
     "InverseScale": "_rt.inverse_scale({0})",
-    "ProbeAtInf": "_rt.probe_at_inf({0})",
     "LimitAtInf": "_rt.limit_at_inf({0}, {1}, {2})",
 }
 SCALAR_FUNCTIONS = {

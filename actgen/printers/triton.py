@@ -31,7 +31,6 @@ class TritonPrinter(ExprPrinter):
         "InverseScale": "_inverse_scale({0})",
         "sigmoid": "_sigmoid({0})",
         "softplus": "_softplus({0})",
-        "ProbeAtInf": "_probe_at_inf({0})",
         "LimitAtInf": "_limit_at_inf({0}, {1}, {2})",
     }
     MAX_PRODUCT_POWER = MAX_PRODUCT_POWER   # x**k, (a + b)**k as products, not libdevice.pow (a log and an exp)

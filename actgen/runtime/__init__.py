@@ -21,15 +21,9 @@ def softplus(u: torch.Tensor) -> torch.Tensor:
 
 
 # The value at +-inf of a formula whose limit there depends on params (actgen.derive.LimitAtInf):
-# the formula is evaluated once more at +-PROBE; a result of magnitude GROWTH or more means
-# the function grows without bound.
-PROBE = 2.0 ** 24
+# the formula is evaluated once more at +-2**24 (an expression of the params alone, written by
+# the compiler); a result of magnitude GROWTH or more means the function grows without bound.
 GROWTH = 2.0 ** 14
-
-
-def probe_at_inf(u: torch.Tensor) -> torch.Tensor:
-    """u with +-inf replaced by +-PROBE."""
-    return torch.where(torch.isinf(u), torch.copysign(torch.full_like(u, PROBE), u), u)
 
 
 def limit_at_inf(value, probed, u: torch.Tensor):
@@ -207,6 +201,6 @@ __all__ = [
     "HAS_TRITON", "Activation", "as_tensor", "vmap_by_loop", "get_backend", "set_backend",
     "use_backend", "softplus", "clamp", "hypot", "sqrt_square_plus", "scalar_sqrt_square_plus",
     "scaled_input", "inverse_scale",
-    "scalar_sigmoid", "scalar_softplus", "split_halves", "probe_at_inf", "limit_at_inf",
+    "scalar_sigmoid", "scalar_softplus", "split_halves", "limit_at_inf",
     "gt", "ge", "lt", "le", "mask_and", "mask_or", "mask_not", "select", "finite_or_none",
 ]

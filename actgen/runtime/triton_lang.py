@@ -24,7 +24,11 @@ if INTERPRET:
         @staticmethod
         def _wrap(np_fn):
             def call(*args):
-                first = next(a for a in args if isinstance(a, tl.tensor))
+                first = next((a for a in args if isinstance(a, tl.tensor)), None)
+                if first is None:       # of scalar kernel arguments alone (fp32, as compiled)
+                    with np.errstate(all="ignore"):
+                        out = np.asarray(np_fn(*[np.float32(a) for a in args]), np.float32)
+                    return tl.tensor(TensorHandle(out, tl.float32), tl.float32)
                 data = [a.handle.data if isinstance(a, tl.tensor) else np.asarray(a, first.handle.data.dtype) for a in args]
                 with np.errstate(all="ignore"):
                     out = np.asarray(np_fn(*data)).astype(first.handle.data.dtype)
@@ -121,18 +125,14 @@ def scaled_input(u):
 
 
 __all__ = ["triton", "tl", "libdevice", "sigmoid", "softplus", "sqrt_square_plus", "scaled_input", "inverse_scale",
-           "probe_at_inf", "limit_at_inf",
+           "limit_at_inf",
            "tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "draw", "draws_kernel", "INTERPRET"]
 
 
 # The value at +-inf of a formula whose limit there depends on params (actgen.derive.LimitAtInf):
-# the formula is evaluated once more at +-2**24; 2**14 or more in magnitude there is growth.
-# (Literals, not module globals: the real compiler takes globals only as tl.constexpr.)
-
-
-@triton.jit
-def probe_at_inf(u):
-    return tl.where(u == float("inf"), 16777216.0, tl.where(u == -float("inf"), -16777216.0, u))
+# the formula evaluated once more at +-2**24 (by the compiler, from the params alone) is
+# `probed`; 2**14 or more in magnitude there is growth.  (Literals, not module globals: the
+# real compiler takes globals only as tl.constexpr.)
 
 
 @triton.jit
