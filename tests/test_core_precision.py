@@ -143,3 +143,16 @@ def test_evaluator_follows_the_generated_code(name):
     for (out, _), w in zip(d.backward.outputs, want):
         w = torch.as_tensor(w).expand(len(xs)).numpy()
         np.testing.assert_array_equal(got[out], w, err_msg=f"{name} {out}")
+
+
+def test_float64_backward_in_chunks():
+    """A tensor larger than the fallback's chunk (computed chunk by chunk, in float64 here)
+    gets the same correctly rounded gradient, in its own dtype."""
+    import actgen.ops as ops
+    x = torch.linspace(-5, 3, 3 * 100001, dtype=torch.float32).reshape(3, 100001).requires_grad_()
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    (got,) = torch.autograd.grad(ops.tanh_exp(x), x, g)
+    xd = x.detach().double().requires_grad_()
+    (want,) = torch.autograd.grad(xd * torch.tanh(torch.exp(xd)), xd, g.double())
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want.float(), rtol=torch.finfo(torch.float32).eps, atol=0)
