@@ -483,7 +483,7 @@ def _code(text: str) -> str:
 
 def catalogue_markdown(specs: Sequence[Spec]) -> str:
     from .derive import derive, draw_lines
-    from .precision import float64_sentence
+    from .precision import float64_notes
 
     lines = ["# The activation catalogue", "", REGENERATE, "",
              f"{len(specs)} activations, each generated from its spec in `specs/` by `actgen build` into "
@@ -513,9 +513,8 @@ def catalogue_markdown(specs: Sequence[Spec]) -> str:
             lines.append(f"df/d{n} = {sympy.sstr(e)}")
         lines += draw_lines(s.expr)
         lines += ["```"]
-        for what, found in (("forward", d.float64_forward), ("backward", d.float64_backward)):
-            if found:
-                lines += ["", "Precision check (actgen/precision.py): " + float64_sentence(what, found)]
+        for note in float64_notes(d):
+            lines += ["", "Precision (actgen/precision.py): " + note]
         lines += ["", f"![{s.name}: f and its derivative on [-6, 6]](plots/{s.name}.png)"]
     return "\n".join(lines) + "\n"
 

@@ -41,8 +41,10 @@ def generator_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def _spec_mapping(formula, name, params, constants, inputs, doc, class_name):
+def _spec_mapping(formula, name, params, constants, inputs, doc, class_name, precision="auto"):
     spec = {"name": name, "formula": formula}
+    if precision != "auto":
+        spec["precision"] = precision
     if doc:
         spec["doc"] = doc
     if inputs is not None:
@@ -59,13 +61,14 @@ def _spec_mapping(formula, name, params, constants, inputs, doc, class_name):
 
 
 def compile(formula: str, name: str = "activation", *, params=None, constants=None, inputs=None,
-            doc: str = "", class_name: str | None = None) -> ModuleType:
+            doc: str = "", class_name: str | None = None, precision: str = "auto") -> ModuleType:
     """Compile a formula into a module with `<name>`, `<ClassName>` and `<ClassName>Function`.
 
     params: {name: init} or {name: {"init": v, "per_channel": bool}}; constants: {name: default};
-    inputs: e.g. ["a", "b"] for a gated activation.  Raises actgen.SpecError on bad input.
+    inputs: e.g. ["a", "b"] for a gated activation; precision: the spec field (auto, float32,
+    float64).  Raises actgen.SpecError on bad input.
     """
-    mapping = _spec_mapping(formula, name, params, constants, inputs, doc, class_name)
+    mapping = _spec_mapping(formula, name, params, constants, inputs, doc, class_name, precision)
     canonical = json.dumps(mapping, sort_keys=True)
     key = hashlib.sha256(f"{COMPILER_VERSION}\n{generator_fingerprint()}\n{canonical}".encode()).hexdigest()[:20]
     package = f"actgen_{key}"

@@ -1510,6 +1510,16 @@ class Derivation:
     float64_backward: tuple = ()
 
     @property
+    def wide_forward(self) -> bool:
+        """Whether the forward is computed in float64 for every input dtype (measured, or the
+        spec's `precision: float64`)."""
+        return bool(self.float64_forward) or self.spec.precision == "float64"
+
+    @property
+    def wide_backward(self) -> bool:
+        return bool(self.float64_backward) or self.spec.precision == "float64"
+
+    @property
     def variables(self) -> tuple[sympy.Symbol, ...]:
         return self.inputs + self.params
 
@@ -1571,7 +1581,7 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
     double_backward = make_block([(f"d2_{a}_{b}", final(nan_guard(scaled(e), inputs))) for (a, b), e in second])
 
     float64_forward = float64_backward = ()
-    if rewrites:        # f and df/d(input) that float32 evaluation leaves beyond the target (actgen.precision)
+    if rewrites and spec.precision == "auto":   # f and df/d(input) that float32 leaves beyond the target (actgen.precision)
         data = variables + constants
         slopes = {"y": [(v, d[v.name] if v in variables else differentiate(expr, v)) for v in data]}
         d2 = {frozenset(ab): e for ab, e in second}

@@ -280,12 +280,20 @@ class Measured:
                 f"({self.worst:.3g} at {self.at:g})")
 
 
-def float64_sentence(direction: str, found: Sequence[Measured]) -> str:
-    """What the generated module and the catalogue say of a direction computed in float64."""
+def float64_notes(d) -> list[str]:
+    """What the generated module and the catalogue say of the directions a Derivation d
+    computes in float64: as its spec asks (`precision: float64`), or as measured."""
+    if d.spec.precision == "float64":
+        return ["The forward and the backward are computed in float64 for every input dtype (kernels and "
+                "fallback), as the spec asks (precision: float64)."]
     label = lambda m: "f" if m.output == "y" else "df/d" + m.output[2:]
-    measured = "; ".join(f"{label(m)} measured {m.line()}" for m in found)
-    return (f"The {direction} is computed in float64 for every input dtype (kernels and fallback): "
-            f"evaluated in float32, {measured}, beyond the accuracy target.")
+    notes = []
+    for direction, found in (("forward", d.float64_forward), ("backward", d.float64_backward)):
+        if found:
+            measured = "; ".join(f"{label(m)} measured {m.line()}" for m in found)
+            notes.append(f"The {direction} is computed in float64 for every input dtype (kernels and fallback): "
+                         f"evaluated in float32, {measured}, beyond the accuracy target.")
+    return notes
 
 
 def measure(block, outputs: Sequence[str], slopes: Mapping[str, Sequence[tuple[sympy.Symbol, sympy.Expr]]],

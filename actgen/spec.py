@@ -20,7 +20,10 @@ import yaml
 
 from .formula import RESERVED_NAMES, FormulaError, make_symbol, parse_formula
 
-SPEC_FIELDS = ("name", "formula", "doc", "inputs", "params", "constants", "class_name", "reference")
+SPEC_FIELDS = ("name", "formula", "doc", "inputs", "params", "constants", "class_name", "reference", "precision")
+#: `precision`: auto (the compiler's precision check decides, see actgen.precision), float32
+#: (never float64 for narrower inputs) or float64 (forward and backward always in float64).
+PRECISIONS = ("auto", "float32", "float64")
 PARAM_FIELDS = ("init", "per_channel")
 MAX_SPEC_BYTES = 64 * 1024
 
@@ -72,6 +75,7 @@ class Spec:
     constants: tuple[Constant, ...] = ()
     class_name: str = ""
     reference: str | None = None
+    precision: str = "auto"
     source: str = "<string>"
     sha256: str = ""
 
@@ -303,6 +307,14 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
         if reference is not None and not _REFERENCE_RE.match(reference):
             problems.add(get("reference"), "reference", f"{reference!r} must be a dotted name such as torch.nn.functional.silu")
 
+    precision = "auto"
+    if get("precision") is not None:
+        value = _string(loader, get("precision"), problems, "precision")
+        if value is not None and value not in PRECISIONS:
+            problems.add(get("precision"), "precision", f"{value!r} must be one of {', '.join(PRECISIONS)}")
+        elif value is not None:
+            precision = value
+
     # A constant may share the activation's name (torch.nn.functional.threshold's keyword
     # `threshold`): constants are keyword-only and generated code never shadows the function.
     if name is not None and name in seen and seen[name] != "a constant":
@@ -336,6 +348,7 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
         constants=tuple(constants),
         class_name=class_name,
         reference=reference,
+        precision=precision,
         source=path,
         sha256=hashlib.sha256(raw).hexdigest(),
     )

@@ -156,3 +156,46 @@ def test_float64_backward_in_chunks():
     (want,) = torch.autograd.grad(xd * torch.tanh(torch.exp(xd)), xd, g.double())
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want.float(), rtol=torch.finfo(torch.float32).eps, atol=0)
+
+
+# --- the spec's `precision` field --------------------------------------------------------------
+def test_precision_field_is_checked():
+    from actgen.spec import SpecError
+    assert load_spec("name: t\nformula: x\n").precision == "auto"
+    assert load_spec("name: t\nformula: x\nprecision: float32\n").precision == "float32"
+    with pytest.raises(SpecError) as info:
+        load_spec("name: t\nformula: x\nprecision: double\n", "t.yaml")
+    assert info.value.problems == ["t.yaml:3: precision: 'double' must be one of auto, float32, float64"]
+
+
+def test_precision_float32_keeps_float32():
+    """precision: float32 opts out of the check: tanh_exp's backward stays in float32 (and
+    misses the target where its terms cancel, as measured above)."""
+    d = derive(load_spec("name: t\nformula: x * tanh(exp(x))\nprecision: float32\n"))
+    assert not d.float64_backward and not d.wide_backward and not d.wide_forward
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "triton"])
+def test_precision_float64_computes_both_directions_in_float64(backend_name):
+    """precision: float64: forward and backward in float64 for float32 and bfloat16 inputs, on
+    the fallback and the kernels: each result is the float64 value, rounded once."""
+    import actgen
+    from actgen.runtime import HAS_TRITON, use_backend
+    if backend_name == "triton" and not HAS_TRITON:
+        pytest.skip("triton is not installed")
+    m = actgen.compile("x * sigmoid(x) + exp(-x * x) / 3", name="precise", precision="float64")
+    assert m._OP.float64_forward and m._OP.float64_backward
+    assert "as the spec asks (precision: float64)" in m.__doc__
+    x64 = torch.linspace(-30, 30, 2001, dtype=torch.float64)
+    ref = lambda t: t * torch.sigmoid(t) + torch.exp(-t * t) / 3
+    for dtype in (torch.float32, torch.bfloat16):
+        x = x64.to(dtype).requires_grad_()
+        with use_backend(backend_name):
+            y = m.precise(x)
+            (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
+        xd = x.detach().double().requires_grad_()
+        yd = ref(xd)
+        (gd,) = torch.autograd.grad(yd, xd, torch.ones_like(yd))
+        assert y.dtype == g.dtype == dtype
+        torch.testing.assert_close(y, yd.detach().to(dtype), rtol=torch.finfo(dtype).eps, atol=0)
+        torch.testing.assert_close(g, gd.to(dtype), rtol=torch.finfo(dtype).eps, atol=0)

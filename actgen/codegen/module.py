@@ -7,7 +7,7 @@ import re
 import sympy
 
 from ..derive import Block, Derivation, Saturate, ScaledInput, draw_lines
-from ..precision import float64_sentence
+from ..precision import float64_notes
 from ..printers import TorchPrinter, TritonPrinter
 from ..version import COMPILER_VERSION
 from .writer import Writer, escape_docstring
@@ -35,10 +35,8 @@ def _math_lines(d: Derivation) -> list[str]:
 
 
 def _float64_lines(d: Derivation) -> list[str]:
-    """Which direction is computed in float64, and the measured float32 error that decided it
-    (actgen.precision)."""
-    lines = [float64_sentence(what, found)
-             for what, found in (("forward", d.float64_forward), ("backward", d.float64_backward)) if found]
+    """Which direction is computed in float64, and why (actgen.precision)."""
+    lines = float64_notes(d)
     return [""] + lines if lines else []
 
 
@@ -257,7 +255,7 @@ def _forward_kernel(w: Writer, d: Derivation):
         (_, expr), = d.kernel_forward.outputs
         if not any(sym.name in s.inputs for sym in _free(d.kernel_forward, expr)):
             w("_y = _y + tl.zeros([BLOCK_M, BLOCK_N], ACC)")
-        w(f"tl.store(_out_ptr + _offs, {_stored('_y', '_out_ptr', bool(d.float64_forward))}, mask=_mask)")
+        w(f"tl.store(_out_ptr + _offs, {_stored('_y', '_out_ptr', d.wide_forward)}, mask=_mask)")
     w()
 
 
@@ -318,7 +316,7 @@ def _backward_tile(w: Writer, d: Derivation, tile_index: str):
     _kernel_draws(w, d.kernel_backward, d)
     _block(w, d.kernel_backward, TritonPrinter(), "_")
     for n in d.spec.inputs:
-        w(f"tl.store(_d_{n}_ptr + _offs, {_stored(f'_g * _d_{n}', f'_d_{n}_ptr', bool(d.float64_backward))}, mask=_mask)")
+        w(f"tl.store(_d_{n}_ptr + _offs, {_stored(f'_g * _d_{n}', f'_d_{n}_ptr', d.wide_backward)}, mask=_mask)")
 
 
 def _stored(value: str, ptr: str, wide: bool) -> str:
@@ -545,9 +543,9 @@ def render_module(d: Derivation) -> str:
         w("backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,")
         if d.draws:
             w(f"draws={len(d.draws)},")
-        if d.float64_forward:
+        if d.wide_forward:
             w("float64_forward=True,")
-        if d.float64_backward:
+        if d.wide_backward:
             w("float64_backward=True,")
     w(")")
     w()
