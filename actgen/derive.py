@@ -1241,8 +1241,11 @@ def runtime_limit(expr: sympy.Expr, u: sympy.Symbol) -> sympy.Expr:
     """LimitAtInf with expr probed at u = PROBE where u > 0 and at -PROBE elsewhere: values of
     the params and constants alone, which a kernel computes once per program rather than per
     element (and whatever of them is a number, the compiler folds)."""
-    probed = sympy.Piecewise((expr.subs(u, sympy.Float(PROBE)), u > 0), (expr.subs(u, sympy.Float(-PROBE)), True))
-    return LimitAtInf(expr, probed, u)
+    def at(v):      # numbers that underflow even float64 (sigmoid(-2**24)) are 0: no 0.0*b left
+        e = expr.subs(u, sympy.Float(v))
+        return e.xreplace({f: sympy.Integer(0) for f in e.atoms(sympy.Float) if float(f) == 0.0})
+
+    return LimitAtInf(expr, sympy.Piecewise((at(PROBE), u > 0), (at(-PROBE), True)), u)
 
 
 def _nan_where_limit_exists(expr, u, samples) -> bool:

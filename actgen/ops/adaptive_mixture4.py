@@ -57,7 +57,7 @@ def _derivatives_torch(x, w0, w1, w2, w3):
     _t14 = 16777216.0*_t5
     _t15 = _t1 + 16777216.0*_t2
     _t16 = -(_t11*(16777216.0*_t0 + _t15 + _t3)) + _t14
-    _t17 = _t11*(-_t15 + 0.0*_t3)
+    _t17 = -(_t11*_t15)
     _t18 = torch.exp(_t9) + 1.0
     _d_x = torch.where(torch.isnan(x), x, _t5*(_t0*torch.where(_t8, x.new_full((), 1.0), 0.0) + _t2 + _t7*torch.sigmoid(-x) + 4.0*torch.exp(_t9 + w1)/(_t18*_t18)))
     _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*(_t10*_t5 - _t13), torch.where(_t8, _t0*_t16, -(_t0*_t17)), x))
@@ -219,7 +219,7 @@ if _rt.HAS_TRITON:
             _t19 = 16777216.0*_t5
             _t20 = _t1 + 16777216.0*_t2
             _t21 = -(_t16*(16777216.0*_t0 + _t20 + _t3)) + _t19
-            _t22 = _t16*(-_t20 + 0.0*_t3)
+            _t22 = -(_t16*_t20)
             _t23 = libdevice.exp(_t8) + 1.0
             _d_x = tl.where(x != x, x, _t5*(_t0*tl.where(_t6, 1.0, 0.0) + _t14*tl.where(_t11, _t10, _t12) + _t2 + 4.0*libdevice.exp(_t8 + w1)/(_t23*_t23)))
             _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*(_t15*_t5 - _t18), tl.where(_t6, _t0*_t21, -(_t0*_t22)), x))
