@@ -321,9 +321,11 @@ def measure(block, outputs: Sequence[str], slopes: Mapping[str, Sequence[tuple[s
 
 def needs_float64(blocks, outputs: Sequence[str], slopes, inputs, values) -> tuple[Measured, ...]:
     """The outputs whose float32 evaluation measures above ACCURACY_ULP (see the module doc)
-    in any of the blocks (the eager fallback's, the kernels'), each with its worst measure."""
+    in any of the blocks (the eager fallback's, the kernels'), each with its worst measure.
+    A block given twice (the kernels take the fallback's where no form suits them better) is
+    measured once."""
     found: dict[str, Measured] = {}
-    for block in blocks:
+    for block in {id(b): b for b in blocks}.values():
         for m in measure(block, outputs, slopes, inputs, values):
             if m.typical_worst > ACCURACY_ULP and (m.output not in found or m.typical_worst > found[m.output].typical_worst):
                 found[m.output] = m
