@@ -401,12 +401,7 @@ TORCH_EQUIVALENT = {
 #: Where the compiled op misses the accuracy target on the grid, and why.  The accuracy test
 #: checks that the misses are exactly these (a fix shows up as a test failure until the
 #: entry is removed here).  Keys: (entry, "f" or "df"); "df" covers every df/d(input).
-KNOWN_MISSES = {
-    # one ratio in exp(-|x|) (see actgen.derive.exp_rational_form): the kernels meet the target
-    **{(name, "df"): "the derivative is one ratio in exp(-|x|), about a dozen roundings: the eager fallback "
-                     "(no fused multiply-add) is just over 4 ULP at a point, the kernels meet the target"
-       for name in ("mish", "well_documented")},
-}
+KNOWN_MISSES: dict[tuple[str, str], str] = {}     # (entry, "f" or "df"): why it misses the target
 
 
 def _kind(spec: Spec) -> str:

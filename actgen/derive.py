@@ -1592,9 +1592,10 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
                                     else differentiate(d[u.name], v)) for v in data] for u in inputs}
         values = {sym[p.name]: precision.float32(p.init) for p in spec.params}
         values |= {sym[c.name]: float(c.default) for c in spec.constants} | {r: 0.5 for r in draws}
-        float64_forward = precision.needs_float64((forward, kernel_forward), ["y"], slopes, inputs, values)
+        tensors = {*inputs, *(sym[p.name] for p in spec.params), *draws}     # the rest are floats in the fallback
+        float64_forward = precision.needs_float64((forward, kernel_forward), ["y"], slopes, inputs, values, tensors)
         float64_backward = precision.needs_float64((backward, kernel_backward), [f"d_{u.name}" for u in inputs],
-                                                   slopes, inputs, values)
+                                                   slopes, inputs, values, tensors)
     return Derivation(spec, inputs, params, constants, expr, first, second, forward, backward, kernel_forward,
                       kernel_backward, double_backward, fast_variant(forward_outputs), fast_variant(backward_outputs),
                       draws, float64_forward, float64_backward)

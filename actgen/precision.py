@@ -42,6 +42,14 @@ WORST_POINTS = 20
 UNDERFLOW = 2.0 ** -102
 
 
+def _fma(a: np.ndarray, b: np.ndarray, c: np.ndarray, sign: float) -> np.ndarray:
+    """c + sign*a*b rounded once: exact in float64 for float32 operands (a product of two
+    24-bit significands fits in 53 bits), then rounded to float32."""
+    if a.dtype != np.float32:
+        return c + sign * a * b
+    return (c.astype(np.float64) + sign * (a.astype(np.float64) * b.astype(np.float64))).astype(np.float32)
+
+
 def float32(v: float) -> float:
     """v rounded to float32."""
     return float(np.float32(v))
@@ -91,48 +99,19 @@ FUNCTIONS: dict = {
 }
 
 
-def product_chain(e: sympy.Expr) -> list[tuple[str, sympy.Expr]]:
-    """The factors of a product as the eager fallback's printed code applies them, left to
-    right: [("*" or "/", factor)], each factor printed atomically (in parentheses, or a call
-    or a name).  A product inside a product (x**3 written x*x*x, a ratio n/d that the
-    printers pair) continues the same chain, as Python parses the printed text."""
-    from .printers.base import ExprPrinter, product_layout
-
-    if e.is_Mul and not e.is_number:
-        coeff, rest = e.as_coeff_Mul()
-        if coeff.is_negative:               # printed -(...)
-            return [("*", e)]
-        if coeff.is_Float and float(coeff) == 1.0:
-            return product_chain(rest)
-        numer, denom, pairs = product_layout(e)
-        items = []
-        for n, d in pairs:
-            if n is not None:
-                items += product_chain(n) + [("/", d)]
-        for n in numer:
-            items += product_chain(n)
-        items = items or [("*", sympy.Float(1.0))]
-        items += [("/", d) for n, d in pairs if n is None]
-        if denom:
-            items.append(("/", denom[0] if len(denom) == 1 else sympy.Mul(*denom, evaluate=False)))
-        return items
-    if e.is_Pow and e.exp.is_number:
-        if e.exp < 0:                       # printed 1.0/(base**-exp)
-            return [("*", sympy.Float(1.0)), ("/", e.base ** -e.exp)]
-        if e.exp.is_Integer and 1 <= e.exp <= ExprPrinter.MAX_PRODUCT_POWER and e.base.is_Symbol:
-            return [("*", e.base)] * int(e.exp)
-    return [("*", e)]
-
-
 class Unknown(Exception):
     """A part of an expression this evaluator does not know."""
 
 
-def evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, np.ndarray], dtype) -> np.ndarray:
+def evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, np.ndarray], dtype, tensors=None) -> np.ndarray:
     """expr at the points env gives (arrays of dtype), every operation rounded to dtype.
-    Guards against NaN and inf inputs are left out: the points are finite."""
+    Guards against NaN and inf inputs are left out: the points are finite.  With tensors (the
+    symbols that are tensors in the eager fallback), sums round as the fallback computes them:
+    a product of two tensors and the other terms in one fused multiply-add (fma_split)."""
     from .derive import InfGuard, InverseScale, LimitAtInf, NanGuard, Saturate, ScaledInput, SqrtSquarePlus
-    from .printers.base import ExprPrinter
+    from .printers.base import ExprPrinter, fma_split, product_chain
+
+    is_tensor = lambda f: bool(f.free_symbols & tensors)
 
     one = np.ones_like(next(iter(env.values())), dtype=dtype)
     cache: dict = {}
@@ -148,6 +127,10 @@ def evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, np.ndarray], dtype) ->
         if e.is_Number or e.is_NumberSymbol:
             return dtype(float(e)) * one
         f, args = type(e), e.args
+        split = fma_split(e, is_tensor) if tensors is not None and isinstance(e, sympy.Add) else None
+        if split is not None:
+            a, b, rest, negative = split
+            return _fma(ev(a), ev(b), ev(rest), -1.0 if negative else 1.0)
         if isinstance(e, sympy.Add):        # StableSum too; in the printers' order
             terms = e.as_ordered_terms()
             out = ev(terms[0])
@@ -219,13 +202,17 @@ def evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, np.ndarray], dtype) ->
         return ev(expr)
 
 
-def evaluate_block(block, env: Mapping[sympy.Symbol, np.ndarray], dtype) -> dict[str, np.ndarray]:
+def evaluate_block(block, env: Mapping[sympy.Symbol, np.ndarray], dtype, tensors=None) -> dict[str, np.ndarray]:
     """The outputs of a Block (actgen.derive) at the points env gives, in dtype: its named
-    temporaries in turn, as the generated code computes them."""
+    temporaries in turn, as the generated code computes them (with tensors, the symbols that
+    are tensors, as the eager fallback does: see evaluate)."""
     env = dict(env)
+    tensors = None if tensors is None else set(tensors)
     for name, value in block.assignments:
-        env[name] = evaluate(value, env, dtype)
-    return {name: evaluate(value, env, dtype) for name, value in block.outputs}
+        env[name] = evaluate(value, env, dtype, tensors)
+        if tensors is not None and value.free_symbols & tensors:
+            tensors.add(name)
+    return {name: evaluate(value, env, dtype, tensors) for name, value in block.outputs}
 
 
 def float32_ulps(computed: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -297,16 +284,17 @@ def float64_notes(d) -> list[str]:
 
 
 def measure(block, outputs: Sequence[str], slopes: Mapping[str, Sequence[tuple[sympy.Symbol, sympy.Expr]]],
-            inputs: Sequence[sympy.Symbol], values: Mapping[sympy.Symbol, float]) -> list[Measured]:
+            inputs: Sequence[sympy.Symbol], values: Mapping[sympy.Symbol, float], tensors=None) -> list[Measured]:
     """The float32 error of the named outputs of a Block over the grid, with slopes[name] =
     [(datum, d output / d datum)] for the condition number (none: 1); params and constants
-    at `values`.  Empty where the evaluator does not know a part of the block."""
+    at `values`; with tensors, as the eager fallback computes it (see evaluate).  Empty where
+    the evaluator does not know a part of the block."""
     at = points(inputs)
     n = len(next(iter(at.values())))
     env32 = at | {s: np.full(n, v, dtype=np.float32) for s, v in values.items()}
     env64 = {s: v.astype(np.float64) for s, v in env32.items()}
     try:
-        got, truth = evaluate_block(block, env32, np.float32), evaluate_block(block, env64, np.float64)
+        got, truth = evaluate_block(block, env32, np.float32, tensors), evaluate_block(block, env64, np.float64)
         conds = {name: condition(truth[name], slopes.get(name, ()), env64) for name in outputs}
     except Unknown:
         return []
@@ -319,14 +307,14 @@ def measure(block, outputs: Sequence[str], slopes: Mapping[str, Sequence[tuple[s
     return out
 
 
-def needs_float64(blocks, outputs: Sequence[str], slopes, inputs, values) -> tuple[Measured, ...]:
+def needs_float64(blocks, outputs: Sequence[str], slopes, inputs, values, tensors) -> tuple[Measured, ...]:
     """The outputs whose float32 evaluation measures above ACCURACY_ULP (see the module doc)
-    in any of the blocks (the eager fallback's, the kernels'), each with its worst measure.
-    A block given twice (the kernels take the fallback's where no form suits them better) is
-    measured once."""
+    in either block - the eager fallback's (blocks[0], computed with fused multiply-adds of
+    the symbols in tensors: see evaluate) and the kernels' (blocks[1], as the interpreter
+    computes it: each operation rounded) - each with its worst measure."""
     found: dict[str, Measured] = {}
-    for block in {id(b): b for b in blocks}.values():
-        for m in measure(block, outputs, slopes, inputs, values):
+    for block, fused in zip(blocks, (tensors, None)):
+        for m in measure(block, outputs, slopes, inputs, values, fused):
             if m.typical_worst > ACCURACY_ULP and (m.output not in found or m.typical_worst > found[m.output].typical_worst):
                 found[m.output] = m
     return tuple(found[name] for name in outputs if name in found)

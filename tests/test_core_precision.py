@@ -127,16 +127,19 @@ def test_float64_backward_keeps_dtypes_and_transforms():
 def test_evaluator_follows_the_generated_code(name):
     """For arithmetic-only forms (no library call to differ), float32 evaluation of the block
     is bit for bit what the generated eager fallback computes: the same operations in the
-    same order and pairing."""
+    same order and pairing, fused multiply-adds included (params away from their inits, some
+    of which are 0)."""
     import importlib
     spec = load_spec_file(SPECS / f"{name}.yaml")
     d = derive(spec)
     mod = importlib.import_module(f"actgen.ops.{name}")
     xs = np.concatenate([np.linspace(-30, 30, 2001), [-1e30, -7e12, 1e18, 3e37]]).astype(np.float32)
     sym = spec.symbols
-    values = {sym[p.name]: np.float32(p.init) for p in spec.params} | {sym[c.name]: c.default for c in spec.constants}
+    values = {sym[p.name]: np.float32(p.init + 0.3 + 0.1 * k) for k, p in enumerate(spec.params)}
+    values |= {sym[c.name]: c.default for c in spec.constants}
     env = {d.inputs[0]: xs} | {s: np.full(len(xs), v, dtype=np.float32) for s, v in values.items()}
-    got = precision.evaluate_block(d.backward, env, np.float32)
+    tensors = {d.inputs[0], *(sym[p.name] for p in spec.params)}
+    got = precision.evaluate_block(d.backward, env, np.float32, tensors)
     args = [torch.from_numpy(xs)] + [torch.tensor([float(values[sym[p.name]])]).reshape(()) for p in spec.params]
     args += [c.default for c in spec.constants]
     want = mod._derivatives_torch(*args)
@@ -199,3 +202,36 @@ def test_precision_float64_computes_both_directions_in_float64(backend_name):
         assert y.dtype == g.dtype == dtype
         torch.testing.assert_close(y, yd.detach().to(dtype), rtol=torch.finfo(dtype).eps, atol=0)
         torch.testing.assert_close(g, gd.to(dtype), rtol=torch.finfo(dtype).eps, atol=0)
+
+
+def test_fallback_prints_sums_of_two_tensor_products_as_fused_multiply_adds():
+    """rest + a*b of two tensors is one _rt.fma (rest - a*b one _rt.fnma); a product with a
+    number or a constant (a float at run time), and sums of constants, stay as written."""
+    from actgen.printers import TorchPrinter
+    y, c = make_symbol("y"), make_symbol("c")
+    p = TorchPrinter(["x", "y"], like="x")
+    assert p.doprint(X * y + 2) == "_rt.fma(x, y, 2.0)"
+    assert p.doprint(3 - X * y) == "_rt.fnma(x, y, 3.0)"
+    assert p.doprint(X * (X * (X + 4) + y) + 1) == "_rt.fma(x, _rt.fma(x, x + 4.0, y), 1.0)"
+    assert "fma" not in p.doprint(2 * X + y) and "fma" not in p.doprint(c * X + y)
+    assert "fma" not in p.doprint(X * y * c + 1) and "fma" not in p.doprint(c * c + 1)
+
+
+@pytest.mark.parametrize("negative", [False, True])
+def test_runtime_fma_rounds_once(negative):
+    """_rt.fma(a, b, c) and _rt.fnma are a*b + c and c - a*b rounded once (torch.addcmul on a
+    CPU with FMA), against the float64 sum of the exact float32 product; unfused they are
+    not, for these operands (c cancels most of a*b)."""
+    from actgen import runtime as rt
+    if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+        pytest.skip("torch's CPU kernels are built without vector FMA here")
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(4099, generator=g) + 0.5, torch.rand(4099, generator=g) + 0.5
+    c = (a.double() * b.double() * (1 + 1e-6 * torch.rand(4099, generator=g, dtype=torch.float64))).float()
+    sign = -1.0 if negative else 1.0
+    c = -sign * c
+    exact = (sign * a.double() * b.double() + c.double()).float()
+    got = rt.fnma(a, b, c) if negative else rt.fma(a, b, c)
+    assert torch.equal(got, exact)
+    assert not torch.equal(sign * (a * b) + c, exact)
+    assert torch.equal(rt.fma(a, b, 0.25), (a.double() * b.double() + 0.25).float())

@@ -32,7 +32,7 @@ def _forward_torch(x, w0, w1, w2):
     _t0 = torch.exp(w0)
     _t1 = torch.exp(w1)
     _t2 = torch.exp(w2)
-    _y = torch.where(torch.isnan(x), x, (_t0*torch.where(x > 0.0, x, 0.0) + _t1*torch.tanh(x) + _t2*x)/(_t0 + _t1 + _t2))
+    _y = torch.where(torch.isnan(x), x, _rt.fma(_t2, x, _rt.fma(_t1, torch.tanh(x), _t0*torch.where(x > 0.0, x, 0.0)))/(_t0 + _t1 + _t2))
     return _y
 
 
@@ -48,16 +48,16 @@ def _derivatives_torch(x, w0, w1, w2):
     _t7 = torch.where(_t5, x, 0.0)
     _t8 = 1.0/(_t3*_t3)
     _t9 = torch.tanh(x)
-    _t10 = _t8*(_t0*_t7 + _t1*_t9 + _t2*x)
+    _t10 = _t8*_rt.fma(_t2, x, _rt.fma(_t1, _t9, _t0*_t7))
     _t11 = 16777216.0*_t4
     _t12 = _t1 + 16777216.0*_t2
-    _t13 = _t11 - _t8*(16777216.0*_t0 + _t12)
+    _t13 = _rt.fnma(_t8, 16777216.0*_t0 + _t12, _t11)
     _t14 = -(_t12*_t8)
     _t15 = torch.exp(_t6) + 1.0
-    _d_x = torch.where(torch.isnan(x), x, _t4*(_t0*torch.where(_t5, x.new_full((), 1.0), 0.0) + _t2 + 4.0*torch.exp(_t6 + w1)/(_t15*_t15)))
-    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*(-_t10 + _t4*_t7), torch.where(_t5, _t0*_t13, -(_t0*_t14)), x))
-    _d_w1 = torch.where(torch.isnan(x), x, _t1*(-_t10 + _t4*_t9))
-    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t2*(-_t10 + _t4*x), torch.where(_t5, _t13*_t2, _t2*(-_t11 - _t14)), x))
+    _d_x = torch.where(torch.isnan(x), x, _t4*_rt.fma(_t0, torch.where(_t5, x.new_full((), 1.0), 0.0), _t2 + 4.0*torch.exp(_t6 + w1)/(_t15*_t15)))
+    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*_rt.fma(_t4, _t7, -_t10), torch.where(_t5, _t0*_t13, -(_t0*_t14)), x))
+    _d_w1 = torch.where(torch.isnan(x), x, _t1*_rt.fma(_t4, _t9, -_t10))
+    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t2*_rt.fma(_t4, x, -_t10), torch.where(_t5, _t13*_t2, _t2*(-_t11 - _t14)), x))
     return (_d_x, _d_w0, _d_w1, _d_w2,)
 
 
@@ -66,7 +66,7 @@ def _forward_torch_fast(x, w0, w1, w2):
     _t0 = torch.exp(w0)
     _t1 = torch.exp(w1)
     _t2 = torch.exp(w2)
-    _y = (_t0*_rt.select(_rt.gt(x, 0.0), x, 0.0) + _t1*torch.tanh(x) + _t2*x)/(_t0 + _t1 + _t2)
+    _y = _rt.fma(_t2, x, _rt.fma(_t1, torch.tanh(x), _t0*_rt.select(_rt.gt(x, 0.0), x, 0.0)))/(_t0 + _t1 + _t2)
     return _rt.finite_or_none(_y)
 
 
@@ -81,12 +81,12 @@ def _derivatives_torch_fast(x, w0, w1, w2):
     _t6 = -(2.0*torch.abs(x))
     _t7 = _rt.select(_t5, x, 0.0)
     _t8 = torch.tanh(x)
-    _t9 = (_t0*_t7 + _t1*_t8 + _t2*x)/_t3/_t3
+    _t9 = _rt.fma(_t2, x, _rt.fma(_t1, _t8, _t0*_t7))/_t3/_t3
     _t10 = torch.exp(_t6) + 1.0
-    _d_x = _t4*(_t0*_rt.select(_t5, 1.0, 0.0) + _t2 + 4.0*torch.exp(_t6 + w1)/(_t10*_t10))
-    _d_w0 = _t0*(_t4*_t7 - _t9)
-    _d_w1 = _t1*(_t4*_t8 - _t9)
-    _d_w2 = _t2*(_t4*x - _t9)
+    _d_x = _t4*_rt.fma(_t0, _rt.select(_t5, 1.0, 0.0), _t2 + 4.0*torch.exp(_t6 + w1)/(_t10*_t10))
+    _d_w0 = _t0*_rt.fma(_t4, _t7, -_t9)
+    _d_w1 = _t1*_rt.fma(_t4, _t8, -_t9)
+    _d_w2 = _t2*_rt.fma(_t4, x, -_t9)
     return _rt.finite_or_none((_d_x, _d_w0, _d_w1, _d_w2,))
 
 
@@ -106,10 +106,10 @@ def _second_derivatives_torch(x, w0, w1, w2):
     _t11 = torch.exp(_t0 + w1)
     _t12 = torch.where(_t4, x.new_full((), 1.0), 0.0)
     _t13 = 1.0/(_t9*_t9)
-    _t14 = _t13*(4.0*_t11*_t3 + _t12*_t6 + _t8)
+    _t14 = _t13*_rt.fma(_t12, _t6, 4.0*_t11*_t3 + _t8)
     _t15 = torch.where(_t4, x, 0.0)
     _t16 = torch.tanh(x)
-    _t17 = _t15*_t6 + _t16*_t7 + _t8*x
+    _t17 = _rt.fma(_t8, x, _rt.fma(_t16, _t7, _t15*_t6))
     _t18 = _t13*_t17
     _t19 = _t13*_t15
     _t20 = 1.0/(_t9*_t9*_t9)
@@ -119,15 +119,15 @@ def _second_derivatives_torch(x, w0, w1, w2):
     _t24 = _t19 + _t23
     _t25 = _t13*x
     _d2_x_x = torch.where(torch.isnan(x), x, _t10*_t11*(16.0*_t1*_t5/(_t2*_t2*_t2) - 8.0*_t3*_t5))
-    _d2_x_w0 = torch.where(torch.isnan(x), x, _t6*(_t10*_t12 - _t14))
-    _d2_x_w1 = torch.where(torch.isnan(x), x, 4.0*_t10*_t11*_t3 - _t14*_t7)
+    _d2_x_w0 = torch.where(torch.isnan(x), x, _t6*_rt.fma(_t10, _t12, -_t14))
+    _d2_x_w1 = torch.where(torch.isnan(x), x, _rt.fnma(_t14, _t7, 4.0*_t10*_t11*_t3))
     _d2_x_w2 = torch.where(torch.isnan(x), x, _t8*(_t10 - _t14))
-    _d2_w0_w0 = torch.where(torch.isnan(x), x, _t6*_t6*(-(2.0*_t19) + _t21) + _t6*(_t10*_t15 - _t18))
+    _d2_w0_w0 = torch.where(torch.isnan(x), x, _rt.fma(_t6, _rt.fma(_t10, _t15, -_t18), _t6*_t6*(-(2.0*_t19) + _t21)))
     _d2_w0_w1 = torch.where(torch.isnan(x), x, (-_t22 - _t24)*torch.exp(w0 + w1))
     _d2_w0_w2 = torch.where(torch.isnan(x), x, (-_t24 - _t25)*torch.exp(w0 + w2))
-    _d2_w1_w1 = torch.where(torch.isnan(x), x, _t7*_t7*(_t21 - 2.0*_t22) + _t7*(_t10*_t16 - _t18))
+    _d2_w1_w1 = torch.where(torch.isnan(x), x, _rt.fma(_t7, _rt.fma(_t10, _t16, -_t18), _t7*_t7*(_t21 - 2.0*_t22)))
     _d2_w1_w2 = torch.where(torch.isnan(x), x, (-_t22 - _t23 - _t25)*torch.exp(w1 + w2))
-    _d2_w2_w2 = torch.where(torch.isnan(x), x, _t8*_t8*(-_t23 - 2.0*_t25) + _t8*(_t10*x - _t18))
+    _d2_w2_w2 = torch.where(torch.isnan(x), x, _rt.fma(_t8, _rt.fma(_t10, x, -_t18), _t8*_t8*(-_t23 - 2.0*_t25)))
     return (_d2_x_x, _d2_x_w0, _d2_x_w1, _d2_x_w2, _d2_w0_w0, _d2_w0_w1, _d2_w0_w2, _d2_w1_w1, _d2_w1_w2, _d2_w2_w2,)
 
 
@@ -203,7 +203,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='adaptive_mixture',
-    key='a7b176fc1444',
+    key='f3a5fae0bba4',
     inputs=('x',),
     params=(('w0', False), ('w1', False), ('w2', False)),
     constants=(),

@@ -34,7 +34,7 @@ def _forward_torch(x, w0, w1, w2, w3):
     _t1 = torch.exp(w1)
     _t2 = torch.exp(w2)
     _t3 = torch.exp(w3)
-    _y = torch.where(torch.isnan(x), x, (_t0*torch.where(x > 0.0, x, 0.0) + _t1*torch.tanh(x) + _t2*x + _t3*torch.sigmoid(x))/(_t0 + _t1 + _t2 + _t3))
+    _y = torch.where(torch.isnan(x), x, _rt.fma(_t3, torch.sigmoid(x), _rt.fma(_t2, x, _rt.fma(_t1, torch.tanh(x), _t0*torch.where(x > 0.0, x, 0.0))))/(_t0 + _t1 + _t2 + _t3))
     return _y
 
 
@@ -53,17 +53,17 @@ def _derivatives_torch(x, w0, w1, w2, w3):
     _t10 = torch.where(_t8, x, 0.0)
     _t11 = 1.0/(_t4*_t4)
     _t12 = torch.tanh(x)
-    _t13 = _t11*(_t0*_t10 + _t1*_t12 + _t2*x + _t7)
+    _t13 = _t11*_rt.fma(_t2, x, _rt.fma(_t1, _t12, _rt.fma(_t0, _t10, _t7)))
     _t14 = 16777216.0*_t5
     _t15 = _t1 + 16777216.0*_t2
-    _t16 = -(_t11*(16777216.0*_t0 + _t15 + _t3)) + _t14
+    _t16 = _rt.fnma(_t11, 16777216.0*_t0 + _t15 + _t3, _t14)
     _t17 = -(_t11*_t15)
     _t18 = torch.exp(_t9) + 1.0
-    _d_x = torch.where(torch.isnan(x), x, _t5*(_t0*torch.where(_t8, x.new_full((), 1.0), 0.0) + _t2 + _t7*torch.sigmoid(-x) + 4.0*torch.exp(_t9 + w1)/(_t18*_t18)))
-    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*(_t10*_t5 - _t13), torch.where(_t8, _t0*_t16, -(_t0*_t17)), x))
-    _d_w1 = torch.where(torch.isnan(x), x, _t1*(_t12*_t5 - _t13))
-    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t2*(-_t13 + _t5*x), torch.where(_t8, _t16*_t2, _t2*(-_t14 - _t17)), x))
-    _d_w3 = torch.where(torch.isnan(x), x, _t3*(-_t13 + _t5*_t6))
+    _d_x = torch.where(torch.isnan(x), x, _t5*_rt.fma(_t7, torch.sigmoid(-x), _rt.fma(_t0, torch.where(_t8, x.new_full((), 1.0), 0.0), _t2 + 4.0*torch.exp(_t9 + w1)/(_t18*_t18))))
+    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*_rt.fma(_t10, _t5, -_t13), torch.where(_t8, _t0*_t16, -(_t0*_t17)), x))
+    _d_w1 = torch.where(torch.isnan(x), x, _t1*_rt.fma(_t12, _t5, -_t13))
+    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t2*_rt.fma(_t5, x, -_t13), torch.where(_t8, _t16*_t2, _t2*(-_t14 - _t17)), x))
+    _d_w3 = torch.where(torch.isnan(x), x, _t3*_rt.fma(_t5, _t6, -_t13))
     return (_d_x, _d_w0, _d_w1, _d_w2, _d_w3,)
 
 
@@ -73,7 +73,7 @@ def _forward_torch_fast(x, w0, w1, w2, w3):
     _t1 = torch.exp(w1)
     _t2 = torch.exp(w2)
     _t3 = torch.exp(w3)
-    _y = (_t0*_rt.select(_rt.gt(x, 0.0), x, 0.0) + _t1*torch.tanh(x) + _t2*x + _t3*torch.sigmoid(x))/(_t0 + _t1 + _t2 + _t3)
+    _y = _rt.fma(_t3, torch.sigmoid(x), _rt.fma(_t2, x, _rt.fma(_t1, torch.tanh(x), _t0*_rt.select(_rt.gt(x, 0.0), x, 0.0))))/(_t0 + _t1 + _t2 + _t3)
     return _rt.finite_or_none(_y)
 
 
@@ -91,13 +91,13 @@ def _derivatives_torch_fast(x, w0, w1, w2, w3):
     _t9 = -(2.0*torch.abs(x))
     _t10 = _rt.select(_t8, x, 0.0)
     _t11 = torch.tanh(x)
-    _t12 = (_t0*_t10 + _t1*_t11 + _t2*x + _t7)/_t4/_t4
+    _t12 = _rt.fma(_t2, x, _rt.fma(_t1, _t11, _rt.fma(_t0, _t10, _t7)))/_t4/_t4
     _t13 = torch.exp(_t9) + 1.0
-    _d_x = _t5*(_t0*_rt.select(_t8, 1.0, 0.0) + _t2 + _t7*torch.sigmoid(-x) + 4.0*torch.exp(_t9 + w1)/(_t13*_t13))
-    _d_w0 = _t0*(_t10*_t5 - _t12)
-    _d_w1 = _t1*(_t11*_t5 - _t12)
-    _d_w2 = _t2*(-_t12 + _t5*x)
-    _d_w3 = _t3*(-_t12 + _t5*_t6)
+    _d_x = _t5*_rt.fma(_t7, torch.sigmoid(-x), _rt.fma(_t0, _rt.select(_t8, 1.0, 0.0), _t2 + 4.0*torch.exp(_t9 + w1)/(_t13*_t13)))
+    _d_w0 = _t0*_rt.fma(_t10, _t5, -_t12)
+    _d_w1 = _t1*_rt.fma(_t11, _t5, -_t12)
+    _d_w2 = _t2*_rt.fma(_t5, x, -_t12)
+    _d_w3 = _t3*_rt.fma(_t5, _t6, -_t12)
     return _rt.finite_or_none((_d_x, _d_w0, _d_w1, _d_w2, _d_w3,))
 
 
@@ -122,10 +122,10 @@ def _second_derivatives_torch(x, w0, w1, w2, w3):
     _t16 = _t14*_t15
     _t17 = torch.where(_t12, x.new_full((), 1.0), 0.0)
     _t18 = 1.0/(_t4*_t4)
-    _t19 = _t18*(_t0*_t17 + 4.0*_t16 + _t2 + _t6*_t8)
+    _t19 = _t18*_rt.fma(_t6, _t8, _rt.fma(_t0, _t17, 4.0*_t16 + _t2))
     _t20 = torch.where(_t12, x, 0.0)
     _t21 = torch.tanh(x)
-    _t22 = _t0*_t20 + _t1*_t21 + _t2*x + _t8
+    _t22 = _rt.fma(_t2, x, _rt.fma(_t1, _t21, _rt.fma(_t0, _t20, _t8)))
     _t23 = _t18*_t22
     _t24 = _t18*_t20
     _t25 = 1.0/(_t4*_t4*_t4)
@@ -137,20 +137,20 @@ def _second_derivatives_torch(x, w0, w1, w2, w3):
     _t31 = _t18*_t7
     _t32 = _t27 + _t28
     _d2_x_x = torch.where(torch.isnan(x), x, _t5*(-(8.0*_t13*_t16) - _t3*_t6*_t7*_t7 + _t6*_t6*_t8 + 16.0*_t13*torch.exp(-(4.0*_t9) + w1)/(_t11*_t11*_t11)))
-    _d2_x_w0 = torch.where(torch.isnan(x), x, _t0*(_t17*_t5 - _t19))
-    _d2_x_w1 = torch.where(torch.isnan(x), x, -(_t1*_t19) + 4.0*_t14*_t15*_t5)
+    _d2_x_w0 = torch.where(torch.isnan(x), x, _t0*_rt.fma(_t17, _t5, -_t19))
+    _d2_x_w1 = torch.where(torch.isnan(x), x, _rt.fnma(_t1, _t19, 4.0*_t14*_t15*_t5))
     _d2_x_w2 = torch.where(torch.isnan(x), x, _t2*(-_t19 + _t5))
     _d2_x_w3 = torch.where(torch.isnan(x), x, _t3*(-_t19 + _t5*_t6*_t7))
-    _d2_w0_w0 = torch.where(torch.isnan(x), x, _t0*_t0*(-(2.0*_t24) + _t26) + _t0*(_t20*_t5 - _t23))
+    _d2_w0_w0 = torch.where(torch.isnan(x), x, _rt.fma(_t0, _rt.fma(_t20, _t5, -_t23), _t0*_t0*(-(2.0*_t24) + _t26)))
     _d2_w0_w1 = torch.where(torch.isnan(x), x, (-_t27 - _t29)*torch.exp(w0 + w1))
     _d2_w0_w2 = torch.where(torch.isnan(x), x, (-_t29 - _t30)*torch.exp(w0 + w2))
     _d2_w0_w3 = torch.where(torch.isnan(x), x, (-_t29 - _t31)*torch.exp(w0 + w3))
-    _d2_w1_w1 = torch.where(torch.isnan(x), x, _t1*_t1*(_t26 - 2.0*_t27) + _t1*(_t21*_t5 - _t23))
+    _d2_w1_w1 = torch.where(torch.isnan(x), x, _rt.fma(_t1, _rt.fma(_t21, _t5, -_t23), _t1*_t1*(_t26 - 2.0*_t27)))
     _d2_w1_w2 = torch.where(torch.isnan(x), x, (-_t30 - _t32)*torch.exp(w1 + w2))
     _d2_w1_w3 = torch.where(torch.isnan(x), x, (-_t31 - _t32)*torch.exp(w1 + w3))
-    _d2_w2_w2 = torch.where(torch.isnan(x), x, _t2*_t2*(-_t28 - 2.0*_t30) + _t2*(-_t23 + _t5*x))
+    _d2_w2_w2 = torch.where(torch.isnan(x), x, _rt.fma(_t2, _rt.fma(_t5, x, -_t23), _t2*_t2*(-_t28 - 2.0*_t30)))
     _d2_w2_w3 = torch.where(torch.isnan(x), x, (-_t28 - _t30 - _t31)*torch.exp(w2 + w3))
-    _d2_w3_w3 = torch.where(torch.isnan(x), x, _t3*_t3*(_t26 - 2.0*_t31) + _t3*(-_t23 + _t5*_t7))
+    _d2_w3_w3 = torch.where(torch.isnan(x), x, _rt.fma(_t3, _rt.fma(_t5, _t7, -_t23), _t3*_t3*(_t26 - 2.0*_t31)))
     return (_d2_x_x, _d2_x_w0, _d2_x_w1, _d2_x_w2, _d2_x_w3, _d2_w0_w0, _d2_w0_w1, _d2_w0_w2, _d2_w0_w3, _d2_w1_w1, _d2_w1_w2, _d2_w1_w3, _d2_w2_w2, _d2_w2_w3, _d2_w3_w3,)
 
 
@@ -241,7 +241,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='adaptive_mixture4',
-    key='26833db10a6e',
+    key='6fa6e2c5aada',
     inputs=('x',),
     params=(('w0', False), ('w1', False), ('w2', False), ('w3', False)),
     constants=(),

@@ -33,7 +33,7 @@ def _derivatives_torch(x):
     """df/dx."""
     _t0 = torch.sigmoid(x)
     _t1 = torch.sigmoid(-x)
-    _d_x = torch.where(torch.isnan(x), x, torch.where(x == math.inf, 1.0, torch.where(x > 0.0, _t0*(_t1*x + 1.0), _t0*(_t1*torch.expm1(x) + torch.exp(x)))))
+    _d_x = torch.where(torch.isnan(x), x, torch.where(x == math.inf, 1.0, torch.where(x > 0.0, _t0*_rt.fma(_t1, x, 1.0), _t0*_rt.fma(_t1, torch.expm1(x), torch.exp(x)))))
     return (_d_x,)
 
 
@@ -48,7 +48,7 @@ def _derivatives_torch_fast(x):
     """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = torch.sigmoid(x)
     _t1 = torch.sigmoid(-x)
-    _d_x = _rt.select(_rt.gt(x, 0.0), _t0*(_t1*x + 1.0), _t0*(_t1*torch.expm1(x) + torch.exp(x)))
+    _d_x = _rt.select(_rt.gt(x, 0.0), _t0*_rt.fma(_t1, x, 1.0), _t0*_rt.fma(_t1, torch.expm1(x), torch.exp(x)))
     return _rt.finite_or_none((_d_x,))
 
 
@@ -58,7 +58,7 @@ def _second_derivatives_torch(x):
     _t1 = torch.sigmoid(-x)
     _t2 = torch.exp(x)
     _t3 = _t1*torch.expm1(x)
-    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(x > 0.0, _t0*_t1*(-(_t0*x) + _t1*x + 2.0), _t0*(-(_t0*_t3) + _t1*_t2 + _t1*(_t2 + _t3) + _t2)))
+    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(x > 0.0, _t0*_t1*_rt.fma(_t1, x, _rt.fnma(_t0, x, 2.0)), _t0*_rt.fma(_t1, _t2 + _t3, _rt.fma(_t1, _t2, _rt.fnma(_t0, _t3, _t2)))))
     return (_d2_x_x,)
 
 
@@ -101,7 +101,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='elish',
-    key='073fde0a0824',
+    key='57cfc80eb392',
     inputs=('x',),
     params=(),
     constants=(),

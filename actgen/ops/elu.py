@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='elu',
-    key='d0475f79a795',
+    key='f26f6f463887',
     inputs=('x',),
     params=(),
     constants=('alpha',),

@@ -100,7 +100,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu',
-    key='f037be19e580',
+    key='46bed131fa46',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -109,7 +109,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu_tanh',
-    key='fee66024c3cf',
+    key='fd0fe0883d47',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -83,7 +83,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='gelu',
-    key='14398610b82c',
+    key='24131a2cccd9',
     inputs=('x',),
     params=(),
     constants=(),

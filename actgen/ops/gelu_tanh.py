@@ -91,7 +91,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='gelu_tanh',
-    key='441e7e970105',
+    key='6b16f5b67f63',
     inputs=('x',),
     params=(),
     constants=(),

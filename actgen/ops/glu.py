@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='glu',
-    key='84412bcb0444',
+    key='16d44ac70494',
     inputs=('a', 'b'),
     params=(),
     constants=(),

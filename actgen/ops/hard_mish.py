@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hard_mish',
-    key='28023451b5c7',
+    key='4015c3769c5f',
     inputs=('x',),
     params=(),
     constants=(),

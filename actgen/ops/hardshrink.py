@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardshrink',
-    key='91ef73286b71',
+    key='197fe7247e8b',
     inputs=('x',),
     params=(),
     constants=('lambd',),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardsigmoid',
-    key='e6ec30eebc99',
+    key='f38a7a6ee50f',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardswish',
-    key='207d01dad2bb',
+    key='bbd31bc771b4',
     inputs=('x',),
     params=(),
     constants=(),

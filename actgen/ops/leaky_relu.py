@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='leaky_relu',
-    key='9f5ad0c7dfb0',
+    key='5691ca2b67a5',
     inputs=('x',),
     params=(),
     constants=('negative_slope',),

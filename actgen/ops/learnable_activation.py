@@ -29,7 +29,7 @@ SPEC_SHA256 = 'fc43abeea1069a14e0e7d9862646116640d38763bf0379f973b1d595404dd89c'
 
 def _forward_torch(x, alpha, scale, shift):
     """f, elementwise; params broadcast against the input."""
-    _y = torch.where(torch.isnan(x), x, scale*torch.where(x > 0.0, x, alpha*x) + shift)
+    _y = torch.where(torch.isnan(x), x, _rt.fma(scale, torch.where(x > 0.0, x, alpha*x), shift))
     return _y
 
 
@@ -45,7 +45,7 @@ def _derivatives_torch(x, alpha, scale, shift):
 
 def _forward_torch_fast(x, alpha, scale, shift):
     """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _y = scale*_rt.select(_rt.gt(x, 0.0), x, alpha*x) + shift
+    _y = _rt.fma(scale, _rt.select(_rt.gt(x, 0.0), x, alpha*x), shift)
     return _rt.finite_or_none(_y)
 
 
@@ -129,7 +129,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='learnable_activation',
-    key='7655f5b66334',
+    key='57bb5a3f7acd',
     inputs=('x',),
     params=(('alpha', True), ('scale', True), ('shift', False)),
     constants=(),

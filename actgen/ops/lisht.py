@@ -45,7 +45,7 @@ def _second_derivatives_torch(x):
     _t1 = torch.exp(-(2.0*_t0))
     _t2 = _t1 + 1.0
     _t3 = 8.0*_t1/(_t2*_t2)
-    _d2_x_x = _t0/_t2*_t1/_t2*_t1/_t2*16.0 - _t0*_t3 + _t3
+    _d2_x_x = _rt.fnma(_t0, _t3, _t0/_t2*_t1/_t2*_t1/_t2*16.0 + _t3)
     return (_d2_x_x,)
 
 
@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='lisht',
-    key='842b9db8f6a4',
+    key='21ec51c84b7e',
     inputs=('x',),
     params=(),
     constants=(),

@@ -57,7 +57,7 @@ def _second_derivatives_torch(x):
     _t4 = _t1*_t3
     _t5 = _t0*_t0*x
     _t6 = _t1*_t1
-    _d2_x_x = -(_t0*_t3*_t6*x) + 2.0*_t0*_t4 + _t4*_t5 - _t5*_t6/(_t2*_t2)
+    _d2_x_x = _rt.fma(_t4, _t5, -(_t0*_t3*_t6*x) + 2.0*_t0*_t4 - _t5*_t6/(_t2*_t2))
     return (_d2_x_x,)
 
 
@@ -94,7 +94,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='logish',
-    key='9406bfa9a586',
+    key='9a10be9e2cb2',
     inputs=('x',),
     params=(),
     constants=(),

@@ -72,7 +72,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='logsigmoid',
-    key='5769aa7cfb2f',
+    key='5b1cde7efc02',
     inputs=('x',),
     params=(),
     constants=(),

@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='parametric_activation',
-    key='a89406939231',
+    key='8a6587b1fdcb',
     inputs=('x',),
     params=(('alpha', True),),
     constants=(),

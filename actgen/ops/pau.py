@@ -44,7 +44,7 @@ def _forward_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _t1 = _w_x*_w_x*_w_x
     _t2 = _v_x*_v_x
     _t3 = _w_x*_w_x
-    _y = (_v_x*(_t0*a1 + _v_x*(_t1*a2 + _v_x*(_t3*a3 + _v_x*(_v_x*a5 + _w_x*a4)))) + _w_x**5.0*a0)/_w_x/(_t0 + _t1*torch.abs(_v_x*b1) + _t2*(_t2*torch.abs(b4) + _t3*torch.abs(b2) + _w_x*torch.abs(_v_x)*torch.abs(b3)))
+    _y = _rt.fma(_w_x**5.0, a0, _v_x*_rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_w_x, a4, _v_x*a5), _t3*a3), _t1*a2), _t0*a1))/_w_x/_rt.fma(_t2, _rt.fma(_t3, torch.abs(b2), _rt.fma(_t2, torch.abs(b4), _w_x*torch.abs(_v_x)*torch.abs(b3))), _rt.fma(_t1, torch.abs(_v_x*b1), _t0))
     return _y
 
 
@@ -66,7 +66,7 @@ def _derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _t11 = torch.abs(b3)
     _t12 = _t10*_t11
     _t13 = _t12*_w_x
-    _t14 = _t0 + _t3 + _t4*(_t13 + _t6 + _t9)
+    _t14 = _rt.fma(_t4, _t13 + _t6 + _t9, _t0 + _t3)
     _t15 = 1.0/(_t14*_t14)
     _t16 = _w_x**8.0
     _t17 = b1*x
@@ -84,10 +84,10 @@ def _derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _t29 = 1.0/_t14
     _t30 = _v_x*_v_x*_v_x*_v_x
     _t31 = 1.0/_w_x
-    _t32 = _t15*(_t24 + _v_x*(_t25 + _v_x*(_t26 + _v_x*(_t27 + _v_x*(_v_x*a5 + _w_x*a4)))))
+    _t32 = _t15*_rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_w_x, a4, _v_x*a5), _t27), _t26), _t25), _t24)
     _t33 = _t32*_t4
-    _d_x = torch.where(torch.isnan(x), x, _t15*(-(_t16*_t18*a0*b1) + _t16*a1 + _v_x*(-(_t12*_t21*a0) - _t19*_t7*a0 + _t19*a2 + _t2*_t20*a2 + _v_x*(-(_t12*_t23*a1) + _t2*_t23*a3 - _t20*_t7*a1 + _t21*a3 + _v_x*(-(_t0*_t12*a2) + 3.0*_t0*_t2*a4 + 4.0*_t22*a4 - 4.0*_t24*_t5 + _v_x*(_t0*_t7*a3 + 5.0*_t0*a5 - 3.0*_t25*_t5 + 4.0*_t3*a5 + _v_x*(2.0*_t1*_t7*a4 + _t12*_t8*a4 - 2.0*_t26*_t5 + _v_x*(2.0*_t13*a5 - _t27*_t5 + _t6*a5 + 3.0*_t9*a5))))))))
-    _d_a0 = 1.0/(_t11*_t28*torch.abs(x) + _t28*_t7 + _t5*x*x*x*x + torch.abs(_t17) + 1.0)
+    _d_x = torch.where(torch.isnan(x), x, _t15*_rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_t6, a5, _rt.fnma(_t27, _t5, 2.0*_t13*a5 + 3.0*_t9*a5)), 2.0*_t1*_t7*a4 + _t12*_t8*a4 - 2.0*_t26*_t5), _t0*_t7*a3 + 5.0*_t0*a5 - 3.0*_t25*_t5 + 4.0*_t3*a5), -(_t0*_t12*a2) + 3.0*_t0*_t2*a4 + 4.0*_t22*a4 - 4.0*_t24*_t5), _rt.fma(_t21, a3, -(_t12*_t23*a1) + _t2*_t23*a3 - _t20*_t7*a1)), _rt.fma(_t19, a2, -(_t12*_t21*a0) - _t19*_t7*a0 + _t2*_t20*a2)), _rt.fma(_t16, a1, -(_t16*_t18*a0*b1))))
+    _d_a0 = 1.0/_rt.fma(_t28, _t7, _t11*_t28*torch.abs(x) + _t5*x*x*x*x + torch.abs(_t17) + 1.0)
     _d_a1 = _t1*_t29*_v_x
     _d_a2 = _t29*_t4*_t8
     _d_a3 = _t29*_v_x*_v_x*_v_x*_w_x
@@ -118,7 +118,7 @@ def _derivatives_torch_fast(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _t11 = torch.abs(b3)
     _t12 = _t10*_t11
     _t13 = _t12*_w_x
-    _t14 = _t0 + _t3 + _t4*(_t13 + _t6 + _t9)
+    _t14 = _rt.fma(_t4, _t13 + _t6 + _t9, _t0 + _t3)
     _t15 = 1.0/(_t14*_t14)
     _t16 = _w_x**8.0
     _t17 = b1*x
@@ -136,10 +136,10 @@ def _derivatives_torch_fast(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _t29 = 1.0/_t14
     _t30 = _v_x*_v_x*_v_x*_v_x
     _t31 = 1.0/_w_x
-    _t32 = _t15*(_t24 + _v_x*(_t25 + _v_x*(_t26 + _v_x*(_t27 + _v_x*(_v_x*a5 + _w_x*a4)))))
+    _t32 = _t15*_rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_w_x, a4, _v_x*a5), _t27), _t26), _t25), _t24)
     _t33 = _t32*_t4
-    _d_x = _t15*(-(_t16*_t18*a0*b1) + _t16*a1 + _v_x*(-(_t12*_t21*a0) - _t19*_t7*a0 + _t19*a2 + _t2*_t20*a2 + _v_x*(-(_t12*_t23*a1) + _t2*_t23*a3 - _t20*_t7*a1 + _t21*a3 + _v_x*(-(_t0*_t12*a2) + 3.0*_t0*_t2*a4 + 4.0*_t22*a4 - 4.0*_t24*_t5 + _v_x*(_t0*_t7*a3 + 5.0*_t0*a5 - 3.0*_t25*_t5 + 4.0*_t3*a5 + _v_x*(2.0*_t1*_t7*a4 + _t12*_t8*a4 - 2.0*_t26*_t5 + _v_x*(2.0*_t13*a5 - _t27*_t5 + _t6*a5 + 3.0*_t9*a5)))))))
-    _d_a0 = 1.0/(_t11*_t28*torch.abs(x) + _t28*_t7 + _t5*x*x*x*x + torch.abs(_t17) + 1.0)
+    _d_x = _t15*_rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_t6, a5, _rt.fnma(_t27, _t5, 2.0*_t13*a5 + 3.0*_t9*a5)), 2.0*_t1*_t7*a4 + _t12*_t8*a4 - 2.0*_t26*_t5), _t0*_t7*a3 + 5.0*_t0*a5 - 3.0*_t25*_t5 + 4.0*_t3*a5), -(_t0*_t12*a2) + 3.0*_t0*_t2*a4 + 4.0*_t22*a4 - 4.0*_t24*_t5), _rt.fma(_t21, a3, -(_t12*_t23*a1) + _t2*_t23*a3 - _t20*_t7*a1)), _rt.fma(_t19, a2, -(_t12*_t21*a0) - _t19*_t7*a0 + _t2*_t20*a2)), _rt.fma(_t16, a1, -(_t16*_t18*a0*b1)))
+    _d_a0 = 1.0/_rt.fma(_t28, _t7, _t11*_t28*torch.abs(x) + _t5*x*x*x*x + torch.abs(_t17) + 1.0)
     _d_a1 = _t1*_t29*_v_x
     _d_a2 = _t29*_t4*_t8
     _d_a3 = _t29*_v_x*_v_x*_v_x*_w_x
@@ -259,7 +259,7 @@ def _second_derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _t100 = 2.0*a5
     _t101 = _v_x*_v_x
     _t102 = _t101*_t35
-    _t103 = _t101*(_t102 + _t95 + _t96) + _t58 + _t70
+    _t103 = _rt.fma(_t101, _t102 + _t95 + _t96, _t58 + _t70)
     _t104 = 1.0/(_t103*_t103*_t103)
     _t105 = _t104*_t69
     _t106 = 3.0*_t96
@@ -324,23 +324,23 @@ def _second_derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _t165 = _t160*_w_x
     _t166 = _v_x**8.0
     _t167 = 1.0/_w_x
-    _t168 = _t64 + _v_x*(_t75 + _v_x*(_t87 + _v_x*(_t130 + _v_x*(_t132 + _t98))))
+    _t168 = _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _t132 + _t98, _t130), _t87), _t75), _t64)
     _t169 = _t104*_t168
     _t170 = 2.0*_t168
     _t171 = _t120*_t170
     _t172 = 2.0*_t169
     _t173 = _t165*_t172
-    _d2_x_x = torch.where(torch.isnan(x), x, _t105*(_t0*_t1 - 2.0*_t0*_t21*a1 + _t10*_t16 - _t10*_t6 - _t11*_t21*_t27 + _t12*_t13 - _t2*_t4 + _t22*_t25 + _v_x*(-(_t13*_t26) + _t14*_t29 + _t25*_t27 + _t28*_t5 - _t30*_t31 - _t34*_t9 + _v_x*(-(6.0*_t14*_t37) + _t15*_t39 + _t24*_t40 - _t30*_t36 + _t30*a4 + _t32*_t36*_t43 + 16.0*_t32*_t41 - _t40 - 14.0*_t42*_t9 - _t44*_t45 + _t46*_t47 - _t49*_t50*_t9 + _v_x*(_t13*_t57 + _t25*_t32*_t53 - _t29*_t59 + _t33*_t54 - _t44*_t53 - 12.0*_t48*_t56 - _t51*_t52 + _t51*a5 - 6.0*_t52*_t55 + 30.0*_t55*a5 + _v_x*(-(_t10*_t66) + _t11*_t13*_t66 - _t11*_t58*_t68*a2 + _t3*_t62 + 30.0*_t36*_t59 - _t49*_t60 + 12.0*_t63*_t64 + 18.0*_t64*_t67 + _t65*_t72 + 4.0*_t65 - _t71*_t9*a4 + _v_x*(10.0*_t23*_t74 + _t25*_t84*a5 + 18.0*_t3*_t74 - 14.0*_t35*_t70*a3 + _t47*_t52*_t69 - _t60*_t73 + _t63*_t76 + _t67*_t76 + 16.0*_t70*_t78 + _t77*_t9*a5 - _t80*_t9 + _t83*_t9 + _v_x*(-(_t11*_t90*_t91) - 20.0*_t35*_t85 - _t4*_t89 + _t54*_t85 + _t63*_t88 + 20.0*_t69*_t86*a0 + 6.0*_t92*_t93 + _v_x*(-(_t11*_t35*_t94*a5) + _t13*_t97 - _t28*_t35*_t95 + _t39*_t82 - _t68*_t82 + _t86*_t91*a1 + _v_x*(-(6.0*_t67*_t98) + _t86*_t94*a2 - _t90*_t99 + _v_x*(_t100*_t63 - _t100*_t67 + _t53*_t86)))))))))))
-    _d2_x_a0 = torch.where(torch.isnan(x), x, _t109*(-(_t107*b1) + _v_x*(-(4.0*_t102) - _t106 - 2.0*_t95)))
-    _d2_x_a1 = _t111*(_t101*(-(3.0*_t102) - _t110 - _t95) + _t58)
-    _d2_x_a2 = _t112*_t69*(_t101*(-(2.0*_t102) - _t96) + _t70 + _t84)
-    _d2_x_a3 = _t101*_t114*(_t101*(-_t102 + _t95) + _t113 + _t71)
-    _d2_x_a4 = _t114*_t115*(_t101*(_t4*_w_x + _t9) + _t116*_t81 + _t77)
-    _d2_x_a5 = _t121*(_t101*(_t102 + _t110 + _t119) + _t117 + _t118)
-    _d2_x_b1 = torch.where(torch.isnan(x), x, _t135*(_t12 - _t2 + _v_x*(-_t27 + _v_x*(-(3.0*_t122) - _t123 + 5.0*_t125 + 3.0*_t15*_t3 + _v_x*(-(4.0*_t126) + _t33*_t4 - _t53*_t55 + 4.0*_t57 + _v_x*(_t113*_t128 - _t113*_t41 + 7.0*_t127 + _t37*_t48 - 5.0*_t61 + _v_x*(-(_t118*a5) + _t35*_t76 - 6.0*_t74 + _t79*_t9 + _v_x*(_t129 - _t3*_t85 + 5.0*_t89 + _v_x*(-(_t100*_t95) + 4.0*_t131 + _v_x*(2.0*_t133 + 3.0*_t134))))))))))
-    _d2_x_b2 = torch.where(torch.isnan(x), x, _t138*_t144*(-_t22 + _v_x*(-(_t11*_t139) - 3.0*_t26 + _v_x*(-(4.0*_t122) + 4.0*_t125 + _t15*_t4 - _t32*_t45 + _v_x*(-(_t116*_t48*a3) - 5.0*_t126 + _t140 + 3.0*_t57 + _v_x*(6.0*_t127 + _t128*_t84 - _t43*_t66 - _t62 + _v_x*(_t117*_t52 + _t141 - _t142*a5 - _t3*_t73 - 7.0*_t74 + _v_x*(-(_t4*_t85) + _t77*_t93 + _v_x*(-(_t119*a5) + 3.0*_t131 - _t97 + _v_x*(_t133 + 2.0*_t134))))))))))
-    _d2_x_b3 = torch.where(torch.isnan(x), x, _t144*_t147*(-_t16 - 3.0*_t6 + _v_x*(-(4.0*_t139) - _t34 + _v_x*(-(_t116*_t49) - 5.0*_t42 + _t46 + 3.0*_t64*_t9 + _v_x*(-(_t28*_t48) + _t31*_t84 - _t43*_t73 + _v_x*(_t117*_t36 - _t142*a4 - _t37*_t58 - 7.0*_t66 + _t87*_t9 + _v_x*(4.0*_t35*_t69*a1 - 8.0*_t69*a5 - _t80 - _t83 + _v_x*(-(_t119*a4) + 3.0*_t81*_t93 - _t9*_t98 + _v_x*(-(_t100*_t9) + _t35*_t53*_w_x - 4.0*_t78*_w_x + _t90*_v_x)))))))))
-    _d2_x_b4 = torch.where(torch.isnan(x), x, _t150*_t151*(-(2.0*_t12) - 4.0*_t2 + _v_x*(-(_t116*_t139) - 5.0*_t26 + _v_x*(-(6.0*_t122) - 4.0*_t123 + _t124*_t99 + _v_x*(-(7.0*_t126) - _t140 + _t48*_t7*_t8*a1 - 5.0*_t55*a3 + _v_x*(-(_t1*_t3*_t48) + 4.0*_t35*_t48*a0 - _t50*_t66 - 8.0*_t61 + _v_x*(-(_t113*_t3*a3) - _t141 + 3.0*_t35*_t58*a1 - 7.0*_t70*a5 - 9.0*_t74 + _v_x*(-(2.0*_t129) - _t3*_t77*a4 + _t35*_t88 + _v_x*(-(_t102*a5) - _t106*a5 + _t35*_t81*a3 - 5.0*_t95*a5)))))))))
+    _d2_x_x = torch.where(torch.isnan(x), x, _t105*_rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_t53, _t86, _rt.fnma(_t100, _t67, _t100*_t63)), _rt.fnma(_t90, _t99, -(6.0*_t67*_t98) + _t86*_t94*a2)), _rt.fnma(_t68, _t82, _rt.fma(_t39, _t82, _rt.fma(_t13, _t97, -(_t11*_t35*_t94*a5) - _t28*_t35*_t95 + _t86*_t91*a1)))), _rt.fma(_t63, _t88, _rt.fma(_t54, _t85, _rt.fnma(_t4, _t89, -(_t11*_t90*_t91) - 20.0*_t35*_t85 + 20.0*_t69*_t86*a0 + 6.0*_t92*_t93)))), _rt.fma(_t83, _t9, _rt.fnma(_t80, _t9, _rt.fma(_t67, _t76, _rt.fma(_t63, _t76, _rt.fnma(_t60, _t73, 10.0*_t23*_t74 + _t25*_t84*a5 + 18.0*_t3*_t74 - 14.0*_t35*_t70*a3 + _t47*_t52*_t69 + 16.0*_t70*_t78 + _t77*_t9*a5)))))), _rt.fma(_t65, _t72, _rt.fnma(_t49, _t60, _rt.fma(_t3, _t62, _rt.fnma(_t10, _t66, _t11*_t13*_t66 - _t11*_t58*_t68*a2 + 30.0*_t36*_t59 + 12.0*_t63*_t64 + 18.0*_t64*_t67 + 4.0*_t65 - _t71*_t9*a4))))), _rt.fma(_t51, a5, _rt.fnma(_t51, _t52, _rt.fnma(_t44, _t53, _rt.fma(_t33, _t54, _rt.fnma(_t29, _t59, _rt.fma(_t13, _t57, _t25*_t32*_t53 - 12.0*_t48*_t56 - 6.0*_t52*_t55 + 30.0*_t55*a5))))))), _rt.fma(_t46, _t47, _rt.fnma(_t44, _t45, _rt.fma(_t30, a4, _rt.fnma(_t30, _t36, _rt.fma(_t24, _t40, _rt.fma(_t15, _t39, -(6.0*_t14*_t37) + _t32*_t36*_t43 + 16.0*_t32*_t41 - _t40 - 14.0*_t42*_t9 - _t49*_t50*_t9))))))), _rt.fnma(_t34, _t9, _rt.fnma(_t30, _t31, _rt.fma(_t28, _t5, _rt.fma(_t25, _t27, _rt.fma(_t14, _t29, -(_t13*_t26))))))), _rt.fma(_t22, _t25, _rt.fnma(_t2, _t4, _rt.fma(_t12, _t13, _rt.fnma(_t10, _t6, _rt.fma(_t10, _t16, _rt.fma(_t0, _t1, -(2.0*_t0*_t21*a1) - _t11*_t21*_t27))))))))
+    _d2_x_a0 = torch.where(torch.isnan(x), x, _t109*_rt.fma(_v_x, -(4.0*_t102) - _t106 - 2.0*_t95, -(_t107*b1)))
+    _d2_x_a1 = _t111*_rt.fma(_t101, -(3.0*_t102) - _t110 - _t95, _t58)
+    _d2_x_a2 = _t112*_t69*_rt.fma(_t101, -(2.0*_t102) - _t96, _t70 + _t84)
+    _d2_x_a3 = _t101*_t114*_rt.fma(_t101, -_t102 + _t95, _t113 + _t71)
+    _d2_x_a4 = _t114*_t115*_rt.fma(_t116, _t81, _rt.fma(_t101, _rt.fma(_t4, _w_x, _t9), _t77))
+    _d2_x_a5 = _t121*_rt.fma(_t101, _t102 + _t110 + _t119, _t117 + _t118)
+    _d2_x_b1 = torch.where(torch.isnan(x), x, _t135*_rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, 2.0*_t133 + 3.0*_t134, _rt.fnma(_t100, _t95, 4.0*_t131)), _rt.fnma(_t3, _t85, _t129 + 5.0*_t89)), _rt.fma(_t79, _t9, _rt.fma(_t35, _t76, _rt.fnma(_t118, a5, -(6.0*_t74))))), _rt.fma(_t37, _t48, _rt.fnma(_t113, _t41, _rt.fma(_t113, _t128, 7.0*_t127 - 5.0*_t61)))), _rt.fnma(_t53, _t55, _rt.fma(_t33, _t4, -(4.0*_t126) + 4.0*_t57))), -(3.0*_t122) - _t123 + 5.0*_t125 + 3.0*_t15*_t3), -_t27), _t12 - _t2))
+    _d2_x_b2 = torch.where(torch.isnan(x), x, _t138*_t144*_rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _t133 + 2.0*_t134, _rt.fnma(_t119, a5, 3.0*_t131 - _t97)), _rt.fma(_t77, _t93, -(_t4*_t85))), _rt.fnma(_t3, _t73, _rt.fnma(_t142, a5, _rt.fma(_t117, _t52, _t141 - 7.0*_t74)))), _rt.fnma(_t43, _t66, _rt.fma(_t128, _t84, 6.0*_t127 - _t62))), -(_t116*_t48*a3) - 5.0*_t126 + _t140 + 3.0*_t57), _rt.fnma(_t32, _t45, _rt.fma(_t15, _t4, -(4.0*_t122) + 4.0*_t125))), _rt.fnma(_t11, _t139, -(3.0*_t26))), -_t22))
+    _d2_x_b3 = torch.where(torch.isnan(x), x, _t144*_t147*_rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_t90, _v_x, _rt.fnma(_t100, _t9, _t35*_t53*_w_x - 4.0*_t78*_w_x)), _rt.fnma(_t9, _t98, _rt.fnma(_t119, a4, 3.0*_t81*_t93))), 4.0*_t35*_t69*a1 - 8.0*_t69*a5 - _t80 - _t83), _rt.fma(_t87, _t9, _rt.fnma(_t37, _t58, _rt.fnma(_t142, a4, _rt.fma(_t117, _t36, -(7.0*_t66)))))), _rt.fnma(_t43, _t73, _rt.fma(_t31, _t84, -(_t28*_t48)))), _rt.fnma(_t116, _t49, -(5.0*_t42) + _t46 + 3.0*_t64*_t9)), -(4.0*_t139) - _t34), -_t16 - 3.0*_t6))
+    _d2_x_b4 = torch.where(torch.isnan(x), x, _t150*_t151*_rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fnma(_t106, a5, _rt.fnma(_t102, a5, _t35*_t81*a3 - 5.0*_t95*a5)), _rt.fma(_t35, _t88, -(2.0*_t129) - _t3*_t77*a4)), -(_t113*_t3*a3) - _t141 + 3.0*_t35*_t58*a1 - 7.0*_t70*a5 - 9.0*_t74), _rt.fnma(_t50, _t66, -(_t1*_t3*_t48) + 4.0*_t35*_t48*a0 - 8.0*_t61)), -(7.0*_t126) - _t140 + _t48*_t7*_t8*a1 - 5.0*_t55*a3), _rt.fma(_t124, _t99, -(6.0*_t122) - 4.0*_t123)), _rt.fnma(_t116, _t139, -(5.0*_t26))), -(2.0*_t12) - 4.0*_t2))
     _d2_a0_a0 = 0.0
     _d2_a0_a1 = 0.0
     _d2_a0_a2 = 0.0
@@ -536,7 +536,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='pau',
-    key='bbc0826b596c',
+    key='f3c396ae949a',
     inputs=('x',),
     params=(('a0', False), ('a1', False), ('a2', False), ('a3', False), ('a4', False), ('a5', False), ('b1', False), ('b2', False), ('b3', False), ('b4', False)),
     constants=(),

@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='prelu',
-    key='48b0bd7ba060',
+    key='6bdc48e9945e',
     inputs=('x',),
     params=(('weight', True),),
     constants=(),

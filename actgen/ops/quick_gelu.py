@@ -38,7 +38,7 @@ def _derivatives_torch(x):
     """df/dx."""
     _clamped_x = _rt.clamp(x, -512.0, 32.0)
     _t0 = 1.702*_clamped_x
-    _d_x = (_t0*torch.sigmoid(-_t0) + 1.0)*torch.sigmoid(_t0)
+    _d_x = _rt.fma(_t0, torch.sigmoid(-_t0), 1.0)*torch.sigmoid(_t0)
     return (_d_x,)
 
 
@@ -48,7 +48,7 @@ def _second_derivatives_torch(x):
     _t1 = torch.sigmoid(-_t0)
     _t2 = torch.sigmoid(_t0)
     _t3 = 2.896804*x
-    _d2_x_x = _t1*_t2*(_t1*_t3 - _t2*_t3 + 3.404)
+    _d2_x_x = _t1*_t2*_rt.fnma(_t2, _t3, _rt.fma(_t1, _t3, 3.404))
     return (_d2_x_x,)
 
 
@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='quick_gelu',
-    key='17cde9d7b38c',
+    key='25e2c75e02fa',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu6',
-    key='48286b98d88b',
+    key='745811bc5854',
     inputs=('x',),
     params=(),
     constants=(),

@@ -95,7 +95,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='rrelu',
-    key='76ea49a36cc8',
+    key='4c7f162fdb2a',
     inputs=('x',),
     params=(),
     constants=('lower', 'upper'),

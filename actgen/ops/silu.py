@@ -32,7 +32,7 @@ def _forward_torch(x):
 
 def _derivatives_torch(x):
     """df/dx."""
-    _d_x = torch.where(x == math.inf, 1.0, torch.where(x == -math.inf, 0.0, (x*torch.sigmoid(-x) + 1.0)*torch.sigmoid(x)))
+    _d_x = torch.where(x == math.inf, 1.0, torch.where(x == -math.inf, 0.0, _rt.fma(x, torch.sigmoid(-x), 1.0)*torch.sigmoid(x)))
     return (_d_x,)
 
 
@@ -44,7 +44,7 @@ def _forward_torch_fast(x):
 
 def _derivatives_torch_fast(x):
     """df/dx for finite inputs (CPU): no NaN/inf guards."""
-    _d_x = (x*torch.sigmoid(-x) + 1.0)*torch.sigmoid(x)
+    _d_x = _rt.fma(x, torch.sigmoid(-x), 1.0)*torch.sigmoid(x)
     return (_d_x,)
 
 
@@ -52,7 +52,7 @@ def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.sigmoid(x)
     _t1 = torch.sigmoid(-x)
-    _d2_x_x = _t0*_t1*(-(_t0*x) + _t1*x + 2.0)
+    _d2_x_x = _t0*_t1*_rt.fma(_t1, x, _rt.fnma(_t0, x, 2.0))
     return (_d2_x_x,)
 
 
@@ -90,7 +90,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='silu',
-    key='024665bdf3a3',
+    key='9acb70440c1e',
     inputs=('x',),
     params=(),
     constants=(),

@@ -31,7 +31,7 @@ def _forward_torch(x):
     _t0 = torch.exp(-torch.abs(x))
     _t1 = x < 0.0
     _t2 = 2.0*_t0
-    _y = torch.where(torch.isnan(x), x, torch.where(x == -math.inf, 0.0, x*torch.where(_t1, _t0*(3.0*_t0 + 2.0), _t2 + 3.0)/torch.where(_t1, _t0*(5.0*_t0 + 6.0) + 2.0, _t0*(_t2 + 6.0) + 5.0)))
+    _y = torch.where(torch.isnan(x), x, torch.where(x == -math.inf, 0.0, x*torch.where(_t1, _t0*(3.0*_t0 + 2.0), _t2 + 3.0)/torch.where(_t1, _rt.fma(_t0, 5.0*_t0 + 6.0, 2.0), _rt.fma(_t0, _t2 + 6.0, 5.0))))
     return _y
 
 
@@ -43,9 +43,9 @@ def _derivatives_torch(x):
     _t2 = 8.0*_clamped_x + 28.0
     _t3 = 12.0*_clamped_x + 18.0
     _t4 = 4.0*_clamped_x + 4.0
-    _t5 = _t0*(2.0*_t0 + 6.0) + 5.0
-    _t6 = _t0*(5.0*_t0 + 6.0) + 2.0
-    _d_x = torch.where(torch.isnan(x), x, torch.where(_t1, _t0*(_t0*(_t0*(15.0*_t0 + _t2) + _t3) + _t4), _t0*(_t0*(_t0*_t4 + _t3) + _t2) + 15.0)/torch.where(_t1, _t6*_t6, _t5*_t5))
+    _t5 = _rt.fma(_t0, 2.0*_t0 + 6.0, 5.0)
+    _t6 = _rt.fma(_t0, 5.0*_t0 + 6.0, 2.0)
+    _d_x = torch.where(torch.isnan(x), x, torch.where(_t1, _t0*_rt.fma(_t0, _rt.fma(_t0, 15.0*_t0 + _t2, _t3), _t4), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t4, _t3), _t2), 15.0))/torch.where(_t1, _t6*_t6, _t5*_t5))
     return (_d_x,)
 
 
@@ -54,7 +54,7 @@ def _forward_torch_fast(x):
     _t0 = torch.exp(-torch.abs(x))
     _t1 = _rt.lt(x, 0.0)
     _t2 = 2.0*_t0
-    _y = x*_rt.select(_t1, _t0*(3.0*_t0 + 2.0), _t2 + 3.0)/_rt.select(_t1, _t0*(5.0*_t0 + 6.0) + 2.0, _t0*(_t2 + 6.0) + 5.0)
+    _y = x*_rt.select(_t1, _t0*(3.0*_t0 + 2.0), _t2 + 3.0)/_rt.select(_t1, _rt.fma(_t0, 5.0*_t0 + 6.0, 2.0), _rt.fma(_t0, _t2 + 6.0, 5.0))
     return _rt.finite_or_none(_y)
 
 
@@ -66,9 +66,9 @@ def _derivatives_torch_fast(x):
     _t2 = 8.0*_clamped_x + 28.0
     _t3 = 12.0*_clamped_x + 18.0
     _t4 = 4.0*_clamped_x + 4.0
-    _t5 = _t0*(2.0*_t0 + 6.0) + 5.0
-    _t6 = _t0*(5.0*_t0 + 6.0) + 2.0
-    _d_x = _rt.select(_t1, _t0*(_t0*(_t0*(15.0*_t0 + _t2) + _t3) + _t4), _t0*(_t0*(_t0*_t4 + _t3) + _t2) + 15.0)/_rt.select(_t1, _t6*_t6, _t5*_t5)
+    _t5 = _rt.fma(_t0, 2.0*_t0 + 6.0, 5.0)
+    _t6 = _rt.fma(_t0, 5.0*_t0 + 6.0, 2.0)
+    _d_x = _rt.select(_t1, _t0*_rt.fma(_t0, _rt.fma(_t0, 15.0*_t0 + _t2, _t3), _t4), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t4, _t3), _t2), 15.0))/_rt.select(_t1, _t6*_t6, _t5*_t5)
     return _rt.finite_or_none((_d_x,))
 
 
@@ -81,9 +81,9 @@ def _second_derivatives_torch(x):
     _t4 = 54.0 - 3.0*x
     _t5 = 6.0*x + 24.0
     _t6 = 2.0*x + 4.0
-    _t7 = _t0*(2.0*_t0 + 6.0) + 5.0
-    _t8 = _t0*(5.0*_t0 + 6.0) + 2.0
-    _d2_x_x = torch.where(torch.isnan(x), x, 4.0*torch.where(_t1, _t0*(_t0*(_t0*(_t0*(_t0*(20.0 - _t2) + _t3) + _t4) + _t5) + _t6), _t0*(_t0*(_t0*(_t0*(_t0*_t6 + _t5) + _t4) + _t3) - _t2 + 20.0))/torch.where(_t1, _t8*_t8*_t8, _t7*_t7*_t7))
+    _t7 = _rt.fma(_t0, 2.0*_t0 + 6.0, 5.0)
+    _t8 = _rt.fma(_t0, 5.0*_t0 + 6.0, 2.0)
+    _d2_x_x = torch.where(torch.isnan(x), x, 4.0*torch.where(_t1, _t0*_rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 20.0 - _t2, _t3), _t4), _t5), _t6), _t0*_rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t6, _t5), _t4), _t3), 20.0 - _t2))/torch.where(_t1, _t8*_t8*_t8, _t7*_t7*_t7))
     return (_d2_x_x,)
 
 
@@ -130,7 +130,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='smish',
-    key='28cc89ec1f0f',
+    key='2bad65984c4d',
     inputs=('x',),
     params=(),
     constants=(),

@@ -33,7 +33,7 @@ def _forward_torch(x, alpha):
     _t3 = alpha > 0.0
     _t4 = 16777216.0*alpha
     _t5 = 140737488355329.0*alpha
-    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha + x)))), torch.where(_t3, _t0*torch.expm1(_t2) + alpha, alpha + x*(0.5*_t2 + 1.0))), torch.where(x > 0.0, torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha + 16777216.0)))), torch.where(_t3, _t0*torch.expm1(_t4) + alpha, _t5 + 16777216.0)), torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha - 16777216.0)))), torch.where(_t3, _t0*torch.expm1(-_t4) + alpha, _t5 - 16777216.0))), x))
+    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha + x)))), torch.where(_t3, _rt.fma(_t0, torch.expm1(_t2), alpha), _rt.fma(x, 0.5*_t2 + 1.0, alpha))), torch.where(x > 0.0, torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha + 16777216.0)))), torch.where(_t3, _rt.fma(_t0, torch.expm1(_t4), alpha), _t5 + 16777216.0)), torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha - 16777216.0)))), torch.where(_t3, _rt.fma(_t0, torch.expm1(-_t4), alpha), _t5 - 16777216.0))), x))
     return _y
 
 
@@ -48,8 +48,8 @@ def _derivatives_torch(x, alpha):
     _t6 = 16777216.0*alpha
     _t7 = 1.0/(alpha*alpha)
     _t8 = 1.0/alpha
-    _d_x = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(_t2, _t1, torch.where(_t5, _t4, _t3 + 1.0)), torch.where(x > 0.0, torch.where(_t2, 1.0/(-(alpha*(alpha + 16777216.0)) + 1.0), torch.where(_t5, torch.exp(_t6), _t6 + 1.0)), torch.where(_t2, 1.0/(-(alpha*(alpha - 16777216.0)) + 1.0), torch.where(_t5, torch.exp(-_t6), 1.0 - _t6))), x))
-    _d_alpha = torch.where(torch.isnan(x), x, torch.where(_t2, -(_t1*_t8*(-(2.0*alpha) - x)) + _t7*torch.log1p(-_t0), torch.where(_t5, _t4*_t8*x - _t7*torch.expm1(_t3) + 1.0, 0.5*x*x + 1.0)))
+    _d_x = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(_t2, _t1, torch.where(_t5, _t4, _t3 + 1.0)), torch.where(x > 0.0, torch.where(_t2, 1.0/_rt.fnma(alpha, alpha + 16777216.0, 1.0), torch.where(_t5, torch.exp(_t6), _t6 + 1.0)), torch.where(_t2, 1.0/_rt.fnma(alpha, alpha - 16777216.0, 1.0), torch.where(_t5, torch.exp(-_t6), 1.0 - _t6))), x))
+    _d_alpha = torch.where(torch.isnan(x), x, torch.where(_t2, _rt.fma(_t7, torch.log1p(-_t0), -(_t1*_t8*(-(2.0*alpha) - x))), torch.where(_t5, _rt.fnma(_t7, torch.expm1(_t3), _t4*_t8*x + 1.0), 0.5*x*x + 1.0)))
     return (_d_x, _d_alpha,)
 
 
@@ -57,7 +57,7 @@ def _forward_torch_fast(x, alpha):
     """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = 1.0/alpha
     _t1 = alpha*x
-    _y = _rt.select(_rt.lt(alpha, 0.0), -(_t0*torch.log1p(-(alpha*(alpha + x)))), _rt.select(_rt.gt(alpha, 0.0), _t0*torch.expm1(_t1) + alpha, alpha + x*(0.5*_t1 + 1.0)))
+    _y = _rt.select(_rt.lt(alpha, 0.0), -(_t0*torch.log1p(-(alpha*(alpha + x)))), _rt.select(_rt.gt(alpha, 0.0), _rt.fma(_t0, torch.expm1(_t1), alpha), _rt.fma(x, 0.5*_t1 + 1.0, alpha)))
     return _rt.finite_or_none(_y)
 
 
@@ -72,7 +72,7 @@ def _derivatives_torch_fast(x, alpha):
     _t6 = 1.0/(alpha*alpha)
     _t7 = 1.0/alpha
     _d_x = _rt.select(_t2, _t1, _rt.select(_t5, _t4, _t3 + 1.0))
-    _d_alpha = _rt.select(_t2, -(_t1*_t7*(-(2.0*alpha) - x)) + _t6*torch.log1p(-_t0), _rt.select(_t5, _t4*_t7*x - _t6*torch.expm1(_t3) + 1.0, 0.5*x*x + 1.0))
+    _d_alpha = _rt.select(_t2, _rt.fma(_t6, torch.log1p(-_t0), -(_t1*_t7*(-(2.0*alpha) - x))), _rt.select(_t5, _rt.fnma(_t6, torch.expm1(_t3), _t4*_t7*x + 1.0), 0.5*x*x + 1.0))
     return _rt.finite_or_none((_d_x, _d_alpha,))
 
 
@@ -88,8 +88,8 @@ def _second_derivatives_torch(x, alpha):
     _t5 = alpha > 0.0
     _t6 = alpha*alpha
     _t7 = 2.0*alpha
-    _t8 = _t7*_w_x + _v_x
-    _t15 = -(_t6*_w_x) - _v_x*alpha + _w_x
+    _t8 = _rt.fma(_t7, _w_x, _v_x)
+    _t15 = _rt.fnma(_v_x, alpha, _rt.fnma(_t6, _w_x, _w_x))
     _t9 = _t8/(_t15*_t15)
     _t10 = _t4*x
     _t11 = 2.0/(alpha*alpha*alpha)
@@ -98,7 +98,7 @@ def _second_derivatives_torch(x, alpha):
     _t14 = 1.0/_t6
     _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t2, alpha/(_t1*_t1), torch.where(_t5, _t4*alpha, alpha)))
     _d2_x_alpha = torch.where(torch.isnan(x), x, torch.where(_t2, _t9*_w_x, torch.where(_t5, _t10, x)))
-    _d2_alpha_alpha = torch.where(torch.isnan(x), x, torch.where(_t2, -(_t11*torch.log1p(-_t0)) + 2.0*_t12*_t13 + _t12*_t8*_t9 + 2.0*_t13*_t14*(-_t7 - x), torch.where(_t5, -(2.0*_t10*_t14) + _t11*torch.expm1(_t3) + _t12*_t4*x*x, 0.0)))
+    _d2_alpha_alpha = torch.where(torch.isnan(x), x, torch.where(_t2, _rt.fnma(_t11, torch.log1p(-_t0), 2.0*_t12*_t13 + _t12*_t8*_t9 + 2.0*_t13*_t14*(-_t7 - x)), torch.where(_t5, _rt.fma(_t11, torch.expm1(_t3), -(2.0*_t10*_t14) + _t12*_t4*x*x), 0.0)))
     return (_d2_x_x, _d2_x_alpha, _d2_alpha_alpha,)
 
 
@@ -158,7 +158,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='soft_exponential',
-    key='ee9996087e04',
+    key='35db8c93f616',
     inputs=('x',),
     params=(('alpha', False),),
     constants=(),

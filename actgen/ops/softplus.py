@@ -93,7 +93,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softplus',
-    key='916e02a19cb1',
+    key='0ab4192bc8e8',
     inputs=('x',),
     params=(),
     constants=('beta', 'threshold'),

@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softshrink',
-    key='c94c4df85325',
+    key='dcc79cd47d2c',
     inputs=('x',),
     params=(),
     constants=('lambd',),

@@ -28,7 +28,7 @@ SPEC_SHA256 = 'cbfc560b323bd37f9f90b4493bc5baa40278a1156043a80a9bcb6a8a15768c67'
 
 def _forward_torch(x, scale, bias):
     """f, elementwise; params broadcast against the input."""
-    _y = torch.where(torch.isnan(x), x, bias + scale*torch.where(x > 0.0, x*x, 0.0))
+    _y = torch.where(torch.isnan(x), x, _rt.fma(scale, torch.where(x > 0.0, x*x, 0.0), bias))
     return _y
 
 
@@ -43,7 +43,7 @@ def _derivatives_torch(x, scale, bias):
 
 def _forward_torch_fast(x, scale, bias):
     """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _y = bias + scale*_rt.select(_rt.gt(x, 0.0), x*x, 0.0)
+    _y = _rt.fma(scale, _rt.select(_rt.gt(x, 0.0), x*x, 0.0), bias)
     return _rt.finite_or_none(_y)
 
 
@@ -116,7 +116,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='star_relu',
-    key='7e7aa37378da',
+    key='e0f15f653e05',
     inputs=('x',),
     params=(('scale', False), ('bias', False)),
     constants=(),

@@ -43,7 +43,7 @@ def _derivatives_torch(x, beta):
     _t3 = 16777216.0*beta
     _t4 = torch.sigmoid(_t3)
     _t5 = torch.sigmoid(-_t3)
-    _d_x = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t1*(_t0*_t2 + 1.0), torch.where(x > 0.0, _t4*(_t3*_t5 + 1.0), _t5*(-(_t3*_t4) + 1.0)), x))
+    _d_x = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t1*_rt.fma(_t0, _t2, 1.0), torch.where(x > 0.0, _t4*_rt.fma(_t3, _t5, 1.0), _t5*_rt.fnma(_t3, _t4, 1.0)), x))
     _d_beta = _rt.limit_at_inf(_t1*_t2*x*x, 281474976710656.0*_t4*_t5, x)
     return (_d_x, _d_beta,)
 
@@ -59,7 +59,7 @@ def _derivatives_torch_fast(x, beta):
     _t0 = beta*x
     _t1 = torch.sigmoid(_t0)
     _t2 = torch.sigmoid(-_t0)
-    _d_x = _t1*(_t0*_t2 + 1.0)
+    _d_x = _t1*_rt.fma(_t0, _t2, 1.0)
     _d_beta = _t1*_t2*x*x
     return (_d_x, _d_beta,)
 
@@ -69,10 +69,10 @@ def _second_derivatives_torch(x, beta):
     _t0 = beta*x
     _t1 = torch.sigmoid(_t0)
     _t2 = torch.sigmoid(-_t0)
-    _t3 = _t0*_t2 + 1.0
+    _t3 = _rt.fma(_t0, _t2, 1.0)
     _t4 = _t1*_t2
-    _d2_x_x = _t4*(-(_t1*beta*beta*x) + _t3*beta + beta)
-    _d2_x_beta = _t4*(-(_t1*beta*x*x) + _t3*x + x)
+    _d2_x_x = _t4*_rt.fma(_t3, beta, -(_t1*beta*beta*x) + beta)
+    _d2_x_beta = _t4*_rt.fma(_t3, x, -(_t1*beta*x*x) + x)
     _d2_beta_beta = _t4*x*x*x*(-_t1 + _t2)
     return (_d2_x_x, _d2_x_beta, _d2_beta_beta,)
 
@@ -127,7 +127,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swish',
-    key='7fdd3ad417d6',
+    key='cf4e8b8f4de0',
     inputs=('x',),
     params=(('beta', False),),
     constants=(),

@@ -25,7 +25,7 @@ SPEC_SHA256 = 'e140767bbc13f6758e127ec3308d2b63beab0e199c0934cd58e44ce61dc0275c'
 def _forward_torch(x):
     """f, elementwise; params broadcast against the input."""
     _t0 = x*x
-    _y = torch.where(torch.isnan(x), x, torch.where(torch.abs(x) < 2.0, x/(_t0*(_t0*(_t0*(_t0*(7.337917330289565e-09*_t0 + 3.910678294848439e-06) + 0.0005904088283950985) + 0.030742204655248132) + 0.4776021080368906) + 1.0)*x*x*(_t0*(_t0*(_t0*(_t0*(4.791233165716352e-14*_t0 + 7.194036598323103e-09) + 3.7056482517962304e-06) + 0.0005353744484179266) + 0.025867369345630217) + 0.3333333333333333), x - torch.tanh(x)))
+    _y = torch.where(torch.isnan(x), x, torch.where(torch.abs(x) < 2.0, x/_rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 7.337917330289565e-09*_t0 + 3.910678294848439e-06, 0.0005904088283950985), 0.030742204655248132), 0.4776021080368906), 1.0)*x*x*_rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 4.791233165716352e-14*_t0 + 7.194036598323103e-09, 3.7056482517962304e-06), 0.0005353744484179266), 0.025867369345630217), 0.3333333333333333), x - torch.tanh(x)))
     return _y
 
 
@@ -39,7 +39,7 @@ def _derivatives_torch(x):
 def _forward_torch_fast(x):
     """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = x*x
-    _y = _rt.select(_rt.lt(torch.abs(x), 2.0), x/(_t0*(_t0*(_t0*(_t0*(7.337917330289565e-09*_t0 + 3.910678294848439e-06) + 0.0005904088283950985) + 0.030742204655248132) + 0.4776021080368906) + 1.0)*x*x*(_t0*(_t0*(_t0*(_t0*(4.791233165716352e-14*_t0 + 7.194036598323103e-09) + 3.7056482517962304e-06) + 0.0005353744484179266) + 0.025867369345630217) + 0.3333333333333333), x - torch.tanh(x))
+    _y = _rt.select(_rt.lt(torch.abs(x), 2.0), x/_rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 7.337917330289565e-09*_t0 + 3.910678294848439e-06, 0.0005904088283950985), 0.030742204655248132), 0.4776021080368906), 1.0)*x*x*_rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 4.791233165716352e-14*_t0 + 7.194036598323103e-09, 3.7056482517962304e-06), 0.0005353744484179266), 0.025867369345630217), 0.3333333333333333), x - torch.tanh(x))
     return _rt.finite_or_none(_y)
 
 
@@ -85,7 +85,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='tanhshrink',
-    key='b8bc191d754b',
+    key='cd66f64cd9ed',
     inputs=('x',),
     params=(),
     constants=(),

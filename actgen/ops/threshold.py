@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='threshold',
-    key='b7379d44efd0',
+    key='5afb039618c8',
     inputs=('x',),
     params=(),
     constants=('threshold', 'value'),

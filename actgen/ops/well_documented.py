@@ -32,7 +32,7 @@ def _forward_torch(x):
     _t1 = _t0*(_t0 + 2.0)
     _t2 = x < 0.0
     _t3 = 2.0*_t0
-    _y = torch.where(torch.isnan(x), x, torch.where(x == -math.inf, 0.0, x*torch.where(_t2, _t1, _t3 + 1.0)/torch.where(_t2, _t1 + 2.0, _t0*(_t3 + 2.0) + 1.0)))
+    _y = torch.where(torch.isnan(x), x, torch.where(x == -math.inf, 0.0, x*torch.where(_t2, _t1, _t3 + 1.0)/torch.where(_t2, _t1 + 2.0, _rt.fma(_t0, _t3 + 2.0, 1.0))))
     return _y
 
 
@@ -44,9 +44,9 @@ def _derivatives_torch(x):
     _t2 = 4.0*_clamped_x
     _t3 = _t2 + 6.0
     _t4 = _t2 + 4.0
-    _t5 = _t0*(_t0 + 2.0) + 2.0
-    _t6 = _t0*(2.0*_t0 + 2.0) + 1.0
-    _d_x = torch.where(torch.isnan(x), x, torch.where(_t1, _t0*(_t0*(_t0*(_t0 + 4.0) + _t3) + _t4), _t0*(_t0*(_t0*_t4 + _t3) + 4.0) + 1.0)/torch.where(_t1, _t5*_t5, _t6*_t6))
+    _t5 = _rt.fma(_t0, _t0 + 2.0, 2.0)
+    _t6 = _rt.fma(_t0, 2.0*_t0 + 2.0, 1.0)
+    _d_x = torch.where(torch.isnan(x), x, torch.where(_t1, _t0*_rt.fma(_t0, _rt.fma(_t0, _t0 + 4.0, _t3), _t4), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t4, _t3), 4.0), 1.0))/torch.where(_t1, _t5*_t5, _t6*_t6))
     return (_d_x,)
 
 
@@ -56,7 +56,7 @@ def _forward_torch_fast(x):
     _t1 = _t0*(_t0 + 2.0)
     _t2 = _rt.lt(x, 0.0)
     _t3 = 2.0*_t0
-    _y = x*_rt.select(_t2, _t1, _t3 + 1.0)/_rt.select(_t2, _t1 + 2.0, _t0*(_t3 + 2.0) + 1.0)
+    _y = x*_rt.select(_t2, _t1, _t3 + 1.0)/_rt.select(_t2, _t1 + 2.0, _rt.fma(_t0, _t3 + 2.0, 1.0))
     return _rt.finite_or_none(_y)
 
 
@@ -68,9 +68,9 @@ def _derivatives_torch_fast(x):
     _t2 = 4.0*_clamped_x
     _t3 = _t2 + 6.0
     _t4 = _t2 + 4.0
-    _t5 = _t0*(_t0 + 2.0) + 2.0
-    _t6 = _t0*(2.0*_t0 + 2.0) + 1.0
-    _d_x = _rt.select(_t1, _t0*(_t0*(_t0*(_t0 + 4.0) + _t3) + _t4), _t0*(_t0*(_t0*_t4 + _t3) + 4.0) + 1.0)/_rt.select(_t1, _t5*_t5, _t6*_t6)
+    _t5 = _rt.fma(_t0, _t0 + 2.0, 2.0)
+    _t6 = _rt.fma(_t0, 2.0*_t0 + 2.0, 1.0)
+    _d_x = _rt.select(_t1, _t0*_rt.fma(_t0, _rt.fma(_t0, _t0 + 4.0, _t3), _t4), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t4, _t3), 4.0), 1.0))/_rt.select(_t1, _t5*_t5, _t6*_t6)
     return _rt.finite_or_none((_d_x,))
 
 
@@ -83,9 +83,9 @@ def _second_derivatives_torch(x):
     _t4 = 6.0 - 3.0*x
     _t5 = _t3 + 8.0
     _t6 = _t3 + 4.0
-    _t7 = _t1*(_t1 + 2.0) + 2.0
-    _t8 = _t1*(2.0*_t1 + 2.0) + 1.0
-    _d2_x_x = torch.where(torch.isnan(x), x, 4.0*torch.where(_t2, _t1*(_t1*(_t1*(_t1*(2.0 - _t3) + _t4) + _t5) + _t6), _t1*_t1*(_t1*(_t1*(_t1*_t6 + _t5) + _t4) - _t3 + 2.0))/torch.where(_t2, _t7*_t7*_t7, _t8*_t8*_t8))
+    _t7 = _rt.fma(_t1, _t1 + 2.0, 2.0)
+    _t8 = _rt.fma(_t1, 2.0*_t1 + 2.0, 1.0)
+    _d2_x_x = torch.where(torch.isnan(x), x, 4.0*torch.where(_t2, _t1*_rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, 2.0 - _t3, _t4), _t5), _t6), _t1*_t1*_rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _t6, _t5), _t4), 2.0 - _t3))/torch.where(_t2, _t7*_t7*_t7, _t8*_t8*_t8))
     return (_d2_x_x,)
 
 
@@ -133,7 +133,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='well_documented',
-    key='a91139a3c6ce',
+    key='4f7cf7354c32',
     inputs=('x',),
     params=(),
     constants=(),

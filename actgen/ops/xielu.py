@@ -33,7 +33,7 @@ def _forward_torch(x, alpha_p, alpha_n, beta, eps):
     _t1 = x > 0.0
     _t2 = beta + _rt.softplus(alpha_n)
     _t3 = 16777216.0*beta
-    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(_t1, x*(_t0*x + beta), _t2*(-x + torch.expm1(torch.where(eps > x, x, eps))) + beta*x), torch.where(_t1, 281474976710656.0*_t0 + _t3, _t2*(math.expm1((-16777216.0 if eps > -16777216.0 else eps)) + 16777216.0) - _t3), x))
+    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(_t1, x*_rt.fma(_t0, x, beta), _rt.fma(_t2, -x + torch.expm1(torch.where(eps > x, x, eps)), beta*x)), torch.where(_t1, 281474976710656.0*_t0 + _t3, _t2*(math.expm1((-16777216.0 if eps > -16777216.0 else eps)) + 16777216.0) - _t3), x))
     return _y
 
 
@@ -42,7 +42,7 @@ def _derivatives_torch(x, alpha_p, alpha_n, beta, eps):
     _t0 = x > 0.0
     _t1 = eps > x
     _t2 = torch.where(_t1, x, eps)
-    _d_x = torch.where(torch.isnan(x), x, torch.where(_t0, beta + 2.0*x*_rt.softplus(alpha_p), beta + (beta + _rt.softplus(alpha_n))*(torch.where(_t1, x.new_full((), 1.0), 0.0)*torch.exp(_t2) - 1.0)))
+    _d_x = torch.where(torch.isnan(x), x, torch.where(_t0, beta + 2.0*x*_rt.softplus(alpha_p), _rt.fma(beta + _rt.softplus(alpha_n), _rt.fma(torch.where(_t1, x.new_full((), 1.0), 0.0), torch.exp(_t2), -1.0), beta)))
     _d_alpha_p = torch.where(torch.isnan(x), x, torch.where(_t0, x*x*torch.sigmoid(alpha_p), 0.0))
     _d_alpha_n = torch.where(torch.isnan(x), x, torch.where(_t0, 0.0, (-x + torch.expm1(_t2))*torch.sigmoid(alpha_n)))
     return (_d_x, _d_alpha_p, _d_alpha_n,)
@@ -50,7 +50,7 @@ def _derivatives_torch(x, alpha_p, alpha_n, beta, eps):
 
 def _forward_torch_fast(x, alpha_p, alpha_n, beta, eps):
     """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _y = _rt.select(_rt.gt(x, 0.0), x*(beta + x*_rt.softplus(alpha_p)), beta*x + (beta + _rt.softplus(alpha_n))*(-x + torch.expm1(_rt.select(_rt.gt(eps, x), x, eps))))
+    _y = _rt.select(_rt.gt(x, 0.0), x*_rt.fma(x, _rt.softplus(alpha_p), beta), _rt.fma(beta + _rt.softplus(alpha_n), -x + torch.expm1(_rt.select(_rt.gt(eps, x), x, eps)), beta*x))
     return _rt.finite_or_none(_y)
 
 
@@ -59,7 +59,7 @@ def _derivatives_torch_fast(x, alpha_p, alpha_n, beta, eps):
     _t0 = _rt.gt(x, 0.0)
     _t1 = _rt.gt(eps, x)
     _t2 = _rt.select(_t1, x, eps)
-    _d_x = _rt.select(_t0, beta + 2.0*x*_rt.softplus(alpha_p), beta + (beta + _rt.softplus(alpha_n))*(_rt.select(_t1, 1.0, 0.0)*torch.exp(_t2) - 1.0))
+    _d_x = _rt.select(_t0, beta + 2.0*x*_rt.softplus(alpha_p), _rt.fma(beta + _rt.softplus(alpha_n), _rt.fma(_rt.select(_t1, 1.0, 0.0), torch.exp(_t2), -1.0), beta))
     _d_alpha_p = _rt.select(_t0, x*x*torch.sigmoid(alpha_p), 0.0)
     _d_alpha_n = _rt.select(_t0, 0.0, (-x + torch.expm1(_t2))*torch.sigmoid(alpha_n))
     return _rt.finite_or_none((_d_x, _d_alpha_p, _d_alpha_n,))
@@ -136,7 +136,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='xielu',
-    key='e60760a66e73',
+    key='07cbcd98be4b',
     inputs=('x',),
     params=(('alpha_p', False), ('alpha_n', False)),
     constants=('beta', 'eps'),

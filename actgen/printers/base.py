@@ -93,6 +93,53 @@ def product_layout(expr: sympy.Mul):
     return _pair_ratios(numer, denom)
 
 
+def product_chain(e: sympy.Expr) -> list[tuple[str, sympy.Expr]]:
+    """The factors of a product as the eager fallback's printed code applies them, left to
+    right: [("*" or "/", factor)], each factor printed atomically (in parentheses, or a call
+    or a name).  A product inside a product (x**3 written x*x*x, a ratio n/d that the
+    printers pair) continues the same chain, as Python parses the printed text."""
+    if e.is_Mul and not e.is_number:
+        coeff, rest = e.as_coeff_Mul()
+        if coeff.is_negative:               # printed -(...)
+            return [("*", e)]
+        if coeff.is_Float and float(coeff) == 1.0:
+            return product_chain(rest)
+        numer, denom, pairs = product_layout(e)
+        items = []
+        for n, d in pairs:
+            if n is not None:
+                items += product_chain(n) + [("/", d)]
+        for n in numer:
+            items += product_chain(n)
+        items = items or [("*", sympy.Float(1.0))]
+        items += [("/", d) for n, d in pairs if n is None]
+        if denom:
+            items.append(("/", denom[0] if len(denom) == 1 else sympy.Mul(*denom, evaluate=False)))
+        return items
+    if e.is_Pow and e.exp.is_number:
+        if e.exp < 0:                       # printed 1.0/(base**-exp)
+            return [("*", sympy.Float(1.0)), ("/", e.base ** -e.exp)]
+        if e.exp.is_Integer and 1 <= e.exp <= ExprPrinter.MAX_PRODUCT_POWER and e.base.is_Symbol:
+            return [("*", e.base)] * int(e.exp)
+    return [("*", e)]
+
+
+def fma_split(expr: sympy.Add, is_tensor):
+    """How the eager fallback computes a sum: as rest + a*b (negative False) or rest - a*b
+    (True) in one fused multiply-add (torch.addcmul), where a*b is the last of expr's terms
+    (in the printed order) that is a product of exactly two factors, both tensors at run time
+    (is_tensor(factor)), with coefficient 1 or -1 - as the kernels' compiler contracts it.
+    (a, b, rest, negative), or None where no term is such a product."""
+    terms = expr.as_ordered_terms()
+    for i in reversed(range(len(terms))):
+        term = terms[i]
+        negative = term.as_coeff_Mul()[0].is_negative
+        chain = product_chain(-term if negative else term)
+        if len(terms) > 1 and len(chain) == 2 and all(op == "*" and is_tensor(f) for op, f in chain):
+            return chain[0][1], chain[1][1], sympy.Add(*terms[:i], *terms[i + 1:]), negative
+    return None
+
+
 class ExprPrinter:
     FUNCTIONS: dict[str, str] = {}     # sympy class name -> "template({0})"
     MAX_PRODUCT_POWER = 4               # x**k up to this k is printed as x*x*...*x

@@ -10,12 +10,16 @@ condition is a float 0/1 mask (`_rt.gt(a, b)`: a vectorized compare, where a boo
 torch.where are not) and a branch choice is `_rt.select(mask, a, b)`, exact wherever both
 branches are finite; the generated function checks its outputs and hands over to the
 guarded variant when one is not.
+
+A sum with a product of two tensors among its terms is computed as a fused multiply-add
+(`_rt.fma(a, b, c)`, torch.addcmul), rounded once as the kernels' compiler contracts it:
+fewer passes over memory, and the fallback's rounding follows the kernels'.
 """
 from __future__ import annotations
 
 import sympy
 
-from .base import ATOM, POW, ExprPrinter
+from .base import ATOM, POW, ExprPrinter, fma_split
 
 TENSOR_FUNCTIONS = {
     "exp": "torch.exp({0})",
@@ -87,6 +91,14 @@ class TorchPrinter(ExprPrinter):
 
     def power(self, base, exp):
         return f"{self.paren(base, POW + 1)}**{self.paren(exp, POW + 1)}", POW
+
+    def _print_Add(self, expr):
+        """rest + a*b of two tensors as one fused multiply-add (see fma_split)."""
+        split = None if self.scalar_mode or expr.is_number else fma_split(expr, lambda f: not self.is_scalar(f))
+        if split is None:
+            return super()._print_Add(expr)
+        a, b, rest, negative = split
+        return f"_rt.{'fnma' if negative else 'fma'}({self.doprint(a)}, {self.doprint(b)}, {self.doprint(rest)})", ATOM
 
     def add_tensor_name(self, name: str):
         self.tensor_names.add(name)

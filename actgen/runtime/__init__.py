@@ -81,6 +81,16 @@ def inverse_scale(u: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isinf(u), 0.0, torch.ldexp(torch.ones_like(u), -_scale_shift(u)))
 
 
+def fma(a: torch.Tensor, b: torch.Tensor, c) -> torch.Tensor:
+    """a*b + c, rounded once where the CPU has fused multiply-add (torch.addcmul); c may be a number."""
+    return torch.addcmul(c if isinstance(c, torch.Tensor) else a.new_full((), c), a, b)
+
+
+def fnma(a: torch.Tensor, b: torch.Tensor, c) -> torch.Tensor:
+    """c - a*b, rounded once where the CPU has fused multiply-add (torch.addcmul)."""
+    return torch.addcmul(c if isinstance(c, torch.Tensor) else a.new_full((), c), a, b, value=-1)
+
+
 def clamp(u: torch.Tensor, lo: float | None, hi: float | None) -> torch.Tensor:
     """u clamped to [lo, hi] (None: no bound; a bound beyond u's dtype's range is none either),
     NaN staying NaN."""
