@@ -180,12 +180,17 @@ SPECIAL = (0.0, 1e-38, 1e-20, 1e-7, 1e-3, 0.1, 0.5, 1.0, 2.0, 3.0, 6.0) + EXTREM
 HUGE_MAX = 1e38
 
 
+def dense_points(step: float, half_width: float) -> np.ndarray:
+    """Every multiple of step in [-half_width, half_width] (exact in float32 for the steps used)."""
+    n = int(round(half_width / step))
+    return np.arange(-n, n + 1) * step
+
+
 def grid(step: float = 0.01, n_log: int = 200, half_width: float = 20.0, n_huge: int | None = None) -> np.ndarray:
     """Uniform on [-w, w] (exact multiples of step), log-spaced out to 1e4, n_huge more (default
     n_log // 5) log-spaced from 1e4 to HUGE_MAX, the special points (0, tiny, the usual kinks)
     and the extremes +-30, +-100, +-1e4, +-inf."""
-    n = int(round(half_width / step))
-    dense = np.arange(-n, n + 1) * step
+    dense = dense_points(step, half_width)
     far = np.geomspace(half_width, 1e4, n_log)
     huge = np.geomspace(1e4, HUGE_MAX, n_log // 5 if n_huge is None else n_huge)
     special = np.array(SPECIAL)
@@ -333,15 +338,20 @@ def as_written_function(spec: Spec):
     return compiled_function(spec, rewrites=False)
 
 
+def _arguments(spec: Spec, points: list[tuple[float, ...]], dtype: torch.dtype, params: dict | None = None):
+    """The inputs at the points in dtype (requiring grad) and the params (float32 tensors, at
+    their initial values unless params says otherwise)."""
+    values = {**param_values(spec), **(params or {})}
+    xs = [torch.tensor(c, dtype=torch.float64).to(dtype).requires_grad_() for c in zip(*points)]
+    return xs, [torch.tensor([values[p.name]], dtype=torch.float32) for p in spec.params]
+
+
 def run(fn, spec: Spec, points: list[tuple[float, ...]], dtype: torch.dtype, backend: str,
         params: dict | None = None) -> dict[str, np.ndarray]:
     """f and df/d(input) of fn at the points, on one backend, as float64 arrays."""
     from .runtime import use_backend
 
-    values = {**param_values(spec), **(params or {})}
-    cols = list(zip(*points))
-    xs = [torch.tensor(c, dtype=torch.float64).to(dtype).requires_grad_() for c in cols]
-    ps = [torch.tensor([values[p.name]], dtype=torch.float32) for p in spec.params]
+    xs, ps = _arguments(spec, points, dtype, params)
     with use_backend(backend), np.errstate(all="ignore"):   # the interpreter's numpy on inf/NaN
         y = fn(*xs, *ps)
         grads = torch.autograd.grad(y, xs, grad_outputs=torch.ones_like(y))
@@ -403,22 +413,13 @@ DENSE_CONFIRM = 12
 DENSE_RUNS = (("torch", torch.float32), ("triton", torch.float32))
 
 
-def dense_points(step: float = DENSE_STEP, half_width: float = DENSE_HALF_WIDTH) -> np.ndarray:
-    """Every multiple of step in [-half_width, half_width] (exact in float32)."""
-    n = int(round(half_width / step))
-    return np.arange(-n, n + 1) * step
-
-
 def _float64_reference(spec: Spec, points: list[tuple[float, ...]]):
     """The shipped op's eager fallback in float64 at the points: {output: values} and
     {output: d output / d (first input)} (its own second derivatives), for ranking points by
     their error per unit of condition before the oracle scores the worst of them."""
     from .runtime import use_backend
 
-    values = param_values(spec)
-    cols = list(zip(*points))
-    xs = [torch.tensor(c, dtype=torch.float64).requires_grad_() for c in cols]
-    ps = [torch.tensor([values[p.name]], dtype=torch.float64) for p in spec.params]
+    xs, ps = _arguments(spec, points, torch.float64)
     with use_backend("torch"):
         y = op_function(spec)(*xs, *ps)
         grads = torch.autograd.grad(y, xs, grad_outputs=torch.ones_like(y), create_graph=True)
@@ -436,10 +437,10 @@ def _float64_reference(spec: Spec, points: list[tuple[float, ...]]):
 def screen_dense(spec: Spec, xs: np.ndarray | None = None, runs=DENSE_RUNS, oracle: Oracle | None = None,
                  confirm: int = DENSE_CONFIRM) -> dict:
     """{(backend, dtype name, output): Score} of the shipped op between the grid's points: every
-    point of xs (default dense_points()) ranked by its error against the op's float64 fallback
+    point of xs (default: every multiple of DENSE_STEP in [-DENSE_HALF_WIDTH, DENSE_HALF_WIDTH]) ranked by its error against the op's float64 fallback
     over its condition along the first input, and the `confirm` worst of each output and run
     scored against the oracle (mpmath) with the full condition number."""
-    xs = dense_points() if xs is None else xs
+    xs = dense_points(DENSE_STEP, DENSE_HALF_WIDTH) if xs is None else xs
     pts = input_points(spec, round_to(xs, torch.float32))
     ref, slope = _float64_reference(spec, pts)
     x0 = np.array([p[0] for p in pts])
@@ -695,8 +696,8 @@ def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy],
         lines += [
             "", "## Between the grid's points", "",
             f"Every multiple of 2^{int(math.log2(DENSE_STEP))} in [-{DENSE_HALF_WIDTH:g}, {DENSE_HALF_WIDTH:g}] "
-            f"({len(dense_points())} float32 inputs; a gated entry's b as above) is run on the fallback and "
-            "the kernels in float32 and ranked by its error against the op's own eager fallback in float64, "
+            f"({len(dense_points(DENSE_STEP, DENSE_HALF_WIDTH))} float32 inputs; a gated entry's b as above) "
+            "is run on the fallback and the kernels in float32 and ranked by its error against the op's own eager fallback in float64, "
             "per unit of condition along the input; the "
             f"{DENSE_CONFIRM} worst points of each output and run are then scored against the mpmath "
             "truth as above.  Cells give the worst of those, with its input.", "",

@@ -116,7 +116,7 @@ def test_dense_screen_finds_what_the_grid_misses():
     mish = SPECS["mish"]
     on_grid = C.measure(mish, C.grid(step=0.01, n_log=8, n_huge=4), runs=(("torch", torch.float32),), as_written=False)
     assert on_grid.compiled[("torch", "float32", "df/dx")].meets_target
-    xs = C.dense_points(half_width=0.5)
+    xs = C.dense_points(C.DENSE_STEP, 0.5)
     found = C.screen_dense(mish, xs, runs=(("torch", torch.float32),))[("torch", "float32", "df/dx")]
     assert not found.meets_target and -0.35 < found.worst_at < -0.1, found
     assert found.worst_ulp > 4 and found.ill_points < C.DENSE_CONFIRM      # plain ULPs, condition <= 1
