@@ -1561,11 +1561,25 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
     def guarded(e):
         return final(nan_guard(limit_guards(e, inputs, samples, clamp=rewrites), inputs))
 
+    # what the precision check and the choice of the kernels' form measure with (actgen.precision)
+    slopes = {}
+    if rewrites:
+        data = variables + constants
+        d2 = {frozenset(ab): e for ab, e in second}
+        slopes = {"y": [(v, d[v.name] if v in variables else differentiate(expr, v)) for v in data]}
+        slopes |= {f"d_{u.name}": [(v, d2[frozenset((u.name, v.name))] if v in variables
+                                    else differentiate(d[u.name], v)) for v in data] for u in inputs}
+    values = {sym[p.name]: precision.float32(p.init) for p in spec.params}
+    values |= {sym[c.name]: float(c.default) for c in spec.constants} | {r: 0.5 for r in draws}
+    tensors = {*inputs, *(sym[p.name] for p in spec.params), *draws}     # constants are scalars in generated code
+
     def blocks(outputs):
         """(the eager fallback's outputs, its block, the kernels' block) of (name, expression)
         outputs.  The kernels take the forms that suit a GPU - sigmoids as one ratio (see
         exp_rational_form), sigmoid(u) and sigmoid(-u) from one exponential (sigmoid_pairs) -
-        where that leaves the outputs fewer distinct transcendental calls between them."""
+        where that leaves the outputs fewer distinct transcendental calls between them; of the
+        forms with fewest calls, the one whose float32 error, measured between the grid's
+        points, is least (precision.worst_between)."""
         plain = [(n, scaled(e)) for n, e in outputs]
         fallback = [(n, guarded(e)) for n, e in plain]
         block = make_block(fallback)
@@ -1573,11 +1587,18 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
             return fallback, block, block
         one_ratio = [(n, scaled(e, True)) for n, e in outputs]
         candidates = [one_ratio, sigmoid_pairs(plain), sigmoid_pairs(one_ratio)]
-        best = min(candidates, key=_calls)
-        if _calls(best) >= _calls(plain):
+        fewest = min(map(_calls, candidates))
+        if fewest >= _calls(plain):
             return fallback, block, block
-        return fallback, block, make_block([(n, g if e == p else guarded(e))
-                                            for (n, e), (_, p), (_, g) in zip(best, plain, fallback)])
+        made = []
+        for c in candidates:
+            if _calls(c) == fewest and c not in made:
+                made.append(c)
+        kernel_blocks = [make_block([(n, g if e == p else guarded(e)) for (n, e), (_, p), (_, g) in zip(c, plain, fallback)])
+                         for c in made]
+        names = [n for n, _ in outputs]
+        error = lambda b: precision.worst_between(b, names, slopes, inputs, values, tensors)
+        return fallback, block, min(kernel_blocks, key=error) if len(kernel_blocks) > 1 else kernel_blocks[0]
 
     forward_outputs, forward, kernel_forward = blocks([("y", expr)])
     backward_outputs, backward, kernel_backward = blocks([(f"d_{n}", e) for n, e in first])
@@ -1585,14 +1606,6 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
 
     float64_forward = float64_backward = ()
     if rewrites and spec.precision == "auto":   # f and df/d(input) that float32 leaves beyond the target (actgen.precision)
-        data = variables + constants
-        slopes = {"y": [(v, d[v.name] if v in variables else differentiate(expr, v)) for v in data]}
-        d2 = {frozenset(ab): e for ab, e in second}
-        slopes |= {f"d_{u.name}": [(v, d2[frozenset((u.name, v.name))] if v in variables
-                                    else differentiate(d[u.name], v)) for v in data] for u in inputs}
-        values = {sym[p.name]: precision.float32(p.init) for p in spec.params}
-        values |= {sym[c.name]: float(c.default) for c in spec.constants} | {r: 0.5 for r in draws}
-        tensors = {*inputs, *(sym[p.name] for p in spec.params), *draws}     # the rest are floats in the fallback
         float64_forward = precision.needs_float64((forward, kernel_forward), ["y"], slopes, inputs, values, tensors)
         float64_backward = precision.needs_float64((backward, kernel_backward), [f"d_{u.name}" for u in inputs],
                                                    slopes, inputs, values, tensors)

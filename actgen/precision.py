@@ -14,8 +14,9 @@ inputs, by the kernels and the eager fallback alike (see actgen.runtime.Activati
 The evaluation walks the sympy tree with numpy arrays: no code is generated or run for
 it.  Float64 is the reference for float32 rounding: each of its operations rounds to 2**-29
 of a float32 ULP, so even where the terms cancel tenfold its error stays far below the
-ULPs measured.  Numpy's float32 functions stand in for the kernels' and torch's, which
-round alike to about an ULP (docs/accuracy.md measures the ops themselves, against mpmath).
+ULPs measured.  Numpy's float32 functions stand in for the kernels' and torch's, on the
+pessimistic side (numpy's exp is off by up to 2.4 ULP, torch's by 0.55, the kernels' by 0.92;
+docs/accuracy.md measures the ops themselves, against mpmath).
 """
 from __future__ import annotations
 
@@ -106,8 +107,9 @@ class Unknown(Exception):
 def evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, np.ndarray], dtype, tensors=None) -> np.ndarray:
     """expr at the points env gives (arrays of dtype), every operation rounded to dtype.
     Guards against NaN and inf inputs are left out: the points are finite.  With tensors (the
-    symbols that are tensors in the eager fallback), sums round as the fallback computes them:
-    a product of two tensors and the other terms in one fused multiply-add (fma_split)."""
+    symbols that are tensors in the generated code), sums round as the eager fallback and the
+    kernels compute them: a product of two tensors and the other terms in one fused
+    multiply-add (fma_split)."""
     from .derive import InfGuard, InverseScale, LimitAtInf, NanGuard, Saturate, ScaledInput, SqrtSquarePlus
     from .printers.base import ExprPrinter, fma_split, product_chain
 
@@ -205,7 +207,7 @@ def evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, np.ndarray], dtype, te
 def evaluate_block(block, env: Mapping[sympy.Symbol, np.ndarray], dtype, tensors=None) -> dict[str, np.ndarray]:
     """The outputs of a Block (actgen.derive) at the points env gives, in dtype: its named
     temporaries in turn, as the generated code computes them (with tensors, the symbols that
-    are tensors, as the eager fallback does: see evaluate)."""
+    are tensors, with the generated code's fused multiply-adds: see evaluate)."""
     env = dict(env)
     tensors = None if tensors is None else set(tensors)
     for name, value in block.assignments:
@@ -221,9 +223,20 @@ def float32_ulps(computed: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.abs(computed.astype(np.float64) - truth) / spacing
 
 
-def points(inputs: Sequence[sympy.Symbol]) -> dict:
-    """The grid over the first input, the second (a gated pair's) in turn at GATE_VALUES."""
-    xs = grid()
+#: Between the grid's points: every multiple of DENSE_STEP in [-DENSE_HALF_WIDTH, DENSE_HALF_WIDTH].
+DENSE_STEP = 2.0 ** -12
+DENSE_HALF_WIDTH = 8.0
+
+
+def dense_grid() -> np.ndarray:
+    """Every multiple of DENSE_STEP in [-DENSE_HALF_WIDTH, DENSE_HALF_WIDTH] (float32 values)."""
+    n = int(DENSE_HALF_WIDTH / DENSE_STEP)
+    return (np.arange(-n, n + 1) * DENSE_STEP).astype(np.float32)
+
+
+def points(inputs: Sequence[sympy.Symbol], xs: np.ndarray | None = None) -> dict:
+    """The grid (or xs) over the first input, the second (a gated pair's) in turn at GATE_VALUES."""
+    xs = grid() if xs is None else xs
     if len(inputs) == 1:
         return {inputs[0]: xs}
     cols = [np.tile(xs, len(GATE_VALUES))]
@@ -284,12 +297,13 @@ def float64_notes(d) -> list[str]:
 
 
 def measure(block, outputs: Sequence[str], slopes: Mapping[str, Sequence[tuple[sympy.Symbol, sympy.Expr]]],
-            inputs: Sequence[sympy.Symbol], values: Mapping[sympy.Symbol, float], tensors=None) -> list[Measured]:
+            inputs: Sequence[sympy.Symbol], values: Mapping[sympy.Symbol, float], tensors=None,
+            xs: np.ndarray | None = None) -> list[Measured]:
     """The float32 error of the named outputs of a Block over the grid, with slopes[name] =
     [(datum, d output / d datum)] for the condition number (none: 1); params and constants
-    at `values`; with tensors, as the eager fallback computes it (see evaluate).  Empty where
-    the evaluator does not know a part of the block."""
-    at = points(inputs)
+    at `values`; with tensors, with the generated code's fused multiply-adds (see evaluate).  Empty where
+    the evaluator does not know a part of the block.  xs: the first input's values (default: grid())."""
+    at = points(inputs, xs)
     n = len(next(iter(at.values())))
     env32 = at | {s: np.full(n, v, dtype=np.float32) for s, v in values.items()}
     env64 = {s: v.astype(np.float64) for s, v in env32.items()}
@@ -307,14 +321,22 @@ def measure(block, outputs: Sequence[str], slopes: Mapping[str, Sequence[tuple[s
     return out
 
 
+def worst_between(block, outputs: Sequence[str], slopes, inputs, values, tensors) -> float:
+    """The largest float32 error (ULPs / condition number) of a Block's outputs at any point
+    of dense_grid(), computed with the generated code's fused multiply-adds: how the
+    compiler tells equally cheap forms of the kernels apart.  0 where the evaluator does not
+    know a part of the block."""
+    return max((m.worst for m in measure(block, outputs, slopes, inputs, values, tensors, dense_grid())), default=0.0)
+
+
 def needs_float64(blocks, outputs: Sequence[str], slopes, inputs, values, tensors) -> tuple[Measured, ...]:
     """The outputs whose float32 evaluation measures above ACCURACY_ULP (see the module doc)
-    in either block - the eager fallback's (blocks[0], computed with fused multiply-adds of
-    the symbols in tensors: see evaluate) and the kernels' (blocks[1], as the interpreter
-    computes it: each operation rounded) - each with its worst measure."""
+    in either block - the eager fallback's (blocks[0]) and the kernels' (blocks[1]), both
+    computed with fused multiply-adds of the symbols in tensors (see evaluate) - each with its
+    worst measure."""
     found: dict[str, Measured] = {}
-    for block, fused in zip(blocks, (tensors, None)):
-        for m in measure(block, outputs, slopes, inputs, values, fused):
+    for block in blocks:
+        for m in measure(block, outputs, slopes, inputs, values, tensors):
             if m.typical_worst > ACCURACY_ULP and (m.output not in found or m.typical_worst > found[m.output].typical_worst):
                 found[m.output] = m
     return tuple(found[name] for name in outputs if name in found)

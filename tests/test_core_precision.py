@@ -148,6 +148,44 @@ def test_evaluator_follows_the_generated_code(name):
         np.testing.assert_array_equal(got[out], w, err_msg=f"{name} {out}")
 
 
+@pytest.mark.parametrize("name", ["polynomial", "bent_identity", "squareplus", "softsign", "hardswish", "star_relu"])
+def test_evaluator_follows_the_generated_kernels(name):
+    """The same for the backward kernel under the interpreter: its tl.fma round where the
+    evaluator's fused multiply-adds do, bit for bit."""
+    from actgen.runtime import HAS_TRITON
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed")
+    import importlib
+    spec = load_spec_file(SPECS / f"{name}.yaml")
+    d = derive(spec)
+    mod = importlib.import_module(f"actgen.ops.{name}")
+    xs = np.concatenate([np.linspace(-30, 30, 2001), [-1e30, -7e12, 1e18, 3e37]]).astype(np.float32)
+    sym = spec.symbols
+    params = {p.name: float(np.float32(p.init + 0.3 + 0.1 * k)) for k, p in enumerate(spec.params)}
+    env = {d.inputs[0]: xs} | {sym[n]: np.full(len(xs), v, dtype=np.float32) for n, v in params.items()}
+    env |= {sym[c.name]: np.full(len(xs), c.default, dtype=np.float32) for c in spec.constants}
+    tensors = {d.inputs[0], *(sym[p.name] for p in spec.params)}
+    got = precision.evaluate_block(d.kernel_backward, env, np.float32, tensors)["d_x"]
+    want = C.run(getattr(mod, name), spec, [(float(x),) for x in xs], torch.float32, "triton", params)["df/dx"]
+    np.testing.assert_array_equal(got.astype(np.float64), want, err_msg=name)
+
+
+def test_kernels_take_the_most_accurate_of_their_cheapest_forms():
+    """silu's backward kernel: of its forms with one exponential (one ratio in exp(-|x|), and
+    sigmoid(x), sigmoid(-x) from one exponential), the compiler keeps the one whose float32
+    error between the grid's points is least: here the ratio."""
+    from actgen.derive import make_block, sigmoid_pairs
+    spec = load_spec_file(SPECS / "silu.yaml")
+    d = derive(spec)
+    x = d.inputs[0]
+    dx = dict(d.first)["x"]
+    pair = make_block(sigmoid_pairs([("d_x", dx)]))
+    slopes = {"d_x": [(x, dict(d.second)[("x", "x")])]}
+    measured = lambda b: precision.worst_between(b, ["d_x"], slopes, [x], {}, {x})
+    assert "_sigmoid" not in str(d.kernel_backward.outputs) and not d.kernel_backward.outputs[0][1].has(sigmoid)
+    assert measured(d.kernel_backward) < measured(pair)
+
+
 def test_float64_backward_in_chunks():
     """A tensor larger than the fallback's chunk (computed chunk by chunk, in float64 here)
     gets the same correctly rounded gradient, in its own dtype."""
@@ -215,6 +253,20 @@ def test_fallback_prints_sums_of_two_tensor_products_as_fused_multiply_adds():
     assert p.doprint(X * (X * (X + 4) + y) + 1) == "_rt.fma(x, _rt.fma(x, x + 4.0, y), 1.0)"
     assert "fma" not in p.doprint(2 * X + y) and "fma" not in p.doprint(c * X + y)
     assert "fma" not in p.doprint(X * y * c + 1) and "fma" not in p.doprint(c * c + 1)
+
+
+def test_kernels_print_the_same_sums_as_tl_fma():
+    """The Triton printer splits sums as the fallback's printer does, into tl.fma (c - a*b as
+    tl.fma(-a, b, c)); a number float32 does not hold exactly is made in the kernel's compute
+    type, not passed bare (tl.fma would round it to float32 first)."""
+    from actgen.printers import TritonPrinter
+    y, c = make_symbol("y"), make_symbol("c")
+    p = TritonPrinter(["x", "y"])
+    assert p.doprint(X * y + 2) == "tl.fma(x, y, 2.0)"
+    assert p.doprint(3 - X * y) == "tl.fma(-x, y, 3.0)"
+    assert p.doprint(X * (X * (X + 4) + y) + 1) == "tl.fma(x, tl.fma(x, x + 4.0, y), 1.0)"
+    assert p.doprint(X * y + sympy.Float(0.1)) == "tl.fma(x, y, tl.full([], 0.1, ACC))"
+    assert "fma" not in p.doprint(2 * X + y) and "fma" not in p.doprint(c * X + y)
 
 
 @pytest.mark.parametrize("negative", [False, True])

@@ -454,3 +454,47 @@ def test_runtime_softplus_is_accurate_past_torchs_default_threshold(dtype):
     ulp = np.spacing(np.abs(truth).astype(torch.empty((), dtype=dtype).numpy().dtype)).astype(np.float64)
     normal = np.abs(truth) >= torch.finfo(dtype).tiny
     assert (np.abs(got - truth)[normal] / ulp[normal]).max() <= 1.5
+
+
+try:
+    import triton as _triton
+    import triton.language as tl
+
+    from actgen.runtime.triton_lang import exp as _kernel_exp
+
+    @_triton.jit
+    def _apply_exp(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        tl.store(out_ptr + offs, _kernel_exp(tl.load(x_ptr + offs, mask=mask, other=0.0)), mask=mask)
+except ImportError:
+    _apply_exp = None
+
+
+def test_kernel_exp_is_within_an_ulp():
+    """The kernels' exp (actgen.runtime.triton_lang.exp, float32 from arithmetic alone) against
+    float64 numpy: within an ULP wherever the result is a normal float32, at most 2**-149 off
+    in the subnormal range; 0, inf and NaN where exp's are; float64 through libdevice."""
+    import numpy as np
+    if _apply_exp is None:
+        pytest.skip("triton is not installed")
+    rng = np.random.default_rng(0)
+    xs = np.concatenate([np.arange(-2 * 2**14, 2 * 2**14 + 1) / 2**14, rng.uniform(-104, 89, 200_000),
+                         [-np.inf, np.inf, np.nan, 88.72283, 88.72284, 89.0, 1e30, -87.33654, -103.97, -104.5, -1e30]])
+    for dtype in (torch.float32, torch.float64):
+        x = torch.from_numpy(xs).to(dtype)
+        out = torch.empty_like(x)
+        _apply_exp[(_triton.cdiv(len(x), 1024),)](x, out, len(x), BLOCK=1024)
+        got, want = out.double().numpy(), np.exp(x.double().numpy())
+        if dtype == torch.float64:
+            np.testing.assert_allclose(got, want, rtol=1e-15)
+            continue
+        with np.errstate(over="ignore", invalid="ignore"):      # inf - inf, out of float32's range
+            spacing = np.spacing(want.astype(np.float32)).astype(np.float64)
+            error = np.abs(got - want)
+        normal = np.isfinite(want) & (want >= 2.0**-126) & (want <= np.finfo(np.float32).max)
+        assert (error[normal] / spacing[normal]).max() <= 1.0
+        assert (error[want < 2.0**-126] <= 2.0**-149).all()
+        big = want > np.finfo(np.float32).max          # past float32's range (inf, 89, 1e30...)
+        assert np.array_equal(np.isposinf(got), big)
+        assert np.isnan(got[np.isnan(want)]).all() and got[xs == -np.inf][0] == 0.0

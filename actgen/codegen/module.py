@@ -15,7 +15,7 @@ from .writer import Writer, escape_docstring
 TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 NTH_TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 # the @triton.jit helpers of actgen.runtime.triton_lang a kernel may call (imported as _name)
-KERNEL_HELPERS = ("tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "narrow", "sigmoid", "softplus",
+KERNEL_HELPERS = ("tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "narrow", "exp", "sigmoid", "softplus",
                   "sqrt_square_plus", "scaled_input", "inverse_scale", "limit_at_inf", "draw")
 
 
@@ -198,6 +198,11 @@ def _kernel_args(d: Derivation) -> list[str]:
     return args
 
 
+def _kernel_tensors(d: Derivation) -> list[str]:
+    """The symbols a kernel holds as tensors: its inputs, draws and params (constants are scalars)."""
+    return [*d.spec.inputs, *(r.name for r in d.draws), *(p.name for p in d.spec.params)]
+
+
 def _kernel_loads(w: Writer, d: Derivation):
     s = d.spec
     for name in s.inputs:
@@ -250,8 +255,7 @@ def _forward_kernel(w: Writer, d: Derivation):
         w(TILE_INDEX)
         _kernel_loads(w, d)
         _kernel_draws(w, d.kernel_forward, d)
-        printer = TritonPrinter()
-        _block(w, d.kernel_forward, printer, "_")
+        _block(w, d.kernel_forward, TritonPrinter(_kernel_tensors(d)), "_", tensor_names=True)
         (_, expr), = d.kernel_forward.outputs
         if not any(sym.name in s.inputs for sym in _free(d.kernel_forward, expr)):
             w("_y = _y + tl.zeros([BLOCK_M, BLOCK_N], ACC)")
@@ -314,7 +318,7 @@ def _backward_tile(w: Writer, d: Derivation, tile_index: str):
     w("_g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)")
     _kernel_loads(w, d)
     _kernel_draws(w, d.kernel_backward, d)
-    _block(w, d.kernel_backward, TritonPrinter(), "_")
+    _block(w, d.kernel_backward, TritonPrinter(_kernel_tensors(d)), "_", tensor_names=True)
     for n in d.spec.inputs:
         w(f"tl.store(_d_{n}_ptr + _offs, {_stored(f'_g * _d_{n}', f'_d_{n}_ptr', d.wide_backward)}, mask=_mask)")
 

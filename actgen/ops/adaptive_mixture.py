@@ -135,7 +135,7 @@ def _second_derivatives_torch(x, w0, w1, w2):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -148,10 +148,10 @@ if _rt.HAS_TRITON:
         w0 = tl.load(w0_ptr).to(ACC)
         w1 = tl.load(w1_ptr).to(ACC)
         w2 = tl.load(w2_ptr).to(ACC)
-        _t0 = libdevice.exp(w0)
-        _t1 = libdevice.exp(w1)
-        _t2 = libdevice.exp(w2)
-        _y = tl.where(x != x, x, (_t0*tl.where(x > 0.0, x, 0.0) + _t1*libdevice.tanh(x) + _t2*x)/(_t0 + _t1 + _t2))
+        _t0 = _exp(w0)
+        _t1 = _exp(w1)
+        _t2 = _exp(w2)
+        _y = tl.where(x != x, x, tl.fma(_t2, x, tl.fma(_t1, libdevice.tanh(x), _t0*tl.where(x > 0.0, x, 0.0)))/(_t0 + _t1 + _t2))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -170,9 +170,9 @@ if _rt.HAS_TRITON:
             w0 = tl.load(w0_ptr).to(ACC)
             w1 = tl.load(w1_ptr).to(ACC)
             w2 = tl.load(w2_ptr).to(ACC)
-            _t0 = libdevice.exp(w0)
-            _t1 = libdevice.exp(w1)
-            _t2 = libdevice.exp(w2)
+            _t0 = _exp(w0)
+            _t1 = _exp(w1)
+            _t2 = _exp(w2)
             _t3 = _t0 + _t1 + _t2
             _t4 = 1.0/_t3
             _t5 = x > 0.0
@@ -180,16 +180,16 @@ if _rt.HAS_TRITON:
             _t7 = tl.where(_t5, x, 0.0)
             _t8 = 1.0/(_t3*_t3)
             _t9 = libdevice.tanh(x)
-            _t10 = _t8*(_t0*_t7 + _t1*_t9 + _t2*x)
+            _t10 = _t8*tl.fma(_t2, x, tl.fma(_t1, _t9, _t0*_t7))
             _t11 = 16777216.0*_t4
             _t12 = _t1 + 16777216.0*_t2
-            _t13 = _t11 - _t8*(16777216.0*_t0 + _t12)
+            _t13 = tl.fma(-_t8, 16777216.0*_t0 + _t12, _t11)
             _t14 = -(_t12*_t8)
-            _t15 = libdevice.exp(_t6) + 1.0
-            _d_x = tl.where(x != x, x, _t4*(_t0*tl.where(_t5, 1.0, 0.0) + _t2 + 4.0*libdevice.exp(_t6 + w1)/(_t15*_t15)))
-            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*(-_t10 + _t4*_t7), tl.where(_t5, _t0*_t13, -(_t0*_t14)), x))
-            _d_w1 = tl.where(x != x, x, _t1*(-_t10 + _t4*_t9))
-            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*(-_t10 + _t4*x), tl.where(_t5, _t13*_t2, _t2*(-_t11 - _t14)), x))
+            _t15 = _exp(_t6) + 1.0
+            _d_x = tl.where(x != x, x, _t4*tl.fma(_t0, tl.where(_t5, 1.0, 0.0), _t2 + 4.0*_exp(_t6 + w1)/(_t15*_t15)))
+            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*tl.fma(_t4, _t7, -_t10), tl.where(_t5, _t0*_t13, -(_t0*_t14)), x))
+            _d_w1 = tl.where(x != x, x, _t1*tl.fma(_t4, _t9, -_t10))
+            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*tl.fma(_t4, x, -_t10), tl.where(_t5, _t13*_t2, _t2*(-_t11 - _t14)), x))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_w0 += _tile_sum(_g * _d_w0, _mask, CH_AXIS)
@@ -203,7 +203,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='adaptive_mixture',
-    key='f3a5fae0bba4',
+    key='881dbd775e99',
     inputs=('x',),
     params=(('w0', False), ('w1', False), ('w2', False)),
     constants=(),

@@ -158,7 +158,7 @@ def _second_derivatives_torch(x, w0, w1, w2, w3):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, sigmoid as _sigmoid, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, sigmoid as _sigmoid, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -172,11 +172,11 @@ if _rt.HAS_TRITON:
         w1 = tl.load(w1_ptr).to(ACC)
         w2 = tl.load(w2_ptr).to(ACC)
         w3 = tl.load(w3_ptr).to(ACC)
-        _t0 = libdevice.exp(w0)
-        _t1 = libdevice.exp(w1)
-        _t2 = libdevice.exp(w2)
-        _t3 = libdevice.exp(w3)
-        _y = tl.where(x != x, x, (_t0*tl.where(x > 0.0, x, 0.0) + _t1*libdevice.tanh(x) + _t2*x + _t3*_sigmoid(x))/(_t0 + _t1 + _t2 + _t3))
+        _t0 = _exp(w0)
+        _t1 = _exp(w1)
+        _t2 = _exp(w2)
+        _t3 = _exp(w3)
+        _y = tl.where(x != x, x, tl.fma(_t3, _sigmoid(x), tl.fma(_t2, x, tl.fma(_t1, libdevice.tanh(x), _t0*tl.where(x > 0.0, x, 0.0))))/(_t0 + _t1 + _t2 + _t3))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -197,16 +197,16 @@ if _rt.HAS_TRITON:
             w1 = tl.load(w1_ptr).to(ACC)
             w2 = tl.load(w2_ptr).to(ACC)
             w3 = tl.load(w3_ptr).to(ACC)
-            _t0 = libdevice.exp(w0)
-            _t1 = libdevice.exp(w1)
-            _t2 = libdevice.exp(w2)
-            _t3 = libdevice.exp(w3)
+            _t0 = _exp(w0)
+            _t1 = _exp(w1)
+            _t2 = _exp(w2)
+            _t3 = _exp(w3)
             _t4 = _t0 + _t1 + _t2 + _t3
             _t5 = 1.0/_t4
             _t6 = x > 0.0
             _t7 = tl.abs(x)
             _t8 = -(2.0*_t7)
-            _t9 = libdevice.exp(-_t7)
+            _t9 = _exp(-_t7)
             _t10 = 1.0/(_t9 + 1.0)
             _t11 = x <= 0.0
             _t12 = _t10*_t9
@@ -215,17 +215,17 @@ if _rt.HAS_TRITON:
             _t15 = tl.where(_t6, x, 0.0)
             _t16 = 1.0/(_t4*_t4)
             _t17 = libdevice.tanh(x)
-            _t18 = _t16*(_t0*_t15 + _t1*_t17 + _t14 + _t2*x)
+            _t18 = _t16*tl.fma(_t2, x, tl.fma(_t1, _t17, tl.fma(_t0, _t15, _t14)))
             _t19 = 16777216.0*_t5
             _t20 = _t1 + 16777216.0*_t2
-            _t21 = -(_t16*(16777216.0*_t0 + _t20 + _t3)) + _t19
+            _t21 = tl.fma(-_t16, 16777216.0*_t0 + _t20 + _t3, _t19)
             _t22 = -(_t16*_t20)
-            _t23 = libdevice.exp(_t8) + 1.0
-            _d_x = tl.where(x != x, x, _t5*(_t0*tl.where(_t6, 1.0, 0.0) + _t14*tl.where(_t11, _t10, _t12) + _t2 + 4.0*libdevice.exp(_t8 + w1)/(_t23*_t23)))
-            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*(_t15*_t5 - _t18), tl.where(_t6, _t0*_t21, -(_t0*_t22)), x))
-            _d_w1 = tl.where(x != x, x, _t1*(_t17*_t5 - _t18))
-            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*(-_t18 + _t5*x), tl.where(_t6, _t2*_t21, _t2*(-_t19 - _t22)), x))
-            _d_w3 = tl.where(x != x, x, _t3*(_t13*_t5 - _t18))
+            _t23 = _exp(_t8) + 1.0
+            _d_x = tl.where(x != x, x, _t5*tl.fma(_t14, tl.where(_t11, _t10, _t12), tl.fma(_t0, tl.where(_t6, 1.0, 0.0), _t2 + 4.0*_exp(_t8 + w1)/(_t23*_t23))))
+            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*tl.fma(_t15, _t5, -_t18), tl.where(_t6, _t0*_t21, -(_t0*_t22)), x))
+            _d_w1 = tl.where(x != x, x, _t1*tl.fma(_t17, _t5, -_t18))
+            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*tl.fma(_t5, x, -_t18), tl.where(_t6, _t2*_t21, _t2*(-_t19 - _t22)), x))
+            _d_w3 = tl.where(x != x, x, _t3*tl.fma(_t13, _t5, -_t18))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_w0 += _tile_sum(_g * _d_w0, _mask, CH_AXIS)
@@ -241,7 +241,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='adaptive_mixture4',
-    key='6fa6e2c5aada',
+    key='f3616d41a78b',
     inputs=('x',),
     params=(('w0', False), ('w1', False), ('w2', False), ('w3', False)),
     constants=(),

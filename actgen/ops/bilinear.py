@@ -80,7 +80,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='bilinear',
-    key='b5077f784f41',
+    key='85a048a0dd5d',
     inputs=('a', 'b'),
     params=(),
     constants=(),

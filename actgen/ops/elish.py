@@ -66,7 +66,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, sigmoid as _sigmoid
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, sigmoid as _sigmoid
 
     @triton.jit
     def _forward_kernel(
@@ -89,19 +89,19 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = libdevice.exp(-tl.abs(x))
+        _t0 = _exp(-tl.abs(x))
         _t1 = 1.0/(_t0 + 1.0)
         _t2 = _t0*_t1
         _t3 = x <= 0.0
         _t4 = tl.where(_t3, _t2, _t1)
         _t5 = tl.where(_t3, _t1, _t2)
-        _d_x = tl.where(x != x, x, tl.where(x == float("inf"), 1.0, tl.where(x > 0.0, _t4*(_t5*x + 1.0), _t4*(_t5*libdevice.expm1(x) + libdevice.exp(x)))))
+        _d_x = tl.where(x != x, x, tl.where(x == float("inf"), 1.0, tl.where(x > 0.0, _t4*tl.fma(_t5, x, 1.0), _t4*tl.fma(_t5, libdevice.expm1(x), _exp(x)))))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='elish',
-    key='57cfc80eb392',
+    key='0e7fe5acbab3',
     inputs=('x',),
     params=(),
     constants=(),

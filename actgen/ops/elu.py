@@ -58,7 +58,7 @@ def _second_derivatives_torch(x, alpha):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp
 
     @triton.jit
     def _forward_kernel(
@@ -80,13 +80,13 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _d_x = tl.where(x != x, x, tl.where(x > 0.0, 1.0, alpha*libdevice.exp(x)))
+        _d_x = tl.where(x != x, x, tl.where(x > 0.0, 1.0, alpha*_exp(x)))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='elu',
-    key='f26f6f463887',
+    key='c64e0c5ce7ee',
     inputs=('x',),
     params=(),
     constants=('alpha',),

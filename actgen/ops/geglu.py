@@ -67,7 +67,7 @@ def _second_derivatives_torch(a, b):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp
 
     @triton.jit
     def _forward_kernel(
@@ -92,7 +92,7 @@ if _rt.HAS_TRITON:
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_a = tl.clamp(a, -64.0, 16.0, propagate_nan=tl.PropagateNan.ALL)
-        _d_a = 0.5*b*(0.7978845608028654*_clamped_a*libdevice.exp(-(0.5*_clamped_a*_clamped_a)) + libdevice.erfc(-(0.7071067811865476*_clamped_a)))
+        _d_a = 0.5*b*(0.7978845608028654*_clamped_a*_exp(-(0.5*_clamped_a*_clamped_a)) + libdevice.erfc(-(0.7071067811865476*_clamped_a)))
         _d_b = tl.where(a == -float("inf"), 0.0, 0.5*a*libdevice.erfc(-(0.7071067811865476*a)))
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
@@ -100,7 +100,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu',
-    key='46bed131fa46',
+    key='afc02886aa88',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -65,7 +65,7 @@ def _second_derivatives_torch(a, b):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, sigmoid as _sigmoid
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, sigmoid as _sigmoid
 
     @triton.jit
     def _forward_kernel(
@@ -94,12 +94,12 @@ if _rt.HAS_TRITON:
         _clamped_a_1 = tl.maximum(a, -32.0, propagate_nan=tl.PropagateNan.ALL)
         _t0 = _clamped_a*_clamped_a
         _t1 = 0.044715*_t0 + 1.0
-        _t2 = libdevice.exp(-(1.5957691216057308*_t1*tl.abs(_clamped_a)))
+        _t2 = _exp(-(1.5957691216057308*_t1*tl.abs(_clamped_a)))
         _t3 = 1.0/(_t2 + 1.0)
         _t4 = _t2*_t3
         _t5 = 0.7978845608028654*_clamped_a*_t1 <= 0.0
         _t6 = _clamped_a_1*_clamped_a_1*_clamped_a_1
-        _t7 = libdevice.exp(-(1.5957691216057308*tl.abs(_clamped_a_1 + 0.044715*_t6)))
+        _t7 = _exp(-(1.5957691216057308*tl.abs(_clamped_a_1 + 0.044715*_t6)))
         _t8 = 1.0/(_t7 + 1.0)
         _d_a = tl.where(a != a, a, tl.where(b != b, b, b*(1.5957691216057308*_clamped_a*(0.134145*_t0 + 1.0)*tl.where(_t5, _t3, _t4) + 1.0)*tl.where(_t5, _t4, _t3)))
         _d_b = tl.where(a != a, a, _clamped_a_1*tl.where(0.7978845608028654*_clamped_a_1 + 0.035677408136300125*_t6 <= 0.0, _t7*_t8, _t8))
@@ -109,7 +109,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu_tanh',
-    key='fd0fe0883d47',
+    key='ea27e12d69f8',
     inputs=('a', 'b'),
     params=(),
     constants=(),

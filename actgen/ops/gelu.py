@@ -54,7 +54,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp
 
     @triton.jit
     def _forward_kernel(
@@ -77,13 +77,13 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = tl.clamp(x, -64.0, 16.0, propagate_nan=tl.PropagateNan.ALL)
-        _d_x = 0.3989422804014327*_clamped_x*libdevice.exp(-(0.5*_clamped_x*_clamped_x)) + 0.5*libdevice.erfc(-(0.7071067811865476*_clamped_x))
+        _d_x = 0.3989422804014327*_clamped_x*_exp(-(0.5*_clamped_x*_clamped_x)) + 0.5*libdevice.erfc(-(0.7071067811865476*_clamped_x))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='gelu',
-    key='24131a2cccd9',
+    key='3d6176d9af76',
     inputs=('x',),
     params=(),
     constants=(),

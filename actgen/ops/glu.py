@@ -52,7 +52,7 @@ def _second_derivatives_torch(a, b):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, sigmoid as _sigmoid
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, sigmoid as _sigmoid
 
     @triton.jit
     def _forward_kernel(
@@ -76,7 +76,7 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = libdevice.exp(-tl.abs(b))
+        _t0 = _exp(-tl.abs(b))
         _t1 = 1.0/(_t0 + 1.0)
         _t2 = _t0*_t1
         _t3 = b <= 0.0
@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='glu',
-    key='16d44ac70494',
+    key='5b867906e592',
     inputs=('a', 'b'),
     params=(),
     constants=(),

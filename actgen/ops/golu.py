@@ -60,7 +60,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp
 
     @triton.jit
     def _forward_kernel(
@@ -71,7 +71,7 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = tl.maximum(x, -8.0, propagate_nan=tl.PropagateNan.ALL)
-        _y = _clamped_x*libdevice.exp(-libdevice.exp(-_clamped_x))
+        _y = _clamped_x*_exp(-_exp(-_clamped_x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -84,14 +84,14 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = tl.maximum(x, -8.0, propagate_nan=tl.PropagateNan.ALL)
-        _t0 = libdevice.exp(-_clamped_x)
-        _d_x = tl.where(x == float("inf"), 1.0, (_clamped_x*_t0 + 1.0)*libdevice.exp(-_t0))
+        _t0 = _exp(-_clamped_x)
+        _d_x = tl.where(x == float("inf"), 1.0, tl.fma(_clamped_x, _t0, 1.0)*_exp(-_t0))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='golu',
-    key='00b40523d8d0',
+    key='eceb6ae48b4b',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hard_mish',
-    key='4015c3769c5f',
+    key='775d99daf1e6',
     inputs=('x',),
     params=(),
     constants=(),

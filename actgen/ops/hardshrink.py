@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardshrink',
-    key='197fe7247e8b',
+    key='f04eee6c276e',
     inputs=('x',),
     params=(),
     constants=('lambd',),

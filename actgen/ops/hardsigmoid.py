@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardsigmoid',
-    key='f38a7a6ee50f',
+    key='f8934980f730',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardswish',
-    key='bbd31bc771b4',
+    key='1756fb9ab37f',
     inputs=('x',),
     params=(),
     constants=(),

@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardtanh',
-    key='2b7e82546689',
+    key='fcdafa3a459c',
     inputs=('x',),
     params=(),
     constants=('min_val', 'max_val'),

@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='leaky_relu',
-    key='5691ca2b67a5',
+    key='64f05048e2a8',
     inputs=('x',),
     params=(),
     constants=('negative_slope',),

@@ -92,7 +92,7 @@ if _rt.HAS_TRITON:
         alpha = tl.load(alpha_ptr + _ch * alpha_stride).to(ACC)
         scale = tl.load(scale_ptr + _ch * scale_stride).to(ACC)
         shift = tl.load(shift_ptr).to(ACC)
-        _y = tl.where(x != x, x, scale*tl.where(x > 0.0, x, alpha*x) + shift)
+        _y = tl.where(x != x, x, tl.fma(scale, tl.where(x > 0.0, x, alpha*x), shift))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -129,7 +129,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='learnable_activation',
-    key='57bb5a3f7acd',
+    key='ebc5cd3d4a84',
     inputs=('x',),
     params=(('alpha', True), ('scale', True), ('shift', False)),
     constants=(),

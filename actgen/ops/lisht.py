@@ -53,7 +53,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp
 
     @triton.jit
     def _forward_kernel(
@@ -76,7 +76,7 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = tl.clamp(x, -32.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
-        _t0 = libdevice.exp(-(2.0*tl.abs(_clamped_x)))
+        _t0 = _exp(-(2.0*tl.abs(_clamped_x)))
         _t1 = _t0 + 1.0
         _d_x = 4.0*_clamped_x*_t0/(_t1*_t1) + libdevice.tanh(_clamped_x)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='lisht',
-    key='21ec51c84b7e',
+    key='a09fbea9d8dd',
     inputs=('x',),
     params=(),
     constants=(),

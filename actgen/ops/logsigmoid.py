@@ -72,7 +72,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='logsigmoid',
-    key='5b1cde7efc02',
+    key='d78778a68eea',
     inputs=('x',),
     params=(),
     constants=(),

@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='parametric_activation',
-    key='8a6587b1fdcb',
+    key='a8d9d7a8b3f0',
     inputs=('x',),
     params=(('alpha', True),),
     constants=(),

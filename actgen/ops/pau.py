@@ -429,7 +429,7 @@ if _rt.HAS_TRITON:
         _t1 = _w_x*_w_x*_w_x
         _t2 = _v_x*_v_x
         _t3 = _w_x*_w_x
-        _y = (_v_x*(_t0*a1 + _v_x*(_t1*a2 + _v_x*(_t3*a3 + _v_x*(_v_x*a5 + _w_x*a4)))) + _w_x*_w_x*_w_x*_w_x*_w_x*a0)/_w_x/(_t0 + _t1*tl.abs(_v_x*b1) + _t2*(_t2*tl.abs(b4) + _t3*tl.abs(b2) + _w_x*tl.abs(_v_x)*tl.abs(b3)))
+        _y = tl.fma(_w_x*_w_x*_w_x*_w_x*_w_x, a0, _v_x*tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_w_x, a4, _v_x*a5), _t3*a3), _t1*a2), _t0*a1))/_w_x/tl.fma(_t2, tl.fma(_t3, tl.abs(b2), tl.fma(_t2, tl.abs(b4), _w_x*tl.abs(_v_x)*tl.abs(b3))), tl.fma(_t1, tl.abs(_v_x*b1), _t0))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -478,7 +478,7 @@ if _rt.HAS_TRITON:
             _t11 = tl.abs(b3)
             _t12 = _t10*_t11
             _t13 = _t12*_w_x
-            _t14 = _t0 + _t3 + _t4*(_t13 + _t6 + _t9)
+            _t14 = tl.fma(_t4, _t13 + _t6 + _t9, _t0 + _t3)
             _t15 = 1.0/(_t14*_t14)
             _t16 = _w_x*_w_x*_w_x*_w_x*_w_x*_w_x*_w_x*_w_x
             _t17 = b1*x
@@ -496,10 +496,10 @@ if _rt.HAS_TRITON:
             _t29 = 1.0/_t14
             _t30 = _v_x*_v_x*_v_x*_v_x
             _t31 = 1.0/_w_x
-            _t32 = _t15*(_t24 + _v_x*(_t25 + _v_x*(_t26 + _v_x*(_t27 + _v_x*(_v_x*a5 + _w_x*a4)))))
+            _t32 = _t15*tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_w_x, a4, _v_x*a5), _t27), _t26), _t25), _t24)
             _t33 = _t32*_t4
-            _d_x = tl.where(x != x, x, _t15*(-(_t16*_t18*a0*b1) + _t16*a1 + _v_x*(-(_t12*_t21*a0) - _t19*_t7*a0 + _t19*a2 + _t2*_t20*a2 + _v_x*(-(_t12*_t23*a1) + _t2*_t23*a3 - _t20*_t7*a1 + _t21*a3 + _v_x*(-(_t0*_t12*a2) + 3.0*_t0*_t2*a4 + 4.0*_t22*a4 - 4.0*_t24*_t5 + _v_x*(_t0*_t7*a3 + 5.0*_t0*a5 - 3.0*_t25*_t5 + 4.0*_t3*a5 + _v_x*(2.0*_t1*_t7*a4 + _t12*_t8*a4 - 2.0*_t26*_t5 + _v_x*(2.0*_t13*a5 - _t27*_t5 + _t6*a5 + 3.0*_t9*a5))))))))
-            _d_a0 = 1.0/(_t11*_t28*tl.abs(x) + _t28*_t7 + _t5*x*x*x*x + tl.abs(_t17) + 1.0)
+            _d_x = tl.where(x != x, x, _t15*tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_t6, a5, tl.fma(-_t27, _t5, 2.0*_t13*a5 + 3.0*_t9*a5)), 2.0*_t1*_t7*a4 + _t12*_t8*a4 - 2.0*_t26*_t5), _t0*_t7*a3 + 5.0*_t0*a5 - 3.0*_t25*_t5 + 4.0*_t3*a5), -(_t0*_t12*a2) + 3.0*_t0*_t2*a4 + 4.0*_t22*a4 - 4.0*_t24*_t5), tl.fma(_t21, a3, -(_t12*_t23*a1) + _t2*_t23*a3 - _t20*_t7*a1)), tl.fma(_t19, a2, -(_t12*_t21*a0) - _t19*_t7*a0 + _t2*_t20*a2)), tl.fma(_t16, a1, -(_t16*_t18*a0*b1))))
+            _d_a0 = 1.0/tl.fma(_t28, _t7, _t11*_t28*tl.abs(x) + _t5*x*x*x*x + tl.abs(_t17) + 1.0)
             _d_a1 = _t1*_t29*_v_x
             _d_a2 = _t29*_t4*_t8
             _d_a3 = _t29*_v_x*_v_x*_v_x*_w_x
@@ -536,7 +536,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='pau',
-    key='f3c396ae949a',
+    key='25ad586f7576',
     inputs=('x',),
     params=(('a0', False), ('a1', False), ('a2', False), ('a3', False), ('a4', False), ('a5', False), ('b1', False), ('b2', False), ('b3', False), ('b4', False)),
     constants=(),

@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='prelu',
-    key='6bdc48e9945e',
+    key='1d0ad69b9a4c',
     inputs=('x',),
     params=(('weight', True),),
     constants=(),

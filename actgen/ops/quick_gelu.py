@@ -56,7 +56,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, sigmoid as _sigmoid
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, sigmoid as _sigmoid
 
     @triton.jit
     def _forward_kernel(
@@ -80,16 +80,16 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = tl.clamp(x, -512.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
-        _t0 = libdevice.exp(-(1.702*tl.abs(_clamped_x)))
+        _t0 = _exp(-(1.702*tl.abs(_clamped_x)))
         _t1 = _t0 + 1.0
         _t2 = 1.702*_clamped_x
-        _d_x = tl.where(x != x, x, tl.where(_t2 < 0.0, _t0*(_t1 + _t2), _t0*(_t2 + 1.0) + 1.0)/(_t1*_t1))
+        _d_x = tl.where(x != x, x, tl.where(_t2 < 0.0, _t0*(_t1 + _t2), tl.fma(_t0, _t2 + 1.0, 1.0))/(_t1*_t1))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='quick_gelu',
-    key='25e2c75e02fa',
+    key='48b5d5e4e7dd',
     inputs=('x',),
     params=(),
     constants=(),

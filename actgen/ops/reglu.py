@@ -96,7 +96,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='reglu',
-    key='46e7637daed0',
+    key='2662c5e1a7a0',
     inputs=('a', 'b'),
     params=(),
     constants=(),

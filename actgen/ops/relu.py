@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu',
-    key='e53712647bbf',
+    key='89b50b98b3f8',
     inputs=('x',),
     params=(),
     constants=(),

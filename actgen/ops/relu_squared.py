@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu_squared',
-    key='e8bc7b4d249e',
+    key='a9296f37c6d9',
     inputs=('x',),
     params=(),
     constants=(),

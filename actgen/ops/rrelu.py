@@ -95,7 +95,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='rrelu',
-    key='4c7f162fdb2a',
+    key='f76c50a1ef55',
     inputs=('x',),
     params=(),
     constants=('lower', 'upper'),

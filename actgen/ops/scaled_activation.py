@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='scaled_activation',
-    key='65456267cef2',
+    key='0f577b901f2a',
     inputs=('x',),
     params=(),
     constants=('scale', 'shift'),

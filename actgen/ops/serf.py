@@ -58,7 +58,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, narrow as _narrow, sigmoid as _sigmoid, softplus as _softplus
+    from actgen.runtime.triton_lang import tile as _tile, narrow as _narrow, exp as _exp, sigmoid as _sigmoid, softplus as _softplus
 
     @triton.jit
     def _forward_kernel(
@@ -82,13 +82,13 @@ if _rt.HAS_TRITON:
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = tl.clamp(x, -1024.0, 8.0, propagate_nan=tl.PropagateNan.ALL)
         _t0 = _softplus(_clamped_x)
-        _d_x = 1.1283791670955126*_clamped_x*libdevice.exp(-(_t0*_t0))*_sigmoid(_clamped_x) + libdevice.erf(_t0)
+        _d_x = 1.1283791670955126*_clamped_x*_exp(-(_t0*_t0))*_sigmoid(_clamped_x) + libdevice.erf(_t0)
         tl.store(_d_x_ptr + _offs, _narrow(_g * _d_x, _d_x_ptr), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='serf',
-    key='1405b3fab4b1',
+    key='d3435403200c',
     inputs=('x',),
     params=(),
     constants=(),

@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softshrink',
-    key='dcc79cd47d2c',
+    key='a6ce3f532cd6',
     inputs=('x',),
     params=(),
     constants=('lambd',),

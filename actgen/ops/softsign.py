@@ -81,7 +81,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softsign',
-    key='b74365aa147b',
+    key='8c3b8cbd5aed',
     inputs=('x',),
     params=(),
     constants=(),

@@ -115,7 +115,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='squareplus',
-    key='a28b92c39a1c',
+    key='d20b2c0e134d',
     inputs=('x',),
     params=(),
     constants=('b',),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         scale = tl.load(scale_ptr).to(ACC)
         bias = tl.load(bias_ptr).to(ACC)
-        _y = tl.where(x != x, x, bias + scale*tl.where(x > 0.0, x*x, 0.0))
+        _y = tl.where(x != x, x, tl.fma(scale, tl.where(x > 0.0, x*x, 0.0), bias))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -116,7 +116,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='star_relu',
-    key='e0f15f653e05',
+    key='34639caa6e10',
     inputs=('x',),
     params=(('scale', False), ('bias', False)),
     constants=(),

@@ -66,7 +66,7 @@ def _second_derivatives_torch(a, b):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, sigmoid as _sigmoid
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, sigmoid as _sigmoid
 
     @triton.jit
     def _forward_kernel(
@@ -90,12 +90,12 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = libdevice.exp(-tl.abs(a))
+        _t0 = _exp(-tl.abs(a))
         _t1 = 1.0/(_t0 + 1.0)
         _t2 = _t0*_t1
         _t3 = a <= 0.0
         _t4 = tl.where(_t3, _t2, _t1)
-        _d_a = tl.where(a != a, a, tl.where(b != b, b, b*tl.where(a == float("inf"), 1.0, tl.where(a == -float("inf"), 0.0, _t4*(a*tl.where(_t3, _t1, _t2) + 1.0)))))
+        _d_a = tl.where(a != a, a, tl.where(b != b, b, b*tl.where(a == float("inf"), 1.0, tl.where(a == -float("inf"), 0.0, _t4*tl.fma(a, tl.where(_t3, _t1, _t2), 1.0)))))
         _d_b = tl.where(a != a, a, tl.where(a == -float("inf"), 0.0, _t4*a))
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swiglu',
-    key='40ab79b541f9',
+    key='916c242c172e',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -81,7 +81,7 @@ def _second_derivatives_torch(x, beta):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, sigmoid as _sigmoid, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, sigmoid as _sigmoid, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -109,14 +109,14 @@ if _rt.HAS_TRITON:
             x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
             beta = tl.load(beta_ptr).to(ACC)
             _t0 = beta*x
-            _t1 = libdevice.exp(-tl.abs(_t0))
+            _t1 = _exp(-tl.abs(_t0))
             _t2 = _t1 + 1.0
             _t3 = 1.0/(_t2*_t2)
-            _t4 = libdevice.exp(-(16777216.0*tl.abs(beta)))
+            _t4 = _exp(-(16777216.0*tl.abs(beta)))
             _t5 = _t4 + 1.0
             _t6 = 1.0/(_t5*_t5)
             _t7 = 16777216.0*beta
-            _d_x = tl.where(x != x, x, _limit_at_inf(_t3*tl.where(_t0 < 0.0, _t1*(_t0 + _t2), _t1*(_t0 + 1.0) + 1.0), tl.where(x > 0.0, _t6*tl.where(_t7 < 0.0, _t4*(_t5 + _t7), _t4*(_t7 + 1.0) + 1.0), _t6*tl.where(_t7 > 0.0, _t4*(_t5 - _t7), _t4*(1.0 - _t7) + 1.0)), x))
+            _d_x = tl.where(x != x, x, _limit_at_inf(_t3*tl.where(_t0 < 0.0, _t1*(_t0 + _t2), tl.fma(_t1, _t0 + 1.0, 1.0)), tl.where(x > 0.0, _t6*tl.where(_t7 < 0.0, _t4*(_t5 + _t7), tl.fma(_t4, _t7 + 1.0, 1.0)), _t6*tl.where(_t7 > 0.0, _t4*(_t5 - _t7), tl.fma(_t4, 1.0 - _t7, 1.0))), x))
             _d_beta = _limit_at_inf(_t1*_t3*x*x, 281474976710656.0*_t4*_t6, x)
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
@@ -127,7 +127,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swish',
-    key='cf4e8b8f4de0',
+    key='65d9d21336e1',
     inputs=('x',),
     params=(('beta', False),),
     constants=(),

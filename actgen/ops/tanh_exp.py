@@ -63,7 +63,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, narrow as _narrow
+    from actgen.runtime.triton_lang import tile as _tile, narrow as _narrow, exp as _exp
 
     @triton.jit
     def _forward_kernel(
@@ -73,7 +73,7 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = tl.where(x == -float("inf"), 0.0, x*libdevice.tanh(libdevice.exp(x)))
+        _y = tl.where(x == -float("inf"), 0.0, x*libdevice.tanh(_exp(x)))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -86,16 +86,16 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = tl.clamp(x, -1024.0, 4.0, propagate_nan=tl.PropagateNan.ALL)
-        _t0 = libdevice.exp(_clamped_x)
+        _t0 = _exp(_clamped_x)
         _t1 = -(2.0*_t0)
-        _t2 = libdevice.exp(_t1) + 1.0
-        _d_x = 4.0*_clamped_x*libdevice.exp(_clamped_x + _t1)/(_t2*_t2) + libdevice.tanh(_t0)
+        _t2 = _exp(_t1) + 1.0
+        _d_x = 4.0*_clamped_x*_exp(_clamped_x + _t1)/(_t2*_t2) + libdevice.tanh(_t0)
         tl.store(_d_x_ptr + _offs, _narrow(_g * _d_x, _d_x_ptr), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='tanh_exp',
-    key='efeba75f3057',
+    key='0762de196d77',
     inputs=('x',),
     params=(),
     constants=(),

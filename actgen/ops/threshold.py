@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='threshold',
-    key='5afb039618c8',
+    key='bf9c62d60670',
     inputs=('x',),
     params=(),
     constants=('threshold', 'value'),

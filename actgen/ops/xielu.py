@@ -86,7 +86,7 @@ def _second_derivatives_torch(x, alpha_p, alpha_n, beta, eps):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, sigmoid as _sigmoid, softplus as _softplus, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, sigmoid as _sigmoid, softplus as _softplus, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -102,7 +102,7 @@ if _rt.HAS_TRITON:
         _t1 = x > 0.0
         _t2 = beta + _softplus(alpha_n)
         _t3 = 16777216.0*beta
-        _y = tl.where(x != x, x, _limit_at_inf(tl.where(_t1, x*(_t0*x + beta), _t2*(-x + libdevice.expm1(tl.where(eps > x, x, eps))) + beta*x), tl.where(_t1, 281474976710656.0*_t0 + _t3, _t2*(libdevice.expm1(tl.where(eps > -16777216.0, -16777216.0, eps)) + 16777216.0) - _t3), x))
+        _y = tl.where(x != x, x, _limit_at_inf(tl.where(_t1, x*tl.fma(_t0, x, beta), tl.fma(_t2, -x + libdevice.expm1(tl.where(eps > x, x, eps)), beta*x)), tl.where(_t1, 281474976710656.0*_t0 + _t3, _t2*(libdevice.expm1(tl.where(eps > -16777216.0, -16777216.0, eps)) + 16777216.0) - _t3), x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -122,7 +122,7 @@ if _rt.HAS_TRITON:
             _t0 = x > 0.0
             _t1 = eps > x
             _t2 = tl.where(_t1, x, eps)
-            _d_x = tl.where(x != x, x, tl.where(_t0, beta + 2.0*x*_softplus(alpha_p), beta + (beta + _softplus(alpha_n))*(tl.where(_t1, 1.0, 0.0)*libdevice.exp(_t2) - 1.0)))
+            _d_x = tl.where(x != x, x, tl.where(_t0, beta + 2.0*x*_softplus(alpha_p), tl.fma(beta + _softplus(alpha_n), tl.fma(tl.where(_t1, 1.0, 0.0), _exp(_t2), -1.0), beta)))
             _d_alpha_p = tl.where(x != x, x, tl.where(_t0, x*x*_sigmoid(alpha_p), 0.0))
             _d_alpha_n = tl.where(x != x, x, tl.where(_t0, 0.0, (-x + libdevice.expm1(_t2))*_sigmoid(alpha_n)))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
@@ -136,7 +136,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='xielu',
-    key='07cbcd98be4b',
+    key='48b41588e614',
     inputs=('x',),
     params=(('alpha_p', False), ('alpha_n', False)),
     constants=('beta', 'eps'),

@@ -128,7 +128,7 @@ def fma_split(expr: sympy.Add, is_tensor):
     """How the eager fallback computes a sum: as rest + a*b (negative False) or rest - a*b
     (True) in one fused multiply-add (torch.addcmul), where a*b is the last of expr's terms
     (in the printed order) that is a product of exactly two factors, both tensors at run time
-    (is_tensor(factor)), with coefficient 1 or -1 - as the kernels' compiler contracts it.
+    (is_tensor(factor)), with coefficient 1 or -1 - and the kernels, by the same rule, in one tl.fma.
     (a, b, rest, negative), or None where no term is such a product."""
     terms = expr.as_ordered_terms()
     for i in reversed(range(len(terms))):

@@ -12,8 +12,8 @@ branches are finite; the generated function checks its outputs and hands over to
 guarded variant when one is not.
 
 A sum with a product of two tensors among its terms is computed as a fused multiply-add
-(`_rt.fma(a, b, c)`, torch.addcmul), rounded once as the kernels' compiler contracts it:
-fewer passes over memory, and the fallback's rounding follows the kernels'.
+(`_rt.fma(a, b, c)`, torch.addcmul), rounded once as the kernels' `tl.fma` is (the same
+split, fma_split): fewer passes over memory, and the fallback rounds where the kernels do.
 """
 from __future__ import annotations
 

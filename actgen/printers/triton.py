@@ -1,15 +1,22 @@
 """Triton printer: every transcendental through libdevice (accurate to a few ULP, and
-dispatched to float32 or float64 by the argument type); sigmoid/softplus through the
-stable helpers in actgen.runtime.triton_lang."""
+dispatched to float32 or float64 by the argument type) but exp, and exp, sigmoid and
+softplus through the helpers in actgen.runtime.triton_lang (exp within an ULP in float32).
+
+A sum with a product of two tensors among its terms is one `tl.fma`, split as the eager
+fallback splits it (fma_split): the kernels round where the fallback rounds, on a GPU and
+under the interpreter alike, rather than where the GPU compiler would contract.
+"""
 from __future__ import annotations
 
+import numpy as np
+
 from ..derive import MAX_PRODUCT_POWER, SATURATE_MAX_EXP2
-from .base import ATOM, POW, ExprPrinter
+from .base import ATOM, POW, ExprPrinter, fma_split
 
 
 class TritonPrinter(ExprPrinter):
     FUNCTIONS = {
-        "exp": "libdevice.exp({0})",
+        "exp": "_exp({0})",
         "log": "libdevice.log({0})",
         "log1p": "libdevice.log1p({0})",
         "expm1": "libdevice.expm1({0})",
@@ -40,6 +47,34 @@ class TritonPrinter(ExprPrinter):
     # Kernels compute in float32 (float16 and bfloat16 are loaded as float32): a larger bound
     # would be a float64 literal, which promotes the whole computation.
     MAX_BOUND = 2.0 ** SATURATE_MAX_EXP2
+
+    def __init__(self, tensor_names=()):
+        """tensor_names: symbols that are tensors in the kernel (inputs, params, draws); the
+        temporaries computed from them join as the block is printed (add_tensor_name)."""
+        super().__init__()
+        self.tensor_names = set(tensor_names)
+
+    def is_scalar(self, expr) -> bool:
+        return not any(s.name in self.tensor_names for s in expr.free_symbols)
+
+    def add_tensor_name(self, name: str):
+        self.tensor_names.add(name)
+
+    def _print_Add(self, expr):
+        """rest + a*b of two tensors as one tl.fma (see fma_split)."""
+        split = None if expr.is_number else fma_split(expr, lambda f: not self.is_scalar(f))
+        if split is None:
+            return super()._print_Add(expr)
+        a, b, rest, negative = split
+        first = f"-{self.paren(a, POW)}" if negative else self.doprint(a)
+        return f"tl.fma({first}, {self.doprint(b)}, {self.addend(rest)})", ATOM
+
+    def addend(self, rest) -> str:
+        """The fma's addend.  A number that float32 does not hold exactly is made in the
+        kernel's compute type: tl.fma takes a bare number as float32 first (triton 3.6)."""
+        if rest.is_number and float(np.float32(float(rest))) != float(rest):
+            return f"tl.full([], {self.doprint(rest)}, ACC)"
+        return self.doprint(rest)
 
     def clamp(self, u, lo, hi):
         nan = "propagate_nan=tl.PropagateNan.ALL"

@@ -69,15 +69,44 @@ def narrow(v, ptr):
     return v.to(ptr.dtype.element_ty)
 
 
+# exp(u) in float32 to within an ULP (libdevice's expf: 2), from arithmetic alone, so that
+# the interpreter takes the same steps as a GPU (about eleven more machine instructions than
+# libdevice's, one special-function op fewer): u = k ln2 + r with |r| <= ln2/2 (k by
+# the 1.5 * 2**23 rounding trick, which leaves k in the low bits too, so no conversion op;
+# ln2 in two parts), exp(r) by its Taylor polynomial to r**7 (truncation below 0.1 ULP),
+# times 2**k in two exact halves.  Beyond [-104, 89] the result is 0 or inf anyway.
+# Float64 goes through libdevice.exp.
+@triton.jit
+def exp(u):
+    if u.dtype == tl.float64:
+        return libdevice.exp(u)
+    else:
+        v = tl.clamp(u, -104.0, 89.0, propagate_nan=tl.PropagateNan.ALL)
+        j = tl.fma(v, 1.4426950408889634, 12582912.0)
+        k = j - 12582912.0
+        r = tl.fma(k, -0.693145751953125, v)
+        r = tl.fma(k, -1.428606820309417232e-06, r)
+        p = tl.fma(r, 1.0 / 5040.0, 1.0 / 720.0)
+        p = tl.fma(p, r, 1.0 / 120.0)
+        p = tl.fma(p, r, 1.0 / 24.0)
+        p = tl.fma(p, r, 1.0 / 6.0)
+        p = tl.fma(p, r, 0.5)
+        p = tl.fma(p, r, 1.0)
+        p = tl.fma(p, r, 1.0)
+        n = j.to(tl.int32, bitcast=True) - 0x4B400000
+        half = n >> 1
+        return p * _power_of_two(half, v) * _power_of_two(n - half, v)
+
+
 @triton.jit
 def sigmoid(u):
-    return 1.0 / (1.0 + libdevice.exp(-u))
+    return 1.0 / (1.0 + exp(-u))
 
 
 @triton.jit
 def softplus(u):
     # max(u, 0) + log1p(exp(-|u|)): no overflow, full accuracy for large |u|
-    return tl.maximum(u, 0.0) + libdevice.log1p(libdevice.exp(-tl.abs(u)))
+    return tl.maximum(u, 0.0) + libdevice.log1p(exp(-tl.abs(u)))
 
 
 @triton.jit
@@ -124,7 +153,7 @@ def scaled_input(u):
     return tl.where((u == float("inf")) | (u == -float("inf")), tl.where(u > 0, 1.0, -1.0), v)
 
 
-__all__ = ["triton", "tl", "libdevice", "sigmoid", "softplus", "sqrt_square_plus", "scaled_input", "inverse_scale",
+__all__ = ["triton", "tl", "libdevice", "exp", "sigmoid", "softplus", "sqrt_square_plus", "scaled_input", "inverse_scale",
            "limit_at_inf",
            "tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "draw", "draws_kernel", "INTERPRET"]
 
