@@ -14,13 +14,14 @@ per GPU).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
 
 import torch
 
-from .triton_lang import tl
+from .triton_lang import INTERPRET, tl
 from .tuning import CANDIDATES, DEFAULT, PARAM_GRAD_CANDIDATES, TUNER, Config
 
 TILE = DEFAULT.tile          # elements per program, untuned
@@ -96,6 +97,15 @@ def _layout_kind(lay: Layout, *flags: str) -> str:
     return "+".join(("flat" if lay.C <= 1 else ("rows", "cols")[lay.ch_axis],) + flags)
 
 
+def _ieee():
+    """Overflow to inf and NaN arithmetic do not warn on a GPU; under the interpreter, whose
+    arithmetic is numpy's, they do not either."""
+    if not INTERPRET:
+        return contextlib.nullcontext()
+    import numpy as np
+    return np.errstate(all="ignore")
+
+
 def forward(kernel, inputs, params, per_channel, constants, channel_dim, channels, draws=None, wide=False):
     x = inputs[0]
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
@@ -109,7 +119,8 @@ def forward(kernel, inputs, params, per_channel, constants, channel_dim, channel
         return kernel[lay.grid](*args, lay.M, lay.N, lay.C, BLOCK_M=lay.block_m, BLOCK_N=lay.block_n,
                                 CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype, wide), num_warps=cfg.num_warps, **training)
 
-    run(TUNER.choose(kernel, x, _layout_kind(layout(x.shape, channel_dim, channels)), run))
+    with _ieee():
+        run(TUNER.choose(kernel, x, _layout_kind(layout(x.shape, channel_dim, channels)), run))
     return out
 
 
@@ -183,7 +194,8 @@ def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, 
                                    PARAM_GRAD=need_params, STEP=step, num_warps=cfg.num_warps, **training)
 
     kind = _layout_kind(layout(x.shape, channel_dim, channels), *(("param_grad",) if need_params else ()))
-    run(TUNER.choose(kernel, x, kind, run, PARAM_GRAD_CANDIDATES if need_params else CANDIDATES))
+    with _ieee():
+        run(TUNER.choose(kernel, x, kind, run, PARAM_GRAD_CANDIDATES if need_params else CANDIDATES))
     if not need_params:
         return grads + [torch.empty_like(p) for p in params]
     # program p's partials: rows (p // tiles_n) * BLOCK_M + r, modulo q * BLOCK_M (a whole
