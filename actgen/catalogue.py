@@ -30,6 +30,7 @@ import sympy
 import torch
 
 from .functions import MPMATH_FUNCTIONS, mean_of_draws
+from .precision import DENSE_HALF_WIDTH, DENSE_STEP, dense_points
 from .spec import Spec, load_spec, load_specs
 
 DEFAULT_SPECS = Path("specs")
@@ -178,12 +179,6 @@ SPECIAL = (0.0, 1e-38, 1e-20, 1e-7, 1e-3, 0.1, 0.5, 1.0, 2.0, 3.0, 6.0) + EXTREM
 
 #: The huge magnitudes of the grid reach this (float32's largest finite value is 3.4e38).
 HUGE_MAX = 1e38
-
-
-def dense_points(step: float, half_width: float) -> np.ndarray:
-    """Every multiple of step in [-half_width, half_width] (exact in float32 for the steps used)."""
-    n = int(round(half_width / step))
-    return np.arange(-n, n + 1) * step
 
 
 def grid(step: float = 0.01, n_log: int = 200, half_width: float = 20.0, n_huge: int | None = None) -> np.ndarray:
@@ -352,7 +347,7 @@ def run(fn, spec: Spec, points: list[tuple[float, ...]], dtype: torch.dtype, bac
     from .runtime import use_backend
 
     xs, ps = _arguments(spec, points, dtype, params)
-    with use_backend(backend), np.errstate(all="ignore"):   # the interpreter's numpy on inf/NaN
+    with use_backend(backend):
         y = fn(*xs, *ps)
         grads = torch.autograd.grad(y, xs, grad_outputs=torch.ones_like(y))
     out = {"f": y.detach().double().numpy()}
@@ -407,8 +402,6 @@ def measure(spec: Spec, xs: np.ndarray, runs=RUNS, as_written: bool = True, orac
 # [-DENSE_HALF_WIDTH, DENSE_HALF_WIDTH] (where activations bend) is screened against the op's
 # own eager fallback in float64; the DENSE_CONFIRM worst points of each output and run are
 # then scored against the mpmath oracle like the grid's points.
-DENSE_STEP = 2.0 ** -12
-DENSE_HALF_WIDTH = 8.0
 DENSE_CONFIRM = 12
 DENSE_RUNS = (("torch", torch.float32), ("triton", torch.float32))
 

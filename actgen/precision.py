@@ -223,15 +223,21 @@ def float32_ulps(computed: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.abs(computed.astype(np.float64) - truth) / spacing
 
 
-#: Between the grid's points: every multiple of DENSE_STEP in [-DENSE_HALF_WIDTH, DENSE_HALF_WIDTH].
+#: Between the grid's points: every multiple of DENSE_STEP in [-DENSE_HALF_WIDTH, DENSE_HALF_WIDTH]
+#: (where activations bend), here and in docs/accuracy.md (actgen.catalogue.screen_dense).
 DENSE_STEP = 2.0 ** -12
 DENSE_HALF_WIDTH = 8.0
 
 
+def dense_points(step: float, half_width: float) -> np.ndarray:
+    """Every multiple of step in [-half_width, half_width] (exact in float32 for the steps used)."""
+    n = int(round(half_width / step))
+    return np.arange(-n, n + 1) * step
+
+
 def dense_grid() -> np.ndarray:
     """Every multiple of DENSE_STEP in [-DENSE_HALF_WIDTH, DENSE_HALF_WIDTH] (float32 values)."""
-    n = int(DENSE_HALF_WIDTH / DENSE_STEP)
-    return (np.arange(-n, n + 1) * DENSE_STEP).astype(np.float32)
+    return dense_points(DENSE_STEP, DENSE_HALF_WIDTH).astype(np.float32)
 
 
 def points(inputs: Sequence[sympy.Symbol], xs: np.ndarray | None = None) -> dict:

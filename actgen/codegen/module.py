@@ -146,25 +146,30 @@ def _header(d: Derivation, w: Writer):
     w('"""' + escape_docstring("\n".join(lines)) + '\n"""')
 
 
-def _block(w: Writer, block: Block, printer, out_prefix: str, tensor_names=None):
-    """Temporaries, then one assignment per output (named out_prefix + output name)."""
+def _block(w: Writer, block: Block, printer, out_prefix: str):
+    """Temporaries, then one assignment per output (named out_prefix + output name); a
+    temporary computed from a tensor is a tensor to the printer from then on."""
     for sym, expr in block.assignments:
-        if tensor_names is not None and not printer.is_scalar(expr):
+        if not printer.is_scalar(expr):
             printer.add_tensor_name(sym.name)
         w(f"{sym.name} = {printer.doprint(expr)}")
     for name, expr in block.outputs:
         w(f"{out_prefix}{name} = {printer.doprint(expr)}")
 
 
+def _tensor_names(d: Derivation) -> list[str]:
+    """The symbols generated code holds as tensors, in the fallback and the kernels alike:
+    inputs, draws and params (constants are numbers)."""
+    return [*d.spec.inputs, *(r.name for r in d.draws), *(p.name for p in d.spec.params)]
+
+
 def _torch_function(w: Writer, d: Derivation, fname: str, doc: str, block: Block, outputs_as_tuple: bool, fast: bool = False):
     s = d.spec
-    draws = [r.name for r in d.draws]
-    args = [*s.inputs, *draws, *(p.name for p in s.params), *(c.name for c in s.constants)]
-    tensors = [*s.inputs, *draws, *(p.name for p in s.params)]
-    printer = TorchPrinter(tensors, like=s.inputs[0], fast=fast)
+    args = [*_tensor_names(d), *(c.name for c in s.constants)]
+    printer = TorchPrinter(_tensor_names(d), like=s.inputs[0], fast=fast)
     with w.indent(f"def {fname}({', '.join(args)}):"):
         w(f'"""{doc}"""')
-        _block(w, block, printer, "_", tensor_names=True)
+        _block(w, block, printer, "_")
         names = [f"_{n}" for n, _ in block.outputs]
         result = f"({', '.join(names)},)" if outputs_as_tuple else names[0]
         # a select is exact where both branches are finite; else its value is NaN, which
@@ -196,11 +201,6 @@ def _kernel_args(d: Derivation) -> list[str]:
         if p.per_channel:
             args.append(f"{p.name}_stride")
     return args
-
-
-def _kernel_tensors(d: Derivation) -> list[str]:
-    """The symbols a kernel holds as tensors: its inputs, draws and params (constants are scalars)."""
-    return [*d.spec.inputs, *(r.name for r in d.draws), *(p.name for p in d.spec.params)]
 
 
 def _kernel_loads(w: Writer, d: Derivation):
@@ -255,7 +255,7 @@ def _forward_kernel(w: Writer, d: Derivation):
         w(TILE_INDEX)
         _kernel_loads(w, d)
         _kernel_draws(w, d.kernel_forward, d)
-        _block(w, d.kernel_forward, TritonPrinter(_kernel_tensors(d)), "_", tensor_names=True)
+        _block(w, d.kernel_forward, TritonPrinter(_tensor_names(d)), "_")
         (_, expr), = d.kernel_forward.outputs
         if not any(sym.name in s.inputs for sym in _free(d.kernel_forward, expr)):
             w("_y = _y + tl.zeros([BLOCK_M, BLOCK_N], ACC)")
@@ -318,7 +318,7 @@ def _backward_tile(w: Writer, d: Derivation, tile_index: str):
     w("_g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)")
     _kernel_loads(w, d)
     _kernel_draws(w, d.kernel_backward, d)
-    _block(w, d.kernel_backward, TritonPrinter(_kernel_tensors(d)), "_", tensor_names=True)
+    _block(w, d.kernel_backward, TritonPrinter(_tensor_names(d)), "_")
     for n in d.spec.inputs:
         w(f"tl.store(_d_{n}_ptr + _offs, {_stored(f'_g * _d_{n}', f'_d_{n}_ptr', d.wide_backward)}, mask=_mask)")
 

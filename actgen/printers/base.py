@@ -147,8 +147,21 @@ class ExprPrinter:
     INF = "float('inf')"
     NAN = "float('nan')"
 
-    def __init__(self, names: dict[str, str] | None = None):
+    def __init__(self, names: dict[str, str] | None = None, tensor_names=()):
+        """names: symbol name -> printed name; tensor_names: symbols that are tensors at run
+        time (the temporaries computed from them join as a block is printed: add_tensor_name)."""
         self.names = names or {}
+        self.tensor_names = set(tensor_names)
+
+    def is_scalar(self, expr) -> bool:
+        return not any(s.name in self.tensor_names for s in expr.free_symbols)
+
+    def add_tensor_name(self, name: str):
+        self.tensor_names.add(name)
+
+    def fma_split(self, expr):
+        """fma_split of a sum by this printer's tensors (None for a number)."""
+        return None if expr.is_number else fma_split(expr, lambda f: not self.is_scalar(f))
 
     # entry point
     def doprint(self, expr) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sympy
 
-from .base import ATOM, POW, ExprPrinter, fma_split
+from .base import ATOM, POW, ExprPrinter
 
 TENSOR_FUNCTIONS = {
     "exp": "torch.exp({0})",
@@ -67,14 +67,10 @@ class TorchPrinter(ExprPrinter):
     def __init__(self, tensor_names, like: str, names=None, fast: bool = False):
         """tensor_names: symbols that are tensors at run time; like: a tensor to take the dtype from;
         fast: print the unguarded fast variant (float masks and selects, see the module doc)."""
-        super().__init__(names)
-        self.tensor_names = set(tensor_names)
+        super().__init__(names, tensor_names)
         self.like = like
         self.fast = fast
         self.FUNCTIONS = TENSOR_FUNCTIONS
-
-    def is_scalar(self, expr) -> bool:
-        return not any(s.name in self.tensor_names for s in expr.free_symbols)
 
     def _print(self, expr):
         if self.FUNCTIONS is TENSOR_FUNCTIONS and self.is_scalar(expr) and not expr.is_Atom:
@@ -94,14 +90,11 @@ class TorchPrinter(ExprPrinter):
 
     def _print_Add(self, expr):
         """rest + a*b of two tensors as one fused multiply-add (see fma_split)."""
-        split = None if self.scalar_mode or expr.is_number else fma_split(expr, lambda f: not self.is_scalar(f))
+        split = None if self.scalar_mode else self.fma_split(expr)
         if split is None:
             return super()._print_Add(expr)
         a, b, rest, negative = split
         return f"_rt.{'fnma' if negative else 'fma'}({self.doprint(a)}, {self.doprint(b)}, {self.doprint(rest)})", ATOM
-
-    def add_tensor_name(self, name: str):
-        self.tensor_names.add(name)
 
     def where(self, cond, value, otherwise, otherwise_expr):
         if self.scalar_mode:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..derive import MAX_PRODUCT_POWER, SATURATE_MAX_EXP2
-from .base import ATOM, POW, ExprPrinter, fma_split
+from .base import ATOM, POW, ExprPrinter
 
 
 class TritonPrinter(ExprPrinter):
@@ -49,20 +49,12 @@ class TritonPrinter(ExprPrinter):
     MAX_BOUND = 2.0 ** SATURATE_MAX_EXP2
 
     def __init__(self, tensor_names=()):
-        """tensor_names: symbols that are tensors in the kernel (inputs, params, draws); the
-        temporaries computed from them join as the block is printed (add_tensor_name)."""
-        super().__init__()
-        self.tensor_names = set(tensor_names)
-
-    def is_scalar(self, expr) -> bool:
-        return not any(s.name in self.tensor_names for s in expr.free_symbols)
-
-    def add_tensor_name(self, name: str):
-        self.tensor_names.add(name)
+        """tensor_names: symbols that are tensors in the kernel (inputs, params, draws)."""
+        super().__init__(tensor_names=tensor_names)
 
     def _print_Add(self, expr):
         """rest + a*b of two tensors as one tl.fma (see fma_split)."""
-        split = None if expr.is_number else fma_split(expr, lambda f: not self.is_scalar(f))
+        split = self.fma_split(expr)
         if split is None:
             return super()._print_Add(expr)
         a, b, rest, negative = split

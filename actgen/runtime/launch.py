@@ -19,6 +19,7 @@ import functools
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .triton_lang import INTERPRET, tl
@@ -100,10 +101,7 @@ def _layout_kind(lay: Layout, *flags: str) -> str:
 def _ieee():
     """Overflow to inf and NaN arithmetic do not warn on a GPU; under the interpreter, whose
     arithmetic is numpy's, they do not either."""
-    if not INTERPRET:
-        return contextlib.nullcontext()
-    import numpy as np
-    return np.errstate(all="ignore")
+    return np.errstate(all="ignore") if INTERPRET else contextlib.nullcontext()
 
 
 def forward(kernel, inputs, params, per_channel, constants, channel_dim, channels, draws=None, wide=False):
