@@ -71,7 +71,7 @@ def signature(fn, dtype: str, param_names=()) -> tuple[dict, dict]:
     sig, attrs = {}, {}
     names = list(inspect.signature(fn).parameters)
     for i, name in enumerate(names):
-        if name in ("BLOCK_M", "BLOCK_N", "CH_AXIS", "ACC", "PARAM_GRAD", "STEP", "TRAINING"):
+        if name in ("BLOCK_M", "BLOCK_N", "CH_AXIS", "ACC", "FAST", "PARAM_GRAD", "STEP", "TRAINING"):
             sig[name] = "constexpr"
         elif name == "_seed":
             sig[name] = "i32"
@@ -103,7 +103,8 @@ def compile_kernel(kernel, dtype: str, arch: int, layout=LAYOUTS[0], param_names
     fn = getattr(kernel, "fn", kernel)
     sig, attrs = signature(fn, dtype, param_names)
     block_m, block_n, axis = layout
-    constexprs = {"BLOCK_M": block_m, "BLOCK_N": block_n, "CH_AXIS": axis, "ACC": tl.float64 if wide else tl.float32}
+    constexprs = {"BLOCK_M": block_m, "BLOCK_N": block_n, "CH_AXIS": axis, "ACC": tl.float64 if wide else tl.float32,
+                  "FAST": dtype in ("fp16", "bf16")}
     if "PARAM_GRAD" in sig:
         constexprs["PARAM_GRAD"] = True
     if "STEP" in sig:

@@ -463,6 +463,7 @@ class Config:
     latency_impls: tuple = ("actgen", "compile")
     latency_size: int = 2 ** 16
     host_size: int = 4096
+    prewarm: int = 0                     # processes that compile everything first (0: none)
 
     @classmethod
     def for_device(cls, device: str, **kw) -> "Config":
@@ -542,8 +543,10 @@ def _roofline_time(parts: dict, roof: dict) -> float | None:
     return total
 
 
-def run_suite(cfg: Config, log: Callable[[str], None] | None = None) -> dict:
-    """Run the whole suite; returns the results dict (see write_results for the files)."""
+def run_suite(cfg: Config, log: Callable[[str], None] | None = None,
+              checkpoint: Callable[[dict], None] | None = None) -> dict:
+    """Run the whole suite; returns the results dict (see write_results for the files).
+    checkpoint(results so far) is called after every activation and dtype."""
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     device = torch.device(cfg.device)
     unknown = [c for c in cfg.cases if c not in CASES]
@@ -570,6 +573,8 @@ def run_suite(cfg: Config, log: Callable[[str], None] | None = None) -> dict:
     }
     rooflines: dict[tuple, dict] = {}
     t_start = time.perf_counter()
+    if cfg.prewarm:
+        results["prewarm_s"] = prewarm(cfg, log)
 
     def roofline(dtype_name, n):
         key = (dtype_name, n)
@@ -644,6 +649,9 @@ def run_suite(cfg: Config, log: Callable[[str], None] | None = None) -> dict:
                 del inputs, params, grad_out
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+            if checkpoint:
+                checkpoint({**results, "partial": True, "elapsed_s": time.perf_counter() - t_start,
+                            "launch_configs": launch_configs(device)})
     torch._dynamo.reset()
     _add_speedups(results)
     if cfg.latency:
@@ -653,6 +661,90 @@ def run_suite(cfg: Config, log: Callable[[str], None] | None = None) -> dict:
     results["launch_configs"] = launch_configs(device)
     results["targets"] = evaluate_targets(results)
     return results
+
+
+def _prewarm_one(task: dict) -> float:
+    """In a worker process: run every timed callable of one activation, dtype and size once, so
+    that Triton's and inductor's on-disk caches hold their compiled kernels.  Tuning runs
+    against a throwaway file: the timed process tunes for itself."""
+    os.environ["ACTGEN_TUNING_CACHE"] = task["tuning_cache"]
+    t = time.perf_counter()
+    case, dt, device = CASES[task["case"]], DTYPES[task["dtype"]], torch.device(task["device"])
+    inputs, params, grad_out = make_tensors(case, task["n"], dt, device)
+    for impl in task["impls"]:
+        if impl not in ("actgen", "compile"):
+            continue
+        fn = case.actgen_fn() if impl == "actgen" else torch.compile(case.eager, dynamic=task["compile_dynamic"],
+                                                                        backend=task["compile_backend"])
+        for mode in task["modes"]:
+            if mode == "bwd_frozen" and (impl != "actgen" or not case.params):
+                continue
+            run = _mode_callable(fn, mode, inputs, params, grad_out)
+            for _ in range(2):
+                if hasattr(run, "setup"):
+                    run(run.setup())
+                else:
+                    run()
+    _sync(device)
+    return time.perf_counter() - t
+
+
+def _prewarm_task(task: dict) -> str | None:
+    """_prewarm_one, its error as text (a failure here shows again, recorded, when timed)."""
+    try:
+        _prewarm_one(task)
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return f"{task['case']} {task['dtype']} n={task['n']}: {_err(exc)}"
+
+
+def prewarm(cfg: Config, log) -> float:
+    """Compile the generated kernels (every launch config the tuner will try) and torch.compile's
+    graphs of the whole run in cfg.prewarm processes at once, before anything is timed; the
+    timed process then loads them from the caches.  Seconds taken."""
+    import multiprocessing
+
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="actgen-prewarm-") as tmp:
+        tasks = [dict(case=c, dtype=d, n=n, device=cfg.device, impls=list(cfg.impls), modes=list(cfg.modes),
+                      compile_dynamic=cfg.compile_dynamic, compile_backend=cfg.compile_backend,
+                      tuning_cache=os.path.join(tmp, "tuning.json"))
+                 for c in cfg.cases for d in cfg.dtypes for n in cfg.sizes]
+        with multiprocessing.get_context("spawn").Pool(cfg.prewarm) as pool:
+            errors = [e for e in pool.imap_unordered(_prewarm_task, tasks) if e]
+    took = time.perf_counter() - t
+    log(f"prewarm: {len(tasks)} activation/dtype/size runs compiled in {took:.1f}s ({cfg.prewarm} processes)"
+        + "".join(f"\n  prewarm failed: {e}" for e in errors))
+    return took
+
+
+_MERGED_LISTS = {"rooflines": ("dtype", "n", "kind"), "timings": ("case", "impl", "dtype", "n", "mode"),
+                 "memory": ("case", "impl", "dtype", "n"), "launch_configs": ("kernel", "dtype", "layout", "bucket")}
+
+
+def merge_results(parts: list[dict]) -> dict:
+    """Several runs on one device as one: the union of their cases, dtypes, sizes, impls and
+    modes; a number measured in more than one run is taken from the last.  Latency and host
+    time come from the last run that measured them."""
+    merged = json.loads(json.dumps(parts[0]))
+    cfg = merged["config"]
+    for part in parts[1:]:
+        if part["device"].get("name") != merged["device"].get("name"):
+            raise ValueError(f"cannot merge runs on {merged['device'].get('name')} and {part['device'].get('name')}")
+        for k in ("cases", "dtypes", "sizes", "impls", "modes"):
+            cfg[k] += [v for v in part["config"][k] if v not in cfg[k]]
+        merged["cases"].update(part["cases"])
+        for name, key in _MERGED_LISTS.items():
+            rows = {tuple(r.get(f) for f in key): r for r in merged.get(name, []) + part.get(name, [])}
+            merged[name] = list(rows.values())
+        for name in ("latency", "recompiles", "host"):
+            if part.get(name):
+                merged[name] = part[name]
+        merged["elapsed_s"] = merged.get("elapsed_s", 0) + part.get("elapsed_s", 0)
+        merged["partial"] = merged.get("partial", False) or part.get("partial", False)
+    cfg["sizes"].sort()
+    merged["merged_runs"] = len(parts)
+    return merged
 
 
 def launch_configs(device: torch.device) -> list[dict]:
@@ -734,6 +826,13 @@ def probe(spec: dict, t_import: float) -> dict:
     n = int(spec["n"])
     fn = case.actgen_fn() if spec["impl"] == "actgen" else torch.compile(case.eager)
     out = {"import_s": t_import, "calls_s": []}
+    # torch's own first backward with a gradient tensor imports much of torch (sympy among it:
+    # seconds); a plain torch op takes that first, so that the first call below is the op's own
+    t = time.perf_counter()
+    w = torch.ones(8, device=device, requires_grad=True)
+    torch.autograd.grad(w * 2, [w], torch.ones_like(w))
+    _sync(device)
+    out["torch_first_backward_s"] = time.perf_counter() - t
     variants = []
     for k, size in enumerate((n, 2 * n, 3 * n)):
         inputs, params, grad_out = make_tensors(case, size, dt, device, seed=k)
@@ -798,7 +897,8 @@ def measure_latency(cfg: Config, log=None) -> tuple[list, list]:
                     try:
                         out = _run_probe(spec, tmp)
                         row.update(import_s=out["import_s"], first_call_s=out["first_call_s"],
-                                   second_call_s=out["second_call_s"], shape_calls_s=out["calls_s"])
+                                   second_call_s=out["second_call_s"], shape_calls_s=out["calls_s"],
+                                   torch_first_backward_s=out.get("torch_first_backward_s"))
                         if cache == "warm" or impl == "compile":
                             recompiles.append({"case": name, "impl": impl, "shapes": 3,
                                                "new_kernel_variants": out.get("new_variants"),
@@ -1040,11 +1140,14 @@ def device_line(results) -> str:
 
 
 def headline_table(results, dtype=None, n=None) -> str:
-    """fwd+bwd of every case at the largest size of the first dtype: the README's table."""
+    """fwd+bwd of every case at the largest size of the first dtype that has them all (else the
+    largest): the README's table."""
     cfg = results["config"]
     dtype = dtype or cfg["dtypes"][0]
-    n = n or max(cfg["sizes"])
     idx = _index(results)
+    if n is None:
+        complete = [m for m in cfg["sizes"] if all(idx.get((c, "actgen", dtype, m, "fwdbwd")) for c in cfg["cases"])]
+        n = max(complete or cfg["sizes"])
     mem = {(m["case"], m["impl"], m["dtype"], m["n"]): m for m in results["memory"]}
     head = ("| activation | actgen fwd+bwd | GB/s | of roofline | vs eager | vs torch kernel | vs torch.compile "
             "| saved for bwd (actgen / eager) | peak step memory (actgen / eager) |")
@@ -1304,17 +1407,12 @@ def parse_size(text: str) -> int:
     return int(text)
 
 
-def load_results(path) -> dict:
-    """A results.json written by write_results; targets re-judged from its numbers."""
-    results = json.loads(Path(path).read_text())
-    results["targets"] = evaluate_targets(results)
-    return results
-
-
 def main_from_args(args) -> int:
     if args.render:
-        results = load_results(args.render)
-        out = Path(args.out) if args.out else Path(args.render).parent
+        parts = [json.loads(Path(p).read_text()) for p in args.render]
+        results = merge_results(parts) if len(parts) > 1 else parts[0]
+        results["targets"] = evaluate_targets(results)
+        out = Path(args.out) if args.out else Path(args.render[0]).parent
         paths = write_results(results, out, plots=not args.no_plots)
         print(f"wrote {', '.join(str(p) for p in paths)}")
         return 0
@@ -1340,10 +1438,15 @@ def main_from_args(args) -> int:
         impls=tuple(args.impls) if args.impls else None, modes=tuple(args.modes) if args.modes else None,
         compile_dynamic={"static": False, "dynamic": True}.get(args.compile_shapes), compile_backend=args.compile_backend,
         min_run_time=args.min_run_time, memory=not args.no_memory, latency=not args.no_latency,
-        latency_cases=tuple(args.latency_cases) if args.latency_cases else None,
+        latency_cases=tuple(args.latency_cases) if args.latency_cases else None, prewarm=args.prewarm,
+        rep_ms=args.rep_ms,
     )
-    results = run_suite(cfg)
     out = Path(args.out) if args.out else Path("benchmarks") / "results" / torch.device(device).type
+
+    def checkpoint(partial):       # a run cut short still leaves its numbers (render them with --render)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(_json_safe(partial), indent=1) + "\n")
+    results = run_suite(cfg, checkpoint=checkpoint)
     paths = write_results(results, out, plots=not args.no_plots)
     print(headline_table(results))
     print()
@@ -1373,7 +1476,11 @@ def build_parser(prog: str = "actgen bench"):
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--out", help="results directory (default: benchmarks/results/<device type>)")
     p.add_argument("--list", action="store_true", help="list the benchmark cases and exit")
-    p.add_argument("--render", metavar="RESULTS_JSON", help="measure nothing: rewrite markdown and plots from a results.json")
+    p.add_argument("--render", metavar="RESULTS_JSON", nargs="+",
+                   help="measure nothing: rewrite markdown and plots from a results.json (several: merged into one)")
+    p.add_argument("--prewarm", type=int, help="compile every kernel and torch.compile graph first, in this many "
+                   "processes at once (default: none)")
+    p.add_argument("--rep-ms", type=float, help="CUDA: milliseconds of repetitions per timing (default 100)")
     return p
 
 

@@ -333,26 +333,27 @@ def as_written_function(spec: Spec):
     return compiled_function(spec, rewrites=False)
 
 
-def _arguments(spec: Spec, points: list[tuple[float, ...]], dtype: torch.dtype, params: dict | None = None):
+def _arguments(spec: Spec, points: list[tuple[float, ...]], dtype: torch.dtype, params: dict | None = None,
+               device="cpu"):
     """The inputs at the points in dtype (requiring grad) and the params (float32 tensors, at
-    their initial values unless params says otherwise)."""
+    their initial values unless params says otherwise), on device."""
     values = {**param_values(spec), **(params or {})}
-    xs = [torch.tensor(c, dtype=torch.float64).to(dtype).requires_grad_() for c in zip(*points)]
-    return xs, [torch.tensor([values[p.name]], dtype=torch.float32) for p in spec.params]
+    xs = [torch.tensor(c, dtype=torch.float64).to(dtype).to(device).requires_grad_() for c in zip(*points)]
+    return xs, [torch.tensor([values[p.name]], dtype=torch.float32, device=device) for p in spec.params]
 
 
 def run(fn, spec: Spec, points: list[tuple[float, ...]], dtype: torch.dtype, backend: str,
-        params: dict | None = None) -> dict[str, np.ndarray]:
-    """f and df/d(input) of fn at the points, on one backend, as float64 arrays."""
+        params: dict | None = None, device="cpu") -> dict[str, np.ndarray]:
+    """f and df/d(input) of fn at the points, on one backend and device, as float64 arrays."""
     from .runtime import use_backend
 
-    xs, ps = _arguments(spec, points, dtype, params)
+    xs, ps = _arguments(spec, points, dtype, params, device)
     with use_backend(backend):
         y = fn(*xs, *ps)
         grads = torch.autograd.grad(y, xs, grad_outputs=torch.ones_like(y))
-    out = {"f": y.detach().double().numpy()}
+    out = {"f": y.detach().double().cpu().numpy()}
     for n, g in zip(spec.inputs, grads):
-        out[f"df/d{n}"] = g.double().numpy()
+        out[f"df/d{n}"] = g.double().cpu().numpy()
     return out
 
 
@@ -406,13 +407,13 @@ DENSE_CONFIRM = 12
 DENSE_RUNS = (("torch", torch.float32), ("triton", torch.float32))
 
 
-def _float64_reference(spec: Spec, points: list[tuple[float, ...]]):
+def _float64_reference(spec: Spec, points: list[tuple[float, ...]], device="cpu"):
     """The shipped op's eager fallback in float64 at the points: {output: values} and
     {output: d output / d (first input)} (its own second derivatives), for ranking points by
     their error per unit of condition before the oracle scores the worst of them."""
     from .runtime import use_backend
 
-    xs, ps = _arguments(spec, points, torch.float64)
+    xs, ps = _arguments(spec, points, torch.float64, device=device)
     with use_backend("torch"):
         y = op_function(spec)(*xs, *ps)
         grads = torch.autograd.grad(y, xs, grad_outputs=torch.ones_like(y), create_graph=True)
@@ -422,25 +423,23 @@ def _float64_reference(spec: Spec, points: list[tuple[float, ...]]):
             if g.requires_grad:
                 slopes[f"df/d{n}"] = torch.autograd.grad(g, xs[0], torch.ones_like(g), retain_graph=True,
                                                          allow_unused=True)[0]
-    as_array = lambda t: np.zeros(len(points)) if t is None else t.detach().double().expand(len(points)).numpy()
+    as_array = lambda t: np.zeros(len(points)) if t is None else t.detach().double().expand(len(points)).cpu().numpy()
     return ({k: as_array(v) for k, v in outs.items()},
             {k: as_array(slopes.get(k)) for k in outs})
 
 
-def screen_dense(spec: Spec, xs: np.ndarray | None = None, runs=DENSE_RUNS, oracle: Oracle | None = None,
-                 confirm: int = DENSE_CONFIRM) -> dict:
-    """{(backend, dtype name, output): Score} of the shipped op between the grid's points: every
-    point of xs (default: every multiple of DENSE_STEP in [-DENSE_HALF_WIDTH, DENSE_HALF_WIDTH]) ranked by its error against the op's float64 fallback
-    over its condition along the first input, and the `confirm` worst of each output and run
-    scored against the oracle (mpmath) with the full condition number."""
-    xs = dense_points(DENSE_STEP, DENSE_HALF_WIDTH) if xs is None else xs
-    pts = input_points(spec, round_to(xs, torch.float32))
-    ref, slope = _float64_reference(spec, pts)
+def rank_dense(spec: Spec, pts: list[tuple[float, ...]], runs=DENSE_RUNS, confirm: int = DENSE_CONFIRM,
+               device="cpu") -> tuple[list[int], dict]:
+    """Run the shipped op at every point on each (backend, dtype) of runs, on device, and rank
+    the points by their error against the op's float64 fallback (on the same device) over
+    their condition along the first input: (the indices of the `confirm` worst of each output
+    and run, sorted; {(backend, dtype): {output: values}})."""
+    ref, slope = _float64_reference(spec, pts, device)
     x0 = np.array([p[0] for p in pts])
     picked: set[int] = set()
     runs_out = {}
     for backend, dtype in runs:
-        got = run(op_function(spec), spec, pts, dtype, backend)
+        got = run(op_function(spec), spec, pts, dtype, backend, device=device)
         runs_out[(backend, dtype)] = got
         for out, values in got.items():
             with np.errstate(all="ignore"):
@@ -450,14 +449,37 @@ def screen_dense(spec: Spec, xs: np.ndarray | None = None, runs=DENSE_RUNS, orac
                                np.abs(values - ref[out]) / np.maximum(np.abs(ref[out]) * 2.0 ** -24, 2.0 ** -149),
                                np.where(finite, np.inf, 0.0)) / np.maximum(1.0, cond)
             picked |= set(np.argsort(err)[-confirm:].tolist())
-    chosen = sorted(picked)
+    return sorted(picked), runs_out
+
+
+def score_dense(spec: Spec, pts: list[tuple[float, ...]], chosen: list[int], runs_out: dict,
+                oracle: Oracle | None = None) -> dict:
+    """{(backend, dtype name, output): Score} of the chosen points of each run against the oracle
+    (runs_out's values are at every point, or at the chosen ones only)."""
     sub = [pts[i] for i in chosen]
     oracle = oracle or Oracle(spec)
     truth = oracle.values(sub)
     cond = oracle.condition(sub, truth)
-    xcol = x0[chosen]
-    return {(backend, str(dtype).replace("torch.", ""), out): score(xcol, values[chosen], truth[out], dtype, cond[out])
-            for (backend, dtype), got in runs_out.items() for out, values in got.items()}
+    xcol = np.array([p[0] for p in sub])
+    scores = {}
+    for (backend, dtype), got in runs_out.items():
+        for out, values in got.items():
+            values = values[chosen] if len(values) == len(pts) else values
+            scores[(backend, str(dtype).replace("torch.", ""), out)] = score(xcol, values, truth[out], dtype, cond[out])
+    return scores
+
+
+def screen_dense(spec: Spec, xs: np.ndarray | None = None, runs=DENSE_RUNS, oracle: Oracle | None = None,
+                 confirm: int = DENSE_CONFIRM) -> dict:
+    """{(backend, dtype name, output): Score} of the shipped op between the grid's points: every
+    point of xs (default: every multiple of DENSE_STEP in [-DENSE_HALF_WIDTH, DENSE_HALF_WIDTH])
+    ranked by its error against the op's float64 fallback over its condition along the first
+    input (rank_dense), and the `confirm` worst of each output and run scored against the
+    oracle (mpmath) with the full condition number."""
+    xs = dense_points(DENSE_STEP, DENSE_HALF_WIDTH) if xs is None else xs
+    pts = input_points(spec, round_to(xs, torch.float32))
+    chosen, runs_out = rank_dense(spec, pts, runs, confirm)
+    return score_dense(spec, pts, chosen, runs_out, oracle)
 
 
 # --- what the docs say about each entry ---------------------------------------------------------
@@ -654,7 +676,7 @@ def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy],
         "+-30, +-100, +-1e4, +-inf (rounded to each dtype).  A gated entry (a, b) takes b in turn "
         f"from {', '.join(map(str, GATE_VALUES))}.  Params are at their initial values, constants at their defaults.",
         "* **Runs**: the eager torch fallback in float32, and the Triton kernels in float32 and "
-        "bfloat16 (run under Triton's interpreter on CPU, whose libdevice functions are numpy's; the kernels' exp and fused multiply-adds are their own, as on a GPU); "
+        "bfloat16 (run under Triton's interpreter on CPU, whose libdevice functions are numpy's; the kernels' float32 exp, IEEE divisions and fused multiply-adds round as on a GPU; benchmarks/results/cuda/accuracy.md runs them on one); "
         "outputs f and df/d(input) (backward with a gradient of ones).",
         "* **Error**: |result - truth| in ULPs of the truth in the result's dtype, divided by the "
         "condition number where that is above 1.  The condition number of an output g is the sum over "

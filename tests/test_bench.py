@@ -189,3 +189,70 @@ def test_cli_list(capsys):
     out = capsys.readouterr().out
     assert all(name in out for name in bench.DEFAULT_CASES)
     assert main(["bench", "no_such_op", "--device", "cpu"]) == 2
+
+
+def _part(sizes, rows, name="NVIDIA H200"):
+    return {"device": {"type": "cuda", "name": name, "date": "2026-01-01 00:00 UTC", "torch": "2", "python": "3"},
+            "config": {"cases": sorted({r["case"] for r in rows}), "dtypes": ["fp32"], "sizes": list(sizes),
+                       "impls": ["actgen", "eager"], "modes": ["fwdbwd"], "target_min_elements": 2 ** 26},
+            "cases": {}, "rooflines": [], "timings": rows, "memory": [], "latency": [], "recompiles": [], "host": [],
+            "elapsed_s": 10.0}
+
+
+def test_runs_merge_into_one():
+    """Two runs at different sizes make one table; a number measured twice comes from the last run."""
+    a = _part([2 ** 26], [_row("mish", "actgen", 1.0), _row("mish", "eager", 3.0)])
+    b = _part([2 ** 20, 2 ** 26], [_row("mish", "actgen", 2.0, n=2 ** 20), _row("mish", "actgen", 0.5)])
+    merged = bench.merge_results([a, b])
+    assert merged["config"]["sizes"] == [2 ** 20, 2 ** 26] and merged["elapsed_s"] == 20.0
+    times = {(r["impl"], r["n"]): r["time_s"] for r in merged["timings"]}
+    assert times == {("actgen", 2 ** 26): 0.5, ("eager", 2 ** 26): 3.0, ("actgen", 2 ** 20): 2.0}
+    verdicts = {t["id"]: t for t in bench.evaluate_targets(merged)}
+    assert verdicts["mish_vs_eager"]["value"] == pytest.approx(6.0)     # 3.0 / 0.5, across the two runs
+    with pytest.raises(ValueError):
+        bench.merge_results([a, _part([2 ** 28], [], name="NVIDIA H100")])
+
+
+def test_a_run_leaves_its_numbers_as_it_goes(torch_backend):
+    """run_suite hands its results so far to checkpoint after every activation and dtype."""
+    seen = []
+    cfg = bench.Config.for_device("cpu", cases=("relu", "silu"), dtypes=("fp32",), sizes=(2 ** 10,),
+                                  impls=("actgen", "eager"), modes=("fwd",), memory=False, latency=False,
+                                  min_run_time=0.001)
+    bench.run_suite(cfg, log=lambda s: None, checkpoint=lambda r: seen.append(
+        (r["partial"], sorted({t["case"] for t in r["timings"]}))))
+    assert seen == [(True, ["relu"]), (True, ["relu", "silu"])]
+
+
+def test_render_merges_several_runs(tmp_path):
+    a = _part([2 ** 26], [_row("mish", "actgen", 1.0), _row("mish", "eager", 3.0)])
+    b = _part([2 ** 28], [_row("mish", "actgen", 4.0, n=2 ** 28), _row("mish", "eager", 8.0, n=2 ** 28)])
+    for name, part in (("a.json", a), ("b.json", b)):
+        for r in part["timings"]:
+            r.update(gbps=1.0, roofline_frac=0.5, roofline_time_s=1.0)
+        part["cases"] = {"mish": {"op": "mish", "eager": "x", "torch": None, "layout": "flat", "shape_example": [4],
+                                  "params": []}}
+        part["config"].update(compile_dynamic=False, timer="t", channels=64)
+        (tmp_path / name).write_text(json.dumps(part))
+    assert bench.main(["--render", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "m"),
+                       "--no-plots"]) == 0
+    merged = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert merged["config"]["sizes"] == [2 ** 26, 2 ** 28] and merged["merged_runs"] == 2
+    assert "2**28" in (tmp_path / "m" / "results.md").read_text()
+
+
+def test_prewarm_runs_everything_first_in_other_processes(monkeypatch, tmp_path):
+    """--prewarm: the run's callables are run once in worker processes before anything is
+    timed (their compiled kernels land in the on-disk caches); a failing one is logged, not raised."""
+    monkeypatch.setenv("ACTGEN_TUNING_CACHE", str(tmp_path / "tuning.json"))   # _prewarm_task sets it
+    logs = []
+    cfg = bench.Config.for_device("cpu", cases=("relu",), dtypes=("fp32",), sizes=(2 ** 8,), impls=("actgen",),
+                                  modes=("fwd", "fwdbwd"), memory=False, latency=False, min_run_time=0.001, prewarm=1)
+    results = bench.run_suite(cfg, log=logs.append)
+    assert results["prewarm_s"] > 0 and any(m.startswith("prewarm: 1 activation/dtype/size runs") for m in logs)
+    assert bench._prewarm_task(dict(case="relu", dtype="fp32", n=100, device="cpu", impls=["actgen"], modes=["fwd"],
+                                    compile_dynamic=True, compile_backend="inductor",
+                                    tuning_cache=str(tmp_path / "t.json"))) is None
+    assert "relu" in bench._prewarm_task(dict(case="relu", dtype="fp32", n=100, device="nowhere", impls=["actgen"],
+                                              modes=["fwd"], compile_dynamic=True, compile_backend="inductor",
+                                              tuning_cache=str(tmp_path / "t.json")))

@@ -466,7 +466,7 @@ try:
     def _apply_exp(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
-        tl.store(out_ptr + offs, _kernel_exp(tl.load(x_ptr + offs, mask=mask, other=0.0)), mask=mask)
+        tl.store(out_ptr + offs, _kernel_exp(tl.load(x_ptr + offs, mask=mask, other=0.0), False), mask=mask)
 except ImportError:
     _apply_exp = None
 

@@ -174,8 +174,8 @@ def test_machine_code_counts_one_exponential_for_mish(tmp_path):
     the sm_90 cubin, the kernel function without the compiler's 64-bit division subroutine).
     mish's backward is one ratio in exp(-|x|) (actgen.derive.exp_rational_form): about two
     special-function ops per element (the division's reciprocal; the exp is arithmetic,
-    actgen.runtime.triton_lang.exp), and under 64 instructions per element (its five-call
-    form took 112).  So is silu's in the kernels (its two sigmoids took four), and swiglu's
+    actgen.runtime.triton_lang.exp), and under 72 instructions per element with its IEEE
+    division (its five-call form took 112).  So is silu's in the kernels (its two sigmoids took four), and swiglu's
     takes sigmoid(a) and sigmoid(-a) from one exp.  PAU's
     scale 2**-k is built from exponent bits, not libdevice's ldexp: as few special-function
     ops in its forward (twelve per element with ldexp).  swish's limit at +-inf, which depends on
@@ -196,7 +196,7 @@ def test_machine_code_counts_one_exponential_for_mish(tmp_path):
     assert per_element[("relu", "_forward_kernel")] < per_element[("mish", "_forward_kernel")]
     for name in ("mish", "silu", "swiglu"):
         assert mufu[(name, "_backward_kernel")] <= 2.5, name
-    assert per_element[("mish", "_backward_kernel")] < 64
-    assert per_element[("silu", "_backward_kernel")] < 56
+    assert per_element[("mish", "_backward_kernel")] < 72
+    assert per_element[("silu", "_backward_kernel")] < 72
     assert mufu[("pau", "_forward_kernel")] <= 2.5
-    assert mufu[("swish", "_backward_kernel")] <= 2.5 and per_element[("swish", "_backward_kernel")] < 82
+    assert mufu[("swish", "_backward_kernel")] <= 2.5 and per_element[("swish", "_backward_kernel")] < 88

@@ -164,6 +164,22 @@ def test_the_fastest_config_is_kept_and_reused(recording_tuner, triton_backend, 
     assert tuner.choose(ops.silu.__globals__["_OP"].forward_kernel, x, "flat", None) == Config(2048, 8)
 
 
+def test_a_choice_is_kept_in_memory(tmp_path, monkeypatch):
+    """A launch whose kernel, device, dtype, layout and size bucket were tuned takes the choice
+    from memory: no table key built, no file read (host time per call)."""
+    calls = []
+    times = {c: 0.5 if c == Config(2048, 4) else 1.0 for c in CANDIDATES}
+    tuner = AlwaysOn(tmp_path / "tuning.json", bench=fake_bench(times, calls))
+    kernel, x = ops.silu.__globals__["_OP"].forward_kernel, torch.randn(5000)
+    assert tuner.choose(kernel, x, "flat", calls.append) == Config(2048, 4)
+    monkeypatch.setattr(tuner, "key", lambda *a: pytest.fail("the table was asked again"))
+    assert tuner.choose(kernel, torch.randn(6000), "flat", lambda cfg: pytest.fail("tuned again")) == Config(2048, 4)
+    # another dtype, layout or size bucket is another choice
+    for other in ((torch.randn(5000, dtype=torch.float64), "flat"), (x, "rows"), (torch.randn(50000), "flat")):
+        with pytest.raises(pytest.fail.Exception):
+            tuner.choose(kernel, other[0], other[1], calls.append)
+
+
 def test_a_backward_with_param_gradients_also_tunes_stepping(recording_tuner, triton_backend, tmp_path):
     tuner, calls = recording_tuner
     x = torch.randn(4, 64, 37, requires_grad=True)

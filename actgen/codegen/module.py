@@ -15,7 +15,7 @@ from .writer import Writer, escape_docstring
 TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 NTH_TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 # the @triton.jit helpers of actgen.runtime.triton_lang a kernel may call (imported as _name)
-KERNEL_HELPERS = ("tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "narrow", "exp", "sigmoid", "softplus",
+KERNEL_HELPERS = ("tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "narrow", "exp", "div", "sigmoid", "softplus",
                   "sqrt_square_plus", "scaled_input", "inverse_scale", "limit_at_inf", "draw")
 
 
@@ -214,7 +214,7 @@ def _kernel_loads(w: Writer, d: Derivation):
             w(f"{p.name} = tl.load({p.name}_ptr).to(ACC)")
 
 
-_CONSTEXPRS = "BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr"
+_CONSTEXPRS = "BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr"
 
 
 def _jit(w: Writer, d: Derivation):

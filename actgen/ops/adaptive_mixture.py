@@ -135,12 +135,12 @@ def _second_derivatives_torch(x, w0, w1, w2):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, div as _div, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
         x_ptr, w0_ptr, w1_ptr, w2_ptr, _out_ptr, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
@@ -148,16 +148,16 @@ if _rt.HAS_TRITON:
         w0 = tl.load(w0_ptr).to(ACC)
         w1 = tl.load(w1_ptr).to(ACC)
         w2 = tl.load(w2_ptr).to(ACC)
-        _t0 = _exp(w0)
-        _t1 = _exp(w1)
-        _t2 = _exp(w2)
-        _y = tl.where(x != x, x, tl.fma(_t2, x, tl.fma(_t1, libdevice.tanh(x), _t0*tl.where(x > 0.0, x, 0.0)))/(_t0 + _t1 + _t2))
+        _t0 = _exp(w0, FAST)
+        _t1 = _exp(w1, FAST)
+        _t2 = _exp(w2, FAST)
+        _y = tl.where(x != x, x, _div(tl.fma(_t2, x, tl.fma(_t1, libdevice.tanh(x), _t0*tl.where(x > 0.0, x, 0.0))), (_t0 + _t1 + _t2), FAST))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
     def _backward_kernel(
         _grad_ptr, x_ptr, w0_ptr, w1_ptr, w2_ptr, _d_x_ptr, _partials_ptr, _n_partials, _M, _N, _C, _iters,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
         """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
         _sum_w0 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
@@ -170,23 +170,23 @@ if _rt.HAS_TRITON:
             w0 = tl.load(w0_ptr).to(ACC)
             w1 = tl.load(w1_ptr).to(ACC)
             w2 = tl.load(w2_ptr).to(ACC)
-            _t0 = _exp(w0)
-            _t1 = _exp(w1)
-            _t2 = _exp(w2)
+            _t0 = _exp(w0, FAST)
+            _t1 = _exp(w1, FAST)
+            _t2 = _exp(w2, FAST)
             _t3 = _t0 + _t1 + _t2
-            _t4 = 1.0/_t3
+            _t4 = _div(1.0, _t3, FAST)
             _t5 = x > 0.0
             _t6 = -(2.0*tl.abs(x))
             _t7 = tl.where(_t5, x, 0.0)
-            _t8 = 1.0/(_t3*_t3)
+            _t8 = _div(1.0, (_t3*_t3), FAST)
             _t9 = libdevice.tanh(x)
             _t10 = _t8*tl.fma(_t2, x, tl.fma(_t1, _t9, _t0*_t7))
             _t11 = 16777216.0*_t4
             _t12 = _t1 + 16777216.0*_t2
             _t13 = tl.fma(-_t8, 16777216.0*_t0 + _t12, _t11)
             _t14 = -(_t12*_t8)
-            _t15 = _exp(_t6) + 1.0
-            _d_x = tl.where(x != x, x, _t4*tl.fma(_t0, tl.where(_t5, 1.0, 0.0), _t2 + 4.0*_exp(_t6 + w1)/(_t15*_t15)))
+            _t15 = _exp(_t6, FAST) + 1.0
+            _d_x = tl.where(x != x, x, _t4*tl.fma(_t0, tl.where(_t5, 1.0, 0.0), _t2 + _div(4.0*_exp(_t6 + w1, FAST), (_t15*_t15), FAST)))
             _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*tl.fma(_t4, _t7, -_t10), tl.where(_t5, _t0*_t13, -(_t0*_t14)), x))
             _d_w1 = tl.where(x != x, x, _t1*tl.fma(_t4, _t9, -_t10))
             _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*tl.fma(_t4, x, -_t10), tl.where(_t5, _t13*_t2, _t2*(-_t11 - _t14)), x))
@@ -203,7 +203,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='adaptive_mixture',
-    key='881dbd775e99',
+    key='bdebfc6be42d',
     inputs=('x',),
     params=(('w0', False), ('w1', False), ('w2', False)),
     constants=(),

@@ -158,12 +158,12 @@ def _second_derivatives_torch(x, w0, w1, w2, w3):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, sigmoid as _sigmoid, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, div as _div, sigmoid as _sigmoid, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
         x_ptr, w0_ptr, w1_ptr, w2_ptr, w3_ptr, _out_ptr, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
@@ -172,17 +172,17 @@ if _rt.HAS_TRITON:
         w1 = tl.load(w1_ptr).to(ACC)
         w2 = tl.load(w2_ptr).to(ACC)
         w3 = tl.load(w3_ptr).to(ACC)
-        _t0 = _exp(w0)
-        _t1 = _exp(w1)
-        _t2 = _exp(w2)
-        _t3 = _exp(w3)
-        _y = tl.where(x != x, x, tl.fma(_t3, _sigmoid(x), tl.fma(_t2, x, tl.fma(_t1, libdevice.tanh(x), _t0*tl.where(x > 0.0, x, 0.0))))/(_t0 + _t1 + _t2 + _t3))
+        _t0 = _exp(w0, FAST)
+        _t1 = _exp(w1, FAST)
+        _t2 = _exp(w2, FAST)
+        _t3 = _exp(w3, FAST)
+        _y = tl.where(x != x, x, _div(tl.fma(_t3, _sigmoid(x, FAST), tl.fma(_t2, x, tl.fma(_t1, libdevice.tanh(x), _t0*tl.where(x > 0.0, x, 0.0)))), (_t0 + _t1 + _t2 + _t3), FAST))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
     def _backward_kernel(
         _grad_ptr, x_ptr, w0_ptr, w1_ptr, w2_ptr, w3_ptr, _d_x_ptr, _partials_ptr, _n_partials, _M, _N, _C, _iters,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
         """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
         _sum_w0 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
@@ -197,31 +197,31 @@ if _rt.HAS_TRITON:
             w1 = tl.load(w1_ptr).to(ACC)
             w2 = tl.load(w2_ptr).to(ACC)
             w3 = tl.load(w3_ptr).to(ACC)
-            _t0 = _exp(w0)
-            _t1 = _exp(w1)
-            _t2 = _exp(w2)
-            _t3 = _exp(w3)
+            _t0 = _exp(w0, FAST)
+            _t1 = _exp(w1, FAST)
+            _t2 = _exp(w2, FAST)
+            _t3 = _exp(w3, FAST)
             _t4 = _t0 + _t1 + _t2 + _t3
-            _t5 = 1.0/_t4
+            _t5 = _div(1.0, _t4, FAST)
             _t6 = x > 0.0
             _t7 = tl.abs(x)
             _t8 = -(2.0*_t7)
-            _t9 = _exp(-_t7)
-            _t10 = 1.0/(_t9 + 1.0)
+            _t9 = _exp(-_t7, FAST)
+            _t10 = _div(1.0, (_t9 + 1.0), FAST)
             _t11 = x <= 0.0
             _t12 = _t10*_t9
             _t13 = tl.where(_t11, _t12, _t10)
             _t14 = _t13*_t3
             _t15 = tl.where(_t6, x, 0.0)
-            _t16 = 1.0/(_t4*_t4)
+            _t16 = _div(1.0, (_t4*_t4), FAST)
             _t17 = libdevice.tanh(x)
             _t18 = _t16*tl.fma(_t2, x, tl.fma(_t1, _t17, tl.fma(_t0, _t15, _t14)))
             _t19 = 16777216.0*_t5
             _t20 = _t1 + 16777216.0*_t2
             _t21 = tl.fma(-_t16, 16777216.0*_t0 + _t20 + _t3, _t19)
             _t22 = -(_t16*_t20)
-            _t23 = _exp(_t8) + 1.0
-            _d_x = tl.where(x != x, x, _t5*tl.fma(_t14, tl.where(_t11, _t10, _t12), tl.fma(_t0, tl.where(_t6, 1.0, 0.0), _t2 + 4.0*_exp(_t8 + w1)/(_t23*_t23))))
+            _t23 = _exp(_t8, FAST) + 1.0
+            _d_x = tl.where(x != x, x, _t5*tl.fma(_t14, tl.where(_t11, _t10, _t12), tl.fma(_t0, tl.where(_t6, 1.0, 0.0), _t2 + _div(4.0*_exp(_t8 + w1, FAST), (_t23*_t23), FAST))))
             _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*tl.fma(_t15, _t5, -_t18), tl.where(_t6, _t0*_t21, -(_t0*_t22)), x))
             _d_w1 = tl.where(x != x, x, _t1*tl.fma(_t17, _t5, -_t18))
             _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*tl.fma(_t5, x, -_t18), tl.where(_t6, _t2*_t21, _t2*(-_t19 - _t22)), x))
@@ -241,7 +241,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='adaptive_mixture4',
-    key='f3616d41a78b',
+    key='1c7bf9040f71',
     inputs=('x',),
     params=(('w0', False), ('w1', False), ('w2', False), ('w3', False)),
     constants=(),

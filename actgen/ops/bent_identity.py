@@ -61,23 +61,23 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile
+    from actgen.runtime.triton_lang import tile as _tile, div as _div
 
     @triton.jit
     def _forward_kernel(
         x_ptr, _out_ptr, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = tl.where(x == float("inf"), float("inf"), tl.where(x == -float("inf"), -float("inf"), x/(libdevice.hypot(x, 1.0) + 1.0)*x*0.5 + x))
+        _y = tl.where(x == float("inf"), float("inf"), tl.where(x == -float("inf"), -float("inf"), _div(x, (libdevice.hypot(x, 1.0) + 1.0), FAST)*x*0.5 + x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
     def _backward_kernel(
         _grad_ptr, x_ptr, _d_x_ptr, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr,
     ):
         """grad * df/dinput for every input."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
@@ -86,13 +86,13 @@ if _rt.HAS_TRITON:
         _clamped_x = tl.clamp(x, -67108864.0, 33554432.0, propagate_nan=tl.PropagateNan.ALL)
         _t0 = libdevice.hypot(_clamped_x, 1.0)
         _t1 = _t0 + 1.0
-        _d_x = -(_clamped_x/_t0*_clamped_x/_t1*_clamped_x/_t1*0.5) + _clamped_x/_t1 + 1.0
+        _d_x = -(_div(_div(_div(_clamped_x, _t0, FAST)*_clamped_x, _t1, FAST)*_clamped_x, _t1, FAST)*0.5) + _div(_clamped_x, _t1, FAST) + 1.0
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='bent_identity',
-    key='dcf28026d802',
+    key='80063405a778',
     inputs=('x',),
     params=(),
     constants=(),

@@ -53,7 +53,7 @@ if _rt.HAS_TRITON:
     @triton.jit
     def _forward_kernel(
         a_ptr, b_ptr, _out_ptr, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(a, b) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
@@ -65,7 +65,7 @@ if _rt.HAS_TRITON:
     @triton.jit
     def _backward_kernel(
         _grad_ptr, a_ptr, b_ptr, _d_a_ptr, _d_b_ptr, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr,
     ):
         """grad * df/dinput for every input."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
@@ -80,7 +80,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='bilinear',
-    key='85a048a0dd5d',
+    key='e2f65287cc9c',
     inputs=('a', 'b'),
     params=(),
     constants=(),

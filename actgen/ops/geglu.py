@@ -72,7 +72,7 @@ if _rt.HAS_TRITON:
     @triton.jit
     def _forward_kernel(
         a_ptr, b_ptr, _out_ptr, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(a, b) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
     @triton.jit
     def _backward_kernel(
         _grad_ptr, a_ptr, b_ptr, _d_a_ptr, _d_b_ptr, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr,
     ):
         """grad * df/dinput for every input."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
@@ -92,7 +92,7 @@ if _rt.HAS_TRITON:
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_a = tl.clamp(a, -64.0, 16.0, propagate_nan=tl.PropagateNan.ALL)
-        _d_a = 0.5*b*(0.7978845608028654*_clamped_a*_exp(-(0.5*_clamped_a*_clamped_a)) + libdevice.erfc(-(0.7071067811865476*_clamped_a)))
+        _d_a = 0.5*b*(0.7978845608028654*_clamped_a*_exp(-(0.5*_clamped_a*_clamped_a), FAST) + libdevice.erfc(-(0.7071067811865476*_clamped_a)))
         _d_b = tl.where(a == -float("inf"), 0.0, 0.5*a*libdevice.erfc(-(0.7071067811865476*a)))
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
@@ -100,7 +100,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu',
-    key='afc02886aa88',
+    key='0f5476fe0f14',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -57,24 +57,24 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, sigmoid as _sigmoid
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div as _div, sigmoid as _sigmoid
 
     @triton.jit
     def _forward_kernel(
         x_ptr, _out_ptr, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = tl.maximum(x, -32.0, propagate_nan=tl.PropagateNan.ALL)
-        _y = _clamped_x*_sigmoid(0.07135481627260025*_clamped_x*_clamped_x*_clamped_x + 1.5957691216057308*_clamped_x)
+        _y = _clamped_x*_sigmoid(0.07135481627260025*_clamped_x*_clamped_x*_clamped_x + 1.5957691216057308*_clamped_x, FAST)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
     def _backward_kernel(
         _grad_ptr, x_ptr, _d_x_ptr, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr,
     ):
         """grad * df/dinput for every input."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
@@ -82,16 +82,16 @@ if _rt.HAS_TRITON:
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = tl.clamp(x, -32.0, 8.0, propagate_nan=tl.PropagateNan.ALL)
         _t0 = _clamped_x*_clamped_x*_clamped_x
-        _t1 = _exp(-(1.5957691216057308*tl.abs(_clamped_x + 0.044715*_t0)))
+        _t1 = _exp(-(1.5957691216057308*tl.abs(_clamped_x + 0.044715*_t0)), FAST)
         _t3 = 2.8284271247461903*_clamped_x + 0.3794193566490776*_t0 + 1.772453850905516
         _t4 = _t1 + 1.0
-        _d_x = tl.where(x != x, x, 0.5641895835477563*tl.where(0.7978845608028654*_clamped_x + 0.035677408136300125*_t0 < 0.0, _t1*(1.772453850905516*_t1 + _t3), tl.fma(_t1, _t3, tl.full([], 1.772453850905516, ACC)))/(_t4*_t4))
+        _d_x = tl.where(x != x, x, _div(0.5641895835477563*tl.where(0.7978845608028654*_clamped_x + 0.035677408136300125*_t0 < 0.0, _t1*(1.772453850905516*_t1 + _t3), tl.fma(_t1, _t3, tl.full([], 1.772453850905516, ACC))), (_t4*_t4), FAST))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='gelu_tanh',
-    key='f2ba77218f47',
+    key='ade17ff12b0f',
     inputs=('x',),
     params=(),
     constants=(),

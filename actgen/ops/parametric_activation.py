@@ -70,7 +70,7 @@ if _rt.HAS_TRITON:
     @triton.jit
     def _forward_kernel(
         x_ptr, alpha_ptr, alpha_stride, _out_ptr, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
@@ -82,7 +82,7 @@ if _rt.HAS_TRITON:
     @triton.jit
     def _backward_kernel(
         _grad_ptr, x_ptr, alpha_ptr, alpha_stride, _d_x_ptr, _partials_ptr, _n_partials, _M, _N, _C, _iters,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
         """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
         _sum_alpha = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='parametric_activation',
-    key='a8d9d7a8b3f0',
+    key='a3457b7c4125',
     inputs=('x',),
     params=(('alpha', True),),
     constants=(),

@@ -403,12 +403,12 @@ def _second_derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, scaled_input as _scaled_input, inverse_scale as _inverse_scale
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, div as _div, scaled_input as _scaled_input, inverse_scale as _inverse_scale
 
     @triton.jit
     def _forward_kernel(
         x_ptr, a0_ptr, a1_ptr, a2_ptr, a3_ptr, a4_ptr, a5_ptr, b1_ptr, b2_ptr, b3_ptr, b4_ptr, _out_ptr, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
@@ -429,13 +429,13 @@ if _rt.HAS_TRITON:
         _t1 = _w_x*_w_x*_w_x
         _t2 = _v_x*_v_x
         _t3 = _w_x*_w_x
-        _y = tl.fma(_w_x*_w_x*_w_x*_w_x*_w_x, a0, _v_x*tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_w_x, a4, _v_x*a5), _t3*a3), _t1*a2), _t0*a1))/_w_x/tl.fma(_t2, tl.fma(_t3, tl.abs(b2), tl.fma(_t2, tl.abs(b4), _w_x*tl.abs(_v_x)*tl.abs(b3))), tl.fma(_t1, tl.abs(_v_x*b1), _t0))
+        _y = _div(_div(tl.fma(_w_x*_w_x*_w_x*_w_x*_w_x, a0, _v_x*tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_w_x, a4, _v_x*a5), _t3*a3), _t1*a2), _t0*a1)), _w_x, FAST), tl.fma(_t2, tl.fma(_t3, tl.abs(b2), tl.fma(_t2, tl.abs(b4), _w_x*tl.abs(_v_x)*tl.abs(b3))), tl.fma(_t1, tl.abs(_v_x*b1), _t0)), FAST)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
     def _backward_kernel(
         _grad_ptr, x_ptr, a0_ptr, a1_ptr, a2_ptr, a3_ptr, a4_ptr, a5_ptr, b1_ptr, b2_ptr, b3_ptr, b4_ptr, _d_x_ptr, _partials_ptr, _n_partials, _M, _N, _C, _iters,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
         """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
         _sum_a0 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
@@ -479,7 +479,7 @@ if _rt.HAS_TRITON:
             _t12 = _t10*_t11
             _t13 = _t12*_w_x
             _t14 = tl.fma(_t4, _t13 + _t6 + _t9, _t0 + _t3)
-            _t15 = 1.0/(_t14*_t14)
+            _t15 = _div(1.0, (_t14*_t14), FAST)
             _t16 = _w_x*_w_x*_w_x*_w_x*_w_x*_w_x*_w_x*_w_x
             _t17 = b1*x
             _t18 = tl.where(_t17 > 0.0, 1.0, tl.where(_t17 < 0.0, -1.0, 0.0))
@@ -493,13 +493,13 @@ if _rt.HAS_TRITON:
             _t26 = _t1*a2
             _t27 = _t8*a3
             _t28 = x*x
-            _t29 = 1.0/_t14
+            _t29 = _div(1.0, _t14, FAST)
             _t30 = _v_x*_v_x*_v_x*_v_x
-            _t31 = 1.0/_w_x
+            _t31 = _div(1.0, _w_x, FAST)
             _t32 = _t15*tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_w_x, a4, _v_x*a5), _t27), _t26), _t25), _t24)
             _t33 = _t32*_t4
             _d_x = tl.where(x != x, x, _t15*tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_t6, a5, tl.fma(-_t27, _t5, 2.0*_t13*a5 + 3.0*_t9*a5)), 2.0*_t1*_t7*a4 + _t12*_t8*a4 - 2.0*_t26*_t5), _t0*_t7*a3 + 5.0*_t0*a5 - 3.0*_t25*_t5 + 4.0*_t3*a5), -(_t0*_t12*a2) + 3.0*_t0*_t2*a4 + 4.0*_t22*a4 - 4.0*_t24*_t5), tl.fma(_t21, a3, -(_t12*_t23*a1) + _t2*_t23*a3 - _t20*_t7*a1)), tl.fma(_t19, a2, -(_t12*_t21*a0) - _t19*_t7*a0 + _t2*_t20*a2)), tl.fma(_t16, a1, -(_t16*_t18*a0*b1))))
-            _d_a0 = 1.0/tl.fma(_t28, _t7, _t11*_t28*tl.abs(x) + _t5*x*x*x*x + tl.abs(_t17) + 1.0)
+            _d_a0 = _div(1.0, tl.fma(_t28, _t7, _t11*_t28*tl.abs(x) + _t5*x*x*x*x + tl.abs(_t17) + 1.0), FAST)
             _d_a1 = _t1*_t29*_v_x
             _d_a2 = _t29*_t4*_t8
             _d_a3 = _t29*_v_x*_v_x*_v_x*_w_x
@@ -536,7 +536,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='pau',
-    key='25ad586f7576',
+    key='74a411afeb91',
     inputs=('x',),
     params=(('a0', False), ('a1', False), ('a2', False), ('a3', False), ('a4', False), ('a5', False), ('b1', False), ('b2', False), ('b3', False), ('b4', False)),
     constants=(),

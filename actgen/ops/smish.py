@@ -91,46 +91,46 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div as _div
 
     @triton.jit
     def _forward_kernel(
         x_ptr, _out_ptr, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = _exp(-tl.abs(x))
+        _t0 = _exp(-tl.abs(x), FAST)
         _t1 = x < 0.0
         _t2 = 2.0*_t0
-        _y = tl.where(x != x, x, tl.where(x == -float("inf"), 0.0, x*tl.where(_t1, _t0*(3.0*_t0 + 2.0), _t2 + 3.0)/tl.where(_t1, tl.fma(_t0, 5.0*_t0 + 6.0, 2.0), tl.fma(_t0, _t2 + 6.0, 5.0))))
+        _y = tl.where(x != x, x, tl.where(x == -float("inf"), 0.0, _div(x*tl.where(_t1, _t0*(3.0*_t0 + 2.0), _t2 + 3.0), tl.where(_t1, tl.fma(_t0, 5.0*_t0 + 6.0, 2.0), tl.fma(_t0, _t2 + 6.0, 5.0)), FAST)))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
     def _backward_kernel(
         _grad_ptr, x_ptr, _d_x_ptr, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr,
     ):
         """grad * df/dinput for every input."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = tl.clamp(x, -1024.0, 64.0, propagate_nan=tl.PropagateNan.ALL)
-        _t0 = _exp(-tl.abs(_clamped_x))
+        _t0 = _exp(-tl.abs(_clamped_x), FAST)
         _t1 = _clamped_x < 0.0
         _t2 = 8.0*_clamped_x + 28.0
         _t3 = 12.0*_clamped_x + 18.0
         _t4 = 4.0*_clamped_x + 4.0
         _t5 = tl.fma(_t0, 2.0*_t0 + 6.0, 5.0)
         _t6 = tl.fma(_t0, 5.0*_t0 + 6.0, 2.0)
-        _d_x = tl.where(x != x, x, tl.where(_t1, _t0*tl.fma(_t0, tl.fma(_t0, 15.0*_t0 + _t2, _t3), _t4), tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, _t4, _t3), _t2), 15.0))/tl.where(_t1, _t6*_t6, _t5*_t5))
+        _d_x = tl.where(x != x, x, _div(tl.where(_t1, _t0*tl.fma(_t0, tl.fma(_t0, 15.0*_t0 + _t2, _t3), _t4), tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, _t4, _t3), _t2), 15.0)), tl.where(_t1, _t6*_t6, _t5*_t5), FAST))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='smish',
-    key='a07d63408138',
+    key='88ab78720677',
     inputs=('x',),
     params=(),
     constants=(),

@@ -106,18 +106,18 @@ def _second_derivatives_torch(x, alpha):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, div as _div, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
         x_ptr, alpha_ptr, _out_ptr, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         alpha = tl.load(alpha_ptr).to(ACC)
-        _t0 = 1.0/alpha
+        _t0 = _div(1.0, alpha, FAST)
         _t1 = alpha < 0.0
         _t2 = alpha*x
         _t3 = alpha > 0.0
@@ -129,7 +129,7 @@ if _rt.HAS_TRITON:
     @triton.jit
     def _backward_kernel(
         _grad_ptr, x_ptr, alpha_ptr, _d_x_ptr, _partials_ptr, _n_partials, _M, _N, _C, _iters,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
         """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
         _sum_alpha = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
@@ -139,15 +139,15 @@ if _rt.HAS_TRITON:
             x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
             alpha = tl.load(alpha_ptr).to(ACC)
             _t0 = alpha*(alpha + x)
-            _t1 = 1.0/(1.0 - _t0)
+            _t1 = _div(1.0, (1.0 - _t0), FAST)
             _t2 = alpha < 0.0
             _t3 = alpha*x
-            _t4 = _exp(_t3)
+            _t4 = _exp(_t3, FAST)
             _t5 = alpha > 0.0
             _t6 = 16777216.0*alpha
-            _t7 = 1.0/(alpha*alpha)
-            _t8 = 1.0/alpha
-            _d_x = tl.where(x != x, x, _limit_at_inf(tl.where(_t2, _t1, tl.where(_t5, _t4, _t3 + 1.0)), tl.where(x > 0.0, tl.where(_t2, 1.0/tl.fma(-alpha, alpha + 16777216.0, 1.0), tl.where(_t5, _exp(_t6), _t6 + 1.0)), tl.where(_t2, 1.0/tl.fma(-alpha, alpha - 16777216.0, 1.0), tl.where(_t5, _exp(-_t6), 1.0 - _t6))), x))
+            _t7 = _div(1.0, (alpha*alpha), FAST)
+            _t8 = _div(1.0, alpha, FAST)
+            _d_x = tl.where(x != x, x, _limit_at_inf(tl.where(_t2, _t1, tl.where(_t5, _t4, _t3 + 1.0)), tl.where(x > 0.0, tl.where(_t2, _div(1.0, tl.fma(-alpha, alpha + 16777216.0, 1.0), FAST), tl.where(_t5, _exp(_t6, FAST), _t6 + 1.0)), tl.where(_t2, _div(1.0, tl.fma(-alpha, alpha - 16777216.0, 1.0), FAST), tl.where(_t5, _exp(-_t6, FAST), 1.0 - _t6))), x))
             _d_alpha = tl.where(x != x, x, tl.where(_t2, tl.fma(_t7, libdevice.log1p(-_t0), -(_t1*_t8*(-(2.0*alpha) - x))), tl.where(_t5, tl.fma(-_t7, libdevice.expm1(_t3), _t4*_t8*x + 1.0), 0.5*x*x + 1.0)))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
@@ -158,7 +158,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='soft_exponential',
-    key='6b410fb605b7',
+    key='e1ba23503964',
     inputs=('x',),
     params=(('alpha', False),),
     constants=(),

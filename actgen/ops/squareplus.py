@@ -77,12 +77,12 @@ def _second_derivatives_torch(x, b):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, sqrt_square_plus as _sqrt_square_plus, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, div as _div, sqrt_square_plus as _sqrt_square_plus, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
         x_ptr, _out_ptr, b, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
@@ -90,32 +90,32 @@ if _rt.HAS_TRITON:
         _t0 = _sqrt_square_plus(x, b)
         _t1 = 0.5*b
         _t2 = libdevice.sqrt(b + 281474976710656.0) + 16777216.0
-        _y = tl.where(x != x, x, _limit_at_inf(tl.where(x < 0.0, _t1/(_t0 - x), 0.5*(_t0 + x)), tl.where(x > 0.0, 0.5*_t2, _t1/_t2), x))
+        _y = tl.where(x != x, x, _limit_at_inf(tl.where(x < 0.0, _div(_t1, (_t0 - x), FAST), 0.5*(_t0 + x)), tl.where(x > 0.0, 0.5*_t2, _div(_t1, _t2, FAST)), x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
     def _backward_kernel(
         _grad_ptr, x_ptr, _d_x_ptr, b, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr,
     ):
         """grad * df/dinput for every input."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = _sqrt_square_plus(x, b)
-        _t1 = x/_t0
+        _t1 = _div(x, _t0, FAST)
         _t2 = 0.5*b
         _t3 = libdevice.sqrt(b + 281474976710656.0)
-        _t4 = 1.0 + 16777216.0/_t3
+        _t4 = 1.0 + _div(16777216.0, _t3, FAST)
         _t5 = _t3 + 16777216.0
         _t6 = _t0 - x
-        _d_x = tl.where(x != x, x, _limit_at_inf(tl.where(x < 0.0, -(_t2*(_t1 - 1.0)/(_t6*_t6)), 0.5*(_t1 + 1.0)), tl.where(x > 0.0, 0.5*_t4, _t2*_t4/(_t5*_t5)), x))
+        _d_x = tl.where(x != x, x, _limit_at_inf(tl.where(x < 0.0, -(_div(_t2*(_t1 - 1.0), (_t6*_t6), FAST)), 0.5*(_t1 + 1.0)), tl.where(x > 0.0, 0.5*_t4, _div(_t2*_t4, (_t5*_t5), FAST)), x))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='squareplus',
-    key='d20b2c0e134d',
+    key='77574a66465a',
     inputs=('x',),
     params=(),
     constants=('b',),

@@ -81,25 +81,25 @@ def _second_derivatives_torch(x, beta):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, sigmoid as _sigmoid, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, div as _div, sigmoid as _sigmoid, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
         x_ptr, beta_ptr, _out_ptr, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         beta = tl.load(beta_ptr).to(ACC)
         _t0 = 16777216.0*beta
-        _y = tl.where(x != x, x, _limit_at_inf(x*_sigmoid(beta*x), tl.where(x > 0.0, 16777216.0*_sigmoid(_t0), -(16777216.0*_sigmoid(-_t0))), x))
+        _y = tl.where(x != x, x, _limit_at_inf(x*_sigmoid(beta*x, FAST), tl.where(x > 0.0, 16777216.0*_sigmoid(_t0, FAST), -(16777216.0*_sigmoid(-_t0, FAST))), x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
     def _backward_kernel(
         _grad_ptr, x_ptr, beta_ptr, _d_x_ptr, _partials_ptr, _n_partials, _M, _N, _C, _iters,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
         """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
         _sum_beta = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
@@ -109,12 +109,12 @@ if _rt.HAS_TRITON:
             x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
             beta = tl.load(beta_ptr).to(ACC)
             _t0 = beta*x
-            _t1 = _exp(-tl.abs(_t0))
+            _t1 = _exp(-tl.abs(_t0), FAST)
             _t2 = _t1 + 1.0
-            _t3 = 1.0/(_t2*_t2)
-            _t4 = _exp(-(16777216.0*tl.abs(beta)))
+            _t3 = _div(1.0, (_t2*_t2), FAST)
+            _t4 = _exp(-(16777216.0*tl.abs(beta)), FAST)
             _t5 = _t4 + 1.0
-            _t6 = 1.0/(_t5*_t5)
+            _t6 = _div(1.0, (_t5*_t5), FAST)
             _t7 = 16777216.0*beta
             _d_x = tl.where(x != x, x, _limit_at_inf(_t3*tl.where(_t0 < 0.0, _t1*(_t0 + _t2), tl.fma(_t1, _t0 + 1.0, 1.0)), tl.where(x > 0.0, _t6*tl.where(_t7 < 0.0, _t4*(_t5 + _t7), tl.fma(_t4, _t7 + 1.0, 1.0)), _t6*tl.where(_t7 > 0.0, _t4*(_t5 - _t7), tl.fma(_t4, 1.0 - _t7, 1.0))), x))
             _d_beta = _limit_at_inf(_t1*_t3*x*x, 281474976710656.0*_t4*_t6, x)
@@ -127,7 +127,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swish',
-    key='65d9d21336e1',
+    key='7131e5f1e1d3',
     inputs=('x',),
     params=(('beta', False),),
     constants=(),

@@ -63,39 +63,39 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, narrow as _narrow, exp as _exp
+    from actgen.runtime.triton_lang import tile as _tile, narrow as _narrow, exp as _exp, div as _div
 
     @triton.jit
     def _forward_kernel(
         x_ptr, _out_ptr, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = tl.where(x == -float("inf"), 0.0, x*libdevice.tanh(_exp(x)))
+        _y = tl.where(x == -float("inf"), 0.0, x*libdevice.tanh(_exp(x, FAST)))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
     def _backward_kernel(
         _grad_ptr, x_ptr, _d_x_ptr, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr,
     ):
         """grad * df/dinput for every input."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = tl.clamp(x, -1024.0, 4.0, propagate_nan=tl.PropagateNan.ALL)
-        _t0 = _exp(_clamped_x)
+        _t0 = _exp(_clamped_x, FAST)
         _t1 = -(2.0*_t0)
-        _t2 = _exp(_t1) + 1.0
-        _d_x = 4.0*_clamped_x*_exp(_clamped_x + _t1)/(_t2*_t2) + libdevice.tanh(_t0)
+        _t2 = _exp(_t1, FAST) + 1.0
+        _d_x = _div(4.0*_clamped_x*_exp(_clamped_x + _t1, FAST), (_t2*_t2), FAST) + libdevice.tanh(_t0)
         tl.store(_d_x_ptr + _offs, _narrow(_g * _d_x, _d_x_ptr), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='tanh_exp',
-    key='0762de196d77',
+    key='6b3649a9a7ce',
     inputs=('x',),
     params=(),
     constants=(),

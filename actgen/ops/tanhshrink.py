@@ -55,24 +55,24 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile
+    from actgen.runtime.triton_lang import tile as _tile, div as _div
 
     @triton.jit
     def _forward_kernel(
         x_ptr, _out_ptr, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = x*x
-        _y = tl.where(x != x, x, tl.where(tl.abs(x) < 2.0, x/tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, 7.337917330289565e-09*_t0 + 3.910678294848439e-06, tl.full([], 0.0005904088283950985, ACC)), tl.full([], 0.030742204655248132, ACC)), tl.full([], 0.4776021080368906, ACC)), 1.0)*x*x*tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, 4.791233165716352e-14*_t0 + 7.194036598323103e-09, tl.full([], 3.7056482517962304e-06, ACC)), tl.full([], 0.0005353744484179266, ACC)), tl.full([], 0.025867369345630217, ACC)), tl.full([], 0.3333333333333333, ACC)), x - libdevice.tanh(x)))
+        _y = tl.where(x != x, x, tl.where(tl.abs(x) < 2.0, _div(x, tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, 7.337917330289565e-09*_t0 + 3.910678294848439e-06, tl.full([], 0.0005904088283950985, ACC)), tl.full([], 0.030742204655248132, ACC)), tl.full([], 0.4776021080368906, ACC)), 1.0), FAST)*x*x*tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, 4.791233165716352e-14*_t0 + 7.194036598323103e-09, tl.full([], 3.7056482517962304e-06, ACC)), tl.full([], 0.0005353744484179266, ACC)), tl.full([], 0.025867369345630217, ACC)), tl.full([], 0.3333333333333333, ACC)), x - libdevice.tanh(x)))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
     def _backward_kernel(
         _grad_ptr, x_ptr, _d_x_ptr, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr,
     ):
         """grad * df/dinput for every input."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
@@ -85,7 +85,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='tanhshrink',
-    key='3e742601941e',
+    key='4442230dc1b1',
     inputs=('x',),
     params=(),
     constants=(),

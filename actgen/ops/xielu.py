@@ -91,16 +91,16 @@ if _rt.HAS_TRITON:
     @triton.jit
     def _forward_kernel(
         x_ptr, alpha_p_ptr, alpha_n_ptr, _out_ptr, beta, eps, _M, _N, _C,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         alpha_p = tl.load(alpha_p_ptr).to(ACC)
         alpha_n = tl.load(alpha_n_ptr).to(ACC)
-        _t0 = _softplus(alpha_p)
+        _t0 = _softplus(alpha_p, FAST)
         _t1 = x > 0.0
-        _t2 = beta + _softplus(alpha_n)
+        _t2 = beta + _softplus(alpha_n, FAST)
         _t3 = 16777216.0*beta
         _y = tl.where(x != x, x, _limit_at_inf(tl.where(_t1, x*tl.fma(_t0, x, beta), tl.fma(_t2, -x + libdevice.expm1(tl.where(eps > x, x, eps)), beta*x)), tl.where(_t1, 281474976710656.0*_t0 + _t3, _t2*(libdevice.expm1(tl.where(eps > -16777216.0, -16777216.0, eps)) + 16777216.0) - _t3), x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
@@ -108,7 +108,7 @@ if _rt.HAS_TRITON:
     @triton.jit
     def _backward_kernel(
         _grad_ptr, x_ptr, alpha_p_ptr, alpha_n_ptr, _d_x_ptr, _partials_ptr, _n_partials, beta, eps, _M, _N, _C, _iters,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
         """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
         _sum_alpha_p = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
@@ -122,9 +122,9 @@ if _rt.HAS_TRITON:
             _t0 = x > 0.0
             _t1 = eps > x
             _t2 = tl.where(_t1, x, eps)
-            _d_x = tl.where(x != x, x, tl.where(_t0, beta + 2.0*x*_softplus(alpha_p), tl.fma(beta + _softplus(alpha_n), tl.fma(tl.where(_t1, 1.0, 0.0), _exp(_t2), -1.0), beta)))
-            _d_alpha_p = tl.where(x != x, x, tl.where(_t0, x*x*_sigmoid(alpha_p), 0.0))
-            _d_alpha_n = tl.where(x != x, x, tl.where(_t0, 0.0, (-x + libdevice.expm1(_t2))*_sigmoid(alpha_n)))
+            _d_x = tl.where(x != x, x, tl.where(_t0, beta + 2.0*x*_softplus(alpha_p, FAST), tl.fma(beta + _softplus(alpha_n, FAST), tl.fma(tl.where(_t1, 1.0, 0.0), _exp(_t2, FAST), -1.0), beta)))
+            _d_alpha_p = tl.where(x != x, x, tl.where(_t0, x*x*_sigmoid(alpha_p, FAST), 0.0))
+            _d_alpha_n = tl.where(x != x, x, tl.where(_t0, 0.0, (-x + libdevice.expm1(_t2))*_sigmoid(alpha_n, FAST)))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_alpha_p += _tile_sum(_g * _d_alpha_p, _mask, CH_AXIS)
@@ -136,7 +136,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='xielu',
-    key='48b41588e614',
+    key='586521beddaa',
     inputs=('x',),
     params=(('alpha_p', False), ('alpha_n', False)),
     constants=('beta', 'eps'),

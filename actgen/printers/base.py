@@ -229,21 +229,28 @@ class ExprPrinter:
         if coeff.is_Float and float(coeff) == 1.0:      # 1.0*x (a folded 2*0.5) is x
             return self._print(rest)
         numer, denom, pairs = product_layout(expr)
-        parts = [f"{self.paren(n, MUL)}/{self.paren(d, POW)}" for n, d in pairs if n is not None]
-        parts += [self.paren(f, MUL) for f in numer]
-        text = "*".join(parts) or self.number(1.0)
-        text += "".join(f"/{self.paren(d, POW)}" for n, d in pairs if n is None)
+        # left to right, as `n1/d1*n2/d2*f/d` evaluates: ((n1/d1)*n2)/d2 ...
+        steps = [s for n, d in pairs if n is not None for s in (("*", n), ("/", d))]
+        steps += [("*", f) for f in numer] + [("/", d) for n, d in pairs if n is None]
         if denom:
-            d = denom[0] if len(denom) == 1 else sympy.Mul(*denom, evaluate=False)
-            text += "/" + self.paren(d, POW)
+            steps.append(("/", denom[0] if len(denom) == 1 else sympy.Mul(*denom, evaluate=False)))
+        if not steps or steps[0][0] == "/":
+            steps.insert(0, ("*", sympy.Float(1.0)))
+        text = self.paren(steps[0][1], MUL)
+        for op, v in steps[1:]:
+            text = f"{text}*{self.paren(v, MUL)}" if op == "*" else self.divide(text, self.paren(v, POW))
         return text, MUL
+
+    def divide(self, numerator: str, denominator: str) -> str:
+        """numerator / denominator, both printed as operands of a product."""
+        return f"{numerator}/{denominator}"
 
     def _print_Pow(self, expr):
         base, exp = expr.base, expr.exp
         if exp.is_number:
             e = float(exp)
             if e < 0:
-                return f"{self.number(1.0)}/{self.paren(base ** -exp, POW)}", MUL
+                return self.divide(self.number(1.0), self.paren(base ** -exp, POW)), MUL
             if e == 0.5:
                 return self.sqrt(base), ATOM
             if e.is_integer() and 1 <= e <= self.MAX_PRODUCT_POWER and base.is_Symbol:
@@ -277,7 +284,7 @@ class ExprPrinter:
     def _print_Piecewise(self, expr):
         flipped = _reciprocal_branches(expr)
         if flipped is not None:
-            return f"{self.number(1.0)}/{self.paren(flipped, POW)}", MUL
+            return self.divide(self.number(1.0), self.paren(flipped, POW)), MUL
         *pairs, (last, cond) = expr.args
         rest = last if cond is sympy.true else sympy.nan
         if cond is not sympy.true:

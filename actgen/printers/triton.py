@@ -16,7 +16,7 @@ from .base import ATOM, POW, ExprPrinter
 
 class TritonPrinter(ExprPrinter):
     FUNCTIONS = {
-        "exp": "_exp({0})",
+        "exp": "_exp({0}, FAST)",
         "log": "libdevice.log({0})",
         "log1p": "libdevice.log1p({0})",
         "expm1": "libdevice.expm1({0})",
@@ -36,8 +36,8 @@ class TritonPrinter(ExprPrinter):
         "SqrtSquarePlus": "_sqrt_square_plus({0}, {1})",
         "ScaledInput": "_scaled_input({0})",
         "InverseScale": "_inverse_scale({0})",
-        "sigmoid": "_sigmoid({0})",
-        "softplus": "_softplus({0})",
+        "sigmoid": "_sigmoid({0}, FAST)",
+        "softplus": "_softplus({0}, FAST)",
         "LimitAtInf": "_limit_at_inf({0}, {1}, {2})",
     }
     MAX_PRODUCT_POWER = MAX_PRODUCT_POWER   # x**k, (a + b)**k as products, not libdevice.pow (a log and an exp)
@@ -67,6 +67,10 @@ class TritonPrinter(ExprPrinter):
         if rest.is_number and float(np.float32(float(rest))) != float(rest):
             return f"tl.full([], {self.doprint(rest)}, ACC)"
         return self.doprint(rest)
+
+    def divide(self, numerator, denominator):
+        # IEEE division for float32 data (Triton's "/" is approximate on a GPU): see triton_lang.div
+        return f"_div({numerator}, {denominator}, FAST)"
 
     def clamp(self, u, lo, hi):
         nan = "propagate_nan=tl.PropagateNan.ALL"

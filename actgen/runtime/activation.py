@@ -25,6 +25,14 @@ import torch
 from . import backend as _backend
 
 _REGISTERED: dict[str, tuple] = {}
+_launch = None       # actgen.runtime.launch once a kernel runs (it imports triton)
+
+
+def _load_launch():
+    global _launch
+    from . import launch
+    _launch = launch
+    return launch
 
 #: Seeds are in [0, SEED_BOUND - draws): the key seed + k of every draw k fits in an int32.
 SEED_BOUND = 2**31
@@ -237,8 +245,7 @@ class Activation:
         x = inputs[0]
         rng = self.rng(rng, x)
         if self._on_kernels(x, self.forward_kernel, rng):
-            from . import launch
-            return launch.forward(self.forward_kernel, inputs, params, self.per_channel, constants, channel_dim,
+            return (_launch or _load_launch()).forward(self.forward_kernel, inputs, params, self.per_channel, constants, channel_dim,
                                   self._channels(params), self._kernel_draws(rng), self.float64_forward)
         if x.device.type == "cpu":
             return self._cpu_forward(inputs, params, constants, channel_dim, rng)
@@ -249,8 +256,7 @@ class Activation:
         x = inputs[0]
         rng = self.rng(rng, x)
         if self._on_kernels(x, self.backward_kernel, rng):
-            from . import launch
-            return launch.backward(self.backward_kernel, grad, inputs, params, self.per_channel, constants, channel_dim,
+            return (_launch or _load_launch()).backward(self.backward_kernel, grad, inputs, params, self.per_channel, constants, channel_dim,
                                    self._channels(params), needs, self._kernel_draws(rng), self.float64_backward)
         if x.device.type == "cpu":
             return self._cpu_backward(grad, inputs, params, constants, channel_dim, needs, rng)

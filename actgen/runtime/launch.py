@@ -76,6 +76,11 @@ def _acc(dtype: torch.dtype, wide: bool = False):
     return tl.float64 if dtype == torch.float64 or wide else tl.float32
 
 
+def _fast(dtype: torch.dtype) -> bool:
+    """The kernels' FAST: 16-bit data (see triton_lang.exp)."""
+    return dtype.itemsize == 2
+
+
 def _param_args(params, per_channel):
     args = []
     for p, pc in zip(params, per_channel):
@@ -104,21 +109,30 @@ def _ieee():
     return np.errstate(all="ignore") if INTERPRET else contextlib.nullcontext()
 
 
+def _tuned(kernel, x, kind, run, candidates=CANDIDATES):
+    """Launch with the config the tuner picks for this launch (run(config) launches)."""
+    if INTERPRET:
+        with _ieee():
+            return run(TUNER.choose(kernel, x, kind, run, candidates))
+    return run(TUNER.choose(kernel, x, kind, run, candidates))
+
+
 def forward(kernel, inputs, params, per_channel, constants, channel_dim, channels, draws=None, wide=False):
     x = inputs[0]
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel() == 0:
         return out
     seed, training = _draw_args(draws)
     args = [*[t.contiguous() for t in inputs], *_param_args(params, per_channel), out, *constants, *seed]
+    shape, acc, fast = x.shape, _acc(x.dtype, wide), _fast(x.dtype)
+    lay0 = layout(shape, channel_dim, channels)
 
     def run(cfg: Config):
-        lay = layout(x.shape, channel_dim, channels, cfg.tile)
+        lay = lay0 if cfg.tile == TILE else layout(shape, channel_dim, channels, cfg.tile)
         return kernel[lay.grid](*args, lay.M, lay.N, lay.C, BLOCK_M=lay.block_m, BLOCK_N=lay.block_n,
-                                CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype, wide), num_warps=cfg.num_warps, **training)
+                                CH_AXIS=lay.ch_axis, ACC=acc, FAST=fast, num_warps=cfg.num_warps, **training)
 
-    with _ieee():
-        run(TUNER.choose(kernel, x, _layout_kind(layout(x.shape, channel_dim, channels)), run))
+    _tuned(kernel, x, _layout_kind(lay0), run)
     return out
 
 
@@ -164,23 +178,25 @@ def param_grad_programs(lay: Layout, device: torch.device) -> tuple[int, int]:
 def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, channels, needs, draws=None,
              wide=False):
     x = inputs[0]
-    grads = [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in inputs]
+    grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in inputs]
     need_params = any(needs[len(inputs):])
     if x.numel() == 0:
         return grads + [torch.zeros_like(p) for p in params]
     acc_dtype = torch.float64 if x.dtype == torch.float64 or wide else torch.float32
     args = [grad.contiguous(), *[t.contiguous() for t in inputs], *_param_args(params, per_channel), *grads]
     seed, training = _draw_args(draws)
+    shape, acc, fast = x.shape, _acc(x.dtype, wide), _fast(x.dtype)
+    lay0 = layout(shape, channel_dim, channels)
 
     launched = {}
 
     def run(cfg: Config):
         """Launch with cfg (the compiled kernel back); the param-gradient partial sums are
         sized from its tile and left in `launched` with the layout and program count."""
-        lay = layout(x.shape, channel_dim, channels, cfg.tile)
+        lay = lay0 if cfg.tile == TILE else layout(shape, channel_dim, channels, cfg.tile)
         if not params:
             return kernel[lay.grid](*args, *constants, *seed, lay.M, lay.N, lay.C, BLOCK_M=lay.block_m, BLOCK_N=lay.block_n,
-                                    CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype, wide), PARAM_GRAD=False, num_warps=cfg.num_warps,
+                                    CH_AXIS=lay.ch_axis, ACC=acc, FAST=fast, PARAM_GRAD=False, num_warps=cfg.num_warps,
                                     **training)
         step = need_params and cfg.step
         programs, iters = param_grad_programs(lay, x.device) if step else (lay.grid[0], 1)
@@ -188,25 +204,36 @@ def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, 
         partials = torch.empty((len(params), n_partials if need_params else 1), dtype=acc_dtype, device=x.device)
         launched.update(lay=lay, partials=partials, programs=programs)
         return kernel[(programs,)](*args, partials, n_partials, *constants, *seed, lay.M, lay.N, lay.C, iters,
-                                   BLOCK_M=lay.block_m, BLOCK_N=lay.block_n, CH_AXIS=lay.ch_axis, ACC=_acc(x.dtype, wide),
+                                   BLOCK_M=lay.block_m, BLOCK_N=lay.block_n, CH_AXIS=lay.ch_axis, ACC=acc, FAST=fast,
                                    PARAM_GRAD=need_params, STEP=step, num_warps=cfg.num_warps, **training)
 
-    kind = _layout_kind(layout(x.shape, channel_dim, channels), *(("param_grad",) if need_params else ()))
-    with _ieee():
-        run(TUNER.choose(kernel, x, kind, run, PARAM_GRAD_CANDIDATES if need_params else CANDIDATES))
+    kind = _layout_kind(lay0, *(("param_grad",) if need_params else ()))
+    _tuned(kernel, x, kind, run, PARAM_GRAD_CANDIDATES if need_params else CANDIDATES)
     if not need_params:
         return grads + [torch.empty_like(p) for p in params]
-    # program p's partials: rows (p // tiles_n) * BLOCK_M + r, modulo q * BLOCK_M (a whole
-    # number of channel periods) when stepping, rows from M on being zero; or columns
-    # (p % tiles_n) * BLOCK_N + c
-    lay, partials = launched["lay"], launched["partials"]
-    q = launched["programs"] // lay.tiles_n
+    return grads + finish_param_grads(launched["partials"], launched["lay"], launched["programs"], params)
+
+
+def finish_param_grads(partials: torch.Tensor, lay: Layout, programs: int, params) -> list[torch.Tensor]:
+    """Every param's gradient from the kernel's per-program partial sums, all params at once
+    (a handful of torch ops whatever their number: on a fast GPU the host time per op counts).
+
+    Program p's partials: rows (p // tiles_n) * BLOCK_M + r, modulo q * BLOCK_M (a whole
+    number of channel periods) when stepping, rows from M on being zero; or columns
+    (p % tiles_n) * BLOCK_N + c."""
+    n = len(params)
+    q = programs // lay.tiles_n
+    if lay.ch_axis == 0:
+        per_row = partials.view(n, q, lay.tiles_n, lay.block_m).sum(2).view(n, -1)[:, : lay.M]
+        per_channel = per_row.view(n, -1, lay.C).sum(1) if lay.C > 1 else per_row
+    else:
+        per_channel = partials.view(n, q, lay.tiles_n * lay.block_n).sum(1)[:, : lay.N]
+    shared = per_channel.sum(1, keepdim=True) if any(p.numel() == 1 for p in params) else None
+    casts: dict = {}
+    out = []
     for k, p in enumerate(params):
-        if lay.ch_axis == 0:
-            per_row = partials[k].view(q, lay.tiles_n, lay.block_m).sum(1).reshape(-1)[: lay.M]
-            total = per_row.view(-1, lay.C).sum(0) if p.numel() > 1 else per_row.sum().reshape(1)
-        else:
-            per_col = partials[k].view(q, lay.tiles_n, lay.block_n).sum(0).reshape(-1)[: lay.N]
-            total = per_col if p.numel() > 1 else per_col.sum().reshape(1)
-        grads.append(total.to(p.dtype))
-    return grads
+        if p.dtype not in casts:
+            casts[p.dtype] = (per_channel.to(p.dtype), None if shared is None else shared.to(p.dtype))
+        full, total = casts[p.dtype]
+        out.append(full[k] if p.numel() > 1 else total[k])
+    return out

@@ -75,11 +75,17 @@ def narrow(v, ptr):
 # the 1.5 * 2**23 rounding trick, which leaves k in the low bits too, so no conversion op;
 # ln2 in two parts), exp(r) by its Taylor polynomial to r**7 (truncation below 0.1 ULP),
 # times 2**k in two exact halves.  Beyond [-104, 89] the result is 0 or inf anyway.
-# Float64 goes through libdevice.exp.
+# Float64 goes through libdevice.exp.  FAST (a kernel whose data is 16-bit: bfloat16 or
+# float16, whose half-ULP is 2**-9 or 2**-11) takes the special-function unit's exp2
+# (tl.exp: a few ULP of float32, subnormal results flushed to zero), as these kernels
+# have half the instructions per element to spend that float32 ones have before they
+# fall behind memory.
 @triton.jit
-def exp(u):
+def exp(u, FAST: tl.constexpr):
     if u.dtype == tl.float64:
         return libdevice.exp(u)
+    elif FAST:
+        return tl.exp(u)
     else:
         v = tl.clamp(u, -104.0, 89.0, propagate_nan=tl.PropagateNan.ALL)
         j = tl.fma(v, 1.4426950408889634, 12582912.0)
@@ -98,15 +104,27 @@ def exp(u):
         return p * _power_of_two(half, v) * _power_of_two(n - half, v)
 
 
+# a / b: Triton's float32 division is the hardware's approximate one (div.full.f32, up to 2
+# ULP), where the interpreter divides exactly; the kernels round it as IEEE does (div.rn),
+# as their error analysis assumes.  FAST (16-bit data) keeps the approximate one.
 @triton.jit
-def sigmoid(u):
-    return 1.0 / (1.0 + exp(-u))
+def div(a, b, FAST: tl.constexpr):
+    q = a / b
+    if FAST or q.dtype != tl.float32:
+        return q
+    else:
+        return tl.div_rn(a, b)
 
 
 @triton.jit
-def softplus(u):
+def sigmoid(u, FAST: tl.constexpr):
+    return div(1.0, 1.0 + exp(-u, FAST), FAST)
+
+
+@triton.jit
+def softplus(u, FAST: tl.constexpr):
     # max(u, 0) + log1p(exp(-|u|)): no overflow, full accuracy for large |u|
-    return tl.maximum(u, 0.0) + libdevice.log1p(exp(-tl.abs(u)))
+    return tl.maximum(u, 0.0) + libdevice.log1p(exp(-tl.abs(u), FAST))
 
 
 @triton.jit

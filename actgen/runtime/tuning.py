@@ -84,6 +84,9 @@ class Tuner:
         self.path = path
         self.bench = bench
         self._table: dict | None = None
+        # the choice per (kernel, device, dtype, layout, size bucket), as a Config: a launch
+        # that finds its key here skips building the table's string key (host time per call)
+        self._chosen: dict[tuple, Config] = {}
 
     def enabled(self, x: torch.Tensor) -> bool:
         from .triton_lang import INTERPRET
@@ -133,13 +136,19 @@ class Tuner:
     def choose(self, kernel, x: torch.Tensor, layout_kind: str, run, candidates=CANDIDATES) -> Config:
         """The config for this launch; run(config) launches the kernel with it (tuning times
         every candidate once, then the fastest is kept)."""
+        fast = (kernel, x.device, x.dtype, layout_kind, (x.numel().bit_length() - 1) // 2)
+        chosen = self._chosen.get(fast)
+        if chosen is not None:
+            return chosen
         if not self.enabled(x):
             return DEFAULT
         key = self.key(kernel, x, layout_kind)
         entry = self.table.get(key)
         if entry is not None:
             try:
-                return Config(int(entry["tile"]), int(entry["num_warps"]), bool(entry.get("step", False)))
+                chosen = Config(int(entry["tile"]), int(entry["num_warps"]), bool(entry.get("step", False)))
+                self._chosen[fast] = chosen
+                return chosen
             except (KeyError, TypeError, ValueError):
                 pass                      # a damaged entry is tuned again
         times = {}
@@ -152,6 +161,7 @@ class Tuner:
         entry = {**asdict(best), "ms": {c.label: round(t, 5) for c, t in times.items()}}
         self.table[key] = entry
         self._write(key, entry)
+        self._chosen[fast] = best
         return best
 
 

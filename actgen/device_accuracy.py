@@ -1,0 +1,370 @@
+"""The generated kernels on a real GPU, against the same truth as docs/accuracy.md.
+
+docs/accuracy.md runs the kernels under Triton's interpreter on CPU.  This module runs them
+on the GPU itself, in two steps, so that the GPU is needed only for the first:
+
+* `collect` (on the GPU): every catalogue entry's kernels in float32 and bfloat16 at the docs
+  grid's points, and between the grid's points (every multiple of 2**-12 in [-8, 8], in
+  float32, ranked against the op's float64 fallback on the same GPU, the worst kept); the
+  param gradients of every learnable entry, at sizes that run the default launch and the
+  tuned, stepping ones, against its float64 fallback; the kernels' exp against float64.
+  Written to one .npz file.
+* `score` (anywhere): the mpmath oracle scores the collected values as `actgen docs` scores
+  the interpreter's; a markdown report.
+
+    python -m actgen.device_accuracy collect --device cuda --out gpu.npz
+    python -m actgen.device_accuracy score gpu.npz --out benchmarks/results/cuda/accuracy.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .catalogue import (DEFAULT_SPECS, DENSE_CONFIRM, Accuracy, Oracle, _cell, _worst, grid, input_points,
+                        misses, op_function, rank_dense, round_to, run, score, score_dense, KNOWN_MISSES)
+from .precision import DENSE_HALF_WIDTH, DENSE_STEP, dense_points
+from .spec import Spec, load_specs
+
+GRID_RUNS = (torch.float32, torch.bfloat16)
+DENSE_RUN = (("triton", torch.float32),)
+CHANNELS = 64
+#: (shape, channel_dim) of the param-gradient checks: odd sizes that run the default launch,
+#: and 2**22 elements, where launches are tuned and the stepping param-gradient kernels run.
+PARAM_SHAPES_FLAT = (((1_000_003,), 1), ((1 << 22,), 1))
+PARAM_SHAPES_CHANNELS = (((3, CHANNELS, 1001), 1), ((1001, CHANNELS), -1),
+                         ((4, CHANNELS, 1 << 14), 1), ((1 << 16, CHANNELS), -1))
+#: A kernel's param gradient may be at most this many times further from the float64 truth
+#: than torch's own float32 sum of the same terms (the fallback in float32), plus this
+#: relative slack: a race or a wrong index is off by far more.
+PARAM_GRAD_FACTOR = 10.0
+PARAM_GRAD_SLACK = 1e-6
+
+
+def _key(*parts) -> str:
+    return "|".join(str(p).replace("torch.", "") for p in parts)
+
+
+# --- collecting (on the GPU) ---------------------------------------------------------------------
+def collect_values(spec: Spec, xs: np.ndarray, device) -> dict[str, np.ndarray]:
+    """The kernels' outputs at the grid's points (GRID_RUNS) and, between them, the
+    DENSE_CONFIRM worst of each output in float32 (their indices and values)."""
+    arrays = {}
+    for dtype in GRID_RUNS:
+        pts = input_points(spec, round_to(xs, dtype))
+        for out, values in run(op_function(spec), spec, pts, dtype, "triton", device=device).items():
+            arrays[_key("grid", dtype, out)] = values.astype(np.float32)
+    pts = input_points(spec, round_to(dense_points(DENSE_STEP, DENSE_HALF_WIDTH), torch.float32))
+    chosen, runs_out = rank_dense(spec, pts, DENSE_RUN, DENSE_CONFIRM, device=device)
+    arrays[_key("dense", "chosen")] = np.array(chosen, dtype=np.int64)
+    for (_, dtype), got in runs_out.items():
+        for out, values in got.items():
+            arrays[_key("dense", dtype, out)] = values[chosen].astype(np.float32)
+    return arrays
+
+
+def _param_arguments(spec: Spec, shape, channel_dim, device, gen):
+    xs = [torch.randn(shape, generator=gen, device=device) * 2 for _ in spec.inputs]
+    channels = shape[channel_dim] if len(shape) > 1 else 1
+    ps = [p.init + 0.1 + 0.2 * torch.rand((channels if p.per_channel else 1,), generator=gen, device=device)
+          for p in spec.params]
+    return xs, ps, torch.randn(shape, generator=gen, device=device)
+
+
+def _grads(fn, xs, ps, grad_out, dtype, backend, kwargs):
+    from .runtime import use_backend
+
+    xs = [x.to(dtype).requires_grad_() for x in xs]
+    ps = [p.to(dtype).requires_grad_() for p in ps]
+    with use_backend(backend):
+        y = fn(*xs, *ps, **kwargs)
+        return torch.autograd.grad(y, ps, grad_out.to(dtype))
+
+
+def check_param_grads(spec: Spec, device, shapes=None) -> list[dict]:
+    """Every param gradient of the kernels in float32 against the float64 fallback, next to
+    the float32 fallback's (torch's own reductions) error from the same truth."""
+    if not spec.params:
+        return []
+    per_channel = any(p.per_channel for p in spec.params)
+    shapes = shapes or (PARAM_SHAPES_CHANNELS if per_channel else PARAM_SHAPES_FLAT)
+    fn = op_function(spec)
+    rows = []
+    for k, (shape, channel_dim) in enumerate(shapes):
+        gen = torch.Generator(device=device).manual_seed(k)
+        xs, ps, grad_out = _param_arguments(spec, shape, channel_dim, device, gen)
+        kwargs = {"channel_dim": channel_dim} if per_channel else {}
+        truth = _grads(fn, xs, ps, grad_out, torch.float64, "torch", kwargs)
+        kernel = _grads(fn, xs, ps, grad_out, torch.float32, "triton", kwargs)
+        eager = _grads(fn, xs, ps, grad_out, torch.float32, "torch", kwargs)
+        for p, t, g, e in zip(spec.params, truth, kernel, eager):
+            scale = t.abs().max().clamp_min(1e-30)
+            k_err = float(((g.double() - t).abs().max() / scale).item())
+            e_err = float(((e.double() - t).abs().max() / scale).item())
+            rows.append({"entry": spec.name, "param": p.name, "shape": list(shape), "channel_dim": channel_dim,
+                         "kernel_rel_err": k_err, "fallback_f32_rel_err": e_err,
+                         "ok": bool(math.isfinite(k_err) and k_err <= PARAM_GRAD_FACTOR * e_err + PARAM_GRAD_SLACK)})
+    return rows
+
+
+from .runtime import HAS_TRITON  # noqa: E402
+
+if HAS_TRITON:
+    from .runtime.triton_lang import exp as _exp, tl, triton
+
+    @triton.jit
+    def _exp_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        tl.store(out_ptr + offs, _exp(tl.load(x_ptr + offs, mask=mask), False), mask=mask)
+
+
+def check_exp(device, n_uniform: int = 4_000_000) -> dict:
+    """The kernels' float32 exp against float64 on the device: worst ULP where the result is a
+    normal float32, worst absolute error below, and whether inf/0/NaN come out where exp's do."""
+    rng = np.random.default_rng(0)
+    xs = np.concatenate([np.arange(-8 * 2**12, 8 * 2**12 + 1) / 2**12, rng.uniform(-104, 89, n_uniform),
+                         [-np.inf, np.inf, np.nan, 88.72283, 88.72284, 89.0, 1e30, -87.33654, -103.97, -104.5, -1e30]])
+    x = torch.from_numpy(xs).to(torch.float32).to(device)
+    out = torch.empty_like(x)
+    _exp_kernel[(triton.cdiv(len(x), 1024),)](x, out, len(x), BLOCK=1024)
+    with np.errstate(over="ignore", invalid="ignore"):
+        got, want = out.double().cpu().numpy(), np.exp(x.double().cpu().numpy())
+        spacing = np.spacing(want.astype(np.float32)).astype(np.float64)
+        error = np.abs(got - want)
+    normal = np.isfinite(want) & (want >= 2.0**-126) & (want <= np.finfo(np.float32).max)
+    big = want > np.finfo(np.float32).max
+    return {"points": int(len(xs)), "max_ulp_normal": float((error[normal] / spacing[normal]).max()),
+            "max_abs_subnormal": float(error[want < 2.0**-126].max()),
+            "inf_where_expected": bool(np.array_equal(np.isposinf(got), big)),
+            "nan_where_expected": bool(np.isnan(got[np.isnan(want)]).all()),
+            "zero_at_minus_inf": bool(got[np.isneginf(xs)][0] == 0.0)}
+
+
+def _collect_worker(args):
+    name, specs_dir, device = args
+    spec = next(s for s in load_specs([Path(specs_dir)]) if s.name == name)
+    t = time.perf_counter()
+    arrays = collect_values(spec, grid(), device)
+    rows = check_param_grads(spec, device)
+    return name, arrays, rows, time.perf_counter() - t
+
+
+def device_info(device) -> dict:
+    import platform
+
+    import triton
+
+    d = torch.device(device)
+    info = {"device": torch.cuda.get_device_name(d) if d.type == "cuda" else platform.processor() or "cpu",
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
+            "triton": triton.__version__, "python": platform.python_version()}
+    if d.type == "cuda":
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def collect(specs_dir: Path, device: str, out: Path, jobs: int = 1, names=None, log=print) -> Path:
+    """Run every entry on device (jobs processes), and write the values and checks to out (.npz)."""
+    specs = [s for s in load_specs([Path(specs_dir)]) if not names or s.name in names]
+    tasks = [(s.name, str(specs_dir), device) for s in specs]
+    arrays: dict[str, np.ndarray] = {}
+    param_rows, failures = [], {}
+    t0 = time.perf_counter()
+    if jobs > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+            results = pool.imap_unordered(_safe_worker, tasks)
+            results = list(_logged(results, log, t0))
+    else:
+        results = list(_logged(map(_safe_worker, tasks), log, t0))
+    for name, got, rows, error in results:
+        if error:
+            failures[name] = error
+            continue
+        arrays.update({_key(name, k): v for k, v in got.items()})
+        param_rows += rows
+    meta = {"info": device_info(device), "entries": sorted(s.name for s in specs), "failures": failures,
+            "param_grads": param_rows, "exp": _safe_exp(device), "seconds": time.perf_counter() - t0}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, meta=np.array(json.dumps(meta)), **arrays)
+    return out
+
+
+def _safe_exp(device) -> dict:
+    try:
+        return check_exp(device)
+    except Exception as exc:  # noqa: BLE001 - the entries' values are kept
+        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+def _safe_worker(args):
+    try:
+        name, got, rows, _ = _collect_worker(args)
+        return name, got, rows, None
+    except Exception as exc:  # noqa: BLE001 - recorded per entry, the others go on
+        return args[0], {}, [], f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
+
+
+def _logged(results, log, t0):
+    for r in results:
+        log(f"[{time.perf_counter() - t0:6.1f}s] {r[0]}" + (f": {r[3]}" if r[3] else ""))
+        yield r
+
+
+# --- scoring (anywhere) -----------------------------------------------------------------------
+def load(path: Path) -> tuple[dict, dict]:
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        arrays = {k: data[k] for k in data.files if k != "meta"}
+    return meta, arrays
+
+
+def score_entry(spec: Spec, arrays: dict, xs: np.ndarray, oracle: Oracle | None = None) -> Accuracy:
+    """The collected values of one entry scored against the oracle, as catalogue.measure scores
+    the interpreter's: acc.compiled from the grid, acc.dense from between its points."""
+    oracle = oracle or Oracle(spec)
+    acc = Accuracy(spec.name)
+    for dtype in GRID_RUNS:
+        pts = input_points(spec, round_to(xs, dtype))
+        truth = oracle.values(pts)
+        cond = oracle.condition(pts, truth)
+        xcol = np.array([p[0] for p in pts])
+        for out in ["f"] + [f"df/d{n}" for n in spec.inputs]:
+            got = arrays[_key(spec.name, "grid", dtype, out)].astype(np.float64)
+            acc.compiled[("triton", str(dtype).replace("torch.", ""), out)] = score(xcol, got, truth[out], dtype, cond[out])
+    pts = input_points(spec, round_to(dense_points(DENSE_STEP, DENSE_HALF_WIDTH), torch.float32))
+    chosen = arrays[_key(spec.name, "dense", "chosen")].tolist()
+    runs_out = {("triton", torch.float32): {out: arrays[_key(spec.name, "dense", torch.float32, out)].astype(np.float64)
+                                            for out in ["f"] + [f"df/d{n}" for n in spec.inputs]}}
+    acc.dense = score_dense(spec, pts, chosen, runs_out, oracle)
+    return acc
+
+
+def _score_one(args):
+    spec, arrays, xs = args
+    return score_entry(spec, arrays, xs)
+
+
+def report(meta: dict, results: list[Accuracy], grid_size: int) -> str:
+    info = meta["info"]
+    lines = [
+        "# The kernels on a GPU: accuracy against the truth", "",
+        f"Measured on {info['device']}, {info['date']} (torch {info['torch']}, triton {info['triton']}"
+        + (f", CUDA {info['cuda']}" if info.get("cuda") else "") + "). Regenerate on a GPU with "
+        "`python -m actgen.device_accuracy collect --device cuda --out gpu.npz`, then "
+        "`python -m actgen.device_accuracy score gpu.npz --out benchmarks/results/cuda/accuracy.md`.", "",
+        "The Triton kernels of every catalogue entry, compiled for and run on this GPU, scored against the "
+        "same mpmath truth and on the same points as [docs/accuracy.md](../../../docs/accuracy.md) (which runs "
+        f"them under Triton's interpreter): the grid ({grid_size} float32 inputs, extremes included) in float32 and "
+        f"bfloat16, and every multiple of 2^{int(math.log2(DENSE_STEP))} in [-{DENSE_HALF_WIDTH:g}, {DENSE_HALF_WIDTH:g}] "
+        "in float32, ranked on the GPU against the op's float64 fallback, "
+        f"its {DENSE_CONFIRM} worst points per output scored. Cells: worst ULPs per unit of condition (f, and the worst "
+        "df/d(input)); **bold** misses the target (4, and no inf/NaN where the truth is finite).", "",
+        "| entry | f: kernel f32 | kernel bf16 | between points f32 | df: kernel f32 | kernel bf16 | between points f32 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for acc in results:
+        row = [f"[{acc.name}](../../../docs/catalogue.md#{acc.name})"]
+        for out in ("f", "df"):
+            row += [_cell(_worst(acc.compiled, "triton", d, out)) for d in ("float32", "bfloat16")]
+            w = _worst(acc.dense, "triton", "float32", out)
+            row.append(_cell(w) + (f" at {w.worst_at:.6g}" if w.worst_at is not None and w.worst_scaled else ""))
+        lines.append("| " + " | ".join(row) + " |")
+    missed = sorted(set().union(*[misses(a) for a in results])) if results else []
+    lines += ["", "## Where the target is missed", ""]
+    if not missed:
+        lines.append("Nowhere.")
+    for name, out in missed:
+        known = KNOWN_MISSES.get((name, out))
+        lines.append(f"* **{name}** ({'f' if out == 'f' else 'derivative'}): "
+                     + (f"as under the interpreter (docs/accuracy.md): {known}" if known else "**not a known miss**"))
+    if meta["failures"]:
+        lines += ["", "## Entries that failed to run", ""]
+        lines += [f"* **{k}**: {v}" for k, v in sorted(meta["failures"].items())]
+    rows = meta["param_grads"]
+    bad = [r for r in rows if not r["ok"]]
+    lines += [
+        "", "## Param gradients", "",
+        "Every learnable entry's param gradients from the kernels (float32; per-program partial sums, finished "
+        "by a torch sum) against its float64 fallback, next to the float32 fallback's (torch's own reductions) "
+        "error from the same truth: max |error| / max |truth| over the param's entries. Shapes: odd sizes "
+        "(the default launch) and 2^22 elements (tuned launches, stepping programs); per-channel entries "
+        f"with {CHANNELS} channels, channels first and last. A gradient passes within "
+        f"{PARAM_GRAD_FACTOR:g}x the fallback's error + {PARAM_GRAD_SLACK:g}.", "",
+        f"**{len(rows) - len(bad)} of {len(rows)} pass.**" + (" Failing:" if bad else ""), "",
+        "| entry | param | shape | channel dim | kernel | fallback f32 | |", "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['entry']} | {r['param']} | {tuple(r['shape'])} | {r['channel_dim']} | "
+                     f"{r['kernel_rel_err']:.2e} | {r['fallback_f32_rel_err']:.2e} | {'ok' if r['ok'] else '**FAIL**'} |")
+    e = meta["exp"]
+    lines += [
+        "", "## The kernels' exp", "",
+        f"float32 exp from arithmetic (actgen.runtime.triton_lang.exp) on {e['points']} inputs (every multiple of "
+        "2^-12 in [-8, 8], uniform points in [-104, 89], the edges of float32's range, +-inf, NaN) against float64: "
+        f"worst {e['max_ulp_normal']:.3f} ULP where the result is a normal float32; worst absolute error "
+        f"{e['max_abs_subnormal']:.3g} below it (2^-149 = 1.4e-45 is one subnormal step); inf where exp overflows: "
+        f"{'yes' if e['inf_where_expected'] else '**no**'}; NaN for NaN: {'yes' if e['nan_where_expected'] else '**no**'}; "
+        f"0 at -inf: {'yes' if e['zero_at_minus_inf'] else '**no**'}.", "",
+    ]
+    return "\n".join(lines)
+
+
+def score_file(path: Path, specs_dir: Path, out: Path, jobs: int = 1, log=print) -> Path:
+    meta, arrays = load(path)
+    specs = [s for s in load_specs([Path(specs_dir)]) if s.name in meta["entries"] and s.name not in meta["failures"]]
+    xs = grid()
+    by_entry = {s.name: {k: v for k, v in arrays.items() if k.startswith(s.name + "|")} for s in specs}
+    tasks = [(s, by_entry[s.name], xs) for s in specs]
+    if jobs > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(jobs) as pool:   # not fork: torch's threads may be running
+            results = pool.map(_score_one, tasks)
+    else:
+        results = [_score_one(t) for t in tasks]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report(meta, results, len(round_to(xs, torch.float32))), encoding="utf-8", newline="\n")
+    log(f"wrote {out}")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m actgen.device_accuracy", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("collect", help="run every entry's kernels on the device; write the values (.npz)")
+    c.add_argument("--device", default="cuda")
+    c.add_argument("--out", required=True)
+    c.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1))
+    c.add_argument("--specs", default=str(DEFAULT_SPECS))
+    c.add_argument("names", nargs="*")
+    s = sub.add_parser("score", help="score collected values against the mpmath oracle; write a markdown report")
+    s.add_argument("values")
+    s.add_argument("--out", required=True)
+    s.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    s.add_argument("--specs", default=str(DEFAULT_SPECS))
+    args = p.parse_args(argv)
+    if args.cmd == "collect":
+        path = collect(Path(args.specs), args.device, Path(args.out), jobs=args.jobs, names=args.names)
+        meta, _ = load(path)
+        print(json.dumps({"failures": meta["failures"], "exp": meta["exp"],
+                          "param_grads_failing": [r for r in meta["param_grads"] if not r["ok"]],
+                          "seconds": round(meta["seconds"], 1)}, indent=1))
+        return 1 if meta["failures"] else 0
+    score_file(Path(args.values), Path(args.specs), Path(args.out), jobs=args.jobs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

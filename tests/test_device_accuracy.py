@@ -1,0 +1,81 @@
+"""The GPU accuracy check (actgen.device_accuracy), run here on CPU tensors under Triton's
+interpreter: what it collects is scored against the mpmath oracle, and a wrong value is
+caught."""
+import numpy as np
+import pytest
+import torch
+
+from actgen import device_accuracy as da
+from actgen.catalogue import TARGET_ULP, grid
+from actgen.spec import load_specs
+
+pytestmark = pytest.mark.skipif(not da.HAS_TRITON, reason="triton is not installed")
+
+XS = grid(step=0.25, n_log=20)
+
+
+@pytest.fixture(scope="module")
+def specs():
+    return {s.name: s for s in load_specs([da.DEFAULT_SPECS]) if s.name in ("silu", "prelu", "polynomial")}
+
+
+@pytest.fixture(scope="module")
+def silu_values(specs):
+    arrays = da.collect_values(specs["silu"], XS, "cpu")
+    return {da._key("silu", k): v for k, v in arrays.items()}
+
+
+def test_collected_values_meet_the_target(specs, silu_values):
+    acc = da.score_entry(specs["silu"], silu_values, XS)
+    scores = {**acc.compiled, **acc.dense}
+    assert {(b, d) for b, d, _ in scores} == {("triton", "float32"), ("triton", "bfloat16")}
+    assert all(s.meets_target and s.points > 0 for s in scores.values()), scores
+    assert len(silu_values["silu|dense|chosen"]) >= da.DENSE_CONFIRM
+
+
+def test_a_wrong_value_is_caught(specs, silu_values):
+    """Every collected float32 f off by 2**-20 (8 ULP): the scores say so."""
+    bad = dict(silu_values)
+    bad["silu|grid|float32|f"] = (silu_values["silu|grid|float32|f"].astype(np.float64) * (1 + 2.0**-20)).astype(np.float32)
+    acc = da.score_entry(specs["silu"], bad, XS)
+    assert acc.compiled[("triton", "float32", "f")].worst_scaled > TARGET_ULP
+    assert acc.compiled[("triton", "float32", "df/dx")].meets_target
+
+
+def test_param_gradients_against_float64(specs):
+    rows = da.check_param_grads(specs["prelu"], "cpu", shapes=(((3, 64, 33), 1), ((65, 64), -1)))
+    rows += da.check_param_grads(specs["polynomial"], "cpu", shapes=(((10_001,), 1),))
+    assert [r["param"] for r in rows] == ["weight", "weight", "a0", "a1", "a2", "a3"]
+    assert all(r["ok"] and r["kernel_rel_err"] < 1e-5 for r in rows), rows
+
+
+def test_kernel_exp_check():
+    e = da.check_exp("cpu", n_uniform=20_000)
+    assert e["max_ulp_normal"] <= 1.0 and e["max_abs_subnormal"] <= 2.0**-149
+    assert e["inf_where_expected"] and e["nan_where_expected"] and e["zero_at_minus_inf"]
+
+
+def test_report(specs, silu_values):
+    meta = {"info": {"device": "cpu", "date": "today", "torch": torch.__version__, "triton": "x"},
+            "failures": {"gelu": "RuntimeError: no"}, "exp": da.check_exp("cpu", n_uniform=1000),
+            "param_grads": [{"entry": "prelu", "param": "weight", "shape": [3, 64, 5], "channel_dim": 1,
+                             "kernel_rel_err": 1e-7, "fallback_f32_rel_err": 1e-7, "ok": True}]}
+    text = da.report(meta, [da.score_entry(specs["silu"], silu_values, XS)], len(XS))
+    assert "| [silu](" in text and "**1 of 1 pass.**" in text and "**gelu**: RuntimeError: no" in text
+    assert "Nowhere." in text
+
+
+def test_collect_and_score_files(tmp_path, monkeypatch):
+    """The two steps through their files, as on a GPU machine and then anywhere."""
+    monkeypatch.setattr(da, "grid", lambda: XS)
+    monkeypatch.setattr(da, "PARAM_SHAPES_FLAT", (((4097,), 1),))
+    monkeypatch.setattr(da, "check_exp", lambda device, n_uniform=0: {
+        "points": 1, "max_ulp_normal": 0.5, "max_abs_subnormal": 0.0, "inf_where_expected": True,
+        "nan_where_expected": True, "zero_at_minus_inf": True})
+    path = da.collect(da.DEFAULT_SPECS, "cpu", tmp_path / "v.npz", jobs=1, names=["relu", "polynomial"], log=lambda s: None)
+    meta, arrays = da.load(path)
+    assert meta["failures"] == {} and meta["entries"] == ["polynomial", "relu"]
+    assert len(meta["param_grads"]) == 4 and all(r["ok"] for r in meta["param_grads"])
+    out = da.score_file(path, da.DEFAULT_SPECS, tmp_path / "accuracy.md", jobs=1, log=lambda s: None)
+    text = out.read_text()
+    assert "| [relu](" in text and "| [polynomial](" in text and "**4 of 4 pass.**" in text
