@@ -163,9 +163,11 @@ def device_info(device) -> dict:
     import triton
 
     d = torch.device(device)
+    from .version import COMPILER_VERSION
+
     info = {"device": torch.cuda.get_device_name(d) if d.type == "cuda" else platform.processor() or "cpu",
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
-            "triton": triton.__version__, "python": platform.python_version()}
+            "triton": triton.__version__, "python": platform.python_version(), "compiler": COMPILER_VERSION}
     if d.type == "cuda":
         info["cuda"] = torch.version.cuda
     return info
@@ -260,7 +262,8 @@ def report(meta: dict, results: list[Accuracy], grid_size: int) -> str:
     lines = [
         "# The kernels on a GPU: accuracy against the truth", "",
         f"Measured on {info['device']}, {info['date']} (torch {info['torch']}, triton {info['triton']}"
-        + (f", CUDA {info['cuda']}" if info.get("cuda") else "") + "). Regenerate on a GPU with "
+        + (f", CUDA {info['cuda']}" if info.get("cuda") else "")
+        + (f"; kernels of actgen compiler version {info['compiler']}" if info.get("compiler") else "") + "). Regenerate on a GPU with "
         "`python -m actgen.device_accuracy collect --device cuda --out gpu.npz`, then "
         "`python -m actgen.device_accuracy score gpu.npz --out benchmarks/results/cuda/accuracy.md`.", "",
         "The Triton kernels of every catalogue entry, compiled for and run on this GPU, scored against the "

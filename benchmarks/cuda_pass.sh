@@ -47,13 +47,13 @@ cat "$WORK/nvidia-smi.csv"
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 
 run() { case " $STAGES " in *" $1 "*) stage "$@";; *) echo "== $1: not asked for";; esac; }
-run accuracy 120 env ACTGEN_TUNING_CACHE="$WORK/tuning-accuracy.json" $PY -m actgen.device_accuracy collect --device cuda \
+run accuracy 70 env ACTGEN_TUNING_CACHE="$WORK/tuning-accuracy.json" $PY -m actgen.device_accuracy collect --device cuda \
     --jobs 12 --out "$WORK/accuracy.npz"
 run host 45 $PY benchmarks/host_profile.py --op silu --out "$WORK/host_profile.txt"
-run bench-2p26 220 $PY -m actgen.bench $CASES --device cuda --dtype fp32 bf16 --sizes '2**26' --prewarm "$JOBS" \
+run bench-2p26 200 $PY -m actgen.bench $CASES --device cuda --dtype fp32 bf16 --sizes '2**26' --prewarm "$JOBS" \
     --no-latency --no-plots --out "$WORK/bench-2p26"
-run latency 90 $PY -m actgen.bench silu --device cuda --dtype fp32 --sizes '2**20' --impls actgen compile \
-    --modes fwd --latency-cases silu mish --no-memory --no-plots --out "$WORK/latency"
+run latency 120 $PY -m actgen.bench silu --device cuda --dtype fp32 --sizes '2**20' --impls actgen compile \
+    --modes fwd --latency-cases silu --no-memory --no-plots --out "$WORK/latency"
 run exp_cost 50 $PY benchmarks/exp_cost.py --out "$WORK/exp_cost.json"
 run bench-more 600 $PY -m actgen.bench $CASES --device cuda --dtype fp32 bf16 --sizes $MORE_SIZES --prewarm "$JOBS" \
     --no-latency --no-plots --rep-ms 50 --out "$WORK/bench-more"
