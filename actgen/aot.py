@@ -55,6 +55,7 @@ class KernelReport:
     scalar_global_access: bool = False
     local_memory: bool = False     # spills or local arrays
     philox: bool = False           # mul.hi.u32 present: Philox rounds (random draws)
+    approx_division: bool = False  # div.full.f32 / div.approx.f32 present (Triton's "/" on float32)
     spill_bytes: int | None = None  # ptxas -v spill stores + loads (None: no ptxas found)
     cubin_bytes: int = 0
     elements_per_thread: int = 0   # tile elements / threads: what one thread's instructions cover
@@ -122,6 +123,7 @@ def inspect_ptx(ptx: str) -> dict:
         "scalar_global_access": bool(re.search(r"(ld|st)\.global(\.(?!v[248])\w+)*\s", ptx)),
         "local_memory": bool(re.search(r"\.local\b|(ld|st)\.local", ptx)),
         "philox": "mul.hi.u32" in ptx,
+        "approx_division": bool(re.search(r"div\.(full|approx)(\.ftz)?\.f32", ptx)),
     }
 
 

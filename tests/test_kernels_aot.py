@@ -120,6 +120,17 @@ def test_training_variants_draw_and_evaluation_variants_do_not(reports):
     assert not wrong, wrong
 
 
+def test_float32_kernels_divide_with_ieee_rounding(reports):
+    """Triton's "/" on float32 is the GPU's approximate division (div.full.f32, up to 2 ULP;
+    exact under the interpreter): float32 kernels divide through tl.div_rn, and 16-bit ones
+    (FAST) keep the approximate division, which their precision cannot tell apart."""
+    fp32 = [r for r in reports if r["dtype"] == "fp32"]
+    approx = [_key(r) for r in fp32 if r["approx_division"]]
+    assert fp32 and not approx, f"float32 kernels with an approximate division: {approx}"
+    fast = {(r["kernel"], r["dtype"]) for r in reports if r["module"] == "actgen.ops.silu" and r["approx_division"]}
+    assert fast == {(k, d) for k in KERNELS for d in DTYPES if d != "fp32"}
+
+
 def test_global_accesses_are_128_bit(reports):
     scalar = [_key(r) for r in reports if not (r["vector_loads"] and r["vector_stores"])]
     assert not scalar, f"kernels without ld.global.v4 / st.global.v4: {scalar}"
