@@ -487,6 +487,16 @@ def _impl_fn(case: Case, impl: str, compiled: dict) -> Callable | None:
     raise ValueError(impl)
 
 
+def _times(case: Case, impl: str, mode: str) -> bool:
+    """Whether a run times this implementation in this mode (bwd_frozen: actgen with params only)."""
+    return mode != "bwd_frozen" or (impl == "actgen" and bool(case.params))
+
+
+def _compiled(case: Case, dynamic: bool, backend: str):
+    """torch.compile of the case's plain-torch formula, as the run times it."""
+    return torch.compile(case.eager, dynamic=dynamic, backend=backend)
+
+
 def _mode_callable(fn, mode, inputs, params, grad_out):
     """A callable that runs one mode of fn: no arguments (fwd, fwdbwd), or, for the backward
     modes, the output of `callable.setup()` (the forward, run untimed before every call)."""
@@ -601,7 +611,7 @@ def run_suite(cfg: Config, log: Callable[[str], None] | None = None,
             for n in cfg.sizes:
                 if "compile" in cfg.impls and (not compiled or not cfg.compile_dynamic):
                     torch._dynamo.reset()
-                    compiled[name] = torch.compile(case.eager, dynamic=cfg.compile_dynamic, backend=cfg.compile_backend)
+                    compiled[name] = _compiled(case, cfg.compile_dynamic, cfg.compile_backend)
                 try:
                     inputs, params, grad_out = make_tensors(case, n, dt, device)
                 except ValueError as exc:
@@ -614,7 +624,7 @@ def run_suite(cfg: Config, log: Callable[[str], None] | None = None,
                     if fn is None:
                         continue
                     for mode in cfg.modes:
-                        if mode == "bwd_frozen" and (impl != "actgen" or not case.params):
+                        if not _times(case, impl, mode):
                             continue
                         row = {"case": name, "impl": impl, "dtype": dtype_name, "n": n, "mode": mode}
                         parts = traffic(case, n, dt, mode)
@@ -674,10 +684,9 @@ def _prewarm_one(task: dict) -> float:
     for impl in task["impls"]:
         if impl not in ("actgen", "compile"):
             continue
-        fn = case.actgen_fn() if impl == "actgen" else torch.compile(case.eager, dynamic=task["compile_dynamic"],
-                                                                        backend=task["compile_backend"])
+        fn = case.actgen_fn() if impl == "actgen" else _compiled(case, task["compile_dynamic"], task["compile_backend"])
         for mode in task["modes"]:
-            if mode == "bwd_frozen" and (impl != "actgen" or not case.params):
+            if not _times(case, impl, mode):
                 continue
             run = _mode_callable(fn, mode, inputs, params, grad_out)
             for _ in range(2):
@@ -1377,13 +1386,17 @@ def _json_safe(obj):
     return obj
 
 
+def write_json(results: dict, path: Path) -> None:
+    path.write_text(json.dumps(_json_safe(results), indent=1) + "\n")
+
+
 def write_results(results: dict, out_dir, plots: bool = True) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("gbps_*.png"):
         old.unlink()
     paths = [out_dir / "results.json", out_dir / "results.md", out_dir / "headline.md"]
-    paths[0].write_text(json.dumps(_json_safe(results), indent=1) + "\n")
+    write_json(results, paths[0])
     paths[1].write_text(write_markdown(results))
     paths[2].write_text(headline_markdown(results))
     if plots:
@@ -1445,7 +1458,7 @@ def main_from_args(args) -> int:
 
     def checkpoint(partial):       # a run cut short still leaves its numbers (render them with --render)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(_json_safe(partial), indent=1) + "\n")
+        write_json(partial, out / "results.json")
     results = run_suite(cfg, checkpoint=checkpoint)
     paths = write_results(results, out, plots=not args.no_plots)
     print(headline_table(results))

@@ -357,6 +357,12 @@ def run(fn, spec: Spec, points: list[tuple[float, ...]], dtype: torch.dtype, bac
     return out
 
 
+def truth_at(oracle: "Oracle", pts: list[tuple[float, ...]]):
+    """(truth, condition numbers, first input) at the points: what `score` takes."""
+    truth = oracle.values(pts)
+    return truth, oracle.condition(pts, truth), np.array([p[0] for p in pts])
+
+
 RUNS = (("torch", torch.float32), ("triton", torch.float32), ("triton", torch.bfloat16))
 
 
@@ -382,10 +388,8 @@ def measure(spec: Spec, xs: np.ndarray, runs=RUNS, as_written: bool = True, orac
         pts = input_points(spec, round_to(xs, dtype))
         key = tuple(pts)
         if key not in truths:
-            values = oracle.values(pts)
-            truths[key] = (values, oracle.condition(pts, values))
-        truth, cond = truths[key]
-        xcol = np.array([p[0] for p in pts])
+            truths[key] = truth_at(oracle, pts)
+        truth, cond, xcol = truths[key]
         targets = [("compiled", op_function(spec))] + ([("as_written", as_written_function(spec))] if as_written else [])
         for which, fn in targets:
             got = run(fn, spec, pts, dtype, backend)
@@ -456,17 +460,20 @@ def score_dense(spec: Spec, pts: list[tuple[float, ...]], chosen: list[int], run
                 oracle: Oracle | None = None) -> dict:
     """{(backend, dtype name, output): Score} of the chosen points of each run against the oracle
     (runs_out's values are at every point, or at the chosen ones only)."""
-    sub = [pts[i] for i in chosen]
-    oracle = oracle or Oracle(spec)
-    truth = oracle.values(sub)
-    cond = oracle.condition(sub, truth)
-    xcol = np.array([p[0] for p in sub])
+    truth, cond, xcol = truth_at(oracle or Oracle(spec), [pts[i] for i in chosen])
     scores = {}
     for (backend, dtype), got in runs_out.items():
         for out, values in got.items():
             values = values[chosen] if len(values) == len(pts) else values
             scores[(backend, str(dtype).replace("torch.", ""), out)] = score(xcol, values, truth[out], dtype, cond[out])
     return scores
+
+
+def dense_inputs(spec: Spec, xs: np.ndarray | None = None) -> list[tuple[float, ...]]:
+    """The points between the grid's (xs, default every multiple of DENSE_STEP in
+    [-DENSE_HALF_WIDTH, DENSE_HALF_WIDTH]) in float32, as input_points gives them."""
+    xs = dense_points(DENSE_STEP, DENSE_HALF_WIDTH) if xs is None else xs
+    return input_points(spec, round_to(xs, torch.float32))
 
 
 def screen_dense(spec: Spec, xs: np.ndarray | None = None, runs=DENSE_RUNS, oracle: Oracle | None = None,
@@ -476,8 +483,7 @@ def screen_dense(spec: Spec, xs: np.ndarray | None = None, runs=DENSE_RUNS, orac
     ranked by its error against the op's float64 fallback over its condition along the first
     input (rank_dense), and the `confirm` worst of each output and run scored against the
     oracle (mpmath) with the full condition number."""
-    xs = dense_points(DENSE_STEP, DENSE_HALF_WIDTH) if xs is None else xs
-    pts = input_points(spec, round_to(xs, torch.float32))
+    pts = dense_inputs(spec, xs)
     chosen, runs_out = rank_dense(spec, pts, runs, confirm)
     return score_dense(spec, pts, chosen, runs_out, oracle)
 
@@ -642,6 +648,11 @@ def _cell(s: Score) -> str:
     return f"**{text}**" if not s.meets_target else text
 
 
+def dense_cell(s: Score) -> str:
+    """A cell of a between-the-grid's-points table: the worst, with its input."""
+    return _cell(s) + (f" at {s.worst_at:.6g}" if s.worst_at is not None and s.worst_scaled else "")
+
+
 def misses(acc: Accuracy) -> set:
     """{(entry, "f" | "df")} where the compiled op misses the target in any run, on the grid or
     between its points."""
@@ -722,8 +733,7 @@ def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy],
             cells = []
             for out in ("f", "df"):
                 for b, d in _COLUMNS[:2]:
-                    w = _worst(acc.dense, b, d, out)
-                    cells.append(_cell(w) + (f" at {w.worst_at:.6g}" if w.worst_at is not None and w.worst_scaled else ""))
+                    cells.append(dense_cell(_worst(acc.dense, b, d, out)))
             lines.append(f"| [{acc.name}](catalogue.md#{acc.name}) | " + " | ".join(cells) + " |")
     missed = sorted(set().union(*[misses(a) for a in results])) if results else []
     lines += ["", "## Where the target is missed", ""]
@@ -768,9 +778,7 @@ def measure_example(spec: Spec, xs: np.ndarray) -> Accuracy:
     oracle = Oracle(spec)
     acc = Accuracy(spec.name)
     pts = input_points(spec, round_to(xs, torch.float32))
-    truth = oracle.values(pts)
-    cond = oracle.condition(pts, truth)
-    xcol = np.array([p[0] for p in pts])
+    truth, cond, xcol = truth_at(oracle, pts)
     for which, fn in (("compiled", compiled_function(spec)), ("as_written", as_written_function(spec))):
         got = run(fn, spec, pts, torch.float32, "triton")
         for out, values in got.items():

@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .catalogue import (DEFAULT_SPECS, DENSE_CONFIRM, Accuracy, Oracle, _cell, _worst, grid, input_points,
-                        misses, op_function, rank_dense, round_to, run, score, score_dense, KNOWN_MISSES)
-from .precision import DENSE_HALF_WIDTH, DENSE_STEP, dense_points
+from .catalogue import (DEFAULT_SPECS, DENSE_CONFIRM, KNOWN_MISSES, Accuracy, Oracle, _cell, _worst, dense_cell,
+                        dense_inputs, grid, input_points, misses, op_function, rank_dense, round_to, run, score,
+                        score_dense, truth_at)
+from .precision import DENSE_HALF_WIDTH, DENSE_STEP
 from .spec import Spec, load_specs
 
 GRID_RUNS = (torch.float32, torch.bfloat16)
@@ -61,8 +62,7 @@ def collect_values(spec: Spec, xs: np.ndarray, device) -> dict[str, np.ndarray]:
         pts = input_points(spec, round_to(xs, dtype))
         for out, values in run(op_function(spec), spec, pts, dtype, "triton", device=device).items():
             arrays[_key("grid", dtype, out)] = values.astype(np.float32)
-    pts = input_points(spec, round_to(dense_points(DENSE_STEP, DENSE_HALF_WIDTH), torch.float32))
-    chosen, runs_out = rank_dense(spec, pts, DENSE_RUN, DENSE_CONFIRM, device=device)
+    chosen, runs_out = rank_dense(spec, dense_inputs(spec), DENSE_RUN, DENSE_CONFIRM, device=device)
     arrays[_key("dense", "chosen")] = np.array(chosen, dtype=np.int64)
     for (_, dtype), got in runs_out.items():
         for out, values in got.items():
@@ -206,7 +206,7 @@ def _safe_exp(device) -> dict:
     try:
         return check_exp(device)
     except Exception as exc:  # noqa: BLE001 - the entries' values are kept
-        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        return {"error": _error_text(exc)}
 
 
 def _safe_worker(args):
@@ -214,7 +214,13 @@ def _safe_worker(args):
         name, got, rows, _ = _collect_worker(args)
         return name, got, rows, None
     except Exception as exc:  # noqa: BLE001 - recorded per entry, the others go on
-        return args[0], {}, [], f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
+        return args[0], {}, [], _error_text(exc)
+
+
+def _error_text(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 def _logged(results, log, t0):
@@ -236,19 +242,16 @@ def score_entry(spec: Spec, arrays: dict, xs: np.ndarray, oracle: Oracle | None 
     the interpreter's: acc.compiled from the grid, acc.dense from between its points."""
     oracle = oracle or Oracle(spec)
     acc = Accuracy(spec.name)
+    outputs = ["f"] + [f"df/d{n}" for n in spec.inputs]
     for dtype in GRID_RUNS:
-        pts = input_points(spec, round_to(xs, dtype))
-        truth = oracle.values(pts)
-        cond = oracle.condition(pts, truth)
-        xcol = np.array([p[0] for p in pts])
-        for out in ["f"] + [f"df/d{n}" for n in spec.inputs]:
+        truth, cond, xcol = truth_at(oracle, input_points(spec, round_to(xs, dtype)))
+        for out in outputs:
             got = arrays[_key(spec.name, "grid", dtype, out)].astype(np.float64)
             acc.compiled[("triton", str(dtype).replace("torch.", ""), out)] = score(xcol, got, truth[out], dtype, cond[out])
-    pts = input_points(spec, round_to(dense_points(DENSE_STEP, DENSE_HALF_WIDTH), torch.float32))
     chosen = arrays[_key(spec.name, "dense", "chosen")].tolist()
     runs_out = {("triton", torch.float32): {out: arrays[_key(spec.name, "dense", torch.float32, out)].astype(np.float64)
-                                            for out in ["f"] + [f"df/d{n}" for n in spec.inputs]}}
-    acc.dense = score_dense(spec, pts, chosen, runs_out, oracle)
+                                            for out in outputs}}
+    acc.dense = score_dense(spec, dense_inputs(spec), chosen, runs_out, oracle)
     return acc
 
 
@@ -280,8 +283,7 @@ def report(meta: dict, results: list[Accuracy], grid_size: int) -> str:
         row = [f"[{acc.name}](../../../docs/catalogue.md#{acc.name})"]
         for out in ("f", "df"):
             row += [_cell(_worst(acc.compiled, "triton", d, out)) for d in ("float32", "bfloat16")]
-            w = _worst(acc.dense, "triton", "float32", out)
-            row.append(_cell(w) + (f" at {w.worst_at:.6g}" if w.worst_at is not None and w.worst_scaled else ""))
+            row.append(dense_cell(_worst(acc.dense, "triton", "float32", out)))
         lines.append("| " + " | ".join(row) + " |")
     missed = sorted(set().union(*[misses(a) for a in results])) if results else []
     lines += ["", "## Where the target is missed", ""]

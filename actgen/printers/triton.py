@@ -1,6 +1,7 @@
-"""Triton printer: every transcendental through libdevice (accurate to a few ULP, and
-dispatched to float32 or float64 by the argument type) but exp, and exp, sigmoid and
-softplus through the helpers in actgen.runtime.triton_lang (exp within an ULP in float32).
+"""Triton printer: every transcendental but exp through libdevice (accurate to a few ULP,
+and dispatched to float32 or float64 by the argument type); exp, sigmoid, softplus and
+division through the helpers in actgen.runtime.triton_lang (exp within an ULP and IEEE
+division for float32 data, the hardware's faster ones for 16-bit data: FAST).
 
 A sum with a product of two tensors among its terms is one `tl.fma`, split as the eager
 fallback splits it (fma_split): the kernels round where the fallback rounds, on a GPU and

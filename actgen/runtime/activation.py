@@ -205,8 +205,7 @@ class Activation:
         seed, kernels = rng
         with torch._C._DisableFuncTorch():     # constants: plain tensors also under jvp or vmap
             if kernels:
-                from . import launch
-                return [r.to(dtype) for r in launch.draw_values(seed, self.n_draws, tuple(x.shape), x.device)]
+                return [r.to(dtype) for r in (_launch or _load_launch()).draw_values(seed, self.n_draws, tuple(x.shape), x.device)]
             gen = torch.Generator(device=x.device).manual_seed(seed)
             return [torch.rand(x.shape, generator=gen, dtype=dtype, device=x.device) for _ in range(self.n_draws)]
 

@@ -14,7 +14,6 @@ per GPU).
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -103,16 +102,12 @@ def _layout_kind(lay: Layout, *flags: str) -> str:
     return "+".join(("flat" if lay.C <= 1 else ("rows", "cols")[lay.ch_axis],) + flags)
 
 
-def _ieee():
-    """Overflow to inf and NaN arithmetic do not warn on a GPU; under the interpreter, whose
-    arithmetic is numpy's, they do not either."""
-    return np.errstate(all="ignore") if INTERPRET else contextlib.nullcontext()
-
-
 def _tuned(kernel, x, kind, run, candidates=CANDIDATES):
-    """Launch with the config the tuner picks for this launch (run(config) launches)."""
+    """Launch with the config the tuner picks for this launch (run(config) launches).
+    Overflow to inf and NaN arithmetic do not warn on a GPU; under the interpreter, whose
+    arithmetic is numpy's, they do not either."""
     if INTERPRET:
-        with _ieee():
+        with np.errstate(all="ignore"):
             return run(TUNER.choose(kernel, x, kind, run, candidates))
     return run(TUNER.choose(kernel, x, kind, run, candidates))
 

@@ -51,10 +51,14 @@ def cache_path() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "actgen" / "tuning.json"
 
 
+def _bucket(numel: int) -> int:
+    """The size bucket's number: sizes within a factor 4 share one."""
+    return (numel.bit_length() - 1) // 2
+
+
 def size_bucket(numel: int) -> str:
     """Sizes within a factor 4 share a config: "2**22" covers [2**22, 2**24)."""
-    lo = (numel.bit_length() - 1) // 2 * 2
-    return f"2**{lo}"
+    return f"2**{_bucket(numel) * 2}"
 
 
 @functools.lru_cache(maxsize=None)      # asked on every tuned launch
@@ -136,7 +140,7 @@ class Tuner:
     def choose(self, kernel, x: torch.Tensor, layout_kind: str, run, candidates=CANDIDATES) -> Config:
         """The config for this launch; run(config) launches the kernel with it (tuning times
         every candidate once, then the fastest is kept)."""
-        fast = (kernel, x.device, x.dtype, layout_kind, (x.numel().bit_length() - 1) // 2)
+        fast = (kernel, x.device, x.dtype, layout_kind, _bucket(x.numel()))
         chosen = self._chosen.get(fast)
         if chosen is not None:
             return chosen
