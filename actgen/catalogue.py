@@ -504,20 +504,7 @@ TORCH_EQUIVALENT = {
 #: Where the compiled op misses the accuracy target, on the grid or between its points, and why.  The accuracy test
 #: checks that the misses are exactly these (a fix shows up as a test failure until the
 #: entry is removed here).  Keys: (entry, "f" or "df"); "df" covers every df/d(input).
-_PRODUCT_RULE = ("between the grid's points, the product rule's g + x*g' cancels in part, so the terms' "
-                 "roundings count more in the result; over the precision check's grid (steps of 1/64) its "
-                 "20 worst points stay below the float64 threshold")
-_SIGMOID_PAIR = ("between the grid's points, on the kernels only: their sigmoid(a) and sigmoid(-a) from one "
-                 "exponential and one reciprocal (fewer special-function calls on a GPU) round once more than the "
-                 "fallback's two sigmoids, the most accurate of the kernels' equally cheap forms here; the eager "
-                 "fallback's form meets the target there")
-KNOWN_MISSES: dict[tuple[str, str], str] = {
-    **{(name, "df"): "between the grid's points: the derivative is one ratio in exp(-|x|), about a dozen "
-                     "roundings, which line up at a few inputs (4.3 ULP, on the fallback and the kernels alike)"
-       for name in ("mish", "well_documented")},
-    **{(name, "df"): _PRODUCT_RULE for name in ("logish", "smish")},
-    ("swiglu", "df"): _SIGMOID_PAIR,
-}
+KNOWN_MISSES: dict[tuple[str, str], str] = {}
 
 
 def _kind(spec: Spec) -> str:
@@ -687,7 +674,7 @@ def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy],
         "+-30, +-100, +-1e4, +-inf (rounded to each dtype).  A gated entry (a, b) takes b in turn "
         f"from {', '.join(map(str, GATE_VALUES))}.  Params are at their initial values, constants at their defaults.",
         "* **Runs**: the eager torch fallback in float32, and the Triton kernels in float32 and "
-        "bfloat16 (run under Triton's interpreter on CPU, whose libdevice functions are numpy's; the kernels' float32 exp, IEEE divisions and fused multiply-adds round as on a GPU; benchmarks/results/cuda/accuracy.md runs them on one); "
+        "bfloat16 (run under Triton's interpreter on CPU, whose libdevice functions are numpy's; the kernels' float32 exp and log1p, IEEE divisions and fused multiply-adds round as on a GPU; benchmarks/results/cuda/accuracy.md runs them on one); "
         "outputs f and df/d(input) (backward with a gradient of ones).",
         "* **Error**: |result - truth| in ULPs of the truth in the result's dtype, divided by the "
         "condition number where that is above 1.  The condition number of an output g is the sum over "
@@ -757,7 +744,8 @@ def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy],
         "exponentials as one exponential, symbolic cancellation of sign and common denominators, and a "
         "Padé approximant near 0 for expressions whose terms cancel there (x - tanh(x)); and after them, a "
         "function of exp(x) built from softplus, tanh, sigmoid and logs as one ratio of polynomials in "
-        "exp(-|x|) (`exp_rational_form`: mish and its derivative from one exponential).  Last, a precision "
+        "exp(-|x|), each polynomial in Horner form, a sigmoid inside a costlier call from the same exponential "
+        "(`exp_rational_form`: mish and its derivative, logish' from one exponential).  Last, a precision "
         "check (actgen/precision.py) evaluates each compiled form in float32 and float64 over a grid; where "
         "the float32 error, over its 20 worst points, is above 3.5 ULP per unit of condition (terms that "
         "cancel over an interval: the product rule's g + x g' in serf and tanh_exp), that direction is "

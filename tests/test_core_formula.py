@@ -287,6 +287,74 @@ def test_kernels_take_sigmoids_from_one_exponential():
         assert d.kernel_forward is d.forward      # one sigmoid: nothing to gain
 
 
+def test_a_ratios_denominator_is_one_polynomial_in_horner_form():
+    """mish's derivative over D = (E**2 + 2E + 2)**2: D multiplied out and in Horner form (a
+    square doubles the rounding of its base), with integer coefficients (1.0*e is not e)."""
+    from actgen.derive import exp_rational_form
+    g = exp_rational_form(sympy.diff(X * sympy.tanh(softplus(X)), X), [X])
+    powers = [p for p in sympy.preorder_traversal(g) if p.is_Pow and p.base.is_Add and abs(p.exp) >= 2]
+    assert not powers, powers
+    floats = {f for f in g.atoms(sympy.Float)}
+    assert not floats, floats
+    e = sympy.Symbol("e", positive=True)
+    pieces = [b.expr for p in sympy.preorder_traversal(g) if isinstance(p, sympy.Piecewise) for b in p.args]
+    assert 1 / sympy.expand((e**2 + 2 * e + 2) ** 2) in {sympy.expand(b.xreplace({sympy.exp(-abs(X)): e})) for b in pieces}
+
+
+def test_sigmoids_inside_a_costlier_call_come_from_the_ratios_exponential():
+    """logish' = log1p(sigmoid(x)) + x*sigmoid(x)*sigmoid(-x)/(1 + sigmoid(x)): the rational part
+    is one ratio in e = exp(-|x|) and the sigmoid inside log1p is (1 or e)/(1 + e) from the same
+    e, on the fallback too - one exponential, no sigmoid - with the value unchanged (50
+    digits), and 0 and log(2) at -inf and inf, NaN at NaN, as the derivative's own."""
+    import mpmath
+    from actgen.derive import exp_rational_form, ieee_value, sigmoids_from_exp
+    d = sympy.diff(X * log1p(sigmoid(X)), X)
+    g = exp_rational_form(d, [X])
+    assert not g.has(sigmoid) and g.atoms(sympy.exp) == {sympy.exp(-abs(X))} and g.has(log1p)
+    with mpmath.workdps(50):
+        for v in ("-800", "-2.3", "-0.5", "0", "0.5", "2.3", "800"):
+            want, got = sympy.N(d.subs(X, sympy.Float(v, 50)), 50), sympy.N(g.subs(X, sympy.Float(v, 50)), 50)
+            assert abs(got - want) <= sympy.Float("1e-40") * max(1, abs(want)), (v, got, want)
+    logish = derive(load_spec("name: logish\nformula: x * log(1 + sigmoid(x))\n"))
+    for block in (logish.backward, logish.kernel_backward):
+        calls = {type(f) for _, e in (*block.assignments, *block.outputs) for f in e.atoms(sympy.Function)}
+        assert sigmoid not in calls and sympy.exp in calls and log1p in calls
+    # a lone sigmoid(a) next to a ratio's exp(-|a|) (swiglu's df/db), and sigmoid(-a), from it
+    a = make_symbol("a")
+    e = sympy.exp(-abs(a))
+    out = dict(sigmoids_from_exp([("r", e / (1 + e)), ("s", a * sigmoid(a)), ("t", sigmoid(-a)), ("u", sigmoid(X))]))
+    assert not out["s"].has(sigmoid) and not out["t"].has(sigmoid) and out["u"] == sigmoid(X)
+    for v, want in ((math.inf, 1.0), (-math.inf, 0.0), (0.0, 0.5), (-3.0, 1 / (1 + math.exp(3.0)))):
+        assert ieee_value(out["s"] / a if v not in (0.0,) else out["s"].subs(a, 1e-300) / 1e-300, {a: v}) == \
+            pytest.approx(want, rel=1e-15)
+        assert ieee_value(out["t"], {a: -v}) == pytest.approx(want, rel=1e-15)
+    assert math.isnan(ieee_value(out["t"], {a: math.nan}))
+
+
+def test_a_product_over_a_third_tensor_is_one_fused_multiply_add():
+    """x*e/D + g prints as fma(x, e/D, g) on the fallback and the kernels (one rounding less
+    where the sum cancels); a product of two tensors as before, and a number over a tensor not."""
+    from actgen.printers import TorchPrinter, TritonPrinter
+    from actgen.printers.base import fma_split
+    e, D, g = (make_symbol(n) for n in ("e", "D", "g"))
+    tensor = lambda f: not f.is_number
+    a, b, rest, negative = fma_split(X * e / D + g, tensor)
+    assert {a, b} in ({X, e / D}, {e, X / D}) and rest == g and not negative
+    assert fma_split(X * e + g, tensor)[:3] in ((X, e, g), (e, X, g))
+    assert fma_split(2 * X / D + g, tensor) is None
+    names = ["x", "e", "D", "g"]
+    assert TorchPrinter(names, like="x").doprint(X * e / D + g).startswith("_rt.fma(")
+    assert TritonPrinter(tensor_names=names).doprint(X * e / D + g).startswith("tl.fma(")
+
+
+def test_a_named_number_of_named_numbers_is_written_where_it_is_used():
+    """CSE can name sqrt(pi) and then 2*sqrt(pi) from it: both are numbers, written inline."""
+    from actgen.derive import make_block
+    t = sympy.sqrt(sympy.pi)
+    block = make_block([("y", sympy.exp(-abs(X)) * (t * X + 2 * t) + t * sympy.exp(-abs(X)) * X + 2 * t * sympy.exp(X) + t)])
+    assert all(not v.is_number for _, v in block.assignments), block.assignments
+
+
 def test_a_sign_times_its_argument_is_an_abs():
     """u*sign(u) -> |u| where the product holds u's factors: x**2*sign(x) -> x*|x| and
     a*b*x*sign(b*x) -> a*|b*x| (terms in |u| then cancel symbolically: x**2/(1 + |x|)**2's

@@ -460,15 +460,54 @@ try:
     import triton as _triton
     import triton.language as tl
 
-    from actgen.runtime.triton_lang import exp as _kernel_exp
+    from actgen.runtime.triton_lang import exp as _kernel_exp, log1p as _kernel_log1p
 
     @_triton.jit
     def _apply_exp(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
         tl.store(out_ptr + offs, _kernel_exp(tl.load(x_ptr + offs, mask=mask, other=0.0), False), mask=mask)
+
+    @_triton.jit
+    def _apply_log1p(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        tl.store(out_ptr + offs, _kernel_log1p(tl.load(x_ptr + offs, mask=mask, other=0.0), False), mask=mask)
 except ImportError:
-    _apply_exp = None
+    _apply_exp = _apply_log1p = None
+
+
+def test_kernel_log1p_is_within_an_ulp():
+    """The kernels' log1p (actgen.runtime.triton_lang.log1p, float32 from arithmetic alone)
+    against mpmath at 30 digits: within an ULP on both sides of each branch point (k = 0 for
+    1 + u in [sqrt(2)/2, sqrt(2)), the rounding of 1 + u corrected for k up to 24), down to
+    subnormal u and out to float32's largest; -0, -1 -> -inf, below -1 and NaN -> NaN, inf;
+    float64 through libdevice."""
+    import mpmath
+    import numpy as np
+    if _apply_log1p is None:
+        pytest.skip("triton is not installed")
+    rng = np.random.default_rng(0)
+    xs = np.concatenate([rng.uniform(-1, 1, 20_000), -rng.uniform(0, 1, 5_000) ** 8,
+                         np.exp(rng.uniform(-100, 88, 20_000)), -np.exp(rng.uniform(-100, -0.01, 5_000)),
+                         np.float32([-0.29289323, -0.29289320, 0.41421354, 0.41421357, 1e-45, -1e-45, 2.0**24,
+                                     2.0**25 + 4, -0.99999994, 3.4e38])]).astype(np.float32)
+    x = torch.from_numpy(xs)
+    out = torch.empty_like(x)
+    _apply_log1p[(_triton.cdiv(len(x), 1024),)](x, out, len(x), BLOCK=1024)
+    with mpmath.workdps(30):
+        want = np.array([float(mpmath.log1p(mpmath.mpf(float(v)))) for v in xs])
+    ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    assert (np.abs(out.double().numpy() - want) / ulp).max() <= 1.0
+    special = torch.tensor([0.0, -0.0, -1.0, -2.0, math.inf, -math.inf, math.nan])
+    got = torch.empty_like(special)
+    _apply_log1p[(1,)](special, got, len(special), BLOCK=8)
+    assert got[:2].tolist() == [0.0, 0.0] and math.copysign(1, got[1]) == -1.0
+    assert got[2] == -math.inf and got[4] == math.inf and got[[3, 5, 6]].isnan().all()
+    x64 = torch.from_numpy(xs[:1000]).double()
+    out64 = torch.empty_like(x64)
+    _apply_log1p[(1,)](x64, out64, len(x64), BLOCK=1024)
+    torch.testing.assert_close(out64, torch.log1p(x64), rtol=1e-15, atol=0)
 
 
 def test_kernel_exp_is_within_an_ulp():

@@ -80,7 +80,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='bilinear',
-    key='e2f65287cc9c',
+    key='b9b10d688f7b',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='elu',
-    key='cc1b6f767c5b',
+    key='3fbfed20f1eb',
     inputs=('x',),
     params=(),
     constants=('alpha',),

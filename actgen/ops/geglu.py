@@ -100,7 +100,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu',
-    key='0f5476fe0f14',
+    key='d5ed4960df56',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -109,7 +109,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu_tanh',
-    key='da73784e92b1',
+    key='7b41125323f5',
     inputs=('a', 'b'),
     params=(),
     constants=(),

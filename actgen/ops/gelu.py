@@ -83,7 +83,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='gelu',
-    key='3ccd7bfb63b4',
+    key='abb7ef90550e',
     inputs=('x',),
     params=(),
     constants=(),

@@ -77,19 +77,15 @@ if _rt.HAS_TRITON:
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = _exp(-tl.abs(b), FAST)
-        _t1 = _div(1.0, (_t0 + 1.0), FAST)
-        _t2 = _t0*_t1
-        _t3 = b <= 0.0
-        _t4 = tl.where(_t3, _t2, _t1)
-        _d_a = tl.where(b != b, b, _t4)
-        _d_b = tl.where(a != a, a, tl.where(b != b, b, _t4*a*tl.where(_t3, _t1, _t2)))
+        _d_a = tl.where(b != b, b, _div(tl.where(b >= 0.0, 1.0, _t0), (_t0 + 1.0), FAST))
+        _d_b = _div(_t0*a, tl.fma(_t0, _t0 + 2.0, 1.0), FAST)
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='glu',
-    key='c55c7c5cc81a',
+    key='ca2d4bcd82d0',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hard_mish',
-    key='c5e9ae93016b',
+    key='cfaec9eccb46',
     inputs=('x',),
     params=(),
     constants=(),

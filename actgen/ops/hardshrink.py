@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardshrink',
-    key='e429de302f2b',
+    key='d9acde4cdff6',
     inputs=('x',),
     params=(),
     constants=('lambd',),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardsigmoid',
-    key='5e1a05f6867f',
+    key='3d637627460c',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardswish',
-    key='cc4491232110',
+    key='9cb757a446c3',
     inputs=('x',),
     params=(),
     constants=(),

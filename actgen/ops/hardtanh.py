@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardtanh',
-    key='47b39be41e59',
+    key='9502bcd0c1cc',
     inputs=('x',),
     params=(),
     constants=('min_val', 'max_val'),

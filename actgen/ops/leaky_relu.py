@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='leaky_relu',
-    key='2e83d8f35a2c',
+    key='0b2ad66f9ca0',
     inputs=('x',),
     params=(),
     constants=('negative_slope',),

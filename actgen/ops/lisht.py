@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='lisht',
-    key='129bcf346160',
+    key='20c4093ca9cc',
     inputs=('x',),
     params=(),
     constants=(),

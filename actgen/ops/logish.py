@@ -8,6 +8,8 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = x*log1p(sigmoid(x))
     df/dx = x*sigmoid(-x)*sigmoid(x)/(sigmoid(x) + 1) + log1p(sigmoid(x))
+    
+    df/dx: one ratio of polynomials in e = exp(-|x|), with exp(x) = e where x < 0 and 1/e elsewhere: one exponential, and nothing overflows.
 """
 import math
 
@@ -30,8 +32,8 @@ def _forward_torch(x):
 
 def _derivatives_torch(x):
     """df/dx."""
-    _t0 = torch.sigmoid(x)
-    _d_x = torch.where(x == math.inf, 0.6931471805599453, torch.where(x == -math.inf, 0.0, _t0*x*torch.sigmoid(-x)/(_t0 + 1.0) + torch.log1p(_t0)))
+    _t0 = torch.exp(-torch.abs(x))
+    _d_x = torch.where(torch.isnan(x), x, torch.where(x == math.inf, 0.6931471805599453, torch.where(x == -math.inf, 0.0, _rt.fma(_t0, x/torch.where(x < 0.0, _rt.fma(_t0, 2.0*_t0 + 3.0, 1.0), _rt.fma(_t0, _t0 + 3.0, 2.0)), torch.log1p(torch.where(x >= 0.0, 1.0, _t0)/(_t0 + 1.0))))))
     return (_d_x,)
 
 
@@ -42,10 +44,10 @@ def _forward_torch_fast(x):
 
 
 def _derivatives_torch_fast(x):
-    """df/dx for finite inputs (CPU): no NaN/inf guards."""
-    _t0 = torch.sigmoid(x)
-    _d_x = _t0*x*torch.sigmoid(-x)/(_t0 + 1.0) + torch.log1p(_t0)
-    return (_d_x,)
+    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = torch.exp(-torch.abs(x))
+    _d_x = _rt.fma(_t0, x/_rt.select(_rt.lt(x, 0.0), _rt.fma(_t0, 2.0*_t0 + 3.0, 1.0), _rt.fma(_t0, _t0 + 3.0, 2.0)), torch.log1p(_rt.select(_rt.ge(x, 0.0), 1.0, _t0)/(_t0 + 1.0)))
+    return _rt.finite_or_none((_d_x,))
 
 
 def _second_derivatives_torch(x):
@@ -57,7 +59,7 @@ def _second_derivatives_torch(x):
     _t4 = _t1*_t3
     _t5 = _t0*_t0*x
     _t6 = _t1*_t1
-    _d2_x_x = _rt.fma(_t4, _t5, -(_t0*_t3*_t6*x) + 2.0*_t0*_t4 - _t5*_t6/(_t2*_t2))
+    _d2_x_x = _rt.fnma(_t5, _t6/(_t2*_t2), _rt.fma(_t4, _t5, -(_t0*_t3*_t6*x) + 2.0*_t0*_t4))
     return (_d2_x_x,)
 
 
@@ -65,7 +67,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, div as _div, sigmoid as _sigmoid
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, log1p as _log1p, div as _div, sigmoid as _sigmoid
 
     @triton.jit
     def _forward_kernel(
@@ -75,7 +77,7 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = tl.where(x == -float("inf"), 0.0, x*libdevice.log1p(_sigmoid(x, FAST)))
+        _y = tl.where(x == -float("inf"), 0.0, x*_log1p(_sigmoid(x, FAST), FAST))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -87,14 +89,14 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = _sigmoid(x, FAST)
-        _d_x = tl.where(x == float("inf"), 0.6931471805599453, tl.where(x == -float("inf"), 0.0, _div(_t0*x*_sigmoid(-x, FAST), (_t0 + 1.0), FAST) + libdevice.log1p(_t0)))
+        _t0 = _exp(-tl.abs(x), FAST)
+        _d_x = tl.where(x != x, x, tl.where(x == float("inf"), 0.6931471805599453, tl.where(x == -float("inf"), 0.0, tl.fma(_t0, _div(x, tl.where(x < 0.0, tl.fma(_t0, 2.0*_t0 + 3.0, 1.0), tl.fma(_t0, _t0 + 3.0, 2.0)), FAST), _log1p(_div(tl.where(x >= 0.0, 1.0, _t0), (_t0 + 1.0), FAST), FAST)))))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='logish',
-    key='c423b653b791',
+    key='8211fbbf57f9',
     inputs=('x',),
     params=(),
     constants=(),

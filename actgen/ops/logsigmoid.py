@@ -72,7 +72,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='logsigmoid',
-    key='ae7a75d2147c',
+    key='50434ab4fc50',
     inputs=('x',),
     params=(),
     constants=(),

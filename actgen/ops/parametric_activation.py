@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='parametric_activation',
-    key='a3457b7c4125',
+    key='27667726c9ec',
     inputs=('x',),
     params=(('alpha', True),),
     constants=(),

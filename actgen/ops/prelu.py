@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='prelu',
-    key='8d7b0484ca11',
+    key='81715e7759ec',
     inputs=('x',),
     params=(('weight', True),),
     constants=(),

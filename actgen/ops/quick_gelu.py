@@ -81,15 +81,15 @@ if _rt.HAS_TRITON:
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = tl.clamp(x, -512.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
         _t0 = _exp(-(1.702*tl.abs(_clamped_x)), FAST)
-        _t1 = _t0 + 1.0
-        _t2 = 1.702*_clamped_x
-        _d_x = tl.where(x != x, x, _div(tl.where(_t2 < 0.0, _t0*(_t1 + _t2), tl.fma(_t0, _t2 + 1.0, 1.0)), (_t1*_t1), FAST))
+        _t1 = 1.702*_clamped_x
+        _t2 = _t1 + 1.0
+        _d_x = tl.where(x != x, x, _div(tl.where(_t1 < 0.0, _t0*(_t0 + _t2), tl.fma(_t0, _t2, 1.0)), tl.fma(_t0, _t0 + 2.0, 1.0), FAST))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='quick_gelu',
-    key='38aa8fece868',
+    key='6811e1e09e5d',
     inputs=('x',),
     params=(),
     constants=(),

@@ -96,7 +96,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='reglu',
-    key='7a1bc44df0f0',
+    key='54fbafacff1e',
     inputs=('a', 'b'),
     params=(),
     constants=(),

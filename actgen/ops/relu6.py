@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu6',
-    key='4513d1a2219c',
+    key='b5b41197f07c',
     inputs=('x',),
     params=(),
     constants=(),

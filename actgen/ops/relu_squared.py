@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu_squared',
-    key='4d63dba94ad7',
+    key='bf928c77d766',
     inputs=('x',),
     params=(),
     constants=(),

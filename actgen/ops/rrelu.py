@@ -95,7 +95,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='rrelu',
-    key='a38076e79393',
+    key='4488a1949281',
     inputs=('x',),
     params=(),
     constants=('lower', 'upper'),

@@ -69,14 +69,13 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = _exp(-tl.abs(x), FAST)
-        _t1 = _t0 + 1.0
-        _d_x = _div(_t0, (_t1*_t1), FAST)
+        _d_x = _div(_t0, tl.fma(_t0, _t0 + 2.0, 1.0), FAST)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='sigmoid',
-    key='e0b14e22feef',
+    key='24d615242ab4',
     inputs=('x',),
     params=(),
     constants=(),

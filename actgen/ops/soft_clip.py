@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='soft_clip',
-    key='dae08d190ecc',
+    key='044c12bdd3b8',
     inputs=('x',),
     params=(),
     constants=('scale',),

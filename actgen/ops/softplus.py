@@ -93,7 +93,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softplus',
-    key='ff7aa8e07dfe',
+    key='b6028ce70e13',
     inputs=('x',),
     params=(),
     constants=('beta', 'threshold'),

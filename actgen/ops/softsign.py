@@ -81,7 +81,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softsign',
-    key='bdff105bf4a2',
+    key='9f258790c413',
     inputs=('x',),
     params=(),
     constants=(),

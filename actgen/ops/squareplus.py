@@ -115,7 +115,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='squareplus',
-    key='77574a66465a',
+    key='a0fd91222911',
     inputs=('x',),
     params=(),
     constants=('b',),

@@ -110,14 +110,14 @@ if _rt.HAS_TRITON:
             beta = tl.load(beta_ptr).to(ACC)
             _t0 = beta*x
             _t1 = _exp(-tl.abs(_t0), FAST)
-            _t2 = _t1 + 1.0
-            _t3 = _div(1.0, (_t2*_t2), FAST)
+            _t2 = _div(1.0, tl.fma(_t1, _t1 + 2.0, 1.0), FAST)
+            _t3 = _t0 + 1.0
             _t4 = _exp(-(16777216.0*tl.abs(beta)), FAST)
-            _t5 = _t4 + 1.0
-            _t6 = _div(1.0, (_t5*_t5), FAST)
-            _t7 = 16777216.0*beta
-            _d_x = tl.where(x != x, x, _limit_at_inf(_t3*tl.where(_t0 < 0.0, _t1*(_t0 + _t2), tl.fma(_t1, _t0 + 1.0, 1.0)), tl.where(x > 0.0, _t6*tl.where(_t7 < 0.0, _t4*(_t5 + _t7), tl.fma(_t4, _t7 + 1.0, 1.0)), _t6*tl.where(_t7 > 0.0, _t4*(_t5 - _t7), tl.fma(_t4, 1.0 - _t7, 1.0))), x))
-            _d_beta = _limit_at_inf(_t1*_t3*x*x, 281474976710656.0*_t4*_t6, x)
+            _t5 = _div(1.0, tl.fma(_t4, _t4 + 2.0, 1.0), FAST)
+            _t6 = 16777216.0*beta
+            _t7 = _t6 + 1.0
+            _d_x = tl.where(x != x, x, _limit_at_inf(_t2*tl.where(_t0 < 0.0, _t1*(_t1 + _t3), tl.fma(_t1, _t3, 1.0)), tl.where(x > 0.0, _t5*tl.where(_t6 < 0.0, _t4*(_t4 + _t7), tl.fma(_t4, _t7, 1.0)), _t5*tl.where(_t6 > 0.0, _t4*(_t4 - _t6 + 1.0), tl.fma(_t4, 1.0 - _t6, 1.0))), x))
+            _d_beta = _limit_at_inf(_t1*_t2*x*x, 281474976710656.0*_t4*_t5, x)
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_beta += _tile_sum(_g * _d_beta, _mask, CH_AXIS)
@@ -127,7 +127,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swish',
-    key='7131e5f1e1d3',
+    key='eb729a176f04',
     inputs=('x',),
     params=(('beta', False),),
     constants=(),

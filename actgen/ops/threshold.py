@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='threshold',
-    key='29794b814b5d',
+    key='daa92ca41ffc',
     inputs=('x',),
     params=(),
     constants=('threshold', 'value'),

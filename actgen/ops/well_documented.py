@@ -40,13 +40,12 @@ def _derivatives_torch(x):
     """df/dx."""
     _clamped_x = _rt.clamp(x, -1024.0, 32.0)
     _t0 = torch.exp(-torch.abs(_clamped_x))
-    _t1 = _clamped_x < 0.0
+    _t1 = _t0*(_t0 + 4.0)
     _t2 = 4.0*_clamped_x
     _t3 = _t2 + 6.0
     _t4 = _t2 + 4.0
-    _t5 = _rt.fma(_t0, _t0 + 2.0, 2.0)
-    _t6 = _rt.fma(_t0, 2.0*_t0 + 2.0, 1.0)
-    _d_x = torch.where(torch.isnan(x), x, torch.where(_t1, _t0*_rt.fma(_t0, _rt.fma(_t0, _t0 + 4.0, _t3), _t4), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t4, _t3), 4.0), 1.0))/torch.where(_t1, _t5*_t5, _t6*_t6))
+    _t5 = _clamped_x < 0.0
+    _d_x = torch.where(torch.isnan(x), x, torch.where(_t5, _t0*_rt.fma(_t0, _t1 + _t3, _t4), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t4, _t3), 4.0), 1.0))/torch.where(_t5, _rt.fma(_t0, _rt.fma(_t0, _t1 + 8.0, 8.0), 4.0), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 4.0*_t0 + 8.0, 8.0), 4.0), 1.0)))
     return (_d_x,)
 
 
@@ -64,13 +63,12 @@ def _derivatives_torch_fast(x):
     """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _clamped_x = _rt.clamp(x, -1024.0, 32.0)
     _t0 = torch.exp(-torch.abs(_clamped_x))
-    _t1 = _rt.lt(_clamped_x, 0.0)
+    _t1 = _t0*(_t0 + 4.0)
     _t2 = 4.0*_clamped_x
     _t3 = _t2 + 6.0
     _t4 = _t2 + 4.0
-    _t5 = _rt.fma(_t0, _t0 + 2.0, 2.0)
-    _t6 = _rt.fma(_t0, 2.0*_t0 + 2.0, 1.0)
-    _d_x = _rt.select(_t1, _t0*_rt.fma(_t0, _rt.fma(_t0, _t0 + 4.0, _t3), _t4), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t4, _t3), 4.0), 1.0))/_rt.select(_t1, _t5*_t5, _t6*_t6)
+    _t5 = _rt.lt(_clamped_x, 0.0)
+    _d_x = _rt.select(_t5, _t0*_rt.fma(_t0, _t1 + _t3, _t4), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t4, _t3), 4.0), 1.0))/_rt.select(_t5, _rt.fma(_t0, _rt.fma(_t0, _t1 + 8.0, 8.0), 4.0), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 4.0*_t0 + 8.0, 8.0), 4.0), 1.0))
     return _rt.finite_or_none((_d_x,))
 
 
@@ -78,14 +76,12 @@ def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.abs(x)
     _t1 = torch.exp(-_t0)
-    _t2 = x < 0.0
-    _t3 = 2.0*x
-    _t4 = 6.0 - 3.0*x
-    _t5 = _t3 + 8.0
-    _t6 = _t3 + 4.0
-    _t7 = _rt.fma(_t1, _t1 + 2.0, 2.0)
-    _t8 = _rt.fma(_t1, 2.0*_t1 + 2.0, 1.0)
-    _d2_x_x = torch.where(torch.isnan(x), x, 4.0*torch.where(_t2, _t1*_rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, 2.0 - _t3, _t4), _t5), _t6), _t1*_t1*_rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _t6, _t5), _t4), 2.0 - _t3))/torch.where(_t2, _t7*_t7*_t7, _t8*_t8*_t8))
+    _t2 = 2.0*x
+    _t3 = 6.0 - 3.0*x
+    _t4 = _t2 + 8.0
+    _t5 = _t2 + 4.0
+    _t6 = x < 0.0
+    _d2_x_x = torch.where(torch.isnan(x), x, 4.0*torch.where(_t6, _t1*_rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, 2.0 - _t2, _t3), _t4), _t5), _t1*_t1*_rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _t5, _t4), _t3), 2.0 - _t2))/torch.where(_t6, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _t1 + 6.0, 18.0), 32.0), 36.0), 24.0), 8.0), _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, 8.0*_t1 + 24.0, 36.0), 32.0), 18.0), 6.0), 1.0)))
     return (_d2_x_x,)
 
 
@@ -121,19 +117,18 @@ if _rt.HAS_TRITON:
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = tl.clamp(x, -1024.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
         _t0 = _exp(-tl.abs(_clamped_x), FAST)
-        _t1 = _clamped_x < 0.0
+        _t1 = _t0*(_t0 + 4.0)
         _t2 = 4.0*_clamped_x
         _t3 = _t2 + 6.0
         _t4 = _t2 + 4.0
-        _t5 = tl.fma(_t0, _t0 + 2.0, 2.0)
-        _t6 = tl.fma(_t0, 2.0*_t0 + 2.0, 1.0)
-        _d_x = tl.where(x != x, x, _div(tl.where(_t1, _t0*tl.fma(_t0, tl.fma(_t0, _t0 + 4.0, _t3), _t4), tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, _t4, _t3), 4.0), 1.0)), tl.where(_t1, _t5*_t5, _t6*_t6), FAST))
+        _t5 = _clamped_x < 0.0
+        _d_x = tl.where(x != x, x, _div(tl.where(_t5, _t0*tl.fma(_t0, _t1 + _t3, _t4), tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, _t4, _t3), 4.0), 1.0)), tl.where(_t5, tl.fma(_t0, tl.fma(_t0, _t1 + 8.0, 8.0), 4.0), tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, 4.0*_t0 + 8.0, 8.0), 4.0), 1.0)), FAST))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='well_documented',
-    key='11191d999592',
+    key='d179f6f86526',
     inputs=('x',),
     params=(),
     constants=(),

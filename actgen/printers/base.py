@@ -129,14 +129,23 @@ def fma_split(expr: sympy.Add, is_tensor):
     (True) in one fused multiply-add (torch.addcmul), where a*b is the last of expr's terms
     (in the printed order) that is a product of exactly two factors, both tensors at run time
     (is_tensor(factor)), with coefficient 1 or -1 - and the kernels, by the same rule, in one tl.fma.
+    A product of two tensors over a third, a*n/d, is a*(n/d) there, a the factor that grows
+    (logish's x*e/D + log1p(s): one rounding less where the sum cancels).
     (a, b, rest, negative), or None where no term is such a product."""
     terms = expr.as_ordered_terms()
     for i in reversed(range(len(terms))):
         term = terms[i]
         negative = term.as_coeff_Mul()[0].is_negative
         chain = product_chain(-term if negative else term)
-        if len(terms) > 1 and len(chain) == 2 and all(op == "*" and is_tensor(f) for op, f in chain):
-            return chain[0][1], chain[1][1], sympy.Add(*terms[:i], *terms[i + 1:]), negative
+        if len(terms) < 2 or not all(is_tensor(f) for _, f in chain):
+            continue
+        rest = sympy.Add(*terms[:i], *terms[i + 1:])
+        if len(chain) == 2 and all(op == "*" for op, _ in chain):
+            return chain[0][1], chain[1][1], rest, negative
+        if len(chain) == 3 and [op for op, _ in chain].count("/") == 1:
+            (n1, n2), d = [f for op, f in chain if op == "*"], next(f for op, f in chain if op == "/")
+            a, n = (n2, n1) if _grows(n2) and not _grows(n1) else (n1, n2)
+            return a, sympy.Mul(n, sympy.Pow(d, -1)), rest, negative
     return None
 
 

@@ -1,7 +1,8 @@
-"""Triton printer: every transcendental but exp through libdevice (accurate to a few ULP,
-and dispatched to float32 or float64 by the argument type); exp, sigmoid, softplus and
-division through the helpers in actgen.runtime.triton_lang (exp within an ULP and IEEE
-division for float32 data, the hardware's faster ones for 16-bit data: FAST).
+"""Triton printer: every transcendental but exp and log1p through libdevice (accurate to a few
+ULP, and dispatched to float32 or float64 by the argument type); exp, log1p, sigmoid, softplus
+and division through the helpers in actgen.runtime.triton_lang (exp and log1p within an ULP
+from arithmetic alone and IEEE division for float32 data, the hardware's faster ones for
+16-bit data: FAST).
 
 A sum with a product of two tensors among its terms is one `tl.fma`, split as the eager
 fallback splits it (fma_split): the kernels round where the fallback rounds, on a GPU and
@@ -19,7 +20,7 @@ class TritonPrinter(ExprPrinter):
     FUNCTIONS = {
         "exp": "_exp({0}, FAST)",
         "log": "libdevice.log({0})",
-        "log1p": "libdevice.log1p({0})",
+        "log1p": "_log1p({0}, FAST)",
         "expm1": "libdevice.expm1({0})",
         "sqrt": "libdevice.sqrt({0})",
         "sin": "libdevice.sin({0})",

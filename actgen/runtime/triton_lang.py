@@ -116,6 +116,43 @@ def div(a, b, FAST: tl.constexpr):
         return tl.div_rn(a, b)
 
 
+# log1p(u) in float32 to within an ULP (libdevice's log1pf: 1; numpy's, which the
+# interpreter would take: 2), from arithmetic alone, so that the interpreter takes the same
+# steps as a GPU (fdlibm's log1pf, as in musl): 1 + u = 2**k (1 + f) with 1 + f in
+# [sqrt(2)/2, sqrt(2)) from the bits of 1 + u, c the rounding of 1 + u over 1 + u (f = u and
+# c = 0 where k = 0), log(1 + f) = f - f**2/2 + s (f**2/2 + R(s**2)) with s = f/(2 + f) and R
+# a minimax polynomial, k ln2 in two parts.  Its one division rounds as IEEE does, as every
+# float32 division of the kernels.  About 25 more machine instructions than libdevice's
+# log1pf, so softplus (whose log1p(exp(-|u|)) is added to max(u, 0), where libdevice's
+# error does not show) keeps libdevice's.  Float64 and FAST (16-bit data) go through
+# libdevice.log1p.
+@triton.jit
+def log1p(u, FAST: tl.constexpr):
+    if u.dtype == tl.float64 or FAST:
+        return libdevice.log1p(u)
+    else:
+        w = 1.0 + u
+        iw = w.to(tl.int32, bitcast=True) + 0x004AFB0D     # + (1.0 - sqrt(2)/2 in bits): k counts from sqrt(2)/2
+        k = (iw >> 23) - 127
+        near = k == 0
+        f = tl.where(near, u, ((iw & 0x007FFFFF) + 0x3F3504F3).to(tl.float32, bitcast=True) - 1.0)
+        # c/w = c 2**-k / (1 + f), 1/(1 + f) to within f**3 (7%) of a correction below an ULP
+        scale = ((127 - k) << 23).to(tl.float32, bitcast=True)
+        c = tl.where(k >= 2, 1.0 - (w - u), u - (w - 1.0)) * scale * tl.fma(f, f - 1.0, 1.0)
+        c = tl.where(near | (k >= 25), 0.0, c)
+        s = tl.div_rn(f, 2.0 + f)
+        z = s * s
+        q = z * z
+        r = tl.fma(q, tl.fma(q, 0.24279078841209412, 0.40000972151756287), z * tl.fma(q, 0.28498786687850952, 0.66666662693023682))
+        h = 0.5 * f * f
+        dk = k.to(tl.float32)
+        y = tl.fma(dk, 0.693138122558593750, tl.fma(s, h + r, tl.fma(dk, 9.0580006144591607e-06, c)) - h + f)
+        y = tl.where(u == float("inf"), u, y)
+        y = tl.where(u == -1.0, -float("inf"), y)
+        y = tl.where(u == 0.0, u, y)                        # -0 stays -0
+        return tl.where((u < -1.0) | (u != u), float("nan"), y)
+
+
 @triton.jit
 def sigmoid(u, FAST: tl.constexpr):
     return div(1.0, 1.0 + exp(-u, FAST), FAST)
