@@ -208,7 +208,7 @@ def scaled_input(u):
     return tl.where((u == float("inf")) | (u == -float("inf")), tl.where(u > 0, 1.0, -1.0), v)
 
 
-__all__ = ["triton", "tl", "libdevice", "exp", "sigmoid", "softplus", "sqrt_square_plus", "scaled_input", "inverse_scale",
+__all__ = ["triton", "tl", "libdevice", "exp", "log1p", "div", "sigmoid", "softplus", "sqrt_square_plus", "scaled_input", "inverse_scale",
            "limit_at_inf",
            "tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "draw", "draws_kernel", "INTERPRET"]
 
