@@ -7,6 +7,7 @@ import re
 import sympy
 
 from ..derive import Block, Derivation, Saturate, ScaledInput, draw_lines
+from ..functions import log1p
 from ..precision import float64_notes
 from ..printers import TorchPrinter, TritonPrinter
 from ..version import COMPILER_VERSION
@@ -115,17 +116,29 @@ def _one_exponential_uses(d: Derivation, kernel: bool) -> dict:
     return {u: list(dict.fromkeys(labels)) for u, labels in uses.items()}
 
 
+#: calls that can hold a sigmoid from a ratio's exponential (exp_rational_form, sigmoids_from_exp)
+_OTHER_CALLS = (log1p, sympy.log, sympy.tanh, sympy.erf, sympy.erfc, sympy.sin, sympy.cos, sympy.atan)
+
+
 def _one_exponential_lines(d: Derivation) -> list[str]:
     """Which outputs are one ratio in e = exp(-|u|): everywhere, or in the kernels alone."""
     both, kernels = _one_exponential_uses(d, False), _one_exponential_uses(d, True)
+    # the calls an output keeps beside the ratio (logish': log1p of a sigmoid from the ratio's e)
+    calls = dict(_output_atoms(d, sympy.Function, written_out=True, kernel=True))
     lines = []
     for u, labels in sorted(kernels.items(), key=lambda kv: sympy.default_sort_key(kv[0])):
+        e = sympy.exp(-sympy.Abs(u))
+        inside = {label for label in labels
+                  if any(isinstance(c, _OTHER_CALLS) and c.has(e) for c in calls.get(label, ()))}
         shared = [label for label in labels if label in both.get(u, ())]
         for group, where in ((shared, ""), ([label for label in labels if label not in shared],
                                             " (in the Triton kernels; the eager fallback keeps its calls)")):
-            if group:
-                lines.append(f"{', '.join(group)}: one ratio of polynomials in e = exp(-|{u}|), with exp({u}) = e "
-                             f"where {u} < 0 and 1/e elsewhere: one exponential, and nothing overflows{where}.")
+            for part, what in (([g for g in group if g not in inside], "one ratio of polynomials"),
+                               ([g for g in group if g in inside], "its rational part one ratio of polynomials, and "
+                                "a sigmoid inside another call from the same e,")):
+                if part:
+                    lines.append(f"{', '.join(part)}: {what} in e = exp(-|{u}|), with exp({u}) = e "
+                                 f"where {u} < 0 and 1/e elsewhere: one exponential, and nothing overflows{where}.")
     return [""] + lines if lines else []
 
 

@@ -9,7 +9,7 @@ Derived (after stability rewrites):
     f     = x*log1p(sigmoid(x))
     df/dx = x*sigmoid(-x)*sigmoid(x)/(sigmoid(x) + 1) + log1p(sigmoid(x))
     
-    df/dx: one ratio of polynomials in e = exp(-|x|), with exp(x) = e where x < 0 and 1/e elsewhere: one exponential, and nothing overflows.
+    df/dx: its rational part one ratio of polynomials, and a sigmoid inside another call from the same e, in e = exp(-|x|), with exp(x) = e where x < 0 and 1/e elsewhere: one exponential, and nothing overflows.
 """
 import math
 
