@@ -7,7 +7,8 @@ on the GPU itself, in two steps, so that the GPU is needed only for the first:
   grid's points, and between the grid's points (every multiple of 2**-12 in [-8, 8], in
   float32, ranked against the op's float64 fallback on the same GPU, the worst kept); the
   param gradients of every learnable entry, at sizes that run the default launch and the
-  tuned, stepping ones, against its float64 fallback; the kernels' exp against float64.
+  tuned, stepping ones, against its float64 fallback; the kernels' exp and log1p against
+  float64.
   Written to one .npz file.
 * `score` (anywhere): the mpmath oracle scores the collected values as `actgen docs` scores
   the interpreter's; a markdown report.
@@ -117,13 +118,19 @@ def check_param_grads(spec: Spec, device, shapes=None) -> list[dict]:
 from .runtime import HAS_TRITON  # noqa: E402
 
 if HAS_TRITON:
-    from .runtime.triton_lang import exp as _exp, tl, triton
+    from .runtime.triton_lang import exp as _exp, log1p as _log1p, tl, triton
 
     @triton.jit
     def _exp_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
         tl.store(out_ptr + offs, _exp(tl.load(x_ptr + offs, mask=mask), False), mask=mask)
+
+    @triton.jit
+    def _log1p_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        tl.store(out_ptr + offs, _log1p(tl.load(x_ptr + offs, mask=mask), False), mask=mask)
 
 
 def check_exp(device, n_uniform: int = 4_000_000) -> dict:
@@ -146,6 +153,29 @@ def check_exp(device, n_uniform: int = 4_000_000) -> dict:
             "inf_where_expected": bool(np.array_equal(np.isposinf(got), big)),
             "nan_where_expected": bool(np.isnan(got[np.isnan(want)]).all()),
             "zero_at_minus_inf": bool(got[np.isneginf(xs)][0] == 0.0)}
+
+
+def check_log1p(device, n_uniform: int = 4_000_000) -> dict:
+    """The kernels' float32 log1p against float64 on the device: worst ULP where the result is a
+    normal float32, and whether -0, -1, below -1, inf and NaN give -0, -inf, NaN, inf and NaN."""
+    rng = np.random.default_rng(0)
+    xs = np.concatenate([np.arange(-2**12 + 1, 8 * 2**12 + 1) / 2**12, rng.uniform(-1, 1, n_uniform // 2),
+                         np.exp(rng.uniform(-100, 88, n_uniform // 4)), -np.exp(rng.uniform(-100, 0, n_uniform // 4))])
+    special = np.array([-0.0, -1.0, -2.0, np.inf, np.nan])
+    x = torch.from_numpy(np.concatenate([xs, special])).to(torch.float32).to(device)
+    out = torch.empty_like(x)
+    _log1p_kernel[(triton.cdiv(len(x), 1024),)](x, out, len(x), BLOCK=1024)
+    got, xf = out.double().cpu().numpy(), x.double().cpu().numpy()
+    n = len(xs)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want = np.log1p(xf[:n])
+        spacing = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+        normal = np.isfinite(want) & (np.abs(want) >= 2.0**-126)
+        worst = float((np.abs(got[:n] - want)[normal] / spacing[normal]).max())
+    s = got[n:]
+    return {"points": int(len(x)), "max_ulp_normal": worst,
+            "specials_as_expected": bool(s[0] == 0 and math.copysign(1, s[0]) < 0 and s[1] == -np.inf
+                                         and np.isnan(s[2]) and s[3] == np.inf and np.isnan(s[4]))}
 
 
 def _collect_worker(args):
@@ -195,16 +225,17 @@ def collect(specs_dir: Path, device: str, out: Path, jobs: int = 1, names=None, 
         arrays.update({_key(name, k): v for k, v in got.items()})
         param_rows += rows
     meta = {"info": device_info(device), "entries": sorted(s.name for s in specs), "failures": failures,
-            "param_grads": param_rows, "exp": _safe_exp(device), "seconds": time.perf_counter() - t0}
+            "param_grads": param_rows, "exp": _safe(check_exp, device), "log1p": _safe(check_log1p, device),
+            "seconds": time.perf_counter() - t0}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, meta=np.array(json.dumps(meta)), **arrays)
     return out
 
 
-def _safe_exp(device) -> dict:
+def _safe(check, device) -> dict:
     try:
-        return check_exp(device)
+        return check(device)
     except Exception as exc:  # noqa: BLE001 - the entries' values are kept
         return {"error": _error_text(exc)}
 
@@ -322,6 +353,18 @@ def report(meta: dict, results: list[Accuracy], grid_size: int) -> str:
         f"{'yes' if e['inf_where_expected'] else '**no**'}; NaN for NaN: {'yes' if e['nan_where_expected'] else '**no**'}; "
         f"0 at -inf: {'yes' if e['zero_at_minus_inf'] else '**no**'}.", "",
     ]
+    g = meta.get("log1p")          # collected from compiler version 9 on
+    if g and "error" not in g:
+        lines += [
+            "## The kernels' log1p", "",
+            f"float32 log1p from arithmetic (actgen.runtime.triton_lang.log1p) on {g['points']} inputs (every "
+            "multiple of 2^-12 in (-1, 8], uniform points in (-1, 1), magnitudes out to 1.6e38 and down to 1e-44 "
+            f"on either side) against float64: worst {g['max_ulp_normal']:.3f} ULP where the result is a normal "
+            f"float32; -0, -inf at -1, NaN below -1 and for NaN, inf at inf: "
+            f"{'yes' if g['specials_as_expected'] else '**no**'}.", "",
+        ]
+    elif g:
+        lines += ["## The kernels' log1p", "", f"**not checked**: {g['error']}", ""]
     return "\n".join(lines)
 
 
@@ -363,7 +406,7 @@ def main(argv=None) -> int:
     if args.cmd == "collect":
         path = collect(Path(args.specs), args.device, Path(args.out), jobs=args.jobs, names=args.names)
         meta, _ = load(path)
-        print(json.dumps({"failures": meta["failures"], "exp": meta["exp"],
+        print(json.dumps({"failures": meta["failures"], "exp": meta["exp"], "log1p": meta.get("log1p"),
                           "param_grads_failing": [r for r in meta["param_grads"] if not r["ok"]],
                           "seconds": round(meta["seconds"], 1)}, indent=1))
         return 1 if meta["failures"] else 0

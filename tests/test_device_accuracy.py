@@ -55,14 +55,21 @@ def test_kernel_exp_check():
     assert e["inf_where_expected"] and e["nan_where_expected"] and e["zero_at_minus_inf"]
 
 
+def test_kernel_log1p_check():
+    g = da.check_log1p("cpu", n_uniform=20_000)
+    assert g["max_ulp_normal"] <= 1.0 and g["specials_as_expected"] and g["points"] > 20_000
+
+
 def test_report(specs, silu_values):
     meta = {"info": {"device": "cpu", "date": "today", "torch": torch.__version__, "triton": "x"},
             "failures": {"gelu": "RuntimeError: no"}, "exp": da.check_exp("cpu", n_uniform=1000),
+            "log1p": {"points": 10, "max_ulp_normal": 3.5, "specials_as_expected": False},
             "param_grads": [{"entry": "prelu", "param": "weight", "shape": [3, 64, 5], "channel_dim": 1,
                              "kernel_rel_err": 1e-7, "fallback_f32_rel_err": 1e-7, "ok": True}]}
     text = da.report(meta, [da.score_entry(specs["silu"], silu_values, XS)], len(XS))
     assert "| [silu](" in text and "**1 of 1 pass.**" in text and "**gelu**: RuntimeError: no" in text
     assert "Nowhere." in text
+    assert "worst 3.500 ULP" in text and "for NaN, inf at inf: **no**" in text
 
 
 def test_collect_and_score_files(tmp_path, monkeypatch):
@@ -72,6 +79,8 @@ def test_collect_and_score_files(tmp_path, monkeypatch):
     monkeypatch.setattr(da, "check_exp", lambda device, n_uniform=0: {
         "points": 1, "max_ulp_normal": 0.5, "max_abs_subnormal": 0.0, "inf_where_expected": True,
         "nan_where_expected": True, "zero_at_minus_inf": True})
+    monkeypatch.setattr(da, "check_log1p", lambda device, n_uniform=0: {
+        "points": 1, "max_ulp_normal": 0.5, "specials_as_expected": True})
     path = da.collect(da.DEFAULT_SPECS, "cpu", tmp_path / "v.npz", jobs=1, names=["relu", "polynomial"], log=lambda s: None)
     meta, arrays = da.load(path)
     assert meta["failures"] == {} and meta["entries"] == ["polynomial", "relu"]

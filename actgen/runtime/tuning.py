@@ -92,11 +92,16 @@ class Tuner:
         # that finds its key here skips building the table's string key (host time per call)
         self._chosen: dict[tuple, Config] = {}
 
-    def enabled(self, x: torch.Tensor) -> bool:
+    @staticmethod
+    def tunable(x: torch.Tensor) -> bool:
+        """Whether launches on tensors like x are ever tuned: on a GPU, from TUNE_MIN elements
+        (whole size buckets: the answer is the same for every tensor of x's bucket)."""
         from .triton_lang import INTERPRET
 
-        return (x.is_cuda and x.numel() >= TUNE_MIN and not INTERPRET
-                and os.environ.get("ACTGEN_TUNE", "1") != "0"
+        return x.is_cuda and x.numel() >= TUNE_MIN and not INTERPRET
+
+    def enabled(self, x: torch.Tensor) -> bool:
+        return (self.tunable(x) and os.environ.get("ACTGEN_TUNE", "1") != "0"
                 and not torch.cuda.is_current_stream_capturing())
 
     def key(self, kernel, x: torch.Tensor, layout_kind: str) -> str:
@@ -145,6 +150,8 @@ class Tuner:
         if chosen is not None:
             return chosen
         if not self.enabled(x):
+            if not self.tunable(x):         # never tuned: kept, so later calls skip these checks
+                self._chosen[fast] = DEFAULT
             return DEFAULT
         key = self.key(kernel, x, layout_kind)
         entry = self.table.get(key)
