@@ -755,9 +755,9 @@ def _exp_ratio(expr, x, sigmoids=False):
 
 def sigmoids_from_exp(outputs):
     """(name, expression) outputs with every sigmoid(u) and sigmoid(-u) - where e = exp(-|u|)
-    occurs among them (a ratio's, exp_rational_form) - from that e: sigmoid(|u|) = 1/(1 + e)
-    and sigmoid(-|u|) = e/(1 + e) as (1 or e)/(1 + e), no call of their own (swiglu's sigmoid(a) in df/db next
-    to the ratio of df/da), +-inf and NaN as sigmoid's own."""
+    occurs among them (a ratio's, exp_rational_form) - from that e, as (1 or e)/(1 + e):
+    sigmoid(|u|) = 1/(1 + e) and sigmoid(-|u|) = e/(1 + e), one division and no call of their
+    own (swiglu's sigmoid(a) in df/db next to the ratio of df/da), +-inf and NaN as sigmoid's."""
     exps = {a.args[0].args[1].args[0] for _, e in outputs for a in e.atoms(sympy.exp)
             if a.args[0].is_Mul and len(a.args[0].args) == 2 and a.args[0].args[0] == -1
             and isinstance(a.args[0].args[1], sympy.Abs)}
@@ -1641,12 +1641,13 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
                          for c in made]
         names = [n for n, _ in outputs]
         error = lambda b: precision.worst_between(b, names, slopes, inputs, values, tensors)
-        best, best_error = kernel_blocks[0], None
-        for b in kernel_blocks[1:]:         # another form where it measures clearly better, not by noise
-            best_error = error(best) if best_error is None else best_error
-            e = error(b)
-            if e < best_error - TIE_ULP:
-                best, best_error = b, e
+        best = kernel_blocks[0]
+        if len(kernel_blocks) > 1:
+            best_error = error(best)
+            for b in kernel_blocks[1:]:     # another form where it measures clearly better, not by noise
+                e = error(b)
+                if e < best_error - TIE_ULP:
+                    best, best_error = b, e
         return fallback, block, best
 
     forward_outputs, forward, kernel_forward = blocks([("y", expr)])
