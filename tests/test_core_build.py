@@ -205,6 +205,37 @@ def test_compile_cache_key_follows_the_compiler(tmp_path, monkeypatch):
     assert len(list(tmp_path.rglob("triple.py"))) == 2
 
 
+def test_the_package_imports_each_activation_on_first_use():
+    """`import actgen.ops` imports no activation's module; a name imports its module alone;
+    a submodule imported first leaves the package's attribute the functional; every name in
+    __all__ and dir(); a wrong name is an AttributeError (a fresh process)."""
+    code = textwrap.dedent("""
+        import importlib, sys, torch
+        import actgen.ops as ops
+        loaded = lambda: sorted(m for m in sys.modules if m.startswith("actgen.ops."))
+        assert loaded() == [], loaded()
+        f = ops.silu
+        assert loaded() == ["actgen.ops.silu"] and callable(f) and f.__module__ == "actgen.ops.silu"
+        mod = importlib.import_module("actgen.ops.mish")         # the submodule first
+        assert mod.FORMULA == "x * tanh(softplus(x))" and ops.mish is mod.mish
+        from actgen.ops import Mish, SiLUFunction
+        x = torch.randn(5, dtype=torch.float64)
+        torch.testing.assert_close(Mish()(x), x * torch.tanh(torch.nn.functional.softplus(x)))
+        assert set(ops.__all__) <= set(dir(ops)) and "GELU" in dir(ops) and "actgen.ops.gelu" not in sys.modules
+        try:
+            ops.no_such_activation
+        except AttributeError as e:
+            assert "no_such_activation" in str(e)
+        else:
+            raise AssertionError("no AttributeError")
+        ns = {}
+        exec("from actgen.ops import *", ns)
+        assert all(n in ns for n in ops.__all__) and len(loaded()) == len(ops.__all__) // 3
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+
+
 def test_generated_functions_have_no_unused_names():
     """Every name a generated function or kernel assigns is read after it: no dead code (the
     double-backward functions once kept the first derivatives' temporaries)."""
