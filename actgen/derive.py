@@ -19,7 +19,9 @@ Triton or torch source.
   Piecewise of the derivatives under the same conditions; DiracDelta (from sign and
   Heaviside) is 0 and sign(0) is 0, so abs'(0) = 0 and Max(x, 0)' at 0 is 0.
 * Guards: a value containing a Piecewise gives NaN when an input is NaN (comparisons are
-  false on NaN, which would otherwise pick a branch); where plain arithmetic would give NaN
+  false on NaN, which would otherwise pick a branch) - guarded unless every branch holds the
+  input and every call passes NaN on (mish's ratio, prelu's x or weight*x: two instructions
+  less per output); where plain arithmetic would give NaN
   at an infinite input but the limit there exists, the result is that limit: derived at
   compile time where it does not depend on params or constants (or is such a limit times a
   factor free of that input: a gated b * silu(a)), read off at run time where it does
@@ -1422,10 +1424,29 @@ def fast_variant(outputs: Sequence[tuple[str, sympy.Expr]]) -> Block | None:
 
 
 def nan_guard(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
+    """expr with a NaN input giving NaN: guarded where a branch could lose it (comparisons are
+    false on NaN, so a Piecewise takes its last branch), for the inputs a NaN does not flow
+    through already (_nan_flows: mish's ratio in exp(-|x|), whichever branch, is NaN)."""
     if expr.has(sympy.Piecewise):
         used = [u for u in inputs if u in expr.free_symbols] or list(inputs)
-        return NanGuard(expr, *used)
+        lost = [u for u in used if not _nan_flows(expr, u)]
+        return NanGuard(expr, *lost) if lost else expr
     return expr
+
+
+#: Calls that give NaN for a NaN argument, as printed (Saturate clamps with NaN propagated; the
+#: guards pass their value through where the input is not +-inf).
+_NAN_PROPAGATING = (sympy.exp, sympy.log, log1p, expm1, sympy.tanh, sympy.sin, sympy.cos, sympy.atan, sympy.erf,
+                    sympy.erfc, sigmoid, softplus, sympy.Abs, Saturate, InfGuard, LimitAtInf)
+
+
+def _nan_flows(expr: sympy.Expr, u: sympy.Symbol) -> bool:
+    """Whether a NaN u gives NaN through expr whichever branch its Piecewises take: every branch
+    of every Piecewise holds u, and every call passes NaN on (no max or min, which drop it)."""
+    calls = (f for f in expr.atoms(sympy.Function) if not isinstance(f, sympy.Piecewise))
+    if expr.has(sympy.Max, sympy.Min) or not all(isinstance(f, _NAN_PROPAGATING) for f in calls):
+        return False
+    return all(value.has(u) for p in expr.atoms(sympy.Piecewise) for value, _ in p.args)
 
 
 # --- CSE -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import math
 
 import mpmath
 import pytest
+import sympy
 import torch
 
 import actgen
@@ -266,3 +267,30 @@ def test_a_scaled_ratio_keeps_exact_zeros(backend):
     y = cube(a, b)
     ga, gb = torch.autograd.grad(y, (a, b), torch.ones_like(y))
     assert y.tolist() == [0.0, 0.0, 0.0] and ga.tolist() == [0.0, 0.0, 0.0] and gb.tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_nan_input_gives_nan_in_every_entry(dtype, backend):
+    """Every catalogue entry, NaN in each input: f and the input's gradient are NaN, and the
+    other points are not (the NaN guard is left out only where NaN flows through every branch:
+    mish's ratio, prelu's x or weight*x; relu's constant branch keeps it)."""
+    import actgen.ops as ops
+    from actgen.catalogue import DEFAULT_SPECS
+    from actgen.spec import load_specs
+
+    for spec in load_specs([DEFAULT_SPECS]):
+        fn = getattr(ops, spec.name)
+        symbols = spec.symbols
+        for k in range(len(spec.inputs)):
+            u = symbols[spec.inputs[k]]
+            slope_has_u = u in sympy.diff(spec.expr, u).free_symbols      # bilinear's d(a*b)/da = b does not
+            xs = [torch.tensor([0.5, -1.5, 2.0, -0.25], dtype=dtype) for _ in spec.inputs]
+            xs[k][1] = math.nan
+            xs = [x.requires_grad_() for x in xs]
+            params = [torch.full((1,), p.init, dtype=dtype) for p in spec.params]
+            y = fn(*xs, *params)
+            (g,) = torch.autograd.grad(y.sum(), xs[k])
+            y = y.detach()
+            assert math.isnan(y[1]) and math.isnan(g[1]) == slope_has_u, (spec.name, spec.inputs[k], y, g)
+            others = [0, 2, 3]
+            assert torch.isfinite(y[others]).all() and torch.isfinite(g[others]).all(), (spec.name, y, g)

@@ -26,7 +26,7 @@ SPEC_SHA256 = '81256aeed8dbe98d5d35f28ccce1a5f96c3adbe86722f05fcdf2d5baa1ad86ba'
 
 def _forward_torch(x, alpha):
     """f, elementwise; params broadcast against the input."""
-    _y = torch.where(torch.isnan(x), x, torch.where(x > 0.0, x, alpha*torch.expm1(x/alpha)))
+    _y = torch.where(x > 0.0, x, alpha*torch.expm1(x/alpha))
     return _y
 
 
@@ -69,7 +69,7 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = tl.where(x != x, x, tl.where(x > 0.0, x, alpha*libdevice.expm1(_div(x, alpha, FAST))))
+        _y = tl.where(x > 0.0, x, alpha*libdevice.expm1(_div(x, alpha, FAST)))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -87,7 +87,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='celu',
-    key='1fd3e6257788',
+    key='a0403af1210d',
     inputs=('x',),
     params=(),
     constants=('alpha',),

@@ -25,7 +25,7 @@ SPEC_SHA256 = '7a56e26e95b8102def6f61733f8462084900c4eac4d1b0ab2df1cf531e9ac60f'
 def _forward_torch(x):
     """f, elementwise; params broadcast against the input."""
     _t0 = torch.sigmoid(x)
-    _y = torch.where(torch.isnan(x), x, torch.where(x > 0.0, _t0*x, _t0*torch.expm1(x)))
+    _y = torch.where(x > 0.0, _t0*x, _t0*torch.expm1(x))
     return _y
 
 
@@ -33,7 +33,7 @@ def _derivatives_torch(x):
     """df/dx."""
     _t0 = torch.sigmoid(x)
     _t1 = torch.sigmoid(-x)
-    _d_x = torch.where(torch.isnan(x), x, torch.where(x == math.inf, 1.0, torch.where(x > 0.0, _t0*_rt.fma(_t1, x, 1.0), _t0*_rt.fma(_t1, torch.expm1(x), torch.exp(x)))))
+    _d_x = torch.where(x == math.inf, 1.0, torch.where(x > 0.0, _t0*_rt.fma(_t1, x, 1.0), _t0*_rt.fma(_t1, torch.expm1(x), torch.exp(x))))
     return (_d_x,)
 
 
@@ -58,7 +58,7 @@ def _second_derivatives_torch(x):
     _t1 = torch.sigmoid(-x)
     _t2 = torch.exp(x)
     _t3 = _t1*torch.expm1(x)
-    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(x > 0.0, _t0*_t1*_rt.fma(_t1, x, _rt.fnma(_t0, x, 2.0)), _t0*_rt.fma(_t1, _t2 + _t3, _rt.fma(_t1, _t2, _rt.fnma(_t0, _t3, _t2)))))
+    _d2_x_x = torch.where(x > 0.0, _t0*_t1*_rt.fma(_t1, x, _rt.fnma(_t0, x, 2.0)), _t0*_rt.fma(_t1, _t2 + _t3, _rt.fma(_t1, _t2, _rt.fnma(_t0, _t3, _t2))))
     return (_d2_x_x,)
 
 
@@ -77,7 +77,7 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = _sigmoid(x, FAST)
-        _y = tl.where(x != x, x, tl.where(x > 0.0, _t0*x, _t0*libdevice.expm1(x)))
+        _y = tl.where(x > 0.0, _t0*x, _t0*libdevice.expm1(x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -95,13 +95,13 @@ if _rt.HAS_TRITON:
         _t3 = x <= 0.0
         _t4 = tl.where(_t3, _t2, _t1)
         _t5 = tl.where(_t3, _t1, _t2)
-        _d_x = tl.where(x != x, x, tl.where(x == float("inf"), 1.0, tl.where(x > 0.0, _t4*tl.fma(_t5, x, 1.0), _t4*tl.fma(_t5, libdevice.expm1(x), _exp(x, FAST)))))
+        _d_x = tl.where(x == float("inf"), 1.0, tl.where(x > 0.0, _t4*tl.fma(_t5, x, 1.0), _t4*tl.fma(_t5, libdevice.expm1(x), _exp(x, FAST))))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='elish',
-    key='7a8931b6398a',
+    key='cf84f7ea84bf',
     inputs=('x',),
     params=(),
     constants=(),

@@ -26,7 +26,7 @@ SPEC_SHA256 = '3901ad021208eebab0f60179d2e45b9d5fc45ace8f62168ea7500aa0ac413a04'
 
 def _forward_torch(x, alpha):
     """f, elementwise; params broadcast against the input."""
-    _y = torch.where(torch.isnan(x), x, torch.where(x > 0.0, x, alpha*torch.expm1(x)))
+    _y = torch.where(x > 0.0, x, alpha*torch.expm1(x))
     return _y
 
 
@@ -68,7 +68,7 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = tl.where(x != x, x, tl.where(x > 0.0, x, alpha*libdevice.expm1(x)))
+        _y = tl.where(x > 0.0, x, alpha*libdevice.expm1(x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='elu',
-    key='3fbfed20f1eb',
+    key='6204590f09f0',
     inputs=('x',),
     params=(),
     constants=('alpha',),

@@ -100,7 +100,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu',
-    key='d5ed4960df56',
+    key='647592f09923',
     inputs=('a', 'b'),
     params=(),
     constants=(),

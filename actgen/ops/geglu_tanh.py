@@ -101,15 +101,15 @@ if _rt.HAS_TRITON:
         _t6 = _clamped_a_1*_clamped_a_1*_clamped_a_1
         _t7 = _exp(-(1.5957691216057308*tl.abs(_clamped_a_1 + 0.044715*_t6)), FAST)
         _t8 = _div(1.0, (_t7 + 1.0), FAST)
-        _d_a = tl.where(a != a, a, tl.where(b != b, b, b*(1.5957691216057308*_clamped_a*(0.134145*_t0 + 1.0)*tl.where(_t5, _t3, _t4) + 1.0)*tl.where(_t5, _t4, _t3)))
-        _d_b = tl.where(a != a, a, _clamped_a_1*tl.where(0.7978845608028654*_clamped_a_1 + 0.035677408136300125*_t6 <= 0.0, _t7*_t8, _t8))
+        _d_a = tl.where(b != b, b, b*(1.5957691216057308*_clamped_a*(0.134145*_t0 + 1.0)*tl.where(_t5, _t3, _t4) + 1.0)*tl.where(_t5, _t4, _t3))
+        _d_b = _clamped_a_1*tl.where(0.7978845608028654*_clamped_a_1 + 0.035677408136300125*_t6 <= 0.0, _t7*_t8, _t8)
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='geglu_tanh',
-    key='7b41125323f5',
+    key='f7fab679f5a3',
     inputs=('a', 'b'),
     params=(),
     constants=(),

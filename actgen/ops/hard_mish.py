@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hard_mish',
-    key='cfaec9eccb46',
+    key='781ca271891b',
     inputs=('x',),
     params=(),
     constants=(),

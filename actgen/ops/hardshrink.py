@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardshrink',
-    key='d9acde4cdff6',
+    key='f8d2efba7e99',
     inputs=('x',),
     params=(),
     constants=('lambd',),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardsigmoid',
-    key='3d637627460c',
+    key='197f07bd1e66',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardswish',
-    key='9cb757a446c3',
+    key='f2f214d264a2',
     inputs=('x',),
     params=(),
     constants=(),

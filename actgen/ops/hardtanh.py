@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardtanh',
-    key='9502bcd0c1cc',
+    key='fe8cec888807',
     inputs=('x',),
     params=(),
     constants=('min_val', 'max_val'),

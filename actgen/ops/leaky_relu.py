@@ -26,7 +26,7 @@ SPEC_SHA256 = '107e3ddf7d670d637f9b3f0ae88206fb9d2dba5dfd0184dd3cd18f2845cfaa69'
 
 def _forward_torch(x, negative_slope):
     """f, elementwise; params broadcast against the input."""
-    _y = torch.where(torch.isnan(x), x, torch.where(x > 0.0, x, negative_slope*x))
+    _y = torch.where(x > 0.0, x, negative_slope*x)
     return _y
 
 
@@ -68,7 +68,7 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = tl.where(x != x, x, tl.where(x > 0.0, x, negative_slope*x))
+        _y = tl.where(x > 0.0, x, negative_slope*x)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='leaky_relu',
-    key='0b2ad66f9ca0',
+    key='d0e94e4eb6f5',
     inputs=('x',),
     params=(),
     constants=('negative_slope',),

@@ -29,7 +29,7 @@ SPEC_SHA256 = 'fc43abeea1069a14e0e7d9862646116640d38763bf0379f973b1d595404dd89c'
 
 def _forward_torch(x, alpha, scale, shift):
     """f, elementwise; params broadcast against the input."""
-    _y = torch.where(torch.isnan(x), x, _rt.fma(scale, torch.where(x > 0.0, x, alpha*x), shift))
+    _y = _rt.fma(scale, torch.where(x > 0.0, x, alpha*x), shift)
     return _y
 
 
@@ -38,7 +38,7 @@ def _derivatives_torch(x, alpha, scale, shift):
     _t0 = x > 0.0
     _d_x = torch.where(torch.isnan(x), x, scale*torch.where(_t0, 1.0, alpha))
     _d_alpha = torch.where(torch.isnan(x), x, scale*torch.where(_t0, 0.0, x))
-    _d_scale = torch.where(torch.isnan(x), x, torch.where(_t0, x, alpha*x))
+    _d_scale = torch.where(_t0, x, alpha*x)
     _d_shift = 1.0
     return (_d_x, _d_alpha, _d_scale, _d_shift,)
 
@@ -92,7 +92,7 @@ if _rt.HAS_TRITON:
         alpha = tl.load(alpha_ptr + _ch * alpha_stride).to(ACC)
         scale = tl.load(scale_ptr + _ch * scale_stride).to(ACC)
         shift = tl.load(shift_ptr).to(ACC)
-        _y = tl.where(x != x, x, tl.fma(scale, tl.where(x > 0.0, x, alpha*x), shift))
+        _y = tl.fma(scale, tl.where(x > 0.0, x, alpha*x), shift)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -114,7 +114,7 @@ if _rt.HAS_TRITON:
             _t0 = x > 0.0
             _d_x = tl.where(x != x, x, scale*tl.where(_t0, 1.0, alpha))
             _d_alpha = tl.where(x != x, x, scale*tl.where(_t0, 0.0, x))
-            _d_scale = tl.where(x != x, x, tl.where(_t0, x, alpha*x))
+            _d_scale = tl.where(_t0, x, alpha*x)
             _d_shift = 1.0
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
@@ -129,7 +129,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='learnable_activation',
-    key='7b0061786a09',
+    key='559596e33407',
     inputs=('x',),
     params=(('alpha', True), ('scale', True), ('shift', False)),
     constants=(),

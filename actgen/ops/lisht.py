@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='lisht',
-    key='20c4093ca9cc',
+    key='63c60b99f454',
     inputs=('x',),
     params=(),
     constants=(),

@@ -72,7 +72,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='logsigmoid',
-    key='50434ab4fc50',
+    key='57eb43f75930',
     inputs=('x',),
     params=(),
     constants=(),

@@ -27,7 +27,7 @@ SPEC_SHA256 = '3545e64e3603fc9c1c07576c9ce86a48b98561ab7204dd3d509347152f4a699b'
 
 def _forward_torch(x, alpha):
     """f, elementwise; params broadcast against the input."""
-    _y = torch.where(torch.isnan(x), x, torch.where(x > 0.0, x, alpha*x))
+    _y = torch.where(x > 0.0, x, alpha*x)
     return _y
 
 
@@ -76,7 +76,7 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         alpha = tl.load(alpha_ptr + _ch * alpha_stride).to(ACC)
-        _y = tl.where(x != x, x, tl.where(x > 0.0, x, alpha*x))
+        _y = tl.where(x > 0.0, x, alpha*x)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='parametric_activation',
-    key='27667726c9ec',
+    key='dfa7d8718e2a',
     inputs=('x',),
     params=(('alpha', True),),
     constants=(),

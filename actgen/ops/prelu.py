@@ -27,7 +27,7 @@ SPEC_SHA256 = '920d9268b5327718945e2e8a05e2f9b93b2ccce38f0e0b4fbdae03dae6f825cf'
 
 def _forward_torch(x, weight):
     """f, elementwise; params broadcast against the input."""
-    _y = torch.where(torch.isnan(x), x, torch.where(x > 0.0, x, weight*x))
+    _y = torch.where(x > 0.0, x, weight*x)
     return _y
 
 
@@ -76,7 +76,7 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         weight = tl.load(weight_ptr + _ch * weight_stride).to(ACC)
-        _y = tl.where(x != x, x, tl.where(x > 0.0, x, weight*x))
+        _y = tl.where(x > 0.0, x, weight*x)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='prelu',
-    key='81715e7759ec',
+    key='63025be526b4',
     inputs=('x',),
     params=(('weight', True),),
     constants=(),

@@ -83,13 +83,13 @@ if _rt.HAS_TRITON:
         _t0 = _exp(-(1.702*tl.abs(_clamped_x)), FAST)
         _t1 = 1.702*_clamped_x
         _t2 = _t1 + 1.0
-        _d_x = tl.where(x != x, x, _div(tl.where(_t1 < 0.0, _t0*(_t0 + _t2), tl.fma(_t0, _t2, 1.0)), tl.fma(_t0, _t0 + 2.0, 1.0), FAST))
+        _d_x = _div(tl.where(_t1 < 0.0, _t0*(_t0 + _t2), tl.fma(_t0, _t2, 1.0)), tl.fma(_t0, _t0 + 2.0, 1.0), FAST)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='quick_gelu',
-    key='6811e1e09e5d',
+    key='4d9aaaa9a089',
     inputs=('x',),
     params=(),
     constants=(),

@@ -96,7 +96,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='reglu',
-    key='54fbafacff1e',
+    key='b0918d93454b',
     inputs=('a', 'b'),
     params=(),
     constants=(),

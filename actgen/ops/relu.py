@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu',
-    key='3dae993ceb7f',
+    key='ec90e60608ac',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu6',
-    key='b5b41197f07c',
+    key='e27cce67fd4f',
     inputs=('x',),
     params=(),
     constants=(),

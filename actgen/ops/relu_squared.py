@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu_squared',
-    key='bf928c77d766',
+    key='6bae1a8d0da5',
     inputs=('x',),
     params=(),
     constants=(),

@@ -27,7 +27,7 @@ SPEC_SHA256 = '5c99d0d28caa703c5aadd434167020841919cd920f12361d775ba79babe7ec84'
 
 def _forward_torch(x, _r0, lower, upper):
     """f, elementwise; params broadcast against the input; _r0: the draws (U[0, 1) tensors, or 1/2)."""
-    _y = torch.where(torch.isnan(x), x, torch.where(x > 0.0, x, x*(_r0*(-lower + upper) + lower)))
+    _y = torch.where(x > 0.0, x, x*(_r0*(-lower + upper) + lower))
     return _y
 
 
@@ -73,7 +73,7 @@ if _rt.HAS_TRITON:
             _r0 = _draw(_seed, 0, _offs).to(ACC)
         else:
             _r0 = 0.5
-        _y = tl.where(x != x, x, tl.where(x > 0.0, x, x*(_r0*(-lower + upper) + lower)))
+        _y = tl.where(x > 0.0, x, x*(_r0*(-lower + upper) + lower))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit(do_not_specialize=["_seed"])
@@ -95,7 +95,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='rrelu',
-    key='4488a1949281',
+    key='7470e2d5c7b0',
     inputs=('x',),
     params=(),
     constants=('lower', 'upper'),

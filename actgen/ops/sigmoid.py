@@ -75,7 +75,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='sigmoid',
-    key='24d615242ab4',
+    key='e2966c821ede',
     inputs=('x',),
     params=(),
     constants=(),

@@ -31,7 +31,7 @@ def _forward_torch(x):
     _t0 = torch.exp(-torch.abs(x))
     _t1 = x < 0.0
     _t2 = 2.0*_t0
-    _y = torch.where(torch.isnan(x), x, torch.where(x == -math.inf, 0.0, x*torch.where(_t1, _t0*(3.0*_t0 + 2.0), _t2 + 3.0)/torch.where(_t1, _rt.fma(_t0, 5.0*_t0 + 6.0, 2.0), _rt.fma(_t0, _t2 + 6.0, 5.0))))
+    _y = torch.where(x == -math.inf, 0.0, x*torch.where(_t1, _t0*(3.0*_t0 + 2.0), _t2 + 3.0)/torch.where(_t1, _rt.fma(_t0, 5.0*_t0 + 6.0, 2.0), _rt.fma(_t0, _t2 + 6.0, 5.0)))
     return _y
 
 
@@ -43,7 +43,7 @@ def _derivatives_torch(x):
     _t2 = 8.0*_clamped_x + 28.0
     _t3 = 12.0*_clamped_x + 18.0
     _t4 = 4.0*_clamped_x + 4.0
-    _d_x = torch.where(torch.isnan(x), x, torch.where(_t1, _t0*_rt.fma(_t0, _rt.fma(_t0, 15.0*_t0 + _t2, _t3), _t4), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t4, _t3), _t2), 15.0))/torch.where(_t1, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 25.0*_t0 + 60.0, 56.0), 24.0), 4.0), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 4.0*_t0 + 24.0, 56.0), 60.0), 25.0)))
+    _d_x = torch.where(_t1, _t0*_rt.fma(_t0, _rt.fma(_t0, 15.0*_t0 + _t2, _t3), _t4), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t4, _t3), _t2), 15.0))/torch.where(_t1, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 25.0*_t0 + 60.0, 56.0), 24.0), 4.0), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 4.0*_t0 + 24.0, 56.0), 60.0), 25.0))
     return (_d_x,)
 
 
@@ -77,7 +77,7 @@ def _second_derivatives_torch(x):
     _t4 = 54.0 - 3.0*x
     _t5 = 6.0*x + 24.0
     _t6 = 2.0*x + 4.0
-    _d2_x_x = torch.where(torch.isnan(x), x, 4.0*torch.where(_t1, _t0*_rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 20.0 - _t2, _t3), _t4), _t5), _t6), _t0*_rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t6, _t5), _t4), _t3), 20.0 - _t2))/torch.where(_t1, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 125.0*_t0 + 450.0, 690.0), 576.0), 276.0), 72.0), 8.0), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 8.0*_t0 + 72.0, 276.0), 576.0), 690.0), 450.0), 125.0)))
+    _d2_x_x = 4.0*torch.where(_t1, _t0*_rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 20.0 - _t2, _t3), _t4), _t5), _t6), _t0*_rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t6, _t5), _t4), _t3), 20.0 - _t2))/torch.where(_t1, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 125.0*_t0 + 450.0, 690.0), 576.0), 276.0), 72.0), 8.0), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 8.0*_t0 + 72.0, 276.0), 576.0), 690.0), 450.0), 125.0))
     return (_d2_x_x,)
 
 
@@ -98,7 +98,7 @@ if _rt.HAS_TRITON:
         _t0 = _exp(-tl.abs(x), FAST)
         _t1 = x < 0.0
         _t2 = 2.0*_t0
-        _y = tl.where(x != x, x, tl.where(x == -float("inf"), 0.0, _div(x*tl.where(_t1, _t0*(3.0*_t0 + 2.0), _t2 + 3.0), tl.where(_t1, tl.fma(_t0, 5.0*_t0 + 6.0, 2.0), tl.fma(_t0, _t2 + 6.0, 5.0)), FAST)))
+        _y = tl.where(x == -float("inf"), 0.0, _div(x*tl.where(_t1, _t0*(3.0*_t0 + 2.0), _t2 + 3.0), tl.where(_t1, tl.fma(_t0, 5.0*_t0 + 6.0, 2.0), tl.fma(_t0, _t2 + 6.0, 5.0)), FAST))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -116,13 +116,13 @@ if _rt.HAS_TRITON:
         _t2 = 8.0*_clamped_x + 28.0
         _t3 = 12.0*_clamped_x + 18.0
         _t4 = 4.0*_clamped_x + 4.0
-        _d_x = tl.where(x != x, x, _div(tl.where(_t1, _t0*tl.fma(_t0, tl.fma(_t0, 15.0*_t0 + _t2, _t3), _t4), tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, _t4, _t3), _t2), 15.0)), tl.where(_t1, tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, 25.0*_t0 + 60.0, 56.0), 24.0), 4.0), tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, 4.0*_t0 + 24.0, 56.0), 60.0), 25.0)), FAST))
+        _d_x = _div(tl.where(_t1, _t0*tl.fma(_t0, tl.fma(_t0, 15.0*_t0 + _t2, _t3), _t4), tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, _t4, _t3), _t2), 15.0)), tl.where(_t1, tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, 25.0*_t0 + 60.0, 56.0), 24.0), 4.0), tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, 4.0*_t0 + 24.0, 56.0), 60.0), 25.0)), FAST)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='smish',
-    key='fa2c4f1f1a00',
+    key='91e68ca0310b',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='soft_clip',
-    key='044c12bdd3b8',
+    key='d41f49cecda4',
     inputs=('x',),
     params=(),
     constants=('scale',),

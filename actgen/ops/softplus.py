@@ -27,7 +27,7 @@ SPEC_SHA256 = 'c081e0b7c24db22fb7227b185808a0a6dc63f86089dc0b69d3a9d07779fd9b0e'
 def _forward_torch(x, beta, threshold):
     """f, elementwise; params broadcast against the input."""
     _t0 = beta*x
-    _y = torch.where(torch.isnan(x), x, torch.where(_t0 > threshold, x, _rt.softplus(_t0)/beta))
+    _y = torch.where(_t0 > threshold, x, _rt.softplus(_t0)/beta)
     return _y
 
 
@@ -74,7 +74,7 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = beta*x
-        _y = tl.where(x != x, x, tl.where(_t0 > threshold, x, _div(_softplus(_t0, FAST), beta, FAST)))
+        _y = tl.where(_t0 > threshold, x, _div(_softplus(_t0, FAST), beta, FAST))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -93,7 +93,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softplus',
-    key='b6028ce70e13',
+    key='5fb9c3770519',
     inputs=('x',),
     params=(),
     constants=('beta', 'threshold'),

@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softshrink',
-    key='d71d5dd221d7',
+    key='8143602b927c',
     inputs=('x',),
     params=(),
     constants=('lambd',),

@@ -81,7 +81,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softsign',
-    key='9f258790c413',
+    key='8f0cd5be1cb7',
     inputs=('x',),
     params=(),
     constants=(),

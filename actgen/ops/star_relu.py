@@ -116,7 +116,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='star_relu',
-    key='46a6b283fca1',
+    key='bfca65263d0d',
     inputs=('x',),
     params=(('scale', False), ('bias', False)),
     constants=(),

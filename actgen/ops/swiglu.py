@@ -94,7 +94,7 @@ if _rt.HAS_TRITON:
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = _exp(-tl.abs(a), FAST)
         _t1 = a + 1.0
-        _d_a = tl.where(a != a, a, tl.where(b != b, b, b*tl.where(a == float("inf"), 1.0, tl.where(a == -float("inf"), 0.0, _div(tl.where(a < 0.0, _t0*(_t0 + _t1), tl.fma(_t0, _t1, 1.0)), tl.fma(_t0, _t0 + 2.0, 1.0), FAST)))))
+        _d_a = tl.where(b != b, b, b*tl.where(a == float("inf"), 1.0, tl.where(a == -float("inf"), 0.0, _div(tl.where(a < 0.0, _t0*(_t0 + _t1), tl.fma(_t0, _t1, 1.0)), tl.fma(_t0, _t0 + 2.0, 1.0), FAST))))
         _d_b = tl.where(a != a, a, tl.where(a == -float("inf"), 0.0, _div(a*tl.where(a >= 0.0, 1.0, _t0), (_t0 + 1.0), FAST)))
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
@@ -102,7 +102,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swiglu',
-    key='92398eb0dcbc',
+    key='940e37d568b1',
     inputs=('a', 'b'),
     params=(),
     constants=(),

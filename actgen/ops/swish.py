@@ -127,7 +127,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swish',
-    key='eb729a176f04',
+    key='315cce83157c',
     inputs=('x',),
     params=(('beta', False),),
     constants=(),

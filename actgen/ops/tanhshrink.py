@@ -25,7 +25,7 @@ SPEC_SHA256 = 'e140767bbc13f6758e127ec3308d2b63beab0e199c0934cd58e44ce61dc0275c'
 def _forward_torch(x):
     """f, elementwise; params broadcast against the input."""
     _t0 = x*x
-    _y = torch.where(torch.isnan(x), x, torch.where(torch.abs(x) < 2.0, x/_rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 7.337917330289565e-09*_t0 + 3.910678294848439e-06, 0.0005904088283950985), 0.030742204655248132), 0.4776021080368906), 1.0)*x*x*_rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 4.791233165716352e-14*_t0 + 7.194036598323103e-09, 3.7056482517962304e-06), 0.0005353744484179266), 0.025867369345630217), 0.3333333333333333), x - torch.tanh(x)))
+    _y = torch.where(torch.abs(x) < 2.0, x/_rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 7.337917330289565e-09*_t0 + 3.910678294848439e-06, 0.0005904088283950985), 0.030742204655248132), 0.4776021080368906), 1.0)*x*x*_rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 4.791233165716352e-14*_t0 + 7.194036598323103e-09, 3.7056482517962304e-06), 0.0005353744484179266), 0.025867369345630217), 0.3333333333333333), x - torch.tanh(x))
     return _y
 
 
@@ -66,7 +66,7 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = x*x
-        _y = tl.where(x != x, x, tl.where(tl.abs(x) < 2.0, _div(x, tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, 7.337917330289565e-09*_t0 + 3.910678294848439e-06, tl.full([], 0.0005904088283950985, ACC)), tl.full([], 0.030742204655248132, ACC)), tl.full([], 0.4776021080368906, ACC)), 1.0), FAST)*x*x*tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, 4.791233165716352e-14*_t0 + 7.194036598323103e-09, tl.full([], 3.7056482517962304e-06, ACC)), tl.full([], 0.0005353744484179266, ACC)), tl.full([], 0.025867369345630217, ACC)), tl.full([], 0.3333333333333333, ACC)), x - libdevice.tanh(x)))
+        _y = tl.where(tl.abs(x) < 2.0, _div(x, tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, 7.337917330289565e-09*_t0 + 3.910678294848439e-06, tl.full([], 0.0005904088283950985, ACC)), tl.full([], 0.030742204655248132, ACC)), tl.full([], 0.4776021080368906, ACC)), 1.0), FAST)*x*x*tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, 4.791233165716352e-14*_t0 + 7.194036598323103e-09, tl.full([], 3.7056482517962304e-06, ACC)), tl.full([], 0.0005353744484179266, ACC)), tl.full([], 0.025867369345630217, ACC)), tl.full([], 0.3333333333333333, ACC)), x - libdevice.tanh(x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -85,7 +85,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='tanhshrink',
-    key='2ba38879d872',
+    key='3a29c36f01d8',
     inputs=('x',),
     params=(),
     constants=(),

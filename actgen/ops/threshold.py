@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='threshold',
-    key='daa92ca41ffc',
+    key='75397d432468',
     inputs=('x',),
     params=(),
     constants=('threshold', 'value'),

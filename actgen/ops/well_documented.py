@@ -32,7 +32,7 @@ def _forward_torch(x):
     _t1 = _t0*(_t0 + 2.0)
     _t2 = x < 0.0
     _t3 = 2.0*_t0
-    _y = torch.where(torch.isnan(x), x, torch.where(x == -math.inf, 0.0, x*torch.where(_t2, _t1, _t3 + 1.0)/torch.where(_t2, _t1 + 2.0, _rt.fma(_t0, _t3 + 2.0, 1.0))))
+    _y = torch.where(x == -math.inf, 0.0, x*torch.where(_t2, _t1, _t3 + 1.0)/torch.where(_t2, _t1 + 2.0, _rt.fma(_t0, _t3 + 2.0, 1.0)))
     return _y
 
 
@@ -45,7 +45,7 @@ def _derivatives_torch(x):
     _t3 = _t2 + 6.0
     _t4 = _t2 + 4.0
     _t5 = _clamped_x < 0.0
-    _d_x = torch.where(torch.isnan(x), x, torch.where(_t5, _t0*_rt.fma(_t0, _t1 + _t3, _t4), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t4, _t3), 4.0), 1.0))/torch.where(_t5, _rt.fma(_t0, _rt.fma(_t0, _t1 + 8.0, 8.0), 4.0), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 4.0*_t0 + 8.0, 8.0), 4.0), 1.0)))
+    _d_x = torch.where(_t5, _t0*_rt.fma(_t0, _t1 + _t3, _t4), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t4, _t3), 4.0), 1.0))/torch.where(_t5, _rt.fma(_t0, _rt.fma(_t0, _t1 + 8.0, 8.0), 4.0), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 4.0*_t0 + 8.0, 8.0), 4.0), 1.0))
     return (_d_x,)
 
 
@@ -81,7 +81,7 @@ def _second_derivatives_torch(x):
     _t4 = _t2 + 8.0
     _t5 = _t2 + 4.0
     _t6 = x < 0.0
-    _d2_x_x = torch.where(torch.isnan(x), x, 4.0*torch.where(_t6, _t1*_rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, 2.0 - _t2, _t3), _t4), _t5), _t1*_t1*_rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _t5, _t4), _t3), 2.0 - _t2))/torch.where(_t6, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _t1 + 6.0, 18.0), 32.0), 36.0), 24.0), 8.0), _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, 8.0*_t1 + 24.0, 36.0), 32.0), 18.0), 6.0), 1.0)))
+    _d2_x_x = 4.0*torch.where(_t6, _t1*_rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, 2.0 - _t2, _t3), _t4), _t5), _t1*_t1*_rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _t5, _t4), _t3), 2.0 - _t2))/torch.where(_t6, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _t1 + 6.0, 18.0), 32.0), 36.0), 24.0), 8.0), _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, 8.0*_t1 + 24.0, 36.0), 32.0), 18.0), 6.0), 1.0))
     return (_d2_x_x,)
 
 
@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
         _t1 = _t0*(_t0 + 2.0)
         _t2 = x < 0.0
         _t3 = 2.0*_t0
-        _y = tl.where(x != x, x, tl.where(x == -float("inf"), 0.0, _div(x*tl.where(_t2, _t1, _t3 + 1.0), tl.where(_t2, _t1 + 2.0, tl.fma(_t0, _t3 + 2.0, 1.0)), FAST)))
+        _y = tl.where(x == -float("inf"), 0.0, _div(x*tl.where(_t2, _t1, _t3 + 1.0), tl.where(_t2, _t1 + 2.0, tl.fma(_t0, _t3 + 2.0, 1.0)), FAST))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -122,13 +122,13 @@ if _rt.HAS_TRITON:
         _t3 = _t2 + 6.0
         _t4 = _t2 + 4.0
         _t5 = _clamped_x < 0.0
-        _d_x = tl.where(x != x, x, _div(tl.where(_t5, _t0*tl.fma(_t0, _t1 + _t3, _t4), tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, _t4, _t3), 4.0), 1.0)), tl.where(_t5, tl.fma(_t0, tl.fma(_t0, _t1 + 8.0, 8.0), 4.0), tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, 4.0*_t0 + 8.0, 8.0), 4.0), 1.0)), FAST))
+        _d_x = _div(tl.where(_t5, _t0*tl.fma(_t0, _t1 + _t3, _t4), tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, _t4, _t3), 4.0), 1.0)), tl.where(_t5, tl.fma(_t0, tl.fma(_t0, _t1 + 8.0, 8.0), 4.0), tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, 4.0*_t0 + 8.0, 8.0), 4.0), 1.0)), FAST)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='well_documented',
-    key='d179f6f86526',
+    key='baf5e0f4ee33',
     inputs=('x',),
     params=(),
     constants=(),
