@@ -120,14 +120,15 @@ from .runtime import HAS_TRITON  # noqa: E402
 if HAS_TRITON:
     from .runtime.triton_lang import exp as _exp, log1p as _log1p, tl, triton
 
+    # the kernels' exp and log1p over a tensor (the CPU tests run these too)
     @triton.jit
-    def _exp_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    def exp_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
         tl.store(out_ptr + offs, _exp(tl.load(x_ptr + offs, mask=mask), False), mask=mask)
 
     @triton.jit
-    def _log1p_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    def log1p_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
         tl.store(out_ptr + offs, _log1p(tl.load(x_ptr + offs, mask=mask), False), mask=mask)
@@ -141,7 +142,7 @@ def check_exp(device, n_uniform: int = 4_000_000) -> dict:
                          [-np.inf, np.inf, np.nan, 88.72283, 88.72284, 89.0, 1e30, -87.33654, -103.97, -104.5, -1e30]])
     x = torch.from_numpy(xs).to(torch.float32).to(device)
     out = torch.empty_like(x)
-    _exp_kernel[(triton.cdiv(len(x), 1024),)](x, out, len(x), BLOCK=1024)
+    exp_kernel[(triton.cdiv(len(x), 1024),)](x, out, len(x), BLOCK=1024)
     with np.errstate(over="ignore", invalid="ignore"):
         got, want = out.double().cpu().numpy(), np.exp(x.double().cpu().numpy())
         spacing = np.spacing(want.astype(np.float32)).astype(np.float64)
@@ -164,7 +165,7 @@ def check_log1p(device, n_uniform: int = 4_000_000) -> dict:
     special = np.array([-0.0, -1.0, -2.0, np.inf, np.nan])
     x = torch.from_numpy(np.concatenate([xs, special])).to(torch.float32).to(device)
     out = torch.empty_like(x)
-    _log1p_kernel[(triton.cdiv(len(x), 1024),)](x, out, len(x), BLOCK=1024)
+    log1p_kernel[(triton.cdiv(len(x), 1024),)](x, out, len(x), BLOCK=1024)
     got, xf = out.double().cpu().numpy(), x.double().cpu().numpy()
     n = len(xs)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -458,21 +458,8 @@ def test_runtime_softplus_is_accurate_past_torchs_default_threshold(dtype):
 
 try:
     import triton as _triton
-    import triton.language as tl
 
-    from actgen.runtime.triton_lang import exp as _kernel_exp, log1p as _kernel_log1p
-
-    @_triton.jit
-    def _apply_exp(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < n
-        tl.store(out_ptr + offs, _kernel_exp(tl.load(x_ptr + offs, mask=mask, other=0.0), False), mask=mask)
-
-    @_triton.jit
-    def _apply_log1p(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < n
-        tl.store(out_ptr + offs, _kernel_log1p(tl.load(x_ptr + offs, mask=mask, other=0.0), False), mask=mask)
+    from actgen.device_accuracy import exp_kernel as _apply_exp, log1p_kernel as _apply_log1p
 except ImportError:
     _apply_exp = _apply_log1p = None
 
