@@ -684,14 +684,14 @@ def _outermost(expr, attempt):
 # each already, and on the CPU fallback the two branches cost more than a second sigmoid
 # (silu' stays sigmoid(x)*(1 + x*sigmoid(-x)) there; the kernels take the ratio, see derive).
 _EXP_FAMILY = (sympy.exp, sigmoid, softplus, sympy.tanh, sympy.log, log1p, expm1)
-_COSTLY = (sympy.tanh, softplus, sympy.log, log1p, expm1)
+COSTLY_CALLS = (sympy.tanh, softplus, sympy.log, log1p, expm1)
 _TRANSCENDENTAL = _EXP_FAMILY + (sympy.erf, sympy.erfc, sympy.sin, sympy.cos, sympy.sinh, sympy.cosh, sympy.atan)
 
 
 def _exp_calls(e, x) -> tuple[int, int]:
     """(calls of the exp family, calls costlier than one exponential) in e that hold x."""
     calls = [a for a in sympy.preorder_traversal(e) if isinstance(a, _EXP_FAMILY) and a.has(x)]
-    return len(calls), sum(isinstance(a, _COSTLY) for a in calls)
+    return len(calls), sum(isinstance(a, COSTLY_CALLS) for a in calls)
 
 
 def _exp_base(written, x):
@@ -820,7 +820,7 @@ def exp_rational_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], sigmoids
     # its rational parts as the ratio too, on the fallback as well: the sigmoid inside the call
     # then comes from the ratio's exponential (sigmoids_from_exp), where the terms' roundings
     # would otherwise meet in the product rule's sum (logish' 5.3 -> 3.1 ULP)
-    costly_sigmoid = {x for x in inputs if any(isinstance(c, _COSTLY) and c.args[0].has(sigmoid) and c.has(x)
+    costly_sigmoid = {x for x in inputs if any(isinstance(c, COSTLY_CALLS) and c.args[0].has(sigmoid) and c.has(x)
                                                for c in expr.atoms(sympy.Function))}
 
     def attempt(e):

@@ -6,8 +6,7 @@ import re
 
 import sympy
 
-from ..derive import Block, Derivation, Saturate, ScaledInput, draw_lines
-from ..functions import log1p
+from ..derive import COSTLY_CALLS, Block, Derivation, Saturate, ScaledInput, draw_lines
 from ..precision import float64_notes
 from ..printers import TorchPrinter, TritonPrinter
 from ..version import COMPILER_VERSION
@@ -116,10 +115,6 @@ def _one_exponential_uses(d: Derivation, kernel: bool) -> dict:
     return {u: list(dict.fromkeys(labels)) for u, labels in uses.items()}
 
 
-#: calls that can hold a sigmoid from a ratio's exponential (exp_rational_form, sigmoids_from_exp)
-_OTHER_CALLS = (log1p, sympy.log, sympy.tanh, sympy.erf, sympy.erfc, sympy.sin, sympy.cos, sympy.atan)
-
-
 def _one_exponential_lines(d: Derivation) -> list[str]:
     """Which outputs are one ratio in e = exp(-|u|): everywhere, or in the kernels alone."""
     both, kernels = _one_exponential_uses(d, False), _one_exponential_uses(d, True)
@@ -129,7 +124,7 @@ def _one_exponential_lines(d: Derivation) -> list[str]:
     for u, labels in sorted(kernels.items(), key=lambda kv: sympy.default_sort_key(kv[0])):
         e = sympy.exp(-sympy.Abs(u))
         inside = {label for label in labels
-                  if any(isinstance(c, _OTHER_CALLS) and c.has(e) for c in calls.get(label, ()))}
+                  if any(isinstance(c, COSTLY_CALLS) and c.has(e) for c in calls.get(label, ()))}
         shared = [label for label in labels if label in both.get(u, ())]
         for group, where in ((shared, ""), ([label for label in labels if label not in shared],
                                             " (in the Triton kernels; the eager fallback keeps its calls)")):
