@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 POINTER_DTYPES = ("fp32", "fp16", "bf16")
+_TORCH_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 ARCHS = (80, 90)
 
 
@@ -95,7 +96,8 @@ def signature(fn, dtype: str, param_names=()) -> tuple[dict, dict]:
 def compile_kernel(kernel, dtype: str, arch: int, layout=LAYOUTS[0], param_names=(), num_warps: int = 4,
                    step: bool = False, training: bool = False, wide: bool = False):
     """Compile a generated kernel for pointers of dtype, computing in float32 (or with wide,
-    in float64: an op that computes that direction in float64, see actgen.precision)."""
+    in float64: an op that computes that direction in float64, see actgen.precision and
+    Activation.kernel_wide)."""
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
@@ -187,6 +189,8 @@ def module_layouts(mod, layouts=LAYOUTS) -> tuple:
 def compile_module(module_name: str, dtypes=POINTER_DTYPES, archs=ARCHS, layouts=LAYOUTS,
                    ptxas: str | None = None, num_warps: int = 4, step: bool = False,
                    nvdisasm: str | None = None) -> list[KernelReport]:
+    import torch
+
     mod = importlib.import_module(module_name)
     params = set(mod._OP.param_names)
     variants = (False, True) if getattr(mod._OP, "n_draws", 0) else (None,)
@@ -201,7 +205,8 @@ def compile_module(module_name: str, dtypes=POINTER_DTYPES, archs=ARCHS, layouts
                 for lay in module_layouts(mod, layouts):
                     for training in variants:
                         reports.append(_compile_one(module_name, kname, kernel, dtype, arch, lay, params, training,
-                                                    ptxas, num_warps, step, nvdisasm, wide))
+                                                    ptxas, num_warps, step, nvdisasm,
+                                                    mod._OP.kernel_wide(getattr(torch, _TORCH_NAMES[dtype]), wide)))
     return reports
 
 

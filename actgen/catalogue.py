@@ -749,7 +749,7 @@ def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy],
         "check (actgen/precision.py) evaluates each compiled form in float32 and float64 over a grid; where "
         "the float32 error, over its 20 worst points, is above 3.5 ULP per unit of condition (terms that "
         "cancel over an interval: the product rule's g + x g' in serf and tanh_exp), that direction is "
-        "computed in float64 for every input dtype.  The table above "
+        "computed in float64 (on the kernels for float32 data; 16-bit data stays in float32).  The table above "
         "shows them on the catalogue (as written vs compiled); these ad-hoc formulas show the textbook cases:",
         "", "| formula | problem | f as written | f compiled | df as written | df compiled |", "|---|---|---|---|---|---|",
     ]

@@ -8,7 +8,7 @@ on the GPU itself, in two steps, so that the GPU is needed only for the first:
   float32, ranked against the op's float64 fallback on the same GPU, the worst kept); the
   param gradients of every learnable entry, at sizes that run the default launch and the
   tuned, stepping ones, against its float64 fallback; the kernels' exp and log1p against
-  float64.
+  float64, and the 16-bit kernels' log1p and erfc.
   Written to one .npz file.
 * `score` (anywhere): the mpmath oracle scores the collected values as `actgen docs` scores
   the interpreter's; a markdown report.
@@ -118,28 +118,77 @@ def check_param_grads(spec: Spec, device, shapes=None) -> list[dict]:
 from .runtime import HAS_TRITON  # noqa: E402
 
 if HAS_TRITON:
-    from .runtime.triton_lang import exp as _exp, log1p as _log1p, tl, triton
+    from .runtime.triton_lang import erfc as _erfc, exp as _exp, log1p as _log1p, tl, triton
 
-    # the kernels' exp and log1p over a tensor (the CPU tests run these too)
+    # the kernels' exp, log1p and erfc over a tensor (the CPU tests run these too); FAST: the
+    # forms of kernels whose data is 16-bit, computed in float32 all the same
     @triton.jit
-    def exp_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    def exp_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr, FAST: tl.constexpr = False):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
-        tl.store(out_ptr + offs, _exp(tl.load(x_ptr + offs, mask=mask), False), mask=mask)
+        tl.store(out_ptr + offs, _exp(tl.load(x_ptr + offs, mask=mask), FAST), mask=mask)
 
     @triton.jit
-    def log1p_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    def log1p_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr, FAST: tl.constexpr = False):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
-        tl.store(out_ptr + offs, _log1p(tl.load(x_ptr + offs, mask=mask), False), mask=mask)
+        tl.store(out_ptr + offs, _log1p(tl.load(x_ptr + offs, mask=mask), FAST), mask=mask)
+
+    @triton.jit
+    def erfc_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr, FAST: tl.constexpr = False):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        tl.store(out_ptr + offs, _erfc(tl.load(x_ptr + offs, mask=mask), FAST), mask=mask)
 
 
-def _run_float32(kernel, xs, device):
+def _run_float32(kernel, xs, device, fast: bool = False):
     """kernel over xs rounded to float32, on device: (those inputs, the results) as float64."""
     x = torch.from_numpy(np.asarray(xs)).to(torch.float32).to(device)
     out = torch.empty_like(x)
-    kernel[(triton.cdiv(len(x), 1024),)](x, out, len(x), BLOCK=1024)
+    kernel[(triton.cdiv(len(x), 1024),)](x, out, len(x), BLOCK=1024, FAST=fast)
     return x.double().cpu().numpy(), out.double().cpu().numpy()
+
+
+#: The 16-bit kernels' log1p and erfc (FAST) are within this of the truth, relative, wherever
+#: it is a normal float32: far below bfloat16's and float16's half-ULP (2**-9, 2**-11).
+FAST16_REL_BOUND = 2.0**-14
+
+
+def fast16_inputs() -> tuple[np.ndarray, np.ndarray]:
+    """(log1p's inputs, erfc's) for check_fast16: both sides of log1p's switch at 2**-7 and
+    its whole range, erfc through its tail to underflow."""
+    rng = np.random.default_rng(1)
+    u = np.concatenate([rng.uniform(-1, 1, 200_000), np.exp(rng.uniform(-100, 88, 50_000)),
+                        -np.exp(rng.uniform(-100, -0.001, 50_000)), np.linspace(-0.01, 0.01, 20_001)])
+    z = np.concatenate([np.arange(-10 * 2**10, 10 * 2**10 + 1) / 2**10, rng.uniform(-10, 10, 100_000)])
+    return u.astype(np.float32), z.astype(np.float32)
+
+
+def _max_rel_normal(got, want) -> float:
+    ok = np.isfinite(want) & (np.abs(want) >= 2.0**-126)
+    return float((np.abs(got[ok] - want[ok]) / np.abs(want[ok])).max())
+
+
+def check_fast16(device) -> dict:
+    """The 16-bit kernels' log1p (series, then the special-function unit's log2) and erfc
+    (Numerical Recipes' fit with its exp2) in float32 on the device against float64: worst
+    relative error where the truth is a normal float32; and log1p's -0, -inf at -1, NaN below
+    -1 and for NaN, inf at inf, erfc's 2 and 0 at -inf and inf."""
+    u, z = fast16_inputs()
+    specials = np.array([-0.0, -1.0, -2.0, np.inf, np.nan], np.float32)
+    x, got = _run_float32(log1p_kernel, np.concatenate([u, specials]), device, fast=True)
+    n = len(u)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want = np.log1p(x[:n])
+    s = got[n:]
+    zx, zgot = _run_float32(erfc_kernel, np.concatenate([z, np.float32([-np.inf, np.inf, np.nan])]), device, fast=True)
+    m = len(z)
+    zwant = np.array([math.erfc(v) for v in zx[:m]])
+    return {"points": int(n + m), "log1p_max_rel": _max_rel_normal(got[:n], want),
+            "erfc_max_rel": _max_rel_normal(zgot[:m], zwant),
+            "specials_as_expected": bool(s[0] == 0 and math.copysign(1, s[0]) < 0 and s[1] == -np.inf
+                                         and np.isnan(s[2]) and s[3] == np.inf and np.isnan(s[4])
+                                         and zgot[m] == 2.0 and zgot[m + 1] == 0.0 and np.isnan(zgot[m + 2]))}
 
 
 def _worst_ulp_normal(got, want) -> float:
@@ -234,7 +283,7 @@ def collect(specs_dir: Path, device: str, out: Path, jobs: int = 1, names=None, 
         param_rows += rows
     meta = {"info": device_info(device), "entries": sorted(s.name for s in specs), "failures": failures,
             "param_grads": param_rows, "exp": _safe(check_exp, device), "log1p": _safe(check_log1p, device),
-            "seconds": time.perf_counter() - t0}
+            "fast16": _safe(check_fast16, device), "seconds": time.perf_counter() - t0}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, meta=np.array(json.dumps(meta)), **arrays)
@@ -373,6 +422,21 @@ def report(meta: dict, results: list[Accuracy], grid_size: int) -> str:
         ]
     elif g:
         lines += ["## The kernels' log1p", "", f"**not checked**: {g['error']}", ""]
+    h = meta.get("fast16")         # collected from compiler version 11 on
+    if h and "error" not in h:
+        bound = FAST16_REL_BOUND
+        lines += [
+            "## The 16-bit kernels' log1p and erfc", "",
+            "What bfloat16 and float16 kernels compute log1p and erfc with, in float32 (actgen.runtime.triton_lang, "
+            "FAST: the special-function unit's log2 and exp2), against float64 on "
+            f"{h['points']} inputs: worst relative error {h['log1p_max_rel']:.3g} (log1p) and {h['erfc_max_rel']:.3g} "
+            f"(erfc) where the truth is a normal float32, "
+            + ("within" if max(h["log1p_max_rel"], h["erfc_max_rel"]) <= bound else "**beyond**")
+            + f" the bound of 2^{int(math.log2(bound))} (bfloat16's half-ULP is 2^-9); special values as expected: "
+            f"{'yes' if h['specials_as_expected'] else '**no**'}.", "",
+        ]
+    elif h:
+        lines += ["## The 16-bit kernels' log1p and erfc", "", f"**not checked**: {h['error']}", ""]
     return "\n".join(lines)
 
 
@@ -415,7 +479,7 @@ def main(argv=None) -> int:
         path = collect(Path(args.specs), args.device, Path(args.out), jobs=args.jobs, names=args.names)
         meta, _ = load(path)
         print(json.dumps({"failures": meta["failures"], "exp": meta["exp"], "log1p": meta.get("log1p"),
-                          "param_grads_failing": [r for r in meta["param_grads"] if not r["ok"]],
+                          "fast16": meta.get("fast16"), "param_grads_failing": [r for r in meta["param_grads"] if not r["ok"]],
                           "seconds": round(meta["seconds"], 1)}, indent=1))
         return 1 if meta["failures"] else 0
     score_file(Path(args.values), Path(args.specs), Path(args.out), jobs=args.jobs)

@@ -8,8 +8,10 @@ form is evaluated in float32 and in float64 over a grid of inputs, and the error
 float32 result, in ULPs divided by the output's condition number (what rounding its data
 costs any evaluation), is measured at every point.  Where the mean over its WORST_POINTS
 worst points is above ACCURACY_ULP - an error beyond the target across an interval, not
-one unlucky rounding - the block is computed in float64 for float32, bfloat16 and float16
-inputs, by the kernels and the eager fallback alike (see actgen.runtime.Activation).
+one unlucky rounding - the block is computed in float64: for every input dtype on the eager
+fallback, and on the kernels for float32 data (16-bit data stays in float32 there: a
+float32 error of a few ULP is 2**16 times below a bfloat16 ULP; see
+actgen.runtime.Activation.kernel_wide).
 
 The evaluation walks the sympy tree with numpy arrays: no code is generated or run for
 it.  Float64 is the reference for float32 rounding: each of its operations rounds to 2**-29
@@ -297,7 +299,8 @@ def float64_notes(d) -> list[str]:
     for direction, found in (("forward", d.float64_forward), ("backward", d.float64_backward)):
         if found:
             measured = "; ".join(f"{label(m)} measured {m.line()}" for m in found)
-            notes.append(f"The {direction} is computed in float64 for every input dtype (kernels and fallback): "
+            notes.append(f"The {direction} is computed in float64 (the fallback for every input dtype, the kernels "
+                         f"for float32 data; 16-bit data in float32 there): "
                          f"evaluated in float32, {measured}, beyond the accuracy target.")
     return notes
 

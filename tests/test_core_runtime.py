@@ -524,3 +524,40 @@ def test_kernel_exp_is_within_an_ulp():
         big = want > np.finfo(np.float32).max          # past float32's range (inf, 89, 1e30...)
         assert np.array_equal(np.isposinf(got), big)
         assert np.isnan(got[np.isnan(want)]).all() and got[xs == -np.inf][0] == 0.0
+
+
+def test_kernel_16bit_log1p_and_erfc_are_within_their_bound():
+    """What bfloat16/float16 kernels compute log1p and erfc with (FAST: log1p's series below
+    2**-7, else log2 of 1 + u; Numerical Recipes' erfc fit), in float32 against float64: within
+    2**-14 relative wherever the truth is a normal float32 (bfloat16's half-ULP is 2**-9), on
+    both sides of log1p's switch and through erfc's tail; special values as log1p's and
+    erfc's own.  (The GPU's log2 and exp2 are approximate; actgen.device_accuracy checks the
+    same there.)"""
+    from actgen.device_accuracy import FAST16_REL_BOUND, check_fast16
+    if _apply_log1p is None:
+        pytest.skip("triton is not installed")
+    got = check_fast16("cpu")
+    assert got["log1p_max_rel"] <= FAST16_REL_BOUND
+    assert got["erfc_max_rel"] <= FAST16_REL_BOUND
+    assert got["specials_as_expected"]
+
+
+def test_kernel_16bit_forms_are_the_ones_compiled_for_16bit_data():
+    """The FAST forms are what a kernel on 16-bit data calls, and only there: log1p and erfc on
+    float32 data stay the accurate ones (libdevice's erfc: the same values as math.erfc to a
+    few ULP), and the 16-bit ones differ from them by more than float32 rounding."""
+    import numpy as np
+    if _apply_log1p is None:
+        pytest.skip("triton is not installed")
+    from actgen.device_accuracy import erfc_kernel
+    z = torch.linspace(-9, 9, 4001)
+    out = {}
+    for fast in (False, True):
+        o = torch.empty_like(z)
+        erfc_kernel[(_triton.cdiv(len(z), 1024),)](z, o, len(z), BLOCK=1024, FAST=fast)
+        out[fast] = o.double().numpy()
+    want = np.array([math.erfc(v) for v in z.double().tolist()])
+    ok = want > 2.0**-126
+    rel = {f: np.abs(out[f][ok] - want[ok]) / want[ok] for f in out}
+    assert rel[False].max() <= 2**-21
+    assert 2**-21 < rel[True].max() <= 2**-14

@@ -15,7 +15,7 @@ from .writer import Writer, escape_docstring
 TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 NTH_TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 # the @triton.jit helpers of actgen.runtime.triton_lang a kernel may call (imported as _name)
-KERNEL_HELPERS = ("tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "narrow", "exp", "log1p", "div", "sigmoid", "softplus",
+KERNEL_HELPERS = ("tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "narrow", "exp", "log1p", "erfc", "div", "sigmoid", "softplus",
                   "sqrt_square_plus", "scaled_input", "inverse_scale", "limit_at_inf", "draw")
 
 
@@ -559,6 +559,8 @@ def render_module(d: Derivation) -> str:
             w("float64_forward=True,")
         if d.wide_backward:
             w("float64_backward=True,")
+        if d.spec.precision == "float64":
+            w("float64_16bit=True,")
     w(")")
     w()
     w()

@@ -241,7 +241,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='adaptive_mixture4',
-    key='48aa6fe10ca7',
+    key='3dbee5560ee0',
     inputs=('x',),
     params=(('w0', False), ('w1', False), ('w2', False), ('w3', False)),
     constants=(),

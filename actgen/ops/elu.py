@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='elu',
-    key='6204590f09f0',
+    key='ce0688ad2387',
     inputs=('x',),
     params=(),
     constants=('alpha',),

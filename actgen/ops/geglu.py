@@ -67,7 +67,7 @@ def _second_derivatives_torch(a, b):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, erfc as _erfc
 
     @triton.jit
     def _forward_kernel(
@@ -78,7 +78,7 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = 0.5*b*tl.where(a == -float("inf"), 0.0, a*libdevice.erfc(-(0.7071067811865476*a)))
+        _y = 0.5*b*tl.where(a == -float("inf"), 0.0, a*_erfc(-(0.7071067811865476*a), FAST))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -92,15 +92,15 @@ if _rt.HAS_TRITON:
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_a = tl.clamp(a, -64.0, 16.0, propagate_nan=tl.PropagateNan.ALL)
-        _d_a = 0.5*b*(0.7978845608028654*_clamped_a*_exp(-(0.5*_clamped_a*_clamped_a), FAST) + libdevice.erfc(-(0.7071067811865476*_clamped_a)))
-        _d_b = tl.where(a == -float("inf"), 0.0, 0.5*a*libdevice.erfc(-(0.7071067811865476*a)))
+        _d_a = 0.5*b*(0.7978845608028654*_clamped_a*_exp(-(0.5*_clamped_a*_clamped_a), FAST) + _erfc(-(0.7071067811865476*_clamped_a), FAST))
+        _d_b = tl.where(a == -float("inf"), 0.0, 0.5*a*_erfc(-(0.7071067811865476*a), FAST))
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='geglu',
-    key='647592f09923',
+    key='17a1b4e59590',
     inputs=('a', 'b'),
     params=(),
     constants=(),

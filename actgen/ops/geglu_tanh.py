@@ -109,7 +109,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu_tanh',
-    key='f7fab679f5a3',
+    key='4bc23007aefd',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -54,7 +54,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, erfc as _erfc
 
     @triton.jit
     def _forward_kernel(
@@ -64,7 +64,7 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = tl.where(x == -float("inf"), 0.0, 0.5*x*libdevice.erfc(-(0.7071067811865476*x)))
+        _y = tl.where(x == -float("inf"), 0.0, 0.5*x*_erfc(-(0.7071067811865476*x), FAST))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -77,13 +77,13 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = tl.clamp(x, -64.0, 16.0, propagate_nan=tl.PropagateNan.ALL)
-        _d_x = 0.3989422804014327*_clamped_x*_exp(-(0.5*_clamped_x*_clamped_x), FAST) + 0.5*libdevice.erfc(-(0.7071067811865476*_clamped_x))
+        _d_x = 0.3989422804014327*_clamped_x*_exp(-(0.5*_clamped_x*_clamped_x), FAST) + 0.5*_erfc(-(0.7071067811865476*_clamped_x), FAST)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='gelu',
-    key='6351890ed575',
+    key='5a57f39a0605',
     inputs=('x',),
     params=(),
     constants=(),

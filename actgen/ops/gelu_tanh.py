@@ -91,7 +91,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='gelu_tanh',
-    key='dd099ab0d27b',
+    key='b54de49c14a0',
     inputs=('x',),
     params=(),
     constants=(),

@@ -85,7 +85,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='glu',
-    key='0bd08a4f4369',
+    key='3896c19e0878',
     inputs=('a', 'b'),
     params=(),
     constants=(),

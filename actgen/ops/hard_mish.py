@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hard_mish',
-    key='781ca271891b',
+    key='3d8093be6bfe',
     inputs=('x',),
     params=(),
     constants=(),

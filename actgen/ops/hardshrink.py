@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardshrink',
-    key='f8d2efba7e99',
+    key='cfad44ec161f',
     inputs=('x',),
     params=(),
     constants=('lambd',),

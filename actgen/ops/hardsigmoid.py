@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardsigmoid',
-    key='197f07bd1e66',
+    key='8efe834c62d0',
     inputs=('x',),
     params=(),
     constants=(),

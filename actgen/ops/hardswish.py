@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardswish',
-    key='f2f214d264a2',
+    key='5f8077eb2841',
     inputs=('x',),
     params=(),
     constants=(),

@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardtanh',
-    key='fe8cec888807',
+    key='d9beea36f918',
     inputs=('x',),
     params=(),
     constants=('min_val', 'max_val'),

@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='leaky_relu',
-    key='d0e94e4eb6f5',
+    key='04292454de37',
     inputs=('x',),
     params=(),
     constants=('negative_slope',),

@@ -72,7 +72,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='logsigmoid',
-    key='57eb43f75930',
+    key='38e8bedac91a',
     inputs=('x',),
     params=(),
     constants=(),

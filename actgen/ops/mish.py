@@ -128,7 +128,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='mish',
-    key='caf4125a3899',
+    key='dffc44490f85',
     inputs=('x',),
     params=(),
     constants=(),

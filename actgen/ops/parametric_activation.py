@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='parametric_activation',
-    key='dfa7d8718e2a',
+    key='b1936cb8c61a',
     inputs=('x',),
     params=(('alpha', True),),
     constants=(),

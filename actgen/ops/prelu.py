@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='prelu',
-    key='63025be526b4',
+    key='e2dce8fc356e',
     inputs=('x',),
     params=(('weight', True),),
     constants=(),

@@ -96,7 +96,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='reglu',
-    key='b0918d93454b',
+    key='17fb6200a4a4',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu6',
-    key='e27cce67fd4f',
+    key='9d542788e7ec',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu_squared',
-    key='6bae1a8d0da5',
+    key='6623ddaff93f',
     inputs=('x',),
     params=(),
     constants=(),

@@ -95,7 +95,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='rrelu',
-    key='7470e2d5c7b0',
+    key='cbcf2e1cb637',
     inputs=('x',),
     params=(),
     constants=('lower', 'upper'),

@@ -75,7 +75,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='sigmoid',
-    key='e2966c821ede',
+    key='0ef42aa8c86d',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='soft_clip',
-    key='d41f49cecda4',
+    key='c3b48c7404f6',
     inputs=('x',),
     params=(),
     constants=('scale',),

@@ -158,7 +158,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='soft_exponential',
-    key='96adbbf70d0e',
+    key='fb17290d6b05',
     inputs=('x',),
     params=(('alpha', False),),
     constants=(),

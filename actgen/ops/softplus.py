@@ -93,7 +93,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softplus',
-    key='5fb9c3770519',
+    key='0df2b59a8fab',
     inputs=('x',),
     params=(),
     constants=('beta', 'threshold'),

@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softshrink',
-    key='8143602b927c',
+    key='b835b655122e',
     inputs=('x',),
     params=(),
     constants=('lambd',),

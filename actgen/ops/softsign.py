@@ -81,7 +81,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softsign',
-    key='8f0cd5be1cb7',
+    key='106b49997c89',
     inputs=('x',),
     params=(),
     constants=(),

@@ -116,7 +116,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='star_relu',
-    key='bfca65263d0d',
+    key='24232412cbc2',
     inputs=('x',),
     params=(('scale', False), ('bias', False)),
     constants=(),

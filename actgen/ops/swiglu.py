@@ -102,7 +102,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swiglu',
-    key='940e37d568b1',
+    key='11144a62ace7',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -127,7 +127,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swish',
-    key='315cce83157c',
+    key='2d1a5f9d4db2',
     inputs=('x',),
     params=(('beta', False),),
     constants=(),

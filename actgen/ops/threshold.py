@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='threshold',
-    key='75397d432468',
+    key='35480b03ce80',
     inputs=('x',),
     params=(),
     constants=('threshold', 'value'),

@@ -1,8 +1,8 @@
-"""Triton printer: every transcendental but exp and log1p through libdevice (accurate to a few
-ULP, and dispatched to float32 or float64 by the argument type); exp, log1p, sigmoid, softplus
-and division through the helpers in actgen.runtime.triton_lang (exp and log1p within an ULP
-from arithmetic alone and IEEE division for float32 data, the hardware's faster ones for
-16-bit data: FAST).
+"""Triton printer: every transcendental but exp, log1p and erfc through libdevice (accurate to
+a few ULP, and dispatched to float32 or float64 by the argument type); exp, log1p, erfc,
+sigmoid, softplus and division through the helpers in actgen.runtime.triton_lang (exp and
+log1p within an ULP from arithmetic alone, IEEE division and libdevice's erfc for float32
+data; faster ones for 16-bit data, FAST, whose rounding hides their float32 error).
 
 A sum with a product of two tensors among its terms is one `tl.fma`, split as the eager
 fallback splits it (fma_split): the kernels round where the fallback rounds, on a GPU and
@@ -32,7 +32,7 @@ class TritonPrinter(ExprPrinter):
         "atan": "libdevice.atan({0})",
         "asinh": "libdevice.asinh({0})",
         "erf": "libdevice.erf({0})",
-        "erfc": "libdevice.erfc({0})",
+        "erfc": "_erfc({0}, FAST)",
         "Abs": "tl.abs({0})",
         "hypot": "libdevice.hypot({0}, {1})",
         "SqrtSquarePlus": "_sqrt_square_plus({0}, {1})",

@@ -44,6 +44,7 @@ if INTERPRET:
                 "sqrt": np.sqrt, "sin": np.sin, "cos": np.cos, "tan": np.tan, "tanh": np.tanh,
                 "sinh": np.sinh, "cosh": np.cosh, "atan": np.arctan, "asinh": np.arcsinh,
                 "erf": erf, "erfc": erfc, "pow": np.power, "hypot": np.hypot,
+                "fast_log2f": np.log2, "fast_dividef": np.divide,
             }
             for name, fn in table.items():
                 setattr(self, name, self._wrap(fn))
@@ -125,11 +126,18 @@ def div(a, b, FAST: tl.constexpr):
 # float32 division of the kernels.  About 40 more machine instructions than libdevice's
 # log1pf (sm_90: logish's forward 77 -> 115 per element), so softplus (whose
 # log1p(exp(-|u|)) is added to max(u, 0), where libdevice's error does not show) keeps
-# libdevice's.  Float64 and FAST (16-bit data) go through libdevice.log1p.
+# libdevice's.  Float64 goes through libdevice.log1p.  FAST (16-bit data, half-ULP 2**-9
+# or 2**-11) takes u - u**2/2 + u**3/3 where |u| < 2**-7 (truncated below 2**-23 of u) and
+# the special-function unit's log2 of 1 + u elsewhere (lg2.approx: absolute error below
+# 2**-22 near 1, relative elsewhere, so within 2**-15 of log1p(u) there): a few machine
+# instructions where libdevice's log1pf takes about 30.
 @triton.jit
 def log1p(u, FAST: tl.constexpr):
-    if u.dtype == tl.float64 or FAST:
+    if u.dtype == tl.float64:
         return libdevice.log1p(u)
+    elif FAST:
+        series = u * tl.fma(u, tl.fma(u, 0.3333333333333333, -0.5), 1.0)
+        return tl.where(tl.abs(u) < 0.0078125, series, libdevice.fast_log2f(1.0 + u) * 0.6931471805599453)
     else:
         w = 1.0 + u
         iw = w.to(tl.int32, bitcast=True) + 0x004AFB0D     # + (1.0 - sqrt(2)/2 in bits): k counts from sqrt(2)/2
@@ -160,8 +168,37 @@ def sigmoid(u, FAST: tl.constexpr):
 
 @triton.jit
 def softplus(u, FAST: tl.constexpr):
-    # max(u, 0) + log1p(exp(-|u|)): no overflow, full accuracy for large |u|
-    return tl.maximum(u, 0.0) + libdevice.log1p(exp(-tl.abs(u), FAST))
+    # max(u, 0) + log1p(exp(-|u|)): no overflow, full accuracy for large |u| (libdevice's
+    # log1p for float32 and float64 data, the FAST one for 16-bit data: see log1p)
+    if FAST and u.dtype == tl.float32:
+        return tl.maximum(u, 0.0) + log1p(exp(-tl.abs(u), FAST), FAST)
+    else:
+        return tl.maximum(u, 0.0) + libdevice.log1p(exp(-tl.abs(u), FAST))
+
+
+# erfc(u): libdevice's (float32: 2 ULP), or for FAST (16-bit data) the Chebyshev fit of
+# Numerical Recipes (erfcc, section 6.2: relative error below 1.2e-7 everywhere in exact
+# arithmetic; in float32 with the special-function unit's exp2, within about 2**-17 of
+# erfc(u) down to its underflow): t exp(P(t) - u**2) with t = 1/(1 + |u|/2), reflected as
+# 2 - erfc(|u|) for u < 0.
+@triton.jit
+def erfc(u, FAST: tl.constexpr):
+    if FAST and u.dtype == tl.float32:
+        z = tl.abs(u)
+        t = libdevice.fast_dividef(1.0, 1.0 + 0.5 * z)     # 0 beyond 2**126: erfc underflows long before
+        p = tl.fma(t, 0.17087277, -0.82215223)
+        p = tl.fma(p, t, 1.48851587)
+        p = tl.fma(p, t, -1.13520398)
+        p = tl.fma(p, t, 0.27886807)
+        p = tl.fma(p, t, -0.18628806)
+        p = tl.fma(p, t, 0.09678418)
+        p = tl.fma(p, t, 0.37409196)
+        p = tl.fma(p, t, 1.00002368)
+        p = tl.fma(p, t, -1.26551223)
+        r = t * tl.exp(p - z * z)
+        return tl.where(u < 0.0, 2.0 - r, r)
+    else:
+        return libdevice.erfc(u)
 
 
 @triton.jit
