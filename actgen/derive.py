@@ -801,6 +801,60 @@ def sigmoid_pairs(outputs):
     return [(n, e.xreplace(new)) for n, e in outputs]
 
 
+def _exp_bound(v: float) -> float:
+    return 0.0 if v == -math.inf else (math.inf if v > 709 else math.exp(v))
+
+
+def _product_range(a, b):
+    if (0.0 in a and math.inf in map(abs, b)) or (0.0 in b and math.inf in map(abs, a)):
+        return -math.inf, math.inf           # 0 * inf: nothing known
+    products = [x * y for x in a for y in b]
+    return (min(products), max(products)) if not any(map(math.isnan, products)) else (-math.inf, math.inf)
+
+
+def value_range(expr: sympy.Expr, temps=None, _memo=None) -> tuple[float, float]:
+    """(lo, hi) that expr's value lies in whatever its free symbols hold (a temporary in
+    `temps` by its definition): interval arithmetic over numbers, exp, Abs, sigmoid, sums,
+    products, positive integer powers and a Piecewise's branches - sound, not tight; (-inf,
+    inf) where nothing is known.  A ratio's denominator from exp_rational_form, a polynomial
+    with positive coefficients in exp(-|u|), lies in [D(0), D(1)] (mish's in [1, 5])."""
+    temps = temps or {}
+    memo = {} if _memo is None else _memo
+    if expr in memo:
+        return memo[expr]
+    rng = lambda e: value_range(e, temps, memo)
+    out = (-math.inf, math.inf)
+    if expr.is_number:
+        try:
+            v = float(expr)
+        except TypeError:           # a complex number
+            v = math.nan
+        out = out if math.isnan(v) else (v, v)
+    elif expr.is_Symbol:
+        out = rng(temps[expr]) if expr in temps else out
+    elif isinstance(expr, sympy.exp):
+        lo, hi = rng(expr.args[0])
+        out = (_exp_bound(lo), _exp_bound(hi))
+    elif isinstance(expr, sigmoid):
+        out = (0.0, 1.0)
+    elif isinstance(expr, sympy.Abs):
+        lo, hi = rng(expr.args[0])
+        out = (0.0 if lo <= 0 <= hi else min(abs(lo), abs(hi)), max(abs(lo), abs(hi)))
+    elif expr.is_Add:
+        lo, hi = (sum(b) for b in zip(*map(rng, expr.args)))
+        out = out if math.isnan(lo) or math.isnan(hi) else (lo, hi)
+    elif expr.is_Mul or (expr.is_Pow and expr.exp.is_Integer and expr.exp > 0):
+        factors = expr.args if expr.is_Mul else [expr.base] * int(expr.exp)
+        out = (1.0, 1.0)
+        for f in factors:
+            out = _product_range(out, rng(f))
+    elif isinstance(expr, sympy.Piecewise):
+        parts = [rng(e) for e, _ in expr.args]
+        out = (min(p[0] for p in parts), max(p[1] for p in parts))
+    memo[expr] = out
+    return out
+
+
 def _calls(outputs) -> int:
     """The distinct transcendental calls of (name, expression) outputs, between them."""
     return len({a for _, e in outputs for a in e.atoms(sympy.Function) if isinstance(a, _TRANSCENDENTAL)})
@@ -1442,7 +1496,11 @@ _NAN_PROPAGATING = (sympy.exp, sympy.log, log1p, expm1, sympy.tanh, sympy.sin, s
 
 def _nan_flows(expr: sympy.Expr, u: sympy.Symbol) -> bool:
     """Whether a NaN u gives NaN through expr whichever branch its Piecewises take: every branch
-    of every Piecewise holds u, and every call passes NaN on (no max or min, which drop it)."""
+    of every Piecewise holds u, and every call passes NaN on (no max or min, which drop it).
+    A guard at u = +-inf (LimitAtInf, InfGuard) hands a NaN u its value: only that counts
+    (polynomial's limit read off a probe with branches of its own)."""
+    expr = expr.replace(lambda e: isinstance(e, LimitAtInf) and e.args[2] == u, lambda e: e.args[0])
+    expr = expr.replace(lambda e: isinstance(e, InfGuard) and e.args[1] == u, lambda e: e.args[0])
     calls = (f for f in expr.atoms(sympy.Function) if not isinstance(f, sympy.Piecewise))
     if expr.has(sympy.Max, sympy.Min) or not all(isinstance(f, _NAN_PROPAGATING) for f in calls):
         return False

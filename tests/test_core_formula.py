@@ -1,4 +1,5 @@
 """The formula language: whitelist parsing (no eval), conventions, stability rewrites."""
+import inspect
 import math
 
 import pytest
@@ -393,3 +394,41 @@ def test_generated_code_names_power_bases_and_divides_once():
     # the kernels divide through _div (IEEE rounding for float32 data): the same one division
     text = TritonPrinter().doprint(e)
     assert text.count("_div(") == 1 and "/" not in text and "where(" in text.split(",", 1)[1], text
+
+
+def test_value_range_bounds_a_ratios_denominator_and_nothing_unbounded():
+    """value_range: an interval that holds the expression's every value (checked by sampling),
+    finite for a ratio's denominator in exp(-|x|) (mish's: [1, 5]) and through temporaries;
+    unbounded for x, 1 + |x| (softsign's) and exp(x)."""
+    import numpy as np
+
+    from actgen.derive import exp_rational_form, value_range
+    e = sympy.exp(-sympy.Abs(X))
+    t0 = sympy.Symbol("_t0", real=True)
+    assert value_range(t0 * (t0 + 2) + 1, {t0: e}) == (1.0, 4.0)
+    assert value_range(sympy.Piecewise((e + 2, X < 0), (2 * e + 1, True))) == (1.0, 3.0)
+    for unbounded in (X, 1 + sympy.Abs(X), sympy.exp(X), X * e):
+        lo, hi = value_range(unbounded)
+        assert lo == -math.inf or hi == math.inf
+    g = exp_rational_form(X * sympy.tanh(softplus(X)), [X])      # x * N / D, 1/D by branch
+    reciprocal = next(f for f in g.args if isinstance(f, sympy.Piecewise) and f.args[0][0].is_Pow)
+    denominator = sympy.Piecewise(*[(b.base, c) for b, c in reciprocal.args])
+    lo, hi = value_range(denominator)
+    assert (lo, hi) == (1.0, 5.0)
+    f = sympy.lambdify(X, denominator, "numpy")
+    xs = np.concatenate([np.linspace(-50, 50, 20001), [-1e30, 1e30]])
+    values = np.array([f(v) for v in xs], dtype=float)
+    assert lo <= values.min() and values.max() <= hi
+
+
+def test_kernels_divide_by_a_bounded_denominator_with_the_fast_reciprocal_on_16bit_data():
+    """A division whose denominator value_range bounds (mish's ratio, a sigmoid's 1 + e) is
+    _div_bounded in the kernels: on 16-bit data the special-function unit's reciprocal, on
+    float32 data IEEE division as before; any other division (softsign's x / (1 + |x|)) stays
+    _div, whose full range handles a denominator past 2**126."""
+    import importlib
+    mish = importlib.import_module("actgen.ops.mish")
+    softsign = importlib.import_module("actgen.ops.softsign")
+    source = lambda m: inspect.getsource(m._forward_kernel.fn) + inspect.getsource(m._backward_kernel.fn)
+    assert "_div_bounded(" in source(mish) and "_div(" not in source(mish)
+    assert "_div(" in source(softsign) and "_div_bounded(" not in source(softsign)

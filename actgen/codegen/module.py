@@ -15,7 +15,7 @@ from .writer import Writer, escape_docstring
 TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 NTH_TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 # the @triton.jit helpers of actgen.runtime.triton_lang a kernel may call (imported as _name)
-KERNEL_HELPERS = ("tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "narrow", "exp", "log1p", "erfc", "div", "sigmoid", "softplus",
+KERNEL_HELPERS = ("tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "narrow", "exp", "log1p", "erfc", "div", "div_bounded", "sigmoid", "softplus",
                   "sqrt_square_plus", "scaled_input", "inverse_scale", "limit_at_inf", "draw")
 
 
@@ -156,11 +156,11 @@ def _header(d: Derivation, w: Writer):
 
 def _block(w: Writer, block: Block, printer, out_prefix: str):
     """Temporaries, then one assignment per output (named out_prefix + output name); a
-    temporary computed from a tensor is a tensor to the printer from then on."""
+    temporary is known to the printer from then on (a tensor where computed from one, and
+    by its definition)."""
     for sym, expr in block.assignments:
-        if not printer.is_scalar(expr):
-            printer.add_tensor_name(sym.name)
         w(f"{sym.name} = {printer.doprint(expr)}")
+        printer.add_temporary(sym, expr)
     for name, expr in block.outputs:
         w(f"{out_prefix}{name} = {printer.doprint(expr)}")
 

@@ -135,7 +135,7 @@ def _second_derivatives_torch(x, w0, w1, w2):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, div as _div, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, div as _div, div_bounded as _div_bounded, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -186,7 +186,7 @@ if _rt.HAS_TRITON:
             _t13 = tl.fma(-_t8, 16777216.0*_t0 + _t12, _t11)
             _t14 = -(_t12*_t8)
             _t15 = _exp(_t6, FAST) + 1.0
-            _d_x = tl.where(x != x, x, _t4*tl.fma(_t0, tl.where(_t5, 1.0, 0.0), _t2 + _div(4.0*_exp(_t6 + w1, FAST), (_t15*_t15), FAST)))
+            _d_x = tl.where(x != x, x, _t4*tl.fma(_t0, tl.where(_t5, 1.0, 0.0), _t2 + _div_bounded(4.0*_exp(_t6 + w1, FAST), (_t15*_t15), FAST)))
             _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*tl.fma(_t4, _t7, -_t10), tl.where(_t5, _t0*_t13, -(_t0*_t14)), x))
             _d_w1 = tl.where(x != x, x, _t1*tl.fma(_t4, _t9, -_t10))
             _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*tl.fma(_t4, x, -_t10), tl.where(_t5, _t13*_t2, _t2*(-_t11 - _t14)), x))
@@ -203,7 +203,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='adaptive_mixture',
-    key='5e80a3464681',
+    key='ae94acd11a6d',
     inputs=('x',),
     params=(('w0', False), ('w1', False), ('w2', False)),
     constants=(),

@@ -158,7 +158,7 @@ def _second_derivatives_torch(x, w0, w1, w2, w3):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, div as _div, sigmoid as _sigmoid, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, div as _div, div_bounded as _div_bounded, sigmoid as _sigmoid, limit_at_inf as _limit_at_inf
 
     @triton.jit
     def _forward_kernel(
@@ -207,7 +207,7 @@ if _rt.HAS_TRITON:
             _t7 = tl.abs(x)
             _t8 = -(2.0*_t7)
             _t9 = _exp(-_t7, FAST)
-            _t10 = _div(1.0, (_t9 + 1.0), FAST)
+            _t10 = _div_bounded(1.0, (_t9 + 1.0), FAST)
             _t11 = x <= 0.0
             _t12 = _t10*_t9
             _t13 = tl.where(_t11, _t12, _t10)
@@ -221,7 +221,7 @@ if _rt.HAS_TRITON:
             _t21 = tl.fma(-_t16, 16777216.0*_t0 + _t20 + _t3, _t19)
             _t22 = -(_t16*_t20)
             _t23 = _exp(_t8, FAST) + 1.0
-            _d_x = tl.where(x != x, x, _t5*tl.fma(_t14, tl.where(_t11, _t10, _t12), tl.fma(_t0, tl.where(_t6, 1.0, 0.0), _t2 + _div(4.0*_exp(_t8 + w1, FAST), (_t23*_t23), FAST))))
+            _d_x = tl.where(x != x, x, _t5*tl.fma(_t14, tl.where(_t11, _t10, _t12), tl.fma(_t0, tl.where(_t6, 1.0, 0.0), _t2 + _div_bounded(4.0*_exp(_t8 + w1, FAST), (_t23*_t23), FAST))))
             _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*tl.fma(_t15, _t5, -_t18), tl.where(_t6, _t0*_t21, -(_t0*_t22)), x))
             _d_w1 = tl.where(x != x, x, _t1*tl.fma(_t17, _t5, -_t18))
             _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*tl.fma(_t5, x, -_t18), tl.where(_t6, _t2*_t21, _t2*(-_t19 - _t22)), x))
@@ -241,7 +241,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='adaptive_mixture4',
-    key='3dbee5560ee0',
+    key='0ba5ba6b980d',
     inputs=('x',),
     params=(('w0', False), ('w1', False), ('w2', False), ('w3', False)),
     constants=(),

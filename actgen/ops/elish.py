@@ -66,7 +66,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div as _div, sigmoid as _sigmoid
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div_bounded as _div_bounded, sigmoid as _sigmoid
 
     @triton.jit
     def _forward_kernel(
@@ -90,7 +90,7 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = _exp(-tl.abs(x), FAST)
-        _t1 = _div(1.0, (_t0 + 1.0), FAST)
+        _t1 = _div_bounded(1.0, (_t0 + 1.0), FAST)
         _t2 = _t0*_t1
         _t3 = x <= 0.0
         _t4 = tl.where(_t3, _t2, _t1)
@@ -101,7 +101,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='elish',
-    key='7c7d12ae0b09',
+    key='f9cebfcd5527',
     inputs=('x',),
     params=(),
     constants=(),

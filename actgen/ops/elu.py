@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='elu',
-    key='ce0688ad2387',
+    key='99adcd640455',
     inputs=('x',),
     params=(),
     constants=('alpha',),

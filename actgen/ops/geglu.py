@@ -100,7 +100,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu',
-    key='17a1b4e59590',
+    key='8466269c0dce',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -65,7 +65,7 @@ def _second_derivatives_torch(a, b):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div as _div, sigmoid as _sigmoid
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div as _div, div_bounded as _div_bounded, sigmoid as _sigmoid
 
     @triton.jit
     def _forward_kernel(
@@ -100,7 +100,7 @@ if _rt.HAS_TRITON:
         _t5 = 0.7978845608028654*_clamped_a*_t1 <= 0.0
         _t6 = _clamped_a_1*_clamped_a_1*_clamped_a_1
         _t7 = _exp(-(1.5957691216057308*tl.abs(_clamped_a_1 + 0.044715*_t6)), FAST)
-        _t8 = _div(1.0, (_t7 + 1.0), FAST)
+        _t8 = _div_bounded(1.0, (_t7 + 1.0), FAST)
         _d_a = tl.where(b != b, b, b*(1.5957691216057308*_clamped_a*(0.134145*_t0 + 1.0)*tl.where(_t5, _t3, _t4) + 1.0)*tl.where(_t5, _t4, _t3))
         _d_b = _clamped_a_1*tl.where(0.7978845608028654*_clamped_a_1 + 0.035677408136300125*_t6 <= 0.0, _t7*_t8, _t8)
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
@@ -109,7 +109,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu_tanh',
-    key='4bc23007aefd',
+    key='7832273ea16f',
     inputs=('a', 'b'),
     params=(),
     constants=(),

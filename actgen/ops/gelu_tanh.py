@@ -57,7 +57,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div as _div, sigmoid as _sigmoid
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div_bounded as _div_bounded, sigmoid as _sigmoid
 
     @triton.jit
     def _forward_kernel(
@@ -85,13 +85,13 @@ if _rt.HAS_TRITON:
         _t3 = _exp(-(1.5957691216057308*tl.abs(_clamped_x + 0.044715*_t2)), FAST)
         _t4 = 1.772453850905516*_t3
         _t5 = 2.8284271247461903*_clamped_x + 0.3794193566490776*_t2 + 1.772453850905516
-        _d_x = _div(tl.where(0.7978845608028654*_clamped_x + 0.035677408136300125*_t2 < 0.0, _t3*(_t4 + _t5), tl.fma(_t3, _t5, tl.full([], 1.772453850905516, ACC))), tl.fma(_t3, _t4 + 3.544907701811032, tl.full([], 1.772453850905516, ACC)), FAST)
+        _d_x = _div_bounded(tl.where(0.7978845608028654*_clamped_x + 0.035677408136300125*_t2 < 0.0, _t3*(_t4 + _t5), tl.fma(_t3, _t5, tl.full([], 1.772453850905516, ACC))), tl.fma(_t3, _t4 + 3.544907701811032, tl.full([], 1.772453850905516, ACC)), FAST)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='gelu_tanh',
-    key='b54de49c14a0',
+    key='b68ca724db4d',
     inputs=('x',),
     params=(),
     constants=(),

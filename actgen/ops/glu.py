@@ -52,7 +52,7 @@ def _second_derivatives_torch(a, b):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div as _div, sigmoid as _sigmoid
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div_bounded as _div_bounded, sigmoid as _sigmoid
 
     @triton.jit
     def _forward_kernel(
@@ -77,15 +77,15 @@ if _rt.HAS_TRITON:
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = _exp(-tl.abs(b), FAST)
-        _d_a = tl.where(b != b, b, _div(tl.where(b >= 0.0, 1.0, _t0), (_t0 + 1.0), FAST))
-        _d_b = _div(_t0*a, tl.fma(_t0, _t0 + 2.0, 1.0), FAST)
+        _d_a = tl.where(b != b, b, _div_bounded(tl.where(b >= 0.0, 1.0, _t0), (_t0 + 1.0), FAST))
+        _d_b = _div_bounded(_t0*a, tl.fma(_t0, _t0 + 2.0, 1.0), FAST)
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='glu',
-    key='3896c19e0878',
+    key='a8426f20c880',
     inputs=('a', 'b'),
     params=(),
     constants=(),

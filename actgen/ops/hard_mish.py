@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hard_mish',
-    key='3d8093be6bfe',
+    key='ac27e4314395',
     inputs=('x',),
     params=(),
     constants=(),

@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardshrink',
-    key='cfad44ec161f',
+    key='c5c46cb5ca63',
     inputs=('x',),
     params=(),
     constants=('lambd',),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardsigmoid',
-    key='8efe834c62d0',
+    key='b1e990394a09',
     inputs=('x',),
     params=(),
     constants=(),

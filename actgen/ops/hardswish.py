@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardswish',
-    key='5f8077eb2841',
+    key='94994dff1449',
     inputs=('x',),
     params=(),
     constants=(),

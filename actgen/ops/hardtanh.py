@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardtanh',
-    key='d9beea36f918',
+    key='8d0968442c28',
     inputs=('x',),
     params=(),
     constants=('min_val', 'max_val'),

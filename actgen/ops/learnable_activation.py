@@ -129,7 +129,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='learnable_activation',
-    key='96e881d6ec01',
+    key='e1f749e9f7d4',
     inputs=('x',),
     params=(('alpha', True), ('scale', True), ('shift', False)),
     constants=(),

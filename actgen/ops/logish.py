@@ -67,7 +67,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, log1p as _log1p, div as _div, sigmoid as _sigmoid
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, log1p as _log1p, div_bounded as _div_bounded, sigmoid as _sigmoid
 
     @triton.jit
     def _forward_kernel(
@@ -90,13 +90,13 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = _exp(-tl.abs(x), FAST)
-        _d_x = tl.where(x != x, x, tl.where(x == float("inf"), 0.6931471805599453, tl.where(x == -float("inf"), 0.0, tl.fma(_t0, _div(x, tl.where(x < 0.0, tl.fma(_t0, 2.0*_t0 + 3.0, 1.0), tl.fma(_t0, _t0 + 3.0, 2.0)), FAST), _log1p(_div(tl.where(x >= 0.0, 1.0, _t0), (_t0 + 1.0), FAST), FAST)))))
+        _d_x = tl.where(x != x, x, tl.where(x == float("inf"), 0.6931471805599453, tl.where(x == -float("inf"), 0.0, tl.fma(_t0, _div_bounded(x, tl.where(x < 0.0, tl.fma(_t0, 2.0*_t0 + 3.0, 1.0), tl.fma(_t0, _t0 + 3.0, 2.0)), FAST), _log1p(_div_bounded(tl.where(x >= 0.0, 1.0, _t0), (_t0 + 1.0), FAST), FAST)))))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='logish',
-    key='ff1d09065402',
+    key='250487c2689a',
     inputs=('x',),
     params=(),
     constants=(),

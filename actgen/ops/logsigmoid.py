@@ -72,7 +72,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='logsigmoid',
-    key='38e8bedac91a',
+    key='44588c84abb5',
     inputs=('x',),
     params=(),
     constants=(),

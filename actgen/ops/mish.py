@@ -89,7 +89,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div as _div
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div_bounded as _div_bounded
 
     @triton.jit
     def _forward_kernel(
@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
         _t1 = _t0*(_t0 + 2.0)
         _t2 = x < 0.0
         _t3 = 2.0*_t0
-        _y = tl.where(x == -float("inf"), 0.0, _div(x*tl.where(_t2, _t1, _t3 + 1.0), tl.where(_t2, _t1 + 2.0, tl.fma(_t0, _t3 + 2.0, 1.0)), FAST))
+        _y = tl.where(x == -float("inf"), 0.0, _div_bounded(x*tl.where(_t2, _t1, _t3 + 1.0), tl.where(_t2, _t1 + 2.0, tl.fma(_t0, _t3 + 2.0, 1.0)), FAST))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -122,13 +122,13 @@ if _rt.HAS_TRITON:
         _t3 = _t2 + 6.0
         _t4 = _t2 + 4.0
         _t5 = _clamped_x < 0.0
-        _d_x = _div(tl.where(_t5, _t0*tl.fma(_t0, _t1 + _t3, _t4), tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, _t4, _t3), 4.0), 1.0)), tl.where(_t5, tl.fma(_t0, tl.fma(_t0, _t1 + 8.0, 8.0), 4.0), tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, 4.0*_t0 + 8.0, 8.0), 4.0), 1.0)), FAST)
+        _d_x = _div_bounded(tl.where(_t5, _t0*tl.fma(_t0, _t1 + _t3, _t4), tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, _t4, _t3), 4.0), 1.0)), tl.where(_t5, tl.fma(_t0, tl.fma(_t0, _t1 + 8.0, 8.0), 4.0), tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, 4.0*_t0 + 8.0, 8.0), 4.0), 1.0)), FAST)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='mish',
-    key='dffc44490f85',
+    key='f2b549a1f95d',
     inputs=('x',),
     params=(),
     constants=(),

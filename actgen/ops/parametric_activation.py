@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='parametric_activation',
-    key='b1936cb8c61a',
+    key='6aa7d2849054',
     inputs=('x',),
     params=(('alpha', True),),
     constants=(),

@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='prelu',
-    key='e2dce8fc356e',
+    key='eaed101bf12e',
     inputs=('x',),
     params=(('weight', True),),
     constants=(),

@@ -56,7 +56,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div as _div, sigmoid as _sigmoid
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div_bounded as _div_bounded, sigmoid as _sigmoid
 
     @triton.jit
     def _forward_kernel(
@@ -83,13 +83,13 @@ if _rt.HAS_TRITON:
         _t0 = _exp(-(1.702*tl.abs(_clamped_x)), FAST)
         _t1 = 1.702*_clamped_x
         _t2 = _t1 + 1.0
-        _d_x = _div(tl.where(_t1 < 0.0, _t0*(_t0 + _t2), tl.fma(_t0, _t2, 1.0)), tl.fma(_t0, _t0 + 2.0, 1.0), FAST)
+        _d_x = _div_bounded(tl.where(_t1 < 0.0, _t0*(_t0 + _t2), tl.fma(_t0, _t2, 1.0)), tl.fma(_t0, _t0 + 2.0, 1.0), FAST)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='quick_gelu',
-    key='ffd2083eb590',
+    key='c6ae0f823d09',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu6',
-    key='9d542788e7ec',
+    key='9cc89a7c9a3f',
     inputs=('x',),
     params=(),
     constants=(),

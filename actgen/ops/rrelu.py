@@ -95,7 +95,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='rrelu',
-    key='cbcf2e1cb637',
+    key='576eabe3d8aa',
     inputs=('x',),
     params=(),
     constants=('lower', 'upper'),

@@ -46,7 +46,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div as _div, sigmoid as _sigmoid
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div_bounded as _div_bounded, sigmoid as _sigmoid
 
     @triton.jit
     def _forward_kernel(
@@ -69,13 +69,13 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = _exp(-tl.abs(x), FAST)
-        _d_x = _div(_t0, tl.fma(_t0, _t0 + 2.0, 1.0), FAST)
+        _d_x = _div_bounded(_t0, tl.fma(_t0, _t0 + 2.0, 1.0), FAST)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='sigmoid',
-    key='0ef42aa8c86d',
+    key='c2957fa92202',
     inputs=('x',),
     params=(),
     constants=(),

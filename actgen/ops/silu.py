@@ -60,7 +60,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div as _div, sigmoid as _sigmoid
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div_bounded as _div_bounded, sigmoid as _sigmoid
 
     @triton.jit
     def _forward_kernel(
@@ -84,13 +84,13 @@ if _rt.HAS_TRITON:
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = _exp(-tl.abs(x), FAST)
         _t1 = x + 1.0
-        _d_x = tl.where(x == float("inf"), 1.0, tl.where(x == -float("inf"), 0.0, _div(tl.where(x < 0.0, _t0*(_t0 + _t1), tl.fma(_t0, _t1, 1.0)), tl.fma(_t0, _t0 + 2.0, 1.0), FAST)))
+        _d_x = tl.where(x == float("inf"), 1.0, tl.where(x == -float("inf"), 0.0, _div_bounded(tl.where(x < 0.0, _t0*(_t0 + _t1), tl.fma(_t0, _t1, 1.0)), tl.fma(_t0, _t0 + 2.0, 1.0), FAST)))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='silu',
-    key='715be4e26054',
+    key='4d5b21fe2139',
     inputs=('x',),
     params=(),
     constants=(),

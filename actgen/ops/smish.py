@@ -85,7 +85,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div as _div
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div_bounded as _div_bounded
 
     @triton.jit
     def _forward_kernel(
@@ -98,7 +98,7 @@ if _rt.HAS_TRITON:
         _t0 = _exp(-tl.abs(x), FAST)
         _t1 = x < 0.0
         _t2 = 2.0*_t0
-        _y = tl.where(x == -float("inf"), 0.0, _div(x*tl.where(_t1, _t0*(3.0*_t0 + 2.0), _t2 + 3.0), tl.where(_t1, tl.fma(_t0, 5.0*_t0 + 6.0, 2.0), tl.fma(_t0, _t2 + 6.0, 5.0)), FAST))
+        _y = tl.where(x == -float("inf"), 0.0, _div_bounded(x*tl.where(_t1, _t0*(3.0*_t0 + 2.0), _t2 + 3.0), tl.where(_t1, tl.fma(_t0, 5.0*_t0 + 6.0, 2.0), tl.fma(_t0, _t2 + 6.0, 5.0)), FAST))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -116,13 +116,13 @@ if _rt.HAS_TRITON:
         _t2 = 8.0*_clamped_x + 28.0
         _t3 = 12.0*_clamped_x + 18.0
         _t4 = 4.0*_clamped_x + 4.0
-        _d_x = _div(tl.where(_t1, _t0*tl.fma(_t0, tl.fma(_t0, 15.0*_t0 + _t2, _t3), _t4), tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, _t4, _t3), _t2), 15.0)), tl.where(_t1, tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, 25.0*_t0 + 60.0, 56.0), 24.0), 4.0), tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, 4.0*_t0 + 24.0, 56.0), 60.0), 25.0)), FAST)
+        _d_x = _div_bounded(tl.where(_t1, _t0*tl.fma(_t0, tl.fma(_t0, 15.0*_t0 + _t2, _t3), _t4), tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, _t4, _t3), _t2), 15.0)), tl.where(_t1, tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, 25.0*_t0 + 60.0, 56.0), 24.0), 4.0), tl.fma(_t0, tl.fma(_t0, tl.fma(_t0, 4.0*_t0 + 24.0, 56.0), 60.0), 25.0)), FAST)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='smish',
-    key='0729d63713d4',
+    key='c7850e920b2b',
     inputs=('x',),
     params=(),
     constants=(),

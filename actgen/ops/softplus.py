@@ -93,7 +93,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softplus',
-    key='0df2b59a8fab',
+    key='2fa8b7c93177',
     inputs=('x',),
     params=(),
     constants=('beta', 'threshold'),

@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softshrink',
-    key='b835b655122e',
+    key='4cfbcdc2f09d',
     inputs=('x',),
     params=(),
     constants=('lambd',),

@@ -29,7 +29,7 @@ def _forward_torch(x, b):
     _t0 = _rt.sqrt_square_plus(x, b)
     _t1 = 0.5*b
     _t2 = math.sqrt(b + 281474976710656.0) + 16777216.0
-    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(x < 0.0, _t1/(_t0 - x), 0.5*(_t0 + x)), torch.where(x > 0.0, x.new_full((), 0.5*_t2), _t1/_t2), x))
+    _y = _rt.limit_at_inf(torch.where(x < 0.0, _t1/(_t0 - x), 0.5*(_t0 + x)), torch.where(x > 0.0, x.new_full((), 0.5*_t2), _t1/_t2), x)
     return _y
 
 
@@ -42,7 +42,7 @@ def _derivatives_torch(x, b):
     _t4 = 1.0 + 16777216.0/_t3
     _t5 = _t3 + 16777216.0
     _t6 = _t0 - x
-    _d_x = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(x < 0.0, -(_t2*(_t1 - 1.0)/(_t6*_t6)), 0.5*(_t1 + 1.0)), torch.where(x > 0.0, x.new_full((), 0.5*_t4), _t2*_t4/(_t5*_t5)), x))
+    _d_x = _rt.limit_at_inf(torch.where(x < 0.0, -(_t2*(_t1 - 1.0)/(_t6*_t6)), 0.5*(_t1 + 1.0)), torch.where(x > 0.0, x.new_full((), 0.5*_t4), _t2*_t4/(_t5*_t5)), x)
     return (_d_x,)
 
 
@@ -90,7 +90,7 @@ if _rt.HAS_TRITON:
         _t0 = _sqrt_square_plus(x, b)
         _t1 = 0.5*b
         _t2 = libdevice.sqrt(b + 281474976710656.0) + 16777216.0
-        _y = tl.where(x != x, x, _limit_at_inf(tl.where(x < 0.0, _div(_t1, (_t0 - x), FAST), 0.5*(_t0 + x)), tl.where(x > 0.0, 0.5*_t2, _div(_t1, _t2, FAST)), x))
+        _y = _limit_at_inf(tl.where(x < 0.0, _div(_t1, (_t0 - x), FAST), 0.5*(_t0 + x)), tl.where(x > 0.0, 0.5*_t2, _div(_t1, _t2, FAST)), x)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -109,13 +109,13 @@ if _rt.HAS_TRITON:
         _t4 = 1.0 + _div(16777216.0, _t3, FAST)
         _t5 = _t3 + 16777216.0
         _t6 = _t0 - x
-        _d_x = tl.where(x != x, x, _limit_at_inf(tl.where(x < 0.0, -(_div(_t2*(_t1 - 1.0), (_t6*_t6), FAST)), 0.5*(_t1 + 1.0)), tl.where(x > 0.0, 0.5*_t4, _div(_t2*_t4, (_t5*_t5), FAST)), x))
+        _d_x = _limit_at_inf(tl.where(x < 0.0, -(_div(_t2*(_t1 - 1.0), (_t6*_t6), FAST)), 0.5*(_t1 + 1.0)), tl.where(x > 0.0, 0.5*_t4, _div(_t2*_t4, (_t5*_t5), FAST)), x)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='squareplus',
-    key='f4b82a4afe98',
+    key='c60ca168ad00',
     inputs=('x',),
     params=(),
     constants=('b',),

@@ -116,7 +116,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='star_relu',
-    key='24232412cbc2',
+    key='7c1fe5f69c1e',
     inputs=('x',),
     params=(('scale', False), ('bias', False)),
     constants=(),

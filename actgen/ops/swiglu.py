@@ -68,7 +68,7 @@ def _second_derivatives_torch(a, b):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div as _div, sigmoid as _sigmoid
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div_bounded as _div_bounded, sigmoid as _sigmoid
 
     @triton.jit
     def _forward_kernel(
@@ -94,15 +94,15 @@ if _rt.HAS_TRITON:
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = _exp(-tl.abs(a), FAST)
         _t1 = a + 1.0
-        _d_a = tl.where(b != b, b, b*tl.where(a == float("inf"), 1.0, tl.where(a == -float("inf"), 0.0, _div(tl.where(a < 0.0, _t0*(_t0 + _t1), tl.fma(_t0, _t1, 1.0)), tl.fma(_t0, _t0 + 2.0, 1.0), FAST))))
-        _d_b = tl.where(a != a, a, tl.where(a == -float("inf"), 0.0, _div(a*tl.where(a >= 0.0, 1.0, _t0), (_t0 + 1.0), FAST)))
+        _d_a = tl.where(b != b, b, b*tl.where(a == float("inf"), 1.0, tl.where(a == -float("inf"), 0.0, _div_bounded(tl.where(a < 0.0, _t0*(_t0 + _t1), tl.fma(_t0, _t1, 1.0)), tl.fma(_t0, _t0 + 2.0, 1.0), FAST))))
+        _d_b = tl.where(a != a, a, tl.where(a == -float("inf"), 0.0, _div_bounded(a*tl.where(a >= 0.0, 1.0, _t0), (_t0 + 1.0), FAST)))
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='swiglu',
-    key='11144a62ace7',
+    key='5010afa28403',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -53,7 +53,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div as _div
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div_bounded as _div_bounded
 
     @triton.jit
     def _forward_kernel(
@@ -78,13 +78,13 @@ if _rt.HAS_TRITON:
         _clamped_x = tl.clamp(x, -512.0, 512.0, propagate_nan=tl.PropagateNan.ALL)
         _t0 = _exp(-(2.0*tl.abs(_clamped_x)), FAST)
         _t1 = _t0 + 1.0
-        _d_x = _div(4.0*_t0, (_t1*_t1), FAST)
+        _d_x = _div_bounded(4.0*_t0, (_t1*_t1), FAST)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='tanh',
-    key='96d4fa144da2',
+    key='502ac4b3c44f',
     inputs=('x',),
     params=(),
     constants=(),

@@ -63,7 +63,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, narrow as _narrow, exp as _exp, div as _div
+    from actgen.runtime.triton_lang import tile as _tile, narrow as _narrow, exp as _exp, div_bounded as _div_bounded
 
     @triton.jit
     def _forward_kernel(
@@ -89,13 +89,13 @@ if _rt.HAS_TRITON:
         _t0 = _exp(_clamped_x, FAST)
         _t1 = -(2.0*_t0)
         _t2 = _exp(_t1, FAST) + 1.0
-        _d_x = _div(4.0*_clamped_x*_exp(_clamped_x + _t1, FAST), (_t2*_t2), FAST) + libdevice.tanh(_t0)
+        _d_x = _div_bounded(4.0*_clamped_x*_exp(_clamped_x + _t1, FAST), (_t2*_t2), FAST) + libdevice.tanh(_t0)
         tl.store(_d_x_ptr + _offs, _narrow(_g * _d_x, _d_x_ptr), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='tanh_exp',
-    key='87d21810e07d',
+    key='4c2853528dcf',
     inputs=('x',),
     params=(),
     constants=(),

@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='threshold',
-    key='35480b03ce80',
+    key='29eacfa9f9d3',
     inputs=('x',),
     params=(),
     constants=('threshold', 'value'),

@@ -136,7 +136,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='xielu',
-    key='7fdae3b9f0ed',
+    key='cf8abaa488f5',
     inputs=('x',),
     params=(('alpha_p', False), ('alpha_n', False)),
     constants=('beta', 'eps'),

@@ -161,12 +161,20 @@ class ExprPrinter:
         time (the temporaries computed from them join as a block is printed: add_tensor_name)."""
         self.names = names or {}
         self.tensor_names = set(tensor_names)
+        self.temps: dict = {}       # the block's temporaries printed so far: symbol -> definition
 
     def is_scalar(self, expr) -> bool:
         return not any(s.name in self.tensor_names for s in expr.free_symbols)
 
     def add_tensor_name(self, name: str):
         self.tensor_names.add(name)
+
+    def add_temporary(self, sym, expr):
+        """A temporary of the block being printed, by its definition (for what later
+        expressions know of its value: actgen.derive.value_range)."""
+        self.temps[sym] = expr
+        if not self.is_scalar(expr):
+            self.add_tensor_name(sym.name)
 
     def fma_split(self, expr):
         """fma_split of a sum by this printer's tensors (None for a number)."""
@@ -247,11 +255,12 @@ class ExprPrinter:
             steps.insert(0, ("*", sympy.Float(1.0)))
         text = self.paren(steps[0][1], MUL)
         for op, v in steps[1:]:
-            text = f"{text}*{self.paren(v, MUL)}" if op == "*" else self.divide(text, self.paren(v, POW))
+            text = f"{text}*{self.paren(v, MUL)}" if op == "*" else self.divide(text, self.paren(v, POW), v)
         return text, MUL
 
-    def divide(self, numerator: str, denominator: str) -> str:
-        """numerator / denominator, both printed as operands of a product."""
+    def divide(self, numerator: str, denominator: str, denominator_expr=None) -> str:
+        """numerator / denominator, both printed as operands of a product (denominator_expr:
+        the denominator itself, where a printer divides by what it knows of it)."""
         return f"{numerator}/{denominator}"
 
     def _print_Pow(self, expr):
@@ -259,7 +268,7 @@ class ExprPrinter:
         if exp.is_number:
             e = float(exp)
             if e < 0:
-                return self.divide(self.number(1.0), self.paren(base ** -exp, POW)), MUL
+                return self.divide(self.number(1.0), self.paren(base ** -exp, POW), base ** -exp), MUL
             if e == 0.5:
                 return self.sqrt(base), ATOM
             if e.is_integer() and 1 <= e <= self.MAX_PRODUCT_POWER and base.is_Symbol:
@@ -293,7 +302,7 @@ class ExprPrinter:
     def _print_Piecewise(self, expr):
         flipped = _reciprocal_branches(expr)
         if flipped is not None:
-            return self.divide(self.number(1.0), self.paren(flipped, POW)), MUL
+            return self.divide(self.number(1.0), self.paren(flipped, POW), flipped), MUL
         *pairs, (last, cond) = expr.args
         rest = last if cond is sympy.true else sympy.nan
         if cond is not sympy.true:

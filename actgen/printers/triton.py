@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..derive import MAX_PRODUCT_POWER, SATURATE_MAX_EXP2
+from ..derive import MAX_PRODUCT_POWER, SATURATE_MAX_EXP2, value_range
 from .base import ATOM, POW, ExprPrinter
 
 
@@ -49,6 +49,9 @@ class TritonPrinter(ExprPrinter):
     # Kernels compute in float32 (float16 and bfloat16 are loaded as float32): a larger bound
     # would be a float64 literal, which promotes the whole computation.
     MAX_BOUND = 2.0 ** SATURATE_MAX_EXP2
+    # denominators whose range lies here take div_bounded (its reciprocal's exact range is
+    # [2**-126, 2**126]; a margin either side)
+    BOUNDED = (2.0 ** -100, 2.0 ** 100)
 
     def __init__(self, tensor_names=()):
         """tensor_names: symbols that are tensors in the kernel (inputs, params, draws)."""
@@ -70,8 +73,14 @@ class TritonPrinter(ExprPrinter):
             return f"tl.full([], {self.doprint(rest)}, ACC)"
         return self.doprint(rest)
 
-    def divide(self, numerator, denominator):
-        # IEEE division for float32 data (Triton's "/" is approximate on a GPU): see triton_lang.div
+    def divide(self, numerator, denominator, denominator_expr=None):
+        # IEEE division for float32 data (Triton's "/" is approximate on a GPU): see triton_lang.div;
+        # by a denominator of known range (a ratio's, from exp(-|u|)), 16-bit data's division
+        # takes the special-function unit's reciprocal: see triton_lang.div_bounded
+        if denominator_expr is not None and not denominator_expr.is_number:
+            lo, hi = value_range(denominator_expr, self.temps)
+            if lo >= self.BOUNDED[0] and hi <= self.BOUNDED[1]:
+                return f"_div_bounded({numerator}, {denominator}, FAST)"
         return f"_div({numerator}, {denominator}, FAST)"
 
     def clamp(self, u, lo, hi):
