@@ -1317,9 +1317,24 @@ def limit_guards(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], samples=None,
 
 
 class LimitAtInf(sympy.Function):
-    """LimitAtInf(value, probed, u): value, except where u is +-inf and value is NaN: there
-    the limit read off `probed` (the same expression at u = +-PROBE): itself if it is below
-    GROWTH in magnitude, else +-inf."""
+    """LimitAtInf(value, at_plus, at_minus, u): value, except where u is +-inf and value is NaN:
+    there at_plus (u = +inf) or at_minus, the limits read off the same expression at u = +-PROBE
+    (Grown).  The limits are values of the params and constants alone: a kernel computes them
+    once per program, and per element only picks one where u is infinite."""
+
+
+class Grown(sympy.Function):
+    """Grown(p): the limit read off a probe p - p if it is below GROWTH in magnitude, else +-inf
+    by its sign (folded where p is a number)."""
+
+    @classmethod
+    def eval(cls, p):
+        if p.is_number:
+            v = float(p)
+            if math.isnan(v) or abs(v) < GROWTH:
+                return p
+            return sympy.oo if v > 0 else -sympy.oo
+        return None
 
 
 PROBE = 2.0 ** 24       # x**5 stays finite in float32 at the probe; sigmoid(beta * probe)
@@ -1327,14 +1342,14 @@ GROWTH = 2.0 ** 14      # saturates for |beta| > 1e-6; linear growth is seen for
 
 
 def runtime_limit(expr: sympy.Expr, u: sympy.Symbol) -> sympy.Expr:
-    """LimitAtInf with expr probed at u = PROBE where u > 0 and at -PROBE elsewhere: values of
-    the params and constants alone, which a kernel computes once per program rather than per
-    element (and whatever of them is a number, the compiler folds)."""
+    """LimitAtInf with expr probed at u = PROBE and at -PROBE: values of the params and
+    constants alone, which a kernel computes once per program rather than per element (and
+    whatever of them is a number, the compiler folds)."""
     def at(v):      # numbers that underflow even float64 (sigmoid(-2**24)) are 0: no 0.0*b left
         e = expr.subs(u, sympy.Float(v))
         return e.xreplace({f: sympy.Integer(0) for f in e.atoms(sympy.Float) if float(f) == 0.0})
 
-    return LimitAtInf(expr, sympy.Piecewise((at(PROBE), u > 0), (at(-PROBE), True)), u)
+    return LimitAtInf(expr, Grown(at(PROBE)), Grown(at(-PROBE)), u)
 
 
 def _nan_where_limit_exists(expr, u, samples) -> bool:
@@ -1499,7 +1514,7 @@ def _nan_flows(expr: sympy.Expr, u: sympy.Symbol) -> bool:
     of every Piecewise holds u, and every call passes NaN on (no max or min, which drop it).
     A guard at u = +-inf (LimitAtInf, InfGuard) hands a NaN u its value: only that counts
     (polynomial's limit read off a probe with branches of its own)."""
-    expr = expr.replace(lambda e: isinstance(e, LimitAtInf) and e.args[2] == u, lambda e: e.args[0])
+    expr = expr.replace(lambda e: isinstance(e, LimitAtInf) and e.args[3] == u, lambda e: e.args[0])
     expr = expr.replace(lambda e: isinstance(e, InfGuard) and e.args[1] == u, lambda e: e.args[0])
     calls = (f for f in expr.atoms(sympy.Function) if not isinstance(f, sympy.Piecewise))
     if expr.has(sympy.Max, sympy.Min) or not all(isinstance(f, _NAN_PROPAGATING) for f in calls):

@@ -16,7 +16,7 @@ TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK
 NTH_TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 # the @triton.jit helpers of actgen.runtime.triton_lang a kernel may call (imported as _name)
 KERNEL_HELPERS = ("tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "narrow", "exp", "log1p", "erfc", "div", "div_bounded", "sigmoid", "softplus",
-                  "sqrt_square_plus", "scaled_input", "inverse_scale", "limit_at_inf", "draw")
+                  "sqrt_square_plus", "scaled_input", "inverse_scale", "limit_at_inf", "grown", "draw")
 
 
 def op_key(d: Derivation) -> str:

@@ -55,9 +55,9 @@ def _derivatives_torch(x, w0, w1, w2):
     _t14 = -(_t12*_t8)
     _t15 = torch.exp(_t6) + 1.0
     _d_x = torch.where(torch.isnan(x), x, _t4*_rt.fma(_t0, torch.where(_t5, x.new_full((), 1.0), 0.0), _t2 + 4.0*torch.exp(_t6 + w1)/(_t15*_t15)))
-    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*_rt.fma(_t4, _t7, -_t10), torch.where(_t5, _t0*_t13, -(_t0*_t14)), x))
+    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*_rt.fma(_t4, _t7, -_t10), _rt.grown(_t0*_t13), _rt.grown(-(_t0*_t14)), x))
     _d_w1 = torch.where(torch.isnan(x), x, _t1*_rt.fma(_t4, _t9, -_t10))
-    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t2*_rt.fma(_t4, x, -_t10), torch.where(_t5, _t13*_t2, _t2*(-_t11 - _t14)), x))
+    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t2*_rt.fma(_t4, x, -_t10), _rt.grown(_t13*_t2), _rt.grown(_t2*(-_t11 - _t14)), x))
     return (_d_x, _d_w0, _d_w1, _d_w2,)
 
 
@@ -135,7 +135,7 @@ def _second_derivatives_torch(x, w0, w1, w2):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, div as _div, div_bounded as _div_bounded, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, div as _div, div_bounded as _div_bounded, limit_at_inf as _limit_at_inf, grown as _grown
 
     @triton.jit
     def _forward_kernel(
@@ -187,9 +187,9 @@ if _rt.HAS_TRITON:
             _t14 = -(_t12*_t8)
             _t15 = _exp(_t6, FAST) + 1.0
             _d_x = tl.where(x != x, x, _t4*tl.fma(_t0, tl.where(_t5, 1.0, 0.0), _t2 + _div_bounded(4.0*_exp(_t6 + w1, FAST), (_t15*_t15), FAST)))
-            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*tl.fma(_t4, _t7, -_t10), tl.where(_t5, _t0*_t13, -(_t0*_t14)), x))
+            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*tl.fma(_t4, _t7, -_t10), _grown(_t0*_t13), _grown(-(_t0*_t14)), x))
             _d_w1 = tl.where(x != x, x, _t1*tl.fma(_t4, _t9, -_t10))
-            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*tl.fma(_t4, x, -_t10), tl.where(_t5, _t13*_t2, _t2*(-_t11 - _t14)), x))
+            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*tl.fma(_t4, x, -_t10), _grown(_t13*_t2), _grown(_t2*(-_t11 - _t14)), x))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_w0 += _tile_sum(_g * _d_w0, _mask, CH_AXIS)
@@ -203,7 +203,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='adaptive_mixture',
-    key='ae94acd11a6d',
+    key='028106aa5e70',
     inputs=('x',),
     params=(('w0', False), ('w1', False), ('w2', False)),
     constants=(),

@@ -60,9 +60,9 @@ def _derivatives_torch(x, w0, w1, w2, w3):
     _t17 = -(_t11*_t15)
     _t18 = torch.exp(_t9) + 1.0
     _d_x = torch.where(torch.isnan(x), x, _t5*_rt.fma(_t7, torch.sigmoid(-x), _rt.fma(_t0, torch.where(_t8, x.new_full((), 1.0), 0.0), _t2 + 4.0*torch.exp(_t9 + w1)/(_t18*_t18))))
-    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*_rt.fma(_t10, _t5, -_t13), torch.where(_t8, _t0*_t16, -(_t0*_t17)), x))
+    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*_rt.fma(_t10, _t5, -_t13), _rt.grown(_t0*_t16), _rt.grown(-(_t0*_t17)), x))
     _d_w1 = torch.where(torch.isnan(x), x, _t1*_rt.fma(_t12, _t5, -_t13))
-    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t2*_rt.fma(_t5, x, -_t13), torch.where(_t8, _t16*_t2, _t2*(-_t14 - _t17)), x))
+    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t2*_rt.fma(_t5, x, -_t13), _rt.grown(_t16*_t2), _rt.grown(_t2*(-_t14 - _t17)), x))
     _d_w3 = torch.where(torch.isnan(x), x, _t3*_rt.fma(_t5, _t6, -_t13))
     return (_d_x, _d_w0, _d_w1, _d_w2, _d_w3,)
 
@@ -158,7 +158,7 @@ def _second_derivatives_torch(x, w0, w1, w2, w3):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, div as _div, div_bounded as _div_bounded, sigmoid as _sigmoid, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, div as _div, div_bounded as _div_bounded, sigmoid as _sigmoid, limit_at_inf as _limit_at_inf, grown as _grown
 
     @triton.jit
     def _forward_kernel(
@@ -222,9 +222,9 @@ if _rt.HAS_TRITON:
             _t22 = -(_t16*_t20)
             _t23 = _exp(_t8, FAST) + 1.0
             _d_x = tl.where(x != x, x, _t5*tl.fma(_t14, tl.where(_t11, _t10, _t12), tl.fma(_t0, tl.where(_t6, 1.0, 0.0), _t2 + _div_bounded(4.0*_exp(_t8 + w1, FAST), (_t23*_t23), FAST))))
-            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*tl.fma(_t15, _t5, -_t18), tl.where(_t6, _t0*_t21, -(_t0*_t22)), x))
+            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*tl.fma(_t15, _t5, -_t18), _grown(_t0*_t21), _grown(-(_t0*_t22)), x))
             _d_w1 = tl.where(x != x, x, _t1*tl.fma(_t17, _t5, -_t18))
-            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*tl.fma(_t5, x, -_t18), tl.where(_t6, _t2*_t21, _t2*(-_t19 - _t22)), x))
+            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*tl.fma(_t5, x, -_t18), _grown(_t2*_t21), _grown(_t2*(-_t19 - _t22)), x))
             _d_w3 = tl.where(x != x, x, _t3*tl.fma(_t13, _t5, -_t18))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
@@ -241,7 +241,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='adaptive_mixture4',
-    key='0ba5ba6b980d',
+    key='6bee18dbbbd7',
     inputs=('x',),
     params=(('w0', False), ('w1', False), ('w2', False), ('w3', False)),
     constants=(),

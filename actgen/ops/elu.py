@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='elu',
-    key='99adcd640455',
+    key='b6c5997db600',
     inputs=('x',),
     params=(),
     constants=('alpha',),

@@ -100,7 +100,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu',
-    key='8466269c0dce',
+    key='5cb16fde293b',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -83,7 +83,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='gelu',
-    key='6598fe02fd8a',
+    key='f569287d379f',
     inputs=('x',),
     params=(),
     constants=(),

@@ -91,7 +91,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='gelu_tanh',
-    key='b68ca724db4d',
+    key='aabab53269ea',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hard_mish',
-    key='ac27e4314395',
+    key='5dd5aca6dc06',
     inputs=('x',),
     params=(),
     constants=(),

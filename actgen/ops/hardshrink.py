@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardshrink',
-    key='c5c46cb5ca63',
+    key='7dcc63b7a68d',
     inputs=('x',),
     params=(),
     constants=('lambd',),

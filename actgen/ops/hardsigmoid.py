@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardsigmoid',
-    key='b1e990394a09',
+    key='2afe2efb47f3',
     inputs=('x',),
     params=(),
     constants=(),

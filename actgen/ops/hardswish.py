@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardswish',
-    key='94994dff1449',
+    key='d92f849fcfdb',
     inputs=('x',),
     params=(),
     constants=(),

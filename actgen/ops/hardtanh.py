@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardtanh',
-    key='8d0968442c28',
+    key='7226b5e886e3',
     inputs=('x',),
     params=(),
     constants=('min_val', 'max_val'),

@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='leaky_relu',
-    key='a6403d7d95d0',
+    key='2be75851fd04',
     inputs=('x',),
     params=(),
     constants=('negative_slope',),

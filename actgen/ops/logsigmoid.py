@@ -72,7 +72,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='logsigmoid',
-    key='44588c84abb5',
+    key='3b95e12cb868',
     inputs=('x',),
     params=(),
     constants=(),

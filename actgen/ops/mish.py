@@ -128,7 +128,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='mish',
-    key='f2b549a1f95d',
+    key='5d86ee53c449',
     inputs=('x',),
     params=(),
     constants=(),

@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='parametric_activation',
-    key='6aa7d2849054',
+    key='27e4c93266a5',
     inputs=('x',),
     params=(('alpha', True),),
     constants=(),

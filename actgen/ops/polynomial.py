@@ -33,7 +33,7 @@ def _forward_torch(x, a0, a1, a2, a3):
     _t0 = 16777216.0*a1
     _t1 = 4.722366482869645e+21*a3
     _t2 = a0 + 281474976710656.0*a2
-    _y = _rt.limit_at_inf(_rt.fma(x, _rt.fma(x, _rt.fma(a3, x, a2), a1), a0), torch.where(x > 0.0, _t0 + _t1 + _t2, -_t0 - _t1 + _t2), x)
+    _y = _rt.limit_at_inf(_rt.fma(x, _rt.fma(x, _rt.fma(a3, x, a2), a1), a0), _rt.grown(_t0 + _t1 + _t2), _rt.grown(-_t0 - _t1 + _t2), x)
     return _y
 
 
@@ -41,7 +41,7 @@ def _derivatives_torch(x, a0, a1, a2, a3):
     """df/dx, df/da0, df/da1, df/da2, df/da3."""
     _t0 = 33554432.0*a2
     _t1 = a1 + 844424930131968.0*a3
-    _d_x = _rt.limit_at_inf(_rt.fma(x, 2.0*a2 + 3.0*a3*x, a1), torch.where(x > 0.0, _t0 + _t1, -_t0 + _t1), x)
+    _d_x = _rt.limit_at_inf(_rt.fma(x, 2.0*a2 + 3.0*a3*x, a1), _rt.grown(_t0 + _t1), _rt.grown(-_t0 + _t1), x)
     _d_a0 = 1.0
     _d_a1 = x
     _d_a2 = x*x
@@ -89,7 +89,7 @@ def _second_derivatives_torch(x, a0, a1, a2, a3):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, limit_at_inf as _limit_at_inf, grown as _grown
 
     @triton.jit
     def _forward_kernel(
@@ -106,7 +106,7 @@ if _rt.HAS_TRITON:
         _t0 = 16777216.0*a1
         _t1 = 4.722366482869645e+21*a3
         _t2 = a0 + 281474976710656.0*a2
-        _y = _limit_at_inf(tl.fma(x, tl.fma(x, tl.fma(a3, x, a2), a1), a0), tl.where(x > 0.0, _t0 + _t1 + _t2, -_t0 - _t1 + _t2), x)
+        _y = _limit_at_inf(tl.fma(x, tl.fma(x, tl.fma(a3, x, a2), a1), a0), _grown(_t0 + _t1 + _t2), _grown(-_t0 - _t1 + _t2), x)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -129,7 +129,7 @@ if _rt.HAS_TRITON:
             a3 = tl.load(a3_ptr).to(ACC)
             _t0 = 33554432.0*a2
             _t1 = a1 + 844424930131968.0*a3
-            _d_x = _limit_at_inf(tl.fma(x, 2.0*a2 + 3.0*a3*x, a1), tl.where(x > 0.0, _t0 + _t1, -_t0 + _t1), x)
+            _d_x = _limit_at_inf(tl.fma(x, 2.0*a2 + 3.0*a3*x, a1), _grown(_t0 + _t1), _grown(-_t0 + _t1), x)
             _d_a0 = 1.0
             _d_a1 = x
             _d_a2 = x*x
@@ -149,7 +149,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='polynomial',
-    key='9a795a3ecdf3',
+    key='f44e98bc68ac',
     inputs=('x',),
     params=(('a0', False), ('a1', False), ('a2', False), ('a3', False)),
     constants=(),

@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='prelu',
-    key='eaed101bf12e',
+    key='747feef25ec7',
     inputs=('x',),
     params=(('weight', True),),
     constants=(),

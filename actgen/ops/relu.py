@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu',
-    key='770f53ab8fee',
+    key='3f5467c31414',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu6',
-    key='9cc89a7c9a3f',
+    key='8c5ef79150b5',
     inputs=('x',),
     params=(),
     constants=(),

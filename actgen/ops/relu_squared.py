@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu_squared',
-    key='fa2497277b27',
+    key='0c29b6c77645',
     inputs=('x',),
     params=(),
     constants=(),

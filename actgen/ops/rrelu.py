@@ -95,7 +95,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='rrelu',
-    key='576eabe3d8aa',
+    key='b5b76482ee15',
     inputs=('x',),
     params=(),
     constants=('lower', 'upper'),

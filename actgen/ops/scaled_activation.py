@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='scaled_activation',
-    key='fe0be3b6adf4',
+    key='89d6f37a15b2',
     inputs=('x',),
     params=(),
     constants=('scale', 'shift'),

@@ -75,7 +75,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='sigmoid',
-    key='c2957fa92202',
+    key='ec5a734780d4',
     inputs=('x',),
     params=(),
     constants=(),

@@ -90,7 +90,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='silu',
-    key='4d5b21fe2139',
+    key='8bba571310f2',
     inputs=('x',),
     params=(),
     constants=(),

@@ -122,7 +122,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='smish',
-    key='c7850e920b2b',
+    key='be1cbd3bd013',
     inputs=('x',),
     params=(),
     constants=(),

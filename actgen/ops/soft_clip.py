@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='soft_clip',
-    key='98d05137b255',
+    key='d322a0b53717',
     inputs=('x',),
     params=(),
     constants=('scale',),

@@ -33,7 +33,7 @@ def _forward_torch(x, alpha):
     _t3 = alpha > 0.0
     _t4 = 16777216.0*alpha
     _t5 = 140737488355329.0*alpha
-    _y = _rt.limit_at_inf(torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha + x)))), torch.where(_t3, _rt.fma(_t0, torch.expm1(_t2), alpha), _rt.fma(x, 0.5*_t2 + 1.0, alpha))), torch.where(x > 0.0, torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha + 16777216.0)))), torch.where(_t3, _rt.fma(_t0, torch.expm1(_t4), alpha), _t5 + 16777216.0)), torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha - 16777216.0)))), torch.where(_t3, _rt.fma(_t0, torch.expm1(-_t4), alpha), _t5 - 16777216.0))), x)
+    _y = _rt.limit_at_inf(torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha + x)))), torch.where(_t3, _rt.fma(_t0, torch.expm1(_t2), alpha), _rt.fma(x, 0.5*_t2 + 1.0, alpha))), _rt.grown(torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha + 16777216.0)))), torch.where(_t3, _rt.fma(_t0, torch.expm1(_t4), alpha), _t5 + 16777216.0))), _rt.grown(torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha - 16777216.0)))), torch.where(_t3, _rt.fma(_t0, torch.expm1(-_t4), alpha), _t5 - 16777216.0))), x)
     return _y
 
 
@@ -48,7 +48,7 @@ def _derivatives_torch(x, alpha):
     _t6 = 16777216.0*alpha
     _t7 = 1.0/(alpha*alpha)
     _t8 = 1.0/alpha
-    _d_x = _rt.limit_at_inf(torch.where(_t2, _t1, torch.where(_t5, _t4, _t3 + 1.0)), torch.where(x > 0.0, torch.where(_t2, 1.0/_rt.fnma(alpha, alpha + 16777216.0, 1.0), torch.where(_t5, torch.exp(_t6), _t6 + 1.0)), torch.where(_t2, 1.0/_rt.fnma(alpha, alpha - 16777216.0, 1.0), torch.where(_t5, torch.exp(-_t6), 1.0 - _t6))), x)
+    _d_x = _rt.limit_at_inf(torch.where(_t2, _t1, torch.where(_t5, _t4, _t3 + 1.0)), _rt.grown(torch.where(_t2, 1.0/_rt.fnma(alpha, alpha + 16777216.0, 1.0), torch.where(_t5, torch.exp(_t6), _t6 + 1.0))), _rt.grown(torch.where(_t2, 1.0/_rt.fnma(alpha, alpha - 16777216.0, 1.0), torch.where(_t5, torch.exp(-_t6), 1.0 - _t6))), x)
     _d_alpha = torch.where(_t2, _rt.fma(_t7, torch.log1p(-_t0), -(_t1*_t8*(-(2.0*alpha) - x))), torch.where(_t5, _rt.fnma(_t7, torch.expm1(_t3), _t4*_t8*x + 1.0), 0.5*x*x + 1.0))
     return (_d_x, _d_alpha,)
 
@@ -106,7 +106,7 @@ def _second_derivatives_torch(x, alpha):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, log1p as _log1p, div as _div, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, log1p as _log1p, div as _div, limit_at_inf as _limit_at_inf, grown as _grown
 
     @triton.jit
     def _forward_kernel(
@@ -123,7 +123,7 @@ if _rt.HAS_TRITON:
         _t3 = alpha > 0.0
         _t4 = 16777216.0*alpha
         _t5 = 140737488355329.0*alpha
-        _y = _limit_at_inf(tl.where(_t1, -(_t0*_log1p(-(alpha*(alpha + x)), FAST)), tl.where(_t3, tl.fma(_t0, libdevice.expm1(_t2), alpha), tl.fma(x, 0.5*_t2 + 1.0, alpha))), tl.where(x > 0.0, tl.where(_t1, -(_t0*_log1p(-(alpha*(alpha + 16777216.0)), FAST)), tl.where(_t3, tl.fma(_t0, libdevice.expm1(_t4), alpha), _t5 + 16777216.0)), tl.where(_t1, -(_t0*_log1p(-(alpha*(alpha - 16777216.0)), FAST)), tl.where(_t3, tl.fma(_t0, libdevice.expm1(-_t4), alpha), _t5 - 16777216.0))), x)
+        _y = _limit_at_inf(tl.where(_t1, -(_t0*_log1p(-(alpha*(alpha + x)), FAST)), tl.where(_t3, tl.fma(_t0, libdevice.expm1(_t2), alpha), tl.fma(x, 0.5*_t2 + 1.0, alpha))), _grown(tl.where(_t1, -(_t0*_log1p(-(alpha*(alpha + 16777216.0)), FAST)), tl.where(_t3, tl.fma(_t0, libdevice.expm1(_t4), alpha), _t5 + 16777216.0))), _grown(tl.where(_t1, -(_t0*_log1p(-(alpha*(alpha - 16777216.0)), FAST)), tl.where(_t3, tl.fma(_t0, libdevice.expm1(-_t4), alpha), _t5 - 16777216.0))), x)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -147,7 +147,7 @@ if _rt.HAS_TRITON:
             _t6 = 16777216.0*alpha
             _t7 = _div(1.0, (alpha*alpha), FAST)
             _t8 = _div(1.0, alpha, FAST)
-            _d_x = _limit_at_inf(tl.where(_t2, _t1, tl.where(_t5, _t4, _t3 + 1.0)), tl.where(x > 0.0, tl.where(_t2, _div(1.0, tl.fma(-alpha, alpha + 16777216.0, 1.0), FAST), tl.where(_t5, _exp(_t6, FAST), _t6 + 1.0)), tl.where(_t2, _div(1.0, tl.fma(-alpha, alpha - 16777216.0, 1.0), FAST), tl.where(_t5, _exp(-_t6, FAST), 1.0 - _t6))), x)
+            _d_x = _limit_at_inf(tl.where(_t2, _t1, tl.where(_t5, _t4, _t3 + 1.0)), _grown(tl.where(_t2, _div(1.0, tl.fma(-alpha, alpha + 16777216.0, 1.0), FAST), tl.where(_t5, _exp(_t6, FAST), _t6 + 1.0))), _grown(tl.where(_t2, _div(1.0, tl.fma(-alpha, alpha - 16777216.0, 1.0), FAST), tl.where(_t5, _exp(-_t6, FAST), 1.0 - _t6))), x)
             _d_alpha = tl.where(_t2, tl.fma(_t7, _log1p(-_t0, FAST), -(_t1*_t8*(-(2.0*alpha) - x))), tl.where(_t5, tl.fma(-_t7, libdevice.expm1(_t3), _t4*_t8*x + 1.0), 0.5*x*x + 1.0))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
@@ -158,7 +158,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='soft_exponential',
-    key='d50b10952630',
+    key='700f7d166db2',
     inputs=('x',),
     params=(('alpha', False),),
     constants=(),

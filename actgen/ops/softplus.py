@@ -93,7 +93,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softplus',
-    key='2fa8b7c93177',
+    key='28b0f46d589b',
     inputs=('x',),
     params=(),
     constants=('beta', 'threshold'),

@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softshrink',
-    key='4cfbcdc2f09d',
+    key='f9fc46c13f74',
     inputs=('x',),
     params=(),
     constants=('lambd',),

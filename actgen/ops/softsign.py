@@ -81,7 +81,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softsign',
-    key='c451b48b61ce',
+    key='ea1d336b2181',
     inputs=('x',),
     params=(),
     constants=(),

@@ -29,7 +29,7 @@ def _forward_torch(x, b):
     _t0 = _rt.sqrt_square_plus(x, b)
     _t1 = 0.5*b
     _t2 = math.sqrt(b + 281474976710656.0) + 16777216.0
-    _y = _rt.limit_at_inf(torch.where(x < 0.0, _t1/(_t0 - x), 0.5*(_t0 + x)), torch.where(x > 0.0, x.new_full((), 0.5*_t2), _t1/_t2), x)
+    _y = _rt.limit_at_inf(torch.where(x < 0.0, _t1/(_t0 - x), 0.5*(_t0 + x)), _rt.grown(0.5*_t2), _rt.grown(_t1/_t2), x)
     return _y
 
 
@@ -42,7 +42,7 @@ def _derivatives_torch(x, b):
     _t4 = 1.0 + 16777216.0/_t3
     _t5 = _t3 + 16777216.0
     _t6 = _t0 - x
-    _d_x = _rt.limit_at_inf(torch.where(x < 0.0, -(_t2*(_t1 - 1.0)/(_t6*_t6)), 0.5*(_t1 + 1.0)), torch.where(x > 0.0, x.new_full((), 0.5*_t4), _t2*_t4/(_t5*_t5)), x)
+    _d_x = _rt.limit_at_inf(torch.where(x < 0.0, -(_t2*(_t1 - 1.0)/(_t6*_t6)), 0.5*(_t1 + 1.0)), _rt.grown(0.5*_t4), _rt.grown(_t2*_t4/(_t5*_t5)), x)
     return (_d_x,)
 
 
@@ -77,7 +77,7 @@ def _second_derivatives_torch(x, b):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, div as _div, sqrt_square_plus as _sqrt_square_plus, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, div as _div, sqrt_square_plus as _sqrt_square_plus, limit_at_inf as _limit_at_inf, grown as _grown
 
     @triton.jit
     def _forward_kernel(
@@ -90,7 +90,7 @@ if _rt.HAS_TRITON:
         _t0 = _sqrt_square_plus(x, b)
         _t1 = 0.5*b
         _t2 = libdevice.sqrt(b + 281474976710656.0) + 16777216.0
-        _y = _limit_at_inf(tl.where(x < 0.0, _div(_t1, (_t0 - x), FAST), 0.5*(_t0 + x)), tl.where(x > 0.0, 0.5*_t2, _div(_t1, _t2, FAST)), x)
+        _y = _limit_at_inf(tl.where(x < 0.0, _div(_t1, (_t0 - x), FAST), 0.5*(_t0 + x)), _grown(0.5*_t2), _grown(_div(_t1, _t2, FAST)), x)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -109,13 +109,13 @@ if _rt.HAS_TRITON:
         _t4 = 1.0 + _div(16777216.0, _t3, FAST)
         _t5 = _t3 + 16777216.0
         _t6 = _t0 - x
-        _d_x = _limit_at_inf(tl.where(x < 0.0, -(_div(_t2*(_t1 - 1.0), (_t6*_t6), FAST)), 0.5*(_t1 + 1.0)), tl.where(x > 0.0, 0.5*_t4, _div(_t2*_t4, (_t5*_t5), FAST)), x)
+        _d_x = _limit_at_inf(tl.where(x < 0.0, -(_div(_t2*(_t1 - 1.0), (_t6*_t6), FAST)), 0.5*(_t1 + 1.0)), _grown(0.5*_t4), _grown(_div(_t2*_t4, (_t5*_t5), FAST)), x)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='squareplus',
-    key='c60ca168ad00',
+    key='1aba99b450a6',
     inputs=('x',),
     params=(),
     constants=('b',),

@@ -116,7 +116,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='star_relu',
-    key='7c1fe5f69c1e',
+    key='2794510ea43a',
     inputs=('x',),
     params=(('scale', False), ('bias', False)),
     constants=(),

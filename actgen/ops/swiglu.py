@@ -102,7 +102,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swiglu',
-    key='5010afa28403',
+    key='67103f6b7691',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -31,7 +31,7 @@ SPEC_SHA256 = '2375b8db0c12ec3da7021102f9ed4f8123ef7b6c7a2bf5a970c787ad94993867'
 def _forward_torch(x, beta):
     """f, elementwise; params broadcast against the input."""
     _t0 = 16777216.0*beta
-    _y = _rt.limit_at_inf(x*torch.sigmoid(beta*x), torch.where(x > 0.0, 16777216.0*torch.sigmoid(_t0), -(16777216.0*torch.sigmoid(-_t0))), x)
+    _y = _rt.limit_at_inf(x*torch.sigmoid(beta*x), _rt.grown(16777216.0*torch.sigmoid(_t0)), _rt.grown(-(16777216.0*torch.sigmoid(-_t0))), x)
     return _y
 
 
@@ -43,8 +43,9 @@ def _derivatives_torch(x, beta):
     _t3 = 16777216.0*beta
     _t4 = torch.sigmoid(_t3)
     _t5 = torch.sigmoid(-_t3)
-    _d_x = _rt.limit_at_inf(_t1*_rt.fma(_t0, _t2, 1.0), torch.where(x > 0.0, _t4*_rt.fma(_t3, _t5, 1.0), _t5*_rt.fnma(_t3, _t4, 1.0)), x)
-    _d_beta = _rt.limit_at_inf(_t1*_t2*x*x, 281474976710656.0*_t4*_t5, x)
+    _t6 = _rt.grown(281474976710656.0*_t4*_t5)
+    _d_x = _rt.limit_at_inf(_t1*_rt.fma(_t0, _t2, 1.0), _rt.grown(_t4*_rt.fma(_t3, _t5, 1.0)), _rt.grown(_t5*_rt.fnma(_t3, _t4, 1.0)), x)
+    _d_beta = _rt.limit_at_inf(_t1*_t2*x*x, _t6, _t6, x)
     return (_d_x, _d_beta,)
 
 
@@ -81,7 +82,7 @@ def _second_derivatives_torch(x, beta):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, div_bounded as _div_bounded, sigmoid as _sigmoid, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, div_bounded as _div_bounded, sigmoid as _sigmoid, limit_at_inf as _limit_at_inf, grown as _grown
 
     @triton.jit
     def _forward_kernel(
@@ -93,7 +94,7 @@ if _rt.HAS_TRITON:
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         beta = tl.load(beta_ptr).to(ACC)
         _t0 = 16777216.0*beta
-        _y = _limit_at_inf(x*_sigmoid(beta*x, FAST), tl.where(x > 0.0, 16777216.0*_sigmoid(_t0, FAST), -(16777216.0*_sigmoid(-_t0, FAST))), x)
+        _y = _limit_at_inf(x*_sigmoid(beta*x, FAST), _grown(16777216.0*_sigmoid(_t0, FAST)), _grown(-(16777216.0*_sigmoid(-_t0, FAST))), x)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -116,8 +117,9 @@ if _rt.HAS_TRITON:
             _t5 = _div_bounded(1.0, tl.fma(_t4, _t4 + 2.0, 1.0), FAST)
             _t6 = 16777216.0*beta
             _t7 = _t6 + 1.0
-            _d_x = _limit_at_inf(_t2*tl.where(_t0 < 0.0, _t1*(_t1 + _t3), tl.fma(_t1, _t3, 1.0)), tl.where(x > 0.0, _t5*tl.where(_t6 < 0.0, _t4*(_t4 + _t7), tl.fma(_t4, _t7, 1.0)), _t5*tl.where(_t6 > 0.0, _t4*(_t4 - _t6 + 1.0), tl.fma(_t4, 1.0 - _t6, 1.0))), x)
-            _d_beta = _limit_at_inf(_t1*_t2*x*x, 281474976710656.0*_t4*_t5, x)
+            _t8 = _grown(281474976710656.0*_t4*_t5)
+            _d_x = _limit_at_inf(_t2*tl.where(_t0 < 0.0, _t1*(_t1 + _t3), tl.fma(_t1, _t3, 1.0)), _grown(_t5*tl.where(_t6 < 0.0, _t4*(_t4 + _t7), tl.fma(_t4, _t7, 1.0))), _grown(_t5*tl.where(_t6 > 0.0, _t4*(_t4 - _t6 + 1.0), tl.fma(_t4, 1.0 - _t6, 1.0))), x)
+            _d_beta = _limit_at_inf(_t1*_t2*x*x, _t8, _t8, x)
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_beta += _tile_sum(_g * _d_beta, _mask, CH_AXIS)
@@ -127,7 +129,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swish',
-    key='e51a2cd92dda',
+    key='791ed907a448',
     inputs=('x',),
     params=(('beta', False),),
     constants=(),

@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='threshold',
-    key='29eacfa9f9d3',
+    key='a3db8fe5acdc',
     inputs=('x',),
     params=(),
     constants=('threshold', 'value'),

@@ -30,10 +30,9 @@ SPEC_SHA256 = '70905b9dd735d0f91aa875e257ce2aab9391536281e89e56a57d2737b9933c15'
 def _forward_torch(x, alpha_p, alpha_n, beta, eps):
     """f, elementwise; params broadcast against the input."""
     _t0 = _rt.softplus(alpha_p)
-    _t1 = x > 0.0
-    _t2 = beta + _rt.softplus(alpha_n)
-    _t3 = 16777216.0*beta
-    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(_t1, x*_rt.fma(_t0, x, beta), _rt.fma(_t2, -x + torch.expm1(torch.where(eps > x, x, eps)), beta*x)), torch.where(_t1, 281474976710656.0*_t0 + _t3, _t2*(math.expm1((-16777216.0 if eps > -16777216.0 else eps)) + 16777216.0) - _t3), x))
+    _t1 = beta + _rt.softplus(alpha_n)
+    _t2 = 16777216.0*beta
+    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(x > 0.0, x*_rt.fma(_t0, x, beta), _rt.fma(_t1, -x + torch.expm1(torch.where(eps > x, x, eps)), beta*x)), _rt.grown(281474976710656.0*_t0 + _t2), _rt.grown(_t1*(math.expm1((-16777216.0 if eps > -16777216.0 else eps)) + 16777216.0) - _t2), x))
     return _y
 
 
@@ -86,7 +85,7 @@ def _second_derivatives_torch(x, alpha_p, alpha_n, beta, eps):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, sigmoid as _sigmoid, softplus as _softplus, limit_at_inf as _limit_at_inf
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, sigmoid as _sigmoid, softplus as _softplus, limit_at_inf as _limit_at_inf, grown as _grown
 
     @triton.jit
     def _forward_kernel(
@@ -99,10 +98,9 @@ if _rt.HAS_TRITON:
         alpha_p = tl.load(alpha_p_ptr).to(ACC)
         alpha_n = tl.load(alpha_n_ptr).to(ACC)
         _t0 = _softplus(alpha_p, FAST)
-        _t1 = x > 0.0
-        _t2 = beta + _softplus(alpha_n, FAST)
-        _t3 = 16777216.0*beta
-        _y = tl.where(x != x, x, _limit_at_inf(tl.where(_t1, x*tl.fma(_t0, x, beta), tl.fma(_t2, -x + libdevice.expm1(tl.where(eps > x, x, eps)), beta*x)), tl.where(_t1, 281474976710656.0*_t0 + _t3, _t2*(libdevice.expm1(tl.where(eps > -16777216.0, -16777216.0, eps)) + 16777216.0) - _t3), x))
+        _t1 = beta + _softplus(alpha_n, FAST)
+        _t2 = 16777216.0*beta
+        _y = tl.where(x != x, x, _limit_at_inf(tl.where(x > 0.0, x*tl.fma(_t0, x, beta), tl.fma(_t1, -x + libdevice.expm1(tl.where(eps > x, x, eps)), beta*x)), _grown(281474976710656.0*_t0 + _t2), _grown(_t1*(libdevice.expm1(tl.where(eps > -16777216.0, -16777216.0, eps)) + 16777216.0) - _t2), x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -136,7 +134,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='xielu',
-    key='cf8abaa488f5',
+    key='d9a71990a1e7',
     inputs=('x',),
     params=(('alpha_p', False), ('alpha_n', False)),
     constants=('beta', 'eps'),

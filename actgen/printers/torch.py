@@ -44,7 +44,8 @@ TENSOR_FUNCTIONS = {
     "SqrtSquarePlus": "_rt.sqrt_square_plus({0}, {1})",
     "ScaledInput": "_rt.scaled_input({0})",
     "InverseScale": "_rt.inverse_scale({0})",
-    "LimitAtInf": "_rt.limit_at_inf({0}, {1}, {2})",
+    "LimitAtInf": "_rt.limit_at_inf({0}, {1}, {2}, {3})",
+    "Grown": "_rt.grown({0})",
 }
 SCALAR_FUNCTIONS = {
     name: template.replace("torch.", "math.") for name, template in TENSOR_FUNCTIONS.items()

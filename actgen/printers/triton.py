@@ -40,7 +40,8 @@ class TritonPrinter(ExprPrinter):
         "InverseScale": "_inverse_scale({0})",
         "sigmoid": "_sigmoid({0}, FAST)",
         "softplus": "_softplus({0}, FAST)",
-        "LimitAtInf": "_limit_at_inf({0}, {1}, {2})",
+        "LimitAtInf": "_limit_at_inf({0}, {1}, {2}, {3})",
+        "Grown": "_grown({0})",
     }
     MAX_PRODUCT_POWER = MAX_PRODUCT_POWER   # x**k, (a + b)**k as products, not libdevice.pow (a log and an exp)
     INF = 'float("inf")'

@@ -26,12 +26,20 @@ def softplus(u: torch.Tensor) -> torch.Tensor:
 GROWTH = 2.0 ** 14
 
 
-def limit_at_inf(value, probed, u: torch.Tensor):
-    """value, except where u is +-inf and value is NaN: the limit read off probed there."""
+def grown(p):
+    """A probe's limit (an expression of the params and constants: a tensor or a number): +-inf
+    where it grew to GROWTH or more."""
+    if not isinstance(p, torch.Tensor):
+        return math.copysign(math.inf, p) if abs(p) >= GROWTH else p
+    return torch.where(p.abs() >= GROWTH, p * math.inf, p)
+
+
+def limit_at_inf(value, at_plus, at_minus, u: torch.Tensor):
+    """value, except where u is +-inf and value is NaN: at_plus or at_minus there (the limits
+    on either side, numbers or param tensors)."""
     value = as_tensor(value, u)
-    probed = as_tensor(probed, u)
-    limit = torch.where(probed.abs() >= GROWTH, probed * math.inf, probed)
-    return torch.where(torch.isinf(u) & torch.isnan(value), limit, value)
+    side = lambda v: v if isinstance(v, torch.Tensor) else u.new_full((), v)
+    return torch.where(torch.isinf(u) & torch.isnan(value), torch.where(u > 0, side(at_plus), side(at_minus)), value)
 
 
 def hypot(a, b) -> torch.Tensor:
@@ -210,7 +218,7 @@ def split_halves(t: torch.Tensor, dim: int, name: str):
 __all__ = [
     "HAS_TRITON", "Activation", "as_tensor", "vmap_by_loop", "get_backend", "set_backend",
     "use_backend", "softplus", "clamp", "hypot", "sqrt_square_plus", "scalar_sqrt_square_plus",
-    "scaled_input", "inverse_scale",
+    "scaled_input", "inverse_scale", "grown",
     "scalar_sigmoid", "scalar_softplus", "split_halves", "limit_at_inf",
     "gt", "ge", "lt", "le", "mask_and", "mask_or", "mask_not", "select", "finite_or_none",
 ]

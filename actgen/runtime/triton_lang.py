@@ -271,10 +271,15 @@ __all__ = ["triton", "tl", "libdevice", "exp", "log1p", "div", "sigmoid", "softp
 
 
 @triton.jit
-def limit_at_inf(value, probed, u):
-    # +-inf by the sign of a probe that grew (not probed * inf: 0 * inf is NaN where unused)
-    limit = tl.where(tl.abs(probed) >= 16384.0, tl.where(probed > 0, float("inf"), -float("inf")), probed)
-    return tl.where(((u == float("inf")) | (u == -float("inf"))) & (value != value), limit, value)
+def limit_at_inf(value, at_plus, at_minus, u):
+    # value, or where u is +-inf and value NaN the limit on that side (see actgen.derive.LimitAtInf)
+    return tl.where((tl.abs(u) == float("inf")) & (value != value), tl.where(u > 0, at_plus, at_minus), value)
+
+
+@triton.jit
+def grown(p):
+    # a probe's limit: +-inf by its sign where it grew (not p * inf: 0 * inf is NaN where unused)
+    return tl.where(tl.abs(p) >= 16384.0, tl.where(p > 0, float("inf"), -float("inf")), p)
 
 
 @triton.jit
