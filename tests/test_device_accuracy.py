@@ -64,12 +64,14 @@ def test_report(specs, silu_values):
     meta = {"info": {"device": "cpu", "date": "today", "torch": torch.__version__, "triton": "x"},
             "failures": {"gelu": "RuntimeError: no"}, "exp": da.check_exp("cpu", n_uniform=1000),
             "log1p": {"points": 10, "max_ulp_normal": 3.5, "specials_as_expected": False},
+            "fast16": {"points": 5, "log1p_max_rel": 1e-5, "erfc_max_rel": 1e-3, "specials_as_expected": True},
             "param_grads": [{"entry": "prelu", "param": "weight", "shape": [3, 64, 5], "channel_dim": 1,
                              "kernel_rel_err": 1e-7, "fallback_f32_rel_err": 1e-7, "ok": True}]}
     text = da.report(meta, [da.score_entry(specs["silu"], silu_values, XS)], len(XS))
     assert "| [silu](" in text and "**1 of 1 pass.**" in text and "**gelu**: RuntimeError: no" in text
     assert "Nowhere." in text
     assert "worst 3.500 ULP" in text and "for NaN, inf at inf: **no**" in text
+    assert "## The 16-bit kernels' log1p and erfc" in text and "0.001 (erfc)" in text and "**beyond** the bound" in text
 
 
 def test_collect_and_score_files(tmp_path, monkeypatch):
@@ -81,6 +83,8 @@ def test_collect_and_score_files(tmp_path, monkeypatch):
         "nan_where_expected": True, "zero_at_minus_inf": True})
     monkeypatch.setattr(da, "check_log1p", lambda device, n_uniform=0: {
         "points": 1, "max_ulp_normal": 0.5, "specials_as_expected": True})
+    monkeypatch.setattr(da, "check_fast16", lambda device: {
+        "points": 1, "log1p_max_rel": 1e-6, "erfc_max_rel": 1e-6, "specials_as_expected": True})
     path = da.collect(da.DEFAULT_SPECS, "cpu", tmp_path / "v.npz", jobs=1, names=["relu", "polynomial"], log=lambda s: None)
     meta, arrays = da.load(path)
     assert meta["failures"] == {} and meta["entries"] == ["polynomial", "relu"]
@@ -88,3 +92,4 @@ def test_collect_and_score_files(tmp_path, monkeypatch):
     out = da.score_file(path, da.DEFAULT_SPECS, tmp_path / "accuracy.md", jobs=1, log=lambda s: None)
     text = out.read_text()
     assert "| [relu](" in text and "| [polynomial](" in text and "**4 of 4 pass.**" in text
+    assert "within the bound of 2^-14" in text
