@@ -855,6 +855,23 @@ def value_range(expr: sympy.Expr, temps=None, _memo=None) -> tuple[float, float]
     return out
 
 
+def shared_exp_products(outputs):
+    """(name, expression) outputs with exp(a + b) as exp(a)*exp(b) where exp(a) and exp(b) are
+    both among their calls already (adaptive_mixture's exp(w1 - 2|x|) next to exp(w1) and
+    exp(-2|x|)): one exponential fewer, and no overflow or call that was not there before."""
+    exps = {a.args[0]: a for _, e in outputs for a in e.atoms(sympy.exp)}
+    new = {}
+    for arg, call in exps.items():
+        if not arg.is_Add:
+            continue
+        for term in arg.args:
+            rest = arg - term
+            if term in exps and rest in exps:
+                new[call] = exps[term] * exps[rest]
+                break
+    return [(n, e.xreplace(new)) for n, e in outputs] if new else list(outputs)
+
+
 def _calls(outputs) -> int:
     """The distinct transcendental calls of (name, expression) outputs, between them."""
     return len({a for _, e in outputs for a in e.atoms(sympy.Function) if isinstance(a, _TRANSCENDENTAL)})
@@ -1724,6 +1741,7 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
             return fallback, block, block
         one_ratio = [(n, scaled(e, True)) for n, e in outputs]
         candidates = [one_ratio, sigmoid_pairs(plain), sigmoid_pairs(one_ratio), sigmoids_from_exp(one_ratio)]
+        candidates = [shared_exp_products(c) for c in candidates]
         fewest = min(map(_calls, candidates))
         if fewest >= _calls(plain):
             return fallback, block, block

@@ -432,3 +432,22 @@ def test_kernels_divide_by_a_bounded_denominator_with_the_fast_reciprocal_on_16b
     source = lambda m: inspect.getsource(m._forward_kernel.fn) + inspect.getsource(m._backward_kernel.fn)
     assert "_div_bounded(" in source(mish) and "_div(" not in source(mish)
     assert "_div(" in source(softsign) and "_div_bounded(" not in source(softsign)
+
+
+def test_an_exponential_of_a_sum_comes_from_the_exponentials_already_computed():
+    """shared_exp_products: exp(a + b) is exp(a)*exp(b) where both are among the outputs' calls
+    (adaptive_mixture's exp(w1 - 2|x|) next to exp(w1) and exp(-2|x|)), and only there; the
+    kernels' backward then has one exponential fewer per element, with the same values."""
+    import importlib
+
+    from actgen.derive import shared_exp_products
+    w = make_symbol("w")
+    e, ew, ex = sympy.exp(-2 * sympy.Abs(X)), sympy.exp(w), sympy.exp(w - 2 * sympy.Abs(X))
+    (_, got), = shared_exp_products([("d", ex / (e + 1) + ew)])
+    assert not got.has(ex) and got.has(e) and got.has(ew)
+    assert sympy.simplify(got - (ex / (e + 1) + ew).rewrite(sympy.exp)) == 0
+    (_, alone), = shared_exp_products([("d", ex + ew)])          # exp(-2|x|) not computed: kept
+    assert alone.has(ex)
+    mod = importlib.import_module("actgen.ops.adaptive_mixture")
+    kernel = inspect.getsource(mod._backward_kernel.fn)
+    assert kernel.count("_exp(") == 4          # exp(w0), exp(w1), exp(w2), exp(-2|x|)

@@ -176,7 +176,7 @@ if _rt.HAS_TRITON:
             _t3 = _t0 + _t1 + _t2
             _t4 = _div(1.0, _t3, FAST)
             _t5 = x > 0.0
-            _t6 = -(2.0*tl.abs(x))
+            _t6 = _exp(-(2.0*tl.abs(x)), FAST)
             _t7 = tl.where(_t5, x, 0.0)
             _t8 = _div(1.0, (_t3*_t3), FAST)
             _t9 = libdevice.tanh(x)
@@ -185,8 +185,8 @@ if _rt.HAS_TRITON:
             _t12 = _t1 + 16777216.0*_t2
             _t13 = tl.fma(-_t8, 16777216.0*_t0 + _t12, _t11)
             _t14 = -(_t12*_t8)
-            _t15 = _exp(_t6, FAST) + 1.0
-            _d_x = tl.where(x != x, x, _t4*tl.fma(_t0, tl.where(_t5, 1.0, 0.0), _t2 + _div_bounded(4.0*_exp(_t6 + w1, FAST), (_t15*_t15), FAST)))
+            _t15 = _t6 + 1.0
+            _d_x = tl.where(x != x, x, _t4*tl.fma(_t0, tl.where(_t5, 1.0, 0.0), _div_bounded(4.0*_t1*_t6, (_t15*_t15), FAST) + _t2))
             _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*tl.fma(_t4, _t7, -_t10), _grown(_t0*_t13), _grown(-(_t0*_t14)), x))
             _d_w1 = tl.where(x != x, x, _t1*tl.fma(_t4, _t9, -_t10))
             _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*tl.fma(_t4, x, -_t10), _grown(_t13*_t2), _grown(_t2*(-_t11 - _t14)), x))
@@ -203,7 +203,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='adaptive_mixture',
-    key='028106aa5e70',
+    key='3a2b18a1faf8',
     inputs=('x',),
     params=(('w0', False), ('w1', False), ('w2', False)),
     constants=(),

@@ -205,7 +205,7 @@ if _rt.HAS_TRITON:
             _t5 = _div(1.0, _t4, FAST)
             _t6 = x > 0.0
             _t7 = tl.abs(x)
-            _t8 = -(2.0*_t7)
+            _t8 = _exp(-(2.0*_t7), FAST)
             _t9 = _exp(-_t7, FAST)
             _t10 = _div_bounded(1.0, (_t9 + 1.0), FAST)
             _t11 = x <= 0.0
@@ -220,8 +220,8 @@ if _rt.HAS_TRITON:
             _t20 = _t1 + 16777216.0*_t2
             _t21 = tl.fma(-_t16, 16777216.0*_t0 + _t20 + _t3, _t19)
             _t22 = -(_t16*_t20)
-            _t23 = _exp(_t8, FAST) + 1.0
-            _d_x = tl.where(x != x, x, _t5*tl.fma(_t14, tl.where(_t11, _t10, _t12), tl.fma(_t0, tl.where(_t6, 1.0, 0.0), _t2 + _div_bounded(4.0*_exp(_t8 + w1, FAST), (_t23*_t23), FAST))))
+            _t23 = _t8 + 1.0
+            _d_x = tl.where(x != x, x, _t5*tl.fma(_t14, tl.where(_t11, _t10, _t12), tl.fma(_t0, tl.where(_t6, 1.0, 0.0), _div_bounded(4.0*_t1*_t8, (_t23*_t23), FAST) + _t2)))
             _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*tl.fma(_t15, _t5, -_t18), _grown(_t0*_t21), _grown(-(_t0*_t22)), x))
             _d_w1 = tl.where(x != x, x, _t1*tl.fma(_t17, _t5, -_t18))
             _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*tl.fma(_t5, x, -_t18), _grown(_t2*_t21), _grown(_t2*(-_t19 - _t22)), x))
@@ -241,7 +241,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='adaptive_mixture4',
-    key='6bee18dbbbd7',
+    key='1028e25106a5',
     inputs=('x',),
     params=(('w0', False), ('w1', False), ('w2', False), ('w3', False)),
     constants=(),

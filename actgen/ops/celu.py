@@ -87,7 +87,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='celu',
-    key='af095824668d',
+    key='390541f3ab75',
     inputs=('x',),
     params=(),
     constants=('alpha',),

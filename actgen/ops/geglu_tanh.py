@@ -109,7 +109,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu_tanh',
-    key='1797c2ebd4d5',
+    key='5e3a287e9177',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -83,7 +83,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='gelu',
-    key='f569287d379f',
+    key='4fb3fa0b34b3',
     inputs=('x',),
     params=(),
     constants=(),

@@ -91,7 +91,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='gelu_tanh',
-    key='aabab53269ea',
+    key='a04bb75f25f0',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hard_mish',
-    key='5dd5aca6dc06',
+    key='bee8ee12b07d',
     inputs=('x',),
     params=(),
     constants=(),

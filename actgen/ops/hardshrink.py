@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardshrink',
-    key='7dcc63b7a68d',
+    key='8461b36d3ae6',
     inputs=('x',),
     params=(),
     constants=('lambd',),

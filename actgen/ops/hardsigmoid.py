@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardsigmoid',
-    key='2afe2efb47f3',
+    key='01c04e051cb3',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardswish',
-    key='d92f849fcfdb',
+    key='759093a9f772',
     inputs=('x',),
     params=(),
     constants=(),

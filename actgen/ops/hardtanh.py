@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardtanh',
-    key='7226b5e886e3',
+    key='505d471547ba',
     inputs=('x',),
     params=(),
     constants=('min_val', 'max_val'),

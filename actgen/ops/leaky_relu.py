@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='leaky_relu',
-    key='2be75851fd04',
+    key='fc59fa681f82',
     inputs=('x',),
     params=(),
     constants=('negative_slope',),

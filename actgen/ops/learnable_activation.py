@@ -129,7 +129,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='learnable_activation',
-    key='e0a6a3cfd63d',
+    key='f812034f3d9f',
     inputs=('x',),
     params=(('alpha', True), ('scale', True), ('shift', False)),
     constants=(),

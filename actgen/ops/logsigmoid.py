@@ -72,7 +72,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='logsigmoid',
-    key='3b95e12cb868',
+    key='3f67166ac4ca',
     inputs=('x',),
     params=(),
     constants=(),

@@ -128,7 +128,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='mish',
-    key='5d86ee53c449',
+    key='5744e4bf2d9f',
     inputs=('x',),
     params=(),
     constants=(),

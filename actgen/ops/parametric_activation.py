@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='parametric_activation',
-    key='27e4c93266a5',
+    key='50379c278fe4',
     inputs=('x',),
     params=(('alpha', True),),
     constants=(),

@@ -149,7 +149,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='polynomial',
-    key='f44e98bc68ac',
+    key='f9126f8a2b20',
     inputs=('x',),
     params=(('a0', False), ('a1', False), ('a2', False), ('a3', False)),
     constants=(),

@@ -103,7 +103,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='prelu',
-    key='747feef25ec7',
+    key='0a83d09dee9f',
     inputs=('x',),
     params=(('weight', True),),
     constants=(),

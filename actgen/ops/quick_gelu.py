@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='quick_gelu',
-    key='a6d848922477',
+    key='b64930563fc2',
     inputs=('x',),
     params=(),
     constants=(),

@@ -96,7 +96,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='reglu',
-    key='5005ffb132c3',
+    key='05a23c52bcbb',
     inputs=('a', 'b'),
     params=(),
     constants=(),

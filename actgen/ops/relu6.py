@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu6',
-    key='8c5ef79150b5',
+    key='dc64086f627d',
     inputs=('x',),
     params=(),
     constants=(),

@@ -95,7 +95,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='rrelu',
-    key='b5b76482ee15',
+    key='5d36d8553d11',
     inputs=('x',),
     params=(),
     constants=('lower', 'upper'),

@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='scaled_activation',
-    key='89d6f37a15b2',
+    key='f2c955aa9f20',
     inputs=('x',),
     params=(),
     constants=('scale', 'shift'),

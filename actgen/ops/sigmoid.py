@@ -75,7 +75,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='sigmoid',
-    key='ec5a734780d4',
+    key='fb5a1f597905',
     inputs=('x',),
     params=(),
     constants=(),

@@ -90,7 +90,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='silu',
-    key='8bba571310f2',
+    key='f35939ab9f25',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='soft_clip',
-    key='d322a0b53717',
+    key='d3b923021ef7',
     inputs=('x',),
     params=(),
     constants=('scale',),

@@ -158,7 +158,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='soft_exponential',
-    key='700f7d166db2',
+    key='9e0460f8a596',
     inputs=('x',),
     params=(('alpha', False),),
     constants=(),

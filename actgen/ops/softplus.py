@@ -93,7 +93,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softplus',
-    key='28b0f46d589b',
+    key='a3dd0cbd9a2f',
     inputs=('x',),
     params=(),
     constants=('beta', 'threshold'),

@@ -116,7 +116,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='star_relu',
-    key='2794510ea43a',
+    key='b22b6b0fb50f',
     inputs=('x',),
     params=(('scale', False), ('bias', False)),
     constants=(),

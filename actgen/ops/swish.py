@@ -129,7 +129,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swish',
-    key='791ed907a448',
+    key='ad53ce7b5410',
     inputs=('x',),
     params=(('beta', False),),
     constants=(),

@@ -85,7 +85,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='tanhshrink',
-    key='429e778c5c58',
+    key='31f2acdf1c62',
     inputs=('x',),
     params=(),
     constants=(),

@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='threshold',
-    key='a3db8fe5acdc',
+    key='bbd724268292',
     inputs=('x',),
     params=(),
     constants=('threshold', 'value'),

@@ -134,7 +134,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='xielu',
-    key='d9a71990a1e7',
+    key='566c11f383e3',
     inputs=('x',),
     params=(('alpha_p', False), ('alpha_n', False)),
     constants=('beta', 'eps'),
