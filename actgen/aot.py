@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 POINTER_DTYPES = ("fp32", "fp16", "bf16")
-_TORCH_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 ARCHS = (80, 90)
 
 
@@ -189,7 +188,7 @@ def module_layouts(mod, layouts=LAYOUTS) -> tuple:
 def compile_module(module_name: str, dtypes=POINTER_DTYPES, archs=ARCHS, layouts=LAYOUTS,
                    ptxas: str | None = None, num_warps: int = 4, step: bool = False,
                    nvdisasm: str | None = None) -> list[KernelReport]:
-    import torch
+    from .bench import DTYPES
 
     mod = importlib.import_module(module_name)
     params = set(mod._OP.param_names)
@@ -206,7 +205,7 @@ def compile_module(module_name: str, dtypes=POINTER_DTYPES, archs=ARCHS, layouts
                     for training in variants:
                         reports.append(_compile_one(module_name, kname, kernel, dtype, arch, lay, params, training,
                                                     ptxas, num_warps, step, nvdisasm,
-                                                    mod._OP.kernel_wide(getattr(torch, _TORCH_NAMES[dtype]), wide)))
+                                                    mod._OP.kernel_wide(DTYPES[dtype], wide)))
     return reports
 
 
