@@ -240,6 +240,58 @@ def _run_log1p(us, device, fast: bool = False):
     return got[:n], want, specials
 
 
+#: check_direct_launch's calls: a flat op, per-channel params (their gradients), random
+#: draws (training mode), two inputs, shared params.
+DIRECT_LAUNCH_CASES = {
+    "silu": lambda ops, xs, ps: ops.silu(xs[0]),
+    "prelu": lambda ops, xs, ps: ops.prelu(xs[0], ps[0]),
+    "rrelu": lambda ops, xs, ps: ops.rrelu(xs[0], training=True),
+    "swiglu": lambda ops, xs, ps: ops.swiglu(xs[0], xs[1]),
+    "polynomial": lambda ops, xs, ps: ops.polynomial(xs[0], *ps[1:]),
+}
+
+
+def _launch_outputs(name, dtype, device) -> list:
+    """DIRECT_LAUNCH_CASES[name] forward and backward: the output and every gradient."""
+    import actgen.ops as ops
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    shape = (8, CHANNELS, 129)
+    xs = [torch.randn(shape, generator=gen, device=device).to(dtype).requires_grad_() for _ in range(2)]
+    ps = [(0.5 + torch.rand(n, generator=gen, device=device)).to(dtype).requires_grad_() for n in (CHANNELS, 1, 1, 1, 1)]
+    torch.manual_seed(0)                        # rrelu's seed: the same draws every run
+    y = DIRECT_LAUNCH_CASES[name](ops, xs, ps)
+    leaves = [t for t in xs + ps if t.requires_grad]
+    grads = torch.autograd.grad(y, leaves, torch.randn(shape, generator=gen, device=device).to(dtype), allow_unused=True)
+    return [y.detach()] + [g for g in grads if g is not None]
+
+
+def check_direct_launch(device) -> dict:
+    """Compiled kernel variants launched directly (actgen.runtime.variants) against launches
+    through Triton's JIT: DIRECT_LAUNCH_CASES in float32 and bfloat16, each run through the JIT
+    alone, then twice with direct launches on (the first compiles or finds each variant, the
+    second launches it directly); the outputs and gradients must be bitwise equal."""
+    from .runtime import launch, use_backend
+
+    launcher = launch.LAUNCH
+    on = launcher.enabled
+    mismatches, before = [], launcher.direct
+    try:
+        with use_backend("triton"):
+            for name in DIRECT_LAUNCH_CASES:
+                for dtype in (torch.float32, torch.bfloat16):
+                    launcher.enabled = False
+                    want = _launch_outputs(name, dtype, device)
+                    launcher.enabled = on
+                    _launch_outputs(name, dtype, device)
+                    got = _launch_outputs(name, dtype, device)
+                    if len(got) != len(want) or not all(torch.equal(a, b) for a, b in zip(got, want)):
+                        mismatches.append(f"{name} {str(dtype).removeprefix('torch.')}")
+    finally:
+        launcher.enabled = on
+    return {"cases": 2 * len(DIRECT_LAUNCH_CASES), "direct_launches": launcher.direct - before, "mismatches": mismatches}
+
+
 def _collect_worker(args):
     name, specs_dir, device = args
     spec = next(s for s in load_specs([Path(specs_dir)]) if s.name == name)
@@ -288,7 +340,8 @@ def collect(specs_dir: Path, device: str, out: Path, jobs: int = 1, names=None, 
         param_rows += rows
     meta = {"info": device_info(device), "entries": sorted(s.name for s in specs), "failures": failures,
             "param_grads": param_rows, "exp": _safe(check_exp, device), "log1p": _safe(check_log1p, device),
-            "fast16": _safe(check_fast16, device), "seconds": time.perf_counter() - t0}
+            "fast16": _safe(check_fast16, device), "direct_launch": _safe(check_direct_launch, device),
+            "seconds": time.perf_counter() - t0}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, meta=np.array(json.dumps(meta)), **arrays)
@@ -442,6 +495,24 @@ def report(meta: dict, results: list[Accuracy], grid_size: int) -> str:
         ]
     elif h:
         lines += ["## The 16-bit kernels' log1p and erfc", "", f"**not checked**: {h['error']}", ""]
+    d = meta.get("direct_launch")  # collected from compiler version 15 on
+    if d:
+        lines += ["## Direct launches", ""]
+        if "error" in d:
+            lines.append(f"**not checked**: {d['error']}")
+        else:
+            if d["mismatches"]:
+                verdict = "**results differ**: " + ", ".join(d["mismatches"])
+            elif not d["direct_launches"]:
+                verdict = "**no direct launch was made** (turned off)"
+            else:
+                verdict = "equal"
+            lines.append(
+                "Compiled kernel variants launched again without Triton's per-call binding (actgen.runtime.variants), "
+                f"against launches through Triton's JIT, bitwise, forward and backward: {d['cases']} cases "
+                f"({', '.join(DIRECT_LAUNCH_CASES)}; float32 and bfloat16), {d['direct_launches']} direct launches: "
+                f"{verdict}.")
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -90,6 +90,8 @@ def main(argv=None) -> int:
     lines = [f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, "
              f"triton {__import__('triton').__version__}, python {sys.version.split()[0]}"]
     rows = {}
+    direct = launch.LAUNCH.enabled
+    lines.append(f"direct launches of compiled variants (actgen.runtime.variants): {'on' if direct else 'off'}")
     for n in (4096, 1 << 26):
         x = torch.randn(n, device="cuda")
         xg = x.clone().requires_grad_()
@@ -102,14 +104,31 @@ def main(argv=None) -> int:
             k[lay.grid](x, out, lay.M, lay.N, lay.C, BLOCK_M=lay.block_m, BLOCK_N=lay.block_n, CH_AXIS=0,
                         ACC=tl.float32, FAST=False, num_warps=4)
 
+        consts = (lay.block_m, lay.block_n, 0, tl.float32, False)
+
+        def jit(f):
+            """f with every launch through Triton's JIT (actgen's direct launches off)."""
+            def run():
+                launch.LAUNCH.enabled = False
+                try:
+                    return f()
+                finally:
+                    launch.LAUNCH.enabled = direct
+            return run
+
         cases = {
             "triton launch alone (kernel[grid](...))": raw_launch,
+            "direct launch alone (actgen LAUNCH)": lambda: launch.LAUNCH(k, lay.grid, (x, out, lay.M, lay.N, lay.C),
+                                                                         consts, 4),
             "torch.empty_like": lambda: torch.empty_like(x),
             "TUNER.choose (no launch)": lambda: TUNER.choose(k, x, "flat", lambda cfg: None),
             "launch.forward": lambda: launch.forward(k, [x], [], (), (), 0, 1),
+            "launch.forward, JIT launch": jit(lambda: launch.forward(k, [x], [], (), (), 0, 1)),
             "actgen fwd, no grad": lambda: fn(x),
+            "actgen fwd, no grad, JIT launch": jit(lambda: fn(x)),
             "actgen fwd, requires grad": lambda: fn(xg),
             "actgen fwd+bwd": lambda: torch.autograd.grad(fn(xg), [xg], g),
+            "actgen fwd+bwd, JIT launches": jit(lambda: torch.autograd.grad(fn(xg), [xg], g)),
         }
         if builtin is not None:
             cases["F." + args.op + " fwd"] = lambda: builtin(x)
@@ -117,7 +136,7 @@ def main(argv=None) -> int:
         with torch.no_grad():
             pass
         for name, f in cases.items():
-            if n > 4096 and name.startswith(("torch.empty", "TUNER")):
+            if n > 4096 and name.startswith(("torch.empty", "TUNER", "direct launch alone")):
                 continue
             iters = 400 if n == 4096 else 30
             try:

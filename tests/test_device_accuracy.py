@@ -85,6 +85,7 @@ def test_collect_and_score_files(tmp_path, monkeypatch):
         "points": 1, "max_ulp_normal": 0.5, "specials_as_expected": True})
     monkeypatch.setattr(da, "check_fast16", lambda device: {
         "points": 1, "log1p_max_rel": 1e-6, "erfc_max_rel": 1e-6, "specials_as_expected": True})
+    monkeypatch.setattr(da, "check_direct_launch", lambda device: {"cases": 2, "direct_launches": 4, "mismatches": []})
     path = da.collect(da.DEFAULT_SPECS, "cpu", tmp_path / "v.npz", jobs=1, names=["relu", "polynomial"], log=lambda s: None)
     meta, arrays = da.load(path)
     assert meta["failures"] == {} and meta["entries"] == ["polynomial", "relu"]
@@ -93,3 +94,48 @@ def test_collect_and_score_files(tmp_path, monkeypatch):
     text = out.read_text()
     assert "| [relu](" in text and "| [polynomial](" in text and "**4 of 4 pass.**" in text
     assert "within the bound of 2^-14" in text
+    assert "## Direct launches" in text and "4 direct launches: equal." in text
+
+
+class _FakeLauncher:
+    """Stands in for actgen.runtime.variants.LAUNCH where no kernel variant is compiled: on
+    (`enabled`), every launch counts as direct and, with `corrupt`, its last tensor argument
+    (the output, an input gradient, or the param-gradient partial sums) is off by one."""
+
+    def __init__(self, corrupt):
+        self.enabled, self.direct, self.corrupt = True, 0, corrupt
+
+    def __call__(self, kernel, grid, args, consts, num_warps):
+        from actgen.runtime.variants import jit_launch
+
+        result = jit_launch(kernel, grid, args, consts, num_warps)
+        if self.enabled:
+            self.direct += 1
+            if self.corrupt:
+                [t for t in args if isinstance(t, torch.Tensor)][-1].add_(1)
+        return result
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_direct_launch_check(corrupt, monkeypatch):
+    from actgen.runtime import launch
+
+    fake = _FakeLauncher(corrupt)
+    monkeypatch.setattr(launch, "LAUNCH", fake)
+    d = da.check_direct_launch("cpu")
+    assert d["cases"] == 10 and d["direct_launches"] == fake.direct > 0 and fake.enabled
+    if corrupt:
+        assert d["mismatches"] == [f"{n} {t}" for n in da.DIRECT_LAUNCH_CASES for t in ("float32", "bfloat16")]
+    else:
+        assert d["mismatches"] == []
+
+
+@pytest.mark.parametrize("d,says", [({"cases": 10, "direct_launches": 40, "mismatches": []}, "40 direct launches: equal."),
+                                    ({"cases": 10, "direct_launches": 0, "mismatches": []}, "**no direct launch was made**"),
+                                    ({"cases": 10, "direct_launches": 9, "mismatches": ["prelu bfloat16"]},
+                                     "**results differ**: prelu bfloat16."),
+                                    ({"error": "RuntimeError: x"}, "**not checked**: RuntimeError: x")])
+def test_direct_launch_report(d, says):
+    meta = {"info": {"device": "cpu", "date": "today", "torch": "t", "triton": "x"}, "failures": {},
+            "exp": da.check_exp("cpu", n_uniform=1000), "param_grads": [], "direct_launch": d}
+    assert says in da.report(meta, [], len(XS)).split("## Direct launches")[1]

@@ -23,6 +23,7 @@ import torch
 
 from .triton_lang import INTERPRET, tl
 from .tuning import CANDIDATES, DEFAULT, PARAM_GRAD_CANDIDATES, TUNER, Config
+from .variants import LAUNCH
 
 TILE = DEFAULT.tile          # elements per program, untuned
 
@@ -48,9 +49,15 @@ class Layout:
     def tiles_n(self) -> int:
         return -(-self.N // self.block_n)
 
-    @property
+    # asked on every launch: computed once per (cached) layout
+    @functools.cached_property
     def grid(self) -> tuple[int]:
         return (self.tiles_m * self.tiles_n,)
+
+    @functools.cached_property
+    def kind(self) -> str:
+        """The layout's name in the tuner's keys: flat, rows (channels first) or cols."""
+        return "flat" if self.C <= 1 else ("rows", "cols")[self.ch_axis]
 
 
 @functools.lru_cache(maxsize=256)     # the same shapes come back every step
@@ -91,15 +98,11 @@ def _param_args(params, per_channel):
 
 def _draw_args(draws):
     """The kernel arguments of an op with random draws: draws is None for an op without any,
-    else (seed, training)."""
+    else (seed, training); the arguments, and the TRAINING constexpr."""
     if draws is None:
-        return [], {}
+        return (), ()
     seed, training = draws
-    return [seed], {"TRAINING": training}
-
-
-def _layout_kind(lay: Layout, *flags: str) -> str:
-    return "+".join(("flat" if lay.C <= 1 else ("rows", "cols")[lay.ch_axis],) + flags)
+    return (seed,), (training,)
 
 
 def _tuned(kernel, x, kind, run, candidates=CANDIDATES):
@@ -124,10 +127,10 @@ def forward(kernel, inputs, params, per_channel, constants, channel_dim, channel
 
     def run(cfg: Config):
         lay = lay0 if cfg.tile == TILE else layout(shape, channel_dim, channels, cfg.tile)
-        return kernel[lay.grid](*args, lay.M, lay.N, lay.C, BLOCK_M=lay.block_m, BLOCK_N=lay.block_n,
-                                CH_AXIS=lay.ch_axis, ACC=acc, FAST=fast, num_warps=cfg.num_warps, **training)
+        return LAUNCH(kernel, lay.grid, (*args, lay.M, lay.N, lay.C),
+                      (lay.block_m, lay.block_n, lay.ch_axis, acc, fast, *training), cfg.num_warps)
 
-    _tuned(kernel, x, _layout_kind(lay0), run)
+    _tuned(kernel, x, lay0.kind, run)
     return out
 
 
@@ -190,19 +193,17 @@ def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, 
         sized from its tile and left in `launched` with the layout and program count."""
         lay = lay0 if cfg.tile == TILE else layout(shape, channel_dim, channels, cfg.tile)
         if not params:
-            return kernel[lay.grid](*args, *constants, *seed, lay.M, lay.N, lay.C, BLOCK_M=lay.block_m, BLOCK_N=lay.block_n,
-                                    CH_AXIS=lay.ch_axis, ACC=acc, FAST=fast, PARAM_GRAD=False, num_warps=cfg.num_warps,
-                                    **training)
+            return LAUNCH(kernel, lay.grid, (*args, *constants, *seed, lay.M, lay.N, lay.C),
+                          (lay.block_m, lay.block_n, lay.ch_axis, acc, fast, False, *training), cfg.num_warps)
         step = need_params and cfg.step
         programs, iters = param_grad_programs(lay, x.device) if step else (lay.grid[0], 1)
         n_partials = programs * (lay.block_m if lay.ch_axis == 0 else lay.block_n)
         partials = torch.empty((len(params), n_partials if need_params else 1), dtype=acc_dtype, device=x.device)
         launched.update(lay=lay, partials=partials, programs=programs)
-        return kernel[(programs,)](*args, partials, n_partials, *constants, *seed, lay.M, lay.N, lay.C, iters,
-                                   BLOCK_M=lay.block_m, BLOCK_N=lay.block_n, CH_AXIS=lay.ch_axis, ACC=acc, FAST=fast,
-                                   PARAM_GRAD=need_params, STEP=step, num_warps=cfg.num_warps, **training)
+        return LAUNCH(kernel, (programs,), (*args, partials, n_partials, *constants, *seed, lay.M, lay.N, lay.C, iters),
+                      (lay.block_m, lay.block_n, lay.ch_axis, acc, fast, need_params, step, *training), cfg.num_warps)
 
-    kind = _layout_kind(lay0, *(("param_grad",) if need_params else ()))
+    kind = lay0.kind + "+param_grad" if need_params else lay0.kind
     _tuned(kernel, x, kind, run, PARAM_GRAD_CANDIDATES if need_params else CANDIDATES)
     if not need_params:
         return grads + [torch.empty_like(p) for p in params]

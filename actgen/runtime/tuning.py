@@ -145,7 +145,7 @@ class Tuner:
     def choose(self, kernel, x: torch.Tensor, layout_kind: str, run, candidates=CANDIDATES) -> Config:
         """The config for this launch; run(config) launches the kernel with it (tuning times
         every candidate once, then the fastest is kept)."""
-        fast = (kernel, x.device, x.dtype, layout_kind, _bucket(x.numel()))
+        fast = (id(kernel), x.device, x.dtype, layout_kind, _bucket(x.numel()))     # kernels live as long as the process
         chosen = self._chosen.get(fast)
         if chosen is not None:
             return chosen

@@ -1,0 +1,141 @@
+"""Launching a compiled kernel variant again without Triton's per-call argument binding.
+
+`kernel[grid](*args, **constexprs)` goes through Triton's JIT on every call: it binds every
+argument, specializes it (a tensor on its dtype and 16-byte alignment, an int on being 1 or
+a multiple of 16 and on its width), builds a cache key from that and the options, looks
+the compiled variant up, and only then calls the variant's launcher.  That host time is
+longer than a small kernel on a fast GPU (about 18 us a launch on an H200's host, in
+benchmarks/results/cuda/host_profile.txt) and is paid in every forward and backward.
+
+So the first launch of a variant goes through the JIT, which compiles it (or loads it from
+Triton's cache) and returns it, and a later launch whose arguments key the same way calls
+that variant's launcher directly, with the arguments in the kernel's order, as the JIT
+does.  The key is finer than Triton's specialization: every tensor by dtype and 16-byte
+alignment, every other argument by type and value, the constexprs and the warps, and the
+current device; only an argument the kernel does not specialize on (a seed, new every
+call) is keyed by its integer width alone.  So a variant is reused only where Triton's own
+binding picks that same variant (tests/test_core_launch_variants.py checks the key against
+Triton's binder).
+
+Off under Triton's interpreter (no compiled variants), and with ACTGEN_DIRECT_LAUNCH=0.
+Triton's launch hooks are honoured; its debug and instrumentation settings are read when
+a variant is first launched.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from .triton_lang import INTERPRET
+
+MAX_VARIANTS = 4096        # keys kept (one per shape, dtype, layout, config): cleared beyond
+
+
+def jit_launch(kernel, grid, args, consts, num_warps):
+    """kernel[grid](*args, **constexprs, num_warps=...): the constexprs are `consts`, in the
+    order of the kernel's parameters after `args`.  Returns what Triton's launch returns (the
+    compiled variant on a GPU)."""
+    names = kernel.arg_names[len(args):]
+    if len(names) != len(consts):
+        raise TypeError(f"{kernel.__name__}: {len(names)} constexprs {names} after {len(args)} arguments, "
+                        f"got {len(consts)}")
+    return kernel[grid](*args, **dict(zip(names, consts)), num_warps=num_warps)
+
+
+_UNSPECIALIZED: dict[int, frozenset] = {}
+
+
+def unspecialized(kernel) -> frozenset:
+    """Positions of the kernel's parameters Triton does not specialize on (do_not_specialize)."""
+    found = _UNSPECIALIZED.get(id(kernel))
+    if found is None:
+        found = _UNSPECIALIZED[id(kernel)] = frozenset(p.num for p in kernel.params if p.do_not_specialize)
+    return found
+
+
+def variant_key(kernel, device, args, consts, num_warps) -> tuple:
+    """What decides the compiled variant of a launch, at least as finely as Triton does.
+    (Kernels are module globals, alive for the process: keyed by id, as hashing a JIT
+    function takes a lock.)"""
+    dns = unspecialized(kernel)
+    key = [id(kernel), device, num_warps, consts]
+    add = key.append
+    for i, a in enumerate(args):
+        if isinstance(a, torch.Tensor):
+            add(a.dtype)
+            add(a.data_ptr() % 16 == 0)
+        elif i in dns:                      # an int Triton types by its width only
+            add(a.__class__)
+            add((-(1 << 31) <= a < (1 << 31), a < (1 << 63)))
+        else:
+            add(a.__class__)
+            add(a)
+    return tuple(key)
+
+
+class Launcher:
+    """launch(kernel, grid, args, consts, num_warps): the first launch of a variant through
+    Triton's JIT, later ones through its launcher (see the module's docstring)."""
+
+    def __init__(self, enabled: bool | None = None):
+        if enabled is None:
+            enabled = not INTERPRET and os.environ.get("ACTGEN_DIRECT_LAUNCH", "1") != "0"
+        self.enabled = enabled
+        self.variants: dict[tuple, object] = {}
+        self.direct = 0             # launches made directly, so far
+        self._device = self._stream = self._hooks = None
+
+    def _bind(self):
+        """Triton's current device and stream (what its JIT launches on) and its launch hooks."""
+        from triton import knobs
+        from triton.runtime.driver import driver
+
+        active = driver.active
+        self._device, self._stream, self._hooks = active.get_current_device, active.get_current_stream, knobs.runtime
+
+    def __call__(self, kernel, grid, args, consts, num_warps):
+        if not self.enabled:
+            return jit_launch(kernel, grid, args, consts, num_warps)
+        if self._device is None:
+            compiled = jit_launch(kernel, grid, args, consts, num_warps)      # also starts Triton's driver
+            try:
+                self._bind()
+            except (ImportError, AttributeError):     # a Triton without these: its JIT for every launch
+                self.enabled = False
+                return compiled
+            self._keep(variant_key(kernel, self._device(), args, consts, num_warps), compiled)
+            return compiled
+        device = self._device()
+        key = variant_key(kernel, device, args, consts, num_warps)
+        compiled = self.variants.get(key)
+        if compiled is None:
+            compiled = jit_launch(kernel, grid, args, consts, num_warps)
+            self._keep(key, compiled)
+            return compiled
+        stream = self._stream(device)
+        values = (*args, *consts)
+        hooks = self._hooks
+        try:
+            compiled.run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1, stream,
+                         compiled.function, compiled.packed_metadata,
+                         compiled.launch_metadata(grid, stream, *values), hooks.launch_enter_hook,
+                         hooks.launch_exit_hook, *values)
+        except TypeError as exc:         # a launcher that takes other arguments: the JIT from now on
+            warnings.warn(f"actgen: launching compiled kernels directly failed ({exc}); "
+                          "launching through Triton's JIT instead", stacklevel=3)
+            self.enabled = False
+            return jit_launch(kernel, grid, args, consts, num_warps)
+        self.direct += 1
+        return compiled
+
+    def _keep(self, key, compiled):
+        if compiled is None or not hasattr(compiled, "packed_metadata"):
+            return
+        if len(self.variants) >= MAX_VARIANTS:
+            self.variants.clear()
+        self.variants[key] = compiled
+
+
+LAUNCH = Launcher()
