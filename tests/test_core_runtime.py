@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import actgen.ops as ops
-from actgen.runtime import launch, use_backend
+from actgen.runtime import HAS_TRITON, launch, use_backend
 
 from _reference import SPECS, reference_call
 
@@ -294,6 +294,32 @@ def test_constants_are_runtime_kernel_arguments():
     with use_backend("triton"):
         for slope in (0.01, 0.2, 0.3):
             torch.testing.assert_close(ops.leaky_relu(x, negative_slope=slope), F.leaky_relu(x, slope))
+
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    from actgen.runtime.triton_lang import param_at
+
+    @triton.jit
+    def _read_params(p_ptr, out_ptr, N, BLOCK: tl.constexpr, CH_AXIS: tl.constexpr):
+        cols = tl.arange(0, BLOCK)[None, :]
+        tl.store(out_ptr + cols, param_at(p_ptr, cols, 1, N, CH_AXIS))
+
+
+def test_channels_last_param_loads_stay_inside_the_param(triton_backend):
+    """Channels last, a tile's columns past the row would be channels past the param's last:
+    they read nothing (a GPU faults on an address past an allocation), where channels-first
+    rows wrap around C.  The param here is the front of a buffer whose tail is poison."""
+    buf = torch.tensor([1.0, 2, 3, 4, 5, 99, 99, 99])
+    out = torch.empty(8)
+    _read_params[(1,)](buf[:5], out, 5, BLOCK=8, CH_AXIS=1)
+    assert out.tolist() == [1, 2, 3, 4, 5, 0, 0, 0]
+    for name in ("prelu", "learnable_activation", "parametric_activation"):
+        mod = importlib.import_module(f"actgen.ops.{name}")
+        src = inspect_source(mod._forward_kernel) + inspect_source(mod._backward_kernel)
+        assert "_param_at(" in src and "_stride)" not in src, name
 
 
 def test_offsets_are_int64():

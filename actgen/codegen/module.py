@@ -15,7 +15,7 @@ from .writer import Writer, escape_docstring
 TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 NTH_TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 # the @triton.jit helpers of actgen.runtime.triton_lang a kernel may call (imported as _name)
-KERNEL_HELPERS = ("tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "narrow", "exp", "log1p", "erfc", "div", "div_bounded", "sigmoid", "softplus",
+KERNEL_HELPERS = ("tile", "nth_tile", "tile_channels", "param_at", "partial_zeros", "in_tile", "store_partial", "narrow", "exp", "log1p", "erfc", "div", "div_bounded", "sigmoid", "softplus",
                   "sqrt_square_plus", "scaled_input", "inverse_scale", "limit_at_inf", "grown", "draw")
 
 
@@ -212,12 +212,20 @@ def _kernel_args(d: Derivation) -> list[str]:
 
 
 def _kernel_loads(w: Writer, d: Derivation):
-    s = d.spec
-    for name in s.inputs:
+    _input_loads(w, d)
+    _param_loads(w, d)
+
+
+def _input_loads(w: Writer, d: Derivation):
+    for name in d.spec.inputs:
         w(f"{name} = tl.load({name}_ptr + _offs, mask=_mask, other=0.0).to(ACC)")
-    for p in s.params:
+
+
+def _param_loads(w: Writer, d: Derivation, ch: str = "_ch"):
+    """The params at each element's channel ch (a (1,) param: stride 0)."""
+    for p in d.spec.params:
         if p.per_channel:
-            w(f"{p.name} = tl.load({p.name}_ptr + _ch * {p.name}_stride).to(ACC)")
+            w(f"{p.name} = _param_at({p.name}_ptr, {ch}, {p.name}_stride, _N, CH_AXIS).to(ACC)")
         else:
             w(f"{p.name} = tl.load({p.name}_ptr).to(ACC)")
 
@@ -286,8 +294,9 @@ def _free(block: Block, expr) -> set:
 
 def _backward_kernel(w: Writer, d: Derivation):
     """One tile per program; with params and STEP, each program steps through _iters tiles and
-    sums grad * df/dparam over them per tile row or column in registers, then stores those sums
-    (STEP is a constexpr: without it the loop compiles away, and so does its register cost)."""
+    sums grad * df/dparam over them element by element in registers, then stores those sums
+    per tile row or column (STEP is a constexpr: without it the loop compiles away, and so
+    does its register cost)."""
     s = d.spec
     consts = [c.name for c in s.constants]
     args = ["_grad_ptr"] + [f"{n}_ptr" for n in s.inputs] + _kernel_args(d)
@@ -308,23 +317,31 @@ def _backward_kernel(w: Writer, d: Derivation):
             w()
             return
         for p in s.params:
-            w(f"_sum_{p.name} = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)")
+            w(f"_sum_{p.name} = _partial_zeros(BLOCK_M, BLOCK_N, ACC)")
+        # the params once per program: a stepping program's tiles share their elements'
+        # channels (launch.param_grad_programs), so its first tile's are every tile's
+        if any(p.per_channel for p in s.params):
+            w("_ch0 = _tile_channels(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)")
+        _param_loads(w, d, "_ch0")
         with w.indent("for _it in range(_iters if STEP else 1):"):
-            _backward_tile(w, d, NTH_TILE_INDEX)
+            _backward_tile(w, d, NTH_TILE_INDEX, params=False)
             with w.indent("if PARAM_GRAD:"):
                 for p in s.params:
-                    w(f"_sum_{p.name} += _tile_sum(_g * _d_{p.name}, _mask, CH_AXIS)")
+                    w(f"_sum_{p.name} += _in_tile(_g * _d_{p.name}, _mask)")
         with w.indent("if PARAM_GRAD:"):
             for k, p in enumerate(s.params):
                 w(f"_store_partial(_partials_ptr + {k} * _n_partials, _sum_{p.name}, BLOCK_M, BLOCK_N, CH_AXIS)")
     w()
 
 
-def _backward_tile(w: Writer, d: Derivation, tile_index: str):
-    """Load one tile, store grad * df/dinput for every input; leaves _g and _d_<param>."""
+def _backward_tile(w: Writer, d: Derivation, tile_index: str, params: bool = True):
+    """Load one tile (and with `params` the params), store grad * df/dinput for every input;
+    leaves _g and _d_<param>."""
     w(tile_index)
     w("_g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)")
-    _kernel_loads(w, d)
+    _input_loads(w, d)
+    if params:
+        _param_loads(w, d)
     _kernel_draws(w, d.kernel_backward, d)
     _block(w, d.kernel_backward, TritonPrinter(_tensor_names(d)), "_")
     for n in d.spec.inputs:

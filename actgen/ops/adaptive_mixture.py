@@ -135,7 +135,7 @@ def _second_derivatives_torch(x, w0, w1, w2):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, div as _div, div_bounded as _div_bounded, limit_at_inf as _limit_at_inf, grown as _grown
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, in_tile as _in_tile, store_partial as _store_partial, exp as _exp, div as _div, div_bounded as _div_bounded, limit_at_inf as _limit_at_inf, grown as _grown
 
     @triton.jit
     def _forward_kernel(
@@ -160,16 +160,16 @@ if _rt.HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
         """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
-        _sum_w0 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
-        _sum_w1 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
-        _sum_w2 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        _sum_w0 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _sum_w1 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _sum_w2 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        w0 = tl.load(w0_ptr).to(ACC)
+        w1 = tl.load(w1_ptr).to(ACC)
+        w2 = tl.load(w2_ptr).to(ACC)
         for _it in range(_iters if STEP else 1):
             _offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
             _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
             x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-            w0 = tl.load(w0_ptr).to(ACC)
-            w1 = tl.load(w1_ptr).to(ACC)
-            w2 = tl.load(w2_ptr).to(ACC)
             _t0 = _exp(w0, FAST)
             _t1 = _exp(w1, FAST)
             _t2 = _exp(w2, FAST)
@@ -192,9 +192,9 @@ if _rt.HAS_TRITON:
             _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*tl.fma(_t4, x, -_t10), _grown(_t13*_t2), _grown(_t2*(-_t11 - _t14)), x))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
-                _sum_w0 += _tile_sum(_g * _d_w0, _mask, CH_AXIS)
-                _sum_w1 += _tile_sum(_g * _d_w1, _mask, CH_AXIS)
-                _sum_w2 += _tile_sum(_g * _d_w2, _mask, CH_AXIS)
+                _sum_w0 += _in_tile(_g * _d_w0, _mask)
+                _sum_w1 += _in_tile(_g * _d_w1, _mask)
+                _sum_w2 += _in_tile(_g * _d_w2, _mask)
         if PARAM_GRAD:
             _store_partial(_partials_ptr + 0 * _n_partials, _sum_w0, BLOCK_M, BLOCK_N, CH_AXIS)
             _store_partial(_partials_ptr + 1 * _n_partials, _sum_w1, BLOCK_M, BLOCK_N, CH_AXIS)
@@ -203,7 +203,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='adaptive_mixture',
-    key='3a2b18a1faf8',
+    key='838321a8c26d',
     inputs=('x',),
     params=(('w0', False), ('w1', False), ('w2', False)),
     constants=(),

@@ -92,7 +92,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='bent_identity',
-    key='e4e19978d9a3',
+    key='1201385046f9',
     inputs=('x',),
     params=(),
     constants=(),

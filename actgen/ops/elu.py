@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='elu',
-    key='cb47845ea03a',
+    key='edd55c50b86d',
     inputs=('x',),
     params=(),
     constants=('alpha',),

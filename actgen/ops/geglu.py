@@ -100,7 +100,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu',
-    key='54b2ceb2f9f2',
+    key='cf36001282c0',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -109,7 +109,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu_tanh',
-    key='5e3a287e9177',
+    key='7b2e134ef959',
     inputs=('a', 'b'),
     params=(),
     constants=(),

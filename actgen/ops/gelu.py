@@ -83,7 +83,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='gelu',
-    key='4fb3fa0b34b3',
+    key='99e60f496291',
     inputs=('x',),
     params=(),
     constants=(),

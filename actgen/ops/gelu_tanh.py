@@ -91,7 +91,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='gelu_tanh',
-    key='a04bb75f25f0',
+    key='1a9aab571d23',
     inputs=('x',),
     params=(),
     constants=(),

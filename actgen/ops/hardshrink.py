@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardshrink',
-    key='8461b36d3ae6',
+    key='66d048978fef',
     inputs=('x',),
     params=(),
     constants=('lambd',),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardsigmoid',
-    key='01c04e051cb3',
+    key='afdd21006b8f',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardswish',
-    key='759093a9f772',
+    key='c28a830e1b85',
     inputs=('x',),
     params=(),
     constants=(),

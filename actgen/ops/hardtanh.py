@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardtanh',
-    key='505d471547ba',
+    key='3bdf996daacb',
     inputs=('x',),
     params=(),
     constants=('min_val', 'max_val'),

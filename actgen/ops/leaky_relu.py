@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='leaky_relu',
-    key='fc59fa681f82',
+    key='00891e9c9c3e',
     inputs=('x',),
     params=(),
     constants=('negative_slope',),

@@ -79,7 +79,7 @@ def _second_derivatives_torch(x, alpha, scale, shift):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, tile_channels as _tile_channels, param_at as _param_at, partial_zeros as _partial_zeros, in_tile as _in_tile, store_partial as _store_partial
 
     @triton.jit
     def _forward_kernel(
@@ -89,8 +89,8 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        alpha = tl.load(alpha_ptr + _ch * alpha_stride).to(ACC)
-        scale = tl.load(scale_ptr + _ch * scale_stride).to(ACC)
+        alpha = _param_at(alpha_ptr, _ch, alpha_stride, _N, CH_AXIS).to(ACC)
+        scale = _param_at(scale_ptr, _ch, scale_stride, _N, CH_AXIS).to(ACC)
         shift = tl.load(shift_ptr).to(ACC)
         _y = tl.fma(scale, tl.where(x > 0.0, x, alpha*x), shift)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
@@ -101,16 +101,17 @@ if _rt.HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
         """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
-        _sum_alpha = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
-        _sum_scale = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
-        _sum_shift = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        _sum_alpha = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _sum_scale = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _sum_shift = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _ch0 = _tile_channels(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
+        alpha = _param_at(alpha_ptr, _ch0, alpha_stride, _N, CH_AXIS).to(ACC)
+        scale = _param_at(scale_ptr, _ch0, scale_stride, _N, CH_AXIS).to(ACC)
+        shift = tl.load(shift_ptr).to(ACC)
         for _it in range(_iters if STEP else 1):
             _offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
             _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
             x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-            alpha = tl.load(alpha_ptr + _ch * alpha_stride).to(ACC)
-            scale = tl.load(scale_ptr + _ch * scale_stride).to(ACC)
-            shift = tl.load(shift_ptr).to(ACC)
             _t0 = x > 0.0
             _d_x = tl.where(x != x, x, scale*tl.where(_t0, 1.0, alpha))
             _d_alpha = tl.where(x != x, x, scale*tl.where(_t0, 0.0, x))
@@ -118,9 +119,9 @@ if _rt.HAS_TRITON:
             _d_shift = 1.0
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
-                _sum_alpha += _tile_sum(_g * _d_alpha, _mask, CH_AXIS)
-                _sum_scale += _tile_sum(_g * _d_scale, _mask, CH_AXIS)
-                _sum_shift += _tile_sum(_g * _d_shift, _mask, CH_AXIS)
+                _sum_alpha += _in_tile(_g * _d_alpha, _mask)
+                _sum_scale += _in_tile(_g * _d_scale, _mask)
+                _sum_shift += _in_tile(_g * _d_shift, _mask)
         if PARAM_GRAD:
             _store_partial(_partials_ptr + 0 * _n_partials, _sum_alpha, BLOCK_M, BLOCK_N, CH_AXIS)
             _store_partial(_partials_ptr + 1 * _n_partials, _sum_scale, BLOCK_M, BLOCK_N, CH_AXIS)
@@ -129,7 +130,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='learnable_activation',
-    key='f812034f3d9f',
+    key='0525c10a6733',
     inputs=('x',),
     params=(('alpha', True), ('scale', True), ('shift', False)),
     constants=(),

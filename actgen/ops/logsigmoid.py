@@ -72,7 +72,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='logsigmoid',
-    key='3f67166ac4ca',
+    key='c8f44aaf1e98',
     inputs=('x',),
     params=(),
     constants=(),

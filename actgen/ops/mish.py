@@ -128,7 +128,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='mish',
-    key='5744e4bf2d9f',
+    key='5ac29197ee51',
     inputs=('x',),
     params=(),
     constants=(),

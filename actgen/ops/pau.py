@@ -403,7 +403,7 @@ def _second_derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, div as _div, scaled_input as _scaled_input, inverse_scale as _inverse_scale
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, in_tile as _in_tile, store_partial as _store_partial, div as _div, scaled_input as _scaled_input, inverse_scale as _inverse_scale
 
     @triton.jit
     def _forward_kernel(
@@ -438,30 +438,30 @@ if _rt.HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
         """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
-        _sum_a0 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
-        _sum_a1 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
-        _sum_a2 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
-        _sum_a3 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
-        _sum_a4 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
-        _sum_a5 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
-        _sum_b1 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
-        _sum_b2 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
-        _sum_b3 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
-        _sum_b4 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        _sum_a0 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _sum_a1 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _sum_a2 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _sum_a3 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _sum_a4 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _sum_a5 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _sum_b1 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _sum_b2 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _sum_b3 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _sum_b4 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        a0 = tl.load(a0_ptr).to(ACC)
+        a1 = tl.load(a1_ptr).to(ACC)
+        a2 = tl.load(a2_ptr).to(ACC)
+        a3 = tl.load(a3_ptr).to(ACC)
+        a4 = tl.load(a4_ptr).to(ACC)
+        a5 = tl.load(a5_ptr).to(ACC)
+        b1 = tl.load(b1_ptr).to(ACC)
+        b2 = tl.load(b2_ptr).to(ACC)
+        b3 = tl.load(b3_ptr).to(ACC)
+        b4 = tl.load(b4_ptr).to(ACC)
         for _it in range(_iters if STEP else 1):
             _offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
             _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
             x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-            a0 = tl.load(a0_ptr).to(ACC)
-            a1 = tl.load(a1_ptr).to(ACC)
-            a2 = tl.load(a2_ptr).to(ACC)
-            a3 = tl.load(a3_ptr).to(ACC)
-            a4 = tl.load(a4_ptr).to(ACC)
-            a5 = tl.load(a5_ptr).to(ACC)
-            b1 = tl.load(b1_ptr).to(ACC)
-            b2 = tl.load(b2_ptr).to(ACC)
-            b3 = tl.load(b3_ptr).to(ACC)
-            b4 = tl.load(b4_ptr).to(ACC)
             _w_x = _inverse_scale(x)
             _v_x = _scaled_input(x)
             _t0 = _w_x*_w_x*_w_x*_w_x
@@ -511,16 +511,16 @@ if _rt.HAS_TRITON:
             _d_b4 = tl.where(x != x, x, -(_t30*_t31*_t32*tl.where(b4 > 0.0, 1.0, tl.where(b4 < 0.0, -1.0, 0.0))))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
-                _sum_a0 += _tile_sum(_g * _d_a0, _mask, CH_AXIS)
-                _sum_a1 += _tile_sum(_g * _d_a1, _mask, CH_AXIS)
-                _sum_a2 += _tile_sum(_g * _d_a2, _mask, CH_AXIS)
-                _sum_a3 += _tile_sum(_g * _d_a3, _mask, CH_AXIS)
-                _sum_a4 += _tile_sum(_g * _d_a4, _mask, CH_AXIS)
-                _sum_a5 += _tile_sum(_g * _d_a5, _mask, CH_AXIS)
-                _sum_b1 += _tile_sum(_g * _d_b1, _mask, CH_AXIS)
-                _sum_b2 += _tile_sum(_g * _d_b2, _mask, CH_AXIS)
-                _sum_b3 += _tile_sum(_g * _d_b3, _mask, CH_AXIS)
-                _sum_b4 += _tile_sum(_g * _d_b4, _mask, CH_AXIS)
+                _sum_a0 += _in_tile(_g * _d_a0, _mask)
+                _sum_a1 += _in_tile(_g * _d_a1, _mask)
+                _sum_a2 += _in_tile(_g * _d_a2, _mask)
+                _sum_a3 += _in_tile(_g * _d_a3, _mask)
+                _sum_a4 += _in_tile(_g * _d_a4, _mask)
+                _sum_a5 += _in_tile(_g * _d_a5, _mask)
+                _sum_b1 += _in_tile(_g * _d_b1, _mask)
+                _sum_b2 += _in_tile(_g * _d_b2, _mask)
+                _sum_b3 += _in_tile(_g * _d_b3, _mask)
+                _sum_b4 += _in_tile(_g * _d_b4, _mask)
         if PARAM_GRAD:
             _store_partial(_partials_ptr + 0 * _n_partials, _sum_a0, BLOCK_M, BLOCK_N, CH_AXIS)
             _store_partial(_partials_ptr + 1 * _n_partials, _sum_a1, BLOCK_M, BLOCK_N, CH_AXIS)
@@ -536,7 +536,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='pau',
-    key='0a90d24da3fc',
+    key='53641b1a4247',
     inputs=('x',),
     params=(('a0', False), ('a1', False), ('a2', False), ('a3', False), ('a4', False), ('a5', False), ('b1', False), ('b2', False), ('b3', False), ('b4', False)),
     constants=(),

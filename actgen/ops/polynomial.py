@@ -89,7 +89,7 @@ def _second_derivatives_torch(x, a0, a1, a2, a3):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, limit_at_inf as _limit_at_inf, grown as _grown
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, in_tile as _in_tile, store_partial as _store_partial, limit_at_inf as _limit_at_inf, grown as _grown
 
     @triton.jit
     def _forward_kernel(
@@ -115,18 +115,18 @@ if _rt.HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
         """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
-        _sum_a0 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
-        _sum_a1 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
-        _sum_a2 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
-        _sum_a3 = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        _sum_a0 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _sum_a1 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _sum_a2 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _sum_a3 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        a0 = tl.load(a0_ptr).to(ACC)
+        a1 = tl.load(a1_ptr).to(ACC)
+        a2 = tl.load(a2_ptr).to(ACC)
+        a3 = tl.load(a3_ptr).to(ACC)
         for _it in range(_iters if STEP else 1):
             _offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
             _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
             x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-            a0 = tl.load(a0_ptr).to(ACC)
-            a1 = tl.load(a1_ptr).to(ACC)
-            a2 = tl.load(a2_ptr).to(ACC)
-            a3 = tl.load(a3_ptr).to(ACC)
             _t0 = 33554432.0*a2
             _t1 = a1 + 844424930131968.0*a3
             _d_x = _limit_at_inf(tl.fma(x, 2.0*a2 + 3.0*a3*x, a1), _grown(_t0 + _t1), _grown(-_t0 + _t1), x)
@@ -136,10 +136,10 @@ if _rt.HAS_TRITON:
             _d_a3 = x*x*x
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
-                _sum_a0 += _tile_sum(_g * _d_a0, _mask, CH_AXIS)
-                _sum_a1 += _tile_sum(_g * _d_a1, _mask, CH_AXIS)
-                _sum_a2 += _tile_sum(_g * _d_a2, _mask, CH_AXIS)
-                _sum_a3 += _tile_sum(_g * _d_a3, _mask, CH_AXIS)
+                _sum_a0 += _in_tile(_g * _d_a0, _mask)
+                _sum_a1 += _in_tile(_g * _d_a1, _mask)
+                _sum_a2 += _in_tile(_g * _d_a2, _mask)
+                _sum_a3 += _in_tile(_g * _d_a3, _mask)
         if PARAM_GRAD:
             _store_partial(_partials_ptr + 0 * _n_partials, _sum_a0, BLOCK_M, BLOCK_N, CH_AXIS)
             _store_partial(_partials_ptr + 1 * _n_partials, _sum_a1, BLOCK_M, BLOCK_N, CH_AXIS)
@@ -149,7 +149,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='polynomial',
-    key='f9126f8a2b20',
+    key='7439de206f8c',
     inputs=('x',),
     params=(('a0', False), ('a1', False), ('a2', False), ('a3', False)),
     constants=(),

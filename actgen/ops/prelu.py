@@ -65,7 +65,7 @@ def _second_derivatives_torch(x, weight):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, tile_channels as _tile_channels, param_at as _param_at, partial_zeros as _partial_zeros, in_tile as _in_tile, store_partial as _store_partial
 
     @triton.jit
     def _forward_kernel(
@@ -75,7 +75,7 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        weight = tl.load(weight_ptr + _ch * weight_stride).to(ACC)
+        weight = _param_at(weight_ptr, _ch, weight_stride, _N, CH_AXIS).to(ACC)
         _y = tl.where(x > 0.0, x, weight*x)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
@@ -85,25 +85,26 @@ if _rt.HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
         """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
-        _sum_weight = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        _sum_weight = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _ch0 = _tile_channels(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
+        weight = _param_at(weight_ptr, _ch0, weight_stride, _N, CH_AXIS).to(ACC)
         for _it in range(_iters if STEP else 1):
             _offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
             _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
             x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-            weight = tl.load(weight_ptr + _ch * weight_stride).to(ACC)
             _t0 = x > 0.0
             _d_x = tl.where(x != x, x, tl.where(_t0, 1.0, weight))
             _d_weight = tl.where(x != x, x, tl.where(_t0, 0.0, x))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
-                _sum_weight += _tile_sum(_g * _d_weight, _mask, CH_AXIS)
+                _sum_weight += _in_tile(_g * _d_weight, _mask)
         if PARAM_GRAD:
             _store_partial(_partials_ptr + 0 * _n_partials, _sum_weight, BLOCK_M, BLOCK_N, CH_AXIS)
 
 
 _OP = _rt.Activation(
     name='prelu',
-    key='0a83d09dee9f',
+    key='432002bb5185',
     inputs=('x',),
     params=(('weight', True),),
     constants=(),

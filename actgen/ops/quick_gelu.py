@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='quick_gelu',
-    key='b64930563fc2',
+    key='9d8dedbe8093',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu6',
-    key='dc64086f627d',
+    key='f3acdff55a79',
     inputs=('x',),
     params=(),
     constants=(),

@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='scaled_activation',
-    key='f2c955aa9f20',
+    key='270675f32696',
     inputs=('x',),
     params=(),
     constants=('scale', 'shift'),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='selu',
-    key='2d5afd1aca22',
+    key='fead6c80dbbd',
     inputs=('x',),
     params=(),
     constants=(),

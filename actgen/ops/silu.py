@@ -90,7 +90,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='silu',
-    key='f35939ab9f25',
+    key='cbae5652a863',
     inputs=('x',),
     params=(),
     constants=(),

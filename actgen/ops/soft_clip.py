@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='soft_clip',
-    key='d3b923021ef7',
+    key='4cbc197bab12',
     inputs=('x',),
     params=(),
     constants=('scale',),

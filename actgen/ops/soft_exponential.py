@@ -106,7 +106,7 @@ def _second_derivatives_torch(x, alpha):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, log1p as _log1p, div as _div, limit_at_inf as _limit_at_inf, grown as _grown
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, in_tile as _in_tile, store_partial as _store_partial, exp as _exp, log1p as _log1p, div as _div, limit_at_inf as _limit_at_inf, grown as _grown
 
     @triton.jit
     def _forward_kernel(
@@ -132,12 +132,12 @@ if _rt.HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
         """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
-        _sum_alpha = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        _sum_alpha = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        alpha = tl.load(alpha_ptr).to(ACC)
         for _it in range(_iters if STEP else 1):
             _offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
             _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
             x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-            alpha = tl.load(alpha_ptr).to(ACC)
             _t0 = alpha*(alpha + x)
             _t1 = _div(1.0, (1.0 - _t0), FAST)
             _t2 = alpha < 0.0
@@ -151,14 +151,14 @@ if _rt.HAS_TRITON:
             _d_alpha = tl.where(_t2, tl.fma(_t7, _log1p(-_t0, FAST), -(_t1*_t8*(-(2.0*alpha) - x))), tl.where(_t5, tl.fma(-_t7, libdevice.expm1(_t3), _t4*_t8*x + 1.0), 0.5*x*x + 1.0))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
-                _sum_alpha += _tile_sum(_g * _d_alpha, _mask, CH_AXIS)
+                _sum_alpha += _in_tile(_g * _d_alpha, _mask)
         if PARAM_GRAD:
             _store_partial(_partials_ptr + 0 * _n_partials, _sum_alpha, BLOCK_M, BLOCK_N, CH_AXIS)
 
 
 _OP = _rt.Activation(
     name='soft_exponential',
-    key='9e0460f8a596',
+    key='fc8f9824e5ac',
     inputs=('x',),
     params=(('alpha', False),),
     constants=(),

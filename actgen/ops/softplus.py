@@ -93,7 +93,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softplus',
-    key='a3dd0cbd9a2f',
+    key='891d3a523847',
     inputs=('x',),
     params=(),
     constants=('beta', 'threshold'),

@@ -81,7 +81,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softsign',
-    key='c5ed78ab092b',
+    key='3e67cecc62a0',
     inputs=('x',),
     params=(),
     constants=(),

@@ -72,7 +72,7 @@ def _second_derivatives_torch(x, scale, bias):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, in_tile as _in_tile, store_partial as _store_partial
 
     @triton.jit
     def _forward_kernel(
@@ -93,22 +93,22 @@ if _rt.HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
         """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
-        _sum_scale = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
-        _sum_bias = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        _sum_scale = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _sum_bias = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        scale = tl.load(scale_ptr).to(ACC)
+        bias = tl.load(bias_ptr).to(ACC)
         for _it in range(_iters if STEP else 1):
             _offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
             _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
             x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-            scale = tl.load(scale_ptr).to(ACC)
-            bias = tl.load(bias_ptr).to(ACC)
             _t0 = x > 0.0
             _d_x = tl.where(x != x, x, scale*tl.where(_t0, 2.0*x, 0.0))
             _d_scale = tl.where(x != x, x, tl.where(_t0, x*x, 0.0))
             _d_bias = 1.0
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
-                _sum_scale += _tile_sum(_g * _d_scale, _mask, CH_AXIS)
-                _sum_bias += _tile_sum(_g * _d_bias, _mask, CH_AXIS)
+                _sum_scale += _in_tile(_g * _d_scale, _mask)
+                _sum_bias += _in_tile(_g * _d_bias, _mask)
         if PARAM_GRAD:
             _store_partial(_partials_ptr + 0 * _n_partials, _sum_scale, BLOCK_M, BLOCK_N, CH_AXIS)
             _store_partial(_partials_ptr + 1 * _n_partials, _sum_bias, BLOCK_M, BLOCK_N, CH_AXIS)
@@ -116,7 +116,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='star_relu',
-    key='b22b6b0fb50f',
+    key='9ab48240a768',
     inputs=('x',),
     params=(('scale', False), ('bias', False)),
     constants=(),

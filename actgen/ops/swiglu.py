@@ -102,7 +102,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swiglu',
-    key='7985c4df2b06',
+    key='30feeccddaf4',
     inputs=('a', 'b'),
     params=(),
     constants=(),

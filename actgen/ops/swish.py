@@ -82,7 +82,7 @@ def _second_derivatives_torch(x, beta):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, div_bounded as _div_bounded, sigmoid as _sigmoid, limit_at_inf as _limit_at_inf, grown as _grown
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, in_tile as _in_tile, store_partial as _store_partial, exp as _exp, div_bounded as _div_bounded, sigmoid as _sigmoid, limit_at_inf as _limit_at_inf, grown as _grown
 
     @triton.jit
     def _forward_kernel(
@@ -103,12 +103,12 @@ if _rt.HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
         """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
-        _sum_beta = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        _sum_beta = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        beta = tl.load(beta_ptr).to(ACC)
         for _it in range(_iters if STEP else 1):
             _offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
             _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
             x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-            beta = tl.load(beta_ptr).to(ACC)
             _t0 = beta*x
             _t1 = _exp(-tl.abs(_t0), FAST)
             _t2 = _div_bounded(1.0, tl.fma(_t1, _t1 + 2.0, 1.0), FAST)
@@ -122,14 +122,14 @@ if _rt.HAS_TRITON:
             _d_beta = _limit_at_inf(_t1*_t2*x*x, _t8, _t8, x)
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
-                _sum_beta += _tile_sum(_g * _d_beta, _mask, CH_AXIS)
+                _sum_beta += _in_tile(_g * _d_beta, _mask)
         if PARAM_GRAD:
             _store_partial(_partials_ptr + 0 * _n_partials, _sum_beta, BLOCK_M, BLOCK_N, CH_AXIS)
 
 
 _OP = _rt.Activation(
     name='swish',
-    key='ad53ce7b5410',
+    key='ca200cbf970e',
     inputs=('x',),
     params=(('beta', False),),
     constants=(),

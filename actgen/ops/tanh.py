@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='tanh',
-    key='1abd0312951b',
+    key='ab29f2ff94f8',
     inputs=('x',),
     params=(),
     constants=(),

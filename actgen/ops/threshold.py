@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='threshold',
-    key='bbd724268292',
+    key='eecd7ed62278',
     inputs=('x',),
     params=(),
     constants=('threshold', 'value'),

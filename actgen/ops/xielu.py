@@ -85,7 +85,7 @@ def _second_derivatives_torch(x, alpha_p, alpha_n, beta, eps):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, tile_sum as _tile_sum, store_partial as _store_partial, exp as _exp, sigmoid as _sigmoid, softplus as _softplus, limit_at_inf as _limit_at_inf, grown as _grown
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, in_tile as _in_tile, store_partial as _store_partial, exp as _exp, sigmoid as _sigmoid, softplus as _softplus, limit_at_inf as _limit_at_inf, grown as _grown
 
     @triton.jit
     def _forward_kernel(
@@ -109,14 +109,14 @@ if _rt.HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
         """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
-        _sum_alpha_p = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
-        _sum_alpha_n = _partial_zeros(BLOCK_M, BLOCK_N, CH_AXIS, ACC)
+        _sum_alpha_p = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _sum_alpha_n = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        alpha_p = tl.load(alpha_p_ptr).to(ACC)
+        alpha_n = tl.load(alpha_n_ptr).to(ACC)
         for _it in range(_iters if STEP else 1):
             _offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
             _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
             x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-            alpha_p = tl.load(alpha_p_ptr).to(ACC)
-            alpha_n = tl.load(alpha_n_ptr).to(ACC)
             _t0 = x > 0.0
             _t1 = eps > x
             _t2 = tl.where(_t1, x, eps)
@@ -125,8 +125,8 @@ if _rt.HAS_TRITON:
             _d_alpha_n = tl.where(x != x, x, tl.where(_t0, 0.0, (-x + libdevice.expm1(_t2))*_sigmoid(alpha_n, FAST)))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
-                _sum_alpha_p += _tile_sum(_g * _d_alpha_p, _mask, CH_AXIS)
-                _sum_alpha_n += _tile_sum(_g * _d_alpha_n, _mask, CH_AXIS)
+                _sum_alpha_p += _in_tile(_g * _d_alpha_p, _mask)
+                _sum_alpha_n += _in_tile(_g * _d_alpha_n, _mask)
         if PARAM_GRAD:
             _store_partial(_partials_ptr + 0 * _n_partials, _sum_alpha_p, BLOCK_M, BLOCK_N, CH_AXIS)
             _store_partial(_partials_ptr + 1 * _n_partials, _sum_alpha_n, BLOCK_M, BLOCK_N, CH_AXIS)
@@ -134,7 +134,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='xielu',
-    key='566c11f383e3',
+    key='3f3ae0d3b98a',
     inputs=('x',),
     params=(('alpha_p', False), ('alpha_n', False)),
     constants=('beta', 'eps'),

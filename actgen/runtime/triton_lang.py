@@ -261,7 +261,7 @@ def scaled_input(u):
 
 __all__ = ["triton", "tl", "libdevice", "exp", "log1p", "div", "sigmoid", "softplus", "sqrt_square_plus", "scaled_input", "inverse_scale",
            "limit_at_inf",
-           "tile", "nth_tile", "partial_zeros", "tile_sum", "store_partial", "draw", "draws_kernel", "INTERPRET"]
+           "tile", "nth_tile", "tile_channels", "param_at", "partial_zeros", "in_tile", "store_partial", "draw", "draws_kernel", "INTERPRET"]
 
 
 # The value at +-inf of a formula whose limit there depends on params (actgen.derive.LimitAtInf):
@@ -316,33 +316,47 @@ def nth_tile(it, M, N, C, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS:
 
 
 @triton.jit
-def partial_zeros(BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr):
-    """An empty param-gradient sum: one per tile row (CH_AXIS 0) or column (1)."""
-    if CH_AXIS == 0:
-        return tl.zeros([BLOCK_M], ACC)
-    else:
-        return tl.zeros([BLOCK_N], ACC)
+def tile_channels(M, N, C, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr):
+    """The channels of this program's first tile's elements: every one of its tiles' when it
+    steps through the tiles (launch.param_grad_programs sizes the steps so)."""
+    offs, mask, ch, rows, cols = tile(M, N, C, BLOCK_M, BLOCK_N, CH_AXIS)
+    return ch
 
 
 @triton.jit
-def tile_sum(values, mask, CH_AXIS: tl.constexpr):
-    """A tile's values summed per row (CH_AXIS 0) or column (1), masked elements left out."""
-    v = tl.where(mask, values, 0.0)
-    if CH_AXIS == 0:
-        return tl.sum(v, axis=1)
+def param_at(ptr, ch, stride, N, CH_AXIS: tl.constexpr):
+    """A per-channel param (stride 0: a (1,) one) at each element's channel ch.  Channels
+    last, an element's channel is its column, and a tile's columns from N on (past the
+    row: channels N = C and on) read nothing; channels first, rows wrap around C."""
+    if CH_AXIS == 1:
+        return tl.load(ptr + ch * stride, mask=ch < N, other=0.0)
     else:
-        return tl.sum(v, axis=0)
+        return tl.load(ptr + ch * stride)
+
+
+@triton.jit
+def partial_zeros(BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr):
+    """An empty param-gradient sum: a tile of zeros, each element summing its place in the
+    program's tiles (summed per row or column once, when stored).  Negative zeros: -0 + v is
+    v for every v, so a program of one tile adds nothing to it."""
+    return tl.full([BLOCK_M, BLOCK_N], -0.0, ACC)
+
+
+@triton.jit
+def in_tile(values, mask):
+    """A tile's values, 0 where the tile runs past the tensor."""
+    return tl.where(mask, values, 0.0)
 
 
 @triton.jit
 def store_partial(ptr, acc, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr):
-    """One program's partial param-gradient sums, accumulated over its tiles: per tile row
-    (CH_AXIS 0) or column (1)."""
+    """One program's partial param-gradient sums, accumulated element by element over its
+    tiles: summed per tile row (CH_AXIS 0) or column (1), and stored."""
     pid = tl.program_id(0).to(tl.int64)
     if CH_AXIS == 0:
-        tl.store(ptr + pid * BLOCK_M + tl.arange(0, BLOCK_M), acc)
+        tl.store(ptr + pid * BLOCK_M + tl.arange(0, BLOCK_M), tl.sum(acc, axis=1))
     else:
-        tl.store(ptr + pid * BLOCK_N + tl.arange(0, BLOCK_N), acc)
+        tl.store(ptr + pid * BLOCK_N + tl.arange(0, BLOCK_N), tl.sum(acc, axis=0))
 
 
 # Random draws (a formula's uniform(lo, hi), see actgen.derive.replace_draws): draw K of a call
