@@ -300,12 +300,47 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from actgen.runtime.triton_lang import param_at
+    from actgen.runtime.triton_lang import div_uniform, param_at
 
     @triton.jit
     def _read_params(p_ptr, out_ptr, N, BLOCK: tl.constexpr, CH_AXIS: tl.constexpr):
         cols = tl.arange(0, BLOCK)[None, :]
         tl.store(out_ptr + cols, param_at(p_ptr, cols, 1, N, CH_AXIS))
+
+    @triton.jit
+    def _divide_uniform(a_ptr, out_ptr, b, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        a = tl.load(a_ptr + offs, mask=mask, other=0.0)
+        tl.store(out_ptr + offs, div_uniform(a, b, False), mask=mask)
+
+
+def test_division_by_a_uniform_denominator_rounds_as_ieee(triton_backend):
+    """div_uniform (a / b for b the same for every element: its reciprocal once, each quotient
+    corrected by its remainder) against numpy's IEEE float32 division: bitwise where |a| is
+    at least 2**-102, within an ULP below (the remainder underflows); inf, NaN and zeros as
+    division gives them; b past [2**-100, 2**100] through div_rn, bitwise."""
+    import numpy as np
+    import triton as _t
+
+    rng = np.random.default_rng(3)
+    a = np.concatenate([rng.standard_normal(60_000) * np.exp(rng.uniform(-85, 85, 60_000)),
+                        [np.inf, -np.inf, np.nan, 0.0, -0.0, 3.4e38, -3.4e38, 1e-40, 1e-45]]).astype(np.float32)
+    bs = [*(rng.standard_normal(12) * np.exp(rng.uniform(-60, 60, 12))), 1.0, 3.0, -7.0, 0.1, 2.0**-100, 2.0**100,
+          1e-35, -1e35, 2.0**-140]
+    for b in np.float32(bs):
+        with np.errstate(all="ignore"):
+            want = a / b
+        out = torch.empty(len(a))
+        _divide_uniform[(_t.cdiv(len(a), 1024),)](torch.from_numpy(a), out, float(b), len(a), BLOCK=1024)
+        got = out.numpy()
+        same = (got == want) & (np.signbit(got) == np.signbit(want)) | (np.isnan(got) & np.isnan(want))
+        exact = (np.abs(a) >= 2.0**-102) | ~np.isfinite(a) | (a == 0)
+        if not 2.0**-100 <= abs(b) <= 2.0**100:
+            exact[:] = True
+        assert same[exact].all(), (b, a[exact & ~same][:5])
+        off = np.abs(got[~exact].astype(np.float64) - want[~exact]) / np.spacing(np.abs(want[~exact]))
+        assert (off <= 1.0).all(), b
 
 
 def test_channels_last_param_loads_stay_inside_the_param(triton_backend):

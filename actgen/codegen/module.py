@@ -15,7 +15,7 @@ from .writer import Writer, escape_docstring
 TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 NTH_TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 # the @triton.jit helpers of actgen.runtime.triton_lang a kernel may call (imported as _name)
-KERNEL_HELPERS = ("tile", "nth_tile", "tile_channels", "param_at", "partial_zeros", "in_tile", "store_partial", "narrow", "exp", "log1p", "erfc", "div", "div_bounded", "sigmoid", "softplus",
+KERNEL_HELPERS = ("tile", "nth_tile", "tile_channels", "param_at", "partial_zeros", "in_tile", "store_partial", "narrow", "exp", "log1p", "erfc", "div", "div_bounded", "div_uniform", "sigmoid", "softplus",
                   "sqrt_square_plus", "scaled_input", "inverse_scale", "limit_at_inf", "grown", "draw")
 
 
@@ -171,6 +171,11 @@ def _tensor_names(d: Derivation) -> list[str]:
     return [*d.spec.inputs, *(r.name for r in d.draws), *(p.name for p in d.spec.params)]
 
 
+def _shared_params(d: Derivation) -> list[str]:
+    """The params a kernel loads as scalars: those that are not per-channel."""
+    return [p.name for p in d.spec.params if not p.per_channel]
+
+
 def _torch_function(w: Writer, d: Derivation, fname: str, doc: str, block: Block, outputs_as_tuple: bool, fast: bool = False):
     s = d.spec
     args = [*_tensor_names(d), *(c.name for c in s.constants)]
@@ -271,7 +276,7 @@ def _forward_kernel(w: Writer, d: Derivation):
         w(TILE_INDEX)
         _kernel_loads(w, d)
         _kernel_draws(w, d.kernel_forward, d)
-        _block(w, d.kernel_forward, TritonPrinter(_tensor_names(d)), "_")
+        _block(w, d.kernel_forward, TritonPrinter(_tensor_names(d), _shared_params(d)), "_")
         (_, expr), = d.kernel_forward.outputs
         if not any(sym.name in s.inputs for sym in _free(d.kernel_forward, expr)):
             w("_y = _y + tl.zeros([BLOCK_M, BLOCK_N], ACC)")
@@ -343,7 +348,7 @@ def _backward_tile(w: Writer, d: Derivation, tile_index: str, params: bool = Tru
     if params:
         _param_loads(w, d)
     _kernel_draws(w, d.kernel_backward, d)
-    _block(w, d.kernel_backward, TritonPrinter(_tensor_names(d)), "_")
+    _block(w, d.kernel_backward, TritonPrinter(_tensor_names(d), _shared_params(d)), "_")
     for n in d.spec.inputs:
         w(f"tl.store(_d_{n}_ptr + _offs, {_stored(f'_g * _d_{n}', f'_d_{n}_ptr', d.wide_backward)}, mask=_mask)")
 

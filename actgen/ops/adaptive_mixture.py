@@ -135,7 +135,7 @@ def _second_derivatives_torch(x, w0, w1, w2):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, in_tile as _in_tile, store_partial as _store_partial, exp as _exp, div as _div, div_bounded as _div_bounded, limit_at_inf as _limit_at_inf, grown as _grown
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, in_tile as _in_tile, store_partial as _store_partial, exp as _exp, div as _div, div_bounded as _div_bounded, div_uniform as _div_uniform, limit_at_inf as _limit_at_inf, grown as _grown
 
     @triton.jit
     def _forward_kernel(
@@ -151,7 +151,7 @@ if _rt.HAS_TRITON:
         _t0 = _exp(w0, FAST)
         _t1 = _exp(w1, FAST)
         _t2 = _exp(w2, FAST)
-        _y = tl.where(x != x, x, _div(tl.fma(_t2, x, tl.fma(_t1, libdevice.tanh(x), _t0*tl.where(x > 0.0, x, 0.0))), (_t0 + _t1 + _t2), FAST))
+        _y = tl.where(x != x, x, _div_uniform(tl.fma(_t2, x, tl.fma(_t1, libdevice.tanh(x), _t0*tl.where(x > 0.0, x, 0.0))), (_t0 + _t1 + _t2), FAST))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -203,7 +203,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='adaptive_mixture',
-    key='838321a8c26d',
+    key='cbf0a0219fbd',
     inputs=('x',),
     params=(('w0', False), ('w1', False), ('w2', False)),
     constants=(),

@@ -59,7 +59,7 @@ def _second_derivatives_torch(x, alpha):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div as _div
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div_uniform as _div_uniform
 
     @triton.jit
     def _forward_kernel(
@@ -69,7 +69,7 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = tl.where(x > 0.0, x, alpha*libdevice.expm1(_div(x, alpha, FAST)))
+        _y = tl.where(x > 0.0, x, alpha*libdevice.expm1(_div_uniform(x, alpha, FAST)))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -81,13 +81,13 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _d_x = tl.where(x != x, x, tl.where(x > 0.0, 1.0, _exp(_div(x, alpha, FAST), FAST)))
+        _d_x = tl.where(x != x, x, tl.where(x > 0.0, 1.0, _exp(_div_uniform(x, alpha, FAST), FAST)))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='celu',
-    key='a9981be02bf4',
+    key='fddad5a0b587',
     inputs=('x',),
     params=(),
     constants=('alpha',),

@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='elu',
-    key='edd55c50b86d',
+    key='0063b8ee4327',
     inputs=('x',),
     params=(),
     constants=('alpha',),

@@ -100,7 +100,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu',
-    key='cf36001282c0',
+    key='86e5f12661a4',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -109,7 +109,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu_tanh',
-    key='7b2e134ef959',
+    key='20780e19cc22',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -91,7 +91,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='gelu_tanh',
-    key='1a9aab571d23',
+    key='459579d064e7',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hard_mish',
-    key='69954a01ab58',
+    key='7bdea61136c7',
     inputs=('x',),
     params=(),
     constants=(),

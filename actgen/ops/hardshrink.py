@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardshrink',
-    key='66d048978fef',
+    key='f8cd26226ebd',
     inputs=('x',),
     params=(),
     constants=('lambd',),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardsigmoid',
-    key='afdd21006b8f',
+    key='00b1ab6563c2',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardswish',
-    key='c28a830e1b85',
+    key='e5d37ff2e97e',
     inputs=('x',),
     params=(),
     constants=(),

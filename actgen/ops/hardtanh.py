@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardtanh',
-    key='3bdf996daacb',
+    key='bae169f87c0e',
     inputs=('x',),
     params=(),
     constants=('min_val', 'max_val'),

@@ -48,7 +48,7 @@ def _second_derivatives_torch(x, mu, sigma):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, erfc as _erfc, div as _div
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, erfc as _erfc, div_uniform as _div_uniform
 
     @triton.jit
     def _forward_kernel(
@@ -58,7 +58,7 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = 0.5*_erfc(-(_div(0.7071067811865476*(-mu + x), sigma, FAST)), FAST)
+        _y = 0.5*_erfc(-(_div_uniform(0.7071067811865476*(-mu + x), sigma, FAST)), FAST)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -71,13 +71,13 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = -mu + x
-        _d_x = _div(0.3989422804014327*_exp(-(_div(_div(_t0, sigma, FAST)*_t0, sigma, FAST)*0.5), FAST), sigma, FAST)
+        _d_x = _div_uniform(0.3989422804014327*_exp(-(_div_uniform(_div_uniform(_t0, sigma, FAST)*_t0, sigma, FAST)*0.5), FAST), sigma, FAST)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='laplace',
-    key='7ddaa4321566',
+    key='35166479ce16',
     inputs=('x',),
     params=(),
     constants=('mu', 'sigma'),

@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='leaky_relu',
-    key='00891e9c9c3e',
+    key='9418566d26d7',
     inputs=('x',),
     params=(),
     constants=('negative_slope',),

@@ -72,7 +72,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='logsigmoid',
-    key='c8f44aaf1e98',
+    key='ffe35aa3462f',
     inputs=('x',),
     params=(),
     constants=(),

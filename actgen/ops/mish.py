@@ -128,7 +128,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='mish',
-    key='5ac29197ee51',
+    key='642470b35edb',
     inputs=('x',),
     params=(),
     constants=(),

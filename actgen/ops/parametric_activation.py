@@ -104,7 +104,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='parametric_activation',
-    key='10b1d62ad887',
+    key='f66f8181bbe7',
     inputs=('x',),
     params=(('alpha', True),),
     constants=(),

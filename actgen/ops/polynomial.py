@@ -149,7 +149,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='polynomial',
-    key='7439de206f8c',
+    key='8def0362bbdc',
     inputs=('x',),
     params=(('a0', False), ('a1', False), ('a2', False), ('a3', False)),
     constants=(),

@@ -104,7 +104,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='prelu',
-    key='432002bb5185',
+    key='223d1759c636',
     inputs=('x',),
     params=(('weight', True),),
     constants=(),

@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='quick_gelu',
-    key='9d8dedbe8093',
+    key='b3d725d913b8',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu6',
-    key='f3acdff55a79',
+    key='5f0c7da2ea47',
     inputs=('x',),
     params=(),
     constants=(),

@@ -95,7 +95,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='rrelu',
-    key='88179ba01e41',
+    key='660b4e72c439',
     inputs=('x',),
     params=(),
     constants=('lower', 'upper'),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='selu',
-    key='fead6c80dbbd',
+    key='dcd75ff9e97f',
     inputs=('x',),
     params=(),
     constants=(),

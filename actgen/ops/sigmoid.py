@@ -75,7 +75,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='sigmoid',
-    key='26efb23ac9e5',
+    key='75c4a3625fdd',
     inputs=('x',),
     params=(),
     constants=(),

@@ -90,7 +90,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='silu',
-    key='cbae5652a863',
+    key='09b9df2acc0d',
     inputs=('x',),
     params=(),
     constants=(),

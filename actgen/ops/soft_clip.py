@@ -54,7 +54,7 @@ def _second_derivatives_torch(x, scale):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div as _div, div_bounded as _div_bounded
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div_bounded as _div_bounded, div_uniform as _div_uniform
 
     @triton.jit
     def _forward_kernel(
@@ -64,7 +64,7 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = scale*libdevice.tanh(_div(x, scale, FAST))
+        _y = scale*libdevice.tanh(_div_uniform(x, scale, FAST))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -76,7 +76,7 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = _exp(-(2.0*tl.abs(_div(x, scale, FAST))), FAST)
+        _t0 = _exp(-(2.0*tl.abs(_div_uniform(x, scale, FAST))), FAST)
         _t1 = _t0 + 1.0
         _d_x = _div_bounded(4.0*_t0, (_t1*_t1), FAST)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='soft_clip',
-    key='4cbc197bab12',
+    key='91915d557286',
     inputs=('x',),
     params=(),
     constants=('scale',),

@@ -158,7 +158,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='soft_exponential',
-    key='fc8f9824e5ac',
+    key='479f5bf1597e',
     inputs=('x',),
     params=(('alpha', False),),
     constants=(),

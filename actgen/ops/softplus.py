@@ -63,7 +63,7 @@ def _second_derivatives_torch(x, beta, threshold):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, div as _div, sigmoid as _sigmoid, softplus as _softplus
+    from actgen.runtime.triton_lang import tile as _tile, div_uniform as _div_uniform, sigmoid as _sigmoid, softplus as _softplus
 
     @triton.jit
     def _forward_kernel(
@@ -74,7 +74,7 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = beta*x
-        _y = tl.where(_t0 > threshold, x, _div(_softplus(_t0, FAST), beta, FAST))
+        _y = tl.where(_t0 > threshold, x, _div_uniform(_softplus(_t0, FAST), beta, FAST))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -93,7 +93,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softplus',
-    key='891d3a523847',
+    key='9b4dc572a22e',
     inputs=('x',),
     params=(),
     constants=('beta', 'threshold'),

@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softshrink',
-    key='e7a69d7e49eb',
+    key='f9aeed8b7bb3',
     inputs=('x',),
     params=(),
     constants=('lambd',),

@@ -81,7 +81,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softsign',
-    key='3e67cecc62a0',
+    key='78b711ff2e5c',
     inputs=('x',),
     params=(),
     constants=(),

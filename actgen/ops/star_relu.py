@@ -116,7 +116,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='star_relu',
-    key='9ab48240a768',
+    key='24de4ba851e5',
     inputs=('x',),
     params=(('scale', False), ('bias', False)),
     constants=(),

@@ -102,7 +102,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swiglu',
-    key='30feeccddaf4',
+    key='2bad41032ccf',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -82,7 +82,7 @@ def _second_derivatives_torch(x, beta):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, in_tile as _in_tile, store_partial as _store_partial, exp as _exp, div_bounded as _div_bounded, sigmoid as _sigmoid, limit_at_inf as _limit_at_inf, grown as _grown
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, in_tile as _in_tile, store_partial as _store_partial, exp as _exp, div as _div, div_bounded as _div_bounded, sigmoid as _sigmoid, limit_at_inf as _limit_at_inf, grown as _grown
 
     @triton.jit
     def _forward_kernel(
@@ -114,7 +114,7 @@ if _rt.HAS_TRITON:
             _t2 = _div_bounded(1.0, tl.fma(_t1, _t1 + 2.0, 1.0), FAST)
             _t3 = _t0 + 1.0
             _t4 = _exp(-(16777216.0*tl.abs(beta)), FAST)
-            _t5 = _div_bounded(1.0, tl.fma(_t4, _t4 + 2.0, 1.0), FAST)
+            _t5 = _div(1.0, tl.fma(_t4, _t4 + 2.0, 1.0), FAST)
             _t6 = 16777216.0*beta
             _t7 = _t6 + 1.0
             _t8 = _grown(281474976710656.0*_t4*_t5)
@@ -129,7 +129,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swish',
-    key='ca200cbf970e',
+    key='398bc3a1a4a8',
     inputs=('x',),
     params=(('beta', False),),
     constants=(),

@@ -86,7 +86,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='threshold',
-    key='eecd7ed62278',
+    key='717798a9e285',
     inputs=('x',),
     params=(),
     constants=('threshold', 'value'),

@@ -253,14 +253,19 @@ class ExprPrinter:
             steps.append(("/", denom[0] if len(denom) == 1 else sympy.Mul(*denom, evaluate=False)))
         if not steps or steps[0][0] == "/":
             steps.insert(0, ("*", sympy.Float(1.0)))
-        text = self.paren(steps[0][1], MUL)
+        text, done = self.paren(steps[0][1], MUL), [steps[0][1]]
         for op, v in steps[1:]:
-            text = f"{text}*{self.paren(v, MUL)}" if op == "*" else self.divide(text, self.paren(v, POW), v)
+            if op == "*":
+                text = f"{text}*{self.paren(v, MUL)}"
+            else:
+                text = self.divide(text, self.paren(v, POW), v, sympy.Mul(*done, evaluate=False))
+            done.append(v)
         return text, MUL
 
-    def divide(self, numerator: str, denominator: str, denominator_expr=None) -> str:
-        """numerator / denominator, both printed as operands of a product (denominator_expr:
-        the denominator itself, where a printer divides by what it knows of it)."""
+    def divide(self, numerator: str, denominator: str, denominator_expr=None, numerator_expr=None) -> str:
+        """numerator / denominator, both printed as operands of a product (denominator_expr
+        and numerator_expr: what they print, or for the numerator what it is made of, where a
+        printer divides by what it knows of them)."""
         return f"{numerator}/{denominator}"
 
     def _print_Pow(self, expr):
@@ -268,7 +273,7 @@ class ExprPrinter:
         if exp.is_number:
             e = float(exp)
             if e < 0:
-                return self.divide(self.number(1.0), self.paren(base ** -exp, POW), base ** -exp), MUL
+                return self.divide(self.number(1.0), self.paren(base ** -exp, POW), base ** -exp, sympy.Float(1.0)), MUL
             if e == 0.5:
                 return self.sqrt(base), ATOM
             if e.is_integer() and 1 <= e <= self.MAX_PRODUCT_POWER and base.is_Symbol:
@@ -302,7 +307,7 @@ class ExprPrinter:
     def _print_Piecewise(self, expr):
         flipped = _reciprocal_branches(expr)
         if flipped is not None:
-            return self.divide(self.number(1.0), self.paren(flipped, POW), flipped), MUL
+            return self.divide(self.number(1.0), self.paren(flipped, POW), flipped, sympy.Float(1.0)), MUL
         *pairs, (last, cond) = expr.args
         rest = last if cond is sympy.true else sympy.nan
         if cond is not sympy.true:

@@ -54,9 +54,21 @@ class TritonPrinter(ExprPrinter):
     # [2**-126, 2**126]; a margin either side)
     BOUNDED = (2.0 ** -100, 2.0 ** 100)
 
-    def __init__(self, tensor_names=()):
-        """tensor_names: symbols that are tensors in the kernel (inputs, params, draws)."""
+    def __init__(self, tensor_names=(), uniform=()):
+        """tensor_names: symbols that are tensors in the fallback (inputs, params, draws);
+        uniform: those of them the same for every element of a kernel's tile, scalars there
+        (shared params).  Constants are uniform too."""
         super().__init__(tensor_names=tensor_names)
+        self.varying = set(tensor_names) - set(uniform)     # and the temporaries made from them
+
+    def add_temporary(self, sym, expr):
+        super().add_temporary(sym, expr)
+        if not self.is_uniform(expr):
+            self.varying.add(sym.name)
+
+    def is_uniform(self, expr) -> bool:
+        """Whether expr is the same for every element: a scalar in the kernel."""
+        return not any(s.name in self.varying for s in expr.free_symbols)
 
     def _print_Add(self, expr):
         """rest + a*b of two tensors as one tl.fma (see fma_split)."""
@@ -74,11 +86,17 @@ class TritonPrinter(ExprPrinter):
             return f"tl.full([], {self.doprint(rest)}, ACC)"
         return self.doprint(rest)
 
-    def divide(self, numerator, denominator, denominator_expr=None):
+    def divide(self, numerator, denominator, denominator_expr=None, numerator_expr=None):
         # IEEE division for float32 data (Triton's "/" is approximate on a GPU): see triton_lang.div;
         # by a denominator of known range (a ratio's, from exp(-|u|)), 16-bit data's division
         # takes the special-function unit's reciprocal: see triton_lang.div_bounded
+        # by a denominator the same for every element, float32 data's division takes its
+        # reciprocal once and corrects each quotient: see triton_lang.div_uniform
         if denominator_expr is not None and not denominator_expr.is_number:
+            if self.is_uniform(denominator_expr):
+                if numerator_expr is not None and self.is_uniform(numerator_expr):
+                    return f"_div({numerator}, {denominator}, FAST)"      # a scalar, once per program
+                return f"_div_uniform({numerator}, {denominator}, FAST)"
             lo, hi = value_range(denominator_expr, self.temps)
             if lo >= self.BOUNDED[0] and hi <= self.BOUNDED[1]:
                 return f"_div_bounded({numerator}, {denominator}, FAST)"
