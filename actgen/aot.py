@@ -61,10 +61,17 @@ class KernelReport:
     elements_per_thread: int = 0   # tile elements / threads: what one thread's instructions cover
     sass_instructions: int | None = None  # in the cubin, NOPs left out (None: not counted)
     sass_mufu: int | None = None   # of those, special-function unit ops (exp2, log2, rcp, ...)
+    sass_loop_instructions: int | None = None  # in its loop over tiles (a stepping backward), else None
 
     @property
     def sass_per_element(self) -> float | None:
         return None if self.sass_instructions is None else self.sass_instructions / self.elements_per_thread
+
+    @property
+    def sass_loop_per_element(self) -> float | None:
+        """A stepping program's instructions per element on every tile but its last few: its
+        loop's, without the set-up before and the sums stored after."""
+        return None if self.sass_loop_instructions is None else self.sass_loop_instructions / self.elements_per_thread
 
 
 def signature(fn, dtype: str, param_names=()) -> tuple[dict, dict]:
@@ -150,21 +157,42 @@ def nvdisasm_path() -> str | None:
     return path if path and os.path.exists(path) else None
 
 
-def sass_counts(cubin: bytes, nvdisasm: str) -> tuple[int, int]:
-    """(instructions, MUFU instructions) in a cubin's kernel function, NOPs left out: a static
-    measure of the work per thread (a memory-bound kernel has to stay under the instructions
-    its bytes take to move), not a timing.  The compiler's internal subroutines after it are
-    left out: the 64-bit integer division that tile indices call only past 2**32 tiles."""
+def sass_listing(cubin: bytes, nvdisasm: str) -> str:
+    """nvdisasm's listing of a cubin's kernel function, without the compiler's internal
+    subroutines after it (the 64-bit integer division that tile indices call only past 2**32
+    tiles)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as fh:
         fh.write(cubin)
     try:
         listing = subprocess.run([nvdisasm, "-c", fh.name], capture_output=True, text=True, check=True).stdout
     finally:
         os.unlink(fh.name)
-    listing = re.split(r"^\$__internal_\w*\$[\w$]*:", listing, flags=re.M)[0]
-    ops = [m.group(1) for m in re.finditer(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", listing)]
-    ops = [op for op in ops if not op.startswith("NOP")]
+    return re.split(r"^\$__internal_\w*\$[\w$]*:", listing, flags=re.M)[0]
+
+
+_OPCODE = re.compile(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
+
+
+def _opcodes(lines) -> list[str]:
+    return [op for line in lines for op in _OPCODE.findall(line) if not op.startswith("NOP")]
+
+
+def sass_counts(cubin: bytes, nvdisasm: str) -> tuple[int, int]:
+    """(instructions, MUFU instructions) in a cubin's kernel function, NOPs left out: a static
+    measure of the work per thread (a memory-bound kernel has to stay under the instructions
+    its bytes take to move), not a timing."""
+    ops = _opcodes(sass_listing(cubin, nvdisasm).splitlines())
     return len(ops), sum(op.startswith("MUFU") for op in ops)
+
+
+def sass_loop(listing: str) -> int | None:
+    """Instructions in the largest loop of a listing (from a label to the branch back to it),
+    NOPs left out; None without a loop."""
+    lines = listing.splitlines()
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^\s*(\.L_x_\d+):", line))}
+    sizes = [len(_opcodes(lines[labels[m.group(1)]: i + 1])) for i, line in enumerate(lines)
+             if (m := re.search(r"\bBRA\b.*?(\.L_x_\d+)", line)) and labels.get(m.group(1), i) < i]
+    return max(sizes, default=None)
 
 
 def spill_bytes(ptx: str, ptxas: str) -> int:
@@ -230,6 +258,8 @@ def _fill(rep: KernelReport, compiled, ptxas, nvdisasm=None):
         rep.spill_bytes = spill_bytes(compiled.asm["ptx"], ptxas)
     if nvdisasm and rep.ok:
         rep.sass_instructions, rep.sass_mufu = sass_counts(compiled.asm["cubin"], nvdisasm)
+        if rep.step:
+            rep.sass_loop_instructions = sass_loop(sass_listing(compiled.asm["cubin"], nvdisasm))
 
 
 def compile_runtime(archs=ARCHS, ptxas: str | None = None) -> list[KernelReport]:
@@ -308,12 +338,15 @@ def main(argv=None) -> int:
                   file=sys.stderr)
     for r in reports:
         if r.sass_instructions is not None:
+            loop = "" if r.sass_loop_per_element is None else f"; {r.sass_loop_per_element:.1f} in its loop over tiles"
             print(f"SASS {r.module}.{r.kernel} {r.dtype} sm_{r.arch} {r.layout}{_variant(r)}: "
-                  f"{r.sass_per_element:.0f} instructions per element ({r.sass_mufu / r.elements_per_thread:.1f} MUFU)")
+                  f"{r.sass_per_element:.0f} instructions per element ({r.sass_mufu / r.elements_per_thread:.1f} MUFU)"
+                  + loop)
     print(f"{len(reports) - len(failed)}/{len(reports)} kernels compiled")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump([asdict(r) | {"sass_per_element": r.sass_per_element} for r in reports], fh, indent=1)
+            json.dump([asdict(r) | {"sass_per_element": r.sass_per_element, "sass_loop_per_element": r.sass_loop_per_element}
+                       for r in reports], fh, indent=1)
     return 1 if failed else 0
 
 

@@ -211,3 +211,43 @@ def test_machine_code_counts_one_exponential_for_mish(tmp_path):
     assert per_element[("silu", "_backward_kernel")] < 72
     assert mufu[("pau", "_forward_kernel")] <= 2.5
     assert mufu[("swish", "_backward_kernel")] <= 2.5 and per_element[("swish", "_backward_kernel")] < 88
+
+
+def test_stepping_programs_sum_param_gradients_element_by_element(tmp_path):
+    """A stepping backward (programs walking through several tiles) keeps its param-gradient
+    sums element by element and loads the params once: its loop over tiles, counted by
+    `--sass`, holds no reduction across threads.  sm_90 bf16, 1024-element tiles: polynomial's
+    loop went from 38.4 to 32.8 instructions per element, prelu's from 24.9 to 19.9."""
+    from actgen.aot import nvdisasm_path
+
+    if nvdisasm_path() is None:
+        pytest.skip("Triton's nvdisasm was not found")
+    reports = _compile_all(tmp_path, ["actgen.ops.polynomial", "actgen.ops.prelu"], "--arch", "90", "--dtype", "bf16",
+                           "--flat-only", "--sass", "--tuning-candidates")
+    stepping = [r for r in reports if r["step"]]
+    assert stepping and all(r["sass_loop_per_element"] is not None for r in stepping)
+    assert all(r["sass_loop_per_element"] is None for r in reports if not r["step"])
+    assert all(r["sass_loop_per_element"] < r["sass_per_element"] for r in stepping)
+    loop = {(r["module"].rsplit(".", 1)[-1], r["layout"][1], r["num_warps"]): r["sass_loop_per_element"]
+            for r in stepping}
+    assert loop[("polynomial", 1024, 4)] <= 34 and loop[("prelu", 1024, 4)] <= 21, loop
+
+
+def test_sass_loop_counts_the_largest_loop():
+    from actgen.aot import sass_loop
+
+    listing = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   NOP ;
+.L_x_0:
+        /*0020*/                   FADD R2, R2, R3 ;
+        /*0030*/               @P0 FFMA R4, R2, R2, R4 ;
+        /*0040*/              @!P1 BRA `(.L_x_0) ;
+.L_x_1:
+        /*0050*/                   FMUL R5, R4, R4 ;
+        /*0060*/                   BRA `(.L_x_2) ;
+.L_x_2:
+        /*0070*/                   EXIT ;
+"""
+    assert sass_loop(listing) == 3
+    assert sass_loop(listing.replace("@!P1 BRA `(.L_x_0)", "@!P1 BRA `(.L_x_1)")) is None
