@@ -357,6 +357,37 @@ def test_channels_last_param_loads_stay_inside_the_param(triton_backend):
         assert "_param_at(" in src and "_stride)" not in src, name
 
 
+def test_kernels_launch_on_the_tensors_gpu(monkeypatch):
+    """Triton launches on the current CUDA device: a tensor on another GPU (cuda:1 while
+    cuda:0 is current) gets its own made current around the launch; the current one, or a
+    CPU tensor (which never asks), gets no context."""
+    import contextlib
+    from types import SimpleNamespace
+
+    entered = []
+
+    class Device:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", Device)
+    on_one = SimpleNamespace(is_cuda=True, device=torch.device("cuda", 1))
+    with launch.on_device(on_one):
+        pass
+    assert entered == [torch.device("cuda", 1)]
+    assert isinstance(launch.on_device(SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0))),
+                      contextlib.nullcontext)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: pytest.fail("asked for a CPU tensor"))
+    assert isinstance(launch.on_device(torch.zeros(2)), contextlib.nullcontext)
+
+
 def test_offsets_are_int64():
     """Tensors over 2**31 elements: tile offsets are computed from an int64 program id."""
     mod = importlib.import_module("actgen.ops.mish")

@@ -14,6 +14,7 @@ per GPU).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -105,14 +106,23 @@ def _draw_args(draws):
     return (seed,), (training,)
 
 
+def on_device(x: torch.Tensor):
+    """Triton launches on the current CUDA device: a context that makes x's GPU the current
+    one where it is another (x on cuda:1 while cuda:0 is current), else none."""
+    if x.is_cuda and x.device.index != torch.cuda.current_device():
+        return torch.cuda.device(x.device)
+    return contextlib.nullcontext()
+
+
 def _tuned(kernel, x, kind, run, candidates=CANDIDATES):
-    """Launch with the config the tuner picks for this launch (run(config) launches).
-    Overflow to inf and NaN arithmetic do not warn on a GPU; under the interpreter, whose
-    arithmetic is numpy's, they do not either."""
+    """Launch with the config the tuner picks for this launch (run(config) launches), on x's
+    GPU.  Overflow to inf and NaN arithmetic do not warn on a GPU; under the interpreter,
+    whose arithmetic is numpy's, they do not either."""
     if INTERPRET:
         with np.errstate(all="ignore"):
             return run(TUNER.choose(kernel, x, kind, run, candidates))
-    return run(TUNER.choose(kernel, x, kind, run, candidates))
+    with on_device(x):
+        return run(TUNER.choose(kernel, x, kind, run, candidates))
 
 
 def forward(kernel, inputs, params, per_channel, constants, channel_dim, channels, draws=None, wide=False):
@@ -141,8 +151,9 @@ def draw_values(seed: int, n: int, shape, device) -> list[torch.Tensor]:
     numel = math.prod(shape)
     out = [torch.empty(shape, dtype=torch.float32, device=device) for _ in range(n)]
     if numel:
-        for k, r in enumerate(out):
-            draws_kernel[(-(-numel // TILE),)](r, seed, numel, K=k, BLOCK=TILE, num_warps=DEFAULT.num_warps)
+        with on_device(out[0]):
+            for k, r in enumerate(out):
+                draws_kernel[(-(-numel // TILE),)](r, seed, numel, K=k, BLOCK=TILE, num_warps=DEFAULT.num_warps)
     return out
 
 
