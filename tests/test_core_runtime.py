@@ -364,7 +364,7 @@ def test_kernels_launch_on_the_tensors_gpu(monkeypatch):
     import contextlib
     from types import SimpleNamespace
 
-    entered = []
+    entered, current = [], []
 
     class Device:
         def __init__(self, device):
@@ -372,8 +372,10 @@ def test_kernels_launch_on_the_tensors_gpu(monkeypatch):
 
         def __enter__(self):
             entered.append(self.device)
+            current.append(self.device)
 
         def __exit__(self, *exc):
+            current.pop()
             return False
 
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
@@ -384,6 +386,12 @@ def test_kernels_launch_on_the_tensors_gpu(monkeypatch):
     assert entered == [torch.device("cuda", 1)]
     assert isinstance(launch.on_device(SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0))),
                       contextlib.nullcontext)
+    # a launch through the tuner: run(config) is called with cuda:1 current
+    monkeypatch.setattr(launch, "INTERPRET", False)
+    on_one.dtype, on_one.numel = torch.float32, lambda: 4096
+    calls = []
+    launch._tuned(object(), on_one, "flat", lambda cfg: calls.append((cfg, list(current))))
+    assert calls == [(launch.DEFAULT, [torch.device("cuda", 1)])] and not current
     monkeypatch.setattr(torch.cuda, "current_device", lambda: pytest.fail("asked for a CPU tensor"))
     assert isinstance(launch.on_device(torch.zeros(2)), contextlib.nullcontext)
 

@@ -106,12 +106,15 @@ def _draw_args(draws):
     return (seed,), (training,)
 
 
+def _elsewhere(x: torch.Tensor) -> bool:
+    """Whether x is on a GPU other than the current one (Triton launches on the current one)."""
+    return x.is_cuda and x.device.index != torch.cuda.current_device()
+
+
 def on_device(x: torch.Tensor):
-    """Triton launches on the current CUDA device: a context that makes x's GPU the current
-    one where it is another (x on cuda:1 while cuda:0 is current), else none."""
-    if x.is_cuda and x.device.index != torch.cuda.current_device():
-        return torch.cuda.device(x.device)
-    return contextlib.nullcontext()
+    """A context that makes x's GPU the current one where it is another (x on cuda:1 while
+    cuda:0 is current), else none."""
+    return torch.cuda.device(x.device) if _elsewhere(x) else contextlib.nullcontext()
 
 
 def _tuned(kernel, x, kind, run, candidates=CANDIDATES):
@@ -121,8 +124,10 @@ def _tuned(kernel, x, kind, run, candidates=CANDIDATES):
     if INTERPRET:
         with np.errstate(all="ignore"):
             return run(TUNER.choose(kernel, x, kind, run, candidates))
-    with on_device(x):
-        return run(TUNER.choose(kernel, x, kind, run, candidates))
+    if _elsewhere(x):
+        with torch.cuda.device(x.device):
+            return run(TUNER.choose(kernel, x, kind, run, candidates))
+    return run(TUNER.choose(kernel, x, kind, run, candidates))
 
 
 def forward(kernel, inputs, params, per_channel, constants, channel_dim, channels, draws=None, wide=False):
