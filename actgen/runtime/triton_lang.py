@@ -164,7 +164,7 @@ def log1p(u, FAST: tl.constexpr):
 # a / b for b the same for every element (a constant, a shared param, or made of them, so
 # a scalar in the kernel): b's reciprocal r once per program, then per element q = a r and
 # q + (a - q b) r (Markstein: with r correctly rounded, the correctly rounded quotient, as
-# div_rn's, wherever nothing overflows or underflows), about ten machine instructions fewer
+# div_rn's, wherever nothing overflows or underflows), about eight machine instructions fewer
 # than div_rn (below |a| = 2**-102 the remainder underflows: within an ULP).  b is kept to
 # [2**-100, 2**100] (else the program divides as div does), and where a r is not finite (a
 # quotient past float32's range, a = inf or NaN) or zero (a signed zero) it stands.
