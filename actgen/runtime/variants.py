@@ -44,21 +44,21 @@ def jit_launch(kernel, grid, args, consts, num_warps):
     return kernel[grid](*args, **dict(zip(names, consts)), num_warps=num_warps)
 
 
-_UNSPECIALIZED: dict[int, frozenset] = {}
+_UNSPECIALIZED: dict[int, tuple] = {}     # id -> (kernel, positions): the kernel held, its id stays its own
 
 
 def unspecialized(kernel) -> frozenset:
     """Positions of the kernel's parameters Triton does not specialize on (do_not_specialize)."""
     found = _UNSPECIALIZED.get(id(kernel))
     if found is None:
-        found = _UNSPECIALIZED[id(kernel)] = frozenset(p.num for p in kernel.params if p.do_not_specialize)
-    return found
+        found = _UNSPECIALIZED[id(kernel)] = (kernel, frozenset(p.num for p in kernel.params if p.do_not_specialize))
+    return found[1]
 
 
 def variant_key(kernel, device, args, consts, num_warps) -> tuple:
     """What decides the compiled variant of a launch, at least as finely as Triton does.
-    (Kernels are module globals, alive for the process: keyed by id, as hashing a JIT
-    function takes a lock.)"""
+    (The kernel by id, as hashing a JIT function takes a lock; a kept variant holds its
+    kernel, so the id stays that kernel's.)"""
     dns = unspecialized(kernel)
     key = [id(kernel), device, num_warps, consts]
     add = key.append
