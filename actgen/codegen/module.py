@@ -329,7 +329,7 @@ def _backward_kernel(w: Writer, d: Derivation):
             w("_ch0 = _tile_channels(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)")
         _param_loads(w, d, "_ch0")
         with w.indent("for _it in range(_iters if STEP else 1):"):
-            _backward_tile(w, d, NTH_TILE_INDEX, params=False)
+            _backward_tile(w, d, NTH_TILE_INDEX)
             with w.indent("if PARAM_GRAD:"):
                 for p in s.params:
                     w(f"_sum_{p.name} += _in_tile(_g * _d_{p.name}, _mask)")
@@ -339,14 +339,12 @@ def _backward_kernel(w: Writer, d: Derivation):
     w()
 
 
-def _backward_tile(w: Writer, d: Derivation, tile_index: str, params: bool = True):
-    """Load one tile (and with `params` the params), store grad * df/dinput for every input;
-    leaves _g and _d_<param>."""
+def _backward_tile(w: Writer, d: Derivation, tile_index: str):
+    """Load one tile, store grad * df/dinput for every input; leaves _g and _d_<param> (the
+    params are loaded before, once per program)."""
     w(tile_index)
     w("_g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)")
     _input_loads(w, d)
-    if params:
-        _param_loads(w, d)
     _kernel_draws(w, d.kernel_backward, d)
     _block(w, d.kernel_backward, TritonPrinter(_tensor_names(d), _shared_params(d)), "_")
     for n in d.spec.inputs:

@@ -87,15 +87,16 @@ class TritonPrinter(ExprPrinter):
         return self.doprint(rest)
 
     def divide(self, numerator, denominator, denominator_expr=None, numerator_expr=None):
-        # IEEE division for float32 data (Triton's "/" is approximate on a GPU): see triton_lang.div;
-        # by a denominator of known range (a ratio's, from exp(-|u|)), 16-bit data's division
-        # takes the special-function unit's reciprocal: see triton_lang.div_bounded
-        # by a denominator the same for every element, float32 data's division takes its
-        # reciprocal once and corrects each quotient: see triton_lang.div_uniform
+        # IEEE division for float32 data (Triton's "/" is approximate on a GPU): see triton_lang.div.
+        # By a denominator the same for every element (of constants and shared params alone),
+        # float32 data's division takes its reciprocal once and corrects each quotient: see
+        # triton_lang.div_uniform (a quotient of such values alone is a scalar: div, once).
+        # By a denominator of known range (a ratio's, from exp(-|u|)), 16-bit data's division
+        # takes the special-function unit's reciprocal: see triton_lang.div_bounded.
         if denominator_expr is not None and not denominator_expr.is_number:
             if self.is_uniform(denominator_expr):
                 if numerator_expr is not None and self.is_uniform(numerator_expr):
-                    return f"_div({numerator}, {denominator}, FAST)"      # a scalar, once per program
+                    return f"_div({numerator}, {denominator}, FAST)"
                 return f"_div_uniform({numerator}, {denominator}, FAST)"
             lo, hi = value_range(denominator_expr, self.temps)
             if lo >= self.BOUNDED[0] and hi <= self.BOUNDED[1]:
