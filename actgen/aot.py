@@ -177,11 +177,11 @@ def _opcodes(lines) -> list[str]:
     return [op for line in lines for op in _OPCODE.findall(line) if not op.startswith("NOP")]
 
 
-def sass_counts(cubin: bytes, nvdisasm: str) -> tuple[int, int]:
-    """(instructions, MUFU instructions) in a cubin's kernel function, NOPs left out: a static
-    measure of the work per thread (a memory-bound kernel has to stay under the instructions
-    its bytes take to move), not a timing."""
-    ops = _opcodes(sass_listing(cubin, nvdisasm).splitlines())
+def sass_counts(listing: str) -> tuple[int, int]:
+    """(instructions, MUFU instructions) in a kernel function's listing, NOPs left out: a
+    static measure of the work per thread (a memory-bound kernel has to stay under the
+    instructions its bytes take to move), not a timing."""
+    ops = _opcodes(listing.splitlines())
     return len(ops), sum(op.startswith("MUFU") for op in ops)
 
 
@@ -257,9 +257,10 @@ def _fill(rep: KernelReport, compiled, ptxas, nvdisasm=None):
     if ptxas:
         rep.spill_bytes = spill_bytes(compiled.asm["ptx"], ptxas)
     if nvdisasm and rep.ok:
-        rep.sass_instructions, rep.sass_mufu = sass_counts(compiled.asm["cubin"], nvdisasm)
+        listing = sass_listing(compiled.asm["cubin"], nvdisasm)
+        rep.sass_instructions, rep.sass_mufu = sass_counts(listing)
         if rep.step:
-            rep.sass_loop_instructions = sass_loop(sass_listing(compiled.asm["cubin"], nvdisasm))
+            rep.sass_loop_instructions = sass_loop(listing)
 
 
 def compile_runtime(archs=ARCHS, ptxas: str | None = None) -> list[KernelReport]:
