@@ -10,19 +10,12 @@ import functools
 import hashlib
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 from types import ModuleType
 
+from .cache import cache_dir
 from .version import COMPILER_VERSION
-
-
-def cache_dir() -> Path:
-    if os.environ.get("ACTGEN_CACHE_DIR"):
-        return Path(os.environ["ACTGEN_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "actgen"
 
 
 # What generated code depends on: the generator and the runtime it imports.  A change to

@@ -10,12 +10,17 @@ benchmarks/results/cuda/host_profile.txt) and is paid in every forward and backw
 So the first launch of a variant goes through the JIT, which compiles it (or loads it from
 Triton's cache) and returns it, and a later launch whose arguments key the same way calls
 that variant's launcher directly, with the arguments in the kernel's order, as the JIT
-does.  The key is finer than Triton's specialization: every tensor by dtype and 16-byte
-alignment, every other argument by type and value, the constexprs and the warps, and the
-current device; only an argument the kernel does not specialize on (a seed, new every
-call) is keyed by its integer width alone.  So a variant is reused only where Triton's own
-binding picks that same variant (tests/test_core_launch_variants.py checks the key against
-Triton's binder).
+does.  The key is at least as fine as Triton's specialization: every tensor by dtype and
+16-byte alignment, every int as Triton specializes it (its width, whether it is 1, whether
+it is a multiple of 16; a seed, which the kernels do not specialize on, by its width
+alone), every other argument by type and value, the constexprs and the warps, and the
+current device.  So a variant is reused only where Triton's own binding picks that same
+variant (tests/test_core_launch_variants.py checks the key against Triton's binder), and a
+new shape of the same variant is not a new key.
+
+A variant the JIT launched in an earlier process is found again without the JIT: the first
+launch of a variant records it in the variant store (variant_store.py), and a fresh
+process's first launch loads it from there and launches it directly.
 
 Off under Triton's interpreter (no compiled variants), and with ACTGEN_DIRECT_LAUNCH=0.
 Triton's launch hooks are honoured; its debug and instrumentation settings are read when
@@ -28,9 +33,11 @@ import warnings
 
 import torch
 
+from . import variant_store
 from .triton_lang import INTERPRET
 
-MAX_VARIANTS = 4096        # keys kept (one per shape, dtype, layout, config): cleared beyond
+DEFAULT_STORE = object()   # Launcher(store=...): the store the environment asks for (variant_store.STORE)
+MAX_VARIANTS = 4096        # keys kept (one per variant: dtypes, alignments, config, device): cleared beyond
 
 
 def jit_launch(kernel, grid, args, consts, num_warps):
@@ -58,17 +65,26 @@ def unspecialized(kernel) -> frozenset:
 def variant_key(kernel, device, args, consts, num_warps) -> tuple:
     """What decides the compiled variant of a launch, at least as finely as Triton does.
     (The kernel by id, as hashing a JIT function takes a lock; a kept variant holds its
-    kernel, so the id stays that kernel's.)"""
+    kernel, so the id stays that kernel's.)  An int is one number: its width (32, 64, 128
+    for unsigned 64-bit) plus 1 where Triton specializes it on being a multiple of 16, or
+    1 for the value 1 (a 32-bit int); an argument the kernel does not specialize on, its
+    width alone.  Every other argument starts with a type or a dtype, so no two kinds of
+    argument key alike."""
     dns = unspecialized(kernel)
     key = [id(kernel), device, num_warps, consts]
     add = key.append
     for i, a in enumerate(args):
-        if isinstance(a, torch.Tensor):
+        if a.__class__ is int:
+            width = 32 if -2147483648 <= a < 2147483648 else 64 if a < 9223372036854775808 else 128
+            if i in dns:
+                add(width)
+            elif a == 1:
+                add(1)
+            else:
+                add(width + (a % 16 == 0))
+        elif isinstance(a, torch.Tensor):
             add(a.dtype)
             add(a.data_ptr() % 16 == 0)
-        elif i in dns:                      # an int Triton types by its width only
-            add(a.__class__)
-            add((-(1 << 31) <= a < (1 << 31), a < (1 << 63)))
         else:
             add(a.__class__)
             add(a)
@@ -76,44 +92,50 @@ def variant_key(kernel, device, args, consts, num_warps) -> tuple:
 
 
 class Launcher:
-    """launch(kernel, grid, args, consts, num_warps): the first launch of a variant through
-    Triton's JIT, later ones through its launcher (see the module's docstring)."""
+    """launch(kernel, grid, args, consts, num_warps): the first launch of a variant in a
+    process from the variant store or through Triton's JIT, later ones through its launcher
+    (see the module's docstring)."""
 
-    def __init__(self, enabled: bool | None = None):
+    def __init__(self, enabled: bool | None = None, store=DEFAULT_STORE):
         if enabled is None:
             enabled = not INTERPRET and os.environ.get("ACTGEN_DIRECT_LAUNCH", "1") != "0"
         self.enabled = enabled
+        if store is DEFAULT_STORE:
+            store = variant_store.STORE if variant_store.enabled() else None
+        self.store = store
         self.variants: dict[tuple, object] = {}
         self.direct = 0             # launches made directly, so far
-        self._device = self._stream = self._hooks = None
+        self._device = self._stream = self._hooks = self._target = None
 
     def _bind(self):
-        """Triton's current device and stream (what its JIT launches on) and its launch hooks."""
+        """Triton's current device, stream and target (what its JIT launches on and compiles
+        for) and its launch hooks.  Starts Triton's driver."""
         from triton import knobs
         from triton.runtime.driver import driver
 
         active = driver.active
         self._device, self._stream, self._hooks = active.get_current_device, active.get_current_stream, knobs.runtime
+        self._target = active.get_current_target
 
     def __call__(self, kernel, grid, args, consts, num_warps):
-        if not self.enabled:
-            return jit_launch(kernel, grid, args, consts, num_warps)
-        if self._device is None:
-            compiled = jit_launch(kernel, grid, args, consts, num_warps)      # also starts Triton's driver
+        if self._device is None and self.enabled:
             try:
                 self._bind()
             except (ImportError, AttributeError):     # a Triton without these: its JIT for every launch
                 self.enabled = False
-                return compiled
-            self._keep(variant_key(kernel, self._device(), args, consts, num_warps), compiled)
-            return compiled
+        if not self.enabled:
+            return jit_launch(kernel, grid, args, consts, num_warps)
         device = self._device()
         key = variant_key(kernel, device, args, consts, num_warps)
         compiled = self.variants.get(key)
         if compiled is None:
-            compiled = jit_launch(kernel, grid, args, consts, num_warps)
+            compiled = self._stored(kernel, key)
+            if compiled is None:
+                compiled = jit_launch(kernel, grid, args, consts, num_warps)
+                if self._keep(key, compiled):
+                    self._record(kernel, key, compiled)
+                return compiled
             self._keep(key, compiled)
-            return compiled
         stream = self._stream(device)
         values = (*args, *consts)
         hooks = self._hooks
@@ -130,12 +152,32 @@ class Launcher:
         self.direct += 1
         return compiled
 
-    def _keep(self, key, compiled):
+    def _stored(self, kernel, key):
+        """The variant from the store, loaded onto the current device; None where there is none."""
+        if self.store is None or not variant_store.usable(kernel):
+            return None
+        try:
+            compiled = self.store.load(kernel, key, self._target())
+            if compiled is not None:
+                compiled._init_handles()         # loads it on the GPU: what fails there, fails here
+            return compiled
+        except Exception:  # noqa: BLE001  (the JIT compiles it instead, and raises what is wrong)
+            return None
+
+    def _record(self, kernel, key, compiled):
+        if self.store is not None and variant_store.usable(kernel):
+            try:
+                self.store.record(kernel, key, self._target(), compiled)
+            except Exception:  # noqa: BLE001  (a cache: the next process compiles through the JIT)
+                pass
+
+    def _keep(self, key, compiled) -> bool:
         if compiled is None or not hasattr(compiled, "packed_metadata"):
-            return
+            return False
         if len(self.variants) >= MAX_VARIANTS:
             self.variants.clear()
         self.variants[key] = compiled
+        return True
 
 
 LAUNCH = Launcher()
