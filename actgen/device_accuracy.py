@@ -8,7 +8,9 @@ on the GPU itself, in two steps, so that the GPU is needed only for the first:
   float32, ranked against the op's float64 fallback on the same GPU, the worst kept); the
   param gradients of every learnable entry, at sizes that run the default launch and the
   tuned, stepping ones, against its float64 fallback; the kernels' exp and log1p against
-  float64, and the 16-bit kernels' log1p and erfc.
+  float64, and the 16-bit kernels' log1p and erfc; compiled variants launched directly
+  against launches through Triton's JIT, and variants a fresh process loads from the variant
+  store against the process that recorded them (bitwise).
   Written to one .npz file.
 * `score` (anywhere): the mpmath oracle scores the collected values as `actgen docs` scores
   the interpreter's; a markdown report.
@@ -292,6 +294,69 @@ def check_direct_launch(device) -> dict:
     return {"cases": 2 * len(DIRECT_LAUNCH_CASES), "direct_launches": launcher.direct - before, "mismatches": mismatches}
 
 
+# A fresh process for check_variant_store: argv = device, output file.
+_STORE_PROBE = """\
+import json, sys
+from actgen.device_accuracy import store_probe
+print("ACTGEN_STORE " + json.dumps(store_probe(sys.argv[1], sys.argv[2])))
+"""
+
+
+def store_probe(device, out) -> dict:
+    """DIRECT_LAUNCH_CASES in float32 and bfloat16, as a fresh process's first calls: their
+    outputs and gradients saved to `out`; the first case's time (torch's own first backward
+    taken before it), and what the launcher loaded from or recorded in the variant store."""
+    from .runtime import launch, use_backend
+
+    w = torch.ones(8, device=device, requires_grad=True)
+    torch.autograd.grad(w * 2, [w], torch.ones_like(w))
+    results, first = {}, None
+    with use_backend("triton"):
+        for name in DIRECT_LAUNCH_CASES:
+            for dtype in (torch.float32, torch.bfloat16):
+                t = time.perf_counter()
+                outputs = _launch_outputs(name, dtype, device)
+                if torch.device(device).type == "cuda":
+                    torch.cuda.synchronize(device)
+                first = time.perf_counter() - t if first is None else first
+                results[f"{name} {str(dtype).removeprefix('torch.')}"] = [o.cpu() for o in outputs]
+    torch.save(results, out)
+    store = launch.LAUNCH.store
+    return {"first_case_s": first, "loaded": store.loaded if store else 0, "recorded": store.recorded if store else 0,
+            "direct": launch.LAUNCH.direct}
+
+
+def _store_run(device, directory: Path, k: int) -> tuple[dict, dict]:
+    """store_probe in a fresh process whose variant store is in `directory` (Triton's cache is
+    this process's): its outputs, and what it says."""
+    import subprocess
+
+    out = directory / f"run{k}.pt"
+    env = dict(os.environ, ACTGEN_CACHE_DIR=str(directory / "actgen"))
+    proc = subprocess.run([sys.executable, "-c", _STORE_PROBE, str(device), str(out)], env=env, capture_output=True,
+                          text=True, timeout=1800)
+    for line in proc.stdout.splitlines():
+        if line.startswith("ACTGEN_STORE "):
+            return torch.load(out), json.loads(line[len("ACTGEN_STORE "):])
+    raise RuntimeError(f"store probe exited {proc.returncode}: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+
+
+def check_variant_store(device, run=_store_run) -> dict:
+    """Compiled variants found again in a fresh process (actgen.runtime.variant_store): two
+    fresh processes run DIRECT_LAUNCH_CASES with an empty store between them; the first
+    launches through Triton's JIT and records its variants, the second loads them from the
+    store; their outputs and gradients must be bitwise equal."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="actgen-store-") as tmp:
+        (first, said_first), (second, said_second) = (run(device, Path(tmp), k) for k in range(2))
+    mismatches = [case for case, want in first.items()
+                  if len(second.get(case, ())) != len(want) or not all(torch.equal(a, b) for a, b in zip(second[case], want))]
+    return {"cases": len(first), "recorded": said_first["recorded"], "loaded": said_second["loaded"],
+            "recorded_again": said_second["recorded"],
+            "first_case_s": [said_first["first_case_s"], said_second["first_case_s"]], "mismatches": mismatches}
+
+
 def _collect_worker(args):
     name, specs_dir, device = args
     spec = next(s for s in load_specs([Path(specs_dir)]) if s.name == name)
@@ -341,7 +406,7 @@ def collect(specs_dir: Path, device: str, out: Path, jobs: int = 1, names=None, 
     meta = {"info": device_info(device), "entries": sorted(s.name for s in specs), "failures": failures,
             "param_grads": param_rows, "exp": _safe(check_exp, device), "log1p": _safe(check_log1p, device),
             "fast16": _safe(check_fast16, device), "direct_launch": _safe(check_direct_launch, device),
-            "seconds": time.perf_counter() - t0}
+            "variant_store": _safe(check_variant_store, device), "seconds": time.perf_counter() - t0}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, meta=np.array(json.dumps(meta)), **arrays)
@@ -495,25 +560,37 @@ def report(meta: dict, results: list[Accuracy], grid_size: int) -> str:
         ]
     elif h:
         lines += ["## The 16-bit kernels' log1p and erfc", "", f"**not checked**: {h['error']}", ""]
-    d = meta.get("direct_launch")  # collected from compiler version 15 on
-    if d:
-        lines += ["## Direct launches", ""]
-        if "error" in d:
-            lines.append(f"**not checked**: {d['error']}")
-        else:
-            if d["mismatches"]:
-                verdict = "**results differ**: " + ", ".join(d["mismatches"])
-            elif not d["direct_launches"]:
-                verdict = "**no direct launch was made** (turned off)"
-            else:
-                verdict = "equal"
-            lines.append(
-                "Compiled kernel variants launched again without Triton's per-call binding (actgen.runtime.variants), "
-                f"against launches through Triton's JIT, bitwise, forward and backward: {d['cases']} cases "
-                f"({', '.join(DIRECT_LAUNCH_CASES)}; float32 and bfloat16), {d['direct_launches']} direct launches: "
-                f"{verdict}.")
-        lines.append("")
+    lines += _bitwise_section(
+        "## Direct launches", meta.get("direct_launch"), "direct_launches",       # from compiler version 15 on
+        "**no direct launch was made** (turned off)",
+        lambda d, verdict: "Compiled kernel variants launched again without Triton's per-call binding "
+        f"(actgen.runtime.variants), against launches through Triton's JIT, bitwise, forward and backward: "
+        f"{d['cases']} cases ({', '.join(DIRECT_LAUNCH_CASES)}; float32 and bfloat16), {d['direct_launches']} direct "
+        f"launches: {verdict}.")
+    lines += _bitwise_section(
+        "## Variants found again in a fresh process", meta.get("variant_store"), "loaded",
+        "**no variant was loaded from the store**",
+        lambda v, verdict: "Two fresh processes ran the direct-launch cases forward and backward (float32 and "
+        "bfloat16) with an empty variant store between them (actgen.runtime.variant_store): the first recorded "
+        f"{v['recorded']} variants, the second loaded {v['loaded']} and compiled {v['recorded_again']} through "
+        f"Triton's JIT; outputs and gradients of the {v['cases']} cases against the first process's, bitwise: "
+        f"{verdict}. The first case's forward+backward took {v['first_case_s'][0] * 1e3:.1f} ms in the first "
+        f"process and {v['first_case_s'][1] * 1e3:.1f} ms in the second.")
     return "\n".join(lines)
+
+
+def _bitwise_section(title: str, d: dict | None, count: str, nothing: str, describe) -> list[str]:
+    """A report section for a check whose results must be bitwise equal: "not checked" with
+    its error, else describe(d, verdict), the verdict `nothing` where d[count] is 0."""
+    if not d:
+        return []
+    if "error" in d:
+        return [title, "", f"**not checked**: {d['error']}", ""]
+    if d["mismatches"]:
+        verdict = "**results differ**: " + ", ".join(d["mismatches"])
+    else:
+        verdict = "equal" if d[count] else nothing
+    return [title, "", describe(d, verdict), ""]
 
 
 def score_file(path: Path, specs_dir: Path, out: Path, jobs: int = 1, log=print) -> Path:

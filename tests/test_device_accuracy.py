@@ -86,6 +86,8 @@ def test_collect_and_score_files(tmp_path, monkeypatch):
     monkeypatch.setattr(da, "check_fast16", lambda device: {
         "points": 1, "log1p_max_rel": 1e-6, "erfc_max_rel": 1e-6, "specials_as_expected": True})
     monkeypatch.setattr(da, "check_direct_launch", lambda device: {"cases": 2, "direct_launches": 4, "mismatches": []})
+    monkeypatch.setattr(da, "check_variant_store", lambda device: {
+        "cases": 2, "recorded": 4, "loaded": 4, "recorded_again": 0, "first_case_s": [0.5, 0.01], "mismatches": []})
     path = da.collect(da.DEFAULT_SPECS, "cpu", tmp_path / "v.npz", jobs=1, names=["relu", "polynomial"], log=lambda s: None)
     meta, arrays = da.load(path)
     assert meta["failures"] == {} and meta["entries"] == ["polynomial", "relu"]
@@ -95,6 +97,7 @@ def test_collect_and_score_files(tmp_path, monkeypatch):
     assert "| [relu](" in text and "| [polynomial](" in text and "**4 of 4 pass.**" in text
     assert "within the bound of 2^-14" in text
     assert "## Direct launches" in text and "4 direct launches: equal." in text
+    assert "the second loaded 4 and compiled 0" in text and "bitwise: equal." in text
 
 
 class _FakeLauncher:
@@ -139,3 +142,39 @@ def test_direct_launch_report(d, says):
     meta = {"info": {"device": "cpu", "date": "today", "torch": "t", "triton": "x"}, "failures": {},
             "exp": da.check_exp("cpu", n_uniform=1000), "param_grads": [], "direct_launch": d}
     assert says in da.report(meta, [], len(XS)).split("## Direct launches")[1]
+
+
+def test_variant_store_check_runs_two_fresh_processes(tmp_path):
+    """On CPU (the interpreter) nothing is compiled, so nothing is recorded or loaded, but the
+    two fresh processes run every case and their results compare equal (the draws are seeded)."""
+    d = da.check_variant_store("cpu")
+    assert d["cases"] == 10 and d["mismatches"] == [] and d["loaded"] == 0 and d["recorded"] == 0
+    assert all(t > 0 for t in d["first_case_s"])
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_variant_store_check_compares_the_fresh_processes(corrupt):
+    """Stand-in processes: the second's results against the first's, bitwise."""
+    def run(device, directory, k):
+        outputs = {"silu float32": [torch.arange(4.0), torch.ones(4)], "prelu bfloat16": [torch.zeros(3)]}
+        if corrupt and k == 1:
+            outputs["prelu bfloat16"][0][1] = 2 ** -20
+        return outputs, {"first_case_s": 0.1 * (2 - k), "loaded": 2 * k, "recorded": 2 * (1 - k)}
+
+    d = da.check_variant_store("cuda", run=run)
+    assert d["cases"] == 2 and d["recorded"] == 2 and d["loaded"] == 2 and d["recorded_again"] == 0
+    assert d["mismatches"] == (["prelu bfloat16"] if corrupt else [])
+
+
+@pytest.mark.parametrize("v,says", [
+    ({"cases": 10, "recorded": 20, "loaded": 20, "recorded_again": 0, "first_case_s": [0.3, 0.02], "mismatches": []},
+     "the second loaded 20 and compiled 0"),
+    ({"cases": 10, "recorded": 20, "loaded": 0, "recorded_again": 20, "first_case_s": [0.3, 0.3], "mismatches": []},
+     "**no variant was loaded from the store**"),
+    ({"cases": 10, "recorded": 20, "loaded": 20, "recorded_again": 0, "first_case_s": [0.3, 0.02],
+      "mismatches": ["silu float32"]}, "**results differ**: silu float32"),
+    ({"error": "RuntimeError: x"}, "**not checked**: RuntimeError: x")])
+def test_variant_store_report(v, says):
+    meta = {"info": {"device": "cpu", "date": "today", "torch": "t", "triton": "x"}, "failures": {},
+            "exp": da.check_exp("cpu", n_uniform=1000), "param_grads": [], "variant_store": v}
+    assert says in da.report(meta, [], len(XS)).split("## Variants found again in a fresh process")[1]
