@@ -815,16 +815,21 @@ print("ACTGEN_PROBE " + json.dumps(probe(json.loads(sys.argv[1]), t_import)))
 
 
 def _kernel_variants(case: Case) -> int | None:
-    """Compiled Triton variants of the case's generated kernels in this process (CUDA only)."""
+    """Compiled Triton variants of the case's generated kernels in this process (CUDA only):
+    those Triton's JIT compiled or found in its cache, and those loaded from actgen's
+    variant store."""
+    from actgen.runtime.variants import LAUNCH
+
     mod = importlib.import_module(f"actgen.ops.{case.op}")
-    total = 0
+    found = set()
     for kname in ("_forward_kernel", "_backward_kernel"):
         k = getattr(mod, kname, None)
         caches = getattr(k, "device_caches", None)
         if caches is None:
             return None
-        total += sum(len(entry[0]) for entry in caches.values())
-    return total
+        found.update(id(c) for entry in caches.values() for c in entry[0].values())
+        found.update(id(c) for key, c in LAUNCH.variants.items() if key[0] == id(k))
+    return len(found)
 
 
 def probe(spec: dict, t_import: float) -> dict:
@@ -860,7 +865,10 @@ def probe(spec: dict, t_import: float) -> dict:
             variants.append(_kernel_variants(case) if device.type == "cuda" else None)
     out["first_call_s"] = out["calls_s"][0]
     if spec["impl"] == "actgen":
+        from actgen.runtime.variants import LAUNCH
+
         out["new_variants"] = None if variants[0] is None else variants[-1] - variants[0]
+        out["from_store"] = LAUNCH.store.loaded if LAUNCH.store is not None and device.type == "cuda" else None
     else:
         try:
             from torch._dynamo.utils import counters
@@ -888,14 +896,14 @@ def _run_probe(spec: dict, cache_dir: str, timeout: float = 900) -> dict:
 def measure_latency(cfg: Config, log=None) -> tuple[list, list]:
     """First-call latency in fresh processes.
 
-    actgen: cold (empty Triton cache) then warm (the same cache, populated by the cold run);
+    actgen: cold (empty Triton cache and variant store) then warm (the same, populated by the
+    cold run);
     compile: cold (empty inductor and Triton caches).  Also: kernel variants compiled or
     graphs traced over three input shapes (n, 2n, 3n).
     """
     rows, recompiles = [], []
     dtype_name = cfg.dtypes[0]
     for name in cfg.latency_cases:
-        case = CASES[name]
         for impl, caches in (("actgen", ("cold", "warm")), ("compile", ("cold",))):
             if impl not in cfg.latency_impls or impl not in cfg.impls:
                 continue
@@ -907,7 +915,8 @@ def measure_latency(cfg: Config, log=None) -> tuple[list, list]:
                         out = _run_probe(spec, tmp)
                         row.update(import_s=out["import_s"], first_call_s=out["first_call_s"],
                                    second_call_s=out["second_call_s"], shape_calls_s=out["calls_s"],
-                                   torch_first_backward_s=out.get("torch_first_backward_s"))
+                                   torch_first_backward_s=out.get("torch_first_backward_s"),
+                                   from_store=out.get("from_store"))
                         if cache == "warm" or impl == "compile":
                             recompiles.append({"case": name, "impl": impl, "shapes": 3,
                                                "new_kernel_variants": out.get("new_variants"),
@@ -1093,7 +1102,7 @@ def evaluate_targets(results: dict) -> list[dict]:
     add(Target("no_recompile", "no recompilation across 3 input shapes (new Triton kernel variants)", "gpu", 0, "low",
                [(r["new_kernel_variants"], r["case"]) for r in results["recompiles"] if r["impl"] == "actgen"]))
     host = {r["impl"]: r["host_s_per_call"] for r in results["host"]}
-    add(Target("host_time", f"host time per call on a 4096-element tensor <= 1.5x eager F.silu's", "gpu", 1.5, "low",
+    add(Target("host_time", "host time per call on a 4096-element tensor <= 1.5x eager F.silu's", "gpu", 1.5, "low",
                [(host["actgen"] / host["torch"], "silu")] if "actgen" in host and "torch" in host else []))
     add(Target("cpu_fallback_speed", f"CPU: fallback fwd+bwd no slower than the plain-torch composite "
                f"(<= {CPU_NOISE_MARGIN:.2f}x, a 5% timing-noise margin; n >= 2**{int(math.log2(CPU_TARGET_MIN))})",
@@ -1280,15 +1289,19 @@ def write_markdown(results) -> str:
         out.append("")
     if results["latency"]:
         out += ["## First-call latency (fresh process)", "",
-                "cold: empty Triton/inductor caches; warm: the cache the cold run filled. First call = the first "
-                "forward+backward (synchronised); shape calls: the first calls at n, 2n and 3n elements.", "",
-                "| activation | impl | cache | import | first call | second call | shape calls |", "|---|---|---|---|---|---|---|"]
+                "cold: empty Triton/inductor/actgen caches; warm: the caches the cold run filled (Triton's, and "
+                "actgen's variant store). First call = the first forward+backward (synchronised); shape calls: the "
+                "first calls at n, 2n and 3n elements.", "",
+                "| activation | impl | cache | import | first call | second call | shape calls | variants from actgen's store |",
+                "|---|---|---|---|---|---|---|---|"]
         for r in results["latency"]:
             if "error" in r:
-                out.append(f"| {r['case']} | {r['impl']} | {r['cache']} | error: {r['error']} | | | |")
+                out.append(f"| {r['case']} | {r['impl']} | {r['cache']} | error: {r['error']} | | | | |")
                 continue
+            stored = r.get("from_store")
             out.append(f"| {r['case']} | {r['impl']} | {r['cache']} | {_fmt_time(r['import_s'])} | {_fmt_time(r['first_call_s'])} "
-                       f"| {_fmt_time(r['second_call_s'])} | {', '.join(_fmt_time(t) for t in r['shape_calls_s'])} |")
+                       f"| {_fmt_time(r['second_call_s'])} | {', '.join(_fmt_time(t) for t in r['shape_calls_s'])} "
+                       f"| {'-' if stored is None else stored} |")
         out.append("")
         if results["recompiles"]:
             out += ["| activation | impl | new Triton kernel variants over 3 shapes | torch.compile graphs over 3 shapes |",
@@ -1329,7 +1342,6 @@ def write_plots(results, out_dir: Path) -> list[Path]:
 
     cfg = results["config"]
     idx = _index(results)
-    roof = {(r["dtype"], r["n"], r["kind"]): r["gbps"] * 1e9 for r in results["rooflines"]}
     paths = []
     colors = {"actgen": "C0", "eager": "C1", "torch": "C2", "compile": "C3"}
     for dtype in cfg["dtypes"]:

@@ -6,8 +6,9 @@
 # Stages, most important first, each with its own time limit inside SECONDS (default 540),
 # so that a stage cut short still leaves the others' results:
 #   1. accuracy.npz - every catalogue entry's kernels on the GPU, its param gradients, the
-#      kernels' exp and log1p, and direct launches of compiled variants against Triton's JIT
-#      (python -m actgen.device_accuracy collect); score it on any machine with
+#      kernels' exp and log1p, direct launches of compiled variants against Triton's JIT, and
+#      variants loaded from the variant store in a fresh process against the process that
+#      recorded them (python -m actgen.device_accuracy collect); score it on any machine with
 #      `python -m actgen.device_accuracy score OUT_DIR/accuracy.npz --out FILE`;
 #   2. host_profile.txt - where a call's host time goes (benchmarks/host_profile.py);
 #   3. bench-2p26/  - the suite at 2**26 elements (where the targets are judged), fp32 and bf16;
