@@ -56,6 +56,7 @@ class KernelReport:
     local_memory: bool = False     # spills or local arrays
     philox: bool = False           # mul.hi.u32 present: Philox rounds (random draws)
     approx_division: bool = False  # div.full.f32 / div.approx.f32 present (Triton's "/" on float32)
+    integer_division: bool = False  # div/rem on integers present (tile indices past the flat layout)
     spill_bytes: int | None = None  # ptxas -v spill stores + loads (None: no ptxas found)
     cubin_bytes: int = 0
     elements_per_thread: int = 0   # tile elements / threads: what one thread's instructions cover
@@ -120,6 +121,9 @@ def compile_kernel(kernel, dtype: str, arch: int, layout=LAYOUTS[0], param_names
         constexprs["STEP"] = step
     if "TRAINING" in sig:
         constexprs["TRAINING"] = training
+    if block_m == 1 and axis == 0:      # the flat layout: one row, M = 1, which Triton's JIT makes a constant
+        sig["_M"] = "constexpr"
+        constexprs["_M"] = 1
     src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
 
@@ -132,6 +136,7 @@ def inspect_ptx(ptx: str) -> dict:
         "local_memory": bool(re.search(r"\.local\b|(ld|st)\.local", ptx)),
         "philox": "mul.hi.u32" in ptx,
         "approx_division": bool(re.search(r"div\.(full|approx)(\.ftz)?\.f32", ptx)),
+        "integer_division": bool(re.search(r"\b(div|rem)\.[su](16|32|64)\b", ptx)),
     }
 
 

@@ -131,6 +131,16 @@ def test_float32_kernels_divide_with_ieee_rounding(reports):
     assert fast == {(k, d) for k in KERNELS for d in DTYPES if d != "fp32"}
 
 
+def test_flat_kernels_divide_no_integers(reports, tuning_reports):
+    """The flat layout is one row (M = 1, which Triton's JIT makes a constant): its tile is
+    the program's number times the tile size, with no integer division (a 64-bit one cost
+    about 6 instructions per element on sm_90).  The 2-D layouts divide to find their tile."""
+    flat = [r for r in reports + tuning_reports if r["ok"] and tuple(r["layout"])[0] == 1]
+    divides = [_key(r) for r in flat if r["integer_division"]]
+    assert flat and not divides, f"flat kernels with an integer division: {divides}"
+    assert any(r["integer_division"] for r in reports if tuple(r["layout"]) != FLAT)
+
+
 def test_global_accesses_are_128_bit(reports):
     scalar = [_key(r) for r in reports if not (r["vector_loads"] and r["vector_stores"])]
     assert not scalar, f"kernels without ld.global.v4 / st.global.v4: {scalar}"

@@ -311,10 +311,17 @@ def tile_at(t, M, N, C, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: t
 
     Returns the element offsets (int64: tensors over 2**31 elements), the bounds mask, each
     element's channel (its row % C for channels-first, its column for channels-last), and
-    the tile's row and column indices."""
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    rows = (t // tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = (t % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    the tile's row and column indices.
+
+    One row (M == 1: the flat layout, or a single row of channels) needs no division: Triton
+    specializes M = 1 as a constant, so such a kernel has no 64-bit division at all."""
+    if M == 1:
+        rows = tl.arange(0, BLOCK_M).to(tl.int64)
+        cols = t * BLOCK_N + tl.arange(0, BLOCK_N)
+    else:
+        tiles_n = tl.cdiv(N, BLOCK_N)
+        rows = (t // tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = (t % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs = rows[:, None] * N + cols[None, :]
     mask = (rows[:, None] < M) & (cols[None, :] < N)
     if CH_AXIS == 0:
