@@ -227,7 +227,8 @@ def test_stepping_programs_sum_param_gradients_element_by_element(tmp_path):
     """A stepping backward (programs walking through several tiles) keeps its param-gradient
     sums element by element and loads the params once: its loop over tiles, counted by
     `--sass`, holds no reduction across threads.  sm_90 bf16, 1024-element tiles: polynomial's
-    loop went from 38.4 to 32.8 instructions per element, prelu's from 24.9 to 19.9."""
+    loop went from 38.4 to 32.8 instructions per element, prelu's from 24.9 to 19.9, and
+    without the flat tile's integer division to 27.0 and 14.8."""
     from actgen.aot import nvdisasm_path
 
     if nvdisasm_path() is None:
@@ -240,7 +241,7 @@ def test_stepping_programs_sum_param_gradients_element_by_element(tmp_path):
     assert all(r["sass_loop_per_element"] < r["sass_per_element"] for r in stepping)
     loop = {(r["module"].rsplit(".", 1)[-1], r["layout"][1], r["num_warps"]): r["sass_loop_per_element"]
             for r in stepping}
-    assert loop[("polynomial", 1024, 4)] <= 34 and loop[("prelu", 1024, 4)] <= 21, loop
+    assert loop[("polynomial", 1024, 4)] <= 29 and loop[("prelu", 1024, 4)] <= 16.5, loop
 
 
 def test_sass_loop_counts_the_largest_loop():
