@@ -413,6 +413,55 @@ def test_offsets_are_int64():
     assert lay.M * lay.N == 2**31 + 5 and lay.grid[0] * lay.block_n >= 2**31 + 5
 
 
+if HAS_TRITON:
+    from actgen.runtime.triton_lang import tile_at
+
+    @triton.jit
+    def _offsets_kernel(offs_ptr, mask_ptr, ch_ptr, t, M, N, C, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        CH_AXIS: tl.constexpr):
+        """tile_at's offsets, mask and channels for tile t (int64, as tile and nth_tile pass
+        it), stored as values."""
+        offs, mask, ch, rows, cols = tile_at(t.to(tl.int64), M, N, C, BLOCK_M, BLOCK_N, CH_AXIS)
+        idx = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+        tl.store(offs_ptr + idx, offs)
+        tl.store(mask_ptr + idx, mask.to(tl.int8))
+        tl.store(ch_ptr + idx, (ch + 0 * idx).to(tl.int64))
+
+
+TILE_CASES = [
+    # M, N, C, BLOCK_M, BLOCK_N, CH_AXIS, tile numbers: the flat layout past 2**31 elements (its
+    # last tile, and one past it, as a stepping program's), channels first with rows of over
+    # 2**31 elements, channels last past 2**32 elements, and a single row of channels
+    (1, 2**31 + 5, 1, 1, 1024, 0, (0, 2**21, 2**21 + 1)),
+    (15, 2**31 + 7, 5, 1, 1024, 0, (0, 2**21 + 1, 2**21 + 5, 14 * (2**21 + 1) + 2**21)),
+    (2**26 + 3, 64, 64, 16, 64, 1, (0, 2**22, 2**22 + 1)),
+    (1, 64, 64, 1, 64, 1, (0, 1)),
+]
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+@pytest.mark.parametrize("case", TILE_CASES)
+def test_tile_offsets_masks_and_channels(case):
+    """triton_lang.tile_at (the interpreter) against the same arithmetic in Python's ints: the
+    offsets (int64), the bounds mask and each element's channel, for tensors past 2**31
+    elements (nothing is read or written there: the offsets are stored as values)."""
+    M, N, C, bm, bn, axis, tiles = case
+    tiles_n = -(-N // bn)
+    for t in tiles:
+        offs, mask, ch = (torch.empty(bm * bn, dtype=dt) for dt in (torch.int64, torch.int8, torch.int64))
+        _offsets_kernel[(1,)](offs, mask, ch, t, M, N, C, BLOCK_M=bm, BLOCK_N=bn, CH_AXIS=axis)
+        rows = [(t // tiles_n) * bm + i for i in range(bm) for _ in range(bn)]
+        cols = [(t % tiles_n) * bn + j for _ in range(bm) for j in range(bn)]
+        want_mask = [r < M and c < N for r, c in zip(rows, cols)]
+        assert mask.bool().tolist() == want_mask, t
+        assert [o for o, m in zip(offs.tolist(), want_mask) if m] == [r * N + c for r, c, m in zip(rows, cols, want_mask) if m]
+        assert [v for v, m in zip(ch.tolist(), want_mask) if m] == [(r % C if axis == 0 else c)
+                                                                    for r, c, m in zip(rows, cols, want_mask) if m]
+        if t == 0:
+            assert all(want_mask[: min(bn, N)])
+    assert max(o for o in offs.tolist()) >= 0
+
+
 def inspect_source(kernel):
     import inspect
 

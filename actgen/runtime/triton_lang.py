@@ -318,10 +318,11 @@ def tile_at(t, M, N, C, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: t
     if M == 1:
         rows = tl.arange(0, BLOCK_M).to(tl.int64)
         cols = t * BLOCK_N + tl.arange(0, BLOCK_N)
-    else:
-        tiles_n = tl.cdiv(N, BLOCK_N)
-        rows = (t // tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = (t % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    else:       # tile numbers and counts fit 32 bits (under 2**31 tiles): a 32-bit division
+        tiles_n = tl.cdiv(N, BLOCK_N).to(tl.int32)
+        t32 = t.to(tl.int32)
+        rows = (t32 // tiles_n).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = (t32 % tiles_n).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs = rows[:, None] * N + cols[None, :]
     mask = (rows[:, None] < M) & (cols[None, :] < N)
     if CH_AXIS == 0:
