@@ -314,11 +314,12 @@ def tile_at(t, M, N, C, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: t
     the tile's row and column indices.
 
     One row (M == 1: the flat layout, or a single row of channels) needs no division: Triton
-    specializes M = 1 as a constant, so such a kernel has no 64-bit division at all."""
+    specializes M = 1 as a constant, so such a kernel has no integer division at all.  More
+    rows divide the tile number in 32 bits (under 2**31 tiles), the offsets stay int64."""
     if M == 1:
         rows = tl.arange(0, BLOCK_M).to(tl.int64)
         cols = t * BLOCK_N + tl.arange(0, BLOCK_N)
-    else:       # tile numbers and counts fit 32 bits (under 2**31 tiles): a 32-bit division
+    else:
         tiles_n = tl.cdiv(N, BLOCK_N).to(tl.int32)
         t32 = t.to(tl.int32)
         rows = (t32 // tiles_n).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
