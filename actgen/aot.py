@@ -106,8 +106,17 @@ def compile_kernel(kernel, dtype: str, arch: int, layout=LAYOUTS[0], param_names
     in float64: an op that computes that direction in float64, see actgen.precision and
     Activation.kernel_wide)."""
     import triton
-    import triton.language as tl
     from triton.backends.compiler import GPUTarget
+
+    src = kernel_source(kernel, dtype, layout, param_names, step, training, wide)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+
+
+def kernel_source(kernel, dtype: str, layout=LAYOUTS[0], param_names=(), step: bool = False, training: bool = False,
+                  wide: bool = False):
+    """The ASTSource compile_kernel compiles: the kernel specialized as Triton's JIT would
+    for such a launch."""
+    import triton.language as tl
     from triton.compiler import ASTSource
 
     fn = getattr(kernel, "fn", kernel)
@@ -124,8 +133,7 @@ def compile_kernel(kernel, dtype: str, arch: int, layout=LAYOUTS[0], param_names
     if block_m == 1 and axis == 0:      # the flat layout: one row, M = 1, which Triton's JIT makes a constant
         sig["_M"] = "constexpr"
         constexprs["_M"] = 1
-    src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+    return ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs)
 
 
 def inspect_ptx(ptx: str) -> dict:

@@ -879,18 +879,22 @@ def probe(spec: dict, t_import: float) -> dict:
     return out
 
 
+def fresh_process(code: str, argv: list[str], env: dict, marker: str, timeout: float) -> dict:
+    """Run `python -c code *argv` in a fresh process; the JSON it prints after `marker `."""
+    proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith(marker + " "):
+            return json.loads(line[len(marker) + 1:])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    raise RuntimeError(f"{marker} process exited {proc.returncode}: {tail}")
+
+
 def _run_probe(spec: dict, cache_dir: str, timeout: float = 900) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "ACTGEN_BACKEND")}
     env["TRITON_CACHE_DIR"] = os.path.join(cache_dir, "triton")
     env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(cache_dir, "inductor")
     env["ACTGEN_CACHE_DIR"] = os.path.join(cache_dir, "actgen")
-    proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(spec)], env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    for line in proc.stdout.splitlines():
-        if line.startswith("ACTGEN_PROBE "):
-            return json.loads(line[len("ACTGEN_PROBE "):])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    raise RuntimeError(f"probe exited {proc.returncode}: {tail}")
+    return fresh_process(_PROBE, [json.dumps(spec)], env, "ACTGEN_PROBE", timeout)
 
 
 def measure_latency(cfg: Config, log=None) -> tuple[list, list]:

@@ -329,16 +329,12 @@ def store_probe(device, out) -> dict:
 def _store_run(device, directory: Path, k: int) -> tuple[dict, dict]:
     """store_probe in a fresh process whose variant store is in `directory` (Triton's cache is
     this process's): its outputs, and what it says."""
-    import subprocess
+    from .bench import fresh_process
 
     out = directory / f"run{k}.pt"
-    env = dict(os.environ, ACTGEN_CACHE_DIR=str(directory / "actgen"))
-    proc = subprocess.run([sys.executable, "-c", _STORE_PROBE, str(device), str(out)], env=env, capture_output=True,
-                          text=True, timeout=1800)
-    for line in proc.stdout.splitlines():
-        if line.startswith("ACTGEN_STORE "):
-            return torch.load(out), json.loads(line[len("ACTGEN_STORE "):])
-    raise RuntimeError(f"store probe exited {proc.returncode}: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+    said = fresh_process(_STORE_PROBE, [str(device), str(out)], dict(os.environ, ACTGEN_CACHE_DIR=str(directory / "actgen")),
+                         "ACTGEN_STORE", 1800)
+    return torch.load(out), said
 
 
 def check_variant_store(device, run=_store_run) -> dict:

@@ -43,11 +43,7 @@ def kernel(case):
 
 def source(case) -> ASTSource:
     op, which, dtype, params = CASES[case]
-    k = kernel(case)
-    sig, attrs = aot.signature(k.fn, dtype, params)
-    consts = {"BLOCK_M": 4, "BLOCK_N": 256, "CH_AXIS": 0, "ACC": tl.float32, "FAST": dtype != "fp32",
-              "PARAM_GRAD": True, "TRAINING": True, "STEP": False}
-    return ASTSource(k, sig, {(k.arg_names.index(n),): v for n, v in consts.items() if n in sig}, attrs)
+    return aot.kernel_source(kernel(case), dtype, (4, 256, 0), params, training=True)
 
 
 def facts(compiled) -> dict:

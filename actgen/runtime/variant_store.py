@@ -195,12 +195,11 @@ class VariantStore:
 
     @staticmethod
     def _compiled(kernel, entry: dict, target):
-        from triton.compiler import ASTSource, CompiledKernel
+        from triton.compiler import CompiledKernel
 
         if entry.get("format") != FORMAT:
             return None
-        src = ASTSource(kernel, _decode_items(entry["signature"]), _decode_items(entry["constants"]),
-                        _decode_items(entry["attrs"]))
+        src = _source(kernel, entry)
         if src.hash() != entry["src_hash"]:
             return None
         group = entry["group"]
@@ -250,13 +249,19 @@ class VariantStore:
                  "src_hash": src.hash(), "group": group, "hash": compiled.hash,
                  "binary_sha256": hashlib.sha256(compiled.kernel).hexdigest()}
         # what a later process rebuilds from the file must be what the JIT compiled
-        stored = json.loads(json.dumps(entry))
-        again = ASTSource(src.fn, _decode_items(stored["signature"]), _decode_items(stored["constants"]),
-                          _decode_items(stored["attrs"]))
+        again = _source(src.fn, json.loads(json.dumps(entry)))
         if (again.hash(), again.signature, again.constants, again.attrs) != (src.hash(), src.signature, src.constants,
                                                                             src.attrs):
             return None
         return entry
+
+
+def _source(kernel, entry: dict):
+    """The kernel's specialization an entry records, as the ASTSource the JIT compiled."""
+    from triton.compiler import ASTSource
+
+    return ASTSource(kernel, _decode_items(entry["signature"]), _decode_items(entry["constants"]),
+                     _decode_items(entry["attrs"]))
 
 
 def _remove(path: Path) -> None:
