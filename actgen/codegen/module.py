@@ -6,9 +6,10 @@ import re
 
 import sympy
 
-from ..derive import COSTLY_CALLS, Block, Derivation, Saturate, ScaledInput, draw_lines
+from ..derive import COSTLY_CALLS, Block, Derivation, InfGuard, LimitAtInf, NanGuard, Saturate, ScaledInput, draw_lines
 from ..precision import float64_notes
 from ..printers import TorchPrinter, TritonPrinter
+from ..printers.workspace import WORKSPACE, workspace_statements
 from ..version import COMPILER_VERSION
 from .writer import Writer, escape_docstring
 
@@ -177,12 +178,18 @@ def _shared_params(d: Derivation) -> list[str]:
 
 
 def _torch_function(w: Writer, d: Derivation, fname: str, doc: str, block: Block, outputs_as_tuple: bool, fast: bool = False):
+    """A fallback function; `fast`: the fast variant, on the workspace `_w` (its buffer count
+    is returned)."""
     s = d.spec
-    args = [*_tensor_names(d), *(c.name for c in s.constants)]
+    args = [*_tensor_names(d), *(c.name for c in s.constants)] + ([WORKSPACE] if fast else [])
     printer = TorchPrinter(_tensor_names(d), like=s.inputs[0], fast=fast)
+    buffers = 0
     with w.indent(f"def {fname}({', '.join(args)}):"):
         w(f'"""{doc}"""')
-        _block(w, block, printer, "_")
+        if fast:
+            buffers = _workspace_block(w, d, block, printer)
+        else:
+            _block(w, block, printer, "_")
         names = [f"_{n}" for n, _ in block.outputs]
         result = f"({', '.join(names)},)" if outputs_as_tuple else names[0]
         # a select is exact where both branches are finite; else its value is NaN, which
@@ -191,20 +198,55 @@ def _torch_function(w: Writer, d: Derivation, fname: str, doc: str, block: Block
         w(f"return _rt.finite_or_none({result})" if checked else f"return {result}")
     w()
     w()
+    return buffers
+
+
+def _workspace_block(w: Writer, d: Derivation, block: Block, printer: TorchPrinter) -> int:
+    """A block's statements as printed, rewritten onto the workspace (actgen.printers.workspace);
+    the number of buffers they use."""
+    statements = []
+    for sym, expr in block.assignments:
+        statements.append((sym.name, printer.doprint(expr)))
+        printer.add_temporary(sym, expr)
+    statements += [(f"_{name}", printer.doprint(expr)) for name, expr in block.outputs]
+    chunked = [*d.spec.inputs, *(r.name for r in d.draws)]
+    params = [p.name for p in d.spec.params]
+    lines, buffers = workspace_statements(statements, chunked, params, [f"_{n}" for n, _ in block.outputs])
+    for target, text in lines:
+        w(f"{target} = {text}")
+    return buffers
 
 
 def _has_branch(block: Block) -> bool:
     return any(e.has(sympy.Piecewise) for _, e in (*block.assignments, *block.outputs))
 
 
-def _fast_function(w: Writer, d: Derivation, fname: str, what: str, block: Block | None, outputs_as_tuple: bool):
-    """The guard-free variant the CPU fallback runs when every input is finite."""
+def fast_block(guarded: Block, fast: Block | None) -> tuple[Block | None, bool]:
+    """(the block of the CPU fallback's fast variant, whether it runs on any input): the
+    guarded block itself where it has no guards, else its guard-free form for finite inputs
+    (actgen.derive.fast_variant), if it has one."""
+    if not _has_guards(guarded):
+        return guarded, True
+    return fast, False
+
+
+def _has_guards(block: Block) -> bool:
+    return any(e.has(NanGuard, InfGuard, LimitAtInf, sympy.Piecewise) for _, e in (*block.assignments, *block.outputs))
+
+
+def _fast_function(w: Writer, d: Derivation, fname: str, what: str, guarded: Block, fast: Block | None,
+                   outputs_as_tuple: bool) -> tuple[int, bool] | None:
+    """The variant the CPU fallback runs on a workspace (see fast_block): (its buffer count,
+    whether it runs on any input), or None where there is none."""
+    block, any_input = fast_block(guarded, fast)
     if block is None:
-        return
-    doc = f"{what} for finite inputs (CPU): no NaN/inf guards"
+        return None
+    doc = f"{what} on the workspace _w (CPU chunks)"
+    if not any_input:
+        doc += " for finite inputs: no NaN/inf guards"
     if _has_branch(block):
         doc += "; branches by float masks, None where a value is not finite (the guarded function runs then)"
-    _torch_function(w, d, fname, doc + ".", block, outputs_as_tuple, fast=True)
+    return _torch_function(w, d, fname, doc + ".", block, outputs_as_tuple, fast=True), any_input
 
 
 def _kernel_args(d: Derivation) -> list[str]:
@@ -541,8 +583,8 @@ def render_module(d: Derivation) -> str:
     _torch_function(w, d, "_forward_torch", forward_doc + ".", d.forward, False)
     names = ", ".join(f"df/d{n}" for n, _ in d.first)
     _torch_function(w, d, "_derivatives_torch", f"{names}.", d.backward, True)
-    _fast_function(w, d, "_forward_torch_fast", "f", d.forward_fast, False)
-    _fast_function(w, d, "_derivatives_torch_fast", names, d.backward_fast, True)
+    fast = (_fast_function(w, d, "_forward_torch_fast", "f", d.forward, d.forward_fast, False),
+            _fast_function(w, d, "_derivatives_torch_fast", names, d.backward, d.backward_fast, True))
     _torch_function(w, d, "_second_derivatives_torch", "Second derivatives d2f/da db, upper triangle in (inputs, params) order.", d.double_backward, True)
     w("# ---- Triton kernels: one forward, one backward (param gradients included) ----")
     w()
@@ -569,8 +611,11 @@ def render_module(d: Derivation) -> str:
         w("forward_torch=_forward_torch,")
         w("derivatives_torch=_derivatives_torch,")
         w("second_derivatives_torch=_second_derivatives_torch,")
-        w(f"forward_torch_fast={'_forward_torch_fast' if d.forward_fast is not None else None},")
-        w(f"derivatives_torch_fast={'_derivatives_torch_fast' if d.backward_fast is not None else None},")
+        w(f"forward_torch_fast={'_forward_torch_fast' if fast[0] else None},")
+        w(f"derivatives_torch_fast={'_derivatives_torch_fast' if fast[1] else None},")
+        if any(fast):
+            w(f"fast_buffers=({', '.join(str(f[0] if f else 0) for f in fast)}),")
+            w(f"fast_any_input=({', '.join(str(bool(f and f[1])) for f in fast)}),")
         w("forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,")
         w("backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,")
         if d.draws:

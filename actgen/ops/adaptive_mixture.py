@@ -61,32 +61,32 @@ def _derivatives_torch(x, w0, w1, w2):
     return (_d_x, _d_w0, _d_w1, _d_w2,)
 
 
-def _forward_torch_fast(x, w0, w1, w2):
-    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+def _forward_torch_fast(x, w0, w1, w2, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = torch.exp(w0)
     _t1 = torch.exp(w1)
     _t2 = torch.exp(w2)
-    _y = _rt.fma(_t2, x, _rt.fma(_t1, torch.tanh(x), _t0*_rt.select(_rt.gt(x, 0.0), x, 0.0)))/(_t0 + _t1 + _t2)
+    _y = _rt.fma(_t2, x, _rt.fma(_t1, torch.tanh(x, out=_w[0]), _rt.select(_rt.gt(x, 0.0, out=_w[1]), x, 0.0, out=_w[2]).mul_(_t0), out=_w[0]), out=_w[0]).div_(_t0 + _t1 + _t2)
     return _rt.finite_or_none(_y)
 
 
-def _derivatives_torch_fast(x, w0, w1, w2):
-    """df/dx, df/dw0, df/dw1, df/dw2 for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+def _derivatives_torch_fast(x, w0, w1, w2, _w):
+    """df/dx, df/dw0, df/dw1, df/dw2 on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = torch.exp(w0)
     _t1 = torch.exp(w1)
     _t2 = torch.exp(w2)
     _t3 = _t0 + _t1 + _t2
-    _t4 = 1.0/_t3
-    _t5 = _rt.gt(x, 0.0)
-    _t6 = -(2.0*torch.abs(x))
-    _t7 = _rt.select(_t5, x, 0.0)
-    _t8 = torch.tanh(x)
-    _t9 = _rt.fma(_t2, x, _rt.fma(_t1, _t8, _t0*_t7))/_t3/_t3
-    _t10 = torch.exp(_t6) + 1.0
-    _d_x = _t4*_rt.fma(_t0, _rt.select(_t5, 1.0, 0.0), _t2 + 4.0*torch.exp(_t6 + w1)/(_t10*_t10))
-    _d_w0 = _t0*_rt.fma(_t4, _t7, -_t9)
-    _d_w1 = _t1*_rt.fma(_t4, _t8, -_t9)
-    _d_w2 = _t2*_rt.fma(_t4, x, -_t9)
+    _t4 = 1.0 / _t3
+    _t5 = _rt.gt(x, 0.0, out=_w[0])
+    _t6 = torch.abs(x, out=_w[1]).mul_(2.0).neg_()
+    _t7 = _rt.select(_t5, x, 0.0, out=_w[2])
+    _t8 = torch.tanh(x, out=_w[3])
+    _t9 = _rt.fma(_t2, x, _rt.fma(_t1, _t8, torch.mul(_t0, _t7, out=_w[4]), out=_w[4]), out=_w[4]).div_(_t3).div_(_t3)
+    _t10 = torch.exp(_t6, out=_w[5]).add_(1.0)
+    _d_x = _rt.fma(_t0, _rt.select(_t5, 1.0, 0.0, out=_w[6]), torch.add(_t6, w1, out=_w[7]).exp_().mul_(4.0).div_(torch.mul(_t10, _t10, out=_w[8])).add_(_t2), out=_w[6]).mul_(_t4)
+    _d_w0 = _rt.fma(_t4, _t7, torch.neg(_t9, out=_w[0]), out=_w[0]).mul_(_t0)
+    _d_w1 = _rt.fma(_t4, _t8, torch.neg(_t9, out=_w[1]), out=_w[1]).mul_(_t1)
+    _d_w2 = _rt.fma(_t4, x, torch.neg(_t9, out=_w[2]), out=_w[2]).mul_(_t2)
     return _rt.finite_or_none((_d_x, _d_w0, _d_w1, _d_w2,))
 
 
@@ -212,6 +212,8 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(3, 9),
+    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

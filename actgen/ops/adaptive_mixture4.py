@@ -67,37 +67,37 @@ def _derivatives_torch(x, w0, w1, w2, w3):
     return (_d_x, _d_w0, _d_w1, _d_w2, _d_w3,)
 
 
-def _forward_torch_fast(x, w0, w1, w2, w3):
-    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+def _forward_torch_fast(x, w0, w1, w2, w3, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = torch.exp(w0)
     _t1 = torch.exp(w1)
     _t2 = torch.exp(w2)
     _t3 = torch.exp(w3)
-    _y = _rt.fma(_t3, torch.sigmoid(x), _rt.fma(_t2, x, _rt.fma(_t1, torch.tanh(x), _t0*_rt.select(_rt.gt(x, 0.0), x, 0.0))))/(_t0 + _t1 + _t2 + _t3)
+    _y = _rt.fma(_t3, torch.sigmoid(x, out=_w[0]), _rt.fma(_t2, x, _rt.fma(_t1, torch.tanh(x, out=_w[1]), _rt.select(_rt.gt(x, 0.0, out=_w[2]), x, 0.0, out=_w[3]).mul_(_t0), out=_w[1]), out=_w[1]), out=_w[0]).div_(_t0 + _t1 + _t2 + _t3)
     return _rt.finite_or_none(_y)
 
 
-def _derivatives_torch_fast(x, w0, w1, w2, w3):
-    """df/dx, df/dw0, df/dw1, df/dw2, df/dw3 for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+def _derivatives_torch_fast(x, w0, w1, w2, w3, _w):
+    """df/dx, df/dw0, df/dw1, df/dw2, df/dw3 on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = torch.exp(w0)
     _t1 = torch.exp(w1)
     _t2 = torch.exp(w2)
     _t3 = torch.exp(w3)
     _t4 = _t0 + _t1 + _t2 + _t3
-    _t5 = 1.0/_t4
-    _t6 = torch.sigmoid(x)
-    _t7 = _t3*_t6
-    _t8 = _rt.gt(x, 0.0)
-    _t9 = -(2.0*torch.abs(x))
-    _t10 = _rt.select(_t8, x, 0.0)
-    _t11 = torch.tanh(x)
-    _t12 = _rt.fma(_t2, x, _rt.fma(_t1, _t11, _rt.fma(_t0, _t10, _t7)))/_t4/_t4
-    _t13 = torch.exp(_t9) + 1.0
-    _d_x = _t5*_rt.fma(_t7, torch.sigmoid(-x), _rt.fma(_t0, _rt.select(_t8, 1.0, 0.0), _t2 + 4.0*torch.exp(_t9 + w1)/(_t13*_t13)))
-    _d_w0 = _t0*_rt.fma(_t10, _t5, -_t12)
-    _d_w1 = _t1*_rt.fma(_t11, _t5, -_t12)
-    _d_w2 = _t2*_rt.fma(_t5, x, -_t12)
-    _d_w3 = _t3*_rt.fma(_t5, _t6, -_t12)
+    _t5 = 1.0 / _t4
+    _t6 = torch.sigmoid(x, out=_w[0])
+    _t7 = torch.mul(_t3, _t6, out=_w[1])
+    _t8 = _rt.gt(x, 0.0, out=_w[2])
+    _t9 = torch.abs(x, out=_w[3]).mul_(2.0).neg_()
+    _t10 = _rt.select(_t8, x, 0.0, out=_w[4])
+    _t11 = torch.tanh(x, out=_w[5])
+    _t12 = _rt.fma(_t2, x, _rt.fma(_t1, _t11, _rt.fma(_t0, _t10, _t7, out=_w[6]), out=_w[6]), out=_w[6]).div_(_t4).div_(_t4)
+    _t13 = torch.exp(_t9, out=_w[7]).add_(1.0)
+    _d_x = _rt.fma(_t7, torch.neg(x, out=_w[8]).sigmoid_(), _rt.fma(_t0, _rt.select(_t8, 1.0, 0.0, out=_w[9]), torch.add(_t9, w1, out=_w[10]).exp_().mul_(4.0).div_(torch.mul(_t13, _t13, out=_w[11])).add_(_t2), out=_w[9]), out=_w[8]).mul_(_t5)
+    _d_w0 = _rt.fma(_t10, _t5, torch.neg(_t12, out=_w[1]), out=_w[1]).mul_(_t0)
+    _d_w1 = _rt.fma(_t11, _t5, torch.neg(_t12, out=_w[2]), out=_w[2]).mul_(_t1)
+    _d_w2 = _rt.fma(_t5, x, torch.neg(_t12, out=_w[3]), out=_w[3]).mul_(_t2)
+    _d_w3 = _rt.fma(_t5, _t6, torch.neg(_t12, out=_w[4]), out=_w[4]).mul_(_t3)
     return _rt.finite_or_none((_d_x, _d_w0, _d_w1, _d_w2, _d_w3,))
 
 
@@ -250,6 +250,8 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(4, 12),
+    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -39,10 +39,19 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
-def _forward_torch_fast(x):
-    """f for finite inputs (CPU): no NaN/inf guards."""
-    _y = x/(_rt.hypot(x, 1.0) + 1.0)*x*0.5 + x
+def _forward_torch_fast(x, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
+    _y = torch.div(x, _rt.hypot(x, 1.0, out=_w[0]).add_(1.0), out=_w[0]).mul_(x).mul_(0.5).add_(x)
     return _y
+
+
+def _derivatives_torch_fast(x, _w):
+    """df/dx on the workspace _w (CPU chunks)."""
+    _clamped_x = _rt.clamp(x, -67108864.0, 33554432.0, out=_w[0])
+    _t0 = _rt.hypot(_clamped_x, 1.0, out=_w[1])
+    _t1 = torch.add(_t0, 1.0, out=_w[2])
+    _d_x = torch.div(_clamped_x, _t0, out=_w[3]).mul_(_clamped_x).div_(_t1).mul_(_clamped_x).div_(_t1).mul_(0.5).neg_().add_(torch.div(_clamped_x, _t1, out=_w[4])).add_(1.0)
+    return (_d_x,)
 
 
 def _second_derivatives_torch(x):
@@ -100,7 +109,9 @@ _OP = _rt.Activation(
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
-    derivatives_torch_fast=None,
+    derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(1, 5),
+    fast_any_input=(False, True),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

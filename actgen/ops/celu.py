@@ -36,15 +36,15 @@ def _derivatives_torch(x, alpha):
     return (_d_x,)
 
 
-def _forward_torch_fast(x, alpha):
-    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _y = _rt.select(_rt.gt(x, 0.0), x, alpha*torch.expm1(x/alpha))
+def _forward_torch_fast(x, alpha, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _y = _rt.select(_rt.gt(x, 0.0, out=_w[0]), x, torch.div(x, alpha, out=_w[1]).expm1_().mul_(alpha), out=_w[2])
     return _rt.finite_or_none(_y)
 
 
-def _derivatives_torch_fast(x, alpha):
-    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _d_x = _rt.select(_rt.gt(x, 0.0), 1.0, torch.exp(x/alpha))
+def _derivatives_torch_fast(x, alpha, _w):
+    """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _d_x = _rt.select(_rt.gt(x, 0.0, out=_w[0]), 1.0, torch.div(x, alpha, out=_w[1]).exp_(), out=_w[2])
     return _rt.finite_or_none((_d_x,))
 
 
@@ -96,6 +96,8 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(3, 3),
+    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -40,6 +40,22 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
+def _forward_torch_fast(x, _w):
+    """f on the workspace _w (CPU chunks)."""
+    _y = _rt.hypot(x, 1.0, out=_w[0]).tanh_().mul_(x)
+    return _y
+
+
+def _derivatives_torch_fast(x, _w):
+    """df/dx on the workspace _w (CPU chunks)."""
+    _clamped_x = _rt.clamp(x, -32.0, 32.0, out=_w[0])
+    _t0 = _rt.hypot(_clamped_x, 1.0, out=_w[1])
+    _t1 = torch.mul(_t0, 2.0, out=_w[2]).neg_().exp_()
+    _t2 = torch.add(_t1, 1.0, out=_w[3])
+    _d_x = torch.div(_clamped_x, _t0, out=_w[4]).mul_(_clamped_x).div_(_t2).mul_(_t1).div_(_t2).mul_(4.0).add_(torch.tanh(_t0, out=_w[5]))
+    return (_d_x,)
+
+
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _w_x = _rt.inverse_scale(x)
@@ -99,8 +115,10 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
-    forward_torch_fast=None,
-    derivatives_torch_fast=None,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(1, 6),
+    fast_any_input=(True, True),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

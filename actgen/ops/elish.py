@@ -37,18 +37,18 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
-def _forward_torch_fast(x):
-    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _t0 = torch.sigmoid(x)
-    _y = _rt.select(_rt.gt(x, 0.0), _t0*x, _t0*torch.expm1(x))
+def _forward_torch_fast(x, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = torch.sigmoid(x, out=_w[0])
+    _y = _rt.select(_rt.gt(x, 0.0, out=_w[1]), torch.mul(_t0, x, out=_w[2]), torch.expm1(x, out=_w[3]).mul_(_t0), out=_w[4])
     return _rt.finite_or_none(_y)
 
 
-def _derivatives_torch_fast(x):
-    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _t0 = torch.sigmoid(x)
-    _t1 = torch.sigmoid(-x)
-    _d_x = _rt.select(_rt.gt(x, 0.0), _t0*_rt.fma(_t1, x, 1.0), _t0*_rt.fma(_t1, torch.expm1(x), torch.exp(x)))
+def _derivatives_torch_fast(x, _w):
+    """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = torch.sigmoid(x, out=_w[0])
+    _t1 = torch.neg(x, out=_w[1]).sigmoid_()
+    _d_x = _rt.select(_rt.gt(x, 0.0, out=_w[2]), _rt.fma(_t1, x, 1.0, out=_w[3]).mul_(_t0), _rt.fma(_t1, torch.expm1(x, out=_w[4]), torch.exp(x, out=_w[5]), out=_w[4]).mul_(_t0), out=_w[5])
     return _rt.finite_or_none((_d_x,))
 
 
@@ -110,6 +110,8 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(5, 6),
+    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -37,10 +37,17 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
-def _forward_torch_fast(x):
-    """f for finite inputs (CPU): no NaN/inf guards."""
-    _y = 0.5*x*torch.erfc(-(0.7071067811865476*x))
+def _forward_torch_fast(x, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
+    _y = torch.mul(x, 0.5, out=_w[0]).mul_(torch.mul(x, 0.7071067811865476, out=_w[1]).neg_().erfc_())
     return _y
+
+
+def _derivatives_torch_fast(x, _w):
+    """df/dx on the workspace _w (CPU chunks)."""
+    _clamped_x = _rt.clamp(x, -64.0, 16.0, out=_w[0])
+    _d_x = torch.mul(_clamped_x, 0.3989422804014327, out=_w[1]).mul_(torch.mul(_clamped_x, 0.5, out=_w[2]).mul_(_clamped_x).neg_().exp_()).add_(torch.mul(_clamped_x, 0.7071067811865476, out=_w[2]).neg_().erfc_().mul_(0.5))
+    return (_d_x,)
 
 
 def _second_derivatives_torch(x):
@@ -91,7 +98,9 @@ _OP = _rt.Activation(
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
-    derivatives_torch_fast=None,
+    derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(2, 3),
+    fast_any_input=(False, True),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -41,6 +41,22 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
+def _forward_torch_fast(x, _w):
+    """f on the workspace _w (CPU chunks)."""
+    _clamped_x = _rt.clamp(x, -32.0, None, out=_w[0])
+    _y = torch.mul(_clamped_x, 0.07135481627260025, out=_w[1]).mul_(_clamped_x).mul_(_clamped_x).add_(torch.mul(_clamped_x, 1.5957691216057308, out=_w[2])).sigmoid_().mul_(_clamped_x)
+    return _y
+
+
+def _derivatives_torch_fast(x, _w):
+    """df/dx on the workspace _w (CPU chunks)."""
+    _clamped_x = _rt.clamp(x, -32.0, 8.0, out=_w[0])
+    _t0 = torch.mul(_clamped_x, 1.5957691216057308, out=_w[1])
+    _t1 = torch.mul(_clamped_x, 0.07135481627260025, out=_w[2]).mul_(_clamped_x).mul_(_clamped_x).add_(_t0)
+    _d_x = torch.mul(_clamped_x, 0.134145, out=_w[3]).mul_(_clamped_x).add_(1.0).mul_(_t0).mul_(torch.neg(_t1, out=_w[4]).sigmoid_()).add_(1.0).mul_(torch.sigmoid(_t1, out=_w[4]))
+    return (_d_x,)
+
+
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = x*x
@@ -98,8 +114,10 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
-    forward_torch_fast=None,
-    derivatives_torch_fast=None,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(3, 5),
+    fast_any_input=(True, True),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -37,6 +37,20 @@ def _derivatives_torch(a, b):
     return (_d_a, _d_b,)
 
 
+def _forward_torch_fast(a, b, _w):
+    """f on the workspace _w (CPU chunks)."""
+    _y = torch.sigmoid(b, out=_w[0]).mul_(a)
+    return _y
+
+
+def _derivatives_torch_fast(a, b, _w):
+    """df/da, df/db on the workspace _w (CPU chunks)."""
+    _t0 = torch.sigmoid(b, out=_w[0])
+    _d_a = _t0
+    _d_b = torch.mul(_t0, a, out=_w[1]).mul_(torch.neg(b, out=_w[2]).sigmoid_())
+    return (_d_a, _d_b,)
+
+
 def _second_derivatives_torch(a, b):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.sigmoid(b)
@@ -92,8 +106,10 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
-    forward_torch_fast=None,
-    derivatives_torch_fast=None,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(1, 3),
+    fast_any_input=(True, True),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

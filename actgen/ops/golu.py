@@ -40,11 +40,18 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
-def _derivatives_torch_fast(x):
-    """df/dx for finite inputs (CPU): no NaN/inf guards."""
-    _clamped_x = _rt.clamp(x, -8.0, None)
-    _t0 = torch.exp(-_clamped_x)
-    _d_x = _rt.fma(_clamped_x, _t0, 1.0)*torch.exp(-_t0)
+def _forward_torch_fast(x, _w):
+    """f on the workspace _w (CPU chunks)."""
+    _clamped_x = _rt.clamp(x, -8.0, None, out=_w[0])
+    _y = torch.neg(_clamped_x, out=_w[1]).exp_().neg_().exp_().mul_(_clamped_x)
+    return _y
+
+
+def _derivatives_torch_fast(x, _w):
+    """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
+    _clamped_x = _rt.clamp(x, -8.0, None, out=_w[0])
+    _t0 = torch.neg(_clamped_x, out=_w[1]).exp_()
+    _d_x = _rt.fma(_clamped_x, _t0, 1.0, out=_w[2]).mul_(torch.neg(_t0, out=_w[3]).exp_())
     return (_d_x,)
 
 
@@ -98,8 +105,10 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
-    forward_torch_fast=None,
+    forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(2, 4),
+    fast_any_input=(True, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -34,15 +34,15 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
-def _forward_torch_fast(x):
-    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _y = _rt.select(_rt.le(x, -3.0), 0.0, _rt.select(_rt.ge(x, 3.0), 1.0, 0.16666666666666666*x + 0.5))
+def _forward_torch_fast(x, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _y = _rt.select(_rt.le(x, -3.0, out=_w[0]), 0.0, _rt.select(_rt.ge(x, 3.0, out=_w[1]), 1.0, torch.mul(x, 0.16666666666666666, out=_w[2]).add_(0.5), out=_w[3]), out=_w[1])
     return _rt.finite_or_none(_y)
 
 
-def _derivatives_torch_fast(x):
-    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _d_x = _rt.select(_rt.mask_or(_rt.ge(x, 3.0), _rt.le(x, -3.0)), 0.0, 0.16666666666666666)
+def _derivatives_torch_fast(x, _w):
+    """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _d_x = _rt.select(_rt.mask_or(_rt.ge(x, 3.0, out=_w[0]), _rt.le(x, -3.0, out=_w[1]), out=_w[2]), 0.0, 0.16666666666666666, out=_w[0])
     return _rt.finite_or_none((_d_x,))
 
 
@@ -93,6 +93,8 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(4, 3),
+    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

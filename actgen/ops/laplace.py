@@ -37,6 +37,19 @@ def _derivatives_torch(x, mu, sigma):
     return (_d_x,)
 
 
+def _forward_torch_fast(x, mu, sigma, _w):
+    """f on the workspace _w (CPU chunks)."""
+    _y = torch.add(x, -mu, out=_w[0]).mul_(0.7071067811865476).div_(sigma).neg_().erfc_().mul_(0.5)
+    return _y
+
+
+def _derivatives_torch_fast(x, mu, sigma, _w):
+    """df/dx on the workspace _w (CPU chunks)."""
+    _t0 = torch.add(x, -mu, out=_w[0])
+    _d_x = torch.div(_t0, sigma, out=_w[1]).mul_(_t0).div_(sigma).mul_(0.5).neg_().exp_().mul_(0.3989422804014327).div_(sigma)
+    return (_d_x,)
+
+
 def _second_derivatives_torch(x, mu, sigma):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = -mu + x
@@ -84,8 +97,10 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
-    forward_torch_fast=None,
-    derivatives_torch_fast=None,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(1, 2),
+    fast_any_input=(True, True),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -43,18 +43,18 @@ def _derivatives_torch(x, alpha, scale, shift):
     return (_d_x, _d_alpha, _d_scale, _d_shift,)
 
 
-def _forward_torch_fast(x, alpha, scale, shift):
-    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _y = _rt.fma(scale, _rt.select(_rt.gt(x, 0.0), x, alpha*x), shift)
+def _forward_torch_fast(x, alpha, scale, shift, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _y = _rt.fma(scale, _rt.select(_rt.gt(x, 0.0, out=_w[0]), x, torch.mul(alpha, x, out=_w[1]), out=_w[2]), shift, out=_w[2])
     return _rt.finite_or_none(_y)
 
 
-def _derivatives_torch_fast(x, alpha, scale, shift):
-    """df/dx, df/dalpha, df/dscale, df/dshift for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _t0 = _rt.gt(x, 0.0)
-    _d_x = scale*_rt.select(_t0, 1.0, alpha)
-    _d_alpha = scale*_rt.select(_t0, 0.0, x)
-    _d_scale = _rt.select(_t0, x, alpha*x)
+def _derivatives_torch_fast(x, alpha, scale, shift, _w):
+    """df/dx, df/dalpha, df/dscale, df/dshift on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = _rt.gt(x, 0.0, out=_w[0])
+    _d_x = _rt.select(_t0, 1.0, alpha, out=_w[1]).mul_(scale)
+    _d_alpha = _rt.select(_t0, 0.0, x, out=_w[2]).mul_(scale)
+    _d_scale = _rt.select(_t0, x, torch.mul(alpha, x, out=_w[3]), out=_w[4])
     _d_shift = 1.0
     return _rt.finite_or_none((_d_x, _d_alpha, _d_scale, _d_shift,))
 
@@ -139,6 +139,8 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(3, 5),
+    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

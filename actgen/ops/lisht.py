@@ -39,6 +39,21 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
+def _forward_torch_fast(x, _w):
+    """f on the workspace _w (CPU chunks)."""
+    _y = torch.tanh(x, out=_w[0]).mul_(x)
+    return _y
+
+
+def _derivatives_torch_fast(x, _w):
+    """df/dx on the workspace _w (CPU chunks)."""
+    _clamped_x = _rt.clamp(x, -32.0, 32.0, out=_w[0])
+    _t0 = torch.abs(_clamped_x, out=_w[1]).mul_(2.0).neg_().exp_()
+    _t1 = torch.add(_t0, 1.0, out=_w[2])
+    _d_x = torch.mul(_clamped_x, 4.0, out=_w[3]).mul_(_t0).div_(torch.mul(_t1, _t1, out=_w[4])).add_(torch.tanh(_clamped_x, out=_w[4]))
+    return (_d_x,)
+
+
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.abs(x)
@@ -91,8 +106,10 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
-    forward_torch_fast=None,
-    derivatives_torch_fast=None,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(1, 5),
+    fast_any_input=(True, True),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

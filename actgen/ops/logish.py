@@ -37,16 +37,16 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
-def _forward_torch_fast(x):
-    """f for finite inputs (CPU): no NaN/inf guards."""
-    _y = x*torch.log1p(torch.sigmoid(x))
+def _forward_torch_fast(x, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
+    _y = torch.sigmoid(x, out=_w[0]).log1p_().mul_(x)
     return _y
 
 
-def _derivatives_torch_fast(x):
-    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _t0 = torch.exp(-torch.abs(x))
-    _d_x = _rt.fma(_t0, x/_rt.select(_rt.lt(x, 0.0), _rt.fma(_t0, 2.0*_t0 + 3.0, 1.0), _rt.fma(_t0, _t0 + 3.0, 2.0)), torch.log1p(_rt.select(_rt.ge(x, 0.0), 1.0, _t0)/(_t0 + 1.0)))
+def _derivatives_torch_fast(x, _w):
+    """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = torch.abs(x, out=_w[0]).neg_().exp_()
+    _d_x = _rt.fma(_t0, torch.div(x, _rt.select(_rt.lt(x, 0.0, out=_w[1]), _rt.fma(_t0, torch.mul(_t0, 2.0, out=_w[2]).add_(3.0), 1.0, out=_w[2]), _rt.fma(_t0, torch.add(_t0, 3.0, out=_w[3]), 2.0, out=_w[3]), out=_w[4]), out=_w[4]), _rt.select(_rt.ge(x, 0.0, out=_w[1]), 1.0, _t0, out=_w[2]).div_(torch.add(_t0, 1.0, out=_w[1])).log1p_(), out=_w[4])
     return _rt.finite_or_none((_d_x,))
 
 
@@ -105,6 +105,8 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(1, 5),
+    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

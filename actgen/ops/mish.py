@@ -49,26 +49,26 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
-def _forward_torch_fast(x):
-    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _t0 = torch.exp(-torch.abs(x))
-    _t1 = _t0*(_t0 + 2.0)
-    _t2 = _rt.lt(x, 0.0)
-    _t3 = 2.0*_t0
-    _y = x*_rt.select(_t2, _t1, _t3 + 1.0)/_rt.select(_t2, _t1 + 2.0, _rt.fma(_t0, _t3 + 2.0, 1.0))
+def _forward_torch_fast(x, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = torch.abs(x, out=_w[0]).neg_().exp_()
+    _t1 = torch.add(_t0, 2.0, out=_w[1]).mul_(_t0)
+    _t2 = _rt.lt(x, 0.0, out=_w[2])
+    _t3 = torch.mul(_t0, 2.0, out=_w[3])
+    _y = _rt.select(_t2, _t1, torch.add(_t3, 1.0, out=_w[4]), out=_w[5]).mul_(x).div_(_rt.select(_t2, torch.add(_t1, 2.0, out=_w[4]), _rt.fma(_t0, torch.add(_t3, 2.0, out=_w[6]), 1.0, out=_w[6]), out=_w[7]))
     return _rt.finite_or_none(_y)
 
 
-def _derivatives_torch_fast(x):
-    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _clamped_x = _rt.clamp(x, -1024.0, 32.0)
-    _t0 = torch.exp(-torch.abs(_clamped_x))
-    _t1 = _t0*(_t0 + 4.0)
-    _t2 = 4.0*_clamped_x
-    _t3 = _t2 + 6.0
-    _t4 = _t2 + 4.0
-    _t5 = _rt.lt(_clamped_x, 0.0)
-    _d_x = _rt.select(_t5, _t0*_rt.fma(_t0, _t1 + _t3, _t4), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t4, _t3), 4.0), 1.0))/_rt.select(_t5, _rt.fma(_t0, _rt.fma(_t0, _t1 + 8.0, 8.0), 4.0), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 4.0*_t0 + 8.0, 8.0), 4.0), 1.0))
+def _derivatives_torch_fast(x, _w):
+    """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _clamped_x = _rt.clamp(x, -1024.0, 32.0, out=_w[0])
+    _t0 = torch.abs(_clamped_x, out=_w[1]).neg_().exp_()
+    _t1 = torch.add(_t0, 4.0, out=_w[2]).mul_(_t0)
+    _t2 = torch.mul(_clamped_x, 4.0, out=_w[3])
+    _t3 = torch.add(_t2, 6.0, out=_w[4])
+    _t4 = torch.add(_t2, 4.0, out=_w[5])
+    _t5 = _rt.lt(_clamped_x, 0.0, out=_w[3])
+    _d_x = _rt.select(_t5, _rt.fma(_t0, torch.add(_t1, _t3, out=_w[0]), _t4, out=_w[0]).mul_(_t0), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t4, _t3, out=_w[6]), 4.0, out=_w[6]), 1.0, out=_w[6]), out=_w[7]).div_(_rt.select(_t5, _rt.fma(_t0, _rt.fma(_t0, torch.add(_t1, 8.0, out=_w[0]), 8.0, out=_w[0]), 4.0, out=_w[0]), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, torch.mul(_t0, 4.0, out=_w[6]).add_(8.0), 8.0, out=_w[6]), 4.0, out=_w[6]), 1.0, out=_w[6]), out=_w[8]))
     return _rt.finite_or_none((_d_x,))
 
 
@@ -137,6 +137,8 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(8, 9),
+    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

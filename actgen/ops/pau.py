@@ -100,55 +100,67 @@ def _derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     return (_d_x, _d_a0, _d_a1, _d_a2, _d_a3, _d_a4, _d_a5, _d_b1, _d_b2, _d_b3, _d_b4,)
 
 
-def _derivatives_torch_fast(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
-    """df/dx, df/da0, df/da1, df/da2, df/da3, df/da4, df/da5, df/db1, df/db2, df/db3, df/db4 for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _w_x = _rt.inverse_scale(x)
-    _v_x = _rt.scaled_input(x)
-    _t0 = _w_x*_w_x*_w_x*_w_x
-    _t1 = _w_x*_w_x*_w_x
-    _t2 = torch.abs(_v_x*b1)
-    _t3 = _t1*_t2
-    _t4 = _v_x*_v_x
+def _forward_torch_fast(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4, _w):
+    """f on the workspace _w (CPU chunks)."""
+    _w_x = _rt.inverse_scale(x, out=_w[0])
+    _v_x = _rt.scaled_input(x, out=_w[1])
+    _t0 = torch.mul(_w_x, _w_x, out=_w[2]).mul_(_w_x).mul_(_w_x)
+    _t1 = torch.mul(_w_x, _w_x, out=_w[3]).mul_(_w_x)
+    _t2 = torch.mul(_v_x, _v_x, out=_w[4])
+    _t3 = torch.mul(_w_x, _w_x, out=_w[5])
+    _y = _rt.fma(torch.pow(_w_x, 5.0, out=_w[6]), a0, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_w_x, a4, torch.mul(_v_x, a5, out=_w[7]), out=_w[7]), torch.mul(_t3, a3, out=_w[8]), out=_w[7]), torch.mul(_t1, a2, out=_w[8]), out=_w[7]), torch.mul(_t0, a1, out=_w[8]), out=_w[7]).mul_(_v_x), out=_w[6]).div_(_w_x).div_(_rt.fma(_t2, _rt.fma(_t3, torch.abs(b2), _rt.fma(_t2, torch.abs(b4), torch.abs(_v_x, out=_w[7]).mul_(_w_x).mul_(torch.abs(b3)), out=_w[7]), out=_w[7]), _rt.fma(_t1, torch.mul(_v_x, b1, out=_w[8]).abs_(), _t0, out=_w[8]), out=_w[7]))
+    return _y
+
+
+def _derivatives_torch_fast(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4, _w):
+    """df/dx, df/da0, df/da1, df/da2, df/da3, df/da4, df/da5, df/db1, df/db2, df/db3, df/db4 on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _w_x = _rt.inverse_scale(x, out=_w[0])
+    _v_x = _rt.scaled_input(x, out=_w[1])
+    _t0 = torch.mul(_w_x, _w_x, out=_w[2]).mul_(_w_x).mul_(_w_x)
+    _t1 = torch.mul(_w_x, _w_x, out=_w[3]).mul_(_w_x)
+    _t2 = torch.mul(_v_x, b1, out=_w[4]).abs_()
+    _t3 = torch.mul(_t1, _t2, out=_w[5])
+    _t4 = torch.mul(_v_x, _v_x, out=_w[6])
     _t5 = torch.abs(b4)
-    _t6 = _t4*_t5
+    _t6 = torch.mul(_t4, _t5, out=_w[7])
     _t7 = torch.abs(b2)
-    _t8 = _w_x*_w_x
-    _t9 = _t7*_t8
-    _t10 = torch.abs(_v_x)
+    _t8 = torch.mul(_w_x, _w_x, out=_w[8])
+    _t9 = torch.mul(_t7, _t8, out=_w[9])
+    _t10 = torch.abs(_v_x, out=_w[10])
     _t11 = torch.abs(b3)
-    _t12 = _t10*_t11
-    _t13 = _t12*_w_x
-    _t14 = _rt.fma(_t4, _t13 + _t6 + _t9, _t0 + _t3)
-    _t15 = 1.0/(_t14*_t14)
-    _t16 = _w_x**8.0
-    _t17 = b1*x
-    _t18 = _rt.select(_rt.gt(_t17, 0.0), 1.0, _rt.select(_rt.lt(_t17, 0.0), -1.0, 0.0))
-    _t19 = 2.0*_w_x**7.0
-    _t20 = _w_x**6.0
-    _t21 = 3.0*_t20
-    _t22 = _w_x**5.0
-    _t23 = 2.0*_t22
-    _t24 = _t22*a0
-    _t25 = _t0*a1
-    _t26 = _t1*a2
-    _t27 = _t8*a3
-    _t28 = x*x
-    _t29 = 1.0/_t14
-    _t30 = _v_x*_v_x*_v_x*_v_x
-    _t31 = 1.0/_w_x
-    _t32 = _t15*_rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_w_x, a4, _v_x*a5), _t27), _t26), _t25), _t24)
-    _t33 = _t32*_t4
-    _d_x = _t15*_rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_t6, a5, _rt.fnma(_t27, _t5, 2.0*_t13*a5 + 3.0*_t9*a5)), 2.0*_t1*_t7*a4 + _t12*_t8*a4 - 2.0*_t26*_t5), _t0*_t7*a3 + 5.0*_t0*a5 - 3.0*_t25*_t5 + 4.0*_t3*a5), -(_t0*_t12*a2) + 3.0*_t0*_t2*a4 + 4.0*_t22*a4 - 4.0*_t24*_t5), _rt.fma(_t21, a3, -(_t12*_t23*a1) + _t2*_t23*a3 - _t20*_t7*a1)), _rt.fma(_t19, a2, -(_t12*_t21*a0) - _t19*_t7*a0 + _t2*_t20*a2)), _rt.fma(_t16, a1, -(_t16*_t18*a0*b1)))
-    _d_a0 = 1.0/_rt.fma(_t28, _t7, _t11*_t28*torch.abs(x) + _t5*x*x*x*x + torch.abs(_t17) + 1.0)
-    _d_a1 = _t1*_t29*_v_x
-    _d_a2 = _t29*_t4*_t8
-    _d_a3 = _t29*_v_x*_v_x*_v_x*_w_x
-    _d_a4 = _t29*_t30
-    _d_a5 = _t29*_t31*_v_x**5.0
-    _d_b1 = -(_t18*_t32*_t8*_v_x)
-    _d_b2 = -(_t33*_w_x*_rt.select(_rt.gt(b2, 0.0), 1.0, _rt.select(_rt.lt(b2, 0.0), -1.0, 0.0)))
-    _d_b3 = -(_t10*_t33*_rt.select(_rt.gt(b3, 0.0), 1.0, _rt.select(_rt.lt(b3, 0.0), -1.0, 0.0)))
-    _d_b4 = -(_t30*_t31*_t32*_rt.select(_rt.gt(b4, 0.0), 1.0, _rt.select(_rt.lt(b4, 0.0), -1.0, 0.0)))
+    _t12 = torch.mul(_t10, _t11, out=_w[11])
+    _t13 = torch.mul(_t12, _w_x, out=_w[12])
+    _t14 = _rt.fma(_t4, torch.add(_t13, _t6, out=_w[13]).add_(_t9), torch.add(_t0, _t3, out=_w[14]), out=_w[13])
+    _t15 = torch.mul(_t14, _t14, out=_w[14]).reciprocal_().mul_(1.0)
+    _t16 = torch.pow(_w_x, 8.0, out=_w[15])
+    _t17 = torch.mul(b1, x, out=_w[16])
+    _t18 = _rt.select(_rt.gt(_t17, 0.0, out=_w[17]), 1.0, _rt.select(_rt.lt(_t17, 0.0, out=_w[18]), -1.0, 0.0, out=_w[19]), out=_w[18])
+    _t19 = torch.pow(_w_x, 7.0, out=_w[17]).mul_(2.0)
+    _t20 = torch.pow(_w_x, 6.0, out=_w[19])
+    _t21 = torch.mul(_t20, 3.0, out=_w[20])
+    _t22 = torch.pow(_w_x, 5.0, out=_w[21])
+    _t23 = torch.mul(_t22, 2.0, out=_w[22])
+    _t24 = torch.mul(_t22, a0, out=_w[23])
+    _t25 = torch.mul(_t0, a1, out=_w[24])
+    _t26 = torch.mul(_t1, a2, out=_w[25])
+    _t27 = torch.mul(_t8, a3, out=_w[26])
+    _t28 = torch.mul(x, x, out=_w[27])
+    _t29 = torch.reciprocal(_t14, out=_w[28]).mul_(1.0)
+    _t30 = torch.mul(_v_x, _v_x, out=_w[13]).mul_(_v_x).mul_(_v_x)
+    _t31 = torch.reciprocal(_w_x, out=_w[29]).mul_(1.0)
+    _t32 = _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_w_x, a4, torch.mul(_v_x, a5, out=_w[30]), out=_w[30]), _t27, out=_w[30]), _t26, out=_w[30]), _t25, out=_w[30]), _t24, out=_w[30]).mul_(_t15)
+    _t33 = torch.mul(_t32, _t4, out=_w[31])
+    _d_x = _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_t6, a5, _rt.fnma(_t27, _t5, torch.mul(_t13, 2.0, out=_w[32]).mul_(a5).add_(torch.mul(_t9, 3.0, out=_w[33]).mul_(a5)), out=_w[32]), out=_w[32]), torch.mul(_t1, 2.0, out=_w[33]).mul_(_t7).mul_(a4).add_(torch.mul(_t12, _t8, out=_w[34]).mul_(a4)).sub_(torch.mul(_t26, 2.0, out=_w[34]).mul_(_t5)), out=_w[32]), torch.mul(_t0, _t7, out=_w[33]).mul_(a3).add_(torch.mul(_t0, 5.0, out=_w[34]).mul_(a5)).sub_(torch.mul(_t25, 3.0, out=_w[34]).mul_(_t5)).add_(torch.mul(_t3, 4.0, out=_w[34]).mul_(a5)), out=_w[32]), torch.mul(_t0, _t12, out=_w[33]).mul_(a2).neg_().add_(torch.mul(_t0, 3.0, out=_w[34]).mul_(_t2).mul_(a4)).add_(torch.mul(_t22, 4.0, out=_w[34]).mul_(a4)).sub_(torch.mul(_t24, 4.0, out=_w[34]).mul_(_t5)), out=_w[32]), _rt.fma(_t21, a3, torch.mul(_t12, _t23, out=_w[33]).mul_(a1).neg_().add_(torch.mul(_t2, _t23, out=_w[34]).mul_(a3)).sub_(torch.mul(_t20, _t7, out=_w[34]).mul_(a1)), out=_w[33]), out=_w[32]), _rt.fma(_t19, a2, torch.mul(_t12, _t21, out=_w[33]).mul_(a0).neg_().sub_(torch.mul(_t19, _t7, out=_w[34]).mul_(a0)).add_(torch.mul(_t2, _t20, out=_w[34]).mul_(a2)), out=_w[33]), out=_w[32]), _rt.fma(_t16, a1, torch.mul(_t16, _t18, out=_w[33]).mul_(a0).mul_(b1).neg_(), out=_w[33]), out=_w[32]).mul_(_t15)
+    _d_a0 = _rt.fma(_t28, _t7, torch.mul(_t11, _t28, out=_w[2]).mul_(torch.abs(x, out=_w[4])).add_(torch.mul(_t5, x, out=_w[4]).mul_(x).mul_(x).mul_(x)).add_(torch.abs(_t17, out=_w[4])).add_(1.0), out=_w[2]).reciprocal_().mul_(1.0)
+    _d_a1 = torch.mul(_t1, _t29, out=_w[4]).mul_(_v_x)
+    _d_a2 = torch.mul(_t29, _t4, out=_w[3]).mul_(_t8)
+    _d_a3 = torch.mul(_t29, _v_x, out=_w[5]).mul_(_v_x).mul_(_v_x).mul_(_w_x)
+    _d_a4 = torch.mul(_t29, _t30, out=_w[6])
+    _d_a5 = torch.mul(_t29, _t31, out=_w[7]).mul_(torch.pow(_v_x, 5.0, out=_w[9]))
+    _d_b1 = torch.mul(_t18, _t32, out=_w[9]).mul_(_t8).mul_(_v_x).neg_()
+    _d_b2 = torch.mul(_t33, _w_x, out=_w[1]).mul_(_rt.select(_rt.gt(b2, 0.0), 1.0, _rt.select(_rt.lt(b2, 0.0), -1.0, 0.0))).neg_()
+    _d_b3 = torch.mul(_t10, _t33, out=_w[0]).mul_(_rt.select(_rt.gt(b3, 0.0), 1.0, _rt.select(_rt.lt(b3, 0.0), -1.0, 0.0))).neg_()
+    _d_b4 = torch.mul(_t30, _t31, out=_w[8]).mul_(_t32).mul_(_rt.select(_rt.gt(b4, 0.0), 1.0, _rt.select(_rt.lt(b4, 0.0), -1.0, 0.0))).neg_()
     return _rt.finite_or_none((_d_x, _d_a0, _d_a1, _d_a2, _d_a3, _d_a4, _d_a5, _d_b1, _d_b2, _d_b3, _d_b4,))
 
 
@@ -543,8 +555,10 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
-    forward_torch_fast=None,
+    forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(9, 35),
+    fast_any_input=(True, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -42,6 +42,21 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
+def _forward_torch_fast(x, _w):
+    """f on the workspace _w (CPU chunks)."""
+    _clamped_x = _rt.clamp(x, -512.0, None, out=_w[0])
+    _y = torch.mul(_clamped_x, 1.702, out=_w[1]).sigmoid_().mul_(_clamped_x)
+    return _y
+
+
+def _derivatives_torch_fast(x, _w):
+    """df/dx on the workspace _w (CPU chunks)."""
+    _clamped_x = _rt.clamp(x, -512.0, 32.0, out=_w[0])
+    _t0 = torch.mul(_clamped_x, 1.702, out=_w[1])
+    _d_x = _rt.fma(_t0, torch.neg(_t0, out=_w[0]).sigmoid_(), 1.0, out=_w[0]).mul_(torch.sigmoid(_t0, out=_w[2]))
+    return (_d_x,)
+
+
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = 1.702*x
@@ -96,8 +111,10 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
-    forward_torch_fast=None,
-    derivatives_torch_fast=None,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(2, 3),
+    fast_any_input=(True, True),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -37,17 +37,17 @@ def _derivatives_torch(a, b):
     return (_d_a, _d_b,)
 
 
-def _forward_torch_fast(a, b):
-    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _y = b*_rt.select(_rt.gt(a, 0.0), a, 0.0)
+def _forward_torch_fast(a, b, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _y = _rt.select(_rt.gt(a, 0.0, out=_w[0]), a, 0.0, out=_w[1]).mul_(b)
     return _rt.finite_or_none(_y)
 
 
-def _derivatives_torch_fast(a, b):
-    """df/da, df/db for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _t0 = _rt.gt(a, 0.0)
-    _d_a = b*_rt.select(_t0, 1.0, 0.0)
-    _d_b = _rt.select(_t0, a, 0.0)
+def _derivatives_torch_fast(a, b, _w):
+    """df/da, df/db on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = _rt.gt(a, 0.0, out=_w[0])
+    _d_a = _rt.select(_t0, 1.0, 0.0, out=_w[1]).mul_(b)
+    _d_b = _rt.select(_t0, a, 0.0, out=_w[2])
     return _rt.finite_or_none((_d_a, _d_b,))
 
 
@@ -105,6 +105,8 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(2, 3),
+    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -37,16 +37,16 @@ def _derivatives_torch(x, scale, shift):
     return (_d_x,)
 
 
-def _forward_torch_fast(x, scale, shift):
-    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _t0 = shift + x
-    _y = scale*_rt.select(_rt.gt(_t0, 0.0), _t0, 0.0)
+def _forward_torch_fast(x, scale, shift, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = torch.add(x, shift, out=_w[0])
+    _y = _rt.select(_rt.gt(_t0, 0.0, out=_w[1]), _t0, 0.0, out=_w[2]).mul_(scale)
     return _rt.finite_or_none(_y)
 
 
-def _derivatives_torch_fast(x, scale, shift):
-    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _d_x = scale*_rt.select(_rt.gt(shift + x, 0.0), 1.0, 0.0)
+def _derivatives_torch_fast(x, scale, shift, _w):
+    """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _d_x = _rt.select(_rt.gt(torch.add(x, shift, out=_w[0]), 0.0, out=_w[0]), 1.0, 0.0, out=_w[1]).mul_(scale)
     return _rt.finite_or_none((_d_x,))
 
 
@@ -98,6 +98,8 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(3, 2),
+    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -40,10 +40,18 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
-def _forward_torch_fast(x):
-    """f for finite inputs (CPU): no NaN/inf guards."""
-    _y = x*torch.erf(_rt.softplus(x))
+def _forward_torch_fast(x, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
+    _y = _rt.softplus(x, out=_w[0]).erf_().mul_(x)
     return _y
+
+
+def _derivatives_torch_fast(x, _w):
+    """df/dx on the workspace _w (CPU chunks)."""
+    _clamped_x = _rt.clamp(x, -1024.0, 8.0, out=_w[0])
+    _t0 = _rt.softplus(_clamped_x, out=_w[1])
+    _d_x = torch.mul(_clamped_x, 1.1283791670955126, out=_w[2]).mul_(torch.mul(_t0, _t0, out=_w[3]).neg_().exp_()).mul_(torch.sigmoid(_clamped_x, out=_w[3])).add_(torch.erf(_t0, out=_w[3]))
+    return (_d_x,)
 
 
 def _second_derivatives_torch(x):
@@ -96,7 +104,9 @@ _OP = _rt.Activation(
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
-    derivatives_torch_fast=None,
+    derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(1, 4),
+    fast_any_input=(False, True),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
     float64_backward=True,

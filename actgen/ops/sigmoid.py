@@ -34,6 +34,18 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
+def _forward_torch_fast(x, _w):
+    """f on the workspace _w (CPU chunks)."""
+    _y = torch.sigmoid(x, out=_w[0])
+    return _y
+
+
+def _derivatives_torch_fast(x, _w):
+    """df/dx on the workspace _w (CPU chunks)."""
+    _d_x = torch.neg(x, out=_w[0]).sigmoid_().mul_(torch.sigmoid(x, out=_w[1]))
+    return (_d_x,)
+
+
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.sigmoid(x)
@@ -82,8 +94,10 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
-    forward_torch_fast=None,
-    derivatives_torch_fast=None,
+    forward_torch_fast=_forward_torch_fast,
+    derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(1, 2),
+    fast_any_input=(True, True),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -36,15 +36,15 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
-def _forward_torch_fast(x):
-    """f for finite inputs (CPU): no NaN/inf guards."""
-    _y = x*torch.sigmoid(x)
+def _forward_torch_fast(x, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
+    _y = torch.sigmoid(x, out=_w[0]).mul_(x)
     return _y
 
 
-def _derivatives_torch_fast(x):
-    """df/dx for finite inputs (CPU): no NaN/inf guards."""
-    _d_x = _rt.fma(x, torch.sigmoid(-x), 1.0)*torch.sigmoid(x)
+def _derivatives_torch_fast(x, _w):
+    """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
+    _d_x = _rt.fma(x, torch.neg(x, out=_w[0]).sigmoid_(), 1.0, out=_w[0]).mul_(torch.sigmoid(x, out=_w[1]))
     return (_d_x,)
 
 
@@ -99,6 +99,8 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(1, 2),
+    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -47,24 +47,24 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
-def _forward_torch_fast(x):
-    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _t0 = torch.exp(-torch.abs(x))
-    _t1 = _rt.lt(x, 0.0)
-    _t2 = 2.0*_t0
-    _y = x*_rt.select(_t1, _t0*(3.0*_t0 + 2.0), _t2 + 3.0)/_rt.select(_t1, _rt.fma(_t0, 5.0*_t0 + 6.0, 2.0), _rt.fma(_t0, _t2 + 6.0, 5.0))
+def _forward_torch_fast(x, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = torch.abs(x, out=_w[0]).neg_().exp_()
+    _t1 = _rt.lt(x, 0.0, out=_w[1])
+    _t2 = torch.mul(_t0, 2.0, out=_w[2])
+    _y = _rt.select(_t1, torch.mul(_t0, 3.0, out=_w[3]).add_(2.0).mul_(_t0), torch.add(_t2, 3.0, out=_w[4]), out=_w[5]).mul_(x).div_(_rt.select(_t1, _rt.fma(_t0, torch.mul(_t0, 5.0, out=_w[3]).add_(6.0), 2.0, out=_w[3]), _rt.fma(_t0, torch.add(_t2, 6.0, out=_w[4]), 5.0, out=_w[4]), out=_w[6]))
     return _rt.finite_or_none(_y)
 
 
-def _derivatives_torch_fast(x):
-    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _clamped_x = _rt.clamp(x, -1024.0, 64.0)
-    _t0 = torch.exp(-torch.abs(_clamped_x))
-    _t1 = _rt.lt(_clamped_x, 0.0)
-    _t2 = 8.0*_clamped_x + 28.0
-    _t3 = 12.0*_clamped_x + 18.0
-    _t4 = 4.0*_clamped_x + 4.0
-    _d_x = _rt.select(_t1, _t0*_rt.fma(_t0, _rt.fma(_t0, 15.0*_t0 + _t2, _t3), _t4), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t4, _t3), _t2), 15.0))/_rt.select(_t1, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 25.0*_t0 + 60.0, 56.0), 24.0), 4.0), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 4.0*_t0 + 24.0, 56.0), 60.0), 25.0))
+def _derivatives_torch_fast(x, _w):
+    """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _clamped_x = _rt.clamp(x, -1024.0, 64.0, out=_w[0])
+    _t0 = torch.abs(_clamped_x, out=_w[1]).neg_().exp_()
+    _t1 = _rt.lt(_clamped_x, 0.0, out=_w[2])
+    _t2 = torch.mul(_clamped_x, 8.0, out=_w[3]).add_(28.0)
+    _t3 = torch.mul(_clamped_x, 12.0, out=_w[4]).add_(18.0)
+    _t4 = torch.mul(_clamped_x, 4.0, out=_w[5]).add_(4.0)
+    _d_x = _rt.select(_t1, _rt.fma(_t0, _rt.fma(_t0, torch.mul(_t0, 15.0, out=_w[0]).add_(_t2), _t3, out=_w[0]), _t4, out=_w[0]).mul_(_t0), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t4, _t3, out=_w[6]), _t2, out=_w[6]), 15.0, out=_w[6]), out=_w[7]).div_(_rt.select(_t1, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, torch.mul(_t0, 25.0, out=_w[0]).add_(60.0), 56.0, out=_w[0]), 24.0, out=_w[0]), 4.0, out=_w[0]), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, torch.mul(_t0, 4.0, out=_w[6]).add_(24.0), 56.0, out=_w[6]), 60.0, out=_w[6]), 25.0, out=_w[6]), out=_w[8]))
     return _rt.finite_or_none((_d_x,))
 
 
@@ -131,6 +131,8 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(7, 9),
+    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -38,17 +38,17 @@ def _derivatives_torch(x, beta, threshold):
     return (_d_x,)
 
 
-def _forward_torch_fast(x, beta, threshold):
-    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _t0 = beta*x
-    _y = _rt.select(_rt.gt(_t0, threshold), x, _rt.softplus(_t0)/beta)
+def _forward_torch_fast(x, beta, threshold, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = torch.mul(x, beta, out=_w[0])
+    _y = _rt.select(_rt.gt(_t0, threshold, out=_w[1]), x, _rt.softplus(_t0, out=_w[2]).div_(beta), out=_w[3])
     return _rt.finite_or_none(_y)
 
 
-def _derivatives_torch_fast(x, beta, threshold):
-    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _t0 = beta*x
-    _d_x = _rt.select(_rt.gt(_t0, threshold), 1.0, torch.sigmoid(_t0))
+def _derivatives_torch_fast(x, beta, threshold, _w):
+    """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = torch.mul(x, beta, out=_w[0])
+    _d_x = _rt.select(_rt.gt(_t0, threshold, out=_w[1]), 1.0, torch.sigmoid(_t0, out=_w[2]), out=_w[3])
     return _rt.finite_or_none((_d_x,))
 
 
@@ -102,6 +102,8 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(4, 4),
+    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -37,16 +37,16 @@ def _derivatives_torch(x, lambd):
     return (_d_x,)
 
 
-def _forward_torch_fast(x, lambd):
-    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _t0 = -x
-    _y = _rt.select(_rt.lt(lambd, x), -_t0 - lambd, _rt.select(_rt.gt(_t0, lambd), lambd + x, 0.0))
+def _forward_torch_fast(x, lambd, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = torch.neg(x, out=_w[0])
+    _y = _rt.select(_rt.lt(lambd, x, out=_w[1]), torch.neg(_t0, out=_w[2]).sub_(lambd), _rt.select(_rt.gt(_t0, lambd, out=_w[3]), torch.add(x, lambd, out=_w[4]), 0.0, out=_w[5]), out=_w[3])
     return _rt.finite_or_none(_y)
 
 
-def _derivatives_torch_fast(x, lambd):
-    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _d_x = _rt.select(_rt.mask_or(_rt.lt(lambd, x), _rt.lt(lambd, -x)), 1.0, 0.0)
+def _derivatives_torch_fast(x, lambd, _w):
+    """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _d_x = _rt.select(_rt.mask_or(_rt.lt(lambd, x, out=_w[0]), _rt.lt(lambd, torch.neg(x, out=_w[1]), out=_w[1]), out=_w[2]), 1.0, 0.0, out=_w[0])
     return _rt.finite_or_none((_d_x,))
 
 
@@ -98,6 +98,8 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(6, 3),
+    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

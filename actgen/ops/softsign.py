@@ -35,10 +35,17 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
-def _forward_torch_fast(x):
-    """f for finite inputs (CPU): no NaN/inf guards."""
-    _y = x/(torch.abs(x) + 1.0)
+def _forward_torch_fast(x, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
+    _y = torch.div(x, torch.abs(x, out=_w[0]).add_(1.0), out=_w[0])
     return _y
+
+
+def _derivatives_torch_fast(x, _w):
+    """df/dx on the workspace _w (CPU chunks)."""
+    _t0 = torch.abs(x, out=_w[0]).add_(1.0)
+    _d_x = torch.mul(_t0, _t0, out=_w[1]).reciprocal_().mul_(1.0)
+    return (_d_x,)
 
 
 def _second_derivatives_torch(x):
@@ -89,7 +96,9 @@ _OP = _rt.Activation(
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
-    derivatives_torch_fast=None,
+    derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(1, 2),
+    fast_any_input=(False, True),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -46,19 +46,19 @@ def _derivatives_torch(x, b):
     return (_d_x,)
 
 
-def _forward_torch_fast(x, b):
-    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _t0 = _rt.sqrt_square_plus(x, b)
-    _y = _rt.select(_rt.lt(x, 0.0), 0.5*b/(_t0 - x), 0.5*(_t0 + x))
+def _forward_torch_fast(x, b, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = _rt.sqrt_square_plus(x, b, out=_w[0])
+    _y = _rt.select(_rt.lt(x, 0.0, out=_w[1]), torch.sub(_t0, x, out=_w[2]).reciprocal_().mul_(0.5 * b), torch.add(_t0, x, out=_w[3]).mul_(0.5), out=_w[4])
     return _rt.finite_or_none(_y)
 
 
-def _derivatives_torch_fast(x, b):
-    """df/dx for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _t0 = _rt.sqrt_square_plus(x, b)
-    _t1 = x/_t0
-    _t2 = _t0 - x
-    _d_x = _rt.select(_rt.lt(x, 0.0), -(0.5*b*(_t1 - 1.0)/(_t2*_t2)), 0.5*(_t1 + 1.0))
+def _derivatives_torch_fast(x, b, _w):
+    """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = _rt.sqrt_square_plus(x, b, out=_w[0])
+    _t1 = torch.div(x, _t0, out=_w[1])
+    _t2 = torch.sub(_t0, x, out=_w[2])
+    _d_x = _rt.select(_rt.lt(x, 0.0, out=_w[0]), torch.sub(_t1, 1.0, out=_w[3]).mul_(0.5 * b).div_(torch.mul(_t2, _t2, out=_w[4])).neg_(), torch.add(_t1, 1.0, out=_w[4]).mul_(0.5), out=_w[5])
     return _rt.finite_or_none((_d_x,))
 
 
@@ -124,6 +124,8 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(5, 6),
+    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

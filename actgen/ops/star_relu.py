@@ -41,17 +41,17 @@ def _derivatives_torch(x, scale, bias):
     return (_d_x, _d_scale, _d_bias,)
 
 
-def _forward_torch_fast(x, scale, bias):
-    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _y = _rt.fma(scale, _rt.select(_rt.gt(x, 0.0), x*x, 0.0), bias)
+def _forward_torch_fast(x, scale, bias, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _y = _rt.fma(scale, _rt.select(_rt.gt(x, 0.0, out=_w[0]), torch.mul(x, x, out=_w[1]), 0.0, out=_w[2]), bias, out=_w[2])
     return _rt.finite_or_none(_y)
 
 
-def _derivatives_torch_fast(x, scale, bias):
-    """df/dx, df/dscale, df/dbias for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _t0 = _rt.gt(x, 0.0)
-    _d_x = scale*_rt.select(_t0, 2.0*x, 0.0)
-    _d_scale = _rt.select(_t0, x*x, 0.0)
+def _derivatives_torch_fast(x, scale, bias, _w):
+    """df/dx, df/dscale, df/dbias on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = _rt.gt(x, 0.0, out=_w[0])
+    _d_x = _rt.select(_t0, torch.mul(x, 2.0, out=_w[1]), 0.0, out=_w[2]).mul_(scale)
+    _d_scale = _rt.select(_t0, torch.mul(x, x, out=_w[1]), 0.0, out=_w[3])
     _d_bias = 1.0
     return _rt.finite_or_none((_d_x, _d_scale, _d_bias,))
 
@@ -125,6 +125,8 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(3, 4),
+    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

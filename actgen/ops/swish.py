@@ -49,19 +49,19 @@ def _derivatives_torch(x, beta):
     return (_d_x, _d_beta,)
 
 
-def _forward_torch_fast(x, beta):
-    """f for finite inputs (CPU): no NaN/inf guards."""
-    _y = x*torch.sigmoid(beta*x)
+def _forward_torch_fast(x, beta, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
+    _y = torch.mul(beta, x, out=_w[0]).sigmoid_().mul_(x)
     return _y
 
 
-def _derivatives_torch_fast(x, beta):
-    """df/dx, df/dbeta for finite inputs (CPU): no NaN/inf guards."""
-    _t0 = beta*x
-    _t1 = torch.sigmoid(_t0)
-    _t2 = torch.sigmoid(-_t0)
-    _d_x = _t1*_rt.fma(_t0, _t2, 1.0)
-    _d_beta = _t1*_t2*x*x
+def _derivatives_torch_fast(x, beta, _w):
+    """df/dx, df/dbeta on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
+    _t0 = torch.mul(beta, x, out=_w[0])
+    _t1 = torch.sigmoid(_t0, out=_w[1])
+    _t2 = torch.neg(_t0, out=_w[2]).sigmoid_()
+    _d_x = _rt.fma(_t0, _t2, 1.0, out=_w[3]).mul_(_t1)
+    _d_beta = torch.mul(_t1, _t2, out=_w[0]).mul_(x).mul_(x)
     return (_d_x, _d_beta,)
 
 
@@ -138,6 +138,8 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(1, 4),
+    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

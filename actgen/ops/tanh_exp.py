@@ -42,10 +42,20 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
-def _forward_torch_fast(x):
-    """f for finite inputs (CPU): no NaN/inf guards."""
-    _y = x*torch.tanh(torch.exp(x))
+def _forward_torch_fast(x, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
+    _y = torch.exp(x, out=_w[0]).tanh_().mul_(x)
     return _y
+
+
+def _derivatives_torch_fast(x, _w):
+    """df/dx on the workspace _w (CPU chunks)."""
+    _clamped_x = _rt.clamp(x, -1024.0, 4.0, out=_w[0])
+    _t0 = torch.exp(_clamped_x, out=_w[1])
+    _t1 = torch.mul(_t0, 2.0, out=_w[2]).neg_()
+    _t2 = torch.exp(_t1, out=_w[3]).add_(1.0)
+    _d_x = torch.mul(_clamped_x, 4.0, out=_w[4]).mul_(torch.add(_clamped_x, _t1, out=_w[5]).exp_()).div_(torch.mul(_t2, _t2, out=_w[5])).add_(torch.tanh(_t0, out=_w[5]))
+    return (_d_x,)
 
 
 def _second_derivatives_torch(x):
@@ -103,7 +113,9 @@ _OP = _rt.Activation(
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
-    derivatives_torch_fast=None,
+    derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(1, 6),
+    fast_any_input=(False, True),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
     float64_backward=True,

@@ -36,11 +36,18 @@ def _derivatives_torch(x):
     return (_d_x,)
 
 
-def _forward_torch_fast(x):
-    """f for finite inputs (CPU): no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _t0 = x*x
-    _y = _rt.select(_rt.lt(torch.abs(x), 2.0), x/_rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 7.337917330289565e-09*_t0 + 3.910678294848439e-06, 0.0005904088283950985), 0.030742204655248132), 0.4776021080368906), 1.0)*x*x*_rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 4.791233165716352e-14*_t0 + 7.194036598323103e-09, 3.7056482517962304e-06), 0.0005353744484179266), 0.025867369345630217), 0.3333333333333333), x - torch.tanh(x))
+def _forward_torch_fast(x, _w):
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    _t0 = torch.mul(x, x, out=_w[0])
+    _y = _rt.select(_rt.lt(torch.abs(x, out=_w[1]), 2.0, out=_w[1]), torch.div(x, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, torch.mul(_t0, 7.337917330289565e-09, out=_w[2]).add_(3.910678294848439e-06), 0.0005904088283950985, out=_w[2]), 0.030742204655248132, out=_w[2]), 0.4776021080368906, out=_w[2]), 1.0, out=_w[2]), out=_w[2]).mul_(x).mul_(x).mul_(_rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, torch.mul(_t0, 4.791233165716352e-14, out=_w[3]).add_(7.194036598323103e-09), 3.7056482517962304e-06, out=_w[3]), 0.0005353744484179266, out=_w[3]), 0.025867369345630217, out=_w[3]), 0.3333333333333333, out=_w[3])), torch.sub(x, torch.tanh(x, out=_w[3]), out=_w[3]), out=_w[4])
     return _rt.finite_or_none(_y)
+
+
+def _derivatives_torch_fast(x, _w):
+    """df/dx on the workspace _w (CPU chunks)."""
+    _t0 = torch.tanh(x, out=_w[0])
+    _d_x = torch.mul(_t0, _t0, out=_w[1])
+    return (_d_x,)
 
 
 def _second_derivatives_torch(x):
@@ -93,7 +100,9 @@ _OP = _rt.Activation(
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
-    derivatives_torch_fast=None,
+    derivatives_torch_fast=_derivatives_torch_fast,
+    fast_buffers=(5, 2),
+    fast_any_input=(False, True),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

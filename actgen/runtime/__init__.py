@@ -15,9 +15,19 @@ from .activation import Activation, as_tensor, vmap_by_loop
 SOFTPLUS_THRESHOLD = 40.0
 
 
-def softplus(u: torch.Tensor) -> torch.Tensor:
+def softplus(u: torch.Tensor, out=None) -> torch.Tensor:
     """log(1 + exp(u)) without overflow, to an ULP in float32 and float64."""
-    return torch.nn.functional.softplus(u, threshold=SOFTPLUS_THRESHOLD)
+    if out is None:
+        return torch.nn.functional.softplus(u, threshold=SOFTPLUS_THRESHOLD)
+    return torch._C._nn.softplus(u, 1.0, SOFTPLUS_THRESHOLD, out=out)
+
+
+def _into(out, value):
+    """value, written into out where out is given (the CPU fast variant's workspace buffer,
+    actgen.printers.workspace): a function called with out= always leaves its value there."""
+    if out is None or value is out:
+        return value
+    return out.copy_(value) if isinstance(value, torch.Tensor) else out.fill_(value)
 
 
 # The value at +-inf of a formula whose limit there depends on params (actgen.derive.LimitAtInf):
@@ -42,27 +52,27 @@ def limit_at_inf(value, at_plus, at_minus, u: torch.Tensor):
     return torch.where(torch.isinf(u) & torch.isnan(value), torch.where(u > 0, side(at_plus), side(at_minus)), value)
 
 
-def hypot(a, b) -> torch.Tensor:
+def hypot(a, b, out=None) -> torch.Tensor:
     """sqrt(a**2 + b**2) without overflow; either may be a Python float."""
     if not isinstance(a, torch.Tensor):
         a = b.new_full((), a)
     if not isinstance(b, torch.Tensor):
         b = a.new_full((), b)
-    return torch.hypot(a, b)
+    return torch.hypot(a, b) if out is None else torch.hypot(a, b, out=out)
 
 
-def sqrt_square_plus(u, c) -> torch.Tensor:
+def sqrt_square_plus(u, c, out=None) -> torch.Tensor:
     """sqrt(u**2 + c) without forming u**2 (which overflows first): hypot(u, sqrt(c)) where
     c >= 0, sqrt(|u| - sqrt(-c)) * sqrt(|u| + sqrt(-c)) where not; c a number or a tensor."""
     if isinstance(c, torch.Tensor):
         r = torch.sqrt(torch.abs(c))
         a = torch.abs(u)
-        return torch.where(c >= 0, hypot(a, r), torch.sqrt(a - r) * torch.sqrt(a + r))
+        return _into(out, torch.where(c >= 0, hypot(a, r), torch.sqrt(a - r) * torch.sqrt(a + r)))
     if c >= 0:
-        return hypot(u, math.sqrt(c))
+        return hypot(u, math.sqrt(c), out=out)
     r = math.sqrt(-c)
     a = torch.abs(u)
-    return torch.sqrt(a - r) * torch.sqrt(a + r)
+    return _into(out, torch.sqrt(a - r) * torch.sqrt(a + r))
 
 
 def scalar_sqrt_square_plus(u: float, c: float) -> float:
@@ -79,33 +89,41 @@ def _scale_shift(u: torch.Tensor) -> torch.Tensor:
     return torch.clamp_min(e, 0)
 
 
-def scaled_input(u: torch.Tensor) -> torch.Tensor:
+def scaled_input(u: torch.Tensor, out=None) -> torch.Tensor:
     """u / 2**k, exactly (see actgen.derive.ScaledInput): +-1 at +-inf, NaN at NaN."""
-    return torch.where(torch.isinf(u), torch.sign(u), torch.ldexp(u, -_scale_shift(u)))
+    return _into(out, torch.where(torch.isinf(u), torch.sign(u), torch.ldexp(u, -_scale_shift(u))))
 
 
-def inverse_scale(u: torch.Tensor) -> torch.Tensor:
+def inverse_scale(u: torch.Tensor, out=None) -> torch.Tensor:
     """1 / 2**k for scaled_input's k: 1 where |u| < 1, 0 at +-inf."""
-    return torch.where(torch.isinf(u), 0.0, torch.ldexp(torch.ones_like(u), -_scale_shift(u)))
+    return _into(out, torch.where(torch.isinf(u), 0.0, torch.ldexp(torch.ones_like(u), -_scale_shift(u))))
 
 
-def fma(a: torch.Tensor, b: torch.Tensor, c) -> torch.Tensor:
-    """a*b + c, rounded once where the CPU has fused multiply-add (torch.addcmul); c may be a number."""
-    return torch.addcmul(c if isinstance(c, torch.Tensor) else a.new_full((), c), a, b)
+def _addcmul(c, a, b, value, out):
+    c = c if isinstance(c, torch.Tensor) else a.new_full((), c)
+    return torch.addcmul(c, a, b, value=value) if out is None else torch.addcmul(c, a, b, value=value, out=out)
 
 
-def fnma(a: torch.Tensor, b: torch.Tensor, c) -> torch.Tensor:
+def fma(a: torch.Tensor, b: torch.Tensor, c, out=None) -> torch.Tensor:
+    """a*b + c, rounded once where the CPU has fused multiply-add (torch.addcmul); c may be a
+    number; out may be one of a, b and c."""
+    return _addcmul(c, a, b, 1, out)
+
+
+def fnma(a: torch.Tensor, b: torch.Tensor, c, out=None) -> torch.Tensor:
     """c - a*b, rounded once where the CPU has fused multiply-add (torch.addcmul)."""
-    return torch.addcmul(c if isinstance(c, torch.Tensor) else a.new_full((), c), a, b, value=-1)
+    return _addcmul(c, a, b, -1, out)
 
 
-def clamp(u: torch.Tensor, lo: float | None, hi: float | None) -> torch.Tensor:
+def clamp(u: torch.Tensor, lo: float | None, hi: float | None, out=None) -> torch.Tensor:
     """u clamped to [lo, hi] (None: no bound; a bound beyond u's dtype's range is none either),
     NaN staying NaN."""
     big = torch.finfo(u.dtype).max
     lo = lo if lo is not None and -lo <= big else None
     hi = hi if hi is not None and hi <= big else None
-    return u if lo is None and hi is None else torch.clamp(u, lo, hi)
+    if lo is None and hi is None:
+        return _into(out, u)
+    return torch.clamp(u, lo, hi) if out is None else torch.clamp(u, lo, hi, out=out)
 
 
 def scalar_sigmoid(u: float) -> float:
@@ -124,76 +142,89 @@ def scalar_softplus(u: float) -> float:
 _FLIPPED = {"gt": "lt", "ge": "le", "lt": "gt", "le": "ge"}
 
 
-def _compare(op: str, a, b):
+def _compare(op: str, a, b, out=None):
     if not isinstance(a, torch.Tensor):
         a, b, op = b, a, _FLIPPED[op]
-    if isinstance(b, torch.Tensor):
-        shape = torch.broadcast_shapes(a.shape, b.shape)
-    else:
-        shape = a.shape
-    out = torch.empty(shape, dtype=torch.result_type(a, b), device=a.device)
+    if out is None:
+        if isinstance(b, torch.Tensor):
+            shape = torch.broadcast_shapes(a.shape, b.shape)
+        else:
+            shape = a.shape
+        out = torch.empty(shape, dtype=torch.result_type(a, b), device=a.device)
     return getattr(torch, op)(a, b, out=out)
 
 
-def gt(a, b):
-    """a > b as a float 0/1 mask."""
-    return _compare("gt", a, b)
+def gt(a, b, out=None):
+    """a > b as a float 0/1 mask (out: a float tensor to write it into, may be a or b)."""
+    return _compare("gt", a, b, out)
 
 
-def ge(a, b):
+def ge(a, b, out=None):
     """a >= b as a float 0/1 mask."""
-    return _compare("ge", a, b)
+    return _compare("ge", a, b, out)
 
 
-def lt(a, b):
+def lt(a, b, out=None):
     """a < b as a float 0/1 mask."""
-    return _compare("lt", a, b)
+    return _compare("lt", a, b, out)
 
 
-def le(a, b):
+def le(a, b, out=None):
     """a <= b as a float 0/1 mask."""
-    return _compare("le", a, b)
+    return _compare("le", a, b, out)
 
 
-def mask_and(*masks):
-    """Conjunction of float 0/1 masks (or Python bools)."""
-    out = True
+def mask_and(*masks, out=None):
+    """Conjunction of float 0/1 masks (or Python bools); out (not one of the masks): where to
+    write it."""
+    value = True
     for m in masks:
         if isinstance(m, torch.Tensor):
-            out = m if out is True else out * m
+            if value is True:
+                value = m
+            else:
+                value = torch.mul(value, m, out=out) if out is not None else value * m
         elif not m:
-            return False
-    return out
+            return _into(out, 0.0) if out is not None else False
+    return _into(out, value) if not isinstance(value, bool) or out is None else _into(out, 1.0)
 
 
-def mask_or(*masks):
+def mask_or(*masks, out=None):
     """Disjunction of float 0/1 masks (or Python bools)."""
-    out = False
+    value = False
     for m in masks:
         if isinstance(m, torch.Tensor):
-            out = m if out is False else torch.maximum(out, m)
+            if value is False:
+                value = m
+            else:
+                value = torch.maximum(value, m, out=out) if out is not None else torch.maximum(value, m)
         elif m:
-            return True
-    return out
+            return _into(out, 1.0) if out is not None else True
+    return _into(out, value) if not isinstance(value, bool) or out is None else _into(out, 0.0)
 
 
-def mask_not(m):
+def mask_not(m, out=None):
     """Negation of a float 0/1 mask (or a Python bool)."""
-    return 1.0 - m if isinstance(m, torch.Tensor) else not m
-
-
-def select(m, a, b):
-    """where(m, a, b) for a float 0/1 mask m: exact where a and b are finite; NaN where the
-    branch not taken is inf or NaN."""
     if not isinstance(m, torch.Tensor):
-        return a if m else b
+        return not m if out is None else _into(out, float(not m))
+    return 1.0 - m if out is None else torch.neg(m, out=out).add_(1.0)
+
+
+def select(m, a, b, out=None):
+    """where(m, a, b) for a float 0/1 mask m: exact where a and b are finite; NaN where the
+    branch not taken is inf or NaN.  out (not one of m, a, b): where to write it."""
+    if not isinstance(m, torch.Tensor):
+        return _into(out, a if m else b)
     a_number, b_number = not isinstance(a, torch.Tensor), not isinstance(b, torch.Tensor)
     if b_number and b == 0.0:
-        return m if a_number and a == 1.0 else m * a
+        if a_number and a == 1.0:
+            return _into(out, m)
+        return m * a if out is None else torch.mul(m, a, out=out)
     if a_number and a == 0.0:
-        return (1.0 - m) * b
+        return (1.0 - m) * b if out is None else torch.neg(m, out=out).add_(1.0).mul_(b)
     # lerp(b, a, w) is b + w*(a - b) for w < 0.5 and a - (1 - w)*(a - b) otherwise: b or a exactly
-    return torch.lerp(m.new_full((), b) if b_number else b, m.new_full((), a) if a_number else a, m)
+    start, end = m.new_full((), b) if b_number else b, m.new_full((), a) if a_number else a
+    return torch.lerp(start, end, m) if out is None else torch.lerp(start, end, m, out=out)
 
 
 def finite_or_none(value):

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import torch
 
 from . import backend as _backend
+from .workspace import WORKSPACE, WORKSPACE_BYTES
 
 _REGISTERED: dict[str, tuple] = {}
 _launch = None       # actgen.runtime.launch once a kernel runs (it imports triton)
@@ -60,13 +61,16 @@ def reduce_to_param(v: torch.Tensor, p: torch.Tensor, shape, channel_dim: int) -
     return (v.sum(dims) if dims else v).to(p.dtype)
 
 
-def _output(y, inputs) -> torch.Tensor:
-    """A fallback's f as the op's output: the input's shape and dtype, contiguous, never an input itself."""
+def _output(y, inputs, borrowed: bool = False) -> torch.Tensor:
+    """A fallback's f as the op's output: the input's shape and dtype, contiguous, never an
+    input itself nor (borrowed) a workspace buffer."""
     x = inputs[0]
     y = as_tensor(y, x)
     if y.dtype != x.dtype:
-        y = y.to(x.dtype)
-    return y.clone() if any(y is t for t in inputs) else y.contiguous()
+        return y.to(x.dtype).contiguous()
+    if borrowed or any(y is t for t in inputs):
+        return y.clone(memory_format=torch.contiguous_format)
+    return y.contiguous()
 
 
 def as_tensor(v, like: torch.Tensor) -> torch.Tensor:
@@ -90,6 +94,8 @@ class Activation:
         second_derivatives_torch: Callable,
         forward_torch_fast: Callable | None = None,
         derivatives_torch_fast: Callable | None = None,
+        fast_buffers: tuple[int, int] = (0, 0),
+        fast_any_input: tuple[bool, bool] = (False, False),
         forward_kernel=None,
         backward_kernel=None,
         draws: int = 0,
@@ -109,6 +115,10 @@ class Activation:
         self.second_derivatives_torch = second_derivatives_torch
         self.forward_torch_fast = forward_torch_fast
         self.derivatives_torch_fast = derivatives_torch_fast
+        # the fast functions' workspace buffers (forward, derivatives), and whether each runs
+        # on any input (a block without guards) or only on finite ones
+        self.fast_buffers = tuple(fast_buffers)
+        self.fast_any_input = tuple(fast_any_input)
         self.forward_kernel = forward_kernel
         self.backward_kernel = backward_kernel
         self.n_draws = draws
@@ -283,20 +293,25 @@ class Activation:
                 out.append(torch.empty_like(p))
         return out
 
-    # --- the CPU fallback: chunked, with a guard-free fast variant -----------------------
+    # --- the CPU fallback: chunked, with a fast variant on a workspace --------------------
     # The inputs (and the draws) are seen as (A, C, B) around the channel dim and evaluated
-    # a chunk of about CHUNK_BYTES per temporary at a time: every temporary stays in cache
-    # and is reused by the allocator, where whole-tensor temporaries each cost fresh pages.
-    # A chunk whose inputs are all finite (one sum each) runs the fast variant (no NaN/inf
-    # guards, float-mask branches); it runs the guarded functions otherwise, or when the
-    # fast variant reports a value that is not finite.  Chunks of 512 KiB per temporary
-    # measured best on a 2-vCPU EPYC VM: larger temporaries come and go as fresh pages from
-    # the system.
+    # a chunk of about CHUNK_BYTES per temporary at a time, so that every temporary stays in
+    # cache.  The fast variant computes a chunk in the buffers of the thread's workspace
+    # (actgen.runtime.workspace; no allocation per operation, where each chunk-sized
+    # temporary would otherwise be fresh pages from the system every time).  Where the
+    # op's block has NaN/inf guards, the fast variant is its guard-free form (float-mask
+    # branches) for finite inputs: a chunk whose inputs are all finite (one sum each) runs
+    # it, and the guarded functions run otherwise, or where it reports a value that is not
+    # finite.  Chunks of 512 KiB per temporary measured best on a 2-vCPU EPYC VM (1 MiB of
+    # L2 cache per core).
     CHUNK_BYTES = 1 << 19
 
-    def _chunk(self, dtype, wide=False) -> int:
-        """Elements per chunk, computing in compute_dtype(dtype, wide)."""
-        return max(1, self.CHUNK_BYTES // compute_dtype(dtype, wide).itemsize)
+    def _chunk(self, dtype, wide: bool, which: int) -> int:
+        """Elements per chunk of f (which 0) or the derivatives (1), computing in
+        compute_dtype(dtype, wide): CHUNK_BYTES per temporary, fewer where the fast variant's
+        buffers would not fit in the workspace's WORKSPACE_BYTES (pau's derivatives)."""
+        size = min(self.CHUNK_BYTES, WORKSPACE_BYTES // (self.fast_buffers[which] + self.n_inputs + 2))
+        return max(1, size // compute_dtype(dtype, wide).itemsize)
 
     def _chunks(self, shape, channel_dim, per_channel, n):
         """(A, C, B) and the chunks of about n elements: (index into the (A, C, B) view,
@@ -315,21 +330,26 @@ class Activation:
             return (A, C, B), [((a, slice(c, min(c + step, C))), slice(c, min(c + step, C))) for a in range(A) for c in range(0, C, step)]
         return (A, C, B), [((a, c, slice(b, min(b + n, B))), c) for a in range(A) for c in range(C) for b in range(0, B, n)]
 
-    def _cpu_setup(self, inputs, params, channel_dim, rng, wide):
+    def _cpu_setup(self, inputs, params, channel_dim, rng, wide, which):
         x = inputs[0]
         dt = compute_dtype(x.dtype, wide)
         per_channel = any(p.numel() > 1 for p in params)
-        dims, chunks = self._chunks(tuple(x.shape), channel_dim, per_channel, self._chunk(x.dtype, wide))
+        dims, chunks = self._chunks(tuple(x.shape), channel_dim, per_channel, self._chunk(x.dtype, wide, which))
         views = [t.reshape(dims) for t in inputs]
         rs = [r.reshape(dims) if r.dim() else r for r in self.draw_values(x, dt, rng)]
         ps = [p.to(dt).reshape(-1, 1) if p.numel() > 1 else p.to(dt).reshape(()) for p in params]
         return dt, dims, chunks, views, rs, ps
 
-    def _chunk_args(self, views, rs, ps, constants, index, channels, dt):
-        """One chunk's inputs, and the rest of the fallback functions' arguments."""
-        xs = [v[index] if v.dtype == dt else v[index].to(dt) for v in views]
+    def _chunk_args(self, views, rs, ps, constants, index, channels, dt, which):
+        """One chunk's inputs (in the compute dtype), the rest of the fallback functions'
+        arguments, the fast variant's workspace buffers, and two more (the backward's grad in
+        the compute dtype, and a param's gradient terms)."""
+        xs = [v[index] for v in views]
+        n = self.fast_buffers[which]
+        ws = WORKSPACE.buffers(n + self.n_inputs + 2, xs[0].shape, dt)
+        xs = [x if x.dtype == dt else ws[n + i].copy_(x) for i, x in enumerate(xs)]
         rest = [r[index] if r.dim() else r for r in rs] + [p[channels] if p.dim() else p for p in ps]
-        return xs, rest + list(constants)
+        return xs, rest + list(constants), ws[:n], ws[n + self.n_inputs: n + self.n_inputs + 2]
 
     @staticmethod
     def _finite(xs) -> bool:
@@ -342,11 +362,13 @@ class Activation:
         in place."""
         x = inputs[0]
         args = self._eager_args(inputs, params, constants, channel_dim, rng, self.float64_backward)
-        derivs = self._derivative_values(args[: self.n_inputs], args[self.n_inputs:])
+        derivs, borrowed = self._values(1, args[: self.n_inputs], args[self.n_inputs:])
         g = grad if grad.dtype == args[0].dtype else grad.to(args[0].dtype)
         ids = [id(v) for v in derivs]
         taken = {id(a) for a in (*args, *inputs, *params, grad) if isinstance(a, torch.Tensor)}
         taken |= {i for i in ids if ids.count(i) > 1}      # two outputs can be one tensor
+        if borrowed:                                        # workspace buffers are not handed out
+            taken |= set(ids)
 
         def times_grad(v):
             if not isinstance(v, torch.Tensor):
@@ -369,51 +391,63 @@ class Activation:
                 out.append(torch.empty_like(p))
         return out
 
-    def _values(self, fast, guarded, xs, rest, all_finite=None):
-        """fast(...) on one chunk where its inputs are finite and it returns values, else guarded(...)."""
-        out = None
-        if fast is not None and (all_finite or (all_finite is None and self._finite(xs))):
-            out = fast(*xs, *rest)
-        return guarded(*xs, *rest) if out is None else out
+    def _values(self, which: int, xs, rest, all_finite=None, ws=None):
+        """(f (which 0) or the first derivatives (1) on one chunk, whether they are in the
+        workspace): the fast variant where it runs (on any input, or on finite ones) and
+        returns values, else the guarded function.  ws: its buffers (default: the
+        workspace's for xs)."""
+        fast = (self.forward_torch_fast, self.derivatives_torch_fast)[which]
+        if fast is not None and (self.fast_any_input[which] or all_finite
+                                 or (all_finite is None and self._finite(xs))):
+            shape = xs[0].shape
+            if self.n_draws:        # evaluation mode's 0-dim draws: every value has the chunk's shape
+                rest = [r.expand(shape) if k < self.n_draws else r for k, r in enumerate(rest)]
+            if ws is None:
+                ws = WORKSPACE.buffers(self.fast_buffers[which], shape, xs[0].dtype)
+            out = fast(*xs, *rest, ws)
+            if out is not None:
+                return out, True
+        return (self.forward_torch, self.derivatives_torch)[which](*xs, *rest), False
 
-    def _forward_values(self, xs, rest, all_finite=None):
-        """f on one chunk."""
-        return self._values(self.forward_torch_fast, self.forward_torch, xs, rest, all_finite)
-
-    def _derivative_values(self, xs, rest, all_finite=None):
-        """The first derivatives on one chunk."""
-        return self._values(self.derivatives_torch_fast, self.derivatives_torch, xs, rest, all_finite)
+    def _all_finite(self, which: int, views):
+        """True where the fast variant runs on finite inputs only and every input is (one sum
+        each for the whole call), else None (each chunk is checked where it matters)."""
+        fast = (self.forward_torch_fast, self.derivatives_torch_fast)[which]
+        if fast is None or self.fast_any_input[which] or not self._finite(views):
+            return None
+        return True
 
     def _cpu_forward(self, inputs, params, constants, channel_dim, rng):
         x = inputs[0]
         wide = self.float64_forward
-        if x.numel() <= self._chunk(x.dtype, wide):     # one chunk: no copies
+        if x.numel() <= self._chunk(x.dtype, wide, 0):     # one chunk: the tensors as they are
             args = self._eager_args(inputs, params, constants, channel_dim, rng, wide)
-            return _output(self._forward_values(args[: self.n_inputs], args[self.n_inputs:]), inputs)
-        dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng, wide)
+            y, borrowed = self._values(0, args[: self.n_inputs], args[self.n_inputs:])
+            return _output(y, inputs, borrowed)
+        dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng, wide, 0)
         out = torch.empty(dims, dtype=x.dtype)
-        all_finite = None if self.forward_torch_fast is None or not self._finite(views) else True
+        all_finite = self._all_finite(0, views)
         for index, channels in chunks:
-            xs, rest = self._chunk_args(views, rs, ps, constants, index, channels, dt)
-            y = self._forward_values(xs, rest, all_finite)
+            xs, rest, ws, _ = self._chunk_args(views, rs, ps, constants, index, channels, dt, 0)
+            y, _ = self._values(0, xs, rest, all_finite, ws)
             target = out[index]
             target.copy_(y) if isinstance(y, torch.Tensor) else target.fill_(y)
         return out.reshape(x.shape)
 
     def _cpu_backward(self, grad, inputs, params, constants, channel_dim, needs, rng):
         x = inputs[0]
-        if x.numel() <= self._chunk(x.dtype, self.float64_backward):
+        if x.numel() <= self._chunk(x.dtype, self.float64_backward, 1):
             return self._cpu_backward_whole(grad, inputs, params, constants, channel_dim, needs, rng)
-        dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng, self.float64_backward)
+        dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng, self.float64_backward, 1)
         g3 = grad.reshape(dims)
         n_in = self.n_inputs
         grads = [torch.empty(dims, dtype=t.dtype) if needs[i] else None for i, t in enumerate(inputs)]
         sums = [torch.zeros(p.numel(), dtype=dt) if needs[n_in + k] else None for k, p in enumerate(params)]
-        all_finite = None if self.derivatives_torch_fast is None or not self._finite(views) else True
+        all_finite = self._all_finite(1, views)
         for index, channels in chunks:
-            xs, rest = self._chunk_args(views, rs, ps, constants, index, channels, dt)
-            derivs = self._derivative_values(xs, rest, all_finite)
-            g = g3[index].to(dt)
+            xs, rest, ws, (g, terms) = self._chunk_args(views, rs, ps, constants, index, channels, dt, 1)
+            derivs, _ = self._values(1, xs, rest, all_finite, ws)
+            g = g3[index] if grad.dtype == dt else g.copy_(g3[index])
             for i in range(n_in):
                 if needs[i]:
                     torch.mul(g, derivs[i], out=grads[i][index])
@@ -421,8 +455,7 @@ class Activation:
                 if acc is None:
                     continue
                 d = derivs[n_in + k]
-                v = g if (not isinstance(d, torch.Tensor) and d == 1.0) else g * d
-                v = v.expand(g.shape)
+                v = g if (not isinstance(d, torch.Tensor) and d == 1.0) else torch.mul(g, d, out=terms)
                 if acc.numel() == 1:
                     acc += v.sum()
                 elif isinstance(channels, int):      # a run of B within one channel

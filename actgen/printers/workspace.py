@@ -1,0 +1,183 @@
+"""The CPU fast variant's statements as operations on a workspace of chunk-sized buffers.
+
+The torch printer writes an expression as Python evaluates it: every operation returns a new
+tensor.  On the CPU fallback each of those is a chunk-sized allocation, and the allocator
+hands chunk-sized memory back to the system and takes it again as fresh pages (a page fault
+per 4 KiB, each costing about as much as an addition over the page), so a chunk's dozens of
+temporaries cost as much again as its arithmetic.  Here the fast variant's printed
+statements are rewritten so that every operation whose value has the chunk's shape writes
+into a buffer of the workspace `_w` - with `out=`, or in place on a buffer whose value is
+not used again - and a buffer is taken again once the value in it is dead:
+
+    _t1 = _t0*(_t0 + 2.0)    ->    _t1 = torch.add(_t0, 2.0, out=_w[1]).mul_(_t0)
+
+The operations, their operands and their order are the printed expression's own (Python's
+`2.0 - t` is torch's rsub, -t + 2.0; `2.0/t` is t.reciprocal()*2.0, and so here): the values
+are bit for bit those of the printed text.  Operations on params and constants alone (a
+param's exp) keep their own small tensors.  The text parsed here is the printer's output,
+never user input.
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+WORKSPACE = "_w"
+
+#: torch functions of one tensor with an in-place method of the same name (exp -> exp_).
+UNARY = {"exp", "log", "log1p", "expm1", "sqrt", "sin", "cos", "tan", "tanh", "sinh", "cosh", "atan", "asinh",
+         "erf", "erfc", "abs", "sigmoid", "reciprocal", "neg"}
+BINARY = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow"}
+#: actgen.runtime functions that take out= and write their value there; those that may write
+#: it into one of their own tensor arguments (one pass reading each element once)
+RUNTIME_OUT = {"fma", "fnma", "select", "gt", "ge", "lt", "le", "mask_and", "mask_or", "mask_not", "clamp",
+               "softplus", "hypot", "sqrt_square_plus", "scaled_input", "inverse_scale"}
+RUNTIME_IN_PLACE = {"fma", "fnma", "gt", "ge", "lt", "le"}
+
+
+class WorkspaceError(ValueError):
+    pass
+
+
+@dataclass
+class _Value:
+    code: str
+    buf: int | None = None      # the workspace buffer it was computed into (owned by the expression)
+    chunk: bool = False         # a chunk-shaped tensor
+    scalar: bool = False        # a Python number
+
+
+class _Buffers:
+    def __init__(self):
+        self.free: list[int] = []
+        self.count = 0
+
+    def take(self) -> int:
+        if self.free:
+            self.free.sort()
+            return self.free.pop(0)
+        self.count += 1
+        return self.count - 1
+
+    def give(self, k: int | None):
+        if k is not None and k not in self.free:
+            self.free.append(k)
+
+
+class _Emitter:
+    def __init__(self, chunk_names: Iterable[str], tensor_names: Iterable[str]):
+        self.chunk = set(chunk_names)
+        self.tensors = set(tensor_names)
+        self.bufs = _Buffers()
+
+    @staticmethod
+    def _w(k: int) -> str:
+        return f"{WORKSPACE}[{k}]"
+
+    def _names(self, node) -> set[str]:
+        return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+    def value(self, node) -> _Value:
+        names = self._names(node)
+        if not names & self.chunk:         # numbers, or small tensors of params alone
+            return _Value(ast.unparse(node), scalar=not names & self.tensors)
+        if isinstance(node, ast.Name):
+            return _Value(node.id, chunk=True)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.UAdd):
+            return self.value(node.operand)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return self._unary("neg", self.value(node.operand))
+        if isinstance(node, ast.BinOp) and type(node.op) in BINARY:
+            return self._binary(BINARY[type(node.op)], self.value(node.left), self.value(node.right))
+        if isinstance(node, ast.Call) and not node.keywords:
+            func = ast.unparse(node.func)
+            module, _, name = func.partition(".")
+            if module == "torch" and name in UNARY and len(node.args) == 1:
+                return self._unary(name, self.value(node.args[0]))
+            if module == "_rt" and name in RUNTIME_OUT:
+                return self._runtime(name, [self.value(a) for a in node.args])
+        raise WorkspaceError(f"no workspace form for {ast.unparse(node)}")
+
+    def _unary(self, name: str, v: _Value) -> _Value:
+        if v.buf is not None:
+            return _Value(f"{v.code}.{name}_()", v.buf, chunk=True)
+        k = self.bufs.take()
+        return _Value(f"torch.{name}({v.code}, out={self._w(k)})", k, chunk=True)
+
+    def _binary(self, op: str, a: _Value, b: _Value) -> _Value:
+        """a op b as Python evaluates it (torch's reflected operators for a number on the left)."""
+        if a.buf is not None:                               # in place on a's buffer
+            self.bufs.give(b.buf)
+            return _Value(f"{a.code}.{op}_({b.code})", a.buf, chunk=True)
+        if b.buf is not None:
+            k = b.buf
+            if op in ("add", "mul"):                        # exactly commutative
+                return _Value(f"{b.code}.{op}_({a.code})", k, chunk=True)
+            if op == "sub" and a.scalar:                    # Tensor.__rsub__: rsub(b, a) = -b + a
+                return _Value(f"{b.code}.neg_().add_({a.code})", k, chunk=True)
+            if op == "div" and a.scalar:                    # Tensor.__rdiv__: b.reciprocal() * a
+                return _Value(f"{b.code}.reciprocal_().mul_({a.code})", k, chunk=True)
+            return _Value(f"torch.{op}({a.code}, {b.code}, out={self._w(k)})", k, chunk=True)
+        k = self.bufs.take()
+        out = self._w(k)
+        if not a.scalar:
+            return _Value(f"torch.{op}({a.code}, {b.code}, out={out})", k, chunk=True)
+        if op in ("add", "mul"):
+            return _Value(f"torch.{op}({b.code}, {a.code}, out={out})", k, chunk=True)
+        if op == "sub":
+            return _Value(f"torch.neg({b.code}, out={out}).add_({a.code})", k, chunk=True)
+        if op == "div":
+            return _Value(f"torch.reciprocal({b.code}, out={out}).mul_({a.code})", k, chunk=True)
+        return _Value(f"torch.pow({a.code}, {b.code}, out={out})", k, chunk=True)
+
+    def _runtime(self, name: str, args: Sequence[_Value]) -> _Value:
+        own = [v.buf for v in args if v.buf is not None]
+        if name in RUNTIME_IN_PLACE and own:
+            k = own[0]
+        else:
+            k = self.bufs.take()
+        for b in own:
+            if b != k:
+                self.bufs.give(b)
+        text = ", ".join(v.code for v in args)
+        return _Value(f"_rt.{name}({text}, out={self._w(k)})", k, chunk=True)
+
+
+def workspace_statements(statements: Sequence[tuple[str, str]], chunk_names: Iterable[str],
+                         tensor_names: Iterable[str], keep: Iterable[str]) -> tuple[list[tuple[str, str]], int]:
+    """(target, printed expression) statements, in order, rewritten onto the workspace: the
+    new statements and the number of buffers they use.  chunk_names: the chunk-shaped tensors
+    on entry (inputs, draws); tensor_names: the other tensors (params; the rest are numbers);
+    keep: the targets whose values must survive to the end (the outputs).  A target whose
+    value has the chunk's shape holds its buffer until its last use."""
+    em = _Emitter(chunk_names, tensor_names)
+    keep = set(keep)
+    trees = [(target, ast.parse(text, mode="eval").body) for target, text in statements]
+    last_use: dict[str, int] = {}
+    for i, (_, tree) in enumerate(trees):
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Name):
+                last_use[n.id] = i
+    owner: dict[str, int] = {}          # target -> the buffer holding its value
+    out = []
+    for i, (target, tree) in enumerate(trees):
+        v = em.value(tree)
+        if v.chunk:
+            em.chunk.add(target)
+            if v.buf is not None:
+                owner[target] = v.buf
+            elif isinstance(tree, ast.Name) and tree.id in owner:       # another name for a value
+                owner[target] = owner[tree.id]
+        elif not v.scalar:
+            em.tensors.add(target)
+        out.append((target, v.code))
+        for name, k in list(owner.items()):
+            alive = name in keep or last_use.get(name, -1) > i
+            shared = any(o == k and other != name for other, o in owner.items())
+            if not alive and not shared:
+                em.bufs.give(k)
+                del owner[name]
+            elif not alive:
+                del owner[name]
+    return out, em.bufs.count
