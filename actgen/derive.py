@@ -67,6 +67,7 @@ from itertools import combinations_with_replacement
 from typing import Callable, Sequence
 
 import mpmath
+import numpy as np
 import sympy
 
 from sympy.codegen.cfunctions import hypot
@@ -711,8 +712,10 @@ def _exp_base(written, x):
     return c0 * split[0][1], powers
 
 
-def _exp_ratio(expr, x, sigmoids=False):
-    """expr as N(E)/D(E) with E = exp(u), from one exponential (see above); else None."""
+def _exp_ratio(expr, x, sigmoids=False, capped=False):
+    """expr as N(E)/D(E) with E = exp(u), from one exponential (see above); else None.  With
+    `capped`, the CPU fast variant's form: N(E)/D(E) itself, with E = CappedExp(u) (see
+    capped_ratio_form)."""
     calls, costly = _exp_calls(expr, x)
     if calls < 2 or not (costly or sigmoids):
         return None
@@ -742,6 +745,12 @@ def _exp_ratio(expr, x, sigmoids=False):
     coeffs = N1.all_coeffs()[: len(N1.all_coeffs()) - m]
     q = sum(sympy.degree(f, E) * k for f, k in factors)
     p1 = len(coeffs) - 1
+    if capped:
+        D = sympy.Poly(sympy.Mul(*(f**k for f, k in factors)), E).all_coeffs()
+        degree = max(len(coeffs) - 1 + m, len(D) - 1)
+        E_u = CappedExp(u, *(sympy.Integer(int((limit - CAPPED_MARGIN) / degree)) for limit in CAPPED_EXP_LIMITS))
+        num = E_u**m * _horner_in([sympy.expand(c) for c in coeffs], E_u)
+        return (g / scale) * num / _horner_in(D, E_u)
     e = sympy.exp(-sympy.Abs(u))
     neg_num = e**m * _horner_in([sympy.expand(c) for c in coeffs], e)
     pos_num = e ** (q - m - p1) * _horner_in([sympy.expand(c) for c in reversed(coeffs)], e)
@@ -877,7 +886,8 @@ def _calls(outputs) -> int:
     return len({a for _, e in outputs for a in e.atoms(sympy.Function) if isinstance(a, _TRANSCENDENTAL)})
 
 
-def exp_rational_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], sigmoids: bool = False) -> sympy.Expr:
+def exp_rational_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], sigmoids: bool = False,
+                      capped: bool = False) -> sympy.Expr:
     """Every output (or part of one) that is a rational function of exp(u), u a multiple of an
     input, with two transcendental calls or more and one of them costlier than an exponential,
     as N/D from e = exp(-|u|) (see above): mish's derivative from one exp instead of four calls.
@@ -897,13 +907,38 @@ def exp_rational_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], sigmoids
     def attempt(e):
         for x in inputs:
             if e.has(x) and (e.is_Add or e.is_Mul or isinstance(e, _EXP_FAMILY)):
-                one = _exp_ratio(e, x, sigmoids or x in costly_sigmoid)
+                one = _exp_ratio(e, x, sigmoids or x in costly_sigmoid, capped)
                 if one is not None:
                     return one
         return None
 
     out = _outermost(expr, attempt)
-    return sigmoids_from_exp([("", out)])[0][1] if costly_sigmoid and out != expr else out
+    return sigmoids_from_exp([("", out)])[0][1] if costly_sigmoid and out != expr and not capped else out
+
+
+class CappedExp(sympy.Function):
+    """CappedExp(u, hi32, hi64): exp(min(u, hi)), hi = hi32 where it is computed in float32 and
+    hi64 in float64 - the E of the CPU fast variant's ratios (capped_ratio_form)."""
+
+    nargs = 3
+
+
+#: exp's argument where float32 and float64 overflow; a capped ratio of degree d takes
+#: (limit - CAPPED_MARGIN)/d as its cap, room for coefficients up to e**CAPPED_MARGIN.
+CAPPED_EXP_LIMITS = (88, 709)
+CAPPED_MARGIN = 16
+
+
+def capped_ratio_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
+    """The CPU fast variant's form of exp_rational_form's ratios: N(E)/D(E) as they are, with
+    E = exp(u) capped (CappedExp) at a point where E**deg stays finite, instead of a ratio in
+    e = exp(-|u|) for each sign of u.  A single polynomial pair, no branch: on the CPU both
+    branches are computed over every element, and this costs half.  Exact only where the
+    ratio has settled beyond the cap - for the inputs' clamps at huge values
+    (limit_guards) - which the compiler measures before it takes this form
+    (actgen.precision.measure_against); values it does not settle for, and overflows, are
+    not finite and hand the chunk to the guarded function."""
+    return exp_rational_form(expr, inputs, capped=True)
 
 
 # Cancellation at 0: an expression of one variable whose terms cancel to leading order there
@@ -1523,7 +1558,7 @@ def nan_guard(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
 #: Calls that give NaN for a NaN argument, as printed (Saturate clamps with NaN propagated; the
 #: guards pass their value through where the input is not +-inf).
 _NAN_PROPAGATING = (sympy.exp, sympy.log, log1p, expm1, sympy.tanh, sympy.sin, sympy.cos, sympy.atan, sympy.erf,
-                    sympy.erfc, sigmoid, softplus, sympy.Abs, Saturate, InfGuard, LimitAtInf)
+                    sympy.erfc, sigmoid, softplus, sympy.Abs, Saturate, InfGuard, LimitAtInf, CappedExp)
 
 
 def _nan_flows(expr: sympy.Expr, u: sympy.Symbol) -> bool:
@@ -1674,6 +1709,64 @@ class Derivation:
         return self.inputs + self.params
 
 
+#: A capped ratio (capped_ratio_form) stands in for the CPU fast variant's outputs where its
+#: float32 error against their float64 values (ULPs / condition number) is at most this or
+#: their own at worst, and no more than theirs within TIE_ULP on average over the grids.
+CAPPED_ULP = 2.0
+#: ... and in float64, where the forms' own roundings differ by a few of its ULPs: a cap
+#: too low is off by far more.
+CAPPED_ULP64 = 8.0
+#: On the CPU a transcendental call costs about as much as this many arithmetic operations
+#: (torch's exp over a chunk against an addition: 110 and 13 us for 2**17 floats on one EPYC core).
+CPU_CALL_COST = 8
+
+
+#: The caps tried for a capped ratio's exponential, lowest first: the lowest that measures as
+#: accurate is taken (a higher cap only overflows sooner; an overflow hands the chunk over).
+CAP_STEPS = (8, 12, 16, 20, 24, 28, 32, 40, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def capped_caps(capped, fast: Block, slopes, inputs, values, tensors) -> tuple | None:
+    """(float32 cap, float64 cap) for capped outputs (CappedExp at their highest caps, from
+    the polynomials' degrees), each the lowest of CAP_STEPS up to those at which their error
+    against the guard-free fallback's float64 values (precision.measure_against) is as good
+    as that fallback's own in float32 (_as_accurate with CAPPED_ULP), and at most
+    CAPPED_ULP64 in float64; None where none is."""
+    names = [n for n, _ in capped]
+    found = []
+    for k, (dtype, limit) in enumerate(((np.float32, CAPPED_ULP), (np.float64, CAPPED_ULP64))):
+        top = min(int(a.args[1 + k]) for _, e in capped for a in e.atoms(CappedExp))
+        theirs = precision.measure_against(fast, fast, names, slopes, inputs, values, tensors, dtype)
+        for cap in [c for c in CAP_STEPS if c < top] + [top]:
+            caps = (cap, cap) if not found else (found[0], cap)
+            block = make_block([(n, e.replace(CappedExp, lambda u, *_: CappedExp(u, *caps))) for n, e in capped])
+            mine = precision.measure_against(block, fast, names, slopes, inputs, values, tensors, dtype)
+            if all(_as_accurate(mine[n], theirs[n], limit, dtype == np.float32) for n in names):
+                found.append(cap)
+                break
+        else:
+            return None
+    return tuple(found)
+
+
+def _as_accurate(mine: np.ndarray, theirs: np.ndarray, limit: float, mean: bool) -> bool:
+    """Whether errors (precision.measure_against) are as good as another form's over the same
+    points: a worst at most `limit` or the other's worst, and (`mean`) a mean within TIE_ULP
+    of its."""
+    return (float(np.max(mine)) <= max(limit, float(np.max(theirs)))
+            and (not mean or float(np.mean(mine)) <= float(np.mean(theirs)) + TIE_ULP))
+
+
+def _cpu_cost(block: Block) -> int:
+    """What a block costs the CPU fast variant: its operations (both sides of a branch), a
+    transcendental call as CPU_CALL_COST of them."""
+    calls = _TRANSCENDENTAL + (CappedExp,)
+    total = 0
+    for _, e in (*block.assignments, *block.outputs):
+        total += sympy.count_ops(e) + (CPU_CALL_COST - 1) * sum(isinstance(a, calls) for a in sympy.preorder_traversal(e))
+    return total
+
+
 #: Forms of the kernels whose measured errors (precision.worst_between) differ by less than
 #: this are a tie, and the first of them is taken: the evaluator's float32 functions are not
 #: the kernels' (see actgen.precision), so a smaller difference says nothing.
@@ -1762,6 +1855,37 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
                     best, best_error = b, e
         return fallback, block, best
 
+    def cpu_fast(outputs, fallback):
+        """The CPU fast variant's block: the guarded outputs without their guards
+        (fast_variant), or, where that costs the CPU less (_cpu_cost), with its ratios in one
+        capped exponential (capped_ratio_form) - outputs of the inputs alone - at the lowest
+        caps that measure as accurate (capped_caps)."""
+        fast = fast_variant(fallback)
+        if not rewrites or fast is None or any(e.free_symbols - set(inputs) for _, e in outputs):
+            return fast
+        capped, changed = [], False
+        for (n, e), (_, g) in zip(outputs, fallback):
+            stripped = strip_guards(g)
+            c = rational_form(capped_ratio_form(e, inputs), inputs)
+            if not c.has(CappedExp):
+                capped.append((n, stripped))
+                continue
+            clamps = {}             # the input's clamp at huge values, as the fallback has it
+            for x in inputs:
+                sats = {a for a in stripped.atoms(Saturate) if a.args[0] == x}
+                if len(sats) > 1 or (sats and stripped.xreplace({next(iter(sats)): sympy.Dummy()}).has(x)):
+                    return fast
+                if sats:
+                    clamps[x] = next(iter(sats))
+            capped.append((n, final(c.xreplace(clamps))))
+            changed = True
+        if not changed or _cpu_cost(make_block(capped)) >= _cpu_cost(fast):
+            return fast
+        caps = capped_caps(capped, fast, slopes, inputs, values, tensors)
+        if caps is None:
+            return fast
+        return make_block([(n, e.replace(CappedExp, lambda u, *_: CappedExp(u, *caps))) for n, e in capped])
+
     forward_outputs, forward, kernel_forward = blocks([("y", expr)])
     backward_outputs, backward, kernel_backward = blocks([(f"d_{n}", e) for n, e in first])
     double_backward = make_block([(f"d2_{a}_{b}", final(nan_guard(scaled(e), inputs))) for (a, b), e in second])
@@ -1772,5 +1896,6 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
         float64_backward = precision.needs_float64((backward, kernel_backward), [f"d_{u.name}" for u in inputs],
                                                    slopes, inputs, values, tensors)
     return Derivation(spec, inputs, params, constants, expr, first, second, forward, backward, kernel_forward,
-                      kernel_backward, double_backward, fast_variant(forward_outputs), fast_variant(backward_outputs),
+                      kernel_backward, double_backward, cpu_fast([("y", expr)], forward_outputs),
+                      cpu_fast([(f"d_{n}", e) for n, e in first], backward_outputs),
                       draws, float64_forward, float64_backward)

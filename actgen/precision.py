@@ -112,7 +112,7 @@ def evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, np.ndarray], dtype, te
     symbols that are tensors in the generated code), sums round as the eager fallback and the
     kernels compute them: a product of two tensors and the other terms in one fused
     multiply-add (fma_split)."""
-    from .derive import InfGuard, InverseScale, LimitAtInf, NanGuard, Saturate, ScaledInput, SqrtSquarePlus
+    from .derive import CappedExp, InfGuard, InverseScale, LimitAtInf, NanGuard, Saturate, ScaledInput, SqrtSquarePlus
     from .printers.base import ExprPrinter, fma_split, product_chain
 
     is_tensor = lambda f: bool(f.free_symbols & tensors)
@@ -185,6 +185,9 @@ def evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, np.ndarray], dtype, te
         if f is Saturate:
             u, lo, hi = args
             return np.clip(ev(u), float(lo) if lo.is_finite else None, float(hi) if hi.is_finite else None)
+        if f is CappedExp:
+            u, hi32, hi64 = args
+            return np.exp(np.minimum(ev(u), dtype(float(hi32 if dtype == np.float32 else hi64))))
         if f is hypot:
             return np.hypot(ev(args[0]), ev(args[1]))
         if f is SqrtSquarePlus:
@@ -327,6 +330,38 @@ def measure(block, outputs: Sequence[str], slopes: Mapping[str, Sequence[tuple[s
         k = int(np.argmax(err))
         out.append(Measured(name, float(np.mean(np.sort(err)[-WORST_POINTS:])), float(err[k]),
                             float(next(iter(at.values()))[k])))
+    return out
+
+
+def measure_against(block, truth_block, outputs: Sequence[str], slopes, inputs: Sequence[sympy.Symbol],
+                    values: Mapping[sympy.Symbol, float], tensors, dtype) -> dict[str, np.ndarray]:
+    """The error of a Block's outputs computed in dtype (float32 or float64), against
+    another block's computed in float64 - a form that is exact only where something
+    (a cap, actgen.derive.CappedExp) holds, against the form it stands in for - in ULPs of
+    dtype divided by the condition number, at each point of grid() and dense_grid(); inf
+    where the evaluator does not know a part.  A value that is not finite is not scored: the
+    CPU fast variant hands such a chunk to the guarded function, which is the truth here."""
+    xs = np.unique(np.concatenate([grid(), dense_grid()]))
+    at = points(inputs, xs)
+    n = len(next(iter(at.values())))
+    env32 = at | {s: np.full(n, v, dtype=np.float32) for s, v in values.items()}
+    env64 = {s: v.astype(np.float64) for s, v in env32.items()}
+    try:
+        got = evaluate_block(block, env32 if dtype == np.float32 else env64, dtype, tensors)
+        truth = evaluate_block(truth_block, env64, np.float64)
+        conds = {name: condition(truth[name], slopes.get(name, ()), env64) for name in outputs}
+    except Unknown:
+        return {name: np.array([math.inf]) for name in outputs}
+    out = {}
+    with np.errstate(all="ignore"):
+        for name in outputs:
+            t, g = truth[name], got[name].astype(np.float64)
+            scored = np.isfinite(t) & np.isfinite(conds[name]) & (np.abs(t) >= UNDERFLOW)
+            scored &= np.abs(t) <= np.finfo(dtype).max
+            spacing = np.spacing(np.abs(t).astype(dtype)).astype(np.float64)
+            scored &= np.isfinite(g)
+            err = np.where(scored, np.abs(g - t) / spacing / np.maximum(1.0, conds[name]), 0.0)
+            out[name] = err
     return out
 
 

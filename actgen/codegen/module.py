@@ -6,7 +6,7 @@ import re
 
 import sympy
 
-from ..derive import COSTLY_CALLS, Block, Derivation, InfGuard, LimitAtInf, NanGuard, Saturate, ScaledInput, draw_lines
+from ..derive import COSTLY_CALLS, Block, CappedExp, Derivation, InfGuard, LimitAtInf, NanGuard, Saturate, ScaledInput, draw_lines
 from ..precision import float64_notes
 from ..printers import TorchPrinter, TritonPrinter
 from ..printers.workspace import WORKSPACE, workspace_statements
@@ -135,6 +135,20 @@ def _one_exponential_lines(d: Derivation) -> list[str]:
                 if part:
                     lines.append(f"{', '.join(part)}: {what} in e = exp(-|{u}|), with exp({u}) = e "
                                  f"where {u} < 0 and 1/e elsewhere: one exponential, and nothing overflows{where}.")
+    return [""] + lines + _capped_lines(d) if lines else _capped_lines(d)
+
+
+def _capped_lines(d: Derivation) -> list[str]:
+    """Which outputs the CPU fast variant computes as capped ratios (actgen.derive.capped_ratio_form)."""
+    lines = []
+    for block, label in ((d.forward_fast, lambda n: "f"), (d.backward_fast, lambda n: "df/d" + n[2:])):
+        caps = {a for _, e in (block.assignments if block else ()) for a in e.atoms(CappedExp)}
+        if caps:
+            u, hi32, hi64 = next(iter(caps)).args
+            names = [label(n) for n, _ in block.outputs]
+            lines.append(f"{', '.join(names)} on CPU chunks (the fast variant): one ratio of polynomials in "
+                         f"E = exp(min({u}, {hi32})) ({hi64} in float64) - no branches; a value that is not "
+                         f"finite there hands the chunk to the guarded function.")
     return [""] + lines if lines else []
 
 
@@ -194,7 +208,7 @@ def _torch_function(w: Writer, d: Derivation, fname: str, doc: str, block: Block
         result = f"({', '.join(names)},)" if outputs_as_tuple else names[0]
         # a select is exact where both branches are finite; else its value is NaN, which
         # reaches the outputs (conditions never depend on a select here, see derive)
-        checked = fast and _has_branch(block)
+        checked = fast and (_has_branch(block) or _has_capped(block))
         w(f"return _rt.finite_or_none({result})" if checked else f"return {result}")
     w()
     w()
@@ -215,6 +229,12 @@ def _workspace_block(w: Writer, d: Derivation, block: Block, printer: TorchPrint
     for target, text in lines:
         w(f"{target} = {text}")
     return buffers
+
+
+def _has_capped(block: Block) -> bool:
+    """Whether a block has capped ratios (capped_ratio_form), which can overflow where the
+    guarded functions do not."""
+    return any(e.has(CappedExp) for _, e in (*block.assignments, *block.outputs))
 
 
 def _has_branch(block: Block) -> bool:
@@ -246,6 +266,8 @@ def _fast_function(w: Writer, d: Derivation, fname: str, what: str, guarded: Blo
         doc += " for finite inputs: no NaN/inf guards"
     if _has_branch(block):
         doc += "; branches by float masks, None where a value is not finite (the guarded function runs then)"
+    elif _has_capped(block):
+        doc += "; None where a value is not finite (the guarded function runs then)"
     return _torch_function(w, d, fname, doc + ".", block, outputs_as_tuple, fast=True), any_input
 
 

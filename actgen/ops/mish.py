@@ -12,6 +12,9 @@ Derived (after stability rewrites):
     df/dx: x is clamped where x <= -1024 or x >= 32 (there df/dx no longer changes with x, to double precision).
     
     f, df/dx: one ratio of polynomials in e = exp(-|x|), with exp(x) = e where x < 0 and 1/e elsewhere: one exponential, and nothing overflows.
+    
+    f on CPU chunks (the fast variant): one ratio of polynomials in E = exp(min(x, 12)) (20 in float64) - no branches; a value that is not finite there hands the chunk to the guarded function.
+    df/dx on CPU chunks (the fast variant): one ratio of polynomials in E = exp(min(_clamped_x, 12)) (20 in float64) - no branches; a value that is not finite there hands the chunk to the guarded function.
 """
 import math
 
@@ -50,25 +53,20 @@ def _derivatives_torch(x):
 
 
 def _forward_torch_fast(x, _w):
-    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _t0 = torch.abs(x, out=_w[0]).neg_().exp_()
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; None where a value is not finite (the guarded function runs then)."""
+    _t0 = _rt.capped_exp(x, 12.0, 20.0, out=_w[0])
     _t1 = torch.add(_t0, 2.0, out=_w[1]).mul_(_t0)
-    _t2 = _rt.lt(x, 0.0, out=_w[2])
-    _t3 = torch.mul(_t0, 2.0, out=_w[3])
-    _y = _rt.select(_t2, _t1, torch.add(_t3, 1.0, out=_w[4]), out=_w[5]).mul_(x).div_(_rt.select(_t2, torch.add(_t1, 2.0, out=_w[4]), _rt.fma(_t0, torch.add(_t3, 2.0, out=_w[6]), 1.0, out=_w[6]), out=_w[7]))
+    _y = torch.mul(_t1, x, out=_w[0]).div_(torch.add(_t1, 2.0, out=_w[2]))
     return _rt.finite_or_none(_y)
 
 
 def _derivatives_torch_fast(x, _w):
-    """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
+    """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; None where a value is not finite (the guarded function runs then)."""
     _clamped_x = _rt.clamp(x, -1024.0, 32.0, out=_w[0])
-    _t0 = torch.abs(_clamped_x, out=_w[1]).neg_().exp_()
-    _t1 = torch.add(_t0, 4.0, out=_w[2]).mul_(_t0)
-    _t2 = torch.mul(_clamped_x, 4.0, out=_w[3])
-    _t3 = torch.add(_t2, 6.0, out=_w[4])
-    _t4 = torch.add(_t2, 4.0, out=_w[5])
-    _t5 = _rt.lt(_clamped_x, 0.0, out=_w[3])
-    _d_x = _rt.select(_t5, _rt.fma(_t0, torch.add(_t1, _t3, out=_w[0]), _t4, out=_w[0]).mul_(_t0), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t4, _t3, out=_w[6]), 4.0, out=_w[6]), 1.0, out=_w[6]), out=_w[7]).div_(_rt.select(_t5, _rt.fma(_t0, _rt.fma(_t0, torch.add(_t1, 8.0, out=_w[0]), 8.0, out=_w[0]), 4.0, out=_w[0]), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, torch.mul(_t0, 4.0, out=_w[6]).add_(8.0), 8.0, out=_w[6]), 4.0, out=_w[6]), 1.0, out=_w[6]), out=_w[8]))
+    _t0 = _rt.capped_exp(_clamped_x, 12.0, 20.0, out=_w[1])
+    _t1 = torch.mul(_clamped_x, 4.0, out=_w[2])
+    _t2 = torch.add(_t0, 4.0, out=_w[0]).mul_(_t0)
+    _d_x = torch.div(_t0, _rt.fma(_t0, _rt.fma(_t0, torch.add(_t2, 8.0, out=_w[3]), 8.0, out=_w[3]), 4.0, out=_w[3]), out=_w[3]).mul_(_rt.fma(_t0, torch.add(_t1, _t2, out=_w[4]).add_(6.0), torch.add(_t1, 4.0, out=_w[5]), out=_w[4]))
     return _rt.finite_or_none((_d_x,))
 
 
@@ -137,7 +135,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(8, 9),
+    fast_buffers=(3, 6),
     fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

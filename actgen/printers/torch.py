@@ -40,6 +40,7 @@ TENSOR_FUNCTIONS = {
     "Abs": "torch.abs({0})",
     "sigmoid": "torch.sigmoid({0})",
     "softplus": "_rt.softplus({0})",
+    "CappedExp": "_rt.capped_exp({0}, {1}, {2})",
     "hypot": "_rt.hypot({0}, {1})",
     "SqrtSquarePlus": "_rt.sqrt_square_plus({0}, {1})",
     "ScaledInput": "_rt.scaled_input({0})",

@@ -126,6 +126,15 @@ def clamp(u: torch.Tensor, lo: float | None, hi: float | None, out=None) -> torc
     return torch.clamp(u, lo, hi) if out is None else torch.clamp(u, lo, hi, out=out)
 
 
+def capped_exp(u: torch.Tensor, hi32: float, hi64: float, out=None) -> torch.Tensor:
+    """exp(min(u, hi)), hi = hi64 for float64 and hi32 otherwise (actgen.derive.CappedExp);
+    out may be u."""
+    hi = hi64 if u.dtype == torch.float64 else hi32
+    if out is None:
+        return torch.clamp(u, max=hi).exp_()
+    return torch.clamp(u, max=hi, out=out).exp_()
+
+
 def scalar_sigmoid(u: float) -> float:
     return 1.0 / (1.0 + math.exp(-u)) if u >= 0 else math.exp(u) / (1.0 + math.exp(u))
 
@@ -249,7 +258,7 @@ def split_halves(t: torch.Tensor, dim: int, name: str):
 __all__ = [
     "HAS_TRITON", "Activation", "as_tensor", "vmap_by_loop", "get_backend", "set_backend",
     "use_backend", "softplus", "clamp", "hypot", "sqrt_square_plus", "scalar_sqrt_square_plus",
-    "scaled_input", "inverse_scale", "grown",
+    "scaled_input", "inverse_scale", "grown", "capped_exp",
     "scalar_sigmoid", "scalar_softplus", "split_halves", "limit_at_inf",
     "gt", "ge", "lt", "le", "mask_and", "mask_or", "mask_not", "select", "finite_or_none",
 ]
