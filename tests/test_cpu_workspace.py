@@ -169,6 +169,7 @@ def test_workspace_buffers_are_kept_distinct_and_per_thread():
     assert len(ptrs) == 3 and all(t.shape == (4, 5) and t.is_contiguous() for t in first)
     bigger = ws.buffers(5, (4, 5), torch.float32)        # more buffers: still distinct
     assert len({t.data_ptr() for t in bigger}) == 5
+    assert ws.nbytes() == 5 * 20 * 4                      # the smaller workspace is gone
     assert ws.buffers(1, (2,), torch.float64)[0].dtype == torch.float64
     other = []
     t = threading.Thread(target=lambda: other.append(ws.buffers(1, (4, 5), torch.float32)[0].data_ptr()))
@@ -246,3 +247,26 @@ def test_chunks_fit_the_workspace():
                 itemsize = compute_dtype(dtype).itemsize
                 assert (op.fast_buffers[which] + op.n_inputs + 2) * n * itemsize <= WORKSPACE_BYTES
                 assert n * itemsize <= op.CHUNK_BYTES
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("n", [1000, 5000], ids=["one-chunk", "chunks"])
+def test_forward_computes_into_its_output(n, monkeypatch):
+    """A float32 forward's fast variant computes its result in the output itself: no copy."""
+    from actgen.runtime.activation import Activation
+    monkeypatch.setattr(Activation, "CHUNK_BYTES", 2048 * 4)
+    op = importlib.import_module("actgen.ops.silu")._OP
+    x = torch.randn(n)
+    with rt.use_backend("torch"), _Ops() as mode:
+        y = op.forward_impl([x], [], [], 0)
+    assert not any("copy" in name or "clone" in name for name in mode.names), mode.names
+    torch.testing.assert_close(y, x * torch.sigmoid(x), rtol=0, atol=0)

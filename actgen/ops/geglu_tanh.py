@@ -49,7 +49,7 @@ def _derivatives_torch(a, b):
 def _forward_torch_fast(a, b, _w):
     """f on the workspace _w (CPU chunks)."""
     _clamped_a = _rt.clamp(a, -32.0, None, out=_w[0])
-    _y = torch.mul(_clamped_a, b, out=_w[1]).mul_(torch.mul(_clamped_a, 1.5957691216057308, out=_w[2]).mul_(torch.mul(_clamped_a, 0.044715, out=_w[3]).mul_(_clamped_a).add_(1.0)).sigmoid_())
+    _y = torch.mul(_clamped_a, b, out=_w[3]).mul_(torch.mul(_clamped_a, 1.5957691216057308, out=_w[1]).mul_(torch.mul(_clamped_a, 0.044715, out=_w[2]).mul_(_clamped_a).add_(1.0)).sigmoid_())
     return _y
 
 
@@ -60,8 +60,8 @@ def _derivatives_torch_fast(a, b, _w):
     _t0 = torch.mul(_clamped_a, _clamped_a, out=_w[2])
     _t1 = torch.mul(_clamped_a, 1.5957691216057308, out=_w[3])
     _t2 = torch.mul(_t0, 0.044715, out=_w[0]).add_(1.0).mul_(_t1)
-    _d_a = torch.mul(_t0, 0.134145, out=_w[4]).add_(1.0).mul_(_t1).mul_(torch.neg(_t2, out=_w[5]).sigmoid_()).add_(1.0).mul_(b).mul_(torch.sigmoid(_t2, out=_w[5]))
-    _d_b = torch.mul(_clamped_a_1, 0.07135481627260025, out=_w[0]).mul_(_clamped_a_1).mul_(_clamped_a_1).add_(torch.mul(_clamped_a_1, 1.5957691216057308, out=_w[2])).sigmoid_().mul_(_clamped_a_1)
+    _d_a = torch.mul(_t0, 0.134145, out=_w[5]).add_(1.0).mul_(_t1).mul_(torch.neg(_t2, out=_w[4]).sigmoid_()).add_(1.0).mul_(b).mul_(torch.sigmoid(_t2, out=_w[4]))
+    _d_b = torch.mul(_clamped_a_1, 0.07135481627260025, out=_w[6]).mul_(_clamped_a_1).mul_(_clamped_a_1).add_(torch.mul(_clamped_a_1, 1.5957691216057308, out=_w[2])).sigmoid_().mul_(_clamped_a_1)
     return (_d_a, _d_b,)
 
 
@@ -137,7 +137,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(4, 6),
+    fast_buffers=(4, 7),
     fast_any_input=(True, True),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

@@ -44,7 +44,7 @@ def _derivatives_torch(x):
 def _forward_torch_fast(x, _w):
     """f on the workspace _w (CPU chunks)."""
     _clamped_x = _rt.clamp(x, -32.0, None, out=_w[0])
-    _y = torch.mul(_clamped_x, 0.07135481627260025, out=_w[1]).mul_(_clamped_x).mul_(_clamped_x).add_(torch.mul(_clamped_x, 1.5957691216057308, out=_w[2])).sigmoid_().mul_(_clamped_x)
+    _y = torch.mul(_clamped_x, 0.07135481627260025, out=_w[2]).mul_(_clamped_x).mul_(_clamped_x).add_(torch.mul(_clamped_x, 1.5957691216057308, out=_w[1])).sigmoid_().mul_(_clamped_x)
     return _y
 
 
@@ -53,7 +53,7 @@ def _derivatives_torch_fast(x, _w):
     _clamped_x = _rt.clamp(x, -32.0, 8.0, out=_w[0])
     _t0 = torch.mul(_clamped_x, 1.5957691216057308, out=_w[1])
     _t1 = torch.mul(_clamped_x, 0.07135481627260025, out=_w[2]).mul_(_clamped_x).mul_(_clamped_x).add_(_t0)
-    _d_x = torch.mul(_clamped_x, 0.134145, out=_w[3]).mul_(_clamped_x).add_(1.0).mul_(_t0).mul_(torch.neg(_t1, out=_w[4]).sigmoid_()).add_(1.0).mul_(torch.sigmoid(_t1, out=_w[4]))
+    _d_x = torch.mul(_clamped_x, 0.134145, out=_w[4]).mul_(_clamped_x).add_(1.0).mul_(_t0).mul_(torch.neg(_t1, out=_w[3]).sigmoid_()).add_(1.0).mul_(torch.sigmoid(_t1, out=_w[3]))
     return (_d_x,)
 
 

@@ -47,7 +47,7 @@ def _derivatives_torch_fast(a, b, _w):
     """df/da, df/db on the workspace _w (CPU chunks)."""
     _t0 = torch.sigmoid(b, out=_w[0])
     _d_a = _t0
-    _d_b = torch.mul(_t0, a, out=_w[1]).mul_(torch.neg(b, out=_w[2]).sigmoid_())
+    _d_b = torch.mul(_t0, a, out=_w[3]).mul_(torch.neg(b, out=_w[1]).sigmoid_())
     return (_d_a, _d_b,)
 
 
@@ -108,7 +108,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(1, 3),
+    fast_buffers=(1, 4),
     fast_any_input=(True, True),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

@@ -51,7 +51,7 @@ def _derivatives_torch_fast(x, _w):
     """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
     _clamped_x = _rt.clamp(x, -8.0, None, out=_w[0])
     _t0 = torch.neg(_clamped_x, out=_w[1]).exp_()
-    _d_x = _rt.fma(_clamped_x, _t0, 1.0, out=_w[2]).mul_(torch.neg(_t0, out=_w[3]).exp_())
+    _d_x = _rt.fma(_clamped_x, _t0, 1.0, out=_w[3]).mul_(torch.neg(_t0, out=_w[2]).exp_())
     return (_d_x,)
 
 

@@ -36,13 +36,13 @@ def _derivatives_torch(x):
 
 def _forward_torch_fast(x, _w):
     """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _y = _rt.select(_rt.lt(x, -2.0, out=_w[0]), 0.0, _rt.select(_rt.le(x, 0.0, out=_w[1]), torch.mul(x, 0.5, out=_w[2]).mul_(torch.add(x, 2.0, out=_w[3])), x, out=_w[3]), out=_w[1])
+    _y = _rt.select(_rt.lt(x, -2.0, out=_w[0]), 0.0, _rt.select(_rt.le(x, 0.0, out=_w[3]), torch.mul(x, 0.5, out=_w[1]).mul_(torch.add(x, 2.0, out=_w[2])), x, out=_w[2]), out=_w[3])
     return _rt.finite_or_none(_y)
 
 
 def _derivatives_torch_fast(x, _w):
     """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _d_x = _rt.select(_rt.lt(x, -2.0, out=_w[0]), 0.0, _rt.select(_rt.le(x, 0.0, out=_w[1]), torch.add(x, 1.0, out=_w[2]), 1.0, out=_w[3]), out=_w[1])
+    _d_x = _rt.select(_rt.lt(x, -2.0, out=_w[0]), 0.0, _rt.select(_rt.le(x, 0.0, out=_w[3]), torch.add(x, 1.0, out=_w[1]), 1.0, out=_w[2]), out=_w[3])
     return _rt.finite_or_none((_d_x,))
 
 

@@ -36,13 +36,13 @@ def _derivatives_torch(x):
 
 def _forward_torch_fast(x, _w):
     """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _y = _rt.select(_rt.le(x, -3.0, out=_w[0]), 0.0, _rt.select(_rt.lt(x, 3.0, out=_w[1]), torch.mul(x, 0.16666666666666666, out=_w[2]).mul_(torch.add(x, 3.0, out=_w[3])), x, out=_w[3]), out=_w[1])
+    _y = _rt.select(_rt.le(x, -3.0, out=_w[0]), 0.0, _rt.select(_rt.lt(x, 3.0, out=_w[3]), torch.mul(x, 0.16666666666666666, out=_w[1]).mul_(torch.add(x, 3.0, out=_w[2])), x, out=_w[2]), out=_w[3])
     return _rt.finite_or_none(_y)
 
 
 def _derivatives_torch_fast(x, _w):
     """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _d_x = _rt.select(_rt.le(x, -3.0, out=_w[0]), 0.0, _rt.select(_rt.lt(x, 3.0, out=_w[1]), torch.mul(x, 0.3333333333333333, out=_w[2]).add_(0.5), 1.0, out=_w[3]), out=_w[1])
+    _d_x = _rt.select(_rt.le(x, -3.0, out=_w[0]), 0.0, _rt.select(_rt.lt(x, 3.0, out=_w[3]), torch.mul(x, 0.3333333333333333, out=_w[1]).add_(0.5), 1.0, out=_w[2]), out=_w[3])
     return _rt.finite_or_none((_d_x,))
 
 

@@ -52,9 +52,9 @@ def _forward_torch_fast(x, alpha, scale, shift, _w):
 def _derivatives_torch_fast(x, alpha, scale, shift, _w):
     """df/dx, df/dalpha, df/dscale, df/dshift on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = _rt.gt(x, 0.0, out=_w[0])
-    _d_x = _rt.select(_t0, 1.0, alpha, out=_w[1]).mul_(scale)
-    _d_alpha = _rt.select(_t0, 0.0, x, out=_w[2]).mul_(scale)
-    _d_scale = _rt.select(_t0, x, torch.mul(alpha, x, out=_w[3]), out=_w[4])
+    _d_x = _rt.select(_t0, 1.0, alpha, out=_w[2]).mul_(scale)
+    _d_alpha = _rt.select(_t0, 0.0, x, out=_w[3]).mul_(scale)
+    _d_scale = _rt.select(_t0, x, torch.mul(alpha, x, out=_w[1]), out=_w[4])
     _d_shift = 1.0
     return _rt.finite_or_none((_d_x, _d_alpha, _d_scale, _d_shift,))
 
@@ -139,7 +139,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(3, 5),
+    fast_buffers=(3, 6),
     fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

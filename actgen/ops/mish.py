@@ -56,7 +56,7 @@ def _forward_torch_fast(x, _w):
     """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; None where a value is not finite (the guarded function runs then)."""
     _t0 = _rt.capped_exp(x, 12.0, 20.0, out=_w[0])
     _t1 = torch.add(_t0, 2.0, out=_w[1]).mul_(_t0)
-    _y = torch.mul(_t1, x, out=_w[0]).div_(torch.add(_t1, 2.0, out=_w[2]))
+    _y = torch.mul(_t1, x, out=_w[3]).div_(torch.add(_t1, 2.0, out=_w[2]))
     return _rt.finite_or_none(_y)
 
 
@@ -66,7 +66,7 @@ def _derivatives_torch_fast(x, _w):
     _t0 = _rt.capped_exp(_clamped_x, 12.0, 20.0, out=_w[1])
     _t1 = torch.mul(_clamped_x, 4.0, out=_w[2])
     _t2 = torch.add(_t0, 4.0, out=_w[0]).mul_(_t0)
-    _d_x = torch.div(_t0, _rt.fma(_t0, _rt.fma(_t0, torch.add(_t2, 8.0, out=_w[3]), 8.0, out=_w[3]), 4.0, out=_w[3]), out=_w[3]).mul_(_rt.fma(_t0, torch.add(_t1, _t2, out=_w[4]).add_(6.0), torch.add(_t1, 4.0, out=_w[5]), out=_w[4]))
+    _d_x = torch.div(_t0, _rt.fma(_t0, _rt.fma(_t0, torch.add(_t2, 8.0, out=_w[5]), 8.0, out=_w[5]), 4.0, out=_w[5]), out=_w[5]).mul_(_rt.fma(_t0, torch.add(_t1, _t2, out=_w[3]).add_(6.0), torch.add(_t1, 4.0, out=_w[4]), out=_w[3]))
     return _rt.finite_or_none((_d_x,))
 
 
@@ -135,7 +135,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(3, 6),
+    fast_buffers=(4, 6),
     fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

@@ -108,7 +108,7 @@ def _forward_torch_fast(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4, _w):
     _t1 = torch.mul(_w_x, _w_x, out=_w[3]).mul_(_w_x)
     _t2 = torch.mul(_v_x, _v_x, out=_w[4])
     _t3 = torch.mul(_w_x, _w_x, out=_w[5])
-    _y = _rt.fma(torch.pow(_w_x, 5.0, out=_w[6]), a0, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_w_x, a4, torch.mul(_v_x, a5, out=_w[7]), out=_w[7]), torch.mul(_t3, a3, out=_w[8]), out=_w[7]), torch.mul(_t1, a2, out=_w[8]), out=_w[7]), torch.mul(_t0, a1, out=_w[8]), out=_w[7]).mul_(_v_x), out=_w[6]).div_(_w_x).div_(_rt.fma(_t2, _rt.fma(_t3, torch.abs(b2), _rt.fma(_t2, torch.abs(b4), torch.abs(_v_x, out=_w[7]).mul_(_w_x).mul_(torch.abs(b3)), out=_w[7]), out=_w[7]), _rt.fma(_t1, torch.mul(_v_x, b1, out=_w[8]).abs_(), _t0, out=_w[8]), out=_w[7]))
+    _y = _rt.fma(torch.pow(_w_x, 5.0, out=_w[8]), a0, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_w_x, a4, torch.mul(_v_x, a5, out=_w[6]), out=_w[6]), torch.mul(_t3, a3, out=_w[7]), out=_w[6]), torch.mul(_t1, a2, out=_w[7]), out=_w[6]), torch.mul(_t0, a1, out=_w[7]), out=_w[6]).mul_(_v_x), out=_w[8]).div_(_w_x).div_(_rt.fma(_t2, _rt.fma(_t3, torch.abs(b2), _rt.fma(_t2, torch.abs(b4), torch.abs(_v_x, out=_w[6]).mul_(_w_x).mul_(torch.abs(b3)), out=_w[6]), out=_w[6]), _rt.fma(_t1, torch.mul(_v_x, b1, out=_w[7]).abs_(), _t0, out=_w[7]), out=_w[6]))
     return _y
 
 
@@ -150,17 +150,17 @@ def _derivatives_torch_fast(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4, _w):
     _t31 = torch.reciprocal(_w_x, out=_w[29]).mul_(1.0)
     _t32 = _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_w_x, a4, torch.mul(_v_x, a5, out=_w[30]), out=_w[30]), _t27, out=_w[30]), _t26, out=_w[30]), _t25, out=_w[30]), _t24, out=_w[30]).mul_(_t15)
     _t33 = torch.mul(_t32, _t4, out=_w[31])
-    _d_x = _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_t6, a5, _rt.fnma(_t27, _t5, torch.mul(_t13, 2.0, out=_w[32]).mul_(a5).add_(torch.mul(_t9, 3.0, out=_w[33]).mul_(a5)), out=_w[32]), out=_w[32]), torch.mul(_t1, 2.0, out=_w[33]).mul_(_t7).mul_(a4).add_(torch.mul(_t12, _t8, out=_w[34]).mul_(a4)).sub_(torch.mul(_t26, 2.0, out=_w[34]).mul_(_t5)), out=_w[32]), torch.mul(_t0, _t7, out=_w[33]).mul_(a3).add_(torch.mul(_t0, 5.0, out=_w[34]).mul_(a5)).sub_(torch.mul(_t25, 3.0, out=_w[34]).mul_(_t5)).add_(torch.mul(_t3, 4.0, out=_w[34]).mul_(a5)), out=_w[32]), torch.mul(_t0, _t12, out=_w[33]).mul_(a2).neg_().add_(torch.mul(_t0, 3.0, out=_w[34]).mul_(_t2).mul_(a4)).add_(torch.mul(_t22, 4.0, out=_w[34]).mul_(a4)).sub_(torch.mul(_t24, 4.0, out=_w[34]).mul_(_t5)), out=_w[32]), _rt.fma(_t21, a3, torch.mul(_t12, _t23, out=_w[33]).mul_(a1).neg_().add_(torch.mul(_t2, _t23, out=_w[34]).mul_(a3)).sub_(torch.mul(_t20, _t7, out=_w[34]).mul_(a1)), out=_w[33]), out=_w[32]), _rt.fma(_t19, a2, torch.mul(_t12, _t21, out=_w[33]).mul_(a0).neg_().sub_(torch.mul(_t19, _t7, out=_w[34]).mul_(a0)).add_(torch.mul(_t2, _t20, out=_w[34]).mul_(a2)), out=_w[33]), out=_w[32]), _rt.fma(_t16, a1, torch.mul(_t16, _t18, out=_w[33]).mul_(a0).mul_(b1).neg_(), out=_w[33]), out=_w[32]).mul_(_t15)
-    _d_a0 = _rt.fma(_t28, _t7, torch.mul(_t11, _t28, out=_w[2]).mul_(torch.abs(x, out=_w[4])).add_(torch.mul(_t5, x, out=_w[4]).mul_(x).mul_(x).mul_(x)).add_(torch.abs(_t17, out=_w[4])).add_(1.0), out=_w[2]).reciprocal_().mul_(1.0)
-    _d_a1 = torch.mul(_t1, _t29, out=_w[4]).mul_(_v_x)
-    _d_a2 = torch.mul(_t29, _t4, out=_w[3]).mul_(_t8)
-    _d_a3 = torch.mul(_t29, _v_x, out=_w[5]).mul_(_v_x).mul_(_v_x).mul_(_w_x)
-    _d_a4 = torch.mul(_t29, _t30, out=_w[6])
-    _d_a5 = torch.mul(_t29, _t31, out=_w[7]).mul_(torch.pow(_v_x, 5.0, out=_w[9]))
-    _d_b1 = torch.mul(_t18, _t32, out=_w[9]).mul_(_t8).mul_(_v_x).neg_()
-    _d_b2 = torch.mul(_t33, _w_x, out=_w[1]).mul_(_rt.select(_rt.gt(b2, 0.0), 1.0, _rt.select(_rt.lt(b2, 0.0), -1.0, 0.0))).neg_()
-    _d_b3 = torch.mul(_t10, _t33, out=_w[0]).mul_(_rt.select(_rt.gt(b3, 0.0), 1.0, _rt.select(_rt.lt(b3, 0.0), -1.0, 0.0))).neg_()
-    _d_b4 = torch.mul(_t30, _t31, out=_w[8]).mul_(_t32).mul_(_rt.select(_rt.gt(b4, 0.0), 1.0, _rt.select(_rt.lt(b4, 0.0), -1.0, 0.0))).neg_()
+    _d_x = _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_t6, a5, _rt.fnma(_t27, _t5, torch.mul(_t13, 2.0, out=_w[34]).mul_(a5).add_(torch.mul(_t9, 3.0, out=_w[32]).mul_(a5)), out=_w[34]), out=_w[34]), torch.mul(_t1, 2.0, out=_w[32]).mul_(_t7).mul_(a4).add_(torch.mul(_t12, _t8, out=_w[33]).mul_(a4)).sub_(torch.mul(_t26, 2.0, out=_w[33]).mul_(_t5)), out=_w[34]), torch.mul(_t0, _t7, out=_w[32]).mul_(a3).add_(torch.mul(_t0, 5.0, out=_w[33]).mul_(a5)).sub_(torch.mul(_t25, 3.0, out=_w[33]).mul_(_t5)).add_(torch.mul(_t3, 4.0, out=_w[33]).mul_(a5)), out=_w[34]), torch.mul(_t0, _t12, out=_w[32]).mul_(a2).neg_().add_(torch.mul(_t0, 3.0, out=_w[33]).mul_(_t2).mul_(a4)).add_(torch.mul(_t22, 4.0, out=_w[33]).mul_(a4)).sub_(torch.mul(_t24, 4.0, out=_w[33]).mul_(_t5)), out=_w[34]), _rt.fma(_t21, a3, torch.mul(_t12, _t23, out=_w[32]).mul_(a1).neg_().add_(torch.mul(_t2, _t23, out=_w[33]).mul_(a3)).sub_(torch.mul(_t20, _t7, out=_w[33]).mul_(a1)), out=_w[32]), out=_w[34]), _rt.fma(_t19, a2, torch.mul(_t12, _t21, out=_w[32]).mul_(a0).neg_().sub_(torch.mul(_t19, _t7, out=_w[33]).mul_(a0)).add_(torch.mul(_t2, _t20, out=_w[33]).mul_(a2)), out=_w[32]), out=_w[34]), _rt.fma(_t16, a1, torch.mul(_t16, _t18, out=_w[32]).mul_(a0).mul_(b1).neg_(), out=_w[32]), out=_w[34]).mul_(_t15)
+    _d_a0 = _rt.fma(_t28, _t7, torch.mul(_t11, _t28, out=_w[35]).mul_(torch.abs(x, out=_w[4])).add_(torch.mul(_t5, x, out=_w[4]).mul_(x).mul_(x).mul_(x)).add_(torch.abs(_t17, out=_w[4])).add_(1.0), out=_w[35]).reciprocal_().mul_(1.0)
+    _d_a1 = torch.mul(_t1, _t29, out=_w[36]).mul_(_v_x)
+    _d_a2 = torch.mul(_t29, _t4, out=_w[37]).mul_(_t8)
+    _d_a3 = torch.mul(_t29, _v_x, out=_w[38]).mul_(_v_x).mul_(_v_x).mul_(_w_x)
+    _d_a4 = torch.mul(_t29, _t30, out=_w[39])
+    _d_a5 = torch.mul(_t29, _t31, out=_w[40]).mul_(torch.pow(_v_x, 5.0, out=_w[3]))
+    _d_b1 = torch.mul(_t18, _t32, out=_w[41]).mul_(_t8).mul_(_v_x).neg_()
+    _d_b2 = torch.mul(_t33, _w_x, out=_w[42]).mul_(_rt.select(_rt.gt(b2, 0.0), 1.0, _rt.select(_rt.lt(b2, 0.0), -1.0, 0.0))).neg_()
+    _d_b3 = torch.mul(_t10, _t33, out=_w[43]).mul_(_rt.select(_rt.gt(b3, 0.0), 1.0, _rt.select(_rt.lt(b3, 0.0), -1.0, 0.0))).neg_()
+    _d_b4 = torch.mul(_t30, _t31, out=_w[44]).mul_(_t32).mul_(_rt.select(_rt.gt(b4, 0.0), 1.0, _rt.select(_rt.lt(b4, 0.0), -1.0, 0.0))).neg_()
     return _rt.finite_or_none((_d_x, _d_a0, _d_a1, _d_a2, _d_a3, _d_a4, _d_a5, _d_b1, _d_b2, _d_b3, _d_b4,))
 
 
@@ -557,7 +557,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(9, 35),
+    fast_buffers=(9, 45),
     fast_any_input=(True, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

@@ -60,8 +60,8 @@ def _derivatives_torch_fast(x, a0, a1, a2, a3, _w):
     _d_x = _rt.fma(x, torch.mul(3.0 * a3, x, out=_w[0]).add_(2.0 * a2), a1, out=_w[0])
     _d_a0 = 1.0
     _d_a1 = x
-    _d_a2 = torch.mul(x, x, out=_w[1])
-    _d_a3 = torch.mul(x, x, out=_w[2]).mul_(x)
+    _d_a2 = torch.mul(x, x, out=_w[3])
+    _d_a3 = torch.mul(x, x, out=_w[4]).mul_(x)
     return (_d_x, _d_a0, _d_a1, _d_a2, _d_a3,)
 
 
@@ -158,7 +158,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(1, 3),
+    fast_buffers=(1, 5),
     fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

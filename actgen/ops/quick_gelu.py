@@ -53,7 +53,7 @@ def _derivatives_torch_fast(x, _w):
     """df/dx on the workspace _w (CPU chunks)."""
     _clamped_x = _rt.clamp(x, -512.0, 32.0, out=_w[0])
     _t0 = torch.mul(_clamped_x, 1.702, out=_w[1])
-    _d_x = _rt.fma(_t0, torch.neg(_t0, out=_w[0]).sigmoid_(), 1.0, out=_w[0]).mul_(torch.sigmoid(_t0, out=_w[2]))
+    _d_x = _rt.fma(_t0, torch.neg(_t0, out=_w[3]).sigmoid_(), 1.0, out=_w[3]).mul_(torch.sigmoid(_t0, out=_w[2]))
     return (_d_x,)
 
 
@@ -113,7 +113,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(2, 3),
+    fast_buffers=(2, 4),
     fast_any_input=(True, True),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

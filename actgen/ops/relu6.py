@@ -36,13 +36,13 @@ def _derivatives_torch(x):
 
 def _forward_torch_fast(x, _w):
     """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _y = _rt.select(_rt.le(x, 0.0, out=_w[0]), 0.0, _rt.select(_rt.ge(x, 6.0, out=_w[1]), 6.0, x, out=_w[2]), out=_w[1])
+    _y = _rt.select(_rt.le(x, 0.0, out=_w[0]), 0.0, _rt.select(_rt.ge(x, 6.0, out=_w[2]), 6.0, x, out=_w[1]), out=_w[2])
     return _rt.finite_or_none(_y)
 
 
 def _derivatives_torch_fast(x, _w):
     """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _d_x = _rt.select(_rt.mask_or(_rt.ge(x, 6.0, out=_w[0]), _rt.le(x, 0.0, out=_w[1]), out=_w[2]), 0.0, 1.0, out=_w[0])
+    _d_x = _rt.select(_rt.mask_or(_rt.ge(x, 6.0, out=_w[2]), _rt.le(x, 0.0, out=_w[0]), out=_w[1]), 0.0, 1.0, out=_w[2])
     return _rt.finite_or_none((_d_x,))
 
 

@@ -50,7 +50,7 @@ def _derivatives_torch_fast(x, _w):
     """df/dx on the workspace _w (CPU chunks)."""
     _clamped_x = _rt.clamp(x, -1024.0, 8.0, out=_w[0])
     _t0 = _rt.softplus(_clamped_x, out=_w[1])
-    _d_x = torch.mul(_clamped_x, 1.1283791670955126, out=_w[2]).mul_(torch.mul(_t0, _t0, out=_w[3]).neg_().exp_()).mul_(torch.sigmoid(_clamped_x, out=_w[3])).add_(torch.erf(_t0, out=_w[3]))
+    _d_x = torch.mul(_clamped_x, 1.1283791670955126, out=_w[3]).mul_(torch.mul(_t0, _t0, out=_w[2]).neg_().exp_()).mul_(torch.sigmoid(_clamped_x, out=_w[2])).add_(torch.erf(_t0, out=_w[2]))
     return (_d_x,)
 
 

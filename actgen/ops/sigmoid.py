@@ -42,7 +42,7 @@ def _forward_torch_fast(x, _w):
 
 def _derivatives_torch_fast(x, _w):
     """df/dx on the workspace _w (CPU chunks)."""
-    _d_x = torch.neg(x, out=_w[0]).sigmoid_().mul_(torch.sigmoid(x, out=_w[1]))
+    _d_x = torch.neg(x, out=_w[1]).sigmoid_().mul_(torch.sigmoid(x, out=_w[0]))
     return (_d_x,)
 
 

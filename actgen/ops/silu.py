@@ -44,7 +44,7 @@ def _forward_torch_fast(x, _w):
 
 def _derivatives_torch_fast(x, _w):
     """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
-    _d_x = _rt.fma(x, torch.neg(x, out=_w[0]).sigmoid_(), 1.0, out=_w[0]).mul_(torch.sigmoid(x, out=_w[1]))
+    _d_x = _rt.fma(x, torch.neg(x, out=_w[1]).sigmoid_(), 1.0, out=_w[1]).mul_(torch.sigmoid(x, out=_w[0]))
     return (_d_x,)
 
 

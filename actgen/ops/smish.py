@@ -52,7 +52,7 @@ def _forward_torch_fast(x, _w):
     _t0 = torch.abs(x, out=_w[0]).neg_().exp_()
     _t1 = _rt.lt(x, 0.0, out=_w[1])
     _t2 = torch.mul(_t0, 2.0, out=_w[2])
-    _y = _rt.select(_t1, torch.mul(_t0, 3.0, out=_w[3]).add_(2.0).mul_(_t0), torch.add(_t2, 3.0, out=_w[4]), out=_w[5]).mul_(x).div_(_rt.select(_t1, _rt.fma(_t0, torch.mul(_t0, 5.0, out=_w[3]).add_(6.0), 2.0, out=_w[3]), _rt.fma(_t0, torch.add(_t2, 6.0, out=_w[4]), 5.0, out=_w[4]), out=_w[6]))
+    _y = _rt.select(_t1, torch.mul(_t0, 3.0, out=_w[3]).add_(2.0).mul_(_t0), torch.add(_t2, 3.0, out=_w[4]), out=_w[6]).mul_(x).div_(_rt.select(_t1, _rt.fma(_t0, torch.mul(_t0, 5.0, out=_w[3]).add_(6.0), 2.0, out=_w[3]), _rt.fma(_t0, torch.add(_t2, 6.0, out=_w[4]), 5.0, out=_w[4]), out=_w[5]))
     return _rt.finite_or_none(_y)
 
 
@@ -64,7 +64,7 @@ def _derivatives_torch_fast(x, _w):
     _t2 = torch.mul(_clamped_x, 8.0, out=_w[3]).add_(28.0)
     _t3 = torch.mul(_clamped_x, 12.0, out=_w[4]).add_(18.0)
     _t4 = torch.mul(_clamped_x, 4.0, out=_w[5]).add_(4.0)
-    _d_x = _rt.select(_t1, _rt.fma(_t0, _rt.fma(_t0, torch.mul(_t0, 15.0, out=_w[0]).add_(_t2), _t3, out=_w[0]), _t4, out=_w[0]).mul_(_t0), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t4, _t3, out=_w[6]), _t2, out=_w[6]), 15.0, out=_w[6]), out=_w[7]).div_(_rt.select(_t1, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, torch.mul(_t0, 25.0, out=_w[0]).add_(60.0), 56.0, out=_w[0]), 24.0, out=_w[0]), 4.0, out=_w[0]), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, torch.mul(_t0, 4.0, out=_w[6]).add_(24.0), 56.0, out=_w[6]), 60.0, out=_w[6]), 25.0, out=_w[6]), out=_w[8]))
+    _d_x = _rt.select(_t1, _rt.fma(_t0, _rt.fma(_t0, torch.mul(_t0, 15.0, out=_w[0]).add_(_t2), _t3, out=_w[0]), _t4, out=_w[0]).mul_(_t0), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t4, _t3, out=_w[6]), _t2, out=_w[6]), 15.0, out=_w[6]), out=_w[8]).div_(_rt.select(_t1, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, torch.mul(_t0, 25.0, out=_w[0]).add_(60.0), 56.0, out=_w[0]), 24.0, out=_w[0]), 4.0, out=_w[0]), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, torch.mul(_t0, 4.0, out=_w[6]).add_(24.0), 56.0, out=_w[6]), 60.0, out=_w[6]), 25.0, out=_w[6]), out=_w[7]))
     return _rt.finite_or_none((_d_x,))
 
 

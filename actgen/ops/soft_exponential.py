@@ -57,7 +57,7 @@ def _forward_torch_fast(x, alpha, _w):
     """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = 1.0 / alpha
     _t1 = torch.mul(alpha, x, out=_w[0])
-    _y = _rt.select(_rt.lt(alpha, 0.0), torch.add(alpha, x, out=_w[1]).mul_(alpha).neg_().log1p_().mul_(_t0).neg_(), _rt.select(_rt.gt(alpha, 0.0), _rt.fma(_t0, torch.expm1(_t1, out=_w[2]), alpha, out=_w[2]), _rt.fma(x, torch.mul(_t1, 0.5, out=_w[3]).add_(1.0), alpha, out=_w[3]), out=_w[4]), out=_w[2])
+    _y = _rt.select(_rt.lt(alpha, 0.0), torch.add(alpha, x, out=_w[1]).mul_(alpha).neg_().log1p_().mul_(_t0).neg_(), _rt.select(_rt.gt(alpha, 0.0), _rt.fma(_t0, torch.expm1(_t1, out=_w[4]), alpha, out=_w[4]), _rt.fma(x, torch.mul(_t1, 0.5, out=_w[2]).add_(1.0), alpha, out=_w[2]), out=_w[3]), out=_w[4])
     return _rt.finite_or_none(_y)
 
 
@@ -71,8 +71,8 @@ def _derivatives_torch_fast(x, alpha, _w):
     _t5 = _rt.gt(alpha, 0.0)
     _t6 = 1.0 / (alpha * alpha)
     _t7 = 1.0 / alpha
-    _d_x = _rt.select(_t2, _t1, _rt.select(_t5, _t4, torch.add(_t3, 1.0, out=_w[4]), out=_w[5]), out=_w[4])
-    _d_alpha = _rt.select(_t2, _rt.fma(_t6, torch.neg(_t0, out=_w[5]).log1p_(), torch.mul(_t1, _t7, out=_w[6]).mul_(torch.sub(-(2.0 * alpha), x, out=_w[7])).neg_(), out=_w[5]), _rt.select(_t5, _rt.fnma(_t6, torch.expm1(_t3, out=_w[6]), torch.mul(_t4, _t7, out=_w[7]).mul_(x).add_(1.0), out=_w[6]), torch.mul(x, 0.5, out=_w[7]).mul_(x).add_(1.0), out=_w[8]), out=_w[6])
+    _d_x = _rt.select(_t2, _t1, _rt.select(_t5, _t4, torch.add(_t3, 1.0, out=_w[8]), out=_w[5]), out=_w[8])
+    _d_alpha = _rt.select(_t2, _rt.fma(_t6, torch.neg(_t0, out=_w[4]).log1p_(), torch.mul(_t1, _t7, out=_w[9]).mul_(torch.sub(-(2.0 * alpha), x, out=_w[6])).neg_(), out=_w[4]), _rt.select(_t5, _rt.fnma(_t6, torch.expm1(_t3, out=_w[9]), torch.mul(_t4, _t7, out=_w[6]).mul_(x).add_(1.0), out=_w[9]), torch.mul(x, 0.5, out=_w[6]).mul_(x).add_(1.0), out=_w[7]), out=_w[9])
     return _rt.finite_or_none((_d_x, _d_alpha,))
 
 
@@ -167,7 +167,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(5, 9),
+    fast_buffers=(5, 10),
     fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

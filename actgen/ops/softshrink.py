@@ -40,13 +40,13 @@ def _derivatives_torch(x, lambd):
 def _forward_torch_fast(x, lambd, _w):
     """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = torch.neg(x, out=_w[0])
-    _y = _rt.select(_rt.lt(lambd, x, out=_w[1]), torch.neg(_t0, out=_w[2]).sub_(lambd), _rt.select(_rt.gt(_t0, lambd, out=_w[3]), torch.add(x, lambd, out=_w[4]), 0.0, out=_w[5]), out=_w[3])
+    _y = _rt.select(_rt.lt(lambd, x, out=_w[1]), torch.neg(_t0, out=_w[2]).sub_(lambd), _rt.select(_rt.gt(_t0, lambd, out=_w[5]), torch.add(x, lambd, out=_w[3]), 0.0, out=_w[4]), out=_w[5])
     return _rt.finite_or_none(_y)
 
 
 def _derivatives_torch_fast(x, lambd, _w):
     """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _d_x = _rt.select(_rt.mask_or(_rt.lt(lambd, x, out=_w[0]), _rt.lt(lambd, torch.neg(x, out=_w[1]), out=_w[1]), out=_w[2]), 1.0, 0.0, out=_w[0])
+    _d_x = _rt.select(_rt.mask_or(_rt.lt(lambd, x, out=_w[2]), _rt.lt(lambd, torch.neg(x, out=_w[0]), out=_w[0]), out=_w[1]), 1.0, 0.0, out=_w[2])
     return _rt.finite_or_none((_d_x,))
 
 

@@ -41,15 +41,15 @@ def _derivatives_torch(a, b):
 
 def _forward_torch_fast(a, b, _w):
     """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
-    _y = torch.mul(a, b, out=_w[0]).mul_(torch.sigmoid(a, out=_w[1]))
+    _y = torch.mul(a, b, out=_w[1]).mul_(torch.sigmoid(a, out=_w[0]))
     return _y
 
 
 def _derivatives_torch_fast(a, b, _w):
     """df/da, df/db on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
     _t0 = torch.sigmoid(a, out=_w[0])
-    _d_a = torch.mul(_t0, b, out=_w[1]).mul_(_rt.fma(a, torch.neg(a, out=_w[2]).sigmoid_(), 1.0, out=_w[2]))
-    _d_b = torch.mul(_t0, a, out=_w[2])
+    _d_a = torch.mul(_t0, b, out=_w[2]).mul_(_rt.fma(a, torch.neg(a, out=_w[1]).sigmoid_(), 1.0, out=_w[1]))
+    _d_b = torch.mul(_t0, a, out=_w[3])
     return (_d_a, _d_b,)
 
 
@@ -111,7 +111,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(2, 3),
+    fast_buffers=(2, 4),
     fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

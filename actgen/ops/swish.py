@@ -61,7 +61,7 @@ def _derivatives_torch_fast(x, beta, _w):
     _t1 = torch.sigmoid(_t0, out=_w[1])
     _t2 = torch.neg(_t0, out=_w[2]).sigmoid_()
     _d_x = _rt.fma(_t0, _t2, 1.0, out=_w[3]).mul_(_t1)
-    _d_beta = torch.mul(_t1, _t2, out=_w[0]).mul_(x).mul_(x)
+    _d_beta = torch.mul(_t1, _t2, out=_w[4]).mul_(x).mul_(x)
     return (_d_x, _d_beta,)
 
 
@@ -138,7 +138,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(1, 4),
+    fast_buffers=(1, 5),
     fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

@@ -49,7 +49,7 @@ def _derivatives_torch(x, alpha_p, alpha_n, beta, eps):
 
 def _forward_torch_fast(x, alpha_p, alpha_n, beta, eps, _w):
     """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _y = _rt.select(_rt.gt(x, 0.0, out=_w[0]), _rt.fma(x, _rt.softplus(alpha_p), beta, out=_w[1]).mul_(x), _rt.fma(beta + _rt.softplus(alpha_n), torch.neg(x, out=_w[2]).add_(_rt.select(_rt.gt(eps, x, out=_w[3]), x, eps, out=_w[4]).expm1_()), torch.mul(x, beta, out=_w[3]), out=_w[2]), out=_w[3])
+    _y = _rt.select(_rt.gt(x, 0.0, out=_w[0]), _rt.fma(x, _rt.softplus(alpha_p), beta, out=_w[1]).mul_(x), _rt.fma(beta + _rt.softplus(alpha_n), torch.neg(x, out=_w[2]).add_(_rt.select(_rt.gt(eps, x, out=_w[4]), x, eps, out=_w[3]).expm1_()), torch.mul(x, beta, out=_w[4]), out=_w[2]), out=_w[4])
     return _rt.finite_or_none(_y)
 
 
@@ -59,8 +59,8 @@ def _derivatives_torch_fast(x, alpha_p, alpha_n, beta, eps, _w):
     _t1 = _rt.gt(eps, x, out=_w[1])
     _t2 = _rt.select(_t1, x, eps, out=_w[2])
     _d_x = _rt.select(_t0, torch.mul(x, 2.0, out=_w[3]).mul_(_rt.softplus(alpha_p)).add_(beta), _rt.fma(beta + _rt.softplus(alpha_n), _rt.fma(_rt.select(_t1, 1.0, 0.0, out=_w[4]), torch.exp(_t2, out=_w[5]), -1.0, out=_w[4]), beta, out=_w[4]), out=_w[5])
-    _d_alpha_p = _rt.select(_t0, torch.mul(x, x, out=_w[1]).mul_(torch.sigmoid(alpha_p)), 0.0, out=_w[3])
-    _d_alpha_n = _rt.select(_t0, 0.0, torch.neg(x, out=_w[1]).add_(torch.expm1(_t2, out=_w[4])).mul_(torch.sigmoid(alpha_n)), out=_w[4])
+    _d_alpha_p = _rt.select(_t0, torch.mul(x, x, out=_w[1]).mul_(torch.sigmoid(alpha_p)), 0.0, out=_w[6])
+    _d_alpha_n = _rt.select(_t0, 0.0, torch.neg(x, out=_w[1]).add_(torch.expm1(_t2, out=_w[7])).mul_(torch.sigmoid(alpha_n)), out=_w[7])
     return _rt.finite_or_none((_d_x, _d_alpha_p, _d_alpha_n,))
 
 
@@ -143,7 +143,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(5, 6),
+    fast_buffers=(5, 8),
     fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

@@ -20,6 +20,7 @@ never user input.
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -145,14 +146,16 @@ class _Emitter:
 
 
 def workspace_statements(statements: Sequence[tuple[str, str]], chunk_names: Iterable[str],
-                         tensor_names: Iterable[str], keep: Iterable[str]) -> tuple[list[tuple[str, str]], int]:
+                         tensor_names: Iterable[str], outputs: Sequence[str]) -> tuple[list[tuple[str, str]], int]:
     """(target, printed expression) statements, in order, rewritten onto the workspace: the
-    new statements and the number of buffers they use.  chunk_names: the chunk-shaped tensors
+    new statements and the number of buffers they use (the outputs' last).  chunk_names: the chunk-shaped tensors
     on entry (inputs, draws); tensor_names: the other tensors (params; the rest are numbers);
-    keep: the targets whose values must survive to the end (the outputs).  A target whose
-    value has the chunk's shape holds its buffer until its last use."""
+    outputs: the targets returned, in order.  A target whose value has the chunk's shape
+    holds its buffer until its last use; the j-th output that is computed (not a name or a
+    number) is computed in the buffer after all the others, _w[count + j], where the caller
+    may put the output's own memory (the forward's result: no copy)."""
     em = _Emitter(chunk_names, tensor_names)
-    keep = set(keep)
+    slots = {name: j for j, name in enumerate(outputs)}
     trees = [(target, ast.parse(text, mode="eval").body) for target, text in statements]
     last_use: dict[str, int] = {}
     for i, (_, tree) in enumerate(trees):
@@ -171,13 +174,28 @@ def workspace_statements(statements: Sequence[tuple[str, str]], chunk_names: Ite
                 owner[target] = owner[tree.id]
         elif not v.scalar:
             em.tensors.add(target)
-        out.append((target, v.code))
+        code = v.code
+        if target in slots and target in owner and list(owner.values()).count(owner[target]) == 1:
+            # the output's buffer, here and wherever this statement used it before: its slot
+            code = code.replace(f"{WORKSPACE}[{owner[target]}]", f"{WORKSPACE}[@{slots[target]}]")
+            em.bufs.give(owner.pop(target))
+        out.append((target, code))
         for name, k in list(owner.items()):
-            alive = name in keep or last_use.get(name, -1) > i
+            alive = name in slots or last_use.get(name, -1) > i
             shared = any(o == k and other != name for other, o in owner.items())
             if not alive and not shared:
                 em.bufs.give(k)
                 del owner[name]
             elif not alive:
                 del owner[name]
-    return out, em.bufs.count
+    # the buffers still used, numbered from 0, then the outputs' slots
+    used = sorted({int(k) for _, c in out for k in re.findall(rf"{WORKSPACE}\[(\d+)\]", c)})
+    number = {k: i for i, k in enumerate(used)}
+    count = len(used)
+
+    def renumber(m):
+        k = m.group(1)
+        return f"{WORKSPACE}[{count + int(k[1:]) if k.startswith('@') else number[int(k)]}]"
+
+    out = [(t, re.sub(rf"{WORKSPACE}\[(@?\d+)\]", renumber, c)) for t, c in out]
+    return out, count + len(slots)

@@ -422,17 +422,30 @@ class Activation:
         wide = self.float64_forward
         if x.numel() <= self._chunk(x.dtype, wide, 0):     # one chunk: the tensors as they are
             args = self._eager_args(inputs, params, constants, channel_dim, rng, wide)
-            y, borrowed = self._values(0, args[: self.n_inputs], args[self.n_inputs:])
-            return _output(y, inputs, borrowed)
+            xs = args[: self.n_inputs]
+            out = torch.empty(x.shape, dtype=x.dtype) if x.dtype == xs[0].dtype else None
+            y, borrowed = self._values(0, xs, args[self.n_inputs:], None, self._into_output(x.shape, out))
+            return out if y is out else _output(y, inputs, borrowed)
         dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng, wide, 0)
         out = torch.empty(dims, dtype=x.dtype)
         all_finite = self._all_finite(0, views)
         for index, channels in chunks:
             xs, rest, ws, _ = self._chunk_args(views, rs, ps, constants, index, channels, dt, 0)
-            y, _ = self._values(0, xs, rest, all_finite, ws)
             target = out[index]
-            target.copy_(y) if isinstance(y, torch.Tensor) else target.fill_(y)
+            if target.dtype == dt and ws:
+                ws = ws[:-1] + [target]
+            y, _ = self._values(0, xs, rest, all_finite, ws)
+            if y is not target:
+                target.copy_(y) if isinstance(y, torch.Tensor) else target.fill_(y)
         return out.reshape(x.shape)
+
+    def _into_output(self, shape, out):
+        """The forward's fast variant's buffers for one chunk of shape, its result's (the last)
+        being out where out is given (the output itself: no copy)."""
+        if out is None or self.forward_torch_fast is None:
+            return None
+        ws = WORKSPACE.buffers(self.fast_buffers[0], shape, out.dtype)
+        return ws[: self.fast_buffers[0] - 1] + [out]
 
     def _cpu_backward(self, grad, inputs, params, constants, channel_dim, needs, rng):
         x = inputs[0]

@@ -35,14 +35,20 @@ class Workspace(threading.local):
         numel = math.prod(shape)
         flat = self.flat.get(dtype)
         if flat is None or flat.numel() < count * numel:
+            del flat, views     # the smaller one goes first: never both at once
+            self.flat.pop(dtype, None)
+            self.views = {k: v for k, v in self.views.items() if k[0] != dtype}
             flat = torch.empty(max(count * numel, 1), dtype=dtype)
             self.flat[dtype] = flat
-            self.views = {k: v for k, v in self.views.items() if k[0] != dtype}
         if len(self.views) >= MAX_SHAPES:
             self.views.clear()
         views = [flat[k * numel:(k + 1) * numel].view(shape) for k in range(count)]
         self.views[(dtype, shape)] = views
         return views
+
+    def nbytes(self) -> int:
+        """The bytes this thread's buffers hold."""
+        return sum(f.numel() * f.element_size() for f in self.flat.values())
 
     def release(self):
         """Let this thread's buffers go."""
