@@ -456,6 +456,7 @@ class Config:
     compile_dynamic: bool = False        # torch.compile(dynamic=...); static recompiles per size
     compile_backend: str = "inductor"    # torch.compile(backend=...)
     min_run_time: float = 0.1            # CPU: torch.utils.benchmark blocked_autorange
+    rounds: int = 1                      # each case's implementations timed in turn, this many times
     rep_ms: float = 100.0                # CUDA: do_bench rep / warmup (its defaults)
     warmup_ms: float = 25.0
     memory: bool = True
@@ -470,7 +471,7 @@ class Config:
     def for_device(cls, device: str, **kw) -> "Config":
         cuda = device.startswith("cuda")
         base = dict(device=device, dtypes=("fp32", "bf16", "fp16") if cuda else ("fp32", "bf16"),
-                    sizes=GPU_SIZES if cuda else CPU_SIZES, compile_dynamic=not cuda,
+                    sizes=GPU_SIZES if cuda else CPU_SIZES, compile_dynamic=not cuda, rounds=1 if cuda else 3,
                     latency_size=2 ** 20 if cuda else 2 ** 16)
         base.update({k: v for k, v in kw.items() if v is not None})
         return cls(**base)
@@ -572,8 +573,11 @@ def run_suite(cfg: Config, log: Callable[[str], None] | None = None,
             "compile_backend": cfg.compile_backend,
             "timer": ("triton.testing.do_bench (median); backward modes: CUDA events around each backward after "
                       "an untimed forward (median)") if device.type == "cuda"
-            else (f"torch.utils.benchmark blocked_autorange (median, min_run_time={cfg.min_run_time}s); backward modes: "
-                  "perf_counter around each backward after an untimed forward (median)"),
+            else (f"torch.utils.benchmark blocked_autorange (median, min_run_time={cfg.min_run_time / cfg.rounds:g}s); "
+                  "backward modes: perf_counter around each backward after an untimed forward (median)"
+                  + (f"; each case's implementations and modes timed in turn, {cfg.rounds} rounds, the median "
+                     "round" if cfg.rounds > 1 else "")),
+            "rounds": cfg.rounds,
             "channels": CHANNELS,
             "target_min_elements": GPU_TARGET_MIN if device.type == "cuda" else CPU_TARGET_MIN,
         },
@@ -620,41 +624,57 @@ def run_suite(cfg: Config, log: Callable[[str], None] | None = None,
                     continue
                 roof = roofline(dtype_name, n)
                 line = []
+                plans = []          # [row, traffic, callable, times]: timed in interleaved rounds
+                fns = {}
                 for impl in cfg.impls:
                     fn = _impl_fn(case, impl, compiled)
                     if fn is None:
                         continue
+                    fns[impl] = fn
                     for mode in cfg.modes:
-                        if not _times(case, impl, mode):
+                        if _times(case, impl, mode):
+                            row = {"case": name, "impl": impl, "dtype": dtype_name, "n": n, "mode": mode}
+                            parts = traffic(case, n, dt, mode)
+                            row["bytes"] = sum(parts.values())
+                            plans.append([row, parts, None, []])
+                for r in range(cfg.rounds):
+                    for plan in plans:
+                        row, _, run, times = plan
+                        if "error" in row:
                             continue
-                        row = {"case": name, "impl": impl, "dtype": dtype_name, "n": n, "mode": mode}
-                        parts = traffic(case, n, dt, mode)
-                        row["bytes"] = sum(parts.values())
                         try:
-                            run = _mode_callable(fn, mode, inputs, params, grad_out)
+                            if run is None:
+                                plan[2] = run = _mode_callable(fns[row["impl"]], row["mode"], inputs, params, grad_out)
                             if hasattr(run, "setup"):
-                                t = time_backward(run.setup, run, device, min_run_time=cfg.min_run_time, rep_ms=cfg.rep_ms)
+                                t = time_backward(run.setup, run, device, min_run_time=cfg.min_run_time / cfg.rounds,
+                                                  rep_ms=cfg.rep_ms)
                             else:
-                                for _ in range(2):   # warm-up: compile, Triton JIT, autotuning
-                                    run()
-                                _sync(device)
-                                t = time_fn(run, device, min_run_time=cfg.min_run_time, rep_ms=cfg.rep_ms,
+                                if r == 0:
+                                    for _ in range(2):   # warm-up: compile, Triton JIT, autotuning
+                                        run()
+                                    _sync(device)
+                                t = time_fn(run, device, min_run_time=cfg.min_run_time / cfg.rounds, rep_ms=cfg.rep_ms,
                                             warmup_ms=cfg.warmup_ms)
-                            del run
+                            times.append(t)
                         except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
-                            run = None
+                            plan[2] = None
                             if device.type == "cuda":
                                 torch.cuda.empty_cache()
                             row.update(time_s=None, error=_err(exc))
-                            results["timings"].append(row)
-                            continue
+                for row, parts, run, times in plans:
+                    if "error" not in row:
+                        t = sorted(times)[len(times) // 2]
                         rt = _roofline_time(parts, roof)
                         row.update(time_s=t, gbps=row["bytes"] / t / 1e9, roofline_time_s=rt,
                                    roofline_frac=(rt / t) if rt else None)
-                        results["timings"].append(row)
-                        if mode == "fwdbwd":
-                            line.append(f"{impl} {t * 1e6:.0f}us")
-                    if cfg.memory:
+                        if len(times) > 1:
+                            row["round_times_s"] = times
+                        if row["mode"] == "fwdbwd":
+                            line.append(f"{row['impl']} {t * 1e6:.0f}us")
+                    results["timings"].append(row)
+                del plans
+                if cfg.memory:
+                    for impl, fn in fns.items():
                         results["memory"].append(_memory_row(case, impl, fn, dtype_name, n, inputs, params, grad_out, device))
                 log(f"[{time.perf_counter() - t_start:6.1f}s] {name:<20} {dtype_name} n=2**{int(math.log2(n))}: fwd+bwd " + ", ".join(line))
                 del inputs, params, grad_out
@@ -1472,7 +1492,7 @@ def main_from_args(args) -> int:
         sizes=tuple(parse_size(s) for s in args.sizes) if args.sizes else None,
         impls=tuple(args.impls) if args.impls else None, modes=tuple(args.modes) if args.modes else None,
         compile_dynamic={"static": False, "dynamic": True}.get(args.compile_shapes), compile_backend=args.compile_backend,
-        min_run_time=args.min_run_time, memory=not args.no_memory, latency=not args.no_latency,
+        min_run_time=args.min_run_time, rounds=args.rounds, memory=not args.no_memory, latency=not args.no_latency,
         latency_cases=tuple(args.latency_cases) if args.latency_cases else None, prewarm=args.prewarm,
         rep_ms=args.rep_ms,
     )
@@ -1504,7 +1524,9 @@ def build_parser(prog: str = "actgen bench"):
     p.add_argument("--compile-shapes", choices=("static", "dynamic"), help="torch.compile shapes (default: static on CUDA, dynamic on CPU)")
     p.add_argument("--compile-backend", help="torch.compile backend (default: inductor)")
     p.add_argument("--threads", type=int, help="CPU: torch threads (default: torch's default)")
-    p.add_argument("--min-run-time", type=float, help="CPU: seconds per timing (default 0.1)")
+    p.add_argument("--min-run-time", type=float, help="CPU: seconds of timing per implementation and mode (default 0.1)")
+    p.add_argument("--rounds", type=int, help="times each case's implementations and modes are timed in turn, "
+                   "the median taken: drift on a shared machine hits them alike (default: 3 on CPU, 1 on CUDA)")
     p.add_argument("--latency-cases", nargs="+", help="activations for the first-call latency probes (default: silu mish)")
     p.add_argument("--no-latency", action="store_true", help="skip the fresh-process latency probes and host-time check")
     p.add_argument("--no-memory", action="store_true", help="skip peak-memory and saved-bytes measurements")
