@@ -39,7 +39,7 @@ def _expr(rg, depth, temps):
     sub = lambda: _expr(rg, depth - 1, temps)
     any_leaf = lambda: sub() if rg.random() < 0.6 else _leaf(rg)
     kind = rg.choice(["add", "sub", "mul", "div", "pow", "rsub", "rdiv", "neg", "unary", "fma", "fnma",
-                      "select", "clamp", "softplus", "hypot", "masks"])
+                      "select", "clamp", "softplus", "hypot", "capped", "masks"])
     if kind in ("add", "sub", "mul", "div"):
         op = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[kind]
         a, b = (sub(), any_leaf()) if rg.random() < 0.5 else (any_leaf(), sub())
@@ -65,6 +65,8 @@ def _expr(rg, depth, temps):
         return f"_rt.softplus({sub()})"
     if kind == "hypot":
         return f"_rt.hypot({sub()}, {any_leaf()})"
+    if kind == "capped":
+        return f"_rt.capped_exp({sub()}, 1.5, 2.5)"
     masks = [f"_rt.gt({sub()}, 0.0)", f"_rt.lt({sub()}, 1.0)", rg.choice(["True", "False", f"_rt.le({sub()}, -1.0)"])]
     m = rg.choice([f"_rt.mask_and({', '.join(masks)})", f"_rt.mask_or({', '.join(masks)})",
                    f"_rt.mask_not({masks[0]})", f"_rt.mask_and({masks[0]}, {masks[1]})"])
