@@ -78,7 +78,7 @@ def _derivatives_torch_fast(x, w0, w1, w2, _w):
     _t3 = _t0 + _t1 + _t2
     _t4 = 1.0 / _t3
     _t5 = _rt.gt(x, 0.0, out=_w[0])
-    _t6 = torch.abs(x, out=_w[1]).mul_(2.0).neg_()
+    _t6 = torch.abs(x, out=_w[1]).mul_(-2.0)
     _t7 = _rt.select(_t5, x, 0.0, out=_w[2])
     _t8 = torch.tanh(x, out=_w[3])
     _t9 = _rt.fma(_t2, x, _rt.fma(_t1, _t8, torch.mul(_t0, _t7, out=_w[4]), out=_w[4]), out=_w[4]).div_(_t3).div_(_t3)

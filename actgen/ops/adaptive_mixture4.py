@@ -88,7 +88,7 @@ def _derivatives_torch_fast(x, w0, w1, w2, w3, _w):
     _t6 = torch.sigmoid(x, out=_w[0])
     _t7 = torch.mul(_t3, _t6, out=_w[1])
     _t8 = _rt.gt(x, 0.0, out=_w[2])
-    _t9 = torch.abs(x, out=_w[3]).mul_(2.0).neg_()
+    _t9 = torch.abs(x, out=_w[3]).mul_(-2.0)
     _t10 = _rt.select(_t8, x, 0.0, out=_w[4])
     _t11 = torch.tanh(x, out=_w[5])
     _t12 = _rt.fma(_t2, x, _rt.fma(_t1, _t11, _rt.fma(_t0, _t10, _t7, out=_w[6]), out=_w[6]), out=_w[6]).div_(_t4).div_(_t4)

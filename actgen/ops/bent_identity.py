@@ -50,7 +50,7 @@ def _derivatives_torch_fast(x, _w):
     _clamped_x = _rt.clamp(x, -67108864.0, 33554432.0, out=_w[0])
     _t0 = _rt.hypot(_clamped_x, 1.0, out=_w[1])
     _t1 = torch.add(_t0, 1.0, out=_w[2])
-    _d_x = torch.div(_clamped_x, _t0, out=_w[4]).mul_(_clamped_x).div_(_t1).mul_(_clamped_x).div_(_t1).mul_(0.5).neg_().add_(torch.div(_clamped_x, _t1, out=_w[3])).add_(1.0)
+    _d_x = torch.div(_clamped_x, _t0, out=_w[4]).mul_(_clamped_x).div_(_t1).mul_(_clamped_x).div_(_t1).mul_(-0.5).add_(torch.div(_clamped_x, _t1, out=_w[3])).add_(1.0)
     return (_d_x,)
 
 

@@ -50,7 +50,7 @@ def _derivatives_torch_fast(x, _w):
     """df/dx on the workspace _w (CPU chunks)."""
     _clamped_x = _rt.clamp(x, -32.0, 32.0, out=_w[0])
     _t0 = _rt.hypot(_clamped_x, 1.0, out=_w[1])
-    _t1 = torch.mul(_t0, 2.0, out=_w[2]).neg_().exp_()
+    _t1 = torch.mul(_t0, -2.0, out=_w[2]).exp_()
     _t2 = torch.add(_t1, 1.0, out=_w[3])
     _d_x = torch.div(_clamped_x, _t0, out=_w[5]).mul_(_clamped_x).div_(_t2).mul_(_t1).div_(_t2).mul_(4.0).add_(torch.tanh(_t0, out=_w[4]))
     return (_d_x,)

@@ -41,15 +41,15 @@ def _derivatives_torch(a, b):
 
 def _forward_torch_fast(a, b, _w):
     """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
-    _y = torch.mul(a, 0.5, out=_w[1]).mul_(b).mul_(torch.mul(a, 0.7071067811865476, out=_w[0]).neg_().erfc_())
+    _y = torch.mul(a, 0.5, out=_w[1]).mul_(b).mul_(torch.mul(a, -0.7071067811865476, out=_w[0]).erfc_())
     return _y
 
 
 def _derivatives_torch_fast(a, b, _w):
     """df/da, df/db on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
     _clamped_a = _rt.clamp(a, -64.0, 16.0, out=_w[0])
-    _d_a = torch.mul(b, 0.5, out=_w[4]).mul_(torch.mul(_clamped_a, 0.7978845608028654, out=_w[2]).mul_(torch.mul(_clamped_a, 0.5, out=_w[3]).mul_(_clamped_a).neg_().exp_()).add_(torch.mul(_clamped_a, 0.7071067811865476, out=_w[3]).neg_().erfc_()))
-    _d_b = torch.mul(a, 0.5, out=_w[5]).mul_(torch.mul(a, 0.7071067811865476, out=_w[1]).neg_().erfc_())
+    _d_a = torch.mul(b, 0.5, out=_w[4]).mul_(torch.mul(_clamped_a, 0.7978845608028654, out=_w[2]).mul_(torch.mul(_clamped_a, 0.5, out=_w[3]).mul_(_clamped_a).neg_().exp_()).add_(torch.mul(_clamped_a, -0.7071067811865476, out=_w[3]).erfc_()))
+    _d_b = torch.mul(a, 0.5, out=_w[5]).mul_(torch.mul(a, -0.7071067811865476, out=_w[1]).erfc_())
     return (_d_a, _d_b,)
 
 

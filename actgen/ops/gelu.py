@@ -39,14 +39,14 @@ def _derivatives_torch(x):
 
 def _forward_torch_fast(x, _w):
     """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
-    _y = torch.mul(x, 0.5, out=_w[1]).mul_(torch.mul(x, 0.7071067811865476, out=_w[0]).neg_().erfc_())
+    _y = torch.mul(x, 0.5, out=_w[1]).mul_(torch.mul(x, -0.7071067811865476, out=_w[0]).erfc_())
     return _y
 
 
 def _derivatives_torch_fast(x, _w):
     """df/dx on the workspace _w (CPU chunks)."""
     _clamped_x = _rt.clamp(x, -64.0, 16.0, out=_w[0])
-    _d_x = torch.mul(_clamped_x, 0.3989422804014327, out=_w[2]).mul_(torch.mul(_clamped_x, 0.5, out=_w[1]).mul_(_clamped_x).neg_().exp_()).add_(torch.mul(_clamped_x, 0.7071067811865476, out=_w[1]).neg_().erfc_().mul_(0.5))
+    _d_x = torch.mul(_clamped_x, 0.3989422804014327, out=_w[2]).mul_(torch.mul(_clamped_x, 0.5, out=_w[1]).mul_(_clamped_x).neg_().exp_()).add_(torch.mul(_clamped_x, -0.7071067811865476, out=_w[1]).erfc_().mul_(0.5))
     return (_d_x,)
 
 

@@ -46,7 +46,7 @@ def _forward_torch_fast(x, mu, sigma, _w):
 def _derivatives_torch_fast(x, mu, sigma, _w):
     """df/dx on the workspace _w (CPU chunks)."""
     _t0 = torch.add(x, -mu, out=_w[0])
-    _d_x = torch.div(_t0, sigma, out=_w[1]).mul_(_t0).div_(sigma).mul_(0.5).neg_().exp_().mul_(0.3989422804014327).div_(sigma)
+    _d_x = torch.div(_t0, sigma, out=_w[1]).mul_(_t0).div_(sigma).mul_(-0.5).exp_().mul_(0.3989422804014327).div_(sigma)
     return (_d_x,)
 
 

@@ -48,7 +48,7 @@ def _forward_torch_fast(x, _w):
 def _derivatives_torch_fast(x, _w):
     """df/dx on the workspace _w (CPU chunks)."""
     _clamped_x = _rt.clamp(x, -32.0, 32.0, out=_w[0])
-    _t0 = torch.abs(_clamped_x, out=_w[1]).mul_(2.0).neg_().exp_()
+    _t0 = torch.abs(_clamped_x, out=_w[1]).mul_(-2.0).exp_()
     _t1 = torch.add(_t0, 1.0, out=_w[2])
     _d_x = torch.mul(_clamped_x, 4.0, out=_w[4]).mul_(_t0).div_(torch.mul(_t1, _t1, out=_w[3])).add_(torch.tanh(_clamped_x, out=_w[3]))
     return (_d_x,)

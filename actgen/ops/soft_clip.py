@@ -46,7 +46,7 @@ def _forward_torch_fast(x, scale, _w):
 
 def _derivatives_torch_fast(x, scale, _w):
     """df/dx on the workspace _w (CPU chunks)."""
-    _t0 = torch.div(x, scale, out=_w[0]).abs_().mul_(2.0).neg_().exp_()
+    _t0 = torch.div(x, scale, out=_w[0]).abs_().mul_(-2.0).exp_()
     _t1 = torch.add(_t0, 1.0, out=_w[1])
     _d_x = torch.mul(_t0, 4.0, out=_w[3]).div_(torch.mul(_t1, _t1, out=_w[2]))
     return (_d_x,)

@@ -64,7 +64,7 @@ def _forward_torch_fast(x, alpha, _w):
 def _derivatives_torch_fast(x, alpha, _w):
     """df/dx, df/dalpha on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = torch.add(alpha, x, out=_w[0]).mul_(alpha)
-    _t1 = torch.neg(_t0, out=_w[1]).add_(1.0).reciprocal_().mul_(1.0)
+    _t1 = torch.neg(_t0, out=_w[1]).add_(1.0).reciprocal_()
     _t2 = _rt.lt(alpha, 0.0)
     _t3 = torch.mul(alpha, x, out=_w[2])
     _t4 = torch.exp(_t3, out=_w[3])

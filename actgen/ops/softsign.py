@@ -44,7 +44,7 @@ def _forward_torch_fast(x, _w):
 def _derivatives_torch_fast(x, _w):
     """df/dx on the workspace _w (CPU chunks)."""
     _t0 = torch.abs(x, out=_w[0]).add_(1.0)
-    _d_x = torch.mul(_t0, _t0, out=_w[1]).reciprocal_().mul_(1.0)
+    _d_x = torch.mul(_t0, _t0, out=_w[1]).reciprocal_()
     return (_d_x,)
 
 

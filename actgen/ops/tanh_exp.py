@@ -52,7 +52,7 @@ def _derivatives_torch_fast(x, _w):
     """df/dx on the workspace _w (CPU chunks)."""
     _clamped_x = _rt.clamp(x, -1024.0, 4.0, out=_w[0])
     _t0 = torch.exp(_clamped_x, out=_w[1])
-    _t1 = torch.mul(_t0, 2.0, out=_w[2]).neg_()
+    _t1 = torch.mul(_t0, -2.0, out=_w[2])
     _t2 = torch.exp(_t1, out=_w[3]).add_(1.0)
     _d_x = torch.mul(_clamped_x, 4.0, out=_w[5]).mul_(torch.add(_clamped_x, _t1, out=_w[4]).exp_()).div_(torch.mul(_t2, _t2, out=_w[4])).add_(torch.tanh(_t0, out=_w[4]))
     return (_d_x,)

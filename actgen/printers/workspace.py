@@ -41,6 +41,25 @@ class WorkspaceError(ValueError):
     pass
 
 
+def _times(number: str) -> str:
+    """The in-place product by a number that follows a reciprocal (Python's n/t), none for
+    1.0: t * 1.0 is t, bit for bit."""
+    return "" if number == "1.0" else f".mul_({number})"
+
+
+def _negated_number(node):
+    """-(a*c), -(c*a) or -(a/c) with c a number, as a*(-c), (-c)*a or a/(-c): the same value
+    bit for bit (rounding to nearest is symmetric), one operation fewer; else None."""
+    if not (isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mult, ast.Div))):
+        return None
+    for side in (("right", "left") if isinstance(node.op, ast.Mult) else ("right",)):
+        c = getattr(node, side)
+        if isinstance(c, ast.Constant) and isinstance(c.value, float):
+            parts = {"left": node.left, "right": node.right, side: ast.Constant(-c.value)}
+            return ast.BinOp(left=parts["left"], op=node.op, right=parts["right"])
+    return None
+
+
 @dataclass
 class _Value:
     code: str
@@ -88,6 +107,9 @@ class _Emitter:
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.UAdd):
             return self.value(node.operand)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            folded = _negated_number(node.operand)
+            if folded is not None:
+                return self.value(folded)
             return self._unary("neg", self.value(node.operand))
         if isinstance(node, ast.BinOp) and type(node.op) in BINARY:
             return self._binary(BINARY[type(node.op)], self.value(node.left), self.value(node.right))
@@ -118,7 +140,7 @@ class _Emitter:
             if op == "sub" and a.scalar:                    # Tensor.__rsub__: rsub(b, a) = -b + a
                 return _Value(f"{b.code}.neg_().add_({a.code})", k, chunk=True)
             if op == "div" and a.scalar:                    # Tensor.__rdiv__: b.reciprocal() * a
-                return _Value(f"{b.code}.reciprocal_().mul_({a.code})", k, chunk=True)
+                return _Value(f"{b.code}.reciprocal_(){_times(a.code)}", k, chunk=True)
             return _Value(f"torch.{op}({a.code}, {b.code}, out={self._w(k)})", k, chunk=True)
         k = self.bufs.take()
         out = self._w(k)
@@ -129,7 +151,7 @@ class _Emitter:
         if op == "sub":
             return _Value(f"torch.neg({b.code}, out={out}).add_({a.code})", k, chunk=True)
         if op == "div":
-            return _Value(f"torch.reciprocal({b.code}, out={out}).mul_({a.code})", k, chunk=True)
+            return _Value(f"torch.reciprocal({b.code}, out={out}){_times(a.code)}", k, chunk=True)
         return _Value(f"torch.pow({a.code}, {b.code}, out={out})", k, chunk=True)
 
     def _runtime(self, name: str, args: Sequence[_Value]) -> _Value:
