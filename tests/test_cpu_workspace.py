@@ -272,3 +272,30 @@ def test_forward_computes_into_its_output(n, monkeypatch):
         y = op.forward_impl([x], [], [], 0)
     assert not any("copy" in name or "clone" in name for name in mode.names), mode.names
     torch.testing.assert_close(y, x * torch.sigmoid(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("first", ["inference", "training"])
+def test_workspace_serves_inference_mode_and_autograd_alike(first):
+    """Buffers made under torch.inference_mode are normal tensors: a later call outside it
+    (and a training step) can still write into them, and the other way round."""
+    from actgen.runtime.workspace import WORKSPACE
+    WORKSPACE.release()
+    op = importlib.import_module("actgen.ops.mish")
+    x = torch.randn(3000)
+
+    def inference():
+        with torch.inference_mode():
+            y = op.mish(x)
+        assert y.is_inference()
+        return y
+
+    def training():
+        xr = x.clone().requires_grad_()
+        y = op.mish(xr)
+        (g,) = torch.autograd.grad(y.sum(), xr)
+        return y.detach()
+
+    calls = (inference, training) if first == "inference" else (training, inference)
+    results = [f() for f in calls * 2]
+    for y in results:
+        torch.testing.assert_close(y, results[0], rtol=0, atol=0)

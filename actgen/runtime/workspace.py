@@ -32,10 +32,15 @@ class Workspace(threading.local):
         views = self.views.get((dtype, shape))
         if views is not None and len(views) >= count:
             return views
+        del views
+        with torch.inference_mode(False):       # normal tensors and views, usable in and out of it
+            return self._make(count, shape, dtype)
+
+    def _make(self, count, shape, dtype):
         numel = math.prod(shape)
         flat = self.flat.get(dtype)
         if flat is None or flat.numel() < count * numel:
-            del flat, views     # the smaller one goes first: never both at once
+            del flat            # the smaller one goes first: never both at once
             self.flat.pop(dtype, None)
             self.views = {k: v for k, v in self.views.items() if k[0] != dtype}
             flat = torch.empty(max(count * numel, 1), dtype=dtype)
