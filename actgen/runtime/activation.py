@@ -423,11 +423,11 @@ class Activation:
         if x.numel() <= self._chunk(x.dtype, wide, 0):     # one chunk: the tensors as they are
             args = self._eager_args(inputs, params, constants, channel_dim, rng, wide)
             xs = args[: self.n_inputs]
-            out = torch.empty(x.shape, dtype=x.dtype) if x.dtype == xs[0].dtype else None
+            out = torch.empty(x.shape, dtype=x.dtype, device=x.device) if x.dtype == xs[0].dtype else None
             y, borrowed = self._values(0, xs, args[self.n_inputs:], None, self._into_output(x.shape, out))
             return out if y is out else _output(y, inputs, borrowed)
         dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng, wide, 0)
-        out = torch.empty(dims, dtype=x.dtype)
+        out = torch.empty(dims, dtype=x.dtype, device=x.device)
         all_finite = self._all_finite(0, views)
         for index, channels in chunks:
             xs, rest, ws, _ = self._chunk_args(views, rs, ps, constants, index, channels, dt, 0)
@@ -454,8 +454,8 @@ class Activation:
         dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng, self.float64_backward, 1)
         g3 = grad.reshape(dims)
         n_in = self.n_inputs
-        grads = [torch.empty(dims, dtype=t.dtype) if needs[i] else None for i, t in enumerate(inputs)]
-        sums = [torch.zeros(p.numel(), dtype=dt) if needs[n_in + k] else None for k, p in enumerate(params)]
+        grads = [torch.empty(dims, dtype=t.dtype, device=x.device) if needs[i] else None for i, t in enumerate(inputs)]
+        sums = [torch.zeros(p.numel(), dtype=dt, device=x.device) if needs[n_in + k] else None for k, p in enumerate(params)]
         all_finite = self._all_finite(1, views)
         for index, channels in chunks:
             xs, rest, ws, (g, terms) = self._chunk_args(views, rs, ps, constants, index, channels, dt, 1)

@@ -1,7 +1,7 @@
 """The chunk-sized buffers the CPU fallback's fast variant computes in.
 
 The generated fast functions (actgen.printers.workspace) write every chunk-sized value into a
-buffer of the list they are given.  Those buffers are kept here between chunks and between
+buffer of the list they are given (CPU tensors: the fast variant runs on CPU chunks only).  Those buffers are kept here between chunks and between
 calls, per thread and per dtype, as views into one tensor of at most WORKSPACE_BYTES (the
 fallback sizes its chunks to fit: actgen.runtime.Activation.CHUNK_BYTES), so that a chunk's
 temporaries are memory already mapped and warm in cache, not fresh pages from the system.
@@ -43,7 +43,7 @@ class Workspace(threading.local):
             del flat            # the smaller one goes first: never both at once
             self.flat.pop(dtype, None)
             self.views = {k: v for k, v in self.views.items() if k[0] != dtype}
-            flat = torch.empty(max(count * numel, 1), dtype=dtype)
+            flat = torch.empty(max(count * numel, 1), dtype=dtype, device="cpu")
             self.flat[dtype] = flat
         if len(self.views) >= MAX_SHAPES:
             self.views.clear()
