@@ -299,3 +299,20 @@ def test_workspace_serves_inference_mode_and_autograd_alike(first):
     results = [f() for f in calls * 2]
     for y in results:
         torch.testing.assert_close(y, results[0], rtol=0, atol=0)
+
+
+def test_fallback_ignores_torch_default_device():
+    """CPU inputs get CPU outputs, gradients and buffers whatever torch's default device."""
+    op = importlib.import_module("actgen.ops.mish")
+    from actgen.runtime.workspace import WORKSPACE
+    x = torch.randn(5000).requires_grad_()
+    want = x.detach() * torch.tanh(torch.nn.functional.softplus(x.detach()))
+    WORKSPACE.release()
+    torch.set_default_device("meta")
+    try:
+        y = op.mish(x)
+        (g,) = torch.autograd.grad(y.sum(), x)
+    finally:
+        torch.set_default_device(None)
+    assert y.device.type == "cpu" and g.device.type == "cpu"
+    torch.testing.assert_close(y.detach(), want, rtol=1e-5, atol=1e-6)
