@@ -142,7 +142,7 @@ def _capped_lines(d: Derivation) -> list[str]:
     """Which outputs the CPU fast variant computes as capped ratios (actgen.derive.capped_ratio_form)."""
     lines = []
     for block, label in ((d.forward_fast, lambda n: "f"), (d.backward_fast, lambda n: "df/d" + n[2:])):
-        caps = {a for _, e in (block.assignments if block else ()) for a in e.atoms(CappedExp)}
+        caps = {a for _, e in ((*block.assignments, *block.outputs) if block else ()) for a in e.atoms(CappedExp)}
         if caps:
             u, hi32, hi64 = next(iter(caps)).args
             names = [label(n) for n, _ in block.outputs]
