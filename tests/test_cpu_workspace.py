@@ -180,6 +180,11 @@ def test_workspace_buffers_are_kept_distinct_and_per_thread():
     assert other[0] not in {b.data_ptr() for b in bigger}
     ws.release()
     assert ws.flat == {} and ws.views == {}
+    from actgen.runtime.workspace import WORKSPACE
+    WORKSPACE.buffers(2, (3,), torch.float32)
+    assert WORKSPACE.nbytes() > 0
+    rt.release_workspace()
+    assert WORKSPACE.nbytes() == 0
 
 
 class _ChunkAllocations(TorchDispatchMode):

@@ -7,6 +7,13 @@ import torch
 
 from .backend import HAS_TRITON, get_backend, set_backend, use_backend
 from .activation import Activation, as_tensor, vmap_by_loop
+from .workspace import WORKSPACE
+
+
+def release_workspace() -> None:
+    """Free this thread's CPU workspace (the fallback's reused chunk buffers, at most 8 MiB
+    per dtype); the next CPU call makes it again."""
+    WORKSPACE.release()
 
 
 #: softplus(u) = u + log1p(exp(-u)) is u to float64 precision above 40 (log1p(exp(-40)) = 4e-18),
@@ -256,7 +263,7 @@ def split_halves(t: torch.Tensor, dim: int, name: str):
 
 
 __all__ = [
-    "HAS_TRITON", "Activation", "as_tensor", "vmap_by_loop", "get_backend", "set_backend",
+    "HAS_TRITON", "Activation", "as_tensor", "vmap_by_loop", "get_backend", "set_backend", "release_workspace",
     "use_backend", "softplus", "clamp", "hypot", "sqrt_square_plus", "scalar_sqrt_square_plus",
     "scaled_input", "inverse_scale", "grown", "capped_exp",
     "scalar_sigmoid", "scalar_softplus", "split_halves", "limit_at_inf",
