@@ -236,9 +236,8 @@ def select(m, a, b, out=None):
         if a_number and a == 1.0:
             return _into(out, m)
         return m * a if out is None else torch.mul(m, a, out=out)
-    if a_number and a == 0.0:
-        return (1.0 - m) * b if out is None else torch.neg(m, out=out).add_(1.0).mul_(b)
     # lerp(b, a, w) is b + w*(a - b) for w < 0.5 and a - (1 - w)*(a - b) otherwise: b or a exactly
+    # (a = 0: +0.0 where m is 1, as torch.where gives; one pass)
     start, end = m.new_full((), b) if b_number else b, m.new_full((), a) if a_number else a
     return torch.lerp(start, end, m) if out is None else torch.lerp(start, end, m, out=out)
 
