@@ -28,7 +28,7 @@ UNARY = ["exp", "tanh", "sigmoid", "abs", "erf", "erfc", "log1p", "expm1", "sqrt
 
 
 def _leaf(rg, tensors_only=False):
-    pool = ["x", "y", "w"] + ([] if tensors_only else ["c", "0.5", "2.0", "-1.5", "3.0"])
+    pool = ["x", "y", "w"] + ([] if tensors_only else ["c", "0.5", "2.0", "-1.5", "3.0", "1.0", "0.0"])
     return rg.choice(pool)
 
 
@@ -67,6 +67,8 @@ def _expr(rg, depth, temps):
         return f"_rt.hypot({sub()}, {any_leaf()})"
     if kind == "capped":
         return f"_rt.capped_exp({sub()}, 1.5, 2.5)"
+    if rg.random() < 0.15:      # a mask as a value (relu's derivative)
+        return f"_rt.select(_rt.gt({sub()}, {any_leaf()}), 1.0, 0.0)"
     masks = [f"_rt.gt({sub()}, 0.0)", f"_rt.lt({sub()}, 1.0)", rg.choice(["True", "False", f"_rt.le({sub()}, -1.0)"])]
     m = rg.choice([f"_rt.mask_and({', '.join(masks)})", f"_rt.mask_or({', '.join(masks)})",
                    f"_rt.mask_not({masks[0]})", f"_rt.mask_and({masks[0]}, {masks[1]})"])

@@ -83,10 +83,10 @@ def _derivatives_torch_fast(x, w0, w1, w2, _w):
     _t8 = torch.tanh(x, out=_w[3])
     _t9 = _rt.fma(_t2, x, _rt.fma(_t1, _t8, torch.mul(_t0, _t7, out=_w[4]), out=_w[4]), out=_w[4]).div_(_t3).div_(_t3)
     _t10 = torch.exp(_t6, out=_w[5]).add_(1.0)
-    _d_x = _rt.fma(_t0, _rt.select(_t5, 1.0, 0.0, out=_w[8]), torch.add(_t6, w1, out=_w[6]).exp_().mul_(4.0).div_(torch.mul(_t10, _t10, out=_w[7])).add_(_t2), out=_w[8]).mul_(_t4)
-    _d_w0 = _rt.fma(_t4, _t7, torch.neg(_t9, out=_w[9]), out=_w[9]).mul_(_t0)
-    _d_w1 = _rt.fma(_t4, _t8, torch.neg(_t9, out=_w[10]), out=_w[10]).mul_(_t1)
-    _d_w2 = _rt.fma(_t4, x, torch.neg(_t9, out=_w[11]), out=_w[11]).mul_(_t2)
+    _d_x = _rt.fma(_t0, _t5, torch.add(_t6, w1, out=_w[7]).exp_().mul_(4.0).div_(torch.mul(_t10, _t10, out=_w[6])).add_(_t2), out=_w[7]).mul_(_t4)
+    _d_w0 = _rt.fma(_t4, _t7, torch.neg(_t9, out=_w[8]), out=_w[8]).mul_(_t0)
+    _d_w1 = _rt.fma(_t4, _t8, torch.neg(_t9, out=_w[9]), out=_w[9]).mul_(_t1)
+    _d_w2 = _rt.fma(_t4, x, torch.neg(_t9, out=_w[10]), out=_w[10]).mul_(_t2)
     return _rt.finite_or_none((_d_x, _d_w0, _d_w1, _d_w2,))
 
 
@@ -212,7 +212,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(3, 12),
+    fast_buffers=(3, 11),
     fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

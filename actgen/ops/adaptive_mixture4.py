@@ -93,11 +93,11 @@ def _derivatives_torch_fast(x, w0, w1, w2, w3, _w):
     _t11 = torch.tanh(x, out=_w[5])
     _t12 = _rt.fma(_t2, x, _rt.fma(_t1, _t11, _rt.fma(_t0, _t10, _t7, out=_w[6]), out=_w[6]), out=_w[6]).div_(_t4).div_(_t4)
     _t13 = torch.exp(_t9, out=_w[7]).add_(1.0)
-    _d_x = _rt.fma(_t7, torch.neg(x, out=_w[11]).sigmoid_(), _rt.fma(_t0, _rt.select(_t8, 1.0, 0.0, out=_w[8]), torch.add(_t9, w1, out=_w[9]).exp_().mul_(4.0).div_(torch.mul(_t13, _t13, out=_w[10])).add_(_t2), out=_w[8]), out=_w[11]).mul_(_t5)
-    _d_w0 = _rt.fma(_t10, _t5, torch.neg(_t12, out=_w[12]), out=_w[12]).mul_(_t0)
-    _d_w1 = _rt.fma(_t11, _t5, torch.neg(_t12, out=_w[13]), out=_w[13]).mul_(_t1)
-    _d_w2 = _rt.fma(_t5, x, torch.neg(_t12, out=_w[14]), out=_w[14]).mul_(_t2)
-    _d_w3 = _rt.fma(_t5, _t6, torch.neg(_t12, out=_w[15]), out=_w[15]).mul_(_t3)
+    _d_x = _rt.fma(_t7, torch.neg(x, out=_w[10]).sigmoid_(), _rt.fma(_t0, _t8, torch.add(_t9, w1, out=_w[8]).exp_().mul_(4.0).div_(torch.mul(_t13, _t13, out=_w[9])).add_(_t2), out=_w[8]), out=_w[10]).mul_(_t5)
+    _d_w0 = _rt.fma(_t10, _t5, torch.neg(_t12, out=_w[11]), out=_w[11]).mul_(_t0)
+    _d_w1 = _rt.fma(_t11, _t5, torch.neg(_t12, out=_w[12]), out=_w[12]).mul_(_t1)
+    _d_w2 = _rt.fma(_t5, x, torch.neg(_t12, out=_w[13]), out=_w[13]).mul_(_t2)
+    _d_w3 = _rt.fma(_t5, _t6, torch.neg(_t12, out=_w[14]), out=_w[14]).mul_(_t3)
     return _rt.finite_or_none((_d_x, _d_w0, _d_w1, _d_w2, _d_w3,))
 
 
@@ -250,7 +250,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(4, 16),
+    fast_buffers=(4, 15),
     fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

@@ -46,7 +46,7 @@ def _forward_torch_fast(a, b, _w):
 def _derivatives_torch_fast(a, b, _w):
     """df/da, df/db on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = _rt.gt(a, 0.0, out=_w[0])
-    _d_a = _rt.select(_t0, 1.0, 0.0, out=_w[1]).mul_(b)
+    _d_a = torch.mul(b, _t0, out=_w[1])
     _d_b = _rt.select(_t0, a, 0.0, out=_w[2])
     return _rt.finite_or_none((_d_a, _d_b,))
 

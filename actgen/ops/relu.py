@@ -42,7 +42,7 @@ def _forward_torch_fast(x, _w):
 
 def _derivatives_torch_fast(x, _w):
     """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _d_x = _rt.select(_rt.gt(x, 0.0, out=_w[0]), 1.0, 0.0, out=_w[1])
+    _d_x = _rt.gt(x, 0.0, out=_w[0])
     return _rt.finite_or_none((_d_x,))
 
 
@@ -93,7 +93,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(2, 2),
+    fast_buffers=(2, 1),
     fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

@@ -46,7 +46,7 @@ def _forward_torch_fast(x, lambd, _w):
 
 def _derivatives_torch_fast(x, lambd, _w):
     """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _d_x = _rt.select(_rt.mask_or(_rt.lt(lambd, x, out=_w[2]), _rt.lt(lambd, torch.neg(x, out=_w[0]), out=_w[0]), out=_w[1]), 1.0, 0.0, out=_w[2])
+    _d_x = _rt.mask_or(_rt.lt(lambd, x, out=_w[0]), _rt.lt(lambd, torch.neg(x, out=_w[1]), out=_w[1]), out=_w[2])
     return _rt.finite_or_none((_d_x,))
 
 

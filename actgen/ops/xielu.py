@@ -58,7 +58,7 @@ def _derivatives_torch_fast(x, alpha_p, alpha_n, beta, eps, _w):
     _t0 = _rt.gt(x, 0.0, out=_w[0])
     _t1 = _rt.gt(eps, x, out=_w[1])
     _t2 = _rt.select(_t1, x, eps, out=_w[2])
-    _d_x = _rt.select(_t0, torch.mul(x, 2.0, out=_w[3]).mul_(_rt.softplus(alpha_p)).add_(beta), _rt.fma(beta + _rt.softplus(alpha_n), _rt.fma(_rt.select(_t1, 1.0, 0.0, out=_w[4]), torch.exp(_t2, out=_w[5]), -1.0, out=_w[4]), beta, out=_w[4]), out=_w[5])
+    _d_x = _rt.select(_t0, torch.mul(x, 2.0, out=_w[3]).mul_(_rt.softplus(alpha_p)).add_(beta), _rt.fma(beta + _rt.softplus(alpha_n), _rt.fma(_t1, torch.exp(_t2, out=_w[4]), -1.0, out=_w[4]), beta, out=_w[4]), out=_w[5])
     _d_alpha_p = _rt.select(_t0, torch.mul(x, x, out=_w[1]).mul_(torch.sigmoid(alpha_p)), 0.0, out=_w[6])
     _d_alpha_n = _rt.select(_t0, 0.0, torch.neg(x, out=_w[1]).add_(torch.expm1(_t2, out=_w[7])).mul_(torch.sigmoid(alpha_n)), out=_w[7])
     return _rt.finite_or_none((_d_x, _d_alpha_p, _d_alpha_n,))

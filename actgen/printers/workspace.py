@@ -119,6 +119,8 @@ class _Emitter:
             module, _, name = func.partition(".")
             if module == "torch" and name in UNARY and len(node.args) == 1:
                 return self._unary(name, self.value(node.args[0]))
+            if module == "_rt" and name == "select" and [ast.unparse(a) for a in node.args[1:]] == ["1.0", "0.0"]:
+                return self.value(node.args[0])         # the 0/1 mask itself, bit for bit
             if module == "_rt" and name in RUNTIME_OUT:
                 return self._runtime(name, [self.value(a) for a in node.args])
         raise WorkspaceError(f"no workspace form for {ast.unparse(node)}")
