@@ -1532,10 +1532,16 @@ def strip_guards(expr: sympy.Expr) -> sympy.Expr:
     return expr
 
 
+def has_guards(exprs) -> bool:
+    """Whether any of the expressions has a NaN/inf guard or a branch (what fast_variant drops
+    or turns into float masks)."""
+    return any(e.has(NanGuard, InfGuard, LimitAtInf, sympy.Piecewise) for e in exprs)
+
+
 def fast_variant(outputs: Sequence[tuple[str, sympy.Expr]]) -> Block | None:
     """The guard-free block for finite inputs, or None where it would gain nothing (no guard
     and no branch) or a condition depends on a branch choice."""
-    if not any(e.has(NanGuard, InfGuard, LimitAtInf, sympy.Piecewise) for _, e in outputs):
+    if not has_guards(e for _, e in outputs):
         return None
     stripped = [(n, strip_guards(e)) for n, e in outputs]
     for _, e in stripped:
@@ -1738,8 +1744,7 @@ def capped_caps(capped, fast: Block, slopes, inputs, values, tensors) -> tuple |
         top = min(int(a.args[1 + k]) for _, e in capped for a in e.atoms(CappedExp))
         theirs = precision.measure_against(fast, fast, names, slopes, inputs, values, tensors, dtype)
         for cap in [c for c in CAP_STEPS if c < top] + [top]:
-            caps = (cap, cap) if not found else (found[0], cap)
-            block = make_block([(n, e.replace(CappedExp, lambda u, *_: CappedExp(u, *caps))) for n, e in capped])
+            block = capped_block(capped, (cap, cap) if not found else (found[0], cap))
             mine = precision.measure_against(block, fast, names, slopes, inputs, values, tensors, dtype)
             if all(_as_accurate(mine[n], theirs[n], limit, dtype == np.float32) for n in names):
                 found.append(cap)
@@ -1747,6 +1752,11 @@ def capped_caps(capped, fast: Block, slopes, inputs, values, tensors) -> tuple |
         else:
             return None
     return tuple(found)
+
+
+def capped_block(capped, caps: tuple) -> Block:
+    """The block of capped outputs with every CappedExp at caps (float32 cap, float64 cap)."""
+    return make_block([(n, e.replace(CappedExp, lambda u, *_: CappedExp(u, *caps))) for n, e in capped])
 
 
 def _as_accurate(mine: np.ndarray, theirs: np.ndarray, limit: float, mean: bool) -> bool:
@@ -1882,9 +1892,7 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
         if not changed or _cpu_cost(make_block(capped)) >= _cpu_cost(fast):
             return fast
         caps = capped_caps(capped, fast, slopes, inputs, values, tensors)
-        if caps is None:
-            return fast
-        return make_block([(n, e.replace(CappedExp, lambda u, *_: CappedExp(u, *caps))) for n, e in capped])
+        return fast if caps is None else capped_block(capped, caps)
 
     forward_outputs, forward, kernel_forward = blocks([("y", expr)])
     backward_outputs, backward, kernel_backward = blocks([(f"d_{n}", e) for n, e in first])

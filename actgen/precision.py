@@ -222,9 +222,9 @@ def evaluate_block(block, env: Mapping[sympy.Symbol, np.ndarray], dtype, tensors
     return {name: evaluate(value, env, dtype, tensors) for name, value in block.outputs}
 
 
-def float32_ulps(computed: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """|computed - truth| in float32 ULPs of the truth."""
-    spacing = np.spacing(np.abs(truth).astype(np.float32)).astype(np.float64)
+def ulps(computed: np.ndarray, truth: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """|computed - truth| in ULPs of the truth in dtype."""
+    spacing = np.spacing(np.abs(truth).astype(dtype)).astype(np.float64)
     return np.abs(computed.astype(np.float64) - truth) / spacing
 
 
@@ -255,16 +255,18 @@ def points(inputs: Sequence[sympy.Symbol], xs: np.ndarray | None = None) -> dict
     return dict(zip(inputs, cols))
 
 
-def errors(got: np.ndarray, truth: np.ndarray, cond: np.ndarray) -> np.ndarray:
-    """The error of float32 results against float64 ones, in ULPs divided by the condition
-    number where that is above 1: inf where the result is not finite, 0 where the point is
-    not scored (the float64 value or the condition number not finite, or the value below
-    UNDERFLOW or beyond float32's range)."""
+def errors(got: np.ndarray, truth: np.ndarray, cond: np.ndarray, dtype=np.float32,
+           not_finite: float = np.inf) -> np.ndarray:
+    """The error of results in dtype (float32 unless given) against float64 ones, in ULPs of
+    dtype divided by the condition number where that is above 1: `not_finite` (inf unless
+    given) where the result is not finite, 0 where the point is not scored (the float64
+    value or the condition number not finite, or the value below UNDERFLOW or beyond dtype's
+    range)."""
     with np.errstate(all="ignore"):
         scored = np.isfinite(truth) & np.isfinite(cond) & (np.abs(truth) >= UNDERFLOW)
-        scored &= np.abs(truth) <= np.finfo(np.float32).max
-        err = np.where(scored, float32_ulps(got, truth) / np.maximum(1.0, cond), 0.0)
-        return np.where(scored & ~np.isfinite(got), np.inf, err)
+        scored &= np.abs(truth) <= np.finfo(dtype).max
+        err = np.where(scored, ulps(got, truth, dtype) / np.maximum(1.0, cond), 0.0)
+        return np.where(scored & ~np.isfinite(got), not_finite, err)
 
 
 def condition(value: np.ndarray, slopes: Sequence[tuple[sympy.Symbol, sympy.Expr]], env64) -> np.ndarray:
@@ -308,6 +310,16 @@ def float64_notes(d) -> list[str]:
     return notes
 
 
+def _environments(inputs: Sequence[sympy.Symbol], values: Mapping[sympy.Symbol, float], xs: np.ndarray | None):
+    """(the points, the float32 and float64 environments there): the grid (or xs) over the
+    inputs (points), params and constants at `values`."""
+    at = points(inputs, xs)
+    n = len(next(iter(at.values())))
+    env32 = at | {s: np.full(n, v, dtype=np.float32) for s, v in values.items()}
+    env64 = {s: v.astype(np.float64) for s, v in env32.items()}
+    return at, env32, env64
+
+
 def measure(block, outputs: Sequence[str], slopes: Mapping[str, Sequence[tuple[sympy.Symbol, sympy.Expr]]],
             inputs: Sequence[sympy.Symbol], values: Mapping[sympy.Symbol, float], tensors=None,
             xs: np.ndarray | None = None) -> list[Measured]:
@@ -315,10 +327,7 @@ def measure(block, outputs: Sequence[str], slopes: Mapping[str, Sequence[tuple[s
     [(datum, d output / d datum)] for the condition number (none: 1); params and constants
     at `values`; with tensors, with the generated code's fused multiply-adds (see evaluate).  Empty where
     the evaluator does not know a part of the block.  xs: the first input's values (default: grid())."""
-    at = points(inputs, xs)
-    n = len(next(iter(at.values())))
-    env32 = at | {s: np.full(n, v, dtype=np.float32) for s, v in values.items()}
-    env64 = {s: v.astype(np.float64) for s, v in env32.items()}
+    at, env32, env64 = _environments(inputs, values, xs)
     try:
         got, truth = evaluate_block(block, env32, np.float32, tensors), evaluate_block(block, env64, np.float64)
         conds = {name: condition(truth[name], slopes.get(name, ()), env64) for name in outputs}
@@ -341,28 +350,14 @@ def measure_against(block, truth_block, outputs: Sequence[str], slopes, inputs: 
     dtype divided by the condition number, at each point of grid() and dense_grid(); inf
     where the evaluator does not know a part.  A value that is not finite is not scored: the
     CPU fast variant hands such a chunk to the guarded function, which is the truth here."""
-    xs = np.unique(np.concatenate([grid(), dense_grid()]))
-    at = points(inputs, xs)
-    n = len(next(iter(at.values())))
-    env32 = at | {s: np.full(n, v, dtype=np.float32) for s, v in values.items()}
-    env64 = {s: v.astype(np.float64) for s, v in env32.items()}
+    _, env32, env64 = _environments(inputs, values, np.unique(np.concatenate([grid(), dense_grid()])))
     try:
         got = evaluate_block(block, env32 if dtype == np.float32 else env64, dtype, tensors)
         truth = evaluate_block(truth_block, env64, np.float64)
         conds = {name: condition(truth[name], slopes.get(name, ()), env64) for name in outputs}
     except Unknown:
         return {name: np.array([math.inf]) for name in outputs}
-    out = {}
-    with np.errstate(all="ignore"):
-        for name in outputs:
-            t, g = truth[name], got[name].astype(np.float64)
-            scored = np.isfinite(t) & np.isfinite(conds[name]) & (np.abs(t) >= UNDERFLOW)
-            scored &= np.abs(t) <= np.finfo(dtype).max
-            spacing = np.spacing(np.abs(t).astype(dtype)).astype(np.float64)
-            scored &= np.isfinite(g)
-            err = np.where(scored, np.abs(g - t) / spacing / np.maximum(1.0, conds[name]), 0.0)
-            out[name] = err
-    return out
+    return {name: errors(got[name], truth[name], conds[name], dtype, not_finite=0.0) for name in outputs}
 
 
 def worst_between(block, outputs: Sequence[str], slopes, inputs, values, tensors) -> float:

@@ -6,7 +6,7 @@ import re
 
 import sympy
 
-from ..derive import COSTLY_CALLS, Block, CappedExp, Derivation, InfGuard, LimitAtInf, NanGuard, Saturate, ScaledInput, draw_lines
+from ..derive import COSTLY_CALLS, Block, CappedExp, Derivation, Saturate, ScaledInput, draw_lines, has_guards
 from ..precision import float64_notes
 from ..printers import TorchPrinter, TritonPrinter
 from ..printers.workspace import WORKSPACE, workspace_statements
@@ -245,13 +245,9 @@ def fast_block(guarded: Block, fast: Block | None) -> tuple[Block | None, bool]:
     """(the block of the CPU fallback's fast variant, whether it runs on any input): the
     guarded block itself where it has no guards, else its guard-free form for finite inputs
     (actgen.derive.fast_variant), if it has one."""
-    if not _has_guards(guarded):
+    if not has_guards(e for _, e in (*guarded.assignments, *guarded.outputs)):
         return guarded, True
     return fast, False
-
-
-def _has_guards(block: Block) -> bool:
-    return any(e.has(NanGuard, InfGuard, LimitAtInf, sympy.Piecewise) for _, e in (*block.assignments, *block.outputs))
 
 
 def _fast_function(w: Writer, d: Derivation, fname: str, what: str, guarded: Block, fast: Block | None,

@@ -173,8 +173,9 @@ class _Emitter:
 def workspace_statements(statements: Sequence[tuple[str, str]], chunk_names: Iterable[str],
                          tensor_names: Iterable[str], outputs: Sequence[str]) -> tuple[list[tuple[str, str]], int]:
     """(target, printed expression) statements, in order, rewritten onto the workspace: the
-    new statements and the number of buffers they use (the outputs' last).  chunk_names: the chunk-shaped tensors
-    on entry (inputs, draws); tensor_names: the other tensors (params; the rest are numbers);
+    new statements and the number of buffers they use (the outputs' last).  chunk_names: the
+    chunk-shaped tensors on entry (inputs, draws); tensor_names: the other tensors (params;
+    the rest are numbers);
     outputs: the targets returned, in order.  A target whose value has the chunk's shape
     holds its buffer until its last use; the j-th output that is computed (not a name or a
     number) is computed in the buffer after all the others, _w[count + j], where the caller

@@ -31,7 +31,8 @@ def softplus(u: torch.Tensor, out=None) -> torch.Tensor:
 
 def _into(out, value):
     """value, written into out where out is given (the CPU fast variant's workspace buffer,
-    actgen.printers.workspace): a function called with out= always leaves its value there."""
+    actgen.printers.workspace): a function called with out= always leaves its value there (a
+    Python bool as 1.0 or 0.0)."""
     if out is None or value is out:
         return value
     return out.copy_(value) if isinstance(value, torch.Tensor) else out.fill_(value)
@@ -201,8 +202,8 @@ def mask_and(*masks, out=None):
             else:
                 value = torch.mul(value, m, out=out) if out is not None else value * m
         elif not m:
-            return _into(out, 0.0) if out is not None else False
-    return _into(out, value) if not isinstance(value, bool) or out is None else _into(out, 1.0)
+            return _into(out, False)
+    return _into(out, value)
 
 
 def mask_or(*masks, out=None):
@@ -215,14 +216,14 @@ def mask_or(*masks, out=None):
             else:
                 value = torch.maximum(value, m, out=out) if out is not None else torch.maximum(value, m)
         elif m:
-            return _into(out, 1.0) if out is not None else True
-    return _into(out, value) if not isinstance(value, bool) or out is None else _into(out, 0.0)
+            return _into(out, True)
+    return _into(out, value)
 
 
 def mask_not(m, out=None):
     """Negation of a float 0/1 mask (or a Python bool)."""
     if not isinstance(m, torch.Tensor):
-        return not m if out is None else _into(out, float(not m))
+        return _into(out, not m)
     return 1.0 - m if out is None else torch.neg(m, out=out).add_(1.0)
 
 

@@ -423,7 +423,9 @@ class Activation:
         if x.numel() <= self._chunk(x.dtype, wide, 0):     # one chunk: the tensors as they are
             args = self._eager_args(inputs, params, constants, channel_dim, rng, wide)
             xs = args[: self.n_inputs]
-            out = torch.empty(x.shape, dtype=x.dtype, device=x.device) if x.dtype == xs[0].dtype else None
+            out = None              # the fast variant computes its result in the output itself
+            if self.forward_torch_fast is not None and x.dtype == xs[0].dtype:
+                out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
             y, borrowed = self._values(0, xs, args[self.n_inputs:], None, self._into_output(x.shape, out))
             return out if y is out else _output(y, inputs, borrowed)
         dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng, wide, 0)
@@ -442,7 +444,7 @@ class Activation:
     def _into_output(self, shape, out):
         """The forward's fast variant's buffers for one chunk of shape, its result's (the last)
         being out where out is given (the output itself: no copy)."""
-        if out is None or self.forward_torch_fast is None:
+        if out is None:
             return None
         ws = WORKSPACE.buffers(self.fast_buffers[0], shape, out.dtype)
         return ws[: self.fast_buffers[0] - 1] + [out]

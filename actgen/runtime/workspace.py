@@ -1,11 +1,11 @@
 """The chunk-sized buffers the CPU fallback's fast variant computes in.
 
 The generated fast functions (actgen.printers.workspace) write every chunk-sized value into a
-buffer of the list they are given (CPU tensors: the fast variant runs on CPU chunks only).  Those buffers are kept here between chunks and between
-calls, per thread and per dtype, as views into one tensor of at most WORKSPACE_BYTES (the
-fallback sizes its chunks to fit: actgen.runtime.Activation.CHUNK_BYTES), so that a chunk's
-temporaries are memory already mapped and warm in cache, not fresh pages from the system.
-`release()` lets them go.
+buffer of the list they are given (CPU tensors: the fast variant runs on CPU chunks only).
+Those buffers are kept here between chunks and between calls, per thread and per dtype, as
+views into one tensor of at most WORKSPACE_BYTES (the fallback sizes its chunks to fit:
+actgen.runtime.Activation.CHUNK_BYTES), so that a chunk's temporaries are memory already
+mapped and warm in cache, not fresh pages from the system.  `release()` lets them go.
 """
 from __future__ import annotations
 
