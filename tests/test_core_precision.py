@@ -277,6 +277,10 @@ def test_fallback_prints_sums_of_two_tensor_products_as_fused_multiply_adds():
     assert p.doprint(X * (X * (X + 4) + y) + 1) == "_rt.fma(x, _rt.fma(x, x + 4.0, y), 1.0)"
     assert "fma" not in p.doprint(2 * X + y) and "fma" not in p.doprint(c * X + y)
     assert "fma" not in p.doprint(X * y * c + 1) and "fma" not in p.doprint(c * c + 1)
+    # a number times two tensors: torch.addcmul's value (c*a rounded, then one fused multiply-add)
+    assert p.doprint(sympy.Float(0.5) * X * y + 2) == "_rt.fma(x, y, 2.0, 0.5)"
+    assert p.doprint(3 - X * y / 4) == "_rt.fnma(x, y, 3.0, 0.25)"
+    assert p.doprint(X * y + sympy.Float(0.5) * X * X) == "_rt.fma(x, y, 0.5*x*x)"     # an unscaled product first
 
 
 def test_kernels_print_the_same_sums_as_tl_fma():
@@ -291,6 +295,8 @@ def test_kernels_print_the_same_sums_as_tl_fma():
     assert p.doprint(X * (X * (X + 4) + y) + 1) == "tl.fma(x, tl.fma(x, x + 4.0, y), 1.0)"
     assert p.doprint(X * y + sympy.Float(0.1)) == "tl.fma(x, y, tl.full([], 0.1, ACC))"
     assert "fma" not in p.doprint(2 * X + y) and "fma" not in p.doprint(c * X + y)
+    assert p.doprint(sympy.Float(0.5) * X * y + 2) == "tl.fma(0.5*x, y, 2.0)"
+    assert p.doprint(3 - X * y / 4) == "tl.fma(-(0.25*x), y, 3.0)"
 
 
 @pytest.mark.parametrize("negative", [False, True])
@@ -311,3 +317,9 @@ def test_runtime_fma_rounds_once(negative):
     assert torch.equal(got, exact)
     assert not torch.equal(sign * (a * b) + c, exact)
     assert torch.equal(rt.fma(a, b, 0.25), (a.double() * b.double() + 0.25).float())
+    # with a scale: (scale*a) rounded to float32, then the same single rounding
+    scale = 0.3989422804014327
+    sa = (a.double() * torch.tensor(scale, dtype=torch.float32).double()).float()
+    exact = (sign * sa.double() * b.double() + c.double()).float()
+    got = rt.fnma(a, b, c, scale) if negative else rt.fma(a, b, c, scale)
+    assert torch.equal(got, exact)

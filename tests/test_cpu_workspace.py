@@ -55,7 +55,8 @@ def _expr(rg, depth, temps):
     if kind == "unary":
         return f"torch.{rg.choice(UNARY)}({sub()})"
     if kind in ("fma", "fnma"):
-        return f"_rt.{kind}({sub()}, {rg.choice([sub(), _leaf(rg, True)])}, {any_leaf()})"
+        scale = rg.choice(["", "", ", 0.375", ", 1.4142135623730951"])     # (scale*a)*b + c
+        return f"_rt.{kind}({sub()}, {rg.choice([sub(), _leaf(rg, True)])}, {any_leaf()}{scale})"
     if kind == "select":
         cmp = rg.choice(["gt", "ge", "lt", "le"])
         return f"_rt.select(_rt.{cmp}({sub()}, {any_leaf()}), {any_leaf()}, {any_leaf()})"
@@ -136,6 +137,22 @@ def test_buffers_are_reused_only_when_dead():
     assert text["_t1"] == "torch.add(_t0, 2.0, out=_w[1]).mul_(_t0)"
     assert text["_t2"] == "torch.sub(_t1, x, out=_w[0])"        # _t0 is dead after _t1
     assert count == 3
+
+
+def test_a_negated_product_folds_its_number():
+    """-(c*a*b) is (-c)*a*b and -(c*a/b) is (-c)*a/b: no negation pass, bit for bit."""
+    statements = [("_y", "-(0.5*x*y)"), ("_z", "-(1.5*x/y)"), ("_v", "-(x*y)")]
+    rewritten, count = workspace_statements(statements, ["x", "y"], [], ["_y", "_z", "_v"])
+    text = dict(rewritten)
+    assert text["_y"].startswith("torch.mul(x, -0.5, out=") and "neg" not in text["_y"]
+    assert text["_z"].startswith("torch.mul(x, -1.5, out=") and "neg" not in text["_z"]
+    assert "neg_()" in text["_v"]
+    plain = _function("plain", statements, ["_y", "_z", "_v"], ["x", "y"])
+    fast = _function("fast", rewritten, ["_y", "_z", "_v"], ["x", "y", "_w"])
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(2, 1000, generator=gen) * 7
+    for g, w in zip(fast(x, y, [torch.empty(1000) for _ in range(count)]), plain(x, y)):
+        _bitwise(g, w)
 
 
 def test_unknown_call_is_refused():

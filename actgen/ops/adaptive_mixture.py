@@ -106,7 +106,7 @@ def _second_derivatives_torch(x, w0, w1, w2):
     _t11 = torch.exp(_t0 + w1)
     _t12 = torch.where(_t4, x.new_full((), 1.0), 0.0)
     _t13 = 1.0/(_t9*_t9)
-    _t14 = _t13*_rt.fma(_t12, _t6, 4.0*_t11*_t3 + _t8)
+    _t14 = _t13*_rt.fma(_t12, _t6, _rt.fma(_t11, _t3, _t8, 4.0))
     _t15 = torch.where(_t4, x, 0.0)
     _t16 = torch.tanh(x)
     _t17 = _rt.fma(_t8, x, _rt.fma(_t16, _t7, _t15*_t6))
@@ -118,7 +118,7 @@ def _second_derivatives_torch(x, w0, w1, w2):
     _t23 = -(2.0*_t17*_t20)
     _t24 = _t19 + _t23
     _t25 = _t13*x
-    _d2_x_x = torch.where(torch.isnan(x), x, _t10*_t11*(16.0*_t1*_t5/(_t2*_t2*_t2) - 8.0*_t3*_t5))
+    _d2_x_x = torch.where(torch.isnan(x), x, _t10*_t11*_rt.fnma(_t3, _t5, 16.0*_t1*_t5/(_t2*_t2*_t2), 8.0))
     _d2_x_w0 = torch.where(torch.isnan(x), x, _t6*_rt.fma(_t10, _t12, -_t14))
     _d2_x_w1 = torch.where(torch.isnan(x), x, _rt.fnma(_t14, _t7, 4.0*_t10*_t11*_t3))
     _d2_x_w2 = torch.where(torch.isnan(x), x, _t8*(_t10 - _t14))

@@ -136,7 +136,7 @@ def _second_derivatives_torch(x, w0, w1, w2, w3):
     _t30 = _t18*x
     _t31 = _t18*_t7
     _t32 = _t27 + _t28
-    _d2_x_x = torch.where(torch.isnan(x), x, _t5*(-(8.0*_t13*_t16) - _t3*_t6*_t7*_t7 + _t6*_t6*_t8 + 16.0*_t13*torch.exp(-(4.0*_t9) + w1)/(_t11*_t11*_t11)))
+    _d2_x_x = torch.where(torch.isnan(x), x, _t5*_rt.fnma(_t13, _t16, -(_t3*_t6*_t7*_t7) + _t6*_t6*_t8 + 16.0*_t13*torch.exp(-(4.0*_t9) + w1)/(_t11*_t11*_t11), 8.0))
     _d2_x_w0 = torch.where(torch.isnan(x), x, _t0*_rt.fma(_t17, _t5, -_t19))
     _d2_x_w1 = torch.where(torch.isnan(x), x, _rt.fnma(_t1, _t19, 4.0*_t14*_t15*_t5))
     _d2_x_w2 = torch.where(torch.isnan(x), x, _t2*(-_t19 + _t5))

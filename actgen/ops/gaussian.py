@@ -49,7 +49,7 @@ def _forward_torch_fast(x, _w):
 def _derivatives_torch_fast(x, _w):
     """df/dx on the workspace _w (CPU chunks)."""
     _clamped_x = _rt.clamp(x, -32.0, 32.0, out=_w[0])
-    _d_x = torch.mul(_clamped_x, 2.0, out=_w[2]).mul_(torch.mul(_clamped_x, _clamped_x, out=_w[1]).neg_().exp_()).neg_()
+    _d_x = torch.mul(_clamped_x, -2.0, out=_w[2]).mul_(torch.mul(_clamped_x, _clamped_x, out=_w[1]).neg_().exp_())
     return (_d_x,)
 
 

@@ -34,7 +34,7 @@ def _forward_torch(a, b):
 def _derivatives_torch(a, b):
     """df/da, df/db."""
     _clamped_a = _rt.clamp(a, -64.0, 16.0)
-    _d_a = 0.5*b*(0.7978845608028654*_clamped_a*torch.exp(-(0.5*_clamped_a*_clamped_a)) + torch.erfc(-(0.7071067811865476*_clamped_a)))
+    _d_a = 0.5*b*_rt.fma(_clamped_a, torch.exp(-(0.5*_clamped_a*_clamped_a)), torch.erfc(-(0.7071067811865476*_clamped_a)), 0.7978845608028654)
     _d_b = torch.where(a == -math.inf, 0.0, 0.5*a*torch.erfc(-(0.7071067811865476*a)))
     return (_d_a, _d_b,)
 
@@ -48,7 +48,7 @@ def _forward_torch_fast(a, b, _w):
 def _derivatives_torch_fast(a, b, _w):
     """df/da, df/db on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
     _clamped_a = _rt.clamp(a, -64.0, 16.0, out=_w[0])
-    _d_a = torch.mul(b, 0.5, out=_w[4]).mul_(torch.mul(_clamped_a, 0.7978845608028654, out=_w[2]).mul_(torch.mul(_clamped_a, 0.5, out=_w[3]).mul_(_clamped_a).neg_().exp_()).add_(torch.mul(_clamped_a, -0.7071067811865476, out=_w[3]).erfc_()))
+    _d_a = torch.mul(b, 0.5, out=_w[4]).mul_(_rt.fma(_clamped_a, torch.mul(_clamped_a, -0.5, out=_w[2]).mul_(_clamped_a).exp_(), torch.mul(_clamped_a, -0.7071067811865476, out=_w[3]).erfc_(), 0.7978845608028654, out=_w[2]))
     _d_b = torch.mul(a, 0.5, out=_w[5]).mul_(torch.mul(a, -0.7071067811865476, out=_w[1]).erfc_())
     return (_d_a, _d_b,)
 
@@ -58,7 +58,7 @@ def _second_derivatives_torch(a, b):
     _t0 = a*a
     _t1 = torch.exp(-(0.5*_t0))
     _d2_a_a = _t1*b*(-(0.3989422804014327*_t0) + 0.7978845608028654)
-    _d2_a_b = 0.3989422804014327*_t1*a + 0.5*torch.erfc(-(0.7071067811865476*a))
+    _d2_a_b = _rt.fma(_t1, a, 0.5*torch.erfc(-(0.7071067811865476*a)), 0.3989422804014327)
     _d2_b_b = 0.0
     return (_d2_a_a, _d2_a_b, _d2_b_b,)
 
@@ -92,7 +92,7 @@ if _rt.HAS_TRITON:
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_a = tl.clamp(a, -64.0, 16.0, propagate_nan=tl.PropagateNan.ALL)
-        _d_a = 0.5*b*(0.7978845608028654*_clamped_a*_exp(-(0.5*_clamped_a*_clamped_a), FAST) + _erfc(-(0.7071067811865476*_clamped_a), FAST))
+        _d_a = 0.5*b*tl.fma(0.7978845608028654*_clamped_a, _exp(-(0.5*_clamped_a*_clamped_a), FAST), _erfc(-(0.7071067811865476*_clamped_a), FAST))
         _d_b = tl.where(a == -float("inf"), 0.0, 0.5*a*_erfc(-(0.7071067811865476*a), FAST))
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)

@@ -30,7 +30,7 @@ SPEC_SHA256 = 'a5b49c52498184eb2c37fa23992bf0431ecebf07f06d61fdf82ec94d15c98f7e'
 def _forward_torch(a, b):
     """f, elementwise; params broadcast against the input."""
     _clamped_a = _rt.clamp(a, -32.0, None)
-    _y = _clamped_a*b*torch.sigmoid(1.5957691216057308*_clamped_a*(0.044715*_clamped_a*_clamped_a + 1.0))
+    _y = _clamped_a*b*torch.sigmoid(1.5957691216057308*_clamped_a*_rt.fma(_clamped_a, _clamped_a, 1.0, 0.044715))
     return _y
 
 
@@ -49,7 +49,7 @@ def _derivatives_torch(a, b):
 def _forward_torch_fast(a, b, _w):
     """f on the workspace _w (CPU chunks)."""
     _clamped_a = _rt.clamp(a, -32.0, None, out=_w[0])
-    _y = torch.mul(_clamped_a, b, out=_w[3]).mul_(torch.mul(_clamped_a, 1.5957691216057308, out=_w[1]).mul_(torch.mul(_clamped_a, 0.044715, out=_w[2]).mul_(_clamped_a).add_(1.0)).sigmoid_())
+    _y = torch.mul(_clamped_a, b, out=_w[3]).mul_(torch.mul(_clamped_a, 1.5957691216057308, out=_w[1]).mul_(_rt.fma(_clamped_a, _clamped_a, 1.0, 0.044715, out=_w[2])).sigmoid_())
     return _y
 
 
@@ -74,7 +74,7 @@ def _second_derivatives_torch(a, b):
     _t4 = torch.sigmoid(_t2)
     _t5 = 0.134145*_t0 + 1.0
     _t6 = _t1*_t3*_t5 + 1.0
-    _d2_a_a = _t3*_t4*b*(0.6421933464534022*_t0 - 2.5464790894703255*_t4*_t5*_t5*a + 1.5957691216057308*_t5*_t6 + 1.5957691216057308)
+    _d2_a_a = _t3*_t4*b*_rt.fma(_t5, _t6, 0.6421933464534022*_t0 - 2.5464790894703255*_t4*_t5*_t5*a + 1.5957691216057308, 1.5957691216057308)
     _d2_a_b = _t4*_t6
     _d2_b_b = 0.0
     return (_d2_a_a, _d2_a_b, _d2_b_b,)
@@ -96,7 +96,7 @@ if _rt.HAS_TRITON:
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_a = tl.maximum(a, -32.0, propagate_nan=tl.PropagateNan.ALL)
-        _y = _clamped_a*b*_sigmoid(1.5957691216057308*_clamped_a*(0.044715*_clamped_a*_clamped_a + 1.0), FAST)
+        _y = _clamped_a*b*_sigmoid(1.5957691216057308*_clamped_a*tl.fma(0.044715*_clamped_a, _clamped_a, 1.0), FAST)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit

@@ -33,7 +33,7 @@ def _forward_torch(x):
 def _derivatives_torch(x):
     """df/dx."""
     _clamped_x = _rt.clamp(x, -64.0, 16.0)
-    _d_x = 0.3989422804014327*_clamped_x*torch.exp(-(0.5*_clamped_x*_clamped_x)) + 0.5*torch.erfc(-(0.7071067811865476*_clamped_x))
+    _d_x = _rt.fma(_clamped_x, torch.exp(-(0.5*_clamped_x*_clamped_x)), 0.5*torch.erfc(-(0.7071067811865476*_clamped_x)), 0.3989422804014327)
     return (_d_x,)
 
 
@@ -46,7 +46,7 @@ def _forward_torch_fast(x, _w):
 def _derivatives_torch_fast(x, _w):
     """df/dx on the workspace _w (CPU chunks)."""
     _clamped_x = _rt.clamp(x, -64.0, 16.0, out=_w[0])
-    _d_x = torch.mul(_clamped_x, 0.3989422804014327, out=_w[2]).mul_(torch.mul(_clamped_x, 0.5, out=_w[1]).mul_(_clamped_x).neg_().exp_()).add_(torch.mul(_clamped_x, -0.7071067811865476, out=_w[1]).erfc_().mul_(0.5))
+    _d_x = _rt.fma(_clamped_x, torch.mul(_clamped_x, -0.5, out=_w[2]).mul_(_clamped_x).exp_(), torch.mul(_clamped_x, -0.7071067811865476, out=_w[1]).erfc_().mul_(0.5), 0.3989422804014327, out=_w[2])
     return (_d_x,)
 
 
@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = tl.clamp(x, -64.0, 16.0, propagate_nan=tl.PropagateNan.ALL)
-        _d_x = 0.3989422804014327*_clamped_x*_exp(-(0.5*_clamped_x*_clamped_x), FAST) + 0.5*_erfc(-(0.7071067811865476*_clamped_x), FAST)
+        _d_x = tl.fma(0.3989422804014327*_clamped_x, _exp(-(0.5*_clamped_x*_clamped_x), FAST), 0.5*_erfc(-(0.7071067811865476*_clamped_x), FAST))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 

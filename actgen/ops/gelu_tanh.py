@@ -37,7 +37,7 @@ def _derivatives_torch(x):
     _clamped_x = _rt.clamp(x, -32.0, 8.0)
     _t0 = 1.5957691216057308*_clamped_x
     _t1 = 0.07135481627260025*_clamped_x*_clamped_x*_clamped_x + _t0
-    _d_x = (_t0*(0.134145*_clamped_x*_clamped_x + 1.0)*torch.sigmoid(-_t1) + 1.0)*torch.sigmoid(_t1)
+    _d_x = (_t0*_rt.fma(_clamped_x, _clamped_x, 1.0, 0.134145)*torch.sigmoid(-_t1) + 1.0)*torch.sigmoid(_t1)
     return (_d_x,)
 
 
@@ -53,7 +53,7 @@ def _derivatives_torch_fast(x, _w):
     _clamped_x = _rt.clamp(x, -32.0, 8.0, out=_w[0])
     _t0 = torch.mul(_clamped_x, 1.5957691216057308, out=_w[1])
     _t1 = torch.mul(_clamped_x, 0.07135481627260025, out=_w[2]).mul_(_clamped_x).mul_(_clamped_x).add_(_t0)
-    _d_x = torch.mul(_clamped_x, 0.134145, out=_w[4]).mul_(_clamped_x).add_(1.0).mul_(_t0).mul_(torch.neg(_t1, out=_w[3]).sigmoid_()).add_(1.0).mul_(torch.sigmoid(_t1, out=_w[3]))
+    _d_x = _rt.fma(_clamped_x, _clamped_x, 1.0, 0.134145, out=_w[4]).mul_(_t0).mul_(torch.neg(_t1, out=_w[3]).sigmoid_()).add_(1.0).mul_(torch.sigmoid(_t1, out=_w[3]))
     return (_d_x,)
 
 
@@ -65,7 +65,7 @@ def _second_derivatives_torch(x):
     _t3 = torch.sigmoid(-_t2)
     _t4 = torch.sigmoid(_t2)
     _t5 = 0.134145*_t0 + 1.0
-    _d2_x_x = _t3*_t4*(0.6421933464534022*_t0 - 2.5464790894703255*_t4*_t5*_t5*x + 1.5957691216057308*_t5*(_t1*_t3*_t5 + 1.0) + 1.5957691216057308)
+    _d2_x_x = _t3*_t4*_rt.fma(_t5, _t1*_t3*_t5 + 1.0, 0.6421933464534022*_t0 - 2.5464790894703255*_t4*_t5*_t5*x + 1.5957691216057308, 1.5957691216057308)
     return (_d2_x_x,)
 
 

@@ -39,7 +39,7 @@ def _derivatives_torch(x, mu, sigma):
 
 def _forward_torch_fast(x, mu, sigma, _w):
     """f on the workspace _w (CPU chunks)."""
-    _y = torch.add(x, -mu, out=_w[0]).mul_(0.7071067811865476).div_(sigma).neg_().erfc_().mul_(0.5)
+    _y = torch.add(x, -mu, out=_w[0]).mul_(-0.7071067811865476).div_(sigma).erfc_().mul_(0.5)
     return _y
 
 

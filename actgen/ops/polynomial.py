@@ -41,7 +41,7 @@ def _derivatives_torch(x, a0, a1, a2, a3):
     """df/dx, df/da0, df/da1, df/da2, df/da3."""
     _t0 = 33554432.0*a2
     _t1 = a1 + 844424930131968.0*a3
-    _d_x = _rt.limit_at_inf(_rt.fma(x, 2.0*a2 + 3.0*a3*x, a1), _rt.grown(_t0 + _t1), _rt.grown(-_t0 + _t1), x)
+    _d_x = _rt.limit_at_inf(_rt.fma(x, _rt.fma(a3, x, 2.0*a2, 3.0), a1), _rt.grown(_t0 + _t1), _rt.grown(-_t0 + _t1), x)
     _d_a0 = 1.0
     _d_a1 = x
     _d_a2 = x*x
@@ -57,7 +57,7 @@ def _forward_torch_fast(x, a0, a1, a2, a3, _w):
 
 def _derivatives_torch_fast(x, a0, a1, a2, a3, _w):
     """df/dx, df/da0, df/da1, df/da2, df/da3 on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
-    _d_x = _rt.fma(x, torch.mul(3.0 * a3, x, out=_w[0]).add_(2.0 * a2), a1, out=_w[0])
+    _d_x = _rt.fma(x, _rt.fma(a3, x, 2.0 * a2, 3.0, out=_w[0]), a1, out=_w[0])
     _d_a0 = 1.0
     _d_a1 = x
     _d_a2 = torch.mul(x, x, out=_w[3])
@@ -67,7 +67,7 @@ def _derivatives_torch_fast(x, a0, a1, a2, a3, _w):
 
 def _second_derivatives_torch(x, a0, a1, a2, a3):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _d2_x_x = 2.0*a2 + 6.0*a3*x
+    _d2_x_x = _rt.fma(a3, x, 2.0*a2, 6.0)
     _d2_x_a0 = 0.0
     _d2_x_a1 = 1.0
     _d2_x_a2 = 2.0*x
@@ -129,7 +129,7 @@ if _rt.HAS_TRITON:
             x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
             _t0 = 33554432.0*a2
             _t1 = a1 + 844424930131968.0*a3
-            _d_x = _limit_at_inf(tl.fma(x, 2.0*a2 + 3.0*a3*x, a1), _grown(_t0 + _t1), _grown(-_t0 + _t1), x)
+            _d_x = _limit_at_inf(tl.fma(x, tl.fma(3.0*a3, x, 2.0*a2), a1), _grown(_t0 + _t1), _grown(-_t0 + _t1), x)
             _d_a0 = 1.0
             _d_a1 = x
             _d_a2 = x*x

@@ -49,7 +49,7 @@ def _derivatives_torch(x, alpha):
     _t7 = 1.0/(alpha*alpha)
     _t8 = 1.0/alpha
     _d_x = _rt.limit_at_inf(torch.where(_t2, _t1, torch.where(_t5, _t4, _t3 + 1.0)), _rt.grown(torch.where(_t2, 1.0/_rt.fnma(alpha, alpha + 16777216.0, 1.0), torch.where(_t5, torch.exp(_t6), _t6 + 1.0))), _rt.grown(torch.where(_t2, 1.0/_rt.fnma(alpha, alpha - 16777216.0, 1.0), torch.where(_t5, torch.exp(-_t6), 1.0 - _t6))), x)
-    _d_alpha = torch.where(_t2, _rt.fma(_t7, torch.log1p(-_t0), -(_t1*_t8*(-(2.0*alpha) - x))), torch.where(_t5, _rt.fnma(_t7, torch.expm1(_t3), _t4*_t8*x + 1.0), 0.5*x*x + 1.0))
+    _d_alpha = torch.where(_t2, _rt.fma(_t7, torch.log1p(-_t0), -(_t1*_t8*(-(2.0*alpha) - x))), torch.where(_t5, _rt.fnma(_t7, torch.expm1(_t3), _t4*_t8*x + 1.0), _rt.fma(x, x, 1.0, 0.5)))
     return (_d_x, _d_alpha,)
 
 
@@ -72,7 +72,7 @@ def _derivatives_torch_fast(x, alpha, _w):
     _t6 = 1.0 / (alpha * alpha)
     _t7 = 1.0 / alpha
     _d_x = _rt.select(_t2, _t1, _rt.select(_t5, _t4, torch.add(_t3, 1.0, out=_w[8]), out=_w[5]), out=_w[8])
-    _d_alpha = _rt.select(_t2, _rt.fma(_t6, torch.neg(_t0, out=_w[4]).log1p_(), torch.mul(_t1, _t7, out=_w[9]).mul_(torch.sub(-(2.0 * alpha), x, out=_w[6])).neg_(), out=_w[4]), _rt.select(_t5, _rt.fnma(_t6, torch.expm1(_t3, out=_w[9]), torch.mul(_t4, _t7, out=_w[6]).mul_(x).add_(1.0), out=_w[9]), torch.mul(x, 0.5, out=_w[6]).mul_(x).add_(1.0), out=_w[7]), out=_w[9])
+    _d_alpha = _rt.select(_t2, _rt.fma(_t6, torch.neg(_t0, out=_w[4]).log1p_(), torch.mul(_t1, _t7, out=_w[9]).mul_(torch.sub(-(2.0 * alpha), x, out=_w[6])).neg_(), out=_w[4]), _rt.select(_t5, _rt.fnma(_t6, torch.expm1(_t3, out=_w[9]), torch.mul(_t4, _t7, out=_w[6]).mul_(x).add_(1.0), out=_w[9]), _rt.fma(x, x, 1.0, 0.5, out=_w[6]), out=_w[7]), out=_w[9])
     return _rt.finite_or_none((_d_x, _d_alpha,))
 
 
@@ -98,7 +98,7 @@ def _second_derivatives_torch(x, alpha):
     _t14 = 1.0/_t6
     _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t2, alpha/(_t1*_t1), torch.where(_t5, _t4*alpha, alpha)))
     _d2_x_alpha = torch.where(torch.isnan(x), x, torch.where(_t2, _t9*_w_x, torch.where(_t5, _t10, x)))
-    _d2_alpha_alpha = torch.where(torch.isnan(x), x, torch.where(_t2, _rt.fnma(_t11, torch.log1p(-_t0), 2.0*_t12*_t13 + _t12*_t8*_t9 + 2.0*_t13*_t14*(-_t7 - x)), torch.where(_t5, _rt.fma(_t11, torch.expm1(_t3), -(2.0*_t10*_t14) + _t12*_t4*x*x), 0.0)))
+    _d2_alpha_alpha = torch.where(torch.isnan(x), x, torch.where(_t2, _rt.fnma(_t11, torch.log1p(-_t0), _rt.fma(_t12, _t13, _t12*_t8*_t9 + 2.0*_t13*_t14*(-_t7 - x), 2.0)), torch.where(_t5, _rt.fma(_t11, torch.expm1(_t3), _rt.fnma(_t10, _t14, _t12*_t4*x*x, 2.0)), 0.0)))
     return (_d2_x_x, _d2_x_alpha, _d2_alpha_alpha,)
 
 
@@ -148,7 +148,7 @@ if _rt.HAS_TRITON:
             _t7 = _div(1.0, (alpha*alpha), FAST)
             _t8 = _div(1.0, alpha, FAST)
             _d_x = _limit_at_inf(tl.where(_t2, _t1, tl.where(_t5, _t4, _t3 + 1.0)), _grown(tl.where(_t2, _div(1.0, tl.fma(-alpha, alpha + 16777216.0, 1.0), FAST), tl.where(_t5, _exp(_t6, FAST), _t6 + 1.0))), _grown(tl.where(_t2, _div(1.0, tl.fma(-alpha, alpha - 16777216.0, 1.0), FAST), tl.where(_t5, _exp(-_t6, FAST), 1.0 - _t6))), x)
-            _d_alpha = tl.where(_t2, tl.fma(_t7, _log1p(-_t0, FAST), -(_t1*_t8*(-(2.0*alpha) - x))), tl.where(_t5, tl.fma(-_t7, libdevice.expm1(_t3), _t4*_t8*x + 1.0), 0.5*x*x + 1.0))
+            _d_alpha = tl.where(_t2, tl.fma(_t7, _log1p(-_t0, FAST), -(_t1*_t8*(-(2.0*alpha) - x))), tl.where(_t5, tl.fma(-_t7, libdevice.expm1(_t3), _t4*_t8*x + 1.0), tl.fma(0.5*x, x, 1.0)))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_alpha += _in_tile(_g * _d_alpha, _mask)

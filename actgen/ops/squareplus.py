@@ -58,7 +58,7 @@ def _derivatives_torch_fast(x, b, _w):
     _t0 = _rt.sqrt_square_plus(x, b, out=_w[0])
     _t1 = torch.div(x, _t0, out=_w[1])
     _t2 = torch.sub(_t0, x, out=_w[2])
-    _d_x = _rt.select(_rt.lt(x, 0.0, out=_w[0]), torch.sub(_t1, 1.0, out=_w[3]).mul_(0.5 * b).div_(torch.mul(_t2, _t2, out=_w[4])).neg_(), torch.add(_t1, 1.0, out=_w[4]).mul_(0.5), out=_w[5])
+    _d_x = _rt.select(_rt.lt(x, 0.0, out=_w[0]), torch.sub(_t1, 1.0, out=_w[3]).mul_(-0.5 * b).div_(torch.mul(_t2, _t2, out=_w[4])), torch.add(_t1, 1.0, out=_w[4]).mul_(0.5), out=_w[5])
     return _rt.finite_or_none((_d_x,))
 
 

@@ -131,8 +131,15 @@ def fma_split(expr: sympy.Add, is_tensor):
     (is_tensor(factor)), with coefficient 1 or -1 - and the kernels, by the same rule, in one tl.fma.
     A product of two tensors over a third, a*n/d, is a*(n/d) there, a the factor that grows
     (logish's x*e/D + log1p(s): one rounding less where the sum cancels).
+    Where no term is such a product, a term c*a*b with c a number (0.4*x*e) is, as rest +
+    (c*a)*b (torch.addcmul's value=c: c*a rounded, then one fused multiply-add, as the
+    kernels' tl.fma(c*a, b, rest)); a is then c*a.
     (a, b, rest, negative), or None where no term is such a product."""
     terms = expr.as_ordered_terms()
+    return _fma_term(terms, is_tensor) or _scaled_fma_term(terms, is_tensor)
+
+
+def _fma_term(terms, is_tensor):
     for i in reversed(range(len(terms))):
         term = terms[i]
         negative = term.as_coeff_Mul()[0].is_negative
@@ -146,6 +153,21 @@ def fma_split(expr: sympy.Add, is_tensor):
             (n1, n2), d = [f for op, f in chain if op == "*"], next(f for op, f in chain if op == "/")
             a, n = (n2, n1) if _grows(n2) and not _grows(n1) else (n1, n2)
             return a, sympy.Mul(n, sympy.Pow(d, -1)), rest, negative
+    return None
+
+
+def _scaled_fma_term(terms, is_tensor):
+    if len(terms) < 2:
+        return None
+    for i in reversed(range(len(terms))):
+        factors = terms[i].as_ordered_factors()
+        coeff = sympy.Mul(*[f for f in factors if f.is_number])
+        chain = product_chain(sympy.Mul(*[f for f in factors if not f.is_number]))
+        if coeff in (1, -1) or len(chain) != 2 or not all(op == "*" and is_tensor(f) for op, f in chain):
+            continue
+        scale = sympy.Float(abs(float(coeff)))
+        rest = sympy.Add(*terms[:i], *terms[i + 1:])
+        return sympy.Mul(scale, chain[0][1], evaluate=False), chain[1][1], rest, bool(coeff < 0)
     return None
 
 

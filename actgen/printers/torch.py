@@ -96,7 +96,11 @@ class TorchPrinter(ExprPrinter):
         if split is None:
             return super()._print_Add(expr)
         a, b, rest, negative = split
-        return f"_rt.{'fnma' if negative else 'fma'}({self.doprint(a)}, {self.doprint(b)}, {self.doprint(rest)})", ATOM
+        scale = ""
+        coeff, factor = a.as_coeff_Mul()
+        if coeff != 1:                  # (c*a)*b + rest: torch.addcmul's value=c
+            a, scale = factor, f", {self.doprint(coeff)}"
+        return f"_rt.{'fnma' if negative else 'fma'}({self.doprint(a)}, {self.doprint(b)}, {self.doprint(rest)}{scale})", ATOM
 
     def where(self, cond, value, otherwise, otherwise_expr):
         if self.scalar_mode:

@@ -49,14 +49,21 @@ def _times(number: str) -> str:
 
 
 def _negated_number(node):
-    """-(a*c), -(c*a) or -(a/c) with c a number, as a*(-c), (-c)*a or a/(-c): the same value
-    bit for bit (rounding to nearest is symmetric), one operation fewer; else None."""
+    """-(a*c), -(c*a) or -(a/c) with c a number, as a*(-c), (-c)*a or a/(-c), and so on into
+    the operands of a product or the numerator of a quotient (-(c*a*b) as (-c)*a*b): the same
+    value bit for bit (rounding to nearest is symmetric), one operation fewer; else None."""
     if not (isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mult, ast.Div))):
         return None
-    for side in (("right", "left") if isinstance(node.op, ast.Mult) else ("right",)):
+    sides = ("right", "left") if isinstance(node.op, ast.Mult) else ("right",)
+    for side in sides:
         c = getattr(node, side)
         if isinstance(c, ast.Constant) and isinstance(c.value, float):
             parts = {"left": node.left, "right": node.right, side: ast.Constant(-c.value)}
+            return ast.BinOp(left=parts["left"], op=node.op, right=parts["right"])
+    for side in ("left", "right") if isinstance(node.op, ast.Mult) else ("left",):
+        folded = _negated_number(getattr(node, side))
+        if folded is not None:
+            parts = {"left": node.left, "right": node.right, side: folded}
             return ast.BinOp(left=parts["left"], op=node.op, right=parts["right"])
     return None
 

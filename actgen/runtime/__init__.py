@@ -112,15 +112,16 @@ def _addcmul(c, a, b, value, out):
     return torch.addcmul(c, a, b, value=value) if out is None else torch.addcmul(c, a, b, value=value, out=out)
 
 
-def fma(a: torch.Tensor, b: torch.Tensor, c, out=None) -> torch.Tensor:
-    """a*b + c, rounded once where the CPU has fused multiply-add (torch.addcmul); c may be a
-    number; out may be one of a, b and c."""
-    return _addcmul(c, a, b, 1, out)
+def fma(a: torch.Tensor, b: torch.Tensor, c, scale: float = 1.0, out=None) -> torch.Tensor:
+    """(scale*a)*b + c, scale*a rounded and the rest rounded once where the CPU has fused
+    multiply-add (torch.addcmul with value=scale); c may be a number; out may be one of a, b
+    and c."""
+    return _addcmul(c, a, b, scale, out)
 
 
-def fnma(a: torch.Tensor, b: torch.Tensor, c, out=None) -> torch.Tensor:
-    """c - a*b, rounded once where the CPU has fused multiply-add (torch.addcmul)."""
-    return _addcmul(c, a, b, -1, out)
+def fnma(a: torch.Tensor, b: torch.Tensor, c, scale: float = 1.0, out=None) -> torch.Tensor:
+    """c - (scale*a)*b, rounded as fma."""
+    return _addcmul(c, a, b, -scale, out)
 
 
 def clamp(u: torch.Tensor, lo: float | None, hi: float | None, out=None) -> torch.Tensor:
