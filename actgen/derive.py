@@ -1204,9 +1204,14 @@ def _numeric_limit(expr: sympy.Expr, x: sympy.Symbol, sign: int):
     wrong for some of their values).  Returns a float (possibly +-inf)."""
     values = []
     fn = _mpmath_function(expr, x)
+    # sympy's own evaluation, where mpmath's is not possible - but not of a power whose
+    # exponent varies with x (x**x**x at 1e30: an exact power with a 1e30-digit exponent)
+    exact = not any(p.exp.has(x) for p in expr.atoms(sympy.Pow))
     for probe in _PROBES:
         v = _mpmath_value(fn, sign * probe) if fn is not None else None
-        if v is None:       # sympy's own evaluation, where mpmath's is not possible
+        if v is None and not exact:
+            return None
+        if v is None:
             try:
                 v = sympy.N(_tame_exp(expr.subs(x, sign * probe)), 40)
             except Exception:  # noqa: BLE001 - any failure to evaluate just means "no guard"

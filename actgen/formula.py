@@ -159,6 +159,9 @@ def parse_formula(text: str, names: Mapping[str, sympy.Symbol], inputs: Collecti
             raise FormulaError(f"contains a number that is not finite: {atom}")
     if expr.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
         raise FormulaError("evaluates to an infinite or undefined constant")
+    if expr.has(sympy.I):
+        raise FormulaError("has complex values (the square root or log of a negative number?): "
+                           f"{sympy.sstr(expr)[:80]}")
     return expr
 
 

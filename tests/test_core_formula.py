@@ -64,11 +64,30 @@ def test_arithmetic_and_functions_build_sympy():
     "x" + " + x" * 3000,
     "sin(" * 100 + "x" + ")" * 100,
     "-" * 500 + "x",
+    "sqrt(-1) * x",
+    "log(-2) * x",
+    "sqrt(-x**2)",
 ])
 def test_rejected_formulas_execute_nothing(text, tmp_path):
     with pytest.raises(FormulaError):
         parse(text)
     assert not __import__("os").path.exists("/tmp/actgen_pwned")
+
+
+def test_complex_values_are_an_error_that_says_so():
+    with pytest.raises(FormulaError, match="has complex values"):
+        parse("x * sqrt(-1)")
+
+
+def test_a_power_tower_builds_in_seconds():
+    """x**x**x**x: the limit at +-inf is not read off by evaluating the tower exactly at a huge
+    point (a power with a 10**30-digit exponent, hours in sympy); it gets no limit guard."""
+    import subprocess
+    import sys
+    code = ("from actgen.spec import load_spec; from actgen.derive import derive; "
+            "d = derive(load_spec('name: tower\\nformula: x**x**x**x\\n')); print(d.spec.name)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "tower", run.stderr[-2000:]
 
 
 def test_unknown_name_lists_known_names():
