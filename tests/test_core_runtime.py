@@ -660,7 +660,8 @@ def test_kernel_exp_is_within_an_ulp():
         x = torch.from_numpy(xs).to(dtype)
         out = torch.empty_like(x)
         _apply_exp[(_triton.cdiv(len(x), 1024),)](x, out, len(x), BLOCK=1024)
-        got, want = out.double().numpy(), np.exp(x.double().numpy())
+        with np.errstate(over="ignore"):       # exp(1e30) is inf in float64 too
+            got, want = out.double().numpy(), np.exp(x.double().numpy())
         if dtype == torch.float64:
             np.testing.assert_allclose(got, want, rtol=1e-15)
             continue
