@@ -16,10 +16,37 @@ GENERATED_MARK = "DO NOT EDIT"
 
 def render_package(package: str, specs: list[Spec]) -> dict[str, str]:
     """file name -> text for the whole package (pure; no I/O)."""
-    derivations = [derive(s) for s in specs]
-    files = {f"{d.spec.name}.py": render_module(d) for d in derivations}
+    derivations, files = [], {}
+    for spec in specs:
+        d, files[f"{spec.name}.py"] = _compiled(spec)
+        derivations.append(d)
     files["__init__.py"] = render_package_init(package, derivations)
     return files
+
+
+def _compiled(spec: Spec):
+    """(derivation, module text) of a spec (see derive_spec)."""
+    d = derive_spec(spec)
+    try:
+        return d, render_module(d)
+    except Exception as exc:  # noqa: BLE001 - any failure here is this formula's
+        raise _cannot_compile(spec, exc) from None
+
+
+def derive_spec(spec: Spec):
+    """derive(spec), where a formula that passed validation and still defeats the compiler
+    (sympy failing on some construct) is reported as the spec's problem - `path:line:
+    formula: cannot be compiled (...)`, as SpecError - not as a traceback."""
+    try:
+        return derive(spec)
+    except Exception as exc:  # noqa: BLE001 - any failure here is this formula's
+        raise _cannot_compile(spec, exc) from None
+
+
+def _cannot_compile(spec: Spec, exc: Exception) -> SpecError:
+    reason = f"{type(exc).__name__}: {exc}"
+    reason = reason if len(reason) <= 160 else reason[:157] + "..."
+    return SpecError([f"{spec.source}:{spec.formula_line}: formula: cannot be compiled ({reason})"])
 
 
 @dataclass

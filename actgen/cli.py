@@ -43,7 +43,7 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_show(args) -> int:
-    from .derive import derive
+    from .build import derive_spec
     from .codegen.module import _math_lines
 
     specs = {s.name: s for s in _load(args)}
@@ -51,7 +51,7 @@ def _cmd_show(args) -> int:
         print(f"actgen show: unknown activation '{args.name}' (known: {', '.join(sorted(specs))})", file=sys.stderr)
         return 2
     s = specs[args.name]
-    d = derive(s)
+    d = derive_spec(s)
     print(f"{s.name} ({s.class_name}) from {s.source}")
     if s.doc:
         print(s.doc.strip())

@@ -1089,6 +1089,16 @@ def _clean(expr: sympy.Basic) -> sympy.Basic:
     return expr
 
 
+class _RealAbs(sympy.Function):
+    """|u| of a real u, whose derivative is sign(u)*u' - sympy's Abs differentiates as the
+    modulus of a complex number where it cannot tell its argument is real (|log(x)|:
+    log(x/sign(x))*sign(x)**2*sign(log(x))/(x*log(x)), with 1/sign(x) infinite at 0).  The
+    generated code computes in real arithmetic (NaN where the formula is not real)."""
+
+    def fdiff(self, argindex=1):
+        return sympy.sign(self.args[0])
+
+
 def differentiate(expr: sympy.Expr, var: sympy.Symbol, rewrites: bool = True) -> sympy.Expr:
     """d expr / d var, stabilized, with the common factors of its sums taken out: the product
     rule's s + x*s*sigmoid(-x) (silu') becomes s*(1 + x*sigmoid(-x)), where the terms that
@@ -1097,7 +1107,8 @@ def differentiate(expr: sympy.Expr, var: sympy.Symbol, rewrites: bool = True) ->
     (golu's g + x*exp(-x)*g with g = exp(-exp(-x)): exp(-x - exp(-x)), two exps that round on
     their own, where g*(1 + x*exp(-x)) cancels in one place).  Without `rewrites`, as sympy
     differentiates (sign and Heaviside as branches)."""
-    d = _clean(sympy.diff(expr, var))
+    d = sympy.diff(expr.replace(sympy.Abs, _RealAbs), var).replace(_RealAbs, sympy.Abs)
+    d = _clean(d)
     return common_factors_out(stabilize(common_factors_out(d))) if rewrites else d
 
 
@@ -1205,8 +1216,13 @@ def _numeric_limit(expr: sympy.Expr, x: sympy.Symbol, sign: int):
     values = []
     fn = _mpmath_function(expr, x)
     # sympy's own evaluation, where mpmath's is not possible - but not of a power whose
-    # exponent varies with x (x**x**x at 1e30: an exact power with a 1e30-digit exponent)
-    exact = not any(p.exp.has(x) for p in expr.atoms(sympy.Pow))
+    # exponent varies with x (x**x**x at 1e30: an exact power with a 1e30-digit exponent),
+    # nor of an exponential-like function of another (erfc(sinh(x)): exp(-exp(2e30)), whose
+    # evaluation computes ln 2 to 10**30 digits)
+    growing = (sympy.exp, sympy.sinh, sympy.cosh, sympy.tanh, sympy.erf, sympy.erfc, sigmoid, softplus, expm1)
+    fast = [f for f in expr.atoms(*growing) if f.has(x)]
+    exact = not any(p.exp.has(x) for p in expr.atoms(sympy.Pow)) and not any(
+        g is not f and f.args[0].has(g) for f in fast for g in fast)
     for probe in _PROBES:
         v = _mpmath_value(fn, sign * probe) if fn is not None else None
         if v is None and not exact:
@@ -1403,15 +1419,28 @@ def runtime_limit(expr: sympy.Expr, u: sympy.Symbol) -> sympy.Expr:
     constants alone, which a kernel computes once per program rather than per element (and
     whatever of them is a number, the compiler folds)."""
     def at(v):      # numbers that underflow even float64 (sigmoid(-2**24)) are 0: no 0.0*b left
-        e = expr.subs(u, sympy.Float(v))
-        return e.xreplace({f: sympy.Integer(0) for f in e.atoms(sympy.Float) if float(f) == 0.0})
+        try:
+            e = expr.subs(u, sympy.Float(v))
+        except (TypeError, ValueError, ArithmeticError, RecursionError):    # not real there (sqrt(x) at x < 0)
+            return sympy.nan
+        e = e.xreplace({f: sympy.Integer(0) for f in e.atoms(sympy.Float) if float(f) == 0.0})
+        # a value that is not real there ((-2**24)**(1/3)) is NaN, as the kernels compute it
+        return e.replace(lambda a: a.is_number and a.is_extended_real is False, lambda a: sympy.nan)
 
     return LimitAtInf(expr, Grown(at(PROBE)), Grown(at(-PROBE)), u)
 
 
 def _nan_where_limit_exists(expr, u, samples) -> bool:
     """Whether, with params and constants at their sample values, IEEE arithmetic at
-    u = +-inf gives NaN (or a wrong value) where the limit exists."""
+    u = +-inf gives NaN (or a wrong value) where the limit exists (False where that cannot be
+    told: the expression is not real at those values)."""
+    try:
+        return _nan_where_limit_exists_at(expr, u, samples)
+    except (TypeError, ValueError, ArithmeticError, RecursionError):
+        return False
+
+
+def _nan_where_limit_exists_at(expr, u, samples) -> bool:
     values = {s: float(samples.get(s, 0.75)) for s in expr.free_symbols - {u}}
     e = expr.subs({s: sympy.Float(v) for s, v in values.items()})
     for sign in (-1, 1):

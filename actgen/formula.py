@@ -156,7 +156,7 @@ def parse_formula(text: str, names: Mapping[str, sympy.Symbol], inputs: Collecti
         raise FormulaError("must be an arithmetic expression, not a condition")
     for atom in expr.atoms(sympy.Number):
         if not math.isfinite(float(atom)):
-            raise FormulaError(f"contains a number that is not finite: {atom}")
+            raise FormulaError(f"contains a number that is not finite: {sympy.sstr(atom)}")
     if expr.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
         raise FormulaError("evaluates to an infinite or undefined constant")
     if expr.has(sympy.I):
@@ -194,14 +194,31 @@ class _Builder:
         if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
             left = self.expr(node.left, depth)
             right = self.expr(node.right, depth)
-            return self._arith(node, left, right)
+            return self._constant(node, self._arith(node, left, right))
         if isinstance(node, ast.Call):
-            return self._call(node, depth)
+            return self._constant(node, self._call(node, depth))
         if isinstance(node, (ast.Compare, ast.BoolOp)) or (
             isinstance(node, ast.BinOp) and type(node.op) in _LOGIC
         ):
             self._fail(node, "a condition is only allowed inside where(...) or Piecewise(...)")
         self._fail(node, f"'{type(node).__name__}' is not part of the formula language")
+
+    def _constant(self, node, value):
+        """value, where it is a number: a real one within float64's range (sqrt(-1),
+        log(0), exp(1000) are refused here, where they are written)."""
+        if not isinstance(value, sympy.Expr) or not value.is_number or value.has(uniform):
+            return value
+        shown = sympy.sstr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        try:
+            v = complex(value if value.is_Number else value.evalf(30))
+        except (ArithmeticError, ValueError, TypeError):
+            self._fail(node, f"the constant {shown} cannot be evaluated (it overflows)")
+        if v.imag != 0 or math.isnan(v.real):
+            self._fail(node, f"the constant {shown} is not a real number")
+        if not math.isfinite(v.real):
+            self._fail(node, f"the constant {shown} is beyond float64's range")
+        return value
 
     def _number(self, node):
         value = node.value
@@ -242,7 +259,7 @@ class _Builder:
             r = float(right)
             if abs(r) > MAX_INT_POWER:
                 self._fail(node, f"exponent {r:g} is larger than {MAX_INT_POWER} in magnitude")
-            if left.is_number:
+            if left.is_number and not left.has(uniform):
                 try:
                     value = float(left) ** r
                 except (OverflowError, ZeroDivisionError):
@@ -271,15 +288,23 @@ class _Builder:
         if name == "where":
             if len(node.args) != 3:
                 self._fail(node, f"where takes 3 arguments (cond, a, b), got {len(node.args)}")
-            cond = self.cond(node.args[0], depth)
-            return FUNCTIONS["where"](cond, self.expr(node.args[1], depth), self.expr(node.args[2], depth))
-        if name == "uniform":
+            args = [self.cond(node.args[0], depth), self.expr(node.args[1], depth), self.expr(node.args[2], depth)]
+        elif name == "uniform":
             return self._uniform(node, depth)
-        args = [self.expr(a, depth) for a in node.args]
+        else:
+            args = [self.expr(a, depth) for a in node.args]
+        return self._apply(node, name, FUNCTIONS[name], args)
+
+    def _apply(self, node, name, fn, args):
+        """fn(*args), where sympy's own evaluation at numbers may fail (a comparison of a
+        value that is not real, an overflow): a FormulaError."""
         try:
-            return FUNCTIONS[name](*args)
+            return fn(*args)
         except FormulaError as exc:
             self._fail(node, str(exc))
+        except (ArithmeticError, ValueError, TypeError, KeyError, RecursionError):
+            self._fail(node, f"{name}(...) of these arguments cannot be built (a value that is not real, "
+                             "or a condition on random draws alone?)")
 
     def _uniform(self, node, depth):
         if len(node.args) != 2:
@@ -314,7 +339,7 @@ class _Builder:
             pairs.append((value, cond))
         if pairs[-1][1] is not sympy.true:
             self._fail(node, "Piecewise must end with an (expr, True) pair")
-        return sympy.Piecewise(*pairs)
+        return self._apply(node, "Piecewise", sympy.Piecewise, pairs)
 
     # --- conditions -------------------------------------------------------------------
     def cond(self, node, depth):
@@ -326,13 +351,17 @@ class _Builder:
                 if type(op) not in _COMPARE:
                     self._fail(node, f"comparison '{type(op).__name__}' is not allowed (use < <= > >=)")
                 right = self.expr(comparator, depth)
-                parts.append(_COMPARE[type(op)](left, right))
+                try:
+                    parts.append(_COMPARE[type(op)](left, right))
+                except TypeError:       # sympy's "Invalid comparison of non-real ..."
+                    self._fail(node, "compares a value that is not a real number")
                 left = right
             return sympy.And(*parts) if len(parts) > 1 else parts[0]
         if isinstance(node, ast.BinOp) and type(node.op) in _LOGIC:
-            return _LOGIC[type(node.op)](self.cond(node.left, depth), self.cond(node.right, depth))
+            args = [self.cond(node.left, depth), self.cond(node.right, depth)]
+            return self._apply(node, "a condition", _LOGIC[type(node.op)], args)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Invert):
-            return sympy.Not(self.cond(node.operand, depth))
+            return self._apply(node, "a condition", sympy.Not, [self.cond(node.operand, depth)])
         if isinstance(node, ast.BoolOp):
             self._fail(node, "use & and | to combine conditions, not 'and'/'or'")
         self._fail(node, "expected a condition (a comparison with < <= > >=, combined with & | ~)")

@@ -87,6 +87,12 @@ class uniform(sympy.Function):
 
     nargs = 3
 
+    @property
+    def is_number(self):
+        """A random value, not a number, even with numbers for bounds: sympy must not try to
+        decide a comparison with it (uniform(0, 1) < 1 took it minutes to give up on)."""
+        return False
+
     def _eval_is_real(self):
         lo, hi, _ = self.args
         return True if lo.is_real and hi.is_real else None

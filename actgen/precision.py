@@ -106,6 +106,15 @@ class Unknown(Exception):
     """A part of an expression this evaluator does not know."""
 
 
+def _number(e: sympy.Expr, dtype):
+    """A number in dtype: NaN for one that is not real (zoo, nan, a complex constant: the
+    value of a branch that is never taken, or NaN in the generated code too)."""
+    try:
+        return dtype(float(e))
+    except (TypeError, ValueError):
+        return dtype(np.nan)
+
+
 def evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, np.ndarray], dtype, tensors=None) -> np.ndarray:
     """expr at the points env gives (arrays of dtype), every operation rounded to dtype.
     Guards against NaN and inf inputs are left out: the points are finite.  With tensors (the
@@ -129,7 +138,7 @@ def evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, np.ndarray], dtype, te
         if e.is_Symbol:
             return np.asarray(env[e], dtype=dtype) * one
         if e.is_Number or e.is_NumberSymbol:
-            return dtype(float(e)) * one
+            return _number(e, dtype) * one
         f, args = type(e), e.args
         split = fma_split(e, is_tensor) if tensors is not None and isinstance(e, sympy.Add) else None
         if split is not None:
@@ -142,7 +151,7 @@ def evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, np.ndarray], dtype, te
                 out = out + ev(a)
             return out
         if e.is_number:                     # printed as one number
-            return dtype(float(e)) * one
+            return _number(e, dtype) * one
         if f is sympy.Mul:                  # as the printed product evaluates, left to right
             if e.as_coeff_Mul()[0].is_negative:
                 return -ev(-e)

@@ -26,6 +26,8 @@ SPEC_FIELDS = ("name", "formula", "doc", "inputs", "params", "constants", "class
 PRECISIONS = ("auto", "float32", "float64")
 PARAM_FIELDS = ("init", "per_channel")
 MAX_SPEC_BYTES = 64 * 1024
+#: Lists and mappings nested deeper than this are refused (a spec needs 3).
+MAX_YAML_DEPTH = 16
 
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
 _VAR_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
@@ -78,6 +80,7 @@ class Spec:
     precision: str = "auto"
     source: str = "<string>"
     sha256: str = ""
+    formula_line: int = field(default=1, compare=False)     # where the formula is in source
 
     @property
     def gated(self) -> bool:
@@ -112,15 +115,16 @@ _SAFE_TAGS = frozenset(
 )
 
 
-def _walk(node: yaml.Node):
-    yield node
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            yield from _walk(k)
-            yield from _walk(v)
-    elif isinstance(node, yaml.SequenceNode):
-        for v in node.value:
-            yield from _walk(v)
+def _walk(root: yaml.Node):
+    """Every node under root (a tree: aliases are refused before it is composed)."""
+    todo = [root]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, yaml.MappingNode):
+            todo.extend(n for kv in reversed(node.value) for n in reversed(kv))
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend(reversed(node.value))
 
 
 def _scalar(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
@@ -149,7 +153,10 @@ def _number(loader, node, problems, fieldname):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         problems.add(node, fieldname, f"must be a number, got {node.value!r}")
         return None
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:       # an integer beyond float64's range
+        value = math.inf
     if not math.isfinite(value):
         problems.add(node, fieldname, "must be a finite number")
         return None
@@ -186,6 +193,15 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
     if len(raw) > MAX_SPEC_BYTES:
         raise SpecError([f"{path}:1: spec: file is larger than {MAX_SPEC_BYTES} bytes"])
     try:
+        # a spec has no use for YAML aliases (*name), which can nest into a cycle or an
+        # exponential expansion: refused from the parser's events, before anything is built
+        depth = 0
+        for event in yaml.parse(raw.decode("utf-8"), Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise SpecError([f"{path}:{event.start_mark.line + 1}: spec: YAML aliases (*name) are not supported"])
+            depth += isinstance(event, yaml.CollectionStartEvent) - isinstance(event, yaml.CollectionEndEvent)
+            if depth > MAX_YAML_DEPTH:
+                raise SpecError([f"{path}:{event.start_mark.line + 1}: spec: nested deeper than {MAX_YAML_DEPTH} levels"])
         loader = yaml.SafeLoader(raw.decode("utf-8"))
         try:
             root = loader.get_single_node()
@@ -351,6 +367,7 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
         precision=precision,
         source=path,
         sha256=hashlib.sha256(raw).hexdigest(),
+        formula_line=get("formula").start_mark.line + 1,
     )
 
 

@@ -42,8 +42,8 @@ def formula_as_torch(expr: sympy.Expr, env: dict[str, torch.Tensor], like: torch
     def ev(e):
         if e.is_Symbol:
             return env[e.name]
-        if e is sympy.true:
-            return torch.ones_like(like, dtype=torch.bool)
+        if e is sympy.true or e is sympy.false:
+            return torch.full_like(like, e is sympy.true, dtype=torch.bool)
         if e.is_Number or e.is_NumberSymbol:
             return float(e)
         f = e.func
@@ -93,6 +93,9 @@ def formula_as_torch(expr: sympy.Expr, env: dict[str, torch.Tensor], like: torch
             return out
         if f is sympy.Not:
             return ~ev(e.args[0])
+        if f is sympy.ITE:                  # if c then a else b, of conditions
+            c, a, b = (_tensor(ev(t), like).bool() for t in e.args)
+            return torch.where(c, a, b)
         if f is sympy.Piecewise:
             out = None
             for value, cond in reversed(e.args):

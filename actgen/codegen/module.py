@@ -108,7 +108,7 @@ def _one_exponential_uses(d: Derivation, kernel: bool) -> dict:
     branches = dict(_output_atoms(d, sympy.StrictLessThan, written_out=True, kernel=kernel))
     uses = {}
     for label, exps in _output_atoms(d, sympy.exp, written_out=True, kernel=kernel):
-        below_zero = {unclamped(c.lhs) for c in branches[label] if c.rhs == 0}
+        below_zero = {unclamped(c.lhs) for c in branches[label] if isinstance(c, sympy.Rel) and c.rhs == 0}
         for a in exps:
             coeff, rest = (-unclamped(a.args[0])).as_coeff_Mul()
             if isinstance(rest, sympy.Abs) and coeff > 0 and coeff * rest.args[0] in below_zero:
@@ -500,7 +500,7 @@ def _module_class(w: Writer, d: Derivation):
     s = d.spec
     cls = s.class_name
     if s.gated:
-        head = ["dim=-1"]
+        head = ["dim=-1"] + (["num_channels=1", "channel_dim=1"] if s.per_channel else [])
     elif s.per_channel:
         head = ["num_channels=1", "channel_dim=1"]
     else:

@@ -50,7 +50,7 @@ def _derivatives_torch_fast(x, alpha, _w):
 
 def _second_derivatives_torch(x, alpha):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = 1.0/alpha
+    _t0 = _rt.scalar_div(1.0, alpha)
     _d2_x_x = torch.where(torch.isnan(x), x, torch.where(x > 0.0, 0.0, _t0*torch.exp(_t0*x)))
     return (_d2_x_x,)
 

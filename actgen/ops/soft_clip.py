@@ -54,7 +54,7 @@ def _derivatives_torch_fast(x, scale, _w):
 
 def _second_derivatives_torch(x, scale):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = 1.0/scale
+    _t0 = _rt.scalar_div(1.0, scale)
     _t1 = _t0*x
     _t2 = torch.abs(_t1)
     _t3 = torch.exp(-(2.0*_t2))

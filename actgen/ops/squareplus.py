@@ -28,8 +28,8 @@ def _forward_torch(x, b):
     """f, elementwise; params broadcast against the input."""
     _t0 = _rt.sqrt_square_plus(x, b)
     _t1 = 0.5*b
-    _t2 = math.sqrt(b + 281474976710656.0) + 16777216.0
-    _y = _rt.limit_at_inf(torch.where(x < 0.0, _t1/(_t0 - x), 0.5*(_t0 + x)), _rt.grown(0.5*_t2), _rt.grown(_t1/_t2), x)
+    _t2 = _rt.scalar_sqrt(b + 281474976710656.0) + 16777216.0
+    _y = _rt.limit_at_inf(torch.where(x < 0.0, _t1/(_t0 - x), 0.5*(_t0 + x)), _rt.grown(0.5*_t2), _rt.grown(_rt.scalar_div(_t1, _t2)), x)
     return _y
 
 
@@ -38,11 +38,11 @@ def _derivatives_torch(x, b):
     _t0 = _rt.sqrt_square_plus(x, b)
     _t1 = x/_t0
     _t2 = 0.5*b
-    _t3 = math.sqrt(b + 281474976710656.0)
-    _t4 = 1.0 + 16777216.0/_t3
+    _t3 = _rt.scalar_sqrt(b + 281474976710656.0)
+    _t4 = 1.0 + _rt.scalar_div(16777216.0, _t3)
     _t5 = _t3 + 16777216.0
     _t6 = _t0 - x
-    _d_x = _rt.limit_at_inf(torch.where(x < 0.0, -(_t2*(_t1 - 1.0)/(_t6*_t6)), 0.5*(_t1 + 1.0)), _rt.grown(0.5*_t4), _rt.grown(_t2*_t4/(_t5*_t5)), x)
+    _d_x = _rt.limit_at_inf(torch.where(x < 0.0, -(_t2*(_t1 - 1.0)/(_t6*_t6)), 0.5*(_t1 + 1.0)), _rt.grown(0.5*_t4), _rt.grown(_rt.scalar_div(_t2*_t4, (_t5*_t5))), x)
     return (_d_x,)
 
 

@@ -32,7 +32,7 @@ def _forward_torch(x, alpha_p, alpha_n, beta, eps):
     _t0 = _rt.softplus(alpha_p)
     _t1 = beta + _rt.softplus(alpha_n)
     _t2 = 16777216.0*beta
-    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(x > 0.0, x*_rt.fma(_t0, x, beta), _rt.fma(_t1, -x + torch.expm1(torch.where(eps > x, x, eps)), beta*x)), _rt.grown(281474976710656.0*_t0 + _t2), _rt.grown(_t1*(math.expm1((-16777216.0 if eps > -16777216.0 else eps)) + 16777216.0) - _t2), x))
+    _y = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(x > 0.0, x*_rt.fma(_t0, x, beta), _rt.fma(_t1, -x + torch.expm1(torch.where(eps > x, x, eps)), beta*x)), _rt.grown(281474976710656.0*_t0 + _t2), _rt.grown(_t1*(_rt.scalar_expm1((-16777216.0 if eps > -16777216.0 else eps)) + 16777216.0) - _t2), x))
     return _y
 
 

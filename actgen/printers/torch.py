@@ -1,7 +1,9 @@
 """Torch printer for the eager fallback.
 
 Subexpressions that involve only constants (Python floats at run time) are printed with
-`math` so they never reach a torch function as a float; `where` with two scalar branches
+`math`, or where math raises (log(-1), exp(1000), c/0) with actgen.runtime's IEEE versions
+(`_rt.scalar_log`, `_rt.scalar_div`), so they never reach a torch function as a float and
+give NaN or inf as tensors would, never an exception; `where` with two scalar branches
 gets one branch as a 0-dim tensor of the compute dtype, so torch.where keeps float64.
 
 With `fast=True` it prints the fallback's fast variant (actgen.derive.fast_variant: the
@@ -48,8 +50,11 @@ TENSOR_FUNCTIONS = {
     "LimitAtInf": "_rt.limit_at_inf({0}, {1}, {2}, {3})",
     "Grown": "_rt.grown({0})",
 }
+#: actgen.runtime's IEEE versions of the math functions that raise (log(-1), exp(1000))
+_IEEE = ("exp", "expm1", "cosh", "sinh", "log", "log1p", "sqrt", "sin", "cos", "tan")
+
 SCALAR_FUNCTIONS = {
-    name: template.replace("torch.", "math.") for name, template in TENSOR_FUNCTIONS.items()
+    name: template.replace("torch.", "_rt.scalar_" if name in _IEEE else "math.") for name, template in TENSOR_FUNCTIONS.items()
 } | {
     "Abs": "abs({0})",
     "hypot": "math.hypot({0}, {1})",
@@ -88,7 +93,14 @@ class TorchPrinter(ExprPrinter):
         return self.FUNCTIONS is SCALAR_FUNCTIONS
 
     def power(self, base, exp):
+        if self.scalar_mode:
+            return f"_rt.scalar_pow({self.doprint(base)}, {self.doprint(exp)})", ATOM
         return f"{self.paren(base, POW + 1)}**{self.paren(exp, POW + 1)}", POW
+
+    def divide(self, numerator, denominator, denominator_expr=None, numerator_expr=None):
+        if self.scalar_mode:        # floats: c/0 is inf (or NaN), as on tensors, not an exception
+            return f"_rt.scalar_div({numerator}, {denominator})"
+        return super().divide(numerator, denominator, denominator_expr, numerator_expr)
 
     def _print_Add(self, expr):
         """rest + a*b of two tensors as one fused multiply-add (see fma_split)."""

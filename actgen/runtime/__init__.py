@@ -107,8 +107,17 @@ def inverse_scale(u: torch.Tensor, out=None) -> torch.Tensor:
     return _into(out, torch.where(torch.isinf(u), 0.0, torch.ldexp(torch.ones_like(u), -_scale_shift(u))))
 
 
+def number(like: torch.Tensor, value: float) -> torch.Tensor:
+    """A 0-dim tensor of like's dtype and device holding value - rounded to +-inf where value is
+    beyond the dtype's range (a formula's 1e300 in float32), as float arithmetic rounds it."""
+    try:
+        return like.new_full((), value)
+    except RuntimeError:        # torch refuses to convert it ("without overflow")
+        return like.new_full((), math.copysign(math.inf, value))
+
+
 def _addcmul(c, a, b, value, out):
-    c = c if isinstance(c, torch.Tensor) else a.new_full((), c)
+    c = c if isinstance(c, torch.Tensor) else number(a, c)
     return torch.addcmul(c, a, b, value=value) if out is None else torch.addcmul(c, a, b, value=value, out=out)
 
 
@@ -142,6 +151,51 @@ def capped_exp(u: torch.Tensor, hi32: float, hi64: float, out=None) -> torch.Ten
     if out is None:
         return torch.clamp(u, max=hi).exp_()
     return torch.clamp(u, max=hi, out=out).exp_()
+
+
+# --- numbers of constants alone (Python floats), with IEEE results where Python raises ----
+# A formula's constants can be anything at call time (c = 0 in x/c); the generated code
+# computes their expressions with these, as the kernels and torch would: NaN outside a
+# function's domain, +-inf at a pole or on overflow - never an exception.
+
+def _ieee(fn, pole=None, odd=False):
+    def scalar(u: float) -> float:
+        try:
+            return fn(u)
+        except ValueError:          # outside the domain (log(-1), sin(inf)); -inf at the pole
+            return -math.inf if u == pole else math.nan
+        except OverflowError:
+            return math.copysign(math.inf, u) if odd else math.inf
+    scalar.__name__ = scalar.__qualname__ = f"scalar_{fn.__name__}"
+    scalar.__doc__ = f"math.{fn.__name__} of a float, IEEE where math raises."
+    return scalar
+
+
+scalar_exp, scalar_expm1, scalar_cosh = _ieee(math.exp), _ieee(math.expm1), _ieee(math.cosh)
+scalar_sinh = _ieee(math.sinh, odd=True)
+scalar_log, scalar_log1p = _ieee(math.log, pole=0.0), _ieee(math.log1p, pole=-1.0)
+scalar_sqrt, scalar_sin, scalar_cos, scalar_tan = (_ieee(f) for f in (math.sqrt, math.sin, math.cos, math.tan))
+
+
+def scalar_div(a: float, b: float) -> float:
+    """a / b of floats: +-inf, or NaN for 0/0, where b is 0."""
+    try:
+        return a / b
+    except ZeroDivisionError:
+        if a != a or a == 0:
+            return math.nan
+        return math.copysign(math.inf, a) * math.copysign(1.0, b)
+
+
+def scalar_pow(a: float, b: float) -> float:
+    """a ** b of floats: NaN where it is not real (a negative base, a fractional exponent),
+    +-inf on overflow and for 0 to a negative power."""
+    odd = b == int(b) and int(b) % 2 == 1 if math.isfinite(b) else False
+    try:
+        r = a ** b
+    except (ZeroDivisionError, OverflowError):
+        return math.copysign(math.inf, a) if odd else math.inf
+    return math.nan if isinstance(r, complex) else r
 
 
 def scalar_sigmoid(u: float) -> float:
@@ -192,32 +246,37 @@ def le(a, b, out=None):
     return _compare("le", a, b, out)
 
 
+def _largest_first(masks):
+    """The tensors among masks, the one with most elements first: the first partial result
+    then has the whole result's shape, which out has (a param's 0-dim mask combined with
+    another into out would resize it)."""
+    return sorted((m for m in masks if isinstance(m, torch.Tensor)), key=lambda m: m.numel(), reverse=True)
+
+
 def mask_and(*masks, out=None):
     """Conjunction of float 0/1 masks (or Python bools); out (not one of the masks): where to
     write it."""
+    if any(not m for m in masks if not isinstance(m, torch.Tensor)):
+        return _into(out, False)
     value = True
-    for m in masks:
-        if isinstance(m, torch.Tensor):
-            if value is True:
-                value = m
-            else:
-                value = torch.mul(value, m, out=out) if out is not None else value * m
-        elif not m:
-            return _into(out, False)
+    for m in _largest_first(masks):
+        if value is True:
+            value = m
+        else:
+            value = torch.mul(value, m, out=out) if out is not None and value.shape == out.shape else value * m
     return _into(out, value)
 
 
 def mask_or(*masks, out=None):
     """Disjunction of float 0/1 masks (or Python bools)."""
+    if any(m for m in masks if not isinstance(m, torch.Tensor)):
+        return _into(out, True)
     value = False
-    for m in masks:
-        if isinstance(m, torch.Tensor):
-            if value is False:
-                value = m
-            else:
-                value = torch.maximum(value, m, out=out) if out is not None else torch.maximum(value, m)
-        elif m:
-            return _into(out, True)
+    for m in _largest_first(masks):
+        if value is False:
+            value = m
+        else:
+            value = torch.maximum(value, m, out=out) if out is not None and value.shape == out.shape else torch.maximum(value, m)
     return _into(out, value)
 
 

@@ -1,0 +1,184 @@
+"""Hostile and odd specs: every one a clean `path:line: field: problem` error or a working op.
+
+The cases are the kinds a random search over specs turned up: YAML that nests into a cycle,
+numbers no float holds, constants that are not real, conditions sympy cannot decide, formulas
+whose limits take exact arithmetic forever, and constants that make the generated code's
+float arithmetic raise.  The ops that build are checked against the formula as plain torch
+(tests/_reference.py), and must give NaN or inf where torch does, never an exception.
+"""
+import importlib
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from actgen import runtime as rt
+from actgen.build import build
+from actgen.spec import SpecError, load_spec
+
+from _reference import reference_call
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("name: a\nformula: x * q\nparams: &a {p: *a}\n", "s.yaml:3: spec: YAML aliases (*name) are not supported"),
+    ("name: a\nformula: x\nparams: {p: &i 1.0}\nconstants: {c: *i}\n", "s.yaml:4: spec: YAML aliases"),
+    ("name: a\nformula: x\ndoc: " + "[" * 40 + "]" * 40 + "\n", "s.yaml:3: spec: nested deeper than 16 levels"),
+    ("name: a\nformula: x * p\nparams: {p: 1" + "0" * 400 + "}\n", "s.yaml:3: params.p: must be a finite number"),
+    ("name: a\nformula: max(sqrt(-1), x)\n", "s.yaml:2: formula: the constant I is not a real number"),
+    ("name: a\nformula: where(sqrt(-2) > 0, x, 0)\n", "s.yaml:2: formula: the constant sqrt(2)*I is not a real number"),
+    ("name: a\nformula: Max(log(-6.5), x)\n", "is not a real number"),
+    ("name: a\nformula: where(log(0) < 1, x, 0)\n", "s.yaml:2: formula: the constant zoo is not a real number"),
+    ("name: a\nformula: x + sigmoid(sinh(1e300))\n", "is beyond float64's range"),
+    ("name: a\nformula: x * exp(1e308)\n", "is beyond float64's range"),
+    ("name: a\nformula: where(Min(2, uniform(0, 1)) < 1, x, 2*x)\n", "where(...) of these arguments cannot be built"),
+    ("name: a\nformula: Max(x, Min(c, -2)**(1/3))\nconstants: {c: 1.0}\n", "Max(...) of these arguments cannot be built"),
+])
+def test_hostile_specs_are_clean_errors(text, expected):
+    with pytest.raises(SpecError) as info:
+        load_spec(text, "s.yaml")
+    assert any(expected in p for p in info.value.problems), info.value.problems
+
+
+def test_hostile_spec_on_the_command_line_exits_2_and_writes_nothing(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: a\nformula: x\nparams: &a {p: *a}\n")
+    out = tmp_path / "lib"
+    r = subprocess.run([sys.executable, "-m", "actgen.cli", "build", str(spec), "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and not out.exists()
+    assert r.stderr.strip() == f"{spec}:3: spec: YAML aliases (*name) are not supported"
+
+
+def test_a_formula_the_compiler_fails_on_is_reported_not_raised(tmp_path, monkeypatch):
+    """The last line of defence: whatever derive raises on a formula that passed validation
+    becomes `path:line: formula: cannot be compiled (...)`."""
+    import actgen.build as build_module
+
+    def fails(spec):
+        raise RuntimeError("no form for this")
+
+    monkeypatch.setattr(build_module, "derive", fails)
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: a\ndoc: d\nformula: x * sigmoid(x)\n")
+    with pytest.raises(SpecError) as info:
+        build([spec], tmp_path / "lib")
+    assert info.value.problems == [f"{spec}:3: formula: cannot be compiled (RuntimeError: no form for this)"]
+    assert not (tmp_path / "lib").exists()
+
+
+def _op(tmp_path, text):
+    """Build one spec into a fresh package under tmp_path and import it: (spec, module)."""
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(text)
+    package = f"hostile_{abs(hash(text)) % 10**8}"
+    build([spec_file], tmp_path / package)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        spec = load_spec(text)
+        return spec, importlib.import_module(f"{package}.{spec.name}")
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+@pytest.mark.parametrize("text", [
+    "name: f\nformula: abs(log(x))\n",
+    "name: f\nformula: erfc(log(x))\n",
+    "name: f\nformula: Abs(log(x) - log(1+x))\n",
+    "name: f\nformula: where(log(c) > 0, x, 0)\nconstants: {c: -1.0}\n",
+    "name: f\nformula: where(log1p(p) > 0, x, 2*x)\nparams: {p: -2.0}\n",
+    "name: f\nformula: x * sigmoid(x) + c - 1e300\nconstants: {c: 1.0}\n",
+    "name: f\nformula: x**x**x**x\n",
+    "name: f\nformula: max(x, Piecewise((k, ~(-0.5 < k)), (x, True)))\nparams: {k: 0.985}\n",
+    "name: f\nformula: x * max(max(Abs(k), x, Piecewise((k, ~(-0.5 < k)), (x, True))), 3)\nparams: {k: 0.985}\n",
+])
+def test_odd_formulas_build_and_match_plain_torch(tmp_path, text):
+    """Each of these once crashed the compiler or its generated code; f must match the
+    formula as plain torch in float64 (NaN where it is NaN), and backward must run."""
+    spec, mod = _op(tmp_path, text)
+    fn = getattr(mod, spec.name)
+    x = torch.linspace(-6, 6, 242, dtype=torch.float64).reshape(2, -1).requires_grad_()
+    params = [torch.full((1,), p.init, dtype=torch.float64) for p in spec.params]
+    y = fn(x, *params)
+    want = reference_call(spec, [x.detach()], params, {})
+    torch.testing.assert_close(y.detach(), want.expand_as(y), equal_nan=True, rtol=1e-9, atol=1e-12)
+    y.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
+def test_gated_op_with_a_per_channel_param_has_a_module(tmp_path):
+    spec, mod = _op(tmp_path, "name: f\nformula: a * b * s\ninputs: [a, b]\nparams: {s: {init: 1.5, per_channel: true}}\n")
+    m = mod.F(num_channels=3)
+    assert m.s.shape == (3,)
+    with torch.no_grad():
+        m.s.copy_(torch.tensor([0.5, 1.0, 2.0]))
+    v = torch.randn(2, 3, 8, requires_grad=True)
+    y = m(v)
+    a, b = v.detach().chunk(2, dim=-1)
+    torch.testing.assert_close(y, a * b * m.s.detach().view(-1, 1))
+    y.sum().backward()
+    assert m.s.grad.shape == (3,)
+
+
+@pytest.mark.parametrize("formula, c, want", [
+    ("x * (1/c)", 0.0, lambda x: x * math.inf),
+    ("x / (c - 1)", 1.0, lambda x: x / 0.0),
+    ("x * log(c)", 0.0, lambda x: x * -math.inf),
+    ("x * log(c)", -1.0, lambda x: x * math.nan),
+    ("x * log1p(c)", -1.0, lambda x: x * -math.inf),
+    ("x * sqrt(c)", -1.0, lambda x: x * math.nan),
+    ("x * c**0.5", -1.0, lambda x: x * math.nan),
+    ("x * c**(-1)", 0.0, lambda x: x * math.inf),
+    ("x * exp(c)", 1000.0, lambda x: x * math.inf),
+    ("x * sinh(c)", -1000.0, lambda x: x * -math.inf),
+    ("x * sin(c)", math.inf, lambda x: x * math.nan),
+])
+def test_constants_compute_as_ieee_floats(tmp_path, formula, c, want):
+    """A constant can be anything at call time: its expressions give inf or NaN as the
+    formula's tensors would (c/0, log(-1), exp(1000)), not a Python exception, forward and
+    backward."""
+    spec, mod = _op(tmp_path, f"name: f\nformula: {formula}\nconstants: {{c: 2.0}}\n")
+    x = torch.tensor([-2.0, -0.5, 0.5, 3.0], dtype=torch.float64, requires_grad=True)
+    y = mod.f(x, c=c)
+    torch.testing.assert_close(y.detach(), want(x.detach()), equal_nan=True)
+    y.sum().backward()
+    with torch.no_grad():
+        slope = want(torch.ones(1, dtype=torch.float64))        # f is x times a constant
+    torch.testing.assert_close(x.grad, slope.expand_as(x), equal_nan=True)
+
+
+@pytest.mark.parametrize("name", ["exp", "expm1", "cosh", "sinh", "log", "log1p", "sqrt", "sin", "cos", "tan"])
+def test_runtime_scalar_functions_are_torch_on_floats(name):
+    values = [0.0, -0.0, 1.0, -1.0, 0.5, -2.0, 700.0, 710.0, -710.0, 1e308, math.inf, -math.inf, math.nan]
+    fn = getattr(rt, f"scalar_{name}")
+    for v in values:
+        want = getattr(torch, name)(torch.tensor(v, dtype=torch.float64)).item()
+        got = fn(v)
+        assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want, rel=1e-15), (name, v, got, want)
+
+
+def test_runtime_scalar_division_and_power_are_torch_on_floats():
+    values = [0.0, -0.0, 2.0, -2.0, 0.5, -8.0, 1e300, math.inf, -math.inf, math.nan]
+    for a in values:
+        for b in values + [3.0, -3.0, 1 / 3]:
+            ta, tb = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+            for got, want in ((rt.scalar_div(a, b), (ta / tb).item()), (rt.scalar_pow(a, b), (ta ** tb).item())):
+                assert (math.isnan(got) and math.isnan(want)) or got == want, (a, b, got, want)
+
+
+def test_masks_of_params_and_of_the_chunk_combine_into_out():
+    """A param's 0-dim mask first, the chunk's after: out keeps the chunk's shape."""
+    x = torch.linspace(-2, 2, 12)
+    k = torch.tensor(1.0)
+    for combine, ref in ((rt.mask_or, torch.maximum), (rt.mask_and, torch.mul)):
+        out = torch.full((12,), math.nan)
+        got = combine(rt.gt(k, 0.5), rt.lt(k, 2.0), rt.gt(x, 0.0), out=out)
+        assert got.shape == (12,) and out.shape == (12,)
+        torch.testing.assert_close(got, ref(ref((k > 0.5).float(), (k < 2.0).float()), (x > 0).float()).expand(12))
+
+
+def test_runtime_number_beyond_the_dtype_is_inf():
+    like = torch.zeros(3)
+    assert rt.number(like, 1e300).item() == math.inf and rt.number(like, -1e300).item() == -math.inf
+    assert rt.number(like.double(), 1e300).item() == 1e300
