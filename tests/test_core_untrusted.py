@@ -182,3 +182,17 @@ def test_runtime_number_beyond_the_dtype_is_inf():
     like = torch.zeros(3)
     assert rt.number(like, 1e300).item() == math.inf and rt.number(like, -1e300).item() == -math.inf
     assert rt.number(like.double(), 1e300).item() == 1e300
+
+
+@pytest.mark.parametrize("c", [1.0, -1.0])
+def test_a_condition_of_constants_alone_picks_its_branch(tmp_path, c):
+    """where(c > 0, ...) with c a constant is one bool: the guarded path (taken where an input
+    or a result is not finite) picks the branch with it, as the fast path does."""
+    spec, mod = _op(tmp_path, "name: f\nformula: where(c > 0, sqrt(x), exp(x))\nconstants: {c: 1.0}\n")
+    x = torch.tensor([-1.0, 0.0, 2.0, 700.0, math.inf, -math.inf, math.nan], dtype=torch.float64, requires_grad=True)
+    y = mod.f(x, c=c)
+    want = reference_call(spec, [x.detach()], [], {"c": c})
+    torch.testing.assert_close(y.detach(), want, equal_nan=True)
+    y.sum().backward()
+    slope = torch.func.vmap(torch.func.grad(lambda t: torch.sqrt(t) if c > 0 else torch.exp(t)))(x.detach())
+    torch.testing.assert_close(x.grad[:4], slope[:4], equal_nan=True)

@@ -336,13 +336,13 @@ class ExprPrinter:
             pairs.append((last, cond))
         text = self.doprint(rest)
         for value, c in reversed(pairs):
-            text = self.where(self.doprint(c), value, text, rest)
+            text = self.where(self.doprint(c), value, text, rest, self.is_scalar(c))
             rest = sympy.Piecewise((value, c), (rest, True), evaluate=False)
         return text, ATOM
 
-    def where(self, cond: str, value, otherwise: str, otherwise_expr) -> str:
+    def where(self, cond: str, value, otherwise: str, otherwise_expr, uniform_cond: bool = False) -> str:
         """Print `where(cond, value, otherwise)`; value/otherwise_expr are sympy, cond and
-        otherwise already printed."""
+        otherwise already printed; uniform_cond: cond is of constants alone (one bool)."""
         raise NotImplementedError
 
     # guards

@@ -114,11 +114,13 @@ class TorchPrinter(ExprPrinter):
             a, scale = factor, f", {self.doprint(coeff)}"
         return f"_rt.{'fnma' if negative else 'fma'}({self.doprint(a)}, {self.doprint(b)}, {self.doprint(rest)}{scale})", ATOM
 
-    def where(self, cond, value, otherwise, otherwise_expr):
+    def where(self, cond, value, otherwise, otherwise_expr, uniform_cond=False):
         if self.scalar_mode:
             return f"({self.doprint(value)} if {cond} else {otherwise})"
         if self.fast:
             return f"_rt.select({cond}, {self.doprint(value)}, {otherwise})"
+        if uniform_cond:            # a bool: the branch it takes (torch.where wants a tensor)
+            return f"({self.doprint(value)} if {cond} else {otherwise})"
         text = self.doprint(value)
         if self.is_scalar(value) and self.is_scalar(otherwise_expr):
             text = f"{self.like}.new_full((), {text})"

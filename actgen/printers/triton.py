@@ -114,7 +114,7 @@ class TritonPrinter(ExprPrinter):
             return "(" + "*".join([self.paren(base, POW)] * int(exp)) + ")", ATOM     # rounded as one factor
         return f"libdevice.pow({self.doprint(base)}, {self.doprint(exp)})", ATOM
 
-    def where(self, cond, value, otherwise, otherwise_expr):
+    def where(self, cond, value, otherwise, otherwise_expr, uniform_cond=False):
         return f"tl.where({cond}, {self.doprint(value)}, {otherwise})"
 
     def _print_Not(self, expr):
