@@ -23,6 +23,9 @@ from .functions import expm1, log1p, sigmoid, softplus, uniform
 
 MAX_FORMULA_LENGTH = 4000
 MAX_DEPTH = 64
+#: Numbers beyond float32's range are refused: the generated code computes float32 (and
+#: 16-bit) data in float32, where torch refuses such a number as an operand.
+FLOAT32_MAX = 3.4028234663852886e38
 MAX_NODES = 2000
 MAX_INT_POWER = 64
 
@@ -216,8 +219,8 @@ class _Builder:
             self._fail(node, f"the constant {shown} cannot be evaluated (it overflows)")
         if v.imag != 0 or math.isnan(v.real):
             self._fail(node, f"the constant {shown} is not a real number")
-        if not math.isfinite(v.real):
-            self._fail(node, f"the constant {shown} is beyond float64's range")
+        if not abs(v.real) <= FLOAT32_MAX:
+            self._fail(node, f"the constant {shown} is beyond float32's range (+-3.4e38)")
         return value
 
     def _number(self, node):
@@ -227,6 +230,8 @@ class _Builder:
         if isinstance(value, float):
             if not math.isfinite(value):
                 self._fail(node, "number is not finite")
+            if abs(value) > FLOAT32_MAX:
+                self._fail(node, f"number {value:g} is beyond float32's range (+-3.4e38)")
             return sympy.Float(value) if not value.is_integer() or abs(value) > 2**53 else sympy.Integer(int(value))
         if abs(value) > 2**53:
             self._fail(node, "integer literal is too large")

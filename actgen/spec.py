@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import sympy
 import yaml
 
-from .formula import RESERVED_NAMES, FormulaError, make_symbol, parse_formula
+from .formula import FLOAT32_MAX, RESERVED_NAMES, FormulaError, make_symbol, parse_formula
 
 SPEC_FIELDS = ("name", "formula", "doc", "inputs", "params", "constants", "class_name", "reference", "precision")
 #: `precision`: auto (the compiler's precision check decides, see actgen.precision), float32
@@ -159,6 +159,9 @@ def _number(loader, node, problems, fieldname):
         value = math.inf
     if not math.isfinite(value):
         problems.add(node, fieldname, "must be a finite number")
+        return None
+    if abs(value) > FLOAT32_MAX:
+        problems.add(node, fieldname, f"{value:g} is beyond float32's range (+-3.4e38)")
         return None
     return value
 
