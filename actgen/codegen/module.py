@@ -333,6 +333,7 @@ def _forward_kernel(w: Writer, d: Derivation):
     _jit(w, d)
     with w.indent(f"def _forward_kernel(\n    {', '.join(args)},\n    {_CONSTEXPRS}{_training(d)},\n):"):
         w(f'"""y = f({", ".join(s.inputs)}) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""')
+        _constant_casts(w, d)
         w(TILE_INDEX)
         _kernel_loads(w, d)
         _kernel_draws(w, d.kernel_forward, d)
@@ -342,6 +343,14 @@ def _forward_kernel(w: Writer, d: Derivation):
             w("_y = _y + tl.zeros([BLOCK_M, BLOCK_N], ACC)")
         w(f"tl.store(_out_ptr + _offs, {_stored('_y', '_out_ptr', d.wide_forward)}, mask=_mask)")
     w()
+
+
+def _constant_casts(w: Writer, d: Derivation):
+    """The constants as scalars of the compute type: on a GPU a no-op for float32 (a float
+    argument is one), and under the interpreter, where it stays a Python float, what makes
+    the kernel's helpers and conditions of constants alone work as they do on a GPU."""
+    for c in d.spec.constants:
+        w(f"{c.name} = tl.cast({c.name}, ACC)")
 
 
 def _free(block: Block, expr) -> set:
@@ -377,6 +386,7 @@ def _backward_kernel(w: Writer, d: Derivation):
             doc += ("; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this "
                     "program's tiles (one, or with STEP _iters tiles num_programs apart)")
         w(f'"""{doc}."""')
+        _constant_casts(w, d)
         if not s.params:
             _backward_tile(w, d, TILE_INDEX)
             w()

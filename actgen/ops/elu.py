@@ -66,6 +66,7 @@ if _rt.HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
+        alpha = tl.cast(alpha, ACC)
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _y = tl.where(x > 0.0, x, alpha*libdevice.expm1(x))
@@ -77,6 +78,7 @@ if _rt.HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr,
     ):
         """grad * df/dinput for every input."""
+        alpha = tl.cast(alpha, ACC)
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)

@@ -69,6 +69,8 @@ if _rt.HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
+        mu = tl.cast(mu, ACC)
+        sigma = tl.cast(sigma, ACC)
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _y = 0.5*_erfc(-(_div_uniform(0.7071067811865476*(-mu + x), sigma, FAST)), FAST)
@@ -80,6 +82,8 @@ if _rt.HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr,
     ):
         """grad * df/dinput for every input."""
+        mu = tl.cast(mu, ACC)
+        sigma = tl.cast(sigma, ACC)
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)

@@ -93,6 +93,8 @@ if _rt.HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
+        beta = tl.cast(beta, ACC)
+        eps = tl.cast(eps, ACC)
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         alpha_p = tl.load(alpha_p_ptr).to(ACC)
@@ -109,6 +111,8 @@ if _rt.HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
         """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
+        beta = tl.cast(beta, ACC)
+        eps = tl.cast(eps, ACC)
         _sum_alpha_p = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
         _sum_alpha_n = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
         alpha_p = tl.load(alpha_p_ptr).to(ACC)
