@@ -207,8 +207,8 @@ class _Builder:
         self._fail(node, f"'{type(node).__name__}' is not part of the formula language")
 
     def _constant(self, node, value):
-        """value, where it is a number: a real one within float64's range (sqrt(-1),
-        log(0), exp(1000) are refused here, where they are written)."""
+        """value, where it is a number: a real one within float32's range (sqrt(-1),
+        log(0), exp(100) are refused here, where they are written)."""
         if not isinstance(value, sympy.Expr) or not value.is_number or value.has(uniform):
             return value
         shown = sympy.sstr(value)
