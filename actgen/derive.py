@@ -262,6 +262,14 @@ def rewrite_sigmoid_tanh(e):
     return None
 
 
+def real_abs(u: sympy.Expr) -> sympy.Expr:
+    """|u| for the real arithmetic the generated code does: sympy's Abs takes the modulus of
+    a complex number where it cannot tell u is real (|exp(sqrt(x))| is
+    exp(cos(atan2(0, x)/2)*sqrt(|x|)) to it); an exp of anything is positive here."""
+    positive = {a: sympy.Dummy(positive=True) for a in u.atoms(sympy.exp)}
+    return sympy.Abs(u.xreplace(positive)).xreplace({d: a for a, d in positive.items()})
+
+
 def rewrite_sech2(e):
     """c - c*tanh(u)**2 -> c*4*exp(-2|u|) / (1 + exp(-2|u|))**2 (= c*sech(u)**2): no cancellation
     where tanh(u)**2 -> 1, so tanh' keeps its tail instead of dropping to 0 at |u| > 9."""
@@ -272,7 +280,7 @@ def rewrite_sech2(e):
         coeff, rest = term.as_coeff_Mul()
         if isinstance(rest, sympy.Pow) and rest.exp == 2 and isinstance(rest.base, sympy.tanh) and -coeff in numbers:
             u = rest.base.args[0]
-            decay = sympy.exp(-2 * sympy.Abs(u))
+            decay = sympy.exp(-2 * real_abs(u))
             return _replace_pair(e, term, -coeff, -coeff * 4 * decay / (1 + decay) ** 2)
     return None
 
@@ -751,7 +759,7 @@ def _exp_ratio(expr, x, sigmoids=False, capped=False):
         E_u = CappedExp(u, *(sympy.Integer(int((limit - CAPPED_MARGIN) / degree)) for limit in CAPPED_EXP_LIMITS))
         num = E_u**m * _horner_in([sympy.expand(c) for c in coeffs], E_u)
         return (g / scale) * num / _horner_in(D, E_u)
-    e = sympy.exp(-sympy.Abs(u))
+    e = sympy.exp(-real_abs(u))
     neg_num = e**m * _horner_in([sympy.expand(c) for c in coeffs], e)
     pos_num = e ** (q - m - p1) * _horner_in([sympy.expand(c) for c in reversed(coeffs)], e)
     # D as one polynomial (its factors multiplied out), in Horner form: mish's (E**2 + 2*E + 2)**2
@@ -778,7 +786,7 @@ def sigmoids_from_exp(outputs):
             u = a.args[0]
             for v, sign in ((u, 1), (-u, -1)):
                 if v in exps:
-                    ex = sympy.exp(-sympy.Abs(v))
+                    ex = sympy.exp(-real_abs(v))
                     top = sympy.Piecewise((1, v >= 0), (ex, True)) if sign == 1 else sympy.Piecewise((ex, v >= 0), (1, True))
                     new[a] = top / (1 + ex)        # one division, not e times 1/(1 + e): one rounding less
                     break
@@ -803,7 +811,7 @@ def sigmoid_pairs(outputs):
         return list(outputs)
     new = {}
     for u in pairs:
-        e = sympy.exp(-sympy.Abs(u))
+        e = sympy.exp(-real_abs(u))
         r = 1 / (1 + e)
         new[sigmoid(u)] = sympy.Piecewise((r, u >= 0), (e * r, True))
         new[sigmoid(-u)] = sympy.Piecewise((e * r, u >= 0), (r, True))

@@ -93,6 +93,8 @@ def _op(tmp_path, text):
     "name: f\nformula: where(log1p(p) > 0, x, 2*x)\nparams: {p: -2.0}\n",
     "name: f\nformula: x * sigmoid(x) + c - 3e38\nconstants: {c: 1.0}\n",
     "name: f\nformula: x**x**x**x\n",
+    "name: f\nformula: tanh(exp(sqrt(x)))\n",
+    "name: f\nformula: sigmoid(exp(sqrt(x))) * x\n",
     "name: f\nformula: max(x, Piecewise((k, ~(-0.5 < k)), (x, True)))\nparams: {k: 0.985}\n",
     "name: f\nformula: x * max(max(Abs(k), x, Piecewise((k, ~(-0.5 < k)), (x, True))), 3)\nparams: {k: 0.985}\n",
 ])
