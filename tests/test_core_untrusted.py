@@ -201,3 +201,26 @@ def test_a_condition_of_constants_alone_picks_its_branch(tmp_path, c):
     y.sum().backward()
     slope = torch.func.vmap(torch.func.grad(lambda t: torch.sqrt(t) if c > 0 else torch.exp(t)))(x.detach())
     torch.testing.assert_close(x.grad[:4], slope[:4], equal_nan=True)
+
+
+def test_runtime_rdiv_rounds_once_and_is_zero_over_a_subnormal():
+    """c / t for a float c: one IEEE division (Python's c / t on a tensor is t.reciprocal()*c:
+    NaN for 0 over a subnormal, whose reciprocal overflows)."""
+    g = torch.Generator().manual_seed(5)
+    t = torch.rand(10000, generator=g) * 4 - 2
+    for c in (0.3, -7.0, 1e-30):
+        want = (torch.tensor(c, dtype=torch.float32).double() / t.double()).float()
+        assert torch.equal(rt.rdiv(c, t), want)
+    sub = torch.tensor([1e-40, -1e-40, 1e-45])
+    assert torch.equal(rt.rdiv(0.0, sub), torch.tensor([0.0, -0.0, 0.0]))
+    out = sub.clone()
+    assert rt.rdiv(2.0, out, out=out) is out and torch.isinf(out).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_squareplus_at_b_0_is_0_left_of_0_down_to_subnormals(dtype):
+    from actgen.ops import squareplus
+    from _reference import SPECS
+    x = torch.tensor([-1e-40, -1e-45, -1e-39, -1e-30, -3.0, 1e-40, 2.0], dtype=dtype)
+    want = reference_call(SPECS["squareplus"], [x.double()], [], {"b": 0.0}).to(dtype)
+    torch.testing.assert_close(squareplus(x, b=0.0), want, rtol=0, atol=0)

@@ -49,6 +49,8 @@ def _expr(rg, depth, temps):
     if kind == "rsub":
         return f"({rg.choice(['1.0', 'c', 'w'])} - {sub()})"
     if kind == "rdiv":
+        if rg.random() < 0.3:       # the printer's form for a float over a tensor
+            return f"_rt.rdiv({rg.choice(['0.5', 'c', '-3.0'])}, {sub()})"
         return f"({rg.choice(['1.0', 'c', 'w'])}/{sub()})"
     if kind == "neg":
         return f"-({sub()})"

@@ -92,7 +92,7 @@ def _second_derivatives_torch(x, alpha):
     _t15 = _rt.fnma(_v_x, alpha, _rt.fnma(_t6, _w_x, _w_x))
     _t9 = _t8/(_t15*_t15)
     _t10 = _t4*x
-    _t11 = 2.0/(alpha*alpha*alpha)
+    _t11 = _rt.rdiv(2.0, (alpha*alpha*alpha))
     _t12 = 1.0/alpha
     _t13 = 1.0/_t1
     _t14 = 1.0/_t6

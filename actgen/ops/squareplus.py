@@ -29,7 +29,7 @@ def _forward_torch(x, b):
     _t0 = _rt.sqrt_square_plus(x, b)
     _t1 = 0.5*b
     _t2 = _rt.scalar_sqrt(b + 281474976710656.0) + 16777216.0
-    _y = _rt.limit_at_inf(torch.where(x < 0.0, _t1/(_t0 - x), 0.5*(_t0 + x)), _rt.grown(0.5*_t2), _rt.grown(_rt.scalar_div(_t1, _t2)), x)
+    _y = _rt.limit_at_inf(torch.where(x < 0.0, _rt.rdiv(_t1, (_t0 - x)), 0.5*(_t0 + x)), _rt.grown(0.5*_t2), _rt.grown(_rt.scalar_div(_t1, _t2)), x)
     return _y
 
 
@@ -49,7 +49,7 @@ def _derivatives_torch(x, b):
 def _forward_torch_fast(x, b, _w):
     """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = _rt.sqrt_square_plus(x, b, out=_w[0])
-    _y = _rt.select(_rt.lt(x, 0.0, out=_w[1]), torch.sub(_t0, x, out=_w[2]).reciprocal_().mul_(0.5 * b), torch.add(_t0, x, out=_w[3]).mul_(0.5), out=_w[4])
+    _y = _rt.select(_rt.lt(x, 0.0, out=_w[1]), _rt.rdiv(0.5 * b, torch.sub(_t0, x, out=_w[2]), out=_w[2]), torch.add(_t0, x, out=_w[3]).mul_(0.5), out=_w[4])
     return _rt.finite_or_none(_y)
 
 

@@ -100,6 +100,12 @@ class TorchPrinter(ExprPrinter):
     def divide(self, numerator, denominator, denominator_expr=None, numerator_expr=None):
         if self.scalar_mode:        # floats: c/0 is inf (or NaN), as on tensors, not an exception
             return f"_rt.scalar_div({numerator}, {denominator})"
+        if (numerator_expr is not None and denominator_expr is not None and self.is_scalar(numerator_expr)
+                and not self.is_scalar(denominator_expr)
+                and not (numerator_expr.is_number and float(numerator_expr) == 1.0)):
+            # a float over a tensor: Python's c/t is t.reciprocal()*c, two roundings, and NaN
+            # where 1/t overflows (t subnormal) and c is 0; rdiv divides once, as the kernels do
+            return f"_rt.rdiv({numerator}, {denominator})"
         return super().divide(numerator, denominator, denominator_expr, numerator_expr)
 
     def _print_Add(self, expr):

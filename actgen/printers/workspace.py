@@ -34,8 +34,8 @@ BINARY = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.P
 #: actgen.runtime functions that take out= and write their value there; those that may write
 #: it into one of their own tensor arguments (one pass reading each element once)
 RUNTIME_OUT = {"fma", "fnma", "select", "gt", "ge", "lt", "le", "mask_and", "mask_or", "mask_not", "clamp",
-               "softplus", "hypot", "sqrt_square_plus", "scaled_input", "inverse_scale", "capped_exp"}
-RUNTIME_IN_PLACE = {"fma", "fnma", "gt", "ge", "lt", "le", "capped_exp"}
+               "softplus", "hypot", "sqrt_square_plus", "scaled_input", "inverse_scale", "capped_exp", "rdiv"}
+RUNTIME_IN_PLACE = {"fma", "fnma", "gt", "ge", "lt", "le", "capped_exp", "rdiv"}
 
 
 class WorkspaceError(ValueError):

@@ -116,6 +116,14 @@ def number(like: torch.Tensor, value: float) -> torch.Tensor:
         return like.new_full((), math.copysign(math.inf, value))
 
 
+def rdiv(c: float, t: torch.Tensor, out=None) -> torch.Tensor:
+    """c / t for a float c, rounded once as IEEE division: Python's c / t on a tensor is
+    t.reciprocal() * c, two roundings, and NaN where 1/t overflows (t subnormal) and c is 0.
+    out may be t."""
+    c = number(t, c)
+    return torch.div(c, t) if out is None else torch.div(c, t, out=out)
+
+
 def _addcmul(c, a, b, value, out):
     c = c if isinstance(c, torch.Tensor) else number(a, c)
     return torch.addcmul(c, a, b, value=value) if out is None else torch.addcmul(c, a, b, value=value, out=out)
