@@ -224,3 +224,16 @@ def test_squareplus_at_b_0_is_0_left_of_0_down_to_subnormals(dtype):
     x = torch.tensor([-1e-40, -1e-45, -1e-39, -1e-30, -3.0, 1e-40, 2.0], dtype=dtype)
     want = reference_call(SPECS["squareplus"], [x.double()], [], {"b": 0.0}).to(dtype)
     torch.testing.assert_close(squareplus(x, b=0.0), want, rtol=0, atol=0)
+
+
+def test_float64_kernels_take_bare_numbers_in_float64(tmp_path, triton_backend):
+    """A number tl.where would take as float32 first (asinh(3.0) as a branch) and an
+    evaluation-mode draw (lo + (hi - lo)/2) are float64 in a float64 kernel: the kernels
+    agree with the formula as plain torch to float64 rounding, not float32's."""
+    text = ("name: f\nformula: where(a < c, asinh(3.0), b / (1 + abs(c))) - softplus(uniform(0.3, 0.9) * b)\n"
+            "inputs: [a, b]\nconstants: {c: 1.0}\n")
+    spec, mod = _op(tmp_path, text)
+    a = torch.linspace(-3, 3, 7, dtype=torch.float64)
+    b = torch.linspace(-2, 2.5, 7, dtype=torch.float64)
+    y = mod.f(a, b, training=False)
+    torch.testing.assert_close(y, reference_call(spec, [a, b], [], {}), rtol=4e-16, atol=4e-16)

@@ -321,9 +321,9 @@ def _kernel_draws(w: Writer, block: Block, d: Derivation):
     with w.indent("if TRAINING:"):
         for k, r in draws:
             w(f"{r.name} = _draw(_seed, {k}, _offs).to(ACC)")
-    with w.indent("else:"):
+    with w.indent("else:"):         # in ACC: a bare 0.5 makes lo + (hi - lo)*0.5 float32 under the interpreter
         for _, r in draws:
-            w(f"{r.name} = 0.5")
+            w(f"{r.name} = tl.full([], 0.5, ACC)")
 
 
 def _forward_kernel(w: Writer, d: Derivation):

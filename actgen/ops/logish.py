@@ -90,7 +90,7 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = _exp(-tl.abs(x), FAST)
-        _d_x = tl.where(x != x, x, tl.where(x == float("inf"), 0.6931471805599453, tl.where(x == -float("inf"), 0.0, tl.fma(_t0, _div_bounded(x, tl.where(x < 0.0, tl.fma(_t0, 2.0*_t0 + 3.0, 1.0), tl.fma(_t0, _t0 + 3.0, 2.0)), FAST), _log1p(_div_bounded(tl.where(x >= 0.0, 1.0, _t0), (_t0 + 1.0), FAST), FAST)))))
+        _d_x = tl.where(x != x, x, tl.where(x == float("inf"), tl.full([], 0.6931471805599453, ACC), tl.where(x == -float("inf"), 0.0, tl.fma(_t0, _div_bounded(x, tl.where(x < 0.0, tl.fma(_t0, 2.0*_t0 + 3.0, 1.0), tl.fma(_t0, _t0 + 3.0, 2.0)), FAST), _log1p(_div_bounded(tl.where(x >= 0.0, 1.0, _t0), (_t0 + 1.0), FAST), FAST)))))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 

@@ -74,7 +74,7 @@ if _rt.HAS_TRITON:
         if TRAINING:
             _r0 = _draw(_seed, 0, _offs).to(ACC)
         else:
-            _r0 = 0.5
+            _r0 = tl.full([], 0.5, ACC)
         _y = tl.where(x > 0.0, x, x*(_r0*(-lower + upper) + lower))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
@@ -92,7 +92,7 @@ if _rt.HAS_TRITON:
         if TRAINING:
             _r0 = _draw(_seed, 0, _offs).to(ACC)
         else:
-            _r0 = 0.5
+            _r0 = tl.full([], 0.5, ACC)
         _d_x = tl.where(x != x, x, tl.where(x > 0.0, 1.0, _r0*(-lower + upper) + lower))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 

@@ -115,7 +115,12 @@ class TritonPrinter(ExprPrinter):
         return f"libdevice.pow({self.doprint(base)}, {self.doprint(exp)})", ATOM
 
     def where(self, cond, value, otherwise, otherwise_expr, uniform_cond=False):
-        return f"tl.where({cond}, {self.doprint(value)}, {otherwise})"
+        # a number branch float32 does not hold exactly is made in ACC: tl.where takes a bare
+        # number as float32 first (float64 data's asinh(3.0) was 5e-8 off)
+        value_text = self.addend(value) if value.is_number else self.doprint(value)
+        if otherwise_expr is not None and otherwise_expr.is_number and otherwise == self.doprint(otherwise_expr):
+            otherwise = self.addend(otherwise_expr)
+        return f"tl.where({cond}, {value_text}, {otherwise})"
 
     def _print_Not(self, expr):
         return f"({self.doprint(expr.args[0])}) == 0", 0
