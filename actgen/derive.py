@@ -73,7 +73,7 @@ import sympy
 from sympy.codegen.cfunctions import hypot
 
 from . import precision
-from .functions import MPMATH_FUNCTIONS, expm1, log1p, sigmoid, softplus, uniform
+from .functions import MPMATH_AT_HUGE, Oscillates, expm1, log1p, sigmoid, softplus, uniform
 from .spec import Spec
 
 
@@ -915,7 +915,10 @@ def exp_rational_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], sigmoids
     def attempt(e):
         for x in inputs:
             if e.has(x) and (e.is_Add or e.is_Mul or isinstance(e, _EXP_FAMILY)):
-                one = _exp_ratio(e, x, sigmoids or x in costly_sigmoid, capped)
+                try:
+                    one = _exp_ratio(e, x, sigmoids or x in costly_sigmoid, capped)
+                except TypeError:       # parts that are not real (cos(log(x)) as exps of I*log(x))
+                    one = None
                 if one is not None:
                     return one
         return None
@@ -1043,7 +1046,10 @@ def rewrite_cancellation_at_zero(e):
         return None
     if not all(term.has(x) for term in e.args if not term.is_Number) or not any(term.is_polynomial(x) for term in e.args):
         return None
-    return _pade_near_zero(e, x)
+    try:
+        return _pade_near_zero(e, x)
+    except (TypeError, ValueError, ArithmeticError):      # not real near 0 (log(x**2 - 1))
+        return None
 
 
 REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
@@ -1199,9 +1205,9 @@ _MPMATH_SCALES = {
 @functools.lru_cache(maxsize=256)
 def _mpmath_function(expr: sympy.Expr, x: sympy.Symbol):
     """expr as a function of x in mpmath (astronomically large exp arguments taken to their
-    limits, see MPMATH_FUNCTIONS), or None where sympy cannot write it so."""
+    limits, see MPMATH_AT_HUGE), or None where sympy cannot write it so."""
     try:
-        return sympy.lambdify(x, expr, modules=[MPMATH_FUNCTIONS | _MPMATH_SCALES, "mpmath"])
+        return sympy.lambdify(x, expr, modules=[MPMATH_AT_HUGE | _MPMATH_SCALES, "mpmath"])
     except Exception:  # noqa: BLE001 - a function lambdify does not know
         return None
 
@@ -1227,12 +1233,16 @@ def _numeric_limit(expr: sympy.Expr, x: sympy.Symbol, sign: int):
     # exponent varies with x (x**x**x at 1e30: an exact power with a 1e30-digit exponent),
     # nor of an exponential-like function of another (erfc(sinh(x)): exp(-exp(2e30)), whose
     # evaluation computes ln 2 to 10**30 digits)
-    growing = (sympy.exp, sympy.sinh, sympy.cosh, sympy.tanh, sympy.erf, sympy.erfc, sigmoid, softplus, expm1)
+    growing = (sympy.exp, sympy.sinh, sympy.cosh, sympy.tanh, sympy.erf, sympy.erfc, sigmoid, softplus, expm1,
+               sympy.sin, sympy.cos, sympy.tan)
     fast = [f for f in expr.atoms(*growing) if f.has(x)]
     exact = not any(p.exp.has(x) for p in expr.atoms(sympy.Pow)) and not any(
         g is not f and f.args[0].has(g) for f in fast for g in fast)
     for probe in _PROBES:
-        v = _mpmath_value(fn, sign * probe) if fn is not None else None
+        try:
+            v = _mpmath_value(fn, sign * probe) if fn is not None else None
+        except Oscillates:
+            return None
         if v is None and not exact:
             return None
         if v is None:
@@ -1384,11 +1394,11 @@ def limit_guards(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], samples=None,
         if u not in expr.free_symbols:
             continue
         if expr.free_symbols == {u}:
-            expr = limit_guard(expr, u, clamp)
+            expr = _limit_guard_or_none(expr, u, clamp)
             continue
         indep, dep = sympy.factor_terms(expr).as_independent(u, as_Add=False)
         if indep != 1 and dep.free_symbols == {u}:
-            guarded = limit_guard(dep, u, clamp)
+            guarded = _limit_guard_or_none(dep, u, clamp)
             if guarded is not dep:
                 expr = sympy.Mul(indep, guarded)
             continue
@@ -1420,6 +1430,23 @@ class Grown(sympy.Function):
 
 PROBE = 2.0 ** 24       # x**5 stays finite in float32 at the probe; sigmoid(beta * probe)
 GROWTH = 2.0 ** 14      # saturates for |beta| > 1e-6; linear growth is seen for slopes > 1e-3
+
+
+def _nan_for_complex(e: sympy.Expr) -> sympy.Expr:
+    """e with every number that is not real (a limit read off where the formula is complex,
+    (-1)**0.5) as NaN: what real arithmetic gives there, and what the printers can write."""
+    if not any(a.is_number and a.is_extended_real is False for a in sympy.preorder_traversal(e)):
+        return e
+    return e.replace(lambda a: a.is_number and a.is_extended_real is False, lambda a: sympy.nan)
+
+
+def _limit_guard_or_none(expr, u, clamp):
+    """limit_guard, or expr as it is where reading its limits off fails (sympy comparing a
+    value that is not real: cos(log(x)) at x = -1e30): no guard, IEEE arithmetic at +-inf."""
+    try:
+        return limit_guard(expr, u, clamp)
+    except (TypeError, ValueError, ArithmeticError, RecursionError):
+        return expr
 
 
 def runtime_limit(expr: sympy.Expr, u: sympy.Symbol) -> sympy.Expr:
@@ -1854,7 +1881,8 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
         return rational_form(exp_rational_form(e, inputs, sigmoids=kernel), inputs) if rewrites else e
 
     def final(e):       # value-preserving forms for float arithmetic (see the module doc)
-        return fold_constants(horner_form(hypot_form(e), inputs)) if rewrites else e
+        e = fold_constants(horner_form(hypot_form(e), inputs)) if rewrites else e
+        return _nan_for_complex(e)
 
     def guarded(e):
         return final(nan_guard(limit_guards(e, inputs, samples, clamp=rewrites), inputs))

@@ -12,7 +12,8 @@ import mpmath
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
-__all__ = ["sigmoid", "softplus", "log1p", "expm1", "uniform", "mean_of_draws", "MPMATH_FUNCTIONS"]
+__all__ = ["sigmoid", "softplus", "log1p", "expm1", "uniform", "mean_of_draws", "MPMATH_FUNCTIONS", "MPMATH_AT_HUGE",
+           "Oscillates"]
 
 
 class sigmoid(sympy.Function):
@@ -150,11 +151,32 @@ def _mp_sinh(u):
     return mpmath.sign(u) * mpmath.inf if abs(u) > _HUGE else mpmath.sinh(u)
 
 
-#: exp, sigmoid, softplus, erf, erfc, tanh, sinh and cosh with astronomically large arguments
-#: taken to their limits (exp(-exp(x)) at x = 1e30 would otherwise need 10**29 digits, and
-#: mpmath's tanh of exp(1e12) runs out of memory).
+def _mp_expm1(u):
+    return _mp_exp(u) - 1 if abs(u) > _SATURATED else mpmath.expm1(u)
+
+
+class Oscillates(ArithmeticError):
+    """sin, cos or tan of an argument beyond 2**60: float64 holds no period of it (no limit
+    to read off), and mpmath would reduce it modulo pi to as many digits as it has."""
+
+
+def _mp_periodic(fn):
+    def periodic(u):
+        if abs(u) > 2 ** 60:
+            raise Oscillates(fn.__name__)
+        return fn(u)
+    return periodic
+
+
+#: exp, expm1, sigmoid, softplus, erf, erfc, tanh, sinh and cosh with astronomically large
+#: arguments taken to their limits (exp(-exp(x)) at x = 1e30 would otherwise need 10**29
+#: digits, and mpmath's tanh of exp(1e12) runs out of memory).  (cos(sinh(x)) at 1e30 would
+#: reduce e**1e30 modulo pi: see MPMATH_AT_HUGE.)
 MPMATH_FUNCTIONS = {
     "exp": _mp_exp, "sigmoid": _mp_sigmoid, "softplus": _mp_softplus, "log1p": mpmath.log1p,
-    "expm1": mpmath.expm1, "erf": _mp_erf, "erfc": _mp_erfc, "tanh": _mp_tanh, "sinh": _mp_sinh,
+    "expm1": _mp_expm1, "erf": _mp_erf, "erfc": _mp_erfc, "tanh": _mp_tanh, "sinh": _mp_sinh,
     "cosh": _mp_cosh,
 }
+#: ... and for reading limits off huge points (actgen.derive): sin, cos and tan there raise
+#: Oscillates.
+MPMATH_AT_HUGE = MPMATH_FUNCTIONS | {name: _mp_periodic(getattr(mpmath, name)) for name in ("sin", "cos", "tan")}
