@@ -54,7 +54,7 @@ def _derivatives_torch(x, w0, w1, w2):
     _t13 = _rt.fnma(_t8, 16777216.0*_t0 + _t12, _t11)
     _t14 = -(_t12*_t8)
     _t15 = torch.exp(_t6) + 1.0
-    _d_x = torch.where(torch.isnan(x), x, _t4*_rt.fma(_t0, torch.where(_t5, x.new_full((), 1.0), 0.0), _t2 + 4.0*torch.exp(_t6 + w1)/(_t15*_t15)))
+    _d_x = torch.where(torch.isnan(x), x, _t4*_rt.fma(_t0, torch.where(_t5, _rt.number(x, 1.0), 0.0), _t2 + 4.0*torch.exp(_t6 + w1)/(_t15*_t15)))
     _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*_rt.fma(_t4, _t7, -_t10), _rt.grown(_t0*_t13), _rt.grown(-(_t0*_t14)), x))
     _d_w1 = torch.where(torch.isnan(x), x, _t1*_rt.fma(_t4, _t9, -_t10))
     _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t2*_rt.fma(_t4, x, -_t10), _rt.grown(_t13*_t2), _rt.grown(_t2*(-_t11 - _t14)), x))
@@ -97,14 +97,14 @@ def _second_derivatives_torch(x, w0, w1, w2):
     _t2 = _t1 + 1.0
     _t3 = 1.0/(_t2*_t2)
     _t4 = x > 0.0
-    _t5 = torch.where(_t4, 1.0, torch.where(x < 0.0, x.new_full((), -1.0), 0.0))
+    _t5 = torch.where(_t4, 1.0, torch.where(x < 0.0, _rt.number(x, -1.0), 0.0))
     _t6 = torch.exp(w0)
     _t7 = torch.exp(w1)
     _t8 = torch.exp(w2)
     _t9 = _t6 + _t7 + _t8
     _t10 = 1.0/_t9
     _t11 = torch.exp(_t0 + w1)
-    _t12 = torch.where(_t4, x.new_full((), 1.0), 0.0)
+    _t12 = torch.where(_t4, _rt.number(x, 1.0), 0.0)
     _t13 = 1.0/(_t9*_t9)
     _t14 = _t13*_rt.fma(_t12, _t6, _rt.fma(_t11, _t3, _t8, 4.0))
     _t15 = torch.where(_t4, x, 0.0)

@@ -59,7 +59,7 @@ def _derivatives_torch(x, w0, w1, w2, w3):
     _t16 = _rt.fnma(_t11, 16777216.0*_t0 + _t15 + _t3, _t14)
     _t17 = -(_t11*_t15)
     _t18 = torch.exp(_t9) + 1.0
-    _d_x = torch.where(torch.isnan(x), x, _t5*_rt.fma(_t7, torch.sigmoid(-x), _rt.fma(_t0, torch.where(_t8, x.new_full((), 1.0), 0.0), _t2 + 4.0*torch.exp(_t9 + w1)/(_t18*_t18))))
+    _d_x = torch.where(torch.isnan(x), x, _t5*_rt.fma(_t7, torch.sigmoid(-x), _rt.fma(_t0, torch.where(_t8, _rt.number(x, 1.0), 0.0), _t2 + 4.0*torch.exp(_t9 + w1)/(_t18*_t18))))
     _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*_rt.fma(_t10, _t5, -_t13), _rt.grown(_t0*_t16), _rt.grown(-(_t0*_t17)), x))
     _d_w1 = torch.where(torch.isnan(x), x, _t1*_rt.fma(_t12, _t5, -_t13))
     _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t2*_rt.fma(_t5, x, -_t13), _rt.grown(_t16*_t2), _rt.grown(_t2*(-_t14 - _t17)), x))
@@ -116,11 +116,11 @@ def _second_derivatives_torch(x, w0, w1, w2, w3):
     _t10 = -(2.0*_t9)
     _t11 = torch.exp(_t10) + 1.0
     _t12 = x > 0.0
-    _t13 = torch.where(_t12, 1.0, torch.where(x < 0.0, x.new_full((), -1.0), 0.0))
+    _t13 = torch.where(_t12, 1.0, torch.where(x < 0.0, _rt.number(x, -1.0), 0.0))
     _t14 = 1.0/(_t11*_t11)
     _t15 = torch.exp(_t10 + w1)
     _t16 = _t14*_t15
-    _t17 = torch.where(_t12, x.new_full((), 1.0), 0.0)
+    _t17 = torch.where(_t12, _rt.number(x, 1.0), 0.0)
     _t18 = 1.0/(_t4*_t4)
     _t19 = _t18*_rt.fma(_t6, _t8, _rt.fma(_t0, _t17, 4.0*_t16 + _t2))
     _t20 = torch.where(_t12, x, 0.0)

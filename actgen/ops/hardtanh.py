@@ -32,7 +32,7 @@ def _forward_torch(x, min_val, max_val):
 
 def _derivatives_torch(x, min_val, max_val):
     """df/dx."""
-    _d_x = torch.where(torch.isnan(x), x, torch.where((min_val >= x) | (max_val <= x), x.new_full((), 0.0), 1.0))
+    _d_x = torch.where(torch.isnan(x), x, torch.where((min_val >= x) | (max_val <= x), _rt.number(x, 0.0), 1.0))
     return (_d_x,)
 
 

@@ -32,7 +32,7 @@ def _forward_torch(x, negative_slope):
 
 def _derivatives_torch(x, negative_slope):
     """df/dx."""
-    _d_x = torch.where(torch.isnan(x), x, torch.where(x > 0.0, x.new_full((), 1.0), negative_slope))
+    _d_x = torch.where(torch.isnan(x), x, torch.where(x > 0.0, _rt.number(x, 1.0), negative_slope))
     return (_d_x,)
 
 

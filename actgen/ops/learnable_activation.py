@@ -63,7 +63,7 @@ def _second_derivatives_torch(x, alpha, scale, shift):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = x > 0.0
     _d2_x_x = 0.0
-    _d2_x_alpha = torch.where(torch.isnan(x), x, scale*torch.where(_t0, x.new_full((), 0.0), 1.0))
+    _d2_x_alpha = torch.where(torch.isnan(x), x, scale*torch.where(_t0, _rt.number(x, 0.0), 1.0))
     _d2_x_scale = torch.where(torch.isnan(x), x, torch.where(_t0, 1.0, alpha))
     _d2_x_shift = 0.0
     _d2_alpha_alpha = 0.0

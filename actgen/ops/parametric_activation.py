@@ -56,7 +56,7 @@ def _derivatives_torch_fast(x, alpha, _w):
 def _second_derivatives_torch(x, alpha):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _d2_x_x = 0.0
-    _d2_x_alpha = torch.where(torch.isnan(x), x, torch.where(x > 0.0, x.new_full((), 0.0), 1.0))
+    _d2_x_alpha = torch.where(torch.isnan(x), x, torch.where(x > 0.0, _rt.number(x, 0.0), 1.0))
     _d2_alpha_alpha = 0.0
     return (_d2_x_x, _d2_x_alpha, _d2_alpha_alpha,)
 

@@ -70,7 +70,7 @@ def _derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _t15 = 1.0/(_t14*_t14)
     _t16 = _w_x**8.0
     _t17 = b1*x
-    _t18 = torch.where(_t17 > 0.0, 1.0, torch.where(_t17 < 0.0, x.new_full((), -1.0), 0.0))
+    _t18 = torch.where(_t17 > 0.0, 1.0, torch.where(_t17 < 0.0, _rt.number(x, -1.0), 0.0))
     _t19 = 2.0*_w_x**7.0
     _t20 = _w_x**6.0
     _t21 = 3.0*_t20
@@ -94,9 +94,9 @@ def _derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _d_a4 = _t29*_t30
     _d_a5 = _t29*_t31*_v_x**5.0
     _d_b1 = torch.where(torch.isnan(x), x, -(_t18*_t32*_t8*_v_x))
-    _d_b2 = torch.where(torch.isnan(x), x, -(_t33*_w_x*torch.where(b2 > 0.0, 1.0, torch.where(b2 < 0.0, x.new_full((), -1.0), 0.0))))
-    _d_b3 = torch.where(torch.isnan(x), x, -(_t10*_t33*torch.where(b3 > 0.0, 1.0, torch.where(b3 < 0.0, x.new_full((), -1.0), 0.0))))
-    _d_b4 = torch.where(torch.isnan(x), x, -(_t30*_t31*_t32*torch.where(b4 > 0.0, 1.0, torch.where(b4 < 0.0, x.new_full((), -1.0), 0.0))))
+    _d_b2 = torch.where(torch.isnan(x), x, -(_t33*_w_x*torch.where(b2 > 0.0, 1.0, torch.where(b2 < 0.0, _rt.number(x, -1.0), 0.0))))
+    _d_b3 = torch.where(torch.isnan(x), x, -(_t10*_t33*torch.where(b3 > 0.0, 1.0, torch.where(b3 < 0.0, _rt.number(x, -1.0), 0.0))))
+    _d_b4 = torch.where(torch.isnan(x), x, -(_t30*_t31*_t32*torch.where(b4 > 0.0, 1.0, torch.where(b4 < 0.0, _rt.number(x, -1.0), 0.0))))
     return (_d_x, _d_a0, _d_a1, _d_a2, _d_a3, _d_a4, _d_a5, _d_b1, _d_b2, _d_b3, _d_b4,)
 
 
@@ -188,11 +188,11 @@ def _second_derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _t17 = b1*x
     _t18 = _t17 > 0.0
     _t19 = _t17 < 0.0
-    _t20 = torch.where(_t18, 1.0, torch.where(_t19, x.new_full((), -1.0), 0.0))
+    _t20 = torch.where(_t18, 1.0, torch.where(_t19, _rt.number(x, -1.0), 0.0))
     _t21 = _t20*b1
     _t22 = 2.0*_t2
     _t23 = b1*b1
-    _t24 = torch.where((_t18) | (_t19), x.new_full((), 1.0), 0.0)
+    _t24 = torch.where((_t18) | (_t19), _rt.number(x, 1.0), 0.0)
     _t25 = _t23*_t24
     _t26 = _t5*a1
     _t27 = 2.0*_t26
@@ -306,7 +306,7 @@ def _second_derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _t135 = _t105*_t20
     _t136 = b2 > 0.0
     _t137 = b2 < 0.0
-    _t138 = torch.where(_t136, 1.0, torch.where(_t137, x.new_full((), -1.0), 0.0))
+    _t138 = torch.where(_t136, 1.0, torch.where(_t137, _rt.number(x, -1.0), 0.0))
     _t139 = _t14*a1
     _t140 = _t44*a1
     _t141 = _t56*_t69
@@ -315,10 +315,10 @@ def _second_derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _t144 = _t143*_v_x
     _t145 = b3 > 0.0
     _t146 = b3 < 0.0
-    _t147 = _t7*torch.where(_t145, 1.0, torch.where(_t146, x.new_full((), -1.0), 0.0))
+    _t147 = _t7*torch.where(_t145, 1.0, torch.where(_t146, _rt.number(x, -1.0), 0.0))
     _t148 = b4 > 0.0
     _t149 = b4 < 0.0
-    _t150 = torch.where(_t148, 1.0, torch.where(_t149, x.new_full((), -1.0), 0.0))
+    _t150 = torch.where(_t148, 1.0, torch.where(_t149, _rt.number(x, -1.0), 0.0))
     _t151 = _t104*_t115
     _t152 = _t108*_t138
     _t153 = _t101*_t32
@@ -402,12 +402,12 @@ def _second_derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _d2_b1_b2 = torch.where(torch.isnan(x), x, _t138*_t151*_t168*_t20*_t84)
     _d2_b1_b3 = torch.where(torch.isnan(x), x, _t135*_t156*_t170)
     _d2_b1_b4 = torch.where(torch.isnan(x), x, _t143*_t150*_t158*_t170*_t20)
-    _d2_b2_b2 = torch.where(torch.isnan(x), x, _t105*_t171*torch.where((_t136) | (_t137), x.new_full((), 1.0), 0.0))
+    _d2_b2_b2 = torch.where(torch.isnan(x), x, _t105*_t171*torch.where((_t136) | (_t137), _rt.number(x, 1.0), 0.0))
     _d2_b2_b3 = torch.where(torch.isnan(x), x, _t138*_t143*_t147*_t171)
     _d2_b2_b4 = torch.where(torch.isnan(x), x, _t138*_t150*_t173)
-    _d2_b3_b3 = torch.where(torch.isnan(x), x, _t173*torch.where((_t145) | (_t146), x.new_full((), 1.0), 0.0))
+    _d2_b3_b3 = torch.where(torch.isnan(x), x, _t173*torch.where((_t145) | (_t146), _rt.number(x, 1.0), 0.0))
     _d2_b3_b4 = torch.where(torch.isnan(x), x, _t147*_t150*_t160*_t172)
-    _d2_b4_b4 = torch.where(torch.isnan(x), x, _t166*_t167*_t172*torch.where((_t148) | (_t149), x.new_full((), 1.0), 0.0))
+    _d2_b4_b4 = torch.where(torch.isnan(x), x, _t166*_t167*_t172*torch.where((_t148) | (_t149), _rt.number(x, 1.0), 0.0))
     return (_d2_x_x, _d2_x_a0, _d2_x_a1, _d2_x_a2, _d2_x_a3, _d2_x_a4, _d2_x_a5, _d2_x_b1, _d2_x_b2, _d2_x_b3, _d2_x_b4, _d2_a0_a0, _d2_a0_a1, _d2_a0_a2, _d2_a0_a3, _d2_a0_a4, _d2_a0_a5, _d2_a0_b1, _d2_a0_b2, _d2_a0_b3, _d2_a0_b4, _d2_a1_a1, _d2_a1_a2, _d2_a1_a3, _d2_a1_a4, _d2_a1_a5, _d2_a1_b1, _d2_a1_b2, _d2_a1_b3, _d2_a1_b4, _d2_a2_a2, _d2_a2_a3, _d2_a2_a4, _d2_a2_a5, _d2_a2_b1, _d2_a2_b2, _d2_a2_b3, _d2_a2_b4, _d2_a3_a3, _d2_a3_a4, _d2_a3_a5, _d2_a3_b1, _d2_a3_b2, _d2_a3_b3, _d2_a3_b4, _d2_a4_a4, _d2_a4_a5, _d2_a4_b1, _d2_a4_b2, _d2_a4_b3, _d2_a4_b4, _d2_a5_a5, _d2_a5_b1, _d2_a5_b2, _d2_a5_b3, _d2_a5_b4, _d2_b1_b1, _d2_b1_b2, _d2_b1_b3, _d2_b1_b4, _d2_b2_b2, _d2_b2_b3, _d2_b2_b4, _d2_b3_b3, _d2_b3_b4, _d2_b4_b4,)
 
 

@@ -56,7 +56,7 @@ def _derivatives_torch_fast(x, weight, _w):
 def _second_derivatives_torch(x, weight):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _d2_x_x = 0.0
-    _d2_x_weight = torch.where(torch.isnan(x), x, torch.where(x > 0.0, x.new_full((), 0.0), 1.0))
+    _d2_x_weight = torch.where(torch.isnan(x), x, torch.where(x > 0.0, _rt.number(x, 0.0), 1.0))
     _d2_weight_weight = 0.0
     return (_d2_x_x, _d2_x_weight, _d2_weight_weight,)
 

@@ -32,7 +32,7 @@ def _forward_torch(a, b):
 def _derivatives_torch(a, b):
     """df/da, df/db."""
     _t0 = a > 0.0
-    _d_a = torch.where(torch.isnan(a), a, torch.where(torch.isnan(b), b, b*torch.where(_t0, a.new_full((), 1.0), 0.0)))
+    _d_a = torch.where(torch.isnan(a), a, torch.where(torch.isnan(b), b, b*torch.where(_t0, _rt.number(a, 1.0), 0.0)))
     _d_b = torch.where(torch.isnan(a), a, torch.where(_t0, a, 0.0))
     return (_d_a, _d_b,)
 
@@ -54,7 +54,7 @@ def _derivatives_torch_fast(a, b, _w):
 def _second_derivatives_torch(a, b):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _d2_a_a = 0.0
-    _d2_a_b = torch.where(torch.isnan(a), a, torch.where(a > 0.0, a.new_full((), 1.0), 0.0))
+    _d2_a_b = torch.where(torch.isnan(a), a, torch.where(a > 0.0, _rt.number(a, 1.0), 0.0))
     _d2_b_b = 0.0
     return (_d2_a_a, _d2_a_b, _d2_b_b,)
 

@@ -30,7 +30,7 @@ def _forward_torch(x):
 
 def _derivatives_torch(x):
     """df/dx."""
-    _d_x = torch.where(torch.isnan(x), x, torch.where(x > 0.0, x.new_full((), 1.0), 0.0))
+    _d_x = torch.where(torch.isnan(x), x, torch.where(x > 0.0, _rt.number(x, 1.0), 0.0))
     return (_d_x,)
 
 

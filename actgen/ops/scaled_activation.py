@@ -33,7 +33,7 @@ def _forward_torch(x, scale, shift):
 
 def _derivatives_torch(x, scale, shift):
     """df/dx."""
-    _d_x = torch.where(torch.isnan(x), x, scale*torch.where(shift + x > 0.0, x.new_full((), 1.0), 0.0))
+    _d_x = torch.where(torch.isnan(x), x, scale*torch.where(shift + x > 0.0, _rt.number(x, 1.0), 0.0))
     return (_d_x,)
 
 

@@ -33,7 +33,7 @@ def _forward_torch(x, lambd):
 
 def _derivatives_torch(x, lambd):
     """df/dx."""
-    _d_x = torch.where(torch.isnan(x), x, torch.where((lambd < x) | (lambd < -x), x.new_full((), 1.0), 0.0))
+    _d_x = torch.where(torch.isnan(x), x, torch.where((lambd < x) | (lambd < -x), _rt.number(x, 1.0), 0.0))
     return (_d_x,)
 
 

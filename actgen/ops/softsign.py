@@ -51,7 +51,7 @@ def _derivatives_torch_fast(x, _w):
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.abs(x) + 1.0
-    _d2_x_x = torch.where(torch.isnan(x), x, -(2.0*torch.where(x > 0.0, 1.0, torch.where(x < 0.0, x.new_full((), -1.0), 0.0))/(_t0*_t0*_t0)))
+    _d2_x_x = torch.where(torch.isnan(x), x, -(2.0*torch.where(x > 0.0, 1.0, torch.where(x < 0.0, _rt.number(x, -1.0), 0.0))/(_t0*_t0*_t0)))
     return (_d2_x_x,)
 
 

@@ -59,7 +59,7 @@ def _derivatives_torch_fast(x, scale, bias, _w):
 def _second_derivatives_torch(x, scale, bias):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = x > 0.0
-    _d2_x_x = torch.where(torch.isnan(x), x, scale*torch.where(_t0, x.new_full((), 2.0), 0.0))
+    _d2_x_x = torch.where(torch.isnan(x), x, scale*torch.where(_t0, _rt.number(x, 2.0), 0.0))
     _d2_x_scale = torch.where(torch.isnan(x), x, torch.where(_t0, 2.0*x, 0.0))
     _d2_x_bias = 0.0
     _d2_scale_scale = 0.0

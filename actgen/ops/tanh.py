@@ -59,7 +59,7 @@ def _second_derivatives_torch(x):
     _t0 = torch.abs(x)
     _t1 = torch.exp(-(2.0*_t0))
     _t2 = _t1 + 1.0
-    _t3 = torch.where(x > 0.0, 1.0, torch.where(x < 0.0, x.new_full((), -1.0), 0.0))
+    _t3 = torch.where(x > 0.0, 1.0, torch.where(x < 0.0, _rt.number(x, -1.0), 0.0))
     _d2_x_x = torch.where(torch.isnan(x), x, _t1/_t2*_t1/_t2*_t3/_t2*16.0 - 8.0*_t1*_t3/(_t2*_t2))
     return (_d2_x_x,)
 

@@ -41,7 +41,7 @@ def _derivatives_torch(x, alpha_p, alpha_n, beta, eps):
     _t0 = x > 0.0
     _t1 = eps > x
     _t2 = torch.where(_t1, x, eps)
-    _d_x = torch.where(torch.isnan(x), x, torch.where(_t0, _rt.fma(x, _rt.softplus(alpha_p), beta, 2.0), _rt.fma(beta + _rt.softplus(alpha_n), _rt.fma(torch.where(_t1, x.new_full((), 1.0), 0.0), torch.exp(_t2), -1.0), beta)))
+    _d_x = torch.where(torch.isnan(x), x, torch.where(_t0, _rt.fma(x, _rt.softplus(alpha_p), beta, 2.0), _rt.fma(beta + _rt.softplus(alpha_n), _rt.fma(torch.where(_t1, _rt.number(x, 1.0), 0.0), torch.exp(_t2), -1.0), beta)))
     _d_alpha_p = torch.where(torch.isnan(x), x, torch.where(_t0, x*x*torch.sigmoid(alpha_p), 0.0))
     _d_alpha_n = torch.where(torch.isnan(x), x, torch.where(_t0, 0.0, (-x + torch.expm1(_t2))*torch.sigmoid(alpha_n)))
     return (_d_x, _d_alpha_p, _d_alpha_n,)
@@ -69,7 +69,7 @@ def _second_derivatives_torch(x, alpha_p, alpha_n, beta, eps):
     _t0 = x > 0.0
     _t1 = eps > x
     _t2 = torch.where(_t1, x, eps)
-    _t3 = torch.where(_t1, x.new_full((), 1.0), 0.0)*torch.exp(_t2)
+    _t3 = torch.where(_t1, _rt.number(x, 1.0), 0.0)*torch.exp(_t2)
     _t4 = torch.sigmoid(alpha_p)
     _t5 = torch.sigmoid(alpha_n)
     _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t0, 2.0*_rt.softplus(alpha_p), _t3*(beta + _rt.softplus(alpha_n))))

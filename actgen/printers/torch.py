@@ -4,7 +4,8 @@ Subexpressions that involve only constants (Python floats at run time) are print
 `math`, or where math raises (log(-1), exp(1000), c/0) with actgen.runtime's IEEE versions
 (`_rt.scalar_log`, `_rt.scalar_div`), so they never reach a torch function as a float and
 give NaN or inf as tensors would, never an exception; `where` with two scalar branches
-gets one branch as a 0-dim tensor of the compute dtype, so torch.where keeps float64.
+gets one branch as a 0-dim tensor of the compute dtype (`_rt.number`), so torch.where keeps
+float64.
 
 With `fast=True` it prints the fallback's fast variant (actgen.derive.fast_variant: the
 block without its NaN/inf guards), which runs on CPU only when every input is finite: a
@@ -129,7 +130,7 @@ class TorchPrinter(ExprPrinter):
             return f"({self.doprint(value)} if {cond} else {otherwise})"
         text = self.doprint(value)
         if self.is_scalar(value) and self.is_scalar(otherwise_expr):
-            text = f"{self.like}.new_full((), {text})"
+            text = f"_rt.number({self.like}, {text})"
         return f"torch.where({cond}, {text}, {otherwise})"
 
     def _print_Relational(self, expr):

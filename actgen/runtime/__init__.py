@@ -52,20 +52,29 @@ def grown(p):
     return torch.where(p.abs() >= GROWTH, p * math.inf, p)
 
 
+def number(like: torch.Tensor, value: float) -> torch.Tensor:
+    """A 0-dim tensor of like's dtype and device holding value - rounded to +-inf where value is
+    beyond the dtype's range (a formula's 1e300 in float32), as float arithmetic rounds it."""
+    try:
+        return like.new_full((), value)
+    except RuntimeError:        # torch refuses to convert it ("without overflow")
+        return like.new_full((), math.copysign(math.inf, value))
+
+
 def limit_at_inf(value, at_plus, at_minus, u: torch.Tensor):
     """value, except where u is +-inf and value is NaN: at_plus or at_minus there (the limits
     on either side, numbers or param tensors)."""
     value = as_tensor(value, u)
-    side = lambda v: v if isinstance(v, torch.Tensor) else u.new_full((), v)
+    side = lambda v: v if isinstance(v, torch.Tensor) else number(u, v)
     return torch.where(torch.isinf(u) & torch.isnan(value), torch.where(u > 0, side(at_plus), side(at_minus)), value)
 
 
 def hypot(a, b, out=None) -> torch.Tensor:
     """sqrt(a**2 + b**2) without overflow; either may be a Python float."""
     if not isinstance(a, torch.Tensor):
-        a = b.new_full((), a)
+        a = number(b, a)
     if not isinstance(b, torch.Tensor):
-        b = a.new_full((), b)
+        b = number(a, b)
     return torch.hypot(a, b) if out is None else torch.hypot(a, b, out=out)
 
 
@@ -105,15 +114,6 @@ def scaled_input(u: torch.Tensor, out=None) -> torch.Tensor:
 def inverse_scale(u: torch.Tensor, out=None) -> torch.Tensor:
     """1 / 2**k for scaled_input's k: 1 where |u| < 1, 0 at +-inf."""
     return _into(out, torch.where(torch.isinf(u), 0.0, torch.ldexp(torch.ones_like(u), -_scale_shift(u))))
-
-
-def number(like: torch.Tensor, value: float) -> torch.Tensor:
-    """A 0-dim tensor of like's dtype and device holding value - rounded to +-inf where value is
-    beyond the dtype's range (a formula's 1e300 in float32), as float arithmetic rounds it."""
-    try:
-        return like.new_full((), value)
-    except RuntimeError:        # torch refuses to convert it ("without overflow")
-        return like.new_full((), math.copysign(math.inf, value))
 
 
 def rdiv(c: float, t: torch.Tensor, out=None) -> torch.Tensor:
@@ -307,7 +307,7 @@ def select(m, a, b, out=None):
         return m * a if out is None else torch.mul(m, a, out=out)
     # lerp(b, a, w) is b + w*(a - b) for w < 0.5 and a - (1 - w)*(a - b) otherwise: b or a exactly
     # (a = 0: +0.0 where m is 1, as torch.where gives; one pass)
-    start, end = m.new_full((), b) if b_number else b, m.new_full((), a) if a_number else a
+    start, end = number(m, b) if b_number else b, number(m, a) if a_number else a
     return torch.lerp(start, end, m) if out is None else torch.lerp(start, end, m, out=out)
 
 
@@ -331,7 +331,7 @@ def split_halves(t: torch.Tensor, dim: int, name: str):
 
 
 __all__ = [
-    "HAS_TRITON", "Activation", "as_tensor", "vmap_by_loop", "get_backend", "set_backend", "release_workspace",
+    "HAS_TRITON", "Activation", "as_tensor", "vmap_by_loop", "get_backend", "set_backend", "release_workspace", "number",
     "use_backend", "softplus", "clamp", "hypot", "sqrt_square_plus", "scalar_sqrt_square_plus",
     "scaled_input", "inverse_scale", "grown", "capped_exp",
     "scalar_sigmoid", "scalar_softplus", "split_halves", "limit_at_inf",
