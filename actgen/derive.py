@@ -1031,7 +1031,10 @@ class ApproximatedNearZero(sympy.Piecewise):
     accurate in value, its derivative less so, and f' need not cancel where f does."""
 
     def _eval_derivative(self, s):
-        return sympy.diff(sympy.Add(*self.args[-1].expr.args), s)
+        # the last branch as written: a sum, or what a power or product taken into the
+        # Piecewise made of it ((x - sinh(x))**2), its stable sums as plain ones
+        f = self.args[-1].expr.replace(lambda e: isinstance(e, StableSum), lambda e: sympy.Add(*e.args))
+        return sympy.diff(f, s)
 
     def _sympystr(self, printer):
         return printer.doprint(sympy.Piecewise(*self.args))

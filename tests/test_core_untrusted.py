@@ -116,6 +116,27 @@ def test_odd_formulas_build_and_match_plain_torch(tmp_path, text):
     assert x.grad is not None and x.grad.shape == x.shape
 
 
+@pytest.mark.parametrize("formula", [
+    "(x - sinh(x))**2",
+    "3*(x - sinh(x))**3",
+    "(x - tanh(x))**2 + x",
+    "(sinh(x) - x)/(1 + (x - sinh(x))**2)",
+])
+def test_powers_of_sums_rewritten_near_zero_differentiate_as_written(tmp_path, formula):
+    """x - sinh(x) cancels near 0 and is computed there from a rational approximant; a power
+    or product of it is differentiated as the formula's own (the derivative once came from
+    the power's base and exponent added together, or sympy recursed without end)."""
+    spec, mod = _op(tmp_path, f"name: f\nformula: {formula}\n")
+    x = torch.linspace(-4, 4, 161, dtype=torch.float64).requires_grad_()
+    y = mod.f(x)
+    want_x = x.detach().clone().requires_grad_()
+    want = reference_call(spec, [want_x], [], {})
+    torch.testing.assert_close(y.detach(), want.detach(), rtol=1e-9, atol=1e-12)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    (want_g,) = torch.autograd.grad(want.sum(), want_x)
+    torch.testing.assert_close(g, want_g, rtol=1e-9, atol=1e-12)
+
+
 def test_gated_op_with_a_per_channel_param_has_a_module(tmp_path):
     spec, mod = _op(tmp_path, "name: f\nformula: a * b * s\ninputs: [a, b]\nparams: {s: {init: 1.5, per_channel: true}}\n")
     m = mod.F(num_channels=3)
