@@ -739,7 +739,8 @@ def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy],
         "", "## The stability rewrites, before and after", "",
         "The compiler rewrites formulas that lose accuracy as written into equivalent stable forms "
         "(actgen/derive.py, `REWRITES`), automatically: stable primitives (softplus, sigmoid, log1p, "
-        "expm1, erfc, log-sum-exp), cancellation-free forms guarded by a branch on the sign "
+        "expm1, erfc, log-sum-exp pivoting on the larger term, log-cosh, ratios of exponentials as "
+        "sigmoids), cancellation-free forms guarded by a branch on the sign "
         "(sqrt(k u^2 + c) -+ sqrt(k) u through its conjugate), sech^2 for 1 - tanh^2, products of "
         "exponentials as one exponential, symbolic cancellation of sign and common denominators, and a "
         "Padé approximant near 0 for expressions whose terms cancel there (x - tanh(x)); and after them, a "

@@ -5,14 +5,21 @@ Triton or torch source.
 
 * Stability rewrites (`REWRITES`, applied bottom-up, in order) turn write-outs into the
   stable primitives: log(1 + exp(u)) -> softplus(u), 1/(1 + exp(-u)) -> sigmoid(u),
-  log(1 + u) -> log1p(u), exp(u) - 1 -> expm1(u); and remove cancellation and overflow:
-  log(sigmoid(u)) -> -softplus(-u), log(exp(a) + exp(b)) -> a + softplus(b - a),
-  1 + erf(u) -> erfc(-u), 1 + tanh(u) -> 2 sigmoid(2u), 1 - sigmoid(u) -> sigmoid(-u),
-  1 - 2 sigmoid(u) -> -tanh(u/2), 1 - tanh(u)**2 -> sech(u)**2 in exponentials,
+  log(1 + u) -> log1p(u), exp(u) - 1 -> expm1(u), log1p(exp(u)) -> softplus(u); and
+  remove cancellation and overflow: log(sigmoid(u)) -> -softplus(-u), the log of a product
+  of (1 + exp(u))**k as a sum of softplus, log(exp(a) + exp(b)) -> a + softplus(b - a)
+  pivoting on the larger, log(cosh(u)) without cosh, exp(a)/(exp(a) + exp(b)) ->
+  sigmoid(a - b), exp(u) sigmoid(-u) -> sigmoid(u), 1 + erf(u) -> erfc(-u),
+  1 + tanh(u) -> 2 sigmoid(2u), 1 - sigmoid(u) -> sigmoid(-u), 1 - 2 sigmoid(u) ->
+  -tanh(u/2), sigmoid(u) - sigmoid(-u) -> tanh(u/2), differences of softplus or sigmoid a
+  number apart through their tails, 1 - tanh(u)**2 -> sech(u)**2 in exponentials,
   exp(a) exp(b) -> exp(a + b), u*sign(u) -> |u|, sums over a common denominator that cancel
-  symbolically, sqrt(k u**2 + c) -+ sqrt(k) u through its conjugate on the side where it
-  cancels, and a Padé approximant near 0 for expressions of one variable whose terms
-  cancel there (x - tanh(x)).
+  symbolically, and over the lowest power of a common sum (ISRU's derivative
+  -x**2/(1 + x**2)**(3/2) + 1/sqrt(1 + x**2) -> (1 + x**2)**(-3/2)), sqrt(k u**2 + c) -+
+  sqrt(k) u through its conjugate on the side where it cancels, and a Padé approximant near
+  0 for expressions of one variable whose terms cancel there (x - tanh(x)).  erfc(-u) stays
+  as it is (sympy would write 2 - erfc(u)), and powers of one base in a derivative's product
+  are one power (|x|**p/|x| -> |x|**(p - 1), not 0/0 at 0).
 * Derivatives are taken symbolically for every input and param (first order for the
   backward kernel, second order for double backward), with the factors common to all terms
   of a sum taken out (the product rule's s + x*s*sigmoid(-x) -> s*(1 + x*sigmoid(-x))).  The derivative of a Piecewise is the
@@ -73,7 +80,7 @@ import sympy
 from sympy.codegen.cfunctions import hypot
 
 from . import precision
-from .functions import MPMATH_AT_HUGE, Oscillates, expm1, log1p, sigmoid, softplus, uniform
+from .functions import MPMATH_AT_HUGE, Oscillates, erfc, expm1, log1p, sigmoid, softplus, uniform
 from .spec import Spec
 
 
@@ -99,18 +106,110 @@ def _one_plus(e):
 
 
 def rewrite_softplus(e):
+    """log(1 + exp(u)) and log1p(exp(u)) -> softplus(u): exp(u) overflows for u >> 0, softplus does not."""
     if isinstance(e, sympy.log):
         rest = _one_plus(e.args[0])
         if rest is not None and _exp_arg(rest) is not None:
             return softplus(_exp_arg(rest))
+    if isinstance(e, log1p) and _exp_arg(e.args[0]) is not None:
+        return softplus(_exp_arg(e.args[0]))
     return None
 
 
+def rewrite_log_of_product(e):
+    """log(c * (1 + exp(u))**k * sigmoid(w)**j ...) -> log(c) + k*softplus(u) - j*softplus(-w) + ...:
+    a ratio of such factors
+    (SoftClip's log((1 + exp(a*x))/(1 + exp(a*(x - 1))))) overflows to inf/inf where the sum
+    of its softplus does not."""
+    if not isinstance(e, sympy.log) or not isinstance(e.args[0], sympy.Mul):
+        return None
+    out = []
+    for f in e.args[0].args:
+        if f.is_number and f.is_positive:
+            out.append(sympy.log(f))
+            continue
+        base, k = f.as_base_exp()
+        if not k.is_Integer:
+            return None
+        if isinstance(base, sigmoid):           # (1 + exp(-w))**-1, rewritten already
+            out.append(-k * softplus(-base.args[0]))
+            continue
+        rest = _one_plus(base)
+        if rest is None or _exp_arg(rest) is None:
+            return None
+        out.append(k * softplus(_exp_arg(rest)))
+    return sympy.Add(*out)
+
+
 def rewrite_sigmoid(e):
-    if isinstance(e, sympy.Pow) and e.exp is sympy.S.NegativeOne:
+    """(1 + exp(u))**-n -> sigmoid(-u)**n for a whole n > 0, where 1 + exp(u) may overflow
+    for n > 1 (u <= 0 is sech**2's own ratio of one exponential, see rewrite_sech2)."""
+    if isinstance(e, sympy.Pow) and e.exp.is_Integer and e.exp < 0:
         rest = _one_plus(e.base)
-        if rest is not None and _exp_arg(rest) is not None:
-            return sigmoid(-_exp_arg(rest))
+        u = None if rest is None else _exp_arg(rest)
+        if u is not None and (e.exp == -1 or not _nonpositive(u)):
+            return sigmoid(-u) ** -e.exp
+    return None
+
+
+def _nonpositive(u) -> bool:
+    """Whether u <= 0 for every real value of its symbols (-2*|x/c| is, whatever c)."""
+    coeff, rest = u.as_coeff_Mul()
+    return bool(u.is_nonpositive) or (coeff.is_negative and isinstance(rest, sympy.Abs))
+
+
+def _power_of(f, cls):
+    """(f's base, its whole exponent) where f is cls(...) or a whole positive power of one, else None."""
+    if isinstance(f, cls):
+        return f, 1
+    if isinstance(f, sympy.Pow) and isinstance(f.base, cls) and f.exp.is_Integer and f.exp > 0:
+        return f.base, int(f.exp)
+    return None
+
+
+def rewrite_exp_sigmoid(e):
+    """exp(u) * sigmoid(-u)**n -> sigmoid(u) * sigmoid(-u)**(n - 1): exp(u) overflows where
+    sigmoid(-u) underflows, their product (sigmoid(u)) does neither (exp(x)/(1 + exp(x)) and
+    its square's derivative as written)."""
+    if not isinstance(e, sympy.Mul):
+        return None
+    for f in e.args:
+        if not isinstance(f, sympy.exp):
+            continue
+        u = f.args[0]
+        for g in e.args:
+            found = _power_of(g, sigmoid)
+            if found is not None and found[0].args[0] == -u:
+                rest = [a for a in e.args if a is not f and a is not g]
+                return sympy.Mul(*rest) * sigmoid(u) * sigmoid(-u) ** (found[1] - 1)
+    return None
+
+
+def _exp_terms(e):
+    """The arguments of a sum of exactly two exponentials exp(a) + exp(b), else None."""
+    if type(e) is sympy.Add and len(e.args) == 2 and all(isinstance(t, sympy.exp) for t in e.args):
+        return e.args[0].args[0], e.args[1].args[0]
+    return None
+
+
+def rewrite_exp_ratio(e):
+    """exp(a) / (exp(a) + exp(b))**n -> sigmoid(a - b) / (exp(a) + exp(b))**(n - 1): exp(a)
+    and exp(b) overflow, the ratio does not (a two-way softmax of two inputs, or of an
+    input and a param)."""
+    if not isinstance(e, sympy.Mul):
+        return None
+    for d in e.args:
+        if not (isinstance(d, sympy.Pow) and d.exp.is_Integer and d.exp < 0):
+            continue
+        pair = _exp_terms(d.base)
+        if pair is None:
+            continue
+        for f in e.args:
+            if isinstance(f, sympy.exp) and f.args[0] in pair:
+                a = f.args[0]
+                b = pair[1] if a == pair[0] else pair[0]
+                rest = [t for t in e.args if t is not f and t is not d]
+                return sympy.Mul(*rest) * sigmoid(a - b) * d.base ** (d.exp + 1)
     return None
 
 
@@ -184,26 +283,35 @@ def _exp_term(t):
 
 
 def rewrite_logsumexp(e):
-    """log(exp(a) + exp(b)) -> a + softplus(b - a): exp(a) and exp(b) may overflow, the result does not."""
+    """log(exp(a) + exp(b)) -> a + softplus(b - a) where a >= b, else b + softplus(a - b):
+    exp(a) and exp(b) may overflow, the result does not; pivoting on the larger, the smaller
+    is not lost in a + (b - a) (a = -1e30, b = 0.5), nor is a = -inf a NaN (the masking value
+    of a score).  Each branch is the function itself, so its derivative is exact at a = b
+    too (1/2 each; max(a, b) + softplus(-|a - b|) would give the kinks' 0)."""
     if not isinstance(e, sympy.log) or not isinstance(e.args[0], sympy.Add) or len(e.args[0].args) != 2:
         return None
     parts = [_exp_term(t) for t in e.args[0].args]
     if any(p is None for p in parts) or not any(p.free_symbols for p in parts):
         return None
     a, b = parts
-    return a + softplus(b - a)
+    if (a - b).is_number:          # a constant difference: no branch
+        return a + softplus(b - a) if a - b >= 0 else b + softplus(a - b)
+    return sympy.Piecewise((a + softplus(b - a), a >= b), (b + softplus(a - b), True))
 
 
-class erfc(sympy.erfc):
-    """sympy's erfc without its canonical form erfc(-z) -> 2 - erfc(z), which would bring
-    back the cancellation the erfc rewrite removes.  Prints, differentiates and evaluates
-    as erfc."""
-
-    @classmethod
-    def eval(cls, arg):
-        if arg.could_extract_minus_sign():
-            return None
-        return super().eval(arg)
+def rewrite_log_cosh(e):
+    """log(c*cosh(u)) -> log(c) + log1p(2 sinh(u/2)**2) for |u| < 1 (cosh(u) - 1 without
+    cancellation: log(cosh(u)) is u**2/2 there), else log(c) + |u| - log(2) + softplus(-2|u|)
+    (cosh(u) overflows for |u| > 89 in float32, its log is about |u|)."""
+    if not isinstance(e, sympy.log):
+        return None
+    coeff, rest = e.args[0].as_coeff_Mul()
+    if not isinstance(rest, sympy.cosh) or not coeff.is_positive:
+        return None
+    u = rest.args[0]
+    near = log1p(2 * sympy.sinh(u / 2) ** 2)
+    far = StableSum(sympy.Abs(u), -sympy.log(2), softplus(-2 * sympy.Abs(u)))
+    return sympy.log(coeff) + sympy.Piecewise((near, sympy.Abs(u) < 1), (far, True))
 
 
 def _saturation_rewrite(func, at_plus, at_minus, doc):
@@ -260,6 +368,85 @@ def rewrite_sigmoid_tanh(e):
             c = -coeff / 2
             return _replace_pair(e, term, c, -c * sympy.tanh(rest.args[0] / 2))
     return None
+
+
+def rewrite_sigmoid_difference(e):
+    """c*sigmoid(u) - c*sigmoid(-u) -> c*tanh(u/2): no cancellation near u = 0 (the
+    derivative of sigmoid(x)*sigmoid(-x), sigmoid's own derivative)."""
+    if not _is_sum(e):
+        return None
+    for term in e.args:
+        for s in sympy.Mul.make_args(term):
+            if not isinstance(s, sigmoid):
+                continue
+            c = term / s                # the term is c*sigmoid(u), c any other factors
+            u = s.args[0]
+            partner = -c * sigmoid(-u)
+            if partner in e.args:       # c*(sigmoid(u) - sigmoid(-u)) = c*tanh(u/2)
+                others = [a for a in e.args if a is not term and a != partner]
+                return sympy.Add(*others) + c * sympy.tanh(u / 2)
+    return None
+
+
+def rewrite_power_sum(e):
+    """A sum of terms with powers of one sum B, as its lowest power times the rest expanded,
+    where terms cancel in the rest: the derivative of ISRU's x/sqrt(1 + x**2),
+    -x**2/(1 + x**2)**(3/2) + 1/sqrt(1 + x**2), is (1 + x**2)**(-3/2): the two terms are
+    about 1/|x| where their sum is 1/|x|**3 (all of it lost to cancellation at |x| = 1e4 in
+    float32)."""
+    if not _is_sum(e) or len(e.args) > 6:
+        return None
+    powers = [t.as_powers_dict() for t in e.args]
+    bases = {b for p in powers for b, r in p.items() if isinstance(b, sympy.Add) and r.is_Rational and not r.is_Integer}
+    for b in sorted(bases, key=sympy.default_sort_key):
+        rs = [p.get(b, sympy.S.Zero) for p in powers]
+        if not all(r.is_Rational for r in rs) or len(set(rs)) < 2:
+            continue
+        low = min(rs)
+        inner = [t * b ** -low for t in e.args]
+        expanded = sympy.expand(sympy.Add(*inner))
+        separate = sum(len(sympy.Add.make_args(sympy.expand(t))) for t in inner)
+        if len(sympy.Add.make_args(expanded)) < separate and not expanded.has(b):
+            return b ** low * expanded
+    return None
+
+
+def _paired(e, cls):
+    """(c, u, v) for a sum c*cls(u) - c*cls(v) + nothing else, with u - v a number > 0."""
+    if not _is_sum(e) or len(e.args) != 2:
+        return None
+    (c1, f1), (c2, f2) = (t.as_coeff_Mul() for t in e.args)
+    if not (isinstance(f1, cls) and isinstance(f2, cls) and c1 == -c2):
+        return None
+    u, v = f1.args[0], f2.args[0]
+    d = sympy.simplify(u - v)
+    if not d.is_number or d == 0 or not u.free_symbols:
+        return None
+    return (c1, u, v) if d > 0 else (c2, v, u)
+
+
+def rewrite_softplus_difference(e):
+    """c*(softplus(u) - softplus(v)) with u - v = d a number > 0 -> c*(d + softplus(-u) -
+    softplus(-v)) where v > 0: the two are about u and v there, whose difference rounds away
+    (SoftClip's softplus(a*x) - softplus(a*(x - 1)) at x = 1e8), where d is exact."""
+    found = _paired(e, softplus)
+    if found is None:
+        return None
+    c, u, v = found
+    d = sympy.simplify(u - v)
+    return c * sympy.Piecewise((StableSum(d, softplus(-u), -softplus(-v)), v > 0),
+                               (StableSum(softplus(u), -softplus(v)), True))
+
+
+def rewrite_sigmoid_difference_far(e):
+    """c*(sigmoid(u) - sigmoid(v)) with u - v a number > 0 -> c*(sigmoid(-v) - sigmoid(-u))
+    where v > 0: both sigmoids round to 1 there, their tails do not (SoftClip's derivative)."""
+    found = _paired(e, sigmoid)
+    if found is None:
+        return None
+    c, u, v = found
+    return c * sympy.Piecewise((StableSum(sigmoid(-v), -sigmoid(-u)), v > 0),
+                               (StableSum(sigmoid(u), -sigmoid(v)), True))
 
 
 def real_abs(u: sympy.Expr) -> sympy.Expr:
@@ -351,19 +538,28 @@ def rewrite_common_denominator(e):
     return None
 
 
-def _sqrt_square_plus(term):
-    """a*sqrt(k*u**2 + c) with numbers a, k > 0 and c free of u -> (a, k, u, c)."""
+def _sqrt_square_plus_all(term) -> list:
+    """a*sqrt(k*u**2 + c) with numbers a, k > 0 and c free of u -> every (a, k, u, c) it is
+    (sqrt(x**2 + b**2) is both u = x, c = b**2 and u = b, c = x**2)."""
     a, rest = term.as_coeff_Mul()
     if not (isinstance(rest, sympy.Pow) and rest.exp == sympy.S.Half and isinstance(rest.base, sympy.Add)):
-        return None
+        return []
+    found = []
     for square_term in rest.base.args:
         k, square = square_term.as_coeff_Mul()
         if k.is_positive and isinstance(square, sympy.Pow) and square.exp == 2 and square.base.free_symbols:
             u = square.base
             c = rest.base - square_term
             if c != 0 and not (c.free_symbols & u.free_symbols):
-                return a, k, u, c
-    return None
+                found.append((a, k, u, c))
+    return found
+
+
+def _sqrt_square_plus(term, prefer=()):
+    """The first of _sqrt_square_plus_all whose u has a symbol of prefer (an input: its square
+    is the one to keep from overflowing), else the first; None if none."""
+    found = _sqrt_square_plus_all(term)
+    return next((f for f in found if f[2].free_symbols & set(prefer)), found[0] if found else None)
 
 
 def rewrite_sqrt_conjugate(e):
@@ -374,30 +570,27 @@ def rewrite_sqrt_conjugate(e):
     if not _is_sum(e):
         return None
     for term in e.args:
-        parts = _sqrt_square_plus(term)
-        if parts is None:
-            continue
-        a, k, u, c = parts
-        root = term / a
-        others = list(e.args)
-        others.remove(term)
-        for other in others:
-            coeff, rest = other.as_coeff_Mul()
-            if other.is_Number and c.is_Number and sympy.simplify(other + a * sympy.sqrt(c)) == 0:
-                rest_terms = list(others)
-                rest_terms.remove(other)
-                return a * k * u**2 / (root + sympy.sqrt(c)) + sympy.Add(*rest_terms)
-            if rest == u and not other.is_Number:
-                ratio = sympy.simplify(coeff / (a * sympy.sqrt(k)))
-                if ratio not in (1, -1):
-                    continue
-                rest_terms = list(others)
-                rest_terms.remove(other)
-                # both branches are sums of two terms of the same sign (and not rewritten again)
-                plain = StableSum(root, ratio * sympy.sqrt(k) * u)
-                side = u > 0 if ratio == -1 else u < 0
-                stable = sympy.Piecewise((a * c / StableSum(root, -ratio * sympy.sqrt(k) * u), side), (a * plain, True))
-                return stable + sympy.Add(*rest_terms)
+        for a, k, u, c in _sqrt_square_plus_all(term):
+            root = term / a
+            others = list(e.args)
+            others.remove(term)
+            for other in others:
+                coeff, rest = other.as_coeff_Mul()
+                if other.is_Number and c.is_Number and sympy.simplify(other + a * sympy.sqrt(c)) == 0:
+                    rest_terms = list(others)
+                    rest_terms.remove(other)
+                    return a * k * u**2 / (root + sympy.sqrt(c)) + sympy.Add(*rest_terms)
+                if rest == u and not other.is_Number:
+                    ratio = sympy.simplify(coeff / (a * sympy.sqrt(k)))
+                    if ratio not in (1, -1):
+                        continue
+                    rest_terms = list(others)
+                    rest_terms.remove(other)
+                    # both branches are sums of two terms of the same sign (and not rewritten again)
+                    plain = StableSum(root, ratio * sympy.sqrt(k) * u)
+                    side = u > 0 if ratio == -1 else u < 0
+                    stable = sympy.Piecewise((a * c / StableSum(root, -ratio * sympy.sqrt(k) * u), side), (a * plain, True))
+                    return stable + sympy.Add(*rest_terms)
     return None
 
 
@@ -408,12 +601,12 @@ class SqrtSquarePlus(sympy.Function):
     nargs = 2
 
 
-def _hypot_of(root: sympy.Pow):
+def _hypot_of(root: sympy.Pow, inputs=()):
     """sqrt(k*u**2 + c) (root, or an odd power of it: 1/sqrt(...)) -> sqrt(k)*hypot(u, sqrt(c/k)):
     u**2 overflows for |u| > 1.8e19 in float32 where the root does not.  A number c < 0 stays
     as written; a c that is not a number (a constant: squareplus's b) -> SqrtSquarePlus."""
     base = root.base
-    parts = _sqrt_square_plus(sympy.sqrt(base, evaluate=False)) if isinstance(base, sympy.Add) else None
+    parts = _sqrt_square_plus(sympy.sqrt(base, evaluate=False), inputs) if isinstance(base, sympy.Add) else None
     if parts is None:
         return None
     _, k, u, c = parts
@@ -423,12 +616,13 @@ def _hypot_of(root: sympy.Pow):
     return (sympy.sqrt(k) * plain) ** (2 * root.exp)
 
 
-def hypot_form(expr: sympy.Expr) -> sympy.Expr:
-    """Every sqrt(k*u**2 + c) in expr (and its odd powers: 1/sqrt(...)) in hypot form."""
+def hypot_form(expr: sympy.Expr, inputs=()) -> sympy.Expr:
+    """Every sqrt(k*u**2 + c) in expr (and its odd powers: 1/sqrt(...)) in hypot form, with
+    u an input's where one is squared (sqrt(x**2 + b**2): x**2 is the one that overflows)."""
     def is_root(e):
         return isinstance(e, sympy.Pow) and e.exp.is_Rational and e.exp.q == 2 and isinstance(e.base, sympy.Add)
 
-    return expr.replace(is_root, lambda e: _hypot_of(e) or e)
+    return expr.replace(is_root, lambda e: _hypot_of(e, inputs) or e)
 
 
 def _fold(e: sympy.Mul) -> sympy.Expr:
@@ -1057,19 +1251,27 @@ def rewrite_cancellation_at_zero(e):
 
 REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_softplus,
+    rewrite_log_of_product,
     rewrite_sigmoid,
+    rewrite_exp_sigmoid,
+    rewrite_exp_ratio,
     rewrite_log1p,
     rewrite_expm1,
     rewrite_log_sigmoid,
     rewrite_logsumexp,
+    rewrite_log_cosh,
     rewrite_erfc,
     rewrite_tanh_sigmoid,
     rewrite_sigmoid_complement,
     rewrite_sigmoid_tanh,
+    rewrite_sigmoid_difference,
+    rewrite_softplus_difference,
+    rewrite_sigmoid_difference_far,
     rewrite_sech2,
     rewrite_exp_product,
     rewrite_sign_product,
     rewrite_common_denominator,
+    rewrite_power_sum,
     rewrite_sqrt_conjugate,
     rewrite_cancellation_at_zero,
 )
@@ -1126,7 +1328,26 @@ def differentiate(expr: sympy.Expr, var: sympy.Symbol, rewrites: bool = True) ->
     differentiates (sign and Heaviside as branches)."""
     d = sympy.diff(expr.replace(sympy.Abs, _RealAbs), var).replace(_RealAbs, sympy.Abs)
     d = _clean(d)
-    return common_factors_out(stabilize(common_factors_out(d))) if rewrites else d
+    return common_factors_out(stabilize(common_factors_out(combine_powers(d)))) if rewrites else d
+
+
+def _combined(m: sympy.Mul) -> sympy.Expr:
+    groups: dict = {}
+    for f in m.args:
+        base, e = (f, sympy.S.One) if isinstance(f, sympy.exp) or f.is_number else f.as_base_exp()
+        groups.setdefault(base, []).append(e)
+    if not any(len(es) > 1 and any(not e.is_number for e in es) for es in groups.values()):
+        return m
+    return sympy.Mul(*(b ** sympy.Add(*es) if len(es) > 1 else (b if es[0] == 1 else b ** es[0])
+                       for b, es in groups.items()))
+
+
+def combine_powers(expr: sympy.Expr) -> sympy.Expr:
+    """Powers of one base in a product as one power where an exponent is not a number:
+    sympy's derivative of |x|**p is p*sign(x)*|x|**p/|x|, which is 0/0 at x = 0 where
+    p*sign(x)*|x|**(p - 1) is 0 (p > 1), as it is for a number p.  (exp(a)*exp(b) stays two
+    exponentials.)"""
+    return expr.replace(lambda e: isinstance(e, sympy.Mul), _combined)
 
 
 def _take_out_common(e):
@@ -1884,7 +2105,7 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
         return rational_form(exp_rational_form(e, inputs, sigmoids=kernel), inputs) if rewrites else e
 
     def final(e):       # value-preserving forms for float arithmetic (see the module doc)
-        e = fold_constants(horner_form(hypot_form(e), inputs)) if rewrites else e
+        e = fold_constants(horner_form(hypot_form(e, inputs), inputs)) if rewrites else e
         return _nan_for_complex(e)
 
     def guarded(e):

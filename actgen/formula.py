@@ -19,7 +19,7 @@ from typing import Callable, Collection, Mapping
 
 import sympy
 
-from .functions import expm1, log1p, sigmoid, softplus, uniform
+from .functions import erfc, expm1, log1p, sigmoid, softplus, uniform
 
 MAX_FORMULA_LENGTH = 4000
 MAX_DEPTH = 64
@@ -99,7 +99,7 @@ FUNCTIONS: Mapping[str, Callable] = {
     "atan": _unary(sympy.atan),
     "asinh": _unary(sympy.asinh),
     "erf": _unary(sympy.erf),
-    "erfc": _unary(sympy.erfc),
+    "erfc": _unary(erfc),
     "sigmoid": _unary(sigmoid),
     "softplus": _unary(softplus),
     "abs": _unary(sympy.Abs),

@@ -12,8 +12,20 @@ import mpmath
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
-__all__ = ["sigmoid", "softplus", "log1p", "expm1", "uniform", "mean_of_draws", "MPMATH_FUNCTIONS", "MPMATH_AT_HUGE",
+__all__ = ["sigmoid", "softplus", "erfc", "log1p", "expm1", "uniform", "mean_of_draws", "MPMATH_FUNCTIONS", "MPMATH_AT_HUGE",
            "Oscillates"]
+
+
+class erfc(sympy.erfc):
+    """sympy's erfc without its canonical form erfc(-z) -> 2 - erfc(z), which would bring
+    back the cancellation erfc is there to avoid (erfc(-x) for x << 0, torch's own GELU form
+    0.5*x*erfc(-x/sqrt(2))).  Prints, differentiates and evaluates as erfc."""
+
+    @classmethod
+    def eval(cls, arg):
+        if arg.could_extract_minus_sign():
+            return None
+        return super().eval(arg)
 
 
 class sigmoid(sympy.Function):

@@ -13,7 +13,7 @@ from pathlib import Path
 import sympy
 import torch
 
-from actgen.functions import sigmoid, softplus, uniform
+from actgen.functions import erfc, sigmoid, softplus, uniform
 from actgen.spec import load_specs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ SPECS = {s.name: s for s in load_specs([ROOT / "specs"])}
 _UNARY = {
     sympy.exp: torch.exp, sympy.log: torch.log, sympy.sin: torch.sin, sympy.cos: torch.cos,
     sympy.tan: torch.tan, sympy.tanh: torch.tanh, sympy.sinh: torch.sinh, sympy.cosh: torch.cosh,
-    sympy.atan: torch.atan, sympy.asinh: torch.asinh, sympy.erf: torch.erf, sympy.erfc: torch.erfc,
+    sympy.atan: torch.atan, sympy.asinh: torch.asinh, sympy.erf: torch.erf, sympy.erfc: torch.erfc, erfc: torch.erfc,
     sympy.Abs: torch.abs, sympy.sign: torch.sign,
     sigmoid: torch.sigmoid, softplus: lambda u: torch.logaddexp(u, torch.zeros_like(u)),
 }

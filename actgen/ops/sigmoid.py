@@ -48,9 +48,7 @@ def _derivatives_torch_fast(x, _w):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = torch.sigmoid(x)
-    _t1 = torch.sigmoid(-x)
-    _d2_x_x = _t0*_t1*(-_t0 + _t1)
+    _d2_x_x = -(torch.tanh(0.5*x)*torch.sigmoid(-x)*torch.sigmoid(x))
     return (_d2_x_x,)
 
 

@@ -66,10 +66,9 @@ def _second_derivatives_torch(x, b):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = _rt.sqrt_square_plus(x, b)
     _t1 = _t0 - x
-    _t2 = 1.0/_t0
-    _t3 = x/_t0*x/_t0/_t0
-    _t4 = _rt.fma(_t2, x, -1.0)
-    _d2_x_x = torch.where(x < 0.0, b*(-(0.5*(_t2 - _t3)/(_t1*_t1)) + _t4/_t1*_t4/_t1/_t1), 0.5*_t2 - 0.5*_t3)
+    _t2 = _rt.rdiv(0.5*b, (_t0*_t0*_t0))
+    _t3 = -1.0 + x/_t0
+    _d2_x_x = torch.where(x < 0.0, b*(-(_t2/(_t1*_t1)) + _t3/_t1*_t3/_t1/_t1), _t2)
     return (_d2_x_x,)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..derive import MAX_PRODUCT_POWER, SATURATE_MAX_EXP2, value_range
-from .base import ATOM, POW, ExprPrinter
+from .base import ATOM, COND, POW, ExprPrinter
 
 
 class TritonPrinter(ExprPrinter):
@@ -124,3 +124,23 @@ class TritonPrinter(ExprPrinter):
 
     def _print_Not(self, expr):
         return f"({self.doprint(expr.args[0])}) == 0", 0
+
+    def _print_And(self, expr):
+        return self._logic(expr, "&", "False")
+
+    def _print_Or(self, expr):
+        return self._logic(expr, "|", "True")
+
+    def _logic(self, expr, op, absorbing):
+        """a & b (a | b) of conditions; one of scalars alone with one of the tile's elements as
+        tl.where(scalar, tile, False) (tl.where(scalar, True, tile)): the same value, where
+        Triton's interpreter would turn a splatted scalar comparison into float data that &
+        and | refuse."""
+        uniform = [a for a in expr.args if self.is_uniform(a)]
+        varying = [a for a in expr.args if not self.is_uniform(a)]
+        if not uniform or not varying:
+            return f" {op} ".join(f"({self.doprint(a)})" for a in expr.args), COND
+        u, v = (f" {op} ".join(f"({self.doprint(a)})" for a in part) for part in (uniform, varying))
+        if op == "&":
+            return f"tl.where({u}, {v}, False)", ATOM
+        return f"tl.where({u}, True, {v})", ATOM

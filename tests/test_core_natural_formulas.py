@@ -1,0 +1,174 @@
+"""Formulas as a user writes them, where a direct evaluation overflows, cancels or divides 0/0,
+on both backends against independent references: mpmath, and torch's own functions in
+float64 (torch.logaddexp, torch.erfc) with autograd for the gradients.
+"""
+import math
+
+import mpmath
+import pytest
+import torch
+
+import actgen
+from actgen.catalogue import UNDERFLOW
+
+mpmath.mp.dps = 50
+
+
+def _grad(fn, *xs):
+    xs = [x.detach().clone().requires_grad_() for x in xs]
+    y = fn(*xs)
+    return y.detach(), torch.autograd.grad(y.sum(), xs)
+
+
+def _close_to_truth(got, truth, ulps=4):
+    """got within ulps of its dtype of the float64 (or mpmath) truth, relative to the truth;
+    below UNDERFLOW (2**-102 for float32), as the catalogue's accuracy targets count it, an
+    error up to UNDERFLOW is none (intermediates there are subnormal)."""
+    truth = torch.as_tensor(truth, dtype=torch.float64)
+    info = torch.finfo(got.dtype)
+    tol = ulps * info.eps * truth.abs().clamp_min(info.tiny)
+    err = (got.double() - truth).abs()
+    forgiven = (truth.abs() < UNDERFLOW[got.dtype]) & (err <= UNDERFLOW[got.dtype])
+    bad = (err > tol) & ~forgiven
+    assert not bad.any(), (got[bad].tolist(), truth[bad].tolist())
+
+
+def test_erfc_of_a_negated_argument_is_not_two_minus_erfc(backend):
+    """torch's own GELU form 0.5*x*erfc(-x/sqrt(2)) and erfc(-x): erfc(-z) is not rewritten to
+    2 - erfc(z), which is 2 - 2 = 0 for x << 0 where the truth is tiny."""
+    m = actgen.compile("0.5 * x * erfc(-x / sqrt(2))", name="gelu_erfc")
+    x = torch.linspace(-30, 4, 341, dtype=torch.float64)     # float64: erfc's condition grows as x**2
+    y, (g,) = _grad(m.gelu_erfc, x)
+    xd = x.clone().requires_grad_()
+    want = 0.5 * xd * torch.erfc(-xd / math.sqrt(2))
+    (want_g,) = torch.autograd.grad(want.sum(), xd)
+    torch.testing.assert_close(y, want.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(g, want_g, rtol=1e-12, atol=0)
+    e = actgen.compile("erfc(-x)", name="erfc_neg")
+    x = torch.tensor([-9.0, -6.0, -3.0, 0.0, 2.0])
+    _close_to_truth(e.erfc_neg(x), torch.erfc(-x.double()))
+
+
+def test_log1p_of_exp_is_softplus(backend):
+    m = actgen.compile("log1p(exp(x))", name="sp1p")
+    x = torch.tensor([-200.0, -30.0, -1.0, 0.0, 1.0, 30.0, 100.0, 800.0, 1e30])
+    y, (g,) = _grad(m.sp1p, x)
+    xd = x.double()
+    _close_to_truth(y, torch.logaddexp(xd, torch.zeros_like(xd)))
+    _close_to_truth(g, torch.sigmoid(xd))
+
+
+def test_log_sum_exp_pivots_on_the_larger_term(backend):
+    """log(exp(a) + exp(b)): b at a = -inf (a masking value), b's 0.5 kept beside a = -1e30,
+    and 1/2 each at a = b, where a branch on the larger one must not give a kink's 0."""
+    m = actgen.compile("log(exp(a) + exp(b))", name="lse", inputs=["a", "b"])
+    a = torch.tensor([-math.inf, -1e30, -3.0, 0.0, 2.0, 90.0, 1e30, 5.0])
+    b = torch.tensor([0.5, 0.5, -3.0, 0.0, 2.5, 89.0, -1e30, 5.0])
+    y, (ga, gb) = _grad(m.lse, a, b)
+    ad, bd = a.double().requires_grad_(), b.double().requires_grad_()
+    want = torch.logaddexp(ad, bd)
+    want_ga, want_gb = torch.autograd.grad(want.sum(), (ad, bd))
+    _close_to_truth(y, want.detach())
+    _close_to_truth(ga, want_ga)
+    _close_to_truth(gb, want_gb)
+    assert ga[3] == gb[3] == 0.5 and ga[2] == gb[2] == 0.5
+
+
+def test_log_cosh_neither_overflows_nor_cancels(backend):
+    m = actgen.compile("log(cosh(x))", name="logcosh")
+    x = torch.tensor([-800.0, -100.0, -5.0, -1.0, -0.999, -1e-3, -1e-7, 0.0, 1e-20, 0.5, 1.0, 20.0, 3e38])
+    y, (g,) = _grad(m.logcosh, x)
+    f = [mpmath.log(mpmath.cosh(mpmath.mpf(v))) for v in x.tolist()]
+    d = [mpmath.tanh(mpmath.mpf(v)) for v in x.tolist()]
+    _close_to_truth(y, f)
+    _close_to_truth(g, d)
+
+
+@pytest.mark.parametrize("formula", ["abs(x)**p", "sign(x)*abs(x)**p", "x * abs(x)**p"])
+def test_a_power_with_a_param_exponent_has_its_slope_at_zero(backend, formula):
+    """d|x|**p/dx = p*sign(x)*|x|**(p - 1): 0 at x = 0 for p > 1, as for a number p - not
+    sympy's p*sign(x)*|x|**p/|x|, 0/0 there."""
+    m = actgen.compile(formula, name="pw", params={"p": 1.5})
+    x = torch.tensor([-2.0, -0.5, 0.0, 1e-30, 0.5, 3.0], dtype=torch.float64)
+    p = torch.tensor([1.5], dtype=torch.float64)
+    y, (g,) = _grad(lambda t: m.pw(t, p), x)
+    xd = x.clone().requires_grad_()
+    want = {"abs(x)**p": xd.abs() ** 1.5, "sign(x)*abs(x)**p": torch.sign(xd) * xd.abs() ** 1.5,
+            "x * abs(x)**p": xd * xd.abs() ** 1.5}[formula]
+    (want_g,) = torch.autograd.grad(want.sum(), xd)
+    torch.testing.assert_close(y, want.detach())
+    torch.testing.assert_close(g, want_g)
+    assert g[2] == 0
+
+
+def test_a_condition_of_constants_with_one_of_elements(backend):
+    """min(max(x, lo), hi) with constants: conditions of lo and hi alone (hi > lo) combine with
+    the elements' (x > lo); the kernels ran into an error there under Triton's interpreter."""
+    m = actgen.compile("Min(Max(x, lo), hi)", name="clip", constants={"lo": -1.0, "hi": 1.0})
+    x = torch.tensor([-math.inf, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, math.inf])
+    for lo, hi in ((-1.0, 1.0), (0.25, 0.75), (1.0, -1.0)):
+        y, (g,) = _grad(lambda t: m.clip(t, lo=lo, hi=hi), x)
+        xd = x.double().requires_grad_()
+        want = torch.minimum(torch.maximum(xd, torch.tensor(lo, dtype=torch.float64)), torch.tensor(hi, dtype=torch.float64))
+        (want_g,) = torch.autograd.grad(want.sum(), xd)
+        torch.testing.assert_close(y, want.detach().float())
+        inner = (x > min(lo, hi)) & (x < hi) if lo < hi else torch.zeros_like(x, dtype=torch.bool)
+        torch.testing.assert_close(g[inner], want_g.float()[inner])     # the kinks have their own convention
+    t = actgen.compile("where((x > t) & (t > 0), x, 0)", name="gate", params={"t": 0.5})
+    for tv in (0.5, -0.5):
+        y = t.gate(x, torch.tensor([tv]))
+        torch.testing.assert_close(y, torch.where((x > tv) & (tv > 0), x, torch.zeros_like(x)))
+
+
+@pytest.mark.parametrize("formula, f, df", [
+    # exp(x) overflows where 1/(1 + exp(x)) underflows: their product is a sigmoid
+    ("x * exp(x) / (1 + exp(x))", lambda v: v * mpmath.exp(v) / (1 + mpmath.exp(v)),
+     lambda v: mpmath.exp(v) / (1 + mpmath.exp(v)) + v * mpmath.exp(v) / (1 + mpmath.exp(v)) ** 2),
+    ("exp(x) / (1 + exp(x))**2", lambda v: mpmath.exp(v) / (1 + mpmath.exp(v)) ** 2,
+     lambda v: mpmath.exp(v) * (1 - mpmath.exp(v)) / (1 + mpmath.exp(v)) ** 3),
+    # sigmoid's derivative as written: 1 - 2 sigmoid(x) cancels near 0 in its own derivative
+    ("sigmoid(x) * (1 - sigmoid(x))", lambda v: mpmath.exp(v) / (1 + mpmath.exp(v)) ** 2,
+     lambda v: mpmath.exp(v) * (1 - mpmath.exp(v)) / (1 + mpmath.exp(v)) ** 3),
+    # ISRU: its derivative's two terms are 1/|x| each where their sum is 1/|x|**3
+    ("x / sqrt(1 + x**2)", lambda v: v / mpmath.sqrt(1 + v * v), lambda v: (1 + v * v) ** mpmath.mpf(-1.5)),
+    # SoftClip: a ratio of (1 + exp) that overflows to inf/inf, and a difference of two
+    # softplus (of two sigmoids in its derivative) a number apart
+    ("log((1 + exp(5*x)) / (1 + exp(5*(x - 1)))) / 5",
+     lambda v: (mpmath.log1p(mpmath.exp(5 * v)) - mpmath.log1p(mpmath.exp(5 * v - 5))) / 5,
+     lambda v: 1 / (1 + mpmath.exp(-5 * v)) - 1 / (1 + mpmath.exp(5 - 5 * v))),
+])
+def test_overflow_and_cancellation_as_written_are_removed(backend, formula, f, df):
+    m = actgen.compile(formula, name="nat")
+    x = torch.tensor([-1e30, -200.0, -90.0, -20.0, -3.0, -1e-3, -1e-20, 0.0, 1e-20, 1e-3, 0.5, 2.0, 8.5, 20.0,
+                      90.0, 200.0, 800.0, 1e4, 1e8, 1e30])
+    y, (g,) = _grad(m.nat, x)
+    vals = [mpmath.mpf(v) for v in x.tolist()]
+    _close_to_truth(y, [float(f(v)) for v in vals], ulps=8)
+    _close_to_truth(g, [float(df(v)) for v in vals], ulps=8)
+
+
+def test_a_two_way_softmax_of_two_inputs_is_a_sigmoid(backend):
+    m = actgen.compile("exp(a) / (exp(a) + exp(b))", name="sm2", inputs=["a", "b"])
+    a = torch.tensor([-1e30, -100.0, 0.0, 3.0, 100.0, 800.0, 1e30])
+    b = torch.tensor([0.0, -101.0, 0.0, -3.0, 99.0, 799.0, 1e30 * 0.5])
+    y, (ga, gb) = _grad(m.sm2, a, b)
+    ad, bd = a.double().requires_grad_(), b.double().requires_grad_()
+    want = torch.softmax(torch.stack([ad, bd]), 0)[0]
+    want_ga, want_gb = torch.autograd.grad(want.sum(), (ad, bd))
+    _close_to_truth(y, want.detach())
+    _close_to_truth(ga, want_ga)
+    _close_to_truth(gb, want_gb)
+
+
+def test_squareplus_with_a_squared_param_keeps_its_conjugate_form(backend):
+    """(x + sqrt(x**2 + b**2))/2: the cancellation for x << 0 is found with b**2 as the
+    constant term (not b as the square's base), and x is the one hypot keeps from overflowing."""
+    m = actgen.compile("(x + sqrt(x**2 + b**2)) / 2", name="sqp", params={"b": 1.0})
+    x = torch.tensor([-1e30, -1.9e13, -1e4, -1.0, 0.0, 1.0, 1e4, 1e30], dtype=torch.float64)
+    b = torch.tensor([1.0], dtype=torch.float64)
+    y, (g,) = _grad(lambda t: m.sqp(t, b), x)
+    with mpmath.workdps(150):           # x + sqrt(x**2 + 1) at x = -1e30: 60 digits cancel
+        f = [float((mpmath.mpf(v) + mpmath.sqrt(mpmath.mpf(v) ** 2 + 1)) / 2) for v in x.tolist()]
+        d = [float((1 + mpmath.mpf(v) / mpmath.sqrt(mpmath.mpf(v) ** 2 + 1)) / 2) for v in x.tolist()]
+    _close_to_truth(y, f)
+    _close_to_truth(g, d)
