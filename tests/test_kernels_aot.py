@@ -262,3 +262,36 @@ def test_sass_loop_counts_the_largest_loop():
 """
     assert sass_loop(listing) == 3
     assert sass_loop(listing.replace("@!P1 BRA `(.L_x_0)", "@!P1 BRA `(.L_x_1)")) is None
+
+
+def test_kernels_of_formulas_outside_the_library_compile(tmp_path):
+    """Forms the library's own kernels do not have: a condition of scalars alone combined with
+    one of elements (tl.where(scalar, tile, False)), log-sum-exp's branch on the larger term,
+    log-cosh's, and sigmoids from exps of two inputs."""
+    from actgen.build import build
+
+    specs = {
+        "clip": "name: clip\nformula: Min(Max(x, lo), hi)\nconstants: {lo: -1.0, hi: 1.0}\n",
+        "gate": "name: gate\nformula: where((x > t) & (t > 0), x, 0)\nparams: {t: 0.5}\n",
+        "lse": "name: lse\nformula: log(exp(a) + exp(b))\ninputs: [a, b]\n",
+        "logcosh": "name: logcosh\nformula: log(cosh(x))\n",
+        "sm2": "name: sm2\nformula: exp(a) / (exp(a) + exp(b))\ninputs: [a, b]\n",
+    }
+    files = []
+    for name, text in specs.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+        files.append(tmp_path / f"{name}.yaml")
+    build(files, tmp_path / "outside")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    out = tmp_path / "aot.json"
+    cmd = [sys.executable, "-m", "actgen.aot", *[f"outside.{n}" for n in specs], "--arch", "90", "--flat-only",
+           "--json", str(out)]
+    log = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+    assert out.exists(), log.stdout + log.stderr
+    reports = json.loads(out.read_text())
+    assert len(reports) == len(specs) * 2 * len(DTYPES)
+    failed = [(r["module"], r["kernel"], r["dtype"], r["error"]) for r in reports if not r["ok"]]
+    assert not failed, failed
+    assert all(r["vector_loads"] and r["vector_stores"] for r in reports)
