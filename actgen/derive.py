@@ -311,7 +311,21 @@ def rewrite_log_cosh(e):
     u = rest.args[0]
     near = log1p(2 * sympy.sinh(u / 2) ** 2)
     far = StableSum(sympy.Abs(u), -sympy.log(2), softplus(-2 * sympy.Abs(u)))
-    return sympy.log(coeff) + sympy.Piecewise((near, sympy.Abs(u) < 1), (far, True))
+    return sympy.log(coeff) + LogCosh((near, sympy.Abs(u) < 1), (far, True))
+
+
+class LogCosh(sympy.Piecewise):
+    """log(cosh(u)) as rewrite_log_cosh computes it.  Its derivative is log(cosh(u))'s as
+    written, tanh(u)*u', not its branches' (2 sinh(u/2) cosh(u/2)/(1 + 2 sinh(u/2)**2), and
+    sign(u)*(1 - 2 sigmoid(-2|u|))): tanh(u) cancels symbolically against a tanh(u) elsewhere
+    (x*tanh(b*x) - log(cosh(b*x))/b), and is computed stably as it is."""
+
+    def _eval_derivative(self, s):
+        u = self.args[0].cond.lhs.args[0]       # Abs(u) < 1
+        return sympy.tanh(u) * sympy.diff(u, s)
+
+    def _sympystr(self, printer):
+        return printer.doprint(sympy.Piecewise(*self.args))
 
 
 def _saturation_rewrite(func, at_plus, at_minus, doc):
