@@ -185,6 +185,25 @@ def rewrite_exp_sigmoid(e):
     return None
 
 
+def rewrite_sinh_over_cosh(e):
+    """sinh(u) / cosh(u)**n -> tanh(u) / cosh(u)**(n - 1): sinh and cosh overflow together
+    where their ratio is +-1 (inf/inf), and tanh(x) written as sinh(x)/cosh(x) keeps the
+    tail of its derivative (1/cosh(x)'s derivative -sinh(x)/cosh(x)**2 is NaN at |x| > 89
+    in float32, -tanh(x)/cosh(x) is 0 there)."""
+    if not isinstance(e, sympy.Mul):
+        return None
+    for f in e.args:
+        if not isinstance(f, sympy.sinh):
+            continue
+        u = f.args[0]
+        for g in e.args:
+            if (isinstance(g, sympy.Pow) and isinstance(g.base, sympy.cosh) and g.base.args[0] == u
+                    and g.exp.is_Integer and g.exp < 0):
+                rest = [a for a in e.args if a is not f and a is not g]
+                return sympy.Mul(*rest) * sympy.tanh(u) * g.base ** (g.exp + 1)
+    return None
+
+
 def _exp_terms(e):
     """The arguments of a sum of exactly two exponentials exp(a) + exp(b), else None."""
     if type(e) is sympy.Add and len(e.args) == 2 and all(isinstance(t, sympy.exp) for t in e.args):
@@ -1269,6 +1288,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_sigmoid,
     rewrite_exp_sigmoid,
     rewrite_exp_ratio,
+    rewrite_sinh_over_cosh,
     rewrite_log1p,
     rewrite_expm1,
     rewrite_log_sigmoid,
