@@ -167,21 +167,25 @@ def _power_of(f, cls):
     return None
 
 
+def _factor_pairs(e, cls):
+    """(u, g, the other factors) for every factor cls(u) of a product e and every other factor g."""
+    if not isinstance(e, sympy.Mul):
+        return
+    for f in e.args:
+        if isinstance(f, cls):
+            for g in e.args:
+                if g is not f:
+                    yield f.args[0], g, [a for a in e.args if a is not f and a is not g]
+
+
 def rewrite_exp_sigmoid(e):
     """exp(u) * sigmoid(-u)**n -> sigmoid(u) * sigmoid(-u)**(n - 1): exp(u) overflows where
     sigmoid(-u) underflows, their product (sigmoid(u)) does neither (exp(x)/(1 + exp(x)) and
     its square's derivative as written)."""
-    if not isinstance(e, sympy.Mul):
-        return None
-    for f in e.args:
-        if not isinstance(f, sympy.exp):
-            continue
-        u = f.args[0]
-        for g in e.args:
-            found = _power_of(g, sigmoid)
-            if found is not None and found[0].args[0] == -u:
-                rest = [a for a in e.args if a is not f and a is not g]
-                return sympy.Mul(*rest) * sigmoid(u) * sigmoid(-u) ** (found[1] - 1)
+    for u, g, rest in _factor_pairs(e, sympy.exp):
+        found = _power_of(g, sigmoid)
+        if found is not None and found[0].args[0] == -u:
+            return sympy.Mul(*rest) * sigmoid(u) * sigmoid(-u) ** (found[1] - 1)
     return None
 
 
@@ -190,17 +194,10 @@ def rewrite_sinh_over_cosh(e):
     where their ratio is +-1 (inf/inf), and tanh(x) written as sinh(x)/cosh(x) keeps the
     tail of its derivative (1/cosh(x)'s derivative -sinh(x)/cosh(x)**2 is NaN at |x| > 89
     in float32, -tanh(x)/cosh(x) is 0 there)."""
-    if not isinstance(e, sympy.Mul):
-        return None
-    for f in e.args:
-        if not isinstance(f, sympy.sinh):
-            continue
-        u = f.args[0]
-        for g in e.args:
-            if (isinstance(g, sympy.Pow) and isinstance(g.base, sympy.cosh) and g.base.args[0] == u
-                    and g.exp.is_Integer and g.exp < 0):
-                rest = [a for a in e.args if a is not f and a is not g]
-                return sympy.Mul(*rest) * sympy.tanh(u) * g.base ** (g.exp + 1)
+    for u, g, rest in _factor_pairs(e, sympy.sinh):
+        if (isinstance(g, sympy.Pow) and isinstance(g.base, sympy.cosh) and g.base.args[0] == u
+                and g.exp.is_Integer and g.exp < 0):
+            return sympy.Mul(*rest) * sympy.tanh(u) * g.base ** (g.exp + 1)
     return None
 
 
