@@ -126,12 +126,12 @@ class TritonPrinter(ExprPrinter):
         return f"({self.doprint(expr.args[0])}) == 0", 0
 
     def _print_And(self, expr):
-        return self._logic(expr, "&", "False")
+        return self._logic(expr, "&")
 
     def _print_Or(self, expr):
-        return self._logic(expr, "|", "True")
+        return self._logic(expr, "|")
 
-    def _logic(self, expr, op, absorbing):
+    def _logic(self, expr, op):
         """a & b (a | b) of conditions; one of scalars alone with one of the tile's elements as
         tl.where(scalar, tile, False) (tl.where(scalar, True, tile)): the same value, where
         Triton's interpreter would turn a splatted scalar comparison into float data that &
