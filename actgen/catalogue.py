@@ -303,11 +303,19 @@ def op_function(spec: Spec):
 
 
 _LOADED: dict[tuple[str, str, bool], Callable] = {}
+_SCRATCH: list[tempfile.TemporaryDirectory] = []     # this process's folder, removed at exit
+
+
+def _scratch() -> Path:
+    if not _SCRATCH:
+        _SCRATCH.append(tempfile.TemporaryDirectory(prefix="actgen-catalogue-"))
+    return Path(_SCRATCH[0].name)
 
 
 def compiled_function(spec: Spec, rewrites: bool = True):
     """The functional of a spec compiled now (with or without the stability rewrites), from a
-    module written to a temporary folder - for formulas that are not in actgen.ops."""
+    module written to a folder of this process's temporary folder (removed when the process
+    exits) - for formulas that are not in actgen.ops."""
     key = (spec.name, spec.sha256, rewrites)
     if key in _LOADED:
         return _LOADED[key]
@@ -316,7 +324,7 @@ def compiled_function(spec: Spec, rewrites: bool = True):
 
     tag = ":as-written" if not rewrites else ":compiled"
     d = derive(dataclasses.replace(spec, sha256=spec.sha256 + tag), rewrites=rewrites)
-    folder = Path(tempfile.mkdtemp(prefix="actgen-catalogue-"))
+    folder = Path(tempfile.mkdtemp(dir=_scratch()))
     name = f"_{'compiled' if rewrites else 'as_written'}_{spec.name}"
     path = folder / f"{name}.py"
     path.write_text(render_module(d), encoding="utf-8")
@@ -804,6 +812,7 @@ def write_docs(specs_dir: Path = DEFAULT_SPECS, out: Path = DEFAULT_DOCS, *, acc
         if jobs > 1:
             import multiprocessing
 
+            _scratch()          # made here, the workers write into it and this process removes it
             with multiprocessing.get_context("fork").Pool(jobs) as pool:
                 results = []
                 for acc in pool.imap(_measure_one, [(s, xs) for s in specs]):

@@ -135,3 +135,21 @@ def test_dense_screen_finds_what_the_grid_misses(monkeypatch):
     assert C.screen_dense(mish, xs, runs=(("torch", torch.float32),))[("torch", "float32", "df/dx")].meets_target
     exact = C.screen_dense(SPECS["relu"], xs, runs=(("torch", torch.float32),))
     assert all(s.worst_scaled == 0 and s.points > 0 for s in exact.values())
+
+
+def test_formulas_compiled_for_measuring_leave_no_files_behind(tmp_path):
+    """compiled_function writes its modules into one temporary folder per process, removed
+    when the process exits (a docs run compiles hundreds)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from actgen import catalogue as C\nfrom actgen.spec import load_spec\n"
+            "C.compiled_function(load_spec('name: t\\nformula: x * sigmoid(x)\\n'))\n"
+            "C.as_written_function(load_spec('name: t\\nformula: x * sigmoid(x)\\n'))\n"
+            "print(C._scratch())\n")
+    env = {**os.environ, "ACTGEN_CACHE_DIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    folder = Path(r.stdout.strip().splitlines()[-1])
+    assert folder.name.startswith("actgen-catalogue-") and not folder.exists()
