@@ -1359,7 +1359,23 @@ def differentiate(expr: sympy.Expr, var: sympy.Symbol, rewrites: bool = True) ->
     differentiates (sign and Heaviside as branches)."""
     d = sympy.diff(expr.replace(sympy.Abs, _RealAbs), var).replace(_RealAbs, sympy.Abs)
     d = _clean(d)
-    return common_factors_out(stabilize(common_factors_out(combine_powers(d)))) if rewrites else d
+    if not rewrites:
+        return d
+    return power_log_at_zero(common_factors_out(stabilize(common_factors_out(combine_powers(d)))))
+
+
+def _power_log(e):
+    for u, g, _ in _factor_pairs(e, sympy.log):
+        if isinstance(g, sympy.Pow) and g.base == u and not g.exp.is_number and u.free_symbols:
+            return sympy.Piecewise((e, u > 0), (0, g.exp > 0), (e, True))
+    return e
+
+
+def power_log_at_zero(expr: sympy.Expr) -> sympy.Expr:
+    """u**p * log(u) -> its limit 0 at u = 0 for p > 0, where 0 * -inf is NaN: d(u**p)/dp, so
+    |x|**p's gradient in a param p at x = 0 (common after a relu).  Once, after the rewrites
+    (its branches hold the product again)."""
+    return expr.replace(lambda e: isinstance(e, sympy.Mul) and e.has(sympy.log), _power_log)
 
 
 def _combined(m: sympy.Mul) -> sympy.Expr:

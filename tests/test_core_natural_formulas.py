@@ -99,17 +99,18 @@ def test_log_cosh_differentiates_as_written(backend):
 @pytest.mark.parametrize("formula", ["abs(x)**p", "sign(x)*abs(x)**p", "x * abs(x)**p"])
 def test_a_power_with_a_param_exponent_has_its_slope_at_zero(backend, formula):
     """d|x|**p/dx = p*sign(x)*|x|**(p - 1): 0 at x = 0 for p > 1, as for a number p - not
-    sympy's p*sign(x)*|x|**p/|x|, 0/0 there."""
+    sympy's p*sign(x)*|x|**p/|x|, 0/0 there; and d|x|**p/dp = |x|**p*log|x| is 0 there too."""
     m = actgen.compile(formula, name="pw", params={"p": 1.5})
     x = torch.tensor([-2.0, -0.5, 0.0, 1e-30, 0.5, 3.0], dtype=torch.float64)
     p = torch.tensor([1.5], dtype=torch.float64)
-    y, (g,) = _grad(lambda t: m.pw(t, p), x)
-    xd = x.clone().requires_grad_()
-    want = {"abs(x)**p": xd.abs() ** 1.5, "sign(x)*abs(x)**p": torch.sign(xd) * xd.abs() ** 1.5,
-            "x * abs(x)**p": xd * xd.abs() ** 1.5}[formula]
-    (want_g,) = torch.autograd.grad(want.sum(), xd)
+    y, (g, gp) = _grad(m.pw, x, p)
+    xd, pd = x.clone().requires_grad_(), p.clone().requires_grad_()
+    want = {"abs(x)**p": xd.abs() ** pd, "sign(x)*abs(x)**p": torch.sign(xd) * xd.abs() ** pd,
+            "x * abs(x)**p": xd * xd.abs() ** pd}[formula]
+    want_g, want_gp = torch.autograd.grad(want.sum(), (xd, pd))
     torch.testing.assert_close(y, want.detach())
     torch.testing.assert_close(g, want_g)
+    torch.testing.assert_close(gp, want_gp)      # |x|**p*log|x| is 0 at x = 0, not 0 * -inf
     assert g[2] == 0
 
 
