@@ -1349,6 +1349,13 @@ class _RealAbs(sympy.Function):
         return sympy.sign(self.args[0])
 
 
+def _is_zero_power(e) -> bool:
+    """0**p with p not a number (max(x, 0)**p's branch at x <= 0): its derivative in p is
+    0**p*log(0), which sympy makes NaN, where for p > 0 it is 0 (differentiate makes the
+    branch Piecewise((0, p > 0), (0**p, True)) first)."""
+    return isinstance(e, sympy.Pow) and e.base == 0 and not e.exp.is_number
+
+
 def differentiate(expr: sympy.Expr, var: sympy.Symbol, rewrites: bool = True) -> sympy.Expr:
     """d expr / d var, stabilized, with the common factors of its sums taken out: the product
     rule's s + x*s*sigmoid(-x) (silu') becomes s*(1 + x*sigmoid(-x)), where the terms that
@@ -1357,6 +1364,8 @@ def differentiate(expr: sympy.Expr, var: sympy.Symbol, rewrites: bool = True) ->
     (golu's g + x*exp(-x)*g with g = exp(-exp(-x)): exp(-x - exp(-x)), two exps that round on
     their own, where g*(1 + x*exp(-x)) cancels in one place).  Without `rewrites`, as sympy
     differentiates (sign and Heaviside as branches)."""
+    if rewrites:
+        expr = expr.replace(_is_zero_power, lambda e: sympy.Piecewise((0, e.exp > 0), (e, True)))
     d = sympy.diff(expr.replace(sympy.Abs, _RealAbs), var).replace(_RealAbs, sympy.Abs)
     d = _clean(d)
     if not rewrites:
