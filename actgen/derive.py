@@ -212,20 +212,11 @@ def rewrite_exp_ratio(e):
     """exp(a) / (exp(a) + exp(b))**n -> sigmoid(a - b) / (exp(a) + exp(b))**(n - 1): exp(a)
     and exp(b) overflow, the ratio does not (a two-way softmax of two inputs, or of an
     input and a param)."""
-    if not isinstance(e, sympy.Mul):
-        return None
-    for d in e.args:
-        if not (isinstance(d, sympy.Pow) and d.exp.is_Integer and d.exp < 0):
-            continue
-        pair = _exp_terms(d.base)
-        if pair is None:
-            continue
-        for f in e.args:
-            if isinstance(f, sympy.exp) and f.args[0] in pair:
-                a = f.args[0]
-                b = pair[1] if a == pair[0] else pair[0]
-                rest = [t for t in e.args if t is not f and t is not d]
-                return sympy.Mul(*rest) * sigmoid(a - b) * d.base ** (d.exp + 1)
+    for a, d, rest in _factor_pairs(e, sympy.exp):
+        pair = _exp_terms(d.base) if isinstance(d, sympy.Pow) and d.exp.is_Integer and d.exp < 0 else None
+        if pair is not None and a in pair:
+            b = pair[1] if a == pair[0] else pair[0]
+            return sympy.Mul(*rest) * sigmoid(a - b) * d.base ** (d.exp + 1)
     return None
 
 
@@ -442,7 +433,7 @@ def rewrite_power_sum(e):
 
 
 def _paired(e, cls):
-    """(c, u, v) for a sum c*cls(u) - c*cls(v) + nothing else, with u - v a number > 0."""
+    """(c, u, v, d) for a sum c*cls(u) - c*cls(v) + nothing else, with d = u - v a number > 0."""
     if not _is_sum(e) or len(e.args) != 2:
         return None
     (c1, f1), (c2, f2) = (t.as_coeff_Mul() for t in e.args)
@@ -452,7 +443,7 @@ def _paired(e, cls):
     d = sympy.simplify(u - v)
     if not d.is_number or d == 0 or not u.free_symbols:
         return None
-    return (c1, u, v) if d > 0 else (c2, v, u)
+    return (c1, u, v, d) if d > 0 else (c2, v, u, -d)
 
 
 def rewrite_softplus_difference(e):
@@ -462,8 +453,7 @@ def rewrite_softplus_difference(e):
     found = _paired(e, softplus)
     if found is None:
         return None
-    c, u, v = found
-    d = sympy.simplify(u - v)
+    c, u, v, d = found
     return c * sympy.Piecewise((StableSum(d, softplus(-u), -softplus(-v)), v > 0),
                                (StableSum(softplus(u), -softplus(v)), True))
 
@@ -474,7 +464,7 @@ def rewrite_sigmoid_difference_far(e):
     found = _paired(e, sigmoid)
     if found is None:
         return None
-    c, u, v = found
+    c, u, v, _ = found
     return c * sympy.Piecewise((StableSum(sigmoid(-v), -sigmoid(-u)), v > 0),
                                (StableSum(sigmoid(u), -sigmoid(v)), True))
 
@@ -600,10 +590,10 @@ def rewrite_sqrt_conjugate(e):
     if not _is_sum(e):
         return None
     for term in e.args:
+        others = list(e.args)
+        others.remove(term)
         for a, k, u, c in _sqrt_square_plus_all(term):
             root = term / a
-            others = list(e.args)
-            others.remove(term)
             for other in others:
                 coeff, rest = other.as_coeff_Mul()
                 if other.is_Number and c.is_Number and sympy.simplify(other + a * sympy.sqrt(c)) == 0:
