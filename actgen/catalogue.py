@@ -91,28 +91,48 @@ class Oracle:
             for name, slopes in self.slopes.items()
         }
 
-    def _eval(self, fn, point, dps):
+    def _eval(self, fn, point, dps, offset=0, zero_division=mpmath.nan):
+        """fn at point (+ offset on every coordinate) in dps digits; zero_division where it
+        divides by 0."""
         with mpmath.workdps(dps):
             try:
-                value = fn(*[mpmath.mpf(float(v)) for v in point])
-            except (ZeroDivisionError, ValueError, OverflowError):
+                value = fn(*[mpmath.mpf(float(v)) + offset for v in point])
+            except ZeroDivisionError:
+                return zero_division
+            except (ValueError, OverflowError):
                 return mpmath.nan
             return mpmath.mpf(value) if isinstance(value, (int, float)) else value
 
-    def _value(self, fn, point) -> float:
+    def _value(self, fn, point, offset=0) -> float:
         if any(math.isnan(v) for v in point):
             return math.nan
         if any(math.isinf(v) for v in point):
             return self._limit(fn, point)
-        a = self._eval(fn, point, _DPS)
-        dps = _CHECK_DPS
+        # terms that cancel near 0 (1 - cos(x) ~ x**2/2) lose digits as x shrinks: 50 and 70
+        # digits can agree on the same wrong value at x = 1e-38, so tiny inputs get more
+        tiny = [abs(v + offset) for v in point if v + offset != 0]
+        extra = 3 * max([0] + [math.ceil(-math.log10(v)) for v in tiny if v < 1])
+        a = self._eval(fn, point, _DPS + extra, offset, zero_division=None)
+        if a is None:
+            return self._removable(fn, point) if not offset else math.nan
+        dps = _CHECK_DPS + extra
         while True:
-            b = self._eval(fn, point, dps)
+            b = self._eval(fn, point, dps, offset)
             if not _is_real(a) or not _is_real(b):
                 return math.nan
             if a == b or abs(a - b) <= abs(b) * mpmath.mpf(10) ** -30 or dps >= 800:
                 return _to_float(b)
             a, dps = b, dps * 2
+
+    def _removable(self, fn, point) -> float:
+        """The value where the formula divides 0/0 (sin(x)/x at 0): its limit, read off at
+        every coordinate +-1e-40 and +-1e-60, where the four agree (NaN at a pole or a jump)."""
+        probes = [self._value(fn, point, sign * mpmath.mpf(10) ** -e) for sign in (1, -1) for e in (40, 60)]
+        if not all(math.isfinite(v) for v in probes):
+            return math.nan
+        if max(probes) - min(probes) <= 1e-25 * max(1.0, max(abs(v) for v in probes)):
+            return (probes[1] + probes[3]) / 2       # the closest two, either side
+        return math.nan
 
     def _limit(self, fn, point) -> float:
         """The value at an infinite input: read off at 1e20 and 1e40 in its place."""
@@ -661,6 +681,7 @@ REWRITE_EXAMPLES = (
     ("one_minus_tanh", "1 - tanh(x)", "cancellation for large positive x"),
     ("gelu_erf", "x * (1 + erf(x / sqrt(2))) / 2", "1 + erf(u) cancels for u < 0 and underflows to 0 below -4"),
     ("log_one_plus_exp", "log(1 + exp(x))", "exp overflows for x > 88 in float32; 1 + exp(x) rounds to 1 for x < -17"),
+    ("sinc", "sin(x) / x", "0/0 at x = 0; the slope's two terms (each ~1/x) cancel near it"),
 )
 
 
@@ -751,7 +772,8 @@ def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy],
         "sigmoids), cancellation-free forms guarded by a branch on the sign "
         "(sqrt(k u^2 + c) -+ sqrt(k) u through its conjugate), sech^2 for 1 - tanh^2, products of "
         "exponentials as one exponential, symbolic cancellation of sign and common denominators, and a "
-        "Padé approximant near 0 for expressions whose terms cancel there (x - tanh(x)); and after them, a "
+        "Padé approximant near 0 for expressions whose terms cancel there (x - tanh(x)) or that divide 0/0 "
+        "there (sin(x)/x, x/(exp(x) - 1): the value at 0 is the limit); and after them, a "
         "function of exp(x) built from softplus, tanh, sigmoid and logs as one ratio of polynomials in "
         "exp(-|x|), each polynomial in Horner form, a sigmoid inside a costlier call from the same exponential "
         "(`exp_rational_form`: mish and its derivative, logish' from one exponential).  Last, a precision "

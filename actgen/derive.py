@@ -66,6 +66,7 @@ Triton or torch source.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import sys
 from collections import Counter
@@ -201,6 +202,18 @@ def rewrite_sinh_over_cosh(e):
     return None
 
 
+def rewrite_exp_over_expm1(e):
+    """exp(u) / expm1(u)**n -> -1 / (expm1(u)**(n - 1) * expm1(-u)): exp(u)/(exp(u) - 1) is
+    1/(1 - exp(-u)), where exp(u) and expm1(u)**n overflow, the ratio does not (the
+    derivative of x/(exp(x) - 1), x*exp(x)/expm1(x)**2, was inf/inf for x > 44 in float32, and
+    went wrong from 355 in float64 where the square alone overflows)."""
+    for u, g, rest in _factor_pairs(e, sympy.exp):
+        if (isinstance(g, sympy.Pow) and isinstance(g.base, expm1) and g.base.args[0] == u
+                and g.exp.is_Integer and g.exp < 0):
+            return -sympy.Mul(*rest) * g.base ** (g.exp + 1) / expm1(-u)
+    return None
+
+
 def _exp_terms(e):
     """The arguments of a sum of exactly two exponentials exp(a) + exp(b), else None."""
     if type(e) is sympy.Add and len(e.args) == 2 and all(isinstance(t, sympy.exp) for t in e.args):
@@ -225,6 +238,29 @@ def rewrite_log1p(e):
         rest = _one_plus(e.args[0])
         if rest is not None:
             return log1p(rest)
+    return None
+
+
+def rewrite_log_expm1(e):
+    """log(expm1(u)) -> u + log(-expm1(-u)): the inverse of softplus (a positive param's
+    usual parametrization) as written overflows to inf for u > 88 in float32, where it is ~u;
+    for u < 0 both are NaN, at 0 both -inf."""
+    if isinstance(e, sympy.log) and isinstance(e.args[0], expm1):
+        u = e.args[0].args[0]
+        return u + sympy.log(-expm1(-u))
+    return None
+
+
+def rewrite_one_plus_inverse_expm1(e):
+    """c + c/expm1(u) -> -c/expm1(-u) (both are c*exp(u)/expm1(u)): the sum cancels for u < 0
+    (log(expm1(x))'s derivative 1 + 1/expm1(x) as the rewrite above leaves it)."""
+    if not isinstance(e, sympy.Add):
+        return None
+    for term in e.args:
+        coeff, rest = term.as_coeff_Mul()
+        if isinstance(rest, sympy.Pow) and rest.exp == -1 and isinstance(rest.base, expm1) and coeff in e.args:
+            others = [a for a in e.args if a is not term and a != coeff]
+            return sympy.Add(*others) - coeff / expm1(-rest.base.args[0])
     return None
 
 
@@ -1167,10 +1203,12 @@ def capped_ratio_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy
 
 
 # Cancellation at 0: an expression of one variable whose terms cancel to leading order there
-# (x - tanh(x) ~ x**3/3) loses every digit for small x.  Near 0 it is replaced by a Padé
-# approximant t**k * P(t)/Q(t) (in t**2 for odd or even functions) from its Taylor series,
-# accurate to below float64 rounding on |t| < r, where r is the point beyond which the terms
-# no longer cancel badly (their sum of magnitudes is at most _CANCELLATION_OK times the result).
+# (x - tanh(x) ~ x**3/3) loses every digit for small x; one that divides 0/0 there (sin(x)/x,
+# x/(exp(x) - 1)) is NaN at 0 itself, and its derivative's terms (cos(x)/x - sin(x)/x**2,
+# each ~1/x) cancel near it.  Near 0 it is replaced by a Padé approximant t**k * P(t)/Q(t)
+# (in t**2 for odd or even functions) from its Taylor series, accurate to below float64
+# rounding on |t| < r, where r is the point beyond which the terms no longer cancel badly
+# (their sum of magnitudes is at most _CANCELLATION_OK times the result).
 _ANALYTIC = (sympy.tanh, sympy.sin, sympy.tan, sympy.sinh, sympy.atan, sympy.asinh, sympy.erf, sympy.exp,
              sympy.cos, sympy.cosh, log1p, expm1, sigmoid)
 _CANCELLATION_OK = 3
@@ -1178,52 +1216,145 @@ _RADII = (0.5, 1, 1.5, 2, 3, 4)
 _PADE_TOLERANCE = mpmath.mpf(2) ** -57
 
 
+def _real_at(e, t, at):
+    """e at t = at in 30 digits, None where it is not real there (log1p(t) for t < -1)."""
+    value = sympy.N(e.subs(t, at), 30)
+    return mpmath.mpf(sympy.Float(value, 30)._mpf_) if value.is_real and value.is_finite else None
+
+
 def _cancellation(terms, t, at):
-    values = [mpmath.mpf(sympy.Float(sympy.N(term.subs(t, at), 30), 30)._mpf_) for term in terms]
+    """How many times the terms' magnitudes exceed their sum at t = at (1 where they are not
+    all real there: outside the domain nothing is computed)."""
+    values = [_real_at(term, t, at) for term in terms]
+    if any(v is None for v in values):
+        return mpmath.mpf(1)
     total = abs(sum(values))
     return sum(abs(v) for v in values) / total if total else mpmath.inf
 
 
-def _pade_near_zero(e, x):
+def _condition(body, t, at):
+    """max(1, |t f'(t) / f(t)|) at t = at: where f itself is ill-conditioned (near its zeros),
+    cancellation up to that much costs nothing more than the rounding of t does."""
+    value, slope = _real_at(body, t, at), _real_at(sympy.diff(body, t), t, at)
+    if value is None or slope is None:
+        return mpmath.mpf(1)
+    return max(mpmath.mpf(1), abs(at * slope / value)) if value else mpmath.inf
+
+
+_MPMATH_MODULES = [{"sigmoid": lambda u: 1 / (1 + mpmath.exp(-u)), "log1p": mpmath.log1p, "expm1": mpmath.expm1}, "mpmath"]
+_TAYLOR_POINTS = 256
+_TAYLOR_RADIUS = mpmath.mpf(1) / 2
+
+
+def _taylor_coefficients(fn, order: int):
+    """The Taylor coefficients a_0 ... a_{order-1} at 0 of fn (an mpmath function, analytic
+    near 0 but perhaps 0/0 there), from its values on the circle |t| = 1/2 in the complex
+    plane: a_n = mean of fn(t_j) / t_j**n over _TAYLOR_POINTS points t_j (the trapezoid rule
+    of Cauchy's integral, exact to ~2**-256 relative where fn's nearest singularity is at
+    |t| >= 1).  Coefficients at rounding level are 0.  None where fn cannot be evaluated
+    there, is not real on the real axis, or has a pole or a branch point at 0 (the
+    coefficients of negative powers are not 0).  A singularity closer than 1/2 gives wrong
+    coefficients: the approximant built from them is checked against fn itself."""
+    n_pts = _TAYLOR_POINTS
+    with mpmath.workdps(120):      # a_39 of an entire function is ~1/39!: far below 60 digits of fn
+        roots = [mpmath.expjpi(mpmath.mpf(2 * j) / n_pts) for j in range(n_pts)]
+        try:
+            values = [mpmath.mpc(fn(_TAYLOR_RADIUS * w)) for w in roots]
+        except (TypeError, ValueError, ArithmeticError):
+            return None
+        scale = max(abs(v) for v in values)
+        if not mpmath.isfinite(scale) or scale == 0:
+            return None
+        noise = scale * mpmath.mpf(10) ** -70       # above rounding (1e-120) and aliasing (2**-256)
+
+        def coefficient(n):         # n < 0: the Laurent coefficient of t**n, 0 for an analytic fn
+            return mpmath.fsum(v * roots[(-j * n) % n_pts] for j, v in enumerate(values)) / n_pts / _TAYLOR_RADIUS**n
+
+        if any(abs(coefficient(n)) > noise * _TAYLOR_RADIUS ** -n for n in (-1, -2, -3)):
+            return None
+        out = []
+        for n in range(order):
+            c = coefficient(n)
+            tol = noise * _TAYLOR_RADIUS ** -n
+            if abs(c.imag) > tol:
+                return None
+            out.append(mpmath.mpf(0) if abs(c.real) <= tol else c.real)
+    with mpmath.workdps(40):
+        return [+c for c in out]
+
+
+def _analytic_forms(body, t):
+    """body with each |u| as the analytic function it is near t = 0 (the stable forms' exp(-|x|)
+    in sech(x)**2 = 4*exp(-2|x|)/(1 + exp(-2|x|))**2): u or -u by u's sign at 0, and where
+    u(0) = 0 both (+u everywhere, then -u), for the approximant made from either one's Taylor
+    series to be checked against body itself on both sides."""
+    absolutes = [a for a in body.atoms(sympy.Abs) if a.has(t)]
+    if not absolutes:
+        return [body]
+    signs = {a: sympy.sign(a.args[0].subs(t, 0)) for a in absolutes}
+    return [body.xreplace({a: (signs[a] if signs[a] != 0 else side) * a.args[0] for a in absolutes}) for side in (1, -1)]
+
+
+def _pade_fit(a, k, step, exact, grid):
+    """The lowest-order Padé approximant (P, Q), v**k P(v**step)/Q(v**step), of the series
+    coefficients a that is within _PADE_TOLERANCE of exact over the grid, with Q >= 1/4 there
+    (no cancellation in the denominator); None if none up to [12/12]."""
+    for m in range(2, 13):
+        if 2 * m + 1 > len(a):
+            return None
+        try:
+            p, q = mpmath.pade(a[: 2 * m + 1], m, m)
+        except ZeroDivisionError:
+            continue
+        if any(mpmath.polyval(q[::-1], v**step) < mpmath.mpf(1) / 4 for v in grid):
+            continue
+        if all(abs(v**k * mpmath.polyval(p[::-1], v**step) / mpmath.polyval(q[::-1], v**step) / exact(v) - 1) < _PADE_TOLERANCE
+               for v in grid):
+            return p, q
+    return None
+
+
+def _pade_near_zero(e, x, sums=None):
+    """ApproximatedNearZero for e near x = 0, or None.  e is a sum whose terms cancel there
+    (sums None), or a ratio that is 0/0 there; sums: the ratio's sums, whose terms must not
+    cancel beyond the approximant's radius (none: the smallest radius)."""
     t = sympy.Dummy("t", real=True)
     body = e.xreplace({x: t})
-    terms = body.args
+    if any(not p.exp.is_integer and p.base.has(t) and p.base.subs(t, 0) == 0 for p in body.atoms(sympy.Pow)):
+        return None     # sqrt(x) and the like: no Taylor series at 0
     with mpmath.workdps(40):
-        if _cancellation(terms, t, sympy.Rational(1, 1024)) < 64 or _cancellation(terms, t, -sympy.Rational(1, 1024)) < 64:
-            return None
+        if sums is None:
+            sums = [body.args]
+            if _cancellation(sums[0], t, sympy.Rational(1, 1024)) < 64 or _cancellation(sums[0], t, -sympy.Rational(1, 1024)) < 64:
+                return None
+        else:
+            sums = [s_.xreplace({x: t}).args for s_ in sums]
         radius = next(
             (r for r in _RADII
-             if all(_cancellation(terms, t, s * r * m) <= _CANCELLATION_OK for s in (1, -1) for m in (1, 2, 4, 8))),
+             if all(_cancellation(terms, t, s * r * m) <= _CANCELLATION_OK
+                    for terms in sums for s in (1, -1) for m in (1, 2, 4, 8))),
             None,
         )
+        if radius is None:      # an oscillating one (sin(x)/x's slope): its own zeros cancel too
+            radius = next((r for r in _RADII if all(_cancellation(terms, t, s * r * m) <= _CANCELLATION_OK * _condition(body, t, s * r * m)
+                                                     for terms in sums for s in (1, -1) for m in (1, 2, 4, 8))), None)
         if radius is None:
             return None
-        order = 40
-        series = sympy.series(body, t, 0, order).removeO()
-        coeffs = [series.coeff(t, n) for n in range(order)]
-        if not all(c.is_number for c in coeffs):
-            return None
-        k = next((n for n, c in enumerate(coeffs) if c != 0), None)
-        if k is None or k == 0:
-            return None
-        rest = [mpmath.mpf(sympy.Float(c, 40)._mpf_) for c in coeffs[k:]]
-        step = 2 if all(c == 0 for c in rest[1::2]) else 1
-        a = rest[::step]
-        for m in range(2, 9):
-            if 2 * m + 1 > len(a):
-                return None
-            try:
-                p, q = mpmath.pade(a[: 2 * m + 1], m, m)
-            except ZeroDivisionError:
+        exact = sympy.lambdify(t, body, modules=_MPMATH_MODULES)
+        grid = [radius * mpmath.mpf(j) / 64 for j in range(1, 65)]
+        grid += [-v for v in grid]
+        for analytic in _analytic_forms(body, t):
+            coeffs = _taylor_coefficients(sympy.lambdify(t, analytic, modules=_MPMATH_MODULES), 40)
+            if coeffs is None:
+                continue        # a pole at 0, or not one function around it (a logarithm)
+            k = next((n for n, c in enumerate(coeffs) if c != 0), None)
+            if k is None:
                 continue
-            approx = lambda v: v**k * mpmath.polyval(p[::-1], v**step) / mpmath.polyval(q[::-1], v**step)
-            exact = sympy.lambdify(t, body, modules=[{"sigmoid": lambda u: 1 / (1 + mpmath.exp(-u)), "log1p": mpmath.log1p,
-                                                      "expm1": mpmath.expm1}, "mpmath"])
-            grid = [radius * mpmath.mpf(j) / 64 for j in range(1, 65)]
-            grid += [-v for v in grid]
-            if any(mpmath.polyval(q[::-1], v**step) < mpmath.mpf(1) / 4 for v in grid):
-                continue
-            if all(abs(approx(v) / exact(v) - 1) < _PADE_TOLERANCE for v in grid):
+            rest = coeffs[k:]
+            step = 2 if all(c == 0 for c in rest[1::2]) else 1
+            fit = _pade_fit(rest[::step], k, step, exact, grid)
+            if fit is not None:
+                p, q = fit
                 break
         else:
             return None
@@ -1236,7 +1367,8 @@ def _pade_near_zero(e, x):
         return out
 
     near = x**k * horner(p) / horner(q)
-    return ApproximatedNearZero((near, sympy.Abs(x) < radius), (StableSum(*e.args), True))
+    far = StableSum(*e.args) if _is_sum(e) else e
+    return ApproximatedNearZero((near, sympy.Abs(x) < radius), (far, True))
 
 
 class ApproximatedNearZero(sympy.Piecewise):
@@ -1256,16 +1388,57 @@ class ApproximatedNearZero(sympy.Piecewise):
 
 def rewrite_cancellation_at_zero(e):
     """f(x) whose terms cancel at x = 0 (x - tanh(x)) -> a Padé approximant for |x| < r, f elsewhere."""
-    if not _is_sum(e) or len(e.free_symbols) != 1 or e.has(sympy.Piecewise):
+    if not _is_sum(e) or len(e.free_symbols) != 1:
+        return None
+    e = _unapproximated(e)
+    if e.has(sympy.Piecewise):
         return None
     x, = e.free_symbols
     if not isinstance(x, sympy.Symbol) or not e.has(*_ANALYTIC):
         return None
-    if not all(term.has(x) for term in e.args if not term.is_Number) or not any(term.is_polynomial(x) for term in e.args):
+    if not all(term.has(x) for term in e.args if not term.is_Number):
+        return None
+    if not any(term.is_polynomial(x) or _singular_at_zero(term, x) for term in e.args):
         return None
     try:
         return _pade_near_zero(e, x)
-    except (TypeError, ValueError, ArithmeticError):      # not real near 0 (log(x**2 - 1))
+    except Exception:  # noqa: BLE001 - not real near 0 (log(x**2 - 1)), or not expandable: no rewrite
+        return None
+
+
+def _unapproximated(e):
+    """e with its approximants near 0 as the expressions they approximate (the numerator of
+    (x - sin(x))/x**3 was rewritten first, bottom-up, but the ratio is what is 0/0)."""
+    if not e.has(ApproximatedNearZero):
+        return e
+    return e.replace(lambda a: isinstance(a, ApproximatedNearZero),
+                     lambda a: a.args[-1].expr.replace(lambda b: isinstance(b, StableSum), lambda b: sympy.Add(*b.args)))
+
+
+def _singular_at_zero(e, x) -> bool:
+    """Whether e divides by something that is 0 at x = 0 (cos(x)/x, sin(x)/x**2)."""
+    return any(f.is_Pow and f.exp.is_negative and f.base.has(x) and f.base.subs(x, 0) == 0
+               for f in sympy.Mul.make_args(e))
+
+
+def rewrite_removable_singularity(e):
+    """f(x) = N/D with N and D both 0 at x = 0 (sin(x)/x, x/expm1(x), (x - sin(x))/x**3), whose
+    limit there is finite -> a Padé approximant for |x| < r, f elsewhere.  r: where the sums in
+    f, if any, no longer cancel."""
+    if not e.is_Mul or len(e.free_symbols) != 1:
+        return None
+    e = _unapproximated(e)
+    if not e.is_Mul or e.has(sympy.Piecewise):
+        return None
+    x, = e.free_symbols
+    if not isinstance(x, sympy.Symbol) or not e.has(*_ANALYTIC) or not _singular_at_zero(e, x):
+        return None
+    try:
+        if e.subs(x, 0) is not sympy.nan:        # 0/0 (a pole is zoo)
+            return None
+        sums = [a for f in e.args for a in (f.base if f.is_Pow else f,) if _is_sum(a)]
+        return _pade_near_zero(e, x, sums)
+    except Exception:  # noqa: BLE001 - as above: no rewrite
         return None
 
 
@@ -1276,8 +1449,11 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_exp_sigmoid,
     rewrite_exp_ratio,
     rewrite_sinh_over_cosh,
+    rewrite_exp_over_expm1,
     rewrite_log1p,
     rewrite_expm1,
+    rewrite_log_expm1,
+    rewrite_one_plus_inverse_expm1,
     rewrite_log_sigmoid,
     rewrite_logsumexp,
     rewrite_log_cosh,
@@ -1295,13 +1471,14 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_power_sum,
     rewrite_sqrt_conjugate,
     rewrite_cancellation_at_zero,
+    rewrite_removable_singularity,
 )
 
 
 def stabilize(expr: sympy.Basic) -> sympy.Basic:
     """Apply REWRITES bottom-up until nothing changes at each node."""
-    if not expr.args or isinstance(expr, (sympy.Symbol, sympy.Number)):
-        return expr
+    if not expr.args or isinstance(expr, (sympy.Symbol, sympy.Number, ApproximatedNearZero)):
+        return expr         # (an approximant's far branch is what was rewritten into it)
     args = tuple(stabilize(a) for a in expr.args)
     if args != expr.args:
         expr = expr.func(*args)
@@ -1512,7 +1689,7 @@ def _numeric_limit(expr: sympy.Expr, x: sympy.Symbol, sign: int):
         try:
             v = _mpmath_value(fn, sign * probe) if fn is not None else None
         except Oscillates:
-            return None
+            return _limit_past_oscillation(expr, x, sign)
         if v is None and not exact:
             return None
         if v is None:
@@ -1534,10 +1711,43 @@ def _numeric_limit(expr: sympy.Expr, x: sympy.Symbol, sign: int):
     return None
 
 
+def _limit_past_oscillation(expr: sympy.Expr, x: sympy.Symbol, sign: int):
+    """The limit where sin and cos of a growing argument only bound a term that vanishes or
+    grows anyway (sin(x)/x -> 0, x + sin(x) -> inf, (x - sin(x))/x**3 -> 0): with each such
+    sin or cos (at most two) as a number s, the limit is the same for s = -1, 0 and 1; else
+    None (x*sin(x), 1/(2 + sin(x)): no limit, or none without the oscillation)."""
+    periodic = []
+    for f in expr.atoms(sympy.sin, sympy.cos, sympy.tan):
+        try:
+            arg = _mpmath_value(_mpmath_function(f.args[0], x), sign * _PROBES[0]) if f.has(x) else None
+        except Oscillates:          # sin(sin(x)): bounded, but not this simple
+            return None
+        if arg is not None and abs(arg) > 2**60:
+            if isinstance(f, sympy.tan):
+                return None         # unbounded
+            periodic.append(f)
+    if not periodic or len(periodic) > 2:
+        return None
+    stand_ins = [sympy.Dummy("s", real=True) for _ in periodic]
+    bounded = expr.xreplace(dict(zip(periodic, stand_ins)))
+    if any(f.has(x) for f in bounded.atoms(sympy.sin, sympy.cos, sympy.tan) if f.args[0].has(*stand_ins)):
+        return None
+    limits = set()
+    for values in itertools.product((sympy.Integer(-1), sympy.Integer(0), sympy.Integer(1)), repeat=len(periodic)):
+        lim = _numeric_limit(bounded.xreplace(dict(zip(stand_ins, values))), x, sign)
+        if lim is None:
+            return None
+        limits.add(lim)
+    return limits.pop() if len(limits) == 1 else None
+
+
 def _naive_value_at(expr: sympy.Expr, x: sympy.Symbol, at) -> float | None:
-    """What IEEE arithmetic roughly gives at x = +-inf (sympy's oo arithmetic: oo*0 = nan...)."""
+    """What IEEE arithmetic roughly gives at x = +-inf (sympy's oo arithmetic: oo*0 = nan...;
+    sin, cos and tan of +-inf are NaN, where sympy would take their bounds: x + sin(x))."""
     try:
-        v = expr.subs(x, at)
+        periodic = {f: sympy.nan for f in expr.atoms(sympy.sin, sympy.cos, sympy.tan)
+                    if f.has(x) and not f.args[0].subs(x, at).is_finite}
+        v = expr.xreplace(periodic).subs(x, at)
         return float(v) if v.is_number and v.is_extended_real else None
     except (TypeError, ValueError):
         return None
@@ -1617,11 +1827,15 @@ def saturate(expr: sympy.Expr, x: sympy.Symbol, limits: dict) -> tuple[sympy.Exp
     the sides (-1, +1) where the clamp also gives the value at +-inf: those whose bound is in
     float32's range (a larger bound is left out of the kernels, see TritonPrinter.MAX_BOUND)."""
     bounds = {}
+    far = _unapproximated(expr)     # (an approximant near 0 is not what runs at huge x)
     for sign, lim in limits.items():
         if lim is None or math.isinf(lim):
             continue
-        k = saturation_point(expr, x, sign, lim)
-        if k is not None and not _ieee_settles(expr, x, sign, lim, k):
+        try:
+            k = saturation_point(far, x, sign, lim)
+        except Oscillates:      # (x - sin(x))/x**3: its limit holds at +-inf, no clamp before
+            k = None
+        if k is not None and not _ieee_settles(far, x, sign, lim, k):
             bounds[sign] = k
     if not bounds:
         return expr, set()
@@ -1636,12 +1850,13 @@ def limit_guard(expr: sympy.Expr, x: sympy.Symbol, clamp: bool = True) -> sympy.
     (with `clamp`) at huge finite x where intermediates would overflow (see saturate)."""
     if expr.free_symbols != {x}:
         return expr
-    lo = _numeric_limit(expr, x, -1)
-    hi = _numeric_limit(expr, x, +1)
+    far = _unapproximated(expr)
+    lo = _numeric_limit(far, x, -1)
+    hi = _numeric_limit(far, x, +1)
     clamped_expr, clamped = saturate(expr, x, {-1: lo, 1: hi}) if clamp else (expr, set())
-    if -1 in clamped or (lo is not None and _naive_value_at(expr, x, -sympy.oo) == lo):
+    if -1 in clamped or (lo is not None and _naive_value_at(far, x, -sympy.oo) == lo):
         lo = None
-    if 1 in clamped or (hi is not None and _naive_value_at(expr, x, sympy.oo) == hi):
+    if 1 in clamped or (hi is not None and _naive_value_at(far, x, sympy.oo) == hi):
         hi = None
     expr = clamped_expr
     if lo is None and hi is None:

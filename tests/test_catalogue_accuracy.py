@@ -76,6 +76,26 @@ def test_oracle_resolves_cancellation():
     np.testing.assert_allclose(v, [1e-60 / 3, 1e-9 / 3 - 2e-15 / 15 + 17e-21 / 315], rtol=1e-12)
 
 
+def test_oracle_resolves_cancellation_that_fixed_digits_agree_on():
+    """1 - cos(x) at x = 1e-38 is 0 in 50 digits and in 70: the oracle adds digits for tiny inputs."""
+    o = C.Oracle(load_spec("name: t\nformula: (1 - cos(x)) / x**2\n"))
+    v = o.values([(1e-38,), (-1e-20,)])
+    np.testing.assert_allclose(v["f"], [0.5, 0.5], rtol=1e-12)
+    np.testing.assert_allclose(v["df/dx"], [-1e-38 / 12, 1e-20 / 12], rtol=1e-12)
+
+
+def test_oracle_takes_the_limit_where_the_formula_divides_zero_by_zero():
+    """sin(x)/x at 0 is its limit 1 (slope 0); at a pole (1/x) or a jump (x/|x|) no value."""
+    o = C.Oracle(load_spec("name: t\nformula: sin(x) / x\n"))
+    v = o.values([(0.0,)])
+    assert v["f"][0] == 1.0 and abs(v["df/dx"][0]) < 1e-50
+    o = C.Oracle(load_spec("name: t\nformula: x / (exp(x) - 1)\n"))
+    v = o.values([(0.0,)])
+    assert v["f"][0] == 1.0 and v["df/dx"][0] == -0.5
+    assert math.isnan(C.Oracle(load_spec("name: t\nformula: 1 / x\n")).values([(0.0,)])["f"][0])
+    assert math.isnan(C.Oracle(load_spec("name: t\nformula: x / abs(x)\n")).values([(0.0,)])["f"][0])
+
+
 def test_condition_numbers():
     o = C.Oracle(load_spec("name: t\nformula: exp(x)\n"))
     pts = [(2.0,), (-3.0,)]

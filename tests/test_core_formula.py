@@ -496,3 +496,23 @@ def test_an_exponential_of_a_sum_comes_from_the_exponentials_already_computed():
     mod = importlib.import_module("actgen.ops.adaptive_mixture")
     kernel = inspect.getsource(mod._backward_kernel.fn)
     assert kernel.count("_exp(") == 4          # exp(w0), exp(w1), exp(w2), exp(-2|x|)
+
+
+def test_taylor_coefficients_at_zero_come_from_a_circle_around_it():
+    """The Padé approximants near 0 start from Taylor coefficients read off fn on |t| = 1/2 in
+    the complex plane: exact where fn is 0/0 at 0 itself, and none at a pole or branch point."""
+    import mpmath
+
+    from actgen.derive import _taylor_coefficients
+
+    with mpmath.workdps(40):
+        got = _taylor_coefficients(lambda t: mpmath.sin(t) / t, 12)
+        want = [0 if n % 2 else (-1) ** (n // 2) / mpmath.factorial(n + 1) for n in range(12)]
+        assert all(abs(g - w) < mpmath.mpf(10) ** -35 for g, w in zip(got, want))
+        got = _taylor_coefficients(lambda t: t / mpmath.expm1(t), 10)       # Bernoulli numbers / n!
+        want = [mpmath.bernoulli(n) / mpmath.factorial(n) for n in range(10)]
+        assert all(abs(g - w) < mpmath.mpf(10) ** -35 for g, w in zip(got, want))
+        got = _taylor_coefficients(lambda t: mpmath.sin(t) / t**3 - 1 / t**2, 40)   # entire: -1/6 + t**2/120 ...
+        assert abs(got[0] + mpmath.mpf(1) / 6) < 1e-35 and abs(got[36] + mpmath.mpf(1) / mpmath.factorial(39)) < 1e-60
+    assert _taylor_coefficients(lambda t: mpmath.cos(t) / t, 8) is None         # a pole
+    assert _taylor_coefficients(lambda t: mpmath.sqrt(t) + 1, 8) is None        # a branch point

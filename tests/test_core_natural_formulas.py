@@ -188,3 +188,73 @@ def test_squareplus_with_a_squared_param_keeps_its_conjugate_form(backend):
         d = [float((1 + mpmath.mpf(v) / mpmath.sqrt(mpmath.mpf(v) ** 2 + 1)) / 2) for v in x.tolist()]
     _close_to_truth(y, f)
     _close_to_truth(g, d)
+
+
+def _at(fn, v):
+    """fn at v, at 0 its limit (read off at 1e-40: these are analytic there)."""
+    return fn(v if v != 0 else mpmath.mpf(10) ** -40)
+
+
+@pytest.mark.parametrize("formula, f", [
+    ("sin(x) / x", lambda v: mpmath.sin(v) / v),
+    ("tanh(x) / x", lambda v: mpmath.tanh(v) / v),
+    ("expm1(x) / x", lambda v: mpmath.expm1(v) / v),
+    ("(exp(x) - 1) / x", lambda v: mpmath.expm1(v) / v),
+    ("x / (exp(x) - 1)", lambda v: v / mpmath.expm1(v)),
+    ("(1 - exp(-x)) / x", lambda v: -mpmath.expm1(-v) / v),
+    ("(x - sin(x)) / x**3", lambda v: (v - mpmath.sin(v)) / v**3),
+])
+def test_a_removable_singularity_at_zero_has_its_limit(backend, formula, f):
+    """0/0 at x = 0 (sin(x)/x, x/(exp(x) - 1)): the value and the slope there are their limits,
+    not NaN, and near 0 neither cancels (the slope's two terms are each ~1/x)."""
+    m = actgen.compile(formula, name="rs")
+    x = torch.tensor([-60.0, -20.0, -3.0, -1.0, -0.1, -1e-3, -1e-7, -1e-20, 0.0, 1e-30, 1e-10, 1e-4, 0.01, 0.3, 1.0,
+                      2.5, 7.0, 20.0, 60.0])
+    y, (g,) = _grad(m.rs, x)
+    with mpmath.workdps(300):           # (x - sin(x))/x**3 at 1e-40 cancels 80 digits
+        vals = [mpmath.mpf(v) for v in x.tolist()]
+        want = [float(_at(f, v)) for v in vals]
+        want_g = [float(_at(lambda u: mpmath.diff(f, u), v)) for v in vals]
+    _close_to_truth(y, want, ulps=8)
+    _close_to_truth(g, want_g, ulps=8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exp_over_expm1_keeps_its_tails(backend, dtype):
+    """x/(exp(x) - 1): its derivative's x*exp(x)/expm1(x)**2 overflows (inf/inf from x = 44 in
+    float32; in float64 the square alone overflows from x = 355, where the rest gave a wrong
+    positive value) - exp(x)/expm1(x) is 1/(1 - exp(-x)).  And softplus's inverse
+    log(exp(x) - 1) overflowed for x > 88 in float32, where it is ~x."""
+    m = actgen.compile("x / (exp(x) - 1)", name="bose")
+    x = torch.tensor([-1e4, -100.0, -20.0, -1.0, 0.0, 1e-20, 1.0, 20.0, 50.0, 100.0, 400.0, 800.0, 1e4, 1e30], dtype=dtype)
+    y, (g,) = _grad(m.bose, x)
+    with mpmath.workdps(60):
+        f = lambda v: v / mpmath.expm1(v) if v else mpmath.mpf(1)
+        df = lambda v: (mpmath.expm1(v) - v * mpmath.exp(v)) / mpmath.expm1(v) ** 2 if v else -mpmath.mpf(1) / 2
+        vals = [mpmath.mpf(v) for v in x.tolist()]
+        _close_to_truth(y, [float(f(v)) for v in vals])
+        _close_to_truth(g, [float(df(v)) for v in vals])
+    m = actgen.compile("log(exp(x) - 1)", name="inv_softplus")
+    x = torch.tensor([1e-30, 1e-3, 0.5, 1.0, 20.0, 88.0, 89.0, 100.0, 1e4, 1e30], dtype=dtype)
+    y, (g,) = _grad(m.inv_softplus, x)
+    with mpmath.workdps(60):
+        vals = [mpmath.mpf(v) for v in x.tolist()]
+        _close_to_truth(y, [float(v + mpmath.log(-mpmath.expm1(-v))) for v in vals])
+        _close_to_truth(g, [float(1 / -mpmath.expm1(-v)) for v in vals])
+
+
+def test_a_bounded_oscillation_keeps_the_limit_at_inf(backend):
+    """sin(inf) is NaN in IEEE arithmetic, but where sin or cos only bound a term that grows or
+    vanishes anyway the formula's limit at +-inf exists: x + sin(x) -> +-inf, (x - sin(x))/x**3
+    and (1 - cos(x))/x**2 (and their slopes) -> 0.  x*sin(x) has none, and stays NaN."""
+    x = torch.tensor([-math.inf, -1e30, 3.0, 1e30, math.inf])
+    m = actgen.compile("x + sin(x)", name="snake0")
+    y, (g,) = _grad(m.snake0, x)
+    assert y[0] == -math.inf and y[-1] == math.inf and g[[0, -1]].isnan().all()    # 1 + cos(x): no limit
+    for formula in ("(x - sin(x)) / x**3", "(1 - cos(x)) / x**2"):
+        m = actgen.compile(formula, name="osc")
+        y, (g,) = _grad(m.osc, x)
+        assert y[[0, -1]].tolist() == [0.0, 0.0] and g[[0, -1]].tolist() == [0.0, 0.0], (formula, y, g)
+    m = actgen.compile("x * sin(x)", name="xsin")
+    y, _ = _grad(m.xsin, x)
+    assert y[[0, -1]].isnan().all()
