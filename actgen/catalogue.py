@@ -121,6 +121,11 @@ class Oracle:
             if not _is_real(a) or not _is_real(b):
                 return math.nan
             if a == b or abs(a - b) <= abs(b) * mpmath.mpf(10) ** -30 or dps >= 800:
+                if mpmath.isinf(b) and dps < 800:
+                    # an inf that a cancellation can make: log(1 - sigmoid(x)) at x = 174 is
+                    # log(0) in 50 and 70 digits, -174 in 80
+                    a, dps = b, 800
+                    continue
                 return _to_float(b)
             a, dps = b, dps * 2
 

@@ -202,6 +202,16 @@ def rewrite_sinh_over_cosh(e):
     return None
 
 
+def rewrite_cosh_over_sinh(e):
+    """cosh(u) / sinh(u)**n -> 1 / (tanh(u) * sinh(u)**(n - 1)), as above (x/sinh(x)'s
+    derivative 1/sinh(x) - x*cosh(x)/sinh(x)**2 was NaN at |x| > 89 in float32)."""
+    for u, g, rest in _factor_pairs(e, sympy.cosh):
+        if (isinstance(g, sympy.Pow) and isinstance(g.base, sympy.sinh) and g.base.args[0] == u
+                and g.exp.is_Integer and g.exp < 0):
+            return sympy.Mul(*rest) * g.base ** (g.exp + 1) / sympy.tanh(u)
+    return None
+
+
 def rewrite_exp_over_expm1(e):
     """exp(u) / expm1(u)**n -> -1 / (expm1(u)**(n - 1) * expm1(-u)): exp(u)/(exp(u) - 1) is
     1/(1 - exp(-u)), where exp(u) and expm1(u)**n overflow, the ratio does not (the
@@ -1449,6 +1459,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_exp_sigmoid,
     rewrite_exp_ratio,
     rewrite_sinh_over_cosh,
+    rewrite_cosh_over_sinh,
     rewrite_exp_over_expm1,
     rewrite_log1p,
     rewrite_expm1,
@@ -1887,9 +1898,36 @@ def limit_guards(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], samples=None,
             if guarded is not dep:
                 expr = sympy.Mul(indep, guarded)
             continue
+        scaled = _scaled_input(expr, u, set(inputs))
+        if scaled is not None:
+            p, h, g, v = scaled
+            guarded = _limit_guard_or_none(g, v, clamp)
+            if guarded.has(Saturate):       # (limits at +-inf alone: the run-time limit below has them)
+                # (at p = 0, v = 0*inf is NaN where u is infinite: the run-time limit there)
+                expr = runtime_limit(sympy.Mul(h, guarded.xreplace({v: p * u})), u)
+                continue
         if samples is not None and _nan_where_limit_exists(expr, u, samples):
             expr = runtime_limit(expr, u)
     return expr
+
+
+def _scaled_input(expr, u, inputs):
+    """(p, h, g, v) where expr = h * g(v) at v = p*u, with p a param or constant that scales
+    the input (x*sigmoid(beta*x)'s slope, x*exp(-exp(-k*x))'s), g a function of v alone and h
+    free of u and finite at p = 0 (x*sigmoid(beta*x) itself is x at beta = 0, not
+    sigmoid-of-v/beta); else None.  g then takes its limits and clamps in v, as a formula
+    of one input does."""
+    v = sympy.Dummy("v", real=True)
+    for p in sorted(expr.free_symbols - {u} - set(inputs), key=sympy.default_sort_key):
+        if not expr.has(p * u):
+            continue
+        indep, dep = sympy.factor_terms(expr.xreplace({u: v / p})).as_independent(v, as_Add=False)
+        if dep.free_symbols != {v} or indep.has(u):
+            continue
+        if any(f.is_Pow and f.exp.is_negative and f.base.has(p) for f in sympy.Mul.make_args(indep)):
+            continue
+        return p, indep, dep, v
+    return None
 
 
 class LimitAtInf(sympy.Function):

@@ -203,6 +203,7 @@ def _at(fn, v):
     ("x / (exp(x) - 1)", lambda v: v / mpmath.expm1(v)),
     ("(1 - exp(-x)) / x", lambda v: -mpmath.expm1(-v) / v),
     ("(x - sin(x)) / x**3", lambda v: (v - mpmath.sin(v)) / v**3),
+    ("x / sinh(x)", lambda v: v / mpmath.sinh(v)),
 ])
 def test_a_removable_singularity_at_zero_has_its_limit(backend, formula, f):
     """0/0 at x = 0 (sin(x)/x, x/(exp(x) - 1)): the value and the slope there are their limits,
@@ -217,6 +218,9 @@ def test_a_removable_singularity_at_zero_has_its_limit(backend, formula, f):
         want_g = [float(_at(lambda u: mpmath.diff(f, u), v)) for v in vals]
     _close_to_truth(y, want, ulps=8)
     _close_to_truth(g, want_g, ulps=8)
+    if formula == "x / sinh(x)":        # its slope's x*cosh(x)/sinh(x)**2: inf/inf past |x| = 89
+        y, (g,) = _grad(m.rs, torch.tensor([-1e30, -100.0, 100.0, 1e30]))
+        assert (y == 0).all() and (g == 0).all(), (y, g)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -258,3 +262,37 @@ def test_a_bounded_oscillation_keeps_the_limit_at_inf(backend):
     m = actgen.compile("x * sin(x)", name="xsin")
     y, _ = _grad(m.xsin, x)
     assert y[[0, -1]].isnan().all()
+
+
+def _gompertz_slope(v, c):
+    """d/dx x*exp(-exp(-c*x)) at x = v, in mpmath (exp(-exp(u)) is 0 past u = 1e4: mpmath
+    would carry exp(u)'s digits)."""
+    u = -c * v
+    return (1 + c * v * mpmath.exp(u)) * mpmath.exp(-mpmath.exp(u)) if u < 10**4 else mpmath.mpf(0)
+
+
+def _mish_slope(v, c):
+    """d/dx x*tanh(softplus(c*x)) at x = v, in mpmath."""
+    sp = mpmath.log1p(mpmath.exp(c * v))
+    return mpmath.tanh(sp) + c * v / (1 + mpmath.exp(-c * v)) / mpmath.cosh(sp) ** 2
+
+
+@pytest.mark.parametrize("k", [1.0, -0.5, 0.0])
+def test_a_learnable_scale_keeps_the_clamps_of_its_formula(backend, k):
+    """x*exp(-exp(-k*x)) (a Gompertz gate with a learnable k) and x*tanh(softplus(k*x)): their
+    slopes in x are functions of k*x alone, clamped in k*x where they have settled, as the
+    formulas with k = 1 written in are - not inf*0 = NaN where exp(-k*x) overflows (x = -90).
+    At k = 0, k*x is NaN at x = +-inf: the limit read off at run time there."""
+    x = torch.tensor([-math.inf, -1e30, -1e4, -90.0, -30.0, -1.0, 0.0, 2.0, 90.0, 1e4, 1e30, math.inf])
+    kk = torch.tensor([k])
+    # the slopes' limits at x = -inf and +inf: 0 and 1 as k*x -> -inf and +inf, e**-1 and
+    # tanh(log(2)) = 0.6 at k = 0
+    at_k0 = {"gompertz": math.exp(-1), "mish": 0.6}
+    for name, formula, slope in (("gompertz", "x * exp(-exp(-k*x))", _gompertz_slope),
+                                 ("mish", "x * tanh(softplus(k*x))", _mish_slope)):
+        m = actgen.compile(formula, name=name, params={"k": 1.0})
+        _, (g,) = _grad(lambda t: getattr(m, name)(t, kk), x)
+        with mpmath.workdps(60):
+            finite = [float(slope(mpmath.mpf(v), mpmath.mpf(k))) for v in x[1:-1].tolist()]
+        lim = [at_k0[name]] * 2 if k == 0 else [0.0, 1.0] if k > 0 else [1.0, 0.0]
+        _close_to_truth(g, [lim[0], *finite, lim[1]], ulps=8)
