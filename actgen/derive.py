@@ -1220,7 +1220,7 @@ def capped_ratio_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy
 # rounding on |t| < r, where r is the point beyond which the terms no longer cancel badly
 # (their sum of magnitudes is at most _CANCELLATION_OK times the result).
 _ANALYTIC = (sympy.tanh, sympy.sin, sympy.tan, sympy.sinh, sympy.atan, sympy.asinh, sympy.erf, sympy.exp,
-             sympy.cos, sympy.cosh, log1p, expm1, sigmoid)
+             sympy.cos, sympy.cosh, log1p, expm1, sigmoid, softplus)
 _CANCELLATION_OK = 3
 _RADII = (0.5, 1, 1.5, 2, 3, 4)
 _PADE_TOLERANCE = mpmath.mpf(2) ** -57
@@ -1251,7 +1251,8 @@ def _condition(body, t, at):
     return max(mpmath.mpf(1), abs(at * slope / value)) if value else mpmath.inf
 
 
-_MPMATH_MODULES = [{"sigmoid": lambda u: 1 / (1 + mpmath.exp(-u)), "log1p": mpmath.log1p, "expm1": mpmath.expm1}, "mpmath"]
+_MPMATH_MODULES = [{"sigmoid": lambda u: 1 / (1 + mpmath.exp(-u)), "softplus": lambda u: mpmath.log1p(mpmath.exp(u)),
+                     "log1p": mpmath.log1p, "expm1": mpmath.expm1}, "mpmath"]
 _TAYLOR_POINTS = 256
 _TAYLOR_RADIUS = mpmath.mpf(1) / 2
 
@@ -1266,7 +1267,7 @@ def _taylor_coefficients(fn, order: int):
     coefficients of negative powers are not 0).  A singularity closer than 1/2 gives wrong
     coefficients: the approximant built from them is checked against fn itself."""
     n_pts = _TAYLOR_POINTS
-    with mpmath.workdps(120):      # a_39 of an entire function is ~1/39!: far below 60 digits of fn
+    with mpmath.workdps(160):      # a_59 of an entire function is ~1/59!: far below 60 digits of fn
         roots = [mpmath.expjpi(mpmath.mpf(2 * j) / n_pts) for j in range(n_pts)]
         try:
             values = [mpmath.mpc(fn(_TAYLOR_RADIUS * w)) for w in roots]
@@ -1275,7 +1276,7 @@ def _taylor_coefficients(fn, order: int):
         scale = max(abs(v) for v in values)
         if not mpmath.isfinite(scale) or scale == 0:
             return None
-        noise = scale * mpmath.mpf(10) ** -70       # above rounding (1e-120) and aliasing (2**-256)
+        noise = scale * mpmath.mpf(10) ** -70       # above rounding (1e-160) and aliasing (2**-256)
 
         def coefficient(n):         # n < 0: the Laurent coefficient of t**n, 0 for an analytic fn
             return mpmath.fsum(v * roots[(-j * n) % n_pts] for j, v in enumerate(values)) / n_pts / _TAYLOR_RADIUS**n
@@ -1308,8 +1309,9 @@ def _analytic_forms(body, t):
 def _pade_fit(a, k, step, exact, grid):
     """The lowest-order Padé approximant (P, Q), v**k P(v**step)/Q(v**step), of the series
     coefficients a that is within _PADE_TOLERANCE of exact over the grid, with Q >= 1/4 there
-    (no cancellation in the denominator); None if none up to [12/12]."""
-    for m in range(2, 13):
+    (no cancellation in the denominator); None if none up to [24/24] (softplus(2x)/2 - log(2)/2
+    near 0, with singularities at +-i*pi/2, takes [17/17])."""
+    for m in range(2, 25):
         if 2 * m + 1 > len(a):
             return None
         try:
@@ -1354,7 +1356,7 @@ def _pade_near_zero(e, x, sums=None):
         grid = [radius * mpmath.mpf(j) / 64 for j in range(1, 65)]
         grid += [-v for v in grid]
         for analytic in _analytic_forms(body, t):
-            coeffs = _taylor_coefficients(sympy.lambdify(t, analytic, modules=_MPMATH_MODULES), 40)
+            coeffs = _taylor_coefficients(sympy.lambdify(t, analytic, modules=_MPMATH_MODULES), 60)
             if coeffs is None:
                 continue        # a pole at 0, or not one function around it (a logarithm)
             k = next((n for n, c in enumerate(coeffs) if c != 0), None)
@@ -1406,7 +1408,7 @@ def rewrite_cancellation_at_zero(e):
     x, = e.free_symbols
     if not isinstance(x, sympy.Symbol) or not e.has(*_ANALYTIC):
         return None
-    if not all(term.has(x) for term in e.args if not term.is_Number):
+    if not all(term.has(x) for term in e.args if not term.is_number):       # (log(2) is a number too)
         return None
     if not any(term.is_polynomial(x) or _singular_at_zero(term, x) for term in e.args):
         return None

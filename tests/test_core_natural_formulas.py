@@ -296,3 +296,19 @@ def test_a_learnable_scale_keeps_the_clamps_of_its_formula(backend, k):
             finite = [float(slope(mpmath.mpf(v), mpmath.mpf(k))) for v in x[1:-1].tolist()]
         lim = [at_k0[name]] * 2 if k == 0 else [0.0, 1.0] if k > 0 else [1.0, 0.0]
         _close_to_truth(g, [lim[0], *finite, lim[1]], ulps=8)
+
+
+@pytest.mark.parametrize("formula, scale", [("softplus(x) - log(2)", 1), ("softplus(2*x)/2 - log(2)/2", 2)])
+def test_shifted_softplus_does_not_cancel_near_zero(backend, formula, scale):
+    """SchNet's shifted softplus, softplus(x) - log(2) (0 at 0, ~x/2 near it): as written the
+    difference loses every digit for small x; near 0 it is a Padé approximant (softplus's
+    series, whose singularities at +-i*pi/scale make it a long one)."""
+    m = actgen.compile(formula, name="ssp")
+    x = torch.tensor([-50.0, -3.0, -1.0, -0.1, -1e-3, -1e-7, -1e-20, 0.0, 1e-30, 1e-10, 1e-4, 0.05, 0.7, 1.4, 2.0, 20.0, 1e30])
+    y, (g,) = _grad(m.ssp, x)
+    with mpmath.workdps(100):
+        c = mpmath.mpf(scale)
+        want = [float((mpmath.log1p(mpmath.exp(c * v)) - mpmath.log(2)) / c) for v in map(mpmath.mpf, x.tolist())]
+        want_g = [float(1 / (1 + mpmath.exp(-c * v))) for v in map(mpmath.mpf, x.tolist())]
+    _close_to_truth(y, want)
+    _close_to_truth(g, want_g)
