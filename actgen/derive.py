@@ -190,26 +190,28 @@ def rewrite_exp_sigmoid(e):
     return None
 
 
+def _ratio_over_power(e, num, den, ratio):
+    """num(u) * den(u)**-n (a whole n > 0) among e's factors -> ratio(u) * den(u)**-(n - 1),
+    ratio(u) being num(u)/den(u) in a form that does not overflow where both do; else None."""
+    for u, g, rest in _factor_pairs(e, num):
+        if (isinstance(g, sympy.Pow) and isinstance(g.base, den) and g.base.args[0] == u
+                and g.exp.is_Integer and g.exp < 0):
+            return sympy.Mul(*rest) * ratio(u) * g.base ** (g.exp + 1)
+    return None
+
+
 def rewrite_sinh_over_cosh(e):
     """sinh(u) / cosh(u)**n -> tanh(u) / cosh(u)**(n - 1): sinh and cosh overflow together
     where their ratio is +-1 (inf/inf), and tanh(x) written as sinh(x)/cosh(x) keeps the
     tail of its derivative (1/cosh(x)'s derivative -sinh(x)/cosh(x)**2 is NaN at |x| > 89
     in float32, -tanh(x)/cosh(x) is 0 there)."""
-    for u, g, rest in _factor_pairs(e, sympy.sinh):
-        if (isinstance(g, sympy.Pow) and isinstance(g.base, sympy.cosh) and g.base.args[0] == u
-                and g.exp.is_Integer and g.exp < 0):
-            return sympy.Mul(*rest) * sympy.tanh(u) * g.base ** (g.exp + 1)
-    return None
+    return _ratio_over_power(e, sympy.sinh, sympy.cosh, sympy.tanh)
 
 
 def rewrite_cosh_over_sinh(e):
     """cosh(u) / sinh(u)**n -> 1 / (tanh(u) * sinh(u)**(n - 1)), as above (x/sinh(x)'s
     derivative 1/sinh(x) - x*cosh(x)/sinh(x)**2 was NaN at |x| > 89 in float32)."""
-    for u, g, rest in _factor_pairs(e, sympy.cosh):
-        if (isinstance(g, sympy.Pow) and isinstance(g.base, sympy.sinh) and g.base.args[0] == u
-                and g.exp.is_Integer and g.exp < 0):
-            return sympy.Mul(*rest) * g.base ** (g.exp + 1) / sympy.tanh(u)
-    return None
+    return _ratio_over_power(e, sympy.cosh, sympy.sinh, lambda u: 1 / sympy.tanh(u))
 
 
 def rewrite_exp_over_expm1(e):
@@ -217,11 +219,7 @@ def rewrite_exp_over_expm1(e):
     1/(1 - exp(-u)), where exp(u) and expm1(u)**n overflow, the ratio does not (the
     derivative of x/(exp(x) - 1), x*exp(x)/expm1(x)**2, was inf/inf for x > 44 in float32, and
     went wrong from 355 in float64 where the square alone overflows)."""
-    for u, g, rest in _factor_pairs(e, sympy.exp):
-        if (isinstance(g, sympy.Pow) and isinstance(g.base, expm1) and g.base.args[0] == u
-                and g.exp.is_Integer and g.exp < 0):
-            return -sympy.Mul(*rest) * g.base ** (g.exp + 1) / expm1(-u)
-    return None
+    return _ratio_over_power(e, sympy.exp, expm1, lambda u: -1 / expm1(-u))
 
 
 def _exp_terms(e):
@@ -1242,15 +1240,18 @@ def _cancellation(terms, t, at):
     return sum(abs(v) for v in values) / total if total else mpmath.inf
 
 
-def _condition(body, t, at):
-    """max(1, |t f'(t) / f(t)|) at t = at: where f itself is ill-conditioned (near its zeros),
-    cancellation up to that much costs nothing more than the rounding of t does."""
-    value, slope = _real_at(body, t, at), _real_at(sympy.diff(body, t), t, at)
+def _condition(body, slope, t, at):
+    """max(1, |t f'(t) / f(t)|) at t = at (f = body, f' = slope): where f itself is
+    ill-conditioned (near its zeros), cancellation up to that much costs nothing more than
+    the rounding of t does."""
+    value, slope = _real_at(body, t, at), _real_at(slope, t, at)
     if value is None or slope is None:
         return mpmath.mpf(1)
     return max(mpmath.mpf(1), abs(at * slope / value)) if value else mpmath.inf
 
 
+# (not functions.MPMATH_FUNCTIONS: those compare their argument with bounds, and the Taylor
+# coefficients below evaluate on complex points)
 _MPMATH_MODULES = [{"sigmoid": lambda u: 1 / (1 + mpmath.exp(-u)), "softplus": lambda u: mpmath.log1p(mpmath.exp(u)),
                      "log1p": mpmath.log1p, "expm1": mpmath.expm1}, "mpmath"]
 _TAYLOR_POINTS = 256
@@ -1348,8 +1349,10 @@ def _pade_near_zero(e, x, sums=None):
             None,
         )
         if radius is None:      # an oscillating one (sin(x)/x's slope): its own zeros cancel too
-            radius = next((r for r in _RADII if all(_cancellation(terms, t, s * r * m) <= _CANCELLATION_OK * _condition(body, t, s * r * m)
-                                                     for terms in sums for s in (1, -1) for m in (1, 2, 4, 8))), None)
+            slope = sympy.diff(body, t)
+            radius = next((r for r in _RADII
+                           if all(_cancellation(terms, t, s * r * m) <= _CANCELLATION_OK * _condition(body, slope, t, s * r * m)
+                                  for terms in sums for s in (1, -1) for m in (1, 2, 4, 8))), None)
         if radius is None:
             return None
         exact = sympy.lambdify(t, body, modules=_MPMATH_MODULES)
@@ -1388,11 +1391,13 @@ class ApproximatedNearZero(sympy.Piecewise):
     is that of f as written (rewritten in turn), not the approximant's: the approximant is
     accurate in value, its derivative less so, and f' need not cancel where f does."""
 
+    def as_written(self) -> sympy.Expr:
+        """The last branch as written: a sum, or what a power or product taken into the
+        Piecewise made of it ((x - sinh(x))**2), its stable sums as plain ones."""
+        return self.args[-1].expr.replace(lambda e: isinstance(e, StableSum), lambda e: sympy.Add(*e.args))
+
     def _eval_derivative(self, s):
-        # the last branch as written: a sum, or what a power or product taken into the
-        # Piecewise made of it ((x - sinh(x))**2), its stable sums as plain ones
-        f = self.args[-1].expr.replace(lambda e: isinstance(e, StableSum), lambda e: sympy.Add(*e.args))
-        return sympy.diff(f, s)
+        return sympy.diff(self.as_written(), s)
 
     def _sympystr(self, printer):
         return printer.doprint(sympy.Piecewise(*self.args))
@@ -1423,8 +1428,7 @@ def _unapproximated(e):
     (x - sin(x))/x**3 was rewritten first, bottom-up, but the ratio is what is 0/0)."""
     if not e.has(ApproximatedNearZero):
         return e
-    return e.replace(lambda a: isinstance(a, ApproximatedNearZero),
-                     lambda a: a.args[-1].expr.replace(lambda b: isinstance(b, StableSum), lambda b: sympy.Add(*b.args)))
+    return e.replace(lambda a: isinstance(a, ApproximatedNearZero), lambda a: a.as_written())
 
 
 def _singular_at_zero(e, x) -> bool:
