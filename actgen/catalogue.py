@@ -55,9 +55,12 @@ class Oracle:
     condition number of each of them.  Random draws at their mean (evaluation mode).
 
     Params are fixed at `params` (default: their initial values in float32), constants at
-    `constants` (default: their defaults, exactly)."""
+    `constants` (default: their defaults, exactly).  With `param_grads`, df/d(param) too.
+    Where a param's or constant's value makes the formula 0/0 everywhere ((exp(a*x) - 1)/a
+    at a = 0), the limit is taken in it as in the inputs (see _removable)."""
 
-    def __init__(self, spec: Spec, params: dict | None = None, constants: dict | None = None):
+    def __init__(self, spec: Spec, params: dict | None = None, constants: dict | None = None,
+                 param_grads: bool = False):
         self.spec = spec
         sym = spec.symbols
         values = {**param_values(spec), **{c.name: c.default for c in spec.constants}}
@@ -73,21 +76,32 @@ class Oracle:
         data = {sym[k]: sympy.nsimplify(repr(float(v)), rational=True) for k, v in values.items()}
         data.update({s_: sympy.nsimplify(str(lit), rational=True) for s_, lit in zip(lit_syms, literals)})
         self.data = data
+        wrt = self.inputs + ([sym[p.name] for p in spec.params] if param_grads else [])
+        outputs = [("f", expr)] + [(f"df/d{u.name}", sympy.diff(expr, u)) for u in wrt]
+        # a datum whose value makes an output 0/0 everywhere stays an argument (self.free), at
+        # its value: the limit there is read off as at an input's 0/0
+        collapsed = lambda e: not e.has(sympy.nan, sympy.zoo) and _clean(e).xreplace(data).has(sympy.nan, sympy.zoo)
+        free = set()
+        if any(collapsed(e) for _, e in outputs):
+            free = {v for v in data if v.name in values and v in expr.free_symbols}
+        self.free = sorted(free, key=sympy.default_sort_key)
+        self.free_values = tuple(float(data[v]) for v in self.free)
+        data = {v: value for v, value in data.items() if v not in free}
 
         def numeric(e):
             return _clean(e).xreplace(data)
 
-        outputs = [("f", expr)] + [(f"df/d{u.name}", sympy.diff(expr, u)) for u in self.inputs]
         self.exprs = [(name, numeric(e)) for name, e in outputs]
         # for the condition numbers: d(output)/dv for every input and datum v, and v's value
         self.slopes: dict[str, list] = {}
         for name, e in outputs:
-            self.slopes[name] = [(v.name, numeric(sympy.diff(e, v))) for v in [*self.inputs, *data]]
-        self.datum_values = {v.name: float(value) for v, value in data.items()}
+            self.slopes[name] = [(v.name, numeric(sympy.diff(e, v))) for v in [*self.inputs, *data, *self.free]]
+        self.datum_values = {v.name: float(value) for v, value in self.data.items()}
         modules = [MPMATH_FUNCTIONS, "mpmath"]
-        self.functions = [(name, sympy.lambdify(self.inputs, e, modules=modules)) for name, e in self.exprs]
+        args = self.inputs + self.free
+        self.functions = [(name, sympy.lambdify(args, e, modules=modules)) for name, e in self.exprs]
         self.slope_functions = {
-            name: [(v, sympy.lambdify(self.inputs, e, modules=modules)) for v, e in slopes]
+            name: [(v, sympy.lambdify(args, e, modules=modules)) for v, e in slopes]
             for name, slopes in self.slopes.items()
         }
 
@@ -161,6 +175,7 @@ class Oracle:
 
     def values(self, points: Sequence[tuple[float, ...]]) -> dict[str, np.ndarray]:
         """f and df/du for every input u at the points."""
+        points = [tuple(p) + self.free_values for p in points]
         return {name: np.array([self._value(fn, p) for p in points]) for name, fn in self.functions}
 
     def condition(self, points: Sequence[tuple[float, ...]], values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -168,6 +183,7 @@ class Oracle:
         inputs, params, constants and decimal literals - of |v * dg/dv / g|, how much relative
         rounding errors in the data are amplified.  NaN where it cannot be evaluated."""
         names = [u.name for u in self.inputs]
+        points = [tuple(p) + self.free_values for p in points]
         out = {}
         for g in self.outputs():
             total = np.zeros(len(points))
@@ -390,6 +406,29 @@ def run(fn, spec: Spec, points: list[tuple[float, ...]], dtype: torch.dtype, bac
     return out
 
 
+def per_element_params(spec: Spec) -> Spec:
+    """spec with every param per channel: over channel dim 1 of a (1, n) input, one value per
+    element, whose gradient is that element's df/d(param) (run_param_grads)."""
+    params = tuple(dataclasses.replace(p, per_channel=True) for p in spec.params)
+    return dataclasses.replace(spec, name=f"{spec.name}_per_element", params=params, sha256=spec.sha256 + ":per-element")
+
+
+def run_param_grads(fn, spec: Spec, points: list[tuple[float, ...]], dtype: torch.dtype, backend: str,
+                    params: dict | None = None, device="cpu") -> dict[str, np.ndarray]:
+    """df/d(param) of fn at each point, as float64 arrays: fn is the functional of
+    per_element_params(spec), whose params each take one value per point."""
+    from .runtime import use_backend
+
+    values = {**param_values(spec), **(params or {})}
+    xs = [torch.tensor(c, dtype=torch.float64).to(dtype).to(device).reshape(1, -1) for c in zip(*points)]
+    ps = [torch.full((len(points),), values[p.name], dtype=torch.float32, device=device, requires_grad=True)
+          for p in spec.params]
+    with use_backend(backend):
+        y = fn(*xs, *ps, channel_dim=1)
+        grads = torch.autograd.grad(y, ps, grad_outputs=torch.ones_like(y))
+    return {f"df/d{p.name}": g.double().cpu().numpy() for p, g in zip(spec.params, grads)}
+
+
 def truth_at(oracle: "Oracle", pts: list[tuple[float, ...]]):
     """(truth, condition numbers, first input) at the points: what `score` takes."""
     truth = oracle.values(pts)
@@ -408,15 +447,37 @@ class Accuracy:
     compiled: dict = field(default_factory=dict)
     as_written: dict = field(default_factory=dict)
     dense: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+
+
+#: The runs that score df/d(param) (per element, see run_param_grads).
+PARAM_RUNS = (("torch", torch.float32), ("triton", torch.float32))
+
+
+def param_grad_function(spec: Spec):
+    """What scores an entry's df/d(param) per element: the shipped op where every param is per
+    channel, else its formula compiled with per-element params (the same derivatives)."""
+    if all(p.per_channel for p in spec.params):
+        return op_function(spec)
+    return compiled_function(per_element_params(spec))
 
 
 def measure(spec: Spec, xs: np.ndarray, runs=RUNS, as_written: bool = True, oracle: Oracle | None = None,
-            dense: bool = False) -> Accuracy:
+            dense: bool = False, param_grads: bool = False) -> Accuracy:
     """Score the shipped op (and, with as_written, the formula compiled without rewrites; with
-    dense, the shipped op between the grid's points too: screen_dense)."""
-    oracle = oracle or Oracle(spec)
+    dense, the shipped op between the grid's points too: screen_dense; with param_grads, its
+    df/d(param) on PARAM_RUNS, in acc.params)."""
+    oracle = oracle or Oracle(spec, param_grads=param_grads)
     acc = Accuracy(spec.name)
     truths: dict = {}
+    if param_grads and spec.params:
+        for backend, dtype in PARAM_RUNS:
+            pts = input_points(spec, round_to(xs, dtype))
+            truth, cond, xcol = truths.setdefault(tuple(pts), truth_at(oracle, pts))
+            got = run_param_grads(param_grad_function(spec), spec, pts, dtype, backend)
+            for out, values in got.items():
+                acc.params[(backend, str(dtype).replace("torch.", ""), out)] = score(
+                    xcol, values, truth[out], dtype, cond[out])
     for backend, dtype in runs:
         pts = input_points(spec, round_to(xs, dtype))
         key = tuple(pts)
@@ -536,8 +597,12 @@ TORCH_EQUIVALENT = {
 
 #: Where the compiled op misses the accuracy target, on the grid or between its points, and why.  The accuracy test
 #: checks that the misses are exactly these (a fix shows up as a test failure until the
-#: entry is removed here).  Keys: (entry, "f" or "df"); "df" covers every df/d(input).
-KNOWN_MISSES: dict[tuple[str, str], str] = {}
+#: entry is removed here).  Keys: (entry, "f", "df" or "dp"); "df" covers every df/d(input),
+#: "dp" every df/d(param).
+KNOWN_MISSES: dict[tuple[str, str], str] = {
+    ("pau", "dp"): "df/da5 = x**5/Q(x) at |x| ~ 1e38 multiplies the scaled ratio by the input's scale (~1e38) before the "
+                   "scaled x**5, and the product overflows where the result is just below float32's largest",
+}
 
 
 def _kind(spec: Spec) -> str:
@@ -674,10 +739,10 @@ def dense_cell(s: Score) -> str:
 
 
 def misses(acc: Accuracy) -> set:
-    """{(entry, "f" | "df")} where the compiled op misses the target in any run, on the grid or
-    between its points."""
+    """{(entry, "f" | "df" | "dp")} where the compiled op misses the target in any run, on the
+    grid or between its points ("dp": a df/d(param))."""
     return {(acc.name, "f" if out == "f" else "df") for (_, _, out), s in (*acc.compiled.items(), *acc.dense.items())
-            if not s.meets_target}
+            if not s.meets_target} | {(acc.name, "dp") for s in acc.params.values() if not s.meets_target}
 
 
 REWRITE_EXAMPLES = (
@@ -756,6 +821,24 @@ def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy],
                 for b, d in _COLUMNS[:2]:
                     cells.append(dense_cell(_worst(acc.dense, b, d, out)))
             lines.append(f"| [{acc.name}](catalogue.md#{acc.name}) | " + " | ".join(cells) + " |")
+    learnable = [a for a in results if a.params]
+    if learnable:
+        lines += [
+            "", "## Param gradients", "",
+            "df/d(param) of every param, per element, against the mpmath truth on the same grid and with the same "
+            "target: each param takes one value per input (at its initial value), as a param per channel over "
+            "a (1, n) input does, so that its gradient is that input's df/d(param) rather than a sum.  An entry "
+            "whose params are shared runs its formula compiled with per-channel params (the same derivatives).  "
+            "Cells give the worst over the params, with its param and input.", "",
+            "| entry | fallback f32 | kernel f32 |", "|---|---|---|",
+        ]
+        for acc in learnable:
+            cells = []
+            for b, d in _COLUMNS[:2]:
+                (_, _, out), worst = max(((k, v) for k, v in acc.params.items() if k[:2] == (b, d)),
+                                         key=lambda kv: (kv[1].bad_nonfinite, kv[1].worst_scaled))
+                cells.append(f"{dense_cell(worst)} ({out})")
+            lines.append(f"| [{acc.name}](catalogue.md#{acc.name}) | " + " | ".join(cells) + " |")
     missed = sorted(set().union(*[misses(a) for a in results])) if results else []
     lines += ["", "## Where the target is missed", ""]
     if not missed:
@@ -763,12 +846,14 @@ def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy],
     for name, out in missed:
         reason = KNOWN_MISSES.get((name, out), "not yet explained")
         acc = next(a for a in results if a.name == name)
-        worst = max((s for (b, d, o), s in (*acc.compiled.items(), *acc.dense.items()) if (o == "f") == (out == "f")),
-                    key=lambda s: (s.bad_nonfinite, s.worst_scaled))
+        scored = acc.params.values() if out == "dp" else [
+            s for (b, d, o), s in (*acc.compiled.items(), *acc.dense.items()) if (o == "f") == (out == "f")]
+        worst = max(scored, key=lambda s: (s.bad_nonfinite, s.worst_scaled))
         where = f"worst {worst.worst_scaled:.3g} at {worst.worst_at:g}" if worst.worst_at is not None else ""
         if worst.bad_nonfinite:
             where += f"; non-finite at {worst.bad_nonfinite_at:g}"
-        lines.append(f"* **{name}** ({'f' if out == 'f' else 'derivative'}): {reason} ({where}).")
+        what = {"f": "f", "df": "derivative", "dp": "param gradient"}[out]
+        lines.append(f"* **{name}** ({what}): {reason} ({where}).")
     lines += [
         "", "## The stability rewrites, before and after", "",
         "The compiler rewrites formulas that lose accuracy as written into equivalent stable forms "
@@ -812,7 +897,7 @@ def measure_example(spec: Spec, xs: np.ndarray) -> Accuracy:
 
 def _measure_one(args):
     spec, xs = args
-    return measure(spec, xs, dense=True)
+    return measure(spec, xs, dense=True, param_grads=True)
 
 
 def write_docs(specs_dir: Path = DEFAULT_SPECS, out: Path = DEFAULT_DOCS, *, accuracy: bool = True,
@@ -848,7 +933,7 @@ def write_docs(specs_dir: Path = DEFAULT_SPECS, out: Path = DEFAULT_DOCS, *, acc
         else:
             results = []
             for s in specs:
-                results.append(measure(s, xs, dense=True))
+                results.append(measure(s, xs, dense=True, param_grads=True))
                 log(f"accuracy: {s.name}")
         examples = [measure_example(s, xs) for s in rewrite_example_specs()]
         path = out / "accuracy.md"

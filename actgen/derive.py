@@ -585,7 +585,7 @@ def rewrite_common_denominator(e):
     for term in e.args:
         for factor in sympy.Mul.make_args(term):
             base, n = factor.as_base_exp()
-            if n.is_Integer and n < 0 and _is_sum(base) and len(base.args) <= 3:
+            if n.is_Integer and n < 0 and _is_sum(base) and len(base.args) <= 4:
                 by_base.setdefault(base, []).append((term, -n))
     for base, terms in by_base.items():
         if len(terms) < 2 or max(k for _, k in terms) > 2:
@@ -594,11 +594,18 @@ def rewrite_common_denominator(e):
         parts = [sympy.expand(term * base**k * base ** (top - k), deep=False) for term, k in terms]
         naive = sum(len(sympy.Add.make_args(p)) for p in parts)
         combined = sympy.Add(*parts)
-        if len(sympy.Add.make_args(combined)) < naive and len(sympy.Add.make_args(combined)) <= 2:
-            others = list(e.args)
-            for term, _ in terms:
-                others.remove(term)
-            return combined / base**top + sympy.Add(*others)
+        if len(sympy.Add.make_args(combined)) >= naive:
+            continue
+        if len(sympy.Add.make_args(combined)) > 2:
+            # a weighted mean's slope in a weight, e_i*g_i/S - e_i*N/S**2 with N = sum e_j*g_j:
+            # e_i*(sum over j of e_j*(g_i - g_j))/S**2, one difference of two terms per weight
+            combined = sympy.collect(combined, list(base.args))
+            if len(sympy.Add.make_args(combined)) > len(base.args):
+                continue
+        others = list(e.args)
+        for term, _ in terms:
+            others.remove(term)
+        return combined / base**top + sympy.Add(*others)
     return None
 
 
@@ -1327,6 +1334,7 @@ def _pade_fit(a, k, step, exact, grid):
     return None
 
 
+@functools.lru_cache(maxsize=256)
 def _pade_near_zero(e, x, sums=None):
     """ApproximatedNearZero for e near x = 0, or None.  e is a sum whose terms cancel there
     (sums None), or a ratio that is 0/0 there; sums: the ratio's sums, whose terms must not
@@ -1417,10 +1425,41 @@ def rewrite_cancellation_at_zero(e):
         return None
     if not any(term.is_polynomial(x) or _singular_at_zero(term, x) for term in e.args):
         return None
+    if e.could_extract_minus_sign():        # tanh(x) - x as -(x - tanh(x)): one approximant for both
+        near = rewrite_cancellation_at_zero(-e)
+        return -near if near is not None else None
     try:
         return _pade_near_zero(e, x)
     except Exception:  # noqa: BLE001 - not real near 0 (log(x**2 - 1)), or not expandable: no rewrite
         return None
+
+
+def rewrite_piecewise_sum(e):
+    """u + Piecewise((a, c), (b, True)) -> Piecewise((u + a, c), (u + b, True)) where a branch's
+    sum then takes an approximant near 0: expm1(min(x, eps)) - x (xielu's slope in alpha_n) is
+    expm1(x) - x for x < eps, tanh(x) - max(x, 0) is tanh(x) - x for x > 0.  Derivatives only
+    (fold_piecewise_sums): in a formula itself such a sum is a term of others (xielu's beta*x
+    outweighs it), and the approximant costs more than the digits it saves there."""
+    if not _is_sum(e) or not e.has(sympy.Piecewise) or e.has(ApproximatedNearZero):
+        return None
+    folded = sympy.piecewise_fold(sympy.Add(*e.args))
+    if not isinstance(folded, sympy.Piecewise):
+        return None
+    branches = [(stabilize(value), cond) for value, cond in folded.args]
+    if not any(value.has(ApproximatedNearZero) for value, _ in branches):
+        return None
+    return sympy.Piecewise(*branches)
+
+
+def fold_piecewise_sums(expr: sympy.Basic) -> sympy.Basic:
+    """rewrite_piecewise_sum wherever it applies, bottom-up."""
+    if not expr.args or isinstance(expr, (sympy.Symbol, sympy.Number, ApproximatedNearZero)):
+        return expr
+    args = tuple(fold_piecewise_sums(a) for a in expr.args)
+    if args != expr.args:
+        expr = expr.func(*args)
+    new = rewrite_piecewise_sum(expr)
+    return expr if new is None else new
 
 
 def _unapproximated(e):
@@ -1453,9 +1492,51 @@ def rewrite_removable_singularity(e):
         if e.subs(x, 0) is not sympy.nan:        # 0/0 (a pole is zoo)
             return None
         sums = [a for f in e.args for a in (f.base if f.is_Pow else f,) if _is_sum(a)]
-        return _pade_near_zero(e, x, sums)
+        return _pade_near_zero(e, x, tuple(sums))
     except Exception:  # noqa: BLE001 - as above: no rewrite
         return None
+
+
+def rewrite_scaled_singularity(e):
+    """h(p) * g(p*u) where g(v) has a removable singularity or cancels at v = 0 -> h times g's
+    approximant near 0, in v = p*u: sin(a*x)/x = a * sin(v)/v, and the soft exponential
+    (exp(a*x) - 1)/a = x * expm1(v)/v, whose value at a = 0 is x, not 0/0.  Either symbol
+    may be the scale (the latter's gradient in a, x**2 * (exp(v)/v - expm1(v)/v**2), has x
+    as the scale of a)."""
+    if not (e.is_Mul or _is_sum(e)) or len(e.free_symbols) < 2:
+        return None
+    e = _unapproximated(e)
+    if e.has(sympy.Piecewise) or not e.has(*_ANALYTIC):
+        return None
+    symbols = sorted(e.free_symbols, key=sympy.default_sort_key)
+    if not all(isinstance(s_, sympy.Symbol) for s_ in symbols):
+        return None
+    for u in symbols:
+        for p in symbols:
+            if p == u:
+                continue
+            # (in a sum, the terms in both: 1 + x*exp(a*x)/a - expm1(a*x)/a**2, the soft
+            # exponential's slope in a, is 1 + x**2*(exp(v)/v - expm1(v)/v**2))
+            both = [t for t in e.args if t.has(u) and t.has(p)] if _is_sum(e) else [e]
+            rest = [t for t in e.args if t not in both] if _is_sum(e) else []
+            part = sympy.Add(*both) if _is_sum(e) else e
+            if rest and len(both) < 2:
+                continue
+            parts = _scale_separated(part, u, p)
+            if parts is None:
+                continue
+            h, g = parts
+            near = rewrite_removable_singularity(g) if g.is_Mul else rewrite_cancellation_at_zero(g)
+            if isinstance(near, ApproximatedNearZero):
+                # one approximant of the whole part (its derivative is the part's own, not the
+                # product rule's two terms, which cancel: x*expm1(v)/v's slope in x is
+                # exp(a*x)), its polynomials in v itself, not expanded into powers of p and u
+                v = sympy.UnevaluatedExpr(p * u)
+                (approx, where), _ = near.args
+                return sympy.Add(*rest) + ApproximatedNearZero(
+                    (h * approx.xreplace({_SCALED: v}), where.xreplace({_SCALED: v})),
+                    (StableSum(*part.args) if _is_sum(part) else part, True))
+    return None
 
 
 REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
@@ -1489,6 +1570,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_sqrt_conjugate,
     rewrite_cancellation_at_zero,
     rewrite_removable_singularity,
+    rewrite_scaled_singularity,
 )
 
 
@@ -1546,15 +1628,16 @@ def differentiate(expr: sympy.Expr, var: sympy.Symbol, rewrites: bool = True) ->
     cancel for x < 0 carry fewer rounding errors (two ULP less on silu' in float32).  They are
     taken out before the rewrites too, which would otherwise merge a shared exp into another
     (golu's g + x*exp(-x)*g with g = exp(-exp(-x)): exp(-x - exp(-x)), two exps that round on
-    their own, where g*(1 + x*exp(-x)) cancels in one place).  Without `rewrites`, as sympy
-    differentiates (sign and Heaviside as branches)."""
+    their own, where g*(1 + x*exp(-x)) cancels in one place).  Last, a sum with a branch in it
+    becomes a branch of sums where one then takes an approximant (fold_piecewise_sums).
+    Without `rewrites`, as sympy differentiates (sign and Heaviside as branches)."""
     if rewrites:
         expr = expr.replace(_is_zero_power, lambda e: sympy.Piecewise((0, e.exp > 0), (e, True)))
     d = sympy.diff(expr.replace(sympy.Abs, _RealAbs), var).replace(_RealAbs, sympy.Abs)
     d = _clean(d)
     if not rewrites:
         return d
-    return power_log_at_zero(common_factors_out(stabilize(common_factors_out(combine_powers(d)))))
+    return power_log_at_zero(common_factors_out(fold_piecewise_sums(stabilize(common_factors_out(combine_powers(d))))))
 
 
 def _power_log(e):
@@ -1923,17 +2006,27 @@ def _scaled_input(expr, u, inputs):
     free of u and finite at p = 0 (x*sigmoid(beta*x) itself is x at beta = 0, not
     sigmoid-of-v/beta); else None.  g then takes its limits and clamps in v, as a formula
     of one input does."""
-    v = sympy.Dummy("v", real=True)
     for p in sorted(expr.free_symbols - {u} - set(inputs), key=sympy.default_sort_key):
-        if not expr.has(p * u):
-            continue
-        indep, dep = sympy.factor_terms(expr.xreplace({u: v / p})).as_independent(v, as_Add=False)
-        if dep.free_symbols != {v} or indep.has(u):
-            continue
-        if any(f.is_Pow and f.exp.is_negative and f.base.has(p) for f in sympy.Mul.make_args(indep)):
-            continue
-        return p, indep, dep, v
+        parts = _scale_separated(expr, u, p)
+        if parts is not None:
+            return (p, *parts, _SCALED)
     return None
+
+
+_SCALED = sympy.Dummy("v", real=True)
+
+
+def _scale_separated(expr, u, p):
+    """(h, g) where expr = h(p) * g(v) at v = p*u (g of _SCALED alone, h free of u and finite
+    at p = 0), else None."""
+    if not expr.has(p * u):
+        return None
+    indep, dep = sympy.factor_terms(expr.xreplace({u: _SCALED / p})).as_independent(_SCALED, as_Add=False)
+    if dep.free_symbols != {_SCALED} or indep.has(u):
+        return None
+    if any(f.is_Pow and f.exp.is_negative and f.base.has(p) for f in sympy.Mul.make_args(indep)):
+        return None
+    return indep, dep
 
 
 class LimitAtInf(sympy.Function):
@@ -1997,16 +2090,25 @@ def runtime_limit(expr: sympy.Expr, u: sympy.Symbol) -> sympy.Expr:
 def _nan_where_limit_exists(expr, u, samples) -> bool:
     """Whether, with params and constants at their sample values, IEEE arithmetic at
     u = +-inf gives NaN (or a wrong value) where the limit exists (False where that cannot be
-    told: the expression is not real at those values)."""
-    try:
-        return _nan_where_limit_exists_at(expr, u, samples)
-    except (TypeError, ValueError, ArithmeticError, RecursionError):
-        return False
+    told: the expression is not real at those values).  A param that picks a branch of its
+    own (the soft exponential's alpha < 0, alpha > 0, alpha = 0) is tried at -3/4 and 3/4 too:
+    its sample value reaches only one of them."""
+    branching = sorted({s_ for c in expr.atoms(sympy.core.relational.Relational) if not c.has(u)
+                        for s_ in c.free_symbols if s_ in samples}, key=sympy.default_sort_key)
+    for values in [samples] + [{**samples, s_: sympy.Float(v)} for s_ in branching for v in (-0.75, 0.75)]:
+        try:
+            if _nan_where_limit_exists_at(expr, u, values):
+                return True
+        except (TypeError, ValueError, ArithmeticError, RecursionError):
+            continue
+    return False
 
 
 def _nan_where_limit_exists_at(expr, u, samples) -> bool:
     values = {s: float(samples.get(s, 0.75)) for s in expr.free_symbols - {u}}
+    # (an approximant the sample values settle - x*expm1(a*x)/(a*x) at a = 0 is x - as that)
     e = expr.subs({s: sympy.Float(v) for s, v in values.items()})
+    e = _unapproximated(e.xreplace({w: w.args[0] for w in e.atoms(sympy.UnevaluatedExpr)}))
     for sign in (-1, 1):
         if e.free_symbols == {u}:
             lim = _numeric_limit(e, u, sign)
@@ -2079,7 +2181,9 @@ def ieee_value(expr: sympy.Expr, env: dict, finite: bool = False) -> float | Non
                 if (fn is math.log and v == 0) or (fn is math.log1p and v == -1):
                     return -math.inf
                 return math.nan if not math.isinf(v) else _ieee_at_inf(f, v)
-        if f is sympy.Piecewise:
+        if f is sympy.UnevaluatedExpr:
+            return ev(args[0])
+        if isinstance(e, sympy.Piecewise):
             for value, cond in args:
                 c = ev(cond)
                 if c:
@@ -2203,10 +2307,28 @@ def make_block(outputs: Sequence[tuple[str, sympy.Expr]]) -> Block:
     exprs = [e.xreplace(named) for e in exprs]
     temps = sympy.numbered_symbols("_t", real=True)
     assignments, reduced = sympy.cse(exprs, symbols=temps, optimizations=None, order="canonical")
+    assignments, reduced = _unwrap_unevaluated(assignments, reduced)
     assignments, reduced = _inline_numbers(assignments, reduced)
     assignments, reduced = _exp_powers(assignments, reduced)
     assignments, reduced = _name_power_bases(assignments, reduced, temps)
     return Block(tuple((n, a) for a, n in named.items()) + tuple(assignments), tuple(zip(names, reduced)))
+
+
+def _unwrap_unevaluated(assignments, reduced):
+    """Without the temporaries that only name a product kept whole (_t1 = UnevaluatedExpr(_t0),
+    see rewrite_scaled_singularity): its uses read the product's own temporary."""
+    alias, kept = {}, []
+    for t, value in assignments:
+        value = value.xreplace(alias)
+        if isinstance(value, sympy.UnevaluatedExpr) and value.args[0].is_Symbol:
+            alias[t] = value.args[0]
+        else:
+            kept.append((t, value))
+    if not alias:
+        return kept, reduced
+    # numbered again without the gaps (later temporaries continue past the old numbers)
+    names = {t: sympy.Symbol(f"_t{k}", real=True) for k, (t, _) in enumerate(kept)}
+    return [(names[t], v.xreplace(names)) for t, v in kept], [r.xreplace(alias).xreplace(names) for r in reduced]
 
 
 def _inline_numbers(assignments, reduced):

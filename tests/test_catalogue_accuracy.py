@@ -34,6 +34,21 @@ def test_meets_the_accuracy_targets(name):
     assert missed <= expected, f"misses {sorted(missed - expected)} not documented in KNOWN_MISSES: {details}"
 
 
+LEARNABLE = sorted(n for n, s in SPECS.items() if s.params)
+
+
+@pytest.mark.parametrize("name", LEARNABLE)
+def test_param_gradients_meet_the_accuracy_targets(name):
+    """df/d(param) per element on both backends against the mpmath oracle, with the same
+    targets; the misses must be exactly the documented KNOWN_MISSES ("dp")."""
+    acc = C.measure(SPECS[name], GRID, runs=(), as_written=False, param_grads=True)
+    assert {out for _, _, out in acc.params} == {f"df/d{p.name}" for p in SPECS[name].params}
+    expected = {key for key in C.KNOWN_MISSES if key[0] == name and key[1] == "dp"}
+    details = {k: (s.worst_scaled, s.worst_at, s.bad_nonfinite, s.bad_nonfinite_at)
+               for k, s in acc.params.items() if not s.meets_target}
+    assert C.misses(acc) == expected, details
+
+
 REWRITTEN = [  # (entry, output): what the formula as written gets wrong and the compiler fixes
     ("tanhshrink", "f"), ("logsigmoid", "f"), ("gelu", "f"), ("gelu_tanh", "f"), ("softsign", "df/dx"),
     ("squareplus", "f"), ("sigmoid", "df/dx"), ("tanh", "df/dx"), ("bent_identity", "f"), ("celu", "f"),
@@ -94,6 +109,32 @@ def test_oracle_takes_the_limit_where_the_formula_divides_zero_by_zero():
     assert v["f"][0] == 1.0 and v["df/dx"][0] == -0.5
     assert math.isnan(C.Oracle(load_spec("name: t\nformula: 1 / x\n")).values([(0.0,)])["f"][0])
     assert math.isnan(C.Oracle(load_spec("name: t\nformula: x / abs(x)\n")).values([(0.0,)])["f"][0])
+
+
+def test_oracle_gives_param_gradients_and_their_limits():
+    """df/d(param) with param_grads; where a param's value makes the formula 0/0 for every input
+    ((exp(a*x) - 1)/a at a = 0) the limit is taken in the param too: x, slope 1, and x**2/2."""
+    spec = load_spec("name: t\nformula: (exp(a*x) - 1) / a\nparams:\n  a: 0.5\n")
+    o = C.Oracle(spec, param_grads=True)
+    assert o.outputs() == ["f", "df/dx", "df/da"] and o.free == []
+    v = o.values([(2.0,), (-3.0,)])
+    np.testing.assert_allclose(v["df/da"], [(math.exp(1) - math.expm1(1)) / 0.25, (-1.5 * math.exp(-1.5) - math.expm1(-1.5)) / 0.25],
+                               rtol=1e-14)
+    o = C.Oracle(spec, params={"a": 0.0}, param_grads=True)
+    assert [s_.name for s_ in o.free] == ["a"]
+    v = o.values([(2.0,), (-3.0,), (0.0,)])
+    np.testing.assert_allclose(v["f"], [2.0, -3.0, 0.0], atol=1e-30)
+    np.testing.assert_allclose(v["df/dx"], [1.0, 1.0, 1.0], rtol=1e-14)
+    np.testing.assert_allclose(v["df/da"], [2.0, 4.5, 0.0], rtol=1e-14, atol=1e-30)
+    assert C.Oracle(spec, params={"a": 0.0}).outputs() == ["f", "df/dx"]      # (without param_grads)
+
+
+def test_param_gradients_run_per_element():
+    """run_param_grads gives each input its own df/d(param): one param value per element."""
+    spec = load_spec("name: t\nformula: a * x**2 + b\nparams:\n  a: 0.5\n  b: 2.0\n")
+    fn = C.param_grad_function(spec)
+    got = C.run_param_grads(fn, spec, [(1.0,), (-3.0,), (0.5,)], torch.float32, "torch")
+    assert got["df/da"].tolist() == [1.0, 9.0, 0.25] and got["df/db"].tolist() == [1.0, 1.0, 1.0]
 
 
 def test_condition_numbers():

@@ -312,3 +312,63 @@ def test_shifted_softplus_does_not_cancel_near_zero(backend, formula, scale):
         want_g = [float(1 / (1 + mpmath.exp(-c * v))) for v in map(mpmath.mpf, x.tolist())]
     _close_to_truth(y, want)
     _close_to_truth(g, want_g)
+
+
+def _per_element(fn, x, a):
+    """f, df/dx and df/da of fn at each x with the param at a: the param per channel over dim 1
+    of a (1, n) input, one value per element, so its gradient is each element's own."""
+    xs = x.reshape(1, -1).clone().requires_grad_()
+    av = torch.full((x.numel(),), a, requires_grad=True)
+    y = fn(xs, av, channel_dim=1)
+    gx, ga = torch.autograd.grad(y.sum(), (xs, av))
+    return y.detach().reshape(-1), gx.reshape(-1), ga
+
+
+def _limit_at_zero(fn, v):
+    """fn at v, at 0 (v or the param) its limit: read off at 1e-40."""
+    return fn(v if v != 0 else mpmath.mpf(10) ** -40)
+
+
+@pytest.mark.parametrize("a", [1.0, 0.5, -2.0, 0.0])
+def test_a_param_that_scales_a_removable_singularity_keeps_its_limit(backend, a):
+    """sin(a*x)/x is a * sin(v)/v at v = a*x: 0/0 at x = 0 for every a, whose value there is a
+    and whose slope's two terms (a*cos(a*x)/x - sin(a*x)/x**2) cancel near it - a Padé
+    approximant in v, as sin(x)/x has; and its gradient in a is cos(a*x)."""
+    m = actgen.compile("sin(a*x) / x", name="sinc_a", params={"a": {"init": 1.0, "per_channel": True}})
+    x = torch.tensor([-60.0, -3.0, -1.0, -0.1, -1e-3, -1e-7, -1e-20, 0.0, 1e-30, 1e-10, 1e-4, 0.01, 0.3, 1.0, 2.5, 20.0])
+    y, gx, ga = _per_element(m.sinc_a, x, a)
+    with mpmath.workdps(300):
+        c = mpmath.mpf(a)
+        f = lambda v: mpmath.sin(c * v) / v
+        vals = [mpmath.mpf(v) for v in x.tolist()]
+        want = [float(_limit_at_zero(f, v)) for v in vals]
+        want_x = [float(_limit_at_zero(lambda u: mpmath.diff(f, u), v)) for v in vals]
+        want_a = [float(mpmath.cos(c * v)) for v in vals]
+    _close_to_truth(y, want, ulps=8)
+    _close_to_truth(gx, want_x, ulps=8)
+    _close_to_truth(ga, want_a, ulps=8)
+
+
+@pytest.mark.parametrize("a", [0.0, 1e-3, 0.25, -0.5])
+def test_a_soft_exponential_is_x_at_a_zero(backend, a):
+    """(exp(a*x) - 1)/a is x * expm1(v)/v at v = a*x: at a = 0 it is x (not 0/0), with slope 1
+    and gradient in a x**2/2 - which as written is x*exp(a*x)/a - expm1(a*x)/a**2, two terms
+    of ~x/a that cancel for small a*x (a Padé approximant there).  At a = 0 and x = +-inf the
+    value is read off at run time (a*x is NaN there)."""
+    m = actgen.compile("(exp(a*x) - 1) / a", name="softexp", params={"a": {"init": 0.0, "per_channel": True}})
+    x = torch.tensor([-60.0, -20.0, -3.0, -1.0, -0.1, -1e-3, -1e-7, 0.0, 1e-20, 1e-4, 0.01, 0.3, 1.0, 2.5, 20.0, 60.0])
+    y, gx, ga = _per_element(m.softexp, x, a)
+    with mpmath.workdps(300):
+        c = mpmath.mpf(torch.tensor(a).item())          # the param as float32 holds it
+        f = lambda p, v: mpmath.expm1(p * v) / p
+        vals = [mpmath.mpf(v) for v in x.tolist()]
+        at = lambda fn: [float(fn(c if c != 0 else mpmath.mpf(10) ** -40, v)) for v in vals]
+        want = at(f)
+        want_x = at(lambda p, v: mpmath.exp(p * v))
+        want_a = at(lambda p, v: mpmath.diff(lambda q: f(q, v), p))
+    _close_to_truth(y, want, ulps=8)
+    _close_to_truth(gx, want_x, ulps=8)
+    _close_to_truth(ga, want_a, ulps=8)
+    if a == 0.0:
+        y, _, _ = _per_element(m.softexp, torch.tensor([-math.inf, math.inf]), a)
+        assert y.tolist() == [-math.inf, math.inf], y

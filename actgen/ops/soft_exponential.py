@@ -8,9 +8,9 @@ Formula, as written:
 Params: alpha (init 0.0)
 
 Derived (after stability rewrites):
-    f         = Piecewise((-log1p(-alpha*(alpha + x))/alpha, alpha < 0), (alpha + expm1(alpha*x)/alpha, alpha > 0), (alpha*(x**2/2 + 1) + x, True))
+    f         = Piecewise((-log1p(-alpha*(alpha + x))/alpha, alpha < 0), (alpha + Piecewise((x*(1.0 + (-0.46153846153846153846 + (0.096153846153846153846 + (-0.011655011655011655012 + (0.00087412587412587412587 + (-0.000038850038850038850039 + 8.0937580937580937581e-7*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))**(-1)*(1.0 + (0.038461538461538461538 + (0.032051282051282051282 + (0.0011655011655011655012 + (0.00017482517482517482517 + (4.8562548562548562549e-6 + 1.1562511562511562512e-7*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x)), Abs(alpha*x) < 0.5), (expm1(alpha*x)/alpha, True)), alpha > 0), (alpha*(x**2/2 + 1) + x, True))
     df/dx     = Piecewise((1/(-alpha*(alpha + x) + 1), alpha < 0), (exp(alpha*x), alpha > 0), (alpha*x + 1, True))
-    df/dalpha = Piecewise((-(-2*alpha - x)/(alpha*(-alpha*(alpha + x) + 1)) + log1p(-alpha*(alpha + x))/alpha**2, alpha < 0), (1 + x*exp(alpha*x)/alpha - expm1(alpha*x)/alpha**2, alpha > 0), (x**2/2 + 1, True))
+    df/dalpha = Piecewise((-(-2*alpha - x)/(alpha*(-alpha*(alpha + x) + 1)) + log1p(-alpha*(alpha + x))/alpha**2, alpha < 0), (1 + Piecewise((x**2*(1.0 + (-0.47675839880282950823 + (0.10741226729375597188 + (-0.015097561149404332571 + (0.0014702343213149081543 + (-0.00010397386406934551267 + (5.4267274823740788209e-6 + (-2.0723241094055469733e-7 + (5.5664159475048117832e-9 + (-9.5464782629265223565e-11 + 7.9864390670655645641e-13*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))**(-1)*(0.5 + (0.094954133931918579221 + (0.019786667379268149866 + (0.0019938420061961358137 + (0.0001816280069256338757 + (0.0000109589177542730111 + (5.4277250238659705784e-7 + (1.9242818264808382942e-8 + (4.9977721207482347102e-10 + (8.3589252425871157679e-12 + 6.9375523858285395639e-14*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x)), Abs(alpha*x) < 2), (x*exp(alpha*x)/alpha - expm1(alpha*x)/alpha**2, True)), alpha > 0), (x**2/2 + 1, True))
 """
 import math
 
@@ -33,7 +33,8 @@ def _forward_torch(x, alpha):
     _t3 = alpha > 0.0
     _t4 = 16777216.0*alpha
     _t5 = 140737488355329.0*alpha
-    _y = _rt.limit_at_inf(torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha + x)))), torch.where(_t3, _rt.fma(_t0, torch.expm1(_t2), alpha), _rt.fma(x, 0.5*_t2 + 1.0, alpha))), _rt.grown(torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha + 16777216.0)))), torch.where(_t3, _rt.fma(_t0, torch.expm1(_t4), alpha), _t5 + 16777216.0))), _rt.grown(torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha - 16777216.0)))), torch.where(_t3, _rt.fma(_t0, torch.expm1(-_t4), alpha), _t5 - 16777216.0))), x)
+    _t6 = -_t4
+    _y = _rt.limit_at_inf(torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha + x)))), torch.where(_t3, alpha + torch.where(torch.abs(_t2) < 0.5, x/_rt.fma(_t2, _rt.fma(_t2, _rt.fma(_t2, _rt.fma(_t2, _rt.fma(_t2, 8.093758093758094e-07*_t2 - 3.885003885003885e-05, 0.0008741258741258741), -0.011655011655011656), 0.09615384615384616), -0.46153846153846156), 1.0)*_rt.fma(_t2, _rt.fma(_t2, _rt.fma(_t2, _rt.fma(_t2, _rt.fma(_t2, 1.1562511562511562e-07*_t2 + 4.856254856254856e-06, 0.00017482517482517483), 0.0011655011655011655), 0.03205128205128205), 0.038461538461538464), 1.0), _t0*torch.expm1(_t2)), _rt.fma(x, 0.5*_t2 + 1.0, alpha))), _rt.grown(torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha + 16777216.0)))), torch.where(_t3, alpha + torch.where(torch.abs(_t4) < 0.5, 16777216.0*_rt.fma(_t4, _rt.fma(_t4, _rt.fma(_t4, _rt.fma(_t4, _rt.fma(_t4, 1.1562511562511562e-07*_t4 + 4.856254856254856e-06, 0.00017482517482517483), 0.0011655011655011655), 0.03205128205128205), 0.038461538461538464), 1.0)/_rt.fma(_t4, _rt.fma(_t4, _rt.fma(_t4, _rt.fma(_t4, _rt.fma(_t4, 8.093758093758094e-07*_t4 - 3.885003885003885e-05, 0.0008741258741258741), -0.011655011655011656), 0.09615384615384616), -0.46153846153846156), 1.0), _t0*torch.expm1(_t4)), _t5 + 16777216.0))), _rt.grown(torch.where(_t1, -(_t0*torch.log1p(-(alpha*(alpha - 16777216.0)))), torch.where(_t3, alpha + torch.where(torch.abs(_t6) < 0.5, -(16777216.0*_rt.fma(_t6, _rt.fma(_t6, _rt.fma(_t6, _rt.fma(_t6, _rt.fma(_t6, 1.1562511562511562e-07*_t6 + 4.856254856254856e-06, 0.00017482517482517483), 0.0011655011655011655), 0.03205128205128205), 0.038461538461538464), 1.0)/_rt.fma(_t6, _rt.fma(_t6, _rt.fma(_t6, _rt.fma(_t6, _rt.fma(_t6, 8.093758093758094e-07*_t6 - 3.885003885003885e-05, 0.0008741258741258741), -0.011655011655011656), 0.09615384615384616), -0.46153846153846156), 1.0)), _t0*torch.expm1(_t6)), _t5 - 16777216.0))), x)
     return _y
 
 
@@ -45,11 +46,21 @@ def _derivatives_torch(x, alpha):
     _t3 = alpha*x
     _t4 = torch.exp(_t3)
     _t5 = alpha > 0.0
-    _t6 = 16777216.0*alpha
-    _t7 = 1.0/(alpha*alpha)
-    _t8 = 1.0/alpha
-    _d_x = _rt.limit_at_inf(torch.where(_t2, _t1, torch.where(_t5, _t4, _t3 + 1.0)), _rt.grown(torch.where(_t2, 1.0/_rt.fnma(alpha, alpha + 16777216.0, 1.0), torch.where(_t5, torch.exp(_t6), _t6 + 1.0))), _rt.grown(torch.where(_t2, 1.0/_rt.fnma(alpha, alpha - 16777216.0, 1.0), torch.where(_t5, torch.exp(-_t6), 1.0 - _t6))), x)
-    _d_alpha = torch.where(_t2, _rt.fma(_t7, torch.log1p(-_t0), -(_t1*_t8*(-(2.0*alpha) - x))), torch.where(_t5, _rt.fnma(_t7, torch.expm1(_t3), _t4*_t8*x + 1.0), _rt.fma(x, x, 1.0, 0.5)))
+    _t6 = alpha*(alpha + 16777216.0)
+    _t7 = 1.0/(1.0 - _t6)
+    _t8 = 16777216.0*alpha
+    _t9 = torch.exp(_t8)
+    _t10 = alpha*(alpha - 16777216.0)
+    _t11 = 1.0/(1.0 - _t10)
+    _t12 = -_t8
+    _t13 = torch.exp(_t12)
+    _t14 = 1.0/(alpha*alpha)
+    _t15 = 1.0/alpha
+    _t16 = 2.0*alpha
+    _t17 = x*x
+    _t18 = 16777216.0*_t15
+    _d_x = _rt.limit_at_inf(torch.where(_t2, _t1, torch.where(_t5, _t4, _t3 + 1.0)), _rt.grown(torch.where(_t2, _t7, torch.where(_t5, _t9, _t8 + 1.0))), _rt.grown(torch.where(_t2, _t11, torch.where(_t5, _t13, 1.0 - _t8))), x)
+    _d_alpha = _rt.limit_at_inf(torch.where(_t2, _rt.fma(_t14, torch.log1p(-_t0), -(_t1*_t15*(-_t16 - x))), torch.where(_t5, torch.where(torch.abs(_t3) < 2.0, _t17/_rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, 7.986439067065565e-13*_t3 - 9.546478262926522e-11, 5.566415947504812e-09), -2.072324109405547e-07), 5.426727482374079e-06), -0.00010397386406934551), 0.0014702343213149082), -0.015097561149404333), 0.10741226729375597), -0.4767583988028295), 1.0)*_rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, 6.937552385828539e-14*_t3 + 8.358925242587115e-12, 4.997772120748234e-10), 1.9242818264808384e-08), 5.427725023865971e-07), 1.0958917754273011e-05), 0.00018162800692563387), 0.0019938420061961356), 0.01978666737926815), 0.09495413393191858), 0.5), _rt.fnma(_t14, torch.expm1(_t3), _t15*_t4*x)) + 1.0, 0.5*_t17 + 1.0)), _rt.grown(torch.where(_t2, _rt.fma(_t14, torch.log1p(-_t6), -(_t15*_t7*(-_t16 - 16777216.0))), torch.where(_t5, torch.where(torch.abs(_t8) < 2.0, 281474976710656.0*_rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, 6.937552385828539e-14*_t8 + 8.358925242587115e-12, 4.997772120748234e-10), 1.9242818264808384e-08), 5.427725023865971e-07), 1.0958917754273011e-05), 0.00018162800692563387), 0.0019938420061961356), 0.01978666737926815), 0.09495413393191858), 0.5)/_rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, 7.986439067065565e-13*_t8 - 9.546478262926522e-11, 5.566415947504812e-09), -2.072324109405547e-07), 5.426727482374079e-06), -0.00010397386406934551), 0.0014702343213149082), -0.015097561149404333), 0.10741226729375597), -0.4767583988028295), 1.0), _rt.fma(_t18, _t9, -(_t14*torch.expm1(_t8)))) + 1.0, 140737488355329.0))), _rt.grown(torch.where(_t2, _rt.fma(_t14, torch.log1p(-_t10), -(_t11*_t15*(16777216.0 - _t16))), torch.where(_t5, torch.where(torch.abs(_t12) < 2.0, 281474976710656.0*_rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, 6.937552385828539e-14*_t12 + 8.358925242587115e-12, 4.997772120748234e-10), 1.9242818264808384e-08), 5.427725023865971e-07), 1.0958917754273011e-05), 0.00018162800692563387), 0.0019938420061961356), 0.01978666737926815), 0.09495413393191858), 0.5)/_rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, 7.986439067065565e-13*_t12 - 9.546478262926522e-11, 5.566415947504812e-09), -2.072324109405547e-07), 5.426727482374079e-06), -0.00010397386406934551), 0.0014702343213149082), -0.015097561149404333), 0.10741226729375597), -0.4767583988028295), 1.0), _rt.fnma(_t14, torch.expm1(_t12), -(_t13*_t18))) + 1.0, 140737488355329.0))), x)
     return (_d_x, _d_alpha,)
 
 
@@ -57,7 +68,7 @@ def _forward_torch_fast(x, alpha, _w):
     """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = 1.0 / alpha
     _t1 = torch.mul(alpha, x, out=_w[0])
-    _y = _rt.select(_rt.lt(alpha, 0.0), torch.add(alpha, x, out=_w[1]).mul_(alpha).neg_().log1p_().mul_(_t0).neg_(), _rt.select(_rt.gt(alpha, 0.0), _rt.fma(_t0, torch.expm1(_t1, out=_w[4]), alpha, out=_w[4]), _rt.fma(x, torch.mul(_t1, 0.5, out=_w[2]).add_(1.0), alpha, out=_w[2]), out=_w[3]), out=_w[4])
+    _y = _rt.select(_rt.lt(alpha, 0.0), torch.add(alpha, x, out=_w[1]).mul_(alpha).neg_().log1p_().mul_(_t0).neg_(), _rt.select(_rt.gt(alpha, 0.0), _rt.select(_rt.lt(torch.abs(_t1, out=_w[5]), 0.5, out=_w[5]), torch.div(x, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, torch.mul(_t1, 8.093758093758094e-07, out=_w[2]).sub_(3.885003885003885e-05), 0.0008741258741258741, out=_w[2]), -0.011655011655011656, out=_w[2]), 0.09615384615384616, out=_w[2]), -0.46153846153846156, out=_w[2]), 1.0, out=_w[2]), out=_w[2]).mul_(_rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, torch.mul(_t1, 1.1562511562511562e-07, out=_w[3]).add_(4.856254856254856e-06), 0.00017482517482517483, out=_w[3]), 0.0011655011655011655, out=_w[3]), 0.03205128205128205, out=_w[3]), 0.038461538461538464, out=_w[3]), 1.0, out=_w[3])), torch.expm1(_t1, out=_w[3]).mul_(_t0), out=_w[4]).add_(alpha), _rt.fma(x, torch.mul(_t1, 0.5, out=_w[5]).add_(1.0), alpha, out=_w[5]), out=_w[2]), out=_w[5])
     return _rt.finite_or_none(_y)
 
 
@@ -71,8 +82,9 @@ def _derivatives_torch_fast(x, alpha, _w):
     _t5 = _rt.gt(alpha, 0.0)
     _t6 = 1.0 / (alpha * alpha)
     _t7 = 1.0 / alpha
-    _d_x = _rt.select(_t2, _t1, _rt.select(_t5, _t4, torch.add(_t3, 1.0, out=_w[8]), out=_w[5]), out=_w[8])
-    _d_alpha = _rt.select(_t2, _rt.fma(_t6, torch.neg(_t0, out=_w[4]).log1p_(), torch.mul(_t1, _t7, out=_w[9]).mul_(torch.sub(-(2.0 * alpha), x, out=_w[6])).neg_(), out=_w[4]), _rt.select(_t5, _rt.fnma(_t6, torch.expm1(_t3, out=_w[9]), torch.mul(_t4, _t7, out=_w[6]).mul_(x).add_(1.0), out=_w[9]), _rt.fma(x, x, 1.0, 0.5, out=_w[6]), out=_w[7]), out=_w[9])
+    _t8 = torch.mul(x, x, out=_w[4])
+    _d_x = _rt.select(_t2, _t1, _rt.select(_t5, _t4, torch.add(_t3, 1.0, out=_w[10]), out=_w[6]), out=_w[10])
+    _d_alpha = _rt.select(_t2, _rt.fma(_t6, torch.neg(_t0, out=_w[5]).log1p_(), torch.mul(_t1, _t7, out=_w[11]).mul_(torch.sub(-(2.0 * alpha), x, out=_w[7])).neg_(), out=_w[5]), _rt.select(_t5, _rt.select(_rt.lt(torch.abs(_t3, out=_w[11]), 2.0, out=_w[11]), torch.div(_t8, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, torch.mul(_t3, 7.986439067065565e-13, out=_w[7]).sub_(9.546478262926522e-11), 5.566415947504812e-09, out=_w[7]), -2.072324109405547e-07, out=_w[7]), 5.426727482374079e-06, out=_w[7]), -0.00010397386406934551, out=_w[7]), 0.0014702343213149082, out=_w[7]), -0.015097561149404333, out=_w[7]), 0.10741226729375597, out=_w[7]), -0.4767583988028295, out=_w[7]), 1.0, out=_w[7]), out=_w[7]).mul_(_rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, torch.mul(_t3, 6.937552385828539e-14, out=_w[8]).add_(8.358925242587115e-12), 4.997772120748234e-10, out=_w[8]), 1.9242818264808384e-08, out=_w[8]), 5.427725023865971e-07, out=_w[8]), 1.0958917754273011e-05, out=_w[8]), 0.00018162800692563387, out=_w[8]), 0.0019938420061961356, out=_w[8]), 0.01978666737926815, out=_w[8]), 0.09495413393191858, out=_w[8]), 0.5, out=_w[8])), _rt.fnma(_t6, torch.expm1(_t3, out=_w[8]), torch.mul(_t4, _t7, out=_w[9]).mul_(x), out=_w[8]), out=_w[9]).add_(1.0), torch.mul(_t8, 0.5, out=_w[11]).add_(1.0), out=_w[7]), out=_w[11])
     return _rt.finite_or_none((_d_x, _d_alpha,))
 
 
@@ -123,7 +135,8 @@ if _rt.HAS_TRITON:
         _t3 = alpha > 0.0
         _t4 = 16777216.0*alpha
         _t5 = 140737488355329.0*alpha
-        _y = _limit_at_inf(tl.where(_t1, -(_t0*_log1p(-(alpha*(alpha + x)), FAST)), tl.where(_t3, tl.fma(_t0, libdevice.expm1(_t2), alpha), tl.fma(x, 0.5*_t2 + 1.0, alpha))), _grown(tl.where(_t1, -(_t0*_log1p(-(alpha*(alpha + 16777216.0)), FAST)), tl.where(_t3, tl.fma(_t0, libdevice.expm1(_t4), alpha), _t5 + 16777216.0))), _grown(tl.where(_t1, -(_t0*_log1p(-(alpha*(alpha - 16777216.0)), FAST)), tl.where(_t3, tl.fma(_t0, libdevice.expm1(-_t4), alpha), _t5 - 16777216.0))), x)
+        _t6 = -_t4
+        _y = _limit_at_inf(tl.where(_t1, -(_t0*_log1p(-(alpha*(alpha + x)), FAST)), tl.where(_t3, alpha + tl.where(tl.abs(_t2) < 0.5, _div(x, tl.fma(_t2, tl.fma(_t2, tl.fma(_t2, tl.fma(_t2, tl.fma(_t2, 8.093758093758094e-07*_t2 - 3.885003885003885e-05, tl.full([], 0.0008741258741258741, ACC)), tl.full([], -0.011655011655011656, ACC)), tl.full([], 0.09615384615384616, ACC)), tl.full([], -0.46153846153846156, ACC)), 1.0), FAST)*tl.fma(_t2, tl.fma(_t2, tl.fma(_t2, tl.fma(_t2, tl.fma(_t2, 1.1562511562511562e-07*_t2 + 4.856254856254856e-06, tl.full([], 0.00017482517482517483, ACC)), tl.full([], 0.0011655011655011655, ACC)), tl.full([], 0.03205128205128205, ACC)), tl.full([], 0.038461538461538464, ACC)), 1.0), _t0*libdevice.expm1(_t2)), tl.fma(x, 0.5*_t2 + 1.0, alpha))), _grown(tl.where(_t1, -(_t0*_log1p(-(alpha*(alpha + 16777216.0)), FAST)), tl.where(_t3, alpha + tl.where(tl.abs(_t4) < 0.5, _div(16777216.0*tl.fma(_t4, tl.fma(_t4, tl.fma(_t4, tl.fma(_t4, tl.fma(_t4, 1.1562511562511562e-07*_t4 + 4.856254856254856e-06, tl.full([], 0.00017482517482517483, ACC)), tl.full([], 0.0011655011655011655, ACC)), tl.full([], 0.03205128205128205, ACC)), tl.full([], 0.038461538461538464, ACC)), 1.0), tl.fma(_t4, tl.fma(_t4, tl.fma(_t4, tl.fma(_t4, tl.fma(_t4, 8.093758093758094e-07*_t4 - 3.885003885003885e-05, tl.full([], 0.0008741258741258741, ACC)), tl.full([], -0.011655011655011656, ACC)), tl.full([], 0.09615384615384616, ACC)), tl.full([], -0.46153846153846156, ACC)), 1.0), FAST), _t0*libdevice.expm1(_t4)), _t5 + 16777216.0))), _grown(tl.where(_t1, -(_t0*_log1p(-(alpha*(alpha - 16777216.0)), FAST)), tl.where(_t3, alpha + tl.where(tl.abs(_t6) < 0.5, -(_div(16777216.0*tl.fma(_t6, tl.fma(_t6, tl.fma(_t6, tl.fma(_t6, tl.fma(_t6, 1.1562511562511562e-07*_t6 + 4.856254856254856e-06, tl.full([], 0.00017482517482517483, ACC)), tl.full([], 0.0011655011655011655, ACC)), tl.full([], 0.03205128205128205, ACC)), tl.full([], 0.038461538461538464, ACC)), 1.0), tl.fma(_t6, tl.fma(_t6, tl.fma(_t6, tl.fma(_t6, tl.fma(_t6, 8.093758093758094e-07*_t6 - 3.885003885003885e-05, tl.full([], 0.0008741258741258741, ACC)), tl.full([], -0.011655011655011656, ACC)), tl.full([], 0.09615384615384616, ACC)), tl.full([], -0.46153846153846156, ACC)), 1.0), FAST)), _t0*libdevice.expm1(_t6)), _t5 - 16777216.0))), x)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -144,11 +157,21 @@ if _rt.HAS_TRITON:
             _t3 = alpha*x
             _t4 = _exp(_t3, FAST)
             _t5 = alpha > 0.0
-            _t6 = 16777216.0*alpha
-            _t7 = _div(1.0, (alpha*alpha), FAST)
-            _t8 = _div(1.0, alpha, FAST)
-            _d_x = _limit_at_inf(tl.where(_t2, _t1, tl.where(_t5, _t4, _t3 + 1.0)), _grown(tl.where(_t2, _div(1.0, tl.fma(-alpha, alpha + 16777216.0, 1.0), FAST), tl.where(_t5, _exp(_t6, FAST), _t6 + 1.0))), _grown(tl.where(_t2, _div(1.0, tl.fma(-alpha, alpha - 16777216.0, 1.0), FAST), tl.where(_t5, _exp(-_t6, FAST), 1.0 - _t6))), x)
-            _d_alpha = tl.where(_t2, tl.fma(_t7, _log1p(-_t0, FAST), -(_t1*_t8*(-(2.0*alpha) - x))), tl.where(_t5, tl.fma(-_t7, libdevice.expm1(_t3), _t4*_t8*x + 1.0), tl.fma(0.5*x, x, 1.0)))
+            _t6 = alpha*(alpha + 16777216.0)
+            _t7 = _div(1.0, (1.0 - _t6), FAST)
+            _t8 = 16777216.0*alpha
+            _t9 = _exp(_t8, FAST)
+            _t10 = alpha*(alpha - 16777216.0)
+            _t11 = _div(1.0, (1.0 - _t10), FAST)
+            _t12 = -_t8
+            _t13 = _exp(_t12, FAST)
+            _t14 = _div(1.0, (alpha*alpha), FAST)
+            _t15 = _div(1.0, alpha, FAST)
+            _t16 = 2.0*alpha
+            _t17 = x*x
+            _t18 = 16777216.0*_t15
+            _d_x = _limit_at_inf(tl.where(_t2, _t1, tl.where(_t5, _t4, _t3 + 1.0)), _grown(tl.where(_t2, _t7, tl.where(_t5, _t9, _t8 + 1.0))), _grown(tl.where(_t2, _t11, tl.where(_t5, _t13, 1.0 - _t8))), x)
+            _d_alpha = _limit_at_inf(tl.where(_t2, tl.fma(_t14, _log1p(-_t0, FAST), -(_t1*_t15*(-_t16 - x))), tl.where(_t5, tl.where(tl.abs(_t3) < 2.0, _div(_t17, tl.fma(_t3, tl.fma(_t3, tl.fma(_t3, tl.fma(_t3, tl.fma(_t3, tl.fma(_t3, tl.fma(_t3, tl.fma(_t3, tl.fma(_t3, 7.986439067065565e-13*_t3 - 9.546478262926522e-11, tl.full([], 5.566415947504812e-09, ACC)), tl.full([], -2.072324109405547e-07, ACC)), tl.full([], 5.426727482374079e-06, ACC)), tl.full([], -0.00010397386406934551, ACC)), tl.full([], 0.0014702343213149082, ACC)), tl.full([], -0.015097561149404333, ACC)), tl.full([], 0.10741226729375597, ACC)), tl.full([], -0.4767583988028295, ACC)), 1.0), FAST)*tl.fma(_t3, tl.fma(_t3, tl.fma(_t3, tl.fma(_t3, tl.fma(_t3, tl.fma(_t3, tl.fma(_t3, tl.fma(_t3, tl.fma(_t3, 6.937552385828539e-14*_t3 + 8.358925242587115e-12, tl.full([], 4.997772120748234e-10, ACC)), tl.full([], 1.9242818264808384e-08, ACC)), tl.full([], 5.427725023865971e-07, ACC)), tl.full([], 1.0958917754273011e-05, ACC)), tl.full([], 0.00018162800692563387, ACC)), tl.full([], 0.0019938420061961356, ACC)), tl.full([], 0.01978666737926815, ACC)), tl.full([], 0.09495413393191858, ACC)), 0.5), tl.fma(-_t14, libdevice.expm1(_t3), _t15*_t4*x)) + 1.0, 0.5*_t17 + 1.0)), _grown(tl.where(_t2, tl.fma(_t14, _log1p(-_t6, FAST), -(_t15*_t7*(-_t16 - 16777216.0))), tl.where(_t5, tl.where(tl.abs(_t8) < 2.0, _div(281474976710656.0*tl.fma(_t8, tl.fma(_t8, tl.fma(_t8, tl.fma(_t8, tl.fma(_t8, tl.fma(_t8, tl.fma(_t8, tl.fma(_t8, tl.fma(_t8, 6.937552385828539e-14*_t8 + 8.358925242587115e-12, tl.full([], 4.997772120748234e-10, ACC)), tl.full([], 1.9242818264808384e-08, ACC)), tl.full([], 5.427725023865971e-07, ACC)), tl.full([], 1.0958917754273011e-05, ACC)), tl.full([], 0.00018162800692563387, ACC)), tl.full([], 0.0019938420061961356, ACC)), tl.full([], 0.01978666737926815, ACC)), tl.full([], 0.09495413393191858, ACC)), 0.5), tl.fma(_t8, tl.fma(_t8, tl.fma(_t8, tl.fma(_t8, tl.fma(_t8, tl.fma(_t8, tl.fma(_t8, tl.fma(_t8, tl.fma(_t8, 7.986439067065565e-13*_t8 - 9.546478262926522e-11, tl.full([], 5.566415947504812e-09, ACC)), tl.full([], -2.072324109405547e-07, ACC)), tl.full([], 5.426727482374079e-06, ACC)), tl.full([], -0.00010397386406934551, ACC)), tl.full([], 0.0014702343213149082, ACC)), tl.full([], -0.015097561149404333, ACC)), tl.full([], 0.10741226729375597, ACC)), tl.full([], -0.4767583988028295, ACC)), 1.0), FAST), tl.fma(_t18, _t9, -(_t14*libdevice.expm1(_t8)))) + 1.0, tl.full([], 140737488355329.0, ACC)))), _grown(tl.where(_t2, tl.fma(_t14, _log1p(-_t10, FAST), -(_t11*_t15*(16777216.0 - _t16))), tl.where(_t5, tl.where(tl.abs(_t12) < 2.0, _div(281474976710656.0*tl.fma(_t12, tl.fma(_t12, tl.fma(_t12, tl.fma(_t12, tl.fma(_t12, tl.fma(_t12, tl.fma(_t12, tl.fma(_t12, tl.fma(_t12, 6.937552385828539e-14*_t12 + 8.358925242587115e-12, tl.full([], 4.997772120748234e-10, ACC)), tl.full([], 1.9242818264808384e-08, ACC)), tl.full([], 5.427725023865971e-07, ACC)), tl.full([], 1.0958917754273011e-05, ACC)), tl.full([], 0.00018162800692563387, ACC)), tl.full([], 0.0019938420061961356, ACC)), tl.full([], 0.01978666737926815, ACC)), tl.full([], 0.09495413393191858, ACC)), 0.5), tl.fma(_t12, tl.fma(_t12, tl.fma(_t12, tl.fma(_t12, tl.fma(_t12, tl.fma(_t12, tl.fma(_t12, tl.fma(_t12, tl.fma(_t12, 7.986439067065565e-13*_t12 - 9.546478262926522e-11, tl.full([], 5.566415947504812e-09, ACC)), tl.full([], -2.072324109405547e-07, ACC)), tl.full([], 5.426727482374079e-06, ACC)), tl.full([], -0.00010397386406934551, ACC)), tl.full([], 0.0014702343213149082, ACC)), tl.full([], -0.015097561149404333, ACC)), tl.full([], 0.10741226729375597, ACC)), tl.full([], -0.4767583988028295, ACC)), 1.0), FAST), tl.fma(-_t14, libdevice.expm1(_t12), -(_t13*_t18))) + 1.0, tl.full([], 140737488355329.0, ACC)))), x)
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_alpha += _in_tile(_g * _d_alpha, _mask)
@@ -167,7 +190,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(5, 10),
+    fast_buffers=(6, 12),
     fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

@@ -246,6 +246,9 @@ class ExprPrinter:
     def _print_Symbol(self, expr):
         return self.names.get(expr.name, expr.name), ATOM
 
+    def _print_UnevaluatedExpr(self, expr):     # (a*x kept whole in an approximant's powers)
+        return self._print(expr.args[0])
+
     # arithmetic
     def _print_Add(self, expr):
         if expr.is_number:
