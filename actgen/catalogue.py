@@ -599,10 +599,7 @@ TORCH_EQUIVALENT = {
 #: checks that the misses are exactly these (a fix shows up as a test failure until the
 #: entry is removed here).  Keys: (entry, "f", "df" or "dp"); "df" covers every df/d(input),
 #: "dp" every df/d(param).
-KNOWN_MISSES: dict[tuple[str, str], str] = {
-    ("pau", "dp"): "df/da5 = x**5/Q(x) at |x| ~ 1e38 multiplies the scaled ratio by the input's scale (~1e38) before the "
-                   "scaled x**5, and the product overflows where the result is just below float32's largest",
-}
+KNOWN_MISSES: dict[tuple[str, str], str] = {}
 
 
 def _kind(spec: Spec) -> str:
@@ -863,7 +860,10 @@ def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy],
         "(sqrt(k u^2 + c) -+ sqrt(k) u through its conjugate), sech^2 for 1 - tanh^2, products of "
         "exponentials as one exponential, symbolic cancellation of sign and common denominators, and a "
         "Padé approximant near 0 for expressions whose terms cancel there (x - tanh(x)) or that divide 0/0 "
-        "there (sin(x)/x, x/(exp(x) - 1): the value at 0 is the limit); and after them, a "
+        "there (sin(x)/x, x/(exp(x) - 1): the value at 0 is the limit), also in p*x where a param scales the "
+        "input (sin(a*x)/x; (exp(a*x) - 1)/a, x at a = 0), and in a derivative's branches (tanh(x) - max(x, 0) "
+        "is tanh(x) - x for x > 0); a weighted mean's slope in a weight as pairwise differences; "
+        "softplus(u) - u*sigmoid(u) from its two tails; and after them, a "
         "function of exp(x) built from softplus, tanh, sigmoid and logs as one ratio of polynomials in "
         "exp(-|x|), each polynomial in Horner form, a sigmoid inside a costlier call from the same exponential "
         "(`exp_rational_form`: mish and its derivative, logish' from one exponential).  Last, a precision "

@@ -502,6 +502,30 @@ def rewrite_softplus_difference(e):
                                (StableSum(softplus(u), -softplus(v)), True))
 
 
+def rewrite_softplus_minus_slope(e):
+    """c*softplus(u) - c*u*sigmoid(u) -> c*(softplus(-u) + u*sigmoid(-u)) where u > 0: both terms
+    are ~u there and their difference ~u*exp(-u) rounds away (softplus(b*x)/b's slope in b,
+    x*sigmoid(b*x)/b - softplus(b*x)/b**2, was off by 5e5 ULP at b*x = 17), where the two
+    tails are positive and add up.  (For u < 0 the terms have one sign as written.)"""
+    if not _is_sum(e) or not e.has(softplus) or not e.has(sigmoid):
+        return None
+    terms = list(e.args)
+    for i, t in enumerate(terms):
+        sp = [f for f in sympy.Mul.make_args(t) if isinstance(f, softplus)]
+        if len(sp) != 1:
+            continue
+        u = sp[0].args[0]
+        c = t / sp[0]
+        for j, t2 in enumerate(terms):
+            sg = [f for f in sympy.Mul.make_args(t2) if isinstance(f, sigmoid) and f.args[0] == u]
+            if j == i or len(sg) != 1 or sympy.expand(t2 / sg[0] + u * c) != 0:
+                continue
+            rest = [t_ for k, t_ in enumerate(terms) if k not in (i, j)]
+            return sympy.Add(*rest, c * sympy.Piecewise((StableSum(softplus(-u), u * sigmoid(-u)), u > 0),
+                                                        (StableSum(softplus(u), -u * sigmoid(u)), True)))
+    return None
+
+
 def rewrite_sigmoid_difference_far(e):
     """c*(sigmoid(u) - sigmoid(v)) with u - v a number > 0 -> c*(sigmoid(-v) - sigmoid(-u))
     where v > 0: both sigmoids round to 1 there, their tails do not (SoftClip's derivative)."""
@@ -1539,6 +1563,26 @@ def rewrite_scaled_singularity(e):
     return None
 
 
+def rewrite_comparison_of_multiples(e):
+    """x > a*x -> (1 - a)*x > 0 (max(x, a*x), a leaky relu written as a max): at x = +-inf both
+    sides are inf and the comparison is false either way, where the product's sign is the
+    limit's.  A positive number factor goes: 0.99*x > 0 -> x > 0."""
+    if not isinstance(e, sympy.core.relational.Relational) or e.rel_op not in ("<", "<=", ">", ">="):
+        return None
+    common = [u for u in e.lhs.free_symbols & e.rhs.free_symbols if isinstance(u, sympy.Symbol)]
+    if len(common) != 1:
+        return None
+    u, = common
+    k, dep = sympy.factor_terms(e.lhs - e.rhs).as_independent(u, as_Add=False)
+    if dep != u or k.has(u):
+        return None
+    if k.is_number:
+        if k == 0:
+            return None
+        return e.func(u, 0) if k > 0 else e.reversed.func(u, 0)
+    return e.func(k * u, 0)
+
+
 REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_softplus,
     rewrite_log_of_product,
@@ -1561,6 +1605,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_sigmoid_tanh,
     rewrite_sigmoid_difference,
     rewrite_softplus_difference,
+    rewrite_softplus_minus_slope,
     rewrite_sigmoid_difference_far,
     rewrite_sech2,
     rewrite_exp_product,
@@ -1568,6 +1613,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_common_denominator,
     rewrite_power_sum,
     rewrite_sqrt_conjugate,
+    rewrite_comparison_of_multiples,
     rewrite_cancellation_at_zero,
     rewrite_removable_singularity,
     rewrite_scaled_singularity,
@@ -2332,12 +2378,17 @@ def _unwrap_unevaluated(assignments, reduced):
 
 
 def _inline_numbers(assignments, reduced):
-    """A shared number (sqrt(pi) in two sums) is written where it is used, not named."""
+    """A shared number (sqrt(pi) in two sums) is written where it is used, not named; so is
+    the reciprocal of a scaled ratio's w = 1/s (see rational_form), up to 2**127: as a
+    divisor it comes last in a product (pau's x**5/Q(x), v**5/Q_s(v)/w, overflowed at
+    |x| = 1e38 as (1/Q_s)*(1/w) first)."""
     numbers, kept = {}, []
     for t, v in assignments:            # in order: a name can be a number of named numbers
         v = v.xreplace(numbers)
         if v.is_number:
             numbers[t] = v.evalf(30)
+        elif v.is_Pow and v.exp.is_negative and v.base.is_Symbol and v.base.name.startswith("_w_"):
+            numbers[t] = v
         else:
             kept.append((t, v))
     return kept, [e.xreplace(numbers) for e in reduced]

@@ -372,3 +372,47 @@ def test_a_soft_exponential_is_x_at_a_zero(backend, a):
     if a == 0.0:
         y, _, _ = _per_element(m.softexp, torch.tensor([-math.inf, math.inf]), a)
         assert y.tolist() == [-math.inf, math.inf], y
+
+
+@pytest.mark.parametrize("a", [0.1, 2.0])
+def test_a_leaky_relu_written_as_a_max_keeps_its_slope_at_inf(backend, a):
+    """max(x, a*x): at x = +-inf both sides are inf and x > a*x is false either way; as
+    (1 - a)*x > 0 the comparison has the limit's answer (slope 1 at +inf for a < 1), and the
+    gradient in a is 0 or x by the same branch."""
+    m = actgen.compile("Max(x, a*x)", name="leaky", params={"a": {"init": 0.1, "per_channel": True}})
+    x = torch.tensor([-math.inf, -1e30, -2.0, 0.5, 1e30, math.inf])
+    y, gx, ga = _per_element(m.leaky, x, a)
+    take_x = [v > a * v if math.isfinite(v) else (1 - a) * v > 0 for v in x.tolist()]
+    a32 = torch.tensor(a)       # (the param in float32)
+    assert torch.equal(y, torch.where(torch.tensor(take_x), x, a32 * x))
+    assert gx.tolist() == [1.0 if t else a32.item() for t in take_x]
+    assert ga.tolist() == [0.0 if t else v for v, t in zip(x.tolist(), take_x)]
+
+
+def test_a_learnable_softplus_sharpness_keeps_its_gradient(backend):
+    """softplus(b*x)/b's gradient in b, x*sigmoid(b*x)/b - softplus(b*x)/b**2: for b*x >> 0
+    both terms are ~x/b and their difference ~exp(-b*x) rounded away (5e5 ULP at b*x = 17);
+    as softplus(-u) + u*sigmoid(-u) (u = b*x) the tails add up."""
+    m = actgen.compile("softplus(b*x) / b", name="softplus_b", params={"b": {"init": 1.0, "per_channel": True}})
+    x = torch.tensor([-100.0, -20.0, -3.0, -0.5, 0.0, 0.5, 3.0, 8.75, 16.75, 40.0, 100.0])
+    for b in (1.0, 2.0):
+        _, _, gb = _per_element(m.softplus_b, x, b)
+        with mpmath.workdps(60):
+            c = mpmath.mpf(b)
+            want = [float(v * mpmath.mpf(1) / (1 + mpmath.exp(-c * v)) / c - mpmath.log1p(mpmath.exp(c * v)) / c**2)
+                    for v in map(mpmath.mpf, x.tolist())]
+        _close_to_truth(gb, want)
+
+
+def test_a_power_of_x_times_a_vanishing_factor_is_not_inf_times_zero(backend):
+    """x*tanh(softplus(b*x))'s gradient in b is x**2 times a function of b*x that vanishes where
+    x**2 overflows (|x| >= 1.8e19 in float32): printed x*g*x it is 0 there, not inf*0 = NaN."""
+    m = actgen.compile("x * tanh(softplus(b*x))", name="mish_b", params={"b": {"init": 1.0, "per_channel": True}})
+    x = torch.tensor([-1e30, -1e20, -30.0, -1.0, 0.5, 2.0])
+    _, _, gb = _per_element(m.mish_b, x, 1.0)
+    with mpmath.workdps(60):
+        def slope_b(v):
+            sp = mpmath.log1p(mpmath.exp(v))
+            return v * v / (1 + mpmath.exp(-v)) / mpmath.cosh(sp) ** 2
+        want = [float(slope_b(v)) for v in map(mpmath.mpf, x.tolist())]
+    _close_to_truth(gb, want)

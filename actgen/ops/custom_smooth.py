@@ -66,9 +66,8 @@ def _second_derivatives_torch(x):
     _t3 = 1.0/(_t2*_t2)
     _t4 = _t1*_t3
     _t5 = _v_x*_v_x*_v_x
-    _t6 = 1.0/_w_x
     _t7 = 1.0/_rt.fma(_w_x, _w_x, _v_x*_v_x)
-    _d2_x_x = _t1/_t2*_t1/_t2*_t5/_t2*_t6*_t7*16.0 - 8.0*_t4*_t5*_t6*_t7 + 12.0*_t1*_t3*x/_t0 - _t4/_t0*x/_t0*x/_t0*x*4.0
+    _d2_x_x = _t1/_t2*_t1/_t2*_t5/_t2*_t7/_w_x*16.0 - 8.0*_t4*_t5*_t7/_w_x + 12.0*_t1*_t3*x/_t0 - _t4/_t0*x/_t0*x/_t0*x*4.0
     return (_d2_x_x,)
 
 

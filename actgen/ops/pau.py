@@ -83,7 +83,6 @@ def _derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _t28 = x*x
     _t29 = 1.0/_t14
     _t30 = _v_x*_v_x*_v_x*_v_x
-    _t31 = 1.0/_w_x
     _t32 = _t15*_rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_w_x, a4, _v_x*a5), _t27), _t26), _t25), _t24)
     _t33 = _t32*_t4
     _d_x = torch.where(torch.isnan(x), x, _t15*_rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_t6, a5, _rt.fnma(_t27, _t5, _rt.fma(_t9, a5, 2.0*_t13*a5, 3.0))), _rt.fnma(_t26, _t5, 2.0*_t1*_t7*a4 + _t12*_t8*a4, 2.0)), _rt.fma(_t3, a5, _rt.fnma(_t25, _t5, _rt.fma(_t0, a5, _t0*_t7*a3, 5.0), 3.0), 4.0)), _rt.fnma(_t24, _t5, _rt.fma(_t22, a4, -(_t0*_t12*a2) + 3.0*_t0*_t2*a4, 4.0), 4.0)), _rt.fma(_t21, a3, -(_t12*_t23*a1) + _t2*_t23*a3 - _t20*_t7*a1)), _rt.fma(_t19, a2, -(_t12*_t21*a0) - _t19*_t7*a0 + _t2*_t20*a2)), _rt.fma(_t16, a1, -(_t16*_t18*a0*b1))))
@@ -92,11 +91,11 @@ def _derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _d_a2 = _t29*_t4*_t8
     _d_a3 = _t29*_v_x*_v_x*_v_x*_w_x
     _d_a4 = _t29*_t30
-    _d_a5 = _t29*_t31*_v_x**5.0
+    _d_a5 = _v_x**5.0/_w_x*_t29
     _d_b1 = torch.where(torch.isnan(x), x, -(_t18*_t32*_t8*_v_x))
     _d_b2 = torch.where(torch.isnan(x), x, -(_t33*_w_x*torch.where(b2 > 0.0, 1.0, torch.where(b2 < 0.0, _rt.number(x, -1.0), 0.0))))
     _d_b3 = torch.where(torch.isnan(x), x, -(_t10*_t33*torch.where(b3 > 0.0, 1.0, torch.where(b3 < 0.0, _rt.number(x, -1.0), 0.0))))
-    _d_b4 = torch.where(torch.isnan(x), x, -(_t30*_t31*_t32*torch.where(b4 > 0.0, 1.0, torch.where(b4 < 0.0, _rt.number(x, -1.0), 0.0))))
+    _d_b4 = torch.where(torch.isnan(x), x, -(_t30*_t32*torch.where(b4 > 0.0, 1.0, torch.where(b4 < 0.0, _rt.number(x, -1.0), 0.0))/_w_x))
     return (_d_x, _d_a0, _d_a1, _d_a2, _d_a3, _d_a4, _d_a5, _d_b1, _d_b2, _d_b3, _d_b4,)
 
 
@@ -147,20 +146,19 @@ def _derivatives_torch_fast(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4, _w):
     _t28 = torch.mul(x, x, out=_w[27])
     _t29 = torch.reciprocal(_t14, out=_w[28])
     _t30 = torch.mul(_v_x, _v_x, out=_w[13]).mul_(_v_x).mul_(_v_x)
-    _t31 = torch.reciprocal(_w_x, out=_w[29])
-    _t32 = _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_w_x, a4, torch.mul(_v_x, a5, out=_w[30]), out=_w[30]), _t27, out=_w[30]), _t26, out=_w[30]), _t25, out=_w[30]), _t24, out=_w[30]).mul_(_t15)
-    _t33 = torch.mul(_t32, _t4, out=_w[31])
-    _d_x = _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_t6, a5, _rt.fnma(_t27, _t5, _rt.fma(_t9, a5, torch.mul(_t13, 2.0, out=_w[34]).mul_(a5), 3.0, out=_w[34]), out=_w[34]), out=_w[34]), _rt.fnma(_t26, _t5, torch.mul(_t1, 2.0, out=_w[32]).mul_(_t7).mul_(a4).add_(torch.mul(_t12, _t8, out=_w[33]).mul_(a4)), 2.0, out=_w[32]), out=_w[34]), _rt.fma(_t3, a5, _rt.fnma(_t25, _t5, _rt.fma(_t0, a5, torch.mul(_t0, _t7, out=_w[32]).mul_(a3), 5.0, out=_w[32]), 3.0, out=_w[32]), 4.0, out=_w[32]), out=_w[34]), _rt.fnma(_t24, _t5, _rt.fma(_t22, a4, torch.mul(_t0, _t12, out=_w[32]).mul_(a2).neg_().add_(torch.mul(_t0, 3.0, out=_w[33]).mul_(_t2).mul_(a4)), 4.0, out=_w[32]), 4.0, out=_w[32]), out=_w[34]), _rt.fma(_t21, a3, torch.mul(_t12, _t23, out=_w[32]).mul_(a1).neg_().add_(torch.mul(_t2, _t23, out=_w[33]).mul_(a3)).sub_(torch.mul(_t20, _t7, out=_w[33]).mul_(a1)), out=_w[32]), out=_w[34]), _rt.fma(_t19, a2, torch.mul(_t12, _t21, out=_w[32]).mul_(a0).neg_().sub_(torch.mul(_t19, _t7, out=_w[33]).mul_(a0)).add_(torch.mul(_t2, _t20, out=_w[33]).mul_(a2)), out=_w[32]), out=_w[34]), _rt.fma(_t16, a1, torch.mul(_t16, _t18, out=_w[32]).mul_(a0).mul_(b1).neg_(), out=_w[32]), out=_w[34]).mul_(_t15)
-    _d_a0 = _rt.fma(_t28, _t7, torch.mul(_t11, _t28, out=_w[35]).mul_(torch.abs(x, out=_w[4])).add_(torch.mul(_t5, x, out=_w[4]).mul_(x).mul_(x).mul_(x)).add_(torch.abs(_t17, out=_w[4])).add_(1.0), out=_w[35]).reciprocal_()
-    _d_a1 = torch.mul(_t1, _t29, out=_w[36]).mul_(_v_x)
-    _d_a2 = torch.mul(_t29, _t4, out=_w[37]).mul_(_t8)
-    _d_a3 = torch.mul(_t29, _v_x, out=_w[38]).mul_(_v_x).mul_(_v_x).mul_(_w_x)
-    _d_a4 = torch.mul(_t29, _t30, out=_w[39])
-    _d_a5 = torch.mul(_t29, _t31, out=_w[40]).mul_(torch.pow(_v_x, 5.0, out=_w[3]))
-    _d_b1 = torch.mul(_t18, _t32, out=_w[41]).mul_(_t8).mul_(_v_x).neg_()
-    _d_b2 = torch.mul(_t33, _w_x, out=_w[42]).mul_(_rt.select(_rt.gt(b2, 0.0), 1.0, _rt.select(_rt.lt(b2, 0.0), -1.0, 0.0))).neg_()
-    _d_b3 = torch.mul(_t10, _t33, out=_w[43]).mul_(_rt.select(_rt.gt(b3, 0.0), 1.0, _rt.select(_rt.lt(b3, 0.0), -1.0, 0.0))).neg_()
-    _d_b4 = torch.mul(_t30, _t31, out=_w[44]).mul_(_t32).mul_(_rt.select(_rt.gt(b4, 0.0), 1.0, _rt.select(_rt.lt(b4, 0.0), -1.0, 0.0))).neg_()
+    _t32 = _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_w_x, a4, torch.mul(_v_x, a5, out=_w[29]), out=_w[29]), _t27, out=_w[29]), _t26, out=_w[29]), _t25, out=_w[29]), _t24, out=_w[29]).mul_(_t15)
+    _t33 = torch.mul(_t32, _t4, out=_w[30])
+    _d_x = _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_t6, a5, _rt.fnma(_t27, _t5, _rt.fma(_t9, a5, torch.mul(_t13, 2.0, out=_w[33]).mul_(a5), 3.0, out=_w[33]), out=_w[33]), out=_w[33]), _rt.fnma(_t26, _t5, torch.mul(_t1, 2.0, out=_w[31]).mul_(_t7).mul_(a4).add_(torch.mul(_t12, _t8, out=_w[32]).mul_(a4)), 2.0, out=_w[31]), out=_w[33]), _rt.fma(_t3, a5, _rt.fnma(_t25, _t5, _rt.fma(_t0, a5, torch.mul(_t0, _t7, out=_w[31]).mul_(a3), 5.0, out=_w[31]), 3.0, out=_w[31]), 4.0, out=_w[31]), out=_w[33]), _rt.fnma(_t24, _t5, _rt.fma(_t22, a4, torch.mul(_t0, _t12, out=_w[31]).mul_(a2).neg_().add_(torch.mul(_t0, 3.0, out=_w[32]).mul_(_t2).mul_(a4)), 4.0, out=_w[31]), 4.0, out=_w[31]), out=_w[33]), _rt.fma(_t21, a3, torch.mul(_t12, _t23, out=_w[31]).mul_(a1).neg_().add_(torch.mul(_t2, _t23, out=_w[32]).mul_(a3)).sub_(torch.mul(_t20, _t7, out=_w[32]).mul_(a1)), out=_w[31]), out=_w[33]), _rt.fma(_t19, a2, torch.mul(_t12, _t21, out=_w[31]).mul_(a0).neg_().sub_(torch.mul(_t19, _t7, out=_w[32]).mul_(a0)).add_(torch.mul(_t2, _t20, out=_w[32]).mul_(a2)), out=_w[31]), out=_w[33]), _rt.fma(_t16, a1, torch.mul(_t16, _t18, out=_w[31]).mul_(a0).mul_(b1).neg_(), out=_w[31]), out=_w[33]).mul_(_t15)
+    _d_a0 = _rt.fma(_t28, _t7, torch.mul(_t11, _t28, out=_w[34]).mul_(torch.abs(x, out=_w[4])).add_(torch.mul(_t5, x, out=_w[4]).mul_(x).mul_(x).mul_(x)).add_(torch.abs(_t17, out=_w[4])).add_(1.0), out=_w[34]).reciprocal_()
+    _d_a1 = torch.mul(_t1, _t29, out=_w[35]).mul_(_v_x)
+    _d_a2 = torch.mul(_t29, _t4, out=_w[36]).mul_(_t8)
+    _d_a3 = torch.mul(_t29, _v_x, out=_w[37]).mul_(_v_x).mul_(_v_x).mul_(_w_x)
+    _d_a4 = torch.mul(_t29, _t30, out=_w[38])
+    _d_a5 = torch.pow(_v_x, 5.0, out=_w[39]).div_(_w_x).mul_(_t29)
+    _d_b1 = torch.mul(_t18, _t32, out=_w[40]).mul_(_t8).mul_(_v_x).neg_()
+    _d_b2 = torch.mul(_t33, _w_x, out=_w[41]).mul_(_rt.select(_rt.gt(b2, 0.0), 1.0, _rt.select(_rt.lt(b2, 0.0), -1.0, 0.0))).neg_()
+    _d_b3 = torch.mul(_t10, _t33, out=_w[42]).mul_(_rt.select(_rt.gt(b3, 0.0), 1.0, _rt.select(_rt.lt(b3, 0.0), -1.0, 0.0))).neg_()
+    _d_b4 = torch.mul(_t30, _t32, out=_w[43]).mul_(_rt.select(_rt.gt(b4, 0.0), 1.0, _rt.select(_rt.lt(b4, 0.0), -1.0, 0.0))).div_(_w_x).neg_()
     return _rt.finite_or_none((_d_x, _d_a0, _d_a1, _d_a2, _d_a3, _d_a4, _d_a5, _d_b1, _d_b2, _d_b3, _d_b4,))
 
 
@@ -335,7 +333,6 @@ def _second_derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _t164 = _t108*_t147
     _t165 = _t160*_w_x
     _t166 = _v_x**8.0
-    _t167 = 1.0/_w_x
     _t168 = _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _t132 + _t98, _t130), _t87), _t75), _t64)
     _t169 = _t104*_t168
     _t170 = 2.0*_t168
@@ -397,7 +394,7 @@ def _second_derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _d2_a5_b1 = torch.where(torch.isnan(x), x, -(_t163*_t20))
     _d2_a5_b2 = torch.where(torch.isnan(x), x, -(_t152*_t162))
     _d2_a5_b3 = torch.where(torch.isnan(x), x, -(_t161*_t164))
-    _d2_a5_b4 = torch.where(torch.isnan(x), x, -(_t157*_t167*_v_x**9.0))
+    _d2_a5_b4 = torch.where(torch.isnan(x), x, -(_v_x**9.0/_w_x*_t157))
     _d2_b1_b1 = torch.where(torch.isnan(x), x, _t101*_t169*_t48*_t72)
     _d2_b1_b2 = torch.where(torch.isnan(x), x, _t138*_t151*_t168*_t20*_t84)
     _d2_b1_b3 = torch.where(torch.isnan(x), x, _t135*_t156*_t170)
@@ -407,7 +404,7 @@ def _second_derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _d2_b2_b4 = torch.where(torch.isnan(x), x, _t138*_t150*_t173)
     _d2_b3_b3 = torch.where(torch.isnan(x), x, _t173*torch.where((_t145) | (_t146), _rt.number(x, 1.0), 0.0))
     _d2_b3_b4 = torch.where(torch.isnan(x), x, _t147*_t150*_t160*_t172)
-    _d2_b4_b4 = torch.where(torch.isnan(x), x, _t166*_t167*_t172*torch.where((_t148) | (_t149), _rt.number(x, 1.0), 0.0))
+    _d2_b4_b4 = torch.where(torch.isnan(x), x, _t166*_t172*torch.where((_t148) | (_t149), _rt.number(x, 1.0), 0.0)/_w_x)
     return (_d2_x_x, _d2_x_a0, _d2_x_a1, _d2_x_a2, _d2_x_a3, _d2_x_a4, _d2_x_a5, _d2_x_b1, _d2_x_b2, _d2_x_b3, _d2_x_b4, _d2_a0_a0, _d2_a0_a1, _d2_a0_a2, _d2_a0_a3, _d2_a0_a4, _d2_a0_a5, _d2_a0_b1, _d2_a0_b2, _d2_a0_b3, _d2_a0_b4, _d2_a1_a1, _d2_a1_a2, _d2_a1_a3, _d2_a1_a4, _d2_a1_a5, _d2_a1_b1, _d2_a1_b2, _d2_a1_b3, _d2_a1_b4, _d2_a2_a2, _d2_a2_a3, _d2_a2_a4, _d2_a2_a5, _d2_a2_b1, _d2_a2_b2, _d2_a2_b3, _d2_a2_b4, _d2_a3_a3, _d2_a3_a4, _d2_a3_a5, _d2_a3_b1, _d2_a3_b2, _d2_a3_b3, _d2_a3_b4, _d2_a4_a4, _d2_a4_a5, _d2_a4_b1, _d2_a4_b2, _d2_a4_b3, _d2_a4_b4, _d2_a5_a5, _d2_a5_b1, _d2_a5_b2, _d2_a5_b3, _d2_a5_b4, _d2_b1_b1, _d2_b1_b2, _d2_b1_b3, _d2_b1_b4, _d2_b2_b2, _d2_b2_b3, _d2_b2_b4, _d2_b3_b3, _d2_b3_b4, _d2_b4_b4,)
 
 
@@ -507,7 +504,6 @@ if _rt.HAS_TRITON:
             _t28 = x*x
             _t29 = _div(1.0, _t14, FAST)
             _t30 = _v_x*_v_x*_v_x*_v_x
-            _t31 = _div(1.0, _w_x, FAST)
             _t32 = _t15*tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_w_x, a4, _v_x*a5), _t27), _t26), _t25), _t24)
             _t33 = _t32*_t4
             _d_x = tl.where(x != x, x, _t15*tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_t6, a5, tl.fma(-_t27, _t5, tl.fma(3.0*_t9, a5, 2.0*_t13*a5))), tl.fma(-(2.0*_t26), _t5, 2.0*_t1*_t7*a4 + _t12*_t8*a4)), tl.fma(4.0*_t3, a5, tl.fma(-(3.0*_t25), _t5, tl.fma(5.0*_t0, a5, _t0*_t7*a3)))), tl.fma(-(4.0*_t24), _t5, tl.fma(4.0*_t22, a4, -(_t0*_t12*a2) + 3.0*_t0*_t2*a4))), tl.fma(_t21, a3, -(_t12*_t23*a1) + _t2*_t23*a3 - _t20*_t7*a1)), tl.fma(_t19, a2, -(_t12*_t21*a0) - _t19*_t7*a0 + _t2*_t20*a2)), tl.fma(_t16, a1, -(_t16*_t18*a0*b1))))
@@ -516,11 +512,11 @@ if _rt.HAS_TRITON:
             _d_a2 = _t29*_t4*_t8
             _d_a3 = _t29*_v_x*_v_x*_v_x*_w_x
             _d_a4 = _t29*_t30
-            _d_a5 = _t29*_t31*_v_x*_v_x*_v_x*_v_x*_v_x
+            _d_a5 = _div(_v_x*_v_x*_v_x*_v_x*_v_x, _w_x, FAST)*_t29
             _d_b1 = tl.where(x != x, x, -(_t18*_t32*_t8*_v_x))
             _d_b2 = tl.where(x != x, x, -(_t33*_w_x*tl.where(b2 > 0.0, 1.0, tl.where(b2 < 0.0, -1.0, 0.0))))
             _d_b3 = tl.where(x != x, x, -(_t10*_t33*tl.where(b3 > 0.0, 1.0, tl.where(b3 < 0.0, -1.0, 0.0))))
-            _d_b4 = tl.where(x != x, x, -(_t30*_t31*_t32*tl.where(b4 > 0.0, 1.0, tl.where(b4 < 0.0, -1.0, 0.0))))
+            _d_b4 = tl.where(x != x, x, -(_div(_t30*_t32*tl.where(b4 > 0.0, 1.0, tl.where(b4 < 0.0, -1.0, 0.0)), _w_x, FAST)))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_a0 += _in_tile(_g * _d_a0, _mask)
@@ -557,7 +553,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(9, 45),
+    fast_buffers=(9, 44),
     fast_any_input=(True, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

@@ -65,6 +65,10 @@ def _pair_ratios(numer, denom):
     d_var = [f for f in _split_powers(denom) if varying(f)]
     if not d_var or len(n_var) + len(d_var) < 3 or not any(_grows(f) for f in numer):
         return numer, denom, []
+    if any(d.is_Symbol and d.name.startswith("_w_") for d in d_var):
+        # a scaled ratio's w (up to 2**-127, see actgen.derive.rational_form) divides a factor
+        # that grows, not one that may be large already (pau's v**5/w*(1/Q_s), not (1/Q_s)/w)
+        n_var.sort(key=lambda f: not _grows(f))
     k = min(len(n_var), len(d_var))
     pairs = list(zip(n_var[:k], d_var[:k])) + [(None, d) for d in d_var[k:]]
     rest_n = n_var[k:] + [f for f in numer if not varying(f)]
@@ -90,7 +94,20 @@ def product_layout(expr: sympy.Mul):
             denom.append(sympy.Integer(factor.q))
         else:
             numer.append(factor)
-    return _pair_ratios(numer, denom)
+    return _pair_ratios(_between_powers(numer), denom)
+
+
+def _between_powers(numer):
+    """x**2 * exp(-a*x**2) as x * exp(-a*x**2) * x: a power of a symbol that can overflow on its
+    own (x**2 from |x| = 1.8e19 in float32) is split around a call that vanishes where it
+    grows, whose product stays 0, not inf * 0 = NaN (a Gaussian's gradient in its width)."""
+    grows = [f for f in numer if f.is_Pow and f.base.is_Symbol and f.exp.is_Integer and 2 <= f.exp <= 4]
+    calls = [f for f in numer if isinstance(f, sympy.Function)]
+    if len(grows) != 1 or not calls:
+        return numer
+    power = grows[0]
+    rest = [f for f in numer if f is not power and f is not calls[0]]
+    return [power.base, calls[0], power.base ** (power.exp - 1)] + rest
 
 
 def product_chain(e: sympy.Expr) -> list[tuple[str, sympy.Expr]]:
