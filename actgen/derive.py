@@ -1447,7 +1447,8 @@ def rewrite_cancellation_at_zero(e):
         return None
     if not all(term.has(x) for term in e.args if not term.is_number):       # (log(2) is a number too)
         return None
-    if not any(term.is_polynomial(x) or _singular_at_zero(term, x) for term in e.args):
+    if not any(term.is_polynomial(x) or _singular_at_zero(term, x) for term in e.args) and \
+            not all(term.subs(x, 0) == 0 for term in e.args):      # (expm1(x) - x*exp(x): 0 - 0)
         return None
     if e.could_extract_minus_sign():        # tanh(x) - x as -(x - tanh(x)): one approximant for both
         near = rewrite_cancellation_at_zero(-e)
@@ -1526,7 +1527,8 @@ def rewrite_scaled_singularity(e):
     approximant near 0, in v = p*u: sin(a*x)/x = a * sin(v)/v, and the soft exponential
     (exp(a*x) - 1)/a = x * expm1(v)/v, whose value at a = 0 is x, not 0/0.  Either symbol
     may be the scale (the latter's gradient in a, x**2 * (exp(v)/v - expm1(v)/v**2), has x
-    as the scale of a)."""
+    as the scale of a), and v may be u/p (a learnable CELU alpha*expm1(x/alpha)'s gradient in
+    alpha, expm1(v) - v*exp(v), ~ -v**2/2 near 0)."""
     if not (e.is_Mul or _is_sum(e)) or len(e.free_symbols) < 2:
         return None
     e = _unapproximated(e)
@@ -1535,32 +1537,41 @@ def rewrite_scaled_singularity(e):
     symbols = sorted(e.free_symbols, key=sympy.default_sort_key)
     if not all(isinstance(s_, sympy.Symbol) for s_ in symbols):
         return None
-    for u in symbols:
-        for p in symbols:
-            if p == u:
-                continue
-            # (in a sum, the terms in both: 1 + x*exp(a*x)/a - expm1(a*x)/a**2, the soft
-            # exponential's slope in a, is 1 + x**2*(exp(v)/v - expm1(v)/v**2))
-            both = [t for t in e.args if t.has(u) and t.has(p)] if _is_sum(e) else [e]
-            rest = [t for t in e.args if t not in both] if _is_sum(e) else []
-            part = sympy.Add(*both) if _is_sum(e) else e
-            if rest and len(both) < 2:
-                continue
-            parts = _scale_separated(part, u, p)
-            if parts is None:
-                continue
-            h, g = parts
-            near = rewrite_removable_singularity(g) if g.is_Mul else rewrite_cancellation_at_zero(g)
-            if isinstance(near, ApproximatedNearZero):
-                # one approximant of the whole part (its derivative is the part's own, not the
-                # product rule's two terms, which cancel: x*expm1(v)/v's slope in x is
-                # exp(a*x)), its polynomials in v itself, not expanded into powers of p and u
-                v = sympy.UnevaluatedExpr(p * u)
-                (approx, where), _ = near.args
-                return sympy.Add(*rest) + ApproximatedNearZero(
-                    (h * approx.xreplace({_SCALED: v}), where.xreplace({_SCALED: v})),
-                    (StableSum(*part.args) if _is_sum(part) else part, True))
+    for u, p, inverse in itertools.product(symbols, symbols, (False, True)):
+        if p != u:
+            near = _scaled_approximant(e, u, p, inverse)
+            if near is not None:
+                return near
     return None
+
+
+def _scaled_approximant(e, u, p, inverse):
+    """rewrite_scaled_singularity's approximant for v = p*u (inverse: u/p), or None."""
+    # (in a sum, the terms in both: 1 + x*exp(a*x)/a - expm1(a*x)/a**2, the soft exponential's
+    # slope in a, is 1 + x**2*(exp(v)/v - expm1(v)/v**2))
+    both = [t for t in e.args if t.has(u) and t.has(p)] if _is_sum(e) else [e]
+    rest = [t for t in e.args if t not in both] if _is_sum(e) else []
+    part = sympy.Add(*both) if _is_sum(e) else e
+    if rest and len(both) < 2:
+        return None
+    parts = _scale_separated(part, u, p, inverse)
+    if parts is None:
+        return None
+    h, g = parts
+    near = rewrite_removable_singularity(g) if g.is_Mul else rewrite_cancellation_at_zero(g)
+    if near is not None and near.is_Mul:        # -(approximant) of a sum taken as its negative
+        sign, near = near.as_coeff_Mul()
+        h = h * sign
+    if not isinstance(near, ApproximatedNearZero):
+        return None
+    # one approximant of the whole part (its derivative is the part's own, not the product
+    # rule's two terms, which cancel: x*expm1(v)/v's slope in x is exp(a*x)), its polynomials
+    # in v itself, not expanded into powers of p and u
+    v = sympy.UnevaluatedExpr(u / p if inverse else p * u)
+    (approx, where), _ = near.args
+    return sympy.Add(*rest) + ApproximatedNearZero(
+        (h * approx.xreplace({_SCALED: v}), where.xreplace({_SCALED: v})),
+        (StableSum(*part.args) if _is_sum(part) else part, True))
 
 
 def rewrite_comparison_of_multiples(e):
@@ -2062,12 +2073,13 @@ def _scaled_input(expr, u, inputs):
 _SCALED = sympy.Dummy("v", real=True)
 
 
-def _scale_separated(expr, u, p):
-    """(h, g) where expr = h(p) * g(v) at v = p*u (g of _SCALED alone, h free of u and finite
-    at p = 0), else None."""
-    if not expr.has(p * u):
+def _scale_separated(expr, u, p, inverse=False):
+    """(h, g) where expr = h(p) * g(v) at v = p*u (inverse: v = u/p; g of _SCALED alone, h free
+    of u and finite at p = 0), else None."""
+    if not expr.has(u / p if inverse else p * u):
         return None
-    indep, dep = sympy.factor_terms(expr.xreplace({u: _SCALED / p})).as_independent(_SCALED, as_Add=False)
+    at = _SCALED * p if inverse else _SCALED / p
+    indep, dep = sympy.factor_terms(expr.xreplace({u: at})).as_independent(_SCALED, as_Add=False)
     if dep.free_symbols != {_SCALED} or indep.has(u):
         return None
     if any(f.is_Pow and f.exp.is_negative and f.base.has(p) for f in sympy.Mul.make_args(indep)):

@@ -416,3 +416,23 @@ def test_a_power_of_x_times_a_vanishing_factor_is_not_inf_times_zero(backend):
             return v * v / (1 + mpmath.exp(-v)) / mpmath.cosh(sp) ** 2
         want = [float(slope_b(v)) for v in map(mpmath.mpf, x.tolist())]
     _close_to_truth(gb, want)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_a_learnable_celu_alpha_keeps_its_gradient_near_zero(backend, alpha):
+    """alpha*expm1(x/alpha) for x < 0 (CELU with a learnable alpha): its gradient in alpha,
+    expm1(v) - v*exp(v) at v = x/alpha, is ~ -v**2/2 near 0, where the two terms cancel
+    (1e5 ULP at x = -1e-7) - a Padé approximant in v."""
+    m = actgen.compile("where(x > 0, x, alpha*expm1(x/alpha))", name="celu_a",
+                       params={"alpha": {"init": 1.0, "per_channel": True}})
+    x = torch.tensor([-1e30, -100.0, -10.0, -2.0, -0.5, -1e-3, -1e-7, -1e-20, 0.0, 0.5, 1e30])
+    y, gx, ga = _per_element(m.celu_a, x, alpha)
+    with mpmath.workdps(100):
+        c = mpmath.mpf(alpha)
+        vals = list(map(mpmath.mpf, x.tolist()))
+        want = [float(v if v > 0 else c * mpmath.expm1(v / c)) for v in vals]
+        want_x = [float(1 if v > 0 else mpmath.exp(v / c)) for v in vals]
+        want_a = [float(0 if v > 0 else mpmath.expm1(v / c) - v / c * mpmath.exp(v / c)) for v in vals]
+    _close_to_truth(y, want)
+    _close_to_truth(gx, want_x)
+    _close_to_truth(ga, want_a)
