@@ -39,9 +39,14 @@ DEFAULT_DOCS = Path("docs")
 # --- the oracle ------------------------------------------------------------------------
 _DPS = 50
 _CHECK_DPS = 70
+
+
 def _clean(expr: sympy.Expr) -> sympy.Expr:
-    """The derivative conventions of the formula language: DiracDelta is 0, sign(0) is 0."""
+    """The derivative conventions of the formula language: DiracDelta is 0, sign(0) is 0 (and
+    so is sign's derivative where sympy leaves it unevaluated: sign(x/a)'s in a)."""
     expr = expr.replace(sympy.DiracDelta, lambda *a: sympy.S.Zero)
+    expr = expr.replace(lambda e: isinstance(e, sympy.Derivative) and isinstance(e.expr, sympy.sign),
+                        lambda e: sympy.S.Zero)
     return expr.replace(sympy.sign, lambda u: sympy.Piecewise((1, u > 0), (-1, u < 0), (0, True)))
 
 

@@ -594,7 +594,8 @@ def rewrite_sign_product(e):
         others = list(e.args)
         others.remove(factor)
         rest = sympy.Mul(*others) / u
-        if sympy.fraction(rest)[1] == sympy.fraction(sympy.Mul(*others))[1]:   # u's factors divide out (no 1/b)
+        # u's factors divide out: no new 1/b (x*sign(x/a)/a -> |x/a| takes one away)
+        if sympy.fraction(sympy.fraction(sympy.Mul(*others))[1] / sympy.fraction(rest)[1])[1] == 1:
             return rest * sympy.Abs(u)
     return None
 
@@ -1651,8 +1652,11 @@ def stabilize(expr: sympy.Basic) -> sympy.Basic:
 
 
 def _clean(expr: sympy.Basic) -> sympy.Basic:
-    """DiracDelta -> 0, sign/Heaviside -> Piecewise with value 0 at 0."""
+    """DiracDelta -> 0 (and sign's derivative where sympy leaves it unevaluated: sign(x/a)'s in
+    a), sign/Heaviside -> Piecewise with value 0 at 0."""
     expr = expr.replace(sympy.DiracDelta, lambda *a: sympy.S.Zero)
+    expr = expr.replace(lambda e: isinstance(e, sympy.Derivative) and isinstance(e.expr, sympy.sign),
+                        lambda e: sympy.S.Zero)
     expr = expr.replace(
         sympy.sign, lambda u: sympy.Piecewise((1, u > 0), (-1, u < 0), (0, True))
     )

@@ -129,6 +129,16 @@ def test_oracle_gives_param_gradients_and_their_limits():
     assert C.Oracle(spec, params={"a": 0.0}).outputs() == ["f", "df/dx"]      # (without param_grads)
 
 
+def test_oracle_takes_sign_derivatives_as_zero():
+    """sign(x/a)'s derivative in a, which sympy leaves unevaluated (the condition number of
+    x/(1 + |x/a|)'s gradient in a), is 0 as DiracDelta is."""
+    o = C.Oracle(load_spec("name: t\nformula: x / (1 + abs(x/a))\nparams:\n  a: 1.0\n"), param_grads=True)
+    pts = [(2.0,), (-0.5,)]
+    v = o.values(pts)
+    np.testing.assert_allclose(v["df/da"], [4 / 9, -0.25 / 2.25], rtol=1e-14)
+    assert np.isfinite(o.condition(pts, v)["df/da"]).all()
+
+
 def test_param_gradients_run_per_element():
     """run_param_grads gives each input its own df/d(param): one param value per element."""
     spec = load_spec("name: t\nformula: a * x**2 + b\nparams:\n  a: 0.5\n  b: 2.0\n")

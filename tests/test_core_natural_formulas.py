@@ -436,3 +436,20 @@ def test_a_learnable_celu_alpha_keeps_its_gradient_near_zero(backend, alpha):
     _close_to_truth(y, want)
     _close_to_truth(gx, want_x)
     _close_to_truth(ga, want_a)
+
+
+def test_a_softsign_with_a_learnable_scale_keeps_its_slope_far_out(backend):
+    """x/(1 + |x/a|): its slope 1/(1 + |x/a|) - x*sign(x/a)/(a*(1 + |x/a|)**2) is
+    1/(1 + |x/a|)**2 once x*sign(x/a)/a is |x/a| - as written the two terms cancel for large
+    |x| (2e3 ULP at x = -1.9e13); and sign(x/a)'s derivative in a (the oracle's and the double
+    backward's) is 0."""
+    m = actgen.compile("x / (1 + abs(x/a))", name="softsign_a", params={"a": {"init": 1.0, "per_channel": True}})
+    x = torch.tensor([-1e30, -1.8738174754816e13, -1e4, -3.0, -0.5, 0.0, 0.25, 7.0, 1e6, 1e20])
+    for a in (1.0, 0.5):
+        y, gx, ga = _per_element(m.softsign_a, x, a)
+        with mpmath.workdps(60):
+            c = mpmath.mpf(a)
+            vals = list(map(mpmath.mpf, x.tolist()))
+            _close_to_truth(y, [float(v / (1 + abs(v / c))) for v in vals])
+            _close_to_truth(gx, [float(1 / (1 + abs(v / c)) ** 2) for v in vals])
+            _close_to_truth(ga, [float(v * abs(v) / c**2 / (1 + abs(v / c)) ** 2) for v in vals])
