@@ -610,7 +610,7 @@ def rewrite_common_denominator(e):
     for term in e.args:
         for factor in sympy.Mul.make_args(term):
             base, n = factor.as_base_exp()
-            if n.is_Integer and n < 0 and _is_sum(base) and len(base.args) <= 4:
+            if n.is_Integer and n < 0 and _is_sum(base) and len(base.args) <= 3:
                 by_base.setdefault(base, []).append((term, -n))
     for base, terms in by_base.items():
         if len(terms) < 2 or max(k for _, k in terms) > 2:
@@ -619,18 +619,11 @@ def rewrite_common_denominator(e):
         parts = [sympy.expand(term * base**k * base ** (top - k), deep=False) for term, k in terms]
         naive = sum(len(sympy.Add.make_args(p)) for p in parts)
         combined = sympy.Add(*parts)
-        if len(sympy.Add.make_args(combined)) >= naive:
-            continue
-        if len(sympy.Add.make_args(combined)) > 2:
-            # a weighted mean's slope in a weight, e_i*g_i/S - e_i*N/S**2 with N = sum e_j*g_j:
-            # e_i*(sum over j of e_j*(g_i - g_j))/S**2, one difference of two terms per weight
-            combined = sympy.collect(combined, list(base.args))
-            if len(sympy.Add.make_args(combined)) > len(base.args):
-                continue
-        others = list(e.args)
-        for term, _ in terms:
-            others.remove(term)
-        return combined / base**top + sympy.Add(*others)
+        if len(sympy.Add.make_args(combined)) < naive and len(sympy.Add.make_args(combined)) <= 2:
+            others = list(e.args)
+            for term, _ in terms:
+                others.remove(term)
+            return combined / base**top + sympy.Add(*others)
     return None
 
 
@@ -1460,34 +1453,6 @@ def rewrite_cancellation_at_zero(e):
         return None
 
 
-def rewrite_piecewise_sum(e):
-    """u + Piecewise((a, c), (b, True)) -> Piecewise((u + a, c), (u + b, True)) where a branch's
-    sum then takes an approximant near 0: expm1(min(x, eps)) - x (xielu's slope in alpha_n) is
-    expm1(x) - x for x < eps, tanh(x) - max(x, 0) is tanh(x) - x for x > 0.  Derivatives only
-    (fold_piecewise_sums): in a formula itself such a sum is a term of others (xielu's beta*x
-    outweighs it), and the approximant costs more than the digits it saves there."""
-    if not _is_sum(e) or not e.has(sympy.Piecewise) or e.has(ApproximatedNearZero):
-        return None
-    folded = sympy.piecewise_fold(sympy.Add(*e.args))
-    if not isinstance(folded, sympy.Piecewise):
-        return None
-    branches = [(stabilize(value), cond) for value, cond in folded.args]
-    if not any(value.has(ApproximatedNearZero) for value, _ in branches):
-        return None
-    return sympy.Piecewise(*branches)
-
-
-def fold_piecewise_sums(expr: sympy.Basic) -> sympy.Basic:
-    """rewrite_piecewise_sum wherever it applies, bottom-up."""
-    if not expr.args or isinstance(expr, (sympy.Symbol, sympy.Number, ApproximatedNearZero)):
-        return expr
-    args = tuple(fold_piecewise_sums(a) for a in expr.args)
-    if args != expr.args:
-        expr = expr.func(*args)
-    new = rewrite_piecewise_sum(expr)
-    return expr if new is None else new
-
-
 def _unapproximated(e):
     """e with its approximants near 0 as the expressions they approximate (the numerator of
     (x - sin(x))/x**3 was rewritten first, bottom-up, but the ratio is what is 0/0)."""
@@ -1689,16 +1654,15 @@ def differentiate(expr: sympy.Expr, var: sympy.Symbol, rewrites: bool = True) ->
     cancel for x < 0 carry fewer rounding errors (two ULP less on silu' in float32).  They are
     taken out before the rewrites too, which would otherwise merge a shared exp into another
     (golu's g + x*exp(-x)*g with g = exp(-exp(-x)): exp(-x - exp(-x)), two exps that round on
-    their own, where g*(1 + x*exp(-x)) cancels in one place).  Last, a sum with a branch in it
-    becomes a branch of sums where one then takes an approximant (fold_piecewise_sums).
-    Without `rewrites`, as sympy differentiates (sign and Heaviside as branches)."""
+    their own, where g*(1 + x*exp(-x)) cancels in one place).  Without `rewrites`, as sympy
+    differentiates (sign and Heaviside as branches)."""
     if rewrites:
         expr = expr.replace(_is_zero_power, lambda e: sympy.Piecewise((0, e.exp > 0), (e, True)))
     d = sympy.diff(expr.replace(sympy.Abs, _RealAbs), var).replace(_RealAbs, sympy.Abs)
     d = _clean(d)
     if not rewrites:
         return d
-    return power_log_at_zero(common_factors_out(fold_piecewise_sums(stabilize(common_factors_out(combine_powers(d))))))
+    return power_log_at_zero(common_factors_out(stabilize(common_factors_out(combine_powers(d)))))
 
 
 def _power_log(e):

@@ -10,9 +10,9 @@ Params: w0 (init 0.0), w1 (init 0.0), w2 (init 0.0)
 Derived (after stability rewrites):
     f      = (x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x))/(exp(w0) + exp(w1) + exp(w2))
     df/dx  = (Piecewise((1, x > 0), (0, True))*exp(w0) + exp(w2) + 4*exp(w1 - 2*Abs(x))/(1 + exp(-2*Abs(x)))**2)/(exp(w0) + exp(w1) + exp(w2))
-    df/dw0 = ((-x + Piecewise((x, x > 0), (0, True)))*exp(w2) + Piecewise((Piecewise((x**3*(x**2*(x**2*(x**2*(x**2*(4.7912331657163524219e-14*x**2 + 7.1940365983231031615e-9) + 3.7056482517962304385e-6) + 0.0005353744484179266788) + 0.025867369345630215195) + 0.33333333333333333333)/(x**2*(x**2*(x**2*(x**2*(7.3379173302895652247e-9*x**2 + 3.9106782948484388786e-6) + 0.00059040882839509841798) + 0.030742204655248133509) + 0.47760210803689064559) + 1.0), Abs(x) < 2), (x - tanh(x), True)), x > 0), (-tanh(x), True))*exp(w1))*exp(w0)/(exp(w0) + exp(w1) + exp(w2))**2
-    df/dw1 = (-Piecewise((x**3*(x**2*(x**2*(x**2*(x**2*(4.7912331657163524219e-14*x**2 + 7.1940365983231031615e-9) + 3.7056482517962304385e-6) + 0.0005353744484179266788) + 0.025867369345630215195) + 0.33333333333333333333)/(x**2*(x**2*(x**2*(x**2*(7.3379173302895652247e-9*x**2 + 3.9106782948484388786e-6) + 0.00059040882839509841798) + 0.030742204655248133509) + 0.47760210803689064559) + 1.0), Abs(x) < 2), (x - tanh(x), True))*exp(w2) + Piecewise((-Piecewise((x**3*(x**2*(x**2*(x**2*(x**2*(4.7912331657163524219e-14*x**2 + 7.1940365983231031615e-9) + 3.7056482517962304385e-6) + 0.0005353744484179266788) + 0.025867369345630215195) + 0.33333333333333333333)/(x**2*(x**2*(x**2*(x**2*(7.3379173302895652247e-9*x**2 + 3.9106782948484388786e-6) + 0.00059040882839509841798) + 0.030742204655248133509) + 0.47760210803689064559) + 1.0), Abs(x) < 2), (x - tanh(x), True)), x > 0), (tanh(x), True))*exp(w0))*exp(w1)/(exp(w0) + exp(w1) + exp(w2))**2
-    df/dw2 = ((x - Piecewise((x, x > 0), (0, True)))*exp(w0) + Piecewise((x**3*(x**2*(x**2*(x**2*(x**2*(4.7912331657163524219e-14*x**2 + 7.1940365983231031615e-9) + 3.7056482517962304385e-6) + 0.0005353744484179266788) + 0.025867369345630215195) + 0.33333333333333333333)/(x**2*(x**2*(x**2*(x**2*(7.3379173302895652247e-9*x**2 + 3.9106782948484388786e-6) + 0.00059040882839509841798) + 0.030742204655248133509) + 0.47760210803689064559) + 1.0), Abs(x) < 2), (x - tanh(x), True))*exp(w1))*exp(w2)/(exp(w0) + exp(w1) + exp(w2))**2
+    df/dw0 = (-(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x))/(exp(w0) + exp(w1) + exp(w2))**2 + Piecewise((x, x > 0), (0, True))/(exp(w0) + exp(w1) + exp(w2)))*exp(w0)
+    df/dw1 = (-(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x))/(exp(w0) + exp(w1) + exp(w2))**2 + tanh(x)/(exp(w0) + exp(w1) + exp(w2)))*exp(w1)
+    df/dw2 = (x/(exp(w0) + exp(w1) + exp(w2)) - (x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x))/(exp(w0) + exp(w1) + exp(w2))**2)*exp(w2)
 """
 import math
 
@@ -42,25 +42,22 @@ def _derivatives_torch(x, w0, w1, w2):
     _t1 = torch.exp(w1)
     _t2 = torch.exp(w2)
     _t3 = _t0 + _t1 + _t2
-    _t4 = x > 0.0
-    _t5 = torch.abs(x)
-    _t6 = -(2.0*_t5)
-    _t7 = x - torch.where(_t4, x, 0.0)
-    _t8 = x*x
+    _t4 = 1.0/_t3
+    _t5 = x > 0.0
+    _t6 = -(2.0*torch.abs(x))
+    _t7 = torch.where(_t5, x, 0.0)
+    _t8 = 1.0/(_t3*_t3)
     _t9 = torch.tanh(x)
-    _t10 = -_t9
-    _t11 = torch.where(_t5 < 2.0, x/_rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, 7.337917330289565e-09*_t8 + 3.910678294848439e-06, 0.0005904088283950985), 0.030742204655248132), 0.4776021080368906), 1.0)*x*x*_rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, 4.791233165716352e-14*_t8 + 7.194036598323103e-09, 3.7056482517962304e-06), 0.0005353744484179266), 0.025867369345630217), 0.3333333333333333), _t10 + x)
-    _t12 = 1.0/(_t3*_t3)
-    _t13 = _t0*_t12
-    _t14 = 16777215.0*_t0
-    _t15 = _t1*_t12
-    _t16 = 16777215.0*_t2
-    _t17 = _t12*_t2
-    _t18 = torch.exp(_t6) + 1.0
-    _d_x = torch.where(torch.isnan(x), x, _rt.fma(_t0, torch.where(_t4, _rt.number(x, 1.0), 0.0), _t2 + 4.0*torch.exp(_t6 + w1)/(_t18*_t18))/_t3)
-    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t13*_rt.fnma(_t2, _t7, _t1*torch.where(_t4, _t11, _t10)), _rt.grown(_t14*_t15), _rt.grown(_t13*(_t1 + 16777216.0*_t2)), x))
-    _d_w1 = _rt.limit_at_inf(_t15*_rt.fnma(_t11, _t2, _t0*torch.where(_t4, -_t11, _t9)), _rt.grown(_t15*(-_t14 - _t16)), _rt.grown(_t15*(-_t0 + _t16)), x)
-    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t17*_rt.fma(_t1, _t11, _t0*_t7), _rt.grown(_t15*_t16), _rt.grown(_t17*(-(16777216.0*_t0) - 16777215.0*_t1)), x))
+    _t10 = _t8*_rt.fma(_t2, x, _rt.fma(_t1, _t9, _t0*_t7))
+    _t11 = 16777216.0*_t4
+    _t12 = _t1 + 16777216.0*_t2
+    _t13 = _rt.fnma(_t8, 16777216.0*_t0 + _t12, _t11)
+    _t14 = -(_t12*_t8)
+    _t15 = torch.exp(_t6) + 1.0
+    _d_x = torch.where(torch.isnan(x), x, _t4*_rt.fma(_t0, torch.where(_t5, _rt.number(x, 1.0), 0.0), _t2 + 4.0*torch.exp(_t6 + w1)/(_t15*_t15)))
+    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*_rt.fma(_t4, _t7, -_t10), _rt.grown(_t0*_t13), _rt.grown(-(_t0*_t14)), x))
+    _d_w1 = torch.where(torch.isnan(x), x, _t1*_rt.fma(_t4, _t9, -_t10))
+    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t2*_rt.fma(_t4, x, -_t10), _rt.grown(_t13*_t2), _rt.grown(_t2*(-_t11 - _t14)), x))
     return (_d_x, _d_w0, _d_w1, _d_w2,)
 
 
@@ -79,67 +76,58 @@ def _derivatives_torch_fast(x, w0, w1, w2, _w):
     _t1 = torch.exp(w1)
     _t2 = torch.exp(w2)
     _t3 = _t0 + _t1 + _t2
-    _t4 = _rt.gt(x, 0.0, out=_w[0])
-    _t5 = torch.abs(x, out=_w[1])
-    _t6 = torch.mul(_t5, -2.0, out=_w[2])
-    _t7 = 1.0 / (_t3 * _t3)
-    _t8 = torch.sub(x, _rt.select(_t4, x, 0.0, out=_w[3]), out=_w[3])
-    _t9 = torch.mul(x, x, out=_w[4])
-    _t10 = torch.tanh(x, out=_w[5])
-    _t11 = torch.neg(_t10, out=_w[6])
-    _t12 = _rt.select(_rt.lt(_t5, 2.0, out=_w[7]), torch.div(x, _rt.fma(_t9, _rt.fma(_t9, _rt.fma(_t9, _rt.fma(_t9, torch.mul(_t9, 7.337917330289565e-09, out=_w[8]).add_(3.910678294848439e-06), 0.0005904088283950985, out=_w[8]), 0.030742204655248132, out=_w[8]), 0.4776021080368906, out=_w[8]), 1.0, out=_w[8]), out=_w[8]).mul_(x).mul_(x).mul_(_rt.fma(_t9, _rt.fma(_t9, _rt.fma(_t9, _rt.fma(_t9, torch.mul(_t9, 4.791233165716352e-14, out=_w[9]).add_(7.194036598323103e-09), 3.7056482517962304e-06, out=_w[9]), 0.0005353744484179266, out=_w[9]), 0.025867369345630217, out=_w[9]), 0.3333333333333333, out=_w[9])), torch.add(_t11, x, out=_w[9]), out=_w[10])
-    _t13 = torch.exp(_t6, out=_w[1]).add_(1.0)
-    _d_x = _rt.fma(_t0, _t4, torch.add(_t6, w1, out=_w[11]).exp_().mul_(4.0).div_(torch.mul(_t13, _t13, out=_w[7])).add_(_t2), out=_w[11]).div_(_t3)
-    _d_w0 = _rt.fnma(_t2, _t8, _rt.select(_t4, _t12, _t11, out=_w[12]).mul_(_t1), out=_w[12]).mul_(_t0 * _t7)
-    _d_w1 = _rt.fnma(_t12, _t2, _rt.select(_t4, torch.neg(_t12, out=_w[1]), _t10, out=_w[13]).mul_(_t0), out=_w[13]).mul_(_t1 * _t7)
-    _d_w2 = _rt.fma(_t1, _t12, torch.mul(_t0, _t8, out=_w[14]), out=_w[14]).mul_(_t2 * _t7)
+    _t4 = 1.0 / _t3
+    _t5 = _rt.gt(x, 0.0, out=_w[0])
+    _t6 = torch.abs(x, out=_w[1]).mul_(-2.0)
+    _t7 = _rt.select(_t5, x, 0.0, out=_w[2])
+    _t8 = torch.tanh(x, out=_w[3])
+    _t9 = _rt.fma(_t2, x, _rt.fma(_t1, _t8, torch.mul(_t0, _t7, out=_w[4]), out=_w[4]), out=_w[4]).div_(_t3).div_(_t3)
+    _t10 = torch.exp(_t6, out=_w[5]).add_(1.0)
+    _d_x = _rt.fma(_t0, _t5, torch.add(_t6, w1, out=_w[7]).exp_().mul_(4.0).div_(torch.mul(_t10, _t10, out=_w[6])).add_(_t2), out=_w[7]).mul_(_t4)
+    _d_w0 = _rt.fma(_t4, _t7, torch.neg(_t9, out=_w[8]), out=_w[8]).mul_(_t0)
+    _d_w1 = _rt.fma(_t4, _t8, torch.neg(_t9, out=_w[9]), out=_w[9]).mul_(_t1)
+    _d_w2 = _rt.fma(_t4, x, torch.neg(_t9, out=_w[10]), out=_w[10]).mul_(_t2)
     return _rt.finite_or_none((_d_x, _d_w0, _d_w1, _d_w2,))
 
 
 def _second_derivatives_torch(x, w0, w1, w2):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = torch.abs(x)
-    _t1 = -(2.0*_t0)
-    _t2 = torch.exp(_t1 + w1)
-    _t3 = torch.exp(w0)
-    _t4 = torch.exp(w1)
-    _t5 = torch.exp(w2)
-    _t6 = _t3 + _t4 + _t5
-    _t7 = torch.exp(_t1)
-    _t8 = _t7 + 1.0
-    _t9 = 1.0/(_t8*_t8)
-    _t10 = x > 0.0
-    _t11 = torch.where(_t10, 1.0, torch.where(x < 0.0, _rt.number(x, -1.0), 0.0))
-    _t12 = torch.where(_t10, _rt.number(x, 1.0), 0.0)
-    _t13 = _t12 - 1.0
-    _t14 = x*x
-    _t15 = -(4.0*_t7*_t9)
-    _t16 = torch.where(_t0 < 1.0, _t14/_rt.fma(_t14, _rt.fma(_t14, _rt.fma(_t14, _rt.fma(_t14, 8.51719833154862e-06*_t14 + 0.0007507433722355028, 0.022491939509111693), 0.2620490295304898), 0.9258940969113928), 1.0)*_rt.fma(_t14, _rt.fma(_t14, _rt.fma(_t14, _rt.fma(_t14, 8.534863726264129e-06 - 1.345960037188883e-10*_t14, 0.0007494040521367157), 0.022564076034005728), 0.2592274302447261), 1.0), _t15 + 1.0)
-    _t17 = 1.0/(_t6*_t6)
-    _t18 = _t17*_t3
-    _t19 = _t17*_t5
-    _t20 = x - torch.where(_t10, x, 0.0)
-    _t21 = -_t20
-    _t22 = torch.tanh(x)
-    _t23 = -_t22
-    _t24 = torch.where(_t0 < 2.0, x/_rt.fma(_t14, _rt.fma(_t14, _rt.fma(_t14, _rt.fma(_t14, 7.337917330289565e-09*_t14 + 3.910678294848439e-06, 0.0005904088283950985), 0.030742204655248132), 0.4776021080368906), 1.0)*x*x*_rt.fma(_t14, _rt.fma(_t14, _rt.fma(_t14, _rt.fma(_t14, 4.791233165716352e-14*_t14 + 7.194036598323103e-09, 3.7056482517962304e-06), 0.0005353744484179266), 0.025867369345630217), 0.3333333333333333), _t23 + x)
-    _t25 = torch.where(_t10, _t24, _t23)
-    _t26 = _rt.fma(_t25, _t4, _t21*_t5)
-    _t27 = _rt.rdiv(2.0, (_t6*_t6*_t6))
-    _t28 = _t26*_t27
-    _t29 = _rt.fma(_t3, torch.where(_t10, -_t24, _t22), -(_t24*_t5))
-    _t30 = _t27*_t29
-    _t31 = _rt.fma(_t24, _t4, _t20*_t3)
-    _d2_x_x = torch.where(torch.isnan(x), x, _t2/_t6*_rt.fnma(_t11, _t9, 16.0*_t11*_t7/(_t8*_t8*_t8), 8.0))
-    _d2_x_w0 = torch.where(torch.isnan(x), x, _t18*_rt.fma(_t4, torch.where(_t10, _t16, _t15), _t13*_t5))
-    _d2_x_w1 = torch.where(torch.isnan(x), x, _t17*_rt.fma(_t4, _rt.fma(_t9, torch.exp(_t1 + w2), -_t5, 4.0), _t3*_rt.fnma(_t12, _t4, 4.0*_t2*_t9)))
-    _d2_x_w2 = torch.where(torch.isnan(x), x, _t19*_rt.fma(_t16, _t4, -(_t13*_t3)))
-    _d2_w0_w0 = torch.where(torch.isnan(x), x, _rt.fma(_t18, _t26, -(_t28*_t3*_t3)))
-    _d2_w0_w1 = torch.where(torch.isnan(x), x, _rt.fma(_t17, _t25, -_t28)*torch.exp(w0 + w1))
-    _d2_w0_w2 = torch.where(torch.isnan(x), x, _rt.fma(_t17, _t21, -_t28)*torch.exp(w0 + w2))
-    _d2_w1_w1 = _t17*_t29*_t4 - _t30*_t4*_t4
-    _d2_w1_w2 = _rt.fnma(_t17, _t24, -_t30)*torch.exp(w1 + w2)
-    _d2_w2_w2 = torch.where(torch.isnan(x), x, _rt.fma(_t19, _t31, -(_t27*_t31*_t5*_t5)))
+    _t0 = -(2.0*torch.abs(x))
+    _t1 = torch.exp(_t0)
+    _t2 = _t1 + 1.0
+    _t3 = 1.0/(_t2*_t2)
+    _t4 = x > 0.0
+    _t5 = torch.where(_t4, 1.0, torch.where(x < 0.0, _rt.number(x, -1.0), 0.0))
+    _t6 = torch.exp(w0)
+    _t7 = torch.exp(w1)
+    _t8 = torch.exp(w2)
+    _t9 = _t6 + _t7 + _t8
+    _t10 = 1.0/_t9
+    _t11 = torch.exp(_t0 + w1)
+    _t12 = torch.where(_t4, _rt.number(x, 1.0), 0.0)
+    _t13 = 1.0/(_t9*_t9)
+    _t14 = _t13*_rt.fma(_t12, _t6, _rt.fma(_t11, _t3, _t8, 4.0))
+    _t15 = torch.where(_t4, x, 0.0)
+    _t16 = torch.tanh(x)
+    _t17 = _rt.fma(_t8, x, _rt.fma(_t16, _t7, _t15*_t6))
+    _t18 = _t13*_t17
+    _t19 = _t13*_t15
+    _t20 = 1.0/(_t9*_t9*_t9)
+    _t21 = 2.0*_t17*_t20
+    _t22 = _t13*_t16
+    _t23 = -(2.0*_t17*_t20)
+    _t24 = _t19 + _t23
+    _t25 = _t13*x
+    _d2_x_x = torch.where(torch.isnan(x), x, _t10*_t11*_rt.fnma(_t3, _t5, 16.0*_t1*_t5/(_t2*_t2*_t2), 8.0))
+    _d2_x_w0 = torch.where(torch.isnan(x), x, _t6*_rt.fma(_t10, _t12, -_t14))
+    _d2_x_w1 = torch.where(torch.isnan(x), x, _rt.fnma(_t14, _t7, 4.0*_t10*_t11*_t3))
+    _d2_x_w2 = torch.where(torch.isnan(x), x, _t8*(_t10 - _t14))
+    _d2_w0_w0 = torch.where(torch.isnan(x), x, _rt.fma(_t6, _rt.fma(_t10, _t15, -_t18), _t6*_t6*(-(2.0*_t19) + _t21)))
+    _d2_w0_w1 = torch.where(torch.isnan(x), x, (-_t22 - _t24)*torch.exp(w0 + w1))
+    _d2_w0_w2 = torch.where(torch.isnan(x), x, (-_t24 - _t25)*torch.exp(w0 + w2))
+    _d2_w1_w1 = torch.where(torch.isnan(x), x, _rt.fma(_t7, _rt.fma(_t10, _t16, -_t18), _t7*_t7*(_t21 - 2.0*_t22)))
+    _d2_w1_w2 = torch.where(torch.isnan(x), x, (-_t22 - _t23 - _t25)*torch.exp(w1 + w2))
+    _d2_w2_w2 = torch.where(torch.isnan(x), x, _rt.fma(_t8, _rt.fma(_t10, x, -_t18), _t8*_t8*(-_t23 - 2.0*_t25)))
     return (_d2_x_x, _d2_x_w0, _d2_x_w1, _d2_x_w2, _d2_w0_w0, _d2_w0_w1, _d2_w0_w2, _d2_w1_w1, _d2_w1_w2, _d2_w2_w2,)
 
 
@@ -186,25 +174,22 @@ if _rt.HAS_TRITON:
             _t1 = _exp(w1, FAST)
             _t2 = _exp(w2, FAST)
             _t3 = _t0 + _t1 + _t2
-            _t4 = x > 0.0
-            _t5 = tl.abs(x)
-            _t6 = _exp(-(2.0*_t5), FAST)
-            _t7 = x - tl.where(_t4, x, 0.0)
-            _t8 = x*x
+            _t4 = _div(1.0, _t3, FAST)
+            _t5 = x > 0.0
+            _t6 = _exp(-(2.0*tl.abs(x)), FAST)
+            _t7 = tl.where(_t5, x, 0.0)
+            _t8 = _div(1.0, (_t3*_t3), FAST)
             _t9 = libdevice.tanh(x)
-            _t10 = -_t9
-            _t11 = tl.where(_t5 < 2.0, _div(x, tl.fma(_t8, tl.fma(_t8, tl.fma(_t8, tl.fma(_t8, 7.337917330289565e-09*_t8 + 3.910678294848439e-06, tl.full([], 0.0005904088283950985, ACC)), tl.full([], 0.030742204655248132, ACC)), tl.full([], 0.4776021080368906, ACC)), 1.0), FAST)*x*x*tl.fma(_t8, tl.fma(_t8, tl.fma(_t8, tl.fma(_t8, 4.791233165716352e-14*_t8 + 7.194036598323103e-09, tl.full([], 3.7056482517962304e-06, ACC)), tl.full([], 0.0005353744484179266, ACC)), tl.full([], 0.025867369345630217, ACC)), tl.full([], 0.3333333333333333, ACC)), _t10 + x)
-            _t12 = _div(1.0, (_t3*_t3), FAST)
-            _t13 = _t0*_t12
-            _t14 = 16777215.0*_t0
-            _t15 = _t1*_t12
-            _t16 = 16777215.0*_t2
-            _t17 = _t12*_t2
-            _t18 = _t6 + 1.0
-            _d_x = tl.where(x != x, x, _div_uniform(tl.fma(_t0, tl.where(_t4, 1.0, 0.0), _div_bounded(4.0*_t1*_t6, (_t18*_t18), FAST) + _t2), _t3, FAST))
-            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t13*tl.fma(-_t2, _t7, _t1*tl.where(_t4, _t11, _t10)), _grown(_t14*_t15), _grown(_t13*(_t1 + 16777216.0*_t2)), x))
-            _d_w1 = _limit_at_inf(_t15*tl.fma(-_t11, _t2, _t0*tl.where(_t4, -_t11, _t9)), _grown(_t15*(-_t14 - _t16)), _grown(_t15*(-_t0 + _t16)), x)
-            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t17*tl.fma(_t1, _t11, _t0*_t7), _grown(_t15*_t16), _grown(_t17*(-(16777216.0*_t0) - 16777215.0*_t1)), x))
+            _t10 = _t8*tl.fma(_t2, x, tl.fma(_t1, _t9, _t0*_t7))
+            _t11 = 16777216.0*_t4
+            _t12 = _t1 + 16777216.0*_t2
+            _t13 = tl.fma(-_t8, 16777216.0*_t0 + _t12, _t11)
+            _t14 = -(_t12*_t8)
+            _t15 = _t6 + 1.0
+            _d_x = tl.where(x != x, x, _t4*tl.fma(_t0, tl.where(_t5, 1.0, 0.0), _div_bounded(4.0*_t1*_t6, (_t15*_t15), FAST) + _t2))
+            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*tl.fma(_t4, _t7, -_t10), _grown(_t0*_t13), _grown(-(_t0*_t14)), x))
+            _d_w1 = tl.where(x != x, x, _t1*tl.fma(_t4, _t9, -_t10))
+            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*tl.fma(_t4, x, -_t10), _grown(_t13*_t2), _grown(_t2*(-_t11 - _t14)), x))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_w0 += _in_tile(_g * _d_w0, _mask)
@@ -227,7 +212,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(3, 15),
+    fast_buffers=(3, 11),
     fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

@@ -10,10 +10,10 @@ Params: w0 (init 0.0), w1 (init 0.0), w2 (init 0.0), w3 (init 0.0)
 Derived (after stability rewrites):
     f      = (x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))/(exp(w0) + exp(w1) + exp(w2) + exp(w3))
     df/dx  = (Piecewise((1, x > 0), (0, True))*exp(w0) + exp(w2) + exp(w3)*sigmoid(-x)*sigmoid(x) + 4*exp(w1 - 2*Abs(x))/(1 + exp(-2*Abs(x)))**2)/(exp(w0) + exp(w1) + exp(w2) + exp(w3))
-    df/dw0 = ((-x + Piecewise((x, x > 0), (0, True)))*exp(w2) + (Piecewise((x, x > 0), (0, True)) - sigmoid(x))*exp(w3) + Piecewise((Piecewise((x**3*(x**2*(x**2*(x**2*(x**2*(4.7912331657163524219e-14*x**2 + 7.1940365983231031615e-9) + 3.7056482517962304385e-6) + 0.0005353744484179266788) + 0.025867369345630215195) + 0.33333333333333333333)/(x**2*(x**2*(x**2*(x**2*(7.3379173302895652247e-9*x**2 + 3.9106782948484388786e-6) + 0.00059040882839509841798) + 0.030742204655248133509) + 0.47760210803689064559) + 1.0), Abs(x) < 2), (x - tanh(x), True)), x > 0), (-tanh(x), True))*exp(w1))*exp(w0)/(exp(w0) + exp(w1) + exp(w2) + exp(w3))**2
-    df/dw1 = ((tanh(x) - sigmoid(x))*exp(w3) - Piecewise((x**3*(x**2*(x**2*(x**2*(x**2*(4.7912331657163524219e-14*x**2 + 7.1940365983231031615e-9) + 3.7056482517962304385e-6) + 0.0005353744484179266788) + 0.025867369345630215195) + 0.33333333333333333333)/(x**2*(x**2*(x**2*(x**2*(7.3379173302895652247e-9*x**2 + 3.9106782948484388786e-6) + 0.00059040882839509841798) + 0.030742204655248133509) + 0.47760210803689064559) + 1.0), Abs(x) < 2), (x - tanh(x), True))*exp(w2) + Piecewise((-Piecewise((x**3*(x**2*(x**2*(x**2*(x**2*(4.7912331657163524219e-14*x**2 + 7.1940365983231031615e-9) + 3.7056482517962304385e-6) + 0.0005353744484179266788) + 0.025867369345630215195) + 0.33333333333333333333)/(x**2*(x**2*(x**2*(x**2*(7.3379173302895652247e-9*x**2 + 3.9106782948484388786e-6) + 0.00059040882839509841798) + 0.030742204655248133509) + 0.47760210803689064559) + 1.0), Abs(x) < 2), (x - tanh(x), True)), x > 0), (tanh(x), True))*exp(w0))*exp(w1)/(exp(w0) + exp(w1) + exp(w2) + exp(w3))**2
-    df/dw2 = ((x - Piecewise((x, x > 0), (0, True)))*exp(w0) + (x - sigmoid(x))*exp(w3) + Piecewise((x**3*(x**2*(x**2*(x**2*(x**2*(4.7912331657163524219e-14*x**2 + 7.1940365983231031615e-9) + 3.7056482517962304385e-6) + 0.0005353744484179266788) + 0.025867369345630215195) + 0.33333333333333333333)/(x**2*(x**2*(x**2*(x**2*(7.3379173302895652247e-9*x**2 + 3.9106782948484388786e-6) + 0.00059040882839509841798) + 0.030742204655248133509) + 0.47760210803689064559) + 1.0), Abs(x) < 2), (x - tanh(x), True))*exp(w1))*exp(w2)/(exp(w0) + exp(w1) + exp(w2) + exp(w3))**2
-    df/dw3 = ((-x + sigmoid(x))*exp(w2) + (-Piecewise((x, x > 0), (0, True)) + sigmoid(x))*exp(w0) + (-tanh(x) + sigmoid(x))*exp(w1))*exp(w3)/(exp(w0) + exp(w1) + exp(w2) + exp(w3))**2
+    df/dw0 = (-(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))/(exp(w0) + exp(w1) + exp(w2) + exp(w3))**2 + Piecewise((x, x > 0), (0, True))/(exp(w0) + exp(w1) + exp(w2) + exp(w3)))*exp(w0)
+    df/dw1 = (-(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))/(exp(w0) + exp(w1) + exp(w2) + exp(w3))**2 + tanh(x)/(exp(w0) + exp(w1) + exp(w2) + exp(w3)))*exp(w1)
+    df/dw2 = (x/(exp(w0) + exp(w1) + exp(w2) + exp(w3)) - (x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))/(exp(w0) + exp(w1) + exp(w2) + exp(w3))**2)*exp(w2)
+    df/dw3 = (-(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))/(exp(w0) + exp(w1) + exp(w2) + exp(w3))**2 + sigmoid(x)/(exp(w0) + exp(w1) + exp(w2) + exp(w3)))*exp(w3)
 """
 import math
 
@@ -45,33 +45,25 @@ def _derivatives_torch(x, w0, w1, w2, w3):
     _t2 = torch.exp(w2)
     _t3 = torch.exp(w3)
     _t4 = _t0 + _t1 + _t2 + _t3
-    _t5 = torch.sigmoid(x)
-    _t6 = x > 0.0
-    _t7 = torch.abs(x)
-    _t8 = -(2.0*_t7)
-    _t9 = torch.where(_t6, x, 0.0)
-    _t10 = -_t9 + x
-    _t11 = -_t5
-    _t12 = _t11 + _t9
-    _t13 = x*x
-    _t14 = torch.tanh(x)
-    _t15 = -_t14
-    _t16 = torch.where(_t7 < 2.0, x/_rt.fma(_t13, _rt.fma(_t13, _rt.fma(_t13, _rt.fma(_t13, 7.337917330289565e-09*_t13 + 3.910678294848439e-06, 0.0005904088283950985), 0.030742204655248132), 0.4776021080368906), 1.0)*x*x*_rt.fma(_t13, _rt.fma(_t13, _rt.fma(_t13, _rt.fma(_t13, 4.791233165716352e-14*_t13 + 7.194036598323103e-09, 3.7056482517962304e-06), 0.0005353744484179266), 0.025867369345630217), 0.3333333333333333), _t15 + x)
-    _t17 = 1.0/(_t4*_t4)
-    _t18 = _t0*_t17
-    _t19 = 16777215.0*_t1
-    _t20 = _t19 + 16777215.0*_t3
-    _t21 = _t11 + _t14
-    _t22 = _t1*_t17
-    _t23 = 16777215.0*_t2
-    _t24 = _t11 + x
-    _t25 = _t17*_t2
-    _t26 = torch.exp(_t8) + 1.0
-    _d_x = torch.where(torch.isnan(x), x, _rt.fma(_t0, torch.where(_t6, _rt.number(x, 1.0), 0.0), _t2 + _t3*_t5*torch.sigmoid(-x) + 4.0*torch.exp(_t8 + w1)/(_t26*_t26))/_t4)
-    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t18*_rt.fma(_t12, _t3, _rt.fnma(_t10, _t2, _t1*torch.where(_t6, _t16, _t15))), _rt.grown(_t18*_t20), _rt.grown(_t18*(_t1 + 16777216.0*_t2)), x))
-    _d_w1 = _rt.limit_at_inf(_t22*_rt.fma(_t21, _t3, _rt.fnma(_t16, _t2, _t0*torch.where(_t6, -_t16, _t14))), _rt.grown(_t22*(-(16777215.0*_t0) - _t23)), _rt.grown(_t22*(-_t0 + _t23 - _t3)), x)
-    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t25*_rt.fma(_t24, _t3, _rt.fma(_t1, _t16, _t0*_t10)), _rt.grown(_t20*_t25), _rt.grown(_t25*(-(16777216.0*_t0) - _t19 - 16777216.0*_t3)), x))
-    _d_w3 = torch.where(torch.isnan(x), x, _t17*_t3*_rt.fnma(_t2, _t24, _rt.fnma(_t1, _t21, -(_t0*_t12))))
+    _t5 = 1.0/_t4
+    _t6 = torch.sigmoid(x)
+    _t7 = _t3*_t6
+    _t8 = x > 0.0
+    _t9 = -(2.0*torch.abs(x))
+    _t10 = torch.where(_t8, x, 0.0)
+    _t11 = 1.0/(_t4*_t4)
+    _t12 = torch.tanh(x)
+    _t13 = _t11*_rt.fma(_t2, x, _rt.fma(_t1, _t12, _rt.fma(_t0, _t10, _t7)))
+    _t14 = 16777216.0*_t5
+    _t15 = _t1 + 16777216.0*_t2
+    _t16 = _rt.fnma(_t11, 16777216.0*_t0 + _t15 + _t3, _t14)
+    _t17 = -(_t11*_t15)
+    _t18 = torch.exp(_t9) + 1.0
+    _d_x = torch.where(torch.isnan(x), x, _t5*_rt.fma(_t7, torch.sigmoid(-x), _rt.fma(_t0, torch.where(_t8, _rt.number(x, 1.0), 0.0), _t2 + 4.0*torch.exp(_t9 + w1)/(_t18*_t18))))
+    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*_rt.fma(_t10, _t5, -_t13), _rt.grown(_t0*_t16), _rt.grown(-(_t0*_t17)), x))
+    _d_w1 = torch.where(torch.isnan(x), x, _t1*_rt.fma(_t12, _t5, -_t13))
+    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t2*_rt.fma(_t5, x, -_t13), _rt.grown(_t16*_t2), _rt.grown(_t2*(-_t14 - _t17)), x))
+    _d_w3 = torch.where(torch.isnan(x), x, _t3*_rt.fma(_t5, _t6, -_t13))
     return (_d_x, _d_w0, _d_w1, _d_w2, _d_w3,)
 
 
@@ -92,27 +84,20 @@ def _derivatives_torch_fast(x, w0, w1, w2, w3, _w):
     _t2 = torch.exp(w2)
     _t3 = torch.exp(w3)
     _t4 = _t0 + _t1 + _t2 + _t3
-    _t5 = torch.sigmoid(x, out=_w[0])
-    _t6 = _rt.gt(x, 0.0, out=_w[1])
-    _t7 = torch.abs(x, out=_w[2])
-    _t8 = torch.mul(_t7, -2.0, out=_w[3])
-    _t9 = 1.0 / (_t4 * _t4)
-    _t10 = _rt.select(_t6, x, 0.0, out=_w[4])
-    _t11 = torch.neg(_t10, out=_w[5]).add_(x)
-    _t12 = torch.neg(_t5, out=_w[6])
-    _t13 = torch.add(_t10, _t12, out=_w[7])
-    _t14 = torch.mul(x, x, out=_w[4])
-    _t15 = torch.tanh(x, out=_w[8])
-    _t16 = torch.neg(_t15, out=_w[9])
-    _t17 = _rt.select(_rt.lt(_t7, 2.0, out=_w[10]), torch.div(x, _rt.fma(_t14, _rt.fma(_t14, _rt.fma(_t14, _rt.fma(_t14, torch.mul(_t14, 7.337917330289565e-09, out=_w[11]).add_(3.910678294848439e-06), 0.0005904088283950985, out=_w[11]), 0.030742204655248132, out=_w[11]), 0.4776021080368906, out=_w[11]), 1.0, out=_w[11]), out=_w[11]).mul_(x).mul_(x).mul_(_rt.fma(_t14, _rt.fma(_t14, _rt.fma(_t14, _rt.fma(_t14, torch.mul(_t14, 4.791233165716352e-14, out=_w[12]).add_(7.194036598323103e-09), 3.7056482517962304e-06, out=_w[12]), 0.0005353744484179266, out=_w[12]), 0.025867369345630217, out=_w[12]), 0.3333333333333333, out=_w[12])), torch.add(_t16, x, out=_w[12]), out=_w[13])
-    _t18 = torch.add(_t12, _t15, out=_w[2])
-    _t19 = torch.add(_t12, x, out=_w[4])
-    _t20 = torch.exp(_t8, out=_w[6]).add_(1.0)
-    _d_x = _rt.fma(_t0, _t6, torch.mul(_t3, _t5, out=_w[14]).mul_(torch.neg(x, out=_w[11]).sigmoid_()).add_(_t2).add_(torch.add(_t8, w1, out=_w[11]).exp_().mul_(4.0).div_(torch.mul(_t20, _t20, out=_w[12]))), out=_w[14]).div_(_t4)
-    _d_w0 = _rt.fma(_t13, _t3, _rt.fnma(_t11, _t2, _rt.select(_t6, _t17, _t16, out=_w[15]).mul_(_t1), out=_w[15]), out=_w[15]).mul_(_t0 * _t9)
-    _d_w1 = _rt.fma(_t18, _t3, _rt.fnma(_t17, _t2, _rt.select(_t6, torch.neg(_t17, out=_w[0]), _t15, out=_w[16]).mul_(_t0), out=_w[16]), out=_w[16]).mul_(_t1 * _t9)
-    _d_w2 = _rt.fma(_t19, _t3, _rt.fma(_t1, _t17, torch.mul(_t0, _t11, out=_w[17]), out=_w[17]), out=_w[17]).mul_(_t2 * _t9)
-    _d_w3 = _rt.fnma(_t19, _t2, _rt.fnma(_t1, _t18, torch.mul(_t0, _t13, out=_w[18]).neg_(), out=_w[18]), out=_w[18]).mul_(_t3 * _t9)
+    _t5 = 1.0 / _t4
+    _t6 = torch.sigmoid(x, out=_w[0])
+    _t7 = torch.mul(_t3, _t6, out=_w[1])
+    _t8 = _rt.gt(x, 0.0, out=_w[2])
+    _t9 = torch.abs(x, out=_w[3]).mul_(-2.0)
+    _t10 = _rt.select(_t8, x, 0.0, out=_w[4])
+    _t11 = torch.tanh(x, out=_w[5])
+    _t12 = _rt.fma(_t2, x, _rt.fma(_t1, _t11, _rt.fma(_t0, _t10, _t7, out=_w[6]), out=_w[6]), out=_w[6]).div_(_t4).div_(_t4)
+    _t13 = torch.exp(_t9, out=_w[7]).add_(1.0)
+    _d_x = _rt.fma(_t7, torch.neg(x, out=_w[10]).sigmoid_(), _rt.fma(_t0, _t8, torch.add(_t9, w1, out=_w[8]).exp_().mul_(4.0).div_(torch.mul(_t13, _t13, out=_w[9])).add_(_t2), out=_w[8]), out=_w[10]).mul_(_t5)
+    _d_w0 = _rt.fma(_t10, _t5, torch.neg(_t12, out=_w[11]), out=_w[11]).mul_(_t0)
+    _d_w1 = _rt.fma(_t11, _t5, torch.neg(_t12, out=_w[12]), out=_w[12]).mul_(_t1)
+    _d_w2 = _rt.fma(_t5, x, torch.neg(_t12, out=_w[13]), out=_w[13]).mul_(_t2)
+    _d_w3 = _rt.fma(_t5, _t6, torch.neg(_t12, out=_w[14]), out=_w[14]).mul_(_t3)
     return _rt.finite_or_none((_d_x, _d_w0, _d_w1, _d_w2, _d_w3,))
 
 
@@ -123,63 +108,49 @@ def _second_derivatives_torch(x, w0, w1, w2, w3):
     _t2 = torch.exp(w2)
     _t3 = torch.exp(w3)
     _t4 = _t0 + _t1 + _t2 + _t3
-    _t5 = torch.sigmoid(x)
+    _t5 = 1.0/_t4
     _t6 = torch.sigmoid(-x)
-    _t7 = torch.abs(x)
-    _t8 = -(2.0*_t7)
-    _t9 = torch.exp(_t8)
-    _t10 = _t9 + 1.0
-    _t11 = x > 0.0
-    _t12 = torch.where(_t11, 1.0, torch.where(x < 0.0, _rt.number(x, -1.0), 0.0))
-    _t13 = torch.exp(_t8 + w1)
-    _t14 = 1.0/(_t10*_t10)
-    _t15 = torch.where(_t11, _rt.number(x, 1.0), 0.0)
-    _t16 = _t15 - 1.0
-    _t17 = _t5*_t6
-    _t18 = _t15 - _t17
-    _t19 = x*x
-    _t20 = -(4.0*_t14*_t9)
-    _t21 = torch.where(_t7 < 1.0, _t19/_rt.fma(_t19, _rt.fma(_t19, _rt.fma(_t19, _rt.fma(_t19, 8.51719833154862e-06*_t19 + 0.0007507433722355028, 0.022491939509111693), 0.2620490295304898), 0.9258940969113928), 1.0)*_rt.fma(_t19, _rt.fma(_t19, _rt.fma(_t19, _rt.fma(_t19, 8.534863726264129e-06 - 1.345960037188883e-10*_t19, 0.0007494040521367157), 0.022564076034005728), 0.2592274302447261), 1.0), _t20 + 1.0)
-    _t22 = 1.0/(_t4*_t4)
-    _t23 = _t0*_t22
-    _t24 = _t17 - 1.0
-    _t25 = _t2*_t22
-    _t26 = _t22*_t3
-    _t27 = torch.where(_t11, x, 0.0)
-    _t28 = -_t27 + x
-    _t29 = -_t28
-    _t30 = -_t5
-    _t31 = _t27 + _t30
-    _t32 = torch.tanh(x)
-    _t33 = -_t32
-    _t34 = torch.where(_t7 < 2.0, x/_rt.fma(_t19, _rt.fma(_t19, _rt.fma(_t19, _rt.fma(_t19, 7.337917330289565e-09*_t19 + 3.910678294848439e-06, 0.0005904088283950985), 0.030742204655248132), 0.4776021080368906), 1.0)*x*x*_rt.fma(_t19, _rt.fma(_t19, _rt.fma(_t19, _rt.fma(_t19, 4.791233165716352e-14*_t19 + 7.194036598323103e-09, 3.7056482517962304e-06), 0.0005353744484179266), 0.025867369345630217), 0.3333333333333333), _t33 + x)
-    _t35 = torch.where(_t11, _t34, _t33)
-    _t36 = _rt.fma(_t3, _t31, _rt.fma(_t2, _t29, _t1*_t35))
-    _t37 = _rt.rdiv(2.0, (_t4*_t4*_t4))
-    _t38 = _t36*_t37
-    _t39 = -_t38
-    _t40 = _t30 + _t32
-    _t41 = _rt.fma(_t3, _t40, _rt.fnma(_t2, _t34, _t0*torch.where(_t11, -_t34, _t32)))
-    _t42 = _t37*_t41
-    _t43 = _t30 + x
-    _t44 = _rt.fma(_t3, _t43, _rt.fma(_t1, _t34, _t0*_t28))
-    _t45 = _t37*_t44
-    _t46 = _rt.fnma(_t2, _t43, _rt.fnma(_t1, _t40, -(_t0*_t31)))
-    _d2_x_x = torch.where(torch.isnan(x), x, (-(8.0*_t12*_t13*_t14) - _t3*_t5*_t5*_t6 + _t3*_t5*_t6*_t6 + 16.0*_t12*torch.exp(-(4.0*_t7) + w1)/(_t10*_t10*_t10))/_t4)
-    _d2_x_w0 = torch.where(torch.isnan(x), x, _t23*_rt.fma(_t18, _t3, _rt.fma(_t16, _t2, _t1*torch.where(_t11, _t21, _t20))))
-    _d2_x_w1 = torch.where(torch.isnan(x), x, _t22*_rt.fma(_t1, _rt.fnma(_t17, _t3, _rt.fma(_t14, torch.exp(_t8 + w3), _rt.fma(_t14, torch.exp(_t8 + w2), -_t2, 4.0), 4.0)), _t0*_rt.fnma(_t1, _t15, 4.0*_t13*_t14)))
-    _d2_x_w2 = torch.where(torch.isnan(x), x, _t25*_rt.fnma(_t24, _t3, _rt.fma(_t1, _t21, -(_t0*_t16))))
-    _d2_x_w3 = torch.where(torch.isnan(x), x, _t26*_rt.fma(_t2, _t24, _rt.fma(_t1, _t17 + _t20, -(_t0*_t18))))
-    _d2_w0_w0 = torch.where(torch.isnan(x), x, _rt.fma(_t23, _t36, -(_t0*_t0*_t38)))
-    _d2_w0_w1 = torch.where(torch.isnan(x), x, _rt.fma(_t22, _t35, -_t38)*torch.exp(w0 + w1))
-    _d2_w0_w2 = torch.where(torch.isnan(x), x, _rt.fma(_t22, _t29, _t39)*torch.exp(w0 + w2))
-    _d2_w0_w3 = torch.where(torch.isnan(x), x, _rt.fma(_t22, _t31, _t39)*torch.exp(w0 + w3))
-    _d2_w1_w1 = -(_t1*_t1*_t42) + _t1*_t22*_t41
-    _d2_w1_w2 = _rt.fnma(_t22, _t34, -_t42)*torch.exp(w1 + w2)
-    _d2_w1_w3 = _rt.fma(_t22, _t40, -_t42)*torch.exp(w1 + w3)
-    _d2_w2_w2 = torch.where(torch.isnan(x), x, _rt.fma(_t25, _t44, -(_t2*_t2*_t45)))
-    _d2_w2_w3 = torch.where(torch.isnan(x), x, _rt.fma(_t22, _t43, -_t45)*torch.exp(w2 + w3))
-    _d2_w3_w3 = torch.where(torch.isnan(x), x, _rt.fma(_t26, _t46, -(_t3*_t3*_t37*_t46)))
+    _t7 = torch.sigmoid(x)
+    _t8 = _t3*_t7
+    _t9 = torch.abs(x)
+    _t10 = -(2.0*_t9)
+    _t11 = torch.exp(_t10) + 1.0
+    _t12 = x > 0.0
+    _t13 = torch.where(_t12, 1.0, torch.where(x < 0.0, _rt.number(x, -1.0), 0.0))
+    _t14 = 1.0/(_t11*_t11)
+    _t15 = torch.exp(_t10 + w1)
+    _t16 = _t14*_t15
+    _t17 = torch.where(_t12, _rt.number(x, 1.0), 0.0)
+    _t18 = 1.0/(_t4*_t4)
+    _t19 = _t18*_rt.fma(_t6, _t8, _rt.fma(_t0, _t17, 4.0*_t16 + _t2))
+    _t20 = torch.where(_t12, x, 0.0)
+    _t21 = torch.tanh(x)
+    _t22 = _rt.fma(_t2, x, _rt.fma(_t1, _t21, _rt.fma(_t0, _t20, _t8)))
+    _t23 = _t18*_t22
+    _t24 = _t18*_t20
+    _t25 = 1.0/(_t4*_t4*_t4)
+    _t26 = 2.0*_t22*_t25
+    _t27 = _t18*_t21
+    _t28 = -(2.0*_t22*_t25)
+    _t29 = _t24 + _t28
+    _t30 = _t18*x
+    _t31 = _t18*_t7
+    _t32 = _t27 + _t28
+    _d2_x_x = torch.where(torch.isnan(x), x, _t5*_rt.fnma(_t13, _t16, -(_t3*_t6*_t7*_t7) + _t6*_t6*_t8 + 16.0*_t13*torch.exp(-(4.0*_t9) + w1)/(_t11*_t11*_t11), 8.0))
+    _d2_x_w0 = torch.where(torch.isnan(x), x, _t0*_rt.fma(_t17, _t5, -_t19))
+    _d2_x_w1 = torch.where(torch.isnan(x), x, _rt.fnma(_t1, _t19, 4.0*_t14*_t15*_t5))
+    _d2_x_w2 = torch.where(torch.isnan(x), x, _t2*(-_t19 + _t5))
+    _d2_x_w3 = torch.where(torch.isnan(x), x, _t3*(-_t19 + _t5*_t6*_t7))
+    _d2_w0_w0 = torch.where(torch.isnan(x), x, _rt.fma(_t0, _rt.fma(_t20, _t5, -_t23), _t0*_t0*(-(2.0*_t24) + _t26)))
+    _d2_w0_w1 = torch.where(torch.isnan(x), x, (-_t27 - _t29)*torch.exp(w0 + w1))
+    _d2_w0_w2 = torch.where(torch.isnan(x), x, (-_t29 - _t30)*torch.exp(w0 + w2))
+    _d2_w0_w3 = torch.where(torch.isnan(x), x, (-_t29 - _t31)*torch.exp(w0 + w3))
+    _d2_w1_w1 = torch.where(torch.isnan(x), x, _rt.fma(_t1, _rt.fma(_t21, _t5, -_t23), _t1*_t1*(_t26 - 2.0*_t27)))
+    _d2_w1_w2 = torch.where(torch.isnan(x), x, (-_t30 - _t32)*torch.exp(w1 + w2))
+    _d2_w1_w3 = torch.where(torch.isnan(x), x, (-_t31 - _t32)*torch.exp(w1 + w3))
+    _d2_w2_w2 = torch.where(torch.isnan(x), x, _rt.fma(_t2, _rt.fma(_t5, x, -_t23), _t2*_t2*(-_t28 - 2.0*_t30)))
+    _d2_w2_w3 = torch.where(torch.isnan(x), x, (-_t28 - _t30 - _t31)*torch.exp(w2 + w3))
+    _d2_w3_w3 = torch.where(torch.isnan(x), x, _rt.fma(_t3, _rt.fma(_t5, _t7, -_t23), _t3*_t3*(_t26 - 2.0*_t31)))
     return (_d2_x_x, _d2_x_w0, _d2_x_w1, _d2_x_w2, _d2_x_w3, _d2_w0_w0, _d2_w0_w1, _d2_w0_w2, _d2_w0_w3, _d2_w1_w1, _d2_w1_w2, _d2_w1_w3, _d2_w2_w2, _d2_w2_w3, _d2_w3_w3,)
 
 
@@ -231,37 +202,30 @@ if _rt.HAS_TRITON:
             _t2 = _exp(w2, FAST)
             _t3 = _exp(w3, FAST)
             _t4 = _t0 + _t1 + _t2 + _t3
-            _t5 = x > 0.0
-            _t6 = tl.abs(x)
-            _t7 = _exp(-(2.0*_t6), FAST)
-            _t8 = _exp(-_t6, FAST)
-            _t9 = _div_bounded(1.0, (_t8 + 1.0), FAST)
-            _t10 = _t8*_t9
+            _t5 = _div(1.0, _t4, FAST)
+            _t6 = x > 0.0
+            _t7 = tl.abs(x)
+            _t8 = _exp(-(2.0*_t7), FAST)
+            _t9 = _exp(-_t7, FAST)
+            _t10 = _div_bounded(1.0, (_t9 + 1.0), FAST)
             _t11 = x <= 0.0
-            _t12 = tl.where(_t11, _t10, _t9)
-            _t13 = tl.where(_t5, x, 0.0)
-            _t14 = -_t13 + x
-            _t15 = -_t12
-            _t16 = _t13 + _t15
-            _t17 = x*x
-            _t18 = libdevice.tanh(x)
-            _t19 = -_t18
-            _t20 = tl.where(_t6 < 2.0, _div(x, tl.fma(_t17, tl.fma(_t17, tl.fma(_t17, tl.fma(_t17, 7.337917330289565e-09*_t17 + 3.910678294848439e-06, tl.full([], 0.0005904088283950985, ACC)), tl.full([], 0.030742204655248132, ACC)), tl.full([], 0.4776021080368906, ACC)), 1.0), FAST)*x*x*tl.fma(_t17, tl.fma(_t17, tl.fma(_t17, tl.fma(_t17, 4.791233165716352e-14*_t17 + 7.194036598323103e-09, tl.full([], 3.7056482517962304e-06, ACC)), tl.full([], 0.0005353744484179266, ACC)), tl.full([], 0.025867369345630217, ACC)), tl.full([], 0.3333333333333333, ACC)), _t19 + x)
-            _t21 = _div(1.0, (_t4*_t4), FAST)
-            _t22 = _t0*_t21
-            _t23 = 16777215.0*_t1
-            _t24 = _t23 + 16777215.0*_t3
-            _t25 = _t12 + _t19
-            _t26 = _t1*_t21
-            _t27 = 16777215.0*_t2
-            _t28 = _t15 + x
-            _t29 = _t2*_t21
-            _t30 = _t7 + 1.0
-            _d_x = tl.where(x != x, x, _div_uniform(tl.fma(_t0, tl.where(_t5, 1.0, 0.0), _div_bounded(4.0*_t1*_t7, (_t30*_t30), FAST) + _t12*_t3*tl.where(_t11, _t9, _t10) + _t2), _t4, FAST))
-            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t22*tl.fma(_t16, _t3, tl.fma(-_t14, _t2, _t1*tl.where(_t5, _t20, _t19))), _grown(_t22*_t24), _grown(_t22*(_t1 + 16777216.0*_t2)), x))
-            _d_w1 = _limit_at_inf(_t26*tl.fma(-_t25, _t3, tl.fma(-_t2, _t20, _t0*tl.where(_t5, -_t20, _t18))), _grown(_t26*(-(16777215.0*_t0) - _t27)), _grown(_t26*(-_t0 + _t27 - _t3)), x)
-            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t29*tl.fma(_t28, _t3, tl.fma(_t1, _t20, _t0*_t14)), _grown(_t24*_t29), _grown(_t29*(-(16777216.0*_t0) - _t23 - 16777216.0*_t3)), x))
-            _d_w3 = tl.where(x != x, x, _t21*_t3*tl.fma(-_t2, _t28, tl.fma(_t1, _t25, -(_t0*_t16))))
+            _t12 = _t10*_t9
+            _t13 = tl.where(_t11, _t12, _t10)
+            _t14 = _t13*_t3
+            _t15 = tl.where(_t6, x, 0.0)
+            _t16 = _div(1.0, (_t4*_t4), FAST)
+            _t17 = libdevice.tanh(x)
+            _t18 = _t16*tl.fma(_t2, x, tl.fma(_t1, _t17, tl.fma(_t0, _t15, _t14)))
+            _t19 = 16777216.0*_t5
+            _t20 = _t1 + 16777216.0*_t2
+            _t21 = tl.fma(-_t16, 16777216.0*_t0 + _t20 + _t3, _t19)
+            _t22 = -(_t16*_t20)
+            _t23 = _t8 + 1.0
+            _d_x = tl.where(x != x, x, _t5*tl.fma(_t14, tl.where(_t11, _t10, _t12), tl.fma(_t0, tl.where(_t6, 1.0, 0.0), _div_bounded(4.0*_t1*_t8, (_t23*_t23), FAST) + _t2)))
+            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*tl.fma(_t15, _t5, -_t18), _grown(_t0*_t21), _grown(-(_t0*_t22)), x))
+            _d_w1 = tl.where(x != x, x, _t1*tl.fma(_t17, _t5, -_t18))
+            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*tl.fma(_t5, x, -_t18), _grown(_t2*_t21), _grown(_t2*(-_t19 - _t22)), x))
+            _d_w3 = tl.where(x != x, x, _t3*tl.fma(_t13, _t5, -_t18))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_w0 += _in_tile(_g * _d_w0, _mask)
@@ -286,7 +250,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(4, 19),
+    fast_buffers=(4, 15),
     fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

@@ -12,7 +12,7 @@ Derived (after stability rewrites):
     f           = Piecewise((beta*x + x**2*softplus(alpha_p), x > 0), (beta*x + (beta + softplus(alpha_n))*(-x + expm1(Piecewise((x, eps > x), (eps, True)))), True))
     df/dx       = Piecewise((beta + 2*x*softplus(alpha_p), x > 0), (beta + (beta + softplus(alpha_n))*(Piecewise((1, eps > x), (0, True))*exp(Piecewise((x, eps > x), (eps, True))) - 1), True))
     df/dalpha_p = Piecewise((x**2*sigmoid(alpha_p), x > 0), (0, True))
-    df/dalpha_n = Piecewise((0, x > 0), (Piecewise((-Piecewise((x**2*(x*(x*(x*(x*(x*(x*(x*(x*(-1.4915520591475183838e-13*x - 3.2814145301245404445e-11) + 8.5316777783238051556e-10) - 1.2285616000786279424e-7) + 2.0731977001326846528e-6) - 0.00008126934984520123839) + 0.00076754385964912280702) - 0.014035087719298245614) + 0.058333333333333333333) - 0.5)/(x*(x*(x*(x*(x*(x*(x*(x*(1.77196384626725184e-9 - 1.6407072650622702222e-11*x) - 9.214212000589709568e-8) + 3.0099759201926384589e-6) - 0.000067724458204334365325) + 0.0010835913312693498452) - 0.012280701754385964912) + 0.094736842105263157895) - 0.45) + 1.0), Abs(x) < 2), (x - expm1(x), True)), eps > x), (-x + expm1(eps), True))*sigmoid(alpha_n), True))
+    df/dalpha_n = Piecewise((0, x > 0), ((-x + expm1(Piecewise((x, eps > x), (eps, True))))*sigmoid(alpha_n), True))
 """
 import math
 
@@ -40,12 +40,10 @@ def _derivatives_torch(x, alpha_p, alpha_n, beta, eps):
     """df/dx, df/dalpha_p, df/dalpha_n."""
     _t0 = x > 0.0
     _t1 = eps > x
-    _t2 = x*x
-    _t3 = torch.sigmoid(alpha_n)
-    _t4 = _rt.scalar_expm1(eps)
-    _d_x = torch.where(torch.isnan(x), x, torch.where(_t0, _rt.fma(x, _rt.softplus(alpha_p), beta, 2.0), _rt.fma(beta + _rt.softplus(alpha_n), _rt.fma(torch.where(_t1, _rt.number(x, 1.0), 0.0), torch.exp(torch.where(_t1, x, eps)), -1.0), beta)))
-    _d_alpha_p = torch.where(torch.isnan(x), x, torch.where(_t0, _t2*torch.sigmoid(alpha_p), 0.0))
-    _d_alpha_n = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(_t0, 0.0, _t3*torch.where(_t1, -torch.where(torch.abs(x) < 2.0, _t2/_rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, 1.7719638462672519e-09 - 1.6407072650622702e-11*x, -9.21421200058971e-08), 3.0099759201926385e-06), -6.772445820433437e-05), 0.00108359133126935), -0.012280701754385965), 0.09473684210526316), -0.45), 1.0)*_rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, -(1.4915520591475184e-13*x) - 3.2814145301245404e-11, 8.531677778323805e-10), -1.228561600078628e-07), 2.0731977001326848e-06), -8.126934984520124e-05), 0.0007675438596491228), -0.014035087719298246), 0.058333333333333334), -0.5), x - torch.expm1(x)), _t4 - x)), 0.0, _rt.grown(_t3*(16777215.0 if eps > -16777216.0 else _t4 + 16777216.0)), x))
+    _t2 = torch.where(_t1, x, eps)
+    _d_x = torch.where(torch.isnan(x), x, torch.where(_t0, _rt.fma(x, _rt.softplus(alpha_p), beta, 2.0), _rt.fma(beta + _rt.softplus(alpha_n), _rt.fma(torch.where(_t1, _rt.number(x, 1.0), 0.0), torch.exp(_t2), -1.0), beta)))
+    _d_alpha_p = torch.where(torch.isnan(x), x, torch.where(_t0, x*x*torch.sigmoid(alpha_p), 0.0))
+    _d_alpha_n = torch.where(torch.isnan(x), x, torch.where(_t0, 0.0, (-x + torch.expm1(_t2))*torch.sigmoid(alpha_n)))
     return (_d_x, _d_alpha_p, _d_alpha_n,)
 
 
@@ -59,10 +57,10 @@ def _derivatives_torch_fast(x, alpha_p, alpha_n, beta, eps, _w):
     """df/dx, df/dalpha_p, df/dalpha_n on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = _rt.gt(x, 0.0, out=_w[0])
     _t1 = _rt.gt(eps, x, out=_w[1])
-    _t2 = torch.mul(x, x, out=_w[2])
-    _d_x = _rt.select(_t0, _rt.fma(x, _rt.softplus(alpha_p), beta, 2.0, out=_w[3]), _rt.fma(beta + _rt.softplus(alpha_n), _rt.fma(_t1, _rt.select(_t1, x, eps, out=_w[4]).exp_(), -1.0, out=_w[4]), beta, out=_w[4]), out=_w[7])
-    _d_alpha_p = _rt.select(_t0, torch.mul(_t2, torch.sigmoid(alpha_p), out=_w[3]), 0.0, out=_w[8])
-    _d_alpha_n = _rt.select(_t0, 0.0, _rt.select(_t1, _rt.select(_rt.lt(torch.abs(x, out=_w[9]), 2.0, out=_w[9]), torch.div(_t2, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, torch.mul(x, 1.6407072650622702e-11, out=_w[4]).neg_().add_(1.7719638462672519e-09), -9.21421200058971e-08, out=_w[4]), 3.0099759201926385e-06, out=_w[4]), -6.772445820433437e-05, out=_w[4]), 0.00108359133126935, out=_w[4]), -0.012280701754385965, out=_w[4]), 0.09473684210526316, out=_w[4]), -0.45, out=_w[4]), 1.0, out=_w[4]), out=_w[4]).mul_(_rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, torch.mul(x, -1.4915520591475184e-13, out=_w[5]).sub_(3.2814145301245404e-11), 8.531677778323805e-10, out=_w[5]), -1.228561600078628e-07, out=_w[5]), 2.0731977001326848e-06, out=_w[5]), -8.126934984520124e-05, out=_w[5]), 0.0007675438596491228, out=_w[5]), -0.014035087719298246, out=_w[5]), 0.058333333333333334, out=_w[5]), -0.5, out=_w[5])), torch.sub(x, torch.expm1(x, out=_w[5]), out=_w[5]), out=_w[6]).neg_(), torch.neg(x, out=_w[9]).add_(_rt.scalar_expm1(eps)), out=_w[4]).mul_(torch.sigmoid(alpha_n)), out=_w[9])
+    _t2 = _rt.select(_t1, x, eps, out=_w[2])
+    _d_x = _rt.select(_t0, _rt.fma(x, _rt.softplus(alpha_p), beta, 2.0, out=_w[3]), _rt.fma(beta + _rt.softplus(alpha_n), _rt.fma(_t1, torch.exp(_t2, out=_w[4]), -1.0, out=_w[4]), beta, out=_w[4]), out=_w[5])
+    _d_alpha_p = _rt.select(_t0, torch.mul(x, x, out=_w[1]).mul_(torch.sigmoid(alpha_p)), 0.0, out=_w[6])
+    _d_alpha_n = _rt.select(_t0, 0.0, torch.neg(x, out=_w[1]).add_(torch.expm1(_t2, out=_w[7])).mul_(torch.sigmoid(alpha_n)), out=_w[7])
     return _rt.finite_or_none((_d_x, _d_alpha_p, _d_alpha_n,))
 
 
@@ -70,16 +68,16 @@ def _second_derivatives_torch(x, alpha_p, alpha_n, beta, eps):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = x > 0.0
     _t1 = eps > x
-    _t2 = torch.where(_t1, _rt.number(x, 1.0), 0.0)*torch.exp(torch.where(_t1, x, eps))
-    _t3 = torch.sigmoid(alpha_p)
-    _t4 = torch.sigmoid(alpha_n)
-    _t5 = x*x
-    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t0, 2.0*_rt.softplus(alpha_p), _t2*(beta + _rt.softplus(alpha_n))))
-    _d2_x_alpha_p = torch.where(torch.isnan(x), x, torch.where(_t0, 2.0*_t3*x, 0.0))
-    _d2_x_alpha_n = torch.where(torch.isnan(x), x, torch.where(_t0, 0.0, _t4*(_t2 - 1.0)))
-    _d2_alpha_p_alpha_p = torch.where(torch.isnan(x), x, torch.where(_t0, _t3*_t5*torch.sigmoid(-alpha_p), 0.0))
+    _t2 = torch.where(_t1, x, eps)
+    _t3 = torch.where(_t1, _rt.number(x, 1.0), 0.0)*torch.exp(_t2)
+    _t4 = torch.sigmoid(alpha_p)
+    _t5 = torch.sigmoid(alpha_n)
+    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t0, 2.0*_rt.softplus(alpha_p), _t3*(beta + _rt.softplus(alpha_n))))
+    _d2_x_alpha_p = torch.where(torch.isnan(x), x, torch.where(_t0, 2.0*_t4*x, 0.0))
+    _d2_x_alpha_n = torch.where(torch.isnan(x), x, torch.where(_t0, 0.0, _t5*(_t3 - 1.0)))
+    _d2_alpha_p_alpha_p = torch.where(torch.isnan(x), x, torch.where(_t0, _t4*x*x*torch.sigmoid(-alpha_p), 0.0))
     _d2_alpha_p_alpha_n = 0.0
-    _d2_alpha_n_alpha_n = torch.where(torch.isnan(x), x, torch.where(_t0, 0.0, _t4*torch.where(_t1, -torch.where(torch.abs(x) < 2.0, _t5/_rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, 1.7719638462672519e-09 - 1.6407072650622702e-11*x, -9.21421200058971e-08), 3.0099759201926385e-06), -6.772445820433437e-05), 0.00108359133126935), -0.012280701754385965), 0.09473684210526316), -0.45), 1.0)*_rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, _rt.fma(x, -(1.4915520591475184e-13*x) - 3.2814145301245404e-11, 8.531677778323805e-10), -1.228561600078628e-07), 2.0731977001326848e-06), -8.126934984520124e-05), 0.0007675438596491228), -0.014035087719298246), 0.058333333333333334), -0.5), x - torch.expm1(x)), -x + _rt.scalar_expm1(eps))*torch.sigmoid(-alpha_n)))
+    _d2_alpha_n_alpha_n = torch.where(torch.isnan(x), x, torch.where(_t0, 0.0, _t5*(-x + torch.expm1(_t2))*torch.sigmoid(-alpha_n)))
     return (_d2_x_x, _d2_x_alpha_p, _d2_x_alpha_n, _d2_alpha_p_alpha_p, _d2_alpha_p_alpha_n, _d2_alpha_n_alpha_n,)
 
 
@@ -87,7 +85,7 @@ def _second_derivatives_torch(x, alpha_p, alpha_n, beta, eps):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, in_tile as _in_tile, store_partial as _store_partial, exp as _exp, div as _div, sigmoid as _sigmoid, softplus as _softplus, limit_at_inf as _limit_at_inf, grown as _grown
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, in_tile as _in_tile, store_partial as _store_partial, exp as _exp, sigmoid as _sigmoid, softplus as _softplus, limit_at_inf as _limit_at_inf, grown as _grown
 
     @triton.jit
     def _forward_kernel(
@@ -125,12 +123,10 @@ if _rt.HAS_TRITON:
             x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
             _t0 = x > 0.0
             _t1 = eps > x
-            _t2 = x*x
-            _t3 = _sigmoid(alpha_n, FAST)
-            _t4 = libdevice.expm1(eps)
-            _d_x = tl.where(x != x, x, tl.where(_t0, tl.fma(2.0*x, _softplus(alpha_p, FAST), beta), tl.fma(beta + _softplus(alpha_n, FAST), tl.fma(tl.where(_t1, 1.0, 0.0), _exp(tl.where(_t1, x, eps), FAST), -1.0), beta)))
-            _d_alpha_p = tl.where(x != x, x, tl.where(_t0, _t2*_sigmoid(alpha_p, FAST), 0.0))
-            _d_alpha_n = tl.where(x != x, x, _limit_at_inf(tl.where(_t0, 0.0, _t3*tl.where(_t1, -tl.where(tl.abs(x) < 2.0, _div(_t2, tl.fma(x, tl.fma(x, tl.fma(x, tl.fma(x, tl.fma(x, tl.fma(x, tl.fma(x, tl.fma(x, 1.7719638462672519e-09 - 1.6407072650622702e-11*x, tl.full([], -9.21421200058971e-08, ACC)), tl.full([], 3.0099759201926385e-06, ACC)), tl.full([], -6.772445820433437e-05, ACC)), tl.full([], 0.00108359133126935, ACC)), tl.full([], -0.012280701754385965, ACC)), tl.full([], 0.09473684210526316, ACC)), tl.full([], -0.45, ACC)), 1.0), FAST)*tl.fma(x, tl.fma(x, tl.fma(x, tl.fma(x, tl.fma(x, tl.fma(x, tl.fma(x, tl.fma(x, -(1.4915520591475184e-13*x) - 3.2814145301245404e-11, tl.full([], 8.531677778323805e-10, ACC)), tl.full([], -1.228561600078628e-07, ACC)), tl.full([], 2.0731977001326848e-06, ACC)), tl.full([], -8.126934984520124e-05, ACC)), tl.full([], 0.0007675438596491228, ACC)), tl.full([], -0.014035087719298246, ACC)), tl.full([], 0.058333333333333334, ACC)), -0.5), x - libdevice.expm1(x)), _t4 - x)), 0.0, _grown(_t3*tl.where(eps > -16777216.0, 16777215.0, _t4 + 16777216.0)), x))
+            _t2 = tl.where(_t1, x, eps)
+            _d_x = tl.where(x != x, x, tl.where(_t0, tl.fma(2.0*x, _softplus(alpha_p, FAST), beta), tl.fma(beta + _softplus(alpha_n, FAST), tl.fma(tl.where(_t1, 1.0, 0.0), _exp(_t2, FAST), -1.0), beta)))
+            _d_alpha_p = tl.where(x != x, x, tl.where(_t0, x*x*_sigmoid(alpha_p, FAST), 0.0))
+            _d_alpha_n = tl.where(x != x, x, tl.where(_t0, 0.0, (-x + libdevice.expm1(_t2))*_sigmoid(alpha_n, FAST)))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_alpha_p += _in_tile(_g * _d_alpha_p, _mask)
@@ -151,7 +147,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(5, 10),
+    fast_buffers=(5, 8),
     fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
