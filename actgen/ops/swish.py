@@ -76,7 +76,7 @@ def _second_derivatives_torch(x, beta):
     _t6 = 1.0 - _t5
     _d2_x_x = _t4*_rt.fma(_t3, beta, -(_t1*beta*beta*x) + beta)
     _d2_x_beta = _t4*_rt.fma(_t3, x, -(_t1*beta*x*x) + x)
-    _d2_beta_beta = x/_rt.fma(_t5, _rt.fma(_t5, _t5 + 3.0, 3.0), 1.0)*x*x*torch.where(_t0 < 0.0, _t5*_t6, -(_t5*_t6))
+    _d2_beta_beta = x/_rt.fma(_t5, _rt.fma(_t5, _t5 + 3.0, 3.0), 1.0)*torch.where(_t0 < 0.0, _t5*_t6, -(_t5*_t6))*x*x
     return (_d2_x_x, _d2_x_beta, _d2_beta_beta,)
 
 

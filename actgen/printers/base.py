@@ -102,12 +102,10 @@ def _between_powers(numer):
     own (x**2 from |x| = 1.8e19 in float32) is split around a call that vanishes where it
     grows, whose product stays 0, not inf * 0 = NaN (a Gaussian's gradient in its width)."""
     grows = [f for f in numer if f.is_Pow and f.base.is_Symbol and f.exp.is_Integer and 2 <= f.exp <= 4]
-    if len(grows) != 1:
+    calls = [f for f in numer if isinstance(f, sympy.Function)]
+    if len(grows) != 1 or not calls:
         return numer
     power = grows[0]
-    calls = [f for f in numer if isinstance(f, sympy.Function) and f.has(power.base)]
-    if not calls:
-        return numer
     rest = [f for f in numer if f is not power and f is not calls[0]]
     return [power.base, calls[0], power.base ** (power.exp - 1)] + rest
 
