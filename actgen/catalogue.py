@@ -475,20 +475,23 @@ def measure(spec: Spec, xs: np.ndarray, runs=RUNS, as_written: bool = True, orac
     oracle = oracle or Oracle(spec, param_grads=param_grads)
     acc = Accuracy(spec.name)
     truths: dict = {}
+
+    def points_and_truth(dtype):        # the grid in dtype, and the oracle's truth there (once per grid)
+        pts = input_points(spec, round_to(xs, dtype))
+        key = tuple(pts)
+        if key not in truths:
+            truths[key] = truth_at(oracle, pts)
+        return pts, truths[key]
+
     if param_grads and spec.params:
         for backend, dtype in PARAM_RUNS:
-            pts = input_points(spec, round_to(xs, dtype))
-            truth, cond, xcol = truths.setdefault(tuple(pts), truth_at(oracle, pts))
+            pts, (truth, cond, xcol) = points_and_truth(dtype)
             got = run_param_grads(param_grad_function(spec), spec, pts, dtype, backend)
             for out, values in got.items():
                 acc.params[(backend, str(dtype).replace("torch.", ""), out)] = score(
                     xcol, values, truth[out], dtype, cond[out])
     for backend, dtype in runs:
-        pts = input_points(spec, round_to(xs, dtype))
-        key = tuple(pts)
-        if key not in truths:
-            truths[key] = truth_at(oracle, pts)
-        truth, cond, xcol = truths[key]
+        pts, (truth, cond, xcol) = points_and_truth(dtype)
         targets = [("compiled", op_function(spec))] + ([("as_written", as_written_function(spec))] if as_written else [])
         for which, fn in targets:
             got = run(fn, spec, pts, dtype, backend)
@@ -733,10 +736,15 @@ _COLUMNS = (("torch", "float32"), ("triton", "float32"), ("triton", "bfloat16"))
 _COLUMN_NAMES = {("torch", "float32"): "fallback f32", ("triton", "float32"): "kernel f32", ("triton", "bfloat16"): "kernel bf16"}
 
 
+def _severity(s: Score) -> tuple:
+    """How badly a score misses: non-finite results first, then the worst error."""
+    return s.bad_nonfinite, s.worst_scaled
+
+
 def _worst(acc_part: dict, backend: str, dtype: str, out: str) -> Score:
     """f, or the worst of the df/d(input) outputs."""
     scores = [s for (b, d, o), s in acc_part.items() if b == backend and d == dtype and (o == "f") == (out == "f")]
-    return max(scores, key=lambda s: (s.bad_nonfinite, s.worst_scaled))
+    return max(scores, key=_severity)
 
 
 def _cell(s: Score) -> str:
@@ -849,7 +857,7 @@ def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy],
             cells = []
             for b, d in _COLUMNS[:2]:
                 (_, _, out), worst = max(((k, v) for k, v in acc.params.items() if k[:2] == (b, d)),
-                                         key=lambda kv: (kv[1].bad_nonfinite, kv[1].worst_scaled))
+                                         key=lambda kv: _severity(kv[1]))
                 cells.append(f"{dense_cell(worst)} ({out})")
             lines.append(f"| [{acc.name}](catalogue.md#{acc.name}) | " + " | ".join(cells) + " |")
     missed = sorted(set().union(*[misses(a) for a in results])) if results else []
@@ -861,7 +869,7 @@ def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy],
         acc = next(a for a in results if a.name == name)
         scored = acc.params.values() if out == "dp" else [
             s for (b, d, o), s in (*acc.compiled.items(), *acc.dense.items()) if (o == "f") == (out == "f")]
-        worst = max(scored, key=lambda s: (s.bad_nonfinite, s.worst_scaled))
+        worst = max(scored, key=_severity)
         where = f"worst {worst.worst_scaled:.3g} at {worst.worst_at:g}" if worst.worst_at is not None else ""
         if worst.bad_nonfinite:
             where += f"; non-finite at {worst.bad_nonfinite_at:g}"

@@ -2317,13 +2317,17 @@ class Block:
     outputs: tuple[tuple[str, sympy.Expr], ...]
 
 
+#: The name prefix of a scaled ratio's w = 1/s in a block (_w_x; see make_block), up to 2**127.
+INVERSE_SCALE_PREFIX = "_w_"
+
+
 def make_block(outputs: Sequence[tuple[str, sympy.Expr]]) -> Block:
     """CSE of the outputs.  An input's clamp (Saturate) and a scaled rational function's
     v = x/s and w = 1/s (see rational_form) are named first, _clamped_x, _v_x and _w_x, so that
     their powers print as products of names."""
     names = [n for n, _ in outputs]
     exprs = [e for _, e in outputs]
-    prefix = {Saturate: "_clamped_", ScaledInput: "_v_", InverseScale: "_w_"}
+    prefix = {Saturate: "_clamped_", ScaledInput: "_v_", InverseScale: INVERSE_SCALE_PREFIX}
     atoms = {a for e in exprs for a in e.atoms(*prefix) if a.args[0].is_Symbol}
     named, seen = {}, Counter()
     for a in sorted(atoms, key=sympy.default_sort_key):        # two clamps of x: _clamped_x, _clamped_x_1
@@ -2367,7 +2371,7 @@ def _inline_numbers(assignments, reduced):
         v = v.xreplace(numbers)
         if v.is_number:
             numbers[t] = v.evalf(30)
-        elif v.is_Pow and v.exp.is_negative and v.base.is_Symbol and v.base.name.startswith("_w_"):
+        elif v.is_Pow and v.exp.is_negative and v.base.is_Symbol and v.base.name.startswith(INVERSE_SCALE_PREFIX):
             numbers[t] = v
         else:
             kept.append((t, v))

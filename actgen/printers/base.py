@@ -12,7 +12,7 @@ import math
 
 import sympy
 
-from ..derive import InfGuard, NanGuard
+from ..derive import INVERSE_SCALE_PREFIX, InfGuard, NanGuard
 
 # precedence levels
 COND, ADD, MUL, NEG, POW, ATOM = range(6)
@@ -65,7 +65,7 @@ def _pair_ratios(numer, denom):
     d_var = [f for f in _split_powers(denom) if varying(f)]
     if not d_var or len(n_var) + len(d_var) < 3 or not any(_grows(f) for f in numer):
         return numer, denom, []
-    if any(d.is_Symbol and d.name.startswith("_w_") for d in d_var):
+    if any(d.is_Symbol and d.name.startswith(INVERSE_SCALE_PREFIX) for d in d_var):
         # a scaled ratio's w (up to 2**-127, see actgen.derive.rational_form) divides a factor
         # that grows, not one that may be large already (pau's v**5/w*(1/Q_s), not (1/Q_s)/w)
         n_var.sort(key=lambda f: not _grows(f))
@@ -98,9 +98,11 @@ def product_layout(expr: sympy.Mul):
 
 
 def _between_powers(numer):
-    """x**2 * exp(-a*x**2) as x * exp(-a*x**2) * x: a power of a symbol that can overflow on its
-    own (x**2 from |x| = 1.8e19 in float32) is split around a call that vanishes where it
-    grows, whose product stays 0, not inf * 0 = NaN (a Gaussian's gradient in its width)."""
+    """x**2 * g(b*x) as x * g(b*x) * x: a power of a symbol that can overflow on its own (x**2
+    from |x| = 1.8e19 in float32) is split around a call that vanishes where it grows, whose
+    product stays 0, not inf * 0 = NaN (x*tanh(softplus(b*x))'s gradient in b).  A power
+    named once for several uses is a temporary here, not split (exp(-a*x**2)'s gradient in a,
+    -x**2*exp(-a*x**2), with x**2 shared by the exponent)."""
     grows = [f for f in numer if f.is_Pow and f.base.is_Symbol and f.exp.is_Integer and 2 <= f.exp <= 4]
     calls = [f for f in numer if isinstance(f, sympy.Function)]
     if len(grows) != 1 or not calls:
