@@ -752,6 +752,46 @@ def horner_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
     return expr.replace(is_polynomial, horner)
 
 
+def split_powers_at_calls(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
+    """Every product of an input's power x**k (k from 2 to 4) and calls as (x * calls) *
+    x**(k-1), the first product kept whole (UnevaluatedExpr): x**2 overflows from |x| = 1.8e19
+    in float32 where the product does not, and a call that vanishes there makes x*call 0, not
+    inf*0 = NaN.  The printers split a power written in the product the same way; kept whole,
+    the split holds where x**2 is named once for several uses (exp(-a*x**2)'s gradient in a,
+    -x**2*exp(-a*x**2), the power shared with the exponent)."""
+    def is_power(f):
+        return f.is_Pow and f.base in inputs and f.exp.is_Integer and 2 <= f.exp <= 4
+
+    def is_call(f):         # calls that can vanish where their argument grows
+        return isinstance(f, (sympy.exp, sigmoid, sympy.erfc, softplus, CappedExp))
+
+    def splits(e):
+        if not e.is_Mul:
+            return False
+        return sum(1 for f in e.args if is_power(f)) == 1 and any(is_call(f) for f in e.args)
+
+    def split(e):
+        power = next(f for f in e.args if is_power(f))
+        calls = [f for f in e.args if is_call(f)]
+        rest = [f for f in e.args if f is not power and not is_call(f)]
+        whole = sympy.UnevaluatedExpr(sympy.Mul(power.base, *calls))
+        for _ in range(int(power.exp) - 2):        # x*call*x*x: one x at a time, not x**2 at the end
+            whole = sympy.UnevaluatedExpr(sympy.Mul(whole, power.base))
+        return sympy.Mul(*rest, whole, power.base)
+
+    def spreads(e):         # call * (1 - 2*a*x**2): each term its own product, each split
+        return (e.is_Mul and any(is_call(f) for f in e.args)
+                and any(f.is_Add and any(splits(sympy.Mul(t, *[g for g in e.args if is_call(g)]))
+                                         for t in f.args) for f in e.args))
+
+    def spread(e):
+        total = next(f for f in e.args if f.is_Add and not f.is_number)
+        others = [f for f in e.args if f is not total]
+        return sympy.Add(*[sympy.Mul(t, *others) for t in total.args])
+
+    return expr.replace(spreads, spread).replace(splits, split)
+
+
 def _horner_in(coeffs, u):
     """c0*u**n + ... + cn (coefficients highest first) in Horner form."""
     out = sympy.S.Zero
@@ -2352,8 +2392,8 @@ def _unwrap_unevaluated(assignments, reduced):
         value = value.xreplace(alias)
         if isinstance(value, sympy.UnevaluatedExpr) and value.args[0].is_Symbol:
             alias[t] = value.args[0]
-        else:
-            kept.append((t, value))
+        else:               # (a name for a product kept whole is that product)
+            kept.append((t, value.args[0] if isinstance(value, sympy.UnevaluatedExpr) else value))
     if not alias:
         return kept, reduced
     # numbered again without the gaps (later temporaries continue past the old numbers)
@@ -2567,7 +2607,7 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
         return rational_form(exp_rational_form(e, inputs, sigmoids=kernel), inputs) if rewrites else e
 
     def final(e):       # value-preserving forms for float arithmetic (see the module doc)
-        e = fold_constants(horner_form(hypot_form(e, inputs), inputs)) if rewrites else e
+        e = fold_constants(split_powers_at_calls(horner_form(hypot_form(e, inputs), inputs), inputs)) if rewrites else e
         return _nan_for_complex(e)
 
     def guarded(e):

@@ -418,6 +418,40 @@ def test_a_power_of_x_times_a_vanishing_factor_is_not_inf_times_zero(backend):
     _close_to_truth(gb, want)
 
 
+def test_a_power_of_x_times_two_factors_is_not_inf_times_zero(backend):
+    """x*(1 + tanh(a*x))/2 is x*sigmoid(2*a*x); its gradient in a is 2*x**2 times
+    sigmoid(2*a*x)*sigmoid(-2*a*x), one factor near 1 and one vanishing on either side: x is
+    split around both (x*s*s*x), where around one alone x*s*x overflows to inf before the
+    other factor's 0 (NaN at x = -1e20)."""
+    m = actgen.compile("x*(1 + tanh(a*x))/2", name="tanh_gate", params={"a": {"init": 1.0, "per_channel": True}})
+    x = torch.tensor([-1e30, -1e20, -30.0, -1.25, 0.5, 2.0, 1e20, 1e30])
+    for a in (1.0, 0.5):
+        _, _, ga = _per_element(m.tanh_gate, x, a)
+        with mpmath.workdps(60):
+            c = mpmath.mpf(a)
+            want = [float(v * v / 2 / mpmath.cosh(c * v) ** 2) for v in map(mpmath.mpf, x.tolist())]
+        _close_to_truth(ga, want)
+
+
+@pytest.mark.parametrize("formula, k", [("exp(-a*x**2)", 0), ("x*exp(-a*x**2)", 1)])
+def test_a_learnable_gaussian_width_is_not_inf_times_zero_far_out(backend, formula, k):
+    """x**k * exp(-a*x**2): its gradients hold x**2 (shared with the exponent) times
+    exp(-a*x**2), which vanishes where x**2 overflows (|x| >= 1.8e19 in float32) - inf*0 = NaN
+    as a product of the two; as x*exp(-a*x**2)*x, one x at a time, 0.  The slope of
+    x*exp(-a*x**2), (1 - 2*a*x**2)*exp(-a*x**2), takes each term to the exponential."""
+    m = actgen.compile(formula, name=f"gauss{k}", params={"a": {"init": 1.0, "per_channel": True}})
+    x = torch.tensor([-1e30, -1e20, -3e19, -10.0, -1.25, -0.3, 0.0, 0.4, 2.0, 9.0, 1e19, 1e20, 1e30])
+    for a in (1.0, 0.5):
+        y, gx, ga = _per_element(getattr(m, f"gauss{k}"), x, a)
+        with mpmath.workdps(60):
+            c = mpmath.mpf(a)
+            vals = list(map(mpmath.mpf, x.tolist()))
+            e = [mpmath.exp(-c * v * v) for v in vals]
+            _close_to_truth(y, [float(v**k * ev) for v, ev in zip(vals, e)])
+            _close_to_truth(gx, [float((k * v ** (k - 1) if k else 0) * ev - 2 * c * v ** (k + 1) * ev) for v, ev in zip(vals, e)])
+            _close_to_truth(ga, [float(-v ** (k + 2) * ev) for v, ev in zip(vals, e)])
+
+
 @pytest.mark.parametrize("alpha", [1.0, 0.5])
 def test_a_learnable_celu_alpha_keeps_its_gradient_near_zero(backend, alpha):
     """alpha*expm1(x/alpha) for x < 0 (CELU with a learnable alpha): its gradient in alpha,

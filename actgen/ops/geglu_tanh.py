@@ -68,14 +68,16 @@ def _derivatives_torch_fast(a, b, _w):
 def _second_derivatives_torch(a, b):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = a*a
-    _t1 = 1.5957691216057308*a
-    _t2 = _t1*(0.044715*_t0 + 1.0)
-    _t3 = torch.sigmoid(-_t2)
-    _t4 = torch.sigmoid(_t2)
-    _t5 = 0.134145*_t0 + 1.0
-    _t6 = _t1*_t3*_t5 + 1.0
-    _d2_a_a = _t3*_t4*b*_rt.fma(_t5, _t6, 0.6421933464534022*_t0 - 2.5464790894703255*_t4*_t5*_t5*a + 1.5957691216057308, 1.5957691216057308)
-    _d2_a_b = _t4*_t6
+    _t1 = 1.5957691216057308*a*(0.044715*_t0 + 1.0)
+    _t2 = torch.sigmoid(_t1)
+    _t3 = torch.sigmoid(-_t1)
+    _t4 = _t3*a
+    _t5 = _t2*_t4
+    _t6 = 0.134145*_t0 + 1.0
+    _t7 = 1.5957691216057308*_t2*_t3*_t6*b
+    _t8 = 0.21406444881780073*a
+    _d2_a_a = _rt.fma(_t7, _rt.fma(_t8, a*_t4, 1.5957691216057308*_t4 + 1.0), -(2.5464790894703255*_t2*_t2*_t4*_t6*_t6*b) + 0.42812889763560147*_t5*a*b + _t7)
+    _d2_a_b = _rt.fma(_t8, _t5*a, _t2 + 1.5957691216057308*_t5)
     _d2_b_b = 0.0
     return (_d2_a_a, _d2_a_b, _d2_b_b,)
 

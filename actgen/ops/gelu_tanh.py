@@ -60,12 +60,13 @@ def _derivatives_torch_fast(x, _w):
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = x*x
-    _t1 = 1.5957691216057308*x
-    _t2 = _t1*(0.044715*_t0 + 1.0)
-    _t3 = torch.sigmoid(-_t2)
-    _t4 = torch.sigmoid(_t2)
+    _t1 = 1.5957691216057308*x*(0.044715*_t0 + 1.0)
+    _t2 = torch.sigmoid(_t1)
+    _t3 = torch.sigmoid(-_t1)
+    _t4 = _t3*x
     _t5 = 0.134145*_t0 + 1.0
-    _d2_x_x = _t3*_t4*_rt.fma(_t5, _t1*_t3*_t5 + 1.0, 0.6421933464534022*_t0 - 2.5464790894703255*_t4*_t5*_t5*x + 1.5957691216057308, 1.5957691216057308)
+    _t6 = 1.5957691216057308*_t2*_t3*_t5
+    _d2_x_x = _rt.fma(_t6, _rt.fma(x, x*_t4, 1.5957691216057308*_t4 + 1.0, 0.21406444881780073), _rt.fma(x, _t2*_t4, -(2.5464790894703255*_t2*_t2*_t4*_t5*_t5) + _t6, 0.42812889763560147))
     return (_d2_x_x,)
 
 

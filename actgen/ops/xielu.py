@@ -42,7 +42,7 @@ def _derivatives_torch(x, alpha_p, alpha_n, beta, eps):
     _t1 = eps > x
     _t2 = torch.where(_t1, x, eps)
     _d_x = torch.where(torch.isnan(x), x, torch.where(_t0, _rt.fma(x, _rt.softplus(alpha_p), beta, 2.0), _rt.fma(beta + _rt.softplus(alpha_n), _rt.fma(torch.where(_t1, _rt.number(x, 1.0), 0.0), torch.exp(_t2), -1.0), beta)))
-    _d_alpha_p = torch.where(torch.isnan(x), x, torch.where(_t0, x*torch.sigmoid(alpha_p)*x, 0.0))
+    _d_alpha_p = torch.where(torch.isnan(x), x, torch.where(_t0, x*(x*torch.sigmoid(alpha_p)), 0.0))
     _d_alpha_n = torch.where(torch.isnan(x), x, torch.where(_t0, 0.0, (-x + torch.expm1(_t2))*torch.sigmoid(alpha_n)))
     return (_d_x, _d_alpha_p, _d_alpha_n,)
 
@@ -70,12 +70,12 @@ def _second_derivatives_torch(x, alpha_p, alpha_n, beta, eps):
     _t1 = eps > x
     _t2 = torch.where(_t1, x, eps)
     _t3 = torch.where(_t1, _rt.number(x, 1.0), 0.0)*torch.exp(_t2)
-    _t4 = torch.sigmoid(alpha_p)
+    _t4 = x*torch.sigmoid(alpha_p)
     _t5 = torch.sigmoid(alpha_n)
     _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t0, 2.0*_rt.softplus(alpha_p), _t3*(beta + _rt.softplus(alpha_n))))
-    _d2_x_alpha_p = torch.where(torch.isnan(x), x, torch.where(_t0, 2.0*_t4*x, 0.0))
+    _d2_x_alpha_p = torch.where(torch.isnan(x), x, torch.where(_t0, 2.0*_t4, 0.0))
     _d2_x_alpha_n = torch.where(torch.isnan(x), x, torch.where(_t0, 0.0, _t5*(_t3 - 1.0)))
-    _d2_alpha_p_alpha_p = torch.where(torch.isnan(x), x, torch.where(_t0, x*torch.sigmoid(-alpha_p)*x*_t4, 0.0))
+    _d2_alpha_p_alpha_p = torch.where(torch.isnan(x), x, torch.where(_t0, x*(_t4*torch.sigmoid(-alpha_p)), 0.0))
     _d2_alpha_p_alpha_n = 0.0
     _d2_alpha_n_alpha_n = torch.where(torch.isnan(x), x, torch.where(_t0, 0.0, _t5*(-x + torch.expm1(_t2))*torch.sigmoid(-alpha_n)))
     return (_d2_x_x, _d2_x_alpha_p, _d2_x_alpha_n, _d2_alpha_p_alpha_p, _d2_alpha_p_alpha_n, _d2_alpha_n_alpha_n,)
@@ -125,7 +125,7 @@ if _rt.HAS_TRITON:
             _t1 = eps > x
             _t2 = tl.where(_t1, x, eps)
             _d_x = tl.where(x != x, x, tl.where(_t0, tl.fma(2.0*x, _softplus(alpha_p, FAST), beta), tl.fma(beta + _softplus(alpha_n, FAST), tl.fma(tl.where(_t1, 1.0, 0.0), _exp(_t2, FAST), -1.0), beta)))
-            _d_alpha_p = tl.where(x != x, x, tl.where(_t0, x*_sigmoid(alpha_p, FAST)*x, 0.0))
+            _d_alpha_p = tl.where(x != x, x, tl.where(_t0, x*(x*_sigmoid(alpha_p, FAST)), 0.0))
             _d_alpha_n = tl.where(x != x, x, tl.where(_t0, 0.0, (-x + libdevice.expm1(_t2))*_sigmoid(alpha_n, FAST)))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:

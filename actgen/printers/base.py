@@ -100,7 +100,9 @@ def product_layout(expr: sympy.Mul):
 def _between_powers(numer):
     """x**2 * g(b*x) as x * g(b*x) * x: a power of a symbol that can overflow on its own (x**2
     from |x| = 1.8e19 in float32) is split around a call that vanishes where it grows, whose
-    product stays 0, not inf * 0 = NaN (x*tanh(softplus(b*x))'s gradient in b).  A power
+    product stays 0, not inf * 0 = NaN (x*tanh(softplus(b*x))'s gradient in b); around every
+    call of the product, where there are several (x*s*s*x for x*(1 + tanh(a*x))/2's gradient
+    in a: one of sigmoid(2*a*x) and sigmoid(-2*a*x) vanishes on either side).  A power
     named once for several uses is a temporary here, not split (exp(-a*x**2)'s gradient in a,
     -x**2*exp(-a*x**2), with x**2 shared by the exponent)."""
     grows = [f for f in numer if f.is_Pow and f.base.is_Symbol and f.exp.is_Integer and 2 <= f.exp <= 4]
@@ -108,8 +110,8 @@ def _between_powers(numer):
     if len(grows) != 1 or not calls:
         return numer
     power = grows[0]
-    rest = [f for f in numer if f is not power and f is not calls[0]]
-    return [power.base, calls[0], power.base ** (power.exp - 1)] + rest
+    rest = [f for f in numer if f is not power and not isinstance(f, sympy.Function)]
+    return [power.base, *calls, power.base ** (power.exp - 1)] + rest
 
 
 def product_chain(e: sympy.Expr) -> list[tuple[str, sympy.Expr]]:
@@ -265,8 +267,12 @@ class ExprPrinter:
     def _print_Symbol(self, expr):
         return self.names.get(expr.name, expr.name), ATOM
 
-    def _print_UnevaluatedExpr(self, expr):     # (a*x kept whole in an approximant's powers)
-        return self._print(expr.args[0])
+    def _print_UnevaluatedExpr(self, expr):
+        """A product kept whole (a*x in an approximant's powers, x*exp(-a*x**2) before its
+        second x: actgen.derive.split_powers_at_calls): in parentheses in a product, computed
+        first."""
+        text, prec = self._print(expr.args[0])
+        return (text, ADD) if expr.args[0].is_Mul else (text, prec)    # (ADD: in parentheses in a product)
 
     # arithmetic
     def _print_Add(self, expr):
