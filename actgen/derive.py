@@ -753,14 +753,14 @@ def horner_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
 
 
 def split_powers_at_calls(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
-    """Every product of an input's power x**k (k from 2 to 4) and calls as (x * calls) *
-    x**(k-1), the first product kept whole (UnevaluatedExpr): x**2 overflows from |x| = 1.8e19
-    in float32 where the product does not, and a call that vanishes there makes x*call 0, not
-    inf*0 = NaN.  The printers split a power written in the product the same way; kept whole,
+    """Every product of an input's power x**k (k from 2 to MAX_PRODUCT_POWER) and calls as
+    (x * calls) * x ... * x, each product kept whole (UnevaluatedExpr): x**2 overflows from
+    |x| = 1.8e19 in float32 where the product does not, and a call that vanishes there makes
+    x*call 0, not inf*0 = NaN.  The printers split a power written in the product the same way; kept whole,
     the split holds where x**2 is named once for several uses (exp(-a*x**2)'s gradient in a,
     -x**2*exp(-a*x**2), the power shared with the exponent)."""
     def is_power(f):
-        return f.is_Pow and f.base in inputs and f.exp.is_Integer and 2 <= f.exp <= 4
+        return f.is_Pow and f.base in inputs and f.exp.is_Integer and 2 <= f.exp <= MAX_PRODUCT_POWER
 
     def is_call(f):         # calls that can vanish where their argument grows
         return isinstance(f, (sympy.exp, sigmoid, sympy.erfc, softplus, CappedExp))

@@ -433,14 +433,15 @@ def test_a_power_of_x_times_two_factors_is_not_inf_times_zero(backend):
         _close_to_truth(ga, want)
 
 
-@pytest.mark.parametrize("formula, k", [("exp(-a*x**2)", 0), ("x*exp(-a*x**2)", 1)])
+@pytest.mark.parametrize("formula, k", [("exp(-a*x**2)", 0), ("x*exp(-a*x**2)", 1), ("x**3*exp(-a*x**2)", 3)])
 def test_a_learnable_gaussian_width_is_not_inf_times_zero_far_out(backend, formula, k):
     """x**k * exp(-a*x**2): its gradients hold x**2 (shared with the exponent) times
     exp(-a*x**2), which vanishes where x**2 overflows (|x| >= 1.8e19 in float32) - inf*0 = NaN
-    as a product of the two; as x*exp(-a*x**2)*x, one x at a time, 0.  The slope of
-    x*exp(-a*x**2), (1 - 2*a*x**2)*exp(-a*x**2), takes each term to the exponential."""
+    as a product of the two; as x*exp(-a*x**2)*x, one x at a time, 0 (and x**5 from
+    |x| = 5e7).  The slope of x*exp(-a*x**2), (1 - 2*a*x**2)*exp(-a*x**2), takes each term to
+    the exponential."""
     m = actgen.compile(formula, name=f"gauss{k}", params={"a": {"init": 1.0, "per_channel": True}})
-    x = torch.tensor([-1e30, -1e20, -3e19, -10.0, -1.25, -0.3, 0.0, 0.4, 2.0, 9.0, 1e19, 1e20, 1e30])
+    x = torch.tensor([-1e30, -1e20, -3e19, -1e8, -10.0, -2.5, -0.3, 0.0, 0.4, 2.0, 9.0, 1e19, 1e20, 1e30])
     for a in (1.0, 0.5):
         y, gx, ga = _per_element(getattr(m, f"gauss{k}"), x, a)
         with mpmath.workdps(60):
