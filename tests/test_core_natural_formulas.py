@@ -488,3 +488,20 @@ def test_a_softsign_with_a_learnable_scale_keeps_its_slope_far_out(backend):
             _close_to_truth(y, [float(v / (1 + abs(v / c))) for v in vals])
             _close_to_truth(gx, [float(1 / (1 + abs(v / c)) ** 2) for v in vals])
             _close_to_truth(ga, [float(v * abs(v) / c**2 / (1 + abs(v / c)) ** 2) for v in vals])
+
+
+@pytest.mark.parametrize("a0, a1, b1", [(0.0, 1.0, 0.5), (0.3, -1.0, -2.0)])
+def test_a_learnable_rational_with_an_abs_keeps_its_slope_far_out(backend, a0, a1, b1):
+    """(a0 + a1*x)/(1 + |b1*x|): by the quotient rule its slope is a1/(1 + |b1*x|) minus
+    b1*sign(b1*x)*(a0 + a1*x)/(1 + |b1*x|)**2, two terms ~a1/|b1*x| that cancel far out
+    (1.9e3 ULP at x = -1.9e13); over the common denominator a1*|b1*x| cancels symbolically,
+    (a1 - a0*b1*sign(b1*x))/(1 + |b1*x|)**2."""
+    m = actgen.compile("(a0 + a1*x)/(1 + abs(b1*x))", name="rat_abs",
+                       params={n: {"init": v} for n, v in (("a0", a0), ("a1", a1), ("b1", b1))})
+    x = torch.tensor([-1e30, -1.8738174754816e13, -1e4, -3.0, -0.5, 0.25, 7.0, 1e6, 4.86e10, 1e20])
+    y, (gx,) = _grad(lambda v: m.rat_abs(v, torch.tensor([a0]), torch.tensor([a1]), torch.tensor([b1])), x)
+    with mpmath.workdps(60):
+        c0, c1, d1 = (mpmath.mpf(torch.tensor(v).item()) for v in (a0, a1, b1))
+        vals = list(map(mpmath.mpf, x.tolist()))
+        _close_to_truth(y, [float((c0 + c1 * v) / (1 + abs(d1 * v))) for v in vals])
+        _close_to_truth(gx, [float((c1 - c0 * d1 * mpmath.sign(d1 * v)) / (1 + abs(d1 * v)) ** 2) for v in vals])
