@@ -159,19 +159,24 @@ class Oracle:
         return math.nan
 
     def _limit(self, fn, point) -> float:
-        """The value at an infinite input: read off at 1e20 and 1e40 in its place."""
+        """The value at an infinite input: read off at 1e20, 1e25, ... 1e40 in its place - inf
+        where each probe is ten times the last and more, all of one sign; the value where they
+        all agree; else NaN (no limit: x*sin(2*x) at 1e20 and 1e40 alone can grow with one
+        sign)."""
         probes = []
-        for big in (mpmath.mpf(10) ** 20, mpmath.mpf(10) ** 40):
+        for k in range(20, 41, 5):
+            big = mpmath.mpf(10) ** k
             p = [big * (1 if v > 0 else -1) if math.isinf(v) else v for v in point]
             v = self._eval(fn, p, _DPS)
             if not _is_real(v):
                 return math.nan
             probes.append(v)
-        a, b = probes
-        if abs(b) > 1e30 and abs(b) > 10 * abs(a) and mpmath.sign(a) == mpmath.sign(b):
-            return math.copysign(math.inf, float(mpmath.sign(b)))
-        if abs(a - b) <= mpmath.mpf(10) ** -25 * max(1, abs(b)):
-            return _to_float(b)
+        last = probes[-1]
+        if (abs(last) > 1e30 and all(abs(b) > 10 * abs(a) for a, b in zip(probes, probes[1:]))
+                and len({mpmath.sign(v) for v in probes}) == 1):
+            return math.copysign(math.inf, float(mpmath.sign(last)))
+        if all(abs(v - last) <= mpmath.mpf(10) ** -25 * max(1, abs(last)) for v in probes):
+            return _to_float(last)
         return math.nan
 
     def outputs(self) -> list[str]:

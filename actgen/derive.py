@@ -287,6 +287,23 @@ def rewrite_expm1(e):
     return None
 
 
+def rewrite_expm1_complement(e):
+    """t + t*expm1(u) -> t*exp(u): the sum cancels where expm1(u) is near -1 (u << 0:
+    x + x*expm1(x) is x*exp(x), 3e5 ULP off at x = -45 as written; its slope 1 + expm1(x) + ...)."""
+    if not _is_sum(e):
+        return None
+    for term in e.args:
+        for factor in sympy.Mul.make_args(term):
+            if isinstance(factor, expm1):
+                rest = term / factor
+                if rest != term and rest in e.args:
+                    others = list(e.args)
+                    others.remove(term)
+                    others.remove(rest)
+                    return rest * sympy.exp(factor.args[0]) + sympy.Add(*others)
+    return None
+
+
 # --- stability rewrites for cancellation and overflow -----------------------------------
 # Each turns a write-out that loses accuracy in floating point into an equivalent form that
 # does not; where the loss happens only on one side, the stable form is guarded by a
@@ -755,12 +772,13 @@ def horner_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
 
 
 def split_powers_at_calls(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
-    """Every product of an input's power x**k (k from 2 to MAX_PRODUCT_POWER) and calls as
-    (x * calls) * x ... * x, each product kept whole (UnevaluatedExpr): x**2 overflows from
-    |x| = 1.8e19 in float32 where the product does not, and a call that vanishes there makes
-    x*call 0, not inf*0 = NaN.  The printers split a power written in the product the same way; kept whole,
-    the split holds where x**2 is named once for several uses (exp(-a*x**2)'s gradient in a,
-    -x**2*exp(-a*x**2), the power shared with the exponent)."""
+    """Every product of an input's power x**k (k from 2 to MAX_PRODUCT_POWER) and calls that
+    can vanish as (x * calls) * x ... * x, each product kept whole (UnevaluatedExpr): x**2
+    overflows from |x| = 1.8e19 in float32 where the product does not, and a call that
+    vanishes there makes x*call 0, not inf*0 = NaN.  Kept whole, the split holds where CSE
+    names x**2 once for several uses (exp(-a*x**2)'s gradient in a, -x**2*exp(-a*x**2), the
+    power shared with the exponent).  A call times a sum with such a term takes each term
+    (x*exp(-a*x**2)'s slope, (1 - 2*a*x**2)*exp(-a*x**2))."""
     def is_power(f):
         return f.is_Pow and f.base in inputs and f.exp.is_Integer and 2 <= f.exp <= MAX_PRODUCT_POWER
 
@@ -777,21 +795,22 @@ def split_powers_at_calls(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> s
         calls = [f for f in e.args if is_call(f)]
         rest = [f for f in e.args if f is not power and not is_call(f)]
         whole = sympy.UnevaluatedExpr(sympy.Mul(power.base, *calls))
-        for _ in range(int(power.exp) - 2):        # x*call*x*x: one x at a time, not x**2 at the end
-            whole = sympy.UnevaluatedExpr(sympy.Mul(whole, power.base))
-        return sympy.Mul(*rest, whole, power.base)
+        for _ in range(int(power.exp) - 1):        # x*call*x*x: one x at a time, and the rest
+            whole = sympy.UnevaluatedExpr(sympy.Mul(whole, power.base))     # after (4*x would overflow first)
+        return sympy.Mul(*rest, whole)
 
-    def spreads(e):         # call * (1 - 2*a*x**2): each term its own product, each split
-        return (e.is_Mul and any(is_call(f) for f in e.args)
-                and any(f.is_Add and any(splits(sympy.Mul(t, *[g for g in e.args if is_call(g)]))
-                                         for t in f.args) for f in e.args))
+    def spread_over(e):     # call * (1 - 2*a*x**2): the sum whose terms split with the calls
+        if not (e.is_Mul and any(is_call(f) for f in e.args)):
+            return None
+        calls = [f for f in e.args if is_call(f)]
+        return next((f for f in e.args if f.is_Add and any(splits(sympy.Mul(t, *calls)) for t in f.args)), None)
 
     def spread(e):
-        total = next(f for f in e.args if f.is_Add and not f.is_number)
+        total = spread_over(e)
         others = [f for f in e.args if f is not total]
         return sympy.Add(*[sympy.Mul(t, *others) for t in total.args])
 
-    return expr.replace(spreads, spread).replace(splits, split)
+    return expr.replace(lambda e: spread_over(e) is not None, spread).replace(splits, split)
 
 
 def _horner_in(coeffs, u):
@@ -1602,6 +1621,26 @@ def rewrite_comparison_of_multiples(e):
     return e.func(k * u, 0)
 
 
+def rewrite_comparison_of_a_power(e):
+    """k*u**n compared with 0 (k a number) as u's sign: 2*x**2 > 0 -> |x| > 0, x**3 < 0 ->
+    x < 0.  The power underflows to 0 (x**2 at |x| < 1e-19 in float32) and overflows where
+    the sign does not."""
+    if not isinstance(e, sympy.core.relational.Relational) or e.rel_op not in ("<", "<=", ">", ">="):
+        return None
+    if e.lhs == 0:
+        e = e.reversed
+    if e.rhs != 0:
+        return None
+    k, power = e.lhs.as_coeff_Mul()
+    if not (power.is_Pow and power.base.is_Symbol and power.exp.is_Integer and power.exp >= 2) or k == 0:
+        return None
+    u, n = power.base, int(power.exp)
+    op = e.rel_op if k > 0 else {"<": ">", "<=": ">=", ">": "<", ">=": "<="}[e.rel_op]
+    if n % 2:
+        return {"<": u < 0, "<=": u <= 0, ">": u > 0, ">=": u >= 0}[op]
+    return {"<": sympy.false, "<=": sympy.Abs(u) <= 0, ">": sympy.Abs(u) > 0, ">=": sympy.true}[op]
+
+
 REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_softplus,
     rewrite_log_of_product,
@@ -1613,6 +1652,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_exp_over_expm1,
     rewrite_log1p,
     rewrite_expm1,
+    rewrite_expm1_complement,
     rewrite_log_expm1,
     rewrite_one_plus_inverse_expm1,
     rewrite_log_sigmoid,
@@ -1633,6 +1673,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_power_sum,
     rewrite_sqrt_conjugate,
     rewrite_comparison_of_multiples,
+    rewrite_comparison_of_a_power,
     rewrite_cancellation_at_zero,
     rewrite_removable_singularity,
     rewrite_scaled_singularity,

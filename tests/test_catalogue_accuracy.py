@@ -84,6 +84,17 @@ def test_oracle_values_and_limits():
     assert v["f"][6] == pytest.approx(-800 * math.exp(-800), rel=1e-12)    # beyond float64's exp, in mpmath
 
 
+def test_oracle_has_no_limit_at_inf_where_the_formula_oscillates():
+    """x + sin(a*x)**2/a's gradient in a, x*sin(2*a*x)/a - sin(a*x)**2/a**2, swings between
+    about +-|x| as x grows: no value at x = -inf, though its values at -1e20 and -1e40 alone
+    grow tenfold with one sign; x*sigmoid(x)'s slope has its limit, x + sin(x) grows."""
+    o = C.Oracle(load_spec("name: t\nformula: x + sin(a*x)**2 / a\nparams:\n  a: 1.0\n"), param_grads=True)
+    v = o.values([(-math.inf,), (math.inf,)])
+    assert np.isnan(v["df/da"]).all()
+    assert C.Oracle(load_spec("name: t\nformula: x + sin(x)\n")).values([(math.inf,)])["f"][0] == math.inf
+    assert C.Oracle(load_spec("name: t\nformula: x * sigmoid(x)\n")).values([(math.inf,)])["df/dx"][0] == 1.0
+
+
 def test_oracle_resolves_cancellation():
     """x - tanh(x) at x = 1e-20 needs 60 digits; the oracle raises its precision to get them."""
     o = C.Oracle(load_spec("name: t\nformula: x - tanh(x)\n"))

@@ -163,6 +163,17 @@ def test_overflow_and_cancellation_as_written_are_removed(backend, formula, f, d
     _close_to_truth(g, [float(df(v)) for v in vals], ulps=8)
 
 
+def test_a_term_plus_its_multiple_of_expm1_is_the_exponential(backend):
+    """x + x*expm1(x) is x*exp(x), its slope 1 + expm1(x) + x*exp(x) is (1 + x)*exp(x): as
+    written x and x*expm1(x) ~ -x cancel for x << 0 (3e5 ULP at x = -45)."""
+    m = actgen.compile("x + x * expm1(x)", name="xexp")
+    x = torch.tensor([-1e30, -900.0, -90.0, -44.985191345214844, -20.0, -3.0, -1e-3, 0.0, 1e-20, 0.5, 2.0, 20.0, 80.0])
+    y, (g,) = _grad(m.xexp, x)
+    vals = [mpmath.mpf(v) for v in x.tolist()]
+    _close_to_truth(y, [float(v * mpmath.exp(v)) for v in vals])
+    _close_to_truth(g, [float((v + 1) * mpmath.exp(v)) for v in vals])
+
+
 def test_a_two_way_softmax_of_two_inputs_is_a_sigmoid(backend):
     m = actgen.compile("exp(a) / (exp(a) + exp(b))", name="sm2", inputs=["a", "b"])
     a = torch.tensor([-1e30, -100.0, 0.0, 3.0, 100.0, 800.0, 1e30])
@@ -505,3 +516,15 @@ def test_a_learnable_rational_with_an_abs_keeps_its_slope_far_out(backend, a0, a
         vals = list(map(mpmath.mpf, x.tolist()))
         _close_to_truth(y, [float((c0 + c1 * v) / (1 + abs(d1 * v))) for v in vals])
         _close_to_truth(gx, [float((c1 - c0 * d1 * mpmath.sign(d1 * v)) / (1 + abs(d1 * v)) ** 2) for v in vals])
+
+
+def test_a_condition_on_a_power_of_x_keeps_its_sign_where_the_power_underflows(backend):
+    """where(2*x*x > 0, ...) takes its first branch for every x but 0; 2*x*x underflows to 0
+    for |x| < 1e-19 in float32, so as written tiny inputs took the other branch.  As |x| > 0
+    (and x**3 < 0 as x < 0) the condition is the sign of x."""
+    m = actgen.compile("where(2*x*x > 0, x*x/4, x/2) + where(x**3 < 0, 3*x, 5*x)", name="powcond")
+    x = torch.tensor([-1e15, -1.0, -1e-20, -1e-38, -1e-45, 0.0, 1e-45, 1e-38, 1e-25, 1e-20, 2.0, 1e18])
+    y, (g,) = _grad(m.powcond, x)
+    vals = [mpmath.mpf(v) for v in x.tolist()]
+    _close_to_truth(y, [float((v * v / 4 if v != 0 else v / 2) + (3 * v if v < 0 else 5 * v)) for v in vals])
+    _close_to_truth(g, [float((v / 2 if v != 0 else mpmath.mpf(0.5)) + (3 if v < 0 else 5)) for v in vals])

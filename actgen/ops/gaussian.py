@@ -56,7 +56,7 @@ def _derivatives_torch_fast(x, _w):
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.exp(-(x*x))
-    _d2_x_x = _rt.fma(x, _t0*x, -(2.0*_t0), 4.0)
+    _d2_x_x = -(2.0*_t0) + 4.0*(x*(_t0*x))
     return (_d2_x_x,)
 
 

@@ -103,8 +103,8 @@ def _between_powers(numer):
     product stays 0, not inf * 0 = NaN (x*tanh(softplus(b*x))'s gradient in b); around every
     call of the product, where there are several (x*s*s*x for x*(1 + tanh(a*x))/2's gradient
     in a: one of sigmoid(2*a*x) and sigmoid(-2*a*x) vanishes on either side).  A power
-    named once for several uses is a temporary here, not split (exp(-a*x**2)'s gradient in a,
-    -x**2*exp(-a*x**2), with x**2 shared by the exponent)."""
+    named once for several uses is a temporary here: actgen.derive.split_powers_at_calls
+    splits those products before CSE (exp(-a*x**2)'s gradient in a, -x**2*exp(-a*x**2))."""
     grows = [f for f in numer if f.is_Pow and f.base.is_Symbol and f.exp.is_Integer and 2 <= f.exp <= 4]
     calls = [f for f in numer if isinstance(f, sympy.Function)]
     if len(grows) != 1 or not calls:
@@ -303,7 +303,9 @@ class ExprPrinter:
             steps.append(("/", denom[0] if len(denom) == 1 else sympy.Mul(*denom, evaluate=False)))
         if not steps or steps[0][0] == "/":
             steps.insert(0, ("*", sympy.Float(1.0)))
-        text, done = self.paren(steps[0][1], MUL), [steps[0][1]]
+        first = steps[0][1]         # (a product kept whole, first: computed first anyway)
+        text = self._print(first.args[0])[0] if isinstance(first, sympy.UnevaluatedExpr) else self.paren(first, MUL)
+        done = [first]
         for op, v in steps[1:]:
             if op == "*":
                 text = f"{text}*{self.paren(v, MUL)}"
