@@ -891,6 +891,8 @@ def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy],
         "Padé approximant near 0 for expressions whose terms cancel there (x - tanh(x)) or that divide 0/0 "
         "there (sin(x)/x, x/(exp(x) - 1): the value at 0 is the limit), also in p*x where a param scales the "
         "input (sin(a*x)/x; (exp(a*x) - 1)/a, x at a = 0); softplus(u) - u*sigmoid(u) from its two tails; "
+        "t + t*expm1(u) as t*exp(u); comparisons that overflow or underflow as the sign they decide "
+        "(x > a*x as (1 - a)*x > 0, 2*x**2 > 0 as |x| > 0); "
         "and after them, a "
         "function of exp(x) built from softplus, tanh, sigmoid and logs as one ratio of polynomials in "
         "exp(-|x|), each polynomial in Horner form, a sigmoid inside a costlier call from the same exponential "

@@ -620,8 +620,9 @@ def rewrite_sign_product(e):
 def rewrite_common_denominator(e):
     """n1/D**k1 + n2/D**k2 -> (n1*D**(K-k1) + n2*D**(K-k2))/D**K when the numerators then
     cancel symbolically (1/(1 + |x|) - |x|/(1 + |x|)**2 -> 1/(1 + |x|)**2, the quotient rule's
-    leftover; (a0 + a1*x)/(1 + |b*x|)'s slope, whose a1*|b*x| and a1*b*x*sign(b*x) cancel),
-    which in floating point would cancel numerically.  Small sums only."""
+    leftover; (a0 + a1*x)/(1 + |b*x|)'s slope, whose a1*|b*x| and a1*b*x*sign(b*x) cancel;
+    erf(x)*x/(1 + |x/2|)'s, with a third term), which in floating point would cancel
+    numerically.  Small sums only."""
     if not _is_sum(e):
         return None
     by_base: dict = {}
@@ -638,7 +639,7 @@ def rewrite_common_denominator(e):
         naive = sum(len(sympy.Add.make_args(p)) for p in parts)
         # (u*sign(u) as |u| first: the quotient rule's a1*|b*x| against b*x*sign(b*x)*a1)
         combined = sympy.Add(*[rewrite_sign_product(t) or t for p in parts for t in sympy.Add.make_args(p)])
-        if len(sympy.Add.make_args(combined)) < naive and len(sympy.Add.make_args(combined)) <= 2:
+        if len(sympy.Add.make_args(combined)) < naive and len(sympy.Add.make_args(combined)) <= 3:
             others = list(e.args)
             for term, _ in terms:
                 others.remove(term)

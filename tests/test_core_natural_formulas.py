@@ -528,3 +528,20 @@ def test_a_condition_on_a_power_of_x_keeps_its_sign_where_the_power_underflows(b
     vals = [mpmath.mpf(v) for v in x.tolist()]
     _close_to_truth(y, [float((v * v / 4 if v != 0 else v / 2) + (3 * v if v < 0 else 5 * v)) for v in vals])
     _close_to_truth(g, [float((v / 2 if v != 0 else mpmath.mpf(0.5)) + (3 if v < 0 else 5)) for v in vals])
+
+
+def test_a_gated_softsign_keeps_its_slope_far_out(backend):
+    """x*erf(x)/(1 + |x/2|): the quotient rule's erf(x)/(1 + |x/2|) and
+    x*erf(x)*sign(x)/2/(1 + |x/2|)**2 are each ~2/|x| far out where the slope is ~4/x**2
+    (3.5e3 ULP at x = -1.9e13); over the common denominator they cancel symbolically, with
+    the erf's own derivative a third term."""
+    m = actgen.compile("erf(x) * x / (1 + abs(x/2))", name="erfss")
+    x = torch.tensor([-1e30, -1.8738174754816e13, -1e4, -3.0, -0.5, 0.0, 0.25, 2.0, 7.0, 1e6, 1e15])
+    y, (g,) = _grad(m.erfss, x)
+    with mpmath.workdps(60):
+        vals = [mpmath.mpf(v) for v in x.tolist()]
+        d = lambda v: 1 + abs(v) / 2
+        _close_to_truth(y, [float(v * mpmath.erf(v) / d(v)) for v in vals])
+        slope = lambda v: ((mpmath.erf(v) + 2 * v * mpmath.exp(-v * v) / mpmath.sqrt(mpmath.pi)) * d(v)
+                           - v * mpmath.erf(v) * mpmath.sign(v) / 2) / d(v) ** 2
+        _close_to_truth(g, [float(slope(v)) for v in vals])
