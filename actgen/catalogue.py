@@ -800,7 +800,10 @@ def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy],
         f"from {', '.join(map(str, GATE_VALUES))}.  Params are at their initial values, constants at their defaults.",
         "* **Runs**: the eager torch fallback in float32, and the Triton kernels in float32 and "
         "bfloat16 (run under Triton's interpreter on CPU, whose libdevice functions are numpy's; the kernels' float32 exp and log1p, IEEE divisions and fused multiply-adds round as on a GPU; benchmarks/results/cuda/accuracy.md runs them on one); "
-        "outputs f and df/d(input) (backward with a gradient of ones).",
+        "outputs f and df/d(input) (backward with a gradient of ones).  Where a formula is one of torch's "
+        "activations (relu, leaky_relu, elu, softplus, hardswish, silu's forward), the fallback calls torch's own "
+        "kernel on the inputs it is trusted with (actgen/native.py: finite ones, or any for some) and the derived "
+        "code on the rest; tests/test_core_native.py scores torch's kernels on the grid's finite points.",
         "* **Error**: |result - truth| in ULPs of the truth in the result's dtype, divided by the "
         "condition number where that is above 1.  The condition number of an output g is the sum over "
         "its data v (inputs, params, constants, the formula's decimal literals) of |v dg/dv / g|: "

@@ -20,7 +20,7 @@ from .version import COMPILER_VERSION
 
 # What generated code depends on: the generator and the runtime it imports.  A change to
 # any of these files gives new cache keys, so a cached module never outlives its compiler.
-_GENERATOR_SOURCES = ("version.py", "spec.py", "formula.py", "functions.py", "derive.py", "precision.py", "build.py",
+_GENERATOR_SOURCES = ("version.py", "spec.py", "formula.py", "functions.py", "derive.py", "precision.py", "native.py", "build.py",
                       "printers/*.py", "codegen/*.py", "runtime/*.py")
 
 

@@ -7,6 +7,8 @@ import re
 import sympy
 
 from ..derive import COSTLY_CALLS, Block, CappedExp, Derivation, Saturate, ScaledInput, draw_lines, has_guards
+from ..native import NativeMatch
+from ..native import match as native_match
 from ..precision import float64_notes
 from ..printers import TorchPrinter, TritonPrinter
 from ..printers.workspace import WORKSPACE, workspace_statements
@@ -588,6 +590,26 @@ def _module_class(w: Writer, d: Derivation):
                 w('return ""')
 
 
+def _native_functions(w: Writer, d: Derivation, native: NativeMatch):
+    """torch's own kernels for the formula (actgen.native): the CPU fallback's f and
+    grad * df/dx on finite inputs."""
+    args = ", ".join([*d.spec.inputs, *(c.name for c in d.spec.constants)])
+    w(f"# ---- torch's own kernels: the formula is {native.kernel.name} (the CPU fallback, finite inputs) ----")
+    w()
+    w()
+    with w.indent(f"def _forward_native({args}):"):
+        w('"""f."""')
+        w(f"return {native.forward}")
+    w()
+    w()
+    if native.backward is not None:
+        with w.indent(f"def _backward_native(_g, {args}):"):
+            w('"""grad * df/dx."""')
+            w(f"return {native.backward}")
+        w()
+        w()
+
+
 def render_module(d: Derivation) -> str:
     s = d.spec
     w = Writer()
@@ -614,6 +636,9 @@ def render_module(d: Derivation) -> str:
     fast = (_fast_function(w, d, "_forward_torch_fast", "f", d.forward, d.forward_fast, False),
             _fast_function(w, d, "_derivatives_torch_fast", names, d.backward, d.backward_fast, True))
     _torch_function(w, d, "_second_derivatives_torch", "Second derivatives d2f/da db, upper triangle in (inputs, params) order.", d.double_backward, True)
+    native = native_match(s)
+    if native is not None:
+        _native_functions(w, d, native)
     w("# ---- Triton kernels: one forward, one backward (param gradients included) ----")
     w()
     with w.indent("if _rt.HAS_TRITON:"):
@@ -639,6 +664,14 @@ def render_module(d: Derivation) -> str:
         w("forward_torch=_forward_torch,")
         w("derivatives_torch=_derivatives_torch,")
         w("second_derivatives_torch=_second_derivatives_torch,")
+        if native is not None:
+            w("forward_native=_forward_native,")
+            if native.backward is not None:
+                w("backward_native=_backward_native,")
+            if any(native.kernel.any_input):
+                w(f"native_any_input={native.kernel.any_input!r},")
+            if native.kernel.bound != float("inf"):
+                w(f"native_bound={native.kernel.bound!r},")
         w(f"forward_torch_fast={'_forward_torch_fast' if fast[0] else None},")
         w(f"derivatives_torch_fast={'_derivatives_torch_fast' if fast[1] else None},")
         if any(fast):

@@ -54,6 +54,19 @@ def _second_derivatives_torch(x, negative_slope):
     return (_d2_x_x,)
 
 
+# ---- torch's own kernels: the formula is leaky_relu (the CPU fallback, finite inputs) ----
+
+
+def _forward_native(x, negative_slope):
+    """f."""
+    return torch.nn.functional.leaky_relu(x, negative_slope)
+
+
+def _backward_native(_g, x, negative_slope):
+    """grad * df/dx."""
+    return torch.ops.aten.leaky_relu_backward(_g, x, negative_slope, False)
+
+
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
@@ -95,6 +108,9 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_native=_forward_native,
+    backward_native=_backward_native,
+    native_any_input=(True, False),
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(3, 2),

@@ -52,6 +52,19 @@ def _second_derivatives_torch(x):
     return (_d2_x_x,)
 
 
+# ---- torch's own kernels: the formula is relu (the CPU fallback, finite inputs) ----
+
+
+def _forward_native(x):
+    """f."""
+    return torch.relu(x)
+
+
+def _backward_native(_g, x):
+    """grad * df/dx."""
+    return torch.ops.aten.threshold_backward(_g, x, 0.0)
+
+
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
@@ -91,6 +104,9 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_native=_forward_native,
+    backward_native=_backward_native,
+    native_any_input=(True, False),
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(2, 1),

@@ -56,6 +56,14 @@ def _second_derivatives_torch(x):
     return (_d2_x_x,)
 
 
+# ---- torch's own kernels: the formula is silu (the CPU fallback, finite inputs) ----
+
+
+def _forward_native(x):
+    """f."""
+    return torch.nn.functional.silu(x)
+
+
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
@@ -97,6 +105,7 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_native=_forward_native,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(1, 2),

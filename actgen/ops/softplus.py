@@ -59,6 +59,19 @@ def _second_derivatives_torch(x, beta, threshold):
     return (_d2_x_x,)
 
 
+# ---- torch's own kernels: the formula is softplus (the CPU fallback, finite inputs) ----
+
+
+def _forward_native(x, beta, threshold):
+    """f."""
+    return torch.nn.functional.softplus(x, beta, threshold)
+
+
+def _backward_native(_g, x, beta, threshold):
+    """grad * df/dx."""
+    return torch.ops.aten.softplus_backward(_g, x, beta, threshold)
+
+
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
@@ -104,6 +117,9 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_native=_forward_native,
+    backward_native=_backward_native,
+    native_any_input=(True, True),
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(4, 4),

@@ -96,6 +96,10 @@ class Activation:
         derivatives_torch_fast: Callable | None = None,
         fast_buffers: tuple[int, int] = (0, 0),
         fast_any_input: tuple[bool, bool] = (False, False),
+        forward_native: Callable | None = None,
+        backward_native: Callable | None = None,
+        native_any_input: tuple[bool, bool] = (False, False),
+        native_bound: float = math.inf,
         forward_kernel=None,
         backward_kernel=None,
         draws: int = 0,
@@ -119,6 +123,12 @@ class Activation:
         # on any input (a block without guards) or only on finite ones
         self.fast_buffers = tuple(fast_buffers)
         self.fast_any_input = tuple(fast_any_input)
+        # torch's own kernels where the formula is one of torch's activations (actgen.native):
+        # f, and grad * df/dx, on finite inputs, or on any where native_any_input says so
+        self.forward_native = forward_native
+        self.backward_native = backward_native
+        self.native_any_input = tuple(native_any_input)
+        self.native_bound = native_bound          # ... and where every input is below it in magnitude
         self.forward_kernel = forward_kernel
         self.backward_kernel = backward_kernel
         self.n_draws = draws
@@ -357,6 +367,17 @@ class Activation:
         only means the guarded path)."""
         return all(math.isfinite(t.sum().item()) for t in xs)
 
+    def _native_inputs(self, xs) -> bool:
+        """Whether torch's kernels take these inputs: all finite (one sum each), and below
+        native_bound in magnitude where the op has one (one pass for the extremes)."""
+        if self.native_bound == math.inf:
+            return self._finite(xs)
+        for t in xs:
+            lo, hi = torch.aminmax(t)
+            if not (-self.native_bound < lo.item() and hi.item() < self.native_bound):
+                return False
+        return True
+
     def _cpu_backward_whole(self, grad, inputs, params, constants, channel_dim, needs, rng):
         """The backward in one piece (small tensors): a derivative computed afresh takes grad
         in place."""
@@ -419,6 +440,9 @@ class Activation:
 
     def _cpu_forward(self, inputs, params, constants, channel_dim, rng):
         x = inputs[0]
+        if (self.forward_native is not None and not self.float64_forward
+                and (self.native_any_input[0] or self._native_inputs(inputs))):
+            return self.forward_native(*inputs, *constants)
         wide = self.float64_forward
         if x.numel() <= self._chunk(x.dtype, wide, 0):     # one chunk: the tensors as they are
             args = self._eager_args(inputs, params, constants, channel_dim, rng, wide)
@@ -451,6 +475,9 @@ class Activation:
 
     def _cpu_backward(self, grad, inputs, params, constants, channel_dim, needs, rng):
         x = inputs[0]
+        if (self.backward_native is not None and not self.float64_backward and needs[0]
+                and grad.dtype == x.dtype and (self.native_any_input[1] or self._native_inputs(inputs))):
+            return [self.backward_native(grad, *inputs, *constants)]
         if x.numel() <= self._chunk(x.dtype, self.float64_backward, 1):
             return self._cpu_backward_whole(grad, inputs, params, constants, channel_dim, needs, rng)
         dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng, self.float64_backward, 1)
