@@ -592,9 +592,9 @@ def _module_class(w: Writer, d: Derivation):
 
 def _native_functions(w: Writer, d: Derivation, native: NativeMatch):
     """torch's own kernels for the formula (actgen.native): the CPU fallback's f and
-    grad * df/dx on finite inputs."""
+    grad * df/dx on the inputs they are trusted with."""
     args = ", ".join([*d.spec.inputs, *(c.name for c in d.spec.constants)])
-    w(f"# ---- torch's own kernels: the formula is {native.kernel.name} (the CPU fallback, finite inputs) ----")
+    w(f"# ---- torch's own kernels: the formula is torch's {native.kernel.name} (the CPU fallback; actgen.native) ----")
     w()
     w()
     with w.indent(f"def _forward_native({args}):"):

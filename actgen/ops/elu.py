@@ -54,7 +54,7 @@ def _second_derivatives_torch(x, alpha):
     return (_d2_x_x,)
 
 
-# ---- torch's own kernels: the formula is elu (the CPU fallback, finite inputs) ----
+# ---- torch's own kernels: the formula is torch's elu (the CPU fallback; actgen.native) ----
 
 
 def _forward_native(x, alpha):

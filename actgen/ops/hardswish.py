@@ -52,7 +52,7 @@ def _second_derivatives_torch(x):
     return (_d2_x_x,)
 
 
-# ---- torch's own kernels: the formula is hardswish (the CPU fallback, finite inputs) ----
+# ---- torch's own kernels: the formula is torch's hardswish (the CPU fallback; actgen.native) ----
 
 
 def _forward_native(x):

@@ -54,7 +54,7 @@ def _second_derivatives_torch(x, negative_slope):
     return (_d2_x_x,)
 
 
-# ---- torch's own kernels: the formula is leaky_relu (the CPU fallback, finite inputs) ----
+# ---- torch's own kernels: the formula is torch's leaky_relu (the CPU fallback; actgen.native) ----
 
 
 def _forward_native(x, negative_slope):

@@ -59,7 +59,7 @@ def _second_derivatives_torch(x, beta, threshold):
     return (_d2_x_x,)
 
 
-# ---- torch's own kernels: the formula is softplus (the CPU fallback, finite inputs) ----
+# ---- torch's own kernels: the formula is torch's softplus (the CPU fallback; actgen.native) ----
 
 
 def _forward_native(x, beta, threshold):

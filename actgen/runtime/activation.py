@@ -367,11 +367,13 @@ class Activation:
         only means the guarded path)."""
         return all(math.isfinite(t.sum().item()) for t in xs)
 
-    def _native_inputs(self, xs) -> bool:
-        """Whether torch's kernels take these inputs: all finite (one sum each), and below
-        native_bound in magnitude where the op has one (one pass for the extremes)."""
+    def _native_takes(self, which: int, xs) -> bool:
+        """Whether torch's kernel for f (which 0) or the backward (1) takes these inputs: any
+        where native_any_input says so (and there is no bound), else all finite (one sum
+        each) and below native_bound in magnitude where the op has one (one pass for the
+        extremes)."""
         if self.native_bound == math.inf:
-            return self._finite(xs)
+            return self.native_any_input[which] or self._finite(xs)
         for t in xs:
             lo, hi = torch.aminmax(t)
             if not (-self.native_bound < lo.item() and hi.item() < self.native_bound):
@@ -440,8 +442,7 @@ class Activation:
 
     def _cpu_forward(self, inputs, params, constants, channel_dim, rng):
         x = inputs[0]
-        if (self.forward_native is not None and not self.float64_forward
-                and (self.native_any_input[0] or self._native_inputs(inputs))):
+        if self.forward_native is not None and not self.float64_forward and self._native_takes(0, inputs):
             return self.forward_native(*inputs, *constants)
         wide = self.float64_forward
         if x.numel() <= self._chunk(x.dtype, wide, 0):     # one chunk: the tensors as they are
@@ -476,7 +477,7 @@ class Activation:
     def _cpu_backward(self, grad, inputs, params, constants, channel_dim, needs, rng):
         x = inputs[0]
         if (self.backward_native is not None and not self.float64_backward and needs[0]
-                and grad.dtype == x.dtype and (self.native_any_input[1] or self._native_inputs(inputs))):
+                and grad.dtype == x.dtype and self._native_takes(1, inputs)):
             return [self.backward_native(grad, *inputs, *constants)]
         if x.numel() <= self._chunk(x.dtype, self.float64_backward, 1):
             return self._cpu_backward_whole(grad, inputs, params, constants, channel_dim, needs, rng)
