@@ -793,12 +793,15 @@ def split_powers_at_calls(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> s
 
     def split(e):
         power = next(f for f in e.args if is_power(f))
-        calls = [f for f in e.args if is_call(f)]
-        rest = [f for f in e.args if f is not power and not is_call(f)]
-        whole = sympy.UnevaluatedExpr(sympy.Mul(power.base, *calls))
-        for _ in range(int(power.exp) - 1):        # x*call*x*x: one x at a time, and the rest
-            whole = sympy.UnevaluatedExpr(sympy.Mul(whole, power.base))     # after (4*x would overflow first)
-        return sympy.Mul(*rest, whole)
+        # x times the calls and the other factors first (a sigmoid pair's 1/(1 + e)**2 as
+        # well: at b = 0, x**2*sigmoid(b*x)*sigmoid(-b*x) is x*1*x/4 - inf where x*x/4 is not),
+        # then one x at a time, numbers above 1 last (4*x would overflow first)
+        big = [f for f in e.args if f.is_number and abs(f) > 1]
+        inner = [f for f in e.args if f is not power and all(f is not b for b in big)]
+        whole = sympy.UnevaluatedExpr(sympy.Mul(power.base, *inner))
+        for _ in range(int(power.exp) - 1):
+            whole = sympy.UnevaluatedExpr(sympy.Mul(whole, power.base))
+        return sympy.Mul(*big, whole)
 
     def spread_over(e):     # call * (1 - 2*a*x**2): the sum whose terms split with the calls
         if not (e.is_Mul and any(is_call(f) for f in e.args)):

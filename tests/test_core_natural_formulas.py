@@ -545,3 +545,17 @@ def test_a_gated_softsign_keeps_its_slope_far_out(backend):
         slope = lambda v: ((mpmath.erf(v) + 2 * v * mpmath.exp(-v * v) / mpmath.sqrt(mpmath.pi)) * d(v)
                            - v * mpmath.erf(v) * mpmath.sign(v) / 2) / d(v) ** 2
         _close_to_truth(g, [float(slope(v)) for v in vals])
+
+
+def test_a_learnable_swish_gradient_at_beta_0_is_not_x_times_x_first(backend):
+    """x*sigmoid(b*x)'s gradient in b is x**2*sigmoid(b*x)*sigmoid(-b*x): at b = 0 that is
+    x**2/4, finite up to |x| = 3.7e19 in float32, where x*x alone overflows from 1.8e19 -
+    the product takes the sigmoids (and their shared 1/(1 + e)**2) before the second x."""
+    m = actgen.compile("x * sigmoid(b*x)", name="swish_b0", params={"b": {"init": 0.0, "per_channel": True}})
+    x = torch.tensor([-3.5e19, -2.848e19, -1e10, -2.0, 0.0, 0.5, 1.9e19, 3e19])
+    for b in (0.0, 1e-30):
+        _, _, gb = _per_element(m.swish_b0, x, b)
+        with mpmath.workdps(60):
+            c = mpmath.mpf(torch.tensor(b).item())
+            sig = lambda u: 1 / (1 + mpmath.exp(-u))
+            _close_to_truth(gb, [float(v * v * sig(c * v) * sig(-c * v)) for v in map(mpmath.mpf, x.tolist())])

@@ -63,10 +63,10 @@ def _second_derivatives_torch(x):
     _t0 = _rt.hypot(x, 1.0)
     _t1 = torch.exp(-(2.0*_t0))
     _t2 = _t1 + 1.0
-    _t3 = 1.0/(_t2*_t2)
-    _t4 = _t1*x
+    _t3 = _t1/(_t2*_t2)
+    _t4 = _t3*x
     _t5 = _v_x/_w_x*_v_x/_rt.fma(_w_x, _w_x, _v_x*_v_x)*_v_x
-    _d2_x_x = _t1/_t2*_t1/_t2*_t5/_t2*16.0 - 8.0*_t1*_t3*_t5 + 12.0*_t3*_t4/_t0 - 4.0*_t3*(x*(x*_t4))/(_t0*_t0*_t0)
+    _d2_x_x = _rt.fnma(_t3, _t5, _t1/_t2*_t1/_t2*_t5/_t2*16.0 - 4.0*(x*(x*(_t4/(_t0*_t0*_t0)))) + 12.0*_t4/_t0, 8.0)
     return (_d2_x_x,)
 
 

@@ -53,7 +53,7 @@ def _derivatives_torch_fast(x, _w):
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.exp(-(0.5*x*x))
-    _d2_x_x = 0.7978845608028654*_t0 - 0.3989422804014327*(x*(_t0*x))
+    _d2_x_x = 0.7978845608028654*_t0 + 1.4142135623730951*(x*(-(0.28209479177387814*_t0*x)))
     return (_d2_x_x,)
 
 

@@ -110,7 +110,7 @@ def _second_derivatives_torch(x, alpha):
     _t14 = 1.0/_t6
     _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t2, alpha/(_t1*_t1), torch.where(_t5, _t4*alpha, alpha)))
     _d2_x_alpha = torch.where(torch.isnan(x), x, torch.where(_t2, _t9*_w_x, torch.where(_t5, _t10, x)))
-    _d2_alpha_alpha = torch.where(torch.isnan(x), x, torch.where(_t2, _rt.fnma(_t11, torch.log1p(-_t0), _rt.fma(_t12, _t13, _t12*_t8*_t9 + 2.0*_t13*_t14*(-_t7 - x), 2.0)), torch.where(_t5, _rt.fma(_t12, x*_t10, _rt.fma(_t11, torch.expm1(_t3), -(2.0*_t10*_t14))), 0.0)))
+    _d2_alpha_alpha = torch.where(torch.isnan(x), x, torch.where(_t2, _rt.fnma(_t11, torch.log1p(-_t0), _rt.fma(_t12, _t13, _t12*_t8*_t9 + 2.0*_t13*_t14*(-_t7 - x), 2.0)), torch.where(_t5, _rt.fma(_t11, torch.expm1(_t3), _rt.fnma(_t10, _t14, x*(_t10*_t12), 2.0)), 0.0)))
     return (_d2_x_x, _d2_x_alpha, _d2_alpha_alpha,)
 
 

@@ -70,14 +70,15 @@ def _second_derivatives_torch(x, beta):
     _t0 = beta*x
     _t1 = torch.sigmoid(_t0)
     _t2 = torch.sigmoid(-_t0)
-    _t3 = _rt.fma(_t0, _t2, 1.0)
-    _t4 = _t2*x
-    _t5 = _t1*_t4
-    _t6 = torch.exp(-torch.abs(_t0))
-    _t7 = 1.0 - _t6
-    _d2_x_x = _t1*_t2*_rt.fma(_t3, beta, -(_t1*beta*beta*x) + beta)
-    _d2_x_beta = _rt.fma(_t3, _t5, -(_t1*_t1*beta*(x*_t4)) + _t5)
-    _d2_beta_beta = x/_rt.fma(_t6, _rt.fma(_t6, _t6 + 3.0, 3.0), 1.0)*torch.where(_t0 < 0.0, _t6*_t7, -(_t6*_t7))*x*x
+    _t3 = _t1*x
+    _t4 = _t0*_t2
+    _t5 = _t4 + 1.0
+    _t6 = _t2*_t3
+    _t7 = torch.exp(-torch.abs(_t0))
+    _t8 = 1.0 - _t7
+    _d2_x_x = _t1*_t2*_rt.fma(_t5, beta, -(_t3*beta*beta) + beta)
+    _d2_x_beta = _rt.fma(_t5, _t6, _t6 + x*(-(_t1*_t1*_t4)))
+    _d2_beta_beta = x/_rt.fma(_t7, _rt.fma(_t7, _t7 + 3.0, 3.0), 1.0)*torch.where(_t0 < 0.0, _t7*_t8, -(_t7*_t8))*x*x
     return (_d2_x_x, _d2_x_beta, _d2_beta_beta,)
 
 
@@ -122,7 +123,7 @@ if _rt.HAS_TRITON:
             _t7 = _t6 + 1.0
             _t8 = _grown(281474976710656.0*_t4*_t5)
             _d_x = _limit_at_inf(_t2*tl.where(_t0 < 0.0, _t1*(_t1 + _t3), tl.fma(_t1, _t3, 1.0)), _grown(_t5*tl.where(_t6 < 0.0, _t4*(_t4 + _t7), tl.fma(_t4, _t7, 1.0))), _grown(_t5*tl.where(_t6 > 0.0, _t4*(_t4 - _t6 + 1.0), tl.fma(_t4, 1.0 - _t6, 1.0))), x)
-            _d_beta = _limit_at_inf(_t2*(x*(_t1*x)), _t8, _t8, x)
+            _d_beta = _limit_at_inf(x*(_t1*_t2*x), _t8, _t8, x)
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_beta += _in_tile(_g * _d_beta, _mask)
