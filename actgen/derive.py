@@ -1605,11 +1605,16 @@ def _scaled_approximant(e, u, p, inverse):
         (StableSum(*part.args) if _is_sum(part) else part, True))
 
 
+def _is_ordering(e) -> bool:
+    """Whether e is <, <=, > or >= (not == or !=)."""
+    return isinstance(e, sympy.core.relational.Relational) and e.rel_op in ("<", "<=", ">", ">=")
+
+
 def rewrite_comparison_of_multiples(e):
     """x > a*x -> (1 - a)*x > 0 (max(x, a*x), a leaky relu written as a max): at x = +-inf both
     sides are inf and the comparison is false either way, where the product's sign is the
     limit's.  A positive number factor goes: 0.99*x > 0 -> x > 0."""
-    if not isinstance(e, sympy.core.relational.Relational) or e.rel_op not in ("<", "<=", ">", ">="):
+    if not _is_ordering(e):
         return None
     common = [u for u in e.lhs.free_symbols & e.rhs.free_symbols if isinstance(u, sympy.Symbol)]
     if len(common) != 1:
@@ -1629,7 +1634,7 @@ def rewrite_comparison_of_a_power(e):
     """k*u**n compared with 0 (k a number) as u's sign: 2*x**2 > 0 -> |x| > 0, x**3 < 0 ->
     x < 0.  The power underflows to 0 (x**2 at |x| < 1e-19 in float32) and overflows where
     the sign does not."""
-    if not isinstance(e, sympy.core.relational.Relational) or e.rel_op not in ("<", "<=", ">", ">="):
+    if not _is_ordering(e):
         return None
     if e.lhs == 0:
         e = e.reversed

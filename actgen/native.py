@@ -19,6 +19,7 @@ in float32 where the derived ones are within 4).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -72,8 +73,10 @@ class NativeMatch:
     backward: str | None
 
 
+@functools.lru_cache(maxsize=None)
 def _parsed(kernel: NativeKernel, x: str, constants: tuple[str, ...]) -> sympy.Expr:
-    """The entry's formula over the spec's input and constant names."""
+    """The entry's formula over the spec's input and constant names (parsed once per naming,
+    not once per spec built)."""
     renames = dict(zip(("x", *kernel.constants), (x, *constants)))
     expr = parse_formula(kernel.formula, {old: make_symbol(old) for old in renames}, [])
     return expr.xreplace({make_symbol(old): make_symbol(new) for old, new in renames.items()})
@@ -81,7 +84,7 @@ def _parsed(kernel: NativeKernel, x: str, constants: tuple[str, ...]) -> sympy.E
 
 def match(spec: Spec) -> NativeMatch | None:
     """The NativeKernel the spec's formula is, with its calls in the spec's names, or None."""
-    if len(spec.inputs) != 1 or spec.params or "uniform" in spec.formula:
+    if len(spec.inputs) != 1 or spec.params:     # (a draw is a call no entry has: no match)
         return None
     x = spec.inputs[0]
     names = tuple(c.name for c in spec.constants)
