@@ -264,8 +264,11 @@ _MANTISSA = {torch.float32: 24, torch.bfloat16: 8, torch.float16: 11, torch.floa
 _MIN_EXP = {torch.float32: -126, torch.bfloat16: -126, torch.float16: -14, torch.float64: -1022}
 #: Below this magnitude a float32/bfloat16 result may be computed through intermediates
 #: below the smallest normal number (subnormal or flushed to zero, then scaled by up to
-#: 2**24); such results are scored by absolute error (see `score`).
+#: 2**24); such results are scored by absolute error (see `score`).  A float16 result is
+#: computed in float32 too (torch's CPU kernels, actgen's fallback and kernels), so the
+#: bound is float32's, not one from float16's own range (its subnormals are ULPs apart).
 UNDERFLOW = {dt: 2.0 ** (_MIN_EXP[dt] + _MANTISSA[dt]) for dt in _MANTISSA}
+UNDERFLOW[torch.float16] = UNDERFLOW[torch.float32]
 
 
 def ulps(computed: np.ndarray, truth: np.ndarray, dtype: torch.dtype) -> np.ndarray:
@@ -801,9 +804,11 @@ def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy],
         "* **Runs**: the eager torch fallback in float32, and the Triton kernels in float32 and "
         "bfloat16 (run under Triton's interpreter on CPU, whose libdevice functions are numpy's; the kernels' float32 exp and log1p, IEEE divisions and fused multiply-adds round as on a GPU; benchmarks/results/cuda/accuracy.md runs them on one); "
         "outputs f and df/d(input) (backward with a gradient of ones).  Where a formula is one of torch's "
-        "activations (relu, leaky_relu, elu, softplus, hardswish, silu's forward), the fallback calls torch's own "
-        "kernel on the inputs it is trusted with (actgen/native.py: finite ones, or any for some) and the derived "
-        "code on the rest; tests/test_core_native.py scores torch's kernels on the grid's finite points.",
+        "activations (relu, leaky_relu, elu, softplus, hardswish, silu, gelu, gelu_tanh), the fallback calls "
+        "torch's own kernel on the inputs it is trusted with (actgen/native.py: a window of inputs per dtype and "
+        "direction) and the derived code on the rest; on the grid's tensor, with its non-finite values, that is "
+        "torch's kernel only where it takes any input (relu's, leaky_relu's and elu's forward, softplus both "
+        "ways), and tests/test_core_native.py scores torch's kernels on the grid's points inside their windows.",
         "* **Error**: |result - truth| in ULPs of the truth in the result's dtype, divided by the "
         "condition number where that is above 1.  The condition number of an output g is the sum over "
         "its data v (inputs, params, constants, the formula's decimal literals) of |v dg/dv / g|: "

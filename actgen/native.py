@@ -1,26 +1,39 @@
 """torch's own CPU kernels for formulas that are exactly one of torch's activations.
 
-Where a spec's formula is, as parsed, one of the formulas below (one input, no params; its
-constants in any names), the CPU fallback computes f, and grad * df/dx where the entry has a
-backward, with torch's fused kernel for that activation (one pass over memory, where the
-derived code takes several) - on the inputs it is trusted with (finite ones; any, where it
-gives the formula's limits at +-inf and NaN too; below a bound, where it overflows on the
-way), in the input's dtype, where the op computes that direction in float32; elsewhere the
-derived code runs.  The Triton kernels are the derived ones whatever the match.
+Where a spec's formula is, as parsed, one of the formulas below (no params; its constants in
+any names), or one of them times a second input, a gate (`a*sigmoid(a)*b`: silu(a) * b),
+the CPU fallback computes f, and the gradients where the entry has a backward, with torch's
+fused kernel for that activation (one pass over memory, where the derived code takes
+several; with a gate, one product more) - on the inputs it is trusted with, in the input's
+dtype, where the op computes that direction in float32; elsewhere the derived code runs.
+The Triton kernels are the derived ones whatever the match.
+
+Trust is per dtype and direction: an open window of the first input's values (every value
+of a chunk inside it; (-inf, inf): finite ones; a gate: finite), or none.  float32,
+bfloat16 and float16 have windows (torch computes all three in float32 on a CPU; a bfloat16
+or float16 result rounds away errors of a few float32 ULP); float64 has none.  Where
+torch's kernel also gives the formula's values at +-inf and NaN, it runs on any input of a
+trusted dtype, without a check (not with a gate).
 
 The match is structural: the formula and the entry's, both parsed by actgen.formula, are the
 same sympy expression (sympy orders sums and products, so `x * sigmoid(x)` and
 `sigmoid(x) * x` match; `log1p(exp(x))` for `log(1 + exp(x))` does not, and gets the derived
-code).  Each entry's values, its derivative at the kinks included, are checked against the
-mpmath oracle's in tests/test_core_native.py; an entry is listed only where torch's kernel
-meets the accuracy target there (torch's GELU, 1 + erf(x/sqrt(2)), cancels for x < -3 and is
-not; nor are silu's backward, s*(1 + x*(1 - s)), and mish's, 8.1 ULP at their worst points
-in float32 where the derived ones are within 4).
+code).  Each window was measured against the mpmath oracle (the docs grid, every 0.003 on
+[-12, 12], and every 1e-4 on [3.5, 8] for silu): inside it torch's kernel is within 3.5 ULP
+per unit of condition (the target is 4; silu's float32 backward times a gate: below 4, for
+the product's rounding), and tests/test_core_native.py scores it there.  Outside it, in
+float32: silu's backward s*(1 + x*(1 - s)) loses about x/2 ULP where s rounds near 1 (4 ULP
+from x = 5.7, 8.1 at 16.6); GELU's 1 + erf(x/sqrt(2)) cancels for x < -1.5 (4.9e5 ULP at
+-5.6), gelu_tanh's 1 + tanh(u) for x < -2.5; in bfloat16 from -5.5 (GELU's forward), -6.2
+(its backward) and -5.06 (gelu_tanh's).  Mish is not here: torch's CPU forward for it takes
+longer than the derived code (4.1 against 3.2 ms for 2**20 float32 elements on one core of
+a 2-vCPU Xeon VM), and its float32 backward is 8.1 ULP off at x = 8.7.
 """
 from __future__ import annotations
 
 import functools
 import itertools
+import math
 from dataclasses import dataclass
 
 import sympy
@@ -29,48 +42,124 @@ from .formula import make_symbol, parse_formula
 from .spec import Spec
 
 
+Window = tuple[float, float]        # an open interval of inputs
+FINITE: Window = (-math.inf, math.inf)
+
+
+def _trust(fwd: Window | None, bwd: Window | None, **per_dtype) -> tuple:
+    """((dtype name, forward window, backward window), ...): float32, bfloat16 and float16
+    alike, but for the dtypes given their own pair."""
+    pairs = {d: (fwd, bwd) for d in ("float32", "bfloat16", "float16")} | per_dtype
+    return tuple((d, f, b) for d, (f, b) in pairs.items())
+
+
 @dataclass(frozen=True)
 class NativeKernel:
     """An activation torch computes in one fused kernel: its formula over `x` and the
-    constants' placeholders, and the calls (templates over {x}, {g} and the placeholders)."""
+    constants' placeholders, and the calls (templates over {x}, {g}, {out} and the
+    placeholders), writing into out."""
 
     name: str
     formula: str
     constants: tuple[str, ...]
     forward: str
     backward: str | None        # grad * df/dx, None: the derived backward
+    # ((dtype name, forward window, backward window), ...): the inputs torch's kernel is
+    # trusted with (every input of a chunk inside the window); None or a dtype not listed:
+    # the derived code
+    trusted: tuple = _trust(FINITE, FINITE)
     # (forward, backward): whether torch's kernel also gives the formula's values (its limits)
-    # at +-inf and NaN, so that it runs without a check that the inputs are finite
+    # at +-inf and NaN, so that it runs on any input of a trusted dtype, without a check
     any_input: tuple[bool, bool] = (False, False)
-    # where torch's kernel overflows on the way for huge inputs: it runs only where every
-    # input is below this in magnitude (one pass for the smallest and largest)
-    bound: float = float("inf")
+    # times a gate, where the product's rounding takes the edge of a window past the target:
+    # the windows then (default: trusted's)
+    gated: tuple | None = None
+
+    def window(self, dtype: str, which: int) -> Window | None:
+        """The window of f (which 0) or the backward (1) for a dtype (its name), or None."""
+        for d, *w in self.trusted:
+            if d == dtype:
+                return w[which]
+        return None
 
 
 NATIVE_KERNELS: tuple[NativeKernel, ...] = (
-    NativeKernel("relu", "Max(x, 0)", (), "torch.relu({x})", "torch.ops.aten.threshold_backward({g}, {x}, 0.0)",
-                 (True, False)),
-    NativeKernel("leaky_relu", "where(x > 0, x, s * x)", ("s",), "torch.nn.functional.leaky_relu({x}, {s})",
-                 "torch.ops.aten.leaky_relu_backward({g}, {x}, {s}, False)", (True, False)),
-    NativeKernel("elu", "where(x > 0, x, a * (exp(x) - 1))", ("a",), "torch.nn.functional.elu({x}, {a})",
-                 "torch.ops.aten.elu_backward({g}, {a}, 1.0, 1.0, False, {x})", (True, False)),
+    NativeKernel("relu", "Max(x, 0)", (), "torch.ops.aten.relu.out({x}, out={out})",
+                 "torch.ops.aten.threshold_backward.grad_input({g}, {x}, 0.0, grad_input={out})",
+                 any_input=(True, False)),
+    NativeKernel("leaky_relu", "where(x > 0, x, s * x)", ("s",), "torch.ops.aten.leaky_relu.out({x}, {s}, out={out})",
+                 "torch.ops.aten.leaky_relu_backward.grad_input({g}, {x}, {s}, False, grad_input={out})",
+                 any_input=(True, False)),
+    NativeKernel("elu", "where(x > 0, x, a * (exp(x) - 1))", ("a",), "torch.ops.aten.elu.out({x}, {a}, 1.0, 1.0, out={out})",
+                 "torch.ops.aten.elu_backward.grad_input({g}, {a}, 1.0, 1.0, False, {x}, grad_input={out})",
+                 any_input=(True, False)),
     NativeKernel("softplus", "where(b * x > t, x, log(1 + exp(b * x)) / b)", ("b", "t"),
-                 "torch.nn.functional.softplus({x}, {b}, {t})", "torch.ops.aten.softplus_backward({g}, {x}, {b}, {t})",
-                 (True, True)),
+                 "torch.ops.aten.softplus.out({x}, {b}, {t}, out={out})",
+                 "torch.ops.aten.softplus_backward.grad_input({g}, {x}, {b}, {t}, grad_input={out})",
+                 any_input=(True, True)),
+    # torch's x * min(max(x + 3, 0), 6) / 6 is inf from x = 5.7e37 in float32
     NativeKernel("hardswish", "Piecewise((0, x <= -3), (x * (x + 3) / 6, x < 3), (x, True))", (),
-                 "torch.nn.functional.hardswish({x})", "torch.ops.aten.hardswish_backward({g}, {x})",
-                 bound=2.0 ** 120),     # (x * 6 / 6: inf from x = 5.7e37 in float32)
-    NativeKernel("silu", "x * sigmoid(x)", (), "torch.nn.functional.silu({x})", None),
+                 "torch.ops.aten.hardswish.out({x}, out={out})", "torch.ops.aten.hardswish_backward.out({g}, {x}, out={out})",
+                 _trust((-2.0 ** 120, 2.0 ** 120), (-2.0 ** 120, 2.0 ** 120), float16=(FINITE, FINITE))),
+    NativeKernel("silu", "x * sigmoid(x)", (), "torch.ops.aten.silu.out({x}, out={out})",
+                 "torch.ops.aten.silu_backward.grad_input({g}, {x}, grad_input={out})",
+                 _trust(FINITE, FINITE, float32=(FINITE, (-math.inf, 5.0))),
+                 gated=_trust(FINITE, FINITE, float32=(FINITE, (-math.inf, 4.0)))),     # (4.1 ULP at 5 times b)
+    NativeKernel("gelu", "0.5 * x * (1 + erf(x / sqrt(2)))", (), "torch.ops.aten.gelu.out({x}, out={out})",
+                 "torch.ops.aten.gelu_backward.grad_input({g}, {x}, grad_input={out})",
+                 _trust(FINITE, FINITE, float32=(None, None), bfloat16=((-5.5, math.inf), (-6.0, math.inf)))),
+    # (torch's x**3 is inf from x = 7e12 in float32: a bound far below that)
+    NativeKernel("gelu_tanh", "0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))", (),
+                 "torch.ops.aten.gelu.out({x}, approximate='tanh', out={out})",
+                 "torch.ops.aten.gelu_backward.grad_input({g}, {x}, approximate='tanh', grad_input={out})",
+                 _trust(FINITE, FINITE, float32=(None, None), bfloat16=((-5.0, 2.0 ** 40), (-5.0, 2.0 ** 40)))),
 )
 
 
 @dataclass(frozen=True)
 class NativeMatch:
-    """A spec's formula as a NativeKernel: the kernel and its calls with the spec's names."""
+    """A spec's formula as a NativeKernel (times a gate input, where `gate` is named): the
+    kernel, and the bodies of the generated functions in the spec's names -
+    _forward_native(*inputs, *constants, _out) writes f into _out and returns it;
+    _backward_native(_g, *inputs, *constants, _out) writes grad * df/d(input i) into _out[i]
+    where that is not None."""
 
     kernel: NativeKernel
-    forward: str
-    backward: str | None
+    forward: tuple[str, ...]
+    backward: tuple[str, ...] | None
+    gate: str | None = None
+
+    @property
+    def trusted(self) -> tuple:
+        """The kernel's windows; with a gate, the backward's is also the forward's (df/dgate
+        is grad times the kernel's f)."""
+        if self.gate is None:
+            return self.kernel.trusted
+        return tuple((d, f, _intersect(f, b)) for d, f, b in self.kernel.gated or self.kernel.trusted)
+
+
+def _intersect(u: Window | None, v: Window | None) -> Window | None:
+    if u is None or v is None:
+        return None
+    return (max(u[0], v[0]), min(u[1], v[1]))
+
+
+def _bodies(kernel: NativeKernel, fill: dict, gate: str | None) -> tuple:
+    """(forward lines, backward lines or None) of the generated functions."""
+    def call(template, **names):
+        return template.format(**(fill | names))
+    if gate is None:
+        forward = (f"return {call(kernel.forward, out='_out')}",)
+        backward = (call(kernel.backward, g="_g", out="_out[0]"),) if kernel.backward else None
+        return forward, backward
+    forward = (f"return {call(kernel.forward, out='_out')}.mul_({gate})",)
+    if kernel.backward is None:
+        return forward, None
+    backward = ("if _out[0] is not None:",
+                "    " + call(kernel.backward, g=f"torch.mul(_g, {gate}, out=_out[0])", out="_out[0]"),
+                "if _out[1] is not None:",
+                f"    {call(kernel.forward, out='_out[1]')}.mul_(_g)")
+    return forward, backward
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,17 +172,69 @@ def _parsed(kernel: NativeKernel, x: str, constants: tuple[str, ...]) -> sympy.E
 
 
 def match(spec: Spec) -> NativeMatch | None:
-    """The NativeKernel the spec's formula is, with its calls in the spec's names, or None."""
-    if len(spec.inputs) != 1 or spec.params:     # (a draw is a call no entry has: no match)
+    """The NativeKernel the spec's formula is, with the generated functions' bodies in the
+    spec's names, or None.  One input: the formula is the kernel's; two (a gated activation):
+    the formula is the kernel's over the first times the second, the gate (`a*sigmoid(a)*b`:
+    torch's silu of a, times b)."""
+    if spec.params or len(spec.inputs) > 2:      # (a draw is a call no entry has: no match)
         return None
-    x = spec.inputs[0]
+    x, gate, inner = spec.inputs[0], None, spec.expr
+    if len(spec.inputs) == 2:
+        gate = spec.inputs[1]
+        inner, factor = spec.expr.as_independent(make_symbol(gate), as_Add=False)
+        if factor != make_symbol(gate):
+            return None
     names = tuple(c.name for c in spec.constants)
     for kernel in NATIVE_KERNELS:
         if len(kernel.constants) != len(names):
             continue
         for order in itertools.permutations(names):
-            if _parsed(kernel, x, order) == spec.expr:
-                fill = dict(zip(kernel.constants, order), x=x, g="_g")
-                backward = kernel.backward.format(**fill) if kernel.backward else None
-                return NativeMatch(kernel, kernel.forward.format(**fill), backward)
+            if _parsed(kernel, x, order) == inner:
+                forward, backward = _bodies(kernel, dict(zip(kernel.constants, order), x=x), gate)
+                return NativeMatch(kernel, forward, backward, gate)
     return None
+
+
+def _window_text(window: Window, dtypes: str) -> str:
+    lo, hi = window
+    if (lo, hi) == FINITE:
+        return f"finite {dtypes} inputs"
+    if lo == -math.inf:
+        return f"{dtypes} inputs below {hi:g}"
+    if hi == math.inf:
+        return f"{dtypes} inputs above {lo:g}"
+    if lo == -hi:
+        return f"{dtypes} inputs below {_power(hi)} in magnitude"
+    return f"{dtypes} inputs in ({lo:g}, {_power(hi)})"
+
+
+def _power(v: float) -> str:
+    exponent = math.log2(v)
+    return f"2**{int(exponent)}" if exponent == int(exponent) and exponent > 16 else f"{v:g}"
+
+
+def describe(m: NativeMatch, x: str) -> list[str]:
+    """Lines for a generated module's header: where its CPU fallback calls torch's kernels."""
+    kernel = m.kernel
+    if m.gate is None:
+        backward_label = f"grad * df/d{x}"
+        lines = [f"On CPU, torch's own {kernel.name} kernels (actgen.native), on the inputs they are trusted with:"]
+    else:
+        backward_label = f"grad * df/d{x}, grad * df/d{m.gate}"
+        lines = [f"On CPU, torch's own {kernel.name} kernels for {x} (actgen.native), times {m.gate}, on the "
+                 f"inputs they are trusted with ({m.gate} finite):"]
+    for which, label in ((0, "f"), (1, backward_label)):
+        if which == 1 and kernel.backward is None:
+            continue
+        groups: dict = {}
+        for dtype, *windows in m.trusted:
+            if windows[which] is not None:
+                groups.setdefault(windows[which], []).append(dtype)
+        parts = []
+        for window, dtypes in groups.items():
+            names = " and ".join(dtypes) if len(dtypes) < 3 else ", ".join(dtypes[:-1]) + " and " + dtypes[-1]
+            any_input = kernel.any_input[which] and m.gate is None
+            parts.append(f"any {names} input" if any_input else _window_text(window, names))
+        lines.append(f"    {label}: " + ("; ".join(parts) if parts else "none") + ".")
+    lines.append("    The derived code runs elsewhere (and on float64).")
+    return lines

@@ -1,7 +1,10 @@
 """torch's own CPU kernels for formulas that are exactly one of torch's activations
 (actgen/native.py): which formulas match, that the fallback takes them, and that their
-values and gradients - kinks, tails and the non-finite inputs they are trusted with included -
-meet the accuracy target against the mpmath oracle, in float32 and bfloat16."""
+values and gradients - kinks, tails, the edges of their windows and the non-finite inputs they
+are trusted with included - meet the accuracy target against the mpmath oracle, in float32,
+bfloat16 and float16; and that each chunk of a large tensor takes torch's kernel or the
+derived code by its own inputs."""
+import functools
 import math
 
 import numpy as np
@@ -17,17 +20,22 @@ from actgen.spec import load_spec
 
 from _reference import SPECS
 
-MATCHED = ("relu", "leaky_relu", "elu", "softplus", "hardswish", "silu")
+MATCHED = ("relu", "leaky_relu", "elu", "softplus", "hardswish", "silu", "gelu", "gelu_tanh")
+GATED = ("reglu", "swiglu", "geglu", "geglu_tanh")      # relu(a) * b, silu(a) * b, gelu(a) * b, ...
 GRID = C.round_to(C.grid(step=0.01, n_log=100), torch.float32)
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def test_the_catalogue_entries_that_are_torch_activations_match_and_only_those():
     found = {name for name, spec in SPECS.items() if native.match(spec) is not None}
-    assert found == set(MATCHED)
+    assert found == set(MATCHED) | set(GATED)
+    assert {native.match(SPECS[n]).gate for n in GATED} == {"b"}
     m = native.match(SPECS["softplus"])
-    assert m.forward == "torch.nn.functional.softplus(x, beta, threshold)"
-    assert m.backward == "torch.ops.aten.softplus_backward(_g, x, beta, threshold)"
-    assert native.match(SPECS["silu"]).backward is None       # silu's backward is the derived one
+    assert m.forward == ("return torch.ops.aten.softplus.out(x, beta, threshold, out=_out)",)
+    assert m.backward == ("torch.ops.aten.softplus_backward.grad_input(_g, x, beta, threshold, grad_input=_out[0])",)
+    assert native.match(SPECS["silu"]).backward == ("torch.ops.aten.silu_backward.grad_input(_g, x, grad_input=_out[0])",)
+    assert native.match(SPECS["swiglu"]).forward == ("return torch.ops.aten.silu.out(a, out=_out).mul_(b)",)
+    assert native.match(SPECS["gelu"]).kernel.window("float32", 0) is None     # 1 + erf cancels: never
 
 
 @pytest.mark.parametrize("text, kernel", [
@@ -38,7 +46,11 @@ def test_the_catalogue_entries_that_are_torch_activations_match_and_only_those()
     ("name: f\nformula: x * sigmoid(2*x)\n", None),
     ("name: f\nformula: where(x >= 0, x, 0.01*x)\n", None),      # >= moves the kink's derivative
     ("name: f\nformula: where(x > 0, x, s*x)\nparams: {s: 0.25}\n", None),    # a param: not torch's op
-    ("name: f\ninputs: [a, b]\nformula: a * sigmoid(a) * b\n", None),
+    ("name: f\ninputs: [a, b]\nformula: a * sigmoid(a) * b\n", "silu"),     # a gate
+    ("name: f\ninputs: [u, v]\nformula: v * Max(u, 0)\n", "relu"),
+    ("name: f\ninputs: [a, b]\nformula: a * sigmoid(a) * b**2\n", None),  # not a gate
+    ("name: f\ninputs: [a, b]\nformula: a * sigmoid(b)\n", None),          # glu: the gate's own call
+    ("name: f\ninputs: [a, b]\nformula: a * b\n", None),
 ])
 def test_a_formula_matches_only_as_torch_writes_it(text, kernel):
     m = native.match(load_spec(text))
@@ -65,26 +77,87 @@ def _op(name):
     return fn, fn.__globals__["_OP"]
 
 
-@pytest.mark.parametrize("name", MATCHED)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_torch_kernels_meet_the_accuracy_target_on_finite_inputs(name, dtype, monkeypatch):
-    """f and df/dx through torch's kernels on every finite point of the docs grid (kinks and
-    float32's extremes included), scored against the mpmath oracle as docs/accuracy.md scores
-    the derived code."""
+def _window_points(window, dtype):
+    """The docs grid's finite points in dtype (float16's: 1600 of its 3900, evenly through them)
+    inside the window, and near each finite end the 64 values of dtype next to it and 1000 more
+    over the 1.5 before it."""
+    xs = np.unique(C.round_to(GRID[np.isfinite(GRID)], dtype))
+    xs = xs[np.isfinite(xs)]
+    if dtype == torch.float16:
+        xs = xs[np.unique(np.linspace(0, len(xs) - 1, 1600).astype(int))]
+    edges = []
+    for end, toward in ((window[0], math.inf), (window[1], -math.inf)):
+        if not (math.isfinite(end) and abs(end) < torch.finfo(dtype).max):
+            continue
+        v = torch.tensor(end, dtype=torch.float64).to(dtype)
+        for _ in range(64):
+            v = torch.nextafter(v, torch.tensor(toward, dtype=dtype))
+            edges.append(float(v))
+        edges += C.round_to(np.linspace(end, end + math.copysign(1.5, toward), 1000), dtype).tolist()
+    xs = np.unique(np.concatenate([xs, np.array(edges, dtype=np.float64)]))
+    return xs[(window[0] < xs) & (xs < window[1])]
+
+
+@pytest.mark.parametrize("name", MATCHED + GATED)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("which", [0, 1])
+def test_torch_kernels_meet_the_accuracy_target_inside_their_windows(name, dtype, which, monkeypatch):
+    """f (which 0) and the gradients (1) through torch's kernels on every finite point of the
+    docs grid inside the dtype's window (kinks and float32's extremes included) and near each
+    of its ends (a gated entry's gate taking the catalogue's gate values in turn), scored
+    against the mpmath oracle as docs/accuracy.md scores the derived code; where the dtype has
+    no window (or the entry no backward), the derived code runs."""
     spec = SPECS[name]
     fn, op = _op(name)
     calls = _spy(op, monkeypatch)
-    xs = np.unique(C.round_to(GRID[np.isfinite(GRID)], dtype))
-    xs = xs[np.abs(xs) < op.native_bound]          # (beyond it the derived code runs: below)
-    x = torch.tensor(xs, dtype=dtype, requires_grad=True)
+    window = op.native_trusted.get(str(dtype)[6:], (None, None))[which]
+    if window is None or (op.forward_native, op.backward_native)[which] is None:
+        xs = [torch.linspace(-3, 3, 61, dtype=dtype, requires_grad=True) for _ in spec.inputs]
+        with use_backend("torch"):
+            torch.autograd.grad(fn(*xs), xs, torch.ones_like(xs[0]))
+        assert calls[("forward", "backward")[which]] == 0
+        return
+    truth, cond, pts = _truth(name, str(dtype), window)
+    xs = [torch.tensor([p[i] for p in pts], dtype=dtype, requires_grad=True) for i in range(len(spec.inputs))]
     with use_backend("torch"):
-        y = fn(x)
-        (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
-    assert calls["forward"] == 1 and calls["backward"] == (1 if op.backward_native else 0)
-    truth, cond, xcol = C.truth_at(C.Oracle(spec), [(float(v),) for v in xs])
-    for out, got in (("f", y), ("df/dx", g)):
-        s = C.score(xcol, got.detach().double().numpy(), truth[out], dtype, cond[out])
+        y = fn(*xs)
+        got = [y] if which == 0 else torch.autograd.grad(y, xs, torch.ones_like(y))
+    assert calls[("forward", "backward")[which]] == 1
+    outs = ["f"] if which == 0 else [f"df/d{n}" for n in spec.inputs]
+    for out, values in zip(outs, got):
+        s = C.score(np.array([p[0] for p in pts]), values.detach().double().numpy(), truth[out], dtype, cond[out])
         assert s.meets_target, (name, out, s)
+
+
+@functools.lru_cache(maxsize=None)
+def _truth(name, dtype_name, window):
+    """The oracle's values and condition numbers at _window_points (with gate values, for a
+    gated entry), and the points (f's and the backward's windows are often one)."""
+    pts = C.input_points(SPECS[name], _window_points(window, getattr(torch, dtype_name[6:])))
+    oracle = C.Oracle(SPECS[name])
+    truth = oracle.values(pts)
+    return truth, oracle.condition(pts, truth), pts
+
+
+def test_outside_a_window_torch_kernels_miss_the_target():
+    """The windows are where they are for a reason: just past silu's float32 backward window
+    (x = 16.6) and gelu's bfloat16 one (x = -5.6), torch's kernels are off by more than the
+    target, where the derived code is within it."""
+    for name, dtype, x0, which in (("silu", torch.float32, 16.64, 1), ("gelu", torch.bfloat16, -5.625, 0)):
+        spec = SPECS[name]
+        x = torch.tensor([x0], dtype=dtype)
+        out = ("f", "df/dx")[which]
+        truth, cond, xcol = C.truth_at(C.Oracle(spec), [(float(x),)])
+        if which == 0:
+            theirs = torch.nn.functional.gelu(x)
+        else:
+            theirs = torch.ops.aten.silu_backward(torch.ones_like(x), x)
+        xr = x.clone().requires_grad_()
+        with use_backend("torch"):
+            y = getattr(actgen.ops, name)(xr)
+            ours = y if which == 0 else torch.autograd.grad(y, xr, torch.ones_like(y))[0]
+        assert not C.score(xcol, theirs.double().numpy(), truth[out], dtype, cond[out]).meets_target
+        assert C.score(xcol, ours.detach().double().numpy(), truth[out], dtype, cond[out]).meets_target
 
 
 @pytest.mark.parametrize("name", MATCHED)
@@ -99,7 +172,7 @@ def test_non_finite_inputs_keep_the_formulas_limits(name, monkeypatch):
     with use_backend("torch"):
         y = fn(x)
         (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
-    forward, backward = op.native_any_input
+    forward, backward = op.native_any_input     # (float32: every entry with one has a window there)
     assert calls["forward"] == int(forward)
     assert calls["backward"] == int(backward and op.backward_native is not None)
     truth = C.Oracle(spec).values([(v,) for v in x.tolist()])
@@ -117,6 +190,84 @@ def test_a_user_formula_that_is_torch_softplus_builds_onto_its_kernel():
     torch.testing.assert_close(y, torch.nn.functional.softplus(x.detach(), 2.0, 10.0))
     torch.testing.assert_close(g, torch.where(2.0 * x.detach() > 10.0, 1.0, torch.sigmoid(2.0 * x.detach())))
     assert m.sp_user.__globals__["_OP"].forward_native is not None
+
+
+def _chunk_of(op, dtype):
+    return op._chunk(dtype, False, 1)
+
+
+def _reference(name, a, b=None):
+    """The formula in float64 torch ops."""
+    if name in ("silu", "swiglu"):
+        f = a * torch.sigmoid(a)
+    elif name in ("gelu", "geglu"):
+        f = 0.5 * a * (1 + torch.erf(a / math.sqrt(2)))
+    else:
+        f = 0.5 * a * (1 + torch.tanh(math.sqrt(2 / math.pi) * (a + 0.044715 * a ** 3)))
+    return f if b is None else f * b
+
+
+@pytest.mark.parametrize("name, dtype, which, outside", [
+    ("silu", torch.float32, 1, 10.0),         # past x = 5, silu's float32 backward is the derived code
+    ("gelu", torch.bfloat16, 0, -6.0),        # below -5.5, gelu's bfloat16 forward is
+    ("gelu_tanh", torch.bfloat16, 1, -6.0),
+    ("swiglu", torch.float32, 1, 10.0),
+    ("geglu", torch.bfloat16, 0, -6.0),
+])
+def test_each_chunk_takes_torch_kernel_by_its_own_inputs(name, dtype, which, outside, monkeypatch):
+    """A tensor of three chunks with one value outside the window in the middle one: the
+    other two chunks take torch's kernel, the middle one the derived code, and every value is
+    right (against the formula in float64)."""
+    fn, op = _op(name)
+    calls = _spy(op, monkeypatch)
+    n = op._chunk(dtype, False, which)
+    x = torch.linspace(-3, 3, 3 * n, dtype=torch.float64).to(dtype)
+    x[n + n // 2] = outside
+    xs = [x] + ([torch.linspace(2, -2, 3 * n, dtype=torch.float64).to(dtype)] if op.n_inputs == 2 else [])
+    xr = [t.clone().requires_grad_() for t in xs]
+    with use_backend("torch"):
+        y = fn(*xr)
+        got = [y] if which == 0 else torch.autograd.grad(y, xr, torch.ones_like(y))
+    assert calls[("forward", "backward")[which]] == 2
+    xd = [t.double().requires_grad_() for t in xs]
+    ref = _reference(name, *xd)
+    want = [ref] if which == 0 else torch.autograd.grad(ref, xd, torch.ones_like(ref))
+    eps = torch.finfo(dtype).eps        # (absolute too: silu' and gelu's are sums of terms ~1 with roots)
+    k = n + n // 2
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.detach().double(), w.detach(), rtol=4 * eps, atol=4 * eps)
+        torch.testing.assert_close(g.detach().double()[k], w.detach()[k], rtol=4 * eps, atol=0.0)
+
+
+@pytest.mark.parametrize("needs", [(True, False), (False, True)])
+def test_a_gated_backward_computes_only_the_gradients_asked_for(needs, monkeypatch):
+    """swiglu through torch's kernels with one input frozen: the other's gradient is right,
+    and the frozen one gets none."""
+    fn, op = _op("swiglu")
+    calls = _spy(op, monkeypatch)
+    a = torch.linspace(-3.5, 3.5, 101).requires_grad_(needs[0])
+    b = torch.linspace(2, -2, 101).requires_grad_(needs[1])
+    with use_backend("torch"):
+        fn(a, b).sum().backward()
+    assert calls == {"forward": 1, "backward": 1}
+    ad, bd = a.detach().double().requires_grad_(), b.detach().double().requires_grad_()
+    _reference("swiglu", ad, bd).sum().backward()
+    for t, td, need in ((a, ad, needs[0]), (b, bd, needs[1])):
+        if need:
+            torch.testing.assert_close(t.grad.double(), td.grad, rtol=1e-6, atol=1e-7)
+        else:
+            assert t.grad is None
+
+
+def test_float64_takes_the_derived_code(monkeypatch):
+    """No dtype but float32, bfloat16 and float16 has a window (torch's float64 kernels are
+    not measured here)."""
+    fn, op = _op("silu")
+    calls = _spy(op, monkeypatch)
+    x = torch.linspace(-4, 4, 33, dtype=torch.float64, requires_grad=True)
+    with use_backend("torch"):
+        torch.autograd.grad(fn(x), x, torch.ones_like(x))
+    assert calls == {"forward": 0, "backward": 0}
 
 
 def test_huge_inputs_beyond_a_kernels_bound_take_the_derived_code(monkeypatch):

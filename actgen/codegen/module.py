@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 
 import sympy
 
 from ..derive import COSTLY_CALLS, Block, CappedExp, Derivation, Saturate, ScaledInput, draw_lines, has_guards
 from ..native import NativeMatch
+from ..native import describe as describe_native
 from ..native import match as native_match
 from ..precision import float64_notes
 from ..printers import TorchPrinter, TritonPrinter
@@ -34,7 +36,13 @@ def _math_lines(d: Derivation) -> list[str]:
     lines = [f"{'f':<{width}} = {sympy.sstr(d.expr)}"]
     lines += [f"{'df/d' + n:<{width}} = {sympy.sstr(e)}" for n, e in d.first]
     return (lines + draw_lines(d.spec.expr) + _saturation_lines(d) + _scaling_lines(d) + _one_exponential_lines(d)
-            + _float64_lines(d))
+            + _float64_lines(d) + _native_lines(d))
+
+
+def _native_lines(d: Derivation) -> list[str]:
+    """Where the CPU fallback calls torch's own kernels (actgen.native)."""
+    native = native_match(d.spec)
+    return [""] + describe_native(native, d.spec.inputs[0]) if native else []
 
 
 def _float64_lines(d: Derivation) -> list[str]:
@@ -592,22 +600,38 @@ def _module_class(w: Writer, d: Derivation):
 
 def _native_functions(w: Writer, d: Derivation, native: NativeMatch):
     """torch's own kernels for the formula (actgen.native): the CPU fallback's f and
-    grad * df/dx on the inputs they are trusted with."""
+    grad * df/d(input) on the inputs they are trusted with."""
     args = ", ".join([*d.spec.inputs, *(c.name for c in d.spec.constants)])
-    w(f"# ---- torch's own kernels: the formula is torch's {native.kernel.name} (the CPU fallback; actgen.native) ----")
+    x = d.spec.inputs[0]
+    what = f"torch's {native.kernel.name}" + (f" of {x}, times {native.gate}" if native.gate else "")
+    w(f"# ---- torch's own kernels: the formula is {what} (the CPU fallback; actgen.native) ----")
     w()
     w()
-    with w.indent(f"def _forward_native({args}):"):
-        w('"""f."""')
-        w(f"return {native.forward}")
+    with w.indent(f"def _forward_native({args}, _out):"):
+        w('"""f, into _out."""')
+        for line in native.forward:
+            w(line)
     w()
     w()
     if native.backward is not None:
-        with w.indent(f"def _backward_native(_g, {args}):"):
-            w('"""grad * df/dx."""')
-            w(f"return {native.backward}")
+        grads = " and ".join(f"grad * df/d{n} into _out[{i}]" for i, n in enumerate(d.spec.inputs))
+        with w.indent(f"def _backward_native(_g, {args}, _out):"):
+            w(f'"""{grads}' + (" (where not None)." if native.gate else ".") + '"""')
+            for line in native.backward:
+                w(line)
         w()
         w()
+
+
+def _trusted_lines(trusted) -> list[str]:
+    """A NativeKernel's windows as the runtime takes them, one dtype a line: {dtype name:
+    (forward window, backward window)}, infinities as math.inf; a dtype with none left out."""
+    def bound(v: float) -> str:
+        return repr(v) if math.isfinite(v) else ("math.inf" if v > 0 else "-math.inf")
+
+    def window(win) -> str:
+        return "None" if win is None else f"({bound(win[0])}, {bound(win[1])})"
+    return [f"{d!r}: ({window(f)}, {window(b)})," for d, f, b in trusted if (f, b) != (None, None)]
 
 
 def render_module(d: Derivation) -> str:
@@ -668,10 +692,13 @@ def render_module(d: Derivation) -> str:
             w("forward_native=_forward_native,")
             if native.backward is not None:
                 w("backward_native=_backward_native,")
-            if any(native.kernel.any_input):
+            w("native_trusted={")
+            with w.indent():
+                for line in _trusted_lines(native.trusted):
+                    w(line)
+            w("},")
+            if any(native.kernel.any_input) and native.gate is None:
                 w(f"native_any_input={native.kernel.any_input!r},")
-            if native.kernel.bound != float("inf"):
-                w(f"native_bound={native.kernel.bound!r},")
         w(f"forward_torch_fast={'_forward_torch_fast' if fast[0] else None},")
         w(f"derivatives_torch_fast={'_derivatives_torch_fast' if fast[1] else None},")
         if any(fast):

@@ -10,6 +10,11 @@ Constants: alpha=1.0
 Derived (after stability rewrites):
     f     = Piecewise((x, x > 0), (alpha*expm1(x), True))
     df/dx = Piecewise((1, x > 0), (alpha*exp(x), True))
+    
+    On CPU, torch's own elu kernels (actgen.native), on the inputs they are trusted with:
+        f: any float32, bfloat16 and float16 input.
+        grad * df/dx: finite float32, bfloat16 and float16 inputs.
+        The derived code runs elsewhere (and on float64).
 """
 import math
 
@@ -57,14 +62,14 @@ def _second_derivatives_torch(x, alpha):
 # ---- torch's own kernels: the formula is torch's elu (the CPU fallback; actgen.native) ----
 
 
-def _forward_native(x, alpha):
-    """f."""
-    return torch.nn.functional.elu(x, alpha)
+def _forward_native(x, alpha, _out):
+    """f, into _out."""
+    return torch.ops.aten.elu.out(x, alpha, 1.0, 1.0, out=_out)
 
 
-def _backward_native(_g, x, alpha):
-    """grad * df/dx."""
-    return torch.ops.aten.elu_backward(_g, alpha, 1.0, 1.0, False, x)
+def _backward_native(_g, x, alpha, _out):
+    """grad * df/dx into _out[0]."""
+    torch.ops.aten.elu_backward.grad_input(_g, alpha, 1.0, 1.0, False, x, grad_input=_out[0])
 
 
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
@@ -110,6 +115,11 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_native=_forward_native,
     backward_native=_backward_native,
+    native_trusted={
+        'float32': ((-math.inf, math.inf), (-math.inf, math.inf)),
+        'bfloat16': ((-math.inf, math.inf), (-math.inf, math.inf)),
+        'float16': ((-math.inf, math.inf), (-math.inf, math.inf)),
+    },
     native_any_input=(True, False),
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,

@@ -11,6 +11,11 @@ Derived (after stability rewrites):
     df/db = 0.5*a*erfc(-sqrt(2)*a/2)
     
     df/da: a is clamped where a <= -64 or a >= 16 (there df/da no longer changes with a, to double precision).
+    
+    On CPU, torch's own gelu kernels for a (actgen.native), times b, on the inputs they are trusted with (b finite):
+        f: bfloat16 inputs above -5.5; finite float16 inputs.
+        grad * df/da, grad * df/db: bfloat16 inputs above -5.5; finite float16 inputs.
+        The derived code runs elsewhere (and on float64).
 """
 import math
 
@@ -63,6 +68,22 @@ def _second_derivatives_torch(a, b):
     return (_d2_a_a, _d2_a_b, _d2_b_b,)
 
 
+# ---- torch's own kernels: the formula is torch's gelu of a, times b (the CPU fallback; actgen.native) ----
+
+
+def _forward_native(a, b, _out):
+    """f, into _out."""
+    return torch.ops.aten.gelu.out(a, out=_out).mul_(b)
+
+
+def _backward_native(_g, a, b, _out):
+    """grad * df/da into _out[0] and grad * df/db into _out[1] (where not None)."""
+    if _out[0] is not None:
+        torch.ops.aten.gelu_backward.grad_input(torch.mul(_g, b, out=_out[0]), a, grad_input=_out[0])
+    if _out[1] is not None:
+        torch.ops.aten.gelu.out(a, out=_out[1]).mul_(_g)
+
+
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
@@ -107,6 +128,12 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_native=_forward_native,
+    backward_native=_backward_native,
+    native_trusted={
+        'bfloat16': ((-5.5, math.inf), (-5.5, math.inf)),
+        'float16': ((-math.inf, math.inf), (-math.inf, math.inf)),
+    },
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(2, 6),

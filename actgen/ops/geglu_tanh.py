@@ -13,6 +13,11 @@ Derived (after stability rewrites):
     f: a is clamped where a <= -32 (there f no longer changes with a, to double precision).
     df/da: a is clamped where a <= -32 or a >= 8 (there df/da no longer changes with a, to double precision).
     df/db: a is clamped where a <= -32 (there df/db no longer changes with a, to double precision).
+    
+    On CPU, torch's own gelu_tanh kernels for a (actgen.native), times b, on the inputs they are trusted with (b finite):
+        f: bfloat16 inputs in (-5, 2**40); finite float16 inputs.
+        grad * df/da, grad * df/db: bfloat16 inputs in (-5, 2**40); finite float16 inputs.
+        The derived code runs elsewhere (and on float64).
 """
 import math
 
@@ -84,6 +89,22 @@ def _second_derivatives_torch(a, b):
     return (_d2_a_a, _d2_a_b, _d2_b_b,)
 
 
+# ---- torch's own kernels: the formula is torch's gelu_tanh of a, times b (the CPU fallback; actgen.native) ----
+
+
+def _forward_native(a, b, _out):
+    """f, into _out."""
+    return torch.ops.aten.gelu.out(a, approximate='tanh', out=_out).mul_(b)
+
+
+def _backward_native(_g, a, b, _out):
+    """grad * df/da into _out[0] and grad * df/db into _out[1] (where not None)."""
+    if _out[0] is not None:
+        torch.ops.aten.gelu_backward.grad_input(torch.mul(_g, b, out=_out[0]), a, approximate='tanh', grad_input=_out[0])
+    if _out[1] is not None:
+        torch.ops.aten.gelu.out(a, approximate='tanh', out=_out[1]).mul_(_g)
+
+
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
@@ -139,6 +160,12 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_native=_forward_native,
+    backward_native=_backward_native,
+    native_trusted={
+        'bfloat16': ((-5.0, 1099511627776.0), (-5.0, 1099511627776.0)),
+        'float16': ((-math.inf, math.inf), (-math.inf, math.inf)),
+    },
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(4, 7),

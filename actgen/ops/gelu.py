@@ -10,6 +10,11 @@ Derived (after stability rewrites):
     df/dx = 0.5*sqrt(2)*x*exp(-x**2/2)/sqrt(pi) + 0.5*erfc(-sqrt(2)*x/2)
     
     df/dx: x is clamped where x <= -64 or x >= 16 (there df/dx no longer changes with x, to double precision).
+    
+    On CPU, torch's own gelu kernels (actgen.native), on the inputs they are trusted with:
+        f: bfloat16 inputs above -5.5; finite float16 inputs.
+        grad * df/dx: bfloat16 inputs above -6; finite float16 inputs.
+        The derived code runs elsewhere (and on float64).
 """
 import math
 
@@ -57,6 +62,19 @@ def _second_derivatives_torch(x):
     return (_d2_x_x,)
 
 
+# ---- torch's own kernels: the formula is torch's gelu (the CPU fallback; actgen.native) ----
+
+
+def _forward_native(x, _out):
+    """f, into _out."""
+    return torch.ops.aten.gelu.out(x, out=_out)
+
+
+def _backward_native(_g, x, _out):
+    """grad * df/dx into _out[0]."""
+    torch.ops.aten.gelu_backward.grad_input(_g, x, grad_input=_out[0])
+
+
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
@@ -97,6 +115,12 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_native=_forward_native,
+    backward_native=_backward_native,
+    native_trusted={
+        'bfloat16': ((-5.5, math.inf), (-6.0, math.inf)),
+        'float16': ((-math.inf, math.inf), (-math.inf, math.inf)),
+    },
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(2, 3),

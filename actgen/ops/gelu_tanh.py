@@ -11,6 +11,11 @@ Derived (after stability rewrites):
     
     f: x is clamped where x <= -32 (there f no longer changes with x, to double precision).
     df/dx: x is clamped where x <= -32 or x >= 8 (there df/dx no longer changes with x, to double precision).
+    
+    On CPU, torch's own gelu_tanh kernels (actgen.native), on the inputs they are trusted with:
+        f: bfloat16 inputs in (-5, 2**40); finite float16 inputs.
+        grad * df/dx: bfloat16 inputs in (-5, 2**40); finite float16 inputs.
+        The derived code runs elsewhere (and on float64).
 """
 import math
 
@@ -71,6 +76,19 @@ def _second_derivatives_torch(x):
     return (_d2_x_x,)
 
 
+# ---- torch's own kernels: the formula is torch's gelu_tanh (the CPU fallback; actgen.native) ----
+
+
+def _forward_native(x, _out):
+    """f, into _out."""
+    return torch.ops.aten.gelu.out(x, approximate='tanh', out=_out)
+
+
+def _backward_native(_g, x, _out):
+    """grad * df/dx into _out[0]."""
+    torch.ops.aten.gelu_backward.grad_input(_g, x, approximate='tanh', grad_input=_out[0])
+
+
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
@@ -116,6 +134,12 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_native=_forward_native,
+    backward_native=_backward_native,
+    native_trusted={
+        'bfloat16': ((-5.0, 1099511627776.0), (-5.0, 1099511627776.0)),
+        'float16': ((-math.inf, math.inf), (-math.inf, math.inf)),
+    },
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(3, 5),

@@ -8,6 +8,11 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = Piecewise((0, x <= -3), (x*(x + 3)/6, x < 3), (x, True))
     df/dx = Piecewise((0, x <= -3), (x/3 + 1/2, x < 3), (1, True))
+    
+    On CPU, torch's own hardswish kernels (actgen.native), on the inputs they are trusted with:
+        f: float32 and bfloat16 inputs below 2**120 in magnitude; finite float16 inputs.
+        grad * df/dx: float32 and bfloat16 inputs below 2**120 in magnitude; finite float16 inputs.
+        The derived code runs elsewhere (and on float64).
 """
 import math
 
@@ -55,14 +60,14 @@ def _second_derivatives_torch(x):
 # ---- torch's own kernels: the formula is torch's hardswish (the CPU fallback; actgen.native) ----
 
 
-def _forward_native(x):
-    """f."""
-    return torch.nn.functional.hardswish(x)
+def _forward_native(x, _out):
+    """f, into _out."""
+    return torch.ops.aten.hardswish.out(x, out=_out)
 
 
-def _backward_native(_g, x):
-    """grad * df/dx."""
-    return torch.ops.aten.hardswish_backward(_g, x)
+def _backward_native(_g, x, _out):
+    """grad * df/dx into _out[0]."""
+    torch.ops.aten.hardswish_backward.out(_g, x, out=_out[0])
 
 
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
@@ -106,7 +111,11 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_native=_forward_native,
     backward_native=_backward_native,
-    native_bound=1.329227995784916e+36,
+    native_trusted={
+        'float32': ((-1.329227995784916e+36, 1.329227995784916e+36), (-1.329227995784916e+36, 1.329227995784916e+36)),
+        'bfloat16': ((-1.329227995784916e+36, 1.329227995784916e+36), (-1.329227995784916e+36, 1.329227995784916e+36)),
+        'float16': ((-math.inf, math.inf), (-math.inf, math.inf)),
+    },
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(4, 4),

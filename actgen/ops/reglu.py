@@ -9,6 +9,11 @@ Derived (after stability rewrites):
     f     = b*Piecewise((a, a > 0), (0, True))
     df/da = b*Piecewise((1, a > 0), (0, True))
     df/db = Piecewise((a, a > 0), (0, True))
+    
+    On CPU, torch's own relu kernels for a (actgen.native), times b, on the inputs they are trusted with (b finite):
+        f: finite float32, bfloat16 and float16 inputs.
+        grad * df/da, grad * df/db: finite float32, bfloat16 and float16 inputs.
+        The derived code runs elsewhere (and on float64).
 """
 import math
 
@@ -59,6 +64,22 @@ def _second_derivatives_torch(a, b):
     return (_d2_a_a, _d2_a_b, _d2_b_b,)
 
 
+# ---- torch's own kernels: the formula is torch's relu of a, times b (the CPU fallback; actgen.native) ----
+
+
+def _forward_native(a, b, _out):
+    """f, into _out."""
+    return torch.ops.aten.relu.out(a, out=_out).mul_(b)
+
+
+def _backward_native(_g, a, b, _out):
+    """grad * df/da into _out[0] and grad * df/db into _out[1] (where not None)."""
+    if _out[0] is not None:
+        torch.ops.aten.threshold_backward.grad_input(torch.mul(_g, b, out=_out[0]), a, 0.0, grad_input=_out[0])
+    if _out[1] is not None:
+        torch.ops.aten.relu.out(a, out=_out[1]).mul_(_g)
+
+
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
@@ -103,6 +124,13 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_native=_forward_native,
+    backward_native=_backward_native,
+    native_trusted={
+        'float32': ((-math.inf, math.inf), (-math.inf, math.inf)),
+        'bfloat16': ((-math.inf, math.inf), (-math.inf, math.inf)),
+        'float16': ((-math.inf, math.inf), (-math.inf, math.inf)),
+    },
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(2, 3),

@@ -8,6 +8,11 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = Piecewise((x, x > 0), (0, True))
     df/dx = Piecewise((1, x > 0), (0, True))
+    
+    On CPU, torch's own relu kernels (actgen.native), on the inputs they are trusted with:
+        f: any float32, bfloat16 and float16 input.
+        grad * df/dx: finite float32, bfloat16 and float16 inputs.
+        The derived code runs elsewhere (and on float64).
 """
 import math
 
@@ -55,14 +60,14 @@ def _second_derivatives_torch(x):
 # ---- torch's own kernels: the formula is torch's relu (the CPU fallback; actgen.native) ----
 
 
-def _forward_native(x):
-    """f."""
-    return torch.relu(x)
+def _forward_native(x, _out):
+    """f, into _out."""
+    return torch.ops.aten.relu.out(x, out=_out)
 
 
-def _backward_native(_g, x):
-    """grad * df/dx."""
-    return torch.ops.aten.threshold_backward(_g, x, 0.0)
+def _backward_native(_g, x, _out):
+    """grad * df/dx into _out[0]."""
+    torch.ops.aten.threshold_backward.grad_input(_g, x, 0.0, grad_input=_out[0])
 
 
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
@@ -106,6 +111,11 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_native=_forward_native,
     backward_native=_backward_native,
+    native_trusted={
+        'float32': ((-math.inf, math.inf), (-math.inf, math.inf)),
+        'bfloat16': ((-math.inf, math.inf), (-math.inf, math.inf)),
+        'float16': ((-math.inf, math.inf), (-math.inf, math.inf)),
+    },
     native_any_input=(True, False),
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,

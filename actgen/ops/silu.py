@@ -10,6 +10,11 @@ Derived (after stability rewrites):
     df/dx = (x*sigmoid(-x) + 1)*sigmoid(x)
     
     df/dx: one ratio of polynomials in e = exp(-|x|), with exp(x) = e where x < 0 and 1/e elsewhere: one exponential, and nothing overflows (in the Triton kernels; the eager fallback keeps its calls).
+    
+    On CPU, torch's own silu kernels (actgen.native), on the inputs they are trusted with:
+        f: finite float32, bfloat16 and float16 inputs.
+        grad * df/dx: float32 inputs below 5; finite bfloat16 and float16 inputs.
+        The derived code runs elsewhere (and on float64).
 """
 import math
 
@@ -59,9 +64,14 @@ def _second_derivatives_torch(x):
 # ---- torch's own kernels: the formula is torch's silu (the CPU fallback; actgen.native) ----
 
 
-def _forward_native(x):
-    """f."""
-    return torch.nn.functional.silu(x)
+def _forward_native(x, _out):
+    """f, into _out."""
+    return torch.ops.aten.silu.out(x, out=_out)
+
+
+def _backward_native(_g, x, _out):
+    """grad * df/dx into _out[0]."""
+    torch.ops.aten.silu_backward.grad_input(_g, x, grad_input=_out[0])
 
 
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
@@ -106,6 +116,12 @@ _OP = _rt.Activation(
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
     forward_native=_forward_native,
+    backward_native=_backward_native,
+    native_trusted={
+        'float32': ((-math.inf, math.inf), (-math.inf, 5.0)),
+        'bfloat16': ((-math.inf, math.inf), (-math.inf, math.inf)),
+        'float16': ((-math.inf, math.inf), (-math.inf, math.inf)),
+    },
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(1, 2),

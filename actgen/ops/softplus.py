@@ -10,6 +10,11 @@ Constants: beta=1.0, threshold=20.0
 Derived (after stability rewrites):
     f     = Piecewise((x, threshold < beta*x), (softplus(beta*x)/beta, True))
     df/dx = Piecewise((1, threshold < beta*x), (sigmoid(beta*x), True))
+    
+    On CPU, torch's own softplus kernels (actgen.native), on the inputs they are trusted with:
+        f: any float32, bfloat16 and float16 input.
+        grad * df/dx: any float32, bfloat16 and float16 input.
+        The derived code runs elsewhere (and on float64).
 """
 import math
 
@@ -62,14 +67,14 @@ def _second_derivatives_torch(x, beta, threshold):
 # ---- torch's own kernels: the formula is torch's softplus (the CPU fallback; actgen.native) ----
 
 
-def _forward_native(x, beta, threshold):
-    """f."""
-    return torch.nn.functional.softplus(x, beta, threshold)
+def _forward_native(x, beta, threshold, _out):
+    """f, into _out."""
+    return torch.ops.aten.softplus.out(x, beta, threshold, out=_out)
 
 
-def _backward_native(_g, x, beta, threshold):
-    """grad * df/dx."""
-    return torch.ops.aten.softplus_backward(_g, x, beta, threshold)
+def _backward_native(_g, x, beta, threshold, _out):
+    """grad * df/dx into _out[0]."""
+    torch.ops.aten.softplus_backward.grad_input(_g, x, beta, threshold, grad_input=_out[0])
 
 
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
@@ -119,6 +124,11 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_native=_forward_native,
     backward_native=_backward_native,
+    native_trusted={
+        'float32': ((-math.inf, math.inf), (-math.inf, math.inf)),
+        'bfloat16': ((-math.inf, math.inf), (-math.inf, math.inf)),
+        'float16': ((-math.inf, math.inf), (-math.inf, math.inf)),
+    },
     native_any_input=(True, True),
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,

@@ -11,6 +11,11 @@ Derived (after stability rewrites):
     df/db = a*sigmoid(a)
     
     df/da: one ratio of polynomials in e = exp(-|a|), with exp(a) = e where a < 0 and 1/e elsewhere: one exponential, and nothing overflows (in the Triton kernels; the eager fallback keeps its calls).
+    
+    On CPU, torch's own silu kernels for a (actgen.native), times b, on the inputs they are trusted with (b finite):
+        f: finite float32, bfloat16 and float16 inputs.
+        grad * df/da, grad * df/db: float32 inputs below 4; finite bfloat16 and float16 inputs.
+        The derived code runs elsewhere (and on float64).
 """
 import math
 
@@ -64,6 +69,22 @@ def _second_derivatives_torch(a, b):
     return (_d2_a_a, _d2_a_b, _d2_b_b,)
 
 
+# ---- torch's own kernels: the formula is torch's silu of a, times b (the CPU fallback; actgen.native) ----
+
+
+def _forward_native(a, b, _out):
+    """f, into _out."""
+    return torch.ops.aten.silu.out(a, out=_out).mul_(b)
+
+
+def _backward_native(_g, a, b, _out):
+    """grad * df/da into _out[0] and grad * df/db into _out[1] (where not None)."""
+    if _out[0] is not None:
+        torch.ops.aten.silu_backward.grad_input(torch.mul(_g, b, out=_out[0]), a, grad_input=_out[0])
+    if _out[1] is not None:
+        torch.ops.aten.silu.out(a, out=_out[1]).mul_(_g)
+
+
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
@@ -109,6 +130,13 @@ _OP = _rt.Activation(
     forward_torch=_forward_torch,
     derivatives_torch=_derivatives_torch,
     second_derivatives_torch=_second_derivatives_torch,
+    forward_native=_forward_native,
+    backward_native=_backward_native,
+    native_trusted={
+        'float32': ((-math.inf, math.inf), (-math.inf, 4.0)),
+        'bfloat16': ((-math.inf, math.inf), (-math.inf, math.inf)),
+        'float16': ((-math.inf, math.inf), (-math.inf, math.inf)),
+    },
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(2, 4),

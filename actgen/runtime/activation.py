@@ -98,8 +98,8 @@ class Activation:
         fast_any_input: tuple[bool, bool] = (False, False),
         forward_native: Callable | None = None,
         backward_native: Callable | None = None,
+        native_trusted: dict | None = None,
         native_any_input: tuple[bool, bool] = (False, False),
-        native_bound: float = math.inf,
         forward_kernel=None,
         backward_kernel=None,
         draws: int = 0,
@@ -123,12 +123,15 @@ class Activation:
         # on any input (a block without guards) or only on finite ones
         self.fast_buffers = tuple(fast_buffers)
         self.fast_any_input = tuple(fast_any_input)
-        # torch's own kernels where the formula is one of torch's activations (actgen.native):
-        # f, and grad * df/dx, on finite inputs, or on any where native_any_input says so
+        # torch's own kernels where the formula is one of torch's activations, or one times a
+        # gate input (actgen.native): f into a given output, and grad * df/d(input i) into
+        # the i-th of a list of outputs; {dtype name: (forward window, backward window)}: the
+        # first input's values they are trusted with (open intervals; None: none; a gate:
+        # finite), and where native_any_input says so any input of a trusted dtype
         self.forward_native = forward_native
         self.backward_native = backward_native
+        self.native_trusted = dict(native_trusted or {})
         self.native_any_input = tuple(native_any_input)
-        self.native_bound = native_bound          # ... and where every input is below it in magnitude
         self.forward_kernel = forward_kernel
         self.backward_kernel = backward_kernel
         self.n_draws = draws
@@ -367,18 +370,36 @@ class Activation:
         only means the guarded path)."""
         return all(math.isfinite(t.sum().item()) for t in xs)
 
+    def _native_window(self, which: int, dtype: torch.dtype):
+        """The inputs of dtype that torch's kernel for f (which 0) or the backward (1) is
+        trusted with: an open interval, or None (no kernel, or not for this dtype, or the
+        direction is computed in float64)."""
+        if (self.forward_native, self.backward_native)[which] is None:
+            return None
+        if (self.float64_forward, self.float64_backward)[which]:
+            return None
+        pair = self.native_trusted.get(str(dtype).removeprefix("torch."))
+        return None if pair is None else pair[which]
+
     def _native_takes(self, which: int, xs) -> bool:
-        """Whether torch's kernel for f (which 0) or the backward (1) takes these inputs: any
-        where native_any_input says so (and there is no bound), else all finite (one sum
-        each) and below native_bound in magnitude where the op has one (one pass for the
-        extremes)."""
-        if self.native_bound == math.inf:
-            return self.native_any_input[which] or self._finite(xs)
-        for t in xs:
-            lo, hi = torch.aminmax(t)
-            if not (-self.native_bound < lo.item() and hi.item() < self.native_bound):
+        """Whether torch's kernel for f (which 0) or the backward (1) takes these inputs (in
+        their own dtype, one for all): any of a trusted dtype where native_any_input says
+        so, else the first input inside the dtype's window - finite (one sum) where that is
+        (-inf, inf), else one pass for the smallest and largest (NaN is neither) - and a
+        gate finite."""
+        window = self._native_window(which, xs[0].dtype)
+        if window is None or any(t.dtype != xs[0].dtype for t in xs):
+            return False
+        if self.native_any_input[which]:
+            return True
+        lo, hi = window
+        if lo == -math.inf and hi == math.inf:
+            return self._finite(xs)
+        if xs[0].numel():
+            least, most = torch.aminmax(xs[0])
+            if not (lo < least.item() and most.item() < hi):
                 return False
-        return True
+        return self._finite(xs[1:])
 
     def _cpu_backward_whole(self, grad, inputs, params, constants, channel_dim, needs, rng):
         """The backward in one piece (small tensors): a derivative computed afresh takes grad
@@ -442,9 +463,10 @@ class Activation:
 
     def _cpu_forward(self, inputs, params, constants, channel_dim, rng):
         x = inputs[0]
-        if self.forward_native is not None and not self.float64_forward and self._native_takes(0, inputs):
-            return self.forward_native(*inputs, *constants)
+        native = self._native_window(0, x.dtype) is not None
         wide = self.float64_forward
+        if native and self._native_takes(0, inputs):      # torch's kernel on the whole tensor
+            return self.forward_native(*inputs, *constants, torch.empty(x.shape, dtype=x.dtype, device=x.device))
         if x.numel() <= self._chunk(x.dtype, wide, 0):     # one chunk: the tensors as they are
             args = self._eager_args(inputs, params, constants, channel_dim, rng, wide)
             xs = args[: self.n_inputs]
@@ -455,10 +477,15 @@ class Activation:
             return out if y is out else _output(y, inputs, borrowed)
         dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng, wide, 0)
         out = torch.empty(dims, dtype=x.dtype, device=x.device)
-        all_finite = self._all_finite(0, views)
+        all_finite = None if native else self._all_finite(0, views)     # (native: each chunk's own check)
         for index, channels in chunks:
-            xs, rest, ws, _ = self._chunk_args(views, rs, ps, constants, index, channels, dt, 0)
             target = out[index]
+            if native:              # (some input is outside the window) torch's kernel on each chunk it takes
+                xs = [v[index] for v in views]
+                if self._native_takes(0, xs):
+                    self.forward_native(*xs, *constants, target)
+                    continue
+            xs, rest, ws, _ = self._chunk_args(views, rs, ps, constants, index, channels, dt, 0)
             if target.dtype == dt and ws:
                 ws = ws[:-1] + [target]
             y, _ = self._values(0, xs, rest, all_finite, ws)
@@ -476,9 +503,12 @@ class Activation:
 
     def _cpu_backward(self, grad, inputs, params, constants, channel_dim, needs, rng):
         x = inputs[0]
-        if (self.backward_native is not None and not self.float64_backward and needs[0]
-                and grad.dtype == x.dtype and self._native_takes(1, inputs)):
-            return [self.backward_native(grad, *inputs, *constants)]
+        native = self._native_window(1, x.dtype) is not None and grad.dtype == x.dtype
+        if native and self._native_takes(1, inputs):      # torch's kernel on the whole tensor
+            outs = [torch.empty(t.shape, dtype=t.dtype, device=t.device) if need else None
+                    for t, need in zip(inputs, needs)]
+            self.backward_native(grad, *inputs, *constants, outs)
+            return [o if o is not None else torch.empty_like(t) for o, t in zip(outs, inputs)]
         if x.numel() <= self._chunk(x.dtype, self.float64_backward, 1):
             return self._cpu_backward_whole(grad, inputs, params, constants, channel_dim, needs, rng)
         dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng, self.float64_backward, 1)
@@ -486,8 +516,13 @@ class Activation:
         n_in = self.n_inputs
         grads = [torch.empty(dims, dtype=t.dtype, device=x.device) if needs[i] else None for i, t in enumerate(inputs)]
         sums = [torch.zeros(p.numel(), dtype=dt, device=x.device) if needs[n_in + k] else None for k, p in enumerate(params)]
-        all_finite = self._all_finite(1, views)
+        all_finite = None if native else self._all_finite(1, views)
         for index, channels in chunks:
+            if native:              # torch's kernel on each chunk it takes (no params)
+                xs = [v[index] for v in views]
+                if self._native_takes(1, xs):
+                    self.backward_native(g3[index], *xs, *constants, [gr[index] if gr is not None else None for gr in grads])
+                    continue
             xs, rest, ws, (g, terms) = self._chunk_args(views, rs, ps, constants, index, channels, dt, 1)
             derivs, _ = self._values(1, xs, rest, all_finite, ws)
             g = g3[index] if grad.dtype == dt else g.copy_(g3[index])
