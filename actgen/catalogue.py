@@ -476,11 +476,13 @@ def param_grad_function(spec: Spec):
 
 
 def measure(spec: Spec, xs: np.ndarray, runs=RUNS, as_written: bool = True, oracle: Oracle | None = None,
-            dense: bool = False, param_grads: bool = False) -> Accuracy:
+            dense: bool = False, param_grads: bool = False, params: dict | None = None) -> Accuracy:
     """Score the shipped op (and, with as_written, the formula compiled without rewrites; with
     dense, the shipped op between the grid's points too: screen_dense; with param_grads, its
-    df/d(param) on PARAM_RUNS, in acc.params)."""
-    oracle = oracle or Oracle(spec, param_grads=param_grads)
+    df/d(param) on PARAM_RUNS, in acc.params), its params at `params` (default: their initial
+    values; not with dense, whose screen takes those)."""
+    assert params is None or not dense
+    oracle = oracle or Oracle(spec, params=params, param_grads=param_grads)
     acc = Accuracy(spec.name)
     truths: dict = {}
 
@@ -494,7 +496,7 @@ def measure(spec: Spec, xs: np.ndarray, runs=RUNS, as_written: bool = True, orac
     if param_grads and spec.params:
         for backend, dtype in PARAM_RUNS:
             pts, (truth, cond, xcol) = points_and_truth(dtype)
-            got = run_param_grads(param_grad_function(spec), spec, pts, dtype, backend)
+            got = run_param_grads(param_grad_function(spec), spec, pts, dtype, backend, params)
             for out, values in got.items():
                 acc.params[(backend, str(dtype).replace("torch.", ""), out)] = score(
                     xcol, values, truth[out], dtype, cond[out])
@@ -502,7 +504,7 @@ def measure(spec: Spec, xs: np.ndarray, runs=RUNS, as_written: bool = True, orac
         pts, (truth, cond, xcol) = points_and_truth(dtype)
         targets = [("compiled", op_function(spec))] + ([("as_written", as_written_function(spec))] if as_written else [])
         for which, fn in targets:
-            got = run(fn, spec, pts, dtype, backend)
+            got = run(fn, spec, pts, dtype, backend, params)
             for out, values in got.items():
                 getattr(acc, which)[(backend, str(dtype).replace("torch.", ""), out)] = score(
                     xcol, values, truth[out], dtype, cond[out])
