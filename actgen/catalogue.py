@@ -30,6 +30,7 @@ import sympy
 import torch
 
 from .functions import MPMATH_FUNCTIONS, mean_of_draws
+from .native import kernels_text as native_kernels_text
 from .precision import DENSE_HALF_WIDTH, DENSE_STEP, dense_points
 from .spec import Spec, load_spec, load_specs
 
@@ -791,6 +792,7 @@ def rewrite_example_specs() -> list[Spec]:
 
 
 def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy], grid_size: int) -> str:
+    native_names, native_any = native_kernels_text()
     lines = [
         "# Accuracy against the truth", "", REGENERATE, "",
         "Every catalogue entry is run on a grid of inputs and each result is compared with the truth: "
@@ -806,11 +808,11 @@ def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy],
         "* **Runs**: the eager torch fallback in float32, and the Triton kernels in float32 and "
         "bfloat16 (run under Triton's interpreter on CPU, whose libdevice functions are numpy's; the kernels' float32 exp and log1p, IEEE divisions and fused multiply-adds round as on a GPU; benchmarks/results/cuda/accuracy.md runs them on one); "
         "outputs f and df/d(input) (backward with a gradient of ones).  Where a formula is one of torch's "
-        "activations (relu, leaky_relu, elu, softplus, hardswish, silu, gelu, gelu_tanh), the fallback calls "
+        f"activations ({native_names}), the fallback calls "
         "torch's own kernel on the inputs it is trusted with (actgen/native.py: a window of inputs per dtype and "
         "direction) and the derived code on the rest; on the grid's tensor, with its non-finite values, that is "
-        "torch's kernel only where it takes any input (relu's, leaky_relu's and elu's forward, softplus both "
-        "ways), and tests/test_core_native.py scores torch's kernels on the grid's points inside their windows.",
+        f"torch's kernel only where it takes any input ({native_any}), "
+        "and tests/test_core_native.py scores torch's kernels on the grid's points inside their windows.",
         "* **Error**: |result - truth| in ULPs of the truth in the result's dtype, divided by the "
         "condition number where that is above 1.  The condition number of an output g is the sum over "
         "its data v (inputs, params, constants, the formula's decimal literals) of |v dg/dv / g|: "

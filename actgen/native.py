@@ -75,13 +75,6 @@ class NativeKernel:
     # the windows then (default: trusted's)
     gated: tuple | None = None
 
-    def window(self, dtype: str, which: int) -> Window | None:
-        """The window of f (which 0) or the backward (1) for a dtype (its name), or None."""
-        for d, *w in self.trusted:
-            if d == dtype:
-                return w[which]
-        return None
-
 
 NATIVE_KERNELS: tuple[NativeKernel, ...] = (
     NativeKernel("relu", "Max(x, 0)", (), "torch.ops.aten.relu.out({x}, out={out})",
@@ -136,6 +129,11 @@ class NativeMatch:
         if self.gate is None:
             return self.kernel.trusted
         return tuple((d, f, _intersect(f, b)) for d, f, b in self.kernel.gated or self.kernel.trusted)
+
+    @property
+    def any_input(self) -> tuple[bool, bool]:
+        """The kernel's any_input; with a gate, neither (the gate must be finite)."""
+        return (False, False) if self.gate else self.kernel.any_input
 
 
 def _intersect(u: Window | None, v: Window | None) -> Window | None:
@@ -195,6 +193,19 @@ def match(spec: Spec) -> NativeMatch | None:
     return None
 
 
+def and_list(words) -> str:
+    """a, b and c."""
+    return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else words[0]
+
+
+def kernels_text() -> tuple[str, str]:
+    """(the entries' names, those whose kernel takes any input and in which directions), as
+    the docs say them."""
+    forward = and_list([f"{k.name}'s" for k in NATIVE_KERNELS if k.any_input == (True, False)]) + " forward"
+    both = [f"{k.name} both ways" for k in NATIVE_KERNELS if k.any_input == (True, True)]
+    return ", ".join(k.name for k in NATIVE_KERNELS), ", ".join([forward, *both])
+
+
 def _window_text(window: Window, dtypes: str) -> str:
     lo, hi = window
     if (lo, hi) == FINITE:
@@ -232,9 +243,8 @@ def describe(m: NativeMatch, x: str) -> list[str]:
                 groups.setdefault(windows[which], []).append(dtype)
         parts = []
         for window, dtypes in groups.items():
-            names = " and ".join(dtypes) if len(dtypes) < 3 else ", ".join(dtypes[:-1]) + " and " + dtypes[-1]
-            any_input = kernel.any_input[which] and m.gate is None
-            parts.append(f"any {names} input" if any_input else _window_text(window, names))
+            names = and_list(dtypes)
+            parts.append(f"any {names} input" if m.any_input[which] else _window_text(window, names))
         lines.append(f"    {label}: " + ("; ".join(parts) if parts else "none") + ".")
     lines.append("    The derived code runs elsewhere (and on float64).")
     return lines

@@ -35,7 +35,9 @@ def test_the_catalogue_entries_that_are_torch_activations_match_and_only_those()
     assert m.backward == ("torch.ops.aten.softplus_backward.grad_input(_g, x, beta, threshold, grad_input=_out[0])",)
     assert native.match(SPECS["silu"]).backward == ("torch.ops.aten.silu_backward.grad_input(_g, x, grad_input=_out[0])",)
     assert native.match(SPECS["swiglu"]).forward == ("return torch.ops.aten.silu.out(a, out=_out).mul_(b)",)
-    assert native.match(SPECS["gelu"]).kernel.window("float32", 0) is None     # 1 + erf cancels: never
+    gelu = {d: (f, b) for d, f, b in native.match(SPECS["gelu"]).trusted}
+    assert gelu["float32"] == (None, None)          # 1 + erf cancels: never
+    assert native.match(SPECS["reglu"]).any_input == (False, False)     # (relu's own takes any: not with a gate)
 
 
 @pytest.mark.parametrize("text, kernel", [
@@ -190,10 +192,6 @@ def test_a_user_formula_that_is_torch_softplus_builds_onto_its_kernel():
     torch.testing.assert_close(y, torch.nn.functional.softplus(x.detach(), 2.0, 10.0))
     torch.testing.assert_close(g, torch.where(2.0 * x.detach() > 10.0, 1.0, torch.sigmoid(2.0 * x.detach())))
     assert m.sp_user.__globals__["_OP"].forward_native is not None
-
-
-def _chunk_of(op, dtype):
-    return op._chunk(dtype, False, 1)
 
 
 def _reference(name, a, b=None):

@@ -697,8 +697,8 @@ def render_module(d: Derivation) -> str:
                 for line in _trusted_lines(native.trusted):
                     w(line)
             w("},")
-            if any(native.kernel.any_input) and native.gate is None:
-                w(f"native_any_input={native.kernel.any_input!r},")
+            if any(native.any_input):
+                w(f"native_any_input={native.any_input!r},")
         w(f"forward_torch_fast={'_forward_torch_fast' if fast[0] else None},")
         w(f"derivatives_torch_fast={'_derivatives_torch_fast' if fast[1] else None},")
         if any(fast):
