@@ -1,9 +1,13 @@
 """Specs -> a generated package on disk: byte-identical output, atomic writes, --check."""
 from __future__ import annotations
 
+import keyword
 import os
-import shutil
-import tempfile
+import secrets
+import signal
+import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,21 +28,64 @@ def render_package(package: str, specs: list[Spec]) -> dict[str, str]:
     return files
 
 
+#: Seconds one formula may take to compile (the catalogue's slowest takes under 2 on a
+#: 2-vCPU VM); past them it is refused as too complex: a spec is untrusted input, and
+#: symbolic work can grow without bound (sigmoid nested 20 deep, exp 7 deep).
+MAX_COMPILE_SECONDS = 60
+
+
+class _TooSlow(BaseException):
+    """Raised by the timer into the compiler (a BaseException: no `except Exception` in sympy
+    or in the rewrites' fallbacks swallows it)."""
+
+
+@contextmanager
+def _time_limit(seconds: float):
+    """Raise _TooSlow in the main thread after seconds (no limit elsewhere, nor where a timer
+    runs already: the caller's)."""
+    if (threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer")
+            or signal.getitimer(signal.ITIMER_REAL)[0] > 0):
+        yield
+        return
+
+    def fire(signum, frame):
+        raise _TooSlow()
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _too_slow(spec: Spec) -> SpecError:
+    return SpecError([f"{spec.source}:{spec.formula_line}: formula: too complex: compiling it took over "
+                      f"{MAX_COMPILE_SECONDS} s"])
+
+
 def _compiled(spec: Spec):
     """(derivation, module text) of a spec (see derive_spec)."""
-    d = derive_spec(spec)
     try:
-        return d, render_module(d)
-    except Exception as exc:  # noqa: BLE001 - any failure here is this formula's
-        raise _cannot_compile(spec, exc) from None
+        with _time_limit(MAX_COMPILE_SECONDS):
+            d = derive_spec(spec)
+            try:
+                return d, render_module(d)
+            except Exception as exc:  # noqa: BLE001 - any failure here is this formula's
+                raise _cannot_compile(spec, exc) from None
+    except _TooSlow:
+        raise _too_slow(spec) from None
 
 
 def derive_spec(spec: Spec):
     """derive(spec), where a formula that passed validation and still defeats the compiler
-    (sympy failing on some construct) is reported as the spec's problem - `path:line:
-    formula: cannot be compiled (...)`, as SpecError - not as a traceback."""
+    (sympy failing on some construct, or taking over MAX_COMPILE_SECONDS) is reported as the
+    spec's problem - `path:line: formula: ...`, as SpecError - not as a traceback."""
     try:
-        return derive(spec)
+        with _time_limit(MAX_COMPILE_SECONDS):
+            return derive(spec)
+    except _TooSlow:
+        raise _too_slow(spec) from None
     except Exception as exc:  # noqa: BLE001 - any failure here is this formula's
         raise _cannot_compile(spec, exc) from None
 
@@ -56,50 +103,72 @@ class BuildResult:
     removed: list[str]       # stale generated files (removed, or would be)
 
 
+#: Names a generated package must not take: it would shadow what it or its users import.
+_SHADOWED = frozenset({"torch", "triton", "actgen", "numpy", "sympy", "yaml", "mpmath"}) | frozenset(sys.stdlib_module_names)
+
+
 def package_name(out: Path) -> str:
     name = Path(out).resolve().name
-    if not name.isidentifier():
+    if not name.isidentifier() or keyword.iskeyword(name):
         raise SpecError([f"{out}:0: --out: '{name}' is not a Python identifier, so it cannot be a package name"])
+    if name.startswith("__") or name in _SHADOWED:
+        raise SpecError([f"{out}:0: --out: '{name}' would shadow a module of that name; choose another package name"])
     return name
 
 
 def _existing(out: Path) -> dict[str, str]:
+    """The package's modules as they are (a file that is not UTF-8 is no module actgen wrote)."""
     if not out.is_dir():
         return {}
-    return {p.name: p.read_text(encoding="utf-8") for p in sorted(out.glob("*.py"))}
+    return {p.name: p.read_bytes().decode("utf-8", errors="replace") for p in sorted(out.glob("*.py")) if p.is_file()}
+
+
+def _check_out(out: Path, old: dict[str, str]):
+    """out is new, an empty directory, or a package actgen wrote (its __init__.py marked):
+    anything else is the user's, and a build never writes over it."""
+    if out.exists() and not out.is_dir():
+        raise SpecError([f"{out}:0: --out: exists and is not a directory"])
+    if not out.exists() or GENERATED_MARK in old.get("__init__.py", ""):
+        return
+    others = sorted(p.name for p in out.iterdir() if p.name != "__pycache__")
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise SpecError([f"{out}:0: --out: is a directory actgen did not write (it holds {shown}); "
+                         "give a new or empty directory, or a package actgen built"])
 
 
 def build(spec_paths: list[Path], out: Path, check: bool = False) -> BuildResult:
     out = Path(out)
     package = package_name(out)
     specs = load_specs(spec_paths)                   # raises SpecError: nothing written
-    files = render_package(package, specs)
     old = _existing(out)
+    _check_out(out, old)
+    files = render_package(package, specs)
     changed = [n for n, text in files.items() if old.get(n) != text]
     removed = [n for n, text in old.items() if n not in files and GENERATED_MARK in text]
     result = BuildResult(out, changed, removed)
     if check or not (changed or removed):
         return result
-    _write_atomically(out, files, keep={n: t for n, t in old.items() if n not in files and n not in removed})
+    try:
+        _write(out, {n: files[n] for n in changed}, removed)
+    except OSError as exc:
+        raise SpecError([f"{out}:0: --out: cannot write there ({exc.strerror or exc})"]) from None
     return result
 
 
-def _write_atomically(out: Path, files: dict[str, str], keep: dict[str, str]):
-    """Write the whole package into a sibling temp dir, then swap it in with renames."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
-    try:
-        for name, text in {**keep, **files}.items():
-            with open(tmp / name, "w", encoding="utf-8", newline="\n") as fh:
-                fh.write(text)
-        if out.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rmdir(backup)
-            os.replace(out, backup)
-            os.replace(tmp, out)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+def _write(out: Path, files: dict[str, str], removed: list[str]):
+    """Each file written whole into a temp file beside it, then renamed over it (a reader
+    sees the old file or the new one); the modules first, __init__.py (which names them)
+    next, stale generated modules last.  Nothing else in out is touched."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in sorted(files, key=lambda n: n == "__init__.py"):
+        tmp = out / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)     # (mode: the umask's)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+                fh.write(files[name])
+            os.replace(tmp, out / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+    for name in removed:
+        (out / name).unlink(missing_ok=True)

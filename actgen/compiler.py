@@ -35,19 +35,49 @@ def generator_fingerprint() -> str:
 
 
 def _spec_mapping(formula, name, params, constants, inputs, doc, class_name, precision="auto"):
+    """compile's arguments as a spec's fields: of the types the spec format has (anything
+    else is a SpecError naming the argument); load_spec checks the rest."""
+    def fail(field, problem):
+        from .spec import SpecError         # (here: a cached module's import needs no sympy)
+
+        raise SpecError([f"<compile {name if isinstance(name, str) else '?'}>:0: {field}: {problem}"])
+
+    def number(field, v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            fail(field, f"must be a number, got {v!r}")
+        return float(v)
+
+    def mapping(field, m):
+        if not isinstance(m, dict) or not all(isinstance(k, str) for k in m):
+            fail(field, f"must be a dict with str keys, got {m!r}")
+        return m
+
+    for field, v in (("formula", formula), ("name", name), ("doc", doc), ("precision", precision)):
+        if not isinstance(v, str):
+            fail(field, f"must be a str, got {type(v).__name__}")
+    if class_name is not None and not isinstance(class_name, str):
+        fail("class_name", f"must be a str, got {type(class_name).__name__}")
     spec = {"name": name, "formula": formula}
     if precision != "auto":
         spec["precision"] = precision
     if doc:
         spec["doc"] = doc
     if inputs is not None:
+        if not isinstance(inputs, (list, tuple)) or not all(isinstance(v, str) for v in inputs):
+            fail("inputs", f"must be a list of names, got {inputs!r}")
         spec["inputs"] = list(inputs)
     if params:
-        spec["params"] = {
-            k: (dict(v) if isinstance(v, dict) else float(v)) for k, v in dict(params).items()
-        }
+        spec["params"] = {}
+        for k, v in mapping("params", params).items():
+            if isinstance(v, dict):
+                v = dict(mapping(f"params.{k}", v))
+                if "init" in v:
+                    v["init"] = number(f"params.{k}.init", v["init"])
+                spec["params"][k] = v
+            else:
+                spec["params"][k] = number(f"params.{k}", v)
     if constants:
-        spec["constants"] = {k: float(v) for k, v in dict(constants).items()}
+        spec["constants"] = {k: number(f"constants.{k}", v) for k, v in mapping("constants", constants).items()}
     if class_name:
         spec["class_name"] = class_name
     return spec

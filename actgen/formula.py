@@ -38,22 +38,31 @@ def _piecewise(*pairs):
     return sympy.Piecewise(*pairs)
 
 
+#: Max and Min take at most this many arguments (each pair nests its arguments twice).
+MAX_EXTREMUM_ARGS = 8
+
+
+def _extremum(name, compare, args):
+    if not 2 <= len(args) <= MAX_EXTREMUM_ARGS:
+        raise FormulaError(f"{name} takes 2 to {MAX_EXTREMUM_ARGS} arguments, got {len(args)}")
+    return _pairwise(compare, args)
+
+
+def _pairwise(compare, args):
+    """The extremum by halves: each argument nests log2(n) levels deep, not n."""
+    if len(args) == 1:
+        return args[0]
+    half = len(args) // 2
+    a, b = _pairwise(compare, args[:half]), _pairwise(compare, args[half:])
+    return _piecewise((a, compare(a, b)), (b, True))
+
+
 def _max(*args):
-    if len(args) < 2:
-        raise FormulaError(f"Max takes at least 2 arguments, got {len(args)}")
-    result = args[0]
-    for other in args[1:]:
-        result = _piecewise((result, sympy.StrictGreaterThan(result, other)), (other, True))
-    return result
+    return _extremum("Max", sympy.StrictGreaterThan, args)
 
 
 def _min(*args):
-    if len(args) < 2:
-        raise FormulaError(f"Min takes at least 2 arguments, got {len(args)}")
-    result = args[0]
-    for other in args[1:]:
-        result = _piecewise((result, sympy.StrictLessThan(result, other)), (other, True))
-    return result
+    return _extremum("Min", sympy.StrictLessThan, args)
 
 
 def _sign(u):

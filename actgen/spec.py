@@ -7,6 +7,7 @@ first).  Nothing here evaluates anything.
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import keyword
 import math
@@ -32,14 +33,21 @@ MAX_YAML_DEPTH = 16
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
 _VAR_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 _CLASS_RE = re.compile(r"[A-Z][A-Za-z0-9_]*\Z")
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+\Z")
 _REFERENCE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 # Names generated code uses next to the user's: modules, the functional's keywords,
 # Module methods' arguments, Python builtins.
 _GENERATED_NAMES = frozenset(
     {"torch", "triton", "tl", "libdevice", "math", "F", "nn", "channel_dim", "dim",
      "num_channels", "num_parameters", "init", "inplace", "self", "ctx", "cls", "grad_output", "input",
-     "info", "in_dims", "args", "tangents", "training"}
+     "info", "in_dims", "args", "tangents", "training", "reset_parameters",
+     # the kernels' compile-time arguments (actgen.codegen.module), next to the variables
+     "BLOCK_M", "BLOCK_N", "CH_AXIS", "ACC", "FAST", "PARAM_GRAD", "STEP", "TRAINING"}
 )
+#: The longest name, variable or class name (a module's file name is the activation's).
+MAX_NAME_LENGTH = 64
+#: The most params and constants one spec declares.
+MAX_VARIABLES = 64
 _RESERVED = RESERVED_NAMES | _GENERATED_NAMES | frozenset(dir(builtins))
 # an activation's name becomes a module and a function next to the generated code
 _RESERVED_MODULE_NAMES = _GENERATED_NAMES | frozenset(dir(builtins))
@@ -81,6 +89,7 @@ class Spec:
     source: str = "<string>"
     sha256: str = ""
     formula_line: int = field(default=1, compare=False)     # where the formula is in source
+    name_line: int = field(default=1, compare=False)        # where the name is
 
     @property
     def gated(self) -> bool:
@@ -150,6 +159,8 @@ def _number(loader, node, problems, fieldname):
         problems.add(node, fieldname, "must be a number")
         return None
     value = _scalar(loader, node)
+    if isinstance(value, str) and node.style is None and _FLOAT_RE.match(value):
+        value = float(value)        # 1e-5: a number, though YAML 1.1 (PyYAML) wants 1.0e-5
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         problems.add(node, fieldname, f"must be a number, got {node.value!r}")
         return None
@@ -173,9 +184,24 @@ def _string(loader, node, problems, fieldname):
     return _scalar(loader, node)
 
 
+@functools.cache
+def _module_attributes() -> frozenset[str]:
+    """What torch.nn.Module has: a param or constant becomes an attribute of the generated
+    module, and must not take the place of one (forward, to, train, state_dict, ...)."""
+    import torch.nn
+
+    return frozenset(dir(torch.nn.Module))
+
+
 def _check_var(name, node, problems, fieldname, seen):
     if not isinstance(name, str) or not _VAR_RE.match(name) or keyword.iskeyword(name):
         problems.add(node, fieldname, f"{name!r} is not a valid name (letters, digits and _, starting with a letter)")
+        return False
+    if len(name) > MAX_NAME_LENGTH:
+        problems.add(node, fieldname, f"'{name[:16]}...' is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}")
+        return False
+    if fieldname in ("params", "constants") and name in _module_attributes():
+        problems.add(node, fieldname, f"'{name}' is an attribute of torch.nn.Module, which the generated module is")
         return False
     if name.endswith(("_ptr", "_stride")):
         problems.add(node, fieldname, f"'{name}' must not end in _ptr or _stride (generated kernels use those names)")
@@ -242,6 +268,9 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
         if name is not None and (not _NAME_RE.match(name) or keyword.iskeyword(name) or name in _RESERVED_MODULE_NAMES):
             problems.add(get("name"), "name", f"{name!r} must match [a-z][a-z0-9_]* and not be a Python keyword or reserved name")
             name = None
+        elif name is not None and len(name) > MAX_NAME_LENGTH:
+            problems.add(get("name"), "name", f"'{name[:16]}...' is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}")
+            name = None
 
     seen: dict[str, str] = {}
     inputs: list[str] = ["x"]
@@ -307,6 +336,10 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
                 if value is not None:
                     constants.append(Constant(cname, value))
 
+    if len(params) + len(constants) > MAX_VARIABLES:
+        problems.add(get("params") or get("constants"), "params", f"{len(params)} params and {len(constants)} "
+                     f"constants; the limit is {MAX_VARIABLES} together")
+
     doc = ""
     if get("doc") is not None:
         doc = _string(loader, get("doc"), problems, "doc") or ""
@@ -315,8 +348,9 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
     if get("class_name") is not None:
         value = _string(loader, get("class_name"), problems, "class_name")
         if value is not None:
-            if not _CLASS_RE.match(value) or keyword.iskeyword(value) or value in _RESERVED:
-                problems.add(get("class_name"), "class_name", f"{value!r} must match [A-Z][A-Za-z0-9_]*")
+            if not _CLASS_RE.match(value) or keyword.iskeyword(value) or value in _RESERVED or len(value) > MAX_NAME_LENGTH:
+                problems.add(get("class_name"), "class_name", f"{value!r} must match [A-Z][A-Za-z0-9_]*, "
+                             f"at most {MAX_NAME_LENGTH} characters long")
             else:
                 class_name = value
 
@@ -371,6 +405,7 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
         source=path,
         sha256=hashlib.sha256(raw).hexdigest(),
         formula_line=get("formula").start_mark.line + 1,
+        name_line=get("name").start_mark.line + 1,
     )
 
 
@@ -378,7 +413,11 @@ def load_spec_file(path: Path, display: str | None = None) -> Spec:
     path = Path(path)
     shown = display or str(path)
     try:
-        raw = path.read_bytes()
+        if not path.is_file():          # (a directory, a FIFO, a device: nothing to read, or no end)
+            what = "does not exist" if not path.exists() else "is not a regular file"
+            raise SpecError([f"{shown}:1: spec: {what}"])
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_SPEC_BYTES + 1)       # (load_spec refuses more)
     except OSError as exc:
         raise SpecError([f"{shown}:1: spec: cannot read file ({exc.strerror})"]) from None
     return load_spec(raw, shown)
@@ -393,7 +432,13 @@ def collect_spec_files(paths: Iterable[Path]) -> list[Path]:
             files.extend(sorted(q for q in p.iterdir() if q.suffix in (".yaml", ".yml") and q.is_file()))
         else:
             files.append(p)
-    return files
+    seen, unique = set(), []
+    for f in files:                 # (a directory or file given twice: its specs once)
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
 
 
 def load_specs(paths: Iterable[Path]) -> list[Spec]:
@@ -409,14 +454,20 @@ def load_specs(paths: Iterable[Path]) -> list[Spec]:
         except SpecError as exc:
             problems.extend(exc.problems)
     by_name: dict[str, Spec] = {}
-    by_class: dict[str, Spec] = {}
+    exported: dict[str, Spec] = {}      # the package's names: each spec's function, Module and Function
     for s in specs:
         if s.name in by_name:
-            problems.append(f"{s.source}:1: name: '{s.name}' is already defined in {by_name[s.name].source}")
-        by_name.setdefault(s.name, s)
-        if s.class_name in by_class and by_class[s.class_name].name != s.name:
-            problems.append(f"{s.source}:1: class_name: '{s.class_name}' is already used by {by_class[s.class_name].source}")
-        by_class.setdefault(s.class_name, s)
+            problems.append(f"{s.source}:{s.name_line}: name: '{s.name}' is already defined in {by_name[s.name].source}")
+            continue
+        by_name[s.name] = s
+        for n in (s.name, s.class_name, f"{s.class_name}Function"):
+            if n in exported:
+                problems.append(f"{s.source}:{s.name_line}: name: '{s.name}' exports '{n}', as {exported[n].name} "
+                                f"in {exported[n].source} does (rename one, or give it a class_name)")
+                break
+        else:
+            for n in (s.name, s.class_name, f"{s.class_name}Function"):
+                exported[n] = s
     if problems:
         raise SpecError(problems)
     return sorted(specs, key=lambda s: s.name)

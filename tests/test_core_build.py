@@ -158,6 +158,16 @@ def test_compile_rejects_bad_input_with_spec_errors():
         actgen.compile("__import__('os').system('true')", name="bad")
     with pytest.raises(actgen.SpecError, match="name"):
         actgen.compile("x", name="class")
+    for kwargs, problem in (({"formula": b"x"}, "formula: must be a str, got bytes"),
+                            ({"params": ["b"]}, "params: must be a dict with str keys, got ['b']"),
+                            ({"params": {"b": "abc"}}, "params.b: must be a number, got 'abc'"),
+                            ({"params": {"b": {"init": None}}}, "params.b.init: must be a number, got None"),
+                            ({"constants": {"b": True}}, "constants.b: must be a number, got True"),
+                            ({"inputs": "ab"}, "inputs: must be a list of names, got 'ab'")):
+        kwargs = {"formula": "x * b", **kwargs}
+        with pytest.raises(actgen.SpecError) as info:
+            actgen.compile(kwargs.pop("formula"), name="bad", **kwargs)
+        assert str(info.value) == f"<compile bad>:0: {problem}"
 
 
 def test_demo_derives_and_checks(tmp_path):

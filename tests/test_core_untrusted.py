@@ -37,6 +37,15 @@ from _reference import reference_call
     ("name: a\nformula: x * c\nconstants: {c: -1.0e+39}\n", "s.yaml:3: constants.c: -1e+39 is beyond float32's range"),
     ("name: a\nformula: where(Min(2, uniform(0, 1)) < 1, x, 2*x)\n", "where(...) of these arguments cannot be built"),
     ("name: a\nformula: Max(x, Min(c, -2)**(1/3))\nconstants: {c: 1.0}\n", "Max(...) of these arguments cannot be built"),
+    ("name: " + "a" * 300 + "\nformula: x\n", "s.yaml:1: name: 'aaaaaaaaaaaaaaaa...' is 300 characters long; the limit is 64"),
+    ("name: a\nformula: x * " + "b" * 65 + "\nconstants: {" + "b" * 65 + ": 1.0}\n", "s.yaml:3: constants: 'bbbbbbbbbbbbbbbb...' is 65"),
+    ("name: a\nformula: x * ACC\nconstants: {ACC: 0.5}\n", "s.yaml:3: constants: 'ACC' collides with a reserved name"),
+    ("name: a\nformula: x * CH_AXIS\nparams: {CH_AXIS: 0.5}\n", "s.yaml:3: params: 'CH_AXIS' collides with a reserved name"),
+    ("name: a\nformula: x * forward\nparams: {forward: 0.5}\n", "s.yaml:3: params: 'forward' is an attribute of torch.nn.Module"),
+    ("name: a\nformula: x * train\nconstants: {train: 0.5}\n", "s.yaml:3: constants: 'train' is an attribute of torch.nn.Module"),
+    ("name: a\nformula: max(" + ", ".join(f"x*{i}" for i in range(1, 13)) + ")\n", "Max takes 2 to 8 arguments, got 12"),
+    ("name: a\nformula: x*p0\nparams: {" + ", ".join(f"p{i}: 1.0" for i in range(65)) + "}\n",
+     "s.yaml:3: params: 65 params and 0 constants; the limit is 64 together"),
 ])
 def test_hostile_specs_are_clean_errors(text, expected):
     with pytest.raises(SpecError) as info:
@@ -52,6 +61,109 @@ def test_hostile_spec_on_the_command_line_exits_2_and_writes_nothing(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr and not out.exists()
     assert r.stderr.strip() == f"{spec}:3: spec: YAML aliases (*name) are not supported"
+
+
+def test_every_name_the_kernels_take_at_compile_time_is_reserved():
+    """A constant or param named like one of the kernels' constexprs (ACC, CH_AXIS, ...) made
+    a module with a duplicate argument, or a kernel that wrote the param over it."""
+    import re
+    from pathlib import Path
+
+    import actgen.spec as spec_module
+
+    found = set()
+    for path in (Path(spec_module.__file__).parent / "ops").glob("*.py"):
+        found |= set(re.findall(r"\b([A-Za-z_]\w*): tl\.constexpr", path.read_text()))
+    assert found and found <= spec_module._GENERATED_NAMES, found - spec_module._GENERATED_NAMES
+
+
+def test_plain_yaml_exponents_are_numbers():
+    """PyYAML reads 1e-5 (no dot) as a string; a spec's number fields take it as the number."""
+    spec = load_spec("name: a\nformula: x * c + d\nconstants: {c: 1e-5, d: -2E+3}\n", "s.yaml")
+    assert [c.default for c in spec.constants] == [1e-5, -2000.0]
+    with pytest.raises(SpecError, match="must be a number"):
+        load_spec("name: a\nformula: x * c\nconstants: {c: '1e-5'}\n", "s.yaml")     # (quoted: a string)
+    with pytest.raises(SpecError, match="beyond float32's range"):
+        load_spec("name: a\nformula: x * c\nconstants: {c: 1e39}\n", "s.yaml")
+
+
+def _tree(root):
+    return {p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def test_out_is_never_a_directory_or_file_actgen_did_not_write(tmp_path):
+    """--out at a directory of the user's (here, the one holding the specs), or at a file, is
+    an error that touches nothing; a package actgen built is rebuilt in place, the user's
+    files in it kept."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "s.yaml").write_text("name: a\nformula: x * 2\n")
+    (specs / "notes").write_text("mine")
+    before = _tree(tmp_path)
+    for out, problem in ((specs, "is a directory actgen did not write (it holds notes, s.yaml)"),
+                         (specs / "notes", "exists and is not a directory"),
+                         (specs / "notes" / "pkg", "cannot write there (Not a directory)")):
+        with pytest.raises(SpecError) as info:
+            build([specs / "s.yaml"], out)
+        assert info.value.problems == [f"{out}:0: --out: {problem}" + ("; give a new or empty directory, or a package "
+                                       "actgen built" if "actgen did not" in problem else "")]
+        assert _tree(tmp_path) == before
+    lib = tmp_path / "lib"
+    build([specs / "s.yaml"], lib)
+    (lib / "NOTES.md").write_text("mine")
+    (lib / "data").mkdir()
+    (specs / "t.yaml").write_text("name: b\nformula: x * 3\n")
+    result = build([specs], lib)
+    assert sorted(result.changed) == ["__init__.py", "b.py"]
+    assert sorted(p.name for p in lib.iterdir()) == ["NOTES.md", "__init__.py", "a.py", "b.py", "data"]
+    assert (lib / "NOTES.md").read_text() == "mine"
+    with pytest.raises(SpecError, match="would shadow a module"):
+        build([specs], tmp_path / "torch")
+
+
+def test_spec_files_that_are_not_regular_files_are_refused(tmp_path):
+    import os
+
+    from actgen.spec import load_specs
+
+    fifo = tmp_path / "f.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(SpecError) as info:
+        load_specs([fifo])          # (reading it would wait for a writer forever)
+    assert info.value.problems == [f"{fifo}:1: spec: is not a regular file"]
+    with pytest.raises(SpecError, match="does not exist"):
+        load_specs([tmp_path / "missing.yaml"])
+
+
+def test_names_the_package_exports_are_unique_and_a_file_given_twice_is_one_spec(tmp_path):
+    from actgen.spec import load_specs
+
+    (tmp_path / "a.yaml").write_text("name: act\nformula: x\n")
+    (tmp_path / "b.yaml").write_text("doc: d\n\nname: act_function\nformula: x\n")
+    with pytest.raises(SpecError) as info:
+        load_specs([tmp_path])
+    assert info.value.problems == [f"{tmp_path / 'b.yaml'}:3: name: 'act_function' exports 'ActFunction', as act in "
+                                   f"{tmp_path / 'a.yaml'} does (rename one, or give it a class_name)"]
+    (tmp_path / "b.yaml").unlink()
+    assert [s.name for s in load_specs([tmp_path / "a.yaml", tmp_path])] == ["act"]
+
+
+def test_a_formula_too_slow_to_compile_is_refused(tmp_path, monkeypatch):
+    """Symbolic work can grow without bound on a short formula (sigmoid nested 20 deep took
+    minutes): past MAX_COMPILE_SECONDS the spec is refused, and nothing is written."""
+    import time
+
+    import actgen.build as build_module
+
+    monkeypatch.setattr(build_module, "MAX_COMPILE_SECONDS", 1)
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: a\nformula: " + "sigmoid(" * 16 + "x" + ")" * 16 + "\n")
+    start = time.monotonic()
+    with pytest.raises(SpecError) as info:
+        build([spec], tmp_path / "lib")
+    assert time.monotonic() - start < 30
+    assert info.value.problems == [f"{spec}:2: formula: too complex: compiling it took over 1 s"]
+    assert not (tmp_path / "lib").exists()
 
 
 def test_a_formula_the_compiler_fails_on_is_reported_not_raised(tmp_path, monkeypatch):

@@ -16,6 +16,12 @@ from ..derive import MAX_PRODUCT_POWER, SATURATE_MAX_EXP2, value_range
 from .base import ATOM, COND, POW, ExprPrinter
 
 
+def _float32_exact(v: float) -> bool:
+    """Whether float32 holds v exactly (a number past its range does not: inf)."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(v)) == v
+
+
 class TritonPrinter(ExprPrinter):
     FUNCTIONS = {
         "exp": "_exp({0}, FAST)",
@@ -82,7 +88,7 @@ class TritonPrinter(ExprPrinter):
     def addend(self, rest) -> str:
         """The fma's addend.  A number that float32 does not hold exactly is made in the
         kernel's compute type: tl.fma takes a bare number as float32 first (triton 3.6)."""
-        if rest.is_number and float(np.float32(float(rest))) != float(rest):
+        if rest.is_number and not _float32_exact(float(rest)):
             return f"tl.full([], {self.doprint(rest)}, ACC)"
         return self.doprint(rest)
 

@@ -401,6 +401,65 @@ class Activation:
                 return False
         return self._finite(xs[1:])
 
+    #: torch's kernel takes a tensor with inputs outside its window where the blocks of
+    #: PATCH_BLOCK elements that hold them are at most PATCH_FRACTION of it: the derived code
+    #: computes those blocks (and the tail past the last whole block) alone, gathered, and
+    #: writes them over the kernel's values.
+    PATCH_BLOCK = 256
+    PATCH_FRACTION = 1 / 8
+
+    def _native_outside(self, which: int, blocks) -> torch.Tensor:
+        """Which rows of the (rows, PATCH_BLOCK) views of the inputs torch's kernel for f
+        (which 0) or the backward (1) is not trusted with: the first input not inside the
+        dtype's window (NaN is not), or another input not finite (one sum per row: a sum
+        that overflows only counts the row out too)."""
+        lo, hi = self._native_window(which, blocks[0].dtype)
+        x = blocks[0]
+        if lo == -math.inf and hi == math.inf:
+            inside = torch.isfinite(x.sum(1))
+        elif lo == -math.inf:           # (amax and amin: NaN where a row has one; aminmax over
+            inside = x.amax(1) < hi     # a dim takes 20 times as long)
+        elif hi == math.inf:
+            inside = x.amin(1) > lo
+        else:
+            inside = (x.amin(1) > lo).logical_and_(x.amax(1) < hi)
+        for t in blocks[1:]:
+            inside.logical_and_(torch.isfinite(t.sum(1)))
+        return inside.logical_not_()
+
+    def _native_patched(self, which: int, inputs, constants, channel_dim, rng, outs, grad=None, needs=None) -> bool:
+        """torch's kernel for f (which 0: into outs[0]) or the backward (1: into outs, None
+        where not needed) on the inputs, and the derived code on the blocks it is not trusted
+        with and the tail, written over its values - where those blocks are at most
+        PATCH_FRACTION of the inputs; else False, and nothing written.  outs are contiguous."""
+        n, size = inputs[0].numel(), self.PATCH_BLOCK
+        rows = n // size
+        if not rows:
+            return False
+        flat = [t.reshape(-1) for t in inputs]
+        out_rows = self._native_outside(which, [t[: rows * size].view(rows, size) for t in flat]).nonzero().squeeze(1)
+        if out_rows.numel() * size > self.PATCH_FRACTION * n:
+            return False
+        if which == 0:
+            self.forward_native(*inputs, *constants, outs[0])
+        else:
+            self.backward_native(grad, *inputs, *constants, outs)
+        idx = (out_rows[:, None] * size + torch.arange(size)).view(-1)
+        if rows * size < n:
+            idx = torch.cat([idx, torch.arange(rows * size, n)])
+        if not idx.numel():
+            return True
+        sub = [t.index_select(0, idx) for t in flat]
+        if which == 0:
+            values = [self._cpu_forward(sub, [], constants, channel_dim, rng, native=False)]
+        else:
+            values = self._cpu_backward(grad.reshape(-1).index_select(0, idx), sub, [], constants, channel_dim,
+                                        needs, rng, native=False)
+        for out, v in zip(outs, values):
+            if out is not None:
+                out.view(-1).index_copy_(0, idx, v)
+        return True
+
     def _cpu_backward_whole(self, grad, inputs, params, constants, channel_dim, needs, rng):
         """The backward in one piece (small tensors): a derivative computed afresh takes grad
         in place."""
@@ -461,12 +520,20 @@ class Activation:
             return None
         return True
 
-    def _cpu_forward(self, inputs, params, constants, channel_dim, rng):
+    def _cpu_forward(self, inputs, params, constants, channel_dim, rng, native=True):
+        """f on the fallback: torch's kernel (where the op has one and native) on the whole
+        tensor, or on it with a few blocks the derived code's, or chunk by chunk; else the
+        derived code."""
         x = inputs[0]
-        native = self._native_window(0, x.dtype) is not None
+        native = native and self._native_window(0, x.dtype) is not None
         wide = self.float64_forward
-        if native and self._native_takes(0, inputs):      # torch's kernel on the whole tensor
-            return self.forward_native(*inputs, *constants, torch.empty(x.shape, dtype=x.dtype, device=x.device))
+        if native:
+            out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+            if self._native_takes(0, inputs):
+                return self.forward_native(*inputs, *constants, out)
+            if self._native_patched(0, inputs, constants, channel_dim, rng, [out]):
+                return out
+            del out
         if x.numel() <= self._chunk(x.dtype, wide, 0):     # one chunk: the tensors as they are
             args = self._eager_args(inputs, params, constants, channel_dim, rng, wide)
             xs = args[: self.n_inputs]
@@ -480,7 +547,7 @@ class Activation:
         all_finite = None if native else self._all_finite(0, views)     # (native: each chunk's own check)
         for index, channels in chunks:
             target = out[index]
-            if native:              # (some input is outside the window) torch's kernel on each chunk it takes
+            if native:              # (some input is outside the window) torch's kernel chunk by chunk
                 xs = [v[index] for v in views]
                 if self._native_takes(0, xs):
                     self.forward_native(*xs, *constants, target)
@@ -501,14 +568,19 @@ class Activation:
         ws = WORKSPACE.buffers(self.fast_buffers[0], shape, out.dtype)
         return ws[: self.fast_buffers[0] - 1] + [out]
 
-    def _cpu_backward(self, grad, inputs, params, constants, channel_dim, needs, rng):
+    def _cpu_backward(self, grad, inputs, params, constants, channel_dim, needs, rng, native=True):
+        """The input and param gradients on the fallback, as _cpu_forward computes f."""
         x = inputs[0]
-        native = self._native_window(1, x.dtype) is not None and grad.dtype == x.dtype
-        if native and self._native_takes(1, inputs):      # torch's kernel on the whole tensor
+        native = native and self._native_window(1, x.dtype) is not None and grad.dtype == x.dtype
+        if native:
             outs = [torch.empty(t.shape, dtype=t.dtype, device=t.device) if need else None
                     for t, need in zip(inputs, needs)]
-            self.backward_native(grad, *inputs, *constants, outs)
-            return [o if o is not None else torch.empty_like(t) for o, t in zip(outs, inputs)]
+            if self._native_takes(1, inputs):
+                self.backward_native(grad, *inputs, *constants, outs)
+                return [o if o is not None else torch.empty_like(t) for o, t in zip(outs, inputs)]
+            if self._native_patched(1, inputs, constants, channel_dim, rng, outs, grad, needs):
+                return [o if o is not None else torch.empty_like(t) for o, t in zip(outs, inputs)]
+            del outs
         if x.numel() <= self._chunk(x.dtype, self.float64_backward, 1):
             return self._cpu_backward_whole(grad, inputs, params, constants, channel_dim, needs, rng)
         dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng, self.float64_backward, 1)
@@ -518,7 +590,7 @@ class Activation:
         sums = [torch.zeros(p.numel(), dtype=dt, device=x.device) if needs[n_in + k] else None for k, p in enumerate(params)]
         all_finite = None if native else self._all_finite(1, views)
         for index, channels in chunks:
-            if native:              # torch's kernel on each chunk it takes (no params)
+            if native:              # torch's kernel chunk by chunk (no params)
                 xs = [v[index] for v in views]
                 if self._native_takes(1, xs):
                     self.backward_native(g3[index], *xs, *constants, [gr[index] if gr is not None else None for gr in grads])
