@@ -559,3 +559,44 @@ def test_a_learnable_swish_gradient_at_beta_0_is_not_x_times_x_first(backend):
             c = mpmath.mpf(torch.tensor(b).item())
             sig = lambda u: 1 / (1 + mpmath.exp(-u))
             _close_to_truth(gb, [float(v * v * sig(c * v) * sig(-c * v)) for v in map(mpmath.mpf, x.tolist())])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tanh_and_sinh_written_with_exponentials(backend, dtype):
+    """(exp(x) - exp(-x))/2 is sinh(x) and its ratio to the sum tanh(x): as written the
+    difference cancels near 0 (0 at x = 1e-30; 3.7e7 ULP off at 1e-8 in float64) and both
+    overflow far out; against mpmath, f and f' (x*tanh(2x) too, and the sum alone in a
+    ratio, exp(x)/(exp(x) + exp(-x)), which stays sigmoid(2x))."""
+    big = 80.0 if dtype == torch.float32 else 700.0       # (sinh and cosh past it overflow)
+    x = torch.tensor([-big, -20.0, -3.0, -1.0, -1e-4, -1e-8, -1e-30, 0.0, 1e-30, 1e-8, 1e-4, 0.5, 3.0, 20.0, big],
+                     dtype=dtype)
+    cases = (("(exp(x) - exp(-x))/(exp(x) + exp(-x))", mpmath.tanh, lambda v: mpmath.sech(v) ** 2),
+             ("(exp(x) - exp(-x))/2", mpmath.sinh, mpmath.cosh),
+             ("x*(exp(2*x) - exp(-2*x))/(exp(2*x) + exp(-2*x))", lambda v: v * mpmath.tanh(2 * v),
+              lambda v: mpmath.tanh(2 * v) + 2 * v * mpmath.sech(2 * v) ** 2),
+             ("exp(x)/(exp(x) + exp(-x))", lambda v: 1 / (1 + mpmath.exp(-2 * v)),
+              lambda v: 2 / (mpmath.exp(v) + mpmath.exp(-v)) ** 2))
+    for k, (formula, f, df) in enumerate(cases):
+        m = actgen.compile(formula, name=f"exps{k}")
+        y, (g,) = _grad(getattr(m, f"exps{k}"), x)
+        _close_to_truth(y, [float(f(mpmath.mpf(v))) for v in x.tolist()])
+        _close_to_truth(g, [float(df(mpmath.mpf(v))) for v in x.tolist()])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cancellations_near_a_singularity_closer_than_their_extent(backend, dtype):
+    """x - atan(x) cancels out to |x| = 3, past atan's singularities at +-i where no
+    approximant reaches: one to 1/2 takes the values near 0 (they were 0 at 1e-8 and 650 ULP
+    off at 1e-6 in float32); atan(x)/x's slope alike (NaN at 0); and where no approximant
+    passes at all (log1p(x)/x), the limit at 0 itself (it was NaN).  Against mpmath."""
+    x = torch.tensor([-2.0, -0.7, -0.3, -1e-3, -1e-6, -1e-8, 0.0, 1e-8, 1e-6, 1e-3, 0.3, 0.7, 2.0], dtype=dtype)
+    cases = (("x - atan(x)", lambda v: v - mpmath.atan(v), lambda v: v * v / (1 + v * v), x),
+             ("atan(x)/x", lambda v: mpmath.atan(v) / v if v else mpmath.mpf(1),
+              lambda v: (v / (1 + v * v) - mpmath.atan(v)) / v**2 if v else mpmath.mpf(0), x),
+             ("log1p(x)/x", lambda v: mpmath.log1p(v) / v if v else mpmath.mpf(1),
+              lambda v: (v / (1 + v) - mpmath.log1p(v)) / v**2 if v else mpmath.mpf(-0.5), torch.zeros(1, dtype=dtype)))
+    for k, (formula, f, df, at) in enumerate(cases):
+        m = actgen.compile(formula, name=f"near{k}")
+        y, (g,) = _grad(getattr(m, f"near{k}"), at)
+        _close_to_truth(y, [float(f(mpmath.mpf(v))) for v in at.tolist()])
+        _close_to_truth(g, [float(df(mpmath.mpf(v))) for v in at.tolist()])

@@ -101,8 +101,8 @@ def _second_derivatives_torch(x, alpha):
     _t6 = alpha*alpha
     _t7 = 2.0*alpha
     _t8 = _rt.fma(_t7, _w_x, _v_x)
-    _t15 = _rt.fnma(_v_x, alpha, _rt.fnma(_t6, _w_x, _w_x))
-    _t9 = _t8/(_t15*_t15)
+    _t16 = _rt.fnma(_v_x, alpha, _rt.fnma(_t6, _w_x, _w_x))
+    _t9 = _t8/(_t16*_t16)
     _t10 = _t4*x
     _t11 = _rt.rdiv(2.0, (alpha*alpha*alpha))
     _t12 = 1.0/alpha
@@ -110,7 +110,7 @@ def _second_derivatives_torch(x, alpha):
     _t14 = 1.0/_t6
     _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t2, alpha/(_t1*_t1), torch.where(_t5, _t4*alpha, alpha)))
     _d2_x_alpha = torch.where(torch.isnan(x), x, torch.where(_t2, _t9*_w_x, torch.where(_t5, _t10, x)))
-    _d2_alpha_alpha = torch.where(torch.isnan(x), x, torch.where(_t2, _rt.fnma(_t11, torch.log1p(-_t0), _rt.fma(_t12, _t13, _t12*_t8*_t9 + 2.0*_t13*_t14*(-_t7 - x), 2.0)), torch.where(_t5, _rt.fma(_t11, torch.expm1(_t3), _rt.fnma(_t10, _t14, x*(_t10*_t12), 2.0)), 0.0)))
+    _d2_alpha_alpha = torch.where(torch.isnan(x), x, torch.where(_t2, _rt.fnma(_t11, torch.log1p(-_t0), _rt.fma(_t12, _t13, _t12*_t8*_t9 + 2.0*_t13*_t14*(-_t7 - x), 2.0)), torch.where(_t5, torch.where(torch.abs(_t3) < 2.0, x/_rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, 8.159649853906803e-13*_t3 - 9.717244417024365e-11, 5.648093988892154e-09), -2.0970245117120815e-07), 5.4784615623797675e-06), -0.00010474808402193056), 0.0014784758476199603), -0.015157497884394874), 0.10768154608175644), -0.4773260487413463), 1.0)*x*x*_rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, 6.772773579212792e-14*_t3 + 8.127184238671545e-12, 4.827813424776416e-10), 1.8597758384087114e-08), 5.130470795130491e-07), 1.054738934817485e-05), 0.00016492946251602165), 0.0019130601292839619), 0.01656233650858223), 0.0908913170862179), 0.3333333333333333), _rt.fma(_t11, torch.expm1(_t3), _rt.fnma(_t10, _t14, x*(_t10*_t12), 2.0))), 0.0)))
     return (_d2_x_x, _d2_x_alpha, _d2_alpha_alpha,)
 
 
