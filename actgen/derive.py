@@ -2165,7 +2165,7 @@ def limit_guards(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], samples=None,
                 expr = runtime_limit(sympy.Mul(h, guarded.xreplace({v: p * u})), u)
                 continue
         if samples is not None and _nan_where_limit_exists(expr, u, samples):
-            expr = runtime_limit(expr, u)
+            expr = runtime_limit(expr, u, inputs)
     return expr
 
 
@@ -2241,10 +2241,13 @@ def _limit_guard_or_none(expr, u, clamp):
         return expr
 
 
-def runtime_limit(expr: sympy.Expr, u: sympy.Symbol) -> sympy.Expr:
+def runtime_limit(expr: sympy.Expr, u: sympy.Symbol, others: Sequence[sympy.Symbol] = ()) -> sympy.Expr:
     """LimitAtInf with expr probed at u = PROBE and at -PROBE: values of the params and
     constants alone, which a kernel computes once per program rather than per element (and
-    whatever of them is a number, the compiler folds)."""
+    whatever of them is a number, the compiler folds).  others: the formula's other inputs.
+    Where the probe's value depends on one of them (a*sigmoid(b) + b*(1 - sigmoid(b)) at
+    b = +inf is a), growth is read off a second probe (at compile time), not off the value's
+    size; and a NaN in them stays NaN where the limit replaces a NaN value."""
     def at(v):      # numbers that underflow even float64 (sigmoid(-2**24)) are 0: no 0.0*b left
         try:
             e = expr.subs(u, sympy.Float(v))
@@ -2254,7 +2257,18 @@ def runtime_limit(expr: sympy.Expr, u: sympy.Symbol) -> sympy.Expr:
         # a value that is not real there ((-2**24)**(1/3)) is NaN, as the kernels compute it
         return e.replace(lambda a: a.is_number and a.is_extended_real is False, lambda a: sympy.nan)
 
-    return LimitAtInf(expr, Grown(at(PROBE)), Grown(at(-PROBE)), u)
+    others = [s_ for s_ in others if s_ != u and s_ in expr.free_symbols]
+
+    def side(sign):
+        probe = at(sign * PROBE)
+        # a value of another input: growth is a value that moves with the probe (2**24*a
+        # against 2**25*a), not a large input; one that does not move is the limit itself
+        settled = others and probe.has(*others) and sympy.expand(probe - at(2 * sign * PROBE)) == 0
+        limit = probe if settled else Grown(probe)
+        unguarded = [s_ for s_ in others if not limit.has(s_)]     # (a NaN in one the limit has is NaN anyway)
+        return NanGuard(limit, *unguarded) if unguarded else limit
+
+    return LimitAtInf(expr, side(1), side(-1), u)
 
 
 def _nan_where_limit_exists(expr, u, samples) -> bool:

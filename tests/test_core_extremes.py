@@ -294,3 +294,27 @@ def test_a_nan_input_gives_nan_in_every_entry(dtype, backend):
             assert math.isnan(y[1]) and math.isnan(g[1]) == slope_has_u, (spec.name, spec.inputs[k], y, g)
             others = [0, 2, 3]
             assert torch.isfinite(y[others]).all() and torch.isfinite(g[others]).all(), (spec.name, y, g)
+
+
+def test_a_gated_limit_in_one_input_that_is_the_other_input(backend):
+    """a*sigmoid(b) + b*(1 - sigmoid(b)) (a highway gate) at b = +inf is a, whatever its size
+    (read off the probe with a counted as grown from 2**14 before: 16384 gave inf), and at
+    b = -inf it is -inf for a finite a and NaN for a NaN one (it was -inf on the fallback);
+    a*b*sigmoid(b) + b, whose probe value grows with the probe, is +-inf by a + 1's sign."""
+    inf, nan = math.inf, math.nan
+    m = actgen.compile("a*sigmoid(b) + b*(1 - sigmoid(b))", name="highway", inputs=["a", "b"])
+    a = torch.tensor([16383.0, 16384.0, 1e20, -1e30, 0.5, 2.0, nan, nan], requires_grad=True)
+    b = torch.tensor([inf, inf, inf, inf, inf, -inf, -inf, inf], requires_grad=True)
+    y = m.highway(a, b)
+    ga, gb = torch.autograd.grad(y.sum(), (a, b))
+
+    # the limits in b: sigmoid(b) -> 1 and b*(1 - sigmoid(b)) -> 0 at +inf (a), sigmoid(b) -> 0
+    # and 1 - sigmoid(b) -> 1 at -inf (-inf); checked at b = +-60 with mpmath
+    f = lambda av, bv: av / (1 + mpmath.exp(-mp(bv))) + bv / (1 + mpmath.exp(mp(bv)))
+    assert abs(f(mp(16384), 60) - 16384) < 1e-20 and f(mp(2), -60) < -59
+    want = [av if bv > 0 else -inf if math.isfinite(av) else nan for av, bv in zip(a.tolist(), b.tolist())]
+    torch.testing.assert_close(y.detach(), torch.tensor(want), equal_nan=True)
+    assert ga[:6].tolist() == [1.0, 1.0, 1.0, 1.0, 1.0, 0.0] and gb[:5].tolist() == [0.0] * 5
+    g = actgen.compile("a*b*sigmoid(b) + b", name="grows", inputs=["a", "b"])
+    y = g.grows(torch.tensor([-2.0, 0.5, 16384.0]), torch.tensor([inf, inf, inf]))
+    assert y.tolist() == [-inf, inf, inf]
