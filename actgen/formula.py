@@ -153,8 +153,8 @@ def parse_formula(text: str, names: Mapping[str, sympy.Symbol], inputs: Collecti
         raise FormulaError(f"is {len(text)} characters long; the limit is {MAX_FORMULA_LENGTH}")
     if not text.strip():
         raise FormulaError("is empty")
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
+    try:                # (a YAML block's lines are one expression: a newline is a space)
+        tree = ast.parse(" ".join(text.strip().splitlines()), mode="eval")
     except SyntaxError as exc:
         raise FormulaError(f"syntax error at column {exc.offset}: {exc.msg}") from None
     except (RecursionError, MemoryError, ValueError):

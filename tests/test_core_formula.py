@@ -29,6 +29,14 @@ def test_arithmetic_and_functions_build_sympy():
     assert v == pytest.approx(ref, rel=1e-14)
 
 
+def test_a_yaml_block_formula_is_one_expression_over_its_lines():
+    """`formula: |` keeps its newlines; they separate the formula's lines, not statements."""
+    spec = load_spec("name: f\nformula: |\n  x *\n  sigmoid(a * x)\nparams: {a: 1.0}\n")
+    assert spec.expr == parse("x * sigmoid(a * x)")
+    with pytest.raises(FormulaError, match="syntax error"):
+        parse("x *\n* x")
+
+
 @pytest.mark.parametrize("text", [
     "__import__('os').system('touch /tmp/actgen_pwned')",
     "open('/tmp/actgen_pwned', 'w')",
