@@ -600,3 +600,18 @@ def test_cancellations_near_a_singularity_closer_than_their_extent(backend, dtyp
         y, (g,) = _grad(getattr(m, f"near{k}"), at)
         _close_to_truth(y, [float(f(mpmath.mpf(v))) for v in at.tolist()])
         _close_to_truth(g, [float(df(mpmath.mpf(v))) for v in at.tolist()])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_minus_an_inverse_square_root(backend, dtype):
+    """1 - 1/sqrt(1 + x**2) (x - asinh(x)'s slope) cancels near 0 as written (0 at x = 1e-8,
+    where it is 5e-17): through the conjugate there, as written far out (x**2 overflows).
+    Against mpmath, f and f', x - asinh(x) included."""
+    x = torch.tensor([-3e38, -1e20, -2.0, -0.99, -1e-3, -1e-8, 0.0, 1e-8, 1e-3, 0.5, 1.0, 1e20, 3e38], dtype=dtype)
+    cases = (("1 - 1/sqrt(1 + x**2)", lambda v: 1 - 1 / mpmath.sqrt(1 + v * v), lambda v: v / (1 + v * v) ** 1.5),
+             ("x - asinh(x)", lambda v: v - mpmath.asinh(v), lambda v: 1 - 1 / mpmath.sqrt(1 + v * v)))
+    for k, (formula, f, df) in enumerate(cases):
+        m = actgen.compile(formula, name=f"isqrt{k}")
+        y, (g,) = _grad(getattr(m, f"isqrt{k}"), x)
+        _close_to_truth(y, [float(f(mpmath.mpf(v))) for v in x.tolist()])
+        _close_to_truth(g, [float(df(mpmath.mpf(v))) for v in x.tolist()])
