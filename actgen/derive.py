@@ -2005,6 +2005,8 @@ def _numeric_limit(expr: sympy.Expr, x: sympy.Symbol, sign: int):
         return float(mpmath.sign(b)) * float("inf")
     if abs(a - b) <= mpmath.mpf(10) ** -25 * max(1, abs(b)):
         return 0.0 if abs(b) < 1e-30 else float(b)
+    if abs(a) < 1e-10 and abs(b) < abs(a) / 10:     # a power decaying to 0 (x**-0.5: 1e-15, 1e-30)
+        return 0.0
     return None
 
 

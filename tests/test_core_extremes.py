@@ -318,3 +318,16 @@ def test_a_gated_limit_in_one_input_that_is_the_other_input(backend):
     g = actgen.compile("a*b*sigmoid(b) + b", name="grows", inputs=["a", "b"])
     y = g.grows(torch.tensor([-2.0, 0.5, 16384.0]), torch.tensor([inf, inf, inf]))
     assert y.tolist() == [-inf, inf, inf]
+
+
+def test_a_slope_that_decays_as_a_power_has_its_limit_at_inf(backend):
+    """-sqrt(-x)'s slope, 0.5/sqrt(-x) (written 0.5*sqrt(-x)/x), is inf/inf = NaN at x = -inf
+    as written; its limit, 0, is read off probes where it decays as a power (5e-16 at 1e30,
+    5e-31 at 1e60). The signed square root's slope is 0 at both infinities."""
+    m = actgen.compile("where(x >= 0, sqrt(x), -sqrt(-x))", name="ssqrt")
+    x = torch.tensor([-math.inf, -4.0, -1e30, 4.0, 1e30, math.inf], requires_grad=True)
+    y = m.ssqrt(x)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    want = [0.0] + [_truth(lambda v: 0.5 / mpmath.sqrt(abs(v)), v) for v in (-4.0, -1e30, 4.0, 1e30)] + [0.0]
+    torch.testing.assert_close(g, torch.tensor(want), rtol=4 * 2**-23, atol=0.0)
+    assert y.detach()[[0, -1]].tolist() == [-math.inf, math.inf]
