@@ -561,6 +561,14 @@ def test_a_learnable_swish_gradient_at_beta_0_is_not_x_times_x_first(backend):
             _close_to_truth(gb, [float(v * v * sig(c * v) * sig(-c * v)) for v in map(mpmath.mpf, x.tolist())])
 
 
+def _matches_mpmath(formula, name, f, df, x):
+    """The compiled formula's f and f' at x within 4 ULP of f and df (mpmath functions)."""
+    m = actgen.compile(formula, name=name)
+    y, (g,) = _grad(getattr(m, name), x)
+    _close_to_truth(y, [float(f(mpmath.mpf(v))) for v in x.tolist()])
+    _close_to_truth(g, [float(df(mpmath.mpf(v))) for v in x.tolist()])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_tanh_and_sinh_written_with_exponentials(backend, dtype):
     """(exp(x) - exp(-x))/2 is sinh(x) and its ratio to the sum tanh(x): as written the
@@ -577,10 +585,7 @@ def test_tanh_and_sinh_written_with_exponentials(backend, dtype):
              ("exp(x)/(exp(x) + exp(-x))", lambda v: 1 / (1 + mpmath.exp(-2 * v)),
               lambda v: 2 / (mpmath.exp(v) + mpmath.exp(-v)) ** 2))
     for k, (formula, f, df) in enumerate(cases):
-        m = actgen.compile(formula, name=f"exps{k}")
-        y, (g,) = _grad(getattr(m, f"exps{k}"), x)
-        _close_to_truth(y, [float(f(mpmath.mpf(v))) for v in x.tolist()])
-        _close_to_truth(g, [float(df(mpmath.mpf(v))) for v in x.tolist()])
+        _matches_mpmath(formula, f"exps{k}", f, df, x)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -596,10 +601,7 @@ def test_cancellations_near_a_singularity_closer_than_their_extent(backend, dtyp
              ("log1p(x)/x", lambda v: mpmath.log1p(v) / v if v else mpmath.mpf(1),
               lambda v: (v / (1 + v) - mpmath.log1p(v)) / v**2 if v else mpmath.mpf(-0.5), torch.zeros(1, dtype=dtype)))
     for k, (formula, f, df, at) in enumerate(cases):
-        m = actgen.compile(formula, name=f"near{k}")
-        y, (g,) = _grad(getattr(m, f"near{k}"), at)
-        _close_to_truth(y, [float(f(mpmath.mpf(v))) for v in at.tolist()])
-        _close_to_truth(g, [float(df(mpmath.mpf(v))) for v in at.tolist()])
+        _matches_mpmath(formula, f"near{k}", f, df, at)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -611,7 +613,4 @@ def test_one_minus_an_inverse_square_root(backend, dtype):
     cases = (("1 - 1/sqrt(1 + x**2)", lambda v: 1 - 1 / mpmath.sqrt(1 + v * v), lambda v: v / (1 + v * v) ** 1.5),
              ("x - asinh(x)", lambda v: v - mpmath.asinh(v), lambda v: 1 - 1 / mpmath.sqrt(1 + v * v)))
     for k, (formula, f, df) in enumerate(cases):
-        m = actgen.compile(formula, name=f"isqrt{k}")
-        y, (g,) = _grad(getattr(m, f"isqrt{k}"), x)
-        _close_to_truth(y, [float(f(mpmath.mpf(v))) for v in x.tolist()])
-        _close_to_truth(g, [float(df(mpmath.mpf(v))) for v in x.tolist()])
+        _matches_mpmath(formula, f"isqrt{k}", f, df, x)
