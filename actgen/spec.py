@@ -274,6 +274,7 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
 
     seen: dict[str, str] = {}
     inputs: list[str] = ["x"]
+    before_inputs = len(problems.items)
     if get("inputs") is not None:
         node = get("inputs")
         if not isinstance(node, yaml.SequenceNode) or len(node.value) not in (1, 2):
@@ -287,6 +288,7 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
                     inputs.append(value)
     else:
         seen["x"] = "an input"
+    inputs_ok = len(problems.items) == before_inputs      # (else the formula's names cannot be told)
 
     params: list[Param] = []
     if get("params") is not None:
@@ -377,7 +379,7 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
     if get("formula") is not None:
         node = get("formula")
         formula = _string(loader, node, problems, "formula")
-        if formula is not None:
+        if formula is not None and inputs_ok:
             names = {n: make_symbol(n) for n in seen}
             try:
                 expr = parse_formula(formula, names, inputs)

@@ -82,6 +82,13 @@ def test_all_problems_reported_at_once():
     assert len(problems) >= 4
 
 
+def test_bad_inputs_are_one_problem_not_the_formulas_names_too():
+    """With the inputs field refused, the formula's names cannot be told: no second error
+    saying its inputs are unknown names."""
+    assert errors("name: f\ninputs: [a, b, c]\nformula: a*b*c\n") == [
+        "s.yaml:2: inputs: must be a list of one or two names (two make a gated activation)"]
+
+
 def test_duplicate_names_across_files(tmp_path):
     (tmp_path / "a.yaml").write_text("name: same\nformula: x\n")
     (tmp_path / "b.yaml").write_text("name: same\nformula: 2*x\n")
