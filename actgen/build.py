@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import keyword
 import os
+import re
 import secrets
 import signal
 import sys
@@ -124,13 +125,16 @@ def _existing(out: Path) -> dict[str, str]:
 
 
 def _check_out(out: Path, old: dict[str, str]):
-    """out is new, an empty directory, or a package actgen wrote (its __init__.py marked):
+    """out is new, an empty directory, or a package actgen wrote (its __init__.py marked, or
+    every file in it a marked module: a first build cut short before its __init__.py):
     anything else is the user's, and a build never writes over it."""
     if out.exists() and not out.is_dir():
         raise SpecError([f"{out}:0: --out: exists and is not a directory"])
     if not out.exists() or GENERATED_MARK in old.get("__init__.py", ""):
         return
-    others = sorted(p.name for p in out.iterdir() if p.name != "__pycache__")
+    others = sorted(p.name for p in out.iterdir()
+                    if p.name != "__pycache__" and not _TEMP.fullmatch(p.name)
+                    and GENERATED_MARK not in old.get(p.name, ""))
     if others:
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise SpecError([f"{out}:0: --out: is a directory actgen did not write (it holds {shown}); "
@@ -154,6 +158,10 @@ def build(spec_paths: list[Path], out: Path, check: bool = False) -> BuildResult
     except OSError as exc:
         raise SpecError([f"{out}:0: --out: cannot write there ({exc.strerror or exc})"]) from None
     return result
+
+
+#: _write's temp files (one left by a build cut short is no file of the user's)
+_TEMP = re.compile(r"\.[A-Za-z_]\w*\.py\.\d+\.[0-9a-f]{8}\.tmp")
 
 
 def _write(out: Path, files: dict[str, str], removed: list[str]):

@@ -94,7 +94,7 @@ def _tree(root):
 def test_out_is_never_a_directory_or_file_actgen_did_not_write(tmp_path):
     """--out at a directory of the user's (here, the one holding the specs), or at a file, is
     an error that touches nothing; a package actgen built is rebuilt in place, the user's
-    files in it kept."""
+    files in it kept, and so is one whose first build was cut short."""
     specs = tmp_path / "specs"
     specs.mkdir()
     (specs / "s.yaml").write_text("name: a\nformula: x * 2\n")
@@ -119,6 +119,12 @@ def test_out_is_never_a_directory_or_file_actgen_did_not_write(tmp_path):
     assert (lib / "NOTES.md").read_text() == "mine"
     with pytest.raises(SpecError, match="would shadow a module"):
         build([specs], tmp_path / "torch")
+    # a first build cut short: its modules written, a temp file left, no __init__.py yet
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "a.py").write_bytes((lib / "a.py").read_bytes())
+    (cut / ".__init__.py.123.0123abcd.tmp").write_text("partial")
+    assert sorted(build([specs], cut).changed) == ["__init__.py", "b.py"]
 
 
 def test_spec_files_that_are_not_regular_files_are_refused(tmp_path):
