@@ -60,35 +60,36 @@ def _time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _too_slow(spec: Spec) -> SpecError:
-    return SpecError([f"{spec.source}:{spec.formula_line}: formula: too complex: compiling it took over "
-                      f"{MAX_COMPILE_SECONDS} s"])
+@contextmanager
+def _compile_time_limit(spec: Spec):
+    """_time_limit(MAX_COMPILE_SECONDS), its _TooSlow reported as the spec's problem."""
+    try:
+        with _time_limit(MAX_COMPILE_SECONDS):
+            yield
+    except _TooSlow:
+        raise SpecError([f"{spec.source}:{spec.formula_line}: formula: too complex: compiling it took over "
+                         f"{MAX_COMPILE_SECONDS} s"]) from None
 
 
 def _compiled(spec: Spec):
     """(derivation, module text) of a spec (see derive_spec)."""
-    try:
-        with _time_limit(MAX_COMPILE_SECONDS):
-            d = derive_spec(spec)
-            try:
-                return d, render_module(d)
-            except Exception as exc:  # noqa: BLE001 - any failure here is this formula's
-                raise _cannot_compile(spec, exc) from None
-    except _TooSlow:
-        raise _too_slow(spec) from None
+    with _compile_time_limit(spec):
+        d = derive_spec(spec)
+        try:
+            return d, render_module(d)
+        except Exception as exc:  # noqa: BLE001 - any failure here is this formula's
+            raise _cannot_compile(spec, exc) from None
 
 
 def derive_spec(spec: Spec):
     """derive(spec), where a formula that passed validation and still defeats the compiler
     (sympy failing on some construct, or taking over MAX_COMPILE_SECONDS) is reported as the
     spec's problem - `path:line: formula: ...`, as SpecError - not as a traceback."""
-    try:
-        with _time_limit(MAX_COMPILE_SECONDS):
+    with _compile_time_limit(spec):
+        try:
             return derive(spec)
-    except _TooSlow:
-        raise _too_slow(spec) from None
-    except Exception as exc:  # noqa: BLE001 - any failure here is this formula's
-        raise _cannot_compile(spec, exc) from None
+        except Exception as exc:  # noqa: BLE001 - any failure here is this formula's
+            raise _cannot_compile(spec, exc) from None
 
 
 def _cannot_compile(spec: Spec, exc: Exception) -> SpecError:

@@ -8,8 +8,9 @@ several; with a gate, one product more) - on the inputs it is trusted with, in t
 dtype, where the op computes that direction in float32; elsewhere the derived code runs.
 The Triton kernels are the derived ones whatever the match.
 
-Trust is per dtype and direction: an open window of the first input's values (every value
-of a chunk inside it; (-inf, inf): finite ones; a gate: finite), or none.  float32,
+Trust is per dtype and direction: an open window of the first input's values ((-inf, inf):
+finite ones; a gate: finite), or none; values outside it take the derived code (see
+actgen.runtime.Activation._native_patched).  float32,
 bfloat16 and float16 have windows (torch computes all three in float32 on a CPU; a bfloat16
 or float16 result rounds away errors of a few float32 ULP); float64 has none.  Where
 torch's kernel also gives the formula's values at +-inf and NaN, it runs on any input of a
@@ -65,8 +66,7 @@ class NativeKernel:
     forward: str
     backward: str | None        # grad * df/dx, None: the derived backward
     # ((dtype name, forward window, backward window), ...): the inputs torch's kernel is
-    # trusted with (every input of a chunk inside the window); None or a dtype not listed:
-    # the derived code
+    # trusted with; None or a dtype not listed: the derived code
     trusted: tuple = _trust(FINITE, FINITE)
     # (forward, backward): whether torch's kernel also gives the formula's values (its limits)
     # at +-inf and NaN, so that it runs on any input of a trusted dtype, without a check

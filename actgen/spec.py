@@ -100,6 +100,11 @@ class Spec:
         return any(p.per_channel for p in self.params)
 
     @property
+    def exports(self) -> tuple[str, str, str]:
+        """The names a generated package exports for it: function, Module, autograd Function."""
+        return self.name, self.class_name, f"{self.class_name}Function"
+
+    @property
     def symbols(self) -> dict[str, sympy.Symbol]:
         return {n: make_symbol(n) for n in (*self.inputs, *(p.name for p in self.params), *(c.name for c in self.constants))}
 
@@ -184,6 +189,10 @@ def _string(loader, node, problems, fieldname):
     return _scalar(loader, node)
 
 
+def _too_long(name: str) -> str:
+    return f"'{name[:16]}...' is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}"
+
+
 @functools.cache
 def _module_attributes() -> frozenset[str]:
     """What torch.nn.Module has: a param or constant becomes an attribute of the generated
@@ -198,7 +207,7 @@ def _check_var(name, node, problems, fieldname, seen):
         problems.add(node, fieldname, f"{name!r} is not a valid name (letters, digits and _, starting with a letter)")
         return False
     if len(name) > MAX_NAME_LENGTH:
-        problems.add(node, fieldname, f"'{name[:16]}...' is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}")
+        problems.add(node, fieldname, _too_long(name))
         return False
     if fieldname in ("params", "constants") and name in _module_attributes():
         problems.add(node, fieldname, f"'{name}' is an attribute of torch.nn.Module, which the generated module is")
@@ -269,7 +278,7 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
             problems.add(get("name"), "name", f"{name!r} must match [a-z][a-z0-9_]* and not be a Python keyword or reserved name")
             name = None
         elif name is not None and len(name) > MAX_NAME_LENGTH:
-            problems.add(get("name"), "name", f"'{name[:16]}...' is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}")
+            problems.add(get("name"), "name", _too_long(name))
             name = None
 
     seen: dict[str, str] = {}
@@ -462,14 +471,12 @@ def load_specs(paths: Iterable[Path]) -> list[Spec]:
             problems.append(f"{s.source}:{s.name_line}: name: '{s.name}' is already defined in {by_name[s.name].source}")
             continue
         by_name[s.name] = s
-        for n in (s.name, s.class_name, f"{s.class_name}Function"):
-            if n in exported:
-                problems.append(f"{s.source}:{s.name_line}: name: '{s.name}' exports '{n}', as {exported[n].name} "
-                                f"in {exported[n].source} does (rename one, or give it a class_name)")
-                break
+        taken = [n for n in s.exports if n in exported]
+        if taken:
+            problems.append(f"{s.source}:{s.name_line}: name: '{s.name}' exports '{taken[0]}', as {exported[taken[0]].name} "
+                            f"in {exported[taken[0]].source} does (rename one, or give it a class_name)")
         else:
-            for n in (s.name, s.class_name, f"{s.class_name}Function"):
-                exported[n] = s
+            exported.update(dict.fromkeys(s.exports, s))
     if problems:
         raise SpecError(problems)
     return sorted(specs, key=lambda s: s.name)

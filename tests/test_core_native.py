@@ -346,3 +346,26 @@ def test_huge_inputs_beyond_a_kernels_bound_take_the_derived_code(monkeypatch):
     want = torch.where(xd <= -3, 0.0, torch.where(xd < 3, xd * (xd + 3) / 6, xd))
     torch.testing.assert_close(y.detach(), want.float())
     torch.testing.assert_close(g, torch.tensor([0.0, -1 / 6, 5 / 6, 1.0, 1.0]))
+
+
+def test_inputs_of_two_dtypes_take_the_derived_code(monkeypatch):
+    """A gate of another dtype than its input (bfloat16 a, float32 b) is no case torch's
+    kernels are trusted with: the derived code, also where a few values are outside a window
+    (which once ran torch's kernel on the mixed inputs)."""
+    fn, op = _op("swiglu")
+    calls = _spy(op, monkeypatch)
+    a = torch.linspace(-3, 3, 3000).to(torch.bfloat16)
+    a[7] = 16.5
+    b = torch.linspace(2, -2, 3000)
+    ar, br = a.clone().requires_grad_(), b.clone().requires_grad_()
+    with use_backend("torch"):
+        y = fn(ar, br)
+        ga, gb = torch.autograd.grad(y, (ar, br), torch.ones_like(y))
+    assert (calls["forward"], calls["backward"]) == (0, 0)
+    ad, bd = a.double().requires_grad_(), b.double().requires_grad_()
+    want = _reference("swiglu", ad, bd)
+    want_a, want_b = torch.autograd.grad(want, (ad, bd), torch.ones_like(want))
+    eps = torch.finfo(torch.bfloat16).eps
+    torch.testing.assert_close(y.detach().double(), want.detach(), rtol=2 * eps, atol=2 * eps)
+    torch.testing.assert_close(ga.double(), want_a, rtol=2 * eps, atol=2 * eps)
+    torch.testing.assert_close(gb.double(), want_b, rtol=2 * eps, atol=2 * eps)

@@ -736,10 +736,8 @@ def render_package_init(package: str, derivations) -> str:
     exported = []
     with w.indent("lazy_package(__name__, {"):
         for d in derivations:
-            s = d.spec
-            names = [s.name, s.class_name, f"{s.class_name}Function"]
-            w(f"{s.name!r}: ({', '.join(repr(n) for n in names)}),")
-            exported += names
+            w(f"{d.spec.name!r}: ({', '.join(repr(n) for n in d.spec.exports)}),")
+            exported += d.spec.exports
     w("})")
     w()
     w("__all__ = [")

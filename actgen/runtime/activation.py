@@ -381,25 +381,17 @@ class Activation:
         pair = self.native_trusted.get(str(dtype).removeprefix("torch."))
         return None if pair is None else pair[which]
 
+    def _native_for(self, which: int, inputs) -> bool:
+        """Whether torch's kernel for f (which 0) or the backward (1) can take inputs like
+        these at all: a window for the first's dtype, and every input of that dtype."""
+        return (self._native_window(which, inputs[0].dtype) is not None
+                and all(t.dtype == inputs[0].dtype for t in inputs))
+
     def _native_takes(self, which: int, xs) -> bool:
-        """Whether torch's kernel for f (which 0) or the backward (1) takes these inputs (in
-        their own dtype, one for all): any of a trusted dtype where native_any_input says
-        so, else the first input inside the dtype's window - finite (one sum) where that is
-        (-inf, inf), else one pass for the smallest and largest (NaN is neither) - and a
-        gate finite."""
-        window = self._native_window(which, xs[0].dtype)
-        if window is None or any(t.dtype != xs[0].dtype for t in xs):
-            return False
-        if self.native_any_input[which]:
-            return True
-        lo, hi = window
-        if lo == -math.inf and hi == math.inf:
-            return self._finite(xs)
-        if xs[0].numel():
-            least, most = torch.aminmax(xs[0])
-            if not (lo < least.item() and most.item() < hi):
-                return False
-        return self._finite(xs[1:])
+        """Whether torch's kernel takes these inputs (ones _native_for admits), one for all:
+        any where native_any_input says so, else where _native_inside says so of them all
+        (an empty tensor: yes)."""
+        return self.native_any_input[which] or not xs[0].numel() or bool(self._native_inside(which, xs))
 
     #: torch's kernel takes a tensor with inputs outside its window where the blocks of
     #: PATCH_BLOCK elements that hold them are at most PATCH_FRACTION of it: the derived code
@@ -408,24 +400,27 @@ class Activation:
     PATCH_BLOCK = 256
     PATCH_FRACTION = 1 / 8
 
-    def _native_outside(self, which: int, blocks) -> torch.Tensor:
-        """Which rows of the (rows, PATCH_BLOCK) views of the inputs torch's kernel for f
-        (which 0) or the backward (1) is not trusted with: the first input not inside the
-        dtype's window (NaN is not), or another input not finite (one sum per row: a sum
-        that overflows only counts the row out too)."""
-        lo, hi = self._native_window(which, blocks[0].dtype)
-        x = blocks[0]
+    def _native_inside(self, which: int, xs, rows: bool = False) -> torch.Tensor:
+        """Whether torch's kernel for f (which 0) or the backward (1) is trusted with xs, as
+        a bool tensor: one for all, or with rows one per row of their (rows, PATCH_BLOCK)
+        views.  The first input inside the dtype's window - finite (one sum) where that is
+        (-inf, inf), else a pass for the largest and/or the smallest (NaN where there is one:
+        not inside; aminmax over a dim takes 20 times as long as both) - and every other
+        input finite (one sum each: a sum that overflows only counts them out too)."""
+        lo, hi = self._native_window(which, xs[0].dtype)
+        dim = (1,) if rows else ()
+        x = xs[0]
         if lo == -math.inf and hi == math.inf:
-            inside = torch.isfinite(x.sum(1))
-        elif lo == -math.inf:           # (amax and amin: NaN where a row has one; aminmax over
-            inside = x.amax(1) < hi     # a dim takes 20 times as long)
+            inside = torch.isfinite(x.sum(dim))
+        elif lo == -math.inf:
+            inside = x.amax(dim) < hi
         elif hi == math.inf:
-            inside = x.amin(1) > lo
+            inside = x.amin(dim) > lo
         else:
-            inside = (x.amin(1) > lo).logical_and_(x.amax(1) < hi)
-        for t in blocks[1:]:
-            inside.logical_and_(torch.isfinite(t.sum(1)))
-        return inside.logical_not_()
+            inside = (x.amin(dim) > lo).logical_and_(x.amax(dim) < hi)
+        for t in xs[1:]:
+            inside.logical_and_(torch.isfinite(t.sum(dim)))
+        return inside
 
     def _native_patched(self, which: int, inputs, constants, channel_dim, rng, outs, grad=None, needs=None) -> bool:
         """torch's kernel for f (which 0: into outs[0]) or the backward (1: into outs, None
@@ -437,7 +432,8 @@ class Activation:
         if not rows:
             return False
         flat = [t.reshape(-1) for t in inputs]
-        out_rows = self._native_outside(which, [t[: rows * size].view(rows, size) for t in flat]).nonzero().squeeze(1)
+        blocks = [t[: rows * size].view(rows, size) for t in flat]
+        out_rows = self._native_inside(which, blocks, rows=True).logical_not_().nonzero().squeeze(1)
         if out_rows.numel() * size > self.PATCH_FRACTION * n:
             return False
         if which == 0:
@@ -525,7 +521,7 @@ class Activation:
         tensor, or on it with a few blocks the derived code's, or chunk by chunk; else the
         derived code."""
         x = inputs[0]
-        native = native and self._native_window(0, x.dtype) is not None
+        native = native and self._native_for(0, inputs)
         wide = self.float64_forward
         if native:
             out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
@@ -571,16 +567,16 @@ class Activation:
     def _cpu_backward(self, grad, inputs, params, constants, channel_dim, needs, rng, native=True):
         """The input and param gradients on the fallback, as _cpu_forward computes f."""
         x = inputs[0]
-        native = native and self._native_window(1, x.dtype) is not None and grad.dtype == x.dtype
+        native = native and self._native_for(1, inputs) and grad.dtype == x.dtype
         if native:
             outs = [torch.empty(t.shape, dtype=t.dtype, device=t.device) if need else None
                     for t, need in zip(inputs, needs)]
             if self._native_takes(1, inputs):
                 self.backward_native(grad, *inputs, *constants, outs)
+            elif not self._native_patched(1, inputs, constants, channel_dim, rng, outs, grad, needs):
+                outs = None
+            if outs is not None:
                 return [o if o is not None else torch.empty_like(t) for o, t in zip(outs, inputs)]
-            if self._native_patched(1, inputs, constants, channel_dim, rng, outs, grad, needs):
-                return [o if o is not None else torch.empty_like(t) for o, t in zip(outs, inputs)]
-            del outs
         if x.numel() <= self._chunk(x.dtype, self.float64_backward, 1):
             return self._cpu_backward_whole(grad, inputs, params, constants, channel_dim, needs, rng)
         dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng, self.float64_backward, 1)
