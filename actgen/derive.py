@@ -1374,6 +1374,9 @@ _ANALYTIC = (sympy.tanh, sympy.sin, sympy.tan, sympy.sinh, sympy.atan, sympy.asi
              sympy.cos, sympy.cosh, log1p, expm1, sigmoid, softplus)
 _CANCELLATION_OK = 3
 _RADII = (0.5, 1, 1.5, 2, 3, 4)
+# smaller radii an approximant may fall back to where none holds out to _RADII's (a
+# singularity closer: log1p(x)/x's slope, singular at -1, takes [8/8] on |x| < 1/4)
+_SMALLER_RADII = (0.125, 0.25)
 _PADE_TOLERANCE = mpmath.mpf(2) ** -57
 
 
@@ -1523,9 +1526,11 @@ def _pade_near_zero(e, x, sums=None):
         # Where no approximant holds out to the radius (a singularity closer than the terms
         # stop cancelling: x - atan(x)'s at +-i, its terms cancel out to 3), the largest
         # smaller radius where one does: the cancellation left past it is bounded (26 times
-        # at 1/2 for x - atan(x)), where without it the value at x = 1e-8 was 0.
+        # at 1/2 for x - atan(x), 18 at 1/4 for log1p(x)/x's slope), where without it the
+        # value at x = 1e-8 was 0.
         fit = None
-        for r in [radius] + [r for r in reversed(_RADII) if r < radius]:
+        smaller = _SMALLER_RADII if sums else ()     # (a ratio of no sums: only 0 itself is 0/0)
+        for r in [radius] + [r for r in reversed(smaller + _RADII) if r < radius]:
             grid = [r * mpmath.mpf(j) / 64 for j in range(1, 65)]
             grid += [-v for v in grid]
             for a, k, step in series:
@@ -1535,7 +1540,7 @@ def _pade_near_zero(e, x, sums=None):
             if fit is not None:
                 radius = r
                 break
-        if fit is None:             # (log1p(x)/x: no approximant passes) at least 0 itself is the limit
+        if fit is None:             # no approximant passes: at least 0 itself is the limit
             limit = sympy.limit(body, t, 0)
             if not (limit.is_real and limit.is_finite):
                 return None

@@ -10,7 +10,7 @@ The Triton kernels are the derived ones whatever the match.
 
 Trust is per dtype and direction: an open window of the first input's values ((-inf, inf):
 finite ones; a gate: finite), or none; values outside it take the derived code (see
-actgen.runtime.Activation._native_patched).  float32,
+actgen.runtime.Activation._native_whole).  float32,
 bfloat16 and float16 have windows (torch computes all three in float32 on a CPU; a bfloat16
 or float16 result rounds away errors of a few float32 ULP); float64 has none.  Where
 torch's kernel also gives the formula's values at +-inf and NaN, it runs on any input of a

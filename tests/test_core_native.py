@@ -301,6 +301,25 @@ def test_a_tensor_of_one_chunk_takes_torch_kernel_with_a_few_values_outside(name
         assert C.score(xcol, g.detach().double().numpy(), truth[out], dtype, cond[out]).meets_target, out
 
 
+@pytest.mark.parametrize("outside_at, derived", [((), []), ((0, 1000), [512]), ((1000, 4190), [256 + 100])])
+def test_the_tail_past_the_last_block_takes_torch_kernel_where_it_is_inside(outside_at, derived, monkeypatch):
+    """float32 silu's backward on 2**12 + 100 values (16 whole blocks and a tail of 100): the
+    derived code computes the blocks with a value outside the window, and the tail only where
+    it holds one; the gradients are right against float64 torch."""
+    fn, op = _op("silu")
+    calls = _spy(op, monkeypatch)
+    n = 2 ** 12 + 100
+    x = torch.linspace(-3, 3, n)
+    x[list(outside_at)] = 16.5
+    xr = x.clone().requires_grad_()
+    with use_backend("torch"):
+        (got,) = torch.autograd.grad(fn(xr), xr, torch.ones_like(x))
+    assert calls["backward"] == 1 and calls["derived backward"] == derived
+    xd = x.double().requires_grad_()
+    (want,) = torch.autograd.grad(_reference("silu", xd), xd, torch.ones_like(xd))
+    torch.testing.assert_close(got.double(), want, rtol=4e-7, atol=4e-7)
+
+
 @pytest.mark.parametrize("needs", [(True, False), (False, True)])
 def test_a_gated_backward_computes_only_the_gradients_asked_for(needs, monkeypatch):
     """swiglu through torch's kernels with one input frozen: the other's gradient is right,

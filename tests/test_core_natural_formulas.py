@@ -592,14 +592,17 @@ def test_tanh_and_sinh_written_with_exponentials(backend, dtype):
 def test_cancellations_near_a_singularity_closer_than_their_extent(backend, dtype):
     """x - atan(x) cancels out to |x| = 3, past atan's singularities at +-i where no
     approximant reaches: one to 1/2 takes the values near 0 (they were 0 at 1e-8 and 650 ULP
-    off at 1e-6 in float32); atan(x)/x's slope alike (NaN at 0); and where no approximant
-    passes at all (log1p(x)/x), the limit at 0 itself (it was NaN).  Against mpmath."""
+    off at 1e-6 in float32); atan(x)/x's slope alike (NaN at 0); log1p(x)/x's slope, singular
+    at -1, by one to 1/4 (it was 0 at 1e-30 in float32, and in float64 -1.4e14 there and
+    1.7e-8 off, relatively, at 1e-8, where the limit at 0 alone took it).  Against mpmath."""
     x = torch.tensor([-2.0, -0.7, -0.3, -1e-3, -1e-6, -1e-8, 0.0, 1e-8, 1e-6, 1e-3, 0.3, 0.7, 2.0], dtype=dtype)
     cases = (("x - atan(x)", lambda v: v - mpmath.atan(v), lambda v: v * v / (1 + v * v), x),
              ("atan(x)/x", lambda v: mpmath.atan(v) / v if v else mpmath.mpf(1),
               lambda v: (v / (1 + v * v) - mpmath.atan(v)) / v**2 if v else mpmath.mpf(0), x),
              ("log1p(x)/x", lambda v: mpmath.log1p(v) / v if v else mpmath.mpf(1),
-              lambda v: (v / (1 + v) - mpmath.log1p(v)) / v**2 if v else mpmath.mpf(-0.5), torch.zeros(1, dtype=dtype)))
+              lambda v: (v / (1 + v) - mpmath.log1p(v)) / v**2 if v else mpmath.mpf(-0.5),
+              torch.tensor([-0.9, -0.3, -0.2, -1e-3, -1e-6, -1e-12, -1e-30, 0.0, 1e-30, 1e-12, 1e-6, 1e-3, 0.2, 0.26, 0.7, 2.0],
+                           dtype=dtype)))
     for k, (formula, f, df, at) in enumerate(cases):
         _matches_mpmath(formula, f"near{k}", f, df, at)
 

@@ -395,8 +395,8 @@ class Activation:
 
     #: torch's kernel takes a tensor with inputs outside its window where the blocks of
     #: PATCH_BLOCK elements that hold them are at most PATCH_FRACTION of it: the derived code
-    #: computes those blocks (and the tail past the last whole block) alone, gathered, and
-    #: writes them over the kernel's values.
+    #: computes those blocks (and the tail past the last whole block, where that holds one)
+    #: alone, gathered, and writes them over the kernel's values.
     PATCH_BLOCK = 256
     PATCH_FRACTION = 1 / 8
 
@@ -406,12 +406,16 @@ class Activation:
         views.  The first input inside the dtype's window - finite (one sum) where that is
         (-inf, inf), else a pass for the largest and/or the smallest (NaN where there is one:
         not inside; aminmax over a dim takes 20 times as long as both) - and every other
-        input finite (one sum each: a sum that overflows only counts them out too)."""
+        input finite (one sum each, float16's in float32: a bfloat16 or float32 sum that
+        overflows, of values near the dtype's largest, only counts them out too)."""
         lo, hi = self._native_window(which, xs[0].dtype)
         dim = (1,) if rows else ()
         x = xs[0]
+
+        def finite(t):
+            return torch.isfinite(t.sum(dim, dtype=torch.float32 if t.dtype == torch.float16 else None))
         if lo == -math.inf and hi == math.inf:
-            inside = torch.isfinite(x.sum(dim))
+            inside = finite(x)
         elif lo == -math.inf:
             inside = x.amax(dim) < hi
         elif hi == math.inf:
@@ -419,16 +423,21 @@ class Activation:
         else:
             inside = (x.amin(dim) > lo).logical_and_(x.amax(dim) < hi)
         for t in xs[1:]:
-            inside.logical_and_(torch.isfinite(t.sum(dim)))
+            inside.logical_and_(finite(t))
         return inside
 
-    def _native_patched(self, which: int, inputs, constants, channel_dim, rng, outs, grad=None, needs=None) -> bool:
+    def _native_whole(self, which: int, inputs, constants, channel_dim, rng, outs, grad=None, needs=None) -> bool:
         """torch's kernel for f (which 0: into outs[0]) or the backward (1: into outs, None
-        where not needed) on the inputs, and the derived code on the blocks it is not trusted
-        with and the tail, written over its values - where those blocks are at most
-        PATCH_FRACTION of the inputs; else False, and nothing written.  outs are contiguous."""
+        where not needed) on the whole of the inputs, where it takes them all; or where the
+        blocks of PATCH_BLOCK elements it is not trusted with are at most PATCH_FRACTION of
+        the inputs, with the derived code's values for those (and for the tail past the last
+        whole block, where it is not trusted with that) written over its own; else False, and
+        nothing written.  outs are contiguous."""
         n, size = inputs[0].numel(), self.PATCH_BLOCK
         rows = n // size
+        if self._native_takes(which, inputs):
+            self._native_call(which, inputs, constants, outs, grad)
+            return True
         if not rows:
             return False
         flat = [t.reshape(-1) for t in inputs]
@@ -436,15 +445,13 @@ class Activation:
         out_rows = self._native_inside(which, blocks, rows=True).logical_not_().nonzero().squeeze(1)
         if out_rows.numel() * size > self.PATCH_FRACTION * n:
             return False
-        if which == 0:
-            self.forward_native(*inputs, *constants, outs[0])
-        else:
-            self.backward_native(grad, *inputs, *constants, outs)
-        idx = (out_rows[:, None] * size + torch.arange(size)).view(-1)
-        if rows * size < n:
-            idx = torch.cat([idx, torch.arange(rows * size, n)])
-        if not idx.numel():
+        tail = rows * size < n and not bool(self._native_inside(which, [t[rows * size:] for t in flat]))
+        self._native_call(which, inputs, constants, outs, grad)
+        if not out_rows.numel() and not tail:
             return True
+        idx = torch.add(torch.arange(size), out_rows[:, None], alpha=size).view(-1)
+        if tail:
+            idx = torch.cat([idx, torch.arange(rows * size, n)])
         sub = [t.index_select(0, idx) for t in flat]
         if which == 0:
             values = [self._cpu_forward(sub, [], constants, channel_dim, rng, native=False)]
@@ -455,6 +462,13 @@ class Activation:
             if out is not None:
                 out.view(-1).index_copy_(0, idx, v)
         return True
+
+    def _native_call(self, which: int, inputs, constants, outs, grad=None):
+        """torch's kernel for f (which 0: into outs[0]) or the backward (1: into outs)."""
+        if which == 0:
+            self.forward_native(*inputs, *constants, outs[0])
+        else:
+            self.backward_native(grad, *inputs, *constants, outs)
 
     def _cpu_backward_whole(self, grad, inputs, params, constants, channel_dim, needs, rng):
         """The backward in one piece (small tensors): a derivative computed afresh takes grad
@@ -525,9 +539,7 @@ class Activation:
         wide = self.float64_forward
         if native:
             out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-            if self._native_takes(0, inputs):
-                return self.forward_native(*inputs, *constants, out)
-            if self._native_patched(0, inputs, constants, channel_dim, rng, [out]):
+            if self._native_whole(0, inputs, constants, channel_dim, rng, [out]):
                 return out
             del out
         if x.numel() <= self._chunk(x.dtype, wide, 0):     # one chunk: the tensors as they are
@@ -571,11 +583,7 @@ class Activation:
         if native:
             outs = [torch.empty(t.shape, dtype=t.dtype, device=t.device) if need else None
                     for t, need in zip(inputs, needs)]
-            if self._native_takes(1, inputs):
-                self.backward_native(grad, *inputs, *constants, outs)
-            elif not self._native_patched(1, inputs, constants, channel_dim, rng, outs, grad, needs):
-                outs = None
-            if outs is not None:
+            if self._native_whole(1, inputs, constants, channel_dim, rng, outs, grad, needs):
                 return [o if o is not None else torch.empty_like(t) for o, t in zip(outs, inputs)]
         if x.numel() <= self._chunk(x.dtype, self.float64_backward, 1):
             return self._cpu_backward_whole(grad, inputs, params, constants, channel_dim, needs, rng)
