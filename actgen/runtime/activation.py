@@ -61,6 +61,12 @@ def reduce_to_param(v: torch.Tensor, p: torch.Tensor, shape, channel_dim: int) -
     return (v.sum(dims) if dims else v).to(p.dtype)
 
 
+def _sum(t: torch.Tensor, dim=None) -> torch.Tensor:
+    """t's sum (over dim), float16's in float32 (float16's largest is 65504)."""
+    dtype = torch.float32 if t.dtype == torch.float16 else None
+    return t.sum(dtype=dtype) if dim is None else t.sum(dim, dtype=dtype)
+
+
 def _output(y, inputs, borrowed: bool = False) -> torch.Tensor:
     """A fallback's f as the op's output: the input's shape and dtype, contiguous, never an
     input itself nor (borrowed) a workspace buffer."""
@@ -391,7 +397,7 @@ class Activation:
         """Whether torch's kernel takes these inputs (ones _native_for admits), one for all:
         any where native_any_input says so, else where _native_inside says so of them all
         (an empty tensor: yes)."""
-        return self.native_any_input[which] or not xs[0].numel() or bool(self._native_inside(which, xs))
+        return self.native_any_input[which] or not xs[0].numel() or self._native_inside(which, xs)
 
     #: torch's kernel takes a tensor with inputs outside its window where the blocks of
     #: PATCH_BLOCK elements that hold them are at most PATCH_FRACTION of it: the derived code
@@ -400,30 +406,33 @@ class Activation:
     PATCH_BLOCK = 256
     PATCH_FRACTION = 1 / 8
 
-    def _native_inside(self, which: int, xs, rows: bool = False) -> torch.Tensor:
-        """Whether torch's kernel for f (which 0) or the backward (1) is trusted with xs, as
-        a bool tensor: one for all, or with rows one per row of their (rows, PATCH_BLOCK)
-        views.  The first input inside the dtype's window - finite (one sum) where that is
-        (-inf, inf), else a pass for the largest and/or the smallest (NaN where there is one:
-        not inside; aminmax over a dim takes 20 times as long as both) - and every other
-        input finite (one sum each, float16's in float32: a bfloat16 or float32 sum that
-        overflows, of values near the dtype's largest, only counts them out too)."""
+    def _native_inside(self, which: int, xs, rows: bool = False):
+        """Whether torch's kernel for f (which 0) or the backward (1) is trusted with xs: one
+        bool for all (Python numbers, stopping at the first input out), or with rows a bool
+        tensor, one per row of their (rows, PATCH_BLOCK) views.  The first input inside the
+        dtype's window - finite (one sum) where that is (-inf, inf), else a pass for the
+        largest and/or the smallest (NaN where there is one: not inside; aminmax over a dim
+        takes 20 times as long as both) - and every other input finite (one sum each,
+        float16's in float32: a bfloat16 or float32 sum that overflows, of values near the
+        dtype's largest, only counts them out too)."""
         lo, hi = self._native_window(which, xs[0].dtype)
-        dim = (1,) if rows else ()
         x = xs[0]
-
-        def finite(t):
-            return torch.isfinite(t.sum(dim, dtype=torch.float32 if t.dtype == torch.float16 else None))
+        if not rows:
+            if lo == -math.inf and hi == math.inf:
+                inside = math.isfinite(_sum(x).item())
+            else:
+                inside = (lo == -math.inf or x.amin().item() > lo) and (hi == math.inf or x.amax().item() < hi)
+            return inside and all(math.isfinite(_sum(t).item()) for t in xs[1:])
         if lo == -math.inf and hi == math.inf:
-            inside = finite(x)
+            inside = torch.isfinite(_sum(x, 1))
         elif lo == -math.inf:
-            inside = x.amax(dim) < hi
+            inside = x.amax(1) < hi
         elif hi == math.inf:
-            inside = x.amin(dim) > lo
+            inside = x.amin(1) > lo
         else:
-            inside = (x.amin(dim) > lo).logical_and_(x.amax(dim) < hi)
+            inside = (x.amin(1) > lo).logical_and_(x.amax(1) < hi)
         for t in xs[1:]:
-            inside.logical_and_(finite(t))
+            inside.logical_and_(torch.isfinite(_sum(t, 1)))
         return inside
 
     def _native_whole(self, which: int, inputs, constants, channel_dim, rng, outs, grad=None, needs=None) -> bool:
@@ -445,7 +454,7 @@ class Activation:
         out_rows = self._native_inside(which, blocks, rows=True).logical_not_().nonzero().squeeze(1)
         if out_rows.numel() * size > self.PATCH_FRACTION * n:
             return False
-        tail = rows * size < n and not bool(self._native_inside(which, [t[rows * size:] for t in flat]))
+        tail = rows * size < n and not self._native_inside(which, [t[rows * size:] for t in flat])
         self._native_call(which, inputs, constants, outs, grad)
         if not out_rows.numel() and not tail:
             return True
