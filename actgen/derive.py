@@ -1164,6 +1164,15 @@ def _exp_ratio(expr, x, sigmoids=False, capped=False):
     coeffs = N1.all_coeffs()[: len(N1.all_coeffs()) - m]
     q = sum(sympy.degree(f, E) * k for f, k in factors)
     p1 = len(coeffs) - 1
+    # N1's root at E = 1 (u = 0: x*expm1(x)*sigmoid(-x)'s x*(E - 1)), taken out as
+    # expm1(-|u|)**ones: in e, N1's terms would cancel there (1 - e for e near 1 - 8.7e6 ULP
+    # at x = 1e-8 in float64)
+    ones, rest = 0, sympy.Poly(coeffs, E)
+    while rest.degree() > 0 and sympy.simplify(rest.eval(1)) == 0:
+        rest, ones = sympy.quo(rest, sympy.Poly(E - 1, E)), ones + 1
+    if ones and capped:
+        return None             # (the capped E - 1 would cancel: the ratio in e takes it)
+    coeffs = rest.all_coeffs() if ones else coeffs
     if capped:
         D = sympy.Poly(sympy.Mul(*(f**k for f, k in factors)), E).all_coeffs()
         degree = max(len(coeffs) - 1 + m, len(D) - 1)
@@ -1173,6 +1182,9 @@ def _exp_ratio(expr, x, sigmoids=False, capped=False):
     e = sympy.exp(-real_abs(u))
     neg_num = e**m * _horner_in([sympy.expand(c) for c in coeffs], e)
     pos_num = e ** (q - m - p1) * _horner_in([sympy.expand(c) for c in reversed(coeffs)], e)
+    if ones:        # E - 1 is e - 1 for u < 0, and (1 - e)/e for u >= 0 (the 1/e in e**(q - m - p1))
+        em1 = expm1(-real_abs(u))
+        neg_num, pos_num = neg_num * em1**ones, pos_num * (-em1) ** ones
     # D as one polynomial (its factors multiplied out), in Horner form: mish's (E**2 + 2*E + 2)**2
     # squared doubles the rounding of its base, where Horner's inner roundings shrink by e**k
     # (mish' 4.3 -> 3.3 ULP at its worst point between the grid's)

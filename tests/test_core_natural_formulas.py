@@ -9,7 +9,9 @@ import pytest
 import torch
 
 import actgen
+import actgen.ops
 from actgen.catalogue import UNDERFLOW
+from actgen.runtime import use_backend
 
 mpmath.mp.dps = 50
 
@@ -617,3 +619,21 @@ def test_one_minus_an_inverse_square_root(backend, dtype):
              ("x - asinh(x)", lambda v: v - mpmath.asinh(v), lambda v: 1 - 1 / mpmath.sqrt(1 + v * v)))
     for k, (formula, f, df) in enumerate(cases):
         _matches_mpmath(formula, f"isqrt{k}", f, df, x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_ratio_of_exponentials_whose_numerator_vanishes_at_zero(backend, dtype):
+    """x*(exp(x) - 1)/(exp(x) + 1) is x*tanh(x/2): as one ratio in e = exp(-|x|) its
+    numerator's 1 - e cancelled near 0 (8.7e6 ULP off at x = 1e-8 in float64), where
+    expm1(-|x|) does not; and glu's a*sigmoid(b) second derivative in b, a*s*(1 - s)*(1 - 2s),
+    alike near b = 0.  Against mpmath."""
+    x = torch.tensor([-60.0, -3.0, -0.3, -1e-4, -1e-8, -1e-30, 0.0, 1e-30, 1e-8, 1e-4, 0.3, 3.0, 8.0], dtype=dtype)
+    _matches_mpmath("x*(exp(x) - 1)/(exp(x) + 1)", "xtanhhalf", lambda v: v * mpmath.tanh(v / 2),
+                    lambda v: mpmath.tanh(v / 2) + v / (2 * mpmath.cosh(v / 2) ** 2), x)
+    a = torch.full_like(x, 1.5)
+    with use_backend("torch"):
+        ar, br = a.clone().requires_grad_(), x.clone().requires_grad_()
+        (gb,) = torch.autograd.grad(actgen.ops.glu(ar, br).sum(), br, create_graph=True)
+        (gbb,) = torch.autograd.grad(gb.sum(), br)
+    s = [1 / (1 + mpmath.exp(-mpmath.mpf(v))) for v in x.tolist()]
+    _close_to_truth(gbb, [float(1.5 * si * (1 - si) * (1 - 2 * si)) for si in s])

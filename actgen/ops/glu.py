@@ -53,11 +53,13 @@ def _derivatives_torch_fast(a, b, _w):
 
 def _second_derivatives_torch(a, b):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = torch.exp(-torch.abs(b))
-    _t1 = 1.0 - _t0
+    _t0 = torch.abs(b)
+    _t1 = torch.exp(-_t0)
+    _t2 = -(0.5*_t0)
+    _t3 = _t1*(-torch.exp(_t2) - 1.0)*torch.expm1(_t2)
     _d2_a_a = 0.0
     _d2_a_b = torch.sigmoid(-b)*torch.sigmoid(b)
-    _d2_b_b = torch.where(torch.isnan(a), a, a*torch.where(b < 0.0, _t0*_t1, -(_t0*_t1))/_rt.fma(_t0, _rt.fma(_t0, _t0 + 3.0, 3.0), 1.0))
+    _d2_b_b = torch.where(torch.isnan(a), a, a*torch.where(b < 0.0, _t3, -_t3)/_rt.fma(_t1, _rt.fma(_t1, _t1 + 3.0, 3.0), 1.0))
     return (_d2_a_a, _d2_a_b, _d2_b_b,)
 
 

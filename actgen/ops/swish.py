@@ -74,11 +74,13 @@ def _second_derivatives_torch(x, beta):
     _t4 = _t0*_t2
     _t5 = _t4 + 1.0
     _t6 = _t2*_t3
-    _t7 = torch.exp(-torch.abs(_t0))
-    _t8 = 1.0 - _t7
+    _t7 = torch.abs(_t0)
+    _t8 = torch.exp(-_t7)
+    _t9 = -(0.5*_t7)
+    _t10 = _t8*(-torch.exp(_t9) - 1.0)*torch.expm1(_t9)
     _d2_x_x = _t1*_t2*_rt.fma(_t5, beta, -(_t3*beta*beta) + beta)
     _d2_x_beta = _rt.fma(_t5, _t6, _t6 + x*(-(_t1*_t1*_t4)))
-    _d2_beta_beta = x/_rt.fma(_t7, _rt.fma(_t7, _t7 + 3.0, 3.0), 1.0)*torch.where(_t0 < 0.0, _t7*_t8, -(_t7*_t8))*x*x
+    _d2_beta_beta = x/_rt.fma(_t8, _rt.fma(_t8, _t8 + 3.0, 3.0), 1.0)*torch.where(_t0 < 0.0, _t10, -_t10)*x*x
     return (_d2_x_x, _d2_x_beta, _d2_beta_beta,)
 
 
