@@ -24,7 +24,8 @@ Triton or torch source.
   backward kernel, second order for double backward), with the factors common to all terms
   of a sum taken out (the product rule's s + x*s*sigmoid(-x) -> s*(1 + x*sigmoid(-x))).  The derivative of a Piecewise is the
   Piecewise of the derivatives under the same conditions; DiracDelta (from sign and
-  Heaviside) is 0 and sign(0) is 0, so abs'(0) = 0 and Max(x, 0)' at 0 is 0.
+  Heaviside) is 0 and sign(0) is 0, so abs'(0) = 0 and Max(x, 0)' at 0 is 0 - except where
+  the function is smooth across kinks at a number (smooth_at_kinks: symlog's slope at 0 is 1).
 * Guards: a value containing a Piecewise gives NaN when an input is NaN (comparisons are
   false on NaN, which would otherwise pick a branch) - guarded unless every branch holds the
   input and every call passes NaN on (mish's ratio, prelu's x or weight*x: two instructions
@@ -650,6 +651,24 @@ def rewrite_sign_product(e):
         # u's factors divide out: no new 1/b (x*sign(x/a)/a -> |x/a| takes one away)
         if sympy.fraction(sympy.fraction(sympy.Mul(*others))[1] / sympy.fraction(rest)[1])[1] == 1:
             return rest * sympy.Abs(u)
+    return None
+
+
+def rewrite_indicator_product(e):
+    """rest * Piecewise((1, c1), (0, c2), ...) (Heaviside(u), where(c, 1, 0)) ->
+    Piecewise((rest, c1), (0, c2), ...) where rest depends on what the conditions do: where
+    the indicator is 0 the product is 0 without computing rest, which can be inf there
+    ((exp(x) - 1)*Heaviside(-x), an ELU's negative part, was inf*0 = NaN for x > 709)."""
+    if not isinstance(e, sympy.Mul):
+        return None
+    for factor in e.args:
+        if (isinstance(factor, sympy.Piecewise) and all(v in (0, 1) for v, _ in factor.args)
+                and any(v == 0 for v, _ in factor.args)):
+            others = list(e.args)
+            others.remove(factor)
+            rest = sympy.Mul(*others)
+            if rest.free_symbols & factor.free_symbols:     # (b*Heaviside(a): b = inf is the caller's)
+                return sympy.Piecewise(*((rest if v == 1 else sympy.S.Zero, c) for v, c in factor.args))
     return None
 
 
@@ -1774,6 +1793,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_sech2,
     rewrite_exp_product,
     rewrite_sign_product,
+    rewrite_indicator_product,
     rewrite_common_denominator,
     rewrite_power_sum,
     rewrite_sqrt_conjugate,
@@ -1803,6 +1823,102 @@ def stabilize(expr: sympy.Basic) -> sympy.Basic:
                 changed = True
                 break
     return expr
+
+
+# --- kinks a function is smooth across ----------------------------------------------------
+# The conventions at a kink (Max(x, 0)' = 0 at 0, sign(0) = 0, Heaviside(0) = 0) are a
+# choice only where the two sides' slopes differ.  Where kinks combine into a function that
+# is smooth across them - max(x, 0) + log1p(exp(-|x|)) (softplus as it is often written),
+# sign(x)*log1p(|x|) (symlog), x*Heaviside(x) + expm1(x)*Heaviside(-x) (ELU) - the slope
+# there is the one both sides have, where the conventions summed to 0 (1/2, 1 and 1 are).
+
+class _Undecided(Exception):
+    """A branch's condition that the side of a kink does not decide (it holds a param)."""
+
+
+#: how far to a side of a kink its branches are decided (an exact number)
+_SIDE = sympy.Rational(1, 10**30)
+
+
+def kink_points(expr: sympy.Expr, x: sympy.Symbol) -> list:
+    """The numbers x0 where a condition of expr's branches, or the argument of an |u|,
+    changes sign with x: u = k*x + c with numbers k and c (x0 = -c/k)."""
+    args = [a.args[0] for a in expr.atoms(sympy.Abs)]
+    for pw in expr.atoms(sympy.Piecewise):
+        for _, c in pw.args:
+            args += [r.lhs - r.rhs for r in c.atoms(sympy.core.relational.Relational)]
+    points = set()
+    for u in args:
+        if u.free_symbols == {x} and u.is_polynomial(x) and sympy.degree(u, x) == 1:
+            k, c = sympy.Poly(u, x).all_coeffs()
+            x0 = sympy.nsimplify(-c / k) if (-c / k).is_Float else -c / k
+            if x0.is_real and x0.is_finite:
+                points.add(x0)
+    return sorted(points, key=sympy.default_sort_key)
+
+
+def _beside(e: sympy.Expr, x: sympy.Symbol, x0, side: int) -> sympy.Expr:
+    """e just to one side of x0 (side -1 or 1): each branch as the one taken there, each |u|
+    as u or -u; _Undecided where a condition holds a param."""
+    at = x0 + side * _SIDE
+
+    def branch(*pairs):
+        for v, c in pairs:
+            holds = c.subs(x, at)
+            if holds == sympy.true:
+                return v
+            if holds != sympy.false:
+                raise _Undecided
+        raise _Undecided
+
+    def absolute(u):
+        sign = u.subs(x, at)
+        return (u if sign > 0 else -u) if sign.is_number and sign != 0 else sympy.Abs(u)
+
+    e = e.replace(lambda a: isinstance(a, sympy.Piecewise), lambda a: branch(*a.args))
+    return e.replace(sympy.Abs, absolute)
+
+
+def _limit_beside(e: sympy.Expr, x: sympy.Symbol, x0, side: int):
+    """e's limit at x0 from one side (side -1 or 1)."""
+    g = _beside(e, x, x0, side)
+    at = g.subs(x, x0)
+    if at.is_finite:
+        return at
+    return sympy.limit(g, x, x0, "-" if side < 0 else "+")
+
+
+def _equal(a, b) -> bool:
+    return a == b or (a.is_finite is not False and b.is_finite is not False and sympy.simplify(a - b) == 0)
+
+
+def smooth_at_kinks(d: sympy.Expr, f: sympy.Expr, x: sympy.Symbol, points) -> sympy.Expr:
+    """d (a derivative of f) at each kink point x0 of x where f is continuous, as
+    Piecewise((L, |x - x0| <= 0), (d, True)): L the limit of d both sides have, where they
+    have one and d at x0 (its branches' conventions) is not it; else, where the sides' limits
+    are numbers and d at x0 is not between them, the left side's."""
+    for x0 in points:
+        try:
+            value = f.subs(x, x0)
+            if not (_equal(_limit_beside(f, x, x0, -1), value) and _equal(_limit_beside(f, x, x0, 1), value)):
+                continue
+            left, right = _limit_beside(d, x, x0, -1), _limit_beside(d, x, x0, 1)
+            if not (left.is_finite and left.is_real is not False):
+                continue
+            at = d.subs(x, x0)
+            if not _equal(left, right):
+                # a kink proper: the convention stands where it gives a slope between the two
+                # sides', else the left side's (torch's relu and leaky_relu take that):
+                # x*Heaviside(x) + a*x*Heaviside(-x) was 0 at 0, as Max(x, a*x) is a
+                if not (left.is_number and right.is_number and at.is_number and at.is_finite) or \
+                        min(left, right) <= at <= max(left, right):
+                    continue
+            elif _equal(at, left):
+                continue
+        except (_Undecided, NotImplementedError, TypeError, ValueError, ZeroDivisionError, RecursionError):
+            continue
+        d = sympy.Piecewise((left, sympy.Abs(x - x0) <= 0), (d, True))
+    return d
 
 
 def _clean(expr: sympy.Basic) -> sympy.Basic:
@@ -2743,6 +2859,12 @@ def _cpu_cost(block: Block) -> int:
 TIE_ULP = 0.25
 
 
+def _smooth(e, f, kinks):
+    for x, points in kinks.items():
+        e = smooth_at_kinks(e, f, x, points)
+    return e
+
+
 def derive(spec: Spec, rewrites: bool = True) -> Derivation:
     """The kernel IR of a spec.  Without `rewrites`, the formula as written: no stability
     rewrites, no value-preserving forms for float arithmetic and no clamps at huge inputs -
@@ -2761,6 +2883,10 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
         ((a.name, b.name), differentiate(d[a.name], b, rewrites))
         for a, b in combinations_with_replacement(variables, 2)
     )
+    if rewrites:        # the slopes both sides of a kink have, where f is smooth across it
+        kinks = {x: kink_points(expr, x) for x in inputs}
+        first = tuple((n, _smooth(e, expr, kinks)) for n, e in first)
+        second = tuple((ab, _smooth(e, dict(first)[ab[0]], kinks)) for ab, e in second)
 
     # typical values of params (init) and constants (default) for deciding where a run-time
     # limit is needed; other inputs take 3/4

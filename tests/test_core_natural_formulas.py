@@ -637,3 +637,39 @@ def test_a_ratio_of_exponentials_whose_numerator_vanishes_at_zero(backend, dtype
         (gbb,) = torch.autograd.grad(gb.sum(), br)
     s = [1 / (1 + mpmath.exp(-mpmath.mpf(v))) for v in x.tolist()]
     _close_to_truth(gbb, [float(1.5 * si * (1 - si) * (1 - 2 * si)) for si in s])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_smooth_functions_written_with_kinks(backend, dtype):
+    """Kinks that add up to a function smooth across them: softplus as max(x, 0) +
+    log(1 + exp(-|x|)), symlog sign(x)*log1p(|x|), ELU as x*Heaviside(x) + (exp(x) -
+    1)*Heaviside(-x).  At 0 the kinks' conventions summed to slopes 0, 0 and 0 (the truth: 1/2,
+    1 and 1); the ELU's inactive part was inf*0 = NaN past x = 709.  Against mpmath, f and f'."""
+    x = torch.tensor([-1000.0, -30.0, -1.0, -1e-8, -1e-30, 0.0, 1e-30, 1e-8, 1.0, 30.0, 1000.0, 1e6], dtype=dtype)
+    sig = lambda v: 1 / (1 + mpmath.exp(-v))
+    cases = (("Max(x, 0) + log(1 + exp(-abs(x)))", lambda v: mpmath.log1p(mpmath.exp(v)) if v < 0 else v + mpmath.log1p(mpmath.exp(-v)), sig),
+             ("sign(x)*log1p(abs(x))", lambda v: mpmath.sign(v) * mpmath.log1p(abs(v)), lambda v: 1 / (1 + abs(v))),
+             ("x*Heaviside(x) + (exp(x) - 1)*Heaviside(-x)", lambda v: v if v > 0 else mpmath.expm1(v),
+              lambda v: 1 if v >= 0 else mpmath.exp(v)))
+    for k, (formula, f, df) in enumerate(cases):
+        _matches_mpmath(formula, f"kinks{k}", f, df, x)
+    m = actgen.compile(cases[0][0], name="kinks0")
+    xr = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(m.kinks0(xr).sum(), xr, create_graph=True)
+    (g2,) = torch.autograd.grad(g.sum(), xr)
+    _close_to_truth(g2, [float(sig(mpmath.mpf(v)) * (1 - sig(mpmath.mpf(v)))) for v in x.tolist()])
+
+
+def test_kinks_keep_their_conventions_where_the_sides_differ(backend):
+    """Where the two sides' slopes differ the derivative at the kink is the convention's
+    (torch's: relu's 0, abs's 0), unless that is a number outside both sides' slopes: then
+    the left side's, as Max(x, 0.1*x) (torch's leaky_relu) has it; with a param for 0.1 the
+    convention stands."""
+    cases = (("Max(x, 0)", None, 0.0, 0.0), ("abs(x)", None, 0.0, 0.0), ("Max(x, 0.1*x)", None, 0.0, 0.1),
+             ("x*Heaviside(x) + 0.1*x*Heaviside(-x)", None, 0.0, 0.1),
+             ("x*Heaviside(x) + a*x*Heaviside(-x)", {"a": 0.1}, 0.0, 0.0), ("Min(Max(x, -1), 1)", None, 1.0, 0.0))
+    for k, (formula, params, at, want) in enumerate(cases):
+        m = actgen.compile(formula, name=f"conv{k}", params=params)
+        args = (torch.full((1,), at, dtype=torch.float64),) + ((torch.tensor([0.1], dtype=torch.float64),) if params else ())
+        _, (g, *_) = _grad(getattr(m, f"conv{k}"), *args)
+        assert g.item() == want, (formula, g.item())

@@ -10,7 +10,7 @@ Constants: beta=0.5, eps=-1e-06
 
 Derived (after stability rewrites):
     f           = Piecewise((beta*x + x**2*softplus(alpha_p), x > 0), (beta*x + (beta + softplus(alpha_n))*(-x + expm1(Piecewise((x, eps > x), (eps, True)))), True))
-    df/dx       = Piecewise((beta + 2*x*softplus(alpha_p), x > 0), (beta + (beta + softplus(alpha_n))*(Piecewise((1, eps > x), (0, True))*exp(Piecewise((x, eps > x), (eps, True))) - 1), True))
+    df/dx       = Piecewise((beta + 2*x*softplus(alpha_p), x > 0), (beta + (beta + softplus(alpha_n))*(Piecewise((exp(Piecewise((x, eps > x), (eps, True))), eps > x), (0, True)) - 1), True))
     df/dalpha_p = Piecewise((x**2*sigmoid(alpha_p), x > 0), (0, True))
     df/dalpha_n = Piecewise((0, x > 0), ((-x + expm1(Piecewise((x, eps > x), (eps, True))))*sigmoid(alpha_n), True))
 """
@@ -41,7 +41,7 @@ def _derivatives_torch(x, alpha_p, alpha_n, beta, eps):
     _t0 = x > 0.0
     _t1 = eps > x
     _t2 = torch.where(_t1, x, eps)
-    _d_x = torch.where(torch.isnan(x), x, torch.where(_t0, _rt.fma(x, _rt.softplus(alpha_p), beta, 2.0), _rt.fma(beta + _rt.softplus(alpha_n), _rt.fma(torch.where(_t1, _rt.number(x, 1.0), 0.0), torch.exp(_t2), -1.0), beta)))
+    _d_x = torch.where(torch.isnan(x), x, torch.where(_t0, _rt.fma(x, _rt.softplus(alpha_p), beta, 2.0), _rt.fma(beta + _rt.softplus(alpha_n), torch.where(_t1, torch.exp(_t2), 0.0) - 1.0, beta)))
     _d_alpha_p = torch.where(torch.isnan(x), x, torch.where(_t0, x*(x*torch.sigmoid(alpha_p)), 0.0))
     _d_alpha_n = torch.where(torch.isnan(x), x, torch.where(_t0, 0.0, (-x + torch.expm1(_t2))*torch.sigmoid(alpha_n)))
     return (_d_x, _d_alpha_p, _d_alpha_n,)
@@ -58,7 +58,7 @@ def _derivatives_torch_fast(x, alpha_p, alpha_n, beta, eps, _w):
     _t0 = _rt.gt(x, 0.0, out=_w[0])
     _t1 = _rt.gt(eps, x, out=_w[1])
     _t2 = _rt.select(_t1, x, eps, out=_w[2])
-    _d_x = _rt.select(_t0, _rt.fma(x, _rt.softplus(alpha_p), beta, 2.0, out=_w[3]), _rt.fma(beta + _rt.softplus(alpha_n), _rt.fma(_t1, torch.exp(_t2, out=_w[4]), -1.0, out=_w[4]), beta, out=_w[4]), out=_w[5])
+    _d_x = _rt.select(_t0, _rt.fma(x, _rt.softplus(alpha_p), beta, 2.0, out=_w[3]), _rt.fma(beta + _rt.softplus(alpha_n), _rt.select(_t1, torch.exp(_t2, out=_w[5]), 0.0, out=_w[4]).sub_(1.0), beta, out=_w[4]), out=_w[5])
     _d_alpha_p = _rt.select(_t0, torch.mul(x, torch.sigmoid(alpha_p), out=_w[1]).mul_(x), 0.0, out=_w[6])
     _d_alpha_n = _rt.select(_t0, 0.0, torch.neg(x, out=_w[1]).add_(torch.expm1(_t2, out=_w[7])).mul_(torch.sigmoid(alpha_n)), out=_w[7])
     return _rt.finite_or_none((_d_x, _d_alpha_p, _d_alpha_n,))
@@ -69,7 +69,7 @@ def _second_derivatives_torch(x, alpha_p, alpha_n, beta, eps):
     _t0 = x > 0.0
     _t1 = eps > x
     _t2 = torch.where(_t1, x, eps)
-    _t3 = torch.where(_t1, _rt.number(x, 1.0), 0.0)*torch.exp(_t2)
+    _t3 = torch.where(_t1, torch.exp(_t2), 0.0)
     _t4 = x*torch.sigmoid(alpha_p)
     _t5 = torch.sigmoid(alpha_n)
     _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t0, 2.0*_rt.softplus(alpha_p), _t3*(beta + _rt.softplus(alpha_n))))
@@ -124,7 +124,7 @@ if _rt.HAS_TRITON:
             _t0 = x > 0.0
             _t1 = eps > x
             _t2 = tl.where(_t1, x, eps)
-            _d_x = tl.where(x != x, x, tl.where(_t0, tl.fma(2.0*x, _softplus(alpha_p, FAST), beta), tl.fma(beta + _softplus(alpha_n, FAST), tl.fma(tl.where(_t1, 1.0, 0.0), _exp(_t2, FAST), -1.0), beta)))
+            _d_x = tl.where(x != x, x, tl.where(_t0, tl.fma(2.0*x, _softplus(alpha_p, FAST), beta), tl.fma(beta + _softplus(alpha_n, FAST), tl.where(_t1, _exp(_t2, FAST), 0.0) - 1.0, beta)))
             _d_alpha_p = tl.where(x != x, x, tl.where(_t0, x*(x*_sigmoid(alpha_p, FAST)), 0.0))
             _d_alpha_n = tl.where(x != x, x, tl.where(_t0, 0.0, (-x + libdevice.expm1(_t2))*_sigmoid(alpha_n, FAST)))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
