@@ -1893,10 +1893,11 @@ def _equal(a, b) -> bool:
 
 
 def smooth_at_kinks(d: sympy.Expr, f: sympy.Expr, x: sympy.Symbol, points) -> sympy.Expr:
-    """d (a derivative of f) at each kink point x0 of x where f is continuous, as
-    Piecewise((L, |x - x0| <= 0), (d, True)): L the limit of d both sides have, where they
-    have one and d at x0 (its branches' conventions) is not it; else, where the sides' limits
-    are numbers and d at x0 is not between them, the left side's."""
+    """d (a derivative of f) with the value both sides have at each kink point x0 of x where
+    f is continuous and d's limits from the two sides are one finite value that d at x0 is
+    not (its branches' conventions): Piecewise((L, |x - x0| <= 0), (d, True)).  Where the
+    sides differ, the selected branches' derivative stands (where(x*x > 0, x*x/4, x/2) takes
+    1/2 at 0 as written)."""
     for x0 in points:
         try:
             value = f.subs(x, x0)
@@ -1905,15 +1906,7 @@ def smooth_at_kinks(d: sympy.Expr, f: sympy.Expr, x: sympy.Symbol, points) -> sy
             left, right = _limit_beside(d, x, x0, -1), _limit_beside(d, x, x0, 1)
             if not (left.is_finite and left.is_real is not False):
                 continue
-            at = d.subs(x, x0)
-            if not _equal(left, right):
-                # a kink proper: the convention stands where it gives a slope between the two
-                # sides', else the left side's (torch's relu and leaky_relu take that):
-                # x*Heaviside(x) + a*x*Heaviside(-x) was 0 at 0, as Max(x, a*x) is a
-                if not (left.is_number and right.is_number and at.is_number and at.is_finite) or \
-                        min(left, right) <= at <= max(left, right):
-                    continue
-            elif _equal(at, left):
+            if not _equal(left, right) or _equal(d.subs(x, x0), left):
                 continue
         except (_Undecided, NotImplementedError, TypeError, ValueError, ZeroDivisionError, RecursionError):
             continue

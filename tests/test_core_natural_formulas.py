@@ -661,12 +661,11 @@ def test_smooth_functions_written_with_kinks(backend, dtype):
 
 
 def test_kinks_keep_their_conventions_where_the_sides_differ(backend):
-    """Where the two sides' slopes differ the derivative at the kink is the convention's
-    (torch's: relu's 0, abs's 0), unless that is a number outside both sides' slopes: then
-    the left side's, as Max(x, 0.1*x) (torch's leaky_relu) has it; with a param for 0.1 the
-    convention stands."""
+    """Where the two sides' slopes differ the derivative at the kink is the selected
+    branches' (torch's relu's 0, abs's 0, leaky_relu's 0.1 for Max(x, 0.1*x), hardtanh's 0
+    at 1; Heaviside(0) = 0), also where that is neither side's slope."""
     cases = (("Max(x, 0)", None, 0.0, 0.0), ("abs(x)", None, 0.0, 0.0), ("Max(x, 0.1*x)", None, 0.0, 0.1),
-             ("x*Heaviside(x) + 0.1*x*Heaviside(-x)", None, 0.0, 0.1),
+             ("x*Heaviside(x) + 0.1*x*Heaviside(-x)", None, 0.0, 0.0),
              ("x*Heaviside(x) + a*x*Heaviside(-x)", {"a": 0.1}, 0.0, 0.0), ("Min(Max(x, -1), 1)", None, 1.0, 0.0))
     for k, (formula, params, at, want) in enumerate(cases):
         m = actgen.compile(formula, name=f"conv{k}", params=params)
