@@ -1908,7 +1908,7 @@ def smooth_at_kinks(d: sympy.Expr, f: sympy.Expr, x: sympy.Symbol, points) -> sy
                 continue
             if not _equal(left, right) or _equal(d.subs(x, x0), left):
                 continue
-        except (Exception, RecursionError):     # (_Undecided, or a limit sympy cannot take: no fix)
+        except Exception:       # (_Undecided, a limit sympy cannot take, its recursion: no fix)
             continue
         d = sympy.Piecewise((left, sympy.Abs(x - x0) <= 0), (d, True))
     return d
