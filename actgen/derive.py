@@ -677,7 +677,9 @@ def rewrite_common_denominator(e):
     cancel symbolically (1/(1 + |x|) - |x|/(1 + |x|)**2 -> 1/(1 + |x|)**2, the quotient rule's
     leftover; (a0 + a1*x)/(1 + |b*x|)'s slope, whose a1*|b*x| and a1*b*x*sign(b*x) cancel;
     erf(x)*x/(1 + |x/2|)'s, with a third term), which in floating point would cancel
-    numerically.  Small sums only."""
+    numerically, and their common factors taken out (tanh'' from 4e/(1 + e)**2, e =
+    exp(-2|x|): 16e**2/(1 + e)**3 - 8e/(1 + e)**2 -> 8e*(e - 1)/(1 + e)**3, where e - 1 is
+    then expm1).  Small sums, powers up to 3."""
     if not _is_sum(e):
         return None
     by_base: dict = {}
@@ -687,7 +689,7 @@ def rewrite_common_denominator(e):
             if n.is_Integer and n < 0 and _is_sum(base) and len(base.args) <= 3:
                 by_base.setdefault(base, []).append((term, -n))
     for base, terms in by_base.items():
-        if len(terms) < 2 or max(k for _, k in terms) > 2:
+        if len(terms) < 2 or max(k for _, k in terms) > 3:
             continue
         top = max(k for _, k in terms)
         parts = [sympy.expand(term * base**k * base ** (top - k), deep=False) for term, k in terms]
@@ -698,7 +700,7 @@ def rewrite_common_denominator(e):
             others = list(e.args)
             for term, _ in terms:
                 others.remove(term)
-            return combined / base**top + sympy.Add(*others)
+            return sympy.factor_terms(combined) / base**top + sympy.Add(*others)
     return None
 
 

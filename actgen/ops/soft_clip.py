@@ -56,11 +56,10 @@ def _second_derivatives_torch(x, scale):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = _rt.scalar_div(1.0, scale)
     _t1 = _t0*x
-    _t2 = torch.abs(_t1)
-    _t3 = torch.exp(-(2.0*_t2))
+    _t2 = -(2.0*torch.abs(_t1))
+    _t3 = torch.exp(_t2)
     _t4 = _t3 + 1.0
-    _t5 = torch.where(_t1 > 0.0, 1.0, torch.where(_t1 < 0.0, _rt.number(x, -1.0), 0.0))
-    _d2_x_x = torch.where(torch.isnan(x), x, _t0*(_t3/_t4*_t3/_t4*_t5/_t4*16.0 - 8.0*_t3*_t5/(_t4*_t4)))
+    _d2_x_x = torch.where(torch.isnan(x), x, 8.0*_t0*_t3*torch.where(_t1 > 0.0, 1.0, torch.where(_t1 < 0.0, _rt.number(x, -1.0), 0.0))*torch.expm1(_t2)/(_t4*_t4*_t4))
     return (_d2_x_x,)
 
 

@@ -56,11 +56,10 @@ def _derivatives_torch_fast(x, _w):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = torch.abs(x)
-    _t1 = torch.exp(-(2.0*_t0))
+    _t0 = -(2.0*torch.abs(x))
+    _t1 = torch.exp(_t0)
     _t2 = _t1 + 1.0
-    _t3 = torch.where(x > 0.0, 1.0, torch.where(x < 0.0, _rt.number(x, -1.0), 0.0))
-    _d2_x_x = torch.where(torch.isnan(x), x, _t1/_t2*_t1/_t2*_t3/_t2*16.0 - 8.0*_t1*_t3/(_t2*_t2))
+    _d2_x_x = torch.where(torch.isnan(x), x, 8.0*_t1*torch.where(x > 0.0, 1.0, torch.where(x < 0.0, _rt.number(x, -1.0), 0.0))*torch.expm1(_t0)/(_t2*_t2*_t2))
     return (_d2_x_x,)
 
 
