@@ -2978,7 +2978,7 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
 
     forward_outputs, forward, kernel_forward = blocks([("y", expr)])
     backward_outputs, backward, kernel_backward = blocks([(f"d_{n}", e) for n, e in first])
-    double_backward = make_block([(f"d2_{a}_{b}", final(nan_guard(scaled(e), inputs))) for (a, b), e in second])
+    double_backward = make_block([(f"d2_{a}_{b}", guarded(scaled(e))) for (a, b), e in second])
 
     float64_forward = float64_backward = ()
     if rewrites and spec.precision == "auto":   # f and df/d(input) that float32 leaves beyond the target (actgen.precision)

@@ -709,3 +709,18 @@ def test_a_gated_formula_whose_second_input_carries_the_function(backend, dtype)
     _close_to_truth(y[k], [float(-1.5 * ti) for ti in t])
     _close_to_truth(ga[k], [float(ti) for ti in t])
     _close_to_truth(gb[k], [float(-1.5 * si / mpmath.cosh(u) ** 2) for u, si in zip(sp, s)])
+
+
+def test_second_derivatives_at_huge_inputs(backend):
+    """Double backward gets the clamps and the limits at +-inf that the backward has:
+    x*tanh(exp(x))'s second derivative was NaN from x = 710 (exp(x) overflows into
+    inf * 0), where it is 0 (it underflows from about x = 5); mpmath past that."""
+    m = actgen.compile("x*tanh(exp(x))", name="txe2")
+    for dtype in (torch.float32, torch.float64):
+        x = torch.tensor([-1000.0, -50.0, -1.0, 0.0, 1.0, 3.0, 90.0, 710.0, 1000.0, 1e30, math.inf, -math.inf], dtype=dtype)
+        xr = x.clone().requires_grad_()
+        (d,) = torch.autograd.grad(m.txe2(xr).sum(), xr, create_graph=True)
+        (d2,) = torch.autograd.grad(d.sum(), xr)
+        f = lambda v: v * mpmath.tanh(mpmath.exp(v))
+        truth = [float(mpmath.diff(f, mpmath.mpf(v), 2)) if abs(v) <= 50 else 0.0 for v in x.tolist()]
+        _close_to_truth(d2, truth, ulps=16)

@@ -58,15 +58,18 @@ def _derivatives_torch_fast(x, _w):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _w_x = _rt.inverse_scale(x)
-    _v_x = _rt.scaled_input(x)
-    _t0 = _rt.hypot(x, 1.0)
+    _clamped_x = _rt.clamp(x, -512.0, 512.0)
+    _t0 = _rt.hypot(_clamped_x, 1.0)
     _t1 = torch.exp(-(2.0*_t0))
     _t2 = _t1 + 1.0
-    _t3 = _t1/(_t2*_t2)
-    _t4 = _t3*x
-    _t5 = _v_x/_w_x*_v_x/_rt.fma(_w_x, _w_x, _v_x*_v_x)*_v_x
-    _d2_x_x = _rt.fnma(_t3, _t5, _t1/_t2*_t1/_t2*_t5/_t2*16.0 - 4.0*(x*(x*(_t4/(_t0*_t0*_t0)))) + 12.0*_t4/_t0, 8.0)
+    _t3 = 1.0/(_t2*_t2)
+    _t4 = _t1*_t3
+    _t5 = _rt.inverse_scale(_clamped_x)
+    _t6 = 1.0/_t5
+    _t7 = _rt.scaled_input(_clamped_x)
+    _t8 = _t7*_t7*_t7
+    _t9 = 1.0/_rt.fma(_t7, _t7, _t5*_t5)
+    _d2_x_x = -(_clamped_x/_t0*_clamped_x/_t0*_clamped_x/_t0*_t4*4.0) + 12.0*_clamped_x*_t1*_t3/_t0 + _t1/_t2*_t1/_t2*_t6/_t2*_t8*_t9*16.0 - 8.0*_t4*_t6*_t8*_t9
     return (_d2_x_x,)
 
 

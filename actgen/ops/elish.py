@@ -58,7 +58,7 @@ def _second_derivatives_torch(x):
     _t1 = torch.sigmoid(-x)
     _t2 = torch.exp(x)
     _t3 = _t1*torch.expm1(x)
-    _d2_x_x = torch.where(x > 0.0, _t0*_t1*_rt.fma(_t1, x, _rt.fnma(_t0, x, 2.0)), _t0*_rt.fma(_t1, _t2 + _t3, _rt.fnma(_t0, _t3, _t0 + _t2)))
+    _d2_x_x = torch.where(x == math.inf, 0.0, torch.where(x > 0.0, _t0*_t1*_rt.fma(_t1, x, _rt.fnma(_t0, x, 2.0)), _t0*_rt.fma(_t1, _t2 + _t3, _rt.fnma(_t0, _t3, _t0 + _t2))))
     return (_d2_x_x,)
 
 

@@ -55,8 +55,9 @@ def _derivatives_torch_fast(x, _w):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = torch.exp(-(x*x))
-    _d2_x_x = -(2.0*_t0) + 4.0*(x*(_t0*x))
+    _clamped_x = _rt.clamp(x, -32.0, 32.0)
+    _t0 = _clamped_x*_clamped_x
+    _d2_x_x = (4.0*_t0 - 2.0)*torch.exp(-_t0)
     return (_d2_x_x,)
 
 

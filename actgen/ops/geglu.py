@@ -60,10 +60,11 @@ def _derivatives_torch_fast(a, b, _w):
 
 def _second_derivatives_torch(a, b):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = torch.exp(-(0.5*a*a))
-    _t1 = _t0*b
-    _d2_a_a = 0.7978845608028654*_t1 + 1.4142135623730951*(a*(-(0.28209479177387814*_t1*a)))
-    _d2_a_b = _rt.fma(_t0, a, 0.5*torch.erfc(-(0.7071067811865476*a)), 0.3989422804014327)
+    _clamped_a = _rt.clamp(a, -64.0, 16.0)
+    _clamped_a_1 = _rt.clamp(a, -64.0, 64.0)
+    _t0 = _clamped_a_1*_clamped_a_1
+    _d2_a_a = 0.7978845608028654*b*(1.0 - 0.5*_t0)*torch.exp(-(0.5*_t0))
+    _d2_a_b = _rt.fma(_clamped_a, torch.exp(-(0.5*_clamped_a*_clamped_a)), 0.5*torch.erfc(-(0.7071067811865476*_clamped_a)), 0.3989422804014327)
     _d2_b_b = 0.0
     return (_d2_a_a, _d2_a_b, _d2_b_b,)
 

@@ -72,19 +72,18 @@ def _derivatives_torch_fast(a, b, _w):
 
 def _second_derivatives_torch(a, b):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = a*a
-    _t1 = 1.5957691216057308*a
+    _clamped_a = _rt.clamp(a, -32.0, 8.0)
+    _clamped_a_1 = _rt.clamp(a, -32.0, 32.0)
+    _t0 = _clamped_a_1*_clamped_a_1
+    _t1 = 1.5957691216057308*_clamped_a_1
     _t2 = _t1*(0.044715*_t0 + 1.0)
     _t3 = torch.sigmoid(-_t2)
-    _t4 = 0.134145*_t0 + 1.0
-    _t5 = torch.sigmoid(_t2)
-    _t6 = _t5*b
-    _t7 = 1.5957691216057308*_t3*_t4*_t6
-    _t8 = _t3*a
-    _t9 = _t1*_t3
-    _t10 = 0.1513664233700275*_t8
-    _d2_a_a = _rt.fma(_t7, _t9 + 1.0 + 1.4142135623730951*(a*(a*_t10)), -(2.5464790894703255*_t4*_t4*_t5*_t5*_t8*b) + _t7 + 1.4142135623730951*(a*(0.302732846740055*_t6*_t8)))
-    _d2_a_b = _rt.fma(_t5, _t9, _t5 + 1.4142135623730951*(a*(a*(_t10*_t5))))
+    _t4 = torch.sigmoid(_t2)
+    _t5 = 0.134145*_t0 + 1.0
+    _t6 = 1.5957691216057308*_clamped_a
+    _t7 = 0.07135481627260025*_clamped_a*_clamped_a*_clamped_a + _t6
+    _d2_a_a = _t3*_t4*b*_rt.fma(_t5, _t1*_t3*_t5 + 1.0, -(2.5464790894703255*_clamped_a_1*_t4*_t5*_t5) + 0.6421933464534022*_t0 + 1.5957691216057308, 1.5957691216057308)
+    _d2_a_b = (_t6*_rt.fma(_clamped_a, _clamped_a, 1.0, 0.134145)*torch.sigmoid(-_t7) + 1.0)*torch.sigmoid(_t7)
     _d2_b_b = 0.0
     return (_d2_a_a, _d2_a_b, _d2_b_b,)
 

@@ -57,8 +57,9 @@ def _derivatives_torch_fast(x, _w):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = torch.exp(-(0.5*x*x))
-    _d2_x_x = 0.7978845608028654*_t0 + 1.4142135623730951*(x*(-(0.28209479177387814*_t0*x)))
+    _clamped_x = _rt.clamp(x, -64.0, 64.0)
+    _t0 = _clamped_x*_clamped_x
+    _d2_x_x = (-(0.3989422804014327*_t0) + 0.7978845608028654)*torch.exp(-(0.5*_t0))
     return (_d2_x_x,)
 
 

@@ -64,15 +64,14 @@ def _derivatives_torch_fast(x, _w):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = x*x
-    _t1 = 0.134145*_t0 + 1.0
-    _t2 = 1.5957691216057308*x
-    _t3 = _t2*(0.044715*_t0 + 1.0)
-    _t4 = torch.sigmoid(-_t3)
-    _t5 = torch.sigmoid(_t3)
-    _t6 = 1.5957691216057308*_t1*_t4*_t5
-    _t7 = _t4*x
-    _d2_x_x = _rt.fma(_t6, _rt.fma(_t2, _t4, 1.0 + 1.4142135623730951*(x*(x*(0.1513664233700275*_t7)))), -(2.5464790894703255*_t1*_t1*_t5*_t5*_t7) + _t6 + 1.4142135623730951*(x*(0.302732846740055*_t5*_t7)))
+    _clamped_x = _rt.clamp(x, -32.0, 32.0)
+    _t0 = 1.5957691216057308*_clamped_x
+    _t1 = 0.07135481627260025*_clamped_x*_clamped_x*_clamped_x + _t0
+    _t2 = torch.sigmoid(-_t1)
+    _t3 = torch.sigmoid(_t1)
+    _t4 = _clamped_x*_clamped_x
+    _t5 = 0.134145*_t4 + 1.0
+    _d2_x_x = _t2*_t3*_rt.fma(_t5, _t0*_t2*_t5 + 1.0, -(2.5464790894703255*_clamped_x*_t3*_t5*_t5) + 0.6421933464534022*_t4 + 1.5957691216057308, 1.5957691216057308)
     return (_d2_x_x,)
 
 

@@ -57,9 +57,10 @@ def _derivatives_torch_fast(x, _w):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = -x
+    _clamped_x = _rt.clamp(x, -8.0, None)
+    _t0 = -_clamped_x
     _t1 = torch.exp(_t0)
-    _d2_x_x = _rt.fma(_t1, x, _t0 + 2.0)*torch.exp(-_t1 - x)
+    _d2_x_x = torch.where(x == math.inf, 0.0, _rt.fma(_clamped_x, _t1, _t0 + 2.0)*torch.exp(-_clamped_x - _t1))
     return (_d2_x_x,)
 
 

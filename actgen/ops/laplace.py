@@ -52,8 +52,13 @@ def _derivatives_torch_fast(x, mu, sigma, _w):
 
 def _second_derivatives_torch(x, mu, sigma):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = -mu + x
-    _d2_x_x = -(0.19947114020071635*(-(2.0*mu) + 2.0*x)*torch.exp(-(_t0/sigma*_t0/sigma*0.5))/(sigma*sigma*sigma))
+    _t0 = 2.0*mu
+    _t1 = _rt.scalar_div(0.5, (sigma*sigma))
+    _t2 = _rt.scalar_div(0.19947114020071635, (sigma*sigma*sigma))
+    _t3 = 16777216.0 - mu
+    _t4 = -mu + x
+    _t5 = -mu - 16777216.0
+    _d2_x_x = _rt.limit_at_inf(-(_t2*(-_t0 + 2.0*x)*torch.exp(-(_t1*_t4*_t4))), _rt.grown(-(_t2*(33554432.0 - _t0)*_rt.scalar_exp(-(_t1*_t3*_t3)))), _rt.grown(-(_t2*(-_t0 - 33554432.0)*_rt.scalar_exp(-(_t1*_t5*_t5)))), x)
     return (_d2_x_x,)
 
 

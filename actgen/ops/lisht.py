@@ -56,7 +56,8 @@ def _derivatives_torch_fast(x, _w):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = torch.abs(x)
+    _clamped_x = _rt.clamp(x, -512.0, 512.0)
+    _t0 = torch.abs(_clamped_x)
     _t1 = torch.exp(-(2.0*_t0))
     _t2 = _t1 + 1.0
     _t3 = 8.0*_t1/(_t2*_t2)

@@ -59,7 +59,7 @@ def _second_derivatives_torch(x):
     _t4 = _t1*_t3
     _t5 = _t0*_t0*x
     _t6 = _t1*_t1
-    _d2_x_x = _rt.fnma(_t5, _t6/(_t2*_t2), _rt.fma(_t4, _t5, _rt.fma(_t0, _t4, -(_t0*_t3*_t6*x), 2.0)))
+    _d2_x_x = torch.where(x == math.inf, 0.0, torch.where(x == -math.inf, 0.0, _rt.fnma(_t5, _t6/(_t2*_t2), _rt.fma(_t4, _t5, _rt.fma(_t0, _t4, -(_t0*_t3*_t6*x), 2.0)))))
     return (_d2_x_x,)
 
 

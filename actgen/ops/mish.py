@@ -72,13 +72,14 @@ def _derivatives_torch_fast(x, _w):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = torch.abs(x)
+    _clamped_x = _rt.clamp(x, -1024.0, 512.0)
+    _t0 = torch.abs(_clamped_x)
     _t1 = torch.exp(-_t0)
-    _t2 = 2.0*x
-    _t3 = 6.0 - 3.0*x
+    _t2 = 2.0*_clamped_x
+    _t3 = 6.0 - 3.0*_clamped_x
     _t4 = _t2 + 8.0
     _t5 = _t2 + 4.0
-    _t6 = x < 0.0
+    _t6 = _clamped_x < 0.0
     _d2_x_x = 4.0*torch.where(_t6, _t1*_rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, 2.0 - _t2, _t3), _t4), _t5), _t1*_t1*_rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _t5, _t4), _t3), 2.0 - _t2))/torch.where(_t6, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _t1 + 6.0, 18.0), 32.0), 36.0), 24.0), 8.0), _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, 8.0*_t1 + 24.0, 36.0), 32.0), 18.0), 6.0), 1.0))
     return (_d2_x_x,)
 

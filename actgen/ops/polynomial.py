@@ -67,7 +67,9 @@ def _derivatives_torch_fast(x, a0, a1, a2, a3, _w):
 
 def _second_derivatives_torch(x, a0, a1, a2, a3):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _d2_x_x = _rt.fma(a3, x, 2.0*a2, 6.0)
+    _t0 = 2.0*a2
+    _t1 = 100663296.0*a3
+    _d2_x_x = _rt.limit_at_inf(_rt.fma(a3, x, _t0, 6.0), _rt.grown(_t0 + _t1), _rt.grown(_t0 - _t1), x)
     _d2_x_a0 = 0.0
     _d2_x_a1 = 1.0
     _d2_x_a2 = 2.0*x

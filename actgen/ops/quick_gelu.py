@@ -59,10 +59,11 @@ def _derivatives_torch_fast(x, _w):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = 1.702*x
+    _clamped_x = _rt.clamp(x, -512.0, 512.0)
+    _t0 = 1.702*_clamped_x
     _t1 = torch.sigmoid(-_t0)
     _t2 = torch.sigmoid(_t0)
-    _t3 = 2.896804*x
+    _t3 = 2.896804*_clamped_x
     _d2_x_x = _t1*_t2*_rt.fnma(_t2, _t3, _rt.fma(_t1, _t3, 3.404))
     return (_d2_x_x,)
 

@@ -56,9 +56,10 @@ def _derivatives_torch_fast(x, _w):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = _rt.softplus(x)
-    _t1 = torch.sigmoid(x)
-    _d2_x_x = (-(2.256758334191025*_t0*_t1*_t1*x) + 1.1283791670955126*_t1*x*torch.sigmoid(-x) + 2.256758334191025*_t1)*torch.exp(-(_t0*_t0))
+    _clamped_x = _rt.clamp(x, -1024.0, 32.0)
+    _t0 = _rt.softplus(_clamped_x)
+    _t1 = torch.sigmoid(_clamped_x)
+    _d2_x_x = (-(2.256758334191025*_clamped_x*_t0*_t1*_t1) + 1.1283791670955126*_clamped_x*_t1*torch.sigmoid(-_clamped_x) + 2.256758334191025*_t1)*torch.exp(-(_t0*_t0))
     return (_d2_x_x,)
 
 

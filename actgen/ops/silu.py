@@ -57,7 +57,7 @@ def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = torch.sigmoid(x)
     _t1 = torch.sigmoid(-x)
-    _d2_x_x = _t0*_t1*_rt.fma(_t1, x, _rt.fnma(_t0, x, 2.0))
+    _d2_x_x = torch.where(x == math.inf, 0.0, torch.where(x == -math.inf, 0.0, _t0*_t1*_rt.fma(_t1, x, _rt.fnma(_t0, x, 2.0))))
     return (_d2_x_x,)
 
 

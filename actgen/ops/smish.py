@@ -70,13 +70,14 @@ def _derivatives_torch_fast(x, _w):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = torch.exp(-torch.abs(x))
-    _t1 = x < 0.0
-    _t2 = 10.0*x
-    _t3 = 54.0 - 18.0*x
-    _t4 = 54.0 - 3.0*x
-    _t5 = 6.0*x + 24.0
-    _t6 = 2.0*x + 4.0
+    _clamped_x = _rt.clamp(x, -1024.0, 1024.0)
+    _t0 = torch.exp(-torch.abs(_clamped_x))
+    _t1 = _clamped_x < 0.0
+    _t2 = 10.0*_clamped_x
+    _t3 = 54.0 - 18.0*_clamped_x
+    _t4 = 54.0 - 3.0*_clamped_x
+    _t5 = 6.0*_clamped_x + 24.0
+    _t6 = 2.0*_clamped_x + 4.0
     _d2_x_x = 4.0*torch.where(_t1, _t0*_rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 20.0 - _t2, _t3), _t4), _t5), _t6), _t0*_rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _t6, _t5), _t4), _t3), 20.0 - _t2))/torch.where(_t1, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 125.0*_t0 + 450.0, 690.0), 576.0), 276.0), 72.0), 8.0), _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, _rt.fma(_t0, 8.0*_t0 + 72.0, 276.0), 576.0), 690.0), 450.0), 125.0))
     return (_d2_x_x,)
 

@@ -63,8 +63,8 @@ def _second_derivatives_torch(a, b):
     _t0 = torch.sigmoid(a)
     _t1 = torch.sigmoid(-a)
     _t2 = _t1*a
-    _d2_a_a = _t0*_t1*b*_rt.fnma(_t0, a, _t2 + 2.0)
-    _d2_a_b = _t0*(_t2 + 1.0)
+    _d2_a_a = b*torch.where(a == math.inf, 0.0, torch.where(a == -math.inf, 0.0, _t0*_t1*_rt.fnma(_t0, a, _t2 + 2.0)))
+    _d2_a_b = torch.where(a == math.inf, 1.0, torch.where(a == -math.inf, 0.0, _t0*(_t2 + 1.0)))
     _d2_b_b = 0.0
     return (_d2_a_a, _d2_a_b, _d2_b_b,)
 

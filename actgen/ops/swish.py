@@ -70,17 +70,31 @@ def _second_derivatives_torch(x, beta):
     _t0 = beta*x
     _t1 = torch.sigmoid(_t0)
     _t2 = torch.sigmoid(-_t0)
-    _t3 = _t1*x
-    _t4 = _t0*_t2
-    _t5 = _t4 + 1.0
-    _t6 = _t2*_t3
-    _t7 = torch.abs(_t0)
-    _t8 = torch.exp(-_t7)
-    _t9 = -(0.5*_t7)
-    _t10 = _t8*(-torch.exp(_t9) - 1.0)*torch.expm1(_t9)
-    _d2_x_x = _t1*_t2*_rt.fma(_t5, beta, -(_t3*beta*beta) + beta)
-    _d2_x_beta = _rt.fma(_t5, _t6, _t6 + x*(-(_t1*_t1*_t4)))
-    _d2_beta_beta = x/_rt.fma(_t8, _rt.fma(_t8, _t8 + 3.0, 3.0), 1.0)*torch.where(_t0 < 0.0, _t10, -_t10)*x*x
+    _t3 = beta*beta
+    _t4 = _t1*x
+    _t5 = _t0*_t2
+    _t6 = _t5 + 1.0
+    _t7 = 16777216.0*beta
+    _t8 = torch.sigmoid(_t7)
+    _t9 = 16777216.0*_t3
+    _t10 = torch.sigmoid(-_t7)
+    _t11 = _t10*_t8
+    _t12 = _t2*_t4
+    _t13 = 281474976710656.0*beta
+    _t14 = _rt.fnma(_t13, _t8, _rt.fma(_t10, _t13, 33554432.0))
+    _t15 = torch.abs(_t0)
+    _t16 = torch.exp(-_t15)
+    _t17 = -(0.5*_t15)
+    _t18 = _t16*(-torch.exp(_t17) - 1.0)*torch.expm1(_t17)
+    _t19 = torch.abs(beta)
+    _t20 = torch.exp(-(16777216.0*_t19))
+    _t21 = -(8388608.0*_t19)
+    _t22 = _t20*(-torch.exp(_t21) - 1.0)*torch.expm1(_t21)
+    _t23 = -_t22
+    _t24 = _rt.rdiv(4.722366482869645e+21, _rt.fma(_t20, _rt.fma(_t20, _t20 + 3.0, 3.0), 1.0))
+    _d2_x_x = _rt.limit_at_inf(_t1*_t2*_rt.fma(_t6, beta, _rt.fnma(_t3, _t4, beta)), _rt.grown(_t11*_rt.fma(beta, _rt.fma(_t10, _t7, 1.0), _rt.fnma(_t8, _t9, beta))), _rt.grown(_t11*_rt.fma(beta, _rt.fnma(_t7, _t8, 1.0), _rt.fma(_t10, _t9, beta))), x)
+    _d2_x_beta = _rt.limit_at_inf(_rt.fma(_t12, _t6, _t12 + x*(-(_t1*_t1*_t5))), _rt.grown(_t11*_t14), _rt.grown(-(_t11*_t14)), x)
+    _d2_beta_beta = _rt.limit_at_inf(x/_rt.fma(_t16, _rt.fma(_t16, _t16 + 3.0, 3.0), 1.0)*torch.where(_t0 < 0.0, _t18, -_t18)*x*x, _rt.grown(_t24*torch.where(_t7 < 0.0, _t22, _t23)), _rt.grown(-(_t24*torch.where(_t7 > 0.0, _t22, _t23))), x)
     return (_d2_x_x, _d2_x_beta, _d2_beta_beta,)
 
 

@@ -56,10 +56,11 @@ def _derivatives_torch_fast(x, _w):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = -(2.0*torch.abs(x))
+    _clamped_x = _rt.clamp(x, -512.0, 512.0)
+    _t0 = -(2.0*torch.abs(_clamped_x))
     _t1 = torch.exp(_t0)
     _t2 = _t1 + 1.0
-    _d2_x_x = torch.where(torch.isnan(x), x, 8.0*_t1*torch.where(x > 0.0, 1.0, torch.where(x < 0.0, _rt.number(x, -1.0), 0.0))*torch.expm1(_t0)/(_t2*_t2*_t2))
+    _d2_x_x = torch.where(torch.isnan(x), x, 8.0*_t1*torch.where(_clamped_x > 0.0, 1.0, torch.where(_clamped_x < 0.0, _rt.number(x, -1.0), 0.0))*torch.expm1(_t0)/(_t2*_t2*_t2))
     return (_d2_x_x,)
 
 

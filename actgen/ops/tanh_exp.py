@@ -60,12 +60,13 @@ def _derivatives_torch_fast(x, _w):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = torch.exp(x)
+    _clamped_x = _rt.clamp(x, -1024.0, 8.0)
+    _t0 = torch.exp(_clamped_x)
     _t1 = 2.0*_t0
     _t2 = -_t1
     _t3 = torch.exp(_t2) + 1.0
-    _t4 = torch.exp(_t2 + x)/(_t3*_t3)
-    _d2_x_x = 4.0*_t4*x*(1.0 - _t1) + 8.0*_t4 + 16.0*x*torch.exp(-(4.0*_t0) + 2.0*x)/(_t3*_t3*_t3)
+    _t4 = torch.exp(_clamped_x + _t2)/(_t3*_t3)
+    _d2_x_x = 4.0*_clamped_x*_t4*(1.0 - _t1) + 16.0*_clamped_x*torch.exp(2.0*_clamped_x - 4.0*_t0)/(_t3*_t3*_t3) + 8.0*_t4
     return (_d2_x_x,)
 
 

@@ -52,9 +52,10 @@ def _derivatives_torch_fast(x, _w):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = torch.exp(-(2.0*torch.abs(x)))
+    _clamped_x = _rt.clamp(x, -512.0, 512.0)
+    _t0 = torch.exp(-(2.0*torch.abs(_clamped_x)))
     _t1 = _t0 + 1.0
-    _d2_x_x = 8.0*_t0*torch.tanh(x)/(_t1*_t1)
+    _d2_x_x = 8.0*_t0*torch.tanh(_clamped_x)/(_t1*_t1)
     return (_d2_x_x,)
 
 
