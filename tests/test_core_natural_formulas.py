@@ -713,7 +713,7 @@ def test_a_gated_formula_whose_second_input_carries_the_function(backend, dtype)
 
 def test_second_derivatives_at_huge_inputs(backend):
     """Double backward gets the clamps and the limits at +-inf that the backward has:
-    x*tanh(exp(x))'s second derivative was NaN from x = 710 (exp(x) overflows into
+    x*tanh(exp(x))'s second derivative was NaN at x = 710 and 1000 (exp(x) overflows into
     inf * 0), where it is 0 (it underflows from about x = 5); mpmath past that."""
     m = actgen.compile("x*tanh(exp(x))", name="txe2")
     for dtype in (torch.float32, torch.float64):
