@@ -372,9 +372,9 @@ class Activation:
 
     @staticmethod
     def _finite(xs) -> bool:
-        """Whether every tensor is finite: one sum each (an overflowing sum of finite values
-        only means the guarded path)."""
-        return all(math.isfinite(t.sum().item()) for t in xs)
+        """Whether every tensor is finite: one sum each, float16's in float32 (an overflowing
+        sum of finite values only counts them out)."""
+        return all(math.isfinite(_sum(t).item()) for t in xs)
 
     def _native_window(self, which: int, dtype: torch.dtype):
         """The inputs of dtype that torch's kernel for f (which 0) or the backward (1) is
@@ -419,10 +419,9 @@ class Activation:
         x = xs[0]
         if not rows:
             if lo == -math.inf and hi == math.inf:
-                inside = math.isfinite(_sum(x).item())
-            else:
-                inside = (lo == -math.inf or x.amin().item() > lo) and (hi == math.inf or x.amax().item() < hi)
-            return inside and all(math.isfinite(_sum(t).item()) for t in xs[1:])
+                return self._finite(xs)
+            inside = (lo == -math.inf or x.amin().item() > lo) and (hi == math.inf or x.amax().item() < hi)
+            return inside and self._finite(xs[1:])
         if lo == -math.inf and hi == math.inf:
             inside = torch.isfinite(_sum(x, 1))
         elif lo == -math.inf:
@@ -567,7 +566,7 @@ class Activation:
             if native:              # (some input is outside the window) torch's kernel chunk by chunk
                 xs = [v[index] for v in views]
                 if self._native_takes(0, xs):
-                    self.forward_native(*xs, *constants, target)
+                    self._native_call(0, xs, constants, [target])
                     continue
             xs, rest, ws, _ = self._chunk_args(views, rs, ps, constants, index, channels, dt, 0)
             if target.dtype == dt and ws:
@@ -606,7 +605,7 @@ class Activation:
             if native:              # torch's kernel chunk by chunk (no params)
                 xs = [v[index] for v in views]
                 if self._native_takes(1, xs):
-                    self.backward_native(g3[index], *xs, *constants, [gr[index] if gr is not None else None for gr in grads])
+                    self._native_call(1, xs, constants, [gr[index] if gr is not None else None for gr in grads], g3[index])
                     continue
             xs, rest, ws, (g, terms) = self._chunk_args(views, rs, ps, constants, index, channels, dt, 1)
             derivs, _ = self._values(1, xs, rest, all_finite, ws)
