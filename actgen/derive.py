@@ -1853,7 +1853,9 @@ def kink_points(expr: sympy.Expr, x: sympy.Symbol) -> list:
     for u in args:
         if u.free_symbols == {x} and u.is_polynomial(x) and sympy.degree(u, x) == 1:
             k, c = sympy.Poly(u, x).all_coeffs()
-            x0 = sympy.nsimplify(-c / k) if (-c / k).is_Float else -c / k
+            x0 = -c / k
+            if x0.is_Float:
+                x0 = sympy.nsimplify(x0)
             if x0.is_real and x0.is_finite:
                 points.add(x0)
     return sorted(points, key=sympy.default_sort_key)
@@ -1894,25 +1896,35 @@ def _equal(a, b) -> bool:
     return a == b or (a.is_finite is not False and b.is_finite is not False and sympy.simplify(a - b) == 0)
 
 
-def smooth_at_kinks(d: sympy.Expr, f: sympy.Expr, x: sympy.Symbol, points) -> sympy.Expr:
-    """d (a derivative of f) with the value both sides have at each kink point x0 of x where
-    f is continuous and d's limits from the two sides are one finite value that d at x0 is
-    not (its branches' conventions): Piecewise((L, |x - x0| <= 0), (d, True)).  Where the
-    sides differ, the selected branches' derivative stands (where(x*x > 0, x*x/4, x/2) takes
-    1/2 at 0 as written)."""
-    for x0 in points:
+def continuous_kinks(f: sympy.Expr, kinks: dict) -> dict:
+    """{x: the kink points of x (kinks[x]) where f is continuous: its limits from both sides
+    are its value there}."""
+    def continuous(x, x0):
         try:
             value = f.subs(x, x0)
-            if not (_equal(_limit_beside(f, x, x0, -1), value) and _equal(_limit_beside(f, x, x0, 1), value)):
+            return _equal(_limit_beside(f, x, x0, -1), value) and _equal(_limit_beside(f, x, x0, 1), value)
+        except Exception:       # (_Undecided, a limit sympy cannot take, its recursion: not known)
+            return False
+    return {x: [x0 for x0 in points if continuous(x, x0)] for x, points in kinks.items()}
+
+
+def smooth_at_kinks(d: sympy.Expr, kinks: dict) -> sympy.Expr:
+    """d (a derivative of f, kinks continuous_kinks of f) with the value both sides have at
+    each kink point x0 where d's limits from the two sides are one finite value that d at x0
+    is not (its branches' conventions): Piecewise((L, |x - x0| <= 0), (d, True)).  Where the
+    sides differ, the selected branches' derivative stands (where(x*x > 0, x*x/4, x/2) takes
+    1/2 at 0 as written)."""
+    for x, points in kinks.items():
+        for x0 in points:
+            try:
+                left, right = _limit_beside(d, x, x0, -1), _limit_beside(d, x, x0, 1)
+                if not (left.is_finite and left.is_real is not False):
+                    continue
+                if not _equal(left, right) or _equal(d.subs(x, x0), left):
+                    continue
+            except Exception:       # (_Undecided, a limit sympy cannot take, its recursion: no fix)
                 continue
-            left, right = _limit_beside(d, x, x0, -1), _limit_beside(d, x, x0, 1)
-            if not (left.is_finite and left.is_real is not False):
-                continue
-            if not _equal(left, right) or _equal(d.subs(x, x0), left):
-                continue
-        except Exception:       # (_Undecided, a limit sympy cannot take, its recursion: no fix)
-            continue
-        d = sympy.Piecewise((left, sympy.Abs(x - x0) <= 0), (d, True))
+            d = sympy.Piecewise((left, sympy.Abs(x - x0) <= 0), (d, True))
     return d
 
 
@@ -2854,12 +2866,6 @@ def _cpu_cost(block: Block) -> int:
 TIE_ULP = 0.25
 
 
-def _smooth(e, f, kinks):
-    for x, points in kinks.items():
-        e = smooth_at_kinks(e, f, x, points)
-    return e
-
-
 def derive(spec: Spec, rewrites: bool = True) -> Derivation:
     """The kernel IR of a spec.  Without `rewrites`, the formula as written: no stability
     rewrites, no value-preserving forms for float arithmetic and no clamps at huge inputs -
@@ -2880,8 +2886,10 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
     )
     if rewrites:        # the slopes both sides of a kink have, where f is smooth across it
         kinks = {x: kink_points(expr, x) for x in inputs}
-        first = tuple((n, _smooth(e, expr, kinks)) for n, e in first)
-        second = tuple((ab, _smooth(e, dict(first)[ab[0]], kinks)) for ab, e in second)
+        smooth = continuous_kinks(expr, kinks)
+        first = tuple((n, smooth_at_kinks(e, smooth)) for n, e in first)
+        smooth = {n: continuous_kinks(e, kinks) for n, e in first}
+        second = tuple((ab, smooth_at_kinks(e, smooth[ab[0]])) for ab, e in second)
 
     # typical values of params (init) and constants (default) for deciding where a run-time
     # limit is needed; other inputs take 3/4
