@@ -77,7 +77,10 @@ class NativeKernel:
 
 
 NATIVE_KERNELS: tuple[NativeKernel, ...] = (
-    NativeKernel("relu", "Max(x, 0)", (), "torch.ops.aten.relu.out({x}, out={out})",
+    # relu as clamp_min: the same bits (NaN and -0.0 included), where relu's out= variant
+    # takes twice as long (a copy after the kernel: 686 against 346 us for 2**20 float32
+    # elements on one core of a 2-vCPU Xeon VM)
+    NativeKernel("relu", "Max(x, 0)", (), "torch.ops.aten.clamp_min.out({x}, 0.0, out={out})",
                  "torch.ops.aten.threshold_backward.grad_input({g}, {x}, 0.0, grad_input={out})",
                  any_input=(True, False)),
     NativeKernel("leaky_relu", "where(x > 0, x, s * x)", ("s",), "torch.ops.aten.leaky_relu.out({x}, {s}, out={out})",

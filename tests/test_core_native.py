@@ -202,6 +202,29 @@ def test_non_finite_inputs_keep_the_formulas_limits(name, monkeypatch):
     np.testing.assert_allclose(g.double().numpy(), truth["df/dx"], rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_relu_on_torch_kernel_is_torch_relu_bit_for_bit(dtype, monkeypatch):
+    """relu and reglu run torch's kernel on any input; their values are F.relu's to the bit
+    (NaN, -0.0, +-inf and subnormals included)."""
+    tiny = torch.finfo(dtype).tiny
+    x = torch.tensor([math.nan, -0.0, 0.0, -1.5, 2.5, math.inf, -math.inf, tiny / 4, -tiny / 4], dtype=dtype)
+    bits = torch.int16 if dtype.itemsize == 2 else torch.int32
+    fn, op = _op("relu")
+    calls = _spy(op, monkeypatch)
+    with use_backend("torch"):
+        y = fn(x)
+    assert calls["forward"] == 1
+    assert torch.equal(y.view(bits), torch.nn.functional.relu(x).view(bits))
+    a = x[torch.isfinite(x)]        # (a gate: torch's kernel for finite inputs)
+    b = torch.linspace(-2, 2, a.numel(), dtype=dtype)
+    gate, gop = _op("reglu")
+    calls = _spy(gop, monkeypatch)
+    with use_backend("torch"):
+        y = gate(a, b)
+    assert calls["forward"] == 1
+    assert torch.equal(y.view(bits), (torch.nn.functional.relu(a) * b).view(bits))
+
+
 def test_a_user_formula_that_is_torch_softplus_builds_onto_its_kernel():
     m = actgen.compile("where(beta*x > threshold, x, log(1 + exp(beta*x))/beta)", name="sp_user",
                        constants={"beta": 2.0, "threshold": 10.0})

@@ -69,7 +69,7 @@ def _second_derivatives_torch(a, b):
 
 def _forward_native(a, b, _out):
     """f, into _out."""
-    return torch.ops.aten.relu.out(a, out=_out).mul_(b)
+    return torch.ops.aten.clamp_min.out(a, 0.0, out=_out).mul_(b)
 
 
 def _backward_native(_g, a, b, _out):
@@ -77,7 +77,7 @@ def _backward_native(_g, a, b, _out):
     if _out[0] is not None:
         torch.ops.aten.threshold_backward.grad_input(torch.mul(_g, b, out=_out[0]), a, 0.0, grad_input=_out[0])
     if _out[1] is not None:
-        torch.ops.aten.relu.out(a, out=_out[1]).mul_(_g)
+        torch.ops.aten.clamp_min.out(a, 0.0, out=_out[1]).mul_(_g)
 
 
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
