@@ -50,6 +50,7 @@ class KernelReport:
     step: bool = False
     training: bool | None = None   # the TRAINING variant of a kernel with random draws
     error: str = ""
+    fp_fusion: bool = False        # compiled with fused multiply-adds (the option the compiler took)
     vector_loads: bool = False     # ld.global.v4 present
     vector_stores: bool = False    # st.global.v4 present
     scalar_global_access: bool = False
@@ -108,8 +109,10 @@ def compile_kernel(kernel, dtype: str, arch: int, layout=LAYOUTS[0], param_names
     import triton
     from triton.backends.compiler import GPUTarget
 
+    from .runtime.triton_lang import FP_FUSION
+
     src = kernel_source(kernel, dtype, layout, param_names, step, training, wide)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, **FP_FUSION})
 
 
 def kernel_source(kernel, dtype: str, layout=LAYOUTS[0], param_names=(), step: bool = False, training: bool = False,
@@ -265,6 +268,7 @@ def _compile_one(module_name, kname, kernel, dtype, arch, lay, params, training,
 def _fill(rep: KernelReport, compiled, ptxas, nvdisasm=None):
     rep.ok = "cubin" in compiled.asm and len(compiled.asm["cubin"]) > 0
     rep.cubin_bytes = len(compiled.asm.get("cubin", b""))
+    rep.fp_fusion = bool(getattr(compiled.metadata, "enable_fp_fusion", False))
     for k, v in inspect_ptx(compiled.asm["ptx"]).items():
         setattr(rep, k, v)
     if ptxas:
@@ -283,7 +287,7 @@ def compile_runtime(archs=ARCHS, ptxas: str | None = None) -> list[KernelReport]
     from triton.compiler import ASTSource
 
     from .runtime.launch import TILE
-    from .runtime.triton_lang import draws_kernel
+    from .runtime.triton_lang import FP_FUSION, draws_kernel
 
     sig = {"out_ptr": "*fp32", "seed": "i32", "n": "i64", "K": "constexpr", "BLOCK": "constexpr"}
     attrs = {(0,): [["tt.divisibility", 16]], (2,): [["tt.divisibility", 16]]}
@@ -292,7 +296,7 @@ def compile_runtime(archs=ARCHS, ptxas: str | None = None) -> list[KernelReport]
         rep = KernelReport("actgen.runtime.triton_lang", "draws_kernel", "fp32", arch, (1, TILE, 0), ok=False)
         try:
             src = ASTSource(fn=draws_kernel, signature=sig, constexprs={"K": 1, "BLOCK": TILE}, attrs=attrs)
-            _fill(rep, triton.compile(src, target=GPUTarget("cuda", arch, 32)), ptxas)
+            _fill(rep, triton.compile(src, target=GPUTarget("cuda", arch, 32), options=FP_FUSION), ptxas)
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             rep.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         reports.append(rep)

@@ -120,7 +120,7 @@ def check_param_grads(spec: Spec, device, shapes=None) -> list[dict]:
 from .runtime import HAS_TRITON  # noqa: E402
 
 if HAS_TRITON:
-    from .runtime.triton_lang import erfc as _erfc, exp as _exp, log1p as _log1p, tl, triton
+    from .runtime.triton_lang import FP_FUSION, erfc as _erfc, exp as _exp, log1p as _log1p, tl, triton
 
     # the kernels' exp, log1p and erfc over a tensor (the CPU tests run these too); FAST: the
     # forms of kernels whose data is 16-bit, computed in float32 all the same
@@ -147,7 +147,7 @@ def _run_float32(kernel, xs, device, fast: bool = False):
     """kernel over xs rounded to float32, on device: (those inputs, the results) as float64."""
     x = torch.from_numpy(np.asarray(xs)).to(torch.float32).to(device)
     out = torch.empty_like(x)
-    kernel[(triton.cdiv(len(x), 1024),)](x, out, len(x), BLOCK=1024, FAST=fast)
+    kernel[(triton.cdiv(len(x), 1024),)](x, out, len(x), BLOCK=1024, FAST=fast, **FP_FUSION)
     return x.double().cpu().numpy(), out.double().cpu().numpy()
 
 

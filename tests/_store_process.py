@@ -27,6 +27,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from actgen import aot  # noqa: E402
 from actgen.runtime import variant_store  # noqa: E402
+from actgen.runtime.triton_lang import FP_FUSION  # noqa: E402
 
 H100 = GPUTarget("cuda", 90, 32)
 # op, kernel, pointer dtype, params: variants as the JIT would compile them
@@ -58,7 +59,7 @@ def facts(compiled) -> dict:
 def record() -> dict:
     out = {}
     for case in CASES:
-        compiled = triton.compile(source(case), target=H100, options={"num_warps": 4})
+        compiled = triton.compile(source(case), target=H100, options={"num_warps": 4, **FP_FUSION})
         out[case] = {"recorded": variant_store.STORE.record(kernel(case), KEY, H100, compiled),
                      "entry": variant_store.entry_name(kernel(case), KEY, H100), **facts(compiled)}
     return out
@@ -72,7 +73,7 @@ def load(stores) -> dict:
         loaded = variant_store.STORE.load(k, KEY, H100)
         seconds = time.perf_counter() - t
         # Triton's own cache hit for the same source: what the store must give back
-        reference = triton.compile(source(case), target=H100, options={"num_warps": 4})
+        reference = triton.compile(source(case), target=H100, options={"num_warps": 4, **FP_FUSION})
         out[case] = {"loaded": None if loaded is None else facts(loaded), "triton": facts(reference),
                      "load_s": seconds}
     k = kernel("silu-forward-fp32")

@@ -212,7 +212,7 @@ def test_first_launch_through_the_jit_then_the_variants_launcher():
     launcher, kernel = _launcher(), _Kernel()
     x, out = torch.zeros(64), torch.zeros(64)
     first = launcher(kernel, (3,), (x, out, 64), (128, False), 4)
-    assert kernel.jit_calls == [((3,), (x, out, 64), {"BLOCK": 128, "FAST": False, "num_warps": 4})]
+    assert kernel.jit_calls == [((3,), (x, out, 64), {"BLOCK": 128, "FAST": False, "num_warps": 4, "enable_fp_fusion": True})]
     again = launcher(kernel, (5,), (x, out, 64), (128, False), 4)
     assert again is first and len(kernel.jit_calls) == 1
     assert first.calls == [(5, 1, 1, "stream0", first.function, first.packed_metadata,

@@ -151,14 +151,14 @@ def forward(kernel, inputs, params, per_channel, constants, channel_dim, channel
 
 def draw_values(seed: int, n: int, shape, device) -> list[torch.Tensor]:
     """The n draws the kernels make in a call with this seed, as float32 tensors of shape."""
-    from .triton_lang import draws_kernel
+    from .triton_lang import FP_FUSION, draws_kernel
 
     numel = math.prod(shape)
     out = [torch.empty(shape, dtype=torch.float32, device=device) for _ in range(n)]
     if numel:
         with on_device(out[0]):
             for k, r in enumerate(out):
-                draws_kernel[(-(-numel // TILE),)](r, seed, numel, K=k, BLOCK=TILE, num_warps=DEFAULT.num_warps)
+                draws_kernel[(-(-numel // TILE),)](r, seed, numel, K=k, BLOCK=TILE, num_warps=DEFAULT.num_warps, **FP_FUSION)
     return out
 
 

@@ -34,21 +34,21 @@ import warnings
 import torch
 
 from . import variant_store
-from .triton_lang import INTERPRET
+from .triton_lang import FP_FUSION, INTERPRET
 
 DEFAULT_STORE = object()   # Launcher(store=...): the store the environment asks for (variant_store.STORE)
 MAX_VARIANTS = 4096        # keys kept (one per variant: dtypes, alignments, config, device): cleared beyond
 
 
 def jit_launch(kernel, grid, args, consts, num_warps):
-    """kernel[grid](*args, **constexprs, num_warps=...): the constexprs are `consts`, in the
+    """kernel[grid](*args, **constexprs, num_warps=..., **FP_FUSION): the constexprs are `consts`, in the
     order of the kernel's parameters after `args`.  Returns what Triton's launch returns (the
     compiled variant on a GPU)."""
     names = kernel.arg_names[len(args):]
     if len(names) != len(consts):
         raise TypeError(f"{kernel.__name__}: {len(names)} constexprs {names} after {len(args)} arguments, "
                         f"got {len(consts)}")
-    return kernel[grid](*args, **dict(zip(names, consts)), num_warps=num_warps)
+    return kernel[grid](*args, **dict(zip(names, consts)), num_warps=num_warps, **FP_FUSION)
 
 
 _UNSPECIALIZED: dict[int, tuple] = {}     # id -> (kernel, positions): the kernel held, its id stays its own
