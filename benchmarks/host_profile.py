@@ -81,7 +81,7 @@ def main(argv=None) -> int:
 
     import actgen.ops as ops
     from actgen.runtime import launch
-    from actgen.runtime.triton_lang import tl
+    from actgen.runtime.triton_lang import FP_FUSION, tl
     from actgen.runtime.tuning import TUNER
 
     mod = importlib.import_module(f"actgen.ops.{args.op}")
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
 
         def raw_launch():
             k[lay.grid](x, out, lay.M, lay.N, lay.C, BLOCK_M=lay.block_m, BLOCK_N=lay.block_n, CH_AXIS=0,
-                        ACC=tl.float32, FAST=False, num_warps=4)
+                        ACC=tl.float32, FAST=False, num_warps=4, **FP_FUSION)
 
         consts = (lay.block_m, lay.block_n, 0, tl.float32, False)
 
