@@ -112,6 +112,19 @@ def test_double_backward_through_param_gradients(backend):
         torch.testing.assert_close(a.grad, b.grad)
 
 
+def test_double_backward_leaves_gradients_not_taken_out(backend):
+    """Only the first-order gradients differentiated again enter the second derivatives: at
+    x = 1e30 polynomial's d2f/dx da3 = 3x**2 is inf in float32, and its gradient dL/dx of
+    L = sum(df/da1) (= x, so dL/dx = 1) is 1, not 0 * inf = NaN."""
+    x = torch.tensor([1e30, -1e30, 3.0], requires_grad=True)
+    ps = [torch.tensor([v], requires_grad=True) for v in (0.1, 0.5, -0.3, 0.2)]
+    grads = torch.autograd.grad(ops.polynomial(x, *ps).sum(), (x, *ps), create_graph=True)
+    (gx_of_ga1,) = torch.autograd.grad(grads[2], x, retain_graph=True)
+    torch.testing.assert_close(gx_of_ga1, torch.ones(3))
+    (gx_of_gx,) = torch.autograd.grad(grads[0].sum(), x)     # 2*a2 + 6*a3*x
+    torch.testing.assert_close(gx_of_gx, 2 * ps[2].detach() + 6 * ps[3].detach() * x.detach())
+
+
 # --- torch.compile -------------------------------------------------------------------
 
 

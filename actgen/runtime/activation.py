@@ -778,6 +778,9 @@ class _Backward(torch.autograd.Function):
         op, constants, channel_dim, rng, grad, *tensors = inputs
         ctx.op, ctx.constants, ctx.channel_dim, ctx.rng = op, constants, channel_dim, rng
         ctx.save_for_backward(grad, *tensors)
+        # a gradient nothing flows back into comes as None, not zeros: 0 times an infinite
+        # second derivative would be NaN in the ones asked for
+        ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx, *ggs):
