@@ -1765,6 +1765,19 @@ def rewrite_comparison_of_a_power(e):
     return {"<": sympy.false, "<=": sympy.Abs(u) <= 0, ">": sympy.Abs(u) > 0, ">=": sympy.true}[op]
 
 
+def rewrite_comparison_of_an_exp(e):
+    """exp(u) compared with a positive number c as u with log(c): exp(x) > 1 -> x > 0
+    (min(0, exp(x) - 1), an ELU written with a min).  exp(x) rounds to 1 for |x| below half
+    an ULP of 1 (1e-30 took the branch of x <= 0), where x's sign is exact."""
+    if not _is_ordering(e):
+        return None
+    if isinstance(e.rhs, sympy.exp):
+        e = e.reversed
+    if not (isinstance(e.lhs, sympy.exp) and e.rhs.is_number and e.rhs.is_positive):
+        return None
+    return e.func(e.lhs.args[0], sympy.log(e.rhs))
+
+
 REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_softplus,
     rewrite_log_of_product,
@@ -1802,6 +1815,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_inverse_sqrt_conjugate,
     rewrite_comparison_of_multiples,
     rewrite_comparison_of_a_power,
+    rewrite_comparison_of_an_exp,
     rewrite_cancellation_at_zero,
     rewrite_removable_singularity,
     rewrite_scaled_singularity,
@@ -1861,23 +1875,51 @@ def kink_points(expr: sympy.Expr, x: sympy.Symbol) -> list:
     return sorted(points, key=sympy.default_sort_key)
 
 
+def _sign_beside(u: sympy.Expr, x: sympy.Symbol, x0, side: int) -> int | None:
+    """The sign of u just to one side of x0 (side -1 or 1), whatever the params in it are:
+    u(x0)'s where sympy can tell it, else, where u(x0) is 0, side times the sign of du/dx
+    there (alpha*(exp(x/alpha) - 1) at 0: the side's, for any alpha); None where neither
+    tells."""
+    at = u.subs(x, x0 + side * _SIDE)
+    if at.is_number and at.is_real:
+        return int(sympy.sign(at))
+    at = u.subs(x, x0)
+    if at.is_positive or at.is_negative:
+        return 1 if at.is_positive else -1
+    if at.is_zero or sympy.simplify(at) == 0:
+        slope = sympy.diff(u, x).subs(x, x0)
+        if slope.is_positive or slope.is_negative:
+            return side if slope.is_positive else -side
+    return None
+
+
+_HOLDS = {"<": lambda s: s < 0, "<=": lambda s: s <= 0, ">": lambda s: s > 0, ">=": lambda s: s >= 0}
+
+
 def _beside(e: sympy.Expr, x: sympy.Symbol, x0, side: int) -> sympy.Expr:
     """e just to one side of x0 (side -1 or 1): each branch as the one taken there, each |u|
-    as u or -u; _Undecided where a condition holds a param."""
+    as u or -u; _Undecided where a condition's truth there depends on a param."""
     at = x0 + side * _SIDE
+
+    def decided(c) -> bool:
+        holds = c.subs(x, at)
+        if holds in (sympy.true, sympy.false):
+            return holds == sympy.true
+        if isinstance(c, sympy.core.relational.Relational) and c.rel_op in _HOLDS:
+            sign = _sign_beside(c.lhs - c.rhs, x, x0, side)
+            if sign is not None:
+                return _HOLDS[c.rel_op](sign)
+        raise _Undecided
 
     def branch(*pairs):
         for v, c in pairs:
-            holds = c.subs(x, at)
-            if holds == sympy.true:
+            if decided(c):
                 return v
-            if holds != sympy.false:
-                raise _Undecided
         raise _Undecided
 
     def absolute(u):
-        sign = u.subs(x, at)
-        return (u if sign > 0 else -u) if sign.is_number and sign != 0 else sympy.Abs(u)
+        sign = _sign_beside(u, x, x0, side)
+        return (u if sign > 0 else -u) if sign else sympy.Abs(u)
 
     e = e.replace(lambda a: isinstance(a, sympy.Piecewise), lambda a: branch(*a.args))
     return e.replace(sympy.Abs, absolute)
@@ -1974,20 +2016,31 @@ def differentiate(expr: sympy.Expr, var: sympy.Symbol, rewrites: bool = True) ->
     d = _clean(d)
     if not rewrites:
         return d
-    return power_log_at_zero(common_factors_out(stabilize(common_factors_out(combine_powers(d)))))
+    # (powers of one base again as one: a factor taken out of a sum leaves its power in each
+    # term over it, |x|**(2 - 2*p)*|x|**(2*p - 2) in |x|**p's second derivative in x and p)
+    d = common_factors_out(stabilize(common_factors_out(combine_powers(d))))
+    return power_log_at_zero(combine_powers(d))
+
+
+def _has_log_term(f, u) -> bool:
+    """Whether f is a sum with a term that has the factor log(u)."""
+    return isinstance(f, sympy.Add) and any(sympy.log(u) in sympy.Mul.make_args(t) for t in f.args)
 
 
 def _power_log(e):
-    for u, g, _ in _factor_pairs(e, sympy.log):
-        if isinstance(g, sympy.Pow) and g.base == u and not g.exp.is_number and u.free_symbols:
-            return sympy.Piecewise((e, u > 0), (0, g.exp > 0), (e, True))
+    for g in e.args:
+        if isinstance(g, sympy.Pow) and not g.exp.is_number and g.base.free_symbols:
+            u = g.base
+            if any(f == sympy.log(u) or _has_log_term(f, u) for f in e.args if f is not g):
+                return sympy.Piecewise((e, u > 0), (0, g.exp > 0), (e, True))
     return e
 
 
 def power_log_at_zero(expr: sympy.Expr) -> sympy.Expr:
     """u**p * log(u) -> its limit 0 at u = 0 for p > 0, where 0 * -inf is NaN: d(u**p)/dp, so
-    |x|**p's gradient in a param p at x = 0 (common after a relu).  Once, after the rewrites
-    (its branches hold the product again)."""
+    |x|**p's gradient in a param p at x = 0 (common after a relu); also u**p times a sum with
+    a term in log(u) (|x|**p's second derivative in x and p).  Once, after the rewrites (its
+    branches hold the product again)."""
     return expr.replace(lambda e: isinstance(e, sympy.Mul) and e.has(sympy.log), _power_log)
 
 
