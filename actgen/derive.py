@@ -309,19 +309,32 @@ def rewrite_one_plus_inverse_expm1(e):
     return None
 
 
-def rewrite_expm1(e):
-    """c*exp(u) - c -> c*expm1(u) (sympy distributes c*(exp(u) - 1) into that form)."""
+def _minus_value_at_zero(e, cls, stable):
+    """c*g(u) - c -> c*stable(u) for the function g = cls (g(0) = 1), c a number or a product
+    of factors free of g (a param: sympy distributes a*(exp(u) - 1) into a*exp(u) - a)."""
     if not isinstance(e, sympy.Add):
         return None
-    numbers = [a for a in e.args if a.is_Number]
     for term in e.args:
-        coeff, rest = term.as_coeff_Mul()
-        if isinstance(rest, sympy.exp) and -coeff in numbers:
-            others = list(e.args)
-            others.remove(term)
-            others.remove(-coeff)
-            return coeff * expm1(rest.args[0]) + sympy.Add(*others)
+        for factor in sympy.Mul.make_args(term):
+            if isinstance(factor, cls):
+                c = term / factor
+                if not c.has(cls) and -c in e.args:
+                    others = list(e.args)
+                    others.remove(term)
+                    others.remove(-c)
+                    return c * stable(factor.args[0]) + sympy.Add(*others)
     return None
+
+
+def rewrite_expm1(e):
+    """c*exp(u) - c -> c*expm1(u) (sympy distributes c*(exp(u) - 1) into that form)."""
+    return _minus_value_at_zero(e, sympy.exp, expm1)
+
+
+def rewrite_cos_minus_one(e):
+    """c*cos(u) - c -> -2*c*sin(u/2)**2: cos(u) rounds to 1 for |u| below 2**-12 in float32
+    (a*cos(w*x) - a was 0 there, and 9e-5 off, relative, at w*x = 1e-6 in float64)."""
+    return _minus_value_at_zero(e, sympy.cos, lambda u: -2 * sympy.sin(u / 2) ** 2)
 
 
 def rewrite_expm1_complement(e):
@@ -1778,6 +1791,35 @@ def rewrite_comparison_of_an_exp(e):
     return e.func(e.lhs.args[0], sympy.log(e.rhs))
 
 
+def rewrite_double_angle(e):
+    """c*cos(v)**2 - c*sin(v)**2 -> c*cos(2*v), which cancels where cos(2*v) is near 0 (the
+    second derivative of 1 - cos(x) once that is 2*sin(x/2)**2); 2*sin(v)*cos(v) -> sin(2*v)
+    (one call, no cancellation either way)."""
+    if isinstance(e, sympy.Mul):
+        sines = [f for f in e.args if isinstance(f, sympy.sin)]
+        for s in sines:
+            c = sympy.cos(s.args[0])
+            if c in e.args:
+                rest = e / (s * c)
+                if not rest.has(s, c):
+                    return rest / 2 * sympy.sin(2 * s.args[0])
+        return None
+    if not _is_sum(e):
+        return None
+    for term in e.args:
+        for factor in sympy.Mul.make_args(term):
+            if isinstance(factor, sympy.Pow) and factor.exp == 2 and isinstance(factor.base, sympy.cos):
+                v = factor.base.args[0]
+                c = term / factor
+                partner = -c * sympy.sin(v) ** 2
+                if not c.has(sympy.cos(v), sympy.sin(v)) and partner in e.args:
+                    others = list(e.args)
+                    others.remove(term)
+                    others.remove(partner)
+                    return c * sympy.cos(2 * v) + sympy.Add(*others)
+    return None
+
+
 REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_softplus,
     rewrite_log_of_product,
@@ -1791,6 +1833,8 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_exp_over_expm1,
     rewrite_log1p,
     rewrite_expm1,
+    rewrite_cos_minus_one,
+    rewrite_double_angle,
     rewrite_expm1_complement,
     rewrite_log_expm1,
     rewrite_one_plus_inverse_expm1,
@@ -2019,7 +2063,69 @@ def differentiate(expr: sympy.Expr, var: sympy.Symbol, rewrites: bool = True) ->
     # (powers of one base again as one: a factor taken out of a sum leaves its power in each
     # term over it, |x|**(2 - 2*p)*|x|**(2*p - 2) in |x|**p's second derivative in x and p)
     d = common_factors_out(stabilize(common_factors_out(combine_powers(d))))
-    return power_log_at_zero(combine_powers(d))
+    return power_log_at_zero(combine_powers(sums_over_a_root(d)))
+
+
+def _root_of(e: sympy.Add):
+    """The one base Q (a polynomial) of e's powers Q**(n/2) with n odd, or None."""
+    bases = {p.base for p in e.atoms(sympy.Pow)
+             if p.exp.is_Rational and p.exp.q == 2 and isinstance(p.base, sympy.Add)
+             and p.base.is_polynomial(*p.base.free_symbols)}
+    return bases.pop() if len(bases) == 1 else None
+
+
+def _one_term_over_a_root(e):
+    """A sum of terms in powers of sqrt(Q) (Q a polynomial) as one term, where it is one:
+    with s = sqrt(Q), the sum over its common denominator, s**2 -> Q in numerator and
+    denominator (polynomials in s), their common factors cancelled.  What differentiating a
+    form made for its own cancellation leaves: sqrt(x**2 + b**2) - b, computed as
+    x**2/(sqrt(x**2 + b**2) + b), has the slope -x**3/(s*(b + s)**2) + 2*x/(b + s) = x/s and
+    the second derivative 2*x**4/(s**2*(b + s)**3) + ... = b**2/s**3, whose four terms cancel
+    (1e8 ULP at x = 1e4 in float32).  Else e."""
+    if e.count_ops() > 400:
+        return e
+    q = _root_of(e)
+    if q is None:
+        return e
+    s = sympy.Dummy("s", positive=True)
+    plain = e.replace(lambda a: type(a) is StableSum, lambda a: sympy.Add(*a.args))
+    in_s = plain.xreplace({q: s ** 2})     # (s**2)**(3/2) is s**3: s > 0
+    if in_s.has(q) or not in_s.is_rational_function():
+        return e
+    gens = sorted(q.free_symbols, key=sympy.default_sort_key)
+    try:
+        num, den = sympy.fraction(sympy.together(in_s))
+        if not (num.free_symbols | den.free_symbols) <= set(gens) | {s}:
+            return e
+        # numerator and denominator mod s**2 - q: a + b*s and c + d*s; times c - d*s the
+        # denominator is c**2 - d**2*q, free of s: the sum is (A + B*s)/D
+        (b, a), (d, c) = (sympy.Poly(p, s).rem(sympy.Poly(s ** 2 - q, s)).all_coeffs()[-2:]
+                          if sympy.degree(p, s) > 0 else (0, p) for p in (num, den))
+        A, B, D = (sympy.Poly(v, *gens) for v in (a * c - b * d * q, b * c - a * d, c ** 2 - d ** 2 * q))
+        if D.is_zero or (A.is_zero == B.is_zero):
+            return e            # (both terms left: still a sum)
+        top = B if A.is_zero else A
+        g = sympy.gcd(top, D)
+        top, D = sympy.div(top, g)[0], sympy.div(D, g)[0]
+        Q, m = sympy.Poly(q, *gens), 0
+        while True:         # D = Q**m * R
+            quotient, left = sympy.div(D, Q)
+            if not left.is_zero:
+                break
+            D, m = quotient, m + 1
+    except (sympy.PolynomialError, sympy.polys.polyerrors.CoercionFailed):
+        return e
+    top, R = top.as_expr(), D.as_expr()
+    if isinstance(top, sympy.Add) or isinstance(R, sympy.Add):
+        return e            # a sum left: as it was
+    root = sympy.sqrt(q)
+    return top * root ** ((1 if A.is_zero else 0) - 2 * m) / R
+
+
+def sums_over_a_root(expr: sympy.Expr) -> sympy.Expr:
+    """Every sum of terms in powers of one sqrt(Q) that is one term over it, as that term
+    (see _one_term_over_a_root)."""
+    return expr.replace(lambda e: isinstance(e, sympy.Add) and _root_of(e) is not None, _one_term_over_a_root)
 
 
 def _has_log_term(f, u) -> bool:

@@ -709,6 +709,56 @@ def test_second_derivatives_of_a_power_with_a_param_exponent(backend, dtype):
         _close_to_truth(gxx, [float(xx)])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_second_derivatives_of_a_root_minus_its_value_at_zero(backend, dtype):
+    """sqrt(x**2 + b**2) - b is computed as x**2/(sqrt(x**2 + b**2) + b) (no cancellation near
+    0); its derivatives from that form were sums of terms that cancel far out, the second
+    b**2/(x**2 + b**2)**1.5 as four terms (1e8 ULP off at x = 1e4 in float32, 3276 at 100);
+    over sqrt(x**2 + b**2) they are one term each.  Against mpmath: that formula with b a param,
+    and the catalogue's bent_identity and squareplus (its constant b = 3)."""
+    x = torch.tensor([-1e6, -1e4, -100.0, -3.0, -1e-3, 0.0, 1e-3, 0.5, 3.0, 100.0, 1e4, 1e6], dtype=dtype)
+    mpx = [mpmath.mpf(v) for v in x.tolist()]
+    m = actgen.compile("sqrt(x**2 + b**2) - b", name="root_b", params={"b": 1.0})
+    b = torch.tensor([0.5], dtype=dtype)
+    cases = ((lambda t: m.root_b(t, b), lambda v: 0.25 / (v * v + 0.25) ** 1.5),
+             (actgen.ops.bent_identity, lambda v: 0.5 / (v * v + 1) ** 1.5),
+             (lambda t: actgen.ops.squareplus(t, b=3.0), lambda v: 1.5 / (v * v + 3) ** 1.5))
+    for fn, second in cases:
+        xr = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(fn(xr).sum(), xr, create_graph=True)
+        (g2,) = torch.autograd.grad(g.sum(), xr)
+        _close_to_truth(g2, [float(second(v)) for v in mpx])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_cosine_or_an_exponential_minus_its_value_at_zero(backend, dtype):
+    """c*cos(u) - c is -2*c*sin(u/2)**2, and c*exp(u) - c is c*expm1(u), also with c a param
+    (sympy distributes a*(exp(u) - 1) into a*exp(u) - a, which the rewrite for a number c did
+    not see): as written both were 0 for small u (a*cos(w*x) - a 9e-5 off, relative, at w*x =
+    1e-6 in float64).  The second derivative of 1 - cos(x) is cos(x), not the difference of
+    cos(x/2)**2 and sin(x/2)**2 (which cancels near pi/2).  Against mpmath, f and the gradients."""
+    x = torch.tensor([-3.0, -1e-3, -1e-6, 1e-8, 1e-4, 0.5, 1.5707963, 3.0], dtype=dtype)
+    mpx = [mpmath.mpf(v) for v in x.tolist()]
+    m = actgen.compile("a*cos(w*x) - a", name="cos_a", params={"a": 1.0, "w": 1.0})
+    a, w = torch.tensor([1e3], dtype=dtype), torch.tensor([0.5], dtype=dtype)
+    y, (gx, ga, gw) = _grad(m.cos_a, x, a, w)
+    A, W = mpmath.mpf(a.item()), mpmath.mpf(w.item())
+    _close_to_truth(y, [float(A * (mpmath.cos(W * v) - 1)) for v in mpx])
+    _close_to_truth(gx, [float(-A * W * mpmath.sin(W * v)) for v in mpx])
+    _close_to_truth(ga, [float(sum(mpmath.cos(W * v) - 1 for v in mpx))], ulps=16)    # (sums of 8)
+    _close_to_truth(gw, [float(sum(-A * v * mpmath.sin(W * v) for v in mpx))], ulps=16)
+    e = actgen.compile("alpha*exp(x) - alpha", name="exp_a", params={"alpha": 1.0})
+    y, (gx, _) = _grad(e.exp_a, x, torch.tensor([2.0], dtype=dtype))
+    _close_to_truth(y, [float(2 * mpmath.expm1(v)) for v in mpx])
+    _close_to_truth(gx, [float(2 * mpmath.exp(v)) for v in mpx])
+    c = actgen.compile("1 - cos(x)", name="one_cos")
+    xr = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(c.one_cos(xr).sum(), xr, create_graph=True)
+    (g2,) = torch.autograd.grad(g.sum(), xr)
+    _close_to_truth(c.one_cos(x), [float(1 - mpmath.cos(v)) for v in mpx])
+    _close_to_truth(g2, [float(mpmath.cos(v)) for v in mpx])
+
+
 def test_kinks_keep_their_conventions_where_the_sides_differ(backend):
     """Where the two sides' slopes differ the derivative at the kink is the selected
     branches' (torch's relu's 0, abs's 0, leaky_relu's 0.1 for Max(x, 0.1*x), hardtanh's 0

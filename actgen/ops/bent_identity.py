@@ -56,14 +56,9 @@ def _derivatives_torch_fast(x, _w):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _clamped_x = _rt.clamp(x, -1.4757395258967641e+20, 1.4757395258967641e+20)
+    _clamped_x = _rt.clamp(x, -1.1742712913869166e+108, 1.1742712913869166e+108)
     _t0 = _rt.hypot(_clamped_x, 1.0)
-    _t1 = _t0 + 1.0
-    _t2 = 1.0/(_t1*_t1)
-    _t5 = _rt.inverse_scale(_clamped_x)
-    _t3 = _t5*_t5
-    _t4 = _rt.scaled_input(_clamped_x)
-    _d2_x_x = _clamped_x/_t0*_clamped_x/_t0*_clamped_x/_t0*_clamped_x*_t2*0.5 - _clamped_x/_t0*_clamped_x*_t2*2.5 + 1.0/_t1 + _t4/_t1*_t4/_t1*_t4/_t1*_t4/_t3/_rt.fma(_t4, _t4, _t3)
+    _d2_x_x = _rt.rdiv(0.5, (_t0*_t0*_t0))
     return (_d2_x_x,)
 
 

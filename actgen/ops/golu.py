@@ -59,8 +59,7 @@ def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _clamped_x = _rt.clamp(x, -8.0, None)
     _t0 = -_clamped_x
-    _t1 = torch.exp(_t0)
-    _d2_x_x = torch.where(x == math.inf, 0.0, _rt.fma(_clamped_x, _t1, _t0 + 2.0)*torch.exp(-_clamped_x - _t1))
+    _d2_x_x = torch.where(x == math.inf, 0.0, _rt.fma(_clamped_x, torch.expm1(_t0), 2.0)*torch.exp(-_clamped_x - torch.exp(_t0)))
     return (_d2_x_x,)
 
 

@@ -65,16 +65,7 @@ def _derivatives_torch_fast(x, b, _w):
 def _second_derivatives_torch(x, b):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = _rt.sqrt_square_plus(x, b)
-    _t1 = _t0 - x
-    _t2 = 0.5*b
-    _t3 = _rt.rdiv(_t2, (_t0*_t0*_t0))
-    _t4 = b + 281474976710656.0
-    _t5 = _rt.scalar_div(_t2, _rt.scalar_pow(_t4, 1.5))
-    _t6 = _rt.scalar_sqrt(_t4)
-    _t7 = _t6 + 16777216.0
-    _t8 = -1.0 + x/_t0
-    _t9 = -1.0 - _rt.scalar_div(16777216.0, _t6)
-    _d2_x_x = _rt.limit_at_inf(torch.where(x < 0.0, b*(-(_t3/(_t1*_t1)) + _t8/_t1*_t8/_t1/_t1), _t3), _rt.grown(_t5), _rt.grown(b*(-(_rt.scalar_div(_t5, (_t7*_t7))) + _rt.scalar_div(_rt.scalar_div(_rt.scalar_div(_t9, _t7)*_t9, _t7), _t7))), x)
+    _d2_x_x = _rt.rdiv(0.5*b, (_t0*_t0*_t0))
     return (_d2_x_x,)
 
 
