@@ -2808,6 +2808,16 @@ class Block:
 INVERSE_SCALE_PREFIX = "_w_"
 
 
+def second_names(pairs: Sequence[tuple[str, str]], names: Sequence[str]) -> list[str]:
+    """The outputs' names of the second derivatives of pairs of names: d2_<a>_<b>, or where
+    two pairs would have one name ((a, b_c) and (a_b, c)) d2_<i>_<j> with i, j the names'
+    positions."""
+    plain = [f"d2_{a}_{b}" for a, b in pairs]
+    if len(set(plain)) == len(plain):
+        return plain
+    return [f"d2_{names.index(a)}_{names.index(b)}" for a, b in pairs]
+
+
 def make_block(outputs: Sequence[tuple[str, sympy.Expr]]) -> Block:
     """CSE of the outputs.  An input's clamp (Saturate) and a scaled rational function's
     v = x/s and w = 1/s (see rational_form) are named first, _clamped_x, _v_x and _w_x, so that
@@ -2815,12 +2825,17 @@ def make_block(outputs: Sequence[tuple[str, sympy.Expr]]) -> Block:
     names = [n for n, _ in outputs]
     exprs = [e for _, e in outputs]
     prefix = {Saturate: "_clamped_", ScaledInput: "_v_", InverseScale: INVERSE_SCALE_PREFIX}
-    atoms = {a for e in exprs for a in e.atoms(*prefix) if a.args[0].is_Symbol}
-    named, seen = {}, Counter()
-    for a in sorted(atoms, key=sympy.default_sort_key):        # two clamps of x: _clamped_x, _clamped_x_1
-        name = f"{prefix[type(a)]}{a.args[0]}"
-        named[a] = sympy.Symbol(name + (f"_{seen[name]}" if seen[name] else ""), real=True)
-        seen[name] += 1
+    atoms = sorted({a for e in exprs for a in e.atoms(*prefix) if a.args[0].is_Symbol}, key=sympy.default_sort_key)
+    bases = [f"{prefix[type(a)]}{a.args[0]}" for a in atoms]
+    named, taken = {}, set(bases)
+    for a, base in zip(atoms, bases):       # two clamps of x: _clamped_x, _clamped_x_1 (unless x_1 has one)
+        name, k = base, 0
+        while name in named.values() or (k and name in taken):
+            k += 1
+            name = f"{base}_{k}"
+        named[a] = name
+        taken.add(name)
+    named = {a: sympy.Symbol(name, real=True) for a, name in named.items()}
     exprs = [e.xreplace(named) for e in exprs]
     temps = sympy.numbered_symbols("_t", real=True)
     assignments, reduced = sympy.cse(exprs, symbols=temps, optimizations=None, order="canonical")
@@ -3145,7 +3160,8 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
 
     forward_outputs, forward, kernel_forward = blocks([("y", expr)])
     backward_outputs, backward, kernel_backward = blocks([(f"d_{n}", e) for n, e in first])
-    double_backward = make_block([(f"d2_{a}_{b}", guarded(scaled(e))) for (a, b), e in second])
+    double_backward = make_block(list(zip(second_names([ab for ab, _ in second], [v.name for v in variables]),
+                                          (guarded(scaled(e)) for _, e in second))))
 
     float64_forward = float64_backward = ()
     if rewrites and spec.precision == "auto":   # f and df/d(input) that float32 leaves beyond the target (actgen.precision)

@@ -255,6 +255,34 @@ def test_powers_of_sums_rewritten_near_zero_differentiate_as_written(tmp_path, f
     torch.testing.assert_close(g, want_g, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("text", [
+    # the second clamp of a and a_1's first were both _clamped_a_1
+    "name: f\ninputs: [a, a_1]\nformula: 0.5*a*(1 + erf(a/sqrt(2))) * (0.5*a_1*(1 + erf(a_1/sqrt(2))))\n",
+    # d2f/da db_c and d2f/da_b dc were both _d2_a_b_c
+    "name: f\ninputs: [a, a_b]\nformula: sin(a)*b_c*a_b + a*a_b*c*c + a*a\nparams: {b_c: 0.5, c: 0.7}\n",
+])
+def test_names_of_generated_values_are_distinct_whatever_the_spec_names(tmp_path, text):
+    """Generated names built from spec names (an input's clamps, the second derivatives of two
+    names) are distinct also where the names themselves hold underscores; the second
+    derivatives match the formula as plain torch's, differentiated twice by autograd."""
+    spec, mod = _op(tmp_path, text)
+    fn = getattr(mod, spec.name)
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(16, generator=gen, dtype=torch.float64) * 3 for _ in spec.inputs]
+    ps = [torch.full((1,), p.init, dtype=torch.float64) for p in spec.params]
+
+    def second(call):
+        args = [t.clone().requires_grad_() for t in xs + ps]
+        first = torch.autograd.grad(call(args).sum(), args, create_graph=True)
+        return [torch.zeros_like(a) if g is None else g for k in range(len(args))
+                for a, g in zip(args, torch.autograd.grad(first[k].sum(), args, retain_graph=True, allow_unused=True))]
+
+    got = second(lambda args: fn(*args))
+    want = second(lambda args: reference_call(spec, args[:len(xs)], args[len(xs):], {}))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+
+
 def test_gated_op_with_a_per_channel_param_has_a_module(tmp_path):
     spec, mod = _op(tmp_path, "name: f\nformula: a * b * s\ninputs: [a, b]\nparams: {s: {init: 1.5, per_channel: true}}\n")
     m = mod.F(num_channels=3)
