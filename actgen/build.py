@@ -12,11 +12,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .codegen import render_module, render_package_init
+from .codegen import is_generated, render_module, render_package_init
 from .derive import derive
 from .spec import Spec, SpecError, load_specs
-
-GENERATED_MARK = "DO NOT EDIT"
 
 
 def render_package(package: str, specs: list[Spec]) -> dict[str, str]:
@@ -131,11 +129,11 @@ def _check_out(out: Path, old: dict[str, str]):
     anything else is the user's, and a build never writes over it."""
     if out.exists() and not out.is_dir():
         raise SpecError([f"{out}:0: --out: exists and is not a directory"])
-    if not out.exists() or GENERATED_MARK in old.get("__init__.py", ""):
+    if not out.exists() or is_generated(old.get("__init__.py", "")):
         return
     others = sorted(p.name for p in out.iterdir()
                     if p.name != "__pycache__" and not _TEMP.fullmatch(p.name)
-                    and GENERATED_MARK not in old.get(p.name, ""))
+                    and not is_generated(old.get(p.name, "")))
     if others:
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise SpecError([f"{out}:0: --out: is a directory actgen did not write (it holds {shown}); "
@@ -150,7 +148,7 @@ def build(spec_paths: list[Path], out: Path, check: bool = False) -> BuildResult
     _check_out(out, old)
     files = render_package(package, specs)
     changed = [n for n, text in files.items() if old.get(n) != text]
-    removed = [n for n, text in old.items() if n not in files and GENERATED_MARK in text]
+    removed = [n for n, text in old.items() if n not in files and is_generated(text)]
     result = BuildResult(out, changed, removed)
     if check or not (changed or removed):
         return result

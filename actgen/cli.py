@@ -11,12 +11,15 @@ DEFAULT_OUT = Path("actgen") / "ops"
 
 def _cmd_build(args) -> int:
     from .build import build
+    from .spec import SpecError
 
     specs = args.specs or [DEFAULT_SPECS]
     if not args.specs and not DEFAULT_SPECS.is_dir():
         print("actgen build: no spec files given and no specs/ here (run it in the repository root)", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else DEFAULT_OUT
+    if args.out is not None and not args.out.strip():
+        raise SpecError(["<args>:0: --out: is empty (leave it out for the built-in library's actgen/ops)"])
+    out = Path(args.out) if args.out is not None else DEFAULT_OUT
     result = build([Path(s) for s in specs], out, check=args.check)
     stale = result.changed + result.removed
     if args.check:

@@ -127,6 +127,32 @@ def test_out_is_never_a_directory_or_file_actgen_did_not_write(tmp_path):
     assert sorted(build([specs], cut).changed) == ["__init__.py", "b.py"]
 
 
+def test_a_users_file_that_says_do_not_edit_is_still_the_users(tmp_path):
+    """Only a file whose first line is actgen's own header counts as generated: a user's file
+    saying "DO NOT EDIT" in a package actgen built is kept on a rebuild, and a directory
+    holding only such a file is the user's, refused as --out; an empty --out is an error, not
+    the built-in library's directory."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "s.yaml").write_text("name: a\nformula: x * 2\n")
+    lib = tmp_path / "lib"
+    build([specs], lib)
+    (lib / "helpers.py").write_text("# my helpers. DO NOT EDIT without asking Bob\nX = 1\n")
+    (specs / "s.yaml").write_text("name: b\nformula: x * 3\n")
+    result = build([specs], lib)
+    assert result.removed == ["a.py"] and (lib / "helpers.py").read_text().startswith("# my helpers")
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    (cfg / "config.py").write_text('"""Config. DO NOT EDIT."""\nSECRET = 1\n')
+    before = _tree(tmp_path)
+    with pytest.raises(SpecError, match="is a directory actgen did not write"):
+        build([specs], cfg)
+    r = subprocess.run([sys.executable, "-m", "actgen.cli", "build", str(specs), "--out", ""], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.startswith("<args>:0: --out: is empty") and "Traceback" not in r.stderr
+    assert _tree(tmp_path) == before
+
+
 def test_spec_files_that_are_not_regular_files_are_refused(tmp_path):
     import os
 
