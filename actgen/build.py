@@ -5,9 +5,7 @@ import keyword
 import os
 import re
 import secrets
-import signal
 import sys
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ from pathlib import Path
 from .codegen import is_generated, render_module, render_package_init
 from .derive import derive
 from .spec import Spec, SpecError, load_specs
+from .timelimit import TooSlow, time_limit
 
 
 def render_package(package: str, specs: list[Spec]) -> dict[str, str]:
@@ -33,38 +32,13 @@ def render_package(package: str, specs: list[Spec]) -> dict[str, str]:
 MAX_COMPILE_SECONDS = 60
 
 
-class _TooSlow(BaseException):
-    """Raised by the timer into the compiler (a BaseException: no `except Exception` in sympy
-    or in the rewrites' fallbacks swallows it)."""
-
-
-@contextmanager
-def _time_limit(seconds: float):
-    """Raise _TooSlow in the main thread after seconds (no limit elsewhere, nor where a timer
-    runs already: the caller's)."""
-    if (threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer")
-            or signal.getitimer(signal.ITIMER_REAL)[0] > 0):
-        yield
-        return
-
-    def fire(signum, frame):
-        raise _TooSlow()
-    previous = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 @contextmanager
 def _compile_time_limit(spec: Spec):
-    """_time_limit(MAX_COMPILE_SECONDS), its _TooSlow reported as the spec's problem."""
+    """time_limit(MAX_COMPILE_SECONDS), its TooSlow reported as the spec's problem."""
     try:
-        with _time_limit(MAX_COMPILE_SECONDS):
+        with time_limit(MAX_COMPILE_SECONDS):
             yield
-    except _TooSlow:
+    except TooSlow:
         raise SpecError([f"{spec.source}:{spec.formula_line}: formula: too complex: compiling it took over "
                          f"{MAX_COMPILE_SECONDS} s"]) from None
 

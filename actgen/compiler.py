@@ -45,7 +45,10 @@ def _spec_mapping(formula, name, params, constants, inputs, doc, class_name, pre
     def number(field, v):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             fail(field, f"must be a number, got {v!r}")
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:           # (an int past float64's range)
+            fail(field, f"must be a finite number, got an int of {len(str(abs(v)))} digits")
 
     def mapping(field, m):
         if not isinstance(m, dict) or not all(isinstance(k, str) for k in m):

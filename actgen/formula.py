@@ -156,7 +156,8 @@ def parse_formula(text: str, names: Mapping[str, sympy.Symbol], inputs: Collecti
     try:                # (a YAML block's lines are one expression: a newline is a space)
         tree = ast.parse(" ".join(text.strip().splitlines()), mode="eval")
     except SyntaxError as exc:
-        raise FormulaError(f"syntax error at column {exc.offset}: {exc.msg}") from None
+        where = f" at column {exc.offset}" if exc.offset is not None else ""
+        raise FormulaError(f"syntax error{where}: {exc.msg}") from None
     except (RecursionError, MemoryError, ValueError):
         raise FormulaError("is too deeply nested or too large") from None
     count = sum(1 for _ in ast.walk(tree))

@@ -20,6 +20,7 @@ import sympy
 import yaml
 
 from .formula import FLOAT32_MAX, RESERVED_NAMES, FormulaError, make_symbol, parse_formula
+from .timelimit import TooSlow, time_limit
 
 SPEC_FIELDS = ("name", "formula", "doc", "inputs", "params", "constants", "class_name", "reference", "precision")
 #: `precision`: auto (the compiler's precision check decides, see actgen.precision), float32
@@ -42,12 +43,27 @@ _GENERATED_NAMES = frozenset(
      "num_channels", "num_parameters", "init", "inplace", "self", "ctx", "cls", "grad_output", "input",
      "info", "in_dims", "args", "tangents", "training", "reset_parameters",
      # the kernels' compile-time arguments (actgen.codegen.module), next to the variables
-     "BLOCK_M", "BLOCK_N", "CH_AXIS", "ACC", "FAST", "PARAM_GRAD", "STEP", "TRAINING"}
+     "BLOCK_M", "BLOCK_N", "CH_AXIS", "ACC", "FAST", "PARAM_GRAD", "STEP", "TRAINING",
+     # a generated module's own names (a class of one of them took its place)
+     "FORMULA", "SPEC_SHA256"}
+) | frozenset(
+    # Triton's launch keywords and compile options (3.6-3.9, CUDA and HIP): a kernel argument
+    # of one of these names is given twice at launch (`num_warps` made the kernels unusable)
+    {"grid", "warmup", "allow_flush_denorm", "allowed_dot_input_precisions", "arch", "backend_name", "clc",
+     "debug", "default_dot_input_precision", "deprecated_fp8_dot_operand_dtypes", "enable_fp_fusion",
+     "enable_reflect_ftz", "extern_libs", "fpsan_homomorphic_casts", "instrumentation_mode", "ir_override",
+     "kpack", "launch_cooperative_grid", "launch_pdl", "llvm_fn_attrs", "matrix_instr_nonkdim",
+     "max_num_imprecise_acc_default", "maxnreg", "min_shared_mem", "num_ctas", "num_stages", "num_warps",
+     "ptx_options", "ptx_version", "sanitize_overflow", "sched4reg", "schedule_hint", "supported_fp8_dtypes",
+     "warp_size", "waves_per_eu", "wgp_cu_mode"}
 )
 #: The longest name, variable or class name (a module's file name is the activation's).
 MAX_NAME_LENGTH = 64
 #: The most params and constants one spec declares.
 MAX_VARIABLES = 64
+#: Seconds one formula may take to parse (sympy's Max and Min of Max and Min grow with the
+#: product of their arguments' branches; a formula of the catalogue parses in milliseconds).
+MAX_PARSE_SECONDS = 20
 _RESERVED = RESERVED_NAMES | _GENERATED_NAMES | frozenset(dir(builtins))
 # an activation's name becomes a module and a function next to the generated code
 _RESERVED_MODULE_NAMES = _GENERATED_NAMES | frozenset(dir(builtins))
@@ -359,7 +375,10 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
     if get("class_name") is not None:
         value = _string(loader, get("class_name"), problems, "class_name")
         if value is not None:
-            if not _CLASS_RE.match(value) or keyword.iskeyword(value) or value in _RESERVED or len(value) > MAX_NAME_LENGTH:
+            if value in _RESERVED:
+                problems.add(get("class_name"), "class_name", f"{value!r} collides with a reserved name (a builtin "
+                             "or a name the generated module defines)")
+            elif not _CLASS_RE.match(value) or keyword.iskeyword(value) or len(value) > MAX_NAME_LENGTH:
                 problems.add(get("class_name"), "class_name", f"{value!r} must match [A-Z][A-Za-z0-9_]*, "
                              f"at most {MAX_NAME_LENGTH} characters long")
             else:
@@ -391,9 +410,12 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
         if formula is not None and inputs_ok:
             names = {n: make_symbol(n) for n in seen}
             try:
-                expr = parse_formula(formula, names, inputs)
+                with time_limit(MAX_PARSE_SECONDS):
+                    expr = parse_formula(formula, names, inputs)
             except FormulaError as exc:
                 problems.add(node, "formula", str(exc))
+            except TooSlow:
+                problems.add(node, "formula", f"too complex: parsing it took over {MAX_PARSE_SECONDS} s")
             else:
                 used = {s.name for s in expr.free_symbols}
                 missing = [n for n in inputs if n not in used]
@@ -420,12 +442,20 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
     )
 
 
+def _shown(path: str) -> str:
+    """A path as an error line shows it: one line (control characters escaped)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return path.encode("unicode_escape").decode("ascii")
+    return path
+
+
 def load_spec_file(path: Path, display: str | None = None) -> Spec:
     path = Path(path)
-    shown = display or str(path)
+    shown = _shown(display or str(path))
     try:
         if not path.is_file():          # (a directory, a FIFO, a device: nothing to read, or no end)
-            what = "does not exist" if not path.exists() else "is not a regular file"
+            what = ("is a symlink to nothing (or to itself)" if path.is_symlink() and not path.exists()
+                    else "does not exist" if not path.exists() else "is not a regular file")
             raise SpecError([f"{shown}:1: spec: {what}"])
         with open(path, "rb") as fh:
             raw = fh.read(MAX_SPEC_BYTES + 1)       # (load_spec refuses more)
@@ -445,7 +475,10 @@ def collect_spec_files(paths: Iterable[Path]) -> list[Path]:
             files.append(p)
     seen, unique = set(), []
     for f in files:                 # (a directory or file given twice: its specs once)
-        key = f.resolve()
+        try:
+            key = f.resolve()
+        except (OSError, RuntimeError):     # (a symlink loop: load_spec_file says so)
+            key = f.absolute()
         if key not in seen:
             seen.add(key)
             unique.append(f)

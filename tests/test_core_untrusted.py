@@ -46,6 +46,12 @@ from _reference import reference_call
     ("name: a\nformula: max(" + ", ".join(f"x*{i}" for i in range(1, 13)) + ")\n", "Max takes 2 to 8 arguments, got 12"),
     ("name: a\nformula: x*p0\nparams: {" + ", ".join(f"p{i}: 1.0" for i in range(65)) + "}\n",
      "s.yaml:3: params: 65 params and 0 constants; the limit is 64 together"),
+    # Triton's launch keywords: a kernel argument of that name was given twice at launch
+    ("name: a\nformula: x * num_warps + x\nconstants: {num_warps: 0.5}\n", "s.yaml:3: constants: 'num_warps' collides"),
+    ("name: a\nformula: x * debug\nparams: {debug: 0.5}\n", "s.yaml:3: params: 'debug' collides with a reserved"),
+    ("name: a\nformula: x * enable_fp_fusion\nconstants: {enable_fp_fusion: 1.0}\n", "'enable_fp_fusion' collides"),
+    ("name: a\nformula: x * 2\nclass_name: FORMULA\n", "s.yaml:3: class_name: 'FORMULA' collides with a reserved name"),
+    ("name: a\nformula: \"x *\\0 2\"\n", "s.yaml:2: formula: syntax error: source code string cannot contain null bytes"),
 ])
 def test_hostile_specs_are_clean_errors(text, expected):
     with pytest.raises(SpecError) as info:
@@ -75,6 +81,25 @@ def test_every_name_the_kernels_take_at_compile_time_is_reserved():
     for path in (Path(spec_module.__file__).parent / "ops").glob("*.py"):
         found |= set(re.findall(r"\b([A-Za-z_]\w*): tl\.constexpr", path.read_text()))
     assert found and found <= spec_module._GENERATED_NAMES, found - spec_module._GENERATED_NAMES
+
+
+def test_every_triton_launch_keyword_is_reserved():
+    """A kernel argument named like one of Triton's launch keywords or compile options is given
+    twice at launch (a constant `num_warps` made the kernels unusable): every one the installed
+    Triton has is reserved."""
+    import dataclasses
+    import inspect
+
+    pytest.importorskip("triton")
+    from triton.backends.amd.compiler import HIPOptions
+    from triton.backends.nvidia.compiler import CUDAOptions
+    from triton.runtime.jit import JITFunction
+
+    import actgen.spec as spec_module
+
+    names = {f.name for options in (CUDAOptions, HIPOptions) for f in dataclasses.fields(options)}
+    names |= {p.name for p in inspect.signature(JITFunction.run).parameters.values() if p.kind == p.KEYWORD_ONLY}
+    assert "num_warps" in names and names <= spec_module._GENERATED_NAMES, names - spec_module._GENERATED_NAMES
 
 
 def test_plain_yaml_exponents_are_numbers():
@@ -195,6 +220,44 @@ def test_a_formula_too_slow_to_compile_is_refused(tmp_path, monkeypatch):
         build([spec], tmp_path / "lib")
     assert time.monotonic() - start < 30
     assert info.value.problems == [f"{spec}:2: formula: too complex: compiling it took over 1 s"]
+    assert not (tmp_path / "lib").exists()
+
+
+def test_a_formula_too_slow_to_parse_is_refused(tmp_path, monkeypatch):
+    """Max and Min of Max and Min grow with the product of their arguments' branches as sympy
+    builds them (this one takes seconds to parse, eight of them nested minutes): past
+    MAX_PARSE_SECONDS the spec is refused, and nothing is written."""
+    import actgen.spec as spec_module
+
+    monkeypatch.setattr(spec_module, "MAX_PARSE_SECONDS", 0.5)
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: a\nformula: max(max(x,1,x+1,2),max(x,2,x+2,3),max(x,3,x+3,4))\n")
+    with pytest.raises(SpecError) as info:
+        build([spec], tmp_path / "lib")
+    assert info.value.problems == [f"{spec}:2: formula: too complex: parsing it took over 0.5 s"]
+    assert not (tmp_path / "lib").exists()
+
+
+def test_odd_paths_and_numbers_are_clean_errors(tmp_path):
+    """A spec path that is a symlink loop, or holds a newline, and an actgen.compile number
+    past float64's range are one-line errors (a RuntimeError, a two-line message and an
+    OverflowError before)."""
+    import actgen
+
+    loop = tmp_path / "loop.yaml"
+    loop.symlink_to(loop)
+    with pytest.raises(SpecError) as info:
+        build([loop], tmp_path / "lib")
+    assert info.value.problems == [f"{loop}:1: spec: is a symlink to nothing (or to itself)"]
+    odd = tmp_path / "bad\nname.yaml"
+    odd.write_text("name: a\nformula: x *\n")
+    with pytest.raises(SpecError) as info:
+        build([odd], tmp_path / "lib")
+    assert len(info.value.problems) == 1 and "\n" not in info.value.problems[0]
+    assert info.value.problems[0].startswith(str(tmp_path) + "/bad\\nname.yaml:2: formula: syntax error")
+    for kw in ({"constants": {"c": 10**400}}, {"params": {"c": 10**400}}, {"params": {"c": {"init": -10**400}}}):
+        with pytest.raises(SpecError, match="must be a finite number, got an int of 401 digits"):
+            actgen.compile("x*c", name="big", **kw)
     assert not (tmp_path / "lib").exists()
 
 
