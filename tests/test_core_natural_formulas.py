@@ -759,6 +759,34 @@ def test_a_cosine_or_an_exponential_minus_its_value_at_zero(backend, dtype):
     _close_to_truth(g2, [float(mpmath.cos(v)) for v in mpx])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_sigmoid_to_a_param_power_does_not_underflow_first(backend, dtype):
+    """x*sigmoid(x)**p took the sigmoid first, which underflows where its power does not:
+    -0.0 at x = -200 for p = 0.01 (the truth: -27.07), at x = -110 for p = 0.5.  As
+    exp(-p*softplus(-x)) it is within 4 ULP per unit of its condition number (|p*x| far
+    out) of mpmath, f and its gradients in x and p."""
+    xs = [-800.0 if dtype == torch.float64 else -200.0, -200.0, -110.0, -30.0, -1.0, -1e-8, 0.0, 1e-8, 1.0, 30.0, 200.0]
+    m = actgen.compile("x*sigmoid(x)**p", name="sig_pow", params={"p": 1.0})
+    for pv in (0.01, 0.5, 2.5):
+        x, p = torch.tensor(xs, dtype=dtype), torch.tensor([pv], dtype=dtype)
+        xr = x.clone().requires_grad_()
+        pr = p.clone().requires_grad_()
+        y = m.sig_pow(xr, pr)
+        gx, gp = torch.autograd.grad(y.sum(), (xr, pr))
+        P = mpmath.mpf(p.item())
+        truth = []
+        for v in x.tolist():
+            X = mpmath.mpf(v)
+            s = 1 / (1 + mpmath.exp(-X))
+            truth.append((X * s ** P, s ** P * (1 + P * X * (1 - s)), X * s ** P * mpmath.log(s)))
+        cond = 1 + abs(pv * x.double())
+        for k, got in enumerate((y.detach(), gx)):
+            want = torch.tensor([float(t[k]) for t in truth], dtype=torch.float64)
+            err = (got.double() - want).abs() / want.abs().clamp_min(torch.finfo(dtype).tiny)
+            assert (err <= 4 * torch.finfo(dtype).eps * cond).all(), (pv, k, got.tolist(), want.tolist())
+        _close_to_truth(gp, [float(sum(t[2] for t in truth))], ulps=4 * float(cond.max()))
+
+
 def test_kinks_keep_their_conventions_where_the_sides_differ(backend):
     """Where the two sides' slopes differ the derivative at the kink is the selected
     branches' (torch's relu's 0, abs's 0, leaky_relu's 0.1 for Max(x, 0.1*x), hardtanh's 0
