@@ -1938,7 +1938,9 @@ def _sign_beside(u: sympy.Expr, x: sympy.Symbol, x0, side: int) -> int | None:
     tells."""
     at = u.subs(x, x0 + side * _SIDE)
     if at.is_number and at.is_real:
-        return int(sympy.sign(at))
+        sign = sympy.sign(at)
+        if sign in (-1, 0, 1):
+            return int(sign)
     at = u.subs(x, x0)
     if at.is_positive or at.is_negative:
         return 1 if at.is_positive else -1
