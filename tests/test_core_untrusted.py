@@ -205,6 +205,16 @@ def test_names_the_package_exports_are_unique_and_a_file_given_twice_is_one_spec
     assert [s.name for s in load_specs([tmp_path / "a.yaml", tmp_path])] == ["act"]
 
 
+def _refused(tmp_path, text):
+    """A spec of text refused by build: (its path, the problems); nothing written."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(text)
+    with pytest.raises(SpecError) as info:
+        build([spec], tmp_path / "lib")
+    assert not (tmp_path / "lib").exists()
+    return spec, info.value.problems
+
+
 def test_a_formula_too_slow_to_compile_is_refused(tmp_path, monkeypatch):
     """Symbolic work can grow without bound on a short formula (sigmoid nested 20 deep took
     minutes): past MAX_COMPILE_SECONDS the spec is refused, and nothing is written."""
@@ -213,14 +223,10 @@ def test_a_formula_too_slow_to_compile_is_refused(tmp_path, monkeypatch):
     import actgen.build as build_module
 
     monkeypatch.setattr(build_module, "MAX_COMPILE_SECONDS", 1)
-    spec = tmp_path / "s.yaml"
-    spec.write_text("name: a\nformula: " + "sigmoid(" * 16 + "x" + ")" * 16 + "\n")
     start = time.monotonic()
-    with pytest.raises(SpecError) as info:
-        build([spec], tmp_path / "lib")
+    spec, problems = _refused(tmp_path, "name: a\nformula: " + "sigmoid(" * 16 + "x" + ")" * 16 + "\n")
     assert time.monotonic() - start < 30
-    assert info.value.problems == [f"{spec}:2: formula: too complex: compiling it took over 1 s"]
-    assert not (tmp_path / "lib").exists()
+    assert problems == [f"{spec}:2: formula: too complex: compiling it took over 1 s"]
 
 
 def test_a_formula_too_slow_to_parse_is_refused(tmp_path, monkeypatch):
@@ -230,12 +236,8 @@ def test_a_formula_too_slow_to_parse_is_refused(tmp_path, monkeypatch):
     import actgen.spec as spec_module
 
     monkeypatch.setattr(spec_module, "MAX_PARSE_SECONDS", 0.5)
-    spec = tmp_path / "s.yaml"
-    spec.write_text("name: a\nformula: max(max(x,1,x+1,2),max(x,2,x+2,3),max(x,3,x+3,4))\n")
-    with pytest.raises(SpecError) as info:
-        build([spec], tmp_path / "lib")
-    assert info.value.problems == [f"{spec}:2: formula: too complex: parsing it took over 0.5 s"]
-    assert not (tmp_path / "lib").exists()
+    spec, problems = _refused(tmp_path, "name: a\nformula: max(max(x,1,x+1,2),max(x,2,x+2,3),max(x,3,x+3,4))\n")
+    assert problems == [f"{spec}:2: formula: too complex: parsing it took over 0.5 s"]
 
 
 def test_odd_paths_and_numbers_are_clean_errors(tmp_path):
@@ -270,12 +272,8 @@ def test_a_formula_the_compiler_fails_on_is_reported_not_raised(tmp_path, monkey
         raise RuntimeError("no form for this")
 
     monkeypatch.setattr(build_module, "derive", fails)
-    spec = tmp_path / "s.yaml"
-    spec.write_text("name: a\ndoc: d\nformula: x * sigmoid(x)\n")
-    with pytest.raises(SpecError) as info:
-        build([spec], tmp_path / "lib")
-    assert info.value.problems == [f"{spec}:3: formula: cannot be compiled (RuntimeError: no form for this)"]
-    assert not (tmp_path / "lib").exists()
+    spec, problems = _refused(tmp_path, "name: a\ndoc: d\nformula: x * sigmoid(x)\n")
+    assert problems == [f"{spec}:3: formula: cannot be compiled (RuntimeError: no form for this)"]
 
 
 def _op(tmp_path, text):
