@@ -67,6 +67,18 @@ def test_vmap_over_inputs_and_over_params(backend):
     torch.testing.assert_close(vmap(ops.prelu)(xb, wb), torch.stack([prelu_ref(a, b) for a, b in zip(xb, wb)]))
 
 
+def test_vmap_over_an_empty_batch(backend):
+    """vmap over a batch of 0 entries gives an empty batch of the right shape (it indexed
+    the first entry's result), for an op, a per-channel one, its gradient and a draw."""
+    w = torch.rand(4)
+    assert vmap(ops.mish)(torch.randn(0, 3)).shape == (0, 3)
+    assert vmap(lambda x: ops.prelu(x, w))(torch.randn(0, 2, 4, 5)).shape == (0, 2, 4, 5)
+    assert vmap(grad(lambda x: ops.mish(x).sum()))(torch.randn(0, 3)).shape == (0, 3)
+    assert vmap(lambda x: ops.rrelu(x, training=True), randomness="different")(torch.randn(0, 3)).shape == (0, 3)
+    a, b = vmap(ops.swiglu)(torch.randn(0, 3), torch.randn(0, 3)), F.silu(torch.randn(0, 3))
+    assert a.shape == b.shape and a.dtype == b.dtype
+
+
 def test_grad_and_per_sample_param_grads(backend):
     xb = torch.randn(5, 2, 3, 4, dtype=torch.float64)
     w = torch.rand(3, dtype=torch.float64)

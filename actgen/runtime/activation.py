@@ -795,6 +795,13 @@ class _Backward(torch.autograd.Function):
 def vmap_by_loop(function, info, in_dims, *args, seeds=None):
     """vmap rule for Functions whose compute is an opaque op: one call per batch entry (with
     seeds, entry b gets seeds[b] for its last argument, the seed)."""
+    if not info.batch_size:         # no entries: one of zeros for the shapes, none kept
+        entry = [a.sum(d) if isinstance(a, torch.Tensor) and d is not None else a      # (zeros, one entry's shape)
+                 for a, d in zip(args, in_dims)]
+        out = function.apply(*entry[:-1], None) if seeds is not None else function.apply(*entry)
+        if isinstance(out, tuple):
+            return tuple(o.new_empty((0, *o.shape)) for o in out), tuple(0 for _ in out)
+        return out.new_empty((0, *out.shape)), 0
     results = []
     for b in range(info.batch_size):
         sliced = [a.select(d, b) if isinstance(a, torch.Tensor) and d is not None else a for a, d in zip(args, in_dims)]
