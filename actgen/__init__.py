@@ -9,7 +9,10 @@ The built-in library lives in `actgen.ops` (generated from specs/ by `actgen bui
 """
 from __future__ import annotations
 
+from .cache import find_compiled_packages
 from .version import __version__
+
+find_compiled_packages()
 
 
 def compile(formula, name="activation", **kwargs):

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
+import importlib
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
-from .cache import cache_dir
+from .cache import cache_dir, find_compiled_packages
 from .version import COMPILER_VERSION
 
 
@@ -118,15 +117,7 @@ def compile(formula: str, name: str = "activation", *, params=None, constants=No
 
 
 def _import(package: str, path: Path) -> ModuleType:
-    modname = f"{package}.{path.stem}"
-    if modname in sys.modules:
-        return sys.modules[modname]
-    spec = importlib.util.spec_from_file_location(modname, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[modname] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[modname]
-        raise
-    return module
+    """The module, imported as package.module (the package found in the cache by
+    actgen.cache.CompiledPackages): its classes pickle by that name."""
+    find_compiled_packages()
+    return importlib.import_module(f"{package}.{path.stem}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import subprocess
 import sys
@@ -149,6 +150,33 @@ def test_compile_from_python_and_cache_reuse_without_sympy(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
     assert len(list(cache.rglob("my_mish.py"))) == 1
+
+
+def test_a_compiled_module_pickles_and_loads_in_another_process(tmp_path, monkeypatch):
+    """A module of a compiled formula pickles (its package, actgen_<key>, was importable by
+    no name), and a model saved with torch.save loads in a fresh process that imported actgen,
+    with its params, computing the same values."""
+    import pickle
+
+    import actgen
+
+    monkeypatch.setenv("ACTGEN_CACHE_DIR", str(tmp_path / "cache"))
+    m = actgen.compile("x * sigmoid(beta * x) + a*x**2", name="swa", params={"beta": {"init": 1.0, "per_channel": True},
+                                                                             "a": 0.1})
+    act = m.Swa(num_channels=3)
+    with torch.no_grad():
+        act.beta.copy_(torch.tensor([0.5, 1.0, 2.0]))
+    x = torch.linspace(-3, 3, 24).reshape(2, 3, 4)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(act))(x), act(x), rtol=0, atol=0)
+    torch.save(torch.nn.Sequential(act), tmp_path / "model.pt")
+    code = textwrap.dedent(f"""
+        import json, torch, actgen
+        model = torch.load({str(tmp_path / "model.pt")!r}, weights_only=False)
+        print(json.dumps(model(torch.linspace(-3, 3, 24).reshape(2, 3, 4)).flatten().tolist()))
+        """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == act(x).flatten().tolist()
 
 
 def test_compile_rejects_bad_input_with_spec_errors():
