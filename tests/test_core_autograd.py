@@ -137,6 +137,26 @@ def test_double_backward_leaves_gradients_not_taken_out(backend):
     torch.testing.assert_close(gx_of_gx, 2 * ps[2].detach() + 6 * ps[3].detach() * x.detach())
 
 
+def test_forward_over_reverse_hessian(backend):
+    """torch.func.hessian (jacfwd of jacrev) and gradgradcheck's forward-over-reverse check:
+    the backward's own jvp (it raised NotImplementedError), against plain torch's, with
+    per-channel params and two inputs."""
+    from torch.func import hessian
+
+    x = torch.tensor([0.5, -1.0, 2.0, -3.5], dtype=torch.float64)
+    torch.testing.assert_close(hessian(lambda t: ops.mish(t).sum())(x), hessian(lambda t: F.mish(t).sum())(x))
+    xc, w = torch.randn(2, 3, 4, dtype=torch.float64), torch.rand(3, dtype=torch.float64)
+    got = hessian(lambda t, v: ops.prelu(t, v).pow(2).sum(), argnums=(0, 1))(xc, w)
+    want = hessian(lambda t, v: prelu_ref(t, v).pow(2).sum(), argnums=(0, 1))(xc, w)
+    for row, ref in zip(got, want):
+        for a, b in zip(row, ref):
+            torch.testing.assert_close(a, b)
+    ps = [p.requires_grad_() for p in _poly_params()]
+    assert torch.autograd.gradgradcheck(ops.polynomial, (x.clone().requires_grad_(), *ps), check_fwd_over_rev=True)
+    a, b = (torch.randn(6, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    assert torch.autograd.gradgradcheck(ops.swiglu, (a, b), check_fwd_over_rev=True)
+
+
 # --- torch.compile -------------------------------------------------------------------
 
 

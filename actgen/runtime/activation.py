@@ -702,8 +702,10 @@ class Activation:
             out = out + derivs[i] * t
         return out.to(x.dtype)
 
-    def double_backward(self, grad, tensors, ggs, constants, channel_dim, rng=None):
-        """Gradients of (grad * df/dv for every v) w.r.t. grad and every v, in plain torch."""
+    def _second_order(self, grad, tensors, ws, constants, channel_dim, rng):
+        """(the first derivatives, grad, and for every v grad * sum over u of w_u * d2f/du dv)
+        in the compute dtype, for ws (one per input and param, None: 0) - what the backward's
+        own derivatives need (double backward, its jvp)."""
         n_in, n = self.n_inputs, self.n_tensors
         x = tensors[0]
         args = self._eager_args(tensors[:n_in], tensors[n_in:], constants, channel_dim, self.rng(rng, x),
@@ -715,20 +717,32 @@ class Activation:
         for i in range(n):
             for j in range(i, n):
                 H[i][j] = H[j][i] = next(second)
-        gg = [
-            None if t is None else (t.to(dt) if i < n_in else expand_param(t.to(dt), x.dim(), channel_dim))
-            for i, t in enumerate(ggs)
-        ]
+        ws = [None if t is None else (t.to(dt) if i < n_in else expand_param(t.to(dt), x.dim(), channel_dim))
+              for i, t in enumerate(ws)]
         g = grad.to(dt)
-        grad_g = sum((gg[u] * first[u] for u in range(n) if gg[u] is not None), torch.zeros((), dtype=dt, device=x.device))
-        out = [as_tensor(grad_g, x).to(grad.dtype)]
-        for j in range(n):
-            v = g * sum((gg[u] * H[u][j] for u in range(n) if gg[u] is not None), torch.zeros((), dtype=dt, device=x.device))
-            if j < n_in:
-                out.append(as_tensor(v, x).to(tensors[j].dtype))
-            else:
-                out.append(reduce_to_param(v, tensors[j], x.shape, channel_dim))
-        return out
+        zero = torch.zeros((), dtype=dt, device=x.device)
+        return first, ws, g, [g * sum((ws[u] * H[u][j] for u in range(n) if ws[u] is not None), zero) for j in range(n)]
+
+    def _per_tensor(self, vs, tensors, channel_dim):
+        """Values, one per input (its shape and dtype) and param (summed to it)."""
+        x = tensors[0]
+        return [as_tensor(v, x).to(t.dtype) if j < self.n_inputs else reduce_to_param(v, t, x.shape, channel_dim)
+                for j, (v, t) in enumerate(zip(vs, tensors))]
+
+    def double_backward(self, grad, tensors, ggs, constants, channel_dim, rng=None):
+        """Gradients of (grad * df/dv for every v) w.r.t. grad and every v, in plain torch."""
+        first, gg, g, contracted = self._second_order(grad, tensors, ggs, constants, channel_dim, rng)
+        grad_g = sum((gg[u] * first[u] for u in range(self.n_tensors) if gg[u] is not None), torch.zeros((), dtype=g.dtype, device=g.device))
+        return [as_tensor(grad_g, tensors[0]).to(grad.dtype)] + self._per_tensor(contracted, tensors, channel_dim)
+
+    def backward_jvp(self, grad, tensors, t_grad, ts, constants, channel_dim, rng=None):
+        """The forward-mode derivative of (grad * df/dv for every v, params' summed) along the
+        tangents t_grad of grad and ts of every v (None: 0), in plain torch."""
+        first, _, g, contracted = self._second_order(grad, tensors, ts, constants, channel_dim, rng)
+        if t_grad is not None:
+            tg = t_grad.to(g.dtype)
+            contracted = [c + tg * d for c, d in zip(contracted, first)]
+        return self._per_tensor(contracted, tensors, channel_dim)
 
 
 def _no_forward_ad() -> bool:
@@ -770,14 +784,18 @@ class _Backward(torch.autograd.Function):
     @staticmethod
     def forward(op, constants, channel_dim, rng, grad, *tensors):
         n_in = op.n_inputs
-        return tuple(op.run_backward(grad, list(tensors[:n_in]), list(tensors[n_in:]), list(constants), channel_dim,
-                                     [True] * len(tensors), rng))
+        grads = op.run_backward(grad, list(tensors[:n_in]), list(tensors[n_in:]), list(constants), channel_dim,
+                                [True] * len(tensors), rng)
+        # (a view - the kernels' param gradients, rows of one tensor - would need its tangent
+        # as a view alike under forward-mode AD)
+        return tuple(g.clone() if g._base is not None else g for g in grads)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         op, constants, channel_dim, rng, grad, *tensors = inputs
         ctx.op, ctx.constants, ctx.channel_dim, ctx.rng = op, constants, channel_dim, rng
         ctx.save_for_backward(grad, *tensors)
+        ctx.save_for_forward(grad, *tensors)
         # a gradient nothing flows back into comes as None, not zeros: 0 times an infinite
         # second derivative would be NaN in the ones asked for
         ctx.set_materialize_grads(False)
@@ -786,6 +804,13 @@ class _Backward(torch.autograd.Function):
     def backward(ctx, *ggs):
         grad, *tensors = ctx.saved_tensors
         return (None, None, None, None, *ctx.op.double_backward(grad, tensors, ggs, ctx.constants, ctx.channel_dim, ctx.rng))
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        """Forward over reverse (torch.func.hessian, jacfwd of jacrev)."""
+        grad, *tensors = ctx.saved_tensors
+        t_grad, *ts = tangents[4:]
+        return tuple(ctx.op.backward_jvp(grad, tensors, t_grad, ts, ctx.constants, ctx.channel_dim, ctx.rng))
 
     @staticmethod
     def vmap(info, in_dims, *args):
