@@ -495,3 +495,8 @@ def test_float64_kernels_take_bare_numbers_in_float64(tmp_path, triton_backend):
     b = torch.linspace(-2, 2.5, 7, dtype=torch.float64)
     y = mod.f(a, b, training=False)
     torch.testing.assert_close(y, reference_call(spec, [a, b], [], {}), rtol=4e-16, atol=4e-16)
+    # a where of two numbers is float64 too: 0.1 times it was float32's 0.1 (1e8 float64 ULP)
+    spec, mod = _op(tmp_path, "name: g\nformula: Max(x, 0) + 0.1*Min(x, 0)\n")
+    x = torch.tensor([-2.0, -0.5, 0.5, 3.0], dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(mod.g(x).sum(), x)
+    assert g.tolist() == [0.1, 0.1, 1.0, 1.0]

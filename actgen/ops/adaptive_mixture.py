@@ -206,7 +206,7 @@ if _rt.HAS_TRITON:
             _t13 = tl.fma(-_t8, 16777216.0*_t0 + _t12, _t11)
             _t14 = -(_t12*_t8)
             _t15 = _t6 + 1.0
-            _d_x = tl.where(x != x, x, _t4*tl.fma(_t0, tl.where(_t5, 1.0, 0.0), _div_bounded(4.0*_t1*_t6, (_t15*_t15), FAST) + _t2))
+            _d_x = tl.where(x != x, x, _t4*tl.fma(_t0, tl.where(_t5, tl.full([], 1.0, ACC), 0.0), _div_bounded(4.0*_t1*_t6, (_t15*_t15), FAST) + _t2))
             _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*tl.fma(_t4, _t7, -_t10), _grown(_t0*_t13), _grown(-(_t0*_t14)), x))
             _d_w1 = tl.where(x != x, x, _t1*tl.fma(_t4, _t9, -_t10))
             _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*tl.fma(_t4, x, -_t10), _grown(_t13*_t2), _grown(_t2*(-_t11 - _t14)), x))

@@ -249,7 +249,7 @@ if _rt.HAS_TRITON:
             _t21 = tl.fma(-_t16, 16777216.0*_t0 + _t20 + _t3, _t19)
             _t22 = -(_t16*_t20)
             _t23 = _t8 + 1.0
-            _d_x = tl.where(x != x, x, _t5*tl.fma(_t14, tl.where(_t11, _t10, _t12), tl.fma(_t0, tl.where(_t6, 1.0, 0.0), _div_bounded(4.0*_t1*_t8, (_t23*_t23), FAST) + _t2)))
+            _d_x = tl.where(x != x, x, _t5*tl.fma(_t14, tl.where(_t11, _t10, _t12), tl.fma(_t0, tl.where(_t6, tl.full([], 1.0, ACC), 0.0), _div_bounded(4.0*_t1*_t8, (_t23*_t23), FAST) + _t2)))
             _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*tl.fma(_t15, _t5, -_t18), _grown(_t0*_t21), _grown(-(_t0*_t22)), x))
             _d_w1 = tl.where(x != x, x, _t1*tl.fma(_t17, _t5, -_t18))
             _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*tl.fma(_t5, x, -_t18), _grown(_t2*_t21), _grown(_t2*(-_t19 - _t22)), x))

@@ -490,7 +490,7 @@ if _rt.HAS_TRITON:
             _t15 = _div(1.0, (_t14*_t14), FAST)
             _t16 = _w_x*_w_x*_w_x*_w_x*_w_x*_w_x*_w_x*_w_x
             _t17 = b1*x
-            _t18 = tl.where(_t17 > 0.0, 1.0, tl.where(_t17 < 0.0, -1.0, 0.0))
+            _t18 = tl.where(_t17 > 0.0, 1.0, tl.where(_t17 < 0.0, tl.full([], -1.0, ACC), 0.0))
             _t19 = 2.0*_w_x*_w_x*_w_x*_w_x*_w_x*_w_x*_w_x
             _t20 = _w_x*_w_x*_w_x*_w_x*_w_x*_w_x
             _t21 = 3.0*_t20
@@ -513,9 +513,9 @@ if _rt.HAS_TRITON:
             _d_a4 = _t29*_t30
             _d_a5 = _div(_v_x*_v_x*_v_x*_v_x*_v_x, _w_x, FAST)*_t29
             _d_b1 = tl.where(x != x, x, -(_t18*_t32*_t8*_v_x))
-            _d_b2 = tl.where(x != x, x, -(_t33*_w_x*tl.where(b2 > 0.0, 1.0, tl.where(b2 < 0.0, -1.0, 0.0))))
-            _d_b3 = tl.where(x != x, x, -(_t10*_t33*tl.where(b3 > 0.0, 1.0, tl.where(b3 < 0.0, -1.0, 0.0))))
-            _d_b4 = tl.where(x != x, x, -(_div(_t30*_t32*tl.where(b4 > 0.0, 1.0, tl.where(b4 < 0.0, -1.0, 0.0)), _w_x, FAST)))
+            _d_b2 = tl.where(x != x, x, -(_t33*_w_x*tl.where(b2 > 0.0, 1.0, tl.where(b2 < 0.0, tl.full([], -1.0, ACC), 0.0))))
+            _d_b3 = tl.where(x != x, x, -(_t10*_t33*tl.where(b3 > 0.0, 1.0, tl.where(b3 < 0.0, tl.full([], -1.0, ACC), 0.0))))
+            _d_b4 = tl.where(x != x, x, -(_div(_t30*_t32*tl.where(b4 > 0.0, 1.0, tl.where(b4 < 0.0, tl.full([], -1.0, ACC), 0.0)), _w_x, FAST)))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_a0 += _in_tile(_g * _d_a0, _mask)

@@ -109,7 +109,7 @@ if _rt.HAS_TRITON:
         a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = a > 0.0
-        _d_a = tl.where(a != a, a, tl.where(b != b, b, b*tl.where(_t0, 1.0, 0.0)))
+        _d_a = tl.where(a != a, a, tl.where(b != b, b, b*tl.where(_t0, tl.full([], 1.0, ACC), 0.0)))
         _d_b = tl.where(a != a, a, tl.where(_t0, a, 0.0))
         tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)

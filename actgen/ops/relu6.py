@@ -78,7 +78,7 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _d_x = tl.where(x != x, x, tl.where((x >= 6.0) | (x <= 0.0), 0.0, 1.0))
+        _d_x = tl.where(x != x, x, tl.where((x >= 6.0) | (x <= 0.0), tl.full([], 0.0, ACC), 1.0))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 

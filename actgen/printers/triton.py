@@ -123,7 +123,13 @@ class TritonPrinter(ExprPrinter):
     def where(self, cond, value, otherwise, otherwise_expr, uniform_cond=False):
         # a number branch float32 does not hold exactly is made in ACC: tl.where takes a bare
         # number as float32 first (float64 data's asinh(3.0) was 5e-8 off)
-        value_text = self.addend(value) if value.is_number else self.doprint(value)
+        # (both branches numbers: the first in ACC, else the where is float32, and so is what
+        # multiplies it - 0.1*tl.where(x < 0, 1.0, 0.0) was float32's 0.1 for float64 data)
+        numbers = value.is_number and otherwise_expr is not None and otherwise_expr.is_number
+        if numbers and _float32_exact(float(value)):
+            value_text = f"tl.full([], {self.doprint(value)}, ACC)"
+        else:
+            value_text = self.addend(value) if value.is_number else self.doprint(value)
         if otherwise_expr is not None and otherwise_expr.is_number and otherwise == self.doprint(otherwise_expr):
             otherwise = self.addend(otherwise_expr)
         return f"tl.where({cond}, {value_text}, {otherwise})"
