@@ -1340,10 +1340,12 @@ def value_range(expr: sympy.Expr, temps=None, _memo=None) -> tuple[float, float]
     return out
 
 
-def shared_exp_products(outputs):
+def shared_exp_products(outputs, inputs=()):
     """(name, expression) outputs with exp(a + b) as exp(a)*exp(b) where exp(a) and exp(b) are
-    both among their calls already (adaptive_mixture's exp(w1 - 2|x|) next to exp(w1) and
-    exp(-2|x|)): one exponential fewer, and no overflow or call that was not there before."""
+    both among their calls already and one of a and b holds no input (adaptive_mixture's
+    exp(w1 - 2|x|) next to exp(w1) and exp(-2|x|)): one exponential fewer, and no overflow or
+    call that was not there before.  Where both hold one, the product can be inf*0 where the
+    exponential of the sum is 0 (exp(-k*x)*exp(-exp(-k*x)) at k*x = -100 in float32)."""
     exps = {a.args[0]: a for _, e in outputs for a in e.atoms(sympy.exp)}
     new = {}
     for arg, call in exps.items():
@@ -1351,7 +1353,7 @@ def shared_exp_products(outputs):
             continue
         for term in arg.args:
             rest = arg - term
-            if term in exps and rest in exps:
+            if term in exps and rest in exps and not (term.has(*inputs) and rest.has(*inputs)):
                 new[call] = exps[term] * exps[rest]
                 break
     return [(n, e.xreplace(new)) for n, e in outputs] if new else list(outputs)
@@ -3122,7 +3124,7 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
             return fallback, block, block
         one_ratio = [(n, scaled(e, True)) for n, e in outputs]
         candidates = [one_ratio, sigmoid_pairs(plain), sigmoid_pairs(one_ratio), sigmoids_from_exp(one_ratio)]
-        candidates = [shared_exp_products(c) for c in candidates]
+        candidates = [shared_exp_products(c, inputs) for c in candidates]
         fewest = min(map(_calls, candidates))
         if fewest >= _calls(plain):
             return fallback, block, block

@@ -496,11 +496,15 @@ def test_an_exponential_of_a_sum_comes_from_the_exponentials_already_computed():
     from actgen.derive import shared_exp_products
     w = make_symbol("w")
     e, ew, ex = sympy.exp(-2 * sympy.Abs(X)), sympy.exp(w), sympy.exp(w - 2 * sympy.Abs(X))
-    (_, got), = shared_exp_products([("d", ex / (e + 1) + ew)])
+    (_, got), = shared_exp_products([("d", ex / (e + 1) + ew)], [X])
     assert not got.has(ex) and got.has(e) and got.has(ew)
     assert sympy.simplify(got - (ex / (e + 1) + ew).rewrite(sympy.exp)) == 0
-    (_, alone), = shared_exp_products([("d", ex + ew)])          # exp(-2|x|) not computed: kept
+    (_, alone), = shared_exp_products([("d", ex + ew)], [X])          # exp(-2|x|) not computed: kept
     assert alone.has(ex)
+    # both parts holding x: exp(-x)*exp(-exp(-x)) is inf*0 at x = -100 where the sum's exp is 0
+    u = sympy.exp(-X)
+    (_, both), = shared_exp_products([("d", sympy.exp(-X - u) + u + sympy.exp(-u))], [X])
+    assert both.has(sympy.exp(-X - u))
     mod = importlib.import_module("actgen.ops.adaptive_mixture")
     kernel = inspect.getsource(mod._backward_kernel.fn)
     assert kernel.count("_exp(") == 4          # exp(w0), exp(w1), exp(w2), exp(-2|x|)

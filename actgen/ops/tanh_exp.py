@@ -98,9 +98,9 @@ if _rt.HAS_TRITON:
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = tl.clamp(x, -1024.0, 4.0, propagate_nan=tl.PropagateNan.ALL)
         _t0 = _exp(_clamped_x, FAST)
-        _t1 = _exp(-(2.0*_t0), FAST)
-        _t2 = _t1 + 1.0
-        _d_x = _div_bounded(4.0*_clamped_x*_t0*_t1, (_t2*_t2), FAST) + libdevice.tanh(_t0)
+        _t1 = -(2.0*_t0)
+        _t2 = _exp(_t1, FAST) + 1.0
+        _d_x = _div_bounded(4.0*_clamped_x*_exp(_clamped_x + _t1, FAST), (_t2*_t2), FAST) + libdevice.tanh(_t0)
         tl.store(_d_x_ptr + _offs, _narrow(_g * _d_x, _d_x_ptr), mask=_mask)
 
 
