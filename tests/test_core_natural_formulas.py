@@ -787,6 +787,23 @@ def test_a_sigmoid_to_a_param_power_does_not_underflow_first(backend, dtype):
         _close_to_truth(gp, [float(sum(t[2] for t in truth))], ulps=4 * float(cond.max()))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_product_of_exponentials_that_overflows_is_not_taken_apart(backend, dtype):
+    """x*exp(-exp(-k*x))'s gradient in k, x**2*exp(-k*x - exp(-k*x)): the kernels took it as
+    exp(-k*x)*exp(-exp(-k*x)), inf*0 = NaN for k*x below -88 in float32 (and at -inf); it is
+    the one exponential, 0 there.  Against mpmath, per element."""
+    m = actgen.compile("x*exp(-exp(-k*x))", name="gompertz_k", params={"k": 1.0})
+    xs = [-math.inf, -1e30, -100.0, -69.0, 0.5, 2.0]      # (near -3 the condition number is ~200)
+    k = torch.tensor([1.3], dtype=dtype)
+    for v in xs:
+        x = torch.tensor([v], dtype=dtype)
+        _, (_, gk) = _grad(m.gompertz_k, x, k)
+        K, X = mpmath.mpf(k.item()), mpmath.mpf(v)
+        far = not mpmath.isfinite(X) or -K * X > 1000        # (exp(-exp(1000)): 0 in any float)
+        truth = 0.0 if far else float(X * X * mpmath.exp(-K * X - mpmath.exp(-K * X)))
+        _close_to_truth(gk, [truth])
+
+
 def test_kinks_keep_their_conventions_where_the_sides_differ(backend):
     """Where the two sides' slopes differ the derivative at the kink is the selected
     branches' (torch's relu's 0, abs's 0, leaky_relu's 0.1 for Max(x, 0.1*x), hardtanh's 0
