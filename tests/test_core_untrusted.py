@@ -500,3 +500,14 @@ def test_float64_kernels_take_bare_numbers_in_float64(tmp_path, triton_backend):
     x = torch.tensor([-2.0, -0.5, 0.5, 3.0], dtype=torch.float64, requires_grad=True)
     (g,) = torch.autograd.grad(mod.g(x).sum(), x)
     assert g.tolist() == [0.1, 0.1, 1.0, 1.0]
+    # a constant reaches the kernels as three float32 parts: float64 data computes with it
+    # exactly (x*c with c = 0.1 was float32's 0.1), float32 data with its float32 rounding
+    spec, mod = _op(tmp_path, "name: h\nformula: x*c + c\nconstants: {c: 0.1}\n")
+    for c in (0.1, 1 / 3, -2.0**-140, 3.0e38):
+        y = mod.h(x, c=c)
+        (g,) = torch.autograd.grad(y.sum(), x)
+        assert y.tolist() == [v * c + c for v in x.tolist()] and g.tolist() == [c] * 4
+        x32 = x.detach().float()
+        assert mod.h(x32, c=c).tolist() == (x32 * c + c).tolist()
+    for c in (math.inf, math.nan, 1e39):        # (beyond float32: as a float32 takes it)
+        assert torch.equal(mod.h(x.detach().float(), c=c).isnan(), (x.detach().float() * c + c).isnan())

@@ -349,7 +349,7 @@ def _kernel_draws(w: Writer, block: Block, d: Derivation):
 
 def _forward_kernel(w: Writer, d: Derivation):
     s = d.spec
-    consts = [c.name for c in s.constants]
+    consts = _constant_args(d)
     args = [f"{n}_ptr" for n in s.inputs] + _kernel_args(d) + ["_out_ptr", *consts, *_seed_args(d), "_M", "_N", "_C"]
     _jit(w, d)
     with w.indent(f"def _forward_kernel(\n    {', '.join(args)},\n    {_CONSTEXPRS}{_training(d)},\n):"):
@@ -366,12 +366,22 @@ def _forward_kernel(w: Writer, d: Derivation):
     w()
 
 
+def _constant_args(d: Derivation) -> list[str]:
+    """The kernels' arguments for the constants: each as three float32 numbers (Triton takes
+    a Python float argument as float32), whose sum in float64 is the constant itself
+    (actgen.runtime.launch.constant_parts)."""
+    return [n for c in d.spec.constants for n in (c.name, f"_lo_{c.name}", f"_lo2_{c.name}")]
+
+
 def _constant_casts(w: Writer, d: Derivation):
-    """The constants as scalars of the compute type: on a GPU a no-op for float32 (a float
-    argument is one), and under the interpreter, where it stays a Python float, what makes
-    the kernel's helpers and conditions of constants alone work as they do on a GPU."""
+    """The constants as scalars of the compute type, summed from their parts: in float32 the
+    first part alone (the others are below half its ULP), in float64 the constant exactly
+    (0.1 was float32's 0.1 there).  Under the interpreter, where an argument stays a Python
+    float, the cast is what makes the kernel's helpers and conditions of constants alone
+    work as they do on a GPU."""
     for c in d.spec.constants:
-        w(f"{c.name} = tl.cast({c.name}, ACC)")
+        n = c.name
+        w(f"{n} = tl.cast({n}, ACC) + tl.cast(_lo_{n}, ACC) + tl.cast(_lo2_{n}, ACC)")
 
 
 def _free(block: Block, expr) -> set:
@@ -393,7 +403,7 @@ def _backward_kernel(w: Writer, d: Derivation):
     per tile row or column (STEP is a constexpr: without it the loop compiles away, and so
     does its register cost)."""
     s = d.spec
-    consts = [c.name for c in s.constants]
+    consts = _constant_args(d)
     args = ["_grad_ptr"] + [f"{n}_ptr" for n in s.inputs] + _kernel_args(d)
     args += [f"_d_{n}_ptr" for n in s.inputs]
     if s.params:

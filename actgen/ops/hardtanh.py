@@ -62,12 +62,12 @@ if _rt.HAS_TRITON:
 
     @triton.jit
     def _forward_kernel(
-        x_ptr, _out_ptr, min_val, max_val, _M, _N, _C,
+        x_ptr, _out_ptr, min_val, _lo_min_val, _lo2_min_val, max_val, _lo_max_val, _lo2_max_val, _M, _N, _C,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
-        min_val = tl.cast(min_val, ACC)
-        max_val = tl.cast(max_val, ACC)
+        min_val = tl.cast(min_val, ACC) + tl.cast(_lo_min_val, ACC) + tl.cast(_lo2_min_val, ACC)
+        max_val = tl.cast(max_val, ACC) + tl.cast(_lo_max_val, ACC) + tl.cast(_lo2_max_val, ACC)
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _y = tl.where(x != x, x, tl.where(min_val >= x, min_val, tl.where(max_val <= x, max_val, x)))
@@ -75,12 +75,12 @@ if _rt.HAS_TRITON:
 
     @triton.jit
     def _backward_kernel(
-        _grad_ptr, x_ptr, _d_x_ptr, min_val, max_val, _M, _N, _C,
+        _grad_ptr, x_ptr, _d_x_ptr, min_val, _lo_min_val, _lo2_min_val, max_val, _lo_max_val, _lo2_max_val, _M, _N, _C,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr,
     ):
         """grad * df/dinput for every input."""
-        min_val = tl.cast(min_val, ACC)
-        max_val = tl.cast(max_val, ACC)
+        min_val = tl.cast(min_val, ACC) + tl.cast(_lo_min_val, ACC) + tl.cast(_lo2_min_val, ACC)
+        max_val = tl.cast(max_val, ACC) + tl.cast(_lo_max_val, ACC) + tl.cast(_lo2_max_val, ACC)
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)

@@ -70,12 +70,12 @@ if _rt.HAS_TRITON:
 
     @triton.jit
     def _forward_kernel(
-        x_ptr, _out_ptr, mu, sigma, _M, _N, _C,
+        x_ptr, _out_ptr, mu, _lo_mu, _lo2_mu, sigma, _lo_sigma, _lo2_sigma, _M, _N, _C,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
-        mu = tl.cast(mu, ACC)
-        sigma = tl.cast(sigma, ACC)
+        mu = tl.cast(mu, ACC) + tl.cast(_lo_mu, ACC) + tl.cast(_lo2_mu, ACC)
+        sigma = tl.cast(sigma, ACC) + tl.cast(_lo_sigma, ACC) + tl.cast(_lo2_sigma, ACC)
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _y = 0.5*_erfc(-(_div_uniform(0.7071067811865476*(-mu + x), sigma, FAST)), FAST)
@@ -83,12 +83,12 @@ if _rt.HAS_TRITON:
 
     @triton.jit
     def _backward_kernel(
-        _grad_ptr, x_ptr, _d_x_ptr, mu, sigma, _M, _N, _C,
+        _grad_ptr, x_ptr, _d_x_ptr, mu, _lo_mu, _lo2_mu, sigma, _lo_sigma, _lo2_sigma, _M, _N, _C,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr,
     ):
         """grad * df/dinput for every input."""
-        mu = tl.cast(mu, ACC)
-        sigma = tl.cast(sigma, ACC)
+        mu = tl.cast(mu, ACC) + tl.cast(_lo_mu, ACC) + tl.cast(_lo2_mu, ACC)
+        sigma = tl.cast(sigma, ACC) + tl.cast(_lo_sigma, ACC) + tl.cast(_lo2_sigma, ACC)
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)

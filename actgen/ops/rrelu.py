@@ -63,12 +63,12 @@ if _rt.HAS_TRITON:
 
     @triton.jit(do_not_specialize=["_seed"])
     def _forward_kernel(
-        x_ptr, _out_ptr, lower, upper, _seed, _M, _N, _C,
+        x_ptr, _out_ptr, lower, _lo_lower, _lo2_lower, upper, _lo_upper, _lo2_upper, _seed, _M, _N, _C,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, TRAINING: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
-        lower = tl.cast(lower, ACC)
-        upper = tl.cast(upper, ACC)
+        lower = tl.cast(lower, ACC) + tl.cast(_lo_lower, ACC) + tl.cast(_lo2_lower, ACC)
+        upper = tl.cast(upper, ACC) + tl.cast(_lo_upper, ACC) + tl.cast(_lo2_upper, ACC)
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         if TRAINING:
@@ -80,12 +80,12 @@ if _rt.HAS_TRITON:
 
     @triton.jit(do_not_specialize=["_seed"])
     def _backward_kernel(
-        _grad_ptr, x_ptr, _d_x_ptr, lower, upper, _seed, _M, _N, _C,
+        _grad_ptr, x_ptr, _d_x_ptr, lower, _lo_lower, _lo2_lower, upper, _lo_upper, _lo2_upper, _seed, _M, _N, _C,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr, TRAINING: tl.constexpr,
     ):
         """grad * df/dinput for every input."""
-        lower = tl.cast(lower, ACC)
-        upper = tl.cast(upper, ACC)
+        lower = tl.cast(lower, ACC) + tl.cast(_lo_lower, ACC) + tl.cast(_lo2_lower, ACC)
+        upper = tl.cast(upper, ACC) + tl.cast(_lo_upper, ACC) + tl.cast(_lo2_upper, ACC)
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)

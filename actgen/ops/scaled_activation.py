@@ -64,12 +64,12 @@ if _rt.HAS_TRITON:
 
     @triton.jit
     def _forward_kernel(
-        x_ptr, _out_ptr, scale, shift, _M, _N, _C,
+        x_ptr, _out_ptr, scale, _lo_scale, _lo2_scale, shift, _lo_shift, _lo2_shift, _M, _N, _C,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
-        scale = tl.cast(scale, ACC)
-        shift = tl.cast(shift, ACC)
+        scale = tl.cast(scale, ACC) + tl.cast(_lo_scale, ACC) + tl.cast(_lo2_scale, ACC)
+        shift = tl.cast(shift, ACC) + tl.cast(_lo_shift, ACC) + tl.cast(_lo2_shift, ACC)
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = shift + x
@@ -78,12 +78,12 @@ if _rt.HAS_TRITON:
 
     @triton.jit
     def _backward_kernel(
-        _grad_ptr, x_ptr, _d_x_ptr, scale, shift, _M, _N, _C,
+        _grad_ptr, x_ptr, _d_x_ptr, scale, _lo_scale, _lo2_scale, shift, _lo_shift, _lo2_shift, _M, _N, _C,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr,
     ):
         """grad * df/dinput for every input."""
-        scale = tl.cast(scale, ACC)
-        shift = tl.cast(shift, ACC)
+        scale = tl.cast(scale, ACC) + tl.cast(_lo_scale, ACC) + tl.cast(_lo2_scale, ACC)
+        shift = tl.cast(shift, ACC) + tl.cast(_lo_shift, ACC) + tl.cast(_lo2_shift, ACC)
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)

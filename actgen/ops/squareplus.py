@@ -77,11 +77,11 @@ if _rt.HAS_TRITON:
 
     @triton.jit
     def _forward_kernel(
-        x_ptr, _out_ptr, b, _M, _N, _C,
+        x_ptr, _out_ptr, b, _lo_b, _lo2_b, _M, _N, _C,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
-        b = tl.cast(b, ACC)
+        b = tl.cast(b, ACC) + tl.cast(_lo_b, ACC) + tl.cast(_lo2_b, ACC)
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = _sqrt_square_plus(x, b)
@@ -92,11 +92,11 @@ if _rt.HAS_TRITON:
 
     @triton.jit
     def _backward_kernel(
-        _grad_ptr, x_ptr, _d_x_ptr, b, _M, _N, _C,
+        _grad_ptr, x_ptr, _d_x_ptr, b, _lo_b, _lo2_b, _M, _N, _C,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr,
     ):
         """grad * df/dinput for every input."""
-        b = tl.cast(b, ACC)
+        b = tl.cast(b, ACC) + tl.cast(_lo_b, ACC) + tl.cast(_lo2_b, ACC)
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)

@@ -62,12 +62,12 @@ if _rt.HAS_TRITON:
 
     @triton.jit
     def _forward_kernel(
-        x_ptr, _out_ptr, threshold, value, _M, _N, _C,
+        x_ptr, _out_ptr, threshold, _lo_threshold, _lo2_threshold, value, _lo_value, _lo2_value, _M, _N, _C,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
-        threshold = tl.cast(threshold, ACC)
-        value = tl.cast(value, ACC)
+        threshold = tl.cast(threshold, ACC) + tl.cast(_lo_threshold, ACC) + tl.cast(_lo2_threshold, ACC)
+        value = tl.cast(value, ACC) + tl.cast(_lo_value, ACC) + tl.cast(_lo2_value, ACC)
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _y = tl.where(x != x, x, tl.where(threshold < x, x, value))
@@ -75,12 +75,12 @@ if _rt.HAS_TRITON:
 
     @triton.jit
     def _backward_kernel(
-        _grad_ptr, x_ptr, _d_x_ptr, threshold, value, _M, _N, _C,
+        _grad_ptr, x_ptr, _d_x_ptr, threshold, _lo_threshold, _lo2_threshold, value, _lo_value, _lo2_value, _M, _N, _C,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr,
     ):
         """grad * df/dinput for every input."""
-        threshold = tl.cast(threshold, ACC)
-        value = tl.cast(value, ACC)
+        threshold = tl.cast(threshold, ACC) + tl.cast(_lo_threshold, ACC) + tl.cast(_lo2_threshold, ACC)
+        value = tl.cast(value, ACC) + tl.cast(_lo_value, ACC) + tl.cast(_lo2_value, ACC)
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)

@@ -89,12 +89,12 @@ if _rt.HAS_TRITON:
 
     @triton.jit
     def _forward_kernel(
-        x_ptr, alpha_p_ptr, alpha_n_ptr, _out_ptr, beta, eps, _M, _N, _C,
+        x_ptr, alpha_p_ptr, alpha_n_ptr, _out_ptr, beta, _lo_beta, _lo2_beta, eps, _lo_eps, _lo2_eps, _M, _N, _C,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
-        beta = tl.cast(beta, ACC)
-        eps = tl.cast(eps, ACC)
+        beta = tl.cast(beta, ACC) + tl.cast(_lo_beta, ACC) + tl.cast(_lo2_beta, ACC)
+        eps = tl.cast(eps, ACC) + tl.cast(_lo_eps, ACC) + tl.cast(_lo2_eps, ACC)
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         alpha_p = tl.load(alpha_p_ptr).to(ACC)
@@ -107,12 +107,12 @@ if _rt.HAS_TRITON:
 
     @triton.jit
     def _backward_kernel(
-        _grad_ptr, x_ptr, alpha_p_ptr, alpha_n_ptr, _d_x_ptr, _partials_ptr, _n_partials, beta, eps, _M, _N, _C, _iters,
+        _grad_ptr, x_ptr, alpha_p_ptr, alpha_n_ptr, _d_x_ptr, _partials_ptr, _n_partials, beta, _lo_beta, _lo2_beta, eps, _lo_eps, _lo2_eps, _M, _N, _C, _iters,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
         """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
-        beta = tl.cast(beta, ACC)
-        eps = tl.cast(eps, ACC)
+        beta = tl.cast(beta, ACC) + tl.cast(_lo_beta, ACC) + tl.cast(_lo2_beta, ACC)
+        eps = tl.cast(eps, ACC) + tl.cast(_lo_eps, ACC) + tl.cast(_lo2_eps, ACC)
         _sum_alpha_p = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
         _sum_alpha_n = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
         alpha_p = tl.load(alpha_p_ptr).to(ACC)

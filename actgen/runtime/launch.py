@@ -130,13 +130,32 @@ def _tuned(kernel, x, kind, run, candidates=CANDIDATES):
     return run(TUNER.choose(kernel, x, kind, run, candidates))
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+@functools.lru_cache(maxsize=256)
+def _parts(c: float) -> tuple[float, float, float]:
+    if not math.isfinite(c) or abs(c) > _FLOAT32_MAX:
+        return c, 0.0, 0.0          # (float32 takes it as +-inf or NaN, as before)
+    hi = float(np.float32(c))
+    mid = float(np.float32(c - hi))
+    return hi, mid, float(np.float32(c - hi - mid))
+
+
+def constant_parts(constants) -> list[float]:
+    """Each constant as three float32 numbers whose float64 sum is the constant (a kernel
+    takes a Python float argument as float32): hi, the rest rounded, and the rest of that;
+    what the kernels' arguments for constants are (actgen.codegen.module)."""
+    return [p for c in constants for p in _parts(float(c))]
+
+
 def forward(kernel, inputs, params, per_channel, constants, channel_dim, channels, draws=None, wide=False):
     x = inputs[0]
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel() == 0:
         return out
     seed, training = _draw_args(draws)
-    args = [*[t.contiguous() for t in inputs], *_param_args(params, per_channel), out, *constants, *seed]
+    args = [*[t.contiguous() for t in inputs], *_param_args(params, per_channel), out, *constant_parts(constants), *seed]
     shape, acc, fast = x.shape, _acc(x.dtype, wide), _fast(x.dtype)
     lay0 = layout(shape, channel_dim, channels)
 
@@ -198,6 +217,7 @@ def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, 
         return grads + [torch.zeros_like(p) for p in params]
     acc_dtype = torch.float64 if x.dtype == torch.float64 or wide else torch.float32
     args = [grad.contiguous(), *[t.contiguous() for t in inputs], *_param_args(params, per_channel), *grads]
+    parts = constant_parts(constants)
     seed, training = _draw_args(draws)
     shape, acc, fast = x.shape, _acc(x.dtype, wide), _fast(x.dtype)
     lay0 = layout(shape, channel_dim, channels)
@@ -209,14 +229,14 @@ def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, 
         sized from its tile and left in `launched` with the layout and program count."""
         lay = lay0 if cfg.tile == TILE else layout(shape, channel_dim, channels, cfg.tile)
         if not params:
-            return LAUNCH(kernel, lay.grid, (*args, *constants, *seed, lay.M, lay.N, lay.C),
+            return LAUNCH(kernel, lay.grid, (*args, *parts, *seed, lay.M, lay.N, lay.C),
                           (lay.block_m, lay.block_n, lay.ch_axis, acc, fast, False, *training), cfg.num_warps)
         step = need_params and cfg.step
         programs, iters = param_grad_programs(lay, x.device) if step else (lay.grid[0], 1)
         n_partials = programs * (lay.block_m if lay.ch_axis == 0 else lay.block_n)
         partials = torch.empty((len(params), n_partials if need_params else 1), dtype=acc_dtype, device=x.device)
         launched.update(lay=lay, partials=partials, programs=programs)
-        return LAUNCH(kernel, (programs,), (*args, partials, n_partials, *constants, *seed, lay.M, lay.N, lay.C, iters),
+        return LAUNCH(kernel, (programs,), (*args, partials, n_partials, *parts, *seed, lay.M, lay.N, lay.C, iters),
                       (lay.block_m, lay.block_n, lay.ch_axis, acc, fast, need_params, step, *training), cfg.num_warps)
 
     kind = lay0.kind + "+param_grad" if need_params else lay0.kind
