@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from types import ModuleType
 
-from .cache import cache_dir, find_compiled_packages
+from .cache import cache_dir
 from .version import COMPILER_VERSION
 
 
@@ -118,6 +118,6 @@ def compile(formula: str, name: str = "activation", *, params=None, constants=No
 
 def _import(package: str, path: Path) -> ModuleType:
     """The module, imported as package.module (the package found in the cache by
-    actgen.cache.CompiledPackages): its classes pickle by that name."""
-    find_compiled_packages()
+    actgen.cache.CompiledPackages, which importing actgen puts in place): its classes pickle
+    by that name."""
     return importlib.import_module(f"{package}.{path.stem}")

@@ -330,10 +330,7 @@ def _minus_value_at_zero(e, cls, stable):
             if isinstance(factor, cls):
                 c = term / factor
                 if not c.has(cls) and -c in e.args:
-                    others = list(e.args)
-                    others.remove(term)
-                    others.remove(-c)
-                    return c * stable(factor.args[0]) + sympy.Add(*others)
+                    return _replace_pair(e, term, -c, c * stable(factor.args[0]))
     return None
 
 
@@ -387,10 +384,11 @@ def _numbers_and_terms(e):
     return numbers, [a for a in e.args if not a.is_Number]
 
 
-def _replace_pair(e, term, number, new):
+def _replace_pair(e, term, other, new):
+    """The sum e with its terms term and other as new."""
     others = list(e.args)
     others.remove(term)
-    others.remove(number)
+    others.remove(other)
     return new + sympy.Add(*others)
 
 
@@ -1826,10 +1824,7 @@ def rewrite_double_angle(e):
                 c = term / factor
                 partner = -c * sympy.sin(v) ** 2
                 if not c.has(sympy.cos(v), sympy.sin(v)) and partner in e.args:
-                    others = list(e.args)
-                    others.remove(term)
-                    others.remove(partner)
-                    return c * sympy.cos(2 * v) + sympy.Add(*others)
+                    return _replace_pair(e, term, partner, c * sympy.cos(2 * v))
     return None
 
 
