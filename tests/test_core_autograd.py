@@ -315,6 +315,74 @@ def test_vmap_of_a_training_mode_draw_follows_vmap_randomness(backend):
     torch.testing.assert_close(vmap(ops.rrelu)(xb), F.rrelu(xb))     # evaluation mode
 
 
+@pytest.fixture(scope="module")
+def drawing_swish():
+    """x * sigmoid(b * u * x), u ~ U(0.5, 2) per element in training mode, b a param: smooth,
+    so that every derivative sees the draws; k = b*u is read back off f."""
+    import actgen
+
+    return actgen.compile("x * sigmoid(b * uniform(0.5, 2.0) * x)", name="drawing_swish", params={"b": 1.0}).drawing_swish
+
+
+def _swish_derivatives(x, b, y):
+    """(df/dx, d2f/dx2, df/db) of x*sigmoid(k*x) at the k each element drew (from f = y)."""
+    k = torch.logit(y / x) / x
+    s = torch.sigmoid(k * x)
+    ds = s * (1 - s)
+    return s + k * x * ds, 2 * k * ds + k * k * x * ds * (1 - 2 * s), k / b * x * x * ds
+
+
+def test_under_vmap_every_derivative_sees_each_entrys_draws(drawing_swish, backend):
+    """vmap(randomness='different') gives each entry its own draws; the gradients (per-sample,
+    params' too), jvps and second derivatives under it are each entry's own, against the
+    closed form at the draws read back off f; 'same' gives every entry one set; a vmap over
+    the cotangents of one call keeps that call's draws; a third derivative there is refused."""
+    from torch.func import jacrev
+
+    torch.manual_seed(0)
+    xb = (torch.rand(3, 6, dtype=torch.float64) + 0.5) * torch.tensor([1.0, -1.0]).repeat(3)
+    b = torch.tensor([1.3], dtype=torch.float64)
+
+    def f(x, b):
+        y = drawing_swish(x, b, training=True)
+        return y.sum(), y
+
+    for randomness in ("different", "same"):
+        (gx, gb), y = vmap(grad(f, argnums=(0, 1), has_aux=True), in_dims=(0, None), randomness=randomness)(xb, b)
+        dx, _, db = _swish_derivatives(xb, b, y)
+        torch.testing.assert_close(gx, dx)
+        torch.testing.assert_close(gb[:, 0], db.sum(1))
+        k = torch.logit(y / xb) / xb
+        assert torch.allclose(k[0], k[1]) == (randomness == "same")
+
+    # nested: an entry of an entry
+    xbb = xb.reshape(3, 2, 3)
+    gx, y = vmap(vmap(grad(lambda x: f(x, b), has_aux=True), randomness="different"), randomness="different")(xbb)
+    torch.testing.assert_close(gx, _swish_derivatives(xbb, b, y)[0])
+
+    # one call, its vjp over a batch of cotangents (vmap's default randomness: no new draws)
+    y1, pullback = vjp(lambda x: drawing_swish(x, b, training=True), xb[0])
+    rows = vmap(pullback)(torch.eye(6, dtype=torch.float64))[0]
+    torch.testing.assert_close(rows, torch.diag(_swish_derivatives(xb[0], b, y1)[0]))
+
+    # forward mode, and second derivatives in every order of the two modes
+    def with_y(x):
+        y = drawing_swish(x, b, training=True)
+        return y, y
+
+    y, t = vmap(lambda x: jvp(lambda u: drawing_swish(u, b, training=True), (x,), (torch.ones_like(x),)),
+                randomness="different")(xb)
+    torch.testing.assert_close(t, _swish_derivatives(xb, b, y)[0])
+    J, y = vmap(jacfwd(with_y, has_aux=True), randomness="different")(xb)
+    torch.testing.assert_close(torch.diagonal(J, dim1=1, dim2=2), _swish_derivatives(xb, b, y)[0])
+    for outer, inner in ((jacrev, jacrev), (jacfwd, jacrev), (jacrev, jacfwd)):
+        H, y = vmap(outer(inner(with_y, has_aux=True), has_aux=True), randomness="different")(xb)
+        d2 = torch.diagonal(torch.diagonal(H, dim1=1, dim2=2), dim1=1, dim2=2)
+        torch.testing.assert_close(d2, _swish_derivatives(xb, b, y)[1], msg=f"{outer.__name__}({inner.__name__})")
+    with pytest.raises(RuntimeError, match="past the second"):
+        vmap(jacrev(jacrev(jacrev(lambda x: drawing_swish(x, b, training=True)))), randomness="different")(xb)
+
+
 def test_compile_training_mode_draws_and_backward_sees_the_draws(torch_backend):
     from torch._dynamo.utils import counters
 

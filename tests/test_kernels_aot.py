@@ -187,9 +187,12 @@ def test_every_tuning_candidate_compiles_vectorised(tuning_reports):
     if all(r["spill_bytes"] is None for r in tuning_reports):
         pytest.skip("Triton's ptxas was not found")
     # only the heaviest kernel (PAU's backward: ten param gradients, limits read off at +-inf)
-    # runs out of registers, and only with more elements per thread or stepping
-    spilled = {r["module"] for r in tuning_reports if r["spill_bytes"]}
-    assert spilled <= {"actgen.ops.pau"}, spilled
+    # runs out of registers, and only with more elements per thread or stepping; elsewhere a
+    # stepping candidate may spill a few bytes (triton 3.8: prelu's bfloat16 backward with
+    # 16 x 256 tiles and 8 warps, 8 bytes)
+    others = [(_key(r), r["layout"], r["num_warps"], r["spill_bytes"]) for r in tuning_reports
+              if r["spill_bytes"] and r["module"] != "actgen.ops.pau" and not (r["step"] and r["spill_bytes"] <= 64)]
+    assert not others, others
     assert not [r for r in tuning_reports if r["spill_bytes"] and r["layout"][0] * r["layout"][1] == 1024
                 and r["num_warps"] == 4 and not r["step"]]
 

@@ -13,7 +13,9 @@ generator (so torch.manual_seed reproduces a call).  Everything else is a functi
 seed: the kernels draw with Philox keyed by it (actgen.runtime.triton_lang.draw), the
 fallback draws whole tensors from a torch.Generator seeded with it, and backward, double
 backward and jvp draw the same values again with the generator the forward used; only the
-seed is kept for backward, as an int.
+seed is kept for backward, as an int.  Under torch.func.vmap(randomness='different') each
+entry draws from its own seed, drawn from the call's (Activation.entry_seeds), and what
+draws again (_Backward, _Tangent, _SecondOrder) splits the seed alike in its vmap rule.
 """
 from __future__ import annotations
 
@@ -254,10 +256,15 @@ class Activation:
             raise RuntimeError(
                 f"{self.name}: in training mode it draws random numbers, which torch.func.vmap refuses with "
                 "randomness='error' (its default); pass randomness='same' or 'different', or training=False")
+        return vmap_by_loop(function, info, in_dims, *args, seeds=self.entry_seeds(seed, info.batch_size))
+
+    def entry_seeds(self, seed, batch_size: int) -> list[int]:
+        """The seeds of the entries of a call under vmap(randomness='different'), drawn from
+        the call's: the call's vmap rule and those of what draws its values again
+        (_vmap_drawing_again) draw the same."""
         with torch._C._DisableFuncTorch():
             gen = torch.Generator().manual_seed(int(seed))
-            seeds = torch.randint(0, SEED_BOUND - self.n_draws, (info.batch_size,), generator=gen).tolist()
-        return vmap_by_loop(function, info, in_dims, *args, seeds=seeds)
+            return torch.randint(0, SEED_BOUND - self.n_draws, (batch_size,), generator=gen).tolist()
 
     # --- compute (the custom ops' implementations) ------------------------------------
     def _channels(self, params):
@@ -438,7 +445,8 @@ class Activation:
         else:
             inside = (x.amin(1) > lo).logical_and_(x.amax(1) < hi)
         for t in xs[1:]:
-            inside.logical_and_(torch.isfinite(_sum(t, 1)))
+            if not self._finite([t]):      # (one sum; per block only where that is not finite)
+                inside.logical_and_(torch.isfinite(_sum(t, 1)))
         return inside
 
     def _native_whole(self, which: int, inputs, constants, channel_dim, rng, outs, grad=None, needs=None) -> bool:
@@ -680,7 +688,8 @@ class Activation:
     def input_grads(self, ctx, grad, needs):
         """Gradients of the inputs and params (None where not needed), from the saved tensors."""
         tensors = ctx.saved_tensors
-        if torch.is_grad_enabled():
+        # (under vmap a call's draws are each entry's: _Backward's vmap rule draws them again)
+        if torch.is_grad_enabled() or (ctx.rng is not None and _draws_per_entry()):
             grads = _Backward.apply(self, ctx.constants, ctx.channel_dim, ctx.rng, grad, *tensors)
         else:
             grads = self.run_backward(grad, list(tensors[: self.n_inputs]), list(tensors[self.n_inputs:]), list(ctx.constants),
@@ -688,24 +697,49 @@ class Activation:
         return [g if need else None for g, need in zip(grads, needs)]
 
     def jvp(self, ctx, *tangents):
-        tensors = ctx.saved_tensors
+        tensors, ts = ctx.saved_tensors, tangents[: self.n_tensors]
+        # (under vmap a call's draws are each entry's: _Tangent's vmap rule draws them again)
+        if ctx.rng is not None and _draws_per_entry():
+            return _Tangent.apply(self, ctx.constants, ctx.channel_dim, ctx.rng, *tensors, *ts)
+        return self.tangent(tensors, ts, ctx.constants, ctx.channel_dim, ctx.rng)
+
+    def tangent(self, tensors, ts, constants, channel_dim, rng=None):
+        """f's forward-mode derivative along the tangents ts of the inputs and params (None:
+        0), in plain torch."""
         x = tensors[0]
-        args = self._eager_args(tensors[: self.n_inputs], tensors[self.n_inputs:], ctx.constants, ctx.channel_dim,
-                                self.rng(ctx.rng, x), self.float64_backward)
+        args = self._eager_args(tensors[: self.n_inputs], tensors[self.n_inputs:], constants, channel_dim,
+                                self.rng(rng, x), self.float64_backward)
         derivs = self.derivatives_torch(*args)
         out = torch.zeros(x.shape, dtype=args[0].dtype, device=x.device)
-        for i, t in enumerate(tangents[: self.n_tensors]):
+        for i, t in enumerate(ts):
             if t is None:
                 continue
             if i >= self.n_inputs:
-                t = expand_param(t.to(out.dtype), x.dim(), ctx.channel_dim)
+                t = expand_param(t.to(out.dtype), x.dim(), channel_dim)
             out = out + derivs[i] * t
         return out.to(x.dtype)
 
+    def tangent_grads(self, grad, tensors, ts, constants, channel_dim, rng=None):
+        """The gradients of `tangent` (times grad) w.r.t. the inputs and params, then w.r.t.
+        their tangents (None where a tangent is None), in plain torch."""
+        first, contracted = self._second_order(grad, tensors, ts, constants, channel_dim, rng)
+        g = grad.to(contracted[0].dtype)
+        by_tangent = self._per_tensor([g * d for d in first], tensors, channel_dim)
+        return self._per_tensor(contracted, tensors, channel_dim) + [
+            None if t is None else v for t, v in zip(ts, by_tangent)]
+
     def _second_order(self, grad, tensors, ws, constants, channel_dim, rng):
-        """(the first derivatives, grad, and for every v grad * sum over u of w_u * d2f/du dv)
-        in the compute dtype, for ws (one per input and param, None: 0) - what the backward's
-        own derivatives need (double backward, its jvp)."""
+        """(the first derivatives, and for every v grad * sum over u of w_u * d2f/du dv) for
+        ws (one per input and param, None: 0) - what the backward's own derivatives need
+        (double backward, its jvp) - by second_order, or where the call's draws are each vmap
+        entry's, by _SecondOrder (whose vmap rule draws them again)."""
+        if rng is not None and _draws_per_entry():
+            values = _SecondOrder.apply(self, constants, channel_dim, rng, grad, *tensors, *ws)
+            return list(values[: self.n_tensors]), list(values[self.n_tensors:])
+        return self.second_order(grad, tensors, ws, constants, channel_dim, rng)
+
+    def second_order(self, grad, tensors, ws, constants, channel_dim, rng=None):
+        """_second_order's values, in the compute dtype (a first derivative may be a number)."""
         n_in, n = self.n_inputs, self.n_tensors
         x = tensors[0]
         args = self._eager_args(tensors[:n_in], tensors[n_in:], constants, channel_dim, self.rng(rng, x),
@@ -717,11 +751,16 @@ class Activation:
         for i in range(n):
             for j in range(i, n):
                 H[i][j] = H[j][i] = next(second)
-        ws = [None if t is None else (t.to(dt) if i < n_in else expand_param(t.to(dt), x.dim(), channel_dim))
-              for i, t in enumerate(ws)]
+        ws = self._compute_tangents(ws, dt, x.dim(), channel_dim)
         g = grad.to(dt)
         zero = torch.zeros((), dtype=dt, device=x.device)
-        return first, ws, g, [g * sum((ws[u] * H[u][j] for u in range(n) if ws[u] is not None), zero) for j in range(n)]
+        return first, [g * sum((ws[u] * H[u][j] for u in range(n) if ws[u] is not None), zero) for j in range(n)]
+
+    def _compute_tangents(self, ws, dtype, dims, channel_dim):
+        """ws (one per input and param, None: 0) in the compute dtype, params' expanded
+        against the input."""
+        return [None if t is None else (t.to(dtype) if i < self.n_inputs else expand_param(t.to(dtype), dims, channel_dim))
+                for i, t in enumerate(ws)]
 
     def _per_tensor(self, vs, tensors, channel_dim):
         """Values, one per input (its shape and dtype) and param (summed to it)."""
@@ -731,18 +770,34 @@ class Activation:
 
     def double_backward(self, grad, tensors, ggs, constants, channel_dim, rng=None):
         """Gradients of (grad * df/dv for every v) w.r.t. grad and every v, in plain torch."""
-        first, gg, g, contracted = self._second_order(grad, tensors, ggs, constants, channel_dim, rng)
-        grad_g = sum((gg[u] * first[u] for u in range(self.n_tensors) if gg[u] is not None), torch.zeros((), dtype=g.dtype, device=g.device))
+        first, contracted = self._second_order(grad, tensors, ggs, constants, channel_dim, rng)
+        dt = contracted[0].dtype
+        gg = self._compute_tangents(ggs, dt, tensors[0].dim(), channel_dim)
+        grad_g = sum((gg[u] * first[u] for u in range(self.n_tensors) if gg[u] is not None), torch.zeros((), dtype=dt, device=grad.device))
         return [as_tensor(grad_g, tensors[0]).to(grad.dtype)] + self._per_tensor(contracted, tensors, channel_dim)
 
     def backward_jvp(self, grad, tensors, t_grad, ts, constants, channel_dim, rng=None):
         """The forward-mode derivative of (grad * df/dv for every v, params' summed) along the
         tangents t_grad of grad and ts of every v (None: 0), in plain torch."""
-        first, _, g, contracted = self._second_order(grad, tensors, ts, constants, channel_dim, rng)
+        first, contracted = self._second_order(grad, tensors, ts, constants, channel_dim, rng)
         if t_grad is not None:
-            tg = t_grad.to(g.dtype)
+            tg = t_grad.to(contracted[0].dtype)
             contracted = [c + tg * d for c, d in zip(contracted, first)]
         return self._per_tensor(contracted, tensors, channel_dim)
+
+
+def _draws_per_entry() -> bool:
+    """Whether a vmap level that gives each entry its own draws (randomness 'different') is
+    active: then whatever draws a call's values again - its backward, jvp and their
+    derivatives - runs through a Function with a vmap rule (_vmap_drawing_again)."""
+    if not torch._C._are_functorch_transforms_active():
+        return False
+    try:
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+        levels = retrieve_all_functorch_interpreters()
+    except (ImportError, AttributeError):       # (another torch: take the safe route)
+        return True
+    return any(getattr(i, "randomness", lambda: None)() == "different" for i in levels)
 
 
 def _no_forward_ad() -> bool:
@@ -814,16 +869,86 @@ class _Backward(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, *args):
-        return vmap_by_loop(_Backward, info, in_dims, *args)
+        return _vmap_drawing_again(_Backward, info, in_dims, args, in_dims[5:])
 
 
-def vmap_by_loop(function, info, in_dims, *args, seeds=None):
+class _Tangent(torch.autograd.Function):
+    """An op's forward-mode derivative (its jvp) as a function, where the call draws under
+    torch.func's transforms: apply(op, constants, channel_dim, rng, *tensors, *tangents)."""
+
+    @staticmethod
+    def forward(op, constants, channel_dim, rng, *rest):
+        n = op.n_tensors
+        return op.tangent(rest[:n], rest[n:], constants, channel_dim, rng)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        op, constants, channel_dim, rng, *rest = inputs
+        ctx.op, ctx.constants, ctx.channel_dim, ctx.rng = op, constants, channel_dim, rng
+        ctx.has_tangent = [t is not None for t in rest[op.n_tensors:]]
+        ctx.save_for_backward(*rest[: op.n_tensors], *(t for t in rest[op.n_tensors:] if t is not None))
+
+    @staticmethod
+    def backward(ctx, grad):
+        op, saved = ctx.op, iter(ctx.saved_tensors)
+        tensors = [next(saved) for _ in range(op.n_tensors)]
+        ts = [next(saved) if has else None for has in ctx.has_tangent]
+        grads = op.tangent_grads(grad, tensors, ts, ctx.constants, ctx.channel_dim, ctx.rng)
+        return (None, None, None, None, *grads)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return _vmap_drawing_again(_Tangent, info, in_dims, args, in_dims[4: 4 + args[0].n_tensors])
+
+
+class _SecondOrder(torch.autograd.Function):
+    """Activation.second_order as a function, where the call's draws are each vmap entry's:
+    apply(op, constants, channel_dim, rng, grad, *tensors, *ws); its values are not
+    differentiated further."""
+
+    @staticmethod
+    def forward(op, constants, channel_dim, rng, grad, *rest):
+        n = op.n_tensors
+        first, contracted = op.second_order(grad, rest[:n], rest[n:], constants, channel_dim, rng)
+        return (*(as_tensor(v, contracted[0]) for v in first), *contracted)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.name = inputs[0].name
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(f"{ctx.name}: derivatives past the second of a training-mode call that draws random "
+                           "numbers under torch.func.vmap(randomness='different') are not supported")
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return _vmap_drawing_again(_SecondOrder, info, in_dims, args, in_dims[5: 5 + args[0].n_tensors])
+
+
+def _vmap_drawing_again(function, info, in_dims, args, tensor_dims):
+    """vmap rule of a Function computing from an op's call, apply(op, constants, channel_dim,
+    rng, ...): one call per entry; where the call drew each entry's own values (randomness
+    'different', and the call's tensors batched at this level, tensor_dims: not a vmap over
+    the tangents or gradients of one call), with that entry's seed, as the call's vmap rule
+    (Activation.vmap) drew it."""
+    op, rng = args[0], args[3]
+    if rng is None or info.randomness != "different" or all(d is None for d in tensor_dims):
+        return vmap_by_loop(function, info, in_dims, *args)
+    seed, kernels = op.rng(rng, next(a for a in args[4:] if isinstance(a, torch.Tensor)))
+    rngs = [(s, kernels) for s in op.entry_seeds(seed, info.batch_size)]
+    return vmap_by_loop(function, info, in_dims, *args, seeds=rngs, seed_at=3)
+
+
+def vmap_by_loop(function, info, in_dims, *args, seeds=None, seed_at=-1):
     """vmap rule for Functions whose compute is an opaque op: one call per batch entry (with
-    seeds, entry b gets seeds[b] for its last argument, the seed)."""
+    seeds, entry b gets seeds[b] for its argument at seed_at, the seed)."""
     if not info.batch_size:         # no entries: one of zeros for the shapes, none kept
         entry = [a.sum(d) if isinstance(a, torch.Tensor) and d is not None else a      # (zeros, one entry's shape)
                  for a, d in zip(args, in_dims)]
-        out = function.apply(*entry[:-1], None) if seeds is not None else function.apply(*entry)
+        if seeds is not None:
+            entry[seed_at] = None
+        out = function.apply(*entry)
         if isinstance(out, tuple):
             return tuple(o.new_empty((0, *o.shape)) for o in out), tuple(0 for _ in out)
         return out.new_empty((0, *out.shape)), 0
@@ -831,7 +956,7 @@ def vmap_by_loop(function, info, in_dims, *args, seeds=None):
     for b in range(info.batch_size):
         sliced = [a.select(d, b) if isinstance(a, torch.Tensor) and d is not None else a for a, d in zip(args, in_dims)]
         if seeds is not None:
-            sliced[-1] = seeds[b]
+            sliced[seed_at] = seeds[b]
         results.append(function.apply(*sliced))
     if isinstance(results[0], tuple):
         return tuple(torch.stack(r) for r in zip(*results)), tuple(0 for _ in results[0])
