@@ -307,6 +307,58 @@ def rewrite_log_expm1(e):
     return None
 
 
+def _one_minus_exp_of(e):
+    """u where e is log(-expm1(u)) or log1p(-exp(u)) (log(1 - exp(u)), as the rewrites above
+    leave it or as it is written), else None."""
+    if isinstance(e, sympy.log) and isinstance(-e.args[0], expm1):
+        return (-e.args[0]).args[0]
+    if isinstance(e, log1p) and isinstance(-e.args[0], sympy.exp):
+        return (-e.args[0]).args[0]
+    return None
+
+
+class Log1mExp(sympy.Piecewise):
+    """log(1 - exp(u)), u <= 0, as rewrite_log_one_minus_exp computes it: log1p(-exp(u)) for
+    u < -log(2), log(-expm1(u)) above (Maechler's log1mexp).  Its branches are final (the
+    rewrites leave them as they are); its derivative is log(-expm1(u))'s."""
+
+    def written(self) -> sympy.Expr:
+        return self.args[-1].expr
+
+    def _eval_derivative(self, s):
+        return sympy.diff(self.written(), s)
+
+    def _sympystr(self, printer):
+        return printer.doprint(sympy.Piecewise(*self.args))
+
+
+def rewrite_log_one_minus_exp(e):
+    """log(-expm1(u)) (and log1p(-exp(u))) -> Log1mExp(u): -expm1(u) rounds near 1 for u << 0,
+    where its log is about -exp(u) (log(1 - exp(-x)) was 2e-8 off, relative, at x = 20 in
+    float64, and 0 from x = 40), and 1 - exp(u) cancels near u = 0 in log1p's form."""
+    u = _one_minus_exp_of(e)
+    if u is None:
+        return None
+    return Log1mExp((log1p(-sympy.exp(u)), u < -sympy.log(2)), (sympy.log(-expm1(u)), True))
+
+
+def rewrite_constant_over_sum(e):
+    """c + k/D -> c*(D - d)/D for a sum D = d + rest with c*d + k = 0: the pair cancels where
+    rest is small (x - log(1 + x)'s slope 1 - 1/(1 + x) -> x/(1 + x): 668 ULP off at
+    x = 1e-3 in float64, and 0 at 1e-30 in float32)."""
+    if not _is_sum(e):
+        return None
+    numbers, _ = _numbers_and_terms(e)
+    for c in numbers:
+        for term in e.args:
+            k, rest = term.as_coeff_Mul()
+            if isinstance(rest, sympy.Pow) and rest.exp == -1 and _is_sum(rest.base):
+                d, others = rest.base.as_coeff_Add()
+                if d != 0 and c * d + k == 0:
+                    return _replace_pair(e, term, c, c * others / rest.base)
+    return None
+
+
 def rewrite_one_plus_inverse_expm1(e):
     """c + c/expm1(u) -> -c/expm1(-u) (both are c*exp(u)/expm1(u)): the sum cancels for u < 0
     (log(expm1(x))'s derivative 1 + 1/expm1(x) as the rewrite above leaves it)."""
@@ -382,6 +434,12 @@ def _is_sum(e) -> bool:
 def _numbers_and_terms(e):
     numbers = [a for a in e.args if a.is_Number]
     return numbers, [a for a in e.args if not a.is_Number]
+
+
+def _number_in(numbers, v):
+    """The one of numbers equal to the number v by value, else None: a decimal's Float and a
+    fraction are not == in sympy (sigmoid(x) - 0.5 is sigmoid(x) - 1/2)."""
+    return next((n for n in numbers if n == v or n - v == 0), None)
 
 
 def _replace_pair(e, term, other, new):
@@ -466,10 +524,11 @@ def _saturation_rewrite(func, at_plus, at_minus, doc):
             coeff, rest = term.as_coeff_Mul()
             if isinstance(rest, func):
                 u = rest.args[0]
-                if coeff in numbers:
-                    return _replace_pair(e, term, coeff, at_plus(coeff, u))
-                if -coeff in numbers:
-                    return _replace_pair(e, term, -coeff, at_minus(coeff, u))
+                plus, minus = _number_in(numbers, coeff), _number_in(numbers, -coeff)
+                if plus is not None:
+                    return _replace_pair(e, term, plus, at_plus(coeff, u))
+                if minus is not None:
+                    return _replace_pair(e, term, minus, at_minus(coeff, u))
         return None
 
     rewrite.__doc__ = doc
@@ -492,8 +551,9 @@ def rewrite_sigmoid_complement(e):
     numbers, _ = _numbers_and_terms(e)
     for term in e.args:
         coeff, rest = term.as_coeff_Mul()
-        if isinstance(rest, sigmoid) and -coeff in numbers:
-            return _replace_pair(e, term, -coeff, -coeff * sigmoid(-rest.args[0]))
+        c = _number_in(numbers, -coeff) if isinstance(rest, sigmoid) else None
+        if c is not None:
+            return _replace_pair(e, term, c, -coeff * sigmoid(-rest.args[0]))
     return None
 
 
@@ -505,9 +565,9 @@ def rewrite_sigmoid_tanh(e):
     numbers, _ = _numbers_and_terms(e)
     for term in e.args:
         coeff, rest = term.as_coeff_Mul()
-        if isinstance(rest, sigmoid) and -coeff / 2 in numbers:
-            c = -coeff / 2
-            return _replace_pair(e, term, c, -c * sympy.tanh(rest.args[0] / 2))
+        c = _number_in(numbers, -coeff / 2) if isinstance(rest, sigmoid) else None
+        if c is not None:
+            return _replace_pair(e, term, c, coeff / 2 * sympy.tanh(rest.args[0] / 2))
     return None
 
 
@@ -1846,7 +1906,9 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_double_angle,
     rewrite_expm1_complement,
     rewrite_log_expm1,
+    rewrite_log_one_minus_exp,
     rewrite_one_plus_inverse_expm1,
+    rewrite_constant_over_sum,
     rewrite_log_sigmoid,
     rewrite_logsumexp,
     rewrite_log_cosh,
@@ -1877,7 +1939,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
 
 def stabilize(expr: sympy.Basic) -> sympy.Basic:
     """Apply REWRITES bottom-up until nothing changes at each node."""
-    if not expr.args or isinstance(expr, (sympy.Symbol, sympy.Number, ApproximatedNearZero)):
+    if not expr.args or isinstance(expr, (sympy.Symbol, sympy.Number, ApproximatedNearZero, Log1mExp)):
         return expr         # (an approximant's far branch is what was rewritten into it)
     args = tuple(stabilize(a) for a in expr.args)
     if args != expr.args:
@@ -2023,6 +2085,32 @@ def smooth_at_kinks(d: sympy.Expr, kinks: dict) -> sympy.Expr:
                 continue
             d = sympy.Piecewise((left, sympy.Abs(x - x0) <= 0), (d, True))
     return d
+
+
+def _as_asinh(e):
+    """log(m*u + a*sqrt(k*u**2 + c)) with numbers c, k > 0 and |m| = a*sqrt(k) > 0 ->
+    log(a*sqrt(c)) + asinh(u*sqrt(k/c)) (m > 0; minus it for m < 0), else None: asinh written
+    out, whose sum cancels for u < 0 (u > 0 with m < 0), near 0 rounds its log's argument to
+    1 (log(x + sqrt(x**2 + 1)) was 0 at x = 1e-8 in float32), and overflows past 1.7e38."""
+    if not isinstance(e, sympy.log) or not _is_sum(e.args[0]) or len(e.args[0].args) != 2:
+        return None
+    for root, other in (e.args[0].args, reversed(e.args[0].args)):
+        for a, k, u, c in _sqrt_square_plus_all(root):
+            m = sympy.simplify(other / u)
+            if not (a.is_positive and c.is_number and c.is_positive and m.is_number):
+                continue
+            scale = a * sympy.sqrt(k)
+            if sympy.simplify(abs(m) - scale) != 0:
+                continue
+            sign = 1 if m.is_positive else -1
+            return sympy.log(a * sympy.sqrt(c)) + sign * sympy.asinh(u * sympy.sqrt(k / c))
+    return None
+
+
+def recognize_inverse_functions(expr: sympy.Basic) -> sympy.Basic:
+    """Inverse functions written out, as the function (see _as_asinh): before the rewrites,
+    which would take the sum inside the log apart first."""
+    return expr.replace(lambda e: _as_asinh(e) is not None, _as_asinh)
 
 
 def _clean(expr: sympy.Basic) -> sympy.Basic:
@@ -3062,7 +3150,7 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
     variables = inputs + params
 
     expr, draws = replace_draws(spec.expr)
-    expr = stabilize(_clean(expr)) if rewrites else _clean(expr)
+    expr = stabilize(recognize_inverse_functions(_clean(expr))) if rewrites else _clean(expr)
     first = tuple((v.name, differentiate(expr, v, rewrites)) for v in variables)
     d = dict(first)
     second = tuple(

@@ -165,6 +165,37 @@ def test_overflow_and_cancellation_as_written_are_removed(backend, formula, f, d
     _close_to_truth(g, [float(df(v)) for v in vals], ulps=8)
 
 
+_SIGMOID = lambda v: 1 / (1 + mpmath.exp(-v))     # noqa: E731
+
+
+@pytest.mark.parametrize("formula, f, df, xs", [
+    # log1mexp: -expm1(-x) rounds near 1 for large x, 1 - exp(-x) cancels near 0
+    ("log(1 - exp(-x))", lambda v: mpmath.log(-mpmath.expm1(-v)), lambda v: 1 / mpmath.expm1(v),
+     [1e-30, 1e-8, 1e-3, 0.5, 0.69, 0.7, 1.0, 5.0, 10.0, 20.0, 40.0, 80.0, 1e3]),
+    ("log1p(-exp(-x))", lambda v: mpmath.log(-mpmath.expm1(-v)), lambda v: 1 / mpmath.expm1(v),
+     [1e-8, 1e-3, 0.5, 0.7, 5.0, 40.0]),
+    # the slope 1 - 1/(1 + x) cancels near 0: x/(1 + x)
+    ("x - log(1 + x)", lambda v: v - mpmath.log1p(v), lambda v: v / (1 + v),
+     [-0.9, -1e-3, 1e-30, 1e-8, 1e-4, 1e-3, 0.01, 0.3, 1.0, 10.0, 1e6, 1e30]),
+    # asinh written out: cancels for x < 0, rounds to log(1) near 0, overflows far out
+    ("log(x + sqrt(x**2 + 1))", mpmath.asinh, lambda v: 1 / mpmath.sqrt(1 + v * v),
+     [-3e38, -1e20, -5.0, -0.1, -1e-8, 1e-30, 1e-8, 1e-4, 0.1, 3.0, 1e19, 1e20, 3e38]),
+    ("log(sqrt(x**2 + 4) - x)", lambda v: mpmath.log(2) - mpmath.asinh(v / 2), lambda v: -1 / mpmath.sqrt(v * v + 4),
+     [-1e20, -3.0, -1e-8, 0.0, 1e-8, 3.0, 1e20]),
+    # a decimal half: sigmoid(x) - 0.5 is tanh(x/2)/2, as sigmoid(x) - 1/2 is
+    ("sigmoid(x) - 0.5", lambda v: mpmath.tanh(v / 2) / 2, lambda v: _SIGMOID(v) * _SIGMOID(-v),
+     [-100.0, -3.0, -1e-3, 1e-30, 1e-8, 1e-3, 0.1, 3.0, 100.0]),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cancellations_users_write_are_taken_out(backend, formula, f, df, xs, dtype):
+    m = actgen.compile(formula, name="nat")
+    x = torch.tensor(xs, dtype=dtype)
+    y, (g,) = _grad(m.nat, x)
+    vals = [mpmath.mpf(v) for v in x.tolist()]
+    _close_to_truth(y, [float(f(v)) for v in vals])
+    _close_to_truth(g, [float(df(v)) for v in vals])
+
+
 def test_a_term_plus_its_multiple_of_expm1_is_the_exponential(backend):
     """x + x*expm1(x) is x*exp(x), its slope 1 + expm1(x) + x*exp(x) is (1 + x)*exp(x): as
     written x and x*expm1(x) ~ -x cancel for x << 0 (3e5 ULP at x = -45)."""
