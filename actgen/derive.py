@@ -337,7 +337,9 @@ def rewrite_log_one_minus_exp(e):
     where its log is about -exp(u) (log(1 - exp(-x)) was 2e-8 off, relative, at x = 20 in
     float64, and 0 from x = 40), and 1 - exp(u) cancels near u = 0 in log1p's form."""
     u = _one_minus_exp_of(e)
-    if u is None:
+    if u is None or len(u.free_symbols) != 1:
+        # (of one variable only: with a param in u, sympy's own log1p, evaluated at the huge
+        # probes the limits are read off, takes minutes to turn the number into a fraction)
         return None
     return Log1mExp((log1p(-sympy.exp(u)), u < -sympy.log(2)), (sympy.log(-expm1(u)), True))
 

@@ -196,6 +196,19 @@ def test_cancellations_users_write_are_taken_out(backend, formula, f, df, xs, dt
     _close_to_truth(g, [float(df(v)) for v in vals])
 
 
+def test_log_one_minus_exp_with_a_param_compiles_in_its_one_branch_form(backend):
+    """With a param in u, log(1 - exp(u)) keeps log(-expm1(u)) (the two-branch form's probes
+    for limits took sympy minutes, past the compile's time limit): it compiles, and is right
+    where that form is."""
+    m = actgen.compile("log(1 - exp(-a*x))", name="l1me_a", params={"a": 1.5})
+    x = torch.tensor([1e-6, 0.1, 0.5, 1.0, 3.0], dtype=torch.float64)      # (a*x up to 4.5)
+    a = torch.tensor([1.5], dtype=torch.float64)
+    y, (g,) = _grad(lambda t: m.l1me_a(t, a), x)
+    vals = [mpmath.mpf(v) for v in x.tolist()]
+    _close_to_truth(y, [float(mpmath.log(-mpmath.expm1(-1.5 * v))) for v in vals], ulps=64)
+    _close_to_truth(g, [float(1.5 / mpmath.expm1(1.5 * v)) for v in vals])
+
+
 def test_a_term_plus_its_multiple_of_expm1_is_the_exponential(backend):
     """x + x*expm1(x) is x*exp(x), its slope 1 + expm1(x) + x*exp(x) is (1 + x)*exp(x): as
     written x and x*expm1(x) ~ -x cancel for x << 0 (3e5 ULP at x = -45)."""
