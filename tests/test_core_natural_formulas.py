@@ -196,6 +196,20 @@ def test_cancellations_users_write_are_taken_out(backend, formula, f, df, xs, dt
     _close_to_truth(g, [float(df(v)) for v in vals])
 
 
+@pytest.mark.parametrize("a", [2.0, -0.5])
+def test_asinh_written_out_with_a_param_is_asinh(backend, a):
+    """log(a*x + sqrt(a**2*x**2 + 1)) is asinh(a*x) for either sign of a: no cancellation
+    where a*x < 0 or near 0, no overflow far out; its gradients in x and a too."""
+    m = actgen.compile("log(a*x + sqrt(a**2*x**2 + 1))", name="asinh_a", params={"a": 1.0})
+    x = torch.tensor([-1e20, -3.0, -1e-3, -1e-9, 1e-9, 1e-3, 0.5, 3.0, 1e20], dtype=torch.float64)
+    p = torch.tensor([a], dtype=torch.float64)
+    y, (gx, gp) = _grad(m.asinh_a, x, p)
+    vals = [mpmath.mpf(v) for v in x.tolist()]
+    _close_to_truth(y, [float(mpmath.asinh(a * v)) for v in vals])
+    _close_to_truth(gx, [float(a / mpmath.sqrt(1 + (a * v) ** 2)) for v in vals])
+    _close_to_truth(gp, [float(sum(v / mpmath.sqrt(1 + (a * v) ** 2) for v in vals))], ulps=64)
+
+
 def test_log_one_minus_exp_with_a_param_compiles_in_its_one_branch_form(backend):
     """With a param in u, log(1 - exp(u)) keeps log(-expm1(u)) (the two-branch form's probes
     for limits took sympy minutes, past the compile's time limit): it compiles, and is right
