@@ -237,6 +237,41 @@ def test_odd_split_is_a_clear_error():
         ops.swiglu(torch.randn(2, 4), torch.randn(2, 5))
 
 
+def test_a_dim_out_of_range_or_not_an_int_is_a_clear_error():
+    """As torch's dims: out of the input's range an IndexError (it wrapped around to another
+    dim), not an int a TypeError (it failed deep inside); in range, negative or a numpy int,
+    the params go along that dim."""
+    x, w = -torch.ones(2, 3, 4, dtype=torch.float64), torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
+    for cd in (3, 4, -4, -6):
+        with pytest.raises(IndexError, match=f"channel_dim {cd} is out of range for a 3-dim input"):
+            ops.prelu(x, w, channel_dim=cd)
+    for cd in (1.0, None, True, "1"):
+        with pytest.raises(TypeError, match="channel_dim must be an int"):
+            ops.prelu(x, w, channel_dim=cd)
+    import numpy as np
+    for cd in (1, -2, np.int64(1)):
+        torch.testing.assert_close(ops.prelu(x, w, channel_dim=cd), F.prelu(x, w))
+    with pytest.raises(IndexError, match="dim 3 is out of range for a 2-dim input"):
+        ops.SwiGLU(dim=3)(torch.randn(3, 4))
+    with pytest.raises(TypeError, match="channel_dim must be an int"):
+        ops.PReLU(3, 0.1)                   # torch's PReLU(num_parameters, init) positionally
+
+
+def test_drop_in_constructors_refuse_what_they_would_misread():
+    """GELU('tanh') (torch's approximate form) is an error, not the exact GELU with inplace
+    'tanh'; torch's factory keywords make the params in that dtype and on that device."""
+    with pytest.raises(TypeError, match="inplace must be True or False, got 'tanh'"):
+        ops.GELU("tanh")
+    x = torch.linspace(-3, 3, 7)
+    torch.testing.assert_close(ops.GELU(True)(x), F.gelu(x))
+    torch.testing.assert_close(ops.GELUTanh()(x), F.gelu(x, approximate="tanh"))
+    m = ops.PReLU(num_parameters=3, init=0.1, device="cpu", dtype=torch.float64)
+    ref = torch.nn.PReLU(num_parameters=3, init=0.1, device="cpu", dtype=torch.float64)
+    assert m.weight.dtype == torch.float64 and torch.equal(m.weight, ref.weight)
+    xd = torch.randn(2, 3, 5, dtype=torch.float64)
+    torch.testing.assert_close(m(xd), ref(xd))
+
+
 # --- the kernels' own contract ---------------------------------------------------------
 
 

@@ -559,6 +559,8 @@ def _module_class(w: Writer, d: Derivation):
     single = s.params[0] if len(s.params) == 1 else None
     if single is not None:
         keywords.append("init=None")                    # torch.nn.PReLU's spelling
+    if s.params:
+        keywords += ["device=None", "dtype=None"]       # torch's factory keywords
     sig = ", ".join(["self", *head] + (["*", *keywords] if keywords else []))
     with w.indent(f"class {cls}(torch.nn.Module):"):
         doc = [s.doc.strip() or f"The {s.name} activation.", "", f"f = {' '.join(s.formula.split())}"]
@@ -580,13 +582,20 @@ def _module_class(w: Writer, d: Derivation):
             if s.per_channel and not s.gated:
                 with w.indent("if num_parameters is not None:"):
                     w("num_channels = num_parameters")
+            if s.per_channel:
+                w(f"channel_dim = _rt.dim_index(channel_dim, {cls!r}, 'channel_dim')")
+            if s.gated:
+                w(f"dim = _rt.dim_index(dim, {cls!r}, 'dim')")
+            if inplace:
+                with w.indent("if not isinstance(inplace, (bool, int)):"):
+                    w(f"raise TypeError(f\"{cls}: inplace must be True or False, got {{inplace!r}}\")")
             for n in dict.fromkeys([h.split("=")[0] for h in head] + [c.name for c in s.constants]):
                 w(f"self.{n} = {n}")
             if single is not None:
                 w(f"self.init = {single.init!r} if init is None else float(init)")
             for p in s.params:
                 size = "num_channels" if p.per_channel else "1"
-                w(f"self.{p.name} = torch.nn.Parameter(torch.empty({size}))")
+                w(f"self.{p.name} = torch.nn.Parameter(torch.empty({size}, device=device, dtype=dtype))")
             if s.params:
                 w("self.reset_parameters()")
         w()

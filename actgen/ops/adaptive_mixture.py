@@ -294,11 +294,11 @@ class AdaptiveMixture(torch.nn.Module):
 
     f = (exp(w0) * Max(x, 0) + exp(w1) * tanh(x) + exp(w2) * x) / (exp(w0) + exp(w1) + exp(w2))"""
 
-    def __init__(self):
+    def __init__(self, *, device=None, dtype=None):
         super().__init__()
-        self.w0 = torch.nn.Parameter(torch.empty(1))
-        self.w1 = torch.nn.Parameter(torch.empty(1))
-        self.w2 = torch.nn.Parameter(torch.empty(1))
+        self.w0 = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
+        self.w1 = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
+        self.w2 = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
         self.reset_parameters()
 
     def reset_parameters(self):

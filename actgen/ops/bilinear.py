@@ -166,6 +166,7 @@ class Bilinear(torch.nn.Module):
 
     def __init__(self, dim=-1):
         super().__init__()
+        dim = _rt.dim_index(dim, 'Bilinear', 'dim')
         self.dim = dim
 
     def forward(self, input):

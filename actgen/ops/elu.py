@@ -187,6 +187,8 @@ class ELU(torch.nn.Module):
 
     def __init__(self, alpha=1.0, inplace=False):
         super().__init__()
+        if not isinstance(inplace, (bool, int)):
+            raise TypeError(f"ELU: inplace must be True or False, got {inplace!r}")
         self.alpha = alpha
         self.inplace = inplace
 

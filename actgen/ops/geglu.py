@@ -201,6 +201,7 @@ class GEGLU(torch.nn.Module):
 
     def __init__(self, dim=-1):
         super().__init__()
+        dim = _rt.dim_index(dim, 'GEGLU', 'dim')
         self.dim = dim
 
     def forward(self, input):

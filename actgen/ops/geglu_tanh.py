@@ -231,6 +231,7 @@ class GEGLUTanh(torch.nn.Module):
 
     def __init__(self, dim=-1):
         super().__init__()
+        dim = _rt.dim_index(dim, 'GEGLUTanh', 'dim')
         self.dim = dim
 
     def forward(self, input):

@@ -173,6 +173,7 @@ class GLU(torch.nn.Module):
 
     def __init__(self, dim=-1):
         super().__init__()
+        dim = _rt.dim_index(dim, 'GLU', 'dim')
         self.dim = dim
 
     def forward(self, input):

@@ -171,6 +171,8 @@ class GoLU(torch.nn.Module):
 
     def __init__(self, inplace=False):
         super().__init__()
+        if not isinstance(inplace, (bool, int)):
+            raise TypeError(f"GoLU: inplace must be True or False, got {inplace!r}")
         self.inplace = inplace
 
     def forward(self, x):

@@ -161,6 +161,8 @@ class Hardshrink(torch.nn.Module):
 
     def __init__(self, lambd=0.5, inplace=False):
         super().__init__()
+        if not isinstance(inplace, (bool, int)):
+            raise TypeError(f"Hardshrink: inplace must be True or False, got {inplace!r}")
         self.lambd = lambd
         self.inplace = inplace
 

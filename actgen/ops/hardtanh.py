@@ -163,6 +163,8 @@ class Hardtanh(torch.nn.Module):
 
     def __init__(self, min_val=-1.0, max_val=1.0, inplace=False):
         super().__init__()
+        if not isinstance(inplace, (bool, int)):
+            raise TypeError(f"Hardtanh: inplace must be True or False, got {inplace!r}")
         self.min_val = min_val
         self.max_val = max_val
         self.inplace = inplace

@@ -172,6 +172,8 @@ class Laplace(torch.nn.Module):
 
     def __init__(self, mu=0.7071067811865476, sigma=0.28209479177387814, inplace=False):
         super().__init__()
+        if not isinstance(inplace, (bool, int)):
+            raise TypeError(f"Laplace: inplace must be True or False, got {inplace!r}")
         self.mu = mu
         self.sigma = sigma
         self.inplace = inplace

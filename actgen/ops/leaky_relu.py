@@ -187,6 +187,8 @@ class LeakyReLU(torch.nn.Module):
 
     def __init__(self, negative_slope=0.01, inplace=False):
         super().__init__()
+        if not isinstance(inplace, (bool, int)):
+            raise TypeError(f"LeakyReLU: inplace must be True or False, got {inplace!r}")
         self.negative_slope = negative_slope
         self.inplace = inplace
 

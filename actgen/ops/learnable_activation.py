@@ -202,15 +202,16 @@ class LearnableActivation(torch.nn.Module):
     f = scale * where(x > 0, x, alpha * x) + shift
     num_parameters is accepted for num_channels, as torch.nn.PReLU spells it."""
 
-    def __init__(self, num_channels=1, channel_dim=1, *, num_parameters=None):
+    def __init__(self, num_channels=1, channel_dim=1, *, num_parameters=None, device=None, dtype=None):
         super().__init__()
         if num_parameters is not None:
             num_channels = num_parameters
+        channel_dim = _rt.dim_index(channel_dim, 'LearnableActivation', 'channel_dim')
         self.num_channels = num_channels
         self.channel_dim = channel_dim
-        self.alpha = torch.nn.Parameter(torch.empty(num_channels))
-        self.scale = torch.nn.Parameter(torch.empty(num_channels))
-        self.shift = torch.nn.Parameter(torch.empty(1))
+        self.alpha = torch.nn.Parameter(torch.empty(num_channels, device=device, dtype=dtype))
+        self.scale = torch.nn.Parameter(torch.empty(num_channels, device=device, dtype=dtype))
+        self.shift = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
         self.reset_parameters()
 
     def reset_parameters(self):

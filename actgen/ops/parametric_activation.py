@@ -177,14 +177,15 @@ class ParametricActivation(torch.nn.Module):
     num_parameters is accepted for num_channels, as torch.nn.PReLU spells it.
     init overrides the initial value of alpha (0.25)."""
 
-    def __init__(self, num_channels=1, channel_dim=1, *, num_parameters=None, init=None):
+    def __init__(self, num_channels=1, channel_dim=1, *, num_parameters=None, init=None, device=None, dtype=None):
         super().__init__()
         if num_parameters is not None:
             num_channels = num_parameters
+        channel_dim = _rt.dim_index(channel_dim, 'ParametricActivation', 'channel_dim')
         self.num_channels = num_channels
         self.channel_dim = channel_dim
         self.init = 0.25 if init is None else float(init)
-        self.alpha = torch.nn.Parameter(torch.empty(num_channels))
+        self.alpha = torch.nn.Parameter(torch.empty(num_channels, device=device, dtype=dtype))
         self.reset_parameters()
 
     def reset_parameters(self):

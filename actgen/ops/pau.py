@@ -614,18 +614,18 @@ class PAU(torch.nn.Module):
 
     f = (a0 + a1 * x + a2 * x**2 + a3 * x**3 + a4 * x**4 + a5 * x**5) / (1 + abs(b1 * x) + abs(b2 * x**2) + abs(b3 * x**3) + abs(b4 * x**4))"""
 
-    def __init__(self):
+    def __init__(self, *, device=None, dtype=None):
         super().__init__()
-        self.a0 = torch.nn.Parameter(torch.empty(1))
-        self.a1 = torch.nn.Parameter(torch.empty(1))
-        self.a2 = torch.nn.Parameter(torch.empty(1))
-        self.a3 = torch.nn.Parameter(torch.empty(1))
-        self.a4 = torch.nn.Parameter(torch.empty(1))
-        self.a5 = torch.nn.Parameter(torch.empty(1))
-        self.b1 = torch.nn.Parameter(torch.empty(1))
-        self.b2 = torch.nn.Parameter(torch.empty(1))
-        self.b3 = torch.nn.Parameter(torch.empty(1))
-        self.b4 = torch.nn.Parameter(torch.empty(1))
+        self.a0 = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
+        self.a1 = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
+        self.a2 = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
+        self.a3 = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
+        self.a4 = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
+        self.a5 = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
+        self.b1 = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
+        self.b2 = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
+        self.b3 = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
+        self.b4 = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
         self.reset_parameters()
 
     def reset_parameters(self):

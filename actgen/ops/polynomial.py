@@ -222,12 +222,12 @@ class Polynomial(torch.nn.Module):
 
     f = a0 + a1 * x + a2 * x**2 + a3 * x**3"""
 
-    def __init__(self):
+    def __init__(self, *, device=None, dtype=None):
         super().__init__()
-        self.a0 = torch.nn.Parameter(torch.empty(1))
-        self.a1 = torch.nn.Parameter(torch.empty(1))
-        self.a2 = torch.nn.Parameter(torch.empty(1))
-        self.a3 = torch.nn.Parameter(torch.empty(1))
+        self.a0 = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
+        self.a1 = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
+        self.a2 = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
+        self.a3 = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
         self.reset_parameters()
 
     def reset_parameters(self):

@@ -178,6 +178,8 @@ class QuickGELU(torch.nn.Module):
 
     def __init__(self, inplace=False):
         super().__init__()
+        if not isinstance(inplace, (bool, int)):
+            raise TypeError(f"QuickGELU: inplace must be True or False, got {inplace!r}")
         self.inplace = inplace
 
     def forward(self, x):

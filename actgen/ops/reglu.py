@@ -197,6 +197,7 @@ class ReGLU(torch.nn.Module):
 
     def __init__(self, dim=-1):
         super().__init__()
+        dim = _rt.dim_index(dim, 'ReGLU', 'dim')
         self.dim = dim
 
     def forward(self, input):

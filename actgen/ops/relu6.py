@@ -157,6 +157,8 @@ class ReLU6(torch.nn.Module):
 
     def __init__(self, inplace=False):
         super().__init__()
+        if not isinstance(inplace, (bool, int)):
+            raise TypeError(f"ReLU6: inplace must be True or False, got {inplace!r}")
         self.inplace = inplace
 
     def forward(self, x):

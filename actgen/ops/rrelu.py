@@ -176,6 +176,8 @@ class RReLU(torch.nn.Module):
 
     def __init__(self, lower=0.125, upper=0.3333333333333333, inplace=False):
         super().__init__()
+        if not isinstance(inplace, (bool, int)):
+            raise TypeError(f"RReLU: inplace must be True or False, got {inplace!r}")
         self.lower = lower
         self.upper = upper
         self.inplace = inplace

@@ -166,6 +166,8 @@ class ScaledActivation(torch.nn.Module):
 
     def __init__(self, scale=1.0, shift=0.0, inplace=False):
         super().__init__()
+        if not isinstance(inplace, (bool, int)):
+            raise TypeError(f"ScaledActivation: inplace must be True or False, got {inplace!r}")
         self.scale = scale
         self.shift = shift
         self.inplace = inplace

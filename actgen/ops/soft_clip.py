@@ -172,6 +172,8 @@ class SoftClip(torch.nn.Module):
 
     def __init__(self, scale=1.0, inplace=False):
         super().__init__()
+        if not isinstance(inplace, (bool, int)):
+            raise TypeError(f"SoftClip: inplace must be True or False, got {inplace!r}")
         self.scale = scale
         self.inplace = inplace
 

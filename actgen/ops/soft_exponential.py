@@ -272,10 +272,10 @@ class SoftExponential(torch.nn.Module):
     f = Piecewise((-log(1 - alpha * (x + alpha)) / alpha, alpha < 0), ((exp(alpha * x) - 1) / alpha + alpha, alpha > 0), (x + alpha * (1 + x**2 / 2), True))
     init overrides the initial value of alpha (0.0)."""
 
-    def __init__(self, *, init=None):
+    def __init__(self, *, init=None, device=None, dtype=None):
         super().__init__()
         self.init = 0.0 if init is None else float(init)
-        self.alpha = torch.nn.Parameter(torch.empty(1))
+        self.alpha = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
         self.reset_parameters()
 
     def reset_parameters(self):

@@ -196,6 +196,8 @@ class Softplus(torch.nn.Module):
 
     def __init__(self, beta=1.0, threshold=20.0, inplace=False):
         super().__init__()
+        if not isinstance(inplace, (bool, int)):
+            raise TypeError(f"Softplus: inplace must be True or False, got {inplace!r}")
         self.beta = beta
         self.threshold = threshold
         self.inplace = inplace

@@ -164,6 +164,8 @@ class Softshrink(torch.nn.Module):
 
     def __init__(self, lambd=0.5, inplace=False):
         super().__init__()
+        if not isinstance(inplace, (bool, int)):
+            raise TypeError(f"Softshrink: inplace must be True or False, got {inplace!r}")
         self.lambd = lambd
         self.inplace = inplace
 

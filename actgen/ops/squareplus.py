@@ -186,6 +186,8 @@ class Squareplus(torch.nn.Module):
 
     def __init__(self, b=4.0, inplace=False):
         super().__init__()
+        if not isinstance(inplace, (bool, int)):
+            raise TypeError(f"Squareplus: inplace must be True or False, got {inplace!r}")
         self.b = b
         self.inplace = inplace
 

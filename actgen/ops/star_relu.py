@@ -187,10 +187,10 @@ class StarReLU(torch.nn.Module):
 
     f = scale * Max(x, 0)**2 + bias"""
 
-    def __init__(self):
+    def __init__(self, *, device=None, dtype=None):
         super().__init__()
-        self.scale = torch.nn.Parameter(torch.empty(1))
-        self.bias = torch.nn.Parameter(torch.empty(1))
+        self.scale = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
+        self.bias = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
         self.reset_parameters()
 
     def reset_parameters(self):

@@ -203,6 +203,7 @@ class SwiGLU(torch.nn.Module):
 
     def __init__(self, dim=-1):
         super().__init__()
+        dim = _rt.dim_index(dim, 'SwiGLU', 'dim')
         self.dim = dim
 
     def forward(self, input):

@@ -221,10 +221,10 @@ class Swish(torch.nn.Module):
     f = x * sigmoid(beta * x)
     init overrides the initial value of beta (1.0)."""
 
-    def __init__(self, *, init=None):
+    def __init__(self, *, init=None, device=None, dtype=None):
         super().__init__()
         self.init = 1.0 if init is None else float(init)
-        self.beta = torch.nn.Parameter(torch.empty(1))
+        self.beta = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
         self.reset_parameters()
 
     def reset_parameters(self):

@@ -166,6 +166,8 @@ class Tanhshrink(torch.nn.Module):
 
     def __init__(self, inplace=False):
         super().__init__()
+        if not isinstance(inplace, (bool, int)):
+            raise TypeError(f"Tanhshrink: inplace must be True or False, got {inplace!r}")
         self.inplace = inplace
 
     def forward(self, x):

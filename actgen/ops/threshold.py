@@ -163,6 +163,8 @@ class Threshold(torch.nn.Module):
 
     def __init__(self, threshold=0.0, value=0.0, inplace=False):
         super().__init__()
+        if not isinstance(inplace, (bool, int)):
+            raise TypeError(f"Threshold: inplace must be True or False, got {inplace!r}")
         self.threshold = threshold
         self.value = value
         self.inplace = inplace

@@ -209,12 +209,12 @@ class XIELU(torch.nn.Module):
 
     f = where(x > 0, softplus(alpha_p) * x**2 + beta * x, (beta + softplus(alpha_n)) * (expm1(Min(x, eps)) - x) + beta * x)"""
 
-    def __init__(self, beta=0.5, eps=-1e-06):
+    def __init__(self, beta=0.5, eps=-1e-06, *, device=None, dtype=None):
         super().__init__()
         self.beta = beta
         self.eps = eps
-        self.alpha_p = torch.nn.Parameter(torch.empty(1))
-        self.alpha_n = torch.nn.Parameter(torch.empty(1))
+        self.alpha_p = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
+        self.alpha_n = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))
         self.reset_parameters()
 
     def reset_parameters(self):

@@ -20,6 +20,7 @@ draws again (_Backward, _Tangent, _SecondOrder) splits the seed alike in its vma
 from __future__ import annotations
 
 import math
+import operator
 from typing import Callable, Sequence
 
 import torch
@@ -39,6 +40,16 @@ def _load_launch():
 
 #: Seeds are in [0, SEED_BOUND - draws): the key seed + k of every draw k fits in an int32.
 SEED_BOUND = 2**31
+
+
+def _index(v, name: str, what: str) -> int:
+    """v as an int (a dim), or a TypeError that says so (a bool is not one)."""
+    try:
+        if isinstance(v, bool):
+            raise TypeError
+        return operator.index(v)
+    except TypeError:
+        raise TypeError(f"{name}: {what} must be an int, got {v!r}") from None
 
 
 def compute_dtype(dtype: torch.dtype, wide: bool = False) -> torch.dtype:
@@ -171,6 +182,7 @@ class Activation:
             p if isinstance(p, torch.Tensor) else torch.tensor([float(p)], dtype=compute_dtype(x.dtype), device=x.device)
             for p in params
         )
+        channel_dim = _index(channel_dim, self.name, "channel_dim")
         channels = 1
         for name, p, pc in zip(self.param_names, params, self.per_channel):
             if p.dim() != 1:
@@ -181,6 +193,9 @@ class Activation:
                 raise ValueError(f"{self.name}: param '{name}' is shared and must have shape (1,), got {tuple(p.shape)}")
             if x.dim() < 2:
                 raise ValueError(f"{self.name}: param '{name}' has {p.numel()} channels but the input has {x.dim()} dims (no channel dim); use a (1,) param")
+            if not -x.dim() <= channel_dim < x.dim():
+                raise IndexError(f"{self.name}: channel_dim {channel_dim} is out of range for a {x.dim()}-dim input "
+                                 f"(expected in [{-x.dim()}, {x.dim() - 1}])")
             cd = channel_dim % x.dim()
             if x.shape[cd] != p.numel():
                 raise ValueError(f"{self.name}: channel-count mismatch: param '{name}' has {p.numel()} channels but the input has {x.shape[cd]} along dim {channel_dim}")
