@@ -788,21 +788,34 @@ def rewrite_common_denominator(e):
     return None
 
 
-def _sqrt_square_plus_all(term) -> list:
+def _sqrt_square_plus_all(term, products: bool = False) -> list:
     """a*sqrt(k*u**2 + c) with numbers a, k > 0 and c free of u -> every (a, k, u, c) it is
-    (sqrt(x**2 + b**2) is both u = x, c = b**2 and u = b, c = x**2)."""
+    (sqrt(x**2 + b**2) is both u = x, c = b**2 and u = b, c = x**2).  With `products`, also
+    where the square is a product of even powers (a**2*x**2: u = a*x)."""
     a, rest = term.as_coeff_Mul()
     if not (isinstance(rest, sympy.Pow) and rest.exp == sympy.S.Half and isinstance(rest.base, sympy.Add)):
         return []
     found = []
     for square_term in rest.base.args:
         k, square = square_term.as_coeff_Mul()
-        if k.is_positive and isinstance(square, sympy.Pow) and square.exp == 2 and square.base.free_symbols:
-            u = square.base
+        u = _square_root_of(square, products)
+        if k.is_positive and u is not None:
             c = rest.base - square_term
             if c != 0 and not (c.free_symbols & u.free_symbols):
                 found.append((a, k, u, c))
     return found
+
+
+def _square_root_of(square, products: bool):
+    """u where square is u**2 (u not a number), or with `products` a product of even powers;
+    else None."""
+    if isinstance(square, sympy.Pow) and square.exp == 2 and square.base.free_symbols:
+        return square.base
+    if products and isinstance(square, sympy.Mul):
+        powers = square.as_powers_dict()
+        if all(n.is_Integer and n % 2 == 0 for n in powers.values()):
+            return sympy.Mul(*(b ** (n // 2) for b, n in powers.items()))
+    return None
 
 
 def _sqrt_square_plus(term, prefer=()):
@@ -2097,7 +2110,7 @@ def _as_asinh(e):
     if not isinstance(e, sympy.log) or not _is_sum(e.args[0]) or len(e.args[0].args) != 2:
         return None
     for root, other in (e.args[0].args, reversed(e.args[0].args)):
-        for a, k, u, c in _sqrt_square_plus_all(root) + _sqrt_product_square_plus(root):
+        for a, k, u, c in _sqrt_square_plus_all(root, products=True):
             m = sympy.simplify(other / u)
             if not (a.is_positive and c.is_number and c.is_positive and m.is_number):
                 continue
@@ -2107,24 +2120,6 @@ def _as_asinh(e):
             sign = 1 if m.is_positive else -1
             return sympy.log(a * sympy.sqrt(c)) + sign * sympy.asinh(u * sympy.sqrt(k / c))
     return None
-
-
-def _sqrt_product_square_plus(term) -> list:
-    """_sqrt_square_plus_all's (a, k, u, c) where the square is a product of even powers
-    (a**2*x**2: u = a*x), which it does not take."""
-    a, rest = term.as_coeff_Mul()
-    if not (isinstance(rest, sympy.Pow) and rest.exp == sympy.S.Half and isinstance(rest.base, sympy.Add)):
-        return []
-    found = []
-    for square_term in rest.base.args:
-        k, square = square_term.as_coeff_Mul()
-        powers = square.as_powers_dict() if isinstance(square, sympy.Mul) else {}
-        if k.is_positive and powers and all(n.is_Integer and n % 2 == 0 for n in powers.values()):
-            u = sympy.Mul(*(b ** (n // 2) for b, n in powers.items()))
-            c = rest.base - square_term
-            if c != 0 and not (c.free_symbols & u.free_symbols):
-                found.append((a, k, u, c))
-    return found
 
 
 def recognize_inverse_functions(expr: sympy.Basic) -> sympy.Basic:
