@@ -6,7 +6,7 @@ import math
 import torch
 
 from .backend import HAS_TRITON, get_backend, set_backend, use_backend
-from .activation import Activation, _index as dim_index, as_tensor, vmap_by_loop
+from .activation import Activation, as_tensor, dim_index, vmap_by_loop
 from .workspace import WORKSPACE
 
 
@@ -323,9 +323,7 @@ def split_halves(t: torch.Tensor, dim: int, name: str):
     """Split a gated module's input into two halves along dim (first half first, as nn.GLU)."""
     if t.dim() == 0:
         raise ValueError(f"{name}: cannot split a 0-dim tensor")
-    dim = dim_index(dim, name, "dim")
-    if not -t.dim() <= dim < t.dim():
-        raise IndexError(f"{name}: dim {dim} is out of range for a {t.dim()}-dim input (expected in [{-t.dim()}, {t.dim() - 1}])")
+    dim = dim_index(dim, name, "dim", t.dim())
     size = t.shape[dim]
     if size % 2:
         raise ValueError(f"{name}: the input's size {size} along dim {dim} is odd; it must split into two equal halves")

@@ -42,14 +42,18 @@ def _load_launch():
 SEED_BOUND = 2**31
 
 
-def _index(v, name: str, what: str) -> int:
-    """v as an int (a dim), or a TypeError that says so (a bool is not one)."""
+def dim_index(v, name: str, what: str, ndim: int | None = None) -> int:
+    """v as an int (a dim), or a TypeError that says so (a bool is not one); with ndim, an
+    IndexError where it is out of a tensor of ndim dims' range, as torch's dims."""
     try:
         if isinstance(v, bool):
             raise TypeError
-        return operator.index(v)
+        v = operator.index(v)
     except TypeError:
         raise TypeError(f"{name}: {what} must be an int, got {v!r}") from None
+    if ndim is not None and not -ndim <= v < ndim:
+        raise IndexError(f"{name}: {what} {v} is out of range for a {ndim}-dim input (expected in [{-ndim}, {ndim - 1}])")
+    return v
 
 
 def compute_dtype(dtype: torch.dtype, wide: bool = False) -> torch.dtype:
@@ -182,7 +186,7 @@ class Activation:
             p if isinstance(p, torch.Tensor) else torch.tensor([float(p)], dtype=compute_dtype(x.dtype), device=x.device)
             for p in params
         )
-        channel_dim = _index(channel_dim, self.name, "channel_dim")
+        channel_dim = dim_index(channel_dim, self.name, "channel_dim")
         channels = 1
         for name, p, pc in zip(self.param_names, params, self.per_channel):
             if p.dim() != 1:
@@ -193,10 +197,7 @@ class Activation:
                 raise ValueError(f"{self.name}: param '{name}' is shared and must have shape (1,), got {tuple(p.shape)}")
             if x.dim() < 2:
                 raise ValueError(f"{self.name}: param '{name}' has {p.numel()} channels but the input has {x.dim()} dims (no channel dim); use a (1,) param")
-            if not -x.dim() <= channel_dim < x.dim():
-                raise IndexError(f"{self.name}: channel_dim {channel_dim} is out of range for a {x.dim()}-dim input "
-                                 f"(expected in [{-x.dim()}, {x.dim() - 1}])")
-            cd = channel_dim % x.dim()
+            cd = dim_index(channel_dim, self.name, "channel_dim", x.dim()) % x.dim()
             if x.shape[cd] != p.numel():
                 raise ValueError(f"{self.name}: channel-count mismatch: param '{name}' has {p.numel()} channels but the input has {x.shape[cd]} along dim {channel_dim}")
             if channels not in (1, p.numel()):
@@ -726,12 +727,9 @@ class Activation:
                                 self.rng(rng, x), self.float64_backward)
         derivs = self.derivatives_torch(*args)
         out = torch.zeros(x.shape, dtype=args[0].dtype, device=x.device)
-        for i, t in enumerate(ts):
-            if t is None:
-                continue
-            if i >= self.n_inputs:
-                t = expand_param(t.to(out.dtype), x.dim(), channel_dim)
-            out = out + derivs[i] * t
+        for d, t in zip(derivs, self._compute_tangents(ts, out.dtype, x.dim(), channel_dim)):
+            if t is not None:
+                out = out + d * t
         return out.to(x.dtype)
 
     def tangent_grads(self, grad, tensors, ts, constants, channel_dim, rng=None):
