@@ -115,6 +115,68 @@ def test_prelu_module_matches_torch_prelu_channels_first_and_last(backend):
     torch.testing.assert_close(one(torch.tensor([-2.0, 3.0])), torch.tensor([-0.5, 3.0]))
 
 
+def _grads(y, tensors, g):
+    return torch.autograd.grad(y, tensors, g)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "batch_moved"])
+def test_outputs_and_gradients_keep_the_inputs_memory_layout(layout, backend):
+    """A dense input in another order than the logical one (channels_last, x.t(), a batch dim
+    moved to the front as vmap does) gives an output, and input gradients, of its strides,
+    as torch's own ops do; the values are torch's (per-channel params on the channel dim
+    whichever it is in memory)."""
+    base = torch.randn(3, 8, 5, 6)
+    x = {"channels_last": base.to(memory_format=torch.channels_last),
+         "transposed": base.reshape(24, 30).t(),
+         "batch_moved": base.movedim(2, 0)}[layout]
+    assert not x.is_contiguous()
+    x.requires_grad_()
+    g = torch.randn_like(x)             # (the same strides as x: empty_like keeps them)
+    for ours, theirs in ((ops.mish, F.mish), (ops.gelu_tanh, lambda t: F.gelu(t, approximate="tanh"))):
+        y = ours(x)
+        assert y.stride() == x.stride()
+        torch.testing.assert_close(y, theirs(x))
+        gx, = _grads(y, x, g)
+        assert gx.stride() == x.stride()
+        torch.testing.assert_close(gx, _grads(theirs(x), x, g)[0])
+    C = x.shape[1]
+    w = torch.linspace(-0.5, 0.9, C).requires_grad_()
+    y = ops.prelu(x, w, channel_dim=1)
+    assert y.stride() == x.stride()
+    r = F.prelu(x, w)                   # (torch's channel dim is dim 1 too)
+    torch.testing.assert_close(y, r)
+    gx, gw = _grads(y, (x, w), g)
+    rx, rw = _grads(r, (x, w), g)
+    assert gx.stride() == x.stride()
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)
+
+
+def test_gaps_and_mixed_layouts_are_computed_on_contiguous_copies(backend):
+    """Inputs that are not dense (a slice with a step), or two inputs of different layouts,
+    give a contiguous output of the right values."""
+    x = torch.randn(6, 20)[:, ::2]
+    y = ops.silu(x)
+    assert y.is_contiguous()
+    torch.testing.assert_close(y, F.silu(x))
+    a = torch.randn(4, 6, 5, 5).to(memory_format=torch.channels_last)
+    b = torch.randn(4, 6, 5, 5)
+    y = ops.swiglu(a, b)
+    assert y.is_contiguous()
+    torch.testing.assert_close(y, F.silu(a) * b)
+
+
+def test_the_custom_ops_fake_outputs_have_the_real_ones_layout():
+    """Under torch.compile the ops' fake implementations stand in for the real ones: their
+    outputs' strides must be the real ones' (torch.library.opcheck compares them)."""
+    from actgen.ops.prelu import _OP
+    x = torch.randn(2, 8, 3, 4).to(memory_format=torch.channels_last)
+    w = torch.rand(8)
+    g = torch.randn_like(x)
+    torch.library.opcheck(_OP.fwd_op, ([x], [w], [], 1, None), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(_OP.bwd_op, (g, [x], [w], [], 1, [True, True], None), test_utils=("test_schema", "test_faketensor"))
+
+
 @pytest.mark.parametrize("kind", ["sum", "transposed", "sliced"])
 def test_backward_accepts_any_grad_output_layout(kind, backend):
     x = torch.randn(33, 40, dtype=torch.float64)

@@ -96,6 +96,26 @@ def _output(y, inputs, borrowed: bool = False) -> torch.Tensor:
     return y.contiguous()
 
 
+def memory_order(inputs) -> tuple[int, ...] | None:
+    """The dims of the inputs from outermost to innermost in memory, where they are laid out
+    densely in another order than the logical one (channels_last, a transposed matrix, a
+    batch dim moved to the front) and all alike; else None (contiguous, or gaps or mixed
+    layouts: computed on contiguous copies).  The ops run on the views in memory order, so
+    their outputs keep the inputs' layout, as torch's elementwise ops do, with no copy."""
+    x = inputs[0]
+    if x.dim() < 2 or x.is_contiguous():
+        return None
+    strides = x.stride()
+    order = tuple(sorted(range(x.dim()), key=lambda d: (-strides[d], d)))
+    if not all(t.permute(order).is_contiguous() for t in inputs):
+        return None
+    return order
+
+
+def inverse_order(order) -> tuple[int, ...]:
+    return tuple(sorted(range(len(order)), key=order.__getitem__))
+
+
 def as_tensor(v, like: torch.Tensor) -> torch.Tensor:
     """Generated expressions can fold to a number (d/dx of 2*x); give it the input's shape."""
     if isinstance(v, torch.Tensor):
@@ -302,7 +322,16 @@ class Activation:
         return wide and (dtype.itemsize > 2 or self.float64_16bit)
 
     # rng: see "random draws" above (a seed alone is accepted too)
+    def _order(self, inputs):
+        """memory_order of the inputs, for an op without draws (an op with draws draws them
+        in the logical order, which its derivatives draw again)."""
+        return None if self.n_draws else memory_order(inputs)
+
     def forward_impl(self, inputs, params, constants, channel_dim, rng=None):
+        order = self._order(inputs)
+        if order is not None:       # (the views in memory order are contiguous)
+            y = self.forward_impl([t.permute(order) for t in inputs], params, constants, order.index(channel_dim), rng)
+            return y.permute(inverse_order(order))
         x = inputs[0]
         rng = self.rng(rng, x)
         if self._on_kernels(x, self.forward_kernel, rng):
@@ -314,6 +343,12 @@ class Activation:
         return _output(self.forward_torch(*args), inputs)
 
     def backward_impl(self, grad, inputs, params, constants, channel_dim, needs, rng=None):
+        order = self._order(inputs)
+        if order is not None:
+            grads = self.backward_impl(grad.permute(order), [t.permute(order) for t in inputs], params, constants,
+                                       order.index(channel_dim), needs, rng)
+            back = inverse_order(order)
+            return [g.permute(back) for g in grads[: self.n_inputs]] + list(grads[self.n_inputs:])
         x = inputs[0]
         rng = self.rng(rng, x)
         if self._on_kernels(x, self.backward_kernel, rng):
@@ -1003,13 +1038,19 @@ def _register(opname: str, act: Activation):
                "Tensor? seed) -> Tensor[]",
     )
 
+    def empty(t, order):
+        if order is None:
+            return torch.empty(t.shape, dtype=t.dtype, device=t.device)
+        return torch.empty_permuted(t.shape, order, dtype=t.dtype, device=t.device)
+
     @fwd.register_fake
     def _(inputs, params, constants, channel_dim, seed):
-        return torch.empty(inputs[0].shape, dtype=inputs[0].dtype, device=inputs[0].device)
+        return empty(inputs[0], act._order(inputs))
 
     @bwd.register_fake
     def _(grad, inputs, params, constants, channel_dim, needs, seed):
-        return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (*inputs, *params)]
+        order = act._order(inputs)
+        return [empty(t, order) for t in inputs] + [empty(p, None) for p in params]
 
     torch.library.register_vmap(fwd, _vmap_forward(fwd))
     torch.library.register_vmap(bwd, _vmap_backward(bwd, act.n_inputs))
