@@ -10,6 +10,7 @@ gradcheck and gradgradcheck (float64) cover first and second derivatives, forwar
 """
 from __future__ import annotations
 
+import importlib
 import zlib
 
 import pytest
@@ -83,6 +84,38 @@ def test_values_and_gradients_match_the_formula_in_plain_torch(name, backend, dt
         # a sum over every element: float32 accumulation error grows with the count
         p_rtol, p_atol = (1e-9, 1e-9) if param_dtype == torch.float64 else (1e-4, 1e-4 * y.numel() ** 0.5)
         torch.testing.assert_close(p.grad.double(), r.grad, rtol=p_rtol, atol=p_atol)
+
+
+@pytest.mark.parametrize("name,backend,dtype,param_dtype",
+                         [(n, *RUNS[0]) for n in NAMES] + [(n, *RUNS[1]) for n in STARTER])
+def test_a_channels_last_input_keeps_its_layout(name, backend, dtype, param_dtype):
+    """A channels_last input (per-channel params on dim 1, as for a conv's output), on the
+    fallback (every op) and the kernels (the starter library): the values and gradients of
+    the formula in plain torch, and the output and input gradients with the input's strides
+    (an op with random draws: a contiguous output)."""
+    spec, inputs, params = make_case(name, dtype, param_dtype, shape=(2, 5, 3, 4))
+    inputs = [t.to(memory_format=torch.channels_last) for t in inputs]
+    xs = [t.clone().requires_grad_() for t in inputs]
+    assert not xs[0].is_contiguous()
+    ps = [p.clone().requires_grad_() for p in params]
+    with use_backend(backend):
+        y = getattr(ops, name)(*xs, *ps)
+        gy = torch.randn(y.shape, generator=_generator(name, 1), dtype=torch.float64).to(dtype)
+        gy = gy.to(memory_format=torch.channels_last)
+        grads = torch.autograd.grad(y, xs + ps, gy)
+    drawn = importlib.import_module(f"actgen.ops.{name}")._OP.n_draws
+    if drawn:
+        assert y.is_contiguous()
+    else:
+        assert all(t.stride() == xs[0].stride() for t in (y, *grads[: len(xs)]))
+    rxs = [t.double().requires_grad_() for t in inputs]
+    rps = [p.double().requires_grad_() for p in params]
+    ry = reference_call(spec, rxs, rps, {})
+    rgrads = torch.autograd.grad(ry, rxs + rps, gy.double())
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(y.double(), ry.detach(), rtol=rtol, atol=atol)
+    for a, r in zip(grads, rgrads):
+        torch.testing.assert_close(a.double(), r, rtol=rtol, atol=max(atol, 1e-4 if dtype == torch.float32 else atol))
 
 
 def _gradcheck_case(name):
