@@ -93,7 +93,7 @@ def signature(fn, dtype: str, param_names=()) -> tuple[dict, dict]:
             sig[name] = "i64"
         elif name == "_iters":
             sig[name] = "i32"
-        elif name == "_N":
+        elif name in ("_N", "_S", "_SG"):      # (a gated op's row distances: 2N for the halves of one tensor)
             sig[name] = "i64"
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:  # a constant

@@ -70,6 +70,67 @@ def test_gated_inputs_of_different_layouts(backend):
     _check(ops.swiglu, lambda u, v: F.silu(u) * v, a, b)
 
 
+@pytest.mark.parametrize("shape,dim", [((6, 40), -1), ((3, 4, 34), -1), ((5, 8, 3), 1), ((8, 2, 5), 0),
+                                       ((12, 2 * 300), -1)], ids=str)
+def test_gated_modules_take_the_halves_of_one_tensor_in_place(shape, dim, backend):
+    """A gated module's halves of its input (rows 2N apart, or two contiguous halves): the
+    values and the input's gradient of F.silu(a) * b in float64, with no concatenation of the
+    halves' gradients (the op writes them as the halves of one buffer, which is the input's
+    gradient as it is)."""
+    x = torch.randn(shape, dtype=torch.float64) * 3
+    for module, ref in ((ops.SwiGLU(dim), lambda u, v: F.silu(u) * v), (ops.GEGLU(dim), lambda u, v: F.gelu(u) * v)):
+        dtype = torch.float32 if backend == "triton" else torch.float64
+        xs = x.to(dtype).clone().requires_grad_()
+        y = module(xs)
+        g = torch.randn(y.shape, dtype=torch.float64)
+        with torch.profiler.profile() as prof:
+            y.backward(g.to(dtype))
+        assert "aten::cat" not in {e.key for e in prof.key_averages()}, "the halves' gradients were concatenated"
+        xr = x.clone().requires_grad_()
+        r = ref(*xr.chunk(2, dim))
+        r.backward(g)
+        tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(y.double(), r.detach(), **tol)
+        torch.testing.assert_close(xs.grad.double(), xr.grad, **tol)
+
+
+def test_gated_modules_second_derivatives_through_the_halves(torch_backend):
+    """create_graph through a gated module's halves: the second derivatives as gradgradcheck
+    finds them (the halves' gradients are concatenated there, in the graph)."""
+    x = torch.randn(4, 12, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(ops.SwiGLU(), (x,))
+    assert torch.autograd.gradgradcheck(ops.GEGLU(0), (x,))
+
+
+def test_gated_kernels_read_the_halves_where_they_are(triton_backend, monkeypatch):
+    """The kernels read a gated op's halves of one tensor in place (no contiguous copies) and
+    write their gradients as the halves of one buffer."""
+    seen = []
+    launch_ = launch.LAUNCH
+    monkeypatch.setattr(launch, "LAUNCH", lambda kernel, grid, args, *rest: seen.append(args) or launch_(kernel, grid, args, *rest))
+    x = torch.randn(16, 96, requires_grad=True)
+    a, b = x.chunk(2, -1)
+    y = ops.swiglu(a, b)
+    ga, gb = torch.autograd.grad(y, (a, b), torch.ones_like(y))
+    forward_args, backward_args = seen
+    assert [t.data_ptr() for t in forward_args[:2]] == [a.data_ptr(), b.data_ptr()]
+    assert [t.data_ptr() for t in backward_args[1:3]] == [a.data_ptr(), b.data_ptr()]
+    assert gb.data_ptr() == ga.data_ptr() + 48 * ga.element_size() and ga.stride() == (96, 1)
+    torch.testing.assert_close(ga, torch.sigmoid(a) * (1 + a * torch.sigmoid(-a)) * b)
+    torch.testing.assert_close(gb, F.silu(a))
+
+
+def test_a_half_without_a_gradient_is_zeros_in_the_tensors(backend):
+    """Only one half of a split used: the other half's part of the gradient is zeros."""
+    from actgen.runtime import split_halves
+    x = torch.randn(4, 10, requires_grad=True)
+    a, b = split_halves(x, -1, "test")
+    (ops.silu(a) * 2).sum().backward()
+    u = x.detach()[:, :5]
+    torch.testing.assert_close(x.grad[:, 5:], torch.zeros(4, 5))
+    torch.testing.assert_close(x.grad[:, :5], 2 * torch.sigmoid(u) * (1 + u * torch.sigmoid(-u)))
+
+
 @pytest.mark.parametrize("channel_dim", [1, -1])
 @pytest.mark.parametrize("name", ["prelu", "learnable_activation"])
 def test_4d_per_channel(name, channel_dim, backend):

@@ -20,7 +20,7 @@ from .writer import Writer, escape_docstring
 TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 NTH_TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 # the @triton.jit helpers of actgen.runtime.triton_lang a kernel may call (imported as _name)
-KERNEL_HELPERS = ("tile", "nth_tile", "tile_channels", "param_at", "partial_zeros", "in_tile", "store_partial", "narrow", "exp", "log1p", "erfc", "div", "div_bounded", "div_uniform", "sigmoid", "softplus",
+KERNEL_HELPERS = ("tile", "nth_tile", "tile_channels", "row_offsets", "param_at", "partial_zeros", "in_tile", "store_partial", "narrow", "exp", "log1p", "erfc", "div", "div_bounded", "div_uniform", "sigmoid", "softplus",
                   "sqrt_square_plus", "scaled_input", "inverse_scale", "limit_at_inf", "grown", "draw")
 
 
@@ -303,8 +303,20 @@ def _kernel_loads(w: Writer, d: Derivation):
 
 
 def _input_loads(w: Writer, d: Derivation):
+    offs = "_offs"
+    if d.spec.gated:        # the inputs' rows are _S elements apart (the halves of one tensor), the tile's _N
+        w("_in = _row_offsets(_offs, _rows, _cols, _M, _S)")
+        offs = "_in"
     for name in d.spec.inputs:
-        w(f"{name} = tl.load({name}_ptr + _offs, mask=_mask, other=0.0).to(ACC)")
+        w(f"{name} = tl.load({name}_ptr + {offs}, mask=_mask, other=0.0).to(ACC)")
+
+
+def _row_strides(d: Derivation, backward: bool) -> list[str]:
+    """A gated op's kernel arguments for rows of its inputs (_S) and, in the backward, of their
+    gradients (_SG) that are not _N apart: the halves of one tensor, read and written in place."""
+    if not d.spec.gated:
+        return []
+    return ["_S", "_SG"] if backward else ["_S"]
 
 
 def _param_loads(w: Writer, d: Derivation, ch: str = "_ch"):
@@ -351,6 +363,7 @@ def _forward_kernel(w: Writer, d: Derivation):
     s = d.spec
     consts = _constant_args(d)
     args = [f"{n}_ptr" for n in s.inputs] + _kernel_args(d) + ["_out_ptr", *consts, *_seed_args(d), "_M", "_N", "_C"]
+    args += _row_strides(d, False)
     _jit(w, d)
     with w.indent(f"def _forward_kernel(\n    {', '.join(args)},\n    {_CONSTEXPRS}{_training(d)},\n):"):
         w(f'"""y = f({", ".join(s.inputs)}) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""')
@@ -408,7 +421,7 @@ def _backward_kernel(w: Writer, d: Derivation):
     args += [f"_d_{n}_ptr" for n in s.inputs]
     if s.params:
         args += ["_partials_ptr", "_n_partials"]
-    args += [*consts, *_seed_args(d), "_M", "_N", "_C"] + (["_iters"] if s.params else [])
+    args += [*consts, *_seed_args(d), "_M", "_N", "_C", *_row_strides(d, True)] + (["_iters"] if s.params else [])
     _jit(w, d)
     step = ", STEP: tl.constexpr" if s.params else ""
     with w.indent(f"def _backward_kernel(\n    {', '.join(args)},\n    {_CONSTEXPRS}, PARAM_GRAD: tl.constexpr{step}{_training(d)},\n):"):
@@ -448,8 +461,12 @@ def _backward_tile(w: Writer, d: Derivation, tile_index: str):
     _input_loads(w, d)
     _kernel_draws(w, d.kernel_backward, d)
     _block(w, d.kernel_backward, TritonPrinter(_tensor_names(d), _shared_params(d)), "_")
+    offs = "_offs"
+    if d.spec.gated:
+        w("_ing = _row_offsets(_offs, _rows, _cols, _M, _SG)")
+        offs = "_ing"
     for n in d.spec.inputs:
-        w(f"tl.store(_d_{n}_ptr + _offs, {_stored(f'_g * _d_{n}', f'_d_{n}_ptr', d.wide_backward)}, mask=_mask)")
+        w(f"tl.store(_d_{n}_ptr + {offs}, {_stored(f'_g * _d_{n}', f'_d_{n}_ptr', d.wide_backward)}, mask=_mask)")
 
 
 def _stored(value: str, ptr: str, wide: bool) -> str:

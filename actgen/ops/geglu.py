@@ -89,40 +89,43 @@ def _backward_native(_g, a, b, _out):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, erfc as _erfc
+    from actgen.runtime.triton_lang import tile as _tile, row_offsets as _row_offsets, exp as _exp, erfc as _erfc
 
     @triton.jit
     def _forward_kernel(
-        a_ptr, b_ptr, _out_ptr, _M, _N, _C,
+        a_ptr, b_ptr, _out_ptr, _M, _N, _C, _S,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(a, b) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
-        a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
+        _in = _row_offsets(_offs, _rows, _cols, _M, _S)
+        a = tl.load(a_ptr + _in, mask=_mask, other=0.0).to(ACC)
+        b = tl.load(b_ptr + _in, mask=_mask, other=0.0).to(ACC)
         _y = 0.5*b*tl.where(a == -float("inf"), 0.0, a*_erfc(-(0.7071067811865476*a), FAST))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
     def _backward_kernel(
-        _grad_ptr, a_ptr, b_ptr, _d_a_ptr, _d_b_ptr, _M, _N, _C,
+        _grad_ptr, a_ptr, b_ptr, _d_a_ptr, _d_b_ptr, _M, _N, _C, _S, _SG,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr,
     ):
         """grad * df/dinput for every input."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
+        _in = _row_offsets(_offs, _rows, _cols, _M, _S)
+        a = tl.load(a_ptr + _in, mask=_mask, other=0.0).to(ACC)
+        b = tl.load(b_ptr + _in, mask=_mask, other=0.0).to(ACC)
         _clamped_a = tl.clamp(a, -64.0, 16.0, propagate_nan=tl.PropagateNan.ALL)
         _d_a = 0.5*b*tl.fma(0.7978845608028654*_clamped_a, _exp(-(0.5*_clamped_a*_clamped_a), FAST), _erfc(-(0.7071067811865476*_clamped_a), FAST))
         _d_b = tl.where(a == -float("inf"), 0.0, 0.5*a*_erfc(-(0.7071067811865476*a), FAST))
-        tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
-        tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
+        _ing = _row_offsets(_offs, _rows, _cols, _M, _SG)
+        tl.store(_d_a_ptr + _ing, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
+        tl.store(_d_b_ptr + _ing, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='geglu',
-    key='86e5f12661a4',
+    key='402b18fa2e9f',
     inputs=('a', 'b'),
     params=(),
     constants=(),

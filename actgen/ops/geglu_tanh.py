@@ -108,31 +108,33 @@ def _backward_native(_g, a, b, _out):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div as _div, div_bounded as _div_bounded, sigmoid as _sigmoid
+    from actgen.runtime.triton_lang import tile as _tile, row_offsets as _row_offsets, exp as _exp, div as _div, div_bounded as _div_bounded, sigmoid as _sigmoid
 
     @triton.jit
     def _forward_kernel(
-        a_ptr, b_ptr, _out_ptr, _M, _N, _C,
+        a_ptr, b_ptr, _out_ptr, _M, _N, _C, _S,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(a, b) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
-        a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
+        _in = _row_offsets(_offs, _rows, _cols, _M, _S)
+        a = tl.load(a_ptr + _in, mask=_mask, other=0.0).to(ACC)
+        b = tl.load(b_ptr + _in, mask=_mask, other=0.0).to(ACC)
         _clamped_a = tl.maximum(a, -32.0, propagate_nan=tl.PropagateNan.ALL)
         _y = _clamped_a*b*_sigmoid(1.5957691216057308*_clamped_a*tl.fma(0.044715*_clamped_a, _clamped_a, 1.0), FAST)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
     def _backward_kernel(
-        _grad_ptr, a_ptr, b_ptr, _d_a_ptr, _d_b_ptr, _M, _N, _C,
+        _grad_ptr, a_ptr, b_ptr, _d_a_ptr, _d_b_ptr, _M, _N, _C, _S, _SG,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr,
     ):
         """grad * df/dinput for every input."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
+        _in = _row_offsets(_offs, _rows, _cols, _M, _S)
+        a = tl.load(a_ptr + _in, mask=_mask, other=0.0).to(ACC)
+        b = tl.load(b_ptr + _in, mask=_mask, other=0.0).to(ACC)
         _clamped_a = tl.clamp(a, -32.0, 8.0, propagate_nan=tl.PropagateNan.ALL)
         _clamped_a_1 = tl.maximum(a, -32.0, propagate_nan=tl.PropagateNan.ALL)
         _t0 = _clamped_a*_clamped_a
@@ -146,13 +148,14 @@ if _rt.HAS_TRITON:
         _t8 = _div_bounded(1.0, (_t7 + 1.0), FAST)
         _d_a = tl.where(b != b, b, b*(1.5957691216057308*_clamped_a*(0.134145*_t0 + 1.0)*tl.where(_t5, _t3, _t4) + 1.0)*tl.where(_t5, _t4, _t3))
         _d_b = _clamped_a_1*tl.where(0.7978845608028654*_clamped_a_1 + 0.035677408136300125*_t6 <= 0.0, _t7*_t8, _t8)
-        tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
-        tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
+        _ing = _row_offsets(_offs, _rows, _cols, _M, _SG)
+        tl.store(_d_a_ptr + _ing, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
+        tl.store(_d_b_ptr + _ing, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='geglu_tanh',
-    key='20780e19cc22',
+    key='0ebe8e1cd411',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -126,7 +126,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='gelu_tanh',
-    key='459579d064e7',
+    key='9297aabd5657',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hard_mish',
-    key='7bdea61136c7',
+    key='7da358747039',
     inputs=('x',),
     params=(),
     constants=(),

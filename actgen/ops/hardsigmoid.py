@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardsigmoid',
-    key='00b1ab6563c2',
+    key='052de1798f67',
     inputs=('x',),
     params=(),
     constants=(),

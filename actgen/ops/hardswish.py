@@ -102,7 +102,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardswish',
-    key='e5d37ff2e97e',
+    key='965185e444c1',
     inputs=('x',),
     params=(),
     constants=(),

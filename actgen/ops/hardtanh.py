@@ -90,7 +90,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardtanh',
-    key='bae169f87c0e',
+    key='6240be296aa3',
     inputs=('x',),
     params=(),
     constants=('min_val', 'max_val'),

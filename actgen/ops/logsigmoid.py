@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='logsigmoid',
-    key='ffe35aa3462f',
+    key='e245705f8d30',
     inputs=('x',),
     params=(),
     constants=(),

@@ -127,7 +127,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='mish',
-    key='642470b35edb',
+    key='3f19f17ba555',
     inputs=('x',),
     params=(),
     constants=(),

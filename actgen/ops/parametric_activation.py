@@ -104,7 +104,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='parametric_activation',
-    key='f66f8181bbe7',
+    key='73383b362869',
     inputs=('x',),
     params=(('alpha', True),),
     constants=(),

@@ -104,7 +104,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='prelu',
-    key='223d1759c636',
+    key='c64b012da4e1',
     inputs=('x',),
     params=(('weight', True),),
     constants=(),

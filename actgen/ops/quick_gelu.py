@@ -105,7 +105,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='quick_gelu',
-    key='b3d725d913b8',
+    key='ab694fd6216c',
     inputs=('x',),
     params=(),
     constants=(),

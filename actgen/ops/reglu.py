@@ -84,40 +84,43 @@ def _backward_native(_g, a, b, _out):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile
+    from actgen.runtime.triton_lang import tile as _tile, row_offsets as _row_offsets
 
     @triton.jit
     def _forward_kernel(
-        a_ptr, b_ptr, _out_ptr, _M, _N, _C,
+        a_ptr, b_ptr, _out_ptr, _M, _N, _C, _S,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
     ):
         """y = f(a, b) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
-        a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
+        _in = _row_offsets(_offs, _rows, _cols, _M, _S)
+        a = tl.load(a_ptr + _in, mask=_mask, other=0.0).to(ACC)
+        b = tl.load(b_ptr + _in, mask=_mask, other=0.0).to(ACC)
         _y = tl.where(a != a, a, tl.where(b != b, b, b*tl.where(a > 0.0, a, 0.0)))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
     def _backward_kernel(
-        _grad_ptr, a_ptr, b_ptr, _d_a_ptr, _d_b_ptr, _M, _N, _C,
+        _grad_ptr, a_ptr, b_ptr, _d_a_ptr, _d_b_ptr, _M, _N, _C, _S, _SG,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr,
     ):
         """grad * df/dinput for every input."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        a = tl.load(a_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        b = tl.load(b_ptr + _offs, mask=_mask, other=0.0).to(ACC)
+        _in = _row_offsets(_offs, _rows, _cols, _M, _S)
+        a = tl.load(a_ptr + _in, mask=_mask, other=0.0).to(ACC)
+        b = tl.load(b_ptr + _in, mask=_mask, other=0.0).to(ACC)
         _t0 = a > 0.0
         _d_a = tl.where(a != a, a, tl.where(b != b, b, b*tl.where(_t0, tl.full([], 1.0, ACC), 0.0)))
         _d_b = tl.where(a != a, a, tl.where(_t0, a, 0.0))
-        tl.store(_d_a_ptr + _offs, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
-        tl.store(_d_b_ptr + _offs, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
+        _ing = _row_offsets(_offs, _rows, _cols, _M, _SG)
+        tl.store(_d_a_ptr + _ing, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
+        tl.store(_d_b_ptr + _ing, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='reglu',
-    key='0c4bca0ddb58',
+    key='aa1eba177191',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -102,7 +102,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu',
-    key='dd670d758a17',
+    key='f80652a49374',
     inputs=('x',),
     params=(),
     constants=(),

@@ -99,7 +99,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='rrelu',
-    key='660b4e72c439',
+    key='43fac9f82aa1',
     inputs=('x',),
     params=(),
     constants=('lower', 'upper'),

@@ -93,7 +93,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='scaled_activation',
-    key='c6fe73464808',
+    key='e57ddcbc3b76',
     inputs=('x',),
     params=(),
     constants=('scale', 'shift'),

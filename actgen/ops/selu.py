@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='selu',
-    key='dcd75ff9e97f',
+    key='5cd3fb5ba17e',
     inputs=('x',),
     params=(),
     constants=(),

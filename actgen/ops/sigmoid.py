@@ -85,7 +85,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='sigmoid',
-    key='75c4a3625fdd',
+    key='40fd074e8c42',
     inputs=('x',),
     params=(),
     constants=(),

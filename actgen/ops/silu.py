@@ -108,7 +108,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='silu',
-    key='09b9df2acc0d',
+    key='090adcf69b1b',
     inputs=('x',),
     params=(),
     constants=(),

@@ -200,7 +200,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='soft_exponential',
-    key='479f5bf1597e',
+    key='0f31441ac056',
     inputs=('x',),
     params=(('alpha', False),),
     constants=(),

@@ -91,7 +91,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softshrink',
-    key='f9aeed8b7bb3',
+    key='f3ae9af2151d',
     inputs=('x',),
     params=(),
     constants=('lambd',),

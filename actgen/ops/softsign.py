@@ -88,7 +88,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softsign',
-    key='78b711ff2e5c',
+    key='74c9b48dbf8f',
     inputs=('x',),
     params=(),
     constants=(),

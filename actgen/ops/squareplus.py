@@ -113,7 +113,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='squareplus',
-    key='75fb2b36ea6a',
+    key='dd9fcb2605f5',
     inputs=('x',),
     params=(),
     constants=('b',),

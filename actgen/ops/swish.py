@@ -149,7 +149,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swish',
-    key='398bc3a1a4a8',
+    key='a88380498827',
     inputs=('x',),
     params=(('beta', False),),
     constants=(),

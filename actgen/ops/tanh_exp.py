@@ -106,7 +106,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='tanh_exp',
-    key='a6729d76a2bc',
+    key='676ce5ee7f73',
     inputs=('x',),
     params=(),
     constants=(),

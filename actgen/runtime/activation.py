@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 import torch
 
 from . import backend as _backend
+from .layouts import halves_grads, inverse_order, memory_order, rows_of
 from .workspace import WORKSPACE, WORKSPACE_BYTES
 
 _REGISTERED: dict[str, tuple] = {}
@@ -79,9 +80,18 @@ def reduce_to_param(v: torch.Tensor, p: torch.Tensor, shape, channel_dim: int) -
 
 
 def _sum(t: torch.Tensor, dim=None) -> torch.Tensor:
-    """t's sum (over dim), float16's in float32 (float16's largest is 65504)."""
+    """t's sum (over dim), float16's in float32 (float16's largest is 65504); the whole sum
+    of rows apart (layouts.rows_of: a gated op's halves) row by row first (torch sums such a
+    bfloat16 tensor from a float32 copy: 235 against 45 us for 256 x 2048 halves on one
+    core of a 2-vCPU Xeon VM)."""
     dtype = torch.float32 if t.dtype == torch.float16 else None
-    return t.sum(dtype=dtype) if dim is None else t.sum(dim, dtype=dtype)
+    if dim is not None:
+        return t.sum(dim, dtype=dtype)
+    if not t.is_contiguous():
+        rows = rows_of([t])
+        if rows is not None:
+            return rows[0][0].sum(1, dtype=dtype).sum()
+    return t.sum(dtype=dtype)
 
 
 def _output(y, inputs, borrowed: bool = False) -> torch.Tensor:
@@ -96,24 +106,15 @@ def _output(y, inputs, borrowed: bool = False) -> torch.Tensor:
     return y.contiguous()
 
 
-def memory_order(inputs) -> tuple[int, ...] | None:
-    """The dims of the inputs from outermost to innermost in memory, where they are laid out
-    densely in another order than the logical one (channels_last, a transposed matrix, a
-    batch dim moved to the front) and all alike; else None (contiguous, or gaps or mixed
-    layouts: computed on contiguous copies).  The ops run on the views in memory order, so
-    their outputs keep the inputs' layout, as torch's elementwise ops do, with no copy."""
-    x = inputs[0]
-    if x.dim() < 2 or x.is_contiguous():
-        return None
-    strides = x.stride()
-    order = tuple(sorted(range(x.dim()), key=lambda d: (-strides[d], d)))
-    if not all(t.permute(order).is_contiguous() for t in inputs):
-        return None
-    return order
-
-
-def inverse_order(order) -> tuple[int, ...]:
-    return tuple(sorted(range(len(order)), key=order.__getitem__))
+def _put_flat(out: torch.Tensor, idx: torch.Tensor, v: torch.Tensor):
+    """out's elements at flat (row-major) indices idx = v: out contiguous, or rows of it
+    apart (layouts.rows_of: the halves of one gradient buffer)."""
+    if out.is_contiguous():
+        out.view(-1).index_copy_(0, idx, v)
+    else:
+        (rows,), _ = rows_of([out])
+        n = rows.shape[1]
+        rows.index_put_((torch.div(idx, n, rounding_mode="floor"), idx % n), v)
 
 
 def as_tensor(v, like: torch.Tensor) -> torch.Tensor:
@@ -342,11 +343,13 @@ class Activation:
         args = self._eager_args(inputs, params, constants, channel_dim, rng, self.float64_forward)
         return _output(self.forward_torch(*args), inputs)
 
-    def backward_impl(self, grad, inputs, params, constants, channel_dim, needs, rng=None):
+    # halves: a gated op's input gradients may be the halves of one buffer (_halves_grads),
+    # not where they are a custom op's outputs (torch.compile), which must not alias
+    def backward_impl(self, grad, inputs, params, constants, channel_dim, needs, rng=None, halves=True):
         order = self._order(inputs)
         if order is not None:
             grads = self.backward_impl(grad.permute(order), [t.permute(order) for t in inputs], params, constants,
-                                       order.index(channel_dim), needs, rng)
+                                       order.index(channel_dim), needs, rng, halves)
             back = inverse_order(order)
             return [g.permute(back) for g in grads[: self.n_inputs]] + list(grads[self.n_inputs:])
         x = inputs[0]
@@ -354,9 +357,9 @@ class Activation:
         if self._on_kernels(x, self.backward_kernel, rng):
             return (_launch or _load_launch()).backward(self.backward_kernel, grad, inputs, params, self.per_channel, constants, channel_dim,
                                    self._channels(params), needs, self._kernel_draws(rng),
-                                   self.kernel_wide(x.dtype, self.float64_backward))
+                                   self.kernel_wide(x.dtype, self.float64_backward), halves)
         if x.device.type == "cpu":
-            return self._cpu_backward(grad, inputs, params, constants, channel_dim, needs, rng)
+            return self._cpu_backward(grad, inputs, params, constants, channel_dim, needs, rng, halves=halves)
         args = self._eager_args(inputs, params, constants, channel_dim, rng, self.float64_backward)
         derivs = self.derivatives_torch(*args)
         g = grad.to(args[0].dtype)
@@ -411,8 +414,15 @@ class Activation:
         x = inputs[0]
         dt = compute_dtype(x.dtype, wide)
         per_channel = any(p.numel() > 1 for p in params)
-        dims, chunks = self._chunks(tuple(x.shape), channel_dim, per_channel, self._chunk(x.dtype, wide, which))
-        views = [t.reshape(dims) for t in inputs]
+        n = self._chunk(x.dtype, wide, which)
+        rows = rows_of(inputs) if self.n_inputs == 2 and not per_channel else None
+        if rows is not None:        # (the halves of one tensor: chunks of whole rows, no copies)
+            M, N = rows[0][0].shape
+            dims, chunks = self._chunks((M, 1, N), 1, True, n)
+            views = [v.view(dims) for v in rows[0]]
+        else:
+            dims, chunks = self._chunks(tuple(x.shape), channel_dim, per_channel, n)
+            views = [t.reshape(dims) for t in inputs]
         rs = [r.reshape(dims) if r.dim() else r for r in self.draw_values(x, dt, rng)]
         ps = [p.to(dt).reshape(-1, 1) if p.numel() > 1 else p.to(dt).reshape(()) for p in params]
         return dt, dims, chunks, views, rs, ps
@@ -467,7 +477,7 @@ class Activation:
     def _native_inside(self, which: int, xs, rows: bool = False):
         """Whether torch's kernel for f (which 0) or the backward (1) is trusted with xs: one
         bool for all (Python numbers, stopping at the first input out), or with rows a bool
-        tensor, one per row of their (rows, PATCH_BLOCK) views.  The first input inside the
+        tensor, one per block of their (..., PATCH_BLOCK) views (row-major).  The first input inside the
         dtype's window - finite (one sum) where that is (-inf, inf), else one pass for the
         largest and/or the smallest (aminmax for both; NaN where there is one: not inside;
         over the rows' dim aminmax takes 20 times as long as amin and amax) - and every
@@ -488,17 +498,17 @@ class Activation:
                 inside = least.item() > lo and most.item() < hi
             return inside and self._finite(xs[1:])
         if lo == -math.inf and hi == math.inf:
-            inside = torch.isfinite(_sum(x, 1))
+            inside = torch.isfinite(_sum(x, -1))
         elif lo == -math.inf:
-            inside = x.amax(1) < hi
+            inside = x.amax(-1) < hi
         elif hi == math.inf:
-            inside = x.amin(1) > lo
+            inside = x.amin(-1) > lo
         else:
-            inside = (x.amin(1) > lo).logical_and_(x.amax(1) < hi)
+            inside = (x.amin(-1) > lo).logical_and_(x.amax(-1) < hi)
         for t in xs[1:]:
             if not self._finite([t]):      # (one sum; per block only where that is not finite)
-                inside.logical_and_(torch.isfinite(_sum(t, 1)))
-        return inside
+                inside.logical_and_(torch.isfinite(_sum(t, -1)))
+        return inside.reshape(-1)
 
     def _native_whole(self, which: int, inputs, constants, channel_dim, rng, outs, grad=None, needs=None) -> bool:
         """torch's kernel for f (which 0: into outs[0]) or the backward (1: into outs, None
@@ -506,7 +516,7 @@ class Activation:
         blocks of PATCH_BLOCK elements it is not trusted with are at most PATCH_FRACTION of
         the inputs, with the derived code's values for those (and for the tail past the last
         whole block, where it is not trusted with that) written over its own; else False, and
-        nothing written.  outs are contiguous."""
+        nothing written.  outs are contiguous, or rows apart (the halves of one buffer)."""
         n, size = inputs[0].numel(), self.PATCH_BLOCK
         rows = n // size
         if self._native_takes(which, inputs):
@@ -514,19 +524,31 @@ class Activation:
             return True
         if not rows:
             return False
-        flat = [t.reshape(-1) for t in inputs]
-        blocks = [t[: rows * size].view(rows, size) for t in flat]
+        lines = rows_of(inputs)
+        if lines is not None and lines[0][0].shape[1] % size == 0:
+            # rows apart (a gated op's halves): their blocks as views, gathered by row and column
+            views = lines[0]
+            m, width = views[0].shape
+            blocks = [v.view(m, width // size, size) for v in views]
+            flat = None
+        else:
+            flat = [t.reshape(-1) for t in inputs]
+            blocks = [t[: rows * size].view(rows, size) for t in flat]
         out_rows = self._native_inside(which, blocks, rows=True).logical_not_().nonzero().squeeze(1)
         if out_rows.numel() * size > self.PATCH_FRACTION * n:
             return False
-        tail = rows * size < n and not self._native_inside(which, [t[rows * size:] for t in flat])
+        tail = flat is not None and rows * size < n and not self._native_inside(which, [t[rows * size:] for t in flat])
         self._native_call(which, inputs, constants, outs, grad)
         if not out_rows.numel() and not tail:
             return True
         idx = torch.add(torch.arange(size), out_rows[:, None], alpha=size).view(-1)
         if tail:
             idx = torch.cat([idx, torch.arange(rows * size, n)])
-        sub = [t.index_select(0, idx) for t in flat]
+        if flat is None:
+            at = (torch.div(idx, width, rounding_mode="floor"), idx % width)
+            sub = [v[at] for v in views]
+        else:
+            sub = [t.index_select(0, idx) for t in flat]
         if which == 0:
             values = [self._cpu_forward(sub, [], constants, channel_dim, rng, native=False)]
         else:
@@ -534,8 +556,25 @@ class Activation:
                                         needs, rng, native=False)
         for out, v in zip(outs, values):
             if out is not None:
-                out.view(-1).index_copy_(0, idx, v)
+                _put_flat(out, idx, v)
         return True
+
+    def _halves_grads(self, inputs, needs):
+        """For a gated op's two inputs that are the halves of one tensor, both needed: their
+        gradients' buffers, the halves of one laid out as that tensor (layouts.halves_grads);
+        else None."""
+        if self.n_inputs != 2 or not (needs[0] and needs[1]):
+            return None
+        return halves_grads(*inputs)
+
+    def _grad_buffers(self, inputs, needs, shape=None, halves=True):
+        """The input gradients' buffers (None where not needed), of shape (default: the
+        input's): with halves _halves_grads' where they apply, else new contiguous ones."""
+        halves = self._halves_grads(inputs, needs) if halves else None
+        if halves is not None:
+            return halves if shape is None else [h.view(shape) for h in halves]
+        return [torch.empty(t.shape if shape is None else shape, dtype=t.dtype, device=t.device) if need else None
+                for t, need in zip(inputs, needs)]
 
     def _native_call(self, which: int, inputs, constants, outs, grad=None):
         """torch's kernel for f (which 0: into outs[0]) or the backward (1: into outs)."""
@@ -544,7 +583,7 @@ class Activation:
         else:
             self.backward_native(grad, *inputs, *constants, outs)
 
-    def _cpu_backward_whole(self, grad, inputs, params, constants, channel_dim, needs, rng):
+    def _cpu_backward_whole(self, grad, inputs, params, constants, channel_dim, needs, rng, halves=True):
         """The backward in one piece (small tensors): a derivative computed afresh takes grad
         in place."""
         x = inputs[0]
@@ -565,8 +604,12 @@ class Activation:
             return g * v
 
         out = []
+        halves = self._halves_grads(inputs, needs) if halves else None
         for i, t in enumerate(inputs):
-            if needs[i]:
+            if halves is not None:
+                d = derivs[i]
+                out.append(torch.mul(g, d if isinstance(d, torch.Tensor) else float(d), out=halves[i]))
+            elif needs[i]:
                 v = times_grad(derivs[i])
                 out.append(v.clone() if v is grad else v if v.dtype == t.dtype else v.to(t.dtype))
             else:
@@ -650,21 +693,20 @@ class Activation:
         ws = WORKSPACE.buffers(self.fast_buffers[0], shape, out.dtype)
         return ws[: self.fast_buffers[0] - 1] + [out]
 
-    def _cpu_backward(self, grad, inputs, params, constants, channel_dim, needs, rng, native=True):
+    def _cpu_backward(self, grad, inputs, params, constants, channel_dim, needs, rng, native=True, halves=True):
         """The input and param gradients on the fallback, as _cpu_forward computes f."""
         x = inputs[0]
         native = native and self._native_for(1, inputs) and grad.dtype == x.dtype
         if native:
-            outs = [torch.empty(t.shape, dtype=t.dtype, device=t.device) if need else None
-                    for t, need in zip(inputs, needs)]
+            outs = self._grad_buffers(inputs, needs, halves=halves)
             if self._native_whole(1, inputs, constants, channel_dim, rng, outs, grad, needs):
                 return [o if o is not None else torch.empty_like(t) for o, t in zip(outs, inputs)]
         if x.numel() <= self._chunk(x.dtype, self.float64_backward, 1):
-            return self._cpu_backward_whole(grad, inputs, params, constants, channel_dim, needs, rng)
+            return self._cpu_backward_whole(grad, inputs, params, constants, channel_dim, needs, rng, halves)
         dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng, self.float64_backward, 1)
         g3 = grad.reshape(dims)
         n_in = self.n_inputs
-        grads = [torch.empty(dims, dtype=t.dtype, device=x.device) if needs[i] else None for i, t in enumerate(inputs)]
+        grads = self._grad_buffers(inputs, needs[: n_in], dims, halves)
         sums = [torch.zeros(p.numel(), dtype=dt, device=x.device) if needs[n_in + k] else None for k, p in enumerate(params)]
         all_finite = None if native else self._all_finite(1, views)
         for index, channels in chunks:
@@ -1032,7 +1074,7 @@ def _register(opname: str, act: Activation):
     bwd = torch.library.custom_op(
         f"actgen::{opname}_backward",
         lambda grad, inputs, params, constants, channel_dim, needs, seed: act.backward_impl(
-            grad, inputs, params, constants, channel_dim, needs, seed),
+            grad, inputs, params, constants, channel_dim, needs, seed, halves=False),
         mutates_args=(),
         schema="(Tensor grad, Tensor[] inputs, Tensor[] params, float[] constants, int channel_dim, bool[] needs, "
                "Tensor? seed) -> Tensor[]",

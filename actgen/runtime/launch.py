@@ -5,7 +5,11 @@ A tensor of shape (..., C, I...) with per-channel params is seen as a contiguous
   elements; a row's channel is row % C (CH_AXIS = 0);
 * channels last (I == 1): M = outer rows of N = C elements; an element's channel is its
   column (CH_AXIS = 1);
-* no per-channel params: one row of N = numel elements.
+* no per-channel params: one row of N = numel elements;
+* a gated op's two inputs that are the halves of one tensor (layouts.rows_of: a SwiGLU
+  module's a and b, rows of N elements 2N apart): M rows of N, read where they are (the
+  kernels' _S, the rows' distance), their gradients written as the halves of one buffer
+  (_SG), which is the tensor's gradient (layouts.Halves).
 Each program handles one BLOCK_M x BLOCK_N tile, so per-channel param gradients are tile
 row sums (CH_AXIS 0) or column sums (CH_AXIS 1): per-program partial sums land in a small
 buffer, and a deterministic torch sum finishes them.  No atomics, no per-element gradient.
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .layouts import halves_grads, rows_of
 from .triton_lang import INTERPRET, tl
 from .tuning import CANDIDATES, DEFAULT, PARAM_GRAD_CANDIDATES, TUNER, Config
 from .variants import LAUNCH
@@ -57,8 +62,9 @@ class Layout:
 
     @functools.cached_property
     def kind(self) -> str:
-        """The layout's name in the tuner's keys: flat, rows (channels first) or cols."""
-        return "flat" if self.C <= 1 else ("rows", "cols")[self.ch_axis]
+        """The layout's name in the tuner's keys: flat, rows (channels first, or a gated op's
+        rows: see rows_of) or cols."""
+        return "flat" if self.C <= 1 and self.M == 1 else ("rows", "cols")[self.ch_axis]
 
 
 @functools.lru_cache(maxsize=256)     # the same shapes come back every step
@@ -75,6 +81,13 @@ def layout(shape, channel_dim: int, channels: int, tile: int = TILE) -> Layout:
     block_n = min(_pow2(N), tile)
     block_m = max(1, min(tile // block_n, _pow2(M)))
     return Layout(M, N, channels, axis, block_m, block_n)
+
+
+@functools.lru_cache(maxsize=256)
+def row_layout(M: int, N: int, tile: int = TILE) -> Layout:
+    """M rows of N elements, no channels (rows_of)."""
+    block_n = min(_pow2(N), tile)
+    return Layout(M, N, 1, 0, max(1, min(tile // block_n, _pow2(M))), block_n)
 
 
 def _acc(dtype: torch.dtype, wide: bool = False):
@@ -149,19 +162,35 @@ def constant_parts(constants) -> list[float]:
     return [p for c in constants for p in _parts(float(c))]
 
 
+def _layouts(inputs, channel_dim, channels):
+    """(the inputs as the kernels take them, the layout for a tile size, the inputs' row
+    distance): a gated op's rows (rows_of) where its inputs are such, else contiguous."""
+    x = inputs[0]
+    rows = rows_of(inputs) if len(inputs) == 2 and channels <= 1 else None
+    if rows is not None:
+        views, stride = rows
+        M, N = views[0].shape
+        return views, lambda tile=TILE: row_layout(M, N, tile), stride
+    shape = tuple(x.shape)
+    return [t.contiguous() for t in inputs], lambda tile=TILE: layout(shape, channel_dim, channels, tile), None
+
+
 def forward(kernel, inputs, params, per_channel, constants, channel_dim, channels, draws=None, wide=False):
     x = inputs[0]
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel() == 0:
         return out
     seed, training = _draw_args(draws)
-    args = [*[t.contiguous() for t in inputs], *_param_args(params, per_channel), out, *constant_parts(constants), *seed]
-    shape, acc, fast = x.shape, _acc(x.dtype, wide), _fast(x.dtype)
-    lay0 = layout(shape, channel_dim, channels)
+    tensors, make, stride = _layouts(inputs, channel_dim, channels)
+    args = [*tensors, *_param_args(params, per_channel), out, *constant_parts(constants), *seed]
+    acc, fast = _acc(x.dtype, wide), _fast(x.dtype)
+    lay0 = make()
+    gated = len(inputs) == 2
 
     def run(cfg: Config):
-        lay = lay0 if cfg.tile == TILE else layout(shape, channel_dim, channels, cfg.tile)
-        return LAUNCH(kernel, lay.grid, (*args, lay.M, lay.N, lay.C),
+        lay = lay0 if cfg.tile == TILE else make(cfg.tile)
+        strides = ((stride or lay.N),) if gated else ()
+        return LAUNCH(kernel, lay.grid, (*args, lay.M, lay.N, lay.C, *strides),
                       (lay.block_m, lay.block_n, lay.ch_axis, acc, fast, *training), cfg.num_warps)
 
     _tuned(kernel, x, lay0.kind, run)
@@ -209,41 +238,60 @@ def param_grad_programs(lay: Layout, device: torch.device) -> tuple[int, int]:
 
 
 def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, channels, needs, draws=None,
-             wide=False):
+             wide=False, halves=True):
     x = inputs[0]
-    grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in inputs]
     need_params = any(needs[len(inputs):])
     if x.numel() == 0:
-        return grads + [torch.zeros_like(p) for p in params]
+        return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in inputs] + [torch.zeros_like(p) for p in params]
+    tensors, make, stride = _layouts(inputs, channel_dim, channels)
+    gated = len(inputs) == 2
+    grads, grad_stride = _input_grads(inputs, tensors, stride, halves)
     acc_dtype = torch.float64 if x.dtype == torch.float64 or wide else torch.float32
-    args = [grad.contiguous(), *[t.contiguous() for t in inputs], *_param_args(params, per_channel), *grads]
+    args = [grad.contiguous(), *tensors, *_param_args(params, per_channel), *grads]
     parts = constant_parts(constants)
     seed, training = _draw_args(draws)
-    shape, acc, fast = x.shape, _acc(x.dtype, wide), _fast(x.dtype)
-    lay0 = layout(shape, channel_dim, channels)
+    acc, fast = _acc(x.dtype, wide), _fast(x.dtype)
+    lay0 = make()
+
+    def row_strides(lay):
+        return ((stride or lay.N), (grad_stride or lay.N)) if gated else ()
 
     launched = {}
 
     def run(cfg: Config):
         """Launch with cfg (the compiled kernel back); the param-gradient partial sums are
         sized from its tile and left in `launched` with the layout and program count."""
-        lay = lay0 if cfg.tile == TILE else layout(shape, channel_dim, channels, cfg.tile)
+        lay = lay0 if cfg.tile == TILE else make(cfg.tile)
         if not params:
-            return LAUNCH(kernel, lay.grid, (*args, *parts, *seed, lay.M, lay.N, lay.C),
+            return LAUNCH(kernel, lay.grid, (*args, *parts, *seed, lay.M, lay.N, lay.C, *row_strides(lay)),
                           (lay.block_m, lay.block_n, lay.ch_axis, acc, fast, False, *training), cfg.num_warps)
         step = need_params and cfg.step
         programs, iters = param_grad_programs(lay, x.device) if step else (lay.grid[0], 1)
         n_partials = programs * (lay.block_m if lay.ch_axis == 0 else lay.block_n)
         partials = torch.empty((len(params), n_partials if need_params else 1), dtype=acc_dtype, device=x.device)
         launched.update(lay=lay, partials=partials, programs=programs)
-        return LAUNCH(kernel, (programs,), (*args, partials, n_partials, *parts, *seed, lay.M, lay.N, lay.C, iters),
+        return LAUNCH(kernel, (programs,), (*args, partials, n_partials, *parts, *seed, lay.M, lay.N, lay.C,
+                                            *row_strides(lay), iters),
                       (lay.block_m, lay.block_n, lay.ch_axis, acc, fast, need_params, step, *training), cfg.num_warps)
 
     kind = lay0.kind + "+param_grad" if need_params else lay0.kind
     _tuned(kernel, x, kind, run, PARAM_GRAD_CANDIDATES if need_params else CANDIDATES)
+    grads = [g.view(t.shape) for g, t in zip(grads, inputs)]
     if not need_params:
         return grads + [torch.empty_like(p) for p in params]
     return grads + finish_param_grads(launched["partials"], launched["lay"], launched["programs"], params)
+
+
+def _input_grads(inputs, tensors, stride, halves=True):
+    """The input gradients' buffers, as the kernel writes them (the shapes of `tensors`, the
+    inputs as it reads them), and their row distance (None: _N): with halves, for a gated
+    op's inputs that are the halves of one tensor, the halves of one buffer laid out as that
+    tensor (layouts.halves_grads), so that its gradient is that buffer itself (layouts.Halves)."""
+    halves = halves_grads(*inputs) if halves and len(inputs) == 2 else None
+    if halves is None:
+        return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in tensors], None
+    grads = [h.view(t.shape) for h, t in zip(halves, tensors)]
+    return grads, grads[0].stride(0) if stride is not None else None
 
 
 def finish_param_grads(partials: torch.Tensor, lay: Layout, programs: int, params) -> list[torch.Tensor]:

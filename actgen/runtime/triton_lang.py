@@ -359,6 +359,17 @@ def tile_channels(M, N, C, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS
 
 
 @triton.jit
+def row_offsets(offs, rows, cols, M, S):
+    """The tile's offsets in a tensor whose rows are S elements apart, where the tile's own
+    (offs) are N apart: a gated op's inputs that are the halves of one tensor (S = 2N), read
+    and their gradients written in place.  One row (the flat layout): offs itself."""
+    if M == 1:
+        return offs
+    else:
+        return rows[:, None] * S + cols[None, :]
+
+
+@triton.jit
 def param_at(ptr, ch, stride, N, CH_AXIS: tl.constexpr):
     """A per-channel param (stride 0: a (1,) one) at each element's channel ch.  Channels
     last, an element's channel is its column, and a tile's columns from N on (past the

@@ -1,0 +1,100 @@
+"""How the ops see their inputs' memory: in memory order (a dense tensor in another order
+than the logical one), as rows (a gated op's inputs that are the halves of one tensor), or
+as contiguous copies.  Pure functions of shapes and strides; no triton."""
+from __future__ import annotations
+
+import torch
+
+
+def memory_order(inputs) -> tuple[int, ...] | None:
+    """The dims of the inputs from outermost to innermost in memory, where they are laid out
+    densely in another order than the logical one (channels_last, a transposed matrix, a
+    batch dim moved to the front) and all alike; else None (contiguous, or gaps or mixed
+    layouts).  The ops run on the views in memory order, so their outputs keep the inputs'
+    layout, as torch's elementwise ops do, with no copy."""
+    x = inputs[0]
+    if x.dim() < 2 or x.is_contiguous():
+        return None
+    strides = x.stride()
+    order = tuple(sorted(range(x.dim()), key=lambda d: (-strides[d], d)))
+    if not all(t.permute(order).is_contiguous() for t in inputs):
+        return None
+    return order
+
+
+def inverse_order(order) -> tuple[int, ...]:
+    return tuple(sorted(range(len(order)), key=order.__getitem__))
+
+
+def rows_of(inputs) -> tuple[list[torch.Tensor], int] | None:
+    """Inputs that are not contiguous but are rows of unit-stride elements the same distance
+    apart, all alike - the halves of one tensor along a dim (a SwiGLU module's a and b: rows
+    2N apart) - as (their (rows, N) views, the distance); else None."""
+    x = inputs[0]
+    if x.is_contiguous() or not x.numel():
+        return None
+    n, k = 1, x.dim()
+    while k and (x.shape[k - 1] == 1 or x.stride(k - 1) == n):     # the trailing dims that are contiguous
+        n *= x.shape[k - 1]
+        k -= 1
+    try:
+        views = [t.view(-1, n) for t in inputs]
+    except RuntimeError:        # the leading dims are not rows the same distance apart
+        return None
+    stride = views[0].stride(0)
+    if stride < n or any(v.stride() != (stride, 1) for v in views):
+        return None
+    return views, stride
+
+
+def halves_grads(a: torch.Tensor, b: torch.Tensor) -> list[torch.Tensor] | None:
+    """For a gated op's inputs a and b that are the two halves of one tensor split along a dim
+    - b's part of each row right after a's (rows_of's views 2N apart), or each contiguous and
+    b right after a (split along the first dim) - buffers for their gradients: the halves of
+    one new buffer laid out as that tensor, each of its input's shape, so that Halves takes the
+    tensor's gradient whole, with no concatenation; else None."""
+    if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device or not a.numel():
+        return None
+    size = a.element_size()
+    if a.is_contiguous() and b.is_contiguous():
+        n = a.numel()
+        if b.data_ptr() != a.data_ptr() + n * size:
+            return None
+        both = torch.empty(2 * n, dtype=a.dtype, device=a.device)
+        return [both[:n].view(a.shape), both[n:].view(b.shape)]
+    rows = rows_of([a, b])
+    if rows is None:
+        return None
+    (va, vb), stride = rows
+    m, n = va.shape
+    if stride != 2 * n or vb.data_ptr() != va.data_ptr() + n * size:
+        return None
+    both = torch.empty((m, 2 * n), dtype=a.dtype, device=a.device)
+    return [both[:, :n].view(a.shape), both[:, n:].view(b.shape)]
+
+
+class Halves(torch.autograd.Function):
+    """t split in two halves along dim (t.chunk(2, dim)), whose backward takes the halves'
+    gradients as they are where they are the halves of one buffer laid out as t (a gated op's
+    backward writes them so: halves_grads), instead of concatenating them into a new one; not
+    where they take part in a graph of their own (create_graph: the buffer is not in it)."""
+
+    @staticmethod
+    def forward(ctx, t, dim):
+        ctx.dim, ctx.shape = dim, t.shape
+        return tuple(t.chunk(2, dim))
+
+    @staticmethod
+    def backward(ctx, ga, gb):
+        base = ga._base if ga is not None and not (ga.requires_grad or (gb is not None and gb.requires_grad)) else None
+        if base is not None and gb is not None and gb._base is base and base.is_contiguous() and base.numel() == 2 * ga.numel():
+            whole = base.view(ctx.shape)
+            ha, hb = whole.chunk(2, ctx.dim)
+            if (ha.data_ptr(), ha.stride(), hb.data_ptr(), hb.stride()) == (ga.data_ptr(), ga.stride(), gb.data_ptr(), gb.stride()):
+                return whole, None
+        size = ctx.shape[ctx.dim] // 2
+        shape = list(ctx.shape)
+        shape[ctx.dim] = size
+        ga = ga if ga is not None else gb.new_zeros(shape)
+        gb = gb if gb is not None else ga.new_zeros(shape)
+        return torch.cat([ga, gb], ctx.dim), None
