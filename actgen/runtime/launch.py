@@ -78,16 +78,20 @@ def layout(shape, channel_dim: int, channels: int, tile: int = TILE) -> Layout:
             M, N, axis = numel // inner, inner, 0
     else:
         M, N, axis = 1, numel, 0
-    block_n = min(_pow2(N), tile)
-    block_m = max(1, min(tile // block_n, _pow2(M)))
-    return Layout(M, N, channels, axis, block_m, block_n)
+    return _tiled(M, N, channels, axis, tile)
 
 
 @functools.lru_cache(maxsize=256)
 def row_layout(M: int, N: int, tile: int = TILE) -> Layout:
     """M rows of N elements, no channels (rows_of)."""
+    return _tiled(M, N, 1, 0, tile)
+
+
+def _tiled(M: int, N: int, C: int, axis: int, tile: int) -> Layout:
+    """The layout of an (M, N) matrix in tiles of `tile` elements: a row's worth (up to the
+    tile) across, as many rows as fill the tile."""
     block_n = min(_pow2(N), tile)
-    return Layout(M, N, 1, 0, max(1, min(tile // block_n, _pow2(M))), block_n)
+    return Layout(M, N, C, axis, max(1, min(tile // block_n, _pow2(M))), block_n)
 
 
 def _acc(dtype: torch.dtype, wide: bool = False):
