@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import torch
 
 from . import backend as _backend
-from .layouts import halves_grads, inverse_order, memory_order, rows_of
+from .layouts import halves_grads, inverse_order, memory_order, new_contiguous, rows_of
 from .workspace import WORKSPACE, WORKSPACE_BYTES
 
 _REGISTERED: dict[str, tuple] = {}
@@ -55,6 +55,17 @@ def dim_index(v, name: str, what: str, ndim: int | None = None) -> int:
     if ndim is not None and not -ndim <= v < ndim:
         raise IndexError(f"{name}: {what} {v} is out of range for a {ndim}-dim input (expected in [{-ndim}, {ndim - 1}])")
     return v
+
+
+def _any_requires_grad(inputs, params) -> bool:
+    """Whether any input or param requires grad (a loop: no generator per call)."""
+    for t in inputs:
+        if t.requires_grad:
+            return True
+    for p in params:
+        if p.requires_grad:
+            return True
+    return False
 
 
 def compute_dtype(dtype: torch.dtype, wide: bool = False) -> torch.dtype:
@@ -176,6 +187,7 @@ class Activation:
         self.backward_native = backward_native
         self.native_trusted = dict(native_trusted or {})
         self.native_any_input = tuple(native_any_input)
+        self._trusted: dict = {}        # native_trusted by torch dtype (asked on every call)
         self.forward_kernel = forward_kernel
         self.backward_kernel = backward_kernel
         self.n_draws = draws
@@ -203,11 +215,13 @@ class Activation:
                 raise TypeError(f"{self.name}: input '{name}' must be a floating-point tensor, got {t.dtype}")
         if self.n_inputs == 2 and inputs[0].shape != inputs[1].shape:
             raise ValueError(f"{self.name}: inputs must have the same shape, got {tuple(inputs[0].shape)} and {tuple(inputs[1].shape)}")
-        params = tuple(
-            p if isinstance(p, torch.Tensor) else torch.tensor([float(p)], dtype=compute_dtype(x.dtype), device=x.device)
-            for p in params
-        )
-        channel_dim = dim_index(channel_dim, self.name, "channel_dim")
+        if params:
+            params = tuple(
+                p if isinstance(p, torch.Tensor) else torch.tensor([float(p)], dtype=compute_dtype(x.dtype), device=x.device)
+                for p in params
+            )
+        if channel_dim.__class__ is not int:
+            channel_dim = dim_index(channel_dim, self.name, "channel_dim")
         channels = 1
         for name, p, pc in zip(self.param_names, params, self.per_channel):
             if p.dim() != 1:
@@ -225,7 +239,8 @@ class Activation:
                 raise ValueError(f"{self.name}: per-channel params disagree on the number of channels")
             channels = p.numel()
         cd = channel_dim % x.dim() if x.dim() else 0
-        constants = tuple(float(c) for c in constants)
+        if constants:
+            constants = tuple(float(c) for c in constants)
         seed = self.new_seed() if training and self.n_draws else None
         extra = (seed,) if self.n_draws else ()
         if torch.compiler.is_compiling():
@@ -233,7 +248,7 @@ class Activation:
         if torch._C._are_functorch_transforms_active():
             return self.function.apply(*inputs, *params, *constants, cd, *extra)
         # plain eager use: the thin path
-        if not (torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *params))) and _no_forward_ad():
+        if not (torch.is_grad_enabled() and _any_requires_grad(inputs, params)) and _no_forward_ad():
             return self.forward_impl(list(inputs), list(params), list(constants), cd, seed)
         return _EagerFunction.apply(self, cd, seed, *inputs, *params, *constants)
 
@@ -304,8 +319,9 @@ class Activation:
             return torch.randint(0, SEED_BOUND - self.n_draws, (batch_size,), generator=gen).tolist()
 
     # --- compute (the custom ops' implementations) ------------------------------------
-    def _channels(self, params):
-        return max([p.numel() for p in params] + [1])
+    @staticmethod
+    def _channels(params):
+        return max([p.numel() for p in params]) if params else 1
 
     def _eager_args(self, inputs, params, constants, channel_dim, rng=None, wide=False):
         """The fallback functions' arguments: inputs, draws, params, constants; in float64
@@ -334,11 +350,12 @@ class Activation:
             y = self.forward_impl([t.permute(order) for t in inputs], params, constants, order.index(channel_dim), rng)
             return y.permute(inverse_order(order))
         x = inputs[0]
-        rng = self.rng(rng, x)
+        if rng is not None:
+            rng = self.rng(rng, x)
         if self._on_kernels(x, self.forward_kernel, rng):
             return (_launch or _load_launch()).forward(self.forward_kernel, inputs, params, self.per_channel, constants, channel_dim,
                                   self._channels(params), self._kernel_draws(rng), self.kernel_wide(x.dtype, self.float64_forward))
-        if x.device.type == "cpu":
+        if x.is_cpu:
             return self._cpu_forward(inputs, params, constants, channel_dim, rng)
         args = self._eager_args(inputs, params, constants, channel_dim, rng, self.float64_forward)
         return _output(self.forward_torch(*args), inputs)
@@ -353,12 +370,13 @@ class Activation:
             back = inverse_order(order)
             return [g.permute(back) for g in grads[: self.n_inputs]] + list(grads[self.n_inputs:])
         x = inputs[0]
-        rng = self.rng(rng, x)
+        if rng is not None:
+            rng = self.rng(rng, x)
         if self._on_kernels(x, self.backward_kernel, rng):
             return (_launch or _load_launch()).backward(self.backward_kernel, grad, inputs, params, self.per_channel, constants, channel_dim,
                                    self._channels(params), needs, self._kernel_draws(rng),
                                    self.kernel_wide(x.dtype, self.float64_backward), halves)
-        if x.device.type == "cpu":
+        if x.is_cpu:
             return self._cpu_backward(grad, inputs, params, constants, channel_dim, needs, rng, halves=halves)
         args = self._eager_args(inputs, params, constants, channel_dim, rng, self.float64_backward)
         derivs = self.derivatives_torch(*args)
@@ -448,11 +466,13 @@ class Activation:
         """The inputs of dtype that torch's kernel for f (which 0) or the backward (1) is
         trusted with: an open interval, or None (no kernel, or not for this dtype, or the
         direction is computed in float64)."""
-        if (self.forward_native, self.backward_native)[which] is None:
+        if (self.backward_native if which else self.forward_native) is None:
             return None
-        if (self.float64_forward, self.float64_backward)[which]:
+        if self.float64_backward if which else self.float64_forward:
             return None
-        pair = self.native_trusted.get(str(dtype).removeprefix("torch."))
+        if dtype not in self._trusted:
+            self._trusted[dtype] = self.native_trusted.get(str(dtype).removeprefix("torch."))
+        pair = self._trusted[dtype]
         return None if pair is None else pair[which]
 
     def _native_for(self, which: int, inputs) -> bool:
@@ -573,8 +593,9 @@ class Activation:
         halves = self._halves_grads(inputs, needs) if halves else None
         if halves is not None:
             return halves if shape is None else [h.view(shape) for h in halves]
-        return [torch.empty(t.shape if shape is None else shape, dtype=t.dtype, device=t.device) if need else None
-                for t, need in zip(inputs, needs)]
+        if shape is None:
+            return [new_contiguous(t) if need else None for t, need in zip(inputs, needs)]
+        return [torch.empty(shape, dtype=t.dtype, device=t.device) if need else None for t, need in zip(inputs, needs)]
 
     def _native_call(self, which: int, inputs, constants, outs, grad=None):
         """torch's kernel for f (which 0: into outs[0]) or the backward (1: into outs)."""
@@ -655,7 +676,7 @@ class Activation:
         native = native and self._native_for(0, inputs)
         wide = self.float64_forward
         if native:
-            out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+            out = new_contiguous(x)
             if self._native_whole(0, inputs, constants, channel_dim, rng, [out]):
                 return out
             del out
@@ -664,7 +685,7 @@ class Activation:
             xs = args[: self.n_inputs]
             out = None              # the fast variant computes its result in the output itself
             if self.forward_torch_fast is not None and x.dtype == xs[0].dtype:
-                out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+                out = new_contiguous(x)
             y, borrowed = self._values(0, xs, args[self.n_inputs:], None, self._into_output(x.shape, out))
             return out if y is out else _output(y, inputs, borrowed)
         dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng, wide, 0)
@@ -905,7 +926,7 @@ class _EagerFunction(torch.autograd.Function):
     def forward(ctx, op, channel_dim, seed, *args):
         n = op.n_tensors
         tensors, constants = args[:n], args[n:]
-        rng = op.rng(seed, tensors[0])
+        rng = None if seed is None else op.rng(seed, tensors[0])
         ctx.op, ctx.constants, ctx.channel_dim, ctx.rng = op, constants, channel_dim, rng
         ctx.save_for_backward(*tensors)
         if not _no_forward_ad():

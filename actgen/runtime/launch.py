@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .layouts import halves_grads, rows_of
+from .layouts import halves_grads, new_contiguous, rows_of
 from .triton_lang import INTERPRET, tl
 from .tuning import CANDIDATES, DEFAULT, PARAM_GRAD_CANDIDATES, TUNER, Config
 from .variants import LAUNCH
@@ -81,17 +81,22 @@ def layout(shape, channel_dim: int, channels: int, tile: int = TILE) -> Layout:
     return _tiled(M, N, channels, axis, tile)
 
 
-@functools.lru_cache(maxsize=256)
 def row_layout(M: int, N: int, tile: int = TILE) -> Layout:
     """M rows of N elements, no channels (rows_of)."""
     return _tiled(M, N, 1, 0, tile)
 
 
+@functools.lru_cache(maxsize=256)
 def _tiled(M: int, N: int, C: int, axis: int, tile: int) -> Layout:
     """The layout of an (M, N) matrix in tiles of `tile` elements: a row's worth (up to the
     tile) across, as many rows as fill the tile."""
     block_n = min(_pow2(N), tile)
     return Layout(M, N, C, axis, max(1, min(tile // block_n, _pow2(M))), block_n)
+
+
+def retile(lay: Layout, tile: int) -> Layout:
+    """lay's matrix in tiles of another size (what layout() or row_layout() gives for it)."""
+    return lay if tile == TILE else _tiled(lay.M, lay.N, lay.C, lay.ch_axis, tile)
 
 
 def _acc(dtype: torch.dtype, wide: bool = False):
@@ -167,16 +172,16 @@ def constant_parts(constants) -> list[float]:
 
 
 def _layouts(inputs, channel_dim, channels):
-    """(the inputs as the kernels take them, the layout for a tile size, the inputs' row
-    distance): a gated op's rows (rows_of) where its inputs are such, else contiguous."""
+    """(the inputs as the kernels take them, their layout in untuned tiles, their row
+    distance): a gated op's rows (rows_of) where its inputs are such, else contiguous (None)."""
+    if len(inputs) == 2 and channels <= 1:
+        rows = rows_of(inputs)
+        if rows is not None:
+            views, stride = rows
+            M, N = views[0].shape
+            return views, row_layout(M, N), stride
     x = inputs[0]
-    rows = rows_of(inputs) if len(inputs) == 2 and channels <= 1 else None
-    if rows is not None:
-        views, stride = rows
-        M, N = views[0].shape
-        return views, lambda tile=TILE: row_layout(M, N, tile), stride
-    shape = tuple(x.shape)
-    return [t.contiguous() for t in inputs], lambda tile=TILE: layout(shape, channel_dim, channels, tile), None
+    return [t.contiguous() for t in inputs], layout(x.shape, channel_dim, channels), None
 
 
 def forward(kernel, inputs, params, per_channel, constants, channel_dim, channels, draws=None, wide=False):
@@ -184,18 +189,20 @@ def forward(kernel, inputs, params, per_channel, constants, channel_dim, channel
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel() == 0:
         return out
-    seed, training = _draw_args(draws)
-    tensors, make, stride = _layouts(inputs, channel_dim, channels)
-    args = [*tensors, *_param_args(params, per_channel), out, *constant_parts(constants), *seed]
-    acc, fast = _acc(x.dtype, wide), _fast(x.dtype)
-    lay0 = make()
+    tensors, lay0, stride = _layouts(inputs, channel_dim, channels)
+    args = [*tensors, *_param_args(params, per_channel), out, *constant_parts(constants)] if params or constants \
+        else [*tensors, out]
+    training = ()
+    if draws is not None:
+        args.append(draws[0])
+        training = (draws[1],)
+    consts = (_acc(x.dtype, wide), _fast(x.dtype), *training)
     gated = len(inputs) == 2
 
     def run(cfg: Config):
-        lay = lay0 if cfg.tile == TILE else make(cfg.tile)
-        strides = ((stride or lay.N),) if gated else ()
-        return LAUNCH(kernel, lay.grid, (*args, lay.M, lay.N, lay.C, *strides),
-                      (lay.block_m, lay.block_n, lay.ch_axis, acc, fast, *training), cfg.num_warps)
+        lay = retile(lay0, cfg.tile)
+        tail = (lay.M, lay.N, lay.C, stride or lay.N) if gated else (lay.M, lay.N, lay.C)
+        return LAUNCH(kernel, lay.grid, (*args, *tail), (lay.block_m, lay.block_n, lay.ch_axis, *consts), cfg.num_warps)
 
     _tuned(kernel, x, lay0.kind, run)
     return out
@@ -247,15 +254,14 @@ def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, 
     need_params = any(needs[len(inputs):])
     if x.numel() == 0:
         return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in inputs] + [torch.zeros_like(p) for p in params]
-    tensors, make, stride = _layouts(inputs, channel_dim, channels)
+    tensors, lay0, stride = _layouts(inputs, channel_dim, channels)
     gated = len(inputs) == 2
     grads, grad_stride = _input_grads(inputs, tensors, stride, halves)
-    acc_dtype = torch.float64 if x.dtype == torch.float64 or wide else torch.float32
-    args = [grad.contiguous(), *tensors, *_param_args(params, per_channel), *grads]
-    parts = constant_parts(constants)
+    args = [grad.contiguous(), *tensors, *_param_args(params, per_channel), *grads] if params \
+        else [grad.contiguous(), *tensors, *grads]
+    parts = constant_parts(constants) if constants else ()
     seed, training = _draw_args(draws)
-    acc, fast = _acc(x.dtype, wide), _fast(x.dtype)
-    lay0 = make()
+    consts = (_acc(x.dtype, wide), _fast(x.dtype))       # ACC, FAST
 
     def row_strides(lay):
         return ((stride or lay.N), (grad_stride or lay.N)) if gated else ()
@@ -265,22 +271,23 @@ def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, 
     def run(cfg: Config):
         """Launch with cfg (the compiled kernel back); the param-gradient partial sums are
         sized from its tile and left in `launched` with the layout and program count."""
-        lay = lay0 if cfg.tile == TILE else make(cfg.tile)
+        lay = retile(lay0, cfg.tile)
         if not params:
             return LAUNCH(kernel, lay.grid, (*args, *parts, *seed, lay.M, lay.N, lay.C, *row_strides(lay)),
-                          (lay.block_m, lay.block_n, lay.ch_axis, acc, fast, False, *training), cfg.num_warps)
+                          (lay.block_m, lay.block_n, lay.ch_axis, *consts, False, *training), cfg.num_warps)
         step = need_params and cfg.step
         programs, iters = param_grad_programs(lay, x.device) if step else (lay.grid[0], 1)
         n_partials = programs * (lay.block_m if lay.ch_axis == 0 else lay.block_n)
+        acc_dtype = torch.float64 if x.dtype == torch.float64 or wide else torch.float32
         partials = torch.empty((len(params), n_partials if need_params else 1), dtype=acc_dtype, device=x.device)
         launched.update(lay=lay, partials=partials, programs=programs)
         return LAUNCH(kernel, (programs,), (*args, partials, n_partials, *parts, *seed, lay.M, lay.N, lay.C,
                                             *row_strides(lay), iters),
-                      (lay.block_m, lay.block_n, lay.ch_axis, acc, fast, need_params, step, *training), cfg.num_warps)
+                      (lay.block_m, lay.block_n, lay.ch_axis, *consts, need_params, step, *training), cfg.num_warps)
 
     kind = lay0.kind + "+param_grad" if need_params else lay0.kind
     _tuned(kernel, x, kind, run, PARAM_GRAD_CANDIDATES if need_params else CANDIDATES)
-    grads = [g.view(t.shape) for g, t in zip(grads, inputs)]
+    grads = [g if g.shape == t.shape else g.view(t.shape) for g, t in zip(grads, inputs)]
     if not need_params:
         return grads + [torch.empty_like(p) for p in params]
     return grads + finish_param_grads(launched["partials"], launched["lay"], launched["programs"], params)
@@ -293,7 +300,7 @@ def _input_grads(inputs, tensors, stride, halves=True):
     tensor (layouts.halves_grads), so that its gradient is that buffer itself (layouts.Halves)."""
     halves = halves_grads(*inputs) if halves and len(inputs) == 2 else None
     if halves is None:
-        return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in tensors], None
+        return [new_contiguous(t) for t in tensors], None
     grads = [h.view(t.shape) for h, t in zip(halves, tensors)]
     return grads, grads[0].stride(0) if stride is not None else None
 

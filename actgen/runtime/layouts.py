@@ -6,6 +6,12 @@ from __future__ import annotations
 import torch
 
 
+def new_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """A new contiguous tensor of t's shape, dtype and device (empty_like: about a third of
+    the host time of torch.empty(t.shape, dtype=..., device=...))."""
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+
 def memory_order(inputs) -> tuple[int, ...] | None:
     """The dims of the inputs from outermost to innermost in memory, where they are laid out
     densely in another order than the logical one (channels_last, a transposed matrix, a
