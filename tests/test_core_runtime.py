@@ -102,6 +102,26 @@ def test_gated_modules_second_derivatives_through_the_halves(torch_backend):
     assert torch.autograd.gradgradcheck(ops.GEGLU(0), (x,))
 
 
+@pytest.mark.parametrize("rows", [16, 600], ids=["one_piece", "chunks"])
+def test_the_fallback_allocates_the_halves_gradient_once(rows, torch_backend, monkeypatch):
+    """Where torch's kernel declines a gated backward (float32 swiglu's window ends at 4: here
+    most inputs are past it), the derived code writes into the buffer the native attempt
+    allocated, not a second one - in one piece and chunk by chunk alike."""
+    from actgen.runtime import activation
+    made = []
+    real = activation.halves_grads
+    monkeypatch.setattr(activation, "halves_grads", lambda a, b: made.append(1) or real(a, b))
+    x = (torch.randn(rows, 2 * 512) + 6).requires_grad_()
+    y = ops.SwiGLU()(x)
+    g = torch.randn(y.shape)
+    y.backward(g)
+    assert len(made) == 1
+    a, b = x.detach().double().chunk(2, -1)
+    s = torch.sigmoid(a)
+    torch.testing.assert_close(x.grad[:, :512].double(), g.double() * b * s * (1 + a * (1 - s)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad[:, 512:].double(), g.double() * a * s, rtol=1e-5, atol=1e-5)
+
+
 def test_gated_kernels_read_the_halves_where_they_are(triton_backend, monkeypatch):
     """The kernels read a gated op's halves of one tensor in place (no contiguous copies) and
     write their gradients as the halves of one buffer."""

@@ -587,15 +587,13 @@ class Activation:
             return None
         return halves_grads(*inputs)
 
-    def _grad_buffers(self, inputs, needs, shape=None, halves=True):
-        """The input gradients' buffers (None where not needed), of shape (default: the
-        input's): with halves _halves_grads' where they apply, else new contiguous ones."""
-        halves = self._halves_grads(inputs, needs) if halves else None
+    @staticmethod
+    def _grad_buffers(inputs, needs, halves=None):
+        """The input gradients' buffers (None where not needed): halves (_halves_grads') where
+        given, else new contiguous ones."""
         if halves is not None:
-            return halves if shape is None else [h.view(shape) for h in halves]
-        if shape is None:
-            return [new_contiguous(t) if need else None for t, need in zip(inputs, needs)]
-        return [torch.empty(shape, dtype=t.dtype, device=t.device) if need else None for t, need in zip(inputs, needs)]
+            return halves
+        return [new_contiguous(t) if need else None for t, need in zip(inputs, needs)]
 
     def _native_call(self, which: int, inputs, constants, outs, grad=None):
         """torch's kernel for f (which 0: into outs[0]) or the backward (1: into outs)."""
@@ -604,9 +602,9 @@ class Activation:
         else:
             self.backward_native(grad, *inputs, *constants, outs)
 
-    def _cpu_backward_whole(self, grad, inputs, params, constants, channel_dim, needs, rng, halves=True):
+    def _cpu_backward_whole(self, grad, inputs, params, constants, channel_dim, needs, rng, halves=None):
         """The backward in one piece (small tensors): a derivative computed afresh takes grad
-        in place."""
+        in place; the input gradients into halves (_halves_grads' buffers) where given."""
         x = inputs[0]
         args = self._eager_args(inputs, params, constants, channel_dim, rng, self.float64_backward)
         derivs, borrowed = self._values(1, args[: self.n_inputs], args[self.n_inputs:])
@@ -625,7 +623,6 @@ class Activation:
             return g * v
 
         out = []
-        halves = self._halves_grads(inputs, needs) if halves else None
         for i, t in enumerate(inputs):
             if halves is not None:
                 d = derivs[i]
@@ -718,8 +715,10 @@ class Activation:
         """The input and param gradients on the fallback, as _cpu_forward computes f."""
         x = inputs[0]
         native = native and self._native_for(1, inputs) and grad.dtype == x.dtype
+        halves = self._halves_grads(inputs, needs) if halves else None      # (allocated once, for any path)
+        outs = None
         if native:
-            outs = self._grad_buffers(inputs, needs, halves=halves)
+            outs = self._grad_buffers(inputs, needs, halves)
             if self._native_whole(1, inputs, constants, channel_dim, rng, outs, grad, needs):
                 return [o if o is not None else torch.empty_like(t) for o, t in zip(outs, inputs)]
         if x.numel() <= self._chunk(x.dtype, self.float64_backward, 1):
@@ -727,7 +726,9 @@ class Activation:
         dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng, self.float64_backward, 1)
         g3 = grad.reshape(dims)
         n_in = self.n_inputs
-        grads = self._grad_buffers(inputs, needs[: n_in], dims, halves)
+        if outs is None:        # (else the native attempt's, which it left unwritten)
+            outs = self._grad_buffers(inputs, needs[: n_in], halves)
+        grads = [o.view(dims) if o is not None else None for o in outs]
         sums = [torch.zeros(p.numel(), dtype=dt, device=x.device) if needs[n_in + k] else None for k, p in enumerate(params)]
         all_finite = None if native else self._all_finite(1, views)
         for index, channels in chunks:
