@@ -729,6 +729,10 @@ def catalogue_markdown(specs: Sequence[Spec]) -> str:
                 f"`{p.name}` (init {p.init!r}{', per channel' if p.per_channel else ''})" for p in s.params))
         if s.constants:
             lines.append("- constants (keyword arguments): " + ", ".join(f"`{c.name}={c.default!r}`" for c in s.constants))
+        if s.modes:
+            kw, pairs = s.modes
+            lines.append(f"- modes (keyword argument `{kw}`): `{pairs[0][0]!r}` (this one, the default), "
+                         + ", ".join(f"`{v!r}` ([{t}](#{t}))" for v, t in pairs[1:]))
         lines.append(f"- generated source: [actgen/ops/{s.name}.py](../actgen/ops/{s.name}.py)")
         lines += ["", "As compiled (after stability rewrites):", "", "```"]
         lines.append(f"f = {sympy.sstr(d.expr)}")

@@ -22,11 +22,16 @@ import yaml
 from .formula import FLOAT32_MAX, RESERVED_NAMES, FormulaError, make_symbol, parse_formula
 from .timelimit import TooSlow, time_limit
 
-SPEC_FIELDS = ("name", "formula", "doc", "inputs", "params", "constants", "class_name", "reference", "precision")
+SPEC_FIELDS = ("name", "formula", "doc", "inputs", "params", "constants", "class_name", "reference", "precision", "modes")
 #: `precision`: auto (the compiler's precision check decides, see actgen.precision), float32
 #: (never float64 for narrower inputs) or float64 (forward and backward always in float64).
 PRECISIONS = ("auto", "float32", "float64")
 PARAM_FIELDS = ("init", "per_channel")
+#: `modes`: one keyword whose string values pick an activation, as torch.nn.GELU's
+#: approximate picks the tanh form: {keyword: {value: activation name, ...}}, the first value
+#: this activation itself (the default), the others activations of the same build.
+MAX_MODES = 8
+_MODE_RE = re.compile(r"[A-Za-z0-9_]{1,32}\Z")
 MAX_SPEC_BYTES = 64 * 1024
 #: Lists and mappings nested deeper than this are refused (a spec needs 3).
 MAX_YAML_DEPTH = 16
@@ -102,10 +107,13 @@ class Spec:
     class_name: str = ""
     reference: str | None = None
     precision: str = "auto"
+    # (keyword, ((value, activation name), ...)): see SPEC_FIELDS' modes; the first is this one
+    modes: tuple | None = None
     source: str = "<string>"
     sha256: str = ""
     formula_line: int = field(default=1, compare=False)     # where the formula is in source
     name_line: int = field(default=1, compare=False)        # where the name is
+    modes_line: int = field(default=1, compare=False)       # where the modes are
 
     @property
     def gated(self) -> bool:
@@ -398,6 +406,8 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
         elif value is not None:
             precision = value
 
+    modes = _modes(loader, get("modes"), problems, name, inputs, params, constants, seen) if get("modes") is not None else None
+
     # A constant may share the activation's name (torch.nn.functional.threshold's keyword
     # `threshold`): constants are keyword-only and generated code never shadows the function.
     if name is not None and name in seen and seen[name] != "a constant":
@@ -435,11 +445,46 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
         class_name=class_name,
         reference=reference,
         precision=precision,
+        modes=modes,
         source=path,
         sha256=hashlib.sha256(raw).hexdigest(),
         formula_line=get("formula").start_mark.line + 1,
         name_line=get("name").start_mark.line + 1,
+        modes_line=get("modes").start_mark.line + 1 if modes else 1,
     )
+
+
+def _modes(loader, node, problems, name, inputs, params, constants, seen):
+    """The `modes` field as (keyword, ((value, activation), ...)), or None with its problems."""
+    shape = "must be a mapping of one keyword to a mapping of values to activations ({approximate: {none: gelu, tanh: gelu_tanh}})"
+    if not isinstance(node, yaml.MappingNode) or len(node.value) != 1:
+        problems.add(node, "modes", shape)
+        return None
+    (key_node, value_node), = node.value
+    kw = _string(loader, key_node, problems, "modes")
+    if kw is None or not _check_var(kw, key_node, problems, "modes", seen):
+        return None
+    if len(inputs) != 1 or params or constants:
+        problems.add(node, "modes", "only an activation of one input without params or constants has modes")
+        return None
+    if not isinstance(value_node, yaml.MappingNode) or not 2 <= len(value_node.value) <= MAX_MODES:
+        problems.add(value_node, f"modes.{kw}", f"must map 2 to {MAX_MODES} values to activations, this one first")
+        return None
+    pairs, before = [], len(problems.items)
+    for k, v in value_node.value:
+        value, target = _string(loader, k, problems, f"modes.{kw}"), _string(loader, v, problems, f"modes.{kw}")
+        if value is None or target is None:
+            continue
+        if not _MODE_RE.match(value) or value in dict(pairs):
+            problems.add(k, f"modes.{kw}", f"{value!r} must be a distinct word of letters, digits and _ (at most 32)")
+        elif not _NAME_RE.match(target) or len(target) > MAX_NAME_LENGTH:
+            problems.add(v, f"modes.{kw}.{value}", f"{target!r} must be an activation's name")
+        elif (target == name) != (not pairs) or target in dict(pairs).values():
+            problems.add(v, f"modes.{kw}.{value}", "the first value must name this activation (the default), "
+                         "every other one another activation")
+        else:
+            pairs.append((value, target))
+    return (kw, tuple(pairs)) if len(problems.items) == before else None
 
 
 def _shown(path: str) -> str:
@@ -510,6 +555,18 @@ def load_specs(paths: Iterable[Path]) -> list[Spec]:
                             f"in {exported[taken[0]].source} does (rename one, or give it a class_name)")
         else:
             exported.update(dict.fromkeys(s.exports, s))
+    for s in by_name.values():
+        for value, target in (s.modes[1][1:] if s.modes else ()):
+            other = by_name.get(target)
+            if other is None:
+                problems.append(f"{s.source}:{s.modes_line}: modes: {value!r} names '{target}', which is not among "
+                                "the specs built")
+            elif other.modes:
+                problems.append(f"{s.source}:{s.modes_line}: modes: {value!r} names '{target}', which has modes "
+                                "itself (a mode picks an activation without modes)")
+            elif other.inputs != s.inputs or other.params or other.constants:
+                problems.append(f"{s.source}:{s.modes_line}: modes: {value!r} names '{target}', which does not take "
+                                f"what '{s.name}' takes (the input {s.inputs[0]}, no params or constants)")
     if problems:
         raise SpecError(problems)
     return sorted(specs, key=lambda s: s.name)

@@ -277,6 +277,41 @@ def test_gelu_tanh_module_is_gelu_approximate_tanh(torch_backend):
     torch.testing.assert_close(ops.GELUTanh()(x), torch.nn.GELU(approximate="tanh")(x), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_takes_torchs_approximate(approximate, backend):
+    """GELU(approximate=...) and gelu(x, approximate=...) as torch's: values and gradients
+    against torch's kernels, positionally as torch.nn.GELU('tanh') too, and torch's repr."""
+    dtype = torch.float32 if backend == "triton" else torch.float64     # (torch's in float64: the reference)
+    x = torch.linspace(-8, 8, 301, dtype=torch.float64)
+    g = torch.randn(301, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    for ours, theirs in ((ops.GELU(approximate=approximate), torch.nn.GELU(approximate=approximate)),
+                         (ops.GELU(approximate), torch.nn.GELU(approximate)),
+                         (lambda t: ops.gelu(t, approximate=approximate), lambda t: F.gelu(t, approximate=approximate))):
+        xa, xb = x.to(dtype, copy=True).requires_grad_(), x.clone().requires_grad_()
+        ya, yb = ours(xa), theirs(xb)
+        torch.testing.assert_close(ya.double(), yb, **tol)
+        ya.backward(g.to(dtype))
+        yb.backward(g)
+        torch.testing.assert_close(xa.grad.double(), xb.grad, **tol)
+    assert repr(ops.GELU(approximate=approximate)) == repr(torch.nn.GELU(approximate=approximate))
+
+
+def test_gelu_refuses_an_unknown_approximate():
+    with pytest.raises(ValueError, match="GELU: approximate must be one of 'none', 'tanh', got 'Tanh'"):
+        ops.GELU(approximate="Tanh")
+    with pytest.raises(ValueError, match="gelu: approximate must be one of 'none', 'tanh', got None"):
+        ops.gelu(torch.ones(3), approximate=None)
+
+
+def test_gelu_approximate_compiles_whole(torch_backend):
+    """torch.compile(fullgraph=True) through GELU(approximate='tanh'): the mode is picked
+    without a graph break."""
+    m = ops.GELU(approximate="tanh")
+    x = torch.randn(64, dtype=torch.float64)
+    torch.testing.assert_close(torch.compile(m, fullgraph=True)(x), F.gelu(x, approximate="tanh"))
+
+
 # --- rrelu: a random slope per element in training mode, as torch's ----------------------------
 # For x < 0 the slope y/x must be a draw from U(lower, upper): within the bounds, with the mean
 # and variance of U(lower, upper) to within 5 standard errors, and distributed as the slopes of

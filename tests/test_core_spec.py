@@ -96,6 +96,73 @@ def test_duplicate_names_across_files(tmp_path):
         load_specs([tmp_path])
 
 
+MODES = "name: a\nformula: x\nmodes:\n  fast: {exact: a, rough: b}\n"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("name: a\nformula: x\nmodes: [a, b]\n", "s.yaml:3: modes: must be a mapping of one keyword"),
+    ("name: a\nformula: x\nmodes: {p: {u: a, v: b}, q: {u: a, v: b}}\n", "s.yaml:3: modes: must be a mapping of one keyword"),
+    ("name: a\nformula: x\nmodes: {x: {u: a, v: b}}\n", "s.yaml:3: modes: 'x' is already declared as an input"),
+    ("name: a\nformula: x\nmodes: {inplace: {u: a, v: b}}\n", "s.yaml:3: modes: 'inplace' collides with a reserved name"),
+    ("name: a\nformula: x\nmodes: {fast: {u: a}}\n", "s.yaml:3: modes.fast: must map 2 to 8 values"),
+    ("name: a\nformula: x\nmodes: {fast: {u: b, v: a}}\n", "s.yaml:3: modes.fast.u: the first value must name this activation"),
+    ("name: a\nformula: x\nmodes: {fast: {u: a, v: a}}\n", "s.yaml:3: modes.fast.v: the first value must name this activation"),
+    ("name: a\nformula: x\nmodes: {fast: {u: a, 'no way': b}}\n", "s.yaml:3: modes.fast: 'no way' must be a distinct word"),
+    ("name: a\nformula: x\nmodes: {fast: {u: a, v: B}}\n", "s.yaml:3: modes.fast.v: 'B' must be an activation's name"),
+    ("name: a\nformula: x * c\nconstants: {c: 2}\nmodes: {fast: {u: a, v: b}}\n",
+     "s.yaml:4: modes: only an activation of one input without params or constants"),
+], ids=lambda v: v if v.startswith("s.yaml") else "")
+def test_modes_errors(text, expected):
+    assert any(p.startswith(expected) for p in errors(text)), errors(text)
+
+
+@pytest.mark.parametrize("other, expected", [
+    (None, "'rough' names 'b', which is not among the specs built"),
+    ("name: b\nformula: x * w\nparams: {w: 1}\n", "'rough' names 'b', which does not take what 'a' takes"),
+    ("name: b\nformula: x\nmodes: {m: {u: b, v: a}}\n", "'rough' names 'b', which has modes itself"),
+])
+def test_modes_name_activations_of_the_same_build(other, expected, tmp_path):
+    (tmp_path / "a.yaml").write_text(MODES)
+    if other:
+        (tmp_path / "b.yaml").write_text(other)
+    with pytest.raises(SpecError) as info:
+        load_specs([tmp_path])
+    assert any(p.startswith(f"{tmp_path / 'a.yaml'}:4: modes: {expected}") for p in info.value.problems), info.value.problems
+
+
+def test_cli_modes_naming_a_missing_activation_exit_2_nothing_written(tmp_path):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "a.yaml").write_text(MODES)
+    out = tmp_path / "pkg"
+    r = _cli("build", str(specs), "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[0] == f"{specs / 'a.yaml'}:4: modes: 'rough' names 'b', which is not among the specs built"
+    assert not out.exists()
+
+
+def test_a_built_package_picks_its_modes(tmp_path):
+    """A package built from a spec with modes: the functional and the module pick the other
+    activation by the keyword's value, as written in the specs (their formulas in plain torch)."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "a.yaml").write_text(MODES.replace("formula: x", "formula: x * tanh(x)"))
+    (specs / "b.yaml").write_text("name: b\nformula: x * sigmoid(x)\n")
+    r = _cli("build", str(specs), "--out", str(tmp_path / "mypkg"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    code = textwrap.dedent("""
+        import torch, mypkg
+        x = torch.linspace(-4, 4, 9, dtype=torch.float64)
+        assert torch.allclose(mypkg.a(x), x * torch.tanh(x))
+        assert torch.allclose(mypkg.a(x, fast="rough"), x * torch.sigmoid(x))
+        assert torch.allclose(mypkg.A("rough")(x), x * torch.sigmoid(x))
+        print(mypkg.A(fast="rough"))
+    """)
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "A(fast='rough')"
+
+
 def _cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "actgen.cli", *args], cwd=cwd, capture_output=True, text=True)
 

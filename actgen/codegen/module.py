@@ -477,12 +477,25 @@ def _stored(value: str, ptr: str, wide: bool) -> str:
     return f"{value if value.isidentifier() else f'({value})'}.to({ptr}.dtype.element_ty)"
 
 
+def _modes_doc(s) -> str:
+    """What a spec's modes keyword does, in a docstring."""
+    kw, pairs = s.modes
+    others = ", ".join(f"{v!r} ({t})" for v, t in pairs[1:])
+    return f"{kw} picks the formula: {pairs[0][0]!r} (this one, the default) or {others}."
+
+
 def _functional(w: Writer, d: Derivation):
     s = d.spec
     args = list(s.inputs) + [f"{p.name}={p.init!r}" for p in s.params]
     kw = (["channel_dim=1"] if s.per_channel else []) + [f"{c.name}={c.default!r}" for c in s.constants]
     kw += ["training=False"] if d.draws else []
+    kw += [f"{s.modes[0]}={s.modes[1][0][0]!r}"] if s.modes else []
     sig = ", ".join(args + (["*"] + kw if kw else []))
+    if s.modes:
+        others = ", ".join(f"{v!r}: _mode_{t}" for v, t in s.modes[1][1:])
+        w(f"_MODES = {{{others}}}     # {s.modes[0]}: the activations its other values pick")
+        w()
+        w()
     with w.indent(f"def {s.name}({sig}):"):
         doc = [s.doc.strip() or f"The {s.name} activation.", "", f"f = {' '.join(s.formula.split())}"]
         if s.params:
@@ -490,7 +503,13 @@ def _functional(w: Writer, d: Derivation):
         if d.draws:
             doc.append("training=True draws every uniform(lo, hi) afresh per element (one seed per call from "
                        "torch's default generator); training=False uses its mean (lo + hi)/2.")
+        if s.modes:
+            doc.append(_modes_doc(s))
         w('"""' + escape_docstring("\n".join(doc)) + '"""')
+        if s.modes:
+            kw_name, default = s.modes[0], s.modes[1][0][0]
+            with w.indent(f"if {kw_name} != {default!r}:"):
+                w(f"return _rt.mode_function({s.name!r}, {kw_name!r}, {kw_name}, _MODES, {default!r})({s.inputs[0]})")
         cd = "channel_dim" if s.per_channel else "1"
         training = ", training" if d.draws else ""
         w(f"return _OP.call({_tuple(s.inputs)}, {_tuple(p.name for p in s.params)}, {_tuple(c.name for c in s.constants)}, {cd}{training})")
@@ -564,10 +583,12 @@ def _module_class(w: Writer, d: Derivation):
     else:
         head = []
     constants = [f"{c.name}={c.default!r}" for c in s.constants]
+    modes = [f"{s.modes[0]}={s.modes[1][0][0]!r}"] if s.modes else []
     inplace = not s.params and not s.gated
     if not head:
-        # torch's order: LeakyReLU(negative_slope=0.01, inplace=False), Threshold(threshold, value)
-        head = constants + (["inplace=False"] if inplace else [])
+        # torch's order: LeakyReLU(negative_slope=0.01, inplace=False), Threshold(threshold, value),
+        # GELU(approximate='none')
+        head = modes + constants + (["inplace=False"] if inplace else [])
         keywords = []
     else:
         keywords = list(constants)
@@ -589,6 +610,8 @@ def _module_class(w: Writer, d: Derivation):
             doc.append(f"init overrides the initial value of {single.name} ({single.init!r}).")
         if d.draws:
             doc.append("In train() mode every uniform(lo, hi) is drawn afresh per element; in eval() mode it is its mean.")
+        if s.modes:
+            doc.append(_modes_doc(s))
         if inplace:
             doc.append("inplace is accepted as torch's modules take it, and has no effect: the result is a "
                        "new tensor (backward recomputes from the unmodified input).")
@@ -603,6 +626,9 @@ def _module_class(w: Writer, d: Derivation):
                 w(f"channel_dim = _rt.dim_index(channel_dim, {cls!r}, 'channel_dim')")
             if s.gated:
                 w(f"dim = _rt.dim_index(dim, {cls!r}, 'dim')")
+            if s.modes:
+                kw_name = s.modes[0]
+                w(f"_rt.mode_function({cls!r}, {kw_name!r}, {kw_name}, _MODES, {s.modes[1][0][0]!r})")
             if inplace:
                 with w.indent("if not isinstance(inplace, (bool, int)):"):
                     w(f"raise TypeError(f\"{cls}: inplace must be True or False, got {{inplace!r}}\")")
@@ -626,6 +652,7 @@ def _module_class(w: Writer, d: Derivation):
         call_params = [f"self.{p.name}" for p in s.params]
         kw = (["channel_dim=self.channel_dim"] if s.per_channel else []) + [f"{c.name}=self.{c.name}" for c in s.constants]
         kw += ["training=self.training"] if d.draws else []
+        kw += [f"{s.modes[0]}=self.{s.modes[0]}"] if s.modes else []
         if s.gated:
             with w.indent("def forward(self, input):"):
                 w(f"{', '.join(s.inputs)} = _rt.split_halves(input, self.dim, {s.name!r})")
@@ -690,6 +717,9 @@ def render_module(d: Derivation) -> str:
     w("import torch")
     w()
     w("from actgen import runtime as _rt")
+    if s.modes:     # the activations the modes keyword picks: this package's modules
+        for _, target in s.modes[1][1:]:
+            w(f"from .{target} import {target} as _mode_{target}")
     w()
     w(f"FORMULA = {s.formula!r}")
     w(f"SPEC_SHA256 = {s.sha256!r}")

@@ -21,9 +21,10 @@ import math
 import torch
 
 from actgen import runtime as _rt
+from .gelu_tanh import gelu_tanh as _mode_gelu_tanh
 
 FORMULA = '0.5 * x * (1 + erf(x / sqrt(2)))'
-SPEC_SHA256 = '1f3a2919e5d4c2e461182effbd10e59e067ba39252a540f19b640c6075caf1b2'
+SPEC_SHA256 = 'ba75e4f3b8d08b008ba415c670558ed022ef3eb15c6290b86b157a7795059c38'
 
 
 # ---- eager torch fallback (CPU, or when triton is missing) ----
@@ -109,7 +110,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='gelu',
-    key='17767eed11ee',
+    key='4ba62b7189df',
     inputs=('x',),
     params=(),
     constants=(),
@@ -131,10 +132,16 @@ _OP = _rt.Activation(
 )
 
 
-def gelu(x):
+_MODES = {'tanh': _mode_gelu_tanh}     # approximate: the activations its other values pick
+
+
+def gelu(x, *, approximate='none'):
     """Gaussian error linear unit (Hendrycks and Gimpel 2016), exact erf form, x * Phi(x) (torch.nn.GELU()).
 
-    f = 0.5 * x * (1 + erf(x / sqrt(2)))"""
+    f = 0.5 * x * (1 + erf(x / sqrt(2)))
+    approximate picks the formula: 'none' (this one, the default) or 'tanh' (gelu_tanh)."""
+    if approximate != 'none':
+        return _rt.mode_function('gelu', 'approximate', approximate, _MODES, 'none')(x)
     return _OP.call((x,), (), (), 1)
 
 
@@ -184,16 +191,19 @@ class GELU(torch.nn.Module):
     """Gaussian error linear unit (Hendrycks and Gimpel 2016), exact erf form, x * Phi(x) (torch.nn.GELU()).
 
     f = 0.5 * x * (1 + erf(x / sqrt(2)))
+    approximate picks the formula: 'none' (this one, the default) or 'tanh' (gelu_tanh).
     inplace is accepted as torch's modules take it, and has no effect: the result is a new tensor (backward recomputes from the unmodified input)."""
 
-    def __init__(self, inplace=False):
+    def __init__(self, approximate='none', inplace=False):
         super().__init__()
+        _rt.mode_function('GELU', 'approximate', approximate, _MODES, 'none')
         if not isinstance(inplace, (bool, int)):
             raise TypeError(f"GELU: inplace must be True or False, got {inplace!r}")
+        self.approximate = approximate
         self.inplace = inplace
 
     def forward(self, x):
-        return gelu(x)
+        return gelu(x, approximate=self.approximate)
 
     def extra_repr(self):
-        return ""
+        return f"approximate={self.approximate!r}"

@@ -335,10 +335,22 @@ def split_halves(t: torch.Tensor, dim: int, name: str):
     return a, b
 
 
+def mode_function(owner: str, keyword: str, value, modes: dict, default: str):
+    """The function a modes keyword's value picks (a spec's `modes`: gelu's approximate='tanh'
+    picks gelu_tanh; modes maps each other value to its function), None for the default (the
+    activation itself); a ValueError for any other value, as a module's constructor checks it."""
+    if isinstance(value, str) and value == default:
+        return None
+    if not isinstance(value, str) or value not in modes:
+        allowed = ", ".join(repr(v) for v in (default, *modes))
+        raise ValueError(f"{owner}: {keyword} must be one of {allowed}, got {value!r}")
+    return modes[value]
+
+
 __all__ = [
     "HAS_TRITON", "Activation", "as_tensor", "dim_index", "vmap_by_loop", "get_backend", "set_backend", "release_workspace", "number",
     "use_backend", "softplus", "clamp", "hypot", "sqrt_square_plus", "scalar_sqrt_square_plus",
     "scaled_input", "inverse_scale", "grown", "capped_exp",
     "scalar_sigmoid", "scalar_softplus", "split_halves", "limit_at_inf",
-    "gt", "ge", "lt", "le", "mask_and", "mask_or", "mask_not", "select", "finite_or_none",
+    "gt", "ge", "lt", "le", "mask_and", "mask_or", "mask_not", "select", "finite_or_none", "mode_function",
 ]
