@@ -378,7 +378,8 @@ def compiled_function(spec: Spec, rewrites: bool = True):
     from .derive import derive
 
     tag = ":as-written" if not rewrites else ":compiled"
-    d = derive(dataclasses.replace(spec, sha256=spec.sha256 + tag), rewrites=rewrites)
+    # (the formula's function alone: a module on its own, so without the modes' siblings)
+    d = derive(dataclasses.replace(spec, sha256=spec.sha256 + tag, modes=None), rewrites=rewrites)
     folder = Path(tempfile.mkdtemp(dir=_scratch()))
     name = f"_{'compiled' if rewrites else 'as_written'}_{spec.name}"
     path = folder / f"{name}.py"
