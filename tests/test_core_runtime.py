@@ -401,12 +401,16 @@ def test_a_dim_out_of_range_or_not_an_int_is_a_clear_error():
 
 
 def test_drop_in_constructors_refuse_what_they_would_misread():
-    """GELU('tanh') (torch's approximate form) is an error, not the exact GELU with inplace
-    'tanh'; torch's factory keywords make the params in that dtype and on that device."""
+    """GELU's first argument is torch's approximate (GELU(True), inplace as it reads in other
+    modules, is an error, not the exact GELU); inplace is a keyword; torch's factory keywords
+    make the params in that dtype and on that device."""
+    with pytest.raises(ValueError, match="approximate must be one of 'none', 'tanh', got True"):
+        ops.GELU(True)
     with pytest.raises(TypeError, match="inplace must be True or False, got 'tanh'"):
-        ops.GELU("tanh")
+        ops.GELU("tanh", "tanh")
     x = torch.linspace(-3, 3, 7)
-    torch.testing.assert_close(ops.GELU(True)(x), F.gelu(x))
+    torch.testing.assert_close(ops.GELU(inplace=True)(x), F.gelu(x))
+    torch.testing.assert_close(ops.GELU("tanh")(x), F.gelu(x, approximate="tanh"))
     torch.testing.assert_close(ops.GELUTanh()(x), F.gelu(x, approximate="tanh"))
     m = ops.PReLU(num_parameters=3, init=0.1, device="cpu", dtype=torch.float64)
     ref = torch.nn.PReLU(num_parameters=3, init=0.1, device="cpu", dtype=torch.float64)
