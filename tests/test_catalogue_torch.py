@@ -474,6 +474,20 @@ def test_glu_functional_takes_the_halves(backend):
 
 
 @pytest.mark.parametrize("ours,theirs", [
+    (ops.Threshold(0.5, 0.0), torch.nn.Threshold(0.5, 0.0)),
+    (ops.Hardshrink(), torch.nn.Hardshrink()),
+], ids=["Threshold", "Hardshrink"])
+def test_a_zero_branch_is_a_positive_zero_as_torchs(ours, theirs, torch_backend):
+    """Where a float mask picks a branch that is 0, the result is +0.0 as torch's (not the
+    -0.0 of 0 * a negative input), in the fallback's fast variant's chunks and whole."""
+    x = torch.cat([torch.tensor([-1.0, -0.0, 0.0, -3.0, 0.25, -0.25]), -torch.rand(300_000) * 4])
+    want = theirs(x)
+    got = ours(x)
+    torch.testing.assert_close(got, want)
+    assert torch.equal(torch.signbit(got), torch.signbit(want))
+
+
+@pytest.mark.parametrize("ours,theirs", [
     (lambda: ops.LeakyReLU(0.2, True), lambda: torch.nn.LeakyReLU(0.2, True)),
     (lambda: ops.Threshold(0.1, 20.0), lambda: torch.nn.Threshold(0.1, 20.0)),
     (lambda: ops.Hardtanh(-2.0, 0.5), lambda: torch.nn.Hardtanh(-2.0, 0.5)),

@@ -305,7 +305,9 @@ def select(m, a, b, out=None):
     if b_number and b == 0.0:
         if a_number and a == 1.0:
             return _into(out, m)
-        return m * a if out is None else torch.mul(m, a, out=out)
+        # 0 + m*a: +0.0 where m is 0, as torch.where gives (m*a alone is -0.0 where a < 0)
+        zero, a = number(m, 0.0), number(m, a) if a_number else a
+        return torch.addcmul(zero, m, a) if out is None else torch.addcmul(zero, m, a, out=out)
     # lerp(b, a, w) is b + w*(a - b) for w < 0.5 and a - (1 - w)*(a - b) otherwise: b or a exactly
     # (a = 0: +0.0 where m is 1, as torch.where gives; one pass)
     start, end = number(m, b) if b_number else b, number(m, a) if a_number else a
