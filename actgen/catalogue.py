@@ -724,12 +724,12 @@ def catalogue_markdown(specs: Sequence[Spec]) -> str:
         if s.doc:
             lines += [" ".join(s.doc.split()), ""]
         lines.append(f"- formula: {_code(s.formula)}")
-        lines.append(f"- inputs: {', '.join(s.inputs)}" + (" (the module splits its input in halves along `dim`)" if s.gated else ""))
+        lines.append(f"- inputs: {', '.join(s.inputs)}" + (" (the module, and the functional given one tensor, split it in halves along `dim`)" if s.gated else ""))
         if s.params:
             lines.append("- learnable params: " + ", ".join(
                 f"`{p.name}` (init {p.init!r}{', per channel' if p.per_channel else ''})" for p in s.params))
         if s.constants:
-            lines.append("- constants (keyword arguments): " + ", ".join(f"`{c.name}={c.default!r}`" for c in s.constants))
+            lines.append("- constants (after the params, by position or keyword): " + ", ".join(f"`{c.name}={c.default!r}`" for c in s.constants))
         if s.modes:
             kw, pairs = s.modes
             lines.append(f"- modes (keyword argument `{kw}`): `{pairs[0][0]!r}` (this one, the default), "

@@ -473,6 +473,64 @@ def test_glu_functional_takes_the_halves(backend):
     torch.testing.assert_close(ops.glu(extremes, -extremes), F.glu(torch.cat([extremes, -extremes]), dim=0), equal_nan=True)
 
 
+@pytest.mark.parametrize("dim", [-1, 1, 0])
+def test_gated_functionals_split_one_tensor_as_torchs_glu(dim, backend):
+    """glu(x) and glu(x, dim=d) are F.glu(x) and F.glu(x, d): one tensor split in halves
+    (values and the gradient of the whole tensor); swiglu(x) likewise against the plain
+    torch formula F.silu(a) * b on x's halves."""
+    x = torch.randn(4, 6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(6)) * 3
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    g = torch.randn_like(x).chunk(2, dim)[0]
+    y, yt = ops.glu(x1, dim=dim), F.glu(x2, dim)
+    torch.testing.assert_close(y, yt)
+    torch.testing.assert_close(*(torch.autograd.grad(v, t, g)[0] for v, t in ((y, x1), (yt, x2))))
+    y = ops.swiglu(x1, dim=dim)
+    a, b = x2.chunk(2, dim)
+    yt = F.silu(a) * b
+    torch.testing.assert_close(y, yt)
+    torch.testing.assert_close(*(torch.autograd.grad(v, t, g)[0] for v, t in ((y, x1), (yt, x2))))
+    with pytest.raises(ValueError, match="odd"):
+        ops.glu(torch.randn(3, 5), dim=dim if dim != 0 else 1)
+    with pytest.raises(IndexError, match="dim 3 is out of range"):
+        ops.swiglu(x, dim=3)
+
+
+FUNCTIONAL_ARGS = [  # (ours, torch's, positional arguments after the input, as torch's functionals take them)
+    (ops.leaky_relu, F.leaky_relu, (0.2,)),
+    (ops.elu, F.elu, (0.5,)),
+    (ops.celu, F.celu, (0.7,)),
+    (ops.hardtanh, F.hardtanh, (-0.5, 2.0)),
+    (ops.softplus, F.softplus, (2.0, 10.0)),
+    (ops.threshold, F.threshold, (0.5, -2.0)),
+    (ops.hardshrink, F.hardshrink, (0.75,)),
+    (ops.softshrink, F.softshrink, (0.75,)),
+    (ops.rrelu, F.rrelu, (0.1, 0.3)),
+    (ops.rrelu, F.rrelu, (0.1, 0.3, False)),
+    (ops.prelu, F.prelu, (torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64),)),
+]
+
+
+@pytest.mark.parametrize("ours,theirs,args", FUNCTIONAL_ARGS,
+                         ids=[f"{o.__name__}{len(a)}" for o, _, a in FUNCTIONAL_ARGS])
+def test_functionals_take_torchs_positional_arguments(ours, theirs, args, backend):
+    """F.leaky_relu(x, 0.2), F.hardtanh(x, -0.5, 2.0), F.rrelu(x, lower, upper, training): the
+    same call on actgen's functional gives torch's values and gradients."""
+    x = torch.randn(2, 3, 50, dtype=torch.float64, generator=torch.Generator().manual_seed(8)) * 3
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y, yt = ours(x1, *args), theirs(x2, *args)
+    torch.testing.assert_close(y, yt)
+    torch.testing.assert_close(torch.autograd.grad(y.sum(), x1)[0], torch.autograd.grad(yt.sum(), x2)[0])
+
+
+def test_rrelu_takes_training_positionally(backend):
+    """F.rrelu(x, lower, upper, True): training mode, each negative element's slope a draw in
+    [lower, upper] (not their mean)."""
+    x = -torch.rand(4000, dtype=torch.float64, generator=torch.Generator().manual_seed(9)) - 0.5
+    slopes = ops.rrelu(x, 0.1, 0.3, True) / x
+    assert slopes.min() >= 0.1 - 1e-12 and slopes.max() <= 0.3 + 1e-12
+    assert slopes.std() > 0.05         # uniform on [0.1, 0.3]: 0.058; the mean alone: 0
+
+
 @pytest.mark.parametrize("ours,theirs", [
     (ops.Threshold(0.5, 0.0), torch.nn.Threshold(0.5, 0.0)),
     (ops.Hardshrink(), torch.nn.Hardshrink()),

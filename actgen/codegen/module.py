@@ -486,9 +486,12 @@ def _modes_doc(s) -> str:
 
 def _functional(w: Writer, d: Derivation):
     s = d.spec
-    args = list(s.inputs) + [f"{p.name}={p.init!r}" for p in s.params]
-    kw = (["channel_dim=1"] if s.per_channel else []) + [f"{c.name}={c.default!r}" for c in s.constants]
-    kw += ["training=False"] if d.draws else []
+    # torch's order: inputs, params, constants, training (F.leaky_relu(x, 0.2),
+    # F.rrelu(x, lower, upper, training), F.prelu(x, weight)); the rest are keywords
+    inputs = [s.inputs[0], f"{s.inputs[1]}=None"] if s.gated else list(s.inputs)
+    args = inputs + [f"{p.name}={p.init!r}" for p in s.params] + [f"{c.name}={c.default!r}" for c in s.constants]
+    args += ["training=False"] if d.draws else []
+    kw = (["dim=-1"] if s.gated else []) + (["channel_dim=1"] if s.per_channel else [])
     kw += [f"{s.modes[0]}={s.modes[1][0][0]!r}"] if s.modes else []
     sig = ", ".join(args + (["*"] + kw if kw else []))
     if s.modes:
@@ -500,12 +503,18 @@ def _functional(w: Writer, d: Derivation):
         doc = [s.doc.strip() or f"The {s.name} activation.", "", f"f = {' '.join(s.formula.split())}"]
         if s.params:
             doc.append("Params are tensors of shape (1,) or, if per-channel, (C,) - or Python floats.")
+        if s.gated:
+            doc.append(f"Called with one tensor ({s.inputs[1]} None), it is split in two halves along `dim` "
+                       f"({', '.join(s.inputs)}), as torch's F.glu.")
         if d.draws:
             doc.append("training=True draws every uniform(lo, hi) afresh per element (one seed per call from "
                        "torch's default generator); training=False uses its mean (lo + hi)/2.")
         if s.modes:
             doc.append(_modes_doc(s))
         w('"""' + escape_docstring("\n".join(doc)) + '"""')
+        if s.gated:
+            with w.indent(f"if {s.inputs[1]} is None:"):
+                w(f"{', '.join(s.inputs)} = _rt.split_halves({s.inputs[0]}, dim, {s.name!r})")
         if s.modes:
             kw_name, default = s.modes[0], s.modes[1][0][0]
             with w.indent(f"if {kw_name} != {default!r}:"):

@@ -112,10 +112,13 @@ _OP = _rt.Activation(
 )
 
 
-def bilinear(a, b):
+def bilinear(a, b=None, *, dim=-1):
     """The bilinear gate (Dauphin et al. 2017; Shazeer 2020), a * b, a GLU without the nonlinearity; the module splits its input in halves along dim.
 
-    f = a * b"""
+    f = a * b
+    Called with one tensor (b None), it is split in two halves along `dim` (a, b), as torch's F.glu."""
+    if b is None:
+        a, b = _rt.split_halves(a, dim, 'bilinear')
     return _OP.call((a, b), (), (), 1)
 
 

@@ -105,7 +105,7 @@ _OP = _rt.Activation(
 )
 
 
-def celu(x, *, alpha=1.0):
+def celu(x, alpha=1.0):
     """Continuously differentiable ELU (Barron 2017), max(0, x) + min(0, alpha * (exp(x / alpha) - 1)) (torch.nn.CELU).
 
     f = where(x > 0, x, alpha * (exp(x / alpha) - 1))"""

@@ -130,7 +130,7 @@ _OP = _rt.Activation(
 )
 
 
-def elu(x, *, alpha=1.0):
+def elu(x, alpha=1.0):
     """Exponential linear unit (Clevert et al. 2015), x for x > 0 and alpha * (exp(x) - 1) otherwise (torch.nn.ELU); the derivative at 0 is alpha, as torch's.
 
     f = where(x > 0, x, alpha * (exp(x) - 1))"""

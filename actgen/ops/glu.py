@@ -119,10 +119,13 @@ _OP = _rt.Activation(
 )
 
 
-def glu(a, b):
+def glu(a, b=None, *, dim=-1):
     """Gated linear unit (Dauphin et al. 2017), a * sigmoid(b); the module splits its input in halves along dim (torch.nn.GLU).
 
-    f = a * sigmoid(b)"""
+    f = a * sigmoid(b)
+    Called with one tensor (b None), it is split in two halves along `dim` (a, b), as torch's F.glu."""
+    if b is None:
+        a, b = _rt.split_halves(a, dim, 'glu')
     return _OP.call((a, b), (), (), 1)
 
 

@@ -104,7 +104,7 @@ _OP = _rt.Activation(
 )
 
 
-def hardshrink(x, *, lambd=0.5):
+def hardshrink(x, lambd=0.5):
     """Hard shrinkage, x where |x| > lambd, else 0 (torch.nn.Hardshrink); the derivative is 0 at +-lambd, as torch's.
 
     f = where((x > lambd) | (x < -lambd), x, 0)"""

@@ -106,7 +106,7 @@ _OP = _rt.Activation(
 )
 
 
-def hardtanh(x, *, min_val=-1.0, max_val=1.0):
+def hardtanh(x, min_val=-1.0, max_val=1.0):
     """Hard tanh, x clamped to [min_val, max_val] (torch.nn.Hardtanh); the derivative is 0 at both bounds, as torch's.
 
     f = Piecewise((min_val, x <= min_val), (max_val, x >= max_val), (x, True))"""

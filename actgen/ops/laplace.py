@@ -115,7 +115,7 @@ _OP = _rt.Activation(
 )
 
 
-def laplace(x, *, mu=0.7071067811865476, sigma=0.28209479177387814):
+def laplace(x, mu=0.7071067811865476, sigma=0.28209479177387814):
     """The Laplace attention function of MEGA (Ma et al. 2022, \"Mega - Moving Average Equipped Gated Attention\"), 0.5 * (1 + erf((x - mu) / (sigma * sqrt(2)))) with mu = sqrt(1/2) and sigma = sqrt(1/(4 pi)), an approximation of relu^2 normalised to (0, 1).
 
     f = 0.5 * (1 + erf((x - mu) / (sigma * sqrt(2))))"""

@@ -130,7 +130,7 @@ _OP = _rt.Activation(
 )
 
 
-def leaky_relu(x, *, negative_slope=0.01):
+def leaky_relu(x, negative_slope=0.01):
     """Leaky ReLU (Maas et al. 2013), x for x > 0 and negative_slope * x otherwise (torch.nn.LeakyReLU); the derivative at 0 is negative_slope, as torch's.
 
     f = where(x > 0, x, negative_slope * x)"""

@@ -143,10 +143,13 @@ _OP = _rt.Activation(
 )
 
 
-def reglu(a, b):
+def reglu(a, b=None, *, dim=-1):
     """ReGLU gate (Shazeer 2020, \"GLU Variants Improve Transformer\"), relu(a) * b; the module splits its input in halves along dim.
 
-    f = Max(a, 0) * b"""
+    f = Max(a, 0) * b
+    Called with one tensor (b None), it is split in two halves along `dim` (a, b), as torch's F.glu."""
+    if b is None:
+        a, b = _rt.split_halves(a, dim, 'reglu')
     return _OP.call((a, b), (), (), 1)
 
 

@@ -116,7 +116,7 @@ _OP = _rt.Activation(
 )
 
 
-def rrelu(x, *, lower=0.125, upper=0.3333333333333333, training=False):
+def rrelu(x, lower=0.125, upper=0.3333333333333333, training=False):
     """Randomized leaky ReLU (Xu et al. 2015), torch.nn.RReLU / F.rrelu: x for x > 0, else a * x with a slope a drawn from U(lower, upper) afresh for every element in training mode (training=True; the module in train()), and the mean slope (lower + upper) / 2 in evaluation mode (the default of the functional; the module in eval()).  As torch's, the derivative at 0 is the slope.
 
     f = where(x > 0, x, uniform(lower, upper) * x)

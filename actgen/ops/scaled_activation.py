@@ -109,7 +109,7 @@ _OP = _rt.Activation(
 )
 
 
-def scaled_activation(x, *, scale=1.0, shift=0.0):
+def scaled_activation(x, scale=1.0, shift=0.0):
     """A shifted, scaled ReLU, scale * relu(x + shift).
 
     f = scale * Max(x + shift, 0)"""

@@ -115,7 +115,7 @@ _OP = _rt.Activation(
 )
 
 
-def soft_clip(x, *, scale=1.0):
+def soft_clip(x, scale=1.0):
     """Smoothly clips to (-scale, scale).
 
     f = scale * tanh(x / scale)"""

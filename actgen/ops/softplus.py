@@ -139,7 +139,7 @@ _OP = _rt.Activation(
 )
 
 
-def softplus(x, *, beta=1.0, threshold=20.0):
+def softplus(x, beta=1.0, threshold=20.0):
     """Softplus (Dugas et al. 2001), log(1 + exp(beta * x)) / beta, and x where beta * x > threshold (torch.nn.Softplus).
 
     f = where(beta * x > threshold, x, log(1 + exp(beta * x)) / beta)"""

@@ -107,7 +107,7 @@ _OP = _rt.Activation(
 )
 
 
-def softshrink(x, *, lambd=0.5):
+def softshrink(x, lambd=0.5):
     """Soft shrinkage, x - lambd above lambd, x + lambd below -lambd, 0 between (torch.nn.Softshrink); the derivative is 0 at +-lambd, as torch's.
 
     f = Piecewise((x - lambd, x > lambd), (x + lambd, x < -lambd), (0, True))"""

@@ -129,7 +129,7 @@ _OP = _rt.Activation(
 )
 
 
-def squareplus(x, *, b=4.0):
+def squareplus(x, b=4.0):
     """Squareplus (Barron 2021, \"Squareplus - A Softplus-Like Algebraic Rectifier\"), (x + sqrt(x^2 + b)) / 2; compiled to a cancellation-free form for x < 0.
 
     f = (x + sqrt(x**2 + b)) / 2"""

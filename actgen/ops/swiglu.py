@@ -149,10 +149,13 @@ _OP = _rt.Activation(
 )
 
 
-def swiglu(a, b):
+def swiglu(a, b=None, *, dim=-1):
     """SwiGLU gate (Shazeer 2020, \"GLU Variants Improve Transformer\"), silu(a) * b; the module splits its input in halves along dim.
 
-    f = a * sigmoid(a) * b"""
+    f = a * sigmoid(a) * b
+    Called with one tensor (b None), it is split in two halves along `dim` (a, b), as torch's F.glu."""
+    if b is None:
+        a, b = _rt.split_halves(a, dim, 'swiglu')
     return _OP.call((a, b), (), (), 1)
 
 

@@ -106,7 +106,7 @@ _OP = _rt.Activation(
 )
 
 
-def threshold(x, *, threshold=0.0, value=0.0):
+def threshold(x, threshold=0.0, value=0.0):
     """x where x > threshold, else value (torch.nn.Threshold); the derivative at the threshold is 0, as torch's.
 
     f = where(x > threshold, x, value)"""

@@ -154,7 +154,7 @@ _OP = _rt.Activation(
 )
 
 
-def xielu(x, alpha_p=0.2033823208110246, alpha_n=-1.0502256128148468, *, beta=0.5, eps=-1e-06):
+def xielu(x, alpha_p=0.2033823208110246, alpha_n=-1.0502256128148468, beta=0.5, eps=-1e-06):
     """xIELU (Huang and Schlag 2025, \"Deriving Activation Functions Using Integration\"): alpha_p * x^2 + beta * x for x > 0 and alpha_n * (expm1(min(x, eps)) - x) + beta * x otherwise, where alpha_p = softplus(alpha_p') and alpha_n = beta + softplus(alpha_n') are kept positive through the learnable alpha_p' and alpha_n' (the params alpha_p and alpha_n, as in the reference code), initialised so that alpha_p = alpha_n = 0.8.
 
     f = where(x > 0, softplus(alpha_p) * x**2 + beta * x, (beta + softplus(alpha_n)) * (expm1(Min(x, eps)) - x) + beta * x)
