@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
-POINTER_DTYPES = ("fp32", "fp16", "bf16")
+POINTER_DTYPES = ("fp32", "fp16", "bf16", "fp64")
 ARCHS = (80, 90)
 
 
@@ -76,8 +76,9 @@ class KernelReport:
         return None if self.sass_loop_instructions is None else self.sass_loop_instructions / self.elements_per_thread
 
 
-def signature(fn, dtype: str, param_names=()) -> tuple[dict, dict]:
-    """Triton signature and constexprs for a generated kernel, with data pointers of `dtype`."""
+def signature(fn, dtype: str, param_names=(), wide: bool = False) -> tuple[dict, dict]:
+    """Triton signature and constexprs for a generated kernel, with data pointers of `dtype`
+    (wide: computing in float64, whose param-gradient partial sums are float64)."""
     sig, attrs = {}, {}
     names = list(inspect.signature(fn).parameters)
     for i, name in enumerate(names):
@@ -87,7 +88,14 @@ def signature(fn, dtype: str, param_names=()) -> tuple[dict, dict]:
             sig[name] = "i32"
         elif name.endswith("_ptr"):
             base = name[: -len("_ptr")]
-            sig[name] = "*fp32" if base in param_names or name == "_partials_ptr" else f"*{dtype}"
+            # params in float32, as a module's are, and in float64 with float64 data (a
+            # module made .double()); partial sums in the compute type (launch.backward)
+            if name == "_partials_ptr":
+                sig[name] = "*fp64" if wide or dtype == "fp64" else "*fp32"
+            elif base in param_names:
+                sig[name] = "*fp64" if dtype == "fp64" else "*fp32"
+            else:
+                sig[name] = f"*{dtype}"
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif name.endswith("_stride") or name in ("_M", "_C", "_n_partials"):
             sig[name] = "i64"
@@ -123,7 +131,8 @@ def kernel_source(kernel, dtype: str, layout=LAYOUTS[0], param_names=(), step: b
     from triton.compiler import ASTSource
 
     fn = getattr(kernel, "fn", kernel)
-    sig, attrs = signature(fn, dtype, param_names)
+    wide = wide or dtype == "fp64"
+    sig, attrs = signature(fn, dtype, param_names, wide)
     block_m, block_n, axis = layout
     constexprs = {"BLOCK_M": block_m, "BLOCK_N": block_n, "CH_AXIS": axis, "ACC": tl.float64 if wide else tl.float32,
                   "FAST": dtype in ("fp16", "bf16")}
@@ -232,8 +241,11 @@ def module_layouts(mod, layouts=LAYOUTS) -> tuple:
 def compile_module(module_name: str, dtypes=POINTER_DTYPES, archs=ARCHS, layouts=LAYOUTS,
                    ptxas: str | None = None, num_warps: int = 4, step: bool = False,
                    nvdisasm: str | None = None) -> list[KernelReport]:
+    import torch
+
     from .bench import DTYPES
 
+    dtypes_of = {**DTYPES, "fp64": torch.float64}
     mod = importlib.import_module(module_name)
     params = set(mod._OP.param_names)
     variants = (False, True) if getattr(mod._OP, "n_draws", 0) else (None,)
@@ -249,7 +261,7 @@ def compile_module(module_name: str, dtypes=POINTER_DTYPES, archs=ARCHS, layouts
                     for training in variants:
                         reports.append(_compile_one(module_name, kname, kernel, dtype, arch, lay, params, training,
                                                     ptxas, num_warps, step, nvdisasm,
-                                                    mod._OP.kernel_wide(DTYPES[dtype], wide)))
+                                                    mod._OP.kernel_wide(dtypes_of[dtype], wide)))
     return reports
 
 

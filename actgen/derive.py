@@ -2188,6 +2188,12 @@ def _root_of(e: sympy.Add):
     return bases.pop() if len(bases) == 1 else None
 
 
+def _linear_in(p: sympy.Poly) -> tuple:
+    """(b, a) of a polynomial a + b*s of degree at most 1 (b is 0 for a constant)."""
+    coeffs = p.all_coeffs()
+    return (0, coeffs[0]) if len(coeffs) == 1 else tuple(coeffs)
+
+
 def _one_term_over_a_root(e):
     """A sum of terms in powers of sqrt(Q) (Q a polynomial) as one term, where it is one:
     with s = sqrt(Q), the sum over its common denominator, s**2 -> Q in numerator and
@@ -2213,8 +2219,7 @@ def _one_term_over_a_root(e):
             return e
         # numerator and denominator mod s**2 - q: a + b*s and c + d*s; times c - d*s the
         # denominator is c**2 - d**2*q, free of s: the sum is (A + B*s)/D
-        (b, a), (d, c) = (sympy.Poly(p, s).rem(sympy.Poly(s ** 2 - q, s)).all_coeffs()[-2:]
-                          if sympy.degree(p, s) > 0 else (0, p) for p in (num, den))
+        (b, a), (d, c) = (_linear_in(sympy.Poly(p, s).rem(sympy.Poly(s ** 2 - q, s))) for p in (num, den))
         A, B, D = (sympy.Poly(v, *gens) for v in (a * c - b * d * q, b * c - a * d, c ** 2 - d ** 2 * q))
         if D.is_zero or (A.is_zero == B.is_zero):
             return e            # (both terms left: still a sum)

@@ -926,3 +926,39 @@ def test_second_derivatives_at_huge_inputs(backend):
         f = lambda v: v * mpmath.tanh(mpmath.exp(v))
         truth = [float(mpmath.diff(f, mpmath.mpf(v), 2)) if abs(v) <= 50 else 0.0 for v in x.tolist()]
         _close_to_truth(d2, truth, ulps=16)
+
+
+@pytest.mark.parametrize("formula, f, df", [
+    ("atan(x) + asinh(x)", lambda x: mpmath.atan(x) + mpmath.asinh(x),
+     lambda x: 1 / (1 + x * x) + 1 / mpmath.sqrt(1 + x * x)),
+    ("x/(1 + x**2) + asinh(x)", lambda x: x / (1 + x * x) + mpmath.asinh(x),
+     lambda x: (1 - x * x) / (1 + x * x) ** 2 + 1 / mpmath.sqrt(1 + x * x)),
+    ("1/(1+x**2) + sqrt(1 + x**2)", lambda x: 1 / (1 + x * x) + mpmath.sqrt(1 + x * x),
+     lambda x: -2 * x / (1 + x * x) ** 2 + x / mpmath.sqrt(1 + x * x)),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_derivative_whose_terms_over_a_root_leave_a_constant_compiles(backend, formula, f, df, dtype):
+    """Derivatives with terms in a root's powers whose numerator, mod the root squared, is a
+    constant (asinh's 1/sqrt(1 + x**2) next to a rational) were refused as "cannot be compiled"."""
+    m = actgen.compile(formula, name="over_a_root")
+    x = torch.tensor([-1e4, -30.0, -2.5, -1.0, -1e-3, 0.0, 1e-3, 0.5, 1.0, 3.0, 100.0, 1e4], dtype=dtype)
+    y, (g,) = _grad(m.over_a_root, x)
+    _close_to_truth(y, [float(f(mpmath.mpf(float(v)))) for v in x.double()], ulps=8)
+    _close_to_truth(g, [float(df(mpmath.mpf(float(v)))) for v in x.double()], ulps=8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_power_of_a_number_to_a_param_computed_in_float64(backend, dtype):
+    """x * 2**p + |x|**p computed in float64 (precision: float64): the number 2.0 meets the
+    param in one type (a bare number was float32 next to float64, which libdevice.pow does
+    not take); values and both gradients against the formula in float64 torch."""
+    m = actgen.compile("x * 2**p + abs(x)**p", name="pow_p", params={"p": 1.5}, precision="float64")
+    x = torch.tensor([-30.0, -2.5, -1.0, -0.25, 0.5, 1.0, 3.0, 100.0], dtype=dtype)
+    p = torch.tensor([1.5], dtype=dtype)
+    y, (gx, gp) = _grad(m.pow_p, x, p)
+    xd, pd = x.double().requires_grad_(), p.double().requires_grad_()
+    want = xd * 2 ** pd + xd.abs() ** pd
+    want_gx, want_gp = torch.autograd.grad(want.sum(), [xd, pd])
+    _close_to_truth(y, want.detach())
+    _close_to_truth(gx, want_gx)
+    torch.testing.assert_close(gp.double(), want_gp, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+from fractions import Fraction
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -391,7 +393,6 @@ def test_a_dim_out_of_range_or_not_an_int_is_a_clear_error():
     for cd in (1.0, None, True, "1"):
         with pytest.raises(TypeError, match="channel_dim must be an int"):
             ops.prelu(x, w, channel_dim=cd)
-    import numpy as np
     for cd in (1, -2, np.int64(1)):
         torch.testing.assert_close(ops.prelu(x, w, channel_dim=cd), F.prelu(x, w))
     with pytest.raises(IndexError, match="dim 3 is out of range for a 2-dim input"):
@@ -490,6 +491,22 @@ if HAS_TRITON:
         tl.store(out_ptr + cols, param_at(p_ptr, cols, 1, N, CH_AXIS))
 
     @triton.jit
+    def _fma(x_ptr, y_ptr, z_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        mask = offs < n
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+        y = tl.load(y_ptr + offs, mask=mask, other=0.0)
+        z = tl.load(z_ptr + offs, mask=mask, other=0.0)
+        tl.store(out_ptr + offs, tl.fma(x, y, z), mask=mask)
+
+    @triton.jit
+    def _count_to(out_ptr, n):
+        total = 0
+        for _ in range(n):
+            total += 1
+        tl.store(out_ptr, total)
+
+    @triton.jit
     def _divide_uniform(a_ptr, out_ptr, b, n, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
@@ -497,12 +514,69 @@ if HAS_TRITON:
         tl.store(out_ptr + offs, div_uniform(a, b, False), mask=mask)
 
 
+def test_a_loop_over_a_kernel_argument_runs_under_triton_36s_interpreter(triton_backend, monkeypatch):
+    """A stepping backward loops range(_iters) over a kernel argument: Triton 3.6's interpreter
+    takes its index as int() of the scalar's 1-element array, which numpy 2.4 refuses; the
+    runtime's patch of the interpreter takes it as later Triton does.  Here the interpreter is
+    made to patch as 3.6's does, then the runtime's patch is applied over it."""
+    import triton.runtime.interpreter as interpreter
+
+    from actgen.runtime import triton_lang
+
+    if not triton_lang.INTERPRET:
+        pytest.skip("the interpreter is off")
+
+    def patch_as_36(tensor, scope):
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data))
+    monkeypatch.setattr(interpreter, "_patch_lang_tensor", patch_as_36)
+    triton_lang._index_of_a_scalar()
+    out = torch.zeros(1, dtype=torch.int32)
+    _count_to[(1,)](out, 5)
+    assert out.item() == 5
+
+
+def _rounded_to_float32(v: Fraction) -> np.float32:
+    """The float32 nearest the rational v (ties to the even significand), by comparing the
+    neighbours of a first guess exactly."""
+    guess = np.float32(float(v))
+    candidates = {guess, np.nextafter(guess, np.float32(np.inf)), np.nextafter(guess, np.float32(-np.inf))}
+    candidates = [c for c in candidates if np.isfinite(c)]
+    return min(candidates, key=lambda c: (abs(Fraction(float(c)) - v), int(np.array(c).view(np.int32)) & 1))
+
+
+def test_the_interpreters_float32_fma_rounds_once(triton_backend):
+    """The interpreter's tl.fma on float32 (Triton 3.6's rounded twice: the runtime gives it
+    triton_lang.fma_float32) against the exact x*y + z rounded once: bitwise on random
+    triples, on cancellations (z the product's negated rounding) and on products that are a
+    float32 midpoint with a tiny z, where rounding twice goes the wrong way."""
+    from actgen.runtime import triton_lang
+
+    if not triton_lang.INTERPRET:
+        pytest.skip("the interpreter is off")
+    rng = np.random.default_rng(11)
+    n = 3000
+    x = (rng.standard_normal(n) * np.exp(rng.uniform(-20, 20, n))).astype(np.float32)
+    y = (rng.standard_normal(n) * np.exp(rng.uniform(-20, 20, n))).astype(np.float32)
+    z = (rng.standard_normal(n) * np.exp(rng.uniform(-40, 40, n))).astype(np.float32)
+    z[: n // 2] = -(x[: n // 2].astype(np.float64) * y[: n // 2]).astype(np.float32)
+    h = np.float32(1 + 2.0**-12)        # h*h = 1 + 2**-11 + 2**-24: halfway between two float32
+    x = np.concatenate([x, [h, h, -h]]).astype(np.float32)
+    y = np.concatenate([y, [h, h, h]]).astype(np.float32)
+    z = np.concatenate([z, [2.0**-60, -2.0**-60, 2.0**-60]]).astype(np.float32)
+    want = np.array([_rounded_to_float32(Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c)))
+                     for a, b, c in zip(x, y, z)], dtype=np.float32)
+    assert want[-3] == np.float32(1 + 2.0**-11 + 2.0**-23) and want[-2] == np.float32(1 + 2.0**-11)
+    assert np.array_equal(triton_lang.fma_float32(x, y, z), want)
+    out = torch.empty(len(x))
+    _fma[(1,)](torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(z), out, len(x), BLOCK=4096)
+    assert np.array_equal(out.numpy(), want)
+
+
 def test_division_by_a_uniform_denominator_rounds_as_ieee(triton_backend):
     """div_uniform (a / b for b the same for every element: its reciprocal once, each quotient
     corrected by its remainder) against numpy's IEEE float32 division: bitwise where |a| is
     at least 2**-102, within an ULP below (the remainder underflows); inf, NaN and zeros as
     division gives them; b past [2**-100, 2**100] through div_rn, bitwise."""
-    import numpy as np
     import triton as _t
 
     rng = np.random.default_rng(3)
@@ -774,7 +848,6 @@ def test_runtime_softplus_is_accurate_past_torchs_default_threshold(dtype):
     50-digit truth from -800 to 800, where torch's default threshold of 20 is 5e5 ULP off in
     float64 just above 20."""
     import mpmath
-    import numpy as np
 
     from actgen import runtime as rt
     xs = torch.cat([torch.linspace(-800, 800, 4001, dtype=dtype),
@@ -802,7 +875,6 @@ def test_kernel_log1p_is_within_an_ulp():
     subnormal u and out to float32's largest; -0, -1 -> -inf, below -1 and NaN -> NaN, inf;
     float64 through libdevice."""
     import mpmath
-    import numpy as np
     if _apply_log1p is None:
         pytest.skip("triton is not installed")
     rng = np.random.default_rng(0)
@@ -832,7 +904,6 @@ def test_kernel_exp_is_within_an_ulp():
     """The kernels' exp (actgen.runtime.triton_lang.exp, float32 from arithmetic alone) against
     float64 numpy: within an ULP wherever the result is a normal float32, at most 2**-149 off
     in the subnormal range; 0, inf and NaN where exp's are; float64 through libdevice."""
-    import numpy as np
     if _apply_exp is None:
         pytest.skip("triton is not installed")
     rng = np.random.default_rng(0)
@@ -878,7 +949,6 @@ def test_kernel_16bit_forms_are_the_ones_compiled_for_16bit_data():
     """The FAST forms are what a kernel on 16-bit data calls, and only there: log1p and erfc on
     float32 data stay the accurate ones (libdevice's erfc: the same values as math.erfc to a
     few ULP), and the 16-bit ones differ from them by more than float32 rounding."""
-    import numpy as np
     if _apply_log1p is None:
         pytest.skip("triton is not installed")
     from actgen.device_accuracy import erfc_kernel

@@ -5,7 +5,7 @@ on the forward and backward kernel of every op in actgen.ops, for sm_80 and sm_9
 fp16 and bf16 data pointers, in every tile layout the op runs with (flat; channels first and
 channels last for ops with per-channel params), and for ops with random draws in both
 variants, evaluation and training (TRAINING, with the Philox draws); and the runtime's own
-kernel, draws_kernel.  The interpreter accepts code the real
+kernel, draws_kernel; and, on sm_90, with float64 data.  The interpreter accepts code the real
 compiler rejects, so this is the check that the kernels would build on a GPU.
 
 The PTX is then checked for what a regression in the kernel layout would break: 128-bit
@@ -75,6 +75,12 @@ def reports(all_reports):
 
 
 @pytest.fixture(scope="module")
+def float64_reports(tmp_path_factory):
+    """Every generated kernel for float64 data (computing in float64), on sm_90."""
+    return _compile_all(tmp_path_factory.mktemp("aot-float64"), MODULES, "--arch", "90", "--dtype", "fp64")
+
+
+@pytest.fixture(scope="module")
 def tuning_reports(tmp_path_factory):
     """Representative kernels with every launch config the tuner may pick, on sm_90."""
     return _compile_all(tmp_path_factory.mktemp("aot-tuning"), list(TUNING_MODULES),
@@ -111,6 +117,19 @@ def test_every_builtin_kernel_compiles_to_a_cubin(reports):
     assert all(r["cubin_bytes"] > 1000 for r in reports)
     # with fused multiply-adds, as asked (not left to Triton's default, which 3.10 turns off)
     assert all(r["fp_fusion"] for r in reports)
+
+
+def test_every_builtin_kernel_compiles_for_float64_data(float64_reports):
+    """float64 data computes in float64, where Triton has no form of some of its float32
+    lowerings (a clamp of bounds -c and c) and libdevice's pow and hypot take both arguments
+    in one type (a bare number is float32): each kernel of every layout compiles."""
+    got = {(r["module"], r["kernel"], tuple(r["layout"]), r["training"]) for r in float64_reports if r["ok"]}
+    for m in ("actgen.ops.tanh", "actgen.ops.gaussian", "actgen.ops.lisht", "actgen.ops.bent_identity",
+              "actgen.ops.custom_smooth", "actgen.ops.prelu", "actgen.ops.pau"):
+        assert (m, "_backward_kernel", FLAT, None) in got, m
+    failed = [(_key(r), r["error"]) for r in float64_reports if not r["ok"]]
+    assert not failed, failed
+    assert len(float64_reports) == len([r for r in float64_reports if r["cubin_bytes"] > 1000])
 
 
 def test_training_variants_draw_and_evaluation_variants_do_not(reports):
@@ -283,6 +302,13 @@ def test_kernels_of_formulas_outside_the_library_compile(tmp_path):
         "lse": "name: lse\nformula: log(exp(a) + exp(b))\ninputs: [a, b]\n",
         "logcosh": "name: logcosh\nformula: log(cosh(x))\n",
         "sm2": "name: sm2\nformula: exp(a) / (exp(a) + exp(b))\ninputs: [a, b]\n",
+        # a power of a param in float64 for float32 data (the precision check's choice, and
+        # asked for), hypot in a float64 direction, a rational with float64 data
+        "softsignp": "name: softsignp\nformula: x / (1 + abs(x))**p\nparams: {p: {init: 1.5, per_channel: true}}\n",
+        "powp64": "name: powp64\nformula: x * 2**p + abs(x)**p\nprecision: float64\nparams: {p: 1.5}\n",
+        "deep": "name: deep\nformula: tanh(sin(atan(asinh(erf(sigmoid(softplus(exp(-x**2))))))))\n",
+        "recip": "name: recip\nformula: 1/(1 + x**2) + x/(2 + x**4)\n",
+        "xerf": "name: xerf\nformula: x * erf(x)\n",
     }
     files = []
     for name, text in specs.items():
@@ -294,11 +320,11 @@ def test_kernels_of_formulas_outside_the_library_compile(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
     out = tmp_path / "aot.json"
     cmd = [sys.executable, "-m", "actgen.aot", *[f"outside.{n}" for n in specs], "--arch", "90", "--flat-only",
-           "--json", str(out)]
+           "--dtype", *DTYPES, "fp64", "--json", str(out)]
     log = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
     assert out.exists(), log.stdout + log.stderr
     reports = json.loads(out.read_text())
-    assert len(reports) == len(specs) * 2 * len(DTYPES)
+    assert len(reports) == len(specs) * 2 * (len(DTYPES) + 1)
     failed = [(r["module"], r["kernel"], r["dtype"], r["error"]) for r in reports if not r["ok"]]
     assert not failed, failed
-    assert all(r["vector_loads"] and r["vector_stores"] for r in reports)
+    assert all(r["vector_loads"] and r["vector_stores"] for r in reports if r["dtype"] != "fp64")

@@ -269,7 +269,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='adaptive_mixture4',
-    key='d865774efddd',
+    key='84f881a4f3a6',
     inputs=('x',),
     params=(('w0', False), ('w1', False), ('w2', False), ('w3', False)),
     constants=(),

@@ -66,7 +66,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, div as _div
+    from actgen.runtime.triton_lang import tile as _tile, div as _div, clamp as _clamp
 
     @triton.jit
     def _forward_kernel(
@@ -76,7 +76,7 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = tl.where(x == float("inf"), float("inf"), tl.where(x == -float("inf"), -float("inf"), _div(x, (libdevice.hypot(x, 1.0) + 1.0), FAST)*x*0.5 + x))
+        _y = tl.where(x == float("inf"), float("inf"), tl.where(x == -float("inf"), -float("inf"), _div(x, (libdevice.hypot(x, tl.full([], 1.0, ACC)) + 1.0), FAST)*x*0.5 + x))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -88,8 +88,8 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _clamped_x = tl.clamp(x, -67108864.0, 33554432.0, propagate_nan=tl.PropagateNan.ALL)
-        _t0 = libdevice.hypot(_clamped_x, 1.0)
+        _clamped_x = _clamp(x, -67108864.0, 33554432.0)
+        _t0 = libdevice.hypot(_clamped_x, tl.full([], 1.0, ACC))
         _t1 = _t0 + 1.0
         _d_x = -(_div(_div(_div(_clamped_x, _t0, FAST)*_clamped_x, _t1, FAST)*_clamped_x, _t1, FAST)*0.5) + _div(_clamped_x, _t1, FAST) + 1.0
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
@@ -97,7 +97,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='bent_identity',
-    key='411d470a8a3a',
+    key='3f48fea7744a',
     inputs=('x',),
     params=(),
     constants=(),

@@ -77,7 +77,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div as _div
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div as _div, clamp as _clamp
 
     @triton.jit
     def _forward_kernel(
@@ -87,7 +87,7 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = x*libdevice.tanh(libdevice.hypot(x, 1.0))
+        _y = x*libdevice.tanh(libdevice.hypot(x, tl.full([], 1.0, ACC)))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -99,8 +99,8 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _clamped_x = tl.clamp(x, -32.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
-        _t0 = libdevice.hypot(_clamped_x, 1.0)
+        _clamped_x = _clamp(x, -32.0, 32.0)
+        _t0 = libdevice.hypot(_clamped_x, tl.full([], 1.0, ACC))
         _t1 = _exp(-(2.0*_t0), FAST)
         _t2 = _t1 + 1.0
         _d_x = _div(_div(_div(_clamped_x, _t0, FAST)*_clamped_x, _t2, FAST)*_t1, _t2, FAST)*4.0 + libdevice.tanh(_t0)
@@ -109,7 +109,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='custom_smooth',
-    key='f41f1eb4cebc',
+    key='d2731a646abc',
     inputs=('x',),
     params=(),
     constants=(),

@@ -65,7 +65,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, clamp as _clamp
 
     @triton.jit
     def _forward_kernel(
@@ -75,7 +75,7 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _clamped_x = tl.clamp(x, -32.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
+        _clamped_x = _clamp(x, -32.0, 32.0)
         _y = _exp(-(_clamped_x*_clamped_x), FAST)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
@@ -88,14 +88,14 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _clamped_x = tl.clamp(x, -32.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
+        _clamped_x = _clamp(x, -32.0, 32.0)
         _d_x = -(2.0*_clamped_x*_exp(-(_clamped_x*_clamped_x), FAST))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='gaussian',
-    key='1d328d474171',
+    key='4520062053d8',
     inputs=('x',),
     params=(),
     constants=(),

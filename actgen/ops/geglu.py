@@ -89,7 +89,7 @@ def _backward_native(_g, a, b, _out):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, row_offsets as _row_offsets, exp as _exp, erfc as _erfc
+    from actgen.runtime.triton_lang import tile as _tile, row_offsets as _row_offsets, exp as _exp, erfc as _erfc, clamp as _clamp
 
     @triton.jit
     def _forward_kernel(
@@ -115,7 +115,7 @@ if _rt.HAS_TRITON:
         _in = _row_offsets(_offs, _rows, _cols, _M, _S)
         a = tl.load(a_ptr + _in, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _in, mask=_mask, other=0.0).to(ACC)
-        _clamped_a = tl.clamp(a, -64.0, 16.0, propagate_nan=tl.PropagateNan.ALL)
+        _clamped_a = _clamp(a, -64.0, 16.0)
         _d_a = 0.5*b*tl.fma(0.7978845608028654*_clamped_a, _exp(-(0.5*_clamped_a*_clamped_a), FAST), _erfc(-(0.7071067811865476*_clamped_a), FAST))
         _d_b = tl.where(a == -float("inf"), 0.0, 0.5*a*_erfc(-(0.7071067811865476*a), FAST))
         _ing = _row_offsets(_offs, _rows, _cols, _M, _SG)
@@ -125,7 +125,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu',
-    key='402b18fa2e9f',
+    key='da9b568d1a82',
     inputs=('a', 'b'),
     params=(),
     constants=(),

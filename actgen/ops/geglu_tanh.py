@@ -108,7 +108,7 @@ def _backward_native(_g, a, b, _out):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, row_offsets as _row_offsets, exp as _exp, div as _div, div_bounded as _div_bounded, sigmoid as _sigmoid
+    from actgen.runtime.triton_lang import tile as _tile, row_offsets as _row_offsets, exp as _exp, div as _div, div_bounded as _div_bounded, clamp as _clamp, sigmoid as _sigmoid
 
     @triton.jit
     def _forward_kernel(
@@ -135,7 +135,7 @@ if _rt.HAS_TRITON:
         _in = _row_offsets(_offs, _rows, _cols, _M, _S)
         a = tl.load(a_ptr + _in, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _in, mask=_mask, other=0.0).to(ACC)
-        _clamped_a = tl.clamp(a, -32.0, 8.0, propagate_nan=tl.PropagateNan.ALL)
+        _clamped_a = _clamp(a, -32.0, 8.0)
         _clamped_a_1 = tl.maximum(a, -32.0, propagate_nan=tl.PropagateNan.ALL)
         _t0 = _clamped_a*_clamped_a
         _t1 = 0.044715*_t0 + 1.0
@@ -155,7 +155,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu_tanh',
-    key='0ebe8e1cd411',
+    key='6b7e4394f260',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -81,7 +81,7 @@ def _backward_native(_g, x, _out):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, erfc as _erfc
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, erfc as _erfc, clamp as _clamp
 
     @triton.jit
     def _forward_kernel(
@@ -103,14 +103,14 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _clamped_x = tl.clamp(x, -64.0, 16.0, propagate_nan=tl.PropagateNan.ALL)
+        _clamped_x = _clamp(x, -64.0, 16.0)
         _d_x = tl.fma(0.3989422804014327*_clamped_x, _exp(-(0.5*_clamped_x*_clamped_x), FAST), 0.5*_erfc(-(0.7071067811865476*_clamped_x), FAST))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
 _OP = _rt.Activation(
     name='gelu',
-    key='4ba62b7189df',
+    key='89d9ca63824c',
     inputs=('x',),
     params=(),
     constants=(),

@@ -92,7 +92,7 @@ def _backward_native(_g, x, _out):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div_bounded as _div_bounded, sigmoid as _sigmoid
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div_bounded as _div_bounded, clamp as _clamp, sigmoid as _sigmoid
 
     @triton.jit
     def _forward_kernel(
@@ -115,7 +115,7 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _clamped_x = tl.clamp(x, -32.0, 8.0, propagate_nan=tl.PropagateNan.ALL)
+        _clamped_x = _clamp(x, -32.0, 8.0)
         _t2 = _clamped_x*_clamped_x*_clamped_x
         _t3 = _exp(-(1.5957691216057308*tl.abs(_clamped_x + 0.044715*_t2)), FAST)
         _t4 = 1.772453850905516*_t3
@@ -126,7 +126,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='gelu_tanh',
-    key='9297aabd5657',
+    key='734bc784299e',
     inputs=('x',),
     params=(),
     constants=(),

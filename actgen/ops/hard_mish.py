@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hard_mish',
-    key='7da358747039',
+    key='56c6b974a78b',
     inputs=('x',),
     params=(),
     constants=(),

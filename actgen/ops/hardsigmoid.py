@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardsigmoid',
-    key='052de1798f67',
+    key='41151d07e40e',
     inputs=('x',),
     params=(),
     constants=(),

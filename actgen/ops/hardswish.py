@@ -102,7 +102,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardswish',
-    key='965185e444c1',
+    key='1f6b4cdfecb8',
     inputs=('x',),
     params=(),
     constants=(),

@@ -90,7 +90,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardtanh',
-    key='6240be296aa3',
+    key='8a52580e757a',
     inputs=('x',),
     params=(),
     constants=('min_val', 'max_val'),

@@ -106,7 +106,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='leaky_relu',
-    key='9a282f5aa708',
+    key='b5e57e8f780d',
     inputs=('x',),
     params=(),
     constants=('negative_slope',),

@@ -130,7 +130,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='learnable_activation',
-    key='0df103b337e2',
+    key='48a79d6d3cbd',
     inputs=('x',),
     params=(('alpha', True), ('scale', True), ('shift', False)),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='logsigmoid',
-    key='e245705f8d30',
+    key='4fbaef03c6fd',
     inputs=('x',),
     params=(),
     constants=(),

@@ -104,7 +104,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='prelu',
-    key='c64b012da4e1',
+    key='fb942fc65cef',
     inputs=('x',),
     params=(('weight', True),),
     constants=(),

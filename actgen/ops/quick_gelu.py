@@ -72,7 +72,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div_bounded as _div_bounded, sigmoid as _sigmoid
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div_bounded as _div_bounded, clamp as _clamp, sigmoid as _sigmoid
 
     @triton.jit
     def _forward_kernel(
@@ -95,7 +95,7 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _clamped_x = tl.clamp(x, -512.0, 32.0, propagate_nan=tl.PropagateNan.ALL)
+        _clamped_x = _clamp(x, -512.0, 32.0)
         _t0 = _exp(-(1.702*tl.abs(_clamped_x)), FAST)
         _t1 = 1.702*_clamped_x
         _t2 = _t1 + 1.0
@@ -105,7 +105,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='quick_gelu',
-    key='ab694fd6216c',
+    key='369e7b53ba1f',
     inputs=('x',),
     params=(),
     constants=(),

@@ -120,7 +120,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='reglu',
-    key='aa1eba177191',
+    key='49720531bb32',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu6',
-    key='d65151d28611',
+    key='cdb7e6d76d36',
     inputs=('x',),
     params=(),
     constants=(),

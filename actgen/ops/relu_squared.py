@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu_squared',
-    key='e5f03a2a69a4',
+    key='fe306a5e3c31',
     inputs=('x',),
     params=(),
     constants=(),

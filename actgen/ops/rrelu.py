@@ -99,7 +99,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='rrelu',
-    key='43fac9f82aa1',
+    key='0d1d14160bcd',
     inputs=('x',),
     params=(),
     constants=('lower', 'upper'),

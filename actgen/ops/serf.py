@@ -67,7 +67,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, narrow as _narrow, exp as _exp, sigmoid as _sigmoid, softplus as _softplus
+    from actgen.runtime.triton_lang import tile as _tile, narrow as _narrow, exp as _exp, clamp as _clamp, sigmoid as _sigmoid, softplus as _softplus
 
     @triton.jit
     def _forward_kernel(
@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _clamped_x = tl.clamp(x, -1024.0, 8.0, propagate_nan=tl.PropagateNan.ALL)
+        _clamped_x = _clamp(x, -1024.0, 8.0)
         _t0 = _softplus(_clamped_x, FAST)
         _d_x = 1.1283791670955126*_clamped_x*_exp(-(_t0*_t0), FAST)*_sigmoid(_clamped_x, FAST) + libdevice.erf(_t0)
         tl.store(_d_x_ptr + _offs, _narrow(_g * _d_x, _d_x_ptr), mask=_mask)
@@ -97,7 +97,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='serf',
-    key='b4111feb8499',
+    key='f418c06b2803',
     inputs=('x',),
     params=(),
     constants=(),

@@ -85,7 +85,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='sigmoid',
-    key='40fd074e8c42',
+    key='df2928029f37',
     inputs=('x',),
     params=(),
     constants=(),

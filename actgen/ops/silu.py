@@ -108,7 +108,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='silu',
-    key='090adcf69b1b',
+    key='6f84fc5e13d4',
     inputs=('x',),
     params=(),
     constants=(),

@@ -99,7 +99,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='soft_clip',
-    key='83e390f489ff',
+    key='ca654db1a8ee',
     inputs=('x',),
     params=(),
     constants=('scale',),

@@ -200,7 +200,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='soft_exponential',
-    key='0f31441ac056',
+    key='dc17aca80f57',
     inputs=('x',),
     params=(('alpha', False),),
     constants=(),

@@ -115,7 +115,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softplus',
-    key='d6e15a722643',
+    key='8cd6b4a598f1',
     inputs=('x',),
     params=(),
     constants=('beta', 'threshold'),

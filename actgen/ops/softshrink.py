@@ -91,7 +91,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softshrink',
-    key='f3ae9af2151d',
+    key='398374c35a77',
     inputs=('x',),
     params=(),
     constants=('lambd',),

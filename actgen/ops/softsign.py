@@ -88,7 +88,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softsign',
-    key='74c9b48dbf8f',
+    key='93f58fe8440d',
     inputs=('x',),
     params=(),
     constants=(),

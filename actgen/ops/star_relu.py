@@ -116,7 +116,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='star_relu',
-    key='24bb05d2ba3b',
+    key='1d7ef64eae0d',
     inputs=('x',),
     params=(('scale', False), ('bias', False)),
     constants=(),

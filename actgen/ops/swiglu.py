@@ -126,7 +126,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swiglu',
-    key='b184249a1463',
+    key='a9834de208ad',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -149,7 +149,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swish',
-    key='a88380498827',
+    key='f90cd38d0d13',
     inputs=('x',),
     params=(('beta', False),),
     constants=(),

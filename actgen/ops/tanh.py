@@ -68,7 +68,7 @@ def _second_derivatives_torch(x):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div_bounded as _div_bounded
+    from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div_bounded as _div_bounded, clamp as _clamp
 
     @triton.jit
     def _forward_kernel(
@@ -90,7 +90,7 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _clamped_x = tl.clamp(x, -512.0, 512.0, propagate_nan=tl.PropagateNan.ALL)
+        _clamped_x = _clamp(x, -512.0, 512.0)
         _t0 = _exp(-(2.0*tl.abs(_clamped_x)), FAST)
         _t1 = _t0 + 1.0
         _d_x = _div_bounded(4.0*_t0, (_t1*_t1), FAST)
@@ -99,7 +99,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='tanh',
-    key='6e273fd0a99f',
+    key='828939045c44',
     inputs=('x',),
     params=(),
     constants=(),

@@ -90,7 +90,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='threshold',
-    key='3f556bcd574f',
+    key='279cb501b49b',
     inputs=('x',),
     params=(),
     constants=('threshold', 'value'),

@@ -40,7 +40,6 @@ class TritonPrinter(ExprPrinter):
         "erf": "libdevice.erf({0})",
         "erfc": "_erfc({0}, FAST)",
         "Abs": "tl.abs({0})",
-        "hypot": "libdevice.hypot({0}, {1})",
         "SqrtSquarePlus": "_sqrt_square_plus({0}, {1})",
         "ScaledInput": "_scaled_input({0})",
         "InverseScale": "_inverse_scale({0})",
@@ -112,13 +111,22 @@ class TritonPrinter(ExprPrinter):
     def clamp(self, u, lo, hi):
         nan = "propagate_nan=tl.PropagateNan.ALL"
         if lo and hi:
-            return f"tl.clamp({u}, {lo}, {hi}, {nan})"
+            return f"_clamp({u}, {lo}, {hi})"       # (float64 as a maximum and a minimum: triton_lang.clamp)
         return f"tl.maximum({u}, {lo}, {nan})" if lo else f"tl.minimum({u}, {hi}, {nan})"
+
+    def operand(self, expr) -> str:
+        """An argument of a two-argument libdevice function (pow, hypot), which takes both in
+        one type: a number is made in the kernel's compute type (a bare one is float32,
+        which float64 data's other argument does not match)."""
+        return f"tl.full([], {self.doprint(expr)}, ACC)" if expr.is_number else self.doprint(expr)
 
     def power(self, base, exp):
         if exp.is_Integer and 2 <= exp <= self.MAX_PRODUCT_POWER:     # the compiler shares the repeats
             return "(" + "*".join([self.paren(base, POW)] * int(exp)) + ")", ATOM     # rounded as one factor
-        return f"libdevice.pow({self.doprint(base)}, {self.doprint(exp)})", ATOM
+        return f"libdevice.pow({self.operand(base)}, {self.operand(exp)})", ATOM
+
+    def _print_hypot(self, expr):
+        return f"libdevice.hypot({', '.join(self.operand(a) for a in expr.args)})", ATOM
 
     def where(self, cond, value, otherwise, otherwise_expr, uniform_cond=False):
         # a number branch float32 does not hold exactly is made in ACC: tl.where takes a bare

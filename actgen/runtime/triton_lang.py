@@ -28,7 +28,8 @@ if INTERPRET:
         @staticmethod
         def _wrap(np_fn):
             def call(*args):
-                first = next((a for a in args if isinstance(a, tl.tensor)), None)
+                tensors = [a for a in args if isinstance(a, tl.tensor)]
+                first = next((a for a in tensors if a.type.is_block()), tensors[0] if tensors else None)
                 if first is None:       # of scalar kernel arguments alone (fp32, as compiled)
                     with np.errstate(all="ignore"):
                         out = np.asarray(np_fn(*[np.float32(a) for a in args]), np.float32)
@@ -60,6 +61,62 @@ if INTERPRET:
             return tl.tensor(TensorHandle(e, tl.int32), x.type.with_element_ty(tl.int32))
 
     libdevice = _InterpreterLibdevice()
+
+    def _index_of_a_scalar():
+        """A kernel argument's loop count (a stepping backward's range(_iters)) as the
+        interpreter of Triton 3.7 on takes it: the interpreter of 3.6 takes int() of the
+        scalar's 1-element array, which numpy 2.4 refuses."""
+        import triton.runtime.interpreter as interpreter
+
+        patch = getattr(interpreter, "_patch_lang_tensor", None)
+        if patch is None or getattr(patch, "_actgen_index", False):
+            return
+
+        def patch_lang_tensor(tensor, scope):
+            patch(tensor, scope)
+            scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+        patch_lang_tensor._actgen_index = True
+        interpreter._patch_lang_tensor = patch_lang_tensor
+
+    def fma_float32(x, y, z):
+        """x*y + z on float32 arrays, rounded once, as a GPU's fma: the product is exact in
+        float64 and the sum is rounded to odd there (by its rounding error, TwoSum), which
+        then rounds to float32 correctly (no double rounding at a float32 midpoint)."""
+        p = np.multiply(x, y, dtype=np.float64)
+        c = np.asarray(z, dtype=np.float64)
+        with np.errstate(all="ignore"):
+            s = p + c
+            b = s - p
+            err = (p - (s - b)) + (c - b)
+            odd = (np.asarray(s).view(np.int64) & 1) == 1
+            nudge = np.isfinite(s) & np.isfinite(err) & (err != 0) & ~odd
+            s = np.where(nudge, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
+        return s.astype(np.float32)
+
+    def _fused_float32_fma():
+        """tl.fma on float32 rounded once, as the interpreter of Triton 3.7 on and the GPU do
+        it: the interpreter of 3.6 multiplies and adds in float32, rounding twice (the
+        kernels' accuracy was measured with one rounding)."""
+        import triton.runtime.interpreter as interpreter
+
+        if getattr(getattr(interpreter, "_interpreter", None), "fma_fp32", None) is not None:
+            return
+        builder = interpreter.InterpreterBuilder
+        create_fma = builder.create_fma
+        if getattr(create_fma, "_actgen_fma", False):
+            return
+
+        def fused(self, x, y, z):
+            if z.data.dtype != np.float32:
+                return create_fma(self, x, y, z)
+            return TensorHandle(fma_float32(*np.broadcast_arrays(x.data, y.data, z.data)), z.dtype.scalar)
+
+        fused._actgen_fma = True
+        builder.create_fma = fused
+
+    _index_of_a_scalar()
+    _fused_float32_fma()
 else:
     from triton.language.extra import libdevice
 
@@ -199,6 +256,17 @@ def div_bounded(a, b, FAST: tl.constexpr):
         return div(a, b, FAST)
 
 
+# u clamped to [lo, hi], NaN staying NaN: tl.clamp, which Triton lowers for bounds -c and c
+# to an NVVM intrinsic (fmin.nan.xorsign.abs) that has no float64 form, so float64 clamps
+# with a maximum and a minimum
+@triton.jit
+def clamp(u, lo, hi):
+    if u.dtype == tl.float64:
+        return tl.minimum(tl.maximum(u, lo, propagate_nan=tl.PropagateNan.ALL), hi, propagate_nan=tl.PropagateNan.ALL)
+    else:
+        return tl.clamp(u, lo, hi, propagate_nan=tl.PropagateNan.ALL)
+
+
 # sigmoid(u) = 1/(1 + exp(-u)); FAST through div_bounded: the denominator is 1 or more, and
 # beyond 2**126, where the reciprocal gives 0, sigmoid(u) is below float32's normal range
 @triton.jit
@@ -285,7 +353,7 @@ def scaled_input(u):
     return tl.where((u == float("inf")) | (u == -float("inf")), tl.where(u > 0, 1.0, -1.0), v)
 
 
-__all__ = ["triton", "tl", "libdevice", "exp", "log1p", "div", "div_uniform", "sigmoid", "softplus", "sqrt_square_plus", "scaled_input", "inverse_scale",
+__all__ = ["triton", "tl", "libdevice", "exp", "log1p", "div", "div_uniform", "clamp", "sigmoid", "softplus", "sqrt_square_plus", "scaled_input", "inverse_scale",
            "limit_at_inf",
            "tile", "nth_tile", "tile_channels", "param_at", "partial_zeros", "in_tile", "store_partial", "draw", "draws_kernel", "INTERPRET"]
 
