@@ -1288,6 +1288,13 @@ def _exp_ratio(expr, x, sigmoids=False, capped=False):
     ones, rest = 0, sympy.Poly(coeffs, E)
     while rest.degree() > 0 and sympy.simplify(rest.eval(1)) == 0:
         rest, ones = sympy.quo(rest, sympy.Poly(E - 1, E)), ones + 1
+    # a root at E = 1 for some values of the params or constants only (c*tanh(x) + d*exp(x)'s
+    # numerator d*E**3 + c*E**2 + d*E - c, at d = 0) would cancel there as well, and cannot be
+    # taken out: not a ratio then (2*tanh(1e-10) was 8e-8 off, relative, in float64)
+    # (E = 1 where u = 0, so x = 0 there: a coefficient's x is 0)
+    at_one = sympy.simplify(rest.eval(1).subs(x, 0))
+    if rest.degree() > 0 and at_one.free_symbols:
+        return None
     if ones and capped:
         return None             # (the capped E - 1 would cancel: the ratio in e takes it)
     coeffs = rest.all_coeffs() if ones else coeffs

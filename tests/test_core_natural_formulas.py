@@ -962,3 +962,17 @@ def test_a_power_of_a_number_to_a_param_computed_in_float64(backend, dtype):
     _close_to_truth(y, want.detach())
     _close_to_truth(gx, want_gx)
     torch.testing.assert_close(gp.double(), want_gp, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_ratio_whose_numerator_vanishes_at_zero_for_some_constants_is_not_taken(backend, dtype):
+    """c*tanh(x) + d*exp(x) as one ratio in exp(-|x|) has the numerator d*E**3 + c*E**2 +
+    d*E - c, which cancels at x = 0 where d = 0 (2*tanh(1e-10) came out 8e-8 off in float64,
+    and 0 for -1e-20): the terms are computed as written, within a few ULP of the truth."""
+    m = actgen.compile("c*tanh(x) + exp(x)*d", name="tanh_exp", constants={"c": 2.0, "d": 0.001})
+    x = torch.tensor([-1e-20, -1e-10, 1e-10, 1e-5, -0.3, 0.7, 5.0, -20.0], dtype=dtype)
+    for d in (0.0, 0.001):
+        y, (g,) = _grad(lambda v: m.tanh_exp(v, 2.0, d), x)
+        xs = [mpmath.mpf(float(v)) for v in x.double()]
+        _close_to_truth(y, [float(2 * mpmath.tanh(v) + d * mpmath.exp(v)) for v in xs], ulps=8)
+        _close_to_truth(g, [float(2 / mpmath.cosh(v) ** 2 + d * mpmath.exp(v)) for v in xs], ulps=8)
