@@ -829,7 +829,8 @@ def rewrite_sqrt_conjugate(e):
     """Cancellation against sqrt(k*u**2 + c), through the conjugate:
     a*sqrt(k u^2 + c) - a*sqrt(k)*u -> a*c / (sqrt(k u^2 + c) + sqrt(k)*u) where u > 0, and as
     written elsewhere (the mirror image for + a*sqrt(k)*u);
-    a*sqrt(k u^2 + c) - a*sqrt(c) -> a*k*u^2 / (sqrt(k u^2 + c) + sqrt(c))."""
+    a*sqrt(k u^2 + c) - a*sqrt(c) -> a*k*u^2 / (sqrt(k u^2 + c) + sqrt(c)) (c a number, or of
+    params and constants: sqrt(x**2 + b) - sqrt(b))."""
     if not _is_sum(e):
         return None
     for term in e.args:
@@ -839,7 +840,8 @@ def rewrite_sqrt_conjugate(e):
             root = term / a
             for other in others:
                 coeff, rest = other.as_coeff_Mul()
-                if other.is_Number and c.is_Number and sympy.simplify(other + a * sympy.sqrt(c)) == 0:
+                if (not other.has(*u.free_symbols) and (other.is_Number or not c.is_Number)
+                        and sympy.simplify(other + a * sympy.sqrt(c)) == 0):
                     rest_terms = list(others)
                     rest_terms.remove(other)
                     return a * k * u**2 / (root + sympy.sqrt(c)) + sympy.Add(*rest_terms)

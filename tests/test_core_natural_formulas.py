@@ -976,3 +976,20 @@ def test_a_ratio_whose_numerator_vanishes_at_zero_for_some_constants_is_not_take
         xs = [mpmath.mpf(float(v)) for v in x.double()]
         _close_to_truth(y, [float(2 * mpmath.tanh(v) + d * mpmath.exp(v)) for v in xs], ulps=8)
         _close_to_truth(g, [float(2 / mpmath.cosh(v) ** 2 + d * mpmath.exp(v)) for v in xs], ulps=8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_root_minus_its_value_at_zero_with_a_param_takes_its_conjugate(backend, dtype):
+    """sqrt(x**2 + b) - sqrt(b) with a learnable b cancels near x = 0 as written (df/db was 0
+    from x = 1e-5 in float32, f and df/db 0 at x = 1e-8 in float64): computed as
+    x**2/(sqrt(x**2 + b) + sqrt(b)), f and both gradients within a few ULP of mpmath's."""
+    m = actgen.compile("sqrt(x**2 + b) - sqrt(b)", name="root_b", params={"b": 1.0})
+    x = torch.tensor([-1e4, -3.0, -1e-3, -1e-8, 0.0, 1e-5, 1e-3, 0.5, 2.0, 1e6], dtype=dtype)
+    for b in (1.0, 0.25):
+        y, (gx, gb) = _grad(m.root_b, x, torch.tensor([b], dtype=dtype))
+        xs = [mpmath.mpf(float(v)) for v in x.double()]
+        B = mpmath.mpf(b)
+        _close_to_truth(y, [float(mpmath.sqrt(v * v + B) - mpmath.sqrt(B)) for v in xs], ulps=8)
+        _close_to_truth(gx, [float(v / mpmath.sqrt(v * v + B)) for v in xs], ulps=8)
+        want_gb = sum(1 / (2 * mpmath.sqrt(v * v + B)) - 1 / (2 * mpmath.sqrt(B)) for v in xs)
+        _close_to_truth(gb, [float(want_gb)], ulps=8)
