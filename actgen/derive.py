@@ -344,6 +344,32 @@ def rewrite_log_one_minus_exp(e):
     return Log1mExp((log1p(-sympy.exp(u)), u < -sympy.log(2)), (sympy.log(-expm1(u)), True))
 
 
+class Log1pPower(sympy.Piecewise):
+    """log1p(B**p), B >= 0 and p of params or constants, as rewrite_log1p_of_power computes it:
+    log1p(B**p) where B**p <= 1, else p*log(B) + log1p(B**-p).  Its branches are final (the
+    rewrites leave them as they are); its derivatives are its branches'."""
+
+    def _eval_derivative(self, s):
+        return sympy.Piecewise(*[(sympy.diff(e, s), c) for e, c in self.args])
+
+    def _sympystr(self, printer):
+        return printer.doprint(sympy.Piecewise(*self.args))
+
+
+def rewrite_log1p_of_power(e):
+    """log1p(B**p) with B >= 0 and an exponent p of params or constants -> Log1pPower: past
+    B**p = 1 it is p*log(B) + log1p(B**-p), so B**p overflowing does not make it inf
+    (log(1 + |x|**p) at x = 1e200, p = 2 in float64) nor its gradient in p inf/inf = NaN
+    (x = 1e20 in float32)."""
+    if not (isinstance(e, log1p) and isinstance(e.args[0], sympy.Pow)):
+        return None
+    base, p = e.args[0].args
+    if p.is_number or not base.free_symbols or base.free_symbols & p.free_symbols or not base.is_nonnegative:
+        return None
+    t = base ** p
+    return Log1pPower((e, t <= 1), (p * sympy.log(base) + log1p(base ** (-p)), True))
+
+
 def rewrite_constant_over_sum(e):
     """c + k/D -> c*(D - d)/D for a sum D = d + rest with c*d + k = 0: the pair cancels where
     rest is small (x - log(1 + x)'s slope 1 - 1/(1 + x) -> x/(1 + x): 668 ULP off at
@@ -1925,6 +1951,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_sinh_over_exp_sum,
     rewrite_exp_over_expm1,
     rewrite_log1p,
+    rewrite_log1p_of_power,
     rewrite_expm1,
     rewrite_cos_minus_one,
     rewrite_double_angle,
@@ -1963,7 +1990,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
 
 def stabilize(expr: sympy.Basic) -> sympy.Basic:
     """Apply REWRITES bottom-up until nothing changes at each node."""
-    if not expr.args or isinstance(expr, (sympy.Symbol, sympy.Number, ApproximatedNearZero, Log1mExp)):
+    if not expr.args or isinstance(expr, (sympy.Symbol, sympy.Number, ApproximatedNearZero, Log1mExp, Log1pPower)):
         return expr         # (an approximant's far branch is what was rewritten into it)
     args = tuple(stabilize(a) for a in expr.args)
     if args != expr.args:

@@ -993,3 +993,26 @@ def test_a_root_minus_its_value_at_zero_with_a_param_takes_its_conjugate(backend
         _close_to_truth(gx, [float(v / mpmath.sqrt(v * v + B)) for v in xs], ulps=8)
         want_gb = sum(1 / (2 * mpmath.sqrt(v * v + B)) - 1 / (2 * mpmath.sqrt(B)) for v in xs)
         _close_to_truth(gb, [float(want_gb)], ulps=8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log1p_of_a_power_to_a_param_does_not_overflow(backend, dtype):
+    """log(1 + |x|**p) with a learnable p: |x|**p overflows long before the function does
+    (f was inf at x = 1e200 in float64, df/dp NaN at x = 1e20 in float32); past |x|**p = 1 it
+    is p*log|x| + log1p(|x|**-p).  f, df/dx and df/dp against mpmath, from 1e-5 to the
+    dtype's largest numbers, for exponents of either sign; 0 and inf as the formula gives."""
+    m = actgen.compile("log(1 + abs(x)**p)", name="log1p_pow", params={"p": 2.0})
+    big = 3e38 if dtype == torch.float32 else 1e300
+    xs = torch.tensor([-1e-5, 0.3, -1.0, 1.0, 2.5, -7.0, 1e10, -1e20, 1e30, big], dtype=dtype)
+    for p in (2.0, 0.5, -1.0, 3.7):
+        P = mpmath.mpf(float(torch.tensor(p, dtype=dtype)))       # the param as the op sees it
+        for v in xs:
+            y, (gx, gp) = _grad(m.log1p_pow, v.reshape(1), torch.tensor([p], dtype=dtype))
+            X = mpmath.mpf(float(v))
+            t = abs(X) ** P
+            _close_to_truth(y, [float(mpmath.log1p(t))])
+            _close_to_truth(gx, [float(P * mpmath.sign(X) * abs(X) ** (P - 1) / (1 + t))])
+            _close_to_truth(gp, [float(mpmath.log(abs(X)) * t / (1 + t))])
+    x = torch.tensor([0.0, math.inf, -math.inf], dtype=dtype)
+    y, (gx, gp) = _grad(m.log1p_pow, x, torch.tensor([2.0], dtype=dtype))
+    assert y.tolist() == [0.0, math.inf, math.inf]

@@ -309,6 +309,8 @@ def test_kernels_of_formulas_outside_the_library_compile(tmp_path):
         "deep": "name: deep\nformula: tanh(sin(atan(asinh(erf(sigmoid(softplus(exp(-x**2))))))))\n",
         "recip": "name: recip\nformula: 1/(1 + x**2) + x/(2 + x**4)\n",
         "xerf": "name: xerf\nformula: x * erf(x)\n",
+        "log1p_pow": "name: log1p_pow\nformula: log(1 + abs(x)**p)\nparams: {p: 2.0}\n",
+        "root_b": "name: root_b\nformula: sqrt(x**2 + b) - sqrt(b)\nparams: {b: 1.0}\n",
     }
     files = []
     for name, text in specs.items():
