@@ -134,6 +134,9 @@ _COMPARE = {
 }
 _ARITH = {ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow}
 _LOGIC = {ast.BitAnd: sympy.And, ast.BitOr: sympy.Or}
+# operators outside the language, by their spelling (x^2 is Python's exclusive or)
+_OPERATORS = {ast.FloorDiv: "//", ast.Mod: "%", ast.MatMult: "@", ast.LShift: "<<", ast.RShift: ">>",
+              ast.BitXor: "^ (for a power write **)", ast.BitAnd: "&", ast.BitOr: "|"}
 
 
 def make_symbol(name: str) -> sympy.Symbol:
@@ -210,10 +213,17 @@ class _Builder:
             return self._constant(node, self._arith(node, left, right))
         if isinstance(node, ast.Call):
             return self._constant(node, self._call(node, depth))
+        if isinstance(node, ast.BinOp) and type(node.op) in _LOGIC and not any(
+                isinstance(side, (ast.Compare, ast.BinOp, ast.UnaryOp)) for side in (node.left, node.right)):
+            # x > 0 & x < 1 is x > (0 & x) < 1: & binds tighter than a comparison
+            self._fail(node, f"'{_OPERATORS[type(node.op)]}' combines conditions and binds tighter than a "
+                             "comparison: put each comparison in parentheses, as (x > 0) & (x < 1)")
         if isinstance(node, (ast.Compare, ast.BoolOp)) or (
             isinstance(node, ast.BinOp) and type(node.op) in _LOGIC
         ):
             self._fail(node, "a condition is only allowed inside where(...) or Piecewise(...)")
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+            self._fail(node, f"the operator {_OPERATORS[type(node.op)]} is not part of the formula language")
         self._fail(node, f"'{type(node).__name__}' is not part of the formula language")
 
     def _constant(self, node, value):

@@ -107,6 +107,20 @@ def test_unknown_name_lists_known_names():
         parse("x + y")
 
 
+@pytest.mark.parametrize("text, message", [
+    ("where(x > 0 & x < 1, x, 0)", r"'&' combines conditions and binds tighter than a comparison: put each "
+                                   r"comparison in parentheses, as \(x > 0\) & \(x < 1\) at column 11"),
+    ("x // 2", "the operator // is not part of the formula language at column 1"),
+    ("x % 2", "the operator % is not part of the formula language"),
+    ("x @ x", "the operator @ is not part of the formula language"),
+    ("x^2", r"the operator \^ \(for a power write \*\*\) is not part of the formula language"),
+    ("(x > 0) & (x < 1)", r"a condition is only allowed inside where\(...\) or Piecewise\(...\)"),
+])
+def test_an_operator_outside_the_language_is_named(text, message):
+    with pytest.raises(FormulaError, match=message):
+        parse_formula(text, {"x": make_symbol("x")})
+
+
 def test_max_min_heaviside_sign_conventions():
     relu = parse("Max(x, 0)")
     assert relu.subs(X, 0) == 0 and relu.subs(X, 2) == 2
