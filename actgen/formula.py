@@ -6,7 +6,9 @@ language, and builds the sympy expression from the tree itself.
 
 `max`/`Max`, `min`/`Min`, `where`, `sign` and `Heaviside` become `Piecewise` here, with the
 conventions the derivatives rely on: `Max(a, b) = where(a > b, a, b)`,
-`Min(a, b) = where(a < b, a, b)`, `Heaviside(0) = 0`, `sign(0) = 0`.
+`Min(a, b) = where(a < b, a, b)` (an argument free of the inputs taken as the last, so at a
+tie with one that holds them the slope is its: Max(0, x)' = Max(x, 0)' = 0 at 0),
+`Heaviside(0) = 0`, `sign(0) = 0`.
 
 `uniform(lo, hi)` is a random draw, numbered in the order the draws appear in the text
 (actgen.functions.uniform); its bounds may not depend on the inputs.
@@ -318,6 +320,10 @@ class _Builder:
             return self._uniform(node, depth)
         else:
             args = [self.expr(a, depth) for a in node.args]
+            if FUNCTIONS[name] in (_max, _min):
+                # at a tie the extremum is its last argument: one free of the inputs goes last,
+                # so Max(0, x) is Max(x, 0) (slope 0 at 0) and Min(1, x) is Min(x, 1)
+                args.sort(key=lambda a: not any(s.name in self.inputs for s in a.free_symbols))
         return self._apply(node, name, FUNCTIONS[name], args)
 
     def _apply(self, node, name, fn, args):

@@ -168,7 +168,7 @@ def _parsed(kernel: NativeKernel, x: str, constants: tuple[str, ...]) -> sympy.E
     """The entry's formula over the spec's input and constant names (parsed once per naming,
     not once per spec built)."""
     renames = dict(zip(("x", *kernel.constants), (x, *constants)))
-    expr = parse_formula(kernel.formula, {old: make_symbol(old) for old in renames}, [])
+    expr = parse_formula(kernel.formula, {old: make_symbol(old) for old in renames}, ["x"])
     return expr.xreplace({make_symbol(old): make_symbol(new) for old, new in renames.items()})
 
 

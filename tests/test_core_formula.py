@@ -131,6 +131,24 @@ def test_max_min_heaviside_sign_conventions():
     assert parse("where((x > 0) & ~(x > 1) | (x < -5), 1, 2)").subs(X, 0.5) == 1
 
 
+@pytest.mark.parametrize("formula", ["Max(0, x)", "Min(Max(x, -1), 1)", "Max(-1, Min(1, x))", "Min(1, Max(-1, x))",
+                                     "max(-1, min(x, 1))"])
+def test_the_slope_at_a_tie_does_not_depend_on_the_arguments_order(formula):
+    """At a tie of an input with a number the slope is the number's, 0, however the
+    arguments are ordered or nested (Max(-1, Min(1, x)) had slope 1 at x = 1): as torch's
+    relu at 0 and hardtanh at its bounds."""
+    import actgen
+    import torch
+
+    m = actgen.compile(formula, name="tie")
+    x = torch.tensor([-2.0, -1.0, 0.0, 0.5, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    want = torch.autograd.grad((torch.relu(x) if formula == "Max(0, x)" else torch.nn.functional.hardtanh(x)).sum(), x)[0]
+    for backend in ("torch", "triton"):
+        with actgen.runtime.use_backend(backend):
+            got = torch.autograd.grad(m.tie(x).sum(), x)[0]
+        assert got.tolist() == want.tolist(), (backend, got.tolist(), want.tolist())
+
+
 def test_abs_derivative_is_zero_at_zero():
     d = derive(load_spec("name: t\nformula: abs(x)\n"))
     (name, expr), = d.first
