@@ -2212,7 +2212,7 @@ def differentiate(expr: sympy.Expr, var: sympy.Symbol, rewrites: bool = True) ->
         return d
     # (powers of one base again as one: a factor taken out of a sum leaves its power in each
     # term over it, |x|**(2 - 2*p)*|x|**(2*p - 2) in |x|**p's second derivative in x and p)
-    d = common_factors_out(stabilize(common_factors_out(combine_powers(d))))
+    d = common_factors_out(powers_of_a_base_out(stabilize(common_factors_out(combine_powers(d)))))
     return power_log_at_zero(combine_powers(sums_over_a_root(d)))
 
 
@@ -2335,6 +2335,50 @@ def _take_out_common(e):
         return e
     factor = sympy.Mul(*common.elements())
     return factor * sympy.Add(*(t / factor for t in terms))
+
+
+def _exponent_of(term, base):
+    """The exponent of base's power in term (a product), or None."""
+    for f in sympy.Mul.make_args(term):
+        if isinstance(f, sympy.Pow) and f.base == base:
+            return f.exp
+    return None
+
+
+def _take_out_powers(e):
+    """A sum whose every term has a power of one base B with exponents that are not numbers
+    and differ by whole numbers -> B**lo * P, P the terms over B**lo as one polynomial
+    collected in B's variables: the slope of x/(1 + |x|)**p, (1 + |x|)**-p - p*|x|*(1 +
+    |x|)**(-p - 1), is ((1 - p)*|x| + 1)*(1 + |x|)**(-p - 1), where its terms cancelled
+    for p = 1 (softsign's slope 1 - |x|/(1 + |x|), 0 at x = 1e8 in float32) and the second
+    one's power underflowed alone (+1e-30 at x = 1e20, p = 1.5, where it is -5e-31: now the
+    whole underflows to -0)."""
+    candidates = [f for f in sympy.Mul.make_args(e.args[0])
+                  if isinstance(f, sympy.Pow) and not f.exp.is_number and f.base.free_symbols and f.base.is_Add]
+    for power in candidates:
+        base = power.base
+        exps = [_exponent_of(t, base) for t in e.args]
+        if any(x is None for x in exps):
+            continue
+        offsets = [sympy.simplify(x - exps[0]) for x in exps]
+        if not all(o.is_Integer for o in offsets) or len(set(offsets)) < 2:
+            continue
+        lo = min(offsets)
+        inner = sympy.Add(*(t / base ** x * base ** (o - lo) for t, x, o in zip(e.args, exps, offsets)))
+        atoms = sorted(base.atoms(sympy.Abs) or base.free_symbols, key=sympy.default_sort_key)
+        return base ** (exps[0] + lo) * sympy.collect(sympy.expand(inner), atoms)
+    return e
+
+
+def powers_of_a_base_out(expr: sympy.Expr) -> sympy.Expr:
+    """Every sum's powers of one base taken out (_take_out_powers); the rest of expr as it is."""
+    new = {}
+    for e in sympy.preorder_traversal(expr):
+        if type(e) is sympy.Add and e not in new:
+            out = _take_out_powers(e)
+            if out is not e:
+                new[e] = out
+    return expr.xreplace(new) if new else expr
 
 
 def common_factors_out(expr: sympy.Expr) -> sympy.Expr:

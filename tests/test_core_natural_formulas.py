@@ -1016,3 +1016,21 @@ def test_log1p_of_a_power_to_a_param_does_not_overflow(backend, dtype):
     x = torch.tensor([0.0, math.inf, -math.inf], dtype=dtype)
     y, (gx, gp) = _grad(m.log1p_pow, x, torch.tensor([2.0], dtype=dtype))
     assert y.tolist() == [0.0, math.inf, math.inf]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_sum_of_powers_of_one_base_takes_the_power_out(backend, dtype):
+    """x/(1 + |x|)**p's slope (1 + |x|)**-p - p*|x|*(1 + |x|)**(-p - 1): the terms cancel
+    for p = 1 (softsign's slope was 1400 ULP off at x = 1e4 and 0 at 1e8 in float32) and the
+    second one's power underflows first (at p = 1.5 the slope was +1e-30 at x = 1e20, where
+    it is -5e-31); as ((1 - p)*|x| + 1)*(1 + |x|)**(-p - 1), within a few ULP of mpmath's
+    while that power is a normal number, and of the slope's sign past it."""
+    m = actgen.compile("x / (1 + abs(x))**p", name="softsign_p", params={"p": 1.5})
+    xs = torch.tensor([-3.0, 0.5, 10.0, 1e4, -1e8, 1e12], dtype=dtype)
+    for p in (1.0, 1.5, 0.5):
+        P = mpmath.mpf(float(torch.tensor(p, dtype=dtype)))
+        _, (gx, _) = _grad(m.softsign_p, xs, torch.tensor([p], dtype=dtype))
+        _close_to_truth(gx, [float((1 + (1 - P) * abs(X)) * (1 + abs(X)) ** (-P - 1))
+                             for X in map(mpmath.mpf, xs.double().tolist())], ulps=8)
+    _, (gx, _) = _grad(m.softsign_p, torch.tensor([1e20, -1e30], dtype=dtype), torch.tensor([1.5], dtype=dtype))
+    assert (gx <= 0).all() and (gx.abs() <= 5e-31).all(), gx

@@ -236,7 +236,7 @@ def test_a_formula_too_slow_to_parse_is_refused(tmp_path, monkeypatch):
     import actgen.spec as spec_module
 
     monkeypatch.setattr(spec_module, "MAX_PARSE_SECONDS", 0.5)
-    spec, problems = _refused(tmp_path, "name: a\nformula: max(max(x,1,x+1,2),max(x,2,x+2,3),max(x,3,x+3,4))\n")
+    spec, problems = _refused(tmp_path, "name: a\nformula: max(max(x,2*x,x+1,3*x),max(x+2,4*x,x+3,5*x))\n")
     assert problems == [f"{spec}:2: formula: too complex: parsing it took over 0.5 s"]
 
 
