@@ -1451,15 +1451,35 @@ def write_results(results: dict, out_dir, plots: bool = True) -> list[Path]:
 # --------------------------------------------------------------------------------------
 
 
+#: The most elements a benchmarked tensor may have (2**28 on a GPU is the suite's largest).
+MAX_SIZE = 2 ** 34
+
+
 def parse_size(text: str) -> int:
+    """An element count: 2**20, 2^20, 1<<20 or 1048576 (ValueError if not one, or not in
+    1..MAX_SIZE)."""
     text = text.strip()
-    for sep in ("**", "^"):
+    for sep in ("**", "^", "<<"):
         if sep in text:
-            base, exp = text.split(sep)
-            return int(base) ** int(exp)
-    if text.startswith("1<<"):
-        return 1 << int(text[3:])
-    return int(text)
+            base, exp = (int(part) for part in text.split(sep))     # (ValueError unless two ints)
+            if not 0 <= exp <= 64:
+                raise ValueError(f"exponent {exp} is out of range")
+            n = base ** exp if sep != "<<" else base << exp
+            break
+    else:
+        n = int(text)
+    if not 1 <= n <= MAX_SIZE:
+        raise ValueError(f"{n} is not between 1 and 2**{MAX_SIZE.bit_length() - 1}")
+    return n
+
+
+def _size_argument(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"{text!r} is not an element count such as 2**20, 1<<20 or 1048576 ({exc})")
 
 
 def main_from_args(args) -> int:
@@ -1489,7 +1509,7 @@ def main_from_args(args) -> int:
         return 2
     cfg = Config.for_device(
         device, cases=names, dtypes=tuple(args.dtype) if args.dtype else None,
-        sizes=tuple(parse_size(s) for s in args.sizes) if args.sizes else None,
+        sizes=tuple(args.sizes) if args.sizes else None,
         impls=tuple(args.impls) if args.impls else None, modes=tuple(args.modes) if args.modes else None,
         compile_dynamic={"static": False, "dynamic": True}.get(args.compile_shapes), compile_backend=args.compile_backend,
         min_run_time=args.min_run_time, rounds=args.rounds, memory=not args.no_memory, latency=not args.no_latency,
@@ -1497,6 +1517,10 @@ def main_from_args(args) -> int:
         rep_ms=args.rep_ms,
     )
     out = Path(args.out) if args.out else Path("benchmarks") / "results" / torch.device(device).type
+    blocked = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        print(f"actgen bench: --out {out}: {blocked} is not a directory", file=sys.stderr)
+        return 2
 
     def checkpoint(partial):       # a run cut short still leaves its numbers (render them with --render)
         out.mkdir(parents=True, exist_ok=True)
@@ -1518,7 +1542,7 @@ def build_parser(prog: str = "actgen bench"):
     p.add_argument("names", nargs="*", help=f"activations to benchmark (default: {' '.join(DEFAULT_CASES)})")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--dtype", nargs="+", choices=list(DTYPES), help="default: fp32 bf16 fp16 on CUDA, fp32 bf16 on CPU")
-    p.add_argument("--sizes", nargs="+", help="element counts, e.g. 2**16 2**20 (default: 2**16..2**28 on CUDA, 2**14 2**17 2**20 on CPU)")
+    p.add_argument("--sizes", nargs="+", type=_size_argument, help="element counts, e.g. 2**16 2**20 (default: 2**16..2**28 on CUDA, 2**14 2**17 2**20 on CPU)")
     p.add_argument("--impls", nargs="+", choices=list(IMPLS), help="implementations (default: all)")
     p.add_argument("--modes", nargs="+", choices=list(MODES), help="default: all")
     p.add_argument("--compile-shapes", choices=("static", "dynamic"), help="torch.compile shapes (default: static on CUDA, dynamic on CPU)")

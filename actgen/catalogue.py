@@ -392,6 +392,17 @@ def compiled_function(spec: Spec, rewrites: bool = True):
     return _LOADED[key]
 
 
+def shipped_or_compiled_function(spec: Spec):
+    """The shipped functional where actgen.ops holds this very spec's op, else the spec
+    compiled now (compiled_function): a spec of the user's own, or one edited since."""
+    import actgen.ops
+
+    fn = getattr(actgen.ops, spec.name, None) if spec.name in getattr(actgen.ops, "__all__", ()) else None
+    if fn is not None and getattr(sys.modules.get(fn.__module__), "SPEC_SHA256", None) == spec.sha256:
+        return fn
+    return compiled_function(spec)
+
+
 def as_written_function(spec: Spec):
     """The formula compiled as written (guards and CSE only, see actgen.derive.derive): the "before"."""
     return compiled_function(spec, rewrites=False)
@@ -652,8 +663,9 @@ PLOT_DPI = 80
 
 
 def plot_values(spec: Spec, n: int = 601):
-    """x, f(x) and df/dx on PLOT_RANGE from the shipped op (eager fallback, float64); a gated
-    activation with its gate b = 1, params at their initial values."""
+    """x, f(x) and df/dx on PLOT_RANGE from the op (the shipped one, or the spec compiled
+    now: shipped_or_compiled_function; eager fallback, float64); a gated activation with its
+    gate b = 1, params at their initial values."""
     from .runtime import use_backend
 
     xs = torch.linspace(*PLOT_RANGE, n, dtype=torch.float64)
@@ -661,7 +673,7 @@ def plot_values(spec: Spec, n: int = 601):
     inputs = [x] + ([torch.ones_like(xs)] if spec.gated else [])
     params = [torch.tensor([p.init], dtype=torch.float64) for p in spec.params]
     with use_backend("torch"):
-        y = op_function(spec)(*inputs, *params)
+        y = shipped_or_compiled_function(spec)(*inputs, *params)
         (g,) = torch.autograd.grad(y, x, grad_outputs=torch.ones_like(y))
     return xs.numpy(), y.detach().numpy(), g.numpy()
 

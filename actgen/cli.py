@@ -33,8 +33,10 @@ def _cmd_build(args) -> int:
 
 
 def _load(args):
-    from .spec import load_specs
+    from .spec import SpecError, load_specs
 
+    if not args.specs and not DEFAULT_SPECS.is_dir():
+        raise SpecError([f"<args>:0: --specs: no specs/ here (run it in the repository root, or give --specs DIR)"])
     return load_specs([Path(s) for s in (args.specs or [DEFAULT_SPECS])])
 
 
@@ -76,9 +78,32 @@ def _cmd_plot(args) -> int:
     if args.name not in specs:
         print(f"actgen plot: unknown activation '{args.name}' (known: {', '.join(sorted(specs))})", file=sys.stderr)
         return 2
-    out = plot(specs[args.name], Path(args.out) if args.out else Path(f"{args.name}.png"))
-    print(out)
+    path = Path(args.out) if args.out else Path(f"{args.name}.png")
+    problem = _image_path_problem(path)
+    if problem:
+        print(f"actgen plot: --out {path}: {problem}", file=sys.stderr)
+        return 2
+    print(plot(specs[args.name], path))
     return 0
+
+
+def _image_path_problem(path: Path) -> str | None:
+    """Why a plot cannot be written to path (an image format matplotlib writes, in a
+    directory that is one or can be made), or None."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lstrip(".").lower() not in formats:
+        return f"not an image file name (one of {', '.join('.' + f for f in sorted(formats))})"
+    if path.is_dir():
+        return "is a directory"
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else f"{parent} is not a directory"
+    return None
 
 
 def _cmd_docs(args) -> int:

@@ -448,6 +448,7 @@ def test_prelu_takes_torchs_constructor_arguments():
     theirs = torch.nn.PReLU(num_parameters=3, init=0.1)
     torch.testing.assert_close(ours.weight.detach(), theirs.weight.detach())
     assert ours.weight.shape == (3,)
+    assert ours.num_parameters == theirs.num_parameters == 3 and ops.PReLU().num_parameters == 1
     x = torch.randn(5, 3, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(ours(x), theirs(x))
     torch.testing.assert_close(ops.PReLU()(x), torch.nn.PReLU()(x))     # one shared weight, 0.25

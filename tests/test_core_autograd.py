@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.func import grad, jacfwd, jvp, vjp, vmap
+from torch.func import grad, jacfwd, jacrev, jvp, vjp, vmap
 
 import actgen.ops as ops
 
@@ -96,6 +96,46 @@ def test_vjp_with_batched_cotangents(backend):
     cot = torch.randn(7, 4, 3, 5, dtype=torch.float64)
     for a, b in zip(vmap(f)(cot), vmap(rf)(cot)):
         torch.testing.assert_close(a, b)
+
+
+def test_batched_gradients_of_a_gated_op_on_one_tensor(backend):
+    """autograd.grad(is_grads_batched=True) - what gradcheck's batched check and
+    jacobian(vectorize=True) use - through glu(x) and swiglu(x) split in halves (their
+    backward wrote into one buffer with out=, which a batched tensor refuses) and through a
+    per-channel param: each batch entry's gradients as torch's for that cotangent."""
+    x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    cot = torch.randn(6, 3, 2, 5, dtype=torch.float64)
+    got, = torch.autograd.grad(ops.glu(x, dim=1), x, cot, is_grads_batched=True)
+    want, = torch.autograd.grad(F.glu(x, 1), x, cot, is_grads_batched=True)
+    torch.testing.assert_close(got, want)
+    got, = torch.autograd.grad(ops.swiglu(x, dim=1), x, cot, is_grads_batched=True)
+    a, b = x.chunk(2, 1)
+    want, = torch.autograd.grad(F.silu(a) * b, x, cot, is_grads_batched=True)
+    torch.testing.assert_close(got, want)
+    w = torch.rand(4, dtype=torch.float64, requires_grad=True)
+    cot = torch.randn(6, 3, 4, 5, dtype=torch.float64)
+    got = torch.autograd.grad(ops.prelu(x, w), (x, w), cot, is_grads_batched=True)
+    want = torch.autograd.grad(F.prelu(x, w), (x, w), cot, is_grads_batched=True)
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r)
+    assert torch.autograd.gradcheck(lambda t: ops.swiglu(t, dim=1), (x,), check_batched_grad=True)
+
+
+def test_reverse_over_forward_in_a_param_with_a_limit_at_inf(backend):
+    """jacrev(jacfwd(f)) in swish's beta, whose derivatives hold a limit at +-inf read off in
+    the params (_rt.grown): the limit's branch not taken had a gradient of 0 * inf = NaN."""
+    x = torch.tensor([-1.0, 0.5, 2.0], dtype=torch.float64)
+    b = torch.tensor([0.7], dtype=torch.float64)
+    want = jacrev(jacrev(lambda bb: (x * torch.sigmoid(bb * x)).sum()))(b)
+    torch.testing.assert_close(jacrev(jacfwd(lambda bb: ops.swish(x, bb).sum()))(b), want)
+    bg = b.clone().requires_grad_()
+    with torch.autograd.forward_ad.dual_level():
+        y = ops.swish(torch.autograd.forward_ad.make_dual(x, torch.ones_like(x)), bg)
+        tangent = torch.autograd.forward_ad.unpack_dual(y).tangent
+    got, = torch.autograd.grad(tangent.sum(), bg)
+    xr, br = x.clone().requires_grad_(), b.clone().requires_grad_()
+    slope, = torch.autograd.grad((xr * torch.sigmoid(br * xr)).sum(), xr, create_graph=True)
+    torch.testing.assert_close(got, torch.autograd.grad(slope.sum(), br)[0])
 
 
 def test_grad_of_grad(backend):

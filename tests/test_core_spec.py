@@ -180,6 +180,30 @@ def test_cli_bad_spec_exit_2_no_traceback_nothing_written(tmp_path):
     assert not out.exists() and not (tmp_path / "pwned").exists()
 
 
+def test_cli_plot_and_list_refuse_what_they_cannot_do_in_one_line(tmp_path):
+    """plot into a path under a file or with a name that is no image format, and list
+    outside the repository without --specs: one line, exit 2, nothing written (they were
+    tracebacks, or a message about a spec file specs:1)."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "good.yaml").write_text(GOOD)
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for out, problem in ((afile / "x.png", f"{afile} is not a directory"), (tmp_path / "x.txt", "not an image file name")):
+        r = _cli("plot", "swish_beta", "--specs", str(specs), "--out", str(out), cwd=tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        (line,) = r.stderr.strip().splitlines()
+        assert line.startswith(f"actgen plot: --out {out}: {problem}")
+        assert not out.exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = _cli("list", cwd=elsewhere)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == "<args>:0: --specs: no specs/ here (run it in the repository root, or give --specs DIR)"
+    r = _cli("plot", "swish_beta", "--specs", str(specs), "--out", str(tmp_path / "new" / "good.png"), cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "new" / "good.png").stat().st_size > 1000
+
+
 def test_cli_draw_bounds_with_an_input_exit_2_nothing_written(tmp_path):
     (tmp_path / "noisy.yaml").write_text("name: noisy\ndoc: a draw\nformula: where(x > 0, x, uniform(x, 1) * x)\n")
     out = tmp_path / "pkg"

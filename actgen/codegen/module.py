@@ -643,6 +643,8 @@ def _module_class(w: Writer, d: Derivation):
                     w(f"raise TypeError(f\"{cls}: inplace must be True or False, got {{inplace!r}}\")")
             for n in dict.fromkeys([h.split("=")[0] for h in head] + [c.name for c in s.constants]):
                 w(f"self.{n} = {n}")
+            if s.per_channel and not s.gated:
+                w("self.num_parameters = num_channels      # (torch.nn.PReLU's name for it)")
             if single is not None:
                 w(f"self.init = {single.init!r} if init is None else float(init)")
             for p in s.params:

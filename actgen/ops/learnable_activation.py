@@ -209,6 +209,7 @@ class LearnableActivation(torch.nn.Module):
         channel_dim = _rt.dim_index(channel_dim, 'LearnableActivation', 'channel_dim')
         self.num_channels = num_channels
         self.channel_dim = channel_dim
+        self.num_parameters = num_channels      # (torch.nn.PReLU's name for it)
         self.alpha = torch.nn.Parameter(torch.empty(num_channels, device=device, dtype=dtype))
         self.scale = torch.nn.Parameter(torch.empty(num_channels, device=device, dtype=dtype))
         self.shift = torch.nn.Parameter(torch.empty(1, device=device, dtype=dtype))

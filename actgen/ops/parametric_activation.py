@@ -184,6 +184,7 @@ class ParametricActivation(torch.nn.Module):
         channel_dim = _rt.dim_index(channel_dim, 'ParametricActivation', 'channel_dim')
         self.num_channels = num_channels
         self.channel_dim = channel_dim
+        self.num_parameters = num_channels      # (torch.nn.PReLU's name for it)
         self.init = 0.25 if init is None else float(init)
         self.alpha = torch.nn.Parameter(torch.empty(num_channels, device=device, dtype=dtype))
         self.reset_parameters()

@@ -50,7 +50,9 @@ def grown(p):
     where it grew to GROWTH or more."""
     if not isinstance(p, torch.Tensor):
         return math.copysign(math.inf, p) if abs(p) >= GROWTH else p
-    return torch.where(p.abs() >= GROWTH, p * math.inf, p)
+    # (copysign, not p*inf: the branch not taken gets a gradient of 0, which times inf was
+    # NaN in a derivative of the limit in the params, jacrev of jacfwd)
+    return torch.where(p.abs() >= GROWTH, torch.copysign(torch.full_like(p, math.inf), p), p)
 
 
 def number(like: torch.Tensor, value: float) -> torch.Tensor:

@@ -372,12 +372,19 @@ class Activation:
         x = inputs[0]
         if rng is not None:
             rng = self.rng(rng, x)
+        if _batched(grad):      # autograd's batched gradients (is_grads_batched): no out= writes
+            return self._eager_backward(grad, inputs, params, constants, channel_dim, needs, rng)
         if self._on_kernels(x, self.backward_kernel, rng):
             return (_launch or _load_launch()).backward(self.backward_kernel, grad, inputs, params, self.per_channel, constants, channel_dim,
                                    self._channels(params), needs, self._kernel_draws(rng),
                                    self.kernel_wide(x.dtype, self.float64_backward), halves)
         if x.is_cpu:
             return self._cpu_backward(grad, inputs, params, constants, channel_dim, needs, rng, halves=halves)
+        return self._eager_backward(grad, inputs, params, constants, channel_dim, needs, rng)
+
+    def _eager_backward(self, grad, inputs, params, constants, channel_dim, needs, rng):
+        """The backward as plain torch ops on whole tensors, each result new."""
+        x = inputs[0]
         args = self._eager_args(inputs, params, constants, channel_dim, rng, self.float64_backward)
         derivs = self.derivatives_torch(*args)
         g = grad.to(args[0].dtype)
@@ -896,6 +903,15 @@ class Activation:
             tg = t_grad.to(contracted[0].dtype)
             contracted = [c + tg * d for c, d in zip(contracted, first)]
         return self._per_tensor(contracted, tensors, channel_dim)
+
+
+def _batched(t: torch.Tensor) -> bool:
+    """Whether t is a batched tensor of a vmap over a backward (autograd.grad's
+    is_grads_batched, gradcheck's batched check, jacobian(vectorize=True)): no out= op takes
+    one."""
+    functorch = getattr(torch._C, "_functorch", None)
+    return functorch is not None and any(getattr(functorch, name, lambda _: False)(t)
+                                         for name in ("is_legacy_batchedtensor", "is_batchedtensor"))
 
 
 def _draws_per_entry() -> bool:
