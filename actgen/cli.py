@@ -36,7 +36,7 @@ def _load(args):
     from .spec import SpecError, load_specs
 
     if not args.specs and not DEFAULT_SPECS.is_dir():
-        raise SpecError([f"<args>:0: --specs: no specs/ here (run it in the repository root, or give --specs DIR)"])
+        raise SpecError(["<args>:0: --specs: no specs/ here (run it in the repository root, or give --specs DIR)"])
     return load_specs([Path(s) for s in (args.specs or [DEFAULT_SPECS])])
 
 

@@ -905,13 +905,18 @@ class Activation:
         return self._per_tensor(contracted, tensors, channel_dim)
 
 
+_IS_BATCHED = tuple(f for f in (getattr(getattr(torch._C, "_functorch", None), name, None)
+                                 for name in ("is_legacy_batchedtensor", "is_batchedtensor")) if f is not None)
+
+
 def _batched(t: torch.Tensor) -> bool:
     """Whether t is a batched tensor of a vmap over a backward (autograd.grad's
     is_grads_batched, gradcheck's batched check, jacobian(vectorize=True)): no out= op takes
     one."""
-    functorch = getattr(torch._C, "_functorch", None)
-    return functorch is not None and any(getattr(functorch, name, lambda _: False)(t)
-                                         for name in ("is_legacy_batchedtensor", "is_batchedtensor"))
+    for is_batched in _IS_BATCHED:
+        if is_batched(t):
+            return True
+    return False
 
 
 def _draws_per_entry() -> bool:
