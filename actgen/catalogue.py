@@ -742,6 +742,9 @@ def catalogue_markdown(specs: Sequence[Spec]) -> str:
                 f"`{p.name}` (init {p.init!r}{', per channel' if p.per_channel else ''})" for p in s.params))
         if s.constants:
             lines.append("- constants (after the params, by position or keyword): " + ", ".join(f"`{c.name}={c.default!r}`" for c in s.constants))
+        if s.checks:
+            lines.append("- checks (else a ValueError): " + "; ".join(
+                f"`{sympy.sstr(c)}` ({m})" for c, m in s.checks))
         if s.modes:
             kw, pairs = s.modes
             lines.append(f"- modes (keyword argument `{kw}`): `{pairs[0][0]!r}` (this one, the default), "

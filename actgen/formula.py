@@ -152,6 +152,24 @@ def parse_formula(text: str, names: Mapping[str, sympy.Symbol], inputs: Collecti
     `inputs` are the names the bounds of a `uniform(lo, hi)` draw may not use.
     Raises FormulaError with a message naming the offending construct and its column.
     """
+    tree = _syntax_tree(text)
+    builder = _Builder(names, inputs)
+    expr = builder.expr(tree.body, 0)
+    if not isinstance(expr, sympy.Expr) or isinstance(expr, (sympy.Rel, sympy.logic.boolalg.BooleanFunction)):
+        raise FormulaError("must be an arithmetic expression, not a condition")
+    for atom in expr.atoms(sympy.Number):
+        if not math.isfinite(float(atom)):
+            raise FormulaError(f"contains a number that is not finite: {sympy.sstr(atom)}")
+    if expr.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
+        raise FormulaError("evaluates to an infinite or undefined constant")
+    if expr.has(sympy.I):
+        raise FormulaError("has complex values (the square root or log of a negative number?): "
+                           f"{sympy.sstr(expr)[:80]}")
+    return expr
+
+
+def _syntax_tree(text: str) -> ast.Expression:
+    """text's syntax tree as one expression, within the length and size limits."""
     if not isinstance(text, str):
         raise FormulaError("must be a string")
     if len(text) > MAX_FORMULA_LENGTH:
@@ -168,19 +186,17 @@ def parse_formula(text: str, names: Mapping[str, sympy.Symbol], inputs: Collecti
     count = sum(1 for _ in ast.walk(tree))
     if count > MAX_NODES:
         raise FormulaError(f"has {count} syntax nodes; the limit is {MAX_NODES}")
-    builder = _Builder(names, inputs)
-    expr = builder.expr(tree.body, 0)
-    if not isinstance(expr, sympy.Expr) or isinstance(expr, (sympy.Rel, sympy.logic.boolalg.BooleanFunction)):
-        raise FormulaError("must be an arithmetic expression, not a condition")
-    for atom in expr.atoms(sympy.Number):
-        if not math.isfinite(float(atom)):
-            raise FormulaError(f"contains a number that is not finite: {sympy.sstr(atom)}")
-    if expr.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
-        raise FormulaError("evaluates to an infinite or undefined constant")
-    if expr.has(sympy.I):
-        raise FormulaError("has complex values (the square root or log of a negative number?): "
-                           f"{sympy.sstr(expr)[:80]}")
-    return expr
+    return tree
+
+
+def parse_condition(text: str, names: Mapping[str, sympy.Symbol]) -> sympy.Basic:
+    """Parse a condition over the variables `names` (comparisons with < <= > >=, combined
+    with & | ~: a spec's checks on its constants) into a sympy boolean that is not always
+    true or always false."""
+    cond = _Builder(names).cond(_syntax_tree(text).body, 0)
+    if cond in (sympy.true, sympy.false):
+        raise FormulaError(f"is always {'true' if cond is sympy.true else 'false'}")
+    return cond
 
 
 class _Builder:

@@ -19,10 +19,11 @@ from typing import Any, Iterable
 import sympy
 import yaml
 
-from .formula import FLOAT32_MAX, RESERVED_NAMES, FormulaError, make_symbol, parse_formula
+from .formula import FLOAT32_MAX, RESERVED_NAMES, FormulaError, make_symbol, parse_condition, parse_formula
 from .timelimit import TooSlow, time_limit
 
-SPEC_FIELDS = ("name", "formula", "doc", "inputs", "params", "constants", "class_name", "reference", "precision", "modes")
+SPEC_FIELDS = ("name", "formula", "doc", "inputs", "params", "constants", "class_name", "reference", "precision", "modes",
+               "checks")
 #: `precision`: auto (the compiler's precision check decides, see actgen.precision), float32
 #: (never float64 for narrower inputs) or float64 (forward and backward always in float64).
 PRECISIONS = ("auto", "float32", "float64")
@@ -32,6 +33,11 @@ PARAM_FIELDS = ("init", "per_channel")
 #: this activation itself (the default), the others activations of the same build.
 MAX_MODES = 8
 _MODE_RE = re.compile(r"[A-Za-z0-9_]{1,32}\Z")
+#: `checks`: conditions on the constants that a call (and a Module's construction) must
+#: meet, each with the message of the ValueError it raises where it does not:
+#: {"min_val <= max_val": "max_val must be at least min_val"}, as torch's hardtanh refuses.
+MAX_CHECKS = 8
+MAX_CHECK_MESSAGE = 200
 MAX_SPEC_BYTES = 64 * 1024
 #: Lists and mappings nested deeper than this are refused (a spec needs 3).
 MAX_YAML_DEPTH = 16
@@ -109,6 +115,8 @@ class Spec:
     precision: str = "auto"
     # (keyword, ((value, activation name), ...)): see SPEC_FIELDS' modes; the first is this one
     modes: tuple | None = None
+    # ((condition on the constants, message), ...): see SPEC_FIELDS' checks
+    checks: tuple = ()
     source: str = "<string>"
     sha256: str = ""
     formula_line: int = field(default=1, compare=False)     # where the formula is in source
@@ -407,6 +415,7 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
             precision = value
 
     modes = _modes(loader, get("modes"), problems, name, inputs, params, constants, seen) if get("modes") is not None else None
+    checks = _checks(loader, get("checks"), problems, constants) if get("checks") is not None else ()
 
     # A constant may share the activation's name (torch.nn.functional.threshold's keyword
     # `threshold`): constants are keyword-only and generated code never shadows the function.
@@ -446,6 +455,7 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
         reference=reference,
         precision=precision,
         modes=modes,
+        checks=checks,
         source=path,
         sha256=hashlib.sha256(raw).hexdigest(),
         formula_line=get("formula").start_mark.line + 1,
@@ -485,6 +495,37 @@ def _modes(loader, node, problems, name, inputs, params, constants, seen):
         else:
             pairs.append((value, target))
     return (kw, tuple(pairs)) if len(problems.items) == before else None
+
+
+def _checks(loader, node, problems, constants):
+    """The `checks` field as ((condition, message), ...), or () with its problems."""
+    if not isinstance(node, yaml.MappingNode) or not 1 <= len(node.value) <= MAX_CHECKS:
+        problems.add(node, "checks", f"must map 1 to {MAX_CHECKS} conditions on the constants to the message "
+                     "where one does not hold ({'min_val <= max_val': 'max_val must be at least min_val'})")
+        return ()
+    if not constants:
+        problems.add(node, "checks", "are conditions on the constants, and this activation has none")
+        return ()
+    names = {c.name: make_symbol(c.name) for c in constants}
+    checks = []
+    for k, v in node.value:
+        text, message = _string(loader, k, problems, "checks"), _string(loader, v, problems, "checks")
+        if text is None or message is None:
+            continue
+        try:
+            with time_limit(MAX_PARSE_SECONDS):
+                cond = parse_condition(text, names)
+        except FormulaError as exc:
+            problems.add(k, "checks", f"{text!r}: {exc}")
+            continue
+        except TooSlow:
+            problems.add(k, "checks", f"{text!r}: too complex: parsing it took over {MAX_PARSE_SECONDS} s")
+            continue
+        if not message.strip() or len(message) > MAX_CHECK_MESSAGE or "\n" in message:
+            problems.add(v, "checks", f"the message of {text!r} must be one line of 1 to {MAX_CHECK_MESSAGE} characters")
+            continue
+        checks.append((cond, message.strip()))
+    return tuple(checks)
 
 
 def _shown(path: str) -> str:

@@ -523,6 +523,29 @@ def test_functionals_take_torchs_positional_arguments(ours, theirs, args, backen
     torch.testing.assert_close(torch.autograd.grad(y.sum(), x1)[0], torch.autograd.grad(yt.sum(), x2)[0])
 
 
+@pytest.mark.parametrize("ours,theirs,args,message", [
+    (ops.hardtanh, F.hardtanh, (1.0, -1.0), "hardtanh: max_val must be greater than or equal to min_val"),
+    (ops.celu, F.celu, (0.0,), "celu: alpha must not be 0"),
+    (ops.rrelu, F.rrelu, (0.5, 0.1), "rrelu: lower must not exceed upper"),
+    (ops.softshrink, F.softshrink, (-0.5,), "softshrink: lambd must be at least 0"),
+], ids=["hardtanh", "celu", "rrelu", "softshrink"])
+def test_constants_torch_refuses_are_refused(ours, theirs, args, message):
+    """Constants torch's functionals refuse (hardtanh's min_val above max_val, celu's alpha
+    0, rrelu's lower above upper, a negative softshrink lambd) are a ValueError with the
+    spec's message (they gave values), from the functional and the Module's constructor;
+    the bounds themselves are accepted, as torch's are."""
+    x = torch.linspace(-2, 2, 9)
+    with pytest.raises((RuntimeError, ValueError)):
+        theirs(x, *args)
+    with pytest.raises(ValueError, match=message):
+        ours(x, *args)
+    module = {ops.hardtanh: ops.Hardtanh, ops.celu: ops.CELU, ops.rrelu: ops.RReLU, ops.softshrink: ops.Softshrink}[ours]
+    with pytest.raises(ValueError, match=message.replace(ours.__name__, module.__name__)):
+        module(*args)
+    edge = {ops.hardtanh: (0.5, 0.5), ops.celu: (-1.0,), ops.rrelu: (0.2, 0.2), ops.softshrink: (0.0,)}[ours]
+    torch.testing.assert_close(ours(x, *edge), theirs(x, *edge))
+
+
 def test_rrelu_takes_training_positionally(backend):
     """F.rrelu(x, lower, upper, True): training mode, each negative element's slope a draw in
     [lower, upper] (not their mean)."""

@@ -1,9 +1,11 @@
 """Spec validation: every error class, path:line: field: message, exit code 2, nothing written."""
+import math
 import subprocess
 import sys
 import textwrap
 
 import pytest
+import torch
 
 from actgen.spec import SpecError, load_spec, load_specs
 
@@ -178,6 +180,48 @@ def test_cli_bad_spec_exit_2_no_traceback_nothing_written(tmp_path):
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[0].startswith(f"{specs / 'bad.yaml'}:2: formula: ")
     assert not out.exists() and not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("checks, problem", [
+    ("checks: [lo <= hi]\n", "4: checks: must map 1 to 8 conditions on the constants"),
+    ("checks: {x <= hi: bad}\n", "4: checks: 'x <= hi': unknown name 'x'"),
+    ("checks: {lo <= lo: always}\n", "4: checks: 'lo <= lo': is always true"),
+    ("checks: {lo + hi: nope}\n", "4: checks: 'lo + hi': expected a condition"),
+    ("checks: {lo <= hi: ''}\n", "4: checks: the message of 'lo <= hi' must be one line"),
+    ("checks: {lo <= hi: 3}\n", "4: checks: must be a string"),
+])
+def test_checks_must_be_conditions_on_the_constants_with_a_message(tmp_path, checks, problem):
+    spec = tmp_path / "clip.yaml"
+    spec.write_text("name: clip\nformula: Min(Max(x, lo), hi)\nconstants: {lo: -1.0, hi: 1.0}\n" + checks)
+    with pytest.raises(SpecError) as info:
+        load_specs([spec])
+    assert any(p.startswith(f"{spec}:") and problem in p for p in info.value.problems), info.value.problems
+
+
+def test_checks_raise_their_message_from_the_functional_and_the_module(tmp_path):
+    """A built op with checks: a ValueError with the message where a condition fails, for
+    the functional and the Module; the op as usual where they hold (also on the bound)."""
+    import importlib
+    import sys as _sys
+
+    (tmp_path / "clip.yaml").write_text("name: clip\nformula: Min(Max(x, lo), hi)\nconstants: {lo: -1.0, hi: 1.0}\n"
+                                        "checks:\n  (lo <= hi) & (hi - lo < 100): the range must be 0 to 100 long\n")
+    from actgen.build import build
+
+    build([tmp_path / "clip.yaml"], tmp_path / "clips")
+    _sys.path.insert(0, str(tmp_path))
+    try:
+        mod = importlib.import_module("clips.clip")
+    finally:
+        _sys.path.remove(str(tmp_path))
+    x = torch.linspace(-3, 3, 13)
+    for lo, hi in ((1.0, -1.0), (-60.0, 60.0), (math.nan, 1.0)):
+        with pytest.raises(ValueError, match="^clip: the range must be 0 to 100 long$"):
+            mod.clip(x, lo, hi)
+        with pytest.raises(ValueError, match="^Clip: the range must be 0 to 100 long$"):
+            mod.Clip(lo, hi)
+    torch.testing.assert_close(mod.clip(x, 0.5, 0.5), torch.full_like(x, 0.5))
+    torch.testing.assert_close(mod.Clip(-2.0, 1.0)(x), x.clamp(-2.0, 1.0))
 
 
 def test_cli_plot_and_list_refuse_what_they_cannot_do_in_one_line(tmp_path):

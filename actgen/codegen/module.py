@@ -515,6 +515,7 @@ def _functional(w: Writer, d: Derivation):
         if s.gated:
             with w.indent(f"if {s.inputs[1]} is None:"):
                 w(f"{', '.join(s.inputs)} = _rt.split_halves({s.inputs[0]}, dim, {s.name!r})")
+        _checks(w, s, s.name)
         if s.modes:
             kw_name, default = s.modes[0], s.modes[1][0][0]
             with w.indent(f"if {kw_name} != {default!r}:"):
@@ -524,6 +525,14 @@ def _functional(w: Writer, d: Derivation):
         w(f"return _OP.call({_tuple(s.inputs)}, {_tuple(p.name for p in s.params)}, {_tuple(c.name for c in s.constants)}, {cd}{training})")
     w()
     w()
+
+
+def _checks(w: Writer, s, owner: str):
+    """The spec's checks on its constants: a ValueError with its message where one fails."""
+    for cond, message in s.checks:
+        printed = TorchPrinter((), s.inputs[0]).doprint(cond)
+        with w.indent(f"if not ({printed}):"):
+            w(f"raise ValueError({f'{owner}: {message}'!r})")
 
 
 def _tuple(names) -> str:
@@ -641,6 +650,7 @@ def _module_class(w: Writer, d: Derivation):
             if inplace:
                 with w.indent("if not isinstance(inplace, (bool, int)):"):
                     w(f"raise TypeError(f\"{cls}: inplace must be True or False, got {{inplace!r}}\")")
+            _checks(w, s, cls)
             for n in dict.fromkeys([h.split("=")[0] for h in head] + [c.name for c in s.constants]):
                 w(f"self.{n} = {n}")
             if s.per_channel and not s.gated:

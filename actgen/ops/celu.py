@@ -18,7 +18,7 @@ import torch
 from actgen import runtime as _rt
 
 FORMULA = 'where(x > 0, x, alpha * (exp(x / alpha) - 1))'
-SPEC_SHA256 = '81256aeed8dbe98d5d35f28ccce1a5f96c3adbe86722f05fcdf2d5baa1ad86ba'
+SPEC_SHA256 = '401f2f8749e771708328fd509237c02cfc7ac91601b67d949ec6527a352328da'
 
 
 # ---- eager torch fallback (CPU, or when triton is missing) ----
@@ -89,7 +89,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='celu',
-    key='641f3654d849',
+    key='178d64275777',
     inputs=('x',),
     params=(),
     constants=('alpha',),
@@ -109,6 +109,8 @@ def celu(x, alpha=1.0):
     """Continuously differentiable ELU (Barron 2017), max(0, x) + min(0, alpha * (exp(x / alpha) - 1)) (torch.nn.CELU).
 
     f = where(x > 0, x, alpha * (exp(x / alpha) - 1))"""
+    if not ((alpha > 0.0) or (alpha < 0.0)):
+        raise ValueError('celu: alpha must not be 0')
     return _OP.call((x,), (), (alpha,), 1)
 
 
@@ -164,6 +166,8 @@ class CELU(torch.nn.Module):
         super().__init__()
         if not isinstance(inplace, (bool, int)):
             raise TypeError(f"CELU: inplace must be True or False, got {inplace!r}")
+        if not ((alpha > 0.0) or (alpha < 0.0)):
+            raise ValueError('CELU: alpha must not be 0')
         self.alpha = alpha
         self.inplace = inplace
 

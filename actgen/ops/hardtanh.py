@@ -18,7 +18,7 @@ import torch
 from actgen import runtime as _rt
 
 FORMULA = 'Piecewise((min_val, x <= min_val), (max_val, x >= max_val), (x, True))'
-SPEC_SHA256 = '5d08b3699035cb630727717ed27ea6fcd8ee053efebc8a291dd62aa353cc1aef'
+SPEC_SHA256 = '7ce448b0392ec5b0b35a1adfc0aecc835f6ad1e1ddf50aaf8002bc8d1a6fa315'
 
 
 # ---- eager torch fallback (CPU, or when triton is missing) ----
@@ -90,7 +90,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardtanh',
-    key='8a52580e757a',
+    key='f9aced1ee2ad',
     inputs=('x',),
     params=(),
     constants=('min_val', 'max_val'),
@@ -110,6 +110,8 @@ def hardtanh(x, min_val=-1.0, max_val=1.0):
     """Hard tanh, x clamped to [min_val, max_val] (torch.nn.Hardtanh); the derivative is 0 at both bounds, as torch's.
 
     f = Piecewise((min_val, x <= min_val), (max_val, x >= max_val), (x, True))"""
+    if not (min_val <= max_val):
+        raise ValueError('hardtanh: max_val must be greater than or equal to min_val')
     return _OP.call((x,), (), (min_val, max_val), 1)
 
 
@@ -165,6 +167,8 @@ class Hardtanh(torch.nn.Module):
         super().__init__()
         if not isinstance(inplace, (bool, int)):
             raise TypeError(f"Hardtanh: inplace must be True or False, got {inplace!r}")
+        if not (min_val <= max_val):
+            raise ValueError('Hardtanh: max_val must be greater than or equal to min_val')
         self.min_val = min_val
         self.max_val = max_val
         self.inplace = inplace

@@ -19,7 +19,7 @@ import torch
 from actgen import runtime as _rt
 
 FORMULA = 'where(x > 0, x, uniform(lower, upper) * x)'
-SPEC_SHA256 = '5c99d0d28caa703c5aadd434167020841919cd920f12361d775ba79babe7ec84'
+SPEC_SHA256 = '4857e44c3f560752a2a47cc39061039127e0d7f5e432789a272dc8211aec6aa1'
 
 
 # ---- eager torch fallback (CPU, or when triton is missing) ----
@@ -99,7 +99,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='rrelu',
-    key='0d1d14160bcd',
+    key='1e7d2332a2b1',
     inputs=('x',),
     params=(),
     constants=('lower', 'upper'),
@@ -121,6 +121,8 @@ def rrelu(x, lower=0.125, upper=0.3333333333333333, training=False):
 
     f = where(x > 0, x, uniform(lower, upper) * x)
     training=True draws every uniform(lo, hi) afresh per element (one seed per call from torch's default generator); training=False uses its mean (lo + hi)/2."""
+    if not (lower <= upper):
+        raise ValueError('rrelu: lower must not exceed upper')
     return _OP.call((x,), (), (lower, upper), 1, training)
 
 
@@ -178,6 +180,8 @@ class RReLU(torch.nn.Module):
         super().__init__()
         if not isinstance(inplace, (bool, int)):
             raise TypeError(f"RReLU: inplace must be True or False, got {inplace!r}")
+        if not (lower <= upper):
+            raise ValueError('RReLU: lower must not exceed upper')
         self.lower = lower
         self.upper = upper
         self.inplace = inplace

@@ -18,7 +18,7 @@ import torch
 from actgen import runtime as _rt
 
 FORMULA = 'Piecewise((x - lambd, x > lambd), (x + lambd, x < -lambd), (0, True))'
-SPEC_SHA256 = '55a33d8693131e14e759c7130a046827fb0b12187167a1b470ff47d3439f43e9'
+SPEC_SHA256 = '0986732a7d84cdfec7a2b920b08e9c49fa8d87216f13c20a85ce3564239d0c47'
 
 
 # ---- eager torch fallback (CPU, or when triton is missing) ----
@@ -91,7 +91,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softshrink',
-    key='398374c35a77',
+    key='9d8bf69a25a4',
     inputs=('x',),
     params=(),
     constants=('lambd',),
@@ -111,6 +111,8 @@ def softshrink(x, lambd=0.5):
     """Soft shrinkage, x - lambd above lambd, x + lambd below -lambd, 0 between (torch.nn.Softshrink); the derivative is 0 at +-lambd, as torch's.
 
     f = Piecewise((x - lambd, x > lambd), (x + lambd, x < -lambd), (0, True))"""
+    if not (lambd >= 0.0):
+        raise ValueError('softshrink: lambd must be at least 0')
     return _OP.call((x,), (), (lambd,), 1)
 
 
@@ -166,6 +168,8 @@ class Softshrink(torch.nn.Module):
         super().__init__()
         if not isinstance(inplace, (bool, int)):
             raise TypeError(f"Softshrink: inplace must be True or False, got {inplace!r}")
+        if not (lambd >= 0.0):
+            raise ValueError('Softshrink: lambd must be at least 0')
         self.lambd = lambd
         self.inplace = inplace
 
