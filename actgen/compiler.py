@@ -33,7 +33,7 @@ def generator_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def _spec_mapping(formula, name, params, constants, inputs, doc, class_name, precision="auto"):
+def _spec_mapping(formula, name, params, constants, inputs, doc, class_name, precision="auto", checks=None):
     """compile's arguments as a spec's fields: of the types the spec format has (anything
     else is a SpecError naming the argument); load_spec checks the rest."""
     def fail(field, problem):
@@ -82,18 +82,24 @@ def _spec_mapping(formula, name, params, constants, inputs, doc, class_name, pre
         spec["constants"] = {k: number(f"constants.{k}", v) for k, v in mapping("constants", constants).items()}
     if class_name:
         spec["class_name"] = class_name
+    if checks:
+        m = mapping("checks", checks)
+        if not all(isinstance(v, str) for v in m.values()):
+            fail("checks", f"must map conditions to str messages, got {checks!r}")
+        spec["checks"] = dict(m)
     return spec
 
 
 def compile(formula: str, name: str = "activation", *, params=None, constants=None, inputs=None,
-            doc: str = "", class_name: str | None = None, precision: str = "auto") -> ModuleType:
+            doc: str = "", class_name: str | None = None, precision: str = "auto", checks=None) -> ModuleType:
     """Compile a formula into a module with `<name>`, `<ClassName>` and `<ClassName>Function`.
 
     params: {name: init} or {name: {"init": v, "per_channel": bool}}; constants: {name: default};
     inputs: e.g. ["a", "b"] for a gated activation; precision: the spec field (auto, float32,
-    float64).  Raises actgen.SpecError on bad input.
+    float64); checks: {condition on the constants: message} (the spec field).  Raises
+    actgen.SpecError on bad input.
     """
-    mapping = _spec_mapping(formula, name, params, constants, inputs, doc, class_name, precision)
+    mapping = _spec_mapping(formula, name, params, constants, inputs, doc, class_name, precision, checks)
     canonical = json.dumps(mapping, sort_keys=True)
     key = hashlib.sha256(f"{COMPILER_VERSION}\n{generator_fingerprint()}\n{canonical}".encode()).hexdigest()[:20]
     package = f"actgen_{key}"

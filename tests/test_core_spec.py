@@ -224,6 +224,21 @@ def test_checks_raise_their_message_from_the_functional_and_the_module(tmp_path)
     torch.testing.assert_close(mod.Clip(-2.0, 1.0)(x), x.clamp(-2.0, 1.0))
 
 
+def test_compile_takes_checks():
+    import actgen
+
+    m = actgen.compile("Min(Max(x, lo), hi)", name="clip_checked", constants={"lo": -1.0, "hi": 1.0},
+                       checks={"lo <= hi": "lo must not exceed hi"})
+    x = torch.linspace(-3, 3, 7)
+    torch.testing.assert_close(m.clip_checked(x, -2.0, 2.0), x.clamp(-2.0, 2.0))
+    with pytest.raises(ValueError, match="^clip_checked: lo must not exceed hi$"):
+        m.clip_checked(x, 2.0, -2.0)
+    with pytest.raises(SpecError, match="checks: must map conditions to str messages"):
+        actgen.compile("Min(x, hi)", name="bad_checks", constants={"hi": 1.0}, checks={"hi > 0": 3})
+    with pytest.raises(SpecError, match="checks: 'x > 0': unknown name 'x'"):
+        actgen.compile("Min(x, hi)", name="bad_checks", constants={"hi": 1.0}, checks={"x > 0": "no"})
+
+
 def test_cli_plot_and_list_refuse_what_they_cannot_do_in_one_line(tmp_path):
     """plot into a path under a file or with a name that is no image format, and list
     outside the repository without --specs: one line, exit 2, nothing written (they were
