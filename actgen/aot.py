@@ -78,7 +78,8 @@ class KernelReport:
 
 def signature(fn, dtype: str, param_names=(), wide: bool = False) -> tuple[dict, dict]:
     """Triton signature and constexprs for a generated kernel, with data pointers of `dtype`
-    (wide: computing in float64, whose param-gradient partial sums are float64)."""
+    (wide: computing in float64, as float64 data always does, whose param-gradient partial
+    sums are float64)."""
     sig, attrs = {}, {}
     names = list(inspect.signature(fn).parameters)
     for i, name in enumerate(names):
@@ -91,7 +92,7 @@ def signature(fn, dtype: str, param_names=(), wide: bool = False) -> tuple[dict,
             # params in float32, as a module's are, and in float64 with float64 data (a
             # module made .double()); partial sums in the compute type (launch.backward)
             if name == "_partials_ptr":
-                sig[name] = "*fp64" if wide or dtype == "fp64" else "*fp32"
+                sig[name] = "*fp64" if wide else "*fp32"
             elif base in param_names:
                 sig[name] = "*fp64" if dtype == "fp64" else "*fp32"
             else:
