@@ -121,6 +121,35 @@ def test_batched_gradients_of_a_gated_op_on_one_tensor(backend):
     assert torch.autograd.gradcheck(lambda t: ops.swiglu(t, dim=1), (x,), check_batched_grad=True)
 
 
+def test_forward_ad_through_a_gated_op_on_one_tensor_that_requires_grad(backend):
+    """Forward mode through glu(x) / swiglu(x) split in halves, x requiring grad (the output
+    of a trainable layer): the split's Function for the backward's one buffer has no jvp, so
+    it must not be taken under a dual level; tangents, forward-over-reverse and a
+    forward-mode Hessian as torch's F.glu and F.silu(a) * b give."""
+    import torch.autograd.forward_ad as fwAD
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    t, g = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+
+    def swiglu_ref(u):
+        a, b = u.chunk(2, -1)
+        return F.silu(a) * b
+
+    for op, ref in ((ops.glu, F.glu), (ops.swiglu, swiglu_ref)):
+        with fwAD.dual_level():
+            got = fwAD.unpack_dual(op(fwAD.make_dual(x, t))).tangent
+            want = fwAD.unpack_dual(ref(fwAD.make_dual(x, t))).tangent
+            torch.testing.assert_close(got, want)
+            xd = fwAD.make_dual(x, t)           # forward over reverse
+            got = fwAD.unpack_dual(torch.autograd.grad(op(xd), xd, g, create_graph=True)[0]).tangent
+            xd = fwAD.make_dual(x, t)
+            want = fwAD.unpack_dual(torch.autograd.grad(ref(xd), xd, g, create_graph=True)[0]).tangent
+            torch.testing.assert_close(got, want)
+        hessian = lambda f: torch.autograd.functional.hessian(
+            lambda u: f(u).sum(), x.detach(), vectorize=True, outer_jacobian_strategy="forward-mode")
+        torch.testing.assert_close(hessian(op), hessian(ref))
+    assert torch.autograd.gradgradcheck(ops.glu, (x,), check_fwd_over_rev=True)
+
+
 def test_reverse_over_forward_in_a_param_with_a_limit_at_inf(backend):
     """jacrev(jacfwd(f)) in swish's beta, whose derivatives hold a limit at +-inf read off in
     the params (_rt.grown): the limit's branch not taken had a gradient of 0 * inf = NaN."""
