@@ -476,9 +476,9 @@ def test_glu_functional_takes_the_halves(backend):
 
 @pytest.mark.parametrize("dim", [-1, 1, 0])
 def test_gated_functionals_split_one_tensor_as_torchs_glu(dim, backend):
-    """glu(x) and glu(x, dim=d) are F.glu(x) and F.glu(x, d): one tensor split in halves
-    (values and the gradient of the whole tensor); swiglu(x) likewise against the plain
-    torch formula F.silu(a) * b on x's halves."""
+    """glu(x) and glu(x, dim=d) - or glu(x, d) positionally - are F.glu(x) and F.glu(x, d):
+    one tensor split in halves (values and the gradient of the whole tensor); swiglu(x)
+    likewise against the plain torch formula F.silu(a) * b on x's halves."""
     x = torch.randn(4, 6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(6)) * 3
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     g = torch.randn_like(x).chunk(2, dim)[0]
@@ -490,6 +490,8 @@ def test_gated_functionals_split_one_tensor_as_torchs_glu(dim, backend):
     yt = F.silu(a) * b
     torch.testing.assert_close(y, yt)
     torch.testing.assert_close(*(torch.autograd.grad(v, t, g)[0] for v, t in ((y, x1), (yt, x2))))
+    torch.testing.assert_close(ops.glu(x, dim), F.glu(x, dim))
+    torch.testing.assert_close(ops.swiglu(x, dim), yt.detach())
     with pytest.raises(ValueError, match="odd"):
         ops.glu(torch.randn(3, 5), dim=dim if dim != 0 else 1)
     with pytest.raises(IndexError, match="dim 3 is out of range"):

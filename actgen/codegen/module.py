@@ -505,7 +505,8 @@ def _functional(w: Writer, d: Derivation):
             doc.append("Params are tensors of shape (1,) or, if per-channel, (C,) - or Python floats.")
         if s.gated:
             doc.append(f"Called with one tensor ({s.inputs[1]} None), it is split in two halves along `dim` "
-                       f"({', '.join(s.inputs)}), as torch's F.glu.")
+                       f"({', '.join(s.inputs)}), as torch's F.glu; an int in {s.inputs[1]}'s place is that dim "
+                       f"({s.name}(x, 1), as F.glu(x, 1)).")
         if d.draws:
             doc.append("training=True draws every uniform(lo, hi) afresh per element (one seed per call from "
                        "torch's default generator); training=False uses its mean (lo + hi)/2.")
@@ -513,8 +514,8 @@ def _functional(w: Writer, d: Derivation):
             doc.append(_modes_doc(s))
         w('"""' + escape_docstring("\n".join(doc)) + '"""')
         if s.gated:
-            with w.indent(f"if {s.inputs[1]} is None:"):
-                w(f"{', '.join(s.inputs)} = _rt.split_halves({s.inputs[0]}, dim, {s.name!r})")
+            with w.indent(f"if {s.inputs[1]} is None or type({s.inputs[1]}) is int:"):
+                w(f"{', '.join(s.inputs)} = _rt.split_halves({s.inputs[0]}, dim if {s.inputs[1]} is None else {s.inputs[1]}, {s.name!r})")
         _checks(w, s, s.name)
         if s.modes:
             kw_name, default = s.modes[0], s.modes[1][0][0]

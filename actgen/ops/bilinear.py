@@ -116,9 +116,9 @@ def bilinear(a, b=None, *, dim=-1):
     """The bilinear gate (Dauphin et al. 2017; Shazeer 2020), a * b, a GLU without the nonlinearity; the module splits its input in halves along dim.
 
     f = a * b
-    Called with one tensor (b None), it is split in two halves along `dim` (a, b), as torch's F.glu."""
-    if b is None:
-        a, b = _rt.split_halves(a, dim, 'bilinear')
+    Called with one tensor (b None), it is split in two halves along `dim` (a, b), as torch's F.glu; an int in b's place is that dim (bilinear(x, 1), as F.glu(x, 1))."""
+    if b is None or type(b) is int:
+        a, b = _rt.split_halves(a, dim if b is None else b, 'bilinear')
     return _OP.call((a, b), (), (), 1)
 
 

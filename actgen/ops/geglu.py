@@ -151,9 +151,9 @@ def geglu(a, b=None, *, dim=-1):
     """GEGLU gate (Shazeer 2020, \"GLU Variants Improve Transformer\"), gelu(a) * b with the exact erf GELU; the module splits its input in halves along dim.
 
     f = 0.5 * a * (1 + erf(a / sqrt(2))) * b
-    Called with one tensor (b None), it is split in two halves along `dim` (a, b), as torch's F.glu."""
-    if b is None:
-        a, b = _rt.split_halves(a, dim, 'geglu')
+    Called with one tensor (b None), it is split in two halves along `dim` (a, b), as torch's F.glu; an int in b's place is that dim (geglu(x, 1), as F.glu(x, 1))."""
+    if b is None or type(b) is int:
+        a, b = _rt.split_halves(a, dim if b is None else b, 'geglu')
     return _OP.call((a, b), (), (), 1)
 
 

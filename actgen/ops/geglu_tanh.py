@@ -181,9 +181,9 @@ def geglu_tanh(a, b=None, *, dim=-1):
     """GEGLU gate (Shazeer 2020) with the tanh-approximated GELU, gelu_tanh(a) * b; the module splits its input in halves along dim.
 
     f = 0.5 * a * (1 + tanh(sqrt(2 / pi) * (a + 0.044715 * a**3))) * b
-    Called with one tensor (b None), it is split in two halves along `dim` (a, b), as torch's F.glu."""
-    if b is None:
-        a, b = _rt.split_halves(a, dim, 'geglu_tanh')
+    Called with one tensor (b None), it is split in two halves along `dim` (a, b), as torch's F.glu; an int in b's place is that dim (geglu_tanh(x, 1), as F.glu(x, 1))."""
+    if b is None or type(b) is int:
+        a, b = _rt.split_halves(a, dim if b is None else b, 'geglu_tanh')
     return _OP.call((a, b), (), (), 1)
 
 

@@ -123,9 +123,9 @@ def glu(a, b=None, *, dim=-1):
     """Gated linear unit (Dauphin et al. 2017), a * sigmoid(b); the module splits its input in halves along dim (torch.nn.GLU).
 
     f = a * sigmoid(b)
-    Called with one tensor (b None), it is split in two halves along `dim` (a, b), as torch's F.glu."""
-    if b is None:
-        a, b = _rt.split_halves(a, dim, 'glu')
+    Called with one tensor (b None), it is split in two halves along `dim` (a, b), as torch's F.glu; an int in b's place is that dim (glu(x, 1), as F.glu(x, 1))."""
+    if b is None or type(b) is int:
+        a, b = _rt.split_halves(a, dim if b is None else b, 'glu')
     return _OP.call((a, b), (), (), 1)
 
 

@@ -153,9 +153,9 @@ def swiglu(a, b=None, *, dim=-1):
     """SwiGLU gate (Shazeer 2020, \"GLU Variants Improve Transformer\"), silu(a) * b; the module splits its input in halves along dim.
 
     f = a * sigmoid(a) * b
-    Called with one tensor (b None), it is split in two halves along `dim` (a, b), as torch's F.glu."""
-    if b is None:
-        a, b = _rt.split_halves(a, dim, 'swiglu')
+    Called with one tensor (b None), it is split in two halves along `dim` (a, b), as torch's F.glu; an int in b's place is that dim (swiglu(x, 1), as F.glu(x, 1))."""
+    if b is None or type(b) is int:
+        a, b = _rt.split_halves(a, dim if b is None else b, 'swiglu')
     return _OP.call((a, b), (), (), 1)
 
 
