@@ -4,10 +4,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.autograd.forward_ad as _forward_ad
 
 from .backend import HAS_TRITON, get_backend, set_backend, use_backend
-from .activation import Activation, as_tensor, dim_index, vmap_by_loop
+from .activation import Activation, as_tensor, dim_index, no_forward_ad, vmap_by_loop
 from .layouts import Halves
 from .workspace import WORKSPACE
 
@@ -334,7 +333,7 @@ def split_halves(t: torch.Tensor, dim: int, name: str):
     if size % 2:
         raise ValueError(f"{name}: the input's size {size} along dim {dim} is odd; it must split into two equal halves")
     if (t.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and not torch._C._are_functorch_transforms_active() and _forward_ad._current_level < 0):
+            and not torch._C._are_functorch_transforms_active() and no_forward_ad()):
         return Halves.apply(t, dim)     # (its backward takes the halves' gradients as one buffer where they are)
     a, b = t.chunk(2, dim)
     return a, b

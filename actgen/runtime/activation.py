@@ -248,7 +248,7 @@ class Activation:
         if torch._C._are_functorch_transforms_active():
             return self.function.apply(*inputs, *params, *constants, cd, *extra)
         # plain eager use: the thin path
-        if not (torch.is_grad_enabled() and _any_requires_grad(inputs, params)) and _no_forward_ad():
+        if not (torch.is_grad_enabled() and _any_requires_grad(inputs, params)) and no_forward_ad():
             return self.forward_impl(list(inputs), list(params), list(constants), cd, seed)
         return _EagerFunction.apply(self, cd, seed, *inputs, *params, *constants)
 
@@ -933,7 +933,8 @@ def _draws_per_entry() -> bool:
     return any(getattr(i, "randomness", lambda: None)() == "different" for i in levels)
 
 
-def _no_forward_ad() -> bool:
+def no_forward_ad() -> bool:
+    """Whether no forward-mode AD level is active (under one, tensors may carry tangents)."""
     return getattr(torch.autograd.forward_ad, "_current_level", 0) < 0
 
 
@@ -951,7 +952,7 @@ class _EagerFunction(torch.autograd.Function):
         rng = None if seed is None else op.rng(seed, tensors[0])
         ctx.op, ctx.constants, ctx.channel_dim, ctx.rng = op, constants, channel_dim, rng
         ctx.save_for_backward(*tensors)
-        if not _no_forward_ad():
+        if not no_forward_ad():
             ctx.save_for_forward(*tensors)
         return op.forward_impl(list(tensors[: op.n_inputs]), list(tensors[op.n_inputs:]), list(constants), channel_dim, rng)
 
