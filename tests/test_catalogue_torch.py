@@ -525,6 +525,23 @@ def test_functionals_take_torchs_positional_arguments(ours, theirs, args, backen
     torch.testing.assert_close(torch.autograd.grad(y.sum(), x1)[0], torch.autograd.grad(yt.sum(), x2)[0])
 
 
+def test_prelu_takes_a_0dim_weight_as_torchs(backend):
+    """F.prelu(x, w) with a 0-dim w (one slope for every channel): the same values and
+    gradients, w's gradient 0-dim as w; a 2-D weight is still refused."""
+    x = torch.randn(2, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(9)) * 3
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    w1, w2 = (torch.tensor(0.3, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    y, yt = ops.prelu(x1, w1), F.prelu(x2, w2)
+    torch.testing.assert_close(y, yt)
+    g = torch.randn_like(y)
+    got, want = torch.autograd.grad(y, (x1, w1), g), torch.autograd.grad(yt, (x2, w2), g)
+    assert got[1].shape == ()
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="must be 0-dim or 1-D"):
+        ops.prelu(x, torch.ones(3, 1, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("ours,theirs,args,message", [
     (ops.hardtanh, F.hardtanh, (1.0, -1.0), "hardtanh: max_val must be greater than or equal to min_val"),
     (ops.celu, F.celu, (0.0,), "celu: alpha must not be 0"),

@@ -216,8 +216,9 @@ class Activation:
         if self.n_inputs == 2 and inputs[0].shape != inputs[1].shape:
             raise ValueError(f"{self.name}: inputs must have the same shape, got {tuple(inputs[0].shape)} and {tuple(inputs[1].shape)}")
         if params:
-            params = tuple(
-                p if isinstance(p, torch.Tensor) else torch.tensor([float(p)], dtype=compute_dtype(x.dtype), device=x.device)
+            params = tuple(     # (a number, or a 0-dim tensor as F.prelu takes one: shape (1,))
+                (p if p.dim() else p.reshape(1)) if isinstance(p, torch.Tensor)
+                else torch.tensor([float(p)], dtype=compute_dtype(x.dtype), device=x.device)
                 for p in params
             )
         if channel_dim.__class__ is not int:
@@ -225,7 +226,7 @@ class Activation:
         channels = 1
         for name, p, pc in zip(self.param_names, params, self.per_channel):
             if p.dim() != 1:
-                raise ValueError(f"{self.name}: param '{name}' must be 1-D of shape (1,) or (C,), got {tuple(p.shape)}")
+                raise ValueError(f"{self.name}: param '{name}' must be 0-dim or 1-D of shape (1,) or (C,), got {tuple(p.shape)}")
             if p.numel() == 1:
                 continue
             if not pc:
