@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import math
+from fractions import Fraction
 from typing import Callable, Collection, Mapping
 
 import sympy
@@ -34,6 +35,18 @@ MAX_INT_POWER = 64
 
 class FormulaError(ValueError):
     """A formula that is not in the formula language; the message says what and where."""
+
+
+def shown(value, limit: int = 60) -> str:
+    """value as an error message shows it: at most limit characters; a long rational number
+    to 3 digits (5.26e+127: an integer past Python's 4300-digit limit for str has no text)."""
+    if isinstance(value, sympy.Rational) and max(abs(value.p), value.q).bit_length() > 64:
+        return sympy.sstr(sympy.Float(value, 3))
+    try:
+        text = sympy.sstr(value)
+    except ValueError:
+        return "(an expression with a number too long to print)"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _piecewise(*pairs):
@@ -159,12 +172,11 @@ def parse_formula(text: str, names: Mapping[str, sympy.Symbol], inputs: Collecti
         raise FormulaError("must be an arithmetic expression, not a condition")
     for atom in expr.atoms(sympy.Number):
         if not math.isfinite(float(atom)):
-            raise FormulaError(f"contains a number that is not finite: {sympy.sstr(atom)}")
+            raise FormulaError(f"contains a number that is not finite: {shown(atom)}")
     if expr.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
         raise FormulaError("evaluates to an infinite or undefined constant")
     if expr.has(sympy.I):
-        raise FormulaError("has complex values (the square root or log of a negative number?): "
-                           f"{sympy.sstr(expr)[:80]}")
+        raise FormulaError(f"has complex values (the square root or log of a negative number?): {shown(expr, 80)}")
     return expr
 
 
@@ -176,6 +188,10 @@ def _syntax_tree(text: str) -> ast.Expression:
         raise FormulaError(f"is {len(text)} characters long; the limit is {MAX_FORMULA_LENGTH}")
     if not text.strip():
         raise FormulaError("is empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise FormulaError(f"is not valid Unicode text (a lone surrogate at column {exc.start + 1})") from None
     try:                # (a YAML block's lines are one expression: a newline is a space)
         tree = ast.parse(" ".join(text.strip().splitlines()), mode="eval")
     except SyntaxError as exc:
@@ -249,16 +265,14 @@ class _Builder:
         log(0), exp(100) are refused here, where they are written)."""
         if not isinstance(value, sympy.Expr) or not value.is_number or value.has(uniform):
             return value
-        shown = sympy.sstr(value)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
         try:
             v = complex(value if value.is_Number else value.evalf(30))
         except (ArithmeticError, ValueError, TypeError):
-            self._fail(node, f"the constant {shown} cannot be evaluated (it overflows)")
+            self._fail(node, f"the constant {shown(value)} cannot be evaluated (it overflows)")
         if v.imag != 0 or math.isnan(v.real):
-            self._fail(node, f"the constant {shown} is not a real number")
+            self._fail(node, f"the constant {shown(value)} is not a real number")
         if not abs(v.real) <= FLOAT32_MAX:
-            self._fail(node, f"the constant {shown} is beyond float32's range (+-3.4e38)")
+            self._fail(node, f"the constant {shown(value)} is beyond float32's range (+-3.4e38)")
         return value
 
     def _number(self, node):
@@ -312,7 +326,16 @@ class _Builder:
                 if left.is_Integer and right.is_Integer and right >= 0:
                     return left**right
                 return sympy.Float(value)
-        return left**right
+        power = left**right
+        if right.is_number:     # sympy folds (x**a)**b into x**(a*b), (c*x)**b into c**b * x**b
+            for p in power.atoms(sympy.Pow):
+                if p.exp.is_number and not abs(float(p.exp)) <= MAX_INT_POWER:
+                    self._fail(node, f"the power {shown(p)} this makes has an exponent larger than "
+                                     f"{MAX_INT_POWER} in magnitude (a power of a power multiplies them)")
+            for c in power.atoms(sympy.Rational):
+                if abs(c.p).bit_length() - c.q.bit_length() >= 127 and Fraction(abs(c.p), c.q) > FLOAT32_MAX:
+                    self._fail(node, f"the number {shown(c)} this makes is beyond float32's range (+-3.4e38)")
+        return power
 
     # --- calls ------------------------------------------------------------------------
     def _call(self, node, depth):
