@@ -82,7 +82,10 @@ _SHADOWED = frozenset({"torch", "triton", "actgen", "numpy", "sympy", "yaml", "m
 
 
 def package_name(out: Path) -> str:
-    name = Path(out).resolve().name
+    try:
+        name = Path(out).resolve().name
+    except (OSError, RuntimeError) as exc:      # (a symlink loop: RuntimeError before Python 3.13)
+        raise SpecError([f"{out}:0: --out: cannot be resolved ({getattr(exc, 'strerror', None) or exc})"]) from None
     if not name.isidentifier() or keyword.iskeyword(name):
         raise SpecError([f"{out}:0: --out: '{name}' is not a Python identifier, so it cannot be a package name"])
     if name.startswith("__") or name in _SHADOWED:
@@ -114,14 +117,30 @@ def _check_out(out: Path, old: dict[str, str]):
                          "give a new or empty directory, or a package actgen built"])
 
 
+def _check_targets(out: Path, old: dict[str, str], changed: list[str]):
+    """Every file a build would write is new or one actgen wrote: a module of the user's in
+    the package (a spec named as it) is never written over, nor anything that is no file."""
+    for name in changed:
+        path = out / name
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise SpecError([f"{path}:0: --out: is not a plain file, so the build cannot write {name}"])
+        if path.exists() and not is_generated(old.get(name, "")):
+            raise SpecError([f"{path}:0: --out: is a file actgen did not write; a build would replace it "
+                             f"(rename the spec {name[:-3]!r} or move the file)"])
+
+
 def build(spec_paths: list[Path], out: Path, check: bool = False) -> BuildResult:
     out = Path(out)
     package = package_name(out)
     specs = load_specs(spec_paths)                   # raises SpecError: nothing written
-    old = _existing(out)
-    _check_out(out, old)
+    try:
+        old = _existing(out)
+        _check_out(out, old)
+    except OSError as exc:          # (a name too long for the file system)
+        raise SpecError([f"{out}:0: --out: cannot be used ({exc.strerror or exc})"]) from None
     files = render_package(package, specs)
     changed = [n for n, text in files.items() if old.get(n) != text]
+    _check_targets(out, old, changed)
     removed = [n for n, text in old.items() if n not in files and is_generated(text)]
     result = BuildResult(out, changed, removed)
     if check or not (changed or removed):

@@ -83,7 +83,11 @@ def _cmd_plot(args) -> int:
     if problem:
         print(f"actgen plot: --out {path}: {problem}", file=sys.stderr)
         return 2
-    print(plot(specs[args.name], path))
+    try:
+        print(plot(specs[args.name], path))
+    except OSError as exc:      # (a directory that is not writable: /proc, /sys, permissions)
+        print(f"actgen plot: --out {path}: cannot write there ({exc.strerror or exc})", file=sys.stderr)
+        return 2
     return 0
 
 
