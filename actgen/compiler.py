@@ -75,6 +75,9 @@ def _spec_mapping(formula, name, params, constants, inputs, doc, class_name, pre
                 v = dict(mapping(f"params.{k}", v))
                 if "init" in v:
                     v["init"] = number(f"params.{k}.init", v["init"])
+                for field, value in v.items():      # (load_spec says what is wrong with the rest)
+                    if not isinstance(value, (bool, int, float, str)):
+                        fail(f"params.{k}.{field}", f"must be a number, a bool or a str, got {value!r}")
                 spec["params"][k] = v
             else:
                 spec["params"][k] = number(f"params.{k}", v)
@@ -113,11 +116,16 @@ def compile(formula: str, name: str = "activation", *, params=None, constants=No
         pkg_dir.parent.mkdir(parents=True, exist_ok=True)
         spec_file = pkg_dir.parent / f"{package}.yaml"
         text = yaml.safe_dump(mapping, sort_keys=False)
-        from .spec import load_spec
+        from .spec import SpecError, load_spec
 
-        load_spec(text, f"<compile {name}>")               # validate before anything is written
+        source = f"<compile {name}>"
+        load_spec(text, source)               # validate before anything is written
         spec_file.write_text(text, encoding="utf-8")
-        build([spec_file], pkg_dir)
+        try:
+            build([spec_file], pkg_dir)
+        except SpecError as exc:        # (a formula the compiler refuses: said of the call, not the file)
+            spec_file.unlink(missing_ok=True)
+            raise SpecError([line.replace(str(spec_file), source, 1) for line in exc.problems]) from None
         module_file = pkg_dir / f"{name}.py"
     return _import(package, module_file)
 

@@ -156,9 +156,22 @@ class _Problems:
         self.items.append(f"{self.path}:{line}: {fieldname}: {message}")
 
 
-_SAFE_TAGS = frozenset(
-    f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")
-)
+_SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null"))
+
+
+_KIND_TAGS = {yaml.MappingNode: "tag:yaml.org,2002:map", yaml.SequenceNode: "tag:yaml.org,2002:seq"}
+#: what PyYAML reads a plain scalar as that a spec has no use for: taken as the text written
+#: (doc: 2001-12-14, doc: =) where no tag is written
+_IMPLICIT_AS_TEXT = frozenset({"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"})
+
+
+def _tag_taken(node: yaml.Node, source: str) -> bool:
+    """Whether a node's tag is one a spec takes - a plain scalar read as a date or a merge
+    value becomes a string - and fits its kind (`!!str {a: 1}` does not)."""
+    if isinstance(node, yaml.ScalarNode) and node.tag in _IMPLICIT_AS_TEXT and source[node.start_mark.index] != "!":
+        node.tag = "tag:yaml.org,2002:str"
+    kind = _KIND_TAGS.get(type(node))
+    return node.tag == kind if kind else node.tag in _SCALAR_TAGS
 
 
 def _walk(root: yaml.Node):
@@ -218,7 +231,13 @@ def _string(loader, node, problems, fieldname):
     if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:str":
         problems.add(node, fieldname, "must be a string")
         return None
-    return _scalar(loader, node)
+    value = _scalar(loader, node)
+    try:                # ("\ud800" is a YAML escape for a lone surrogate: no UTF-8 file can hold it)
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        problems.add(node, fieldname, f"is not valid Unicode text (a lone surrogate at character {exc.start + 1})")
+        return None
+    return value
 
 
 def _too_long(name: str) -> str:
@@ -272,7 +291,8 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
             depth += isinstance(event, yaml.CollectionStartEvent) - isinstance(event, yaml.CollectionEndEvent)
             if depth > MAX_YAML_DEPTH:
                 raise SpecError([f"{path}:{event.start_mark.line + 1}: spec: nested deeper than {MAX_YAML_DEPTH} levels"])
-        loader = yaml.SafeLoader(raw.decode("utf-8"))
+        source = raw.decode("utf-8")
+        loader = yaml.SafeLoader(source)
         try:
             root = loader.get_single_node()
         finally:
@@ -288,7 +308,7 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
         line = root.start_mark.line + 1 if root is not None else 1
         raise SpecError([f"{path}:{line}: spec: must be a mapping of fields ({', '.join(SPEC_FIELDS)})"])
 
-    bad_tags = [n for n in _walk(root) if n.tag not in _SAFE_TAGS]
+    bad_tags = [n for n in _walk(root) if not _tag_taken(n, source)]
     if bad_tags:
         raise SpecError([f"{path}:{n.start_mark.line + 1}: spec: unsupported YAML tag {n.tag}" for n in bad_tags])
 
@@ -380,7 +400,8 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
                     constants.append(Constant(cname, value))
 
     if len(params) + len(constants) > MAX_VARIABLES:
-        problems.add(get("params") or get("constants"), "params", f"{len(params)} params and {len(constants)} "
+        where = "params" if get("params") is not None else "constants"
+        problems.add(get(where), where, f"{len(params)} params and {len(constants)} "
                      f"constants; the limit is {MAX_VARIABLES} together")
 
     doc = ""
