@@ -52,11 +52,34 @@ from _reference import reference_call
     ("name: a\nformula: x * enable_fp_fusion\nconstants: {enable_fp_fusion: 1.0}\n", "'enable_fp_fusion' collides"),
     ("name: a\nformula: x * 2\nclass_name: FORMULA\n", "s.yaml:3: class_name: 'FORMULA' collides with a reserved name"),
     ("name: a\nformula: \"x *\\0 2\"\n", "s.yaml:2: formula: syntax error: source code string cannot contain null bytes"),
+    # a power of a power multiplies the exponents, and raises a coefficient each time (99**4096
+    # has more digits than Python prints: its message was a traceback)
+    ("name: a\nformula: ((99*x)**64)**64\n", "s.yaml:2: formula: the number 5.26e+127 this makes is beyond float32's range"),
+    ("name: a\nformula: (((x**64)**64)**64)**64*x\n", "the power x**4096 this makes has an exponent larger than 64"),
+    ("name: a\nformula: x + ((2*x)**64)**64\n", "the power x**4096 this makes has an exponent larger than 64"),
+    ("name: a\nformula: (x**8)**9\n", "s.yaml:2: formula: the power x**72 this makes has an exponent larger than 64"),
+    # "\ud800" is a YAML escape for a lone surrogate, which no UTF-8 file (the generated module) holds
+    ("name: a\nformula: x\ndoc: \"\\ud800\"\n", "s.yaml:3: doc: is not valid Unicode text (a lone surrogate at character 1)"),
+    ("name: a\nformula: \"x # \\ud800\"\n", "s.yaml:2: formula: is not valid Unicode text (a lone surrogate at character 5)"),
+    ("name: a\nformula: x*c0\nconstants: {" + ", ".join(f"c{i}: 1.0" for i in range(65)) + "}\n",
+     "s.yaml:3: constants: 0 params and 65 constants; the limit is 64 together"),
+    ("name: a\nformula: x * a\nparams: !!str {a: 1.0}\n", "s.yaml:3: spec: unsupported YAML tag tag:yaml.org,2002:str"),
+    ("name: a\nformula: x\ninputs: !!map [x]\n", "s.yaml:3: spec: unsupported YAML tag tag:yaml.org,2002:map"),
+    ("name: a\nformula: x\ndoc: !!timestamp 2001-12-14\n", "s.yaml:3: spec: unsupported YAML tag tag:yaml.org,2002:timestamp"),
 ])
 def test_hostile_specs_are_clean_errors(text, expected):
     with pytest.raises(SpecError) as info:
         load_spec(text, "s.yaml")
     assert any(expected in p for p in info.value.problems), info.value.problems
+
+
+def test_powers_of_powers_within_the_limits_are_taken_and_plain_dates_are_text():
+    """(x**8)**8 is x**64, within the limit; (2*x)**64's coefficient 2**64 is within float32's
+    range and (x/99)**64's tiny one too; a doc YAML reads as a date, or as `=`, is that text."""
+    for formula in ("(x**8)**8", "(2*x)**64", "(x/99)**64"):
+        load_spec(f"name: a\nformula: {formula}\n", "s.yaml")
+    assert load_spec("name: a\nformula: x\ndoc: 2001-12-14\n").doc == "2001-12-14"
+    assert load_spec("name: a\nformula: x\ndoc: =\n").doc == "="
 
 
 def test_hostile_spec_on_the_command_line_exits_2_and_writes_nothing(tmp_path):
@@ -178,6 +201,49 @@ def test_a_users_file_that_says_do_not_edit_is_still_the_users(tmp_path):
     assert _tree(tmp_path) == before
 
 
+def test_a_rebuild_never_writes_over_a_file_actgen_did_not_write(tmp_path):
+    """A spec named as a module of the user's in a package actgen built (bar.py) is refused,
+    and so is one named as a directory there (foo.py/): nothing is written, not even the
+    other modules of the build (they were, one by one, before the error)."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "foo.yaml").write_text("name: foo\nformula: x * 2\n")
+    lib = tmp_path / "lib"
+    build([specs], lib)
+    (lib / "bar.py").write_text("MINE = 1\n")
+    (specs / "bar.yaml").write_text("name: bar\nformula: x * 3\n")
+    (specs / "baz.yaml").write_text("name: baz\nformula: x * 4\n")
+    before = _tree(tmp_path)
+    with pytest.raises(SpecError) as info:
+        build([specs], lib)
+    assert info.value.problems == [f"{lib / 'bar.py'}:0: --out: is a file actgen did not write; a build would "
+                                   "replace it (rename the spec 'bar' or move the file)"]
+    assert _tree(tmp_path) == before
+    (lib / "bar.py").unlink()
+    (lib / "foo.py").unlink()
+    (lib / "foo.py").mkdir()
+    before = _tree(tmp_path)
+    with pytest.raises(SpecError, match="foo.py:0: --out: is not a plain file, so the build cannot write foo.py"):
+        build([specs], lib)
+    assert _tree(tmp_path) == before
+
+
+def test_out_paths_that_cannot_be_used_are_clean_errors(tmp_path):
+    """--out a symlink loop or a name too long for the file system, and plot --out where
+    nothing can be written: one line, exit 2, no traceback."""
+    (tmp_path / "s.yaml").write_text("name: a\nformula: x * 2\n")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    for out, problem in ((loop, "--out: cannot be resolved"), (tmp_path / ("a" * 300), "--out: cannot be used")):
+        r = subprocess.run([sys.executable, "-m", "actgen.cli", "build", str(tmp_path / "s.yaml"), "--out", str(out)],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and problem in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "actgen.cli", "plot", "a", "--specs", str(tmp_path), "--out", "/proc/a.png"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().startswith("actgen plot: --out /proc/a.png: cannot write there"), r.stderr
+
+
 def test_spec_files_that_are_not_regular_files_are_refused(tmp_path):
     import os
 
@@ -261,6 +327,74 @@ def test_odd_paths_and_numbers_are_clean_errors(tmp_path):
         with pytest.raises(SpecError, match="must be a finite number, got an int of 401 digits"):
             actgen.compile("x*c", name="big", **kw)
     assert not (tmp_path / "lib").exists()
+
+
+def test_the_time_limit_holds_in_any_thread_and_under_a_callers_own_timer():
+    """Off the main thread (actgen.compile in a worker), or where the caller runs an interval
+    timer (SIGALRM is then the caller's), work past the limit still raises TooSlow - it ran
+    on unlimited before - and work done in time leaves nothing to be raised later."""
+    import signal
+    import threading
+    import time
+
+    from actgen.timelimit import TooSlow, time_limit
+
+    def spin(seconds):          # (10 s at the most: a test that fails, not one that hangs)
+        end = time.monotonic() + 10
+        with time_limit(seconds):
+            while time.monotonic() < end:
+                pass
+
+    outcome = []
+
+    def worker():
+        try:
+            spin(0.2)
+        except TooSlow:
+            outcome.append("too slow")
+        with time_limit(0.2):
+            pass
+        time.sleep(0.5)         # (past the second limit: nothing is raised)
+        outcome.append("no stray exception")
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert outcome == ["too slow", "no stray exception"]
+    previous = signal.signal(signal.SIGALRM, lambda *a: outcome.append("caller's alarm"))
+    signal.setitimer(signal.ITIMER_REAL, 100)
+    try:
+        with pytest.raises(TooSlow):
+            spin(0.2)
+        assert signal.getitimer(signal.ITIMER_REAL)[0] > 0      # the caller's timer runs on
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_compile_refuses_what_a_spec_cannot_hold_and_names_the_call(monkeypatch):
+    """actgen.compile: a param's dict holding a value no spec holds (an object, numpy's
+    bool) is a SpecError, not json's TypeError; a formula the compiler fails on is reported
+    as the call's (`<compile NAME>`), not as the cache's spec file, which is not left behind."""
+    import numpy as np
+
+    import actgen
+    import actgen.build as build_module
+    from actgen.cache import cache_dir
+
+    for extra in ({"extra": object()}, {"per_channel": np.bool_(True)}):
+        with pytest.raises(SpecError, match="<compile p>:0: params.a.(extra|per_channel): must be a number, a bool or a str"):
+            actgen.compile("x * a", name="p", params={"a": {"init": 1.0, **extra}})
+
+    def fails(spec):
+        raise RuntimeError("no form for this")
+
+    monkeypatch.setattr(build_module, "derive", fails)
+    before = set(cache_dir().glob("*.yaml")) if cache_dir().exists() else set()
+    with pytest.raises(SpecError) as info:
+        actgen.compile("x * sigmoid(x) + 0.125", name="fails_here")
+    assert info.value.problems == ["<compile fails_here>:2: formula: cannot be compiled (RuntimeError: no form for this)"]
+    assert set(cache_dir().glob("*.yaml")) == before
 
 
 def test_a_formula_the_compiler_fails_on_is_reported_not_raised(tmp_path, monkeypatch):
