@@ -1277,12 +1277,22 @@ def _exp_base(written, x):
     return c0 * split[0][1], powers
 
 
+def _exp_over_exp(e, x) -> bool:
+    """Whether e divides by a power of a sum that holds an exponential of x, and holds one
+    outside it too: exp(u)/(c + exp(u))**2 overflows to inf/inf, NaN, where the ratio in
+    e = exp(-|u|) does not (1/(2 + exp(-x))'s derivative for x <= -710)."""
+    def divides(f):
+        return isinstance(f, sympy.Pow) and f.exp.is_negative and f.base.is_Add and _exp_calls(f.base, x)[0] > 0
+    factors = sympy.Mul.make_args(e)
+    return any(divides(f) for f in factors) and any(not divides(f) and _exp_calls(f, x)[0] for f in factors)
+
+
 def _exp_ratio(expr, x, sigmoids=False, capped=False):
     """expr as N(E)/D(E) with E = exp(u), from one exponential (see above); else None.  With
     `capped`, the CPU fast variant's form: N(E)/D(E) itself, with E = CappedExp(u) (see
     capped_ratio_form)."""
     calls, costly = _exp_calls(expr, x)
-    if calls < 2 or not (costly or sigmoids):
+    if calls < 2 or not (costly or sigmoids or _exp_over_exp(expr, x)):
         return None
     written = expr.replace(log1p, lambda a: sympy.log(1 + a)).replace(expm1, lambda a: sympy.exp(a) - 1).rewrite(sympy.exp)
     base = _exp_base(written, x)

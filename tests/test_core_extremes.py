@@ -76,6 +76,12 @@ CASES = {
                               lambda x: (3 * x * (1 + abs(x**3) / 4) - (1.5 * x**2 - 0.5) * 0.75 * x * abs(x))
                               / (1 + abs(x**3) / 4) ** 2, HUGE),
     "pau": (PAU_FORMULA, PAU_INIT, {}, lambda x: _pau(x)[0], lambda x: _pau(x)[1], HUGE + [3.0, 18.75]),
+    # an exponential over a power of a sum that holds it: inf/inf (NaN) from x = -710 as written
+    "exp_in_a_denominator": ("1/(2 + exp(-x))", {}, {}, lambda x: 1 / (2 + mpmath.exp(-x)),
+                             lambda x: mpmath.exp(-x) / (2 + mpmath.exp(-x)) ** 2, HUGE + [50.0, 100.0, 720.0, 800.0]),
+    "exp_over_a_sum_with_it": ("x * exp(x) / (2 + 3*exp(x))", {}, {}, lambda x: x * mpmath.exp(x) / (2 + 3 * mpmath.exp(x)),
+                               lambda x: mpmath.exp(x) * (2 + 3 * mpmath.exp(x) + 2 * x) / (2 + 3 * mpmath.exp(x)) ** 2,
+                               HUGE + [50.0, 100.0, 720.0, 800.0]),
 }
 
 

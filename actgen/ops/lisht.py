@@ -34,8 +34,7 @@ def _derivatives_torch(x):
     """df/dx."""
     _clamped_x = _rt.clamp(x, -32.0, 32.0)
     _t0 = torch.exp(-(2.0*torch.abs(_clamped_x)))
-    _t1 = _t0 + 1.0
-    _d_x = 4.0*_clamped_x*_t0/(_t1*_t1) + torch.tanh(_clamped_x)
+    _d_x = 4.0*_clamped_x*_t0/_rt.fma(_t0, _t0 + 2.0, 1.0) + torch.tanh(_clamped_x)
     return (_d_x,)
 
 
@@ -49,8 +48,7 @@ def _derivatives_torch_fast(x, _w):
     """df/dx on the workspace _w (CPU chunks)."""
     _clamped_x = _rt.clamp(x, -32.0, 32.0, out=_w[0])
     _t0 = torch.abs(_clamped_x, out=_w[1]).mul_(-2.0).exp_()
-    _t1 = torch.add(_t0, 1.0, out=_w[2])
-    _d_x = torch.mul(_clamped_x, 4.0, out=_w[4]).mul_(_t0).div_(torch.mul(_t1, _t1, out=_w[3])).add_(torch.tanh(_clamped_x, out=_w[3]))
+    _d_x = torch.mul(_clamped_x, 4.0, out=_w[3]).mul_(_t0).div_(_rt.fma(_t0, torch.add(_t0, 2.0, out=_w[2]), 1.0, out=_w[2])).add_(torch.tanh(_clamped_x, out=_w[2]))
     return (_d_x,)
 
 
@@ -60,8 +58,8 @@ def _second_derivatives_torch(x):
     _t0 = torch.abs(_clamped_x)
     _t1 = torch.exp(-(2.0*_t0))
     _t2 = _t1 + 1.0
-    _t3 = 8.0*_t1/(_t2*_t2)
-    _d2_x_x = _rt.fnma(_t0, _t3, _t0/_t2*_t1/_t2*_t1/_t2*16.0 + _t3)
+    _t3 = 8.0*_t1
+    _d2_x_x = _rt.fnma(_t0, _t3/(_t2*_t2), _t0/_t2*_t1/_t2*_t1/_t2*16.0 + _t3/_rt.fma(_t1, _t1 + 2.0, 1.0))
     return (_d2_x_x,)
 
 
@@ -93,8 +91,7 @@ if _rt.HAS_TRITON:
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = _clamp(x, -32.0, 32.0)
         _t0 = _exp(-(2.0*tl.abs(_clamped_x)), FAST)
-        _t1 = _t0 + 1.0
-        _d_x = _div_bounded(4.0*_clamped_x*_t0, (_t1*_t1), FAST) + libdevice.tanh(_clamped_x)
+        _d_x = _div_bounded(4.0*_clamped_x*_t0, tl.fma(_t0, _t0 + 2.0, 1.0), FAST) + libdevice.tanh(_clamped_x)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
@@ -109,7 +106,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(1, 5),
+    fast_buffers=(1, 4),
     fast_any_input=(True, True),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

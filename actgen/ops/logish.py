@@ -52,14 +52,14 @@ def _derivatives_torch_fast(x, _w):
 
 def _second_derivatives_torch(x):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = torch.sigmoid(-x)
-    _t1 = torch.sigmoid(x)
-    _t2 = _t1 + 1.0
-    _t3 = 1.0/_t2
-    _t4 = _t1*_t3
-    _t5 = _t0*_t0*x
-    _t6 = _t1*_t1
-    _d2_x_x = torch.where(x == math.inf, 0.0, torch.where(x == -math.inf, 0.0, _rt.fnma(_t5, _t6/(_t2*_t2), _rt.fma(_t4, _t5, _rt.fma(_t0, _t4, -(_t0*_t3*_t6*x), 2.0)))))
+    _clamped_x = _rt.clamp(x, -1024.0, 1024.0)
+    _t0 = torch.abs(_clamped_x)
+    _t1 = torch.exp(-_t0)
+    _t2 = 2.0*_t1
+    _t3 = _clamped_x < 0.0
+    _t4 = _t1*_t1
+    _t5 = _clamped_x/torch.where(_t3, _rt.fma(_t1, _rt.fma(_t1, _t2 + 5.0, 4.0), 1.0), _rt.fma(_t1, _rt.fma(_t1, _t1 + 4.0, 5.0), 2.0))
+    _d2_x_x = _rt.fma(_t5, torch.where(_t3, -_t4, -_t1), _rt.fma(_t5, torch.where(_t3, _t1, _t4), _rt.fnma(_clamped_x, _t4/torch.where(_t3, _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, 4.0*_t1 + 12.0, 13.0), 6.0), 1.0), _rt.fma(_t1, _rt.fma(_t1, _rt.fma(_t1, _t1 + 6.0, 13.0), 12.0), 4.0)), _t2/torch.where(_t3, _rt.fma(_t1, _t2 + 3.0, 1.0), _rt.fma(_t1, _t1 + 3.0, 2.0)))))
     return (_d2_x_x,)
 
 

@@ -33,8 +33,7 @@ def _forward_torch(x, scale):
 def _derivatives_torch(x, scale):
     """df/dx."""
     _t0 = torch.exp(-(2.0*torch.abs(x/scale)))
-    _t1 = _t0 + 1.0
-    _d_x = 4.0*_t0/(_t1*_t1)
+    _d_x = 4.0*_t0/_rt.fma(_t0, _t0 + 2.0, 1.0)
     return (_d_x,)
 
 
@@ -47,8 +46,7 @@ def _forward_torch_fast(x, scale, _w):
 def _derivatives_torch_fast(x, scale, _w):
     """df/dx on the workspace _w (CPU chunks)."""
     _t0 = torch.div(x, scale, out=_w[0]).abs_().mul_(-2.0).exp_()
-    _t1 = torch.add(_t0, 1.0, out=_w[1])
-    _d_x = torch.mul(_t0, 4.0, out=_w[3]).div_(torch.mul(_t1, _t1, out=_w[2]))
+    _d_x = torch.mul(_t0, 4.0, out=_w[2]).div_(_rt.fma(_t0, torch.add(_t0, 2.0, out=_w[1]), 1.0, out=_w[1]))
     return (_d_x,)
 
 
@@ -92,8 +90,7 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = _exp(-(2.0*tl.abs(_div_uniform(x, scale, FAST))), FAST)
-        _t1 = _t0 + 1.0
-        _d_x = _div_bounded(4.0*_t0, (_t1*_t1), FAST)
+        _d_x = _div_bounded(4.0*_t0, tl.fma(_t0, _t0 + 2.0, 1.0), FAST)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
@@ -108,7 +105,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(1, 4),
+    fast_buffers=(1, 3),
     fast_any_input=(True, True),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

@@ -34,8 +34,7 @@ def _derivatives_torch(x):
     """df/dx."""
     _clamped_x = _rt.clamp(x, -512.0, 512.0)
     _t0 = torch.exp(-(2.0*torch.abs(_clamped_x)))
-    _t1 = _t0 + 1.0
-    _d_x = 4.0*_t0/(_t1*_t1)
+    _d_x = 4.0*_t0/_rt.fma(_t0, _t0 + 2.0, 1.0)
     return (_d_x,)
 
 
@@ -49,8 +48,7 @@ def _derivatives_torch_fast(x, _w):
     """df/dx on the workspace _w (CPU chunks)."""
     _clamped_x = _rt.clamp(x, -512.0, 512.0, out=_w[0])
     _t0 = torch.abs(_clamped_x, out=_w[1]).mul_(-2.0).exp_()
-    _t1 = torch.add(_t0, 1.0, out=_w[0])
-    _d_x = torch.mul(_t0, 4.0, out=_w[3]).div_(torch.mul(_t1, _t1, out=_w[2]))
+    _d_x = torch.mul(_t0, 4.0, out=_w[3]).div_(_rt.fma(_t0, torch.add(_t0, 2.0, out=_w[2]), 1.0, out=_w[2]))
     return (_d_x,)
 
 
@@ -92,8 +90,7 @@ if _rt.HAS_TRITON:
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _clamped_x = _clamp(x, -512.0, 512.0)
         _t0 = _exp(-(2.0*tl.abs(_clamped_x)), FAST)
-        _t1 = _t0 + 1.0
-        _d_x = _div_bounded(4.0*_t0, (_t1*_t1), FAST)
+        _d_x = _div_bounded(4.0*_t0, tl.fma(_t0, _t0 + 2.0, 1.0), FAST)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
