@@ -266,6 +266,24 @@ def test_measured_float64_is_float32_for_16bit_data_on_the_kernels():
     torch.testing.assert_close(g, want, rtol=torch.finfo(torch.bfloat16).eps, atol=0)     # at most an ULP
 
 
+def test_16bit_kernels_compute_in_float64_where_float32_overflows(triton_backend):
+    """log(1 + 2*exp(x)) in float32 overflows from x = 89, where its value is x + log(2):
+    measured as not finite, its forward is float64 on the kernels for 16-bit data too (a
+    16-bit rounding hides float32's error, not an inf), as on the fallback, and the header
+    says so."""
+    import mpmath
+
+    import actgen
+    m = actgen.compile("log(1 + 2*exp(x))", name="overflowing")
+    assert m._OP.float64_forward and m._OP.float64_16bit
+    assert "16-bit data too, as float32 overflows where the value is finite" in open(m.__file__).read()
+    xs = [60.0, 89.0, 100.0, 500.0]
+    for dtype in (torch.bfloat16, torch.float16):
+        x = torch.tensor(xs, dtype=dtype)
+        want = torch.tensor([float(mpmath.log(1 + 2 * mpmath.exp(float(v)))) for v in x.double()]).to(dtype)
+        torch.testing.assert_close(m.overflowing(x), want, rtol=torch.finfo(dtype).eps, atol=0)
+
+
 def test_fallback_prints_sums_of_two_tensor_products_as_fused_multiply_adds():
     """rest + a*b of two tensors is one _rt.fma (rest - a*b one _rt.fnma); a product with a
     number or a constant (a float at run time), and sums of constants, stay as written."""

@@ -11,7 +11,7 @@ from ..derive import COSTLY_CALLS, Block, CappedExp, Derivation, Saturate, Scale
 from ..native import NativeMatch
 from ..native import describe as describe_native
 from ..native import match as native_match
-from ..precision import float64_notes
+from ..precision import float64_16bit, float64_notes
 from ..printers import TorchPrinter, TritonPrinter
 from ..printers.workspace import WORKSPACE, workspace_statements
 from ..version import COMPILER_VERSION
@@ -811,7 +811,7 @@ def render_module(d: Derivation) -> str:
             w("float64_forward=True,")
         if d.wide_backward:
             w("float64_backward=True,")
-        if d.spec.precision == "float64":
+        if float64_16bit(d):
             w("float64_16bit=True,")
     w(")")
     w()
