@@ -4,7 +4,7 @@ Everything here is pure sympy (and the precision check's numpy); printers turn t
 Triton or torch source.
 
 * Stability rewrites (`REWRITES`, applied bottom-up, in order) turn write-outs into the
-  stable primitives: log(1 + exp(u)) -> softplus(u), 1/(1 + exp(-u)) -> sigmoid(u),
+  stable primitives: log(1 + exp(u)) -> softplus(u) (c*exp(u): softplus(u + log(c))), 1/(1 + exp(-u)) -> sigmoid(u),
   log(1 + u) -> log1p(u), exp(u) - 1 -> expm1(u), log1p(exp(u)) -> softplus(u); and
   remove cancellation and overflow: log(sigmoid(u)) -> -softplus(-u), the log of a product
   of (1 + exp(u))**k as a sum of softplus, log(exp(a) + exp(b)) -> a + softplus(b - a)
@@ -108,13 +108,15 @@ def _one_plus(e):
 
 
 def rewrite_softplus(e):
-    """log(1 + exp(u)) and log1p(exp(u)) -> softplus(u): exp(u) overflows for u >> 0, softplus does not."""
-    if isinstance(e, sympy.log):
-        rest = _one_plus(e.args[0])
-        if rest is not None and _exp_arg(rest) is not None:
-            return softplus(_exp_arg(rest))
-    if isinstance(e, log1p) and _exp_arg(e.args[0]) is not None:
-        return softplus(_exp_arg(e.args[0]))
+    """log(1 + exp(u)) and log1p(exp(u)) -> softplus(u), and with c*exp(u) for a number c > 0
+    softplus(u + log(c)): exp(u) overflows for u >> 0, softplus does not (log(1 + 2*exp(x))
+    was inf from x = 89 in float32)."""
+    rest = _one_plus(e.args[0]) if isinstance(e, sympy.log) else e.args[0] if isinstance(e, log1p) else None
+    if rest is None:
+        return None
+    coeff, term = rest.as_coeff_Mul()
+    if _exp_arg(term) is not None and coeff.is_positive:
+        return softplus(_exp_arg(term) + sympy.log(coeff))
     return None
 
 

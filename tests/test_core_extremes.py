@@ -79,6 +79,9 @@ CASES = {
     # an exponential over a power of a sum that holds it: inf/inf (NaN) from x = -710 as written
     "exp_in_a_denominator": ("1/(2 + exp(-x))", {}, {}, lambda x: 1 / (2 + mpmath.exp(-x)),
                              lambda x: mpmath.exp(-x) / (2 + mpmath.exp(-x)) ** 2, HUGE + [50.0, 100.0, 720.0, 800.0]),
+    # log(1 + c*exp(x)) is softplus(x + log(c)): exp(x) overflowed from x = 89 (float32), 710
+    "scaled_softplus": ("log(1 + 2*exp(x))", {}, {}, lambda x: mpmath.log1p(2 * mpmath.exp(x)),
+                        lambda x: 2 * mpmath.exp(x) / (1 + 2 * mpmath.exp(x)), HUGE + [720.0]),
     "exp_over_a_sum_with_it": ("x * exp(x) / (2 + 3*exp(x))", {}, {}, lambda x: x * mpmath.exp(x) / (2 + 3 * mpmath.exp(x)),
                                lambda x: mpmath.exp(x) * (2 + 3 * mpmath.exp(x) + 2 * x) / (2 + 3 * mpmath.exp(x)) ** 2,
                                HUGE + [50.0, 100.0, 720.0, 800.0]),
