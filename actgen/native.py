@@ -19,7 +19,7 @@ trusted dtype, without a check (not with a gate).
 The match is structural: the formula and the entry's, both parsed by actgen.formula, are the
 same sympy expression (sympy orders sums and products, so `x * sigmoid(x)` and
 `sigmoid(x) * x` match; `log1p(exp(x))` for `log(1 + exp(x))` does not, and gets the derived
-code).  Each window was measured against the mpmath oracle (the docs grid, every 0.003 on
+code).  Each window was measured against the mpmath oracle (every 0.003 on
 [-12, 12], and every 1e-4 on [3.5, 8] for silu): inside it torch's kernel is within 3.5 ULP
 per unit of condition (the target is 4; silu's float32 backward times a gate: below 4, for
 the product's rounding), and tests/test_core_native.py scores it there.  Outside it, in
