@@ -331,7 +331,7 @@ def float64_notes(d) -> list[str]:
 def float64_16bit(d) -> bool:
     """Whether the kernels compute 16-bit data in float64 too where a direction is computed
     in float64: as the spec asks, or where float32 measured values that are not finite (an
-    overflow: log(1 + 2*exp(x)) is inf from x = 89) - a 16-bit rounding hides an error of
+    overflow: log1p(x**2) is inf from |x| = 1.8e19) - a 16-bit rounding hides an error of
     float32's, not an inf."""
     return d.spec.precision == "float64" or any(
         not math.isfinite(m.typical_worst) for m in (*d.float64_forward, *d.float64_backward))

@@ -267,21 +267,19 @@ def test_measured_float64_is_float32_for_16bit_data_on_the_kernels():
 
 
 def test_16bit_kernels_compute_in_float64_where_float32_overflows(triton_backend):
-    """log(1 + 2*exp(x)) in float32 overflows from x = 89, where its value is x + log(2):
+    """log1p(x**2): x**2 overflows float32 from |x| = 1.8e19, where the value is 2*log|x|:
     measured as not finite, its forward is float64 on the kernels for 16-bit data too (a
-    16-bit rounding hides float32's error, not an inf), as on the fallback, and the header
-    says so."""
+    16-bit rounding hides float32's error, not an inf; bfloat16 holds 1e30), as on the
+    fallback, and the header says so."""
     import mpmath
 
     import actgen
-    m = actgen.compile("log(1 + 2*exp(x))", name="overflowing")
+    m = actgen.compile("log1p(x**2)", name="overflowing")
     assert m._OP.float64_forward and m._OP.float64_16bit
     assert "16-bit data too, as float32 overflows where the value is finite" in open(m.__file__).read()
-    xs = [60.0, 89.0, 100.0, 500.0]
-    for dtype in (torch.bfloat16, torch.float16):
-        x = torch.tensor(xs, dtype=dtype)
-        want = torch.tensor([float(mpmath.log(1 + 2 * mpmath.exp(float(v)))) for v in x.double()]).to(dtype)
-        torch.testing.assert_close(m.overflowing(x), want, rtol=torch.finfo(dtype).eps, atol=0)
+    x = torch.tensor([3.0, 1e10, -1e20, 1e30, 3e38], dtype=torch.bfloat16)
+    want = torch.tensor([float(mpmath.log1p(mpmath.mpf(float(v)) ** 2)) for v in x.double()]).to(torch.bfloat16)
+    torch.testing.assert_close(m.overflowing(x), want, rtol=torch.finfo(torch.bfloat16).eps, atol=0)
 
 
 def test_fallback_prints_sums_of_two_tensor_products_as_fused_multiply_adds():
