@@ -390,6 +390,12 @@ def test_a_dim_out_of_range_or_not_an_int_is_a_clear_error():
     for cd in (3, 4, -4, -6):
         with pytest.raises(IndexError, match=f"channel_dim {cd} is out of range for a 3-dim input"):
             ops.prelu(x, w, channel_dim=cd)
+        for shared in (w[:1], 0.25):        # one channel: the dim is still checked (it was not)
+            with pytest.raises(IndexError, match=f"channel_dim {cd} is out of range for a 3-dim input"):
+                ops.prelu(x, shared, channel_dim=cd)
+        with pytest.raises(IndexError, match=f"channel_dim {cd} is out of range for a 3-dim input"):
+            ops.PReLU(1, channel_dim=cd)(x)
+    torch.testing.assert_close(ops.prelu(x[0, 0], w[:1]), F.prelu(x[0, 0], w[:1]))    # 1-D: no channel dim
     for cd in (1.0, None, True, "1"):
         with pytest.raises(TypeError, match="channel_dim must be an int"):
             ops.prelu(x, w, channel_dim=cd)

@@ -239,6 +239,8 @@ class Activation:
             if channels not in (1, p.numel()):
                 raise ValueError(f"{self.name}: per-channel params disagree on the number of channels")
             channels = p.numel()
+        if x.dim() >= 2 and any(self.per_channel) and not -x.dim() <= channel_dim < x.dim():
+            dim_index(channel_dim, self.name, "channel_dim", x.dim())      # (its IndexError, (1,) params too)
         cd = channel_dim % x.dim() if x.dim() else 0
         if constants:
             constants = tuple(float(c) for c in constants)
