@@ -233,6 +233,13 @@ def test_outputs_and_gradients_keep_the_inputs_memory_layout(layout, backend):
     assert gx.stride() == x.stride()
     torch.testing.assert_close(gx, rx)
     torch.testing.assert_close(gw, rw)
+    # a grad laid out otherwise (contiguous, as a loss's often is): still x's strides, on
+    # the fallback as on the kernels (the fallback's product took the grad's)
+    g = g.contiguous()
+    for ours, theirs in ((ops.mish, F.mish), (lambda t: ops.prelu(t, w, channel_dim=1), lambda t: F.prelu(t, w))):
+        gx, = _grads(ours(x), x, g)
+        assert gx.stride() == x.stride()
+        torch.testing.assert_close(gx, _grads(theirs(x), x, g)[0])
 
 
 def test_gaps_and_mixed_layouts_are_computed_on_contiguous_copies(backend):

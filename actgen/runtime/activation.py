@@ -371,7 +371,11 @@ class Activation:
             grads = self.backward_impl(grad.permute(order), [t.permute(order) for t in inputs], params, constants,
                                        order.index(channel_dim), needs, rng, halves)
             back = inverse_order(order)
-            return [g.permute(back) for g in grads[: self.n_inputs]] + list(grads[self.n_inputs:])
+            # (in the inputs' memory order: a product with a grad laid out otherwise - a
+            # contiguous grad for channels_last x - takes the grad's strides; the kernels' not)
+            fit = [g.contiguous() if not g.is_contiguous() and t.permute(order).is_contiguous() else g
+                   for g, t in zip(grads, inputs)]
+            return [g.permute(back) for g in fit] + list(grads[self.n_inputs:])
         x = inputs[0]
         if rng is not None:
             rng = self.rng(rng, x)
