@@ -368,13 +368,13 @@ class Activation:
     def backward_impl(self, grad, inputs, params, constants, channel_dim, needs, rng=None, halves=True):
         order = self._order(inputs)
         if order is not None:
-            grads = self.backward_impl(grad.permute(order), [t.permute(order) for t in inputs], params, constants,
+            moved = [t.permute(order) for t in inputs]
+            grads = self.backward_impl(grad.permute(order), moved, params, constants,
                                        order.index(channel_dim), needs, rng, halves)
             back = inverse_order(order)
             # (in the inputs' memory order: a product with a grad laid out otherwise - a
             # contiguous grad for channels_last x - takes the grad's strides; the kernels' not)
-            fit = [g.contiguous() if not g.is_contiguous() and t.permute(order).is_contiguous() else g
-                   for g, t in zip(grads, inputs)]
+            fit = [g.contiguous() if not g.is_contiguous() and t.is_contiguous() else g for g, t in zip(grads, moved)]
             return [g.permute(back) for g in fit] + list(grads[self.n_inputs:])
         x = inputs[0]
         if rng is not None:
