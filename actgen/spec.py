@@ -449,14 +449,8 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
         formula = _string(loader, node, problems, "formula")
         if formula is not None and inputs_ok:
             names = {n: make_symbol(n) for n in seen}
-            try:
-                with time_limit(MAX_PARSE_SECONDS):
-                    expr = parse_formula(formula, names, inputs)
-            except FormulaError as exc:
-                problems.add(node, "formula", str(exc))
-            except TooSlow:
-                problems.add(node, "formula", f"too complex: parsing it took over {MAX_PARSE_SECONDS} s")
-            else:
+            expr = _parsed(lambda: parse_formula(formula, names, inputs), node, problems, "formula")
+            if expr is not None:
                 used = {s.name for s in expr.free_symbols}
                 missing = [n for n in inputs if n not in used]
                 if missing:
@@ -518,6 +512,19 @@ def _modes(loader, node, problems, name, inputs, params, constants, seen):
     return (kw, tuple(pairs)) if len(problems.items) == before else None
 
 
+def _parsed(parse, node, problems, fieldname, prefix=""):
+    """parse()'s expression, within MAX_PARSE_SECONDS; else None, with the problem (its
+    FormulaError's message, or too complex) after prefix."""
+    try:
+        with time_limit(MAX_PARSE_SECONDS):
+            return parse()
+    except FormulaError as exc:
+        problems.add(node, fieldname, f"{prefix}{exc}")
+    except TooSlow:
+        problems.add(node, fieldname, f"{prefix}too complex: parsing it took over {MAX_PARSE_SECONDS} s")
+    return None
+
+
 def _checks(loader, node, problems, constants):
     """The `checks` field as ((condition, message), ...), or () with its problems."""
     if not isinstance(node, yaml.MappingNode) or not 1 <= len(node.value) <= MAX_CHECKS:
@@ -533,14 +540,8 @@ def _checks(loader, node, problems, constants):
         text, message = _string(loader, k, problems, "checks"), _string(loader, v, problems, "checks")
         if text is None or message is None:
             continue
-        try:
-            with time_limit(MAX_PARSE_SECONDS):
-                cond = parse_condition(text, names)
-        except FormulaError as exc:
-            problems.add(k, "checks", f"{text!r}: {exc}")
-            continue
-        except TooSlow:
-            problems.add(k, "checks", f"{text!r}: too complex: parsing it took over {MAX_PARSE_SECONDS} s")
+        cond = _parsed(lambda: parse_condition(text, names), k, problems, "checks", f"{text!r}: ")
+        if cond is None:
             continue
         if not message.strip() or len(message) > MAX_CHECK_MESSAGE or "\n" in message:
             problems.add(v, "checks", f"the message of {text!r} must be one line of 1 to {MAX_CHECK_MESSAGE} characters")
