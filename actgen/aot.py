@@ -57,6 +57,7 @@ class KernelReport:
     local_memory: bool = False     # spills or local arrays
     philox: bool = False           # mul.hi.u32 present: Philox rounds (random draws)
     approx_division: bool = False  # div.full.f32 / div.approx.f32 present (Triton's "/" on float32)
+    approx_sqrt: bool = False      # sqrt.approx.f32 / rsqrt.approx.f32 present (tl.sqrt, libdevice's hypotf)
     integer_division: bool = False  # div/rem on integers present (tile indices past the flat layout)
     spill_bytes: int | None = None  # ptxas -v spill stores + loads (None: no ptxas found)
     cubin_bytes: int = 0
@@ -157,6 +158,7 @@ def inspect_ptx(ptx: str) -> dict:
         "local_memory": bool(re.search(r"\.local\b|(ld|st)\.local", ptx)),
         "philox": "mul.hi.u32" in ptx,
         "approx_division": bool(re.search(r"div\.(full|approx)(\.ftz)?\.f32", ptx)),
+        "approx_sqrt": bool(re.search(r"\br?sqrt\.approx(\.ftz)?\.f32", ptx)),
         "integer_division": bool(re.search(r"\b(div|rem)\.[su](16|32|64)\b", ptx)),
     }
 

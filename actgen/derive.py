@@ -887,6 +887,63 @@ def rewrite_sqrt_conjugate(e):
     return None
 
 
+def rewrite_root_common_factor(e):
+    """A product over a power of a sum with a square root r among its terms, whose common
+    factor with the rest shows with r as a symbol: squareplus' slope for x < 0,
+    -b*(x/r - 1)/(2*(r - x)**2) -> b/(2*r*(r - x)) (x/r - 1 = (x - r)/r), where the square
+    of r - x doubled r's rounding error (4.4 ULP where the quotient takes 2).  Only where
+    the power of that sum drops and fewer operations are left; a stable sum stays one."""
+    if not isinstance(e, sympy.Mul):
+        return None
+    for f in e.args:
+        if not (isinstance(f, sympy.Pow) and f.exp.is_Integer and f.exp <= -2 and isinstance(f.base, sympy.Add)):
+            continue
+        terms = f.base.args
+        for r in {g for t in terms for g in sympy.Mul.make_args(t)}:
+            if not (isinstance(r, sympy.Pow) and r.exp == sympy.S.Half and _is_sum(r.base)):
+                continue
+            if sympy.count_ops(e) > 60:         # (factor's time grows fast with the size)
+                return None
+            s = sympy.Dummy("s", positive=True)
+            plain = e.replace(lambda a: isinstance(a, StableSum), lambda a: sympy.Add(*a.args))
+            sum_s = sympy.Add(*terms).subs(r, s)
+            new = sympy.factor(plain.subs(r, s))
+            if new.has(s**2):
+                continue
+            left = 0
+            for g in sympy.Mul.make_args(sympy.denom(new)):
+                base, k = g.as_base_exp()
+                if sympy.expand(base - sum_s) == 0 or sympy.expand(base + sum_s) == 0:
+                    left += k
+            if left >= -f.exp:
+                continue
+            new = new.subs(s, r)
+            if type(f.base) is StableSum:
+                same = sympy.Add(*terms)
+                new = new.replace(lambda a: type(a) is sympy.Add and (a == same or a == -same),
+                                  lambda a: StableSum(*a.args))
+            if sympy.count_ops(new) < sympy.count_ops(e):
+                return new
+    return None
+
+
+def rewrite_square_denominator(e):
+    """-N/S**2 + M/S -> (M - N/S)/S for a sum S that holds an exponential (a softmax's
+    normaliser, the quotient rule's square): S**2 overflows float32 from S = 1.8e19 on (the
+    logits of adaptive_mixture past 44), where N/S, and that over S, do not."""
+    if not _is_sum(e):
+        return None
+    for term in e.args:
+        for f in sympy.Mul.make_args(term):
+            if not (isinstance(f, sympy.Pow) and f.exp == -2 and _is_sum(f.base) and f.base.has(sympy.exp)):
+                continue
+            base = f.base
+            powers = [sympy.Mul.make_args(t) for t in e.args]
+            if all(sum(g.as_base_exp()[1] for g in fs if g.as_base_exp()[0] == base) in (-1, -2) for fs in powers):
+                return sympy.Mul(sympy.Add(*[t * base for t in e.args]), base ** -1, evaluate=False)
+    return None
+
+
 def rewrite_inverse_sqrt_conjugate(e):
     """a/sqrt(c) - a/sqrt(k*u**2 + c) (a number c > 0) -> a*k*u**2 / (sqrt(c) * r * (r + sqrt(c)))
     with r = sqrt(k*u**2 + c), for |u| < 1 (past it the terms cancel at most 3.4 times, and
@@ -1990,6 +2047,8 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_common_denominator,
     rewrite_power_sum,
     rewrite_sqrt_conjugate,
+    rewrite_root_common_factor,
+    rewrite_square_denominator,
     rewrite_inverse_sqrt_conjugate,
     rewrite_comparison_of_multiples,
     rewrite_comparison_of_a_power,

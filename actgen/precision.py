@@ -201,7 +201,15 @@ def evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, np.ndarray], dtype, te
             return np.hypot(ev(args[0]), ev(args[1]))
         if f is SqrtSquarePlus:
             u, c = ev(args[0]), ev(args[1])
-            r, a = np.sqrt(np.abs(c)), np.abs(u)
+            a = np.abs(u)
+            if a.dtype == np.float32:     # (as the kernels: triton_lang.sqrt_square_plus)
+                ca = np.abs(c)
+                s = np.where(ca > 1e30, 2.0**-64, np.where(ca < 1e-30, 2.0**64, 1.0)).astype(np.float32)
+                v = a * s
+                with np.errstate(invalid="ignore", over="ignore"):
+                    near = np.sqrt(_fma(v, v, (c * s) * s, 1.0)) * (np.float32(1) / s)
+                return np.where(a >= np.sqrt(ca) * np.float32(4096), a, near)
+            r = np.sqrt(np.abs(c))
             return np.where(c >= 0, np.hypot(a, r), np.sqrt(a - r) * np.sqrt(a + r))
         if f is ScaledInput:
             u = ev(args[0])

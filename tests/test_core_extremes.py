@@ -344,3 +344,21 @@ def test_a_slope_that_decays_as_a_power_has_its_limit_at_inf(backend):
     want = [0.0] + [_truth(lambda v: 0.5 / mpmath.sqrt(abs(v)), v) for v in (-4.0, -1e30, 4.0, 1e30)] + [0.0]
     torch.testing.assert_close(g, torch.tensor(want), rtol=4 * 2**-23, atol=0.0)
     assert y.detach()[[0, -1]].tolist() == [-math.inf, math.inf]
+
+
+@pytest.mark.parametrize("logits", [(30.0, 30.0, 0.0), (45.0, 45.0, 0.0), (50.0, 50.0, 0.0), (80.0, 0.0, 80.0),
+                                    (-60.0, 0.0, 70.0)])
+def test_softmax_weights_keep_their_gradients_at_large_logits(logits, backend):
+    """adaptive_mixture's weights are a softmax of its params: the quotient rule's square of
+    the sum of their exponentials overflows float32 from logits of about 44 on, where the
+    param gradients came out as if the square were infinite (the kernels gave (208, 9.0, 0)
+    for (97.6, -97.6, 0) at (50, 50, 0)); against the formula in float64 torch."""
+    x = torch.randn(1000, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    w64 = [torch.tensor([v], dtype=torch.float64, requires_grad=True) for v in logits]
+    e = [torch.exp(t) for t in w64]
+    want = torch.autograd.grad(((e[0] * torch.relu(x) + e[1] * torch.tanh(x) + e[2] * x) / sum(e)).sum(), w64)
+    ws = [torch.tensor([v], requires_grad=True) for v in logits]
+    from actgen.ops import adaptive_mixture
+    got = torch.autograd.grad(adaptive_mixture(x.float(), *ws).sum(), ws)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-4)

@@ -560,3 +560,19 @@ def test_taylor_coefficients_at_zero_come_from_a_circle_around_it():
         assert abs(got[0] + mpmath.mpf(1) / 6) < 1e-35 and abs(got[36] + mpmath.mpf(1) / mpmath.factorial(39)) < 1e-60
     assert _taylor_coefficients(lambda t: mpmath.cos(t) / t, 8) is None         # a pole
     assert _taylor_coefficients(lambda t: mpmath.sqrt(t) + 1, 8) is None        # a branch point
+
+
+def test_a_quotient_over_a_root_cancels_its_common_factor():
+    """squareplus' slope for x < 0 as sympy derives it, -b*(x/r - 1)/(2*(r - x)**2), is
+    b/(2*r*(r - x)): no square of r - x (which doubled r's rounding error), the same value;
+    a form with nothing to cancel is left alone."""
+    from actgen.derive import rewrite_root_common_factor
+    x, b = sympy.symbols("x b", real=True)
+    r = sympy.sqrt(b + x**2)
+    slope = -b * (x / r - 1) / (2 * (r - x) ** 2)
+    new = rewrite_root_common_factor(slope)
+    assert new is not None and not any(p.exp == -2 for p in new.atoms(sympy.Pow))
+    for xv, bv in ((-0.5, 4.0), (-30.0, 0.25), (2.0, 1.0)):
+        assert abs(float((new - slope).subs({x: xv, b: bv}))) < 1e-12
+    assert rewrite_root_common_factor(1 / (r - x) ** 2) is None
+    assert rewrite_root_common_factor((x / r + 1) / 2) is None

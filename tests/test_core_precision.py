@@ -123,12 +123,13 @@ def test_float64_backward_keeps_dtypes_and_transforms():
     assert torch.autograd.gradgradcheck(ops.tanh_exp, (x64[:20].clone().requires_grad_(),))
 
 
-@pytest.mark.parametrize("name", ["polynomial", "bent_identity", "squareplus", "softsign", "hardswish", "star_relu"])
+@pytest.mark.parametrize("name", ["polynomial", "bent_identity", "softsign", "hardswish", "star_relu"])
 def test_evaluator_follows_the_generated_code(name):
     """For arithmetic-only forms (no library call to differ), float32 evaluation of the block
     is bit for bit what the generated eager fallback computes: the same operations in the
     same order and pairing, fused multiply-adds included (params away from their inits, some
-    of which are 0)."""
+    of which are 0).  (Not squareplus: its sqrt(x**2 + b) is torch's hypot on the CPU, where
+    the evaluator follows the kernels' rounded sqrt of one fma.)"""
     import importlib
     spec = load_spec_file(SPECS / f"{name}.yaml")
     d = derive(spec)

@@ -154,6 +154,22 @@ def test_float32_kernels_divide_with_ieee_rounding(reports):
     assert fast == {(k, d) for k in KERNELS for d in DTYPES if d != "fp32"}
 
 
+def test_float32_kernels_take_the_ieee_square_root(reports):
+    """Triton's float32 sqrt (tl.sqrt, libdevice's sqrtf) is the GPU's sqrt.approx.ftz.f32
+    (exact under the interpreter): float32 kernels take sqrt.rn (squareplus', whose slope
+    squared libdevice's hypotf, missed the accuracy target on an H200 alone), except inside
+    libdevice's hypotf, which a written hypot takes; 16-bit ones (FAST) keep the approximate
+    one."""
+    def calls_hypot(module):
+        return "libdevice.hypot" in Path(importlib.import_module(module).__file__).read_text()
+
+    fp32 = [r for r in reports if r["dtype"] == "fp32"]
+    approx = [_key(r) for r in fp32 if r["approx_sqrt"] and not calls_hypot(r["module"])]
+    assert fp32 and not approx, f"float32 kernels with an approximate sqrt: {approx}"
+    square = {(r["kernel"], r["dtype"]): r["approx_sqrt"] for r in reports if r["module"] == "actgen.ops.squareplus"}
+    assert square == {(k, d): d != "fp32" for k in KERNELS for d in DTYPES}
+
+
 def test_flat_kernels_divide_no_integers(reports, tuning_reports):
     """The flat layout is one row (M = 1, which Triton's JIT makes a constant): its tile is
     the program's number times the tile size, with no integer division (a 64-bit one cost

@@ -21,7 +21,7 @@ TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK
 NTH_TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 # the @triton.jit helpers of actgen.runtime.triton_lang a kernel may call (imported as _name)
 KERNEL_HELPERS = ("tile", "nth_tile", "tile_channels", "row_offsets", "param_at", "partial_zeros", "in_tile", "store_partial", "narrow", "exp", "log1p", "erfc", "div", "div_bounded", "div_uniform", "clamp", "sigmoid", "softplus",
-                  "sqrt_square_plus", "scaled_input", "inverse_scale", "limit_at_inf", "grown", "draw")
+                  "sqrt", "sqrt_square_plus", "scaled_input", "inverse_scale", "limit_at_inf", "grown", "draw")
 
 
 def op_key(d: Derivation) -> str:

@@ -10,9 +10,9 @@ Params: w0 (init 0.0), w1 (init 0.0), w2 (init 0.0)
 Derived (after stability rewrites):
     f      = (x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x))/(exp(w0) + exp(w1) + exp(w2))
     df/dx  = (Piecewise((1, x > 0), (0, True))*exp(w0) + exp(w2) + 4*exp(w1 - 2*Abs(x))/(1 + exp(-2*Abs(x)))**2)/(exp(w0) + exp(w1) + exp(w2))
-    df/dw0 = (-(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x))/(exp(w0) + exp(w1) + exp(w2))**2 + Piecewise((x, x > 0), (0, True))/(exp(w0) + exp(w1) + exp(w2)))*exp(w0)
-    df/dw1 = (-(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x))/(exp(w0) + exp(w1) + exp(w2))**2 + tanh(x)/(exp(w0) + exp(w1) + exp(w2)))*exp(w1)
-    df/dw2 = (x/(exp(w0) + exp(w1) + exp(w2)) - (x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x))/(exp(w0) + exp(w1) + exp(w2))**2)*exp(w2)
+    df/dw0 = (-(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x))/(exp(w0) + exp(w1) + exp(w2)) + Piecewise((x, x > 0), (0, True)))*exp(w0)/(exp(w0) + exp(w1) + exp(w2))
+    df/dw1 = (-(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x))/(exp(w0) + exp(w1) + exp(w2)) + tanh(x))*exp(w1)/(exp(w0) + exp(w1) + exp(w2))
+    df/dw2 = (x - (x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x))/(exp(w0) + exp(w1) + exp(w2)))*exp(w2)/(exp(w0) + exp(w1) + exp(w2))
 """
 import math
 
@@ -46,18 +46,18 @@ def _derivatives_torch(x, w0, w1, w2):
     _t5 = x > 0.0
     _t6 = -(2.0*torch.abs(x))
     _t7 = torch.where(_t5, x, 0.0)
-    _t8 = 1.0/(_t3*_t3)
-    _t9 = torch.tanh(x)
-    _t10 = _t8*_rt.fma(_t2, x, _rt.fma(_t1, _t9, _t0*_t7))
-    _t11 = 16777216.0*_t4
-    _t12 = _t1 + 16777216.0*_t2
-    _t13 = _rt.fnma(_t8, 16777216.0*_t0 + _t12, _t11)
-    _t14 = -(_t12*_t8)
+    _t8 = torch.tanh(x)
+    _t9 = _t4*_rt.fma(_t2, x, _rt.fma(_t1, _t8, _t0*_t7))
+    _t10 = _t0*_t4
+    _t11 = _t1 + 16777216.0*_t2
+    _t12 = _rt.fnma(_t4, 16777216.0*_t0 + _t11, 16777216.0)
+    _t13 = -_t11
+    _t14 = _t2*_t4
     _t15 = torch.exp(_t6) + 1.0
     _d_x = torch.where(torch.isnan(x), x, _t4*_rt.fma(_t0, torch.where(_t5, _rt.number(x, 1.0), 0.0), _t2 + 4.0*torch.exp(_t6 + w1)/(_t15*_t15)))
-    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*_rt.fma(_t4, _t7, -_t10), _rt.grown(_t0*_t13), _rt.grown(-(_t0*_t14)), x))
-    _d_w1 = torch.where(torch.isnan(x), x, _t1*_rt.fma(_t4, _t9, -_t10))
-    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t2*_rt.fma(_t4, x, -_t10), _rt.grown(_t13*_t2), _rt.grown(_t2*(-_t11 - _t14)), x))
+    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t10*(_t7 - _t9), _rt.grown(_t10*_t12), _rt.grown(-(_t0*_t13/(_t3*_t3))), x))
+    _d_w1 = torch.where(torch.isnan(x), x, _t1*_t4*(_t8 - _t9))
+    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t14*(-_t9 + x), _rt.grown(_t12*_t14), _rt.grown(_t14*_rt.fnma(_t13, _t4, -16777216.0)), x))
     return (_d_x, _d_w0, _d_w1, _d_w2,)
 
 
@@ -75,18 +75,17 @@ def _derivatives_torch_fast(x, w0, w1, w2, _w):
     _t0 = torch.exp(w0)
     _t1 = torch.exp(w1)
     _t2 = torch.exp(w2)
-    _t3 = _t0 + _t1 + _t2
-    _t4 = 1.0 / _t3
-    _t5 = _rt.gt(x, 0.0, out=_w[0])
-    _t6 = torch.abs(x, out=_w[1]).mul_(-2.0)
-    _t7 = _rt.select(_t5, x, 0.0, out=_w[2])
-    _t8 = torch.tanh(x, out=_w[3])
-    _t9 = _rt.fma(_t2, x, _rt.fma(_t1, _t8, torch.mul(_t0, _t7, out=_w[4]), out=_w[4]), out=_w[4]).div_(_t3).div_(_t3)
-    _t10 = torch.exp(_t6, out=_w[5]).add_(1.0)
-    _d_x = _rt.fma(_t0, _t5, torch.add(_t6, w1, out=_w[7]).exp_().mul_(4.0).div_(torch.mul(_t10, _t10, out=_w[6])).add_(_t2), out=_w[7]).mul_(_t4)
-    _d_w0 = _rt.fma(_t4, _t7, torch.neg(_t9, out=_w[8]), out=_w[8]).mul_(_t0)
-    _d_w1 = _rt.fma(_t4, _t8, torch.neg(_t9, out=_w[9]), out=_w[9]).mul_(_t1)
-    _d_w2 = _rt.fma(_t4, x, torch.neg(_t9, out=_w[10]), out=_w[10]).mul_(_t2)
+    _t3 = 1.0 / (_t0 + _t1 + _t2)
+    _t4 = _rt.gt(x, 0.0, out=_w[0])
+    _t5 = torch.abs(x, out=_w[1]).mul_(-2.0)
+    _t6 = _rt.select(_t4, x, 0.0, out=_w[2])
+    _t7 = torch.tanh(x, out=_w[3])
+    _t8 = _rt.fma(_t2, x, _rt.fma(_t1, _t7, torch.mul(_t0, _t6, out=_w[4]), out=_w[4]), out=_w[4]).mul_(_t3)
+    _t9 = torch.exp(_t5, out=_w[5]).add_(1.0)
+    _d_x = _rt.fma(_t0, _t4, torch.add(_t5, w1, out=_w[7]).exp_().mul_(4.0).div_(torch.mul(_t9, _t9, out=_w[6])).add_(_t2), out=_w[7]).mul_(_t3)
+    _d_w0 = torch.sub(_t6, _t8, out=_w[8]).mul_(_t0 * _t3)
+    _d_w1 = torch.sub(_t7, _t8, out=_w[9]).mul_(_t1 * _t3)
+    _d_w2 = torch.neg(_t8, out=_w[10]).add_(x).mul_(_t2 * _t3)
     return _rt.finite_or_none((_d_x, _d_w0, _d_w1, _d_w2,))
 
 
@@ -102,52 +101,49 @@ def _second_derivatives_torch(x, w0, w1, w2):
     _t7 = 1.0/_t6
     _t8 = x > 0.0
     _t9 = torch.where(_t8, _rt.number(x, 1.0), 0.0)
-    _t10 = 1.0/(_t6*_t6)
-    _t11 = 1.0/(_t2*_t2)
-    _t12 = _t10*_rt.fma(_t3, _t9, _rt.fma(_t1, _t11, _t5, 4.0))
-    _t13 = torch.where(_t8, x, 0.0)
-    _t14 = torch.tanh(x)
-    _t15 = _rt.fma(_t5, x, _rt.fma(_t14, _t4, _t13*_t3))
-    _t16 = _t10*_t15
+    _t10 = 1.0/(_t2*_t2)
+    _t11 = _t7*_rt.fma(_t3, _t9, _rt.fma(_t1, _t10, _t5, 4.0))
+    _t12 = torch.where(_t8, x, 0.0)
+    _t13 = torch.tanh(x)
+    _t14 = _rt.fma(_t5, x, _rt.fma(_t13, _t4, _t12*_t3))
+    _t15 = _t14*_t7
+    _t16 = -_t12 + _t15
     _t17 = _t3*_t3
-    _t18 = _t10*_t13
-    _t19 = 1.0/(_t6*_t6*_t6)
-    _t20 = 2.0*_t19
-    _t21 = _t15*_t20
-    _t22 = 16777216.0*_t7
-    _t23 = _t4 + 16777216.0*_t5
-    _t24 = _t23 + 16777216.0*_t3
-    _t25 = -(_t10*_t24)
-    _t26 = _t22 + _t25
-    _t27 = 33554432.0*_t10
-    _t28 = -(2.0*_t19*_t24)
-    _t29 = -_t27 - _t28
-    _t30 = -_t23
-    _t31 = _t10*_t30
-    _t32 = torch.exp(w0 + w1)
-    _t33 = _t10*_t14
-    _t34 = -(2.0*_t15*_t19)
-    _t35 = _t18 + _t34
-    _t36 = 16777217.0*_t10
-    _t37 = -_t28 - _t36
-    _t38 = _t20*_t30
-    _t39 = torch.exp(w0 + w2)
-    _t40 = _t10*x
-    _t41 = _t4*_t4
-    _t42 = _t7
-    _t43 = 2.0*_t10
-    _t44 = torch.exp(w1 + w2)
-    _t45 = _t5*_t5
+    _t18 = 2.0*_t17*_t7
+    _t19 = _t4 + 16777216.0*_t5
+    _t20 = _t19 + 16777216.0*_t3
+    _t21 = -(_t20*_t7)
+    _t22 = _t21 + 16777216.0
+    _t23 = -_t22
+    _t24 = -_t19
+    _t25 = _t24*_t7
+    _t26 = 1.0/(_t6*_t6)
+    _t27 = -(2.0*_t14*_t7)
+    _t28 = _t12 + _t27
+    _t29 = _t26*torch.exp(w0 + w1)
+    _t30 = -(2.0*_t20*_t7)
+    _t31 = -_t30 - 16777217.0
+    _t32 = 2.0*_t25
+    _t33 = _t26*torch.exp(w0 + w2)
+    _t34 = -_t13 + _t15
+    _t35 = 2.0*_t7
+    _t36 = _t35*_t4*_t4
+    _t37 = _t21 + 1.0
+    _t38 = _t25 + 1.0
+    _t39 = _t26*torch.exp(w1 + w2)
+    _t40 = -_t15 + x
+    _t41 = _t35*_t5*_t5
+    _t42 = _t25 + 16777216.0
     _d2_x_x = torch.where(torch.isnan(x), x, 8.0*_t1*_t7*torch.where(_t8, 1.0, torch.where(x < 0.0, _rt.number(x, -1.0), 0.0))*torch.expm1(_t0)/(_t2*_t2*_t2))
-    _d2_x_w0 = torch.where(torch.isnan(x), x, _t3*_rt.fma(_t7, _t9, -_t12))
-    _d2_x_w1 = torch.where(torch.isnan(x), x, _rt.fnma(_t12, _t4, 4.0*_t1*_t11*_t7))
-    _d2_x_w2 = torch.where(torch.isnan(x), x, _t5*(-_t12 + _t7))
-    _d2_w0_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_rt.fma(_t3, _rt.fma(_t13, _t7, -_t16), _t17*(-(2.0*_t18) + _t21)), _rt.grown(_rt.fma(_t26, _t3, _t17*_t29)), _rt.grown(_rt.fnma(_t3, _t31, 2.0*_t17*_t19*_t30)), x))
-    _d2_w0_w1 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t32*(-_t33 - _t35), _rt.grown(_t32*_t37), _rt.grown(_t32*(_t10 + _t38)), x))
-    _d2_w0_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t39*(-_t35 - _t40), _rt.grown(_t29*_t39), _rt.grown(_t39*(16777216.0*_t10 + _t38)), x))
-    _d2_w1_w1 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_rt.fma(_t41, _t21 - 2.0*_t33, _t4*_rt.fma(_t14, _t7, -_t16)), _rt.grown(_rt.fma(_t41, -_t28 - _t43, _t4*(_t25 + _t42))), _rt.grown(_rt.fma(_t41, _t38 + _t43, _t4*(-_t31 - _t42))), x))
-    _d2_w1_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t44*(-_t33 - _t34 - _t40), _rt.grown(_t37*_t44), _rt.grown(_t44*(_t36 + _t38)), x))
-    _d2_w2_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_rt.fma(_t5, _rt.fma(_t7, x, -_t16), _t45*(-_t34 - 2.0*_t40)), _rt.grown(_rt.fma(_t29, _t45, _t26*_t5)), _rt.grown(_rt.fma(_t5, -_t22 - _t31, _t45*(_t27 + _t38))), x))
+    _d2_x_w0 = torch.where(torch.isnan(x), x, _t3*_t7*(-_t11 + _t9))
+    _d2_x_w1 = torch.where(torch.isnan(x), x, _t7*_rt.fnma(_t11, _t4, 4.0*_t1*_t10))
+    _d2_x_w2 = torch.where(torch.isnan(x), x, _t5*_t7*(1.0 - _t11))
+    _d2_w0_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t7*_rt.fnma(_t16, _t3, _t16*_t18), _rt.grown(_t7*_rt.fma(_t22, _t3, _t18*_t23)), _rt.grown(_t7*_rt.fnma(_t25, _t3, 2.0*_t17*_t24*_t26)), x))
+    _d2_w0_w1 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t29*(-_t13 - _t28), _rt.grown(_t29*_t31), _rt.grown(_t29*(_t32 + 1.0)), x))
+    _d2_w0_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t33*(-_t28 - x), _rt.grown(_t33*(-_t30 - 33554432.0)), _rt.grown(_t33*(_t32 + 16777216.0)), x))
+    _d2_w1_w1 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t7*_rt.fnma(_t34, _t4, _t34*_t36), _rt.grown(_t7*_rt.fma(_t37, _t4, -(_t36*_t37))), _rt.grown(_t7*_rt.fnma(_t38, _t4, _t36*_t38)), x))
+    _d2_w1_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t39*(-_t13 - _t27 - x), _rt.grown(_t31*_t39), _rt.grown(_t39*(_t32 + 16777217.0)), x))
+    _d2_w2_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t7*_rt.fma(_t40, _t5, -(_t40*_t41)), _rt.grown(_t7*_rt.fma(_t23, _t41, _t22*_t5)), _rt.grown(_t7*_rt.fnma(_t42, _t5, _t41*_t42)), x))
     return (_d2_x_x, _d2_x_w0, _d2_x_w1, _d2_x_w2, _d2_w0_w0, _d2_w0_w1, _d2_w0_w2, _d2_w1_w1, _d2_w1_w2, _d2_w2_w2,)
 
 
@@ -198,18 +194,18 @@ if _rt.HAS_TRITON:
             _t5 = x > 0.0
             _t6 = _exp(-(2.0*tl.abs(x)), FAST)
             _t7 = tl.where(_t5, x, 0.0)
-            _t8 = _div(1.0, (_t3*_t3), FAST)
-            _t9 = libdevice.tanh(x)
-            _t10 = _t8*tl.fma(_t2, x, tl.fma(_t1, _t9, _t0*_t7))
-            _t11 = 16777216.0*_t4
-            _t12 = _t1 + 16777216.0*_t2
-            _t13 = tl.fma(-_t8, 16777216.0*_t0 + _t12, _t11)
-            _t14 = -(_t12*_t8)
+            _t8 = libdevice.tanh(x)
+            _t9 = _t4*tl.fma(_t2, x, tl.fma(_t1, _t8, _t0*_t7))
+            _t10 = _t0*_t4
+            _t11 = _t1 + 16777216.0*_t2
+            _t12 = tl.fma(-_t4, 16777216.0*_t0 + _t11, 16777216.0)
+            _t13 = -_t11
+            _t14 = _t2*_t4
             _t15 = _t6 + 1.0
             _d_x = tl.where(x != x, x, _t4*tl.fma(_t0, tl.where(_t5, tl.full([], 1.0, ACC), 0.0), _div_bounded(4.0*_t1*_t6, (_t15*_t15), FAST) + _t2))
-            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*tl.fma(_t4, _t7, -_t10), _grown(_t0*_t13), _grown(-(_t0*_t14)), x))
-            _d_w1 = tl.where(x != x, x, _t1*tl.fma(_t4, _t9, -_t10))
-            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*tl.fma(_t4, x, -_t10), _grown(_t13*_t2), _grown(_t2*(-_t11 - _t14)), x))
+            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t10*(_t7 - _t9), _grown(_t10*_t12), _grown(-(_div(_t0*_t13, (_t3*_t3), FAST))), x))
+            _d_w1 = tl.where(x != x, x, _t1*_t4*(_t8 - _t9))
+            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t14*(-_t9 + x), _grown(_t12*_t14), _grown(_t14*tl.fma(-_t13, _t4, -16777216.0)), x))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_w0 += _in_tile(_g * _d_w0, _mask)

@@ -10,10 +10,10 @@ Params: w0 (init 0.0), w1 (init 0.0), w2 (init 0.0), w3 (init 0.0)
 Derived (after stability rewrites):
     f      = (x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))/(exp(w0) + exp(w1) + exp(w2) + exp(w3))
     df/dx  = (Piecewise((1, x > 0), (0, True))*exp(w0) + exp(w2) + exp(w3)*sigmoid(-x)*sigmoid(x) + 4*exp(w1 - 2*Abs(x))/(1 + exp(-2*Abs(x)))**2)/(exp(w0) + exp(w1) + exp(w2) + exp(w3))
-    df/dw0 = (-(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))/(exp(w0) + exp(w1) + exp(w2) + exp(w3))**2 + Piecewise((x, x > 0), (0, True))/(exp(w0) + exp(w1) + exp(w2) + exp(w3)))*exp(w0)
-    df/dw1 = (-(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))/(exp(w0) + exp(w1) + exp(w2) + exp(w3))**2 + tanh(x)/(exp(w0) + exp(w1) + exp(w2) + exp(w3)))*exp(w1)
-    df/dw2 = (x/(exp(w0) + exp(w1) + exp(w2) + exp(w3)) - (x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))/(exp(w0) + exp(w1) + exp(w2) + exp(w3))**2)*exp(w2)
-    df/dw3 = (-(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))/(exp(w0) + exp(w1) + exp(w2) + exp(w3))**2 + sigmoid(x)/(exp(w0) + exp(w1) + exp(w2) + exp(w3)))*exp(w3)
+    df/dw0 = (-(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))/(exp(w0) + exp(w1) + exp(w2) + exp(w3)) + Piecewise((x, x > 0), (0, True)))*exp(w0)/(exp(w0) + exp(w1) + exp(w2) + exp(w3))
+    df/dw1 = (-(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))/(exp(w0) + exp(w1) + exp(w2) + exp(w3)) + tanh(x))*exp(w1)/(exp(w0) + exp(w1) + exp(w2) + exp(w3))
+    df/dw2 = (x - (x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))/(exp(w0) + exp(w1) + exp(w2) + exp(w3)))*exp(w2)/(exp(w0) + exp(w1) + exp(w2) + exp(w3))
+    df/dw3 = (-(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))/(exp(w0) + exp(w1) + exp(w2) + exp(w3)) + sigmoid(x))*exp(w3)/(exp(w0) + exp(w1) + exp(w2) + exp(w3))
 """
 import math
 
@@ -51,19 +51,19 @@ def _derivatives_torch(x, w0, w1, w2, w3):
     _t8 = x > 0.0
     _t9 = -(2.0*torch.abs(x))
     _t10 = torch.where(_t8, x, 0.0)
-    _t11 = 1.0/(_t4*_t4)
-    _t12 = torch.tanh(x)
-    _t13 = _t11*_rt.fma(_t2, x, _rt.fma(_t1, _t12, _rt.fma(_t0, _t10, _t7)))
-    _t14 = 16777216.0*_t5
-    _t15 = _t1 + 16777216.0*_t2
-    _t16 = _rt.fnma(_t11, 16777216.0*_t0 + _t15 + _t3, _t14)
-    _t17 = -(_t11*_t15)
+    _t11 = torch.tanh(x)
+    _t12 = _t5*_rt.fma(_t2, x, _rt.fma(_t1, _t11, _rt.fma(_t0, _t10, _t7)))
+    _t13 = _t0*_t5
+    _t14 = _t1 + 16777216.0*_t2
+    _t15 = _rt.fnma(_t5, 16777216.0*_t0 + _t14 + _t3, 16777216.0)
+    _t16 = -_t14
+    _t17 = _t2*_t5
     _t18 = torch.exp(_t9) + 1.0
     _d_x = torch.where(torch.isnan(x), x, _t5*_rt.fma(_t7, torch.sigmoid(-x), _rt.fma(_t0, torch.where(_t8, _rt.number(x, 1.0), 0.0), _t2 + 4.0*torch.exp(_t9 + w1)/(_t18*_t18))))
-    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t0*_rt.fma(_t10, _t5, -_t13), _rt.grown(_t0*_t16), _rt.grown(-(_t0*_t17)), x))
-    _d_w1 = torch.where(torch.isnan(x), x, _t1*_rt.fma(_t12, _t5, -_t13))
-    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t2*_rt.fma(_t5, x, -_t13), _rt.grown(_t16*_t2), _rt.grown(_t2*(-_t14 - _t17)), x))
-    _d_w3 = torch.where(torch.isnan(x), x, _t3*_rt.fma(_t5, _t6, -_t13))
+    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t13*(_t10 - _t12), _rt.grown(_t13*_t15), _rt.grown(-(_t0*_t16/(_t4*_t4))), x))
+    _d_w1 = torch.where(torch.isnan(x), x, _t1*_t5*(_t11 - _t12))
+    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t17*(-_t12 + x), _rt.grown(_t15*_t17), _rt.grown(_t17*_rt.fnma(_t16, _t5, -16777216.0)), x))
+    _d_w3 = torch.where(torch.isnan(x), x, _t3*_t5*(-_t12 + _t6))
     return (_d_x, _d_w0, _d_w1, _d_w2, _d_w3,)
 
 
@@ -83,21 +83,20 @@ def _derivatives_torch_fast(x, w0, w1, w2, w3, _w):
     _t1 = torch.exp(w1)
     _t2 = torch.exp(w2)
     _t3 = torch.exp(w3)
-    _t4 = _t0 + _t1 + _t2 + _t3
-    _t5 = 1.0 / _t4
-    _t6 = torch.sigmoid(x, out=_w[0])
-    _t7 = torch.mul(_t3, _t6, out=_w[1])
-    _t8 = _rt.gt(x, 0.0, out=_w[2])
-    _t9 = torch.abs(x, out=_w[3]).mul_(-2.0)
-    _t10 = _rt.select(_t8, x, 0.0, out=_w[4])
-    _t11 = torch.tanh(x, out=_w[5])
-    _t12 = _rt.fma(_t2, x, _rt.fma(_t1, _t11, _rt.fma(_t0, _t10, _t7, out=_w[6]), out=_w[6]), out=_w[6]).div_(_t4).div_(_t4)
-    _t13 = torch.exp(_t9, out=_w[7]).add_(1.0)
-    _d_x = _rt.fma(_t7, torch.neg(x, out=_w[10]).sigmoid_(), _rt.fma(_t0, _t8, torch.add(_t9, w1, out=_w[8]).exp_().mul_(4.0).div_(torch.mul(_t13, _t13, out=_w[9])).add_(_t2), out=_w[8]), out=_w[10]).mul_(_t5)
-    _d_w0 = _rt.fma(_t10, _t5, torch.neg(_t12, out=_w[11]), out=_w[11]).mul_(_t0)
-    _d_w1 = _rt.fma(_t11, _t5, torch.neg(_t12, out=_w[12]), out=_w[12]).mul_(_t1)
-    _d_w2 = _rt.fma(_t5, x, torch.neg(_t12, out=_w[13]), out=_w[13]).mul_(_t2)
-    _d_w3 = _rt.fma(_t5, _t6, torch.neg(_t12, out=_w[14]), out=_w[14]).mul_(_t3)
+    _t4 = 1.0 / (_t0 + _t1 + _t2 + _t3)
+    _t5 = torch.sigmoid(x, out=_w[0])
+    _t6 = torch.mul(_t3, _t5, out=_w[1])
+    _t7 = _rt.gt(x, 0.0, out=_w[2])
+    _t8 = torch.abs(x, out=_w[3]).mul_(-2.0)
+    _t9 = _rt.select(_t7, x, 0.0, out=_w[4])
+    _t10 = torch.tanh(x, out=_w[5])
+    _t11 = _rt.fma(_t2, x, _rt.fma(_t1, _t10, _rt.fma(_t0, _t9, _t6, out=_w[6]), out=_w[6]), out=_w[6]).mul_(_t4)
+    _t12 = torch.exp(_t8, out=_w[7]).add_(1.0)
+    _d_x = _rt.fma(_t6, torch.neg(x, out=_w[10]).sigmoid_(), _rt.fma(_t0, _t7, torch.add(_t8, w1, out=_w[8]).exp_().mul_(4.0).div_(torch.mul(_t12, _t12, out=_w[9])).add_(_t2), out=_w[8]), out=_w[10]).mul_(_t4)
+    _d_w0 = torch.neg(_t11, out=_w[11]).add_(_t9).mul_(_t0 * _t4)
+    _d_w1 = torch.sub(_t10, _t11, out=_w[12]).mul_(_t1 * _t4)
+    _d_w2 = torch.neg(_t11, out=_w[13]).add_(x).mul_(_t2 * _t4)
+    _d_w3 = torch.neg(_t11, out=_w[14]).add_(_t5).mul_(_t3 * _t4)
     return _rt.finite_or_none((_d_x, _d_w0, _d_w1, _d_w2, _d_w3,))
 
 
@@ -121,64 +120,66 @@ def _second_derivatives_torch(x, w0, w1, w2, w3):
     _t15 = torch.exp(_t10 + w1)
     _t16 = _t14*_t15
     _t17 = torch.where(_t12, _rt.number(x, 1.0), 0.0)
-    _t18 = 1.0/(_t4*_t4)
-    _t19 = _t18*_rt.fma(_t6, _t8, _rt.fma(_t0, _t17, 4.0*_t16 + _t2))
-    _t20 = torch.where(_t12, x, 0.0)
-    _t21 = torch.tanh(x)
-    _t22 = _rt.fma(_t2, x, _rt.fma(_t1, _t21, _rt.fma(_t0, _t20, _t8)))
-    _t23 = _t18*_t22
-    _t24 = _t0*_t0
-    _t25 = _t18*_t20
-    _t26 = 1.0/(_t4*_t4*_t4)
-    _t27 = 2.0*_t26
-    _t28 = _t22*_t27
-    _t29 = 16777216.0*_t5
-    _t30 = _t1 + 16777216.0*_t2
-    _t31 = 16777216.0*_t0 + _t3 + _t30
-    _t32 = -(_t18*_t31)
-    _t33 = _t29 + _t32
-    _t34 = 33554432.0*_t18
-    _t35 = -(2.0*_t26*_t31)
-    _t36 = -_t34 - _t35
-    _t37 = -_t30
-    _t38 = _t18*_t37
-    _t39 = torch.exp(w0 + w1)
-    _t40 = _t18*_t21
-    _t41 = -(2.0*_t22*_t26)
-    _t42 = _t25 + _t41
-    _t43 = 16777217.0*_t18
-    _t44 = -_t35 - _t43
-    _t45 = _t27*_t37
-    _t46 = torch.exp(w0 + w2)
-    _t47 = _t18*x
-    _t48 = 16777216.0*_t18 + _t45
-    _t49 = torch.exp(w0 + w3)
-    _t50 = _t18*_t7
-    _t51 = _t1*_t1
-    _t52 = _t5
-    _t53 = _t32 + _t52
-    _t54 = 2.0*_t18
-    _t55 = -_t35 - _t54
-    _t56 = torch.exp(w1 + w2)
-    _t57 = _t40 + _t41
-    _t58 = _t2*_t2
-    _t59 = torch.exp(w2 + w3)
-    _t60 = _t3*_t3
+    _t18 = _t5*_rt.fma(_t0, _t17, 4.0*_t16 + _t2 + _t3*_t6*_t7)
+    _t19 = torch.where(_t12, x, 0.0)
+    _t20 = torch.tanh(x)
+    _t21 = _rt.fma(_t2, x, _rt.fma(_t1, _t20, _rt.fma(_t0, _t19, _t8)))
+    _t22 = _t21*_t5
+    _t23 = -_t19 + _t22
+    _t24 = -_t23
+    _t25 = _t0*_t0
+    _t26 = _t25*_t5
+    _t27 = _t1 + 16777216.0*_t2
+    _t28 = 16777216.0*_t0 + _t27 + _t3
+    _t29 = -(_t28*_t5)
+    _t30 = _t29 + 16777216.0
+    _t31 = -_t30
+    _t32 = -_t27
+    _t33 = _t32*_t5
+    _t34 = 1.0/(_t4*_t4)
+    _t35 = -(2.0*_t21*_t5)
+    _t36 = _t19 + _t35
+    _t37 = _t34*torch.exp(w0 + w1)
+    _t38 = -(2.0*_t28*_t5)
+    _t39 = -_t38 - 16777217.0
+    _t40 = 2.0*_t33
+    _t41 = _t34*torch.exp(w0 + w2)
+    _t42 = _t40 + 16777216.0
+    _t43 = torch.exp(w0 + w3)
+    _t44 = _t34*_t43
+    _t45 = -_t20 + _t22
+    _t46 = -_t45
+    _t47 = _t1*_t1*_t5
+    _t48 = _t29 + 1.0
+    _t49 = -_t48
+    _t50 = _t33 + 1.0
+    _t51 = -_t50
+    _t52 = _t20 + _t35
+    _t53 = _t34*torch.exp(w1 + w2)
+    _t54 = -_t22 + x
+    _t55 = _t2*_t2*_t5
+    _t56 = _t33 + 16777216.0
+    _t57 = -_t56
+    _t58 = _t34*torch.exp(w2 + w3)
+    _t59 = _t22 - _t7
+    _t60 = -_t59
+    _t61 = _t3*_t3
+    _t62 = _t5*_t61
     _d2_x_x = torch.where(torch.isnan(x), x, _t5*_rt.fnma(_t13, _t16, -(_t3*_t6*_t7*_t7) + _t6*_t6*_t8 + 16.0*_t13*torch.exp(-(4.0*_t9) + w1)/(_t11*_t11*_t11), 8.0))
-    _d2_x_w0 = torch.where(torch.isnan(x), x, _t0*_rt.fma(_t17, _t5, -_t19))
-    _d2_x_w1 = torch.where(torch.isnan(x), x, _rt.fnma(_t1, _t19, 4.0*_t14*_t15*_t5))
-    _d2_x_w2 = torch.where(torch.isnan(x), x, _t2*(-_t19 + _t5))
-    _d2_x_w3 = torch.where(torch.isnan(x), x, _t3*(-_t19 + _t5*_t6*_t7))
-    _d2_w0_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_rt.fma(_t24, -(2.0*_t25) + _t28, _t0*_rt.fma(_t20, _t5, -_t23)), _rt.grown(_rt.fma(_t24, _t36, _t0*_t33)), _rt.grown(_rt.fnma(_t0, _t38, 2.0*_t24*_t26*_t37)), x))
-    _d2_w0_w1 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t39*(-_t40 - _t42), _rt.grown(_t39*_t44), _rt.grown(_t39*(_t18 + _t45)), x))
-    _d2_w0_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t46*(-_t42 - _t47), _rt.grown(_t36*_t46), _rt.grown(_t46*_t48), x))
-    _d2_w0_w3 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t49*(-_t42 - _t50), _rt.grown(_t44*_t49), _rt.grown(_t45*_t49), x))
-    _d2_w1_w1 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_rt.fma(_t51, _t28 - 2.0*_t40, _t1*_rt.fma(_t21, _t5, -_t23)), _rt.grown(_rt.fma(_t51, _t55, _t1*_t53)), _rt.grown(_rt.fma(_t51, _t45 + _t54, _t1*(-_t38 - _t52))), x))
-    _d2_w1_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t56*(-_t47 - _t57), _rt.grown(_t44*_t56), _rt.grown(_t56*(_t43 + _t45)), x))
-    _d2_w1_w3 = torch.where(torch.isnan(x), x, (-_t50 - _t57)*torch.exp(w1 + w3))
-    _d2_w2_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_rt.fma(_t58, -_t41 - 2.0*_t47, _t2*_rt.fma(_t5, x, -_t23)), _rt.grown(_rt.fma(_t36, _t58, _t2*_t33)), _rt.grown(_rt.fma(_t58, _t34 + _t45, _t2*(-_t29 - _t38))), x))
-    _d2_w2_w3 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t59*(-_t41 - _t47 - _t50), _rt.grown(_t44*_t59), _rt.grown(_t48*_t59), x))
-    _d2_w3_w3 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_rt.fma(_t60, _t28 - 2.0*_t50, _t3*_rt.fma(_t5, _t7, -_t23)), _rt.grown(_rt.fma(_t55, _t60, _t3*_t53)), _rt.grown(_rt.fnma(_t3, _t38, 2.0*_t26*_t37*_t60)), x))
+    _d2_x_w0 = torch.where(torch.isnan(x), x, _t0*_t5*(_t17 - _t18))
+    _d2_x_w1 = torch.where(torch.isnan(x), x, _t5*_rt.fnma(_t1, _t18, 4.0*_t14*_t15))
+    _d2_x_w2 = torch.where(torch.isnan(x), x, _t2*_t5*(1.0 - _t18))
+    _d2_x_w3 = torch.where(torch.isnan(x), x, _t3*_t5*_rt.fma(_t6, _t7, -_t18))
+    _d2_w0_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t5*_rt.fnma(_t24, _t26, _rt.fma(_t23, _t26, _t0*_t24)), _rt.grown(_t5*_rt.fma(_t26, _t31, _rt.fnma(_t26, _t30, _t0*_t30))), _rt.grown(_t5*_rt.fnma(_t0, _t33, 2.0*_t25*_t32*_t34)), x))
+    _d2_w0_w1 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t37*(-_t20 - _t36), _rt.grown(_t37*_t39), _rt.grown(_t37*(_t40 + 1.0)), x))
+    _d2_w0_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t41*(-_t36 - x), _rt.grown(_t41*(-_t38 - 33554432.0)), _rt.grown(_t41*_t42), x))
+    _d2_w0_w3 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t44*(-_t36 - _t7), _rt.grown(_t39*_t44), _rt.grown(2.0*_t32*_t43/(_t4*_t4*_t4)), x))
+    _d2_w1_w1 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t5*_rt.fnma(_t46, _t47, _rt.fma(_t45, _t47, _t1*_t46)), _rt.grown(_t5*_rt.fma(_t47, _t49, _rt.fnma(_t47, _t48, _t1*_t48))), _rt.grown(_t5*_rt.fnma(_t47, _t51, _rt.fma(_t47, _t50, _t1*_t51))), x))
+    _d2_w1_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t53*(-_t52 - x), _rt.grown(_t39*_t53), _rt.grown(_t53*(_t40 + 16777217.0)), x))
+    _d2_w1_w3 = torch.where(torch.isnan(x), x, _t34*(-_t52 - _t7)*torch.exp(w1 + w3))
+    _d2_w2_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t5*_rt.fma(_t2, _t54, -(2.0*_t54*_t55)), _rt.grown(_t5*_rt.fma(_t31, _t55, _rt.fnma(_t30, _t55, _t2*_t30))), _rt.grown(_t5*_rt.fnma(_t55, _t57, _rt.fma(_t55, _t56, _t2*_t57))), x))
+    _d2_w2_w3 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t58*(-_t35 - _t7 - x), _rt.grown(_t39*_t58), _rt.grown(_t42*_t58), x))
+    _d2_w3_w3 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t5*_rt.fnma(_t60, _t62, _rt.fma(_t59, _t62, _t3*_t60)), _rt.grown(_t5*_rt.fma(_t49, _t62, _rt.fnma(_t48, _t62, _t3*_t48))), _rt.grown(_t5*_rt.fnma(_t3, _t33, 2.0*_t32*_t34*_t61)), x))
     return (_d2_x_x, _d2_x_w0, _d2_x_w1, _d2_x_w2, _d2_x_w3, _d2_w0_w0, _d2_w0_w1, _d2_w0_w2, _d2_w0_w3, _d2_w1_w1, _d2_w1_w2, _d2_w1_w3, _d2_w2_w2, _d2_w2_w3, _d2_w3_w3,)
 
 
@@ -241,19 +242,19 @@ if _rt.HAS_TRITON:
             _t13 = tl.where(_t11, _t12, _t10)
             _t14 = _t13*_t3
             _t15 = tl.where(_t6, x, 0.0)
-            _t16 = _div(1.0, (_t4*_t4), FAST)
-            _t17 = libdevice.tanh(x)
-            _t18 = _t16*tl.fma(_t2, x, tl.fma(_t1, _t17, tl.fma(_t0, _t15, _t14)))
-            _t19 = 16777216.0*_t5
-            _t20 = _t1 + 16777216.0*_t2
-            _t21 = tl.fma(-_t16, 16777216.0*_t0 + _t20 + _t3, _t19)
-            _t22 = -(_t16*_t20)
+            _t16 = libdevice.tanh(x)
+            _t17 = _t5*tl.fma(_t2, x, tl.fma(_t1, _t16, tl.fma(_t0, _t15, _t14)))
+            _t18 = _t0*_t5
+            _t19 = _t1 + 16777216.0*_t2
+            _t20 = tl.fma(-_t5, 16777216.0*_t0 + _t19 + _t3, 16777216.0)
+            _t21 = -_t19
+            _t22 = _t2*_t5
             _t23 = _t8 + 1.0
             _d_x = tl.where(x != x, x, _t5*tl.fma(_t14, tl.where(_t11, _t10, _t12), tl.fma(_t0, tl.where(_t6, tl.full([], 1.0, ACC), 0.0), _div_bounded(4.0*_t1*_t8, (_t23*_t23), FAST) + _t2)))
-            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t0*tl.fma(_t15, _t5, -_t18), _grown(_t0*_t21), _grown(-(_t0*_t22)), x))
-            _d_w1 = tl.where(x != x, x, _t1*tl.fma(_t17, _t5, -_t18))
-            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t2*tl.fma(_t5, x, -_t18), _grown(_t2*_t21), _grown(_t2*(-_t19 - _t22)), x))
-            _d_w3 = tl.where(x != x, x, _t3*tl.fma(_t13, _t5, -_t18))
+            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t18*(_t15 - _t17), _grown(_t18*_t20), _grown(-(_div(_t0*_t21, (_t4*_t4), FAST))), x))
+            _d_w1 = tl.where(x != x, x, _t1*_t5*(_t16 - _t17))
+            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t22*(-_t17 + x), _grown(_t20*_t22), _grown(_t22*tl.fma(-_t21, _t5, -16777216.0)), x))
+            _d_w3 = tl.where(x != x, x, _t3*_t5*(_t13 - _t17))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
                 _sum_w0 += _in_tile(_g * _d_w0, _mask)

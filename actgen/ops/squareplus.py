@@ -9,7 +9,7 @@ Constants: b=4.0
 
 Derived (after stability rewrites):
     f     = Piecewise((b/(2*(-x + sqrt(b + x**2))), x < 0), ((x + sqrt(b + x**2))/2, True))
-    df/dx = Piecewise((-b*(x/sqrt(b + x**2) - 1)/(2*(-x + sqrt(b + x**2))**2), x < 0), ((x/sqrt(b + x**2) + 1)/2, True))
+    df/dx = Piecewise((-b/(2*sqrt(b + x**2)*(x - sqrt(b + x**2))), x < 0), ((x/sqrt(b + x**2) + 1)/2, True))
 """
 import math
 
@@ -36,13 +36,11 @@ def _forward_torch(x, b):
 def _derivatives_torch(x, b):
     """df/dx."""
     _t0 = _rt.sqrt_square_plus(x, b)
-    _t1 = x/_t0
+    _t1 = 1.0/_t0
     _t2 = 0.5*b
     _t3 = _rt.scalar_sqrt(b + 281474976710656.0)
-    _t4 = 1.0 + _rt.scalar_div(16777216.0, _t3)
-    _t5 = _t3 + 16777216.0
-    _t6 = _t0 - x
-    _d_x = _rt.limit_at_inf(torch.where(x < 0.0, -(_t2*(_t1 - 1.0)/(_t6*_t6)), 0.5*(_t1 + 1.0)), _rt.grown(0.5*_t4), _rt.grown(_rt.scalar_div(_t2*_t4, (_t5*_t5))), x)
+    _t4 = _rt.scalar_div(1.0, _t3)
+    _d_x = _rt.limit_at_inf(torch.where(x < 0.0, -(_t1*_t2/(-_t0 + x)), 0.5*_rt.fma(_t1, x, 1.0)), _rt.grown(0.5*(16777216.0*_t4 + 1.0)), _rt.grown(-(_rt.scalar_div(_t2*_t4, (-_t3 - 16777216.0)))), x)
     return (_d_x,)
 
 
@@ -56,16 +54,18 @@ def _forward_torch_fast(x, b, _w):
 def _derivatives_torch_fast(x, b, _w):
     """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = _rt.sqrt_square_plus(x, b, out=_w[0])
-    _t1 = torch.div(x, _t0, out=_w[1])
-    _t2 = torch.sub(_t0, x, out=_w[2])
-    _d_x = _rt.select(_rt.lt(x, 0.0, out=_w[0]), torch.sub(_t1, 1.0, out=_w[3]).mul_(-0.5 * b).div_(torch.mul(_t2, _t2, out=_w[4])), torch.add(_t1, 1.0, out=_w[4]).mul_(0.5), out=_w[5])
+    _t1 = torch.reciprocal(_t0, out=_w[1])
+    _d_x = _rt.select(_rt.lt(x, 0.0, out=_w[2]), torch.mul(_t1, -0.5, out=_w[3]).mul_(b).div_(torch.neg(_t0, out=_w[4]).add_(x)), _rt.fma(_t1, x, 1.0, out=_w[4]).mul_(0.5), out=_w[5])
     return _rt.finite_or_none((_d_x,))
 
 
 def _second_derivatives_torch(x, b):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = _rt.sqrt_square_plus(x, b)
-    _d2_x_x = _rt.rdiv(0.5*b, (_t0*_t0*_t0))
+    _t1 = _rt.rdiv(0.5, (_t0*_t0*_t0))
+    _t2 = b + 281474976710656.0
+    _t3 = _rt.scalar_div(1.0, _rt.scalar_pow(_t2, 1.5))
+    _d2_x_x = _rt.limit_at_inf(torch.where(x < 0.0, _rt.rdiv(b, (-_t0 + x))*_rt.fma(_t1, x, -(_rt.rdiv(0.5, _rt.fma(x, x, b)))), _t1*b), _rt.grown(0.5*_t3*b), _rt.grown(_rt.scalar_div(b*(-(8388608.0*_t3) - _rt.scalar_div(0.5, _t2)), (-_rt.scalar_sqrt(_t2) - 16777216.0))), x)
     return (_d2_x_x,)
 
 
@@ -73,7 +73,7 @@ def _second_derivatives_torch(x, b):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, div as _div, sqrt_square_plus as _sqrt_square_plus, limit_at_inf as _limit_at_inf, grown as _grown
+    from actgen.runtime.triton_lang import tile as _tile, div as _div, sqrt as _sqrt, sqrt_square_plus as _sqrt_square_plus, limit_at_inf as _limit_at_inf, grown as _grown
 
     @triton.jit
     def _forward_kernel(
@@ -84,9 +84,9 @@ if _rt.HAS_TRITON:
         b = tl.cast(b, ACC) + tl.cast(_lo_b, ACC) + tl.cast(_lo2_b, ACC)
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = _sqrt_square_plus(x, b)
+        _t0 = _sqrt_square_plus(x, b, FAST)
         _t1 = 0.5*b
-        _t2 = libdevice.sqrt(b + 281474976710656.0) + 16777216.0
+        _t2 = _sqrt(b + 281474976710656.0, FAST) + 16777216.0
         _y = _limit_at_inf(tl.where(x < 0.0, _div(_t1, (_t0 - x), FAST), 0.5*(_t0 + x)), _grown(0.5*_t2), _grown(_div(_t1, _t2, FAST)), x)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
@@ -100,14 +100,12 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _t0 = _sqrt_square_plus(x, b)
-        _t1 = _div(x, _t0, FAST)
+        _t0 = _sqrt_square_plus(x, b, FAST)
+        _t1 = _div(1.0, _t0, FAST)
         _t2 = 0.5*b
-        _t3 = libdevice.sqrt(b + 281474976710656.0)
-        _t4 = 1.0 + _div(16777216.0, _t3, FAST)
-        _t5 = _t3 + 16777216.0
-        _t6 = _t0 - x
-        _d_x = _limit_at_inf(tl.where(x < 0.0, -(_div(_t2*(_t1 - 1.0), (_t6*_t6), FAST)), 0.5*(_t1 + 1.0)), _grown(0.5*_t4), _grown(_div(_t2*_t4, (_t5*_t5), FAST)), x)
+        _t3 = _sqrt(b + 281474976710656.0, FAST)
+        _t4 = _div(1.0, _t3, FAST)
+        _d_x = _limit_at_inf(tl.where(x < 0.0, -(_div(_t1*_t2, (-_t0 + x), FAST)), 0.5*tl.fma(_t1, x, 1.0)), _grown(0.5*(16777216.0*_t4 + 1.0)), _grown(-(_div(_t2*_t4, (-_t3 - 16777216.0), FAST))), x)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 

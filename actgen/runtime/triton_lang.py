@@ -309,13 +309,35 @@ def erfc(u, FAST: tl.constexpr):
         return libdevice.erfc(u)
 
 
+# Triton's float32 sqrt (tl.sqrt, libdevice's sqrtf) is the GPU's approximate one
+# (sqrt.approx.ftz.f32: subnormals flushed to 0) where the interpreter's is exact; float32
+# kernels take the IEEE one (sqrt.rn), 16-bit ones (FAST) the approximate one.
 @triton.jit
-def sqrt_square_plus(u, c):
-    # sqrt(u**2 + c) without forming u**2: hypot(u, sqrt(c)) for c >= 0, else
-    # sqrt(|u| - sqrt(-c)) * sqrt(|u| + sqrt(-c)) (see actgen.runtime.sqrt_square_plus)
+def sqrt(u, FAST: tl.constexpr):
+    if FAST or u.dtype != tl.float32:
+        return tl.sqrt(u)
+    else:
+        return tl.sqrt_rn(u)
+
+
+@triton.jit
+def sqrt_square_plus(u, c, FAST: tl.constexpr):
+    # sqrt(u**2 + c) without forming u**2 (see actgen.runtime.sqrt_square_plus).  In float32
+    # (libdevice's hypotf is within 3 ULP on the GPU: squareplus' slope, which squares it,
+    # missed by 6) the sqrt of one fma of |u| and c, scaled by exact powers of two where |c|
+    # is outside [1e-30, 1e30] (no overflow or underflow), or |u| itself from
+    # |u| >= 4096 sqrt(|c|) on, where c is below half the last bit of u**2.
     a = tl.abs(u)
-    r = libdevice.sqrt(tl.abs(c) + tl.zeros_like(a))
-    return tl.where(c >= 0, libdevice.hypot(a, r), libdevice.sqrt(a - r) * libdevice.sqrt(a + r))
+    if a.dtype == tl.float32:
+        ca = tl.abs(c)
+        s = tl.where(ca > 1e30, 5.421010862427522e-20, tl.where(ca < 1e-30, 1.8446744073709552e19, 1.0))
+        inv = tl.where(ca > 1e30, 1.8446744073709552e19, tl.where(ca < 1e-30, 5.421010862427522e-20, 1.0))
+        v = a * s
+        near = sqrt(tl.fma(v, v, (c * s) * s), FAST) * inv
+        return tl.where(a >= sqrt(ca, FAST) * 4096.0, a, near)
+    else:
+        r = tl.sqrt(tl.abs(c) + tl.zeros_like(a))
+        return tl.where(c >= 0, libdevice.hypot(a, r), tl.sqrt(a - r) * tl.sqrt(a + r))
 
 
 # The scale of a ratio of polynomials (actgen.derive.ScaledInput): 2**-k built from its
