@@ -33,6 +33,7 @@ torch.manual_seed(0)       # the same inputs in every count (the fallback's path
 x = torch.randn(4096); xg = x.clone().requires_grad_(); g = torch.randn(4096)
 xc = torch.randn(16, 64, 4, requires_grad=True); gc = torch.randn(16, 64, 4); w = torch.rand(64, requires_grad=True)
 xh = torch.randn(8, 1024, requires_grad=True); gh = torch.randn(8, 512)
+cs = [torch.full((1,), v, requires_grad=True) for v in (0.1, 0.5, 0.2, -0.1)]
 if path == "kernels":       # the Triton path on CPU tensors, every launch stubbed out
     launch.LAUNCH = lambda *args: None
     backend.set_backend("triton")
@@ -41,6 +42,7 @@ f = {
     "silu_fwdbwd": lambda: torch.autograd.grad(ops.silu(xg), [xg], g),
     "prelu_fwdbwd": lambda: torch.autograd.grad(ops.prelu(xc, w), [xc, w], gc),
     "swiglu_fwdbwd": lambda: torch.autograd.grad(ops.swiglu(*xh.chunk(2, -1)), [xh], gh),
+    "polynomial_fwdbwd": lambda: torch.autograd.grad(ops.polynomial(xg, *cs), [xg, *cs], g),
     "F.silu_fwd": lambda: F.silu(x),
     "F.silu_fwdbwd": lambda: torch.autograd.grad(F.silu(xg), [xg], g),
 }[case]
@@ -53,7 +55,7 @@ for _ in range(n_iter):
 subprocess.run(control + ["off", str(os.getpid())], capture_output=True)
 """
 
-CASES = ("silu_fwd", "silu_fwdbwd", "prelu_fwdbwd", "swiglu_fwdbwd")
+CASES = ("silu_fwd", "silu_fwdbwd", "prelu_fwdbwd", "swiglu_fwdbwd", "polynomial_fwdbwd")
 
 
 def count(path: str, case: str, n_iter: int) -> int:
