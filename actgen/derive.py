@@ -899,10 +899,11 @@ def rewrite_root_common_factor(e):
         if not (isinstance(f, sympy.Pow) and f.exp.is_Integer and f.exp <= -2 and isinstance(f.base, sympy.Add)):
             continue
         terms = f.base.args
-        for r in {g for t in terms for g in sympy.Mul.make_args(t)}:
+        for r in dict.fromkeys(g for t in terms for g in sympy.Mul.make_args(t)):     # (in order)
             if not (isinstance(r, sympy.Pow) and r.exp == sympy.S.Half and _is_sum(r.base)):
                 continue
-            if sympy.count_ops(e) > 60:         # (factor's time grows fast with the size)
+            ops = sympy.count_ops(e)
+            if ops > 60:                        # (factor's time grows fast with the size)
                 return None
             s = sympy.Dummy("s", positive=True)
             plain = e.replace(lambda a: isinstance(a, StableSum), lambda a: sympy.Add(*a.args))
@@ -922,7 +923,7 @@ def rewrite_root_common_factor(e):
                 same = sympy.Add(*terms)
                 new = new.replace(lambda a: type(a) is sympy.Add and (a == same or a == -same),
                                   lambda a: StableSum(*a.args))
-            if sympy.count_ops(new) < sympy.count_ops(e):
+            if sympy.count_ops(new) < ops:
                 return new
     return None
 
@@ -933,14 +934,11 @@ def rewrite_square_denominator(e):
     logits of adaptive_mixture past 44), where N/S, and that over S, do not."""
     if not _is_sum(e):
         return None
-    for term in e.args:
-        for f in sympy.Mul.make_args(term):
-            if not (isinstance(f, sympy.Pow) and f.exp == -2 and _is_sum(f.base) and f.base.has(sympy.exp)):
-                continue
-            base = f.base
-            powers = [sympy.Mul.make_args(t) for t in e.args]
-            if all(sum(g.as_base_exp()[1] for g in fs if g.as_base_exp()[0] == base) in (-1, -2) for fs in powers):
-                return sympy.Mul(sympy.Add(*[t * base for t in e.args]), base ** -1, evaluate=False)
+    powers = [[g.as_base_exp() for g in sympy.Mul.make_args(t)] for t in e.args]
+    for base, n in dict.fromkeys(p for ps in powers for p in ps):      # (in order: the same code every run)
+        if n == -2 and _is_sum(base) and base.has(sympy.exp) and \
+                all(sum(k for b, k in ps if b == base) in (-1, -2) for ps in powers):
+            return sympy.Mul(sympy.Add(*[t * base for t in e.args]), base ** -1, evaluate=False)
     return None
 
 

@@ -496,7 +496,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from actgen.runtime.triton_lang import div_uniform, param_at
+    from actgen.runtime.triton_lang import div_uniform, param_at, sqrt_square_plus
 
     @triton.jit
     def _read_params(p_ptr, out_ptr, N, BLOCK: tl.constexpr, CH_AXIS: tl.constexpr):
@@ -525,6 +525,13 @@ if HAS_TRITON:
         mask = offs < n
         a = tl.load(a_ptr + offs, mask=mask, other=0.0)
         tl.store(out_ptr + offs, div_uniform(a, b, False), mask=mask)
+
+    @triton.jit
+    def _sqrt_square_plus(u_ptr, out_ptr, c, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        u = tl.load(u_ptr + offs, mask=mask, other=0.0)
+        tl.store(out_ptr + offs, sqrt_square_plus(u, c, False), mask=mask)
 
 
 def test_a_loop_over_a_kernel_argument_runs_under_triton_36s_interpreter(triton_backend, monkeypatch):
@@ -978,30 +985,12 @@ def test_kernel_16bit_forms_are_the_ones_compiled_for_16bit_data():
     assert 2**-21 < rel[True].max() <= 2**-14
 
 
-try:
-    import triton.language as tl
-
-    from actgen.runtime.triton_lang import sqrt_square_plus as _sqrt_square_plus
-
-    @_triton.jit
-    def _apply_sqrt_square_plus(u_ptr, out_ptr, c, n, BLOCK: tl.constexpr):
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < n
-        u = tl.load(u_ptr + offs, mask=mask, other=0.0)
-        tl.store(out_ptr + offs, _sqrt_square_plus(u, c, False), mask=mask)
-except ImportError:
-    _apply_sqrt_square_plus = None
-
-
-def test_kernel_sqrt_square_plus_is_within_an_ulp():
+def test_kernel_sqrt_square_plus_is_within_an_ulp(triton_backend):
     """sqrt(u**2 + c) in float32 kernels (actgen.runtime.triton_lang.sqrt_square_plus: the
     sqrt of one fma, scaled where |c| is outside [1e-30, 1e30], |u| past 4096 sqrt(|c|))
     against mpmath: within an ULP for c from 1e-40 to 1e36 and negative c alike, |u| from 0 to
     3e38 (where u**2 overflows); inf for inf, NaN for NaN and where u**2 + c < 0."""
     import mpmath
-    if _apply_sqrt_square_plus is None:
-        pytest.skip("triton is not installed")
-    apply = _apply_sqrt_square_plus
     rng = np.random.default_rng(1)
     for c in (4.0, 1.0, 1e-40, 1e-32, 3e-31, 2e30, 1e36, -4.0, -1e-35, -1e32):
         r = math.sqrt(abs(c))
@@ -1009,7 +998,7 @@ def test_kernel_sqrt_square_plus_is_within_an_ulp():
                              [0.0, r, r * 4096, r * 4097, 3e38, 1e20, 2.0**-140]]).astype(np.float32)
         u = torch.from_numpy(us)
         out = torch.empty_like(u)
-        apply[(_triton.cdiv(len(u), 1024),)](u, out, c, len(u), BLOCK=1024)
+        _sqrt_square_plus[(triton.cdiv(len(u), 1024),)](u, out, c, len(u), BLOCK=1024)
         c32 = float(np.float32(c))
         with mpmath.workdps(40):
             square = [mpmath.mpf(float(v)) ** 2 + mpmath.mpf(c32) for v in us]
@@ -1021,5 +1010,5 @@ def test_kernel_sqrt_square_plus_is_within_an_ulp():
         assert (np.abs(got[real] - want[real]) / ulp).max() <= 1.0, c
     special = torch.tensor([math.inf, -math.inf, math.nan, 0.5])
     got = torch.empty_like(special)
-    apply[(1,)](special, got, -1.0, 4, BLOCK=4)
+    _sqrt_square_plus[(1,)](special, got, -1.0, 4, BLOCK=4)
     assert got[:2].tolist() == [math.inf, math.inf] and got[2:].isnan().all()

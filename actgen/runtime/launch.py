@@ -322,25 +322,16 @@ def finish_param_grads(partials: torch.Tensor, lay: Layout, programs: int, param
             per_channel = per_row.view(n, -1, lay.C).sum(1) if lay.C > 1 else per_row
     else:
         per_channel = partials.view(n, q, lay.tiles_n * lay.block_n).sum(1)[:, : lay.N]
-    if n == 1:
-        p = params[0]
-        if p.numel() == 1 and per_channel.shape[1] > 1:
-            per_channel = per_channel.sum(1, keepdim=True)
-        return [per_channel.to(p.dtype)[0]]
     numels = [p.numel() for p in params]
     shared = None
     if 1 in numels:
         shared = per_channel if per_channel.shape[1] == 1 else per_channel.sum(1, keepdim=True)
-    dtype = params[0].dtype
-    if all(p.dtype == dtype for p in params):        # (one cast, and the rows as views at once)
-        full = per_channel.to(dtype).unbind(0) if max(numels) > 1 else None
-        total = shared.to(dtype).unbind(0) if shared is not None else None
-        return [full[k] if m > 1 else total[k] for k, m in enumerate(numels)]
-    casts: dict = {}
+    casts: dict = {}        # per dtype: (per-channel rows, totals), cast once, the rows as views at once
     out = []
     for k, p in enumerate(params):
         if p.dtype not in casts:
-            casts[p.dtype] = (per_channel.to(p.dtype), None if shared is None else shared.to(p.dtype))
+            casts[p.dtype] = (per_channel.to(p.dtype).unbind(0) if max(numels) > 1 else None,
+                              None if shared is None else shared.to(p.dtype).unbind(0))
         full, total = casts[p.dtype]
         out.append(full[k] if numels[k] > 1 else total[k])
     return out
