@@ -65,6 +65,7 @@ class KernelReport:
     sass_instructions: int | None = None  # in the cubin, NOPs left out (None: not counted)
     sass_mufu: int | None = None   # of those, special-function unit ops (exp2, log2, rcp, ...)
     sass_loop_instructions: int | None = None  # in its loop over tiles (a stepping backward), else None
+    static_launch: str = "?"       # where torch's launcher would pass other arguments than the PTX takes ("": none)
 
     @property
     def sass_per_element(self) -> float | None:
@@ -161,6 +162,36 @@ def inspect_ptx(ptx: str) -> dict:
         "approx_sqrt": bool(re.search(r"\br?sqrt\.approx(\.ftz)?\.f32", ptx)),
         "integer_division": bool(re.search(r"\b(div|rem)\.[su](16|32|64)\b", ptx)),
     }
+
+
+#: the PTX parameter types an argument of each of torch's launcher's type codes fills
+PTX_PARAMS = {"O": ("u64",), "l": ("u64", "s64", "b64"), "K": ("u64", "b64"), "i": ("u32", "s32", "b32"),
+              "I": ("u32", "b32"), "h": ("u16", "s16", "b16"), "H": ("u16", "b16"), "b": ("u8", "s8", "b8"),
+              "B": ("u8", "b8"), "f": ("f32", "b32"), "d": ("f64", "b64")}
+
+
+def entry_params(ptx: str) -> list[str]:
+    """The PTX types of the kernel entry's parameters, in order."""
+    entry = re.search(r"\.entry\s+\w+\s*\((.*?)\)", ptx, re.S)
+    return re.findall(r"\.param\s+\.(\w+)", entry.group(1)) if entry else []
+
+
+def static_launch_mismatch(compiled) -> str:
+    """Where the arguments torch's launcher would pass the compiled kernel
+    (actgen.runtime.static_launch.plan, for a launch with every parameter that is not a
+    constexpr) differ from its PTX entry's parameters; "" where they match."""
+    from .runtime import static_launch
+
+    n_args = sum(not p.is_constexpr for p in compiled.src.fn.params)
+    try:
+        _, codes = static_launch.plan(compiled, n_args)
+    except static_launch.Unsupported as exc:
+        return f"not launched through torch's launcher: {exc}"
+    params = entry_params(compiled.asm["ptx"])
+    if len(params) != len(codes):
+        return f"{len(codes)} arguments ({codes}) for {len(params)} parameters ({' '.join(params)})"
+    wrong = [f"{i}: {c} for .{t}" for i, (c, t) in enumerate(zip(codes, params)) if t not in PTX_PARAMS[c]]
+    return "; ".join(wrong)
 
 
 def ptxas_path(arch: int = 90) -> str | None:
@@ -286,6 +317,7 @@ def _fill(rep: KernelReport, compiled, ptxas, nvdisasm=None):
     rep.fp_fusion = bool(getattr(compiled.metadata, "enable_fp_fusion", False))
     for k, v in inspect_ptx(compiled.asm["ptx"]).items():
         setattr(rep, k, v)
+    rep.static_launch = static_launch_mismatch(compiled)
     if ptxas:
         rep.spill_bytes = spill_bytes(compiled.asm["ptx"], ptxas)
     if nvdisasm and rep.ok:

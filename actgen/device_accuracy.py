@@ -8,9 +8,10 @@ on the GPU itself, in two steps, so that the GPU is needed only for the first:
   float32, ranked against the op's float64 fallback on the same GPU, the worst kept); the
   param gradients of every learnable entry, at sizes that run the default launch and the
   tuned, stepping ones, against its float64 fallback; the kernels' exp and log1p against
-  float64, and the 16-bit kernels' log1p and erfc; compiled variants launched directly
-  against launches through Triton's JIT, and variants a fresh process loads from the variant
-  store against the process that recorded them (bitwise).
+  float64, and the 16-bit kernels' log1p and erfc; compiled variants launched directly, and
+  through torch's launcher for Triton's cubins where torch has it, against launches through
+  Triton's JIT, and variants a fresh process loads from the variant store against the
+  process that recorded them (bitwise).
   Written to one .npz file.
 * `score` (anywhere): the mpmath oracle scores the collected values as `actgen docs` scores
   the interpreter's; a markdown report.
@@ -294,6 +295,40 @@ def check_direct_launch(device) -> dict:
     return {"cases": 2 * len(DIRECT_LAUNCH_CASES), "direct_launches": launcher.direct - before, "mismatches": mismatches}
 
 
+def check_static_launch(device) -> dict:
+    """Compiled kernel variants launched through torch's launcher for Triton's cubins
+    (actgen.runtime.static_launch, ACTGEN_STATIC_LAUNCH=1) against launches through Triton's
+    JIT: DIRECT_LAUNCH_CASES in float32 and bfloat16, each run through the JIT alone, then
+    twice through a launcher with static launches on; the outputs and gradients must be
+    bitwise equal, and every launch of the second run is torch's."""
+    from .runtime import launch, static_launch, use_backend, variants
+
+    if not static_launch.available():
+        return {"available": False}
+    jit, static = launch.LAUNCH, variants.Launcher(enabled=True, store=None, static=True)
+    on = jit.enabled
+    mismatches = []
+    try:
+        with use_backend("triton"):
+            for name in DIRECT_LAUNCH_CASES:
+                for dtype in (torch.float32, torch.bfloat16):
+                    jit.enabled = False
+                    want = _launch_outputs(name, dtype, device)
+                    launch.LAUNCH = static
+                    _launch_outputs(name, dtype, device)
+                    got = _launch_outputs(name, dtype, device)
+                    launch.LAUNCH = jit
+                    jit.enabled = on
+                    if len(got) != len(want) or not all(torch.equal(a, b) for a, b in zip(got, want)):
+                        mismatches.append(f"{name} {str(dtype).removeprefix('torch.')}")
+    finally:
+        launch.LAUNCH, jit.enabled = jit, on
+    statics = sum(v.__class__ is static_launch.StaticKernel for v in static.variants.values())
+    return {"available": True, "cases": 2 * len(DIRECT_LAUNCH_CASES), "still_static": static.static,
+            "static_variants": statics, "variants": len(static.variants), "launches": static.direct,
+            "mismatches": mismatches}
+
+
 # A fresh process for check_variant_store: argv = device, output file.
 _STORE_PROBE = """\
 import json, sys
@@ -323,34 +358,49 @@ def store_probe(device, out) -> dict:
     torch.save(results, out)
     store = launch.LAUNCH.store
     return {"first_case_s": first, "loaded": store.loaded if store else 0, "recorded": store.recorded if store else 0,
-            "direct": launch.LAUNCH.direct}
+            "direct": launch.LAUNCH.direct, "static": launch.LAUNCH.static}
 
 
-def _store_run(device, directory: Path, k: int) -> tuple[dict, dict]:
+def _store_run(device, directory: Path, k: int, env=None) -> tuple[dict, dict]:
     """store_probe in a fresh process whose variant store is in `directory` (Triton's cache is
-    this process's): its outputs, and what it says."""
+    this process's), with env added to this process's environment: its outputs, and what it says."""
     from .bench import fresh_process
 
     out = directory / f"run{k}.pt"
-    said = fresh_process(_STORE_PROBE, [str(device), str(out)], dict(os.environ, ACTGEN_CACHE_DIR=str(directory / "actgen")),
-                         "ACTGEN_STORE", 1800)
+    said = fresh_process(_STORE_PROBE, [str(device), str(out)],
+                         dict(os.environ, ACTGEN_CACHE_DIR=str(directory / "actgen"), **(env or {})), "ACTGEN_STORE", 1800)
     return torch.load(out), said
+
+
+def _differing(want: dict, got: dict) -> list[str]:
+    return [case for case, w in want.items()
+            if len(got.get(case, ())) != len(w) or not all(torch.equal(a, b) for a, b in zip(got[case], w))]
 
 
 def check_variant_store(device, run=_store_run) -> dict:
     """Compiled variants found again in a fresh process (actgen.runtime.variant_store): two
     fresh processes run DIRECT_LAUNCH_CASES with an empty store between them; the first
     launches through Triton's JIT and records its variants, the second loads them from the
-    store; their outputs and gradients must be bitwise equal."""
+    store; their outputs and gradients must be bitwise equal.  Where torch has its launcher
+    for Triton's cubins, a third process loads them through it (ACTGEN_STATIC_LAUNCH=1,
+    Triton's driver not started), bitwise equal too."""
     import tempfile
 
+    from .runtime import static_launch
+
+    third = None
     with tempfile.TemporaryDirectory(prefix="actgen-store-") as tmp:
         (first, said_first), (second, said_second) = (run(device, Path(tmp), k) for k in range(2))
-    mismatches = [case for case, want in first.items()
-                  if len(second.get(case, ())) != len(want) or not all(torch.equal(a, b) for a, b in zip(second[case], want))]
-    return {"cases": len(first), "recorded": said_first["recorded"], "loaded": said_second["loaded"],
-            "recorded_again": said_second["recorded"],
-            "first_case_s": [said_first["first_case_s"], said_second["first_case_s"]], "mismatches": mismatches}
+        if static_launch.available():
+            third = run(device, Path(tmp), 2, {"ACTGEN_STATIC_LAUNCH": "1"})
+    out = {"cases": len(first), "recorded": said_first["recorded"], "loaded": said_second["loaded"],
+           "recorded_again": said_second["recorded"],
+           "first_case_s": [said_first["first_case_s"], said_second["first_case_s"]], "mismatches": _differing(first, second)}
+    if third is not None:
+        got, said = third
+        out["static"] = {"loaded": said["loaded"], "recorded": said["recorded"], "on": said.get("static", False),
+                         "first_case_s": said["first_case_s"], "mismatches": _differing(first, got)}
+    return out
 
 
 def _collect_worker(args):
@@ -402,6 +452,7 @@ def collect(specs_dir: Path, device: str, out: Path, jobs: int = 1, names=None, 
     meta = {"info": device_info(device), "entries": sorted(s.name for s in specs), "failures": failures,
             "param_grads": param_rows, "exp": _safe(check_exp, device), "log1p": _safe(check_log1p, device),
             "fast16": _safe(check_fast16, device), "direct_launch": _safe(check_direct_launch, device),
+            "static_launch": _safe(check_static_launch, device),
             "variant_store": _safe(check_variant_store, device), "seconds": time.perf_counter() - t0}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -563,6 +614,20 @@ def report(meta: dict, results: list[Accuracy], grid_size: int) -> str:
         f"(actgen.runtime.variants), against launches through Triton's JIT, bitwise, forward and backward: "
         f"{d['cases']} cases ({', '.join(DIRECT_LAUNCH_CASES)}; float32 and bfloat16), {d['direct_launches']} direct "
         f"launches: {verdict}.")
+    static = meta.get("static_launch")
+    if static and static.get("available") is False:
+        lines += ["## Launches through torch's launcher", "", "**not checked**: this torch has no launcher for "
+                  "Triton's cubins (torch._C._StaticCudaLauncher)", ""]
+    else:
+        lines += _bitwise_section(
+            "## Launches through torch's launcher", static, "launches",
+            "**no launch went through torch's launcher**",
+            lambda d, verdict: "Compiled kernel variants launched through torch's launcher for Triton's cubins "
+            "(actgen.runtime.static_launch, ACTGEN_STATIC_LAUNCH=1), against launches through Triton's JIT, "
+            f"bitwise, forward and backward: {d['cases']} cases, {d['launches']} launches through torch's launcher, "
+            f"{d['static_variants']} of {d['variants']} variants loaded through it"
+            + ("" if d["still_static"] else " (**it refused a launch**: Triton's launcher took over)")
+            + f": {verdict}.")
     lines += _bitwise_section(
         "## Variants found again in a fresh process", meta.get("variant_store"), "loaded",
         "**no variant was loaded from the store**",
@@ -571,8 +636,19 @@ def report(meta: dict, results: list[Accuracy], grid_size: int) -> str:
         f"{v['recorded']} variants, the second loaded {v['loaded']} and compiled {v['recorded_again']} through "
         f"Triton's JIT; outputs and gradients of the {v['cases']} cases against the first process's, bitwise: "
         f"{verdict}. The first case's forward+backward took {v['first_case_s'][0] * 1e3:.1f} ms in the first "
-        f"process and {v['first_case_s'][1] * 1e3:.1f} ms in the second.")
+        f"process and {v['first_case_s'][1] * 1e3:.1f} ms in the second." + _static_store_text(v.get("static")))
     return "\n".join(lines)
+
+
+def _static_store_text(st: dict | None) -> str:
+    """check_variant_store's third process, through torch's launcher, in words ("" where none ran)."""
+    if not st:
+        return ""
+    verdict = "**results differ**: " + ", ".join(st["mismatches"]) if st["mismatches"] else "equal"
+    return (f" A third process, launching through torch's launcher (ACTGEN_STATIC_LAUNCH=1"
+            + ("" if st["on"] else ", **which it did not bind**") + f"), loaded {st['loaded']} variants and compiled "
+            f"{st['recorded']}; its first case took {st['first_case_s'] * 1e3:.1f} ms; its outputs and gradients "
+            f"against the first process's, bitwise: {verdict}.")
 
 
 def _bitwise_section(title: str, d: dict | None, count: str, nothing: str, describe) -> list[str]:

@@ -6,6 +6,9 @@ kernel launch takes longer than the kernel: at 2**26 float32 elements a backward
 768 MiB in about 190 us on an H200.  This separates that time into its layers.
 
     python benchmarks/host_profile.py [--op silu] [--out FILE]      # on a GPU
+
+With ACTGEN_STATIC_LAUNCH=1 the launches (and the fresh processes' first calls) go through
+torch's launcher for Triton's cubins (actgen.runtime.static_launch) where this torch has it.
 """
 from __future__ import annotations
 
@@ -145,6 +148,8 @@ def main(argv=None) -> int:
                 lines.append(f"{name:<45} n={n:<9} {t * 1e6:9.1f} us per call (host, not synchronised)")
             except Exception as exc:  # noqa: BLE001
                 lines.append(f"{name:<45} n={n:<9} error {type(exc).__name__}: {exc}"[:300])
+    lines.append("launches through torch's launcher for Triton's cubins (ACTGEN_STATIC_LAUNCH=1): "
+                 + ("on" if launch.LAUNCH.static else "off"))
     # a profile of many fwd+bwd calls at 4096 elements
     x = torch.randn(4096, device="cuda", requires_grad=True)
     g = torch.randn(4096, device="cuda")

@@ -144,6 +144,42 @@ def test_direct_launch_report(d, says):
     assert says in da.report(meta, [], len(XS)).split("## Direct launches")[1]
 
 
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_static_launch_check(corrupt, monkeypatch):
+    """Launches through torch's launcher (a stand-in here: the JIT's, corrupted or not)
+    against the JIT's, with the process's launcher restored after."""
+    from actgen.runtime import launch, static_launch, variants
+
+    fake = _FakeLauncher(corrupt)
+    fake.static, fake.variants = True, {}
+    monkeypatch.setattr(static_launch, "available", lambda: True)
+    monkeypatch.setattr(variants, "Launcher", lambda **kw: fake if kw.get("static") else pytest.fail("not static"))
+    before = launch.LAUNCH
+    d = da.check_static_launch("cpu")
+    assert launch.LAUNCH is before and before.enabled == variants.LAUNCH.enabled
+    assert d["cases"] == 10 and d["launches"] == fake.direct > 0 and d["still_static"]
+    if corrupt:
+        assert d["mismatches"] == [f"{n} {t}" for n in da.DIRECT_LAUNCH_CASES for t in ("float32", "bfloat16")]
+    else:
+        assert d["mismatches"] == []
+
+
+def test_static_launch_check_without_torchs_launcher():
+    assert da.check_static_launch("cpu") == {"available": False}
+
+
+@pytest.mark.parametrize("d,says", [
+    ({"available": False}, "**not checked**: this torch has no launcher"),
+    ({"available": True, "cases": 10, "launches": 40, "static_variants": 12, "variants": 12, "still_static": True,
+      "mismatches": []}, "40 launches through torch's launcher, 12 of 12 variants loaded through it: equal."),
+    ({"available": True, "cases": 10, "launches": 3, "static_variants": 0, "variants": 12, "still_static": False,
+      "mismatches": ["silu float32"]}, "(**it refused a launch**: Triton's launcher took over): **results differ**")])
+def test_static_launch_report(d, says):
+    meta = {"info": {"device": "cpu", "date": "today", "torch": "t", "triton": "x"}, "failures": {},
+            "exp": da.check_exp("cpu", n_uniform=1000), "param_grads": [], "static_launch": d}
+    assert says in da.report(meta, [], len(XS)).split("## Launches through torch's launcher")[1]
+
+
 def test_variant_store_check_runs_two_fresh_processes(tmp_path):
     """On CPU (the interpreter) nothing is compiled, so nothing is recorded or loaded, but the
     two fresh processes run every case and their results compare equal (the draws are seeded)."""
@@ -164,6 +200,33 @@ def test_variant_store_check_compares_the_fresh_processes(corrupt):
     d = da.check_variant_store("cuda", run=run)
     assert d["cases"] == 2 and d["recorded"] == 2 and d["loaded"] == 2 and d["recorded_again"] == 0
     assert d["mismatches"] == (["prelu bfloat16"] if corrupt else [])
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_variant_store_check_loads_through_torchs_launcher_in_a_third_process(corrupt, monkeypatch):
+    """Where torch has its launcher, a third stand-in process runs with it on; its results
+    against the first's, bitwise."""
+    from actgen.runtime import static_launch
+
+    monkeypatch.setattr(static_launch, "available", lambda: True)
+    envs = []
+
+    def run(device, directory, k, env=None):
+        envs.append(env)
+        outputs = {"silu float32": [torch.arange(4.0), torch.ones(4)]}
+        if corrupt and k == 2:
+            outputs["silu float32"][1][0] = 0.5
+        return outputs, {"first_case_s": 0.1, "loaded": 2 * (k > 0), "recorded": 2 * (k == 0), "static": k == 2}
+
+    d = da.check_variant_store("cuda", run=run)
+    assert envs == [None, None, {"ACTGEN_STATIC_LAUNCH": "1"}] and d["mismatches"] == []
+    assert d["static"] == {"loaded": 2, "recorded": 0, "on": True, "first_case_s": 0.1,
+                           "mismatches": ["silu float32"] if corrupt else []}
+    meta = {"info": {"device": "cpu", "date": "today", "torch": "t", "triton": "x"}, "failures": {},
+            "exp": da.check_exp("cpu", n_uniform=1000), "param_grads": [], "variant_store": d}
+    text = da.report(meta, [], len(XS))
+    assert "A third process, launching through torch's launcher (ACTGEN_STATIC_LAUNCH=1), loaded 2 variants" in text
+    assert ("**results differ**: silu float32." if corrupt else "against the first process's, bitwise: equal.") in text
 
 
 @pytest.mark.parametrize("v,says", [

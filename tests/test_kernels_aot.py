@@ -132,6 +132,16 @@ def test_every_builtin_kernel_compiles_for_float64_data(float64_reports):
     assert len(float64_reports) == len([r for r in float64_reports if r["cubin_bytes"] > 1000])
 
 
+def test_torch_launcher_passes_every_kernel_its_parameters(all_reports, float64_reports, tuning_reports):
+    """The arguments torch's launcher would be handed (actgen.runtime.static_launch: the
+    parameters that are not constexprs, then Triton's scratch pointers) against each compiled
+    kernel's PTX entry: as many, each of the parameter's width and kind."""
+    reports = all_reports + float64_reports + tuning_reports
+    assert all(r["static_launch"] != "?" for r in reports if r["ok"])
+    wrong = [(_key(r), r["static_launch"]) for r in reports if r["ok"] and r["static_launch"]]
+    assert not wrong, wrong
+
+
 def test_training_variants_draw_and_evaluation_variants_do_not(reports):
     """Ops with random draws: the TRAINING kernels run Philox (mul.hi.u32 in the PTX), the
     evaluation kernels (each draw at 1/2) do not."""

@@ -22,6 +22,10 @@ A variant the JIT launched in an earlier process is found again without the JIT:
 launch of a variant records it in the variant store (variant_store.py), and a fresh
 process's first launch loads it from there and launches it directly.
 
+With ACTGEN_STATIC_LAUNCH=1, where torch has its own launcher for Triton's cubins, a variant
+is compiled without being launched and launched through that launcher instead of Triton's
+(static_launch.py): no C compiler runs, and a launch is one C++ call.
+
 Off under Triton's interpreter (no compiled variants), and with ACTGEN_DIRECT_LAUNCH=0.
 Triton's launch hooks are honoured; its debug and instrumentation settings are read when
 a variant is first launched.
@@ -33,7 +37,7 @@ import warnings
 
 import torch
 
-from . import variant_store
+from . import static_launch, variant_store
 from .triton_lang import FP_FUSION, INTERPRET
 
 DEFAULT_STORE = object()   # Launcher(store=...): the store the environment asks for (variant_store.STORE)
@@ -60,6 +64,12 @@ def unspecialized(kernel) -> frozenset:
     if found is None:
         found = _UNSPECIALIZED[id(kernel)] = (kernel, frozenset(p.num for p in kernel.params if p.do_not_specialize))
     return found[1]
+
+
+def jit_compile(kernel, grid, args, consts, num_warps):
+    """What jit_launch launches, compiled (or found) by Triton's JIT and not launched."""
+    names = kernel.arg_names[len(args):]
+    return kernel.warmup(*args, grid=grid, **dict(zip(names, consts)), num_warps=num_warps, **FP_FUSION)
 
 
 def variant_key(kernel, device, args, consts, num_warps) -> tuple:
@@ -93,13 +103,15 @@ def variant_key(kernel, device, args, consts, num_warps) -> tuple:
 
 class Launcher:
     """launch(kernel, grid, args, consts, num_warps): the first launch of a variant in a
-    process from the variant store or through Triton's JIT, later ones through its launcher
-    (see the module's docstring)."""
+    process from the variant store or through Triton's JIT, later ones through its launcher,
+    or with static, every one through torch's (see the module's docstring)."""
 
-    def __init__(self, enabled: bool | None = None, store=DEFAULT_STORE):
+    def __init__(self, enabled: bool | None = None, store=DEFAULT_STORE, static: bool | None = None):
         if enabled is None:
             enabled = not INTERPRET and os.environ.get("ACTGEN_DIRECT_LAUNCH", "1") != "0"
         self.enabled = enabled
+        # torch's launcher (static_launch.py), where asked for: decided when first bound
+        self.static = static_launch.requested() if static is None else static
         if store is DEFAULT_STORE:
             store = variant_store.STORE if variant_store.enabled() else None
         self.store = store
@@ -111,11 +123,17 @@ class Launcher:
         """Triton's current device, stream and target (what its JIT launches on and compiles
         for) and its launch hooks.  Starts Triton's driver."""
         from triton import knobs
+
+        self._hooks = knobs.runtime
+        self.static = self.static and static_launch.available()
+        if self.static:         # Triton's driver left unstarted: torch's device, stream and capability
+            self._device, self._stream = torch.cuda.current_device, torch._C._cuda_getCurrentRawStream
+            self._target = static_launch.current_target
+            return
         from triton.runtime.driver import driver
 
         active = driver.active
-        self._device, self._stream, self._hooks = active.get_current_device, active.get_current_stream, knobs.runtime
-        self._target = active.get_current_target
+        self._device, self._stream, self._target = active.get_current_device, active.get_current_stream, active.get_current_target
 
     def __call__(self, kernel, grid, args, consts, num_warps):
         if self._device is None and self.enabled:
@@ -129,13 +147,31 @@ class Launcher:
         key = variant_key(kernel, device, args, consts, num_warps)
         compiled = self.variants.get(key)
         if compiled is None:
-            compiled = self._stored(kernel, key)
+            compiled = self._stored(kernel, key, device, len(args))
             if compiled is None:
-                compiled = jit_launch(kernel, grid, args, consts, num_warps)
-                if self._keep(key, compiled):
-                    self._record(kernel, key, compiled)
-                return compiled
-            self._keep(key, compiled)
+                if self.static:
+                    compiled = self._compile_static(kernel, key, device, grid, args, consts, num_warps)
+                if compiled is None:
+                    compiled = jit_launch(kernel, grid, args, consts, num_warps)
+                    if self._keep(key, compiled):
+                        self._record(kernel, key, compiled)
+                    return compiled
+            else:
+                self._keep(key, compiled)
+        if compiled.__class__ is static_launch.StaticKernel:
+            if not static_launch.hooks_set(self._hooks):
+                try:
+                    compiled.launch(grid, args, self._stream(device))
+                except (TypeError, RuntimeError) as exc:    # (refused before launching: Triton's launcher from now on)
+                    warnings.warn(f"actgen: launching through torch's launcher failed ({exc}); launching through "
+                                  "Triton's instead", stacklevel=3)
+                    self.static = False
+                    self.variants = {k: v.compiled if v.__class__ is static_launch.StaticKernel else v
+                                     for k, v in self.variants.items()}
+                else:
+                    self.direct += 1
+                    return compiled.compiled
+            compiled = compiled.compiled        # (Triton's launcher calls the hooks)
         stream = self._stream(device)
         values = (*args, *consts)
         hooks = self._hooks
@@ -152,17 +188,35 @@ class Launcher:
         self.direct += 1
         return compiled
 
-    def _stored(self, kernel, key):
-        """The variant from the store, loaded onto the current device; None where there is none."""
+    def _stored(self, kernel, key, device, n_args):
+        """The variant from the store, loaded onto the current device (through torch's launcher
+        where static); None where there is none."""
         if self.store is None or not variant_store.usable(kernel):
             return None
         try:
             compiled = self.store.load(kernel, key, self._target())
             if compiled is not None:
+                if self.static:
+                    return static_launch.load(compiled, n_args, device)
                 compiled._init_handles()         # loads it on the GPU: what fails there, fails here
             return compiled
         except Exception:  # noqa: BLE001  (the JIT compiles it instead, and raises what is wrong)
             return None
+
+    def _compile_static(self, kernel, key, device, grid, args, consts, num_warps):
+        """The variant compiled (or found) by Triton's JIT, not launched, and loaded through
+        torch's launcher, kept and recorded; None where it cannot be launched so (the JIT
+        launches it then, as it does without static launches)."""
+        if not variant_store.usable(kernel):
+            return None
+        compiled = jit_compile(kernel, grid, args, consts, num_warps)
+        if compiled is None or not hasattr(compiled, "packed_metadata"):
+            return None
+        static = static_launch.load(compiled, len(args), device)
+        if static is not None:
+            self._keep(key, static)
+            self._record(kernel, key, compiled)
+        return static
 
     def _record(self, kernel, key, compiled):
         if self.store is not None and variant_store.usable(kernel):
@@ -172,7 +226,7 @@ class Launcher:
                 pass
 
     def _keep(self, key, compiled) -> bool:
-        if compiled is None or not hasattr(compiled, "packed_metadata"):
+        if compiled is None or not (compiled.__class__ is static_launch.StaticKernel or hasattr(compiled, "packed_metadata")):
             return False
         if len(self.variants) >= MAX_VARIANTS:
             self.variants.clear()
