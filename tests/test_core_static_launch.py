@@ -41,6 +41,22 @@ out["no_scratch"] = aot.static_launch_mismatch(c)
 static_launch.SCRATCH = ("global_scratch_size", "profile_scratch_size")
 static_launch.TYPE_CODES["i64"] = "i"
 out["i64_as_i32"] = aot.static_launch_mismatch(c)
+static_launch.TYPE_CODES["i64"] = "l"
+# a launch compiled as the JIT would, without Triton's driver: x misaligned, M = 1, iters = 1
+import sys, torch
+from triton.backends.compiler import GPUTarget
+from actgen.runtime.triton_lang import FP_FUSION, tl
+x = torch.zeros(4097, dtype=torch.bfloat16)[1:]
+g, dx, w, partials = torch.zeros_like(x), torch.zeros_like(x), torch.zeros(64), torch.zeros(1, 1024)
+args = (g, x, w, 0, dx, partials, 1024, 1, 4096, 64, 1)
+consts = (1, 1024, 0, tl.float32, True, True, False)
+v = static_launch.compile_variant(mod._backward_kernel, args, consts, 4, GPUTarget("cuda", 90, 32), FP_FUSION)
+names = mod._backward_kernel.arg_names
+out["variant"] = {"cubin": len(v.asm["cubin"]), "mismatch": aot.static_launch_mismatch(v),
+                  "fusion": v.metadata.enable_fp_fusion, "warps": v.metadata.num_warps,
+                  "constexprs": sorted(names[k[0]] for k in v.src.constants),
+                  "aligned": sorted(names[k[0]] for k, a in v.src.attrs.items() if ["tt.divisibility", 16] in a),
+                  "driver": getattr(sys.modules["triton.runtime.driver"].driver, "_active", None) is not None}
 print("PLAN " + json.dumps(out))
 """
 
@@ -61,6 +77,17 @@ def test_the_launch_leaves_out_constexprs_and_ints_specialized_as_constexprs(pre
     assert prelu_plan["scratch"] >= 1
     assert prelu_plan["codes"] == "OOOlOOllli" + "O" * prelu_plan["scratch"]
     assert prelu_plan["mismatch"] == ""
+
+
+def test_a_variant_compiles_as_the_jit_would_without_tritons_driver(prelu_plan):
+    v = prelu_plan["variant"]
+    assert not v["driver"] and v["cubin"] > 1000 and v["mismatch"] == "" and v["fusion"] and v["warps"] == 4
+    # the ints equal to 1 specialized, the constexprs; x (one element in) not 16-byte aligned,
+    # the ints that are multiples of 16 (0 too) known to be
+    assert v["constexprs"] == sorted(["_M", "_iters", "BLOCK_M", "BLOCK_N", "CH_AXIS", "ACC", "FAST", "PARAM_GRAD",
+                                      "STEP"])
+    assert v["aligned"] == sorted(["_grad_ptr", "weight_ptr", "weight_stride", "_d_x_ptr", "_partials_ptr",
+                                   "_n_partials", "_N", "_C"])
 
 
 def test_the_ptx_check_sees_a_missing_scratch_pointer_and_a_wrong_width(prelu_plan):
@@ -230,6 +257,21 @@ def test_first_launch_compiles_without_launching_then_every_launch_is_torchs(tmp
     assert torch_launcher.launches[1][7][:3] == (x, out, 64) and torch_launcher.launches[1][8] == 1234
     launcher(kernel, (3,), (x, out, 64), (128, False), 8)       # another variant: compiled again
     assert len(kernel.warmups) == 2 and len(torch_launcher.loads) == 2
+
+
+def test_first_launch_compiles_without_tritons_driver_where_it_can(tmp_path, monkeypatch):
+    launcher, torch_launcher = _static_launcher(monkeypatch)
+    kernel, compiled = _Kernel(tmp_path), _compiled(tmp_path)
+    asked = []
+
+    def compile_variant(*a):
+        asked.append(a)
+        return compiled
+    monkeypatch.setattr(static_launch, "compile_variant", compile_variant)
+    x = torch.zeros(64)
+    assert launcher(kernel, (2,), (x, x, 64), (128, False), 4) is compiled
+    assert not kernel.warmups and not kernel.jit_calls and len(torch_launcher.launches) == 1
+    assert asked == [(kernel, (x, x, 64), (128, False), 4, "target0", {"enable_fp_fusion": True})]
 
 
 def test_a_stored_variant_is_loaded_without_tritons_launcher(tmp_path, monkeypatch):

@@ -12,8 +12,9 @@ torch._C._StaticCudaLauncher, which torch.compile launches its Triton kernels wi
 a cubin with the CUDA driver and launches it with cuLaunchKernel, the arguments parsed in C++
 from a string of type codes.  With ACTGEN_STATIC_LAUNCH=1 the variants launcher
 (actgen.runtime.variants) launches through it: a variant's first launch in a process
-compiles it through Triton's JIT without launching it (JITFunction.warmup), or loads it from
-the variant store without Triton's driver, and loads its cubin; every launch passes the
+compiles it as Triton's JIT would (its binding and specialization, compile_variant) without
+starting Triton's driver or launching it, or loads it from the variant store, and loads its
+cubin; every launch passes the
 kernel's parameters that are not constexprs, in order, then a null pointer for each scratch
 buffer Triton's kernels take (and these kernels do not use).  A variant this launcher cannot
 launch (scratch memory, clusters, cooperative grids, tensor descriptors, an argument type it
@@ -89,6 +90,35 @@ def plan(compiled, n_args: int) -> tuple[tuple[int, ...], str]:
                 raise Unsupported(f"{size} {getattr(md, size)}")
             codes.append("O")
     return tuple(kept), "".join(codes)
+
+
+_BINDERS: dict = {}     # (id(kernel), target) -> (kernel, backend, binder): the kernel held, its id stays its own
+
+
+def compile_variant(kernel, args, consts, num_warps: int, target, options=None):
+    """The variant Triton's JIT compiles for a launch of kernel with these arguments (args,
+    then the constexprs consts), for target, without starting Triton's driver: the JIT's own
+    binding, specialization and compile (JITFunction.run's steps, as in Triton 3.6-3.9), and
+    Triton's cache, where it compiled this variant before.  options: more of the JIT's
+    keyword options (FP_FUSION's)."""
+    from triton import knobs
+    from triton.compiler import ASTSource, compile, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    found = _BINDERS.get((id(kernel), target))
+    if found is None:
+        backend = make_backend(target)
+        found = _BINDERS[(id(kernel), target)] = (kernel, backend,
+                                                  create_function_from_signature(kernel.signature, kernel.params, backend))
+    _, backend, binder = found
+    kwargs = dict(zip(kernel.arg_names[len(args):], consts), num_warps=num_warps, **(options or {}))
+    kwargs["debug"] = kwargs.get("debug", kernel.debug) or knobs.runtime.debug
+    kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+    if hasattr(knobs.compilation, "fpsan_homomorphic_casts"):
+        kwargs["fpsan_homomorphic_casts"] = knobs.compilation.fpsan_homomorphic_casts
+    bound, specialization, opts = binder(*args, **kwargs)
+    opts, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, opts)
+    return compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=opts.__dict__)
 
 
 def cubin_path(compiled) -> str:

@@ -23,8 +23,9 @@ launch of a variant records it in the variant store (variant_store.py), and a fr
 process's first launch loads it from there and launches it directly.
 
 With ACTGEN_STATIC_LAUNCH=1, where torch has its own launcher for Triton's cubins, a variant
-is compiled without being launched and launched through that launcher instead of Triton's
-(static_launch.py): no C compiler runs, and a launch is one C++ call.
+is compiled as the JIT would, without Triton's driver and without being launched, and
+launched through that launcher instead of Triton's (static_launch.py): no C compiler runs,
+and a launch is one C++ call.
 
 Off under Triton's interpreter (no compiled variants), and with ACTGEN_DIRECT_LAUNCH=0.
 Triton's launch hooks are honoured; its debug and instrumentation settings are read when
@@ -204,12 +205,16 @@ class Launcher:
             return None
 
     def _compile_static(self, kernel, key, device, grid, args, consts, num_warps):
-        """The variant compiled (or found) by Triton's JIT, not launched, and loaded through
-        torch's launcher, kept and recorded; None where it cannot be launched so (the JIT
-        launches it then, as it does without static launches)."""
+        """The variant compiled (or found in Triton's cache) as Triton's JIT would, without
+        starting Triton's driver (static_launch.compile_variant; else by the JIT, not
+        launched), and loaded through torch's launcher, kept and recorded; None where it
+        cannot be launched so (the JIT launches it then, as it does without static launches)."""
         if not variant_store.usable(kernel):
             return None
-        compiled = jit_compile(kernel, grid, args, consts, num_warps)
+        try:
+            compiled = static_launch.compile_variant(kernel, args, consts, num_warps, self._target(), FP_FUSION)
+        except Exception:  # noqa: BLE001  (a Triton whose JIT binds otherwise: the JIT compiles, and raises what is wrong)
+            compiled = jit_compile(kernel, grid, args, consts, num_warps)
         if compiled is None or not hasattr(compiled, "packed_metadata"):
             return None
         static = static_launch.load(compiled, len(args), device)
