@@ -122,7 +122,9 @@ class Launcher:
 
     def _bind(self):
         """Triton's current device, stream and target (what its JIT launches on and compiles
-        for) and its launch hooks.  Starts Triton's driver."""
+        for) and its launch hooks.  Starts Triton's driver, except where static launches go
+        through torch's launcher: then torch's current device and stream, and its device's
+        capability as Triton's target (what Triton's driver reads them from)."""
         from triton import knobs
 
         self._hooks = knobs.runtime
