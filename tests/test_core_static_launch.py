@@ -314,3 +314,23 @@ def test_a_variant_torch_cannot_launch_goes_through_the_jit(tmp_path, monkeypatc
     x = torch.zeros(64)
     launcher(kernel, (2,), (x, x, 64), (128, False), 4)
     assert len(kernel.jit_calls) == 1 and not torch_launcher.launches
+
+
+_ON_GPU = """
+import json
+from actgen.device_accuracy import check_static_launch
+print("STATIC " + json.dumps(check_static_launch("cuda")))
+"""
+
+
+@pytest.mark.skipif(not static_launch.available(), reason="needs a GPU and a CUDA build of torch with its launcher")
+def test_launches_through_torchs_launcher_give_the_jits_results_on_a_gpu():
+    """On a GPU (in a process without the interpreter): the device check's cases launched
+    through torch's launcher, bitwise against Triton's JIT."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _ON_GPU], env=env, capture_output=True, text=True, timeout=900)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("STATIC ")), None)
+    assert line, proc.stdout + proc.stderr
+    d = json.loads(line[7:])
+    assert d["available"] and d["still_static"] and d["static_variants"] == d["variants"] > 0
+    assert d["launches"] > 0 and d["mismatches"] == []
