@@ -3202,6 +3202,82 @@ def _name_power_bases(assignments, reduced, temps):
     return out, reduced
 
 
+# --- param-gradient sums by basis ------------------------------------------------------
+@dataclass(frozen=True)
+class LinearSums:
+    """Every param's df/d(param) in a block as a sum over a few terms of the elements
+    (bases) times coefficients made of params and constants alone: sum(grad * df/dp) over a
+    program's elements is then sum_j c_pj * sum(grad * b_j), so a kernel sums grad * b_j per
+    basis (one fma per element each) and combines the sums once, when it stores them,
+    rather than computing every df/dp per element (adaptive_mixture's softmax weights: three
+    gradients with their NaN and +-inf guards, against three sums of relu(x), tanh(x) and x).
+
+    This holds for finite inputs: the guards (NanGuard, LimitAtInf, InfGuard) differ from
+    their value only where an input is NaN or +-inf.  A kernel takes the per-element form
+    where a sum or a combined gradient is not finite (see actgen.codegen.module)."""
+
+    bases: tuple[sympy.Expr, ...]      # in the block's temporaries; 1 for a term of params alone
+    coefficients: tuple[tuple[tuple[int, sympy.Expr], ...], ...]    # per param: (basis, coefficient)
+
+
+#: Guards whose value is their first argument wherever the input is finite.
+_FINITE_VALUE_GUARDS = (NanGuard, LimitAtInf, InfGuard)
+
+
+def linear_param_sums(block: Block, params: Sequence[str], elements: Sequence[sympy.Symbol]) -> LinearSums:
+    """The block's d_<param> outputs as LinearSums.  `elements`: the symbols that vary per
+    element (inputs and draws).  A sum, a product and a guard are taken apart, temporaries
+    that are one included; anything else of the elements (a call, a branch, a product of
+    two such) is a basis, so every gradient is such a sum - of one basis at the least."""
+    temps = dict(block.assignments)
+    elements = set(elements)
+
+    @functools.lru_cache(maxsize=None)
+    def varying(e) -> bool:
+        return any(s in elements or (s in temps and varying(temps[s])) for s in e.free_symbols)
+
+    def scaled(terms, k):
+        return {b: k * c for b, c in terms.items()}
+
+    def merged(parts):
+        out: dict = {}
+        for part in parts:
+            for b, c in part.items():
+                out[b] = out[b] + c if b in out else c
+        return out
+
+    def terms(e):
+        if not varying(e):
+            return {sympy.S.One: e}
+        if isinstance(e, _FINITE_VALUE_GUARDS):
+            return terms(e.args[0])
+        if type(e) is sympy.Add:            # (not a StableSum: its order is its accuracy)
+            return merged(terms(a) for a in e.args)
+        if type(e) is sympy.Mul:
+            fixed = [a for a in e.args if not varying(a)]
+            moving = [a for a in e.args if varying(a)]
+            if len(moving) == 1:
+                return scaled(terms(moving[0]), sympy.Mul(*fixed))
+            return {sympy.Mul(*moving): sympy.Mul(*fixed)}
+        if e.is_Symbol and e in temps and (type(temps[e]) in (sympy.Add, sympy.Mul)
+                                           or isinstance(temps[e], _FINITE_VALUE_GUARDS)):
+            return terms(temps[e])
+        return {e: sympy.S.One}
+
+    outputs = dict(block.outputs)
+    bases: list = []
+    coefficients = []
+    for p in params:
+        found = [(b, c) for b, c in terms(outputs[f"d_{p}"]).items() if c != 0]
+        row = []
+        for b, c in found:
+            if b not in bases:
+                bases.append(b)
+            row.append((bases.index(b), c))
+        coefficients.append(tuple(row))
+    return LinearSums(tuple(bases), tuple(coefficients))
+
+
 # --- the IR --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Derivation:

@@ -291,3 +291,37 @@ def test_an_unwritable_cache_warns_and_still_launches(tmp_path):
     kernel = ops.silu.__globals__["_OP"].forward_kernel
     with pytest.warns(UserWarning, match="could not save tuned launch configs"):
         assert tuner.choose(kernel, torch.empty(10), "flat", lambda cfg: None) == CANDIDATES[0]
+
+
+ADAPTIVE = "(exp(w0) * Max(x, 0) + exp(w1) * tanh(x) + exp(w2) * x) / (exp(w0) + exp(w1) + exp(w2))"
+
+
+@pytest.mark.parametrize("cfg", [DEFAULT, Config(1024, 4, step=True)], ids=lambda c: c.label)
+def test_param_gradients_summed_by_basis(cfg, triton_backend, monkeypatch):
+    """adaptive_mixture's weights' gradients share their terms of x (relu(x), tanh(x), x): the
+    kernel sums grad times each term and combines the sums once per program; where an input
+    or grad is +-inf or NaN it goes through its tiles again per element, and gives what the
+    fallback's per-element gradients give (limits at +-inf, NaN; flat and per-channel)."""
+    import actgen
+    from actgen.runtime import use_backend
+
+    _force(monkeypatch, cfg)
+    pc = actgen.compile(ADAPTIVE, name="am_pc", params={w: {"init": 0.0, "per_channel": True} for w in ("w0", "w1", "w2")})
+    assert "_reduce_partial(_sum_b0" in open(pc.am_pc.__code__.co_filename).read()
+    cases = [(ops.adaptive_mixture, (3 * 1024 + 5,), None, [torch.tensor([0.3]), torch.tensor([-0.2]), torch.tensor([0.1])])]
+    cases += [(pc.am_pc, shape, cd, [torch.randn(3) * 0.5 for _ in range(3)]) for shape, cd in (((200, 3, 50), 1), ((900, 3), 1))]
+    for fn, shape, cd, ws in cases:
+        kw = {} if cd is None else {"channel_dim": cd}
+        x, g = torch.randn(shape) * 3, torch.randn(shape)
+        inf, nan = torch.zeros(shape, dtype=torch.bool), torch.zeros(shape, dtype=torch.bool)
+        inf.view(-1)[[17, 2000]] = True
+        nan.view(-1)[1500] = True
+        for xs, gs in ((x, g), (x.masked_fill(inf, float("inf")), g), (-x.masked_fill(inf, float("inf")), g.masked_fill(inf, 0.0)),
+                       (x.masked_fill(nan, float("nan")), g), (x, g.masked_fill(inf, float("inf")))):
+            got = {}
+            for backend in ("torch", "triton"):
+                with use_backend(backend):
+                    leaves = [xs.clone().requires_grad_(), *(w.clone().requires_grad_() for w in ws)]
+                    got[backend] = torch.autograd.grad(fn(*leaves, **kw), leaves, gs)
+            for a, b in zip(got["triton"], got["torch"]):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, equal_nan=True)

@@ -7,12 +7,14 @@ import re
 
 import sympy
 
-from ..derive import COSTLY_CALLS, Block, CappedExp, Derivation, Saturate, ScaledInput, draw_lines, has_guards
+from ..derive import (COSTLY_CALLS, Block, CappedExp, Derivation, LinearSums, Saturate, ScaledInput, draw_lines, has_guards,
+                      linear_param_sums)
 from ..native import NativeMatch
 from ..native import describe as describe_native
 from ..native import match as native_match
 from ..precision import float64_16bit, float64_notes
 from ..printers import TorchPrinter, TritonPrinter
+from ..printers.base import ATOM
 from ..printers.workspace import WORKSPACE, workspace_statements
 from ..version import COMPILER_VERSION
 from .writer import Writer, escape_docstring
@@ -20,7 +22,8 @@ from .writer import Writer, escape_docstring
 TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 NTH_TILE_INDEX = "_offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)"
 # the @triton.jit helpers of actgen.runtime.triton_lang a kernel may call (imported as _name)
-KERNEL_HELPERS = ("tile", "nth_tile", "tile_channels", "row_offsets", "param_at", "partial_zeros", "in_tile", "store_partial", "narrow", "exp", "log1p", "erfc", "div", "div_bounded", "div_uniform", "clamp", "sigmoid", "softplus",
+KERNEL_HELPERS = ("tile", "nth_tile", "tile_channels", "row_offsets", "param_at", "partial_zeros", "in_tile", "store_partial",
+                  "reduce_partial", "store_reduced", "not_finite", "narrow", "exp", "log1p", "erfc", "div", "div_bounded", "div_uniform", "clamp", "sigmoid", "softplus",
                   "sqrt", "sqrt_square_plus", "scaled_input", "inverse_scale", "limit_at_inf", "grown", "draw")
 
 
@@ -414,7 +417,8 @@ def _backward_kernel(w: Writer, d: Derivation):
     """One tile per program; with params and STEP, each program steps through _iters tiles and
     sums grad * df/dparam over them element by element in registers, then stores those sums
     per tile row or column (STEP is a constexpr: without it the loop compiles away, and so
-    does its register cost)."""
+    does its register cost).  Where the param gradients share terms (_linear_sums), it sums
+    grad times each term instead and combines those sums once (_param_sums_by_basis)."""
     s = d.spec
     consts = _constant_args(d)
     args = ["_grad_ptr"] + [f"{n}_ptr" for n in s.inputs] + _kernel_args(d)
@@ -435,6 +439,11 @@ def _backward_kernel(w: Writer, d: Derivation):
             _backward_tile(w, d, TILE_INDEX)
             w()
             return
+        lin = _linear_sums(d)
+        if lin is not None:
+            _param_sums_by_basis(w, d, lin)
+            w()
+            return
         for p in s.params:
             w(f"_sum_{p.name} = _partial_zeros(BLOCK_M, BLOCK_N, ACC)")
         # the params once per program: a stepping program's tiles share their elements'
@@ -453,6 +462,113 @@ def _backward_kernel(w: Writer, d: Derivation):
     w()
 
 
+def _linear_sums(d: Derivation) -> LinearSums | None:
+    """The param gradients as sums over shared terms of the elements (derive.LinearSums),
+    where they share some: more terms between the gradients than distinct ones.  (Where
+    each gradient is one term of its own, summing it is what the kernel does anyway.)"""
+    if not d.spec.params:
+        return None
+    lin = linear_param_sums(d.kernel_backward, [p.name for p in d.spec.params], [*d.inputs, *d.draws])
+    return lin if sum(len(row) for row in lin.coefficients) > len(lin.bases) else None
+
+
+def _needed(block: Block, exprs) -> Block:
+    """block's assignments that exprs need (directly or through others), no outputs."""
+    temps = dict(block.assignments)
+    need, todo = set(), [sym for e in exprs for sym in e.free_symbols]
+    while todo:
+        sym = todo.pop()
+        if sym in temps and sym not in need:
+            need.add(sym)
+            todo.extend(temps[sym].free_symbols)
+    return Block(tuple((t, e) for t, e in block.assignments if t in need), ())
+
+
+def _expanded(block: Block, e):
+    """e with the block's temporaries written out."""
+    for t, v in reversed(block.assignments):
+        e = e.xreplace({t: v})
+    return e
+
+
+def _param_sums_by_basis(w: Writer, d: Derivation, lin: LinearSums):
+    """The backward of an op whose param gradients are sums over shared terms b_j of the
+    elements with coefficients c_pj of the params and constants (derive.LinearSums): per
+    element, grad * df/dinput and one sum per term, sum(grad * b_j) (adaptive_mixture:
+    relu(x), tanh(x) and x, for its three softmax weights); once per program, each param's
+    partial sum is sum_j c_pj * sum(grad * b_j), per tile row or column as its channel's
+    params are loaded (_reduce_partial).
+
+    That holds where the inputs are finite; where they are not (or a sum overflows), some
+    sum or combined gradient is +-inf or NaN (a term that is an input is, and where no term
+    is, the input's x*0 is added to the first sum), and only then the program goes through
+    its tiles again, with the per-element gradients, guards included (_not_finite: a branch
+    taken once per program, never for finite data)."""
+    s = d.spec
+    block = d.kernel_backward
+    for j in range(len(lin.bases)):
+        w(f"_sum_b{j} = _partial_zeros(BLOCK_M, BLOCK_N, ACC)")
+    if any(p.per_channel for p in s.params):
+        w("_ch0 = _tile_channels(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)")
+    _param_loads(w, d, "_ch0")
+    input_names = [f"d_{n}" for n in s.inputs]
+    outputs = tuple((n, e) for n, e in block.outputs if n in input_names)
+    fast = Block(_needed(block, [e for _, e in outputs] + list(lin.bases)).assignments, outputs)
+    with w.indent("for _it in range(_iters if STEP else 1):"):
+        w(NTH_TILE_INDEX)
+        w("_g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)")
+        _input_loads(w, d)
+        _kernel_draws(w, block, d)
+        printer = TritonPrinter(_tensor_names(d), _shared_params(d))
+        _block(w, fast, printer, "_")
+        _input_stores(w, d)
+        with w.indent("if PARAM_GRAD:"):
+            zero = {u: sympy.S.Zero for u in d.inputs}
+            for j, b in enumerate(lin.bases):
+                value = "_g" if b == 1 else f"_g * {printer.paren(b, ATOM)}"
+                finite_at_zero = _expanded(block, b).xreplace(zero).is_finite     # masked elements: inputs 0, grad 0
+                w(f"_sum_b{j} += {value if finite_at_zero else f'_in_tile({value}, _mask)'}")
+            for u in d.inputs:
+                if u not in lin.bases:
+                    w(f"_sum_b0 = tl.fma({u.name}, 0.0, _sum_b0)")
+    with w.indent("if PARAM_GRAD:"):
+        sums = [sympy.Symbol(f"_red_b{j}", real=True) for j in range(len(lin.bases))]     # (_r<k> are draws)
+        coefficients = [c for row in lin.coefficients for _, c in row]
+        uniform = _needed(block, coefficients)
+        renamed = {t: sympy.Symbol(f"_c{t.name}", real=True) for t, _ in uniform.assignments}
+        printer = TritonPrinter([*_tensor_names(d), *(r.name for r in sums)], _shared_params(d))
+        for t, e in uniform.assignments:
+            e = e.xreplace(renamed)
+            w(f"{renamed[t].name} = {printer.doprint(e)}")
+            printer.add_temporary(renamed[t], e)
+        for j in range(len(lin.bases)):
+            w(f"_red_b{j} = _reduce_partial(_sum_b{j}, CH_AXIS)")
+        names = []
+        for p, row in zip(s.params, lin.coefficients):
+            combined = sympy.Add(*(c.xreplace(renamed) * sums[j] for j, c in row))
+            w(f"_p_{p.name} = {printer.doprint(combined) if row else 'tl.zeros_like(_red_b0)'}")
+            names.append(f"_p_{p.name}")
+        check = " + ".join(names + [f"_red_b{j}" for j in range(len(lin.bases))])
+        with w.indent(f"if _not_finite({check}):"):
+            for p in s.params:
+                w(f"_sum_{p.name} = _partial_zeros(BLOCK_M, BLOCK_N, ACC)")
+            params = [f"d_{p.name}" for p in s.params]
+            grads = tuple((n, e) for n, e in block.outputs if n in params)
+            with w.indent("for _it in range(_iters if STEP else 1):"):
+                w(NTH_TILE_INDEX)
+                w("_g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)")
+                _input_loads(w, d)
+                _kernel_draws(w, block, d)
+                _block(w, Block(_needed(block, [e for _, e in grads]).assignments, grads),
+                       TritonPrinter(_tensor_names(d), _shared_params(d)), "_")
+                for p in s.params:
+                    w(f"_sum_{p.name} += _in_tile(_g * _d_{p.name}, _mask)")
+            for p in s.params:
+                w(f"_p_{p.name} = _reduce_partial(_sum_{p.name}, CH_AXIS)")
+        for k, p in enumerate(s.params):
+            w(f"_store_reduced(_partials_ptr + {k} * _n_partials, _p_{p.name}, BLOCK_M, BLOCK_N, CH_AXIS)")
+
+
 def _backward_tile(w: Writer, d: Derivation, tile_index: str):
     """Load one tile, store grad * df/dinput for every input; leaves _g and _d_<param> (the
     params are loaded before, once per program)."""
@@ -461,6 +577,11 @@ def _backward_tile(w: Writer, d: Derivation, tile_index: str):
     _input_loads(w, d)
     _kernel_draws(w, d.kernel_backward, d)
     _block(w, d.kernel_backward, TritonPrinter(_tensor_names(d), _shared_params(d)), "_")
+    _input_stores(w, d)
+
+
+def _input_stores(w: Writer, d: Derivation):
+    """Store grad * df/dinput for every input."""
     offs = "_offs"
     if d.spec.gated:
         w("_ing = _row_offsets(_offs, _rows, _cols, _M, _SG)")

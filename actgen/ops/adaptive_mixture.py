@@ -151,7 +151,7 @@ def _second_derivatives_torch(x, w0, w1, w2):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, in_tile as _in_tile, store_partial as _store_partial, exp as _exp, div as _div, div_bounded as _div_bounded, div_uniform as _div_uniform, limit_at_inf as _limit_at_inf, grown as _grown
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, in_tile as _in_tile, reduce_partial as _reduce_partial, store_reduced as _store_reduced, not_finite as _not_finite, exp as _exp, div as _div, div_bounded as _div_bounded, div_uniform as _div_uniform, limit_at_inf as _limit_at_inf, grown as _grown
 
     @triton.jit
     def _forward_kernel(
@@ -176,9 +176,9 @@ if _rt.HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, PARAM_GRAD: tl.constexpr, STEP: tl.constexpr,
     ):
         """grad * df/dinput for every input; with PARAM_GRAD, partial sums of grad * df/dparam for every param over this program's tiles (one, or with STEP _iters tiles num_programs apart)."""
-        _sum_w0 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
-        _sum_w1 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
-        _sum_w2 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _sum_b0 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _sum_b1 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+        _sum_b2 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
         w0 = tl.load(w0_ptr).to(ACC)
         w1 = tl.load(w1_ptr).to(ACC)
         w2 = tl.load(w2_ptr).to(ACC)
@@ -195,31 +195,66 @@ if _rt.HAS_TRITON:
             _t6 = _exp(-(2.0*tl.abs(x)), FAST)
             _t7 = tl.where(_t5, x, 0.0)
             _t8 = libdevice.tanh(x)
-            _t9 = _t4*tl.fma(_t2, x, tl.fma(_t1, _t8, _t0*_t7))
-            _t10 = _t0*_t4
-            _t11 = _t1 + 16777216.0*_t2
-            _t12 = tl.fma(-_t4, 16777216.0*_t0 + _t11, 16777216.0)
-            _t13 = -_t11
-            _t14 = _t2*_t4
             _t15 = _t6 + 1.0
             _d_x = tl.where(x != x, x, _t4*tl.fma(_t0, tl.where(_t5, tl.full([], 1.0, ACC), 0.0), _div_bounded(4.0*_t1*_t6, (_t15*_t15), FAST) + _t2))
-            _d_w0 = tl.where(x != x, x, _limit_at_inf(_t10*(_t7 - _t9), _grown(_t10*_t12), _grown(-(_div(_t0*_t13, (_t3*_t3), FAST))), x))
-            _d_w1 = tl.where(x != x, x, _t1*_t4*(_t8 - _t9))
-            _d_w2 = tl.where(x != x, x, _limit_at_inf(_t14*(-_t9 + x), _grown(_t12*_t14), _grown(_t14*tl.fma(-_t13, _t4, -16777216.0)), x))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
-                _sum_w0 += _in_tile(_g * _d_w0, _mask)
-                _sum_w1 += _in_tile(_g * _d_w1, _mask)
-                _sum_w2 += _in_tile(_g * _d_w2, _mask)
+                _sum_b0 += _g * _t7
+                _sum_b1 += _g * _t8
+                _sum_b2 += _g * x
         if PARAM_GRAD:
-            _store_partial(_partials_ptr + 0 * _n_partials, _sum_w0, BLOCK_M, BLOCK_N, CH_AXIS)
-            _store_partial(_partials_ptr + 1 * _n_partials, _sum_w1, BLOCK_M, BLOCK_N, CH_AXIS)
-            _store_partial(_partials_ptr + 2 * _n_partials, _sum_w2, BLOCK_M, BLOCK_N, CH_AXIS)
+            _c_t0 = _exp(w0, FAST)
+            _c_t1 = _exp(w1, FAST)
+            _c_t2 = _exp(w2, FAST)
+            _c_t3 = _c_t0 + _c_t1 + _c_t2
+            _c_t4 = _div(1.0, _c_t3, FAST)
+            _c_t10 = _c_t0*_c_t4
+            _c_t14 = _c_t2*_c_t4
+            _red_b0 = _reduce_partial(_sum_b0, CH_AXIS)
+            _red_b1 = _reduce_partial(_sum_b1, CH_AXIS)
+            _red_b2 = _reduce_partial(_sum_b2, CH_AXIS)
+            _p_w0 = -(_c_t1*_c_t10*_c_t4*_red_b1) - _c_t10*_c_t2*_c_t4*_red_b2 + _c_t10*_red_b0*tl.fma(-_c_t0, _c_t4, 1.0)
+            _p_w1 = -(_c_t0*_c_t1*_c_t4*_c_t4*_red_b0) - _c_t1*_c_t2*_c_t4*_c_t4*_red_b2 + _c_t1*_c_t4*_red_b1*tl.fma(-_c_t1, _c_t4, 1.0)
+            _p_w2 = -(_c_t0*_c_t14*_c_t4*_red_b0) - _c_t1*_c_t14*_c_t4*_red_b1 + _c_t14*_red_b2*tl.fma(-_c_t2, _c_t4, 1.0)
+            if _not_finite(_p_w0 + _p_w1 + _p_w2 + _red_b0 + _red_b1 + _red_b2):
+                _sum_w0 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+                _sum_w1 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+                _sum_w2 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
+                for _it in range(_iters if STEP else 1):
+                    _offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
+                    _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
+                    x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
+                    _t0 = _exp(w0, FAST)
+                    _t1 = _exp(w1, FAST)
+                    _t2 = _exp(w2, FAST)
+                    _t3 = _t0 + _t1 + _t2
+                    _t4 = _div(1.0, _t3, FAST)
+                    _t5 = x > 0.0
+                    _t7 = tl.where(_t5, x, 0.0)
+                    _t8 = libdevice.tanh(x)
+                    _t9 = _t4*tl.fma(_t2, x, tl.fma(_t1, _t8, _t0*_t7))
+                    _t10 = _t0*_t4
+                    _t11 = _t1 + 16777216.0*_t2
+                    _t12 = tl.fma(-_t4, 16777216.0*_t0 + _t11, 16777216.0)
+                    _t13 = -_t11
+                    _t14 = _t2*_t4
+                    _d_w0 = tl.where(x != x, x, _limit_at_inf(_t10*(_t7 - _t9), _grown(_t10*_t12), _grown(-(_div(_t0*_t13, (_t3*_t3), FAST))), x))
+                    _d_w1 = tl.where(x != x, x, _t1*_t4*(_t8 - _t9))
+                    _d_w2 = tl.where(x != x, x, _limit_at_inf(_t14*(-_t9 + x), _grown(_t12*_t14), _grown(_t14*tl.fma(-_t13, _t4, -16777216.0)), x))
+                    _sum_w0 += _in_tile(_g * _d_w0, _mask)
+                    _sum_w1 += _in_tile(_g * _d_w1, _mask)
+                    _sum_w2 += _in_tile(_g * _d_w2, _mask)
+                _p_w0 = _reduce_partial(_sum_w0, CH_AXIS)
+                _p_w1 = _reduce_partial(_sum_w1, CH_AXIS)
+                _p_w2 = _reduce_partial(_sum_w2, CH_AXIS)
+            _store_reduced(_partials_ptr + 0 * _n_partials, _p_w0, BLOCK_M, BLOCK_N, CH_AXIS)
+            _store_reduced(_partials_ptr + 1 * _n_partials, _p_w1, BLOCK_M, BLOCK_N, CH_AXIS)
+            _store_reduced(_partials_ptr + 2 * _n_partials, _p_w2, BLOCK_M, BLOCK_N, CH_AXIS)
 
 
 _OP = _rt.Activation(
     name='adaptive_mixture',
-    key='327d2f30239c',
+    key='d6490830315f',
     inputs=('x',),
     params=(('w0', False), ('w1', False), ('w2', False)),
     constants=(),

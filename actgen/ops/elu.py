@@ -106,7 +106,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='elu',
-    key='d473adc6aaa9',
+    key='3353063d72d5',
     inputs=('x',),
     params=(),
     constants=('alpha',),

@@ -155,7 +155,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='geglu_tanh',
-    key='6b7e4394f260',
+    key='9487e450f257',
     inputs=('a', 'b'),
     params=(),
     constants=(),

@@ -126,7 +126,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='gelu_tanh',
-    key='734bc784299e',
+    key='41f12bc26553',
     inputs=('x',),
     params=(),
     constants=(),

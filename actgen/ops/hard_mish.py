@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hard_mish',
-    key='56c6b974a78b',
+    key='28fd2cd48c24',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardsigmoid',
-    key='41151d07e40e',
+    key='3f400c93e3de',
     inputs=('x',),
     params=(),
     constants=(),

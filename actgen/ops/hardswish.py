@@ -102,7 +102,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardswish',
-    key='1f6b4cdfecb8',
+    key='11cfdc1b0e0e',
     inputs=('x',),
     params=(),
     constants=(),

@@ -90,7 +90,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='hardtanh',
-    key='f9aced1ee2ad',
+    key='61ec57920563',
     inputs=('x',),
     params=(),
     constants=('min_val', 'max_val'),

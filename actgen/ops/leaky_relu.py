@@ -106,7 +106,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='leaky_relu',
-    key='b5e57e8f780d',
+    key='0db5de8a53c7',
     inputs=('x',),
     params=(),
     constants=('negative_slope',),

@@ -130,7 +130,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='learnable_activation',
-    key='48a79d6d3cbd',
+    key='5d1ce7e95b6e',
     inputs=('x',),
     params=(('alpha', True), ('scale', True), ('shift', False)),
     constants=(),

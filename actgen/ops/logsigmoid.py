@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='logsigmoid',
-    key='4fbaef03c6fd',
+    key='39268175b006',
     inputs=('x',),
     params=(),
     constants=(),

@@ -104,7 +104,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='parametric_activation',
-    key='6b0436f4c0d4',
+    key='0d4212e56ed8',
     inputs=('x',),
     params=(('alpha', True),),
     constants=(),

@@ -543,7 +543,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='pau',
-    key='7265801c3186',
+    key='48a093294533',
     inputs=('x',),
     params=(('a0', False), ('a1', False), ('a2', False), ('a3', False), ('a4', False), ('a5', False), ('b1', False), ('b2', False), ('b3', False), ('b4', False)),
     constants=(),

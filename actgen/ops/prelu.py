@@ -104,7 +104,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='prelu',
-    key='fb942fc65cef',
+    key='5f9e8f655781',
     inputs=('x',),
     params=(('weight', True),),
     constants=(),

@@ -102,7 +102,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu',
-    key='4a6b6a251cfd',
+    key='8bbc4c4e4082',
     inputs=('x',),
     params=(),
     constants=(),

@@ -84,7 +84,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='relu_squared',
-    key='fe306a5e3c31',
+    key='df7b77c9bbea',
     inputs=('x',),
     params=(),
     constants=(),

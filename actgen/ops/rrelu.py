@@ -99,7 +99,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='rrelu',
-    key='1e7d2332a2b1',
+    key='8a546103f894',
     inputs=('x',),
     params=(),
     constants=('lower', 'upper'),

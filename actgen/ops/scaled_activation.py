@@ -93,7 +93,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='scaled_activation',
-    key='15c46765873d',
+    key='f054c45a5477',
     inputs=('x',),
     params=(),
     constants=('scale', 'shift'),

@@ -85,7 +85,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='sigmoid',
-    key='df2928029f37',
+    key='bedb5595e0a5',
     inputs=('x',),
     params=(),
     constants=(),

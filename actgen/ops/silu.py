@@ -108,7 +108,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='silu',
-    key='6f84fc5e13d4',
+    key='a26a2cb0ecc2',
     inputs=('x',),
     params=(),
     constants=(),

@@ -96,7 +96,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='soft_clip',
-    key='ca654db1a8ee',
+    key='bb81f6300d66',
     inputs=('x',),
     params=(),
     constants=('scale',),

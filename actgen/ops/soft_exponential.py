@@ -200,7 +200,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='soft_exponential',
-    key='dc17aca80f57',
+    key='71707593aafa',
     inputs=('x',),
     params=(('alpha', False),),
     constants=(),

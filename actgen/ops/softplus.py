@@ -115,7 +115,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softplus',
-    key='8cd6b4a598f1',
+    key='f1000d4c8f97',
     inputs=('x',),
     params=(),
     constants=('beta', 'threshold'),

@@ -88,7 +88,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='softsign',
-    key='93f58fe8440d',
+    key='8e3d3a17aeb6',
     inputs=('x',),
     params=(),
     constants=(),

@@ -116,7 +116,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='star_relu',
-    key='1d7ef64eae0d',
+    key='22d5babf7673',
     inputs=('x',),
     params=(('scale', False), ('bias', False)),
     constants=(),

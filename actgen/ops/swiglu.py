@@ -126,7 +126,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swiglu',
-    key='a9834de208ad',
+    key='5865c7fb8f2f',
     inputs=('a', 'b'),
     params=(),
     constants=(),

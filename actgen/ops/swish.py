@@ -149,7 +149,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='swish',
-    key='f90cd38d0d13',
+    key='326f60d7ff8c',
     inputs=('x',),
     params=(('beta', False),),
     constants=(),

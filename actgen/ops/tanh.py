@@ -96,7 +96,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='tanh',
-    key='828939045c44',
+    key='a2bd3624ca9b',
     inputs=('x',),
     params=(),
     constants=(),

@@ -90,7 +90,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='threshold',
-    key='279cb501b49b',
+    key='93fcea5f7efa',
     inputs=('x',),
     params=(),
     constants=('threshold', 'value'),

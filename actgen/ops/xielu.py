@@ -138,7 +138,7 @@ if _rt.HAS_TRITON:
 
 _OP = _rt.Activation(
     name='xielu',
-    key='480d8ad84536',
+    key='76cc2d6d5a67',
     inputs=('x',),
     params=(('alpha_p', False), ('alpha_n', False)),
     constants=('beta', 'eps'),

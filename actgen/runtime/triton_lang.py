@@ -377,7 +377,8 @@ def scaled_input(u):
 
 __all__ = ["triton", "tl", "libdevice", "exp", "log1p", "div", "div_uniform", "clamp", "sigmoid", "softplus", "sqrt_square_plus", "scaled_input", "inverse_scale",
            "limit_at_inf",
-           "tile", "nth_tile", "tile_channels", "param_at", "partial_zeros", "in_tile", "store_partial", "draw", "draws_kernel", "INTERPRET"]
+           "tile", "nth_tile", "tile_channels", "param_at", "partial_zeros", "in_tile", "store_partial",
+           "reduce_partial", "store_reduced", "not_finite", "draw", "draws_kernel", "INTERPRET"]
 
 
 # The value at +-inf of a formula whose limit there depends on params (actgen.derive.LimitAtInf):
@@ -493,6 +494,36 @@ def store_partial(ptr, acc, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXI
         tl.store(ptr + pid * BLOCK_M + tl.arange(0, BLOCK_M), tl.sum(acc, axis=1))
     else:
         tl.store(ptr + pid * BLOCK_N + tl.arange(0, BLOCK_N), tl.sum(acc, axis=0))
+
+
+@triton.jit
+def reduce_partial(acc, CH_AXIS: tl.constexpr):
+    """A program's sums accumulated element by element over its tiles (partial_zeros), summed
+    per tile row (CH_AXIS 0: shape (BLOCK_M, 1)) or column (1: (1, BLOCK_N)), as a channel's
+    params are loaded: the shape that param-gradient sums by basis are combined in."""
+    if CH_AXIS == 0:
+        return tl.sum(acc, axis=1, keep_dims=True)
+    else:
+        return tl.sum(acc, axis=0, keep_dims=True)
+
+
+@triton.jit
+def store_reduced(ptr, v, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr):
+    """One program's partial param-gradient sums as reduce_partial shapes them, stored where
+    store_partial stores them."""
+    pid = tl.program_id(0).to(tl.int64)
+    if CH_AXIS == 0:
+        tl.store(ptr + pid * BLOCK_M + tl.arange(0, BLOCK_M)[:, None], v)
+    else:
+        tl.store(ptr + pid * BLOCK_N + tl.arange(0, BLOCK_N)[None, :], v)
+
+
+@triton.jit
+def not_finite(v):
+    """Whether any of v's values (a reduce_partial shape) is +-inf or NaN: one scalar for the
+    program (v - v is 0 where v is finite, NaN elsewhere)."""
+    d = v - v
+    return tl.max(tl.max((d != d).to(tl.int32), axis=1), axis=0) > 0
 
 
 # Random draws (a formula's uniform(lo, hi), see actgen.derive.replace_draws): draw K of a call
