@@ -269,60 +269,55 @@ def _launch_outputs(name, dtype, device) -> list:
     return [y.detach()] + [g for g in grads if g is not None]
 
 
-def check_direct_launch(device) -> dict:
-    """Compiled kernel variants launched directly (actgen.runtime.variants) against launches
-    through Triton's JIT: DIRECT_LAUNCH_CASES in float32 and bfloat16, each run through the JIT
-    alone, then twice with direct launches on (the first compiles or finds each variant, the
-    second launches it directly); the outputs and gradients must be bitwise equal."""
+def _against_jit(device, other) -> list[str]:
+    """DIRECT_LAUNCH_CASES in float32 and bfloat16, each run through Triton's JIT alone (the
+    process's launcher turned off), then twice through the launcher `other` (the first
+    compiles or finds each variant, the second launches it as `other` does); the cases whose
+    outputs and gradients are not bitwise equal."""
     from .runtime import launch, use_backend
 
-    launcher = launch.LAUNCH
-    on = launcher.enabled
-    mismatches, before = [], launcher.direct
+    own = launch.LAUNCH
+    on = own.enabled
+    mismatches = []
     try:
         with use_backend("triton"):
             for name in DIRECT_LAUNCH_CASES:
                 for dtype in (torch.float32, torch.bfloat16):
-                    launcher.enabled = False
+                    launch.LAUNCH, own.enabled = own, False
                     want = _launch_outputs(name, dtype, device)
-                    launcher.enabled = on
+                    own.enabled, launch.LAUNCH = on, other
                     _launch_outputs(name, dtype, device)
                     got = _launch_outputs(name, dtype, device)
                     if len(got) != len(want) or not all(torch.equal(a, b) for a, b in zip(got, want)):
                         mismatches.append(f"{name} {str(dtype).removeprefix('torch.')}")
     finally:
-        launcher.enabled = on
+        launch.LAUNCH, own.enabled = own, on
+    return mismatches
+
+
+def check_direct_launch(device) -> dict:
+    """Compiled kernel variants launched directly (actgen.runtime.variants) against launches
+    through Triton's JIT (_against_jit, with the process's launcher); the outputs and
+    gradients must be bitwise equal."""
+    from .runtime import launch
+
+    launcher = launch.LAUNCH
+    before = launcher.direct
+    mismatches = _against_jit(device, launcher)
     return {"cases": 2 * len(DIRECT_LAUNCH_CASES), "direct_launches": launcher.direct - before, "mismatches": mismatches}
 
 
 def check_static_launch(device) -> dict:
     """Compiled kernel variants launched through torch's launcher for Triton's cubins
     (actgen.runtime.static_launch, ACTGEN_STATIC_LAUNCH=1) against launches through Triton's
-    JIT: DIRECT_LAUNCH_CASES in float32 and bfloat16, each run through the JIT alone, then
-    twice through a launcher with static launches on; the outputs and gradients must be
-    bitwise equal, and every launch of the second run is torch's."""
-    from .runtime import launch, static_launch, use_backend, variants
+    JIT (_against_jit, with a launcher of static launches); the outputs and gradients must be
+    bitwise equal, and every variant that launcher kept must be one of torch's launcher."""
+    from .runtime import static_launch, variants
 
     if not static_launch.available():
         return {"available": False}
-    jit, static = launch.LAUNCH, variants.Launcher(enabled=True, store=None, static=True)
-    on = jit.enabled
-    mismatches = []
-    try:
-        with use_backend("triton"):
-            for name in DIRECT_LAUNCH_CASES:
-                for dtype in (torch.float32, torch.bfloat16):
-                    jit.enabled = False
-                    want = _launch_outputs(name, dtype, device)
-                    launch.LAUNCH = static
-                    _launch_outputs(name, dtype, device)
-                    got = _launch_outputs(name, dtype, device)
-                    launch.LAUNCH = jit
-                    jit.enabled = on
-                    if len(got) != len(want) or not all(torch.equal(a, b) for a, b in zip(got, want)):
-                        mismatches.append(f"{name} {str(dtype).removeprefix('torch.')}")
-    finally:
-        launch.LAUNCH, jit.enabled = jit, on
+    static = variants.Launcher(enabled=True, store=None, static=True)
+    mismatches = _against_jit(device, static)
     statics = sum(v.__class__ is static_launch.StaticKernel for v in static.variants.values())
     return {"available": True, "cases": 2 * len(DIRECT_LAUNCH_CASES), "still_static": static.static,
             "static_variants": statics, "variants": len(static.variants), "launches": static.direct,
