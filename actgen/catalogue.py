@@ -632,8 +632,8 @@ TORCH_EQUIVALENT = {
 #: "dp" every df/d(param).
 KNOWN_MISSES: dict[tuple[str, str], str] = {
     ("adaptive_mixture", "dp"): "a weight's gradient e_i*(g_i - f)/S near 0, where relu, tanh and x agree to ~x**3: the "
-                                "difference of rounded values is ~1e-7*|x| there (1e-27 at x = 1e-20, against a true "
-                                "4e-62); pairwise differences with x - tanh(x) as a Padé approximant are exact, but took "
+                                "difference of rounded values is ~1e-7*|x| there (the kernels, which sum grad times relu(x), "
+                                "tanh(x) and x apart: -2e-28 at x = 1e-20, against a true 4e-62); pairwise differences with x - tanh(x) as a Padé approximant are exact, but took "
                                 "the sm_90 float32 backward from 126 to 196 instructions per element (it is compute-bound "
                                 "already), for terms that a shared param's sum makes negligible",
     ("adaptive_mixture4", "dp"): "as adaptive_mixture's, and up to 19 ULP near x = 0.6 besides, where tanh(x) and the "
