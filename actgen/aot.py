@@ -3,7 +3,9 @@
 `triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))` runs the whole real
 compiler (TTIR -> TTGIR -> LLVM -> PTX -> cubin).  Triton's interpreter accepts code the
 real compiler rejects, so every generated kernel is compiled here too.  The PTX also shows
-the memory access width (ld.global.v4 = 128-bit); ptxas -v on it counts register spills.
+the memory access width (ld.global.v4 = 128-bit); ptxas -v on it counts register spills;
+its kernel entry's parameters are the arguments torch's launcher for Triton's cubins must
+pass (actgen.runtime.static_launch), checked against what it would.
 
 Run it in a process without TRITON_INTERPRET (`python -m actgen.aot`), since under the
 interpreter kernels are not JIT functions.  The kernels of an op with random draws are

@@ -10,7 +10,9 @@ compiler rejects, so this is the check that the kernels would build on a GPU.
 
 The PTX is then checked for what a regression in the kernel layout would break: 128-bit
 global loads and stores (ld.global.v4 / st.global.v4), no register spills (ptxas -v), and
-local memory only where libdevice puts it (the range reduction of sin/cos/tan).
+local memory only where libdevice puts it (the range reduction of sin/cos/tan); and its
+kernel entry's parameters against the arguments torch's launcher would pass
+(actgen.runtime.static_launch).
 """
 import importlib
 import json
