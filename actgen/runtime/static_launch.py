@@ -14,19 +14,20 @@ from a string of type codes.  With ACTGEN_STATIC_LAUNCH=1 the variants launcher
 (actgen.runtime.variants) launches through it: a variant's first launch in a process
 compiles it as Triton's JIT would (its binding and specialization, compile_variant) without
 starting Triton's driver or launching it, or loads it from the variant store, and loads its
-cubin; every launch passes the
-kernel's parameters that are not constexprs, in order, then a null pointer for each scratch
-buffer Triton's kernels take (and these kernels do not use).  A variant this launcher cannot
-launch (scratch memory, clusters, cooperative grids, tensor descriptors, an argument type it
-has no code for), a torch without it, ROCm, and Triton's launch hooks keep Triton's launcher.
+cubin; every launch passes the kernel's parameters that are not constexprs, in order, then
+a null pointer for each scratch buffer Triton's kernels take (and these kernels do not use).
+A variant this launcher cannot launch (scratch memory, clusters, cooperative grids, tensor
+descriptors, an argument type it has no code for), a torch without it, ROCm, and Triton's
+launch hooks keep Triton's launcher.
 
-Off by default: the argument layout is checked here against the PTX of every built-in
-kernel (tests/test_core_static_launch.py), but a GPU is needed to run it.
+Off by default: the argument layout is checked against the PTX entry of every built-in
+kernel without a GPU (actgen.aot, tests/test_kernels_aot.py), but a GPU is needed to run it.
 """
 from __future__ import annotations
 
 import functools
 import os
+
 import torch
 
 #: Triton's scalar argument types -> the type codes of torch's launcher (pointers are "O")
