@@ -46,11 +46,13 @@ static_launch.TYPE_CODES["i64"] = "l"
 import sys, torch
 from triton.backends.compiler import GPUTarget
 from actgen.runtime.triton_lang import FP_FUSION, tl
+from actgen.runtime.variants import constexpr_kwargs
 x = torch.zeros(4097, dtype=torch.bfloat16)[1:]
 g, dx, w, partials = torch.zeros_like(x), torch.zeros_like(x), torch.zeros(64), torch.zeros(1, 1024)
 args = (g, x, w, 0, dx, partials, 1024, 1, 4096, 64, 1)
 consts = (1, 1024, 0, tl.float32, True, True, False)
-v = static_launch.compile_variant(mod._backward_kernel, args, consts, 4, GPUTarget("cuda", 90, 32), FP_FUSION)
+v = static_launch.compile_variant(mod._backward_kernel, args, constexpr_kwargs(mod._backward_kernel, args, consts), 4,
+                                 GPUTarget("cuda", 90, 32), FP_FUSION)
 names = mod._backward_kernel.arg_names
 out["variant"] = {"cubin": len(v.asm["cubin"]), "mismatch": aot.static_launch_mismatch(v),
                   "fusion": v.metadata.enable_fp_fusion, "warps": v.metadata.num_warps,
@@ -271,7 +273,7 @@ def test_first_launch_compiles_without_tritons_driver_where_it_can(tmp_path, mon
     x = torch.zeros(64)
     assert launcher(kernel, (2,), (x, x, 64), (128, False), 4) is compiled
     assert not kernel.warmups and not kernel.jit_calls and len(torch_launcher.launches) == 1
-    assert asked == [(kernel, (x, x, 64), (128, False), 4, "target0", {"enable_fp_fusion": True})]
+    assert asked == [(kernel, (x, x, 64), {"BLOCK": 128, "FAST": False}, 4, "target0", {"enable_fp_fusion": True})]
 
 
 def test_a_stored_variant_is_loaded_without_tritons_launcher(tmp_path, monkeypatch):

@@ -96,9 +96,9 @@ def plan(compiled, n_args: int) -> tuple[tuple[int, ...], str]:
 _BINDERS: dict = {}     # (id(kernel), target) -> (kernel, backend, binder): the kernel held, its id stays its own
 
 
-def compile_variant(kernel, args, consts, num_warps: int, target, options=None):
+def compile_variant(kernel, args, constexprs: dict, num_warps: int, target, options=None):
     """The variant Triton's JIT compiles for a launch of kernel with these arguments (args,
-    then the constexprs consts), for target, without starting Triton's driver: the JIT's own
+    and the constexprs by name), for target, without starting Triton's driver: the JIT's own
     binding, specialization and compile (JITFunction.run's steps, as in Triton 3.6-3.9), and
     Triton's cache, where it compiled this variant before.  options: more of the JIT's
     keyword options (FP_FUSION's)."""
@@ -112,7 +112,7 @@ def compile_variant(kernel, args, consts, num_warps: int, target, options=None):
         found = _BINDERS[(id(kernel), target)] = (kernel, backend,
                                                   create_function_from_signature(kernel.signature, kernel.params, backend))
     _, backend, binder = found
-    kwargs = dict(zip(kernel.arg_names[len(args):], consts), num_warps=num_warps, **(options or {}))
+    kwargs = dict(constexprs, num_warps=num_warps, **(options or {}))
     kwargs["debug"] = kwargs.get("debug", kernel.debug) or knobs.runtime.debug
     kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
     if hasattr(knobs.compilation, "fpsan_homomorphic_casts"):

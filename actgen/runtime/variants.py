@@ -45,15 +45,19 @@ DEFAULT_STORE = object()   # Launcher(store=...): the store the environment asks
 MAX_VARIANTS = 4096        # keys kept (one per variant: dtypes, alignments, config, device): cleared beyond
 
 
-def jit_launch(kernel, grid, args, consts, num_warps):
-    """kernel[grid](*args, **constexprs, num_warps=..., **FP_FUSION): the constexprs are `consts`, in the
-    order of the kernel's parameters after `args`.  Returns what Triton's launch returns (the
-    compiled variant on a GPU)."""
+def constexpr_kwargs(kernel, args, consts) -> dict:
+    """The constexprs `consts`, in the order of the kernel's parameters after `args`, by name."""
     names = kernel.arg_names[len(args):]
     if len(names) != len(consts):
         raise TypeError(f"{kernel.__name__}: {len(names)} constexprs {names} after {len(args)} arguments, "
                         f"got {len(consts)}")
-    return kernel[grid](*args, **dict(zip(names, consts)), num_warps=num_warps, **FP_FUSION)
+    return dict(zip(names, consts))
+
+
+def jit_launch(kernel, grid, args, consts, num_warps):
+    """kernel[grid](*args, **constexprs, num_warps=..., **FP_FUSION) (constexpr_kwargs).  Returns
+    what Triton's launch returns (the compiled variant on a GPU)."""
+    return kernel[grid](*args, **constexpr_kwargs(kernel, args, consts), num_warps=num_warps, **FP_FUSION)
 
 
 _UNSPECIALIZED: dict[int, tuple] = {}     # id -> (kernel, positions): the kernel held, its id stays its own
@@ -69,8 +73,7 @@ def unspecialized(kernel) -> frozenset:
 
 def jit_compile(kernel, grid, args, consts, num_warps):
     """What jit_launch launches, compiled (or found) by Triton's JIT and not launched."""
-    names = kernel.arg_names[len(args):]
-    return kernel.warmup(*args, grid=grid, **dict(zip(names, consts)), num_warps=num_warps, **FP_FUSION)
+    return kernel.warmup(*args, grid=grid, **constexpr_kwargs(kernel, args, consts), num_warps=num_warps, **FP_FUSION)
 
 
 def variant_key(kernel, device, args, consts, num_warps) -> tuple:
@@ -214,7 +217,8 @@ class Launcher:
         if not variant_store.usable(kernel):
             return None
         try:
-            compiled = static_launch.compile_variant(kernel, args, consts, num_warps, self._target(), FP_FUSION)
+            compiled = static_launch.compile_variant(kernel, args, constexpr_kwargs(kernel, args, consts), num_warps,
+                                                     self._target(), FP_FUSION)
         except Exception:  # noqa: BLE001  (a Triton whose JIT binds otherwise: the JIT compiles, and raises what is wrong)
             compiled = jit_compile(kernel, grid, args, consts, num_warps)
         if compiled is None or not hasattr(compiled, "packed_metadata"):
