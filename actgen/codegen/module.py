@@ -515,10 +515,7 @@ def _param_sums_by_basis(w: Writer, d: Derivation, lin: LinearSums):
     outputs = tuple((n, e) for n, e in block.outputs if n in input_names)
     fast = Block(_needed(block, [e for _, e in outputs] + list(lin.bases)).assignments, outputs)
     with w.indent("for _it in range(_iters if STEP else 1):"):
-        w(NTH_TILE_INDEX)
-        w("_g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)")
-        _input_loads(w, d)
-        _kernel_draws(w, block, d)
+        _backward_loads(w, d, NTH_TILE_INDEX)
         printer = TritonPrinter(_tensor_names(d), _shared_params(d))
         _block(w, fast, printer, "_")
         _input_stores(w, d)
@@ -555,10 +552,7 @@ def _param_sums_by_basis(w: Writer, d: Derivation, lin: LinearSums):
             params = [f"d_{p.name}" for p in s.params]
             grads = tuple((n, e) for n, e in block.outputs if n in params)
             with w.indent("for _it in range(_iters if STEP else 1):"):
-                w(NTH_TILE_INDEX)
-                w("_g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)")
-                _input_loads(w, d)
-                _kernel_draws(w, block, d)
+                _backward_loads(w, d, NTH_TILE_INDEX)
                 _block(w, Block(_needed(block, [e for _, e in grads]).assignments, grads),
                        TritonPrinter(_tensor_names(d), _shared_params(d)), "_")
                 for p in s.params:
@@ -572,12 +566,17 @@ def _param_sums_by_basis(w: Writer, d: Derivation, lin: LinearSums):
 def _backward_tile(w: Writer, d: Derivation, tile_index: str):
     """Load one tile, store grad * df/dinput for every input; leaves _g and _d_<param> (the
     params are loaded before, once per program)."""
+    _backward_loads(w, d, tile_index)
+    _block(w, d.kernel_backward, TritonPrinter(_tensor_names(d), _shared_params(d)), "_")
+    _input_stores(w, d)
+
+
+def _backward_loads(w: Writer, d: Derivation, tile_index: str):
+    """A backward's tile: its index, grad, the inputs and the draws at its elements."""
     w(tile_index)
     w("_g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)")
     _input_loads(w, d)
     _kernel_draws(w, d.kernel_backward, d)
-    _block(w, d.kernel_backward, TritonPrinter(_tensor_names(d), _shared_params(d)), "_")
-    _input_stores(w, d)
 
 
 def _input_stores(w: Writer, d: Derivation):

@@ -155,9 +155,9 @@ class StaticKernel:
 
     def __init__(self, compiled, n_args: int, device: int, launcher=None):
         launcher = launcher if launcher is not None else torch._C._StaticCudaLauncher
-        self.kept, self.types = plan(compiled, n_args)
-        self.kept = None if self.kept == tuple(range(n_args)) else self.kept
-        self.nulls = (None,) * sum(hasattr(compiled.metadata, s) for s in SCRATCH)
+        kept, self.types = plan(compiled, n_args)
+        self.kept = None if kept == tuple(range(n_args)) else kept
+        self.nulls = (None,) * (len(self.types) - len(kept))      # (the scratch pointers' codes come last)
         md = compiled.metadata
         loaded = launcher._load_kernel(cubin_path(compiled), md.name, md.shared, device)
         # (function, registers, spills), or in newer torch (module, function, registers, spills)
