@@ -486,17 +486,6 @@ def in_tile(values, mask):
 
 
 @triton.jit
-def store_partial(ptr, acc, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr):
-    """One program's partial param-gradient sums, accumulated element by element over its
-    tiles: summed per tile row (CH_AXIS 0) or column (1), and stored."""
-    pid = tl.program_id(0).to(tl.int64)
-    if CH_AXIS == 0:
-        tl.store(ptr + pid * BLOCK_M + tl.arange(0, BLOCK_M), tl.sum(acc, axis=1))
-    else:
-        tl.store(ptr + pid * BLOCK_N + tl.arange(0, BLOCK_N), tl.sum(acc, axis=0))
-
-
-@triton.jit
 def reduce_partial(acc, CH_AXIS: tl.constexpr):
     """A program's sums accumulated element by element over its tiles (partial_zeros), summed
     per tile row (CH_AXIS 0: shape (BLOCK_M, 1)) or column (1: (1, BLOCK_N)), as a channel's
@@ -509,13 +498,20 @@ def reduce_partial(acc, CH_AXIS: tl.constexpr):
 
 @triton.jit
 def store_reduced(ptr, v, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr):
-    """One program's partial param-gradient sums as reduce_partial shapes them, stored where
-    store_partial stores them."""
+    """One program's partial param-gradient sums as reduce_partial shapes them, stored at its
+    place in the partials: BLOCK_M per program (CH_AXIS 0) or BLOCK_N (1)."""
     pid = tl.program_id(0).to(tl.int64)
     if CH_AXIS == 0:
         tl.store(ptr + pid * BLOCK_M + tl.arange(0, BLOCK_M)[:, None], v)
     else:
         tl.store(ptr + pid * BLOCK_N + tl.arange(0, BLOCK_N)[None, :], v)
+
+
+@triton.jit
+def store_partial(ptr, acc, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_AXIS: tl.constexpr):
+    """One program's partial param-gradient sums, accumulated element by element over its
+    tiles: summed per tile row or column (reduce_partial), and stored (store_reduced)."""
+    store_reduced(ptr, reduce_partial(acc, CH_AXIS), BLOCK_M, BLOCK_N, CH_AXIS)
 
 
 @triton.jit
