@@ -10,6 +10,11 @@ from .activation import Activation, as_tensor, dim_index, no_forward_ad, vmap_by
 from .layouts import Halves
 from .workspace import WORKSPACE
 
+if HAS_TRITON:      # Triton's hash of itself, for a first compile, taken in the background
+    from . import compiler_key
+
+    compiler_key.start_if_wanted()
+
 
 def release_workspace() -> None:
     """Free this thread's CPU workspace (the fallback's reused chunk buffers, at most 8 MiB

@@ -38,7 +38,7 @@ import warnings
 
 import torch
 
-from . import static_launch, variant_store
+from . import compiler_key, static_launch, variant_store
 from .triton_lang import FP_FUSION, INTERPRET
 
 DEFAULT_STORE = object()   # Launcher(store=...): the store the environment asks for (variant_store.STORE)
@@ -148,6 +148,7 @@ class Launcher:
             except (ImportError, AttributeError):     # a Triton without these: its JIT for every launch
                 self.enabled = False
         if not self.enabled:
+            compiler_key.wait()
             return jit_launch(kernel, grid, args, consts, num_warps)
         device = self._device()
         key = variant_key(kernel, device, args, consts, num_warps)
@@ -155,6 +156,7 @@ class Launcher:
         if compiled is None:
             compiled = self._stored(kernel, key, device, len(args))
             if compiled is None:
+                compiler_key.wait()         # (a compile: Triton's hash of itself, where it is being taken)
                 if self.static:
                     compiled = self._compile_static(kernel, key, device, grid, args, consts, num_warps)
                 if compiled is None:
