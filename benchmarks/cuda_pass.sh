@@ -13,6 +13,8 @@
 #   2. host_profile.txt - where a call's host time goes (benchmarks/host_profile.py);
 #      host_profile_static.txt - the same with launches through torch's launcher
 #      (ACTGEN_STATIC_LAUNCH=1), fresh processes' first calls included;
+#      param_grads.txt - backwards with param gradients against frozen ones: event times,
+#      host time, synchronising ops, the ops and kernels (benchmarks/param_grad_profile.py);
 #   3. latency/     - first-call latency (fresh processes), recompilation, host time;
 #   4. bench-2p26/  - the suite at 2**26 elements (where the targets are judged), fp32 and bf16;
 #   5. exp_cost.json - the kernels with their own exp against libdevice's (benchmarks/exp_cost.py);
@@ -26,7 +28,7 @@ OUT=${1:?usage: benchmarks/cuda_pass.sh OUT_DIR [SECONDS]}
 BUDGET=${2:-540}
 PY=${PYTHON:-python3}
 JOBS=${JOBS:-8}
-STAGES=${STAGES:-accuracy host host-static latency bench-2p26 exp_cost bench-more}   # which stages, in this order
+STAGES=${STAGES:-accuracy host host-static params latency bench-2p26 exp_cost bench-more}   # which stages, in this order
 CASES=${CASES:-}                       # activations to benchmark (default: the suite's)
 MORE_SIZES=${MORE_SIZES:-2**20 2**28}
 export PYTHONUNBUFFERED=1
@@ -56,6 +58,7 @@ run accuracy 70 env ACTGEN_TUNING_CACHE="$WORK/tuning-accuracy.json" $PY -m actg
 run host 45 $PY benchmarks/host_profile.py --op silu --out "$WORK/host_profile.txt"
 run host-static 45 env ACTGEN_STATIC_LAUNCH=1 $PY benchmarks/host_profile.py --op silu \
     --out "$WORK/host_profile_static.txt"
+run params 40 $PY benchmarks/param_grad_profile.py --device cuda --out "$WORK/param_grads.txt"
 run latency 150 $PY -m actgen.bench silu --device cuda --dtype fp32 --sizes '2**20' --impls actgen compile \
     --modes fwd --latency-cases silu --no-memory --no-plots --out "$WORK/latency"
 run bench-2p26 240 $PY -m actgen.bench $CASES --device cuda --dtype fp32 bf16 --sizes '2**26' --prewarm "$JOBS" \

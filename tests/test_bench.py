@@ -280,3 +280,24 @@ def test_prewarm_runs_everything_first_in_other_processes(monkeypatch, tmp_path)
     assert "relu" in bench._prewarm_task(dict(case="relu", dtype="fp32", n=100, device="nowhere", impls=["actgen"],
                                               modes=["fwd"], compile_dynamic=True, compile_backend="inductor",
                                               tuning_cache=str(tmp_path / "t.json")))
+
+
+def test_param_grad_profile_smoke(tmp_path, torch_backend):
+    """benchmarks/param_grad_profile.py (a stage of the GPU pass) runs on CPU at a tiny size and
+    reports both states of every case asked for, and the ops of the largest size's backwards."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "param_grad_profile.py"
+    spec = importlib.util.spec_from_file_location("param_grad_profile", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "param_grads.txt"
+    assert mod.main(["--device", "cpu", "--cases", "prelu_cl", "polynomial", "--sizes", "256", "--out", str(out)]) == 0
+    text = out.read_text()
+    for name in ("prelu_cl", "polynomial"):
+        assert f"== {name} (" in text
+    rows = [line for line in text.splitlines() if "backward (events, as the suite)" in line]
+    assert [r.split()[0] for r in rows] == ["params", "frozen"] * 2
+    assert all(float(r.split("suite)")[1].split()[0]) > 0 for r in rows)
+    assert text.count("-- ops of three backwards") == 4 and "_EagerFunctionBackward" in text
