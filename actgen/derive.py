@@ -895,6 +895,7 @@ def rewrite_root_common_factor(e):
     the power of that sum drops and fewer operations are left; a stable sum stays one."""
     if not isinstance(e, sympy.Mul):
         return None
+    ops = plain = None          # (the expression's size and its plain sums: once, at the first candidate)
     for f in e.args:
         if not (isinstance(f, sympy.Pow) and f.exp.is_Integer and f.exp <= -2 and isinstance(f.base, sympy.Add)):
             continue
@@ -902,11 +903,12 @@ def rewrite_root_common_factor(e):
         for r in dict.fromkeys(g for t in terms for g in sympy.Mul.make_args(t)):     # (in order)
             if not (isinstance(r, sympy.Pow) and r.exp == sympy.S.Half and _is_sum(r.base)):
                 continue
-            ops = sympy.count_ops(e)
-            if ops > 60:                        # (factor's time grows fast with the size)
-                return None
+            if ops is None:
+                ops = sympy.count_ops(e)
+                if ops > 60:                    # (factor's time grows fast with the size)
+                    return None
+                plain = e.replace(lambda a: isinstance(a, StableSum), lambda a: sympy.Add(*a.args))
             s = sympy.Dummy("s", positive=True)
-            plain = e.replace(lambda a: isinstance(a, StableSum), lambda a: sympy.Add(*a.args))
             sum_s = sympy.Add(*terms).subs(r, s)
             new = sympy.factor(plain.subs(r, s))
             if new.has(s**2):
