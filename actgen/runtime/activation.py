@@ -507,6 +507,7 @@ class Activation:
     #: alone, gathered, and writes them over the kernel's values.
     PATCH_BLOCK = 256
     PATCH_FRACTION = 1 / 8
+    _BLOCK_OFFSETS = torch.arange(PATCH_BLOCK)      # (each patch's indices: a block's start plus these)
 
     def _native_inside(self, which: int, xs, rows: bool = False):
         """Whether torch's kernel for f (which 0) or the backward (1) is trusted with xs: one
@@ -575,7 +576,8 @@ class Activation:
         self._native_call(which, inputs, constants, outs, grad)
         if not out_rows.numel() and not tail:
             return True
-        idx = torch.add(torch.arange(size), out_rows[:, None], alpha=size).view(-1)
+        offsets = self._BLOCK_OFFSETS if len(self._BLOCK_OFFSETS) == size else torch.arange(size)
+        idx = torch.add(offsets, out_rows[:, None], alpha=size).view(-1)
         if tail:
             idx = torch.cat([idx, torch.arange(rows * size, n)])
         if flat is None:
@@ -583,15 +585,26 @@ class Activation:
             sub = [v[at] for v in views]
         else:
             sub = [t.index_select(0, idx) for t in flat]
-        if which == 0:
-            values = [self._cpu_forward(sub, [], constants, channel_dim, rng, native=False)]
-        else:
-            values = self._cpu_backward(grad.reshape(-1).index_select(0, idx), sub, [], constants, channel_dim,
-                                        needs, rng, native=False)
+        values = self._patch_values(which, sub, grad.reshape(-1).index_select(0, idx) if which else None,
+                                    constants, needs)
         for out, v in zip(outs, values):
             if out is not None:
-                _put_flat(out, idx, v)
+                _put_flat(out, idx, v if v.dtype == out.dtype else v.to(out.dtype))
         return True
+
+    def _patch_values(self, which: int, sub, grad, constants, needs) -> list:
+        """The derived code's f (which 0) or grad times each input's derivative (1; None
+        where not needed) on the gathered inputs of a patch over torch's kernel, in the
+        compute dtype: the fast variant where they are finite, else the guarded functions
+        (_values; the caller copies the values out of the workspace).  An op with torch's
+        kernels has no params or draws."""
+        dt = compute_dtype(sub[0].dtype)
+        xs = [t if t.dtype == dt else t.to(dt) for t in sub]
+        values, _ = self._values(which, xs, list(constants))
+        if which == 0:
+            return [as_tensor(values, xs[0])]
+        g = grad if grad.dtype == dt else grad.to(dt)
+        return [torch.mul(g, d) if need else None for d, need in zip(values, needs)]
 
     def _halves_grads(self, inputs, needs):
         """For a gated op's two inputs that are the halves of one tensor, both needed: their
