@@ -1,6 +1,7 @@
 """Triton's hash of itself taken in the background (actgen/runtime/compiler_key.py): when the
 runtime starts it at import, that the thread takes the hash that triton.compile then finds
-taken, and that a launch that compiles waits for it first (and one that does not, does not)."""
+taken, and that a launch that compiles, or first starts Triton's driver, waits for it first
+(and one that does neither, does not)."""
 import json
 import os
 import subprocess
@@ -164,3 +165,20 @@ def test_a_static_compile_waits_for_the_hash_first(tmp_path, monkeypatch):
     launcher(kernel, (2,), (x, x, 64), (128, False), 4)
     launcher(kernel, (2,), (x, x, 64), (128, False), 4)
     assert log == ["wait", "compile"]
+
+
+def test_the_first_launch_waits_before_it_starts_tritons_driver(tmp_path, monkeypatch):
+    """Binding Triton's driver imports its backends, as the hash does: one thread at a time."""
+    log = []
+    _logged(monkeypatch, log)
+    launcher = variants.Launcher(enabled=True, store=None, static=False)
+
+    def bind():
+        log.append("bind")
+        launcher._device, launcher._stream, launcher._target = (lambda: 0), (lambda device: 0), (lambda: "t")
+        launcher._hooks = SimpleNamespace(launch_enter_hook=None, launch_exit_hook=None)
+    monkeypatch.setattr(launcher, "_bind", bind)
+    kernel = _Subscripted(_Kernel(tmp_path), log)
+    x = torch.zeros(64)
+    launcher(kernel, (1,), (x, x, 64), (128, False), 4)
+    assert log[:2] == ["wait", "bind"] and log[-1] == "compile"

@@ -143,6 +143,7 @@ class Launcher:
 
     def __call__(self, kernel, grid, args, consts, num_warps):
         if self._device is None and self.enabled:
+            compiler_key.wait()     # (Triton's modules imported by one thread at a time)
             try:
                 self._bind()
             except (ImportError, AttributeError):     # a Triton without these: its JIT for every launch
