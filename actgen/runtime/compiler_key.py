@@ -10,8 +10,8 @@ starts a daemon thread that takes the hash (Python's hashlib lets go of the GIL 
 hashes), while the program goes on with what it does before its first call - building its
 model, starting CUDA; a launch that must compile, or that first starts Triton's driver
 (which imports Triton's backends, as the hash does), waits for that thread first, rather
-than hashing a second time beside it.  ACTGEN_WARM_COMPILER_KEY=0 turns it off; it never starts
-under Triton's interpreter (nothing is compiled for a GPU there).
+than hashing a second time beside it.  ACTGEN_WARM_COMPILER_KEY=0 turns it off; it never
+starts under Triton's interpreter (nothing is compiled for a GPU there).
 """
 from __future__ import annotations
 
