@@ -49,8 +49,10 @@ prof.disable()
 t4 = time.perf_counter()
 s = io.StringIO()
 pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(45)
+from actgen.runtime import compiler_key
 print(f"FIRST_CALL import torch {t1 - t0:.3f}s, import actgen.ops {t2 - t1:.3f}s, torch's first backward {tw:.3f}s, "
-      f"the op's first fwd+bwd {t4 - t3:.3f}s")
+      f"the op's first fwd+bwd {t4 - t3:.3f}s; Triton's hash of itself taken early: "
+      f"{'yes' if compiler_key._THREAD is not None else 'no'}")
 print(s.getvalue())
 """
 
