@@ -380,9 +380,17 @@ def main(argv=None) -> int:
         import actgen.ops as ops
 
         modules = sorted({f"actgen.ops.{getattr(ops, n).__module__.rsplit('.', 1)[-1]}" for n in ops.__all__})
-    from actgen.runtime.tuning import DEFAULT, PARAM_GRAD_CANDIDATES
+    import torch
 
-    configs = PARAM_GRAD_CANDIDATES if args.tuning_candidates else (DEFAULT,)
+    from actgen.runtime.tuning import DEFAULT, candidates
+
+    # every config the tuner may launch for each dtype asked for (param-gradient ones included),
+    # with the dtypes it is a candidate for; else the default for every dtype
+    dtypes_of = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
+    configs = {}
+    for d in args.dtype:
+        for cfg in (candidates(dtypes_of[d], True) if args.tuning_candidates else (DEFAULT,)):
+            configs.setdefault(cfg, []).append(d)
     ptxas = ptxas_path() if args.spills else None
     nvdisasm = nvdisasm_path() if args.sass else None
     if args.sass and nvdisasm is None:
@@ -390,9 +398,9 @@ def main(argv=None) -> int:
         return 2
     reports = []
     for m in modules:
-        for cfg in configs:
+        for cfg, dtypes in configs.items():
             layouts = layouts_for(cfg.tile)[:1] if args.flat_only else layouts_for(cfg.tile)
-            reports += compile_module(m, tuple(args.dtype), tuple(args.arch), layouts, ptxas, cfg.num_warps, cfg.step,
+            reports += compile_module(m, tuple(dtypes), tuple(args.arch), layouts, ptxas, cfg.num_warps, cfg.step,
                                       nvdisasm)
     if args.runtime:
         reports += compile_runtime(tuple(args.arch), ptxas)

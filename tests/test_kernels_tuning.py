@@ -15,7 +15,11 @@ import torch.nn.functional as F
 
 import actgen.ops as ops
 from actgen.runtime import launch, tuning
-from actgen.runtime.tuning import CANDIDATES, DEFAULT, PARAM_GRAD_CANDIDATES, Config, Tuner
+from actgen.runtime.tuning import CANDIDATES, DEFAULT, NARROW, Config, Tuner, candidates
+
+# what launches of float32 data tune among (the tests' tensors are float32)
+FLOAT32 = candidates(torch.float32)
+FLOAT32_PARAM_GRAD = candidates(torch.float32, True)
 
 pytest.importorskip("triton")
 
@@ -45,7 +49,7 @@ def recording_tuner(tmp_path, monkeypatch):
     """launch's tuner replaced by one that tunes everything, with made-up timings in which
     Config(2048, 8) is fastest; records every config launched."""
     calls = []
-    times = {c: 1.0 + i for i, c in enumerate(PARAM_GRAD_CANDIDATES)}
+    times = {c: 1.0 + i for i, c in enumerate(FLOAT32_PARAM_GRAD)}
     times[Config(2048, 8)] = 0.5
     times[Config(1024, 4, step=True)] = 0.25         # only a backward with param gradients has it
     tuner = AlwaysOn(tmp_path / "tuning.json", bench=fake_bench(times, calls))
@@ -67,13 +71,13 @@ def _force(monkeypatch, cfg):
     return cfg
 
 
-@pytest.fixture(params=CANDIDATES, ids=lambda c: c.label)
+@pytest.fixture(params=FLOAT32, ids=lambda c: c.label)
 def forced_config(request, monkeypatch):
     """Every launch uses one candidate config."""
     return _force(monkeypatch, request.param)
 
 
-@pytest.fixture(params=PARAM_GRAD_CANDIDATES, ids=lambda c: c.label)
+@pytest.fixture(params=FLOAT32_PARAM_GRAD, ids=lambda c: c.label)
 def forced_param_grad_config(request, monkeypatch):
     """Every launch uses one candidate config of a backward with param gradients (stepping or not)."""
     return _force(monkeypatch, request.param)
@@ -152,12 +156,12 @@ def test_the_fastest_config_is_kept_and_reused(recording_tuner, triton_backend, 
     x = torch.randn(5000)
     y = ops.silu(x)
     torch.testing.assert_close(y, F.silu(x))
-    assert calls == _compiled_and_timed(CANDIDATES)
+    assert calls == _compiled_and_timed(FLOAT32)
     data = json.loads((tmp_path / "tuning.json").read_text())
     (key, entry), = data["configs"].items()
     assert (entry["tile"], entry["num_warps"]) == (2048, 8)
     assert "_forward_kernel" in key and "float32" in key and "flat" in key and tuning.size_bucket(5000) in key
-    assert set(entry["ms"]) == {c.label for c in CANDIDATES}
+    assert set(entry["ms"]) == {c.label for c in FLOAT32}
     calls.clear()
     torch.testing.assert_close(ops.silu(x * 2), F.silu(x * 2))
     assert calls == []                                  # same bucket: no tuning
@@ -188,7 +192,7 @@ def test_a_backward_with_param_gradients_also_tunes_stepping(recording_tuner, tr
     calls.clear()                                       # the forward's tuning
     g = torch.randn_like(y)
     gx, gw = torch.autograd.grad(y, (x, w), g)
-    assert calls == _compiled_and_timed(PARAM_GRAD_CANDIDATES)
+    assert calls == _compiled_and_timed(FLOAT32_PARAM_GRAD)
     torch.testing.assert_close(gw, (g * torch.where(x > 0, 0.0, x)).sum((0, 2)), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(gx, g * torch.where(x > 0, 1.0, w.view(-1, 1)))
     entries = json.loads((tmp_path / "tuning.json").read_text())["configs"]
@@ -196,7 +200,7 @@ def test_a_backward_with_param_gradients_also_tunes_stepping(recording_tuner, tr
     assert "rows+param_grad" in key and entry["step"] is True and entry["tile"] == 1024
     calls.clear()
     torch.autograd.grad(ops.prelu(x, w.detach()), x, g)   # param frozen: another kind, not stepping
-    assert calls == _compiled_and_timed(CANDIDATES)
+    assert calls == _compiled_and_timed(FLOAT32)
 
 
 def test_the_file_serves_a_new_process_and_buckets_tune_apart(tmp_path):
@@ -253,6 +257,20 @@ def test_a_candidate_that_spills_is_not_timed(tmp_path):
     assert tuner.choose(kernel, torch.empty(10), "flat", run) not in spilling
     entry, = json.loads((tmp_path / "t.json").read_text())["configs"].values()
     assert set(entry["ms"]) == {c.label for c in CANDIDATES if c not in spilling}
+
+
+def test_four_elements_a_thread_are_candidates_for_4_and_8_byte_data_only():
+    """Four elements a thread still move one 128-bit vector an access for float32 and float64,
+    half of one for 16-bit data; every candidate steps too where param gradients are summed."""
+    for dtype in (torch.float32, torch.float64):
+        assert candidates(dtype) == CANDIDATES + NARROW
+        assert all(c.tile // (32 * c.num_warps) == 4 for c in NARROW)
+    for dtype in (torch.bfloat16, torch.float16):
+        assert candidates(dtype) == CANDIDATES
+    for dtype in (torch.float32, torch.bfloat16):
+        plain = candidates(dtype)
+        assert candidates(dtype, True) == plain + tuple(Config(c.tile, c.num_warps, True) for c in plain)
+    assert DEFAULT in candidates(torch.bfloat16) and tuning.CACHE_VERSION == 2
 
 
 def test_size_buckets():

@@ -28,7 +28,7 @@ import torch
 
 from .layouts import halves_grads, new_contiguous, rows_of
 from .triton_lang import INTERPRET, tl
-from .tuning import CANDIDATES, DEFAULT, PARAM_GRAD_CANDIDATES, TUNER, Config
+from .tuning import DEFAULT, TUNER, Config, candidates
 from .variants import LAUNCH
 
 TILE = DEFAULT.tile          # elements per program, untuned
@@ -139,17 +139,18 @@ def on_device(x: torch.Tensor):
     return torch.cuda.device(x.device) if _elsewhere(x) else contextlib.nullcontext()
 
 
-def _tuned(kernel, x, kind, run, candidates=CANDIDATES):
-    """Launch with the config the tuner picks for this launch (run(config) launches), on x's
-    GPU.  Overflow to inf and NaN arithmetic do not warn on a GPU; under the interpreter,
-    whose arithmetic is numpy's, they do not either."""
+def _tuned(kernel, x, kind, run, param_grad=False):
+    """Launch with the config the tuner picks for this launch among its candidates for x's
+    dtype (run(config) launches), on x's GPU.  Overflow to inf and NaN arithmetic do not warn
+    on a GPU; under the interpreter, whose arithmetic is numpy's, they do not either."""
+    configs = candidates(x.dtype, param_grad)
     if INTERPRET:
         with np.errstate(all="ignore"):
-            return run(TUNER.choose(kernel, x, kind, run, candidates))
+            return run(TUNER.choose(kernel, x, kind, run, configs))
     if _elsewhere(x):
         with torch.cuda.device(x.device):
-            return run(TUNER.choose(kernel, x, kind, run, candidates))
-    return run(TUNER.choose(kernel, x, kind, run, candidates))
+            return run(TUNER.choose(kernel, x, kind, run, configs))
+    return run(TUNER.choose(kernel, x, kind, run, configs))
 
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -286,7 +287,7 @@ def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, 
                       (lay.block_m, lay.block_n, lay.ch_axis, *consts, need_params, step, *training), cfg.num_warps)
 
     kind = lay0.kind + "+param_grad" if need_params else lay0.kind
-    _tuned(kernel, x, kind, run, PARAM_GRAD_CANDIDATES if need_params else CANDIDATES)
+    _tuned(kernel, x, kind, run, need_params)
     grads = [g if g.shape == t.shape else g.view(t.shape) for g, t in zip(grads, inputs)]
     if not need_params:
         return grads + [torch.empty_like(p) for p in params]

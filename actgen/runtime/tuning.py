@@ -38,12 +38,31 @@ class Config:
 DEFAULT = Config(1024, 4)
 # What the tuner times.  All move 128-bit vectors per thread (AOT-checked for each).
 CANDIDATES = (Config(1024, 4), Config(2048, 4), Config(2048, 8), Config(4096, 8))
-# ... and for a backward that sums param gradients: each also with about PROGRAMS_PER_SM
-# programs per SM stepping through the tiles (partial sums a few per program, not one per
-# tile), which costs registers in the heaviest kernels - the timing decides.
-PARAM_GRAD_CANDIDATES = CANDIDATES + tuple(Config(c.tile, c.num_warps, True) for c in CANDIDATES)
+# ... and for 4- and 8-byte data also four elements a thread, still one 128-bit vector an
+# access (16-bit data would take half of one): the smallest of the above won nearly every
+# float32 kernel at 2**28 on an H200, swiglu's backward by more the smaller the tile
+# (1.36 ms at 1024x4, 1.39 at 2048x8, 1.45 at 2048x4, 1.97 at 4096x8; roofline 1.24)
+NARROW = (Config(512, 4), Config(1024, 8))
+
+
+def _stepping(configs) -> tuple[Config, ...]:
+    """configs, each also with about PROGRAMS_PER_SM programs per SM stepping through the
+    tiles (partial sums a few per program, not one per tile), which costs registers in the
+    heaviest kernels - the timing decides: a backward that sums param gradients."""
+    return tuple(configs) + tuple(Config(c.tile, c.num_warps, True) for c in configs)
+
+
+PARAM_GRAD_CANDIDATES = _stepping(CANDIDATES)
+
+
+@functools.lru_cache(maxsize=None)
+def candidates(dtype: torch.dtype, param_grad: bool = False) -> tuple[Config, ...]:
+    """What the tuner times for data of dtype: CANDIDATES, with NARROW for 4- and 8-byte
+    data; each also stepping for a backward that sums param gradients."""
+    configs = CANDIDATES + (NARROW if dtype.itemsize >= 4 else ())
+    return _stepping(configs) if param_grad else configs
 TUNE_MIN = 1 << 22      # below this, launch latency dominates and the default is kept
-CACHE_VERSION = 1
+CACHE_VERSION = 2      # (2: NARROW among the candidates for 4- and 8-byte data: tuned afresh)
 
 
 def cache_path() -> Path:
