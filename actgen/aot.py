@@ -274,14 +274,18 @@ def module_layouts(mod, layouts=LAYOUTS) -> tuple:
     return tuple(layouts) if any(mod._OP.per_channel) else tuple(layouts[:1])
 
 
-def compile_module(module_name: str, dtypes=POINTER_DTYPES, archs=ARCHS, layouts=LAYOUTS,
-                   ptxas: str | None = None, num_warps: int = 4, step: bool = False,
-                   nvdisasm: str | None = None) -> list[KernelReport]:
+def torch_dtype(name: str):
+    """The torch dtype of one of POINTER_DTYPES."""
     import torch
 
     from .bench import DTYPES
 
-    dtypes_of = {**DTYPES, "fp64": torch.float64}
+    return {**DTYPES, "fp64": torch.float64}[name]
+
+
+def compile_module(module_name: str, dtypes=POINTER_DTYPES, archs=ARCHS, layouts=LAYOUTS,
+                   ptxas: str | None = None, num_warps: int = 4, step: bool = False,
+                   nvdisasm: str | None = None) -> list[KernelReport]:
     mod = importlib.import_module(module_name)
     params = set(mod._OP.param_names)
     variants = (False, True) if getattr(mod._OP, "n_draws", 0) else (None,)
@@ -297,7 +301,7 @@ def compile_module(module_name: str, dtypes=POINTER_DTYPES, archs=ARCHS, layouts
                     for training in variants:
                         reports.append(_compile_one(module_name, kname, kernel, dtype, arch, lay, params, training,
                                                     ptxas, num_warps, step, nvdisasm,
-                                                    mod._OP.kernel_wide(dtypes_of[dtype], wide)))
+                                                    mod._OP.kernel_wide(torch_dtype(dtype), wide)))
     return reports
 
 
@@ -380,16 +384,13 @@ def main(argv=None) -> int:
         import actgen.ops as ops
 
         modules = sorted({f"actgen.ops.{getattr(ops, n).__module__.rsplit('.', 1)[-1]}" for n in ops.__all__})
-    import torch
-
     from actgen.runtime.tuning import DEFAULT, candidates
 
     # every config the tuner may launch for each dtype asked for (param-gradient ones included),
     # with the dtypes it is a candidate for; else the default for every dtype
-    dtypes_of = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
     configs = {}
     for d in args.dtype:
-        for cfg in (candidates(dtypes_of[d], True) if args.tuning_candidates else (DEFAULT,)):
+        for cfg in (candidates(torch_dtype(d), True) if args.tuning_candidates else (DEFAULT,)):
             configs.setdefault(cfg, []).append(d)
     ptxas = ptxas_path() if args.spills else None
     nvdisasm = nvdisasm_path() if args.sass else None

@@ -221,14 +221,13 @@ def test_every_tuning_candidate_compiles_vectorised(tuning_reports):
     with 128-bit accesses.  Register spills are counted here, and the tuner leaves out a
     candidate that spills (it reads the count off the compiled kernel on the GPU); the default
     config is spill-free for every kernel (test_no_register_spills)."""
-    import torch
-
+    from actgen.aot import torch_dtype
     from actgen.runtime.tuning import candidates
 
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    for name in ("fp32", "bf16"):
         configs = {(r["layout"][0] * r["layout"][1], r["num_warps"], r["step"]) for r in tuning_reports
                    if r["dtype"] == name}
-        assert configs == {(c.tile, c.num_warps, c.step) for c in candidates(dtype, True)}, name
+        assert configs == {(c.tile, c.num_warps, c.step) for c in candidates(torch_dtype(name), True)}, name
     stepping = {(r["module"], r["kernel"]) for r in tuning_reports if r["step"]}
     assert stepping == {("actgen.ops.pau", "_backward_kernel"), ("actgen.ops.prelu", "_backward_kernel")}
     failed = [(_key(r), r["num_warps"], r["error"]) for r in tuning_reports if not r["ok"]]

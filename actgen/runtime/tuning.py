@@ -45,22 +45,16 @@ CANDIDATES = (Config(1024, 4), Config(2048, 4), Config(2048, 8), Config(4096, 8)
 NARROW = (Config(512, 4), Config(1024, 8))
 
 
-def _stepping(configs) -> tuple[Config, ...]:
-    """configs, each also with about PROGRAMS_PER_SM programs per SM stepping through the
-    tiles (partial sums a few per program, not one per tile), which costs registers in the
-    heaviest kernels - the timing decides: a backward that sums param gradients."""
-    return tuple(configs) + tuple(Config(c.tile, c.num_warps, True) for c in configs)
-
-
-PARAM_GRAD_CANDIDATES = _stepping(CANDIDATES)
-
-
 @functools.lru_cache(maxsize=None)
 def candidates(dtype: torch.dtype, param_grad: bool = False) -> tuple[Config, ...]:
     """What the tuner times for data of dtype: CANDIDATES, with NARROW for 4- and 8-byte
-    data; each also stepping for a backward that sums param gradients."""
+    data; for a backward that sums param gradients each also with about PROGRAMS_PER_SM
+    programs per SM stepping through the tiles (partial sums a few per program, not one per
+    tile), which costs registers in the heaviest kernels - the timing decides."""
     configs = CANDIDATES + (NARROW if dtype.itemsize >= 4 else ())
-    return _stepping(configs) if param_grad else configs
+    return configs + tuple(Config(c.tile, c.num_warps, True) for c in configs) if param_grad else configs
+
+
 TUNE_MIN = 1 << 22      # below this, launch latency dominates and the default is kept
 CACHE_VERSION = 2      # (2: NARROW among the candidates for 4- and 8-byte data: tuned afresh)
 
