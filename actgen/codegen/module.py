@@ -444,22 +444,30 @@ def _backward_kernel(w: Writer, d: Derivation):
             _param_sums_by_basis(w, d, lin)
             w()
             return
-        for p in s.params:
-            w(f"_sum_{p.name} = _partial_zeros(BLOCK_M, BLOCK_N, ACC)")
-        # the params once per program: a stepping program's tiles share their elements'
-        # channels (launch.param_grad_programs), so its first tile's are every tile's
-        if any(p.per_channel for p in s.params):
-            w("_ch0 = _tile_channels(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)")
-        _param_loads(w, d, "_ch0")
+        _param_sums(w, d, "= _partial_zeros(BLOCK_M, BLOCK_N, ACC)")
+        _program_params(w, d)
         with w.indent("for _it in range(_iters if STEP else 1):"):
             _backward_tile(w, d, NTH_TILE_INDEX)
             with w.indent("if PARAM_GRAD:"):
-                for p in s.params:
-                    w(f"_sum_{p.name} += _in_tile(_g * _d_{p.name}, _mask)")
+                _param_sums(w, d, "+= _in_tile(_g * _d_{}, _mask)")
         with w.indent("if PARAM_GRAD:"):
             for k, p in enumerate(s.params):
                 w(f"_store_partial(_partials_ptr + {k} * _n_partials, _sum_{p.name}, BLOCK_M, BLOCK_N, CH_AXIS)")
     w()
+
+
+def _program_params(w: Writer, d: Derivation):
+    """The params once per program: a stepping program's tiles share their elements'
+    channels (launch.param_grad_programs), so its first tile's are every tile's."""
+    if any(p.per_channel for p in d.spec.params):
+        w("_ch0 = _tile_channels(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)")
+    _param_loads(w, d, "_ch0")
+
+
+def _param_sums(w: Writer, d: Derivation, update: str):
+    """_sum_<param> <update> for every param ({} in update: the param's name)."""
+    for p in d.spec.params:
+        w(f"_sum_{p.name} {update.format(p.name)}")
 
 
 def _linear_sums(d: Derivation) -> LinearSums | None:
@@ -508,9 +516,7 @@ def _param_sums_by_basis(w: Writer, d: Derivation, lin: LinearSums):
     block = d.kernel_backward
     for j in range(len(lin.bases)):
         w(f"_sum_b{j} = _partial_zeros(BLOCK_M, BLOCK_N, ACC)")
-    if any(p.per_channel for p in s.params):
-        w("_ch0 = _tile_channels(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)")
-    _param_loads(w, d, "_ch0")
+    _program_params(w, d)
     input_names = [f"d_{n}" for n in s.inputs]
     outputs = tuple((n, e) for n, e in block.outputs if n in input_names)
     fast = Block(_needed(block, [e for _, e in outputs] + list(lin.bases)).assignments, outputs)
@@ -547,16 +553,14 @@ def _param_sums_by_basis(w: Writer, d: Derivation, lin: LinearSums):
             names.append(f"_p_{p.name}")
         check = " + ".join(names + [f"_red_b{j}" for j in range(len(lin.bases))])
         with w.indent(f"if _not_finite({check}):"):
-            for p in s.params:
-                w(f"_sum_{p.name} = _partial_zeros(BLOCK_M, BLOCK_N, ACC)")
+            _param_sums(w, d, "= _partial_zeros(BLOCK_M, BLOCK_N, ACC)")
             params = [f"d_{p.name}" for p in s.params]
             grads = tuple((n, e) for n, e in block.outputs if n in params)
             with w.indent("for _it in range(_iters if STEP else 1):"):
                 _backward_loads(w, d, NTH_TILE_INDEX)
                 _block(w, Block(_needed(block, [e for _, e in grads]).assignments, grads),
                        TritonPrinter(_tensor_names(d), _shared_params(d)), "_")
-                for p in s.params:
-                    w(f"_sum_{p.name} += _in_tile(_g * _d_{p.name}, _mask)")
+                _param_sums(w, d, "+= _in_tile(_g * _d_{}, _mask)")
             for p in s.params:
                 w(f"_p_{p.name} = _reduce_partial(_sum_{p.name}, CH_AXIS)")
         for k, p in enumerate(s.params):
