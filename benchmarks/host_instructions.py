@@ -3,12 +3,13 @@
 A generated op's host time on a GPU is its Python (argument checks, the autograd Function,
 the layout, the tuner's choice) plus Triton's launcher.  The first part runs the same on a
 machine without a GPU: this counts it under valgrind's callgrind, with the kernel launches
-stubbed out ("kernels": the Triton path on CPU tensors, nothing launched) or on the CPU
-fallback ("fallback": the op computes), for a 4096-element tensor, next to torch's own
-F.silu.  Each figure is (instructions for 300 calls - for 100 calls) / 200, so the process's
+stubbed out ("kernels": the Triton path on CPU tensors, nothing launched; "launcher": the
+same through actgen's launcher, whose compiled variants stand-ins that launch nothing, so
+its keying counts too) or on the CPU fallback ("fallback": the op computes), for a
+4096-element tensor, next to torch's own F.silu.  Each figure is (instructions for 300 calls - for 100 calls) / 200, so the process's
 start and the warm-up cancel out; the counts repeat within about 1%.
 
-    python benchmarks/host_instructions.py [--cases silu_fwd silu_fwdbwd ...] [--jobs 2]
+    python benchmarks/host_instructions.py [--cases silu_fwd silu_fwdbwd ...] [--paths kernels launcher fallback] [--jobs 2]
 
 Needs valgrind (callgrind_control too).  Slow: about 30 s per count.
 """
@@ -37,6 +38,23 @@ cs = [torch.full((1,), v, requires_grad=True) for v in (0.1, 0.5, 0.2, -0.1)]
 if path == "kernels":       # the Triton path on CPU tensors, every launch stubbed out
     launch.LAUNCH = lambda *args: None
     backend.set_backend("triton")
+if path == "launcher":      # ... launched by actgen's launcher, a compiled variant's launch stubbed out
+    from types import SimpleNamespace
+    from actgen.runtime import variants
+
+    class Variant:
+        function = packed_metadata = None
+        def launch_metadata(self, grid, stream, *values):
+            return None
+        def run(self, *args):
+            return None
+
+    variants.jit_launch = lambda *args: Variant()       # (a variant's first launch "compiles" it)
+    launcher = variants.Launcher(enabled=True, store=None, static=False)
+    launcher._device, launcher._stream, launcher._target = (lambda: 0), (lambda device: 0), (lambda: None)
+    launcher._hooks = SimpleNamespace(launch_enter_hook=None, launch_exit_hook=None)
+    launch.LAUNCH = launcher
+    backend.set_backend("triton")
 f = {
     "silu_fwd": lambda: ops.silu(x),
     "silu_fwdbwd": lambda: torch.autograd.grad(ops.silu(xg), [xg], g),
@@ -55,6 +73,7 @@ for _ in range(n_iter):
 subprocess.run(control + ["off", str(os.getpid())], capture_output=True)
 """
 
+PATHS = ("kernels", "launcher", "fallback")
 CASES = ("silu_fwd", "silu_fwdbwd", "prelu_fwdbwd", "swiglu_fwdbwd", "polynomial_fwdbwd")
 
 
@@ -77,10 +96,11 @@ def per_call(path: str, case: str) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
     p.add_argument("--jobs", type=int, default=2)
     args = p.parse_args(argv)
     runs = [("torch", "F.silu_fwd"), ("torch", "F.silu_fwdbwd")]
-    runs += [(path, case) for case in args.cases for path in ("kernels", "fallback")]
+    runs += [(path, case) for case in args.cases for path in args.paths]
     with ThreadPoolExecutor(args.jobs) as pool:
         counts = list(pool.map(lambda r: per_call(*r), runs))
     print(f"instructions per call, 4096 elements (python {sys.version.split()[0]})")

@@ -66,8 +66,22 @@ def recording_tuner(tmp_path, monkeypatch):
     return tuner, calls
 
 
+class Forced(Tuner):
+    """A tuner whose choice, and so every launch plan's config, is one config."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+
+    def choose(self, kernel, x, kind, run, candidates=CANDIDATES):
+        return self.cfg
+
+    def settled(self, kernel, x, kind):
+        return self.cfg
+
+
 def _force(monkeypatch, cfg):
-    monkeypatch.setattr(launch.TUNER, "choose", lambda kernel, x, kind, run, candidates=CANDIDATES: cfg)
+    monkeypatch.setattr(launch, "TUNER", Forced(cfg))
     return cfg
 
 

@@ -30,6 +30,7 @@ from .layouts import halves_grads, inverse_order, memory_order, new_contiguous, 
 from .workspace import WORKSPACE, WORKSPACE_BYTES
 
 _REGISTERED: dict[str, tuple] = {}
+_cuda_device = getattr(torch._C, "_cuda_getDevice", None)     # the current GPU's index (a CUDA build)
 _launch = None       # actgen.runtime.launch once a kernel runs (it imports triton)
 
 
@@ -55,6 +56,14 @@ def dim_index(v, name: str, what: str, ndim: int | None = None) -> int:
     if ndim is not None and not -ndim <= v < ndim:
         raise IndexError(f"{name}: {what} {v} is out of range for a {ndim}-dim input (expected in [{-ndim}, {ndim - 1}])")
     return v
+
+
+def _contiguous(tensors) -> bool:
+    """Whether every tensor is contiguous (a loop: no generator per call)."""
+    for t in tensors:
+        if not t.is_contiguous():
+            return False
+    return True
 
 
 def _any_requires_grad(inputs, params) -> bool:
@@ -198,6 +207,10 @@ class Activation:
         # ... and with 16-bit data on the kernels too: where the spec asks (precision: float64);
         # a measured need is a float32 error beyond the target, 2**16 times below a bfloat16 ULP
         self.float64_16bit = float64_16bit
+        # launch plans (launch.Plan): for the forward of an op without params or draws, and
+        # for its backward where it has one input
+        self.plans_forward = not self.param_names and not draws
+        self.plans_backward = self.plans_forward and self.n_inputs == 1
         self.core = self.function = None
         self.fwd_op, self.bwd_op = _register(f"{name}_{key}", self)
 
@@ -207,6 +220,11 @@ class Activation:
 
     # --- argument checking (runs before autograd, in Python) --------------------------
     def call(self, inputs, params, constants, channel_dim, training=False):
+        compiling = torch.compiler.is_compiling()
+        if self.plans_forward and not compiling and _launch is not None and _launch.TUNER.plans:
+            y = self._planned_call(inputs, constants)
+            if y is not None:
+                return y
         x = inputs[0]
         for name, t in zip(self.inputs, inputs):
             if not isinstance(t, torch.Tensor):
@@ -246,7 +264,7 @@ class Activation:
             constants = tuple(float(c) for c in constants)
         seed = self.new_seed() if training and self.n_draws else None
         extra = (seed,) if self.n_draws else ()
-        if torch.compiler.is_compiling():
+        if compiling:
             return self.core.apply(*inputs, *params, *constants, cd, *extra)
         if torch._C._are_functorch_transforms_active():
             return self.function.apply(*inputs, *params, *constants, cd, *extra)
@@ -254,6 +272,53 @@ class Activation:
         if not (torch.is_grad_enabled() and _any_requires_grad(inputs, params)) and no_forward_ad():
             return self.forward_impl(list(inputs), list(params), list(constants), cd, seed)
         return _EagerFunction.apply(self, cd, seed, *inputs, *params, *constants)
+
+    # --- launch plans ---------------------------------------------------------------------
+    # A forward or backward whose launch an earlier call planned (launch.Plan: an op without
+    # params or draws, on contiguous inputs of a size, dtype and device the Triton kernels
+    # ran on) launches by the plan; what decided the plan's launch is its key (with the
+    # backend in use) or checked on every use: plain tensors, contiguous, on the current GPU.
+
+    def _planned_call(self, inputs, constants):
+        """call()'s result by a launch plan, for a plain eager call (not compiling) that needs
+        no autograd (the arguments checked as call() checks them, where the plan was made);
+        else None."""
+        if torch._C._are_functorch_transforms_active() or not no_forward_ad():
+            return None
+        grad = torch.is_grad_enabled()
+        for t in inputs:
+            if t.__class__ is not torch.Tensor or (grad and t.requires_grad) or not t.is_contiguous():
+                return None
+        if self.n_inputs == 2 and inputs[1].shape != inputs[0].shape:
+            return None
+        plan = self._plan(self.forward_kernel, inputs[0], constants)
+        return None if plan is None else plan.forward(inputs)
+
+    @staticmethod
+    def _plan_key(kernel, x: torch.Tensor, constants) -> tuple:
+        return id(kernel), x.numel(), x.dtype, x.get_device(), _backend._backend, constants
+
+    def _plan(self, kernel, x: torch.Tensor, constants):
+        """The plan made for kernel on tensors like x with these constants, or None (also
+        where x is on a GPU other than the current one)."""
+        plan = _launch.TUNER.plans.get(self._plan_key(kernel, x, constants))
+        if plan is not None:
+            device = x.get_device()
+            if device >= 0 and (_cuda_device is None or device != _cuda_device()):
+                return None
+        return plan
+
+    def _keep_plan(self, kernel, x: torch.Tensor, constants, make, *args) -> None:
+        """Keep make(kernel, *args) (launch.plan_forward, plan_backward) for the next call,
+        where there is no plan for it yet and make makes one."""
+        plans = _launch.TUNER.plans
+        key = self._plan_key(kernel, x, tuple(constants))
+        if key not in plans:
+            plan = make(kernel, *args)
+            if plan is not None:
+                if len(plans) >= _launch.MAX_PLANS:
+                    plans.clear()
+                plans[key] = plan
 
     # --- random draws -------------------------------------------------------------------
     # A call's draws travel as `rng`: None in evaluation mode, else (seed, kernels) with
@@ -348,6 +413,10 @@ class Activation:
         return None if self.n_draws else memory_order(inputs)
 
     def forward_impl(self, inputs, params, constants, channel_dim, rng=None):
+        if self.plans_forward and _launch is not None and _launch.TUNER.plans and _contiguous(inputs):
+            plan = self._plan(self.forward_kernel, inputs[0], tuple(constants))
+            if plan is not None:
+                return plan.forward(inputs)
         order = self._order(inputs)
         if order is not None:       # (the views in memory order are contiguous)
             y = self.forward_impl([t.permute(order) for t in inputs], params, constants, order.index(channel_dim), rng)
@@ -356,8 +425,13 @@ class Activation:
         if rng is not None:
             rng = self.rng(rng, x)
         if self._on_kernels(x, self.forward_kernel, rng):
-            return (_launch or _load_launch()).forward(self.forward_kernel, inputs, params, self.per_channel, constants, channel_dim,
-                                  self._channels(params), self._kernel_draws(rng), self.kernel_wide(x.dtype, self.float64_forward))
+            launch = _launch or _load_launch()
+            wide = self.kernel_wide(x.dtype, self.float64_forward)
+            y = launch.forward(self.forward_kernel, inputs, params, self.per_channel, constants, channel_dim,
+                               self._channels(params), self._kernel_draws(rng), wide)
+            if self.plans_forward and _contiguous(inputs):
+                self._keep_plan(self.forward_kernel, x, constants, launch.plan_forward, inputs, constants, wide)
+            return y
         if x.is_cpu:
             return self._cpu_forward(inputs, params, constants, channel_dim, rng)
         args = self._eager_args(inputs, params, constants, channel_dim, rng, self.float64_forward)
@@ -366,6 +440,10 @@ class Activation:
     # halves: a gated op's input gradients may be the halves of one buffer (_halves_grads),
     # not where they are a custom op's outputs (torch.compile), which must not alias
     def backward_impl(self, grad, inputs, params, constants, channel_dim, needs, rng=None, halves=True):
+        if self.plans_backward and _launch is not None and _launch.TUNER.plans and inputs[0].is_contiguous() and not _batched(grad):
+            plan = self._plan(self.backward_kernel, inputs[0], tuple(constants))
+            if plan is not None:
+                return plan.backward(grad, inputs[0])
         order = self._order(inputs)
         if order is not None:
             moved = [t.permute(order) for t in inputs]
@@ -382,9 +460,13 @@ class Activation:
         if _batched(grad):      # autograd's batched gradients (is_grads_batched): no out= writes
             return self._eager_backward(grad, inputs, params, constants, channel_dim, needs, rng)
         if self._on_kernels(x, self.backward_kernel, rng):
-            return (_launch or _load_launch()).backward(self.backward_kernel, grad, inputs, params, self.per_channel, constants, channel_dim,
-                                   self._channels(params), needs, self._kernel_draws(rng),
-                                   self.kernel_wide(x.dtype, self.float64_backward), halves)
+            launch = _launch or _load_launch()
+            wide = self.kernel_wide(x.dtype, self.float64_backward)
+            grads = launch.backward(self.backward_kernel, grad, inputs, params, self.per_channel, constants, channel_dim,
+                                    self._channels(params), needs, self._kernel_draws(rng), wide, halves)
+            if self.plans_backward and x.is_contiguous():
+                self._keep_plan(self.backward_kernel, x, constants, launch.plan_backward, x, constants, wide)
+            return grads
         if x.is_cpu:
             return self._cpu_backward(grad, inputs, params, constants, channel_dim, needs, rng, halves=halves)
         return self._eager_backward(grad, inputs, params, constants, channel_dim, needs, rng)

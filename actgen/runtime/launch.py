@@ -14,7 +14,9 @@ Each program handles one BLOCK_M x BLOCK_N tile, so per-channel param gradients 
 row sums (CH_AXIS 0) or column sums (CH_AXIS 1): per-program partial sums land in a small
 buffer, and a deterministic torch sum finishes them.  No atomics, no per-element gradient.
 The tile's size and the warps per program come from tuning.py (per size bucket, tuned once
-per GPU).
+per GPU).  An op without params or draws, called again on contiguous inputs of one size,
+dtype and device, launches by a Plan the earlier call made (below): its host work is then
+the output's allocation and the launch.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import torch
 from .layouts import halves_grads, new_contiguous, rows_of
 from .triton_lang import INTERPRET, tl
 from .tuning import DEFAULT, TUNER, Config, candidates
-from .variants import LAUNCH
+from .variants import LAUNCH, Launcher
 
 TILE = DEFAULT.tile          # elements per program, untuned
 
@@ -201,12 +203,119 @@ def forward(kernel, inputs, params, per_channel, constants, channel_dim, channel
     gated = len(inputs) == 2
 
     def run(cfg: Config):
-        lay = retile(lay0, cfg.tile)
-        tail = (lay.M, lay.N, lay.C, stride or lay.N) if gated else (lay.M, lay.N, lay.C)
-        return LAUNCH(kernel, lay.grid, (*args, *tail), (lay.block_m, lay.block_n, lay.ch_axis, *consts), cfg.num_warps)
+        grid, tail, blocks = _forward_tiles(lay0, cfg, stride, gated)
+        return LAUNCH(kernel, grid, (*args, *tail), (*blocks, *consts), cfg.num_warps)
 
     _tuned(kernel, x, lay0.kind, run)
     return out
+
+
+def _forward_tiles(lay0: Layout, cfg: Config, stride, gated: bool):
+    """A forward's grid, its arguments after the tensors and constants (the matrix, and a
+    gated op's row distance), and its tile constexprs, in cfg's tiles."""
+    lay = retile(lay0, cfg.tile)
+    tail = (lay.M, lay.N, lay.C, stride or lay.N) if gated else (lay.M, lay.N, lay.C)
+    return lay.grid, tail, (lay.block_m, lay.block_n, lay.ch_axis)
+
+
+def _backward_tiles(lay0: Layout, cfg: Config, stride, grad_stride, gated: bool):
+    """A backward's grid, its matrix and row distances (a gated op's: the inputs', the
+    gradients'), and its tile constexprs, in cfg's tiles."""
+    lay = retile(lay0, cfg.tile)
+    strides = ((stride or lay.N), (grad_stride or lay.N)) if gated else ()
+    return lay, (lay.M, lay.N, lay.C, *strides), (lay.block_m, lay.block_n, lay.ch_axis)
+
+
+# --- launch plans: the host work of a launch done once per size, dtype and device ----------
+# An op without params or random draws, on contiguous inputs, launches the same way for every
+# call on inputs of one size, dtype and device, once the tuner has settled on a config: the
+# grid, every argument but the tensors, the constexprs and the warps are the same.  A Plan
+# keeps them, so a later call's host work is its output's allocation and the launch
+# (Activation looks them up; TUNER.plans holds them, so a new tuner starts without any).
+
+class Plan:
+    """One kernel's launch for contiguous inputs of one size, dtype and device (see above).
+    The compiled variants it launched, by its tensors' alignments, are launched again
+    without the launcher's per-call key (Launcher.kept, launch_kept)."""
+
+    __slots__ = ("kernel", "grid", "scalars", "consts", "num_warps", "dtype", "variants")
+
+    def __init__(self, kernel, grid, scalars, consts, num_warps, dtype):
+        self.kernel, self.grid, self.scalars, self.consts, self.num_warps = kernel, grid, scalars, consts, num_warps
+        self.dtype = dtype
+        self.variants: dict[int, object] = {}
+
+    def _signature(self, tensors) -> int | None:
+        """What picks the variant of a launch by this plan: its tensors' 16-byte alignments,
+        as the bits of an int, where all are of the plan's dtype (else None)."""
+        sig = 1
+        for t in tensors:
+            if t.dtype is not self.dtype:
+                return None
+            sig = 2 * sig + (t.data_ptr() % 16 == 0)
+        return sig
+
+    def _launch(self, tensors):
+        args = (*tensors, *self.scalars)
+        launcher = LAUNCH
+        if launcher.__class__ is not Launcher:      # (a stand-in)
+            return self._through(launcher, args)
+        sig = self._signature(tensors)
+        compiled = self.variants.get(sig) if sig is not None else None
+        if compiled is not None:
+            return launcher.launch_kept(compiled, self.kernel, self.grid, args, self.consts, self.num_warps)
+        result = self._through(launcher, args)
+        if sig is not None:
+            compiled = launcher.kept(self.kernel, args, self.consts, self.num_warps)
+            if compiled is not None:
+                self.variants[sig] = compiled
+        return result
+
+    def _through(self, launcher, args):
+        if INTERPRET:       # (numpy's arithmetic, as in _tuned)
+            with np.errstate(all="ignore"):
+                return launcher(self.kernel, self.grid, args, self.consts, self.num_warps)
+        return launcher(self.kernel, self.grid, args, self.consts, self.num_warps)
+
+    def forward(self, inputs) -> torch.Tensor:
+        """f of the inputs (forward's result)."""
+        out = torch.empty_like(inputs[0])        # (contiguous, as the inputs are)
+        self._launch((*inputs, out))
+        return out
+
+    def backward(self, grad, x) -> list[torch.Tensor]:
+        """[grad * df/dx] of a one-input op (backward's result)."""
+        gx = torch.empty_like(x)
+        self._launch((grad.contiguous(), x, gx))
+        return [gx]
+
+
+MAX_PLANS = 1024        # plans kept: cleared beyond
+
+
+def plan_forward(kernel, inputs, constants, wide=False) -> Plan | None:
+    """forward()'s launch for contiguous inputs like these of an op without params or draws,
+    as a Plan; None where the tuner has not settled on a config for them (or they are empty)."""
+    x = inputs[0]
+    lay0 = layout((x.numel(),), 0, 1)
+    cfg = TUNER.settled(kernel, x, lay0.kind)
+    if cfg is None or not x.numel():
+        return None
+    grid, tail, blocks = _forward_tiles(lay0, cfg, None, len(inputs) == 2)
+    return Plan(kernel, grid, (*constant_parts(constants), *tail), (*blocks, _acc(x.dtype, wide), _fast(x.dtype)),
+                cfg.num_warps, x.dtype)
+
+
+def plan_backward(kernel, x, constants, wide=False) -> Plan | None:
+    """backward()'s launch for a contiguous x like this one of a one-input op without params
+    or draws, as a Plan (see plan_forward)."""
+    lay0 = layout((x.numel(),), 0, 1)
+    cfg = TUNER.settled(kernel, x, lay0.kind)
+    if cfg is None or not x.numel():
+        return None
+    lay, tail, blocks = _backward_tiles(lay0, cfg, None, None, False)
+    return Plan(kernel, lay.grid, (*constant_parts(constants), *tail),
+                (*blocks, _acc(x.dtype, wide), _fast(x.dtype), False), cfg.num_warps, x.dtype)
 
 
 def draw_values(seed: int, n: int, shape, device) -> list[torch.Tensor]:
@@ -264,27 +373,23 @@ def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, 
     seed, training = _draw_args(draws)
     consts = (_acc(x.dtype, wide), _fast(x.dtype))       # ACC, FAST
 
-    def row_strides(lay):
-        return ((stride or lay.N), (grad_stride or lay.N)) if gated else ()
-
     launched = {}
 
     def run(cfg: Config):
         """Launch with cfg (the compiled kernel back); the param-gradient partial sums are
         sized from its tile and left in `launched` with the layout and program count."""
-        lay = retile(lay0, cfg.tile)
+        lay, tail, blocks = _backward_tiles(lay0, cfg, stride, grad_stride, gated)
         if not params:
-            return LAUNCH(kernel, lay.grid, (*args, *parts, *seed, lay.M, lay.N, lay.C, *row_strides(lay)),
-                          (lay.block_m, lay.block_n, lay.ch_axis, *consts, False, *training), cfg.num_warps)
+            return LAUNCH(kernel, lay.grid, (*args, *parts, *seed, *tail), (*blocks, *consts, False, *training),
+                          cfg.num_warps)
         step = need_params and cfg.step
         programs, iters = param_grad_programs(lay, x.device) if step else (lay.grid[0], 1)
         n_partials = programs * (lay.block_m if lay.ch_axis == 0 else lay.block_n)
         acc_dtype = torch.float64 if x.dtype == torch.float64 or wide else torch.float32
         partials = torch.empty((len(params), n_partials if need_params else 1), dtype=acc_dtype, device=x.device)
         launched.update(lay=lay, partials=partials, programs=programs)
-        return LAUNCH(kernel, (programs,), (*args, partials, n_partials, *parts, *seed, lay.M, lay.N, lay.C,
-                                            *row_strides(lay), iters),
-                      (lay.block_m, lay.block_n, lay.ch_axis, *consts, need_params, step, *training), cfg.num_warps)
+        return LAUNCH(kernel, (programs,), (*args, partials, n_partials, *parts, *seed, *tail, iters),
+                      (*blocks, *consts, need_params, step, *training), cfg.num_warps)
 
     kind = lay0.kind + "+param_grad" if need_params else lay0.kind
     _tuned(kernel, x, kind, run, need_params)

@@ -104,6 +104,8 @@ class Tuner:
         # the choice per (kernel, device, dtype, layout, size bucket), as a Config: a launch
         # that finds its key here skips building the table's string key (host time per call)
         self._chosen: dict[tuple, Config] = {}
+        # launch plans made on these choices (launch.Plan), by the ops that launch them
+        self.plans: dict[tuple, object] = {}
 
     @staticmethod
     def tunable(x: torch.Tensor) -> bool:
@@ -154,6 +156,10 @@ class Tuner:
             os.replace(tmp, path)
         except OSError as exc:
             warnings.warn(f"actgen: could not save tuned launch configs to {path}: {exc}", stacklevel=3)
+
+    def settled(self, kernel, x: torch.Tensor, layout_kind: str) -> Config | None:
+        """The config chosen for good (by choose) for launches like this one, or None."""
+        return self._chosen.get((id(kernel), x.device, x.dtype, layout_kind, _bucket(x.numel())))
 
     def choose(self, kernel, x: torch.Tensor, layout_kind: str, run, candidates=CANDIDATES) -> Config:
         """The config for this launch; run(config) launches the kernel with it (tuning times

@@ -16,7 +16,9 @@ it is a multiple of 16; a seed, which the kernels do not specialize on, by its w
 alone), every other argument by type and value, the constexprs and the warps, and the
 current device.  So a variant is reused only where Triton's own binding picks that same
 variant (tests/test_core_launch_variants.py checks the key against Triton's binder), and a
-new shape of the same variant is not a new key.
+new shape of the same variant is not a new key.  A launch plan (launch.Plan), whose launches
+differ only in their tensors, keeps the variant it launched per alignment of its tensors
+(kept) and launches it again without keying (launch_kept).
 
 A variant the JIT launched in an earlier process is found again without the JIT: the first
 launch of a variant records it in the variant store (variant_store.py), and a fresh
@@ -167,13 +169,33 @@ class Launcher:
                     return compiled
             else:
                 self._keep(key, compiled)
+        return self._launch(compiled, kernel, grid, args, consts, num_warps, device)
+
+    def kept(self, kernel, args, consts, num_warps):
+        """The variant kept for a launch with these arguments on the current device (by an
+        earlier launch), or None: what launch_kept takes."""
+        if not self.enabled or self._device is None:
+            return None
+        return self.variants.get(variant_key(kernel, self._device(), args, consts, num_warps))
+
+    def launch_kept(self, compiled, kernel, grid, args, consts, num_warps):
+        """Launch a variant kept() gave for arguments that key as these do (their dtypes and
+        alignments; the same ints, constexprs and warps, on the same device), without keying
+        them again."""
+        if not self.enabled:
+            return self(kernel, grid, args, consts, num_warps)
+        if compiled.__class__ is static_launch.StaticKernel and not self.static:
+            compiled = compiled.compiled
+        return self._launch(compiled, kernel, grid, args, consts, num_warps, self._device())
+
+    def _launch(self, compiled, kernel, grid, args, consts, num_warps, device):
         if compiled.__class__ is static_launch.StaticKernel:
             if not static_launch.hooks_set(self._hooks):
                 try:
                     compiled.launch(grid, args, self._stream(device))
                 except (TypeError, RuntimeError) as exc:    # (refused before launching: Triton's launcher from now on)
                     warnings.warn(f"actgen: launching through torch's launcher failed ({exc}); launching through "
-                                  "Triton's instead", stacklevel=3)
+                                  "Triton's instead", stacklevel=4)
                     self.static = False
                     self.variants = {k: v.compiled if v.__class__ is static_launch.StaticKernel else v
                                      for k, v in self.variants.items()}
@@ -191,7 +213,7 @@ class Launcher:
                          hooks.launch_exit_hook, *values)
         except TypeError as exc:         # a launcher that takes other arguments: the JIT from now on
             warnings.warn(f"actgen: launching compiled kernels directly failed ({exc}); "
-                          "launching through Triton's JIT instead", stacklevel=3)
+                          "launching through Triton's JIT instead", stacklevel=4)
             self.enabled = False
             return jit_launch(kernel, grid, args, consts, num_warps)
         self.direct += 1

@@ -1,0 +1,310 @@
+"""Launch plans (actgen.runtime.launch.Plan): an op without params or draws, called again on
+contiguous inputs of a size, dtype and device its kernels ran on, launches by a plan made by
+the earlier call, skipping the layout and the tuner.
+
+What is checked, on the Triton kernels under the interpreter: a planned launch hands the
+launcher what the unplanned one did; the planned path is taken (launch.forward and
+launch.backward are not called again); the values and gradients stay the references' when
+the size, the dtype, the constants or the backend change between calls; and whatever a plan
+does not cover - autograd, non-contiguous inputs, forward-mode AD, vmap, batched gradients -
+still takes the path it took before.
+"""
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+
+import actgen.ops as ops  # noqa: E402
+from actgen.runtime import launch, use_backend, variants  # noqa: E402
+from actgen.runtime.tuning import Tuner  # noqa: E402
+
+
+class _Recorder:
+    """Stands in for the launcher: records every launch, then launches through the JIT."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, kernel, grid, args, consts, num_warps):
+        self.calls.append((kernel, grid, args, consts, num_warps))
+        return variants.jit_launch(kernel, grid, args, consts, num_warps)
+
+
+@pytest.fixture
+def fresh(monkeypatch, triton_backend):
+    """A tuner of its own (so no plans from other tests), a recording launcher, and counts of
+    the unplanned launches (launch.forward / launch.backward)."""
+    monkeypatch.setattr(launch, "TUNER", Tuner())
+    rec = _Recorder()
+    monkeypatch.setattr(launch, "LAUNCH", rec)
+    counts = {"forward": 0, "backward": 0}
+    for name in counts:
+        original = getattr(launch, name)
+
+        def counted(*args, _name=name, _original=original, **kw):
+            counts[_name] += 1
+            return _original(*args, **kw)
+        monkeypatch.setattr(launch, name, counted)
+    return rec, counts
+
+
+def _same_launch(first, second, replaced):
+    """second launched what first did, but for the tensors at the positions `replaced` (new
+    outputs): the same kernel, grid, constexprs, warps and scalar arguments."""
+    (k1, g1, a1, c1, w1), (k2, g2, a2, c2, w2) = first, second
+    assert (k1, g1, c1, w1) == (k2, g2, c2, w2)
+    assert len(a1) == len(a2)
+    for i, (u, v) in enumerate(zip(a1, a2)):
+        if isinstance(u, torch.Tensor):
+            assert isinstance(v, torch.Tensor) and (v is not u if i in replaced else v is u)
+        else:
+            assert type(u) is type(v) and u == v
+
+
+def test_a_planned_forward_launches_what_the_first_did(fresh):
+    rec, counts = fresh
+    x = torch.randn(4096) * 4
+    with torch.no_grad():
+        y1 = ops.silu(x)
+        y2 = ops.silu(x)
+    assert counts["forward"] == 1            # the second call: by the plan
+    assert len(rec.calls) == 2
+    _same_launch(rec.calls[0], rec.calls[1], replaced={1})
+    torch.testing.assert_close(y1, F.silu(x), rtol=1e-5, atol=1e-6)
+    assert torch.equal(y1, y2)
+
+
+def test_a_planned_backward_launches_what_the_first_did(fresh):
+    rec, counts = fresh
+    x = (torch.randn(3000) * 4).requires_grad_()
+    g = torch.randn(3000)
+    grads = [torch.autograd.grad(ops.mish(x), [x], g)[0] for _ in range(3)]
+    assert counts == {"forward": 1, "backward": 1}
+    bwd = [c for c in rec.calls if c[0] is rec.calls[1][0]]
+    assert len(bwd) == 3
+    _same_launch(bwd[0], bwd[2], replaced={2})
+    assert bwd[2][2][0] is g                 # (the gradient as given: contiguous)
+    xd = x.detach().double().requires_grad_()
+    want = torch.autograd.grad(F.mish(xd), [xd], g.double())[0]
+    for got in grads:
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_gated_op_and_constants_are_planned(fresh):
+    rec, counts = fresh
+    a, b = torch.randn(2, 2048).unbind(0)
+    x = torch.randn(2048) * 8
+    for _ in range(2):
+        torch.testing.assert_close(ops.swiglu(a, b), F.silu(a) * b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ops.softplus(x, 2.0, 5.0), F.softplus(x, 2.0, 5.0), rtol=1e-5, atol=1e-6)
+    assert counts["forward"] == 2
+    _same_launch(rec.calls[0], rec.calls[2], replaced={2})
+    _same_launch(rec.calls[1], rec.calls[3], replaced={1})
+    assert rec.calls[3][2][2:8] == tuple(launch.constant_parts([2.0, 5.0]))
+
+
+def test_plans_are_per_size_dtype_and_constants(fresh):
+    """Calls that alternate what a plan is keyed on each get their own launch and values."""
+    rec, counts = fresh
+    xs = [torch.randn(n) * 6 for n in (4096, 5000, 1)]
+    for _ in range(2):
+        for x in xs:
+            torch.testing.assert_close(ops.silu(x), F.silu(x), rtol=1e-5, atol=1e-6)
+            xb = x.bfloat16()
+            torch.testing.assert_close(ops.silu(xb), F.silu(xb.float()).bfloat16(), rtol=1e-2, atol=1e-2)
+            for beta, threshold in ((1.0, 20.0), (0.5, 3.0)):
+                torch.testing.assert_close(ops.softplus(x, beta, threshold), F.softplus(x, beta, threshold),
+                                           rtol=1e-5, atol=1e-6)
+    assert counts["forward"] == 3 * 4         # once for each (size, dtype, op, constants)
+    grids = {c[1] for c in rec.calls}
+    assert len(grids) > 1
+
+
+def test_what_a_plan_does_not_cover_takes_its_own_path(fresh):
+    rec, counts = fresh
+    x = torch.randn(64, 64) * 4
+    ops.silu(x)
+    ops.silu(x)
+    assert counts["forward"] == 1
+    # not contiguous: a transposed view runs as its memory order (contiguous: by the plan),
+    # one with gaps through the layouts
+    for view in (x.t(), x[:, ::2]):
+        torch.testing.assert_close(ops.silu(view), F.silu(view), rtol=1e-5, atol=1e-6)
+    assert ops.silu(x.t()).stride() == x.t().stride()
+    assert counts["forward"] == 2
+    # autograd: a graph, and the gradient
+    xg = x.clone().requires_grad_()
+    y = ops.silu(xg)
+    assert y.grad_fn is not None
+    (gx,) = torch.autograd.grad(y, [xg], torch.ones_like(y))
+    xd = x.double().requires_grad_()
+    want = torch.autograd.grad(F.silu(xd), [xd], torch.ones_like(xd))[0]
+    torch.testing.assert_close(gx.double(), want, rtol=1e-5, atol=1e-6)
+    # ... and none under no_grad, by the plan
+    with torch.no_grad():
+        assert ops.silu(xg).grad_fn is None
+    # the eager fallback: no launch
+    n = len(rec.calls)
+    with use_backend("torch"):
+        torch.testing.assert_close(ops.silu(x), F.silu(x), rtol=1e-5, atol=1e-6)
+    assert len(rec.calls) == n
+
+
+def test_transforms_and_batched_gradients_after_a_plan(fresh):
+    x = torch.randn(8, 32) * 3
+    ops.gelu(x)
+    ops.gelu(x)                                # a plan for (256 floats)
+    xd = x.double()
+    t = torch.randn_like(x)
+    _, jvp = torch.func.jvp(ops.gelu, (x,), (t,))
+    _, want = torch.func.jvp(F.gelu, (xd,), (t.double(),))
+    torch.testing.assert_close(jvp.double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.func.vmap(ops.gelu)(x), F.gelu(x), rtol=1e-5, atol=1e-6)
+    xg = x.clone().requires_grad_()
+    y = ops.gelu(xg)
+    eye = torch.eye(y.numel()).view(-1, *y.shape)
+    (jac,) = torch.autograd.grad(y, [xg], eye, is_grads_batched=True)
+    d = torch.func.vmap(torch.func.grad(lambda v: F.gelu(v)))(xd.reshape(-1))
+    torch.testing.assert_close(jac.double(), torch.diag(d).view_as(jac), rtol=1e-5, atol=1e-6)
+
+
+def test_an_expanded_gradient_goes_in_contiguous(fresh):
+    x = (torch.randn(1000) * 4).requires_grad_()
+    for _ in range(2):
+        x.grad = None
+        ops.silu(x).sum().backward()           # (its gradient: ones, expanded from a scalar)
+    xd = x.detach().double().requires_grad_()
+    F.silu(xd).sum().backward()
+    torch.testing.assert_close(x.grad.double(), xd.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_a_new_tuner_starts_without_plans_and_plans_are_bounded(fresh, monkeypatch):
+    rec, counts = fresh
+    x = torch.randn(512)
+    ops.silu(x)
+    ops.silu(x)
+    assert counts["forward"] == 1
+    monkeypatch.setattr(launch, "TUNER", Tuner())
+    ops.silu(x)
+    assert counts["forward"] == 2
+    monkeypatch.setattr(launch, "MAX_PLANS", 3)
+    for n in range(1, 9):
+        ops.silu(torch.randn(n))
+        assert 1 <= len(launch.TUNER.plans) <= 3
+
+
+def test_an_empty_input_has_no_plan(fresh):
+    rec, counts = fresh
+    for _ in range(2):
+        assert ops.silu(torch.empty(0, 3)).shape == (0, 3)
+    assert counts["forward"] == 2 and not rec.calls and not launch.TUNER.plans
+
+
+def test_plans_made_meanwhile_do_not_recompile(fresh):
+    """torch.compile traces no plan lookup: eager calls that make plans between compiled
+    calls leave its graph as it is."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(lambda x: ops.silu(x) * 2, fullgraph=True, backend="aot_eager")
+    for i, n in enumerate((64, 96, 160)):
+        x = torch.randn(n, 8)
+        if i == 0:
+            torch._dynamo.mark_dynamic(x, 0)
+        ops.silu(x)
+        ops.silu(x)             # (a plan for x's size)
+        torch.testing.assert_close(compiled(x), 2 * F.silu(x), rtol=1e-5, atol=1e-6)
+    assert launch.TUNER.plans
+    assert counters["stats"]["unique_graphs"] == 1
+    assert not counters["graph_break"]
+
+
+# --- a plan's variants, with stand-ins for a compiled kernel (no GPU here) ----------------
+
+
+class _Compiled:
+    """Stands in for a compiled variant: records its launcher's calls."""
+
+    def __init__(self):
+        self.function, self.packed_metadata, self.calls = object(), object(), []
+
+    def launch_metadata(self, grid, stream, *values):
+        return None
+
+    def run(self, *a):
+        self.calls.append(a)
+
+
+class _Kernel:
+    """Stands in for a JIT kernel: kernel[grid](...) compiles a new variant and launches it."""
+
+    arg_names = ["x_ptr", "out_ptr", "n", "BLOCK", "FAST"]
+    params = [SimpleNamespace(num=i, do_not_specialize=False) for i in range(5)]
+    __name__ = "stand_in"
+
+    def __init__(self):
+        self.compiled = []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kw):
+            self.compiled.append(_Compiled())
+            return self.compiled[-1]
+        return launch
+
+
+def test_a_plan_launches_its_variants_again_without_keying_them(monkeypatch):
+    launcher = variants.Launcher(enabled=True, store=None)
+    launcher._device, launcher._stream = (lambda: 0), (lambda device: "stream0")
+    launcher._hooks = SimpleNamespace(launch_enter_hook=None, launch_exit_hook=None)
+    launcher._target = lambda: "target0"
+    monkeypatch.setattr(launch, "LAUNCH", launcher)
+    keyed = []
+    original = variants.variant_key
+    monkeypatch.setattr(variants, "variant_key", lambda *a: keyed.append(a) or original(*a))
+    kernel = _Kernel()
+    plan = launch.Plan(kernel, (3,), (64,), (128, False), 4, torch.float32)
+
+    x = torch.zeros(64)
+    outs = [plan.forward([x]) for _ in range(3)]
+    assert len(kernel.compiled) == 1                 # compiled once, by the first launch
+    first = kernel.compiled[0]
+    assert len(keyed) == 2                           # that launch's key, and kept()'s: none since
+    assert len(first.calls) == 2
+    for call, out in zip(first.calls, outs[1:]):
+        values = call[-5:]
+        assert values[0] is x and values[1] is out and values[2:] == (64, 128, False)
+
+    misaligned = torch.zeros(65)[1:]                 # another variant (Triton specializes on alignment)
+    plan.forward([misaligned])
+    plan.forward([misaligned])
+    assert len(kernel.compiled) == 2 and len(kernel.compiled[1].calls) == 1
+    plan.forward([x])
+    assert len(first.calls) == 3 and len(keyed) == 4
+
+    half = torch.zeros(64, dtype=torch.float16)       # not the plan's dtype: keyed every launch
+    plan.forward([half])
+    plan.forward([half])
+    assert len(keyed) == 4 + 2 and len(kernel.compiled) == 3
+
+    launcher.enabled = False                         # (the launcher turned to the JIT): the JIT's
+    plan.forward([x])
+    assert len(kernel.compiled) == 4 and len(first.calls) == 3
+
+
+def test_a_kept_static_variant_after_the_static_launcher_was_given_up():
+    """A plan may hold a variant loaded through torch's launcher after the launcher turned to
+    Triton's (a refused launch): launch_kept launches its Triton variant then."""
+    from actgen.runtime import static_launch
+
+    launcher = variants.Launcher(enabled=True, store=None, static=False)
+    launcher._device, launcher._stream = (lambda: 0), (lambda device: "stream0")
+    launcher._hooks = SimpleNamespace(launch_enter_hook=None, launch_exit_hook=None)
+    static = static_launch.StaticKernel.__new__(static_launch.StaticKernel)
+    static.compiled = _Compiled()
+    x, out = torch.zeros(64), torch.zeros(64)
+    assert launcher.launch_kept(static, _Kernel(), (3,), (x, out, 64), (128, False), 4) is static.compiled
+    assert len(static.compiled.calls) == 1 and static.compiled.calls[0][-5:] == (x, out, 64, 128, False)
