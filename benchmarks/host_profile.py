@@ -96,6 +96,7 @@ def main(argv=None) -> int:
              f"triton {__import__('triton').__version__}, python {sys.version.split()[0]}"]
     rows = {}
     direct = launch.LAUNCH.enabled
+    plans = launch.PLANS
     lines.append(f"direct launches of compiled variants (actgen.runtime.variants): {'on' if direct else 'off'}")
     for n in (4096, 1 << 26):
         x = torch.randn(n, device="cuda")
@@ -121,6 +122,17 @@ def main(argv=None) -> int:
                     launch.LAUNCH.enabled = direct
             return run
 
+        def unplanned(f):
+            """f with launch plans off (launch.PLANS; none kept)."""
+            def run():
+                launch.PLANS = False
+                launch.TUNER.plans.clear()
+                try:
+                    return f()
+                finally:
+                    launch.PLANS = plans
+            return run
+
         cases = {
             "triton launch alone (kernel[grid](...))": raw_launch,
             "direct launch alone (actgen LAUNCH)": lambda: launch.LAUNCH(k, lay.grid, (x, out, lay.M, lay.N, lay.C),
@@ -131,9 +143,11 @@ def main(argv=None) -> int:
             "launch.forward, JIT launch": jit(lambda: launch.forward(k, [x], [], (), (), 0, 1)),
             "actgen fwd, no grad": lambda: fn(x),
             "actgen fwd, no grad, JIT launch": jit(lambda: fn(x)),
+            "actgen fwd, no grad, no launch plans": unplanned(lambda: fn(x)),
             "actgen fwd, requires grad": lambda: fn(xg),
             "actgen fwd+bwd": lambda: torch.autograd.grad(fn(xg), [xg], g),
             "actgen fwd+bwd, JIT launches": jit(lambda: torch.autograd.grad(fn(xg), [xg], g)),
+            "actgen fwd+bwd, no launch plans": unplanned(lambda: torch.autograd.grad(fn(xg), [xg], g)),
         }
         if builtin is not None:
             cases["F." + args.op + " fwd"] = lambda: builtin(x)

@@ -9,6 +9,7 @@ the size, the dtype, the constants or the backend change between calls; and what
 does not cover - autograd, non-contiguous inputs, forward-mode AD, vmap, batched gradients -
 still takes the path it took before.
 """
+import importlib
 from types import SimpleNamespace
 
 import pytest
@@ -18,8 +19,9 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 
 import actgen.ops as ops  # noqa: E402
+from _reference import SPECS  # noqa: E402
 from actgen.runtime import launch, use_backend, variants  # noqa: E402
-from actgen.runtime.tuning import Tuner  # noqa: E402
+from actgen.runtime.tuning import Config, Tuner  # noqa: E402
 
 
 class _Recorder:
@@ -53,13 +55,15 @@ def fresh(monkeypatch, triton_backend):
 
 def _same_launch(first, second, replaced):
     """second launched what first did, but for the tensors at the positions `replaced` (new
-    outputs): the same kernel, grid, constexprs, warps and scalar arguments."""
+    buffers): the same kernel, grid, constexprs, warps and scalar arguments, the same
+    memory for the other tensors."""
     (k1, g1, a1, c1, w1), (k2, g2, a2, c2, w2) = first, second
     assert (k1, g1, c1, w1) == (k2, g2, c2, w2)
     assert len(a1) == len(a2)
     for i, (u, v) in enumerate(zip(a1, a2)):
         if isinstance(u, torch.Tensor):
-            assert isinstance(v, torch.Tensor) and (v is not u if i in replaced else v is u)
+            assert isinstance(v, torch.Tensor)
+            assert v is not u if i in replaced else v.data_ptr() == u.data_ptr()
         else:
             assert type(u) is type(v) and u == v
 
@@ -101,6 +105,8 @@ def test_a_gated_op_and_constants_are_planned(fresh):
         torch.testing.assert_close(ops.swiglu(a, b), F.silu(a) * b, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(ops.softplus(x, 2.0, 5.0), F.softplus(x, 2.0, 5.0), rtol=1e-5, atol=1e-6)
     assert counts["forward"] == 2
+    with pytest.raises(ValueError, match="same shape"):
+        ops.swiglu(a, b[:-1])
     _same_launch(rec.calls[0], rec.calls[2], replaced={2})
     _same_launch(rec.calls[1], rec.calls[3], replaced={1})
     assert rec.calls[3][2][2:8] == tuple(launch.constant_parts([2.0, 5.0]))
@@ -196,6 +202,17 @@ def test_a_new_tuner_starts_without_plans_and_plans_are_bounded(fresh, monkeypat
         assert 1 <= len(launch.TUNER.plans) <= 3
 
 
+def test_plans_turned_off(fresh, monkeypatch):
+    rec, counts = fresh
+    monkeypatch.setattr(launch, "PLANS", False)
+    x = (torch.randn(700) * 4).requires_grad_()
+    for _ in range(3):
+        torch.autograd.grad(ops.silu(x), [x], torch.ones_like(x))
+        with torch.no_grad():
+            torch.testing.assert_close(ops.silu(x), F.silu(x), rtol=1e-5, atol=1e-6)
+    assert counts == {"forward": 6, "backward": 3} and not launch.TUNER.plans
+
+
 def test_an_empty_input_has_no_plan(fresh):
     rec, counts = fresh
     for _ in range(2):
@@ -266,7 +283,7 @@ def test_a_plan_launches_its_variants_again_without_keying_them(monkeypatch):
     original = variants.variant_key
     monkeypatch.setattr(variants, "variant_key", lambda *a: keyed.append(a) or original(*a))
     kernel = _Kernel()
-    plan = launch.Plan(kernel, (3,), (64,), (128, False), 4, torch.float32)
+    plan = launch.Plan(kernel, (3,), (), (64,), (128, False), 4, (torch.float32, torch.float32))
 
     x = torch.zeros(64)
     outs = [plan.forward([x]) for _ in range(3)]
@@ -308,3 +325,160 @@ def test_a_kept_static_variant_after_the_static_launcher_was_given_up():
     x, out = torch.zeros(64), torch.zeros(64)
     assert launcher.launch_kept(static, _Kernel(), (3,), (x, out, 64), (128, False), 4) is static.compiled
     assert len(static.compiled.calls) == 1 and static.compiled.calls[0][-5:] == (x, out, 64, 128, False)
+
+
+# --- ops with params ----------------------------------------------------------------------
+
+
+def _prelu_ref(x, w, channel_dim):
+    """F.prelu with the channels at channel_dim, in float64."""
+    y = F.prelu(x.double().movedim(channel_dim, 1), w.double())
+    return y.movedim(1, channel_dim)
+
+
+def _grads(fn, x, params, g):
+    """(y, grads of x and the params that require grad) of one call."""
+    y = fn(x, *params)
+    wrt = [x, *[p for p in params if p.requires_grad]]
+    return y, torch.autograd.grad(y, wrt, g)
+
+
+@pytest.mark.parametrize("shape,channel_dim", [((6, 16, 40), 1), ((240, 16), -1)])
+def test_per_channel_params_are_planned(fresh, shape, channel_dim):
+    rec, counts = fresh
+    x = (torch.randn(shape) * 3).requires_grad_()
+    w = (torch.rand(16) - 0.3).requires_grad_()
+    g = torch.randn(shape)
+    fn = lambda x, w: ops.prelu(x, w, channel_dim=channel_dim)      # noqa: E731
+    xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    want = torch.autograd.grad(_prelu_ref(xd, wd, channel_dim), [xd, wd], g.double())
+    for _ in range(3):
+        y, got = _grads(fn, x, [w], g)
+        torch.testing.assert_close(y.double(), _prelu_ref(x.detach(), w.detach(), channel_dim), rtol=1e-6, atol=1e-6)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+    assert counts == {"forward": 1, "backward": 1}
+    fwd = [c for c in rec.calls if c[0] is rec.calls[0][0]]
+    bwd = [c for c in rec.calls if c[0] is not rec.calls[0][0]]
+    _same_launch(fwd[0], fwd[2], replaced={3})                 # (x, w, flag, out, ...)
+    _same_launch(bwd[0], bwd[2], replaced={4, 5})              # (grad, x, w, flag, gx, partials, ...)
+
+    # the param frozen, then no grad at all: plans of their own, the same values
+    w.requires_grad_(False)
+    for _ in range(2):
+        y, (gx,) = _grads(fn, x, [w], g)
+        torch.testing.assert_close(gx.double(), want[0], rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        for _ in range(2):
+            torch.testing.assert_close(fn(x, w).double(), _prelu_ref(x.detach(), w, channel_dim), rtol=1e-6, atol=1e-6)
+    assert counts == {"forward": 1, "backward": 2}
+
+    # what call() refuses, it still refuses where plans exist
+    with pytest.raises(ValueError, match="channel-count mismatch"):
+        fn(x, torch.rand(8))
+    with pytest.raises(IndexError):
+        ops.prelu(x, w, channel_dim=5)
+    with pytest.raises(TypeError, match="floating-point"):
+        fn(x.detach().int(), w)
+    # a shared (1,) weight on the same input: another plan
+    w1 = torch.tensor([0.25])
+    for _ in range(2):
+        torch.testing.assert_close(fn(x.detach(), w1).double(), _prelu_ref(x.detach(), w1.expand(16), channel_dim),
+                                   rtol=1e-6, atol=1e-6)
+    assert counts["forward"] == 2
+
+
+def test_shared_params_are_planned_and_checked(fresh):
+    rec, counts = fresh
+    x = (torch.randn(3000) * 2).requires_grad_()
+    cs = [torch.full((1,), v, requires_grad=True) for v in (0.1, 0.5, 0.2, -0.1)]
+    g = torch.randn(3000)
+    xd = x.detach().double().requires_grad_()
+    csd = [c.detach().double().requires_grad_() for c in cs]
+    ref = csd[0] + csd[1] * xd + csd[2] * xd**2 + csd[3] * xd**3
+    want = torch.autograd.grad(ref, [xd, *csd], g.double())
+    for _ in range(3):
+        y, got = _grads(ops.polynomial, x, cs, g)
+        torch.testing.assert_close(y.double(), ref.detach(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[0].double(), want[0], rtol=1e-5, atol=1e-5)
+        for a, b in zip(got[1:], want[1:]):       # (sums over 3000 float32 products)
+            torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-3)
+    assert counts == {"forward": 1, "backward": 1}
+    # params as numbers, a 0-dim param, a (3,) shared param: call()'s checks, which make
+    # them (1,) tensors (then the plan serves), or refuse them
+    with torch.no_grad():
+        torch.testing.assert_close(ops.polynomial(x, 0.1, 0.5, 0.2, -0.1).double(), ref.detach(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ops.polynomial(x, cs[0][0], *cs[1:]).double(), ref.detach(), rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match="shared"):
+            ops.polynomial(x, torch.zeros(3), *cs[1:])
+    assert counts["forward"] == 1
+
+
+def test_a_non_contiguous_param_and_another_channel_dim(fresh):
+    rec, counts = fresh
+    x = torch.randn(8, 8, 8) * 3
+    w = torch.rand(16) - 0.5
+    for _ in range(2):
+        for cd in (1, 2):
+            torch.testing.assert_close(ops.prelu(x, w[::2], channel_dim=cd).double(), _prelu_ref(x, w[::2], cd),
+                                       rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(ops.prelu(x, w[:8], channel_dim=cd).double(), _prelu_ref(x, w[:8], cd),
+                                       rtol=1e-6, atol=1e-6)
+    # (w[::2] is not contiguous: never planned, four full calls; w[:8] one per channel dim)
+    assert counts["forward"] == 4 + 2
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_a_planned_call_computes_what_the_full_path_did(name, fresh):
+    """Every catalogue op, called twice alike (its plans made by the first call): the same
+    values and gradients, bit for bit, and the second call launched by its plans."""
+    rec, counts = fresh
+    spec = SPECS[name]
+    g = torch.Generator().manual_seed(7)
+    shape = (3, 5, 7) if spec.per_channel else (5, 37)
+    inputs = [torch.randn(shape, generator=g) for _ in spec.inputs]
+    params = [p.init + 0.1 * torch.randn(5 if p.per_channel else 1, generator=g) for p in spec.params]
+    gy = torch.randn(shape, generator=g)
+    fn = getattr(ops, name)
+    runs = []
+    for _ in range(2):
+        leaves = [t.clone().requires_grad_() for t in (*inputs, *params)]
+        y = fn(*leaves)
+        grads = torch.autograd.grad(y, leaves, gy)
+        with torch.no_grad():
+            runs.append((y.detach(), *grads, fn(*inputs, *params)))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    if not importlib.import_module(f"actgen.ops.{name}")._OP.n_draws:
+        assert counts == {"forward": 1, "backward": 1 if len(spec.inputs) == 1 else 2}
+
+
+class _Stepping(Tuner):
+    """A tuner that settles every launch on a stepping config (param-gradient programs that
+    walk through several tiles)."""
+
+    def choose(self, kernel, x, kind, run, candidates=()):
+        return Config(1024, 4, step=True)
+
+    def settled(self, kernel, x, kind):
+        return Config(1024, 4, step=True)
+
+
+@pytest.mark.parametrize("shape,channel_dim", [((40, 64, 37), 1), ((900, 64), -1)])
+def test_a_stepping_backward_is_planned(fresh, monkeypatch, shape, channel_dim):
+    rec, counts = fresh
+    monkeypatch.setattr(launch, "TUNER", _Stepping())
+    x = (torch.randn(shape) * 3).requires_grad_()
+    w = (torch.rand(64) - 0.3).requires_grad_()
+    g = torch.randn(shape)
+    fn = lambda x, w: ops.prelu(x, w, channel_dim=channel_dim)      # noqa: E731
+    xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    want = torch.autograd.grad(_prelu_ref(xd, wd, channel_dim), [xd, wd], g.double())
+    runs = [_grads(fn, x, [w], g)[1] for _ in range(2)]
+    assert counts == {"forward": 1, "backward": 1}
+    bwd = [c for c in rec.calls if c[0] is not rec.calls[0][0]]
+    assert bwd[0][3][-1] is True and bwd[0][2][-1] > 1       # (STEP, and more than one tile per program)
+    _same_launch(bwd[0], bwd[1], replaced={4, 5})
+    for got in runs:
+        torch.testing.assert_close(got[0].double(), want[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[1].double(), want[1], rtol=1e-4, atol=1e-3)

@@ -31,6 +31,7 @@ from .workspace import WORKSPACE, WORKSPACE_BYTES
 
 _REGISTERED: dict[str, tuple] = {}
 _cuda_device = getattr(torch._C, "_cuda_getDevice", None)     # the current GPU's index (a CUDA build)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)     # what a launch plan takes as a param
 _launch = None       # actgen.runtime.launch once a kernel runs (it imports triton)
 
 
@@ -207,10 +208,12 @@ class Activation:
         # ... and with 16-bit data on the kernels too: where the spec asks (precision: float64);
         # a measured need is a float32 error beyond the target, 2**16 times below a bfloat16 ULP
         self.float64_16bit = float64_16bit
-        # launch plans (launch.Plan): for the forward of an op without params or draws, and
-        # for its backward where it has one input
-        self.plans_forward = not self.param_names and not draws
+        # launch plans (launch.Plan): for the forward of an op without draws, and for its
+        # backward where it has one input; keyed on the input's shape and the channel dim
+        # where a param may be per channel (else its size)
+        self.plans_forward = not draws
         self.plans_backward = self.plans_forward and self.n_inputs == 1
+        self._plan_by_shape = any(self.per_channel)
         self.core = self.function = None
         self.fwd_op, self.bwd_op = _register(f"{name}_{key}", self)
 
@@ -222,7 +225,7 @@ class Activation:
     def call(self, inputs, params, constants, channel_dim, training=False):
         compiling = torch.compiler.is_compiling()
         if self.plans_forward and not compiling and _launch is not None and _launch.TUNER.plans:
-            y = self._planned_call(inputs, constants)
+            y = self._planned_call(inputs, params, constants, channel_dim)
             if y is not None:
                 return y
         x = inputs[0]
@@ -275,45 +278,73 @@ class Activation:
 
     # --- launch plans ---------------------------------------------------------------------
     # A forward or backward whose launch an earlier call planned (launch.Plan: an op without
-    # params or draws, on contiguous inputs of a size, dtype and device the Triton kernels
-    # ran on) launches by the plan; what decided the plan's launch is its key (with the
-    # backend in use) or checked on every use: plain tensors, contiguous, on the current GPU.
+    # draws, on contiguous inputs and params like those the Triton kernels ran on) launches
+    # by the plan.  What decided the plan's launch is its key (with the backend in use) or
+    # checked on every use: plain tensors, contiguous, on the current GPU.
 
-    def _planned_call(self, inputs, constants):
-        """call()'s result by a launch plan, for a plain eager call (not compiling) that needs
-        no autograd (the arguments checked as call() checks them, where the plan was made);
-        else None."""
+    def _planned_call(self, inputs, params, constants, channel_dim):
+        """call()'s result where a launch plan serves it, for a plain eager call (not
+        compiling): its forward by the plan, or where autograd needs one the Function around
+        it, its arguments checked as call() checked them where the plan was made; else None."""
         if torch._C._are_functorch_transforms_active() or not no_forward_ad():
             return None
         grad = torch.is_grad_enabled()
+        needs_grad = False
         for t in inputs:
-            if t.__class__ is not torch.Tensor or (grad and t.requires_grad) or not t.is_contiguous():
+            if t.__class__ is not torch.Tensor or not t.is_contiguous():
                 return None
-        if self.n_inputs == 2 and inputs[1].shape != inputs[0].shape:
+            needs_grad = needs_grad or (grad and t.requires_grad)
+        x = inputs[0]
+        if self.n_inputs == 2 and inputs[1].shape != x.shape:
             return None
-        plan = self._plan(self.forward_kernel, inputs[0], constants)
-        return None if plan is None else plan.forward(inputs)
+        for p in params:
+            if p.__class__ not in _PLAIN or p.dim() != 1 or not p.is_contiguous():
+                return None
+            needs_grad = needs_grad or (grad and p.requires_grad)
+        if channel_dim.__class__ is not int:
+            return None
+        ndim = x.dim()
+        if not ndim:
+            cd = 0
+        elif -ndim <= channel_dim < ndim or not self._plan_by_shape:
+            cd = channel_dim % ndim
+        else:
+            return None
+        plan = self._plan(self.forward_kernel, x, params, constants, cd)
+        if plan is None:
+            return None
+        if needs_grad:
+            if constants:
+                constants = tuple(float(c) for c in constants)
+            return _EagerFunction.apply(self, cd, None, *inputs, *params, *constants)
+        return plan.forward(inputs, params)
 
-    @staticmethod
-    def _plan_key(kernel, x: torch.Tensor, constants) -> tuple:
-        return id(kernel), x.numel(), x.dtype, x.get_device(), _backend._backend, constants
+    def _plan_key(self, kernel, x: torch.Tensor, params, constants, channel_dim, need_params=False) -> tuple:
+        size = (x.shape, channel_dim) if self._plan_by_shape else x.numel()
+        if not params:
+            return id(kernel), size, x.dtype, x.get_device(), _backend._backend, constants
+        return (id(kernel), size, x.dtype, x.get_device(), _backend._backend, constants, need_params,
+                *[p.numel() for p in params])
 
-    def _plan(self, kernel, x: torch.Tensor, constants):
-        """The plan made for kernel on tensors like x with these constants, or None (also
-        where x is on a GPU other than the current one)."""
-        plan = _launch.TUNER.plans.get(self._plan_key(kernel, x, constants))
+    def _plan(self, kernel, x: torch.Tensor, params, constants, channel_dim, need_params=False):
+        """The plan made for kernel on tensors like x and params, or None (also where x is on
+        a GPU other than the current one, or a param is not contiguous)."""
+        plan = _launch.TUNER.plans.get(self._plan_key(kernel, x, params, constants, channel_dim, need_params))
         if plan is not None:
             device = x.get_device()
             if device >= 0 and (_cuda_device is None or device != _cuda_device()):
                 return None
+            for p in params:
+                if not p.is_contiguous():
+                    return None
         return plan
 
-    def _keep_plan(self, kernel, x: torch.Tensor, constants, make, *args) -> None:
+    def _keep_plan(self, kernel, x: torch.Tensor, params, constants, channel_dim, need_params, make, *args) -> None:
         """Keep make(kernel, *args) (launch.plan_forward, plan_backward) for the next call,
         where there is no plan for it yet and make makes one."""
         plans = _launch.TUNER.plans
-        key = self._plan_key(kernel, x, tuple(constants))
-        if key not in plans:
+        key = self._plan_key(kernel, x, params, tuple(constants), channel_dim, need_params)
+        if key not in plans and _contiguous(params):
             plan = make(kernel, *args)
             if plan is not None:
                 if len(plans) >= _launch.MAX_PLANS:
@@ -414,9 +445,9 @@ class Activation:
 
     def forward_impl(self, inputs, params, constants, channel_dim, rng=None):
         if self.plans_forward and _launch is not None and _launch.TUNER.plans and _contiguous(inputs):
-            plan = self._plan(self.forward_kernel, inputs[0], tuple(constants))
+            plan = self._plan(self.forward_kernel, inputs[0], params, tuple(constants), channel_dim)
             if plan is not None:
-                return plan.forward(inputs)
+                return plan.forward(inputs, params)
         order = self._order(inputs)
         if order is not None:       # (the views in memory order are contiguous)
             y = self.forward_impl([t.permute(order) for t in inputs], params, constants, order.index(channel_dim), rng)
@@ -430,7 +461,8 @@ class Activation:
             y = launch.forward(self.forward_kernel, inputs, params, self.per_channel, constants, channel_dim,
                                self._channels(params), self._kernel_draws(rng), wide)
             if self.plans_forward and _contiguous(inputs):
-                self._keep_plan(self.forward_kernel, x, constants, launch.plan_forward, inputs, constants, wide)
+                self._keep_plan(self.forward_kernel, x, params, constants, channel_dim, False, launch.plan_forward, inputs,
+                                params, self.per_channel, constants, channel_dim, self._channels(params), wide)
             return y
         if x.is_cpu:
             return self._cpu_forward(inputs, params, constants, channel_dim, rng)
@@ -441,9 +473,10 @@ class Activation:
     # not where they are a custom op's outputs (torch.compile), which must not alias
     def backward_impl(self, grad, inputs, params, constants, channel_dim, needs, rng=None, halves=True):
         if self.plans_backward and _launch is not None and _launch.TUNER.plans and inputs[0].is_contiguous() and not _batched(grad):
-            plan = self._plan(self.backward_kernel, inputs[0], tuple(constants))
+            plan = self._plan(self.backward_kernel, inputs[0], params, tuple(constants), channel_dim,
+                              bool(params) and any(needs[1:]))
             if plan is not None:
-                return plan.backward(grad, inputs[0])
+                return plan.backward(grad, inputs[0], params)
         order = self._order(inputs)
         if order is not None:
             moved = [t.permute(order) for t in inputs]
@@ -465,7 +498,9 @@ class Activation:
             grads = launch.backward(self.backward_kernel, grad, inputs, params, self.per_channel, constants, channel_dim,
                                     self._channels(params), needs, self._kernel_draws(rng), wide, halves)
             if self.plans_backward and x.is_contiguous():
-                self._keep_plan(self.backward_kernel, x, constants, launch.plan_backward, x, constants, wide)
+                need_params = bool(params) and any(needs[1:])
+                self._keep_plan(self.backward_kernel, x, params, constants, channel_dim, need_params, launch.plan_backward,
+                                x, params, self.per_channel, constants, channel_dim, self._channels(params), need_params, wide)
             return grads
         if x.is_cpu:
             return self._cpu_backward(grad, inputs, params, constants, channel_dim, needs, rng, halves=halves)

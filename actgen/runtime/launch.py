@@ -14,15 +14,16 @@ Each program handles one BLOCK_M x BLOCK_N tile, so per-channel param gradients 
 row sums (CH_AXIS 0) or column sums (CH_AXIS 1): per-program partial sums land in a small
 buffer, and a deterministic torch sum finishes them.  No atomics, no per-element gradient.
 The tile's size and the warps per program come from tuning.py (per size bucket, tuned once
-per GPU).  An op without params or draws, called again on contiguous inputs of one size,
-dtype and device, launches by a Plan the earlier call made (below): its host work is then
-the output's allocation and the launch.
+per GPU).  An op without random draws, called again on contiguous inputs and params like
+those of an earlier call, launches by a Plan that call made (below): its host work is then
+its outputs' allocation and the launch.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -227,36 +228,57 @@ def _backward_tiles(lay0: Layout, cfg: Config, stride, grad_stride, gated: bool)
 
 
 # --- launch plans: the host work of a launch done once per size, dtype and device ----------
-# An op without params or random draws, on contiguous inputs, launches the same way for every
-# call on inputs of one size, dtype and device, once the tuner has settled on a config: the
-# grid, every argument but the tensors, the constexprs and the warps are the same.  A Plan
-# keeps them, so a later call's host work is its output's allocation and the launch
-# (Activation looks them up; TUNER.plans holds them, so a new tuner starts without any).
+# An op without random draws, on contiguous inputs and params, launches the same way for
+# every call on inputs of one shape, dtype and device (params of the same sizes, the same
+# constants and channel dim), once the tuner has settled on a config: the grid, every
+# argument but the tensors, the constexprs and the warps are the same.  A Plan keeps them, so
+# a later call's host work is its outputs' allocation and the launch (Activation looks them
+# up; TUNER.plans holds them, so a new tuner starts without any).  ACTGEN_LAUNCH_PLANS=0
+# (or PLANS = False) makes none.
 
 class Plan:
-    """One kernel's launch for contiguous inputs of one size, dtype and device (see above).
-    The compiled variants it launched, by its tensors' alignments, are launched again
-    without the launcher's per-call key (Launcher.kept, launch_kept)."""
+    """One kernel's launch for contiguous inputs and params like those it was made for (see
+    above).  The compiled variants it launched, by its tensors' alignments, are launched
+    again without the launcher's per-call key (Launcher.kept, launch_kept)."""
 
-    __slots__ = ("kernel", "grid", "scalars", "consts", "num_warps", "dtype", "variants")
+    __slots__ = ("kernel", "grid", "flags", "scalars", "consts", "num_warps", "dtypes", "variants",
+                 "partials", "lay", "programs")
 
-    def __init__(self, kernel, grid, scalars, consts, num_warps, dtype):
-        self.kernel, self.grid, self.scalars, self.consts, self.num_warps = kernel, grid, scalars, consts, num_warps
-        self.dtype = dtype
+    def __init__(self, kernel, grid, flags, scalars, consts, num_warps, dtypes, partials=None, lay=None, programs=0):
+        self.kernel, self.grid, self.consts, self.num_warps = kernel, grid, consts, num_warps
+        self.flags = flags          # per param: the int argument after it (per-channel or not), or None
+        self.scalars = scalars      # the arguments after the tensors
+        self.dtypes = dtypes        # of the tensor arguments, in order
         self.variants: dict[int, object] = {}
+        # a backward with params: its partial sums' (shape, dtype), and where it sums the
+        # params' gradients the layout and programs finish_param_grads takes
+        self.partials, self.lay, self.programs = partials, lay, programs
 
     def _signature(self, tensors) -> int | None:
         """What picks the variant of a launch by this plan: its tensors' 16-byte alignments,
-        as the bits of an int, where all are of the plan's dtype (else None)."""
+        as the bits of an int, where their dtypes are the plan's (else None)."""
         sig = 1
-        for t in tensors:
-            if t.dtype is not self.dtype:
+        for t, dtype in zip(tensors, self.dtypes):
+            if t.dtype is not dtype:
                 return None
             sig = 2 * sig + (t.data_ptr() % 16 == 0)
         return sig
 
-    def _launch(self, tensors):
-        args = (*tensors, *self.scalars)
+    def _launch(self, head, params, tail):
+        """Launch with the tensors head, the params (each followed by its flag), the tensors
+        tail, then the scalars."""
+        if params:
+            args = list(head)
+            for p, flag in zip(params, self.flags):
+                args.append(p)
+                if flag is not None:
+                    args.append(flag)
+            args += tail
+            args += self.scalars
+            tensors = (*head, *params, *tail)
+        else:
+            tensors = (*head, *tail)
+            args = (*tensors, *self.scalars)
         launcher = LAUNCH
         if launcher.__class__ is not Launcher:      # (a stand-in)
             return self._through(launcher, args)
@@ -277,45 +299,71 @@ class Plan:
                 return launcher(self.kernel, self.grid, args, self.consts, self.num_warps)
         return launcher(self.kernel, self.grid, args, self.consts, self.num_warps)
 
-    def forward(self, inputs) -> torch.Tensor:
+    def forward(self, inputs, params=()) -> torch.Tensor:
         """f of the inputs (forward's result)."""
         out = torch.empty_like(inputs[0])        # (contiguous, as the inputs are)
-        self._launch((*inputs, out))
+        self._launch(inputs, params, (out,))
         return out
 
-    def backward(self, grad, x) -> list[torch.Tensor]:
-        """[grad * df/dx] of a one-input op (backward's result)."""
+    def backward(self, grad, x, params=()) -> list[torch.Tensor]:
+        """backward's result for a one-input op: [grad * df/dx, and each param's gradient
+        (where the plan sums them; else an unused buffer)]."""
         gx = torch.empty_like(x)
-        self._launch((grad.contiguous(), x, gx))
-        return [gx]
+        if self.partials is None:       # (no params)
+            self._launch((grad.contiguous(), x), (), (gx,))
+            return [gx]
+        shape, dtype = self.partials
+        partials = torch.empty(shape, dtype=dtype, device=x.device)
+        self._launch((grad.contiguous(), x), params, (gx, partials))
+        if self.lay is None:
+            return [gx, *[torch.empty_like(p) for p in params]]
+        return [gx, *finish_param_grads(partials, self.lay, self.programs, params)]
 
 
 MAX_PLANS = 1024        # plans kept: cleared beyond
+PLANS = os.environ.get("ACTGEN_LAUNCH_PLANS", "1") != "0"      # whether plans are made
 
 
-def plan_forward(kernel, inputs, constants, wide=False) -> Plan | None:
-    """forward()'s launch for contiguous inputs like these of an op without params or draws,
-    as a Plan; None where the tuner has not settled on a config for them (or they are empty)."""
+def _flags(params, per_channel) -> tuple:
+    """Each param's int argument after it (_param_args), or None."""
+    return tuple((1 if p.numel() > 1 else 0) if pc else None for p, pc in zip(params, per_channel))
+
+
+def plan_forward(kernel, inputs, params, per_channel, constants, channel_dim, channels, wide=False) -> Plan | None:
+    """forward()'s launch for contiguous inputs and params like these of an op without
+    draws, as a Plan; None where the tuner has not settled on a config for them (or they are
+    empty)."""
     x = inputs[0]
-    lay0 = layout((x.numel(),), 0, 1)
+    lay0 = layout(x.shape, channel_dim, channels)
     cfg = TUNER.settled(kernel, x, lay0.kind)
-    if cfg is None or not x.numel():
+    if cfg is None or not x.numel() or not PLANS:
         return None
     grid, tail, blocks = _forward_tiles(lay0, cfg, None, len(inputs) == 2)
-    return Plan(kernel, grid, (*constant_parts(constants), *tail), (*blocks, _acc(x.dtype, wide), _fast(x.dtype)),
-                cfg.num_warps, x.dtype)
+    dtypes = (*[t.dtype for t in inputs], *[p.dtype for p in params], x.dtype)
+    return Plan(kernel, grid, _flags(params, per_channel), (*constant_parts(constants), *tail),
+                (*blocks, _acc(x.dtype, wide), _fast(x.dtype)), cfg.num_warps, dtypes)
 
 
-def plan_backward(kernel, x, constants, wide=False) -> Plan | None:
-    """backward()'s launch for a contiguous x like this one of a one-input op without params
-    or draws, as a Plan (see plan_forward)."""
-    lay0 = layout((x.numel(),), 0, 1)
-    cfg = TUNER.settled(kernel, x, lay0.kind)
-    if cfg is None or not x.numel():
+def plan_backward(kernel, x, params, per_channel, constants, channel_dim, channels, need_params,
+                  wide=False) -> Plan | None:
+    """backward()'s launch for a contiguous x and params like these of a one-input op
+    without draws, the params' gradients needed or not, as a Plan (see plan_forward)."""
+    lay0 = layout(x.shape, channel_dim, channels)
+    kind = lay0.kind + "+param_grad" if need_params else lay0.kind
+    cfg = TUNER.settled(kernel, x, kind)
+    if cfg is None or not x.numel() or not PLANS:
         return None
     lay, tail, blocks = _backward_tiles(lay0, cfg, None, None, False)
-    return Plan(kernel, lay.grid, (*constant_parts(constants), *tail),
-                (*blocks, _acc(x.dtype, wide), _fast(x.dtype), False), cfg.num_warps, x.dtype)
+    consts = (*blocks, _acc(x.dtype, wide), _fast(x.dtype))
+    parts = constant_parts(constants)
+    dtypes = (x.dtype, x.dtype, *[p.dtype for p in params], x.dtype)
+    flags = _flags(params, per_channel)
+    if not params:
+        return Plan(kernel, lay.grid, flags, (*parts, *tail), (*consts, False), cfg.num_warps, dtypes)
+    programs, iters, step, n_partials, acc_dtype = _param_grad_tiles(lay, cfg, need_params, x.dtype, wide, x.device)
+    return Plan(kernel, (programs,), flags, (n_partials, *parts, *tail, iters), (*consts, need_params, step),
+                cfg.num_warps, (*dtypes, acc_dtype), partials=((len(params), n_partials if need_params else 1), acc_dtype),
+                lay=lay if need_params else None, programs=programs)
 
 
 def draw_values(seed: int, n: int, shape, device) -> list[torch.Tensor]:
@@ -382,10 +430,7 @@ def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, 
         if not params:
             return LAUNCH(kernel, lay.grid, (*args, *parts, *seed, *tail), (*blocks, *consts, False, *training),
                           cfg.num_warps)
-        step = need_params and cfg.step
-        programs, iters = param_grad_programs(lay, x.device) if step else (lay.grid[0], 1)
-        n_partials = programs * (lay.block_m if lay.ch_axis == 0 else lay.block_n)
-        acc_dtype = torch.float64 if x.dtype == torch.float64 or wide else torch.float32
+        programs, iters, step, n_partials, acc_dtype = _param_grad_tiles(lay, cfg, need_params, x.dtype, wide, x.device)
         partials = torch.empty((len(params), n_partials if need_params else 1), dtype=acc_dtype, device=x.device)
         launched.update(lay=lay, partials=partials, programs=programs)
         return LAUNCH(kernel, (programs,), (*args, partials, n_partials, *parts, *seed, *tail, iters),
@@ -397,6 +442,16 @@ def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, 
     if not need_params:
         return grads + [torch.empty_like(p) for p in params]
     return grads + finish_param_grads(launched["partials"], launched["lay"], launched["programs"], params)
+
+
+def _param_grad_tiles(lay: Layout, cfg: Config, need_params: bool, dtype, wide: bool, device):
+    """A backward with params in lay, cfg's tiles: (its programs, tiles per program, whether
+    it steps, partial sums per param, their dtype)."""
+    step = need_params and cfg.step
+    programs, iters = param_grad_programs(lay, device) if step else (lay.grid[0], 1)
+    n_partials = programs * (lay.block_m if lay.ch_axis == 0 else lay.block_n)
+    acc_dtype = torch.float64 if dtype == torch.float64 or wide else torch.float32
+    return programs, iters, step, n_partials, acc_dtype
 
 
 def _input_grads(inputs, tensors, stride, halves=True):
