@@ -272,8 +272,9 @@ def _launch_outputs(name, dtype, device) -> list:
 def _against_jit(device, other) -> list[str]:
     """DIRECT_LAUNCH_CASES in float32 and bfloat16, each run through Triton's JIT alone (the
     process's launcher turned off), then twice through the launcher `other` (the first
-    compiles or finds each variant, the second launches it as `other` does); the cases whose
-    outputs and gradients are not bitwise equal."""
+    compiles or finds each variant, the second launches it as `other` does, by the launch
+    plans of the earlier runs where the op has them); the cases whose outputs and gradients
+    are not bitwise equal."""
     from .runtime import launch, use_backend
 
     own = launch.LAUNCH

@@ -307,9 +307,18 @@ def test_a_plan_launches_its_variants_again_without_keying_them(monkeypatch):
     plan.forward([half])
     assert len(keyed) == 4 + 2 and len(kernel.compiled) == 3
 
+    other = variants.Launcher(enabled=True, store=None)     # another launcher: its own variants
+    other._device, other._stream, other._hooks = launcher._device, launcher._stream, launcher._hooks
+    other._target = launcher._target
+    monkeypatch.setattr(launch, "LAUNCH", other)
+    plan.forward([x])
+    plan.forward([x])
+    assert len(kernel.compiled) == 4 and len(kernel.compiled[3].calls) == 1 and len(first.calls) == 3
+    monkeypatch.setattr(launch, "LAUNCH", launcher)
+
     launcher.enabled = False                         # (the launcher turned to the JIT): the JIT's
     plan.forward([x])
-    assert len(kernel.compiled) == 4 and len(first.calls) == 3
+    assert len(kernel.compiled) == 5 and len(first.calls) == 3
 
 
 def test_a_kept_static_variant_after_the_static_launcher_was_given_up():
@@ -482,3 +491,24 @@ def test_a_stepping_backward_is_planned(fresh, monkeypatch, shape, channel_dim):
     for got in runs:
         torch.testing.assert_close(got[0].double(), want[0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(got[1].double(), want[1], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("call", [
+    lambda x, ps: ops.silu(x),
+    lambda x, ps: ops.polynomial(x, *ps),
+    lambda x, ps: ops.prelu(x.view(16, 8, 8), ps[0].expand(8).contiguous()),
+], ids=["silu", "polynomial", "prelu"])
+def test_a_planned_call_skips_the_checks_also_for_autograd(fresh, monkeypatch, call):
+    """Once a plan exists, a call that autograd needs goes to its Function without call()'s
+    argument checks (which passed for arguments like these when the plan was made)."""
+    from actgen.runtime import activation
+
+    checked = []
+    original = activation._any_requires_grad
+    monkeypatch.setattr(activation, "_any_requires_grad", lambda *a: checked.append(1) or original(*a))
+    x = torch.randn(1024, requires_grad=True)
+    ps = [torch.full((1,), v, requires_grad=True) for v in (0.1, 0.5, 0.2, -0.1)]
+    for _ in range(3):
+        y = call(x, ps)
+        torch.autograd.grad(y, [x], torch.ones_like(y))
+    assert len(checked) == 1 and y.grad_fn is not None

@@ -301,37 +301,46 @@ class Activation:
             if p.__class__ not in _PLAIN or p.dim() != 1 or not p.is_contiguous():
                 return None
             needs_grad = needs_grad or (grad and p.requires_grad)
-        if channel_dim.__class__ is not int:
-            return None
-        ndim = x.dim()
-        if not ndim:
-            cd = 0
-        elif -ndim <= channel_dim < ndim or not self._plan_by_shape:
-            cd = channel_dim % ndim
-        else:
+        cd = self._channel_dim(x, channel_dim) if self._plan_by_shape else 0      # (else not in the key)
+        if cd is None:
             return None
         plan = self._plan(self.forward_kernel, x, params, constants, cd)
         if plan is None:
             return None
         if needs_grad:
+            if not self._plan_by_shape:
+                cd = self._channel_dim(x, channel_dim)
+                if cd is None:
+                    return None
             if constants:
                 constants = tuple(float(c) for c in constants)
             return _EagerFunction.apply(self, cd, None, *inputs, *params, *constants)
         return plan.forward(inputs, params)
 
-    def _plan_key(self, kernel, x: torch.Tensor, params, constants, channel_dim, need_params=False) -> tuple:
+    def _channel_dim(self, x: torch.Tensor, channel_dim) -> int | None:
+        """channel_dim as call() makes it (in [0, x.dim())), where it is an int, in x's range
+        for an op whose params may be per channel (call() checks it there); else None
+        (call()'s checks decide)."""
+        if channel_dim.__class__ is not int:
+            return None
+        ndim = x.dim()
+        if not ndim:
+            return 0
+        return channel_dim % ndim if -ndim <= channel_dim < ndim or not self._plan_by_shape else None
+
+    def _plan_key(self, kernel, x: torch.Tensor, device: int, params, constants, channel_dim, need_params=False) -> tuple:
         size = (x.shape, channel_dim) if self._plan_by_shape else x.numel()
         if not params:
-            return id(kernel), size, x.dtype, x.get_device(), _backend._backend, constants
-        return (id(kernel), size, x.dtype, x.get_device(), _backend._backend, constants, need_params,
+            return id(kernel), size, x.dtype, device, _backend._backend, constants
+        return (id(kernel), size, x.dtype, device, _backend._backend, constants, need_params,
                 *[p.numel() for p in params])
 
     def _plan(self, kernel, x: torch.Tensor, params, constants, channel_dim, need_params=False):
         """The plan made for kernel on tensors like x and params, or None (also where x is on
         a GPU other than the current one, or a param is not contiguous)."""
-        plan = _launch.TUNER.plans.get(self._plan_key(kernel, x, params, constants, channel_dim, need_params))
+        device = x.get_device()
+        plan = _launch.TUNER.plans.get(self._plan_key(kernel, x, device, params, constants, channel_dim, need_params))
         if plan is not None:
-            device = x.get_device()
             if device >= 0 and (_cuda_device is None or device != _cuda_device()):
                 return None
             for p in params:
@@ -343,7 +352,7 @@ class Activation:
         """Keep make(kernel, *args) (launch.plan_forward, plan_backward) for the next call,
         where there is no plan for it yet and make makes one."""
         plans = _launch.TUNER.plans
-        key = self._plan_key(kernel, x, params, tuple(constants), channel_dim, need_params)
+        key = self._plan_key(kernel, x, x.get_device(), params, tuple(constants), channel_dim, need_params)
         if key not in plans and _contiguous(params):
             plan = make(kernel, *args)
             if plan is not None:

@@ -241,7 +241,7 @@ class Plan:
     above).  The compiled variants it launched, by its tensors' alignments, are launched
     again without the launcher's per-call key (Launcher.kept, launch_kept)."""
 
-    __slots__ = ("kernel", "grid", "flags", "scalars", "consts", "num_warps", "dtypes", "variants",
+    __slots__ = ("kernel", "grid", "flags", "scalars", "consts", "num_warps", "dtypes", "launcher", "variants",
                  "partials", "lay", "programs")
 
     def __init__(self, kernel, grid, flags, scalars, consts, num_warps, dtypes, partials=None, lay=None, programs=0):
@@ -249,7 +249,7 @@ class Plan:
         self.flags = flags          # per param: the int argument after it (per-channel or not), or None
         self.scalars = scalars      # the arguments after the tensors
         self.dtypes = dtypes        # of the tensor arguments, in order
-        self.variants: dict[int, object] = {}
+        self.launcher, self.variants = None, {}      # the launcher whose variants these are
         # a backward with params: its partial sums' (shape, dtype), and where it sums the
         # params' gradients the layout and programs finish_param_grads takes
         self.partials, self.lay, self.programs = partials, lay, programs
@@ -282,6 +282,8 @@ class Plan:
         launcher = LAUNCH
         if launcher.__class__ is not Launcher:      # (a stand-in)
             return self._through(launcher, args)
+        if launcher is not self.launcher:           # (the variants kept are a launcher's own)
+            self.launcher, self.variants = launcher, {}
         sig = self._signature(tensors)
         compiled = self.variants.get(sig) if sig is not None else None
         if compiled is not None:
