@@ -10,7 +10,6 @@ does not cover - autograd, non-contiguous inputs, forward-mode AD, vmap, batched
 still takes the path it took before.
 """
 import importlib
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,6 +19,7 @@ pytest.importorskip("triton")
 
 import actgen.ops as ops  # noqa: E402
 from _reference import SPECS  # noqa: E402
+from _stand_ins import Compiled as _Compiled, Kernel as _Kernel, launcher as _launcher  # noqa: E402
 from actgen.runtime import launch, use_backend, variants  # noqa: E402
 from actgen.runtime.tuning import Config, Tuner  # noqa: E402
 
@@ -243,41 +243,8 @@ def test_plans_made_meanwhile_do_not_recompile(fresh):
 # --- a plan's variants, with stand-ins for a compiled kernel (no GPU here) ----------------
 
 
-class _Compiled:
-    """Stands in for a compiled variant: records its launcher's calls."""
-
-    def __init__(self):
-        self.function, self.packed_metadata, self.calls = object(), object(), []
-
-    def launch_metadata(self, grid, stream, *values):
-        return None
-
-    def run(self, *a):
-        self.calls.append(a)
-
-
-class _Kernel:
-    """Stands in for a JIT kernel: kernel[grid](...) compiles a new variant and launches it."""
-
-    arg_names = ["x_ptr", "out_ptr", "n", "BLOCK", "FAST"]
-    params = [SimpleNamespace(num=i, do_not_specialize=False) for i in range(5)]
-    __name__ = "stand_in"
-
-    def __init__(self):
-        self.compiled = []
-
-    def __getitem__(self, grid):
-        def launch(*args, **kw):
-            self.compiled.append(_Compiled())
-            return self.compiled[-1]
-        return launch
-
-
 def test_a_plan_launches_its_variants_again_without_keying_them(monkeypatch):
-    launcher = variants.Launcher(enabled=True, store=None)
-    launcher._device, launcher._stream = (lambda: 0), (lambda device: "stream0")
-    launcher._hooks = SimpleNamespace(launch_enter_hook=None, launch_exit_hook=None)
-    launcher._target = lambda: "target0"
+    launcher = _launcher()
     monkeypatch.setattr(launch, "LAUNCH", launcher)
     keyed = []
     original = variants.variant_key
@@ -307,10 +274,7 @@ def test_a_plan_launches_its_variants_again_without_keying_them(monkeypatch):
     plan.forward([half])
     assert len(keyed) == 4 + 2 and len(kernel.compiled) == 3
 
-    other = variants.Launcher(enabled=True, store=None)     # another launcher: its own variants
-    other._device, other._stream, other._hooks = launcher._device, launcher._stream, launcher._hooks
-    other._target = launcher._target
-    monkeypatch.setattr(launch, "LAUNCH", other)
+    monkeypatch.setattr(launch, "LAUNCH", _launcher())      # another launcher: its own variants
     plan.forward([x])
     plan.forward([x])
     assert len(kernel.compiled) == 4 and len(kernel.compiled[3].calls) == 1 and len(first.calls) == 3
@@ -326,9 +290,7 @@ def test_a_kept_static_variant_after_the_static_launcher_was_given_up():
     Triton's (a refused launch): launch_kept launches its Triton variant then."""
     from actgen.runtime import static_launch
 
-    launcher = variants.Launcher(enabled=True, store=None, static=False)
-    launcher._device, launcher._stream = (lambda: 0), (lambda device: "stream0")
-    launcher._hooks = SimpleNamespace(launch_enter_hook=None, launch_exit_hook=None)
+    launcher = _launcher(static=False)
     static = static_launch.StaticKernel.__new__(static_launch.StaticKernel)
     static.compiled = _Compiled()
     x, out = torch.zeros(64), torch.zeros(64)
@@ -345,6 +307,18 @@ def _prelu_ref(x, w, channel_dim):
     return y.movedim(1, channel_dim)
 
 
+def _prelu_case(shape, channel_dim, channels):
+    """(x, w, grad, the call, and the gradients of x and w in float64) of a prelu case with
+    the channels at channel_dim."""
+    x = (torch.randn(shape) * 3).requires_grad_()
+    w = (torch.rand(channels) - 0.3).requires_grad_()
+    g = torch.randn(shape)
+    fn = lambda x, w: ops.prelu(x, w, channel_dim=channel_dim)      # noqa: E731
+    xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    want = torch.autograd.grad(_prelu_ref(xd, wd, channel_dim), [xd, wd], g.double())
+    return x, w, g, fn, want
+
+
 def _grads(fn, x, params, g):
     """(y, grads of x and the params that require grad) of one call."""
     y = fn(x, *params)
@@ -355,12 +329,7 @@ def _grads(fn, x, params, g):
 @pytest.mark.parametrize("shape,channel_dim", [((6, 16, 40), 1), ((240, 16), -1)])
 def test_per_channel_params_are_planned(fresh, shape, channel_dim):
     rec, counts = fresh
-    x = (torch.randn(shape) * 3).requires_grad_()
-    w = (torch.rand(16) - 0.3).requires_grad_()
-    g = torch.randn(shape)
-    fn = lambda x, w: ops.prelu(x, w, channel_dim=channel_dim)      # noqa: E731
-    xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
-    want = torch.autograd.grad(_prelu_ref(xd, wd, channel_dim), [xd, wd], g.double())
+    x, w, g, fn, want = _prelu_case(shape, channel_dim, 16)
     for _ in range(3):
         y, got = _grads(fn, x, [w], g)
         torch.testing.assert_close(y.double(), _prelu_ref(x.detach(), w.detach(), channel_dim), rtol=1e-6, atol=1e-6)
@@ -477,12 +446,7 @@ class _Stepping(Tuner):
 def test_a_stepping_backward_is_planned(fresh, monkeypatch, shape, channel_dim):
     rec, counts = fresh
     monkeypatch.setattr(launch, "TUNER", _Stepping())
-    x = (torch.randn(shape) * 3).requires_grad_()
-    w = (torch.rand(64) - 0.3).requires_grad_()
-    g = torch.randn(shape)
-    fn = lambda x, w: ops.prelu(x, w, channel_dim=channel_dim)      # noqa: E731
-    xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
-    want = torch.autograd.grad(_prelu_ref(xd, wd, channel_dim), [xd, wd], g.double())
+    x, w, g, fn, want = _prelu_case(shape, channel_dim, 64)
     runs = [_grads(fn, x, [w], g)[1] for _ in range(2)]
     assert counts == {"forward": 1, "backward": 1}
     bwd = [c for c in rec.calls if c[0] is not rec.calls[0][0]]

@@ -8,7 +8,6 @@ kernels: there is no GPU here to launch on.
 import importlib
 import itertools
 import warnings
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import make_backend  # noqa: E402
 from triton.runtime.jit import JITFunction, create_function_from_signature  # noqa: E402
 
+from _stand_ins import Compiled as _Compiled, Kernel as _Kernel, launcher as _launcher  # noqa: E402
 from actgen.runtime import launch, variants  # noqa: E402
 from actgen.runtime.triton_lang import tl  # noqa: E402
 
@@ -166,46 +166,6 @@ def test_direct_launch_passes_what_the_jit_binds(op, triton_backend, monkeypatch
         assert list(bound.values()) == [*args, *consts]
         assert list(bound) == jit.arg_names
         assert options == {"num_warps": warps}
-
-
-class _Compiled:
-    """Stands in for a compiled variant: records the launcher's calls."""
-
-    def __init__(self, fail=False):
-        self.function, self.packed_metadata, self.calls, self.fail = object(), object(), [], fail
-
-    def launch_metadata(self, grid, stream, *values):
-        return ("meta", grid, stream, values)
-
-    def run(self, *a):
-        if self.fail:
-            raise TypeError("launcher takes other arguments")
-        self.calls.append(a)
-
-
-class _Kernel:
-    """Stands in for a JIT kernel: kernel[grid](...) compiles (a new variant) and launches."""
-
-    arg_names = ["x_ptr", "out_ptr", "n", "BLOCK", "FAST"]
-    params = [SimpleNamespace(num=i, do_not_specialize=False) for i in range(5)]
-    __name__ = "stand_in"
-
-    def __init__(self, fail=False):
-        self.jit_calls, self.fail = [], fail
-
-    def __getitem__(self, grid):
-        def launch(*args, **kw):
-            self.jit_calls.append((grid, args, kw))
-            return _Compiled(self.fail)
-        return launch
-
-
-def _launcher(store=None):
-    launcher = variants.Launcher(enabled=True, store=store)
-    hooks = SimpleNamespace(launch_enter_hook="enter", launch_exit_hook="exit")
-    launcher._device, launcher._stream, launcher._hooks = (lambda: 0), (lambda device: f"stream{device}"), hooks
-    launcher._target = lambda: "target0"
-    return launcher
 
 
 def test_first_launch_through_the_jit_then_the_variants_launcher():
