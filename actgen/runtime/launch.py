@@ -114,12 +114,20 @@ def _fast(dtype: torch.dtype) -> bool:
 
 
 def _param_args(params, per_channel):
+    """The kernels' arguments for the params: each (contiguous), and after a param that may
+    be per channel its flag (_flags)."""
     args = []
-    for p, pc in zip(params, per_channel):
+    for p, flag in zip(params, _flags(params, per_channel)):
         args.append(p.contiguous())
-        if pc:
-            args.append(1 if p.numel() > 1 else 0)
+        if flag is not None:
+            args.append(flag)
     return args
+
+
+def _flags(params, per_channel) -> tuple:
+    """Each param's int argument after it: for a param that may be per channel, 1 where it
+    is (more than one element), else 0; None for a shared one (no argument)."""
+    return tuple((1 if p.numel() > 1 else 0) if pc else None for p, pc in zip(params, per_channel))
 
 
 def _draw_args(draws):
@@ -324,11 +332,6 @@ class Plan:
 
 MAX_PLANS = 1024        # plans kept: cleared beyond
 PLANS = os.environ.get("ACTGEN_LAUNCH_PLANS", "1") != "0"      # whether plans are made
-
-
-def _flags(params, per_channel) -> tuple:
-    """Each param's int argument after it (_param_args), or None."""
-    return tuple((1 if p.numel() > 1 else 0) if pc else None for p, pc in zip(params, per_channel))
 
 
 def plan_forward(kernel, inputs, params, per_channel, constants, channel_dim, channels, wide=False) -> Plan | None:
