@@ -94,6 +94,12 @@ def _bench_ms(fn) -> float:
     return float(triton.testing.do_bench(fn, warmup=5, rep=25))
 
 
+def _chosen_key(kernel, x: torch.Tensor, layout_kind: str) -> tuple:
+    """A launch's key in Tuner._chosen: the kernel (by id: kernels live as long as the
+    process), x's device and dtype, the layout and the size bucket."""
+    return id(kernel), x.device, x.dtype, layout_kind, _bucket(x.numel())
+
+
 class Tuner:
     """The configs chosen so far, backed by a JSON file."""
 
@@ -159,12 +165,12 @@ class Tuner:
 
     def settled(self, kernel, x: torch.Tensor, layout_kind: str) -> Config | None:
         """The config chosen for good (by choose) for launches like this one, or None."""
-        return self._chosen.get((id(kernel), x.device, x.dtype, layout_kind, _bucket(x.numel())))
+        return self._chosen.get(_chosen_key(kernel, x, layout_kind))
 
     def choose(self, kernel, x: torch.Tensor, layout_kind: str, run, candidates=CANDIDATES) -> Config:
         """The config for this launch; run(config) launches the kernel with it (tuning times
         every candidate once, then the fastest is kept)."""
-        fast = (id(kernel), x.device, x.dtype, layout_kind, _bucket(x.numel()))     # kernels live as long as the process
+        fast = _chosen_key(kernel, x, layout_kind)
         chosen = self._chosen.get(fast)
         if chosen is not None:
             return chosen
