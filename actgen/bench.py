@@ -41,7 +41,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .runtime.tuning import DEFAULT, TUNE_MIN, TUNER
+from .runtime.tuning import DEFAULT, TUNE_MIN, TUNER, Config as LaunchConfig
 from .runtime.workspace import WORKSPACE
 
 SCHEMA = 1
@@ -787,7 +787,8 @@ def launch_configs(device: torch.device) -> list[dict]:
         dev, _, kernel, dtype, layout, bucket = key.split("|")
         if dev == name:
             rows.append({"kernel": kernel.split("@")[0].removeprefix("actgen.ops."), "dtype": dtype, "layout": layout,
-                         "bucket": bucket, "tile": entry["tile"], "num_warps": entry["num_warps"], "ms": entry.get("ms", {})})
+                         "bucket": bucket, "tile": entry["tile"], "num_warps": entry["num_warps"],
+                         "step": bool(entry.get("step", False)), "ms": entry.get("ms", {})})
     return rows
 
 
@@ -1348,7 +1349,8 @@ def write_markdown(results) -> str:
                 "| kernel | dtype | layout | sizes from | chosen | candidates (ms) |", "|---|---|---|---|---|---|"]
         for r in results["launch_configs"]:
             cands = ", ".join(f"{k}: {v:.4g}" for k, v in r["ms"].items())
-            out.append(f"| {r['kernel']} | {r['dtype']} | {r['layout']} | {r['bucket']} | {r['tile']}x{r['num_warps']} | {cands} |")
+            chosen = LaunchConfig(r["tile"], r["num_warps"], bool(r.get("step", False))).label
+            out.append(f"| {r['kernel']} | {r['dtype']} | {r['layout']} | {r['bucket']} | {chosen} | {cands} |")
         out.append("")
     if results["host"]:
         out += ["## Host time per call", "", "silu forward, issued back to back without synchronising.", "",

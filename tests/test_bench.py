@@ -104,6 +104,22 @@ def test_tuned_launch_configs_are_reported(smoke):
     assert "| silu._forward_kernel | bfloat16 | flat | 2**26 | 2048x8 | 1024x4: 0.31, 2048x8: 0.27 |" in md
 
 
+def test_a_stepping_launch_config_is_reported_as_one(monkeypatch, smoke):
+    """A param-gradient backward's chosen config may step through the tiles: the table says
+    so (1024x4-step, not 1024x4, where the two took 0.106 and 0.2 ms)."""
+    res, _, _ = smoke
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "GPU X")
+    table = {"GPU X|triton 3.6.0|actgen.ops.prelu._backward_kernel@0123456789ab|bfloat16|cols+param_grad|2**26":
+             {"tile": 1024, "num_warps": 4, "step": True, "ms": {"1024x4": 0.2, "1024x4-step": 0.1057}},
+             "GPU Y|triton 3.6.0|actgen.ops.prelu._backward_kernel@0123456789ab|bfloat16|cols|2**26":
+             {"tile": 2048, "num_warps": 8, "ms": {"2048x8": 0.098}}}
+    monkeypatch.setattr(bench.TUNER, "_table", table)
+    rows = bench.launch_configs(torch.device("cuda"))
+    assert [(r["kernel"], r["step"]) for r in rows] == [("prelu._backward_kernel", True)]
+    md = bench.write_markdown({**res, "launch_configs": rows})
+    assert "| prelu._backward_kernel | bfloat16 | cols+param_grad | 2**26 | 1024x4-step | 1024x4: 0.2, 1024x4-step: 0.1057 |" in md
+
+
 def _fake_results(device, rows, memory=()):
     res = {"device": {"type": device}, "config": {"cases": ["mish", "swiglu"], "target_min_elements": 2 ** 26},
            "timings": rows, "memory": list(memory), "latency": [], "recompiles": [], "host": []}
