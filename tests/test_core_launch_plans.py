@@ -1,6 +1,7 @@
-"""Launch plans (actgen.runtime.launch.Plan): an op without params or draws, called again on
-contiguous inputs of a size, dtype and device its kernels ran on, launches by a plan made by
-the earlier call, skipping the layout and the tuner.
+"""Launch plans (actgen.runtime.launch.Plan): an op without draws, called again on contiguous
+inputs (or a gated op's inputs that are the halves of one tensor) of a size, dtype and device
+its kernels ran on, launches by a plan made by the earlier call, skipping the layout and the
+tuner.
 
 What is checked, on the Triton kernels under the interpreter: a planned launch hands the
 launcher what the unplanned one did; the planned path is taken (launch.forward and
@@ -107,6 +108,9 @@ def test_a_gated_op_and_constants_are_planned(fresh):
     assert counts["forward"] == 2
     with pytest.raises(ValueError, match="same shape"):
         ops.swiglu(a, b[:-1])
+    with pytest.raises(TypeError, match="floating-point"):
+        ops.swiglu(a, b.int())
+    torch.testing.assert_close(ops.swiglu(a, b.double()), F.silu(a) * b, rtol=1e-5, atol=1e-6)
     _same_launch(rec.calls[0], rec.calls[2], replaced={2})
     _same_launch(rec.calls[1], rec.calls[3], replaced={1})
     assert rec.calls[3][2][2:8] == tuple(launch.constant_parts([2.0, 5.0]))
@@ -428,7 +432,7 @@ def test_a_planned_call_computes_what_the_full_path_did(name, fresh):
     for a, b in zip(*runs):
         assert torch.equal(a, b)
     if not importlib.import_module(f"actgen.ops.{name}")._OP.n_draws:
-        assert counts == {"forward": 1, "backward": 1 if len(spec.inputs) == 1 else 2}
+        assert counts == {"forward": 1, "backward": 1}
 
 
 class _Stepping(Tuner):
@@ -476,3 +480,132 @@ def test_a_planned_call_skips_the_checks_also_for_autograd(fresh, monkeypatch, c
         y = call(x, ps)
         torch.autograd.grad(y, [x], torch.ones_like(y))
     assert len(checked) == 1 and y.grad_fn is not None
+
+
+# --- gated ops: the halves of one tensor, and inputs apart --------------------------------
+def _swiglu_ref(x, dim, g):
+    """swiglu of x's halves along dim and the gradient of x, in float64."""
+    xd = x.detach().double().requires_grad_()
+    a, b = xd.chunk(2, dim)
+    y = F.silu(a) * b
+    return y, torch.autograd.grad(y, [xd], g.double())[0]
+
+
+@pytest.mark.parametrize("shape,dim", [((6, 74), -1), ((4, 6, 5), 1), ((10, 37), 0)],
+                         ids=["rows", "rows-inner-dims", "flat"])
+def test_a_gated_op_on_the_halves_of_one_tensor_is_planned(fresh, shape, dim):
+    """swiglu(x) splits x in halves: views of x, not contiguous except along the first dim.
+    The second and third calls launch by the plans, with what the first launched, and x's
+    gradient is the one buffer the kernel wrote its halves' gradients into (no concatenation)."""
+    rec, counts = fresh
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(shape, generator=gen) * 4).requires_grad_()
+    half = list(shape)
+    half[dim] //= 2
+    g = torch.randn(half, generator=gen)
+    want_y, want_gx = _swiglu_ref(x, dim, g)
+    runs = []
+    for _ in range(3):
+        y = ops.swiglu(x, dim=dim)
+        (gx,) = torch.autograd.grad(y, [x], g)
+        runs.append((y.detach(), gx))
+    assert counts == {"forward": 1, "backward": 1}
+    fwd = [c for c in rec.calls if c[0] is rec.calls[0][0]]
+    bwd = [c for c in rec.calls if c[0] is not rec.calls[0][0]]
+    assert len(fwd) == len(bwd) == 3
+    _same_launch(fwd[0], fwd[2], replaced={2})
+    _same_launch(bwd[0], bwd[2], replaced={3, 4})
+    for (y, gx), (_, _, args, _, _) in zip(runs, bwd):
+        ga, gb = args[3], args[4]
+        assert gx.data_ptr() == ga.data_ptr() and ga._base is not None and gb._base is ga._base
+        torch.testing.assert_close(y.double(), want_y, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(gx.double(), want_gx, rtol=1e-5, atol=1e-5)
+    for got in runs[1:]:
+        assert all(torch.equal(u, v) for u, v in zip(runs[0], got))
+
+
+@pytest.mark.parametrize("first", ["halves", "apart"])
+def test_a_gated_plan_serves_halves_and_inputs_apart_alike(fresh, first):
+    """Inputs of one shape and strides are the halves of one tensor or not by where b starts:
+    one plan serves both, its gradients the halves of one buffer only where they are; and
+    where they must not alias (a custom op's outputs under torch.compile: halves=False)."""
+    from actgen.ops.swiglu import _OP
+
+    rec, counts = fresh
+    gen = torch.Generator().manual_seed(5)
+    x, other = (torch.randn(8, 2 * 40, generator=gen) * 4 for _ in range(2))
+    g = torch.randn(8, 40, generator=gen)
+    halves = list(x.chunk(2, -1))
+    apart = [x[:, :40], other[:, 40:]]           # (the same shape and strides, b elsewhere)
+    order = [halves, apart] if first == "halves" else [apart, halves]
+    for a, b in order * 2:
+        la, lb = a.double().requires_grad_(), b.double().requires_grad_()
+        want = torch.autograd.grad(F.silu(la) * lb, [la, lb], g.double())
+        ga, gb = _OP.backward_impl(g, [a, b], [], [], 1, [True, True])
+        for got, w in zip((ga, gb), want):
+            torch.testing.assert_close(got.double(), w, rtol=1e-5, atol=1e-5)
+        together = b.data_ptr() == a.data_ptr() + 40 * a.element_size()
+        assert (ga._base is not None and gb._base is ga._base) == together
+        assert (gb.data_ptr() - ga.data_ptr() == 40 * ga.element_size()) == together
+        assert ga.is_contiguous() != together and gb.is_contiguous() != together
+        ga2, gb2 = _OP.backward_impl(g, [a, b], [], [], 1, [True, True], halves=False)
+        assert ga2._base is None and gb2._base is None and torch.equal(ga2, ga) and torch.equal(gb2, gb)
+    assert counts["backward"] == 1
+
+
+@pytest.fixture(scope="module")
+def gated_with_params():
+    """Gated ops of a formula outside the library with a shared and a per-channel param."""
+    import actgen
+
+    shared = actgen.compile("a * sigmoid(s * a) * b + c * b", name="gate_sc", params={"s": 1.3, "c": 0.2},
+                            inputs=["a", "b"])
+    per_channel = actgen.compile("a * sigmoid(s * a) * b", name="gate_pc",
+                                 params={"s": {"init": 1.3, "per_channel": True}}, inputs=["a", "b"])
+    return shared.gate_sc, per_channel.gate_pc
+
+
+def test_a_gated_op_with_params_is_planned(fresh, gated_with_params):
+    """A gated op's param gradients by its plan: the same as the first call's, and the float64
+    formula's, for inputs apart and for the halves of one tensor."""
+    rec, counts = fresh
+    fn, _ = gated_with_params
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(16, 2 * 300, generator=gen) * 3
+    g = torch.randn(16, 300, generator=gen)
+    ps = [torch.tensor([1.3]), torch.tensor([0.2])]
+    for make in (lambda t: [u.contiguous() for u in t.chunk(2, -1)], lambda t: list(t.chunk(2, -1))):
+        runs = []
+        for _ in range(3):
+            leaves = [t.requires_grad_() for t in make(x.clone())] + [p.clone().requires_grad_() for p in ps]
+            runs.append(torch.autograd.grad(fn(*leaves), leaves, g))
+        d = [t.double().requires_grad_() for t in (*make(x.clone()), *ps)]
+        a, b, s, c = d
+        want = torch.autograd.grad(a * torch.sigmoid(s * a) * b + c * b, d, g.double())
+        for got in runs:
+            for u, w in zip(got, want):
+                torch.testing.assert_close(u.double(), w, rtol=1e-4, atol=1e-4)
+        for got in runs[1:]:
+            assert all(torch.equal(u, v) for u, v in zip(runs[0], got))
+    assert counts == {"forward": 2, "backward": 2}       # (one plan each for inputs apart and halves)
+
+
+def test_a_gated_op_with_per_channel_params_on_halves_takes_the_full_path(fresh, gated_with_params):
+    """Per-channel params: the kernels take such inputs as contiguous copies (no plan), and
+    write contiguous gradients - not into the halves of one buffer, whose rows are apart."""
+    rec, counts = fresh
+    _, fn = gated_with_params
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(6, 2 * 8, 5, generator=gen) * 3
+    g = torch.randn(6, 8, 5, generator=gen)
+    s = torch.linspace(0.5, 2.0, 8)
+    for _ in range(2):
+        leaves = [t.requires_grad_() for t in x.clone().chunk(2, 1)] + [s.clone().requires_grad_()]
+        got = torch.autograd.grad(fn(*leaves), leaves, g)
+    assert counts == {"forward": 2, "backward": 2}
+    d = [t.double().requires_grad_() for t in (*x.clone().chunk(2, 1), s)]
+    a, b, sd = d
+    sc = sd.view(1, -1, 1)
+    want = torch.autograd.grad(a * torch.sigmoid(sc * a) * b, d, g.double())
+    for u, w in zip(got, want):
+        torch.testing.assert_close(u.double(), w, rtol=1e-4, atol=1e-4)

@@ -67,6 +67,11 @@ def _contiguous(tensors) -> bool:
     return True
 
 
+def _one_plan_form(inputs):
+    """Activation._plan_form of a one-input op's inputs."""
+    return None if inputs[0].is_contiguous() else False
+
+
 def _any_requires_grad(inputs, params) -> bool:
     """Whether any input or param requires grad (a loop: no generator per call)."""
     for t in inputs:
@@ -208,12 +213,16 @@ class Activation:
         # ... and with 16-bit data on the kernels too: where the spec asks (precision: float64);
         # a measured need is a float32 error beyond the target, 2**16 times below a bfloat16 ULP
         self.float64_16bit = float64_16bit
-        # launch plans (launch.Plan): for the forward of an op without draws, and for its
-        # backward where it has one input; keyed on the input's shape and the channel dim
-        # where a param may be per channel (else its size)
-        self.plans_forward = not draws
-        self.plans_backward = self.plans_forward and self.n_inputs == 1
+        # launch plans (launch.Plan): for the forward and backward of an op without draws;
+        # keyed on the input's shape and the channel dim where a param may be per channel,
+        # on its shape and strides where a gated op's inputs are not contiguous (else on its size)
+        self.plans_forward = self.plans_backward = not draws
         self._plan_by_shape = any(self.per_channel)
+        # _plan_form(inputs): how launch plans take these inputs: None where they are
+        # contiguous; a gated op's inputs of one shape and strides that are not (the halves of
+        # one tensor, say), for an op without per-channel params: those strides (plans are
+        # made for rows: launch.Plan); else False (no plan)
+        self._plan_form = _one_plan_form if self.n_inputs == 1 else self._gated_plan_form
         self.core = self.function = None
         self.fwd_op, self.bwd_op = _register(f"{name}_{key}", self)
 
@@ -278,9 +287,10 @@ class Activation:
 
     # --- launch plans ---------------------------------------------------------------------
     # A forward or backward whose launch an earlier call planned (launch.Plan: an op without
-    # draws, on contiguous inputs and params like those the Triton kernels ran on) launches
-    # by the plan.  What decided the plan's launch is its key (with the backend in use) or
-    # checked on every use: plain tensors, contiguous, on the current GPU.
+    # draws, on contiguous inputs and params like those the Triton kernels ran on, or a gated
+    # op's inputs laid out alike: _plan_form) launches by the plan.  What decided the plan's
+    # launch is its key (with the backend in use) or checked on every use: plain tensors,
+    # laid out as the key says, on the current GPU.
 
     def _planned_call(self, inputs, params, constants, channel_dim):
         """call()'s result where a launch plan serves it, for a plain eager call (not
@@ -291,11 +301,14 @@ class Activation:
         grad = torch.is_grad_enabled()
         needs_grad = False
         for t in inputs:
-            if t.__class__ is not torch.Tensor or not t.is_contiguous():
+            if t.__class__ is not torch.Tensor:
                 return None
             needs_grad = needs_grad or (grad and t.requires_grad)
         x = inputs[0]
         if self.n_inputs == 2 and inputs[1].shape != x.shape:
+            return None
+        form = self._plan_form(inputs)
+        if form is False:
             return None
         for p in params:
             if p.__class__ not in _PLAIN or p.dim() != 1 or not p.is_contiguous():
@@ -304,7 +317,7 @@ class Activation:
         cd = self._channel_dim(x, channel_dim) if self._plan_by_shape else 0      # (else not in the key)
         if cd is None:
             return None
-        plan = self._plan(self.forward_kernel, x, params, constants, cd)
+        plan = self._plan(self.forward_kernel, x, params, constants, cd, False, form)
         if plan is None:
             return None
         if needs_grad:
@@ -328,18 +341,35 @@ class Activation:
             return 0
         return channel_dim % ndim if -ndim <= channel_dim < ndim or not self._plan_by_shape else None
 
-    def _plan_key(self, kernel, x: torch.Tensor, device: int, params, constants, channel_dim, need_params=False) -> tuple:
-        size = (x.shape, channel_dim) if self._plan_by_shape else x.numel()
+    def _gated_plan_form(self, inputs):
+        """_plan_form of a gated op's inputs (of one dtype: a plan's key has a's)."""
+        a, b = inputs
+        if b.dtype is not a.dtype:
+            return False
+        if a.is_contiguous():
+            return None if b.is_contiguous() else False
+        if self._plan_by_shape:
+            return False
+        strides = a.stride()
+        return strides if b.stride() == strides else False
+
+    def _plan_key(self, kernel, x: torch.Tensor, device: int, params, constants, channel_dim, need_params=False,
+                  form=None) -> tuple:
+        if form is not None:
+            size = (x.shape, form)
+        else:
+            size = (x.shape, channel_dim) if self._plan_by_shape else x.numel()
         if not params:
             return id(kernel), size, x.dtype, device, _backend._backend, constants
         return (id(kernel), size, x.dtype, device, _backend._backend, constants, need_params,
                 *[p.numel() for p in params])
 
-    def _plan(self, kernel, x: torch.Tensor, params, constants, channel_dim, need_params=False):
-        """The plan made for kernel on tensors like x and params, or None (also where x is on
-        a GPU other than the current one, or a param is not contiguous)."""
+    def _plan(self, kernel, x: torch.Tensor, params, constants, channel_dim, need_params=False, form=None):
+        """The plan made for kernel on tensors like x (laid out as form says: _plan_form) and
+        params, or None (also where x is on a GPU other than the current one, or a param is
+        not contiguous)."""
         device = x.get_device()
-        plan = _launch.TUNER.plans.get(self._plan_key(kernel, x, device, params, constants, channel_dim, need_params))
+        plan = _launch.TUNER.plans.get(self._plan_key(kernel, x, device, params, constants, channel_dim, need_params, form))
         if plan is not None:
             if device >= 0 and (_cuda_device is None or device != _cuda_device()):
                 return None
@@ -348,11 +378,12 @@ class Activation:
                     return None
         return plan
 
-    def _keep_plan(self, kernel, x: torch.Tensor, params, constants, channel_dim, need_params, make, *args) -> None:
-        """Keep make(kernel, *args) (launch.plan_forward, plan_backward) for the next call,
-        where there is no plan for it yet and make makes one."""
+    def _keep_plan(self, kernel, x: torch.Tensor, params, constants, channel_dim, need_params, form, make, *args) -> None:
+        """Keep make(kernel, *args) (launch.plan_forward, plan_backward) for the next call on
+        inputs like x, laid out as form says (_plan_form), where there is no plan for it yet
+        and make makes one."""
         plans = _launch.TUNER.plans
-        key = self._plan_key(kernel, x, x.get_device(), params, tuple(constants), channel_dim, need_params)
+        key = self._plan_key(kernel, x, x.get_device(), params, tuple(constants), channel_dim, need_params, form)
         if key not in plans and _contiguous(params):
             plan = make(kernel, *args)
             if plan is not None:
@@ -453,10 +484,12 @@ class Activation:
         return None if self.n_draws else memory_order(inputs)
 
     def forward_impl(self, inputs, params, constants, channel_dim, rng=None):
-        if self.plans_forward and _launch is not None and _launch.TUNER.plans and _contiguous(inputs):
-            plan = self._plan(self.forward_kernel, inputs[0], params, tuple(constants), channel_dim)
-            if plan is not None:
-                return plan.forward(inputs, params)
+        if self.plans_forward and _launch is not None and _launch.TUNER.plans:
+            form = self._plan_form(inputs)
+            if form is not False:
+                plan = self._plan(self.forward_kernel, inputs[0], params, tuple(constants), channel_dim, False, form)
+                if plan is not None:
+                    return plan.forward(inputs, params)
         order = self._order(inputs)
         if order is not None:       # (the views in memory order are contiguous)
             y = self.forward_impl([t.permute(order) for t in inputs], params, constants, order.index(channel_dim), rng)
@@ -469,9 +502,10 @@ class Activation:
             wide = self.kernel_wide(x.dtype, self.float64_forward)
             y = launch.forward(self.forward_kernel, inputs, params, self.per_channel, constants, channel_dim,
                                self._channels(params), self._kernel_draws(rng), wide)
-            if self.plans_forward and _contiguous(inputs):
-                self._keep_plan(self.forward_kernel, x, params, constants, channel_dim, False, launch.plan_forward, inputs,
-                                params, self.per_channel, constants, channel_dim, self._channels(params), wide)
+            form = self._plan_form(inputs) if self.plans_forward else False
+            if form is not False:
+                self._keep_plan(self.forward_kernel, x, params, constants, channel_dim, False, form, launch.plan_forward,
+                                inputs, params, self.per_channel, constants, channel_dim, self._channels(params), wide)
             return y
         if x.is_cpu:
             return self._cpu_forward(inputs, params, constants, channel_dim, rng)
@@ -481,11 +515,13 @@ class Activation:
     # halves: a gated op's input gradients may be the halves of one buffer (_halves_grads),
     # not where they are a custom op's outputs (torch.compile), which must not alias
     def backward_impl(self, grad, inputs, params, constants, channel_dim, needs, rng=None, halves=True):
-        if self.plans_backward and _launch is not None and _launch.TUNER.plans and inputs[0].is_contiguous() and not _batched(grad):
-            plan = self._plan(self.backward_kernel, inputs[0], params, tuple(constants), channel_dim,
-                              bool(params) and any(needs[1:]))
-            if plan is not None:
-                return plan.backward(grad, inputs[0], params)
+        if self.plans_backward and _launch is not None and _launch.TUNER.plans and not _batched(grad):
+            form = self._plan_form(inputs)
+            if form is not False:
+                plan = self._plan(self.backward_kernel, inputs[0], params, tuple(constants), channel_dim,
+                                  bool(params) and any(needs[self.n_inputs:]), form)
+                if plan is not None:
+                    return plan.backward(grad, inputs, params, halves)
         order = self._order(inputs)
         if order is not None:
             moved = [t.permute(order) for t in inputs]
@@ -506,10 +542,12 @@ class Activation:
             wide = self.kernel_wide(x.dtype, self.float64_backward)
             grads = launch.backward(self.backward_kernel, grad, inputs, params, self.per_channel, constants, channel_dim,
                                     self._channels(params), needs, self._kernel_draws(rng), wide, halves)
-            if self.plans_backward and x.is_contiguous():
-                need_params = bool(params) and any(needs[1:])
-                self._keep_plan(self.backward_kernel, x, params, constants, channel_dim, need_params, launch.plan_backward,
-                                x, params, self.per_channel, constants, channel_dim, self._channels(params), need_params, wide)
+            form = self._plan_form(inputs) if self.plans_backward else False
+            if form is not False:
+                need_params = bool(params) and any(needs[self.n_inputs:])
+                self._keep_plan(self.backward_kernel, x, params, constants, channel_dim, need_params, form,
+                                launch.plan_backward, inputs, params, self.per_channel, constants, channel_dim,
+                                self._channels(params), need_params, wide)
             return grads
         if x.is_cpu:
             return self._cpu_backward(grad, inputs, params, constants, channel_dim, needs, rng, halves=halves)

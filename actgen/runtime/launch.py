@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .layouts import halves_grads, new_contiguous, rows_of
+from .layouts import halves_buffers, halves_form, halves_grads, new_contiguous, rows_of
 from .triton_lang import INTERPRET, tl
 from .tuning import DEFAULT, TUNER, Config, candidates
 from .variants import LAUNCH, Launcher
@@ -239,20 +239,22 @@ def _backward_tiles(lay0: Layout, cfg: Config, stride, grad_stride, gated: bool)
 # An op without random draws, on contiguous inputs and params, launches the same way for
 # every call on inputs of one shape, dtype and device (params of the same sizes, the same
 # constants and channel dim), once the tuner has settled on a config: the grid, every
-# argument but the tensors, the constexprs and the warps are the same.  A Plan keeps them, so
-# a later call's host work is its outputs' allocation and the launch (Activation looks them
-# up; TUNER.plans holds them, so a new tuner starts without any).  ACTGEN_LAUNCH_PLANS=0
-# (or PLANS = False) makes none.
+# argument but the tensors, the constexprs and the warps are the same.  So does a gated op
+# on inputs of one shape and strides that are rows (_layouts: the halves of one tensor).  A
+# Plan keeps them, so a later call's host work is its outputs' allocation and the launch
+# (Activation looks them up; TUNER.plans holds them, so a new tuner starts without any).
+# ACTGEN_LAUNCH_PLANS=0 (or PLANS = False) makes none.
 
 class Plan:
-    """One kernel's launch for contiguous inputs and params like those it was made for (see
-    above).  The compiled variants it launched, by its tensors' alignments, are launched
-    again without the launcher's per-call key (Launcher.kept, launch_kept)."""
+    """One kernel's launch for inputs and params like those it was made for (see above).
+    The compiled variants it launched, by its tensors' alignments, are launched again without
+    the launcher's per-call key (Launcher.kept, launch_kept)."""
 
     __slots__ = ("kernel", "grid", "flags", "scalars", "consts", "num_warps", "dtypes", "launcher", "variants",
-                 "partials", "lay", "programs")
+                 "partials", "lay", "programs", "halves")
 
-    def __init__(self, kernel, grid, flags, scalars, consts, num_warps, dtypes, partials=None, lay=None, programs=0):
+    def __init__(self, kernel, grid, flags, scalars, consts, num_warps, dtypes, partials=None, lay=None, programs=0,
+                 halves=None):
         self.kernel, self.grid, self.consts, self.num_warps = kernel, grid, consts, num_warps
         self.flags = flags          # per param: the int argument after it (per-channel or not), or None
         self.scalars = scalars      # the arguments after the tensors
@@ -261,6 +263,10 @@ class Plan:
         # a backward with params: its partial sums' (shape, dtype), and where it sums the
         # params' gradients the layout and programs finish_param_grads takes
         self.partials, self.lay, self.programs = partials, lay, programs
+        # a gated op's backward: where its inputs may be the halves of one tensor, (b's
+        # distance from a in bytes where they are, that tensor's rows (halves_form), the
+        # scalars then: the gradients are the halves of one buffer, their rows maybe apart)
+        self.halves = halves
 
     def _signature(self, tensors) -> int | None:
         """What picks the variant of a launch by this plan: its tensors' 16-byte alignments,
@@ -272,7 +278,7 @@ class Plan:
             sig = 2 * sig + (t.data_ptr() % 16 == 0)
         return sig
 
-    def _launch(self, head, params, tail):
+    def _launch(self, head, params, tail, scalars):
         """Launch with the tensors head, the params (each followed by its flag), the tensors
         tail, then the scalars."""
         if params:
@@ -282,11 +288,11 @@ class Plan:
                 if flag is not None:
                     args.append(flag)
             args += tail
-            args += self.scalars
+            args += scalars
             tensors = (*head, *params, *tail)
         else:
             tensors = (*head, *tail)
-            args = (*tensors, *self.scalars)
+            args = (*tensors, *scalars)
         launcher = LAUNCH
         if launcher.__class__ is not Launcher:      # (a stand-in)
             return self._through(launcher, args)
@@ -311,64 +317,101 @@ class Plan:
 
     def forward(self, inputs, params=()) -> torch.Tensor:
         """f of the inputs (forward's result)."""
-        out = torch.empty_like(inputs[0])        # (contiguous, as the inputs are)
-        self._launch(inputs, params, (out,))
+        x = inputs[0]
+        out = torch.empty_like(x) if x.is_contiguous() else new_contiguous(x)      # (a gated op's rows: not)
+        self._launch(inputs, params, (out,), self.scalars)
         return out
 
-    def backward(self, grad, x, params=()) -> list[torch.Tensor]:
-        """backward's result for a one-input op: [grad * df/dx, and each param's gradient
-        (where the plan sums them; else an unused buffer)]."""
-        gx = torch.empty_like(x)
+    def backward(self, grad, inputs, params=(), halves=True) -> list[torch.Tensor]:
+        """backward's result: [grad * df/d(each input), and each param's gradient (where the
+        plan sums them; else an unused buffer)]; a gated op's input gradients are the halves
+        of one buffer where its inputs are the halves of one tensor and `halves` allows it
+        (halves_grads)."""
+        scalars = self.scalars
+        if len(inputs) == 1:
+            grads = [torch.empty_like(inputs[0])]        # (contiguous, as the input is)
+        else:
+            a, b = inputs
+            form = self.halves
+            if halves and form is not None and b.data_ptr() - a.data_ptr() == form[0] and b.dtype is a.dtype:
+                grads = halves_buffers(a, b, form[1])
+                scalars = form[2]
+            else:
+                grads = [new_contiguous(a), new_contiguous(b)]
+        head = (grad.contiguous(), *inputs)
         if self.partials is None:       # (no params)
-            self._launch((grad.contiguous(), x), (), (gx,))
-            return [gx]
+            self._launch(head, (), grads, scalars)
+            return grads
         shape, dtype = self.partials
-        partials = torch.empty(shape, dtype=dtype, device=x.device)
-        self._launch((grad.contiguous(), x), params, (gx, partials))
+        partials = torch.empty(shape, dtype=dtype, device=grad.device)
+        self._launch(head, params, (*grads, partials), scalars)
         if self.lay is None:
-            return [gx, *[torch.empty_like(p) for p in params]]
-        return [gx, *finish_param_grads(partials, self.lay, self.programs, params)]
+            return [*grads, *[torch.empty_like(p) for p in params]]
+        return [*grads, *finish_param_grads(partials, self.lay, self.programs, params)]
 
 
 MAX_PLANS = 1024        # plans kept: cleared beyond
 PLANS = os.environ.get("ACTGEN_LAUNCH_PLANS", "1") != "0"      # whether plans are made
 
 
-def plan_forward(kernel, inputs, params, per_channel, constants, channel_dim, channels, wide=False) -> Plan | None:
-    """forward()'s launch for contiguous inputs and params like these of an op without
-    draws, as a Plan; None where the tuner has not settled on a config for them (or they are
-    empty)."""
-    x = inputs[0]
-    lay0 = layout(x.shape, channel_dim, channels)
-    cfg = TUNER.settled(kernel, x, lay0.kind)
-    if cfg is None or not x.numel() or not PLANS:
+def _planned_layout(inputs, channel_dim, channels):
+    """_layouts' (layout in untuned tiles, row distance) of inputs that a plan launches as
+    they are: contiguous, or rows (a gated op's); None where the launch takes copies."""
+    _, lay0, stride = _layouts(inputs, channel_dim, channels)
+    if stride is None and not all(t.is_contiguous() for t in inputs):
         return None
-    grid, tail, blocks = _forward_tiles(lay0, cfg, None, len(inputs) == 2)
+    return lay0, stride
+
+
+def plan_forward(kernel, inputs, params, per_channel, constants, channel_dim, channels, wide=False) -> Plan | None:
+    """forward()'s launch for inputs and params like these of an op without draws, as a
+    Plan; None where the tuner has not settled on a config for them, they are empty, or the
+    launch takes copies of them."""
+    x = inputs[0]
+    laid = _planned_layout(inputs, channel_dim, channels) if x.numel() and PLANS else None
+    if laid is None:
+        return None
+    lay0, stride = laid
+    cfg = TUNER.settled(kernel, x, lay0.kind)
+    if cfg is None:
+        return None
+    grid, tail, blocks = _forward_tiles(lay0, cfg, stride, len(inputs) == 2)
     dtypes = (*[t.dtype for t in inputs], *[p.dtype for p in params], x.dtype)
     return Plan(kernel, grid, _flags(params, per_channel), (*constant_parts(constants), *tail),
                 (*blocks, _acc(x.dtype, wide), _fast(x.dtype)), cfg.num_warps, dtypes)
 
 
-def plan_backward(kernel, x, params, per_channel, constants, channel_dim, channels, need_params,
+def plan_backward(kernel, inputs, params, per_channel, constants, channel_dim, channels, need_params,
                   wide=False) -> Plan | None:
-    """backward()'s launch for a contiguous x and params like these of a one-input op
-    without draws, the params' gradients needed or not, as a Plan (see plan_forward)."""
-    lay0 = layout(x.shape, channel_dim, channels)
+    """backward()'s launch for inputs and params like these of an op without draws, the
+    params' gradients needed or not, as a Plan (see plan_forward); a gated op's also for
+    inputs that are the halves of one tensor (Plan.halves)."""
+    x = inputs[0]
+    laid = _planned_layout(inputs, channel_dim, channels) if x.numel() and PLANS else None
+    if laid is None:
+        return None
+    lay0, stride = laid
     kind = lay0.kind + "+param_grad" if need_params else lay0.kind
     cfg = TUNER.settled(kernel, x, kind)
-    if cfg is None or not x.numel() or not PLANS:
+    if cfg is None:
         return None
-    lay, tail, blocks = _backward_tiles(lay0, cfg, None, None, False)
+    gated = len(inputs) == 2
+    lay, tail, blocks = _backward_tiles(lay0, cfg, stride, None, gated)
     consts = (*blocks, _acc(x.dtype, wide), _fast(x.dtype))
     parts = constant_parts(constants)
-    dtypes = (x.dtype, x.dtype, *[p.dtype for p in params], x.dtype)
+    dtypes = (x.dtype, *[t.dtype for t in inputs], *[p.dtype for p in params], *[t.dtype for t in inputs])
     flags = _flags(params, per_channel)
+    form = halves_form(*inputs) if gated else None
+    if form is not None:        # (the halves of one buffer: rows 2N apart where the inputs are rows)
+        _, tail_halves, _ = _backward_tiles(lay0, cfg, stride, 2 * lay0.N if stride is not None else None, gated)
     if not params:
-        return Plan(kernel, lay.grid, flags, (*parts, *tail), (*consts, False), cfg.num_warps, dtypes)
+        halves = None if form is None else (*form[:2], (*parts, *tail_halves))
+        return Plan(kernel, lay.grid, flags, (*parts, *tail), (*consts, False), cfg.num_warps, dtypes, halves=halves)
     programs, iters, step, n_partials, acc_dtype = _param_grad_tiles(lay, cfg, need_params, x.dtype, wide, x.device)
+    halves = None if form is None else (*form[:2], (n_partials, *parts, *tail_halves, iters))
     return Plan(kernel, (programs,), flags, (n_partials, *parts, *tail, iters), (*consts, need_params, step),
                 cfg.num_warps, (*dtypes, acc_dtype), partials=((len(params), n_partials if need_params else 1), acc_dtype),
-                lay=lay if need_params else None, programs=programs)
+                lay=lay if need_params else None, programs=programs, halves=halves)
 
 
 def draw_values(seed: int, n: int, shape, device) -> list[torch.Tensor]:
@@ -465,6 +508,8 @@ def _input_grads(inputs, tensors, stride, halves=True):
     op's inputs that are the halves of one tensor, the halves of one buffer laid out as that
     tensor (layouts.halves_grads), so that its gradient is that buffer itself (layouts.Halves)."""
     halves = halves_grads(*inputs) if halves and len(inputs) == 2 else None
+    if halves is not None and stride is None and not halves[0].is_contiguous():
+        halves = None       # (rows apart, but the kernel takes contiguous copies: per-channel params)
     if halves is None:
         return [new_contiguous(t) for t in tensors], None
     grads = [h.view(t.shape) for h, t in zip(halves, tensors)]

@@ -53,30 +53,46 @@ def rows_of(inputs) -> tuple[list[torch.Tensor], int] | None:
     return views, stride
 
 
+def halves_form(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int | None] | None:
+    """Where a gated op's inputs a and b, alike in shape, dtype and device, are the two halves
+    of one tensor split along a dim when b starts where this says: (b's distance from a in
+    bytes, the rows of that tensor as halves_buffers lays it out: None where a and b are each
+    contiguous, split along the first dim); None where they cannot be (their shapes and
+    strides decide it, and their distance whether they are)."""
+    if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device or not a.numel():
+        return None
+    if a.is_contiguous() and b.is_contiguous():
+        return a.numel() * a.element_size(), None
+    rows = rows_of([a, b])
+    if rows is None:
+        return None
+    (va, _), stride = rows
+    m, n = va.shape
+    return (n * a.element_size(), m) if stride == 2 * n else None
+
+
+def halves_buffers(a: torch.Tensor, b: torch.Tensor, rows: int | None) -> list[torch.Tensor]:
+    """The halves of one new buffer laid out as the tensor whose halves a and b are (see
+    halves_form), each of its input's shape: flat where rows is None, else (rows, 2n)."""
+    if rows is None:
+        n = a.numel()
+        both = torch.empty(2 * n, dtype=a.dtype, device=a.device)
+        return [both[:n].view(a.shape), both[n:].view(b.shape)]
+    n = a.numel() // rows
+    both = torch.empty((rows, 2 * n), dtype=a.dtype, device=a.device)
+    return [both[:, :n].view(a.shape), both[:, n:].view(b.shape)]
+
+
 def halves_grads(a: torch.Tensor, b: torch.Tensor) -> list[torch.Tensor] | None:
     """For a gated op's inputs a and b that are the two halves of one tensor split along a dim
     - b's part of each row right after a's (rows_of's views 2N apart), or each contiguous and
     b right after a (split along the first dim) - buffers for their gradients: the halves of
     one new buffer laid out as that tensor, each of its input's shape, so that Halves takes the
     tensor's gradient whole, with no concatenation; else None."""
-    if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device or not a.numel():
+    form = halves_form(a, b)
+    if form is None or b.data_ptr() != a.data_ptr() + form[0]:
         return None
-    size = a.element_size()
-    if a.is_contiguous() and b.is_contiguous():
-        n = a.numel()
-        if b.data_ptr() != a.data_ptr() + n * size:
-            return None
-        both = torch.empty(2 * n, dtype=a.dtype, device=a.device)
-        return [both[:n].view(a.shape), both[n:].view(b.shape)]
-    rows = rows_of([a, b])
-    if rows is None:
-        return None
-    (va, vb), stride = rows
-    m, n = va.shape
-    if stride != 2 * n or vb.data_ptr() != va.data_ptr() + n * size:
-        return None
-    both = torch.empty((m, 2 * n), dtype=a.dtype, device=a.device)
-    return [both[:, :n].view(a.shape), both[:, n:].view(b.shape)]
+    return halves_buffers(a, b, form[1])
 
 
 class Halves(torch.autograd.Function):
