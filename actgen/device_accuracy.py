@@ -244,12 +244,14 @@ def _run_log1p(us, device, fast: bool = False):
 
 
 #: check_direct_launch's calls: a flat op, per-channel params (their gradients), random
-#: draws (training mode), two inputs, shared params.
+#: draws (training mode), two inputs, the halves of one tensor (rows apart, their gradients
+#: one buffer), shared params.
 DIRECT_LAUNCH_CASES = {
     "silu": lambda ops, xs, ps: ops.silu(xs[0]),
     "prelu": lambda ops, xs, ps: ops.prelu(xs[0], ps[0]),
     "rrelu": lambda ops, xs, ps: ops.rrelu(xs[0], training=True),
     "swiglu": lambda ops, xs, ps: ops.swiglu(xs[0], xs[1]),
+    "swiglu_halves": lambda ops, xs, ps: ops.swiglu(torch.cat(xs, -1)),
     "polynomial": lambda ops, xs, ps: ops.polynomial(xs[0], *ps[1:]),
 }
 

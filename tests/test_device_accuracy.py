@@ -126,7 +126,7 @@ def test_direct_launch_check(corrupt, monkeypatch):
     fake = _FakeLauncher(corrupt)
     monkeypatch.setattr(launch, "LAUNCH", fake)
     d = da.check_direct_launch("cpu")
-    assert d["cases"] == 10 and d["direct_launches"] == fake.direct > 0 and fake.enabled
+    assert d["cases"] == 2 * len(da.DIRECT_LAUNCH_CASES) == 12 and d["direct_launches"] == fake.direct > 0 and fake.enabled
     if corrupt:
         assert d["mismatches"] == [f"{n} {t}" for n in da.DIRECT_LAUNCH_CASES for t in ("float32", "bfloat16")]
     else:
@@ -157,7 +157,7 @@ def test_static_launch_check(corrupt, monkeypatch):
     before = launch.LAUNCH
     d = da.check_static_launch("cpu")
     assert launch.LAUNCH is before and before.enabled == variants.LAUNCH.enabled
-    assert d["cases"] == 10 and d["launches"] == fake.direct > 0 and d["still_static"]
+    assert d["cases"] == 2 * len(da.DIRECT_LAUNCH_CASES) and d["launches"] == fake.direct > 0 and d["still_static"]
     if corrupt:
         assert d["mismatches"] == [f"{n} {t}" for n in da.DIRECT_LAUNCH_CASES for t in ("float32", "bfloat16")]
     else:
@@ -184,7 +184,7 @@ def test_variant_store_check_runs_two_fresh_processes(tmp_path):
     """On CPU (the interpreter) nothing is compiled, so nothing is recorded or loaded, but the
     two fresh processes run every case and their results compare equal (the draws are seeded)."""
     d = da.check_variant_store("cpu")
-    assert d["cases"] == 10 and d["mismatches"] == [] and d["loaded"] == 0 and d["recorded"] == 0
+    assert d["cases"] == 2 * len(da.DIRECT_LAUNCH_CASES) and d["mismatches"] == [] and d["loaded"] == 0 and d["recorded"] == 0
     assert all(t > 0 for t in d["first_case_s"])
 
 
