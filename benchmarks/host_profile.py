@@ -74,6 +74,14 @@ def per_call(fn, iters=400, repeat=5) -> float:
     return best
 
 
+def _silu_gate(t):
+    """F.silu(a) * b of t's halves along its last dim, as plain torch."""
+    import torch.nn.functional as F
+
+    a, b = t.chunk(2, -1)
+    return F.silu(a) * b
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--op", default="silu")
@@ -152,6 +160,13 @@ def main(argv=None) -> int:
         if builtin is not None:
             cases["F." + args.op + " fwd"] = lambda: builtin(x)
             cases["F." + args.op + " fwd+bwd"] = lambda: torch.autograd.grad(builtin(xg), [xg], g)
+        # a gated op on the halves of one tensor (rows apart: planned too), n outputs
+        xh = torch.randn(n // 512, 1024, device="cuda", requires_grad=True)
+        gh = torch.randn(n // 512, 512, device="cuda")
+        cases["swiglu(x) fwd+bwd, x's halves"] = lambda: torch.autograd.grad(ops.swiglu(xh), [xh], gh)
+        cases["swiglu(x) fwd+bwd, x's halves, no plans"] = unplanned(
+            lambda: torch.autograd.grad(ops.swiglu(xh), [xh], gh))
+        cases["F.silu(a) * b fwd+bwd, x's halves"] = lambda: torch.autograd.grad(_silu_gate(xh), [xh], gh)
         with torch.no_grad():
             pass
         for name, f in cases.items():
