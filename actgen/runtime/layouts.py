@@ -75,12 +75,12 @@ def halves_buffers(a: torch.Tensor, b: torch.Tensor, rows: int | None) -> list[t
     """The halves of one new buffer laid out as the tensor whose halves a and b are (see
     halves_form), each of its input's shape: flat where rows is None, else (rows, 2n)."""
     if rows is None:
-        n = a.numel()
-        both = torch.empty(2 * n, dtype=a.dtype, device=a.device)
-        return [both[:n].view(a.shape), both[n:].view(b.shape)]
-    n = a.numel() // rows
-    both = torch.empty((rows, 2 * n), dtype=a.dtype, device=a.device)
-    return [both[:, :n].view(a.shape), both[:, n:].view(b.shape)]
+        ga, gb = a.new_empty(2 * a.numel()).chunk(2)
+    else:
+        ga, gb = a.new_empty((rows, 2 * (a.numel() // rows))).chunk(2, 1)
+    if ga.shape != a.shape:
+        return [ga.view(a.shape), gb.view(b.shape)]
+    return [ga, gb]
 
 
 def halves_grads(a: torch.Tensor, b: torch.Tensor) -> list[torch.Tensor] | None:
