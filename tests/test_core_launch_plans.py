@@ -629,3 +629,19 @@ def test_a_gated_module_under_compile_after_eager_plans(fresh):
         torch.testing.assert_close(y.double(), want_y, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(gx.double(), want_gx, rtol=1e-5, atol=1e-5)
     assert launch.TUNER.plans
+
+
+def test_gated_inputs_alike_but_not_rows_take_the_full_path(fresh):
+    """a and b taken every other element of one tensor: of one shape and strides, but not
+    rows (the kernels take contiguous copies of them): no plan, the values each time right."""
+    rec, counts = fresh
+    gen = torch.Generator().manual_seed(19)
+    x = torch.randn(12, 2 * 50, generator=gen) * 3
+    g = torch.randn(12, 50, generator=gen)
+    xd = x.double().requires_grad_()
+    want = torch.autograd.grad(F.silu(xd[:, ::2]) * xd[:, 1::2], [xd], g.double())[0]
+    for _ in range(3):
+        xl = x.clone().requires_grad_()
+        y = ops.swiglu(xl[:, ::2], xl[:, 1::2])
+        torch.testing.assert_close(torch.autograd.grad(y, [xl], g)[0].double(), want, rtol=1e-5, atol=1e-5)
+    assert counts == {"forward": 3, "backward": 3}
