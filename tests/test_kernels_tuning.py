@@ -217,6 +217,30 @@ def test_a_backward_with_param_gradients_also_tunes_stepping(recording_tuner, tr
     assert calls == _compiled_and_timed(FLOAT32)
 
 
+def test_a_param_gradient_backward_is_timed_with_its_sums(recording_tuner, triton_backend, monkeypatch):
+    """What a config leaves to sum after the kernel (one partial sum per tile where it does not
+    step) is part of what the tuner times: every launch, each timed one included, sums its
+    partial sums into the params' gradients; the gradients are those of the launch kept."""
+    tuner, calls = recording_tuner
+    summed = []
+    original = launch.finish_param_grads
+
+    def counted(partials, *args):
+        summed.append(partials.shape)
+        return original(partials, *args)
+    monkeypatch.setattr(launch, "finish_param_grads", counted)
+    x = torch.randn(16, 64, 37, requires_grad=True)
+    w = (torch.rand(64) * 0.5).requires_grad_()
+    y = ops.prelu(x, w)
+    calls.clear()
+    g = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, w), g)
+    assert calls == _compiled_and_timed(FLOAT32_PARAM_GRAD) and len(summed) == len(calls) + 1    # (+ the launch kept)
+    assert len(set(summed)) > 1             # (the partial sums' count follows the config)
+    torch.testing.assert_close(gw, (g * torch.where(x > 0, 0.0, x)).sum((0, 2)), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gx, g * torch.where(x > 0, 1.0, w.view(-1, 1)))
+
+
 def test_the_file_serves_a_new_process_and_buckets_tune_apart(tmp_path):
     times = {c: 1.0 + i for i, c in enumerate(CANDIDATES)}
     times[Config(4096, 8)] = 0.1
@@ -284,7 +308,7 @@ def test_four_elements_a_thread_are_candidates_for_4_and_8_byte_data_only():
     for dtype in (torch.float32, torch.bfloat16):
         plain = candidates(dtype)
         assert candidates(dtype, True) == plain + tuple(Config(c.tile, c.num_warps, True) for c in plain)
-    assert DEFAULT in candidates(torch.bfloat16) and tuning.CACHE_VERSION == 2
+    assert DEFAULT in candidates(torch.bfloat16) and tuning.CACHE_VERSION == 3
 
 
 def test_size_buckets():

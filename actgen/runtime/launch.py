@@ -472,24 +472,27 @@ def backward(kernel, grad, inputs, params, per_channel, constants, channel_dim, 
     launched = {}
 
     def run(cfg: Config):
-        """Launch with cfg (the compiled kernel back); the param-gradient partial sums are
-        sized from its tile and left in `launched` with the layout and program count."""
+        """Launch with cfg (the compiled kernel back); the param-gradient partial sums, sized
+        from its tile, summed into the params' gradients (left in `launched`) - so the
+        tuner times a config with the sums it leaves to finish."""
         lay, tail, blocks = _backward_tiles(lay0, cfg, stride, grad_stride, gated)
         if not params:
             return LAUNCH(kernel, lay.grid, (*args, *parts, *seed, *tail), (*blocks, *consts, False, *training),
                           cfg.num_warps)
         programs, iters, step, n_partials, acc_dtype = _param_grad_tiles(lay, cfg, need_params, x.dtype, wide, x.device)
         partials = torch.empty((len(params), n_partials if need_params else 1), dtype=acc_dtype, device=x.device)
-        launched.update(lay=lay, partials=partials, programs=programs)
-        return LAUNCH(kernel, (programs,), (*args, partials, n_partials, *parts, *seed, *tail, iters),
-                      (*blocks, *consts, need_params, step, *training), cfg.num_warps)
+        compiled = LAUNCH(kernel, (programs,), (*args, partials, n_partials, *parts, *seed, *tail, iters),
+                          (*blocks, *consts, need_params, step, *training), cfg.num_warps)
+        if need_params:
+            launched["param_grads"] = finish_param_grads(partials, lay, programs, params)
+        return compiled
 
     kind = lay0.kind + "+param_grad" if need_params else lay0.kind
     _tuned(kernel, x, kind, run, need_params)
     grads = [g if g.shape == t.shape else g.view(t.shape) for g, t in zip(grads, inputs)]
     if not need_params:
         return grads + [torch.empty_like(p) for p in params]
-    return grads + finish_param_grads(launched["partials"], launched["lay"], launched["programs"], params)
+    return grads + launched["param_grads"]
 
 
 def _param_grad_tiles(lay: Layout, cfg: Config, need_params: bool, dtype, wide: bool, device):

@@ -7,8 +7,11 @@ times every candidate on the call's own tensors and keeps the fastest - in memor
 process and in a JSON file for the next one (ACTGEN_TUNING_CACHE, default
 ~/.cache/actgen/tuning.json; ACTGEN_TUNE=0 turns tuning off).  Every candidate computes the
 same result: the kernels are element-wise, and param-gradient partial sums are sized from
-the tile the launch used.  A candidate whose compiled kernel spills registers is left out
-(the default is always a candidate, and spill-free for every built-in kernel: AOT-checked).
+the tile the launch used.  A backward with param gradients is timed with the torch ops that
+sum its partial sums (launch.finish_param_grads), whose work the config sizes: one partial
+sum per tile where it does not step.  A candidate whose compiled kernel spills registers is
+left out (the default is always a candidate, and spill-free for every built-in kernel:
+AOT-checked).
 """
 from __future__ import annotations
 
@@ -56,7 +59,9 @@ def candidates(dtype: torch.dtype, param_grad: bool = False) -> tuple[Config, ..
 
 
 TUNE_MIN = 1 << 22      # below this, launch latency dominates and the default is kept
-CACHE_VERSION = 2      # (2: NARROW among the candidates for 4- and 8-byte data: tuned afresh)
+# (2: NARROW among the candidates for 4- and 8-byte data; 3: param-gradient backwards timed
+# with their partial sums' sums: tuned afresh)
+CACHE_VERSION = 3
 
 
 def cache_path() -> Path:
