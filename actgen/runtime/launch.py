@@ -333,7 +333,7 @@ class Plan:
         else:
             a, b = inputs
             form = self.halves
-            if halves and form is not None and b.data_ptr() - a.data_ptr() == form[0] and b.dtype is a.dtype:
+            if halves and form is not None and b.data_ptr() - a.data_ptr() == form[0]:     # (one dtype: _plan_form)
                 grads = halves_buffers(a, b, form[1])
                 scalars = form[2]
             else:
@@ -510,9 +510,10 @@ def _input_grads(inputs, tensors, stride, halves=True):
     inputs as it reads them), and their row distance (None: _N): with halves, for a gated
     op's inputs that are the halves of one tensor, the halves of one buffer laid out as that
     tensor (layouts.halves_grads), so that its gradient is that buffer itself (layouts.Halves)."""
-    halves = halves_grads(*inputs) if halves and len(inputs) == 2 else None
-    if halves is not None and stride is None and not halves[0].is_contiguous():
-        halves = None       # (rows apart, but the kernel takes contiguous copies: per-channel params)
+    # (not where the kernel takes copies of inputs that are rows apart - per-channel params:
+    # it writes contiguous gradients, so halves rows apart cannot take them)
+    halves = (halves_grads(*inputs) if halves and len(inputs) == 2 and (stride is not None or inputs[0].is_contiguous())
+              else None)
     if halves is None:
         return [new_contiguous(t) for t in tensors], None
     grads = [h.view(t.shape) for h, t in zip(halves, tensors)]
