@@ -98,6 +98,89 @@ def test_a_planned_backward_launches_what_the_first_did(fresh):
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
 
 
+def _polynomial_ref(x, ps, g, frozen):
+    """The polynomial's gradients (x's, and the params' unless frozen) in float64."""
+    leaves = [t.detach().double().requires_grad_(not frozen or i == 0) for i, t in enumerate((x, *ps))]
+    y = sum(c * leaves[0] ** k for k, c in enumerate(leaves[1:]))
+    return torch.autograd.grad(y, leaves[:1] if frozen else leaves, g.double())
+
+
+def test_a_planned_call_finds_its_backward_plan_once(fresh, monkeypatch):
+    """A call whose forward a plan launched finds its backward's plan through that plan: one
+    lookup per forward plan, whether the params' gradients are needed and backend, not one
+    per call; the gradients are the references' either way."""
+    from actgen.runtime import activation
+
+    rec, counts = fresh
+    op = importlib.import_module("actgen.ops.polynomial")._OP
+    lookups = []
+    original = activation.Activation._plan
+
+    def counted(self, kernel, *args):
+        if kernel is op.backward_kernel:
+            lookups.append(args[4])         # (need_params)
+        return original(self, kernel, *args)
+    monkeypatch.setattr(activation.Activation, "_plan", counted)
+    x = (torch.randn(2000) * 2).requires_grad_()
+    ps = [torch.full((1,), v, requires_grad=True) for v in (0.1, 0.5, 0.2, -0.1)]
+    g = torch.randn(2000)
+    for i, frozen in enumerate((False, True, False, True, False, True)):
+        if i == 2:
+            lookups.clear()
+        for p in ps:
+            p.requires_grad_(not frozen)
+        wanted = [x] if frozen else [x, *ps]
+        got = torch.autograd.grad(ops.polynomial(x, *ps), wanted, g)
+        for u, v in zip(got, _polynomial_ref(x, ps, g, frozen)):
+            torch.testing.assert_close(u.double(), v, rtol=1e-5, atol=1e-5)
+    # the first call of each kind makes the plans (full path); the second looks the
+    # backward's up through the forward's plan and keeps it there; the third finds it kept
+    assert counts == {"forward": 1, "backward": 2}
+    assert lookups == [True, False]          # (need_params: the params not frozen, then frozen)
+    plan = next(p for p in launch.TUNER.plans.values() if p.kernel is op.forward_kernel)
+    assert {link[0] for link in plan.after} == {False, True}
+    assert len(rec.calls) == 12
+
+
+def test_a_planned_forward_then_another_backend_or_tuner_for_its_backward(fresh, monkeypatch):
+    """The backward's plan kept by a forward's is for the backend and the tuner it was found
+    with: under the torch backend the backward is the fallback's (no launch), with a new tuner
+    the full path's."""
+    rec, counts = fresh
+    x = (torch.randn(1500) * 4).requires_grad_()
+    g = torch.randn(1500)
+    xd = x.detach().double().requires_grad_()
+    want = torch.autograd.grad(F.silu(xd), [xd], g.double())[0]
+    for _ in range(3):
+        torch.autograd.grad(ops.silu(x), [x], g)       # (plans made, the backward's kept)
+    n = len(rec.calls)
+    y = ops.silu(x)                                    # (by the plan)
+    assert len(rec.calls) == n + 1
+    with use_backend("torch"):
+        (gx,) = torch.autograd.grad(y, [x], g)
+    assert len(rec.calls) == n + 1
+    torch.testing.assert_close(gx.double(), want, rtol=1e-5, atol=1e-6)
+    y = ops.silu(x)
+    monkeypatch.setattr(launch, "TUNER", Tuner())
+    (gx,) = torch.autograd.grad(y, [x], g)
+    assert counts["backward"] == 2 and len(rec.calls) == n + 3
+    torch.testing.assert_close(gx.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_planned_call_differentiated_twice(fresh):
+    """create_graph=True after plans: the backward is differentiable (the planned backward
+    is not used), and the second derivative is the reference's."""
+    x = (torch.randn(800) * 3).requires_grad_()
+    xd = x.detach().double().requires_grad_()
+    (d1,) = torch.autograd.grad(F.mish(xd).sum(), [xd], create_graph=True)
+    (want,) = torch.autograd.grad(d1.sum(), [xd])
+    for _ in range(3):
+        (gx,) = torch.autograd.grad(ops.mish(x).sum(), [x], create_graph=True)
+        assert gx.grad_fn is not None
+        (ggx,) = torch.autograd.grad(gx.sum(), [x])
+        torch.testing.assert_close(ggx.double(), want, rtol=1e-4, atol=1e-5)
+
+
 def test_a_gated_op_and_constants_are_planned(fresh):
     rec, counts = fresh
     a, b = torch.randn(2, 2048).unbind(0)

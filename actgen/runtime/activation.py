@@ -283,7 +283,7 @@ class Activation:
         # plain eager use: the thin path
         if not (torch.is_grad_enabled() and _any_requires_grad(inputs, params)) and no_forward_ad():
             return self.forward_impl(list(inputs), list(params), list(constants), cd, seed)
-        return _EagerFunction.apply(self, cd, seed, *inputs, *params, *constants)
+        return _EagerFunction.apply(self, cd, seed, None, *inputs, *params, *constants)
 
     # --- launch plans ---------------------------------------------------------------------
     # A forward or backward whose launch an earlier call planned (launch.Plan: an op without
@@ -327,7 +327,7 @@ class Activation:
                     return None
             if constants:
                 constants = tuple(float(c) for c in constants)
-            return _EagerFunction.apply(self, cd, None, *inputs, *params, *constants)
+            return _planned_apply(self, cd, plan, inputs, params, constants)
         return plan.forward(inputs, params)
 
     def _channel_dim(self, x: torch.Tensor, channel_dim) -> int | None:
@@ -390,6 +390,35 @@ class Activation:
                 if len(plans) >= _launch.MAX_PLANS:
                     plans.clear()
                 plans[key] = plan
+
+    def planned_grads(self, plan, grad, tensors, constants, channel_dim, needs):
+        """backward_impl's gradients (None where not needed) of a call whose forward a plan
+        launched (_planned_call), by the backward's plan, or None where there is none: the
+        forward plan keeps the backward plans it led to (Plan.after), by whether the params'
+        gradients are needed and the backend, so that the backward's lookup runs once per
+        plan, not per call (its key is the forward's but for the kernel and need_params;
+        the inputs, saved, are laid out as the forward's were)."""
+        if _batched(grad):
+            return None
+        n = self.n_inputs
+        inputs, params = tensors[:n], tensors[n:]
+        need_params = bool(params) and any(needs[n:])
+        link = (need_params, _backend._backend)
+        plans = _launch.TUNER.plans
+        kept = plan.after.get(link)
+        if kept is not None and kept[0] is plans:       # (made with the tuner in use)
+            backward = kept[1]
+            device = inputs[0].get_device()
+            if device >= 0 and device != _cuda_device():
+                return None
+        else:
+            backward = self._plan(self.backward_kernel, inputs[0], params, constants, channel_dim, need_params,
+                                  self._plan_form(inputs))
+            if backward is None:
+                return None
+            plan.after[link] = (plans, backward)
+        grads = backward.backward(grad, inputs, params)
+        return [g if need else None for g, need in zip(grads, needs)]
 
     # --- random draws -------------------------------------------------------------------
     # A call's draws travel as `rng`: None in evaluation mode, else (seed, kernels) with
@@ -1123,19 +1152,23 @@ def no_forward_ad() -> bool:
 
 
 class _EagerFunction(torch.autograd.Function):
-    """The Function eager calls go through: apply(op, channel_dim, seed, *inputs, *params, *constants).
+    """The Function eager calls go through: apply(op, channel_dim, seed, plan, *inputs, *params, *constants).
 
     Same semantics as the generated Function classes (which torch.func transforms and
     torch.compile use), in the single-forward style whose apply has no per-call signature
-    binding."""
+    binding.  plan: None, or the launch plan of a call _planned_call checked (no draws, no
+    forward-mode AD), which launches the forward and leads to the backward's plan."""
 
     @staticmethod
-    def forward(ctx, op, channel_dim, seed, *args):
+    def forward(ctx, op, channel_dim, seed, plan, *args):
         n = op.n_tensors
         tensors, constants = args[:n], args[n:]
-        rng = None if seed is None else op.rng(seed, tensors[0])
-        ctx.op, ctx.constants, ctx.channel_dim, ctx.rng = op, constants, channel_dim, rng
+        ctx.op, ctx.constants, ctx.channel_dim, ctx.plan = op, constants, channel_dim, plan
         ctx.save_for_backward(*tensors)
+        if plan is not None:
+            ctx.rng = None
+            return plan.forward(tensors[: op.n_inputs], tensors[op.n_inputs:])
+        rng = ctx.rng = None if seed is None else op.rng(seed, tensors[0])
         if not no_forward_ad():
             ctx.save_for_forward(*tensors)
         return op.forward_impl(list(tensors[: op.n_inputs]), list(tensors[op.n_inputs:]), list(constants), channel_dim, rng)
@@ -1143,12 +1176,40 @@ class _EagerFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         op = ctx.op
-        grads = op.input_grads(ctx, grad, ctx.needs_input_grad[3: 3 + op.n_tensors])
-        return (None, None, None, *grads, *([None] * len(ctx.constants)))
+        needs = ctx.needs_input_grad[4: 4 + op.n_tensors]
+        grads = None
+        if ctx.plan is not None and not torch.is_grad_enabled():      # (else a differentiable backward)
+            grads = op.planned_grads(ctx.plan, grad, ctx.saved_tensors, ctx.constants, ctx.channel_dim, needs)
+        if grads is None:
+            grads = op.input_grads(ctx, grad, needs)
+        return (None, None, None, None, *grads, *([None] * len(ctx.constants)))
 
     @staticmethod
     def jvp(ctx, *tangents):
-        return ctx.op.jvp(ctx, *tangents[3:])
+        return ctx.op.jvp(ctx, *tangents[4:])
+
+
+def _raw_apply():
+    """_EagerFunction's apply without torch.autograd.Function.apply's Python around it (which,
+    for a Function without setup_context and no functorch transform active, unwraps dead
+    functorch wrappers and calls this), or None where this torch lacks either part."""
+    try:
+        from torch._C._functorch import unwrap_if_dead
+        return super(torch.autograd.Function, _EagerFunction).apply, unwrap_if_dead
+    except (ImportError, AttributeError):
+        return None
+
+
+_RAW_APPLY = _raw_apply()
+
+
+def _planned_apply(op, channel_dim, plan, inputs, params, constants):
+    """_EagerFunction.apply(op, channel_dim, None, plan, *inputs, *params, *constants) for a
+    call _planned_call checked: no functorch transform active (and every tensor plain)."""
+    if _RAW_APPLY is None:
+        return _EagerFunction.apply(op, channel_dim, None, plan, *inputs, *params, *constants)
+    apply, unwrap = _RAW_APPLY
+    return apply(op, channel_dim, None, plan, *[unwrap(t) for t in inputs], *[unwrap(p) for p in params], *constants)
 
 
 class _Backward(torch.autograd.Function):

@@ -251,7 +251,7 @@ class Plan:
     the launcher's per-call key (Launcher.kept, launch_kept)."""
 
     __slots__ = ("kernel", "grid", "flags", "scalars", "consts", "num_warps", "dtypes", "launcher", "variants",
-                 "partials", "lay", "programs", "halves")
+                 "partials", "lay", "programs", "halves", "after")
 
     def __init__(self, kernel, grid, flags, scalars, consts, num_warps, dtypes, partials=None, lay=None, programs=0,
                  halves=None):
@@ -267,6 +267,9 @@ class Plan:
         # distance from a in bytes where they are, that tensor's rows (halves_form), the
         # scalars then: the gradients are the halves of one buffer, their rows maybe apart)
         self.halves = halves
+        # a forward's: the backward plans its calls led to, by (whether the params' gradients
+        # are needed, backend), each with the plans it was made among (Activation.planned_grads)
+        self.after = {}
 
     def _signature(self, tensors) -> int | None:
         """What picks the variant of a launch by this plan: its tensors' 16-byte alignments,
