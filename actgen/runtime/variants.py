@@ -206,10 +206,12 @@ class Launcher:
         stream = self._stream(device)
         values = (*args, *consts)
         hooks = self._hooks
+        enter = hooks.launch_enter_hook
+        # (launch_metadata is None without an enter hook: Triton 3.6-3.9 return that at once)
+        metadata = None if enter is None else compiled.launch_metadata(grid, stream, *values)
         try:
             compiled.run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1, stream,
-                         compiled.function, compiled.packed_metadata,
-                         compiled.launch_metadata(grid, stream, *values), hooks.launch_enter_hook,
+                         compiled.function, compiled.packed_metadata, metadata, enter,
                          hooks.launch_exit_hook, *values)
         except TypeError as exc:         # a launcher that takes other arguments: the JIT from now on
             warnings.warn(f"actgen: launching compiled kernels directly failed ({exc}); "
