@@ -3382,8 +3382,10 @@ def _cpu_cost(block: Block) -> int:
 
 #: Forms of the kernels whose measured errors (precision.worst_between) differ by less than
 #: this are a tie, and the first of them is taken: the evaluator's float32 functions are not
-#: the kernels' (see actgen.precision), so a smaller difference says nothing.
-TIE_ULP = 0.25
+#: the kernels' (see actgen.precision), so a smaller difference says nothing.  (Two forms of
+#: elish' measure 4.99 and 4.68 there, and 5.60 both with numpy's own functions on a CPU with
+#: AVX-512, where the second's kernel is the worse at the interpreter's worst point.)
+TIE_ULP = 0.5
 
 
 def derive(spec: Spec, rewrites: bool = True) -> Derivation:

@@ -13,12 +13,17 @@ fallback, and on the kernels for float32 data (16-bit data stays in float32 ther
 float32 error of a few ULP is 2**16 times below a bfloat16 ULP; see
 actgen.runtime.Activation.kernel_wide).
 
-The evaluation walks the sympy tree with numpy arrays: no code is generated or run for
-it.  Float64 is the reference for float32 rounding: each of its operations rounds to 2**-29
-of a float32 ULP, so even where the terms cancel tenfold its error stays far below the
-ULPs measured.  Numpy's float32 functions stand in for the kernels' and torch's, on the
-pessimistic side (numpy's exp is off by up to 2.4 ULP, torch's by 0.55, the kernels' by 0.92;
-docs/accuracy.md measures the ops themselves, against mpmath).
+The evaluation walks the sympy tree with numpy arrays: no code is generated or run for it.
+Float64 is the reference for float32 rounding: each of its operations rounds to 2**-29 of
+a float32 ULP, so even where the terms cancel tenfold its error stays far below the ULPs
+measured. A float32 function (exp, log1p, tanh...; not sqrt or hypot, which round to the
+nearest wherever they are computed) stands in for the kernels' and torch's as the farthest
+a faithful one can be: its value in float64, rounded to the float32 neighbour on the other
+side from the nearest (an error between 0.5 and 1 ULP; torch's exp is off by up to 0.55
+ULP, the kernels' by 0.92; docs/accuracy.md measures the ops themselves, against mpmath).
+Numpy's own float32 functions would not do: their results change with the CPU's vector
+extensions (another point, another worst error), and the compiler's choices and the
+generated modules must not.
 """
 from __future__ import annotations
 
@@ -35,8 +40,8 @@ from .functions import expm1, log1p, sigmoid, softplus
 #: Above this measured error (ULPs / condition number in float32, the mean over the
 #: WORST_POINTS worst points of the grid) a block is computed in float64.  docs/accuracy.md
 #: holds every op to 4 at its worst point; in the catalogue, forms whose errors only add up
-#: to that at a point or two (a dozen roundings) measure 2.8 at most here, the ones whose
-#: terms cancel over an interval 3.9 and more.
+#: to that at a point or two (a dozen roundings) measure 3.3 at most here (geglu_tanh's
+#: gradient for b), the ones whose terms cancel over an interval 4.3 and more.
 ACCURACY_ULP = 3.5
 WORST_POINTS = 20
 
@@ -70,13 +75,32 @@ def grid() -> np.ndarray:
 GATE_VALUES = (-2.5, -1.0, 0.5, 1.5, 3.0)
 
 
+def _faithful(fn):
+    """A numpy function as float32 takes it here (the module doc): in float64, then the
+    float32 neighbour on the other side of the value from the nearest (the nearest where
+    the float64 value is a float32 - exact, or closer to one than float64 tells, as tanh(x)
+    past 19 - or not finite); float64 arguments as numpy takes them."""
+    def apply(*args):
+        if args[0].dtype != np.float32:
+            return fn(*args)
+        value = fn(*(a.astype(np.float64) for a in args))
+        near = value.astype(np.float32)
+        wide = near.astype(np.float64)
+        other = np.nextafter(near, np.where(wide > value, np.float32(-np.inf), np.float32(np.inf)))
+        return np.where((wide == value) | ~np.isfinite(wide) | ~np.isfinite(value), near, other)
+    return apply
+
+
+_exp, _log1p, _power = _faithful(np.exp), _faithful(np.log1p), _faithful(np.power)
+
+
 def _sigmoid(u):
-    e = np.exp(-np.abs(u))
+    e = _exp(-np.abs(u))
     return np.where(u >= 0, 1 / (1 + e), e / (1 + e)).astype(u.dtype)
 
 
 def _softplus(u):
-    return (np.maximum(u, 0) + np.log1p(np.exp(-np.abs(u)))).astype(u.dtype)
+    return (np.maximum(u, 0) + _log1p(_exp(-np.abs(u)))).astype(u.dtype)
 
 
 def _rounded(fn):
@@ -94,9 +118,10 @@ def _scale_shift(u):
 
 
 FUNCTIONS: dict = {
-    sympy.exp: np.exp, sympy.log: np.log, log1p: np.log1p, expm1: np.expm1,
-    sympy.sin: np.sin, sympy.cos: np.cos, sympy.tan: np.tan, sympy.tanh: np.tanh,
-    sympy.sinh: np.sinh, sympy.cosh: np.cosh, sympy.atan: np.arctan, sympy.asinh: np.arcsinh,
+    sympy.exp: _exp, sympy.log: _faithful(np.log), log1p: _log1p, expm1: _faithful(np.expm1),
+    sympy.sin: _faithful(np.sin), sympy.cos: _faithful(np.cos), sympy.tan: _faithful(np.tan),
+    sympy.tanh: _faithful(np.tanh), sympy.sinh: _faithful(np.sinh), sympy.cosh: _faithful(np.cosh),
+    sympy.atan: _faithful(np.arctan), sympy.asinh: _faithful(np.arcsinh),
     sympy.erf: _rounded(math.erf), sympy.erfc: _rounded(math.erfc), sympy.Abs: np.abs,
     sympy.sign: np.sign, sigmoid: _sigmoid, softplus: _softplus,
 }
@@ -172,7 +197,7 @@ def evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, np.ndarray], dtype, te
                 for _ in range(int(exp) - 1):
                     p = p * b
                 return p
-            return np.power(ev(base), ev(exp))
+            return _power(ev(base), ev(exp))
         if isinstance(e, sympy.Piecewise):
             out = np.full_like(one, np.nan)
             for value, cond in reversed(args):
@@ -196,7 +221,7 @@ def evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, np.ndarray], dtype, te
             return np.clip(ev(u), float(lo) if lo.is_finite else None, float(hi) if hi.is_finite else None)
         if f is CappedExp:
             u, hi32, hi64 = args
-            return np.exp(np.minimum(ev(u), dtype(float(hi32 if dtype == np.float32 else hi64))))
+            return _exp(np.minimum(ev(u), dtype(float(hi32 if dtype == np.float32 else hi64))))
         if f is hypot:
             return np.hypot(ev(args[0]), ev(args[1]))
         if f is SqrtSquarePlus:
