@@ -811,7 +811,26 @@ def rewrite_example_specs() -> list[Spec]:
     return [load_spec(f"name: {n}\nformula: {f}\n", f"<{n}>") for n, f, _ in REWRITE_EXAMPLES]
 
 
-def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy], grid_size: int) -> str:
+def measured_on() -> str:
+    """The machine the accuracy table is measured on, in words: its figures depend on it
+    (torch's CPU functions and numpy's, which the interpreter's kernels call, take other
+    paths on other vector extensions)."""
+    from .bench import _lscpu, device_info
+
+    info = device_info(torch.device("cpu"))
+    flags = set(_lscpu().get("Flags", "").split())
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    try:
+        import triton
+        triton_version = f", triton {triton.__version__}"
+    except ImportError:
+        triton_version = ""
+    return (f"{info['name']}, {vector}; torch {info['torch']}{triton_version}, numpy {np.__version__}, "
+            f"Python {info['python']}; {info['date'][:10]}")
+
+
+def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy], grid_size: int,
+                      machine: str = "") -> str:
     native_names, native_any = native_kernels_text()
     lines = [
         "# Accuracy against the truth", "", REGENERATE, "",
@@ -833,6 +852,9 @@ def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy],
         "direction) and the derived code on the rest; on the grid's tensor, with its non-finite values, that is "
         f"torch's kernel only where it takes any input ({native_any}), "
         "and tests/test_core_native.py scores torch's kernels on the grid's points inside their windows.",
+        *([f"* **Measured on**: {machine}.  The figures are this machine's: torch's CPU functions, and "
+           "numpy's that the interpreter's kernels call, round differently on other vector extensions "
+           "(by a few tenths of an ULP, here and there)."] if machine else []),
         "* **Error**: |result - truth| in ULPs of the truth in the result's dtype, divided by the "
         "condition number where that is above 1.  The condition number of an output g is the sum over "
         "its data v (inputs, params, constants, the formula's decimal literals) of |v dg/dv / g|: "
@@ -999,6 +1021,6 @@ def write_docs(specs_dir: Path = DEFAULT_SPECS, out: Path = DEFAULT_DOCS, *, acc
                 log(f"accuracy: {s.name}")
         examples = [measure_example(s, xs) for s in rewrite_example_specs()]
         path = out / "accuracy.md"
-        path.write_text(accuracy_markdown(results, examples, len(round_to(xs, torch.float32))), encoding="utf-8", newline="\n")
+        path.write_text(accuracy_markdown(results, examples, len(round_to(xs, torch.float32)), measured_on()), encoding="utf-8", newline="\n")
         written.append(path)
     return written
