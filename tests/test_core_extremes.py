@@ -225,6 +225,11 @@ def test_generated_code_computes_mish_from_one_exponential():
             obj = getattr(module, fn)
             source = inspect.getsource(getattr(obj, "fn", obj))       # a kernel: its Python function
             assert source.count("exp(") == 1 and not any(f in source for f in ("tanh(", "softplus(", "sigmoid(", "log")), (name, fn)
+    # swish's derivative has one ratio in e = exp(-|beta*x|); its limit at a clamped x (a ratio
+    # in beta alone) is not the derivative's form, and the header does not name it
+    swish = importlib.import_module("actgen.ops.swish")
+    notes = [line for line in swish.__doc__.splitlines() if "one ratio of polynomials" in line]
+    assert len(notes) == 1 and "e = exp(-|beta*x|)" in notes[0], notes
     silu = importlib.import_module("actgen.ops.silu")
     assert "df/dx: one ratio" in silu.__doc__ and "(in the Triton kernels; the eager fallback keeps its calls)" in silu.__doc__
     assert "sigmoid(" in inspect.getsource(silu._derivatives_torch)

@@ -124,8 +124,10 @@ def _one_exponential_uses(d: Derivation, kernel: bool) -> dict:
         below_zero = {unclamped(c.lhs) for c in branches[label] if isinstance(c, sympy.Rel) and c.rhs == 0}
         for a in exps:
             coeff, rest = (-unclamped(a.args[0])).as_coeff_Mul()
-            if isinstance(rest, sympy.Abs) and coeff > 0 and coeff * rest.args[0] in below_zero:
-                uses.setdefault(coeff * rest.args[0], []).append(label)
+            u = coeff * rest.args[0] if isinstance(rest, sympy.Abs) else None
+            # (a ratio of the params alone is a limit's value at a clamped input, not the output's form)
+            if u is not None and coeff > 0 and u in below_zero and u.has(*d.inputs):
+                uses.setdefault(u, []).append(label)
     return {u: list(dict.fromkeys(labels)) for u, labels in uses.items()}
 
 

@@ -12,7 +12,6 @@ Derived (after stability rewrites):
     df/dx    = (beta*x*sigmoid(-beta*x) + 1)*sigmoid(beta*x)
     df/dbeta = x**2*sigmoid(-beta*x)*sigmoid(beta*x)
     
-    df/dx: one ratio of polynomials in e = exp(-|16777216.0*beta|), with exp(16777216.0*beta) = e where 16777216.0*beta < 0 and 1/e elsewhere: one exponential, and nothing overflows (in the Triton kernels; the eager fallback keeps its calls).
     df/dx: one ratio of polynomials in e = exp(-|beta*x|), with exp(beta*x) = e where beta*x < 0 and 1/e elsewhere: one exponential, and nothing overflows (in the Triton kernels; the eager fallback keeps its calls).
 """
 import math
