@@ -820,11 +820,7 @@ def measured_on() -> str:
     info = device_info(torch.device("cpu"))
     flags = set(_lscpu().get("Flags", "").split())
     vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    try:
-        import triton
-        triton_version = f", triton {triton.__version__}"
-    except ImportError:
-        triton_version = ""
+    triton_version = f", triton {info['triton']}" if info["triton"] else ""
     return (f"{info['name']}, {vector}; torch {info['torch']}{triton_version}, numpy {np.__version__}, "
             f"Python {info['python']}; {info['date'][:10]}")
 
