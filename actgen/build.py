@@ -53,6 +53,20 @@ def _compiled(spec: Spec):
             raise _cannot_compile(spec, exc) from None
 
 
+@contextmanager
+def compile_guard(spec: Spec):
+    """Work on compiling a spec (deriving, rendering, importing the module), with a failure
+    or over MAX_COMPILE_SECONDS reported as the spec's problem, SpecError, as derive_spec
+    reports them (actgen plot of a spec of the user's own)."""
+    with _compile_time_limit(spec):
+        try:
+            yield
+        except SpecError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure here is this formula's
+            raise _cannot_compile(spec, exc) from None
+
+
 def derive_spec(spec: Spec):
     """derive(spec), where a formula that passed validation and still defeats the compiler
     (sympy failing on some construct, or taking over MAX_COMPILE_SECONDS) is reported as the

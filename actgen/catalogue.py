@@ -374,20 +374,22 @@ def compiled_function(spec: Spec, rewrites: bool = True):
     key = (spec.name, spec.sha256, rewrites)
     if key in _LOADED:
         return _LOADED[key]
+    from .build import compile_guard
     from .codegen import render_module
     from .derive import derive
 
     tag = ":as-written" if not rewrites else ":compiled"
-    # (the formula's function alone: a module on its own, so without the modes' siblings)
-    d = derive(dataclasses.replace(spec, sha256=spec.sha256 + tag, modes=None), rewrites=rewrites)
-    folder = Path(tempfile.mkdtemp(dir=_scratch()))
     name = f"_{'compiled' if rewrites else 'as_written'}_{spec.name}"
-    path = folder / f"{name}.py"
-    path.write_text(render_module(d), encoding="utf-8")
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module
-    module_spec.loader.exec_module(module)
+    with compile_guard(spec):
+        # (the formula's function alone: a module on its own, so without the modes' siblings)
+        d = derive(dataclasses.replace(spec, sha256=spec.sha256 + tag, modes=None), rewrites=rewrites)
+        folder = Path(tempfile.mkdtemp(dir=_scratch()))
+        path = folder / f"{name}.py"
+        path.write_text(render_module(d), encoding="utf-8")
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        module_spec.loader.exec_module(module)
     _LOADED[key] = getattr(module, spec.name)
     return _LOADED[key]
 

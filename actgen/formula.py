@@ -154,6 +154,13 @@ _OPERATORS = {ast.FloorDiv: "//", ast.Mod: "%", ast.MatMult: "@", ast.LShift: "<
               ast.BitXor: "^ (for a power write **)", ast.BitAnd: "&", ast.BitOr: "|"}
 
 
+def _within_float32(c: sympy.Number) -> bool:
+    """Whether a number's magnitude is at most float32's largest."""
+    if c.is_Rational:
+        return abs(c.p).bit_length() - c.q.bit_length() < 127 or Fraction(abs(c.p), c.q) <= FLOAT32_MAX
+    return bool(abs(c) <= FLOAT32_MAX)
+
+
 def make_symbol(name: str) -> sympy.Symbol:
     """The sympy symbol of a formula variable (inputs, params and constants are real)."""
     return sympy.Symbol(name, real=True)
@@ -192,6 +199,9 @@ def _syntax_tree(text: str) -> ast.Expression:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise FormulaError(f"is not valid Unicode text (a lone surrogate at column {exc.start + 1})") from None
+    if "#" in text:     # (Python would read the rest of the joined lines as a comment)
+        raise FormulaError(f"'#' at column {text.index('#') + 1}: a formula holds no comments "
+                           "(a YAML comment goes outside the formula's text)")
     try:                # (a YAML block's lines are one expression: a newline is a space)
         tree = ast.parse(" ".join(text.strip().splitlines()), mode="eval")
     except SyntaxError as exc:
@@ -210,6 +220,8 @@ def parse_condition(text: str, names: Mapping[str, sympy.Symbol]) -> sympy.Basic
     with & | ~: a spec's checks on its constants) into a sympy boolean that is not always
     true or always false."""
     cond = _Builder(names).cond(_syntax_tree(text).body, 0)
+    if cond.has(uniform):
+        raise FormulaError("draws (uniform) have no place in a condition on the constants")
     if cond in (sympy.true, sympy.false):
         raise FormulaError(f"is always {'true' if cond is sympy.true else 'false'}")
     return cond
@@ -302,15 +314,15 @@ class _Builder:
     def _arith(self, node, left, right):
         op = type(node.op)
         if op is ast.Add:
-            return left + right
+            return self._folded(node, left + right)
         if op is ast.Sub:
-            return left - right
+            return self._folded(node, left - right)
         if op is ast.Mult:
-            return left * right
+            return self._folded(node, left * right)
         if op is ast.Div:
             if right == 0:
                 self._fail(node, "division by zero")
-            return left / right
+            return self._folded(node, left / right)
         # Pow: keep purely numeric powers and exponents small so nothing can explode.
         if right.is_number:
             r = float(right)
@@ -333,9 +345,18 @@ class _Builder:
                     self._fail(node, f"the power {shown(p)} this makes has an exponent larger than "
                                      f"{MAX_INT_POWER} in magnitude (a power of a power multiplies them)")
             for c in power.atoms(sympy.Rational):
-                if abs(c.p).bit_length() - c.q.bit_length() >= 127 and Fraction(abs(c.p), c.q) > FLOAT32_MAX:
+                if not _within_float32(c):
                     self._fail(node, f"the number {shown(c)} this makes is beyond float32's range (+-3.4e38)")
         return power
+
+    def _folded(self, node, value):
+        """value, where the numbers sympy folds into it (a product's coefficient, a sum's
+        constant: x*1e30*1e15 is 1e45*x) are within float32's range, as a number written
+        is."""
+        for c in (value, *value.args):
+            if c.is_Number and not _within_float32(c):
+                self._fail(node, f"the number {shown(c)} this makes is beyond float32's range (+-3.4e38)")
+        return value
 
     # --- calls ------------------------------------------------------------------------
     def _call(self, node, depth):

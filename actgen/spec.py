@@ -51,7 +51,7 @@ _REFERENCE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z
 # Module methods' arguments, Python builtins.
 _GENERATED_NAMES = frozenset(
     {"torch", "triton", "tl", "libdevice", "math", "F", "nn", "channel_dim", "dim",
-     "num_channels", "num_parameters", "init", "inplace", "self", "ctx", "cls", "grad_output", "input",
+     "num_channels", "num_parameters", "init", "device", "dtype", "inplace", "self", "ctx", "cls", "grad_output", "input",
      "info", "in_dims", "args", "tangents", "training", "reset_parameters",
      # the kernels' compile-time arguments (actgen.codegen.module), next to the variables
      "BLOCK_M", "BLOCK_N", "CH_AXIS", "ACC", "FAST", "PARAM_GRAD", "STEP", "TRAINING",
@@ -545,6 +545,11 @@ def _checks(loader, node, problems, constants):
             continue
         if not message.strip() or len(message) > MAX_CHECK_MESSAGE or "\n" in message:
             problems.add(v, "checks", f"the message of {text!r} must be one line of 1 to {MAX_CHECK_MESSAGE} characters")
+            continue
+        if cond.xreplace({names[c.name]: sympy.Float(c.default) for c in constants}) is sympy.false:
+            defaults = ", ".join(f"{c.name} = {c.default!r}" for c in constants if names[c.name] in cond.free_symbols)
+            problems.add(k, "checks", f"the constants' defaults ({defaults}) do not meet {text!r}: every call "
+                         "with them would fail")
             continue
         checks.append((cond, message.strip()))
     return tuple(checks)

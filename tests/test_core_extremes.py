@@ -85,6 +85,11 @@ CASES = {
     "exp_over_a_sum_with_it": ("x * exp(x) / (2 + 3*exp(x))", {}, {}, lambda x: x * mpmath.exp(x) / (2 + 3 * mpmath.exp(x)),
                                lambda x: mpmath.exp(x) * (2 + 3 * mpmath.exp(x) + 2 * x) / (2 + 3 * mpmath.exp(x)) ** 2,
                                HUGE + [50.0, 100.0, 720.0, 800.0]),
+    # data times a ratio (one of polynomials in e = exp(-|x|)): the ratio first, then x
+    # (x*N/D overflowed from x = 1.1e38 in float32, where N ~ 3: smish)
+    "smish": ("x * tanh(log(1 + sigmoid(x)))", {}, {}, lambda x: x * mpmath.tanh(mpmath.log1p(1 / (1 + mpmath.exp(-x)))),
+              lambda x: mpmath.diff(lambda t: t * mpmath.tanh(mpmath.log1p(1 / (1 + mpmath.exp(-t)))), x),
+              HUGE + [1.2e38, 2e38, 3e38]),
 }
 
 
@@ -336,6 +341,26 @@ def test_a_gated_limit_in_one_input_that_is_the_other_input(backend):
     g = actgen.compile("a*b*sigmoid(b) + b", name="grows", inputs=["a", "b"])
     y = g.grows(torch.tensor([-2.0, 0.5, 16384.0]), torch.tensor([inf, inf, inf]))
     assert y.tolist() == [-inf, inf, inf]
+
+
+def test_a_gated_input_times_a_ratio_does_not_overflow_before_the_division(backend):
+    """a*tanh(softplus(b)) is a times one ratio of polynomials in exp(-|b|): computed as the
+    ratio times a, it stays finite for a up to float32's largest (a times the ratio's
+    numerator first was inf from a = 1e38 where the numerator is ~2), and so do its
+    gradients; against mpmath."""
+    m = actgen.compile("a * tanh(softplus(b))", name="gated_mish", inputs=["a", "b"])
+    av = [3e38, -3e38, 2e38, 1.5, -1e30]
+    bv = [2.0, 0.5, 30.0, -3.0, 1.0]
+    a = torch.tensor(av, requires_grad=True)
+    b = torch.tensor(bv, requires_grad=True)
+    y = m.gated_mish(a, b)
+    ga, gb = torch.autograd.grad(y.sum(), (a, b))
+    for k, (ak, bk) in enumerate(zip(a.tolist(), b.tolist())):
+        with mpmath.workdps(50):
+            t = lambda u: mpmath.tanh(mpmath.log1p(mpmath.exp(u)))
+            want = (mp(ak) * t(mp(bk)), t(mp(bk)), mp(ak) * mpmath.diff(t, mp(bk)))
+        for got, w in zip((y[k], ga[k], gb[k]), want):
+            assert _close(float(got), float(w), torch.float32), (ak, bk, float(got), float(w))
 
 
 def test_a_slope_that_decays_as_a_power_has_its_limit_at_inf(backend):

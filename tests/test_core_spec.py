@@ -73,6 +73,16 @@ def test_good_spec_and_defaults():
     ("name: a\nformula: x * uniform(0, uniform(1, 2))\n", "s.yaml:2: formula: uniform(lo, hi): the bounds must not contain another uniform"),
     ("name: a\nformula: x\nconstants:\n  training: 1.0\n", "s.yaml:4: constants: 'training' collides with a reserved name"),
     ("name: a\nformula: x\nparams:\n  uniform: 1.0\n", "s.yaml:4: params: 'uniform' collides with a reserved name"),
+    # a Module's factory keywords: `def __init__(self, device=2.0, *, ..., device=None)` did not import
+    ("name: a\nformula: x * device * w\nconstants: {device: 2.0}\nparams: {w: 1.0}\n",
+     "s.yaml:3: constants: 'device' collides with a reserved name"),
+    ("name: a\nformula: x * dtype\nparams: {dtype: 1.0}\n", "s.yaml:3: params: 'dtype' collides with a reserved name"),
+    # numbers sympy folds together are held to float32's range as one written is (1e45*x was inf)
+    ("name: a\nformula: x * 1e30 * 1e15\n", "s.yaml:2: formula: the number 1.00000000000000e+45 this makes is beyond float32's range"),
+    ("name: a\nformula: x / 1e-30 / 1e-30\n", "s.yaml:2: formula: the number 1.00000000000000e+60 this makes is beyond"),
+    ("name: a\nformula: x + 10**30 * 10**15\n", "s.yaml:2: formula: the number 1.00e+45 this makes is beyond"),
+    # the joined lines of a block would be one comment from the '#' on (x * sigmoid(x) without its + 1)
+    ("name: a\nformula: |\n  x * sigmoid(x)  # the gate\n  + 1\n", "s.yaml:2: formula: '#' at column 17: a formula holds no comments"),
 ])
 def test_each_error_class(text, expected):
     problems = errors(text)
@@ -189,6 +199,10 @@ def test_cli_bad_spec_exit_2_no_traceback_nothing_written(tmp_path):
     ("checks: {lo + hi: nope}\n", "4: checks: 'lo + hi': expected a condition"),
     ("checks: {lo <= hi: ''}\n", "4: checks: the message of 'lo <= hi' must be one line"),
     ("checks: {lo <= hi: 3}\n", "4: checks: must be a string"),
+    # (a draw was reported against the formula's line, as a printer's failure)
+    ("checks: {'uniform(0, 1) < hi': bad}\n", "4: checks: 'uniform(0, 1) < hi': draws (uniform) have no place"),
+    # defaults that fail a check: every call with them raised its message
+    ("checks: {'hi > 2': hi must exceed 2}\n", "4: checks: the constants' defaults (hi = 1.0) do not meet 'hi > 2'"),
 ])
 def test_checks_must_be_conditions_on_the_constants_with_a_message(tmp_path, checks, problem):
     spec = tmp_path / "clip.yaml"
@@ -261,6 +275,36 @@ def test_cli_plot_and_list_refuse_what_they_cannot_do_in_one_line(tmp_path):
     assert r.stderr.strip() == "<args>:0: --specs: no specs/ here (run it in the repository root, or give --specs DIR)"
     r = _cli("plot", "swish_beta", "--specs", str(specs), "--out", str(tmp_path / "new" / "good.png"), cwd=tmp_path)
     assert r.returncode == 0 and (tmp_path / "new" / "good.png").stat().st_size > 1000
+
+
+def test_an_activation_named_as_the_packages_helper_is_the_packages(tmp_path):
+    """A spec named lazy_package: the built package's attribute is the activation (it was the
+    helper the package's __init__ imported under that name)."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "lazy_package.yaml").write_text("name: lazy_package\nformula: 2 * x\n")
+    r = _cli("build", str(specs), "--out", str(tmp_path / "lp_pkg"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    code = "import torch, lp_pkg; print(lp_pkg.lazy_package(torch.tensor([1.5])).item())"
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "3.0", run.stderr
+
+
+def test_cli_plot_of_a_formula_that_defeats_the_compiler_is_one_line(tmp_path, monkeypatch):
+    """actgen plot compiles a spec of the user's own within the compile time limit, its
+    failures one line and exit 2 as build's (it was a traceback, or ran on unbounded)."""
+    import actgen.build
+    from actgen.cli import main
+
+    deep = "x"
+    for _ in range(20):
+        deep = f"sigmoid({deep})"
+    spec = tmp_path / "deep.yaml"
+    spec.write_text(f"name: deep\nformula: {deep}\n")
+    monkeypatch.setattr(actgen.build, "MAX_COMPILE_SECONDS", 2)
+    out = tmp_path / "deep.png"
+    assert main(["plot", "deep", "--specs", str(spec), "--out", str(out)]) == 2
+    assert not out.exists()
 
 
 def test_cli_draw_bounds_with_an_input_exit_2_nothing_written(tmp_path):

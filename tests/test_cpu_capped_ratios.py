@@ -7,6 +7,7 @@ must go to the guarded function and come back exact); and the compiler must refu
 that is not accurate.
 """
 import importlib
+import math
 import numpy as np
 import pytest
 import sympy
@@ -81,20 +82,24 @@ def test_capped_mish_against_torch(dtype, monkeypatch):
         assert bool((err <= bound).all()), float(x[(err - bound).argmax()])
 
 
-def test_overflowing_chunk_goes_to_the_guarded_function(monkeypatch):
-    """float32 inputs where the capped forward's x*E**2 overflows (|x| > 1e28): that chunk's
-    values are the guarded function's, bit for bit, and the other chunks the fast ones'."""
+def test_huge_inputs_stay_on_the_capped_ratio_and_a_non_finite_chunk_goes_to_the_guarded_function(monkeypatch):
+    """float32 inputs at 1e30 and -3e38: the capped forward takes its ratio first, then x,
+    so nothing overflows (x*E**2 did from |x| = 1e28, and handed the chunk over) and the
+    chunk is the fast variant's; a chunk with an inf input is the guarded function's, bit
+    for bit, and the other chunks the fast ones'."""
     monkeypatch.setattr(Activation, "CHUNK_BYTES", 64 * 4)
     x = torch.linspace(-5, 5, 64 * 3)
     x[70] = 1e30
     x[75] = -3e38
+    x[150] = math.inf
     with rt.use_backend("torch"):
         y = MISH._OP.forward_impl([x], [], [], 0)
-    guarded = MISH._forward_torch(x[64:128])
-    torch.testing.assert_close(y[64:128], guarded, rtol=0, atol=0)
+    buffers = [torch.empty(64) for _ in range(MISH._OP.fast_buffers[0])]
+    torch.testing.assert_close(y[64:128], MISH._forward_torch_fast(x[64:128], buffers), rtol=0, atol=0)
     assert y[70] == 1e30 and y[75] == 0.0
-    fast = MISH._forward_torch_fast(x[:64], [torch.empty(64) for _ in range(MISH._OP.fast_buffers[0])])
-    torch.testing.assert_close(y[:64], fast, rtol=0, atol=0)
+    torch.testing.assert_close(y[128:], MISH._forward_torch(x[128:]), rtol=0, atol=0)
+    assert y[150] == math.inf
+    torch.testing.assert_close(y[:64], MISH._forward_torch_fast(x[:64], buffers), rtol=0, atol=0)
 
 
 def test_inaccurate_caps_are_refused(monkeypatch):

@@ -956,10 +956,12 @@ def render_package_init(package: str, derivations) -> str:
     w()
     w("Each activation's module is imported when one of its names is first used (`ops.silu`,")
     w('`from ops import SiLU`): importing one compiles its kernels\' sources and registers its ops."""')
-    w("from actgen.runtime.package import lazy_package")
+    # (the helper under a name no activation can take: an activation `lazy_package` is
+    # the package's own attribute then, not the helper)
+    w("from actgen.runtime.package import lazy_package as _lazy_package")
     w()
     exported = []
-    with w.indent("lazy_package(__name__, {"):
+    with w.indent("_lazy_package(__name__, {"):
         for d in derivations:
             w(f"{d.spec.name!r}: ({', '.join(repr(n) for n in d.spec.exports)}),")
             exported += d.spec.exports

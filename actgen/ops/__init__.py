@@ -2,9 +2,9 @@
 
 Each activation's module is imported when one of its names is first used (`ops.silu`,
 `from ops import SiLU`): importing one compiles its kernels' sources and registers its ops."""
-from actgen.runtime.package import lazy_package
+from actgen.runtime.package import lazy_package as _lazy_package
 
-lazy_package(__name__, {
+_lazy_package(__name__, {
     'adaptive_mixture': ('adaptive_mixture', 'AdaptiveMixture', 'AdaptiveMixtureFunction'),
     'adaptive_mixture4': ('adaptive_mixture4', 'AdaptiveMixture4', 'AdaptiveMixture4Function'),
     'bent_identity': ('bent_identity', 'BentIdentity', 'BentIdentityFunction'),

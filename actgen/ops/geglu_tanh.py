@@ -16,7 +16,7 @@ Derived (after stability rewrites):
     
     On CPU, torch's own gelu_tanh kernels for a (actgen.native), times b, on the inputs they are trusted with (b finite):
         f: bfloat16 inputs in (-5, 2**40); finite float16 inputs.
-        grad * df/da, grad * df/db: bfloat16 inputs in (-5, 2**40); finite float16 inputs.
+        grad * df/da, grad * df/db: bfloat16 inputs in (-5, 2**40); float16 inputs above -4.5.
         The derived code runs elsewhere (and on float64).
 """
 import math
@@ -166,7 +166,7 @@ _OP = _rt.Activation(
     backward_native=_backward_native,
     native_trusted={
         'bfloat16': ((-5.0, 1099511627776.0), (-5.0, 1099511627776.0)),
-        'float16': ((-math.inf, math.inf), (-math.inf, math.inf)),
+        'float16': ((-math.inf, math.inf), (-4.5, math.inf)),
     },
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,

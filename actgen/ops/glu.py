@@ -59,7 +59,7 @@ def _second_derivatives_torch(a, b):
     _t3 = _t1*(-torch.exp(_t2) - 1.0)*torch.expm1(_t2)
     _d2_a_a = 0.0
     _d2_a_b = torch.sigmoid(-b)*torch.sigmoid(b)
-    _d2_b_b = torch.where(torch.isnan(a), a, a*torch.where(b < 0.0, _t3, -_t3)/_rt.fma(_t1, _rt.fma(_t1, _t1 + 3.0, 3.0), 1.0))
+    _d2_b_b = torch.where(torch.isnan(a), a, torch.where(b < 0.0, _t3, -_t3)/_rt.fma(_t1, _rt.fma(_t1, _t1 + 3.0, 3.0), 1.0)*a)
     return (_d2_a_a, _d2_a_b, _d2_b_b,)
 
 
@@ -95,7 +95,7 @@ if _rt.HAS_TRITON:
         b = tl.load(b_ptr + _in, mask=_mask, other=0.0).to(ACC)
         _t0 = _exp(-tl.abs(b), FAST)
         _d_a = tl.where(b != b, b, _div_bounded(tl.where(b >= 0.0, 1.0, _t0), (_t0 + 1.0), FAST))
-        _d_b = _div_bounded(_t0*a, tl.fma(_t0, _t0 + 2.0, 1.0), FAST)
+        _d_b = _div_bounded(_t0, tl.fma(_t0, _t0 + 2.0, 1.0), FAST)*a
         _ing = _row_offsets(_offs, _rows, _cols, _M, _SG)
         tl.store(_d_a_ptr + _ing, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _ing, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)

@@ -33,7 +33,7 @@ def _forward_torch(x):
     _t0 = torch.exp(-torch.abs(x))
     _t1 = x < 0.0
     _t2 = 2.0*_t0
-    _y = torch.where(x == -math.inf, 0.0, x*torch.where(_t1, _t0*(3.0*_t0 + 2.0), _t2 + 3.0)/torch.where(_t1, _rt.fma(_t0, 5.0*_t0 + 6.0, 2.0), _rt.fma(_t0, _t2 + 6.0, 5.0)))
+    _y = torch.where(x == -math.inf, 0.0, torch.where(_t1, _t0*(3.0*_t0 + 2.0), _t2 + 3.0)/torch.where(_t1, _rt.fma(_t0, 5.0*_t0 + 6.0, 2.0), _rt.fma(_t0, _t2 + 6.0, 5.0))*x)
     return _y
 
 
@@ -52,7 +52,7 @@ def _derivatives_torch(x):
 def _forward_torch_fast(x, _w):
     """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; None where a value is not finite (the guarded function runs then)."""
     _t0 = _rt.capped_exp(x, 16.0, 40.0, out=_w[0])
-    _y = torch.mul(_t0, x, out=_w[2]).mul_(torch.mul(_t0, 3.0, out=_w[1]).add_(2.0)).div_(_rt.fma(_t0, torch.mul(_t0, 5.0, out=_w[1]).add_(6.0), 2.0, out=_w[1]))
+    _y = torch.div(_t0, _rt.fma(_t0, torch.mul(_t0, 5.0, out=_w[2]).add_(6.0), 2.0, out=_w[2]), out=_w[2]).mul_(torch.mul(_t0, 3.0, out=_w[1]).add_(2.0)).mul_(x)
     return _rt.finite_or_none(_y)
 
 
@@ -99,7 +99,7 @@ if _rt.HAS_TRITON:
         _t0 = _exp(-tl.abs(x), FAST)
         _t1 = x < 0.0
         _t2 = 2.0*_t0
-        _y = tl.where(x == -float("inf"), 0.0, _div_bounded(x*tl.where(_t1, _t0*(3.0*_t0 + 2.0), _t2 + 3.0), tl.where(_t1, tl.fma(_t0, 5.0*_t0 + 6.0, 2.0), tl.fma(_t0, _t2 + 6.0, 5.0)), FAST))
+        _y = tl.where(x == -float("inf"), 0.0, _div_bounded(tl.where(_t1, _t0*(3.0*_t0 + 2.0), _t2 + 3.0), tl.where(_t1, tl.fma(_t0, 5.0*_t0 + 6.0, 2.0), tl.fma(_t0, _t2 + 6.0, 5.0)), FAST)*x)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit

@@ -55,7 +55,7 @@ def _derivatives_torch_fast(x, b, _w):
     """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = _rt.sqrt_square_plus(x, b, out=_w[0])
     _t1 = torch.reciprocal(_t0, out=_w[1])
-    _d_x = _rt.select(_rt.lt(x, 0.0, out=_w[2]), torch.mul(_t1, -0.5, out=_w[3]).mul_(b).div_(torch.neg(_t0, out=_w[4]).add_(x)), _rt.fma(_t1, x, 1.0, out=_w[4]).mul_(0.5), out=_w[5])
+    _d_x = _rt.select(_rt.lt(x, 0.0, out=_w[2]), torch.div(_t1, torch.neg(_t0, out=_w[3]).add_(x), out=_w[3]).mul_(b).mul_(-0.5), _rt.fma(_t1, x, 1.0, out=_w[4]).mul_(0.5), out=_w[5])
     return _rt.finite_or_none((_d_x,))
 
 
@@ -65,7 +65,7 @@ def _second_derivatives_torch(x, b):
     _t1 = _rt.rdiv(0.5, (_t0*_t0*_t0))
     _t2 = b + 281474976710656.0
     _t3 = _rt.scalar_div(1.0, _rt.scalar_pow(_t2, 1.5))
-    _d2_x_x = _rt.limit_at_inf(torch.where(x < 0.0, _rt.rdiv(b, (-_t0 + x))*_rt.fma(_t1, x, -(_rt.rdiv(0.5, _rt.fma(x, x, b)))), _t1*b), _rt.grown(0.5*_t3*b), _rt.grown(_rt.scalar_div(b*(-(8388608.0*_t3) - _rt.scalar_div(0.5, _t2)), (-_rt.scalar_sqrt(_t2) - 16777216.0))), x)
+    _d2_x_x = _rt.limit_at_inf(torch.where(x < 0.0, _rt.rdiv(b, (-_t0 + x))*_rt.fma(_t1, x, -(_rt.rdiv(0.5, _rt.fma(x, x, b)))), _t1*b), _rt.grown(0.5*_t3*b), _rt.grown(_rt.scalar_div((-(8388608.0*_t3) - _rt.scalar_div(0.5, _t2)), (-_rt.scalar_sqrt(_t2) - 16777216.0))*b), x)
     return (_d2_x_x,)
 
 

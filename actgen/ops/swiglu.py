@@ -118,7 +118,7 @@ if _rt.HAS_TRITON:
         _t0 = _exp(-tl.abs(a), FAST)
         _t1 = a + 1.0
         _d_a = tl.where(b != b, b, b*tl.where(a == float("inf"), 1.0, tl.where(a == -float("inf"), 0.0, _div_bounded(tl.where(a < 0.0, _t0*(_t0 + _t1), tl.fma(_t0, _t1, 1.0)), tl.fma(_t0, _t0 + 2.0, 1.0), FAST))))
-        _d_b = tl.where(a != a, a, tl.where(a == -float("inf"), 0.0, _div_bounded(a*tl.where(a >= 0.0, 1.0, _t0), (_t0 + 1.0), FAST)))
+        _d_b = tl.where(a != a, a, tl.where(a == -float("inf"), 0.0, _div_bounded(tl.where(a >= 0.0, 1.0, _t0), (_t0 + 1.0), FAST)*a))
         _ing = _row_offsets(_offs, _rows, _cols, _M, _SG)
         tl.store(_d_a_ptr + _ing, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
         tl.store(_d_b_ptr + _ing, (_g * _d_b).to(_d_b_ptr.dtype.element_ty), mask=_mask)

@@ -35,7 +35,7 @@ def _forward_torch(x):
     _t1 = _t0*(_t0 + 2.0)
     _t2 = x < 0.0
     _t3 = 2.0*_t0
-    _y = torch.where(x == -math.inf, 0.0, x*torch.where(_t2, _t1, _t3 + 1.0)/torch.where(_t2, _t1 + 2.0, _rt.fma(_t0, _t3 + 2.0, 1.0)))
+    _y = torch.where(x == -math.inf, 0.0, torch.where(_t2, _t1, _t3 + 1.0)/torch.where(_t2, _t1 + 2.0, _rt.fma(_t0, _t3 + 2.0, 1.0))*x)
     return _y
 
 
@@ -56,7 +56,7 @@ def _forward_torch_fast(x, _w):
     """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; None where a value is not finite (the guarded function runs then)."""
     _t0 = _rt.capped_exp(x, 12.0, 20.0, out=_w[0])
     _t1 = torch.add(_t0, 2.0, out=_w[1]).mul_(_t0)
-    _y = torch.mul(_t1, x, out=_w[3]).div_(torch.add(_t1, 2.0, out=_w[2]))
+    _y = torch.div(_t1, torch.add(_t1, 2.0, out=_w[2]), out=_w[2]).mul_(x)
     return _rt.finite_or_none(_y)
 
 
@@ -102,7 +102,7 @@ if _rt.HAS_TRITON:
         _t1 = _t0*(_t0 + 2.0)
         _t2 = x < 0.0
         _t3 = 2.0*_t0
-        _y = tl.where(x == -float("inf"), 0.0, _div_bounded(x*tl.where(_t2, _t1, _t3 + 1.0), tl.where(_t2, _t1 + 2.0, tl.fma(_t0, _t3 + 2.0, 1.0)), FAST))
+        _y = tl.where(x == -float("inf"), 0.0, _div_bounded(tl.where(_t2, _t1, _t3 + 1.0), tl.where(_t2, _t1 + 2.0, tl.fma(_t0, _t3 + 2.0, 1.0)), FAST)*x)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -136,7 +136,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(4, 6),
+    fast_buffers=(3, 6),
     fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

@@ -43,6 +43,12 @@ def _grows(factor) -> bool:
     return False
 
 
+def _is_data(factor) -> bool:
+    """A factor that is one of a formula's own names (an input, param or constant: any value
+    of its dtype), not a temporary of the generated code (named with a leading underscore)."""
+    return factor.is_Symbol and not factor.name.startswith("_")
+
+
 def _reciprocal_branches(e):
     """Piecewise((a, c), (b, True)) for a Piecewise((1/a, c), (1/b, True)) (sympy writes
     1/Piecewise(...) so), else None: printed as one division of the selected value."""
@@ -63,8 +69,14 @@ def _pair_ratios(numer, denom):
     varying = lambda f: not f.is_number
     n_var = [f for f in _split_powers(numer) if varying(f)]
     d_var = [f for f in _split_powers(denom) if varying(f)]
-    if not d_var or len(n_var) + len(d_var) < 3 or not any(_grows(f) for f in numer):
+    if not d_var or len(n_var) + len(d_var) < 3:
         return numer, denom, []
+    if not any(_grows(f) for f in numer):
+        if not any(_is_data(f) for f in n_var):
+            return numer, denom, []
+        # data (an input, up to float32's largest) times a factor that varies, over one: the
+        # ratio first, then the data (smish's x*N/D overflowed from x = 1.1e38 where N ~ 3)
+        n_var.sort(key=_is_data)
     if any(d.is_Symbol and d.name.startswith(INVERSE_SCALE_PREFIX) for d in d_var):
         # a scaled ratio's w (up to 2**-127, see actgen.derive.rational_form) divides a factor
         # that grows, not one that may be large already (pau's v**5/w*(1/Q_s), not (1/Q_s)/w)
