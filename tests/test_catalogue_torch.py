@@ -496,6 +496,15 @@ def test_gated_functionals_split_one_tensor_as_torchs_glu(dim, backend):
         ops.glu(torch.randn(3, 5), dim=dim if dim != 0 else 1)
     with pytest.raises(IndexError, match="dim 3 is out of range"):
         ops.swiglu(x, dim=3)
+    # another dim given twice, positionally and as dim=, is refused as F.glu refuses it (it
+    # split along the positional one; dim=-1 reads as the default); the same one twice is it
+    other = (dim + 1) % 3
+    if dim != -1:
+        with pytest.raises(TypeError, match="the dim is given twice"):
+            ops.glu(x, other, dim=dim)
+        with pytest.raises(TypeError):
+            F.glu(x, other, dim=dim)
+    torch.testing.assert_close(ops.swiglu(x, dim, dim=dim), yt.detach())
 
 
 FUNCTIONAL_ARGS = [  # (ours, torch's, positional arguments after the input, as torch's functionals take them)

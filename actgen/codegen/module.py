@@ -641,7 +641,7 @@ def _functional(w: Writer, d: Derivation):
         w('"""' + escape_docstring("\n".join(doc)) + '"""')
         if s.gated:
             with w.indent(f"if {s.inputs[1]} is None or type({s.inputs[1]}) is int:"):
-                w(f"{', '.join(s.inputs)} = _rt.split_halves({s.inputs[0]}, dim if {s.inputs[1]} is None else {s.inputs[1]}, {s.name!r})")
+                w(f"{', '.join(s.inputs)} = _rt.split_halves({s.inputs[0]}, _rt.halves_dim({s.inputs[1]}, dim, {s.name!r}), {s.name!r})")
         _checks(w, s, s.name)
         if s.modes:
             kw_name, default = s.modes[0], s.modes[1][0][0]

@@ -118,7 +118,7 @@ def bilinear(a, b=None, *, dim=-1):
     f = a * b
     Called with one tensor (b None), it is split in two halves along `dim` (a, b), as torch's F.glu; an int in b's place is that dim (bilinear(x, 1), as F.glu(x, 1))."""
     if b is None or type(b) is int:
-        a, b = _rt.split_halves(a, dim if b is None else b, 'bilinear')
+        a, b = _rt.split_halves(a, _rt.halves_dim(b, dim, 'bilinear'), 'bilinear')
     return _OP.call((a, b), (), (), 1)
 
 

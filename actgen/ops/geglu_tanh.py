@@ -35,7 +35,7 @@ SPEC_SHA256 = 'a5b49c52498184eb2c37fa23992bf0431ecebf07f06d61fdf82ec94d15c98f7e'
 def _forward_torch(a, b):
     """f, elementwise; params broadcast against the input."""
     _clamped_a = _rt.clamp(a, -32.0, None)
-    _y = _clamped_a*b*torch.sigmoid(1.5957691216057308*_clamped_a*_rt.fma(_clamped_a, _clamped_a, 1.0, 0.044715))
+    _y = _clamped_a*torch.sigmoid(1.5957691216057308*_clamped_a*_rt.fma(_clamped_a, _clamped_a, 1.0, 0.044715))*b
     return _y
 
 
@@ -46,7 +46,7 @@ def _derivatives_torch(a, b):
     _t0 = _clamped_a*_clamped_a
     _t1 = 1.5957691216057308*_clamped_a
     _t2 = _t1*(0.044715*_t0 + 1.0)
-    _d_a = b*(_t1*(0.134145*_t0 + 1.0)*torch.sigmoid(-_t2) + 1.0)*torch.sigmoid(_t2)
+    _d_a = (_t1*(0.134145*_t0 + 1.0)*torch.sigmoid(-_t2) + 1.0)*torch.sigmoid(_t2)*b
     _d_b = _clamped_a_1*torch.sigmoid(0.07135481627260025*_clamped_a_1*_clamped_a_1*_clamped_a_1 + 1.5957691216057308*_clamped_a_1)
     return (_d_a, _d_b,)
 
@@ -54,7 +54,7 @@ def _derivatives_torch(a, b):
 def _forward_torch_fast(a, b, _w):
     """f on the workspace _w (CPU chunks)."""
     _clamped_a = _rt.clamp(a, -32.0, None, out=_w[0])
-    _y = torch.mul(_clamped_a, b, out=_w[3]).mul_(torch.mul(_clamped_a, 1.5957691216057308, out=_w[1]).mul_(_rt.fma(_clamped_a, _clamped_a, 1.0, 0.044715, out=_w[2])).sigmoid_())
+    _y = torch.mul(_clamped_a, 1.5957691216057308, out=_w[2]).mul_(_rt.fma(_clamped_a, _clamped_a, 1.0, 0.044715, out=_w[1])).sigmoid_().mul_(_clamped_a).mul_(b)
     return _y
 
 
@@ -65,7 +65,7 @@ def _derivatives_torch_fast(a, b, _w):
     _t0 = torch.mul(_clamped_a, _clamped_a, out=_w[2])
     _t1 = torch.mul(_clamped_a, 1.5957691216057308, out=_w[3])
     _t2 = torch.mul(_t0, 0.044715, out=_w[0]).add_(1.0).mul_(_t1)
-    _d_a = torch.mul(_t0, 0.134145, out=_w[5]).add_(1.0).mul_(_t1).mul_(torch.neg(_t2, out=_w[4]).sigmoid_()).add_(1.0).mul_(b).mul_(torch.sigmoid(_t2, out=_w[4]))
+    _d_a = torch.mul(_t0, 0.134145, out=_w[5]).add_(1.0).mul_(_t1).mul_(torch.neg(_t2, out=_w[4]).sigmoid_()).add_(1.0).mul_(torch.sigmoid(_t2, out=_w[4])).mul_(b)
     _d_b = torch.mul(_clamped_a_1, 0.07135481627260025, out=_w[6]).mul_(_clamped_a_1).mul_(_clamped_a_1).add_(torch.mul(_clamped_a_1, 1.5957691216057308, out=_w[2])).sigmoid_().mul_(_clamped_a_1)
     return (_d_a, _d_b,)
 
@@ -121,7 +121,7 @@ if _rt.HAS_TRITON:
         a = tl.load(a_ptr + _in, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _in, mask=_mask, other=0.0).to(ACC)
         _clamped_a = tl.maximum(a, -32.0, propagate_nan=tl.PropagateNan.ALL)
-        _y = _clamped_a*b*_sigmoid(1.5957691216057308*_clamped_a*tl.fma(0.044715*_clamped_a, _clamped_a, 1.0), FAST)
+        _y = _clamped_a*_sigmoid(1.5957691216057308*_clamped_a*tl.fma(0.044715*_clamped_a, _clamped_a, 1.0), FAST)*b
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -146,7 +146,7 @@ if _rt.HAS_TRITON:
         _t6 = _clamped_a_1*_clamped_a_1*_clamped_a_1
         _t7 = _exp(-(1.5957691216057308*tl.abs(_clamped_a_1 + 0.044715*_t6)), FAST)
         _t8 = _div_bounded(1.0, (_t7 + 1.0), FAST)
-        _d_a = tl.where(b != b, b, b*(1.5957691216057308*_clamped_a*(0.134145*_t0 + 1.0)*tl.where(_t5, _t3, _t4) + 1.0)*tl.where(_t5, _t4, _t3))
+        _d_a = tl.where(b != b, b, (1.5957691216057308*_clamped_a*(0.134145*_t0 + 1.0)*tl.where(_t5, _t3, _t4) + 1.0)*tl.where(_t5, _t4, _t3)*b)
         _d_b = _clamped_a_1*tl.where(0.7978845608028654*_clamped_a_1 + 0.035677408136300125*_t6 <= 0.0, _t7*_t8, _t8)
         _ing = _row_offsets(_offs, _rows, _cols, _M, _SG)
         tl.store(_d_a_ptr + _ing, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
@@ -170,7 +170,7 @@ _OP = _rt.Activation(
     },
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(4, 7),
+    fast_buffers=(3, 7),
     fast_any_input=(True, True),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
@@ -183,7 +183,7 @@ def geglu_tanh(a, b=None, *, dim=-1):
     f = 0.5 * a * (1 + tanh(sqrt(2 / pi) * (a + 0.044715 * a**3))) * b
     Called with one tensor (b None), it is split in two halves along `dim` (a, b), as torch's F.glu; an int in b's place is that dim (geglu_tanh(x, 1), as F.glu(x, 1))."""
     if b is None or type(b) is int:
-        a, b = _rt.split_halves(a, dim if b is None else b, 'geglu_tanh')
+        a, b = _rt.split_halves(a, _rt.halves_dim(b, dim, 'geglu_tanh'), 'geglu_tanh')
     return _OP.call((a, b), (), (), 1)
 
 

@@ -32,7 +32,7 @@ SPEC_SHA256 = 'ba75e4f3b8d08b008ba415c670558ed022ef3eb15c6290b86b157a7795059c38'
 
 def _forward_torch(x):
     """f, elementwise; params broadcast against the input."""
-    _y = torch.where(x == -math.inf, 0.0, 0.5*x*torch.erfc(-(0.7071067811865476*x)))
+    _y = torch.where(x == -math.inf, 0.0, 0.5*torch.erfc(-(0.7071067811865476*x))*x)
     return _y
 
 
@@ -45,7 +45,7 @@ def _derivatives_torch(x):
 
 def _forward_torch_fast(x, _w):
     """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
-    _y = torch.mul(x, 0.5, out=_w[1]).mul_(torch.mul(x, -0.7071067811865476, out=_w[0]).erfc_())
+    _y = torch.mul(x, -0.7071067811865476, out=_w[0]).erfc_().mul_(0.5).mul_(x)
     return _y
 
 
@@ -91,7 +91,7 @@ if _rt.HAS_TRITON:
         """y = f(x) over one BLOCK_M x BLOCK_N tile, computed in ACC (float32 or float64)."""
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-        _y = tl.where(x == -float("inf"), 0.0, 0.5*x*_erfc(-(0.7071067811865476*x), FAST))
+        _y = tl.where(x == -float("inf"), 0.0, 0.5*_erfc(-(0.7071067811865476*x), FAST)*x)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -125,7 +125,7 @@ _OP = _rt.Activation(
     },
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(2, 3),
+    fast_buffers=(1, 3),
     fast_any_input=(False, True),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,

@@ -33,7 +33,7 @@ def _derivatives_torch(a, b):
     """df/da, df/db."""
     _t0 = torch.sigmoid(b)
     _d_a = _t0
-    _d_b = _t0*a*torch.sigmoid(-b)
+    _d_b = _t0*torch.sigmoid(-b)*a
     return (_d_a, _d_b,)
 
 
@@ -47,7 +47,7 @@ def _derivatives_torch_fast(a, b, _w):
     """df/da, df/db on the workspace _w (CPU chunks)."""
     _t0 = torch.sigmoid(b, out=_w[0])
     _d_a = _t0
-    _d_b = torch.mul(_t0, a, out=_w[3]).mul_(torch.neg(b, out=_w[1]).sigmoid_())
+    _d_b = torch.neg(b, out=_w[2]).sigmoid_().mul_(_t0).mul_(a)
     return (_d_a, _d_b,)
 
 
@@ -112,7 +112,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(1, 4),
+    fast_buffers=(1, 3),
     fast_any_input=(True, True),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
@@ -125,7 +125,7 @@ def glu(a, b=None, *, dim=-1):
     f = a * sigmoid(b)
     Called with one tensor (b None), it is split in two halves along `dim` (a, b), as torch's F.glu; an int in b's place is that dim (glu(x, 1), as F.glu(x, 1))."""
     if b is None or type(b) is int:
-        a, b = _rt.split_halves(a, dim if b is None else b, 'glu')
+        a, b = _rt.split_halves(a, _rt.halves_dim(b, dim, 'glu'), 'glu')
     return _OP.call((a, b), (), (), 1)
 
 

@@ -149,7 +149,7 @@ def reglu(a, b=None, *, dim=-1):
     f = Max(a, 0) * b
     Called with one tensor (b None), it is split in two halves along `dim` (a, b), as torch's F.glu; an int in b's place is that dim (reglu(x, 1), as F.glu(x, 1))."""
     if b is None or type(b) is int:
-        a, b = _rt.split_halves(a, dim if b is None else b, 'reglu')
+        a, b = _rt.split_halves(a, _rt.halves_dim(b, dim, 'reglu'), 'reglu')
     return _OP.call((a, b), (), (), 1)
 
 

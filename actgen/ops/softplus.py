@@ -60,7 +60,7 @@ def _derivatives_torch_fast(x, beta, threshold, _w):
 def _second_derivatives_torch(x, beta, threshold):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _t0 = beta*x
-    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t0 > threshold, 0.0, beta*torch.sigmoid(-_t0)*torch.sigmoid(_t0)))
+    _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t0 > threshold, 0.0, torch.sigmoid(-_t0)*torch.sigmoid(_t0)*beta))
     return (_d2_x_x,)
 
 

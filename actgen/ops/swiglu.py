@@ -46,7 +46,7 @@ def _derivatives_torch(a, b):
 
 def _forward_torch_fast(a, b, _w):
     """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
-    _y = torch.mul(a, b, out=_w[1]).mul_(torch.sigmoid(a, out=_w[0]))
+    _y = torch.sigmoid(a, out=_w[0]).mul_(a).mul_(b)
     return _y
 
 
@@ -142,7 +142,7 @@ _OP = _rt.Activation(
     },
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(2, 4),
+    fast_buffers=(1, 4),
     fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
@@ -155,7 +155,7 @@ def swiglu(a, b=None, *, dim=-1):
     f = a * sigmoid(a) * b
     Called with one tensor (b None), it is split in two halves along `dim` (a, b), as torch's F.glu; an int in b's place is that dim (swiglu(x, 1), as F.glu(x, 1))."""
     if b is None or type(b) is int:
-        a, b = _rt.split_halves(a, dim if b is None else b, 'swiglu')
+        a, b = _rt.split_halves(a, _rt.halves_dim(b, dim, 'swiglu'), 'swiglu')
     return _OP.call((a, b), (), (), 1)
 
 

@@ -106,7 +106,22 @@ def product_layout(expr: sympy.Mul):
             denom.append(sympy.Integer(factor.q))
         else:
             numer.append(factor)
-    return _pair_ratios(_between_powers(numer), denom)
+    return _pair_ratios(_data_last(_between_powers(numer)), denom)
+
+
+def _data_last(numer):
+    """The factors of a product with the formula's own names (inputs, params, constants:
+    any value of the dtype) after the others, where a call (or a branch) is among them: the
+    bounded factors meet first, and a product of two data that overflows meets a call that
+    vanishes only after it (geglu's 0.5*a*b*erfc(...) was inf*0 = NaN at a = -100,
+    b = 1e37; erfc(...)*0.5*a*b is -0).  Left as they are where _between_powers has
+    interleaved a power around the calls."""
+    if len(numer) < 3 or not any(isinstance(f, sympy.Function) for f in numer):
+        return numer
+    data = [f for f in numer if _is_data(f) or (f.is_Pow and _is_data(f.base))]
+    if not data or any(f.is_Pow for f in data):
+        return numer
+    return [f for f in numer if f not in data] + data
 
 
 def _between_powers(numer):

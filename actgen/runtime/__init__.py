@@ -329,6 +329,17 @@ def finite_or_none(value):
     return value
 
 
+def halves_dim(b, dim: int, name: str) -> int:
+    """The dim a gated functional splits its one tensor along: dim where b is None, else b
+    (an int in b's place, as F.glu(x, 1)) - a TypeError where dim is given too and says
+    another (glu(x, 1, dim=0), as torch's F.glu refuses two values for its dim)."""
+    if b is None:
+        return dim
+    if dim != -1 and dim != b:
+        raise TypeError(f"{name}: the dim is given twice: {b} in the second input's place and dim={dim}")
+    return b
+
+
 def split_halves(t: torch.Tensor, dim: int, name: str):
     """Split a gated module's input into two halves along dim (first half first, as nn.GLU)."""
     if t.dim() == 0:
