@@ -80,8 +80,9 @@ _RESERVED = RESERVED_NAMES | _GENERATED_NAMES | frozenset(dir(builtins))
 _RESERVED_MODULE_NAMES = _GENERATED_NAMES | frozenset(dir(builtins))
 
 
-class SpecError(Exception):
-    """One or more problems in spec files; `problems` are `path:line: field: message` lines."""
+class SpecError(ValueError):
+    """One or more problems in spec files; `problems` are `path:line: field: message` lines.
+    A ValueError: actgen.compile's caller catches a bad formula as any bad argument."""
 
     def __init__(self, problems: Iterable[str]):
         self.problems = list(problems)

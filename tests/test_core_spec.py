@@ -251,6 +251,9 @@ def test_compile_takes_checks():
         actgen.compile("Min(x, hi)", name="bad_checks", constants={"hi": 1.0}, checks={"hi > 0": 3})
     with pytest.raises(SpecError, match="checks: 'x > 0': unknown name 'x'"):
         actgen.compile("Min(x, hi)", name="bad_checks", constants={"hi": 1.0}, checks={"x > 0": "no"})
+    # a bad formula is a ValueError to compile's caller, as any bad argument
+    with pytest.raises(ValueError, match="formula: syntax error"):
+        actgen.compile("x +", name="bad_formula")
 
 
 def test_cli_plot_and_list_refuse_what_they_cannot_do_in_one_line(tmp_path):
