@@ -288,6 +288,68 @@ def test_backward_accepts_any_grad_output_layout(kind, backend):
     torch.testing.assert_close(wa.grad, wr.grad)
 
 
+@pytest.mark.parametrize("name", ["tanh", "mish", "prelu", "polynomial", "silu"])
+def test_a_contiguous_inputs_gradient_is_contiguous_whatever_the_grad_outputs_layout(name, backend):
+    """A permuted but dense grad_output: the input gradient is laid out as the (contiguous)
+    input, on the kernels and the fallback alike, and right against float64 torch (the
+    fallback's one-chunk path gave it the grad's strides, (1, 3, 9) for (3, 3, 5))."""
+    fn = getattr(ops, name)
+    x = torch.randn(3, 3, 5, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    g = torch.randn(5, 3, 3, generator=torch.Generator().manual_seed(3)).permute(2, 1, 0)
+    args = [torch.full((3,), 0.25)] if name == "prelu" else []
+    (gx,) = torch.autograd.grad(fn(x, *args), x, g)
+    assert gx.stride() == x.stride()
+    xd = x.detach().double().requires_grad_()
+    refs = {"tanh": torch.tanh, "mish": F.mish, "silu": F.silu,
+            "prelu": lambda t: F.prelu(t, torch.full((3,), 0.25, dtype=torch.float64)),
+            "polynomial": lambda t: t / 2}
+    (want,) = torch.autograd.grad(refs[name](xd), xd, g.double())
+    torch.testing.assert_close(gx.double(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "transposed"])
+def test_an_output_in_another_memory_order_is_no_view(layout, backend):
+    """For a dense input laid out otherwise (channels_last, x.t()), the output keeps its
+    strides and is a tensor of its own, not a view of one made inside the op: it takes
+    in-place ops (`h += skip`, also after no_grad) and forward-mode AD, as F.mish's does
+    (both raised in autograd: a view created inside a custom Function, and an INTERNAL
+    ASSERT on the tangent's layout)."""
+    import torch.autograd.forward_ad as fwAD
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 4, 5, generator=g).to(memory_format=torch.channels_last) if layout == "channels_last" \
+        else torch.randn(6, 5, generator=g).t()
+    w = torch.full((3 if layout == "channels_last" else 6,), 0.25)
+    xr = x.clone().requires_grad_()
+    y = ops.prelu(xr, w)
+    assert y._base is None and y.stride() == x.stride()
+    y += 1.0
+    y.mul_(2.0).sum().backward()
+    want = torch.where(x > 0, 2.0, 0.5)
+    torch.testing.assert_close(xr.grad, want)
+    with torch.no_grad():
+        y = ops.mish(x)
+    scale = torch.tensor(2.0, requires_grad=True)
+    y.mul_(scale)
+    tangent = torch.randn(x.shape, generator=g).to(memory_format=torch.channels_last) if layout == "channels_last" \
+        else torch.randn(x.shape, generator=g)
+    (_, want_t) = torch.func.jvp(lambda t: F.mish(t.double()), (x,), (tangent,))
+    with fwAD.dual_level():
+        primal, t = fwAD.unpack_dual(ops.mish(fwAD.make_dual(x, tangent)))
+    assert primal.stride() == x.stride()
+    torch.testing.assert_close(t.double(), want_t, rtol=1e-5, atol=1e-6)
+
+
+def test_a_complex_param_is_a_type_error():
+    """A complex param is refused, as a complex input is (its imaginary part was dropped on
+    the way to the compute dtype: prelu with weight 0.5+2j computed with 0.5)."""
+    x = torch.tensor([-1.0, 2.0])
+    with pytest.raises(TypeError, match="param 'weight' must be a real tensor, got torch.complex64"):
+        ops.prelu(x, torch.tensor([0.5 + 2j]))
+    with pytest.raises(TypeError, match="param 'beta' must be a real tensor"):
+        ops.swish(x, torch.tensor([1 + 5j]))
+
+
 # --- dtypes --------------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import torch
 
 from . import backend as _backend
-from .layouts import halves_grads, inverse_order, memory_order, new_contiguous, rows_of
+from .layouts import halves_grads, inverse_order, memory_order, new_contiguous, permuted_back, rows_of
 from .workspace import WORKSPACE, WORKSPACE_BYTES
 
 _REGISTERED: dict[str, tuple] = {}
@@ -143,6 +143,13 @@ def _put_flat(out: torch.Tensor, idx: torch.Tensor, v: torch.Tensor):
         rows.index_put_((torch.div(idx, n, rounding_mode="floor"), idx % n), v)
 
 
+def _like_input(g: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """An input's gradient g laid out as the (contiguous) input, where a product with a grad
+    laid out otherwise (a permuted, dense grad_output) took the grad's strides; an input in
+    another memory order is computed in it and permuted back (Activation.backward_impl)."""
+    return g.contiguous() if t.is_contiguous() and not g.is_contiguous() else g
+
+
 def as_tensor(v, like: torch.Tensor) -> torch.Tensor:
     """Generated expressions can fold to a number (d/dx of 2*x); give it the input's shape."""
     if isinstance(v, torch.Tensor):
@@ -255,6 +262,8 @@ class Activation:
             channel_dim = dim_index(channel_dim, self.name, "channel_dim")
         channels = 1
         for name, p, pc in zip(self.param_names, params, self.per_channel):
+            if p.is_complex():      # (its imaginary part would be dropped on the way to the compute dtype)
+                raise TypeError(f"{self.name}: param '{name}' must be a real tensor, got {p.dtype}")
             if p.dim() != 1:
                 raise ValueError(f"{self.name}: param '{name}' must be 0-dim or 1-D of shape (1,) or (C,), got {tuple(p.shape)}")
             if p.numel() == 1:
@@ -522,7 +531,7 @@ class Activation:
         order = self._order(inputs)
         if order is not None:       # (the views in memory order are contiguous)
             y = self.forward_impl([t.permute(order) for t in inputs], params, constants, order.index(channel_dim), rng)
-            return y.permute(inverse_order(order))
+            return permuted_back(y, order)
         x = inputs[0]
         if rng is not None:
             rng = self.rng(rng, x)
@@ -590,7 +599,7 @@ class Activation:
         g = grad.to(args[0].dtype)
         out = []
         for i, t in enumerate(inputs):
-            out.append((g * as_tensor(derivs[i], x)).to(t.dtype) if needs[i] else torch.empty_like(t))
+            out.append(_like_input((g * as_tensor(derivs[i], x)).to(t.dtype), t) if needs[i] else torch.empty_like(t))
         for k, p in enumerate(params):
             if needs[self.n_inputs + k]:
                 out.append(reduce_to_param(g * derivs[self.n_inputs + k], p, x.shape, channel_dim))
@@ -849,7 +858,7 @@ class Activation:
                 out.append(torch.mul(g, d if isinstance(d, torch.Tensor) else float(d), out=halves[i]))
             elif needs[i]:
                 v = times_grad(derivs[i])
-                out.append(v.clone() if v is grad else v if v.dtype == t.dtype else v.to(t.dtype))
+                out.append(_like_input(v.clone() if v is grad else v if v.dtype == t.dtype else v.to(t.dtype), t))
             else:
                 out.append(torch.empty_like(t))
         for k, p in enumerate(params):

@@ -32,6 +32,16 @@ def inverse_order(order) -> tuple[int, ...]:
     return tuple(sorted(range(len(order)), key=order.__getitem__))
 
 
+def permuted_back(y: torch.Tensor, order) -> torch.Tensor:
+    """y (computed in memory order, contiguous) permuted back to the logical order as a tensor
+    of its own over y's memory, not a view of y: an op's output that is a view of a tensor
+    made inside it cannot be modified in place (`h = act(x); h += skip`), and forward-mode
+    AD refuses such a view's tangent (channels_last x, x.t())."""
+    view = y.permute(inverse_order(order))
+    out = y.new_empty(0)
+    return out.set_(y.untyped_storage(), y.storage_offset(), view.shape, view.stride())
+
+
 def rows_of(inputs) -> tuple[list[torch.Tensor], int] | None:
     """Inputs that are not contiguous but are rows of unit-stride elements the same distance
     apart, all alike - the halves of one tensor along a dim (a SwiGLU module's a and b: rows
