@@ -44,20 +44,18 @@ def _compile_time_limit(spec: Spec):
 
 
 def _compiled(spec: Spec):
-    """(derivation, module text) of a spec (see derive_spec)."""
-    with _compile_time_limit(spec):
-        d = derive_spec(spec)
-        try:
-            return d, render_module(d)
-        except Exception as exc:  # noqa: BLE001 - any failure here is this formula's
-            raise _cannot_compile(spec, exc) from None
+    """(derivation, module text) of a spec, within compile_guard."""
+    with compile_guard(spec):
+        d = derive(spec)
+        return d, render_module(d)
 
 
 @contextmanager
 def compile_guard(spec: Spec):
-    """Work on compiling a spec (deriving, rendering, importing the module), with a failure
-    or over MAX_COMPILE_SECONDS reported as the spec's problem, SpecError, as derive_spec
-    reports them (actgen plot of a spec of the user's own)."""
+    """Work on compiling a spec (deriving, rendering, importing the module), where a formula
+    that passed validation and still defeats the compiler (sympy failing on some construct,
+    or taking over MAX_COMPILE_SECONDS) is reported as the spec's problem - `path:line:
+    formula: ...`, as SpecError - not as a traceback."""
     with _compile_time_limit(spec):
         try:
             yield
@@ -68,14 +66,9 @@ def compile_guard(spec: Spec):
 
 
 def derive_spec(spec: Spec):
-    """derive(spec), where a formula that passed validation and still defeats the compiler
-    (sympy failing on some construct, or taking over MAX_COMPILE_SECONDS) is reported as the
-    spec's problem - `path:line: formula: ...`, as SpecError - not as a traceback."""
-    with _compile_time_limit(spec):
-        try:
-            return derive(spec)
-        except Exception as exc:  # noqa: BLE001 - any failure here is this formula's
-            raise _cannot_compile(spec, exc) from None
+    """derive(spec) within compile_guard."""
+    with compile_guard(spec):
+        return derive(spec)
 
 
 def _cannot_compile(spec: Spec, exc: Exception) -> SpecError:
