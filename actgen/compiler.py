@@ -10,6 +10,7 @@ import functools
 import hashlib
 import importlib
 import json
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -33,13 +34,30 @@ def generator_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
+def _label(name) -> str:
+    """How compile's errors name the call: `<compile NAME>`, the name as repr() writes it
+    where it is not a plain identifier (control characters are not echoed raw)."""
+    if not isinstance(name, str):
+        return "<compile ?>"
+    if not (name.isascii() and name.isidentifier() and len(name) <= 64):
+        name = repr(name[:64]) + ("..." if len(name) > 64 else "")
+    return f"<compile {name}>"
+
+
+def _call_problems(problems, source: str, label: str) -> list[str]:
+    """A spec's problem lines said of the call: `source:LINE: field: problem` (the line of
+    the YAML compile writes, which the caller never sees) -> `label: field: problem`."""
+    pattern = re.compile(re.escape(source) + r":\d+: ")
+    return [pattern.sub(lambda _: label + ": ", line, count=1) for line in problems]
+
+
 def _spec_mapping(formula, name, params, constants, inputs, doc, class_name, precision="auto", checks=None):
     """compile's arguments as a spec's fields: of the types the spec format has (anything
     else is a SpecError naming the argument); load_spec checks the rest."""
     def fail(field, problem):
         from .spec import SpecError         # (here: a cached module's import needs no sympy)
 
-        raise SpecError([f"<compile {name if isinstance(name, str) else '?'}>:0: {field}: {problem}"])
+        raise SpecError([f"{_label(name)}: {field}: {problem}"])
 
     def number(field, v):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -118,14 +136,17 @@ def compile(formula: str, name: str = "activation", *, params=None, constants=No
         text = yaml.safe_dump(mapping, sort_keys=False)
         from .spec import SpecError, load_spec
 
-        source = f"<compile {name}>"
-        load_spec(text, source)               # validate before anything is written
+        label = _label(name)
+        try:
+            load_spec(text, label)               # validate before anything is written
+        except SpecError as exc:
+            raise SpecError(_call_problems(exc.problems, label, label)) from None
         spec_file.write_text(text, encoding="utf-8")
         try:
             build([spec_file], pkg_dir)
         except SpecError as exc:        # (a formula the compiler refuses: said of the call, not the file)
             spec_file.unlink(missing_ok=True)
-            raise SpecError([line.replace(str(spec_file), source, 1) for line in exc.problems]) from None
+            raise SpecError(_call_problems(exc.problems, str(spec_file), label)) from None
         module_file = pkg_dir / f"{name}.py"
     return _import(package, module_file)
 

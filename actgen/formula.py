@@ -205,7 +205,8 @@ def _syntax_tree(text: str) -> ast.Expression:
     try:                # (a YAML block's lines are one expression: a newline is a space)
         tree = ast.parse(" ".join(text.strip().splitlines()), mode="eval")
     except SyntaxError as exc:
-        where = f" at column {exc.offset}" if exc.offset is not None else ""
+        where = (f" at column {exc.offset}" if exc.offset else
+                 " at the end (the expression is incomplete)" if exc.offset == 0 else "")    # (Python's offset 0)
         raise FormulaError(f"syntax error{where}: {exc.msg}") from None
     except (RecursionError, MemoryError, ValueError):
         raise FormulaError("is too deeply nested or too large") from None

@@ -191,7 +191,7 @@ def test_compile_rejects_bad_input_with_spec_errors():
         kwargs = {"formula": "x * b", **kwargs}
         with pytest.raises(actgen.SpecError) as info:
             actgen.compile(kwargs.pop("formula"), name="bad", **kwargs)
-        assert str(info.value) == f"<compile bad>:0: {problem}"
+        assert str(info.value) == f"<compile bad>: {problem}"
 
 
 def test_demo_derives_and_checks(tmp_path):

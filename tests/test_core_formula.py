@@ -38,6 +38,16 @@ def test_a_yaml_block_formula_is_one_expression_over_its_lines():
         parse("x *\n* x")
 
 
+def test_a_syntax_error_says_where():
+    """The column where Python's parser stopped; an expression cut short is said to end too
+    early (Python reports its offset as 0, which is no column)."""
+    with pytest.raises(FormulaError, match="syntax error at column 3: invalid syntax"):
+        parse("x y")
+    for text in ("x * 2 +", "x **"):
+        with pytest.raises(FormulaError, match=r"syntax error at the end \(the expression is incomplete\)"):
+            parse(text)
+
+
 @pytest.mark.parametrize("text", [
     "__import__('os').system('touch /tmp/actgen_pwned')",
     "open('/tmp/actgen_pwned', 'w')",

@@ -350,6 +350,27 @@ def test_a_complex_param_is_a_type_error():
         ops.swish(x, torch.tensor([1 + 5j]))
 
 
+@pytest.mark.parametrize("value", ["0.2", b"0.2", None, 0.2 + 1j], ids=["str", "bytes", "None", "complex"])
+def test_a_constant_or_number_param_that_is_not_a_real_number_is_a_type_error(value):
+    """torch's own leaky_relu refuses negative_slope="0.2" (a TypeError); float() would parse
+    the text, and did: leaky_relu(x, "0.2") computed with 0.2."""
+    x = torch.tensor([-1.0, 2.0])
+    with pytest.raises((TypeError, RuntimeError)):     # (complex: a RuntimeError of torch's)
+        torch.nn.functional.leaky_relu(x, value)
+    with pytest.raises(TypeError, match="constant 'negative_slope' must be a real number"):
+        ops.leaky_relu(x, value)
+    with pytest.raises(TypeError, match="constant 'negative_slope' must be a real number"):
+        ops.LeakyReLU(value)(x.requires_grad_())
+    with pytest.raises(TypeError, match="param 'weight' must be a real number"):
+        ops.prelu(x, value)
+
+
+def test_a_constant_takes_numbers_as_torch_takes_them():
+    """ints, bools, numpy scalars and 0-dim tensors are numbers, as torch's leaky_relu takes them."""
+    x = torch.tensor([-1.0, 2.0, -3.0])
+    for value in (1, True, np.float32(0.5), np.float64(0.25), torch.tensor(0.5)):
+        torch.testing.assert_close(ops.leaky_relu(x, value), torch.nn.functional.leaky_relu(x, value))
+
 # --- dtypes --------------------------------------------------------------------------
 
 

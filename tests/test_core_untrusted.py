@@ -383,7 +383,7 @@ def test_compile_refuses_what_a_spec_cannot_hold_and_names_the_call(monkeypatch)
     from actgen.cache import cache_dir
 
     for extra in ({"extra": object()}, {"per_channel": np.bool_(True)}):
-        with pytest.raises(SpecError, match="<compile p>:0: params.a.(extra|per_channel): must be a number, a bool or a str"):
+        with pytest.raises(SpecError, match="<compile p>: params.a.(extra|per_channel): must be a number, a bool or a str"):
             actgen.compile("x * a", name="p", params={"a": {"init": 1.0, **extra}})
 
     def fails(spec):
@@ -393,8 +393,23 @@ def test_compile_refuses_what_a_spec_cannot_hold_and_names_the_call(monkeypatch)
     before = set(cache_dir().glob("*.yaml")) if cache_dir().exists() else set()
     with pytest.raises(SpecError) as info:
         actgen.compile("x * sigmoid(x) + 0.125", name="fails_here")
-    assert info.value.problems == ["<compile fails_here>:2: formula: cannot be compiled (RuntimeError: no form for this)"]
+    assert info.value.problems == ["<compile fails_here>: formula: cannot be compiled (RuntimeError: no form for this)"]
     assert set(cache_dir().glob("*.yaml")) == before
+
+
+def test_compile_errors_name_the_call_without_a_line_of_their_own():
+    """compile's problems carry no line of the YAML it writes internally (the caller never
+    sees it), and a name that is not a plain identifier is written as repr() writes it: no
+    control character reaches a terminal raw."""
+    import actgen
+
+    with pytest.raises(SpecError) as info:
+        actgen.compile("x * q", name="ab")
+    assert info.value.problems == ["<compile ab>: formula: unknown name 'q' (known names: x; constants: pi, E) at column 5"]
+    with pytest.raises(SpecError) as info:
+        actgen.compile("x", name="a\x1b[2Jb")
+    (line,) = info.value.problems
+    assert line.startswith("<compile 'a\\x1b[2Jb'>: name: ") and "\x1b" not in line
 
 
 def test_a_formula_the_compiler_fails_on_is_reported_not_raised(tmp_path, monkeypatch):

@@ -59,6 +59,16 @@ def dim_index(v, name: str, what: str, ndim: int | None = None) -> int:
     return v
 
 
+def _real(v, name: str, what: str, arg: str) -> float:
+    """v as a float where it is a real number (an int, a float, a numpy scalar, a one-element
+    tensor); text, None and complex numbers are a TypeError naming the argument."""
+    if v.__class__ is float:
+        return v
+    if not hasattr(type(v), "__float__"):
+        raise TypeError(f"{name}: {what} '{arg}' must be a real number, got {type(v).__name__}")
+    return float(v)
+
+
 def _contiguous(tensors) -> bool:
     """Whether every tensor is contiguous (a loop: no generator per call)."""
     for t in tensors:
@@ -255,8 +265,8 @@ class Activation:
         if params:
             params = tuple(     # (a number, or a 0-dim tensor as F.prelu takes one: shape (1,))
                 (p if p.dim() else p.reshape(1)) if isinstance(p, torch.Tensor)
-                else torch.tensor([float(p)], dtype=compute_dtype(x.dtype), device=x.device)
-                for p in params
+                else torch.tensor([_real(p, self.name, "param", name)], dtype=compute_dtype(x.dtype), device=x.device)
+                for name, p in zip(self.param_names, params)
             )
         if channel_dim.__class__ is not int:
             channel_dim = dim_index(channel_dim, self.name, "channel_dim")
@@ -282,7 +292,7 @@ class Activation:
             dim_index(channel_dim, self.name, "channel_dim", x.dim())      # (its IndexError, (1,) params too)
         cd = channel_dim % x.dim() if x.dim() else 0
         if constants:
-            constants = tuple(float(c) for c in constants)
+            constants = self._numbers(constants)
         seed = self.new_seed() if training and self.n_draws else None
         extra = (seed,) if self.n_draws else ()
         if compiling:
@@ -300,6 +310,11 @@ class Activation:
     # op's inputs laid out alike: _plan_form) launches by the plan.  What decided the plan's
     # launch is its key (with the backend in use) or checked on every use: plain tensors,
     # laid out as the key says, on the current GPU.
+
+    def _numbers(self, constants) -> tuple:
+        """The constants as floats; a value that is not a real number is a TypeError, as
+        torch's own ops refuse `negative_slope="0.2"` (float() would parse the text)."""
+        return tuple(_real(c, self.name, "constant", name) for name, c in zip(self.constants, constants))
 
     def _planned_call(self, inputs, params, constants, channel_dim):
         """call()'s result where a launch plan serves it, for a plain eager call (not
@@ -335,7 +350,7 @@ class Activation:
                 if cd is None:
                     return None
             if constants:
-                constants = tuple(float(c) for c in constants)
+                constants = self._numbers(constants)
             return _planned_apply(self, cd, plan, inputs, params, constants)
         return plan.forward(inputs, params)
 
