@@ -476,3 +476,39 @@ def test_compile_training_mode_draws_and_backward_sees_the_draws(torch_backend):
     m.eval()
     torch.testing.assert_close(compiled(x), F.rrelu(x))
     assert not counters["graph_break"]
+
+
+# --- torch.jit.trace -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["Mish", "PReLU", "SwiGLU"])
+def test_jit_trace_passes_its_check_and_generalises(name, backend):
+    """torch.jit.trace runs a model twice and compares the graphs: an op was one opaque node
+    with a gradient and torch ops without one (the second run's), so the check failed on
+    every model holding one.  The op is one node either way, run again on every call: the
+    trace is torch's on inputs of another shape and range, with and without gradients."""
+    torch.manual_seed(0)
+    ours = {"Mish": lambda: ops.Mish(), "PReLU": lambda: ops.PReLU(6), "SwiGLU": lambda: ops.SwiGLU()}[name]()
+    theirs = {"Mish": torch.nn.Mish, "PReLU": lambda: torch.nn.PReLU(6),
+              "SwiGLU": lambda: (lambda x: F.silu(x[..., :3]) * x[..., 3:])}[name]()
+    if name == "PReLU":
+        with torch.no_grad():
+            ours.weight.copy_(torch.linspace(-0.5, 0.5, 6))
+            theirs.weight.copy_(ours.weight)
+    lin = torch.nn.Linear(6, 6)
+    traced = torch.jit.trace(torch.nn.Sequential(lin, ours), (torch.randn(5, 6),))
+    x = torch.randn(7, 6) * 30
+    y = traced(x)
+    want = theirs(lin(x))
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+    (got,) = torch.autograd.grad(y.sum(), [lin.weight])
+    (expected,) = torch.autograd.grad(want.sum(), [lin.weight])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_jit_trace_in_training_mode_warns_of_its_fixed_draws():
+    with pytest.warns(torch.jit.TracerWarning, match="rrelu: torch.jit.trace in training mode keeps"):
+        torch.jit.trace(ops.RReLU(), (torch.randn(4, 5),), check_trace=False)
+    torch.jit.trace(ops.RReLU().eval(), (torch.randn(4, 5),))

@@ -181,6 +181,28 @@ def test_a_planned_call_differentiated_twice(fresh):
         torch.testing.assert_close(ggx.double(), want, rtol=1e-4, atol=1e-5)
 
 
+
+def test_a_planned_forward_under_non_reentrant_checkpointing(fresh):
+    """torch.utils.checkpoint(use_reentrant=False) lets a backward unpack its saved tensors
+    once.  A planned forward whose backward has no plan yet (a module's second call of a
+    step, or its first after a no-grad call) unpacked them twice: a CheckpointError.  The
+    gradients are torch's GELU's."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    linears = [torch.nn.Linear(8, 8) for _ in range(2)]
+    x = torch.randn(4, 8)
+    grads = []
+    for act in (ops.GELU(), torch.nn.GELU()):
+        with torch.no_grad():       # (a validation pass: plans the forward)
+            act(linears[0](x))
+        h = x
+        for lin in linears:
+            h = checkpoint(torch.nn.Sequential(lin, act), h, use_reentrant=False)
+        grads.append(torch.autograd.grad(h.sum(), [lin.weight for lin in linears]))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
 def test_a_gated_op_and_constants_are_planned(fresh):
     rec, counts = fresh
     a, b = torch.randn(2, 2048).unbind(0)

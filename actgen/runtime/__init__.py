@@ -349,7 +349,8 @@ def split_halves(t: torch.Tensor, dim: int, name: str):
     if size % 2:
         raise ValueError(f"{name}: the input's size {size} along dim {dim} is odd; it must split into two equal halves")
     if (t.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and not torch._C._are_functorch_transforms_active() and no_forward_ad()):
+            and not torch._C._are_functorch_transforms_active() and no_forward_ad()
+            and torch._C._get_tracing_state() is None):     # (torch.jit.trace: chunk, whatever the grad mode)
         return Halves.apply(t, dim)     # (its backward takes the halves' gradients as one buffer where they are)
     a, b = t.chunk(2, dim)
     return a, b

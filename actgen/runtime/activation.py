@@ -294,13 +294,22 @@ class Activation:
         if constants:
             constants = self._numbers(constants)
         seed = self.new_seed() if training and self.n_draws else None
+        if seed is not None and torch._C._get_tracing_state() is not None:
+            import warnings
+
+            warnings.warn(f"{self.name}: torch.jit.trace in training mode keeps this call's random draws for every call "
+                          "of the trace; trace in evaluation mode (.eval()) for their mean", torch.jit.TracerWarning,
+                          stacklevel=3)
         extra = (seed,) if self.n_draws else ()
         if compiling:
             return self.core.apply(*inputs, *params, *constants, cd, *extra)
         if torch._C._are_functorch_transforms_active():
             return self.function.apply(*inputs, *params, *constants, cd, *extra)
-        # plain eager use: the thin path
-        if not (torch.is_grad_enabled() and _any_requires_grad(inputs, params)) and no_forward_ad():
+        # plain eager use: the thin path (not under torch.jit.trace: there the Function, one
+        # opaque node whatever the grad mode, where the thin path's data-dependent checks
+        # would be traced as constants)
+        if (not (torch.is_grad_enabled() and _any_requires_grad(inputs, params)) and no_forward_ad()
+                and torch._C._get_tracing_state() is None):
             return self.forward_impl(list(inputs), list(params), list(constants), cd, seed)
         return _EagerFunction.apply(self, cd, seed, None, *inputs, *params, *constants)
 
@@ -320,7 +329,7 @@ class Activation:
         """call()'s result where a launch plan serves it, for a plain eager call (not
         compiling): its forward by the plan, or where autograd needs one the Function around
         it, its arguments checked as call() checked them where the plan was made; else None."""
-        if torch._C._are_functorch_transforms_active() or not no_forward_ad():
+        if torch._C._are_functorch_transforms_active() or not no_forward_ad() or torch._C._get_tracing_state() is not None:
             return None
         grad = torch.is_grad_enabled()
         needs_grad = False
@@ -1044,9 +1053,11 @@ class Activation:
         grads = self.input_grads(ctx, grad, ctx.needs_input_grad[: self.n_tensors])
         return (*grads, *([None] * (len(ctx.constants) + 1 + bool(self.n_draws))))
 
-    def input_grads(self, ctx, grad, needs):
-        """Gradients of the inputs and params (None where not needed), from the saved tensors."""
-        tensors = ctx.saved_tensors
+    def input_grads(self, ctx, grad, needs, tensors=None):
+        """Gradients of the inputs and params (None where not needed), from the saved tensors
+        (tensors: those the caller unpacked; a checkpoint's saved tensors unpack once)."""
+        if tensors is None:
+            tensors = ctx.saved_tensors
         # (under vmap a call's draws are each entry's: _Backward's vmap rule draws them again)
         if torch.is_grad_enabled() or (ctx.rng is not None and _draws_per_entry()):
             grads = _Backward.apply(self, ctx.constants, ctx.channel_dim, ctx.rng, grad, *tensors)
@@ -1195,6 +1206,11 @@ class _EagerFunction(torch.autograd.Function):
         rng = ctx.rng = None if seed is None else op.rng(seed, tensors[0])
         if not no_forward_ad():
             ctx.save_for_forward(*tensors)
+        if torch._C._get_tracing_state() is not None:
+            # torch.jit.trace: the custom op, a node of the trace run below the tracer (where
+            # sizes are ints, and the checks of the data no constants of the trace)
+            return op.fwd_op(list(tensors[: op.n_inputs]), list(tensors[op.n_inputs:]), list(constants), channel_dim,
+                             _seed_tensor(rng))
         return op.forward_impl(list(tensors[: op.n_inputs]), list(tensors[op.n_inputs:]), list(constants), channel_dim, rng)
 
     @staticmethod
@@ -1202,10 +1218,11 @@ class _EagerFunction(torch.autograd.Function):
         op = ctx.op
         needs = ctx.needs_input_grad[4: 4 + op.n_tensors]
         grads = None
+        tensors = ctx.saved_tensors     # (once: under non-reentrant checkpointing a second unpack is an error)
         if ctx.plan is not None and not torch.is_grad_enabled():      # (else a differentiable backward)
-            grads = op.planned_grads(ctx.plan, grad, ctx.saved_tensors, ctx.constants, ctx.channel_dim, needs)
+            grads = op.planned_grads(ctx.plan, grad, tensors, ctx.constants, ctx.channel_dim, needs)
         if grads is None:
-            grads = op.input_grads(ctx, grad, needs)
+            grads = op.input_grads(ctx, grad, needs, tensors)
         return (None, None, None, None, *grads, *([None] * len(ctx.constants)))
 
     @staticmethod
