@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -67,7 +68,17 @@ def _cmd_show(args) -> int:
         print(f"constant {c.name} = {c.default}")
     for line in _math_lines(d):
         print("  " + line)
-    print(f"generated source: {DEFAULT_OUT / (s.name + '.py')}")
+    if args.source:
+        from .codegen.module import render_module
+
+        print(f"generated source ({s.name}.py):")
+        print(render_module(d), end="")
+        return 0
+    built = DEFAULT_OUT / (s.name + ".py")
+    if not args.specs and built.is_file():      # (the built-in library: specs/ -> actgen/ops/)
+        print(f"generated source: {built} (`--source` prints it)")
+    else:
+        print(f"generated source: `--source` prints it; `actgen build SPECS --out DIR` writes DIR/{s.name}.py")
     return 0
 
 
@@ -99,7 +110,7 @@ def _image_path_problem(path: Path) -> str | None:
     matplotlib.use("Agg")
     from matplotlib.backend_bases import FigureCanvasBase
 
-    formats = FigureCanvasBase.get_supported_filetypes()
+    formats = set(FigureCanvasBase.get_supported_filetypes()) - {"pgf"}      # (pgf: LaTeX code, run through xelatex)
     if path.suffix.lstrip(".").lower() not in formats:
         return f"not an image file name (one of {', '.join('.' + f for f in sorted(formats))})"
     if path.is_dir():
@@ -119,7 +130,14 @@ def _cmd_docs(args) -> int:
 
     specs = args.specs[0] if args.specs else DEFAULT_SPECS
     if not Path(specs).is_dir():
-        print("actgen docs: no specs/ here (run it in the repository root, or give --specs DIR)", file=sys.stderr)
+        print("actgen docs: no specs/ here (run it in the repository root, or give --specs DIR)" if not args.specs
+              else f"actgen docs: --specs {specs}: not a directory of specs", file=sys.stderr)
+        return 2
+    if not args.step > 0 or not math.isfinite(args.step):
+        print(f"actgen docs: --step {args.step}: must be a positive number", file=sys.stderr)
+        return 2
+    if args.jobs < 1:
+        print(f"actgen docs: --jobs {args.jobs}: must be at least 1", file=sys.stderr)
         return 2
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     written = write_docs(Path(specs), Path(args.out), accuracy=not args.no_accuracy, plots=not args.no_plots,
@@ -161,6 +179,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("show", help="show one activation: formula, derivatives, generated source")
     p.add_argument("name")
     p.add_argument("--specs", nargs="*", help="spec files or directories (default: specs/)")
+    p.add_argument("--source", action="store_true", help="print the generated module's source")
     p.set_defaults(func=_cmd_show)
 
     sub.add_parser("bench", add_help=False,

@@ -579,12 +579,15 @@ def load_spec_file(path: Path, display: str | None = None) -> Spec:
 
 
 def collect_spec_files(paths: Iterable[Path]) -> list[Path]:
-    """Expand directories to their *.yaml / *.yml files, sorted by name."""
+    """Expand directories to their *.yaml / *.yml entries, sorted by name: every one, so that
+    one that is no regular file (a dangling symlink, a FIFO, a directory) is an error of its
+    own, not a spec left out (whose module a build would then remove).  A path named *.yaml
+    or *.yml is a spec file, whatever it is (load_spec_file says what is wrong with it)."""
     files: list[Path] = []
     for p in paths:
         p = Path(p)
-        if p.is_dir():
-            files.extend(sorted(q for q in p.iterdir() if q.suffix in (".yaml", ".yml") and q.is_file()))
+        if p.is_dir() and p.suffix not in (".yaml", ".yml"):
+            files.extend(sorted(q for q in p.iterdir() if q.suffix in (".yaml", ".yml")))
         else:
             files.append(p)
     seen, unique = set(), []

@@ -258,6 +258,36 @@ def test_spec_files_that_are_not_regular_files_are_refused(tmp_path):
         load_specs([tmp_path / "missing.yaml"])
 
 
+def test_a_spec_directorys_entries_that_are_not_regular_files_are_errors(tmp_path):
+    """In a directory of specs, a *.yaml that is a dangling symlink, a FIFO or a directory is
+    an error, as it is when named alone: it was skipped, and the build exited 0 and removed
+    the module its spec had generated before.  A directory named *.yaml is not expanded."""
+    import os
+
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "a.yaml").write_text("name: a\nformula: x * 2\n")
+    (specs / "b.yaml").write_text("name: b\nformula: x * 3\n")
+    out = tmp_path / "lib"
+    build([specs], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert "b.py" in before
+    (specs / "b.yaml").unlink()
+    (specs / "b.yaml").symlink_to(tmp_path / "nowhere.yaml")
+    os.mkfifo(specs / "c.yaml")
+    (specs / "d.yaml").mkdir()
+    (specs / "d.yaml" / "e.yaml").write_text("name: e\nformula: x\n")
+    with pytest.raises(SpecError) as info:
+        build([specs], out)
+    assert info.value.problems == [f"{specs / 'b.yaml'}:1: spec: is a symlink to nothing (or to itself)",
+                                   f"{specs / 'c.yaml'}:1: spec: is not a regular file",
+                                   f"{specs / 'd.yaml'}:1: spec: is not a regular file"]
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    with pytest.raises(SpecError) as info:
+        build([specs / "d.yaml"], out)
+    assert info.value.problems == [f"{specs / 'd.yaml'}:1: spec: is not a regular file"]
+
+
 def test_names_the_package_exports_are_unique_and_a_file_given_twice_is_one_spec(tmp_path):
     from actgen.spec import load_specs
 
