@@ -7,7 +7,8 @@ For each activation (a `Case`), dtype and size it measures, in one run and one p
 * ``torch``   - torch's own kernel where one exists (F.mish, F.silu, F.prelu, ...);
 * ``compile`` - torch.compile of the plain-torch formula, timed after warm-up;
 * the roofline - ``y.copy_(x)`` for the forward's traffic and ``torch.add(x, g, out=gx)``
-  (read two tensors, write one: what a backward moves) for the backward's.
+  (read two tensors, write one: what a backward moves) for the backward's, timed with each
+  activation in the same rounds as its implementations.
 
 in the modes ``fwd`` (no autograd), ``bwd`` (the backward alone, on a retained graph),
 ``fwdbwd`` (forward + backward) and, for ops with params, ``bwd_frozen`` (backward with the
@@ -50,6 +51,7 @@ MODES = ("fwd", "bwd", "fwdbwd", "bwd_frozen")
 MODE_LABELS = {"fwd": "forward", "bwd": "backward", "fwdbwd": "forward+backward", "bwd_frozen": "backward, params frozen"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CHANNELS = 64
+MAX_HW = 4096           # channels-first cases: the most elements per (batch, channel) row
 NOT_MEASURED = "not measured"
 
 # Sizes (elements) and the size from which the GPU bandwidth/speed targets are judged.
@@ -92,8 +94,12 @@ class Case:
             raise ValueError(f"{self.name}: size {n} is not a multiple of {CHANNELS} channels")
         if self.layout == "channels_last":
             return (n // CHANNELS, CHANNELS)
-        hw = min(n // CHANNELS, 4096)
-        return (n // (CHANNELS * hw), CHANNELS, hw)
+        # (B, C, HW) with B * C * HW == n exactly: HW is the largest divisor of n / C up to
+        # 4096 (min(n / C, 4096) left elements out wherever n / C is past 4096 and not a
+        # multiple of it, while the bytes were counted for n)
+        per_channel = n // CHANNELS
+        hw = next(d for d in range(min(per_channel, MAX_HW), 0, -1) if per_channel % d == 0)
+        return (per_channel // hw, CHANNELS, hw)
 
     def actgen_fn(self) -> Callable:
         from actgen import ops
@@ -545,6 +551,40 @@ def _err(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
+def _shape_example(case: Case, sizes) -> list | None:
+    """The case's tensor shape at the largest of `sizes` it can take (None: it takes none of
+    them; run_suite skips such sizes, so the run's description must not fail on them)."""
+    for n in sorted(sizes, reverse=True):
+        try:
+            return list(case.shape(n))
+        except ValueError:
+            continue
+    return None
+
+
+def size_label(n: int) -> str:
+    """2**k for a power of two, else the exact count (2**int(log2(n)) called 200000 "2**17")."""
+    n = int(n)
+    return f"2**{n.bit_length() - 1}" if n > 0 and n & (n - 1) == 0 else str(n)
+
+
+def _roofline_kernels(dt: torch.dtype, n: int, device: torch.device) -> list:
+    """[(kind, callable, bytes moved)] of the roofline kernels at one dtype and size:
+    y.copy_(x) for a forward's traffic, torch.add(x, g, out=y) (two reads, one write) for a
+    backward's.  Each callable carries its kind as `.roofline`."""
+    x = torch.randn(n, device=device).to(dt)
+    g = torch.randn(n, device=device).to(dt)
+    y = torch.empty_like(x)
+
+    def copy():
+        return y.copy_(x)
+
+    def add():
+        return torch.add(x, g, out=y)
+    copy.roofline, add.roofline = "copy", "bwd"
+    return [("copy", copy, 2 * nbytes(x)), ("bwd", add, 3 * nbytes(x))]
+
+
 def _roofline_time(parts: dict, roof: dict) -> float | None:
     total = 0.0
     for kind, b in parts.items():
@@ -582,31 +622,17 @@ def run_suite(cfg: Config, log: Callable[[str], None] | None = None,
             "target_min_elements": GPU_TARGET_MIN if device.type == "cuda" else CPU_TARGET_MIN,
         },
         "cases": {name: {"op": CASES[name].op, "eager": CASES[name].eager_src, "torch": CASES[name].builtin_src or None,
-                         "layout": CASES[name].layout, "shape_example": list(CASES[name].shape(max(cfg.sizes))),
+                         "layout": CASES[name].layout, "shape_example": _shape_example(CASES[name], cfg.sizes),
                          "params": [p for p, _, _ in CASES[name].params]} for name in cfg.cases},
-        "rooflines": [], "timings": [], "memory": [], "latency": [], "host": [], "recompiles": [],
+        "rooflines": [], "timings": [], "memory": [], "latency": [], "host": [], "recompiles": [], "skipped": [],
     }
-    rooflines: dict[tuple, dict] = {}
     t_start = time.perf_counter()
     if cfg.prewarm:
         results["prewarm_s"] = prewarm(cfg, log)
 
-    def roofline(dtype_name, n):
-        key = (dtype_name, n)
-        if key in rooflines:
-            return rooflines[key]
-        dt = DTYPES[dtype_name]
-        x = torch.randn(n, device=device).to(dt)
-        g = torch.randn(n, device=device).to(dt)
-        y = torch.empty_like(x)
-        bw = {}
-        for kind, fn, b in (("copy", lambda: y.copy_(x), 2 * nbytes(x)),
-                            ("bwd", lambda: torch.add(x, g, out=y), 3 * nbytes(x))):
-            t = time_fn(fn, device, min_run_time=cfg.min_run_time, rep_ms=cfg.rep_ms, warmup_ms=cfg.warmup_ms)
-            bw[kind] = b / t
-            results["rooflines"].append({"dtype": dtype_name, "n": n, "kind": kind, "time_s": t, "bytes": b, "gbps": b / t / 1e9})
-        rooflines[key] = bw
-        return bw
+    def skip(name, dtype_name, n, reason):
+        log(f"skip {name} {dtype_name} n={size_label(n)}: {reason}")
+        results["skipped"].append({"case": name, "dtype": dtype_name, "n": n, "reason": reason})
 
     for name in cfg.cases:
         case = CASES[name]
@@ -619,13 +645,24 @@ def run_suite(cfg: Config, log: Callable[[str], None] | None = None,
                     compiled[name] = _compiled(case, cfg.compile_dynamic, cfg.compile_backend)
                 try:
                     inputs, params, grad_out = make_tensors(case, n, dt, device)
-                except ValueError as exc:
-                    log(f"skip {name} n={n}: {exc}")
+                    roof_kernels = _roofline_kernels(dt, n, device)
+                except (ValueError, RuntimeError, MemoryError) as exc:   # a shape it cannot take; out of memory
+                    skip(name, dtype_name, n, _err(exc) if not isinstance(exc, ValueError) else str(exc))
                     continue
-                roof = roofline(dtype_name, n)
+                if any(t.numel() != n for t in (*inputs, grad_out)):
+                    # the byte counts are for n elements: never time a tensor of another size
+                    skip(name, dtype_name, n, f"its shape {tuple(inputs[0].shape)} does not hold {n} elements")
+                    continue
                 line = []
                 plans = []          # [row, traffic, callable, times]: timed in interleaved rounds
                 fns = {}
+                # the roofline kernels are timed in the same rounds as the implementations (the
+                # median round kept, as theirs): timed once on their own, one disturbed
+                # measurement made every fraction of this size nonsense ("19203% of roofline")
+                roof_rows = []
+                for kind, fn, b in roof_kernels:
+                    roof_rows.append({"case": name, "dtype": dtype_name, "n": n, "kind": kind, "bytes": b})
+                    plans.append([roof_rows[-1], None, fn, []])
                 for impl in cfg.impls:
                     fn = _impl_fn(case, impl, compiled)
                     if fn is None:
@@ -661,7 +698,19 @@ def run_suite(cfg: Config, log: Callable[[str], None] | None = None,
                             if device.type == "cuda":
                                 torch.cuda.empty_cache()
                             row.update(time_s=None, error=_err(exc))
+                roof = {}
+                for row in roof_rows:
+                    times = next(p[3] for p in plans if p[0] is row)
+                    if "error" not in row:
+                        t = sorted(times)[len(times) // 2]
+                        roof[row["kind"]] = row["bytes"] / t
+                        row.update(time_s=t, gbps=row["bytes"] / t / 1e9)
+                        if len(times) > 1:
+                            row["round_times_s"] = times
+                    results["rooflines"].append(row)
                 for row, parts, run, times in plans:
+                    if parts is None:
+                        continue        # a roofline kernel: above
                     if "error" not in row:
                         t = sorted(times)[len(times) // 2]
                         rt = _roofline_time(parts, roof)
@@ -672,11 +721,11 @@ def run_suite(cfg: Config, log: Callable[[str], None] | None = None,
                         if row["mode"] == "fwdbwd":
                             line.append(f"{row['impl']} {t * 1e6:.0f}us")
                     results["timings"].append(row)
-                del plans
+                del plans, roof_kernels
                 if cfg.memory:
                     for impl, fn in fns.items():
                         results["memory"].append(_memory_row(case, impl, fn, dtype_name, n, inputs, params, grad_out, device))
-                log(f"[{time.perf_counter() - t_start:6.1f}s] {name:<20} {dtype_name} n=2**{int(math.log2(n))}: fwd+bwd " + ", ".join(line))
+                log(f"[{time.perf_counter() - t_start:6.1f}s] {name:<20} {dtype_name} n={size_label(n)}: fwd+bwd " + ", ".join(line))
                 del inputs, params, grad_out
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -739,7 +788,8 @@ def prewarm(cfg: Config, log) -> float:
         tasks = [dict(case=c, dtype=d, n=n, device=cfg.device, impls=list(cfg.impls), modes=list(cfg.modes),
                       compile_dynamic=cfg.compile_dynamic, compile_backend=cfg.compile_backend,
                       tuning_cache=os.path.join(tmp, "tuning.json"))
-                 for c in cfg.cases for d in cfg.dtypes for n in cfg.sizes]
+                 for c in cfg.cases for d in cfg.dtypes for n in cfg.sizes
+                 if _shape_example(CASES[c], [n]) is not None]     # (a size the case cannot take is skipped)
         with multiprocessing.get_context("spawn").Pool(cfg.prewarm) as pool:
             errors = [e for e in pool.imap_unordered(_prewarm_task, tasks) if e]
     took = time.perf_counter() - t
@@ -748,7 +798,8 @@ def prewarm(cfg: Config, log) -> float:
     return took
 
 
-_MERGED_LISTS = {"rooflines": ("dtype", "n", "kind"), "timings": ("case", "impl", "dtype", "n", "mode"),
+_MERGED_LISTS = {"rooflines": ("case", "dtype", "n", "kind"), "skipped": ("case", "dtype", "n"),
+                 "timings": ("case", "impl", "dtype", "n", "mode"),
                  "memory": ("case", "impl", "dtype", "n"), "launch_configs": ("kernel", "dtype", "layout", "bucket")}
 
 
@@ -1050,8 +1101,9 @@ class Target:
     better: str                # "low" or "high"
     values: list = field(default_factory=list)   # (value, where)
     reason: str = ""
+    several: bool = False      # stated over several activations (every one, or a list): not passed on a partial run
 
-    def result(self, device_type: str) -> dict:
+    def result(self, device_type: str, partial: bool = False) -> dict:
         out = {"id": self.id, "text": self.text, "scope": self.scope, "threshold": self.threshold, "better": self.better}
         if self.scope == "gpu" and device_type != "cuda":
             return {**out, "status": NOT_MEASURED, "reason": "stated for an H100/H200; this run is on " + device_type}
@@ -1062,8 +1114,19 @@ class Target:
             return {**out, "status": NOT_MEASURED, "reason": self.reason or "no data for it in this run"}
         worst = max(vals, key=lambda vw: vw[0]) if self.better == "low" else min(vals, key=lambda vw: vw[0])
         ok = all((v <= self.threshold) if self.better == "low" else (v >= self.threshold) for v, _ in vals)
+        if ok and partial and self.several:
+            # a run cut short has not measured every activation the target names: what it has
+            # measured passing is no pass (a miss it measured is a miss all the same)
+            return {**out, "status": NOT_MEASURED, "partial": True, "value": worst[0], "where": worst[1],
+                    "checked": len(vals),
+                    "reason": f"partial run: not judged (the run did not finish; worst so far {_fmt_value(worst[0])} at "
+                              f"{worst[1]}, {len(vals)} checked)"}
         return {**out, "status": "PASS" if ok else "MISS", "value": worst[0], "where": worst[1], "checked": len(vals),
                 "misses": [w for v, w in vals if not ((v <= self.threshold) if self.better == "low" else (v >= self.threshold))]}
+
+
+def _fmt_value(v) -> str:
+    return "∞" if v in (math.inf, "inf") else f"{v:.3g}"
 
 
 def evaluate_targets(results: dict) -> list[dict]:
@@ -1080,7 +1143,7 @@ def evaluate_targets(results: dict) -> list[dict]:
                 if c == case and i == impl and m == mode and n >= min_n and (dtypes is None or d in dtypes)]
 
     def where(r):
-        return f"{r['case']} {r['dtype']} n=2**{int(math.log2(r['n']))} {r['mode']}"
+        return f"{r['case']} {r['dtype']} n={size_label(r['n'])} {r['mode']}"
 
     def ratio(case, num, den, mode, dtypes=None, min_n=tmin, invert=False):
         out = []
@@ -1094,20 +1157,22 @@ def evaluate_targets(results: dict) -> list[dict]:
     def add(t: Target):
         T[t.id] = t
 
-    add(Target("bw_fwd", f"forward >= 0.90 of the y.copy_(x) roofline, fp32 and bf16, n >= 2**{int(math.log2(GPU_TARGET_MIN))} "
+    add(Target("bw_fwd", f"forward >= 0.90 of the y.copy_(x) roofline, fp32 and bf16, n >= {size_label(GPU_TARGET_MIN)} "
                f"({', '.join(BANDWIDTH_CASES)})", "gpu", 0.90, "high",
-               [(r["roofline_frac"], where(r)) for c in BANDWIDTH_CASES for r in rows(c, "actgen", "fwd", ("fp32", "bf16"))]))
+               [(r["roofline_frac"], where(r)) for c in BANDWIDTH_CASES for r in rows(c, "actgen", "fwd", ("fp32", "bf16"))],
+               several=True))
     add(Target("bw_bwd", "backward >= 0.85 of its roofline (2 reads + 1 write), fp32 and bf16, same ops and sizes", "gpu", 0.85, "high",
-               [(r["roofline_frac"], where(r)) for c in BANDWIDTH_CASES for r in rows(c, "actgen", "bwd", ("fp32", "bf16"))]))
+               [(r["roofline_frac"], where(r)) for c in BANDWIDTH_CASES for r in rows(c, "actgen", "bwd", ("fp32", "bf16"))],
+               several=True))
     add(Target("param_grad_cost", "per-channel params (prelu, 64 channels, both layouts): backward with the param gradient "
                "<= 1.15x the backward with the param frozen", "gpu", 1.15, "low",
                [(r["time_s"] / by[(c, "actgen", r["dtype"], r["n"], "bwd_frozen")]["time_s"], where(r))
                 for c in PER_CHANNEL_CASES for r in rows(c, "actgen", "bwd")
-                if (c, "actgen", r["dtype"], r["n"], "bwd_frozen") in by]))
+                if (c, "actgen", r["dtype"], r["n"], "bwd_frozen") in by], several=True))
     add(Target("prelu_vs_torch", "per-channel prelu fwd+bwd <= 0.70x torch's F.prelu (both layouts)", "gpu", 0.70, "low",
-               [v for c in PER_CHANNEL_CASES for v in ratio(c, "actgen", "torch", "fwdbwd")]))
+               [v for c in PER_CHANNEL_CASES for v in ratio(c, "actgen", "torch", "fwdbwd")], several=True))
     add(Target("vs_compile", "fwd+bwd <= 1.05x torch.compile of the same formula, every benchmarked activation", "gpu", 1.05, "low",
-               [v for c in results["config"]["cases"] for v in ratio(c, "actgen", "compile", "fwdbwd")]))
+               [v for c in results["config"]["cases"] for v in ratio(c, "actgen", "compile", "fwdbwd")], several=True))
     add(Target("mish_vs_eager", "mish fwd+bwd >= 2.5x faster than the eager composite", "gpu", 2.5, "high",
                ratio("mish", "actgen", "eager", "fwdbwd", invert=True)))
     add(Target("swiglu_vs_silu_mul", "swiglu fwd+bwd >= 1.7x faster than eager F.silu(a) * b", "gpu", 1.7, "high",
@@ -1117,10 +1182,10 @@ def evaluate_targets(results: dict) -> list[dict]:
     add(Target("saved_bytes", "bytes saved for backward = the inputs and params only (saved_tensors_hooks), every activation",
                "any", 1.0, "low",
                [((m["saved_bytes"] / m["expected_saved_bytes"]) if m["saved_only_inputs"] else math.inf,
-                 f"{m['case']} {m['dtype']} n=2**{int(math.log2(m['n']))}")
-                for (c, i, d, n), m in mem.items() if i == "actgen"]))
+                 f"{m['case']} {m['dtype']} n={size_label(m['n'])}")
+                for (c, i, d, n), m in mem.items() if i == "actgen"], several=True))
     add(Target("swiglu_peak_memory", "peak memory of a training step through swiglu <= 0.60x eager's", "gpu", 0.60, "low",
-               [(m["peak_bytes"] / mem[("swiglu", "eager", d, n)]["peak_bytes"], f"swiglu {d} n=2**{int(math.log2(n))}")
+               [(m["peak_bytes"] / mem[("swiglu", "eager", d, n)]["peak_bytes"], f"swiglu {d} n={size_label(n)}")
                 for (c, i, d, n), m in mem.items() if c == "swiglu" and i == "actgen" and n >= tmin
                 and mem.get(("swiglu", "eager", d, n), {}).get("peak_bytes")]))
 
@@ -1136,10 +1201,11 @@ def evaluate_targets(results: dict) -> list[dict]:
     add(Target("host_time", "host time per call on a 4096-element tensor <= 1.5x eager F.silu's", "gpu", 1.5, "low",
                [(host["actgen"] / host["torch"], "silu")] if "actgen" in host and "torch" in host else []))
     add(Target("cpu_fallback_speed", f"CPU: fallback fwd+bwd no slower than the plain-torch composite "
-               f"(<= {CPU_NOISE_MARGIN:.2f}x, a 5% timing-noise margin; n >= 2**{int(math.log2(CPU_TARGET_MIN))})",
+               f"(<= {CPU_NOISE_MARGIN:.2f}x, a 5% timing-noise margin; n >= {size_label(CPU_TARGET_MIN)})",
                "cpu", CPU_NOISE_MARGIN, "low",
-               [v for c in results["config"]["cases"] for v in ratio(c, "actgen", "eager", "fwdbwd")]))
-    return [t.result(dev) for t in T.values()]
+               [v for c in results["config"]["cases"] for v in ratio(c, "actgen", "eager", "fwdbwd")], several=True))
+    partial = bool(results.get("partial"))
+    return [t.result(dev, partial) for t in T.values()]
 
 
 # --------------------------------------------------------------------------------------
@@ -1166,13 +1232,29 @@ def _fmt_bytes(b):
     return f"{int(b)} B"
 
 
-def _pow2(n):
-    k = math.log2(n)
-    return f"2**{int(k)}" if k == int(k) else str(n)
+_pow2 = size_label
+
+#: A measured time this far under the roofline time (above 150% of it) is not an op moving its
+#: bytes faster than a copy: the roofline kernel's own timing was disturbed (a shared CPU).
+ROOFLINE_DISTURBED = 1.5
+DISTURBED_NOTE = ("† above 150% of the roofline: the roofline kernel's timing was disturbed (it ran slower than "
+                  "this op moved its bytes), so the fraction is no measurement of the op; its time is.")
 
 
 def _x(v):
     return "-" if v is None else f"{v:.2f}×"
+
+
+def _frac(r) -> str:
+    """A row's fraction of the roofline, flagged † where it cannot be right (ROOFLINE_DISTURBED)."""
+    f = r.get("roofline_frac")
+    if f is None:
+        return "-"
+    return f"{100 * f:.0f}%" + ("†" if f > ROOFLINE_DISTURBED else "")
+
+
+def _gbps(r) -> str:
+    return "-" if r.get("gbps") is None else f"{r['gbps']:.1f}"
 
 
 def _index(results):
@@ -1209,11 +1291,15 @@ def headline_table(results, dtype=None, n=None) -> str:
         sp = r.get("speedup", {})
         ma, me = mem.get((c, "actgen", dtype, n), {}), mem.get((c, "eager", dtype, n), {})
         lines.append(
-            f"| {c} | {_fmt_time(r['time_s'])} | {r['gbps']:.1f} | {100 * r['roofline_frac']:.0f}% | {_x(sp.get('eager'))} "
+            f"| {c} | {_fmt_time(r['time_s'])} | {_gbps(r)} | {_frac(r)} | {_x(sp.get('eager'))} "
             f"| {_x(sp.get('torch'))} | {_x(sp.get('compile'))} | {_fmt_bytes(ma.get('saved_bytes'))} / {_fmt_bytes(me.get('saved_bytes'))} "
             f"| {_fmt_bytes(ma.get('peak_bytes'))} / {_fmt_bytes(me.get('peak_bytes'))} |")
     caption = (f"{results['device']['type'].upper()}: {device_line(results)}. {dtype}, {_pow2(n)} elements, forward+backward; "
                "\"vs X\" is X's time / actgen's time (above 1×: actgen is faster).")
+    if results.get("partial"):
+        caption = "Partial run (it did not finish). " + caption
+    if any("†" in line for line in lines[2:]):
+        lines += ["", DISTURBED_NOTE]
     return caption + "\n\n" + "\n".join(lines)
 
 
@@ -1229,7 +1315,8 @@ def headline_markdown(results) -> str:
         if t["scope"] not in (scope, "any"):
             continue
         if t["status"] == NOT_MEASURED:
-            lines.append(f"| {t['text']} | not measured | {t.get('reason', '')} |")
+            lines.append(f"| {t['text']} | {'not judged (partial run)' if t.get('partial') else 'not measured'} "
+                         f"| {t.get('reason', '')} |")
         else:
             v = t["value"]
             val = "∞" if v in (math.inf, "inf") else f"{v:.3g}"
@@ -1241,7 +1328,10 @@ def targets_table(results) -> str:
     lines = ["| target | stated for | status | measured (worst) | where |", "|---|---|---|---|---|"]
     for t in results["targets"]:
         status = t["status"]
-        if status == NOT_MEASURED:
+        if status == NOT_MEASURED and t.get("partial"):
+            status, where = "not judged (partial run)", t.get("reason", "")
+            val = _fmt_value(t["value"]) + f" ({t['checked']} checked so far)"
+        elif status == NOT_MEASURED:
             val, where = "not measured", t.get("reason", "")
         else:
             v = t["value"]
@@ -1255,8 +1345,11 @@ def targets_table(results) -> str:
 def write_markdown(results) -> str:
     cfg = results["config"]
     idx = _index(results)
-    out = [f"# actgen benchmark: {results['device']['type']}", "",
-           f"Device: {device_line(results)}.", "",
+    out = [f"# actgen benchmark: {results['device']['type']}", ""]
+    if results.get("partial"):
+        out += ["**Partial run**: this run did not finish (cut short, or still going when its results.json was "
+                "written). The tables hold what it measured; a target over several activations is not judged.", ""]
+    out += [f"Device: {device_line(results)}.", "",
            f"Timer: {cfg['timer']}. torch.compile: {'dynamic' if cfg['compile_dynamic'] else 'static'} shapes, "
            f"backend {cfg.get('compile_backend', 'inductor')}. "
            f"Sizes: {', '.join(_pow2(n) for n in cfg['sizes'])} elements; dtypes: {', '.join(cfg['dtypes'])}. "
@@ -1275,10 +1368,13 @@ def write_markdown(results) -> str:
                     "Time (GB/s, fraction of the roofline). Speed-ups are the alternative's time / actgen's time.", "",
                     "| activation | n | roofline | " + " | ".join(impls) + " | × eager | × torch | × compile |",
                     "|---|---|---|" + "---|" * (len(impls) + 3)]
+            disturbed = False
             for c in cfg["cases"]:
                 for n in cfg["sizes"]:
-                    a = idx.get((c, "actgen", dtype, n, mode))
-                    if not a:
+                    # every row some implementation ran (a run without actgen has rows too;
+                    # its speed-ups, against actgen, read "-")
+                    ran = [r for r in (idx.get((c, i, dtype, n, mode)) for i in impls) if r]
+                    if not ran:
                         continue
                     cells = []
                     for i in impls:
@@ -1288,19 +1384,41 @@ def write_markdown(results) -> str:
                         elif not r.get("time_s"):
                             cells.append("error")
                         else:
-                            cells.append(f"{_fmt_time(r['time_s'])} ({r['gbps']:.1f}, {100 * r['roofline_frac']:.0f}%)")
+                            cells.append(f"{_fmt_time(r['time_s'])} ({_gbps(r)}, {_frac(r)})")
+                            disturbed |= cells[-1].endswith("†)")
+                    a = idx.get((c, "actgen", dtype, n, mode)) or {}
                     sp = a.get("speedup", {})
-                    roof = _fmt_time(a.get("roofline_time_s"))
+                    roof = _fmt_time(next((r["roofline_time_s"] for r in ran if r.get("roofline_time_s")), None))
                     out.append(f"| {c} | {_pow2(n)} | {roof} | " + " | ".join(cells)
                                + f" | {_x(sp.get('eager'))} | {_x(sp.get('torch'))} | {_x(sp.get('compile'))} |")
             out.append("")
+            if disturbed:
+                out += [DISTURBED_NOTE, ""]
     if results["rooflines"]:
-        out += ["## Roofline kernels", "", "| dtype | n | y.copy_(x) GB/s | add(x, g, out) GB/s |", "|---|---|---|---|"]
-        roof = {(r["dtype"], r["n"], r["kind"]): r["gbps"] for r in results["rooflines"]}
+        out += ["## Roofline kernels", "",
+                "Timed with every activation, in the same rounds as its implementations: the median over the "
+                "activations, and their range.", "",
+                "| dtype | n | y.copy_(x) GB/s | add(x, g, out) GB/s |", "|---|---|---|---|"]
+        roof: dict = {}
+        for r in results["rooflines"]:
+            if r.get("gbps"):
+                roof.setdefault((r["dtype"], r["n"], r["kind"]), []).append(r["gbps"])
+
+        def spread(v):
+            if not v:
+                return "-"
+            v = sorted(v)
+            return f"{v[len(v) // 2]:.1f}" + (f" ({v[0]:.1f}-{v[-1]:.1f})" if len(v) > 1 else "")
         for dtype in cfg["dtypes"]:
             for n in cfg["sizes"]:
-                if (dtype, n, "copy") in roof:
-                    out.append(f"| {dtype} | {_pow2(n)} | {roof[(dtype, n, 'copy')]:.1f} | {roof[(dtype, n, 'bwd')]:.1f} |")
+                if (dtype, n, "copy") in roof or (dtype, n, "bwd") in roof:
+                    out.append(f"| {dtype} | {_pow2(n)} | {spread(roof.get((dtype, n, 'copy')))} "
+                               f"| {spread(roof.get((dtype, n, 'bwd')))} |")
+        out.append("")
+    if results.get("skipped"):
+        out += ["## Skipped", "", "Sizes an activation cannot take (measured at the others).", "",
+                "| activation | dtype | n | why |", "|---|---|---|---|"]
+        out += [f"| {r['case']} | {r['dtype']} | {_pow2(r['n'])} | {r['reason']} |" for r in results["skipped"]]
         out.append("")
     if results["memory"]:
         n_mem = max(m["n"] for m in results["memory"])
@@ -1360,13 +1478,17 @@ def write_markdown(results) -> str:
         out.append("")
     out += ["## Formulas", "", "| activation | layout | plain torch (eager, compile) | torch kernel |", "|---|---|---|---|"]
     for c, info in results["cases"].items():
-        out.append(f"| {c} | {info['layout']} {tuple(info['shape_example'])} | `{info['eager']}` | {info['torch'] or '-'} |")
+        shape = tuple(info["shape_example"]) if info.get("shape_example") else "(no size of this run)"
+        out.append(f"| {c} | {info['layout']} {shape} | `{info['eager']}` | {info['torch'] or '-'} |")
     out.append("")
     return "\n".join(out)
 
 
-def write_plots(results, out_dir: Path) -> list[Path]:
-    """GB/s vs size per implementation, one figure per dtype and mode, the roofline drawn."""
+def _plot_figure(results, dtype: str, mode: str):
+    """The figure of one dtype and mode: GB/s vs size of every implementation that ran, one
+    panel per activation, the roofline dashed; None where nothing ran."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1374,45 +1496,65 @@ def write_plots(results, out_dir: Path) -> list[Path]:
 
     cfg = results["config"]
     idx = _index(results)
-    paths = []
     colors = {"actgen": "C0", "eager": "C1", "torch": "C2", "compile": "C3"}
+    # an activation is plotted where any implementation ran (a run without actgen too)
+    cases = [c for c in cfg["cases"] if any(idx.get((c, i, dtype, n, mode)) for i in IMPLS for n in cfg["sizes"])]
+    if not cases:
+        return None
+    ncols = min(4, len(cases))
+    nrows = -(-len(cases) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows), squeeze=False)
+    for ax, c in zip(axes.flat, cases):
+        for impl in IMPLS:
+            pts = [(n, idx[(c, impl, dtype, n, mode)]["gbps"]) for n in cfg["sizes"]
+                   if idx.get((c, impl, dtype, n, mode), {}).get("time_s")]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, label=impl, color=colors[impl])
+        rpts = []
+        for n in cfg["sizes"]:
+            r = next((r for r in (idx.get((c, i, dtype, n, mode)) for i in IMPLS) if r and r.get("roofline_time_s")), None)
+            if r:
+                rpts.append((n, r["bytes"] / r["roofline_time_s"] / 1e9))
+        if rpts:
+            ax.plot(*zip(*rpts), "k--", lw=1.2, label="roofline")
+        _, hi = ax.get_ylim()
+        ys = [ln.get_ydata() for ln in ax.get_lines()]
+        ymin = min((min(y) for y in ys if len(y)), default=0)
+        if ymin > 0 and max(hi, 1e-9) / ymin > 20:   # far below the roofline: a log axis keeps it readable
+            ax.set_yscale("log")
+        ax.set_xscale("log", base=2)
+        ax.set_title(c, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(cases):]:
+        ax.axis("off")
+    axes.flat[0].set_ylabel("GB/s", fontsize=8)
+    axes.flat[0].legend(fontsize=7)
+    title = (f"{MODE_LABELS[mode]}, {dtype}: GB/s vs elements - {results['device'].get('name', '')}, "
+             f"{results['device']['date']}" + (" (partial run)" if results.get("partial") else ""))
+    # the title is as wide as the device's name makes it, the figure as its panels: with one
+    # or two activations it was cut off at both sides, so it is wrapped until it fits
+    st = fig.suptitle(title, fontsize=9)
+    renderer = fig.canvas.get_renderer()
+    width = len(title)
+    while st.get_window_extent(renderer).width > 0.96 * fig.bbox.width and width > 12:
+        width = int(width * 0.85)
+        st.set_text(textwrap.fill(title, width, break_long_words=True))
+    fig.tight_layout()      # (it leaves room for the suptitle, wrapped or not)
+    return fig
+
+
+def write_plots(results, out_dir: Path) -> list[Path]:
+    """GB/s vs size per implementation, one figure per dtype and mode, the roofline drawn."""
+    import matplotlib.pyplot as plt
+
+    cfg = results["config"]
+    paths = []
     for dtype in cfg["dtypes"]:
         for mode in cfg["modes"]:
-            cases = [c for c in cfg["cases"] if any(idx.get((c, "actgen", dtype, n, mode)) for n in cfg["sizes"])]
-            if not cases:
+            fig = _plot_figure(results, dtype, mode)
+            if fig is None:
                 continue
-            ncols = min(4, len(cases))
-            nrows = -(-len(cases) // ncols)
-            fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows), squeeze=False)
-            for ax, c in zip(axes.flat, cases):
-                for impl in IMPLS:
-                    pts = [(n, idx[(c, impl, dtype, n, mode)]["gbps"]) for n in cfg["sizes"]
-                           if idx.get((c, impl, dtype, n, mode), {}).get("time_s")]
-                    if pts:
-                        ax.plot(*zip(*pts), marker="o", ms=3, label=impl, color=colors[impl])
-                rpts = []
-                for n in cfg["sizes"]:
-                    a = idx.get((c, "actgen", dtype, n, mode))
-                    if a and a.get("roofline_time_s"):
-                        rpts.append((n, a["bytes"] / a["roofline_time_s"] / 1e9))
-                if rpts:
-                    ax.plot(*zip(*rpts), "k--", lw=1.2, label="roofline")
-                _, hi = ax.get_ylim()
-                ys = [ln.get_ydata() for ln in ax.get_lines()]
-                ymin = min((min(y) for y in ys if len(y)), default=0)
-                if ymin > 0 and max(hi, 1e-9) / ymin > 20:   # far below the roofline: a log axis keeps it readable
-                    ax.set_yscale("log")
-                ax.set_xscale("log", base=2)
-                ax.set_title(c, fontsize=9)
-                ax.tick_params(labelsize=7)
-                ax.grid(alpha=0.3)
-            for ax in list(axes.flat)[len(cases):]:
-                ax.axis("off")
-            axes.flat[0].set_ylabel("GB/s", fontsize=8)
-            axes.flat[0].legend(fontsize=7)
-            fig.suptitle(f"{MODE_LABELS[mode]}, {dtype}: GB/s vs elements - {results['device'].get('name', '')}, "
-                         f"{results['device']['date']}", fontsize=9)
-            fig.tight_layout()
             path = out_dir / f"gbps_{dtype}_{mode}.png"
             fig.savefig(path, dpi=72)
             plt.close(fig)
@@ -1437,13 +1579,15 @@ def write_json(results: dict, path: Path) -> None:
 def write_results(results: dict, out_dir, plots: bool = True) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("gbps_*.png"):
-        old.unlink()
     paths = [out_dir / "results.json", out_dir / "results.md", out_dir / "headline.md"]
     write_json(results, paths[0])
     paths[1].write_text(write_markdown(results))
     paths[2].write_text(headline_markdown(results))
     if plots:
+        # only a run that writes plots replaces the old ones (a dtype or mode it did not run
+        # leaves none behind); --no-plots leaves the folder's plots alone
+        for old in out_dir.glob("gbps_*.png"):
+            old.unlink()
         paths += write_plots(results, out_dir)
     return paths
 
@@ -1453,8 +1597,11 @@ def write_results(results: dict, out_dir, plots: bool = True) -> list[Path]:
 # --------------------------------------------------------------------------------------
 
 
-#: The most elements a benchmarked tensor may have (2**28 on a GPU is the suite's largest).
-MAX_SIZE = 2 ** 34
+#: The most elements a benchmarked tensor may have (2**28 on a GPU is the suite's largest): a
+#: run holds several tensors of this size at once (inputs, grad_out, output, gradients, the
+#: roofline's), 8 GiB each in fp32 at 2**31, so a larger size is refused up front rather than
+#: failing inside torch.randn.
+MAX_SIZE = 2 ** 31
 
 
 def parse_size(text: str) -> int:
@@ -1484,12 +1631,116 @@ def _size_argument(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an element count such as 2**20, 1<<20 or 1048576 ({exc})")
 
 
+def _checked_argument(convert, test, what):
+    """An argparse type: convert(text), refused (a one-line argparse error, exit 2) unless test(value)."""
+    def check(text):
+        import argparse
+
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not test(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+    return check
+
+
+_positive_int = _checked_argument(int, lambda v: v >= 1, "a whole number >= 1")
+_nonnegative_int = _checked_argument(int, lambda v: v >= 0, "a whole number >= 0")
+_positive_seconds = _checked_argument(float, lambda v: math.isfinite(v) and v > 0, "a number of seconds above 0")
+_positive_ms = _checked_argument(float, lambda v: math.isfinite(v) and v > 0, "a number of milliseconds above 0")
+
+
+def _device_argument(text: str) -> str:
+    """cpu, cuda or cuda:N: the devices the suite times on (whether CUDA is there is checked later)."""
+    import argparse
+    import re
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device the suite runs on (cpu, cuda or cuda:N)")
+    return text
+
+
+def _backend_argument(text: str) -> str:
+    """A torch.compile backend by name, looked up as torch.compile looks it up: a wrong name
+    failed only at the first compile, recorded as an error in every compile row of the run."""
+    import argparse
+
+    from torch._dynamo.backends.registry import lookup_backend
+
+    try:
+        lookup_backend(text)
+    except Exception:  # noqa: BLE001 - torch._dynamo.exc.InvalidBackend, or a backend that fails to load
+        import torch._dynamo
+
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch.compile backend; known: "
+                                         f"{', '.join(torch._dynamo.list_backends(exclude_tags=()))}")
+    return text
+
+
+def _error(message: str) -> int:
+    """The suite's one-line error for an option that cannot be run (exit status 2, as argparse's)."""
+    print(f"actgen bench: error: {message}", file=sys.stderr)
+    return 2
+
+
+#: What --render needs of a results.json (the writers read these; the lists may be empty).
+_RESULT_KEYS = {"device": ("type", "date", "torch", "python"),
+                "config": ("cases", "dtypes", "sizes", "impls", "modes", "target_min_elements", "timer",
+                           "compile_dynamic", "channels"),
+                "cases": (), "timings": ()}
+
+
+def load_results(path) -> dict:
+    """A results.json to render; ValueError (one line) if it is missing, not JSON, or not a
+    results file of this suite."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"--render {path}: cannot read it ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--render {path}: not JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--render {path}: not a results.json of actgen bench (no object at the top)")
+    missing = [k for k in _RESULT_KEYS if k not in data]
+    missing += [f"{k}.{sub}" for k, subs in _RESULT_KEYS.items() if isinstance(data.get(k), dict)
+                for sub in subs if sub not in data[k]]
+    if missing:
+        raise ValueError(f"--render {path}: not a results.json of actgen bench (no {', '.join(missing)})")
+    for k in ("rooflines", "memory", "latency", "host", "recompiles"):
+        data.setdefault(k, [])
+    return data
+
+
+def _prepare_out(out: Path) -> str | None:
+    """Create the results directory before anything is measured; the reason it cannot be, or None."""
+    try:
+        blocked = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            return f"--out {out}: {blocked} is not a directory"
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:      # a name too long, no permission, a read-only file system
+        return f"--out {out}: cannot create it ({exc.strerror or exc})"
+    if not os.access(out, os.W_OK | os.X_OK):
+        return f"--out {out}: not writable"
+    return None
+
+
 def main_from_args(args) -> int:
     if args.render:
-        parts = [json.loads(Path(p).read_text()) for p in args.render]
-        results = merge_results(parts) if len(parts) > 1 else parts[0]
+        try:
+            parts = [load_results(p) for p in args.render]
+            results = merge_results(parts) if len(parts) > 1 else parts[0]
+        except ValueError as exc:
+            return _error(str(exc))
+        _add_speedups(results)      # (a merged table's speed-ups can span runs)
         results["targets"] = evaluate_targets(results)
         out = Path(args.out) if args.out else Path(args.render[0]).parent
+        problem = _prepare_out(out)
+        if problem:
+            return _error(problem)
         paths = write_results(results, out, plots=not args.no_plots)
         print(f"wrote {', '.join(str(p) for p in paths)}")
         return 0
@@ -1500,15 +1751,13 @@ def main_from_args(args) -> int:
         return 0
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        print("actgen bench: --device cuda asked for but CUDA is not available", file=sys.stderr)
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+        return _error("--device cuda asked for but CUDA is not available")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        return _error(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     names = tuple(args.names) or DEFAULT_CASES
     unknown = [n for n in names if n not in CASES]
     if unknown:
-        print(f"actgen bench: unknown activation(s) {', '.join(unknown)}; known: {', '.join(CASES)}", file=sys.stderr)
-        return 2
+        return _error(f"unknown activation(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
     cfg = Config.for_device(
         device, cases=names, dtypes=tuple(args.dtype) if args.dtype else None,
         sizes=tuple(args.sizes) if args.sizes else None,
@@ -1519,10 +1768,11 @@ def main_from_args(args) -> int:
         rep_ms=args.rep_ms,
     )
     out = Path(args.out) if args.out else Path("benchmarks") / "results" / torch.device(device).type
-    blocked = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
-    if blocked is not None:
-        print(f"actgen bench: --out {out}: {blocked} is not a directory", file=sys.stderr)
-        return 2
+    problem = _prepare_out(out)     # before anything is measured: a run must not end unable to write
+    if problem:
+        return _error(problem)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     def checkpoint(partial):       # a run cut short still leaves its numbers (render them with --render)
         out.mkdir(parents=True, exist_ok=True)
@@ -1542,18 +1792,21 @@ def build_parser(prog: str = "actgen bench"):
     p = argparse.ArgumentParser(prog=prog, description="Benchmark generated ops against torch eager, torch's kernels, "
                                 "torch.compile and the memory-bandwidth roofline; write JSON, markdown and plots.")
     p.add_argument("names", nargs="*", help=f"activations to benchmark (default: {' '.join(DEFAULT_CASES)})")
-    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--device", type=_device_argument, help="cuda (cuda:N) or cpu (default: cuda when available)")
     p.add_argument("--dtype", nargs="+", choices=list(DTYPES), help="default: fp32 bf16 fp16 on CUDA, fp32 bf16 on CPU")
-    p.add_argument("--sizes", nargs="+", type=_size_argument, help="element counts, e.g. 2**16 2**20 (default: 2**16..2**28 on CUDA, 2**14 2**17 2**20 on CPU)")
+    p.add_argument("--sizes", nargs="+", type=_size_argument,
+                   help=f"element counts, e.g. 2**16 2**20, at most {size_label(MAX_SIZE)} (default: 2**16..2**28 on CUDA, "
+                   "2**14 2**17 2**20 on CPU)")
     p.add_argument("--impls", nargs="+", choices=list(IMPLS), help="implementations (default: all)")
     p.add_argument("--modes", nargs="+", choices=list(MODES), help="default: all")
     p.add_argument("--compile-shapes", choices=("static", "dynamic"), help="torch.compile shapes (default: static on CUDA, dynamic on CPU)")
-    p.add_argument("--compile-backend", help="torch.compile backend (default: inductor)")
-    p.add_argument("--threads", type=int, help="CPU: torch threads (default: torch's default)")
-    p.add_argument("--min-run-time", type=float, help="CPU: seconds of timing per implementation and mode (default 0.1)")
-    p.add_argument("--rounds", type=int, help="times each case's implementations and modes are timed in turn, "
+    p.add_argument("--compile-backend", type=_backend_argument, help="torch.compile backend (default: inductor)")
+    p.add_argument("--threads", type=_positive_int, help="CPU: torch threads, >= 1 (default: torch's default)")
+    p.add_argument("--min-run-time", type=_positive_seconds, help="CPU: seconds of timing per implementation and mode (default 0.1)")
+    p.add_argument("--rounds", type=_positive_int, help="times each case's implementations and modes are timed in turn, "
                    "the median taken: drift on a shared machine hits them alike (default: 3 on CPU, 1 on CUDA)")
-    p.add_argument("--latency-cases", nargs="+", help="activations for the first-call latency probes (default: silu mish)")
+    p.add_argument("--latency-cases", nargs="+", choices=list(CASES), metavar="NAME",
+                   help="activations for the first-call latency probes (default: silu mish)")
     p.add_argument("--no-latency", action="store_true", help="skip the fresh-process latency probes and host-time check")
     p.add_argument("--no-memory", action="store_true", help="skip peak-memory and saved-bytes measurements")
     p.add_argument("--no-plots", action="store_true")
@@ -1561,9 +1814,9 @@ def build_parser(prog: str = "actgen bench"):
     p.add_argument("--list", action="store_true", help="list the benchmark cases and exit")
     p.add_argument("--render", metavar="RESULTS_JSON", nargs="+",
                    help="measure nothing: rewrite markdown and plots from a results.json (several: merged into one)")
-    p.add_argument("--prewarm", type=int, help="compile every kernel and torch.compile graph first, in this many "
+    p.add_argument("--prewarm", type=_nonnegative_int, help="compile every kernel and torch.compile graph first, in this many "
                    "processes at once (default: none)")
-    p.add_argument("--rep-ms", type=float, help="CUDA: milliseconds of repetitions per timing (default 100)")
+    p.add_argument("--rep-ms", type=_positive_ms, help="CUDA: milliseconds of repetitions per timing (default 100)")
     return p
 
 

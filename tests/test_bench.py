@@ -210,7 +210,7 @@ def test_cli_list(capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--sizes", "2**x"], "argument --sizes: '2**x' is not an element count"),
-    (["--sizes", "0"], "0 is not between 1 and 2**34"),
+    (["--sizes", "0"], "0 is not between 1 and 2**31"),
     (["--sizes", "-5"], "is not an element count"),
     (["--sizes", "2**99"], "exponent 99 is out of range"),
     (["--out", "AFILE"], "AFILE is not a directory"),
@@ -317,3 +317,273 @@ def test_param_grad_profile_smoke(tmp_path, torch_backend):
     assert [r.split()[0] for r in rows] == ["params", "frozen"] * 2
     assert all(float(r.split("suite)")[1].split()[0]) > 0 for r in rows)
     assert text.count("-- ops of three backwards") == 4 and "_EagerFunctionBackward" in text
+
+
+# --------------------------------------------------------------------------------------
+# Sizes a case cannot take, exact shapes, labels
+# --------------------------------------------------------------------------------------
+
+
+def _tiny(**kw):
+    base = dict(dtypes=("fp32",), impls=("actgen", "eager"), modes=("fwd",), memory=False, latency=False,
+                min_run_time=0.001, rounds=1)
+    base.update(kw)
+    return bench.Config.for_device("cpu", **base)
+
+
+def test_a_size_a_case_cannot_take_is_skipped_and_the_run_goes_on(torch_backend):
+    """--sizes 1000 with a per-channel case (64 channels) crashed building the run's description
+    (Case.shape at the largest size) before the per-size skip: now that size is skipped for
+    that case, logged and listed, and the other cases are measured."""
+    logs = []
+    res = bench.run_suite(_tiny(cases=("prelu", "relu"), sizes=(1000,)), log=logs.append)
+    assert {r["case"] for r in res["timings"]} == {"relu"}
+    assert all(r["n"] == 1000 and r["time_s"] > 0 for r in res["timings"])
+    assert [(s["case"], s["n"]) for s in res["skipped"]] == [("prelu", 1000)]
+    assert res["cases"]["prelu"]["shape_example"] is None and res["cases"]["relu"]["shape_example"] == [1000]
+    assert any(m.startswith("skip prelu fp32 n=1000:") for m in logs)
+    assert any("relu" in m and "n=1000:" in m for m in logs)          # not "n=2**9"
+    md = bench.write_markdown(res)
+    assert "## Skipped" in md and "| prelu | fp32 | 1000 |" in md
+    # a size it can take is measured next to the one it cannot
+    res = bench.run_suite(_tiny(cases=("prelu",), sizes=(1000, 1024)), log=lambda s: None)
+    assert {r["n"] for r in res["timings"]} == {1024} and res["cases"]["prelu"]["shape_example"] == [1, 64, 16]
+
+
+@pytest.mark.parametrize("n", [2 ** 26, 64 * 4097, 64 * 5000, 64 * 3 * 4096, 64 * 12289, 64, 64 * 1000])
+def test_channels_first_shapes_hold_exactly_n_elements(n):
+    """(n // (64 * hw), 64, hw) with hw = min(n / 64, 4096) held fewer than n elements wherever
+    n / 64 is past 4096 and not a multiple of it (64 * 4097: none at all), bytes counted for n."""
+    shape = bench.CASES["prelu"].shape(n)
+    assert math.prod(shape) == n and shape[1] == 64
+    per_channel = n // 64
+    assert shape[2] == max(d for d in range(1, min(per_channel, 4096) + 1) if per_channel % d == 0)
+    inputs, params, grad_out = bench.make_tensors(bench.CASES["learnable_activation"], n, torch.float32, "cpu")
+    assert inputs[0].numel() == grad_out.numel() == n
+
+
+def test_bytes_are_those_of_the_tensors_run(torch_backend):
+    n = 64 * 5000       # 5000 rows per channel: 4096 did not divide it
+    res = bench.run_suite(_tiny(cases=("prelu",), sizes=(n,), impls=("actgen",)), log=lambda s: None)
+    (row,) = res["timings"]
+    x, = bench.make_tensors(bench.CASES["prelu"], n, torch.float32, "cpu")[0]
+    assert row["bytes"] == 2 * x.numel() * x.element_size() + 64 * 4 == 2 * n * 4 + 64 * 4
+    assert res["cases"]["prelu"]["shape_example"] == list(x.shape)
+
+
+def test_sizes_are_labelled_exactly():
+    """200000 elements were "n=2**17" in the logs and the targets' "where"."""
+    assert bench.size_label(2 ** 17) == "2**17" and bench.size_label(1) == "2**0"
+    assert bench.size_label(200000) == "200000" and bench.size_label(2 ** 20 + 1) == str(2 ** 20 + 1)
+    rows = [_row("mish", "actgen", 2.0, n=200000), _row("mish", "eager", 1.0, n=200000)]
+    res = {"device": {"type": "cpu"}, "config": {"cases": ["mish"], "target_min_elements": 2 ** 17},
+           "timings": rows, "memory": [], "latency": [], "recompiles": [], "host": []}
+    t = {t["id"]: t for t in bench.evaluate_targets(res)}["cpu_fallback_speed"]
+    assert t["status"] == "MISS" and t["where"] == "mish fp32 n=200000 fwdbwd"
+
+
+# --------------------------------------------------------------------------------------
+# --render: speed-ups, partial runs
+# --------------------------------------------------------------------------------------
+
+
+def _renderable(part):
+    for r in part["timings"]:
+        r.update(gbps=1.0, roofline_frac=0.5, roofline_time_s=1.0)
+    part["cases"] = {c: {"op": c, "eager": "x", "torch": None, "layout": "flat", "shape_example": [4], "params": []}
+                     for c in part["config"]["cases"]}
+    part["config"].update(compile_dynamic=False, timer="t", channels=64)
+    return part
+
+
+def _md_row(md, heading, start):
+    section = md.split(heading, 1)[1].split("\n## ", 1)[0]
+    return next(line for line in section.splitlines() if line.startswith(start))
+
+
+def test_render_recomputes_speedups_and_marks_a_partial_run(tmp_path):
+    """--render showed '-' in the × columns (speed-ups were not computed), also across merged
+    runs; a partial run read as a finished one, its targets over every activation passed."""
+    a = _renderable(_part([2 ** 26], [_row("mish", "actgen", 1.0), _row("mish", "compile", 2.0)]))
+    a["config"]["impls"] = ["actgen", "eager", "compile"]
+    b = _renderable(_part([2 ** 26], [_row("mish", "eager", 3.0)]))
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    assert bench.main(["--render", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "m"),
+                       "--no-plots"]) == 0
+    md = (tmp_path / "m" / "results.md").read_text()
+    row = _md_row(md, "## forward+backward, fp32", "| mish | 2**26 |").split(" | ")
+    assert row[-3:] == [f"{3.0 / 1.0:.2f}×", "-", f"{2.0 / 1.0:.2f}× |"]     # × eager (other run), × torch, × compile
+    targets = {t["id"]: t for t in json.loads((tmp_path / "m" / "results.json").read_text())["targets"]}
+    assert targets["vs_compile"]["status"] == "PASS" and "Partial run" not in md
+
+    b["partial"] = True
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    assert bench.main(["--render", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "p"),
+                       "--no-plots"]) == 0
+    md = (tmp_path / "p" / "results.md").read_text()
+    assert any(line.startswith("**Partial run**") for line in md.splitlines()[:5])
+    targets = {t["id"]: t for t in json.loads((tmp_path / "p" / "results.json").read_text())["targets"]}
+    # "every benchmarked activation": not passed on a run that did not measure them all
+    assert targets["vs_compile"]["status"] == bench.NOT_MEASURED and "partial run" in targets["vs_compile"]["reason"]
+    assert _md_row(md, "## Targets", "| fwd+bwd <= 1.05x torch.compile").split(" | ")[2] == "not judged (partial run)"
+    # a target on one activation that this run measured is judged as before
+    assert targets["mish_vs_eager"]["status"] == "PASS"
+    # a miss the partial run measured stays a miss
+    a["timings"][1]["time_s"] = 0.5
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    assert bench.main(["--render", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "q"),
+                       "--no-plots"]) == 0
+    targets = {t["id"]: t for t in json.loads((tmp_path / "q" / "results.json").read_text())["targets"]}
+    assert targets["vs_compile"]["status"] == "MISS"
+
+
+# --------------------------------------------------------------------------------------
+# Bad options: one line, exit 2, nothing measured or written
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "gpu"], "'gpu' is not a device"),
+    (["--device", "foo"], "'foo' is not a device"),
+    (["--threads", "-1"], "argument --threads: '-1' is not a whole number >= 1"),
+    (["--threads", "0"], "argument --threads: '0' is not a whole number >= 1"),
+    (["--rounds", "0"], "argument --rounds: '0' is not a whole number >= 1"),
+    (["--rounds", "-3"], "argument --rounds: '-3'"),
+    (["--prewarm", "-1"], "argument --prewarm: '-1' is not a whole number >= 0"),
+    (["--compile-backend", "nosuch"], "'nosuch' is not a torch.compile backend"),
+    (["--latency-cases", "nosuch"], "argument --latency-cases: invalid choice: 'nosuch'"),
+    (["--min-run-time", "0"], "argument --min-run-time: '0'"),
+    (["--min-run-time", "-1"], "argument --min-run-time: '-1'"),
+    (["--rep-ms", "0"], "argument --rep-ms: '0'"),
+    (["--sizes", "2**32"], "is not between 1 and 2**31"),
+    (["--sizes", "3000000000"], "is not between 1 and 2**31"),
+    (["--out", "LONG"], "cannot create it"),
+    (["--render", "MISSING"], "cannot read it"),
+    (["--render", "NOTJSON"], "not JSON"),
+    (["--render", "NOKEYS"], "not a results.json of actgen bench (no config"),
+    (["--render", "GOOD", "--out", "AFILE"], "is not a directory"),
+])
+def test_cli_bad_options_are_one_line_and_exit_2(args, message, tmp_path, capsys, monkeypatch):
+    """Each was a traceback, a run that measured and then failed, or a silent misuse."""
+    from actgen.cli import main
+
+    monkeypatch.setattr(bench, "run_suite", lambda *a, **k: pytest.fail("measured despite a bad option"))
+    files = {"AFILE": tmp_path / "afile", "MISSING": tmp_path / "missing.json", "NOTJSON": tmp_path / "notjson.json",
+             "NOKEYS": tmp_path / "nokeys.json", "GOOD": tmp_path / "good.json",
+             "LONG": tmp_path / ("x" * 300) / "out"}
+    files["AFILE"].write_text("")
+    files["NOTJSON"].write_text("results {")
+    files["NOKEYS"].write_text(json.dumps({"device": {"type": "cpu"}, "timings": []}))
+    files["GOOD"].write_text(json.dumps(_renderable(_part([2 ** 26], [_row("mish", "actgen", 1.0)]))))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = ["--out", str(tmp_path / "out")] if "--out" not in args else []
+    args = [str(files[a]) if a in files else a for a in args]
+    try:
+        code = main(["bench", "relu", "--device", "cpu", "--impls", "actgen", "--modes", "fwd", "--no-latency",
+                     "--no-memory", *out, *args])
+    except SystemExit as exc:       # argparse's own error path
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(("actgen bench: error:", "python -m actgen.bench: error:")) and message in last, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before         # nothing written
+    assert files["AFILE"].read_text() == ""
+
+
+# --------------------------------------------------------------------------------------
+# Writers: plots kept, runs without actgen, titles, disturbed rooflines
+# --------------------------------------------------------------------------------------
+
+
+def test_no_plots_leaves_existing_plots_alone(smoke, tmp_path):
+    res, _, _ = smoke
+    old = tmp_path / "gbps_fp32_fwd.png"
+    old.write_bytes(b"an earlier run's plot")
+    stale = tmp_path / "gbps_fp16_fwd.png"
+    stale.write_bytes(b"a dtype this run did not measure")
+    bench.write_results(res, tmp_path, plots=False)
+    assert old.read_bytes() == b"an earlier run's plot" and stale.is_file()
+    bench.write_results(res, tmp_path, plots=True)          # a run that plots replaces them
+    assert old.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not stale.exists()
+
+
+def test_a_run_without_actgen_writes_its_tables_and_plots(tmp_path, torch_backend):
+    """--impls eager torch measured, then wrote empty tables and no plots (rows and plots were
+    picked by actgen's rows)."""
+    res = bench.run_suite(_tiny(cases=("silu",), sizes=(2 ** 10,), impls=("eager", "torch")), log=lambda s: None)
+    paths = bench.write_results(res, tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    times = {r["impl"]: r for r in res["timings"]}
+    assert set(times) == {"eager", "torch"}
+    cells = _md_row(md, "## forward, fp32", "| silu | 2**10 |").strip(" |").split(" | ")
+    # activation, n, roofline, eager, torch, × eager, × torch, × compile
+    assert cells[2] == bench._fmt_time(times["eager"]["roofline_time_s"])
+    assert cells[3].startswith(bench._fmt_time(times["eager"]["time_s"]) + " (")
+    assert cells[4].startswith(bench._fmt_time(times["torch"]["time_s"]) + " (")
+    assert cells[5:] == ["-", "-", "-"]
+    assert tmp_path / "gbps_fp32_fwd.png" in paths and (tmp_path / "gbps_fp32_fwd.png").is_file()
+
+
+@pytest.mark.parametrize("cases", [["silu"], ["silu", "swiglu"], list(SMOKE_CASES)])
+def test_plot_titles_fit_their_figures(smoke, cases):
+    """With one or two activations the suptitle (device name, date) was wider than the figure."""
+    res, _, _ = smoke
+    res = {**res, "config": {**res["config"], "cases": cases},
+           "device": {**res["device"], "name": res["device"]["name"] + " with a long name to make the title wide"}}
+    fig = bench._plot_figure(res, "fp32", "fwd")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig._suptitle.get_window_extent(renderer)
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
+    for ax in fig.axes:
+        if ax.get_visible() and ax.axison:
+            assert ax.title.get_window_extent(renderer).y1 <= box.y0 + 1      # no overlap with the panels
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_roofline_is_timed_in_the_rounds_and_a_disturbed_one_is_flagged(monkeypatch, torch_backend):
+    """The roofline kernels were timed once, on their own: one disturbed measurement (here the
+    first copy, 1000x slow) made every fraction of that size nonsense.  Now they are timed in
+    each round with the implementations and the median round kept; what still comes out far
+    above the roofline is flagged, not printed as fact."""
+    calls = []
+
+    def fake_time_fn(fn, device, **kw):
+        kind = getattr(fn, "roofline", None)
+        calls.append(kind or "impl")
+        if kind == "copy" and calls.count("copy") == 1:
+            return 1.0
+        return 1e-3 if kind else 2e-3
+
+    def fake_time_backward(setup, fn, device, **kw):
+        calls.append("impl")
+        return 2e-3
+
+    monkeypatch.setattr(bench, "time_fn", fake_time_fn)
+    monkeypatch.setattr(bench, "time_backward", fake_time_backward)
+    n = 2 ** 10
+    res = bench.run_suite(_tiny(cases=("silu",), sizes=(n,), impls=("actgen",), modes=("fwd", "bwd"), rounds=3),
+                          log=lambda s: None)
+    rounds = [calls[i * 4:(i + 1) * 4] for i in range(3)]
+    assert len(calls) == 12 and all(sorted(r) == ["bwd", "copy", "impl", "impl"] for r in rounds)
+    roof = {r["kind"]: r for r in res["rooflines"]}
+    assert roof["copy"]["round_times_s"] == [1.0, 1e-3, 1e-3] and roof["copy"]["time_s"] == 1e-3
+    rows = {r["mode"]: r for r in res["timings"]}
+    # silu moves 2n floats forward at the copy's 2n floats per 1e-3 s, 3n backward at add's
+    assert rows["fwd"]["roofline_frac"] == pytest.approx((2 * n * 4 / (2 * n * 4 / 1e-3)) / 2e-3)
+    assert rows["bwd"]["roofline_frac"] == pytest.approx((3 * n * 4 / (3 * n * 4 / 1e-3)) / 2e-3)
+    assert "†" not in bench.write_markdown({**res, "targets": []})
+
+    calls.clear()       # one round: the disturbed copy is all there is, so it is flagged
+    res = bench.run_suite(_tiny(cases=("silu",), sizes=(n,), impls=("actgen",), modes=("fwd",), rounds=1),
+                          log=lambda s: None)
+    (row,) = res["timings"]
+    assert row["roofline_frac"] == pytest.approx(1.0 / 2e-3)
+    md = bench.write_markdown(res)
+    assert "%†" in _md_row(md, "## forward, fp32", "| silu | 2**10 |") and "timing was disturbed" in md
+    assert "%†" in _md_row(md, "## Headline", "| silu |") or "| silu | - |" in md
