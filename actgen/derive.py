@@ -1609,6 +1609,10 @@ def capped_ratio_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy
 _ANALYTIC = (sympy.tanh, sympy.sin, sympy.tan, sympy.sinh, sympy.atan, sympy.asinh, sympy.erf, sympy.exp,
              sympy.cos, sympy.cosh, log1p, expm1, sigmoid, softplus)
 _CANCELLATION_OK = 3
+# terms of a sum that cancel near 0 without bound and by at most this much past some radius
+# (never below 3): the approximant covers that radius, and the rest rounds as written
+_CANCELLATION_BOUNDED = 16
+_LARGER_RADII = (6, 8)      # (such terms may cancel less the farther out: 9.4 times at -4, 6.9 at -8)
 _RADII = (0.5, 1, 1.5, 2, 3, 4)
 # smaller radii an approximant may fall back to where none holds out to _RADII's (a
 # singularity closer: log1p(x)/x's slope, singular at -1, takes [8/8] on |x| < 1/4)
@@ -1720,10 +1724,11 @@ def _pade_fit(a, k, step, exact, grid):
 
 
 @functools.lru_cache(maxsize=256)
-def _pade_near_zero(e, x, sums=None):
+def _pade_near_zero(e, x, sums=None, far=None):
     """ApproximatedNearZero for e near x = 0, or None.  e is a sum whose terms cancel there
     (sums None), or a ratio that is 0/0 there; sums: the ratio's sums, whose terms must not
-    cancel beyond the approximant's radius (none: the smallest radius)."""
+    cancel beyond the approximant's radius (none: the smallest radius).  far: the branch
+    beyond the radius, e's stable form (default e)."""
     t = sympy.Dummy("t", real=True)
     body = e.xreplace({x: t})
     if any(not p.exp.is_integer and p.base.has(t) and p.base.subs(t, 0) == 0 for p in body.atoms(sympy.Pow)):
@@ -1746,6 +1751,16 @@ def _pade_near_zero(e, x, sums=None):
             radius = next((r for r in _RADII
                            if all(_cancellation(terms, t, s * r * m) <= _CANCELLATION_OK * _condition(body, slope, t, s * r * m)
                                   for terms in sums for s in (1, -1) for m in (1, 2, 4, 8))), None)
+        if radius is None and len(sums) == 1 and len(sums[0]) > 1:
+            # terms that never stop cancelling (expm1(x)/x**2 - 2*(expm1(x) - x)/x**3, the slope
+            # of (expm1(x) - x)/x**2: 3 times or more for every x < 0; sigmoid(x)/x -
+            # (softplus(x) - log(2))/x**2 more and more as x grows), where near 0 they cancel
+            # without bound: the approximant out to the radius where they cancel least, and
+            # past it the formula as written (its cancellation there is its own)
+            worst = {r: max(_cancellation(terms, t, s * r) for terms in sums for s in (1, -1))
+                     for r in _RADII + _LARGER_RADII}
+            least = min(worst, key=lambda r: (worst[r], -r))
+            radius = least if worst[least] <= _CANCELLATION_BOUNDED else None
         if radius is None:
             return None
         exact = sympy.lambdify(t, body, modules=_MPMATH_MODULES)
@@ -1780,7 +1795,8 @@ def _pade_near_zero(e, x, sums=None):
             limit = sympy.limit(body, t, 0)
             if not (limit.is_real and limit.is_finite):
                 return None
-            return ApproximatedNearZero((limit, sympy.Abs(x) <= 0), (StableSum(*e.args) if _is_sum(e) else e, True))
+            return ApproximatedNearZero((limit, sympy.Abs(x) <= 0), (far if far is not None else StableSum(*e.args)
+                                                                      if _is_sum(e) else e, True))
         p, q = fit
     s = x**step
 
@@ -1791,7 +1807,8 @@ def _pade_near_zero(e, x, sums=None):
         return out
 
     near = x**k * horner(p) / horner(q)
-    far = StableSum(*e.args) if _is_sum(e) else e
+    if far is None:
+        far = StableSum(*e.args) if _is_sum(e) else e
     return ApproximatedNearZero((near, sympy.Abs(x) < radius), (far, True))
 
 
@@ -1857,16 +1874,19 @@ def rewrite_removable_singularity(e):
     if not e.is_Mul or len(e.free_symbols) != 1:
         return None
     e = _unapproximated(e)
-    if not e.is_Mul or e.has(sympy.Piecewise):
+    # (a stable form of the numerator - log(cosh(x))'s branches - is the function it computes
+    # for the limit and the approximant, and stays the far branch: log(cosh(x))/x was NaN at 0)
+    written = e.replace(lambda a: isinstance(a, LogCosh), lambda a: sympy.log(sympy.cosh(a.args[0].cond.lhs.args[0])))
+    if not written.is_Mul or written.has(sympy.Piecewise):
         return None
-    x, = e.free_symbols
-    if not isinstance(x, sympy.Symbol) or not e.has(*_ANALYTIC) or not _singular_at_zero(e, x):
+    x, = written.free_symbols
+    if not isinstance(x, sympy.Symbol) or not written.has(*_ANALYTIC) or not _singular_at_zero(written, x):
         return None
     try:
-        if e.subs(x, 0) is not sympy.nan:        # 0/0 (a pole is zoo)
+        if written.subs(x, 0) is not sympy.nan:        # 0/0 (a pole is zoo)
             return None
-        sums = [a for f in e.args for a in (f.base if f.is_Pow else f,) if _is_sum(a)]
-        return _pade_near_zero(e, x, tuple(sums))
+        sums = [a for f in written.args for a in (f.base if f.is_Pow else f,) if _is_sum(a)]
+        return _pade_near_zero(written, x, tuple(sums), far=None if written == e else e)
     except Exception:  # noqa: BLE001 - as above: no rewrite
         return None
 
@@ -2095,7 +2115,11 @@ _SIDE = sympy.Rational(1, 10**30)
 
 def kink_points(expr: sympy.Expr, x: sympy.Symbol) -> list:
     """The numbers x0 where a condition of expr's branches, or the argument of an |u|,
-    changes sign with x: u = k*x + c with numbers k and c (x0 = -c/k)."""
+    changes sign with x: u = k*x + c with numbers k and c (x0 = -c/k).  An approximant near 0
+    (ApproximatedNearZero) is the function it approximates: the |x| < r of its branches is
+    no kink (the approximant is that function's to within rounding), and taking limits
+    across it was most of a compile's time (sympy's gruntz on a Pade approximant)."""
+    expr = _unapproximated(expr)
     args = [a.args[0] for a in expr.atoms(sympy.Abs)]
     for pw in expr.atoms(sympy.Piecewise):
         for _, c in pw.args:

@@ -74,6 +74,8 @@ class softplus(sympy.Function):
             return sympy.S.Infinity
         if arg is sympy.S.NegativeInfinity:
             return sympy.S.Zero
+        if arg is sympy.S.Zero:     # (a numerator softplus(x) - log(2) is 0 at 0: 0/0 there, not zoo*0)
+            return sympy.log(2)
 
     def _eval_rewrite_as_exp(self, arg, **kwargs):
         return sympy.log(1 + sympy.exp(arg))

@@ -275,6 +275,13 @@ def _at(fn, v):
     ("(1 - exp(-x)) / x", lambda v: -mpmath.expm1(-v) / v),
     ("(x - sin(x)) / x**3", lambda v: (v - mpmath.sin(v)) / v**3),
     ("x / sinh(x)", lambda v: v / mpmath.sinh(v)),
+    # a numerator rewritten first (a sum that cancels at 0, log(cosh(x))'s stable branches):
+    # the ratio was NaN at 0, or its slope's terms (each ~1/x) cancelled near 0 (1.4e14 at
+    # 1e-30, 5e-4 off at 1e-12); some took over the 60 s limit to compile
+    ("(expm1(x) - x) / x**2", lambda v: (mpmath.expm1(v) - v) / v**2),
+    ("(exp(x) - 1 - x - x**2/2) / x**3", lambda v: (mpmath.expm1(v) - v - v**2 / 2) / v**3),
+    ("log(cosh(x)) / x", lambda v: mpmath.log(mpmath.cosh(v)) / v),
+    ("(softplus(x) - log(2)) / x", lambda v: (mpmath.log1p(mpmath.exp(v)) - mpmath.log(2)) / v),
 ])
 def test_a_removable_singularity_at_zero_has_its_limit(backend, formula, f):
     """0/0 at x = 0 (sin(x)/x, x/(exp(x) - 1)): the value and the slope there are their limits,
@@ -292,6 +299,19 @@ def test_a_removable_singularity_at_zero_has_its_limit(backend, formula, f):
     if formula == "x / sinh(x)":        # its slope's x*cosh(x)/sinh(x)**2: inf/inf past |x| = 89
         y, (g,) = _grad(m.rs, torch.tensor([-1e30, -100.0, 100.0, 1e30]))
         assert (y == 0).all() and (g == 0).all(), (y, g)
+
+
+def test_a_removable_singularity_of_a_function_defined_above_minus_one(backend):
+    """(x - log1p(x))/x**2: 1/2 at 0 and its slope -1/3 there, where the slope's terms (each
+    ~1/x) cancelled near 0 (0 at 1e-30, 1e-3 off at 1e-12)."""
+    m = actgen.compile("(x - log1p(x)) / x**2", name="rs")
+    x = torch.tensor([-0.99, -0.5, -0.1, -1e-3, -1e-7, -1e-20, 0.0, 1e-30, 1e-12, 1e-4, 0.3, 1.0, 7.0, 60.0, 1e4])
+    y, (g,) = _grad(m.rs, x)
+    f = lambda v: (v - mpmath.log1p(v)) / v**2
+    with mpmath.workdps(300):
+        vals = [mpmath.mpf(v) for v in x.tolist()]
+        _close_to_truth(y, [float(_at(f, v)) for v in vals], ulps=8)
+        _close_to_truth(g, [float(_at(lambda u: mpmath.diff(f, u), v)) for v in vals], ulps=8)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
