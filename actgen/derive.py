@@ -1842,7 +1842,8 @@ def rewrite_cancellation_at_zero(e):
     if not all(term.has(x) for term in e.args if not term.is_number):       # (log(2) is a number too)
         return None
     if not any(term.is_polynomial(x) or _singular_at_zero(term, x) for term in e.args) and \
-            not all(term.subs(x, 0) == 0 for term in e.args):      # (expm1(x) - x*exp(x): 0 - 0)
+            not all(term.subs(x, 0) == 0 for term in e.args) and \
+            not e.subs(x, 0) == 0:        # (expm1(x) - x*exp(x): 0 - 0; softplus(x - 1) - softplus(-x - 1))
         return None
     if e.could_extract_minus_sign():        # tanh(x) - x as -(x - tanh(x)): one approximant for both
         near = rewrite_cancellation_at_zero(-e)

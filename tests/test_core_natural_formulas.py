@@ -185,6 +185,12 @@ _SIGMOID = lambda v: 1 / (1 + mpmath.exp(-v))     # noqa: E731
     # a decimal half: sigmoid(x) - 0.5 is tanh(x/2)/2, as sigmoid(x) - 1/2 is
     ("sigmoid(x) - 0.5", lambda v: mpmath.tanh(v / 2) / 2, lambda v: _SIGMOID(v) * _SIGMOID(-v),
      [-100.0, -3.0, -1e-3, 1e-30, 1e-8, 1e-3, 0.1, 3.0, 100.0]),
+    # terms equal but not 0 at 0 (a symmetric softplus difference): 0 at 1e-30, 4.5e5 ULP
+    # off at 1e-7 in float64
+    ("softplus(x - 1) - softplus(-x - 1)",
+     lambda v: mpmath.log1p(mpmath.exp(v - 1)) - mpmath.log1p(mpmath.exp(-v - 1)),
+     lambda v: _SIGMOID(v - 1) + _SIGMOID(-v - 1),
+     [-100.0, -3.0, -1e-3, -1e-30, 1e-30, 1e-7, 1e-3, 0.3, 3.0, 100.0]),
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cancellations_users_write_are_taken_out(backend, formula, f, df, xs, dtype):
