@@ -31,8 +31,11 @@ class CompiledPackages(importlib.abc.MetaPathFinder):
         if path is not None or not COMPILED_PACKAGE.fullmatch(fullname):
             return None
         init = cache_dir() / fullname / "__init__.py"
-        if not init.is_file():
-            return None
+        if not init.is_file():      # (the last finder: the import fails here, with what to do)
+            raise ModuleNotFoundError(
+                f"No module named {fullname!r}: a formula actgen.compile built, not in the cache at {cache_dir()} "
+                "(call actgen.compile with that formula in this process first, or set ACTGEN_CACHE_DIR to the "
+                "cache it was built in)", name=fullname)
         return importlib.util.spec_from_file_location(fullname, init, submodule_search_locations=[str(init.parent)])
 
 

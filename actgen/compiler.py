@@ -10,7 +10,9 @@ import functools
 import hashlib
 import importlib
 import json
+import os
 import re
+import secrets
 from pathlib import Path
 from types import ModuleType
 
@@ -124,31 +126,97 @@ def compile(formula: str, name: str = "activation", *, params=None, constants=No
     canonical = json.dumps(mapping, sort_keys=True)
     key = hashlib.sha256(f"{COMPILER_VERSION}\n{generator_fingerprint()}\n{canonical}".encode()).hexdigest()[:20]
     package = f"actgen_{key}"
-    pkg_dir = cache_dir() / package
-    module_file = pkg_dir / f"{name}.py" if isinstance(name, str) and name.isidentifier() else None
-    if module_file is None or not module_file.is_file():
-        import yaml
+    root = cache_dir()
+    pkg_dir = root / package
+    if isinstance(name, str) and name.isidentifier() and _complete(pkg_dir, name):
+        module = _import_whole(package, name)
+        if module is not None:
+            return module
+        _discard(pkg_dir)               # (damaged: a file cut short or edited; built again below)
+    import yaml
 
-        from .build import build
+    from .spec import SpecError, load_spec
 
-        pkg_dir.parent.mkdir(parents=True, exist_ok=True)
-        spec_file = pkg_dir.parent / f"{package}.yaml"
-        text = yaml.safe_dump(mapping, sort_keys=False)
-        from .spec import SpecError, load_spec
+    label = _label(name)
+    text = yaml.safe_dump(mapping, sort_keys=False)
+    try:
+        load_spec(text, label)               # validate before anything is written
+    except SpecError as exc:
+        raise SpecError(_call_problems(exc.problems, label, label)) from None
+    _build_into(root, package, name, text, label)
+    module = _import_whole(package, name)
+    if module is None:
+        raise ImportError(f"actgen.compile: the module built for {label} in {pkg_dir} does not import")
+    return module
 
-        label = _label(name)
+
+def _complete(pkg_dir: Path, name: str) -> bool:
+    """Whether the cache holds the package whole (it appears there in one rename)."""
+    return (pkg_dir / "__init__.py").is_file() and (pkg_dir / f"{name}.py").is_file()
+
+
+def _build_into(root: Path, package: str, name: str, text: str, label: str) -> None:
+    """Build the spec into root/package: in a folder of this call's own, renamed into place
+    whole (a process killed midway, or a full disk, leaves no package half written; two
+    processes compiling one formula at once both build, and the first rename stands)."""
+    import shutil
+    import tempfile
+
+    from .build import build
+    from .spec import SpecError
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{package}.", dir=root))
+    except OSError as exc:
+        raise OSError(exc.errno, f"actgen.compile: cannot write its cache at {root} ({exc.strerror or exc}); "
+                                 "set ACTGEN_CACHE_DIR to a writable directory") from None
+    try:
+        spec_file = work / f"{package}.yaml"
         try:
-            load_spec(text, label)               # validate before anything is written
-        except SpecError as exc:
-            raise SpecError(_call_problems(exc.problems, label, label)) from None
-        spec_file.write_text(text, encoding="utf-8")
-        try:
-            build([spec_file], pkg_dir)
+            spec_file.write_text(text, encoding="utf-8")
+            build([spec_file], work / package)
         except SpecError as exc:        # (a formula the compiler refuses: said of the call, not the file)
-            spec_file.unlink(missing_ok=True)
             raise SpecError(_call_problems(exc.problems, str(spec_file), label)) from None
-        module_file = pkg_dir / f"{name}.py"
-    return _import(package, module_file)
+        except OSError as exc:
+            raise OSError(exc.errno, f"actgen.compile: cannot write its cache at {root} ({exc.strerror or exc})") from None
+        for _ in range(2):
+            try:
+                os.rename(work / package, root / package)
+                return
+            except OSError:
+                if _complete(root / package, name) and _import_whole(package, name) is not None:
+                    return      # another process's build, renamed first
+                _discard(root / package)        # (damaged: replaced by this build)
+        raise OSError(f"actgen.compile: cannot put the package built for {label} in place at {root / package}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _discard(pkg_dir: Path) -> None:
+    """Take a damaged package out of the cache (and out of this process's modules)."""
+    import shutil
+    import sys
+
+    for mod in [m for m in sys.modules if m == pkg_dir.name or m.startswith(pkg_dir.name + ".")]:
+        del sys.modules[mod]
+    importlib.invalidate_caches()
+    trash = pkg_dir.with_name(f".{pkg_dir.name}.{os.getpid()}.{secrets.token_hex(4)}.discarded")
+    try:
+        os.rename(pkg_dir, trash)
+    except OSError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _import_whole(package: str, name: str) -> ModuleType | None:
+    """The module package.name with its functional, or None where the cache's copy does not
+    import or lacks it (a file cut short or edited by hand: SyntaxError, a missing name)."""
+    try:
+        module = _import(package, Path(f"{name}.py"))
+    except (ImportError, SyntaxError, AttributeError, NameError, ValueError):
+        return None
+    return module if callable(getattr(module, name, None)) else None
 
 
 def _import(package: str, path: Path) -> ModuleType:

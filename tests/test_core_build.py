@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -173,6 +174,70 @@ def test_a_compiled_module_pickles_and_loads_in_another_process(tmp_path, monkey
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == act(x).flatten().tolist()
+
+
+def test_processes_compiling_one_formula_at_once_all_get_it(tmp_path):
+    """Four processes compiling one new formula at the same moment (a multi-rank job's
+    start): each builds in a folder of its own and renames it into place, the first rename
+    stands.  All four got the op; before, all but one failed (the others' files looked like
+    a user's to the build) and the cache held one package."""
+    code = textwrap.dedent("""
+        import json, sys, time, torch, actgen
+        while time.time() < float(sys.argv[1]):
+            time.sleep(0.001)
+        m = actgen.compile("x * tanh(softplus(1.1*x))", name="pm")
+        print(json.dumps(m.pm(torch.tensor([-2.0, 0.5, 3.0], dtype=torch.float64)).tolist()))
+        """)
+    env = {**os.environ, "ACTGEN_CACHE_DIR": str(tmp_path / "cache"), "ACTGEN_BACKEND": "torch"}
+    start = str(time.time() + 8)
+    procs = [subprocess.Popen([sys.executable, "-c", code, start], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    x = torch.tensor([-2.0, 0.5, 3.0], dtype=torch.float64)
+    want = (x * torch.tanh(F.softplus(1.1 * x))).tolist()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert json.loads(out) == pytest.approx(want, rel=1e-15)
+    assert [d.name for d in (tmp_path / "cache").iterdir()] == [next((tmp_path / "cache").glob("actgen_*")).name]
+
+
+def test_a_damaged_cache_entry_is_built_again(tmp_path, monkeypatch):
+    """A cached module cut short, emptied, or without its __init__.py (a build killed, a
+    full disk) is built again, where it was a SyntaxError or an AttributeError on every call
+    since; a cache that cannot be written is an OSError that says what to do; unpickling a
+    compiled formula's class with the formula not in the cache says so."""
+    import importlib
+
+    import actgen
+    from actgen.compiler import _discard
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ACTGEN_CACHE_DIR", str(cache))
+    x = torch.linspace(-4, 4, 9, dtype=torch.float64)
+    want = x * torch.sigmoid(2.5 * x)
+    m = actgen.compile("x * sigmoid(2.5*x)", name="k1")
+    pkg = Path(m.__file__).parent
+    for damage in (lambda f: f.write_text(f.read_text()[:3000]), lambda f: f.write_text(""),
+                   lambda f: (f.parent / "__init__.py").unlink()):
+        damage(pkg / "k1.py")
+        _discard_modules(pkg.name)
+        m = actgen.compile("x * sigmoid(2.5*x)", name="k1")
+        torch.testing.assert_close(m.k1(x), want, rtol=1e-15, atol=0)
+    assert sorted(p.name for p in cache.iterdir()) == [pkg.name]
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("ACTGEN_CACHE_DIR", str(tmp_path / "a_file"))
+    with pytest.raises(OSError, match="actgen.compile: cannot write its cache at .*set ACTGEN_CACHE_DIR"):
+        actgen.compile("x * sigmoid(3.5*x)", name="k2")
+    monkeypatch.setenv("ACTGEN_CACHE_DIR", str(tmp_path / "empty"))
+    _discard(pkg)       # (and out of this process)
+    with pytest.raises(ModuleNotFoundError, match="a formula actgen.compile built, not in the cache"):
+        importlib.import_module(f"{pkg.name}.k1")
+
+
+def _discard_modules(package: str) -> None:
+    """Forget this process's import of a compiled package (as a fresh process would)."""
+    for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+        del sys.modules[name]
 
 
 def test_compile_rejects_bad_input_with_spec_errors():
