@@ -1834,7 +1834,7 @@ def rewrite_cancellation_at_zero(e):
     if not _is_sum(e) or len(e.free_symbols) != 1:
         return None
     e = _unapproximated(e)
-    if e.has(sympy.Piecewise):
+    if e.has(sympy.Piecewise) or len(e.free_symbols) != 1:     # (as written, it may be a number)
         return None
     x, = e.free_symbols
     if not isinstance(x, sympy.Symbol) or not e.has(*_ANALYTIC):
@@ -1878,7 +1878,7 @@ def rewrite_removable_singularity(e):
     # (a stable form of the numerator - log(cosh(x))'s branches - is the function it computes
     # for the limit and the approximant, and stays the far branch: log(cosh(x))/x was NaN at 0)
     written = e.replace(lambda a: isinstance(a, LogCosh), lambda a: sympy.log(sympy.cosh(a.args[0].cond.lhs.args[0])))
-    if not written.is_Mul or written.has(sympy.Piecewise):
+    if not written.is_Mul or written.has(sympy.Piecewise) or len(written.free_symbols) != 1:
         return None
     x, = written.free_symbols
     if not isinstance(x, sympy.Symbol) or not written.has(*_ANALYTIC) or not _singular_at_zero(written, x):
