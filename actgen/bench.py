@@ -1232,8 +1232,6 @@ def _fmt_bytes(b):
     return f"{int(b)} B"
 
 
-_pow2 = size_label
-
 #: A measured time this far under the roofline time (above 150% of it) is not an op moving its
 #: bytes faster than a copy: the roofline kernel's own timing was disturbed (a shared CPU).
 ROOFLINE_DISTURBED = 1.5
@@ -1294,7 +1292,7 @@ def headline_table(results, dtype=None, n=None) -> str:
             f"| {c} | {_fmt_time(r['time_s'])} | {_gbps(r)} | {_frac(r)} | {_x(sp.get('eager'))} "
             f"| {_x(sp.get('torch'))} | {_x(sp.get('compile'))} | {_fmt_bytes(ma.get('saved_bytes'))} / {_fmt_bytes(me.get('saved_bytes'))} "
             f"| {_fmt_bytes(ma.get('peak_bytes'))} / {_fmt_bytes(me.get('peak_bytes'))} |")
-    caption = (f"{results['device']['type'].upper()}: {device_line(results)}. {dtype}, {_pow2(n)} elements, forward+backward; "
+    caption = (f"{results['device']['type'].upper()}: {device_line(results)}. {dtype}, {size_label(n)} elements, forward+backward; "
                "\"vs X\" is X's time / actgen's time (above 1×: actgen is faster).")
     if results.get("partial"):
         caption = "Partial run (it did not finish). " + caption
@@ -1352,7 +1350,7 @@ def write_markdown(results) -> str:
     out += [f"Device: {device_line(results)}.", "",
            f"Timer: {cfg['timer']}. torch.compile: {'dynamic' if cfg['compile_dynamic'] else 'static'} shapes, "
            f"backend {cfg.get('compile_backend', 'inductor')}. "
-           f"Sizes: {', '.join(_pow2(n) for n in cfg['sizes'])} elements; dtypes: {', '.join(cfg['dtypes'])}. "
+           f"Sizes: {', '.join(size_label(n) for n in cfg['sizes'])} elements; dtypes: {', '.join(cfg['dtypes'])}. "
            f"Per-channel cases use {cfg['channels']} channels. Suite time {results.get('elapsed_s', 0):.0f} s.", "",
            "## Headline", "", headline_table(results), "",
            "## Targets", "",
@@ -1389,7 +1387,7 @@ def write_markdown(results) -> str:
                     a = idx.get((c, "actgen", dtype, n, mode)) or {}
                     sp = a.get("speedup", {})
                     roof = _fmt_time(next((r["roofline_time_s"] for r in ran if r.get("roofline_time_s")), None))
-                    out.append(f"| {c} | {_pow2(n)} | {roof} | " + " | ".join(cells)
+                    out.append(f"| {c} | {size_label(n)} | {roof} | " + " | ".join(cells)
                                + f" | {_x(sp.get('eager'))} | {_x(sp.get('torch'))} | {_x(sp.get('compile'))} |")
             out.append("")
             if disturbed:
@@ -1412,27 +1410,27 @@ def write_markdown(results) -> str:
         for dtype in cfg["dtypes"]:
             for n in cfg["sizes"]:
                 if (dtype, n, "copy") in roof or (dtype, n, "bwd") in roof:
-                    out.append(f"| {dtype} | {_pow2(n)} | {spread(roof.get((dtype, n, 'copy')))} "
+                    out.append(f"| {dtype} | {size_label(n)} | {spread(roof.get((dtype, n, 'copy')))} "
                                f"| {spread(roof.get((dtype, n, 'bwd')))} |")
         out.append("")
     if results.get("skipped"):
         out += ["## Skipped", "", "Sizes an activation cannot take (measured at the others).", "",
                 "| activation | dtype | n | why |", "|---|---|---|---|"]
-        out += [f"| {r['case']} | {r['dtype']} | {_pow2(r['n'])} | {r['reason']} |" for r in results["skipped"]]
+        out += [f"| {r['case']} | {r['dtype']} | {size_label(r['n'])} | {r['reason']} |" for r in results["skipped"]]
         out.append("")
     if results["memory"]:
         n_mem = max(m["n"] for m in results["memory"])
         out += ["## Memory of a training step", "",
-                f"At {_pow2(n_mem)} elements (every size is in results.json). Peak: bytes allocated above the inputs "
+                f"At {size_label(n_mem)} elements (every size is in results.json). Peak: bytes allocated above the inputs "
                 "during forward + backward (y kept alive); saved: unique storages autograd saved for backward; "
                 "expected: the inputs and params.", "",
                 "| activation | dtype | n | impl | peak | peak / element | saved for bwd | expected | only inputs/params |",
                 "|---|---|---|---|---|---|---|---|---|"]
         for m in (m for m in results["memory"] if m["n"] == n_mem):
             if "error" in m:
-                out.append(f"| {m['case']} | {m['dtype']} | {_pow2(m['n'])} | {m['impl']} | error: {m['error']} | | | | |")
+                out.append(f"| {m['case']} | {m['dtype']} | {size_label(m['n'])} | {m['impl']} | error: {m['error']} | | | | |")
                 continue
-            out.append(f"| {m['case']} | {m['dtype']} | {_pow2(m['n'])} | {m['impl']} | {_fmt_bytes(m['peak_bytes'])} "
+            out.append(f"| {m['case']} | {m['dtype']} | {size_label(m['n'])} | {m['impl']} | {_fmt_bytes(m['peak_bytes'])} "
                        f"| {m['peak_per_element']:.1f} B | {_fmt_bytes(m['saved_bytes'])} | {_fmt_bytes(m['expected_saved_bytes'])} "
                        f"| {'yes' if m['saved_only_inputs'] else 'no'} |")
         out.append("")

@@ -211,16 +211,11 @@ def _discard(pkg_dir: Path) -> None:
 
 def _import_whole(package: str, name: str) -> ModuleType | None:
     """The module package.name with its functional, or None where the cache's copy does not
-    import or lacks it (a file cut short or edited by hand: SyntaxError, a missing name)."""
+    import or lacks it (a file cut short or edited by hand: SyntaxError, a missing name).
+    The package is found in the cache by actgen.cache.CompiledPackages, which importing
+    actgen puts in place: its classes pickle by that name."""
     try:
-        module = _import(package, Path(f"{name}.py"))
+        module = importlib.import_module(f"{package}.{name}")
     except (ImportError, SyntaxError, AttributeError, NameError, ValueError):
         return None
     return module if callable(getattr(module, name, None)) else None
-
-
-def _import(package: str, path: Path) -> ModuleType:
-    """The module, imported as package.module (the package found in the cache by
-    actgen.cache.CompiledPackages, which importing actgen puts in place): its classes pickle
-    by that name."""
-    return importlib.import_module(f"{package}.{path.stem}")
