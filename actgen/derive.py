@@ -183,14 +183,18 @@ def _power_of(f, cls):
 
 
 def _factor_pairs(e, cls):
-    """(u, g, the other factors) for every factor cls(u) of a product e and every other factor g."""
+    """(u, g, the other factors) for every factor cls(u) of a product e, or whole power cls(u)**k
+    (cls(u)**(k - 1) then among the other factors: sinh(x)**3 / (exp(x) + exp(-x))**3, a tanh
+    written out and cubed), and every other factor g."""
     if not isinstance(e, sympy.Mul):
         return
     for f in e.args:
-        if isinstance(f, cls):
+        found = _power_of(f, cls)
+        if found is not None:
+            base, k = found
             for g in e.args:
                 if g is not f:
-                    yield f.args[0], g, [a for a in e.args if a is not f and a is not g]
+                    yield base.args[0], g, [a for a in e.args if a is not f and a is not g] + [base ** (k - 1)]
 
 
 def rewrite_exp_sigmoid(e):
@@ -288,6 +292,27 @@ def rewrite_exp_ratio(e):
         if pair is not None and a in pair:
             b = pair[1] if a == pair[0] else pair[0]
             return sympy.Mul(*rest) * sigmoid(a - b) * d.base ** (d.exp + 1)
+    return None
+
+
+def rewrite_exp_over_exp_square_sum(e):
+    """exp(u) / (c + k*exp(2u))**n (c, k > 0 numbers) -> 1 / (2*sqrt(c*k)*cosh(u - log(c/k)/2))
+    / (...)**(n - 1): the sum is exp(u) times that cosh, and exp(u) and the sum overflow
+    together where the ratio tends to 0 (atan(exp(x))'s slope exp(x)/(1 + exp(2x)) was
+    NaN past x = 355 in float64).  exp(u) * sigmoid(-2u)**n, the same for c = k = 1, likewise."""
+    for u, d, rest in _factor_pairs(e, sympy.exp):
+        found = _power_of(d, sigmoid)
+        if found is not None and sympy.expand(found[0].args[0] + 2 * u) == 0:
+            return sympy.Mul(*rest) / (2 * sympy.cosh(u)) * found[0] ** (found[1] - 1)
+        if not (isinstance(d, sympy.Pow) and d.exp.is_Integer and d.exp < 0 and type(d.base) is sympy.Add
+                and len(d.base.args) == 2):
+            continue
+        c, t = d.base.as_coeff_Add()
+        k, t = t.as_coeff_Mul()
+        if (c.is_positive and k.is_positive and isinstance(t, sympy.exp)
+                and sympy.expand(t.args[0] - 2 * u) == 0):
+            cosh = 2 * sympy.sqrt(c * k) * sympy.cosh(u - sympy.log(c / k) / 2)
+            return sympy.Mul(*rest) / cosh * d.base ** (d.exp + 1)
     return None
 
 
@@ -529,14 +554,30 @@ def rewrite_log_cosh(e):
     return sympy.log(coeff) + LogCosh((near, sympy.Abs(u) < 1), (far, True))
 
 
+def rewrite_log1p_cosh(e):
+    """log1p(cosh(u)) -> log(2) + 2*log(cosh(u/2)) (1 + cosh(u) = 2*cosh(u/2)**2), which then
+    neither overflows (cosh(u) is inf for |x| > 710 in float64 where the log is about |x|)."""
+    if isinstance(e, log1p) and isinstance(e.args[0], sympy.cosh):
+        return sympy.log(2) + 2 * sympy.log(sympy.cosh(e.args[0].args[0] / 2))
+    return None
+
+
 class LogCosh(sympy.Piecewise):
     """log(cosh(u)) as rewrite_log_cosh computes it.  Its derivative is log(cosh(u))'s as
     written, tanh(u)*u', not its branches' (2 sinh(u/2) cosh(u/2)/(1 + 2 sinh(u/2)**2), and
     sign(u)*(1 - 2 sigmoid(-2|u|))): tanh(u) cancels symbolically against a tanh(u) elsewhere
     (x*tanh(b*x) - log(cosh(b*x))/b), and is computed stably as it is."""
 
+    def argument(self) -> sympy.Expr:
+        """u, up to its sign (which neither log(cosh(u)) nor tanh(u)*u' depends on), read off
+        the near branch log1p(2*sinh(u/2)**2): the condition |u| < 1 is sympy's to rewrite
+        (|3x| < 1 is |x| < 1/3)."""
+        sinh, = (f.base for f in sympy.Mul.make_args(self.args[0].expr.args[0])
+                 if f.is_Pow and isinstance(f.base, sympy.sinh))
+        return 2 * sinh.args[0]
+
     def _eval_derivative(self, s):
-        u = self.args[0].cond.lhs.args[0]       # Abs(u) < 1
+        u = self.argument()
         return sympy.tanh(u) * sympy.diff(u, s)
 
     def _sympystr(self, printer):
@@ -1877,7 +1918,7 @@ def rewrite_removable_singularity(e):
     e = _unapproximated(e)
     # (a stable form of the numerator - log(cosh(x))'s branches - is the function it computes
     # for the limit and the approximant, and stays the far branch: log(cosh(x))/x was NaN at 0)
-    written = e.replace(lambda a: isinstance(a, LogCosh), lambda a: sympy.log(sympy.cosh(a.args[0].cond.lhs.args[0])))
+    written = e.replace(lambda a: isinstance(a, LogCosh), lambda a: sympy.log(sympy.cosh(a.argument())))
     if not written.is_Mul or written.has(sympy.Piecewise) or len(written.free_symbols) != 1:
         return None
     x, = written.free_symbols
@@ -2040,6 +2081,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_sinh,
     rewrite_sinh_over_exp_sum,
     rewrite_exp_over_expm1,
+    rewrite_exp_over_exp_square_sum,
     rewrite_log1p,
     rewrite_log1p_of_power,
     rewrite_expm1,
@@ -2053,6 +2095,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_log_sigmoid,
     rewrite_logsumexp,
     rewrite_log_cosh,
+    rewrite_log1p_cosh,
     rewrite_erfc,
     rewrite_tanh_sigmoid,
     rewrite_sigmoid_complement,
@@ -2811,15 +2854,15 @@ _SCALED = sympy.Dummy("v", real=True)
 
 def _scale_separated(expr, u, p, inverse=False):
     """(h, g) where expr = h(p) * g(v) at v = p*u (inverse: v = u/p; g of _SCALED alone, h free
-    of u and finite at p = 0), else None."""
+    of u and, for p*u, finite at p = 0), else None."""
     if not expr.has(u / p if inverse else p * u):
         return None
     at = _SCALED * p if inverse else _SCALED / p
     indep, dep = sympy.factor_terms(expr.xreplace({u: at})).as_independent(_SCALED, as_Add=False)
     if dep.free_symbols != {_SCALED} or indep.has(u):
         return None
-    if any(f.is_Pow and f.exp.is_negative and f.base.has(p) for f in sympy.Mul.make_args(indep)):
-        return None
+    if not inverse and any(f.is_Pow and f.exp.is_negative and f.base.has(p) for f in sympy.Mul.make_args(indep)):
+        return None     # (u/p is no value at p = 0 itself: tanh(x/a)/x = tanh(v)/v / a)
     return indep, dep
 
 

@@ -76,14 +76,22 @@ def test_log_sum_exp_pivots_on_the_larger_term(backend):
     assert ga[3] == gb[3] == 0.5 and ga[2] == gb[2] == 0.5
 
 
-def test_log_cosh_neither_overflows_nor_cancels(backend):
-    m = actgen.compile("log(cosh(x))", name="logcosh")
-    x = torch.tensor([-800.0, -100.0, -5.0, -1.0, -0.999, -1e-3, -1e-7, 0.0, 1e-20, 0.5, 1.0, 20.0, 3e38])
+@pytest.mark.parametrize("formula, f, df", [
+    ("log(cosh(x))", lambda v: mpmath.log(mpmath.cosh(v)), mpmath.tanh),
+    # a number in the argument: |3x| < 1, the near branch's condition, is 3|x| < 1 to sympy
+    # (the slope was tanh(x), not 3*tanh(3x))
+    ("log(cosh(3*x))", lambda v: mpmath.log(mpmath.cosh(3 * v)), lambda v: 3 * mpmath.tanh(3 * v)),
+    ("log(cosh(x/2))", lambda v: mpmath.log(mpmath.cosh(v / 2)), lambda v: mpmath.tanh(v / 2) / 2),
+    # 1 + cosh(x) = 2*cosh(x/2)**2: cosh(x) overflowed (inf past 89 in float32)
+    ("log1p(cosh(x))", lambda v: mpmath.log1p(mpmath.cosh(v)), lambda v: mpmath.tanh(v / 2)),
+])
+def test_log_cosh_neither_overflows_nor_cancels(backend, formula, f, df):
+    m = actgen.compile(formula, name="logcosh")
+    x = torch.tensor([-800.0, -100.0, -5.0, -1.0, -0.999, -1e-3, -1e-7, 0.0, 1e-20, 0.5, 1.0, 20.0, 1e38])
     y, (g,) = _grad(m.logcosh, x)
-    f = [mpmath.log(mpmath.cosh(mpmath.mpf(v))) for v in x.tolist()]
-    d = [mpmath.tanh(mpmath.mpf(v)) for v in x.tolist()]
-    _close_to_truth(y, f)
-    _close_to_truth(g, d)
+    vals = [mpmath.mpf(v) for v in x.tolist()]
+    _close_to_truth(y, [float(f(v)) for v in vals])
+    _close_to_truth(g, [float(df(v)) for v in vals])
 
 
 def test_log_cosh_differentiates_as_written(backend):
@@ -147,6 +155,12 @@ def test_a_condition_of_constants_with_one_of_elements(backend):
     # sinh and cosh overflow together: tanh written as their ratio, and sech's derivative
     ("sinh(x) / cosh(x)", lambda v: mpmath.tanh(v), lambda v: 1 / mpmath.cosh(v) ** 2),
     ("1 / cosh(x)", lambda v: 1 / mpmath.cosh(v), lambda v: -mpmath.tanh(v) / mpmath.cosh(v)),
+    # the Gudermannian's slope exp(x)/(1 + exp(2x)) is 1/(2 cosh(x)): inf/inf as written
+    ("2 * atan(exp(x)) - pi/2", lambda v: 2 * mpmath.atan(mpmath.exp(v)) - mpmath.pi / 2,
+     lambda v: 1 / mpmath.cosh(v)),
+    # a tanh written out and cubed: sympy takes the cube into numerator and denominator
+    ("((exp(x) - exp(-x)) / (exp(x) + exp(-x)))**3", lambda v: mpmath.tanh(v) ** 3,
+     lambda v: 3 * mpmath.tanh(v) ** 2 / mpmath.cosh(v) ** 2),
     # ISRU: its derivative's two terms are 1/|x| each where their sum is 1/|x|**3
     ("x / sqrt(1 + x**2)", lambda v: v / mpmath.sqrt(1 + v * v), lambda v: (1 + v * v) ** mpmath.mpf(-1.5)),
     # SoftClip: a ratio of (1 + exp) that overflows to inf/inf, and a difference of two
@@ -443,6 +457,29 @@ def test_a_param_that_scales_a_removable_singularity_keeps_its_limit(backend, a)
         want = [float(_limit_at_zero(f, v)) for v in vals]
         want_x = [float(_limit_at_zero(lambda u: mpmath.diff(f, u), v)) for v in vals]
         want_a = [float(mpmath.cos(c * v)) for v in vals]
+    _close_to_truth(y, want, ulps=8)
+    _close_to_truth(gx, want_x, ulps=8)
+    _close_to_truth(ga, want_a, ulps=8)
+
+
+@pytest.mark.parametrize("a", [1.5, -0.25])
+@pytest.mark.parametrize("formula, f", [("tanh(x/a) / x", lambda c, v: mpmath.tanh(v / c) / v),
+                                        ("sin(x/a) / x", lambda c, v: mpmath.sin(v / c) / v)])
+def test_a_param_that_divides_a_removable_singularity_keeps_its_limit(backend, a, formula, f):
+    """tanh(x/a)/x is tanh(v)/v / a at v = x/a: the slope's two terms cancel near x = 0 as
+    sin(a*x)/x's do (3e-4 off at x = 1e-6, 0 at 1e-12 in float64, before the approximant
+    was taken in x/a as in a*x)."""
+    m = actgen.compile(formula, name="ratio_a", params={"a": {"init": 1.0, "per_channel": True}})
+    x = torch.tensor([-60.0, -3.0, -0.1, -1e-3, -1e-6, -1e-12, 0.0, 1e-30, 1e-9, 1e-4, 0.01, 0.3, 2.5, 20.0],
+                     dtype=torch.float64)
+    y, gx, ga = _per_element(m.ratio_a, x, a)
+    with mpmath.workdps(300):
+        c = mpmath.mpf(a)
+        vals = [mpmath.mpf(v) for v in x.tolist()]
+        vals = [v if v != 0 else mpmath.mpf(10) ** -300 for v in vals]     # (0: the limit, an odd slope's 0)
+        want = [float(f(c, v)) for v in vals]
+        want_x = [float(mpmath.diff(lambda t: f(c, t), v)) for v in vals]
+        want_a = [float(mpmath.diff(lambda q: f(q, v), c)) for v in vals]
     _close_to_truth(y, want, ulps=8)
     _close_to_truth(gx, want_x, ulps=8)
     _close_to_truth(ga, want_a, ulps=8)
