@@ -2839,13 +2839,19 @@ def limit_guards(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], samples=None,
 def _scaled_input(expr, u, inputs):
     """(p, h, g, v) where expr = h * g(v) at v = p*u, with p a param or constant that scales
     the input (x*sigmoid(beta*x)'s slope, x*exp(-exp(-k*x))'s), g a function of v alone and h
-    free of u and finite at p = 0 (x*sigmoid(beta*x) itself is x at beta = 0, not
+    finite at p = 0 and free of u but for a whole power of u (x*sigmoid(beta*x) itself is x at beta = 0, not
     sigmoid-of-v/beta); else None.  g then takes its limits and clamps in v, as a formula
     of one input does."""
+    # (a whole power of u may stay a factor outside g: x*sigmoid(exp(a*x))'s gradient in a,
+    # x * g(a*x), is inf*0 as written where exp(a*x) overflows; g clamps in v, and x stays x)
+    power = sympy.Mul(*[f for f in sympy.Mul.make_args(sympy.factor_terms(expr))
+                        if f == u or (f.is_Pow and f.base == u and f.exp.is_Integer and f.exp > 0)])
     for p in sorted(expr.free_symbols - {u} - set(inputs), key=sympy.default_sort_key):
-        parts = _scale_separated(expr, u, p)
-        if parts is not None:
-            return (p, *parts, _SCALED)
+        for outside in ((sympy.S.One, power) if power != 1 else (sympy.S.One,)):
+            parts = _scale_separated(expr / outside, u, p)
+            if parts is not None:
+                h, g = parts
+                return p, outside * h, g, _SCALED
     return None
 
 

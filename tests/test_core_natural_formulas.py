@@ -554,6 +554,28 @@ def test_a_power_of_x_times_a_vanishing_factor_is_not_inf_times_zero(backend):
     _close_to_truth(gb, want)
 
 
+@pytest.mark.parametrize("a", [1.0, -0.5, 0.0])
+def test_x_times_a_function_of_a_times_x_clamps_inside_the_function(backend, a):
+    """sigmoid(exp(a*x))'s gradient in a is x * g(a*x), g(v) = exp(v)*sigmoid(exp(v))*sigmoid(-exp(v)):
+    where exp(a*x) overflows (a*x > 88 in float32) g was inf*0; g takes its clamp in v, x
+    stays a factor outside it (at a = 0 the gradient is x*g(0), infinite with x)."""
+    m = actgen.compile("sigmoid(exp(a*x))", name="sig_exp", params={"a": {"init": 1.0, "per_channel": True}})
+    x = torch.tensor([-math.inf, -1e30, -300.0, -100.0, -63.0, -1.0, 0.0, 0.5, 40.0, 63.0, 89.0, 100.0, 300.0, 1e30,
+                      math.inf])
+    y, gx, ga = _per_element(m.sig_exp, x, a)
+
+    def slope_a(v):
+        if not mpmath.isfinite(v):
+            return v * _SIGMOID(1) * _SIGMOID(-1) if a == 0 else mpmath.mpf(0)
+        if abs(a * v) > 1000:       # (|x| * exp(-1000) at most, or |x| * exp(-exp(1000)): 0 in float32)
+            return mpmath.mpf(0)
+        w = mpmath.exp(a * v)
+        return v * w * _SIGMOID(w) * _SIGMOID(-w)
+    with mpmath.workdps(60):
+        want = [float(slope_a(mpmath.mpf(v))) for v in x.tolist()]
+    _close_to_truth(ga, want)
+
+
 def test_a_power_of_x_times_two_factors_is_not_inf_times_zero(backend):
     """x*(1 + tanh(a*x))/2 is x*sigmoid(2*a*x); its gradient in a is 2*x**2 times
     sigmoid(2*a*x)*sigmoid(-2*a*x), one factor near 1 and one vanishing on either side: x is
