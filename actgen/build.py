@@ -104,7 +104,14 @@ def _existing(out: Path) -> dict[str, str]:
     """The package's modules as they are (a file that is not UTF-8 is no module actgen wrote)."""
     if not out.is_dir():
         return {}
-    return {p.name: p.read_bytes().decode("utf-8", errors="replace") for p in sorted(out.glob("*.py")) if p.is_file()}
+    return {p.name: _read(p) for p in sorted(out.glob("*.py")) if p.is_file()}
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def _check_out(out: Path, old: dict[str, str]):
@@ -117,7 +124,7 @@ def _check_out(out: Path, old: dict[str, str]):
         return
     others = sorted(p.name for p in out.iterdir()
                     if p.name != "__pycache__" and not _TEMP.fullmatch(p.name)
-                    and not is_generated(old.get(p.name, "")))
+                    and not is_generated(old.get(p.name) or _read(p)))
     if others:
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise SpecError([f"{out}:0: --out: is a directory actgen did not write (it holds {shown}); "
@@ -131,7 +138,8 @@ def _check_targets(out: Path, old: dict[str, str], changed: list[str]):
         path = out / name
         if path.is_symlink() or (path.exists() and not path.is_file()):
             raise SpecError([f"{path}:0: --out: is not a plain file, so the build cannot write {name}"])
-        if path.exists() and not is_generated(old.get(name, "")):
+        if path.exists() and not is_generated(old.get(name) or _read(path)):
+            # (a module that appeared since `old` was read: another build into out at once)
             raise SpecError([f"{path}:0: --out: is a file actgen did not write; a build would replace it "
                              f"(rename the spec {name[:-3]!r} or move the file)"])
 

@@ -690,3 +690,26 @@ def test_float64_kernels_take_bare_numbers_in_float64(tmp_path, triton_backend):
         assert mod.h(x32, c=c).tolist() == (x32 * c + c).tolist()
     for c in (math.inf, math.nan, 1e39):        # (beyond float32: as a float32 takes it)
         assert torch.equal(mod.h(x.detach().float(), c=c).isnan(), (x.detach().float() * c + c).isnan())
+
+
+def test_a_package_another_build_writes_meanwhile_is_no_file_of_the_users(tmp_path, monkeypatch):
+    """Two builds into one new out at once: each read out before the other wrote it. The
+    modules the other build wrote since are actgen's (read again, they carry its mark), not
+    the user's: the second build completes (it was "is a file actgen did not write"), and a
+    module of the user's that appeared meanwhile is still refused."""
+    import actgen.build as build_module
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "a.yaml").write_text("name: a\nformula: x * 2\n")
+    (specs / "b.yaml").write_text("name: b\nformula: x * 3\n")
+    lib = tmp_path / "lib"
+    build([specs], lib)                                      # the other build, done first
+    monkeypatch.setattr(build_module, "_existing", lambda out: {})      # what this one read before
+    (specs / "b.yaml").write_text("name: b\nformula: x * 4\n")
+    assert sorted(build([specs], lib).changed) == ["__init__.py", "a.py", "b.py"]
+    assert "x * 4" in (lib / "b.py").read_text()
+    (lib / "c.py").write_text("MINE = 1\n")
+    (specs / "c.yaml").write_text("name: c\nformula: x * 5\n")
+    with pytest.raises(SpecError, match="actgen did not write") as info:
+        build([specs], lib)
+    assert "c.py" in str(info.value) and (lib / "c.py").read_text() == "MINE = 1\n"
