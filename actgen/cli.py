@@ -8,24 +8,42 @@ from pathlib import Path
 
 DEFAULT_SPECS = Path("specs")
 DEFAULT_OUT = Path("actgen") / "ops"
+#: the built-in library's specs, beside the actgen package in a checkout of its repository
+CATALOGUE_SPECS = Path(__file__).resolve().parents[1] / "specs"
+
+
+def _in_repository_root() -> bool:
+    """Whether the current directory is actgen's repository root (specs/ and the actgen package):
+    where a build with no spec files regenerates the built-in library."""
+    return DEFAULT_SPECS.is_dir() and (DEFAULT_OUT.parent / "__init__.py").is_file()
 
 
 def _cmd_build(args) -> int:
+    import shlex
+
     from .build import build
     from .spec import SpecError
 
     specs = args.specs or [DEFAULT_SPECS]
-    if not args.specs and not DEFAULT_SPECS.is_dir():
-        print("actgen build: no spec files given and no specs/ here (run it in the repository root)", file=sys.stderr)
+    if not args.specs and not _in_repository_root():
+        print("actgen build: no spec files given, and this is not actgen's repository root (where a build "
+              "regenerates the built-in library); give spec files and --out DIR", file=sys.stderr)
         return 2
     if args.out is not None and not args.out.strip():
         raise SpecError(["<args>:0: --out: is empty (leave it out for the built-in library's actgen/ops)"])
+    whole_catalogue = [Path(s).resolve() for s in specs] == [DEFAULT_SPECS.resolve()] and _in_repository_root()
+    if args.out is None and not whole_catalogue:
+        # (the default out is the built-in library, from all of specs/: a build of other specs
+        # into it would remove its activations)
+        raise SpecError(["<args>:0: --out: needed with spec files (without it, `actgen build` regenerates the "
+                         "built-in library actgen/ops from all of specs/)"])
     out = Path(args.out) if args.out is not None else DEFAULT_OUT
     result = build([Path(s) for s in specs], out, check=args.check)
     stale = result.changed + result.removed
     if args.check:
         if stale:
-            print(f"{out}: stale ({', '.join(stale)}); run `actgen build`", file=sys.stderr)
+            again = shlex.join(["actgen", "build", *args.specs, *(["--out", args.out] if args.out is not None else [])])
+            print(f"{out}: stale ({', '.join(stale)}); run `{again}`", file=sys.stderr)
             return 1
         print(f"{out}: up to date")
         return 0
@@ -36,9 +54,12 @@ def _cmd_build(args) -> int:
 def _load(args):
     from .spec import SpecError, load_specs
 
-    if not args.specs and not DEFAULT_SPECS.is_dir():
+    if args.specs:
+        return load_specs([Path(s) for s in args.specs])
+    default = DEFAULT_SPECS if DEFAULT_SPECS.is_dir() else CATALOGUE_SPECS      # (elsewhere: the built-in library's)
+    if not default.is_dir():
         raise SpecError(["<args>:0: --specs: no specs/ here (run it in the repository root, or give --specs DIR)"])
-    return load_specs([Path(s) for s in (args.specs or [DEFAULT_SPECS])])
+    return load_specs([default])
 
 
 def _cmd_list(args) -> int:
@@ -74,7 +95,7 @@ def _cmd_show(args) -> int:
         print(f"generated source ({s.name}.py):")
         print(render_module(d), end="")
         return 0
-    built = DEFAULT_OUT / (s.name + ".py")
+    built = (DEFAULT_OUT if DEFAULT_SPECS.is_dir() else Path(__file__).resolve().parent / "ops") / (s.name + ".py")
     if not args.specs and built.is_file():      # (the built-in library: specs/ -> actgen/ops/)
         print(f"generated source: {built} (`--source` prints it)")
     else:

@@ -350,3 +350,27 @@ def test_generated_functions_have_no_unused_names():
                         for t in node.targets if isinstance(t, ast.Name) and t.id.startswith("_t")}
             read = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
             assert assigned <= read, f"{path.name}:{fn.name}: unused {sorted(assigned - read)}"
+
+
+def test_build_writes_the_built_in_library_only_from_all_of_specs(tmp_path):
+    """Without --out a build writes actgen/ops, the built-in library, from all of specs/: a
+    build of one's own specs with no --out (59 activations removed from it), or with no specs
+    outside the repository root (a new ./actgen/ops that then shadowed the package), is
+    refused, one line, exit 2, nothing written.  A stale package's message gives the command
+    that rebuilds it."""
+    (tmp_path / "specs").mkdir()
+    spec = tmp_path / "specs" / "swish_beta.yaml"
+    spec.write_text(SWISH)
+    before = _tree(ROOT / "actgen" / "ops")
+    for args, cwd in (([str(spec)], ROOT), ([str(tmp_path / "specs")], ROOT), (["specs/silu.yaml"], ROOT),
+                      ([], tmp_path), ([str(spec)], tmp_path)):
+        r = actgen("build", *args, cwd=cwd)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and ("--out" in r.stderr), r.stderr
+        assert not (tmp_path / "actgen").exists()
+    assert _tree(ROOT / "actgen" / "ops") == before
+    out = tmp_path / "my_acts"
+    assert actgen("build", str(spec), "--out", str(out), cwd=tmp_path).returncode == 0
+    spec.write_text(SWISH.replace("init: 1.0", "init: 2.0"))
+    r = actgen("build", "--check", str(spec), "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 1 and f"run `actgen build {spec} --out {out}`" in r.stderr, r.stderr

@@ -3,10 +3,12 @@ import math
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
+from actgen import cli
 from actgen.spec import SpecError, load_spec, load_specs
 
 GOOD = """\
@@ -175,6 +177,9 @@ def test_a_built_package_picks_its_modes(tmp_path):
     assert run.stdout.strip() == "A(fast='rough')"
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def _cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "actgen.cli", *args], cwd=cwd, capture_output=True, text=True)
 
@@ -256,7 +261,7 @@ def test_compile_takes_checks():
         actgen.compile("x +", name="bad_formula")
 
 
-def test_cli_plot_and_list_refuse_what_they_cannot_do_in_one_line(tmp_path):
+def test_cli_plot_and_list_refuse_what_they_cannot_do_in_one_line(tmp_path, monkeypatch, capsys):
     """plot into a path under a file or with a name that is no image format, and list
     outside the repository without --specs: one line, exit 2, nothing written (they were
     tracebacks, or a message about a spec file specs:1)."""
@@ -273,9 +278,16 @@ def test_cli_plot_and_list_refuse_what_they_cannot_do_in_one_line(tmp_path):
         assert not out.exists()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    r = _cli("list", cwd=elsewhere)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip() == "<args>:0: --specs: no specs/ here (run it in the repository root, or give --specs DIR)"
+    r = _cli("list", cwd=elsewhere)         # (the built-in library's specs, beside the package)
+    assert r.returncode == 0 and any(line.split()[:2] == ["mish", "Mish"] for line in r.stdout.splitlines())
+    r = _cli("show", "mish", cwd=elsewhere)
+    assert r.returncode == 0 and f"generated source: {ROOT / 'actgen' / 'ops' / 'mish.py'}" in r.stdout
+    with monkeypatch.context() as m:        # (an install with no specs beside it)
+        m.chdir(elsewhere)
+        m.setattr(cli, "CATALOGUE_SPECS", tmp_path / "none")
+        assert cli.main(["list"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "<args>:0: --specs: no specs/ here (run it in the repository root, or give --specs DIR)"
     r = _cli("plot", "swish_beta", "--specs", str(specs), "--out", str(tmp_path / "new" / "good.png"), cwd=tmp_path)
     assert r.returncode == 0 and (tmp_path / "new" / "good.png").stat().st_size > 1000
 
