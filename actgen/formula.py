@@ -31,6 +31,8 @@ MAX_DEPTH = 64
 FLOAT32_MAX = 3.4028234663852886e38
 MAX_NODES = 2000
 MAX_INT_POWER = 64
+#: operators whose left-nested chains are one level of nesting (a sum's terms, a product's factors)
+_CHAINS = {ast.Add: 1, ast.Sub: 1, ast.Mult: 2, ast.Div: 2}
 
 
 class FormulaError(ValueError):
@@ -255,7 +257,10 @@ class _Builder:
             value = self.expr(node.operand, depth)
             return -value if isinstance(node.op, ast.USub) else value
         if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
-            left = self.expr(node.left, depth)
+            # (a + b + c is ((a + b) + c) to Python: a sum's or a product's terms are one level,
+            # however many there are - 64 weighted terms were "deeper than 64 levels")
+            chained = isinstance(node.left, ast.BinOp) and _CHAINS.get(type(node.left.op), 0) == _CHAINS.get(type(node.op))
+            left = self.expr(node.left, depth - 1 if chained else depth)
             right = self.expr(node.right, depth)
             return self._constant(node, self._arith(node, left, right))
         if isinstance(node, ast.Call):

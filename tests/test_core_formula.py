@@ -588,3 +588,18 @@ def test_a_quotient_over_a_root_cancels_its_common_factor():
         assert abs(float((new - slope).subs({x: xv, b: bv}))) < 1e-12
     assert rewrite_root_common_factor(1 / (r - x) ** 2) is None
     assert rewrite_root_common_factor((x / r + 1) / 2) is None
+
+
+def test_a_long_sum_or_product_is_one_level_of_nesting():
+    """a + b + c is ((a + b) + c) to Python: a sum of 64 weighted terms (with 64 constants,
+    the limit) was refused as "nests deeper than 64 levels"; calls nested deeper still are."""
+    cs = {f"c{i}": make_symbol(f"c{i}") for i in range(1, 65)}
+    expr = parse_formula(" + ".join(f"c{i}*sin({i}*x)" for i in range(1, 65)), {"x": X, **cs})
+    assert expr == sum(cs[f"c{i}"] * sympy.sin(i * X) for i in range(1, 65))
+    assert parse_formula(" - ".join(f"x/{i}" for i in range(1, 100)), {"x": X}) == \
+        X - sum(X / i for i in range(2, 100))
+    assert parse_formula("x" + " * x" * 99, {"x": X}) == X**100
+    with pytest.raises(FormulaError, match="nests deeper than 64 levels"):
+        parse_formula("exp(" * 70 + "x" + ")" * 70, {"x": X})
+    with pytest.raises(FormulaError, match="nests deeper than 64 levels"):
+        parse_formula("(x + " * 70 + "x" + ")" * 70, {"x": X})
