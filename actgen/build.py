@@ -93,7 +93,9 @@ def package_name(out: Path) -> str:
         name = Path(out).resolve().name
     except (OSError, RuntimeError) as exc:      # (a symlink loop: RuntimeError before Python 3.13)
         raise SpecError([f"{out}:0: --out: cannot be resolved ({getattr(exc, 'strerror', None) or exc})"]) from None
-    if not name.isidentifier() or keyword.iskeyword(name):
+    if keyword.iskeyword(name):
+        raise SpecError([f"{out}:0: --out: '{name}' is a Python keyword, so it cannot be a package name"])
+    if not name.isidentifier():
         raise SpecError([f"{out}:0: --out: '{name}' is not a Python identifier, so it cannot be a package name"])
     if name.startswith("__") or name in _SHADOWED:
         raise SpecError([f"{out}:0: --out: '{name}' would shadow a module of that name; choose another package name"])

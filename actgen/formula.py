@@ -39,6 +39,14 @@ class FormulaError(ValueError):
     """A formula that is not in the formula language; the message says what and where."""
 
 
+class UnknownName(FormulaError):
+    """A name the formula uses that is none of its variables, functions or constants."""
+
+    def __init__(self, message: str, name: str):
+        super().__init__(message)
+        self.name = name
+
+
 def shown(value, limit: int = 60) -> str:
     """value as an error message shows it: at most limit characters; a long rational number
     to 3 digits (5.26e+127: an integer past Python's 4300-digit limit for str has no text)."""
@@ -283,6 +291,8 @@ class _Builder:
         log(0), exp(100) are refused here, where they are written)."""
         if not isinstance(value, sympy.Expr) or not value.is_number or value.has(uniform):
             return value
+        if value.has(sympy.zoo, sympy.oo, -sympy.oo, sympy.nan):
+            self._fail(node, "a constant here is infinite or undefined (a division by zero, or the log of 0?)")
         try:
             v = complex(value if value.is_Number else value.evalf(30))
         except (ArithmeticError, ValueError, TypeError):
@@ -315,7 +325,8 @@ class _Builder:
         if node.id in FUNCTIONS:
             self._fail(node, f"function '{node.id}' used without calling it")
         known = ", ".join(sorted(self.names)) or "(none)"
-        self._fail(node, f"unknown name '{node.id}' (known names: {known}; constants: pi, E)")
+        raise UnknownName(f"unknown name '{node.id}' (known names: {known}; constants: pi, E) at column {node.col_offset + 1}",
+                          node.id)
 
     def _arith(self, node, left, right):
         op = type(node.op)

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import sympy
 import yaml
 
-from .formula import FLOAT32_MAX, RESERVED_NAMES, FormulaError, make_symbol, parse_condition, parse_formula
+from .formula import FLOAT32_MAX, RESERVED_NAMES, FormulaError, make_symbol, UnknownName, parse_condition, parse_formula
 from .timelimit import TooSlow, time_limit
 
 SPEC_FIELDS = ("name", "formula", "doc", "inputs", "params", "constants", "class_name", "reference", "precision", "modes",
@@ -150,11 +150,17 @@ def camel_case(name: str) -> str:
 class _Problems:
     def __init__(self, path: str):
         self.path = path
-        self.items: list[str] = []
+        self._found: list[tuple[int, str]] = []
+        self.refused_names: set[str] = set()      # (declared, but not valid: the formula may still use them)
 
     def add(self, node_or_line, fieldname: str, message: str):
         line = node_or_line if isinstance(node_or_line, int) else node_or_line.start_mark.line + 1
-        self.items.append(f"{self.path}:{line}: {fieldname}: {message}")
+        self._found.append((line, f"{self.path}:{line}: {fieldname}: {message}"))
+
+    @property
+    def items(self) -> list[str]:
+        """The problems in the order of their lines in the file."""
+        return [text for _, text in sorted(self._found, key=lambda found: found[0])]
 
 
 _SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null"))
@@ -255,8 +261,18 @@ def _module_attributes() -> frozenset[str]:
 
 
 def _check_var(name, node, problems, fieldname, seen):
-    if not isinstance(name, str) or not _VAR_RE.match(name) or keyword.iskeyword(name):
-        problems.add(node, fieldname, f"{name!r} is not a valid name (letters, digits and _, starting with a letter)")
+    ok = _valid_var(name, node, problems, fieldname, seen)
+    if not ok and isinstance(name, str):
+        problems.refused_names.add(name)
+    return ok
+
+
+def _valid_var(name, node, problems, fieldname, seen):
+    if isinstance(name, str) and keyword.iskeyword(name):
+        problems.add(node, fieldname, f"{name!r} is a Python keyword, which a name cannot be")
+        return False
+    if not isinstance(name, str) or not _VAR_RE.match(name):
+        problems.add(node, fieldname, f"{name!r} is not a valid name (ASCII letters, digits and _, starting with a letter)")
         return False
     if len(name) > MAX_NAME_LENGTH:
         problems.add(node, fieldname, _too_long(name))
@@ -450,7 +466,7 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
         formula = _string(loader, node, problems, "formula")
         if formula is not None and inputs_ok:
             names = {n: make_symbol(n) for n in seen}
-            expr = _parsed(lambda: parse_formula(formula, names, inputs), node, problems, "formula")
+            expr = _parsed(lambda: _parse_known(formula, names, inputs, problems.refused_names), node, problems, "formula")
             if expr is not None:
                 used = {s.name for s in expr.free_symbols}
                 missing = [n for n in inputs if n not in used]
@@ -511,6 +527,17 @@ def _modes(loader, node, problems, name, inputs, params, constants, seen):
         else:
             pairs.append((value, target))
     return (kw, tuple(pairs)) if len(problems.items) == before else None
+
+
+def _parse_known(formula, names, inputs, refused):
+    """parse_formula's expression, or None where the formula uses a name refused as a
+    variable (its problem is said there: one problem, not two)."""
+    try:
+        return parse_formula(formula, names, inputs)
+    except UnknownName as exc:
+        if exc.name in refused:
+            return None
+        raise
 
 
 def _parsed(parse, node, problems, fieldname, prefix=""):

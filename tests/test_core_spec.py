@@ -375,3 +375,27 @@ def test_injection_through_names_is_rejected():
     ]:
         with pytest.raises(SpecError):
             load_spec(text)
+
+
+def test_problems_come_in_line_order_once_each(tmp_path):
+    """A spec's problems are listed by line, and a variable refused by name (not ASCII, a
+    keyword, a torch.nn.Module attribute) is not also an unknown name of the formula; a
+    package named as a keyword, and log(0), say what they are."""
+    text = "name: multi\nformula: x * foo * forward * α\nparams:\n  α: 1.0\n  lambda: 2.0\nconstants:\n" \
+           "  forward: 2.0\ndoc: 5\n"
+    with pytest.raises(SpecError) as info:
+        load_spec(text, "m.yaml")
+    assert info.value.problems == [
+        "m.yaml:2: formula: unknown name 'foo' (known names: x; constants: pi, E) at column 5",
+        "m.yaml:4: params: 'α' is not a valid name (ASCII letters, digits and _, starting with a letter)",
+        "m.yaml:5: params: 'lambda' is a Python keyword, which a name cannot be",
+        "m.yaml:7: constants: 'forward' is an attribute of torch.nn.Module, which the generated module is",
+        "m.yaml:8: doc: must be a string",
+    ]
+    with pytest.raises(SpecError, match=r"m.yaml:2: formula: a constant here is infinite or undefined \(a division "
+                                        r"by zero, or the log of 0\?\) at column 3"):
+        load_spec("name: a\nformula: x*log(0)\n", "m.yaml")
+    (tmp_path / "a.yaml").write_text("name: a\nformula: x * 2\n")
+    r = _cli("build", str(tmp_path / "a.yaml"), "--out", str(tmp_path / "class"), cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == \
+        f"{tmp_path / 'class'}:0: --out: 'class' is a Python keyword, so it cannot be a package name"
