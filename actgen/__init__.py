@@ -15,11 +15,23 @@ from .version import __version__
 find_compiled_packages()
 
 
-def compile(formula, name="activation", **kwargs):
-    """See actgen.compiler.compile."""
+def compile(formula, name="activation", *, params=None, constants=None, inputs=None, doc="", class_name=None,
+            precision="auto", checks=None):
+    """Compile a formula into a module with `<name>`, `<ClassName>` and `<ClassName>Function`,
+    built once into the cache ($ACTGEN_CACHE_DIR) and imported from it after.
+
+    params: {name: init} or {name: {"init": v, "per_channel": bool}}; constants: {name: default};
+    inputs: e.g. ["a", "b"] for a gated activation; doc, class_name, precision (auto, float32,
+    float64) and checks ({condition on the constants: message}): the spec fields.  Raises
+    actgen.SpecError on a bad formula or argument.
+
+    >>> m = actgen.compile("x * sigmoid(beta * x)", name="swish_b", params={"beta": 1.0})
+    >>> y = m.swish_b(torch.randn(8));  layer = m.SwishB()
+    """
     from .compiler import compile as _compile
 
-    return _compile(formula, name, **kwargs)
+    return _compile(formula, name, params=params, constants=constants, inputs=inputs, doc=doc,
+                    class_name=class_name, precision=precision, checks=checks)
 
 
 def __getattr__(name):

@@ -257,6 +257,16 @@ def test_compile_rejects_bad_input_with_spec_errors():
         with pytest.raises(actgen.SpecError) as info:
             actgen.compile(kwargs.pop("formula"), name="bad", **kwargs)
         assert str(info.value) == f"<compile bad>: {problem}"
+    # actgen.compile shows the compiler's own options (help() showed **kwargs), an unknown one
+    # a TypeError as for any function
+    import inspect
+
+    from actgen.compiler import compile as compiler_compile
+    shown = inspect.signature(actgen.compile).parameters
+    assert [(p.name, p.default, p.kind) for p in shown.values()] == \
+        [(p.name, p.default, p.kind) for p in inspect.signature(compiler_compile).parameters.values()]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'foo'"):
+        actgen.compile("x", name="bad", foo=1)
 
 
 def test_demo_derives_and_checks(tmp_path):
@@ -374,3 +384,15 @@ def test_build_writes_the_built_in_library_only_from_all_of_specs(tmp_path):
     spec.write_text(SWISH.replace("init: 1.0", "init: 2.0"))
     r = actgen("build", "--check", str(spec), "--out", str(out), cwd=tmp_path)
     assert r.returncode == 1 and f"run `actgen build {spec} --out {out}`" in r.stderr, r.stderr
+
+
+def test_a_module_given_its_channels_twice_that_disagree_is_refused():
+    """num_parameters is torch.nn.PReLU's name for num_channels: both, disagreeing, was 4
+    channels with no word; either alone (or both alike) is that many."""
+    import actgen.ops as ops
+
+    assert ops.PReLU(num_parameters=4).weight.shape == ops.PReLU(4).weight.shape == (4,)
+    assert ops.PReLU(4, num_parameters=4).weight.shape == (4,)
+    for args, kwargs in (((3,), {"num_parameters": 4}), ((), {"num_channels": 3, "num_parameters": 4})):
+        with pytest.raises(TypeError, match="num_channels=3 and num_parameters=4 disagree"):
+            ops.PReLU(*args, **kwargs)

@@ -766,6 +766,9 @@ def _module_class(w: Writer, d: Derivation):
             w("super().__init__()")
             if s.per_channel and not s.gated:
                 with w.indent("if num_parameters is not None:"):
+                    with w.indent("if num_channels not in (1, num_parameters):"):
+                        w(f"raise TypeError(f\"{cls}: num_channels={{num_channels!r}} and num_parameters="
+                          f"{{num_parameters!r}} disagree (num_parameters is torch.nn.PReLU's name for it); give one\")")
                     w("num_channels = num_parameters")
             if s.per_channel:
                 w(f"channel_dim = _rt.dim_index(channel_dim, {cls!r}, 'channel_dim')")

@@ -180,6 +180,8 @@ class PReLU(torch.nn.Module):
     def __init__(self, num_channels=1, channel_dim=1, *, num_parameters=None, init=None, device=None, dtype=None):
         super().__init__()
         if num_parameters is not None:
+            if num_channels not in (1, num_parameters):
+                raise TypeError(f"PReLU: num_channels={num_channels!r} and num_parameters={num_parameters!r} disagree (num_parameters is torch.nn.PReLU's name for it); give one")
             num_channels = num_parameters
         channel_dim = _rt.dim_index(channel_dim, 'PReLU', 'channel_dim')
         self.num_channels = num_channels
