@@ -287,6 +287,23 @@ def test_compile_fullgraph_same_results_no_recompile(compiler, torch_backend):
     assert not counters["graph_break"]
 
 
+def test_compile_backward_on_the_kernels_with_several_params(triton_backend):
+    """On the kernels (the GPU's path) the param gradients are views of one buffer, which a
+    custom op may not return: torch.compile's backward through an op with two or more params
+    (LearnableActivation, Polynomial) failed ("may not alias").  Compiled and eager agree."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(Net(), torch.nn.Unflatten(0, (-1, 1)), ops.Polynomial())
+    compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
+    x = torch.randn(8, 16)
+    compiled(x).square().sum().backward()
+    got = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    net(x).square().sum().backward()
+    for a, b in zip(got, [p.grad for p in net.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 class TorchNet(torch.nn.Module):
     """Net with its activations written in plain torch: the reference for recompiles."""
 

@@ -1390,6 +1390,21 @@ def _seed_tensor(rng):
     return torch.tensor(rng[0] if isinstance(rng, tuple) else rng)
 
 
+def _unaliased(outs):
+    """A custom op's outputs, none sharing memory with another (the kernels' param gradients
+    are views of one buffer of partial sums' totals, which a custom op may not return): a
+    later one that does is copied (a param's gradient: a few numbers)."""
+    seen, result = set(), []
+    for t in outs:
+        ptr = t.untyped_storage().data_ptr() if t.numel() else None
+        if ptr is not None and ptr in seen:
+            t = t.clone()
+        elif ptr is not None:
+            seen.add(ptr)
+        result.append(t)
+    return result
+
+
 def _register(opname: str, act: Activation):
     """Register (once per process) the forward and backward custom ops of an activation.
     seed: None, or for an op with draws in training mode the call's seed (0-dim tensor)."""
@@ -1403,8 +1418,8 @@ def _register(opname: str, act: Activation):
     )
     bwd = torch.library.custom_op(
         f"actgen::{opname}_backward",
-        lambda grad, inputs, params, constants, channel_dim, needs, seed: act.backward_impl(
-            grad, inputs, params, constants, channel_dim, needs, seed, halves=False),
+        lambda grad, inputs, params, constants, channel_dim, needs, seed: _unaliased(act.backward_impl(
+            grad, inputs, params, constants, channel_dim, needs, seed, halves=False)),
         mutates_args=(),
         schema="(Tensor grad, Tensor[] inputs, Tensor[] params, float[] constants, int channel_dim, bool[] needs, "
                "Tensor? seed) -> Tensor[]",
