@@ -529,3 +529,27 @@ def test_jit_trace_in_training_mode_warns_of_its_fixed_draws():
     with pytest.warns(torch.jit.TracerWarning, match="rrelu: torch.jit.trace in training mode keeps"):
         torch.jit.trace(ops.RReLU(), (torch.randn(4, 5),), check_trace=False)
     torch.jit.trace(ops.RReLU().eval(), (torch.randn(4, 5),))
+
+
+def test_forward_mode_ad_under_compile_matches_eager(torch_backend):
+    """torch.compile drops an autograd.Function's jvp: tangents of an op came back 0 (jvp,
+    jacfwd) or None (forward_ad) with no error.  Under forward-mode AD the op runs outside
+    the graph, where its jvp holds: the tangents are eager's, and torch's own."""
+    import torch.autograd.forward_ad as fwAD
+    from torch.func import jacfwd, jvp
+
+    torch._dynamo.reset()
+    x, t = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    beta = torch.tensor([1.5], dtype=torch.float64)
+    want_silu = jvp(F.silu, (x,), (t,))[1]
+    got = torch.compile(lambda x, t: jvp(ops.silu, (x,), (t,))[1], backend="aot_eager")(x, t)
+    torch.testing.assert_close(got, want_silu)
+    got = torch.compile(jacfwd(ops.mish), backend="aot_eager")(x)
+    torch.testing.assert_close(got, jacfwd(F.mish)(x))
+
+    def tangent(x, t, b):
+        with fwAD.dual_level():
+            return fwAD.unpack_dual(ops.swish(x, fwAD.make_dual(b, torch.ones_like(b)))).tangent
+
+    got = torch.compile(tangent, backend="aot_eager")(x, t, beta)
+    torch.testing.assert_close(got, x * x * torch.sigmoid(1.5 * x) * torch.sigmoid(-1.5 * x))

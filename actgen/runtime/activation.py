@@ -302,6 +302,10 @@ class Activation:
                           stacklevel=3)
         extra = (seed,) if self.n_draws else ()
         if compiling:
+            if not no_forward_ad():
+                # (torch.compile drops an autograd.Function's jvp: tangents came back 0 or None;
+                # forward-mode AD runs the call outside the graph, where the Function's jvp holds)
+                return _outside_the_graph(self.function.apply, *inputs, *params, *constants, cd, *extra)
             return self.core.apply(*inputs, *params, *constants, cd, *extra)
         if torch._C._are_functorch_transforms_active():
             return self.function.apply(*inputs, *params, *constants, cd, *extra)
@@ -1228,6 +1232,11 @@ class _EagerFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, *tangents):
         return ctx.op.jvp(ctx, *tangents[4:])
+
+
+def _outside_the_graph(fn, *args):
+    """fn(*args) run eagerly where torch.compile traces its caller (a graph break)."""
+    return torch._dynamo.disable(fn, recursive=True)(*args)
 
 
 def _raw_apply():
