@@ -553,3 +553,22 @@ def test_forward_mode_ad_under_compile_matches_eager(torch_backend):
 
     got = torch.compile(tangent, backend="aot_eager")(x, t, beta)
     torch.testing.assert_close(got, x * x * torch.sigmoid(1.5 * x) * torch.sigmoid(-1.5 * x))
+
+
+def test_the_forward_op_is_differentiable_where_a_graph_holds_it_alone(torch_backend):
+    """torch.export's program and torch.compile of a vmap hold the forward custom op without
+    the Function around it: backward through them was "no autograd formula was registered".
+    Their gradients (inputs and params) are eager's, and torch's own."""
+    torch._dynamo.reset()
+    x = torch.randn(2, 5, 3, requires_grad=True)
+    exported = torch.export.export(ops.Polynomial(), (x,)).module()
+    exported(x).square().sum().backward()
+    ref = ops.Polynomial()
+    xr = x.detach().clone().requires_grad_()
+    ref(xr).square().sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad)
+    for (name, p), q in zip(exported.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    xb = torch.randn(3, 4, requires_grad=True)
+    torch.compile(torch.func.vmap(ops.silu), backend="aot_eager")(xb).sum().backward()
+    torch.testing.assert_close(xb.grad, torch.autograd.grad(F.silu(xb).sum(), xb)[0])

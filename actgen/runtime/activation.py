@@ -1448,6 +1448,20 @@ def _register(opname: str, act: Activation):
         order = act._order(inputs)
         return [empty(t, order) for t in inputs] + [empty(p, None) for p in params]
 
+    def setup_context(ctx, inputs, output):
+        tensors, params, constants, channel_dim, seed = inputs
+        ctx.save_for_backward(*tensors, *params)
+        ctx.n_inputs, ctx.constants, ctx.channel_dim, ctx.seed = len(tensors), constants, channel_dim, seed
+
+    def backward(ctx, grad):
+        saved = ctx.saved_tensors
+        n = ctx.n_inputs
+        grads = bwd(grad, list(saved[:n]), list(saved[n:]), ctx.constants, ctx.channel_dim, [True] * len(saved), ctx.seed)
+        return list(grads[:n]), list(grads[n:]), [None] * len(ctx.constants), None, None
+
+    # (the forward op differentiable on its own, where a graph holds it without the Function
+    # around it: torch.export's programs, torch.compile of a vmap)
+    torch.library.register_autograd(fwd, backward, setup_context=setup_context)
     torch.library.register_vmap(fwd, _vmap_forward(fwd))
     torch.library.register_vmap(bwd, _vmap_backward(bwd, act.n_inputs))
     _REGISTERED[opname] = (fwd, bwd)
