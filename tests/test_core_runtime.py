@@ -1095,3 +1095,26 @@ def test_kernel_sqrt_square_plus_is_within_an_ulp(triton_backend):
     got = torch.empty_like(special)
     _sqrt_square_plus[(1,)](special, got, -1.0, 4, BLOCK=4)
     assert got[:2].tolist() == [math.inf, math.inf] and got[2:].isnan().all()
+
+
+def test_torch_fx_symbolic_trace_holds_each_op_as_one_node():
+    """torch.fx.symbolic_trace (FX quantization, feature extraction) of a model holding the
+    modules: each op is one call_function node, as torch's own functions (it was "input 'x'
+    must be a tensor, got Proxy", and a gated module's split was control flow on a Proxy);
+    the traced module computes what the model does, gradients included."""
+    import torch.fx
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 12), ops.PReLU(12), ops.SwiGLU(), ops.GELU(approximate="tanh"),
+                                ops.Polynomial(), ops.SiLU())
+    traced = torch.fx.symbolic_trace(model)
+    calls = [n.target.__name__ for n in traced.graph.nodes if n.op == "call_function"]
+    assert calls == ["prelu", "swiglu", "gelu", "polynomial", "silu"], calls
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(traced(x), model(x), rtol=0, atol=0)
+    traced(x).sum().backward()
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(x).sum().backward()
+    for a, b in zip(got, [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

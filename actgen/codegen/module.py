@@ -652,6 +652,9 @@ def _functional(w: Writer, d: Derivation):
         w(f"return _OP.call({_tuple(s.inputs)}, {_tuple(p.name for p in s.params)}, {_tuple(c.name for c in s.constants)}, {cd}{training})")
     w()
     w()
+    w(f"torch.fx.wrap({s.name!r})      # (one node of a torch.fx.symbolic_trace, as torch's own functions)")
+    w()
+    w()
 
 
 def _checks(w: Writer, s, owner: str):
@@ -805,9 +808,8 @@ def _module_class(w: Writer, d: Derivation):
         kw += ["training=self.training"] if d.draws else []
         kw += [f"{s.modes[0]}=self.{s.modes[0]}"] if s.modes else []
         if s.gated:
-            with w.indent("def forward(self, input):"):
-                w(f"{', '.join(s.inputs)} = _rt.split_halves(input, self.dim, {s.name!r})")
-                w(f"return {s.name}({', '.join([*s.inputs, *call_params, *kw])})")
+            with w.indent("def forward(self, input):"):      # (the function splits it: one call, one fx node)
+                w(f"return {s.name}({', '.join(['input', 'None', *call_params, 'dim=self.dim', *kw])})")
         else:
             with w.indent(f"def forward(self, {s.inputs[0]}):"):
                 w(f"return {s.name}({', '.join([s.inputs[0], *call_params, *kw])})")

@@ -278,6 +278,9 @@ def adaptive_mixture(x, w0=0.0, w1=0.0, w2=0.0):
     return _OP.call((x,), (w0, w1, w2), (), 1)
 
 
+torch.fx.wrap('adaptive_mixture')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class AdaptiveMixtureCore(torch.autograd.Function):
     """adaptive_mixture as an autograd Function without jvp (what torch.compile traces)."""
 

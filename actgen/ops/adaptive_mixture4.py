@@ -343,6 +343,9 @@ def adaptive_mixture4(x, w0=0.0, w1=0.0, w2=0.0, w3=0.0):
     return _OP.call((x,), (w0, w1, w2, w3), (), 1)
 
 
+torch.fx.wrap('adaptive_mixture4')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class AdaptiveMixture4Core(torch.autograd.Function):
     """adaptive_mixture4 as an autograd Function without jvp (what torch.compile traces)."""
 

@@ -122,6 +122,9 @@ def bilinear(a, b=None, *, dim=-1):
     return _OP.call((a, b), (), (), 1)
 
 
+torch.fx.wrap('bilinear')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class BilinearCore(torch.autograd.Function):
     """bilinear as an autograd Function without jvp (what torch.compile traces)."""
 
@@ -176,8 +179,7 @@ class Bilinear(torch.nn.Module):
         self.dim = dim
 
     def forward(self, input):
-        a, b = _rt.split_halves(input, self.dim, 'bilinear')
-        return bilinear(a, b)
+        return bilinear(input, None, dim=self.dim)
 
     def extra_repr(self):
         return f"dim={self.dim!r}"

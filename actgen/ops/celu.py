@@ -114,6 +114,9 @@ def celu(x, alpha=1.0):
     return _OP.call((x,), (), (alpha,), 1)
 
 
+torch.fx.wrap('celu')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class CELUCore(torch.autograd.Function):
     """celu as an autograd Function without jvp (what torch.compile traces)."""
 

@@ -132,6 +132,9 @@ def custom_smooth(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('custom_smooth')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class CustomSmoothCore(torch.autograd.Function):
     """custom_smooth as an autograd Function without jvp (what torch.compile traces)."""
 

@@ -124,6 +124,9 @@ def elish(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('elish')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class ELiSHCore(torch.autograd.Function):
     """elish as an autograd Function without jvp (what torch.compile traces)."""
 

@@ -137,6 +137,9 @@ def elu(x, alpha=1.0):
     return _OP.call((x,), (), (alpha,), 1)
 
 
+torch.fx.wrap('elu')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class ELUCore(torch.autograd.Function):
     """elu as an autograd Function without jvp (what torch.compile traces)."""
 

@@ -118,6 +118,9 @@ def gaussian(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('gaussian')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class GaussianCore(torch.autograd.Function):
     """gaussian as an autograd Function without jvp (what torch.compile traces)."""
 

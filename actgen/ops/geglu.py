@@ -157,6 +157,9 @@ def geglu(a, b=None, *, dim=-1):
     return _OP.call((a, b), (), (), 1)
 
 
+torch.fx.wrap('geglu')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class GEGLUCore(torch.autograd.Function):
     """geglu as an autograd Function without jvp (what torch.compile traces)."""
 
@@ -211,8 +214,7 @@ class GEGLU(torch.nn.Module):
         self.dim = dim
 
     def forward(self, input):
-        a, b = _rt.split_halves(input, self.dim, 'geglu')
-        return geglu(a, b)
+        return geglu(input, None, dim=self.dim)
 
     def extra_repr(self):
         return f"dim={self.dim!r}"

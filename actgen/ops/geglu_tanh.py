@@ -187,6 +187,9 @@ def geglu_tanh(a, b=None, *, dim=-1):
     return _OP.call((a, b), (), (), 1)
 
 
+torch.fx.wrap('geglu_tanh')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class GEGLUTanhCore(torch.autograd.Function):
     """geglu_tanh as an autograd Function without jvp (what torch.compile traces)."""
 
@@ -241,8 +244,7 @@ class GEGLUTanh(torch.nn.Module):
         self.dim = dim
 
     def forward(self, input):
-        a, b = _rt.split_halves(input, self.dim, 'geglu_tanh')
-        return geglu_tanh(a, b)
+        return geglu_tanh(input, None, dim=self.dim)
 
     def extra_repr(self):
         return f"dim={self.dim!r}"

@@ -145,6 +145,9 @@ def gelu(x, *, approximate='none'):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('gelu')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class GELUCore(torch.autograd.Function):
     """gelu as an autograd Function without jvp (what torch.compile traces)."""
 

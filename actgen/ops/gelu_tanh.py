@@ -155,6 +155,9 @@ def gelu_tanh(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('gelu_tanh')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class GELUTanhCore(torch.autograd.Function):
     """gelu_tanh as an autograd Function without jvp (what torch.compile traces)."""
 

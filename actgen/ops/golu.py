@@ -121,6 +121,9 @@ def golu(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('golu')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class GoLUCore(torch.autograd.Function):
     """golu as an autograd Function without jvp (what torch.compile traces)."""
 

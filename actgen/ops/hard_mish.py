@@ -107,6 +107,9 @@ def hard_mish(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('hard_mish')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class HardMishCore(torch.autograd.Function):
     """hard_mish as an autograd Function without jvp (what torch.compile traces)."""
 

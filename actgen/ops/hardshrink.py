@@ -111,6 +111,9 @@ def hardshrink(x, lambd=0.5):
     return _OP.call((x,), (), (lambd,), 1)
 
 
+torch.fx.wrap('hardshrink')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class HardshrinkCore(torch.autograd.Function):
     """hardshrink as an autograd Function without jvp (what torch.compile traces)."""
 

@@ -107,6 +107,9 @@ def hardsigmoid(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('hardsigmoid')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class HardsigmoidCore(torch.autograd.Function):
     """hardsigmoid as an autograd Function without jvp (what torch.compile traces)."""
 

@@ -132,6 +132,9 @@ def hardswish(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('hardswish')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class HardswishCore(torch.autograd.Function):
     """hardswish as an autograd Function without jvp (what torch.compile traces)."""
 

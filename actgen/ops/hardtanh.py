@@ -115,6 +115,9 @@ def hardtanh(x, min_val=-1.0, max_val=1.0):
     return _OP.call((x,), (), (min_val, max_val), 1)
 
 
+torch.fx.wrap('hardtanh')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class HardtanhCore(torch.autograd.Function):
     """hardtanh as an autograd Function without jvp (what torch.compile traces)."""
 

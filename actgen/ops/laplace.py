@@ -122,6 +122,9 @@ def laplace(x, mu=0.7071067811865476, sigma=0.28209479177387814):
     return _OP.call((x,), (), (mu, sigma), 1)
 
 
+torch.fx.wrap('laplace')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class LaplaceCore(torch.autograd.Function):
     """laplace as an autograd Function without jvp (what torch.compile traces)."""
 

@@ -137,6 +137,9 @@ def leaky_relu(x, negative_slope=0.01):
     return _OP.call((x,), (), (negative_slope,), 1)
 
 
+torch.fx.wrap('leaky_relu')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class LeakyReLUCore(torch.autograd.Function):
     """leaky_relu as an autograd Function without jvp (what torch.compile traces)."""
 

@@ -154,6 +154,9 @@ def learnable_activation(x, alpha=0.25, scale=1.0, shift=0.0, *, channel_dim=1):
     return _OP.call((x,), (alpha, scale, shift), (), channel_dim)
 
 
+torch.fx.wrap('learnable_activation')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class LearnableActivationCore(torch.autograd.Function):
     """learnable_activation as an autograd Function without jvp (what torch.compile traces)."""
 

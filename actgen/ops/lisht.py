@@ -120,6 +120,9 @@ def lisht(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('lisht')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class LiSHTCore(torch.autograd.Function):
     """lisht as an autograd Function without jvp (what torch.compile traces)."""
 

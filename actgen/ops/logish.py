@@ -119,6 +119,9 @@ def logish(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('logish')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class LogishCore(torch.autograd.Function):
     """logish as an autograd Function without jvp (what torch.compile traces)."""
 

@@ -107,6 +107,9 @@ def logsigmoid(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('logsigmoid')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class LogSigmoidCore(torch.autograd.Function):
     """logsigmoid as an autograd Function without jvp (what torch.compile traces)."""
 

@@ -150,6 +150,9 @@ def mish(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('mish')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class MishCore(torch.autograd.Function):
     """mish as an autograd Function without jvp (what torch.compile traces)."""
 

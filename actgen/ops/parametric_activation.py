@@ -128,6 +128,9 @@ def parametric_activation(x, alpha=0.25, *, channel_dim=1):
     return _OP.call((x,), (alpha,), (), channel_dim)
 
 
+torch.fx.wrap('parametric_activation')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class ParametricActivationCore(torch.autograd.Function):
     """parametric_activation as an autograd Function without jvp (what torch.compile traces)."""
 

@@ -567,6 +567,9 @@ def pau(x, a0=0.0335583603, a1=0.505000375, a2=1.65343934, a3=2.01001052, a4=0.9
     return _OP.call((x,), (a0, a1, a2, a3, a4, a5, b1, b2, b3, b4), (), 1)
 
 
+torch.fx.wrap('pau')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class PAUCore(torch.autograd.Function):
     """pau as an autograd Function without jvp (what torch.compile traces)."""
 

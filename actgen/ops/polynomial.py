@@ -175,6 +175,9 @@ def polynomial(x, a0=0.0, a1=0.5, a2=0.0, a3=0.0):
     return _OP.call((x,), (a0, a1, a2, a3), (), 1)
 
 
+torch.fx.wrap('polynomial')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class PolynomialCore(torch.autograd.Function):
     """polynomial as an autograd Function without jvp (what torch.compile traces)."""
 

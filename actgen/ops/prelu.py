@@ -128,6 +128,9 @@ def prelu(x, weight=0.25, *, channel_dim=1):
     return _OP.call((x,), (weight,), (), channel_dim)
 
 
+torch.fx.wrap('prelu')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class PReLUCore(torch.autograd.Function):
     """prelu as an autograd Function without jvp (what torch.compile traces)."""
 

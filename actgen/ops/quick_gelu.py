@@ -128,6 +128,9 @@ def quick_gelu(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('quick_gelu')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class QuickGELUCore(torch.autograd.Function):
     """quick_gelu as an autograd Function without jvp (what torch.compile traces)."""
 

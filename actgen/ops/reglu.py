@@ -153,6 +153,9 @@ def reglu(a, b=None, *, dim=-1):
     return _OP.call((a, b), (), (), 1)
 
 
+torch.fx.wrap('reglu')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class ReGLUCore(torch.autograd.Function):
     """reglu as an autograd Function without jvp (what torch.compile traces)."""
 
@@ -207,8 +210,7 @@ class ReGLU(torch.nn.Module):
         self.dim = dim
 
     def forward(self, input):
-        a, b = _rt.split_halves(input, self.dim, 'reglu')
-        return reglu(a, b)
+        return reglu(input, None, dim=self.dim)
 
     def extra_repr(self):
         return f"dim={self.dim!r}"

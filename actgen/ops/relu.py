@@ -133,6 +133,9 @@ def relu(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('relu')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class ReLUCore(torch.autograd.Function):
     """relu as an autograd Function without jvp (what torch.compile traces)."""
 

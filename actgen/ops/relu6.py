@@ -107,6 +107,9 @@ def relu6(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('relu6')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class ReLU6Core(torch.autograd.Function):
     """relu6 as an autograd Function without jvp (what torch.compile traces)."""
 

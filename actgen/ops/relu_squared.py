@@ -107,6 +107,9 @@ def relu_squared(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('relu_squared')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class ReLUSquaredCore(torch.autograd.Function):
     """relu_squared as an autograd Function without jvp (what torch.compile traces)."""
 

@@ -126,6 +126,9 @@ def rrelu(x, lower=0.125, upper=0.3333333333333333, training=False):
     return _OP.call((x,), (), (lower, upper), 1, training)
 
 
+torch.fx.wrap('rrelu')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class RReLUCore(torch.autograd.Function):
     """rrelu as an autograd Function without jvp (what torch.compile traces)."""
 

@@ -116,6 +116,9 @@ def scaled_activation(x, scale=1.0, shift=0.0):
     return _OP.call((x,), (), (scale, shift), 1)
 
 
+torch.fx.wrap('scaled_activation')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class ScaledActivationCore(torch.autograd.Function):
     """scaled_activation as an autograd Function without jvp (what torch.compile traces)."""
 

@@ -107,6 +107,9 @@ def selu(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('selu')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class SELUCore(torch.autograd.Function):
     """selu as an autograd Function without jvp (what torch.compile traces)."""
 

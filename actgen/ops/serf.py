@@ -121,6 +121,9 @@ def serf(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('serf')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class SerfCore(torch.autograd.Function):
     """serf as an autograd Function without jvp (what torch.compile traces)."""
 

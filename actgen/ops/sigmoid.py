@@ -108,6 +108,9 @@ def sigmoid(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('sigmoid')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class SigmoidCore(torch.autograd.Function):
     """sigmoid as an autograd Function without jvp (what torch.compile traces)."""
 

@@ -138,6 +138,9 @@ def silu(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('silu')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class SiLUCore(torch.autograd.Function):
     """silu as an autograd Function without jvp (what torch.compile traces)."""
 

@@ -107,6 +107,9 @@ def sine(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('sine')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class SineCore(torch.autograd.Function):
     """sine as an autograd Function without jvp (what torch.compile traces)."""
 

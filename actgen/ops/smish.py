@@ -146,6 +146,9 @@ def smish(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('smish')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class SmishCore(torch.autograd.Function):
     """smish as an autograd Function without jvp (what torch.compile traces)."""
 

@@ -119,6 +119,9 @@ def soft_clip(x, scale=1.0):
     return _OP.call((x,), (), (scale,), 1)
 
 
+torch.fx.wrap('soft_clip')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class SoftClipCore(torch.autograd.Function):
     """soft_clip as an autograd Function without jvp (what torch.compile traces)."""
 

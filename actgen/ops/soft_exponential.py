@@ -224,6 +224,9 @@ def soft_exponential(x, alpha=0.0):
     return _OP.call((x,), (alpha,), (), 1)
 
 
+torch.fx.wrap('soft_exponential')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class SoftExponentialCore(torch.autograd.Function):
     """soft_exponential as an autograd Function without jvp (what torch.compile traces)."""
 

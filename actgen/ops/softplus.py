@@ -146,6 +146,9 @@ def softplus(x, beta=1.0, threshold=20.0):
     return _OP.call((x,), (), (beta, threshold), 1)
 
 
+torch.fx.wrap('softplus')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class SoftplusCore(torch.autograd.Function):
     """softplus as an autograd Function without jvp (what torch.compile traces)."""
 

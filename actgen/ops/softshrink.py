@@ -116,6 +116,9 @@ def softshrink(x, lambd=0.5):
     return _OP.call((x,), (), (lambd,), 1)
 
 
+torch.fx.wrap('softshrink')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class SoftshrinkCore(torch.autograd.Function):
     """softshrink as an autograd Function without jvp (what torch.compile traces)."""
 

@@ -111,6 +111,9 @@ def softsign(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('softsign')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class SoftsignCore(torch.autograd.Function):
     """softsign as an autograd Function without jvp (what torch.compile traces)."""
 

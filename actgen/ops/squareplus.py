@@ -134,6 +134,9 @@ def squareplus(x, b=4.0):
     return _OP.call((x,), (), (b,), 1)
 
 
+torch.fx.wrap('squareplus')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class SquareplusCore(torch.autograd.Function):
     """squareplus as an autograd Function without jvp (what torch.compile traces)."""
 

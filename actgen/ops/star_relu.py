@@ -140,6 +140,9 @@ def star_relu(x, scale=0.8944271909999159, bias=-0.4472135954999579):
     return _OP.call((x,), (scale, bias), (), 1)
 
 
+torch.fx.wrap('star_relu')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class StarReLUCore(torch.autograd.Function):
     """star_relu as an autograd Function without jvp (what torch.compile traces)."""
 

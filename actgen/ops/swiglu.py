@@ -159,6 +159,9 @@ def swiglu(a, b=None, *, dim=-1):
     return _OP.call((a, b), (), (), 1)
 
 
+torch.fx.wrap('swiglu')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class SwiGLUCore(torch.autograd.Function):
     """swiglu as an autograd Function without jvp (what torch.compile traces)."""
 
@@ -213,8 +216,7 @@ class SwiGLU(torch.nn.Module):
         self.dim = dim
 
     def forward(self, input):
-        a, b = _rt.split_halves(input, self.dim, 'swiglu')
-        return swiglu(a, b)
+        return swiglu(input, None, dim=self.dim)
 
     def extra_repr(self):
         return f"dim={self.dim!r}"

@@ -172,6 +172,9 @@ def swish(x, beta=1.0):
     return _OP.call((x,), (beta,), (), 1)
 
 
+torch.fx.wrap('swish')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class SwishCore(torch.autograd.Function):
     """swish as an autograd Function without jvp (what torch.compile traces)."""
 

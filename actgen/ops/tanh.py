@@ -119,6 +119,9 @@ def tanh(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('tanh')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class TanhCore(torch.autograd.Function):
     """tanh as an autograd Function without jvp (what torch.compile traces)."""
 

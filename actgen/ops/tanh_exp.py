@@ -130,6 +130,9 @@ def tanh_exp(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('tanh_exp')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class TanhExpCore(torch.autograd.Function):
     """tanh_exp as an autograd Function without jvp (what torch.compile traces)."""
 

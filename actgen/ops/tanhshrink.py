@@ -116,6 +116,9 @@ def tanhshrink(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('tanhshrink')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class TanhshrinkCore(torch.autograd.Function):
     """tanhshrink as an autograd Function without jvp (what torch.compile traces)."""
 

@@ -113,6 +113,9 @@ def threshold(x, threshold=0.0, value=0.0):
     return _OP.call((x,), (), (threshold, value), 1)
 
 
+torch.fx.wrap('threshold')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class ThresholdCore(torch.autograd.Function):
     """threshold as an autograd Function without jvp (what torch.compile traces)."""
 

@@ -150,6 +150,9 @@ def well_documented(x):
     return _OP.call((x,), (), (), 1)
 
 
+torch.fx.wrap('well_documented')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class WellDocumentedCore(torch.autograd.Function):
     """well_documented as an autograd Function without jvp (what torch.compile traces)."""
 

@@ -162,6 +162,9 @@ def xielu(x, alpha_p=0.2033823208110246, alpha_n=-1.0502256128148468, beta=0.5, 
     return _OP.call((x,), (alpha_p, alpha_n), (beta, eps), 1)
 
 
+torch.fx.wrap('xielu')      # (one node of a torch.fx.symbolic_trace, as torch's own functions)
+
+
 class XIELUCore(torch.autograd.Function):
     """xielu as an autograd Function without jvp (what torch.compile traces)."""
 
