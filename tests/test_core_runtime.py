@@ -344,9 +344,9 @@ def test_a_complex_param_is_a_type_error():
     """A complex param is refused, as a complex input is (its imaginary part was dropped on
     the way to the compute dtype: prelu with weight 0.5+2j computed with 0.5)."""
     x = torch.tensor([-1.0, 2.0])
-    with pytest.raises(TypeError, match="param 'weight' must be a real tensor, got torch.complex64"):
+    with pytest.raises(TypeError, match="param 'weight' must be a floating-point tensor, got torch.complex64"):
         ops.prelu(x, torch.tensor([0.5 + 2j]))
-    with pytest.raises(TypeError, match="param 'beta' must be a real tensor"):
+    with pytest.raises(TypeError, match="param 'beta' must be a floating-point tensor"):
         ops.swish(x, torch.tensor([1 + 5j]))
 
 
@@ -1118,3 +1118,30 @@ def test_torch_fx_symbolic_trace_holds_each_op_as_one_node():
     model(x).sum().backward()
     for a, b in zip(got, [p.grad for p in model.parameters()]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_misused_arguments_are_type_errors_that_name_them():
+    """As torch's own ops refuse them: training that is no bool (F.rrelu), a bool or integer
+    weight (F.prelu), a sparse input; values given as a constant or number param that are
+    several (a tensor or an array) name the argument (they were accepted, or torch's "only
+    one element tensors can be converted to Python scalars")."""
+    import numpy as np
+
+    x = torch.randn(2, 3)
+    for call, problem in (
+            (lambda: ops.rrelu(x, training="yes"), "rrelu: training must be True or False, got 'yes'"),
+            (lambda: ops.rrelu(x, training=None), "rrelu: training must be True or False, got None"),
+            (lambda: ops.prelu(x, torch.tensor([True, False, True])),
+             "prelu: param 'weight' must be a floating-point tensor, got torch.bool"),
+            (lambda: ops.prelu(x, torch.tensor([1, 2, 3])), "prelu: param 'weight' must be a floating-point tensor, got torch.int64"),
+            (lambda: ops.prelu(x, np.array([0.1, 0.2, 0.3])),
+             r"prelu: param 'weight' must be a real number \(one value\), got a ndarray of shape \(3,\)"),
+            (lambda: ops.leaky_relu(x, torch.tensor([0.2, 0.3])),
+             r"leaky_relu: constant 'negative_slope' must be a real number \(one value\), got a Tensor of shape \(2,\)"),
+            (lambda: ops.silu(torch.randn(3, 3).to_sparse()), "silu: input 'x' must be a dense tensor, got layout torch.sparse_coo")):
+        with pytest.raises(TypeError, match=problem):
+            call()
+    # what torch takes, taken: a bool (or 0/1) training, one value as a 0-dim tensor or a numpy scalar
+    torch.testing.assert_close(ops.rrelu(x, training=0), F.rrelu(x, training=False))
+    torch.testing.assert_close(ops.leaky_relu(x, torch.tensor(0.3)), F.leaky_relu(x, 0.3))
+    torch.testing.assert_close(ops.leaky_relu(x, np.float32(0.3)), F.leaky_relu(x, 0.3))

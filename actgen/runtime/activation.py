@@ -66,7 +66,12 @@ def _real(v, name: str, what: str, arg: str) -> float:
         return v
     if not hasattr(type(v), "__float__"):
         raise TypeError(f"{name}: {what} '{arg}' must be a real number, got {type(v).__name__}")
-    return float(v)
+    try:
+        return float(v)
+    except (TypeError, ValueError, RuntimeError):      # (a tensor or an array of several values)
+        shape = tuple(getattr(v, "shape", ()))
+        raise TypeError(f"{name}: {what} '{arg}' must be a real number (one value), got a {type(v).__name__} "
+                        f"of shape {shape}" + (" (a param's values per channel: a tensor)" if what == "param" else "")) from None
 
 
 def _contiguous(tensors) -> bool:
@@ -260,6 +265,8 @@ class Activation:
                 raise TypeError(f"{self.name}: input '{name}' must be a tensor, got {type(t).__name__}")
             if not t.is_floating_point():
                 raise TypeError(f"{self.name}: input '{name}' must be a floating-point tensor, got {t.dtype}")
+            if t.layout is not torch.strided:
+                raise TypeError(f"{self.name}: input '{name}' must be a dense tensor, got layout {t.layout}")
         if self.n_inputs == 2 and inputs[0].shape != inputs[1].shape:
             raise ValueError(f"{self.name}: inputs must have the same shape, got {tuple(inputs[0].shape)} and {tuple(inputs[1].shape)}")
         if params:
@@ -272,8 +279,8 @@ class Activation:
             channel_dim = dim_index(channel_dim, self.name, "channel_dim")
         channels = 1
         for name, p, pc in zip(self.param_names, params, self.per_channel):
-            if p.is_complex():      # (its imaginary part would be dropped on the way to the compute dtype)
-                raise TypeError(f"{self.name}: param '{name}' must be a real tensor, got {p.dtype}")
+            if not p.is_floating_point():   # (complex: its imaginary part would be dropped; bool, ints: F.prelu's no too)
+                raise TypeError(f"{self.name}: param '{name}' must be a floating-point tensor, got {p.dtype}")
             if p.dim() != 1:
                 raise ValueError(f"{self.name}: param '{name}' must be 0-dim or 1-D of shape (1,) or (C,), got {tuple(p.shape)}")
             if p.numel() == 1:
@@ -293,6 +300,8 @@ class Activation:
         cd = channel_dim % x.dim() if x.dim() else 0
         if constants:
             constants = self._numbers(constants)
+        if training.__class__ is not bool and not isinstance(training, (bool, int)):     # (F.rrelu's training: a bool)
+            raise TypeError(f"{self.name}: training must be True or False, got {training!r}")
         seed = self.new_seed() if training and self.n_draws else None
         if seed is not None and torch._C._get_tracing_state() is not None:
             import warnings
