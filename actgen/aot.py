@@ -361,12 +361,21 @@ def _variant(r: KernelReport) -> str:
             + ("" if r.training is None else f" TRAINING={r.training}"))
 
 
+def _arch(text: str) -> int:
+    """--arch's value: a compute capability as 90 or sm_90."""
+    digits = text[3:] if text.lower().startswith("sm_") else text
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a GPU architecture (90 or sm_90)")
+    return int(digits)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m actgen.aot", description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*",
                         help="generated modules or op names: actgen.ops.silu or silu (default: every actgen.ops module)")
     parser.add_argument("--dtype", nargs="*", choices=POINTER_DTYPES, default=list(POINTER_DTYPES))
-    parser.add_argument("--arch", nargs="*", type=int, default=list(ARCHS))
+    parser.add_argument("--arch", nargs="*", type=_arch, default=list(ARCHS),
+                        help=f"GPU architectures, as 90 or sm_90 (default: {' '.join(map(str, ARCHS))})")
     parser.add_argument("--flat-only", action="store_true", help="compile only the flat 1-D tile layout")
     parser.add_argument("--tuning-candidates", action="store_true",
                         help="compile with every launch config the tuner tries (tile size, warps), not only the default")

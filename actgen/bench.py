@@ -1301,13 +1301,15 @@ def headline_table(results, dtype=None, n=None) -> str:
     return caption + "\n\n" + "\n".join(lines)
 
 
-def headline_markdown(results) -> str:
-    """The README's headline for one device: the table and the verdicts of the targets stated for it."""
+def headline_markdown(results, tables=None) -> str:
+    """The README's headline for one device: the table and the verdicts of the targets stated for it
+    (tables: where the full tables are, default benchmarks/results/<device>/results.md)."""
     dev = results["device"]["type"]
+    tables = tables or f"benchmarks/results/{dev}/results.md"
     scope = "gpu" if dev == "cuda" else dev
     lines = [headline_table(results), "",
              f"Targets stated for {'an H100/H200' if scope == 'gpu' else 'the CPU fallback'} or any device, from this run "
-             f"(the full tables: benchmarks/results/{dev}/results.md):", "",
+             f"(the full tables: {tables}):", "",
              "| target | status | measured (worst) |", "|---|---|---|"]
     for t in results["targets"]:
         if t["scope"] not in (scope, "any"):
@@ -1580,7 +1582,7 @@ def write_results(results: dict, out_dir, plots: bool = True) -> list[Path]:
     paths = [out_dir / "results.json", out_dir / "results.md", out_dir / "headline.md"]
     write_json(results, paths[0])
     paths[1].write_text(write_markdown(results))
-    paths[2].write_text(headline_markdown(results))
+    paths[2].write_text(headline_markdown(results, paths[1].as_posix()))
     if plots:
         # only a run that writes plots replaces the old ones (a dtype or mode it did not run
         # leaves none behind); --no-plots leaves the folder's plots alone

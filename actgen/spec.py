@@ -12,6 +12,7 @@ import hashlib
 import keyword
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -424,6 +425,10 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
     doc = ""
     if get("doc") is not None:
         doc = _string(loader, get("doc"), problems, "doc") or ""
+        control = next((c for c in doc if unicodedata.category(c) == "Cc" and c not in "\n\t"), None)
+        if control is not None:     # (it reaches terminals: `actgen show`, help(); an escape sequence would act there)
+            problems.add(get("doc"), "doc", f"holds the control character U+{ord(control):04X} (text, newlines and tabs only)")
+            doc = ""
 
     class_name = camel_case(name) if name else ""
     if get("class_name") is not None:

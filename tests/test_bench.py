@@ -88,6 +88,7 @@ def test_smoke_markdown_and_plots(smoke):
         assert f"| {case} |" in md
     headline = (out / "headline.md").read_text()
     assert res["device"]["date"] in headline and "| target | status |" in headline
+    assert f"(the full tables: {(out / 'results.md').as_posix()})" in headline     # (this run's, not the committed ones)
     for mode in ("fwd", "bwd", "fwdbwd", "bwd_frozen"):
         png = out / f"gbps_fp32_{mode}.png"
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -347,7 +347,7 @@ def test_cli_bad_spec_leaves_existing_output_untouched(tmp_path):
 
 
 def test_injection_through_doc_is_escaped(tmp_path):
-    doc = 'ends here """ ; import os; os.system("touch pwned") ; """ back\\slash \\x41 \x07 tab\tok'
+    doc = 'ends here """ ; import os; os.system("touch pwned") ; """ back\\slash \\x41 tab\tok'
     import yaml
 
     (tmp_path / "evil.yaml").write_text(yaml.safe_dump({"name": "evil", "formula": "x * 2", "doc": doc}))

@@ -361,3 +361,15 @@ def test_kernels_of_formulas_outside_the_library_compile(tmp_path):
     failed = [(r["module"], r["kernel"], r["dtype"], r["error"]) for r in reports if not r["ok"]]
     assert not failed, failed
     assert all(r["vector_loads"] and r["vector_stores"] for r in reports if r["dtype"] != "fp64")
+
+
+def test_arch_is_taken_as_the_docs_write_it():
+    """`--arch sm_90` (as the docs write architectures) was "invalid int value"."""
+    import argparse
+
+    from actgen.aot import _arch
+
+    assert _arch("sm_90") == _arch("SM_90") == _arch("90") == 90
+    for bad in ("sm_", "hopper", "9.0"):
+        with pytest.raises(argparse.ArgumentTypeError, match="is not a GPU architecture"):
+            _arch(bad)
