@@ -572,3 +572,20 @@ def test_the_forward_op_is_differentiable_where_a_graph_holds_it_alone(torch_bac
     xb = torch.randn(3, 4, requires_grad=True)
     torch.compile(torch.func.vmap(ops.silu), backend="aot_eager")(xb).sum().backward()
     torch.testing.assert_close(xb.grad, torch.autograd.grad(F.silu(xb).sum(), xb)[0])
+
+
+def test_torch_func_transforms_under_compile_are_eager_s(torch_backend):
+    """torch.func.grad of an op under torch.compile failed on the custom op (an autograd.Function
+    "must override the setup_context"), and a vmap's randomness='same' was ignored (each row
+    drew its own): under torch.func's transforms the call runs outside the graph, as in eager."""
+    from torch.func import grad, vmap
+
+    torch._dynamo.reset()
+    x = torch.randn(6, dtype=torch.float64)
+    got = torch.compile(grad(lambda v: ops.silu(v).sum()), backend="aot_eager")(x)
+    torch.testing.assert_close(got, grad(lambda v: F.silu(v).sum())(x))
+    xs = -torch.rand(3, 50) - 0.1
+    same = torch.compile(vmap(lambda v: ops.rrelu(v, 0.1, 0.3, True), randomness="same"), backend="aot_eager")(xs) / xs
+    torch.testing.assert_close(same[1], same[0])        # (one slope per element for every row: y/x to rounding)
+    torch.testing.assert_close(same[2], same[0])
+    assert ((same >= 0.1) & (same <= 0.3)).all() and same[0].unique().numel() > 10

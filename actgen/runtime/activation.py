@@ -311,9 +311,10 @@ class Activation:
                           stacklevel=3)
         extra = (seed,) if self.n_draws else ()
         if compiling:
-            if not no_forward_ad():
+            if not no_forward_ad() or torch._C._are_functorch_transforms_active():
                 # (torch.compile drops an autograd.Function's jvp: tangents came back 0 or None;
-                # forward-mode AD runs the call outside the graph, where the Function's jvp holds)
+                # and under torch.func.grad it failed on the custom op: forward-mode AD and
+                # torch.func's transforms run the call outside the graph, as in eager)
                 return _outside_the_graph(self.function.apply, *inputs, *params, *constants, cd, *extra)
             return self.core.apply(*inputs, *params, *constants, cd, *extra)
         if torch._C._are_functorch_transforms_active():
