@@ -17,7 +17,7 @@ from .timelimit import TooSlow, time_limit
 
 
 def render_package(package: str, specs: list[Spec]) -> dict[str, str]:
-    """file name -> text for the whole package (pure; no I/O)."""
+    """file name -> text for the whole package (pure: no file I/O; each compile within its time limit)."""
     derivations, files = [], {}
     for spec in specs:
         d, files[f"{spec.name}.py"] = _compiled(spec)

@@ -788,7 +788,6 @@ def catalogue_markdown(specs: Sequence[Spec], source: str | None = None, out: st
 
 # --- accuracy.md ---------------------------------------------------------------------------------
 _COLUMNS = (("torch", "float32"), ("triton", "float32"), ("triton", "bfloat16"))
-_COLUMN_NAMES = {("torch", "float32"): "fallback f32", ("triton", "float32"): "kernel f32", ("triton", "bfloat16"): "kernel bf16"}
 
 
 def _severity(s: Score) -> tuple:

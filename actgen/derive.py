@@ -3055,7 +3055,7 @@ def ieee_value(expr: sympy.Expr, env: dict, finite: bool = False) -> float | Non
             except ValueError:
                 if (fn is math.log and v == 0) or (fn is math.log1p and v == -1):
                     return -math.inf
-                return math.nan if not math.isinf(v) else _ieee_at_inf(f, v)
+                return math.nan if not math.isinf(v) else _ieee_at_inf(f)
         if f is sympy.UnevaluatedExpr:
             return ev(args[0])
         if isinstance(e, sympy.Piecewise):
@@ -3095,7 +3095,7 @@ class _Unknown(Exception):
     pass
 
 
-def _ieee_at_inf(f, v):
+def _ieee_at_inf(f):
     """A function that math refuses at +-inf: its IEEE value there."""
     if f in (sympy.sin, sympy.cos, sympy.tan):
         return math.nan

@@ -117,7 +117,7 @@ def _unary(fn):
     return call
 
 
-# name -> (sympy builder, takes conditions as which positional args)
+# name -> its builder: the sympy expression of a call from its arguments (checked there)
 FUNCTIONS: Mapping[str, Callable] = {
     "exp": _unary(sympy.exp),
     "log": _unary(sympy.log),

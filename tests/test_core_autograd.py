@@ -561,13 +561,17 @@ def test_the_forward_op_is_differentiable_where_a_graph_holds_it_alone(torch_bac
     Their gradients (inputs and params) are eager's, and torch's own."""
     torch._dynamo.reset()
     x = torch.randn(2, 5, 3, requires_grad=True)
-    exported = torch.export.export(ops.Polynomial(), (x,)).module()
+    module = ops.Polynomial()
+    with torch.no_grad():
+        for k, p in enumerate(module.parameters()):
+            p.fill_(0.5 - 0.25 * k)
+    exported = torch.export.export(module, (x,)).module()
     exported(x).square().sum().backward()
-    ref = ops.Polynomial()
+    ps = [p.detach().clone().requires_grad_() for p in module.parameters()]
     xr = x.detach().clone().requires_grad_()
-    ref(xr).square().sum().backward()
+    poly_ref(xr, *ps).square().sum().backward()        # (the formula in plain torch)
     torch.testing.assert_close(x.grad, xr.grad)
-    for (name, p), q in zip(exported.named_parameters(), ref.parameters()):
+    for (name, p), q in zip(exported.named_parameters(), ps):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
     xb = torch.randn(3, 4, requires_grad=True)
     torch.compile(torch.func.vmap(ops.silu), backend="aot_eager")(xb).sum().backward()

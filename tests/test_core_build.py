@@ -1,7 +1,6 @@
 """`actgen build` and `actgen.compile`: what is written, reproducibility, --check, the cache."""
 from __future__ import annotations
 
-import filecmp
 import json
 import os
 import subprocess

@@ -424,3 +424,20 @@ def test_softmax_weights_keep_their_gradients_at_large_logits(logits, backend):
     got = torch.autograd.grad(adaptive_mixture(x.float(), *ws).sum(), ws)
     for g, w in zip(got, want):
         torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-4)
+
+
+def test_the_kernels_sigmoid_reaches_float32_subnormals(triton_backend):
+    """The kernels' sigmoid in e = exp(-|u|): 1/(1 + exp(-u)) was 0 below u = -88.7 in float32
+    (exp(-u) is inf there) where the truth is subnormal, while the backward's ratio in e had
+    it; now forward and backward agree, to two subnormal steps of float32's truth."""
+    import mpmath
+
+    import actgen.ops as ops
+
+    x = torch.tensor([-103.0, -100.0, -95.0, -89.0, -88.0, -60.0, -1.0, 0.0, 2.0, 100.0])
+    truth = torch.tensor([float(1 / (1 + mpmath.exp(-mpmath.mpf(v)))) for v in x.tolist()], dtype=torch.float64)
+    step = 2.0 ** -149
+    for y, want, scale in ((ops.sigmoid(x), truth, torch.ones_like(truth)), (ops.silu(x), x.double() * truth, x.double().abs())):
+        err = (y.double() - want).abs()
+        assert (err <= torch.maximum(2 * step * scale, 4e-7 * want.abs())).all(), (y, want)
+    assert (ops.sigmoid(x[:4]) > 0).all()

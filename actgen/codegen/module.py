@@ -191,7 +191,7 @@ def _header(d: Derivation, w: Writer):
         lines.append("Constants: " + ", ".join(f"{c.name}={c.default!r}" for c in s.constants))
     if s.params or s.constants:
         lines.append("")
-    lines += ["Derived (after stability rewrites):"] + ["    " + l for l in _math_lines(d)]
+    lines += ["Derived (after stability rewrites):"] + [("    " + l) if l else "" for l in _math_lines(d)]
     w('"""' + escape_docstring("\n".join(lines)) + '\n"""')
 
 
@@ -231,7 +231,7 @@ def _torch_function(w: Writer, d: Derivation, fname: str, doc: str, block: Block
         else:
             _block(w, block, printer, "_")
         names = [f"_{n}" for n, _ in block.outputs]
-        result = f"({', '.join(names)},)" if outputs_as_tuple else names[0]
+        result = (f"({names[0]},)" if len(names) == 1 else f"({', '.join(names)})") if outputs_as_tuple else names[0]
         # a select is exact where both branches are finite; else its value is NaN, which
         # reaches the outputs (conditions never depend on a select here, see derive)
         checked = fast and (_has_branch(block) or _has_capped(block))
@@ -454,7 +454,7 @@ def _backward_kernel(w: Writer, d: Derivation):
                 _param_sums(w, d, "+= _in_tile(_g * _d_{}, _mask)")
         with w.indent("if PARAM_GRAD:"):
             for k, p in enumerate(s.params):
-                w(f"_store_partial(_partials_ptr + {k} * _n_partials, _sum_{p.name}, BLOCK_M, BLOCK_N, CH_AXIS)")
+                w(f"_store_partial({_partials_at(k)}, _sum_{p.name}, BLOCK_M, BLOCK_N, CH_AXIS)")
     w()
 
 
@@ -566,7 +566,12 @@ def _param_sums_by_basis(w: Writer, d: Derivation, lin: LinearSums):
             for p in s.params:
                 w(f"_p_{p.name} = _reduce_partial(_sum_{p.name}, CH_AXIS)")
         for k, p in enumerate(s.params):
-            w(f"_store_reduced(_partials_ptr + {k} * _n_partials, _p_{p.name}, BLOCK_M, BLOCK_N, CH_AXIS)")
+            w(f"_store_reduced({_partials_at(k)}, _p_{p.name}, BLOCK_M, BLOCK_N, CH_AXIS)")
+
+
+def _partials_at(k: int) -> str:
+    """Where param k's partial sums go: the k-th run of _n_partials in the partials buffer."""
+    return "_partials_ptr" if k == 0 else f"_partials_ptr + {k} * _n_partials"
 
 
 def _backward_tile(w: Writer, d: Derivation, tile_index: str):
@@ -628,7 +633,8 @@ def _functional(w: Writer, d: Derivation):
     with w.indent(f"def {s.name}({sig}):"):
         doc = [s.doc.strip() or f"The {s.name} activation.", "", f"f = {' '.join(s.formula.split())}"]
         if s.params:
-            doc.append("Params are tensors of shape (1,) or, if per-channel, (C,) - or Python floats.")
+            doc.append("Params are tensors of shape (1,)" + (" or, if per-channel, (C,)" if s.per_channel else "")
+                       + " - or Python floats.")
         if s.gated:
             doc.append(f"Called with one tensor ({s.inputs[1]} None), it is split in two halves along `dim` "
                        f"({', '.join(s.inputs)}), as torch's F.glu; an int in {s.inputs[1]}'s place is that dim "
@@ -813,16 +819,14 @@ def _module_class(w: Writer, d: Derivation):
         else:
             with w.indent(f"def forward(self, {s.inputs[0]}):"):
                 w(f"return {s.name}({', '.join([s.inputs[0], *call_params, *kw])})")
-        w()
-        with w.indent("def extra_repr(self):"):
-            fields = [n for n in dict.fromkeys([h.split("=")[0] for h in head] + [c.name for c in s.constants])
-                      if n != "inplace"]
-            if single is not None:
-                fields.append("init")
-            if fields:
+        fields = [n for n in dict.fromkeys([h.split("=")[0] for h in head] + [c.name for c in s.constants])
+                  if n != "inplace"]
+        if single is not None:
+            fields.append("init")
+        if fields:      # (else nn.Module's own: nothing to show)
+            w()
+            with w.indent("def extra_repr(self):"):
                 w('return f"' + ", ".join(f"{f}={{self.{f}!r}}" for f in fields) + '"')
-            else:
-                w('return ""')
 
 
 def _native_functions(w: Writer, d: Derivation, native: NativeMatch):
@@ -881,7 +885,7 @@ def render_module(d: Derivation) -> str:
     w("# ---- eager torch fallback (CPU, or when triton is missing) ----")
     w()
     w()
-    forward_doc = "f, elementwise; params broadcast against the input"
+    forward_doc = "f, elementwise" + ("; params broadcast against the input" if s.params else "")
     if d.draws:
         forward_doc += f"; {', '.join(r.name for r in d.draws)}: the draws (U[0, 1) tensors, or 1/2)"
     _torch_function(w, d, "_forward_torch", forward_doc + ".", d.forward, False)
@@ -933,7 +937,8 @@ def render_module(d: Derivation) -> str:
         w(f"derivatives_torch_fast={'_derivatives_torch_fast' if fast[1] else None},")
         if any(fast):
             w(f"fast_buffers=({', '.join(str(f[0] if f else 0) for f in fast)}),")
-            w(f"fast_any_input=({', '.join(str(bool(f and f[1])) for f in fast)}),")
+            if any(f and f[1] for f in fast):
+                w(f"fast_any_input=({', '.join(str(bool(f and f[1])) for f in fast)}),")
         w("forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,")
         w("backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,")
         if d.draws:
@@ -950,7 +955,17 @@ def render_module(d: Derivation) -> str:
     _functional(w, d)
     _functions(w, d)
     _module_class(w, d)
-    return w.text()
+    return _unused_imports_dropped(w.text())
+
+
+def _unused_imports_dropped(text: str) -> str:
+    """The module without `import math` or triton_lang's libdevice where nothing uses them."""
+    uses = lambda name: re.search(rf"(?<![\w.]){name}\.\w", text) is not None       # noqa: E731
+    if not uses("math"):
+        text = text.replace("\nimport math\n\n", "\n", 1)
+    if not uses("libdevice"):
+        text = text.replace("import libdevice, tl, triton", "import tl, triton", 1)
+    return text
 
 
 def render_package_init(package: str, derivations) -> str:

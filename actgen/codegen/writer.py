@@ -31,13 +31,20 @@ class Writer:
 
 def escape_docstring(text: str) -> str:
     """Escape text for the inside of a regular (non-raw) triple-quoted string: backslashes,
-    every double quote and non-printable characters, so nothing can end the string."""
+    the double quotes that could end the string (a run of three or more, or a run at the
+    end, before the closing quotes) and non-printable characters; other quotes stay as
+    written ("GLU Variants Improve Transformer")."""
     out = []
-    for ch in text:
+    for i, ch in enumerate(text):
         if ch == "\\":
             out.append("\\\\")
         elif ch == '"':
-            out.append('\\"')
+            start, end = i, i
+            while start > 0 and text[start - 1] == '"':
+                start -= 1
+            while end + 1 < len(text) and text[end + 1] == '"':
+                end += 1
+            out.append('\\"' if end - start >= 2 or end == len(text) - 1 else '"')
         elif ch == "\n":
             out.append("\n")
         elif ch == "\t":

@@ -14,8 +14,6 @@ Derived (after stability rewrites):
     df/dw1 = (-(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x))/(exp(w0) + exp(w1) + exp(w2)) + tanh(x))*exp(w1)/(exp(w0) + exp(w1) + exp(w2))
     df/dw2 = (x - (x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x))/(exp(w0) + exp(w1) + exp(w2)))*exp(w2)/(exp(w0) + exp(w1) + exp(w2))
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -58,7 +56,7 @@ def _derivatives_torch(x, w0, w1, w2):
     _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t10*(_t7 - _t9), _rt.grown(_t10*_t12), _rt.grown(-(_t0*_t13/(_t3*_t3))), x))
     _d_w1 = torch.where(torch.isnan(x), x, _t1*_t4*(_t8 - _t9))
     _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t14*(-_t9 + x), _rt.grown(_t12*_t14), _rt.grown(_t14*_rt.fnma(_t13, _t4, -16777216.0)), x))
-    return (_d_x, _d_w0, _d_w1, _d_w2,)
+    return (_d_x, _d_w0, _d_w1, _d_w2)
 
 
 def _forward_torch_fast(x, w0, w1, w2, _w):
@@ -86,7 +84,7 @@ def _derivatives_torch_fast(x, w0, w1, w2, _w):
     _d_w0 = torch.sub(_t6, _t8, out=_w[8]).mul_(_t0 * _t3)
     _d_w1 = torch.sub(_t7, _t8, out=_w[9]).mul_(_t1 * _t3)
     _d_w2 = torch.neg(_t8, out=_w[10]).add_(x).mul_(_t2 * _t3)
-    return _rt.finite_or_none((_d_x, _d_w0, _d_w1, _d_w2,))
+    return _rt.finite_or_none((_d_x, _d_w0, _d_w1, _d_w2))
 
 
 def _second_derivatives_torch(x, w0, w1, w2):
@@ -144,7 +142,7 @@ def _second_derivatives_torch(x, w0, w1, w2):
     _d2_w1_w1 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t7*_rt.fnma(_t34, _t4, _t34*_t36), _rt.grown(_t7*_rt.fma(_t37, _t4, -(_t36*_t37))), _rt.grown(_t7*_rt.fnma(_t38, _t4, _t36*_t38)), x))
     _d2_w1_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t39*(-_t13 - _t27 - x), _rt.grown(_t31*_t39), _rt.grown(_t39*(_t32 + 16777217.0)), x))
     _d2_w2_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t7*_rt.fma(_t40, _t5, -(_t40*_t41)), _rt.grown(_t7*_rt.fma(_t23, _t41, _t22*_t5)), _rt.grown(_t7*_rt.fnma(_t42, _t5, _t41*_t42)), x))
-    return (_d2_x_x, _d2_x_w0, _d2_x_w1, _d2_x_w2, _d2_w0_w0, _d2_w0_w1, _d2_w0_w2, _d2_w1_w1, _d2_w1_w2, _d2_w2_w2,)
+    return (_d2_x_x, _d2_x_w0, _d2_x_w1, _d2_x_w2, _d2_w0_w0, _d2_w0_w1, _d2_w0_w2, _d2_w1_w1, _d2_w1_w2, _d2_w2_w2)
 
 
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
@@ -247,7 +245,7 @@ if _rt.HAS_TRITON:
                 _p_w0 = _reduce_partial(_sum_w0, CH_AXIS)
                 _p_w1 = _reduce_partial(_sum_w1, CH_AXIS)
                 _p_w2 = _reduce_partial(_sum_w2, CH_AXIS)
-            _store_reduced(_partials_ptr + 0 * _n_partials, _p_w0, BLOCK_M, BLOCK_N, CH_AXIS)
+            _store_reduced(_partials_ptr, _p_w0, BLOCK_M, BLOCK_N, CH_AXIS)
             _store_reduced(_partials_ptr + 1 * _n_partials, _p_w1, BLOCK_M, BLOCK_N, CH_AXIS)
             _store_reduced(_partials_ptr + 2 * _n_partials, _p_w2, BLOCK_M, BLOCK_N, CH_AXIS)
 
@@ -264,7 +262,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(3, 11),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -274,7 +271,7 @@ def adaptive_mixture(x, w0=0.0, w1=0.0, w2=0.0):
     """A learnable softmax-weighted mix of relu, tanh and identity (logits w0, w1, w2).
 
     f = (exp(w0) * Max(x, 0) + exp(w1) * tanh(x) + exp(w2) * x) / (exp(w0) + exp(w1) + exp(w2))
-    Params are tensors of shape (1,) or, if per-channel, (C,) - or Python floats."""
+    Params are tensors of shape (1,) - or Python floats."""
     return _OP.call((x,), (w0, w1, w2), (), 1)
 
 
@@ -343,6 +340,3 @@ class AdaptiveMixture(torch.nn.Module):
 
     def forward(self, x):
         return adaptive_mixture(x, self.w0, self.w1, self.w2)
-
-    def extra_repr(self):
-        return ""

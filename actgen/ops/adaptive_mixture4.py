@@ -15,8 +15,6 @@ Derived (after stability rewrites):
     df/dw2 = (x - (x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))/(exp(w0) + exp(w1) + exp(w2) + exp(w3)))*exp(w2)/(exp(w0) + exp(w1) + exp(w2) + exp(w3))
     df/dw3 = (-(x*exp(w2) + Piecewise((x, x > 0), (0, True))*exp(w0) + exp(w1)*tanh(x) + exp(w3)*sigmoid(x))/(exp(w0) + exp(w1) + exp(w2) + exp(w3)) + sigmoid(x))*exp(w3)/(exp(w0) + exp(w1) + exp(w2) + exp(w3))
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -64,7 +62,7 @@ def _derivatives_torch(x, w0, w1, w2, w3):
     _d_w1 = torch.where(torch.isnan(x), x, _t1*_t5*(_t11 - _t12))
     _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t17*(-_t12 + x), _rt.grown(_t15*_t17), _rt.grown(_t17*_rt.fnma(_t16, _t5, -16777216.0)), x))
     _d_w3 = torch.where(torch.isnan(x), x, _t3*_t5*(-_t12 + _t6))
-    return (_d_x, _d_w0, _d_w1, _d_w2, _d_w3,)
+    return (_d_x, _d_w0, _d_w1, _d_w2, _d_w3)
 
 
 def _forward_torch_fast(x, w0, w1, w2, w3, _w):
@@ -97,7 +95,7 @@ def _derivatives_torch_fast(x, w0, w1, w2, w3, _w):
     _d_w1 = torch.sub(_t10, _t11, out=_w[12]).mul_(_t1 * _t4)
     _d_w2 = torch.neg(_t11, out=_w[13]).add_(x).mul_(_t2 * _t4)
     _d_w3 = torch.neg(_t11, out=_w[14]).add_(_t5).mul_(_t3 * _t4)
-    return _rt.finite_or_none((_d_x, _d_w0, _d_w1, _d_w2, _d_w3,))
+    return _rt.finite_or_none((_d_x, _d_w0, _d_w1, _d_w2, _d_w3))
 
 
 def _second_derivatives_torch(x, w0, w1, w2, w3):
@@ -180,7 +178,7 @@ def _second_derivatives_torch(x, w0, w1, w2, w3):
     _d2_w2_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t5*_rt.fma(_t2, _t54, -(2.0*_t54*_t55)), _rt.grown(_t5*_rt.fma(_t31, _t55, _rt.fnma(_t30, _t55, _t2*_t30))), _rt.grown(_t5*_rt.fnma(_t55, _t57, _rt.fma(_t55, _t56, _t2*_t57))), x))
     _d2_w2_w3 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t58*(-_t35 - _t7 - x), _rt.grown(_t39*_t58), _rt.grown(_t42*_t58), x))
     _d2_w3_w3 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t5*_rt.fnma(_t60, _t62, _rt.fma(_t59, _t62, _t3*_t60)), _rt.grown(_t5*_rt.fma(_t49, _t62, _rt.fnma(_t48, _t62, _t3*_t48))), _rt.grown(_t5*_rt.fnma(_t3, _t33, 2.0*_t32*_t34*_t61)), x))
-    return (_d2_x_x, _d2_x_w0, _d2_x_w1, _d2_x_w2, _d2_x_w3, _d2_w0_w0, _d2_w0_w1, _d2_w0_w2, _d2_w0_w3, _d2_w1_w1, _d2_w1_w2, _d2_w1_w3, _d2_w2_w2, _d2_w2_w3, _d2_w3_w3,)
+    return (_d2_x_x, _d2_x_w0, _d2_x_w1, _d2_x_w2, _d2_x_w3, _d2_w0_w0, _d2_w0_w1, _d2_w0_w2, _d2_w0_w3, _d2_w1_w1, _d2_w1_w2, _d2_w1_w3, _d2_w2_w2, _d2_w2_w3, _d2_w3_w3)
 
 
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
@@ -311,7 +309,7 @@ if _rt.HAS_TRITON:
                 _p_w1 = _reduce_partial(_sum_w1, CH_AXIS)
                 _p_w2 = _reduce_partial(_sum_w2, CH_AXIS)
                 _p_w3 = _reduce_partial(_sum_w3, CH_AXIS)
-            _store_reduced(_partials_ptr + 0 * _n_partials, _p_w0, BLOCK_M, BLOCK_N, CH_AXIS)
+            _store_reduced(_partials_ptr, _p_w0, BLOCK_M, BLOCK_N, CH_AXIS)
             _store_reduced(_partials_ptr + 1 * _n_partials, _p_w1, BLOCK_M, BLOCK_N, CH_AXIS)
             _store_reduced(_partials_ptr + 2 * _n_partials, _p_w2, BLOCK_M, BLOCK_N, CH_AXIS)
             _store_reduced(_partials_ptr + 3 * _n_partials, _p_w3, BLOCK_M, BLOCK_N, CH_AXIS)
@@ -329,7 +327,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(4, 15),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -339,7 +336,7 @@ def adaptive_mixture4(x, w0=0.0, w1=0.0, w2=0.0, w3=0.0):
     """A learnable softmax-weighted mix of relu, tanh, identity and sigmoid (logits w0, w1, w2, w3).
 
     f = (exp(w0) * Max(x, 0) + exp(w1) * tanh(x) + exp(w2) * x + exp(w3) * sigmoid(x)) / (exp(w0) + exp(w1) + exp(w2) + exp(w3))
-    Params are tensors of shape (1,) or, if per-channel, (C,) - or Python floats."""
+    Params are tensors of shape (1,) - or Python floats."""
     return _OP.call((x,), (w0, w1, w2, w3), (), 1)
 
 
@@ -410,6 +407,3 @@ class AdaptiveMixture4(torch.nn.Module):
 
     def forward(self, x):
         return adaptive_mixture4(x, self.w0, self.w1, self.w2, self.w3)
-
-    def extra_repr(self):
-        return ""

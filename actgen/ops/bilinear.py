@@ -10,8 +10,6 @@ Derived (after stability rewrites):
     df/da = b
     df/db = a
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -24,7 +22,7 @@ SPEC_SHA256 = 'eed3afbfe80ac3023386a12ae666fce2bd7d3ecd2c8ed4af7d244f524e1fd4fc'
 
 
 def _forward_torch(a, b):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = a*b
     return _y
 
@@ -33,7 +31,7 @@ def _derivatives_torch(a, b):
     """df/da, df/db."""
     _d_a = b
     _d_b = a
-    return (_d_a, _d_b,)
+    return (_d_a, _d_b)
 
 
 def _forward_torch_fast(a, b, _w):
@@ -46,7 +44,7 @@ def _derivatives_torch_fast(a, b, _w):
     """df/da, df/db on the workspace _w (CPU chunks)."""
     _d_a = b
     _d_b = a
-    return (_d_a, _d_b,)
+    return (_d_a, _d_b)
 
 
 def _second_derivatives_torch(a, b):
@@ -54,13 +52,13 @@ def _second_derivatives_torch(a, b):
     _d2_a_a = 0.0
     _d2_a_b = 1.0
     _d2_b_b = 0.0
-    return (_d2_a_a, _d2_a_b, _d2_b_b,)
+    return (_d2_a_a, _d2_a_b, _d2_b_b)
 
 
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile, row_offsets as _row_offsets
 
     @triton.jit

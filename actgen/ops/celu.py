@@ -11,8 +11,6 @@ Derived (after stability rewrites):
     f     = Piecewise((x, x > 0), (alpha*expm1(x/alpha), True))
     df/dx = Piecewise((1, x > 0), (exp(x/alpha), True))
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -25,7 +23,7 @@ SPEC_SHA256 = '401f2f8749e771708328fd509237c02cfc7ac91601b67d949ec6527a352328da'
 
 
 def _forward_torch(x, alpha):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = torch.where(x > 0.0, x, alpha*torch.expm1(x/alpha))
     return _y
 
@@ -99,7 +97,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(3, 3),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

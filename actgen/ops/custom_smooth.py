@@ -8,11 +8,9 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = x*tanh(sqrt(x**2 + 1))
     df/dx = 4*x**2*exp(-2*sqrt(x**2 + 1))/((1 + exp(-2*sqrt(x**2 + 1)))**2*sqrt(x**2 + 1)) + tanh(sqrt(x**2 + 1))
-    
+
     df/dx: x is clamped where x <= -32 or x >= 32 (there df/dx no longer changes with x, to double precision).
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -25,7 +23,7 @@ SPEC_SHA256 = 'a4f319cb6243675ff4c3a35cc30afe43fa586aad449eb70d58929e03829bcd3a'
 
 
 def _forward_torch(x):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = x*torch.tanh(_rt.hypot(x, 1.0))
     return _y
 
@@ -191,6 +189,3 @@ class CustomSmooth(torch.nn.Module):
 
     def forward(self, x):
         return custom_smooth(x)
-
-    def extra_repr(self):
-        return ""

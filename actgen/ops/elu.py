@@ -10,7 +10,7 @@ Constants: alpha=1.0
 Derived (after stability rewrites):
     f     = Piecewise((x, x > 0), (alpha*expm1(x), True))
     df/dx = Piecewise((1, x > 0), (alpha*exp(x), True))
-    
+
     On CPU, torch's own elu kernels (actgen.native), on the inputs they are trusted with:
         f: any float32, bfloat16 and float16 input.
         grad * df/dx: finite float32, bfloat16 and float16 inputs.
@@ -30,7 +30,7 @@ SPEC_SHA256 = '3901ad021208eebab0f60179d2e45b9d5fc45ace8f62168ea7500aa0ac413a04'
 
 
 def _forward_torch(x, alpha):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = torch.where(x > 0.0, x, alpha*torch.expm1(x))
     return _y
 
@@ -124,7 +124,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(3, 3),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

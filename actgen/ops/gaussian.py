@@ -8,12 +8,10 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = exp(-x**2)
     df/dx = -2*x*exp(-x**2)
-    
+
     f: x is clamped where x <= -32 or x >= 32 (there f no longer changes with x, to double precision).
     df/dx: x is clamped where x <= -32 or x >= 32 (there df/dx no longer changes with x, to double precision).
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -26,7 +24,7 @@ SPEC_SHA256 = '2eb682963b9b8aaa3e3336a1a2272b7b4f41fc32571039fdbb56f817b3834a09'
 
 
 def _forward_torch(x):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _clamped_x = _rt.clamp(x, -32.0, 32.0)
     _y = torch.exp(-(_clamped_x*_clamped_x))
     return _y
@@ -64,7 +62,7 @@ def _second_derivatives_torch(x):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile, exp as _exp, clamp as _clamp
 
     @triton.jit
@@ -177,6 +175,3 @@ class Gaussian(torch.nn.Module):
 
     def forward(self, x):
         return gaussian(x)
-
-    def extra_repr(self):
-        return ""

@@ -9,11 +9,11 @@ Derived (after stability rewrites):
     f     = 1.0*a*b*sigmoid(2*sqrt(2)*(0.044715*a**3 + a)/sqrt(pi))
     df/da = b*(2.0*sqrt(2)*a*(0.134145*a**2 + 1)*sigmoid(-2*sqrt(2)*(0.044715*a**3 + a)/sqrt(pi))/sqrt(pi) + 1.0)*sigmoid(2*sqrt(2)*(0.044715*a**3 + a)/sqrt(pi))
     df/db = 1.0*a*sigmoid(2*sqrt(2)*(0.044715*a**3 + a)/sqrt(pi))
-    
+
     f: a is clamped where a <= -32 (there f no longer changes with a, to double precision).
     df/da: a is clamped where a <= -32 or a >= 8 (there df/da no longer changes with a, to double precision).
     df/db: a is clamped where a <= -32 (there df/db no longer changes with a, to double precision).
-    
+
     On CPU, torch's own gelu_tanh kernels for a (actgen.native), times b, on the inputs they are trusted with (b finite):
         f: bfloat16 inputs in (-5, 2**40); finite float16 inputs.
         grad * df/da, grad * df/db: bfloat16 inputs in (-5, 2**40); float16 inputs above -4.5.
@@ -33,7 +33,7 @@ SPEC_SHA256 = 'a5b49c52498184eb2c37fa23992bf0431ecebf07f06d61fdf82ec94d15c98f7e'
 
 
 def _forward_torch(a, b):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _clamped_a = _rt.clamp(a, -32.0, None)
     _y = _clamped_a*torch.sigmoid(1.5957691216057308*_clamped_a*_rt.fma(_clamped_a, _clamped_a, 1.0, 0.044715))*b
     return _y
@@ -48,7 +48,7 @@ def _derivatives_torch(a, b):
     _t2 = _t1*(0.044715*_t0 + 1.0)
     _d_a = (_t1*(0.134145*_t0 + 1.0)*torch.sigmoid(-_t2) + 1.0)*torch.sigmoid(_t2)*b
     _d_b = _clamped_a_1*torch.sigmoid(0.07135481627260025*_clamped_a_1*_clamped_a_1*_clamped_a_1 + 1.5957691216057308*_clamped_a_1)
-    return (_d_a, _d_b,)
+    return (_d_a, _d_b)
 
 
 def _forward_torch_fast(a, b, _w):
@@ -67,7 +67,7 @@ def _derivatives_torch_fast(a, b, _w):
     _t2 = torch.mul(_t0, 0.044715, out=_w[0]).add_(1.0).mul_(_t1)
     _d_a = torch.mul(_t0, 0.134145, out=_w[5]).add_(1.0).mul_(_t1).mul_(torch.neg(_t2, out=_w[4]).sigmoid_()).add_(1.0).mul_(torch.sigmoid(_t2, out=_w[4])).mul_(b)
     _d_b = torch.mul(_clamped_a_1, 0.07135481627260025, out=_w[6]).mul_(_clamped_a_1).mul_(_clamped_a_1).add_(torch.mul(_clamped_a_1, 1.5957691216057308, out=_w[2])).sigmoid_().mul_(_clamped_a_1)
-    return (_d_a, _d_b,)
+    return (_d_a, _d_b)
 
 
 def _second_derivatives_torch(a, b):
@@ -85,7 +85,7 @@ def _second_derivatives_torch(a, b):
     _d2_a_a = _t3*_t4*b*_rt.fma(_t5, _t1*_t3*_t5 + 1.0, -(2.5464790894703255*_clamped_a_1*_t4*_t5*_t5) + 0.6421933464534022*_t0 + 1.5957691216057308, 1.5957691216057308)
     _d2_a_b = (_t6*_rt.fma(_clamped_a, _clamped_a, 1.0, 0.134145)*torch.sigmoid(-_t7) + 1.0)*torch.sigmoid(_t7)
     _d2_b_b = 0.0
-    return (_d2_a_a, _d2_a_b, _d2_b_b,)
+    return (_d2_a_a, _d2_a_b, _d2_b_b)
 
 
 # ---- torch's own kernels: the formula is torch's gelu_tanh of a, times b (the CPU fallback; actgen.native) ----
@@ -107,7 +107,7 @@ def _backward_native(_g, a, b, _out):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile, row_offsets as _row_offsets, exp as _exp, div as _div, div_bounded as _div_bounded, clamp as _clamp, sigmoid as _sigmoid
 
     @triton.jit

@@ -8,9 +8,9 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = 0.5*x*erfc(-sqrt(2)*x/2)
     df/dx = 0.5*sqrt(2)*x*exp(-x**2/2)/sqrt(pi) + 0.5*erfc(-sqrt(2)*x/2)
-    
+
     df/dx: x is clamped where x <= -64 or x >= 16 (there df/dx no longer changes with x, to double precision).
-    
+
     On CPU, torch's own gelu kernels (actgen.native), on the inputs they are trusted with:
         f: bfloat16 inputs above -5.5; finite float16 inputs.
         grad * df/dx: bfloat16 inputs above -6; finite float16 inputs.
@@ -31,7 +31,7 @@ SPEC_SHA256 = 'ba75e4f3b8d08b008ba415c670558ed022ef3eb15c6290b86b157a7795059c38'
 
 
 def _forward_torch(x):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = torch.where(x == -math.inf, 0.0, 0.5*torch.erfc(-(0.7071067811865476*x))*x)
     return _y
 
@@ -80,7 +80,7 @@ def _backward_native(_g, x, _out):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile, exp as _exp, erfc as _erfc, clamp as _clamp
 
     @triton.jit

@@ -10,8 +10,6 @@ Derived (after stability rewrites):
     df/da = sigmoid(b)
     df/db = a*sigmoid(-b)*sigmoid(b)
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -24,7 +22,7 @@ SPEC_SHA256 = '4fab10d4605e66f2243d157432077d1d6511812ee24e48868fdaebb887e66afd'
 
 
 def _forward_torch(a, b):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = a*torch.sigmoid(b)
     return _y
 
@@ -34,7 +32,7 @@ def _derivatives_torch(a, b):
     _t0 = torch.sigmoid(b)
     _d_a = _t0
     _d_b = _t0*torch.sigmoid(-b)*a
-    return (_d_a, _d_b,)
+    return (_d_a, _d_b)
 
 
 def _forward_torch_fast(a, b, _w):
@@ -48,7 +46,7 @@ def _derivatives_torch_fast(a, b, _w):
     _t0 = torch.sigmoid(b, out=_w[0])
     _d_a = _t0
     _d_b = torch.neg(b, out=_w[2]).sigmoid_().mul_(_t0).mul_(a)
-    return (_d_a, _d_b,)
+    return (_d_a, _d_b)
 
 
 def _second_derivatives_torch(a, b):
@@ -60,13 +58,13 @@ def _second_derivatives_torch(a, b):
     _d2_a_a = 0.0
     _d2_a_b = torch.sigmoid(-b)*torch.sigmoid(b)
     _d2_b_b = torch.where(torch.isnan(a), a, torch.where(b < 0.0, _t3, -_t3)/_rt.fma(_t1, _rt.fma(_t1, _t1 + 3.0, 3.0), 1.0)*a)
-    return (_d2_a_a, _d2_a_b, _d2_b_b,)
+    return (_d2_a_a, _d2_a_b, _d2_b_b)
 
 
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile, row_offsets as _row_offsets, exp as _exp, div_bounded as _div_bounded, sigmoid as _sigmoid
 
     @triton.jit

@@ -9,8 +9,6 @@ Derived (after stability rewrites):
     f     = Piecewise((0, x < -2), (x*(x + 2)/2, x <= 0), (x, True))
     df/dx = Piecewise((0, x < -2), (x + 1, x <= 0), (1, True))
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -23,7 +21,7 @@ SPEC_SHA256 = '39a1199c81382a97a9d728baf4bc2884e7bd7f2f073c258825ff6cd73dfed6c8'
 
 
 def _forward_torch(x):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = torch.where(torch.isnan(x), x, torch.where(x < -2.0, 0.0, torch.where(x <= 0.0, 0.5*x*(x + 2.0), x)))
     return _y
 
@@ -55,7 +53,7 @@ def _second_derivatives_torch(x):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile
 
     @triton.jit
@@ -94,7 +92,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(4, 4),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -166,6 +163,3 @@ class HardMish(torch.nn.Module):
 
     def forward(self, x):
         return hard_mish(x)
-
-    def extra_repr(self):
-        return ""

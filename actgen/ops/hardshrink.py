@@ -11,8 +11,6 @@ Derived (after stability rewrites):
     f     = Piecewise((x, (lambd < x) | (lambd < -x)), (0, True))
     df/dx = Piecewise((1, (lambd < x) | (lambd < -x)), (0, True))
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -25,7 +23,7 @@ SPEC_SHA256 = 'cd01dfcfd1c22d94bbb0f1607865712f5a13159b5068eefc9400c009921aacdf'
 
 
 def _forward_torch(x, lambd):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = torch.where(torch.isnan(x), x, torch.where((lambd < x) | (lambd < -x), x, 0.0))
     return _y
 
@@ -57,7 +55,7 @@ def _second_derivatives_torch(x, lambd):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile
 
     @triton.jit
@@ -98,7 +96,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(3, 3),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

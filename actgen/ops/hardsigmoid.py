@@ -9,8 +9,6 @@ Derived (after stability rewrites):
     f     = Piecewise((0, x <= -3), (1, x >= 3), (x/6 + 1/2, True))
     df/dx = Piecewise((0, (x >= 3) | (x <= -3)), (1/6, True))
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -23,7 +21,7 @@ SPEC_SHA256 = '02d75ecf49b09106a830e1744978c515770271636567065397ad35e069089823'
 
 
 def _forward_torch(x):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = torch.where(torch.isnan(x), x, torch.where(x <= -3.0, 0.0, torch.where(x >= 3.0, 1.0, 0.16666666666666666*x + 0.5)))
     return _y
 
@@ -55,7 +53,7 @@ def _second_derivatives_torch(x):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile
 
     @triton.jit
@@ -94,7 +92,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(4, 3),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -166,6 +163,3 @@ class Hardsigmoid(torch.nn.Module):
 
     def forward(self, x):
         return hardsigmoid(x)
-
-    def extra_repr(self):
-        return ""

@@ -8,7 +8,7 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = Piecewise((0, x <= -3), (x*(x + 3)/6, x < 3), (x, True))
     df/dx = Piecewise((0, x <= -3), (x/3 + 1/2, x < 3), (1, True))
-    
+
     On CPU, torch's own hardswish kernels (actgen.native), on the inputs they are trusted with:
         f: float32 and bfloat16 inputs below 2**120 in magnitude; finite float16 inputs.
         grad * df/dx: float32 and bfloat16 inputs below 2**120 in magnitude; finite float16 inputs.
@@ -28,7 +28,7 @@ SPEC_SHA256 = 'e54d3a6db540319b4fec07fafe25f95fa2e6b8d6d3abdcf45477c83bee29732a'
 
 
 def _forward_torch(x):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = torch.where(torch.isnan(x), x, torch.where(x <= -3.0, 0.0, torch.where(x < 3.0, 0.16666666666666666*x*(x + 3.0), x)))
     return _y
 
@@ -73,7 +73,7 @@ def _backward_native(_g, x, _out):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile
 
     @triton.jit
@@ -119,7 +119,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(4, 4),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -191,6 +190,3 @@ class Hardswish(torch.nn.Module):
 
     def forward(self, x):
         return hardswish(x)
-
-    def extra_repr(self):
-        return ""

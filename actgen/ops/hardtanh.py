@@ -11,8 +11,6 @@ Derived (after stability rewrites):
     f     = Piecewise((min_val, min_val >= x), (max_val, max_val <= x), (x, True))
     df/dx = Piecewise((0, (min_val >= x) | (max_val <= x)), (1, True))
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -25,7 +23,7 @@ SPEC_SHA256 = '7ce448b0392ec5b0b35a1adfc0aecc835f6ad1e1ddf50aaf8002bc8d1a6fa315'
 
 
 def _forward_torch(x, min_val, max_val):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = torch.where(torch.isnan(x), x, torch.where(min_val >= x, min_val, torch.where(max_val <= x, max_val, x)))
     return _y
 
@@ -57,7 +55,7 @@ def _second_derivatives_torch(x, min_val, max_val):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile
 
     @triton.jit
@@ -100,7 +98,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(3, 3),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -10,7 +10,7 @@ Constants: negative_slope=0.01
 Derived (after stability rewrites):
     f     = Piecewise((x, x > 0), (negative_slope*x, True))
     df/dx = Piecewise((1, x > 0), (negative_slope, True))
-    
+
     On CPU, torch's own leaky_relu kernels (actgen.native), on the inputs they are trusted with:
         f: any float32, bfloat16 and float16 input.
         grad * df/dx: finite float32, bfloat16 and float16 inputs.
@@ -30,7 +30,7 @@ SPEC_SHA256 = '107e3ddf7d670d637f9b3f0ae88206fb9d2dba5dfd0184dd3cd18f2845cfaa69'
 
 
 def _forward_torch(x, negative_slope):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = torch.where(x > 0.0, x, negative_slope*x)
     return _y
 
@@ -75,7 +75,7 @@ def _backward_native(_g, x, negative_slope, _out):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile
 
     @triton.jit
@@ -124,7 +124,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(3, 2),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -14,8 +14,6 @@ Derived (after stability rewrites):
     df/dscale = Piecewise((x, x > 0), (alpha*x, True))
     df/dshift = 1
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -40,7 +38,7 @@ def _derivatives_torch(x, alpha, scale, shift):
     _d_alpha = torch.where(torch.isnan(x), x, scale*torch.where(_t0, 0.0, x))
     _d_scale = torch.where(_t0, x, alpha*x)
     _d_shift = 1.0
-    return (_d_x, _d_alpha, _d_scale, _d_shift,)
+    return (_d_x, _d_alpha, _d_scale, _d_shift)
 
 
 def _forward_torch_fast(x, alpha, scale, shift, _w):
@@ -56,7 +54,7 @@ def _derivatives_torch_fast(x, alpha, scale, shift, _w):
     _d_alpha = _rt.select(_t0, 0.0, x, out=_w[3]).mul_(scale)
     _d_scale = _rt.select(_t0, x, torch.mul(alpha, x, out=_w[1]), out=_w[4])
     _d_shift = 1.0
-    return _rt.finite_or_none((_d_x, _d_alpha, _d_scale, _d_shift,))
+    return _rt.finite_or_none((_d_x, _d_alpha, _d_scale, _d_shift))
 
 
 def _second_derivatives_torch(x, alpha, scale, shift):
@@ -72,13 +70,13 @@ def _second_derivatives_torch(x, alpha, scale, shift):
     _d2_scale_scale = 0.0
     _d2_scale_shift = 0.0
     _d2_shift_shift = 0.0
-    return (_d2_x_x, _d2_x_alpha, _d2_x_scale, _d2_x_shift, _d2_alpha_alpha, _d2_alpha_scale, _d2_alpha_shift, _d2_scale_scale, _d2_scale_shift, _d2_shift_shift,)
+    return (_d2_x_x, _d2_x_alpha, _d2_x_scale, _d2_x_shift, _d2_alpha_alpha, _d2_alpha_scale, _d2_alpha_shift, _d2_scale_scale, _d2_scale_shift, _d2_shift_shift)
 
 
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, tile_channels as _tile_channels, param_at as _param_at, partial_zeros as _partial_zeros, in_tile as _in_tile, store_partial as _store_partial
 
     @triton.jit
@@ -123,7 +121,7 @@ if _rt.HAS_TRITON:
                 _sum_scale += _in_tile(_g * _d_scale, _mask)
                 _sum_shift += _in_tile(_g * _d_shift, _mask)
         if PARAM_GRAD:
-            _store_partial(_partials_ptr + 0 * _n_partials, _sum_alpha, BLOCK_M, BLOCK_N, CH_AXIS)
+            _store_partial(_partials_ptr, _sum_alpha, BLOCK_M, BLOCK_N, CH_AXIS)
             _store_partial(_partials_ptr + 1 * _n_partials, _sum_scale, BLOCK_M, BLOCK_N, CH_AXIS)
             _store_partial(_partials_ptr + 2 * _n_partials, _sum_shift, BLOCK_M, BLOCK_N, CH_AXIS)
 
@@ -140,7 +138,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(3, 6),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

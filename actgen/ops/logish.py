@@ -8,7 +8,7 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = x*log1p(sigmoid(x))
     df/dx = x*sigmoid(-x)*sigmoid(x)/(sigmoid(x) + 1) + log1p(sigmoid(x))
-    
+
     df/dx: its rational part one ratio of polynomials, and a sigmoid inside another call from the same e, in e = exp(-|x|), with exp(x) = e where x < 0 and 1/e elsewhere: one exponential, and nothing overflows.
 """
 import math
@@ -25,7 +25,7 @@ SPEC_SHA256 = '1d1db2c174cf4ba7a9e17cc4cd7e306cc75fed8414d05c815bdcf6296e3dc3a5'
 
 
 def _forward_torch(x):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = torch.where(x == -math.inf, 0.0, x*torch.log1p(torch.sigmoid(x)))
     return _y
 
@@ -66,7 +66,7 @@ def _second_derivatives_torch(x):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile, exp as _exp, log1p as _log1p, div_bounded as _div_bounded, sigmoid as _sigmoid
 
     @triton.jit
@@ -106,7 +106,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(1, 5),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -178,6 +177,3 @@ class Logish(torch.nn.Module):
 
     def forward(self, x):
         return logish(x)
-
-    def extra_repr(self):
-        return ""

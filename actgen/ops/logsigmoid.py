@@ -9,8 +9,6 @@ Derived (after stability rewrites):
     f     = -softplus(-x)
     df/dx = sigmoid(-x)
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -23,7 +21,7 @@ SPEC_SHA256 = 'bc3ddc1872f5da8a099c25ca276a4bae61ab3669298d7d8828d38632153e73cf'
 
 
 def _forward_torch(x):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = -_rt.softplus(-x)
     return _y
 
@@ -55,7 +53,7 @@ def _second_derivatives_torch(x):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile, sigmoid as _sigmoid, softplus as _softplus
 
     @triton.jit
@@ -166,6 +164,3 @@ class LogSigmoid(torch.nn.Module):
 
     def forward(self, x):
         return logsigmoid(x)
-
-    def extra_repr(self):
-        return ""

@@ -12,8 +12,6 @@ Derived (after stability rewrites):
     df/dx     = Piecewise((1, x > 0), (alpha, True))
     df/dalpha = Piecewise((0, x > 0), (x, True))
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -36,7 +34,7 @@ def _derivatives_torch(x, alpha):
     _t0 = x > 0.0
     _d_x = torch.where(torch.isnan(x), x, torch.where(_t0, 1.0, alpha))
     _d_alpha = torch.where(torch.isnan(x), x, torch.where(_t0, 0.0, x))
-    return (_d_x, _d_alpha,)
+    return (_d_x, _d_alpha)
 
 
 def _forward_torch_fast(x, alpha, _w):
@@ -50,7 +48,7 @@ def _derivatives_torch_fast(x, alpha, _w):
     _t0 = _rt.gt(x, 0.0, out=_w[0])
     _d_x = _rt.select(_t0, 1.0, alpha, out=_w[1])
     _d_alpha = _rt.select(_t0, 0.0, x, out=_w[2])
-    return _rt.finite_or_none((_d_x, _d_alpha,))
+    return _rt.finite_or_none((_d_x, _d_alpha))
 
 
 def _second_derivatives_torch(x, alpha):
@@ -58,13 +56,13 @@ def _second_derivatives_torch(x, alpha):
     _d2_x_x = 0.0
     _d2_x_alpha = torch.where(torch.isnan(x), x, torch.where(x > 0.0, _rt.number(x, 0.0), 1.0))
     _d2_alpha_alpha = 0.0
-    return (_d2_x_x, _d2_x_alpha, _d2_alpha_alpha,)
+    return (_d2_x_x, _d2_x_alpha, _d2_alpha_alpha)
 
 
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, tile_channels as _tile_channels, param_at as _param_at, partial_zeros as _partial_zeros, in_tile as _in_tile, store_partial as _store_partial
 
     @triton.jit
@@ -99,7 +97,7 @@ if _rt.HAS_TRITON:
             if PARAM_GRAD:
                 _sum_alpha += _in_tile(_g * _d_alpha, _mask)
         if PARAM_GRAD:
-            _store_partial(_partials_ptr + 0 * _n_partials, _sum_alpha, BLOCK_M, BLOCK_N, CH_AXIS)
+            _store_partial(_partials_ptr, _sum_alpha, BLOCK_M, BLOCK_N, CH_AXIS)
 
 
 _OP = _rt.Activation(
@@ -114,7 +112,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(3, 3),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -15,8 +15,6 @@ Derived (after stability rewrites):
     df/da2 = x**2
     df/da3 = x**3
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -46,7 +44,7 @@ def _derivatives_torch(x, a0, a1, a2, a3):
     _d_a1 = x
     _d_a2 = x*x
     _d_a3 = x*x*x
-    return (_d_x, _d_a0, _d_a1, _d_a2, _d_a3,)
+    return (_d_x, _d_a0, _d_a1, _d_a2, _d_a3)
 
 
 def _forward_torch_fast(x, a0, a1, a2, a3, _w):
@@ -62,7 +60,7 @@ def _derivatives_torch_fast(x, a0, a1, a2, a3, _w):
     _d_a1 = x
     _d_a2 = torch.mul(x, x, out=_w[3])
     _d_a3 = torch.mul(x, x, out=_w[4]).mul_(x)
-    return (_d_x, _d_a0, _d_a1, _d_a2, _d_a3,)
+    return (_d_x, _d_a0, _d_a1, _d_a2, _d_a3)
 
 
 def _second_derivatives_torch(x, a0, a1, a2, a3):
@@ -84,13 +82,13 @@ def _second_derivatives_torch(x, a0, a1, a2, a3):
     _d2_a2_a2 = 0.0
     _d2_a2_a3 = 0.0
     _d2_a3_a3 = 0.0
-    return (_d2_x_x, _d2_x_a0, _d2_x_a1, _d2_x_a2, _d2_x_a3, _d2_a0_a0, _d2_a0_a1, _d2_a0_a2, _d2_a0_a3, _d2_a1_a1, _d2_a1_a2, _d2_a1_a3, _d2_a2_a2, _d2_a2_a3, _d2_a3_a3,)
+    return (_d2_x_x, _d2_x_a0, _d2_x_a1, _d2_x_a2, _d2_x_a3, _d2_a0_a0, _d2_a0_a1, _d2_a0_a2, _d2_a0_a3, _d2_a1_a1, _d2_a1_a2, _d2_a1_a3, _d2_a2_a2, _d2_a2_a3, _d2_a3_a3)
 
 
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, in_tile as _in_tile, store_partial as _store_partial, limit_at_inf as _limit_at_inf, grown as _grown
 
     @triton.jit
@@ -143,7 +141,7 @@ if _rt.HAS_TRITON:
                 _sum_a2 += _in_tile(_g * _d_a2, _mask)
                 _sum_a3 += _in_tile(_g * _d_a3, _mask)
         if PARAM_GRAD:
-            _store_partial(_partials_ptr + 0 * _n_partials, _sum_a0, BLOCK_M, BLOCK_N, CH_AXIS)
+            _store_partial(_partials_ptr, _sum_a0, BLOCK_M, BLOCK_N, CH_AXIS)
             _store_partial(_partials_ptr + 1 * _n_partials, _sum_a1, BLOCK_M, BLOCK_N, CH_AXIS)
             _store_partial(_partials_ptr + 2 * _n_partials, _sum_a2, BLOCK_M, BLOCK_N, CH_AXIS)
             _store_partial(_partials_ptr + 3 * _n_partials, _sum_a3, BLOCK_M, BLOCK_N, CH_AXIS)
@@ -161,7 +159,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(1, 5),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -171,7 +168,7 @@ def polynomial(x, a0=0.0, a1=0.5, a2=0.0, a3=0.0):
     """A learnable cubic, initialised to x / 2.
 
     f = a0 + a1 * x + a2 * x**2 + a3 * x**3
-    Params are tensors of shape (1,) or, if per-channel, (C,) - or Python floats."""
+    Params are tensors of shape (1,) - or Python floats."""
     return _OP.call((x,), (a0, a1, a2, a3), (), 1)
 
 
@@ -242,6 +239,3 @@ class Polynomial(torch.nn.Module):
 
     def forward(self, x):
         return polynomial(x, self.a0, self.a1, self.a2, self.a3)
-
-    def extra_repr(self):
-        return ""

@@ -8,14 +8,12 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = x*sigmoid(1.702*x)
     df/dx = (1.702*x*sigmoid(-1.702*x) + 1)*sigmoid(1.702*x)
-    
+
     f: x is clamped where x <= -512 (there f no longer changes with x, to double precision).
     df/dx: x is clamped where x <= -512 or x >= 32 (there df/dx no longer changes with x, to double precision).
-    
+
     df/dx: one ratio of polynomials in e = exp(-|1.702*x|), with exp(1.702*x) = e where 1.702*x < 0 and 1/e elsewhere: one exponential, and nothing overflows (in the Triton kernels; the eager fallback keeps its calls).
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -28,7 +26,7 @@ SPEC_SHA256 = 'd5a1d5527b79715c1758f2923aac66abd9a541f336c2b8f24a4b4fd116335353'
 
 
 def _forward_torch(x):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _clamped_x = _rt.clamp(x, -512.0, None)
     _y = _clamped_x*torch.sigmoid(1.702*_clamped_x)
     return _y
@@ -71,7 +69,7 @@ def _second_derivatives_torch(x):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div_bounded as _div_bounded, clamp as _clamp, sigmoid as _sigmoid
 
     @triton.jit
@@ -187,6 +185,3 @@ class QuickGELU(torch.nn.Module):
 
     def forward(self, x):
         return quick_gelu(x)
-
-    def extra_repr(self):
-        return ""

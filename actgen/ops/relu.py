@@ -8,7 +8,7 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = Piecewise((x, x > 0), (0, True))
     df/dx = Piecewise((1, x > 0), (0, True))
-    
+
     On CPU, torch's own relu kernels (actgen.native), on the inputs they are trusted with:
         f: any float32, bfloat16 and float16 input.
         grad * df/dx: finite float32, bfloat16 and float16 inputs.
@@ -28,7 +28,7 @@ SPEC_SHA256 = '23174f12c9fba82ce24044c45e62ab8beb1b4174e25455f1680cf0a87be9b54d'
 
 
 def _forward_torch(x):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = torch.where(torch.isnan(x), x, torch.where(x > 0.0, x, 0.0))
     return _y
 
@@ -73,7 +73,7 @@ def _backward_native(_g, x, _out):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile
 
     @triton.jit
@@ -120,7 +120,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(2, 1),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -192,6 +191,3 @@ class ReLU(torch.nn.Module):
 
     def forward(self, x):
         return relu(x)
-
-    def extra_repr(self):
-        return ""

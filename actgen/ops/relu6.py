@@ -9,8 +9,6 @@ Derived (after stability rewrites):
     f     = Piecewise((0, x <= 0), (6, x >= 6), (x, True))
     df/dx = Piecewise((0, (x >= 6) | (x <= 0)), (1, True))
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -23,7 +21,7 @@ SPEC_SHA256 = '5fbd8737c4135df34e15d0ba35cfcc56ae8e615ecd653636e2a1ab59a050ac4c'
 
 
 def _forward_torch(x):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = torch.where(torch.isnan(x), x, torch.where(x <= 0.0, 0.0, torch.where(x >= 6.0, 6.0, x)))
     return _y
 
@@ -55,7 +53,7 @@ def _second_derivatives_torch(x):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile
 
     @triton.jit
@@ -94,7 +92,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(3, 3),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -166,6 +163,3 @@ class ReLU6(torch.nn.Module):
 
     def forward(self, x):
         return relu6(x)
-
-    def extra_repr(self):
-        return ""

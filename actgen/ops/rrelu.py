@@ -12,8 +12,6 @@ Derived (after stability rewrites):
     df/dx = Piecewise((1, x > 0), (_r0*(-lower + upper) + lower, True))
     _r0 ~ U[0, 1) per element in training mode, 1/2 in evaluation mode: uniform(lower, upper) = _r0*(-lower + upper) + lower
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -26,7 +24,7 @@ SPEC_SHA256 = '4857e44c3f560752a2a47cc39061039127e0d7f5e432789a272dc8211aec6aa1'
 
 
 def _forward_torch(x, _r0, lower, upper):
-    """f, elementwise; params broadcast against the input; _r0: the draws (U[0, 1) tensors, or 1/2)."""
+    """f, elementwise; _r0: the draws (U[0, 1) tensors, or 1/2)."""
     _y = torch.where(x > 0.0, x, x*(_r0*(-lower + upper) + lower))
     return _y
 
@@ -58,7 +56,7 @@ def _second_derivatives_torch(x, _r0, lower, upper):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile, draw as _draw
 
     @triton.jit(do_not_specialize=["_seed"])
@@ -109,7 +107,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(3, 3),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
     draws=1,

@@ -11,8 +11,6 @@ Derived (after stability rewrites):
     f     = scale*Piecewise((shift + x, shift + x > 0), (0, True))
     df/dx = scale*Piecewise((1, shift + x > 0), (0, True))
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -25,7 +23,7 @@ SPEC_SHA256 = 'adafd912098dbb23853d9edee90499373afddcc4bb4a0ba4c997adf1cc72f2e9'
 
 
 def _forward_torch(x, scale, shift):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _t0 = shift + x
     _y = torch.where(torch.isnan(x), x, scale*torch.where(_t0 > 0.0, _t0, 0.0))
     return _y
@@ -59,7 +57,7 @@ def _second_derivatives_torch(x, scale, shift):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile
 
     @triton.jit
@@ -103,7 +101,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(3, 1),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -9,8 +9,6 @@ Derived (after stability rewrites):
     f     = Piecewise((1.05070098735548*x, x > 0), (1.75809934084738*expm1(x), True))
     df/dx = Piecewise((1.05070098735548, x > 0), (1.75809934084738*exp(x), True))
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -23,7 +21,7 @@ SPEC_SHA256 = '3c00fb5edfba0df4ad6eeb0b6a8be1a98e90cd45d4698ffe4720fd10c7873e64'
 
 
 def _forward_torch(x):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = torch.where(x > 0.0, 1.0507009873554805*x, 1.7580993408473766*torch.expm1(x))
     return _y
 
@@ -94,7 +92,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(4, 3),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -166,6 +163,3 @@ class SELU(torch.nn.Module):
 
     def forward(self, x):
         return selu(x)
-
-    def extra_repr(self):
-        return ""

@@ -9,8 +9,6 @@ Derived (after stability rewrites):
     f     = sigmoid(x)
     df/dx = sigmoid(-x)*sigmoid(x)
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -23,7 +21,7 @@ SPEC_SHA256 = '3a02a8a6333cfbc7d4f409d2951f6eab71e32dac2dc631a93d3eaecf96ba2a2a'
 
 
 def _forward_torch(x):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = torch.sigmoid(x)
     return _y
 
@@ -55,7 +53,7 @@ def _second_derivatives_torch(x):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div_bounded as _div_bounded, sigmoid as _sigmoid
 
     @triton.jit
@@ -167,6 +165,3 @@ class Sigmoid(torch.nn.Module):
 
     def forward(self, x):
         return sigmoid(x)
-
-    def extra_repr(self):
-        return ""

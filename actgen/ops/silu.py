@@ -8,9 +8,9 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = x*sigmoid(x)
     df/dx = (x*sigmoid(-x) + 1)*sigmoid(x)
-    
+
     df/dx: one ratio of polynomials in e = exp(-|x|), with exp(x) = e where x < 0 and 1/e elsewhere: one exponential, and nothing overflows (in the Triton kernels; the eager fallback keeps its calls).
-    
+
     On CPU, torch's own silu kernels (actgen.native), on the inputs they are trusted with:
         f: finite float32, bfloat16 and float16 inputs.
         grad * df/dx: float32 inputs below 5; finite bfloat16 and float16 inputs.
@@ -30,7 +30,7 @@ SPEC_SHA256 = '02d89c21719f4751cc373b3f8cdf71128022ce988e07919dc6c1170c6b013c3c'
 
 
 def _forward_torch(x):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = torch.where(x == -math.inf, 0.0, x*torch.sigmoid(x))
     return _y
 
@@ -77,7 +77,7 @@ def _backward_native(_g, x, _out):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div_bounded as _div_bounded, sigmoid as _sigmoid
 
     @triton.jit
@@ -125,7 +125,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(1, 2),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -197,6 +196,3 @@ class SiLU(torch.nn.Module):
 
     def forward(self, x):
         return silu(x)
-
-    def extra_repr(self):
-        return ""

@@ -9,8 +9,6 @@ Derived (after stability rewrites):
     f     = sin(x)
     df/dx = cos(x)
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -23,7 +21,7 @@ SPEC_SHA256 = '35b9b40a1772a07e0ee27645e1ce4382fa674c80f4be4e405b66cb25e7d07c57'
 
 
 def _forward_torch(x):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = torch.sin(x)
     return _y
 
@@ -166,6 +164,3 @@ class Sine(torch.nn.Module):
 
     def forward(self, x):
         return sine(x)
-
-    def extra_repr(self):
-        return ""

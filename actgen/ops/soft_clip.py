@@ -11,8 +11,6 @@ Derived (after stability rewrites):
     f     = scale*tanh(x/scale)
     df/dx = 4*exp(-2*Abs(x/scale))/(1 + exp(-2*Abs(x/scale)))**2
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -25,7 +23,7 @@ SPEC_SHA256 = 'a46f60fb0e193d1868672eeec832bac7cce2005c95dd91f920dc7f5270ce4ae6'
 
 
 def _forward_torch(x, scale):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = scale*torch.tanh(x/scale)
     return _y
 

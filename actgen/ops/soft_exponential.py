@@ -12,8 +12,6 @@ Derived (after stability rewrites):
     df/dx     = Piecewise((1/(-alpha*(alpha + x) + 1), alpha < 0), (exp(alpha*x), alpha > 0), (alpha*x + 1, True))
     df/dalpha = Piecewise((-(-2*alpha - x)/(alpha*(-alpha*(alpha + x) + 1)) + log1p(-alpha*(alpha + x))/alpha**2, alpha < 0), (1 + Piecewise((x**2*(1.0 + (-0.47675839880282950823 + (0.10741226729375597188 + (-0.015097561149404332571 + (0.0014702343213149081543 + (-0.00010397386406934551267 + (5.4267274823740788209e-6 + (-2.0723241094055469733e-7 + (5.5664159475048117832e-9 + (-9.5464782629265223565e-11 + 7.9864390670655645641e-13*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))**(-1)*(0.5 + (0.094954133931918579221 + (0.019786667379268149866 + (0.0019938420061961358137 + (0.0001816280069256338757 + (0.0000109589177542730111 + (5.4277250238659705784e-7 + (1.9242818264808382942e-8 + (4.9977721207482347102e-10 + (8.3589252425871157679e-12 + 6.9375523858285395639e-14*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x))*(alpha*x)), Abs(alpha*x) < 2), (x*exp(alpha*x)/alpha - expm1(alpha*x)/alpha**2, True)), alpha > 0), (x**2/2 + 1, True))
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -61,7 +59,7 @@ def _derivatives_torch(x, alpha):
     _t18 = 16777216.0*_t15
     _d_x = _rt.limit_at_inf(torch.where(_t2, _t1, torch.where(_t5, _t4, _t3 + 1.0)), _rt.grown(torch.where(_t2, _t7, torch.where(_t5, _t9, _t8 + 1.0))), _rt.grown(torch.where(_t2, _t11, torch.where(_t5, _t13, 1.0 - _t8))), x)
     _d_alpha = _rt.limit_at_inf(torch.where(_t2, _rt.fma(_t14, torch.log1p(-_t0), -(_t1*_t15*(-_t16 - x))), torch.where(_t5, torch.where(torch.abs(_t3) < 2.0, _t17/_rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, 7.986439067065565e-13*_t3 - 9.546478262926522e-11, 5.566415947504812e-09), -2.072324109405547e-07), 5.426727482374079e-06), -0.00010397386406934551), 0.0014702343213149082), -0.015097561149404333), 0.10741226729375597), -0.4767583988028295), 1.0)*_rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, 6.937552385828539e-14*_t3 + 8.358925242587115e-12, 4.997772120748234e-10), 1.9242818264808384e-08), 5.427725023865971e-07), 1.0958917754273011e-05), 0.00018162800692563387), 0.0019938420061961356), 0.01978666737926815), 0.09495413393191858), 0.5), _rt.fnma(_t14, torch.expm1(_t3), _t15*_t4*x)) + 1.0, 0.5*_t17 + 1.0)), _rt.grown(torch.where(_t2, _rt.fma(_t14, torch.log1p(-_t6), -(_t15*_t7*(-_t16 - 16777216.0))), torch.where(_t5, torch.where(torch.abs(_t8) < 2.0, 281474976710656.0*_rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, 6.937552385828539e-14*_t8 + 8.358925242587115e-12, 4.997772120748234e-10), 1.9242818264808384e-08), 5.427725023865971e-07), 1.0958917754273011e-05), 0.00018162800692563387), 0.0019938420061961356), 0.01978666737926815), 0.09495413393191858), 0.5)/_rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, _rt.fma(_t8, 7.986439067065565e-13*_t8 - 9.546478262926522e-11, 5.566415947504812e-09), -2.072324109405547e-07), 5.426727482374079e-06), -0.00010397386406934551), 0.0014702343213149082), -0.015097561149404333), 0.10741226729375597), -0.4767583988028295), 1.0), _rt.fma(_t18, _t9, -(_t14*torch.expm1(_t8)))) + 1.0, 140737488355329.0))), _rt.grown(torch.where(_t2, _rt.fma(_t14, torch.log1p(-_t10), -(_t11*_t15*(16777216.0 - _t16))), torch.where(_t5, torch.where(torch.abs(_t12) < 2.0, 281474976710656.0*_rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, 6.937552385828539e-14*_t12 + 8.358925242587115e-12, 4.997772120748234e-10), 1.9242818264808384e-08), 5.427725023865971e-07), 1.0958917754273011e-05), 0.00018162800692563387), 0.0019938420061961356), 0.01978666737926815), 0.09495413393191858), 0.5)/_rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, _rt.fma(_t12, 7.986439067065565e-13*_t12 - 9.546478262926522e-11, 5.566415947504812e-09), -2.072324109405547e-07), 5.426727482374079e-06), -0.00010397386406934551), 0.0014702343213149082), -0.015097561149404333), 0.10741226729375597), -0.4767583988028295), 1.0), _rt.fnma(_t14, torch.expm1(_t12), -(_t13*_t18))) + 1.0, 140737488355329.0))), x)
-    return (_d_x, _d_alpha,)
+    return (_d_x, _d_alpha)
 
 
 def _forward_torch_fast(x, alpha, _w):
@@ -85,7 +83,7 @@ def _derivatives_torch_fast(x, alpha, _w):
     _t8 = torch.mul(x, x, out=_w[4])
     _d_x = _rt.select(_t2, _t1, _rt.select(_t5, _t4, torch.add(_t3, 1.0, out=_w[10]), out=_w[6]), out=_w[10])
     _d_alpha = _rt.select(_t2, _rt.fma(_t6, torch.neg(_t0, out=_w[5]).log1p_(), torch.mul(_t1, _t7, out=_w[11]).mul_(torch.sub(-(2.0 * alpha), x, out=_w[7])).neg_(), out=_w[5]), _rt.select(_t5, _rt.select(_rt.lt(torch.abs(_t3, out=_w[11]), 2.0, out=_w[11]), torch.div(_t8, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, torch.mul(_t3, 7.986439067065565e-13, out=_w[7]).sub_(9.546478262926522e-11), 5.566415947504812e-09, out=_w[7]), -2.072324109405547e-07, out=_w[7]), 5.426727482374079e-06, out=_w[7]), -0.00010397386406934551, out=_w[7]), 0.0014702343213149082, out=_w[7]), -0.015097561149404333, out=_w[7]), 0.10741226729375597, out=_w[7]), -0.4767583988028295, out=_w[7]), 1.0, out=_w[7]), out=_w[7]).mul_(_rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, torch.mul(_t3, 6.937552385828539e-14, out=_w[8]).add_(8.358925242587115e-12), 4.997772120748234e-10, out=_w[8]), 1.9242818264808384e-08, out=_w[8]), 5.427725023865971e-07, out=_w[8]), 1.0958917754273011e-05, out=_w[8]), 0.00018162800692563387, out=_w[8]), 0.0019938420061961356, out=_w[8]), 0.01978666737926815, out=_w[8]), 0.09495413393191858, out=_w[8]), 0.5, out=_w[8])), _rt.fnma(_t6, torch.expm1(_t3, out=_w[8]), torch.mul(_t4, _t7, out=_w[9]).mul_(x), out=_w[8]), out=_w[9]).add_(1.0), torch.mul(_t8, 0.5, out=_w[11]).add_(1.0), out=_w[7]), out=_w[11])
-    return _rt.finite_or_none((_d_x, _d_alpha,))
+    return _rt.finite_or_none((_d_x, _d_alpha))
 
 
 def _second_derivatives_torch(x, alpha):
@@ -130,7 +128,7 @@ def _second_derivatives_torch(x, alpha):
     _d2_x_x = torch.where(torch.isnan(x), x, torch.where(_t2, alpha/_t1/_t1, torch.where(_t5, _t4*alpha, alpha)))
     _d2_x_alpha = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(_t2, _t9*_w_x, torch.where(_t5, _t10, x)), _rt.grown(torch.where(_t2, 2.9802322387695312e-08*_t15, torch.where(_t5, 16777216.0*_t17, 16777216.0))), _rt.grown(torch.where(_t2, 2.9802322387695312e-08*_t19, torch.where(_t5, -(16777216.0*_t21), -16777216.0))), x))
     _d2_alpha_alpha = torch.where(torch.isnan(x), x, _rt.limit_at_inf(torch.where(_t2, _rt.fnma(_t22, torch.log1p(-_t0), _rt.fma(_t23, _t24, _t23*_t8*_t9 + 2.0*_t24*_t25*(-_t7 - x), 2.0)), torch.where(_t5, torch.where(torch.abs(_t3) < 2.0, x/_rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, 8.159649853906803e-13*_t3 - 9.717244417024365e-11, 5.648093988892154e-09), -2.0970245117120815e-07), 5.4784615623797675e-06), -0.00010474808402193056), 0.0014784758476199603), -0.015157497884394874), 0.10768154608175644), -0.4773260487413463), 1.0)*x*x*_rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, _rt.fma(_t3, 6.772773579212792e-14*_t3 + 8.127184238671545e-12, 4.827813424776416e-10), 1.8597758384087114e-08), 5.130470795130491e-07), 1.054738934817485e-05), 0.00016492946251602165), 0.0019130601292839619), 0.01656233650858223), 0.0908913170862179), 0.3333333333333333), _rt.fma(_t22, torch.expm1(_t3), _rt.fnma(_t10, _t25, x*(_t10*_t23), 2.0))), 0.0)), _rt.grown(torch.where(_t2, _rt.fnma(_t22, torch.log1p(-_t26), _rt.fma(_t23, _t27, _t14*_t15*_t23 + 2.0*_t25*_t27*(-_t7 - 16777216.0), 2.0)), torch.where(_t5, torch.where(torch.abs(_t16) < 2.0, 4.722366482869645e+21*_rt.fma(_t16, _rt.fma(_t16, _rt.fma(_t16, _rt.fma(_t16, _rt.fma(_t16, _rt.fma(_t16, _rt.fma(_t16, _rt.fma(_t16, _rt.fma(_t16, 6.772773579212792e-14*_t16 + 8.127184238671545e-12, 4.827813424776416e-10), 1.8597758384087114e-08), 5.130470795130491e-07), 1.054738934817485e-05), 0.00016492946251602165), 0.0019130601292839619), 0.01656233650858223), 0.0908913170862179), 0.3333333333333333)/_rt.fma(_t16, _rt.fma(_t16, _rt.fma(_t16, _rt.fma(_t16, _rt.fma(_t16, _rt.fma(_t16, _rt.fma(_t16, _rt.fma(_t16, _rt.fma(_t16, 8.159649853906803e-13*_t16 - 9.717244417024365e-11, 5.648093988892154e-09), -2.0970245117120815e-07), 5.4784615623797675e-06), -0.00010474808402193056), 0.0014784758476199603), -0.015157497884394874), 0.10768154608175644), -0.4773260487413463), 1.0), _rt.fma(_t22, torch.expm1(_t16), _rt.fma(_t17, _t29, -(_t17*_t28)))), 0.0))), _rt.grown(torch.where(_t2, _rt.fnma(_t22, torch.log1p(-_t30), _rt.fma(_t23, _t31, _t18*_t19*_t23 + 2.0*_t25*_t31*(16777216.0 - _t7), 2.0)), torch.where(_t5, torch.where(torch.abs(_t20) < 2.0, -(4.722366482869645e+21*_rt.fma(_t20, _rt.fma(_t20, _rt.fma(_t20, _rt.fma(_t20, _rt.fma(_t20, _rt.fma(_t20, _rt.fma(_t20, _rt.fma(_t20, _rt.fma(_t20, 6.772773579212792e-14*_t20 + 8.127184238671545e-12, 4.827813424776416e-10), 1.8597758384087114e-08), 5.130470795130491e-07), 1.054738934817485e-05), 0.00016492946251602165), 0.0019130601292839619), 0.01656233650858223), 0.0908913170862179), 0.3333333333333333)/_rt.fma(_t20, _rt.fma(_t20, _rt.fma(_t20, _rt.fma(_t20, _rt.fma(_t20, _rt.fma(_t20, _rt.fma(_t20, _rt.fma(_t20, _rt.fma(_t20, 8.159649853906803e-13*_t20 - 9.717244417024365e-11, 5.648093988892154e-09), -2.0970245117120815e-07), 5.4784615623797675e-06), -0.00010474808402193056), 0.0014784758476199603), -0.015157497884394874), 0.10768154608175644), -0.4773260487413463), 1.0)), _rt.fma(_t22, torch.expm1(_t20), _rt.fma(_t21, _t29, _t21*_t28))), 0.0))), x))
-    return (_d2_x_x, _d2_x_alpha, _d2_alpha_alpha,)
+    return (_d2_x_x, _d2_x_alpha, _d2_alpha_alpha)
 
 
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
@@ -195,7 +193,7 @@ if _rt.HAS_TRITON:
             if PARAM_GRAD:
                 _sum_alpha += _in_tile(_g * _d_alpha, _mask)
         if PARAM_GRAD:
-            _store_partial(_partials_ptr + 0 * _n_partials, _sum_alpha, BLOCK_M, BLOCK_N, CH_AXIS)
+            _store_partial(_partials_ptr, _sum_alpha, BLOCK_M, BLOCK_N, CH_AXIS)
 
 
 _OP = _rt.Activation(
@@ -210,7 +208,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(6, 12),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -220,7 +217,7 @@ def soft_exponential(x, alpha=0.0):
     """Soft exponential (Godfrey and Gashler 2015), a learnable alpha interpolating between logarithmic (alpha < 0, -log(1 - alpha * (x + alpha)) / alpha), linear (alpha = 0, x) and exponential (alpha > 0, (exp(alpha * x) - 1) / alpha + alpha).  At alpha = 0 the value is x and d/dalpha is the limit from either side, 1 + x^2 / 2, so alpha learns from its initial 0. For alpha < 0 the function is defined for x > 1 / alpha - alpha only; elsewhere it is NaN.
 
     f = Piecewise((-log(1 - alpha * (x + alpha)) / alpha, alpha < 0), ((exp(alpha * x) - 1) / alpha + alpha, alpha > 0), (x + alpha * (1 + x**2 / 2), True))
-    Params are tensors of shape (1,) or, if per-channel, (C,) - or Python floats."""
+    Params are tensors of shape (1,) - or Python floats."""
     return _OP.call((x,), (alpha,), (), 1)
 
 

@@ -10,7 +10,7 @@ Constants: beta=1.0, threshold=20.0
 Derived (after stability rewrites):
     f     = Piecewise((x, threshold < beta*x), (softplus(beta*x)/beta, True))
     df/dx = Piecewise((1, threshold < beta*x), (sigmoid(beta*x), True))
-    
+
     On CPU, torch's own softplus kernels (actgen.native), on the inputs they are trusted with:
         f: any float32, bfloat16 and float16 input.
         grad * df/dx: any float32, bfloat16 and float16 input.
@@ -30,7 +30,7 @@ SPEC_SHA256 = 'c081e0b7c24db22fb7227b185808a0a6dc63f86089dc0b69d3a9d07779fd9b0e'
 
 
 def _forward_torch(x, beta, threshold):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _t0 = beta*x
     _y = torch.where(_t0 > threshold, x, _rt.softplus(_t0)/beta)
     return _y
@@ -80,7 +80,7 @@ def _backward_native(_g, x, beta, threshold, _out):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile, div_uniform as _div_uniform, sigmoid as _sigmoid, softplus as _softplus
 
     @triton.jit
@@ -133,7 +133,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(4, 4),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

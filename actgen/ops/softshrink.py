@@ -11,8 +11,6 @@ Derived (after stability rewrites):
     f     = Piecewise((-lambd + x, lambd < x), (lambd + x, lambd < -x), (0, True))
     df/dx = Piecewise((1, (lambd < x) | (lambd < -x)), (0, True))
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -25,7 +23,7 @@ SPEC_SHA256 = '0986732a7d84cdfec7a2b920b08e9c49fa8d87216f13c20a85ce3564239d0c47'
 
 
 def _forward_torch(x, lambd):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _t0 = -x
     _y = torch.where(torch.isnan(x), x, torch.where(lambd < x, -_t0 - lambd, torch.where(_t0 > lambd, lambd + x, 0.0)))
     return _y
@@ -59,7 +57,7 @@ def _second_derivatives_torch(x, lambd):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile
 
     @triton.jit
@@ -101,7 +99,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(6, 3),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -23,7 +23,7 @@ SPEC_SHA256 = 'bc262fa1239494ca448c14d31c050900efef7b15b2ffd7b6bfd36d59f7adb341'
 
 
 def _forward_torch(x):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = torch.where(x == math.inf, 1.0, torch.where(x == -math.inf, -1.0, x/(torch.abs(x) + 1.0)))
     return _y
 
@@ -58,7 +58,7 @@ def _second_derivatives_torch(x):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile, div as _div
 
     @triton.jit
@@ -170,6 +170,3 @@ class Softsign(torch.nn.Module):
 
     def forward(self, x):
         return softsign(x)
-
-    def extra_repr(self):
-        return ""

@@ -8,11 +8,9 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = tanh(x)
     df/dx = 4*exp(-2*Abs(x))/(1 + exp(-2*Abs(x)))**2
-    
+
     df/dx: x is clamped where x <= -512 or x >= 512 (there df/dx no longer changes with x, to double precision).
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -25,7 +23,7 @@ SPEC_SHA256 = '4841f2ccf905ffcb775ed14c6046ba97233abe8dd80920d3bc6628c22016325d'
 
 
 def _forward_torch(x):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = torch.tanh(x)
     return _y
 
@@ -178,6 +176,3 @@ class Tanh(torch.nn.Module):
 
     def forward(self, x):
         return tanh(x)
-
-    def extra_repr(self):
-        return ""

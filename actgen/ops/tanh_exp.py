@@ -8,9 +8,9 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = x*tanh(exp(x))
     df/dx = 4*x*exp(x - 2*exp(x))/(1 + exp(-2*exp(x)))**2 + tanh(exp(x))
-    
+
     df/dx: x is clamped where x <= -1024 or x >= 4 (there df/dx no longer changes with x, to double precision).
-    
+
     The backward is computed in float64 (the fallback for every input dtype, the kernels for float32 data; 16-bit data in float32 there): evaluated in float32, df/dx measured 6.22 ULP over its 20 worst points (13.1 at -1.75), beyond the accuracy target.
 """
 import math
@@ -27,7 +27,7 @@ SPEC_SHA256 = '08863f5a38a02bf3ad6fe917c522281265ce73b92db582d6aa7bc610cca5c802'
 
 
 def _forward_torch(x):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = torch.where(x == -math.inf, 0.0, x*torch.tanh(torch.exp(x)))
     return _y
 
@@ -189,6 +189,3 @@ class TanhExp(torch.nn.Module):
 
     def forward(self, x):
         return tanh_exp(x)
-
-    def extra_repr(self):
-        return ""

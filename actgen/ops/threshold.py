@@ -11,8 +11,6 @@ Derived (after stability rewrites):
     f     = Piecewise((x, threshold < x), (value, True))
     df/dx = Piecewise((1, threshold < x), (0, True))
 """
-import math
-
 import torch
 
 from actgen import runtime as _rt
@@ -25,7 +23,7 @@ SPEC_SHA256 = 'b923286eed220edab5888af2d1345b55cc0742541317606ba7e9d2a334c34311'
 
 
 def _forward_torch(x, threshold, value):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _y = torch.where(torch.isnan(x), x, torch.where(threshold < x, x, value))
     return _y
 
@@ -57,7 +55,7 @@ def _second_derivatives_torch(x, threshold, value):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile
 
     @triton.jit
@@ -100,7 +98,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(2, 1),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -8,11 +8,11 @@ Formula, as written:
 Derived (after stability rewrites):
     f     = x*tanh(softplus(x))
     df/dx = 4*x*exp(-2*softplus(x))*sigmoid(x)/(1 + exp(-2*softplus(x)))**2 + tanh(softplus(x))
-    
+
     df/dx: x is clamped where x <= -1024 or x >= 32 (there df/dx no longer changes with x, to double precision).
-    
+
     f, df/dx: one ratio of polynomials in e = exp(-|x|), with exp(x) = e where x < 0 and 1/e elsewhere: one exponential, and nothing overflows.
-    
+
     f on CPU chunks (the fast variant): one ratio of polynomials in E = exp(min(x, 12)) (20 in float64) - no branches; a value that is not finite there hands the chunk to the guarded function.
     df/dx on CPU chunks (the fast variant): one ratio of polynomials in E = exp(min(_clamped_x, 12)) (20 in float64) - no branches; a value that is not finite there hands the chunk to the guarded function.
 """
@@ -30,7 +30,7 @@ SPEC_SHA256 = '3228248b1026c531f7d002b50866c08372d8e858e109169761fb5ad8d046d86d'
 
 
 def _forward_torch(x):
-    """f, elementwise; params broadcast against the input."""
+    """f, elementwise."""
     _t0 = torch.exp(-torch.abs(x))
     _t1 = _t0*(_t0 + 2.0)
     _t2 = x < 0.0
@@ -87,7 +87,7 @@ def _second_derivatives_torch(x):
 # ---- Triton kernels: one forward, one backward (param gradients included) ----
 
 if _rt.HAS_TRITON:
-    from actgen.runtime.triton_lang import libdevice, tl, triton
+    from actgen.runtime.triton_lang import tl, triton
     from actgen.runtime.triton_lang import tile as _tile, exp as _exp, div_bounded as _div_bounded, clamp as _clamp
 
     @triton.jit
@@ -137,7 +137,6 @@ _OP = _rt.Activation(
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
     fast_buffers=(3, 6),
-    fast_any_input=(False, False),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
@@ -209,6 +208,3 @@ class WellDocumented(torch.nn.Module):
 
     def forward(self, x):
         return well_documented(x)
-
-    def extra_repr(self):
-        return ""

@@ -12,7 +12,7 @@ import math
 
 import sympy
 
-from ..derive import INVERSE_SCALE_PREFIX, InfGuard, NanGuard
+from ..derive import INVERSE_SCALE_PREFIX
 
 # precedence levels
 COND, ADD, MUL, NEG, POW, ATOM = range(6)

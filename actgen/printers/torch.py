@@ -20,8 +20,6 @@ split, fma_split): fewer passes over memory, and the fallback rounds where the k
 """
 from __future__ import annotations
 
-import sympy
-
 from .base import ATOM, POW, ExprPrinter
 
 TENSOR_FUNCTIONS = {

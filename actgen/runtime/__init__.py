@@ -368,10 +368,11 @@ def mode_function(owner: str, keyword: str, value, modes: dict, default: str):
     return modes[value]
 
 
-__all__ = [
-    "HAS_TRITON", "Activation", "as_tensor", "dim_index", "vmap_by_loop", "get_backend", "set_backend", "release_workspace", "number",
-    "use_backend", "softplus", "clamp", "hypot", "sqrt_square_plus", "scalar_sqrt_square_plus",
-    "scaled_input", "inverse_scale", "grown", "capped_exp",
-    "scalar_sigmoid", "scalar_softplus", "split_halves", "limit_at_inf",
+__all__ = [     # what generated modules call (as _rt.<name>), and the runtime's own API
+    "HAS_TRITON", "Activation", "as_tensor", "dim_index", "vmap_by_loop", "get_backend", "set_backend", "release_workspace",
+    "use_backend", "number", "softplus", "clamp", "hypot", "sqrt_square_plus", "scalar_sqrt_square_plus",
+    "scaled_input", "inverse_scale", "grown", "capped_exp", "fma", "fnma", "rdiv",
+    "scalar_sigmoid", "scalar_softplus", "scalar_div", "scalar_exp", "scalar_expm1", "scalar_pow", "scalar_sqrt",
+    "split_halves", "halves_dim", "limit_at_inf",
     "gt", "ge", "lt", "le", "mask_and", "mask_or", "mask_not", "select", "finite_or_none", "mode_function",
 ]

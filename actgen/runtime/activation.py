@@ -1425,8 +1425,8 @@ def _unaliased(outs):
 
 
 def _register(opname: str, act: Activation):
-    """Register (once per process) the forward and backward custom ops of an activation.
-    seed: None, or for an op with draws in training mode the call's seed (0-dim tensor)."""
+    """Register (once per process) the forward and backward custom ops of an activation.  Their
+    seed argument: None, or for an op with draws in training mode the call's seed (0-dim tensor)."""
     if opname in _REGISTERED:
         return _REGISTERED[opname]
     fwd = torch.library.custom_op(

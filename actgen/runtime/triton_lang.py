@@ -271,7 +271,15 @@ def clamp(u, lo, hi):
 # beyond 2**126, where the reciprocal gives 0, sigmoid(u) is below float32's normal range
 @triton.jit
 def sigmoid(u, FAST: tl.constexpr):
-    return div_bounded(1.0, 1.0 + exp(-u, FAST), FAST)
+    # in e = exp(-|u|), which does not overflow: 1/(1 + e) for u >= 0, e/(1 + e) below, down
+    # to float32's subnormals (1/(1 + exp(-u)) was 0 below u = -88.7, where exp(-u) is inf).
+    # FAST (16-bit data): the shorter form, as FAST's exp flushes subnormal results anyway
+    if FAST:
+        return div_bounded(1.0, 1.0 + exp(-u, FAST), FAST)
+    else:
+        e = exp(-tl.abs(u), FAST)
+        r = div_bounded(1.0, 1.0 + e, FAST)
+        return tl.where(u >= 0, r, e * r)
 
 
 @triton.jit
