@@ -238,6 +238,21 @@ def test_plans_are_per_size_dtype_and_constants(fresh):
     assert len(grids) > 1
 
 
+def test_plans_are_per_param_dtype(fresh):
+    """A kernel reads a param as its dtype: a float64 or bfloat16 weight after calls with a
+    float32 one is a launch of its own (a plan made for float32 would read it as float32),
+    and an integer or bool weight is the TypeError of an unplanned call (a plan took it)."""
+    rec, counts = fresh
+    x = torch.randn(4, 3, 8)
+    for dtype in (torch.float32, torch.float32, torch.float64, torch.float64, torch.bfloat16, torch.bfloat16):
+        w = torch.tensor([0.1, 0.2, 0.3], dtype=dtype)
+        torch.testing.assert_close(ops.prelu(x, w), F.prelu(x, w.float()), rtol=1e-6, atol=1e-6)
+    assert counts["forward"] == 3
+    for w in (torch.tensor([1, 2, 3]), torch.tensor([True, False, True])):
+        with pytest.raises(TypeError, match="param 'weight' must be a floating-point tensor"):
+            ops.prelu(x, w)
+
+
 def test_what_a_plan_does_not_cover_takes_its_own_path(fresh):
     rec, counts = fresh
     x = torch.randn(64, 64) * 4

@@ -409,7 +409,7 @@ class Activation:
         if not params:
             return id(kernel), size, x.dtype, device, _backend._backend, constants
         return (id(kernel), size, x.dtype, device, _backend._backend, constants, need_params,
-                *[p.numel() for p in params])
+                *[(p.numel(), p.dtype) for p in params])       # (a kernel reads a param as its dtype)
 
     def _plan(self, kernel, x: torch.Tensor, params, constants, channel_dim, need_params=False, form=None):
         """The plan made for kernel on tensors like x (laid out as form says: _plan_form) and
