@@ -512,13 +512,24 @@ def rewrite_log_sigmoid(e):
     return None
 
 
+def _exact(c):
+    """A decimal that is a short binary fraction (0.5, 0.25, 3.0) as that fraction, else c:
+    its log is then exact (log(0.5*exp(x) + 0.5) is softplus(x) - log(2), 0 at x = 0, where
+    the 53-bit log(0.5) left 2.3e-17)."""
+    if c.is_Float:
+        r = sympy.Rational(c)
+        if r.q <= 2**20 and abs(r.p) < 2**40:
+            return r
+    return c
+
+
 def _exp_term(t):
     """c * exp(a) with a number c > 0 -> (log(c) + a); a number c > 0 -> log(c); else None."""
     if t.is_Number:
-        return sympy.log(t) if t.is_positive else None
+        return sympy.log(_exact(t)) if t.is_positive else None
     coeff, rest = t.as_coeff_Mul()
     if isinstance(rest, sympy.exp) and coeff.is_positive:
-        return rest.args[0] + sympy.log(coeff)
+        return rest.args[0] + sympy.log(_exact(coeff))
     return None
 
 

@@ -201,6 +201,9 @@ _SIGMOID = lambda v: 1 / (1 + mpmath.exp(-v))     # noqa: E731
      [-100.0, -3.0, -1e-3, 1e-30, 1e-8, 1e-3, 0.1, 3.0, 100.0]),
     # terms equal but not 0 at 0 (a symmetric softplus difference): 0 at 1e-30, 4.5e5 ULP
     # off at 1e-7 in float64
+    # a decimal weight: log(0.5) in 53 bits left 2.3e-17 at x = 0 (softplus(x) - log(2) is 0 there)
+    ("log(0.5*exp(x) + 0.5)", lambda v: mpmath.log((mpmath.exp(v) + 1) / 2), lambda v: _SIGMOID(v),
+     [-1000.0, -100.0, -3.0, -1e-3, -1e-30, 1e-30, 1e-7, 1e-3, 0.3, 3.0, 100.0, 1000.0]),
     ("softplus(x - 1) - softplus(-x - 1)",
      lambda v: mpmath.log1p(mpmath.exp(v - 1)) - mpmath.log1p(mpmath.exp(-v - 1)),
      lambda v: _SIGMOID(v - 1) + _SIGMOID(-v - 1),
