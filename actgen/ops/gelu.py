@@ -13,7 +13,7 @@ Derived (after stability rewrites):
 
     On CPU, torch's own gelu kernels (actgen.native), on the inputs they are trusted with:
         f: bfloat16 inputs above -5.5; finite float16 inputs.
-        grad * df/dx: bfloat16 inputs above -6; finite float16 inputs.
+        grad * df/dx: bfloat16 inputs above -6; float16 inputs above -4.5.
         The derived code runs elsewhere (and on float64).
 """
 import math
@@ -121,7 +121,7 @@ _OP = _rt.Activation(
     backward_native=_backward_native,
     native_trusted={
         'bfloat16': ((-5.5, math.inf), (-6.0, math.inf)),
-        'float16': ((-math.inf, math.inf), (-math.inf, math.inf)),
+        'float16': ((-math.inf, math.inf), (-4.5, math.inf)),
     },
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,

@@ -311,10 +311,12 @@ class Activation:
                           stacklevel=3)
         extra = (seed,) if self.n_draws else ()
         if compiling:
-            if not no_forward_ad() or torch._C._are_functorch_transforms_active():
+            if not no_forward_ad() or (torch._C._are_functorch_transforms_active()
+                                       and (self.n_draws or _any_requires_grad(inputs, params))):
                 # (torch.compile drops an autograd.Function's jvp: tangents came back 0 or None;
-                # and under torch.func.grad it failed on the custom op: forward-mode AD and
-                # torch.func's transforms run the call outside the graph, as in eager)
+                # under torch.func.grad (its tensors require grad) it failed on the custom op, and
+                # a vmap's randomness was ignored: these run the call outside the graph, as in
+                # eager; a plain vmap stays in the graph)
                 return _outside_the_graph(self.function.apply, *inputs, *params, *constants, cd, *extra)
             return self.core.apply(*inputs, *params, *constants, cd, *extra)
         if torch._C._are_functorch_transforms_active():
