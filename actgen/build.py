@@ -126,7 +126,7 @@ def _check_out(out: Path, old: dict[str, str]):
         return
     others = sorted(p.name for p in out.iterdir()
                     if p.name != "__pycache__" and not _TEMP.fullmatch(p.name)
-                    and not is_generated(old.get(p.name) or _read(p)))
+                    and not is_generated(old.get(p.name) or (_read(p) if p.suffix == ".py" and p.is_file() else "")))
     if others:
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise SpecError([f"{out}:0: --out: is a directory actgen did not write (it holds {shown}); "

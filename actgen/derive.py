@@ -582,10 +582,14 @@ class LogCosh(sympy.Piecewise):
     def argument(self) -> sympy.Expr:
         """u, up to its sign (which neither log(cosh(u)) nor tanh(u)*u' depends on), read off
         the near branch log1p(2*sinh(u/2)**2): the condition |u| < 1 is sympy's to rewrite
-        (|3x| < 1 is |x| < 1/3)."""
-        sinh, = (f.base for f in sympy.Mul.make_args(self.args[0].expr.args[0])
-                 if f.is_Pow and isinstance(f.base, sympy.sinh))
-        return 2 * sinh.args[0]
+        (|3x| < 1 is |x| < 1/3).  Where sympy took the sinh away (sinh(asinh(t)) is t), |u|
+        from the far branch's softplus(-2|u|)."""
+        near = [f.base for f in sympy.Mul.make_args(self.args[0].expr.args[0])
+                if f.is_Pow and isinstance(f.base, sympy.sinh)]
+        if len(near) == 1:
+            return 2 * near[0].args[0]
+        far, = (a for a in self.args[1].expr.args if isinstance(a, softplus))
+        return -far.args[0] / 2
 
     def _eval_derivative(self, s):
         u = self.argument()

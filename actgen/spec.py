@@ -425,9 +425,9 @@ def load_spec(text: str | bytes, path: str = "<string>") -> Spec:
     doc = ""
     if get("doc") is not None:
         doc = _string(loader, get("doc"), problems, "doc") or ""
-        control = next((c for c in doc if unicodedata.category(c) == "Cc" and c not in "\n\t"), None)
+        control = next((c for c in doc if unicodedata.category(c) == "Cc" and c not in "\n\r\t"), None)
         if control is not None:     # (it reaches terminals: `actgen show`, help(); an escape sequence would act there)
-            problems.add(get("doc"), "doc", f"holds the control character U+{ord(control):04X} (text, newlines and tabs only)")
+            problems.add(get("doc"), "doc", f"holds the control character U+{ord(control):04X} (text, line breaks and tabs only)")
             doc = ""
 
     class_name = camel_case(name) if name else ""

@@ -556,9 +556,11 @@ def test_forward_mode_ad_under_compile_matches_eager(torch_backend):
 
 
 def test_the_forward_op_is_differentiable_where_a_graph_holds_it_alone(torch_backend):
-    """torch.export's program and torch.compile of a vmap hold the forward custom op without
-    the Function around it: backward through them was "no autograd formula was registered".
-    Their gradients (inputs and params) are eager's, and torch's own."""
+    """torch.export's program holds the forward custom op without the Function around it:
+    backward through it was "no autograd formula was registered" (with constants too: ELU's
+    alpha).  Its gradients (inputs and params) are the formula's in plain torch.  A vmap
+    under torch.compile stays in the graph (fullgraph) and, where its inputs require grad,
+    runs outside it: its gradient is torch's."""
     torch._dynamo.reset()
     x = torch.randn(2, 5, 3, requires_grad=True)
     module = ops.Polynomial()
@@ -573,9 +575,17 @@ def test_the_forward_op_is_differentiable_where_a_graph_holds_it_alone(torch_bac
     torch.testing.assert_close(x.grad, xr.grad)
     for (name, p), q in zip(exported.named_parameters(), ps):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
+    xe = torch.randn(3, 4, requires_grad=True)
+    torch.export.export(ops.ELU(0.7), (xe,)).module()(xe).square().sum().backward()
+    want = torch.autograd.grad(F.elu(xe, 0.7).square().sum(), xe)[0]
+    torch.testing.assert_close(xe.grad, want)
     xb = torch.randn(3, 4, requires_grad=True)
     torch.compile(torch.func.vmap(ops.silu), backend="aot_eager")(xb).sum().backward()
     torch.testing.assert_close(xb.grad, torch.autograd.grad(F.silu(xb).sum(), xb)[0])
+    torch._dynamo.reset()
+    x = torch.randn(3, 4)
+    got = torch.compile(torch.func.vmap(ops.silu), fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(got, F.silu(x))
 
 
 def test_torch_func_transforms_under_compile_are_eager_s(torch_backend):

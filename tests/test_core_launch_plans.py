@@ -253,6 +253,23 @@ def test_plans_are_per_param_dtype(fresh):
             ops.prelu(x, w)
 
 
+def test_a_planned_call_checks_its_arguments_as_an_unplanned_one(fresh):
+    """After planned calls, a constant as a numpy array and a sparse input get call()'s
+    TypeErrors (they were "unhashable type" and is_contiguous's error), and a 0-dim array
+    constant is taken, as without a plan."""
+    import numpy as np
+
+    x = torch.randn(64)
+    for _ in range(3):
+        ops.leaky_relu(x, 0.2)
+        ops.silu(x)
+    with pytest.raises(TypeError, match=r"constant 'negative_slope' must be a real number \(one value\)"):
+        ops.leaky_relu(x, np.array([0.2, 0.3]))
+    torch.testing.assert_close(ops.leaky_relu(x, np.array(0.2)), F.leaky_relu(x, 0.2))
+    with pytest.raises(TypeError, match="must be a dense tensor"):
+        ops.silu(torch.randn(8, 8).to_sparse_csr())
+
+
 def test_what_a_plan_does_not_cover_takes_its_own_path(fresh):
     rec, counts = fresh
     x = torch.randn(64, 64) * 4

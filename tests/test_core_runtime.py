@@ -1130,6 +1130,7 @@ def test_misused_arguments_are_type_errors_that_name_them():
     for call, problem in (
             (lambda: ops.rrelu(x, training="yes"), "rrelu: training must be True or False, got 'yes'"),
             (lambda: ops.rrelu(x, training=None), "rrelu: training must be True or False, got None"),
+            (lambda: ops.rrelu(x, training=2), "rrelu: training must be True or False, got 2"),
             (lambda: ops.prelu(x, torch.tensor([True, False, True])),
              "prelu: param 'weight' must be a floating-point tensor, got torch.bool"),
             (lambda: ops.prelu(x, torch.tensor([1, 2, 3])), "prelu: param 'weight' must be a floating-point tensor, got torch.int64"),

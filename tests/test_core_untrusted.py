@@ -29,7 +29,7 @@ from _reference import reference_call
     ("name: a\nformula: max(sqrt(-1), x)\n", "s.yaml:2: formula: the constant I is not a real number"),
     ("name: a\nformula: where(sqrt(-2) > 0, x, 0)\n", "s.yaml:2: formula: the constant sqrt(2)*I is not a real number"),
     ("name: a\nformula: Max(log(-6.5), x)\n", "is not a real number"),
-    ("name: a\nformula: x\ndoc: \"red \\x1b[31m text\"\n", "s.yaml:3: doc: holds the control character U+001B (text, newlines and tabs only)"),
+    ("name: a\nformula: x\ndoc: \"red \\x1b[31m text\"\n", "s.yaml:3: doc: holds the control character U+001B (text, line breaks and tabs only)"),
     ("name: a\nformula: where(log(0) < 1, x, 0)\n", "s.yaml:2: formula: a constant here is infinite or undefined (a division by zero, or the log of 0?)"),
     ("name: a\nformula: x + sigmoid(sinh(1e300))\n", "number 1e+300 is beyond float32's range"),
     ("name: a\nformula: x + sigmoid(sinh(1e30))\n", "is beyond float32's range"),

@@ -959,13 +959,18 @@ def render_module(d: Derivation) -> str:
 
 
 def _unused_imports_dropped(text: str) -> str:
-    """The module without `import math` or triton_lang's libdevice where nothing uses them."""
-    uses = lambda name: re.search(rf"(?<![\w.]){name}\.\w", text) is not None       # noqa: E731
-    if not uses("math"):
-        text = text.replace("\nimport math\n\n", "\n", 1)
+    """The module without `import math` or triton_lang's libdevice where nothing uses them (the
+    header's docstring, the spec's text, left alone)."""
+    head, sep, body = text.partition('\n"""\n')
+    if not sep:
+        return text
+    uses = lambda name: re.search(rf"(?<![\w.]){name}\.\w", body) is not None       # noqa: E731
+    if not uses("math") and body.startswith("import math\n\n"):
+        body = body[len("import math\n\n"):]
     if not uses("libdevice"):
-        text = text.replace("import libdevice, tl, triton", "import tl, triton", 1)
-    return text
+        body = body.replace("from actgen.runtime.triton_lang import libdevice, tl, triton",
+                            "from actgen.runtime.triton_lang import tl, triton", 1)
+    return head + sep + body
 
 
 def render_package_init(package: str, derivations) -> str:

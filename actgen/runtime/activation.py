@@ -300,7 +300,7 @@ class Activation:
         cd = channel_dim % x.dim() if x.dim() else 0
         if constants:
             constants = self._numbers(constants)
-        if training.__class__ is not bool and not isinstance(training, (bool, int)):     # (F.rrelu's training: a bool)
+        if training.__class__ is not bool and not (isinstance(training, int) and training in (0, 1)):   # (F.rrelu's: a bool)
             raise TypeError(f"{self.name}: training must be True or False, got {training!r}")
         seed = self.new_seed() if training and self.n_draws else None
         if seed is not None and torch._C._get_tracing_state() is not None:
@@ -312,11 +312,11 @@ class Activation:
         extra = (seed,) if self.n_draws else ()
         if compiling:
             if not no_forward_ad() or (torch._C._are_functorch_transforms_active()
-                                       and (self.n_draws or _any_requires_grad(inputs, params))):
+                                       and (self.n_draws or not _in_vmap())):
                 # (torch.compile drops an autograd.Function's jvp: tangents came back 0 or None;
-                # under torch.func.grad (its tensors require grad) it failed on the custom op, and
-                # a vmap's randomness was ignored: these run the call outside the graph, as in
-                # eager; a plain vmap stays in the graph)
+                # under torch.func.grad it failed on the custom op, and a vmap's randomness was
+                # ignored: these run the call outside the graph, as in eager; a vmap of an op
+                # without draws stays in the graph)
                 return _outside_the_graph(self.function.apply, *inputs, *params, *constants, cd, *extra)
             return self.core.apply(*inputs, *params, *constants, cd, *extra)
         if torch._C._are_functorch_transforms_active():
@@ -350,9 +350,12 @@ class Activation:
         grad = torch.is_grad_enabled()
         needs_grad = False
         for t in inputs:
-            if t.__class__ is not torch.Tensor:
+            if t.__class__ is not torch.Tensor or t.layout is not torch.strided:
                 return None
             needs_grad = needs_grad or (grad and t.requires_grad)
+        for c in constants:         # (else call() checks it: a numpy array, a tensor)
+            if c.__class__ is not float and c.__class__ is not int:
+                return None
         x = inputs[0]
         if self.n_inputs == 2 and inputs[1].shape != x.shape:
             return None
@@ -1246,6 +1249,15 @@ class _EagerFunction(torch.autograd.Function):
         return ctx.op.jvp(ctx, *tangents[4:])
 
 
+def _in_vmap() -> bool:
+    """Whether the innermost torch.func transform is a vmap (what torch.compile traces)."""
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
+
+    interpreter = retrieve_current_functorch_interpreter()
+    return interpreter is not None and interpreter.key() == TransformType.Vmap
+
+
 def _outside_the_graph(fn, *args):
     """fn(*args) run eagerly where torch.compile traces its caller (a graph break)."""
     return torch._dynamo.disable(fn, recursive=True)(*args)
@@ -1469,7 +1481,9 @@ def _register(opname: str, act: Activation):
         saved = ctx.saved_tensors
         n = ctx.n_inputs
         grads = bwd(grad, list(saved[:n]), list(saved[n:]), ctx.constants, ctx.channel_dim, [True] * len(saved), ctx.seed)
-        return list(grads[:n]), list(grads[n:]), [None] * len(ctx.constants), None, None
+        # (the float[] constants take one None, or the empty list they are: torch's check of
+        # the returned structure)
+        return list(grads[:n]), list(grads[n:]), None if ctx.constants else [], None, None
 
     # (the forward op differentiable on its own, where a graph holds it without the Function
     # around it: torch.export's programs, torch.compile of a vmap)
