@@ -392,6 +392,7 @@ def test_problems_come_in_line_order_once_each(tmp_path):
         "m.yaml:7: constants: 'forward' is an attribute of torch.nn.Module, which the generated module is",
         "m.yaml:8: doc: must be a string",
     ]
+    assert load_spec('name: a\nformula: x\ndoc: "two\\r\\nlines"\n', "m.yaml").doc == "two\r\nlines"
     with pytest.raises(SpecError, match=r"m.yaml:2: formula: a constant here is infinite or undefined \(a division "
                                         r"by zero, or the log of 0\?\) at column 3"):
         load_spec("name: a\nformula: x*log(0)\n", "m.yaml")

@@ -714,3 +714,19 @@ def test_a_package_another_build_writes_meanwhile_is_no_file_of_the_users(tmp_pa
     with pytest.raises(SpecError, match="actgen did not write") as info:
         build([specs], lib)
     assert "c.py" in str(info.value) and (lib / "c.py").read_text() == "MINE = 1\n"
+
+
+def test_a_fifo_in_out_is_no_file_a_build_reads(tmp_path):
+    """A named pipe in --out (not a module) is the user's: the build refuses the folder at
+    once; it does not open it (reading a FIFO blocks until someone writes)."""
+    import os
+
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "a.yaml").write_text("name: a\nformula: x * 2\n")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    os.mkfifo(lib / "pipe")
+    r = subprocess.run([sys.executable, "-m", "actgen.cli", "build", str(specs), "--out", str(lib)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "is a directory actgen did not write (it holds pipe)" in r.stderr, r.stderr
