@@ -8,8 +8,10 @@ from pathlib import Path
 
 DEFAULT_SPECS = Path("specs")
 DEFAULT_OUT = Path("actgen") / "ops"
-#: the built-in library's specs, beside the actgen package in a checkout of its repository
-CATALOGUE_SPECS = Path(__file__).resolve().parents[1] / "specs"
+#: the built-in library: its generated package, and its specs beside the actgen package in a
+#: checkout of its repository
+CATALOGUE_OPS = Path(__file__).resolve().parent / "ops"
+CATALOGUE_SPECS = CATALOGUE_OPS.parents[1] / "specs"
 
 
 def _in_repository_root() -> bool:
@@ -95,7 +97,7 @@ def _cmd_show(args) -> int:
         print(f"generated source ({s.name}.py):")
         print(render_module(d), end="")
         return 0
-    built = (DEFAULT_OUT if DEFAULT_SPECS.is_dir() else Path(__file__).resolve().parent / "ops") / (s.name + ".py")
+    built = (DEFAULT_OUT if DEFAULT_SPECS.is_dir() else CATALOGUE_OPS) / (s.name + ".py")
     if not args.specs and built.is_file():      # (the built-in library: specs/ -> actgen/ops/)
         print(f"generated source: {built} (`--source` prints it)")
     else:

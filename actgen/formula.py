@@ -244,10 +244,14 @@ class _Builder:
         self.inputs = frozenset(inputs)
         self.draws = 0          # uniform(...) calls so far: the next draw's index
 
-    def _fail(self, node, what):
+    @staticmethod
+    def _at(node, what) -> str:
+        """what, and where in the formula node is."""
         col = getattr(node, "col_offset", None)
-        where = f" at column {col + 1}" if col is not None else ""
-        raise FormulaError(f"{what}{where}")
+        return f"{what} at column {col + 1}" if col is not None else what
+
+    def _fail(self, node, what):
+        raise FormulaError(self._at(node, what))
 
     def _depth(self, node, depth):
         if depth > MAX_DEPTH:
@@ -325,8 +329,7 @@ class _Builder:
         if node.id in FUNCTIONS:
             self._fail(node, f"function '{node.id}' used without calling it")
         known = ", ".join(sorted(self.names)) or "(none)"
-        raise UnknownName(f"unknown name '{node.id}' (known names: {known}; constants: pi, E) at column {node.col_offset + 1}",
-                          node.id)
+        raise UnknownName(self._at(node, f"unknown name '{node.id}' (known names: {known}; constants: pi, E)"), node.id)
 
     def _arith(self, node, left, right):
         op = type(node.op)
