@@ -304,6 +304,25 @@ def test_compile_backward_on_the_kernels_with_several_params(triton_backend):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_compile_with_a_tensor_constant(torch_backend):
+    """A constant given as a 0-dim tensor: torch.compile breaks the graph where it reads the
+    value (as for torch's own ops' float arguments) and the results are F.elu's; under
+    fullgraph=True, where nothing can read it on the host, the error names the constant
+    (it was the custom op's schema refusing a list that held a symbolic float)."""
+    torch._dynamo.reset()
+    x = torch.randn(64, requires_grad=True)
+    alpha = torch.tensor(0.7)
+    y = torch.compile(lambda t, a: ops.elu(t, a), backend="aot_eager")(x, alpha)
+    y.sum().backward()
+    xr = x.detach().requires_grad_()
+    F.elu(xr, 0.7).sum().backward()
+    torch.testing.assert_close(y, F.elu(x.detach(), 0.7))
+    torch.testing.assert_close(x.grad, xr.grad)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="constant 'alpha' is a tensor's value"):
+        torch.compile(lambda t, a: ops.elu(t, a), fullgraph=True, backend="aot_eager")(x, alpha)
+
+
 class TorchNet(torch.nn.Module):
     """Net with its activations written in plain torch: the reference for recompiles."""
 

@@ -300,6 +300,8 @@ class Activation:
         cd = channel_dim % x.dim() if x.dim() else 0
         if constants:
             constants = self._numbers(constants)
+            if compiling:
+                self._host_numbers(constants)
         if training.__class__ is not bool and not (isinstance(training, int) and training in (0, 1)):   # (F.rrelu's: a bool)
             raise TypeError(f"{self.name}: training must be True or False, got {training!r}")
         seed = self.new_seed() if training and self.n_draws else None
@@ -340,6 +342,16 @@ class Activation:
         """The constants as floats; a value that is not a real number is a TypeError, as
         torch's own ops refuse `negative_slope="0.2"` (float() would parse the text)."""
         return tuple(_real(c, self.name, "constant", name) for name, c in zip(self.constants, constants))
+
+    def _host_numbers(self, constants) -> None:
+        """Under torch.compile: a TypeError naming a constant whose value is not known when the
+        graph is traced (a tensor's, read inside a fullgraph=True region: the kernels take
+        their constants as numbers on the host, and the custom op's schema as floats; outside
+        fullgraph torch.compile breaks the graph at the float() and this never sees one)."""
+        for name, c in zip(self.constants, constants):
+            if c.__class__ is not float:
+                raise TypeError(f"{self.name}: constant '{name}' is a tensor's value, which torch.compile(fullgraph=True) "
+                                "cannot read on the host: give it as a Python number")
 
     def _planned_call(self, inputs, params, constants, channel_dim):
         """call()'s result where a launch plan serves it, for a plain eager call (not
