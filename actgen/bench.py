@@ -78,6 +78,7 @@ class Case:
     n_inputs: int = 1
     params: tuple = ()                       # ((name, per_channel, value), ...)
     layout: str = "flat"                     # flat | channels_first | channels_last
+    spec: object = field(default=None, compare=False)   # a spec case's Spec (spec_case), else None
 
     @property
     def per_channel(self) -> bool:
@@ -102,9 +103,14 @@ class Case:
         return (per_channel // hw, CHANNELS, hw)
 
     def actgen_fn(self) -> Callable:
-        from actgen import ops
+        if self.spec is not None:       # (the shipped op where actgen.ops holds this very spec's)
+            from .catalogue import shipped_or_compiled_function
 
-        fn = getattr(ops, self.op)
+            fn = shipped_or_compiled_function(self.spec)
+        else:
+            from actgen import ops
+
+            fn = getattr(ops, self.op)
         if self.per_channel:
             cd = self.channel_dim
             return lambda *t: fn(*t, channel_dim=cd)
@@ -238,6 +244,83 @@ CASES: dict[str, Case] = {c.name: c for c in (
 
 DEFAULT_CASES = ("relu", "gelu", "gelu_tanh", "silu", "mish", "softplus", "hardswish", "prelu", "prelu_cl",
                  "swiglu", "learnable_activation", "polynomial", "adaptive_mixture")
+
+
+# --------------------------------------------------------------------------------------
+# Cases of any spec: a built-in op the suite has no case of its own for, or the user's
+# --------------------------------------------------------------------------------------
+
+
+def formula_as_torch(spec) -> tuple[Callable, str]:
+    """(eager, its expression): the spec's formula as plain torch ops, the way it is written -
+    no stability rewrites, no NaN guards - with autograd for its derivatives, as
+    eager(*inputs, *params): a per-channel param against a channels-first input, its
+    constants at their defaults, a random draw at its mean (the ops' evaluation mode, which
+    the suite times).  Printed from the parsed formula (never from its text) by the printer
+    the generated fallback uses."""
+    import sympy
+
+    from . import runtime
+    from .functions import uniform
+    from .printers.torch import TorchPrinter
+
+    expr = spec.expr.replace(lambda e: isinstance(e, uniform), lambda e: (e.args[0] + e.args[1]) / 2)
+    defaults = {c.name: c.default for c in spec.constants}
+    expr = expr.xreplace({s: sympy.Float(defaults[s.name]) for s in expr.free_symbols if s.name in defaults})
+    args = [*spec.inputs, *(p.name for p in spec.params)]
+    text = TorchPrinter(set(args), like=spec.inputs[0]).doprint(expr)
+    if spec.per_channel:        # (B, C, HW): a param's (C,) values along dim 1
+        text = f"({text})"
+        body = "".join(f"    {p.name} = {p.name}.view(-1, 1)\n" for p in spec.params if p.per_channel)
+    else:
+        body = ""
+    source = f"def eager({', '.join(args)}):\n{body}    return {text}\n"
+    namespace = {"torch": torch, "math": math, "_rt": runtime}
+    exec(compile(source, f"<the formula of {spec.name}>", "exec"), namespace)     # noqa: S102 - printed from sympy
+    return namespace["eager"], text
+
+
+def spec_case(spec) -> Case:
+    """A benchmark case for a spec: the op is the spec's (actgen.ops' where it ships, else the
+    spec compiled now), eager and torch.compile run the formula as written (formula_as_torch);
+    there is no torch kernel to compare with.  Per-channel params: a channels-first input."""
+    eager, text = formula_as_torch(spec)
+    return Case(spec.name, spec.name, eager, text, n_inputs=len(spec.inputs),
+                params=tuple((p.name, p.per_channel, p.init) for p in spec.params),
+                layout="channels_first" if spec.per_channel else "flat", spec=spec)
+
+
+def _catalogue_specs() -> dict:
+    """The built-in library's specs by name (where its specs/ folder is beside the package: a
+    checkout of the repository), else none."""
+    from .cli import CATALOGUE_SPECS
+    from .spec import load_specs
+
+    return {s.name: s for s in load_specs([CATALOGUE_SPECS])} if CATALOGUE_SPECS.is_dir() else {}
+
+
+def resolve_cases(names, spec_paths=()) -> dict[str, Case]:
+    """{name: Case} for the names asked for (CASES' own, else a built-in op's spec), then every
+    spec in spec_paths (files or folders of them) not among them; a user's spec may not take a
+    name CASES has.  ValueError on an unknown name, a name taken twice, or a bad spec
+    (actgen.SpecError: its `path:line: field: problem` lines)."""
+    from .spec import SpecError, load_specs
+
+    specs = load_specs([Path(p) for p in spec_paths]) if spec_paths else []
+    taken = [f"{s.source}:{s.name_line}: name: {s.name!r} is a built-in case's name: give the spec another"
+             for s in specs if s.name in CASES]
+    if taken:
+        raise SpecError(taken)
+    user = {spec.name: spec_case(spec) for spec in specs}
+    missing = [n for n in names if n not in CASES and n not in user]
+    catalogue = _catalogue_specs() if missing else {}
+    unknown = [n for n in missing if n not in catalogue]
+    if unknown:
+        known = sorted(set(CASES) | set(catalogue) | set(user))
+        raise ValueError(f"unknown activation(s) {', '.join(unknown)}; known: {', '.join(known)}"
+                         + ("" if spec_paths else "; a spec of your own: --spec FILE"))
+    cases = {n: user[n] if n in user else CASES[n] if n in CASES else spec_case(catalogue[n]) for n in names}
+    return cases | {n: c for n, c in user.items() if n not in cases}
 
 
 # --------------------------------------------------------------------------------------
@@ -472,6 +555,7 @@ class Config:
     latency_size: int = 2 ** 16
     host_size: int = 4096
     prewarm: int = 0                     # processes that compile everything first (0: none)
+    specs: tuple = ()                    # spec files or folders whose ops are cases too (resolve_cases)
 
     @classmethod
     def for_device(cls, device: str, **kw) -> "Config":
@@ -601,9 +685,7 @@ def run_suite(cfg: Config, log: Callable[[str], None] | None = None,
     checkpoint(results so far) is called after every activation and dtype."""
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     device = torch.device(cfg.device)
-    unknown = [c for c in cfg.cases if c not in CASES]
-    if unknown:
-        raise ValueError(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
+    cases = resolve_cases(cfg.cases, cfg.specs)
     results = {
         "schema": SCHEMA,
         "device": device_info(device),
@@ -621,21 +703,21 @@ def run_suite(cfg: Config, log: Callable[[str], None] | None = None,
             "channels": CHANNELS,
             "target_min_elements": GPU_TARGET_MIN if device.type == "cuda" else CPU_TARGET_MIN,
         },
-        "cases": {name: {"op": CASES[name].op, "eager": CASES[name].eager_src, "torch": CASES[name].builtin_src or None,
-                         "layout": CASES[name].layout, "shape_example": _shape_example(CASES[name], cfg.sizes),
-                         "params": [p for p, _, _ in CASES[name].params]} for name in cfg.cases},
+        "cases": {name: {"op": c.op, "eager": c.eager_src, "torch": c.builtin_src or None, "layout": c.layout,
+                         "shape_example": _shape_example(c, cfg.sizes), "params": [p for p, _, _ in c.params],
+                         **({"spec": c.spec.source, "formula": c.spec.formula} if c.spec is not None else {})}
+                  for name, c in cases.items()},
         "rooflines": [], "timings": [], "memory": [], "latency": [], "host": [], "recompiles": [], "skipped": [],
     }
     t_start = time.perf_counter()
     if cfg.prewarm:
-        results["prewarm_s"] = prewarm(cfg, log)
+        results["prewarm_s"] = prewarm(cfg, cases, log)
 
     def skip(name, dtype_name, n, reason):
         log(f"skip {name} {dtype_name} n={size_label(n)}: {reason}")
         results["skipped"].append({"case": name, "dtype": dtype_name, "n": n, "reason": reason})
 
-    for name in cfg.cases:
-        case = CASES[name]
+    for name, case in cases.items():
         for dtype_name in cfg.dtypes:
             dt = DTYPES[dtype_name]
             compiled: dict = {}
@@ -749,7 +831,8 @@ def _prewarm_one(task: dict) -> float:
     against a throwaway file: the timed process tunes for itself."""
     os.environ["ACTGEN_TUNING_CACHE"] = task["tuning_cache"]
     t = time.perf_counter()
-    case, dt, device = CASES[task["case"]], DTYPES[task["dtype"]], torch.device(task["device"])
+    case = resolve_cases([task["case"]], task.get("specs", ()))[task["case"]]
+    dt, device = DTYPES[task["dtype"]], torch.device(task["device"])
     inputs, params, grad_out = make_tensors(case, task["n"], dt, device)
     for impl in task["impls"]:
         if impl not in ("actgen", "compile"):
@@ -777,7 +860,7 @@ def _prewarm_task(task: dict) -> str | None:
         return f"{task['case']} {task['dtype']} n={task['n']}: {_err(exc)}"
 
 
-def prewarm(cfg: Config, log) -> float:
+def prewarm(cfg: Config, cases: dict, log) -> float:
     """Compile the generated kernels (every launch config the tuner will try) and torch.compile's
     graphs of the whole run in cfg.prewarm processes at once, before anything is timed; the
     timed process then loads them from the caches.  Seconds taken."""
@@ -787,9 +870,9 @@ def prewarm(cfg: Config, log) -> float:
     with tempfile.TemporaryDirectory(prefix="actgen-prewarm-") as tmp:
         tasks = [dict(case=c, dtype=d, n=n, device=cfg.device, impls=list(cfg.impls), modes=list(cfg.modes),
                       compile_dynamic=cfg.compile_dynamic, compile_backend=cfg.compile_backend,
-                      tuning_cache=os.path.join(tmp, "tuning.json"))
-                 for c in cfg.cases for d in cfg.dtypes for n in cfg.sizes
-                 if _shape_example(CASES[c], [n]) is not None]     # (a size the case cannot take is skipped)
+                      tuning_cache=os.path.join(tmp, "tuning.json"), specs=list(cfg.specs))
+                 for c in cases for d in cfg.dtypes for n in cfg.sizes
+                 if _shape_example(cases[c], [n]) is not None]     # (a size the case cannot take is skipped)
         with multiprocessing.get_context("spawn").Pool(cfg.prewarm) as pool:
             errors = [e for e in pool.imap_unordered(_prewarm_task, tasks) if e]
     took = time.perf_counter() - t
@@ -1748,18 +1831,28 @@ def main_from_args(args) -> int:
         for c in CASES.values():
             print(f"{c.name:<22} {'default' if c.name in DEFAULT_CASES else '':<8} {c.layout:<15} "
                   f"eager: {c.eager_src}; torch: {c.builtin_src or '-'}")
+        for name, spec in _catalogue_specs().items():
+            if name not in CASES:
+                print(f"{name:<22} {'':<8} {'channels_first' if spec.per_channel else 'flat':<15} "
+                      f"eager: its formula as written ({spec.formula}); torch: -")
         return 0
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         return _error("--device cuda asked for but CUDA is not available")
     if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
         return _error(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    names = tuple(args.names) or DEFAULT_CASES
-    unknown = [n for n in names if n not in CASES]
-    if unknown:
-        return _error(f"unknown activation(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
+    names = tuple(args.names) or (() if args.spec else DEFAULT_CASES)
+    try:
+        cases = resolve_cases(names, args.spec or ())
+    except ValueError as exc:       # an unknown name; a bad spec: its `path:line: field: problem` lines, as build's
+        from .spec import SpecError
+
+        if isinstance(exc, SpecError):
+            print("\n".join(exc.problems), file=sys.stderr)
+            return 2
+        return _error(str(exc))
     cfg = Config.for_device(
-        device, cases=names, dtypes=tuple(args.dtype) if args.dtype else None,
+        device, cases=tuple(cases), specs=tuple(args.spec or ()), dtypes=tuple(args.dtype) if args.dtype else None,
         sizes=tuple(args.sizes) if args.sizes else None,
         impls=tuple(args.impls) if args.impls else None, modes=tuple(args.modes) if args.modes else None,
         compile_dynamic={"static": False, "dynamic": True}.get(args.compile_shapes), compile_backend=args.compile_backend,
@@ -1791,7 +1884,11 @@ def build_parser(prog: str = "actgen bench"):
 
     p = argparse.ArgumentParser(prog=prog, description="Benchmark generated ops against torch eager, torch's kernels, "
                                 "torch.compile and the memory-bandwidth roofline; write JSON, markdown and plots.")
-    p.add_argument("names", nargs="*", help=f"activations to benchmark (default: {' '.join(DEFAULT_CASES)})")
+    p.add_argument("names", nargs="*", help="activations to benchmark: the suite's cases, any built-in op (its formula "
+                   f"as written for eager and torch.compile) or a --spec's (default: {' '.join(DEFAULT_CASES)}; "
+                   "with --spec: its ops)")
+    p.add_argument("--spec", nargs="+", metavar="SPEC", help="spec files (or folders of them) of your own: their ops "
+                   "against the formula as written in plain torch and under torch.compile")
     p.add_argument("--device", type=_device_argument, help="cuda (cuda:N) or cpu (default: cuda when available)")
     p.add_argument("--dtype", nargs="+", choices=list(DTYPES), help="default: fp32 bf16 fp16 on CUDA, fp32 bf16 on CPU")
     p.add_argument("--sizes", nargs="+", type=_size_argument,

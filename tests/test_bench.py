@@ -570,3 +570,101 @@ def test_roofline_is_timed_in_the_rounds_and_a_disturbed_one_is_flagged(monkeypa
     md = bench.write_markdown(res)
     assert "%†" in _md_row(md, "## forward, fp32", "| silu | 2**10 |") and "timing was disturbed" in md
     assert "%†" in _md_row(md, "## Headline", "| silu |") or "| silu | - |" in md
+
+
+# --------------------------------------------------------------------------------------
+# Cases of any spec: built-in ops without a case of their own, the user's specs
+# --------------------------------------------------------------------------------------
+
+
+def _leaf(t):
+    return t.detach().requires_grad_()
+
+
+@pytest.mark.parametrize("name, reference", [
+    ("celu", lambda x: torch.nn.functional.celu(x)),
+    ("hardtanh", lambda x: torch.nn.functional.hardtanh(x)),
+    ("selu", lambda x: torch.nn.functional.selu(x)),
+    ("logsigmoid", lambda x: torch.nn.functional.logsigmoid(x)),
+    ("rrelu", lambda x: torch.nn.functional.rrelu(x, training=False)),      # a draw at its mean
+])
+def test_a_built_in_op_is_timed_against_its_formula_as_written(name, reference):
+    """Any built-in op is a case: eager (and torch.compile) run its formula as written in plain
+    torch, which gives torch's own values and, through autograd, its gradients; the op timed is
+    actgen.ops' own."""
+    import actgen.ops
+
+    case = bench.resolve_cases([name])[name]
+    assert case.builtin is None and case.layout == "flat"
+    x = _leaf(torch.linspace(-30, 30, 2001, dtype=torch.float64))
+    xr = _leaf(x)
+    y, yr = case.eager(x), reference(xr)
+    torch.testing.assert_close(y, yr)
+    g = torch.randn_like(yr)
+    torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(yr, xr, g)[0])
+    assert case.actgen_fn() is getattr(actgen.ops, name)
+
+
+def _user_specs(folder):
+    folder.mkdir()
+    (folder / "my_prelu.yaml").write_text("name: my_prelu\nformula: Max(x, 0) + w * Min(x, 0)\n"
+                                          "params:\n  w: {init: 0.25, per_channel: true}\n")
+    (folder / "my_gate.yaml").write_text("name: my_gate\ninputs: [a, b]\nformula: a * sigmoid(k * a) * b\n"
+                                         "constants:\n  k: 1.0\n")
+    return folder
+
+
+def test_a_spec_of_your_own_is_a_case(tmp_path):
+    """--spec: a per-channel param runs against a channels-first input, as torch's F.prelu takes
+    it; a gated spec has its two inputs; constants take their defaults."""
+    cases = bench.resolve_cases([], [_user_specs(tmp_path / "specs")])
+    assert list(cases) == ["my_gate", "my_prelu"]
+    prelu, gate = cases["my_prelu"], cases["my_gate"]
+    assert prelu.layout == "channels_first" and prelu.params == (("w", True, 0.25),)
+    x = _leaf(torch.randn(prelu.shape(64 * 32), dtype=torch.float64))
+    w = _leaf(torch.rand(64, dtype=torch.float64))
+    xr, wr = _leaf(x), _leaf(w)
+    y, yr = prelu.eager(x, w), torch.nn.functional.prelu(xr, wr)
+    torch.testing.assert_close(y, yr)
+    g = torch.randn_like(yr)
+    for a, b in zip(torch.autograd.grad(y, (x, w), g), torch.autograd.grad(yr, (xr, wr), g)):
+        torch.testing.assert_close(a, b)
+    a, b = torch.randn(100, dtype=torch.float64), torch.randn(100, dtype=torch.float64)
+    assert gate.n_inputs == 2 and gate.params == ()
+    torch.testing.assert_close(gate.eager(a, b), torch.nn.functional.silu(a) * b)
+    x32 = torch.randn(prelu.shape(64 * 32))
+    torch.testing.assert_close(prelu.actgen_fn()(x32, w.detach().float()), torch.nn.functional.prelu(x32, w.detach().float()))
+
+
+def test_cli_benchmarks_a_spec_of_your_own(tmp_path, torch_backend):
+    """`actgen bench --spec DIR`: its ops are timed (and nothing else); results.json names each
+    one's spec and formula; --list names every built-in op."""
+    from actgen.cli import main
+
+    specs, out = _user_specs(tmp_path / "specs"), tmp_path / "out"
+    assert main(["bench", "--spec", str(specs), "--device", "cpu", "--dtype", "fp32", "--sizes", "2**12",
+                 "--impls", "actgen", "eager", "--modes", "fwdbwd", "--rounds", "1", "--min-run-time", "0.001",
+                 "--no-latency", "--no-memory", "--no-plots", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["cases"]) == {"my_gate", "my_prelu"}
+    assert res["cases"]["my_prelu"]["formula"] == "Max(x, 0) + w * Min(x, 0)"
+    assert res["cases"]["my_prelu"]["spec"].endswith("my_prelu.yaml")
+    assert {(r["case"], r["impl"]) for r in res["timings"] if r.get("time_s", 0) > 0} == {
+        (c, i) for c in ("my_gate", "my_prelu") for i in ("actgen", "eager")}
+    assert main(["bench", "--list"]) == 0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: bad\nformula: x * tanh(\n", ":2: formula: syntax error at column 9"),
+    ("name: mish\nformula: x * tanh(softplus(x))\n", "name: 'mish' is a built-in case's name"),
+])
+def test_cli_a_bad_spec_is_refused_before_anything_runs(text, message, tmp_path, capsys, monkeypatch):
+    from actgen.cli import main
+
+    monkeypatch.setattr(bench, "run_suite", lambda *a, **k: pytest.fail("measured despite a bad spec"))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    assert main(["bench", "--spec", str(spec), "--device", "cpu", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and message in err and err.startswith(str(spec))
+    assert not (tmp_path / "out").exists()
