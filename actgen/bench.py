@@ -1887,8 +1887,8 @@ def build_parser(prog: str = "actgen bench"):
     p.add_argument("names", nargs="*", help="activations to benchmark: the suite's cases, any built-in op (its formula "
                    f"as written for eager and torch.compile) or a --spec's (default: {' '.join(DEFAULT_CASES)}; "
                    "with --spec: its ops)")
-    p.add_argument("--spec", nargs="+", metavar="SPEC", help="spec files (or folders of them) of your own: their ops "
-                   "against the formula as written in plain torch and under torch.compile")
+    p.add_argument("--spec", action="append", metavar="FILE_OR_DIR", help="a spec file (or a folder of them) of your "
+                   "own, again for more: its ops against their formulas as written, in plain torch and under torch.compile")
     p.add_argument("--device", type=_device_argument, help="cuda (cuda:N) or cpu (default: cuda when available)")
     p.add_argument("--dtype", nargs="+", choices=list(DTYPES), help="default: fp32 bf16 fp16 on CUDA, fp32 bf16 on CPU")
     p.add_argument("--sizes", nargs="+", type=_size_argument,
