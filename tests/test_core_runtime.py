@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import actgen.ops as ops
+from actgen import runtime as rt
 from actgen.runtime import HAS_TRITON, launch, use_backend
 
 from _reference import SPECS, reference_call
@@ -1159,3 +1160,30 @@ def test_the_growth_threshold_is_one_number_everywhere():
 
     assert derive.GROWTH == runtime.GROWTH == 2.0 ** 14
     assert f">= {runtime.GROWTH!r}" in inspect.getsource(triton_lang.grown.fn)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scaled_input_and_inverse_scale_are_frexps(dtype):
+    """u / 2**k and 2**-k, k = max(0, e) with frexp's |u| < 2**e (numpy's frexp and ldexp in
+    float64 the reference): exact over the whole range - zeros, subnormals, powers of two and
+    their neighbours, the largest finite value - with +-1 and 0 at +-inf, NaN and 0 at NaN;
+    the out= forms write the same bits without allocating."""
+    np_dt = np.float32 if dtype == torch.float32 else np.float64
+    fi = np.finfo(np_dt)
+    rng = np.random.default_rng(0)
+    edges = [0.0, -0.0, 0.5, 0.75, 1.0, -1.0, 1.5, 2.0, -4.0, 3.0, 1234.5, fi.tiny, fi.tiny / 8, -fi.smallest_subnormal,
+             fi.max, -fi.max, fi.max / 2, 2.0 ** 100, np.nextafter(np_dt(2.0), np_dt(0)), np.inf, -np.inf, np.nan]
+    spread = rng.standard_normal(4000) * 10.0 ** rng.integers(fi.minexp // 3, fi.maxexp // 3.33, 4000)
+    vals = np.concatenate([np.array(edges, dtype=np_dt), spread.astype(np_dt)])
+    e = np.frexp(vals.astype(np.float64))[1]
+    k = np.clip(e, 0, None)
+    with np.errstate(all="ignore"):
+        w_ref = np.where(np.isinf(vals) | np.isnan(vals), 0.0, np.ldexp(1.0, -k)).astype(np_dt)
+        v_ref = np.where(np.isinf(vals), np.sign(vals), np.ldexp(vals.astype(np.float64), -k)).astype(np_dt)
+    u = torch.from_numpy(vals.copy())
+    v, w = rt.scaled_input(u).numpy(), rt.inverse_scale(u).numpy()
+    assert np.array_equal(w, w_ref) and np.array_equal(v, v_ref, equal_nan=True)
+    assert np.all(np.abs(v[np.isfinite(vals)]) < 1) and np.all(w > 0) == np.all(np.isfinite(vals))
+    out = torch.full_like(u, math.nan)
+    assert rt.scaled_input(u, out=out) is out and np.array_equal(out.numpy(), v_ref, equal_nan=True)
+    assert rt.inverse_scale(u, out=out) is out and np.array_equal(out.numpy(), w_ref)

@@ -42,7 +42,7 @@ def _forward_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _t1 = _w_x*_w_x*_w_x
     _t2 = _v_x*_v_x
     _t3 = _w_x*_w_x
-    _y = _rt.fma(_w_x**5.0, a0, _v_x*_rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_w_x, a4, _v_x*a5), _t3*a3), _t1*a2), _t0*a1))/_w_x/_rt.fma(_t2, _rt.fma(_t3, torch.abs(b2), _rt.fma(_t2, torch.abs(b4), _w_x*torch.abs(_v_x)*torch.abs(b3))), _rt.fma(_t1, torch.abs(_v_x*b1), _t0))
+    _y = _rt.fma(_w_x*_w_x*_w_x*_w_x*_w_x, a0, _v_x*_rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_w_x, a4, _v_x*a5), _t3*a3), _t1*a2), _t0*a1))/_w_x/_rt.fma(_t2, _rt.fma(_t3, torch.abs(b2), _rt.fma(_t2, torch.abs(b4), _w_x*torch.abs(_v_x)*torch.abs(b3))), _rt.fma(_t1, torch.abs(_v_x*b1), _t0))
     return _y
 
 
@@ -66,13 +66,13 @@ def _derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _t13 = _t12*_w_x
     _t14 = _rt.fma(_t4, _t13 + _t6 + _t9, _t0 + _t3)
     _t15 = 1.0/(_t14*_t14)
-    _t16 = _w_x**8.0
+    _t16 = _w_x*_w_x*_w_x*_w_x*_w_x*_w_x*_w_x*_w_x
     _t17 = b1*x
     _t18 = torch.where(_t17 > 0.0, 1.0, torch.where(_t17 < 0.0, _rt.number(x, -1.0), 0.0))
-    _t19 = 2.0*_w_x**7.0
-    _t20 = _w_x**6.0
+    _t19 = 2.0*_w_x*_w_x*_w_x*_w_x*_w_x*_w_x*_w_x
+    _t20 = _w_x*_w_x*_w_x*_w_x*_w_x*_w_x
     _t21 = 3.0*_t20
-    _t22 = _w_x**5.0
+    _t22 = _w_x*_w_x*_w_x*_w_x*_w_x
     _t23 = 2.0*_t22
     _t24 = _t22*a0
     _t25 = _t0*a1
@@ -105,7 +105,7 @@ def _forward_torch_fast(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4, _w):
     _t1 = torch.mul(_w_x, _w_x, out=_w[3]).mul_(_w_x)
     _t2 = torch.mul(_v_x, _v_x, out=_w[4])
     _t3 = torch.mul(_w_x, _w_x, out=_w[5])
-    _y = _rt.fma(torch.pow(_w_x, 5.0, out=_w[8]), a0, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_w_x, a4, torch.mul(_v_x, a5, out=_w[6]), out=_w[6]), torch.mul(_t3, a3, out=_w[7]), out=_w[6]), torch.mul(_t1, a2, out=_w[7]), out=_w[6]), torch.mul(_t0, a1, out=_w[7]), out=_w[6]).mul_(_v_x), out=_w[8]).div_(_w_x).div_(_rt.fma(_t2, _rt.fma(_t3, torch.abs(b2), _rt.fma(_t2, torch.abs(b4), torch.abs(_v_x, out=_w[6]).mul_(_w_x).mul_(torch.abs(b3)), out=_w[6]), out=_w[6]), _rt.fma(_t1, torch.mul(_v_x, b1, out=_w[7]).abs_(), _t0, out=_w[7]), out=_w[6]))
+    _y = _rt.fma(torch.mul(_w_x, _w_x, out=_w[8]).mul_(_w_x).mul_(_w_x).mul_(_w_x), a0, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_w_x, a4, torch.mul(_v_x, a5, out=_w[6]), out=_w[6]), torch.mul(_t3, a3, out=_w[7]), out=_w[6]), torch.mul(_t1, a2, out=_w[7]), out=_w[6]), torch.mul(_t0, a1, out=_w[7]), out=_w[6]).mul_(_v_x), out=_w[8]).div_(_w_x).div_(_rt.fma(_t2, _rt.fma(_t3, torch.abs(b2), _rt.fma(_t2, torch.abs(b4), torch.abs(_v_x, out=_w[6]).mul_(_w_x).mul_(torch.abs(b3)), out=_w[6]), out=_w[6]), _rt.fma(_t1, torch.mul(_v_x, b1, out=_w[7]).abs_(), _t0, out=_w[7]), out=_w[6]))
     return _y
 
 
@@ -129,13 +129,13 @@ def _derivatives_torch_fast(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4, _w):
     _t13 = torch.mul(_t12, _w_x, out=_w[12])
     _t14 = _rt.fma(_t4, torch.add(_t13, _t6, out=_w[13]).add_(_t9), torch.add(_t0, _t3, out=_w[14]), out=_w[13])
     _t15 = torch.mul(_t14, _t14, out=_w[14]).reciprocal_()
-    _t16 = torch.pow(_w_x, 8.0, out=_w[15])
+    _t16 = torch.mul(_w_x, _w_x, out=_w[15]).mul_(_w_x).mul_(_w_x).mul_(_w_x).mul_(_w_x).mul_(_w_x).mul_(_w_x)
     _t17 = torch.mul(b1, x, out=_w[16])
     _t18 = _rt.select(_rt.gt(_t17, 0.0, out=_w[17]), 1.0, _rt.select(_rt.lt(_t17, 0.0, out=_w[18]), -1.0, 0.0, out=_w[19]), out=_w[18])
-    _t19 = torch.pow(_w_x, 7.0, out=_w[17]).mul_(2.0)
-    _t20 = torch.pow(_w_x, 6.0, out=_w[19])
+    _t19 = torch.mul(_w_x, 2.0, out=_w[17]).mul_(_w_x).mul_(_w_x).mul_(_w_x).mul_(_w_x).mul_(_w_x).mul_(_w_x)
+    _t20 = torch.mul(_w_x, _w_x, out=_w[19]).mul_(_w_x).mul_(_w_x).mul_(_w_x).mul_(_w_x)
     _t21 = torch.mul(_t20, 3.0, out=_w[20])
-    _t22 = torch.pow(_w_x, 5.0, out=_w[21])
+    _t22 = torch.mul(_w_x, _w_x, out=_w[21]).mul_(_w_x).mul_(_w_x).mul_(_w_x)
     _t23 = torch.mul(_t22, 2.0, out=_w[22])
     _t24 = torch.mul(_t22, a0, out=_w[23])
     _t25 = torch.mul(_t0, a1, out=_w[24])
@@ -164,12 +164,12 @@ def _second_derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
     _w_x = _rt.inverse_scale(x)
     _v_x = _rt.scaled_input(x)
-    _t0 = _w_x**9.0
+    _t0 = _w_x*_w_x*_w_x*_w_x*_w_x*_w_x*_w_x*_w_x*_w_x
     _t1 = 2.0*a2
     _t2 = _t0*a0
     _t3 = torch.abs(b2)
     _t4 = 2.0*_t3
-    _t5 = _w_x**8.0
+    _t5 = _w_x*_w_x*_w_x*_w_x*_w_x*_w_x*_w_x*_w_x
     _t6 = _t5*a0
     _t7 = torch.abs(_v_x)
     _t8 = torch.abs(b3)
@@ -178,7 +178,7 @@ def _second_derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _t11 = torch.abs(_v_x*b1)
     _t12 = _t11*_t6
     _t13 = 6.0*_t3
-    _t14 = _w_x**7.0
+    _t14 = _w_x*_w_x*_w_x*_w_x*_w_x*_w_x*_w_x
     _t15 = _t14*a0
     _t16 = _t11*_t15
     _t17 = b1*x
@@ -197,7 +197,7 @@ def _second_derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _t30 = _t11*_t29
     _t31 = 12.0*_t14
     _t32 = _t9*a1
-    _t33 = _w_x**6.0
+    _t33 = _w_x*_w_x*_w_x*_w_x*_w_x*_w_x
     _t34 = _t33*a1
     _t35 = 2.0*_t11*_t34
     _t36 = torch.abs(b4)
@@ -213,7 +213,7 @@ def _second_derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _t46 = _t1*_t11
     _t47 = _t45*a0
     _t48 = 16.0*_t9
-    _t49 = _w_x**5.0
+    _t49 = _w_x*_w_x*_w_x*_w_x*_w_x
     _t50 = _t49*a2
     _t51 = 6.0*_t11
     _t52 = 20.0*_t33

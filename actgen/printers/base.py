@@ -357,7 +357,19 @@ class ExprPrinter:
                 return self.sqrt(base), ATOM
             if e.is_integer() and 1 <= e <= self.MAX_PRODUCT_POWER and base.is_Symbol:
                 return "*".join([self.paren(base, POW)] * int(e)), MUL
+            if e.is_integer() and 1 <= e <= self.MAX_EXACT_POWER and self.is_power_of_two(base):
+                # (every product exact, or one that underflows as pow's result does: a
+                # general pow took as long as 25 products on a CPU)
+                return "*".join([self.paren(base, POW)] * int(e)), MUL
         return self.power(base, exp)
+
+    MAX_EXACT_POWER = 16
+
+    def is_power_of_two(self, e) -> bool:
+        """Whether e is a temporary whose values are powers of two (a ratio of polynomials'
+        inverse scale, actgen.derive.InverseScale, 1/2**k): its integer powers are products
+        rounded exactly."""
+        return type(self.temps.get(e)).__name__ == "InverseScale"
 
     def sqrt(self, base) -> str:
         return self.FUNCTIONS["sqrt"].format(self.doprint(base))

@@ -107,21 +107,45 @@ def scalar_sqrt_square_plus(u: float, c: float) -> float:
     return math.sqrt(a - r) * math.sqrt(a + r) if a >= r else math.nan
 
 
-def _scale_shift(u: torch.Tensor) -> torch.Tensor:
-    """k of the scale 2**k above |u| (0 where |u| < 1); 2**-k is subnormal, and exact, for
-    |u| beyond 2**126 in float32."""
-    _, e = torch.frexp(u)                   # |u| < 2**e
-    return torch.clamp_min(e, 0)
+# The scale s = 2**k of a ratio of polynomials in x (actgen.derive.ScaledInput), from the
+# input's bits: its exponent field alone is p = 2**floor(log2|u|) for a normal u (0 for 0 and
+# subnormals, inf for +-inf and NaN), and s = max(2p, 1) - frexp's 2**e, |u| < 2**e, at
+# least 1.  Three or four passes over memory that allocate nothing with out= (torch.frexp,
+# ldexp and the bool masks of a where took 13 times as long, and allocated).
+_EXPONENT_FIELD = {torch.float32: (torch.int32, 0x7F800000, 2.0 ** 127),
+                   torch.float64: (torch.int64, 0x7FF0000000000000, 2.0 ** 1023)}
+
+
+def _half_over_exponent(u: torch.Tensor, out, finite: bool) -> torch.Tensor:
+    """0.5 / p into out (a new tensor where out is None or u itself), p as above; with finite,
+    p no larger than the dtype's largest power of two (+-inf and NaN as the largest finite)."""
+    bits, mask, largest = _EXPONENT_FIELD[u.dtype]
+    t = torch.empty_like(u, memory_format=torch.contiguous_format) if out is None or out.data_ptr() == u.data_ptr() else out
+    torch.bitwise_and(u.view(bits), mask, out=t.view(bits))
+    if finite:
+        t.clamp_max_(largest)
+    return torch.div(0.5, t, out=t)         # (exact: a power of two; 2**-128 is float32's, subnormal)
+
+
+def _wide(u: torch.Tensor) -> bool:
+    return u.dtype not in _EXPONENT_FIELD
 
 
 def scaled_input(u: torch.Tensor, out=None) -> torch.Tensor:
-    """u / 2**k, exactly (see actgen.derive.ScaledInput): +-1 at +-inf, NaN at NaN."""
-    return _into(out, torch.where(torch.isinf(u), torch.sign(u), torch.ldexp(u, -_scale_shift(u))))
+    """u / 2**k, exactly (see actgen.derive.ScaledInput): +-1 at +-inf, NaN at NaN.  out may
+    not be u."""
+    if _wide(u):        # (16-bit: the compute dtype's result, rounded to it)
+        return _into(out, scaled_input(u.float()).to(u.dtype))
+    # u * 0.5/p, within [-1, 1] (|u| < 2p); at +-inf inf * 2**-128 (float32), clamped to +-1
+    t = _half_over_exponent(u, out, finite=True).clamp_max_(1.0).mul_(u).clamp_(-1.0, 1.0)
+    return _into(out, t)
 
 
 def inverse_scale(u: torch.Tensor, out=None) -> torch.Tensor:
-    """1 / 2**k for scaled_input's k: 1 where |u| < 1, 0 at +-inf."""
-    return _into(out, torch.where(torch.isinf(u), 0.0, torch.ldexp(torch.ones_like(u), -_scale_shift(u))))
+    """1 / 2**k for scaled_input's k: 1 where |u| < 1, 0 at +-inf and NaN."""
+    if _wide(u):
+        return _into(out, inverse_scale(u.float()).to(u.dtype))
+    return _into(out, _half_over_exponent(u, out, finite=False).clamp_max_(1.0))
 
 
 def rdiv(c: float, t: torch.Tensor, out=None) -> torch.Tensor:
