@@ -2385,7 +2385,7 @@ def differentiate(expr: sympy.Expr, var: sympy.Symbol, rewrites: bool = True) ->
     # (powers of one base again as one: a factor taken out of a sum leaves its power in each
     # term over it, |x|**(2 - 2*p)*|x|**(2*p - 2) in |x|**p's second derivative in x and p)
     d = common_factors_out(powers_of_a_base_out(stabilize(common_factors_out(combine_powers(d)))))
-    return power_log_at_zero(combine_powers(sums_over_a_root(d)))
+    return power_slope_at_zero(power_log_at_zero(combine_powers(sums_over_a_root(d))))
 
 
 def _root_of(e: sympy.Add):
@@ -2475,6 +2475,29 @@ def power_log_at_zero(expr: sympy.Expr) -> sympy.Expr:
     a term in log(u) (|x|**p's second derivative in x and p).  Once, after the rewrites (its
     branches hold the product again)."""
     return expr.replace(lambda e: isinstance(e, sympy.Mul) and e.has(sympy.log), _power_log)
+
+
+def _power_slope(e):
+    for g in e.args:
+        if not (isinstance(g, sympy.Pow) and not g.exp.is_number and g.base.free_symbols) or g.base.is_positive:
+            continue
+        for c in e.args:
+            if c is g or c.is_number or not c.free_symbols:
+                continue
+            k = sympy.cancel((g.exp + 1) / c)
+            if k.is_number and k != 0:
+                u, zero = g.base, sympy.And(c >= 0, c <= 0)
+                return sympy.Piecewise((e, u > 0), (0, zero), (e, True))
+    return e
+
+
+def power_slope_at_zero(expr: sympy.Expr) -> sympy.Expr:
+    """c*u**(k*c - 1) -> 0 at u = 0 for c = 0, where it is 0 * inf (NaN): d(u**(k*c))/du, so
+    |x|**p's slope at x = 0 and p = 0, where |x|**0 is 1 for every x (torch's pow takes the
+    same 0 for an exponent of 0).  The branch is at u = 0 alone, so that the derivative in p
+    of the slope at p = 0 stays sign(x)/|x| elsewhere (a branch on p = 0 everywhere would
+    make it 0)."""
+    return expr.replace(lambda e: isinstance(e, sympy.Mul), _power_slope)
 
 
 def _combined(m: sympy.Mul) -> sympy.Expr:

@@ -127,6 +127,39 @@ def test_a_power_with_a_param_exponent_has_its_slope_at_zero(backend, formula):
     assert g[2] == 0
 
 
+@pytest.mark.parametrize("formula, p0", [("abs(x)**p", 0.0), ("abs(x)**(p + 1)", -1.0), ("sign(x)*abs(x)**p", 0.0),
+                                       ("abs(x)**(2*p)", 0.0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_power_with_a_param_exponent_of_zero_has_slope_zero_at_zero(backend, formula, p0, dtype):
+    """|x|**p at p = 0 is 1 for every x (0**0 = 1, as torch's pow has it), so its slope
+    p*sign(x)*|x|**(p - 1) is 0 at x = 0 too, where as written it is 0*0*inf, NaN (torch's
+    own pow backward takes 0 for an exponent of 0 as well).  The branch is at x = 0 alone:
+    the slope's derivative in p at p = 0 stays sign(x)/|x| (d2f/dx dp) elsewhere.  (df/dp at
+    x = 0 and p = 0 is not checked: |0|**p steps from 1 to 0 there, where both difference
+    quotients in p go to -inf and torch takes 0.)"""
+    m = actgen.compile(formula, name="pw0", params={"p": 1.5})
+    x = torch.tensor([0.0, -2.0, -0.5, 1e-30, 0.5, 3.0], dtype=dtype)
+    p = torch.tensor([p0], dtype=dtype)
+    y, (g, _) = _grad(m.pw0, x, p)
+    xd, pd = x.double().requires_grad_(), p.double().requires_grad_()
+    want = {"abs(x)**p": xd.abs() ** pd, "abs(x)**(p + 1)": xd.abs() ** (pd + 1),
+            "sign(x)*abs(x)**p": torch.sign(xd) * xd.abs() ** pd, "abs(x)**(2*p)": xd.abs() ** (2 * pd)}[formula]
+    (want_g,) = torch.autograd.grad(want.sum(), xd)
+    assert g[0].item() == 0.0 and want_g[0].item() == 0.0, (g, want_g)
+    _close_to_truth(y, want.detach())
+    _close_to_truth(g, want_g)
+    # d2f/dx dp at p = p0, from mpmath: 1/x for |x|**p (d(p*sign(x)*|x|**(p - 1))/dp at p = 0,
+    # which torch's own backward makes 0 there)
+    f = {"abs(x)**p": lambda v, q: abs(v) ** q, "abs(x)**(p + 1)": lambda v, q: abs(v) ** (q + 1),
+         "sign(x)*abs(x)**p": lambda v, q: mpmath.sign(v) * abs(v) ** q,
+         "abs(x)**(2*p)": lambda v, q: abs(v) ** (2 * q)}[formula]
+    xs = torch.tensor([-2.0, 0.5, 3.0], dtype=dtype, requires_grad=True)
+    ps = p.clone().requires_grad_()
+    (gx,) = torch.autograd.grad(m.pw0(xs, ps).sum(), xs, create_graph=True)
+    (gxp,) = torch.autograd.grad(gx.sum(), ps)
+    _close_to_truth(gxp, [float(sum(mpmath.diff(f, (mpmath.mpf(v), mpmath.mpf(p0)), (1, 1)) for v in xs.tolist()))])
+
+
 def test_a_condition_of_constants_with_one_of_elements(backend):
     """min(max(x, lo), hi) with constants: conditions of lo and hi alone (hi > lo) combine with
     the elements' (x > lo); the kernels ran into an error there under Triton's interpreter."""
