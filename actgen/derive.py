@@ -1989,6 +1989,43 @@ def rewrite_scaled_singularity(e):
     return None
 
 
+def rewrite_scaled_power_singularity(e):
+    """rewrite_scaled_singularity in v = p*log(b), b**p being exp(v): the Box-Cox transform
+    (b**p - 1)/p = log(b) * expm1(v)/v, log(b) at p = 0 (0/0 as written, and 0 for
+    |p*log(b)| below half an ULP of 1, where b**p rounds to 1), and its gradient in p,
+    log(b)**2 * (exp(v)/v - expm1(v)/v**2), whose two terms of ~log(b)/p cancel; so for
+    expm1(p*log(b))/p, and for b = 1 + x with log(b) as log1p(x).  The branch beyond the
+    approximant is as written (torch's pow: b**2 at b < 0 is b*b, where log(b) and so v are
+    NaN and the comparison |v| < r is false)."""
+    if not (e.is_Mul or _is_sum(e)) or len(e.free_symbols) < 2 or e.has(sympy.Piecewise, ApproximatedNearZero):
+        return None
+    powers = {g for g in e.atoms(sympy.Pow) if g.exp.is_Symbol and not g.base.is_number and not g.base.has(g.exp)}
+    logs = {g.args[0] for g in e.atoms(sympy.log) if not g.args[0].is_number}
+    logs |= {1 + g.args[0] for g in e.atoms(log1p) if not g.args[0].is_number}
+    bases = {g.base for g in powers} | logs
+    if len(bases) != 1:
+        return None
+    b, = bases
+    exponents = {g.exp for g in powers}
+    if len(exponents) > 1:
+        return None
+    log_b = sympy.Dummy("log_b", real=True)
+    written = log1p(b - 1) if b.as_coeff_Add()[0] == 1 else sympy.log(b)     # (log(1 + x) as log1p(x))
+    at = {sympy.log(b): log_b, log1p(b - 1): log_b}
+    back = {log_b: written}
+    for p in exponents:
+        at[b**p] = sympy.exp(p * log_b)
+        back[sympy.exp(p * log_b)] = b**p
+    in_log = e.xreplace(at)
+    if in_log.has(*b.free_symbols):
+        return None
+    near = rewrite_scaled_singularity(in_log)
+    if near is None:
+        return None
+    # (a StableSum's terms are mapped back one by one: it is rebuilt from them, not merged)
+    return near.replace(lambda a: isinstance(a, StableSum), lambda a: StableSum(*(t.xreplace(back) for t in a.args))).xreplace(back)
+
+
 def _scaled_approximant(e, u, p, inverse):
     """rewrite_scaled_singularity's approximant for v = p*u (inverse: u/p), or None."""
     # (in a sum, the terms in both: 1 + x*exp(a*x)/a - expm1(a*x)/a**2, the soft exponential's
@@ -2153,6 +2190,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_cancellation_at_zero,
     rewrite_removable_singularity,
     rewrite_scaled_singularity,
+    rewrite_scaled_power_singularity,
 )
 
 
@@ -2955,10 +2993,15 @@ GROWTH = 2.0 ** 14      # saturates for |beta| > 1e-6; linear growth is seen for
 
 def _nan_for_complex(e: sympy.Expr) -> sympy.Expr:
     """e with every number that is not real (a limit read off where the formula is complex,
-    (-1)**0.5) as NaN: what real arithmetic gives there, and what the printers can write."""
-    if not any(a.is_number and a.is_extended_real is False for a in sympy.preorder_traversal(e)):
-        return e
-    return e.replace(lambda a: a.is_number and a.is_extended_real is False, lambda a: sympy.nan)
+    (-1)**0.5) as NaN: what real arithmetic gives there, and what the printers can write; a
+    comparison with NaN is false, as in IEEE arithmetic (|v| < r of an approximant in
+    v = p*log(x), read off at x = -PROBE)."""
+    if any(a.is_number and a.is_extended_real is False for a in sympy.preorder_traversal(e)):
+        e = e.replace(lambda a: a.is_number and a.is_extended_real is False, lambda a: sympy.nan)
+    if e.has(sympy.nan):
+        e = e.replace(lambda a: isinstance(a, sympy.core.relational.Relational) and a.has(sympy.nan),
+                      lambda a: sympy.false)
+    return e
 
 
 def _limit_guard_or_none(expr, u, clamp):

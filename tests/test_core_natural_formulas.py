@@ -552,6 +552,42 @@ def test_a_soft_exponential_is_x_at_a_zero(backend, a):
         assert y.tolist() == [-math.inf, math.inf], y
 
 
+@pytest.mark.parametrize("formula, f", [
+    ("(x**a - 1)/a", lambda p, v: mpmath.expm1(p * mpmath.log(v)) / p),
+    ("expm1(a*log(x))/a", lambda p, v: mpmath.expm1(p * mpmath.log(v)) / p),
+    ("((1 + x)**a - 1)/a", lambda p, v: mpmath.expm1(p * mpmath.log1p(v)) / p),
+])
+@pytest.mark.parametrize("a", [0.0, 1e-20, 1e-8, -1e-8, 1e-3, -0.25, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_box_cox_transform_is_log_at_a_zero(backend, formula, f, a, dtype):
+    """(x**a - 1)/a is log(x) * expm1(v)/v at v = a*log(x): at a = 0 it is log(x) (0/0 as
+    written), and for |a*log(x)| below half an ULP of 1 x**a rounds to 1 (0 at a = 1e-8, x = 2
+    in float32; 0.127 for 0.240 in df/da in float64), where its gradient in a,
+    x**a*log(x)/a - (x**a - 1)/a**2, has two terms of ~log(x)/a that cancel (a Padé
+    approximant in v there).  f, df/dx and df/da against mpmath at 300 digits, a = 0 as the
+    limit; the param as the dtype holds it."""
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("kernels: float32")
+    m = actgen.compile(formula, name="box_cox", params={"a": {"init": 0.5, "per_channel": True}})
+    x = torch.tensor([1e-30, 1e-3, 0.3, 1.0, 2.0, 7.5, 1e4, 1e30], dtype=dtype)
+    xs = x.reshape(1, -1).clone().requires_grad_()
+    av = torch.full((x.numel(),), a, dtype=dtype, requires_grad=True)
+    y = m.box_cox(xs, av, channel_dim=1)
+    gx, ga = torch.autograd.grad(y.sum(), (xs, av))
+    with mpmath.workdps(300):
+        c = mpmath.mpf(float(torch.tensor(a, dtype=dtype)))
+        c = c if c != 0 else mpmath.mpf(10) ** -100
+        vals = [mpmath.mpf(v) for v in x.double().tolist()]
+        want = [float(f(c, v)) for v in vals]
+        want_x = [float(mpmath.diff(lambda t: f(c, t), v)) for v in vals]
+        want_a = [float(mpmath.diff(lambda q: f(q, v), c)) for v in vals]
+    # (df/dx = x**(a - 1) rounds a - 1 first: within |log(x)| ULP of the truth, 69 at 1e30)
+    _close_to_truth(y.detach().reshape(-1), want, ulps=8)
+    _close_to_truth(ga, want_a, ulps=8)
+    torch.testing.assert_close(gx.reshape(-1).double(), torch.tensor(want_x, dtype=torch.float64),
+                               rtol=80 * torch.finfo(dtype).eps, atol=0)
+
+
 @pytest.mark.parametrize("a", [0.1, 2.0])
 def test_a_leaky_relu_written_as_a_max_keeps_its_slope_at_inf(backend, a):
     """max(x, a*x): at x = +-inf both sides are inf and x > a*x is false either way; as
