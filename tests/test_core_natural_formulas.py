@@ -109,6 +109,43 @@ def test_log_cosh_differentiates_as_written(backend):
     _close_to_truth(g, want)
 
 
+@pytest.mark.parametrize("a", [1.0, 0.5, -2.0, 1e-3, 1e-30, 0.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log_cosh_over_a_param_keeps_its_gradient_far_out_and_at_zero(backend, a, dtype):
+    """log(cosh(a*x))/a's gradient in a, x*tanh(a*x)/a - log(cosh(a*x))/a**2, is two terms of
+    about |x|/|a| whose difference tends to log(2)/a**2: 2.6e4 ULP off at a*x = 1e5 in
+    float32 (0.3%), all of it from 1e7; beyond |a*x| = 1 it is computed as
+    (log(2) - softplus(-2|v|) - 2|v|*sigmoid(-2|v|))/a**2 at v = a*x.  At a = 0 f is 0 and
+    df/da x**2/2 (0/0, NaN, as written; and 0 and NaN at a = 1e-30), from an approximant in
+    v.  Against mpmath at 300 digits (a = 0: the limit); at x = +-inf df/da is log(2)/a**2."""
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("kernels: float32")
+    m = actgen.compile("log(cosh(a*x))/a", name="lc_a", params={"a": {"init": 1.0, "per_channel": True}})
+    x = torch.tensor([-1e20, -1e5, -30.0, -1.0, -1e-3, 0.0, 0.5, 2.0, 30.0, 1e3, 1e5, 1e7], dtype=dtype)
+    xs = x.reshape(1, -1).clone().requires_grad_()
+    av = torch.full((x.numel(),), a, dtype=dtype, requires_grad=True)
+    y = m.lc_a(xs, av, channel_dim=1)
+    gx, ga = torch.autograd.grad(y.sum(), (xs, av))
+    with mpmath.workdps(300):
+        c = mpmath.mpf(float(torch.tensor(a, dtype=dtype)))
+        c = c if c != 0 else mpmath.mpf(10) ** -400      # (f's limit, 0, in either dtype)
+        lc = lambda w: mpmath.log1p(2 * mpmath.sinh(w / 2) ** 2)     # log(cosh(w)), exact at tiny w too
+        f = lambda p, v: lc(p * v) / p
+        vals = [mpmath.mpf(v) for v in x.double().tolist()]
+        want = [float(f(c, v)) for v in vals]
+        want_x = [float(mpmath.tanh(c * v)) for v in vals]
+        want_a = [float(v * mpmath.tanh(c * v) / c - lc(c * v) / c**2) for v in vals]
+    _close_to_truth(y.detach().reshape(-1), want, ulps=8)
+    _close_to_truth(gx.reshape(-1), want_x, ulps=8)
+    # (x**2/2 past the dtype's largest, x = 1e20 at a = 1e-30 in float32, is inf - inf there)
+    want_a = torch.tensor(want_a, dtype=torch.float64)
+    finite = want_a.abs() < torch.finfo(dtype).max
+    _close_to_truth(ga[finite], want_a[finite], ulps=8)
+    if dtype == torch.float32 and abs(a) > 1e-3:
+        _, _, ga = _per_element(m.lc_a, torch.tensor([math.inf, -math.inf]), a)
+        _close_to_truth(ga, [math.log(2) / a**2] * 2, ulps=8)
+
+
 @pytest.mark.parametrize("formula", ["abs(x)**p", "sign(x)*abs(x)**p", "x * abs(x)**p", "max(x, 0)**p"])
 def test_a_power_with_a_param_exponent_has_its_slope_at_zero(backend, formula):
     """d|x|**p/dx = p*sign(x)*|x|**(p - 1): 0 at x = 0 for p > 1, as for a number p - not
