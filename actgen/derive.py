@@ -3243,8 +3243,17 @@ def _ieee_at_inf(f):
 
 
 def strip_guards(expr: sympy.Expr) -> sympy.Expr:
-    """expr without its guards: the same value wherever the inputs are finite."""
-    for guard in (NanGuard, InfGuard, LimitAtInf):
+    """expr without its guards: the same value wherever the inputs are finite.  A product in a
+    guard stays one factor (sympy would merge it into a product around the guard, and the
+    printers' pairing of its ratio with the rest: x/(hypot(x, 1) + 1)*x/a printed as
+    x/a*x/(hypot(x, 1) + 1), inf from |x| = 1.8e19 in float32, as (sqrt(x**2 + 1) - 1)/a's fast
+    variant was)."""
+    guards = (NanGuard, InfGuard, LimitAtInf)
+    expr = expr.replace(
+        lambda e: e.is_Mul and any(isinstance(f, guards) and f.args[0].is_Mul for f in e.args),
+        lambda e: sympy.Mul(*(sympy.UnevaluatedExpr(f.args[0]) if isinstance(f, guards) and f.args[0].is_Mul else f
+                              for f in e.args), evaluate=False))
+    for guard in guards:
         expr = expr.replace(guard, lambda value, *rest: value)
     return expr
 

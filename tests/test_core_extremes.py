@@ -441,3 +441,26 @@ def test_the_kernels_sigmoid_reaches_float32_subnormals(triton_backend):
         err = (y.double() - want).abs()
         assert (err <= torch.maximum(2 * step * scale, 4e-7 * want.abs())).all(), (y, want)
     assert (ops.sigmoid(x[:4]) > 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_guarded_ratio_over_a_param_does_not_overflow_on_cpu_chunks(dtype, backend):
+    """(sqrt(x**2 + 1) - 1)/a is x/(hypot(x, 1) + 1)*x/a: the ratio first, then x, then a.
+    The CPU fast variant (its guards dropped) merged the guarded product into the one around
+    it and computed x/a*x first: inf from |x| = 1.8e19 in float32, f and df/da, where the
+    guarded function and the kernels were exact.  Against mpmath."""
+    m = actgen.compile("(sqrt(x**2 + 1) - 1)/a", name="root_over_a", params={"a": 1.0})
+    for av in (1.0, 0.5, -2.0):
+        x = torch.tensor([s * v for v in HUGE + [3.0, 0.25] for s in (1, -1)], dtype=dtype, requires_grad=True)
+        a = torch.tensor([av], dtype=dtype, requires_grad=True)
+        y = m.root_over_a(x, a)
+        gx, ga = torch.autograd.grad(y.sum(), (x, a))
+        bad = []
+        for xi, yi, gi in zip(x.detach().tolist(), y.detach().tolist(), gx.tolist()):
+            tf = _truth(lambda v: (mpmath.sqrt(v**2 + 1) - 1) / av, xi)
+            tg = _truth(lambda v: v / mpmath.sqrt(v**2 + 1) / av, xi)
+            if not _close(yi, tf, dtype) or not _close(gi, tg, dtype):
+                bad.append((av, xi, yi, tf, gi, tg))
+        assert not bad, bad
+        want_a = sum(_truth(lambda v: -(mpmath.sqrt(v**2 + 1) - 1) / av**2, xi) for xi in x.detach().tolist())
+        assert math.isfinite(ga.item()) and abs(ga.item() - want_a) <= 8 * torch.finfo(dtype).eps * abs(want_a) * 4, (ga, want_a)

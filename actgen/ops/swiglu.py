@@ -53,8 +53,8 @@ def _forward_torch_fast(a, b, _w):
 def _derivatives_torch_fast(a, b, _w):
     """df/da, df/db on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
     _t0 = torch.sigmoid(a, out=_w[0])
-    _d_a = torch.mul(_t0, b, out=_w[2]).mul_(_rt.fma(a, torch.neg(a, out=_w[1]).sigmoid_(), 1.0, out=_w[1]))
-    _d_b = torch.mul(_t0, a, out=_w[3])
+    _d_a = _rt.fma(a, torch.neg(a, out=_w[1]).sigmoid_(), 1.0, out=_w[1]).mul_(_t0).mul_(b)
+    _d_b = torch.mul(_t0, a, out=_w[2])
     return (_d_a, _d_b)
 
 
@@ -142,7 +142,7 @@ _OP = _rt.Activation(
     },
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(1, 4),
+    fast_buffers=(1, 3),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
