@@ -1149,19 +1149,20 @@ def horner_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
     return expr.replace(is_polynomial, horner)
 
 
-def split_powers_at_calls(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
+def split_powers_at_calls(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], of_inputs: bool = False) -> sympy.Expr:
     """Every product of an input's power x**k (k from 2 to MAX_PRODUCT_POWER) and calls that
     can vanish as (x * calls) * x ... * x, each product kept whole (UnevaluatedExpr): x**2
     overflows from |x| = 1.8e19 in float32 where the product does not, and a call that
     vanishes there makes x*call 0, not inf*0 = NaN.  Kept whole, the split holds where CSE
     names x**2 once for several uses (exp(-a*x**2)'s gradient in a, -x**2*exp(-a*x**2), the
     power shared with the exponent).  A call times a sum with such a term takes each term
-    (x*exp(-a*x**2)'s slope, (1 - 2*a*x**2)*exp(-a*x**2))."""
+    (x*exp(-a*x**2)'s slope, (1 - 2*a*x**2)*exp(-a*x**2)).  With `of_inputs`, only calls
+    that hold an input (final, before horner_form)."""
     def is_power(f):
         return f.is_Pow and f.base in inputs and f.exp.is_Integer and 2 <= f.exp <= MAX_PRODUCT_POWER
 
     def is_call(f):         # calls that can vanish where their argument grows
-        return isinstance(f, (sympy.exp, sigmoid, sympy.erfc, softplus, CappedExp))
+        return isinstance(f, (sympy.exp, sigmoid, sympy.erfc, softplus, CappedExp)) and (f.has(*inputs) or not of_inputs)
 
     def splits(e):
         if not e.is_Mul:
@@ -1483,6 +1484,11 @@ def _exp_ratio(expr, x, sigmoids=False, capped=False):
         return None
     # N = g * E**m * N1(E); D = scale * prod(f(E)**k)
     g = sympy.gcd_list(N.all_coeffs())
+    if not sympy.fraction(sympy.cancel(numer / g))[1].is_number:
+        # a gcd of coefficients in floats is monic and need not divide them: 0.08943*x**4 +
+        # 2*x**2 over x**4 + 22.36*x**2 left a ratio of polynomials in x (whose scaled form
+        # divided 0 by an underflowed 1/s**4: NaN); the common factors as written divide them
+        g = sympy.factor_terms(numer).as_independent(E, as_Add=False)[0]
     N1 = sympy.Poly(sympy.cancel(numer / g), E)
     m = min(mon[0] for mon in N1.monoms())
     coeffs = N1.all_coeffs()[: len(N1.all_coeffs()) - m]
@@ -3376,19 +3382,28 @@ def _unwrap_unevaluated(assignments, reduced):
 
 def _inline_numbers(assignments, reduced):
     """A shared number (sqrt(pi) in two sums) is written where it is used, not named; so is
-    the reciprocal of a scaled ratio's w = 1/s (see rational_form), up to 2**127: as a
-    divisor it comes last in a product (pau's x**5/Q(x), v**5/Q_s(v)/w, overflowed at
-    |x| = 1e38 as (1/Q_s)*(1/w) first)."""
-    numbers, kept = {}, []
+    the reciprocal of a scaled ratio's w = 1/s (see rational_form): as a divisor each w
+    comes last in a product, one at a time (pau's x**5/Q(x), v**5/Q_s(v)/w, overflowed at
+    |x| = 1e38 as (1/Q_s)*(1/w) first; w**4 named once underflowed to 0 from |x| = 2**38
+    in float32: x**4*exp(-a*x**2)/(1 + x**2)'s gradient in a was 0/0 at x = 1e13)."""
+    numbers, kept, scales = {}, [], {}
+    # a name for a power of w (w**4, also a term of Q_s) stays a name, but as a divisor it is
+    # w's power again (see above)
+    divides_by_scale = lambda e: e.is_Pow and e.exp.is_negative and e.base in scales
+    as_scale_power = lambda e: scales[e.base] ** e.exp
     for t, v in assignments:            # in order: a name can be a number of named numbers
         v = v.xreplace(numbers)
+        v = v.replace(divides_by_scale, as_scale_power) if scales else v
         if v.is_number:
             numbers[t] = v.evalf(30)
         elif v.is_Pow and v.exp.is_negative and v.base.is_Symbol and v.base.name.startswith(INVERSE_SCALE_PREFIX):
             numbers[t] = v
         else:
             kept.append((t, v))
-    return kept, [e.xreplace(numbers) for e in reduced]
+            if v.is_Pow and v.exp.is_Integer and v.base.is_Symbol and v.base.name.startswith(INVERSE_SCALE_PREFIX):
+                scales[t] = v
+    return kept, [e.xreplace(numbers).replace(divides_by_scale, as_scale_power) if scales else e.xreplace(numbers)
+                  for e in reduced]
 
 
 def _exp_powers(assignments, reduced):
@@ -3664,7 +3679,13 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
         return rational_form(exp_rational_form(e, inputs, sigmoids=kernel), inputs) if rewrites else e
 
     def final(e):       # value-preserving forms for float arithmetic (see the module doc)
-        e = fold_constants(split_powers_at_calls(horner_form(hypot_form(e, inputs), inputs), inputs)) if rewrites else e
+        # a polynomial times a call of an input that vanishes where it grows is taken term by
+        # term first (each power split at the call), not in Horner form: (0.27*a*x**3 + 2*a*x +
+        # 1)*exp(-2*|a*(x + 0.045*x**3)|), a gelu_tanh with a param in the kernels' ratio, was
+        # inf*0 = NaN from x = 1e13 in float32, where the exponential is 0 and the polynomial
+        # overflows; a polynomial times a call of params alone keeps its Horner form
+        e = split_powers_at_calls(hypot_form(e, inputs), inputs, of_inputs=True) if rewrites else e
+        e = fold_constants(split_powers_at_calls(horner_form(e, inputs), inputs)) if rewrites else e
         return _nan_for_complex(e)
 
     def guarded(e):

@@ -464,3 +464,55 @@ def test_a_guarded_ratio_over_a_param_does_not_overflow_on_cpu_chunks(dtype, bac
         assert not bad, bad
         want_a = sum(_truth(lambda v: -(mpmath.sqrt(v**2 + 1) - 1) / av**2, xi) for xi in x.detach().tolist())
         assert math.isfinite(ga.item()) and abs(ga.item() - want_a) <= 8 * torch.finfo(dtype).eps * abs(want_a) * 4, (ga, want_a)
+
+
+def _sech2(u):
+    return 1 / mpmath.cosh(u) ** 2
+
+
+_C3 = mp(0.044715)
+# (formula, params, f, df/dx, df/dparam): a factor that vanishes faster than a power of x grows,
+# times that power, with the param in the vanishing factor (no clamp of x: where it vanishes
+# depends on the param); f and its derivatives written independently, in mpmath
+VANISHING = {
+    # the kernels' ratio in e = exp(-2|u|): (0.27*a*x**3 + 2*a*x + 1)*e was inf*0 (df/dx from
+    # x = 1e19) and df/da's x**4*e over a scaled ratio in x was 0/0 (w**4 = 0) from x = 7e12
+    "gelu_tanh_param": ("0.5*x*(1 + tanh(a*(x + 0.044715*x**3)))", 0.7978845608,
+                        lambda x, a: x * (1 + mpmath.tanh(a * (x + _C3 * x**3))) / 2,
+                        lambda x, a: ((1 + mpmath.tanh(a * (x + _C3 * x**3))) / 2
+                                      + x / 2 * _sech2(a * (x + _C3 * x**3)) * a * (1 + 3 * _C3 * x**2)),
+                        lambda x, a: x / 2 * _sech2(a * (x + _C3 * x**3)) * (x + _C3 * x**3)),
+    # a ratio of polynomials of positive degree (scaled: s**2 * ratio in v, w) times a vanishing
+    # exponential: f was NaN from x = 1e25 (s**2 overflowed first), df/da from 7e12
+    "ratio_times_gaussian": ("x**4/(1 + x**2)*exp(-a*x**2)", 0.5,
+                             lambda x, a: x**4 / (1 + x**2) * mpmath.exp(-a * x**2),
+                             lambda x, a: mpmath.diff(lambda t: t**4 / (1 + t**2) * mpmath.exp(-a * t**2), x),
+                             lambda x, a: -(x**6) / (1 + x**2) * mpmath.exp(-a * x**2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VANISHING))
+def test_huge_inputs_give_the_param_gradient_where_a_factor_vanishes(name, backend):
+    """f, df/dx and df/da in float32 at huge x, where a power of x meets a factor with the
+    param in it that has vanished: 0 (or the truth), not inf*0 or 0/0 = NaN; against mpmath."""
+    formula, init, f, dfx, dfa = VANISHING[name]
+    fn = getattr(actgen.compile(formula, name=name, params={"a": init}), name)
+    xs = [s * v for v in HUGE + [2.0, 10.0] for s in (1, -1)]
+    bad = []
+    for x0 in xs:
+        x = torch.tensor([x0], requires_grad=True)
+        a = torch.tensor([init], requires_grad=True)
+        y = fn(x, a)
+        gx, ga = torch.autograd.grad(y, (x, a), torch.ones_like(y))
+        av = mp(a.item())
+        for what, got, truth in (("f", y, f), ("df/dx", gx, dfx), ("df/da", ga, dfa)):
+            with mpmath.workdps(50):
+                want = float(truth(mp(x.item()), av))
+            # (at x = -10 and 10 the value is exp(-87), which float32 holds to its condition, 87)
+            tol = 64 if abs(x0) == 10.0 else 8
+            got = got.item()
+            ok = (got == 0 or abs(got) < 1e-30) if want == 0 else (
+                math.isfinite(got) and abs(got - want) <= tol * torch.finfo(torch.float32).eps * abs(want))
+            if not ok:
+                bad.append((x0, what, got, want))
+    assert not bad, bad

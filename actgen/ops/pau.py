@@ -42,7 +42,7 @@ def _forward_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _t1 = _w_x*_w_x*_w_x
     _t2 = _v_x*_v_x
     _t3 = _w_x*_w_x
-    _y = _rt.fma(_w_x*_w_x*_w_x*_w_x*_w_x, a0, _v_x*_rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_w_x, a4, _v_x*a5), _t3*a3), _t1*a2), _t0*a1))/_w_x/_rt.fma(_t2, _rt.fma(_t3, torch.abs(b2), _rt.fma(_t2, torch.abs(b4), _w_x*torch.abs(_v_x)*torch.abs(b3))), _rt.fma(_t1, torch.abs(_v_x*b1), _t0))
+    _y = _rt.fma(_w_x*_w_x*_w_x*_w_x*_w_x, a0, _v_x*_rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_w_x, a4, _v_x*a5), _t3*a3), _t1*a2), _t0*a1))/_rt.fma(_t2, _rt.fma(_t3, torch.abs(b2), _rt.fma(_t2, torch.abs(b4), _w_x*torch.abs(_v_x)*torch.abs(b3))), _rt.fma(_t1, torch.abs(_v_x*b1), _t0))/_w_x
     return _y
 
 
@@ -89,7 +89,7 @@ def _derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _d_a2 = _t29*_t4*_t8
     _d_a3 = _t29*_v_x*_v_x*_v_x*_w_x
     _d_a4 = _t29*_t30
-    _d_a5 = _v_x**5.0/_w_x*_t29
+    _d_a5 = _t29*_v_x**5.0/_w_x
     _d_b1 = torch.where(torch.isnan(x), x, -(_t18*_t32*_t8*_v_x))
     _d_b2 = torch.where(torch.isnan(x), x, -(_t33*_w_x*torch.where(b2 > 0.0, 1.0, torch.where(b2 < 0.0, _rt.number(x, -1.0), 0.0))))
     _d_b3 = torch.where(torch.isnan(x), x, -(_t10*_t33*torch.where(b3 > 0.0, 1.0, torch.where(b3 < 0.0, _rt.number(x, -1.0), 0.0))))
@@ -105,7 +105,7 @@ def _forward_torch_fast(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4, _w):
     _t1 = torch.mul(_w_x, _w_x, out=_w[3]).mul_(_w_x)
     _t2 = torch.mul(_v_x, _v_x, out=_w[4])
     _t3 = torch.mul(_w_x, _w_x, out=_w[5])
-    _y = _rt.fma(torch.mul(_w_x, _w_x, out=_w[8]).mul_(_w_x).mul_(_w_x).mul_(_w_x), a0, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_w_x, a4, torch.mul(_v_x, a5, out=_w[6]), out=_w[6]), torch.mul(_t3, a3, out=_w[7]), out=_w[6]), torch.mul(_t1, a2, out=_w[7]), out=_w[6]), torch.mul(_t0, a1, out=_w[7]), out=_w[6]).mul_(_v_x), out=_w[8]).div_(_w_x).div_(_rt.fma(_t2, _rt.fma(_t3, torch.abs(b2), _rt.fma(_t2, torch.abs(b4), torch.abs(_v_x, out=_w[6]).mul_(_w_x).mul_(torch.abs(b3)), out=_w[6]), out=_w[6]), _rt.fma(_t1, torch.mul(_v_x, b1, out=_w[7]).abs_(), _t0, out=_w[7]), out=_w[6]))
+    _y = _rt.fma(torch.mul(_w_x, _w_x, out=_w[8]).mul_(_w_x).mul_(_w_x).mul_(_w_x), a0, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_v_x, _rt.fma(_w_x, a4, torch.mul(_v_x, a5, out=_w[6]), out=_w[6]), torch.mul(_t3, a3, out=_w[7]), out=_w[6]), torch.mul(_t1, a2, out=_w[7]), out=_w[6]), torch.mul(_t0, a1, out=_w[7]), out=_w[6]).mul_(_v_x), out=_w[8]).div_(_rt.fma(_t2, _rt.fma(_t3, torch.abs(b2), _rt.fma(_t2, torch.abs(b4), torch.abs(_v_x, out=_w[6]).mul_(_w_x).mul_(torch.abs(b3)), out=_w[6]), out=_w[6]), _rt.fma(_t1, torch.mul(_v_x, b1, out=_w[7]).abs_(), _t0, out=_w[7]), out=_w[6])).div_(_w_x)
     return _y
 
 
@@ -152,7 +152,7 @@ def _derivatives_torch_fast(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4, _w):
     _d_a2 = torch.mul(_t29, _t4, out=_w[36]).mul_(_t8)
     _d_a3 = torch.mul(_t29, _v_x, out=_w[37]).mul_(_v_x).mul_(_v_x).mul_(_w_x)
     _d_a4 = torch.mul(_t29, _t30, out=_w[38])
-    _d_a5 = torch.pow(_v_x, 5.0, out=_w[39]).div_(_w_x).mul_(_t29)
+    _d_a5 = torch.pow(_v_x, 5.0, out=_w[39]).mul_(_t29).div_(_w_x)
     _d_b1 = torch.mul(_t18, _t32, out=_w[40]).mul_(_t8).mul_(_v_x).neg_()
     _d_b2 = torch.mul(_t33, _w_x, out=_w[41]).mul_(_rt.select(_rt.gt(b2, 0.0), 1.0, _rt.select(_rt.lt(b2, 0.0), -1.0, 0.0))).neg_()
     _d_b3 = torch.mul(_t10, _t33, out=_w[42]).mul_(_rt.select(_rt.gt(b3, 0.0), 1.0, _rt.select(_rt.lt(b3, 0.0), -1.0, 0.0))).neg_()
@@ -391,7 +391,7 @@ def _second_derivatives_torch(x, a0, a1, a2, a3, a4, a5, b1, b2, b3, b4):
     _d2_a5_b1 = torch.where(torch.isnan(x), x, -(_t163*_t20))
     _d2_a5_b2 = torch.where(torch.isnan(x), x, -(_t152*_t162))
     _d2_a5_b3 = torch.where(torch.isnan(x), x, -(_t161*_t164))
-    _d2_a5_b4 = torch.where(torch.isnan(x), x, -(_v_x**9.0/_w_x*_t157))
+    _d2_a5_b4 = torch.where(torch.isnan(x), x, -(_t157*_v_x**9.0/_w_x))
     _d2_b1_b1 = torch.where(torch.isnan(x), x, torch.where(_t24, _t101*_t170*_t49, 0.0))
     _d2_b1_b2 = torch.where(torch.isnan(x), x, _t138*_t151*_t168*_t20*_t84)
     _d2_b1_b3 = torch.where(torch.isnan(x), x, _t135*_t156*_t169)
@@ -435,7 +435,7 @@ if _rt.HAS_TRITON:
         _t1 = _w_x*_w_x*_w_x
         _t2 = _v_x*_v_x
         _t3 = _w_x*_w_x
-        _y = _div(_div(tl.fma(_w_x*_w_x*_w_x*_w_x*_w_x, a0, _v_x*tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_w_x, a4, _v_x*a5), _t3*a3), _t1*a2), _t0*a1)), _w_x, FAST), tl.fma(_t2, tl.fma(_t3, tl.abs(b2), tl.fma(_t2, tl.abs(b4), _w_x*tl.abs(_v_x)*tl.abs(b3))), tl.fma(_t1, tl.abs(_v_x*b1), _t0)), FAST)
+        _y = _div(_div(tl.fma(_w_x*_w_x*_w_x*_w_x*_w_x, a0, _v_x*tl.fma(_v_x, tl.fma(_v_x, tl.fma(_v_x, tl.fma(_w_x, a4, _v_x*a5), _t3*a3), _t1*a2), _t0*a1)), tl.fma(_t2, tl.fma(_t3, tl.abs(b2), tl.fma(_t2, tl.abs(b4), _w_x*tl.abs(_v_x)*tl.abs(b3))), tl.fma(_t1, tl.abs(_v_x*b1), _t0)), FAST), _w_x, FAST)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -509,7 +509,7 @@ if _rt.HAS_TRITON:
             _d_a2 = _t29*_t4*_t8
             _d_a3 = _t29*_v_x*_v_x*_v_x*_w_x
             _d_a4 = _t29*_t30
-            _d_a5 = _div(_v_x*_v_x*_v_x*_v_x*_v_x, _w_x, FAST)*_t29
+            _d_a5 = _div(_t29*_v_x*_v_x*_v_x*_v_x*_v_x, _w_x, FAST)
             _d_b1 = tl.where(x != x, x, -(_t18*_t32*_t8*_v_x))
             _d_b2 = tl.where(x != x, x, -(_t33*_w_x*tl.where(b2 > 0.0, 1.0, tl.where(b2 < 0.0, tl.full([], -1.0, ACC), 0.0))))
             _d_b3 = tl.where(x != x, x, -(_t10*_t33*tl.where(b3 > 0.0, 1.0, tl.where(b3 < 0.0, tl.full([], -1.0, ACC), 0.0))))

@@ -67,6 +67,8 @@ def _pair_ratios(numer, denom):
     the result's magnitude.  Returns the numerators and denominators left over (denominators
     that vary are each divided by in turn), and the pairs."""
     varying = lambda f: not f.is_number
+    if any(_is_inverse_scale(_base_power(d)[0]) for d in denom):
+        return _scale_last(numer, denom)
     n_var = [f for f in _split_powers(numer) if varying(f)]
     d_var = [f for f in _split_powers(denom) if varying(f)]
     if not d_var or len(n_var) + len(d_var) < 3:
@@ -77,15 +79,42 @@ def _pair_ratios(numer, denom):
         # data (an input, up to float32's largest) times a factor that varies, over one: the
         # ratio first, then the data (smish's x*N/D overflowed from x = 1.1e38 where N ~ 3)
         n_var.sort(key=_is_data)
-    if any(d.is_Symbol and d.name.startswith(INVERSE_SCALE_PREFIX) for d in d_var):
-        # a scaled ratio's w (up to 2**-127, see actgen.derive.rational_form) divides a factor
-        # that grows, not one that may be large already (pau's v**5/w*(1/Q_s), not (1/Q_s)/w)
-        n_var.sort(key=lambda f: not _grows(f))
     k = min(len(n_var), len(d_var))
     pairs = list(zip(n_var[:k], d_var[:k])) + [(None, d) for d in d_var[k:]]
     rest_n = n_var[k:] + [f for f in numer if not varying(f)]
     rest_d = [f for f in denom if not varying(f)]
     return rest_n, rest_d, pairs
+
+
+def _is_inverse_scale(f) -> bool:
+    """A scaled ratio's w = 1/s (see actgen.derive.rational_form), by its name."""
+    return f.is_Symbol and f.name.startswith(INVERSE_SCALE_PREFIX)
+
+
+def _base_power(f) -> tuple[sympy.Expr, int]:
+    return (f.base, int(f.exp)) if f.is_Pow and f.exp.is_Integer and f.exp > 0 else (f, 1)
+
+
+def _scale_last(numer, denom):
+    """The layout of a product that divides by powers of a scaled ratio's w = 1/s (s**k
+    times a ratio in v = x/s and w, times the rest): every numerator factor first, then each
+    denominator that varies in turn, then w, one at a time.  What the numerators make is
+    the result times w**k, at most its size, and each division by w (exact: a power of two,
+    at least 2**-128 for a finite x) takes it a factor s towards the result: nothing
+    overflows where the result does not, and a factor that vanishes where s is huge leaves
+    0.  (w**4 as one divisor underflows to 0 from |x| = 2**38 in float32: 0/0 where the
+    numerator vanishes, x**4*exp(-a*x**2)/(1 + x**2) at x = 1e13; v/w*v/w first overflows
+    where the factor that vanishes comes after it.)"""
+    d_var, w_var, rest_d = [], [], []
+    for d in denom:
+        base, k = _base_power(d)
+        if _is_inverse_scale(base):
+            w_var += [base] * k
+        elif d.is_number:
+            rest_d.append(d)
+        else:
+            d_var.append(d)
+    return list(numer), rest_d, [(None, d) for d in d_var + w_var]
 
 
 def product_layout(expr: sympy.Mul):
