@@ -3282,15 +3282,17 @@ def fast_variant(outputs: Sequence[tuple[str, sympy.Expr]]) -> Block | None:
     return make_block(stripped)
 
 
-def nan_guard(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
+def nan_guard(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], dropped: Sequence[sympy.Symbol] = ()) -> sympy.Expr:
     """expr with a NaN input giving NaN: guarded where a branch could lose it (comparisons are
     false on NaN, so a Piecewise takes its last branch), for the inputs a NaN does not flow
-    through already (_nan_flows: mish's ratio in exp(-|x|), whichever branch, is NaN)."""
+    through already (_nan_flows: mish's ratio in exp(-|x|), whichever branch, is NaN); and for
+    `dropped` inputs that expr no longer holds (the formula's branches on them decided for
+    every real value: sign(log(sigmoid(x))) is -1, which was -1 at a NaN x too)."""
+    lost = [u for u in dropped if u not in expr.free_symbols]
     if expr.has(sympy.Piecewise):
         used = [u for u in inputs if u in expr.free_symbols] or list(inputs)
-        lost = [u for u in used if not _nan_flows(expr, u)]
-        return NanGuard(expr, *lost) if lost else expr
-    return expr
+        lost += [u for u in used if not _nan_flows(expr, u) and u not in lost]
+    return NanGuard(expr, *lost) if lost else expr
 
 
 #: Calls that give NaN for a NaN argument, as printed (Saturate clamps with NaN propagated; the
@@ -3688,8 +3690,8 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
         e = fold_constants(split_powers_at_calls(horner_form(e, inputs), inputs)) if rewrites else e
         return _nan_for_complex(e)
 
-    def guarded(e):
-        return final(nan_guard(limit_guards(e, inputs, samples, clamp=rewrites), inputs))
+    def guarded(e, dropped=()):
+        return final(nan_guard(limit_guards(e, inputs, samples, clamp=rewrites), inputs, dropped))
 
     # what the precision check and the choice of the kernels' form measure with (actgen.precision)
     slopes = {}
@@ -3703,7 +3705,7 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
     values |= {sym[c.name]: float(c.default) for c in spec.constants} | {r: 0.5 for r in draws}
     tensors = {*inputs, *(sym[p.name] for p in spec.params), *draws}     # constants are scalars in generated code
 
-    def blocks(outputs):
+    def blocks(outputs, dropped=()):
         """(the eager fallback's outputs, its block, the kernels' block) of (name, expression)
         outputs.  The kernels take the forms that suit a GPU - sigmoids as one ratio (see
         exp_rational_form), sigmoid(u) and sigmoid(-u) from one exponential (sigmoid_pairs),
@@ -3712,7 +3714,7 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
         another's float32 error, measured between the grid's points, is clearly less
         (precision.worst_between, TIE_ULP)."""
         plain = [(n, scaled(e)) for n, e in outputs]
-        fallback = [(n, guarded(e)) for n, e in plain]
+        fallback = [(n, guarded(e, dropped)) for n, e in plain]
         block = make_block(fallback)
         if not rewrites:
             return fallback, block, block
@@ -3726,7 +3728,7 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
         for c in candidates:
             if _calls(c) == fewest and c not in made:
                 made.append(c)
-        kernel_blocks = [make_block([(n, g if e == p else guarded(e)) for (n, e), (_, p), (_, g) in zip(c, plain, fallback)])
+        kernel_blocks = [make_block([(n, g if e == p else guarded(e, dropped)) for (n, e), (_, p), (_, g) in zip(c, plain, fallback)])
                          for c in made]
         names = [n for n, _ in outputs]
         error = lambda b: precision.worst_between(b, names, slopes, inputs, values, tensors)
@@ -3768,7 +3770,9 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
         caps = capped_caps(capped, fast, slopes, inputs, values, tensors)
         return fast if caps is None else capped_block(capped, caps)
 
-    forward_outputs, forward, kernel_forward = blocks([("y", expr)])
+    # inputs of the formula as written that its value no longer holds: a NaN there is NaN still
+    dropped = tuple(u for u in inputs if spec.expr.has(u) and not expr.has(u))
+    forward_outputs, forward, kernel_forward = blocks([("y", expr)], dropped)
     backward_outputs, backward, kernel_backward = blocks([(f"d_{n}", e) for n, e in first])
     double_backward = make_block(list(zip(second_names([ab for ab, _ in second], [v.name for v in variables]),
                                           (guarded(scaled(e)) for _, e in second))))

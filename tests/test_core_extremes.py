@@ -516,3 +516,19 @@ def test_huge_inputs_give_the_param_gradient_where_a_factor_vanishes(name, backe
             if not ok:
                 bad.append((x0, what, got, want))
     assert not bad, bad
+
+
+def test_a_nan_input_gives_nan_where_the_value_no_longer_holds_the_input(backend):
+    """sign(log(sigmoid(x))) is -1 for every real x, and the compiler simplifies it so: a NaN
+    x still gives NaN (it was -1), as every op gives for a NaN input; the value elsewhere
+    against mpmath, and the slope 0."""
+    fn = actgen.compile("sign(log(sigmoid(x)))", name="sign_of_log_sigmoid").sign_of_log_sigmoid
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        x = torch.tensor([math.nan, -3.0, 0.0, 2.0, 1e30, -math.inf, math.inf], dtype=dtype, requires_grad=True)
+        y = fn(x)
+        (g,) = torch.autograd.grad(y.sum(), x)
+        assert math.isnan(y[0].item()), (dtype, y)
+        with mpmath.workdps(50):
+            want = [float(mpmath.sign(-mpmath.log1p(mpmath.exp(-mp(v))))) for v in x.tolist()[1:5]]
+        assert y.detach()[1:5].tolist() == want and y.detach()[5:].tolist() == [-1.0, -1.0], (dtype, y)
+        assert g.tolist() == [0.0] * 7
