@@ -371,6 +371,38 @@ def rewrite_log_one_minus_exp(e):
     return Log1mExp((log1p(-sympy.exp(u)), u < -sympy.log(2)), (sympy.log(-expm1(u)), True))
 
 
+#: Below this u, log(softplus(u)) is u to within exp(u)/2 < 2.2e-18 (relative, less): its
+#: value and slope 1 are exact in float64, where softplus(u) itself underflows from -745 on.
+LOG_SOFTPLUS_LINEAR = -40
+
+
+class LogSoftplus(sympy.Piecewise):
+    """log(softplus(u)) as rewrite_log_softplus computes it: u below LOG_SOFTPLUS_LINEAR
+    (where softplus(u) is still normal in float32), log(softplus(u)) above.  Its branches are
+    final; its derivative is sigmoid(u)/softplus(u), and 1 below LOG_SOFTPLUS_LINEAR (0/0
+    where both underflow)."""
+
+    def _eval_derivative(self, s):
+        u = self.args[0].expr
+        du = sympy.diff(u, s)
+        return sympy.Piecewise((du, u < LOG_SOFTPLUS_LINEAR), (sigmoid(u) * du / softplus(u), True))
+
+    def _sympystr(self, printer):
+        return printer.doprint(sympy.Piecewise(*self.args))
+
+
+def rewrite_log_softplus(e):
+    """log(softplus(u)) -> LogSoftplus(u): softplus(u) underflows to 0 for u < -745 in
+    float64 (-103 in float32, where the kernels compute 16-bit data, and is subnormal from
+    -87), where its log is about u: log(0) = -inf there (log(softplus(x)) at x = -746)."""
+    if not (isinstance(e, sympy.log) and isinstance(e.args[0], softplus)):
+        return None
+    u = e.args[0].args[0]
+    if len(u.free_symbols) != 1:        # (as rewrite_log_one_minus_exp: of one variable only)
+        return None
+    return LogSoftplus((u, u < LOG_SOFTPLUS_LINEAR), (sympy.log(softplus(u)), True))
+
+
 class Log1pPower(sympy.Piecewise):
     """log1p(B**p), B >= 0 and p of params or constants, as rewrite_log1p_of_power computes it:
     log1p(B**p) where B**p <= 1, else p*log(B) + log1p(B**-p).  Its branches are final (the
@@ -2226,6 +2258,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_one_plus_inverse_expm1,
     rewrite_constant_over_sum,
     rewrite_log_sigmoid,
+    rewrite_log_softplus,
     rewrite_logsumexp,
     rewrite_log_cosh,
     rewrite_log1p_cosh,
@@ -2260,8 +2293,8 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
 
 def stabilize(expr: sympy.Basic) -> sympy.Basic:
     """Apply REWRITES bottom-up until nothing changes at each node."""
-    if not expr.args or isinstance(expr, (sympy.Symbol, sympy.Number, ApproximatedNearZero, Log1mExp, Log1pPower,
-                                          LogCoshGap)):
+    if not expr.args or isinstance(expr, (sympy.Symbol, sympy.Number, ApproximatedNearZero, Log1mExp, LogSoftplus,
+                                          Log1pPower, LogCoshGap)):
         return expr         # (an approximant's far branch is what was rewritten into it)
     args = tuple(stabilize(a) for a in expr.args)
     if args != expr.args:

@@ -532,3 +532,22 @@ def test_a_nan_input_gives_nan_where_the_value_no_longer_holds_the_input(backend
             want = [float(mpmath.sign(-mpmath.log1p(mpmath.exp(-mp(v))))) for v in x.tolist()[1:5]]
         assert y.detach()[1:5].tolist() == want and y.detach()[5:].tolist() == [-1.0, -1.0], (dtype, y)
         assert g.tolist() == [0.0] * 7
+
+
+def test_log_of_softplus_far_below_zero_is_about_x(backend):
+    """log(softplus(x)) is x + log1p(-exp(x)/2 + ...): softplus(x) underflows to 0 from x = -746
+    in float64 (-104 in float32, where the kernels compute 16-bit data), where the value was
+    log(0) = -inf; value and slope against mpmath, in every dtype."""
+    fn = actgen.compile("log(softplus(x))", name="log_softplus").log_softplus
+    xs = [-1e30, -1e5, -1000.0, -750.0, -746.0, -200.0, -100.0, -45.0, -35.0, -5.0, 0.5, 30.0]
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        x = torch.tensor(xs, dtype=dtype, requires_grad=True)
+        y = fn(x)
+        (g,) = torch.autograd.grad(y.sum(), x)
+        eps = torch.finfo(dtype).eps
+        for xv, yv, gv in zip(x.tolist(), y.tolist(), g.tolist()):
+            with mpmath.workdps(60):
+                f = mpmath.log(mpmath.log1p(mpmath.exp(mp(xv))))
+                slope = 1 / ((1 + mpmath.exp(-mp(xv))) * mpmath.log1p(mpmath.exp(mp(xv))))
+            for got, want in ((yv, float(f)), (gv, float(slope))):
+                assert math.isfinite(got) and abs(got - want) <= 4 * eps * abs(want), (dtype, xv, got, want)
