@@ -680,12 +680,13 @@ def _roofline_time(parts: dict, roof: dict) -> float | None:
 
 
 def run_suite(cfg: Config, log: Callable[[str], None] | None = None,
-              checkpoint: Callable[[dict], None] | None = None) -> dict:
+              checkpoint: Callable[[dict], None] | None = None, cases: dict | None = None) -> dict:
     """Run the whole suite; returns the results dict (see write_results for the files).
-    checkpoint(results so far) is called after every activation and dtype."""
+    checkpoint(results so far) is called after every activation and dtype; cases: cfg's, where
+    the caller resolved them already (resolve_cases)."""
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     device = torch.device(cfg.device)
-    cases = resolve_cases(cfg.cases, cfg.specs)
+    cases = cases if cases is not None else resolve_cases(cfg.cases, cfg.specs)
     results = {
         "schema": SCHEMA,
         "device": device_info(device),
@@ -1870,7 +1871,7 @@ def main_from_args(args) -> int:
     def checkpoint(partial):       # a run cut short still leaves its numbers (render them with --render)
         out.mkdir(parents=True, exist_ok=True)
         write_json(partial, out / "results.json")
-    results = run_suite(cfg, checkpoint=checkpoint)
+    results = run_suite(cfg, checkpoint=checkpoint, cases=cases)
     paths = write_results(results, out, plots=not args.no_plots)
     print(headline_table(results))
     print()

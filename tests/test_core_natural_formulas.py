@@ -122,10 +122,7 @@ def test_log_cosh_over_a_param_keeps_its_gradient_far_out_and_at_zero(backend, a
         pytest.skip("kernels: float32")
     m = actgen.compile("log(cosh(a*x))/a", name="lc_a", params={"a": {"init": 1.0, "per_channel": True}})
     x = torch.tensor([-1e20, -1e5, -30.0, -1.0, -1e-3, 0.0, 0.5, 2.0, 30.0, 1e3, 1e5, 1e7], dtype=dtype)
-    xs = x.reshape(1, -1).clone().requires_grad_()
-    av = torch.full((x.numel(),), a, dtype=dtype, requires_grad=True)
-    y = m.lc_a(xs, av, channel_dim=1)
-    gx, ga = torch.autograd.grad(y.sum(), (xs, av))
+    y, gx, ga = _per_element(m.lc_a, x, a, dtype)
     with mpmath.workdps(300):
         c = mpmath.mpf(float(torch.tensor(a, dtype=dtype)))
         c = c if c != 0 else mpmath.mpf(10) ** -400      # (f's limit, 0, in either dtype)
@@ -135,8 +132,8 @@ def test_log_cosh_over_a_param_keeps_its_gradient_far_out_and_at_zero(backend, a
         want = [float(f(c, v)) for v in vals]
         want_x = [float(mpmath.tanh(c * v)) for v in vals]
         want_a = [float(v * mpmath.tanh(c * v) / c - lc(c * v) / c**2) for v in vals]
-    _close_to_truth(y.detach().reshape(-1), want, ulps=8)
-    _close_to_truth(gx.reshape(-1), want_x, ulps=8)
+    _close_to_truth(y, want, ulps=8)
+    _close_to_truth(gx, want_x, ulps=8)
     # (x**2/2 past the dtype's largest, x = 1e20 at a = 1e-30 in float32, is inf - inf there)
     want_a = torch.tensor(want_a, dtype=torch.float64)
     finite = want_a.abs() < torch.finfo(dtype).max
@@ -506,11 +503,12 @@ def test_shifted_softplus_does_not_cancel_near_zero(backend, formula, scale):
     _close_to_truth(g, want_g)
 
 
-def _per_element(fn, x, a):
-    """f, df/dx and df/da of fn at each x with the param at a: the param per channel over dim 1
-    of a (1, n) input, one value per element, so its gradient is each element's own."""
+def _per_element(fn, x, a, param_dtype=torch.float32):
+    """f, df/dx and df/da of fn at each x with the param at a (in param_dtype): the param per
+    channel over dim 1 of a (1, n) input, one value per element, so its gradient is each
+    element's own."""
     xs = x.reshape(1, -1).clone().requires_grad_()
-    av = torch.full((x.numel(),), a, requires_grad=True)
+    av = torch.full((x.numel(),), a, dtype=param_dtype, requires_grad=True)
     y = fn(xs, av, channel_dim=1)
     gx, ga = torch.autograd.grad(y.sum(), (xs, av))
     return y.detach().reshape(-1), gx.reshape(-1), ga
@@ -607,10 +605,7 @@ def test_a_box_cox_transform_is_log_at_a_zero(backend, formula, f, a, dtype):
         pytest.skip("kernels: float32")
     m = actgen.compile(formula, name="box_cox", params={"a": {"init": 0.5, "per_channel": True}})
     x = torch.tensor([1e-30, 1e-3, 0.3, 1.0, 2.0, 7.5, 1e4, 1e30], dtype=dtype)
-    xs = x.reshape(1, -1).clone().requires_grad_()
-    av = torch.full((x.numel(),), a, dtype=dtype, requires_grad=True)
-    y = m.box_cox(xs, av, channel_dim=1)
-    gx, ga = torch.autograd.grad(y.sum(), (xs, av))
+    y, gx, ga = _per_element(m.box_cox, x, a, dtype)
     with mpmath.workdps(300):
         c = mpmath.mpf(float(torch.tensor(a, dtype=dtype)))
         c = c if c != 0 else mpmath.mpf(10) ** -100
@@ -619,9 +614,9 @@ def test_a_box_cox_transform_is_log_at_a_zero(backend, formula, f, a, dtype):
         want_x = [float(mpmath.diff(lambda t: f(c, t), v)) for v in vals]
         want_a = [float(mpmath.diff(lambda q: f(q, v), c)) for v in vals]
     # (df/dx = x**(a - 1) rounds a - 1 first: within |log(x)| ULP of the truth, 69 at 1e30)
-    _close_to_truth(y.detach().reshape(-1), want, ulps=8)
+    _close_to_truth(y, want, ulps=8)
     _close_to_truth(ga, want_a, ulps=8)
-    torch.testing.assert_close(gx.reshape(-1).double(), torch.tensor(want_x, dtype=torch.float64),
+    torch.testing.assert_close(gx.double(), torch.tensor(want_x, dtype=torch.float64),
                                rtol=80 * torch.finfo(dtype).eps, atol=0)
 
 
