@@ -2057,6 +2057,30 @@ def rewrite_removable_singularity(e):
         return None
 
 
+def rewrite_singularity_in_branches(e):
+    """f of a branch whose branch near 0 is a removable singularity or cancels there ->
+    the Piecewise of the branches (sympy's piecewise_fold), each rewritten in turn:
+    sin(min(x, 1))/x is sin(x)/x for x < 1, 1 at 0 (it was 0/0 = NaN there, and its slope
+    1.4e14 at x = 1e-30 in float64, from two terms of ~1/x that cancel).  Only where a
+    branch is rewritten (an ELU's min(0, exp(x) - 1) stays one min)."""
+    if isinstance(e, sympy.Piecewise) or not (e.is_Mul or _is_sum(e)) or len(e.free_symbols) != 1:
+        return None
+    e = _unapproximated(e)      # (a branch's numerator rewritten first: the ratio is what is 0/0)
+    branches = e.atoms(sympy.Piecewise)
+    if not branches or any(type(p) is not sympy.Piecewise for p in branches):
+        return None
+    folded = sympy.piecewise_fold(e)
+    if type(folded) is not sympy.Piecewise or folded == e:
+        return None
+    values = [v for v, _ in folded.args]
+    if any(v.has(sympy.Piecewise) for v in values):
+        return None
+    if not any(rewrite_removable_singularity(v) is not None or rewrite_cancellation_at_zero(v) is not None
+               for v in values):
+        return None
+    return folded
+
+
 def rewrite_scaled_singularity(e):
     """h(p) * g(p*u) where g(v) has a removable singularity or cancels at v = 0 -> h times g's
     approximant near 0, in v = p*u: sin(a*x)/x = a * sin(v)/v, and the soft exponential
@@ -2286,6 +2310,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_comparison_of_an_exp,
     rewrite_cancellation_at_zero,
     rewrite_removable_singularity,
+    rewrite_singularity_in_branches,
     rewrite_scaled_singularity,
     rewrite_scaled_power_singularity,
 )

@@ -865,6 +865,27 @@ def test_cancellations_near_a_singularity_closer_than_their_extent(backend, dtyp
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_removable_singularity_inside_a_branch(backend, dtype):
+    """sin(min(x, 1))/x is sin(x)/x for x < 1: as written it was 0/0 = NaN at 0, and its
+    slope cos(x)/x - sin(x)/x**2 cancelled near 0 (1.4e14 at x = 1e-30, -1.5e-8 at 1e-8 in
+    float64, where it is -x/3); (x - sin(max(x, -2)))/x**3 alike, a cancellation in a
+    branch.  The branches are folded, each rewritten in turn.  Against mpmath, f and f'."""
+    x = torch.tensor([-5.0, -2.0, -0.7, -1e-3, -1e-8, -1e-30, 0.0, 1e-30, 1e-8, 1e-4, 0.3, 0.99, 1.0, 1.5, 7.0],
+                     dtype=dtype)
+    sin1 = mpmath.sin(1)
+    cases = (("sin(Min(x, 1))/x",
+              lambda v: (mpmath.sin(v) / v if v else mpmath.mpf(1)) if v < 1 else sin1 / v,
+              lambda v: ((v * mpmath.cos(v) - mpmath.sin(v)) / v**2 if v else mpmath.mpf(0)) if v < 1 else -sin1 / v**2),
+             ("(x - sin(Max(x, -2)))/x**3",
+              lambda v: ((v - mpmath.sin(v)) / v**3 if v else mpmath.mpf(1) / 6) if v > -2 else (v - mpmath.sin(-2)) / v**3,
+              lambda v: (((1 - mpmath.cos(v)) * v - 3 * (v - mpmath.sin(v))) / v**4 if v else mpmath.mpf(0)) if v > -2
+              else (v - 3 * (v - mpmath.sin(-2))) / v**4))
+    with mpmath.workdps(300):           # ((x - sin(x))/x**3)' at 1e-30 cancels 120 digits
+        for k, (formula, f, df) in enumerate(cases):
+            _matches_mpmath(formula, f"branch{k}", f, df, x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_one_minus_an_inverse_square_root(backend, dtype):
     """1 - 1/sqrt(1 + x**2) (x - asinh(x)'s slope) cancels near 0 as written (0 at x = 1e-8,
     where it is 5e-17): through the conjugate there, as written far out (x**2 overflows).

@@ -342,6 +342,7 @@ def test_kernels_of_formulas_outside_the_library_compile(tmp_path):
         "xerf": "name: xerf\nformula: x * erf(x)\n",
         "log1p_pow": "name: log1p_pow\nformula: log(1 + abs(x)**p)\nparams: {p: 2.0}\n",
         "root_b": "name: root_b\nformula: sqrt(x**2 + b) - sqrt(b)\nparams: {b: 1.0}\n",
+        "sinc_min": "name: sinc_min\nformula: sin(Min(x, 1))/x\n",
     }
     files = []
     for name, text in specs.items():
