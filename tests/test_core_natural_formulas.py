@@ -865,6 +865,47 @@ def test_cancellations_near_a_singularity_closer_than_their_extent(backend, dtyp
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_softplus_minus_its_argument_and_powers_of_one_plus_exp(backend, dtype):
+    """x - log(1 + exp(x)) (a log-sigmoid written out) and softplus(x) - x are -softplus(-x)
+    and softplus(-x): as written the difference of ~x and ~x rounded away (1.3% off at x = 30,
+    0 from 35); sqrt(1 + exp(x)) overflowed with exp(x) (inf from x = 89 in float32).
+    Against mpmath, f and f'."""
+    big = 80.0 if dtype == torch.float32 else 700.0
+    x = torch.tensor([-1e4, -big, -30.0, -3.0, -1e-8, 0.0, 1e-8, 0.5, 4.0, 20.0, 30.0, 40.0, big, 1e4], dtype=dtype)
+    sig = lambda v: 1 / (1 + mpmath.exp(-v))
+    cases = (("x - log(1 + exp(x))", lambda v: -mpmath.log1p(mpmath.exp(-v)), lambda v: sig(-v)),
+             ("softplus(x) - x", lambda v: mpmath.log1p(mpmath.exp(-v)), lambda v: -sig(-v)),
+             ("3 + softplus(x - 1) - x", lambda v: 2 + mpmath.log1p(mpmath.exp(1 - v)), lambda v: -sig(1 - v)))
+    for k, (formula, f, df) in enumerate(cases):
+        _matches_mpmath(formula, f"spminus{k}", f, df, x)
+    x = torch.tensor([-30.0, -3.0, -1e-8, 0.0, 1e-8, 0.5, 4.0, 40.0, 80.0, 85.0], dtype=dtype)
+    _matches_mpmath("sqrt(1 + exp(x))", "sqrt1pexp", lambda v: mpmath.sqrt(1 + mpmath.exp(v)),
+                    lambda v: mpmath.exp(v) / (2 * mpmath.sqrt(1 + mpmath.exp(v))), x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_param_power_of_one_plus_exp(backend, dtype):
+    """The ARiA unit (1 + exp(-b*x))**(-a) is exp(-a*softplus(-b*x)): 1 + exp(-b*x) overflowed
+    where its power does not underflow (f 0 from x = -30 in float32 with a = 1/2, b = 3, where
+    it is 2.9e-20; its slopes NaN from x = -700).  Against mpmath, f and its gradients in x, a
+    and b, within 4 ULP per unit of exp's argument's size (its rounding)."""
+    m = actgen.compile("(1 + exp(-b*x))**(-a)", name="aria", params={"a": 0.5, "b": 3.0})
+    a, b = mpmath.mpf(0.5), mpmath.mpf(3)
+    far = -800.0 if dtype == torch.float64 else -40.0
+    for v in (far, -30.0, -5.0, -1.0, -1e-8, 0.0, 1e-8, 0.7, 5.0, 30.0, 1e4):
+        x = torch.tensor([v], dtype=dtype)
+        y, grads = _grad(m.aria, x, torch.tensor([0.5], dtype=dtype), torch.tensor([3.0], dtype=dtype))
+        X = mpmath.mpf(v)
+        e = mpmath.exp(-b * X)
+        f = (1 + e) ** -a
+        slope = a * e * (1 + e) ** (-a - 1)
+        truths = (f, b * slope, -mpmath.log1p(e) * f, X * slope)
+        ulps = 4 * (1 + float(a * mpmath.log1p(e)))
+        for got, truth in zip((y, *grads), truths):
+            _close_to_truth(got, [float(truth)], ulps=ulps)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_a_removable_singularity_inside_a_branch(backend, dtype):
     """sin(min(x, 1))/x is sin(x)/x for x < 1: as written it was 0/0 = NaN at 0, and its
     slope cos(x)/x - sin(x)/x**2 cancelled near 0 (1.4e14 at x = 1e-30, -1.5e-8 at 1e-8 in
