@@ -998,10 +998,13 @@ def rewrite_common_denominator(e):
     return None
 
 
-def _sqrt_square_plus_all(term, products: bool = False) -> list:
+def _sqrt_square_plus_all(term, products: bool = False, inputs=()) -> list:
     """a*sqrt(k*u**2 + c) with numbers a, k > 0 and c free of u -> every (a, k, u, c) it is
     (sqrt(x**2 + b**2) is both u = x, c = b**2 and u = b, c = x**2).  With `products`, also
-    where the square is a product of even powers (a**2*x**2: u = a*x)."""
+    where the square is a product of even powers (a**2*x**2: u = a*x).  With `inputs`, also
+    a k that is not a number, free of them, times the square of a u of theirs (a learnable
+    param: a*x**2, u = x, k = a); its sign is decided where the value is computed (see
+    hypot_form)."""
     a, rest = term.as_coeff_Mul()
     if not (isinstance(rest, sympy.Pow) and rest.exp == sympy.S.Half and isinstance(rest.base, sympy.Add)):
         return []
@@ -1009,11 +1012,26 @@ def _sqrt_square_plus_all(term, products: bool = False) -> list:
     for square_term in rest.base.args:
         k, square = square_term.as_coeff_Mul()
         u = _square_root_of(square, products)
-        if k.is_positive and u is not None:
+        if u is None and inputs and isinstance(square, sympy.Mul):
+            k, u = _param_times_square(k, square, inputs)
+        if (k.is_positive or (u is not None and not k.is_number)) and u is not None:
             c = rest.base - square_term
             if c != 0 and not (c.free_symbols & u.free_symbols):
                 found.append((a, k, u, c))
     return found
+
+
+def _param_times_square(k, square, inputs):
+    """(k*p, u) for a product square = p*u**2 with u of the inputs and p free of them (not a
+    number), else (k, None)."""
+    factors = sympy.Mul.make_args(square)
+    squares = [f for f in factors if isinstance(f, sympy.Pow) and f.exp == 2 and f.base.free_symbols & set(inputs)]
+    if len(squares) != 1:
+        return k, None
+    p = sympy.Mul(*[f for f in factors if f is not squares[0]])
+    if p.free_symbols & set(inputs) or p.is_number:
+        return k, None
+    return k * p, squares[0].base
 
 
 def _square_root_of(square, products: bool):
@@ -1031,7 +1049,7 @@ def _square_root_of(square, products: bool):
 def _sqrt_square_plus(term, prefer=()):
     """The first of _sqrt_square_plus_all whose u has a symbol of prefer (an input: its square
     is the one to keep from overflowing), else the first; None if none."""
-    found = _sqrt_square_plus_all(term)
+    found = _sqrt_square_plus_all(term, inputs=prefer)
     return next((f for f in found if f[2].free_symbols & set(prefer)), found[0] if found else None)
 
 
@@ -1160,10 +1178,14 @@ class SqrtSquarePlus(sympy.Function):
     nargs = 2
 
 
-def _hypot_of(root: sympy.Pow, inputs=()):
+def _hypot_of(root: sympy.Pow, inputs=(), signs=None):
     """sqrt(k*u**2 + c) (root, or an odd power of it: 1/sqrt(...)) -> sqrt(k)*hypot(u, sqrt(c/k)):
     u**2 overflows for |u| > 1.8e19 in float32 where the root does not.  A number c < 0 stays
-    as written; a c that is not a number (a constant: squareplus's b) -> SqrtSquarePlus."""
+    as written; a c that is not a number (a constant: squareplus's b) -> SqrtSquarePlus.  A k
+    that is not a number (a learnable param: sqrt(1 + a*x**2)) -> sqrt(k)*SqrtSquarePlus(u,
+    c/k), which holds where k > 0 only: with `signs` (a dict, the conditions in order) that
+    condition is added to it (and where k*u**2 is large, see hypot_form), else the root stays
+    as written."""
     base = root.base
     parts = _sqrt_square_plus(sympy.sqrt(base, evaluate=False), inputs) if isinstance(base, sympy.Add) else None
     if parts is None:
@@ -1171,17 +1193,92 @@ def _hypot_of(root: sympy.Pow, inputs=()):
     _, k, u, c = parts
     if c.is_number and not c.is_nonnegative:
         return None
-    plain = hypot(u, sympy.sqrt(c / k)) if c.is_number else SqrtSquarePlus(u, c / k)
+    if not k.is_number:
+        if signs is None:
+            return None
+        signs[k > 0] = "sign"
+        signs[k * u**2 > LARGE_SQUARE] = "size"
+    plain = hypot(u, sympy.sqrt(c / k)) if (c / k).is_number else SqrtSquarePlus(u, c / k)
     return (sympy.sqrt(k) * plain) ** (2 * root.exp)
 
 
-def hypot_form(expr: sympy.Expr, inputs=()) -> sympy.Expr:
+def hypot_form(expr: sympy.Expr, inputs=(), params=()) -> sympy.Expr:
     """Every sqrt(k*u**2 + c) in expr (and its odd powers: 1/sqrt(...)) in hypot form, with
-    u an input's where one is squared (sqrt(x**2 + b**2): x**2 is the one that overflows)."""
+    u an input's where one is squared (sqrt(x**2 + b**2): x**2 is the one that overflows).
+    Where a k is not a number (a param: x/sqrt(1 + a*x**2), whose slope in a,
+    -x**3/(2*(1 + a*x**2)**(3/2)), was 0 from |x| = 7e12 in float32 as written) the whole
+    expression takes that form where every such k > 0 and some k*u**2 > LARGE_SQUARE, and
+    the form with the roots of numeric k alone elsewhere: sqrt(k) would be NaN where k < 0,
+    where the root as written may be real, and below that size the root as written is the
+    more accurate (the hypot form's c/k and cube round more: 4.3 ULP against 2.5 in that
+    slope in x at x = 0.02 in float32).  One branch for the whole expression, so that the
+    printers pair x**3 with the hypot's cube as in a product of numbers.
+    A product of a power of u and a hypot form of u with a param in it keeps their ratio
+    whole (_ratios_to_roots)."""
     def is_root(e):
         return isinstance(e, sympy.Pow) and e.exp.is_Rational and e.exp.q == 2 and isinstance(e.base, sympy.Add)
 
-    return expr.replace(is_root, lambda e: _hypot_of(e, inputs) or e)
+    plain = _ratios_to_roots(expr.replace(is_root, lambda e: _hypot_of(e, inputs) or e), inputs, params)
+    if not inputs:
+        return plain
+    signs = {}
+    with_params = expr.replace(is_root, lambda e: _hypot_of(e, inputs, signs) or e)
+    if not signs:
+        return plain
+    where = sympy.And(*[c for c, kind in signs.items() if kind == "sign"],
+                      sympy.Or(*[c for c, kind in signs.items() if kind == "size"]))
+    return sympy.Piecewise((_ratios_to_roots(with_params, inputs, params), where), (plain, True))
+
+
+#: Where k*u**2 (k a param) passes this, sqrt(k*u**2 + c) takes its hypot form (hypot_form):
+#: far below where the form as written overflows or leaves float32's normal range (its
+#: slopes' u**3 from |u| = 7e12, (k*u**2 + c)**(-3/2) from k*u**2 = 2e25).
+LARGE_SQUARE = 2.0**40
+
+
+def _ratios_to_roots(expr: sympy.Expr, inputs, params) -> sympy.Expr:
+    """Every product of u**n (u an input) and r**-m, r a hypot form of u with a param in it
+    (hypot(u, ...), SqrtSquarePlus(u, ...)), with (u/r)**j (j = min(n, m)) kept whole, and
+    the u left over with a sum of r and terms free of u it is over, u/(r + sqrt(a)): each
+    ratio is bounded, where u**n and r**m overflow or underflow on their own, and CSE names
+    a power of 1/r once for several outputs, which the printers then cannot pair with u
+    (x/sqrt(1 + a*x**2)'s slope in a, -x**3/(2*a**(3/2)*r**3), was 0 from |x| = 7e12 in
+    float32; sqrt(x**2 + a) - sqrt(a)'s, -x**2/(2*sqrt(a)*r*(r + sqrt(a))), 0 from 1e25,
+    as (1/r)/(r + sqrt(a)) underflowed first)."""
+    def root_of(f, u):
+        return isinstance(f, (hypot, SqrtSquarePlus)) and f.args[0] == u and bool(f.free_symbols & set(params))
+
+    def over_root(f, u):        # r**-m, or (r + terms free of u)**-m
+        if not (f.is_Pow and f.exp.is_Integer and f.exp < 0):
+            return False
+        if root_of(f.base, u):
+            return True
+        return isinstance(f.base, sympy.Add) and any(root_of(t, u) for t in f.base.args) and \
+            all(root_of(t, u) or not t.has(u) for t in f.base.args)
+
+    def parts(e):
+        if not e.is_Mul:
+            return None
+        for u in inputs:
+            n = sum(int(f.exp) if f.is_Pow else 1 for f in e.args
+                    if f == u or (f.is_Pow and f.base == u and f.exp.is_Integer and f.exp > 0))
+            # (the roots first, then the sums with one)
+            over = sorted((f for f in e.args if over_root(f, u)), key=lambda f: not root_of(f.base, u))
+            if n and over and root_of(over[0].base, u):
+                return u, n, over
+        return None
+
+    def split(e):
+        u, n, over = parts(e)
+        rest = [f for f in e.args if not (f == u or (f.is_Pow and f.base == u)) and all(f is not d for d in over)]
+        for d in over:
+            j = min(n, int(-d.exp))
+            n -= j
+            ratio = sympy.UnevaluatedExpr(sympy.Mul(u, 1 / d.base, evaluate=False))
+            rest += [d.base ** (d.exp + j), ratio ** j]
+        return sympy.Mul(*rest, u ** n)
+
+    return expr.replace(lambda e: parts(e) is not None, split)
 
 
 def _fold(e: sympy.Mul) -> sympy.Expr:
@@ -2621,6 +2718,15 @@ def _one_term_over_a_root(e):
         return e
     s = sympy.Dummy("s", positive=True)
     plain = e.replace(lambda a: type(a) is StableSum, lambda a: sympy.Add(*a.args))
+    # a symbol under a root of its own (sqrt(a) beside sqrt(x**2 + a)) as the square of a
+    # positive one: sqrt(x**2 + a) - sqrt(a)'s slope, 2*x/(t + s) - x**3/(s*(t + s)**2) with
+    # t = sqrt(a), is x/s (as written it was 2 from |x| = 1e25 in float32, where it is 1)
+    halves = {p.base: sympy.Dummy(f"t_{p.base}", positive=True) for p in plain.atoms(sympy.Pow)
+              if p.exp.is_Rational and p.exp.q == 2 and p.base.is_Symbol and p.base in q.free_symbols}
+    if halves:
+        plain = plain.xreplace({b: t ** 2 for b, t in halves.items()})
+        q = q.xreplace({b: t ** 2 for b, t in halves.items()})
+    back = {t: sympy.sqrt(b) for b, t in halves.items()}
     in_s = plain.xreplace({q: s ** 2})     # (s**2)**(3/2) is s**3: s > 0
     if in_s.has(q) or not in_s.is_rational_function():
         return e
@@ -2650,7 +2756,7 @@ def _one_term_over_a_root(e):
     if isinstance(top, sympy.Add) or isinstance(R, sympy.Add):
         return e            # a sum left: as it was
     root = sympy.sqrt(q)
-    return top * root ** ((1 if A.is_zero else 0) - 2 * m) / R
+    return (top * root ** ((1 if A.is_zero else 0) - 2 * m) / R).xreplace(back)
 
 
 def sums_over_a_root(expr: sympy.Expr) -> sympy.Expr:
@@ -3787,7 +3893,7 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
         # 1)*exp(-2*|a*(x + 0.045*x**3)|), a gelu_tanh with a param in the kernels' ratio, was
         # inf*0 = NaN from x = 1e13 in float32, where the exponential is 0 and the polynomial
         # overflows; a polynomial times a call of params alone keeps its Horner form
-        e = split_powers_at_calls(hypot_form(e, inputs), inputs, of_inputs=True) if rewrites else e
+        e = split_powers_at_calls(hypot_form(e, inputs, params), inputs, of_inputs=True) if rewrites else e
         e = fold_constants(split_powers_at_calls(horner_form(e, inputs), inputs)) if rewrites else e
         return _nan_for_complex(e)
 

@@ -551,3 +551,52 @@ def test_log_of_softplus_far_below_zero_is_about_x(backend):
                 slope = 1 / ((1 + mpmath.exp(-mp(xv))) * mpmath.log1p(mpmath.exp(mp(xv))))
             for got, want in ((yv, float(f)), (gv, float(slope))):
                 assert math.isfinite(got) and abs(got - want) <= 4 * eps * abs(want), (dtype, xv, got, want)
+
+
+def _root(x, a):
+    return mpmath.sqrt(x**2 + a)
+
+
+# (formula, init of a, f, df/dx, df/da): a learnable param with the square of x under a root;
+# f and its derivatives written independently, in mpmath (the differences in their cancelling
+# forms: sqrt(x**2 + a) - sqrt(a) is x**2/(r + sqrt(a)), exactly)
+ROOT_PARAM = {
+    # the param times x**2: (a*x**2 + 1)**(3/2) overflows from |x| = 7e12 in float32 (x**2
+    # from 1.8e19), where df/da, -x**3/(2*(1 + a*x**2)**(3/2)), is near -sign(x)/(2*a**1.5)
+    "inverse_root_param": ("x / sqrt(1 + a*x**2)", 0.5,
+                           lambda x, a: x / mpmath.sqrt(1 + a * x**2),
+                           lambda x, a: (1 + a * x**2) ** mp(-1.5),
+                           lambda x, a: -(x**3) / (2 * (1 + a * x**2) ** mp(1.5))),
+    # the param added to x**2: the value's conjugate form has its own derivatives, which
+    # were 2 (df/dx, where it is 1) and 0 (df/da, where it is -1/2) from |x| = 1e25 in float32
+    "root_minus_root_param": ("sqrt(x**2 + a) - sqrt(a)", 1.0,
+                              lambda x, a: x**2 / (_root(x, a) + mpmath.sqrt(a)),
+                              lambda x, a: x / _root(x, a),
+                              lambda x, a: -(x**2) / (2 * mpmath.sqrt(a) * _root(x, a) * (_root(x, a) + mpmath.sqrt(a)))),
+}
+ROOT_POINTS = [-1e30, -1e25, -3e19, -1e13, -3.0, -1e-3, 0.0, 1e-20, 1e-3, 0.7, 5.0, 1e5, 1e13, 3e19, 1e25, 1e30, 1e37]
+
+
+@pytest.mark.parametrize("name", sorted(ROOT_PARAM))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_param_under_a_root_with_the_square_of_x(name, dtype, backend):
+    """f, df/dx and df/da at huge and small |x| where a learnable param multiplies x**2 under a
+    square root, or is added to it: within 8 ULP of mpmath (absolute where the truth is 0 or
+    below the dtype's normal range), on both targets; for a = init and for a second value."""
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("kernels: float32 (float64 kernels compute in float64, with the fallback's range)")
+    formula, init, f, dfx, dfa = ROOT_PARAM[name]
+    fn = getattr(actgen.compile(formula, name=name, params={"a": init}), name)
+    bad = []
+    for av in (init, 3.0):
+        x = torch.tensor(ROOT_POINTS, dtype=dtype, requires_grad=True)
+        a = torch.tensor([av], dtype=dtype, requires_grad=True)
+        y = fn(x, a)
+        (gx,) = torch.autograd.grad(y.sum(), x, retain_graph=True)
+        for i, x0 in enumerate(x.detach().tolist()):
+            (ga,) = torch.autograd.grad(y[i], a, retain_graph=True)
+            for what, got, truth in (("f", y[i].item(), f), ("df/dx", gx[i].item(), dfx), ("df/da", ga.item(), dfa)):
+                want = _truth(lambda v: truth(v, mp(av)), x0)
+                if not _close(got, want, dtype):
+                    bad.append((av, x0, what, got, want))
+    assert not bad, bad
