@@ -324,7 +324,8 @@ def test_sass_loop_counts_the_largest_loop():
 def test_kernels_of_formulas_outside_the_library_compile(tmp_path):
     """Forms the library's own kernels do not have: a condition of scalars alone combined with
     one of elements (tl.where(scalar, tile, False)), log-sum-exp's branch on the larger term,
-    log-cosh's, and sigmoids from exps of two inputs."""
+    log-cosh's, sigmoids from exps of two inputs, and hypot forms of roots with a param in them
+    (sqrt_square_plus of a param, a branch on the param's sign)."""
     from actgen.build import build
 
     specs = {
@@ -343,6 +344,10 @@ def test_kernels_of_formulas_outside_the_library_compile(tmp_path):
         "log1p_pow": "name: log1p_pow\nformula: log(1 + abs(x)**p)\nparams: {p: 2.0}\n",
         "root_b": "name: root_b\nformula: sqrt(x**2 + b) - sqrt(b)\nparams: {b: 1.0}\n",
         "sinc_min": "name: sinc_min\nformula: sin(Min(x, 1))/x\n",
+        # a param times x**2 under a root: the hypot form where the param is > 0, a branch on
+        # a scalar (a shared param) and on a tile (per channel)
+        "inv_root_a": "name: inv_root_a\nformula: x / sqrt(1 + a*x**2)\nparams: {a: 0.5}\n",
+        "inv_root_ac": "name: inv_root_ac\nformula: x / sqrt(1 + a*x**2)\nparams: {a: {init: 0.5, per_channel: true}}\n",
     }
     files = []
     for name, text in specs.items():
