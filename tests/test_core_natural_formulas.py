@@ -906,6 +906,37 @@ def test_a_param_power_of_one_plus_exp(backend, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_softclip_with_a_learnable_sharpness(backend, dtype):
+    """SoftClip log((1 + exp(p*x))/(1 + exp(p*(x - 1))))/p with p a param: the difference of
+    softplus a param apart is taken through its tails where both are large, as for a number
+    (its slope was 5e10 ULP off at x = 6, p = 5 in float64, and 0 from 8.5), and 1/p times it
+    is 1 plus the tails over p, whose gradient in p was 1/p - 1/p, cancelled.  Against
+    mpmath: f, df/dx and df/dp within 8 ULP of the larger of the truth and the terms it is a
+    sum of, in the better of its two forms (the tails' for large p*x)."""
+    m = actgen.compile("log((1 + exp(p*x))/(1 + exp(p*(x - 1))))/p", name="softclip_p", params={"p": 5.0})
+    eps = torch.finfo(dtype).eps
+    sig = lambda u: 1 / (1 + mpmath.exp(-u))
+    sp = lambda u: mpmath.log1p(mpmath.exp(u))
+    with mpmath.workdps(400):
+        for pv in (5.0, 1.5):
+            for v in (-10.0, -1.0, 0.0, 0.5, 1.0, 2.5, 4.0, 6.0, 8.5, 10.0, 30.0, 1e4):
+                x, pt = torch.tensor([v], dtype=dtype), torch.tensor([pv], dtype=dtype)
+                y, (gx, gp) = _grad(m.softclip_p, x, pt)
+                X, P = mpmath.mpf(v), mpmath.mpf(pv)
+                u, w = P * X, P * (X - 1)
+                f = (sp(u) - sp(w)) / P
+                dx = sig(u) - sig(w)
+                dp = (X * sig(u) - (X - 1) * sig(w)) / P - f / P
+                scale_x = min(sig(u) + sig(w), sig(-u) + sig(-w))
+                scale_p = min(abs(X * sig(u)) + abs((X - 1) * sig(w)) + abs(f),
+                              abs(X * sig(-u)) + abs((X - 1) * sig(-w)) + (sp(-u) + sp(-w)) / P) / P
+                for got, truth, scale in ((y, f, abs(f)), (gx, dx, scale_x), (gp, dp, scale_p)):
+                    err = abs(got.double().item() - float(truth))
+                    assert err <= max(8 * eps * float(max(abs(truth), scale)), UNDERFLOW[dtype]), (v, pv, got.item(),
+                                                                                                  float(truth))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_a_removable_singularity_inside_a_branch(backend, dtype):
     """sin(min(x, 1))/x is sin(x)/x for x < 1: as written it was 0/0 = NaN at 0, and its
     slope cos(x)/x - sin(x)/x**2 cancelled near 0 (1.4e14 at x = 1e-30, -1.5e-8 at 1e-8 in

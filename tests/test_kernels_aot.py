@@ -344,6 +344,10 @@ def test_kernels_of_formulas_outside_the_library_compile(tmp_path):
         "log1p_pow": "name: log1p_pow\nformula: log(1 + abs(x)**p)\nparams: {p: 2.0}\n",
         "root_b": "name: root_b\nformula: sqrt(x**2 + b) - sqrt(b)\nparams: {b: 1.0}\n",
         "sinc_min": "name: sinc_min\nformula: sin(Min(x, 1))/x\n",
+        # the tails of softplus a param apart, under a condition on both (And), and a param
+        # power of 1 + exp(u) as exp(p*softplus(u))
+        "softclip_p": "name: softclip_p\nformula: log((1 + exp(p*x))/(1 + exp(p*(x - 1))))/p\nparams: {p: 5.0}\n",
+        "aria": "name: aria\nformula: (1 + exp(-b*x))**(-a)\nparams: {a: 0.5, b: 3.0}\n",
         # a param times x**2 under a root: the hypot form where the param is > 0, a branch on
         # a scalar (a shared param) and on a tile (per channel)
         "inv_root_a": "name: inv_root_a\nformula: x / sqrt(1 + a*x**2)\nparams: {a: 0.5}\n",
