@@ -82,7 +82,7 @@ import sympy
 from sympy.codegen.cfunctions import hypot
 
 from . import precision
-from .functions import MPMATH_AT_HUGE, Oscillates, erfc, expm1, log1p, sigmoid, softplus, uniform
+from .functions import MPMATH_AT_HUGE, Oscillates, erfc, erfcx, erfcx_float, expm1, log1p, sigmoid, softplus, uniform
 from .spec import Spec
 
 
@@ -419,6 +419,80 @@ def rewrite_log_softplus(e):
     if len(u.free_symbols) != 1:        # (as rewrite_log_one_minus_exp: of one variable only)
         return None
     return LogSoftplus((u, u < LOG_SOFTPLUS_LINEAR), (sympy.log(softplus(u)), True))
+
+
+#: From this u on, log(erfc(u)) is computed as -u**2 + log(erfcx(u)): both terms are negative
+#: for u > 0 (no cancellation), and erfcx(u) = exp(u**2)*erfc(u) neither underflows, where
+#: erfc(u) is 0 from u = 9.2 in float32 (subnormal from 9.1) and 26.6 in float64, nor takes
+#: the exponential of a rounded u**2, whose rounding costs exp(-u**2) in the slope about
+#: u**2/2 ULP (relative).
+LOG_ERFC_SCALED = 1
+#: Below this |u|, log(erfc(u)) is computed as log1p(-erf(u)): erfc(u) is near 1 there, and
+#: log(erfc(u)), about -2u/sqrt(pi), was left with erfc(u)'s rounding (12.7 float32 ULP at
+#: u = -1/32, more the closer to 0); |erf(u)| < 0.53 there, so 1 - erf(u) cancels less than
+#: twofold.
+LOG_ERFC_NEAR_ZERO = sympy.Rational(1, 2)
+
+
+class LogErfc(sympy.Piecewise):
+    """log(erfc(u)) as rewrite_log_erfc computes it: log1p(-erf(u)) for |u| < LOG_ERFC_NEAR_ZERO,
+    log(erfc(u)) elsewhere below LOG_ERFC_SCALED (erfc(u) between 0.15 and 2 there), and
+    -u**2 + log(erfcx(u)) from it on.  Its branches are final; its derivative is
+    -2*exp(-u**2)/(sqrt(pi)*erfc(u))*u' below LOG_ERFC_SCALED, and -2/(sqrt(pi)*erfcx(u))*u'
+    from it on (the far branch's own, -2u + erfcx'(u)/erfcx(u), with its two terms of about 2u
+    cancelled: erfcx' = 2u*erfcx(u) - 2/sqrt(pi))."""
+
+    def __new__(cls, *args, **options):
+        """As a Piecewise, but where sympy decides every condition but one (u = x**2 + 1 is
+        never below 1) the branch left stays a LogErfc, whose derivative is still its own
+        (-u**2 + log(erfcx(u)) differentiated as written has terms of about 2u*u' that cancel)."""
+        obj = super().__new__(cls, *args, **options)
+        if isinstance(obj, cls):
+            return obj
+        pairs = []
+        for ec in args:
+            pair = sympy.functions.elementary.piecewise.ExprCondPair(*getattr(ec, "args", ec))
+            if pair.cond is sympy.false:
+                continue
+            pairs.append(pair)
+            if pair.cond is sympy.true:
+                break
+        return sympy.Basic.__new__(cls, *pairs) if len(pairs) == 1 else obj
+
+    def argument(self) -> sympy.Expr | None:
+        """u, from the call in the branch log(erfc(u)) or -u**2 + log(erfcx(u)) (erf(u) in the
+        first would not do: sympy writes erf(-v) as -erf(v)); None where sympy has decided
+        both away (|u| < 1/2 for every x: log1p(-erf(u)) alone)."""
+        calls = [f for e, _ in self.args for f in sympy.preorder_traversal(e) if isinstance(f, (sympy.erfc, erfcx))]
+        return calls[0].args[0] if calls else None
+
+    def _eval_derivative(self, s):
+        u = self.argument()
+        if u is None:
+            return sympy.diff(self.args[0].expr, s)
+        du = sympy.diff(u, s)
+        c = 2 / sympy.sqrt(sympy.pi)
+        return sympy.Piecewise((-c * sympy.exp(-u**2) / erfc(u) * du, u < LOG_ERFC_SCALED),
+                               (-c / erfcx(u) * du, True))
+
+    def _sympystr(self, printer):
+        return printer.doprint(sympy.Piecewise(*self.args))
+
+
+def rewrite_log_erfc(e):
+    """log(c*erfc(u)), c a number > 0 -> log(c) + LogErfc(u): erfc(u) underflows to 0 from
+    u = 9.2 in float32 and 26.6 in float64, where log(erfc(u)) is about -u**2 - log(u*sqrt(pi)):
+    it was log(0) = -inf there, and its slope, about -2u, 0/0 = NaN (log(erfc(x)) at x = 27
+    in float64; the log of the normal CDF, log(erfc(-x/sqrt(2))/2), from x = -37.7)."""
+    if not isinstance(e, sympy.log):
+        return None
+    coeff, rest = e.args[0].as_coeff_Mul()
+    if not (isinstance(rest, sympy.erfc) and coeff.is_positive):
+        return None
+    u = rest.args[0]
+    return sympy.log(_exact(coeff)) + LogErfc((log1p(-sympy.erf(u)), sympy.Abs(u) < LOG_ERFC_NEAR_ZERO),
+                                              (sympy.log(erfc(u)), u < LOG_ERFC_SCALED),
+                                              (-u**2 + sympy.log(erfcx(u)), True))
 
 
 class Log1pPower(sympy.Piecewise):
@@ -1615,7 +1689,7 @@ def _outermost(expr, attempt):
 # (silu' stays sigmoid(x)*(1 + x*sigmoid(-x)) there; the kernels take the ratio, see derive).
 _EXP_FAMILY = (sympy.exp, sigmoid, softplus, sympy.tanh, sympy.log, log1p, expm1)
 COSTLY_CALLS = (sympy.tanh, softplus, sympy.log, log1p, expm1)
-_TRANSCENDENTAL = _EXP_FAMILY + (sympy.erf, sympy.erfc, sympy.sin, sympy.cos, sympy.sinh, sympy.cosh, sympy.atan)
+_TRANSCENDENTAL = _EXP_FAMILY + (sympy.erf, sympy.erfc, erfcx, sympy.sin, sympy.cos, sympy.sinh, sympy.cosh, sympy.atan)
 
 
 def _exp_calls(e, x) -> tuple[int, int]:
@@ -1959,7 +2033,8 @@ def _condition(body, slope, t, at):
 # (not functions.MPMATH_FUNCTIONS: those compare their argument with bounds, and the Taylor
 # coefficients below evaluate on complex points)
 _MPMATH_MODULES = [{"sigmoid": lambda u: 1 / (1 + mpmath.exp(-u)), "softplus": lambda u: mpmath.log1p(mpmath.exp(u)),
-                     "log1p": mpmath.log1p, "expm1": mpmath.expm1}, "mpmath"]
+                     "log1p": mpmath.log1p, "expm1": mpmath.expm1,
+                     "erfcx": lambda u: mpmath.exp(u**2) * mpmath.erfc(u)}, "mpmath"]
 _TAYLOR_POINTS = 256
 _TAYLOR_RADIUS = mpmath.mpf(1) / 2
 
@@ -2447,6 +2522,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_constant_over_sum,
     rewrite_log_sigmoid,
     rewrite_log_softplus,
+    rewrite_log_erfc,
     rewrite_logsumexp,
     rewrite_log_cosh,
     rewrite_log1p_cosh,
@@ -2485,7 +2561,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
 def stabilize(expr: sympy.Basic) -> sympy.Basic:
     """Apply REWRITES bottom-up until nothing changes at each node."""
     if not expr.args or isinstance(expr, (sympy.Symbol, sympy.Number, ApproximatedNearZero, Log1mExp, LogSoftplus,
-                                          Log1pPower, LogCoshGap)):
+                                          LogErfc, Log1pPower, LogCoshGap)):
         return expr         # (an approximant's far branch is what was rewritten into it)
     args = tuple(stabilize(a) for a in expr.args)
     if args != expr.args:
@@ -3006,7 +3082,7 @@ def _numeric_limit(expr: sympy.Expr, x: sympy.Symbol, sign: int):
     # exponent varies with x (x**x**x at 1e30: an exact power with a 1e30-digit exponent),
     # nor of an exponential-like function of another (erfc(sinh(x)): exp(-exp(2e30)), whose
     # evaluation computes ln 2 to 10**30 digits)
-    growing = (sympy.exp, sympy.sinh, sympy.cosh, sympy.tanh, sympy.erf, sympy.erfc, sigmoid, softplus, expm1,
+    growing = (sympy.exp, sympy.sinh, sympy.cosh, sympy.tanh, sympy.erf, sympy.erfc, erfcx, sigmoid, softplus, expm1,
                sympy.sin, sympy.cos, sympy.tan)
     fast = [f for f in expr.atoms(*growing) if f.has(x)]
     exact = not any(p.exp.has(x) for p in expr.atoms(sympy.Pow)) and not any(
@@ -3381,7 +3457,7 @@ _IEEE_FUNCTIONS: dict = {
     sympy.exp: math.exp, sympy.log: math.log, log1p: math.log1p, expm1: math.expm1,
     sympy.sin: math.sin, sympy.cos: math.cos, sympy.tan: math.tan, sympy.tanh: math.tanh,
     sympy.sinh: math.sinh, sympy.cosh: math.cosh, sympy.atan: math.atan, sympy.asinh: math.asinh,
-    sympy.erf: math.erf, sympy.erfc: math.erfc, sympy.Abs: abs,
+    sympy.erf: math.erf, sympy.erfc: math.erfc, erfcx: erfcx_float, sympy.Abs: abs,
     sigmoid: lambda v: 1 / (1 + math.exp(-v)) if v >= 0 else math.exp(v) / (1 + math.exp(v)),
     softplus: lambda v: max(v, 0.0) + math.log1p(math.exp(-abs(v))),
     sympy.sign: lambda v: math.copysign(1.0, v) if v else 0.0 if v == 0 else math.nan,
@@ -3531,7 +3607,7 @@ def nan_guard(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], dropped: Sequenc
 #: Calls that give NaN for a NaN argument, as printed (Saturate clamps with NaN propagated; the
 #: guards pass their value through where the input is not +-inf).
 _NAN_PROPAGATING = (sympy.exp, sympy.log, log1p, expm1, sympy.tanh, sympy.sin, sympy.cos, sympy.atan, sympy.erf,
-                    sympy.erfc, sigmoid, softplus, sympy.Abs, Saturate, InfGuard, LimitAtInf, CappedExp)
+                    sympy.erfc, erfcx, sigmoid, softplus, sympy.Abs, Saturate, InfGuard, LimitAtInf, CappedExp)
 
 
 def _nan_flows(expr: sympy.Expr, u: sympy.Symbol) -> bool:

@@ -3,6 +3,8 @@
 `sigmoid` and `softplus` are first-class functions with their own derivatives, so the
 derivatives the compiler derives stay in terms of the stable primitives instead of
 raw exponentials.  `log1p` and `expm1` come from sympy's own codegen functions.
+`erfcx` is the scaled complementary error function exp(u**2)*erfc(u), which the stability
+rewrites bring in (log(erfc(u)) past erfc's underflow, see actgen.derive.LogErfc).
 `uniform` is a random draw; the compiler replaces it before differentiating (see
 actgen.derive.replace_draws).
 """
@@ -12,7 +14,9 @@ import mpmath
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
-__all__ = ["sigmoid", "softplus", "erfc", "log1p", "expm1", "uniform", "mean_of_draws", "MPMATH_FUNCTIONS", "MPMATH_AT_HUGE",
+from .runtime.special import erfcx as erfcx_float
+
+__all__ = ["sigmoid", "softplus", "erfc", "erfcx", "erfcx_float", "log1p", "expm1", "uniform", "mean_of_draws", "MPMATH_FUNCTIONS", "MPMATH_AT_HUGE",
            "Oscillates"]
 
 
@@ -26,6 +30,45 @@ class erfc(sympy.erfc):
         if arg.could_extract_minus_sign():
             return None
         return super().eval(arg)
+
+
+class erfcx(sympy.Function):
+    """erfcx(u) = exp(u**2)*erfc(u), the scaled complementary error function:
+    1/(u*sqrt(pi))*(1 - 1/(2u**2) + ...) for u >> 0, where erfc(u) itself underflows (from
+    u = 9.2 in float32, 26.6 in float64), and 2*exp(u**2) for u << 0.
+    erfcx' = 2*u*erfcx(u) - 2/sqrt(pi).  Prints as torch.special.erfcx and libdevice's erfcx."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        u = self.args[0]
+        return 2 * u * erfcx(u) - 2 / sympy.sqrt(sympy.pi)
+
+    @classmethod
+    def eval(cls, arg):
+        if arg is sympy.S.Zero:
+            return sympy.S.One
+        if arg is sympy.S.Infinity:
+            return sympy.S.Zero
+        if arg is sympy.S.NegativeInfinity:
+            return sympy.S.Infinity
+
+    def _eval_rewrite_as_erfc(self, arg, **kwargs):
+        return sympy.exp(arg**2) * sympy.erfc(arg)
+
+    def _eval_evalf(self, prec):
+        arg = self.args[0].evalf(prec)
+        if not arg.is_Float:
+            return None
+        with mpmath.workprec(prec):
+            return sympy.Float(_mp_erfcx(mpmath.mpf(arg)), precision=prec)
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+    def _eval_is_positive(self):
+        if self.args[0].is_real:
+            return True
 
 
 class sigmoid(sympy.Function):
@@ -150,6 +193,31 @@ def _mp_erfc(u):
     return 1 - mpmath.sign(u) if abs(u) > _HUGE else mpmath.erfc(u)
 
 
+_ASYMPTOTIC = 10 ** 6          # erfcx's asymptotic series gains 12 digits a term beyond this
+
+
+def _mp_erfcx(u):
+    """exp(u**2)*erfc(u) to the working precision: the square exact (bits for u's own two
+    significands), and for u > _ASYMPTOTIC the asymptotic series 1/(u*sqrt(pi)) *
+    sum (-1)**n (2n - 1)!!/(2u**2)**n, whose terms shrink 2u**2-fold; inf below -_HUGE (as
+    _mp_exp's)."""
+    if u < -_HUGE:
+        return mpmath.inf
+    if u > _ASYMPTOTIC:
+        if u == mpmath.inf:
+            return mpmath.mpf(0)
+        term, total, n = mpmath.mpf(1), mpmath.mpf(1), 1
+        eps = mpmath.mpf(2) ** (-mpmath.mp.prec - 10)
+        while abs(term) > eps:
+            term *= -(2 * n - 1) / (2 * u * u)
+            total += term
+            n += 1
+        return total / (u * mpmath.sqrt(mpmath.pi))
+    with mpmath.extraprec(2 * mpmath.mp.prec + 64):
+        v = mpmath.exp(u * u) * mpmath.erfc(u)
+    return +v
+
+
 _SATURATED = 10 ** 6          # tanh(u) = +-1 to 400000 digits beyond this
 
 
@@ -182,13 +250,13 @@ def _mp_periodic(fn):
     return periodic
 
 
-#: exp, expm1, sigmoid, softplus, erf, erfc, tanh, sinh and cosh with astronomically large
+#: exp, expm1, sigmoid, softplus, erf, erfc, erfcx, tanh, sinh and cosh with astronomically large
 #: arguments taken to their limits (exp(-exp(x)) at x = 1e30 would otherwise need 10**29
 #: digits, and mpmath's tanh of exp(1e12) runs out of memory).  (cos(sinh(x)) at 1e30 would
 #: reduce e**1e30 modulo pi: see MPMATH_AT_HUGE.)
 MPMATH_FUNCTIONS = {
     "exp": _mp_exp, "sigmoid": _mp_sigmoid, "softplus": _mp_softplus, "log1p": mpmath.log1p,
-    "expm1": _mp_expm1, "erf": _mp_erf, "erfc": _mp_erfc, "tanh": _mp_tanh, "sinh": _mp_sinh,
+    "expm1": _mp_expm1, "erf": _mp_erf, "erfc": _mp_erfc, "erfcx": _mp_erfcx, "tanh": _mp_tanh, "sinh": _mp_sinh,
     "cosh": _mp_cosh,
 }
 #: ... and for reading limits off huge points (actgen.derive): sin, cos and tan there raise

@@ -35,7 +35,7 @@ import numpy as np
 import sympy
 from sympy.codegen.cfunctions import hypot
 
-from .functions import expm1, log1p, sigmoid, softplus
+from .functions import erfcx, erfcx_float, expm1, log1p, sigmoid, softplus
 
 #: Above this measured error (ULPs / condition number in float32, the mean over the
 #: WORST_POINTS worst points of the grid) a block is computed in float64.  docs/accuracy.md
@@ -122,7 +122,7 @@ FUNCTIONS: dict = {
     sympy.sin: _faithful(np.sin), sympy.cos: _faithful(np.cos), sympy.tan: _faithful(np.tan),
     sympy.tanh: _faithful(np.tanh), sympy.sinh: _faithful(np.sinh), sympy.cosh: _faithful(np.cosh),
     sympy.atan: _faithful(np.arctan), sympy.asinh: _faithful(np.arcsinh),
-    sympy.erf: _rounded(math.erf), sympy.erfc: _rounded(math.erfc), sympy.Abs: np.abs,
+    sympy.erf: _rounded(math.erf), sympy.erfc: _rounded(math.erfc), erfcx: _rounded(erfcx_float), sympy.Abs: np.abs,
     sympy.sign: np.sign, sigmoid: _sigmoid, softplus: _softplus,
 }
 

@@ -600,3 +600,80 @@ def test_a_param_under_a_root_with_the_square_of_x(name, dtype, backend):
                 if not _close(got, want, dtype):
                     bad.append((av, x0, what, got, want))
     assert not bad, bad
+
+
+#: log(erfc(x)) is log(2) for x << 0 and -x**2 - log(x*sqrt(pi)) - 1/(2x**2) + ... for x >> 0
+LOG_ERFC_POINTS = [-30.0, -5.0, -1.0, -0.01, 0.0, 1e-3, 0.5, 3.0, 9.5, 12.0, 27.0, 100.0, 1e4, 1e10]
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log_of_erfc_past_its_underflow_is_about_minus_x_squared(scaled, dtype, backend):
+    """log(erfc(x)) and log(erfc(a*x)): erfc underflows to 0 from a*x = 9.2 in float32 and 26.6
+    in float64, where the value was log(0) = -inf and the slopes (about -2*a*x and -2*x*a*x)
+    0/0 = NaN or 0; f, df/dx and df/da against mpmath at 50 digits, to 8 ULP in float32 and
+    1e-12 (relative) in float64, across the sign of x."""
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("kernels: float32 (float64 kernels compute in float64, with the fallback's range)")
+    if scaled:
+        fn = actgen.compile("log(erfc(a*x))", name="log_erfc_a", params={"a": 1.5}).log_erfc_a
+    else:
+        fn = actgen.compile("log(erfc(x))", name="log_erfc").log_erfc
+    x = torch.tensor(LOG_ERFC_POINTS, dtype=dtype, requires_grad=True)
+    a = torch.tensor([1.5], dtype=dtype, requires_grad=True)
+    y = fn(x, a) if scaled else fn(x)
+    grads = torch.autograd.grad(y, (x, a) if scaled else (x,), torch.ones_like(y), allow_unused=True)
+    ga = [None] * len(LOG_ERFC_POINTS)
+    if scaled:      # df/da per point: one point at a time (the gradient in a sums over x)
+        ga = []
+        for xv in LOG_ERFC_POINTS:
+            xi = torch.tensor([xv], dtype=dtype)
+            ai = torch.tensor([1.5], dtype=dtype, requires_grad=True)
+            (g,) = torch.autograd.grad(fn(xi, ai), ai, torch.ones(1, dtype=dtype))
+            ga.append(g.item())
+    tol = 8 * torch.finfo(torch.float32).eps if dtype == torch.float32 else 1e-12
+    tiny = torch.finfo(dtype).tiny
+    bad = []
+    for xv, yv, gx, gav in zip(LOG_ERFC_POINTS, y.detach().tolist(), grads[0].tolist(), ga):
+        with mpmath.workdps(50):
+            av = mp(1.5) if scaled else mp(1)
+            u = av * mp(xv)
+            f = mpmath.log(mpmath.erfc(u))
+            slope = -2 * mpmath.exp(-u * u) / (mpmath.sqrt(mpmath.pi) * mpmath.erfc(u))
+            wants = [("f", yv, float(f)), ("df/dx", gx, float(av * slope))]
+            if scaled:
+                wants.append(("df/da", gav, float(mp(xv) * slope)))
+        for what, got, want in wants:
+            if abs(want) < tiny:        # (the slope at x = -30: exp(-900), 0 in either dtype)
+                ok = abs(got) < 2 * tiny
+            else:
+                ok = math.isfinite(got) and abs(got - want) <= tol * abs(want)
+            if not ok:
+                bad.append((xv, what, got, want))
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log_of_the_normal_cdf_far_below_zero(dtype, backend):
+    """log(erfc(-x/sqrt(2))/2), the log of the normal CDF: erfc underflowed from x = -13 in
+    float32 and -37.7 in float64 (log(0) = -inf, a slope of 0/0 = NaN), where the value is
+    about -x**2/2 - log(-x*sqrt(2*pi)) and the slope about -x; f and df/dx against mpmath at 50
+    digits, to 8 ULP in float32 and 1e-12 (relative) in float64."""
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("kernels: float32 (float64 kernels compute in float64, with the fallback's range)")
+    fn = actgen.compile("log(0.5*erfc(-x/sqrt(2)))", name="log_ndtr").log_ndtr
+    xs = [-1e10, -1e4, -100.0, -40.0, -38.0, -14.0, -5.0, -1.0, 0.0, 0.5]
+    x = torch.tensor(xs, dtype=dtype, requires_grad=True)
+    y = fn(x)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    tol = 8 * torch.finfo(torch.float32).eps if dtype == torch.float32 else 1e-12
+    bad = []
+    for xv, yv, gv in zip(xs, y.tolist(), g.tolist()):
+        with mpmath.workdps(50):
+            cdf = mpmath.erfc(-mp(xv) / mpmath.sqrt(2)) / 2
+            f = mpmath.log(cdf)
+            slope = mpmath.exp(-mp(xv) ** 2 / 2) / (mpmath.sqrt(2 * mpmath.pi) * cdf)
+        for what, got, want in (("f", yv, float(f)), ("df/dx", gv, float(slope))):
+            if not (math.isfinite(got) and abs(got - want) <= tol * abs(want)):
+                bad.append((xv, what, got, want))
+    assert not bad, bad

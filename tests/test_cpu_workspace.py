@@ -24,7 +24,7 @@ from actgen.runtime.workspace import WORKSPACE_BYTES, Workspace
 from _reference import SPECS
 
 CHUNK_NAMES = ["x", "y"]
-UNARY = ["exp", "tanh", "sigmoid", "abs", "erf", "erfc", "log1p", "expm1", "sqrt", "atan", "sin"]
+UNARY = ["exp", "tanh", "sigmoid", "abs", "erf", "erfc", "special.erfcx", "log1p", "expm1", "sqrt", "atan", "sin"]
 
 
 def _leaf(rg, tensors_only=False):
@@ -155,6 +155,20 @@ def test_a_negated_product_folds_its_number():
     x, y = torch.randn(2, 1000, generator=gen) * 7
     for g, w in zip(fast(x, y, [torch.empty(1000) for _ in range(count)]), plain(x, y)):
         _bitwise(g, w)
+
+
+def test_a_call_without_an_in_place_method_writes_over_its_argument():
+    """torch.special.erfcx has no erfcx_: out= into its argument's buffer (elementwise, so
+    each element is read before it is written), or a buffer of its own for an input; the
+    values bit for bit the printed text's."""
+    statements = [("_t0", "torch.special.erfcx(x*2.0)"), ("_y", "torch.special.erfcx(x) + _t0")]
+    rewritten, count = workspace_statements(statements, ["x"], [], ["_y"])
+    assert rewritten[0] == ("_t0", "torch.special.erfcx(torch.mul(x, 2.0, out=_w[0]), out=_w[0])"), rewritten
+    assert "torch.special.erfcx(x, out=_w[" in rewritten[1][1], rewritten
+    x = torch.linspace(-20.0, 30.0, 101)
+    ws = [torch.full((101,), math.nan) for _ in range(count)]
+    got = _function("fast", rewritten, ["_y"], ["x", "_w"])(x, ws)
+    _bitwise(got[0], _function("plain", statements, ["_y"], ["x"])(x)[0])
 
 
 def test_unknown_call_is_refused():

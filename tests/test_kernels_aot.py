@@ -324,8 +324,9 @@ def test_sass_loop_counts_the_largest_loop():
 def test_kernels_of_formulas_outside_the_library_compile(tmp_path):
     """Forms the library's own kernels do not have: a condition of scalars alone combined with
     one of elements (tl.where(scalar, tile, False)), log-sum-exp's branch on the larger term,
-    log-cosh's, sigmoids from exps of two inputs, and hypot forms of roots with a param in them
-    (sqrt_square_plus of a param, a branch on the param's sign)."""
+    log-cosh's, sigmoids from exps of two inputs, hypot forms of roots with a param in them
+    (sqrt_square_plus of a param, a branch on the param's sign), and log(erfc(u)) through
+    libdevice's erfcx."""
     from actgen.build import build
 
     specs = {
@@ -352,6 +353,8 @@ def test_kernels_of_formulas_outside_the_library_compile(tmp_path):
         # a scalar (a shared param) and on a tile (per channel)
         "inv_root_a": "name: inv_root_a\nformula: x / sqrt(1 + a*x**2)\nparams: {a: 0.5}\n",
         "inv_root_ac": "name: inv_root_ac\nformula: x / sqrt(1 + a*x**2)\nparams: {a: {init: 0.5, per_channel: true}}\n",
+        "log_erfc": "name: log_erfc\nformula: log(erfc(x))\n",
+        "log_erfc_a": "name: log_erfc_a\nformula: log(erfc(a*x))\nparams: {a: 1.5}\n",
     }
     files = []
     for name, text in specs.items():

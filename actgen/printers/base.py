@@ -429,6 +429,8 @@ class ExprPrinter:
         if flipped is not None:
             return self.divide(self.number(1.0), self.paren(flipped, POW), flipped, sympy.Float(1.0)), MUL
         *pairs, (last, cond) = expr.args
+        if not pairs and cond is sympy.true:       # one branch left (actgen.derive.LogErfc)
+            return self._print(last)
         rest = last if cond is sympy.true else sympy.nan
         if cond is not sympy.true:
             pairs.append((last, cond))

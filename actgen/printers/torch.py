@@ -38,6 +38,7 @@ TENSOR_FUNCTIONS = {
     "asinh": "torch.asinh({0})",
     "erf": "torch.erf({0})",
     "erfc": "torch.erfc({0})",
+    "erfcx": "torch.special.erfcx({0})",
     "Abs": "torch.abs({0})",
     "sigmoid": "torch.sigmoid({0})",
     "softplus": "_rt.softplus({0})",
@@ -60,6 +61,7 @@ SCALAR_FUNCTIONS = {
     "SqrtSquarePlus": "_rt.scalar_sqrt_square_plus({0}, {1})",
     "sigmoid": "_rt.scalar_sigmoid({0})",
     "softplus": "_rt.scalar_softplus({0})",
+    "erfcx": "_rt.scalar_erfcx({0})",
 }
 
 

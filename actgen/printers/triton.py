@@ -39,6 +39,7 @@ class TritonPrinter(ExprPrinter):
         "asinh": "libdevice.asinh({0})",
         "erf": "libdevice.erf({0})",
         "erfc": "_erfc({0}, FAST)",
+        "erfcx": "libdevice.erfcx({0})",
         "Abs": "tl.abs({0})",
         "SqrtSquarePlus": "_sqrt_square_plus({0}, {1}, FAST)",
         "ScaledInput": "_scaled_input({0})",

@@ -30,6 +30,9 @@ WORKSPACE = "_w"
 #: torch functions of one tensor with an in-place method of the same name (exp -> exp_).
 UNARY = {"exp", "log", "log1p", "expm1", "sqrt", "sin", "cos", "tan", "tanh", "sinh", "cosh", "atan", "asinh",
          "erf", "erfc", "abs", "sigmoid", "reciprocal", "neg"}
+#: torch functions of one tensor without an in-place method: into their argument's buffer as
+#: out= (an elementwise op may write over the tensor it reads, element for element).
+OUT_ONLY = {"special.erfcx"}
 BINARY = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow"}
 #: actgen.runtime functions that take out= and write their value there; those that may write
 #: it into one of their own tensor arguments (one pass reading each element once)
@@ -126,6 +129,10 @@ class _Emitter:
             module, _, name = func.partition(".")
             if module == "torch" and name in UNARY and len(node.args) == 1:
                 return self._unary(name, self.value(node.args[0]))
+            if module == "torch" and name in OUT_ONLY and len(node.args) == 1:
+                v = self.value(node.args[0])
+                k = self.bufs.take() if v.buf is None else v.buf
+                return _Value(f"torch.{name}({v.code}, out={self._w(k)})", k, chunk=True)
             if module == "_rt" and name == "select" and [ast.unparse(a) for a in node.args[1:]] == ["1.0", "0.0"]:
                 return self.value(node.args[0])         # the 0/1 mask itself, bit for bit
             if module == "_rt" and name in RUNTIME_OUT:

@@ -8,6 +8,7 @@ import torch
 from .backend import HAS_TRITON, get_backend, set_backend, use_backend
 from .activation import Activation, as_tensor, dim_index, no_forward_ad, vmap_by_loop
 from .layouts import Halves
+from .special import erfcx as scalar_erfcx
 from .workspace import WORKSPACE
 
 if HAS_TRITON:      # Triton's hash of itself, for a first compile, taken in the background
@@ -396,7 +397,7 @@ __all__ = [     # what generated modules call (as _rt.<name>), and the runtime's
     "HAS_TRITON", "Activation", "as_tensor", "dim_index", "vmap_by_loop", "get_backend", "set_backend", "release_workspace",
     "use_backend", "number", "softplus", "clamp", "hypot", "sqrt_square_plus", "scalar_sqrt_square_plus",
     "scaled_input", "inverse_scale", "grown", "capped_exp", "fma", "fnma", "rdiv",
-    "scalar_sigmoid", "scalar_softplus", "scalar_div", "scalar_exp", "scalar_expm1", "scalar_pow", "scalar_sqrt",
+    "scalar_sigmoid", "scalar_softplus", "scalar_erfcx", "scalar_div", "scalar_exp", "scalar_expm1", "scalar_pow", "scalar_sqrt",
     "split_halves", "halves_dim", "limit_at_inf",
     "gt", "ge", "lt", "le", "mask_and", "mask_or", "mask_not", "select", "finite_or_none", "mode_function",
 ]

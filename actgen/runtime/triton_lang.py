@@ -22,6 +22,8 @@ FP_FUSION = {"enable_fp_fusion": True}
 if INTERPRET:
     from triton.runtime.interpreter import TensorHandle
 
+    from . import special
+
     class _InterpreterLibdevice:
         """numpy implementations of the libdevice functions generated kernels call."""
 
@@ -44,11 +46,12 @@ if INTERPRET:
         def __init__(self):
             erf = np.vectorize(math.erf, otypes=[np.float64])
             erfc = np.vectorize(math.erfc, otypes=[np.float64])
+            erfcx = np.vectorize(special.erfcx, otypes=[np.float64])
             table = {
                 "exp": np.exp, "log": np.log, "log1p": np.log1p, "expm1": np.expm1,
                 "sqrt": np.sqrt, "sin": np.sin, "cos": np.cos, "tan": np.tan, "tanh": np.tanh,
                 "sinh": np.sinh, "cosh": np.cosh, "atan": np.arctan, "asinh": np.arcsinh,
-                "erf": erf, "erfc": erfc, "pow": np.power, "hypot": np.hypot,
+                "erf": erf, "erfc": erfc, "erfcx": erfcx, "pow": np.power, "hypot": np.hypot,
                 "fast_log2f": np.log2, "fast_dividef": np.divide,
             }
             for name, fn in table.items():
