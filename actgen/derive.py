@@ -495,6 +495,21 @@ def rewrite_log_erfc(e):
                                               (-u**2 + sympy.log(erfcx(u)), True))
 
 
+def rewrite_scaled_erfc(e):
+    """exp(u**2)*erfc(u) -> erfcx(u): erfc underflows (from u = 26.6 in float64) where the
+    product is ~1/(u*sqrt(pi)), and exp(u**2) overflows first (from u = 26.7): inf*0 = NaN
+    there."""
+    if not isinstance(e, sympy.Mul):
+        return None
+    for f in e.args:
+        if isinstance(f, sympy.erfc):
+            u = f.args[0]
+            for g in e.args:
+                if isinstance(g, sympy.exp) and sympy.expand(g.args[0] - u**2) == 0:
+                    return sympy.Mul(*(a for a in e.args if a is not f and a is not g)) * erfcx(u)
+    return None
+
+
 class Log1pPower(sympy.Piecewise):
     """log1p(B**p), B >= 0 and p of params or constants, as rewrite_log1p_of_power computes it:
     log1p(B**p) where B**p <= 1, else p*log(B) + log1p(B**-p).  Its branches are final (the
@@ -2523,6 +2538,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_log_sigmoid,
     rewrite_log_softplus,
     rewrite_log_erfc,
+    rewrite_scaled_erfc,
     rewrite_logsumexp,
     rewrite_log_cosh,
     rewrite_log1p_cosh,

@@ -677,3 +677,21 @@ def test_log_of_the_normal_cdf_far_below_zero(dtype, backend):
             if not (math.isfinite(got) and abs(got - want) <= tol * abs(want)):
                 bad.append((xv, what, got, want))
     assert not bad, bad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_erfc_times_exp_of_its_square_is_erfcx(dtype, backend):
+    """exp(x**2)*erfc(x) is erfcx(x): erfc underflows from x = 26.6 in float64 where the
+    product is ~1/(x*sqrt(pi)), and exp(x**2) overflows first: inf*0 = NaN there (both dtypes:
+    float32 data computed it in float64).  Against mpmath: f everywhere, and its slope
+    2x*erfcx(x) - 2/sqrt(pi) finite (for |x| > 1 its two terms cancel, ~x**-2 of them)."""
+    m = actgen.compile("exp(x**2)*erfc(x)", name="scaled_erfc")
+    xs = [-5.0, -1.0, -1e-3, 0.0, 0.5, 3.0, 9.5, 27.0, 30.0, 100.0, 1e4, 1e10]
+    x = torch.tensor(xs, dtype=dtype, requires_grad=True)
+    y = m.scaled_erfc(x)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    for xv, yv, gv in zip(xs, y.tolist(), g.tolist()):
+        f = _truth(lambda v: mpmath.exp(v**2) * mpmath.erfc(v), xv)
+        slope = _truth(lambda v: 2 * v * mpmath.exp(v**2) * mpmath.erfc(v) - 2 / mpmath.sqrt(mpmath.pi), xv)
+        assert _close(yv, f, dtype), (dtype, xv, yv, f)
+        assert math.isfinite(gv) and (abs(xv) > 1 or _close(gv, slope, dtype)), (dtype, xv, gv, slope)
