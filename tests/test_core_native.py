@@ -208,6 +208,28 @@ def test_non_finite_inputs_keep_the_formulas_limits(name, monkeypatch):
     np.testing.assert_allclose(g.double().numpy(), truth["df/dx"], rtol=1e-6)
 
 
+@pytest.mark.parametrize("special", [-math.inf, math.inf, math.nan])
+@pytest.mark.parametrize("name", MATCHED + GATED)
+def test_one_non_finite_input_among_finite_ones_keeps_its_limit(name, special):
+    """A window open at an infinite end holds the finite values on that side, not the
+    infinity: silu's float32 backward window (-inf, 5) took [-inf, 1] whole, and torch's
+    s*(1 + x*(1 - s)) is 0*-inf = NaN at -inf (swiglu's gradients alike, silu(-inf)*g too).
+    One +-inf or NaN among values inside every window: the formula's limits there (NaN for
+    NaN), f and the gradients, against the mpmath oracle."""
+    spec = SPECS[name]
+    fn, _ = _op(name)
+    x = torch.tensor([special, 0.5, -0.5, 1.0], requires_grad=True)
+    args = [x] + ([torch.full_like(x, 1.5, requires_grad=True)] if name in GATED else [])
+    with use_backend("torch"):
+        y = fn(*args)
+        grads = torch.autograd.grad(y, args, torch.ones_like(y))
+    points = [tuple(t.detach()[k].item() for t in args) for k in range(len(x))]
+    truth = C.Oracle(spec).values(points)
+    np.testing.assert_allclose(y.detach().double().numpy(), truth["f"], rtol=1e-6)
+    for v, g in zip(spec.inputs, grads):
+        np.testing.assert_allclose(g.double().numpy(), truth[f"df/d{v}"], rtol=1e-6, atol=1e-30)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_relu_on_torch_kernel_is_torch_relu_bit_for_bit(dtype, monkeypatch):
     """relu and reglu run torch's kernel on any input; their values are F.relu's to the bit
