@@ -892,8 +892,8 @@ def rewrite_power_sum(e):
 
 def _paired(e, cls):
     """(c, u, v, d, where both are large) for a sum c*cls(u) - c*cls(v) + nothing else, with
-    d = u - v a number > 0 (v > 0 there), or no more than u as an expression (a param p in
-    softplus(p*x) - softplus(p*(x - 1)): u > 0 and v > 0 there)."""
+    d = u - v a number > 0 (v > 0 there), or no more than u as an expression, free of one of
+    its symbols (a param p in softplus(p*x) - softplus(p*(x - 1)): u > 0 and v > 0 there)."""
     if not _is_sum(e) or len(e.args) != 2:
         return None
     (c1, f1), (c2, f2) = (t.as_coeff_Mul() for t in e.args)
@@ -903,8 +903,8 @@ def _paired(e, cls):
     d = sympy.simplify(u - v)
     if d == 0 or not u.free_symbols:
         return None
-    if not d.is_number:
-        if d.has(cls) or sympy.count_ops(d) > sympy.count_ops(u):
+    if not d.is_number:     # (free of a symbol that u and v have: u and v move together in it)
+        if d.has(cls) or not d.free_symbols < u.free_symbols or sympy.count_ops(d) > sympy.count_ops(u):
             return None
         return c1, u, v, d, (u > 0) & (v > 0)
     return (c1, u, v, d, v > 0) if d > 0 else (c2, v, u, -d, u > 0)
