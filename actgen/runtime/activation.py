@@ -770,24 +770,31 @@ class Activation:
         """Whether torch's kernel for f (which 0) or the backward (1) is trusted with xs: one
         bool for all (Python numbers, stopping at the first input out), or with rows a bool
         tensor, one per block of their (..., PATCH_BLOCK) views (row-major).  The first input inside the
-        dtype's window - finite (one sum) where that is (-inf, inf), else one pass for the
-        largest and the smallest (aminmax; NaN where there is one: not inside; over the rows'
-        dim aminmax takes 20 times as long as amin and amax), +-inf outside it - and every
+        dtype's window - finite (one sum), and where an end is finite one pass for the largest
+        or the smallest (aminmax for both, no sum; NaN where there is one: not inside; over the
+        rows' dim aminmax takes 20 times as long as amin and amax) - and every
         other input finite (one sum each,
         float16's in float32: a bfloat16 or float32 sum that overflows, of values near the
         dtype's largest, only counts them out too)."""
         lo, hi = self._native_window(which, xs[0].dtype)
         x = xs[0]
         if not rows:
+            # (an infinite end is open too: torch's kernel is not trusted with +-inf, silu's
+            # backward at -inf, s*(1 + x*(1 - s)), is 0*-inf = NaN; a sum finds it)
             if lo == -math.inf and hi == math.inf:
                 return self._finite(xs)
-            # one pass for both bounds (the whole tensor's aminmax is the faster), an infinite
-            # one too: the window is open, and torch's kernel is not trusted with +-inf
-            # (silu's backward at -inf, s*(1 + x*(1 - s)), is 0*-inf = NaN)
-            least, most = torch.aminmax(x)
+            if lo == -math.inf:
+                return x.amax().item() < hi and self._finite(xs)
+            if hi == math.inf:
+                return x.amin().item() > lo and self._finite(xs)
+            least, most = torch.aminmax(x)      # (one pass for both: the whole tensor's aminmax is the faster)
             return least.item() > lo and most.item() < hi and self._finite(xs[1:])
-        if lo == -math.inf and hi == math.inf:
+        if lo == -math.inf or hi == math.inf:
             inside = torch.isfinite(_sum(x, -1))
+            if lo != -math.inf:
+                inside.logical_and_(x.amin(-1) > lo)
+            if hi != math.inf:
+                inside.logical_and_(x.amax(-1) < hi)
         else:
             inside = (x.amin(-1) > lo).logical_and_(x.amax(-1) < hi)
         for t in xs[1:]:
