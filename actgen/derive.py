@@ -912,8 +912,9 @@ def _paired(e, cls):
 
 def rewrite_softplus_difference(e):
     """c*(softplus(u) - softplus(v)) with u - v = d a number > 0 (or a param: _paired) ->
-    c*(d + softplus(-u) - softplus(-v)) where v > 0 (both > 0): the two are about u and v there, whose difference rounds away
-    (SoftClip's softplus(a*x) - softplus(a*(x - 1)) at x = 1e8), where d is exact."""
+    c*(d + softplus(-u) - softplus(-v)) where v > 0 (both > 0): the two are about u and v
+    there, whose difference rounds away (SoftClip's softplus(a*x) - softplus(a*(x - 1)) at
+    x = 1e8), where d is exact."""
     found = _paired(e, softplus)
     if found is None:
         return None
@@ -934,7 +935,7 @@ def rewrite_factor_into_stable_sum(e):
         if type(f) is not sympy.Piecewise:
             continue
         k = sympy.Mul(*(a for a in e.args if a is not f))      # (e/f: a Piecewise of reciprocals)
-        if not any(isinstance(v, StableSum) and any((k * t).is_number for t in v.args) for v, _ in f.args):
+        if k.is_number or not any(isinstance(v, StableSum) and any((k * t).is_number for t in v.args) for v, _ in f.args):
             return None
         return sympy.Piecewise(*((StableSum(*(k * t for t in v.args)) if isinstance(v, StableSum) else k * v, c)
                                  for v, c in f.args))
