@@ -14,7 +14,7 @@ import mpmath
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
-from .runtime.special import erfcx as erfcx_float
+from .special import erfcx as erfcx_float
 
 __all__ = ["sigmoid", "softplus", "erfc", "erfcx", "erfcx_float", "log1p", "expm1", "uniform", "mean_of_draws", "MPMATH_FUNCTIONS", "MPMATH_AT_HUGE",
            "Oscillates"]

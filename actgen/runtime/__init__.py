@@ -8,7 +8,7 @@ import torch
 from .backend import HAS_TRITON, get_backend, set_backend, use_backend
 from .activation import Activation, as_tensor, dim_index, no_forward_ad, vmap_by_loop
 from .layouts import Halves
-from .special import erfcx as scalar_erfcx
+from ..special import erfcx as scalar_erfcx
 from .workspace import WORKSPACE
 
 if HAS_TRITON:      # Triton's hash of itself, for a first compile, taken in the background

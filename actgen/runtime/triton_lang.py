@@ -22,7 +22,7 @@ FP_FUSION = {"enable_fp_fusion": True}
 if INTERPRET:
     from triton.runtime.interpreter import TensorHandle
 
-    from . import special
+    from .. import special
 
     class _InterpreterLibdevice:
         """numpy implementations of the libdevice functions generated kernels call."""
