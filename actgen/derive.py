@@ -3361,7 +3361,11 @@ class LimitAtInf(sympy.Function):
     """LimitAtInf(value, at_plus, at_minus, u): value, except where u is +-inf and value is NaN:
     there at_plus (u = +inf) or at_minus, the limits read off the same expression at u = +-PROBE
     (Grown).  The limits are values of the params and constants alone: a kernel computes them
-    once per program, and per element only picks one where u is infinite."""
+    once per program, and per element only picks one where u is infinite.  A finite u of
+    2**64 or more (actgen.runtime.HUGE_INPUT) whose value is NaN takes the limit too: a
+    product with a param overflowed there (x * sigmoid(beta * x)'s slope at x = 3e38 in
+    float32 was beta*x*sigmoid(-beta*x) = inf * 0); so the CPU's fast variant, which drops
+    the guard, hands a block with one to the guarded function where a value is not finite."""
 
 
 class Grown(sympy.Function):
@@ -3799,7 +3803,8 @@ class LinearSums:
     gradients with their NaN and +-inf guards, against three sums of relu(x), tanh(x) and x).
 
     This holds for finite inputs: the guards (NanGuard, LimitAtInf, InfGuard) differ from
-    their value only where an input is NaN or +-inf.  A kernel takes the per-element form
+    their value only where an input is NaN or +-inf (or where the value is NaN, LimitAtInf's
+    at a huge finite input).  A kernel takes the per-element form
     where a sum or a combined gradient is not finite (see actgen.codegen.module)."""
 
     bases: tuple[sympy.Expr, ...]      # in the block's temporaries; 1 for a term of params alone

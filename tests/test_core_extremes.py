@@ -695,3 +695,56 @@ def test_erfc_times_exp_of_its_square_is_erfcx(dtype, backend):
         slope = _truth(lambda v: 2 * v * mpmath.exp(v**2) * mpmath.erfc(v) - 2 / mpmath.sqrt(mpmath.pi), xv)
         assert _close(yv, f, dtype), (dtype, xv, yv, f)
         assert math.isfinite(gv) and (abs(xv) > 1 or _close(gv, slope, dtype)), (dtype, xv, gv, slope)
+
+
+def _sig(u):
+    return 1 / (1 + mpmath.exp(-u))
+
+
+#: (formula, params, f): a param times (or over) x, which overflows at a huge finite x though
+#: every value there is finite (x * sigmoid(beta * x)'s slope, beta*x*sigmoid(-beta*x) as
+#: inf * 0 at x = 3e38 in float32); derivatives by central differences in mpmath
+PARAM_PRODUCTS = {
+    "swish_beta": ("x * sigmoid(beta * x)", {"beta": 2.5}, lambda x, beta: x * _sig(beta * x)),
+    "celu_max_min": ("Max(0, x) + Min(0, alpha * (exp(x / alpha) - 1))", {"alpha": 0.3},
+                     lambda x, alpha: max(x, mp(0)) + min(mp(0), alpha * mpmath.expm1(x / alpha))),
+    "celu_branches": ("Piecewise((x, x > 0), (a * (exp(x / a) - 1), True))", {"a": 0.5},
+                      lambda x, a: x if x > 0 else a * mpmath.expm1(x / a)),
+    "aria_unit": ("(1 + exp(-b * x))**(-a)", {"a": 0.5, "b": 3.0}, lambda x, a, b: _sig(b * x) ** a),
+    "sigmoid_power": ("x * sigmoid(x)**p", {"p": 2.0}, lambda x, p: x * _sig(x) ** p),
+    # (its f at x = 1e38 is still inf, beta*x overflowing inside softplus, where it is x)
+    "softplus_beta": ("log(1 + exp(beta * x)) / beta", {"beta": 10.0},
+                      lambda x, beta: (beta * x + mpmath.log1p(mpmath.exp(-beta * x)) if x > 0
+                                       else mpmath.log1p(mpmath.exp(beta * x))) / beta),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PARAM_PRODUCTS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_param_product_that_overflows_at_a_huge_input_takes_the_limit(name, dtype, backend):
+    """f, df/dx and every param gradient at huge finite inputs where a param times x overflows
+    (the guarded limit at +-inf holds from |x| = 2**64 on, where the value is NaN) and at
+    ordinary ones in the same batch (whose param gradients one NaN term made NaN too): within
+    8 ULP of mpmath, on both targets."""
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("kernels: float32 (float64 kernels compute in float64, with the fallback's range)")
+    formula, params, f = PARAM_PRODUCTS[name]
+    big = [3e38, 1e38] if dtype == torch.float32 else [1.7e308, 1e300]
+    points = [-big[0], -big[1], -2.0, 1.5] + ([1e30] if name == "softplus_beta" else big)
+    fn = getattr(actgen.compile(formula, name=name, params=params), name)
+    x = torch.tensor(points, dtype=dtype, requires_grad=True)
+    ps = [torch.tensor([v], dtype=dtype, requires_grad=True) for v in params.values()]
+    y = fn(x, *ps)
+    (gx,) = torch.autograd.grad(y.sum(), x, retain_graph=True)
+    bad = []
+    with mpmath.workdps(80):
+        pv = {k: mp(float(torch.tensor(v, dtype=dtype))) for k, v in params.items()}
+        for i, x0 in enumerate(points):
+            X, h = mp(x0), abs(mp(x0)) * mp(10) ** -35
+            checks = [("f", y[i].item(), f(X, **pv)), ("df/dx", gx[i].item(), (f(X + h, **pv) - f(X - h, **pv)) / (2 * h))]
+            grads = torch.autograd.grad(y[i], ps, retain_graph=True)
+            for (k, v), g in zip(pv.items(), grads):
+                hk = abs(v) * mp(10) ** -35
+                checks.append((f"df/d{k}", g.item(), (f(X, **{**pv, k: v + hk}) - f(X, **{**pv, k: v - hk})) / (2 * hk)))
+            bad += [(x0, what, got, float(want)) for what, got, want in checks if not _close(got, float(want), dtype)]
+    assert not bad, bad

@@ -1160,6 +1160,8 @@ def test_the_growth_threshold_is_one_number_everywhere():
 
     assert derive.GROWTH == runtime.GROWTH == 2.0 ** 14
     assert f">= {runtime.GROWTH!r}" in inspect.getsource(triton_lang.grown.fn)
+    # and on where a NaN value at a finite input takes the limit (LimitAtInf)
+    assert f">= {runtime.HUGE_INPUT!r}" in inspect.getsource(triton_lang.limit_at_inf.fn)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -7,8 +7,8 @@ import re
 
 import sympy
 
-from ..derive import (COSTLY_CALLS, Block, CappedExp, Derivation, LinearSums, Saturate, ScaledInput, draw_lines, has_guards,
-                      linear_param_sums)
+from ..derive import (COSTLY_CALLS, Block, CappedExp, Derivation, LimitAtInf, LinearSums, Saturate, ScaledInput, draw_lines,
+                      has_guards, linear_param_sums)
 from ..native import NativeMatch
 from ..native import describe as describe_native
 from ..native import match as native_match
@@ -217,9 +217,11 @@ def _shared_params(d: Derivation) -> list[str]:
     return [p.name for p in d.spec.params if not p.per_channel]
 
 
-def _torch_function(w: Writer, d: Derivation, fname: str, doc: str, block: Block, outputs_as_tuple: bool, fast: bool = False):
+def _torch_function(w: Writer, d: Derivation, fname: str, doc: str, block: Block, outputs_as_tuple: bool, fast: bool = False,
+                    checked: bool = False):
     """A fallback function; `fast`: the fast variant, on the workspace `_w` (its buffer count
-    is returned)."""
+    is returned); `checked`: it returns None where a value is not finite (as it does where it
+    has a branch or a capped ratio)."""
     s = d.spec
     args = [*_tensor_names(d), *(c.name for c in s.constants)] + ([WORKSPACE] if fast else [])
     printer = TorchPrinter(_tensor_names(d), like=s.inputs[0], fast=fast)
@@ -234,7 +236,7 @@ def _torch_function(w: Writer, d: Derivation, fname: str, doc: str, block: Block
         result = (f"({names[0]},)" if len(names) == 1 else f"({', '.join(names)})") if outputs_as_tuple else names[0]
         # a select is exact where both branches are finite; else its value is NaN, which
         # reaches the outputs (conditions never depend on a select here, see derive)
-        checked = fast and (_has_branch(block) or _has_capped(block))
+        checked = fast and (checked or _has_branch(block) or _has_capped(block))
         w(f"return _rt.finite_or_none({result})" if checked else f"return {result}")
     w()
     w()
@@ -286,11 +288,14 @@ def _fast_function(w: Writer, d: Derivation, fname: str, what: str, guarded: Blo
     doc = f"{what} on the workspace _w (CPU chunks)"
     if not any_input:
         doc += " for finite inputs: no NaN/inf guards"
+    # a limit at +-inf the guarded block takes at a huge finite input too, where the value is
+    # NaN (actgen.derive.LimitAtInf): the fast variant hands such a chunk over
+    limits = not any_input and any(e.has(LimitAtInf) for _, e in (*guarded.assignments, *guarded.outputs))
     if _has_branch(block):
         doc += "; branches by float masks, None where a value is not finite (the guarded function runs then)"
-    elif _has_capped(block):
+    elif _has_capped(block) or limits:
         doc += "; None where a value is not finite (the guarded function runs then)"
-    return _torch_function(w, d, fname, doc + ".", block, outputs_as_tuple, fast=True), any_input
+    return _torch_function(w, d, fname, doc + ".", block, outputs_as_tuple, fast=True, checked=limits), any_input
 
 
 def _kernel_args(d: Derivation) -> list[str]:

@@ -48,19 +48,19 @@ def _derivatives_torch(x, a0, a1, a2, a3):
 
 
 def _forward_torch_fast(x, a0, a1, a2, a3, _w):
-    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; None where a value is not finite (the guarded function runs then)."""
     _y = _rt.fma(x, _rt.fma(x, _rt.fma(a3, x, a2, out=_w[0]), a1, out=_w[0]), a0, out=_w[0])
-    return _y
+    return _rt.finite_or_none(_y)
 
 
 def _derivatives_torch_fast(x, a0, a1, a2, a3, _w):
-    """df/dx, df/da0, df/da1, df/da2, df/da3 on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
+    """df/dx, df/da0, df/da1, df/da2, df/da3 on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; None where a value is not finite (the guarded function runs then)."""
     _d_x = _rt.fma(x, _rt.fma(a3, x, 2.0 * a2, 3.0, out=_w[0]), a1, out=_w[0])
     _d_a0 = 1.0
     _d_a1 = x
     _d_a2 = torch.mul(x, x, out=_w[3])
     _d_a3 = torch.mul(x, x, out=_w[4]).mul_(x)
-    return (_d_x, _d_a0, _d_a1, _d_a2, _d_a3)
+    return _rt.finite_or_none((_d_x, _d_a0, _d_a1, _d_a2, _d_a3))
 
 
 def _second_derivatives_torch(x, a0, a1, a2, a3):

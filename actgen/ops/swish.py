@@ -47,19 +47,19 @@ def _derivatives_torch(x, beta):
 
 
 def _forward_torch_fast(x, beta, _w):
-    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
+    """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; None where a value is not finite (the guarded function runs then)."""
     _y = torch.mul(beta, x, out=_w[0]).sigmoid_().mul_(x)
-    return _y
+    return _rt.finite_or_none(_y)
 
 
 def _derivatives_torch_fast(x, beta, _w):
-    """df/dx, df/dbeta on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
+    """df/dx, df/dbeta on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; None where a value is not finite (the guarded function runs then)."""
     _t0 = torch.mul(beta, x, out=_w[0])
     _t1 = torch.sigmoid(_t0, out=_w[1])
     _t2 = torch.neg(_t0, out=_w[2]).sigmoid_()
     _d_x = _rt.fma(_t0, _t2, 1.0, out=_w[3]).mul_(_t1)
     _d_beta = torch.mul(_t1, _t2, out=_w[4]).mul_(x).mul_(x)
-    return (_d_x, _d_beta)
+    return _rt.finite_or_none((_d_x, _d_beta))
 
 
 def _second_derivatives_torch(x, beta):

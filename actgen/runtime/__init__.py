@@ -49,6 +49,10 @@ def _into(out, value):
 # the formula is evaluated once more at +-2**24 (an expression of the params alone, written by
 # the compiler); a result of magnitude GROWTH or more means the function grows without bound.
 GROWTH = 2.0 ** 14
+# A finite input this large or larger where the value is NaN is at its infinity too: a product
+# with a param overflowed on the way (x * sigmoid(beta * x)'s slope at x = 3e38 in float32,
+# beta*x*sigmoid(-beta*x) as inf * 0); the limit on that side is its value.
+HUGE_INPUT = 2.0 ** 64
 
 
 def grown(p):
@@ -71,11 +75,12 @@ def number(like: torch.Tensor, value: float) -> torch.Tensor:
 
 
 def limit_at_inf(value, at_plus, at_minus, u: torch.Tensor):
-    """value, except where u is +-inf and value is NaN: at_plus or at_minus there (the limits
-    on either side, numbers or param tensors)."""
+    """value, except where u is +-inf, or finite at HUGE_INPUT or beyond, and value is NaN:
+    at_plus or at_minus there (the limits on either side, numbers or param tensors)."""
     value = as_tensor(value, u)
     side = lambda v: v if isinstance(v, torch.Tensor) else number(u, v)
-    return torch.where(torch.isinf(u) & torch.isnan(value), torch.where(u > 0, side(at_plus), side(at_minus)), value)
+    return torch.where((torch.abs(u) >= HUGE_INPUT) & torch.isnan(value), torch.where(u > 0, side(at_plus), side(at_minus)),
+                       value)
 
 
 def hypot(a, b, out=None) -> torch.Tensor:

@@ -400,8 +400,9 @@ __all__ = ["triton", "tl", "libdevice", "exp", "log1p", "div", "div_uniform", "c
 
 @triton.jit
 def limit_at_inf(value, at_plus, at_minus, u):
-    # value, or where u is +-inf and value NaN the limit on that side (see actgen.derive.LimitAtInf)
-    return tl.where((tl.abs(u) == float("inf")) & (value != value), tl.where(u > 0, at_plus, at_minus), value)
+    # value, or where u is +-inf (or finite from 2**64 on) and value NaN the limit on that
+    # side (see actgen.derive.LimitAtInf, actgen.runtime.HUGE_INPUT)
+    return tl.where((tl.abs(u) >= 1.8446744073709552e+19) & (value != value), tl.where(u > 0, at_plus, at_minus), value)
 
 
 @triton.jit
