@@ -2359,6 +2359,60 @@ def rewrite_scaled_singularity(e):
             near = _scaled_approximant(e, u, p, inverse)
             if near is not None:
                 return near.xreplace(stable)
+    for u, p in itertools.permutations(symbols, 2):
+        near = _shifted_scaled_approximant(e, u, p)
+        if near is not None:
+            return near.xreplace(stable)
+    return None
+
+
+def _shifts(e, u, p) -> list:
+    """The numbers k (not 0) for which u + k*p is a sum in e."""
+    ks = set()
+    for a in e.atoms(sympy.Add):
+        rest = a - u
+        if rest.free_symbols == {p} and (rest / p).is_number:
+            ks.add(rest / p)
+    return sorted(ks, key=sympy.default_sort_key)
+
+
+def _numerator_terms(term) -> list:
+    """term as a sum over its numerator's terms, each over the denominator as it is factored:
+    (w + a)/(a*(1 - a*w)) -> [w/(a*(1 - a*w)), 1/(1 - a*w)]."""
+    n, d = sympy.fraction(term)
+    parts = sympy.Add.make_args(sympy.expand(n))
+    return [term] if len(parts) < 2 else [t / d for t in parts]
+
+
+def _shifted_scaled_approximant(e, u, p):
+    """rewrite_scaled_singularity in w = u + k*p for u: the soft exponential's a < 0 branch,
+    -log1p(-a*(a + x))/a, is w*log1p(v)/v at v = -a*w, w = x + a, and its gradient in a,
+    (2*a + x)/(a*(1 - a*(a + x))) + log1p(-a*(a + x))/a**2, is 1/(1 + v) plus
+    w**2*(log1p(v) - v/(1 + v))/v**2 near v = 0, where its two terms of ~x/a cancelled
+    (3e7 ULP off at a = -1e-8).  A sum's terms regular at u = 0 and p = 0 stay as they are."""
+    for k in _shifts(e, u, p):
+        w = sympy.Dummy("w", real=True)
+        moved = e.xreplace({u: w - k * p})
+        if moved.has(u):
+            continue
+        terms = [t for term in sympy.Add.make_args(moved) for t in _numerator_terms(term)]
+        poles = [t for t in terms if _singular_at_zero(t, p) or _singular_at_zero(t, w)]
+        regular = [t for t in terms if t not in poles]
+        if not poles:
+            continue
+        part = sympy.Add(*poles)
+        for a, b, inverse in itertools.product((w, p), (w, p), (False, True)):
+            near = _scaled_approximant(part, a, b, inverse) if a != b else None
+            if isinstance(near, ApproximatedNearZero):
+                # one approximant of the whole (its far branch e as written: rewriting the
+                # regular terms apart from it would undo the shift and start over)
+                (approx, where), _ = near.args
+                if isinstance(where, sympy.LessThan):      # the limit at 0 alone: a, not 1.0*a
+                    whole = {f: sympy.Integer(int(f)) for f in approx.atoms(sympy.Float) if float(f).is_integer()}
+                    approx = approx.xreplace(whole)
+                back = {w: u + k * p}
+                return ApproximatedNearZero(((sympy.Add(*regular) + approx).xreplace(back), where.xreplace(back)),
+                                            (StableSum(*e.args) if _is_sum(e) else e, True))
     return None
 
 
