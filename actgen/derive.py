@@ -625,6 +625,27 @@ def _is_sum(e) -> bool:
     return type(e) is sympy.Add
 
 
+def _far_sum(e):
+    """The sum e as an approximant's far branch (StableSum), its terms in exp(u) or expm1(u)
+    of one u, where two or more have them, as exp(u) times the sum of their coefficients
+    plus the rest: those terms overflow together where exp(u) does, and inf - inf was NaN
+    where the value is +-inf (expm1(x)/x's slope, exp(x)/x - expm1(x)/x**2, from x = 89 in
+    float32; the soft exponential's gradient in alpha from alpha*x = 89).  Beyond the
+    approximant's radius the coefficients do not cancel (exp(x)*(1/x - 1/x**2) + 1/x**2)."""
+    if not _is_sum(e):
+        return e
+    us = {a.args[0] for a in e.atoms(sympy.exp, expm1)}
+    if len(us) == 1:
+        u, = us
+        big = sympy.exp(u)
+        if sum(1 for t in e.args if t.has(big, expm1(u))) >= 2:
+            parts = sympy.collect(sympy.expand_mul(e.xreplace({expm1(u): big - 1})), big, evaluate=False)
+            c, rest = parts.get(big), parts.get(sympy.S.One, sympy.S.Zero)
+            if c is not None and set(parts) <= {big, sympy.S.One} and not c.has(big) and not rest.has(big):
+                return StableSum(big * c, *sympy.Add.make_args(rest))
+    return StableSum(*e.args)
+
+
 def _numbers_and_terms(e):
     numbers = [a for a in e.args if a.is_Number]
     return numbers, [a for a in e.args if not a.is_Number]
@@ -2196,8 +2217,7 @@ def _pade_near_zero(e, x, sums=None, far=None):
             limit = _numeric_limit_at_zero(exact)
             if limit is None:
                 return None
-            return ApproximatedNearZero((limit, sympy.Abs(x) <= 0), (far if far is not None else StableSum(*e.args)
-                                                                      if _is_sum(e) else e, True))
+            return ApproximatedNearZero((limit, sympy.Abs(x) <= 0), (far if far is not None else _far_sum(e), True))
         p, q = fit
     s = x**step
 
@@ -2209,7 +2229,7 @@ def _pade_near_zero(e, x, sums=None, far=None):
 
     near = x**k * horner(p) / horner(q)
     if far is None:
-        far = StableSum(*e.args) if _is_sum(e) else e
+        far = _far_sum(e)
     return ApproximatedNearZero((near, sympy.Abs(x) < radius), (far, True))
 
 
@@ -2412,7 +2432,7 @@ def _shifted_scaled_approximant(e, u, p):
                     approx = approx.xreplace(whole)
                 back = {w: u + k * p}
                 return ApproximatedNearZero(((sympy.Add(*regular) + approx).xreplace(back), where.xreplace(back)),
-                                            (StableSum(*e.args) if _is_sum(e) else e, True))
+                                            (_far_sum(e), True))
     return None
 
 
@@ -2479,7 +2499,7 @@ def _scaled_approximant(e, u, p, inverse):
     (approx, where), _ = near.args
     return sympy.Add(*rest) + ApproximatedNearZero(
         (h * approx.xreplace({_SCALED: v}), where.xreplace({_SCALED: v})),
-        (StableSum(*part.args) if _is_sum(part) else part, True))
+        (_far_sum(part), True))
 
 
 def _is_ordering(e) -> bool:

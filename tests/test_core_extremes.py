@@ -748,3 +748,36 @@ def test_a_param_product_that_overflows_at_a_huge_input_takes_the_limit(name, dt
                 checks.append((f"df/d{k}", g.item(), (f(X, **{**pv, k: v + hk}) - f(X, **{**pv, k: v - hk})) / (2 * hk)))
             bad += [(x0, what, got, float(want)) for what, got, want in checks if not _close(got, float(want), dtype)]
     assert not bad, bad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_terms_that_overflow_together_are_inf_not_nan(dtype, backend):
+    """expm1(x)/x's slope exp(x)/x - expm1(x)/x**2, and (exp(a*x) - 1)/a's gradient in a,
+    x*exp(a*x)/a - expm1(a*x)/a**2: both terms overflow where exp does, inf - inf = NaN
+    where the truth is inf (from x = 89 in float32).  Collected in exp(u) past their
+    approximants: +inf there, and within 8 ULP of mpmath below the overflow."""
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("kernels: float32")
+    top = 88.0 if dtype == torch.float32 else 709.0
+    beyond = [100.0, 1e4, 1e30] if dtype == torch.float32 else [750.0, 1e4, 1e300]
+    fn = actgen.compile("(exp(x) - 1)/x", name="expm1_ratio").expm1_ratio
+    x = torch.tensor([-1e30, -50.0, -3.0, 3.0, 40.0, top - 8.0] + beyond, dtype=dtype, requires_grad=True)
+    (g,) = torch.autograd.grad(fn(x).sum(), x)
+    big = torch.finfo(dtype).max
+
+    def check(v, got, want):
+        want = float(want)
+        if abs(want) > big:         # (past the dtype's range the truth is inf)
+            want = math.copysign(math.inf, want)
+        assert got == want if math.isinf(want) else _close(got, want, dtype), (v, got, want)
+
+    with mpmath.workdps(50):
+        for v, got in zip(x.tolist(), g.tolist()):
+            check(v, got, (mp(v) * mpmath.exp(mp(v)) - mpmath.expm1(mp(v))) / mp(v) ** 2)
+    scaled = actgen.compile("(exp(a*x) - 1)/a", name="exp_scaled", params={"a": 0.5}).exp_scaled
+    for v in [-300.0, 10.0, 2 * top - 20.0] + [2 * b for b in beyond]:
+        # one element a call: a param's gradient is a sum, and 0 * another element's inf is NaN
+        a = torch.tensor([0.5], dtype=dtype, requires_grad=True)
+        (ga,) = torch.autograd.grad(scaled(torch.tensor([v], dtype=dtype), a).sum(), a)
+        with mpmath.workdps(50):
+            check(v, ga.item(), 2 * mp(v) * mpmath.exp(mp(v) / 2) - 4 * mpmath.expm1(mp(v) / 2))
