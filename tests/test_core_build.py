@@ -24,9 +24,10 @@ SWISH = textwrap.dedent("""\
     """)
 
 
-def actgen(*args, cwd=ROOT, env=None):
-    return subprocess.run([sys.executable, "-m", "actgen.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ, **(env or {})})
+def actgen(*args, cwd=ROOT, env=None, unset=()):
+    """The CLI in a subprocess, with env over this process's environment, less the names in unset."""
+    full = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
+    return subprocess.run([sys.executable, "-m", "actgen.cli", *args], cwd=cwd, capture_output=True, text=True, env=full)
 
 
 def _tree(path: Path) -> dict[str, bytes]:
@@ -272,9 +273,7 @@ def test_demo_derives_and_checks(tmp_path):
     """As the README's first command runs it: without TRITON_INTERPRET set (the demo sets it
     where there is no GPU, before anything imports triton: the compiler importing the
     runtime, which imports triton, made the kernels look for a GPU driver)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["ACTGEN_CACHE_DIR"] = str(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "actgen.cli", "demo"], cwd=ROOT, capture_output=True, text=True, env=env)
+    r = actgen("demo", env={"ACTGEN_CACHE_DIR": str(tmp_path)}, unset=("TRITON_INTERPRET",))
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
     assert "f     = x*tanh(softplus(x))" in out          # log(1 + exp(x)) rewritten
