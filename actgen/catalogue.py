@@ -226,7 +226,7 @@ def _to_float(v) -> float:
 
 
 # --- grids -------------------------------------------------------------------------------
-EXTREMES = (30.0, 100.0, 1e4, math.inf)
+EXTREMES = (30.0, 100.0, 1e4, 2e38, 3.4e38, math.inf)     # (2e38, 3.4e38: past 1e38, float32's top)
 SPECIAL = (0.0, 1e-38, 1e-20, 1e-7, 1e-3, 0.1, 0.5, 1.0, 2.0, 3.0, 6.0) + EXTREMES
 
 
@@ -234,10 +234,15 @@ SPECIAL = (0.0, 1e-38, 1e-20, 1e-7, 1e-3, 0.1, 0.5, 1.0, 2.0, 3.0, 6.0) + EXTREM
 HUGE_MAX = 1e38
 
 
+def _short(v: float) -> str:
+    """30, 1e4, 3.4e38, inf: a grid value as the docs name it."""
+    return "inf" if math.isinf(v) else f"{v:g}" if abs(v) < 1e4 else f"{v:.2g}".replace("e+", "e").replace("e0", "e")
+
+
 def grid(step: float = 0.01, n_log: int = 200, half_width: float = 20.0, n_huge: int | None = None) -> np.ndarray:
     """Uniform on [-w, w] (exact multiples of step), log-spaced out to 1e4, n_huge more (default
     n_log // 5) log-spaced from 1e4 to HUGE_MAX, the special points (0, tiny, the usual kinks)
-    and the extremes +-30, +-100, +-1e4, +-inf."""
+    and the extremes (EXTREMES: +-30, +-100, +-1e4, +-2e38, +-3.4e38 near float32's top, +-inf)."""
     dense = dense_points(step, half_width)
     far = np.geomspace(half_width, 1e4, n_log)
     huge = np.geomspace(1e4, HUGE_MAX, n_log // 5 if n_huge is None else n_huge)
@@ -638,7 +643,7 @@ KNOWN_MISSES: dict[tuple[str, str], str] = {
                                 "tanh(x) and x apart: -2e-28 at x = 1e-20, against a true 4e-62); pairwise differences with x - tanh(x) as a Padé approximant are exact, but took "
                                 "the sm_90 float32 backward from 126 to 196 instructions per element (it is compute-bound "
                                 "already), for terms that a shared param's sum makes negligible",
-    ("adaptive_mixture4", "dp"): "as adaptive_mixture's, and up to 19 ULP near x = 0.6 besides, where tanh(x) and the "
+    ("adaptive_mixture4", "dp"): "as adaptive_mixture's, and up to 15 ULP near x = 0.6 besides, where tanh(x) and the "
                                  "mean f are close (the exact form: 180 -> 266 sm_90 instructions per element)",
     ("xielu", "dp"): "alpha_n's gradient (expm1(x) - x)*sigmoid(alpha_n) for x < eps cancels near 0 (354 ULP at "
                      "x = -1e-3, ~x**2/2 from terms ~x); as a Padé approximant it is exact, but took the sm_90 float32 "
@@ -861,7 +866,7 @@ def accuracy_markdown(results: Sequence[Accuracy], examples: Sequence[Accuracy],
         f"* **Grid**: {grid_size} float32 inputs - every multiple of {step:g} in [-20, 20], 200 log-spaced "
         f"magnitudes out to 1e4 on either side and 40 more from 1e4 to {HUGE_MAX:.0e} (float32's largest is "
         "3.4e38), 0, tiny values (1e-38, 1e-20, 1e-7) and the extremes "
-        "+-30, +-100, +-1e4, +-inf (rounded to each dtype).  A gated entry (a, b) takes b in turn "
+        f"{', '.join('+-' + _short(v) for v in EXTREMES)} (rounded to each dtype).  A gated entry (a, b) takes b in turn "
         f"from {', '.join(map(str, GATE_VALUES))}.  Params are at their initial values, constants at their defaults.",
         "* **Runs**: the eager torch fallback in float32, and the Triton kernels in float32 and "
         "bfloat16 (run under Triton's interpreter on CPU, whose libdevice functions are numpy's; the kernels' float32 exp and log1p, IEEE divisions and fused multiply-adds round as on a GPU; benchmarks/results/cuda/accuracy.md runs them on one); "

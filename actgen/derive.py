@@ -1215,10 +1215,12 @@ def rewrite_sqrt_conjugate(e):
                         continue
                     rest_terms = list(others)
                     rest_terms.remove(other)
-                    # both branches are sums of two terms of the same sign (and not rewritten again)
-                    plain = StableSum(root, ratio * sympy.sqrt(k) * u)
+                    # both branches are sums of two terms of the same sign (and not rewritten again);
+                    # a scales the terms of the one as written (squareplus' (r + x)/2 overflowed in
+                    # r + x ~ 2*x from x = 1.7e38 in float32, where r/2 + x/2 does not)
+                    plain = StableSum(a * root, a * ratio * sympy.sqrt(k) * u)
                     side = u > 0 if ratio == -1 else u < 0
-                    stable = sympy.Piecewise((a * c / StableSum(root, -ratio * sympy.sqrt(k) * u), side), (a * plain, True))
+                    stable = sympy.Piecewise((a * c / StableSum(root, -ratio * sympy.sqrt(k) * u), side), (plain, True))
                     return stable + sympy.Add(*rest_terms)
     return None
 
@@ -1433,6 +1435,37 @@ def fold_constants(expr: sympy.Expr) -> sympy.Expr:
         return len(numbers) > 1 or (len(numbers) == 1 and not numbers[0].is_Float and not numbers[0].is_Integer)
 
     return expr.replace(foldable, _fold)
+
+
+def weights_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
+    """A sum of the inputs over a sum S of params and constants alone, each of its terms with
+    a coefficient of them (or a number), as the sum of the terms times their coefficients
+    over S: (e0*relu(x) + e1*tanh(x) + e2*x)/S -> w0*relu(x) + w1*tanh(x) + w2*x, w = e/S,
+    a softmax's weights, computed once per program in the kernels.  The numerator as written
+    overflowed from x = 1.7e38 in float32 where the weighted sum, at most |x|, does not
+    (adaptive_mixture's f there, and its weights' gradients, w*(relu(x) - f)); and a product
+    per element is gone."""
+    inputs = tuple(inputs)
+
+    def parts(e):
+        if not e.is_Mul:
+            return None
+        over = [f for f in e.args if f.is_Pow and f.exp == -1 and _is_sum(f.base) and not f.base.has(*inputs)
+                and f.base.free_symbols]
+        sums = [f for f in e.args if _is_sum(f) and f.has(*inputs)]
+        if len(over) != 1 or len(sums) != 1:
+            return None
+        split = [t.as_independent(*inputs, as_Add=False) for t in sums[0].args]
+        if all(c.is_number for c, _ in split):      # (no coefficient of params: nothing to weigh)
+            return None
+        return over[0], sums[0], split
+
+    def weighted(e):
+        over, total, split = parts(e)
+        rest = sympy.Mul(*[f for f in e.args if f is not over and f is not total])
+        return rest * sympy.Add(*[sympy.UnevaluatedExpr(c * over) * t for c, t in split])
+
+    return expr.replace(lambda e: parts(e) is not None, weighted)
 
 
 def horner_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
@@ -3378,6 +3411,10 @@ def limit_guards(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], samples=None,
             continue
         indep, dep = sympy.factor_terms(expr).as_independent(u, as_Add=False)
         if indep != 1 and dep.free_symbols == {u}:
+            # (a number goes with g: geglu's 0.5*b*(a*erfc(-a/sqrt(2))) overflowed in
+            # a*erfc(...) ~ 2*a from a = 1.7e38 in float32, where 0.5*a*erfc(...) does not)
+            coeff, indep = indep.as_coeff_Mul()
+            dep = coeff * dep
             guarded = _limit_guard_or_none(dep, u, clamp)
             if guarded is not dep:
                 expr = sympy.Mul(indep, guarded)
@@ -4092,7 +4129,7 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
         # inf*0 = NaN from x = 1e13 in float32, where the exponential is 0 and the polynomial
         # overflows; a polynomial times a call of params alone keeps its Horner form
         e = split_powers_at_calls(hypot_form(e, inputs, params), inputs, of_inputs=True) if rewrites else e
-        e = fold_constants(split_powers_at_calls(horner_form(e, inputs), inputs)) if rewrites else e
+        e = fold_constants(split_powers_at_calls(horner_form(weights_form(e, inputs), inputs), inputs)) if rewrites else e
         return _nan_for_complex(e)
 
     def guarded(e, dropped=()):

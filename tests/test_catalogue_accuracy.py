@@ -187,7 +187,7 @@ def test_score_counts_ulps_and_nonfinite():
 
 def test_grid_holds_the_extremes():
     g = C.grid(step=0.5, n_log=4)
-    for v in (0.0, 30.0, -30.0, 100.0, -100.0, 1e4, -1e4, math.inf, -math.inf, 3.0, -3.0, 6.0):
+    for v in (0.0, 30.0, -30.0, 100.0, -100.0, 1e4, -1e4, 2e38, -2e38, 3.4e38, -3.4e38, math.inf, -math.inf, 3.0, -3.0, 6.0):
         assert v in g
 
 

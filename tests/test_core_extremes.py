@@ -91,7 +91,33 @@ CASES = {
     "smish": ("x * tanh(log(1 + sigmoid(x)))", {}, {}, lambda x: x * mpmath.tanh(mpmath.log1p(1 / (1 + mpmath.exp(-x)))),
               lambda x: mpmath.diff(lambda t: t * mpmath.tanh(mpmath.log1p(1 / (1 + mpmath.exp(-t)))), x),
               HUGE + [1.2e38, 2e38, 3e38]),
+    # near float32's top: a sum or product that overflows on the way where the value does not
+    # (the weights e/S first: a softmax mix's numerator overflowed from x = 1.7e38)
+    "softmax_mix": ("(exp(a) * Max(x, 0) + exp(b) * tanh(x) + exp(c) * x) / (exp(a) + exp(b) + exp(c))",
+                    {"a": 0.0, "b": 0.5, "c": -0.5}, {},
+                    lambda x: _mix(x, (max(x, 0), mpmath.tanh(x), x)),
+                    lambda x: _mix(x, (1 if x > 0 else 0, 1 / mpmath.cosh(x) ** 2, 1)), HUGE + [1.2e38, 2e38, 3.4e38]),
+    # (x + r)/2 as x/2 + r/2: the sum overflowed from x = 1.7e38
+    # (in mpmath for x < 0 as 2/(r - x) and 2/(r*(r - x)), r = sqrt(x**2 + 4): 50 digits cancel there)
+    "half_conjugate_sum": ("(x + sqrt(x**2 + 4)) / 2", {}, {},
+                           lambda x: (x + mpmath.sqrt(x**2 + 4)) / 2 if x > 0 else 2 / (mpmath.sqrt(x**2 + 4) - x),
+                           lambda x: (1 + x / mpmath.sqrt(x**2 + 4)) / 2 if x > 0
+                           else 2 / (mpmath.sqrt(x**2 + 4) * (mpmath.sqrt(x**2 + 4) - x)), HUGE + [2e38, 3.4e38]),
+    # 2*softplus(p)*x as (2*softplus(p))*x: 2*x overflowed from x = 1.7e38
+    "scaled_square": ("softplus(p) * x**2 + x / 2", {"p": 0.25}, {},
+                      lambda x: mpmath.log1p(mpmath.exp(mp(0.25))) * x**2 + x / 2,
+                      lambda x: 2 * mpmath.log1p(mpmath.exp(mp(0.25))) * x + mp(1) / 2, HUGE[:3] + [1.5e38, 1.8e38]),
+    # a number goes with the factor of the input: 0.5*s*(x*erfc(-x/sqrt(2))) overflowed in x*erfc ~ 2*x
+    "scaled_gelu": ("0.5 * s * x * (1 + erf(x / sqrt(2)))", {"s": 1.0}, {},
+                    lambda x: x * (1 + mpmath.erf(x / mpmath.sqrt(2))) / 2,
+                    lambda x: (1 + mpmath.erf(x / mpmath.sqrt(2))) / 2 + x * mpmath.exp(-x**2 / 2) / mpmath.sqrt(2 * mpmath.pi),
+                    HUGE + [2e38, 3.4e38]),
 }
+
+
+def _mix(x, values):
+    weights = [mpmath.exp(mp(w)) for w in (0.0, 0.5, -0.5)]
+    return sum(w * v for w, v in zip(weights, values)) / sum(weights)
 
 
 @pytest.fixture(scope="module")

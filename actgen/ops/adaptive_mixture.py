@@ -27,63 +27,69 @@ SPEC_SHA256 = '07ca2c458c216ce7fbdac9f7d006a6e499be8215c0f0d9274a37bfb7e0127c4c'
 
 def _forward_torch(x, w0, w1, w2):
     """f, elementwise; params broadcast against the input."""
-    _t0 = torch.exp(w0)
-    _t1 = torch.exp(w1)
-    _t2 = torch.exp(w2)
-    _y = torch.where(torch.isnan(x), x, _rt.fma(_t2, x, _rt.fma(_t1, torch.tanh(x), _t0*torch.where(x > 0.0, x, 0.0)))/(_t0 + _t1 + _t2))
+    _t0 = torch.exp(w2)
+    _t1 = torch.exp(w0)
+    _t2 = torch.exp(w1)
+    _t3 = 1.0/(_t0 + _t1 + _t2)
+    _y = torch.where(torch.isnan(x), x, _rt.fma(torch.tanh(x), _t2*_t3, _rt.fma(torch.where(x > 0.0, x, 0.0), _t1*_t3, x*(_t0*_t3))))
     return _y
 
 
 def _derivatives_torch(x, w0, w1, w2):
     """df/dx, df/dw0, df/dw1, df/dw2."""
-    _t0 = torch.exp(w0)
-    _t1 = torch.exp(w1)
-    _t2 = torch.exp(w2)
+    _t0 = torch.exp(w2)
+    _t1 = torch.exp(w0)
+    _t2 = torch.exp(w1)
     _t3 = _t0 + _t1 + _t2
     _t4 = 1.0/_t3
-    _t5 = x > 0.0
-    _t6 = -(2.0*torch.abs(x))
-    _t7 = torch.where(_t5, x, 0.0)
-    _t8 = torch.tanh(x)
-    _t9 = _t4*_rt.fma(_t2, x, _rt.fma(_t1, _t8, _t0*_t7))
-    _t10 = _t0*_t4
-    _t11 = _t1 + 16777216.0*_t2
-    _t12 = _rt.fnma(_t4, 16777216.0*_t0 + _t11, 16777216.0)
-    _t13 = -_t11
-    _t14 = _t2*_t4
-    _t15 = torch.exp(_t6) + 1.0
-    _d_x = torch.where(torch.isnan(x), x, _t4*_rt.fma(_t0, torch.where(_t5, _rt.number(x, 1.0), 0.0), _t2 + 4.0*torch.exp(_t6 + w1)/(_t15*_t15)))
-    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t10*(_t7 - _t9), _rt.grown(_t10*_t12), _rt.grown(-(_t0*_t13/(_t3*_t3))), x))
-    _d_w1 = torch.where(torch.isnan(x), x, _t1*_t4*(_t8 - _t9))
-    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t14*(-_t9 + x), _rt.grown(_t12*_t14), _rt.grown(_t14*_rt.fnma(_t13, _t4, -16777216.0)), x))
+    _t5 = _t0*_t4
+    _t6 = x > 0.0
+    _t7 = _t1*_t4
+    _t8 = -(2.0*torch.abs(x))
+    _t9 = torch.where(_t6, x, 0.0)
+    _t10 = torch.tanh(x)
+    _t11 = _t2*_t4
+    _t12 = -_rt.fma(_t7, _t9, _rt.fma(_t5, x, _t10*_t11))
+    _t13 = 16777216.0*_t0 + _t2
+    _t14 = _rt.fnma(_t4, 16777216.0*_t1 + _t13, 16777216.0)
+    _t15 = -_t13
+    _t18 = torch.exp(_t8) + 1.0
+    _d_x = torch.where(torch.isnan(x), x, _rt.fma(torch.exp(_t8 + w1), 4.0*_t4/(_t18*_t18), _rt.fma(_t7, torch.where(_t6, _rt.number(x, 1.0), 0.0), _t5)))
+    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t7*(_t12 + _t9), _rt.grown(_t14*_t7), _rt.grown(-(_t1*_t15/(_t3*_t3))), x))
+    _d_w1 = torch.where(torch.isnan(x), x, _t11*(_t10 + _t12))
+    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t5*(_t12 + x), _rt.grown(_t14*_t5), _rt.grown(_t5*_rt.fnma(_t15, _t4, -16777216.0)), x))
     return (_d_x, _d_w0, _d_w1, _d_w2)
 
 
 def _forward_torch_fast(x, w0, w1, w2, _w):
     """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _t0 = torch.exp(w0)
-    _t1 = torch.exp(w1)
-    _t2 = torch.exp(w2)
-    _y = _rt.fma(_t2, x, _rt.fma(_t1, torch.tanh(x, out=_w[2]), _rt.select(_rt.gt(x, 0.0, out=_w[0]), x, 0.0, out=_w[1]).mul_(_t0), out=_w[2]), out=_w[2]).div_(_t0 + _t1 + _t2)
+    _t0 = torch.exp(w2)
+    _t1 = torch.exp(w0)
+    _t2 = torch.exp(w1)
+    _t3 = 1.0 / (_t0 + _t1 + _t2)
+    _y = _rt.fma(torch.tanh(x, out=_w[2]), _t2 * _t3, _rt.fma(_rt.select(_rt.gt(x, 0.0, out=_w[0]), x, 0.0, out=_w[1]), _t1 * _t3, torch.mul(x, _t0 * _t3, out=_w[0]), out=_w[1]), out=_w[2])
     return _rt.finite_or_none(_y)
 
 
 def _derivatives_torch_fast(x, w0, w1, w2, _w):
     """df/dx, df/dw0, df/dw1, df/dw2 on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _t0 = torch.exp(w0)
-    _t1 = torch.exp(w1)
-    _t2 = torch.exp(w2)
+    _t0 = torch.exp(w2)
+    _t1 = torch.exp(w0)
+    _t2 = torch.exp(w1)
     _t3 = 1.0 / (_t0 + _t1 + _t2)
-    _t4 = _rt.gt(x, 0.0, out=_w[0])
-    _t5 = torch.abs(x, out=_w[1]).mul_(-2.0)
-    _t6 = _rt.select(_t4, x, 0.0, out=_w[2])
-    _t7 = torch.tanh(x, out=_w[3])
-    _t8 = _rt.fma(_t2, x, _rt.fma(_t1, _t7, torch.mul(_t0, _t6, out=_w[4]), out=_w[4]), out=_w[4]).mul_(_t3)
-    _t9 = torch.exp(_t5, out=_w[5]).add_(1.0)
-    _d_x = _rt.fma(_t0, _t4, torch.add(_t5, w1, out=_w[7]).exp_().mul_(4.0).div_(torch.mul(_t9, _t9, out=_w[6])).add_(_t2), out=_w[7]).mul_(_t3)
-    _d_w0 = torch.sub(_t6, _t8, out=_w[8]).mul_(_t0 * _t3)
-    _d_w1 = torch.sub(_t7, _t8, out=_w[9]).mul_(_t1 * _t3)
-    _d_w2 = torch.neg(_t8, out=_w[10]).add_(x).mul_(_t2 * _t3)
+    _t4 = _t0 * _t3
+    _t5 = _rt.gt(x, 0.0, out=_w[0])
+    _t6 = _t1 * _t3
+    _t7 = torch.abs(x, out=_w[1]).mul_(-2.0)
+    _t8 = _rt.select(_t5, x, 0.0, out=_w[2])
+    _t9 = torch.tanh(x, out=_w[3])
+    _t10 = _t2 * _t3
+    _t11 = _rt.fma(_t9, _t10, _rt.fma(_t6, _t8, torch.mul(_t4, x, out=_w[4]), out=_w[4]), out=_w[4]).neg_()
+    _t14 = torch.exp(_t7, out=_w[5]).add_(1.0)
+    _d_x = _rt.fma(torch.add(_t7, w1, out=_w[8]).exp_(), torch.div(4.0 * _t3, torch.mul(_t14, _t14, out=_w[6]), out=_w[6]), _rt.fma(_t6, _t5, _t4, out=_w[7]), out=_w[8])
+    _d_w0 = torch.add(_t11, _t8, out=_w[9]).mul_(_t6)
+    _d_w1 = torch.add(_t11, _t9, out=_w[10]).mul_(_t10)
+    _d_w2 = torch.add(_t11, x, out=_w[11]).mul_(_t4)
     return _rt.finite_or_none((_d_x, _d_w0, _d_w1, _d_w2))
 
 
@@ -98,50 +104,53 @@ def _second_derivatives_torch(x, w0, w1, w2):
     _t6 = _t3 + _t4 + _t5
     _t7 = 1.0/_t6
     _t8 = x > 0.0
-    _t9 = torch.where(_t8, _rt.number(x, 1.0), 0.0)
-    _t10 = 1.0/(_t2*_t2)
-    _t11 = _t7*_rt.fma(_t3, _t9, _rt.fma(_t1, _t10, _t5, 4.0))
-    _t12 = torch.where(_t8, x, 0.0)
-    _t13 = torch.tanh(x)
-    _t14 = _rt.fma(_t5, x, _rt.fma(_t13, _t4, _t12*_t3))
-    _t15 = _t14*_t7
-    _t16 = -_t12 + _t15
-    _t17 = _t3*_t3
-    _t18 = 2.0*_t17*_t7
-    _t19 = _t4 + 16777216.0*_t5
-    _t20 = _t19 + 16777216.0*_t3
-    _t21 = -(_t20*_t7)
-    _t22 = _t21 + 16777216.0
-    _t23 = -_t22
-    _t24 = -_t19
-    _t25 = _t24*_t7
-    _t26 = 1.0/(_t6*_t6)
-    _t27 = -(2.0*_t14*_t7)
-    _t28 = _t12 + _t27
-    _t29 = _t26*torch.exp(w0 + w1)
-    _t30 = -(2.0*_t20*_t7)
-    _t31 = -_t30 - 16777217.0
-    _t32 = 2.0*_t25
-    _t33 = _t26*torch.exp(w0 + w2)
-    _t34 = -_t13 + _t15
-    _t35 = 2.0*_t7
-    _t36 = _t35*_t4*_t4
-    _t37 = _t21 + 1.0
-    _t38 = _t25 + 1.0
-    _t39 = _t26*torch.exp(w1 + w2)
-    _t40 = -_t15 + x
-    _t41 = _t35*_t5*_t5
-    _t42 = _t25 + 16777216.0
+    _t9 = _t3*_t7
+    _t10 = torch.where(_t8, _rt.number(x, 1.0), 0.0)
+    _t11 = _t5*_t7
+    _t12 = _t1*(4.0*_t7)/(_t2*_t2)
+    _t13 = _rt.fma(_t10, _t9, _t11 + _t12)
+    _t14 = -_t13
+    _t15 = _t4*_t7
+    _t16 = torch.where(_t8, x, 0.0)
+    _t17 = torch.tanh(x)
+    _t18 = _rt.fma(_t16, _t9, _rt.fma(_t15, _t17, _t11*x))
+    _t19 = -_t18
+    _t20 = _t3*_t3
+    _t21 = 2.0*_t7
+    _t22 = _t20*_t21
+    _t23 = -_t7
+    _t24 = _rt.fma(x, _t11*_t7, _rt.fma(_t17, _t15*_t7, _t16*(_t7*_t9)))
+    _t25 = _t4 + 16777216.0*_t5
+    _t26 = _t25 + 16777216.0*_t3
+    _t27 = -(_t26*_t7)
+    _t28 = _t27 + 16777216.0
+    _t29 = -_t28
+    _t30 = -_t25
+    _t31 = 1.0/(_t6*_t6)
+    _t32 = _t31*torch.exp(w0 + w1)
+    _t33 = -(2.0*_t18)
+    _t34 = _t16 + _t33
+    _t35 = -(2.0*_t26*_t7)
+    _t36 = -_t35 - 16777217.0
+    _t37 = _t30*_t7
+    _t38 = 2.0*_t37
+    _t39 = _t31*torch.exp(w0 + w2)
+    _t40 = _t21*_t4*_t4
+    _t41 = _t27 + 1.0
+    _t42 = _t37 + 1.0
+    _t43 = _t31*torch.exp(w1 + w2)
+    _t44 = _t21*_t5*_t5
+    _t45 = _t37 + 16777216.0
     _d2_x_x = torch.where(torch.isnan(x), x, 8.0*_t1*_t7*torch.where(_t8, 1.0, torch.where(x < 0.0, _rt.number(x, -1.0), 0.0))*torch.expm1(_t0)/(_t2*_t2*_t2))
-    _d2_x_w0 = torch.where(torch.isnan(x), x, _t3*_t7*(-_t11 + _t9))
-    _d2_x_w1 = torch.where(torch.isnan(x), x, _t7*_rt.fnma(_t11, _t4, 4.0*_t1*_t10))
-    _d2_x_w2 = torch.where(torch.isnan(x), x, _t5*_t7*(1.0 - _t11))
-    _d2_w0_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t7*_rt.fnma(_t16, _t3, _t16*_t18), _rt.grown(_t7*_rt.fma(_t22, _t3, _t18*_t23)), _rt.grown(_t7*_rt.fnma(_t25, _t3, 2.0*_t17*_t24*_t26)), x))
-    _d2_w0_w1 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t29*(-_t13 - _t28), _rt.grown(_t29*_t31), _rt.grown(_t29*(_t32 + 1.0)), x))
-    _d2_w0_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t33*(-_t28 - x), _rt.grown(_t33*(-_t30 - 33554432.0)), _rt.grown(_t33*(_t32 + 16777216.0)), x))
-    _d2_w1_w1 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t7*_rt.fnma(_t34, _t4, _t34*_t36), _rt.grown(_t7*_rt.fma(_t37, _t4, -(_t36*_t37))), _rt.grown(_t7*_rt.fnma(_t38, _t4, _t36*_t38)), x))
-    _d2_w1_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t39*(-_t13 - _t27 - x), _rt.grown(_t31*_t39), _rt.grown(_t39*(_t32 + 16777217.0)), x))
-    _d2_w2_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t7*_rt.fma(_t40, _t5, -(_t40*_t41)), _rt.grown(_t7*_rt.fma(_t23, _t41, _t22*_t5)), _rt.grown(_t7*_rt.fnma(_t42, _t5, _t41*_t42)), x))
+    _d2_x_w0 = torch.where(torch.isnan(x), x, _t9*(_t10 + _t14))
+    _d2_x_w1 = torch.where(torch.isnan(x), x, _rt.fma(_t13, -_t15, _t12))
+    _d2_x_w2 = torch.where(torch.isnan(x), x, _t11*(_t14 + 1.0))
+    _d2_w0_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_rt.fma(_rt.fma(_t16, _t23, _t24), _t22, _t9*(_t16 + _t19)), _rt.grown(_t7*_rt.fma(_t28, _t3, _t22*_t29)), _rt.grown(_t7*_rt.fnma(_t30, _t9, 2.0*_t20*_t30*_t31)), x))
+    _d2_w0_w1 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t32*(-_t17 - _t34), _rt.grown(_t32*_t36), _rt.grown(_t32*(_t38 + 1.0)), x))
+    _d2_w0_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t39*(-_t34 - x), _rt.grown(_t39*(-_t35 - 33554432.0)), _rt.grown(_t39*(_t38 + 16777216.0)), x))
+    _d2_w1_w1 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_rt.fma(_rt.fma(_t17, _t23, _t24), _t40, _t15*(_t17 + _t19)), _rt.grown(_t7*_rt.fnma(_t40, _t41, _t4*_t41)), _rt.grown(_t7*_rt.fma(_t40, _t42, -(_t4*_t42))), x))
+    _d2_w1_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t43*(-_t17 - _t33 - x), _rt.grown(_t36*_t43), _rt.grown(_t43*(_t38 + 16777217.0)), x))
+    _d2_w2_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_rt.fma(_rt.fma(_t23, x, _t24), _t44, _t11*(_t19 + x)), _rt.grown(_t7*_rt.fma(_t29, _t44, _t28*_t5)), _rt.grown(_t7*_rt.fnma(_t45, _t5, _t44*_t45)), x))
     return (_d2_x_x, _d2_x_w0, _d2_x_w1, _d2_x_w2, _d2_w0_w0, _d2_w0_w1, _d2_w0_w2, _d2_w1_w1, _d2_w1_w2, _d2_w2_w2)
 
 
@@ -149,7 +158,7 @@ def _second_derivatives_torch(x, w0, w1, w2):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, in_tile as _in_tile, reduce_partial as _reduce_partial, store_reduced as _store_reduced, not_finite as _not_finite, exp as _exp, div as _div, div_bounded as _div_bounded, div_uniform as _div_uniform, limit_at_inf as _limit_at_inf, grown as _grown
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, in_tile as _in_tile, reduce_partial as _reduce_partial, store_reduced as _store_reduced, not_finite as _not_finite, exp as _exp, div as _div, div_bounded as _div_bounded, limit_at_inf as _limit_at_inf, grown as _grown
 
     @triton.jit
     def _forward_kernel(
@@ -162,10 +171,11 @@ if _rt.HAS_TRITON:
         w0 = tl.load(w0_ptr).to(ACC)
         w1 = tl.load(w1_ptr).to(ACC)
         w2 = tl.load(w2_ptr).to(ACC)
-        _t0 = _exp(w0, FAST)
-        _t1 = _exp(w1, FAST)
-        _t2 = _exp(w2, FAST)
-        _y = tl.where(x != x, x, _div_uniform(tl.fma(_t2, x, tl.fma(_t1, libdevice.tanh(x), _t0*tl.where(x > 0.0, x, 0.0))), (_t0 + _t1 + _t2), FAST))
+        _t0 = _exp(w2, FAST)
+        _t1 = _exp(w0, FAST)
+        _t2 = _exp(w1, FAST)
+        _t3 = _div(1.0, (_t0 + _t1 + _t2), FAST)
+        _y = tl.where(x != x, x, tl.fma(libdevice.tanh(x), _t2*_t3, tl.fma(tl.where(x > 0.0, x, 0.0), _t1*_t3, x*(_t0*_t3))))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -184,36 +194,40 @@ if _rt.HAS_TRITON:
             _offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
             _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
             x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-            _t0 = _exp(w0, FAST)
-            _t1 = _exp(w1, FAST)
-            _t2 = _exp(w2, FAST)
+            _t0 = _exp(w2, FAST)
+            _t1 = _exp(w0, FAST)
+            _t2 = _exp(w1, FAST)
             _t3 = _t0 + _t1 + _t2
             _t4 = _div(1.0, _t3, FAST)
-            _t5 = x > 0.0
-            _t6 = _exp(-(2.0*tl.abs(x)), FAST)
-            _t7 = tl.where(_t5, x, 0.0)
-            _t8 = libdevice.tanh(x)
-            _t15 = _t6 + 1.0
-            _d_x = tl.where(x != x, x, _t4*tl.fma(_t0, tl.where(_t5, tl.full([], 1.0, ACC), 0.0), _div_bounded(4.0*_t1*_t6, (_t15*_t15), FAST) + _t2))
+            _t5 = _t0*_t4
+            _t6 = x > 0.0
+            _t7 = _t1*_t4
+            _t8 = _exp(-(2.0*tl.abs(x)), FAST)
+            _t9 = _t2*_t4
+            _t10 = tl.where(_t6, x, 0.0)
+            _t11 = libdevice.tanh(x)
+            _t18 = _t8 + 1.0
+            _d_x = tl.where(x != x, x, tl.fma(_t8, _div_bounded(4.0*_t9, (_t18*_t18), FAST), tl.fma(_t7, tl.where(_t6, tl.full([], 1.0, ACC), 0.0), _t5)))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
-                _sum_b0 += _g * _t7
-                _sum_b1 += _g * _t8
+                _sum_b0 += _g * _t10
+                _sum_b1 += _g * _t11
                 _sum_b2 += _g * x
         if PARAM_GRAD:
-            _c_t0 = _exp(w0, FAST)
-            _c_t1 = _exp(w1, FAST)
-            _c_t2 = _exp(w2, FAST)
+            _c_t0 = _exp(w2, FAST)
+            _c_t1 = _exp(w0, FAST)
+            _c_t2 = _exp(w1, FAST)
             _c_t3 = _c_t0 + _c_t1 + _c_t2
             _c_t4 = _div(1.0, _c_t3, FAST)
-            _c_t10 = _c_t0*_c_t4
-            _c_t14 = _c_t2*_c_t4
+            _c_t5 = _c_t0*_c_t4
+            _c_t7 = _c_t1*_c_t4
+            _c_t9 = _c_t2*_c_t4
             _red_b0 = _reduce_partial(_sum_b0, CH_AXIS)
             _red_b1 = _reduce_partial(_sum_b1, CH_AXIS)
             _red_b2 = _reduce_partial(_sum_b2, CH_AXIS)
-            _p_w0 = -(_c_t1*_c_t10*_c_t4*_red_b1) - _c_t10*_c_t2*_c_t4*_red_b2 + _c_t10*_red_b0*tl.fma(-_c_t0, _c_t4, 1.0)
-            _p_w1 = -(_c_t0*_c_t1*_c_t4*_c_t4*_red_b0) - _c_t1*_c_t2*_c_t4*_c_t4*_red_b2 + _c_t1*_c_t4*_red_b1*tl.fma(-_c_t1, _c_t4, 1.0)
-            _p_w2 = -(_c_t0*_c_t14*_c_t4*_red_b0) - _c_t1*_c_t14*_c_t4*_red_b1 + _c_t14*_red_b2*tl.fma(-_c_t2, _c_t4, 1.0)
+            _p_w0 = -(_c_t5*_c_t7*_red_b2) + _c_t7*_red_b0*(1.0 - _c_t7) - _c_t7*_red_b1*_c_t9
+            _p_w1 = -(_c_t5*_c_t9*_red_b2) - _c_t7*_c_t9*_red_b0 + _c_t9*_red_b1*(1.0 - _c_t9)
+            _p_w2 = -(_c_t5*_c_t7*_red_b0) - _c_t5*_red_b1*_c_t9 + _c_t5*_red_b2*(1.0 - _c_t5)
             if _not_finite(_p_w0 + _p_w1 + _p_w2 + _red_b0 + _red_b1 + _red_b2):
                 _sum_w0 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
                 _sum_w1 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
@@ -222,23 +236,24 @@ if _rt.HAS_TRITON:
                     _offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
                     _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
                     x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-                    _t0 = _exp(w0, FAST)
-                    _t1 = _exp(w1, FAST)
-                    _t2 = _exp(w2, FAST)
+                    _t0 = _exp(w2, FAST)
+                    _t1 = _exp(w0, FAST)
+                    _t2 = _exp(w1, FAST)
                     _t3 = _t0 + _t1 + _t2
                     _t4 = _div(1.0, _t3, FAST)
-                    _t5 = x > 0.0
-                    _t7 = tl.where(_t5, x, 0.0)
-                    _t8 = libdevice.tanh(x)
-                    _t9 = _t4*tl.fma(_t2, x, tl.fma(_t1, _t8, _t0*_t7))
-                    _t10 = _t0*_t4
-                    _t11 = _t1 + 16777216.0*_t2
-                    _t12 = tl.fma(-_t4, 16777216.0*_t0 + _t11, 16777216.0)
-                    _t13 = -_t11
-                    _t14 = _t2*_t4
-                    _d_w0 = tl.where(x != x, x, _limit_at_inf(_t10*(_t7 - _t9), _grown(_t10*_t12), _grown(-(_div(_t0*_t13, (_t3*_t3), FAST))), x))
-                    _d_w1 = tl.where(x != x, x, _t1*_t4*(_t8 - _t9))
-                    _d_w2 = tl.where(x != x, x, _limit_at_inf(_t14*(-_t9 + x), _grown(_t12*_t14), _grown(_t14*tl.fma(-_t13, _t4, -16777216.0)), x))
+                    _t5 = _t0*_t4
+                    _t6 = x > 0.0
+                    _t7 = _t1*_t4
+                    _t9 = _t2*_t4
+                    _t10 = tl.where(_t6, x, 0.0)
+                    _t11 = libdevice.tanh(x)
+                    _t12 = -tl.fma(_t5, x, tl.fma(_t11, _t9, _t10*_t7))
+                    _t13 = 16777216.0*_t0 + _t2
+                    _t14 = tl.fma(-_t4, 16777216.0*_t1 + _t13, 16777216.0)
+                    _t15 = -_t13
+                    _d_w0 = tl.where(x != x, x, _limit_at_inf(_t7*(_t10 + _t12), _grown(_t14*_t7), _grown(-(_div(_t1*_t15, (_t3*_t3), FAST))), x))
+                    _d_w1 = tl.where(x != x, x, _t9*(_t11 + _t12))
+                    _d_w2 = tl.where(x != x, x, _limit_at_inf(_t5*(_t12 + x), _grown(_t14*_t5), _grown(_t5*tl.fma(-_t15, _t4, -16777216.0)), x))
                     _sum_w0 += _in_tile(_g * _d_w0, _mask)
                     _sum_w1 += _in_tile(_g * _d_w1, _mask)
                     _sum_w2 += _in_tile(_g * _d_w2, _mask)
@@ -261,7 +276,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(3, 11),
+    fast_buffers=(3, 12),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -28,156 +28,167 @@ SPEC_SHA256 = 'f12cd5ff273b3756c456c4a11d8e0ab5a7d0ad8c2117c40cfc03d6e406db9073'
 
 def _forward_torch(x, w0, w1, w2, w3):
     """f, elementwise; params broadcast against the input."""
-    _t0 = torch.exp(w0)
-    _t1 = torch.exp(w1)
-    _t2 = torch.exp(w2)
+    _t0 = torch.exp(w2)
+    _t1 = torch.exp(w0)
+    _t2 = torch.exp(w1)
     _t3 = torch.exp(w3)
-    _y = torch.where(torch.isnan(x), x, _rt.fma(_t3, torch.sigmoid(x), _rt.fma(_t2, x, _rt.fma(_t1, torch.tanh(x), _t0*torch.where(x > 0.0, x, 0.0))))/(_t0 + _t1 + _t2 + _t3))
+    _t4 = 1.0/(_t0 + _t1 + _t2 + _t3)
+    _y = torch.where(torch.isnan(x), x, _rt.fma(torch.sigmoid(x), _t3*_t4, _rt.fma(torch.tanh(x), _t2*_t4, _rt.fma(torch.where(x > 0.0, x, 0.0), _t1*_t4, x*(_t0*_t4)))))
     return _y
 
 
 def _derivatives_torch(x, w0, w1, w2, w3):
     """df/dx, df/dw0, df/dw1, df/dw2, df/dw3."""
-    _t0 = torch.exp(w0)
-    _t1 = torch.exp(w1)
-    _t2 = torch.exp(w2)
+    _t0 = torch.exp(w2)
+    _t1 = torch.exp(w0)
+    _t2 = torch.exp(w1)
     _t3 = torch.exp(w3)
     _t4 = _t0 + _t1 + _t2 + _t3
     _t5 = 1.0/_t4
-    _t6 = torch.sigmoid(x)
-    _t7 = _t3*_t6
-    _t8 = x > 0.0
-    _t9 = -(2.0*torch.abs(x))
-    _t10 = torch.where(_t8, x, 0.0)
-    _t11 = torch.tanh(x)
-    _t12 = _t5*_rt.fma(_t2, x, _rt.fma(_t1, _t11, _rt.fma(_t0, _t10, _t7)))
-    _t13 = _t0*_t5
-    _t14 = _t1 + 16777216.0*_t2
-    _t15 = _rt.fnma(_t5, 16777216.0*_t0 + _t14 + _t3, 16777216.0)
-    _t16 = -_t14
-    _t17 = _t2*_t5
-    _t18 = torch.exp(_t9) + 1.0
-    _d_x = torch.where(torch.isnan(x), x, _t5*_rt.fma(_t7, torch.sigmoid(-x), _rt.fma(_t0, torch.where(_t8, _rt.number(x, 1.0), 0.0), _t2 + 4.0*torch.exp(_t9 + w1)/(_t18*_t18))))
-    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t13*(_t10 - _t12), _rt.grown(_t13*_t15), _rt.grown(-(_t0*_t16/(_t4*_t4))), x))
-    _d_w1 = torch.where(torch.isnan(x), x, _t1*_t5*(_t11 - _t12))
-    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t17*(-_t12 + x), _rt.grown(_t15*_t17), _rt.grown(_t17*_rt.fnma(_t16, _t5, -16777216.0)), x))
-    _d_w3 = torch.where(torch.isnan(x), x, _t3*_t5*(-_t12 + _t6))
+    _t6 = _t0*_t5
+    _t7 = torch.sigmoid(x)
+    _t8 = _t3*_t5
+    _t9 = x > 0.0
+    _t10 = _t1*_t5
+    _t11 = -(2.0*torch.abs(x))
+    _t12 = torch.where(_t9, x, 0.0)
+    _t13 = torch.tanh(x)
+    _t14 = _t2*_t5
+    _t15 = -_rt.fma(_t7, _t8, _rt.fma(_t6, x, _rt.fma(_t13, _t14, _t10*_t12)))
+    _t16 = 16777216.0*_t0 + _t2
+    _t17 = _rt.fnma(_t5, 16777216.0*_t1 + _t16 + _t3, 16777216.0)
+    _t18 = -_t16
+    _t22 = torch.exp(_t11) + 1.0
+    _d_x = torch.where(torch.isnan(x), x, _rt.fma(torch.exp(_t11 + w1), 4.0*_t5/(_t22*_t22), _rt.fma(_t10, torch.where(_t9, _rt.number(x, 1.0), 0.0), _t6 + _t7*_t8*torch.sigmoid(-x))))
+    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t10*(_t12 + _t15), _rt.grown(_t10*_t17), _rt.grown(-(_t1*_t18/(_t4*_t4))), x))
+    _d_w1 = torch.where(torch.isnan(x), x, _t14*(_t13 + _t15))
+    _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t6*(_t15 + x), _rt.grown(_t17*_t6), _rt.grown(_t6*_rt.fnma(_t18, _t5, -16777216.0)), x))
+    _d_w3 = torch.where(torch.isnan(x), x, _t8*(_t15 + _t7))
     return (_d_x, _d_w0, _d_w1, _d_w2, _d_w3)
 
 
 def _forward_torch_fast(x, w0, w1, w2, w3, _w):
     """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _t0 = torch.exp(w0)
-    _t1 = torch.exp(w1)
-    _t2 = torch.exp(w2)
+    _t0 = torch.exp(w2)
+    _t1 = torch.exp(w0)
+    _t2 = torch.exp(w1)
     _t3 = torch.exp(w3)
-    _y = _rt.fma(_t3, torch.sigmoid(x, out=_w[3]), _rt.fma(_t2, x, _rt.fma(_t1, torch.tanh(x, out=_w[0]), _rt.select(_rt.gt(x, 0.0, out=_w[1]), x, 0.0, out=_w[2]).mul_(_t0), out=_w[0]), out=_w[0]), out=_w[3]).div_(_t0 + _t1 + _t2 + _t3)
+    _t4 = 1.0 / (_t0 + _t1 + _t2 + _t3)
+    _y = _rt.fma(torch.sigmoid(x, out=_w[3]), _t3 * _t4, _rt.fma(torch.tanh(x, out=_w[0]), _t2 * _t4, _rt.fma(_rt.select(_rt.gt(x, 0.0, out=_w[1]), x, 0.0, out=_w[2]), _t1 * _t4, torch.mul(x, _t0 * _t4, out=_w[1]), out=_w[2]), out=_w[0]), out=_w[3])
     return _rt.finite_or_none(_y)
 
 
 def _derivatives_torch_fast(x, w0, w1, w2, w3, _w):
     """df/dx, df/dw0, df/dw1, df/dw2, df/dw3 on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _t0 = torch.exp(w0)
-    _t1 = torch.exp(w1)
-    _t2 = torch.exp(w2)
+    _t0 = torch.exp(w2)
+    _t1 = torch.exp(w0)
+    _t2 = torch.exp(w1)
     _t3 = torch.exp(w3)
     _t4 = 1.0 / (_t0 + _t1 + _t2 + _t3)
-    _t5 = torch.sigmoid(x, out=_w[0])
-    _t6 = torch.mul(_t3, _t5, out=_w[1])
-    _t7 = _rt.gt(x, 0.0, out=_w[2])
-    _t8 = torch.abs(x, out=_w[3]).mul_(-2.0)
-    _t9 = _rt.select(_t7, x, 0.0, out=_w[4])
-    _t10 = torch.tanh(x, out=_w[5])
-    _t11 = _rt.fma(_t2, x, _rt.fma(_t1, _t10, _rt.fma(_t0, _t9, _t6, out=_w[6]), out=_w[6]), out=_w[6]).mul_(_t4)
-    _t12 = torch.exp(_t8, out=_w[7]).add_(1.0)
-    _d_x = _rt.fma(_t6, torch.neg(x, out=_w[10]).sigmoid_(), _rt.fma(_t0, _t7, torch.add(_t8, w1, out=_w[8]).exp_().mul_(4.0).div_(torch.mul(_t12, _t12, out=_w[9])).add_(_t2), out=_w[8]), out=_w[10]).mul_(_t4)
-    _d_w0 = torch.neg(_t11, out=_w[11]).add_(_t9).mul_(_t0 * _t4)
-    _d_w1 = torch.sub(_t10, _t11, out=_w[12]).mul_(_t1 * _t4)
-    _d_w2 = torch.neg(_t11, out=_w[13]).add_(x).mul_(_t2 * _t4)
-    _d_w3 = torch.neg(_t11, out=_w[14]).add_(_t5).mul_(_t3 * _t4)
+    _t5 = _t0 * _t4
+    _t6 = torch.sigmoid(x, out=_w[0])
+    _t7 = _t3 * _t4
+    _t8 = _rt.gt(x, 0.0, out=_w[1])
+    _t9 = _t1 * _t4
+    _t10 = torch.abs(x, out=_w[2]).mul_(-2.0)
+    _t11 = _rt.select(_t8, x, 0.0, out=_w[3])
+    _t12 = torch.tanh(x, out=_w[4])
+    _t13 = _t2 * _t4
+    _t14 = _rt.fma(_t6, _t7, _rt.fma(_t5, x, _rt.fma(_t12, _t13, torch.mul(_t11, _t9, out=_w[5]), out=_w[5]), out=_w[5]), out=_w[5]).neg_()
+    _t18 = torch.exp(_t10, out=_w[6]).add_(1.0)
+    _d_x = _rt.fma(torch.add(_t10, w1, out=_w[10]).exp_(), torch.div(4.0 * _t4, torch.mul(_t18, _t18, out=_w[7]), out=_w[7]), _rt.fma(_t9, _t8, torch.mul(_t6, _t7, out=_w[8]).mul_(torch.neg(x, out=_w[9]).sigmoid_()).add_(_t5), out=_w[8]), out=_w[10])
+    _d_w0 = torch.add(_t11, _t14, out=_w[11]).mul_(_t9)
+    _d_w1 = torch.add(_t12, _t14, out=_w[12]).mul_(_t13)
+    _d_w2 = torch.add(_t14, x, out=_w[13]).mul_(_t5)
+    _d_w3 = torch.add(_t14, _t6, out=_w[14]).mul_(_t7)
     return _rt.finite_or_none((_d_x, _d_w0, _d_w1, _d_w2, _d_w3))
 
 
 def _second_derivatives_torch(x, w0, w1, w2, w3):
     """Second derivatives d2f/da db, upper triangle in (inputs, params) order."""
-    _t0 = torch.exp(w0)
-    _t1 = torch.exp(w1)
-    _t2 = torch.exp(w2)
-    _t3 = torch.exp(w3)
-    _t4 = _t0 + _t1 + _t2 + _t3
-    _t5 = 1.0/_t4
-    _t6 = torch.sigmoid(-x)
-    _t7 = torch.sigmoid(x)
-    _t8 = _t3*_t7
+    _t0 = torch.sigmoid(x)
+    _t1 = torch.sigmoid(-x)
+    _t2 = torch.exp(w3)
+    _t3 = torch.exp(w0)
+    _t4 = torch.exp(w1)
+    _t5 = torch.exp(w2)
+    _t6 = _t2 + _t3 + _t4 + _t5
+    _t7 = 1.0/_t6
+    _t8 = _t2*_t7
     _t9 = torch.abs(x)
     _t10 = -(2.0*_t9)
     _t11 = torch.exp(_t10) + 1.0
     _t12 = x > 0.0
     _t13 = torch.where(_t12, 1.0, torch.where(x < 0.0, _rt.number(x, -1.0), 0.0))
-    _t14 = 1.0/(_t11*_t11)
-    _t15 = torch.exp(_t10 + w1)
-    _t16 = _t14*_t15
-    _t17 = torch.where(_t12, _rt.number(x, 1.0), 0.0)
-    _t18 = _t5*_rt.fma(_t0, _t17, 4.0*_t16 + _t2 + _t3*_t6*_t7)
-    _t19 = torch.where(_t12, x, 0.0)
-    _t20 = torch.tanh(x)
-    _t21 = _rt.fma(_t2, x, _rt.fma(_t1, _t20, _rt.fma(_t0, _t19, _t8)))
-    _t22 = _t21*_t5
-    _t23 = -_t19 + _t22
-    _t24 = -_t23
-    _t25 = _t0*_t0
-    _t26 = _t25*_t5
-    _t27 = _t1 + 16777216.0*_t2
-    _t28 = 16777216.0*_t0 + _t27 + _t3
-    _t29 = -(_t28*_t5)
-    _t30 = _t29 + 16777216.0
-    _t31 = -_t30
-    _t32 = -_t27
-    _t33 = _t32*_t5
-    _t34 = 1.0/(_t4*_t4)
-    _t35 = -(2.0*_t21*_t5)
-    _t36 = _t19 + _t35
-    _t37 = _t34*torch.exp(w0 + w1)
-    _t38 = -(2.0*_t28*_t5)
-    _t39 = -_t38 - 16777217.0
-    _t40 = 2.0*_t33
-    _t41 = _t34*torch.exp(w0 + w2)
-    _t42 = _t40 + 16777216.0
-    _t43 = torch.exp(w0 + w3)
-    _t44 = _t34*_t43
-    _t45 = -_t20 + _t22
-    _t46 = -_t45
-    _t47 = _t1*_t1*_t5
-    _t48 = _t29 + 1.0
-    _t49 = -_t48
-    _t50 = _t33 + 1.0
-    _t51 = -_t50
-    _t52 = _t20 + _t35
-    _t53 = _t34*torch.exp(w1 + w2)
-    _t54 = -_t22 + x
-    _t55 = _t2*_t2*_t5
-    _t56 = _t33 + 16777216.0
-    _t57 = -_t56
-    _t58 = _t34*torch.exp(w2 + w3)
-    _t59 = _t22 - _t7
-    _t60 = -_t59
-    _t61 = _t3*_t3
-    _t62 = _t5*_t61
-    _d2_x_x = torch.where(torch.isnan(x), x, _t5*_rt.fnma(_t13, _t16, -(_t3*_t6*_t7*_t7) + _t6*_t6*_t8 + 16.0*_t13*torch.exp(-(4.0*_t9) + w1)/(_t11*_t11*_t11), 8.0))
-    _d2_x_w0 = torch.where(torch.isnan(x), x, _t0*_t5*(_t17 - _t18))
-    _d2_x_w1 = torch.where(torch.isnan(x), x, _t5*_rt.fnma(_t1, _t18, 4.0*_t14*_t15))
-    _d2_x_w2 = torch.where(torch.isnan(x), x, _t2*_t5*(1.0 - _t18))
-    _d2_x_w3 = torch.where(torch.isnan(x), x, _t3*_t5*_rt.fma(_t6, _t7, -_t18))
-    _d2_w0_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t5*_rt.fnma(_t24, _t26, _rt.fma(_t23, _t26, _t0*_t24)), _rt.grown(_t5*_rt.fma(_t26, _t31, _rt.fnma(_t26, _t30, _t0*_t30))), _rt.grown(_t5*_rt.fnma(_t0, _t33, 2.0*_t25*_t32*_t34)), x))
-    _d2_w0_w1 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t37*(-_t20 - _t36), _rt.grown(_t37*_t39), _rt.grown(_t37*(_t40 + 1.0)), x))
-    _d2_w0_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t41*(-_t36 - x), _rt.grown(_t41*(-_t38 - 33554432.0)), _rt.grown(_t41*_t42), x))
-    _d2_w0_w3 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t44*(-_t36 - _t7), _rt.grown(_t39*_t44), _rt.grown(2.0*_t32*_t43/(_t4*_t4*_t4)), x))
-    _d2_w1_w1 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t5*_rt.fnma(_t46, _t47, _rt.fma(_t45, _t47, _t1*_t46)), _rt.grown(_t5*_rt.fma(_t47, _t49, _rt.fnma(_t47, _t48, _t1*_t48))), _rt.grown(_t5*_rt.fnma(_t47, _t51, _rt.fma(_t47, _t50, _t1*_t51))), x))
-    _d2_w1_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t53*(-_t52 - x), _rt.grown(_t39*_t53), _rt.grown(_t53*(_t40 + 16777217.0)), x))
-    _d2_w1_w3 = torch.where(torch.isnan(x), x, _t34*(-_t52 - _t7)*torch.exp(w1 + w3))
-    _d2_w2_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t5*_rt.fma(_t2, _t54, -(2.0*_t54*_t55)), _rt.grown(_t5*_rt.fma(_t31, _t55, _rt.fnma(_t30, _t55, _t2*_t30))), _rt.grown(_t5*_rt.fnma(_t55, _t57, _rt.fma(_t55, _t56, _t2*_t57))), x))
-    _d2_w2_w3 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t58*(-_t35 - _t7 - x), _rt.grown(_t39*_t58), _rt.grown(_t42*_t58), x))
-    _d2_w3_w3 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t5*_rt.fnma(_t60, _t62, _rt.fma(_t59, _t62, _t3*_t60)), _rt.grown(_t5*_rt.fma(_t49, _t62, _rt.fnma(_t48, _t62, _t3*_t48))), _rt.grown(_t5*_rt.fnma(_t3, _t33, 2.0*_t32*_t34*_t61)), x))
+    _t14 = torch.exp(_t10 + w1)/(_t11*_t11)
+    _t15 = _t3*_t7
+    _t16 = torch.where(_t12, _rt.number(x, 1.0), 0.0)
+    _t17 = _t5*_t7
+    _t18 = _t0*_t1
+    _t19 = _t14*(4.0*_t7)
+    _t20 = _rt.fma(_t18, _t8, _rt.fma(_t15, _t16, _t17 + _t19))
+    _t21 = -_t20
+    _t22 = _t4*_t7
+    _t23 = torch.where(_t12, x, 0.0)
+    _t24 = torch.tanh(x)
+    _t25 = _rt.fma(_t22, _t24, _rt.fma(_t17, x, _rt.fma(_t15, _t23, _t0*_t8)))
+    _t26 = -_t25
+    _t27 = _t23 + _t26
+    _t28 = _t3*_t3
+    _t29 = 1.0/(_t6*_t6)
+    _t30 = _t28*_t7
+    _t31 = -_t7
+    _t32 = _rt.fma(x, _t17*_t7, _rt.fma(_t24, _t22*_t7, _rt.fma(_t23, _t15*_t7, _t0*(_t7*_t8))))
+    _t33 = _t4 + 16777216.0*_t5
+    _t34 = _t2 + 16777216.0*_t3 + _t33
+    _t35 = -(_t34*_t7)
+    _t36 = _t35 + 16777216.0
+    _t37 = -_t36
+    _t38 = -_t33
+    _t39 = _t29*torch.exp(w0 + w1)
+    _t40 = -(2.0*_t25)
+    _t41 = _t23 + _t40
+    _t42 = -(2.0*_t34*_t7)
+    _t43 = -_t42 - 16777217.0
+    _t44 = _t38*_t7
+    _t45 = 2.0*_t44
+    _t46 = _t29*torch.exp(w0 + w2)
+    _t47 = _t45 + 16777216.0
+    _t48 = torch.exp(w0 + w3)
+    _t49 = _t29*_t48
+    _t50 = _t24 + _t26
+    _t51 = _t4*_t4
+    _t52 = _t51*_t7
+    _t53 = _t35 + 1.0
+    _t54 = -_t53
+    _t55 = _t44 + 1.0
+    _t56 = -_t55
+    _t57 = _t29*torch.exp(w1 + w2)
+    _t58 = _t24 + _t40
+    _t59 = _t26 + x
+    _t60 = _t5*_t5
+    _t61 = _t60*_t7
+    _t62 = _t44 + 16777216.0
+    _t63 = -_t62
+    _t64 = _t29*torch.exp(w2 + w3)
+    _t65 = _t0 + _t26
+    _t66 = _t2*_t2
+    _t67 = _t66*_t7
+    _d2_x_x = torch.where(torch.isnan(x), x, _t0*_t0*_t1*(-_t8) + _t0*_t1*_t1*_t8 + _t13*_t14*(-(8.0*_t7)) + _t13*torch.exp(-(4.0*_t9) + w1)*(16.0*_t7)/(_t11*_t11*_t11))
+    _d2_x_w0 = torch.where(torch.isnan(x), x, _t15*(_t16 + _t21))
+    _d2_x_w1 = torch.where(torch.isnan(x), x, _rt.fma(_t20, -_t22, _t19))
+    _d2_x_w2 = torch.where(torch.isnan(x), x, _t17*(_t21 + 1.0))
+    _d2_x_w3 = torch.where(torch.isnan(x), x, _t8*(_t18 + _t21))
+    _d2_w0_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_rt.fma(_rt.fma(_t23, _t31, _t32), _t30, _rt.fma(_t27, -(_t28*_t29), _t15*_t27)), _rt.grown(_t7*_rt.fma(_t30, _t37, _rt.fnma(_t30, _t36, _t3*_t36))), _rt.grown(_t7*_rt.fnma(_t15, _t38, 2.0*_t28*_t29*_t38)), x))
+    _d2_w0_w1 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t39*(-_t24 - _t41), _rt.grown(_t39*_t43), _rt.grown(_t39*(_t45 + 1.0)), x))
+    _d2_w0_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t46*(-_t41 - x), _rt.grown(_t46*(-_t42 - 33554432.0)), _rt.grown(_t46*_t47), x))
+    _d2_w0_w3 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t49*(-_t0 - _t41), _rt.grown(_t43*_t49), _rt.grown(2.0*_t38*_t48/(_t6*_t6*_t6)), x))
+    _d2_w1_w1 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_rt.fma(_rt.fma(_t24, _t31, _t32), _t52, _rt.fma(_t50, -(_t29*_t51), _t22*_t50)), _rt.grown(_t7*_rt.fma(_t52, _t54, _rt.fnma(_t52, _t53, _t4*_t53))), _rt.grown(_t7*_rt.fnma(_t52, _t56, _rt.fma(_t52, _t55, _t4*_t56))), x))
+    _d2_w1_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t57*(-_t58 - x), _rt.grown(_t43*_t57), _rt.grown(_t57*(_t45 + 16777217.0)), x))
+    _d2_w1_w3 = torch.where(torch.isnan(x), x, _t29*(-_t0 - _t58)*torch.exp(w1 + w3))
+    _d2_w2_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_rt.fma(_rt.fma(_t31, x, _t32), _t61, _rt.fma(_t59, -(_t29*_t60), _t17*_t59)), _rt.grown(_t7*_rt.fma(_t37, _t61, _rt.fnma(_t36, _t61, _t36*_t5))), _rt.grown(_t7*_rt.fnma(_t61, _t63, _rt.fma(_t61, _t62, _t5*_t63))), x))
+    _d2_w2_w3 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t64*(-_t0 - _t40 - x), _rt.grown(_t43*_t64), _rt.grown(_t47*_t64), x))
+    _d2_w3_w3 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_rt.fma(_rt.fma(_t0, _t31, _t32), _t67, _rt.fma(_t65, -(_t29*_t66), _t65*_t8)), _rt.grown(_t7*_rt.fma(_t54, _t67, _rt.fnma(_t53, _t67, _t2*_t53))), _rt.grown(_t7*_rt.fnma(_t38, _t8, 2.0*_t29*_t38*_t66)), x))
     return (_d2_x_x, _d2_x_w0, _d2_x_w1, _d2_x_w2, _d2_x_w3, _d2_w0_w0, _d2_w0_w1, _d2_w0_w2, _d2_w0_w3, _d2_w1_w1, _d2_w1_w2, _d2_w1_w3, _d2_w2_w2, _d2_w2_w3, _d2_w3_w3)
 
 
@@ -185,7 +196,7 @@ def _second_derivatives_torch(x, w0, w1, w2, w3):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import libdevice, tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, in_tile as _in_tile, reduce_partial as _reduce_partial, store_reduced as _store_reduced, not_finite as _not_finite, exp as _exp, div as _div, div_bounded as _div_bounded, div_uniform as _div_uniform, sigmoid as _sigmoid, limit_at_inf as _limit_at_inf, grown as _grown
+    from actgen.runtime.triton_lang import tile as _tile, nth_tile as _nth_tile, partial_zeros as _partial_zeros, in_tile as _in_tile, reduce_partial as _reduce_partial, store_reduced as _store_reduced, not_finite as _not_finite, exp as _exp, div as _div, div_bounded as _div_bounded, sigmoid as _sigmoid, limit_at_inf as _limit_at_inf, grown as _grown
 
     @triton.jit
     def _forward_kernel(
@@ -199,11 +210,12 @@ if _rt.HAS_TRITON:
         w1 = tl.load(w1_ptr).to(ACC)
         w2 = tl.load(w2_ptr).to(ACC)
         w3 = tl.load(w3_ptr).to(ACC)
-        _t0 = _exp(w0, FAST)
-        _t1 = _exp(w1, FAST)
-        _t2 = _exp(w2, FAST)
+        _t0 = _exp(w2, FAST)
+        _t1 = _exp(w0, FAST)
+        _t2 = _exp(w1, FAST)
         _t3 = _exp(w3, FAST)
-        _y = tl.where(x != x, x, _div_uniform(tl.fma(_t3, _sigmoid(x, FAST), tl.fma(_t2, x, tl.fma(_t1, libdevice.tanh(x), _t0*tl.where(x > 0.0, x, 0.0)))), (_t0 + _t1 + _t2 + _t3), FAST))
+        _t4 = _div(1.0, (_t0 + _t1 + _t2 + _t3), FAST)
+        _y = tl.where(x != x, x, tl.fma(_sigmoid(x, FAST), _t3*_t4, tl.fma(libdevice.tanh(x), _t2*_t4, tl.fma(tl.where(x > 0.0, x, 0.0), _t1*_t4, x*(_t0*_t4)))))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -224,48 +236,53 @@ if _rt.HAS_TRITON:
             _offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
             _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
             x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-            _t0 = _exp(w0, FAST)
-            _t1 = _exp(w1, FAST)
-            _t2 = _exp(w2, FAST)
+            _t0 = _exp(w2, FAST)
+            _t1 = _exp(w0, FAST)
+            _t2 = _exp(w1, FAST)
             _t3 = _exp(w3, FAST)
             _t4 = _t0 + _t1 + _t2 + _t3
             _t5 = _div(1.0, _t4, FAST)
-            _t6 = x > 0.0
-            _t7 = tl.abs(x)
-            _t8 = _exp(-(2.0*_t7), FAST)
-            _t9 = _exp(-_t7, FAST)
-            _t10 = _div_bounded(1.0, (_t9 + 1.0), FAST)
-            _t11 = x <= 0.0
-            _t12 = _t10*_t9
-            _t13 = tl.where(_t11, _t12, _t10)
-            _t14 = _t13*_t3
-            _t15 = tl.where(_t6, x, 0.0)
-            _t16 = libdevice.tanh(x)
-            _t23 = _t8 + 1.0
-            _d_x = tl.where(x != x, x, _t5*tl.fma(_t14, tl.where(_t11, _t10, _t12), tl.fma(_t0, tl.where(_t6, tl.full([], 1.0, ACC), 0.0), _div_bounded(4.0*_t1*_t8, (_t23*_t23), FAST) + _t2)))
+            _t6 = _t0*_t5
+            _t7 = x > 0.0
+            _t8 = _t1*_t5
+            _t9 = tl.abs(x)
+            _t10 = _exp(-(2.0*_t9), FAST)
+            _t11 = _t2*_t5
+            _t12 = _exp(-_t9, FAST)
+            _t13 = _div_bounded(1.0, (_t12 + 1.0), FAST)
+            _t14 = _t12*_t13
+            _t15 = x <= 0.0
+            _t16 = tl.where(_t15, _t14, _t13)
+            _t17 = _t3*_t5
+            _t18 = tl.where(_t7, x, 0.0)
+            _t19 = libdevice.tanh(x)
+            _t27 = _t10 + 1.0
+            _d_x = tl.where(x != x, x, tl.fma(_t8, tl.where(_t7, tl.full([], 1.0, ACC), 0.0), tl.fma(_t10, _div_bounded(4.0*_t11, (_t27*_t27), FAST), _t16*_t17*tl.where(_t15, _t13, _t14) + _t6)))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
             if PARAM_GRAD:
-                _sum_b0 += _g * _t15
-                _sum_b1 += _g * _t13
-                _sum_b2 += _g * _t16
+                _sum_b0 += _g * _t18
+                _sum_b1 += _g * _t16
+                _sum_b2 += _g * _t19
                 _sum_b3 += _g * x
         if PARAM_GRAD:
-            _c_t0 = _exp(w0, FAST)
-            _c_t1 = _exp(w1, FAST)
-            _c_t2 = _exp(w2, FAST)
+            _c_t0 = _exp(w2, FAST)
+            _c_t1 = _exp(w0, FAST)
+            _c_t2 = _exp(w1, FAST)
             _c_t3 = _exp(w3, FAST)
             _c_t4 = _c_t0 + _c_t1 + _c_t2 + _c_t3
             _c_t5 = _div(1.0, _c_t4, FAST)
-            _c_t18 = _c_t0*_c_t5
-            _c_t22 = _c_t2*_c_t5
+            _c_t6 = _c_t0*_c_t5
+            _c_t8 = _c_t1*_c_t5
+            _c_t11 = _c_t2*_c_t5
+            _c_t17 = _c_t3*_c_t5
             _red_b0 = _reduce_partial(_sum_b0, CH_AXIS)
             _red_b1 = _reduce_partial(_sum_b1, CH_AXIS)
             _red_b2 = _reduce_partial(_sum_b2, CH_AXIS)
             _red_b3 = _reduce_partial(_sum_b3, CH_AXIS)
-            _p_w0 = -(_c_t1*_c_t18*_c_t5*_red_b2) - _c_t18*_c_t2*_c_t5*_red_b3 - _c_t18*_c_t3*_c_t5*_red_b1 + _c_t18*_red_b0*tl.fma(-_c_t0, _c_t5, 1.0)
-            _p_w1 = -(_c_t0*_c_t1*_c_t5*_c_t5*_red_b0) - _c_t1*_c_t2*_c_t5*_c_t5*_red_b3 - _c_t1*_c_t3*_c_t5*_c_t5*_red_b1 + _c_t1*_c_t5*_red_b2*tl.fma(-_c_t1, _c_t5, 1.0)
-            _p_w2 = -(_c_t0*_c_t22*_c_t5*_red_b0) - _c_t1*_c_t22*_c_t5*_red_b2 - _c_t22*_c_t3*_c_t5*_red_b1 + _c_t22*_red_b3*tl.fma(-_c_t2, _c_t5, 1.0)
-            _p_w3 = -(_c_t0*_c_t3*_c_t5*_c_t5*_red_b0) - _c_t1*_c_t3*_c_t5*_c_t5*_red_b2 - _c_t2*_c_t3*_c_t5*_c_t5*_red_b3 + _c_t3*_c_t5*_red_b1*tl.fma(-_c_t3, _c_t5, 1.0)
+            _p_w0 = -(_c_t17*_c_t8*_red_b1) - _c_t6*_c_t8*_red_b3 + _c_t8*_red_b0*(1.0 - _c_t8) - _c_t8*_red_b2*_c_t11
+            _p_w1 = -(_c_t11*_c_t17*_red_b1) - _c_t11*_c_t6*_red_b3 - _c_t11*_c_t8*_red_b0 + _c_t11*_red_b2*(1.0 - _c_t11)
+            _p_w2 = -(_c_t17*_c_t6*_red_b1) - _c_t6*_c_t8*_red_b0 - _c_t6*_red_b2*_c_t11 + _c_t6*_red_b3*(1.0 - _c_t6)
+            _p_w3 = -(_c_t17*_c_t6*_red_b3) - _c_t17*_c_t8*_red_b0 + _c_t17*_red_b1*(1.0 - _c_t17) - _c_t17*_red_b2*_c_t11
             if _not_finite(_p_w0 + _p_w1 + _p_w2 + _p_w3 + _red_b0 + _red_b1 + _red_b2 + _red_b3):
                 _sum_w0 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
                 _sum_w1 = _partial_zeros(BLOCK_M, BLOCK_N, ACC)
@@ -275,32 +292,33 @@ if _rt.HAS_TRITON:
                     _offs, _mask, _ch, _rows, _cols = _nth_tile(_it, _M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
                     _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
                     x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
-                    _t0 = _exp(w0, FAST)
-                    _t1 = _exp(w1, FAST)
-                    _t2 = _exp(w2, FAST)
+                    _t0 = _exp(w2, FAST)
+                    _t1 = _exp(w0, FAST)
+                    _t2 = _exp(w1, FAST)
                     _t3 = _exp(w3, FAST)
                     _t4 = _t0 + _t1 + _t2 + _t3
                     _t5 = _div(1.0, _t4, FAST)
-                    _t6 = x > 0.0
-                    _t7 = tl.abs(x)
-                    _t9 = _exp(-_t7, FAST)
-                    _t10 = _div_bounded(1.0, (_t9 + 1.0), FAST)
-                    _t11 = x <= 0.0
-                    _t12 = _t10*_t9
-                    _t13 = tl.where(_t11, _t12, _t10)
-                    _t14 = _t13*_t3
-                    _t15 = tl.where(_t6, x, 0.0)
-                    _t16 = libdevice.tanh(x)
-                    _t17 = _t5*tl.fma(_t2, x, tl.fma(_t1, _t16, tl.fma(_t0, _t15, _t14)))
-                    _t18 = _t0*_t5
-                    _t19 = _t1 + 16777216.0*_t2
-                    _t20 = tl.fma(-_t5, 16777216.0*_t0 + _t19 + _t3, 16777216.0)
-                    _t21 = -_t19
-                    _t22 = _t2*_t5
-                    _d_w0 = tl.where(x != x, x, _limit_at_inf(_t18*(_t15 - _t17), _grown(_t18*_t20), _grown(-(_div(_t0*_t21, (_t4*_t4), FAST))), x))
-                    _d_w1 = tl.where(x != x, x, _t1*_t5*(_t16 - _t17))
-                    _d_w2 = tl.where(x != x, x, _limit_at_inf(_t22*(-_t17 + x), _grown(_t20*_t22), _grown(_t22*tl.fma(-_t21, _t5, -16777216.0)), x))
-                    _d_w3 = tl.where(x != x, x, _t3*_t5*(_t13 - _t17))
+                    _t6 = _t0*_t5
+                    _t7 = x > 0.0
+                    _t8 = _t1*_t5
+                    _t9 = tl.abs(x)
+                    _t11 = _t2*_t5
+                    _t12 = _exp(-_t9, FAST)
+                    _t13 = _div_bounded(1.0, (_t12 + 1.0), FAST)
+                    _t14 = _t12*_t13
+                    _t15 = x <= 0.0
+                    _t16 = tl.where(_t15, _t14, _t13)
+                    _t17 = _t3*_t5
+                    _t18 = tl.where(_t7, x, 0.0)
+                    _t19 = libdevice.tanh(x)
+                    _t20 = -tl.fma(_t6, x, tl.fma(_t19, _t11, tl.fma(_t18, _t8, _t16*_t17)))
+                    _t21 = 16777216.0*_t0 + _t2
+                    _t22 = tl.fma(-_t5, 16777216.0*_t1 + _t21 + _t3, 16777216.0)
+                    _t23 = -_t21
+                    _d_w0 = tl.where(x != x, x, _limit_at_inf(_t8*(_t18 + _t20), _grown(_t22*_t8), _grown(-(_div(_t1*_t23, (_t4*_t4), FAST))), x))
+                    _d_w1 = tl.where(x != x, x, _t11*(_t19 + _t20))
+                    _d_w2 = tl.where(x != x, x, _limit_at_inf(_t6*(_t20 + x), _grown(_t22*_t6), _grown(_t6*tl.fma(-_t23, _t5, -16777216.0)), x))
+                    _d_w3 = tl.where(x != x, x, _t17*(_t16 + _t20))
                     _sum_w0 += _in_tile(_g * _d_w0, _mask)
                     _sum_w1 += _in_tile(_g * _d_w1, _mask)
                     _sum_w2 += _in_tile(_g * _d_w2, _mask)

@@ -32,29 +32,29 @@ SPEC_SHA256 = '3af5db6dfa9ee3fd6597912870e7d1a9c0508ad64e0503b3758af36cb0fcf4c5'
 
 def _forward_torch(a, b):
     """f, elementwise."""
-    _y = 0.5*torch.where(a == -math.inf, 0.0, a*torch.erfc(-(0.7071067811865476*a)))*b
+    _y = b*torch.where(a == -math.inf, 0.0, 0.5*torch.erfc(-(0.7071067811865476*a))*a)
     return _y
 
 
 def _derivatives_torch(a, b):
     """df/da, df/db."""
     _clamped_a = _rt.clamp(a, -64.0, 16.0)
-    _d_a = 0.5*b*_rt.fma(_clamped_a, torch.exp(-(0.5*_clamped_a*_clamped_a)), torch.erfc(-(0.7071067811865476*_clamped_a)), 0.7978845608028654)
+    _d_a = b*_rt.fma(_clamped_a, torch.exp(-(0.5*_clamped_a*_clamped_a)), 0.5*torch.erfc(-(0.7071067811865476*_clamped_a)), 0.3989422804014327)
     _d_b = torch.where(a == -math.inf, 0.0, 0.5*torch.erfc(-(0.7071067811865476*a))*a)
     return (_d_a, _d_b)
 
 
 def _forward_torch_fast(a, b, _w):
     """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
-    _y = torch.mul(b, 0.5, out=_w[1]).mul_(torch.mul(a, -0.7071067811865476, out=_w[0]).erfc_().mul_(a))
+    _y = torch.mul(a, -0.7071067811865476, out=_w[0]).erfc_().mul_(0.5).mul_(a).mul_(b)
     return _y
 
 
 def _derivatives_torch_fast(a, b, _w):
     """df/da, df/db on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards."""
     _clamped_a = _rt.clamp(a, -64.0, 16.0, out=_w[0])
-    _d_a = torch.mul(b, 0.5, out=_w[3]).mul_(_rt.fma(_clamped_a, torch.mul(_clamped_a, -0.5, out=_w[1]).mul_(_clamped_a).exp_(), torch.mul(_clamped_a, -0.7071067811865476, out=_w[2]).erfc_(), 0.7978845608028654, out=_w[1]))
-    _d_b = torch.mul(a, -0.7071067811865476, out=_w[4]).erfc_().mul_(0.5).mul_(a)
+    _d_a = _rt.fma(_clamped_a, torch.mul(_clamped_a, -0.5, out=_w[2]).mul_(_clamped_a).exp_(), torch.mul(_clamped_a, -0.7071067811865476, out=_w[1]).erfc_().mul_(0.5), 0.3989422804014327, out=_w[2]).mul_(b)
+    _d_b = torch.mul(a, -0.7071067811865476, out=_w[3]).erfc_().mul_(0.5).mul_(a)
     return (_d_a, _d_b)
 
 
@@ -101,7 +101,7 @@ if _rt.HAS_TRITON:
         _in = _row_offsets(_offs, _rows, _cols, _M, _S)
         a = tl.load(a_ptr + _in, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _in, mask=_mask, other=0.0).to(ACC)
-        _y = 0.5*tl.where(a == -float("inf"), 0.0, a*_erfc(-(0.7071067811865476*a), FAST))*b
+        _y = b*tl.where(a == -float("inf"), 0.0, 0.5*_erfc(-(0.7071067811865476*a), FAST)*a)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -116,7 +116,7 @@ if _rt.HAS_TRITON:
         a = tl.load(a_ptr + _in, mask=_mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + _in, mask=_mask, other=0.0).to(ACC)
         _clamped_a = _clamp(a, -64.0, 16.0)
-        _d_a = 0.5*b*tl.fma(0.7978845608028654*_clamped_a, _exp(-(0.5*_clamped_a*_clamped_a), FAST), _erfc(-(0.7071067811865476*_clamped_a), FAST))
+        _d_a = b*tl.fma(0.3989422804014327*_clamped_a, _exp(-(0.5*_clamped_a*_clamped_a), FAST), 0.5*_erfc(-(0.7071067811865476*_clamped_a), FAST))
         _d_b = tl.where(a == -float("inf"), 0.0, 0.5*_erfc(-(0.7071067811865476*a), FAST)*a)
         _ing = _row_offsets(_offs, _rows, _cols, _M, _SG)
         tl.store(_d_a_ptr + _ing, (_g * _d_a).to(_d_a_ptr.dtype.element_ty), mask=_mask)
@@ -140,7 +140,7 @@ _OP = _rt.Activation(
     },
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(2, 5),
+    fast_buffers=(1, 4),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -8,8 +8,8 @@ Formula, as written:
 Constants: b=4.0
 
 Derived (after stability rewrites):
-    f     = Piecewise((b/(2*(-x + sqrt(b + x**2))), x < 0), ((x + sqrt(b + x**2))/2, True))
-    df/dx = Piecewise((-b/(2*sqrt(b + x**2)*(x - sqrt(b + x**2))), x < 0), ((x/sqrt(b + x**2) + 1)/2, True))
+    f     = Piecewise((b/(2*(-x + sqrt(b + x**2))), x < 0), (x/2 + sqrt(b + x**2)/2, True))
+    df/dx = Piecewise((-b/(2*sqrt(b + x**2)*(x - sqrt(b + x**2))), x < 0), (x/(2*sqrt(b + x**2)) + 1/2, True))
 """
 import torch
 
@@ -26,34 +26,33 @@ def _forward_torch(x, b):
     """f, elementwise."""
     _t0 = _rt.sqrt_square_plus(x, b)
     _t1 = 0.5*b
-    _t2 = _rt.scalar_sqrt(b + 281474976710656.0) + 16777216.0
-    _y = _rt.limit_at_inf(torch.where(x < 0.0, _rt.rdiv(_t1, (_t0 - x)), 0.5*(_t0 + x)), _rt.grown(0.5*_t2), _rt.grown(_rt.scalar_div(_t1, _t2)), x)
+    _t2 = _rt.scalar_sqrt(b + 281474976710656.0)
+    _y = _rt.limit_at_inf(torch.where(x < 0.0, _rt.rdiv(_t1, (_t0 - x)), 0.5*_t0 + 0.5*x), _rt.grown(0.5*_t2 + 8388608.0), _rt.grown(_rt.scalar_div(_t1, (_t2 + 16777216.0))), x)
     return _y
 
 
 def _derivatives_torch(x, b):
     """df/dx."""
     _t0 = _rt.sqrt_square_plus(x, b)
-    _t1 = 1.0/_t0
-    _t2 = 0.5*b
-    _t3 = _rt.scalar_sqrt(b + 281474976710656.0)
-    _t4 = _rt.scalar_div(1.0, _t3)
-    _d_x = _rt.limit_at_inf(torch.where(x < 0.0, -(_t1*_t2/(-_t0 + x)), 0.5*_rt.fma(_t1, x, 1.0)), _rt.grown(0.5*(16777216.0*_t4 + 1.0)), _rt.grown(-(_rt.scalar_div(_t2*_t4, (-_t3 - 16777216.0)))), x)
+    _t1 = _rt.rdiv(0.5, _t0)
+    _t2 = _rt.scalar_sqrt(b + 281474976710656.0)
+    _t3 = _rt.scalar_div(1.0, _t2)
+    _d_x = _rt.limit_at_inf(torch.where(x < 0.0, -(_t1/(-_t0 + x)*b), _rt.fma(_t1, x, 0.5)), _rt.grown(8388608.0*_t3 + 0.5), _rt.grown(-(_rt.scalar_div(_t3, (-_t2 - 16777216.0))*b*0.5)), x)
     return (_d_x,)
 
 
 def _forward_torch_fast(x, b, _w):
     """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = _rt.sqrt_square_plus(x, b, out=_w[0])
-    _y = _rt.select(_rt.lt(x, 0.0, out=_w[1]), _rt.rdiv(0.5 * b, torch.sub(_t0, x, out=_w[2]), out=_w[2]), torch.add(_t0, x, out=_w[3]).mul_(0.5), out=_w[4])
+    _y = _rt.select(_rt.lt(x, 0.0, out=_w[1]), _rt.rdiv(0.5 * b, torch.sub(_t0, x, out=_w[2]), out=_w[2]), torch.mul(_t0, 0.5, out=_w[3]).add_(torch.mul(x, 0.5, out=_w[4])), out=_w[4])
     return _rt.finite_or_none(_y)
 
 
 def _derivatives_torch_fast(x, b, _w):
     """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = _rt.sqrt_square_plus(x, b, out=_w[0])
-    _t1 = torch.reciprocal(_t0, out=_w[1])
-    _d_x = _rt.select(_rt.lt(x, 0.0, out=_w[2]), torch.div(_t1, torch.neg(_t0, out=_w[3]).add_(x), out=_w[3]).mul_(b).mul_(-0.5), _rt.fma(_t1, x, 1.0, out=_w[4]).mul_(0.5), out=_w[5])
+    _t1 = _rt.rdiv(0.5, _t0, out=_w[1])
+    _d_x = _rt.select(_rt.lt(x, 0.0, out=_w[2]), torch.div(_t1, torch.neg(_t0, out=_w[3]).add_(x), out=_w[3]).mul_(b).neg_(), _rt.fma(_t1, x, 0.5, out=_w[4]), out=_w[5])
     return _rt.finite_or_none((_d_x,))
 
 
@@ -84,8 +83,8 @@ if _rt.HAS_TRITON:
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = _sqrt_square_plus(x, b, FAST)
         _t1 = 0.5*b
-        _t2 = _sqrt(b + 281474976710656.0, FAST) + 16777216.0
-        _y = _limit_at_inf(tl.where(x < 0.0, _div(_t1, (_t0 - x), FAST), 0.5*(_t0 + x)), _grown(0.5*_t2), _grown(_div(_t1, _t2, FAST)), x)
+        _t2 = _sqrt(b + 281474976710656.0, FAST)
+        _y = _limit_at_inf(tl.where(x < 0.0, _div(_t1, (_t0 - x), FAST), 0.5*_t0 + 0.5*x), _grown(0.5*_t2 + 8388608.0), _grown(_div(_t1, (_t2 + 16777216.0), FAST)), x)
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -99,11 +98,10 @@ if _rt.HAS_TRITON:
         _g = tl.load(_grad_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = _sqrt_square_plus(x, b, FAST)
-        _t1 = _div(1.0, _t0, FAST)
-        _t2 = 0.5*b
-        _t3 = _sqrt(b + 281474976710656.0, FAST)
-        _t4 = _div(1.0, _t3, FAST)
-        _d_x = _limit_at_inf(tl.where(x < 0.0, -(_div(_t1*_t2, (-_t0 + x), FAST)), 0.5*tl.fma(_t1, x, 1.0)), _grown(0.5*(16777216.0*_t4 + 1.0)), _grown(-(_div(_t2*_t4, (-_t3 - 16777216.0), FAST))), x)
+        _t1 = _div(0.5, _t0, FAST)
+        _t2 = _sqrt(b + 281474976710656.0, FAST)
+        _t3 = _div(1.0, _t2, FAST)
+        _d_x = _limit_at_inf(tl.where(x < 0.0, -(_div(_t1, (-_t0 + x), FAST)*b), tl.fma(_t1, x, 0.5)), _grown(8388608.0*_t3 + 0.5), _grown(-(_div(_t3, (-_t2 - 16777216.0), FAST)*b*0.5)), x)
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 

@@ -39,7 +39,7 @@ def _derivatives_torch(x, alpha_p, alpha_n, beta, eps):
     _t0 = x > 0.0
     _t1 = eps > x
     _t2 = torch.where(_t1, x, eps)
-    _d_x = torch.where(torch.isnan(x), x, torch.where(_t0, _rt.fma(x, _rt.softplus(alpha_p), beta, 2.0), _rt.fma(beta + _rt.softplus(alpha_n), torch.where(_t1, torch.exp(_t2), 0.0) - 1.0, beta)))
+    _d_x = torch.where(torch.isnan(x), x, torch.where(_t0, _rt.fma(_rt.softplus(alpha_p), x, beta, 2.0), _rt.fma(beta + _rt.softplus(alpha_n), torch.where(_t1, torch.exp(_t2), 0.0) - 1.0, beta)))
     _d_alpha_p = torch.where(torch.isnan(x), x, torch.where(_t0, x*(x*torch.sigmoid(alpha_p)), 0.0))
     _d_alpha_n = torch.where(torch.isnan(x), x, torch.where(_t0, 0.0, (-x + torch.expm1(_t2))*torch.sigmoid(alpha_n)))
     return (_d_x, _d_alpha_p, _d_alpha_n)
@@ -56,7 +56,7 @@ def _derivatives_torch_fast(x, alpha_p, alpha_n, beta, eps, _w):
     _t0 = _rt.gt(x, 0.0, out=_w[0])
     _t1 = _rt.gt(eps, x, out=_w[1])
     _t2 = _rt.select(_t1, x, eps, out=_w[2])
-    _d_x = _rt.select(_t0, _rt.fma(x, _rt.softplus(alpha_p), beta, 2.0, out=_w[3]), _rt.fma(beta + _rt.softplus(alpha_n), _rt.select(_t1, torch.exp(_t2, out=_w[5]), 0.0, out=_w[4]).sub_(1.0), beta, out=_w[4]), out=_w[5])
+    _d_x = _rt.select(_t0, _rt.fma(_rt.softplus(alpha_p), x, beta, 2.0, out=_w[3]), _rt.fma(beta + _rt.softplus(alpha_n), _rt.select(_t1, torch.exp(_t2, out=_w[5]), 0.0, out=_w[4]).sub_(1.0), beta, out=_w[4]), out=_w[5])
     _d_alpha_p = _rt.select(_t0, torch.mul(x, torch.sigmoid(alpha_p), out=_w[1]).mul_(x), 0.0, out=_w[6])
     _d_alpha_n = _rt.select(_t0, 0.0, torch.neg(x, out=_w[1]).add_(torch.expm1(_t2, out=_w[7])).mul_(torch.sigmoid(alpha_n)), out=_w[7])
     return _rt.finite_or_none((_d_x, _d_alpha_p, _d_alpha_n))
@@ -122,7 +122,7 @@ if _rt.HAS_TRITON:
             _t0 = x > 0.0
             _t1 = eps > x
             _t2 = tl.where(_t1, x, eps)
-            _d_x = tl.where(x != x, x, tl.where(_t0, tl.fma(2.0*x, _softplus(alpha_p, FAST), beta), tl.fma(beta + _softplus(alpha_n, FAST), tl.where(_t1, _exp(_t2, FAST), 0.0) - 1.0, beta)))
+            _d_x = tl.where(x != x, x, tl.where(_t0, tl.fma(2.0*_softplus(alpha_p, FAST), x, beta), tl.fma(beta + _softplus(alpha_n, FAST), tl.where(_t1, _exp(_t2, FAST), 0.0) - 1.0, beta)))
             _d_alpha_p = tl.where(x != x, x, tl.where(_t0, x*(x*_sigmoid(alpha_p, FAST)), 0.0))
             _d_alpha_n = tl.where(x != x, x, tl.where(_t0, 0.0, (-x + libdevice.expm1(_t2))*_sigmoid(alpha_n, FAST)))
             tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)

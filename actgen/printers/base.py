@@ -210,7 +210,9 @@ def fma_split(expr: sympy.Add, is_tensor):
     (logish's x*e/D + log1p(s): one rounding less where the sum cancels).
     Where no term is such a product, a term c*a*b with c a number (0.4*x*e) is, as rest +
     (c*a)*b (torch.addcmul's value=c: c*a rounded, then one fused multiply-add, as the
-    kernels' tl.fma(c*a, b, rest)); a is then c*a.
+    kernels' tl.fma(c*a, b, rest)); a is then c*a, a the factor that is not one of the
+    formula's own names where one is (2*sp*x as (2*sp)*x: 2*x overflowed where the product
+    does not, xielu's slope from x = 1.7e38 in float32).
     (a, b, rest, negative), or None where no term is such a product."""
     terms = expr.as_ordered_terms()
     return _fma_term(terms, is_tensor) or _scaled_fma_term(terms, is_tensor)
@@ -244,7 +246,10 @@ def _scaled_fma_term(terms, is_tensor):
             continue
         scale = sympy.Float(abs(float(coeff)))
         rest = sympy.Add(*terms[:i], *terms[i + 1:])
-        return sympy.Mul(scale, chain[0][1], evaluate=False), chain[1][1], rest, bool(coeff < 0)
+        a, b = chain[0][1], chain[1][1]
+        if _is_data(a) and not _is_data(b):     # (the number scales the other factor: 2*x overflowed first)
+            a, b = b, a
+        return sympy.Mul(scale, a, evaluate=False), b, rest, bool(coeff < 0)
     return None
 
 
