@@ -987,6 +987,42 @@ def rewrite_softplus_minus_slope(e):
     return None
 
 
+class ScaledSoftplus(sympy.Piecewise):
+    """softplus(w)/k with w = k*v as rewrite_scaled_softplus computes it: v + softplus(-w)/k
+    where w > 0, softplus(w)/k elsewhere.  Its branches are final; its derivative is the
+    Piecewise of theirs (rewritten as any other)."""
+
+    def _eval_derivative(self, s):
+        # (the sum's derivative as a plain sum: sympy's sign assumptions recursed without end
+        # on a StableSum with a bare symbol among its terms)
+        plain = lambda e: sympy.Add(*e.args) if isinstance(e, StableSum) else e
+        return sympy.Piecewise(*[(sympy.diff(plain(e), s), c) for e, c in self.args])
+
+    def _sympystr(self, printer):
+        return printer.doprint(sympy.Piecewise(*self.args))
+
+
+def rewrite_scaled_softplus(e):
+    """softplus(k*v)/k (k a param, constant or number; a softplus with a sharpness) ->
+    v + softplus(-k*v)/k where k*v > 0, as written elsewhere: the same function, but k*v
+    overflows where v does not, and softplus(inf)/k was inf where the value is v
+    (log(1 + exp(beta*x))/beta at x = 1e38, beta = 10 in float32).  Both branches take the
+    same exp(-|k*v|)."""
+    if not e.is_Mul:
+        return None
+    sp = [f for f in e.args if isinstance(f, softplus)]
+    if len(sp) != 1:
+        return None
+    w = sp[0].args[0]
+    k = 1 / (e / sp[0])
+    if not w.is_Mul or k.has(softplus) or k in (1, -1) or (k.is_number and (not k.is_real or k.is_zero)):
+        return None
+    v = w / k
+    if k.free_symbols & v.free_symbols or len(sympy.Mul.make_args(v)) > len(sympy.Mul.make_args(w)):
+        return None         # (k is not a factor of w)
+    return ScaledSoftplus((StableSum(v, softplus(-w) / k), w > 0), (softplus(w) / k, True))
+
+
 def rewrite_softplus_minus_argument(e):
     """c*softplus(u) - c*u -> c*softplus(-u), the same function: softplus(u) ~ u for u >> 0
     and the difference, ~exp(-u), rounded away (x - log(1 + exp(x)), the log of a sigmoid
@@ -2660,6 +2696,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_factor_into_stable_sum,
     rewrite_softplus_minus_slope,
     rewrite_softplus_minus_argument,
+    rewrite_scaled_softplus,
     rewrite_sigmoid_difference_far,
     rewrite_sech2,
     rewrite_exp_product,
@@ -2685,7 +2722,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
 def stabilize(expr: sympy.Basic) -> sympy.Basic:
     """Apply REWRITES bottom-up until nothing changes at each node."""
     if not expr.args or isinstance(expr, (sympy.Symbol, sympy.Number, ApproximatedNearZero, Log1mExp, LogSoftplus,
-                                          LogErfc, Log1pPower, LogCoshGap)):
+                                          ScaledSoftplus, LogErfc, Log1pPower, LogCoshGap)):
         return expr         # (an approximant's far branch is what was rewritten into it)
     args = tuple(stabilize(a) for a in expr.args)
     if args != expr.args:

@@ -106,9 +106,10 @@ NATIVE_KERNELS: tuple[NativeKernel, ...] = (
                  "torch.ops.aten.silu_backward.grad_input({g}, {x}, grad_input={out})",
                  _trust(FINITE, FINITE, float32=(FINITE, (-math.inf, 5.0))),
                  gated=_trust(FINITE, FINITE, float32=(FINITE, (-math.inf, 4.0)))),     # (4.1 ULP at 5 times b)
+    # (torch's bfloat16 forward, x*(1 + erf(...)) in float32, is inf from x = 1.7e38)
     NativeKernel("gelu", "0.5 * x * (1 + erf(x / sqrt(2)))", (), "torch.ops.aten.gelu.out({x}, out={out})",
                  "torch.ops.aten.gelu_backward.grad_input({g}, {x}, grad_input={out})",
-                 _trust(FINITE, FINITE, float32=(None, None), bfloat16=((-5.5, math.inf), (-6.0, math.inf)),
+                 _trust(FINITE, FINITE, float32=(None, None), bfloat16=((-5.5, 2.0 ** 120), (-6.0, math.inf)),
                         float16=(FINITE, (-4.5, math.inf)))),
     # (torch's x**3 is inf from x = 7e12 in float32: a bound far below that)
     NativeKernel("gelu_tanh", "0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))", (),

@@ -510,17 +510,17 @@ def test_kernels_divide_by_a_bounded_denominator_with_the_fast_reciprocal_on_16b
 
 def test_kernels_divide_by_a_uniform_denominator_with_its_reciprocal():
     """A division whose denominator is the same for every element (a constant, a shared param,
-    or made of them only: softplus's / beta, adaptive_mixture's / (e**w0 + e**w1 + e**w2)) is
+    or made of them only: celu's x/alpha, laplace's /sigma) is
     _div_uniform in the kernels; by a per-channel param or anything of x it is not, and a
     quotient of uniform values alone (a scalar, once per program) stays _div."""
     import importlib
     mod = lambda name: importlib.import_module(f"actgen.ops.{name}")
     source = lambda m: inspect.getsource(m._forward_kernel.fn) + inspect.getsource(m._backward_kernel.fn)
-    assert "_div_uniform(_softplus(_t0, FAST), beta, FAST)" in source(mod("softplus"))
-    assert "_div_uniform(" in inspect.getsource(mod("adaptive_mixture")._forward_kernel.fn)
+    assert "_div_uniform(x, alpha, FAST)" in source(mod("celu"))
+    assert "_div_uniform(" in inspect.getsource(mod("laplace")._forward_kernel.fn)
     assert "_div_uniform(" not in source(mod("softsign")) + source(mod("mish"))
     squareplus = source(mod("squareplus"))     # its limits at +-inf, of its constant b alone
-    assert "_div_uniform(" not in squareplus and "_div(1.0, _t3, FAST)" in squareplus
+    assert "_div_uniform(" not in squareplus and "_div(1.0, _t2, FAST)" in squareplus
     from actgen.printers.triton import TritonPrinter
     x, w, c = sympy.symbols("x w c")
     printer = TritonPrinter(["x", "w"], uniform=[])            # w per-channel

@@ -13,8 +13,8 @@ Derived (after stability rewrites):
     df/da: a is clamped where a <= -64 or a >= 16 (there df/da no longer changes with a, to double precision).
 
     On CPU, torch's own gelu kernels for a (actgen.native), times b, on the inputs they are trusted with (b finite):
-        f: bfloat16 inputs above -5.5; finite float16 inputs.
-        grad * df/da, grad * df/db: bfloat16 inputs above -5.5; float16 inputs above -4.5.
+        f: bfloat16 inputs in (-5.5, 2**120); finite float16 inputs.
+        grad * df/da, grad * df/db: bfloat16 inputs in (-5.5, 2**120); float16 inputs above -4.5.
         The derived code runs elsewhere (and on float64).
 """
 import math
@@ -135,7 +135,7 @@ _OP = _rt.Activation(
     forward_native=_forward_native,
     backward_native=_backward_native,
     native_trusted={
-        'bfloat16': ((-5.5, math.inf), (-5.5, math.inf)),
+        'bfloat16': ((-5.5, 1.329227995784916e+36), (-5.5, 1.329227995784916e+36)),
         'float16': ((-math.inf, math.inf), (-4.5, math.inf)),
     },
     forward_torch_fast=_forward_torch_fast,

@@ -12,7 +12,7 @@ Derived (after stability rewrites):
     df/dx: x is clamped where x <= -64 or x >= 16 (there df/dx no longer changes with x, to double precision).
 
     On CPU, torch's own gelu kernels (actgen.native), on the inputs they are trusted with:
-        f: bfloat16 inputs above -5.5; finite float16 inputs.
+        f: bfloat16 inputs in (-5.5, 2**120); finite float16 inputs.
         grad * df/dx: bfloat16 inputs above -6; float16 inputs above -4.5.
         The derived code runs elsewhere (and on float64).
 """
@@ -120,7 +120,7 @@ _OP = _rt.Activation(
     forward_native=_forward_native,
     backward_native=_backward_native,
     native_trusted={
-        'bfloat16': ((-5.5, math.inf), (-6.0, math.inf)),
+        'bfloat16': ((-5.5, 1.329227995784916e+36), (-6.0, math.inf)),
         'float16': ((-math.inf, math.inf), (-4.5, math.inf)),
     },
     forward_torch_fast=_forward_torch_fast,

@@ -8,7 +8,7 @@ Formula, as written:
 Constants: beta=1.0, threshold=20.0
 
 Derived (after stability rewrites):
-    f     = Piecewise((x, threshold < beta*x), (softplus(beta*x)/beta, True))
+    f     = Piecewise((x, threshold < beta*x), (Piecewise((x + softplus(-beta*x)/beta, beta*x > 0), (softplus(beta*x)/beta, True)), True))
     df/dx = Piecewise((1, threshold < beta*x), (sigmoid(beta*x), True))
 
     On CPU, torch's own softplus kernels (actgen.native), on the inputs they are trusted with:
@@ -32,7 +32,8 @@ SPEC_SHA256 = 'c081e0b7c24db22fb7227b185808a0a6dc63f86089dc0b69d3a9d07779fd9b0e'
 def _forward_torch(x, beta, threshold):
     """f, elementwise."""
     _t0 = beta*x
-    _y = torch.where(_t0 > threshold, x, _rt.softplus(_t0)/beta)
+    _t1 = _rt.scalar_div(1.0, beta)
+    _y = torch.where(_t0 > threshold, x, torch.where(_t0 > 0.0, _t1*_rt.softplus(-_t0) + x, _t1*_rt.softplus(_t0)))
     return _y
 
 
@@ -46,7 +47,8 @@ def _derivatives_torch(x, beta, threshold):
 def _forward_torch_fast(x, beta, threshold, _w):
     """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = torch.mul(x, beta, out=_w[0])
-    _y = _rt.select(_rt.gt(_t0, threshold, out=_w[1]), x, _rt.softplus(_t0, out=_w[2]).div_(beta), out=_w[3])
+    _t1 = _rt.scalar_div(1.0, beta)
+    _y = _rt.select(_rt.gt(_t0, threshold, out=_w[1]), x, _rt.select(_rt.gt(_t0, 0.0, out=_w[5]), _rt.softplus(torch.neg(_t0, out=_w[2]), out=_w[3]).mul_(_t1).add_(x), _rt.softplus(_t0, out=_w[2]).mul_(_t1), out=_w[4]), out=_w[5])
     return _rt.finite_or_none(_y)
 
 
@@ -81,7 +83,7 @@ def _backward_native(_g, x, beta, threshold, _out):
 
 if _rt.HAS_TRITON:
     from actgen.runtime.triton_lang import tl, triton
-    from actgen.runtime.triton_lang import tile as _tile, div_uniform as _div_uniform, sigmoid as _sigmoid, softplus as _softplus
+    from actgen.runtime.triton_lang import tile as _tile, div as _div, sigmoid as _sigmoid, softplus as _softplus
 
     @triton.jit
     def _forward_kernel(
@@ -94,7 +96,8 @@ if _rt.HAS_TRITON:
         _offs, _mask, _ch, _rows, _cols = _tile(_M, _N, _C, BLOCK_M, BLOCK_N, CH_AXIS)
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         _t0 = beta*x
-        _y = tl.where(_t0 > threshold, x, _div_uniform(_softplus(_t0, FAST), beta, FAST))
+        _t1 = _div(1.0, beta, FAST)
+        _y = tl.where(_t0 > threshold, x, tl.where(_t0 > 0.0, _t1*_softplus(-_t0, FAST) + x, _t1*_softplus(_t0, FAST)))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
@@ -132,7 +135,7 @@ _OP = _rt.Activation(
     native_any_input=(True, True),
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(4, 4),
+    fast_buffers=(6, 4),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
