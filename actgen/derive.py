@@ -987,42 +987,6 @@ def rewrite_softplus_minus_slope(e):
     return None
 
 
-class ScaledSoftplus(sympy.Piecewise):
-    """softplus(w)/k with w = k*v as rewrite_scaled_softplus computes it: v + softplus(-w)/k
-    where w > 0, softplus(w)/k elsewhere.  Its branches are final; its derivative is the
-    Piecewise of theirs (rewritten as any other)."""
-
-    def _eval_derivative(self, s):
-        # (the sum's derivative as a plain sum: sympy's sign assumptions recursed without end
-        # on a StableSum with a bare symbol among its terms)
-        plain = lambda e: sympy.Add(*e.args) if isinstance(e, StableSum) else e
-        return sympy.Piecewise(*[(sympy.diff(plain(e), s), c) for e, c in self.args])
-
-    def _sympystr(self, printer):
-        return printer.doprint(sympy.Piecewise(*self.args))
-
-
-def rewrite_scaled_softplus(e):
-    """softplus(k*v)/k (k a param, constant or number; a softplus with a sharpness) ->
-    v + softplus(-k*v)/k where k*v > 0, as written elsewhere: the same function, but k*v
-    overflows where v does not, and softplus(inf)/k was inf where the value is v
-    (log(1 + exp(beta*x))/beta at x = 1e38, beta = 10 in float32).  Both branches take the
-    same exp(-|k*v|)."""
-    if not e.is_Mul:
-        return None
-    sp = [f for f in e.args if isinstance(f, softplus)]
-    if len(sp) != 1:
-        return None
-    w = sp[0].args[0]
-    k = 1 / (e / sp[0])
-    if not w.is_Mul or k.has(softplus) or k in (1, -1) or (k.is_number and (not k.is_real or k.is_zero)):
-        return None
-    v = w / k
-    if k.free_symbols & v.free_symbols or len(sympy.Mul.make_args(v)) > len(sympy.Mul.make_args(w)):
-        return None         # (k is not a factor of w)
-    return ScaledSoftplus((StableSum(v, softplus(-w) / k), w > 0), (softplus(w) / k, True))
-
-
 def rewrite_softplus_minus_argument(e):
     """c*softplus(u) - c*u -> c*softplus(-u), the same function: softplus(u) ~ u for u >> 0
     and the difference, ~exp(-u), rounded away (x - log(1 + exp(x)), the log of a sigmoid
@@ -1502,6 +1466,62 @@ def weights_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr
         return rest * sympy.Add(*[sympy.UnevaluatedExpr(c * over) * t for c, t in split])
 
     return expr.replace(lambda e: parts(e) is not None, weighted)
+
+
+def _scaled_softplus(e):
+    """The Piecewise of scaled_softplus_form for a product e = softplus(k*v)/k, else None."""
+    if not e.is_Mul:
+        return None
+    sp = [f for f in e.args if isinstance(f, softplus)]
+    if len(sp) != 1:
+        return None
+    w = sp[0].args[0]
+    k = 1 / sympy.Mul(*[f for f in e.args if f is not sp[0]])
+    if not w.is_Mul or k.has(softplus) or k in (1, -1) or (k.is_number and (not k.is_real or k.is_zero)):
+        return None
+    v = w / k
+    if k.free_symbols & v.free_symbols or len(sympy.Mul.make_args(v)) > len(sympy.Mul.make_args(w)):
+        return None         # (k is not a factor of w)
+    return sympy.Piecewise((StableSum(v, softplus(-w) / k), w > 0), (softplus(w) / k, True), evaluate=False)
+
+
+def scaled_softplus_form(expr: sympy.Expr) -> sympy.Expr:
+    """softplus(k*v)/k (k a param, constant or number: a softplus with a sharpness) as
+    v + softplus(-k*v)/k where k*v > 0, as written elsewhere: the same function, but k*v
+    overflows where v does not, and softplus(inf)/k was inf where the value is v
+    (log(1 + exp(beta*x))/beta at x = 1e38, beta = 10 in float32).  Both branches take the
+    same exp(-|k*v|).  A form for float arithmetic, after the rewrites: the cancellation of
+    softplus(2*x)/2 - log(2)/2 near 0 is an approximant's as before (its far branch takes
+    this form too)."""
+    return expr.replace(lambda e: _scaled_softplus(e) is not None, _scaled_softplus)
+
+
+def factor_into_branches(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
+    """k*Piecewise((..., c), ...) with k free of the inputs (not a number), where a branch
+    holds a power of an input: the Piecewise of k times each branch, k*x**2 computed as
+    (k*x)*x: x**2 overflowed from x = 1.8e19 in float32 where k*x**2 does not (star_relu's
+    scale*relu(x)**2 at a scale of 0.09, x = 2.8e19)."""
+    inputs = tuple(inputs)
+
+    def grows(v):
+        return any(p.base in inputs and p.exp.is_Integer and p.exp >= 2 for p in v.atoms(sympy.Pow))
+
+    def found(e):
+        if not e.is_Mul:
+            return None
+        pw = [f for f in e.args if type(f) is sympy.Piecewise]
+        if len(pw) != 1 or not any(grows(v) for v, _ in pw[0].args):
+            return None
+        k = sympy.Mul(*[f for f in e.args if f is not pw[0]])
+        if k.is_number or k.has(*inputs):
+            return None
+        return pw[0], k
+
+    def into(e):
+        pw, k = found(e)
+        return sympy.Piecewise(*[(k * v, c) for v, c in pw.args], evaluate=False)
+
+    return expr.replace(lambda e: found(e) is not None, into)
 
 
 def horner_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
@@ -2696,7 +2716,6 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_factor_into_stable_sum,
     rewrite_softplus_minus_slope,
     rewrite_softplus_minus_argument,
-    rewrite_scaled_softplus,
     rewrite_sigmoid_difference_far,
     rewrite_sech2,
     rewrite_exp_product,
@@ -2722,7 +2741,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
 def stabilize(expr: sympy.Basic) -> sympy.Basic:
     """Apply REWRITES bottom-up until nothing changes at each node."""
     if not expr.args or isinstance(expr, (sympy.Symbol, sympy.Number, ApproximatedNearZero, Log1mExp, LogSoftplus,
-                                          ScaledSoftplus, LogErfc, Log1pPower, LogCoshGap)):
+                                          LogErfc, Log1pPower, LogCoshGap)):
         return expr         # (an approximant's far branch is what was rewritten into it)
     args = tuple(stabilize(a) for a in expr.args)
     if args != expr.args:
@@ -4166,7 +4185,8 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
         # inf*0 = NaN from x = 1e13 in float32, where the exponential is 0 and the polynomial
         # overflows; a polynomial times a call of params alone keeps its Horner form
         e = split_powers_at_calls(hypot_form(e, inputs, params), inputs, of_inputs=True) if rewrites else e
-        e = fold_constants(split_powers_at_calls(horner_form(weights_form(e, inputs), inputs), inputs)) if rewrites else e
+        e = scaled_softplus_form(factor_into_branches(weights_form(e, inputs), inputs)) if rewrites else e
+        e = fold_constants(split_powers_at_calls(horner_form(e, inputs), inputs)) if rewrites else e
         return _nan_for_complex(e)
 
     def guarded(e, dropped=()):

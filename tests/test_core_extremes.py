@@ -812,3 +812,19 @@ def test_terms_that_overflow_together_are_inf_not_nan(dtype, backend):
         (ga,) = torch.autograd.grad(scaled(torch.tensor([v], dtype=dtype), a).sum(), a)
         with mpmath.workdps(50):
             check(v, ga.item(), 2 * mp(v) * mpmath.exp(mp(v) / 2) - 4 * mpmath.expm1(mp(v) / 2))
+
+
+def test_a_param_times_a_squaring_branch_takes_the_param_first(backend):
+    """star_relu, scale*relu(x)**2 + bias, at a scale below its initial value: scale*x*x is
+    (scale*x)*x, finite up to 7.4e19 at scale = 1/16 in float32, where x*x overflowed from
+    1.8e19; its gradient in scale, relu(x)**2, is inf there as it should be.  Against mpmath."""
+    x = torch.tensor([2.8e19, 5e19, 7e19, 1.5, -1e20], requires_grad=True)
+    scale = torch.tensor([0.0625], requires_grad=True)
+    bias = torch.tensor([-0.5], requires_grad=True)
+    y = actgen.ops.star_relu(x, scale, bias)
+    gx, gs, gb = torch.autograd.grad(y, [x, scale, bias], torch.ones_like(y))
+    truth = [float(mp(0.0625) * max(mp(v), 0) ** 2 - mp(0.5)) for v in x.tolist()]
+    slope = [float(mp(0.125) * max(mp(v), 0)) for v in x.tolist()]
+    assert all(_close(got, want, torch.float32) for got, want in zip(y.tolist(), truth)), (y, truth)
+    assert all(_close(got, want, torch.float32) for got, want in zip(gx.tolist(), slope)), (gx, slope)
+    assert gs.item() == math.inf and gb.item() == 5.0

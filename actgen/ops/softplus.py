@@ -8,7 +8,7 @@ Formula, as written:
 Constants: beta=1.0, threshold=20.0
 
 Derived (after stability rewrites):
-    f     = Piecewise((x, threshold < beta*x), (Piecewise((x + softplus(-beta*x)/beta, beta*x > 0), (softplus(beta*x)/beta, True)), True))
+    f     = Piecewise((x, threshold < beta*x), (softplus(beta*x)/beta, True))
     df/dx = Piecewise((1, threshold < beta*x), (sigmoid(beta*x), True))
 
     On CPU, torch's own softplus kernels (actgen.native), on the inputs they are trusted with:

@@ -26,7 +26,7 @@ SPEC_SHA256 = 'cbfc560b323bd37f9f90b4493bc5baa40278a1156043a80a9bcb6a8a15768c67'
 
 def _forward_torch(x, scale, bias):
     """f, elementwise; params broadcast against the input."""
-    _y = torch.where(torch.isnan(x), x, _rt.fma(scale, torch.where(x > 0.0, x*x, 0.0), bias))
+    _y = torch.where(torch.isnan(x), x, bias + torch.where(x > 0.0, scale*x*x, 0.0))
     return _y
 
 
@@ -41,7 +41,7 @@ def _derivatives_torch(x, scale, bias):
 
 def _forward_torch_fast(x, scale, bias, _w):
     """f on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
-    _y = _rt.fma(scale, _rt.select(_rt.gt(x, 0.0, out=_w[0]), torch.mul(x, x, out=_w[1]), 0.0, out=_w[2]), bias, out=_w[2])
+    _y = _rt.select(_rt.gt(x, 0.0, out=_w[0]), torch.mul(scale, x, out=_w[1]).mul_(x), 0.0, out=_w[2]).add_(bias)
     return _rt.finite_or_none(_y)
 
 
@@ -82,7 +82,7 @@ if _rt.HAS_TRITON:
         x = tl.load(x_ptr + _offs, mask=_mask, other=0.0).to(ACC)
         scale = tl.load(scale_ptr).to(ACC)
         bias = tl.load(bias_ptr).to(ACC)
-        _y = tl.where(x != x, x, tl.fma(scale, tl.where(x > 0.0, x*x, 0.0), bias))
+        _y = tl.where(x != x, x, bias + tl.where(x > 0.0, scale*x*x, 0.0))
         tl.store(_out_ptr + _offs, _y.to(_out_ptr.dtype.element_ty), mask=_mask)
 
     @triton.jit
