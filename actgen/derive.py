@@ -41,8 +41,11 @@ Triton or torch source.
   form (horner_form), and ratios of polynomials in an input are scaled by the power of two
   above max(1, |x|) to each polynomial's degree, a sum of them over one denominator
   (rational_form: PAU's P/Q and the quotient rule's P'/Q - P Q'/Q**2, whose leading terms
-  then cancel exactly).  The printers pair the varying factors of a product above and below
-  the line (actgen.printers.base).
+  then cancel exactly).  Near float32's top, a sum of an input's terms over a sum of params
+  alone is the terms times the weights (weights_form: a softmax mix), a param times a branch
+  that squares an input goes into the branch (factor_into_branches), and softplus(k*x)/k is
+  x + softplus(-k*x)/k where k*x > 0 (scaled_softplus_form).  The printers pair the varying
+  factors of a product above and below the line (actgen.printers.base).
 * One exponential: an output that is a rational function of exp(u) (u a multiple of an
   input) built from softplus, tanh, sigmoid and logs - mish's x*tanh(softplus(x)) and its
   derivative - becomes one ratio N/D of polynomials in e = exp(-|u|), branching on the sign
