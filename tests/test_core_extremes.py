@@ -49,6 +49,8 @@ def _pau(x):
     return p / q, (dp * q - p * dq) / q**2
 
 
+MIX_LOGITS = {"a": 0.0, "b": 0.5, "c": -0.5}     # (softmax_mix's params, as _mix weighs its truth)
+
 # (formula, params, constants, f, f', points): f and f' written independently, in mpmath
 CASES = {
     "gaussian_slope": ("x * exp(-x**2)", {}, {},
@@ -94,7 +96,7 @@ CASES = {
     # near float32's top: a sum or product that overflows on the way where the value does not
     # (the weights e/S first: a softmax mix's numerator overflowed from x = 1.7e38)
     "softmax_mix": ("(exp(a) * Max(x, 0) + exp(b) * tanh(x) + exp(c) * x) / (exp(a) + exp(b) + exp(c))",
-                    {"a": 0.0, "b": 0.5, "c": -0.5}, {},
+                    MIX_LOGITS, {},
                     lambda x: _mix(x, (max(x, 0), mpmath.tanh(x), x)),
                     lambda x: _mix(x, (1 if x > 0 else 0, 1 / mpmath.cosh(x) ** 2, 1)), HUGE + [1.2e38, 2e38, 3.4e38]),
     # (x + r)/2 as x/2 + r/2: the sum overflowed from x = 1.7e38
@@ -121,7 +123,7 @@ CASES = {
 
 
 def _mix(x, values):
-    weights = [mpmath.exp(mp(w)) for w in (0.0, 0.5, -0.5)]
+    weights = [mpmath.exp(mp(w)) for w in MIX_LOGITS.values()]
     return sum(w * v for w, v in zip(weights, values)) / sum(weights)
 
 
