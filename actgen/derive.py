@@ -696,12 +696,33 @@ def _exp_term(t):
     return None
 
 
+class LogSumExp(sympy.Piecewise):
+    """log(exp(a) + exp(b)) as rewrite_logsumexp computes it: a + softplus(b - a) where a > b,
+    b + softplus(a - b) where a < b, and a/2 + b/2 + log(2) where neither holds - a = b,
+    also where both are inf or both -inf (b - a is inf - inf there, and the value a itself),
+    or a NaN, which that branch passes on.  The sides' expressions are each the function
+    itself (log(exp(a) + exp(b)) = a + softplus(b - a) for every a and b; only the last
+    branch holds on a = b alone), so its derivative is theirs, the last branch left out:
+    1/2 each at a = b, and sigmoid's slope, +-1/4, the second derivatives there."""
+
+    def _eval_derivative(self, s):
+        sides = [*self.args[:-1]]
+        sides[-1] = (sides[-1].expr, True)
+        return sympy.diff(sympy.Piecewise(*sides), s)
+
+    def _sympystr(self, printer):
+        return printer.doprint(sympy.Piecewise(*self.args))
+
+
 def rewrite_logsumexp(e):
     """log(exp(a) + exp(b)) -> a + softplus(b - a) where a >= b, else b + softplus(a - b):
     exp(a) and exp(b) may overflow, the result does not; pivoting on the larger, the smaller
-    is not lost in a + (b - a) (a = -1e30, b = 0.5), nor is a = -inf a NaN (the masking value
-    of a score).  Each branch is the function itself, so its derivative is exact at a = b
-    too (1/2 each; max(a, b) + softplus(-|a - b|) would give the kinks' 0)."""
+    is not lost in a + (b - a) (a = -1e30, b = 0.5), nor is a = -inf a NaN (the masking
+    value of a score).  Where a - b has two variables or more, both can be infinite at once:
+    LogSumExp's third branch gives a = b = -inf (both masked) -inf, as torch.logaddexp does
+    (a + softplus(b - a) was NaN there).  Each branch is the function
+    itself or, at a = b, its value, and the derivative is the formula's, so it is exact at
+    a = b too (1/2 each; max(a, b) + softplus(-|a - b|) would give the kinks' 0)."""
     if not isinstance(e, sympy.log) or not isinstance(e.args[0], sympy.Add) or len(e.args[0].args) != 2:
         return None
     parts = [_exp_term(t) for t in e.args[0].args]
@@ -710,7 +731,11 @@ def rewrite_logsumexp(e):
     a, b = parts
     if (a - b).is_number:          # a constant difference: no branch
         return a + softplus(b - a) if a - b >= 0 else b + softplus(a - b)
-    return sympy.Piecewise((a + softplus(b - a), a >= b), (b + softplus(a - b), True))
+    if len((a - b).free_symbols) < 2:
+        # (one variable: its infinities are its limits, which the limit guards take)
+        return sympy.Piecewise((a + softplus(b - a), a >= b), (b + softplus(a - b), True))
+    return LogSumExp((a + softplus(b - a), a > b), (b + softplus(a - b), a < b),
+                     (StableSum(a / 2, b / 2, sympy.log(2)), True))
 
 
 def rewrite_log_cosh(e):

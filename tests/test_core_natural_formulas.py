@@ -76,6 +76,31 @@ def test_log_sum_exp_pivots_on_the_larger_term(backend):
     assert ga[3] == gb[3] == 0.5 and ga[2] == gb[2] == 0.5
 
 
+def test_log_sum_exp_of_two_infinities_is_that_infinity(backend):
+    """log(exp(a) + exp(b)) at a = b = -inf (two masked scores) is -inf, and +inf at a = b =
+    +inf, as torch.logaddexp gives (b - a was inf - inf there: NaN); a NaN in either input is
+    NaN; and at a = b the second derivatives are sigmoid's slope, +-1/4, not the 0 of a branch
+    that holds a = b alone (float64 torch.logaddexp, its autograd twice)."""
+    m = actgen.compile("log(exp(a) + exp(b))", name="lse", inputs=["a", "b"])
+    a = torch.tensor([-math.inf, math.inf, math.inf, -math.inf, math.nan, 1.0, 0.0, -7.5, 3e38, 2.0])
+    b = torch.tensor([-math.inf, math.inf, -math.inf, 2.0, 1.0, math.nan, 0.0, -7.5, 3e38, 2.5])
+    y = m.lse(a, b)
+    want = torch.logaddexp(a.double(), b.double())
+    assert y[:4].tolist() == [-math.inf, math.inf, math.inf, 2.0] and y[4:6].isnan().all()
+    _close_to_truth(y[6:], want[6:])
+    ad, bd = a[6:].clone().requires_grad_(), b[6:].clone().requires_grad_()
+    ga, gb = torch.autograd.grad(m.lse(ad, bd).sum(), (ad, bd), create_graph=True)
+    aa, ab = torch.autograd.grad(ga.sum(), (ad, bd))
+    a64, b64 = a[6:].double().requires_grad_(), b[6:].double().requires_grad_()
+    wa, wb = torch.autograd.grad(torch.logaddexp(a64, b64).sum(), (a64, b64), create_graph=True)
+    want_aa, want_ab = torch.autograd.grad(wa.sum(), (a64, b64))
+    _close_to_truth(ga, wa.detach())
+    _close_to_truth(gb, wb.detach())
+    _close_to_truth(aa, want_aa)
+    _close_to_truth(ab, want_ab)
+    assert aa[:3].tolist() == [0.25] * 3
+
+
 @pytest.mark.parametrize("formula, f, df", [
     ("log(cosh(x))", lambda v: mpmath.log(mpmath.cosh(v)), mpmath.tanh),
     # a number in the argument: |3x| < 1, the near branch's condition, is 3|x| < 1 to sympy
@@ -1324,3 +1349,36 @@ def test_a_sum_of_powers_of_one_base_takes_the_power_out(backend, dtype):
                              for X in map(mpmath.mpf, xs.double().tolist())], ulps=8)
     _, (gx, _) = _grad(m.softsign_p, torch.tensor([1e20, -1e30], dtype=dtype), torch.tensor([1.5], dtype=dtype))
     assert (gx <= 0).all() and (gx.abs() <= 5e-31).all(), gx
+
+
+def test_formulas_near_float32s_top_stay_finite_where_the_truth_is(backend):
+    """User formulas whose intermediates once overflowed where their values do not (float32,
+    both backends, against mpmath): x**3/(1 + x**2) up to float32's largest (it was inf from
+    |x| = 2**127), (x - sin(x))/x**3's slope past |x| = 5e9 (x**4 overflowed, and the slope's
+    sign with it), a*tanh(b)'s gradient in b for |a| > 8.5e37 (4*e*a first was inf), and a
+    ratio's gradient in a param at its kink, abs(b1*x) at b1 = 0: sign(0) = 0 times a
+    numerator*|x| that overflows from x = 1e15 was NaN; it is 0, as torch's abs gives there."""
+    cube = actgen.compile("x**3/(1 + x**2)", name="cube_ratio")
+    xs_sin = actgen.compile("(x - sin(x))/x**3", name="x_minus_sin")
+    gate = actgen.compile("a*tanh(b)", name="a_tanh_b", inputs=["a", "b"])
+    x = torch.tensor([2.0**127, 3e38, -3.4e38, 1e30, -7.0])
+    xv = [mpmath.mpf(v) for v in x.double().tolist()]
+    s = torch.tensor([5e9, 6e9, -1e12, 3e18, 1e19])
+    sv = [mpmath.mpf(v) for v in s.double().tolist()]
+    a = torch.tensor([1e38, -3e38, 3.4e38, 9e37])
+    b = torch.tensor([0.5, 1.0, -20.0, 1e-3])
+    av, bv = [mpmath.mpf(v) for v in a.double().tolist()], [mpmath.mpf(v) for v in b.double().tolist()]
+    y, (g,) = _grad(cube.cube_ratio, x)
+    _close_to_truth(y, [float(v**3 / (1 + v**2)) for v in xv])
+    _close_to_truth(g, [float(v**2 * (v**2 + 3) / (1 + v**2) ** 2) for v in xv])
+    _, (g,) = _grad(xs_sin.x_minus_sin, s)
+    _close_to_truth(g, [float((3 * mpmath.sin(v) - v * mpmath.cos(v) - 2 * v) / v**4) for v in sv])
+    y, (ga, gb) = _grad(gate.a_tanh_b, a, b)
+    _close_to_truth(y, [float(p * mpmath.tanh(q)) for p, q in zip(av, bv)])
+    _close_to_truth(ga, [float(mpmath.tanh(q)) for q in bv])
+    _close_to_truth(gb, [float(p / mpmath.cosh(q) ** 2) for p, q in zip(av, bv)])
+    ratio = actgen.compile("(a0 + a1*x + a2*x**2)/(1 + abs(b1*x))", name="kink_ratio",
+                           params={"a0": 0.1, "a1": 0.5, "a2": 0.25, "b1": 0.0})
+    _, (_, *gp) = _grad(ratio.kink_ratio, torch.tensor([1e15, -3e15, 1e20, 2.0]),
+                        *[torch.tensor([v]) for v in (0.1, 0.5, 0.25, 0.0)])
+    assert gp[3].item() == 0.0, gp
