@@ -5,13 +5,16 @@ Triton or torch source.
 
 * Stability rewrites (`REWRITES`, applied bottom-up, in order) turn write-outs into the
   stable primitives: log(1 + exp(u)) -> softplus(u) (c*exp(u): softplus(u + log(c))), 1/(1 + exp(-u)) -> sigmoid(u),
-  log(1 + u) -> log1p(u), exp(u) - 1 -> expm1(u), log1p(exp(u)) -> softplus(u); and
+  log(1 + u) -> log1p(u) (log(c + k exp(u)) with c + k = 1 -> log1p(k expm1(u))),
+  exp(u) - 1 -> expm1(u), log1p(exp(u)) -> softplus(u); and
   remove cancellation and overflow: log(sigmoid(u)) -> -softplus(-u), the log of a product
   of (1 + exp(u))**k as a sum of softplus, log(exp(a) + exp(b)) -> a + softplus(b - a)
-  pivoting on the larger, log(cosh(u)) without cosh, exp(a)/(exp(a) + exp(b)) ->
+  pivoting on the larger (a/2 + b/2 + log(2) where neither is, a = b = -inf included:
+  LogSumExp), log(cosh(u)) without cosh, exp(a)/(exp(a) + exp(b)) ->
   sigmoid(a - b), exp(u) sigmoid(-u) -> sigmoid(u), 1 + erf(u) -> erfc(-u),
   1 + tanh(u) -> 2 sigmoid(2u), 1 - sigmoid(u) -> sigmoid(-u), 1 - 2 sigmoid(u) ->
-  -tanh(u/2), sigmoid(u) - sigmoid(-u) -> tanh(u/2), differences of softplus or sigmoid a
+  -tanh(u/2), sigmoid(u) - sigmoid(-u) -> tanh(u/2), expm1(u) sigmoid(-u) -> tanh(u/2)
+  ((exp(u) - 1)/(exp(u) + 1)), differences of softplus or sigmoid a
   number apart through their tails, 1 - tanh(u)**2 -> sech(u)**2 in exponentials,
   exp(a) exp(b) -> exp(a + b), u*sign(u) -> |u|, sums over a common denominator that cancel
   symbolically, and over the lowest power of a common sum (ISRU's derivative
@@ -338,11 +341,31 @@ def rewrite_exp_over_exp_square_sum(e):
 
 
 def rewrite_log1p(e):
+    """log(1 + u) -> log1p(u); and log(c + k*exp(u) + ...) with c + k + ... = 1 (numbers) ->
+    log1p(k*expm1(u) + ...), 1 where every u is 0: log(2 - exp(-x**2)) is about x**2 near
+    x = 0, where 2 - exp(-x**2) rounds to 1 (0 at x = 1e-12 in float32, 820 ULP off at
+    1e-6)."""
     if isinstance(e, sympy.log):
         rest = _one_plus(e.args[0])
+        if rest is None:
+            rest = _one_plus_expm1(e.args[0])
         if rest is not None:
             return log1p(rest)
     return None
+
+
+def _one_plus_expm1(e):
+    """If e is c + k1*exp(u1) + k2*exp(u2) + ... with numbers c != 1 and k1 + k2 + ... = 1 - c,
+    return k1*expm1(u1) + k2*expm1(u2) + ..."""
+    if not isinstance(e, sympy.Add):
+        return None
+    c, terms = e.as_coeff_add()
+    pairs = [t.as_coeff_Mul() for t in terms]
+    if c == 1 or not pairs or any(not isinstance(f, sympy.exp) for _, f in pairs):
+        return None
+    if c + sum(k for k, _ in pairs) != 1:
+        return None
+    return sympy.Add(*[k * expm1(f.args[0]) for k, f in pairs])
 
 
 def rewrite_log_expm1(e):
@@ -615,6 +638,21 @@ def rewrite_expm1_complement(e):
 # Each turns a write-out that loses accuracy in floating point into an equivalent form that
 # does not; where the loss happens only on one side, the stable form is guarded by a
 # Piecewise on the sign (its NaN guard comes with it).
+def _replace_found(expr: sympy.Basic, find: Callable[[sympy.Basic], sympy.Basic | None]) -> sympy.Basic:
+    """expr with each node for which find gives a replacement (not None) replaced by it,
+    bottom-up as sympy's replace, find run once per node (a query and a value that both run
+    it would run it twice per match)."""
+    found = {}
+
+    def query(e):
+        v = find(e)
+        if v is not None:
+            found[e] = v
+        return v is not None
+
+    return expr.replace(query, lambda e: found[e])
+
+
 class StableSum(sympy.Add):
     """A sum already in stable form, as a branch of a guarded rewrite below: the rewrites of
     sums leave it as it is (they would otherwise rewrite their own branch again), and sympy
@@ -913,6 +951,20 @@ def rewrite_sigmoid_difference(e):
             if partner in e.args:       # c*(sigmoid(u) - sigmoid(-u)) = c*tanh(u/2)
                 others = [a for a in e.args if a is not term and a != partner]
                 return sympy.Add(*others) + c * sympy.tanh(u / 2)
+    return None
+
+
+def rewrite_expm1_sigmoid(e):
+    """expm1(u)*sigmoid(-u) -> tanh(u/2) ((exp(u) - 1)/(exp(u) + 1)): written out, the
+    slope of x*(exp(x) - 1)/(exp(x) + 1) was terms of size x that cancel to about 1 (7 to 31
+    float64 ULP off for x from 20 to 64); as x*tanh(x/2) it is tanh(x/2) plus x/2 times
+    tanh's own slope, which is small there."""
+    for u, g, rest in _factor_pairs(e, expm1):
+        if isinstance(g, sympy.Pow) and g.exp.is_Integer and g.exp > 0:
+            g, k = g.base, g.exp            # (a power of the sigmoid: one factor of it pairs)
+            rest = rest + [g ** (k - 1)]
+        if isinstance(g, sigmoid) and sympy.expand(g.args[0] + u) == 0:
+            return sympy.Mul(*rest) * sympy.tanh(u / 2)
     return None
 
 
@@ -1435,7 +1487,10 @@ def _ratios_to_roots(expr: sympy.Expr, inputs, params) -> sympy.Expr:
         return None
 
     def split(e):
-        u, n, over = parts(e)
+        found = parts(e)
+        if found is None:
+            return None
+        u, n, over = found
         rest = [f for f in e.args if not (f == u or (f.is_Pow and f.base == u)) and all(f is not d for d in over)]
         for d in over:
             j = min(n, int(-d.exp))
@@ -1444,7 +1499,7 @@ def _ratios_to_roots(expr: sympy.Expr, inputs, params) -> sympy.Expr:
             rest += [d.base ** (d.exp + j), ratio ** j]
         return sympy.Mul(*rest, u ** n)
 
-    return expr.replace(lambda e: parts(e) is not None, split)
+    return _replace_found(expr, split)
 
 
 def _fold(e: sympy.Mul) -> sympy.Expr:
@@ -1489,11 +1544,14 @@ def weights_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr
         return over[0], sums[0], split
 
     def weighted(e):
-        over, total, split = parts(e)
+        found = parts(e)
+        if found is None:
+            return None
+        over, total, split = found
         rest = sympy.Mul(*[f for f in e.args if f is not over and f is not total])
         return rest * sympy.Add(*[sympy.UnevaluatedExpr(c * over) * t for c, t in split])
 
-    return expr.replace(lambda e: parts(e) is not None, weighted)
+    return _replace_found(expr, weighted)
 
 
 def _scaled_softplus(e):
@@ -1521,7 +1579,7 @@ def scaled_softplus_form(expr: sympy.Expr) -> sympy.Expr:
     same exp(-|k*v|).  A form for float arithmetic, after the rewrites: the cancellation of
     softplus(2*x)/2 - log(2)/2 near 0 is an approximant's as before (its far branch takes
     this form too)."""
-    return expr.replace(lambda e: _scaled_softplus(e) is not None, _scaled_softplus)
+    return _replace_found(expr, _scaled_softplus)
 
 
 def factor_into_branches(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
@@ -1546,10 +1604,13 @@ def factor_into_branches(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sy
         return pw[0], k
 
     def into(e):
-        pw, k = found(e)
+        pair = found(e)
+        if pair is None:
+            return None
+        pw, k = pair
         return sympy.Piecewise(*[(k * v, c) for v, c in pw.args], evaluate=False)
 
-    return expr.replace(lambda e: found(e) is not None, into)
+    return _replace_found(expr, into)
 
 
 def horner_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
@@ -1612,10 +1673,12 @@ def split_powers_at_calls(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], of_i
 
     def spread(e):
         total = spread_over(e)
+        if total is None:
+            return None
         others = [f for f in e.args if f is not total]
         return sympy.Add(*[sympy.Mul(t, *others) for t in total.args])
 
-    return expr.replace(lambda e: spread_over(e) is not None, spread).replace(splits, split)
+    return _replace_found(expr, spread).replace(splits, split)
 
 
 def _horner_in(coeffs, u):
@@ -2190,23 +2253,35 @@ _MPMATH_MODULES = [{"sigmoid": lambda u: 1 / (1 + mpmath.exp(-u)), "softplus": l
                      "log1p": mpmath.log1p, "expm1": mpmath.expm1,
                      "erfcx": lambda u: mpmath.exp(u**2) * mpmath.erfc(u)}, "mpmath"]
 _TAYLOR_POINTS = 256
-_TAYLOR_RADIUS = mpmath.mpf(1) / 2
+_TAYLOR_RADII = (mpmath.mpf(1) / 2, mpmath.mpf(1) / 8)
 
 
 def _taylor_coefficients(fn, order: int):
     """The Taylor coefficients a_0 ... a_{order-1} at 0 of fn (an mpmath function, analytic
-    near 0 but perhaps 0/0 there), from its values on the circle |t| = 1/2 in the complex
-    plane: a_n = mean of fn(t_j) / t_j**n over _TAYLOR_POINTS points t_j (the trapezoid rule
-    of Cauchy's integral, exact to ~2**-256 relative where fn's nearest singularity is at
-    |t| >= 1).  Coefficients at rounding level are 0.  None where fn cannot be evaluated
-    there, is not real on the real axis, or has a pole or a branch point at 0 (the
-    coefficients of negative powers are not 0).  A singularity closer than 1/2 gives wrong
-    coefficients: the approximant built from them is checked against fn itself."""
+    near 0 but perhaps 0/0 there), from its values on a circle |t| = r in the complex plane:
+    a_n = mean of fn(t_j) / t_j**n over _TAYLOR_POINTS points t_j (the trapezoid rule of
+    Cauchy's integral, exact to ~(r/R)**256 relative where fn's nearest singularity is at
+    |t| = R).  r is 1/2, or 1/8 where a singularity between 1/2 and 1 aliases into the
+    coefficients of negative powers at 1/2 (tanh(2x) - 2x, poles at +-i*pi/4: it had no
+    approximant, 7.8e-5 off, relatively, at x = 1e-6 in float64).  Coefficients at rounding level are 0.  None
+    where fn cannot be evaluated there, is not real on the real axis, or has a pole or a
+    branch point at 0 (the coefficients of negative powers are not 0).  A singularity closer
+    than r gives wrong coefficients: the approximant built from them is checked against fn
+    itself."""
+    for radius in _TAYLOR_RADII:
+        coeffs = _taylor_coefficients_on(fn, order, radius)
+        if coeffs is not None:
+            return coeffs
+    return None
+
+
+def _taylor_coefficients_on(fn, order: int, radius):
+    """_taylor_coefficients from the circle |t| = radius, or None."""
     n_pts = _TAYLOR_POINTS
     with mpmath.workdps(160):      # a_59 of an entire function is ~1/59!: far below 60 digits of fn
         roots = [mpmath.expjpi(mpmath.mpf(2 * j) / n_pts) for j in range(n_pts)]
         try:
-            values = [mpmath.mpc(fn(_TAYLOR_RADIUS * w)) for w in roots]
+            values = [mpmath.mpc(fn(radius * w)) for w in roots]
         except (TypeError, ValueError, ArithmeticError):
             return None
         scale = max(abs(v) for v in values)
@@ -2215,14 +2290,14 @@ def _taylor_coefficients(fn, order: int):
         noise = scale * mpmath.mpf(10) ** -70       # above rounding (1e-160) and aliasing (2**-256)
 
         def coefficient(n):         # n < 0: the Laurent coefficient of t**n, 0 for an analytic fn
-            return mpmath.fsum(v * roots[(-j * n) % n_pts] for j, v in enumerate(values)) / n_pts / _TAYLOR_RADIUS**n
+            return mpmath.fsum(v * roots[(-j * n) % n_pts] for j, v in enumerate(values)) / n_pts / radius**n
 
-        if any(abs(coefficient(n)) > noise * _TAYLOR_RADIUS ** -n for n in (-1, -2, -3)):
+        if any(abs(coefficient(n)) > noise * radius ** -n for n in (-1, -2, -3)):
             return None
         out = []
         for n in range(order):
             c = coefficient(n)
-            tol = noise * _TAYLOR_RADIUS ** -n
+            tol = noise * radius ** -n
             if abs(c.imag) > tol:
                 return None
             out.append(mpmath.mpf(0) if abs(c.real) <= tol else c.real)
@@ -2390,22 +2465,26 @@ def rewrite_cancellation_at_zero(e):
     if not _is_sum(e) or len(e.free_symbols) != 1:
         return None
     e = _unapproximated(e)
-    if e.has(sympy.Piecewise) or len(e.free_symbols) != 1:     # (as written, it may be a number)
+    # (log(cosh(x))'s branches are the function they compute, for the terms and the
+    # approximant, and stay the far branch: log(cosh(x)) - x**2/2 cancelled near 0, 3.5e-4
+    # off, relatively, at x = 1e-6 in float64)
+    written = _written_log_cosh(e)
+    if not _is_sum(written) or written.has(sympy.Piecewise) or len(written.free_symbols) != 1:
+        return None     # (as written, it may be a number)
+    x, = written.free_symbols
+    if not isinstance(x, sympy.Symbol) or not written.has(*_ANALYTIC):
         return None
-    x, = e.free_symbols
-    if not isinstance(x, sympy.Symbol) or not e.has(*_ANALYTIC):
+    if not all(term.has(x) for term in written.args if not term.is_number):       # (log(2) is a number too)
         return None
-    if not all(term.has(x) for term in e.args if not term.is_number):       # (log(2) is a number too)
+    if not any(term.is_polynomial(x) or _singular_at_zero(term, x) for term in written.args) and \
+            not all(term.subs(x, 0) == 0 for term in written.args) and \
+            not written.subs(x, 0) == 0:        # (expm1(x) - x*exp(x): 0 - 0; softplus(x - 1) - softplus(-x - 1))
         return None
-    if not any(term.is_polynomial(x) or _singular_at_zero(term, x) for term in e.args) and \
-            not all(term.subs(x, 0) == 0 for term in e.args) and \
-            not e.subs(x, 0) == 0:        # (expm1(x) - x*exp(x): 0 - 0; softplus(x - 1) - softplus(-x - 1))
-        return None
-    if e.could_extract_minus_sign():        # tanh(x) - x as -(x - tanh(x)): one approximant for both
+    if written.could_extract_minus_sign():        # tanh(x) - x as -(x - tanh(x)): one approximant for both
         near = rewrite_cancellation_at_zero(-e)
         return -near if near is not None else None
     try:
-        return _pade_near_zero(e, x)
+        return _pade_near_zero(written, x, far=None if written == e else e)
     except Exception:  # noqa: BLE001 - not real near 0 (log(x**2 - 1)), or not expandable: no rewrite
         return None
 
@@ -2416,6 +2495,11 @@ def _unapproximated(e):
     if not e.has(ApproximatedNearZero):
         return e
     return e.replace(lambda a: isinstance(a, ApproximatedNearZero), lambda a: a.as_written())
+
+
+def _written_log_cosh(e):
+    """e with log(cosh(u)) as written where rewrite_log_cosh took it into branches (LogCosh)."""
+    return e.replace(lambda a: isinstance(a, LogCosh), lambda a: sympy.log(sympy.cosh(a.argument())))
 
 
 def _singular_at_zero(e, x) -> bool:
@@ -2433,7 +2517,7 @@ def rewrite_removable_singularity(e):
     e = _unapproximated(e)
     # (a stable form of the numerator - log(cosh(x))'s branches - is the function it computes
     # for the limit and the approximant, and stays the far branch: log(cosh(x))/x was NaN at 0)
-    written = e.replace(lambda a: isinstance(a, LogCosh), lambda a: sympy.log(sympy.cosh(a.argument())))
+    written = _written_log_cosh(e)
     if not written.is_Mul or written.has(sympy.Piecewise) or len(written.free_symbols) != 1:
         return None
     x, = written.free_symbols
@@ -2740,6 +2824,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_sigmoid_complement,
     rewrite_sigmoid_tanh,
     rewrite_sigmoid_difference,
+    rewrite_expm1_sigmoid,
     rewrite_softplus_difference,
     rewrite_factor_into_stable_sum,
     rewrite_softplus_minus_slope,
@@ -2944,7 +3029,7 @@ def _as_asinh(e):
 def recognize_inverse_functions(expr: sympy.Basic) -> sympy.Basic:
     """Inverse functions written out, as the function (see _as_asinh): before the rewrites,
     which would take the sum inside the log apart first."""
-    return expr.replace(lambda e: _as_asinh(e) is not None, _as_asinh)
+    return _replace_found(expr, _as_asinh)
 
 
 def _clean(expr: sympy.Basic) -> sympy.Basic:

@@ -1382,3 +1382,59 @@ def test_formulas_near_float32s_top_stay_finite_where_the_truth_is(backend):
     _, (_, *gp) = _grad(ratio.kink_ratio, torch.tensor([1e15, -3e15, 1e20, 2.0]),
                         *[torch.tensor([v]) for v in (0.1, 0.5, 0.25, 0.0)])
     assert gp[3].item() == 0.0, gp
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_expm1_over_one_plus_exp_is_tanh_of_half(backend, dtype):
+    """x*(exp(x) - 1)/(exp(x) + 1) is x*tanh(x/2): written out its slope was terms of size x
+    that cancel to about 1 (float64: 14 ULP off at x = 30, 31 on the kernels, 10 at 64);
+    as tanh(x/2) plus x/2 times tanh's slope it is within a few ULP.  Against mpmath."""
+    m = actgen.compile("x*(exp(x) - 1)/(exp(x) + 1)", name="x_tanh_half")
+    x = torch.cat([torch.linspace(-80, 80, 641, dtype=torch.float64),
+                   torch.tensor([-1e30, -1e-3, -1e-30, 1e-30, 1e-8, 19.4375, 1e5, 1e30], dtype=torch.float64)]).to(dtype)
+    y, (g,) = _grad(m.x_tanh_half, x)
+    vals = [mpmath.mpf(v) for v in x.double().tolist()]
+    _close_to_truth(y, [float(v * mpmath.tanh(v / 2)) for v in vals])
+    _close_to_truth(g, [float(mpmath.tanh(v / 2) + v / 2 / mpmath.cosh(v / 2) ** 2) for v in vals])
+
+
+@pytest.mark.parametrize("formula, truth", [
+    # log(cosh(x))'s branches hid the sum's cancellation from its approximant (3.5e-4 off,
+    # relatively, at x = 1e-6 in float64, where the forward was computed)
+    ("log(cosh(x)) - x**2/2", lambda v: mpmath.log(mpmath.cosh(v)) - v**2 / 2),
+    ("log(cosh(2*x)) - 2*x**2", lambda v: mpmath.log(mpmath.cosh(2 * v)) - 2 * v**2),
+    # tanh(2x)'s poles at +-i*pi/4 aliased into its Taylor coefficients on the circle |t| = 1/2:
+    # no approximant (7.8e-5 off, relatively, at x = 1e-6 in float32 and float64)
+    ("tanh(2*x) - 2*x", lambda v: mpmath.tanh(2 * v) - 2 * v),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sums_that_cancel_near_zero_take_their_approximant(backend, dtype, formula, truth):
+    """Sums of one input whose terms cancel near 0 are a Padé approximant there; against
+    mpmath at 300 digits, f and f' within 4 ULP (below UNDERFLOW, as _close_to_truth counts)."""
+    m = actgen.compile(formula, name="cancel_at_0")
+    x = torch.tensor([-1.4, -0.7, -0.1, -1e-3, -1e-6, -1e-12, -1e-30, 0.0, 1e-30, 1e-12, 1e-6, 1e-3, 0.1, 0.7,
+                      1.4, 3.0, -30.0], dtype=dtype)
+    y, (g,) = _grad(m.cancel_at_0, x)
+    with mpmath.workdps(300):
+        vals = [mpmath.mpf(v) for v in x.double().tolist()]
+        want = [float(truth(v)) for v in vals]
+        want_g = [float(mpmath.diff(truth, v)) for v in vals]
+    _close_to_truth(y, want)
+    _close_to_truth(g, want_g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log_of_a_sum_of_exps_that_is_one_at_zero_is_log1p(backend, dtype):
+    """log(2 - exp(-x**2)) is about x**2 near 0, where 2 - exp(-x**2) rounds to 1: it was 0 at
+    x = 1e-12 and 820 ULP off at 1e-6 in float32; as log1p(-expm1(-x**2)) it is within a few
+    ULP.  Against mpmath at 300 digits (its slope, 2x*exp(-x**2)/(2 - exp(-x**2)), too)."""
+    m = actgen.compile("log(2 - exp(-x**2))", name="log_two_minus")
+    x = torch.tensor([-3.0, -1.0, -1e-3, -1e-6, -1e-12, -1e-20, 0.0, 1e-20, 1e-12, 1e-6, 1e-3, 0.5, 2.0, 9.0],
+                     dtype=dtype)
+    y, (g,) = _grad(m.log_two_minus, x)
+    with mpmath.workdps(300):
+        vals = [mpmath.mpf(v) for v in x.double().tolist()]
+        want = [float(mpmath.log(2 - mpmath.exp(-v**2))) for v in vals]
+        want_g = [float(2 * v * mpmath.exp(-v**2) / (2 - mpmath.exp(-v**2))) for v in vals]
+    _close_to_truth(y, want)
+    _close_to_truth(g, want_g)

@@ -7,7 +7,7 @@ Formula, as written:
 
 Derived (after stability rewrites):
     f     = Piecewise((x*sigmoid(x), x > 0), (expm1(x)*sigmoid(x), True))
-    df/dx = Piecewise(((x*sigmoid(-x) + 1)*sigmoid(x), x > 0), ((exp(x) + expm1(x)*sigmoid(-x))*sigmoid(x), True))
+    df/dx = Piecewise(((x*sigmoid(-x) + 1)*sigmoid(x), x > 0), ((exp(x) + tanh(x/2))*sigmoid(x), True))
 """
 import math
 
@@ -32,8 +32,7 @@ def _forward_torch(x):
 def _derivatives_torch(x):
     """df/dx."""
     _t0 = torch.sigmoid(x)
-    _t1 = torch.sigmoid(-x)
-    _d_x = torch.where(x == math.inf, 1.0, torch.where(x > 0.0, _t0*_rt.fma(_t1, x, 1.0), _t0*_rt.fma(_t1, torch.expm1(x), torch.exp(x))))
+    _d_x = torch.where(x == math.inf, 1.0, torch.where(x > 0.0, _t0*_rt.fma(x, torch.sigmoid(-x), 1.0), _t0*(torch.exp(x) + torch.tanh(0.5*x))))
     return (_d_x,)
 
 
@@ -47,8 +46,7 @@ def _forward_torch_fast(x, _w):
 def _derivatives_torch_fast(x, _w):
     """df/dx on the workspace _w (CPU chunks) for finite inputs: no NaN/inf guards; branches by float masks, None where a value is not finite (the guarded function runs then)."""
     _t0 = torch.sigmoid(x, out=_w[0])
-    _t1 = torch.neg(x, out=_w[1]).sigmoid_()
-    _d_x = _rt.select(_rt.gt(x, 0.0, out=_w[2]), _rt.fma(_t1, x, 1.0, out=_w[3]).mul_(_t0), _rt.fma(_t1, torch.expm1(x, out=_w[4]), torch.exp(x, out=_w[5]), out=_w[4]).mul_(_t0), out=_w[5])
+    _d_x = _rt.select(_rt.gt(x, 0.0, out=_w[1]), _rt.fma(x, torch.neg(x, out=_w[2]).sigmoid_(), 1.0, out=_w[2]).mul_(_t0), torch.exp(x, out=_w[3]).add_(torch.mul(x, 0.5, out=_w[4]).tanh_()).mul_(_t0), out=_w[4])
     return _rt.finite_or_none((_d_x,))
 
 
@@ -57,8 +55,8 @@ def _second_derivatives_torch(x):
     _t0 = torch.sigmoid(x)
     _t1 = torch.sigmoid(-x)
     _t2 = torch.exp(x)
-    _t3 = _t1*torch.expm1(x)
-    _d2_x_x = torch.where(x == math.inf, 0.0, torch.where(x > 0.0, _t0*_t1*_rt.fma(_t1, x, _rt.fnma(_t0, x, 2.0)), _t0*_rt.fma(_t1, _t2 + _t3, _rt.fnma(_t0, _t3, _t0 + _t2))))
+    _t3 = torch.exp(-torch.abs(x))
+    _d2_x_x = torch.where(x == math.inf, 0.0, torch.where(x > 0.0, _t0*_t1*_rt.fma(_t1, x, _rt.fnma(_t0, x, 2.0)), _t0*_rt.fma(_t1, _t2 + torch.tanh(0.5*x), _t2 + 2.0*_t3/_rt.fma(_t3, _t3 + 2.0, 1.0))))
     return (_d2_x_x,)
 
 
@@ -94,8 +92,7 @@ if _rt.HAS_TRITON:
         _t2 = _t0*_t1
         _t3 = x <= 0.0
         _t4 = tl.where(_t3, _t2, _t1)
-        _t5 = tl.where(_t3, _t1, _t2)
-        _d_x = tl.where(x == float("inf"), 1.0, tl.where(x > 0.0, _t4*tl.fma(_t5, x, 1.0), _t4*tl.fma(_t5, libdevice.expm1(x), _exp(x, FAST))))
+        _d_x = tl.where(x == float("inf"), 1.0, tl.where(x > 0.0, _t4*tl.fma(x, tl.where(_t3, _t1, _t2), 1.0), _t4*(_exp(x, FAST) + libdevice.tanh(0.5*x))))
         tl.store(_d_x_ptr + _offs, (_g * _d_x).to(_d_x_ptr.dtype.element_ty), mask=_mask)
 
 
@@ -110,7 +107,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(5, 6),
+    fast_buffers=(5, 5),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
