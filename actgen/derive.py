@@ -5,7 +5,7 @@ Triton or torch source.
 
 * Stability rewrites (`REWRITES`, applied bottom-up, in order) turn write-outs into the
   stable primitives: log(1 + exp(u)) -> softplus(u) (c*exp(u): softplus(u + log(c))), 1/(1 + exp(-u)) -> sigmoid(u),
-  log(1 + u) -> log1p(u) (log(c + k exp(u)) with c + k = 1 -> log1p(k expm1(u))),
+  log(1 + u) -> log1p(u) (log(c + k exp(u) + r) with c + k = 1 -> log1p(k expm1(u) + r)),
   exp(u) - 1 -> expm1(u), log1p(exp(u)) -> softplus(u); and
   remove cancellation and overflow: log(sigmoid(u)) -> -softplus(-u), the log of a product
   of (1 + exp(u))**k as a sum of softplus, log(exp(a) + exp(b)) -> a + softplus(b - a)
@@ -355,17 +355,18 @@ def rewrite_log1p(e):
 
 
 def _one_plus_expm1(e):
-    """If e is c + k1*exp(u1) + k2*exp(u2) + ... with numbers c != 1 and k1 + k2 + ... = 1 - c,
-    return k1*expm1(u1) + k2*expm1(u2) + ..."""
+    """If e is c + k1*exp(u1) + k2*exp(u2) + ... + rest with numbers c != 1 and k1 + k2 + ...
+    = 1 - c, return k1*expm1(u1) + k2*expm1(u2) + ... + rest (log(x**2 + exp(-x**2)) as
+    log1p(x**2 + expm1(-x**2)), whose argument then cancels near 0 in one sum)."""
     if not isinstance(e, sympy.Add):
         return None
     c, terms = e.as_coeff_add()
     pairs = [t.as_coeff_Mul() for t in terms]
-    if c == 1 or not pairs or any(not isinstance(f, sympy.exp) for _, f in pairs):
+    exps = [(k, f) for k, f in pairs if isinstance(f, sympy.exp)]
+    if c == 1 or not exps or c + sum(k for k, _ in exps) != 1:
         return None
-    if c + sum(k for k, _ in pairs) != 1:
-        return None
-    return sympy.Add(*[k * expm1(f.args[0]) for k, f in pairs])
+    rest = [t for t, (_, f) in zip(terms, pairs) if not isinstance(f, sympy.exp)]
+    return sympy.Add(*[k * expm1(f.args[0]) for k, f in exps], *rest)
 
 
 def rewrite_log_expm1(e):
@@ -669,13 +670,29 @@ def _is_sum(e) -> bool:
 def _far_sum(e):
     """The sum e as an approximant's far branch (StableSum), its terms in exp(u) or expm1(u)
     of one u, where two or more have them, as exp(u) times the sum of their coefficients
-    plus the rest: those terms overflow together where exp(u) does, and inf - inf was NaN
+    plus the rest (in cosh(u) and sinh(u): cosh(u) times theirs, sinh(u) being
+    sign(u)*(cosh(u) - exp(-|u|))): those terms overflow together where exp(u) does, and inf - inf was NaN
     where the value is +-inf (expm1(x)/x's slope, exp(x)/x - expm1(x)/x**2, from x = 89 in
     float32; the soft exponential's gradient in alpha from alpha*x = 89).  Beyond the
     approximant's radius the coefficients do not cancel (exp(x)*(1/x - 1/x**2) + 1/x**2)."""
     if not _is_sum(e):
         return e
     us = {a.args[0] for a in e.atoms(sympy.exp, expm1)}
+    hyperbolic = {a.args[0] for a in e.atoms(sympy.cosh, sympy.sinh)}
+    if not us and len(hyperbolic) == 1:
+        # sinh(u) as sign(u)*(cosh(u) - exp(-|u|)), and the terms in cosh(u) collected: they
+        # overflow together, where cosh(u) does (sinh(x)/x's slope, cosh(x)/x - sinh(x)/x**2,
+        # was inf - inf = NaN from |x| = 90 in float32, where it is +-inf)
+        u, = hyperbolic
+        big = sympy.cosh(u)
+        if sum(1 for t in e.args if t.has(big, sympy.sinh(u))) >= 2:
+            small = sympy.exp(-sympy.Abs(u))
+            sign = sympy.Piecewise((1, u > 0), (-1, u < 0), (0, True))     # (as sign() is printed)
+            written = e.xreplace({sympy.sinh(u): sign * (big - small)})
+            parts = sympy.collect(sympy.expand_mul(written), big, evaluate=False)
+            c, rest = parts.get(big), parts.get(sympy.S.One, sympy.S.Zero)
+            if c is not None and set(parts) <= {big, sympy.S.One} and not c.has(big) and not rest.has(big):
+                return StableSum(big * c, *sympy.Add.make_args(rest))
     if len(us) == 1:
         u, = us
         big = sympy.exp(u)

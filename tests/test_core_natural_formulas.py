@@ -1423,18 +1423,46 @@ def test_sums_that_cancel_near_zero_take_their_approximant(backend, dtype, formu
     _close_to_truth(g, want_g)
 
 
+@pytest.mark.parametrize("formula, truth", [
+    ("log(2 - exp(-x**2))", lambda v: mpmath.log(2 - mpmath.exp(-v**2))),
+    # (the argument, x**2 + expm1(-x**2), then cancels near 0 in one sum: its approximant)
+    ("log(x**2 + exp(-x**2))", lambda v: mpmath.log(v**2 + mpmath.exp(-v**2))),
+])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_log_of_a_sum_of_exps_that_is_one_at_zero_is_log1p(backend, dtype):
+def test_log_of_a_sum_of_exps_that_is_one_at_zero_is_log1p(backend, dtype, formula, truth):
     """log(2 - exp(-x**2)) is about x**2 near 0, where 2 - exp(-x**2) rounds to 1: it was 0 at
     x = 1e-12 and 820 ULP off at 1e-6 in float32; as log1p(-expm1(-x**2)) it is within a few
-    ULP.  Against mpmath at 300 digits (its slope, 2x*exp(-x**2)/(2 - exp(-x**2)), too)."""
-    m = actgen.compile("log(2 - exp(-x**2))", name="log_two_minus")
+    ULP (log(x**2 + exp(-x**2)), about x**4/2, alike).  Against mpmath at 300 digits, f and
+    its slope."""
+    m = actgen.compile(formula, name="log_near_one")
     x = torch.tensor([-3.0, -1.0, -1e-3, -1e-6, -1e-12, -1e-20, 0.0, 1e-20, 1e-12, 1e-6, 1e-3, 0.5, 2.0, 9.0],
                      dtype=dtype)
-    y, (g,) = _grad(m.log_two_minus, x)
+    y, (g,) = _grad(m.log_near_one, x)
     with mpmath.workdps(300):
         vals = [mpmath.mpf(v) for v in x.double().tolist()]
-        want = [float(mpmath.log(2 - mpmath.exp(-v**2))) for v in vals]
-        want_g = [float(2 * v * mpmath.exp(-v**2) / (2 - mpmath.exp(-v**2))) for v in vals]
+        want = [float(truth(v)) for v in vals]
+        want_g = [float(mpmath.diff(truth, v)) for v in vals]
     _close_to_truth(y, want)
     _close_to_truth(g, want_g)
+
+
+@pytest.mark.parametrize("formula, slope", [
+    ("sinh(x)/x", lambda v: mpmath.cosh(v) / v - mpmath.sinh(v) / v**2),
+    ("(cosh(x) - 1)/x**2", lambda v: mpmath.sinh(v) / v**2 - 2 * (mpmath.cosh(v) - 1) / v**3),
+])
+def test_hyperbolic_terms_of_a_far_branch_overflow_together(backend, formula, slope):
+    """Past its approximant near 0 a slope in cosh(x) and sinh(x) is cosh(x) times the sum of
+    their coefficients plus the rest: sinh(x)/x's, cosh(x)/x - sinh(x)/x**2, was inf - inf =
+    NaN from |x| = 90 in float32, and (cosh(x) - 1)/x**2's -inf at 89 (2*(cosh(x) - 1)
+    overflowed before the division).  Within 4 ULP of mpmath while cosh(x) is finite in
+    float32, and the slope's infinity, not NaN, past it (where the truth overflows a
+    little later, as exp(x)'s terms do)."""
+    m = actgen.compile(formula, name="hyperbolic_far")
+    x = torch.tensor([-89.0, -30.0, 5.0, 30.0, 80.0, 88.0, 89.0, 89.4])
+    _, (g,) = _grad(m.hyperbolic_far, x)
+    with mpmath.workdps(60):
+        _close_to_truth(g, [float(slope(mpmath.mpf(v))) for v in x.double().tolist()])
+    far = torch.tensor([-200.0, -100.0, -90.0, 90.0, 100.0, 1e4])
+    _, (g,) = _grad(m.hyperbolic_far, far)
+    signs = [float(mpmath.sign(slope(mpmath.mpf(v)))) for v in far.tolist()]
+    assert g.tolist() == [s * math.inf for s in signs], g
