@@ -635,10 +635,6 @@ def rewrite_expm1_complement(e):
     return None
 
 
-# --- stability rewrites for cancellation and overflow -----------------------------------
-# Each turns a write-out that loses accuracy in floating point into an equivalent form that
-# does not; where the loss happens only on one side, the stable form is guarded by a
-# Piecewise on the sign (its NaN guard comes with it).
 def _replace_found(expr: sympy.Basic, find: Callable[[sympy.Basic], sympy.Basic | None]) -> sympy.Basic:
     """expr with each node for which find gives a replacement (not None) replaced by it,
     bottom-up as sympy's replace, find run once per node (a query and a value that both run
@@ -654,6 +650,10 @@ def _replace_found(expr: sympy.Basic, find: Callable[[sympy.Basic], sympy.Basic 
     return expr.replace(query, lambda e: found[e])
 
 
+# --- stability rewrites for cancellation and overflow -----------------------------------
+# Each turns a write-out that loses accuracy in floating point into an equivalent form that
+# does not; where the loss happens only on one side, the stable form is guarded by a
+# Piecewise on the sign (its NaN guard comes with it).
 class StableSum(sympy.Add):
     """A sum already in stable form, as a branch of a guarded rewrite below: the rewrites of
     sums leave it as it is (they would otherwise rewrite their own branch again), and sympy
@@ -671,8 +671,8 @@ def _far_sum(e):
     """The sum e as an approximant's far branch (StableSum), its terms in exp(u) or expm1(u)
     of one u, where two or more have them, as exp(u) times the sum of their coefficients
     plus the rest (in cosh(u) and sinh(u): cosh(u) times theirs, sinh(u) being
-    sign(u)*(cosh(u) - exp(-|u|))): those terms overflow together where exp(u) does, and inf - inf was NaN
-    where the value is +-inf (expm1(x)/x's slope, exp(x)/x - expm1(x)/x**2, from x = 89 in
+    sign(u)*(cosh(u) - exp(-|u|))): those terms overflow together where exp(u) does, and
+    inf - inf was NaN where the value is +-inf (expm1(x)/x's slope, exp(x)/x - expm1(x)/x**2, from x = 89 in
     float32; the soft exponential's gradient in alpha from alpha*x = 89).  Beyond the
     approximant's radius the coefficients do not cancel (exp(x)*(1/x - 1/x**2) + 1/x**2)."""
     if not _is_sum(e):
@@ -775,9 +775,9 @@ def rewrite_logsumexp(e):
     is not lost in a + (b - a) (a = -1e30, b = 0.5), nor is a = -inf a NaN (the masking
     value of a score).  Where a - b has two variables or more, both can be infinite at once:
     LogSumExp's third branch gives a = b = -inf (both masked) -inf, as torch.logaddexp does
-    (a + softplus(b - a) was NaN there).  Each branch is the function
-    itself or, at a = b, its value, and the derivative is the formula's, so it is exact at
-    a = b too (1/2 each; max(a, b) + softplus(-|a - b|) would give the kinks' 0)."""
+    (a + softplus(b - a) was NaN there).  Each branch is the function itself or, at a = b,
+    its value, and the derivative is the formula's, so it is exact at a = b too (1/2 each;
+    max(a, b) + softplus(-|a - b|) would give the kinks' 0)."""
     if not isinstance(e, sympy.log) or not isinstance(e.args[0], sympy.Add) or len(e.args[0].args) != 2:
         return None
     parts = [_exp_term(t) for t in e.args[0].args]
@@ -2280,11 +2280,11 @@ def _taylor_coefficients(fn, order: int):
     Cauchy's integral, exact to ~(r/R)**256 relative where fn's nearest singularity is at
     |t| = R).  r is 1/2, or 1/8 where a singularity between 1/2 and 1 aliases into the
     coefficients of negative powers at 1/2 (tanh(2x) - 2x, poles at +-i*pi/4: it had no
-    approximant, 7.8e-5 off, relatively, at x = 1e-6 in float64).  Coefficients at rounding level are 0.  None
-    where fn cannot be evaluated there, is not real on the real axis, or has a pole or a
-    branch point at 0 (the coefficients of negative powers are not 0).  A singularity closer
-    than r gives wrong coefficients: the approximant built from them is checked against fn
-    itself."""
+    approximant, 7.8e-5 off, relatively, at x = 1e-6 in float64).  Coefficients at rounding
+    level are 0.  None where fn cannot be evaluated there, is not real on the real axis, or
+    has a pole or a branch point at 0 (the coefficients of negative powers are not 0).  A
+    singularity closer than r gives wrong coefficients: the approximant built from them is
+    checked against fn itself."""
     for radius in _TAYLOR_RADII:
         coeffs = _taylor_coefficients_on(fn, order, radius)
         if coeffs is not None:
