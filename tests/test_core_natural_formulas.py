@@ -1455,14 +1455,21 @@ def test_hyperbolic_terms_of_a_far_branch_overflow_together(backend, formula, sl
     their coefficients plus the rest: sinh(x)/x's, cosh(x)/x - sinh(x)/x**2, was inf - inf =
     NaN from |x| = 90 in float32, and (cosh(x) - 1)/x**2's -inf at 89 (2*(cosh(x) - 1)
     overflowed before the division).  Within 4 ULP of mpmath while cosh(x) is finite in
-    float32, and the slope's infinity, not NaN, past it (where the truth overflows a
-    little later, as exp(x)'s terms do)."""
+    float32, its infinity where the truth is past float32's largest, and between the two
+    (|x| = 90, where cosh(x) overflows and the truth does not yet) not NaN, of the truth's
+    sign."""
     m = actgen.compile(formula, name="hyperbolic_far")
     x = torch.tensor([-89.0, -30.0, 5.0, 30.0, 80.0, 88.0, 89.0, 89.4])
     _, (g,) = _grad(m.hyperbolic_far, x)
     with mpmath.workdps(60):
         _close_to_truth(g, [float(slope(mpmath.mpf(v))) for v in x.double().tolist()])
-    far = torch.tensor([-200.0, -100.0, -90.0, 90.0, 100.0, 1e4])
+    far = torch.tensor([-200.0, -100.0, 100.0, 1e4])
     _, (g,) = _grad(m.hyperbolic_far, far)
-    signs = [float(mpmath.sign(slope(mpmath.mpf(v)))) for v in far.tolist()]
-    assert g.tolist() == [s * math.inf for s in signs], g
+    with mpmath.workdps(60):
+        truth = [slope(mpmath.mpf(v)) for v in far.tolist()]
+    assert all(abs(t) > torch.finfo(torch.float32).max for t in truth)
+    assert g.tolist() == [math.copysign(math.inf, t) for t in truth], g
+    between = torch.tensor([-90.0, 90.0])
+    _, (g,) = _grad(m.hyperbolic_far, between)
+    signs = [float(mpmath.sign(slope(mpmath.mpf(v)))) for v in between.tolist()]
+    assert not g.isnan().any() and torch.sign(g).tolist() == signs, g
