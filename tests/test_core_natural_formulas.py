@@ -1398,6 +1398,19 @@ def test_expm1_over_one_plus_exp_is_tanh_of_half(backend, dtype):
     _close_to_truth(g, [float(mpmath.tanh(v / 2) + v / 2 / mpmath.cosh(v / 2) ** 2) for v in vals])
 
 
+def _f_and_slope_match_mpmath(formula: str, truth, x: torch.Tensor):
+    """The formula of one input x, compiled, against truth (an mpmath function) at 300 digits:
+    f, and its slope as mpmath differentiates truth, within 4 ULP (_close_to_truth)."""
+    m = actgen.compile(formula, name="against_mpmath")
+    y, (g,) = _grad(m.against_mpmath, x)
+    with mpmath.workdps(300):
+        vals = [mpmath.mpf(v) for v in x.double().tolist()]
+        want = [float(truth(v)) for v in vals]
+        want_g = [float(mpmath.diff(truth, v)) for v in vals]
+    _close_to_truth(y, want)
+    _close_to_truth(g, want_g)
+
+
 @pytest.mark.parametrize("formula, truth", [
     # log(cosh(x))'s branches hid the sum's cancellation from its approximant (3.5e-4 off,
     # relatively, at x = 1e-6 in float64, where the forward was computed)
@@ -1411,16 +1424,9 @@ def test_expm1_over_one_plus_exp_is_tanh_of_half(backend, dtype):
 def test_sums_that_cancel_near_zero_take_their_approximant(backend, dtype, formula, truth):
     """Sums of one input whose terms cancel near 0 are a Padé approximant there; against
     mpmath at 300 digits, f and f' within 4 ULP (below UNDERFLOW, as _close_to_truth counts)."""
-    m = actgen.compile(formula, name="cancel_at_0")
     x = torch.tensor([-1.4, -0.7, -0.1, -1e-3, -1e-6, -1e-12, -1e-30, 0.0, 1e-30, 1e-12, 1e-6, 1e-3, 0.1, 0.7,
                       1.4, 3.0, -30.0], dtype=dtype)
-    y, (g,) = _grad(m.cancel_at_0, x)
-    with mpmath.workdps(300):
-        vals = [mpmath.mpf(v) for v in x.double().tolist()]
-        want = [float(truth(v)) for v in vals]
-        want_g = [float(mpmath.diff(truth, v)) for v in vals]
-    _close_to_truth(y, want)
-    _close_to_truth(g, want_g)
+    _f_and_slope_match_mpmath(formula, truth, x)
 
 
 @pytest.mark.parametrize("formula, truth", [
@@ -1434,16 +1440,9 @@ def test_log_of_a_sum_of_exps_that_is_one_at_zero_is_log1p(backend, dtype, formu
     x = 1e-12 and 820 ULP off at 1e-6 in float32; as log1p(-expm1(-x**2)) it is within a few
     ULP (log(x**2 + exp(-x**2)), about x**4/2, alike).  Against mpmath at 300 digits, f and
     its slope."""
-    m = actgen.compile(formula, name="log_near_one")
     x = torch.tensor([-3.0, -1.0, -1e-3, -1e-6, -1e-12, -1e-20, 0.0, 1e-20, 1e-12, 1e-6, 1e-3, 0.5, 2.0, 9.0],
                      dtype=dtype)
-    y, (g,) = _grad(m.log_near_one, x)
-    with mpmath.workdps(300):
-        vals = [mpmath.mpf(v) for v in x.double().tolist()]
-        want = [float(truth(v)) for v in vals]
-        want_g = [float(mpmath.diff(truth, v)) for v in vals]
-    _close_to_truth(y, want)
-    _close_to_truth(g, want_g)
+    _f_and_slope_match_mpmath(formula, truth, x)
 
 
 @pytest.mark.parametrize("formula, slope", [
