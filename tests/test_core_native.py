@@ -371,6 +371,65 @@ def test_the_tail_past_the_last_block_takes_torch_kernel_where_it_is_inside(outs
     torch.testing.assert_close(got.double(), want, rtol=4e-7, atol=4e-7)
 
 
+def _count_sums(monkeypatch):
+    """The dims of every sum the fallback's checks take (None: a whole tensor's)."""
+    from actgen.runtime import activation
+
+    dims, sum_ = [], activation._sum
+
+    def counted(t, dim=None):
+        dims.append(dim)
+        return sum_(t, dim)
+    monkeypatch.setattr(activation, "_sum", counted)
+    return dims
+
+
+@pytest.mark.parametrize("name, outside", [
+    ("silu", None),         # float32 backward window (-inf, 5): its largest value alone
+    ("reglu", None),        # finite inputs both ways
+    ("swiglu", None),
+    ("swiglu", 16.5),       # a few blocks past the backward's window: the derived code's, per block
+    ("mish", None),         # no torch kernel: the derived code's fast variants, for finite inputs
+])
+def test_a_backward_does_not_sum_again_the_inputs_its_forward_found_finite(name, outside, monkeypatch):
+    """The forward's check found its inputs finite (one sum each); the backward of the same
+    call, handed the same tensors, takes no sum (the whole tensors', per block, or of the
+    values it patches), and its gradients are the formula's, against float64 torch."""
+    fn, op = _op(name)
+    n = 2 ** 12 + 100
+    xs = [torch.linspace(-6, 6, n)] + ([torch.linspace(2, -2, n)] if op.n_inputs == 2 else [])
+    if outside is not None:
+        xs[0][[7, 1000, n - 10]] = outside
+    xr = [t.clone().requires_grad_() for t in xs]
+    sums = _count_sums(monkeypatch)
+    with use_backend("torch"):
+        y = fn(*xr)
+        forward = list(sums)
+        got = torch.autograd.grad(y, xr, torch.ones_like(y))
+    assert forward == [None] * op.n_inputs and sums == forward
+    xd = [t.double().requires_grad_() for t in xs]
+    formulas = {"reglu": lambda a, b: torch.relu(a) * b, "mish": torch.nn.functional.mish}
+    ref = formulas.get(name, functools.partial(_reference, name))(*xd)
+    want = torch.autograd.grad(ref, xd, torch.ones_like(ref))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w, rtol=4e-7, atol=4e-7)
+
+
+def test_a_saved_tensors_hook_that_hands_back_other_tensors_gets_them_checked():
+    """Saved inputs offloaded to float16 and back (a saved-tensors hook) come back as other
+    tensors, -1e5 as -inf: the forward's finding is not theirs, the backward checks what it
+    is handed, and silu's gradient there is the formula's limit, 0, not torch's kernel's
+    0 * -inf = NaN; the others are silu' of the values handed back."""
+    x = torch.tensor([-1e5, -1.0, 0.5, 2.0], requires_grad=True)
+    with use_backend("torch"), torch.autograd.graph.saved_tensors_hooks(lambda t: t.half(), lambda t: t.float()):
+        y = actgen.ops.silu(x)
+        (got,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    xd = x.detach().half().double()[1:].requires_grad_()
+    (want,) = torch.autograd.grad(_reference("silu", xd), xd, torch.ones_like(xd))
+    assert got[0].item() == 0.0
+    torch.testing.assert_close(got[1:].double(), want, rtol=4e-7, atol=4e-7)
+
+
 @pytest.mark.parametrize("needs", [(True, False), (False, True)])
 def test_a_gated_backward_computes_only_the_gradients_asked_for(needs, monkeypatch):
     """swiglu through torch's kernels with one input frozen: the other's gradient is right,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import operator
+import weakref
 from typing import Callable, Sequence
 
 import torch
@@ -118,6 +119,24 @@ def reduce_to_param(v: torch.Tensor, p: torch.Tensor, shape, channel_dim: int) -
         return v.sum().reshape(1).to(p.dtype)
     dims = [d for d in range(len(shape)) if d != channel_dim]
     return (v.sum(dims) if dims else v).to(p.dtype)
+
+
+class Found:
+    """What the fallback's checks found of one eager call's inputs, kept for its backward:
+    `finite`, every input finite.  The backward takes it only where autograd hands back the
+    very tensors the forward checked (`holds`: a saved-tensors hook may hand back others;
+    autograd refuses ones changed in place since), and so skips the checks of finiteness a
+    second pass over the same inputs would repeat."""
+
+    __slots__ = ("finite", "_refs")
+
+    def __init__(self, inputs):
+        self.finite = False
+        self._refs = [weakref.ref(t) for t in inputs]
+
+    def holds(self, inputs) -> bool:
+        """Whether inputs are the tensors the forward checked."""
+        return len(inputs) == len(self._refs) and all(r() is t for r, t in zip(self._refs, inputs))
 
 
 def _sum(t: torch.Tensor, dim=None) -> torch.Tensor:
@@ -576,7 +595,8 @@ class Activation:
         in the logical order, which its derivatives draw again)."""
         return None if self.n_draws else memory_order(inputs)
 
-    def forward_impl(self, inputs, params, constants, channel_dim, rng=None):
+    # found: a Found the fallback's checks of the inputs fill in, for the backward (None: not kept)
+    def forward_impl(self, inputs, params, constants, channel_dim, rng=None, found=None):
         if self.plans_forward and _launch is not None and _launch.TUNER.plans:
             form = self._plan_form(inputs)
             if form is not False:
@@ -585,7 +605,7 @@ class Activation:
                     return plan.forward(inputs, params)
         order = self._order(inputs)
         if order is not None:       # (the views in memory order are contiguous)
-            y = self.forward_impl([t.permute(order) for t in inputs], params, constants, order.index(channel_dim), rng)
+            y = self.forward_impl([t.permute(order) for t in inputs], params, constants, order.index(channel_dim), rng, found)
             return permuted_back(y, order)
         x = inputs[0]
         if rng is not None:
@@ -601,13 +621,14 @@ class Activation:
                                 inputs, params, self.per_channel, constants, channel_dim, self._channels(params), wide)
             return y
         if x.is_cpu:
-            return self._cpu_forward(inputs, params, constants, channel_dim, rng)
+            return self._cpu_forward(inputs, params, constants, channel_dim, rng, found=found)
         args = self._eager_args(inputs, params, constants, channel_dim, rng, self.float64_forward)
         return _output(self.forward_torch(*args), inputs)
 
     # halves: a gated op's input gradients may be the halves of one buffer (_halves_grads),
-    # not where they are a custom op's outputs (torch.compile), which must not alias
-    def backward_impl(self, grad, inputs, params, constants, channel_dim, needs, rng=None, halves=True):
+    # not where they are a custom op's outputs (torch.compile), which must not alias;
+    # found: what the forward's checks found of these inputs (a Found), or None
+    def backward_impl(self, grad, inputs, params, constants, channel_dim, needs, rng=None, halves=True, found=None):
         if self.plans_backward and _launch is not None and _launch.TUNER.plans and not _batched(grad):
             form = self._plan_form(inputs)
             if form is not False:
@@ -619,7 +640,7 @@ class Activation:
         if order is not None:
             moved = [t.permute(order) for t in inputs]
             grads = self.backward_impl(grad.permute(order), moved, params, constants,
-                                       order.index(channel_dim), needs, rng, halves)
+                                       order.index(channel_dim), needs, rng, halves, found)
             back = inverse_order(order)
             # (in the inputs' memory order: a product with a grad laid out otherwise - a
             # contiguous grad for channels_last x - takes the grad's strides; the kernels' not)
@@ -643,7 +664,8 @@ class Activation:
                                 self._channels(params), need_params, wide)
             return grads
         if x.is_cpu:
-            return self._cpu_backward(grad, inputs, params, constants, channel_dim, needs, rng, halves=halves)
+            return self._cpu_backward(grad, inputs, params, constants, channel_dim, needs, rng, halves=halves,
+                                      finite=found is not None and found.finite)
         return self._eager_backward(grad, inputs, params, constants, channel_dim, needs, rng)
 
     def _eager_backward(self, grad, inputs, params, constants, channel_dim, needs, rng):
@@ -728,10 +750,14 @@ class Activation:
         return xs, rest + list(constants), ws[:n], ws[n + self.n_inputs: n + self.n_inputs + 2]
 
     @staticmethod
-    def _finite(xs) -> bool:
+    def _finite(xs, found=None) -> bool:
         """Whether every tensor is finite: one sum each, float16's in float32 (an overflowing
-        sum of finite values only counts them out)."""
-        return all(math.isfinite(_sum(t).item()) for t in xs)
+        sum of finite values only counts them out); where they are and found is given (xs:
+        the call's whole inputs), noted there."""
+        finite = all(math.isfinite(_sum(t).item()) for t in xs)
+        if finite and found is not None:
+            found.finite = True
+        return finite
 
     def _native_window(self, which: int, dtype: torch.dtype):
         """The inputs of dtype that torch's kernel for f (which 0) or the backward (1) is
@@ -752,11 +778,12 @@ class Activation:
         return (self._native_window(which, inputs[0].dtype) is not None
                 and all(t.dtype == inputs[0].dtype for t in inputs))
 
-    def _native_takes(self, which: int, xs) -> bool:
+    def _native_takes(self, which: int, xs, finite: bool = False, found=None) -> bool:
         """Whether torch's kernel takes these inputs (ones _native_for admits), one for all:
         any where native_any_input says so, else where _native_inside says so of them all
         (an empty tensor: yes)."""
-        return self.native_any_input[which] or not xs[0].numel() or self._native_inside(which, xs)
+        return (self.native_any_input[which] or not xs[0].numel()
+                or self._native_inside(which, xs, finite=finite, found=found))
 
     #: torch's kernel takes a tensor with inputs outside its window where the blocks of
     #: PATCH_BLOCK elements that hold them are at most PATCH_FRACTION of it: the derived code
@@ -766,7 +793,7 @@ class Activation:
     PATCH_FRACTION = 1 / 8
     _BLOCK_OFFSETS = torch.arange(PATCH_BLOCK)      # (each patch's indices: a block's start plus these)
 
-    def _native_inside(self, which: int, xs, rows: bool = False):
+    def _native_inside(self, which: int, xs, rows: bool = False, finite: bool = False, found=None):
         """Whether torch's kernel for f (which 0) or the backward (1) is trusted with xs: one
         bool for all (Python numbers, stopping at the first input out), or with rows a bool
         tensor, one per block of their (..., PATCH_BLOCK) views (row-major).  The first input inside the
@@ -775,20 +802,33 @@ class Activation:
         rows' dim aminmax takes 20 times as long as amin and amax) - and every
         other input finite (one sum each,
         float16's in float32: a bfloat16 or float32 sum that overflows, of values near the
-        dtype's largest, only counts them out too)."""
+        dtype's largest, only counts them out too).  finite: every input is known to be
+        finite (the forward's Found), which takes no sums; found: where xs (the call's whole
+        inputs) are all inside, noted there as finite."""
         lo, hi = self._native_window(which, xs[0].dtype)
         x = xs[0]
         if not rows:
             # (an infinite end is open too: torch's kernel is not trusted with +-inf, silu's
             # backward at -inf, s*(1 + x*(1 - s)), is 0*-inf = NaN; a sum finds it)
             if lo == -math.inf and hi == math.inf:
-                return self._finite(xs)
-            if lo == -math.inf:
-                return x.amax().item() < hi and self._finite(xs)
-            if hi == math.inf:
-                return x.amin().item() > lo and self._finite(xs)
-            least, most = torch.aminmax(x)      # (one pass for both: the whole tensor's aminmax is the faster)
-            return least.item() > lo and most.item() < hi and self._finite(xs[1:])
+                inside = finite or self._finite(xs)
+            elif lo == -math.inf:
+                inside = x.amax().item() < hi and (finite or self._finite(xs))
+            elif hi == math.inf:
+                inside = x.amin().item() > lo and (finite or self._finite(xs))
+            else:
+                least, most = torch.aminmax(x)      # (one pass for both: the whole tensor's aminmax is the faster)
+                inside = least.item() > lo and most.item() < hi and (finite or self._finite(xs[1:]))
+            if inside and found is not None:
+                found.finite = True
+            return inside
+        if finite:      # (an end of the window is finite: else the whole call was inside)
+            inside = x.amin(-1) > lo if lo != -math.inf else None
+            if hi != math.inf:
+                inside = x.amax(-1) < hi if inside is None else inside.logical_and_(x.amax(-1) < hi)
+            if inside is None:
+                inside = torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
+            return inside.reshape(-1)
         if lo == -math.inf or hi == math.inf:
             inside = torch.isfinite(_sum(x, -1))
             if lo != -math.inf:
@@ -802,16 +842,18 @@ class Activation:
                 inside.logical_and_(torch.isfinite(_sum(t, -1)))
         return inside.reshape(-1)
 
-    def _native_whole(self, which: int, inputs, constants, channel_dim, rng, outs, grad=None, needs=None) -> bool:
+    def _native_whole(self, which: int, inputs, constants, channel_dim, rng, outs, grad=None, needs=None,
+                      finite: bool = False, found=None) -> bool:
         """torch's kernel for f (which 0: into outs[0]) or the backward (1: into outs, None
         where not needed) on the whole of the inputs, where it takes them all; or where the
         blocks of PATCH_BLOCK elements it is not trusted with are at most PATCH_FRACTION of
         the inputs, with the derived code's values for those (and for the tail past the last
         whole block, where it is not trusted with that) written over its own; else False, and
-        nothing written.  outs are contiguous, or rows apart (the halves of one buffer)."""
+        nothing written.  outs are contiguous, or rows apart (the halves of one buffer).
+        finite and found: as _native_inside's."""
         n, size = inputs[0].numel(), self.PATCH_BLOCK
         rows = n // size
-        if self._native_takes(which, inputs):
+        if self._native_takes(which, inputs, finite, found):
             self._native_call(which, inputs, constants, outs, grad)
             return True
         if not rows:
@@ -826,10 +868,11 @@ class Activation:
         else:
             flat = [t.reshape(-1) for t in inputs]
             blocks = [t[: rows * size].view(rows, size) for t in flat]
-        out_rows = self._native_inside(which, blocks, rows=True).logical_not_().nonzero().squeeze(1)
+        out_rows = self._native_inside(which, blocks, rows=True, finite=finite).logical_not_().nonzero().squeeze(1)
         if out_rows.numel() * size > self.PATCH_FRACTION * n:
             return False
-        tail = flat is not None and rows * size < n and not self._native_inside(which, [t[rows * size:] for t in flat])
+        tail = (flat is not None and rows * size < n
+                and not self._native_inside(which, [t[rows * size:] for t in flat], finite=finite))
         self._native_call(which, inputs, constants, outs, grad)
         if not out_rows.numel() and not tail:
             return True
@@ -843,21 +886,21 @@ class Activation:
         else:
             sub = [t.index_select(0, idx) for t in flat]
         values = self._patch_values(which, sub, grad.reshape(-1).index_select(0, idx) if which else None,
-                                    constants, needs)
+                                    constants, needs, finite)
         for out, v in zip(outs, values):
             if out is not None:
                 _put_flat(out, idx, v if v.dtype == out.dtype else v.to(out.dtype))
         return True
 
-    def _patch_values(self, which: int, sub, grad, constants, needs) -> list:
+    def _patch_values(self, which: int, sub, grad, constants, needs, finite: bool = False) -> list:
         """The derived code's f (which 0) or grad times each input's derivative (1; None
         where not needed) on the gathered inputs of a patch over torch's kernel, in the
         compute dtype: the fast variant where they are finite, else the guarded functions
-        (_values; the caller copies the values out of the workspace).  An op with torch's
-        kernels has no params or draws."""
+        (_values; the caller copies the values out of the workspace; finite: they are known
+        to be).  An op with torch's kernels has no params or draws."""
         dt = compute_dtype(sub[0].dtype)
         xs = [t if t.dtype == dt else t.to(dt) for t in sub]
-        values, _ = self._values(which, xs, list(constants))
+        values, _ = self._values(which, xs, list(constants), True if finite else None)
         if which == 0:
             return [as_tensor(values, xs[0])]
         g = grad if grad.dtype == dt else grad.to(dt)
@@ -886,12 +929,13 @@ class Activation:
         else:
             self.backward_native(grad, *inputs, *constants, outs)
 
-    def _cpu_backward_whole(self, grad, inputs, params, constants, channel_dim, needs, rng, halves=None):
+    def _cpu_backward_whole(self, grad, inputs, params, constants, channel_dim, needs, rng, halves=None, finite=False):
         """The backward in one piece (small tensors): a derivative computed afresh takes grad
-        in place; the input gradients into halves (_halves_grads' buffers) where given."""
+        in place; the input gradients into halves (_halves_grads' buffers) where given;
+        finite: the inputs are known to be."""
         x = inputs[0]
         args = self._eager_args(inputs, params, constants, channel_dim, rng, self.float64_backward)
-        derivs, borrowed = self._values(1, args[: self.n_inputs], args[self.n_inputs:])
+        derivs, borrowed = self._values(1, args[: self.n_inputs], args[self.n_inputs:], True if finite else None)
         g = grad if grad.dtype == args[0].dtype else grad.to(args[0].dtype)
         ids = [id(v) for v in derivs]
         taken = {id(a) for a in (*args, *inputs, *params, grad) if isinstance(a, torch.Tensor)}
@@ -923,14 +967,14 @@ class Activation:
                 out.append(torch.empty_like(p))
         return out
 
-    def _values(self, which: int, xs, rest, all_finite=None, ws=None):
+    def _values(self, which: int, xs, rest, all_finite=None, ws=None, found=None):
         """(f (which 0) or the first derivatives (1) on one chunk, whether they are in the
         workspace): the fast variant where it runs (on any input, or on finite ones) and
         returns values, else the guarded function.  ws: its buffers (default: the
-        workspace's for xs)."""
+        workspace's for xs); found: where xs are the call's whole inputs, _finite's."""
         fast = (self.forward_torch_fast, self.derivatives_torch_fast)[which]
         if fast is not None and (self.fast_any_input[which] or all_finite
-                                 or (all_finite is None and self._finite(xs))):
+                                 or (all_finite is None and self._finite(xs, found))):
             shape = xs[0].shape
             if self.n_draws:        # evaluation mode's 0-dim draws: every value has the chunk's shape
                 rest = [r.expand(shape) if k < self.n_draws else r for k, r in enumerate(rest)]
@@ -941,24 +985,25 @@ class Activation:
                 return out, True
         return (self.forward_torch, self.derivatives_torch)[which](*xs, *rest), False
 
-    def _all_finite(self, which: int, views):
-        """True where the fast variant runs on finite inputs only and every input is (one sum
-        each for the whole call), else None (each chunk is checked where it matters)."""
+    def _all_finite(self, which: int, views, finite: bool = False, found=None):
+        """True where the fast variant runs on finite inputs only and every input is (known
+        to be, finite, or found by one sum each for the whole call, noted in found), else
+        None (each chunk is checked where it matters)."""
         fast = (self.forward_torch_fast, self.derivatives_torch_fast)[which]
-        if fast is None or self.fast_any_input[which] or not self._finite(views):
+        if fast is None or self.fast_any_input[which] or not (finite or self._finite(views, found)):
             return None
         return True
 
-    def _cpu_forward(self, inputs, params, constants, channel_dim, rng, native=True):
+    def _cpu_forward(self, inputs, params, constants, channel_dim, rng, native=True, found=None):
         """f on the fallback: torch's kernel (where the op has one and native) on the whole
         tensor, or on it with a few blocks the derived code's, or chunk by chunk; else the
-        derived code."""
+        derived code.  found: a Found for what the checks of the whole inputs find."""
         x = inputs[0]
         native = native and self._native_for(0, inputs)
         wide = self.float64_forward
         if native:
             out = new_contiguous(x)
-            if self._native_whole(0, inputs, constants, channel_dim, rng, [out]):
+            if self._native_whole(0, inputs, constants, channel_dim, rng, [out], found=found):
                 return out
             del out
         if x.numel() <= self._chunk(x.dtype, wide, 0):     # one chunk: the tensors as they are
@@ -967,11 +1012,11 @@ class Activation:
             out = None              # the fast variant computes its result in the output itself
             if self.forward_torch_fast is not None and x.dtype == xs[0].dtype:
                 out = new_contiguous(x)
-            y, borrowed = self._values(0, xs, args[self.n_inputs:], None, self._into_output(x.shape, out))
+            y, borrowed = self._values(0, xs, args[self.n_inputs:], None, self._into_output(x.shape, out), found)
             return out if y is out else _output(y, inputs, borrowed)
         dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng, wide, 0)
         out = torch.empty(dims, dtype=x.dtype, device=x.device)
-        all_finite = None if native else self._all_finite(0, views)     # (native: each chunk's own check)
+        all_finite = None if native else self._all_finite(0, views, found=found)     # (native: each chunk's own check)
         for index, channels in chunks:
             target = out[index]
             if native:              # (some input is outside the window) torch's kernel chunk by chunk
@@ -995,18 +1040,20 @@ class Activation:
         ws = WORKSPACE.buffers(self.fast_buffers[0], shape, out.dtype)
         return ws[: self.fast_buffers[0] - 1] + [out]
 
-    def _cpu_backward(self, grad, inputs, params, constants, channel_dim, needs, rng, native=True, halves=True):
-        """The input and param gradients on the fallback, as _cpu_forward computes f."""
+    def _cpu_backward(self, grad, inputs, params, constants, channel_dim, needs, rng, native=True, halves=True,
+                      finite=False):
+        """The input and param gradients on the fallback, as _cpu_forward computes f;
+        finite: the inputs are known to be (the forward's Found), which takes no sums."""
         x = inputs[0]
         native = native and self._native_for(1, inputs) and grad.dtype == x.dtype
         halves = self._halves_grads(inputs, needs) if halves else None      # (allocated once, for any path)
         outs = None
         if native:
             outs = self._grad_buffers(inputs, needs, halves)
-            if self._native_whole(1, inputs, constants, channel_dim, rng, outs, grad, needs):
+            if self._native_whole(1, inputs, constants, channel_dim, rng, outs, grad, needs, finite):
                 return [o if o is not None else torch.empty_like(t) for o, t in zip(outs, inputs)]
         if x.numel() <= self._chunk(x.dtype, self.float64_backward, 1):
-            return self._cpu_backward_whole(grad, inputs, params, constants, channel_dim, needs, rng, halves)
+            return self._cpu_backward_whole(grad, inputs, params, constants, channel_dim, needs, rng, halves, finite)
         dt, dims, chunks, views, rs, ps = self._cpu_setup(inputs, params, channel_dim, rng, self.float64_backward, 1)
         g3 = grad.reshape(dims)
         n_in = self.n_inputs
@@ -1014,11 +1061,11 @@ class Activation:
             outs = self._grad_buffers(inputs, needs[: n_in], halves)
         grads = [o.view(dims) if o is not None else None for o in outs]
         sums = [torch.zeros(p.numel(), dtype=dt, device=x.device) if needs[n_in + k] else None for k, p in enumerate(params)]
-        all_finite = None if native else self._all_finite(1, views)
+        all_finite = None if native else self._all_finite(1, views, finite)
         for index, channels in chunks:
             if native:              # torch's kernel chunk by chunk (no params)
                 xs = [v[index] for v in views]
-                if self._native_takes(1, xs):
+                if self._native_takes(1, xs, finite):
                     self._native_call(1, xs, constants, [gr[index] if gr is not None else None for gr in grads], g3[index])
                     continue
             xs, rest, ws, (g, terms) = self._chunk_args(views, rs, ps, constants, index, channels, dt, 1)
@@ -1065,10 +1112,10 @@ class Activation:
             return self.fwd_op(inputs, params, constants, channel_dim, _seed_tensor(rng))
         return self.forward_impl(inputs, params, constants, channel_dim, rng)
 
-    def run_backward(self, grad, inputs, params, constants, channel_dim, needs, rng=None):
+    def run_backward(self, grad, inputs, params, constants, channel_dim, needs, rng=None, found=None):
         if torch.compiler.is_compiling():
             return self.bwd_op(grad, inputs, params, constants, channel_dim, needs, _seed_tensor(rng))
-        return self.backward_impl(grad, inputs, params, constants, channel_dim, needs, rng)
+        return self.backward_impl(grad, inputs, params, constants, channel_dim, needs, rng, found=found)
 
     def setup_context(self, ctx, args, jvp=False):
         tensors, constants, channel_dim, seed = self._split(args)
@@ -1093,8 +1140,11 @@ class Activation:
         if torch.is_grad_enabled() or (ctx.rng is not None and _draws_per_entry()):
             grads = _Backward.apply(self, ctx.constants, ctx.channel_dim, ctx.rng, grad, *tensors)
         else:
-            grads = self.run_backward(grad, list(tensors[: self.n_inputs]), list(tensors[self.n_inputs:]), list(ctx.constants),
-                                      ctx.channel_dim, list(needs), ctx.rng)
+            inputs = list(tensors[: self.n_inputs])
+            found = getattr(ctx, "found", None)     # (_EagerFunction's: the forward's checks)
+            grads = self.run_backward(grad, inputs, list(tensors[self.n_inputs:]), list(ctx.constants),
+                                      ctx.channel_dim, list(needs), ctx.rng,
+                                      found if found is not None and found.holds(inputs) else None)
         return [g if need else None for g, need in zip(grads, needs)]
 
     def jvp(self, ctx, *tangents):
@@ -1232,8 +1282,9 @@ class _EagerFunction(torch.autograd.Function):
         ctx.op, ctx.constants, ctx.channel_dim, ctx.plan = op, constants, channel_dim, plan
         ctx.save_for_backward(*tensors)
         if plan is not None:
-            ctx.rng = None
+            ctx.rng = ctx.found = None
             return plan.forward(tensors[: op.n_inputs], tensors[op.n_inputs:])
+        found = ctx.found = Found(tensors[: op.n_inputs]) if tensors[0].is_cpu else None
         rng = ctx.rng = None if seed is None else op.rng(seed, tensors[0])
         if not no_forward_ad():
             ctx.save_for_forward(*tensors)
@@ -1242,7 +1293,8 @@ class _EagerFunction(torch.autograd.Function):
             # sizes are ints, and the checks of the data no constants of the trace)
             return op.fwd_op(list(tensors[: op.n_inputs]), list(tensors[op.n_inputs:]), list(constants), channel_dim,
                              _seed_tensor(rng))
-        return op.forward_impl(list(tensors[: op.n_inputs]), list(tensors[op.n_inputs:]), list(constants), channel_dim, rng)
+        return op.forward_impl(list(tensors[: op.n_inputs]), list(tensors[op.n_inputs:]), list(constants), channel_dim,
+                               rng, found)
 
     @staticmethod
     def backward(ctx, grad):
