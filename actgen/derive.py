@@ -696,7 +696,19 @@ def _far_sum(e):
     if len(us) == 1:
         u, = us
         big = sympy.exp(u)
-        if sum(1 for t in e.args if t.has(big, expm1(u))) >= 2:
+        if hyperbolic and hyperbolic <= {u, -u}:
+            # cosh(u) and sinh(u) with exp(u) (x*exp(x) - sinh(x), inf - inf from x = 89 in
+            # float32): in exp(u) and exp(-u), each collected, one of them overflowing
+            small = sympy.exp(-u)
+            half = {h(v): (sympy.exp(v) + k * sympy.exp(-v)) / 2
+                    for v in hyperbolic for h, k in ((sympy.cosh, 1), (sympy.sinh, -1))}
+            written = sympy.expand_mul(e.xreplace({**half, expm1(u): big - 1}))
+            parts = sympy.collect(written, [big, small], evaluate=False)
+            cs = [parts.get(big, sympy.S.Zero), parts.get(small, sympy.S.Zero)]
+            rest = parts.get(sympy.S.One, sympy.S.Zero)
+            if set(parts) <= {big, small, sympy.S.One} and not any(v.has(big, small) for v in (*cs, rest)):
+                return StableSum(big * cs[0], small * cs[1], *sympy.Add.make_args(rest))
+        elif sum(1 for t in e.args if t.has(big, expm1(u))) >= 2:
             parts = sympy.collect(sympy.expand_mul(e.xreplace({expm1(u): big - 1})), big, evaluate=False)
             c, rest = parts.get(big), parts.get(sympy.S.One, sympy.S.Zero)
             if c is not None and set(parts) <= {big, sympy.S.One} and not c.has(big) and not rest.has(big):

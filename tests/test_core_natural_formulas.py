@@ -1466,6 +1466,33 @@ def test_the_log_of_what_is_one_at_zero_takes_an_approximant(backend, dtype, for
     _f_and_slope_match_mpmath(formula, truth, x)
 
 
+@pytest.mark.parametrize("formula, f, slope", [
+    ("x*exp(x) - sinh(x)", lambda v: v * mpmath.exp(v) - mpmath.sinh(v),
+     lambda v: (1 + v) * mpmath.exp(v) - mpmath.cosh(v)),
+    ("exp(x) - cosh(x)", lambda v: mpmath.exp(v) - mpmath.cosh(v), lambda v: mpmath.exp(v) - mpmath.sinh(v)),
+])
+def test_exp_and_hyperbolic_terms_of_a_far_branch_overflow_apart(backend, formula, f, slope):
+    """Past its approximant near 0 a sum in exp(x), cosh(x) and sinh(x) is exp(x) and
+    exp(-x), each times the sum of its coefficients, plus the rest: x*exp(x) - sinh(x) was
+    inf - inf = NaN from x = 89 in float32, where it is inf.  f and its slope within 4 ULP of
+    mpmath where the truth is finite in float32, and its infinity, of the truth's sign, where
+    the truth is past float32's largest."""
+    m = actgen.compile(formula, name="exp_hyperbolic_far")
+    x = torch.tensor([-88.0, -30.0, -5.0, 5.0, 30.0, 80.0, 84.0])
+    y, (g,) = _grad(m.exp_hyperbolic_far, x)
+    with mpmath.workdps(60):
+        vals = [mpmath.mpf(v) for v in x.double().tolist()]
+        _close_to_truth(y, [float(f(v)) for v in vals])
+        _close_to_truth(g, [float(slope(v)) for v in vals])
+    far = torch.tensor([-200.0, -100.0, 100.0, 1e4])
+    y, (g,) = _grad(m.exp_hyperbolic_far, far)
+    with mpmath.workdps(60):
+        for got, truth in ((y, f), (g, slope)):
+            want = [truth(mpmath.mpf(v)) for v in far.tolist()]
+            assert all(abs(t) > torch.finfo(torch.float32).max for t in want)
+            assert got.tolist() == [math.copysign(math.inf, t) for t in want], (formula, got)
+
+
 @pytest.mark.parametrize("formula, slope", [
     ("sinh(x)/x", lambda v: mpmath.cosh(v) / v - mpmath.sinh(v) / v**2),
     ("(cosh(x) - 1)/x**2", lambda v: mpmath.sinh(v) / v**2 - 2 * (mpmath.cosh(v) - 1) / v**3),
