@@ -32,26 +32,41 @@ class erfc(sympy.erfc):
         return super().eval(arg)
 
 
-class erfcx(sympy.Function):
+class _PositiveOnReals(sympy.Function):
+    """A function of one argument that is real and positive for a real one, evaluated
+    numerically as its rewrite in exp; at 0, oo and -oo the values in its `at` (none: left
+    as it is)."""
+
+    nargs = 1
+    at: dict = {}
+
+    @classmethod
+    def eval(cls, arg):
+        if arg is sympy.S.Zero or arg is sympy.S.Infinity or arg is sympy.S.NegativeInfinity:
+            return cls.at.get(arg)
+
+    def _eval_evalf(self, prec):
+        return self._eval_rewrite_as_exp(self.args[0])._eval_evalf(prec)
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+    def _eval_is_positive(self):
+        if self.args[0].is_real:
+            return True
+
+
+class erfcx(_PositiveOnReals):
     """erfcx(u) = exp(u**2)*erfc(u), the scaled complementary error function:
     1/(u*sqrt(pi))*(1 - 1/(2u**2) + ...) for u >> 0, where erfc(u) itself underflows (from
     u = 9.2 in float32, 26.6 in float64), and 2*exp(u**2) for u << 0.
     erfcx' = 2*u*erfcx(u) - 2/sqrt(pi).  Prints as torch.special.erfcx and libdevice's erfcx."""
 
-    nargs = 1
+    at = {sympy.S.Zero: sympy.S.One, sympy.S.Infinity: sympy.S.Zero, sympy.S.NegativeInfinity: sympy.S.Infinity}
 
     def fdiff(self, argindex=1):
         u = self.args[0]
         return 2 * u * erfcx(u) - 2 / sympy.sqrt(sympy.pi)
-
-    @classmethod
-    def eval(cls, arg):
-        if arg is sympy.S.Zero:
-            return sympy.S.One
-        if arg is sympy.S.Infinity:
-            return sympy.S.Zero
-        if arg is sympy.S.NegativeInfinity:
-            return sympy.S.Infinity
 
     def _eval_rewrite_as_erfc(self, arg, **kwargs):
         return sympy.exp(arg**2) * sympy.erfc(arg)
@@ -63,78 +78,34 @@ class erfcx(sympy.Function):
         with mpmath.workprec(prec):
             return sympy.Float(_mp_erfcx(mpmath.mpf(arg)), precision=prec)
 
-    def _eval_is_real(self):
-        return self.args[0].is_real
 
-    def _eval_is_positive(self):
-        if self.args[0].is_real:
-            return True
-
-
-class sigmoid(sympy.Function):
+class sigmoid(_PositiveOnReals):
     """sigmoid(u) = 1 / (1 + exp(-u)); sigmoid' = sigmoid * (1 - sigmoid)."""
 
-    nargs = 1
+    at = {sympy.S.Zero: sympy.S.Half, sympy.S.Infinity: sympy.S.One, sympy.S.NegativeInfinity: sympy.S.Zero}
 
     def fdiff(self, argindex=1):
         s = sigmoid(self.args[0])
         return s * (1 - s)
 
-    @classmethod
-    def eval(cls, arg):
-        if arg is sympy.S.Zero:
-            return sympy.S.Half
-        if arg is sympy.S.Infinity:
-            return sympy.S.One
-        if arg is sympy.S.NegativeInfinity:
-            return sympy.S.Zero
-
     def _eval_rewrite_as_exp(self, arg, **kwargs):
         return 1 / (1 + sympy.exp(-arg))
 
-    def _eval_evalf(self, prec):
-        return self._eval_rewrite_as_exp(self.args[0])._eval_evalf(prec)
 
-    def _eval_is_real(self):
-        return self.args[0].is_real
-
-    def _eval_is_positive(self):
-        if self.args[0].is_real:
-            return True
-
-
-class softplus(sympy.Function):
+class softplus(_PositiveOnReals):
     """softplus(u) = log(1 + exp(u)); softplus' = sigmoid."""
 
-    nargs = 1
+    # (at 0: a numerator softplus(x) - log(2) is 0 at 0, 0/0 there, not zoo*0)
+    at = {sympy.S.Zero: sympy.log(2), sympy.S.Infinity: sympy.S.Infinity, sympy.S.NegativeInfinity: sympy.S.Zero}
 
     def fdiff(self, argindex=1):
         return sigmoid(self.args[0])
-
-    @classmethod
-    def eval(cls, arg):
-        if arg is sympy.S.Infinity:
-            return sympy.S.Infinity
-        if arg is sympy.S.NegativeInfinity:
-            return sympy.S.Zero
-        if arg is sympy.S.Zero:     # (a numerator softplus(x) - log(2) is 0 at 0: 0/0 there, not zoo*0)
-            return sympy.log(2)
 
     def _eval_rewrite_as_exp(self, arg, **kwargs):
         return sympy.log(1 + sympy.exp(arg))
 
     def _eval_rewrite_as_log(self, arg, **kwargs):
         return sympy.log(1 + sympy.exp(arg))
-
-    def _eval_evalf(self, prec):
-        return self._eval_rewrite_as_exp(self.args[0])._eval_evalf(prec)
-
-    def _eval_is_real(self):
-        return self.args[0].is_real
-
-    def _eval_is_positive(self):
-        if self.args[0].is_real:
-            return True
 
 
 class uniform(sympy.Function):
