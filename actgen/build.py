@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import keyword
+import multiprocessing
 import os
 import re
 import secrets
@@ -16,14 +17,33 @@ from .spec import Spec, SpecError, load_specs
 from .timelimit import TooSlow, time_limit
 
 
-def render_package(package: str, specs: list[Spec]) -> dict[str, str]:
-    """file name -> text for the whole package (pure: no file I/O; each compile within its time limit)."""
-    derivations, files = [], {}
-    for spec in specs:
-        d, files[f"{spec.name}.py"] = _compiled(spec)
-        derivations.append(d)
-    files["__init__.py"] = render_package_init(package, derivations)
+def render_package(package: str, specs: list[Spec], jobs: int = 1) -> dict[str, str]:
+    """file name -> text for the whole package (pure: no file I/O; each compile within its
+    time limit), the modules compiled in up to `jobs` processes; a spec that fails to compile
+    is the error of the first such in the specs' order, as one by one."""
+    if jobs > 1 and len(specs) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        # (fork: the workers derive and render, in sympy and mpmath; nothing of torch's runs)
+        with multiprocessing.get_context("fork").Pool(min(jobs, len(specs))) as pool:
+            texts = pool.map(_module_text, specs, chunksize=1)
+    else:
+        texts = map(_module_text, specs)        # (lazily: the first failure stops it)
+    files = {}
+    for spec, text in zip(specs, texts):
+        if isinstance(text, SpecError):
+            raise text
+        files[f"{spec.name}.py"] = text
+    files["__init__.py"] = render_package_init(package, specs)
     return files
+
+
+def _module_text(spec: Spec) -> str | SpecError:
+    """A spec's module, compiled within compile_guard, or the SpecError that raised (handed
+    back, out of a worker)."""
+    try:
+        with compile_guard(spec):
+            return render_module(derive(spec))
+    except SpecError as exc:
+        return exc
 
 
 #: Seconds one formula may take to compile (the catalogue's slowest takes under 2 on a
@@ -41,13 +61,6 @@ def _compile_time_limit(spec: Spec):
     except TooSlow:
         raise SpecError([f"{spec.source}:{spec.formula_line}: formula: too complex: compiling it took over "
                          f"{MAX_COMPILE_SECONDS} s"]) from None
-
-
-def _compiled(spec: Spec):
-    """(derivation, module text) of a spec, within compile_guard."""
-    with compile_guard(spec):
-        d = derive(spec)
-        return d, render_module(d)
 
 
 @contextmanager
@@ -146,7 +159,7 @@ def _check_targets(out: Path, old: dict[str, str], changed: list[str]):
                              f"(rename the spec {name[:-3]!r} or move the file)"])
 
 
-def build(spec_paths: list[Path], out: Path, check: bool = False) -> BuildResult:
+def build(spec_paths: list[Path], out: Path, check: bool = False, jobs: int = 1) -> BuildResult:
     out = Path(out)
     package = package_name(out)
     specs = load_specs(spec_paths)                   # raises SpecError: nothing written
@@ -155,7 +168,7 @@ def build(spec_paths: list[Path], out: Path, check: bool = False) -> BuildResult
         _check_out(out, old)
     except OSError as exc:          # (a name too long for the file system)
         raise SpecError([f"{out}:0: --out: cannot be used ({exc.strerror or exc})"]) from None
-    files = render_package(package, specs)
+    files = render_package(package, specs, jobs)
     changed = [n for n, text in files.items() if old.get(n) != text]
     _check_targets(out, old, changed)
     removed = [n for n, text in old.items() if n not in files and is_generated(text)]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -39,8 +40,10 @@ def _cmd_build(args) -> int:
         # into it would remove its activations)
         raise SpecError(["<args>:0: --out: needed with spec files (without it, `actgen build` regenerates the "
                          "built-in library actgen/ops from all of specs/)"])
+    if args.jobs < 1:
+        raise SpecError([f"<args>:0: --jobs: must be at least 1, got {args.jobs}"])
     out = Path(args.out) if args.out is not None else DEFAULT_OUT
-    result = build([Path(s) for s in specs], out, check=args.check)
+    result = build([Path(s) for s in specs], out, check=args.check, jobs=args.jobs)
     stale = result.changed + result.removed
     if args.check:
         if stale:
@@ -145,8 +148,6 @@ def _image_path_problem(path: Path) -> str | None:
 
 
 def _cmd_docs(args) -> int:
-    import os
-
     # the accuracy table runs the Triton kernels on CPU tensors, under Triton's interpreter
     os.environ.setdefault("TRITON_INTERPRET", "1")
     from .catalogue import write_docs
@@ -190,6 +191,8 @@ def main(argv=None) -> int:
     p.add_argument("specs", nargs="*", help="spec files or directories")
     p.add_argument("--out", help="output package directory (its base name is the package name)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if the output is stale")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="processes compiling the specs (default: the CPU count)")
     p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser("demo", help="a formula in, its derivatives out, the generated op checked against torch")
@@ -235,8 +238,6 @@ def main(argv=None) -> int:
             print(line, file=sys.stderr)
         return 2
     except BrokenPipeError:  # `actgen list | head`: the reader left; say nothing more
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 

@@ -107,6 +107,34 @@ def test_check_reports_stale_output_and_writes_nothing(tmp_path):
     assert not (out / "other.py").exists()
 
 
+def test_a_build_in_several_processes_is_the_build_one_by_one(tmp_path, monkeypatch):
+    """Specs compiled in two processes give the files compiled one by one give; where specs
+    fail to compile, the problem is the first such spec's in the specs' order (where a build
+    one by one stops), and nothing is written."""
+    import actgen.build as build_module
+    from actgen.spec import SpecError, load_specs
+
+    for name, formula in (("a_tanh", "tanh(x) * x"), ("b_swish", "x * sigmoid(2 * x)"), ("c_soft", "log(1 + exp(x))")):
+        (tmp_path / f"{name}.yaml").write_text(f"name: {name}\nformula: {formula}\n")
+    paths = sorted(tmp_path.glob("*.yaml"))
+    specs = load_specs(paths)
+    one_by_one = build_module.render_package("pkg", specs, jobs=1)
+    assert build_module.render_package("pkg", specs, jobs=2) == one_by_one
+    assert sorted(one_by_one) == ["__init__.py", "a_tanh.py", "b_swish.py", "c_soft.py"]
+    derive = build_module.derive
+
+    def fails_past_a(spec):     # (the workers are forked: they see this too)
+        if spec.name != "a_tanh":
+            raise RuntimeError(f"no form for {spec.name}")
+        return derive(spec)
+    monkeypatch.setattr(build_module, "derive", fails_past_a)
+    for jobs in (1, 2):
+        with pytest.raises(SpecError) as info:
+            build_module.build(paths, tmp_path / "pkg", jobs=jobs)
+        assert info.value.problems == [f"{paths[1]}:2: formula: cannot be compiled (RuntimeError: no form for b_swish)"]
+        assert not (tmp_path / "pkg").exists()
+
+
 def test_out_must_name_a_package(tmp_path):
     (tmp_path / "s.yaml").write_text(SWISH)
     r = actgen("build", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "not-an-identifier"))
