@@ -926,7 +926,7 @@ def rewrite_log_cosh_line(e):
     c*(softplus(2u) - log(2)), for |u| >= 1 (log(cosh(u)) is u + softplus(-2u) - log(2)
     and -u + softplus(2u) - log(2)): past it the two terms are both about c*|u| on one side,
     and their difference, about c*log(2), was rounded away (x - log(cosh(x)) was 0 at
-    x = 1e30 in float32, and 12 ULP off at x = 10).  For |u| < 1 the sum as it was."""
+    x = 1e30 in float32 and float64).  For |u| < 1 the sum as it was."""
     if not _is_sum(e):
         return None
     for t2 in e.args:
