@@ -823,12 +823,10 @@ class Activation:
                 found.finite = True
             return inside
         if finite:      # (an end of the window is finite: else the whole call was inside)
-            inside = x.amin(-1) > lo if lo != -math.inf else None
-            if hi != math.inf:
-                inside = x.amax(-1) < hi if inside is None else inside.logical_and_(x.amax(-1) < hi)
-            if inside is None:
-                inside = torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
-            return inside.reshape(-1)
+            if lo == -math.inf:
+                return (x.amax(-1) < hi).reshape(-1)
+            inside = x.amin(-1) > lo
+            return (inside if hi == math.inf else inside.logical_and_(x.amax(-1) < hi)).reshape(-1)
         if lo == -math.inf or hi == math.inf:
             inside = torch.isfinite(_sum(x, -1))
             if lo != -math.inf:
