@@ -854,6 +854,21 @@ class LogCosh(sympy.Piecewise):
         return printer.doprint(sympy.Piecewise(*self.args))
 
 
+def _log_cosh_terms(e):
+    """(term, c, u) for each term c*log(cosh(u)) of the sum e (LogCosh: rewrite_log_cosh's;
+    near u = 0 the term may be an approximant, read as written), c free of another."""
+    if not _is_sum(e):
+        return
+    for term in e.args:
+        written = _unapproximated(term)
+        lcs = [f for f in sympy.Mul.make_args(written) if isinstance(f, LogCosh)]
+        if len(lcs) != 1:
+            continue
+        c = sympy.Mul(*(f for f in sympy.Mul.make_args(written) if f is not lcs[0]))
+        if not c.has(LogCosh):
+            yield term, c, lcs[0].argument()
+
+
 class LogCoshGap(sympy.Piecewise):
     """c*(u*tanh(u) - log(cosh(u))) as rewrite_log_cosh_gap computes it: the sum as it was for
     |u| < 1, log(2) - softplus(-2|u|) - 2|u|*sigmoid(-2|u|) beyond.  Its derivative is the
@@ -882,18 +897,7 @@ def rewrite_log_cosh_gap(e):
     (log(cosh(a*x))/a's gradient in a, x*tanh(a*x)/a - log(cosh(a*x))/a**2, was 2.6e4 ULP off
     at a*x = 1e5 in float32, all of it at 1e7).  For |u| < 1 the sum as it was (its terms
     are u**2 and u**2/2 there, and near u = 0 an approximant may already hold them)."""
-    if not _is_sum(e):
-        return None
-    for t2 in e.args:
-        written = _unapproximated(t2)       # (c*log(cosh(u)) near u = 0 may be an approximant)
-        lcs = [f for f in sympy.Mul.make_args(written) if isinstance(f, LogCosh)]
-        if len(lcs) != 1:
-            continue
-        lc = lcs[0]
-        c = sympy.Mul(*(f for f in sympy.Mul.make_args(written) if f is not lc))
-        if c.has(LogCosh):
-            continue
-        u = lc.argument()
+    for t2, c, u in _log_cosh_terms(e):
         for t1 in e.args:
             if t1 is t2 or not _unapproximated(t1).has(sympy.tanh):
                 continue
@@ -927,17 +931,8 @@ def rewrite_log_cosh_line(e):
     and -u + softplus(2u) - log(2)): past it the two terms are both about c*|u| on one side,
     and their difference, about c*log(2), was rounded away (x - log(cosh(x)) was 0 at
     x = 1e30 in float32 and float64).  For |u| < 1 the sum as it was."""
-    if not _is_sum(e):
-        return None
-    for t2 in e.args:
-        written = _unapproximated(t2)
-        lcs = [f for f in sympy.Mul.make_args(written) if isinstance(f, LogCosh)]
-        if len(lcs) != 1:
-            continue
-        lc = lcs[0]
-        c = sympy.Mul(*(f for f in sympy.Mul.make_args(written) if f is not lc))
-        u = lc.argument()
-        if c.has(LogCosh) or not u.free_symbols:
+    for t2, c, u in _log_cosh_terms(e):
+        if not u.free_symbols:
             continue
         for t1 in e.args:
             if t1 is t2:
