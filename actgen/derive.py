@@ -389,19 +389,26 @@ def _one_minus_exp_of(e):
     return None
 
 
-class Log1mExp(sympy.Piecewise):
-    """log(1 - exp(u)), u <= 0, as rewrite_log_one_minus_exp computes it: log1p(-exp(u)) for
-    u < -log(2), log(-expm1(u)) above (Maechler's log1mexp).  Its branches are final (the
-    rewrites leave them as they are); its derivative is log(-expm1(u))'s."""
+class DerivedAsWritten(sympy.Piecewise):
+    """A rewrite's branches, final (the rewrites leave them as they are), whose derivative is
+    that of the expression as written: its branch WRITTEN."""
+
+    WRITTEN = -1
 
     def written(self) -> sympy.Expr:
-        return self.args[-1].expr
+        return self.args[self.WRITTEN].expr
 
     def _eval_derivative(self, s):
         return sympy.diff(self.written(), s)
 
     def _sympystr(self, printer):
         return printer.doprint(sympy.Piecewise(*self.args))
+
+
+class Log1mExp(DerivedAsWritten):
+    """log(1 - exp(u)), u <= 0, as rewrite_log_one_minus_exp computes it: log1p(-exp(u)) for
+    u < -log(2), log(-expm1(u)) above (Maechler's log1mexp); its derivative is
+    log(-expm1(u))'s."""
 
 
 def rewrite_log_one_minus_exp(e):
@@ -911,18 +918,11 @@ def rewrite_log_cosh_gap(e):
     return None
 
 
-class LogCoshLine(sympy.Piecewise):
+class LogCoshLine(DerivedAsWritten):
     """c*log(cosh(u)) -+ c*u as rewrite_log_cosh_line computes it.  Its derivative is the
     sum's as written (tanh(u) -+ 1 times c*u', which the rewrites take to a sigmoid)."""
 
-    def written(self) -> sympy.Expr:
-        return self.args[0].expr
-
-    def _eval_derivative(self, s):
-        return sympy.diff(self.written(), s)
-
-    def _sympystr(self, printer):
-        return printer.doprint(sympy.Piecewise(*self.args))
+    WRITTEN = 0
 
 
 def rewrite_log_cosh_line(e):
@@ -1337,6 +1337,33 @@ def _sqrt_square_plus(term, prefer=()):
     is the one to keep from overflowing), else the first; None if none."""
     found = _sqrt_square_plus_all(term, inputs=prefer)
     return next((f for f in found if f[2].free_symbols & set(prefer)), found[0] if found else None)
+
+
+def rewrite_power_near_one(e):
+    """c*(1 + u)**p - c, p a number, not an integer -> c*expm1(p*log1p(u)) where
+    |p*log1p(u)| < 1 (there (1 + u)**p is within a factor e of 1, and the difference
+    cancels: (1 + x**2)**1.5 - 1 was 0 at x = 1e-12 and 1230 ULP off at 1e-6 in float32),
+    as written elsewhere (where pow is exact to an ULP and the expm1 of a large argument is
+    not).  Square roots take rewrite_sqrt_conjugate's, before this."""
+    if not _is_sum(e):
+        return None
+    numbers, _ = _numbers_and_terms(e)
+    for term in e.args:
+        k, power = term.as_coeff_Mul()
+        if not (power.is_Pow and power.exp.is_number and not power.exp.is_Integer and _is_sum(power.base)):
+            continue
+        one, u = power.base.as_coeff_Add()
+        c = _number_in(numbers, -k)
+        if c is None or _number_in([one], 1) is None:
+            continue
+        t = power.exp * log1p(u)
+        return _replace_pair(e, term, c, PowerNearOne((k * expm1(t), sympy.Abs(t) < 1), (term + c, True)))
+    return None
+
+
+class PowerNearOne(DerivedAsWritten):
+    """c*(1 + u)**p - c as rewrite_power_near_one computes it; its derivative is the
+    difference's as written (c*p*(1 + u)**(p - 1)*u')."""
 
 
 def rewrite_sqrt_conjugate(e):
@@ -2933,6 +2960,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_common_denominator,
     rewrite_power_sum,
     rewrite_sqrt_conjugate,
+    rewrite_power_near_one,
     rewrite_root_common_factor,
     rewrite_square_denominator,
     rewrite_inverse_sqrt_conjugate,
@@ -2950,8 +2978,8 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
 
 def stabilize(expr: sympy.Basic) -> sympy.Basic:
     """Apply REWRITES bottom-up until nothing changes at each node."""
-    if not expr.args or isinstance(expr, (sympy.Symbol, sympy.Number, ApproximatedNearZero, Log1mExp, LogSoftplus,
-                                          LogErfc, Log1pPower, LogCoshGap, LogCoshLine)):
+    if not expr.args or isinstance(expr, (sympy.Symbol, sympy.Number, ApproximatedNearZero, DerivedAsWritten, LogSoftplus,
+                                          LogErfc, Log1pPower, LogCoshGap)):
         return expr         # (an approximant's far branch is what was rewritten into it)
     args = tuple(stabilize(a) for a in expr.args)
     if args != expr.args:
