@@ -369,6 +369,81 @@ def _one_plus_expm1(e):
     return sympy.Add(*[k * expm1(f.args[0]) for k, f in exps], *rest)
 
 
+class DerivedAsWritten(sympy.Piecewise):
+    """A rewrite's branches, final (the rewrites leave them as they are), whose derivative is
+    that of the expression as written: its branch WRITTEN."""
+
+    WRITTEN = -1
+
+    def written(self) -> sympy.Expr:
+        return self.args[self.WRITTEN].expr
+
+    def _eval_derivative(self, s):
+        return sympy.diff(self.written(), s)
+
+    def _sympystr(self, printer):
+        return printer.doprint(sympy.Piecewise(*self.args))
+
+
+def rewrite_log_of_power(e):
+    """log(w**k) -> k*log(|w|) for an even integer k (k*log(w) for any number k where w >= 0):
+    w**k over- or underflows where its log does not (x**2*log(x**2) was 0*-inf = NaN at
+    x = 1e-30 in float32, where x**2 underflows and 2*x**2*log|x| is 0)."""
+    if not (isinstance(e, sympy.log) and e.args[0].is_Pow):
+        return None
+    w, k = e.args[0].args
+    if not (k.is_number and k.is_real and w.free_symbols):
+        return None
+    if w.is_nonnegative:
+        return k * sympy.log(w)
+    if k.is_integer and k.is_even:
+        return k * sympy.log(sympy.Abs(w))
+    return None
+
+
+def rewrite_vanishing_times_log(e):
+    """x**k * log(v) * rest of one input x, v = x, |x| or a positive power of either, k > 0
+    in all (|x|**k too), rest finite at x = 0 -> 0 at x = 0, as written elsewhere: the limit
+    there, where the product is 0*-inf = NaN as written (x*log(x), -x*log(x) of an entropy,
+    is 0 at 0, as torch.xlogy has it).  Its derivative is the product's as written
+    (log|x| + 1 for x*log|x|, -inf at 0)."""
+    if not isinstance(e, sympy.Mul) or len(e.free_symbols) != 1:     # (a param's NaN stays NaN at 0)
+        return None
+    logs = [f for f in e.args if isinstance(f, sympy.log)]
+    if len(logs) != 1:
+        return None
+    x = _vanishing_base(logs[0].args[0])
+    if x is None:
+        return None
+    order = sympy.S.Zero        # (the power of x the product vanishes with)
+    for f in e.args:
+        if f is logs[0]:
+            continue
+        if _vanishing_base(f) == x:
+            order += f.exp if f.is_Pow else 1
+        elif f.has(x) and not f.subs(x, 0).is_finite:
+            return None
+    if not order.is_positive:
+        return None
+    return VanishingTimesLog((0, sympy.Abs(x) <= 0), (e, True))
+
+
+def _vanishing_base(f):
+    """x where f is x, |x|, or a power of either with a positive exponent (0 where x is),
+    else None."""
+    if f.is_Pow:
+        if not (f.exp.is_number and f.exp.is_positive):
+            return None
+        f = f.base
+    if isinstance(f, sympy.Abs):
+        f = f.args[0]
+    return f if f.is_Symbol else None
+
+
+class VanishingTimesLog(DerivedAsWritten):
+    """x**k * log(v) * rest as rewrite_vanishing_times_log computes it: 0 at x = 0."""
+
+
 def rewrite_log_expm1(e):
     """log(expm1(u)) -> u + log(-expm1(-u)): the inverse of softplus (a positive param's
     usual parametrization) as written overflows to inf for u > 88 in float32, where it is ~u;
@@ -387,22 +462,6 @@ def _one_minus_exp_of(e):
     if isinstance(e, log1p) and isinstance(-e.args[0], sympy.exp):
         return (-e.args[0]).args[0]
     return None
-
-
-class DerivedAsWritten(sympy.Piecewise):
-    """A rewrite's branches, final (the rewrites leave them as they are), whose derivative is
-    that of the expression as written: its branch WRITTEN."""
-
-    WRITTEN = -1
-
-    def written(self) -> sympy.Expr:
-        return self.args[self.WRITTEN].expr
-
-    def _eval_derivative(self, s):
-        return sympy.diff(self.written(), s)
-
-    def _sympystr(self, printer):
-        return printer.doprint(sympy.Piecewise(*self.args))
 
 
 class Log1mExp(DerivedAsWritten):
@@ -2929,6 +2988,8 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_cos_minus_one,
     rewrite_double_angle,
     rewrite_expm1_complement,
+    rewrite_log_of_power,
+    rewrite_vanishing_times_log,
     rewrite_log_expm1,
     rewrite_log_one_minus_exp,
     rewrite_one_plus_inverse_expm1,

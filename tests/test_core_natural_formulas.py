@@ -293,6 +293,26 @@ def test_a_power_near_one_minus_one_is_its_expm1(backend, dtype, formula, truth)
     _f_and_slope_match_mpmath(formula, truth, x)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_power_times_a_log_is_its_limit_at_zero(backend, dtype):
+    """x*log(x) is 0 at x = 0, as torch.xlogy(x, x) has it (it was 0*-inf = NaN), and NaN for
+    x < 0; x**2*log(x**2) is 2*x**2*log|x|: 0 where x**2 underflows (x = 1e-30 in float32:
+    NaN before) and at 0; their slopes are -inf at 0 (log(x) + 1, 2*x*(1 + 2*log|x|) is 0
+    there).  Against torch's xlogy and mpmath at 300 digits."""
+    x = torch.tensor([-2.0, -1e-30, 0.0, 1e-30, 1e-6, 0.5, 1.0, 3.0, 1e10], dtype=dtype)
+    m = actgen.compile("x * log(x)", name="xlogx")
+    y, (g,) = _grad(m.xlogx, x)
+    torch.testing.assert_close(y, torch.xlogy(x, x), rtol=4 * torch.finfo(dtype).eps, atol=0, equal_nan=True)
+    inside = x > 0
+    _close_to_truth(g[inside], [float(mpmath.log(mpmath.mpf(v)) + 1) for v in x[inside].tolist()])
+    assert g[x == 0].item() == -math.inf and g[x < 0].isnan().all()
+    sq = actgen.compile("x**2 * log(x**2)", name="x2logx2")
+    truth = lambda v: v * v * mpmath.log(v * v) if v else mpmath.mpf(0)      # noqa: E731
+    _f_and_slope_match_mpmath("x**2 * log(x**2)", truth, x[x != 0])
+    y, (g,) = _grad(sq.x2logx2, x[x == 0])
+    assert y.tolist() == [0.0] and g.tolist() == [0.0]
+
+
 @pytest.mark.parametrize("formula", ["x / (1 + x**2)**0.5", "x * (1 + x**2)**(-0.5)"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_isru_with_a_decimal_power_keeps_its_slope(backend, dtype, formula):
