@@ -801,6 +801,23 @@ def _replace_pair(e, term, other, new):
     return new + sympy.Add(*others)
 
 
+def rewrite_log_tanh(e):
+    """log(tanh(u)) -> log(-expm1(-2u)) - softplus(-2u) (tanh(u) = (1 - exp(-2u))/(1 +
+    exp(-2u)); NaN for u < 0 as before), and log|tanh(u)| alike in |u|: tanh(u) rounds to 1
+    far out, where its log is about -2*exp(-2|u|) (log(tanh(x)**2) was 0 at |x| = 30 in
+    float32 and 65520 ULP off at 17); near 0 log(-expm1(-2u)) is log1mexp's."""
+    if not isinstance(e, sympy.log):
+        return None
+    arg = e.args[0]
+    if isinstance(arg, sympy.Abs) and isinstance(arg.args[0], sympy.tanh):
+        u = sympy.Abs(arg.args[0].args[0])
+    elif isinstance(arg, sympy.tanh):
+        u = arg.args[0]
+    else:
+        return None
+    return sympy.log(-expm1(-2 * u)) - softplus(-2 * u)
+
+
 def rewrite_log_sigmoid(e):
     """log(sigmoid(u)) -> -softplus(-u): no log(0) = -inf for u << 0, no log(1 - tiny) for u >> 0."""
     if isinstance(e, sympy.log) and isinstance(e.args[0], sigmoid):
@@ -2995,6 +3012,7 @@ REWRITES: Sequence[Callable[[sympy.Basic], sympy.Basic | None]] = (
     rewrite_one_plus_inverse_expm1,
     rewrite_constant_over_sum,
     rewrite_log_sigmoid,
+    rewrite_log_tanh,
     rewrite_log_softplus,
     rewrite_log_erfc,
     rewrite_scaled_erfc,
