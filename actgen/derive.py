@@ -386,19 +386,19 @@ class DerivedAsWritten(sympy.Piecewise):
 
 
 def rewrite_log_of_power(e):
-    """log(w**k) -> k*log(|w|) for an even integer k (k*log(w) for any number k where w >= 0):
-    w**k over- or underflows where its log does not (x**2*log(x**2) was 0*-inf = NaN at
-    x = 1e-30 in float32, where x**2 underflows and 2*x**2*log|x| is 0)."""
+    """log(w**k) -> k*log(|w|) for an even integer k, k*log(w) for any other number k (for
+    w < 0 both are NaN, w**k negative or not real): w**k over- or underflows, or rounds to
+    1, where its log does not (x**2*log(x**2) was 0*-inf = NaN at x = 1e-30 in float32,
+    where x**2 underflows and 2*x**2*log|x| is 0; log(sqrt(1 + x)) 820 ULP off at 1e-12,
+    where it is log1p(x)/2)."""
     if not (isinstance(e, sympy.log) and e.args[0].is_Pow):
         return None
     w, k = e.args[0].args
     if not (k.is_number and k.is_real and w.free_symbols):
         return None
-    if w.is_nonnegative:
-        return k * sympy.log(w)
-    if k.is_integer and k.is_even:
+    if k.is_integer and k.is_even and not w.is_nonnegative:
         return k * sympy.log(sympy.Abs(w))
-    return None
+    return k * sympy.log(w)
 
 
 def rewrite_vanishing_times_log(e):

@@ -294,6 +294,19 @@ def test_a_power_near_one_minus_one_is_its_expm1(backend, dtype, formula, truth)
 
 
 @pytest.mark.parametrize("formula, truth, xs", [
+    ("log(sqrt(1 + x))", lambda v: mpmath.log1p(v) / 2, [-0.5, -1e-6, -1e-12, -1e-30, 0.0, 1e-30, 1e-12, 1e-3, 3.0, 1e30]),
+    ("log(x**3)", lambda v: 3 * mpmath.log(v), [1e-30, 1e-13, 0.5, 2.0, 1e13, 1e30]),
+    ("log(x**2)", lambda v: 2 * mpmath.log(abs(v)), [-1e30, -1e20, -3.0, -1e-30, 1e-30, 1e-23, 0.5, 1e20, 1e30]),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_log_of_a_power_is_a_multiple_of_a_log(backend, dtype, formula, truth, xs):
+    """log(w**k) is k*log|w| (an even k) or k*log(w): w**k over- or underflows, or rounds to
+    1, where the log does not (log(sqrt(1 + x)) was 820 ULP off at x = 1e-12 in float32).
+    Against mpmath at 300 digits, f and its slope."""
+    _f_and_slope_match_mpmath(formula, truth, torch.tensor(xs, dtype=dtype))
+
+
+@pytest.mark.parametrize("formula, truth, xs", [
     ("log(tanh(x)**2)", lambda v: mpmath.log(mpmath.tanh(v) ** 2),
      [-300.0, -30.0, -17.0, -1.0, -1e-6, 1e-30, 1e-3, 0.5, 3.0, 9.0, 17.0, 30.0, 300.0]),
     ("log(tanh(x))", lambda v: mpmath.log(mpmath.tanh(v)), [1e-30, 1e-6, 0.1, 1.0, 5.0, 17.0, 40.0, 300.0]),
