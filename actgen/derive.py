@@ -369,7 +369,15 @@ def _one_plus_expm1(e):
     return sympy.Add(*[k * expm1(f.args[0]) for k, f in exps], *rest)
 
 
-class DerivedAsWritten(sympy.Piecewise):
+class Branches(sympy.Piecewise):
+    """A rewrite's branches, a Piecewise of its own class (what the rewrites and the
+    derivatives tell apart), printed as the Piecewise it is."""
+
+    def _sympystr(self, printer):
+        return printer.doprint(sympy.Piecewise(*self.args))
+
+
+class DerivedAsWritten(Branches):
     """A rewrite's branches, final (the rewrites leave them as they are), whose derivative is
     that of the expression as written: its branch WRITTEN."""
 
@@ -380,9 +388,6 @@ class DerivedAsWritten(sympy.Piecewise):
 
     def _eval_derivative(self, s):
         return sympy.diff(self.written(), s)
-
-    def _sympystr(self, printer):
-        return printer.doprint(sympy.Piecewise(*self.args))
 
 
 def rewrite_log_of_power(e):
@@ -487,7 +492,7 @@ def rewrite_log_one_minus_exp(e):
 LOG_SOFTPLUS_LINEAR = -40
 
 
-class LogSoftplus(sympy.Piecewise):
+class LogSoftplus(Branches):
     """log(softplus(u)) as rewrite_log_softplus computes it: u below LOG_SOFTPLUS_LINEAR
     (where softplus(u) is still normal in float32), log(softplus(u)) above.  Its branches are
     final; its derivative is sigmoid(u)/softplus(u), and 1 below LOG_SOFTPLUS_LINEAR (0/0
@@ -497,9 +502,6 @@ class LogSoftplus(sympy.Piecewise):
         u = self.args[0].expr
         du = sympy.diff(u, s)
         return sympy.Piecewise((du, u < LOG_SOFTPLUS_LINEAR), (sigmoid(u) * du / softplus(u), True))
-
-    def _sympystr(self, printer):
-        return printer.doprint(sympy.Piecewise(*self.args))
 
 
 def rewrite_log_softplus(e):
@@ -527,7 +529,7 @@ LOG_ERFC_SCALED = 1
 LOG_ERFC_NEAR_ZERO = sympy.Rational(1, 2)
 
 
-class LogErfc(sympy.Piecewise):
+class LogErfc(Branches):
     """log(erfc(u)) as rewrite_log_erfc computes it: log1p(-erf(u)) for |u| < LOG_ERFC_NEAR_ZERO,
     log(erfc(u)) elsewhere below LOG_ERFC_SCALED (erfc(u) between 0.15 and 2 there), and
     -u**2 + log(erfcx(u)) from it on.  Its branches are final; its derivative is
@@ -568,9 +570,6 @@ class LogErfc(sympy.Piecewise):
         return sympy.Piecewise((-c * sympy.exp(-u**2) / erfc(u) * du, u < LOG_ERFC_SCALED),
                                (-c / erfcx(u) * du, True))
 
-    def _sympystr(self, printer):
-        return printer.doprint(sympy.Piecewise(*self.args))
-
 
 def rewrite_log_erfc(e):
     """log(c*erfc(u)), c a number > 0 -> log(c) + LogErfc(u): erfc(u) underflows to 0 from
@@ -603,16 +602,13 @@ def rewrite_scaled_erfc(e):
     return None
 
 
-class Log1pPower(sympy.Piecewise):
+class Log1pPower(Branches):
     """log1p(B**p), B >= 0 and p of params or constants, as rewrite_log1p_of_power computes it:
     log1p(B**p) where B**p <= 1, else p*log(B) + log1p(B**-p).  Its branches are final (the
     rewrites leave them as they are); its derivatives are its branches'."""
 
     def _eval_derivative(self, s):
         return sympy.Piecewise(*[(sympy.diff(e, s), c) for e, c in self.args])
-
-    def _sympystr(self, printer):
-        return printer.doprint(sympy.Piecewise(*self.args))
 
 
 def rewrite_log1p_of_power(e):
@@ -754,11 +750,9 @@ def _far_sum(e):
         if sum(1 for t in e.args if t.has(big, sympy.sinh(u))) >= 2:
             small = sympy.exp(-sympy.Abs(u))
             sign = sympy.Piecewise((1, u > 0), (-1, u < 0), (0, True))     # (as sign() is printed)
-            written = e.xreplace({sympy.sinh(u): sign * (big - small)})
-            parts = sympy.collect(sympy.expand_mul(written), big, evaluate=False)
-            c, rest = parts.get(big), parts.get(sympy.S.One, sympy.S.Zero)
-            if c is not None and set(parts) <= {big, sympy.S.One} and not c.has(big) and not rest.has(big):
-                return StableSum(big * c, *sympy.Add.make_args(rest))
+            collected = _collected(e.xreplace({sympy.sinh(u): sign * (big - small)}), [big])
+            if collected is not None:
+                return collected
     if len(us) == 1:
         u, = us
         big = sympy.exp(u)
@@ -768,18 +762,27 @@ def _far_sum(e):
             small = sympy.exp(-u)
             half = {h(v): (sympy.exp(v) + k * sympy.exp(-v)) / 2
                     for v in hyperbolic for h, k in ((sympy.cosh, 1), (sympy.sinh, -1))}
-            written = sympy.expand_mul(e.xreplace({**half, expm1(u): big - 1}))
-            parts = sympy.collect(written, [big, small], evaluate=False)
-            cs = [parts.get(big, sympy.S.Zero), parts.get(small, sympy.S.Zero)]
-            rest = parts.get(sympy.S.One, sympy.S.Zero)
-            if set(parts) <= {big, small, sympy.S.One} and not any(v.has(big, small) for v in (*cs, rest)):
-                return StableSum(big * cs[0], small * cs[1], *sympy.Add.make_args(rest))
+            collected = _collected(e.xreplace({**half, expm1(u): big - 1}), [big, small])
+            if collected is not None:
+                return collected
         elif sum(1 for t in e.args if t.has(big, expm1(u))) >= 2:
-            parts = sympy.collect(sympy.expand_mul(e.xreplace({expm1(u): big - 1})), big, evaluate=False)
-            c, rest = parts.get(big), parts.get(sympy.S.One, sympy.S.Zero)
-            if c is not None and set(parts) <= {big, sympy.S.One} and not c.has(big) and not rest.has(big):
-                return StableSum(big * c, *sympy.Add.make_args(rest))
+            collected = _collected(e.xreplace({expm1(u): big - 1}), [big])
+            if collected is not None:
+                return collected
     return StableSum(*e.args)
+
+
+def _collected(e, bigs):
+    """The sum e, expanded, as each of bigs times its coefficient plus the rest (StableSum),
+    where that is all of it (no big left in a coefficient or the rest, one big at least
+    present); else None."""
+    parts = sympy.collect(sympy.expand_mul(e), bigs, evaluate=False)
+    cs = [parts.get(b) for b in bigs]
+    rest = parts.get(sympy.S.One, sympy.S.Zero)
+    if (all(c is None for c in cs) or not set(parts) <= {*bigs, sympy.S.One}
+            or any(v is not None and v.has(*bigs) for v in (*cs, rest))):
+        return None
+    return StableSum(*(b * c for b, c in zip(bigs, cs) if c is not None), *sympy.Add.make_args(rest))
 
 
 def _numbers_and_terms(e):
@@ -846,7 +849,7 @@ def _exp_term(t):
     return None
 
 
-class LogSumExp(sympy.Piecewise):
+class LogSumExp(Branches):
     """log(exp(a) + exp(b)) as rewrite_logsumexp computes it: a + softplus(b - a) where a > b,
     b + softplus(a - b) where a < b, and a/2 + b/2 + log(2) where neither holds - a = b,
     also where both are inf or both -inf (b - a is inf - inf there, and the value a itself),
@@ -859,9 +862,6 @@ class LogSumExp(sympy.Piecewise):
         sides = [*self.args[:-1]]
         sides[-1] = (sides[-1].expr, True)
         return sympy.diff(sympy.Piecewise(*sides), s)
-
-    def _sympystr(self, printer):
-        return printer.doprint(sympy.Piecewise(*self.args))
 
 
 def rewrite_logsumexp(e):
@@ -911,7 +911,7 @@ def rewrite_log1p_cosh(e):
     return None
 
 
-class LogCosh(sympy.Piecewise):
+class LogCosh(Branches):
     """log(cosh(u)) as rewrite_log_cosh computes it.  Its derivative is log(cosh(u))'s as
     written, tanh(u)*u', not its branches' (2 sinh(u/2) cosh(u/2)/(1 + 2 sinh(u/2)**2), and
     sign(u)*(1 - 2 sigmoid(-2|u|))): tanh(u) cancels symbolically against a tanh(u) elsewhere
@@ -933,9 +933,6 @@ class LogCosh(sympy.Piecewise):
         u = self.argument()
         return sympy.tanh(u) * sympy.diff(u, s)
 
-    def _sympystr(self, printer):
-        return printer.doprint(sympy.Piecewise(*self.args))
-
 
 def _log_cosh_terms(e):
     """(term, c, u) for each term c*log(cosh(u)) of the sum e (LogCosh: rewrite_log_cosh's;
@@ -952,7 +949,7 @@ def _log_cosh_terms(e):
             yield term, c, lcs[0].argument()
 
 
-class LogCoshGap(sympy.Piecewise):
+class LogCoshGap(Branches):
     """c*(u*tanh(u) - log(cosh(u))) as rewrite_log_cosh_gap computes it: the sum as it was for
     |u| < 1, log(2) - softplus(-2|u|) - 2|u|*sigmoid(-2|u|) beyond.  Its derivative is the
     sum's as written, c'*(u*tanh(u) - log(cosh(u))) + c*u*(1 - tanh(u)**2)*u', whose pair the
@@ -969,9 +966,6 @@ class LogCoshGap(sympy.Piecewise):
         c, u = self.parts()
         return (sympy.diff(c, s) * (u * sympy.tanh(u) - sympy.log(sympy.cosh(u)))
                 + c * u * (1 - sympy.tanh(u) ** 2) * sympy.diff(u, s))
-
-    def _sympystr(self, printer):
-        return printer.doprint(sympy.Piecewise(*self.args))
 
 
 def rewrite_log_cosh_gap(e):
@@ -2616,7 +2610,7 @@ def _numeric_limit_at_zero(fn) -> sympy.Float | None:
         return sympy.Float(mpmath.nstr(values[0], 20), 20)
 
 
-class ApproximatedNearZero(sympy.Piecewise):
+class ApproximatedNearZero(Branches):
     """Piecewise((approximant, |x| < r), (f, True)) from the rewrite below.  Its derivative
     is that of f as written (rewritten in turn), not the approximant's: the approximant is
     accurate in value, its derivative less so, and f' need not cancel where f does."""
@@ -2628,9 +2622,6 @@ class ApproximatedNearZero(sympy.Piecewise):
 
     def _eval_derivative(self, s):
         return sympy.diff(self.as_written(), s)
-
-    def _sympystr(self, printer):
-        return printer.doprint(sympy.Piecewise(*self.args))
 
 
 def rewrite_cancellation_at_zero(e):
