@@ -2632,12 +2632,10 @@ def rewrite_cancellation_at_zero(e):
     # (log(cosh(x))'s branches are the function they compute, for the terms and the
     # approximant, and stay the far branch: log(cosh(x)) - x**2/2 cancelled near 0, 3.5e-4
     # off, relatively, at x = 1e-6 in float64)
-    written = _written_log_cosh(e)
-    if not _is_sum(written) or written.has(sympy.Piecewise) or len(written.free_symbols) != 1:
-        return None     # (as written, it may be a number)
-    x, = written.free_symbols
-    if not isinstance(x, sympy.Symbol) or not written.has(*_ANALYTIC):
+    found = _of_one_analytic_input(e)
+    if found is None or not _is_sum(found[0]):        # (as written, it may be a number)
         return None
+    written, x = found
     if not all(term.has(x) for term in written.args if not term.is_number):       # (log(2) is a number too)
         return None
     if not any(term.is_polynomial(x) or _singular_at_zero(term, x) for term in written.args) and \
@@ -2661,6 +2659,19 @@ def _unapproximated(e):
     return e.replace(lambda a: isinstance(a, ApproximatedNearZero), lambda a: a.as_written())
 
 
+def _of_one_analytic_input(e):
+    """(e with log(cosh(u)) as written, its input x) where that has no other branches, one
+    input (a symbol) and an analytic function of it (what a Padé approximant near 0 is for);
+    else None."""
+    written = _written_log_cosh(e)
+    if written.has(sympy.Piecewise) or len(written.free_symbols) != 1:
+        return None
+    x, = written.free_symbols
+    if not isinstance(x, sympy.Symbol) or not written.has(*_ANALYTIC):
+        return None
+    return written, x
+
+
 def _written_log_cosh(e):
     """e with log(cosh(u)) as written where rewrite_log_cosh took it into branches (LogCosh)."""
     return e.replace(lambda a: isinstance(a, LogCosh), lambda a: sympy.log(sympy.cosh(a.argument())))
@@ -2681,12 +2692,10 @@ def rewrite_removable_singularity(e):
     e = _unapproximated(e)
     # (a stable form of the numerator - log(cosh(x))'s branches - is the function it computes
     # for the limit and the approximant, and stays the far branch: log(cosh(x))/x was NaN at 0)
-    written = _written_log_cosh(e)
-    if not written.is_Mul or written.has(sympy.Piecewise) or len(written.free_symbols) != 1:
+    found = _of_one_analytic_input(e)
+    if found is None or not found[0].is_Mul or not _singular_at_zero(*found):
         return None
-    x, = written.free_symbols
-    if not isinstance(x, sympy.Symbol) or not written.has(*_ANALYTIC) or not _singular_at_zero(written, x):
-        return None
+    written, x = found
     try:
         if written.subs(x, 0) is not sympy.nan:        # 0/0 (a pole is zoo)
             return None
@@ -2704,12 +2713,10 @@ def rewrite_log_near_one(e):
     r: where E and 1 no longer cancel (log's condition near 1 is E - 1's)."""
     if not isinstance(e, sympy.log) or len(e.free_symbols) != 1:
         return None
-    inner = _written_log_cosh(_unapproximated(e.args[0]))
-    if inner.has(sympy.Piecewise) or len(inner.free_symbols) != 1:
+    found = _of_one_analytic_input(_unapproximated(e.args[0]))
+    if found is None:
         return None
-    x, = inner.free_symbols
-    if not isinstance(x, sympy.Symbol) or not inner.has(*_ANALYTIC):
-        return None
+    inner, x = found
     try:
         at_zero = inner.subs(x, 0)
         if at_zero is sympy.nan:        # 0/0: its limit
