@@ -1810,7 +1810,7 @@ def split_powers_at_calls(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], of_i
     (x*exp(-a*x**2)'s slope, (1 - 2*a*x**2)*exp(-a*x**2)).  With `of_inputs`, only calls
     that hold an input (final, before horner_form)."""
     def is_power(f):
-        return f.is_Pow and f.base in inputs and f.exp.is_Integer and 2 <= f.exp <= MAX_PRODUCT_POWER
+        return f.is_Pow and f.base in inputs and f.exp.is_Integer and 2 <= abs(f.exp) <= MAX_PRODUCT_POWER
 
     def is_call(f):         # calls that can vanish where their argument grows
         return isinstance(f, (sympy.exp, sigmoid, sympy.erfc, softplus, CappedExp)) and (f.has(*inputs) or not of_inputs)
@@ -1827,9 +1827,10 @@ def split_powers_at_calls(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], of_i
         # then one x at a time, numbers above 1 last (4*x would overflow first)
         big = [f for f in e.args if f.is_number and abs(f) > 1]
         inner = [f for f in e.args if f is not power and all(f is not b for b in big)]
-        whole = sympy.UnevaluatedExpr(sympy.Mul(power.base, *inner))
-        for _ in range(int(power.exp) - 1):
-            whole = sympy.UnevaluatedExpr(sympy.Mul(whole, power.base))
+        one = power.base if power.exp > 0 else 1 / power.base
+        whole = sympy.UnevaluatedExpr(sympy.Mul(one, *inner))
+        for _ in range(abs(int(power.exp)) - 1):
+            whole = sympy.UnevaluatedExpr(sympy.Mul(whole, one))
         return sympy.Mul(*big, whole)
 
     def spread_over(e):     # call * (1 - 2*a*x**2): the sum whose terms split with the calls
@@ -4171,6 +4172,7 @@ def make_block(outputs: Sequence[tuple[str, sympy.Expr]]) -> Block:
     temps = sympy.numbered_symbols("_t", real=True)
     assignments, reduced = sympy.cse(exprs, symbols=temps, optimizations=None, order="canonical")
     assignments, reduced = _unwrap_unevaluated(assignments, reduced)
+    assignments, reduced = _divide_in_kept_products(assignments, reduced)
     assignments, reduced = _inline_numbers(assignments, reduced)
     assignments, reduced = _exp_powers(assignments, reduced)
     assignments, reduced = _name_power_bases(assignments, reduced, temps)
@@ -4192,6 +4194,29 @@ def _unwrap_unevaluated(assignments, reduced):
     # numbered again without the gaps (later temporaries continue past the old numbers)
     names = {t: sympy.Symbol(f"_t{k}", real=True) for k, (t, _) in enumerate(kept)}
     return [(names[t], v.xreplace(names)) for t, v in kept], [r.xreplace(alias).xreplace(names) for r in reduced]
+
+
+def _divide_in_kept_products(assignments, reduced):
+    """A named reciprocal of a variable, 1/x, is a division by x inside the products kept
+    whole (split_powers_at_calls' exp(-1/x**2)/x/x/x): 1/x overflows for a subnormal x where
+    the vanishing call divided by x is 0 (the name stays where other uses read it)."""
+    recips = {t: v for t, v in assignments if v.is_Pow and v.exp == -1 and v.base.is_Symbol
+              and not v.base.name.startswith("_")}
+    if not recips:
+        return assignments, reduced
+
+    def divide(e):
+        return e.replace(lambda u: isinstance(u, sympy.UnevaluatedExpr) and u.has(*recips),
+                         lambda u: sympy.UnevaluatedExpr(u.args[0].xreplace(recips)))
+
+    assignments = [(t, divide(v)) for t, v in assignments]
+    reduced = [divide(r) for r in reduced]
+    used = set().union(*(v.free_symbols for _, v in assignments), *(r.free_symbols for r in reduced))
+    kept = [(t, v) for t, v in assignments if t not in recips or t in used]
+    if len(kept) == len(assignments):
+        return assignments, reduced
+    names = {t: sympy.Symbol(f"_t{k}", real=True) for k, (t, _) in enumerate(kept)}
+    return [(names[t], v.xreplace(names)) for t, v in kept], [r.xreplace(names) for r in reduced]
 
 
 def _inline_numbers(assignments, reduced):
@@ -4528,6 +4553,7 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
         another's float32 error, measured between the grid's points, is clearly less
         (precision.worst_between, TIE_ULP)."""
         plain = [(n, scaled(e)) for n, e in outputs]
+        plain = shared_exp_products(plain, inputs) if rewrites else plain
         fallback = [(n, guarded(e, dropped)) for n, e in plain]
         block = make_block(fallback)
         if not rewrites:

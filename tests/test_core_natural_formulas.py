@@ -1612,3 +1612,25 @@ def test_hyperbolic_terms_of_a_far_branch_overflow_together(backend, formula, sl
     _, (g,) = _grad(m.hyperbolic_far, between)
     signs = [float(mpmath.sign(slope(mpmath.mpf(v)))) for v in between.tolist()]
     assert not g.isnan().any() and torch.sign(g).tolist() == signs, g
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_vanishing_call_over_a_power_of_x_divides_one_x_at_a_time(backend, dtype):
+    """exp(-1/x**2)'s slope, 2*exp(-1/x**2)/x**3, was inf*0 or 0/0 = NaN for |x| below 2e-13
+    in float32, where x**3 underflows (or its reciprocal overflows) and the exponential is 0:
+    the call is divided by x one x at a time (exp(...)/x/x/x), also for a subnormal x, where
+    1/x is inf; so are the values of exp(-1/x**2)/x**2 and sigmoid(-1/x**2)/x**4 (their
+    slopes, a ratio of polynomials in x times the call, are not: README).  Against mpmath at
+    300 digits, where the exponent is small (1/x**2 rounds once or twice: its error times
+    1/x**2 is the value's, relatively) or the call vanishes."""
+    tiny = torch.finfo(dtype).tiny
+    x = torch.tensor([-2.0, -1.0, -1e-3, -1e-13, -1e-20, -1e-30, -tiny / 4, 0.0, tiny / 4, 1e-30, 1e-20,
+                      1e-13, 1e-3, 1.0, 1.5, 3.0, 1e10], dtype=dtype)
+    _f_and_slope_match_mpmath("exp(-1/x**2)", lambda v: mpmath.exp(-1 / v**2) if v else v, x)
+    for formula, truth in [("exp(-1/x**2)/x**2", lambda v: mpmath.exp(-1 / v**2) / v**2),
+                           ("sigmoid(-1/x**2)/x**4", lambda v: 1 / (1 + mpmath.exp(1 / v**2)) / v**4)]:
+        m = actgen.compile(formula, name="over_powers")
+        xs = x[x != 0]
+        with mpmath.workdps(300):
+            want = [float(truth(mpmath.mpf(v))) for v in xs.double().tolist()]
+        _close_to_truth(m.over_powers(xs), want)

@@ -45,18 +45,18 @@ def _derivatives_torch(x, w0, w1, w2):
     _t5 = _t0*_t4
     _t6 = x > 0.0
     _t7 = _t1*_t4
-    _t8 = -(2.0*torch.abs(x))
-    _t9 = torch.where(_t6, x, 0.0)
-    _t10 = torch.tanh(x)
-    _t11 = _t2*_t4
-    _t12 = -_rt.fma(_t7, _t9, _rt.fma(_t5, x, _t10*_t11))
+    _t8 = torch.exp(-(2.0*torch.abs(x)))
+    _t9 = _t2*_t4
+    _t10 = torch.where(_t6, x, 0.0)
+    _t11 = torch.tanh(x)
+    _t12 = -_rt.fma(_t5, x, _rt.fma(_t11, _t9, _t10*_t7))
     _t13 = 16777216.0*_t0 + _t2
     _t14 = _rt.fnma(_t4, 16777216.0*_t1 + _t13, 16777216.0)
     _t15 = -_t13
-    _t18 = torch.exp(_t8) + 1.0
-    _d_x = torch.where(torch.isnan(x), x, _rt.fma(torch.exp(_t8 + w1), 4.0*_t4/(_t18*_t18), _rt.fma(_t7, torch.where(_t6, _rt.number(x, 1.0), 0.0), _t5)))
-    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t7*(_t12 + _t9), _rt.grown(_t14*_t7), _rt.grown(-(_t1*_t15/(_t3*_t3))), x))
-    _d_w1 = torch.where(torch.isnan(x), x, _t11*(_t10 + _t12))
+    _t18 = _t8 + 1.0
+    _d_x = torch.where(torch.isnan(x), x, _rt.fma(_t8, 4.0*_t9/(_t18*_t18), _rt.fma(_t7, torch.where(_t6, _rt.number(x, 1.0), 0.0), _t5)))
+    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t7*(_t10 + _t12), _rt.grown(_t14*_t7), _rt.grown(-(_t1*_t15/(_t3*_t3))), x))
+    _d_w1 = torch.where(torch.isnan(x), x, _t9*(_t11 + _t12))
     _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t5*(_t12 + x), _rt.grown(_t14*_t5), _rt.grown(_t5*_rt.fnma(_t15, _t4, -16777216.0)), x))
     return (_d_x, _d_w0, _d_w1, _d_w2)
 
@@ -80,16 +80,16 @@ def _derivatives_torch_fast(x, w0, w1, w2, _w):
     _t4 = _t0 * _t3
     _t5 = _rt.gt(x, 0.0, out=_w[0])
     _t6 = _t1 * _t3
-    _t7 = torch.abs(x, out=_w[1]).mul_(-2.0)
-    _t8 = _rt.select(_t5, x, 0.0, out=_w[2])
-    _t9 = torch.tanh(x, out=_w[3])
-    _t10 = _t2 * _t3
-    _t11 = _rt.fma(_t9, _t10, _rt.fma(_t6, _t8, torch.mul(_t4, x, out=_w[4]), out=_w[4]), out=_w[4]).neg_()
-    _t14 = torch.exp(_t7, out=_w[5]).add_(1.0)
-    _d_x = _rt.fma(torch.add(_t7, w1, out=_w[8]).exp_(), torch.div(4.0 * _t3, torch.mul(_t14, _t14, out=_w[6]), out=_w[6]), _rt.fma(_t6, _t5, _t4, out=_w[7]), out=_w[8])
-    _d_w0 = torch.add(_t11, _t8, out=_w[9]).mul_(_t6)
-    _d_w1 = torch.add(_t11, _t9, out=_w[10]).mul_(_t10)
-    _d_w2 = torch.add(_t11, x, out=_w[11]).mul_(_t4)
+    _t7 = torch.abs(x, out=_w[1]).mul_(-2.0).exp_()
+    _t8 = _t2 * _t3
+    _t9 = _rt.select(_t5, x, 0.0, out=_w[2])
+    _t10 = torch.tanh(x, out=_w[3])
+    _t11 = _rt.fma(_t6, _t9, _rt.fma(_t4, x, torch.mul(_t10, _t8, out=_w[4]), out=_w[4]), out=_w[4]).neg_()
+    _t14 = torch.add(_t7, 1.0, out=_w[5])
+    _d_x = _rt.fma(_t7, torch.div(4.0 * _t8, torch.mul(_t14, _t14, out=_w[7]), out=_w[7]), _rt.fma(_t6, _t5, _t4, out=_w[6]), out=_w[7])
+    _d_w0 = torch.add(_t11, _t9, out=_w[8]).mul_(_t6)
+    _d_w1 = torch.add(_t10, _t11, out=_w[9]).mul_(_t8)
+    _d_w2 = torch.add(_t11, x, out=_w[10]).mul_(_t4)
     return _rt.finite_or_none((_d_x, _d_w0, _d_w1, _d_w2))
 
 
@@ -276,7 +276,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(3, 12),
+    fast_buffers=(3, 11),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )

@@ -50,18 +50,18 @@ def _derivatives_torch(x, w0, w1, w2, w3):
     _t8 = _t3*_t5
     _t9 = x > 0.0
     _t10 = _t1*_t5
-    _t11 = -(2.0*torch.abs(x))
-    _t12 = torch.where(_t9, x, 0.0)
-    _t13 = torch.tanh(x)
-    _t14 = _t2*_t5
-    _t15 = -_rt.fma(_t7, _t8, _rt.fma(_t6, x, _rt.fma(_t13, _t14, _t10*_t12)))
+    _t11 = torch.exp(-(2.0*torch.abs(x)))
+    _t12 = _t2*_t5
+    _t13 = torch.where(_t9, x, 0.0)
+    _t14 = torch.tanh(x)
+    _t15 = -_rt.fma(_t7, _t8, _rt.fma(_t6, x, _rt.fma(_t14, _t12, _t10*_t13)))
     _t16 = 16777216.0*_t0 + _t2
     _t17 = _rt.fnma(_t5, 16777216.0*_t1 + _t16 + _t3, 16777216.0)
     _t18 = -_t16
-    _t22 = torch.exp(_t11) + 1.0
-    _d_x = torch.where(torch.isnan(x), x, _rt.fma(torch.exp(_t11 + w1), 4.0*_t5/(_t22*_t22), _rt.fma(_t10, torch.where(_t9, _rt.number(x, 1.0), 0.0), _t6 + _t7*_t8*torch.sigmoid(-x))))
-    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t10*(_t12 + _t15), _rt.grown(_t10*_t17), _rt.grown(-(_t1*_t18/(_t4*_t4))), x))
-    _d_w1 = torch.where(torch.isnan(x), x, _t14*(_t13 + _t15))
+    _t22 = _t11 + 1.0
+    _d_x = torch.where(torch.isnan(x), x, _rt.fma(_t11, 4.0*_t12/(_t22*_t22), _rt.fma(_t10, torch.where(_t9, _rt.number(x, 1.0), 0.0), _t6 + _t7*_t8*torch.sigmoid(-x))))
+    _d_w0 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t10*(_t13 + _t15), _rt.grown(_t10*_t17), _rt.grown(-(_t1*_t18/(_t4*_t4))), x))
+    _d_w1 = torch.where(torch.isnan(x), x, _t12*(_t14 + _t15))
     _d_w2 = torch.where(torch.isnan(x), x, _rt.limit_at_inf(_t6*(_t15 + x), _rt.grown(_t17*_t6), _rt.grown(_t6*_rt.fnma(_t18, _t5, -16777216.0)), x))
     _d_w3 = torch.where(torch.isnan(x), x, _t8*(_t15 + _t7))
     return (_d_x, _d_w0, _d_w1, _d_w2, _d_w3)
@@ -90,17 +90,17 @@ def _derivatives_torch_fast(x, w0, w1, w2, w3, _w):
     _t7 = _t3 * _t4
     _t8 = _rt.gt(x, 0.0, out=_w[1])
     _t9 = _t1 * _t4
-    _t10 = torch.abs(x, out=_w[2]).mul_(-2.0)
-    _t11 = _rt.select(_t8, x, 0.0, out=_w[3])
-    _t12 = torch.tanh(x, out=_w[4])
-    _t13 = _t2 * _t4
-    _t14 = _rt.fma(_t6, _t7, _rt.fma(_t5, x, _rt.fma(_t12, _t13, torch.mul(_t11, _t9, out=_w[5]), out=_w[5]), out=_w[5]), out=_w[5]).neg_()
-    _t18 = torch.exp(_t10, out=_w[6]).add_(1.0)
-    _d_x = _rt.fma(torch.add(_t10, w1, out=_w[10]).exp_(), torch.div(4.0 * _t4, torch.mul(_t18, _t18, out=_w[7]), out=_w[7]), _rt.fma(_t9, _t8, torch.mul(_t6, _t7, out=_w[8]).mul_(torch.neg(x, out=_w[9]).sigmoid_()).add_(_t5), out=_w[8]), out=_w[10])
-    _d_w0 = torch.add(_t11, _t14, out=_w[11]).mul_(_t9)
-    _d_w1 = torch.add(_t12, _t14, out=_w[12]).mul_(_t13)
-    _d_w2 = torch.add(_t14, x, out=_w[13]).mul_(_t5)
-    _d_w3 = torch.add(_t14, _t6, out=_w[14]).mul_(_t7)
+    _t10 = torch.abs(x, out=_w[2]).mul_(-2.0).exp_()
+    _t11 = _t2 * _t4
+    _t12 = _rt.select(_t8, x, 0.0, out=_w[3])
+    _t13 = torch.tanh(x, out=_w[4])
+    _t14 = _rt.fma(_t6, _t7, _rt.fma(_t5, x, _rt.fma(_t13, _t11, torch.mul(_t12, _t9, out=_w[5]), out=_w[5]), out=_w[5]), out=_w[5]).neg_()
+    _t18 = torch.add(_t10, 1.0, out=_w[6])
+    _d_x = _rt.fma(_t9, _t8, _rt.fma(_t10, torch.div(4.0 * _t11, torch.mul(_t18, _t18, out=_w[9]), out=_w[9]), torch.mul(_t6, _t7, out=_w[7]).mul_(torch.neg(x, out=_w[8]).sigmoid_()).add_(_t5), out=_w[9]), out=_w[9])
+    _d_w0 = torch.add(_t12, _t14, out=_w[10]).mul_(_t9)
+    _d_w1 = torch.add(_t13, _t14, out=_w[11]).mul_(_t11)
+    _d_w2 = torch.add(_t14, x, out=_w[12]).mul_(_t5)
+    _d_w3 = torch.add(_t14, _t6, out=_w[13]).mul_(_t7)
     return _rt.finite_or_none((_d_x, _d_w0, _d_w1, _d_w2, _d_w3))
 
 
@@ -344,7 +344,7 @@ _OP = _rt.Activation(
     second_derivatives_torch=_second_derivatives_torch,
     forward_torch_fast=_forward_torch_fast,
     derivatives_torch_fast=_derivatives_torch_fast,
-    fast_buffers=(4, 15),
+    fast_buffers=(4, 14),
     forward_kernel=_forward_kernel if _rt.HAS_TRITON else None,
     backward_kernel=_backward_kernel if _rt.HAS_TRITON else None,
 )
