@@ -1800,6 +1800,21 @@ def horner_form(expr: sympy.Expr, inputs: Sequence[sympy.Symbol]) -> sympy.Expr:
     return expr.replace(is_polynomial, horner)
 
 
+#: calls that can vanish where their argument grows (split_powers_at_calls)
+_VANISHING_CALLS = (sympy.exp, sigmoid, sympy.erfc, softplus)
+
+
+def _can_vanish(f) -> bool:
+    """Whether f is a call that can vanish where its argument grows: one of _VANISHING_CALLS,
+    a capped exponential, or a sigmoid as its pair's branches (sigmoid_pairs: r or e*r, e an
+    exponential)."""
+    if isinstance(f, sympy.Piecewise) and len(f.args) == 2:
+        a, b = (branch.expr for branch in f.args)
+        return any(isinstance(q, sympy.exp) for q in (sympy.Mul.make_args(sympy.simplify(a / b))
+                                                      + sympy.Mul.make_args(sympy.simplify(b / a))))
+    return isinstance(f, _VANISHING_CALLS + (CappedExp,))
+
+
 def split_powers_at_calls(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], of_inputs: bool = False) -> sympy.Expr:
     """Every product of an input's power x**k (k from 2 to MAX_PRODUCT_POWER) and calls that
     can vanish as (x * calls) * x ... * x, each product kept whole (UnevaluatedExpr): x**2
@@ -1809,11 +1824,12 @@ def split_powers_at_calls(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], of_i
     power shared with the exponent).  A call times a sum with such a term takes each term
     (x*exp(-a*x**2)'s slope, (1 - 2*a*x**2)*exp(-a*x**2)).  With `of_inputs`, only calls
     that hold an input (final, before horner_form)."""
-    def is_power(f):
-        return f.is_Pow and f.base in inputs and f.exp.is_Integer and 2 <= abs(f.exp) <= MAX_PRODUCT_POWER
+    def is_power(f):        # (of x, or of a scaled ratio's v = x/s: rational_form's q(v) = v**k)
+        return (f.is_Pow and (f.base in inputs or isinstance(f.base, ScaledInput) and f.base.args[0] in inputs)
+                and f.exp.is_Integer and (2 <= f.exp <= MAX_PRODUCT_POWER or -MAX_PRODUCT_POWER <= f.exp <= -1))
 
     def is_call(f):         # calls that can vanish where their argument grows
-        return isinstance(f, (sympy.exp, sigmoid, sympy.erfc, softplus, CappedExp)) and (f.has(*inputs) or not of_inputs)
+        return _can_vanish(f) and (f.has(*inputs) or not of_inputs)
 
     def splits(e):
         if not e.is_Mul:
@@ -1837,7 +1853,23 @@ def split_powers_at_calls(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], of_i
         if not (e.is_Mul and any(is_call(f) for f in e.args)):
             return None
         calls = [f for f in e.args if is_call(f)]
-        return next((f for f in e.args if f.is_Add and any(splits(sympy.Mul(t, *calls)) for t in f.args)), None)
+        # (a term over a power of x only where the calls vanish at x = 0, where it grows:
+        # x**2*sigmoid(-1/x**2)'s slope; exp(x)*(1/x - 1/x**2), expm1(x)/x's slope collected in
+        # exp(x), overflows as one product, where its terms taken apart are inf - inf)
+        return next((f for f in e.args if f.is_Add and any(splits(sympy.Mul(t, *calls))
+                                                             and (not _over_power(t) or _vanish_at_zero(calls))
+                                                             for t in f.args)), None)
+
+    def _over_power(t):
+        return any(is_power(f) and f.exp < 0 for f in sympy.Mul.make_args(t))
+
+    def _vanish_at_zero(calls):
+        tiny = {u: sympy.Float("1e-30", 30) for u in inputs}
+        try:
+            value = sympy.Mul(*calls).xreplace(tiny).evalf(30)
+        except (TypeError, ValueError, ArithmeticError, RecursionError):
+            return False
+        return value.is_number and value.is_finite and abs(value) < 1e-100
 
     def spread(e):
         total = spread_over(e)
@@ -2679,8 +2711,10 @@ def _written_log_cosh(e):
 
 
 def _singular_at_zero(e, x) -> bool:
-    """Whether e divides by something that is 0 at x = 0 (cos(x)/x, sin(x)/x**2)."""
-    return any(f.is_Pow and f.exp.is_negative and f.base.has(x) and f.base.subs(x, 0) == 0
+    """Whether e divides by something that is 0 at x = 0 (cos(x)/x, sin(x)/x**2), also in a
+    sum of such terms (exp(-1/x**2)'s second derivative: (4/x**6 - 6/x**4)*exp(-1/x**2))."""
+    return any((f.is_Pow and f.exp.is_negative and f.base.has(x) and f.base.subs(x, 0) == 0)
+               or (f.is_Add and any(_singular_at_zero(t, x) for t in f.args))
                for f in sympy.Mul.make_args(e))
 
 
@@ -2698,7 +2732,10 @@ def rewrite_removable_singularity(e):
         return None
     written, x = found
     try:
-        if written.subs(x, 0) is not sympy.nan:        # 0/0 (a pole is zoo)
+        at_zero = written.subs(x, 0)
+        # 0/0, or an infinity times a call sympy leaves unevaluated (sigmoid(-1/x**2)/x**4:
+        # zoo*sigmoid(zoo)); a pole is zoo
+        if at_zero is not sympy.nan and (at_zero == sympy.zoo or not at_zero.has(sympy.zoo)):
             return None
         sums = [a for f in written.args for a in (f.base if f.is_Pow else f,) if _is_sum(a)]
         return _pade_near_zero(written, x, tuple(sums), far=None if written == e else e)
@@ -4083,7 +4120,7 @@ def has_guards(exprs) -> bool:
     return any(e.has(NanGuard, InfGuard, LimitAtInf, sympy.Piecewise) for e in exprs)
 
 
-def fast_variant(outputs: Sequence[tuple[str, sympy.Expr]]) -> Block | None:
+def fast_variant(outputs: Sequence[tuple[str, sympy.Expr]], inputs: Sequence[sympy.Symbol] = ()) -> Block | None:
     """The guard-free block for finite inputs, or None where it would gain nothing (no guard
     and no branch) or a condition depends on a branch choice."""
     if not has_guards(e for _, e in outputs):
@@ -4092,7 +4129,7 @@ def fast_variant(outputs: Sequence[tuple[str, sympy.Expr]]) -> Block | None:
     for _, e in stripped:
         if any(r.has(sympy.Piecewise) for r in e.atoms(sympy.Rel)):
             return None
-    return make_block(stripped)
+    return make_block(stripped, inputs)
 
 
 def nan_guard(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], dropped: Sequence[sympy.Symbol] = ()) -> sympy.Expr:
@@ -4138,6 +4175,7 @@ class Block:
 
 #: The name prefix of a scaled ratio's w = 1/s in a block (_w_x; see make_block), up to 2**127.
 INVERSE_SCALE_PREFIX = "_w_"
+SCALED_INPUT_PREFIX = "_v_"
 
 
 def second_names(pairs: Sequence[tuple[str, str]], names: Sequence[str]) -> list[str]:
@@ -4150,13 +4188,13 @@ def second_names(pairs: Sequence[tuple[str, str]], names: Sequence[str]) -> list
     return [f"d2_{names.index(a)}_{names.index(b)}" for a, b in pairs]
 
 
-def make_block(outputs: Sequence[tuple[str, sympy.Expr]]) -> Block:
+def make_block(outputs: Sequence[tuple[str, sympy.Expr]], inputs: Sequence[sympy.Symbol] = ()) -> Block:
     """CSE of the outputs.  An input's clamp (Saturate) and a scaled rational function's
     v = x/s and w = 1/s (see rational_form) are named first, _clamped_x, _v_x and _w_x, so that
     their powers print as products of names."""
     names = [n for n, _ in outputs]
     exprs = [e for _, e in outputs]
-    prefix = {Saturate: "_clamped_", ScaledInput: "_v_", InverseScale: INVERSE_SCALE_PREFIX}
+    prefix = {Saturate: "_clamped_", ScaledInput: SCALED_INPUT_PREFIX, InverseScale: INVERSE_SCALE_PREFIX}
     atoms = sorted({a for e in exprs for a in e.atoms(*prefix) if a.args[0].is_Symbol}, key=sympy.default_sort_key)
     bases = [f"{prefix[type(a)]}{a.args[0]}" for a in atoms]
     named, taken = {}, set(bases)
@@ -4171,8 +4209,8 @@ def make_block(outputs: Sequence[tuple[str, sympy.Expr]]) -> Block:
     exprs = [e.xreplace(named) for e in exprs]
     temps = sympy.numbered_symbols("_t", real=True)
     assignments, reduced = sympy.cse(exprs, symbols=temps, optimizations=None, order="canonical")
+    assignments, reduced = _divide_in_kept_products(assignments, reduced, inputs)
     assignments, reduced = _unwrap_unevaluated(assignments, reduced)
-    assignments, reduced = _divide_in_kept_products(assignments, reduced)
     assignments, reduced = _inline_numbers(assignments, reduced)
     assignments, reduced = _exp_powers(assignments, reduced)
     assignments, reduced = _name_power_bases(assignments, reduced, temps)
@@ -4196,16 +4234,35 @@ def _unwrap_unevaluated(assignments, reduced):
     return [(names[t], v.xreplace(names)) for t, v in kept], [r.xreplace(alias).xreplace(names) for r in reduced]
 
 
-def _divide_in_kept_products(assignments, reduced):
+def _divide_in_kept_products(assignments, reduced, inputs=()):
     """A named reciprocal of a variable, 1/x, is a division by x inside the products kept
     whole (split_powers_at_calls' exp(-1/x**2)/x/x/x): 1/x overflows for a subnormal x where
     the vanishing call divided by x is 0 (the name stays where other uses read it)."""
     recips = {t: v for t, v in assignments if v.is_Pow and v.exp == -1 and v.base.is_Symbol
-              and not v.base.name.startswith("_")}
+              and (not v.base.name.startswith("_") or v.base.name.startswith(SCALED_INPUT_PREFIX))}
     if not recips:
         return assignments, reduced
 
+    # (and a part CSE took out of such products: 1/x times a call of x, or a scaled ratio's
+    # 1/v times a call: not 1/beta times softplus(beta*x), a number computed once)
+    defs = dict(assignments)
+
+    def holds(e, base):     # (through the temporaries it reads: exp(-1/_t0), _t0 = |x|)
+        return base in e.free_symbols or any(holds(defs[t], base) for t in e.free_symbols if t in defs)
+
+    def of_call(u, t):
+        base = recips[t].base
+        return any(isinstance(a, sympy.Function | sympy.Piecewise) and _can_vanish(written(a))
+                   and (base.name.startswith(SCALED_INPUT_PREFIX) or base in inputs and holds(a, base)) for a in u.args)
+
+    def written(e):         # e with the temporaries it reads written out
+        while e.free_symbols & defs.keys():
+            e = e.xreplace(defs)
+        return e
+
     def divide(e):
+        e = e.replace(lambda u: u.is_Mul and any(a in recips and of_call(u, a) for a in u.args),
+                      lambda u: u.xreplace({a: recips[a] for a in u.args if a in recips and of_call(u, a)}))
         return e.replace(lambda u: isinstance(u, sympy.UnevaluatedExpr) and u.has(*recips),
                          lambda u: sympy.UnevaluatedExpr(u.args[0].xreplace(recips)))
 
@@ -4443,7 +4500,7 @@ def capped_caps(capped, fast: Block, slopes, inputs, values, tensors) -> tuple |
         top = min(int(a.args[1 + k]) for _, e in capped for a in e.atoms(CappedExp))
         theirs = precision.measure_against(fast, fast, names, slopes, inputs, values, tensors, dtype)
         for cap in [c for c in CAP_STEPS if c < top] + [top]:
-            block = capped_block(capped, (cap, cap) if not found else (found[0], cap))
+            block = capped_block(capped, (cap, cap) if not found else (found[0], cap), inputs)
             mine = precision.measure_against(block, fast, names, slopes, inputs, values, tensors, dtype)
             if all(_as_accurate(mine[n], theirs[n], limit, dtype == np.float32) for n in names):
                 found.append(cap)
@@ -4453,9 +4510,9 @@ def capped_caps(capped, fast: Block, slopes, inputs, values, tensors) -> tuple |
     return tuple(found)
 
 
-def capped_block(capped, caps: tuple) -> Block:
+def capped_block(capped, caps: tuple, inputs: Sequence[sympy.Symbol] = ()) -> Block:
     """The block of capped outputs with every CappedExp at caps (float32 cap, float64 cap)."""
-    return make_block([(n, e.replace(CappedExp, lambda u, *_: CappedExp(u, *caps))) for n, e in capped])
+    return make_block([(n, e.replace(CappedExp, lambda u, *_: CappedExp(u, *caps))) for n, e in capped], inputs)
 
 
 def _as_accurate(mine: np.ndarray, theirs: np.ndarray, limit: float, mean: bool) -> bool:
@@ -4555,7 +4612,7 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
         plain = [(n, scaled(e)) for n, e in outputs]
         plain = shared_exp_products(plain, inputs) if rewrites else plain
         fallback = [(n, guarded(e, dropped)) for n, e in plain]
-        block = make_block(fallback)
+        block = make_block(fallback, inputs)
         if not rewrites:
             return fallback, block, block
         one_ratio = [(n, scaled(e, True)) for n, e in outputs]
@@ -4568,7 +4625,7 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
         for c in candidates:
             if _calls(c) == fewest and c not in made:
                 made.append(c)
-        kernel_blocks = [make_block([(n, g if e == p else guarded(e, dropped)) for (n, e), (_, p), (_, g) in zip(c, plain, fallback)])
+        kernel_blocks = [make_block([(n, g if e == p else guarded(e, dropped)) for (n, e), (_, p), (_, g) in zip(c, plain, fallback)], inputs)
                          for c in made]
         names = [n for n, _ in outputs]
         error = lambda b: precision.worst_between(b, names, slopes, inputs, values, tensors)
@@ -4586,7 +4643,7 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
         (fast_variant), or, where that costs the CPU less (_cpu_cost), with its ratios in one
         capped exponential (capped_ratio_form) - outputs of the inputs alone - at the lowest
         caps that measure as accurate (capped_caps)."""
-        fast = fast_variant(fallback)
+        fast = fast_variant(fallback, inputs)
         if not rewrites or fast is None or any(e.free_symbols - set(inputs) for _, e in outputs):
             return fast
         capped, changed = [], False
@@ -4605,17 +4662,17 @@ def derive(spec: Spec, rewrites: bool = True) -> Derivation:
                     clamps[x] = next(iter(sats))
             capped.append((n, final(c.xreplace(clamps))))
             changed = True
-        if not changed or _cpu_cost(make_block(capped)) >= _cpu_cost(fast):
+        if not changed or _cpu_cost(make_block(capped, inputs)) >= _cpu_cost(fast):
             return fast
         caps = capped_caps(capped, fast, slopes, inputs, values, tensors)
-        return fast if caps is None else capped_block(capped, caps)
+        return fast if caps is None else capped_block(capped, caps, inputs)
 
     # inputs of the formula as written that its value no longer holds: a NaN there is NaN still
     dropped = tuple(u for u in inputs if spec.expr.has(u) and not expr.has(u))
     forward_outputs, forward, kernel_forward = blocks([("y", expr)], dropped)
     backward_outputs, backward, kernel_backward = blocks([(f"d_{n}", e) for n, e in first])
     double_backward = make_block(list(zip(second_names([ab for ab, _ in second], [v.name for v in variables]),
-                                          (guarded(scaled(e)) for _, e in second))))
+                                          (guarded(scaled(e)) for _, e in second))), inputs)
 
     float64_forward = float64_backward = ()
     if rewrites and spec.precision == "auto":   # f and df/d(input) that float32 leaves beyond the target (actgen.precision)

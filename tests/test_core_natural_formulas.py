@@ -1614,23 +1614,28 @@ def test_hyperbolic_terms_of_a_far_branch_overflow_together(backend, formula, sl
     assert not g.isnan().any() and torch.sign(g).tolist() == signs, g
 
 
+@pytest.mark.parametrize("formula, truth", [
+    ("exp(-1/x**2)", lambda v: mpmath.exp(-1 / v**2)),
+    ("exp(-1/x**2)/x", lambda v: mpmath.exp(-1 / v**2) / v),
+    ("exp(-1/x**2)/x**2", lambda v: mpmath.exp(-1 / v**2) / v**2),
+    ("x*exp(-1/x**2)", lambda v: v * mpmath.exp(-1 / v**2)),
+    ("sigmoid(-1/x**2)/x**4", lambda v: 1 / (1 + mpmath.exp(1 / v**2)) / v**4),
+    ("x**2*sigmoid(-1/x**2)", lambda v: v**2 / (1 + mpmath.exp(1 / v**2))),
+    ("exp(-1/Abs(x))", lambda v: mpmath.exp(-1 / abs(v))),
+])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_a_vanishing_call_over_a_power_of_x_divides_one_x_at_a_time(backend, dtype):
-    """exp(-1/x**2)'s slope, 2*exp(-1/x**2)/x**3, was inf*0 or 0/0 = NaN for |x| below 2e-13
-    in float32, where x**3 underflows (or its reciprocal overflows) and the exponential is 0:
-    the call is divided by x one x at a time (exp(...)/x/x/x), also for a subnormal x, where
-    1/x is inf; so are the values of exp(-1/x**2)/x**2 and sigmoid(-1/x**2)/x**4 (their
-    slopes, a ratio of polynomials in x times the call, are not: README).  Against mpmath at
-    300 digits, where the exponent is small (1/x**2 rounds once or twice: its error times
-    1/x**2 is the value's, relatively) or the call vanishes."""
+def test_a_vanishing_call_over_a_power_of_x_divides_one_x_at_a_time(backend, dtype, formula, truth):
+    """A call that vanishes at 0 faster than any power (exp(-1/x**2), a smooth bump's) over
+    powers of x: exp(-1/x**2)'s slope, 2*exp(-1/x**2)/x**3, was 0/0 = NaN for |x| below 2e-13
+    in float32, where x**3 underflows, and the others' values or slopes alike (inf*0 where 1/x
+    overflows: a subnormal x), or NaN at x = 0 itself where the slope is a sum with poles
+    there times the call ((2/x**4 - 1/x**2)*exp(-1/x**2)), or sympy leaves the call at 0
+    unevaluated (sigmoid(-1/x**2)/x**4).  The call is divided by x one x at a time (also in
+    a scaled ratio of polynomials, and in a product CSE names), a sum with such terms takes
+    the call to each, and 0 takes the limit.  Against mpmath at 300 digits, f and its slope,
+    where the exponent is small (1/x**2 rounds once or twice: its error times 1/x**2 is the
+    value's, relatively) or the call vanishes."""
     tiny = torch.finfo(dtype).tiny
     x = torch.tensor([-2.0, -1.0, -1e-3, -1e-13, -1e-20, -1e-30, -tiny / 4, 0.0, tiny / 4, 1e-30, 1e-20,
                       1e-13, 1e-3, 1.0, 1.5, 3.0, 1e10], dtype=dtype)
-    _f_and_slope_match_mpmath("exp(-1/x**2)", lambda v: mpmath.exp(-1 / v**2) if v else v, x)
-    for formula, truth in [("exp(-1/x**2)/x**2", lambda v: mpmath.exp(-1 / v**2) / v**2),
-                           ("sigmoid(-1/x**2)/x**4", lambda v: 1 / (1 + mpmath.exp(1 / v**2)) / v**4)]:
-        m = actgen.compile(formula, name="over_powers")
-        xs = x[x != 0]
-        with mpmath.workdps(300):
-            want = [float(truth(mpmath.mpf(v))) for v in xs.double().tolist()]
-        _close_to_truth(m.over_powers(xs), want)
+    _f_and_slope_match_mpmath(formula, lambda v: truth(v) if v else v, x)
