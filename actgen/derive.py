@@ -1810,14 +1810,15 @@ def _can_vanish(f) -> bool:
     exponential)."""
     if isinstance(f, sympy.Piecewise) and len(f.args) == 2:
         a, b = (branch.expr for branch in f.args)
-        return any(isinstance(q, sympy.exp) for q in (sympy.Mul.make_args(sympy.simplify(a / b))
-                                                      + sympy.Mul.make_args(sympy.simplify(b / a))))
+        return any(isinstance(q, sympy.exp) for q in sympy.Mul.make_args(a / b) + sympy.Mul.make_args(b / a))
     return isinstance(f, _VANISHING_CALLS + (CappedExp,))
 
 
 def split_powers_at_calls(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], of_inputs: bool = False) -> sympy.Expr:
     """Every product of an input's power x**k (k from 2 to MAX_PRODUCT_POWER) and calls that
-    can vanish as (x * calls) * x ... * x, each product kept whole (UnevaluatedExpr): x**2
+    can vanish as (x * calls) * x ... * x, each product kept whole (UnevaluatedExpr), and of
+    x**-k (k from 1) as (calls / x) / x ... / x (exp(-1/x**2)/x**3 is 0, not 0/0, where x**3
+    underflows; _divide_in_kept_products keeps the divisions): x**2
     overflows from |x| = 1.8e19 in float32 where the product does not, and a call that
     vanishes there makes x*call 0, not inf*0 = NaN.  Kept whole, the split holds where CSE
     names x**2 once for several uses (exp(-a*x**2)'s gradient in a, -x**2*exp(-a*x**2), the
