@@ -1857,14 +1857,14 @@ def split_powers_at_calls(expr: sympy.Expr, inputs: Sequence[sympy.Symbol], of_i
         # (a term over a power of x only where the calls vanish at x = 0, where it grows:
         # x**2*sigmoid(-1/x**2)'s slope; exp(x)*(1/x - 1/x**2), expm1(x)/x's slope collected in
         # exp(x), overflows as one product, where its terms taken apart are inf - inf)
-        return next((f for f in e.args if f.is_Add and any(splits(sympy.Mul(t, *calls))
-                                                             and (not _over_power(t) or _vanish_at_zero(calls))
+        vanish = functools.cache(lambda: vanishes_at_zero(calls))
+        return next((f for f in e.args if f.is_Add and any(splits(sympy.Mul(t, *calls)) and (not over_power(t) or vanish())
                                                              for t in f.args)), None)
 
-    def _over_power(t):
+    def over_power(t):
         return any(is_power(f) and f.exp < 0 for f in sympy.Mul.make_args(t))
 
-    def _vanish_at_zero(calls):
+    def vanishes_at_zero(calls):
         tiny = {u: sympy.Float("1e-30", 30) for u in inputs}
         try:
             value = sympy.Mul(*calls).xreplace(tiny).evalf(30)
@@ -4230,9 +4230,7 @@ def _unwrap_unevaluated(assignments, reduced):
             kept.append((t, value.args[0] if isinstance(value, sympy.UnevaluatedExpr) else value))
     if not alias:
         return kept, reduced
-    # numbered again without the gaps (later temporaries continue past the old numbers)
-    names = {t: sympy.Symbol(f"_t{k}", real=True) for k, (t, _) in enumerate(kept)}
-    return [(names[t], v.xreplace(names)) for t, v in kept], [r.xreplace(alias).xreplace(names) for r in reduced]
+    return _renumbered(kept, [r.xreplace(alias) for r in reduced])
 
 
 def _divide_in_kept_products(assignments, reduced, inputs=()):
@@ -4248,22 +4246,25 @@ def _divide_in_kept_products(assignments, reduced, inputs=()):
     # 1/v times a call: not 1/beta times softplus(beta*x), a number computed once)
     defs = dict(assignments)
 
-    def holds(e, base):     # (through the temporaries it reads: exp(-1/_t0), _t0 = |x|)
-        return base in e.free_symbols or any(holds(defs[t], base) for t in e.free_symbols if t in defs)
-
-    def of_call(u, t):
-        base = recips[t].base
-        return any(isinstance(a, sympy.Function | sympy.Piecewise) and _can_vanish(written(a))
-                   and (base.name.startswith(SCALED_INPUT_PREFIX) or base in inputs and holds(a, base)) for a in u.args)
-
-    def written(e):         # e with the temporaries it reads written out
+    def written(e):         # e with the temporaries it reads written out (exp(-1/_t0), _t0 = |x|)
         while e.free_symbols & defs.keys():
             e = e.xreplace(defs)
         return e
 
+    def of_call(u, t):
+        base = recips[t].base
+        calls = [written(a) for a in u.args if isinstance(a, sympy.Function | sympy.Piecewise)]
+        return any(_can_vanish(a) and (base.name.startswith(SCALED_INPUT_PREFIX) or base in inputs and base in a.free_symbols)
+                   for a in calls)
+
+    def divided(u):
+        if not u.is_Mul:
+            return None
+        over = {a: recips[a] for a in u.args if a in recips and of_call(u, a)}
+        return u.xreplace(over) if over else None
+
     def divide(e):
-        e = e.replace(lambda u: u.is_Mul and any(a in recips and of_call(u, a) for a in u.args),
-                      lambda u: u.xreplace({a: recips[a] for a in u.args if a in recips and of_call(u, a)}))
+        e = _replace_found(e, divided)
         return e.replace(lambda u: isinstance(u, sympy.UnevaluatedExpr) and u.has(*recips),
                          lambda u: sympy.UnevaluatedExpr(u.args[0].xreplace(recips)))
 
@@ -4273,6 +4274,12 @@ def _divide_in_kept_products(assignments, reduced, inputs=()):
     kept = [(t, v) for t, v in assignments if t not in recips or t in used]
     if len(kept) == len(assignments):
         return assignments, reduced
+    return _renumbered(kept, reduced)
+
+
+def _renumbered(kept, reduced):
+    """Temporaries numbered again without the gaps some dropped left (later temporaries
+    continue past the old numbers)."""
     names = {t: sympy.Symbol(f"_t{k}", real=True) for k, (t, _) in enumerate(kept)}
     return [(names[t], v.xreplace(names)) for t, v in kept], [r.xreplace(names) for r in reduced]
 
